@@ -1,0 +1,188 @@
+"""Shared benchmark machinery: timing, peak memory, device peaks, environment and atomic JSON results.
+
+Every bench_*.py builds rows with :func:`measure` and saves them with :func:`save`; ``render.py`` turns
+the JSON files in results/ into the README's tables. Numbers are medians of repeated runs after warm-up;
+CUDA work is timed with events, CPU work with perf_counter.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# Dense (no sparsity) datasheet peaks in TFLOP/s, keyed by a substring of the device name.
+_GPU_PEAKS: dict[str, dict[str, float]] = {
+    "H100": {"bfloat16": 989.4, "float16": 989.4, "float32": 494.7, "float32-ieee": 66.9},
+    "H200": {"bfloat16": 989.4, "float16": 989.4, "float32": 494.7, "float32-ieee": 66.9},
+    "A100": {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0, "float32-ieee": 19.5},
+}
+_cpu_peak_cache: dict[str, float] = {}
+
+
+def device_name(device: str) -> str:
+    """A human name for ``device``: the GPU's name, or the CPU model and thread count."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def device_slug(device: str) -> str:
+    """A file-name-safe short name of the device, used in result file names."""
+    if device.startswith("cuda"):
+        name = device_name(device)
+        for key in _GPU_PEAKS:
+            if key in name:
+                return key.lower()
+        return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return f"cpu{torch.get_num_threads()}"
+
+
+def peak_tflops(device: str, dtype: torch.dtype) -> tuple[float, str]:
+    """(peak dense TFLOP/s, where the number comes from) for matrix work in ``dtype`` on ``device``.
+
+    GPUs use datasheet dense peaks (fp32 as TF32 tensor-core peak, since torch and Triton use TF32 for
+    fp32 matmuls when allowed; otherwise the IEEE fp32 peak). CPUs have no datasheet here, so the peak is
+    measured: the best of several 2048^3 torch.mm products in that dtype on all threads.
+    """
+    key = str(dtype).replace("torch.", "")
+    if device.startswith("cuda"):
+        name = device_name(device)
+        for gpu, peaks in _GPU_PEAKS.items():
+            if gpu in name:
+                tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+                k = key if key != "float32" or tf32 else "float32-ieee"
+                return peaks[k], f"{gpu} datasheet dense {k}"
+        return float("nan"), f"no datasheet peak known for {name}"
+    if key not in _cpu_peak_cache:
+        n = 2048
+        a = torch.randn(n, n, dtype=dtype)
+        b = torch.randn(n, n, dtype=dtype)
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+        _cpu_peak_cache[key] = 2 * n**3 / best / 1e12
+    return _cpu_peak_cache[key], f"measured torch.mm {key} 2048^3 on this CPU"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], Any], device: str, *, warmup: int = 3, rep: int = 10) -> dict[str, float]:
+    """Median, spread (20th to 80th percentile), min and max of ``fn``'s run time in ms."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(rep):
+        if device.startswith("cuda"):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+    return {"median_ms": statistics.median(times), "p20_ms": q[0], "p80_ms": q[3], "min_ms": times[0],
+            "max_ms": times[-1], "reps": len(times)}  # fmt: skip
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory_bytes(fn: Callable[[], Any], device: str) -> int:
+    """Peak memory ``fn`` adds on top of what was allocated before it ran.
+
+    CUDA: torch.cuda.max_memory_allocated. CPU: the process's peak resident set (VmHWM, reset through
+    /proc/self/clear_refs) minus its resident set before the call; large CPU tensors are mmap'd and
+    returned to the OS when freed, so this tracks the tensors ``fn`` keeps alive at its peak.
+    """
+    _sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated() - base)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _proc_status_kib("VmRSS")
+    fn()
+    return int((_proc_status_kib("VmHWM") - base) * 1024)
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions, device and commit recorded with every result file."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", False
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "device": device_name(device),
+        "device_slug": device_slug(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "commit": commit + ("-dirty" if dirty else ""),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def save(name: str, device: str, rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
+    """Writes results/{name}-{device}.json atomically (temp file + rename) and returns its path."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}-{device_slug(device)}.json")
+    doc = {"benchmark": name, "environment": environment(device), "meta": meta or {}, "rows": rows}
+    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path

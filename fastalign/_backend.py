@@ -1,0 +1,148 @@
+"""Backend choice for every public op.
+
+Each op family registers its backends with a per-input check that returns the reasons a backend cannot
+run (an empty list when it can). ``auto`` takes the first registered backend that can run and that auto
+may pick; an explicit request that cannot run raises ``NotImplementedError`` naming every reason, never
+falling back. ``FASTALIGN_BACKEND`` overrides ``auto`` for every op that has the named backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from fastalign import _ext
+
+BackendName = Literal["auto", "reference", "torch", "triton", "cuda", "cpp"]
+BACKENDS: tuple[str, ...] = ("auto", "reference", "torch", "triton", "cuda", "cpp")
+ENV_VAR = "FASTALIGN_BACKEND"
+
+Check = Callable[..., list[str]]
+
+
+def triton_interpret() -> bool:
+    """Whether Triton kernels run on CPU tensors through the interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+
+
+@functools.cache
+def triton_import_error() -> str | None:
+    """None when triton imports, else why not."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton is not installed ({exc}); pip install 'fastalign[triton]'"
+    return None
+
+
+def global_status() -> dict[str, tuple[bool, str]]:
+    """Whether each backend can run at all in this process (ignoring input-specific limits), and why not."""
+    ext_err = _ext.why_unavailable()
+    info = _ext.build_info()
+    cuda_dev = torch.cuda.is_available()
+    status: dict[str, tuple[bool, str]] = {
+        "reference": (True, "pure PyTorch, any device"),
+        "torch": (True, "pure PyTorch, any device"),
+    }
+    t_err = triton_import_error()
+    if t_err is not None:
+        status["triton"] = (False, t_err)
+    elif cuda_dev:
+        status["triton"] = (True, "CUDA device present")
+    elif triton_interpret():
+        status["triton"] = (True, "no GPU: CPU tensors through the Triton interpreter (TRITON_INTERPRET=1)")
+    else:
+        status["triton"] = (False, "no CUDA device (set TRITON_INTERPRET=1 to interpret kernels on CPU)")
+    status["cpp"] = (True, "compiled C++/OpenMP extension loaded") if ext_err is None else (False, ext_err)
+    if ext_err is not None:
+        status["cuda"] = (False, ext_err)
+    elif not info.get("cuda", False):
+        status["cuda"] = (False, "fastalign._C was built without CUDA kernels (torch without CUDA, or no nvcc)")
+    elif not cuda_dev:
+        status["cuda"] = (False, "no CUDA device visible to torch")
+    else:
+        status["cuda"] = (True, "CUDA kernels built and a CUDA device present")
+    return status
+
+
+def device_reasons(backend: str, tensors: Sequence[torch.Tensor], *, explicit: bool) -> list[str]:
+    """Reasons shared by all ops for which ``backend`` cannot take these tensors."""
+    ok, why = global_status()[backend]
+    reasons = [] if ok else [why]
+    devices = {t.device.type for t in tensors}
+    if backend == "triton":
+        if "cpu" in devices:
+            if not explicit:
+                reasons.append("auto never sends CPU tensors to Triton")
+            elif not triton_interpret():
+                reasons.append("CPU tensors need TRITON_INTERPRET=1 for the triton backend")
+        if devices - {"cpu", "cuda"}:
+            reasons.append(f"triton supports cuda tensors, got devices {sorted(devices)}")
+    elif backend == "cuda" and devices != {"cuda"}:
+        reasons.append(f"the cuda backend needs CUDA tensors, got devices {sorted(devices)}")
+    elif backend == "cpp" and devices != {"cpu"}:
+        reasons.append(f"the cpp backend needs CPU tensors, got devices {sorted(devices)}")
+    return reasons
+
+
+@dataclass
+class _Spec:
+    check: Check
+    auto: bool
+
+
+@dataclass
+class Dispatcher:
+    """The backends of one op, in order of preference for ``auto``."""
+
+    op: str
+    specs: dict[str, _Spec] = field(default_factory=dict)
+
+    def register(self, name: str, check: Check, *, auto: bool = True) -> None:
+        """Adds backend ``name``; ``check(*args, explicit=bool, **kw)`` returns why it cannot run."""
+        if name not in BACKENDS or name == "auto":
+            raise ValueError(f"backend name must be one of {BACKENDS[1:]}, got {name!r}")
+        self.specs[name] = _Spec(check, auto)
+
+    def choose(self, backend: str, *args: Any, **kwargs: Any) -> str:
+        """Returns the backend to run for these inputs (see module docstring)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "auto":
+            env = os.environ.get(ENV_VAR, "").strip()
+            if env and env != "auto":
+                if env not in BACKENDS:
+                    raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
+                if env in self.specs:
+                    backend = env
+        if backend != "auto":
+            if backend not in self.specs:
+                raise NotImplementedError(
+                    f"{self.op}: backend {backend!r} does not exist for this op; it has {list(self.specs)}"
+                )
+            reasons = self.specs[backend].check(*args, explicit=True, **kwargs)
+            if reasons:
+                raise NotImplementedError(f"{self.op}: backend {backend!r} cannot run: " + "; ".join(reasons))
+            return backend
+        tried = []
+        for name, spec in self.specs.items():
+            if not spec.auto:
+                continue
+            reasons = spec.check(*args, explicit=False, **kwargs)
+            if not reasons:
+                return name
+            tried.append(f"{name}: {'; '.join(reasons)}")
+        raise NotImplementedError(f"{self.op}: no backend can run these inputs ({' | '.join(tried)})")
+
+
+REGISTRY: dict[str, Dispatcher] = {}
+
+
+def dispatcher(op: str) -> Dispatcher:
+    """The dispatcher of ``op``, created on first use."""
+    return REGISTRY.setdefault(op, Dispatcher(op))

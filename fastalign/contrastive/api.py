@@ -1,0 +1,201 @@
+"""Public InfoNCE / CLIP loss: validation, then dispatch to a backend."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from fastalign import _backend
+from fastalign.contrastive import torch_chunked
+from fastalign.contrastive.reference import infonce_loss_reference
+
+Reduction = Literal["mean", "sum", "none"]
+_REDUCTIONS = ("mean", "sum", "none")
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+_dispatch = _backend.dispatcher("infonce_loss")
+
+
+def _triton_check(x: torch.Tensor, y: torch.Tensor, *, explicit: bool) -> list[str]:
+    reasons = _backend.device_reasons("triton", (x, y), explicit=explicit)
+    if x.dtype not in _TRITON_DTYPES:
+        reasons.append(f"triton takes float32, bfloat16 or float16 inputs, got {x.dtype}")
+    return reasons
+
+
+def _always(x: torch.Tensor, y: torch.Tensor, *, explicit: bool) -> list[str]:
+    return []
+
+
+_dispatch.register("triton", _triton_check)
+_dispatch.register("torch", _always)
+_dispatch.register("reference", _always, auto=False)
+
+
+def _validate(x: Any, y: Any, reduction: str) -> None:
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"infonce_loss: {name} must be a torch.Tensor of shape (N, D), got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"infonce_loss: {name} must have shape (N, D), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"infonce_loss: {name} must be a floating-point tensor, got dtype {t.dtype}")
+    if x.shape != y.shape:
+        raise ValueError(
+            f"infonce_loss: x and y must have the same shape (N, D), got x {tuple(x.shape)} and y {tuple(y.shape)}"
+        )
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"infonce_loss: N and D must be at least 1, got shape {tuple(x.shape)}")
+    if x.dtype != y.dtype:
+        raise TypeError(f"infonce_loss: x and y must share a dtype, got x {x.dtype} and y {y.dtype}")
+    if x.device != y.device:
+        raise ValueError(f"infonce_loss: x and y must be on one device, got x on {x.device} and y on {y.device}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"infonce_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _scale(temperature: Any, x: torch.Tensor) -> torch.Tensor:
+    """1 / temperature as a 0-dim tensor on x's device; differentiable when temperature is a tensor."""
+    if isinstance(temperature, torch.Tensor):
+        if temperature.dim() != 0 or not temperature.is_floating_point():
+            raise ValueError(
+                "infonce_loss: temperature must be a float or a 0-dim floating tensor, got a tensor of "
+                f"shape {tuple(temperature.shape)} and dtype {temperature.dtype}"
+            )
+        value = float(temperature.detach())
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"infonce_loss: temperature must be positive and finite, got {value}")
+        return 1.0 / temperature.to(x.device)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"infonce_loss: temperature must be a float or 0-dim tensor, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"infonce_loss: temperature must be positive and finite, got {temperature}")
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.tensor(1.0 / temperature, dtype=dtype, device=x.device)
+
+
+def _per_index(
+    x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, symmetric: bool, backend: str
+) -> torch.Tensor:
+    if backend == "reference":
+        return infonce_loss_reference(x, y, scale, symmetric=symmetric)
+    if backend == "triton":
+        from fastalign.contrastive import triton as triton_backend
+
+        return triton_backend.infonce(x, y, scale, symmetric)
+    return torch_chunked.infonce(x, y, scale, symmetric)
+
+
+def _reduce(losses: torch.Tensor, reduction: str, count: int) -> torch.Tensor:
+    if reduction == "none":
+        return losses
+    total = losses.sum()
+    return total if reduction == "sum" else total / count
+
+
+def infonce_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    temperature: float | torch.Tensor = 0.07,
+    *,
+    symmetric: bool = True,
+    reduction: Reduction = "mean",
+    backend: str = "auto",
+    group: Any = None,
+) -> torch.Tensor:
+    """InfoNCE / CLIP contrastive loss with positives on the diagonal.
+
+    ``logits = x @ y.T / temperature``; row i's positive is column i. With ``symmetric`` this is CLIP's
+    loss, the mean of the cross-entropies over rows (x -> y) and over columns (y -> x). Inputs are used
+    as given: normalise them first for cosine logits. Only the reference backend builds the N x N
+    logits; the others stream over tiles with O(N * D) memory.
+
+    Args:
+        x: (N, D) float tensor.
+        y: (N, D) float tensor, same dtype and device as x.
+        temperature: positive float, or a 0-dim tensor (gradients flow to it; checking it syncs).
+        symmetric: average both directions (True) or use rows only (False).
+        reduction: "mean" or "sum" over the N per-index losses, or "none" for the (N,) losses
+            (``0.5 * (row_i + col_i)`` when symmetric).
+        backend: "auto", "reference", "torch" or "triton" (see README, Backends).
+        group: a torch.distributed process group. Each rank passes its local shard; negatives are
+            the whole global batch, the result is the global loss ("none": this rank's per-index
+            losses) and the gradients of the local inputs equal those of the single-process loss
+            on the concatenated batch.
+
+    Returns:
+        A scalar, or (N,) (this rank's rows with ``group``) for reduction "none".
+    """
+    _validate(x, y, reduction)
+    return _loss(x, y, _scale(temperature, x), symmetric, reduction, backend, group)
+
+
+def _loss(
+    x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, symmetric: bool, reduction: str, backend: str, group: Any
+) -> torch.Tensor:
+    chosen = _dispatch.choose(backend, x, y)
+    if group is not None:
+        from fastalign.contrastive.distributed import distributed_infonce
+
+        losses, total_n, global_sum = distributed_infonce(x, y, scale, symmetric, chosen, group)
+        if reduction == "none":
+            return losses
+        local = _reduce(losses, reduction, total_n)
+        # value of the global loss, gradient of this rank's share (the backward couples the ranks)
+        target = global_sum if reduction == "sum" else global_sum / total_n
+        return local + (target - local).detach()
+    return _reduce(_per_index(x, y, scale, symmetric, chosen), reduction, x.shape[0])
+
+
+class InfoNCELoss(nn.Module):
+    """The InfoNCE / CLIP loss as a module, optionally with CLIP's learnable temperature.
+
+    With ``learnable`` the module stores ``logit_scale = log(1 / temperature)`` as a parameter and, as
+    CLIP does, clamps it to at most ``log(max_logit_scale)`` (in place, before each forward), so the
+    scale ``exp(logit_scale)`` never exceeds ``max_logit_scale``.
+    """
+
+    def __init__(self, temperature: float = 0.07, learnable: bool = False, max_logit_scale: float = 100.0) -> None:
+        super().__init__()
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise TypeError(f"InfoNCELoss: temperature must be a float, got {type(temperature).__name__}")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"InfoNCELoss: temperature must be positive and finite, got {temperature}")
+        if not (math.isfinite(max_logit_scale) and max_logit_scale > 0):
+            raise ValueError(f"InfoNCELoss: max_logit_scale must be positive and finite, got {max_logit_scale}")
+        self.learnable = learnable
+        self.max_logit_scale = float(max_logit_scale)
+        init = min(math.log(1.0 / temperature), math.log(self.max_logit_scale))
+        if learnable:
+            self.logit_scale = nn.Parameter(torch.tensor(init))
+        else:
+            self.register_buffer("logit_scale", torch.tensor(init))
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        """The current temperature, 1 / exp(logit_scale)."""
+        return torch.exp(-self.logit_scale.detach())
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        symmetric: bool = True,
+        reduction: Reduction = "mean",
+        backend: str = "auto",
+        group: Any = None,
+    ) -> torch.Tensor:
+        """The loss of :func:`infonce_loss` at this module's temperature."""
+        if self.learnable:
+            with torch.no_grad():
+                self.logit_scale.clamp_(max=math.log(self.max_logit_scale))
+        _validate(x, y, reduction)
+        scale = self.logit_scale.exp().to(x.device)
+        return _loss(x, y, scale, symmetric, reduction, backend, group)
+
+    def extra_repr(self) -> str:
+        return f"temperature={float(self.temperature):.4g}, learnable={self.learnable}, max_logit_scale={self.max_logit_scale}"

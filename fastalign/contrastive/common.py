@@ -1,0 +1,95 @@
+"""Math shared by the blockwise backends (torch_chunked, triton) and the distributed wrapper.
+
+A backend provides two primitives over a block of rows ``a`` (n_a, D) against columns ``b`` (n_b, D),
+with logits ``S = scale * a @ b.T`` that it never materialises whole:
+
+- ``lse_stats(a, b, scale, with_cols)`` -> (row_lse (n_a,), col_lse (n_b,) or None), float32, where
+  col_lse is the log-sum-exp over these rows only (a partial to be combined over row blocks/ranks).
+- ``grads(a, b, scale, row_lse, col_lse, g_row, g_col, offset)`` -> (da (n_a, D), db (n_b, D)) float32:
+  ``da = scale * dS @ b`` and ``db = scale * dS.T @ a`` with
+  ``dS[i, j] = g_row[i] exp(S[i, j] - row_lse[i]) + g_col[j] exp(S[i, j] - col_lse[j])
+  - [j == i + offset] (g_row[i] + g_col[j])`` (g_col None: no column terms).
+
+``InfoNCEFunction`` turns these into the loss and its gradients for x, y and the scale.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+
+class Primitives(Protocol):
+    def lse_stats(
+        self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, with_cols: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def grads(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        scale: torch.Tensor,
+        row_lse: torch.Tensor,
+        col_lse: torch.Tensor | None,
+        g_row: torch.Tensor,
+        g_col: torch.Tensor | None,
+        offset: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def direction_weights(symmetric: bool) -> tuple[float, float]:
+    """Weights of the row (x -> y) and column (y -> x) cross-entropies in each per-index loss."""
+    return (0.5, 0.5) if symmetric else (1.0, 0.0)
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: float64 for float64 inputs, else float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def positives(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """S[i, i] = scale * <x_i, y_i> in the compute dtype, shape (N,)."""
+    ct = compute_dtype(x)
+    return torch.linalg.vecdot(x.to(ct), y.to(ct)) * scale
+
+
+def scale_grad(dx: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """d loss / d scale = sum(dS * x @ y.T) = <dx, x> / scale, since dx = scale * dS @ y."""
+    return (torch.linalg.vecdot(dx, x.to(dx.dtype)).sum() / scale).reshape(scale.shape)
+
+
+class InfoNCEFunction(torch.autograd.Function):
+    """Per-index InfoNCE losses (N,) through a backend's blockwise primitives."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        scale: torch.Tensor,
+        symmetric: bool,
+        impl: Primitives,
+    ) -> torch.Tensor:
+        w_row, w_col = direction_weights(symmetric)
+        scale_c = scale.detach().to(compute_dtype(x))
+        row_lse, col_lse = impl.lse_stats(x, y, scale_c, symmetric)
+        pos = positives(x, y, scale_c)
+        loss = w_row * (row_lse - pos)
+        if col_lse is not None:
+            loss = loss + w_col * (col_lse - pos)
+        ctx.save_for_backward(x, y, scale_c, row_lse, col_lse if col_lse is not None else row_lse)
+        ctx.symmetric, ctx.impl, ctx.scale_dtype = symmetric, impl, scale.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, y, scale_c, row_lse, col_lse = ctx.saved_tensors
+        w_row, w_col = direction_weights(ctx.symmetric)
+        grad = grad.to(compute_dtype(x))
+        g_col = w_col * grad if ctx.symmetric else None
+        dx, dy = ctx.impl.grads(
+            x, y, scale_c, row_lse, col_lse if ctx.symmetric else None, w_row * grad, g_col, 0
+        )
+        dscale = scale_grad(dx, x, scale_c).to(ctx.scale_dtype) if ctx.needs_input_grad[2] else None
+        return dx.to(x.dtype), dy.to(y.dtype), dscale, None, None

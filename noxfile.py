@@ -1,0 +1,80 @@
+"""Developer and CI sessions: tests, lint, typecheck, cuda_compile, benchmarks.
+
+On CPU-only machines torch is pinned by constraints/cpu.txt (FASTALIGN_CONSTRAINTS names another file,
+e.g. for a CUDA machine) and the package is built with --no-build-isolation against that torch.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.reuse_existing_virtualenvs = True
+
+CONSTRAINTS = os.environ.get("FASTALIGN_CONSTRAINTS", "constraints/cpu.txt")
+
+
+def _install(session: nox.Session, extras: str) -> None:
+    session.install("-c", CONSTRAINTS, "setuptools>=64", "wheel", "ninja", "torch")
+    session.install("-c", CONSTRAINTS, "--no-build-isolation", "-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Builds fastalign._C and runs the test suite (Triton kernels interpreted on CPU-only machines)."""
+    _install(session, "test")
+    session.run("python", "-m", "fastalign.info")
+    args = session.posargs or ["-n", "2", "--dist", "loadfile"]
+    session.run("pytest", *args, env={"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy over the package."""
+    _install(session, "dev")
+    session.run("mypy", "fastalign")
+
+
+@nox.session(venv_backend="none")
+def cuda_compile(session: nox.Session) -> None:
+    """nvcc -c every kernels/*.cu on its own (they include no torch headers)."""
+    sources = sorted(glob.glob("kernels/*.cu"))
+    if not sources:
+        session.log("kernels/ has no .cu files: nothing to compile")
+        return
+    nvcc = shutil.which("nvcc") or (
+        os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc") if os.environ.get("CUDA_HOME") else None
+    )
+    if nvcc is None or not os.path.exists(nvcc):
+        session.error("nvcc not found on PATH or in $CUDA_HOME/bin: CUDA kernels were NOT compiled")
+    out = session.create_tmp()
+    for src in sources:
+        obj = os.path.join(out, os.path.basename(src) + ".o")
+        session.run(
+            nvcc, "-c", src, "-o", obj, "-std=c++17", "-O3", "-Ikernels",
+            "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+            external=True,
+        )  # fmt: skip
+    session.log(f"compiled {len(sources)} CUDA file(s) with {nvcc}")
+
+
+@nox.session
+def benchmarks(session: nox.Session) -> None:
+    """Runs every benchmarks/bench_*.py; JSON goes to benchmarks/results/, the README table is re-rendered."""
+    _install(session, "dev")
+    scripts = sorted(glob.glob("benchmarks/bench_*.py"))
+    for script in scripts:
+        session.run("python", script, *session.posargs)
+    session.run("python", "benchmarks/render.py")

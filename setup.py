@@ -1,0 +1,77 @@
+"""Builds fastalign._C and nothing else; all metadata lives in pyproject.toml.
+
+C++ host code in csrc/*.cpp is always compiled (with OpenMP). CUDA device code in kernels/*.cu and the
+glue that launches it (csrc/cuda/*.cpp) is added when torch was built with CUDA and nvcc is found.
+FASTALIGN_BUILD_CUDA=0 forces the CUDA part off, =1 forces it on (an error if torch has no CUDA; a
+warning, and a C++-only build, if nvcc is missing).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import warnings
+
+from setuptools import setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda() -> bool:
+    flag = os.environ.get("FASTALIGN_BUILD_CUDA", "").strip()
+    if flag not in ("", "0", "1"):
+        raise SystemExit(f"FASTALIGN_BUILD_CUDA must be 0 or 1, got {flag!r}")
+    if flag == "0":
+        return False
+    if torch.version.cuda is None:
+        if flag == "1":
+            raise SystemExit(
+                f"FASTALIGN_BUILD_CUDA=1 but torch {torch.__version__} was built without CUDA; "
+                "install a CUDA build of torch or unset FASTALIGN_BUILD_CUDA"
+            )
+        return False
+    if cpp_extension.CUDA_HOME is None:
+        warnings.warn(
+            "torch has CUDA but nvcc was not found (set CUDA_HOME): building fastalign._C without "
+            "its CUDA kernels; the 'cuda' backend will be unavailable",
+            stacklevel=1,
+        )
+        return False
+    return True
+
+
+def _extension() -> cpp_extension.CppExtension:
+    rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)
+    sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx = ["-O3", *openmp]
+    if _want_cuda():
+        sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
+        sources += rel(glob.glob(os.path.join(ROOT, "kernels", "*.cu")))
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            nvcc += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+        return cpp_extension.CUDAExtension(
+            "fastalign._C",
+            sources,
+            include_dirs=[os.path.join(ROOT, "kernels")],
+            define_macros=[("FASTALIGN_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=openmp,
+        )
+    return cpp_extension.CppExtension(
+        "fastalign._C",
+        sources,
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=openmp,
+    )
+
+
+setup(
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+)
