@@ -71,7 +71,9 @@ def peak_tflops(device: str, dtype: torch.dtype) -> tuple[float, str]:
         name = device_name(device)
         for gpu, peaks in _GPU_PEAKS.items():
             if gpu in name:
-                tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+                tf32 = (
+                    torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+                )
                 k = key if key != "float32" or tf32 else "float32-ieee"
                 return peaks[k], f"{gpu} datasheet dense {k}"
         return float("nan"), f"no datasheet peak known for {name}"

@@ -62,7 +62,10 @@ def global_status() -> dict[str, tuple[bool, str]]:
     if ext_err is not None:
         status["cuda"] = (False, ext_err)
     elif not info.get("cuda", False):
-        status["cuda"] = (False, "fastalign._C was built without CUDA kernels (torch without CUDA, or no nvcc)")
+        status["cuda"] = (
+            False,
+            "fastalign._C was built without CUDA kernels (torch without CUDA, or no nvcc)",
+        )
     elif not cuda_dev:
         status["cuda"] = (False, "no CUDA device visible to torch")
     else:

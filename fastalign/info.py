@@ -27,12 +27,15 @@ def report() -> str:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            lines.append(f"device    cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}")
+            lines.append(
+                f"device    cuda:{i} {p.name}, {p.total_memory / 2**30:.0f} GiB, sm_{p.major}{p.minor}"
+            )
     else:
         lines.append(f"device    cpu ({torch.get_num_threads()} threads), no CUDA device")
     info = _ext.build_info()
     lines.append(
-        "_C        " + (f"built (cuda={info.get('cuda')}, openmp={info.get('openmp')})" if info else "missing")
+        "_C        "
+        + (f"built (cuda={info.get('cuda')}, openmp={info.get('openmp')})" if info else "missing")
     )
     lines.append("")
     lines.append("backends (in this process):")

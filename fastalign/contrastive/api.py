@@ -38,21 +38,26 @@ _dispatch.register("reference", _always, auto=False)
 def _validate(x: Any, y: Any, reduction: str) -> None:
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"infonce_loss: {name} must be a torch.Tensor of shape (N, D), got {type(t).__name__}")
+            raise TypeError(
+                f"infonce_loss: {name} must be a torch.Tensor of shape (N, D), got {type(t).__name__}"
+            )
         if t.dim() != 2:
             raise ValueError(f"infonce_loss: {name} must have shape (N, D), got shape {tuple(t.shape)}")
         if not t.is_floating_point():
             raise TypeError(f"infonce_loss: {name} must be a floating-point tensor, got dtype {t.dtype}")
     if x.shape != y.shape:
         raise ValueError(
-            f"infonce_loss: x and y must have the same shape (N, D), got x {tuple(x.shape)} and y {tuple(y.shape)}"
+            "infonce_loss: x and y must have the same shape (N, D), "
+            f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"infonce_loss: N and D must be at least 1, got shape {tuple(x.shape)}")
     if x.dtype != y.dtype:
         raise TypeError(f"infonce_loss: x and y must share a dtype, got x {x.dtype} and y {y.dtype}")
     if x.device != y.device:
-        raise ValueError(f"infonce_loss: x and y must be on one device, got x on {x.device} and y on {y.device}")
+        raise ValueError(
+            f"infonce_loss: x and y must be on one device, got x on {x.device} and y on {y.device}"
+        )
     if reduction not in _REDUCTIONS:
         raise ValueError(f"infonce_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
@@ -70,7 +75,9 @@ def _scale(temperature: Any, x: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"infonce_loss: temperature must be positive and finite, got {value}")
         return 1.0 / temperature.to(x.device)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"infonce_loss: temperature must be a float or 0-dim tensor, got {type(temperature).__name__}")
+        raise TypeError(
+            f"infonce_loss: temperature must be a float or 0-dim tensor, got {type(temperature).__name__}"
+        )
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"infonce_loss: temperature must be positive and finite, got {temperature}")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -134,7 +141,13 @@ def infonce_loss(
 
 
 def _loss(
-    x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, symmetric: bool, reduction: str, backend: str, group: Any
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: torch.Tensor,
+    symmetric: bool,
+    reduction: str,
+    backend: str,
+    group: Any,
 ) -> torch.Tensor:
     chosen = _dispatch.choose(backend, x, y)
     if group is not None:
@@ -158,14 +171,18 @@ class InfoNCELoss(nn.Module):
     scale ``exp(logit_scale)`` never exceeds ``max_logit_scale``.
     """
 
-    def __init__(self, temperature: float = 0.07, learnable: bool = False, max_logit_scale: float = 100.0) -> None:
+    def __init__(
+        self, temperature: float = 0.07, learnable: bool = False, max_logit_scale: float = 100.0
+    ) -> None:
         super().__init__()
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
             raise TypeError(f"InfoNCELoss: temperature must be a float, got {type(temperature).__name__}")
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"InfoNCELoss: temperature must be positive and finite, got {temperature}")
         if not (math.isfinite(max_logit_scale) and max_logit_scale > 0):
-            raise ValueError(f"InfoNCELoss: max_logit_scale must be positive and finite, got {max_logit_scale}")
+            raise ValueError(
+                f"InfoNCELoss: max_logit_scale must be positive and finite, got {max_logit_scale}"
+            )
         self.learnable = learnable
         self.max_logit_scale = float(max_logit_scale)
         init = min(math.log(1.0 / temperature), math.log(self.max_logit_scale))
@@ -198,4 +215,7 @@ class InfoNCELoss(nn.Module):
         return _loss(x, y, scale, symmetric, reduction, backend, group)
 
     def extra_repr(self) -> str:
-        return f"temperature={float(self.temperature):.4g}, learnable={self.learnable}, max_logit_scale={self.max_logit_scale}"
+        return (
+            f"temperature={float(self.temperature):.4g}, learnable={self.learnable}, "
+            f"max_logit_scale={self.max_logit_scale}"
+        )
