@@ -9,11 +9,31 @@ from __future__ import annotations
 import torch  # noqa: F401  (before anything that may load fastalign._C)
 
 from fastalign.contrastive import InfoNCELoss, infonce_loss
+from fastalign.rsa import (
+    ClusterResult,
+    PermutationResult,
+    cluster_permutation_test,
+    compare_rdms,
+    noise_ceiling,
+    rank,
+    rdm,
+    rsa_permutation_test,
+    time_resolved_rdms,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClusterResult",
     "InfoNCELoss",
+    "PermutationResult",
     "__version__",
+    "cluster_permutation_test",
+    "compare_rdms",
     "infonce_loss",
+    "noise_ceiling",
+    "rank",
+    "rdm",
+    "rsa_permutation_test",
+    "time_resolved_rdms",
 ]

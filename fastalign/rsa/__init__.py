@@ -1,0 +1,26 @@
+"""Representational similarity analysis: RDMs, exact ranks, RDM comparison, permutation and cluster
+statistics, noise ceilings; batched over leading dims, with rsatoolbox's definitions."""
+
+from fastalign.rsa.api import (
+    ClusterResult,
+    PermutationResult,
+    cluster_permutation_test,
+    compare_rdms,
+    noise_ceiling,
+    rank,
+    rdm,
+    rsa_permutation_test,
+    time_resolved_rdms,
+)
+
+__all__ = [
+    "ClusterResult",
+    "PermutationResult",
+    "cluster_permutation_test",
+    "compare_rdms",
+    "noise_ceiling",
+    "rank",
+    "rdm",
+    "rsa_permutation_test",
+    "time_resolved_rdms",
+]

@@ -1,0 +1,674 @@
+"""Public RSA functions: validation, then dispatch to a backend.
+
+Conventions are rsatoolbox's: RDMs are condensed vectors (the strict upper triangle read row by row),
+rdm methods "correlation" / "euclidean" (squared, divided by n_features) / "crossnobis", compare
+methods "spearman" / "pearson" (rsatoolbox's "corr") / "kendall_tau_a" ("tau-a") / "rho_a" ("rho-a")
+/ "cosine", noise ceilings as rsatoolbox.inference.boot_noise_ceiling.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastalign import _backend
+from fastalign.rsa import common, reference, torch_chunked
+
+_rdm_dispatch = _backend.dispatcher("rdm")
+_rank_dispatch = _backend.dispatcher("rank")
+_compare_dispatch = _backend.dispatcher("compare_rdms")
+_perm_dispatch = _backend.dispatcher("rsa_permutation_test")
+_cluster_dispatch = _backend.dispatcher("cluster_permutation_test")
+_nc_dispatch = _backend.dispatcher("noise_ceiling")
+
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_COMPILED_RANK_DTYPES = (torch.float64, torch.float32, torch.int64, torch.int32)
+
+
+def _always(*args: Any, explicit: bool, **kwargs: Any) -> list[str]:
+    return []
+
+
+def _rdm_triton_check(x: torch.Tensor, method: str, *, explicit: bool) -> list[str]:
+    reasons = _backend.device_reasons("triton", (x,), explicit=explicit)
+    if x.dtype not in _TRITON_DTYPES:
+        reasons.append(f"triton takes float32, float16 or bfloat16 inputs, got {x.dtype}")
+    if method == "crossnobis":
+        reasons.append("triton has no crossnobis kernel (it needs the fold structure)")
+    return reasons
+
+
+def _compiled_check(name: str) -> Any:
+    def check(x: torch.Tensor, *, explicit: bool) -> list[str]:
+        reasons = _backend.device_reasons(name, (x,), explicit=explicit)
+        if x.dtype not in _COMPILED_RANK_DTYPES:
+            reasons.append(f"{name} ranks float64, float32, int64 or int32 tensors, got {x.dtype}")
+        return reasons
+
+    return check
+
+
+def _perm_compiled_check(name: str) -> Any:
+    def check(a: torch.Tensor, b: torch.Tensor, method: str, *, explicit: bool) -> list[str]:
+        reasons = _backend.device_reasons(name, (a, b), explicit=explicit)
+        if method not in common.LINEAR_METHODS:
+            reasons.append(f"{name} runs the linear methods {common.LINEAR_METHODS}, got {method!r}")
+        return reasons
+
+    return check
+
+
+_rdm_dispatch.register("triton", _rdm_triton_check)
+_rdm_dispatch.register("torch", _always)
+_rdm_dispatch.register("reference", _always, auto=False)
+_rank_dispatch.register("cuda", _compiled_check("cuda"))
+_rank_dispatch.register("cpp", _compiled_check("cpp"))
+_rank_dispatch.register("torch", _always)
+_rank_dispatch.register("reference", _always, auto=False)
+_compare_dispatch.register("torch", _always)
+_compare_dispatch.register("reference", _always, auto=False)
+_perm_dispatch.register("cuda", _perm_compiled_check("cuda"))
+_perm_dispatch.register("cpp", _perm_compiled_check("cpp"))
+_perm_dispatch.register("torch", _always)
+_perm_dispatch.register("reference", _always, auto=False)
+_cluster_dispatch.register("torch", _always)
+_cluster_dispatch.register("reference", _always, auto=False)
+_nc_dispatch.register("torch", _always)
+_nc_dispatch.register("reference", _always, auto=False)
+
+
+def _module(name: str) -> ModuleType:
+    """The backend module of ``name`` (imported on first use: triton and the extension are optional)."""
+    if name in ("cpp", "cuda", "triton"):
+        return importlib.import_module(f"fastalign.rsa.{name}")
+    return torch_chunked
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def _tensor(fn: str, name: str, x: Any) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.is_complex():
+        raise TypeError(f"{fn}: {name} must be real, got dtype {x.dtype}")
+    return x
+
+
+def _float(fn: str, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Integer and bool inputs (binary model RDMs, counts) become float64."""
+    if not x.is_floating_point():
+        return x.to(torch.float64)
+    return x
+
+
+def _finite(fn: str, name: str, x: torch.Tensor, what: str = "") -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
+        raise ValueError(f"{fn}: {name} contains {bad}{what}; expected finite values")
+
+
+def _method(fn: str, method: Any, allowed: tuple[str, ...]) -> str:
+    if method not in allowed:
+        raise ValueError(f"{fn}: method must be one of {allowed}, got {method!r}")
+    return str(method)
+
+
+def _n_from_pairs(fn: str, name: str, k: int) -> int:
+    n = common.n_conditions(k)
+    if n is None:
+        raise ValueError(
+            f"{fn}: {name} must be condensed RDM vectors whose last dim is n*(n-1)/2, got last dim {k}"
+        )
+    if n < 3:
+        raise ValueError(f"{fn}: {name} must come from at least 3 conditions, got {n} (last dim {k})")
+    return n
+
+
+def _nonconstant(fn: str, name: str, v: torch.Tensor, method: str) -> None:
+    """Pearson-type statistics are undefined for a constant vector (cosine: for an all-zero one)."""
+    if method in ("pearson", "spearman"):
+        bad = v.amax(-1) == v.amin(-1)
+        what = "is constant"
+    elif method == "cosine":
+        bad = (v == 0).all(-1)
+        what = "is all zeros"
+    else:
+        return
+    if bool(bad.any()):
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{fn}: {name} at index {where} {what}; method {method!r} is undefined for it")
+
+
+# ----------------------------------------------------------------------------------------- rdm
+
+
+def rdm(
+    x: torch.Tensor,
+    method: str = "correlation",
+    *,
+    noise: torch.Tensor | None = None,
+    square: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Representational dissimilarity matrices, batched over leading dims.
+
+    Methods follow rsatoolbox.rdm.calc_rdm: "correlation" (1 - Pearson r between condition patterns),
+    "cosine" (1 - cosine similarity, scipy's pdist "cosine"), "euclidean" (squared Euclidean distance
+    divided by n_features) and "crossnobis" (leave-one-fold-out cross-validated squared Mahalanobis
+    distance divided by n_features: the mean over folds f of (train_i - train_j) N (test_i - test_j),
+    with test = fold f's patterns and train = the mean of the other folds; rsatoolbox's
+    calc_rdm_crossnobis for balanced folds). Features are streamed in chunks, so n_features in the
+    hundreds of thousands (CORnet-S V1: 200,704) needs only O(n_conditions^2) extra memory.
+
+    Args:
+        x: (..., n_conditions, n_features); for "crossnobis" (..., n_folds, n_conditions, n_features).
+            Floating point, finite; integer input is used as float64.
+        method: "correlation", "cosine", "euclidean" or "crossnobis".
+        noise: crossnobis only: (n_features, n_features) noise precision matrix (None: identity).
+        square: return (..., n, n) symmetric matrices with a zero diagonal instead of condensed vectors.
+        backend: "auto", "reference", "torch" or "triton".
+
+    Returns:
+        (..., n_conditions * (n_conditions - 1) / 2) condensed RDMs in rsatoolbox's (and scipy's
+        squareform) order, or (..., n, n) when ``square``; float64 for float64 input, else float32.
+
+    Raises:
+        ValueError: fewer than 3 conditions, NaN/inf, a constant pattern ("correlation": undefined), an
+            all-zero pattern ("cosine"), fewer than 2 folds or a badly shaped noise matrix.
+    """
+    fn = "rdm"
+    x = _float(fn, "x", _tensor(fn, "x", x))
+    method = _method(fn, method, common.RDM_METHODS)
+    min_dim = 3 if method == "crossnobis" else 2
+    shape_doc = "(..., " + ("n_folds, " if min_dim == 3 else "") + "n_conditions, n_features)"
+    if x.dim() < min_dim:
+        raise ValueError(f"{fn}: x must have shape {shape_doc} for method {method!r}, got {tuple(x.shape)}")
+    n, p = x.shape[-2], x.shape[-1]
+    if n < 3:
+        raise ValueError(f"{fn}: x must have at least 3 conditions (dim -2), got shape {tuple(x.shape)}")
+    if p < 1 or x.numel() == 0:
+        raise ValueError(f"{fn}: x must have at least 1 feature and no empty dim, got {tuple(x.shape)}")
+    _finite(fn, "x", x)
+    if method == "correlation":
+        if p < 2:
+            raise ValueError(f"{fn}: correlation distance needs at least 2 features, got {p}")
+        const = x.amax(-1) == x.amin(-1)
+        if bool(const.any()):
+            where = tuple(int(i) for i in const.nonzero()[0])
+            raise ValueError(
+                f"{fn}: x has a constant pattern at index {where}; its correlation distance is undefined"
+            )
+    if method == "cosine":
+        zero = (x == 0).all(-1)
+        if bool(zero.any()):
+            where = tuple(int(i) for i in zero.nonzero()[0])
+            raise ValueError(
+                f"{fn}: x has an all-zero pattern at index {where}; cosine distance is undefined"
+            )
+    if method == "crossnobis":
+        if x.shape[-3] < 2:
+            raise ValueError(f"{fn}: crossnobis needs at least 2 folds (dim -3), got shape {tuple(x.shape)}")
+        if noise is not None:
+            noise = _float(fn, "noise", _tensor(fn, "noise", noise))
+            if noise.shape != (p, p):
+                raise ValueError(
+                    f"{fn}: noise must be a ({p}, {p}) precision matrix for {p} features, got "
+                    f"{tuple(noise.shape)}"
+                )
+            _finite(fn, "noise", noise)
+            noise = noise.to(device=x.device)
+    elif noise is not None:
+        raise ValueError(f"{fn}: noise is used by method 'crossnobis' only, got method {method!r}")
+    chosen = _rdm_dispatch.choose(backend, x, method)
+    if chosen == "reference":
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        out = reference.rdm_reference(x.to(ct), method, None if noise is None else noise.to(ct))
+    else:
+        out = _module(chosen).rdm(x, method, noise)
+    return common.square(out, n) if square else out
+
+
+def time_resolved_rdms(
+    data: Any,
+    method: str = "correlation",
+    window: int = 1,
+    step: int = 1,
+    *,
+    noise: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """One RDM per time window: the features of a window are its channels x time points.
+
+    Args:
+        data: (..., n_conditions, n_channels, n_times) (for "crossnobis" (..., n_folds, n_conditions,
+            n_channels, n_times)), or an ``mne.Epochs`` whose event types are the conditions: each is
+            averaged to one evoked response (data channels, bad channels excluded) in the order of
+            ``epochs.event_id``.
+        method: as :func:`rdm`.
+        window: time points per window (>= 1).
+        step: time points between window starts (>= 1).
+        noise: crossnobis noise precision over the (n_channels * window) window features.
+        backend: as :func:`rdm`.
+
+    Returns:
+        (..., n_windows, n_pairs) with ``n_windows = (n_times - window) // step + 1``.
+    """
+    fn = "time_resolved_rdms"
+    data = _epochs_to_tensor(data)
+    data = _tensor(fn, "data", data)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"{fn}: window must be an int >= 1, got {window!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"{fn}: step must be an int >= 1, got {step!r}")
+    min_dim = 4 if method == "crossnobis" else 3
+    if data.dim() < min_dim:
+        raise ValueError(
+            f"{fn}: data must have shape (..., n_conditions, n_channels, n_times) "
+            f"(crossnobis: (..., n_folds, n_conditions, n_channels, n_times)), got {tuple(data.shape)}"
+        )
+    n_times = data.shape[-1]
+    if window > n_times:
+        raise ValueError(f"{fn}: window ({window}) is longer than the data's {n_times} time points")
+    win = data.unfold(-1, window, step)  # (..., n_cond, n_ch, n_windows, window)
+    win = win.movedim(-2, -3).flatten(-2)  # (..., n_cond, n_windows, n_ch * window)
+    core = 3 if method == "crossnobis" else 2  # dims before the window dim that belong to one RDM
+    win = win.movedim(-2, -2 - core)  # (..., n_windows, [n_folds,] n_cond, features)
+    return rdm(win, method, noise=noise, backend=backend)
+
+
+def _epochs_to_tensor(data: Any) -> Any:
+    """An mne.Epochs -> (n_conditions, n_channels, n_times) float64 of per-condition evoked means."""
+    try:
+        import mne
+    except ImportError:  # pragma: no cover - mne is a dependency
+        return data
+    if not isinstance(data, mne.BaseEpochs):
+        return data
+    conditions = list(data.event_id)
+    if len(conditions) < 3:
+        raise ValueError(f"time_resolved_rdms: the Epochs have {len(conditions)} event types; need >= 3")
+    evoked = []
+    for cond in conditions:
+        ep = data[cond]
+        if len(ep) == 0:
+            raise ValueError(f"time_resolved_rdms: condition {cond!r} has no epochs (all dropped?)")
+        evoked.append(ep.average().data)
+    return torch.from_numpy(np.stack(evoked))
+
+
+# ----------------------------------------------------------------------------------------- rank
+
+
+def rank(x: torch.Tensor, dim: int = -1, *, backend: str = "auto") -> torch.Tensor:
+    """Average ranks along ``dim`` with ties sharing their mean rank: scipy.stats.rankdata.
+
+    Exact at any length: tie groups are found by position in int64 and the average rank
+    ``(first + last + 2) / 2`` is formed in float64 (no int32 overflow with 500,000 tied entries).
+
+    Args:
+        x: real tensor of any shape (integers and bools allowed), without NaN.
+        dim: the dim to rank along.
+        backend: "auto", "reference", "torch", "cpp" (CPU) or "cuda".
+
+    Returns:
+        float64 tensor of x's shape with ranks in 1..n.
+    """
+    fn = "rank"
+    x = _tensor(fn, "x", x)
+    if x.dim() == 0:
+        raise ValueError(f"{fn}: x must have at least 1 dim, got a 0-dim tensor")
+    if not -x.dim() <= dim < x.dim():
+        raise ValueError(f"{fn}: dim must be in [{-x.dim()}, {x.dim() - 1}] for {tuple(x.shape)}, got {dim}")
+    if x.dtype == torch.bool:
+        x = x.to(torch.uint8)
+    if x.is_floating_point() and bool(torch.isnan(x).any()):
+        raise ValueError(f"{fn}: x contains NaN, which has no rank; expected no NaN")
+    xt = x.movedim(dim, -1)
+    if xt.shape[-1] == 0:
+        return torch.empty(x.shape, dtype=torch.float64, device=x.device)
+    chosen = _rank_dispatch.choose(backend, xt)
+    out = reference.rank_reference(xt) if chosen == "reference" else _module(chosen).rank(xt.contiguous())
+    return out.movedim(-1, dim)
+
+
+# ----------------------------------------------------------------------------------------- compare
+
+
+def _rdm_pair(fn: str, a: Any, b: Any, *, allow_nan: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    a = _float(fn, "a", _tensor(fn, "a", a))
+    b = _float(fn, "b", _tensor(fn, "b", b))
+    for name, t in (("a", a), ("b", b)):
+        if t.dim() < 1:
+            raise ValueError(f"{fn}: {name} must have shape (..., n_pairs), got a 0-dim tensor")
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(
+            f"{fn}: a and b must be RDMs of the same number of conditions, got last dims {a.shape[-1]} and "
+            f"{b.shape[-1]}"
+        )
+    n = _n_from_pairs(fn, "a", a.shape[-1])
+    try:
+        torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"{fn}: the leading dims of a {tuple(a.shape[:-1])} and b {tuple(b.shape[:-1])} do not broadcast"
+        ) from None
+    if a.device != b.device:
+        raise ValueError(f"{fn}: a and b must be on one device, got {a.device} and {b.device}")
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(dtype)
+    for name, t in (("a", a), ("b", b)):
+        if bool(torch.isinf(t).any()):
+            raise ValueError(f"{fn}: {name} contains inf; expected finite values")
+        if not allow_nan and bool(torch.isnan(t).any()):
+            raise ValueError(
+                f"{fn}: {name} contains NaN; permuting conditions moves NaN entries, so this test needs "
+                "complete RDMs"
+            )
+    return a, b, n
+
+
+def _drop_nan(fn: str, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """rsatoolbox's masking: an entry NaN in any RDM is dropped from all; a and b must agree on where."""
+    nan_a = torch.isnan(a).reshape(-1, a.shape[-1]).any(0)
+    nan_b = torch.isnan(b).reshape(-1, b.shape[-1]).any(0)
+    if not bool(nan_a.any()) and not bool(nan_b.any()):
+        return a, b
+    if not torch.equal(nan_a, nan_b):
+        raise ValueError(f"{fn}: a and b have NaN at different RDM entries; rsatoolbox needs the same ones")
+    keep = ~nan_a
+    if int(keep.sum()) < 2:
+        raise ValueError(f"{fn}: fewer than 2 RDM entries are not NaN")
+    return a[..., keep], b[..., keep]
+
+
+def compare_rdms(
+    a: torch.Tensor, b: torch.Tensor, method: str = "spearman", *, backend: str = "auto"
+) -> torch.Tensor:
+    """Similarity between RDM vectors, broadcast over leading dims (e.g. time x layer x subject).
+
+    Definitions are rsatoolbox's (rsatoolbox.rdm.compare): "spearman" (Pearson r of average ranks),
+    "pearson" (rsatoolbox "corr"), "kendall_tau_a" ("tau-a": concordant minus discordant pairs over
+    K(K-1)/2; O(K^2) work), "rho_a" ("rho-a": 12 sum(rc_a rc_b) / (K^3 - K) with centred ranks rc) and
+    "cosine". NaN entries follow rsatoolbox: an entry NaN in any RDM of a or b is dropped from all, and
+    a and b must have NaN at the same entries.
+
+    Args:
+        a: (..., n_pairs) condensed RDMs (e.g. (n_times, 1, n_subjects, K) brain RDMs).
+        b: (..., n_pairs) condensed RDMs broadcastable with a (e.g. (1, n_layers, 1, K) model RDMs).
+        method: "spearman", "pearson", "kendall_tau_a", "rho_a" or "cosine".
+        backend: "auto", "reference" or "torch".
+
+    Returns:
+        broadcast(a.shape[:-1], b.shape[:-1]) similarities; float64 unless both inputs are float32
+        (or lower precision), then float32.
+
+    Raises:
+        ValueError: mismatched or non-condensed sizes, fewer than 3 conditions, inf, NaN at different
+            entries, or a constant RDM for "pearson"/"spearman" (all-zero for "cosine"), for which the
+            statistic is undefined.
+    """
+    fn = "compare_rdms"
+    method = _method(fn, method, common.COMPARE_METHODS)
+    a, b, _ = _rdm_pair(fn, a, b, allow_nan=True)
+    a, b = _drop_nan(fn, a, b)
+    _nonconstant(fn, "a", a, method)
+    _nonconstant(fn, "b", b, method)
+    chosen = _compare_dispatch.choose(backend, a, b, method)
+    if chosen == "reference":
+        return reference.compare_reference(a, b, method)
+    return torch_chunked.compare(a, b, method)
+
+
+# ----------------------------------------------------------------------------------------- permutation tests
+
+
+@dataclass
+class PermutationResult:
+    """Result of :func:`rsa_permutation_test`.
+
+    Attributes:
+        statistic: (...) the observed similarities (as :func:`compare_rdms`).
+        pvalue: (...) ``(1 + #{null at least as extreme}) / (1 + n_permutations)``.
+        null: (n_permutations, ...) the permutation distribution, or None unless ``return_null``.
+    """
+
+    statistic: torch.Tensor
+    pvalue: torch.Tensor
+    null: torch.Tensor | None = None
+
+
+def _count(fn: str, name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{fn}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _seed(fn: str, seed: Any) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"{fn}: seed must be an int or None, got {type(seed).__name__}")
+    return None if seed is None else int(seed)
+
+
+def rsa_permutation_test(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    method: str = "spearman",
+    n_permutations: int = 10000,
+    alternative: str = "greater",
+    seed: int | None = None,
+    return_null: bool = False,
+    backend: str = "auto",
+) -> PermutationResult:
+    """Condition-label permutation test of RDM similarity, batched over leading dims.
+
+    Each permutation relabels b's conditions (rows and columns together); the same permutations are
+    used for every RDM in the batch. For the linear methods (spearman, pearson, rho_a, cosine) ranks and
+    normalisation are computed once and each permutation is a gather of pair indices followed by dot
+    products; "kendall_tau_a" recomputes the statistic per permutation (O(K^2) each). Null values within
+    a relative 100 * eps of the observed statistic count as ties (scipy.stats.permutation_test).
+
+    Args:
+        a: (..., n_pairs) condensed RDMs, e.g. brain RDMs (n_times, 1, n_subjects, K).
+        b: (..., n_pairs) condensed RDMs broadcastable with a, e.g. model RDMs (1, n_layers, 1, K).
+        method: as :func:`compare_rdms`.
+        n_permutations: number of random permutations (>= 1).
+        alternative: "greater" (similarity above chance), "less" or "two-sided".
+        seed: seeds the permutations (drawn on the CPU, identical across backends and devices).
+        return_null: also return the (n_permutations, ...) null distribution.
+        backend: "auto", "reference", "torch", "cpp" (CPU) or "cuda" (the compiled ones: linear methods).
+
+    Returns:
+        A :class:`PermutationResult`.
+    """
+    fn = "rsa_permutation_test"
+    method = _method(fn, method, common.COMPARE_METHODS)
+    if alternative not in common.ALTERNATIVES:
+        raise ValueError(f"{fn}: alternative must be one of {common.ALTERNATIVES}, got {alternative!r}")
+    n_perm = _count(fn, "n_permutations", n_permutations, 1)
+    seed = _seed(fn, seed)
+    a, b, n = _rdm_pair(fn, a, b, allow_nan=False)
+    _nonconstant(fn, "a", a, method)
+    _nonconstant(fn, "b", b, method)
+    chosen = _perm_dispatch.choose(backend, a, b, method)
+    perms = common.permutations(n, n_perm, seed)
+    if chosen == "reference":
+        observed = reference.compare_reference(a, b, method)
+        null = reference.permutation_null_reference(a, b, method, perms)
+    elif method not in common.LINEAR_METHODS:
+        observed = torch_chunked.compare(a, b, method)
+        null = _generic_null(a, b, method, perms, n)
+    else:
+        mod = _module(chosen)
+        rank_fn = mod.rank if method in ("spearman", "rho_a") else None
+        za = torch_chunked.prepare(a, method, rank_fn(a) if rank_fn else None)
+        zb = torch_chunked.prepare(b, method, rank_fn(b) if rank_fn else None)
+        scale = torch_chunked.linear_scale(method, a.shape[-1])
+        observed = torch.einsum("...k,...k->...", za, zb) * scale
+        if zb.numel() <= za.numel():
+            null = mod.permutation_null(za, zb, perms, n) * scale
+        else:
+            # sum_k za[k] zb[idx_pi[k]] == sum_m za[idx_pi^-1[m]] zb[m]: gather the smaller operand
+            null = mod.permutation_null(zb, za, perms.argsort(dim=1), n) * scale
+    pvalue = common.permutation_pvalue(observed, null, alternative)
+    return PermutationResult(observed, pvalue, null if return_null else None)
+
+
+def _generic_null(a: torch.Tensor, b: torch.Tensor, method: str, perms: torch.Tensor, n: int) -> torch.Tensor:
+    """Nonlinear statistics: recompute on each permuted b, a few permutations at a time."""
+    shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    out = torch.empty((perms.shape[0], *shape), dtype=torch_chunked.compute_dtype(a), device=a.device)
+    step = max(1, (1 << 20) // max(b.numel(), 1))
+    for s in range(0, perms.shape[0], step):
+        idx = common.permuted_pair_indices(perms[s : s + step].to(a.device), n)
+        out[s : s + step] = torch_chunked.compare(a, b[..., idx].movedim(-2, 0), method)
+    return out
+
+
+@dataclass
+class ClusterResult:
+    """Result of :func:`cluster_permutation_test`.
+
+    Attributes:
+        t_values: (n_times,) one-sample t statistic of the effects at each time point.
+        clusters: one ``slice(start, stop)`` of time indices per cluster, in time order.
+        masses: (n_clusters,) sum of t over each cluster (negative for negative clusters).
+        pvalues: (n_clusters,) ``(1 + #{null max mass >= |mass|}) / (1 + n_permutations)``.
+        null: (n_permutations,) the maximum cluster mass (|mass| for tail 0) of each sign flip.
+        threshold: the cluster-forming t threshold used.
+    """
+
+    t_values: torch.Tensor
+    clusters: list[slice]
+    masses: torch.Tensor
+    pvalues: torch.Tensor
+    null: torch.Tensor
+    threshold: float
+
+
+def cluster_permutation_test(
+    x: torch.Tensor,
+    *,
+    threshold: float | None = None,
+    n_permutations: int = 1000,
+    tail: int = 1,
+    seed: int | None = None,
+    backend: str = "auto",
+) -> ClusterResult:
+    """Sign-flip max-cluster-mass test across time (Maris & Oostenveld 2007), as MNE's 1-sample test.
+
+    Under the null each subject's effect curve is symmetric around zero, so each permutation flips the
+    sign of whole subjects, recomputes the one-sample t curve, finds clusters (maximal runs of time points
+    with t beyond the threshold; tail 0 keeps positive and negative runs apart) and records the largest
+    cluster mass (sum of t; |sum| for tail 0). Each observed cluster's p-value is the +1-corrected
+    fraction of permutations whose maximum reaches its mass, which controls the family-wise error over
+    time.
+
+    Args:
+        x: (n_subjects, n_times) effects, e.g. model-brain similarity minus a baseline; n_subjects >= 2.
+        threshold: positive t threshold forming clusters; None: the t quantile at p = 0.05 with
+            n_subjects - 1 degrees of freedom (one-sided for tail +-1, 0.025 per side for tail 0), MNE's
+            default.
+        n_permutations: random sign flips (>= 1).
+        tail: 1 (positive effects), -1 (negative) or 0 (both).
+        seed: seeds the sign flips (drawn on the CPU).
+        backend: "auto", "reference" or "torch".
+
+    Returns:
+        A :class:`ClusterResult` (computed in float64).
+    """
+    fn = "cluster_permutation_test"
+    x = _tensor(fn, "x", x)
+    if x.dim() != 2:
+        raise ValueError(f"{fn}: x must have shape (n_subjects, n_times), got {tuple(x.shape)}")
+    if x.shape[0] < 2 or x.shape[1] < 1:
+        raise ValueError(f"{fn}: x needs at least 2 subjects and 1 time point, got shape {tuple(x.shape)}")
+    x = x.to(torch.float64)
+    _finite(fn, "x", x)
+    if tail not in (1, -1, 0) or isinstance(tail, bool):
+        raise ValueError(f"{fn}: tail must be 1, -1 or 0, got {tail!r}")
+    n_perm = _count(fn, "n_permutations", n_permutations, 1)
+    seed = _seed(fn, seed)
+    if threshold is None:
+        from scipy import stats
+
+        threshold = float(stats.t.ppf(1 - (0.05 if tail != 0 else 0.025), x.shape[0] - 1))
+    elif (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not (math.isfinite(threshold) and threshold > 0)
+    ):
+        raise ValueError(f"{fn}: threshold must be a positive finite number or None, got {threshold!r}")
+    threshold = float(threshold)
+    if bool((x.std(0) == 0).any()):
+        col = int((x.std(0) == 0).nonzero()[0, 0])
+        raise ValueError(f"{fn}: x has zero variance across subjects at time {col}; t is undefined there")
+    chosen = _cluster_dispatch.choose(backend, x)
+    flips = common.sign_flips(x.shape[0], n_perm, seed)
+    if chosen == "reference":
+        t, found, null, pvals = reference.cluster_test_reference(x, threshold, tail, flips)
+    else:
+        t = common.one_sample_t(x)
+        found = reference.cluster_masses_reference(t.cpu(), threshold, tail)
+        null = torch_chunked.cluster_null(x, threshold, tail, flips).cpu()
+        observed = torch.tensor([abs(m) for _, _, m in found], dtype=torch.float64)
+        pvals = common.permutation_pvalue(observed, null[:, None].expand(-1, len(found)), "greater")
+    masses = torch.tensor([m for _, _, m in found], dtype=torch.float64)
+    return ClusterResult(t, [slice(s, e) for s, e, _ in found], masses, pvals, null, threshold)
+
+
+# ----------------------------------------------------------------------------------------- noise ceiling
+
+
+def noise_ceiling(
+    rdms: torch.Tensor, method: str = "spearman", *, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds on the similarity a model can reach, from a stack of subject RDMs.
+
+    As rsatoolbox.inference.boot_noise_ceiling: the upper bound is the mean over subjects of the
+    similarity between the subject's RDM and the pooled RDM of all subjects, the lower bound the same
+    with the pool of all other subjects (leave one out). Pooling is rsatoolbox's pool_rdm: the mean of
+    ranks for the rank methods, of z-scored RDMs for "pearson", of RMS-normalised RDMs for "cosine".
+
+    Args:
+        rdms: (n_subjects, ..., n_pairs) condensed RDMs, n_subjects >= 2, without NaN.
+        method: as :func:`compare_rdms`.
+        backend: "auto", "reference" or "torch".
+
+    Returns:
+        (lower, upper), each of shape rdms.shape[1:-1].
+    """
+    fn = "noise_ceiling"
+    method = _method(fn, method, common.COMPARE_METHODS)
+    rdms = _float(fn, "rdms", _tensor(fn, "rdms", rdms))
+    if rdms.dim() < 2 or rdms.shape[0] < 2:
+        raise ValueError(f"{fn}: rdms must have shape (n_subjects >= 2, ..., K), got {tuple(rdms.shape)}")
+    _n_from_pairs(fn, "rdms", rdms.shape[-1])
+    _finite(fn, "rdms", rdms)
+    _nonconstant(fn, "rdms", rdms, method)
+    chosen = _nc_dispatch.choose(backend, rdms, method)
+    if chosen == "reference":
+        return reference.noise_ceiling_reference(rdms, method)
+    s = rdms.shape[0]
+    ct = torch_chunked.compute_dtype(rdms)
+    if method in ("spearman", "rho_a", "kendall_tau_a"):
+        pooled_in = torch_chunked.rank(rdms).to(ct)
+    elif method == "pearson":
+        c = rdms.to(ct) - rdms.to(ct).mean(-1, keepdim=True)
+        pooled_in = c / c.std(-1, correction=0, keepdim=True)
+    else:
+        r = rdms.to(ct)
+        pooled_in = r / r.pow(2).mean(-1, keepdim=True).sqrt()
+    total = pooled_in.sum(0)
+    upper = torch_chunked.compare(total / s, rdms, method).mean(0)
+    lower = torch_chunked.compare((total - pooled_in) / (s - 1), rdms, method).mean(0)
+    return lower, upper

@@ -1,0 +1,132 @@
+"""Math shared by the RSA backends and the public API: condensed-vector indexing, permutations, p-values.
+
+Condensed RDM vectors follow rsatoolbox (and scipy.spatial.distance.squareform): the strict upper
+triangle of the n x n matrix read row by row, so pair (i, j) with i < j sits at
+``i * n - i * (i + 1) / 2 + (j - i - 1)``. Permutations and sign flips are drawn on the CPU from a
+seeded ``torch.Generator`` so that every backend and device sees the same ones for the same seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+RDM_METHODS = ("correlation", "cosine", "euclidean", "crossnobis")
+COMPARE_METHODS = ("spearman", "pearson", "kendall_tau_a", "rho_a", "cosine")
+# Methods whose permutation statistic is a dot product of fixed per-RDM vectors: sum_k za[k] * zb[pi(k)].
+LINEAR_METHODS = ("spearman", "pearson", "rho_a", "cosine")
+ALTERNATIVES = ("greater", "less", "two-sided")
+
+
+def n_pairs(n: int) -> int:
+    """Length of the condensed vector of an n x n RDM."""
+    return n * (n - 1) // 2
+
+
+def n_conditions(k: int) -> int | None:
+    """The n with n * (n - 1) / 2 == k, or None if k is not such a number."""
+    n = (1 + math.isqrt(1 + 8 * k)) // 2
+    return n if n_pairs(n) == k else None
+
+
+@functools.lru_cache(maxsize=16)
+def _triu(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    i, j = torch.triu_indices(n, n, offset=1)
+    return i, j
+
+
+def triu_indices(n: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices (int64, length n(n-1)/2) of the condensed order."""
+    i, j = _triu(n)
+    return i.to(device), j.to(device)
+
+
+def pair_index_matrix(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n, n) int64 with entry (i, j) the condensed index of the pair {i, j}; -1 on the diagonal."""
+    i, j = triu_indices(n, device)
+    m = torch.full((n, n), -1, dtype=torch.int64, device=device)
+    k = torch.arange(i.numel(), device=device)
+    m[i, j] = k
+    m[j, i] = k
+    return m
+
+
+def square(v: torch.Tensor, n: int) -> torch.Tensor:
+    """(..., n(n-1)/2) condensed -> (..., n, n) symmetric with a zero diagonal."""
+    i, j = triu_indices(n, v.device)
+    out = v.new_zeros((*v.shape[:-1], n, n))
+    out[..., i, j] = v
+    out[..., j, i] = v
+    return out
+
+
+def condensed(m: torch.Tensor) -> torch.Tensor:
+    """(..., n, n) -> (..., n(n-1)/2): the strict upper triangle, row by row."""
+    i, j = triu_indices(m.shape[-1], m.device)
+    return m[..., i, j]
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    if seed is None:
+        g.seed()
+    else:
+        g.manual_seed(seed)
+    return g
+
+
+def permutations(n: int, n_permutations: int, seed: int | None) -> torch.Tensor:
+    """(n_permutations, n) int64 uniformly random permutations of range(n), on the CPU."""
+    keys = torch.rand(n_permutations, n, generator=_generator(seed), dtype=torch.float64)
+    return keys.argsort(dim=1)
+
+
+def permuted_pair_indices(perms: torch.Tensor, n: int) -> torch.Tensor:
+    """(P, n) condition permutations -> (P, n(n-1)/2) condensed indices.
+
+    Relabelling conditions by pi moves pair (i, j) to pair (pi[i], pi[j]): ``v[..., idx[p]]`` is the
+    condensed vector of the RDM with rows and columns permuted by ``perms[p]``.
+    """
+    m = pair_index_matrix(n, perms.device)
+    i, j = triu_indices(n, perms.device)
+    return m[perms[:, i], perms[:, j]]
+
+
+def sign_flips(n_subjects: int, n_permutations: int, seed: int | None) -> torch.Tensor:
+    """(n_permutations, n_subjects) float64 random signs (+1 / -1), on the CPU."""
+    bits = torch.randint(0, 2, (n_permutations, n_subjects), generator=_generator(seed))
+    return bits.to(torch.float64).mul_(2).sub_(1)
+
+
+def permutation_pvalue(observed: torch.Tensor, null: torch.Tensor, alternative: str) -> torch.Tensor:
+    """p-values with the +1 correction, ``(1 + #{null at least as extreme}) / (1 + n_permutations)``.
+
+    Null values within a relative ``100 * eps`` of the observed one count as ties (as extreme), the
+    convention of scipy.stats.permutation_test, so that rounding in a differently ordered sum never
+    makes the identity permutation look less extreme than the data.
+
+    Args:
+        observed: (...) statistics.
+        null: (P, ...) statistics under the null.
+        alternative: "greater", "less" or "two-sided" (twice the smaller one-sided p, at most 1).
+    """
+    gamma = observed.abs() * (100 * torch.finfo(observed.dtype).eps)
+    p = null.shape[0]
+    greater = ((null >= observed - gamma).sum(0) + 1).to(observed.dtype) / (p + 1)
+    if alternative == "greater":
+        return greater
+    less = ((null <= observed + gamma).sum(0) + 1).to(observed.dtype) / (p + 1)
+    if alternative == "less":
+        return less
+    return torch.clamp(2 * torch.minimum(greater, less), max=1.0)
+
+
+def one_sample_t(x: torch.Tensor) -> torch.Tensor:
+    """One-sample t statistic over dim -2: x (..., n_subjects, n_times) -> (..., n_times).
+
+    ``mean / (std(ddof=1) / sqrt(n))``, as scipy.stats.ttest_1samp and MNE's ttest_1samp_no_p.
+    """
+    n = x.shape[-2]
+    return x.mean(-2) / (x.std(-2, correction=1) / math.sqrt(n))
