@@ -32,7 +32,7 @@ def _triton_ok() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def triton_device() -> str:
     """The device Triton tests run on: cuda when present, else cpu through the interpreter."""
     if not _triton_ok():

@@ -39,7 +39,9 @@ def _lse_fwd_kernel(
     pid = tl.program_id(0)
     scale2 = tl.load(SCALE).to(tl.float32) * 1.4426950408889634
     offs_k = tl.arange(0, BLOCK_K)
-    for rb in range(0, blocks_per_prog):
+    # the last program may own fewer blocks; an all-padding block would poison the column sums
+    my_blocks = tl.minimum(blocks_per_prog, tl.cdiv(n_a, BLOCK_M) - pid * blocks_per_prog)
+    for rb in range(0, my_blocks):
         rows = (pid * blocks_per_prog + rb) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < n_a
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)

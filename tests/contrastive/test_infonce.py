@@ -1,0 +1,269 @@
+"""InfoNCE / CLIP loss: every backend against the reference, the reference against F.cross_entropy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import fastalign
+from fastalign.contrastive import torch_chunked
+
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+# N and D around the interpreter's 32-wide tiles and the 16-wide K tile: 1, primes, non-multiples
+SIZES_N = st.sampled_from([1, 2, 3, 7, 16, 31, 32, 33, 47, 64, 67])
+SIZES_D = st.sampled_from([1, 3, 5, 16, 17, 29, 40])
+TEMPERATURES = st.sampled_from([0.01, 0.07, 0.5, 1.0, 3.0])
+
+
+def _inputs(n: int, d: int, dtype: torch.dtype, seed: int, normalize: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(n, d, generator=g, dtype=torch.float64) + 0.5 * x  # correlated pairs, like real data
+    if normalize:
+        x, y = F.normalize(x, dim=1), F.normalize(y, dim=1)
+    return x.to(dtype), y.to(dtype)
+
+
+def _loss_and_grads(x, y, temperature, backend, symmetric, reduction, device="cpu", dtype=None):
+    dtype = dtype or x.dtype
+    xr = x.detach().to(device=device, dtype=dtype).requires_grad_()
+    yr = y.detach().to(device=device, dtype=dtype).requires_grad_()
+    t = torch.tensor(temperature, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    t = t.to(device).requires_grad_()
+    out = fastalign.infonce_loss(xr, yr, t, symmetric=symmetric, reduction=reduction, backend=backend)
+    w = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype, device=device).reshape(out.shape)
+    (out * w).sum().backward()
+    return [v.detach().cpu().double() for v in (out, xr.grad, yr.grad, t.grad)]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert torch.isfinite(a).all(), "non-finite values"
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _check_against_reference(x, y, temperature, backend, symmetric, reduction, device, dtype, tol):
+    """rtol = tol; atol = tol times the size of the rounding each output inherits from the logits.
+
+    Logits are rounded to about eps * |S|max, so the loss carries that, dx and dy carry it times
+    scale * |y|, and d temperature (= -scale^2 sum dS * x @ y.T) carries scale * |S|max^2. This keeps
+    cases whose exact value is 0 (N = 1) meaningful.
+    """
+    got = _loss_and_grads(x, y, temperature, backend, symmetric, reduction, device, dtype)
+    want = _loss_and_grads(x, y, temperature, "reference", symmetric, reduction, "cpu", torch.float64)
+    scale = 1.0 / temperature
+    s_max = max(1.0, scale * float(x.norm(dim=1).max() * y.norm(dim=1).max()))
+    v_max = max(1.0, float(x.norm(dim=1).max()), float(y.norm(dim=1).max()))
+    mags = (s_max, scale * s_max * v_max, scale * s_max * v_max, scale * s_max**2)
+    for name, a, b, mag in zip(("loss", "dx", "dy", "dtemperature"), got, want, mags, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(mag, float(b.abs().max())), msg=name)
+
+
+@given(n=SIZES_N, d=SIZES_D, temperature=TEMPERATURES, symmetric=st.booleans(),
+       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 2**16))  # fmt: skip
+def test_torch_backend_float64_matches_reference(n, d, temperature, symmetric, reduction, seed):
+    x, y = _inputs(n, d, torch.float64, seed)
+    _check_against_reference(x, y, temperature, "torch", symmetric, reduction, "cpu", torch.float64, 1e-10)
+
+
+@given(n=SIZES_N, d=SIZES_D, temperature=TEMPERATURES, symmetric=st.booleans(), seed=st.integers(0, 2**16))
+def test_torch_backend_float32_matches_reference(n, d, temperature, symmetric, seed):
+    x, y = _inputs(n, d, torch.float64, seed, normalize=True)
+    _check_against_reference(x, y, temperature, "torch", symmetric, "mean", "cpu", torch.float32, 2e-5)
+
+
+def test_torch_backend_uses_several_stripes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a tiny stripe budget the online combination over many stripes must stay exact."""
+    monkeypatch.setattr(torch_chunked, "_STRIPE_ELEMENTS", 64)
+    x, y = _inputs(45, 6, torch.float64, 3)
+    _check_against_reference(x, y, 0.2, "torch", True, "none", "cpu", torch.float64, 1e-10)
+
+
+@pytest.mark.triton
+@settings(max_examples=15)
+@given(n=SIZES_N, d=SIZES_D, temperature=TEMPERATURES, symmetric=st.booleans(),
+       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 2**16))  # fmt: skip
+def test_triton_float32_matches_reference(triton_device, n, d, temperature, symmetric, reduction, seed):
+    x, y = _inputs(n, d, torch.float64, seed, normalize=True)
+    tol = 2e-5 if torch.get_float32_matmul_precision() == "highest" else 1e-3
+    _check_against_reference(
+        x, y, temperature, "triton", symmetric, reduction, triton_device, torch.float32, tol
+    )
+
+
+def test_triton_uses_several_stripes_and_programs(triton_device, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastalign.contrastive import triton as tr
+
+    monkeypatch.setattr(tr, "_STRIPE_BYTES", 32 * 70 * 4)  # one 32-row stripe at a time
+    monkeypatch.setattr(tr, "_max_programs", lambda t: 2)  # several row blocks per forward program
+    x, y = _inputs(150, 20, torch.float64, 11, normalize=True)
+    _check_against_reference(x, y, 0.05, "triton", True, "none", triton_device, torch.float32, 2e-5)
+
+
+def _half_errors(backend, device, dtype, n, d, temperature, seed):
+    """(backend error, same-dtype reference error), each against float64, per output."""
+    x, y = _inputs(n, d, torch.float64, seed, normalize=True)
+    x, y = x.to(dtype).double(), y.to(dtype).double()  # exactly representable in dtype
+    exact = _loss_and_grads(x, y, temperature, "reference", True, "mean", "cpu", torch.float64)
+    fast = _loss_and_grads(x, y, temperature, backend, True, "mean", device, dtype)
+    ref = _loss_and_grads(x, y, temperature, "reference", True, "mean", "cpu", dtype)
+    return [(_rel(f, e), _rel(r, e)) for f, r, e in zip(fast, ref, exact, strict=True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("temperature", [0.01, 0.07])  # logit scales 100 and ~14
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
+def test_half_precision_within_twice_reference_error(backend, dtype, temperature, request):
+    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+    for fast_err, ref_err in _half_errors(backend, device, dtype, 67, 40, temperature, seed=5):
+        assert fast_err <= 2 * ref_err + 1e-6, (fast_err, ref_err)
+
+
+def test_reference_matches_cross_entropy_on_full_logits() -> None:
+    x, y = _inputs(23, 9, torch.float64, 0)
+    for temperature in (0.07, 1.0):
+        logits = x @ y.T / temperature
+        labels = torch.arange(23)
+        clip = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        torch.testing.assert_close(
+            fastalign.infonce_loss(x, y, temperature, backend="reference"), clip, rtol=1e-12, atol=1e-12
+        )
+        rows = F.cross_entropy(logits, labels, reduction="none")
+        torch.testing.assert_close(
+            fastalign.infonce_loss(x, y, temperature, symmetric=False, reduction="none", backend="reference"),
+            rows,
+            rtol=1e-12,
+            atol=1e-12,
+        )
+        torch.testing.assert_close(
+            fastalign.infonce_loss(x, y, temperature, reduction="sum", backend="reference"),
+            0.5 * (rows.sum() + F.cross_entropy(logits.T, labels, reduction="sum")),
+            rtol=1e-12,
+            atol=1e-12,
+        )
+
+
+def test_extreme_logit_scale_stays_finite_and_exact() -> None:
+    """Scale 100 with orthogonal-ish unit vectors: naive exp would overflow; the loss must not."""
+    x, y = _inputs(40, 8, torch.float64, 9, normalize=True)
+    _check_against_reference(x, y, 0.01, "torch", True, "mean", "cpu", torch.float32, 2e-5)
+
+
+class _MaxBytes(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel() * t.element_size())  # bytes
+        return out
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
+def test_no_n_by_n_tensor_outside_the_reference(backend, request) -> None:
+    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+    n = 96
+    x, y = _inputs(n, 5, torch.float32, 1)
+    x, y = x.to(device).requires_grad_(), y.to(device).requires_grad_()
+    with _MaxBytes() as mode:
+        fastalign.infonce_loss(x, y, backend=backend).backward()
+    assert mode.largest < n * n * 4
+    with _MaxBytes() as mode:
+        fastalign.infonce_loss(x, y, backend="reference").backward()
+    assert mode.largest >= n * n * 4  # the probe does see N x N tensors where they exist
+
+
+def test_module_fixed_and_learnable_temperature() -> None:
+    x, y = _inputs(12, 4, torch.float64, 2)
+    fixed = fastalign.InfoNCELoss(temperature=0.1)
+    assert not list(fixed.parameters())
+    torch.testing.assert_close(fixed(x, y), fastalign.infonce_loss(x, y, 0.1), rtol=1e-6, atol=1e-6)
+    learn = fastalign.InfoNCELoss(temperature=0.1, learnable=True)
+    (param,) = learn.parameters()
+    torch.testing.assert_close(param.detach(), torch.tensor(math.log(10.0)))
+    learn(x, y).backward()
+    t = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    fastalign.infonce_loss(x, y, t).backward()
+    # d/d log_scale = d/dt * dt/d log_scale = d/dt * (-t)
+    torch.testing.assert_close(param.grad.double(), -t.grad * 0.1, rtol=1e-5, atol=1e-8)
+
+
+def test_module_clamps_scale_like_clip() -> None:
+    learn = fastalign.InfoNCELoss(temperature=0.07, learnable=True, max_logit_scale=10.0)
+    with torch.no_grad():
+        learn.logit_scale.fill_(5.0)  # scale e^5 > 10
+    x, y = _inputs(6, 3, torch.float32, 4)
+    out = learn(x, y)
+    assert float(learn.logit_scale) == pytest.approx(math.log(10.0))
+    torch.testing.assert_close(out, fastalign.infonce_loss(x, y, 0.1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"x": torch.randn(4, 3), "y": torch.randn(5, 3)}, ValueError, "same shape"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 2)}, ValueError, "same shape"),
+        ({"x": torch.randn(0, 3), "y": torch.randn(0, 3)}, ValueError, "at least 1"),
+        ({"x": torch.randn(4), "y": torch.randn(4)}, ValueError, "shape \\(N, D\\)"),
+        ({"x": torch.ones(4, 3, dtype=torch.int64), "y": torch.ones(4, 3, dtype=torch.int64)}, TypeError,
+         "floating-point"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3, dtype=torch.float64)}, TypeError, "share a dtype"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "temperature": 0.0}, ValueError, "and finite"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "temperature": -1.0}, ValueError, "positive"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "temperature": float("nan")}, ValueError, "finite"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "temperature": float("inf")}, ValueError, "finite"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "temperature": torch.tensor(-0.5)}, ValueError,
+         "positive"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "temperature": torch.ones(2)}, ValueError, "0-dim"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "temperature": "hot"}, TypeError, "temperature"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "reduction": "max"}, ValueError, "reduction"),
+        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "backend": "fast"}, ValueError, "backend"),
+        ({"x": [[1.0]], "y": torch.randn(1, 1)}, TypeError, "torch.Tensor"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_clear_error(kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        fastalign.infonce_loss(**kwargs)
+
+
+def test_devices_must_match() -> None:
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="one device"):
+        fastalign.infonce_loss(x, torch.randn(4, 3, device="meta"))
+
+
+def test_auto_never_sends_cpu_tensors_to_triton_and_explicit_requests_do_not_fall_back(monkeypatch) -> None:
+    from fastalign.contrastive import api
+
+    x, y = _inputs(8, 4, torch.float32, 0)
+    assert api._dispatch.choose("auto", x, y) == "torch"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(NotImplementedError, match="TRITON_INTERPRET=1"):
+        fastalign.infonce_loss(x, y, backend="triton")
+    with pytest.raises(NotImplementedError, match="float64"):
+        fastalign.infonce_loss(x.double(), y.double(), backend="triton")
+    with pytest.raises(NotImplementedError, match="does not exist"):
+        fastalign.infonce_loss(x, y, backend="cuda")
+
+
+def test_env_var_overrides_auto(monkeypatch) -> None:
+    from fastalign.contrastive import api
+
+    x, y = _inputs(8, 4, torch.float32, 0)
+    monkeypatch.setenv("FASTALIGN_BACKEND", "reference")
+    assert api._dispatch.choose("auto", x, y) == "reference"
+    assert api._dispatch.choose("torch", x, y) == "torch"  # explicit beats the environment
+    monkeypatch.setenv("FASTALIGN_BACKEND", "cpp")  # a backend this op lacks: auto as usual
+    assert api._dispatch.choose("auto", x, y) == "torch"
+    monkeypatch.setenv("FASTALIGN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="FASTALIGN_BACKEND"):
+        api._dispatch.choose("auto", x, y)
