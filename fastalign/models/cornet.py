@@ -1,0 +1,385 @@
+"""CORnet-S (Kubilius et al., 2019): the eager reference module, checkpoint loading and feature taps.
+
+The architecture, parameter names and initialisation follow the original ``cornet_s.py`` of
+dicarlolab/CORnet exactly, so its pretrained checkpoint loads unchanged (after stripping the
+``module.`` prefix that its DataParallel wrapper added) and the layer names are those of Brain-Score.
+Two deliberate differences that do not change any result: the recurrent conv2 gets its stride per call
+instead of by mutating ``conv2.stride`` (thread- and torch.compile-safe), and the residual add is out of
+place so that feature taps stay valid for autograd.
+
+This module is the correctness oracle of the fast paths in :mod:`fastalign.models.fuse`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: The regions that :meth:`CORnetS.features` can tap, in network order, with the number of timesteps
+#: of each and the Brain-Score module name whose output the tap is.
+REGIONS: dict[str, tuple[str, int]] = {
+    "V1": ("V1.output", 1),
+    "V2": ("V2.output", 2),
+    "V4": ("V4.output", 4),
+    "IT": ("IT.output", 2),
+    "avgpool": ("decoder.avgpool", 1),
+    "decoder": ("decoder.output", 1),
+}
+_ALIASES: dict[str, str] = {bs: region for region, (bs, _) in REGIONS.items()}
+_ALIASES.update({"logits": "decoder", "decoder.linear": "decoder", "IT.output": "IT"})
+DEFAULT_LAYERS: tuple[str, ...] = ("V1", "V2", "V4", "IT", "avgpool")
+
+#: Parameters plus nothing else (BatchNorm running statistics are buffers), as in the original.
+NUM_PARAMETERS = 53_416_616
+
+
+class Identity(nn.Module):
+    """Returns its input; exists so that block outputs have the original's module names."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Flatten(nn.Module):
+    """(B, C, 1, 1) -> (B, C), the original's decoder.flatten."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.size(0), -1)
+
+
+class CORblockS(nn.Module):
+    """The recurrent block of CORnet-S.
+
+    ``conv_input`` maps ``in_channels`` to ``out_channels``; then ``times`` steps of a bottleneck
+    (1x1 -> 3x3 -> 1x1, widened by ``scale``) with shared conv weights and a BatchNorm per step. Step 0
+    halves the resolution (conv2 stride 2) and its residual is the strided ``skip`` conv + ``norm_skip``;
+    later steps add their input back.
+
+    Shapes: (B, in_channels, H, W) -> (B, out_channels, ceil(H/2), ceil(W/2)).
+    """
+
+    scale = 4
+
+    def __init__(self, in_channels: int, out_channels: int, times: int = 1) -> None:
+        super().__init__()
+        self.times = times
+        wide = out_channels * self.scale
+        self.conv_input = nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+        self.skip = nn.Conv2d(out_channels, out_channels, kernel_size=1, stride=2, bias=False)
+        self.norm_skip = nn.BatchNorm2d(out_channels)
+        self.conv1 = nn.Conv2d(out_channels, wide, kernel_size=1, bias=False)
+        self.nonlin1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(wide, wide, kernel_size=3, stride=2, padding=1, bias=False)
+        self.nonlin2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(wide, out_channels, kernel_size=1, bias=False)
+        self.nonlin3 = nn.ReLU(inplace=True)
+        self.output = Identity()
+        # One BatchNorm per timestep, as in the original (its training needed them).
+        for t in range(times):
+            setattr(self, f"norm1_{t}", nn.BatchNorm2d(wide))
+            setattr(self, f"norm2_{t}", nn.BatchNorm2d(wide))
+            setattr(self, f"norm3_{t}", nn.BatchNorm2d(out_channels))
+
+    def norms(self, t: int) -> tuple[nn.BatchNorm2d, nn.BatchNorm2d, nn.BatchNorm2d]:
+        """The three BatchNorms of timestep ``t``."""
+        return getattr(self, f"norm1_{t}"), getattr(self, f"norm2_{t}"), getattr(self, f"norm3_{t}")
+
+    def forward(self, inp: torch.Tensor, taps: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Runs all timesteps; appends each timestep's output to ``taps`` when given."""
+        x = self.conv_input(inp)
+        for t in range(self.times):
+            norm1, norm2, norm3 = self.norms(t)
+            if t == 0:
+                skip = self.norm_skip(self.skip(x))
+                stride = 2
+            else:
+                skip = x
+                stride = 1
+            x = self.nonlin1(norm1(self.conv1(x)))
+            x = F.conv2d(x, self.conv2.weight, None, stride, 1)
+            x = self.nonlin2(norm2(x))
+            x = norm3(self.conv3(x))
+            x = self.nonlin3(x + skip)
+            x = self.output(x)
+            if taps is not None:
+                taps.append(x)
+        return x
+
+
+def _v1() -> nn.Sequential:
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)),
+                ("norm1", nn.BatchNorm2d(64)),
+                ("nonlin1", nn.ReLU(inplace=True)),
+                ("pool", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
+                ("conv2", nn.Conv2d(64, 64, kernel_size=3, stride=1, padding=1, bias=False)),
+                ("norm2", nn.BatchNorm2d(64)),
+                ("nonlin2", nn.ReLU(inplace=True)),
+                ("output", Identity()),
+            ]
+        )
+    )
+
+
+def _decoder(num_classes: int) -> nn.Sequential:
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("avgpool", nn.AdaptiveAvgPool2d(1)),
+                ("flatten", Flatten()),
+                ("linear", nn.Linear(512, num_classes)),
+                ("output", Identity()),
+            ]
+        )
+    )
+
+
+def _resolve_layers(layers: str | Sequence[str]) -> list[tuple[str, str]]:
+    """[(name as given, region)] for the requested taps; ValueError naming unknown ones."""
+    if isinstance(layers, str):
+        layers = (layers,)
+    if not isinstance(layers, Sequence) or not all(isinstance(n, str) for n in layers):
+        raise TypeError(f"layers must be a str or a sequence of str, got {type(layers).__name__}")
+    if len(layers) == 0:
+        raise ValueError("layers must name at least one layer, got an empty sequence")
+    out = []
+    for name in layers:
+        region = name if name in REGIONS else _ALIASES.get(name)
+        if region is None:
+            known = sorted(set(REGIONS) | set(_ALIASES))
+            raise ValueError(f"layers: unknown layer {name!r}; expected some of {known}")
+        out.append((name, region))
+    return out
+
+
+class CORnetBase(nn.Module):
+    """What the eager and the fused CORnet-S share: the forward pass and the feature taps.
+
+    Subclasses provide ``V1`` (x -> tensor), ``V2``/``V4``/``IT`` (``(x, taps) -> tensor``, appending
+    one tensor per timestep to ``taps`` when given), and ``_head`` (block output -> (pooled (B, 512, 1, 1),
+    logits (B, num_classes))). ``_prepare`` may convert the input (dtype, memory format).
+    """
+
+    V1: Callable[[torch.Tensor], torch.Tensor]
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_input(x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor (see imagenet_transform), got {x.dtype}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits.
+
+        Args:
+            x: (B, 3, H, W) normalised images (see :func:`fastalign.models.imagenet_transform`).
+
+        Returns:
+            (B, num_classes) logits.
+        """
+        self._check_input(x)
+        x = self._prepare(x)
+        for block in (self.V1, self.V2, self.V4, self.IT):
+            x = block(x)
+        return self._head(x)[1]
+
+    def features(
+        self,
+        x: torch.Tensor,
+        layers: str | Sequence[str] = DEFAULT_LAYERS,
+        timesteps: str = "last",
+    ) -> dict[str, torch.Tensor]:
+        """Activations of the requested layers; differentiable (ReAlnet trains through them).
+
+        Only the regions up to the last requested one are computed.
+
+        Args:
+            x: (B, 3, H, W) normalised images.
+            layers: Regions to tap: "V1", "V2", "V4", "IT" (block outputs, (B, C, h, w)), "avgpool"
+                ((B, 512, 1, 1), as Brain-Score records it) and "decoder" (logits, (B, num_classes));
+                Brain-Score module names ("V4.output", "decoder.avgpool") are accepted as aliases.
+            timesteps: "last" keys each tap by the name given and holds the region's final timestep;
+                "all" keys every timestep by Brain-Score's name, e.g. "V4.output-t3",
+                "decoder.avgpool-t0".
+
+        Returns:
+            A dict from name to activation tensor.
+        """
+        if timesteps not in ("last", "all"):
+            raise ValueError(f"timesteps must be 'last' or 'all', got {timesteps!r}")
+        self._check_input(x)
+        wanted = _resolve_layers(layers)
+        regions = {r for _, r in wanted}
+        order = list(REGIONS)
+        stop = max(order.index(r) for r in regions)
+        acts: dict[str, list[torch.Tensor]] = {}
+        h = self._prepare(x)
+        h = self.V1(h)
+        acts["V1"] = [h]
+        for region, block in (("V2", self.V2), ("V4", self.V4), ("IT", self.IT)):
+            if order.index(region) > stop:
+                break
+            steps: list[torch.Tensor] = []
+            h = block(h, steps)
+            acts[region] = steps
+        if stop >= order.index("avgpool"):
+            pooled, logits = self._head(h)
+            acts["avgpool"], acts["decoder"] = [pooled], [logits]
+        out: dict[str, torch.Tensor] = {}
+        for name, region in wanted:
+            if timesteps == "last":
+                out[name] = acts[region][-1]
+            else:
+                for t, a in enumerate(acts[region]):
+                    out[f"{REGIONS[region][0]}-t{t}"] = a
+        return out
+
+    @staticmethod
+    def layer_names(timesteps: str = "all", layers: Iterable[str] = DEFAULT_LAYERS) -> list[str]:
+        """The keys :meth:`features` returns with ``timesteps="all"`` (Brain-Score names), in order."""
+        if timesteps != "all":
+            raise ValueError(f"timesteps must be 'all', got {timesteps!r}")
+        names = []
+        for _, region in _resolve_layers(list(layers)):
+            bs, times = REGIONS[region]
+            names += [f"{bs}-t{t}" for t in range(times)]
+        return names
+
+
+class CORnetS(CORnetBase):
+    """CORnet-S, parameter for parameter the original (53,416,616 parameters with 1000 classes).
+
+    Submodules ``V1``, ``V2``, ``V4``, ``IT``, ``decoder`` carry the original's names, so
+    ``state_dict()`` keys are the original's without the ``module.`` prefix. Call :meth:`fuse` for the
+    fast inference module.
+    """
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.V1 = _v1()
+        self.V2 = CORblockS(64, 128, times=2)
+        self.V4 = CORblockS(128, 256, times=4)
+        self.IT = CORblockS(256, 512, times=2)
+        self.decoder = _decoder(num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # The original's initialisation; like it, the Linear keeps PyTorch's default.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.decoder.avgpool(x)
+        logits = self.decoder.output(self.decoder.linear(self.decoder.flatten(pooled)))
+        return pooled, logits
+
+    def fuse(self, **kwargs: Any) -> nn.Module:
+        """The fused inference module; see :func:`fastalign.models.fuse` for the options."""
+        from fastalign.models.fuse import fuse
+
+        return fuse(self, **kwargs)
+
+
+def _read_checkpoint(weights: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(weights, Mapping):
+        return weights
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(f"weights must be None, a path or a state_dict mapping, got {type(weights).__name__}")
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights: no checkpoint file at {path!r}")
+    try:
+        # weights_only: a checkpoint is data; never run code from it.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"weights: could not read {path!r} as a torch checkpoint of tensors: {exc}") from exc
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"weights: {path!r} holds a {type(ckpt).__name__}, expected a dict")
+    return ckpt
+
+
+def clean_state_dict(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The plain state_dict inside an original-format checkpoint.
+
+    Accepts ``{"state_dict": {...}, ...}`` (the original release, with ``epoch``/``arch``/optimizer
+    entries beside it) or a bare state_dict; strips the ``module.`` prefix of DataParallel when every
+    key has it.
+    """
+    sd = ckpt["state_dict"] if "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping) else ckpt
+    keys = list(sd)
+    if keys and all(k.startswith("module.") for k in keys):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"weights: entries that are not tensors: {bad}")
+    return dict(sd)
+
+
+def load_cornet_weights(model: CORnetS, weights: str | os.PathLike[str] | Mapping[str, Any]) -> CORnetS:
+    """Loads an original-format checkpoint into ``model`` strictly.
+
+    Every key must match in name and shape; BatchNorm ``num_batches_tracked`` counters may be absent
+    (checkpoints saved by PyTorch < 0.4.1 have none; they only matter for momentum=None). Anything else
+    missing, unexpected or of the wrong shape raises ValueError listing every such key.
+    """
+    sd = clean_state_dict(_read_checkpoint(weights))
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+        if shapes:
+            parts.append(f"shape mismatches ({len(shapes)}): {shapes}")
+        raise ValueError("weights do not match CORnet-S: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=False)
+    return model
+
+
+def cornet_s(weights: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> CORnetS:
+    """CORnet-S, randomly initialised as in the original or loaded from its checkpoint.
+
+    Args:
+        weights: None, a path to a checkpoint in the original format (``{"state_dict": ...}`` with
+            ``module.``-prefixed keys, or a bare state_dict with or without the prefix), or such a
+            mapping already in memory. Nothing is downloaded.
+
+    Returns:
+        The model in eval mode when weights were loaded, else in train mode (like a fresh nn.Module).
+    """
+    model = CORnetS()
+    if weights is not None:
+        load_cornet_weights(model, weights)
+        model.eval()
+    return model

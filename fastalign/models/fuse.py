@@ -1,0 +1,300 @@
+"""Fused inference path of CORnet-S: BatchNorm folded into per-timestep conv weights.
+
+What :func:`fuse` changes, none of which changes the function the network computes (up to rounding):
+
+- every conv -> BatchNorm pair becomes one conv with bias, using the BatchNorm's running statistics
+  (eval semantics). The recurrent blocks share conv1/conv2/conv3 across timesteps but have a BatchNorm
+  per timestep, so each shared conv gets one folded copy per timestep (V4's 3x3 conv: four copies);
+- each block's 1x1 ``conv_input`` is multiplied into the two 1x1 convs that read it at timestep 0
+  (``conv1`` and the strided ``skip``), which removes a conv and about half of those 1x1 FLOPs;
+- activations and weights are channels_last (NHWC, what oneDNN and cuDNN prefer), optionally bf16;
+- on CPU, when autograd is not recording, convs run as oneDNN convs with the bias, ReLU and residual add
+  fused into the conv (``torch.ops.mkldnn._convolution_pointwise``, the kernels inductor uses);
+  otherwise as ``F.conv2d`` followed by in-place add/ReLU, which autograd supports (feature taps used
+  for training keep gradients with respect to the input);
+- optionally, on CUDA, the whole forward (or one features() call pattern) is captured once per input
+  shape in a CUDA graph and replayed.
+
+The result is an inference module: its weights are buffers, it has no training mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastalign.models.cornet import DEFAULT_LAYERS, CORblockS, CORnetBase, CORnetS
+
+_FOLD_DTYPE = torch.float64  # fold in float64 so that folding adds no rounding of its own
+
+
+def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(
+            "fuse: a BatchNorm without running statistics (track_running_stats=False) cannot be folded"
+        )
+    var = bn.running_var.to(_FOLD_DTYPE)
+    scale = bn.weight.detach().to(_FOLD_DTYPE) / torch.sqrt(var + bn.eps)
+    shift = bn.bias.detach().to(_FOLD_DTYPE) - bn.running_mean.to(_FOLD_DTYPE) * scale
+    return scale, shift
+
+
+def fold_conv_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight', bias') in float64 with conv(x, weight', bias') == bn(conv(x, weight)) in eval mode.
+
+    Shapes: weight (O, I, kh, kw) -> (O, I, kh, kw), bias (O,).
+    """
+    scale, shift = _bn_scale_shift(bn)
+    return weight.detach().to(_FOLD_DTYPE) * scale.view(-1, 1, 1, 1), shift
+
+
+def _compose_1x1(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """The 1x1 conv weight of outer(inner(x)) for 1x1 convs: (O, M, 1, 1) x (M, I, 1, 1) -> (O, I, 1, 1)."""
+    return (outer[:, :, 0, 0] @ inner[:, :, 0, 0].to(outer.dtype))[:, :, None, None]
+
+
+class _ConvSpec:
+    """One conv (+ bias, optional ReLU, optional residual add) with its kernel geometry."""
+
+    __slots__ = ("name", "padding", "relu", "stride")
+
+    def __init__(self, name: str, stride: int, padding: int, relu: bool) -> None:
+        self.name, self.stride, self.padding, self.relu = name, stride, padding, relu
+
+
+class _FusedPart(nn.Module):
+    """Holds folded conv weights as buffers and runs them on either conv path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.use_mkldnn = False  # set per call by FusedCORnetS
+
+    def _add_conv(self, name: str, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> None:
+        w = weight.to(dtype).contiguous(memory_format=torch.channels_last)
+        self.register_buffer(f"{name}_weight", w)
+        self.register_buffer(f"{name}_bias", bias.to(dtype))
+
+    def _conv(self, x: torch.Tensor, spec: _ConvSpec, residual: torch.Tensor | None = None) -> torch.Tensor:
+        w = getattr(self, f"{spec.name}_weight")
+        b = getattr(self, f"{spec.name}_bias")
+        pad, stride = [spec.padding] * 2, [spec.stride] * 2
+        if self.use_mkldnn:
+            unary = "relu" if spec.relu else "none"
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(x, w, b, pad, stride, [1, 1], 1, unary, [], "")
+            # oneDNN binary-add post-op reads `residual` and writes a new tensor, then applies the ReLU.
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual, w, b, pad, stride, [1, 1], 1, "add", None, unary, [], ""
+            )
+        y = F.conv2d(x, w, b, stride, pad)
+        if residual is not None:
+            y = y.add_(residual)
+        return y.relu_() if spec.relu else y
+
+
+class FusedV1(_FusedPart):
+    """V1 with both BatchNorms folded: conv7x7/2+ReLU, max-pool 3/2, conv3x3+ReLU."""
+
+    def __init__(self, v1: nn.Sequential, dtype: torch.dtype) -> None:
+        super().__init__()
+        self._add_conv("conv1", *fold_conv_bn(v1.conv1.weight, v1.norm1), dtype)
+        self._add_conv("conv2", *fold_conv_bn(v1.conv2.weight, v1.norm2), dtype)
+        self.c1 = _ConvSpec("conv1", 2, 3, True)
+        self.c2 = _ConvSpec("conv2", 1, 1, True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._conv(x, self.c1)
+        x = F.max_pool2d(x, 3, 2, 1)
+        return self._conv(x, self.c2)
+
+
+class FusedBlock(_FusedPart):
+    """A CORblock_S with per-timestep folded weights and conv_input multiplied into timestep 0."""
+
+    def __init__(self, block: CORblockS, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.times = block.times
+        w_in = block.conv_input.weight.detach().to(_FOLD_DTYPE)
+        w_skip, b_skip = fold_conv_bn(block.skip.weight, block.norm_skip)
+        self._add_conv("skip", _compose_1x1(w_skip, w_in), b_skip, dtype)
+        self.steps: list[tuple[_ConvSpec, _ConvSpec, _ConvSpec]] = []
+        for t in range(self.times):
+            norm1, norm2, norm3 = block.norms(t)
+            w1, b1 = fold_conv_bn(block.conv1.weight, norm1)
+            if t == 0:
+                w1 = _compose_1x1(w1, w_in)
+            self._add_conv(f"conv1_{t}", w1, b1, dtype)
+            self._add_conv(f"conv2_{t}", *fold_conv_bn(block.conv2.weight, norm2), dtype)
+            self._add_conv(f"conv3_{t}", *fold_conv_bn(block.conv3.weight, norm3), dtype)
+            self.steps.append(
+                (
+                    _ConvSpec(f"conv1_{t}", 1, 0, True),
+                    _ConvSpec(f"conv2_{t}", 2 if t == 0 else 1, 1, True),
+                    _ConvSpec(f"conv3_{t}", 1, 0, True),
+                )
+            )
+        self.skip_spec = _ConvSpec("skip", 2, 0, False)
+
+    def forward(self, inp: torch.Tensor, taps: list[torch.Tensor] | None = None) -> torch.Tensor:
+        x = inp
+        for t, (c1, c2, c3) in enumerate(self.steps):
+            skip = self._conv(inp, self.skip_spec) if t == 0 else x
+            y = self._conv(self._conv(x, c1), c2)
+            x = self._conv(y, c3, residual=skip)
+            if taps is not None:
+                taps.append(x)
+        return x
+
+
+class FusedCORnetS(CORnetBase):
+    """The fused inference CORnet-S made by :func:`fuse`: same forward() and features() as the eager one.
+
+    Attributes:
+        dtype: Compute dtype of weights and activations (inputs are cast to it; outputs are in it).
+        channels_last: Whether activations are NHWC.
+        mkldnn: Whether CPU calls without autograd use oneDNN's fused conv+bias+ReLU(+add) kernels.
+        cuda_graph: Whether CUDA calls without autograd are captured and replayed as CUDA graphs.
+    """
+
+    def __init__(
+        self,
+        model: CORnetS,
+        *,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = True,
+        mkldnn: bool | None = None,
+        cuda_graph: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.mkldnn = _mkldnn_available() if mkldnn is None else mkldnn
+        if self.mkldnn and not _mkldnn_available():
+            raise NotImplementedError("fuse: mkldnn=True but this torch has no mkldnn._convolution_pointwise")
+        self.cuda_graph = cuda_graph
+        self.V1 = FusedV1(model.V1, dtype)
+        self.V2 = FusedBlock(model.V2, dtype)
+        self.V4 = FusedBlock(model.V4, dtype)
+        self.IT = FusedBlock(model.IT, dtype)
+        self.register_buffer("linear_weight", model.decoder.linear.weight.detach().to(dtype).clone())
+        self.register_buffer("linear_bias", model.decoder.linear.bias.detach().to(dtype).clone())
+        self._graphs: dict[tuple[Any, ...], _GraphEntry] = {}
+        self.eval()
+
+    def train(self, mode: bool = True) -> FusedCORnetS:
+        """Stays in eval mode: BatchNorm was folded with its running statistics."""
+        if mode:
+            raise RuntimeError("FusedCORnetS is inference-only (BatchNorm is folded); train CORnetS")
+        return super().train(False)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        use = self.mkldnn and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+        for part in (self.V1, self.V2, self.V4, self.IT):
+            part.use_mkldnn = use
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+    def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = x.mean(dim=(2, 3), keepdim=True)
+        return pooled, F.linear(pooled.flatten(1), self.linear_weight, self.linear_bias)
+
+    def _use_graph(self, x: torch.Tensor) -> bool:
+        return self.cuda_graph and x.is_cuda and not (torch.is_grad_enabled() and x.requires_grad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits, (B, 3, H, W) -> (B, num_classes), in ``self.dtype``."""
+        if self._use_graph(x):
+            run = super().forward
+            return self._replay(("forward",), x, lambda inp: {"logits": run(inp)})["logits"]
+        return super().forward(x)
+
+    def features(
+        self,
+        x: torch.Tensor,
+        layers: str | Sequence[str] = DEFAULT_LAYERS,
+        timesteps: str = "last",
+    ) -> dict[str, torch.Tensor]:
+        """As :meth:`CORnetS.features <fastalign.models.CORnetS.features>`, in ``self.dtype``."""
+        if self._use_graph(x):
+            key = ("features", tuple([layers] if isinstance(layers, str) else layers), timesteps)
+            feats = super().features
+            return self._replay(key, x, lambda inp: feats(inp, layers, timesteps))
+        return super().features(x, layers, timesteps)
+
+    def _replay(self, key: tuple[Any, ...], x: torch.Tensor, fn: Any) -> dict[str, torch.Tensor]:
+        """Runs ``fn(x)`` through a CUDA graph captured for this call pattern and input shape."""
+        key = (*key, tuple(x.shape), x.dtype, x.device)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = _GraphEntry(fn, x)
+            self._graphs[key] = entry
+        return entry.run(x)
+
+
+class _GraphEntry:
+    """A CUDA graph of ``fn`` on a static input buffer (captured after warm-up on a side stream)."""
+
+    def __init__(self, fn: Any, x: torch.Tensor) -> None:
+        self.static_in = x.detach().clone()
+        stream = torch.cuda.Stream(device=x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.no_grad(), torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: cuDNN autotuning and allocations happen outside the capture
+                fn(self.static_in)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(self.graph):
+            self.static_out: dict[str, torch.Tensor] = fn(self.static_in)
+
+    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.static_in.copy_(x)
+        self.graph.replay()
+        # The outputs live in the graph's memory pool and are overwritten by the next replay.
+        return {k: v.clone() for k, v in self.static_out.items()}
+
+
+def _mkldnn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def fuse(
+    model: CORnetS,
+    *,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+    mkldnn: bool | None = None,
+    cuda_graph: bool = False,
+) -> FusedCORnetS:
+    """An inference CORnet-S computing what ``model.eval()`` computes, faster.
+
+    ``model`` is not modified. BatchNorms are folded with their running statistics, so the result
+    matches ``model`` in eval mode whatever mode ``model`` is in. Move ``model`` to its device first.
+
+    Args:
+        model: The eager :class:`~fastalign.models.CORnetS`.
+        dtype: Compute dtype (float32, bfloat16 or float16). Weights are folded in float64 and cast once,
+            which is what autocast to this dtype computes without casting the weights on every call.
+        channels_last: NHWC activations and weights.
+        mkldnn: Use oneDNN's fused conv kernels on CPU when autograd is not recording (default: when
+            available).
+        cuda_graph: Capture CUDA calls without autograd in CUDA graphs, one per input shape and call
+            pattern (the first call of each captures; later ones replay).
+
+    Returns:
+        A :class:`FusedCORnetS` in eval mode.
+    """
+    if not isinstance(model, CORnetS):
+        raise TypeError(f"model must be a CORnetS, got {type(model).__name__}")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise ValueError(f"dtype must be float32, bfloat16, float16 or float64, got {dtype}")
+    if cuda_graph and not torch.cuda.is_available():
+        raise NotImplementedError("fuse: cuda_graph=True needs a CUDA device; torch sees none")
+    fused = FusedCORnetS(
+        model, dtype=dtype, channels_last=channels_last, mkldnn=mkldnn, cuda_graph=cuda_graph
+    )
+    device = next(model.parameters()).device
+    return fused.to(device)

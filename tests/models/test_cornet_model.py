@@ -1,0 +1,328 @@
+"""CORnet-S eager module: architecture, parameter names, checkpoint loading, feature taps, transform.
+
+The oracle is an independent functional CORnet-S written from the original's description with
+F.conv2d/F.batch_norm on the raw state_dict, run in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastalign.models import CORnetS, cornet_s, imagenet_transform
+from fastalign.models.cornet import CORnetBase
+
+TIMES = {"V2": 2, "V4": 4, "IT": 2}
+CHANNELS = {"V2": (64, 128), "V4": (128, 256), "IT": (256, 512)}
+
+
+def _bn(x: torch.Tensor, sd: dict[str, torch.Tensor], name: str, training: bool) -> torch.Tensor:
+    # Fresh copies of the running stats: the oracle must not change the caller's state_dict.
+    rm, rv = sd[f"{name}.running_mean"].clone(), sd[f"{name}.running_var"].clone()
+    return F.batch_norm(x, rm, rv, sd[f"{name}.weight"], sd[f"{name}.bias"], training, 0.1, 1e-5)
+
+
+def functional_cornet(
+    sd: dict[str, torch.Tensor], x: torch.Tensor, training: bool = False
+) -> dict[str, torch.Tensor]:
+    """Brain-Score-named activations plus "logits" of CORnet-S, straight from the original's description."""
+    out = {}
+    h = F.conv2d(x, sd["V1.conv1.weight"], stride=2, padding=3)
+    h = F.relu(_bn(h, sd, "V1.norm1", training))
+    h = F.max_pool2d(h, 3, 2, 1)
+    h = F.relu(_bn(F.conv2d(h, sd["V1.conv2.weight"], padding=1), sd, "V1.norm2", training))
+    out["V1.output-t0"] = h
+    for region, times in TIMES.items():
+        p = region + "."
+        x_in = F.conv2d(h, sd[p + "conv_input.weight"])
+        cur = x_in
+        for t in range(times):
+            if t == 0:
+                skip = _bn(F.conv2d(cur, sd[p + "skip.weight"], stride=2), sd, p + "norm_skip", training)
+            else:
+                skip = cur
+            y = F.relu(_bn(F.conv2d(cur, sd[p + "conv1.weight"]), sd, f"{p}norm1_{t}", training))
+            y = F.conv2d(y, sd[p + "conv2.weight"], stride=2 if t == 0 else 1, padding=1)
+            y = F.relu(_bn(y, sd, f"{p}norm2_{t}", training))
+            y = _bn(F.conv2d(y, sd[p + "conv3.weight"]), sd, f"{p}norm3_{t}", training)
+            cur = F.relu(y + skip)
+            out[f"{region}.output-t{t}"] = cur
+        h = cur
+    pooled = h.mean(dim=(2, 3), keepdim=True)
+    out["decoder.avgpool-t0"] = pooled
+    out["logits"] = F.linear(pooled.flatten(1), sd["decoder.linear.weight"], sd["decoder.linear.bias"])
+    return out
+
+
+def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters, so that folding and loading are tested."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+
+
+@pytest.fixture(scope="module")
+def model() -> CORnetS:
+    torch.manual_seed(0)
+    m = cornet_s()
+    randomize_bn(m)
+    return m.eval()
+
+
+def expected_keys() -> set[str]:
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    keys = {"V1.conv1.weight", "V1.conv2.weight", "decoder.linear.weight", "decoder.linear.bias"}
+    keys |= {f"V1.{n}.{s}" for n in ("norm1", "norm2") for s in bn}
+    for region, times in TIMES.items():
+        keys |= {f"{region}.{c}.weight" for c in ("conv_input", "skip", "conv1", "conv2", "conv3")}
+        keys |= {f"{region}.norm_skip.{s}" for s in bn}
+        keys |= {f"{region}.norm{i}_{t}.{s}" for i in (1, 2, 3) for t in range(times) for s in bn}
+    return keys
+
+
+def test_parameter_count_and_shapes(model: CORnetS) -> None:
+    assert sum(p.numel() for p in model.parameters()) == 53_416_616
+    sd = model.state_dict()
+    assert set(sd) == expected_keys()
+    assert sd["V1.conv1.weight"].shape == (64, 3, 7, 7)
+    assert sd["V2.conv_input.weight"].shape == (128, 64, 1, 1)
+    assert sd["V4.conv2.weight"].shape == (1024, 1024, 3, 3)
+    assert sd["IT.skip.weight"].shape == (512, 512, 1, 1)
+    assert sd["V4.norm3_3.running_mean"].shape == (256,)
+    assert sd["decoder.linear.weight"].shape == (1000, 512)
+    assert not any(n.endswith("bias") and "conv" in n for n in sd)
+
+
+def test_initialisation_follows_original() -> None:
+    torch.manual_seed(1)
+    m = cornet_s()
+    w = m.V4.conv2.weight
+    assert abs(w.std().item() - math.sqrt(2.0 / (9 * 1024))) < 0.02 * math.sqrt(2.0 / (9 * 1024))
+    assert torch.all(m.V2.norm1_1.weight == 1) and torch.all(m.V2.norm1_1.bias == 0)
+    assert m.training
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_matches_functional_oracle(model: CORnetS, training: bool) -> None:
+    m64 = CORnetS().double()
+    m64.load_state_dict(model.state_dict())
+    m64.train(training)
+    sd = {k: v.clone() for k, v in m64.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ref = functional_cornet(sd, x, training)
+    got = m64.features(x, layers=("V1", "V2", "V4", "IT", "avgpool", "decoder"), timesteps="all")
+    logits = got.pop("decoder.output-t0")
+    assert set(got) == set(ref) - {"logits"}
+    for k in got:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-10, atol=1e-10, msg=k)
+    torch.testing.assert_close(logits, ref["logits"], rtol=1e-10, atol=1e-10)
+    if training:
+        # One training forward moves every running mean by momentum * (batch mean - running mean).
+        before, after = sd["V4.norm2_3.running_mean"], m64.state_dict()["V4.norm2_3.running_mean"]
+        assert not torch.equal(before, after)
+        assert int(m64.state_dict()["V4.norm2_3.num_batches_tracked"]) == 1
+
+
+def test_forward_equals_decoder_tap(model: CORnetS) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(x)
+        feats = model.features(x, layers=("decoder", "avgpool"))
+    assert logits.shape == (2, 1000)
+    torch.testing.assert_close(feats["decoder"], logits, rtol=0, atol=0)
+    assert feats["avgpool"].shape == (2, 512, 1, 1)
+
+
+def test_layer_names_brain_score(model: CORnetS) -> None:
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.features(x, timesteps="all")
+        last = model.features(x, timesteps="last")
+    names = ["V1.output-t0", "V2.output-t0", "V2.output-t1"]
+    names += [f"V4.output-t{t}" for t in range(4)] + ["IT.output-t0", "IT.output-t1", "decoder.avgpool-t0"]
+    assert list(feats) == names == CORnetBase.layer_names()
+    assert list(last) == ["V1", "V2", "V4", "IT", "avgpool"]
+    for region, bs in (("V2", "V2.output-t1"), ("V4", "V4.output-t3"), ("IT", "IT.output-t1")):
+        torch.testing.assert_close(last[region], feats[bs], rtol=0, atol=0)
+    assert feats["V4.output-t0"].shape == (1, 256, 2, 2)
+    # Aliases with Brain-Score module names key the result by the name given.
+    alias = model.features(x, layers=["V4.output", "decoder.avgpool"])
+    torch.testing.assert_close(alias["V4.output"], last["V4"], rtol=0, atol=0)
+
+
+def test_features_stop_early(model: CORnetS) -> None:
+    calls: list[str] = []
+    regions = ("V2", "V4", "IT")
+    hooks = [getattr(model, r).register_forward_hook(lambda *a, r=r: calls.append(r)) for r in regions]
+    try:
+        model.features(torch.randn(1, 3, 32, 32), layers=("V1", "V2"))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == ["V2"]
+
+
+def test_gradients_flow_through_taps(model: CORnetS) -> None:
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+    m64 = CORnetS().double()
+    m64.load_state_dict(model.state_dict())
+    m64.eval()
+    feats = m64.features(x, layers=("V2", "V4"), timesteps="all")
+    loss = feats["V4.output-t2"].square().sum() + feats["V2.output-t0"].sum()
+    (gx,) = torch.autograd.grad(loss, x)
+    x2 = x.detach().clone().requires_grad_(True)
+    ref = functional_cornet({k: v.clone() for k, v in m64.state_dict().items()}, x2)
+    (gref,) = torch.autograd.grad(ref["V4.output-t2"].square().sum() + ref["V2.output-t0"].sum(), x2)
+    assert gx.abs().max() > 0
+    torch.testing.assert_close(gx, gref, rtol=1e-9, atol=1e-12)
+    # Parameters of the taps' regions get gradients; later regions are not run.
+    loss2 = m64.features(x.detach(), layers="V4")["V4"].sum()
+    loss2.backward()
+    assert m64.V4.conv2.weight.grad is not None and m64.V4.norm2_3.weight.grad.abs().sum() > 0
+    assert m64.IT.conv2.weight.grad is None
+
+
+def test_bad_feature_arguments(model: CORnetS) -> None:
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match="timesteps"):
+        model.features(x, timesteps="first")
+    with pytest.raises(ValueError, match="V3"):
+        model.features(x, layers=("V1", "V3"))
+    with pytest.raises(ValueError, match="at least one"):
+        model.features(x, layers=())
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(TypeError, match="floating-point"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+def test_load_original_format(model: CORnetS, tmp_path) -> None:
+    path = tmp_path / "cornet_s.pth"
+    original = {
+        "epoch": 43,
+        "arch": "CORnet-S",
+        "state_dict": {"module." + k: v for k, v in model.state_dict().items()},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "momentum": 0.9}]},
+    }
+    torch.save(original, path)
+    loaded = cornet_s(weights=path)
+    _assert_same_weights(loaded, model)
+    assert not loaded.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_load_plain_state_dict(model: CORnetS, tmp_path, prefix: str) -> None:
+    path = tmp_path / "plain.pt"
+    torch.save({prefix + k: v for k, v in model.state_dict().items()}, path)
+    _assert_same_weights(cornet_s(weights=str(path)), model)
+    _assert_same_weights(cornet_s(weights={prefix + k: v for k, v in model.state_dict().items()}), model)
+
+
+def test_load_without_num_batches_tracked(model: CORnetS) -> None:
+    # Checkpoints from PyTorch < 0.4.1 have no BatchNorm counters.
+    sd = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    loaded = cornet_s(weights={"state_dict": sd})
+    assert torch.equal(loaded.V4.norm3_3.running_mean, model.V4.norm3_3.running_mean)
+
+
+def test_bad_checkpoints_list_keys(model: CORnetS, tmp_path) -> None:
+    sd = dict(model.state_dict())
+    missing = dict(sd)
+    del missing["V4.norm3_3.running_mean"], missing["IT.conv2.weight"]
+    with pytest.raises(ValueError, match=r"missing keys \(2\).*V4\.norm3_3\.running_mean.*IT\.conv2\.weight"):
+        cornet_s(weights=missing)
+    extra = dict(sd, **{"V4.norm1_4.weight": torch.ones(1024), "fc.bias": torch.zeros(3)})
+    with pytest.raises(ValueError, match=r"unexpected keys \(2\).*V4\.norm1_4\.weight.*fc\.bias"):
+        cornet_s(weights=extra)
+    wrong = dict(sd, **{"decoder.linear.weight": torch.zeros(10, 512)})
+    with pytest.raises(ValueError, match=r"shape mismatches.*linear\.weight: checkpoint \(10, 512\)"):
+        cornet_s(weights=wrong)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        cornet_s(weights=tmp_path / "absent.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not read"):
+        cornet_s(weights=junk)
+    with pytest.raises(TypeError, match="weights must be"):
+        cornet_s(weights=3)  # type: ignore[arg-type]
+
+
+# ---- imagenet_transform --------------------------------------------------------------------------
+
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+def test_transform_crop_and_normalise_exact() -> None:
+    # Shorter side already equals `resize`: no interpolation, only the centre crop and normalisation.
+    img = torch.randint(0, 256, (3, 6, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = imagenet_transform(size=4, resize=6)(img)
+    top, left = 1, round((9 - 4) / 2)
+    expected = (img[:, top : top + 4, left : left + 4].double() / 255 - MEAN.double()) / STD.double()
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-6)
+    assert out.dtype == torch.float32
+
+
+def test_transform_constant_image_and_shapes() -> None:
+    tf = imagenet_transform()
+    img = torch.empty(3, 300, 400, dtype=torch.uint8)
+    img[0], img[1], img[2] = 255, 128, 0
+    out = tf(img)
+    assert out.shape == (3, 224, 224)
+    expected = (torch.tensor([1.0, 128 / 255, 0.0]).view(3, 1, 1) - MEAN) / STD
+    torch.testing.assert_close(out, expected.expand(3, 224, 224), rtol=0, atol=1e-6)
+    assert tf(img.unsqueeze(0).repeat(2, 1, 1, 1)).shape == (2, 3, 224, 224)
+    assert tf(torch.zeros(3, 500, 240, dtype=torch.uint8)).shape == (3, 224, 224)
+
+
+def test_transform_pil_matches_tensor() -> None:
+    Image = pytest.importorskip("PIL.Image")
+    g = torch.Generator().manual_seed(0)
+    # A smooth image, so that PIL's and torch's antialiased bilinear filters agree to about a grey level.
+    small = torch.rand(1, 3, 12, 16, generator=g) * 255
+    img = F.interpolate(small, size=(300, 400), mode="bicubic", align_corners=False).clamp(0, 255).round()
+    img = img[0].to(torch.uint8)
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy(), mode="RGB")
+    tf = imagenet_transform()
+    a, b = tf(pil), tf(img)
+    assert a.shape == b.shape == (3, 224, 224)
+    diff = ((a - b) * STD * 255).abs()  # in grey levels
+    assert diff.max() <= 2.0 and diff.mean() < 0.5
+    grey = Image.fromarray(img[0].numpy(), mode="L")
+    assert tf(grey).shape == (3, 224, 224)
+
+
+def test_transform_bad_input() -> None:
+    tf = imagenet_transform()
+    with pytest.raises(TypeError, match="uint8"):
+        tf(torch.rand(3, 256, 256))
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        tf(torch.zeros(4, 256, 256, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="PIL"):
+        tf([[0, 1]])
+    with pytest.raises(ValueError, match="size"):
+        imagenet_transform(size=0)
+    with pytest.raises(ValueError, match="resize"):
+        imagenet_transform(size=224, resize=100)
