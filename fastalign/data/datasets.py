@@ -1,0 +1,337 @@
+"""A torch Dataset pairing each image with its brain response (EEG or fMRI), with the options the
+alignment and decoding methods use: repetition averaging, time/channel selection, flattening and
+normalisation (statistics from training data only)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fastalign.data._io import check_array
+from fastalign.data.fmri import FMRIResponses, ResponsePCA, load_fmri
+from fastalign.data.images import ImageTransform
+from fastalign.data.responses import EEGResponses, _is_epochs, epochs_to_responses
+from fastalign.data.things_eeg2 import load_image_metadata, load_preprocessed_eeg
+
+Normalization = Literal["zscore", "channel", "trial"]
+_NORMS = (None, "zscore", "channel", "trial")
+
+
+@dataclass
+class NormStats:
+    """Normalisation statistics fitted on training responses; pass them to the test dataset.
+
+    ``mean`` and ``std`` broadcast against one response of shape (*feature_shape): scalars for
+    "zscore", (n_channels, 1) for EEG or (n_voxels,) for fMRI with "channel".
+    """
+
+    mode: str
+    mean: np.ndarray
+    std: np.ndarray
+
+
+def fit_norm_stats(trials: np.ndarray, mode: str) -> NormStats:
+    """Statistics of single trials (n_images, n_repetitions, *feature_shape) for ``mode``.
+
+    "zscore": one mean and std over everything (per subject); "channel": per channel (EEG, over
+    images, repetitions and time) or per voxel (fMRI).
+    """
+    if mode == "zscore":
+        mean, std = np.asarray(trials.mean()), np.asarray(trials.std())
+    elif mode == "channel":
+        axes = (0, 1, 3) if trials.ndim == 4 else (0, 1)
+        mean, std = trials.mean(axis=axes), trials.std(axis=axes)
+        if trials.ndim == 4:
+            mean, std = mean[:, None], std[:, None]
+    else:
+        raise ValueError(f"fit_norm_stats: mode must be 'zscore' or 'channel', got {mode!r}")
+    if not np.all(std > 0):
+        raise ValueError(
+            f"fit_norm_stats: a standard deviation is zero (mode {mode!r}); a channel/voxel is flat"
+        )
+    return NormStats(mode, np.asarray(mean), np.asarray(std))
+
+
+def _as_trials(responses: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
+    """(n_images, n_repetitions, *features) array, ch_names, times and a source name."""
+    if _is_epochs(responses):
+        responses = epochs_to_responses(responses)
+    if isinstance(responses, EEGResponses):
+        return responses.data, responses.ch_names, responses.times, responses.source
+    if isinstance(responses, FMRIResponses):
+        return responses.data, [], np.zeros(0), responses.source
+    if isinstance(responses, torch.Tensor):
+        responses = responses.detach().cpu().numpy()
+    arr = check_array(responses, "responses", "BrainImageDataset", ndim=(2, 3, 4))
+    return (arr[:, None] if arr.ndim == 2 else arr), [], np.zeros(0), "argument responses"
+
+
+class BrainImageDataset(Dataset):  # type: ignore[type-arg]
+    """(image, response) pairs, one per image condition.
+
+    Args:
+        responses: (n_images, n_repetitions, n_channels, n_times) EEG, (n_images, n_repetitions,
+            n_voxels) or (n_images, n_voxels) fMRI, an EEGResponses / FMRIResponses, or mne.Epochs with
+            one event code per image.
+        images: None (items carry the image index), a sequence of n_images image paths (loaded with
+            ``image_transform``), or an array/tensor with one row per image (pixels or embeddings).
+        repetitions: "all", an int k (the first k), or a sequence of repetition indices to use.
+        random_repetitions: If set, each draw averages this many repetitions picked at random (torch's
+            global RNG, so DataLoader workers differ and ``torch.manual_seed`` reproduces) from those
+            selected by ``repetitions``; else the selected repetitions are averaged once.
+        channels: EEG channel names (needs ch_names) or indices to keep, in that order.
+        time_window: (tmin, tmax) in seconds, inclusive (needs times), or a slice of sample indices.
+        flatten: Return responses as 1-d vectors (e.g. 17 channels x 20 times = 340).
+        normalize: None; "zscore" (one mean/std per subject), "channel" (per channel / voxel): both from
+            training data, see ``norm_stats``; or "trial" (each response centred and scaled to unit
+            L2 norm, no statistics).
+        norm_stats: Statistics from the training dataset (``train_ds.norm_stats``); when None and
+            ``normalize`` needs them they are fitted on this dataset's selected single trials, which
+            is right only for a training set.
+        image_transform: Path -> tensor for path images (default ``ImageTransform()``).
+        ch_names, times: For plain arrays: names of the channels and times of the samples.
+        dtype: dtype of the response tensors.
+    """
+
+    def __init__(
+        self,
+        responses: Any,
+        images: Sequence[str | os.PathLike[str]] | np.ndarray | torch.Tensor | None = None,
+        *,
+        repetitions: Literal["all"] | int | Sequence[int] = "all",
+        random_repetitions: int | None = None,
+        channels: Sequence[str] | Sequence[int] | None = None,
+        time_window: tuple[float, float] | slice | None = None,
+        flatten: bool = True,
+        normalize: Normalization | None = None,
+        norm_stats: NormStats | None = None,
+        image_transform: Callable[[Any], torch.Tensor] | None = None,
+        ch_names: Sequence[str] | None = None,
+        times: Sequence[float] | np.ndarray | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        trials, names, tvec, self.source = _as_trials(responses)
+        names = list(ch_names) if ch_names is not None else names
+        tvec = np.asarray(times, dtype=np.float64) if times is not None else tvec
+        n_img, n_rep = trials.shape[:2]
+        eeg = trials.ndim == 4
+        if normalize not in _NORMS:
+            raise ValueError(f"BrainImageDataset: normalize must be one of {_NORMS}, got {normalize!r}")
+
+        rep_idx = self._repetitions(repetitions, n_rep)
+        if random_repetitions is not None and not (1 <= random_repetitions <= len(rep_idx)):
+            raise ValueError(
+                f"BrainImageDataset: random_repetitions must be in 1..{len(rep_idx)} (the selected "
+                f"repetitions), got {random_repetitions}"
+            )
+        if (channels is not None or time_window is not None) and not eeg:
+            raise ValueError("BrainImageDataset: channels and time_window need EEG responses (4-d)")
+        trials = trials[:, rep_idx]
+        if eeg:
+            ch_idx = self._channels(channels, names, trials.shape[2])
+            t_idx = self._times(time_window, tvec, trials.shape[3])
+            trials = trials[:, :, ch_idx][..., t_idx]
+            self.ch_names = [names[i] for i in ch_idx] if names else []
+            self.times = tvec[t_idx] if tvec.size else tvec
+        else:
+            self.ch_names, self.times = [], np.zeros(0)
+
+        self.normalize, self.flatten, self.random_repetitions = normalize, flatten, random_repetitions
+        self.norm_stats = norm_stats
+        if normalize in ("zscore", "channel"):
+            if norm_stats is None:
+                self.norm_stats = fit_norm_stats(trials, normalize)
+            elif norm_stats.mode != normalize:
+                raise ValueError(
+                    f"BrainImageDataset: norm_stats are for {norm_stats.mode!r}, not {normalize!r}"
+                )
+            assert self.norm_stats is not None
+            # Affine, so normalising trials equals normalising their average.
+            trials = (trials - self.norm_stats.mean) / self.norm_stats.std
+        data = torch.as_tensor(np.ascontiguousarray(trials), dtype=dtype)
+        self._trials = data if random_repetitions is not None else None
+        self._mean = None if random_repetitions is not None else self._finish(data.mean(dim=1))
+        self.response_shape = tuple(self._finish(data[:1].mean(dim=1)).shape[1:])
+
+        self.images, self.image_transform = images, image_transform or ImageTransform()
+        if images is not None:
+            if isinstance(images, (str, os.PathLike)) or len(images) != n_img:
+                count = "a path" if isinstance(images, (str, os.PathLike)) else f"{len(images)} images"
+                raise ValueError(f"BrainImageDataset: got {count} for {n_img} responses from {self.source}; "
+                                 "expected one image per response")  # fmt: skip
+            if isinstance(images, np.ndarray):
+                self.images = torch.as_tensor(images)
+        self.n_images = n_img
+
+    @staticmethod
+    def _repetitions(repetitions: Any, n_rep: int) -> list[int]:
+        if isinstance(repetitions, str):
+            if repetitions != "all":
+                raise ValueError(
+                    f"BrainImageDataset: repetitions must be 'all', an int or indices, got {repetitions!r}"
+                )
+            return list(range(n_rep))
+        if isinstance(repetitions, (int, np.integer)) and not isinstance(repetitions, bool):
+            if not 1 <= repetitions <= n_rep:
+                raise ValueError(f"BrainImageDataset: repetitions={repetitions} but the data has {n_rep}")
+            return list(range(int(repetitions)))
+        idx = [int(i) for i in repetitions]
+        if not idx or min(idx) < -n_rep or max(idx) >= n_rep:
+            raise ValueError(
+                f"BrainImageDataset: repetition indices {idx} out of range for {n_rep} repetitions"
+            )
+        return idx
+
+    @staticmethod
+    def _channels(channels: Any, names: list[str], n_ch: int) -> list[int]:
+        if channels is None:
+            return list(range(n_ch))
+        out = []
+        for c in channels:
+            if isinstance(c, str):
+                if c not in names:
+                    raise ValueError(
+                        f"BrainImageDataset: no channel {c!r}; channels are {names or '(names unknown)'}"
+                    )
+                out.append(names.index(c))
+            elif -n_ch <= int(c) < n_ch:
+                out.append(int(c) % n_ch)
+            else:
+                raise ValueError(f"BrainImageDataset: channel index {c} out of range for {n_ch} channels")
+        return out
+
+    @staticmethod
+    def _times(window: Any, tvec: np.ndarray, n_t: int) -> np.ndarray:
+        if window is None:
+            return np.arange(n_t)
+        if isinstance(window, slice):
+            idx = np.arange(n_t)[window]
+        else:
+            if not tvec.size:
+                raise ValueError(
+                    "BrainImageDataset: time_window in seconds needs the epoch times (times=...)"
+                )
+            tmin, tmax = window
+            tol = 1e-9 * max(1.0, float(np.abs(tvec).max()))
+            idx = np.flatnonzero((tvec >= tmin - tol) & (tvec <= tmax + tol))
+        if not idx.size:
+            raise ValueError(f"BrainImageDataset: time_window {window} selects no samples")
+        return idx
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        """Trial normalisation and flattening of averaged responses (batch first)."""
+        if self.flatten or self.normalize == "trial":
+            flat = x.reshape(x.shape[0], -1)
+            if self.normalize == "trial":
+                flat = flat - flat.mean(dim=1, keepdim=True)
+                flat = flat / flat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
+            x = flat if self.flatten else flat.reshape(x.shape)
+        return x
+
+    def __len__(self) -> int:
+        return self.n_images
+
+    def response(self, index: int) -> torch.Tensor:
+        """The response of image ``index`` (a fresh random average when ``random_repetitions`` is set)."""
+        if self._mean is not None:
+            return self._mean[index]
+        assert self._trials is not None and self.random_repetitions is not None
+        pick = torch.randperm(self._trials.shape[1])[: self.random_repetitions]
+        return self._finish(self._trials[index, pick].mean(dim=0, keepdim=True))[0]
+
+    def responses(self) -> torch.Tensor:
+        """All (deterministic) responses stacked: (n_images, *response_shape)."""
+        if self._mean is None:
+            raise ValueError("BrainImageDataset: responses() is undefined with random_repetitions")
+        return self._mean
+
+    def image(self, index: int) -> Any:
+        """Image ``index``: the loaded tensor, the stored row, or the index when there are no images."""
+        if self.images is None:
+            return index
+        if isinstance(self.images, torch.Tensor):
+            return self.images[index]
+        return self.image_transform(self.images[index])
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
+        if not -self.n_images <= index < self.n_images:
+            raise IndexError(f"index {index} out of range for {self.n_images} images")
+        index %= self.n_images
+        return self.image(index), self.response(index)
+
+
+def things_eeg2_datasets(
+    preprocessed_dir: str | os.PathLike[str],
+    subject: int,
+    image_dir: str | os.PathLike[str] | None = None,
+    *,
+    train_options: dict[str, Any] | None = None,
+    test_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> tuple[BrainImageDataset, BrainImageDataset]:
+    """(training, test) datasets of one THINGS-EEG2 subject, test normalised with training statistics.
+
+    Args:
+        preprocessed_dir: Folder with ``sub-XX/preprocessed_eeg_{training,test}.npy``.
+        subject: Subject number.
+        image_dir: Folder with image_metadata.npy and the images; None gives image indices.
+        train_options, test_options: Options for one split only (e.g. ``random_repetitions`` for
+            training).
+        **options: BrainImageDataset options for both splits (channels, time_window, normalize, ...).
+    """
+    train_eeg = load_preprocessed_eeg(preprocessed_dir, subject, "training")
+    test_eeg = load_preprocessed_eeg(preprocessed_dir, subject, "test")
+    train_imgs = test_imgs = None
+    if image_dir is not None:
+        meta = load_image_metadata(image_dir)
+        train_imgs, test_imgs = meta.paths("training"), meta.paths("test")
+        for split, eeg, imgs in (("training", train_eeg, train_imgs), ("test", test_eeg, test_imgs)):
+            if len(imgs) != eeg.data.shape[0]:
+                raise ValueError(
+                    f"{eeg.source!r} has {eeg.data.shape[0]} conditions but image_metadata.npy lists "
+                    f"{len(imgs)} {split} images; expected one image per condition"
+                )
+    train = BrainImageDataset(train_eeg, train_imgs, **{**options, **(train_options or {})})
+    test = BrainImageDataset(
+        test_eeg, test_imgs, **{**options, **(test_options or {}), "norm_stats": train.norm_stats}
+    )
+    return train, test
+
+
+def fmri_datasets(
+    train: FMRIResponses | str | os.PathLike[str],
+    test: FMRIResponses | str | os.PathLike[str],
+    train_images: Sequence[str | os.PathLike[str]] | np.ndarray | torch.Tensor | None = None,
+    test_images: Sequence[str | os.PathLike[str]] | np.ndarray | torch.Tensor | None = None,
+    *,
+    rois: str | Sequence[str] | None = None,
+    pca_components: int | None = None,
+    **options: Any,
+) -> tuple[BrainImageDataset, BrainImageDataset]:
+    """(training, test) fMRI datasets: ROI selection, PCA and normalisation fitted on training only.
+
+    Args:
+        train, test: FMRIResponses or paths of .npy/.h5 response files.
+        train_images, test_images: As ``images`` of BrainImageDataset.
+        rois: ROI name(s) to keep (union).
+        pca_components: Reduce voxels to this many principal components of the averaged training data.
+        **options: BrainImageDataset options (repetitions, random_repetitions, normalize, ...).
+    """
+    tr = train if isinstance(train, FMRIResponses) else load_fmri(train)
+    te = test if isinstance(test, FMRIResponses) else load_fmri(test)
+    if rois is not None:
+        tr, te = tr.select(rois), te.select(rois)
+    if tr.data.shape[2] != te.data.shape[2]:
+        raise ValueError(f"{te.source}: {te.data.shape[2]} voxels but {tr.source} has {tr.data.shape[2]}")
+    if pca_components is not None:
+        pca = ResponsePCA(pca_components).fit(tr)
+        tr, te = pca.transform(tr), pca.transform(te)
+    train_ds = BrainImageDataset(tr, train_images, **options)
+    test_ds = BrainImageDataset(te, test_images, **{**options, "norm_stats": train_ds.norm_stats})
+    return train_ds, test_ds

@@ -1,0 +1,172 @@
+"""Per-image fMRI responses: .npy / .h5 loading, ROIs by name, repetition averaging, PCA.
+
+A response file holds (n_images, n_voxels) or (n_images, n_repetitions, n_voxels) responses, in image
+order, and optionally ROI definitions (a boolean mask over voxels or a list of voxel indices per name):
+
+- ``.npy``: the array itself, or an ``np.save``'d dict ``{"responses": array, "rois": {name: ...}}``;
+- ``.h5`` / ``.hdf5``: a dataset ``responses`` and a group ``rois`` with one dataset per ROI.
+
+ROI names follow the usual visual areas: V1, V2, V3, V4, LOC, FFA, PPA and HVC (higher visual cortex);
+any other name in the file works too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fastalign.data._io import check_array, require_file
+
+ROI_NAMES = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC")
+
+
+def _roi_indices(value: Any, n_voxels: int, name: str, source: str) -> np.ndarray:
+    arr = np.asarray(value).reshape(-1)
+    if arr.dtype == bool:
+        if arr.size != n_voxels:
+            raise ValueError(
+                f"{source}: ROI {name!r} mask has {arr.size} entries, expected {n_voxels} (one per voxel)"
+            )
+        return np.flatnonzero(arr)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(
+            f"{source}: ROI {name!r} must be a boolean mask or integer indices, got dtype {arr.dtype}"
+        )
+    if arr.size and (arr.min() < 0 or arr.max() >= n_voxels):
+        raise ValueError(f"{source}: ROI {name!r} has voxel indices outside 0..{n_voxels - 1}")
+    return np.asarray(arr, dtype=np.int64)
+
+
+@dataclass
+class FMRIResponses:
+    """fMRI responses of one subject and split.
+
+    Attributes:
+        data: (n_images, n_repetitions, n_voxels) responses (n_repetitions is 1 for averaged files).
+        rois: ROI name -> int64 voxel indices into the last axis.
+        source: the file (or "array") for error messages.
+    """
+
+    data: np.ndarray
+    rois: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = "array"
+
+    def __post_init__(self) -> None:
+        arr = check_array(self.data, "responses", self.source, ndim=(2, 3))
+        self.data = arr[:, None, :] if arr.ndim == 2 else arr
+        n_vox = self.data.shape[2]
+        self.rois = {str(k): _roi_indices(v, n_vox, str(k), self.source) for k, v in self.rois.items()}
+
+    def select(self, rois: str | Sequence[str]) -> FMRIResponses:
+        """The voxels of one ROI or the union of several (in ascending voxel order)."""
+        names = [rois] if isinstance(rois, str) else list(rois)
+        missing = [n for n in names if n not in self.rois]
+        if missing or not names:
+            raise KeyError(f"{self.source}: no ROI named {missing or names}; it defines {sorted(self.rois)}")
+        idx = np.unique(np.concatenate([self.rois[n] for n in names]))
+        remap = {n: np.flatnonzero(np.isin(idx, v)) for n, v in self.rois.items() if np.isin(v, idx).all()}
+        return FMRIResponses(self.data[:, :, idx], remap, self.source)
+
+    def average(self, repetitions: Sequence[int] | None = None) -> np.ndarray:
+        """(n_images, n_voxels): the mean over all (or the given) repetitions."""
+        data = self.data if repetitions is None else self.data[:, list(repetitions)]
+        return np.asarray(data.mean(axis=1))
+
+
+def load_fmri(
+    path: str | os.PathLike[str],
+    *,
+    key: str = "responses",
+    rois: Mapping[str, Any] | None = None,
+) -> FMRIResponses:
+    """Loads per-image fMRI responses from ``.npy`` or ``.h5``.
+
+    Args:
+        path: The file.
+        key: Name of the responses array (dict key / HDF5 dataset).
+        rois: Extra ROIs (name -> boolean mask or indices) that override those in the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: wrong extension, missing key, responses not 2-d/3-d or not finite, bad ROI.
+    """
+    file = require_file(path, "fMRI responses")
+    ext = os.path.splitext(file)[1].lower()
+    file_rois: dict[str, Any] = {}
+    if ext == ".npy":
+        obj = np.load(file, allow_pickle=True)
+        if obj.dtype == object and obj.shape == ():
+            d = obj.item()
+            if not isinstance(d, dict) or key not in d:
+                keys = f" with keys {sorted(d)}" if isinstance(d, dict) else ""
+                raise ValueError(
+                    f"{file!r}: expected an array or a dict with key {key!r}, got {type(d).__name__}{keys}"
+                )
+            data, file_rois = d[key], dict(d.get("rois") or {})
+        else:
+            data = obj
+    elif ext in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(file, "r") as f:
+            if key not in f:
+                raise ValueError(f"{file!r}: no dataset {key!r}; it has {sorted(f.keys())}")
+            data = f[key][()]
+            if "rois" in f:
+                file_rois = {name: ds[()] for name, ds in f["rois"].items()}
+    else:
+        raise ValueError(f"{file!r}: fMRI responses must be a .npy or .h5/.hdf5 file, got {ext!r}")
+    return FMRIResponses(data, {**file_rois, **dict(rois or {})}, file)
+
+
+class ResponsePCA:
+    """PCA to ``n_components`` fitted on training responses only (scikit-learn), applied to any split.
+
+    Fitted on the repetition-averaged training responses; transforming repetitions one by one is the
+    same projection, so averaging before or after it gives the same result.
+    """
+
+    def __init__(self, n_components: int, seed: int = 0) -> None:
+        if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+            raise ValueError(f"ResponsePCA: n_components must be a positive int, got {n_components!r}")
+        self.n_components, self.seed = n_components, seed
+        self._pca: Any = None
+
+    def fit(self, train: FMRIResponses | np.ndarray) -> ResponsePCA:
+        """Fits on (n_images, n_voxels) averaged training responses (an FMRIResponses is averaged)."""
+        from sklearn.decomposition import PCA
+
+        x = (
+            train.average()
+            if isinstance(train, FMRIResponses)
+            else check_array(train, "train", "ResponsePCA.fit", ndim=2)
+        )
+        if self.n_components > min(x.shape):
+            raise ValueError(
+                f"ResponsePCA: n_components={self.n_components} exceeds min(n_images, n_voxels) of {x.shape}"
+            )
+        self._pca = PCA(self.n_components, random_state=self.seed).fit(x)
+        return self
+
+    def transform(self, responses: FMRIResponses) -> FMRIResponses:
+        """Projects every repetition: (n, r, v) -> (n, r, n_components); ROIs no longer apply."""
+        if self._pca is None:
+            raise RuntimeError("ResponsePCA: call fit() on the training responses first")
+        n, r, v = responses.data.shape
+        if v != self._pca.n_features_in_:
+            raise ValueError(
+                f"{responses.source}: {v} voxels, but the PCA was fitted on {self._pca.n_features_in_}"
+            )
+        out = self._pca.transform(responses.data.reshape(n * r, v)).reshape(n, r, -1)
+        return FMRIResponses(out, {}, responses.source + f" (PCA {self.n_components})")
+
+    @property
+    def explained_variance_ratio(self) -> np.ndarray:
+        """Fraction of the training variance each component explains."""
+        if self._pca is None:
+            raise RuntimeError("ResponsePCA: not fitted")
+        return np.asarray(self._pca.explained_variance_ratio_)

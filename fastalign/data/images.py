@@ -1,0 +1,218 @@
+"""Image loading (PIL, no torchvision) and a cache of image embeddings.
+
+:class:`ImageTransform` does what torchvision's ``Resize(resize) -> CenterCrop(size) -> ToTensor ->
+Normalize(ImageNet)`` does on PIL images: bilinear (antialiased) resize of the shorter side, centre
+crop, scale to [0, 1], normalise. :func:`embed_images` runs a torch image model over a list of image
+files once and keeps the embeddings on disk, keyed by file, for the next call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastalign.data._io import atomic_write, require_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageTransform:
+    """Callable: an image path or PIL image -> float32 tensor (3, size, size).
+
+    Picklable, so it works in DataLoader workers.
+
+    Args:
+        size: Side of the square centre crop.
+        resize: Length the shorter side is resized to before cropping; default round(size * 256 / 224)
+            (the usual ImageNet evaluation ratio); equal to ``size`` for no cropping margin.
+        normalize: Subtract the ImageNet mean and divide by its std (else values in [0, 1]).
+    """
+
+    def __init__(self, size: int = 224, resize: int | None = None, normalize: bool = True) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"ImageTransform: size must be a positive int, got {size!r}")
+        resize = round(size * 256 / 224) if resize is None else resize
+        if isinstance(resize, bool) or not isinstance(resize, int) or resize < size:
+            raise ValueError(f"ImageTransform: resize must be an int >= size ({size}), got {resize!r}")
+        self.size, self.resize, self.normalize = size, resize, bool(normalize)
+
+    def __repr__(self) -> str:
+        return f"ImageTransform(size={self.size}, resize={self.resize}, normalize={self.normalize})"
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        from PIL import Image
+
+        if isinstance(image, (str, os.PathLike)):
+            path = require_file(image, "image")
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGB")
+            except OSError as err:
+                raise ValueError(f"image: {path!r} is not a readable image ({err})") from err
+        elif isinstance(image, Image.Image):
+            im = image.convert("RGB")
+        else:
+            raise TypeError(f"ImageTransform: expected a path or a PIL image, got {type(image).__name__}")
+        w, h = im.size
+        scale = self.resize / min(w, h)
+        nw, nh = (self.resize, round(h * scale)) if w <= h else (round(w * scale), self.resize)
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+        left, top = round((nw - self.size) / 2.0), round((nh - self.size) / 2.0)
+        im = im.crop((left, top, left + self.size, top + self.size))
+        x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        if self.normalize:
+            mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+            x = (x - mean) / std
+        return x
+
+
+def load_image(
+    path: str | os.PathLike[str], size: int = 224, resize: int | None = None, normalize: bool = True
+) -> torch.Tensor:
+    """One image file as a (3, size, size) float32 tensor (see :class:`ImageTransform`)."""
+    return ImageTransform(size, resize, normalize)(path)
+
+
+def load_images(
+    paths: Sequence[str | os.PathLike[str]], transform: Callable[[Any], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Image files as one (n, 3, H, W) tensor; ``transform`` defaults to ``ImageTransform()``."""
+    transform = transform or ImageTransform()
+    return torch.stack([transform(p) for p in paths])
+
+
+def model_key(model: torch.nn.Module, transform: Any = None) -> str:
+    """A hex digest of the model's class, its parameters and buffers, and the transform's repr.
+
+    Used as the default cache key: any change of weights or preprocessing gives a new key.
+    """
+    h = hashlib.sha256()
+    h.update(f"{type(model).__module__}.{type(model).__qualname__}|{transform!r}".encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+def _stat(path: str) -> list[int]:
+    st = os.stat(path)
+    return [int(st.st_size), int(st.st_mtime_ns)]
+
+
+def embed_images(
+    model: torch.nn.Module | Callable[[torch.Tensor], Any],
+    paths: Sequence[str | os.PathLike[str]],
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    key: str | None = None,
+    transform: Callable[[Any], torch.Tensor] | None = None,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Embeddings (n_images, d) of image files by a torch model, computed once and cached on disk.
+
+    The cache lives in ``cache_dir/<key>/`` as ``embeddings.npy`` (one row per file) and ``index.json``
+    (the absolute path, size and mtime of each row's file). A call reuses the rows of files that are
+    unchanged and computes only the rest (new files, or files whose size or mtime changed); a
+    different model or transform gives a different key, hence a fresh cache. The output is float32 in
+    the order of ``paths``.
+
+    Args:
+        model: Maps a (batch, 3, H, W) float tensor to (batch, ...) features (flattened to (batch, d)).
+        paths: Image files.
+        cache_dir: Cache folder; None computes without caching.
+        key: Cache key (e.g. "cornet-s-v1"); default :func:`model_key` of the model (needs a Module).
+        transform: Image -> tensor; default ``ImageTransform()`` (224 px, ImageNet normalisation).
+        batch_size: Images per forward pass.
+        device: Where the model runs.
+    """
+    transform = transform or ImageTransform()
+    files = [os.path.abspath(require_file(p, "embed_images: image")) for p in paths]
+    if batch_size < 1:
+        raise ValueError(f"embed_images: batch_size must be >= 1, got {batch_size}")
+    cached: dict[str, tuple[list[int], np.ndarray]] = {}
+    folder = None
+    if cache_dir is not None:
+        if key is None:
+            if not isinstance(model, torch.nn.Module):
+                raise TypeError("embed_images: pass key= when model is not a torch.nn.Module")
+            key = model_key(model, transform)
+        folder = os.path.join(os.fspath(cache_dir), hashlib.sha256(key.encode()).hexdigest()[:32])
+        cached = _read_cache(folder, key)
+    stats = {f: _stat(f) for f in files}
+    todo = [f for f in dict.fromkeys(files) if f not in cached or not np.array_equal(cached[f][0], stats[f])]
+    new: dict[str, np.ndarray] = {}
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                out = model(torch.stack([transform(f) for f in chunk]).to(device))
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(
+                        f"embed_images: model must return a tensor, got {type(out).__name__}; wrap the model "
+                        "so that it returns one"
+                    )
+                out = out.detach().float().cpu().reshape(len(chunk), -1).numpy()
+                new.update(zip(chunk, out, strict=True))
+    finally:
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
+    rows = {f: cached[f][1] for f in files if f not in new} | new
+    dims = {r.shape for r in rows.values()}
+    if len(dims) > 1:
+        raise ValueError(f"embed_images: cached and new embeddings differ in shape {dims}; clear {folder!r}")
+    if folder is not None and new:
+        entries = {f: (st, row) for f, (st, row) in cached.items()}
+        entries.update({f: (stats[f], row) for f, row in new.items()})
+        _write_cache(folder, key or "", entries)
+    return np.stack([rows[f] for f in files]).astype(np.float32) if files else np.zeros((0, 0), np.float32)
+
+
+def _read_cache(folder: str, key: str) -> dict[str, tuple[list[int], np.ndarray]]:
+    index, emb = os.path.join(folder, "index.json"), os.path.join(folder, "embeddings.npy")
+    if not (os.path.isfile(index) and os.path.isfile(emb)):
+        return {}
+    try:
+        with open(index) as f:
+            meta = json.load(f)
+        arr = np.load(emb)
+    except (OSError, ValueError):
+        return {}  # a damaged cache is recomputed, not trusted
+    if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(arr.tobytes()).hexdigest():
+        return {}
+    return {e["path"]: (e["stat"], arr[i]) for i, e in enumerate(meta["files"])}
+
+
+def _write_cache(folder: str, key: str, entries: dict[str, tuple[list[int], np.ndarray]]) -> None:
+    names = sorted(entries)
+    arr = np.stack([entries[n][1] for n in names]).astype(np.float32)
+    meta = {
+        "key": key,
+        "sha256": hashlib.sha256(arr.tobytes()).hexdigest(),
+        "files": [{"path": n, "stat": entries[n][0]} for n in names],
+    }
+
+    def write_npy(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(meta, f)
+
+    # Two atomic writes; the index records the rows' hash, so a crash between them leaves a pair that
+    # _read_cache rejects (and recomputes) instead of rows matched to the wrong files.
+    atomic_write(os.path.join(folder, "embeddings.npy"), write_npy)
+    atomic_write(os.path.join(folder, "index.json"), write_json)

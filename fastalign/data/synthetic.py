@@ -1,0 +1,453 @@
+"""A synthetic THINGS-EEG2 (+ fMRI) dataset from a known "brain", written in the published layout.
+
+Images are procedural (a shape, colours and texture per concept, jittered per image). Each image's
+ground-truth features are a fixed function of its pixels (8 x 8 colour thumbnail -> random projection
+-> tanh, standardised). A subject's brain maps them to EEG: every feature drives one cortical source
+with its own temporal response (a Gaussian bump at its own latency), a shared ERP (P1/N1) is added, the
+sources reach the sensors through a mixing matrix L, and sensor noise is L times independent AR(1)
+source noise plus a little white noise, so that it is correlated across channels as real EEG noise is
+(MVNN has something to undo). Trials follow the THINGS-EEG2 RSVP design (one image every 200 ms,
+overlapping responses, target trials with code 99999) and are written as raw session files; the
+preprocessed files are then made by :func:`fastalign.data.preprocess_things_eeg2` from those raw files,
+so every loader reads this dataset through the same code as the real one. fMRI responses are linear in
+the same features (early visual ROIs) and in a per-concept embedding (higher ROIs), plus noise.
+
+The ground truth (features, noise-free evoked responses, mixing, noise covariance, the test RDMs and
+their expected RSA) is returned and saved to ``root/ground_truth.npz``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fastalign.data._io import atomic_write, save_npy
+from fastalign.data.preprocess import preprocess_things_eeg2
+from fastalign.data.things_eeg2 import OCCIPITAL_PARIETAL, TARGET_EVENT, raw_path
+
+#: The 17 occipital/parietal channels of the published preprocessed data.
+PUBLISHED_OP_CHANNELS = (
+    "P7", "P5", "P3", "P1", "Pz", "P2", "P4", "P6", "P8",
+    "PO7", "PO3", "POz", "PO4", "PO8", "O1", "Oz", "O2",
+)  # fmt: skip
+_OTHER_CHANNELS = ("Fp1", "Fz", "Cz", "T7", "T8", "C3", "C4", "F3", "F4", "CPz", "FCz", "AFz")
+_SHAPES = ("disk", "square", "triangle", "ring", "stripes", "checker", "cross", "blob")
+#: Stimulus onset asynchrony of the THINGS-EEG2 RSVP design, in seconds.
+SOA = 0.2
+_EPOCH = (-0.2, 0.8)
+FMRI_ROIS = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC")
+_HIGHER = ("LOC", "FFA", "PPA")
+
+
+@dataclass
+class SyntheticThings:
+    """Where :func:`make_synthetic_things` wrote the dataset, and its ground truth.
+
+    Attributes:
+        root: The dataset folder.
+        image_dir: ``root/image_set`` (training_images/, test_images/, image_metadata.npy).
+        raw_dir: ``root/raw_data`` (sub-XX/ses-YY/raw_eeg_{training,test}.npy).
+        preprocessed_dir: ``root/preprocessed_data`` (sub-XX/preprocessed_eeg_{training,test}.npy).
+        fmri_dir: ``root/fmri`` (sub-XX/fmri_{training,test}.h5).
+        subjects: Subject numbers written.
+        ground_truth: Arrays also saved to ``root/ground_truth.npz`` (see :func:`make_synthetic_things`).
+    """
+
+    root: str
+    image_dir: str
+    raw_dir: str
+    preprocessed_dir: str
+    fmri_dir: str
+    subjects: list[int]
+    ground_truth: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _op_channel_names(n: int) -> list[str]:
+    names = list(PUBLISHED_OP_CHANNELS[:n])
+    names += [f"PO{10 + i}" if i % 2 else f"P{10 + i}" for i in range(n - len(names))]
+    return names
+
+
+def _render(shape: str, size: int, fg: np.ndarray, bg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One (size, size, 3) uint8 image of ``shape`` with per-image jitter of place, scale, angle, colour."""
+    v, u = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
+    u = u - rng.uniform(-0.15, 0.15)
+    v = v - rng.uniform(-0.15, 0.15)
+    a = rng.uniform(0, np.pi)
+    ur, vr = u * np.cos(a) + v * np.sin(a), -u * np.sin(a) + v * np.cos(a)
+    s = rng.uniform(0.45, 0.7)
+    r = np.hypot(u, v)
+    if shape == "disk":
+        m = r < s
+    elif shape == "square":
+        m = np.maximum(abs(ur), abs(vr)) < s * 0.8
+    elif shape == "triangle":
+        m = (vr < s * 0.5) & (vr > -s + 2 * abs(ur))
+    elif shape == "ring":
+        m = abs(r - s) < 0.15
+    elif shape == "stripes":
+        m = (np.sin(12 * ur) > 0) & (r < s * 1.2)
+    elif shape == "checker":
+        m = (np.sin(9 * ur) * np.sin(9 * vr) > 0) & (np.maximum(abs(ur), abs(vr)) < s)
+    elif shape == "cross":
+        m = ((abs(ur) < s / 4) & (abs(vr) < s)) | ((abs(vr) < s / 4) & (abs(ur) < s))
+    else:  # blob
+        m = r < s * (1 + 0.3 * np.sin(3 * np.arctan2(v, u) + rng.uniform(0, 2 * np.pi)))
+    jitter = rng.normal(0, 0.05, 3)
+    img = np.where(m[..., None], fg + jitter, bg - jitter) + rng.normal(0, 0.03, (size, size, 3))
+    return np.asarray(np.clip(img * 255, 0, 255).round(), dtype=np.uint8)
+
+
+def _save_jpeg(path: str, pixels: np.ndarray) -> None:
+    from PIL import Image
+
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="JPEG", quality=92))
+
+
+def _pixel_features(paths: list[str], projection: np.ndarray) -> np.ndarray:
+    """Features of the images as written (after JPEG): 8x8 RGB thumbnail -> projection -> tanh."""
+    from PIL import Image
+
+    thumbs = []
+    for p in paths:
+        with Image.open(p) as im:
+            thumbs.append(np.asarray(im.convert("RGB").resize((8, 8), Image.Resampling.BOX), np.float64))
+    x = np.stack(thumbs).reshape(len(paths), -1) / 255.0 - 0.5
+    return np.tanh(x @ projection)
+
+
+def _gauss(t: np.ndarray, latency: float, width: float) -> np.ndarray:
+    return np.asarray(np.exp(-0.5 * ((t - latency) / width) ** 2))
+
+
+@dataclass
+class _Brain:
+    mixing: np.ndarray  # (C, C): sources -> O/P sensors; the first k sources carry image features
+    extra: np.ndarray  # (n_extra, C): O/P sensors -> other channels
+    latency: np.ndarray  # (k,)
+    width: np.ndarray  # (k,)
+    sign: np.ndarray  # (k,)
+    amp: np.ndarray  # (k,)
+    erp_pattern: np.ndarray  # (C,)
+    ar: float  # AR(1) coefficient of the source noise at the raw rate
+
+    def kernels(self, t: np.ndarray) -> np.ndarray:
+        """(k, len(t)) temporal responses of the feature sources (zero before onset)."""
+        h = (
+            self.sign[:, None]
+            * self.amp[:, None]
+            * _gauss(t[None, :], self.latency[:, None], self.width[:, None])
+        )
+        return np.asarray(np.where(t[None, :] >= 0, h, 0.0))
+
+    def erp(self, t: np.ndarray) -> np.ndarray:
+        """(len(t),) the stimulus-locked response shared by every image (P1 and N1)."""
+        return np.asarray(np.where(t >= 0, _gauss(t, 0.1, 0.02) - 1.2 * _gauss(t, 0.17, 0.03), 0.0))
+
+    def evoked(self, features: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """(n_images, C, len(t)) noise-free sensor responses to images with ``features`` (n, k)."""
+        k = features.shape[1]
+        sources = features[:, :, None] * self.kernels(t)[None]  # (n, k, T)
+        sig = np.einsum("ck,nkt->nct", self.mixing[:, :k], sources)
+        return np.asarray(sig + self.erp_pattern[None, :, None] * self.erp(t)[None, None, :])
+
+
+def _make_brain(
+    rng: np.random.Generator, n_ch: int, k: int, n_extra: int, snr: float, sfreq: float
+) -> _Brain:
+    q1, _ = np.linalg.qr(rng.normal(size=(n_ch, n_ch)))
+    q2, _ = np.linalg.qr(rng.normal(size=(n_ch, n_ch)))
+    mixing = (q1 * np.geomspace(1.0, 0.1, n_ch)) @ q2 * np.sqrt(n_ch)
+    latency = rng.permutation(np.linspace(0.08, 0.4, k))
+    width = rng.uniform(0.025, 0.06, k)
+    sign = rng.choice([-1.0, 1.0], k)
+    t = np.arange(0, _EPOCH[1], 1.0 / sfreq)
+    rms = np.sqrt(np.mean(_gauss(t[None, :], latency[:, None], width[:, None]) ** 2, axis=1))
+    # snr: RMS over images and the 0..0.8 s response of a feature source's image-driven activity, over
+    # the standard deviation of one noise source (unit-variance features, unit-variance noise).
+    amp = snr / rms
+    pattern = mixing @ rng.normal(size=n_ch) / np.sqrt(n_ch)
+    extra = rng.normal(size=(n_extra, n_ch)) / np.sqrt(n_ch)
+    return _Brain(mixing, extra, latency, width, sign, amp, pattern, float(np.exp(-1.0 / (0.01 * sfreq))))
+
+
+def _raw_session(
+    brain: _Brain,
+    trial_features: np.ndarray,
+    codes: np.ndarray,
+    sfreq: float,
+    ch_names: list[str],
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """One raw partition: trials in the given order, one every SOA, as a published raw dict."""
+    from scipy.signal import fftconvolve, lfilter
+
+    n_ch, n_extra, k = brain.mixing.shape[0], brain.extra.shape[0], trial_features.shape[1]
+    soa, pad = round(SOA * sfreq), round(1.0 * sfreq)
+    n = 2 * pad + soa * len(codes)
+    onsets = pad + soa * np.arange(len(codes))
+    t = np.arange(0, _EPOCH[1], 1.0 / sfreq)
+    impulses = np.zeros((k + 1, n))
+    impulses[:k, onsets] = trial_features.T
+    impulses[k, onsets] = 1.0
+    kern = np.vstack([brain.kernels(t), brain.erp(t)[None]])
+    sources = fftconvolve(impulses, kern, axes=1)[:, :n]
+    signal = brain.mixing[:, :k] @ sources[:k] + brain.erp_pattern[:, None] * sources[k]
+    innovations = rng.normal(size=(n_ch, n)) * np.sqrt(1 - brain.ar**2)
+    noise = brain.mixing @ lfilter([1.0], [1.0, -brain.ar], innovations, axis=1)
+    sensors = signal + noise + 0.1 * rng.normal(size=(n_ch, n))
+    other = brain.extra @ sensors + 0.5 * rng.normal(size=(n_extra, n))
+    stim = np.zeros((1, n))
+    for width in range(2):  # 2-sample pulses: mne.find_events' default shortest_event
+        stim[0, onsets + width] = codes
+    # Microvolt-scale data in volts, as MNE expects for EEG channels.
+    data = np.vstack([np.vstack([other, sensors]) * (1e-6 / np.sqrt(n_ch)), stim])
+    return {
+        "raw_eeg_data": data,
+        "ch_names": ch_names,
+        "ch_types": ["eeg"] * (n_ch + n_extra) + ["stim"],
+        "sfreq": float(sfreq),
+    }
+
+
+def _condensed_corr_rdm(x: np.ndarray) -> np.ndarray:
+    from scipy.spatial.distance import pdist
+
+    return np.asarray(pdist(x.reshape(len(x), -1), "correlation"))
+
+
+def make_synthetic_things(
+    root: str | os.PathLike[str],
+    *,
+    n_train_concepts: int = 8,
+    images_per_concept: int = 4,
+    n_test: int = 10,
+    n_subjects: int = 1,
+    n_sessions: int = 4,
+    training_repetitions: int = 2,
+    test_repetitions: int = 20,
+    n_channels: int = 17,
+    n_extra_channels: int = 4,
+    n_times: int = 100,
+    raw_sfreq: float = 1000.0,
+    snr: float = 0.5,
+    n_latents: int = 8,
+    targets_per_session: int = 3,
+    n_voxels: int = 280,
+    fmri_repetitions: int = 3,
+    fmri_snr: float = 1.0,
+    image_size: int = 64,
+    mvnn_dim: str = "time",
+    seed: int = 0,
+) -> SyntheticThings:
+    """Writes a small THINGS-EEG2-layout dataset generated from a known brain (see the module doc).
+
+    Args:
+        root: Output folder (created).
+        n_train_concepts, images_per_concept: Training images = concepts x images per concept.
+        n_test: Test images, one per test concept (concepts disjoint from training, as published).
+        n_subjects: Subjects sub-01.. (each with its own brain: mixing, latencies).
+        n_sessions: Sessions per subject. Each session shows every test image ``test_repetitions``
+            times and, as published, half of the training images (each image in n_sessions // 2
+            sessions; all of them when n_sessions == 1) ``training_repetitions`` times.
+        n_channels: Occipital/parietal channels kept by preprocessing (published: 17).
+        n_extra_channels: Other channels in the raw files (dropped by the channel regex).
+        n_times: Time points per preprocessed epoch; the epoch is -0.2..0.8 s, so the output rate is
+            n_times Hz (published: 100).
+        raw_sfreq: Raw sampling rate in Hz (published: 1000).
+        snr: Single-trial signal-to-noise ratio per source (see ``_make_brain``).
+        n_latents: Feature dimensions (<= n_channels).
+        targets_per_session: Target trials (event 99999) per raw file; preprocessing drops them.
+        n_voxels, fmri_repetitions, fmri_snr: Size and noise of the fMRI set.
+        image_size: Side of the square JPEG images in pixels.
+        mvnn_dim: MVNN mode used to make the preprocessed files.
+        seed: Everything is a deterministic function of the arguments.
+
+    Returns:
+        SyntheticThings. ``ground_truth`` holds ``train_features`` (n_train, k), ``test_features``
+        (n_test, k), ``train_concepts``/``test_concepts`` (concept index per image), and per subject
+        (suffix ``_sub-XX``): ``mixing`` (C, C), ``latency``/``width`` (k,), ``noise_cov`` (C, C) sensor
+        noise covariance of one raw sample (in the units written, V^2), ``evoked_train`` /
+        ``evoked_test`` (n, C, n_times) noise-free responses at the output times in the channel order
+        of the preprocessed files (before MVNN, in volts), ``rdm_features`` / ``rdm_evoked`` (condensed
+        correlation-distance RDMs of the test images) and ``expected_rsa`` (their Spearman correlation:
+        the RSA a model with exactly the true features reaches against the noise-free brain).
+    """
+    ints = {
+        "n_train_concepts": n_train_concepts, "images_per_concept": images_per_concept, "n_test": n_test,
+        "n_subjects": n_subjects, "n_sessions": n_sessions, "training_repetitions": training_repetitions,
+        "test_repetitions": test_repetitions, "n_channels": n_channels, "n_times": n_times,
+        "n_latents": n_latents, "n_voxels": n_voxels, "fmri_repetitions": fmri_repetitions,
+        "image_size": image_size,
+    }  # fmt: skip
+    for name, value in ints.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"make_synthetic_things: {name} must be a positive int, got {value!r}")
+    if n_test < 3 or n_train_concepts * images_per_concept < 3:
+        raise ValueError("make_synthetic_things: need at least 3 training and 3 test images for RDMs")
+    if n_latents > n_channels:
+        raise ValueError(
+            f"make_synthetic_things: n_latents ({n_latents}) must be <= n_channels ({n_channels})"
+        )
+    if test_repetitions < 2 or training_repetitions < 2:
+        raise ValueError("make_synthetic_things: MVNN needs >= 2 repetitions per session and partition")
+    if not (snr > 0 and fmri_snr > 0 and raw_sfreq >= 2 * n_times):
+        raise ValueError("make_synthetic_things: snr, fmri_snr must be > 0 and raw_sfreq >= 2 * n_times")
+    if n_extra_channels < 0 or n_extra_channels > len(_OTHER_CHANNELS):
+        raise ValueError(f"make_synthetic_things: n_extra_channels must be 0..{len(_OTHER_CHANNELS)}")
+
+    root = os.path.abspath(os.fspath(root))
+    out = SyntheticThings(
+        root,
+        os.path.join(root, "image_set"),
+        os.path.join(root, "raw_data"),
+        os.path.join(root, "preprocessed_data"),
+        os.path.join(root, "fmri"),
+        list(range(1, n_subjects + 1)),
+    )
+    rng = np.random.default_rng(seed)
+    gt: dict[str, np.ndarray] = {}
+
+    # Images and metadata.
+    n_concepts = n_train_concepts + n_test
+    shapes = [_SHAPES[i % len(_SHAPES)] for i in rng.permutation(n_concepts)]
+    fg, bg = rng.uniform(0.1, 0.9, (n_concepts, 3)), rng.uniform(0.1, 0.9, (n_concepts, 3))
+    meta: dict[str, list[str]] = {k: [] for k in ("train_img_concepts", "train_img_files")}
+    meta.update({"test_img_concepts": [], "test_img_files": []})
+    paths: dict[str, list[str]] = {"train": [], "test": []}
+    concept_of: dict[str, list[int]] = {"train": [], "test": []}
+    for c in range(n_concepts):
+        split, folder = ("train", "training_images") if c < n_train_concepts else ("test", "test_images")
+        index = c if split == "train" else c - n_train_concepts
+        concept = f"{index + 1:05d}_{shapes[c]}{c}"
+        for j in range(images_per_concept if split == "train" else 1):
+            file = f"{shapes[c]}{c}_{j + 1:02d}{'b' if split == 'train' else 's'}.jpg"
+            path = os.path.join(out.image_dir, folder, concept, file)
+            _save_jpeg(path, _render(shapes[c], image_size, fg[c], bg[c], rng))
+            meta[f"{split}_img_concepts"].append(concept)
+            meta[f"{split}_img_files"].append(file)
+            paths[split].append(path)
+            concept_of[split].append(c)
+    save_npy(os.path.join(out.image_dir, "image_metadata.npy"), meta)
+
+    projection = rng.normal(size=(8 * 8 * 3, n_latents)) * 3.0 / np.sqrt(8 * 8 * 3)
+    feats = _pixel_features(paths["train"] + paths["test"], projection)
+    feats = (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-12)
+    n_train = len(paths["train"])
+    gt["train_features"], gt["test_features"] = feats[:n_train], feats[n_train:]
+    gt["train_concepts"], gt["test_concepts"] = np.array(concept_of["train"]), np.array(concept_of["test"])
+    concept_embedding = rng.normal(size=(n_concepts, n_latents))
+
+    op_names = _op_channel_names(n_channels)
+    ch_names = list(_OTHER_CHANNELS[:n_extra_channels]) + op_names + ["stim"]
+    out_sfreq = n_times / (_EPOCH[1] - _EPOCH[0])
+    out_times = _EPOCH[0] + np.arange(n_times) / out_sfreq
+    for subject in out.subjects:
+        srng = np.random.default_rng([seed, subject])
+        brain = _make_brain(srng, n_channels, n_latents, n_extra_channels, snr, raw_sfreq)
+        target_features = srng.normal(size=(targets_per_session, n_latents))
+        halves = np.array_split(srng.permutation(n_train), 2) if n_sessions > 1 else [np.arange(n_train)]
+        for ses in range(1, n_sessions + 1):
+            shown = np.sort(halves[(ses - 1) % len(halves)])
+            for split, images, reps in (
+                ("training", shown, training_repetitions),
+                ("test", np.arange(len(paths["test"])), test_repetitions),
+            ):
+                source = gt["train_features"] if split == "training" else gt["test_features"]
+                trials = np.concatenate([np.repeat(images, reps), -1 - np.arange(targets_per_session)])
+                trials = srng.permutation(trials)
+                is_target = trials < 0
+                tfeat = np.where(is_target[:, None], target_features[np.where(is_target, -1 - trials, 0)],
+                                 source[np.where(is_target, 0, trials)])  # fmt: skip
+                codes = np.where(is_target, TARGET_EVENT, trials + 1)
+                raw = _raw_session(brain, tfeat, codes, raw_sfreq, ch_names, srng)
+                save_npy(raw_path(out.raw_dir, subject, ses, split), raw)  # type: ignore[arg-type]
+        result = preprocess_things_eeg2(
+            out.raw_dir,
+            subject,
+            out.preprocessed_dir,
+            sfreq=out_sfreq,
+            channels=OCCIPITAL_PARIETAL,
+            training_repetitions=training_repetitions,
+            test_repetitions=test_repetitions,
+            mvnn_dim=mvnn_dim,  # type: ignore[arg-type]
+            write=True,
+        )
+        if result.test.data.shape[-1] != n_times:
+            raise ValueError(
+                f"make_synthetic_things: raw_sfreq={raw_sfreq} and n_times={n_times} give "
+                f"{result.test.data.shape[-1]} samples per epoch after resampling to {out_sfreq} Hz; "
+                "expected n_times (e.g. raw_sfreq=1000 works for any n_times < 500)"
+            )
+        sub = f"_sub-{subject:02d}"
+        scale = 1e-6 / np.sqrt(n_channels)
+        gt["mixing" + sub] = brain.mixing
+        gt["latency" + sub], gt["width" + sub] = brain.latency, brain.width
+        gt["noise_cov" + sub] = (brain.mixing @ brain.mixing.T + 0.01 * np.eye(n_channels)) * scale**2
+        order = [op_names.index(c) for c in result.test.ch_names]
+        for split, f in (("train", gt["train_features"]), ("test", gt["test_features"])):
+            gt[f"evoked_{split}{sub}"] = brain.evoked(f, out_times)[:, order] * scale
+        gt["rdm_features" + sub] = _condensed_corr_rdm(gt["test_features"])
+        gt["rdm_evoked" + sub] = _condensed_corr_rdm(gt["evoked_test" + sub])
+        from scipy.stats import spearmanr
+
+        gt["expected_rsa" + sub] = np.asarray(
+            spearmanr(gt["rdm_features" + sub], gt["rdm_evoked" + sub]).statistic
+        )
+        _write_fmri(out.fmri_dir, subject, gt, concept_embedding, n_voxels, fmri_repetitions, fmri_snr, srng)
+
+    def write_gt(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **gt)
+
+    atomic_write(os.path.join(root, "ground_truth.npz"), write_gt)
+    out.ground_truth = gt
+    return out
+
+
+def _write_fmri(
+    fmri_dir: str,
+    subject: int,
+    gt: dict[str, np.ndarray],
+    concept_embedding: np.ndarray,
+    n_voxels: int,
+    reps: int,
+    snr: float,
+    rng: np.random.Generator,
+) -> None:
+    """fmri_{training,test}.h5 (or .npy without h5py): responses (n_images, reps, n_voxels), rois/."""
+    areas = FMRI_ROIS[:-1]
+    bounds = np.linspace(0, n_voxels, len(areas) + 1).round().astype(int)
+    rois = {name: np.arange(bounds[i], bounds[i + 1]) for i, name in enumerate(areas)}
+    rois["HVC"] = np.concatenate([rois[r] for r in _HIGHER])  # higher visual cortex
+    k = gt["train_features"].shape[1]
+    weights = rng.normal(size=(k, n_voxels)) / np.sqrt(k)
+    for split in ("train", "test"):
+        feats = gt[f"{split}_features"]
+        mix = np.zeros(n_voxels)
+        mix[rois["HVC"]] = 0.8  # higher ROIs respond mostly to the concept, early ones to the pixel features
+        concept = concept_embedding[gt[f"{split}_concepts"]]
+        clean = (feats @ weights) * (1 - mix) + (concept @ weights) * mix
+        noisy = clean[:, None, :] + rng.normal(size=(len(feats), reps, n_voxels)) / snr
+        gt[f"fmri_{split}_sub-{subject:02d}"] = clean
+        name = "training" if split == "train" else "test"
+        try:
+            import h5py
+        except ImportError:  # pragma: no cover - h5py is a dependency; .npy keeps the set readable
+            save_npy(
+                os.path.join(fmri_dir, f"sub-{subject:02d}", f"fmri_{name}.npy"),
+                {"responses": noisy.astype(np.float32), "rois": rois},
+            )
+            continue
+
+        def write(tmp: str, noisy: np.ndarray = noisy) -> None:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("responses", data=noisy.astype(np.float32))
+                g = f.create_group("rois")
+                for roi, idx in rois.items():
+                    g.create_dataset(roi, data=idx)
+
+        atomic_write(os.path.join(fmri_dir, f"sub-{subject:02d}", f"fmri_{name}.h5"), write)
