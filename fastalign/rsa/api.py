@@ -44,9 +44,17 @@ def _rdm_triton_check(x: torch.Tensor, method: str, *, explicit: bool) -> list[s
     return reasons
 
 
+def _ops_missing(name: str) -> list[str]:
+    """Why the RSA ops of the compiled backend ``name`` are absent (an older fastalign._C), if they are."""
+    if not _backend.global_status()[name][0]:
+        return []  # device_reasons already says why the backend cannot run at all
+    why = _module(name).missing()
+    return [why] if why else []
+
+
 def _compiled_check(name: str) -> Any:
     def check(x: torch.Tensor, *, explicit: bool) -> list[str]:
-        reasons = _backend.device_reasons(name, (x,), explicit=explicit)
+        reasons = _backend.device_reasons(name, (x,), explicit=explicit) + _ops_missing(name)
         if x.dtype not in _COMPILED_RANK_DTYPES:
             reasons.append(f"{name} ranks float64, float32, int64 or int32 tensors, got {x.dtype}")
         return reasons
@@ -56,7 +64,7 @@ def _compiled_check(name: str) -> Any:
 
 def _perm_compiled_check(name: str) -> Any:
     def check(a: torch.Tensor, b: torch.Tensor, method: str, *, explicit: bool) -> list[str]:
-        reasons = _backend.device_reasons(name, (a, b), explicit=explicit)
+        reasons = _backend.device_reasons(name, (a, b), explicit=explicit) + _ops_missing(name)
         if method not in common.LINEAR_METHODS:
             reasons.append(f"{name} runs the linear methods {common.LINEAR_METHODS}, got {method!r}")
         return reasons
@@ -281,7 +289,7 @@ def time_resolved_rdms(
     win = data.unfold(-1, window, step)  # (..., n_cond, n_ch, n_windows, window)
     win = win.movedim(-2, -3).flatten(-2)  # (..., n_cond, n_windows, n_ch * window)
     core = 3 if method == "crossnobis" else 2  # dims before the window dim that belong to one RDM
-    win = win.movedim(-2, -2 - core)  # (..., n_windows, [n_folds,] n_cond, features)
+    win = win.movedim(-2, -1 - core)  # (..., n_windows, [n_folds,] n_cond, features)
     return rdm(win, method, noise=noise, backend=backend)
 
 

@@ -1,0 +1,171 @@
+"""compare_rdms and noise_ceiling against scipy, brute force and rsatoolbox (float64, to 1e-10)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import rsatoolbox as rt
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+import fastalign as fa
+
+RT_NAMES = {
+    "spearman": "spearman",
+    "pearson": "corr",
+    "kendall_tau_a": "tau-a",
+    "rho_a": "rho-a",
+    "cosine": "cosine",
+}
+METHODS = list(RT_NAMES)
+
+
+def _tau_a_brute(a: np.ndarray, b: np.ndarray) -> float:
+    s = sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i, j in itertools.combinations(range(len(a)), 2))
+    return s / (len(a) * (len(a) - 1) / 2)
+
+
+def _rho_a_brute(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    k = len(a)
+    return 12 * np.sum((ra - ra.mean()) * (rb - rb.mean())) / (k**3 - k)
+
+
+ORACLES = {
+    "spearman": lambda a, b: stats.spearmanr(a, b).statistic,
+    "pearson": lambda a, b: stats.pearsonr(a, b).statistic,
+    "kendall_tau_a": _tau_a_brute,
+    "rho_a": _rho_a_brute,
+    "cosine": lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b),
+}
+
+
+def _data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Brain-like continuous RDMs (4, 1, 45) and tied / binary model RDMs (1, 3, 45)."""
+    a = rng.normal(size=(4, 1, 45))
+    b = np.stack([rng.integers(0, 2, 45), rng.integers(0, 4, 45), rng.normal(size=45)]).astype(np.float64)[
+        None
+    ]
+    return a, b
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("method", METHODS)
+def test_compare_matches_scipy_and_brute_force(method: str, backend: str) -> None:
+    a, b = _data(np.random.default_rng(0))
+    out = fa.compare_rdms(torch.from_numpy(a), torch.from_numpy(b), method, backend=backend).numpy()
+    assert out.shape == (4, 3)
+    for i in range(4):
+        for j in range(3):
+            np.testing.assert_allclose(out[i, j], ORACLES[method](a[i, 0], b[0, j]), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("method", METHODS)
+def test_compare_matches_rsatoolbox(method: str, backend: str) -> None:
+    a, b = _data(np.random.default_rng(1))
+    expect = rt.rdm.compare(rt.rdm.RDMs(a[:, 0]), rt.rdm.RDMs(b[0]), RT_NAMES[method])
+    out = fa.compare_rdms(torch.from_numpy(a), torch.from_numpy(b), method, backend=backend)
+    np.testing.assert_allclose(out.numpy(), expect, rtol=1e-10, atol=1e-12)
+
+
+def test_binary_model_rdm_as_bool() -> None:
+    """A categorical model RDM given as bools/ints is used as float64."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 10)
+    model = torch.from_numpy(labels[:, None] != labels[None, :])[tuple(torch.triu_indices(10, 10, 1))]
+    brain = torch.from_numpy(rng.normal(size=45))
+    for method in METHODS:
+        out = fa.compare_rdms(brain, model, method)
+        assert out.dtype == torch.float64
+        np.testing.assert_allclose(
+            float(out), ORACLES[method](brain.numpy(), model.double().numpy()), rtol=1e-10
+        )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_entries_masked_like_rsatoolbox(method: str) -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(2, 45)), rng.normal(size=(3, 45))
+    a[:, [4, 20]] = np.nan
+    b[:, [4, 20]] = np.nan
+    expect = rt.rdm.compare(rt.rdm.RDMs(a), rt.rdm.RDMs(b), RT_NAMES[method])
+    out = fa.compare_rdms(torch.from_numpy(a)[:, None], torch.from_numpy(b)[None], method)
+    np.testing.assert_allclose(out.numpy(), expect, rtol=1e-10)
+
+
+@given(
+    n=st.sampled_from([3, 4, 7, 12]),
+    batch_a=st.sampled_from([(), (1,), (3,), (2, 1)]),
+    batch_b=st.sampled_from([(), (1,), (3,), (1, 3)]),
+    levels=st.sampled_from([2, 3, 1000]),
+    method=st.sampled_from(METHODS),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_torch_matches_reference(
+    n: int, batch_a: tuple, batch_b: tuple, levels: int, method: str, dtype: torch.dtype, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    k = n * (n - 1) // 2
+    a = torch.randn((*batch_a, k), generator=gen, dtype=torch.float64)
+    b = torch.randint(0, levels, (*batch_b, k), generator=gen).double()
+    b[..., 0], b[..., 1] = 0.0, 1.0  # never constant
+    ref = fa.compare_rdms(a, b, method, backend="reference")
+    out = fa.compare_rdms(a.to(dtype), b.to(dtype), method, backend="torch")
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("method", METHODS)
+def test_noise_ceiling_matches_rsatoolbox(method: str, backend: str) -> None:
+    rng = np.random.default_rng(4)
+    shared = rng.normal(size=45)
+    rdms = shared + rng.normal(size=(6, 2, 45))  # (subjects, rois, pairs)
+    lower, upper = fa.noise_ceiling(torch.from_numpy(rdms), method, backend=backend)
+    assert lower.shape == upper.shape == (2,)
+    for roi in range(2):
+        with pytest.warns(UserWarning) if method == "kendall_tau_a" else _nullcontext():
+            lo, up = rt.inference.boot_noise_ceiling(rt.rdm.RDMs(rdms[:, roi]), method=RT_NAMES[method])
+        np.testing.assert_allclose([lower[roi], upper[roi]], [lo, up], rtol=1e-10, atol=1e-12)
+    assert bool((lower <= upper).all())
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "kwargs", "match"),
+    [
+        (torch.randn(10), torch.randn(15), {}, "same number of conditions"),
+        (torch.randn(11), torch.randn(11), {}, r"n\*\(n-1\)/2"),
+        (torch.randn(1), torch.randn(1), {}, "at least 3 conditions"),
+        (torch.randn(2, 10), torch.randn(3, 10), {}, "broadcast"),
+        (torch.ones(10), torch.randn(10), {}, "constant"),
+        (torch.zeros(10), torch.randn(10), {"method": "cosine"}, "all zeros"),
+        (torch.randn(10), torch.randn(10), {"method": "tau-a"}, "method"),
+        (torch.tensor([float("inf")] + [1.0] * 9), torch.randn(10), {}, "inf"),
+        (torch.tensor([float("nan")] + [1.0, 2.0] * 4 + [0.0]), torch.randn(10), {}, "different RDM entries"),
+    ],
+)
+def test_compare_rejects_bad_input(a: torch.Tensor, b: torch.Tensor, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        fa.compare_rdms(a, b, **kwargs)
+
+
+def test_noise_ceiling_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="n_subjects >= 2"):
+        fa.noise_ceiling(torch.randn(1, 10))
+    with pytest.raises(ValueError, match="NaN"):
+        fa.noise_ceiling(torch.full((3, 10), float("nan")))

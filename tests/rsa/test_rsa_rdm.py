@@ -1,0 +1,188 @@
+"""rdm and time_resolved_rdms against scipy's pdist and rsatoolbox's calc_rdm, across backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rsatoolbox as rt
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.spatial.distance import pdist
+
+import fastalign as fa
+from fastalign.rsa import common, torch_chunked
+
+PDIST = {"correlation": "correlation", "cosine": "cosine", "euclidean": "sqeuclidean"}
+
+
+def _pdist(x: np.ndarray, method: str) -> np.ndarray:
+    d = pdist(x, PDIST[method])
+    return d / x.shape[1] if method == "euclidean" else d
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("method", ["correlation", "cosine", "euclidean"])
+def test_rdm_matches_scipy_float64(method: str, backend: str) -> None:
+    x = np.random.default_rng(0).normal(size=(2, 3, 13, 7))
+    out = fa.rdm(torch.from_numpy(x), method, backend=backend).numpy()
+    assert out.shape == (2, 3, 78)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_allclose(out[i, j], _pdist(x[i, j], method), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["correlation", "euclidean"])
+def test_rdm_matches_rsatoolbox(method: str) -> None:
+    x = np.random.default_rng(1).normal(size=(11, 9))
+    expect = rt.rdm.calc_rdm(rt.data.Dataset(x), method=method).get_vectors()[0]
+    np.testing.assert_allclose(fa.rdm(torch.from_numpy(x), method).numpy(), expect, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("use_noise", [False, True])
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_crossnobis_matches_rsatoolbox(backend: str, use_noise: bool) -> None:
+    rng = np.random.default_rng(2)
+    n_folds, n, p = 4, 6, 5
+    x = rng.normal(size=(n_folds, n, p))
+    ds = rt.data.Dataset(
+        x.reshape(-1, p),
+        obs_descriptors={"cond": np.tile(np.arange(n), n_folds), "fold": np.repeat(np.arange(n_folds), n)},
+    )
+    prec = np.linalg.inv(np.cov(rng.normal(size=(40, p)).T)) if use_noise else None
+    expect = rt.rdm.calc_rdm(ds, method="crossnobis", descriptor="cond", cv_descriptor="fold", noise=prec)
+    out = fa.rdm(
+        torch.from_numpy(x),
+        "crossnobis",
+        noise=None if prec is None else torch.from_numpy(prec),
+        backend=backend,
+    )
+    np.testing.assert_allclose(out.numpy(), expect.get_vectors()[0], rtol=1e-10, atol=1e-12)
+
+
+def test_square_and_condensed_roundtrip() -> None:
+    x = torch.randn(9, 4, dtype=torch.float64)
+    sq = fa.rdm(x, "euclidean", square=True)
+    assert sq.shape == (9, 9)
+    assert torch.equal(sq, sq.T) and bool((sq.diagonal() == 0).all())
+    np.testing.assert_allclose(common.condensed(sq).numpy(), _pdist(x.numpy(), "euclidean"), rtol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["correlation", "cosine", "euclidean", "crossnobis"])
+def test_torch_feature_chunks_and_row_blocks(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny chunk budgets force many feature chunks; the result must not depend on them."""
+    shape = (3, 2, 17, 23) if method == "crossnobis" else (2, 17, 23)
+    x = torch.randn(shape, dtype=torch.float64)
+    whole = fa.rdm(x, method, backend="reference")
+    monkeypatch.setattr(torch_chunked, "_CHUNK_ELEMENTS", 37)
+    np.testing.assert_allclose(
+        fa.rdm(x, method, backend="torch").numpy(), whole.numpy(), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_float32_within_tolerance_of_float64() -> None:
+    x = torch.randn(2, 40, 300, dtype=torch.float64) + 3.0  # an offset makes cancellation visible
+    for method in ("correlation", "cosine", "euclidean"):
+        ref = fa.rdm(x, method, backend="reference")
+        out = fa.rdm(x.float(), method, backend="torch")
+        assert out.dtype == torch.float32
+        np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=2e-5, atol=2e-5)
+
+
+def test_cornet_v1_sized_features_stream() -> None:
+    """200,704 features (CORnet-S V1) with a few conditions: chunked accumulation, exact vs float64."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 200_704, generator=gen)
+    out = fa.rdm(x, "correlation")
+    np.testing.assert_allclose(
+        out.double().numpy(), _pdist(x.double().numpy(), "correlation"), rtol=1e-4, atol=1e-5
+    )
+
+
+@given(
+    n=st.sampled_from([3, 4, 7, 13, 32]),
+    p=st.sampled_from([1, 2, 5, 31, 64]),
+    batch=st.sampled_from([(), (1,), (3,), (2, 2)]),
+    method=st.sampled_from(["correlation", "cosine", "euclidean"]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_torch_matches_reference(
+    n: int, p: int, batch: tuple[int, ...], method: str, dtype: torch.dtype, seed: int
+) -> None:
+    if method == "correlation" and p < 2:
+        p = 2
+    x = torch.randn((*batch, n, p), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    ref = fa.rdm(x, method, backend="reference")
+    out = fa.rdm(x.to(dtype), method, backend="torch")
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert out.shape == (*batch, n * (n - 1) // 2)
+    np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=tol, atol=tol)
+
+
+def test_time_resolved_windows_match_explicit_rdms() -> None:
+    data = torch.randn(2, 8, 3, 10, dtype=torch.float64)  # (subjects, conditions, channels, times)
+    out = fa.time_resolved_rdms(data, "correlation", window=3, step=2)
+    assert out.shape == (2, 4, 28)
+    for s in range(2):
+        for w, t0 in enumerate(range(0, 8, 2)):
+            feats = data[s, :, :, t0 : t0 + 3].reshape(8, -1).numpy()
+            np.testing.assert_allclose(out[s, w].numpy(), _pdist(feats, "correlation"), rtol=1e-10)
+
+
+def test_time_resolved_crossnobis_per_window() -> None:
+    data = torch.randn(3, 5, 2, 6, dtype=torch.float64)  # (folds, conditions, channels, times)
+    out = fa.time_resolved_rdms(data, "crossnobis", window=2, step=2)
+    assert out.shape == (3, 10)
+    for w in range(3):
+        expect = fa.rdm(data[..., 2 * w : 2 * w + 2].reshape(3, 5, 4), "crossnobis", backend="reference")
+        np.testing.assert_allclose(out[w].numpy(), expect.numpy(), rtol=1e-10)
+
+
+def test_time_resolved_from_mne_epochs() -> None:
+    mne = pytest.importorskip("mne")
+    rng = np.random.default_rng(3)
+    n_cond, n_rep, n_ch, n_t = 4, 3, 5, 6
+    info = mne.create_info([f"EEG{i}" for i in range(n_ch)], 100.0, "eeg")
+    data = rng.normal(size=(n_cond * n_rep, n_ch, n_t))
+    labels = np.repeat(np.arange(n_cond), n_rep)
+    events = np.column_stack([np.arange(len(labels)) * 10, np.zeros_like(labels), labels + 1])
+    epochs = mne.EpochsArray(
+        data, info, events, event_id={f"c{i}": i + 1 for i in range(n_cond)}, verbose=False
+    )
+    out = fa.time_resolved_rdms(epochs, "euclidean")
+    evoked = np.stack([data[labels == c].mean(0) for c in range(n_cond)])
+    assert out.shape == (n_t, 6)
+    for t in range(n_t):
+        np.testing.assert_allclose(out[t].numpy(), _pdist(evoked[:, :, t], "euclidean"), rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"x": torch.randn(2, 5)}, ValueError, "at least 3 conditions"),
+        ({"x": torch.randn(5)}, ValueError, "shape"),
+        ({"x": [[1.0]]}, TypeError, "torch.Tensor"),
+        ({"x": torch.randn(4, 3), "method": "mahalanobis"}, ValueError, "method"),
+        ({"x": torch.tensor([[1.0, 2.0], [3.0, 3.0], [0.0, 1.0]])}, ValueError, "constant pattern"),
+        (
+            {"x": torch.tensor([[1.0, 2.0], [0.0, 0.0], [0.0, 1.0]]), "method": "cosine"},
+            ValueError,
+            "all-zero",
+        ),
+        ({"x": torch.tensor([[1.0, float("nan")], [0.0, 2.0], [0.0, 1.0]])}, ValueError, "NaN"),
+        ({"x": torch.randn(1, 4, 3), "method": "crossnobis"}, ValueError, "2 folds"),
+        ({"x": torch.randn(2, 4, 3), "method": "crossnobis", "noise": torch.eye(2)}, ValueError, "precision"),
+        ({"x": torch.randn(4, 3), "noise": torch.eye(3)}, ValueError, "crossnobis. only"),
+    ],
+)
+def test_rdm_rejects_bad_input(kwargs: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        fa.rdm(**kwargs)
+
+
+def test_explicit_unavailable_backend_raises() -> None:
+    with pytest.raises(NotImplementedError, match="crossnobis"):
+        fa.rdm(torch.randn(2, 4, 3), "crossnobis", backend="triton")
+    with pytest.raises(NotImplementedError, match="does not exist"):
+        fa.rdm(torch.randn(4, 3), backend="cpp")
