@@ -192,10 +192,11 @@ class _Impl:
         ds = torch.empty((min(stripe, n_a), n_b), dtype=ds_dtype, device=a.device)
         da = torch.empty((n_a, d), dtype=torch.float32, device=a.device)
         db = torch.zeros((n_b, d), dtype=torch.float32, device=a.device)
-        with_cols = col_lse is not None and g_col is not None
         row_lse, g_row = row_lse.float().contiguous(), g_row.float().contiguous()
-        col_arg = col_lse.float().contiguous() if with_cols else row_lse
-        gcol_arg = g_col.float().contiguous() if with_cols else g_row
+        with_cols = col_lse is not None and g_col is not None
+        col_arg, gcol_arg = row_lse, g_row  # unread placeholders when there are no column terms
+        if col_lse is not None and g_col is not None:
+            col_arg, gcol_arg = col_lse.float().contiguous(), g_col.float().contiguous()
         for i0 in range(0, n_a, stripe):
             rows = min(stripe, n_a - i0)
             grid = (triton.cdiv(rows, bm), triton.cdiv(n_b, bn))
