@@ -534,11 +534,13 @@ def rsa_permutation_test(
 def _generic_null(a: torch.Tensor, b: torch.Tensor, method: str, perms: torch.Tensor, n: int) -> torch.Tensor:
     """Nonlinear statistics: recompute on each permuted b, a few permutations at a time."""
     shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    pad = [1] * (len(shape) - (b.dim() - 1))  # keeps the permutation dim left of the batch dims
     out = torch.empty((perms.shape[0], *shape), dtype=torch_chunked.compute_dtype(a), device=a.device)
     step = max(1, (1 << 20) // max(b.numel(), 1))
     for s in range(0, perms.shape[0], step):
         idx = common.permuted_pair_indices(perms[s : s + step].to(a.device), n)
-        out[s : s + step] = torch_chunked.compare(a, b[..., idx].movedim(-2, 0), method)
+        g = b[..., idx].movedim(-2, 0)
+        out[s : s + step] = torch_chunked.compare(a, g.reshape(g.shape[0], *pad, *b.shape[:-1], -1), method)
     return out
 
 

@@ -37,9 +37,10 @@ def permutation_null(fixed: torch.Tensor, moving: torch.Tensor, perms: torch.Ten
     lead = moving.shape[:-1]
     flat = moving.reshape(-1, k).contiguous()
     shape = torch.broadcast_shapes(fixed.shape[:-1], lead)
+    pad = [1] * (len(shape) - len(lead))  # keeps the permutation dim left of the batch dims
     out = torch.empty((perms.shape[0], *shape), dtype=fixed.dtype)
     step = max(1, _CHUNK_ELEMENTS // max(flat.numel(), 1))
     for s in range(0, perms.shape[0], step):
         g = torch.ops.fastalign.rsa_permute_condensed(flat, perms[s : s + step].contiguous())
-        out[s : s + step] = torch.einsum("...k,...k->...", fixed, g.reshape(-1, *lead, k))
+        out[s : s + step] = torch.einsum("...k,...k->...", fixed, g.reshape(-1, *pad, *lead, k))
     return out

@@ -191,13 +191,14 @@ def permutation_null(fixed: torch.Tensor, moving: torch.Tensor, perms: torch.Ten
     """
     k = moving.shape[-1]
     shape = torch.broadcast_shapes(fixed.shape[:-1], moving.shape[:-1])
+    pad = [1] * (len(shape) - (moving.dim() - 1))  # keeps the permutation dim left of the batch dims
     out = torch.empty((perms.shape[0], *shape), dtype=fixed.dtype, device=fixed.device)
     step = max(1, _CHUNK_ELEMENTS // max(moving.numel(), k))
     perms = perms.to(fixed.device)
     for s in range(0, perms.shape[0], step):
         idx = common.permuted_pair_indices(perms[s : s + step], n)
         g = moving[..., idx].movedim(-2, 0)  # (Pc, *moving_lead, K)
-        out[s : s + step] = _dot(fixed, g)
+        out[s : s + step] = _dot(fixed, g.reshape(g.shape[0], *pad, *moving.shape[:-1], k))
     return out
 
 

@@ -1,0 +1,254 @@
+"""Permutation and cluster tests: backends agree, p-values are uniform under the null, small with an
+effect, and the cluster test matches a brute-force implementation and MNE's observed clusters."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+import fastalign as fa
+from fastalign.rsa import common, cpp
+
+METHODS = ["spearman", "pearson", "rho_a", "cosine", "kendall_tau_a"]
+LINEAR = ["spearman", "pearson", "rho_a", "cosine"]
+FAST = ["torch", *(["cpp"] if cpp.missing() is None else [])]
+
+
+def _rdms(seed: int, n: int, batch: tuple[int, ...]) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((*batch, common.n_pairs(n)), generator=gen, dtype=torch.float64)
+
+
+def test_permuted_pair_indices_relabel_square_matrix() -> None:
+    n = 7
+    v = _rdms(0, n, ())
+    perms = common.permutations(n, 5, seed=1)
+    idx = common.permuted_pair_indices(perms, n)
+    sq = common.square(v, n)
+    for p in range(5):
+        pi = perms[p]
+        assert torch.equal(v[idx[p]], common.condensed(sq[pi][:, pi]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_backends_match_reference_null(method: str) -> None:
+    a, b = _rdms(1, 9, (3, 1, 2)), _rdms(2, 9, (1, 2, 1))
+    ref = fa.rsa_permutation_test(
+        a, b, method=method, n_permutations=40, seed=3, return_null=True, backend="reference"
+    )
+    assert ref.null is not None and ref.null.shape == (40, 3, 2, 2)
+    np.testing.assert_allclose(ref.statistic.numpy(), fa.compare_rdms(a, b, method).numpy(), rtol=1e-12)
+    for backend in FAST if method in LINEAR else ["torch"]:
+        out = fa.rsa_permutation_test(
+            a, b, method=method, n_permutations=40, seed=3, return_null=True, backend=backend
+        )
+        assert out.null is not None
+        np.testing.assert_allclose(out.null.numpy(), ref.null.numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(out.statistic.numpy(), ref.statistic.numpy(), rtol=1e-10, atol=1e-12)
+        assert torch.equal(out.pvalue, ref.pvalue)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_gathering_either_operand_gives_the_same_null(backend: str) -> None:
+    """Fast backends gather the smaller operand (inverse permutations when that is a): same numbers."""
+    small, big = _rdms(4, 8, (2,)), _rdms(5, 8, (6, 1))
+    for a, b in ((small, big), (big, small)):
+        ref = fa.rsa_permutation_test(a, b, n_permutations=30, seed=0, return_null=True, backend="reference")
+        out = fa.rsa_permutation_test(a, b, n_permutations=30, seed=0, return_null=True, backend=backend)
+        assert out.null is not None and ref.null is not None
+        np.testing.assert_allclose(out.null.numpy(), ref.null.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_pvalue_definition() -> None:
+    observed = torch.tensor([0.5, 0.1], dtype=torch.float64)
+    null = torch.tensor([[0.6, 0.0], [0.5, 0.2], [0.1, 0.1 - 1e-15]], dtype=torch.float64)
+    p = common.permutation_pvalue(observed, null, "greater")
+    # 0.5: null >= 0.5 twice; 0.1: 0.2 and 0.1-1e-15 (a tie within 100 eps) -> (1 + 2) / 4 each
+    np.testing.assert_allclose(p.numpy(), [0.75, 0.75])
+    less = common.permutation_pvalue(observed, null, "less")
+    np.testing.assert_allclose(less.numpy(), [0.75, 0.75])
+    two = common.permutation_pvalue(observed, null, "two-sided")
+    np.testing.assert_allclose(two.numpy(), [1.0, 1.0])
+
+
+@pytest.mark.parametrize("method", ["spearman", "pearson"])
+@pytest.mark.parametrize("alternative", ["greater", "two-sided"])
+def test_pvalues_uniform_under_null(method: str, alternative: str) -> None:
+    """300 independent null datasets: the p-values must look uniform (Kolmogorov-Smirnov)."""
+    a, b = _rdms(10, 10, (300,)), _rdms(11, 10, (300,))
+    res = fa.rsa_permutation_test(a, b, method=method, n_permutations=199, alternative=alternative, seed=12)
+    p = res.pvalue.numpy()
+    assert bool((p > 0).all() and (p <= 1).all())
+    assert stats.kstest(p, "uniform").pvalue > 0.01
+    # super-uniformity at a conventional level: about 5% below 0.05, never far more
+    assert (p <= 0.05).mean() < 0.1
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_planted_effect_gives_small_p(method: str) -> None:
+    a = _rdms(20, 12, (2,))
+    b = a[0] + 0.3 * _rdms(21, 12, ())
+    res = fa.rsa_permutation_test(a[:1], b, method=method, n_permutations=99, seed=0)
+    assert float(res.pvalue[0]) == pytest.approx(1 / 100)
+    null_res = fa.rsa_permutation_test(a[1:], b, method=method, n_permutations=99, seed=0)
+    assert float(null_res.pvalue[0]) > 0.01
+
+
+def test_seed_reproducible_and_null_optional() -> None:
+    a, b = _rdms(30, 8, ()), _rdms(31, 8, ())
+    r1 = fa.rsa_permutation_test(a, b, n_permutations=50, seed=7)
+    r2 = fa.rsa_permutation_test(a, b, n_permutations=50, seed=7)
+    assert r1.null is None and torch.equal(r1.pvalue, r2.pvalue)
+
+
+@given(
+    n=st.sampled_from([3, 4, 5, 11]),
+    batch_a=st.sampled_from([(), (2,), (2, 1)]),
+    batch_b=st.sampled_from([(), (1,), (1, 3), (3, 1, 1)]),
+    method=st.sampled_from(LINEAR),
+    seed=st.integers(0, 1000),
+)
+def test_fast_backends_match_reference_property(
+    n: int, batch_a: tuple, batch_b: tuple, method: str, seed: int
+) -> None:
+    if batch_a == (2,) and batch_b == (1, 3):
+        batch_a = (2, 1)  # make the leading dims broadcast
+    a, b = _rdms(seed, n, batch_a), _rdms(seed + 1, n, batch_b)
+    ref = fa.rsa_permutation_test(
+        a, b, method=method, n_permutations=7, seed=seed, return_null=True, backend="reference"
+    )
+    for backend in FAST:
+        out = fa.rsa_permutation_test(
+            a, b, method=method, n_permutations=7, seed=seed, return_null=True, backend=backend
+        )
+        assert out.null is not None and ref.null is not None
+        np.testing.assert_allclose(out.null.numpy(), ref.null.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"n_permutations": 0}, ValueError, "n_permutations"),
+        ({"alternative": "both"}, ValueError, "alternative"),
+        ({"seed": 1.5}, TypeError, "seed"),
+        ({"method": "kendall_tau_a", "backend": "cpp"}, NotImplementedError, "linear methods"),
+    ],
+)
+def test_permutation_rejects_bad_input(kwargs: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        fa.rsa_permutation_test(_rdms(0, 5, ()), _rdms(1, 5, ()), **kwargs)
+
+
+def test_permutation_rejects_nan() -> None:
+    a = _rdms(0, 5, ())
+    a[3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        fa.rsa_permutation_test(a, _rdms(1, 5, ()))
+
+
+# ----------------------------------------------------------------------------------------- cluster test
+
+
+def _brute_clusters(t: np.ndarray, thr: float, tail: int) -> list[tuple[int, int, float]]:
+    """Every maximal run, by checking each (start, stop) interval: O(T^3), independent of the library."""
+    out = []
+    n = len(t)
+    for sign in [1] if tail == 1 else [-1] if tail == -1 else [1, -1]:
+        inside = sign * t > thr
+        for s, e in itertools.combinations(range(n + 1), 2):
+            if inside[s:e].all() and (s == 0 or not inside[s - 1]) and (e == n or not inside[e]):
+                out.append((s, e, float(t[s:e].sum())))
+    return sorted(out)
+
+
+def _brute_test(
+    x: np.ndarray, thr: float, tail: int, flips: np.ndarray
+) -> tuple[list, np.ndarray, np.ndarray]:
+    def t_of(v: np.ndarray) -> np.ndarray:
+        return stats.ttest_1samp(v, 0.0).statistic
+
+    clusters = _brute_clusters(t_of(x), thr, tail)
+    null = np.array(
+        [
+            max([abs(m) for _, _, m in _brute_clusters(t_of(x * f[:, None]), thr, tail)], default=0.0)
+            for f in flips
+        ]
+    )
+    pvals = np.array([(1 + (null >= abs(m) * (1 - 1e-13)).sum()) / (1 + len(flips)) for _, _, m in clusters])
+    return clusters, null, pvals
+
+
+@pytest.mark.parametrize("tail", [1, -1, 0])
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_cluster_test_matches_brute_force(backend: str, tail: int) -> None:
+    rng = np.random.default_rng(tail + 5)
+    effect = np.zeros(25)
+    effect[5:11], effect[15:19] = 1.2, -1.0
+    x = rng.normal(size=(9, 25)) + effect
+    res = fa.cluster_permutation_test(
+        torch.from_numpy(x), n_permutations=200, tail=tail, seed=1, backend=backend
+    )
+    flips = common.sign_flips(9, 200, seed=1).numpy()
+    clusters, null, pvals = _brute_test(x, res.threshold, tail, flips)
+    assert res.threshold == pytest.approx(stats.t.ppf(0.975 if tail == 0 else 0.95, 8))
+    np.testing.assert_allclose(res.t_values.numpy(), stats.ttest_1samp(x, 0.0).statistic, rtol=1e-10)
+    assert [(c.start, c.stop) for c in res.clusters] == [(s, e) for s, e, _ in clusters]
+    np.testing.assert_allclose(res.masses.numpy(), [m for _, _, m in clusters], rtol=1e-10)
+    np.testing.assert_allclose(res.null.numpy(), null, rtol=1e-10)
+    np.testing.assert_allclose(res.pvalues.numpy(), pvals, rtol=1e-12)
+
+
+def test_cluster_test_observed_clusters_match_mne() -> None:
+    mne_stats = pytest.importorskip("mne.stats")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 40))
+    x[:, 10:20] += 1.0
+    x[:, 28:33] -= 1.0
+    res = fa.cluster_permutation_test(torch.from_numpy(x), threshold=2.0, tail=0, n_permutations=10, seed=0)
+    t_obs, clusters, _, _ = mne_stats.permutation_cluster_1samp_test(
+        x, threshold=2.0, tail=0, n_permutations=10, rng=0, out_type="mask", verbose=False
+    )
+    np.testing.assert_allclose(res.t_values.numpy(), t_obs, rtol=1e-10)
+    masks = [np.zeros(40, bool) for _ in clusters]
+    for m, c in zip(masks, clusters, strict=True):
+        m[c] = True  # a boolean mask or a tuple of slices, depending on the MNE version
+    mne_runs = sorted((int(np.flatnonzero(m)[0]), int(np.flatnonzero(m)[-1]) + 1) for m in masks)
+    assert [(c.start, c.stop) for c in res.clusters] == mne_runs
+    assert len(mne_runs) >= 2
+
+
+def test_cluster_planted_effect_and_null() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 50))
+    x[:, 20:30] += 1.5
+    res = fa.cluster_permutation_test(torch.from_numpy(x), n_permutations=500, seed=0)
+    hit = [i for i, c in enumerate(res.clusters) if c.start <= 25 < c.stop]
+    assert hit and float(res.pvalues[hit[0]]) < 0.01
+    # under the null the smallest cluster p-value of a run is uniform-ish: rarely below 0.05
+    rejections = 0
+    for seed in range(40):
+        z = np.random.default_rng(100 + seed).normal(size=(12, 50))
+        r = fa.cluster_permutation_test(torch.from_numpy(z), n_permutations=99, seed=seed)
+        rejections += int(bool((r.pvalues <= 0.05).any()))
+    assert rejections <= 6  # family-wise 5% of 40 runs: expected 2; P(>6) < 0.5% under Binomial(40, .05)
+
+
+@pytest.mark.parametrize(
+    ("x", "kwargs", "match"),
+    [
+        (torch.randn(1, 10), {}, "at least 2 subjects"),
+        (torch.randn(10), {}, "n_subjects, n_times"),
+        (torch.randn(4, 10), {"tail": 2}, "tail"),
+        (torch.randn(4, 10), {"threshold": -1.0}, "threshold"),
+        (torch.ones(4, 10), {}, "zero variance"),
+    ],
+)
+def test_cluster_rejects_bad_input(x: torch.Tensor, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        fa.cluster_permutation_test(x, **kwargs)
