@@ -69,12 +69,15 @@ class _ConvSpec:
 class _FusedPart(nn.Module):
     """Holds folded conv weights as buffers and runs them on either conv path."""
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: torch.dtype, channels_last: bool) -> None:
         super().__init__()
+        self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.use_mkldnn = False  # set per call by FusedCORnetS
 
-    def _add_conv(self, name: str, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> None:
-        w = weight.to(dtype).contiguous(memory_format=torch.channels_last)
+    def _add_conv(self, name: str, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        dtype = self.dtype
+        w = weight.to(dtype).contiguous(memory_format=self.memory_format)
         self.register_buffer(f"{name}_weight", w)
         self.register_buffer(f"{name}_bias", bias.to(dtype))
 
@@ -99,10 +102,10 @@ class _FusedPart(nn.Module):
 class FusedV1(_FusedPart):
     """V1 with both BatchNorms folded: conv7x7/2+ReLU, max-pool 3/2, conv3x3+ReLU."""
 
-    def __init__(self, v1: nn.Sequential, dtype: torch.dtype) -> None:
-        super().__init__()
-        self._add_conv("conv1", *fold_conv_bn(v1.conv1.weight, v1.norm1), dtype)
-        self._add_conv("conv2", *fold_conv_bn(v1.conv2.weight, v1.norm2), dtype)
+    def __init__(self, v1: nn.Sequential, dtype: torch.dtype, channels_last: bool) -> None:
+        super().__init__(dtype, channels_last)
+        self._add_conv("conv1", *fold_conv_bn(v1.conv1.weight, v1.norm1))
+        self._add_conv("conv2", *fold_conv_bn(v1.conv2.weight, v1.norm2))
         self.c1 = _ConvSpec("conv1", 2, 3, True)
         self.c2 = _ConvSpec("conv2", 1, 1, True)
 
@@ -115,21 +118,21 @@ class FusedV1(_FusedPart):
 class FusedBlock(_FusedPart):
     """A CORblock_S with per-timestep folded weights and conv_input multiplied into timestep 0."""
 
-    def __init__(self, block: CORblockS, dtype: torch.dtype) -> None:
-        super().__init__()
+    def __init__(self, block: CORblockS, dtype: torch.dtype, channels_last: bool) -> None:
+        super().__init__(dtype, channels_last)
         self.times = block.times
         w_in = block.conv_input.weight.detach().to(_FOLD_DTYPE)
         w_skip, b_skip = fold_conv_bn(block.skip.weight, block.norm_skip)
-        self._add_conv("skip", _compose_1x1(w_skip, w_in), b_skip, dtype)
+        self._add_conv("skip", _compose_1x1(w_skip, w_in), b_skip)
         self.steps: list[tuple[_ConvSpec, _ConvSpec, _ConvSpec]] = []
         for t in range(self.times):
             norm1, norm2, norm3 = block.norms(t)
             w1, b1 = fold_conv_bn(block.conv1.weight, norm1)
             if t == 0:
                 w1 = _compose_1x1(w1, w_in)
-            self._add_conv(f"conv1_{t}", w1, b1, dtype)
-            self._add_conv(f"conv2_{t}", *fold_conv_bn(block.conv2.weight, norm2), dtype)
-            self._add_conv(f"conv3_{t}", *fold_conv_bn(block.conv3.weight, norm3), dtype)
+            self._add_conv(f"conv1_{t}", w1, b1)
+            self._add_conv(f"conv2_{t}", *fold_conv_bn(block.conv2.weight, norm2))
+            self._add_conv(f"conv3_{t}", *fold_conv_bn(block.conv3.weight, norm3))
             self.steps.append(
                 (
                     _ConvSpec(f"conv1_{t}", 1, 0, True),
@@ -172,14 +175,17 @@ class FusedCORnetS(CORnetBase):
         super().__init__()
         self.dtype = dtype
         self.channels_last = channels_last
-        self.mkldnn = _mkldnn_available() if mkldnn is None else mkldnn
+        mkldnn_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+        self.mkldnn = _mkldnn_available() and dtype in mkldnn_dtypes if mkldnn is None else mkldnn
+        if self.mkldnn and dtype not in mkldnn_dtypes:
+            raise ValueError(f"fuse: mkldnn=True supports float32, bfloat16 and float16, got dtype {dtype}")
         if self.mkldnn and not _mkldnn_available():
             raise NotImplementedError("fuse: mkldnn=True but this torch has no mkldnn._convolution_pointwise")
         self.cuda_graph = cuda_graph
-        self.V1 = FusedV1(model.V1, dtype)
-        self.V2 = FusedBlock(model.V2, dtype)
-        self.V4 = FusedBlock(model.V4, dtype)
-        self.IT = FusedBlock(model.IT, dtype)
+        self.V1 = FusedV1(model.V1, dtype, channels_last)
+        self.V2 = FusedBlock(model.V2, dtype, channels_last)
+        self.V4 = FusedBlock(model.V4, dtype, channels_last)
+        self.IT = FusedBlock(model.IT, dtype, channels_last)
         self.register_buffer("linear_weight", model.decoder.linear.weight.detach().to(dtype).clone())
         self.register_buffer("linear_bias", model.decoder.linear.bias.detach().to(dtype).clone())
         self._graphs: dict[tuple[Any, ...], _GraphEntry] = {}

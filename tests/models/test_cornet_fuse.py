@@ -1,0 +1,160 @@
+"""Fused inference CORnet-S vs the eager reference: outputs, every feature tap, gradients, options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_cornet_model import randomize_bn
+
+from fastalign.models import CORnetS, FusedCORnetS, cornet_s, fuse
+from fastalign.models.fuse import _mkldnn_available
+
+ALL = ("V1", "V2", "V4", "IT", "avgpool", "decoder")
+
+
+@pytest.fixture(scope="module")
+def model() -> CORnetS:
+    torch.manual_seed(0)
+    m = cornet_s()
+    randomize_bn(m, seed=1)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model64(model: CORnetS) -> CORnetS:
+    m = CORnetS().double()
+    m.load_state_dict(model.state_dict())
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def test_float64_fold_is_exact(model64: CORnetS, x: torch.Tensor) -> None:
+    # In float64 folding and conv_input composition must agree to rounding: this checks the algebra.
+    fused = fuse(model64, dtype=torch.float64, mkldnn=False)
+    x64 = x.double()
+    with torch.no_grad():
+        ref = model64.features(x64, layers=ALL, timesteps="all")
+        got = fused.features(x64, layers=ALL, timesteps="all")
+    assert list(got) == list(ref)
+    for k in ref:
+        assert got[k].dtype == torch.float64
+        assert _rel_err(got[k], ref[k]) < 1e-11, k
+
+
+@pytest.mark.parametrize(
+    ("channels_last", "mkldnn"),
+    [(True, False), (False, False), (True, True), (False, True)],
+)
+def test_float32_matches_eager(
+    model: CORnetS, model64: CORnetS, x, channels_last: bool, mkldnn: bool
+) -> None:
+    if mkldnn and not _mkldnn_available():
+        pytest.skip("this torch has no oneDNN fused convolution ops")
+    fused = fuse(model, channels_last=channels_last, mkldnn=mkldnn)
+    with torch.inference_mode():
+        ref64 = model64.features(x.double(), layers=ALL, timesteps="all")
+        ref32 = model.features(x, layers=ALL, timesteps="all")
+        got = fused.features(x, layers=ALL, timesteps="all")
+        logits = fused(x)
+    assert fused.V2.use_mkldnn is mkldnn
+    for k in ref64:
+        # Within the float32 rounding of the eager module itself (and never worse than 1e-5 relative).
+        assert _rel_err(got[k], ref64[k]) <= max(4 * _rel_err(ref32[k], ref64[k]), 1e-5), k
+    assert got["V4.output-t0"].is_contiguous(memory_format=torch.channels_last) is channels_last
+    torch.testing.assert_close(logits, got["decoder.output-t0"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_within_twice_eager_error(model: CORnetS, model64: CORnetS, x, dtype) -> None:
+    if dtype == torch.float16 and not _mkldnn_available():
+        pytest.skip("float16 convs on CPU need oneDNN")
+    low = CORnetS().to(dtype)
+    low.load_state_dict(model.state_dict())
+    low.eval()
+    fused = fuse(model, dtype=dtype)
+    with torch.inference_mode():
+        ref64 = model64.features(x.double(), layers=ALL, timesteps="all")
+        ref_low = low.features(x.to(dtype), layers=ALL, timesteps="all")
+        got = fused.features(x, layers=ALL, timesteps="all")
+    for k in ref64:
+        assert got[k].dtype == dtype
+        assert torch.isfinite(got[k]).all()
+        assert _rel_err(got[k], ref64[k]) <= 2 * _rel_err(ref_low[k], ref64[k]) + 1e-3, k
+
+
+def test_gradients_through_fused_taps(model64: CORnetS, x) -> None:
+    fused = fuse(model64, dtype=torch.float64)
+    xg = x.double().requires_grad_(True)
+    feats = fused.features(xg, layers=("V4", "IT"), timesteps="all")
+    assert fused.V4.use_mkldnn is False  # oneDNN's fused ops have no autograd: plain convs are used
+    (g,) = torch.autograd.grad(feats["V4.output-t1"].square().sum() + feats["IT.output-t1"].sum(), xg)
+    xr = x.double().requires_grad_(True)
+    ref = model64.features(xr, layers=("V4", "IT"), timesteps="all")
+    (gref,) = torch.autograd.grad(ref["V4.output-t1"].square().sum() + ref["IT.output-t1"].sum(), xr)
+    assert g.abs().max() > 0
+    torch.testing.assert_close(g, gref, rtol=1e-9, atol=1e-12)
+
+
+def test_fuse_method_and_structure(model: CORnetS, x) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = model.fuse(mkldnn=False)
+    assert isinstance(fused, FusedCORnetS) and not fused.training
+    # One folded copy of each shared conv per timestep, none of conv_input (multiplied into timestep 0).
+    names = {n for n, _ in fused.V4.named_buffers()}
+    assert {f"conv2_{t}_weight" for t in range(4)} <= names
+    assert not any("conv_input" in n for n in names)
+    assert not torch.equal(fused.V4.conv2_0_weight, fused.V4.conv2_1_weight)
+    assert sum(1 for _ in fused.parameters()) == 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), fuse(model, mkldnn=False)(x), rtol=0, atol=0)
+        last = fused.features(x)
+    assert list(last) == ["V1", "V2", "V4", "IT", "avgpool"]
+
+
+def test_fuse_bad_arguments(model: CORnetS) -> None:
+    with pytest.raises(TypeError, match="CORnetS"):
+        fuse(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="dtype"):
+        fuse(model, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        fuse(model, mkldnn=False).train()
+    with pytest.raises(ValueError, match="mkldnn"):
+        fuse(model, dtype=torch.float64, mkldnn=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(NotImplementedError, match="CUDA"):
+            fuse(model, cuda_graph=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_matches_eager(model: CORnetS, x, dtype) -> None:
+    eager = CORnetS().cuda()
+    eager.load_state_dict(model.state_dict())
+    eager.eval()
+    plain = fuse(eager, dtype=dtype)
+    graphed = fuse(eager, dtype=dtype, cuda_graph=True)
+    xc = x.cuda()
+    with torch.inference_mode():
+        for _ in range(2):  # the first call captures, the second replays
+            a = graphed.features(xc, layers=ALL, timesteps="all")
+            b = plain.features(xc, layers=ALL, timesteps="all")
+            for k in b:
+                torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+        y = graphed(xc * 2)
+        torch.testing.assert_close(y, plain(xc * 2), rtol=0, atol=0)
+        ref = eager(xc)
+        tol = 1e-2 if dtype == torch.bfloat16 else 1e-3
+        assert _rel_err(graphed(xc), ref) < tol
+    assert len(graphed._graphs) == 2
