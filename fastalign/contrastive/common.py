@@ -38,6 +38,31 @@ class Primitives(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def mm_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b accumulated and returned in float32 (float64 stays float64), optionally into ``out``.
+
+    Half inputs use cuBLAS's float32-output GEMM on CUDA and are upcast elsewhere (CPU only sees them
+    under the Triton interpreter or in tests).
+    """
+    if a.dtype in _HALF:
+        if a.device.type == "cuda":
+            return torch.mm(a, b, out_dtype=torch.float32, out=out)
+        a, b = a.float(), b.float()
+    return torch.mm(a, b, out=out)
+
+
+def addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """acc += a @ b in place with float32 accumulation, without a temporary of acc's size."""
+    if a.dtype in _HALF:
+        if a.device.type == "cuda":
+            return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+        a, b = a.float(), b.float()
+    return acc.addmm_(a, b)
+
+
 def direction_weights(symmetric: bool) -> tuple[float, float]:
     """Weights of the row (x -> y) and column (y -> x) cross-entropies in each per-index loss."""
     return (0.5, 0.5) if symmetric else (1.0, 0.0)
@@ -48,15 +73,27 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+_ROW_CHUNK = 8192  # rows upcast at a time, so no (N, D) float32 copy of half inputs exists
+
+
+def _rowwise_dot(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """<a_i, b_i> for every row, accumulated in ``dtype``, upcasting a chunk of rows at a time."""
+    return torch.cat(
+        [
+            torch.linalg.vecdot(a[i : i + _ROW_CHUNK].to(dtype), b[i : i + _ROW_CHUNK].to(dtype))
+            for i in range(0, a.shape[0], _ROW_CHUNK)
+        ]
+    )
+
+
 def positives(x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """S[i, i] = scale * <x_i, y_i> in the compute dtype, shape (N,)."""
-    ct = compute_dtype(x)
-    return torch.linalg.vecdot(x.to(ct), y.to(ct)) * scale
+    return _rowwise_dot(x, y, compute_dtype(x)) * scale
 
 
 def scale_grad(dx: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """d loss / d scale = sum(dS * x @ y.T) = <dx, x> / scale, since dx = scale * dS @ y."""
-    return (torch.linalg.vecdot(dx, x.to(dx.dtype)).sum() / scale).reshape(scale.shape)
+    return (_rowwise_dot(dx, x, dx.dtype).sum() / scale).reshape(scale.shape)
 
 
 class InfoNCEFunction(torch.autograd.Function):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from fastalign.contrastive.common import InfoNCEFunction, compute_dtype
+from fastalign.contrastive.common import InfoNCEFunction, addmm_f32_, compute_dtype, mm_f32
 
 _STRIPE_ELEMENTS = 1 << 24
 
@@ -29,11 +29,7 @@ def _operand(t: torch.Tensor) -> torch.Tensor:
 
 def _logits(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """scale * a @ b.T in float32 (float64 for float64 inputs)."""
-    if a.dtype in (torch.float16, torch.bfloat16):
-        s = torch.mm(a, b.T, out_dtype=torch.float32)
-    else:
-        s = a @ b.T
-    return s.mul_(scale)
+    return mm_f32(a, b.T).mul_(scale)
 
 
 class _Impl:
@@ -83,13 +79,9 @@ class _Impl:
             k = diag.shape[0]
             pos_cols = slice(i0 + offset, i0 + offset + k)
             diag -= g_row[i0 : i0 + k] + (g_col.to(ct)[pos_cols] if g_col is not None else 0.0)
-            if a_op.dtype == ct:
-                torch.mm(ds, b_op, out=da[i0:i1])
-                db.addmm_(ds.T, a_op[i0:i1])
-            else:  # half operands on CUDA: dS rounded to the input dtype, products accumulated in fp32
-                ds_half = ds.to(a_op.dtype)
-                da[i0:i1] = torch.mm(ds_half, b_op, out_dtype=torch.float32)
-                db += torch.mm(ds_half.T, a_op[i0:i1], out_dtype=torch.float32)
+            ds = ds.to(a_op.dtype)  # half operands (CUDA only): dS rounded, products accumulated in fp32
+            mm_f32(ds, b_op, out=da[i0:i1])
+            addmm_f32_(db, ds.T, a_op[i0:i1])
         return da.mul_(scale), db.mul_(scale)
 
 

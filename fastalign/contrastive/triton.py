@@ -22,11 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fastalign.contrastive.common import InfoNCEFunction
+from fastalign.contrastive.common import InfoNCEFunction, addmm_f32_, mm_f32
 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
-_STRIPE_BYTES = 1 << 27
+_STRIPE_BYTES = 1 << 26
 
 
 @triton.jit
@@ -137,15 +137,6 @@ def _max_programs(t: torch.Tensor) -> int:
     return 2 * torch.cuda.get_device_properties(t.device).multi_processor_count
 
 
-def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b with float32 accumulation and output."""
-    if a.dtype in (torch.float16, torch.bfloat16):
-        if a.device.type == "cuda":
-            return torch.mm(a, b, out_dtype=torch.float32)
-        return a.float() @ b.float()
-    return a @ b
-
-
 class _Impl:
     def lse_stats(
         self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, with_cols: bool
@@ -207,8 +198,8 @@ class _Impl:
                 BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages,
             )  # fmt: skip
             blk = ds[:rows]
-            da[i0 : i0 + rows] = _mm_f32(blk, b)
-            db += _mm_f32(blk.T, a[i0 : i0 + rows])
+            mm_f32(blk, b, out=da[i0 : i0 + rows])
+            addmm_f32_(db, blk.T, a[i0 : i0 + rows])
         s = scale.float()
         return da.mul_(s), db.mul_(s)
 
