@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: build fastalign._C with CUDA against that machine's torch, run the
+# GPU-relevant tests, then the benchmarks; logs and result JSON land in $OUT (then commit the JSON under
+# benchmarks/results/). Usage there, from the repository root:
+#   bash benchmarks/gpu_session.sh [bench_infonce.py bench_rsa.py ...]   (default: every bench_*.py)
+set -uo pipefail
+OUT=${OUT:-/tmp/fastalign-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1 \
+  || { tail -30 "$OUT/build.log"; exit 1; }
+python3 -m fastalign.info | tee "$OUT/info.txt"
+python3 -m pytest tests -q -x -p no:cacheprovider -m "triton or cuda" 2>&1 | tee "$OUT/tests.log" | tail -15
+scripts=("$@")
+[ ${#scripts[@]} -gt 0 ] || scripts=(benchmarks/bench_*.py)
+for s in "${scripts[@]}"; do
+  [ -f "$s" ] || s="benchmarks/$s"
+  python3 "$s" 2>&1 | tee -a "$OUT/bench.log" | tail -40
+done
+cp benchmarks/results/*.json "$OUT/" 2>/dev/null
