@@ -97,6 +97,7 @@ def test_triton_float32_matches_reference(triton_device, n, d, temperature, symm
     )
 
 
+@pytest.mark.triton
 def test_triton_uses_several_stripes_and_programs(triton_device, monkeypatch: pytest.MonkeyPatch) -> None:
     from fastalign.contrastive import triton as tr
 

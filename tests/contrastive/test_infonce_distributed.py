@@ -64,7 +64,7 @@ def _worker(rank: int, init_file: str, backend: str, symmetric: bool, reduction:
         ("torch", True, "none"),
         ("reference", True, "mean"),
         ("reference", True, "none"),
-        ("triton", True, "mean"),
+        pytest.param("triton", True, "mean", marks=pytest.mark.triton),
     ],
 )
 def test_distributed_matches_single_process(backend: str, symmetric: bool, reduction: str) -> None:
