@@ -72,7 +72,7 @@ def _as_trials(responses: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
     return (arr[:, None] if arr.ndim == 2 else arr), [], np.zeros(0), "argument responses"
 
 
-class BrainImageDataset(Dataset):  # type: ignore[type-arg]
+class BrainImageDataset(Dataset):
     """(image, response) pairs, one per image condition.
 
     Args:
@@ -154,10 +154,14 @@ class BrainImageDataset(Dataset):  # type: ignore[type-arg]
             assert self.norm_stats is not None
             # Affine, so normalising trials equals normalising their average.
             trials = (trials - self.norm_stats.mean) / self.norm_stats.std
-        data = torch.as_tensor(np.ascontiguousarray(trials), dtype=dtype)
-        self._trials = data if random_repetitions is not None else None
-        self._mean = None if random_repetitions is not None else self._finish(data.mean(dim=1))
-        self.response_shape = tuple(self._finish(data[:1].mean(dim=1)).shape[1:])
+        if random_repetitions is not None:
+            self._trials: torch.Tensor | None = torch.as_tensor(np.ascontiguousarray(trials), dtype=dtype)
+            self._mean: torch.Tensor | None = None
+            self.response_shape = tuple(self._finish(self._trials[:1].mean(dim=1)).shape[1:])
+        else:  # average in float64 before casting, so float32 outputs carry no summation error
+            mean = torch.as_tensor(np.ascontiguousarray(trials.mean(axis=1)), dtype=torch.float64)
+            self._trials, self._mean = None, self._finish(mean).to(dtype)
+            self.response_shape = tuple(self._mean.shape[1:])
 
         self.images, self.image_transform = images, image_transform or ImageTransform()
         if images is not None:

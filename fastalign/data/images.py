@@ -52,8 +52,8 @@ class ImageTransform:
         if isinstance(image, (str, os.PathLike)):
             path = require_file(image, "image")
             try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB")
+                with Image.open(path) as opened:
+                    im = opened.convert("RGB")
             except OSError as err:
                 raise ValueError(f"image: {path!r} is not a readable image ({err})") from err
         elif isinstance(image, Image.Image):
@@ -99,7 +99,11 @@ def model_key(model: torch.nn.Module, transform: Any = None) -> str:
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(str((tuple(t.shape), t.dtype)).encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(
+            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            if t.numel()
+            else b""
+        )
     return h.hexdigest()[:32]
 
 

@@ -60,7 +60,9 @@ def _shrunk_cov_sum(x: np.ndarray) -> np.ndarray:
     beta = (beta_ / n - delta_) / (p * n)
     delta = (delta_ - 2.0 * mu * trace + p * mu**2) / p
     beta = np.minimum(beta, delta)
-    shrinkage = np.divide(beta, delta, out=np.zeros_like(beta), where=beta != 0)
+    # delta == 0 means the standardised covariance already is mu * I (always so for one channel), where
+    # every shrinkage gives the same matrix; 0 avoids dividing rounding noise by zero.
+    shrinkage = np.divide(beta, delta, out=np.zeros_like(beta), where=(beta != 0) & (delta > 0) & (p > 1))
     if n <= p:
         weighted = (xc * (1.0 - shrinkage)[:, None, None]).reshape(-1, p)
         total = weighted.T @ xc.reshape(-1, p) / n

@@ -28,7 +28,6 @@ from fastalign.data.things_eeg2 import (
     PUBLISHED_SEED,
     TARGET_EVENT,
     RawEEG,
-    Split,
     load_raw_eeg,
     preprocessed_path,
     raw_path,
@@ -81,7 +80,7 @@ def epoch_session(
     if not isinstance(raw, RawEEG):
         raw = load_raw_eeg(raw, stim_channel)
     src = raw.source
-    info = mne.create_info(raw.ch_names, raw.sfreq, raw.ch_types)  # type: ignore[arg-type]
+    info = mne.create_info(raw.ch_names, raw.sfreq, raw.ch_types)
     mraw = mne.io.RawArray(raw.data, info, verbose="error")
     events = mne.find_events(mraw, stim_channel=stim_channel, verbose="error")
     picks = mne.pick_channels_regexp(mraw.ch_names, channels)
@@ -233,14 +232,14 @@ def preprocess_things_eeg2(
     raw_dir = os.fspath(raw_dir)
     sessions = list(sessions) if sessions is not None else _sessions(raw_dir, subject)
     white: dict[str, list[EEGResponses]] = {"test": [], "training": []}
-    reps: dict[Split, int | None] = {"test": test_repetitions, "training": training_repetitions}
+    reps: dict[str, int | None] = {"test": test_repetitions, "training": training_repetitions}
     for ses in sessions:
         parts = []
         for split in ("test", "training"):
             parts.append(
                 epoch_session(
-                    raw_path(raw_dir, subject, ses, split),  # type: ignore[arg-type]
-                    n_repetitions=reps[split],  # type: ignore[index]
+                    raw_path(raw_dir, subject, ses, split),
+                    n_repetitions=reps[split],
                     seed=seed,
                     sfreq=sfreq,
                     channels=channels,

@@ -119,7 +119,7 @@ def _pixel_features(paths: list[str], projection: np.ndarray) -> np.ndarray:
     return np.tanh(x @ projection)
 
 
-def _gauss(t: np.ndarray, latency: float, width: float) -> np.ndarray:
+def _gauss(t: np.ndarray, latency: float | np.ndarray, width: float | np.ndarray) -> np.ndarray:
     return np.asarray(np.exp(-0.5 * ((t - latency) / width) ** 2))
 
 
@@ -401,7 +401,7 @@ def make_synthetic_things(
 
     def write_gt(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, **gt)
+            np.savez(f, **gt)  # type: ignore[arg-type]
 
     atomic_write(os.path.join(root, "ground_truth.npz"), write_gt)
     out.ground_truth = gt

@@ -1,0 +1,110 @@
+"""BrainImageDataset options: repetitions, channels, time windows, flattening, normalisation, inputs."""
+
+from __future__ import annotations
+
+import mne
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from fastalign.data import BrainImageDataset, EEGResponses, fit_norm_stats
+
+NAMES = ["O1", "Oz", "O2", "P1"]
+TIMES = -0.2 + np.arange(10) / 10
+
+
+def _eeg(seed: int = 0, n: int = 5, reps: int = 6) -> EEGResponses:
+    data = np.random.default_rng(seed).normal(size=(n, reps, 4, 10)) * 3 + 1
+    return EEGResponses(data, NAMES, TIMES)
+
+
+def test_repetition_options() -> None:
+    eeg = _eeg()
+    full = BrainImageDataset(eeg, flatten=False)
+    np.testing.assert_allclose(full.responses().numpy(), eeg.data.mean(axis=1), rtol=1e-6)
+    first2 = BrainImageDataset(eeg, repetitions=2, flatten=False)
+    np.testing.assert_allclose(first2.responses().numpy(), eeg.data[:, :2].mean(axis=1), rtol=1e-6)
+    picked = BrainImageDataset(eeg, repetitions=[5, 1], flatten=False)
+    np.testing.assert_allclose(picked.responses().numpy(), eeg.data[:, [5, 1]].mean(axis=1), rtol=1e-6)
+    rand = BrainImageDataset(eeg, repetitions=[0, 1, 2], random_repetitions=2, flatten=False)
+    torch.manual_seed(0)
+    draws = {tuple(rand[1][1].numpy().ravel().round(5)) for _ in range(30)}
+    subsets = {
+        tuple(eeg.data[1, list(s)].mean(axis=0).astype(np.float32).ravel().round(5))
+        for s in ([0, 1], [0, 2], [1, 2])
+    }
+    assert len(draws) > 1 and draws <= subsets  # fresh draws, each the mean of 2 of the selected reps
+
+
+def test_channels_time_window_flatten() -> None:
+    eeg = _eeg()
+    ds = BrainImageDataset(eeg, channels=["P1", "O1"], time_window=(0.0, 0.3))
+    assert ds.ch_names == ["P1", "O1"]
+    np.testing.assert_allclose(ds.times, [0.0, 0.1, 0.2, 0.3], atol=1e-12)
+    want = eeg.data.mean(axis=1)[:, [3, 0]][:, :, 2:6].reshape(5, -1)
+    np.testing.assert_allclose(ds.responses().numpy(), want, rtol=1e-6)
+    assert ds.response_shape == (8,)
+    by_index = BrainImageDataset(eeg.data, channels=[3, 0], time_window=slice(2, 6), flatten=False)
+    np.testing.assert_allclose(by_index.responses().numpy().reshape(5, -1), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="no channel 'Cz'"):
+        BrainImageDataset(eeg, channels=["Cz"])
+    with pytest.raises(ValueError, match="selects no samples"):
+        BrainImageDataset(eeg, time_window=(2.0, 3.0))
+    with pytest.raises(ValueError, match="needs the epoch times"):
+        BrainImageDataset(eeg.data, time_window=(0.0, 0.1))
+
+
+def test_normalisation_uses_training_statistics_only() -> None:
+    train, test = _eeg(0), _eeg(1, n=3)
+    test.data = test.data * 10 + 5  # a different scale must not leak into the statistics
+    tr = BrainImageDataset(train, normalize="zscore")
+    te = BrainImageDataset(test, normalize="zscore", norm_stats=tr.norm_stats)
+    assert tr.norm_stats is not None
+    assert float(tr.norm_stats.mean) == pytest.approx(train.data.mean())
+    assert float(tr.norm_stats.std) == pytest.approx(train.data.std())
+    want = ((test.data - train.data.mean()) / train.data.std()).mean(axis=1).reshape(3, -1)
+    np.testing.assert_allclose(te.responses().numpy(), want, rtol=1e-5, atol=1e-6)
+
+    ch = BrainImageDataset(train, normalize="channel", flatten=False)
+    stats = fit_norm_stats(train.data, "channel")
+    assert stats.mean.shape == (4, 1)
+    np.testing.assert_allclose(stats.mean[:, 0], train.data.mean(axis=(0, 1, 3)))
+    np.testing.assert_allclose(
+        ch.responses().numpy(), ((train.data - stats.mean) / stats.std).mean(axis=1), rtol=1e-5, atol=1e-6
+    )
+
+    trial = BrainImageDataset(test, normalize="trial").responses()
+    np.testing.assert_allclose(trial.mean(dim=1).numpy(), 0.0, atol=1e-6)
+    np.testing.assert_allclose(trial.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+    with pytest.raises(ValueError, match="norm_stats are for 'zscore'"):
+        BrainImageDataset(test, normalize="channel", norm_stats=tr.norm_stats)
+
+
+def test_mne_epochs_and_fmri_shapes_and_images() -> None:
+    eeg = _eeg(reps=3)
+    trials = eeg.data.transpose(1, 0, 2, 3).reshape(15, 4, 10)  # presentation order: rep-major
+    codes = np.tile(np.arange(1, 6), 3)
+    events = np.column_stack([np.arange(15) * 50, np.zeros(15, int), codes])
+    epochs = mne.EpochsArray(trials, mne.create_info(NAMES, 10.0, "eeg"), events, tmin=-0.2, verbose="error")
+    from_epochs = BrainImageDataset(epochs, channels=["Oz"], time_window=(0.0, 0.5))
+    from_array = BrainImageDataset(eeg, channels=["Oz"], time_window=(0.0, 0.5))
+    np.testing.assert_allclose(from_epochs.responses().numpy(), from_array.responses().numpy(), rtol=1e-6)
+
+    fmri = np.random.default_rng(0).normal(size=(6, 2, 30))
+    ds = BrainImageDataset(fmri, images=np.arange(6 * 7).reshape(6, 7))
+    img, resp = ds[2]
+    assert img.tolist() == list(range(14, 21)) and tuple(resp.shape) == (30,)
+    assert BrainImageDataset(fmri[:, 0]).response_shape == (30,)
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert tuple(batch[0].shape) == (4, 7) and tuple(batch[1].shape) == (4, 30)
+    with pytest.raises(ValueError, match="channels and time_window need EEG"):
+        BrainImageDataset(fmri, channels=[0])
+    with pytest.raises(ValueError, match="5 images for 6 responses"):
+        BrainImageDataset(fmri, images=np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="NaN"):
+        BrainImageDataset(np.full((2, 2, 3), np.nan))
+    with pytest.raises(ValueError, match="repetitions=7 but the data has 2"):
+        BrainImageDataset(fmri, repetitions=7)
+    with pytest.raises(IndexError):
+        ds[6]

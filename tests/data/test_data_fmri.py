@@ -1,0 +1,78 @@
+"""fMRI loading (.npy array, .npy dict, .h5), ROIs by name or mask, averaging, PCA fitted on training."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA
+
+from fastalign.data import FMRIResponses, ResponsePCA, fmri_datasets, load_fmri
+from fastalign.data._io import save_npy
+
+
+def test_formats_and_rois(tmp_path: os.PathLike) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(6, 2, 12))
+    rois = {"V1": np.arange(0, 4), "FFA": np.r_[False].repeat(12)}
+    rois["FFA"][[9, 10]] = True
+    np.save(os.path.join(tmp_path, "plain.npy"), data[:, 0])
+    save_npy(os.path.join(tmp_path, "dict.npy"), {"responses": data, "rois": rois})
+    with h5py.File(os.path.join(tmp_path, "resp.h5"), "w") as f:
+        f["betas"] = data
+        f.create_group("rois")["V1"] = np.arange(0, 4)
+    plain = load_fmri(os.path.join(tmp_path, "plain.npy"))
+    assert plain.data.shape == (6, 1, 12) and plain.rois == {}
+    d = load_fmri(os.path.join(tmp_path, "dict.npy"))
+    h = load_fmri(os.path.join(tmp_path, "resp.h5"), key="betas", rois={"FFA": [9, 10]})
+    np.testing.assert_array_equal(d.data, h.data)
+    assert d.rois["FFA"].tolist() == [9, 10] == h.rois["FFA"].tolist()
+    both = d.select(["FFA", "V1"])
+    np.testing.assert_array_equal(both.data, data[:, :, [0, 1, 2, 3, 9, 10]])
+    assert both.rois["FFA"].tolist() == [4, 5]
+    np.testing.assert_allclose(d.average(), data.mean(axis=1))
+    np.testing.assert_allclose(d.average([1]), data[:, 1])
+
+
+def test_pca_is_fitted_on_training_only() -> None:
+    rng = np.random.default_rng(1)
+    train = FMRIResponses(rng.normal(size=(20, 3, 15)))
+    test = FMRIResponses(rng.normal(size=(7, 3, 15)) * 5)
+    pca = ResponsePCA(4).fit(train)
+    ref = PCA(4, random_state=0).fit(train.average())
+    got = pca.transform(test)
+    assert got.data.shape == (7, 3, 4)
+    np.testing.assert_allclose(got.average(), ref.transform(test.average()), rtol=1e-9, atol=1e-9)
+    tr_ds, te_ds = fmri_datasets(train, test, pca_components=4, normalize="channel")
+    assert te_ds.norm_stats is tr_ds.norm_stats and tr_ds.response_shape == (4,)
+    with pytest.raises(ValueError, match="exceeds"):
+        ResponsePCA(30).fit(train)
+    with pytest.raises(RuntimeError, match="fit"):
+        ResponsePCA(2).transform(test)
+
+
+def test_bad_fmri_input(tmp_path: os.PathLike) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing.h5"):
+        load_fmri(os.path.join(tmp_path, "missing.h5"))
+    bad = os.path.join(tmp_path, "resp.txt")
+    open(bad, "w").close()
+    with pytest.raises(ValueError, match=r"\.npy or \.h5"):
+        load_fmri(bad)
+    nan = np.ones((3, 4))
+    nan[1, 2] = np.nan
+    np.save(os.path.join(tmp_path, "nan.npy"), nan)
+    with pytest.raises(ValueError, match=r"nan.npy.*NaN"):
+        load_fmri(os.path.join(tmp_path, "nan.npy"))
+    save_npy(os.path.join(tmp_path, "nokey.npy"), {"betas": np.ones((3, 4))})
+    with pytest.raises(ValueError, match=r"nokey.npy.*'responses'"):
+        load_fmri(os.path.join(tmp_path, "nokey.npy"))
+    with pytest.raises(ValueError, match=r"outside 0..3"):
+        FMRIResponses(np.ones((3, 4)), {"V2": [1, 4]})
+    with pytest.raises(ValueError, match="mask has 3 entries, expected 4"):
+        FMRIResponses(np.ones((3, 4)), {"V2": np.ones(3, bool)})
+    with pytest.raises(KeyError, match="no ROI named \\['LOC'\\]"):
+        FMRIResponses(np.ones((3, 4)), {"V2": [1]}).select("LOC")
+    with pytest.raises(ValueError, match="5 voxels but"):
+        fmri_datasets(FMRIResponses(np.ones((3, 4))), FMRIResponses(np.ones((3, 5))))

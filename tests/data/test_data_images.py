@@ -1,0 +1,92 @@
+"""Image loading without torchvision, and the embedding cache (reuse, partial recompute, invalidation)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastalign.data import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, embed_images, load_image, load_images
+
+
+def _write(path: str, seed: int, size: tuple[int, int] = (40, 30)) -> str:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG")
+    return path
+
+
+def test_transform_matches_resize_crop_normalise_by_hand(tmp_path: os.PathLike) -> None:
+    path = _write(os.path.join(tmp_path, "a.png"), 0, (40, 30))  # landscape: height is the shorter side
+    got = load_image(path, size=16, resize=20)
+    with Image.open(path) as im:
+        small = im.convert("RGB").resize((27, 20), Image.Resampling.BILINEAR)  # 40 * 20 / 30 = 26.7 -> 27
+    crop = (
+        np.asarray(small, dtype=np.float32)[2:18, 6:22] / 255.0
+    )  # round((27 - 16) / 2) = 6 (bankers: 5.5 -> 6)
+    want = (crop - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    np.testing.assert_allclose(got.permute(1, 2, 0).numpy(), want, rtol=1e-5, atol=1e-6)
+    raw = load_image(path, size=16, resize=16, normalize=False)
+    assert tuple(raw.shape) == (3, 16, 16) and 0.0 <= float(raw.min()) and float(raw.max()) <= 1.0
+    assert tuple(load_images([path, path], ImageTransform(8)).shape) == (2, 3, 8, 8)
+    with pytest.raises(FileNotFoundError, match=r"nope.png"):
+        load_image(os.path.join(tmp_path, "nope.png"))
+    with pytest.raises(ValueError, match="resize must be an int >= size"):
+        ImageTransform(16, resize=8)
+
+
+class _Counting(torch.nn.Module):
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(scale))
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += x.shape[0]
+        return x.mean(dim=(2, 3)) * self.w
+
+
+def test_embedding_cache_reuses_and_invalidates(tmp_path: os.PathLike) -> None:
+    folder = os.path.join(tmp_path, "imgs")
+    os.makedirs(folder)
+    paths = [_write(os.path.join(folder, f"{i}.png"), i) for i in range(5)]
+    cache = os.path.join(tmp_path, "cache")
+    tf = ImageTransform(8)
+    model = _Counting()
+    first = embed_images(model, paths[:3], cache, transform=tf, batch_size=2)
+    assert model.seen == 3 and first.shape == (3, 3) and first.dtype == np.float32
+    np.testing.assert_allclose(first, load_images(paths[:3], tf).mean(dim=(2, 3)).numpy(), rtol=1e-6)
+
+    again = embed_images(model, paths[:3][::-1], cache, transform=tf)
+    assert model.seen == 3  # all three from the cache, in the requested order
+    np.testing.assert_array_equal(again, first[::-1])
+
+    more = embed_images(model, paths, cache, transform=tf)
+    assert model.seen == 5  # only the two new files computed
+    np.testing.assert_array_equal(more[:3], first)
+
+    _write(paths[0], 99)  # the file changes: its row is recomputed
+    os.utime(paths[0], ns=(1, 1))
+    changed = embed_images(model, paths, cache, transform=tf)
+    assert model.seen == 6 and not np.array_equal(changed[0], first[0])
+
+    other = _Counting(2.0)  # other weights: another key, nothing reused
+    np.testing.assert_allclose(embed_images(other, paths, cache, transform=tf), 2 * changed, rtol=1e-6)
+    assert other.seen == 5
+    keyed = _Counting(3.0)
+    embed_images(keyed, paths[:2], cache, key="my-model", transform=tf)
+    embed_images(keyed, paths[:2], cache, key="my-model", transform=tf)
+    assert keyed.seen == 2
+
+
+def test_damaged_cache_is_recomputed(tmp_path: os.PathLike) -> None:
+    paths = [_write(os.path.join(tmp_path, f"{i}.png"), i) for i in range(2)]
+    cache = os.path.join(tmp_path, "cache")
+    model = _Counting()
+    want = embed_images(model, paths, cache, transform=ImageTransform(8))
+    (sub,) = os.listdir(cache)
+    np.save(os.path.join(cache, sub, "embeddings.npy"), np.zeros((2, 3), np.float32))
+    np.testing.assert_array_equal(embed_images(model, paths, cache, transform=ImageTransform(8)), want)
+    assert model.seen == 4

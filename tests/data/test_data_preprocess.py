@@ -1,0 +1,175 @@
+"""preprocess_things_eeg2 against a step-by-step oracle: the published script's MNE calls and numpy
+loops (gifale95/eeg_encoding preprocessing_utils.py: epoching, mvnn, save_prepr), run on the raw files of
+the synthetic dataset."""
+
+from __future__ import annotations
+
+import os
+
+import mne
+import numpy as np
+import pytest
+import scipy.linalg
+from sklearn.discriminant_analysis import _cov
+from sklearn.utils import shuffle
+
+from fastalign.data import (
+    SyntheticThings,
+    _io,
+    epoch_session,
+    load_preprocessed_eeg,
+    preprocess_things_eeg2,
+    preprocessed_path,
+    raw_path,
+)
+
+SEED = 20200220
+
+
+def _oracle_epoching(
+    raw_dir: str, n_ses: int, part: str, max_rep: int, sfreq: float
+) -> tuple[list, list, list, np.ndarray]:
+    epoched, conds = [], []
+    for s in range(n_ses):
+        d = np.load(raw_path(raw_dir, 1, s + 1, part), allow_pickle=True).item()  # type: ignore[arg-type]
+        info = mne.create_info(d["ch_names"], d["sfreq"], d["ch_types"])
+        raw = mne.io.RawArray(d["raw_eeg_data"], info, verbose="error")
+        events = mne.find_events(raw, stim_channel="stim", verbose="error")
+        chan_idx = np.asarray(mne.pick_channels_regexp(raw.info["ch_names"], "^O *|^P *"))
+        raw.pick([raw.info["ch_names"][c] for c in chan_idx])
+        events = np.delete(events, np.where(events[:, 2] == 99999)[0], 0)
+        epochs = mne.Epochs(
+            raw, events, tmin=-0.2, tmax=0.8, baseline=(None, 0), preload=True, verbose="error"
+        )
+        if sfreq < d["sfreq"]:
+            epochs.resample(sfreq, verbose="error")
+        ch_names, times = epochs.info["ch_names"], epochs.times
+        data, ev = epochs.get_data(), epochs.events[:, 2]
+        img_cond = np.unique(ev)
+        sorted_data = np.zeros((len(img_cond), max_rep, data.shape[1], data.shape[2]))
+        for i in range(len(img_cond)):
+            idx = shuffle(np.where(ev == img_cond[i])[0], random_state=SEED, n_samples=max_rep)
+            sorted_data[i] = data[idx]
+        epoched.append(sorted_data)
+        conds.append(img_cond)
+    return epoched, conds, ch_names, times
+
+
+def _oracle_mvnn(test: list, train: list, dim: str) -> tuple[list, list]:
+    out_test, out_train = [], []
+    for s in range(len(test)):
+        session = [test[s], train[s]]
+        sigma_part = []
+        for part in session:
+            sigma_cond = []
+            for cond in part:
+                if dim == "time":
+                    covs = [_cov(cond[:, :, t], shrinkage="auto") for t in range(cond.shape[2])]
+                else:
+                    covs = [_cov(np.transpose(cond[e]), shrinkage="auto") for e in range(cond.shape[0])]
+                sigma_cond.append(np.mean(covs, axis=0))
+            sigma_part.append(np.mean(sigma_cond, axis=0))
+        inv = scipy.linalg.fractional_matrix_power(np.mean(sigma_part, axis=0), -0.5)
+        white = [
+            np.reshape(
+                (np.reshape(d, (-1, d.shape[2], d.shape[3])).swapaxes(1, 2) @ inv).swapaxes(1, 2), d.shape
+            )
+            for d in session
+        ]
+        out_test.append(white[0])
+        out_train.append(white[1])
+    return out_test, out_train
+
+
+def _oracle_merge(test: list, train: list, train_conds: list) -> tuple[np.ndarray, np.ndarray]:
+    merged_test = test[0]
+    for s in range(1, len(test)):
+        merged_test = np.append(merged_test, test[s], 1)
+    merged_test = merged_test[:, shuffle(np.arange(merged_test.shape[1]), random_state=SEED)]
+    white, img_cond = train[0], train_conds[0]
+    for s in range(1, len(train)):
+        white = np.append(white, train[s], 0)
+        img_cond = np.append(img_cond, train_conds[s], 0)
+    n_cond = len(np.unique(img_cond))
+    reps_per_cond = white.shape[0] // n_cond * white.shape[1]
+    merged_train = np.zeros((n_cond, reps_per_cond, white.shape[2], white.shape[3]))
+    for i in range(n_cond):
+        idx = np.where(img_cond == i + 1)[0]
+        ordered = white[idx[0]]
+        for r in range(1, len(idx)):
+            ordered = np.append(ordered, white[idx[r]], 0)
+        merged_train[i] = ordered
+    merged_train = merged_train[:, shuffle(np.arange(merged_train.shape[1]), random_state=SEED)]
+    return merged_test, merged_train
+
+
+@pytest.mark.parametrize("dim", ["time", "epochs"])
+def test_pipeline_matches_step_by_step_oracle(
+    synthetic: SyntheticThings, tmp_path: os.PathLike, dim: str
+) -> None:
+    test_ep, _, ch_names, times = _oracle_epoching(synthetic.raw_dir, 2, "test", 10, 100.0)
+    train_ep, train_conds, _, _ = _oracle_epoching(synthetic.raw_dir, 2, "training", 2, 100.0)
+    white_test, white_train = _oracle_mvnn(test_ep, train_ep, dim)
+    want_test, want_train = _oracle_merge(white_test, white_train, train_conds)
+
+    got = preprocess_things_eeg2(
+        synthetic.raw_dir, 1, tmp_path, sfreq=100.0, mvnn_dim=dim, training_repetitions=2, test_repetitions=10
+    )
+    assert got.test.data.shape == want_test.shape == (8, 20, 17, 100)
+    # 2 sessions: each training image is in one of them (n_sessions // 2), 2 repetitions there.
+    assert got.training.data.shape == want_train.shape == (12, 2, 17, 100)
+    np.testing.assert_allclose(got.test.data, want_test, rtol=1e-9, atol=1e-9 * np.abs(want_test).max())
+    np.testing.assert_allclose(got.training.data, want_train, rtol=1e-9, atol=1e-9 * np.abs(want_train).max())
+    for split, want in (("test", want_test), ("training", want_train)):
+        stored = np.load(preprocessed_path(tmp_path, 1, split), allow_pickle=True).item()  # type: ignore[arg-type]
+        assert sorted(stored) == ["ch_names", "preprocessed_eeg_data", "times"]
+        assert list(stored["ch_names"]) == list(ch_names)
+        np.testing.assert_array_equal(stored["times"], times)
+        np.testing.assert_array_equal(
+            stored["preprocessed_eeg_data"], got.test.data if split == "test" else got.training.data
+        )
+        loaded = load_preprocessed_eeg(tmp_path, 1, split)  # type: ignore[arg-type]
+        np.testing.assert_allclose(loaded.data, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+def test_epoch_session_options(synthetic: SyntheticThings) -> None:
+    path = raw_path(synthetic.raw_dir, 1, 1, "test")
+    full = epoch_session(path, n_repetitions=None, sfreq=None)
+    assert full.data.shape == (8, 10, 17, 251)  # 250 Hz raw, -0.2..0.8 s inclusive
+    assert full.conditions.tolist() == list(range(1, 9))  # target trials (99999) dropped
+    occ = epoch_session(path, n_repetitions=3, channels="^O", sfreq=50.0)
+    assert occ.ch_names == ["O1", "Oz", "O2"] and occ.data.shape == (8, 3, 3, 50)
+    with pytest.raises(ValueError, match="fewer than n_repetitions=11"):
+        epoch_session(path, n_repetitions=11)
+    with pytest.raises(ValueError, match="no channel matches"):
+        epoch_session(path, n_repetitions=2, channels="^Q")
+
+
+def test_preprocess_writes_both_files_or_neither(
+    synthetic: SyntheticThings, tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"n": 0}
+    real_save = np.save
+
+    def failing_save(f: object, obj: object, **kw: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        real_save(f, obj, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_io.np, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        preprocess_things_eeg2(synthetic.raw_dir, 1, tmp_path, training_repetitions=2, test_repetitions=10)
+    assert not os.path.exists(preprocessed_path(tmp_path, 1, "training"))
+    assert not os.path.exists(preprocessed_path(tmp_path, 1, "test"))
+    assert not [f for _, _, fs in os.walk(tmp_path) for f in fs]  # no temp files left behind
+
+
+def test_preprocess_bad_input(synthetic: SyntheticThings, tmp_path: os.PathLike) -> None:
+    with pytest.raises(FileNotFoundError, match="sub-02"):
+        preprocess_things_eeg2(synthetic.raw_dir, 2, tmp_path)
+    with pytest.raises(FileNotFoundError, match="ses-03"):
+        preprocess_things_eeg2(synthetic.raw_dir, 1, tmp_path, sessions=[1, 3], test_repetitions=10)
+    with pytest.raises(ValueError, match="fewer than n_repetitions=20"):
+        preprocess_things_eeg2(synthetic.raw_dir, 1, tmp_path, sessions=[1])
+    assert not os.listdir(tmp_path)

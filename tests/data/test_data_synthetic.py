@@ -1,0 +1,127 @@
+"""Round trips through the synthetic dataset: every loader reads it, and its structure is the known one."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import pdist
+from scipy.stats import spearmanr
+
+from fastalign.data import (
+    SyntheticThings,
+    fmri_datasets,
+    load_fmri,
+    load_image_metadata,
+    load_preprocessed_eeg,
+    load_raw_eeg,
+    make_synthetic_things,
+    raw_path,
+    things_eeg2_datasets,
+)
+from fastalign.data.synthetic import PUBLISHED_OP_CHANNELS
+
+
+def test_layout_and_loaders(synthetic: SyntheticThings) -> None:
+    meta = load_image_metadata(synthetic.image_dir, check_files=True)
+    assert len(meta.train_img_files) == 12 and len(meta.test_img_files) == 8
+    assert len(set(meta.train_img_concepts)) == 4 and len(set(meta.test_img_concepts)) == 8
+    assert not set(meta.train_img_concepts) & set(meta.test_img_concepts)  # zero-shot split, as published
+    assert all(
+        p.endswith(".jpg") and os.sep + "training_images" + os.sep in p for p in meta.paths("training")
+    )
+    raw = load_raw_eeg(raw_path(synthetic.raw_dir, 1, 1, "training"))
+    assert raw.sfreq == 250.0 and raw.ch_names[-1] == "stim" and raw.ch_types[-1] == "stim"
+    assert raw.data.shape[0] == 17 + 4 + 1
+    codes = set(np.unique(raw.data[-1])) - {0.0}
+    assert 99999.0 in codes and codes - {99999.0} <= set(range(1, 13))
+    train = load_preprocessed_eeg(synthetic.preprocessed_dir, 1, "training")
+    test = load_preprocessed_eeg(synthetic.preprocessed_dir, 1, "test")
+    assert train.data.shape == (12, 2, 17, 100) and test.data.shape == (8, 20, 17, 100)
+    assert train.ch_names == list(PUBLISHED_OP_CHANNELS)
+    np.testing.assert_allclose(test.times, -0.2 + np.arange(100) / 100, atol=1e-12)
+    gt = np.load(os.path.join(synthetic.root, "ground_truth.npz"))
+    assert set(gt.files) == set(synthetic.ground_truth)
+    np.testing.assert_array_equal(gt["evoked_test_sub-01"], synthetic.ground_truth["evoked_test_sub-01"])
+
+
+def test_data_carry_the_ground_truth_structure(synthetic: SyntheticThings) -> None:
+    gt = synthetic.ground_truth
+    test = load_preprocessed_eeg(synthetic.preprocessed_dir, 1, "test").data.mean(axis=1)
+    rdm = pdist(test.reshape(len(test), -1), "correlation")
+    truth = spearmanr(rdm, gt["rdm_evoked_sub-01"]).statistic
+    assert truth > 0.6, truth
+    # The RSA with the true features is the advertised one (computed here independently) ...
+    expected = spearmanr(
+        pdist(gt["test_features"], "correlation"),
+        pdist(gt["evoked_test_sub-01"].reshape(8, -1), "correlation"),
+    ).statistic
+    assert gt["expected_rsa_sub-01"] == pytest.approx(expected, abs=1e-12)
+    # ... and unrelated geometry scores far lower: permuting the images destroys the match.
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(8)
+    shuffled = pdist(gt["evoked_test_sub-01"][perm].reshape(8, -1), "correlation")
+    assert spearmanr(rdm, shuffled).statistic < truth - 0.3
+    # Every averaged test response resembles its own noise-free evoked response most.
+    ev = gt["evoked_test_sub-01"].reshape(8, -1)
+    corr = np.corrcoef(test.reshape(8, -1), ev)[:8, 8:]
+    assert (corr.argmax(axis=1) == np.arange(8)).all()
+
+
+def test_fmri_and_datasets_round_trip(synthetic: SyntheticThings) -> None:
+    train_path = os.path.join(synthetic.fmri_dir, "sub-01", "fmri_training.h5")
+    fmri = load_fmri(train_path)
+    assert fmri.data.shape == (12, 3, 70)
+    assert set(fmri.rois) == {"V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC"}
+    clean = synthetic.ground_truth["fmri_train_sub-01"]
+    assert np.corrcoef(fmri.average().ravel(), clean.ravel())[0, 1] > 0.7
+    meta = load_image_metadata(synthetic.image_dir)
+    tr, _ = fmri_datasets(
+        train_path,
+        train_path.replace("training", "test"),
+        meta.paths("training"),
+        meta.paths("test"),
+        rois="HVC",
+        pca_components=5,
+    )
+    img, resp = tr[0]
+    assert tuple(img.shape) == (3, 224, 224) and tuple(resp.shape) == (5,)
+    eeg_tr, eeg_te = things_eeg2_datasets(
+        synthetic.preprocessed_dir, 1, synthetic.image_dir, time_window=(0.0, 0.19), normalize="zscore"
+    )
+    assert len(eeg_tr) == 12 and len(eeg_te) == 8
+    img, resp = eeg_te[3]
+    assert tuple(img.shape) == (3, 224, 224) and tuple(resp.shape) == (17 * 20,)  # 17 channels x 20 samples
+
+
+def test_same_seed_same_dataset_different_seed_different(tmp_path: os.PathLike) -> None:
+    small = dict(
+        n_train_concepts=2,
+        images_per_concept=2,
+        n_test=3,
+        n_sessions=1,
+        test_repetitions=2,
+        raw_sfreq=250.0,
+        n_voxels=10,
+        image_size=16,
+        targets_per_session=1,
+    )
+    a = make_synthetic_things(os.path.join(tmp_path, "a"), seed=5, **small)
+    b = make_synthetic_things(os.path.join(tmp_path, "b"), seed=5, **small)
+    c = make_synthetic_things(os.path.join(tmp_path, "c"), seed=6, **small)
+    for key in ("train_features", "evoked_test_sub-01", "fmri_test_sub-01"):
+        np.testing.assert_array_equal(a.ground_truth[key], b.ground_truth[key])
+        assert not np.array_equal(a.ground_truth[key], c.ground_truth[key])
+    da = load_preprocessed_eeg(a.preprocessed_dir, 1, "test").data
+    np.testing.assert_array_equal(da, load_preprocessed_eeg(b.preprocessed_dir, 1, "test").data)
+
+
+def test_synthetic_bad_arguments(tmp_path: os.PathLike) -> None:
+    with pytest.raises(ValueError, match="n_test must be a positive int"):
+        make_synthetic_things(tmp_path, n_test=0)
+    with pytest.raises(ValueError, match="n_latents"):
+        make_synthetic_things(tmp_path, n_channels=4, n_latents=8)
+    with pytest.raises(ValueError, match=">= 2 repetitions"):
+        make_synthetic_things(tmp_path, test_repetitions=1)
+    assert not os.listdir(tmp_path)
