@@ -44,18 +44,18 @@ def _lse_fwd_kernel(
     for rb in range(0, my_blocks):
         rows = (pid * blocks_per_prog + rb) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < n_a
+        a_ptrs = A + rows.to(tl.int64)[:, None] * stride_a + offs_k[None, :]  # int64: N * D may pass 2^31
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         for col0 in range(0, n_b, BLOCK_N):
             cols = col0 + tl.arange(0, BLOCK_N)
             col_ok = cols < n_b
+            b_ptrs = B + cols.to(tl.int64)[:, None] * stride_b + offs_k[None, :]
             acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
             for k0 in range(0, D, BLOCK_K):
                 k_ok = (k0 + offs_k) < D
-                a = tl.load(A + rows[:, None] * stride_a + (k0 + offs_k)[None, :],
-                            mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
-                b = tl.load(B + cols[:, None] * stride_b + (k0 + offs_k)[None, :],
-                            mask=col_ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
+                a = tl.load(a_ptrs + k0, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs + k0, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
                 if UPCAST:  # the interpreter's dot mishandles bf16
                     a, b = a.to(tl.float32), b.to(tl.float32)
                 acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
@@ -67,7 +67,7 @@ def _lse_fwd_kernel(
                 sc = tl.where(row_ok[:, None], s, float("-inf"))
                 c_m = tl.max(sc, 0)
                 c_l = tl.sum(tl.exp2(sc - c_m[None, :]), 0)
-                ptr = pid * n_b + cols
+                ptr = pid.to(tl.int64) * n_b + cols
                 old_m = tl.load(COL_M + ptr, mask=col_ok, other=float("-inf"))
                 old_l = tl.load(COL_L + ptr, mask=col_ok, other=0.0)
                 new_m = tl.maximum(old_m, c_m)
@@ -90,13 +90,13 @@ def _ds_kernel(
     col_ok = cols < n_b
     rows = row0 + local
     offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = A + rows.to(tl.int64)[:, None] * stride_a + offs_k[None, :]
+    b_ptrs = B + cols.to(tl.int64)[:, None] * stride_b + offs_k[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in range(0, D, BLOCK_K):
         k_ok = (k0 + offs_k) < D
-        a = tl.load(A + rows[:, None] * stride_a + (k0 + offs_k)[None, :],
-                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
-        b = tl.load(B + cols[:, None] * stride_b + (k0 + offs_k)[None, :],
-                    mask=col_ok[:, None] & k_ok[None, :], other=0.0)  # fmt: skip
+        a = tl.load(a_ptrs + k0, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptrs + k0, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         if UPCAST:  # the interpreter's dot mishandles bf16
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
@@ -111,7 +111,7 @@ def _ds_kernel(
         ds += g_col[None, :] * tl.exp2(s2 - col_lse2[None, :])
         pos += g_col[None, :]
     ds = tl.where(cols[None, :] == rows[:, None] + offset, ds - pos, ds)
-    tl.store(DS + local[:, None] * stride_ds + cols[None, :], ds.to(DS.dtype.element_ty),
+    tl.store(DS + local.to(tl.int64)[:, None] * stride_ds + cols[None, :], ds.to(DS.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])  # fmt: skip
 
 
