@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -65,11 +66,28 @@ def _check_against_reference(x, y, temperature, backend, symmetric, reduction, d
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(mag, float(b.abs().max())), msg=name)
 
 
+@contextlib.contextmanager
+def _patched(module, **values):
+    """Temporarily set module attributes (monkeypatch does not reset between hypothesis examples)."""
+    old = {k: getattr(module, k) for k in values}
+    for k, v in values.items():
+        setattr(module, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(module, k, v)
+
+
 @given(n=SIZES_N, d=SIZES_D, temperature=TEMPERATURES, symmetric=st.booleans(),
-       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 2**16))  # fmt: skip
-def test_torch_backend_float64_matches_reference(n, d, temperature, symmetric, reduction, seed):
+       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 2**16),
+       stripe=st.sampled_from([1, 5, 64, 1 << 24]))  # fmt: skip
+def test_torch_backend_float64_matches_reference(n, d, temperature, symmetric, reduction, seed, stripe):
     x, y = _inputs(n, d, torch.float64, seed)
-    _check_against_reference(x, y, temperature, "torch", symmetric, reduction, "cpu", torch.float64, 1e-10)
+    with _patched(torch_chunked, _STRIPE_ELEMENTS=stripe):  # one row per stripe up to a single stripe
+        _check_against_reference(
+            x, y, temperature, "torch", symmetric, reduction, "cpu", torch.float64, 1e-10
+        )
 
 
 @given(n=SIZES_N, d=SIZES_D, temperature=TEMPERATURES, symmetric=st.booleans(), seed=st.integers(0, 2**16))
@@ -88,13 +106,20 @@ def test_torch_backend_uses_several_stripes(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.triton
 @settings(max_examples=15)
 @given(n=SIZES_N, d=SIZES_D, temperature=TEMPERATURES, symmetric=st.booleans(),
-       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 2**16))  # fmt: skip
-def test_triton_float32_matches_reference(triton_device, n, d, temperature, symmetric, reduction, seed):
+       reduction=st.sampled_from(["mean", "sum", "none"]), seed=st.integers(0, 2**16),
+       programs=st.sampled_from([1, 2, 64]), stripe_rows=st.sampled_from([32, 64, 1 << 20]))  # fmt: skip
+def test_triton_float32_matches_reference(
+    triton_device, n, d, temperature, symmetric, reduction, seed, programs, stripe_rows
+):
+    from fastalign.contrastive import triton as tr
+
     x, y = _inputs(n, d, torch.float64, seed, normalize=True)
     tol = 2e-5 if torch.get_float32_matmul_precision() == "highest" else 1e-3
-    _check_against_reference(
-        x, y, temperature, "triton", symmetric, reduction, triton_device, torch.float32, tol
-    )
+    # few programs: several row blocks each in the forward; few stripe rows: several backward stripes
+    with _patched(tr, _max_programs=lambda t: programs, _STRIPE_BYTES=stripe_rows * n * 4):
+        _check_against_reference(
+            x, y, temperature, "triton", symmetric, reduction, triton_device, torch.float32, tol
+        )
 
 
 @pytest.mark.triton
