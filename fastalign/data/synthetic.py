@@ -33,7 +33,12 @@ PUBLISHED_OP_CHANNELS = (
     "P7", "P5", "P3", "P1", "Pz", "P2", "P4", "P6", "P8",
     "PO7", "PO3", "POz", "PO4", "PO8", "O1", "Oz", "O2",
 )  # fmt: skip
-_OTHER_CHANNELS = ("Fp1", "Fz", "Cz", "T7", "T8", "C3", "C4", "F3", "F4", "CPz", "FCz", "AFz")
+#: The 46 other channels of the 63-channel THINGS-EEG2 montage (frontal, central, temporal).
+_OTHER_CHANNELS = (
+    "Fp1", "Fp2", "AF7", "AF3", "AFz", "AF4", "AF8", "F7", "F5", "F3", "F1", "Fz", "F2", "F4", "F6", "F8",
+    "FT9", "FT7", "FC5", "FC3", "FC1", "FCz", "FC2", "FC4", "FC6", "FT8", "FT10", "T7", "C5", "C3", "C1",
+    "Cz", "C2", "C4", "C6", "T8", "TP9", "TP7", "CP5", "CP3", "CP1", "CPz", "CP2", "CP4", "CP6", "TP8",
+)  # fmt: skip
 _SHAPES = ("disk", "square", "triangle", "ring", "stripes", "checker", "cross", "blob")
 #: Stimulus onset asynchrony of the THINGS-EEG2 RSVP design, in seconds.
 SOA = 0.2
@@ -242,6 +247,7 @@ def make_synthetic_things(
     image_size: int = 64,
     mvnn_dim: str = "time",
     seed: int = 0,
+    preprocess: bool = True,
 ) -> SyntheticThings:
     """Writes a small THINGS-EEG2-layout dataset generated from a known brain (see the module doc).
 
@@ -254,7 +260,8 @@ def make_synthetic_things(
             times and, as published, half of the training images (each image in n_sessions // 2
             sessions; all of them when n_sessions == 1) ``training_repetitions`` times.
         n_channels: Occipital/parietal channels kept by preprocessing (published: 17).
-        n_extra_channels: Other channels in the raw files (dropped by the channel regex).
+        n_extra_channels: Other channels in the raw files, dropped by the channel regex (up to 46:
+            17 + 46 = the published 63-channel montage).
         n_times: Time points per preprocessed epoch; the epoch is -0.2..0.8 s, so the output rate is
             n_times Hz (published: 100).
         raw_sfreq: Raw sampling rate in Hz (published: 1000).
@@ -265,6 +272,8 @@ def make_synthetic_things(
         image_size: Side of the square JPEG images in pixels.
         mvnn_dim: MVNN mode used to make the preprocessed files.
         seed: Everything is a deterministic function of the arguments.
+        preprocess: Run :func:`preprocess_things_eeg2` to write the preprocessed files (False leaves
+            only raw data, images and fMRI, e.g. to time the preprocessing separately).
 
     Returns:
         SyntheticThings. ``ground_truth`` holds ``train_features`` (n_train, k), ``test_features``
@@ -365,31 +374,31 @@ def make_synthetic_things(
                 codes = np.where(is_target, TARGET_EVENT, trials + 1)
                 raw = _raw_session(brain, tfeat, codes, raw_sfreq, ch_names, srng)
                 save_npy(raw_path(out.raw_dir, subject, ses, split), raw)  # type: ignore[arg-type]
-        result = preprocess_things_eeg2(
-            out.raw_dir,
-            subject,
-            out.preprocessed_dir,
-            sfreq=out_sfreq,
-            channels=OCCIPITAL_PARIETAL,
-            training_repetitions=training_repetitions,
-            test_repetitions=test_repetitions,
-            mvnn_dim=mvnn_dim,  # type: ignore[arg-type]
-            write=True,
-        )
-        if result.test.data.shape[-1] != n_times:
-            raise ValueError(
-                f"make_synthetic_things: raw_sfreq={raw_sfreq} and n_times={n_times} give "
-                f"{result.test.data.shape[-1]} samples per epoch after resampling to {out_sfreq} Hz; "
-                "expected n_times (e.g. raw_sfreq=1000 works for any n_times < 500)"
+        if preprocess:
+            result = preprocess_things_eeg2(
+                out.raw_dir,
+                subject,
+                out.preprocessed_dir,
+                sfreq=out_sfreq,
+                channels=OCCIPITAL_PARIETAL,
+                training_repetitions=training_repetitions,
+                test_repetitions=test_repetitions,
+                mvnn_dim=mvnn_dim,  # type: ignore[arg-type]
+                write=True,
             )
+            if result.test.data.shape[-1] != n_times or result.test.ch_names != op_names:
+                raise ValueError(
+                    f"make_synthetic_things: raw_sfreq={raw_sfreq} and n_times={n_times} give "
+                    f"{result.test.data.shape[-1]} samples per epoch after resampling to {out_sfreq} Hz; "
+                    "expected n_times (e.g. raw_sfreq=1000 works for any n_times < 500)"
+                )
         sub = f"_sub-{subject:02d}"
         scale = 1e-6 / np.sqrt(n_channels)
         gt["mixing" + sub] = brain.mixing
         gt["latency" + sub], gt["width" + sub] = brain.latency, brain.width
         gt["noise_cov" + sub] = (brain.mixing @ brain.mixing.T + 0.01 * np.eye(n_channels)) * scale**2
-        order = [op_names.index(c) for c in result.test.ch_names]
         for split, f in (("train", gt["train_features"]), ("test", gt["test_features"])):
-            gt[f"evoked_{split}{sub}"] = brain.evoked(f, out_times)[:, order] * scale
+            gt[f"evoked_{split}{sub}"] = brain.evoked(f, out_times) * scale
         gt["rdm_features" + sub] = _condensed_corr_rdm(gt["test_features"])
         gt["rdm_evoked" + sub] = _condensed_corr_rdm(gt["evoked_test" + sub])
         from scipy.stats import spearmanr

@@ -1,0 +1,180 @@
+"""MVNN and the full THINGS-EEG2 preprocessing, at (or extrapolated to) the published sizes, on the CPU.
+
+Published sizes: 63 raw channels at 1000 Hz, 4 sessions; per session 8,270 training images x 2
+repetitions and 200 test images x 20 repetitions (16,540 training conditions x 4 repetitions and
+200 x 80 after merging), 17 occipital/parietal channels x 100 samples per epoch.
+
+- ``mvnn``: fastalign's vectorised MVNN of one session at the published size (measured in full), and the
+  published per-condition loop (gifale95/eeg_encoding: sklearn ``_cov(shrinkage="auto")`` per condition
+  and time point / repetition), timed on a slice of conditions and extrapolated linearly to the session
+  (its cost is a sum of identical per-condition terms); the extrapolation is labelled as such.
+- ``preprocess``: ``preprocess_things_eeg2`` on a synthetic subject (raw files from
+  ``make_synthetic_things``: 63 channels, 1000 Hz, 4 sessions, 200 test images x 20 repetitions per
+  session as published) with the training set reduced to a fraction of the 16,540 images, at two
+  fractions; total time and peak memory are fitted as a + b * (training trials) and extrapolated to the
+  full size. The full size (about 1.7 GB of raw float64 per session file, a 2.3 GB epochs array per
+  session, ~12 minutes on this 2-core CPU by the extrapolation) does not fit the few-minute budget of a
+  shared 2-core machine, so it is NOT measured directly.
+
+    flock /tmp/fastalign-bench.lock python benchmarks/bench_data.py
+    python benchmarks/bench_data.py --fractions 0.0625 0.125 --loop-conditions 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import harness
+
+from fastalign.data import make_synthetic_things, mvnn, preprocess_things_eeg2
+
+TRAIN_IMAGES, TEST_IMAGES, TRAIN_REPS, TEST_REPS, SESSIONS = 16540, 200, 2, 20, 4
+N_CH, N_T = 17, 100
+CASE, IMPL = "preprocess_things_eeg2, 1 subject", "fastalign (MNE + vectorised MVNN)"
+
+
+def _row(case: str, impl: str, shape: str, seconds: float, how: str, **extra: Any) -> dict[str, Any]:
+    row = {"case": case, "impl": impl, "shape": shape, "seconds": seconds, "how": how}
+    row.update({"p20_s": None, "p80_s": None, "peak_mem_mb": None, "speedup": None} | extra)
+    return row
+
+
+def _session(rng: np.random.Generator, n_cond: int, n_rep: int) -> np.ndarray:
+    mix = np.eye(N_CH) + 0.3 * rng.normal(size=(N_CH, N_CH))
+    return np.einsum("ij,crjt->crit", mix, rng.normal(size=(n_cond, n_rep, N_CH, N_T)))
+
+
+def _published_loop(parts: list[np.ndarray], dim: str) -> np.ndarray:
+    """The reference's covariance loop (whitening itself is one matmul in both, so it is left out)."""
+    from sklearn.discriminant_analysis import _cov
+
+    sigma_part = []
+    for data in parts:
+        sigma_cond = []
+        for cond in data:
+            if dim == "time":
+                covs = [_cov(cond[:, :, t], shrinkage="auto") for t in range(cond.shape[2])]
+            else:
+                covs = [_cov(np.transpose(cond[e]), shrinkage="auto") for e in range(cond.shape[0])]
+            sigma_cond.append(np.mean(covs, axis=0))
+        sigma_part.append(np.mean(sigma_cond, axis=0))
+    return np.asarray(np.mean(sigma_part, axis=0))
+
+
+def bench_mvnn(loop_conditions: int, reps: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    per_session = TRAIN_IMAGES // 2  # each training image is in 2 of the 4 sessions
+    test, train = _session(rng, TEST_IMAGES, TEST_REPS), _session(rng, per_session, TRAIN_REPS)
+    shape = f"test {test.shape} + train {train.shape}"
+    rows = []
+    for dim in ("time", "epochs"):
+        gc.collect()
+        t = harness.time_fn(lambda dim=dim: mvnn([test, train], dim), "cpu", warmup=1, rep=reps)
+        mem = harness.peak_memory_bytes(lambda dim=dim: mvnn([test, train], dim), "cpu")
+        fast = t["median_ms"] / 1e3
+        case = f"mvnn dim={dim}, 1 session"
+        rows.append(
+            _row(case, "fastalign (vectorised)", shape, fast, f"measured, median of {reps}",
+                 p20_s=t["p20_ms"] / 1e3, p80_s=t["p80_ms"] / 1e3, peak_mem_mb=mem / 2**20)
+        )  # fmt: skip
+        # The published loop on a slice of conditions, scaled by the number of conditions.
+        k_test = max(1, loop_conditions * TEST_IMAGES // per_session)
+        t0 = time.perf_counter()
+        _published_loop([train[:loop_conditions]], dim)
+        t_train = (time.perf_counter() - t0) / loop_conditions
+        t0 = time.perf_counter()
+        _published_loop([test[:k_test]], dim)
+        t_test = (time.perf_counter() - t0) / k_test
+        loop = t_train * per_session + t_test * TEST_IMAGES
+        how = f"EXTRAPOLATED from {loop_conditions} train + {k_test} test conditions"
+        rows.append(_row(case, "published sklearn loop", shape, loop, how, speedup=loop / fast))
+        print(rows[-2], rows[-1], sep="\n", flush=True)
+    return rows
+
+
+def _make_subject(root: str, fraction: float) -> int:
+    n_concepts = max(1, round(TRAIN_IMAGES * fraction / 10))
+    make_synthetic_things(
+        root, n_train_concepts=n_concepts, images_per_concept=10, n_test=TEST_IMAGES, n_sessions=SESSIONS,
+        training_repetitions=TRAIN_REPS, test_repetitions=TEST_REPS, n_channels=N_CH, n_extra_channels=46,
+        n_times=N_T, raw_sfreq=1000.0, image_size=8, n_voxels=8, fmri_repetitions=1, preprocess=False,
+    )  # fmt: skip
+    return n_concepts * 10
+
+
+def bench_preprocess(fractions: list[float]) -> list[dict[str, Any]]:
+    rows, points = [], []
+    for fraction in fractions:
+        with tempfile.TemporaryDirectory(prefix="fastalign-bench-") as root:
+            n_train = _make_subject(root, fraction)
+            gc.collect()
+            trials = SESSIONS * (n_train // 2 * TRAIN_REPS + TEST_IMAGES * TEST_REPS)
+            t0 = time.perf_counter()
+            mem = harness.peak_memory_bytes(
+                lambda root=root: preprocess_things_eeg2(os.path.join(root, "raw_data"), 1), "cpu"
+            )
+            seconds = time.perf_counter() - t0
+        points.append((n_train, seconds, mem))
+        size = f"{n_train} train imgs x 4 reps, 200 test x 80; {trials} raw trials, 63 ch @ 1000 Hz"
+        rows.append(_row(CASE, IMPL, size, seconds, "measured, 1 run", peak_mem_mb=mem / 2**20))
+        print(rows[-1], flush=True)
+    if len(points) >= 2:
+        n = np.array([p[0] for p in points], dtype=float)
+        t_fit = np.polyfit(n, [p[1] for p in points], 1)
+        m_fit = np.polyfit(n, [p[2] for p in points], 1)
+        size = f"{TRAIN_IMAGES} train imgs x 4 reps, 200 test x 80 (published)"
+        how = f"EXTRAPOLATED: linear fit over the {len(points)} measured rows above"
+        seconds = float(np.polyval(t_fit, TRAIN_IMAGES))
+        mem_mb = float(np.polyval(m_fit, TRAIN_IMAGES)) / 2**20
+        rows.append(_row(CASE, IMPL, size, seconds, how, peak_mem_mb=mem_mb))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.0625, 0.125],
+                   help="fractions of the 16,540 training images for the preprocessing runs")  # fmt: skip
+    p.add_argument("--loop-conditions", type=int, default=100, help="conditions timed in the published loop")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions of the vectorised MVNN")
+    p.add_argument("--no-save", action="store_true")
+    args = p.parse_args()
+    rows = bench_mvnn(args.loop_conditions, args.reps) + bench_preprocess(args.fractions)
+    meta = {
+        "columns": [
+            ["case", "case"],
+            ["impl", "implementation"],
+            ["shape", "size"],
+            ["seconds", "time (s)"],
+            ["p20_s", "p20 (s)"],
+            ["p80_s", "p80 (s)"],
+            ["peak_mem_mb", "peak mem (MB)"],
+            ["speedup", "speedup"],
+            ["how", "how"],
+        ],
+        "note": (
+            "CPU only, float64, shared 2-core machine (other engineers' jobs may run at the same time). "
+            "The published loop and the full-size preprocessing are extrapolated, not measured: see the "
+            "'how' column. Preprocessing times include reading the raw .npy files, MNE epoching and "
+            "resampling, MVNN and writing both output files; peak memory is the process's peak RSS "
+            "above its RSS before the call."
+        ),
+        "fractions": args.fractions,
+        "loop_conditions": args.loop_conditions,
+    }
+    if not args.no_save:
+        print(harness.save("data", "cpu", rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
