@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (before anything that may load fastalign._C)
 
+from fastalign import data  # brain data loaders; imports no MNE/sklearn until used (~25 ms)
 from fastalign.contrastive import InfoNCELoss, infonce_loss
 from fastalign.rsa import (
     ClusterResult,
@@ -30,6 +31,7 @@ __all__ = [
     "__version__",
     "cluster_permutation_test",
     "compare_rdms",
+    "data",
     "infonce_loss",
     "noise_ceiling",
     "rank",
