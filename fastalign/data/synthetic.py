@@ -1,16 +1,18 @@
 """A synthetic THINGS-EEG2 (+ fMRI) dataset from a known "brain", written in the published layout.
 
-Images are procedural (a shape, colours and texture per concept, jittered per image). Each image's
-ground-truth features are a fixed function of its pixels (8 x 8 colour thumbnail -> random projection
--> tanh, standardised). A subject's brain maps them to EEG: every feature drives one cortical source
-with its own temporal response (a Gaussian bump at its own latency), a shared ERP (P1/N1) is added, the
-sources reach the sensors through a mixing matrix L, and sensor noise is L times independent AR(1)
-source noise plus a little white noise, so that it is correlated across channels as real EEG noise is
-(MVNN has something to undo). Trials follow the THINGS-EEG2 RSVP design (one image every 200 ms,
-overlapping responses, target trials with code 99999) and are written as raw session files; the
-preprocessed files are then made by :func:`fastalign.data.preprocess_things_eeg2` from those raw files,
-so every loader reads this dataset through the same code as the real one. fMRI responses are linear in
-the same features (early visual ROIs) and in a per-concept embedding (higher ROIs), plus noise.
+Images are augmented crops of scikit-image's bundled sample photographs when it is installed (a
+photo, region and colour cast per concept, jittered per image), else procedural (a shape and colours
+per concept, jittered per image). Each image's ground-truth features are a fixed function of its
+pixels (8 x 8 colour thumbnail -> random projection -> tanh, standardised). A subject's brain maps
+them to EEG: every feature drives one cortical source with its own temporal response (a Gaussian bump
+at its own latency), a shared ERP (P1/N1) is added, the sources reach the sensors through a mixing
+matrix L, and sensor noise is L times independent AR(1) source noise plus a little white noise, so
+that it is correlated across channels as real EEG noise is (MVNN has something to undo). Trials
+follow the THINGS-EEG2 RSVP design (one image every 200 ms, overlapping responses, target trials with
+code 99999) and are written as raw session files; the preprocessed files are then made by
+:func:`fastalign.data.preprocess_things_eeg2` from those raw files, so every loader reads this
+dataset through the same code as the real one. fMRI responses are linear in the same features (early
+visual ROIs) and in a per-concept embedding (higher ROIs), plus noise.
 
 The ground truth (features, noise-free evoked responses, mixing, noise covariance, the test RDMs and
 their expected RSA) is returned and saved to ``root/ground_truth.npz``.
@@ -18,6 +20,7 @@ their expected RSA) is returned and saved to ``root/ground_truth.npz``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +46,12 @@ _SHAPES = ("disk", "square", "triangle", "ring", "stripes", "checker", "cross", 
 #: Stimulus onset asynchrony of the THINGS-EEG2 RSVP design, in seconds.
 SOA = 0.2
 _EPOCH = (-0.2, 0.8)
+#: scikit-image's bundled sample photographs (in its wheel; no download) used when it is installed.
+_PHOTOS = (
+    "astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "moon.png", "page.png",
+    "text.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png",
+    "brick.png", "grass.png", "gravel.png", "horse.png", "clock_motion.png", "cell.png",
+)  # fmt: skip
 FMRI_ROIS = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC")
 _HIGHER = ("LOC", "FFA", "PPA")
 
@@ -104,6 +113,46 @@ def _render(shape: str, size: int, fg: np.ndarray, bg: np.ndarray, rng: np.rando
     jitter = rng.normal(0, 0.05, 3)
     img = np.where(m[..., None], fg + jitter, bg - jitter) + rng.normal(0, 0.03, (size, size, 3))
     return np.asarray(np.clip(img * 255, 0, 255).round(), dtype=np.uint8)
+
+
+def _photo_dir() -> str | None:
+    """scikit-image's data folder when it is installed with the sample photographs, else None.
+
+    The files are read with PIL, so skimage itself is never imported (it is slow to import)."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = os.path.join(next(iter(spec.submodule_search_locations)), "data")
+    return folder if all(os.path.isfile(os.path.join(folder, p)) for p in _PHOTOS) else None
+
+
+def _load_photos(folder: str) -> list[np.ndarray]:
+    from PIL import Image
+
+    photos = []
+    for name in _PHOTOS:
+        with Image.open(os.path.join(folder, name)) as im:
+            photos.append(np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0)
+    return photos
+
+
+def _augment(
+    photo: np.ndarray, size: int, centre: np.ndarray, tint: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """A (size, size, 3) uint8 view of a photo: a concept-specific region and colour, with per-image
+    jitter of crop position and scale, a random horizontal flip and brightness noise."""
+    from PIL import Image
+
+    h, w = photo.shape[:2]
+    side = int(min(h, w) * rng.uniform(0.45, 0.7))
+    cy, cx = (centre + rng.uniform(-0.05, 0.05, 2)) * [h, w]
+    top = int(np.clip(cy - side / 2, 0, h - side))
+    left = int(np.clip(cx - side / 2, 0, w - side))
+    crop = photo[top : top + side, left : left + side] * (0.7 + 0.6 * tint) * rng.uniform(0.85, 1.15)
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    pixels = np.asarray(np.clip(crop * 255, 0, 255).round(), dtype=np.uint8)
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _save_jpeg(path: str, pixels: np.ndarray) -> None:
@@ -248,6 +297,7 @@ def make_synthetic_things(
     mvnn_dim: str = "time",
     seed: int = 0,
     preprocess: bool = True,
+    image_source: str = "auto",
 ) -> SyntheticThings:
     """Writes a small THINGS-EEG2-layout dataset generated from a known brain (see the module doc).
 
@@ -272,6 +322,10 @@ def make_synthetic_things(
         image_size: Side of the square JPEG images in pixels.
         mvnn_dim: MVNN mode used to make the preprocessed files.
         seed: Everything is a deterministic function of the arguments.
+        image_source: "photos": augmented crops of scikit-image's bundled sample photographs (needs
+            scikit-image installed; its files are read with PIL); "procedural": drawn shapes; "auto":
+            photos when scikit-image is installed, else procedural. ``ground_truth["image_source"]``
+            says which was used.
         preprocess: Run :func:`preprocess_things_eeg2` to write the preprocessed files (False leaves
             only raw data, images and fMRI, e.g. to time the preprocessing separately).
 
@@ -305,6 +359,11 @@ def make_synthetic_things(
         raise ValueError("make_synthetic_things: MVNN needs >= 2 repetitions per session and partition")
     if not (snr > 0 and fmri_snr > 0 and raw_sfreq >= 2 * n_times):
         raise ValueError("make_synthetic_things: snr, fmri_snr must be > 0 and raw_sfreq >= 2 * n_times")
+    if image_source not in ("auto", "photos", "procedural"):
+        raise ValueError(
+            "make_synthetic_things: image_source must be 'auto', 'photos' or 'procedural', "
+            f"got {image_source!r}"
+        )
     if n_extra_channels < 0 or n_extra_channels > len(_OTHER_CHANNELS):
         raise ValueError(f"make_synthetic_things: n_extra_channels must be 0..{len(_OTHER_CHANNELS)}")
 
@@ -322,8 +381,19 @@ def make_synthetic_things(
 
     # Images and metadata.
     n_concepts = n_train_concepts + n_test
-    shapes = [_SHAPES[i % len(_SHAPES)] for i in rng.permutation(n_concepts)]
-    fg, bg = rng.uniform(0.1, 0.9, (n_concepts, 3)), rng.uniform(0.1, 0.9, (n_concepts, 3))
+    photo_dir = _photo_dir() if image_source in ("auto", "photos") else None
+    if image_source == "photos" and photo_dir is None:
+        raise ImportError(
+            "make_synthetic_things: image_source='photos' needs scikit-image (pip install scikit-image)"
+        )
+    photos = _load_photos(photo_dir) if photo_dir is not None else []
+    if photos:  # concept = a photo (cycled) + its own region and colour cast
+        kinds = [os.path.splitext(_PHOTOS[i % len(_PHOTOS)])[0].split("_")[0] for i in range(n_concepts)]
+        centres, tints = rng.uniform(0.3, 0.7, (n_concepts, 2)), rng.uniform(0.0, 1.0, (n_concepts, 3))
+    else:  # concept = a shape with its own colours
+        kinds = [_SHAPES[i % len(_SHAPES)] for i in rng.permutation(n_concepts)]
+        fg, bg = rng.uniform(0.1, 0.9, (n_concepts, 3)), rng.uniform(0.1, 0.9, (n_concepts, 3))
+    gt["image_source"] = np.array("photos" if photos else "procedural")
     meta: dict[str, list[str]] = {k: [] for k in ("train_img_concepts", "train_img_files")}
     meta.update({"test_img_concepts": [], "test_img_files": []})
     paths: dict[str, list[str]] = {"train": [], "test": []}
@@ -331,11 +401,15 @@ def make_synthetic_things(
     for c in range(n_concepts):
         split, folder = ("train", "training_images") if c < n_train_concepts else ("test", "test_images")
         index = c if split == "train" else c - n_train_concepts
-        concept = f"{index + 1:05d}_{shapes[c]}{c}"
+        concept = f"{index + 1:05d}_{kinds[c]}{c}"
         for j in range(images_per_concept if split == "train" else 1):
-            file = f"{shapes[c]}{c}_{j + 1:02d}{'b' if split == 'train' else 's'}.jpg"
+            file = f"{kinds[c]}{c}_{j + 1:02d}{'b' if split == 'train' else 's'}.jpg"
             path = os.path.join(out.image_dir, folder, concept, file)
-            _save_jpeg(path, _render(shapes[c], image_size, fg[c], bg[c], rng))
+            if photos:
+                pixels = _augment(photos[c % len(photos)], image_size, centres[c], tints[c], rng)
+            else:
+                pixels = _render(kinds[c], image_size, fg[c], bg[c], rng)
+            _save_jpeg(path, pixels)
             meta[f"{split}_img_concepts"].append(concept)
             meta[f"{split}_img_files"].append(file)
             paths[split].append(path)

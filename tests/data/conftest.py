@@ -17,6 +17,7 @@ SMALL = dict(
     n_voxels=70,
     image_size=48,
     seed=3,
+    image_source="procedural",  # the same dataset whether or not scikit-image is installed
 )
 
 

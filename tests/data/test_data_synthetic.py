@@ -117,6 +117,24 @@ def test_same_seed_same_dataset_different_seed_different(tmp_path: os.PathLike) 
     np.testing.assert_array_equal(da, load_preprocessed_eeg(b.preprocessed_dir, 1, "test").data)
 
 
+def test_photo_images_from_scikit_image(tmp_path: os.PathLike) -> None:
+    pytest.importorskip("skimage")
+    from PIL import Image
+
+    ds = make_synthetic_things(tmp_path, n_train_concepts=3, images_per_concept=2, n_test=4, n_sessions=1,
+                               test_repetitions=20, raw_sfreq=250.0, n_voxels=10, image_size=32,
+                               image_source="photos", seed=1)  # fmt: skip
+    assert str(ds.ground_truth["image_source"]) == "photos"
+    meta = load_image_metadata(ds.image_dir, check_files=True)
+    assert meta.train_img_concepts[0].endswith("_astronaut0")  # concept 0 is the first photograph
+    pixels = [np.asarray(Image.open(p), dtype=float) for p in meta.paths("training")]
+    assert all(p.shape == (32, 32, 3) for p in pixels)
+    assert np.abs(pixels[0] - pixels[1]).mean() > 1  # two augmentations of one concept differ
+    test = load_preprocessed_eeg(ds.preprocessed_dir, 1, "test").data.mean(axis=1)
+    rdm = pdist(test.reshape(4, -1), "correlation")
+    assert spearmanr(rdm, ds.ground_truth["rdm_evoked_sub-01"]).statistic > 0.5
+
+
 def test_synthetic_bad_arguments(tmp_path: os.PathLike) -> None:
     with pytest.raises(ValueError, match="n_test must be a positive int"):
         make_synthetic_things(tmp_path, n_test=0)
@@ -124,4 +142,6 @@ def test_synthetic_bad_arguments(tmp_path: os.PathLike) -> None:
         make_synthetic_things(tmp_path, n_channels=4, n_latents=8)
     with pytest.raises(ValueError, match=">= 2 repetitions"):
         make_synthetic_things(tmp_path, test_repetitions=1)
+    with pytest.raises(ValueError, match="image_source must be"):
+        make_synthetic_things(tmp_path, image_source="photo")
     assert not os.listdir(tmp_path)
