@@ -52,8 +52,6 @@ def _validate(x: Any, y: Any, reduction: str) -> None:
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"infonce_loss: N and D must be at least 1, got shape {tuple(x.shape)}")
-    if x.dtype != y.dtype:
-        raise TypeError(f"infonce_loss: x and y must share a dtype, got x {x.dtype} and y {y.dtype}")
     if x.device != y.device:
         raise ValueError(
             f"infonce_loss: x and y must be on one device, got x on {x.device} and y on {y.device}"
@@ -122,7 +120,7 @@ def infonce_loss(
 
     Args:
         x: (N, D) float tensor.
-        y: (N, D) float tensor, same dtype and device as x.
+        y: (N, D) float tensor on x's device; mixed dtypes are promoted (torch.promote_types).
         temperature: positive float, or a 0-dim tensor (gradients flow to it; checking it syncs).
         symmetric: average both directions (True) or use rows only (False).
         reduction: "mean" or "sum" over the N per-index losses, or "none" for the (N,) losses
@@ -149,7 +147,24 @@ def _loss(
     backend: str,
     group: Any,
 ) -> torch.Tensor:
+    if x.dtype != y.dtype:  # e.g. bf16 brain embeddings under autocast vs cached fp32 image embeddings
+        dtype = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(dtype), y.to(dtype)
     chosen = _dispatch.choose(backend, x, y)
+    # the backends choose their own precisions; autocast would silently lower the reference's
+    with torch.autocast(x.device.type, enabled=False):
+        return _dispatched(x, y, scale, symmetric, reduction, chosen, group)
+
+
+def _dispatched(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: torch.Tensor,
+    symmetric: bool,
+    reduction: str,
+    chosen: str,
+    group: Any,
+) -> torch.Tensor:
     if group is not None:
         from fastalign.contrastive.distributed import distributed_infonce
 

@@ -242,7 +242,6 @@ def test_module_clamps_scale_like_clip() -> None:
         ({"x": torch.randn(4), "y": torch.randn(4)}, ValueError, "shape \\(N, D\\)"),
         ({"x": torch.ones(4, 3, dtype=torch.int64), "y": torch.ones(4, 3, dtype=torch.int64)}, TypeError,
          "floating-point"),
-        ({"x": torch.randn(4, 3), "y": torch.randn(4, 3, dtype=torch.float64)}, TypeError, "share a dtype"),
         ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "temperature": 0.0}, ValueError, "and finite"),
         ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "temperature": -1.0}, ValueError, "positive"),
         ({"x": torch.randn(4, 3), "y": torch.randn(4, 3), "temperature": float("nan")}, ValueError, "finite"),
@@ -293,3 +292,20 @@ def test_env_var_overrides_auto(monkeypatch) -> None:
     monkeypatch.setenv("FASTALIGN_BACKEND", "bogus")
     with pytest.raises(ValueError, match="FASTALIGN_BACKEND"):
         api._dispatch.choose("auto", x, y)
+
+
+def test_mixed_dtypes_are_promoted_and_autocast_does_not_lower_precision() -> None:
+    x, y = _inputs(20, 6, torch.float64, 8)
+    xb = x.to(torch.bfloat16).requires_grad_()
+    got = fastalign.infonce_loss(xb, y, 0.1, backend="torch")
+    torch.testing.assert_close(got, fastalign.infonce_loss(xb.double(), y, 0.1, backend="reference"))
+    got.backward()
+    assert xb.grad is not None and xb.grad.dtype == torch.bfloat16
+    x32, y32 = x.float(), y.float()  # autocast lowers float32 matmuls (not float64) to bf16
+    want32 = fastalign.infonce_loss(x32, y32, 0.1, backend="reference")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert (x32 @ y32.T).dtype == torch.bfloat16  # autocast is really on here
+        for backend in ("reference", "torch"):
+            torch.testing.assert_close(
+                fastalign.infonce_loss(x32, y32, 0.1, backend=backend), want32, rtol=1e-5, atol=1e-5
+            )
