@@ -55,6 +55,13 @@ class EEGResponses:
             )
 
 
+# MNE's data channel types (what picks="data" selects); stim, EOG, ECG, misc... are left out.
+_DATA_TYPES = frozenset(
+    {"eeg", "mag", "grad", "seeg", "dbs", "ecog", "csd", "hbo", "hbr", "fnirs_cw_amplitude",
+     "fnirs_fd_ac_amplitude", "fnirs_fd_phase", "fnirs_od"}
+)  # fmt: skip
+
+
 def _is_epochs(x: Any) -> bool:
     try:
         import mne
@@ -75,8 +82,16 @@ def epochs_to_responses(epochs: Any) -> EEGResponses:
     """
     if not _is_epochs(epochs):
         raise TypeError(f"epochs must be mne.Epochs or mne.EpochsArray, got {type(epochs).__name__}")
-    picks = epochs.copy().pick("data", exclude="bads") if len(epochs.ch_names) else epochs
-    data = picks.get_data()
+    bads = set(epochs.info["bads"])
+    types = epochs.get_channel_types()
+    keep = [
+        i
+        for i, (n, t) in enumerate(zip(epochs.ch_names, types, strict=True))
+        if t in _DATA_TYPES and n not in bads
+    ]
+    if not keep:
+        raise ValueError(f"epochs: no good data channels (EEG/MEG/iEEG/fNIRS) among {epochs.ch_names}")
+    data = epochs.get_data(picks=keep)  # only the kept channels are copied out
     codes = np.asarray(epochs.events[:, 2])
     conditions, counts = np.unique(codes, return_counts=True)
     if counts.min() != counts.max():
@@ -88,7 +103,8 @@ def epochs_to_responses(epochs: Any) -> EEGResponses:
     order = np.argsort(codes, kind="stable")
     n_rep = int(counts[0])
     sorted_data = data[order].reshape(len(conditions), n_rep, *data.shape[1:])
-    return EEGResponses(sorted_data, list(picks.ch_names), np.asarray(picks.times), conditions, "mne.Epochs")
+    names = [epochs.ch_names[i] for i in keep]
+    return EEGResponses(sorted_data, names, np.asarray(epochs.times), conditions, "mne.Epochs")
 
 
 def as_responses(x: Any, name: str = "data") -> EEGResponses:

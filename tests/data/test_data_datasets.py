@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fastalign.data import BrainImageDataset, EEGResponses, fit_norm_stats
+from fastalign.data import BrainImageDataset, EEGResponses, epochs_to_responses, fit_norm_stats
 
 NAMES = ["O1", "Oz", "O2", "P1"]
 TIMES = -0.2 + np.arange(10) / 10
@@ -108,3 +108,18 @@ def test_mne_epochs_and_fmri_shapes_and_images() -> None:
         BrainImageDataset(fmri, repetitions=7)
     with pytest.raises(IndexError):
         ds[6]
+
+
+def test_epochs_keep_good_data_channels_and_need_equal_repetitions() -> None:
+    rng = np.random.default_rng(0)
+    info = mne.create_info(["O1", "Oz", "EOG1", "STI"], 100.0, ["eeg", "eeg", "eog", "stim"])
+    info["bads"] = ["Oz"]
+    data = rng.normal(size=(6, 4, 10))
+    events = np.column_stack([np.arange(6) * 50, np.zeros(6, int), [2, 1, 2, 1, 2, 1]])
+    epochs = mne.EpochsArray(data, info, events, verbose="error")
+    resp = epochs_to_responses(epochs)
+    assert resp.ch_names == ["O1"] and resp.conditions.tolist() == [1, 2]
+    np.testing.assert_array_equal(resp.data[:, :, 0], np.stack([data[[1, 3, 5], 0], data[[0, 2, 4], 0]]))
+    uneven = mne.EpochsArray(data[:5], info, events[:5], verbose="error")
+    with pytest.raises(ValueError, match="same number of repetitions"):
+        epochs_to_responses(uneven)
