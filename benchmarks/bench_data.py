@@ -13,11 +13,11 @@ repetitions and 200 test images x 20 repetitions (16,540 training conditions x 4
   session as published) with the training set reduced to a fraction of the 16,540 images, at two
   fractions; total time and peak memory are fitted as a + b * (training trials) and extrapolated to the
   full size. The full size (about 1.7 GB of raw float64 per session file, a 2.3 GB epochs array per
-  session, ~12 minutes on this 2-core CPU by the extrapolation) does not fit the few-minute budget of a
-  shared 2-core machine, so it is NOT measured directly.
+  session) does not fit the few-minute budget of a benchmark run on a shared 2-core machine, so it is
+  NOT measured directly.
 
     flock /tmp/fastalign-bench.lock python benchmarks/bench_data.py
-    python benchmarks/bench_data.py --fractions 0.0625 0.125 --loop-conditions 100
+    python benchmarks/bench_data.py --fractions 0.125 0.25 --loop-conditions 30   # the defaults
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def bench_mvnn(loop_conditions: int, reps: int) -> list[dict[str, Any]]:
                  p20_s=t["p20_ms"] / 1e3, p80_s=t["p80_ms"] / 1e3, peak_mem_mb=mem / 2**20)
         )  # fmt: skip
         # The published loop on a slice of conditions, scaled by the number of conditions.
-        k_test = max(1, loop_conditions * TEST_IMAGES // per_session)
+        k_test = max(10, loop_conditions * TEST_IMAGES // per_session)
         t0 = time.perf_counter()
         _published_loop([train[:loop_conditions]], dim)
         t_train = (time.perf_counter() - t0) / loop_conditions
@@ -142,9 +142,9 @@ def bench_preprocess(fractions: list[float]) -> list[dict[str, Any]]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.0625, 0.125],
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25],
                    help="fractions of the 16,540 training images for the preprocessing runs")  # fmt: skip
-    p.add_argument("--loop-conditions", type=int, default=100, help="conditions timed in the published loop")
+    p.add_argument("--loop-conditions", type=int, default=30, help="conditions timed in the published loop")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions of the vectorised MVNN")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args()

@@ -22,8 +22,8 @@ from fastalign.data.responses import as_responses
 
 MVNNDim = Literal["time", "epochs"]
 _DIMS = ("time", "epochs")
-# Problems per block: bounds the (block, channels, channels) temporaries to a few tens of MB.
-_BLOCK_PROBLEMS = 32768
+# Data values per block of conditions: each float64 temporary of a block is at most 16 MiB.
+_BLOCK_VALUES = 1 << 21
 
 
 def _shrunk_cov_sum(x: np.ndarray) -> np.ndarray:
@@ -98,7 +98,7 @@ def noise_covariance(data: Any, dim: MVNNDim = "time") -> np.ndarray:
     if dim == "epochs" and n_t < 2:
         raise ValueError(f"mvnn: dim='epochs' needs at least 2 time points, got data {x.shape}")
     per_cond = n_t if dim == "time" else n_rep
-    block = max(1, _BLOCK_PROBLEMS // per_cond)
+    block = max(1, _BLOCK_VALUES // (n_rep * n_ch * n_t))
     total = np.zeros((n_ch, n_ch))
     for start in range(0, n_cond, block):
         chunk = np.asarray(x[start : start + block], dtype=np.float64)
