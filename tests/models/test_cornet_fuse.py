@@ -32,18 +32,28 @@ def x() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
 
 
+@pytest.fixture(scope="module")
+def refs(model: CORnetS, model64: CORnetS, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """Every tap of the eager module in float64 and float32 (computed once: the model is large)."""
+    with torch.inference_mode():
+        return {
+            "f64": model64.features(x.double(), layers=ALL, timesteps="all"),
+            "f32": model.features(x, layers=ALL, timesteps="all"),
+        }
+
+
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def test_float64_fold_is_exact(model64: CORnetS, x: torch.Tensor) -> None:
-    # In float64 folding and conv_input composition must agree to rounding: this checks the algebra.
-    fused = fuse(model64, dtype=torch.float64, mkldnn=False)
-    x64 = x.double()
+@pytest.mark.parametrize("winograd", [True, False])
+def test_float64_fold_is_exact(model64: CORnetS, x: torch.Tensor, refs, winograd: bool) -> None:
+    # In float64 folding, conv_input composition and Winograd must agree to rounding: the algebra.
+    fused = fuse(model64, dtype=torch.float64, mkldnn=False, winograd=winograd)
+    ref = refs["f64"]
     with torch.no_grad():
-        ref = model64.features(x64, layers=ALL, timesteps="all")
-        got = fused.features(x64, layers=ALL, timesteps="all")
+        got = fused.features(x.double(), layers=ALL, timesteps="all")
     assert list(got) == list(ref)
     for k in ref:
         assert got[k].dtype == torch.float64
@@ -51,18 +61,16 @@ def test_float64_fold_is_exact(model64: CORnetS, x: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize(
-    ("channels_last", "mkldnn"),
-    [(True, False), (False, False), (True, True), (False, True)],
+    ("channels_last", "mkldnn", "winograd"),
+    [(True, True, True), (False, False, True), (True, True, False)],
 )
-def test_float32_matches_eager(
-    model: CORnetS, model64: CORnetS, x, channels_last: bool, mkldnn: bool
-) -> None:
+def test_float32_matches_eager(model, x, refs, channels_last: bool, mkldnn: bool, winograd: bool) -> None:
     if mkldnn and not _mkldnn_available():
         pytest.skip("this torch has no oneDNN fused convolution ops")
-    fused = fuse(model, channels_last=channels_last, mkldnn=mkldnn)
+    fused = fuse(model, channels_last=channels_last, mkldnn=mkldnn, winograd=winograd)
+    assert fused.winograd is winograd
+    ref64, ref32 = refs["f64"], refs["f32"]
     with torch.inference_mode():
-        ref64 = model64.features(x.double(), layers=ALL, timesteps="all")
-        ref32 = model.features(x, layers=ALL, timesteps="all")
         got = fused.features(x, layers=ALL, timesteps="all")
         logits = fused(x)
     assert fused.V2.use_mkldnn is mkldnn
@@ -74,34 +82,38 @@ def test_float32_matches_eager(
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_within_twice_eager_error(model: CORnetS, model64: CORnetS, x, dtype) -> None:
+def test_low_precision_within_twice_eager_error(model: CORnetS, x, refs, dtype) -> None:
     if dtype == torch.float16 and not _mkldnn_available():
         pytest.skip("float16 convs on CPU need oneDNN")
     low = CORnetS().to(dtype)
     low.load_state_dict(model.state_dict())
     low.eval()
     fused = fuse(model, dtype=dtype)
+    ref64 = refs["f64"]
     with torch.inference_mode():
-        ref64 = model64.features(x.double(), layers=ALL, timesteps="all")
         ref_low = low.features(x.to(dtype), layers=ALL, timesteps="all")
         got = fused.features(x, layers=ALL, timesteps="all")
     for k in ref64:
         assert got[k].dtype == dtype
         assert torch.isfinite(got[k]).all()
-        assert _rel_err(got[k], ref64[k]) <= 2 * _rel_err(ref_low[k], ref64[k]) + 1e-3, k
+        # DESIGN: at most twice the error of the same-dtype eager module against float64.
+        assert _rel_err(got[k], ref64[k]) <= 2 * _rel_err(ref_low[k], ref64[k]), k
 
 
-def test_gradients_through_fused_taps(model64: CORnetS, x) -> None:
-    fused = fuse(model64, dtype=torch.float64)
-    xg = x.double().requires_grad_(True)
+def test_gradients_through_fused_taps(model: CORnetS, model64: CORnetS, x) -> None:
+    fused = fuse(model)  # float32, oneDNN fused ops where available, Winograd
+    xg = x.clone().requires_grad_(True)
     feats = fused.features(xg, layers=("V4", "IT"), timesteps="all")
     assert fused.V4.use_mkldnn is False  # oneDNN's fused ops have no autograd: plain convs are used
     (g,) = torch.autograd.grad(feats["V4.output-t1"].square().sum() + feats["IT.output-t1"].sum(), xg)
+    with torch.no_grad():
+        fused(x)
+    assert fused.V4.use_mkldnn is _mkldnn_available()
     xr = x.double().requires_grad_(True)
     ref = model64.features(xr, layers=("V4", "IT"), timesteps="all")
     (gref,) = torch.autograd.grad(ref["V4.output-t1"].square().sum() + ref["IT.output-t1"].sum(), xr)
     assert g.abs().max() > 0
-    torch.testing.assert_close(g, gref, rtol=1e-9, atol=1e-12)
+    assert _rel_err(g, gref) < 1e-4
 
 
 def test_fuse_method_and_structure(model: CORnetS, x) -> None:
@@ -110,15 +122,19 @@ def test_fuse_method_and_structure(model: CORnetS, x) -> None:
     assert isinstance(fused, FusedCORnetS) and not fused.training
     # One folded copy of each shared conv per timestep, none of conv_input (multiplied into timestep 0).
     names = {n for n, _ in fused.V4.named_buffers()}
-    assert {f"conv2_{t}_weight" for t in range(4)} <= names
+    # Timestep 0 (stride 2) stays a direct conv; later ones keep only their Winograd-domain kernel.
+    assert {"conv2_0_weight", "conv2_1_wino", "conv2_2_wino", "conv2_3_wino"} <= names
+    assert not names & {"conv2_1_weight", "conv2_2_weight", "conv2_3_weight"}
     assert not any("conv_input" in n for n in names)
-    assert not torch.equal(fused.V4.conv2_0_weight, fused.V4.conv2_1_weight)
+    assert not torch.equal(fused.V4.conv2_1_wino, fused.V4.conv2_2_wino)
+    direct = fuse(model, winograd=False, mkldnn=False)
+    assert not torch.equal(direct.V4.conv2_0_weight, direct.V4.conv2_1_weight)
     assert sum(1 for _ in fused.parameters()) == 0
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     with torch.no_grad():
-        torch.testing.assert_close(fused(x), fuse(model, mkldnn=False)(x), rtol=0, atol=0)
         last = fused.features(x)
+        torch.testing.assert_close(fused(x), fused.features(x, "decoder")["decoder"], rtol=0, atol=0)
     assert list(last) == ["V1", "V2", "V4", "IT", "avgpool"]
 
 
@@ -131,6 +147,8 @@ def test_fuse_bad_arguments(model: CORnetS) -> None:
         fuse(model, mkldnn=False).train()
     with pytest.raises(ValueError, match="mkldnn"):
         fuse(model, dtype=torch.float64, mkldnn=True)
+    with pytest.raises(ValueError, match="winograd"):
+        fuse(model, dtype=torch.bfloat16, winograd=True)
     if not torch.cuda.is_available():
         with pytest.raises(NotImplementedError, match="CUDA"):
             fuse(model, cuda_graph=True)

@@ -1,0 +1,74 @@
+"""Winograd F(2x2, 3x3) conv vs F.conv2d: values (float64 exact, float32 within direct-conv rounding)
+and gradients, on odd, even, prime and unit spatial sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastalign.models.winograd import winograd_conv3x3, winograd_weight
+
+
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 9),
+    k=st.integers(1, 7),
+    h=st.integers(1, 11),
+    w=st.integers(1, 11),
+    relu=st.booleans(),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_conv2d_float64(n, c, k, h, w, relu, channels_last, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(k, c, 3, 3, dtype=torch.float64, generator=g)
+    bias = torch.randn(k, dtype=torch.float64, generator=g)
+    ref = F.conv2d(x, weight, bias, 1, 1)
+    if relu:
+        ref = ref.relu()
+    got = winograd_conv3x3(x, winograd_weight(weight), bias, relu)
+    assert got.shape == ref.shape
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 7, 7), (1, 32, 14, 14), (3, 16, 5, 8)])
+def test_float32_rounding_like_direct_conv(shape) -> None:
+    g = torch.Generator().manual_seed(0)
+    c = shape[1]
+    x = torch.randn(shape, generator=g).relu().contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, c, 3, 3, generator=g) * (2 / (9 * c)) ** 0.5
+    ref64 = F.conv2d(x.double(), weight.double(), None, 1, 1)
+    direct = F.conv2d(x, weight, None, 1, 1)
+    got = winograd_conv3x3(x, winograd_weight(weight).float())
+    err_direct = (direct.double() - ref64).abs().max()
+    err_wino = (got.double() - ref64).abs().max()
+    assert got.dtype == torch.float32
+    assert err_wino <= 4 * err_direct + 1e-6 * ref64.abs().max()
+
+
+def test_gradients_match_conv2d() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=g)
+    bias = torch.randn(4, dtype=torch.float64, generator=g)
+    u = winograd_weight(weight).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: winograd_conv3x3(a, u, b, relu=True), (x, bias.requires_grad_())
+    )
+    y = winograd_conv3x3(x, u, bias)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    x2 = x.detach().requires_grad_(True)
+    (gref,) = torch.autograd.grad(F.conv2d(x2, weight, bias, 1, 1).square().sum(), x2)
+    torch.testing.assert_close(gx, gref, rtol=1e-10, atol=1e-10)
+
+
+def test_bad_weight_shape() -> None:
+    with pytest.raises(ValueError, match=r"\(C_out, C_in, 3, 3\)"):
+        winograd_weight(torch.zeros(4, 3, 5, 5))
