@@ -122,12 +122,17 @@ def _precision(dtype: torch.dtype) -> str:
     return {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}[torch.get_float32_matmul_precision()]
 
 
-def _blocks(t: torch.Tensor) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for this device and dtype."""
-    if t.device.type != "cuda":  # the interpreter: small tiles keep it quick
+def _config(device_type: str, dtype: torch.dtype, precision: str) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for a device type, input dtype and dot precision.
+
+    The CUDA configurations are checked by tests/contrastive/test_infonce_sm90.py, which compiles the
+    kernels for sm_90 without a GPU: Hopper wgmma, cp.async pipelining, and no register spills.
+    """
+    if device_type != "cuda":  # the interpreter: small tiles keep it quick
         return 32, 32, 16, 4, 1
-    if t.dtype == torch.float32:
-        return 128, 64, 32, 8, 3
+    if dtype == torch.float32:
+        # IEEE dots are FMAs that hold operand fragments in registers: a shorter K step avoids spills
+        return (128, 64, 16, 8, 3) if precision == "ieee" else (128, 64, 32, 8, 3)
     return 128, 128, 64, 8, 3
 
 
@@ -143,7 +148,7 @@ class _Impl:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         a, b = a.contiguous(), b.contiguous()
         n_a, n_b, d = a.shape[0], b.shape[0], a.shape[1]
-        bm, bn, bk, warps, stages = _blocks(a)
+        bm, bn, bk, warps, stages = _config(a.device.type, a.dtype, _precision(a.dtype))
         n_blocks = triton.cdiv(n_a, bm)
         per_prog = triton.cdiv(n_blocks, min(n_blocks, _max_programs(a))) if with_cols else 1
         grid = triton.cdiv(n_blocks, per_prog)
@@ -176,7 +181,7 @@ class _Impl:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = a.contiguous(), b.contiguous()
         n_a, n_b, d = a.shape[0], b.shape[0], a.shape[1]
-        bm, bn, bk, warps, stages = _blocks(a)
+        bm, bn, bk, warps, stages = _config(a.device.type, a.dtype, _precision(a.dtype))
         ds_dtype = a.dtype if a.dtype in (torch.float16, torch.bfloat16) else torch.float32
         elem = torch.finfo(ds_dtype).bits // 8
         stripe = max(bm, min(_STRIPE_BYTES // (elem * n_b), triton.cdiv(n_a, 2)) // bm * bm)
