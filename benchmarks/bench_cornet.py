@@ -1,0 +1,215 @@
+"""CORnet-S throughput: eager reference vs torch.compile vs fastalign's fused inference module.
+
+Images/s for inference (forward, no autograd) and for a training step (forward + cross-entropy +
+backward + SGD with momentum) at 224x224. On a GPU: batch 1/64/256, fp32 and bf16, channels_last,
+including the fused module with CUDA-graph capture. On a CPU the default is what fits in a few minutes:
+batch 1 and 8, fp32 and bf16, inference for eager and fused, training for eager at batch 8, no
+torch.compile (its compile time alone is minutes on a 2-core machine); all of it can be changed with the
+command-line flags. TFLOP/s are *model* FLOP/s: the eager network's forward FLOPs as counted by
+torch.utils.flop_counter (the fused module's Winograd convs do fewer actual multiply-adds for the same
+result), times 3 for a training step (forward + backward).
+
+Run: ``flock /tmp/fastalign-bench.lock python benchmarks/bench_cornet.py [--device cuda]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness
+
+from fastalign.models import cornet_s, fuse
+
+NAME = "cornet"
+COLUMNS = [
+    ["mode", "mode"],
+    ["impl", "implementation"],
+    ["dtype", "dtype"],
+    ["layout", "layout"],
+    ["batch", "batch"],
+    ["median_ms", "median ms"],
+    ["spread_ms", "p20-p80 ms"],
+    ["images_per_s", "images/s"],
+    ["tflops", "model TFLOP/s"],
+    ["pct_peak", "% peak"],
+    ["speedup", "x eager"],
+    ["peak_mem_mb", "peak MB"],
+]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def forward_flops_per_image(size: int = 224) -> float:
+    """FLOPs (2 per multiply-add) of one eager forward pass, counted op by op on the real module."""
+    model = cornet_s().eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
+def _autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextManager[Any]:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def _inference_fn(
+    impl: str, model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype, device: str
+) -> Callable[[], Any]:
+    if impl.startswith("fused"):
+        fused = fuse(model, dtype=dtype, cuda_graph=impl == "fused+cudagraph")
+
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                return fused(x)
+
+        return run
+    net = torch.compile(model) if impl == "compile" else model
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), _autocast(device, dtype):
+            return net(x)
+
+    return run
+
+
+def _train_fn(
+    impl: str, model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype, device: str
+) -> Callable[[], Any]:
+    model.train()
+    net = torch.compile(model) if impl == "compile" else model
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    target = torch.randint(0, 1000, (x.shape[0],), device=x.device)
+
+    def run() -> None:
+        opt.zero_grad(set_to_none=True)
+        with _autocast(device, dtype):
+            loss = F.cross_entropy(net(x), target)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+def bench_row(
+    mode: str, impl: str, dtype_name: str, batch: int, device: str, args: argparse.Namespace, flops: float
+) -> dict[str, Any]:
+    dtype = DTYPES[dtype_name]
+    torch.manual_seed(0)
+    model = cornet_s().to(device)
+    # Eager/compile run in the layout the user asked for; the fused module always uses channels_last.
+    channels_last = args.eager_layout == "channels_last" or impl.startswith("fused")
+    if channels_last and not impl.startswith("fused"):
+        model = model.to(memory_format=torch.channels_last)
+    model.eval()
+    x = torch.randn(batch, 3, args.size, args.size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    make = _inference_fn if mode == "inference" else _train_fn
+    fn = make(impl, model, x, dtype, device)
+    t = harness.time_fn(fn, device, warmup=args.warmup, rep=args.reps)
+    mem = harness.peak_memory_bytes(fn, device) if args.memory else None
+    per_step = flops * batch * (1 if mode == "inference" else 3)
+    tflops = per_step / (t["median_ms"] * 1e-3) / 1e12
+    peak, _ = harness.peak_tflops(device, dtype)
+    return {
+        "mode": mode,
+        "impl": impl,
+        "dtype": dtype_name,
+        "layout": "NHWC" if channels_last else "NCHW",
+        "batch": batch,
+        "size": args.size,
+        "median_ms": t["median_ms"],
+        "spread_ms": f"{t['p20_ms']:.4g}-{t['p80_ms']:.4g}",
+        "p20_ms": t["p20_ms"],
+        "p80_ms": t["p80_ms"],
+        "reps": t["reps"],
+        "images_per_s": batch / (t["median_ms"] * 1e-3),
+        "tflops": tflops,
+        "pct_peak": 100 * tflops / peak,
+        "peak_mem_mb": None if mem is None else mem / 2**20,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if cuda else "cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=None)
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    p.add_argument("--impls", nargs="+", default=None, help="eager compile fused fused+cudagraph")
+    p.add_argument("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"])
+    p.add_argument("--train-batches", type=int, nargs="+", default=None)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--eager-layout", choices=["NCHW", "channels_last"], default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    args = p.parse_args(argv)
+    gpu = args.device.startswith("cuda")
+    args.batches = args.batches or ([1, 64, 256] if gpu else [1, 8])
+    args.train_batches = args.train_batches or (args.batches if gpu else [8])
+    args.impls = args.impls or (
+        ["eager", "compile", "fused", "fused+cudagraph"] if gpu else ["eager", "fused"]
+    )
+    # On this CPU, oneDNN's NCHW convs beat its channels_last ones for the eager module (measured), so
+    # the eager baseline is the faster NCHW; on GPUs channels_last is what cuDNN wants.
+    args.eager_layout = args.eager_layout or ("channels_last" if gpu else "NCHW")
+    args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
+    args.reps = args.reps or (20 if gpu else 5)
+
+    flops = forward_flops_per_image(args.size)
+    print(f"forward FLOPs per {args.size}x{args.size} image (torch.utils.flop_counter): {flops / 1e9:.3f} G")
+    rows: list[dict[str, Any]] = []
+    for mode in args.modes:
+        batches = args.batches if mode == "inference" else args.train_batches
+        # The fused module is inference-only (BatchNorm folded); training compares eager and compile.
+        impls = args.impls if mode == "inference" else [i for i in args.impls if not i.startswith("fused")]
+        for dtype_name in args.dtypes:
+            for batch in batches:
+                base = None
+                for impl in impls:
+                    if impl == "fused+cudagraph" and not gpu:
+                        continue
+                    row = bench_row(mode, impl, dtype_name, batch, args.device, args, flops)
+                    if impl == "eager":
+                        base = row["median_ms"]
+                    row["speedup"] = None if base is None else base / row["median_ms"]
+                    rows.append(row)
+                    print(
+                        {k: row[k] for k in ("mode", "impl", "dtype", "batch", "median_ms", "images_per_s")}
+                    )
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    meta = {
+        "columns": COLUMNS,
+        "forward_gflop_per_image": flops / 1e9,
+        "flop_convention": "2 FLOPs per multiply-add; train step = 3x forward; model FLOPs of the eager net",
+        "size": args.size,
+        "eager_layout": args.eager_layout,
+        "impls": args.impls,
+        "peak_source": harness.peak_tflops(args.device, torch.float32)[1],
+        "load_average_at_end": load,
+        "reduced": None
+        if gpu
+        else (
+            "CPU run: batches 1 and 8 instead of 1/64/256, training only at batch 8, no torch.compile "
+            "(compile time is minutes on 2 cores), fused+cudagraph needs CUDA; median of 5 after 1 warm-up; "
+            "the CPU was shared with other jobs, so spreads are wide"
+        ),
+    }
+    path = harness.save(NAME, args.device, rows, meta)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
