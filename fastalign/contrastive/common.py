@@ -54,13 +54,22 @@ def mm_f32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) ->
     return torch.mm(a, b, out=out)
 
 
+_ADD_CHUNK_BYTES = 1 << 25
+
+
 def addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """acc += a @ b in place with float32 accumulation, without a temporary of acc's size."""
-    if a.dtype in _HALF:
-        if a.device.type == "cuda":
-            return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-        a, b = a.float(), b.float()
-    return acc.addmm_(a, b)
+    """acc += a @ b in place with float32 accumulation, without a temporary of acc's size.
+
+    cuBLAS's float32-output GEMM for half inputs requires the added matrix in the input dtype
+    (torch's addmm with out_dtype checks self.dtype == mat2.dtype), so half products go through
+    float32 temporaries of at most ``_ADD_CHUNK_BYTES``, a block of acc's rows at a time.
+    """
+    if a.dtype not in _HALF:
+        return acc.addmm_(a, b)
+    rows = max(1, _ADD_CHUNK_BYTES // (4 * acc.shape[1]))
+    for r in range(0, acc.shape[0], rows):
+        acc[r : r + rows] += mm_f32(a[r : r + rows], b)
+    return acc
 
 
 def direction_weights(symmetric: bool) -> tuple[float, float]:

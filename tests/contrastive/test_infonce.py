@@ -309,3 +309,19 @@ def test_mixed_dtypes_are_promoted_and_autocast_does_not_lower_precision() -> No
             torch.testing.assert_close(
                 fastalign.infonce_loss(x32, y32, 0.1, backend=backend), want32, rtol=1e-5, atol=1e-5
             )
+
+
+@pytest.mark.parametrize("chunk_bytes", [4 * 5, 1 << 25])  # one row of acc at a time, or all at once
+def test_half_products_accumulate_in_float32(monkeypatch, chunk_bytes) -> None:
+    from fastalign.contrastive import common
+
+    monkeypatch.setattr(common, "_ADD_CHUNK_BYTES", chunk_bytes)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(7, 300, generator=g).bfloat16()
+    b = torch.randn(300, 5, generator=g).bfloat16()
+    acc = torch.randn(7, 5, generator=g)
+    want = acc.double() + a.double() @ b.double()
+    got = common.addmm_f32_(acc.clone(), a, b)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)  # bf16 sums would be ~1e-1 off
+    torch.testing.assert_close(common.mm_f32(a, b).double(), a.double() @ b.double(), rtol=1e-5, atol=1e-4)
