@@ -10,7 +10,8 @@ with logits ``S = scale * a @ b.T`` that it never materialises whole:
   ``dS[i, j] = g_row[i] exp(S[i, j] - row_lse[i]) + g_col[j] exp(S[i, j] - col_lse[j])
   - [j == i + offset] (g_row[i] + g_col[j])`` (g_col None: no column terms).
 
-``InfoNCEFunction`` turns these into the loss and its gradients for x, y and the scale.
+``InfoNCEFunction`` turns these into the loss and its gradients for x, y and the scale, on one
+process or across ranks (a ``Comm``).
 """
 
 from __future__ import annotations
@@ -105,8 +106,48 @@ def scale_grad(dx: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> torch.
     return (_rowwise_dot(dx, x, dx.dtype).sum() / scale).reshape(scale.shape)
 
 
+class Comm(Protocol):
+    """How ranks share work; the single-process case is :data:`LOCAL` (every method the identity)."""
+
+    offset: int  # this rank's first row in the global batch
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenation over ranks along dim 0."""
+        ...
+
+    def logsumexp(self, v: torch.Tensor) -> torch.Tensor:
+        """Elementwise log-sum-exp over ranks."""
+        ...
+
+    def sum_slice(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks of a global-batch tensor, then this rank's rows."""
+        ...
+
+
+class _Local:
+    offset = 0
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def logsumexp(self, v: torch.Tensor) -> torch.Tensor:
+        return v
+
+    def sum_slice(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+LOCAL: Comm = _Local()
+
+
 class InfoNCEFunction(torch.autograd.Function):
-    """Per-index InfoNCE losses (N,) through a backend's blockwise primitives."""
+    """Per-index InfoNCE losses of this rank's rows through a backend's blockwise primitives.
+
+    This rank's rows x are compared once with the columns of the whole batch: row log-sum-exps are
+    exact locally; column log-sum-exps are partials over local rows, combined over ranks. Backward
+    recomputes the same stripe, giving dx exactly and this rank's share of dy for every column, which
+    a sum over ranks turns into dy. With :data:`LOCAL` this is the single-process loss.
+    """
 
     @staticmethod
     def forward(
@@ -116,26 +157,38 @@ class InfoNCEFunction(torch.autograd.Function):
         scale: torch.Tensor,
         symmetric: bool,
         impl: Primitives,
+        comm: Comm = LOCAL,
     ) -> torch.Tensor:
         w_row, w_col = direction_weights(symmetric)
         scale_c = scale.detach().to(compute_dtype(x))
-        row_lse, col_lse = impl.lse_stats(x, y, scale_c, symmetric)
+        y_all = comm.gather(y)
+        row_lse, col_part = impl.lse_stats(x, y_all, scale_c, symmetric)
         pos = positives(x, y, scale_c)
         loss = w_row * (row_lse - pos)
-        if col_lse is not None:
-            loss = loss + w_col * (col_lse - pos)
-        ctx.save_for_backward(x, y, scale_c, row_lse, col_lse if col_lse is not None else row_lse)
-        ctx.symmetric, ctx.impl, ctx.scale_dtype = symmetric, impl, scale.dtype
+        col_lse = None
+        if col_part is not None:
+            col_lse = comm.logsumexp(col_part)
+            loss = loss + w_col * (col_lse[comm.offset : comm.offset + x.shape[0]] - pos)
+        ctx.save_for_backward(x, y_all, scale_c, row_lse, col_lse if col_lse is not None else row_lse)
+        ctx.symmetric, ctx.impl, ctx.comm, ctx.scale_dtype = symmetric, impl, comm, scale.dtype
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, y, scale_c, row_lse, col_lse = ctx.saved_tensors
+        x, y_all, scale_c, row_lse, col_lse = ctx.saved_tensors
         w_row, w_col = direction_weights(ctx.symmetric)
-        grad = grad.to(compute_dtype(x))
-        g_col = w_col * grad if ctx.symmetric else None
-        dx, dy = ctx.impl.grads(
-            x, y, scale_c, row_lse, col_lse if ctx.symmetric else None, w_row * grad, g_col, 0
+        grad = grad.to(scale_c.dtype).contiguous()
+        g_col = w_col * ctx.comm.gather(grad) if ctx.symmetric else None
+        dx, dy_all = ctx.impl.grads(
+            x,
+            y_all,
+            scale_c,
+            row_lse,
+            col_lse if ctx.symmetric else None,
+            w_row * grad,
+            g_col,
+            ctx.comm.offset,
         )
+        dy = ctx.comm.sum_slice(dy_all)
         dscale = scale_grad(dx, x, scale_c).to(ctx.scale_dtype) if ctx.needs_input_grad[2] else None
-        return dx.to(x.dtype), dy.to(y.dtype), dscale, None, None
+        return dx.to(x.dtype), dy.to(x.dtype), dscale, None, None, None

@@ -21,13 +21,7 @@ import torch
 import torch.distributed as dist
 
 from fastalign.contrastive import torch_chunked
-from fastalign.contrastive.common import (
-    Primitives,
-    compute_dtype,
-    direction_weights,
-    positives,
-    scale_grad,
-)
+from fastalign.contrastive.common import InfoNCEFunction, Primitives
 from fastalign.contrastive.reference import infonce_loss_reference
 
 
@@ -74,47 +68,21 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.offset : ctx.offset + ctx.n], None, None, None
 
 
-class _DistributedInfoNCE(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        scale: torch.Tensor,
-        symmetric: bool,
-        impl: Primitives,
-        group: Any,
-        sizes: list[int],
-        offset: int,
-    ) -> torch.Tensor:
-        w_row, w_col = direction_weights(symmetric)
-        scale_c = scale.detach().to(compute_dtype(x))
-        y_all = _gather_cat(y, sizes, group)
-        row_lse, col_part = impl.lse_stats(x, y_all, scale_c, symmetric)
-        pos = positives(x, y, scale_c)
-        loss = w_row * (row_lse - pos)
-        col_lse = None
-        if col_part is not None:
-            col_lse = _all_reduce_lse(col_part, group)
-            loss = loss + w_col * (col_lse[offset : offset + x.shape[0]] - pos)
-        ctx.save_for_backward(x, y_all, scale_c, row_lse, col_lse if col_lse is not None else row_lse)
-        ctx.symmetric, ctx.impl, ctx.group, ctx.sizes, ctx.offset = symmetric, impl, group, sizes, offset
-        ctx.scale_dtype = scale.dtype
-        return loss
+class _GroupComm:
+    """Collectives over ``group`` for :class:`InfoNCEFunction` (shards of ``sizes`` rows)."""
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, y_all, scale_c, row_lse, col_lse = ctx.saved_tensors
-        w_row, w_col = direction_weights(ctx.symmetric)
-        grad = grad.to(scale_c.dtype).contiguous()
-        g_col = w_col * _gather_cat(grad, ctx.sizes, ctx.group) if ctx.symmetric else None
-        dx, dy_all = ctx.impl.grads(
-            x, y_all, scale_c, row_lse, col_lse if ctx.symmetric else None, w_row * grad, g_col, ctx.offset
-        )
-        dist.all_reduce(dy_all, group=ctx.group)
-        dy = dy_all[ctx.offset : ctx.offset + x.shape[0]]
-        dscale = scale_grad(dx, x, scale_c).to(ctx.scale_dtype) if ctx.needs_input_grad[2] else None
-        return dx.to(x.dtype), dy.to(x.dtype), dscale, None, None, None, None, None
+    def __init__(self, group: Any, sizes: list[int], offset: int, n: int) -> None:
+        self.group, self.sizes, self.offset, self.n = group, sizes, offset, n
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        return _gather_cat(t, self.sizes, self.group)
+
+    def logsumexp(self, v: torch.Tensor) -> torch.Tensor:
+        return _all_reduce_lse(v, self.group)
+
+    def sum_slice(self, t: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(t, group=self.group)
+        return t[self.offset : self.offset + self.n]
 
 
 def distributed_infonce(
@@ -137,7 +105,8 @@ def distributed_infonce(
             impl: Primitives = triton_backend.IMPL
         else:
             impl = torch_chunked.IMPL
-        losses = _DistributedInfoNCE.apply(x, y, scale, symmetric, impl, group, sizes, offset)
+        comm = _GroupComm(group, sizes, offset, x.shape[0])
+        losses = InfoNCEFunction.apply(x, y, scale, symmetric, impl, comm)
     total = losses.detach().sum()
     dist.all_reduce(total, group=group)
     return losses, sum(sizes), total
