@@ -1,9 +1,13 @@
 // RSA CPU kernels (C++/OpenMP) and the schemas of the fastalign::rsa_* ops.
 //
 // rsa_rank(x) -> float64 average ranks along the last dim (scipy.stats.rankdata "average"). Each row
-//   is sorted as (value, index) pairs, which keeps the comparisons on contiguous memory; tie groups are
-//   walked once and get (first + last + 2) / 2 computed from int64 positions, so ranks are exact at
-//   any length. Rows are spread over OpenMP threads.
+//   is sorted by a stable LSD radix sort of order-preserving integer keys (O(n) per row); tie groups
+//   are walked once and get (first + last + 2) / 2 from int64 positions, so ranks are exact at any
+//   length. Rows are spread over OpenMP threads.
+// rsa_centered_ranks(x, normalize, dtype): the same ranks minus their mean (n + 1) / 2, optionally
+//   scaled to unit norm, in float32 or float64: Spearman's / rho-a's per-RDM vectors in one pass.
+// rsa_rdm_direct(x, method) -> (B, n(n-1)/2): RDMs of (B, n, p) patterns computed pair by pair without
+//   a Gram matrix; for few features (EEG channels x a short window) this beats GEMM + extraction.
 // rsa_permute_condensed(src, perms) -> (P, B, K): src (B, K) condensed RDM vectors of n conditions,
 //   perms (P, n) int64 permutations; out[p, b, k] = src[b, pair(perms[p, i], perms[p, j])] for the k-th
 //   pair (i, j), i < j, i.e. the RDM with rows and columns relabelled. Pair indices are computed on the
@@ -11,7 +15,10 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -22,45 +29,233 @@
 namespace fastalign {
 namespace {
 
+// Order-preserving unsigned keys: unsigned comparison of key(v) equals the numeric order of v.
+// -0.0 and +0.0 get adjacent keys (nothing sorts between them); ties are decided on the values.
+inline uint64_t radix_key(double v) {
+  uint64_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return (u >> 63) ? ~u : (u | (uint64_t{1} << 63));
+}
+inline uint32_t radix_key(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return (u >> 31) ? ~u : (u | (uint32_t{1} << 31));
+}
+inline uint64_t radix_key(int64_t v) { return static_cast<uint64_t>(v) ^ (uint64_t{1} << 63); }
+inline uint32_t radix_key(int32_t v) { return static_cast<uint32_t>(v) ^ (uint32_t{1} << 31); }
+
+constexpr int kDigitBits = 11;
+constexpr uint32_t kBuckets = 1u << kDigitBits;
+
+// Stable LSD radix sort of one row's (key, index) pairs; a pass whose digit is the same for every key
+// is skipped (the high digits of data in a narrow range). The sorted positions end up in idx.
+template <typename K>
+struct RadixSorter {
+  std::vector<K> keys, keys_tmp;
+  std::vector<int64_t> idx, idx_tmp;
+  std::vector<int64_t> hist;
+
+  template <typename T>
+  void sort(const T* x, int64_t n) {
+    constexpr int passes = (static_cast<int>(sizeof(K)) * 8 + kDigitBits - 1) / kDigitBits;
+    keys.resize(n), keys_tmp.resize(n), idx.resize(n), idx_tmp.resize(n);
+    hist.assign(static_cast<size_t>(passes) * kBuckets, 0);
+    for (int64_t k = 0; k < n; ++k) {
+      const K key = radix_key(x[k]);
+      keys[k] = key;
+      idx[k] = k;
+      for (int p = 0; p < passes; ++p) ++hist[p * kBuckets + ((key >> (p * kDigitBits)) & (kBuckets - 1))];
+    }
+    for (int p = 0; p < passes; ++p) {
+      int64_t* h = hist.data() + p * kBuckets;
+      const K digit0 = (keys[0] >> (p * kDigitBits)) & (kBuckets - 1);
+      if (h[digit0] == n) continue;  // every key has this digit: the pass would not move anything
+      int64_t sum = 0;
+      for (uint32_t d = 0; d < kBuckets; ++d) {
+        const int64_t c = h[d];
+        h[d] = sum;
+        sum += c;
+      }
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t dst = h[(keys[k] >> (p * kDigitBits)) & (kBuckets - 1)]++;
+        keys_tmp[dst] = keys[k];
+        idx_tmp[dst] = idx[k];
+      }
+      keys.swap(keys_tmp);
+      idx.swap(idx_tmp);
+    }
+  }
+};
+
 template <typename T>
-void rank_rows(const T* x, double* out, int64_t rows, int64_t n) {
-#pragma omp parallel
+using KeyOf = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+
+// Average ranks of one row into out.
+template <typename T>
+void rank_row(const T* x, double* out, int64_t n, RadixSorter<KeyOf<T>>& sorter) {
+  sorter.sort(x, n);
+  const int64_t* idx = sorter.idx.data();
+  int64_t i = 0;
+  while (i < n) {
+    int64_t j = i + 1;
+    while (j < n && x[idx[j]] == x[idx[i]]) ++j;
+    // sorted positions i .. j-1 are one tie group: ranks i+1 .. j, average (i + 1 + j) / 2
+    const double avg = static_cast<double>(i + 1 + j) * 0.5;
+    for (int64_t k = i; k < j; ++k) out[idx[k]] = avg;
+    i = j;
+  }
+}
+
+// Ranks of each row, then optionally centred ((n + 1) / 2 is the mean of average ranks, exactly) and
+// scaled to unit norm, written in O's dtype.
+// Below this much work a parallel region costs more than it saves (thread wake-up, and on a busy machine
+// a descheduled thread stalls the barrier).
+constexpr int64_t kParallelWork = int64_t{1} << 16;
+
+template <typename T, typename O>
+void rank_rows(const T* x, O* out, int64_t rows, int64_t n, bool center, bool normalize) {
+#pragma omp parallel if (rows > 1 && rows * n > kParallelWork)
   {
-    std::vector<std::pair<T, int64_t>> buf(static_cast<size_t>(n));
+    RadixSorter<KeyOf<T>> sorter;
+    std::vector<double> r(static_cast<size_t>(n));
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t r = 0; r < rows; ++r) {
-      const T* xr = x + r * n;
-      double* o = out + r * n;
-      for (int64_t k = 0; k < n; ++k) buf[k] = {xr[k], k};
-      std::sort(buf.begin(), buf.end(),
-                [](const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) { return a.first < b.first; });
-      int64_t i = 0;
-      while (i < n) {
-        int64_t j = i + 1;
-        while (j < n && buf[j].first == buf[i].first) ++j;
-        // positions i .. j-1 hold one tie group: ranks i+1 .. j, average (i + 1 + j) / 2
-        const double avg = static_cast<double>(i + 1 + j) * 0.5;
-        for (int64_t k = i; k < j; ++k) o[buf[k].second] = avg;
-        i = j;
+    for (int64_t row = 0; row < rows; ++row) {
+      rank_row(x + row * n, r.data(), n, sorter);
+      O* o = out + row * n;
+      if (!center) {
+        for (int64_t k = 0; k < n; ++k) o[k] = static_cast<O>(r[k]);
+        continue;
+      }
+      const double mean = static_cast<double>(n + 1) * 0.5;
+      double ss = 0.0;
+      for (int64_t k = 0; k < n; ++k) {
+        r[k] -= mean;
+        ss += r[k] * r[k];
+      }
+      const double scale = (normalize && ss > 0) ? 1.0 / std::sqrt(ss) : 1.0;
+      for (int64_t k = 0; k < n; ++k) o[k] = static_cast<O>(r[k] * scale);
+    }
+  }
+}
+
+template <typename O>
+void rank_dispatch(const at::Tensor& xc, at::Tensor& out, int64_t rows, int64_t n, bool center, bool normalize) {
+  O* o = out.data_ptr<O>();
+  switch (xc.scalar_type()) {
+    case at::kDouble: rank_rows(xc.data_ptr<double>(), o, rows, n, center, normalize); break;
+    case at::kFloat: rank_rows(xc.data_ptr<float>(), o, rows, n, center, normalize); break;
+    case at::kLong: rank_rows(xc.data_ptr<int64_t>(), o, rows, n, center, normalize); break;
+    case at::kInt: rank_rows(xc.data_ptr<int32_t>(), o, rows, n, center, normalize); break;
+    default: TORCH_CHECK(false, "rsa_rank: x must be float64, float32, int64 or int32, got ", xc.scalar_type());
+  }
+}
+
+at::Tensor ranks_impl(const at::Tensor& x, bool center, bool normalize, at::ScalarType dtype) {
+  TORCH_CHECK(x.device().is_cpu(), "rsa_rank: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.dim() >= 1, "rsa_rank: x must have at least 1 dim, got a 0-dim tensor");
+  TORCH_CHECK(dtype == at::kDouble || dtype == at::kFloat, "rsa_rank: output dtype must be float64 or float32");
+  const auto xc = x.contiguous();
+  auto out = at::empty(x.sizes(), x.options().dtype(dtype));
+  const int64_t n = x.size(-1);
+  if (x.numel() == 0) return out;
+  const int64_t rows = x.numel() / n;
+  if (dtype == at::kDouble) {
+    rank_dispatch<double>(xc, out, rows, n, center, normalize);
+  } else {
+    rank_dispatch<float>(xc, out, rows, n, center, normalize);
+  }
+  return out;
+}
+
+at::Tensor rank_cpu(const at::Tensor& x) { return ranks_impl(x, false, false, at::kDouble); }
+
+at::Tensor centered_ranks_cpu(const at::Tensor& x, bool normalize, at::ScalarType dtype) {
+  return ranks_impl(x, true, normalize, dtype);
+}
+
+// Condensed RDMs straight from the patterns, for few features: per batch element the patterns are
+// normalised (correlation / cosine) or column-centred (euclidean) into a (p, n) transposed copy, then
+// for each row i the values for all j > i accumulate feature by feature over contiguous j, which
+// vectorises without reordering any sum. method: 0 correlation, 1 cosine, 2 euclidean.
+template <typename T>
+void rdm_direct(const T* x, T* out, int64_t batch, int64_t n, int64_t p, int64_t method) {
+  const int64_t k_total = n * (n - 1) / 2;
+  std::vector<T> zt(static_cast<size_t>(batch * p * n));
+  const bool parallel = batch * n * n * p > kParallelWork;
+#pragma omp parallel for schedule(static) if (parallel && batch > 1)
+  for (int64_t b = 0; b < batch; ++b) {
+    const T* xb = x + b * n * p;
+    T* z = zt.data() + b * p * n;
+    if (method == 2) {
+      for (int64_t k = 0; k < p; ++k) {
+        double mean = 0.0;
+        for (int64_t i = 0; i < n; ++i) mean += xb[i * p + k];
+        mean /= static_cast<double>(n);
+        for (int64_t i = 0; i < n; ++i) z[k * n + i] = static_cast<T>(xb[i * p + k] - mean);
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) {
+        double mean = 0.0;
+        if (method == 0) {
+          for (int64_t k = 0; k < p; ++k) mean += xb[i * p + k];
+          mean /= static_cast<double>(p);
+        }
+        double ss = 0.0;
+        for (int64_t k = 0; k < p; ++k) {
+          const double v = xb[i * p + k] - mean;
+          ss += v * v;
+        }
+        const double inv = 1.0 / std::sqrt(ss);
+        for (int64_t k = 0; k < p; ++k) z[k * n + i] = static_cast<T>((xb[i * p + k] - mean) * inv);
+      }
+    }
+  }
+#pragma omp parallel if (parallel)
+  {
+    std::vector<T> acc(static_cast<size_t>(n));
+#pragma omp for collapse(2) schedule(dynamic, 8)
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t i = 0; i < n - 1; ++i) {
+        const T* z = zt.data() + b * p * n;
+        const int64_t m = n - i - 1;
+        T* a = acc.data();
+        std::fill(a, a + m, T(0));
+        for (int64_t k = 0; k < p; ++k) {
+          const T zi = z[k * n + i];
+          const T* zk = z + k * n + i + 1;
+          if (method == 2) {
+            for (int64_t j = 0; j < m; ++j) {
+              const T d = zi - zk[j];
+              a[j] += d * d;
+            }
+          } else {
+            for (int64_t j = 0; j < m; ++j) a[j] += zi * zk[j];
+          }
+        }
+        T* o = out + b * k_total + i * n - i * (i + 1) / 2;
+        if (method == 2) {
+          const T inv_p = T(1) / static_cast<T>(p);
+          for (int64_t j = 0; j < m; ++j) o[j] = a[j] * inv_p;
+        } else {
+          for (int64_t j = 0; j < m; ++j) o[j] = T(1) - a[j];
+        }
       }
     }
   }
 }
 
-at::Tensor rank_cpu(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu(), "rsa_rank: x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.dim() >= 1, "rsa_rank: x must have at least 1 dim, got a 0-dim tensor");
+at::Tensor rdm_direct_cpu(const at::Tensor& x, int64_t method) {
+  TORCH_CHECK(x.device().is_cpu(), "rsa_rdm_direct: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.dim() == 3, "rsa_rdm_direct: x must be (B, n, p), got ", x.sizes());
+  TORCH_CHECK(method >= 0 && method <= 2, "rsa_rdm_direct: method must be 0, 1 or 2, got ", method);
+  const int64_t batch = x.size(0), n = x.size(1), p = x.size(2);
+  TORCH_CHECK(n >= 2 && p >= 1, "rsa_rdm_direct: need n >= 2 conditions and p >= 1 features, got ", x.sizes());
   const auto xc = x.contiguous();
-  auto out = at::empty(x.sizes(), x.options().dtype(at::kDouble));
-  const int64_t n = x.size(-1);
-  if (x.numel() == 0) return out;
-  const int64_t rows = x.numel() / n;
+  auto out = at::empty({batch, n * (n - 1) / 2}, x.options());
   switch (x.scalar_type()) {
-    case at::kDouble: rank_rows(xc.data_ptr<double>(), out.data_ptr<double>(), rows, n); break;
-    case at::kFloat: rank_rows(xc.data_ptr<float>(), out.data_ptr<double>(), rows, n); break;
-    case at::kLong: rank_rows(xc.data_ptr<int64_t>(), out.data_ptr<double>(), rows, n); break;
-    case at::kInt: rank_rows(xc.data_ptr<int32_t>(), out.data_ptr<double>(), rows, n); break;
-    default: TORCH_CHECK(false, "rsa_rank: x must be float64, float32, int64 or int32, got ", x.scalar_type());
+    case at::kDouble: rdm_direct(xc.data_ptr<double>(), out.data_ptr<double>(), batch, n, p, method); break;
+    case at::kFloat: rdm_direct(xc.data_ptr<float>(), out.data_ptr<float>(), batch, n, p, method); break;
+    default: TORCH_CHECK(false, "rsa_rdm_direct: x must be float64 or float32, got ", x.scalar_type());
   }
   return out;
 }
@@ -74,7 +269,7 @@ int64_t n_from_pairs(int64_t k) {
 template <typename T>
 void permute_condensed(const T* src, const int64_t* perms, T* out, int64_t n_perm, int64_t batch, int64_t n) {
   const int64_t k_total = n * (n - 1) / 2;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (n_perm * batch * k_total > kParallelWork)
   for (int64_t p = 0; p < n_perm; ++p) {
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t* pi = perms + p * n;
@@ -125,10 +320,14 @@ at::Tensor permute_condensed_cpu(const at::Tensor& src, const at::Tensor& perms)
 
 TORCH_LIBRARY_FRAGMENT(fastalign, m) {
   m.def("rsa_rank(Tensor x) -> Tensor");
+  m.def("rsa_centered_ranks(Tensor x, bool normalize, ScalarType dtype) -> Tensor");
+  m.def("rsa_rdm_direct(Tensor x, int method) -> Tensor");
   m.def("rsa_permute_condensed(Tensor src, Tensor perms) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastalign, CPU, m) {
   m.impl("rsa_rank", &fastalign::rank_cpu);
+  m.impl("rsa_centered_ranks", &fastalign::centered_ranks_cpu);
+  m.impl("rsa_rdm_direct", &fastalign::rdm_direct_cpu);
   m.impl("rsa_permute_condensed", &fastalign::permute_condensed_cpu);
 }

@@ -29,6 +29,8 @@ _nc_dispatch = _backend.dispatcher("noise_ceiling")
 
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _COMPILED_RANK_DTYPES = (torch.float64, torch.float32, torch.int64, torch.int32)
+# Pairwise C++ RDMs beat GEMM + extraction up to about this many features (benchmarks/bench_rsa.py).
+_CPP_RDM_MAX_FEATURES = 64
 
 
 def _always(*args: Any, explicit: bool, **kwargs: Any) -> list[str]:
@@ -52,6 +54,20 @@ def _ops_missing(name: str) -> list[str]:
     return [why] if why else []
 
 
+def _rdm_cpp_check(x: torch.Tensor, method: str, *, explicit: bool) -> list[str]:
+    reasons = _backend.device_reasons("cpp", (x,), explicit=explicit) + _ops_missing("cpp")
+    if method == "crossnobis":
+        reasons.append("cpp has no crossnobis kernel")
+    if x.dtype not in (torch.float32, torch.float64):
+        reasons.append(f"cpp takes float32 or float64 inputs, got {x.dtype}")
+    if not explicit and x.shape[-1] > _CPP_RDM_MAX_FEATURES:
+        reasons.append(
+            f"auto uses cpp for at most {_CPP_RDM_MAX_FEATURES} features (GEMM is faster above), "
+            f"got {x.shape[-1]}"
+        )
+    return reasons
+
+
 def _compiled_check(name: str) -> Any:
     def check(x: torch.Tensor, *, explicit: bool) -> list[str]:
         reasons = _backend.device_reasons(name, (x,), explicit=explicit) + _ops_missing(name)
@@ -73,12 +89,15 @@ def _perm_compiled_check(name: str) -> Any:
 
 
 _rdm_dispatch.register("triton", _rdm_triton_check)
+_rdm_dispatch.register("cpp", _rdm_cpp_check)
 _rdm_dispatch.register("torch", _always)
 _rdm_dispatch.register("reference", _always, auto=False)
 _rank_dispatch.register("cuda", _compiled_check("cuda"))
 _rank_dispatch.register("cpp", _compiled_check("cpp"))
 _rank_dispatch.register("torch", _always)
 _rank_dispatch.register("reference", _always, auto=False)
+_compare_dispatch.register("cuda", _perm_compiled_check("cuda"))
+_compare_dispatch.register("cpp", _perm_compiled_check("cpp"))
 _compare_dispatch.register("torch", _always)
 _compare_dispatch.register("reference", _always, auto=False)
 _perm_dispatch.register("cuda", _perm_compiled_check("cuda"))
@@ -118,8 +137,16 @@ def _float(fn: str, name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether x has no NaN/inf, in one reduction: NaN and inf propagate into the sum (an overflowing
+    sum of finite values falls through to the element-wise check)."""
+    if not x.is_floating_point() or math.isfinite(float(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
 def _finite(fn: str, name: str, x: torch.Tensor, what: str = "") -> None:
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if not _all_finite(x):
         bad = "NaN" if bool(torch.isnan(x).any()) else "inf"
         raise ValueError(f"{fn}: {name} contains {bad}{what}; expected finite values")
 
@@ -144,7 +171,8 @@ def _n_from_pairs(fn: str, name: str, k: int) -> int:
 def _nonconstant(fn: str, name: str, v: torch.Tensor, method: str) -> None:
     """Pearson-type statistics are undefined for a constant vector (cosine: for an all-zero one)."""
     if method in ("pearson", "spearman"):
-        bad = v.amax(-1) == v.amin(-1)
+        lo, hi = torch.aminmax(v, dim=-1)
+        bad = lo == hi
         what = "is constant"
     elif method == "cosine":
         bad = (v == 0).all(-1)
@@ -183,7 +211,7 @@ def rdm(
         method: "correlation", "cosine", "euclidean" or "crossnobis".
         noise: crossnobis only: (n_features, n_features) noise precision matrix (None: identity).
         square: return (..., n, n) symmetric matrices with a zero diagonal instead of condensed vectors.
-        backend: "auto", "reference", "torch" or "triton".
+        backend: "auto", "reference", "torch", "cpp" (CPU; auto uses it for <= 64 features) or "triton".
 
     Returns:
         (..., n_conditions * (n_conditions - 1) / 2) condensed RDMs in rsatoolbox's (and scipy's
@@ -209,7 +237,8 @@ def rdm(
     if method == "correlation":
         if p < 2:
             raise ValueError(f"{fn}: correlation distance needs at least 2 features, got {p}")
-        const = x.amax(-1) == x.amin(-1)
+        lo, hi = torch.aminmax(x, dim=-1)
+        const = lo == hi
         if bool(const.any()):
             where = tuple(int(i) for i in const.nonzero()[0])
             raise ValueError(
@@ -374,6 +403,8 @@ def _rdm_pair(fn: str, a: Any, b: Any, *, allow_nan: bool) -> tuple[torch.Tensor
     dtype = torch.promote_types(a.dtype, b.dtype)
     a, b = a.to(dtype), b.to(dtype)
     for name, t in (("a", a), ("b", b)):
+        if _all_finite(t):  # one pass in the common case; the checks below only on failure
+            continue
         if bool(torch.isinf(t).any()):
             raise ValueError(f"{fn}: {name} contains inf; expected finite values")
         if not allow_nan and bool(torch.isnan(t).any()):
@@ -386,10 +417,10 @@ def _rdm_pair(fn: str, a: Any, b: Any, *, allow_nan: bool) -> tuple[torch.Tensor
 
 def _drop_nan(fn: str, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """rsatoolbox's masking: an entry NaN in any RDM is dropped from all; a and b must agree on where."""
+    if _all_finite(a) and _all_finite(b):
+        return a, b  # _rdm_pair already rejected inf, so finite means no NaN
     nan_a = torch.isnan(a).reshape(-1, a.shape[-1]).any(0)
     nan_b = torch.isnan(b).reshape(-1, b.shape[-1]).any(0)
-    if not bool(nan_a.any()) and not bool(nan_b.any()):
-        return a, b
     if not torch.equal(nan_a, nan_b):
         raise ValueError(f"{fn}: a and b have NaN at different RDM entries; rsatoolbox needs the same ones")
     keep = ~nan_a
@@ -413,7 +444,7 @@ def compare_rdms(
         a: (..., n_pairs) condensed RDMs (e.g. (n_times, 1, n_subjects, K) brain RDMs).
         b: (..., n_pairs) condensed RDMs broadcastable with a (e.g. (1, n_layers, 1, K) model RDMs).
         method: "spearman", "pearson", "kendall_tau_a", "rho_a" or "cosine".
-        backend: "auto", "reference" or "torch".
+        backend: "auto", "reference", "torch", "cpp" or "cuda" (the compiled ones: linear methods).
 
     Returns:
         broadcast(a.shape[:-1], b.shape[:-1]) similarities; float64 unless both inputs are float32
@@ -433,7 +464,7 @@ def compare_rdms(
     chosen = _compare_dispatch.choose(backend, a, b, method)
     if chosen == "reference":
         return reference.compare_reference(a, b, method)
-    return torch_chunked.compare(a, b, method)
+    return _module(chosen).compare(a, b, method)
 
 
 # ----------------------------------------------------------------------------------------- permutation tests
@@ -517,10 +548,8 @@ def rsa_permutation_test(
         null = _generic_null(a, b, method, perms, n)
     else:
         mod = _module(chosen)
-        rank_fn = mod.rank if method in ("spearman", "rho_a") else None
-        za = torch_chunked.prepare(a, method, rank_fn(a) if rank_fn else None)
-        zb = torch_chunked.prepare(b, method, rank_fn(b) if rank_fn else None)
-        scale = torch_chunked.linear_scale(method, a.shape[-1])
+        za, zb = mod.prepare(a, method), mod.prepare(b, method)
+        scale = common.linear_scale(method, a.shape[-1])
         observed = torch.einsum("...k,...k->...", za, zb) * scale
         if zb.numel() <= za.numel():
             null = mod.permutation_null(za, zb, perms, n) * scale

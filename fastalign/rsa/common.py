@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -121,6 +122,49 @@ def permutation_pvalue(observed: torch.Tensor, null: torch.Tensor, alternative: 
     if alternative == "less":
         return less
     return torch.clamp(2 * torch.minimum(greater, less), max=1.0)
+
+
+def linear_scale(method: str, k: int) -> float:
+    """The constant factor of a linear method's statistic over K pairs (1 except rho_a)."""
+    return 12.0 / (k**3 - k) if method == "rho_a" else 1.0
+
+
+def center_scale(z: torch.Tensor, method: str) -> torch.Tensor:
+    """The per-RDM vector of a linear method from its values (or ranks) z: statistic(a, b) is
+    ``linear_scale * sum_k za[k] zb[k]``. cosine: z / |z|; pearson, spearman: centred z / norm;
+    rho_a: centred z."""
+    if method != "cosine":
+        z = z - z.mean(-1, keepdim=True)
+    if method == "rho_a":
+        return z
+    return z / z.norm(dim=-1, keepdim=True)
+
+
+def gathered_null(
+    gather: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    perms: torch.Tensor,
+    chunk_elements: int = 1 << 24,
+) -> torch.Tensor:
+    """(P, *broadcast): sum_k fixed[..., k] * moving[..., idx_p[k]], with a compiled gather.
+
+    ``gather(src (B, K), perms (Pc, n)) -> (Pc, B, K)`` relabels condensed RDMs (rsa_permute_condensed);
+    permutations go through it in chunks of about ``chunk_elements`` gathered values, each chunk
+    reduced against ``fixed`` by batched matrix products.
+    """
+    k = moving.shape[-1]
+    lead = moving.shape[:-1]
+    flat = moving.reshape(-1, k).contiguous()
+    shape = torch.broadcast_shapes(fixed.shape[:-1], lead)
+    pad = [1] * (len(shape) - len(lead))  # keeps the permutation dim left of the batch dims
+    out = torch.empty((perms.shape[0], *shape), dtype=fixed.dtype, device=fixed.device)
+    perms = perms.to(fixed.device)
+    step = max(1, min(chunk_elements // max(flat.numel(), 1), 65535))
+    for s in range(0, perms.shape[0], step):
+        g = gather(flat, perms[s : s + step].contiguous())
+        out[s : s + step] = torch.einsum("...k,...k->...", fixed, g.reshape(-1, *pad, *lead, k))
+    return out
 
 
 def one_sample_t(x: torch.Tensor) -> torch.Tensor:

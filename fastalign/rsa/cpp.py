@@ -1,8 +1,11 @@
 """RSA through the C++/OpenMP kernels of fastalign._C (csrc/rsa.cpp), for CPU tensors.
 
-``rank`` sorts each row as (value, index) pairs on its own thread; ``permutation_null`` gathers
-permuted condensed RDMs with pair indices computed on the fly (no (P, K) index tensor) and reduces
-them with batched matrix products.
+- ``rank`` / ``prepare``: a radix sort per row on its own thread; Spearman's and rho-a's per-RDM
+  vectors (centred, normalised ranks) come out of the same pass in the working dtype.
+- ``rdm``: pairwise distances straight from the patterns for few features (no Gram matrix, no n^2
+  extraction pass); the api sends larger feature counts to the GEMM-based torch backend.
+- ``permutation_null``: permuted condensed RDMs gathered with pair indices computed on the fly (no
+  (P, K) index tensor), reduced with batched matrix products.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import torch
 
 from fastalign import _ext
+from fastalign.rsa import common
 
-_CHUNK_ELEMENTS = 1 << 24
+_RDM_CODES = {"correlation": 0, "cosine": 1, "euclidean": 2}
 
 
 def missing() -> str | None:
@@ -19,9 +23,13 @@ def missing() -> str | None:
     why = _ext.why_unavailable()
     if why is not None:
         return why
-    if not hasattr(torch.ops.fastalign, "rsa_rank"):
-        return "fastalign._C was built without the RSA ops (csrc/rsa.cpp); rebuild it"
+    if not hasattr(torch.ops.fastalign, "rsa_centered_ranks"):
+        return "fastalign._C was built without the current RSA ops (csrc/rsa.cpp); rebuild it"
     return None
+
+
+def _ct(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def rank(x: torch.Tensor) -> torch.Tensor:
@@ -30,17 +38,31 @@ def rank(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.fastalign.rsa_rank(x)
 
 
+def prepare(v: torch.Tensor, method: str) -> torch.Tensor:
+    """The per-RDM vector z of a linear method (see common.center_scale), ranks in one C++ pass."""
+    _ext.load()
+    ct = _ct(v)
+    if method in ("spearman", "rho_a"):
+        x = v if v.dtype in (torch.float64, torch.float32) else v.to(ct)  # exact: order is preserved
+        return torch.ops.fastalign.rsa_centered_ranks(x.contiguous(), method == "spearman", ct)
+    return common.center_scale(v.to(ct), method)
+
+
+def compare(a: torch.Tensor, b: torch.Tensor, method: str) -> torch.Tensor:
+    """Linear-method similarities broadcast over leading dims."""
+    za, zb = prepare(a, method), prepare(b, method)
+    return torch.einsum("...k,...k->...", za, zb) * common.linear_scale(method, a.shape[-1])
+
+
+def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Condensed RDMs of (..., n, p) patterns ("correlation", "cosine", "euclidean")."""
+    _ext.load()
+    lead, (n, p) = x.shape[:-2], x.shape[-2:]
+    out = torch.ops.fastalign.rsa_rdm_direct(x.to(_ct(x)).reshape(-1, n, p).contiguous(), _RDM_CODES[method])
+    return out.reshape(*lead, -1)
+
+
 def permutation_null(fixed: torch.Tensor, moving: torch.Tensor, perms: torch.Tensor, n: int) -> torch.Tensor:
     """(P, *broadcast): sum_k fixed[..., k] * moving[..., idx_p[k]] (see torch_chunked.permutation_null)."""
     _ext.load()
-    k = moving.shape[-1]
-    lead = moving.shape[:-1]
-    flat = moving.reshape(-1, k).contiguous()
-    shape = torch.broadcast_shapes(fixed.shape[:-1], lead)
-    pad = [1] * (len(shape) - len(lead))  # keeps the permutation dim left of the batch dims
-    out = torch.empty((perms.shape[0], *shape), dtype=fixed.dtype)
-    step = max(1, _CHUNK_ELEMENTS // max(flat.numel(), 1))
-    for s in range(0, perms.shape[0], step):
-        g = torch.ops.fastalign.rsa_permute_condensed(flat, perms[s : s + step].contiguous())
-        out[s : s + step] = torch.einsum("...k,...k->...", fixed, g.reshape(-1, *pad, *lead, k))
-    return out
+    return common.gathered_null(torch.ops.fastalign.rsa_permute_condensed, fixed, moving, perms)

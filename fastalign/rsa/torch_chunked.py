@@ -14,13 +14,15 @@ float64 inputs stay float64; other floating inputs are computed in float32.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 from fastalign.rsa import common
 
 _CHUNK_ELEMENTS = 1 << 24
+_PAIRS_PER_BLOCK = 1 << 22
+_GRAM_ELEMENTS = 1 << 21
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -28,66 +30,103 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _condensed_rows(gram: torch.Tensor, fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> torch.Tensor:
-    """Reads the strict upper triangle of (B, n, n) row block by row block, mapping each through fn.
+def _triu_blocks(n: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(rows, cols) int64 indices of the condensed order, about ``_PAIRS_PER_BLOCK`` pairs at a time.
 
-    ``fn(block, r0, r1)`` gets gram[:, r0:r1, :] and returns the distances of those rows (same shape).
+    Blocks keep index tensors small for n in the tens of thousands (all n^2/2 pairs at once would need
+    two int64 vectors of 1 GiB each for n = 16,540).
     """
+    rows_per = max(1, _PAIRS_PER_BLOCK // max(n, 1))
+    for r0 in range(0, n - 1, rows_per):
+        r = torch.arange(r0, min(n - 1, r0 + rows_per), device=device)
+        counts = n - 1 - r
+        ri = torch.repeat_interleave(r, counts)
+        starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        ci = torch.arange(ri.numel(), device=device) - starts + ri + 1
+        yield ri, ci
+
+
+def _condensed(gram: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """(B, n, n) -> (B, n(n-1)/2): ``fn(rows, cols)`` gives the distances of those pairs, (B, n_block)."""
     b, n, _ = gram.shape
     out = gram.new_empty((b, common.n_pairs(n)))
-    rows = max(1, min(n, (1 << 22) // max(n, 1)))
-    cols = torch.arange(n, device=gram.device)
     offset = 0
-    for r0 in range(0, n, rows):
-        r1 = min(n, r0 + rows)
-        mask = cols[None, :] > torch.arange(r0, r1, device=gram.device)[:, None]
-        vals = fn(gram[:, r0:r1, :], r0, r1)[:, mask]
-        out[:, offset : offset + vals.shape[1]] = vals
-        offset += vals.shape[1]
+    for ri, ci in _triu_blocks(n, gram.device):
+        out[:, offset : offset + ri.numel()] = fn(ri, ci)
+        offset += ri.numel()
     return out
 
 
-def _gram(xb: torch.Tensor, ct: torch.dtype, center: str | None) -> torch.Tensor:
-    """(B, n, p) -> (B, n, n) Gram matrix in ct, accumulated over feature chunks.
-
-    center "rows" removes each pattern's mean (correlation), "columns" each feature's mean over
-    conditions (euclidean: distances do not change, cancellation in ||a||^2 + ||b||^2 - 2ab does).
-    """
+def _chunks(xb: torch.Tensor, ct: torch.dtype) -> Iterator[torch.Tensor]:
+    """Feature chunks of (B, n, p) in ct, each within ``_CHUNK_ELEMENTS``."""
     b, n, p = xb.shape
-    gram = torch.zeros((b, n, n), dtype=ct, device=xb.device)
-    row_mean = xb.sum(-1, dtype=ct, keepdim=True) / p if center == "rows" else None
     step = max(1, _CHUNK_ELEMENTS // max(b * n, 1))
     for s in range(0, p, step):
-        c = xb[..., s : s + step].to(ct)
-        if row_mean is not None:
-            c = c - row_mean
-        elif center == "columns":
+        yield xb[..., s : s + step].to(ct)
+
+
+def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor) -> torch.Tensor:
+    """(B, n, p) -> (B, n, n) Gram matrix in ct, accumulated over feature chunks into ``gram``.
+
+    correlation / cosine: of the (centred) patterns scaled to unit norm first, as rsatoolbox does, so
+    the distance is 1 - gram with no n^2-sized rescaling pass. euclidean: of the patterns minus each
+    feature's mean over conditions (distances do not change; cancellation in |a|^2 + |b|^2 - 2ab does).
+    """
+    b, n, p = xb.shape
+    gram.zero_()
+    mean = xb.sum(-1, dtype=ct, keepdim=True) / p if method == "correlation" else None
+    inv_norm = None
+    if method in ("correlation", "cosine"):
+        sq = torch.zeros((b, n, 1), dtype=ct, device=xb.device)
+        for c in _chunks(xb, ct):
+            if mean is not None:
+                c = c - mean
+            sq += (c * c).sum(-1, keepdim=True)
+        inv_norm = sq.rsqrt_()
+    for c in _chunks(xb, ct):
+        if mean is not None:
+            c = c - mean
+        if inv_norm is not None:
+            c = c * inv_norm
+        else:
             c = c - c.mean(-2, keepdim=True)
         gram.baddbmm_(c, c.transpose(-1, -2))
     return gram
 
 
+def _distances(gram: torch.Tensor, method: str, p: int) -> torch.Tensor:
+    """(B, n, n) Gram matrices from _gram -> (B, n(n-1)/2) distances."""
+    n = gram.shape[-1]
+    flat = gram.reshape(gram.shape[0], n * n)
+    if method in ("correlation", "cosine"):
+        return _condensed(gram, lambda r, c: flat.index_select(1, r * n + c).neg_().add_(1))
+    diag = gram.diagonal(dim1=-2, dim2=-1)
+
+    def euclid(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        g = flat.index_select(1, r * n + c).mul_(-2)
+        return g.add_(diag.index_select(1, r)).add_(diag.index_select(1, c)).clamp_(min=0).div_(p)
+
+    return _condensed(gram, euclid)
+
+
 def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Condensed RDMs (see reference.rdm_reference for the definitions and shapes)."""
+    """Condensed RDMs (see reference.rdm_reference for the definitions and shapes).
+
+    RDMs are made a few at a time (``_GRAM_ELEMENTS`` Gram entries) into one reused buffer: a batch of
+    1,000 RDMs never holds 1,000 n x n matrices, only their condensed outputs.
+    """
     ct = compute_dtype(x)
     if method == "crossnobis":
         return _crossnobis(x, noise, ct)
     lead, (n, p) = x.shape[:-2], x.shape[-2:]
     xb = x.reshape(-1, n, p)
-    center = {"correlation": "rows", "euclidean": "columns"}.get(method)
-    gram = _gram(xb, ct, center)
-    diag = gram.diagonal(dim1=-2, dim2=-1)
-    if method in ("correlation", "cosine"):
-        inv = diag.rsqrt()
-
-        def fn(block: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
-            return 1 - block * inv[:, r0:r1, None] * inv[:, None, :]
-    else:
-
-        def fn(block: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
-            return (diag[:, r0:r1, None] + diag[:, None, :] - 2 * block).clamp_(min=0) / p
-
-    return _condensed_rows(gram, fn).reshape(*lead, -1)
+    out = torch.empty((xb.shape[0], common.n_pairs(n)), dtype=ct, device=x.device)
+    step = max(1, _GRAM_ELEMENTS // (n * n))
+    buf = torch.empty((min(step, xb.shape[0]), n, n), dtype=ct, device=x.device)
+    for b0 in range(0, xb.shape[0], step):
+        chunk = xb[b0 : b0 + step]
+        out[b0 : b0 + step] = _distances(_gram(chunk, ct, method, buf[: chunk.shape[0]]), method, p)
+    return out.reshape(*lead, -1)
 
 
 def _crossnobis(x: torch.Tensor, noise: torch.Tensor | None, ct: torch.dtype) -> torch.Tensor:
@@ -111,12 +150,9 @@ def _crossnobis(x: torch.Tensor, noise: torch.Tensor | None, ct: torch.dtype) ->
                 test = test @ noise.to(ct).T
             kern.baddbmm_(train, test.transpose(-1, -2))
     diag = kern.diagonal(dim1=-2, dim2=-1)
-    kt = kern.transpose(-1, -2)
-
-    def fn(block: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
-        return (diag[:, r0:r1, None] + diag[:, None, :] - block - kt[:, r0:r1, :]) / (n_folds * p)
-
-    return _condensed_rows(kern, fn).reshape(*lead, -1)
+    scale = 1.0 / (n_folds * p)
+    out = _condensed(kern, lambda r, c: (diag[:, r] + diag[:, c] - kern[:, r, c] - kern[:, c, r]) * scale)
+    return out.reshape(*lead, -1)
 
 
 def rank(x: torch.Tensor) -> torch.Tensor:
@@ -134,27 +170,11 @@ def rank(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(avg).scatter_(-1, order, avg)
 
 
-def prepare(v: torch.Tensor, method: str, ranks: torch.Tensor | None = None) -> torch.Tensor:
-    """The per-RDM vector z of a linear method: statistic(a, b) = scale * sum_k za[k] zb[k].
-
-    spearman: centred ranks / norm; pearson: centred / norm; cosine: v / norm; rho_a: centred ranks
-    (scale 12 / (K^3 - K), see :func:`linear_scale`). ``ranks`` may pass precomputed ranks of v.
-    """
+def prepare(v: torch.Tensor, method: str) -> torch.Tensor:
+    """The per-RDM vector z of a linear method (common.center_scale of the values or their ranks)."""
     ct = compute_dtype(v)
-    if method in ("spearman", "rho_a"):
-        z = (ranks if ranks is not None else rank(v)).to(ct)
-    else:
-        z = v.to(ct)
-    if method != "cosine":
-        z = z - z.mean(-1, keepdim=True)
-    if method == "rho_a":
-        return z
-    return z / z.norm(dim=-1, keepdim=True)
-
-
-def linear_scale(method: str, k: int) -> float:
-    """The constant factor of a linear method's statistic (1 except rho_a)."""
-    return 12.0 / (k**3 - k) if method == "rho_a" else 1.0
+    z = rank(v).to(ct) if method in ("spearman", "rho_a") else v.to(ct)
+    return common.center_scale(z, method)
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -180,7 +200,7 @@ def compare(a: torch.Tensor, b: torch.Tensor, method: str) -> torch.Tensor:
     """RDM similarities broadcast over leading dims (see reference.compare_reference)."""
     if method == "kendall_tau_a":
         return _tau_a(a, b)
-    return _dot(prepare(a, method), prepare(b, method)) * linear_scale(method, a.shape[-1])
+    return _dot(prepare(a, method), prepare(b, method)) * common.linear_scale(method, a.shape[-1])
 
 
 def permutation_null(fixed: torch.Tensor, moving: torch.Tensor, perms: torch.Tensor, n: int) -> torch.Tensor:

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import fastalign as fa
+from fastalign.rsa import cpp
+
+CPP = ["cpp"] if cpp.missing() is None else []
 
 RT_NAMES = {
     "spearman": "spearman",
@@ -53,10 +56,14 @@ def _data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
 @pytest.mark.parametrize("method", METHODS)
 def test_compare_matches_scipy_and_brute_force(method: str, backend: str) -> None:
     a, b = _data(np.random.default_rng(0))
+    if backend == "cpp" and method == "kendall_tau_a":
+        with pytest.raises(NotImplementedError, match="linear methods"):
+            fa.compare_rdms(torch.from_numpy(a), torch.from_numpy(b), method, backend=backend)
+        return
     out = fa.compare_rdms(torch.from_numpy(a), torch.from_numpy(b), method, backend=backend).numpy()
     assert out.shape == (4, 3)
     for i in range(4):
@@ -116,10 +123,11 @@ def test_torch_matches_reference(
     b = torch.randint(0, levels, (*batch_b, k), generator=gen).double()
     b[..., 0], b[..., 1] = 0.0, 1.0  # never constant
     ref = fa.compare_rdms(a, b, method, backend="reference")
-    out = fa.compare_rdms(a.to(dtype), b.to(dtype), method, backend="torch")
     tol = 1e-10 if dtype == torch.float64 else 1e-5
-    assert out.shape == ref.shape
-    np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=tol, atol=tol)
+    for backend in ["torch", *(CPP if method != "kendall_tau_a" else [])]:
+        out = fa.compare_rdms(a.to(dtype), b.to(dtype), method, backend=backend)
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import pdist
 
 import fastalign as fa
-from fastalign.rsa import common, torch_chunked
+from fastalign.rsa import common, cpp, torch_chunked
+
+CPP = ["cpp"] if cpp.missing() is None else []
 
 PDIST = {"correlation": "correlation", "cosine": "cosine", "euclidean": "sqeuclidean"}
 
@@ -21,7 +23,7 @@ def _pdist(x: np.ndarray, method: str) -> np.ndarray:
     return d / x.shape[1] if method == "euclidean" else d
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
 @pytest.mark.parametrize("method", ["correlation", "cosine", "euclidean"])
 def test_rdm_matches_scipy_float64(method: str, backend: str) -> None:
     x = np.random.default_rng(0).normal(size=(2, 3, 13, 7))
@@ -75,16 +77,19 @@ def test_torch_feature_chunks_and_row_blocks(method: str, monkeypatch: pytest.Mo
     x = torch.randn(shape, dtype=torch.float64)
     whole = fa.rdm(x, method, backend="reference")
     monkeypatch.setattr(torch_chunked, "_CHUNK_ELEMENTS", 37)
+    monkeypatch.setattr(torch_chunked, "_PAIRS_PER_BLOCK", 40)
+    monkeypatch.setattr(torch_chunked, "_GRAM_ELEMENTS", 300)
     np.testing.assert_allclose(
         fa.rdm(x, method, backend="torch").numpy(), whole.numpy(), rtol=1e-10, atol=1e-12
     )
 
 
-def test_float32_within_tolerance_of_float64() -> None:
+@pytest.mark.parametrize("backend", ["torch", *CPP])
+def test_float32_within_tolerance_of_float64(backend: str) -> None:
     x = torch.randn(2, 40, 300, dtype=torch.float64) + 3.0  # an offset makes cancellation visible
     for method in ("correlation", "cosine", "euclidean"):
         ref = fa.rdm(x, method, backend="reference")
-        out = fa.rdm(x.float(), method, backend="torch")
+        out = fa.rdm(x.float(), method, backend=backend)
         assert out.dtype == torch.float32
         np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=2e-5, atol=2e-5)
 
@@ -114,10 +119,11 @@ def test_torch_matches_reference(
         p = 2
     x = torch.randn((*batch, n, p), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     ref = fa.rdm(x, method, backend="reference")
-    out = fa.rdm(x.to(dtype), method, backend="torch")
     tol = 1e-10 if dtype == torch.float64 else 1e-4
-    assert out.shape == (*batch, n * (n - 1) // 2)
-    np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=tol, atol=tol)
+    for backend in ["torch", *CPP]:
+        out = fa.rdm(x.to(dtype), method, backend=backend)
+        assert out.shape == (*batch, n * (n - 1) // 2) and out.dtype == dtype
+        np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=tol, atol=tol)
 
 
 def test_time_resolved_windows_match_explicit_rdms() -> None:
@@ -185,4 +191,43 @@ def test_explicit_unavailable_backend_raises() -> None:
     with pytest.raises(NotImplementedError, match="crossnobis"):
         fa.rdm(torch.randn(2, 4, 3), "crossnobis", backend="triton")
     with pytest.raises(NotImplementedError, match="does not exist"):
-        fa.rdm(torch.randn(4, 3), backend="cpp")
+        fa.rdm(torch.randn(4, 3), backend="cuda")
+    if CPP:
+        with pytest.raises(NotImplementedError, match="crossnobis"):
+            fa.rdm(torch.randn(2, 4, 3), "crossnobis", backend="cpp")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    ("n", "p", "method"),
+    [
+        (3, 1, "cosine"),
+        (5, 7, "correlation"),
+        (33, 40, "euclidean"),
+        (37, 33, "correlation"),
+        (4, 2, "euclidean"),
+    ],
+)
+def test_triton_kernel_matches_reference(triton_device: str, n: int, p: int, method: str) -> None:
+    """Tiny shapes (the interpreter is slow): partial tiles, a single tile, several feature blocks."""
+    x = torch.randn(2, n, p, dtype=torch.float64)
+    ref = fa.rdm(x, method, backend="reference")
+    out = fa.rdm(x.float().to(triton_device), method, backend="triton")
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    np.testing.assert_allclose(out.cpu().double().numpy(), ref.numpy(), rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.triton
+def test_triton_kernel_half_precision(triton_device: str) -> None:
+    x = torch.randn(6, 40, dtype=torch.float64)
+    ref = fa.rdm(x, "correlation", backend="reference")
+    out = fa.rdm(x.half().to(triton_device), "correlation", backend="triton")
+    half_ref = fa.rdm(x.half().float(), "correlation", backend="reference").double()
+    # no more than twice the error of the half-rounded inputs in float32 arithmetic, plus fp16 products
+    assert float((out.cpu().double() - ref).abs().max()) <= 2 * float((half_ref - ref).abs().max()) + 2e-3
+
+
+def test_auto_never_sends_cpu_tensors_to_triton() -> None:
+    from fastalign.rsa import api
+
+    assert api._rdm_dispatch.choose("auto", torch.randn(4, 3), "correlation") != "triton"

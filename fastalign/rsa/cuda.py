@@ -1,0 +1,60 @@
+"""RSA through the CUDA kernels of fastalign._C (kernels/rsa.cu, launched by csrc/cuda/rsa_cuda.cpp).
+
+- ``rank`` / ``prepare``: ATen's segmented sort per row, then one block per row turns the sorted values
+  into average ranks with block-wide max/min scans of tie-group bounds (int64, exact at any length).
+- ``permutation_null``: permuted condensed RDMs gathered by a kernel that computes pair indices on the
+  fly, reduced against the fixed RDMs by batched GEMMs (cuBLAS), a chunk of permutations at a time.
+
+RDMs on CUDA use the Triton kernel (fastalign.rsa.triton) or the torch backend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastalign import _ext
+from fastalign.rsa import common
+
+
+def missing() -> str | None:
+    """None when the CUDA RSA ops are registered, else why not."""
+    why = _ext.why_unavailable()
+    if why is not None:
+        return why
+    if not _ext.build_info().get("cuda", False):
+        return "fastalign._C was built without CUDA kernels"
+    if not hasattr(torch.ops.fastalign, "rsa_centered_ranks"):
+        return "fastalign._C was built without the current RSA ops (csrc/rsa.cpp); rebuild it"
+    return None
+
+
+def _ct(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def rank(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks along the last dim, float64 (x: float64, float32, int64 or int32 on a GPU)."""
+    _ext.load()
+    return torch.ops.fastalign.rsa_rank(x)
+
+
+def prepare(v: torch.Tensor, method: str) -> torch.Tensor:
+    """The per-RDM vector z of a linear method (see common.center_scale)."""
+    _ext.load()
+    ct = _ct(v)
+    if method in ("spearman", "rho_a"):
+        x = v if v.dtype in (torch.float64, torch.float32) else v.to(ct)  # exact: order is preserved
+        return torch.ops.fastalign.rsa_centered_ranks(x.contiguous(), method == "spearman", ct)
+    return common.center_scale(v.to(ct), method)
+
+
+def compare(a: torch.Tensor, b: torch.Tensor, method: str) -> torch.Tensor:
+    """Linear-method similarities broadcast over leading dims."""
+    za, zb = prepare(a, method), prepare(b, method)
+    return torch.einsum("...k,...k->...", za, zb) * common.linear_scale(method, a.shape[-1])
+
+
+def permutation_null(fixed: torch.Tensor, moving: torch.Tensor, perms: torch.Tensor, n: int) -> torch.Tensor:
+    """(P, *broadcast): sum_k fixed[..., k] * moving[..., idx_p[k]] (see torch_chunked.permutation_null)."""
+    _ext.load()
+    return common.gathered_null(torch.ops.fastalign.rsa_permute_condensed, fixed, moving, perms, 1 << 26)
