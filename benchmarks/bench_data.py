@@ -11,10 +11,10 @@ repetitions and 200 test images x 20 repetitions (16,540 training conditions x 4
 - ``preprocess``: ``preprocess_things_eeg2`` on a synthetic subject (raw files from
   ``make_synthetic_things``: 63 channels, 1000 Hz, 4 sessions, 200 test images x 20 repetitions per
   session as published) with the training set reduced to a fraction of the 16,540 images, at two
-  fractions; total time and peak memory are fitted as a + b * (training trials) and extrapolated to the
-  full size. The full size (about 1.7 GB of raw float64 per session file, a 2.3 GB epochs array per
-  session) does not fit the few-minute budget of a benchmark run on a shared 2-core machine, so it is
-  NOT measured directly.
+  fractions. The time of the larger run is scaled by the ratio of raw trials (every stage is linear in
+  them) and peak memory by a linear fit in the number of training images, to the full size. The full
+  size (about 1.7 GB of raw float64 per session file, a 2.3 GB epochs array per session) does not fit
+  the few-minute budget of a benchmark run on a shared 2-core machine, so it is NOT measured directly.
 
     flock /tmp/fastalign-bench.lock python benchmarks/bench_data.py
     python benchmarks/bench_data.py --fractions 0.125 0.25 --loop-conditions 30   # the defaults
@@ -112,7 +112,8 @@ def _make_subject(root: str, fraction: float) -> int:
 
 
 def bench_preprocess(fractions: list[float]) -> list[dict[str, Any]]:
-    rows, points = [], []
+    rows: list[dict[str, Any]] = []
+    points: list[tuple[int, int, float, int]] = []
     for fraction in fractions:
         with tempfile.TemporaryDirectory(prefix="fastalign-bench-") as root:
             n_train = _make_subject(root, fraction)
@@ -123,19 +124,24 @@ def bench_preprocess(fractions: list[float]) -> list[dict[str, Any]]:
                 lambda root=root: preprocess_things_eeg2(os.path.join(root, "raw_data"), 1), "cpu"
             )
             seconds = time.perf_counter() - t0
-        points.append((n_train, seconds, mem))
+        points.append((n_train, trials, seconds, mem))
         size = f"{n_train} train imgs x 4 reps, 200 test x 80; {trials} raw trials, 63 ch @ 1000 Hz"
         rows.append(_row(CASE, IMPL, size, seconds, "measured, 1 run", peak_mem_mb=mem / 2**20))
         print(rows[-1], flush=True)
-    if len(points) >= 2:
-        n = np.array([p[0] for p in points], dtype=float)
-        t_fit = np.polyfit(n, [p[1] for p in points], 1)
-        m_fit = np.polyfit(n, [p[2] for p in points], 1)
-        size = f"{TRAIN_IMAGES} train imgs x 4 reps, 200 test x 80 (published)"
-        how = f"EXTRAPOLATED: linear fit over the {len(points)} measured rows above"
-        seconds = float(np.polyval(t_fit, TRAIN_IMAGES))
-        mem_mb = float(np.polyval(m_fit, TRAIN_IMAGES)) / 2**20
-        rows.append(_row(CASE, IMPL, size, seconds, how, peak_mem_mb=mem_mb))
+    if points:
+        # Time: every stage (reading, MNE epoching and resampling, MVNN, merging, writing) is linear in
+        # the number of raw trials, so the largest run is scaled by the trial ratio. A two-point fit
+        # would need two clean timings; on a shared CPU one run can be slowed by others' jobs.
+        full_trials = SESSIONS * (TRAIN_IMAGES // 2 * TRAIN_REPS + TEST_IMAGES * TEST_REPS)
+        n_train, trials, seconds, _ = max(points)
+        size = f"{TRAIN_IMAGES} train imgs x 4 reps, 200 test x 80; {full_trials} raw trials (published)"
+        how = f"EXTRAPOLATED: the {n_train}-image run x {full_trials}/{trials} raw trials"
+        mem_mb = None
+        if len(points) >= 2:  # peak memory grows with the training part of one session: linear fit
+            fit = np.polyfit([p[0] for p in points], [p[3] for p in points], 1)
+            mem_mb = float(np.polyval(fit, TRAIN_IMAGES)) / 2**20
+            how += f"; peak mem: linear fit over the {len(points)} runs"
+        rows.append(_row(CASE, IMPL, size, seconds * full_trials / trials, how, peak_mem_mb=mem_mb))
         print(rows[-1], flush=True)
     return rows
 
