@@ -22,7 +22,7 @@ from fastalign.rsa import common
 
 _CHUNK_ELEMENTS = 1 << 24
 _PAIRS_PER_BLOCK = 1 << 22
-_GRAM_ELEMENTS = 1 << 21
+_GRAM_ELEMENTS = 1 << 24
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -82,3 +82,20 @@ def test_backends_match_reference(n: int, batch: tuple[int, ...], levels: int, s
 def test_rank_rejects_bad_input(x: object, kwargs: dict, exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
         fa.rank(x, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_integer_extremes_and_signed_zero(backend: str) -> None:
+    big = torch.tensor([[2**63 - 1, -(2**63), 0, -1, 2**63 - 1, 5]], dtype=torch.int64)
+    np.testing.assert_array_equal(fa.rank(big, backend=backend).numpy(), rankdata(big.numpy(), axis=-1))
+    small = torch.tensor([[2**31 - 1, -(2**31), 0, -1, -(2**31)]], dtype=torch.int32)
+    np.testing.assert_array_equal(fa.rank(small, backend=backend).numpy(), rankdata(small.numpy(), axis=-1))
+    floats = torch.tensor([[-0.0, 0.0, -1e-300, 1e-300, -0.0, 5e-324, float("-inf")]], dtype=torch.float64)
+    np.testing.assert_array_equal(fa.rank(floats, backend=backend).numpy(), rankdata(floats.numpy(), axis=-1))
+    f32 = torch.tensor([[-0.0, 0.0, -1e-30, 1e-30, 3.4e38, -3.4e38, 1e-45]], dtype=torch.float32)
+    np.testing.assert_array_equal(fa.rank(f32, backend=backend).numpy(), rankdata(f32.numpy(), axis=-1))
+
+
+def test_rank_bool_input() -> None:
+    x = torch.tensor([True, False, True, True])
+    np.testing.assert_array_equal(fa.rank(x).numpy(), rankdata(x.numpy()))

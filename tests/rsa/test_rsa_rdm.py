@@ -231,3 +231,26 @@ def test_auto_never_sends_cpu_tensors_to_triton() -> None:
     from fastalign.rsa import api
 
     assert api._rdm_dispatch.choose("auto", torch.randn(4, 3), "correlation") != "triton"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"window": 0}, "window"),
+        ({"step": 0}, "step"),
+        ({"window": 11}, "longer"),
+    ],
+)
+def test_time_resolved_rejects_bad_input(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        fa.time_resolved_rdms(torch.randn(5, 3, 10), **kwargs)
+    with pytest.raises(ValueError, match="n_times"):
+        fa.time_resolved_rdms(torch.randn(5, 10))
+
+
+def test_half_precision_input_computes_in_float32() -> None:
+    x = torch.randn(2, 9, 70, dtype=torch.float64)
+    out = fa.rdm(x.half(), "correlation")
+    ref = fa.rdm(x.half().double(), "correlation", backend="reference")
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
