@@ -79,13 +79,15 @@ def epoch_session(
 
     if not isinstance(raw, RawEEG):
         raw = load_raw_eeg(raw, stim_channel)
-    src = raw.source
+    src, raw_sfreq = raw.source, raw.sfreq
     info = mne.create_info(raw.ch_names, raw.sfreq, raw.ch_types)
-    mraw = mne.io.RawArray(raw.data, info, verbose="error")
+    mraw = mne.io.RawArray(raw.data, info, verbose="error")  # shares raw.data (float64: no copy)
+    # A file loaded here is freed once pick() copies out the kept channels (1.7 GB at published size).
+    del raw
     events = mne.find_events(mraw, stim_channel=stim_channel, verbose="error")
     picks = mne.pick_channels_regexp(mraw.ch_names, channels)
     if len(picks) == 0:
-        raise ValueError(f"{src}: no channel matches channels={channels!r}; channels are {raw.ch_names}")
+        raise ValueError(f"{src}: no channel matches channels={channels!r}; channels are {mraw.ch_names}")
     mraw.pick([mraw.ch_names[i] for i in picks])
     if target_event is not None:
         events = events[events[:, 2] != target_event]
@@ -93,7 +95,7 @@ def epoch_session(
         raise ValueError(f"{src}: no (non-target) events found on stim channel {stim_channel!r}")
     epochs = mne.Epochs(mraw, events, tmin=tmin, tmax=tmax, baseline=baseline, preload=True, verbose="error")
     del mraw
-    if sfreq is not None and sfreq != raw.sfreq:
+    if sfreq is not None and sfreq != raw_sfreq:
         epochs.resample(sfreq, verbose="error")
     data = epochs.get_data()
     codes = epochs.events[:, 2]
