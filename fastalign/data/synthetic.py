@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,11 +300,12 @@ def make_synthetic_things(
     seed: int = 0,
     preprocess: bool = True,
     image_source: str = "auto",
+    overwrite: bool = False,
 ) -> SyntheticThings:
     """Writes a small THINGS-EEG2-layout dataset generated from a known brain (see the module doc).
 
     Args:
-        root: Output folder (created).
+        root: Output folder: created, or an empty folder (a non-empty one needs ``overwrite``).
         n_train_concepts, images_per_concept: Training images = concepts x images per concept.
         n_test: Test images, one per test concept (concepts disjoint from training, as published).
         n_subjects: Subjects sub-01.. (each with its own brain: mixing, latencies).
@@ -326,6 +329,7 @@ def make_synthetic_things(
             scikit-image installed; its files are read with PIL); "procedural": drawn shapes; "auto":
             photos when scikit-image is installed, else procedural. ``ground_truth["image_source"]``
             says which was used.
+        overwrite: Replace ``root`` if it is a non-empty folder (else that is an error).
         preprocess: Run :func:`preprocess_things_eeg2` to write the preprocessed files (False leaves
             only raw data, images and fMRI, e.g. to time the preprocessing separately).
 
@@ -367,128 +371,164 @@ def make_synthetic_things(
     if n_extra_channels < 0 or n_extra_channels > len(_OTHER_CHANNELS):
         raise ValueError(f"make_synthetic_things: n_extra_channels must be 0..{len(_OTHER_CHANNELS)}")
 
-    root = os.path.abspath(os.fspath(root))
-    out = SyntheticThings(
-        root,
-        os.path.join(root, "image_set"),
-        os.path.join(root, "raw_data"),
-        os.path.join(root, "preprocessed_data"),
-        os.path.join(root, "fmri"),
-        list(range(1, n_subjects + 1)),
+    final = os.path.abspath(os.fspath(root))
+    if os.path.exists(final) and (not os.path.isdir(final) or (os.listdir(final) and not overwrite)):
+        raise FileExistsError(
+            f"make_synthetic_things: {final!r} exists and is not an empty folder; pass overwrite=True to "
+            "replace it"
+        )
+    # Everything is written into a sibling temp folder that replaces root only when complete, so a
+    # failure (or an interrupt) never leaves a half-written dataset behind.
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    root = tempfile.mkdtemp(
+        prefix="." + os.path.basename(final) + ".", suffix=".tmp", dir=os.path.dirname(final)
     )
-    rng = np.random.default_rng(seed)
-    gt: dict[str, np.ndarray] = {}
-
-    # Images and metadata.
-    n_concepts = n_train_concepts + n_test
-    photo_dir = _photo_dir() if image_source in ("auto", "photos") else None
-    if image_source == "photos" and photo_dir is None:
-        raise ImportError(
-            "make_synthetic_things: image_source='photos' needs scikit-image (pip install scikit-image)"
+    try:
+        out = SyntheticThings(
+            root,
+            os.path.join(root, "image_set"),
+            os.path.join(root, "raw_data"),
+            os.path.join(root, "preprocessed_data"),
+            os.path.join(root, "fmri"),
+            list(range(1, n_subjects + 1)),
         )
-    photos = _load_photos(photo_dir) if photo_dir is not None else []
-    if photos:  # concept = a photo (cycled) + its own region and colour cast
-        kinds = [os.path.splitext(_PHOTOS[i % len(_PHOTOS)])[0].split("_")[0] for i in range(n_concepts)]
-        centres, tints = rng.uniform(0.3, 0.7, (n_concepts, 2)), rng.uniform(0.0, 1.0, (n_concepts, 3))
-    else:  # concept = a shape with its own colours
-        kinds = [_SHAPES[i % len(_SHAPES)] for i in rng.permutation(n_concepts)]
-        fg, bg = rng.uniform(0.1, 0.9, (n_concepts, 3)), rng.uniform(0.1, 0.9, (n_concepts, 3))
-    gt["image_source"] = np.array("photos" if photos else "procedural")
-    meta: dict[str, list[str]] = {k: [] for k in ("train_img_concepts", "train_img_files")}
-    meta.update({"test_img_concepts": [], "test_img_files": []})
-    paths: dict[str, list[str]] = {"train": [], "test": []}
-    concept_of: dict[str, list[int]] = {"train": [], "test": []}
-    for c in range(n_concepts):
-        split, folder = ("train", "training_images") if c < n_train_concepts else ("test", "test_images")
-        index = c if split == "train" else c - n_train_concepts
-        concept = f"{index + 1:05d}_{kinds[c]}{c}"
-        for j in range(images_per_concept if split == "train" else 1):
-            file = f"{kinds[c]}{c}_{j + 1:02d}{'b' if split == 'train' else 's'}.jpg"
-            path = os.path.join(out.image_dir, folder, concept, file)
-            if photos:
-                pixels = _augment(photos[c % len(photos)], image_size, centres[c], tints[c], rng)
-            else:
-                pixels = _render(kinds[c], image_size, fg[c], bg[c], rng)
-            _save_jpeg(path, pixels)
-            meta[f"{split}_img_concepts"].append(concept)
-            meta[f"{split}_img_files"].append(file)
-            paths[split].append(path)
-            concept_of[split].append(c)
-    save_npy(os.path.join(out.image_dir, "image_metadata.npy"), meta)
+        rng = np.random.default_rng(seed)
+        gt: dict[str, np.ndarray] = {}
 
-    projection = rng.normal(size=(8 * 8 * 3, n_latents)) * 3.0 / np.sqrt(8 * 8 * 3)
-    feats = _pixel_features(paths["train"] + paths["test"], projection)
-    feats = (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-12)
-    n_train = len(paths["train"])
-    gt["train_features"], gt["test_features"] = feats[:n_train], feats[n_train:]
-    gt["train_concepts"], gt["test_concepts"] = np.array(concept_of["train"]), np.array(concept_of["test"])
-    concept_embedding = rng.normal(size=(n_concepts, n_latents))
-
-    op_names = _op_channel_names(n_channels)
-    ch_names = list(_OTHER_CHANNELS[:n_extra_channels]) + op_names + ["stim"]
-    out_sfreq = n_times / (_EPOCH[1] - _EPOCH[0])
-    out_times = _EPOCH[0] + np.arange(n_times) / out_sfreq
-    for subject in out.subjects:
-        srng = np.random.default_rng([seed, subject])
-        brain = _make_brain(srng, n_channels, n_latents, n_extra_channels, snr, raw_sfreq)
-        target_features = srng.normal(size=(targets_per_session, n_latents))
-        halves = np.array_split(srng.permutation(n_train), 2) if n_sessions > 1 else [np.arange(n_train)]
-        for ses in range(1, n_sessions + 1):
-            shown = np.sort(halves[(ses - 1) % len(halves)])
-            for split, images, reps in (
-                ("training", shown, training_repetitions),
-                ("test", np.arange(len(paths["test"])), test_repetitions),
-            ):
-                source = gt["train_features"] if split == "training" else gt["test_features"]
-                trials = np.concatenate([np.repeat(images, reps), -1 - np.arange(targets_per_session)])
-                trials = srng.permutation(trials)
-                is_target = trials < 0
-                tfeat = np.where(is_target[:, None], target_features[np.where(is_target, -1 - trials, 0)],
-                                 source[np.where(is_target, 0, trials)])  # fmt: skip
-                codes = np.where(is_target, TARGET_EVENT, trials + 1)
-                raw = _raw_session(brain, tfeat, codes, raw_sfreq, ch_names, srng)
-                save_npy(raw_path(out.raw_dir, subject, ses, split), raw)  # type: ignore[arg-type]
-        if preprocess:
-            result = preprocess_things_eeg2(
-                out.raw_dir,
-                subject,
-                out.preprocessed_dir,
-                sfreq=out_sfreq,
-                channels=OCCIPITAL_PARIETAL,
-                training_repetitions=training_repetitions,
-                test_repetitions=test_repetitions,
-                mvnn_dim=mvnn_dim,  # type: ignore[arg-type]
-                write=True,
+        # Images and metadata.
+        n_concepts = n_train_concepts + n_test
+        photo_dir = _photo_dir() if image_source in ("auto", "photos") else None
+        if image_source == "photos" and photo_dir is None:
+            raise ImportError(
+                "make_synthetic_things: image_source='photos' needs scikit-image (pip install scikit-image)"
             )
-            if result.test.data.shape[-1] != n_times or result.test.ch_names != op_names:
-                raise ValueError(
-                    f"make_synthetic_things: raw_sfreq={raw_sfreq} and n_times={n_times} give "
-                    f"{result.test.data.shape[-1]} samples per epoch after resampling to {out_sfreq} Hz; "
-                    "expected n_times (e.g. raw_sfreq=1000 works for any n_times < 500)"
-                )
-        sub = f"_sub-{subject:02d}"
-        scale = 1e-6 / np.sqrt(n_channels)
-        gt["mixing" + sub] = brain.mixing
-        gt["latency" + sub], gt["width" + sub] = brain.latency, brain.width
-        gt["noise_cov" + sub] = (brain.mixing @ brain.mixing.T + 0.01 * np.eye(n_channels)) * scale**2
-        for split, f in (("train", gt["train_features"]), ("test", gt["test_features"])):
-            gt[f"evoked_{split}{sub}"] = brain.evoked(f, out_times) * scale
-        gt["rdm_features" + sub] = _condensed_corr_rdm(gt["test_features"])
-        gt["rdm_evoked" + sub] = _condensed_corr_rdm(gt["evoked_test" + sub])
-        from scipy.stats import spearmanr
+        photos = _load_photos(photo_dir) if photo_dir is not None else []
+        if photos:  # concept = a photo (cycled) + its own region and colour cast
+            kinds = [os.path.splitext(_PHOTOS[i % len(_PHOTOS)])[0].split("_")[0] for i in range(n_concepts)]
+            centres, tints = rng.uniform(0.3, 0.7, (n_concepts, 2)), rng.uniform(0.0, 1.0, (n_concepts, 3))
+        else:  # concept = a shape with its own colours
+            kinds = [_SHAPES[i % len(_SHAPES)] for i in rng.permutation(n_concepts)]
+            fg, bg = rng.uniform(0.1, 0.9, (n_concepts, 3)), rng.uniform(0.1, 0.9, (n_concepts, 3))
+        gt["image_source"] = np.array("photos" if photos else "procedural")
+        meta: dict[str, list[str]] = {k: [] for k in ("train_img_concepts", "train_img_files")}
+        meta.update({"test_img_concepts": [], "test_img_files": []})
+        paths: dict[str, list[str]] = {"train": [], "test": []}
+        concept_of: dict[str, list[int]] = {"train": [], "test": []}
+        for c in range(n_concepts):
+            split, folder = ("train", "training_images") if c < n_train_concepts else ("test", "test_images")
+            index = c if split == "train" else c - n_train_concepts
+            concept = f"{index + 1:05d}_{kinds[c]}{c}"
+            for j in range(images_per_concept if split == "train" else 1):
+                file = f"{kinds[c]}{c}_{j + 1:02d}{'b' if split == 'train' else 's'}.jpg"
+                path = os.path.join(out.image_dir, folder, concept, file)
+                if photos:
+                    pixels = _augment(photos[c % len(photos)], image_size, centres[c], tints[c], rng)
+                else:
+                    pixels = _render(kinds[c], image_size, fg[c], bg[c], rng)
+                _save_jpeg(path, pixels)
+                meta[f"{split}_img_concepts"].append(concept)
+                meta[f"{split}_img_files"].append(file)
+                paths[split].append(path)
+                concept_of[split].append(c)
+        save_npy(os.path.join(out.image_dir, "image_metadata.npy"), meta)
 
-        gt["expected_rsa" + sub] = np.asarray(
-            spearmanr(gt["rdm_features" + sub], gt["rdm_evoked" + sub]).statistic
+        projection = rng.normal(size=(8 * 8 * 3, n_latents)) * 3.0 / np.sqrt(8 * 8 * 3)
+        feats = _pixel_features(paths["train"] + paths["test"], projection)
+        feats = (feats - feats.mean(0)) / np.maximum(feats.std(0), 1e-12)
+        n_train = len(paths["train"])
+        gt["train_features"], gt["test_features"] = feats[:n_train], feats[n_train:]
+        gt["train_concepts"], gt["test_concepts"] = (
+            np.array(concept_of["train"]),
+            np.array(concept_of["test"]),
         )
-        _write_fmri(out.fmri_dir, subject, gt, concept_embedding, n_voxels, fmri_repetitions, fmri_snr, srng)
+        concept_embedding = rng.normal(size=(n_concepts, n_latents))
 
-    def write_gt(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **gt)  # type: ignore[arg-type]
+        op_names = _op_channel_names(n_channels)
+        ch_names = list(_OTHER_CHANNELS[:n_extra_channels]) + op_names + ["stim"]
+        out_sfreq = n_times / (_EPOCH[1] - _EPOCH[0])
+        out_times = _EPOCH[0] + np.arange(n_times) / out_sfreq
+        for subject in out.subjects:
+            srng = np.random.default_rng([seed, subject])
+            brain = _make_brain(srng, n_channels, n_latents, n_extra_channels, snr, raw_sfreq)
+            target_features = srng.normal(size=(targets_per_session, n_latents))
+            halves = np.array_split(srng.permutation(n_train), 2) if n_sessions > 1 else [np.arange(n_train)]
+            for ses in range(1, n_sessions + 1):
+                shown = np.sort(halves[(ses - 1) % len(halves)])
+                for split, images, reps in (
+                    ("training", shown, training_repetitions),
+                    ("test", np.arange(len(paths["test"])), test_repetitions),
+                ):
+                    source = gt["train_features"] if split == "training" else gt["test_features"]
+                    trials = np.concatenate([np.repeat(images, reps), -1 - np.arange(targets_per_session)])
+                    trials = srng.permutation(trials)
+                    is_target = trials < 0
+                    tfeat = np.where(is_target[:, None], target_features[np.where(is_target, -1 - trials, 0)],
+                                     source[np.where(is_target, 0, trials)])  # fmt: skip
+                    codes = np.where(is_target, TARGET_EVENT, trials + 1)
+                    raw = _raw_session(brain, tfeat, codes, raw_sfreq, ch_names, srng)
+                    save_npy(raw_path(out.raw_dir, subject, ses, split), raw)  # type: ignore[arg-type]
+            if preprocess:
+                result = preprocess_things_eeg2(
+                    out.raw_dir,
+                    subject,
+                    out.preprocessed_dir,
+                    sfreq=out_sfreq,
+                    channels=OCCIPITAL_PARIETAL,
+                    training_repetitions=training_repetitions,
+                    test_repetitions=test_repetitions,
+                    mvnn_dim=mvnn_dim,  # type: ignore[arg-type]
+                    write=True,
+                )
+                if result.test.data.shape[-1] != n_times or result.test.ch_names != op_names:
+                    raise ValueError(
+                        f"make_synthetic_things: raw_sfreq={raw_sfreq} and n_times={n_times} give "
+                        f"{result.test.data.shape[-1]} samples per epoch after resampling to {out_sfreq} Hz; "
+                        "expected n_times (e.g. raw_sfreq=1000 works for any n_times < 500)"
+                    )
+            sub = f"_sub-{subject:02d}"
+            scale = 1e-6 / np.sqrt(n_channels)
+            gt["mixing" + sub] = brain.mixing
+            gt["latency" + sub], gt["width" + sub] = brain.latency, brain.width
+            gt["noise_cov" + sub] = (brain.mixing @ brain.mixing.T + 0.01 * np.eye(n_channels)) * scale**2
+            for split, f in (("train", gt["train_features"]), ("test", gt["test_features"])):
+                gt[f"evoked_{split}{sub}"] = brain.evoked(f, out_times) * scale
+            gt["rdm_features" + sub] = _condensed_corr_rdm(gt["test_features"])
+            gt["rdm_evoked" + sub] = _condensed_corr_rdm(gt["evoked_test" + sub])
+            from scipy.stats import spearmanr
 
-    atomic_write(os.path.join(root, "ground_truth.npz"), write_gt)
-    out.ground_truth = gt
-    return out
+            gt["expected_rsa" + sub] = np.asarray(
+                spearmanr(gt["rdm_features" + sub], gt["rdm_evoked" + sub]).statistic
+            )
+            _write_fmri(
+                out.fmri_dir, subject, gt, concept_embedding, n_voxels, fmri_repetitions, fmri_snr, srng
+            )
+
+        def write_gt(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **gt)  # type: ignore[arg-type]
+
+        atomic_write(os.path.join(root, "ground_truth.npz"), write_gt)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+    if os.path.exists(final):
+        old = tempfile.mkdtemp(
+            prefix="." + os.path.basename(final) + ".", suffix=".old", dir=os.path.dirname(final)
+        )
+        os.replace(final, os.path.join(old, "dataset"))
+        os.replace(root, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(root, final)
+    return SyntheticThings(
+        final,
+        os.path.join(final, "image_set"),
+        os.path.join(final, "raw_data"),
+        os.path.join(final, "preprocessed_data"),
+        os.path.join(final, "fmri"),
+        out.subjects,
+        gt,
+    )
 
 
 def _write_fmri(

@@ -145,3 +145,28 @@ def test_synthetic_bad_arguments(tmp_path: os.PathLike) -> None:
     with pytest.raises(ValueError, match="image_source must be"):
         make_synthetic_things(tmp_path, image_source="photo")
     assert not os.listdir(tmp_path)
+
+
+def test_synthetic_is_all_or_nothing(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastalign.data.synthetic as synthetic_module
+
+    tiny = dict(n_train_concepts=2, images_per_concept=2, n_test=3, n_sessions=1, test_repetitions=2,
+                raw_sfreq=250.0, n_voxels=10, image_size=16, targets_per_session=1)  # fmt: skip
+    root = os.path.join(tmp_path, "ds")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("preprocessing crashed")
+
+    monkeypatch.setattr(synthetic_module, "preprocess_things_eeg2", broken)
+    with pytest.raises(RuntimeError, match="crashed"):
+        make_synthetic_things(root, **tiny)
+    assert os.listdir(tmp_path) == []  # neither the dataset nor its temp folder
+    monkeypatch.undo()
+    first = make_synthetic_things(root, seed=1, **tiny)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        make_synthetic_things(root, **tiny)
+    second = make_synthetic_things(root, seed=2, overwrite=True, **tiny)
+    assert os.listdir(tmp_path) == ["ds"] and first.root == second.root == root
+    on_disk = np.load(os.path.join(root, "ground_truth.npz"))["train_features"]
+    np.testing.assert_array_equal(on_disk, second.ground_truth["train_features"])
+    assert load_preprocessed_eeg(second.preprocessed_dir, 1, "test").data.shape == (3, 2, 17, 100)
