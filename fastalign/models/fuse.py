@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastalign.models.convs import gemm_conv3x3, winograd_conv3x3, winograd_weight
 from fastalign.models.cornet import DEFAULT_LAYERS, CORblockS, CORnetBase, CORnetS
-from fastalign.models.winograd import winograd_conv3x3, winograd_weight
 
 _FOLD_DTYPE = torch.float64  # fold in float64 so that folding adds no rounding of its own
 
@@ -76,6 +76,8 @@ class _FusedPart(nn.Module):
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.use_mkldnn = False  # set per call by FusedCORnetS
+        # im2col GEMM for weight-bound 3x3 convs: CPU only, and needs channels_last weights.
+        self.use_gemm = False
 
     def _add_conv(self, name: str, weight: torch.Tensor, bias: torch.Tensor, winograd: bool = False) -> None:
         dtype = self.dtype
@@ -95,6 +97,14 @@ class _FusedPart(nn.Module):
             y = winograd_conv3x3(x, getattr(self, f"{spec.name}_wino"), b, spec.relu)
             return y.contiguous(memory_format=self.memory_format)
         w = getattr(self, f"{spec.name}_weight")
+        if self.use_gemm and w.shape[-1] == 3 and residual is None:
+            n, _, h, wd = x.shape
+            pixels = n * ((h - 1) // spec.stride + 1) * ((wd - 1) // spec.stride + 1)
+            # Fewer output pixels than channels: the direct conv is weight-bound (see convs.py).
+            if pixels < w.shape[0]:
+                return gemm_conv3x3(x, w, b, spec.stride, spec.relu).contiguous(
+                    memory_format=self.memory_format
+                )
         pad, stride = [spec.padding] * 2, [spec.stride] * 2
         if self.use_mkldnn:
             unary = "relu" if spec.relu else "none"
@@ -174,7 +184,8 @@ class FusedCORnetS(CORnetBase):
         channels_last: Whether activations are NHWC.
         mkldnn: Whether CPU calls without autograd use oneDNN's fused conv+bias+ReLU(+add) kernels.
         winograd: Whether the recurrent blocks' stride-1 3x3 convs (timesteps > 0) run as Winograd
-            F(2x2, 3x3) (:mod:`fastalign.models.winograd`).
+            F(2x2, 3x3) (:mod:`fastalign.models.convs`).
+        gemm: Whether CPU calls run weight-bound 3x3 convs as one im2col GEMM (:mod:`fastalign.models.convs`).
         cuda_graph: Whether CUDA calls without autograd are captured and replayed as CUDA graphs.
     """
 
@@ -186,6 +197,7 @@ class FusedCORnetS(CORnetBase):
         channels_last: bool = True,
         mkldnn: bool | None = None,
         winograd: bool | None = None,
+        gemm: bool = True,
         cuda_graph: bool = False,
     ) -> None:
         super().__init__()
@@ -194,6 +206,7 @@ class FusedCORnetS(CORnetBase):
         wino_dtypes = (torch.float32, torch.float64)
         on_cpu = next(model.parameters()).device.type == "cpu"
         self.winograd = on_cpu and dtype in wino_dtypes if winograd is None else winograd
+        self.gemm = gemm
         if self.winograd and dtype not in wino_dtypes:
             raise ValueError(f"fuse: winograd=True supports float32 and float64, got dtype {dtype}")
         mkldnn_dtypes = (torch.float32, torch.bfloat16, torch.float16)
@@ -220,8 +233,10 @@ class FusedCORnetS(CORnetBase):
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         use = self.mkldnn and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+        gemm = self.gemm and x.device.type == "cpu" and self.channels_last
         for part in (self.V1, self.V2, self.V4, self.IT):
             part.use_mkldnn = use
+            part.use_gemm = gemm
         x = x.to(self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
@@ -295,6 +310,7 @@ def fuse(
     channels_last: bool = True,
     mkldnn: bool | None = None,
     winograd: bool | None = None,
+    gemm: bool = True,
     cuda_graph: bool = False,
 ) -> FusedCORnetS:
     """An inference CORnet-S computing what ``model.eval()`` computes, faster.
@@ -312,6 +328,8 @@ def fuse(
         winograd: Run the recurrent stride-1 3x3 convs as Winograd F(2x2, 3x3): 2.25x fewer multiply-adds
             in those convs, 56% of the network's FLOPs (default: for float32/float64 models on the CPU,
             where it is faster than oneDNN's direct convs; on GPUs cuDNN picks its own algorithms).
+        gemm: On CPU with channels_last, run 3x3 convs that have fewer output pixels than output channels
+            (IT's strided conv) as one im2col matrix product instead of oneDNN's weight-bound direct conv.
         cuda_graph: Capture CUDA calls without autograd in CUDA graphs, one per input shape and call
             pattern (the first call of each captures; later ones replay).
 
@@ -330,6 +348,7 @@ def fuse(
         channels_last=channels_last,
         mkldnn=mkldnn,
         winograd=winograd,
+        gemm=gemm,
         cuda_graph=cuda_graph,
     )
     device = next(model.parameters()).device

@@ -74,6 +74,8 @@ def test_float32_matches_eager(model, x, refs, channels_last: bool, mkldnn: bool
         got = fused.features(x, layers=ALL, timesteps="all")
         logits = fused(x)
     assert fused.V2.use_mkldnn is mkldnn
+    # At 32x32 every strided 3x3 conv has fewer output pixels than channels: im2col GEMM when NHWC.
+    assert fused.IT.use_gemm is channels_last
     for k in ref64:
         # Within the float32 rounding of the eager module itself (and never worse than 1e-5 relative).
         assert _rel_err(got[k], ref64[k]) <= max(4 * _rel_err(ref32[k], ref64[k]), 1e-5), k

@@ -1,5 +1,5 @@
-"""Winograd F(2x2, 3x3) conv vs F.conv2d: values (float64 exact, float32 within direct-conv rounding)
-and gradients, on odd, even, prime and unit spatial sizes."""
+"""im2col GEMM and Winograd F(2x2, 3x3) convs vs F.conv2d: values (float64 exact, float32 within
+direct-conv rounding) and gradients, on odd, even, prime and unit spatial sizes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastalign.models.winograd import winograd_conv3x3, winograd_weight
+from fastalign.models.convs import gemm_conv3x3, winograd_conv3x3, winograd_weight
 
 
 @given(
@@ -72,3 +72,39 @@ def test_gradients_match_conv2d() -> None:
 def test_bad_weight_shape() -> None:
     with pytest.raises(ValueError, match=r"\(C_out, C_in, 3, 3\)"):
         winograd_weight(torch.zeros(4, 3, 5, 5))
+
+
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 9),
+    k=st.integers(1, 7),
+    h=st.integers(1, 11),
+    w=st.integers(1, 11),
+    stride=st.sampled_from([1, 2]),
+    relu=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_gemm_conv_matches_conv2d_float64(n, c, k, h, w, stride, relu, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, generator=g).contiguous(
+        memory_format=torch.channels_last
+    )
+    weight = torch.randn(k, c, 3, 3, dtype=torch.float64, generator=g)
+    bias = torch.randn(k, dtype=torch.float64, generator=g)
+    ref = F.conv2d(x, weight, bias, stride, 1)
+    if relu:
+        ref = ref.relu()
+    got = gemm_conv3x3(x, weight.contiguous(memory_format=torch.channels_last), bias, stride, relu)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_gemm_conv_gradients_and_layout_check() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=g)
+    wcl = weight.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    bias = torch.randn(4, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w, b: gemm_conv3x3(a, w, b, 2, relu=True), (x, wcl, bias))
+    with pytest.raises(ValueError, match="channels_last"):
+        gemm_conv3x3(x, weight, bias, 1)
