@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (before anything that may load fastalign._C)
 
-from fastalign import data  # brain data loaders; imports no MNE/sklearn until used (~25 ms)
+from fastalign import (
+    data,  # brain data loaders; imports no MNE/sklearn until used (~25 ms)
+    models,  # CORnet-S: pure torch, no weights loaded at import (~20 ms)
+)
 from fastalign.contrastive import InfoNCELoss, infonce_loss
 from fastalign.rsa import (
     ClusterResult,
@@ -33,6 +36,7 @@ __all__ = [
     "compare_rdms",
     "data",
     "infonce_loss",
+    "models",
     "noise_ceiling",
     "rank",
     "rdm",
