@@ -65,7 +65,8 @@ def epoch_session(
             smallest count over conditions.
         seed: Seed of the repetition selection.
         sfreq: Output sampling rate in Hz (None: no resampling).
-        channels: Regex of the channels to keep (``mne.pick_channels_regexp``).
+        channels: Regex of the channels to keep (``mne.pick_channels_regexp``; stim channels never
+            are); ``".*"`` keeps every EEG channel (the 63-channel variant).
         tmin, tmax: Epoch window in seconds around each event.
         baseline: Baseline interval passed to ``mne.Epochs``.
         target_event: Event code of trials to drop (None keeps all).
@@ -85,7 +86,9 @@ def epoch_session(
     # A file loaded here is freed once pick() copies out the kept channels (1.7 GB at published size).
     del raw
     events = mne.find_events(mraw, stim_channel=stim_channel, verbose="error")
-    picks = mne.pick_channels_regexp(mraw.ch_names, channels)
+    # The stim channel is never data, even when the regex matches it (e.g. ".*" for all 63 channels).
+    types = mraw.get_channel_types()
+    picks = [i for i in mne.pick_channels_regexp(mraw.ch_names, channels) if types[i] != "stim"]
     if len(picks) == 0:
         raise ValueError(f"{src}: no channel matches channels={channels!r}; channels are {mraw.ch_names}")
     mraw.pick([mraw.ch_names[i] for i in picks])

@@ -139,6 +139,9 @@ def test_epoch_session_options(synthetic: SyntheticThings) -> None:
     assert full.conditions.tolist() == list(range(1, 9))  # target trials (99999) dropped
     occ = epoch_session(path, n_repetitions=3, channels="^O", sfreq=50.0)
     assert occ.ch_names == ["O1", "Oz", "O2"] and occ.data.shape == (8, 3, 3, 50)
+    every = epoch_session(path, n_repetitions=2, channels=".*", sfreq=125.0)
+    assert len(every.ch_names) == 17 + 4 and "stim" not in every.ch_names
+    assert every.data.shape == (8, 2, 21, 126)  # 251 samples at 250 Hz -> round(125.5)
     with pytest.raises(ValueError, match="fewer than n_repetitions=11"):
         epoch_session(path, n_repetitions=11)
     with pytest.raises(ValueError, match="no channel matches"):
