@@ -96,6 +96,8 @@ def test_mne_epochs_and_fmri_shapes_and_images() -> None:
     img, resp = ds[2]
     assert img.tolist() == list(range(14, 21)) and tuple(resp.shape) == (30,)
     assert BrainImageDataset(fmri[:, 0]).response_shape == (30,)
+    from_tensor = BrainImageDataset(torch.from_numpy(fmri)).responses()
+    np.testing.assert_allclose(from_tensor.numpy(), fmri.mean(axis=1), rtol=1e-6)
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert tuple(batch[0].shape) == (4, 7) and tuple(batch[1].shape) == (4, 30)
     with pytest.raises(ValueError, match="channels and time_window need EEG"):

@@ -45,6 +45,7 @@ def test_pca_is_fitted_on_training_only() -> None:
     got = pca.transform(test)
     assert got.data.shape == (7, 3, 4)
     np.testing.assert_allclose(got.average(), ref.transform(test.average()), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(pca.explained_variance_ratio, ref.explained_variance_ratio_, rtol=1e-9)
     tr_ds, te_ds = fmri_datasets(train, test, pca_components=4, normalize="channel")
     assert te_ds.norm_stats is tr_ds.norm_stats and tr_ds.response_shape == (4,)
     with pytest.raises(ValueError, match="exceeds"):
