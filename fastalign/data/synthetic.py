@@ -251,16 +251,30 @@ def _raw_session(
     impulses[k, onsets] = 1.0
     kern = np.vstack([brain.kernels(t), brain.erp(t)[None]])
     sources = fftconvolve(impulses, kern, axes=1)[:, :n]
-    signal = brain.mixing[:, :k] @ sources[:k] + brain.erp_pattern[:, None] * sources[k]
-    innovations = rng.normal(size=(n_ch, n)) * np.sqrt(1 - brain.ar**2)
-    noise = brain.mixing @ lfilter([1.0], [1.0, -brain.ar], innovations, axis=1)
-    sensors = signal + noise + 0.1 * rng.normal(size=(n_ch, n))
-    other = brain.extra @ sensors + 0.5 * rng.normal(size=(n_extra, n))
-    stim = np.zeros((1, n))
+    del impulses
+    # Rows filled in place, temporaries a block of rows at a time: a published-size session (63
+    # channels x 3.3 M samples) peaks at about twice its own size. The random draws are taken in the
+    # same order as whole-array draws would be, so the data do not depend on the block size.
+    data = np.empty((n_extra + n_ch + 1, n))
+    sensors = data[n_extra : n_extra + n_ch]
+    np.matmul(brain.mixing[:, :k], sources[:k], out=sensors)
+    sensors += brain.erp_pattern[:, None] * sources[k]
+    del sources
+    innovations = rng.normal(size=(n_ch, n))
+    innovations *= np.sqrt(1 - brain.ar**2)
+    sensors += brain.mixing @ lfilter([1.0], [1.0, -brain.ar], innovations, axis=1)
+    del innovations
+    block = 4
+    for r in range(0, n_ch, block):
+        sensors[r : r + block] += 0.1 * rng.normal(size=(min(block, n_ch - r), n))
+    other = data[:n_extra]
+    np.matmul(brain.extra, sensors, out=other)
+    for r in range(0, n_extra, block):
+        other[r : r + block] += 0.5 * rng.normal(size=(min(block, n_extra - r), n))
+    data[:-1] *= 1e-6 / np.sqrt(n_ch)  # microvolt-scale data in volts, as MNE expects for EEG
+    data[-1] = 0.0
     for width in range(2):  # 2-sample pulses: mne.find_events' default shortest_event
-        stim[0, onsets + width] = codes
-    # Microvolt-scale data in volts, as MNE expects for EEG channels.
-    data = np.vstack([np.vstack([other, sensors]) * (1e-6 / np.sqrt(n_ch)), stim])
+        data[-1, onsets + width] = codes
     return {
         "raw_eeg_data": data,
         "ch_names": ch_names,
