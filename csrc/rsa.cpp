@@ -1,8 +1,8 @@
 // RSA CPU kernels (C++/OpenMP) and the schemas of the fastalign::rsa_* ops.
 //
 // rsa_rank(x) -> float64 average ranks along the last dim (scipy.stats.rankdata "average"). Each row
-//   is sorted by a stable LSD radix sort of order-preserving integer keys (O(n) per row); tie groups
-//   are walked once and get (first + last + 2) / 2 from int64 positions, so ranks are exact at any
+//   is bucket-sorted by value (O(n) for spread-out data), or radix-sorted on order-preserving integer
+//   keys when it holds inf; tie groups are walked once and get (first + last + 2) / 2 from int64 positions, so ranks are exact at any
 //   length. Rows are spread over OpenMP threads.
 // rsa_centered_ranks(x, normalize, dtype): the same ranks minus their mean (n + 1) / 2, optionally
 //   scaled to unit norm, in float32 or float64: Spearman's / rho-a's per-RDM vectors in one pass.
@@ -90,18 +90,85 @@ struct RadixSorter {
 template <typename T>
 using KeyOf = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
 
+// Sorts one row's (value, index) pairs ascending. First choice, a bucket sort: n buckets over
+// [min, max] by the monotone map b(v) = floor((v - min) * (n - 1) / (max - min)), one counting pass and
+// one scatter, then each (usually tiny) bucket sorted by value; for roughly uniform data such as RDM
+// entries this is O(n). Rows with inf, or a range that overflows, go to the radix sort.
+template <typename T>
+struct RowSorter {
+  RadixSorter<KeyOf<T>> radix;
+  std::vector<std::pair<T, int64_t>> items;
+  std::vector<int64_t> starts, cursor, ids;
+
+  void sort(const T* x, int64_t n) {
+    items.resize(n);
+    if (bucket_sort(x, n)) return;
+    radix.sort(x, n);
+    for (int64_t k = 0; k < n; ++k) items[k] = {x[radix.idx[k]], radix.idx[k]};
+  }
+
+  bool bucket_sort(const T* x, int64_t n) {
+    double lo = static_cast<double>(x[0]), hi = lo;
+    for (int64_t k = 1; k < n; ++k) {
+      const double v = static_cast<double>(x[k]);
+      lo = v < lo ? v : lo;
+      hi = v > hi ? v : hi;
+    }
+    const double range = hi - lo;
+    if (!std::isfinite(range)) return false;
+    if (range == 0) {
+      for (int64_t k = 0; k < n; ++k) items[k] = {x[k], k};
+      return true;
+    }
+    const double scale = static_cast<double>(n - 1) / range;
+    if (!std::isfinite(scale)) return false;
+    auto bucket = [lo, scale, n](T v) {
+      const int64_t b = static_cast<int64_t>((static_cast<double>(v) - lo) * scale);
+      return b < 0 ? int64_t{0} : (b > n - 1 ? n - 1 : b);
+    };
+    starts.assign(static_cast<size_t>(n + 1), 0);
+    ids.resize(n);
+    for (int64_t k = 0; k < n; ++k) {
+      ids[k] = bucket(x[k]);
+      ++starts[ids[k] + 1];
+    }
+    for (int64_t b = 0; b < n; ++b) starts[b + 1] += starts[b];
+    cursor.assign(starts.begin(), starts.end() - 1);
+    for (int64_t k = 0; k < n; ++k) items[cursor[ids[k]]++] = {x[k], k};
+    const auto less = [](const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) { return a.first < b.first; };
+    for (int64_t b = 0; b < n; ++b) {
+      const int64_t s = starts[b], e = starts[b + 1];
+      if (e - s <= 1) continue;
+      if (e - s <= 16) {  // insertion sort
+        for (int64_t i = s + 1; i < e; ++i) {
+          const auto item = items[i];
+          int64_t j = i - 1;
+          while (j >= s && item.first < items[j].first) {
+            items[j + 1] = items[j];
+            --j;
+          }
+          items[j + 1] = item;
+        }
+      } else {
+        std::sort(items.begin() + s, items.begin() + e, less);
+      }
+    }
+    return true;
+  }
+};
+
 // Average ranks of one row into out.
 template <typename T>
-void rank_row(const T* x, double* out, int64_t n, RadixSorter<KeyOf<T>>& sorter) {
+void rank_row(const T* x, double* out, int64_t n, RowSorter<T>& sorter) {
   sorter.sort(x, n);
-  const int64_t* idx = sorter.idx.data();
+  const auto* items = sorter.items.data();
   int64_t i = 0;
   while (i < n) {
     int64_t j = i + 1;
-    while (j < n && x[idx[j]] == x[idx[i]]) ++j;
+    while (j < n && items[j].first == items[i].first) ++j;
     // sorted positions i .. j-1 are one tie group: ranks i+1 .. j, average (i + 1 + j) / 2
     const double avg = static_cast<double>(i + 1 + j) * 0.5;
-    for (int64_t k = i; k < j; ++k) out[idx[k]] = avg;
+    for (int64_t k = i; k < j; ++k) out[items[k].second] = avg;
     i = j;
   }
 }
@@ -116,7 +183,7 @@ template <typename T, typename O>
 void rank_rows(const T* x, O* out, int64_t rows, int64_t n, bool center, bool normalize) {
 #pragma omp parallel if (rows > 1 && rows * n > kParallelWork)
   {
-    RadixSorter<KeyOf<T>> sorter;
+    RowSorter<T> sorter;
     std::vector<double> r(static_cast<size_t>(n));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t row = 0; row < rows; ++row) {
@@ -132,7 +199,8 @@ void rank_rows(const T* x, O* out, int64_t rows, int64_t n, bool center, bool no
         r[k] -= mean;
         ss += r[k] * r[k];
       }
-      const double scale = (normalize && ss > 0) ? 1.0 / std::sqrt(ss) : 1.0;
+      // a constant row has no Spearman correlation: NaN, which the caller turns into an error
+      const double scale = normalize ? (ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("")) : 1.0;
       for (int64_t k = 0; k < n; ++k) o[k] = static_cast<O>(r[k] * scale);
     }
   }

@@ -30,7 +30,7 @@ _nc_dispatch = _backend.dispatcher("noise_ceiling")
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _COMPILED_RANK_DTYPES = (torch.float64, torch.float32, torch.int64, torch.int32)
 # Pairwise C++ RDMs beat GEMM + extraction up to about this many features (benchmarks/bench_rsa.py).
-_CPP_RDM_MAX_FEATURES = 64
+_CPP_RDM_MAX_FEATURES = 32
 
 
 def _always(*args: Any, explicit: bool, **kwargs: Any) -> list[str]:
@@ -211,7 +211,7 @@ def rdm(
         method: "correlation", "cosine", "euclidean" or "crossnobis".
         noise: crossnobis only: (n_features, n_features) noise precision matrix (None: identity).
         square: return (..., n, n) symmetric matrices with a zero diagonal instead of condensed vectors.
-        backend: "auto", "reference", "torch", "cpp" (CPU; auto uses it for <= 64 features) or "triton".
+        backend: "auto", "reference", "torch", "cpp" (CPU; auto uses it for <= 32 features) or "triton".
 
     Returns:
         (..., n_conditions * (n_conditions - 1) / 2) condensed RDMs in rsatoolbox's (and scipy's
@@ -380,7 +380,8 @@ def rank(x: torch.Tensor, dim: int = -1, *, backend: str = "auto") -> torch.Tens
 # ----------------------------------------------------------------------------------------- compare
 
 
-def _rdm_pair(fn: str, a: Any, b: Any, *, allow_nan: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _rdm_pair(fn: str, a: Any, b: Any, *, allow_nan: bool) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Validated, dtype-promoted (a, b), their number of conditions, and whether either has NaN."""
     a = _float(fn, "a", _tensor(fn, "a", a))
     b = _float(fn, "b", _tensor(fn, "b", b))
     for name, t in (("a", a), ("b", b)):
@@ -402,9 +403,11 @@ def _rdm_pair(fn: str, a: Any, b: Any, *, allow_nan: bool) -> tuple[torch.Tensor
         raise ValueError(f"{fn}: a and b must be on one device, got {a.device} and {b.device}")
     dtype = torch.promote_types(a.dtype, b.dtype)
     a, b = a.to(dtype), b.to(dtype)
+    has_nan = False
     for name, t in (("a", a), ("b", b)):
         if _all_finite(t):  # one pass in the common case; the checks below only on failure
             continue
+        has_nan = True
         if bool(torch.isinf(t).any()):
             raise ValueError(f"{fn}: {name} contains inf; expected finite values")
         if not allow_nan and bool(torch.isnan(t).any()):
@@ -412,13 +415,11 @@ def _rdm_pair(fn: str, a: Any, b: Any, *, allow_nan: bool) -> tuple[torch.Tensor
                 f"{fn}: {name} contains NaN; permuting conditions moves NaN entries, so this test needs "
                 "complete RDMs"
             )
-    return a, b, n
+    return a, b, n, has_nan
 
 
 def _drop_nan(fn: str, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """rsatoolbox's masking: an entry NaN in any RDM is dropped from all; a and b must agree on where."""
-    if _all_finite(a) and _all_finite(b):
-        return a, b  # _rdm_pair already rejected inf, so finite means no NaN
     nan_a = torch.isnan(a).reshape(-1, a.shape[-1]).any(0)
     nan_b = torch.isnan(b).reshape(-1, b.shape[-1]).any(0)
     if not torch.equal(nan_a, nan_b):
@@ -457,14 +458,25 @@ def compare_rdms(
     """
     fn = "compare_rdms"
     method = _method(fn, method, common.COMPARE_METHODS)
-    a, b, _ = _rdm_pair(fn, a, b, allow_nan=True)
-    a, b = _drop_nan(fn, a, b)
-    _nonconstant(fn, "a", a, method)
-    _nonconstant(fn, "b", b, method)
+    a, b, _, has_nan = _rdm_pair(fn, a, b, allow_nan=True)
+    if has_nan:
+        a, b = _drop_nan(fn, a, b)
     chosen = _compare_dispatch.choose(backend, a, b, method)
     if chosen == "reference":
-        return reference.compare_reference(a, b, method)
-    return _module(chosen).compare(a, b, method)
+        out = reference.compare_reference(a, b, method)
+    else:
+        out = _module(chosen).compare(a, b, method)
+    return _checked(fn, out, a, b, method)
+
+
+def _checked(fn: str, stat: torch.Tensor, a: torch.Tensor, b: torch.Tensor, method: str) -> torch.Tensor:
+    """Undefined statistics (a constant RDM: zero norm after centring) come out NaN; only then are the
+    inputs searched for the culprit, so valid input pays for one pass over the small result."""
+    if _all_finite(stat):
+        return stat
+    _nonconstant(fn, "a", a, method)
+    _nonconstant(fn, "b", b, method)
+    raise ValueError(f"{fn}: the {method} statistic is not finite for these inputs")
 
 
 # ----------------------------------------------------------------------------------------- permutation tests
@@ -535,9 +547,7 @@ def rsa_permutation_test(
         raise ValueError(f"{fn}: alternative must be one of {common.ALTERNATIVES}, got {alternative!r}")
     n_perm = _count(fn, "n_permutations", n_permutations, 1)
     seed = _seed(fn, seed)
-    a, b, n = _rdm_pair(fn, a, b, allow_nan=False)
-    _nonconstant(fn, "a", a, method)
-    _nonconstant(fn, "b", b, method)
+    a, b, n, _ = _rdm_pair(fn, a, b, allow_nan=False)
     chosen = _perm_dispatch.choose(backend, a, b, method)
     perms = common.permutations(n, n_perm, seed)
     if chosen == "reference":
@@ -550,12 +560,13 @@ def rsa_permutation_test(
         mod = _module(chosen)
         za, zb = mod.prepare(a, method), mod.prepare(b, method)
         scale = common.linear_scale(method, a.shape[-1])
-        observed = torch.einsum("...k,...k->...", za, zb) * scale
+        observed = _checked(fn, common.dot(za, zb) * scale, a, b, method)
         if zb.numel() <= za.numel():
             null = mod.permutation_null(za, zb, perms, n) * scale
         else:
             # sum_k za[k] zb[idx_pi[k]] == sum_m za[idx_pi^-1[m]] zb[m]: gather the smaller operand
             null = mod.permutation_null(zb, za, perms.argsort(dim=1), n) * scale
+    observed = _checked(fn, observed, a, b, method)
     pvalue = common.permutation_pvalue(observed, null, alternative)
     return PermutationResult(observed, pvalue, null if return_null else None)
 

@@ -44,14 +44,15 @@ def prepare(v: torch.Tensor, method: str) -> torch.Tensor:
     ct = _ct(v)
     if method in ("spearman", "rho_a"):
         x = v if v.dtype in (torch.float64, torch.float32) else v.to(ct)  # exact: order is preserved
-        return torch.ops.fastalign.rsa_centered_ranks(x.contiguous(), method == "spearman", ct)
+        normalize = method == "spearman"
+        return common.rowwise(lambda w: torch.ops.fastalign.rsa_centered_ranks(w, normalize, ct), x)
     return common.center_scale(v.to(ct), method)
 
 
 def compare(a: torch.Tensor, b: torch.Tensor, method: str) -> torch.Tensor:
     """Linear-method similarities broadcast over leading dims."""
     za, zb = prepare(a, method), prepare(b, method)
-    return torch.einsum("...k,...k->...", za, zb) * common.linear_scale(method, a.shape[-1])
+    return common.dot(za, zb) * common.linear_scale(method, a.shape[-1])
 
 
 def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torch.Tensor:

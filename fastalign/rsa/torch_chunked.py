@@ -179,7 +179,7 @@ def prepare(v: torch.Tensor, method: str) -> torch.Tensor:
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum_k a[..., k] b[..., k] with broadcasting, as batched matrix products."""
-    return torch.einsum("...k,...k->...", a, b)
+    return common.dot(a, b)
 
 
 def _tau_a(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -215,10 +215,13 @@ def permutation_null(fixed: torch.Tensor, moving: torch.Tensor, perms: torch.Ten
     out = torch.empty((perms.shape[0], *shape), dtype=fixed.dtype, device=fixed.device)
     step = max(1, _CHUNK_ELEMENTS // max(moving.numel(), k))
     perms = perms.to(fixed.device)
+    fixed = fixed.contiguous()  # once, not in every chunk's einsum
     for s in range(0, perms.shape[0], step):
         idx = common.permuted_pair_indices(perms[s : s + step], n)
         g = moving[..., idx].movedim(-2, 0)  # (Pc, *moving_lead, K)
-        out[s : s + step] = _dot(fixed, g.reshape(g.shape[0], *pad, *moving.shape[:-1], k))
+        out[s : s + step] = torch.einsum(
+            "...k,...k->...", fixed, g.reshape(g.shape[0], *pad, *moving.shape[:-1], k)
+        )
     return out
 
 

@@ -177,3 +177,23 @@ def test_noise_ceiling_rejects_bad_input() -> None:
         fa.noise_ceiling(torch.randn(1, 10))
     with pytest.raises(ValueError, match="NaN"):
         fa.noise_ceiling(torch.full((3, 10), float("nan")))
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+@pytest.mark.parametrize("method", ["spearman", "pearson", "rho_a", "cosine"])
+def test_permuted_views_give_the_same_result(method: str, backend: str) -> None:
+    """(subjects, times, K) RDMs viewed as (times, 1, subjects, K): kernels must respect the strides."""
+    gen = torch.Generator().manual_seed(0)
+    brain = torch.randn(3, 5, 28, generator=gen, dtype=torch.float64)
+    model = torch.randn(4, 28, generator=gen, dtype=torch.float64)
+    view = brain.permute(1, 0, 2)[:, None]
+    out = fa.compare_rdms(view, model[None, :, None], method, backend=backend)
+    dense = fa.compare_rdms(view.contiguous(), model[None, :, None].contiguous(), method, backend="reference")
+    assert out.shape == (5, 4, 3)
+    np.testing.assert_allclose(out.numpy(), dense.numpy(), rtol=1e-12, atol=1e-12)
+    res = fa.rsa_permutation_test(view, model[None, :, None], method=method, n_permutations=9, seed=0,
+                                  return_null=True, backend=backend)  # fmt: skip
+    ref = fa.rsa_permutation_test(view.contiguous(), model[None, :, None], method=method, n_permutations=9,
+                                  seed=0, return_null=True, backend="reference")  # fmt: skip
+    assert res.null is not None and ref.null is not None
+    np.testing.assert_allclose(res.null.numpy(), ref.null.numpy(), rtol=1e-10, atol=1e-12)
