@@ -326,3 +326,25 @@ def test_transform_bad_input() -> None:
         imagenet_transform(size=0)
     with pytest.raises(ValueError, match="resize"):
         imagenet_transform(size=224, resize=100)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_training_step(model: CORnetS) -> None:
+    # fullgraph=True fails on any graph break (the original mutates conv2.stride inside forward);
+    # aot_eager traces forward and backward like inductor does, without compiling C++ kernels.
+    eager = CORnetS()
+    eager.load_state_dict(model.state_dict())
+    eager.train()
+    compiled_model = CORnetS()
+    compiled_model.load_state_dict(model.state_dict())
+    compiled_model.train()
+    compiled = torch.compile(compiled_model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    y_ref, y = eager(x), compiled(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    y_ref.square().sum().backward()
+    y.square().sum().backward()
+    for (name, p_ref), p in zip(eager.named_parameters(), compiled_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, b_ref), b in zip(eager.named_buffers(), compiled_model.buffers(), strict=True):
+        torch.testing.assert_close(b, b_ref, rtol=1e-5, atol=1e-6, msg=name)
