@@ -90,24 +90,18 @@ struct RadixSorter {
 template <typename T>
 using KeyOf = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
 
-// Sorts one row's (value, index) pairs ascending. First choice, a bucket sort: n buckets over
-// [min, max] by the monotone map b(v) = floor((v - min) * (n - 1) / (max - min)), one counting pass and
-// one scatter, then each (usually tiny) bucket sorted by value; for roughly uniform data such as RDM
-// entries this is O(n). Rows with inf, or a range that overflows, go to the radix sort.
+// Sorts one row's positions by value. First choice, a bucket sort: n buckets over [min, max] by the
+// monotone map b(v) = floor((v - min) * (n - 1) / (max - min)), one counting pass and one scatter of
+// 32-bit positions, then each (usually tiny) bucket sorted by value; for spread-out data such as RDM
+// entries this is O(n) and touches little memory. Rows with inf (or a range that overflows, or
+// n >= 2^32) go to the radix sort.
 template <typename T>
 struct RowSorter {
   RadixSorter<KeyOf<T>> radix;
-  std::vector<std::pair<T, int64_t>> items;
-  std::vector<int64_t> starts, cursor, ids;
-
-  void sort(const T* x, int64_t n) {
-    items.resize(n);
-    if (bucket_sort(x, n)) return;
-    radix.sort(x, n);
-    for (int64_t k = 0; k < n; ++k) items[k] = {x[radix.idx[k]], radix.idx[k]};
-  }
+  std::vector<uint32_t> order, ids, starts, cursor;
 
   bool bucket_sort(const T* x, int64_t n) {
+    if (n >= (int64_t{1} << 32) - 1) return false;
     double lo = static_cast<double>(x[0]), hi = lo;
     for (int64_t k = 1; k < n; ++k) {
       const double v = static_cast<double>(x[k]);
@@ -116,60 +110,68 @@ struct RowSorter {
     }
     const double range = hi - lo;
     if (!std::isfinite(range)) return false;
+    order.resize(n);
     if (range == 0) {
-      for (int64_t k = 0; k < n; ++k) items[k] = {x[k], k};
+      for (int64_t k = 0; k < n; ++k) order[k] = static_cast<uint32_t>(k);
       return true;
     }
     const double scale = static_cast<double>(n - 1) / range;
     if (!std::isfinite(scale)) return false;
-    auto bucket = [lo, scale, n](T v) {
-      const int64_t b = static_cast<int64_t>((static_cast<double>(v) - lo) * scale);
-      return b < 0 ? int64_t{0} : (b > n - 1 ? n - 1 : b);
-    };
-    starts.assign(static_cast<size_t>(n + 1), 0);
     ids.resize(n);
+    starts.assign(static_cast<size_t>(n + 1), 0);
     for (int64_t k = 0; k < n; ++k) {
-      ids[k] = bucket(x[k]);
-      ++starts[ids[k] + 1];
+      int64_t b = static_cast<int64_t>((static_cast<double>(x[k]) - lo) * scale);
+      b = b < 0 ? 0 : (b > n - 1 ? n - 1 : b);
+      ids[k] = static_cast<uint32_t>(b);
+      ++starts[b + 1];
     }
     for (int64_t b = 0; b < n; ++b) starts[b + 1] += starts[b];
     cursor.assign(starts.begin(), starts.end() - 1);
-    for (int64_t k = 0; k < n; ++k) items[cursor[ids[k]]++] = {x[k], k};
-    const auto less = [](const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) { return a.first < b.first; };
+    for (int64_t k = 0; k < n; ++k) order[cursor[ids[k]]++] = static_cast<uint32_t>(k);
     for (int64_t b = 0; b < n; ++b) {
       const int64_t s = starts[b], e = starts[b + 1];
       if (e - s <= 1) continue;
       if (e - s <= 16) {  // insertion sort
         for (int64_t i = s + 1; i < e; ++i) {
-          const auto item = items[i];
+          const uint32_t cur = order[i];
+          const T v = x[cur];
           int64_t j = i - 1;
-          while (j >= s && item.first < items[j].first) {
-            items[j + 1] = items[j];
+          while (j >= s && v < x[order[j]]) {
+            order[j + 1] = order[j];
             --j;
           }
-          items[j + 1] = item;
+          order[j + 1] = cur;
         }
       } else {
-        std::sort(items.begin() + s, items.begin() + e, less);
+        std::sort(order.begin() + s, order.begin() + e, [x](uint32_t a, uint32_t b) { return x[a] < x[b]; });
       }
     }
     return true;
   }
 };
 
-// Average ranks of one row into out.
-template <typename T>
-void rank_row(const T* x, double* out, int64_t n, RowSorter<T>& sorter) {
-  sorter.sort(x, n);
-  const auto* items = sorter.items.data();
+// Average ranks from positions sorted by value: tie groups are walked once.
+template <typename T, typename I>
+void walk_ties(const T* x, const I* idx, int64_t n, double* out) {
   int64_t i = 0;
   while (i < n) {
     int64_t j = i + 1;
-    while (j < n && items[j].first == items[i].first) ++j;
+    while (j < n && x[idx[j]] == x[idx[i]]) ++j;
     // sorted positions i .. j-1 are one tie group: ranks i+1 .. j, average (i + 1 + j) / 2
     const double avg = static_cast<double>(i + 1 + j) * 0.5;
-    for (int64_t k = i; k < j; ++k) out[items[k].second] = avg;
+    for (int64_t k = i; k < j; ++k) out[idx[k]] = avg;
     i = j;
+  }
+}
+
+// Average ranks of one row into out.
+template <typename T>
+void rank_row(const T* x, double* out, int64_t n, RowSorter<T>& sorter) {
+  if (sorter.bucket_sort(x, n)) {
+    walk_ties(x, sorter.order.data(), n, out);
+  } else {
+    sorter.radix.sort(x, n);
+    walk_ties(x, sorter.radix.idx.data(), n, out);
   }
 }
 
