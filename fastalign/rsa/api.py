@@ -78,11 +78,13 @@ def _compiled_check(name: str) -> Any:
     return check
 
 
-def _perm_compiled_check(name: str) -> Any:
+def _perm_compiled_check(name: str, tau_a: bool = False) -> Any:
+    methods = (*common.LINEAR_METHODS, "kendall_tau_a") if tau_a else common.LINEAR_METHODS
+
     def check(a: torch.Tensor, b: torch.Tensor, method: str, *, explicit: bool) -> list[str]:
         reasons = _backend.device_reasons(name, (a, b), explicit=explicit) + _ops_missing(name)
-        if method not in common.LINEAR_METHODS:
-            reasons.append(f"{name} runs the linear methods {common.LINEAR_METHODS}, got {method!r}")
+        if method not in methods:
+            reasons.append(f"{name} runs the methods {methods}, got {method!r}")
         return reasons
 
     return check
@@ -97,7 +99,7 @@ _rank_dispatch.register("cpp", _compiled_check("cpp"))
 _rank_dispatch.register("torch", _always)
 _rank_dispatch.register("reference", _always, auto=False)
 _compare_dispatch.register("cuda", _perm_compiled_check("cuda"))
-_compare_dispatch.register("cpp", _perm_compiled_check("cpp"))
+_compare_dispatch.register("cpp", _perm_compiled_check("cpp", tau_a=True))
 _compare_dispatch.register("torch", _always)
 _compare_dispatch.register("reference", _always, auto=False)
 _perm_dispatch.register("cuda", _perm_compiled_check("cuda"))
@@ -437,15 +439,16 @@ def compare_rdms(
 
     Definitions are rsatoolbox's (rsatoolbox.rdm.compare): "spearman" (Pearson r of average ranks),
     "pearson" (rsatoolbox "corr"), "kendall_tau_a" ("tau-a": concordant minus discordant pairs over
-    K(K-1)/2; O(K^2) work), "rho_a" ("rho-a": 12 sum(rc_a rc_b) / (K^3 - K) with centred ranks rc) and
-    "cosine". NaN entries follow rsatoolbox: an entry NaN in any RDM of a or b is dropped from all, and
-    a and b must have NaN at the same entries.
+    K(K-1)/2; O(K log K) per pair in cpp, O(K^2) in torch), "rho_a" ("rho-a": 12 sum(rc_a rc_b) /
+    (K^3 - K) with centred ranks rc) and "cosine". NaN entries follow rsatoolbox: an entry NaN in any
+    RDM of a or b is dropped from all, and a and b must have NaN at the same entries.
 
     Args:
         a: (..., n_pairs) condensed RDMs (e.g. (n_times, 1, n_subjects, K) brain RDMs).
         b: (..., n_pairs) condensed RDMs broadcastable with a (e.g. (1, n_layers, 1, K) model RDMs).
         method: "spearman", "pearson", "kendall_tau_a", "rho_a" or "cosine".
-        backend: "auto", "reference", "torch", "cpp" or "cuda" (the compiled ones: linear methods).
+        backend: "auto", "reference", "torch", "cpp" (linear methods and kendall_tau_a) or "cuda" (linear
+            methods).
 
     Returns:
         broadcast(a.shape[:-1], b.shape[:-1]) similarities; float64 unless both inputs are float32

@@ -4,6 +4,8 @@
   vectors (centred, normalised ranks) come out of the same pass in the working dtype.
 - ``rdm``: pairwise distances straight from the patterns for few features (no Gram matrix, no n^2
   extraction pass); the api sends larger feature counts to the GEMM-based torch backend.
+- ``compare``: linear methods as dot products of the prepared vectors; Kendall's tau-a in O(K log K)
+  per RDM pair (sort + merge-sort inversion count, as scipy), against O(K^2) in the torch backend.
 - ``permutation_null``: permuted condensed RDMs gathered with pair indices computed on the fly (no
   (P, K) index tensor), reduced with batched matrix products.
 """
@@ -49,8 +51,22 @@ def prepare(v: torch.Tensor, method: str) -> torch.Tensor:
     return common.center_scale(v.to(ct), method)
 
 
+def _tau_a(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Kendall's tau-a broadcast over leading dims, O(K log K) per pair (no broadcast copies of a, b)."""
+    shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    k = a.shape[-1]
+    ia = torch.arange(a[..., 0].numel()).reshape(a.shape[:-1]).expand(shape).reshape(-1)
+    ib = torch.arange(b[..., 0].numel()).reshape(b.shape[:-1]).expand(shape).reshape(-1)
+    ct = _ct(a)
+    out = torch.ops.fastalign.rsa_kendall_tau_a(a.to(ct).reshape(-1, k), b.to(ct).reshape(-1, k), ia, ib)
+    return out.to(ct).reshape(shape)
+
+
 def compare(a: torch.Tensor, b: torch.Tensor, method: str) -> torch.Tensor:
-    """Linear-method similarities broadcast over leading dims."""
+    """Similarities broadcast over leading dims (linear methods and kendall_tau_a)."""
+    _ext.load()
+    if method == "kendall_tau_a":
+        return _tau_a(a, b)
     za, zb = prepare(a, method), prepare(b, method)
     return common.dot(za, zb) * common.linear_scale(method, a.shape[-1])
 

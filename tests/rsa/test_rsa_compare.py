@@ -60,10 +60,6 @@ def _data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("method", METHODS)
 def test_compare_matches_scipy_and_brute_force(method: str, backend: str) -> None:
     a, b = _data(np.random.default_rng(0))
-    if backend == "cpp" and method == "kendall_tau_a":
-        with pytest.raises(NotImplementedError, match="linear methods"):
-            fa.compare_rdms(torch.from_numpy(a), torch.from_numpy(b), method, backend=backend)
-        return
     out = fa.compare_rdms(torch.from_numpy(a), torch.from_numpy(b), method, backend=backend).numpy()
     assert out.shape == (4, 3)
     for i in range(4):
@@ -71,7 +67,7 @@ def test_compare_matches_scipy_and_brute_force(method: str, backend: str) -> Non
             np.testing.assert_allclose(out[i, j], ORACLES[method](a[i, 0], b[0, j]), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
 @pytest.mark.parametrize("method", METHODS)
 def test_compare_matches_rsatoolbox(method: str, backend: str) -> None:
     a, b = _data(np.random.default_rng(1))
@@ -95,7 +91,7 @@ def test_binary_model_rdm_as_bool() -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_nan_entries_masked_like_rsatoolbox(method: str) -> None:
+def test_nan_entries_masked_like_rsatoolbox(method: str) -> None:  # auto: cpp where built
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(2, 45)), rng.normal(size=(3, 45))
     a[:, [4, 20]] = np.nan
@@ -124,7 +120,7 @@ def test_torch_matches_reference(
     b[..., 0], b[..., 1] = 0.0, 1.0  # never constant
     ref = fa.compare_rdms(a, b, method, backend="reference")
     tol = 1e-10 if dtype == torch.float64 else 1e-5
-    for backend in ["torch", *(CPP if method != "kendall_tau_a" else [])]:
+    for backend in ["torch", *CPP]:
         out = fa.compare_rdms(a.to(dtype), b.to(dtype), method, backend=backend)
         assert out.shape == ref.shape
         np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=tol, atol=tol)
@@ -197,3 +193,21 @@ def test_permuted_views_give_the_same_result(method: str, backend: str) -> None:
                                   seed=0, return_null=True, backend="reference")  # fmt: skip
     assert res.null is not None and ref.null is not None
     np.testing.assert_allclose(res.null.numpy(), ref.null.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(not CPP, reason="fastalign._C without the RSA ops")
+def test_cpp_tau_a_long_tied_vectors_match_scipy() -> None:
+    """O(K log K) tau-a on 19,900 heavily tied entries: exact integer pair counts (tau-a = tau-b * sqrt
+    of the untied pair fractions, from scipy's kendalltau)."""
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 7, 19_900).astype(np.float64), rng.integers(0, 3, 19_900).astype(np.float64)
+    out = float(fa.compare_rdms(torch.from_numpy(a), torch.from_numpy(b), "kendall_tau_a", backend="cpp"))
+    tot = len(a) * (len(a) - 1) / 2
+    ties = lambda v: sum(c * (c - 1) / 2 for c in np.unique(v, return_counts=True)[1])
+    tau_b = stats.kendalltau(a, b).statistic
+    expect = tau_b * np.sqrt((tot - ties(a)) * (tot - ties(b))) / tot
+    np.testing.assert_allclose(out, expect, rtol=1e-10)
+    short = [torch.from_numpy(v[:1953]) for v in (a, b)]  # 63 conditions
+    assert float(fa.compare_rdms(*short, "kendall_tau_a", backend="cpp")) == float(
+        fa.compare_rdms(*short, "kendall_tau_a", backend="torch")
+    )  # integer counts: identical, not just close
