@@ -252,3 +252,24 @@ def test_cluster_planted_effect_and_null() -> None:
 def test_cluster_rejects_bad_input(x: torch.Tensor, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         fa.cluster_permutation_test(x, **kwargs)
+
+
+@given(
+    n_subjects=st.sampled_from([2, 3, 7]),
+    n_times=st.sampled_from([1, 2, 13]),
+    tail=st.sampled_from([1, -1, 0]),
+    threshold=st.sampled_from([None, 0.5, 2.0]),
+    seed=st.integers(0, 1000),
+)
+def test_cluster_torch_matches_reference_property(
+    n_subjects: int, n_times: int, tail: int, threshold: float | None, seed: int
+) -> None:
+    x = torch.randn(n_subjects, n_times, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x += torch.linspace(-1, 1, n_times, dtype=torch.float64)  # some clusters of either sign
+    kw = {"threshold": threshold, "n_permutations": 15, "tail": tail, "seed": seed}
+    ref = fa.cluster_permutation_test(x, backend="reference", **kw)
+    out = fa.cluster_permutation_test(x, backend="torch", **kw)
+    assert out.clusters == ref.clusters
+    np.testing.assert_allclose(out.null.numpy(), ref.null.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out.pvalues.numpy(), ref.pvalues.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(out.masses.numpy(), ref.masses.numpy(), rtol=1e-12)
