@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -169,7 +169,10 @@ class CORnetBase(nn.Module):
     logits (B, num_classes))). ``_prepare`` may convert the input (dtype, memory format).
     """
 
-    V1: Callable[[torch.Tensor], torch.Tensor]
+    V1: nn.Module
+    V2: nn.Module
+    V4: nn.Module
+    IT: nn.Module
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -272,6 +275,12 @@ class CORnetS(CORnetBase):
     fast inference module.
     """
 
+    V1: nn.Sequential
+    V2: CORblockS
+    V4: CORblockS
+    IT: CORblockS
+    decoder: nn.Sequential
+
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
         self.V1 = _v1()
@@ -292,9 +301,9 @@ class CORnetS(CORnetBase):
                 nn.init.zeros_(m.bias)
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.decoder.avgpool(x)
-        logits = self.decoder.output(self.decoder.linear(self.decoder.flatten(pooled)))
-        return pooled, logits
+        avgpool, flatten, linear, output = self.decoder  # the original's Sequential, in its order
+        pooled = avgpool(x)
+        return pooled, output(linear(flatten(pooled)))
 
     def fuse(self, **kwargs: Any) -> nn.Module:
         """The fused inference module; see :func:`fastalign.models.fuse` for the options."""

@@ -21,7 +21,7 @@ The result is an inference module: its weights are buffers, it has no training m
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -125,8 +125,9 @@ class FusedV1(_FusedPart):
 
     def __init__(self, v1: nn.Sequential, dtype: torch.dtype, channels_last: bool) -> None:
         super().__init__(dtype, channels_last)
-        self._add_conv("conv1", *fold_conv_bn(v1.conv1.weight, v1.norm1))
-        self._add_conv("conv2", *fold_conv_bn(v1.conv2.weight, v1.norm2))
+        conv1, norm1, _, _, conv2, norm2, _, _ = v1  # the original's Sequential, in its order
+        self._add_conv("conv1", *fold_conv_bn(cast(nn.Conv2d, conv1).weight, cast(nn.BatchNorm2d, norm1)))
+        self._add_conv("conv2", *fold_conv_bn(cast(nn.Conv2d, conv2).weight, cast(nn.BatchNorm2d, norm2)))
         self.c1 = _ConvSpec("conv1", 2, 3, True)
         self.c2 = _ConvSpec("conv2", 1, 1, True)
 
@@ -189,6 +190,13 @@ class FusedCORnetS(CORnetBase):
         cuda_graph: Whether CUDA calls without autograd are captured and replayed as CUDA graphs.
     """
 
+    V1: FusedV1
+    V2: FusedBlock
+    V4: FusedBlock
+    IT: FusedBlock
+    linear_weight: torch.Tensor
+    linear_bias: torch.Tensor
+
     def __init__(
         self,
         model: CORnetS,
@@ -220,8 +228,9 @@ class FusedCORnetS(CORnetBase):
         self.V2 = FusedBlock(model.V2, dtype, channels_last, self.winograd)
         self.V4 = FusedBlock(model.V4, dtype, channels_last, self.winograd)
         self.IT = FusedBlock(model.IT, dtype, channels_last, self.winograd)
-        self.register_buffer("linear_weight", model.decoder.linear.weight.detach().to(dtype).clone())
-        self.register_buffer("linear_bias", model.decoder.linear.bias.detach().to(dtype).clone())
+        linear = cast(nn.Linear, model.decoder[2])
+        self.register_buffer("linear_weight", linear.weight.detach().to(dtype).clone())
+        self.register_buffer("linear_bias", linear.bias.detach().to(dtype).clone())
         self._graphs: dict[tuple[Any, ...], _GraphEntry] = {}
         self.eval()
 
