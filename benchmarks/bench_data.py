@@ -13,8 +13,9 @@ repetitions and 200 test images x 20 repetitions (16,540 training conditions x 4
   session as published) with the training set reduced to a fraction of the 16,540 images, at two
   fractions. The time of the larger run is scaled by the ratio of raw trials (every stage is linear in
   them) and peak memory by a linear fit in the number of training images, to the full size. The full
-  size (about 1.7 GB of raw float64 per session file, a 2.3 GB epochs array per session) does not fit
-  the few-minute budget of a benchmark run on a shared 2-core machine, so it is NOT measured directly.
+  size (about 1.7 GB of raw float64 per session file, a 2.3 GB epochs array per session; making its
+  synthetic raw data alone takes ~3 min here) does not fit the few-minute budget of a default run on a
+  shared 2-core machine; ``--full`` measures it in a run of its own (results/data_full-*.json).
 
     flock /tmp/fastalign-bench.lock python benchmarks/bench_data.py
     python benchmarks/bench_data.py --fractions 0.125 0.25 --loop-conditions 30   # the defaults
