@@ -170,3 +170,16 @@ def test_synthetic_is_all_or_nothing(tmp_path: os.PathLike, monkeypatch: pytest.
     on_disk = np.load(os.path.join(root, "ground_truth.npz"))["train_features"]
     np.testing.assert_array_equal(on_disk, second.ground_truth["train_features"])
     assert load_preprocessed_eeg(second.preprocessed_dir, 1, "test").data.shape == (3, 2, 17, 100)
+
+
+def test_auto_images_fall_back_to_procedural(tmp_path: os.PathLike, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastalign.data.synthetic as synthetic_module
+
+    monkeypatch.setattr(synthetic_module, "_photo_dir", lambda: None)  # as if scikit-image were absent
+    with pytest.raises(ImportError, match="pip install scikit-image"):
+        make_synthetic_things(os.path.join(tmp_path, "a"), image_source="photos")
+    tiny = dict(n_train_concepts=2, images_per_concept=2, n_test=3, n_sessions=1, test_repetitions=2,
+                raw_sfreq=250.0, n_voxels=10, image_size=16)  # fmt: skip
+    ds = make_synthetic_things(os.path.join(tmp_path, "b"), image_source="auto", preprocess=False, **tiny)
+    assert str(ds.ground_truth["image_source"]) == "procedural"
+    assert not os.path.exists(ds.preprocessed_dir) and os.path.isdir(ds.raw_dir)
