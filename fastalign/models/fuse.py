@@ -290,7 +290,9 @@ class _GraphEntry:
     """A CUDA graph of ``fn`` on a static input buffer (captured after warm-up on a side stream)."""
 
     def __init__(self, fn: Any, x: torch.Tensor) -> None:
-        self.static_in = x.detach().clone()
+        # A normal (not inference-mode) tensor, so that later calls outside inference_mode may copy into it.
+        with torch.inference_mode(False):
+            self.static_in = x.detach().clone()
         stream = torch.cuda.Stream(device=x.device)
         stream.wait_stream(torch.cuda.current_stream(x.device))
         with torch.no_grad(), torch.cuda.stream(stream):

@@ -177,4 +177,6 @@ def test_cuda_graph_matches_eager(model: CORnetS, x, dtype) -> None:
         ref = eager(xc)
         tol = 1e-2 if dtype == torch.bfloat16 else 1e-3
         assert _rel_err(graphed(xc), ref) < tol
+    with torch.no_grad():  # replaying a graph captured under inference_mode, outside it
+        torch.testing.assert_close(graphed(xc), plain(xc), rtol=0, atol=0)
     assert len(graphed._graphs) == 2
