@@ -241,6 +241,8 @@ class FusedCORnetS(CORnetBase):
         return super().train(False)
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        # The conv path is chosen per call and stored on the parts, so one module must not be called
+        # from several threads at once with different autograd modes or devices.
         use = self.mkldnn and x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
         gemm = self.gemm and x.device.type == "cpu" and self.channels_last
         for part in (self.V1, self.V2, self.V4, self.IT):
