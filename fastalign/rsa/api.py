@@ -108,6 +108,8 @@ _perm_dispatch.register("torch", _always)
 _perm_dispatch.register("reference", _always, auto=False)
 _cluster_dispatch.register("torch", _always)
 _cluster_dispatch.register("reference", _always, auto=False)
+_nc_dispatch.register("cuda", _perm_compiled_check("cuda"))
+_nc_dispatch.register("cpp", _perm_compiled_check("cpp", tau_a=True))
 _nc_dispatch.register("torch", _always)
 _nc_dispatch.register("reference", _always, auto=False)
 
@@ -695,7 +697,7 @@ def noise_ceiling(
     Args:
         rdms: (n_subjects, ..., n_pairs) condensed RDMs, n_subjects >= 2, without NaN.
         method: as :func:`compare_rdms`.
-        backend: "auto", "reference" or "torch".
+        backend: "auto", "reference", "torch", "cpp" or "cuda" (as :func:`compare_rdms`).
 
     Returns:
         (lower, upper), each of shape rdms.shape[1:-1].
@@ -708,13 +710,14 @@ def noise_ceiling(
     _n_from_pairs(fn, "rdms", rdms.shape[-1])
     _finite(fn, "rdms", rdms)
     _nonconstant(fn, "rdms", rdms, method)
-    chosen = _nc_dispatch.choose(backend, rdms, method)
+    chosen = _nc_dispatch.choose(backend, rdms, rdms, method)
     if chosen == "reference":
         return reference.noise_ceiling_reference(rdms, method)
+    mod = _module(chosen)
     s = rdms.shape[0]
     ct = torch_chunked.compute_dtype(rdms)
     if method in ("spearman", "rho_a", "kendall_tau_a"):
-        pooled_in = torch_chunked.rank(rdms).to(ct)
+        pooled_in = mod.rank(rdms).to(ct)
     elif method == "pearson":
         c = rdms.to(ct) - rdms.to(ct).mean(-1, keepdim=True)
         pooled_in = c / c.std(-1, correction=0, keepdim=True)
@@ -722,6 +725,6 @@ def noise_ceiling(
         r = rdms.to(ct)
         pooled_in = r / r.pow(2).mean(-1, keepdim=True).sqrt()
     total = pooled_in.sum(0)
-    upper = torch_chunked.compare(total / s, rdms, method).mean(0)
-    lower = torch_chunked.compare((total - pooled_in) / (s - 1), rdms, method).mean(0)
+    upper = mod.compare(total / s, rdms, method).mean(0)
+    lower = mod.compare((total - pooled_in) / (s - 1), rdms, method).mean(0)
     return lower, upper

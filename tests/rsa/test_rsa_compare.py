@@ -126,7 +126,7 @@ def test_torch_matches_reference(
         np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
 @pytest.mark.parametrize("method", METHODS)
 def test_noise_ceiling_matches_rsatoolbox(method: str, backend: str) -> None:
     rng = np.random.default_rng(4)
