@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -247,17 +248,19 @@ at::Tensor centered_ranks_cpu(const at::Tensor& x, bool normalize, at::ScalarTyp
 
 // Condensed RDMs straight from the patterns, for few features: per batch element the patterns are
 // normalised (correlation / cosine) or column-centred (euclidean) into a (p, n) transposed copy, then
-// for each row i the values for all j > i accumulate feature by feature over contiguous j, which
-// vectorises without reordering any sum. method: 0 correlation, 1 cosine, 2 euclidean.
+// for a block of kRows rows the values for all j > i accumulate feature by feature over contiguous j
+// (each loaded z[k][j] feeds kRows accumulators), which vectorises without reordering any sum. method: 0 correlation, 1 cosine, 2 euclidean.
+constexpr int64_t kRows = 4;
+
 template <typename T>
 void rdm_direct(const T* x, T* out, int64_t batch, int64_t n, int64_t p, int64_t method) {
   const int64_t k_total = n * (n - 1) / 2;
-  std::vector<T> zt(static_cast<size_t>(batch * p * n));
+  std::unique_ptr<T[]> zt(new T[static_cast<size_t>(batch * p * n)]);  // fully written below
   const bool parallel = batch * n * n * p > kParallelWork;
 #pragma omp parallel for schedule(static) if (parallel && batch > 1)
   for (int64_t b = 0; b < batch; ++b) {
     const T* xb = x + b * n * p;
-    T* z = zt.data() + b * p * n;
+    T* z = zt.get() + b * p * n;
     if (method == 2) {
       for (int64_t k = 0; k < p; ++k) {
         double mean = 0.0;
@@ -284,32 +287,49 @@ void rdm_direct(const T* x, T* out, int64_t batch, int64_t n, int64_t p, int64_t
   }
 #pragma omp parallel if (parallel)
   {
-    std::vector<T> acc(static_cast<size_t>(n));
-#pragma omp for collapse(2) schedule(dynamic, 8)
+    // kRows rows of distances at a time: each loaded z[k][j] feeds kRows accumulators
+    std::vector<T> acc(static_cast<size_t>(kRows * n));
+    const int64_t blocks = (n - 1 + kRows - 1) / kRows;
+#pragma omp for collapse(2) schedule(dynamic, 4)
     for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t i = 0; i < n - 1; ++i) {
-        const T* z = zt.data() + b * p * n;
-        const int64_t m = n - i - 1;
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const T* z = zt.get() + b * p * n;
+        const int64_t i0 = blk * kRows;
+        const int64_t rows = std::min<int64_t>(kRows, n - 1 - i0);
+        const int64_t m = n - i0 - 1;  // columns j = i0 + 1 .. n - 1, shared by the block's rows
         T* a = acc.data();
-        std::fill(a, a + m, T(0));
+        std::fill(a, a + kRows * m, T(0));
         for (int64_t k = 0; k < p; ++k) {
-          const T zi = z[k * n + i];
-          const T* zk = z + k * n + i + 1;
+          const T* zrow = z + k * n;
+          const T* zk = zrow + i0 + 1;
+          T zi[kRows];
+          for (int64_t r = 0; r < kRows; ++r) zi[r] = r < rows ? zrow[i0 + r] : T(0);
           if (method == 2) {
             for (int64_t j = 0; j < m; ++j) {
-              const T d = zi - zk[j];
-              a[j] += d * d;
+              const T v = zk[j];
+              for (int64_t r = 0; r < kRows; ++r) {
+                const T d = zi[r] - v;
+                a[r * m + j] += d * d;
+              }
             }
           } else {
-            for (int64_t j = 0; j < m; ++j) a[j] += zi * zk[j];
+            for (int64_t j = 0; j < m; ++j) {
+              const T v = zk[j];
+              for (int64_t r = 0; r < kRows; ++r) a[r * m + j] += zi[r] * v;
+            }
           }
         }
-        T* o = out + b * k_total + i * n - i * (i + 1) / 2;
-        if (method == 2) {
-          const T inv_p = T(1) / static_cast<T>(p);
-          for (int64_t j = 0; j < m; ++j) o[j] = a[j] * inv_p;
-        } else {
-          for (int64_t j = 0; j < m; ++j) o[j] = T(1) - a[j];
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = i0 + r;
+          const T* ar = a + r * m + r;  // row i's columns start at j = i + 1, i.e. offset r
+          const int64_t len = n - i - 1;
+          T* o = out + b * k_total + i * n - i * (i + 1) / 2;
+          if (method == 2) {
+            const T inv_p = T(1) / static_cast<T>(p);
+            for (int64_t j = 0; j < len; ++j) o[j] = ar[j] * inv_p;
+          } else {
+            for (int64_t j = 0; j < len; ++j) o[j] = T(1) - ar[j];
+          }
         }
       }
     }

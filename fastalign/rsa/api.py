@@ -30,7 +30,7 @@ _nc_dispatch = _backend.dispatcher("noise_ceiling")
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _COMPILED_RANK_DTYPES = (torch.float64, torch.float32, torch.int64, torch.int32)
 # Pairwise C++ RDMs beat GEMM + extraction up to about this many features (benchmarks/bench_rsa.py).
-_CPP_RDM_MAX_FEATURES = 32
+_CPP_RDM_MAX_FEATURES = 64
 
 
 def _always(*args: Any, explicit: bool, **kwargs: Any) -> list[str]:
@@ -215,7 +215,7 @@ def rdm(
         method: "correlation", "cosine", "euclidean" or "crossnobis".
         noise: crossnobis only: (n_features, n_features) noise precision matrix (None: identity).
         square: return (..., n, n) symmetric matrices with a zero diagonal instead of condensed vectors.
-        backend: "auto", "reference", "torch", "cpp" (CPU; auto uses it for <= 32 features) or "triton".
+        backend: "auto", "reference", "torch", "cpp" (CPU; auto uses it for <= 64 features) or "triton".
 
     Returns:
         (..., n_conditions * (n_conditions - 1) / 2) condensed RDMs in rsatoolbox's (and scipy's
