@@ -3,9 +3,9 @@
 Images/s for inference (forward, no autograd) and for a training step (forward + cross-entropy +
 backward + SGD with momentum) at 224x224. On a GPU: batch 1/64/256, fp32 and bf16, channels_last,
 including the fused module with CUDA-graph capture. On a CPU the default is what fits in a few minutes:
-batch 1 and 8, fp32 and bf16, inference for eager and fused, training (fp32) for eager at batch 8, no
-torch.compile (its compile time alone is minutes on a 2-core machine); all of it can be changed with the
-command-line flags. TFLOP/s are *model* FLOP/s: the eager network's forward FLOPs as counted by
+batch 1 and 8, fp32 and bf16 inference for eager and fused, torch.compile for fp32 inference only (each
+compile takes ~35 s on 2 cores), training (fp32) for eager at batch 8; all of it can be changed with
+the command-line flags. TFLOP/s are *model* FLOP/s: the eager network's forward FLOPs as counted by
 torch.utils.flop_counter (the fused module's Winograd convs do fewer actual multiply-adds for the same
 result), times 3 for a training step (forward + backward).
 
@@ -202,21 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--compile-dtypes", nargs="+", default=None, choices=list(DTYPES))
+    p.add_argument("--train-impls", nargs="+", default=None, help="eager compile")
     p.add_argument("--ab-rounds", type=int, default=None, help="interleaved eager/fused rounds (0: none)")
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
     args.batches = args.batches or ([1, 64, 256] if gpu else [1, 8])
     args.train_batches = args.train_batches or (args.batches if gpu else [8])
-    args.impls = args.impls or (
-        ["eager", "compile", "fused", "fused+cudagraph"] if gpu else ["eager", "fused"]
-    )
-    # On this CPU, oneDNN's NCHW convs beat its channels_last ones for the eager module (measured), so
-    # the eager baseline is the faster NCHW; on GPUs channels_last is what cuDNN wants.
+    args.impls = args.impls or ["eager", "compile", "fused", "fused+cudagraph"]
+    # CPU: torch.compile only for fp32 inference (each compile takes ~35 s here, a backward one longer).
+    args.compile_dtypes = args.compile_dtypes or (args.dtypes if gpu else ["fp32"])
+    args.train_impls = args.train_impls or (["eager", "compile"] if gpu else ["eager"])
     args.train_dtypes = args.train_dtypes or (args.dtypes if gpu else ["fp32"])
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
     args.reps = args.reps or (20 if gpu else 5)
     args.train_reps = args.train_reps or (20 if gpu else 3)
-    args.ab_rounds = args.ab_rounds if args.ab_rounds is not None else (0 if gpu else 7)
+    args.ab_rounds = args.ab_rounds if args.ab_rounds is not None else (0 if gpu else 5)
 
     flops = forward_flops_per_image(args.size)
     print(f"forward FLOPs per {args.size}x{args.size} image (torch.utils.flop_counter): {flops / 1e9:.3f} G")
@@ -224,12 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     for mode in args.modes:
         batches = args.batches if mode == "inference" else args.train_batches
         # The fused module is inference-only (BatchNorm folded); training compares eager and compile.
-        impls = args.impls if mode == "inference" else [i for i in args.impls if not i.startswith("fused")]
+        impls = (
+            args.impls if mode == "inference" else [i for i in args.train_impls if not i.startswith("fused")]
+        )
         for dtype_name in args.dtypes if mode == "inference" else args.train_dtypes:
             for batch in batches:
                 base = None
                 for impl in impls:
                     if impl == "fused+cudagraph" and not gpu:
+                        continue
+                    if impl == "compile" and dtype_name not in args.compile_dtypes:
                         continue
                     row = bench_row(mode, impl, dtype_name, batch, args.device, args, flops)
                     if impl == "eager":
@@ -260,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         "reduced": None
         if gpu
         else (
-            "CPU run: batches 1 and 8 instead of 1/64/256; training only fp32 at batch 8 (median of 3); "
-            "no torch.compile (compile time is minutes on 2 cores); fused+cudagraph needs CUDA; inference "
+            "CPU run: batches 1 and 8 instead of 1/64/256; training only fp32 eager at batch 8 (median of "
+            "3); torch.compile (default inductor, ~35 s per compile here) only for fp32 inference; "
+            "fused+cudagraph needs CUDA; inference "
             "median of 5 after 1 warm-up. The CPU was shared with other jobs (see load_average_at_end), so "
             "spreads are wide and rows timed minutes apart see different loads: the interleaved "
             "eager/fused ratios are the fair comparison"
