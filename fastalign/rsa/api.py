@@ -103,7 +103,7 @@ _compare_dispatch.register("cpp", _perm_compiled_check("cpp", tau_a=True))
 _compare_dispatch.register("torch", _always)
 _compare_dispatch.register("reference", _always, auto=False)
 _perm_dispatch.register("cuda", _perm_compiled_check("cuda"))
-_perm_dispatch.register("cpp", _perm_compiled_check("cpp"))
+_perm_dispatch.register("cpp", _perm_compiled_check("cpp", tau_a=True))
 _perm_dispatch.register("torch", _always)
 _perm_dispatch.register("reference", _always, auto=False)
 _cluster_dispatch.register("torch", _always)
@@ -541,7 +541,8 @@ def rsa_permutation_test(
         alternative: "greater" (similarity above chance), "less" or "two-sided".
         seed: seeds the permutations (drawn on the CPU, identical across backends and devices).
         return_null: also return the (n_permutations, ...) null distribution.
-        backend: "auto", "reference", "torch", "cpp" (CPU) or "cuda" (the compiled ones: linear methods).
+        backend: "auto", "reference", "torch", "cpp" (CPU; kendall_tau_a in O(K log K) per permutation) or
+            "cuda" (linear methods).
 
     Returns:
         A :class:`PermutationResult`.
@@ -559,8 +560,9 @@ def rsa_permutation_test(
         observed = reference.compare_reference(a, b, method)
         null = reference.permutation_null_reference(a, b, method, perms)
     elif method not in common.LINEAR_METHODS:
-        observed = torch_chunked.compare(a, b, method)
-        null = _generic_null(a, b, method, perms, n)
+        compare = _module(chosen).compare
+        observed = _checked(fn, compare(a, b, method), a, b, method)
+        null = _generic_null(compare, a, b, method, perms, n)
     else:
         mod = _module(chosen)
         za, zb = mod.prepare(a, method), mod.prepare(b, method)
@@ -576,8 +578,10 @@ def rsa_permutation_test(
     return PermutationResult(observed, pvalue, null if return_null else None)
 
 
-def _generic_null(a: torch.Tensor, b: torch.Tensor, method: str, perms: torch.Tensor, n: int) -> torch.Tensor:
-    """Nonlinear statistics: recompute on each permuted b, a few permutations at a time."""
+def _generic_null(
+    compare: Any, a: torch.Tensor, b: torch.Tensor, method: str, perms: torch.Tensor, n: int
+) -> torch.Tensor:
+    """Nonlinear statistics (kendall_tau_a): ``compare`` on each permuted b, a few permutations at a time."""
     shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
     pad = [1] * (len(shape) - (b.dim() - 1))  # keeps the permutation dim left of the batch dims
     out = torch.empty((perms.shape[0], *shape), dtype=torch_chunked.compute_dtype(a), device=a.device)
@@ -585,7 +589,7 @@ def _generic_null(a: torch.Tensor, b: torch.Tensor, method: str, perms: torch.Te
     for s in range(0, perms.shape[0], step):
         idx = common.permuted_pair_indices(perms[s : s + step].to(a.device), n)
         g = b[..., idx].movedim(-2, 0)
-        out[s : s + step] = torch_chunked.compare(a, g.reshape(g.shape[0], *pad, *b.shape[:-1], -1), method)
+        out[s : s + step] = compare(a, g.reshape(g.shape[0], *pad, *b.shape[:-1], -1), method)
     return out
 
 
