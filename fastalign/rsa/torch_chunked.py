@@ -1,8 +1,9 @@
-"""RSA in vectorised PyTorch with bounded memory: the CPU default and a fallback on any device.
+"""RSA in vectorised PyTorch with bounded memory: every op on any device; on the CPU the default where
+the C++ kernels do not apply (RDMs with more than a few features, the cluster test).
 
-- RDMs: one Gram matrix per RDM accumulated over chunks of features (``_CHUNK_ELEMENTS`` per chunk), so
-  200,704 features never sit in memory as a float32 copy; the condensed triangle is read out one row
-  block at a time, never through (n^2)-sized index tensors.
+- RDMs: Gram matrices of a few RDMs at a time (``_GRAM_ELEMENTS``) accumulated over chunks of features
+  (``_CHUNK_ELEMENTS`` per chunk), so 200,704 features never sit in memory as a float32 copy; the
+  condensed triangle is read out in blocks of pairs, never through (n^2)-sized index tensors.
 - Ranks: one stable sort, tie groups from cumulative max/min of positions (int64 throughout: exact at
   any length), average ranks scattered back.
 - Permutation statistics: RDM vectors are ranked/normalised once; each permutation is a gather of
