@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     flops = forward_flops_per_image(args.size)
     print(f"forward FLOPs per {args.size}x{args.size} image (torch.utils.flop_counter): {flops / 1e9:.3f} G")
     rows: list[dict[str, Any]] = []
+    tasks: list[tuple[str, str, str, int]] = []
     for mode in args.modes:
         batches = args.batches if mode == "inference" else args.train_batches
         # The fused module is inference-only (BatchNorm folded); training compares eager and compile.
@@ -230,27 +231,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         for dtype_name in args.dtypes if mode == "inference" else args.train_dtypes:
             for batch in batches:
-                base = None
                 for impl in impls:
                     if impl == "fused+cudagraph" and not gpu:
                         continue
                     if impl == "compile" and dtype_name not in args.compile_dtypes:
                         continue
-                    row = bench_row(mode, impl, dtype_name, batch, args.device, args, flops)
-                    if impl == "eager":
-                        base = row["median_ms"]
-                    row["speedup"] = None if base is None else base / row["median_ms"]
-                    rows.append(row)
-                    print(
-                        {k: row[k] for k in ("mode", "impl", "dtype", "batch", "median_ms", "images_per_s")}
-                    )
+                    tasks.append((mode, impl, dtype_name, batch))
+
+    def run(selected: list[tuple[str, str, str, int]]) -> None:
+        for mode, impl, dtype_name, batch in selected:
+            row = bench_row(mode, impl, dtype_name, batch, args.device, args, flops)
+            rows.append(row)
+            print({k: row[k] for k in ("mode", "impl", "dtype", "batch", "median_ms", "images_per_s")})
+
+    # torch.compile last (after the interleaved rounds too): its compile workers and caches stay in the
+    # process and must not share the machine with the other timings.
+    run([t for t in tasks if t[1] != "compile"])
     ab = []
     if "inference" in args.modes and args.ab_rounds > 0:
         for batch in args.batches:
             ab.append(interleaved_speedup(batch, args.device, args, args.ab_rounds))
-            print(
-                "interleaved fp32 inference, eager/fused:", {k: ab[-1][k] for k in ("batch", "median_ratio")}
-            )
+            print("interleaved fp32 inference, eager/fused:", ab[-1]["batch"], ab[-1]["median_ratio"])
+    run([t for t in tasks if t[1] == "compile"])
+    base = {(r["mode"], r["dtype"], r["batch"]): r["median_ms"] for r in rows if r["impl"] == "eager"}
+    for r in rows:
+        eager_ms = base.get((r["mode"], r["dtype"], r["batch"]))
+        r["speedup"] = None if eager_ms is None else eager_ms / r["median_ms"]
+    order = ["eager", "compile", "fused", "fused+cudagraph"]
+    rows.sort(key=lambda r: (r["mode"], r["dtype"] != "fp32", r["batch"], order.index(r["impl"])))
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta = {
         "columns": COLUMNS,
