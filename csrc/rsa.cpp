@@ -105,12 +105,24 @@ struct RowSorter {
 
   bool bucket_sort(const T* x, int64_t n) {
     if (n >= (int64_t{1} << 32) - 1) return false;
-    double lo = static_cast<double>(x[0]), hi = lo;
-    for (int64_t k = 1; k < n; ++k) {
-      const double v = static_cast<double>(x[k]);
-      lo = v < lo ? v : lo;
-      hi = v > hi ? v : hi;
+    // min / max with four independent accumulators (a single one serialises on its latency)
+    double lo4[4], hi4[4];
+    for (int u = 0; u < 4; ++u) lo4[u] = hi4[u] = static_cast<double>(x[0]);
+    int64_t k4 = 0;
+    for (; k4 + 4 <= n; k4 += 4) {
+      for (int u = 0; u < 4; ++u) {
+        const double v = static_cast<double>(x[k4 + u]);
+        lo4[u] = v < lo4[u] ? v : lo4[u];
+        hi4[u] = v > hi4[u] ? v : hi4[u];
+      }
     }
+    for (; k4 < n; ++k4) {
+      const double v = static_cast<double>(x[k4]);
+      lo4[0] = v < lo4[0] ? v : lo4[0];
+      hi4[0] = v > hi4[0] ? v : hi4[0];
+    }
+    const double lo = std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3]));
+    const double hi = std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]));
     const double range = hi - lo;
     if (!std::isfinite(range)) return false;
     order.resize(n);
@@ -128,9 +140,34 @@ struct RowSorter {
       ids[k] = static_cast<uint32_t>(b);
       ++starts[b + 1];
     }
-    for (int64_t b = 0; b < n; ++b) starts[b + 1] += starts[b];
+    uint32_t largest = 0;
+    for (int64_t b = 0; b < n; ++b) {
+      largest = std::max(largest, starts[b + 1]);
+      starts[b + 1] += starts[b];
+    }
     cursor.assign(starts.begin(), starts.end() - 1);
     for (int64_t k = 0; k < n; ++k) order[cursor[ids[k]]++] = static_cast<uint32_t>(k);
+    if (largest <= 32) {
+      // Positions are ordered across buckets already, so one insertion sort over the whole row only
+      // moves elements within their (small) bucket: O(32 n) at worst, and the comparison with the
+      // running maximum is almost always predicted, unlike a loop over bucket sizes.
+      T prev = x[order[0]];
+      for (int64_t i = 1; i < n; ++i) {
+        const uint32_t cur = order[i];
+        const T v = x[cur];
+        if (!(v < prev)) {
+          prev = v;
+          continue;
+        }
+        int64_t j = i - 1;
+        while (j >= 0 && v < x[order[j]]) {
+          order[j + 1] = order[j];
+          --j;
+        }
+        order[j + 1] = cur;
+      }
+      return true;
+    }
     for (int64_t b = 0; b < n; ++b) {
       const int64_t s = starts[b], e = starts[b + 1];
       if (e - s <= 1) continue;

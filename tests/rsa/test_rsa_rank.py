@@ -99,3 +99,21 @@ def test_rank_integer_extremes_and_signed_zero(backend: str) -> None:
 def test_rank_bool_input() -> None:
     x = torch.tensor([True, False, True, True])
     np.testing.assert_array_equal(fa.rank(x).numpy(), rankdata(x.numpy()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_skewed_and_outlier_rows(backend: str) -> None:
+    """Rows whose values crowd into a few buckets of the C++ bucket sort (a heavy tail, one outlier),
+    next to a well-spread row: every code path must give scipy's ranks."""
+    rng = np.random.default_rng(7)
+    rows = np.stack(
+        [
+            np.exp(8 * rng.normal(size=3000)),  # heavy tail: most values in the lowest buckets
+            np.r_[rng.normal(size=2999), 1e12],  # one outlier: all other values in bucket 0
+            rng.normal(size=3000),
+            np.round(rng.normal(size=3000), 1),  # spread out but tied
+        ]
+    )
+    np.testing.assert_array_equal(
+        fa.rank(torch.from_numpy(rows), backend=backend).numpy(), rankdata(rows, axis=-1)
+    )
