@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from test_cornet_model import randomize_bn
 
 from fastalign.models import CORnetS, FusedCORnetS, cornet_s, fuse
@@ -81,6 +83,26 @@ def test_float32_matches_eager(model, x, refs, channels_last: bool, mkldnn: bool
         assert _rel_err(got[k], ref64[k]) <= max(4 * _rel_err(ref32[k], ref64[k]), 1e-5), k
     assert got["V4.output-t0"].is_contiguous(memory_format=torch.channels_last) is channels_last
     torch.testing.assert_close(logits, got["decoder.output-t0"], rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def fused_default(model: CORnetS):
+    return fuse(model)
+
+
+@given(n=st.integers(1, 2), h=st.integers(1, 41), w=st.integers(1, 41), seed=st.integers(0, 2**16))
+def test_any_input_size_matches_eager(
+    model, model64, fused_default, n: int, h: int, w: int, seed: int
+) -> None:
+    # Odd, prime and tiny sizes: Winograd tiles that need cropping, im2col vs direct choices flipping.
+    x = torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        ref64 = model64.features(x.double(), layers=ALL, timesteps="all")
+        ref32 = model.features(x, layers=ALL, timesteps="all")
+        got = fused_default.features(x, layers=ALL, timesteps="all")
+    for k in ref64:
+        assert got[k].shape == ref64[k].shape, k
+        assert _rel_err(got[k], ref64[k]) <= max(4 * _rel_err(ref32[k], ref64[k]), 1e-5), k
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
