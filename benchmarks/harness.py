@@ -23,6 +23,27 @@ import torch
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
+
+def _fix_glibc_mmap_threshold() -> None:
+    """Serve every allocation over 128 KiB with its own mmap, returned to the OS when freed.
+
+    glibc raises its mmap threshold (up to 32 MiB) each time a mapped chunk is freed, after which such
+    allocations come from the heap and stay resident when freed; a later call then reuses them and its
+    peak resident set under-counts what it allocated. A fixed threshold keeps the CPU peak-memory
+    numbers comparable across providers and call orders.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, 128 * 1024)
+
+
+_fix_glibc_mmap_threshold()
+
 # Dense (no sparsity) datasheet peaks in TFLOP/s, keyed by a substring of the device name.
 _GPU_PEAKS: dict[str, dict[str, float]] = {
     "H100": {"bfloat16": 989.4, "float16": 989.4, "float32": 494.7, "float32-ieee": 66.9},
@@ -131,8 +152,9 @@ def peak_memory_bytes(fn: Callable[[], Any], device: str) -> int:
     """Peak memory ``fn`` adds on top of what was allocated before it ran.
 
     CUDA: torch.cuda.max_memory_allocated. CPU: the process's peak resident set (VmHWM, reset through
-    /proc/self/clear_refs) minus its resident set before the call; large CPU tensors are mmap'd and
-    returned to the OS when freed, so this tracks the tensors ``fn`` keeps alive at its peak.
+    /proc/self/clear_refs) minus its resident set before the call; allocations over 128 KiB are mmap'd
+    and returned to the OS when freed (see _fix_glibc_mmap_threshold), so this tracks the tensors
+    ``fn`` keeps alive at its peak.
     """
     _sync(device)
     if device.startswith("cuda"):
