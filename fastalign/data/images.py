@@ -1,9 +1,9 @@
 """Image loading (PIL, no torchvision) and a cache of image embeddings.
 
-:class:`ImageTransform` does what torchvision's ``Resize(resize) -> CenterCrop(size) -> ToTensor ->
-Normalize(ImageNet)`` does on PIL images: bilinear (antialiased) resize of the shorter side, centre
-crop, scale to [0, 1], normalise. :func:`embed_images` runs a torch image model over a list of image
-files once and keeps the embeddings on disk, keyed by file, for the next call.
+:class:`ImageTransform` is :class:`fastalign.models.ImageNetTransform` (torchvision's ``Resize(resize)
+-> CenterCrop(size) -> ToTensor -> Normalize(ImageNet)`` without torchvision) that also opens files.
+:func:`embed_images` runs a torch image model over a list of image files once and keeps the
+embeddings on disk, keyed by file, for the next call.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import numpy as np
 import torch
 
 from fastalign.data._io import atomic_write, require_file
+from fastalign.models.transforms import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported by fastalign.data
+from fastalign.models.transforms import IMAGENET_STD as IMAGENET_STD
+from fastalign.models.transforms import ImageNetTransform
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
+class ImageTransform(ImageNetTransform):
+    """:class:`fastalign.models.ImageNetTransform` that also opens image files.
 
-class ImageTransform:
-    """Callable: an image path or PIL image -> float32 tensor (3, size, size).
-
-    Picklable, so it works in DataLoader workers.
+    Callable: an image path, PIL image or uint8 tensor -> float32 tensor (3, size, size). Picklable, so
+    it works in DataLoader workers. A missing or unreadable file raises an error naming it.
 
     Args:
         size: Side of the square centre crop.
@@ -35,43 +36,18 @@ class ImageTransform:
         normalize: Subtract the ImageNet mean and divide by its std (else values in [0, 1]).
     """
 
-    def __init__(self, size: int = 224, resize: int | None = None, normalize: bool = True) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"ImageTransform: size must be a positive int, got {size!r}")
-        resize = round(size * 256 / 224) if resize is None else resize
-        if isinstance(resize, bool) or not isinstance(resize, int) or resize < size:
-            raise ValueError(f"ImageTransform: resize must be an int >= size ({size}), got {resize!r}")
-        self.size, self.resize, self.normalize = size, resize, bool(normalize)
-
-    def __repr__(self) -> str:
-        return f"ImageTransform(size={self.size}, resize={self.resize}, normalize={self.normalize})"
-
     def __call__(self, image: Any) -> torch.Tensor:
+        if not isinstance(image, (str, os.PathLike)):
+            return super().__call__(image)
         from PIL import Image
 
-        if isinstance(image, (str, os.PathLike)):
-            path = require_file(image, "image")
-            try:
-                with Image.open(path) as opened:
-                    im = opened.convert("RGB")
-            except OSError as err:
-                raise ValueError(f"image: {path!r} is not a readable image ({err})") from err
-        elif isinstance(image, Image.Image):
-            im = image.convert("RGB")
-        else:
-            raise TypeError(f"ImageTransform: expected a path or a PIL image, got {type(image).__name__}")
-        w, h = im.size
-        scale = self.resize / min(w, h)
-        nw, nh = (self.resize, round(h * scale)) if w <= h else (round(w * scale), self.resize)
-        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-        left, top = round((nw - self.size) / 2.0), round((nh - self.size) / 2.0)
-        im = im.crop((left, top, left + self.size, top + self.size))
-        x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-        if self.normalize:
-            mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-            x = (x - mean) / std
-        return x
+        path = require_file(image, "image")
+        try:
+            with Image.open(path) as opened:
+                im = opened.convert("RGB")
+        except OSError as err:
+            raise ValueError(f"image: {path!r} is not a readable image ({err})") from err
+        return super().__call__(im)
 
 
 def load_image(

@@ -25,9 +25,10 @@ class ImageNetTransform:
         size: Side of the square centre crop.
         resize: Length the shorter side is resized to before cropping; defaults to
             ``round(size * 256 / 224)`` (256 for 224, the original's ratio).
+        normalize: Subtract the ImageNet mean and divide by its std; False leaves values in [0, 1].
     """
 
-    def __init__(self, size: int = 224, resize: int | None = None) -> None:
+    def __init__(self, size: int = 224, resize: int | None = None, normalize: bool = True) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive int, got {size!r}")
         if resize is None:
@@ -36,9 +37,10 @@ class ImageNetTransform:
             raise ValueError(f"resize must be an int >= size ({size}), got {resize!r}")
         self.size = size
         self.resize = resize
+        self.normalize = bool(normalize)
 
     def __repr__(self) -> str:
-        return f"ImageNetTransform(size={self.size}, resize={self.resize})"
+        return f"{type(self).__name__}(size={self.size}, resize={self.resize}, normalize={self.normalize})"
 
     def _resized_shape(self, h: int, w: int) -> tuple[int, int]:
         # torchvision's Resize(int): the shorter side becomes `resize`, the other keeps the aspect ratio.
@@ -66,9 +68,12 @@ class ImageNetTransform:
             x = self._from_tensor(image)
         else:
             x = self._from_pil(image)
+        x = self._crop(x)
+        if not self.normalize:
+            return x.contiguous()
         mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        return (self._crop(x) - mean) / std
+        return (x - mean) / std
 
     def _from_pil(self, image: Any) -> torch.Tensor:
         try:
@@ -105,6 +110,8 @@ class ImageNetTransform:
         return x if batched else x[0]
 
 
-def imagenet_transform(size: int = 224, resize: int | None = None) -> ImageNetTransform:
+def imagenet_transform(
+    size: int = 224, resize: int | None = None, normalize: bool = True
+) -> ImageNetTransform:
     """The ImageNet preprocessing CORnet-S was trained with, as a callable (:class:`ImageNetTransform`)."""
-    return ImageNetTransform(size, resize)
+    return ImageNetTransform(size, resize, normalize)

@@ -22,10 +22,9 @@ def test_transform_matches_resize_crop_normalise_by_hand(tmp_path: os.PathLike) 
     path = _write(os.path.join(tmp_path, "a.png"), 0, (40, 30))  # landscape: height is the shorter side
     got = load_image(path, size=16, resize=20)
     with Image.open(path) as im:
-        small = im.convert("RGB").resize((27, 20), Image.Resampling.BILINEAR)  # 40 * 20 / 30 = 26.7 -> 27
-    crop = (
-        np.asarray(small, dtype=np.float32)[2:18, 6:22] / 255.0
-    )  # round((27 - 16) / 2) = 6 (bankers: 5.5 -> 6)
+        # torchvision's Resize(int) truncates the long side: int(20 * 40 / 30) = int(26.7) = 26
+        small = im.convert("RGB").resize((26, 20), Image.Resampling.BILINEAR)
+    crop = np.asarray(small, dtype=np.float32)[2:18, 5:21] / 255.0  # round((26 - 16) / 2) = 5
     want = (crop - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
     np.testing.assert_allclose(got.permute(1, 2, 0).numpy(), want, rtol=1e-5, atol=1e-6)
     raw = load_image(path, size=16, resize=16, normalize=False)
