@@ -209,3 +209,29 @@ def one_sample_t(x: torch.Tensor) -> torch.Tensor:
     """
     n = x.shape[-2]
     return x.mean(-2) / (x.std(-2, correction=1) / math.sqrt(n))
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for float64 inputs, else float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def ext_rank(x: torch.Tensor) -> torch.Tensor:
+    """Average ranks along the last dim in float64 through fastalign._C (its CPU or CUDA kernel)."""
+    from fastalign import _ext
+
+    _ext.load()
+    return torch.ops.fastalign.rsa_rank(x)
+
+
+def ext_prepare(v: torch.Tensor, method: str) -> torch.Tensor:
+    """The per-RDM vector z of a linear method (see center_scale); ranks in one fastalign._C pass."""
+    from fastalign import _ext
+
+    _ext.load()
+    ct = compute_dtype(v)
+    if method in ("spearman", "rho_a"):
+        x = v if v.dtype in (torch.float64, torch.float32) else v.to(ct)  # exact: order is preserved
+        normalize = method == "spearman"
+        return rowwise(lambda w: torch.ops.fastalign.rsa_centered_ranks(w, normalize, ct), x)
+    return center_scale(v.to(ct), method)

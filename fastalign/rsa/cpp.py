@@ -30,25 +30,8 @@ def missing() -> str | None:
     return None
 
 
-def _ct(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def rank(x: torch.Tensor) -> torch.Tensor:
-    """Average ranks along the last dim, float64 (x: float64, float32, int64 or int32 on the CPU)."""
-    _ext.load()
-    return torch.ops.fastalign.rsa_rank(x)
-
-
-def prepare(v: torch.Tensor, method: str) -> torch.Tensor:
-    """The per-RDM vector z of a linear method (see common.center_scale), ranks in one C++ pass."""
-    _ext.load()
-    ct = _ct(v)
-    if method in ("spearman", "rho_a"):
-        x = v if v.dtype in (torch.float64, torch.float32) else v.to(ct)  # exact: order is preserved
-        normalize = method == "spearman"
-        return common.rowwise(lambda w: torch.ops.fastalign.rsa_centered_ranks(w, normalize, ct), x)
-    return common.center_scale(v.to(ct), method)
+rank = common.ext_rank
+prepare = common.ext_prepare
 
 
 def _tau_a(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -57,7 +40,7 @@ def _tau_a(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     k = a.shape[-1]
     ia = torch.arange(a[..., 0].numel()).reshape(a.shape[:-1]).expand(shape).reshape(-1)
     ib = torch.arange(b[..., 0].numel()).reshape(b.shape[:-1]).expand(shape).reshape(-1)
-    ct = _ct(a)
+    ct = common.compute_dtype(a)
     out = torch.ops.fastalign.rsa_kendall_tau_a(a.to(ct).reshape(-1, k), b.to(ct).reshape(-1, k), ia, ib)
     return out.to(ct).reshape(shape)
 
@@ -75,7 +58,9 @@ def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torc
     """Condensed RDMs of (..., n, p) patterns ("correlation", "cosine", "euclidean")."""
     _ext.load()
     lead, (n, p) = x.shape[:-2], x.shape[-2:]
-    out = torch.ops.fastalign.rsa_rdm_direct(x.to(_ct(x)).reshape(-1, n, p).contiguous(), _RDM_CODES[method])
+    out = torch.ops.fastalign.rsa_rdm_direct(
+        x.to(common.compute_dtype(x)).reshape(-1, n, p).contiguous(), _RDM_CODES[method]
+    )
     return out.reshape(*lead, -1)
 
 

@@ -28,25 +28,8 @@ def missing() -> str | None:
     return None
 
 
-def _ct(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def rank(x: torch.Tensor) -> torch.Tensor:
-    """Average ranks along the last dim, float64 (x: float64, float32, int64 or int32 on a GPU)."""
-    _ext.load()
-    return torch.ops.fastalign.rsa_rank(x)
-
-
-def prepare(v: torch.Tensor, method: str) -> torch.Tensor:
-    """The per-RDM vector z of a linear method (see common.center_scale)."""
-    _ext.load()
-    ct = _ct(v)
-    if method in ("spearman", "rho_a"):
-        x = v if v.dtype in (torch.float64, torch.float32) else v.to(ct)  # exact: order is preserved
-        normalize = method == "spearman"
-        return common.rowwise(lambda w: torch.ops.fastalign.rsa_centered_ranks(w, normalize, ct), x)
-    return common.center_scale(v.to(ct), method)
+rank = common.ext_rank
+prepare = common.ext_prepare
 
 
 def compare(a: torch.Tensor, b: torch.Tensor, method: str) -> torch.Tensor:
