@@ -38,6 +38,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import harness
 
 from fastalign.data import make_synthetic_things, mvnn, preprocess_things_eeg2
+from fastalign.data.reference import published_noise_covariance
 
 TRAIN_IMAGES, TEST_IMAGES, TRAIN_REPS, TEST_REPS, SESSIONS = 16540, 200, 2, 20, 4
 N_CH, N_T = 17, 100
@@ -53,23 +54,6 @@ def _row(case: str, impl: str, shape: str, seconds: float, how: str, **extra: An
 def _session(rng: np.random.Generator, n_cond: int, n_rep: int) -> np.ndarray:
     mix = np.eye(N_CH) + 0.3 * rng.normal(size=(N_CH, N_CH))
     return np.einsum("ij,crjt->crit", mix, rng.normal(size=(n_cond, n_rep, N_CH, N_T)))
-
-
-def _published_loop(parts: list[np.ndarray], dim: str) -> np.ndarray:
-    """The reference's covariance loop (whitening itself is one matmul in both, so it is left out)."""
-    from sklearn.discriminant_analysis import _cov
-
-    sigma_part = []
-    for data in parts:
-        sigma_cond = []
-        for cond in data:
-            if dim == "time":
-                covs = [_cov(cond[:, :, t], shrinkage="auto") for t in range(cond.shape[2])]
-            else:
-                covs = [_cov(np.transpose(cond[e]), shrinkage="auto") for e in range(cond.shape[0])]
-            sigma_cond.append(np.mean(covs, axis=0))
-        sigma_part.append(np.mean(sigma_cond, axis=0))
-    return np.asarray(np.mean(sigma_part, axis=0))
 
 
 def bench_mvnn(loop_conditions: int, reps: int) -> list[dict[str, Any]]:
@@ -91,10 +75,10 @@ def bench_mvnn(loop_conditions: int, reps: int) -> list[dict[str, Any]]:
         # The published loop on a slice of conditions, scaled by the number of conditions.
         k_test = max(10, loop_conditions * TEST_IMAGES // per_session)
         t0 = time.perf_counter()
-        _published_loop([train[:loop_conditions]], dim)
+        published_noise_covariance([train[:loop_conditions]], dim)
         t_train = (time.perf_counter() - t0) / loop_conditions
         t0 = time.perf_counter()
-        _published_loop([test[:k_test]], dim)
+        published_noise_covariance([test[:k_test]], dim)
         t_test = (time.perf_counter() - t0) / k_test
         loop = t_train * per_session + t_test * TEST_IMAGES
         how = f"EXTRAPOLATED from {loop_conditions} train + {k_test} test conditions"

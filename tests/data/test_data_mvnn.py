@@ -5,33 +5,11 @@ from __future__ import annotations
 import mne
 import numpy as np
 import pytest
-import scipy.linalg
 from hypothesis import given
 from hypothesis import strategies as st
-from sklearn.discriminant_analysis import _cov
 
 from fastalign.data import mvnn, noise_covariance
-
-
-def _published_mvnn(parts: list[np.ndarray], dim: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """The loops of gifale95/eeg_encoding preprocessing_utils.mvnn, for one session."""
-    sigma_part = []
-    for data in parts:
-        sigma_cond = []
-        for cond in data:
-            if dim == "time":
-                covs = [_cov(cond[:, :, t], shrinkage="auto") for t in range(cond.shape[2])]
-            else:
-                covs = [_cov(np.transpose(cond[e]), shrinkage="auto") for e in range(cond.shape[0])]
-            sigma_cond.append(np.mean(covs, axis=0))
-        sigma_part.append(np.mean(sigma_cond, axis=0))
-    sigma = np.mean(sigma_part, axis=0)
-    inv = scipy.linalg.fractional_matrix_power(sigma, -0.5)
-    white = [
-        np.reshape((np.reshape(d, (-1, d.shape[2], d.shape[3])).swapaxes(1, 2) @ inv).swapaxes(1, 2), d.shape)
-        for d in parts
-    ]
-    return white, sigma
+from fastalign.data.reference import published_mvnn as _published_mvnn
 
 
 def _session(rng: np.random.Generator, n_cond: int, n_rep: int, n_ch: int, n_t: int) -> np.ndarray:

@@ -9,8 +9,6 @@ import os
 import mne
 import numpy as np
 import pytest
-import scipy.linalg
-from sklearn.discriminant_analysis import _cov
 from sklearn.utils import shuffle
 
 from fastalign.data import (
@@ -22,6 +20,7 @@ from fastalign.data import (
     preprocessed_path,
     raw_path,
 )
+from fastalign.data.reference import published_mvnn
 
 SEED = 20200220
 
@@ -56,29 +55,8 @@ def _oracle_epoching(
 
 
 def _oracle_mvnn(test: list, train: list, dim: str) -> tuple[list, list]:
-    out_test, out_train = [], []
-    for s in range(len(test)):
-        session = [test[s], train[s]]
-        sigma_part = []
-        for part in session:
-            sigma_cond = []
-            for cond in part:
-                if dim == "time":
-                    covs = [_cov(cond[:, :, t], shrinkage="auto") for t in range(cond.shape[2])]
-                else:
-                    covs = [_cov(np.transpose(cond[e]), shrinkage="auto") for e in range(cond.shape[0])]
-                sigma_cond.append(np.mean(covs, axis=0))
-            sigma_part.append(np.mean(sigma_cond, axis=0))
-        inv = scipy.linalg.fractional_matrix_power(np.mean(sigma_part, axis=0), -0.5)
-        white = [
-            np.reshape(
-                (np.reshape(d, (-1, d.shape[2], d.shape[3])).swapaxes(1, 2) @ inv).swapaxes(1, 2), d.shape
-            )
-            for d in session
-        ]
-        out_test.append(white[0])
-        out_train.append(white[1])
-    return out_test, out_train
+    whitened = [published_mvnn([test[s], train[s]], dim)[0] for s in range(len(test))]
+    return [w[0] for w in whitened], [w[1] for w in whitened]
 
 
 def _oracle_merge(test: list, train: list, train_conds: list) -> tuple[np.ndarray, np.ndarray]:
