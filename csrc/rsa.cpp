@@ -8,6 +8,9 @@
 //   scaled to unit norm, in float32 or float64: Spearman's / rho-a's per-RDM vectors in one pass.
 // rsa_rdm_direct(x, method) -> (B, n(n-1)/2): RDMs of (B, n, p) patterns computed pair by pair without
 //   a Gram matrix; for few features (EEG channels x a short window) this beats GEMM + extraction.
+// rsa_rdm_compare(x, w, rdm_method, compare) -> (B, M) float64: fused RSA; each (n, p) pattern set's
+//   RDM, ranked (spearman / rho-a) or centred (pearson / cosine) in a per-thread buffer and dotted with
+//   the M prepared model vectors w (M, K); the (B, K) RDMs are never stored.
 // rsa_kendall_tau_a(a, b, ia, ib) -> (P,) float64: Kendall's tau-a of rows a[ia[p]] and b[ib[p]] in
 //   O(K log K) each (sort + merge-sort inversion count), exact integer pair counts.
 // rsa_permute_condensed(src, perms) -> (P, B, K): src (B, K) condensed RDM vectors of n conditions,
@@ -90,21 +93,44 @@ struct RadixSorter {
   }
 };
 
+// Exact integer arithmetic for rank sums of squares (n^3 overflows int64 beyond n = 2^21).
+#ifdef __SIZEOF_INT128__
+using Wide = __int128;
+#else
+using Wide = long double;
+#endif
+
 template <typename T>
 using KeyOf = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
 
-// Sorts one row's positions by value. First choice, a bucket sort: n buckets over [min, max] by the
-// monotone map b(v) = floor((v - min) * (n - 1) / (max - min)), one counting pass and one scatter of
-// 32-bit positions, then each (usually tiny) bucket sorted by value; for spread-out data such as RDM
-// entries this is O(n) and touches little memory. Rows with inf (or a range that overflows, or
-// n >= 2^32) go to the radix sort.
+// A value and its position in the row.
 template <typename T>
-struct RowSorter {
-  RadixSorter<KeyOf<T>> radix;
-  std::vector<uint32_t> order, ids, starts, cursor;
+struct Entry {
+  T v;
+  uint32_t i;
+};
 
-  bool bucket_sort(const T* x, int64_t n) {
-    if (n >= (int64_t{1} << 32) - 1) return false;
+// Average ranks by a bucket sort. The row is spread over kSpread * n buckets by the monotone map
+// b(v) = floor((v - min) * (buckets - 1) / (max - min)) (equal values share a bucket, and every value
+// in a lower bucket is smaller); one counting pass and one scatter of (value, position) entries group
+// it by bucket, then the (usually tiny) buckets are sorted by value on the contiguous entries and the
+// tie groups walked once, writing each position's average rank. For spread-out data such as RDM
+// entries this is O(n) and stays in cache; 2 buckets per value halve the insertion sort's
+// mispredicted moves at the price of a longer (cheap, sequential) prefix sum (benchmarks/bench_rsa.py).
+// Rows with inf (or a range that overflows, or n >= 2^31) go to the radix sort instead.
+constexpr int64_t kSpread = 2;
+
+template <typename T>
+struct BucketRanker {
+  RadixSorter<KeyOf<T>> radix;
+  std::vector<Entry<T>> sorted;
+  std::vector<uint32_t> ids, starts;
+
+  // out[position] = average rank - shift; ties = sum over tie groups of (t^3 - t). Returns false
+  // (writing nothing) when the row needs the radix sort.
+  template <typename O>
+  bool rank(const T* x, int64_t n, double shift, O* out, Wide& ties) {
+    if (n >= (int64_t{1} << 31) - 1) return false;
     // min / max with four independent accumulators (a single one serialises on its latency)
     double lo4[4], hi4[4];
     for (int u = 0; u < 4; ++u) lo4[u] = hi4[u] = static_cast<double>(x[0]);
@@ -125,125 +151,156 @@ struct RowSorter {
     const double hi = std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]));
     const double range = hi - lo;
     if (!std::isfinite(range)) return false;
-    order.resize(n);
-    if (range == 0) {
-      for (int64_t k = 0; k < n; ++k) order[k] = static_cast<uint32_t>(k);
+    if (range == 0) {  // one tie group
+      const O r = static_cast<O>(static_cast<double>(n + 1) * 0.5 - shift);
+      for (int64_t k = 0; k < n; ++k) out[k] = r;
+      ties = static_cast<Wide>(n) * n * n - n;
       return true;
     }
-    const double scale = static_cast<double>(n - 1) / range;
+    const int64_t nb = kSpread * n;
+    const double scale = static_cast<double>(nb - 1) / range;
     if (!std::isfinite(scale)) return false;
     ids.resize(n);
-    starts.assign(static_cast<size_t>(n + 1), 0);
+    starts.assign(static_cast<size_t>(nb + 1), 0);
     for (int64_t k = 0; k < n; ++k) {
       int64_t b = static_cast<int64_t>((static_cast<double>(x[k]) - lo) * scale);
-      b = b < 0 ? 0 : (b > n - 1 ? n - 1 : b);
+      b = b < 0 ? 0 : (b > nb - 1 ? nb - 1 : b);
       ids[k] = static_cast<uint32_t>(b);
       ++starts[b + 1];
     }
     uint32_t largest = 0;
-    for (int64_t b = 0; b < n; ++b) {
+    for (int64_t b = 0; b < nb; ++b) {
       largest = std::max(largest, starts[b + 1]);
       starts[b + 1] += starts[b];
     }
-    cursor.assign(starts.begin(), starts.end() - 1);
-    for (int64_t k = 0; k < n; ++k) order[cursor[ids[k]]++] = static_cast<uint32_t>(k);
+    sorted.resize(n);
+    Entry<T>* s = sorted.data();
+    // scatter; afterwards starts[b] is the end of bucket b
+    for (int64_t k = 0; k < n; ++k) s[starts[ids[k]]++] = {x[k], static_cast<uint32_t>(k)};
     if (largest <= 32) {
-      // Positions are ordered across buckets already, so one insertion sort over the whole row only
-      // moves elements within their (small) bucket: O(32 n) at worst, and the comparison with the
+      // Entries are ordered across buckets already, so one insertion sort over the whole row only
+      // moves entries within their (small) bucket: O(32 n) at worst, and the comparison with the
       // running maximum is almost always predicted, unlike a loop over bucket sizes.
-      T prev = x[order[0]];
+      T prev = s[0].v;
       for (int64_t i = 1; i < n; ++i) {
-        const uint32_t cur = order[i];
-        const T v = x[cur];
-        if (!(v < prev)) {
-          prev = v;
+        const Entry<T> cur = s[i];
+        if (!(cur.v < prev)) {
+          prev = cur.v;
           continue;
         }
         int64_t j = i - 1;
-        while (j >= 0 && v < x[order[j]]) {
-          order[j + 1] = order[j];
+        while (j >= 0 && cur.v < s[j].v) {
+          s[j + 1] = s[j];
           --j;
         }
-        order[j + 1] = cur;
+        s[j + 1] = cur;
       }
-      return true;
-    }
-    for (int64_t b = 0; b < n; ++b) {
-      const int64_t s = starts[b], e = starts[b + 1];
-      if (e - s <= 1) continue;
-      if (e - s <= 16) {  // insertion sort
-        for (int64_t i = s + 1; i < e; ++i) {
-          const uint32_t cur = order[i];
-          const T v = x[cur];
-          int64_t j = i - 1;
-          while (j >= s && v < x[order[j]]) {
-            order[j + 1] = order[j];
-            --j;
+    } else {
+      const auto by_value = [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; };
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t lo_b = b == 0 ? 0 : starts[b - 1], hi_b = starts[b];
+        if (hi_b - lo_b <= 1) continue;
+        if (hi_b - lo_b <= 16) {  // insertion sort
+          for (int64_t i = lo_b + 1; i < hi_b; ++i) {
+            const Entry<T> cur = s[i];
+            int64_t j = i - 1;
+            while (j >= lo_b && cur.v < s[j].v) {
+              s[j + 1] = s[j];
+              --j;
+            }
+            s[j + 1] = cur;
           }
-          order[j + 1] = cur;
+        } else {
+          std::sort(s + lo_b, s + hi_b, by_value);
         }
-      } else {
-        std::sort(order.begin() + s, order.begin() + e, [x](uint32_t a, uint32_t b) { return x[a] < x[b]; });
       }
+    }
+    // tie groups: sorted entries i .. j-1, ranks i+1 .. j, average (i + 1 + j) / 2
+    ties = 0;
+    int64_t i = 0;
+    while (i < n) {
+      if (i + 1 == n || s[i + 1].v != s[i].v) {  // almost always: no tie
+        out[s[i].i] = static_cast<O>(static_cast<double>(i + 1) - shift);
+        ++i;
+        continue;
+      }
+      int64_t j = i + 2;
+      while (j < n && s[j].v == s[i].v) ++j;
+      const O r = static_cast<O>(static_cast<double>(i + 1 + j) * 0.5 - shift);
+      for (int64_t k = i; k < j; ++k) out[s[k].i] = r;
+      ties += static_cast<Wide>(j - i) * (j - i) * (j - i) - (j - i);
+      i = j;
     }
     return true;
   }
 };
 
-// Average ranks from positions sorted by value: tie groups are walked once.
-template <typename T, typename I>
-void walk_ties(const T* x, const I* idx, int64_t n, double* out) {
+// The radix path: positions sorted by value seen through value(k) = x[idx[k]], k = 0 .. n-1.
+
+// Sum over tie groups of (t^3 - t), exactly.
+template <typename V>
+Wide tie_sum(V value, int64_t n) {
+  Wide ties = 0;
   int64_t i = 0;
   while (i < n) {
     int64_t j = i + 1;
-    while (j < n && x[idx[j]] == x[idx[i]]) ++j;
-    // sorted positions i .. j-1 are one tie group: ranks i+1 .. j, average (i + 1 + j) / 2
-    const double avg = static_cast<double>(i + 1 + j) * 0.5;
-    for (int64_t k = i; k < j; ++k) out[idx[k]] = avg;
+    while (j < n && value(j) == value(i)) ++j;
+    if (j - i > 1) ties += static_cast<Wide>(j - i) * (j - i) * (j - i) - (j - i);
+    i = j;
+  }
+  return ties;
+}
+
+// out[idx[k]] = average rank - shift, walking the tie groups once: sorted positions i .. j-1 are one tie
+// group, ranks i+1 .. j, average (i + 1 + j) / 2 (int64 positions: exact at any n).
+template <typename V, typename O>
+void write_sorted_ranks(V value, const int64_t* idx, int64_t n, double shift, O* out) {
+  int64_t i = 0;
+  while (i < n) {
+    int64_t j = i + 1;
+    while (j < n && value(j) == value(i)) ++j;
+    const O r = static_cast<O>(static_cast<double>(i + 1 + j) * 0.5 - shift);
+    for (int64_t k = i; k < j; ++k) out[idx[k]] = r;
     i = j;
   }
 }
 
-// Average ranks of one row into out.
-template <typename T>
-void rank_row(const T* x, double* out, int64_t n, RowSorter<T>& sorter) {
-  if (sorter.bucket_sort(x, n)) {
-    walk_ties(x, sorter.order.data(), n, out);
-  } else {
-    sorter.radix.sort(x, n);
-    walk_ties(x, sorter.radix.idx.data(), n, out);
+// out[k] = average rank of x[k] - shift for one row; returns the sum of squared centred average ranks,
+// ((n^3 - n) - sum over tie groups of (t^3 - t)) / 12, from an exact integer numerator (the two terms
+// nearly cancel when one value fills almost the whole row), so it carries one rounding.
+template <typename T, typename O>
+double row_ranks(BucketRanker<T>& ranker, const T* x, int64_t n, double shift, O* out) {
+  Wide ties = 0;
+  if (!ranker.rank(x, n, shift, out, ties)) {
+    ranker.radix.sort(x, n);
+    const int64_t* idx = ranker.radix.idx.data();
+    const auto value = [x, idx](int64_t k) { return x[idx[k]]; };
+    write_sorted_ranks(value, idx, n, shift, out);
+    ties = tie_sum(value, n);
   }
+  return static_cast<double>(static_cast<Wide>(n) * n * n - n - ties) / 12.0;
 }
 
-// Ranks of each row, then optionally centred ((n + 1) / 2 is the mean of average ranks, exactly) and
-// scaled to unit norm, written in O's dtype.
 // Below this much work a parallel region costs more than it saves (thread wake-up, and on a busy machine
 // a descheduled thread stalls the barrier).
 constexpr int64_t kParallelWork = int64_t{1} << 16;
 
+// Ranks of each row, optionally centred ((n + 1) / 2 is the mean of average ranks, exactly) and scaled
+// to unit norm, written in O's dtype.
 template <typename T, typename O>
 void rank_rows(const T* x, O* out, int64_t rows, int64_t n, bool center, bool normalize) {
 #pragma omp parallel if (rows > 1 && rows * n > kParallelWork)
   {
-    RowSorter<T> sorter;
-    std::vector<double> r(static_cast<size_t>(n));
+    BucketRanker<T> ranker;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t row = 0; row < rows; ++row) {
-      rank_row(x + row * n, r.data(), n, sorter);
       O* o = out + row * n;
-      if (!center) {
-        for (int64_t k = 0; k < n; ++k) o[k] = static_cast<O>(r[k]);
-        continue;
+      const double ss = row_ranks(ranker, x + row * n, n, center ? static_cast<double>(n + 1) * 0.5 : 0.0, o);
+      if (center && normalize) {
+        // a constant row has no Spearman correlation: NaN, which the caller turns into an error
+        const double scale = ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("");
+        for (int64_t k = 0; k < n; ++k) o[k] = static_cast<O>(static_cast<double>(o[k]) * scale);
       }
-      const double mean = static_cast<double>(n + 1) * 0.5;
-      double ss = 0.0;
-      for (int64_t k = 0; k < n; ++k) {
-        r[k] -= mean;
-        ss += r[k] * r[k];
-      }
-      // a constant row has no Spearman correlation: NaN, which the caller turns into an error
-      const double scale = normalize ? (ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("")) : 1.0;
-      for (int64_t k = 0; k < n; ++k) o[k] = static_cast<O>(r[k] * scale);
     }
   }
 }
@@ -289,86 +346,129 @@ at::Tensor centered_ranks_cpu(const at::Tensor& x, bool normalize, at::ScalarTyp
 // (each loaded z[k][j] feeds kRows accumulators), which vectorises without reordering any sum. method: 0 correlation, 1 cosine, 2 euclidean.
 constexpr int64_t kRows = 4;
 
+// The z layout of one pattern set: p rows of n conditions, each row padded with zeros to zstride(n)
+// so that the register tiles below may read past the last condition.
 template <typename T>
-void rdm_direct(const T* x, T* out, int64_t batch, int64_t n, int64_t p, int64_t method) {
-  const int64_t k_total = n * (n - 1) / 2;
-  std::unique_ptr<T[]> zt(new T[static_cast<size_t>(batch * p * n)]);  // fully written below
-  const bool parallel = batch * n * n * p > kParallelWork;
-#pragma omp parallel for schedule(static) if (parallel && batch > 1)
-  for (int64_t b = 0; b < batch; ++b) {
-    const T* xb = x + b * n * p;
-    T* z = zt.get() + b * p * n;
-    if (method == 2) {
-      for (int64_t k = 0; k < p; ++k) {
-        double mean = 0.0;
-        for (int64_t i = 0; i < n; ++i) mean += xb[i * p + k];
-        mean /= static_cast<double>(n);
-        for (int64_t i = 0; i < n; ++i) z[k * n + i] = static_cast<T>(xb[i * p + k] - mean);
+constexpr int64_t kTile = 32 / static_cast<int64_t>(sizeof(T));  // columns per register tile: 4 f64, 8 f32
+template <typename T>
+int64_t zstride(int64_t n) {
+  return n + kTile<T>;
+}
+
+// One pattern set xb (n, p) -> z (p, zstride(n)): normalised rows (correlation: centred first; cosine)
+// or column-centred (euclidean), transposed so that the pair loops read contiguous conditions.
+template <typename T>
+void direct_transpose(const T* xb, T* z, int64_t n, int64_t p, int64_t method) {
+  const int64_t zs = zstride<T>(n);
+  for (int64_t k = 0; k < p; ++k) std::fill(z + k * zs + n, z + (k + 1) * zs, T(0));
+  if (method == 2) {
+    for (int64_t k = 0; k < p; ++k) {
+      double mean = 0.0;
+      for (int64_t i = 0; i < n; ++i) mean += xb[i * p + k];
+      mean /= static_cast<double>(n);
+      for (int64_t i = 0; i < n; ++i) z[k * zs + i] = static_cast<T>(xb[i * p + k] - mean);
+    }
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    double mean = 0.0;
+    if (method == 0) {
+      for (int64_t k = 0; k < p; ++k) mean += xb[i * p + k];
+      mean /= static_cast<double>(p);
+    }
+    double ss = 0.0;
+    for (int64_t k = 0; k < p; ++k) {
+      const double v = xb[i * p + k] - mean;
+      ss += v * v;
+    }
+    const double inv = 1.0 / std::sqrt(ss);
+    for (int64_t k = 0; k < p; ++k) z[k * zs + i] = static_cast<T>((xb[i * p + k] - mean) * inv);
+  }
+}
+
+// Distances of rows i0 .. i0+kRows-1 (those < n-1) to all later conditions, from z (p, zstride(n)),
+// written into the condensed RDM `out` (each row's entries are contiguous there). Register tiles of
+// kRows x kTile accumulators run over all p features before one store, so the loop is bound by
+// arithmetic, not by reloading accumulators; each sum still runs over k in order.
+template <typename T, bool kEuclid>
+inline __attribute__((always_inline)) void direct_rows_impl(const T* z, int64_t n, int64_t p, int64_t i0, T* out) {
+  constexpr int64_t J = kTile<T>;
+  const int64_t zs = zstride<T>(n);
+  const int64_t rows = std::min<int64_t>(kRows, n - 1 - i0);
+  const int64_t m = n - i0 - 1;  // columns j = i0 + 1 .. n - 1, shared by the block's rows
+  T* orow[kRows];
+  for (int64_t r = 0; r < kRows; ++r) {
+    const int64_t i = i0 + std::min<int64_t>(r, rows - 1);
+    orow[r] = out + i * n - i * (i + 1) / 2 - r;  // row i0+r's entry for block column c is orow[r][c]
+  }
+  const T inv_p = T(1) / static_cast<T>(p);
+  for (int64_t c0 = 0; c0 < m; c0 += J) {
+    T a[kRows][J] = {};
+    for (int64_t k = 0; k < p; ++k) {
+      const T* zk = z + k * zs;
+      const T* v = zk + i0 + 1 + c0;
+      for (int64_t r = 0; r < kRows; ++r) {
+        const T zi = zk[i0 + r];  // rows past n-1 read padding or later rows; their tiles are not stored
+        for (int64_t jj = 0; jj < J; ++jj) {
+          if constexpr (kEuclid) {
+            const T d = zi - v[jj];
+            a[r][jj] += d * d;
+          } else {
+            a[r][jj] += zi * v[jj];
+          }
+        }
       }
-    } else {
-      for (int64_t i = 0; i < n; ++i) {
-        double mean = 0.0;
-        if (method == 0) {
-          for (int64_t k = 0; k < p; ++k) mean += xb[i * p + k];
-          mean /= static_cast<double>(p);
-        }
-        double ss = 0.0;
-        for (int64_t k = 0; k < p; ++k) {
-          const double v = xb[i * p + k] - mean;
-          ss += v * v;
-        }
-        const double inv = 1.0 / std::sqrt(ss);
-        for (int64_t k = 0; k < p; ++k) z[k * n + i] = static_cast<T>((xb[i * p + k] - mean) * inv);
+    }
+    const int64_t cend = std::min<int64_t>(J, m - c0);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t jj = (c0 >= r ? 0 : r - c0); jj < cend; ++jj) {  // row i0+r starts at column c = r
+        orow[r][c0 + jj] = kEuclid ? a[r][jj] * inv_p : T(1) - a[r][jj];
       }
     }
   }
-#pragma omp parallel if (parallel)
-  {
-    // kRows rows of distances at a time: each loaded z[k][j] feeds kRows accumulators
-    std::vector<T> acc(static_cast<size_t>(kRows * n));
-    const int64_t blocks = (n - 1 + kRows - 1) / kRows;
-#pragma omp for collapse(2) schedule(dynamic, 4)
-    for (int64_t b = 0; b < batch; ++b) {
-      for (int64_t blk = 0; blk < blocks; ++blk) {
-        const T* z = zt.get() + b * p * n;
-        const int64_t i0 = blk * kRows;
-        const int64_t rows = std::min<int64_t>(kRows, n - 1 - i0);
-        const int64_t m = n - i0 - 1;  // columns j = i0 + 1 .. n - 1, shared by the block's rows
-        T* a = acc.data();
-        std::fill(a, a + kRows * m, T(0));
-        for (int64_t k = 0; k < p; ++k) {
-          const T* zrow = z + k * n;
-          const T* zk = zrow + i0 + 1;
-          T zi[kRows];
-          for (int64_t r = 0; r < kRows; ++r) zi[r] = r < rows ? zrow[i0 + r] : T(0);
-          if (method == 2) {
-            for (int64_t j = 0; j < m; ++j) {
-              const T v = zk[j];
-              for (int64_t r = 0; r < kRows; ++r) {
-                const T d = zi[r] - v;
-                a[r * m + j] += d * d;
-              }
-            }
-          } else {
-            for (int64_t j = 0; j < m; ++j) {
-              const T v = zk[j];
-              for (int64_t r = 0; r < kRows; ++r) a[r * m + j] += zi[r] * v;
-            }
-          }
-        }
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = i0 + r;
-          const T* ar = a + r * m + r;  // row i's columns start at j = i + 1, i.e. offset r
-          const int64_t len = n - i - 1;
-          T* o = out + b * k_total + i * n - i * (i + 1) / 2;
-          if (method == 2) {
-            const T inv_p = T(1) / static_cast<T>(p);
-            for (int64_t j = 0; j < len; ++j) o[j] = ar[j] * inv_p;
-          } else {
-            for (int64_t j = 0; j < len; ++j) o[j] = T(1) - ar[j];
-          }
-        }
-      }
+}
+
+// Compiled for the baseline ISA and for x86-64-v3 (AVX2 + FMA), chosen at load time (GCC ifunc).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTALIGN_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
+#else
+#define FASTALIGN_CLONES
+#endif
+
+FASTALIGN_CLONES void direct_rows_f64(const double* z, int64_t n, int64_t p, int64_t method, int64_t i0, double* out) {
+  if (method == 2) {
+    direct_rows_impl<double, true>(z, n, p, i0, out);
+  } else {
+    direct_rows_impl<double, false>(z, n, p, i0, out);
+  }
+}
+FASTALIGN_CLONES void direct_rows_f32(const float* z, int64_t n, int64_t p, int64_t method, int64_t i0, float* out) {
+  if (method == 2) {
+    direct_rows_impl<float, true>(z, n, p, i0, out);
+  } else {
+    direct_rows_impl<float, false>(z, n, p, i0, out);
+  }
+}
+inline void direct_rows(const double* z, int64_t n, int64_t p, int64_t method, int64_t i0, double* out) {
+  direct_rows_f64(z, n, p, method, i0, out);
+}
+inline void direct_rows(const float* z, int64_t n, int64_t p, int64_t method, int64_t i0, float* out) {
+  direct_rows_f32(z, n, p, method, i0, out);
+}
+
+template <typename T>
+void rdm_direct(const T* x, T* out, int64_t batch, int64_t n, int64_t p, int64_t method) {
+  const int64_t k_total = n * (n - 1) / 2;
+  const int64_t zsize = p * zstride<T>(n);
+  std::unique_ptr<T[]> zt(new T[static_cast<size_t>(batch * zsize)]);  // fully written below
+  const bool parallel = batch * n * n * p > kParallelWork;
+#pragma omp parallel for schedule(static) if (parallel && batch > 1)
+  for (int64_t b = 0; b < batch; ++b) direct_transpose(x + b * n * p, zt.get() + b * zsize, n, p, method);
+  const int64_t blocks = (n - 1 + kRows - 1) / kRows;
+#pragma omp parallel for collapse(2) schedule(dynamic, 4) if (parallel)
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      direct_rows(zt.get() + b * zsize, n, p, method, blk * kRows, out + b * k_total);
     }
   }
 }
@@ -385,6 +485,97 @@ at::Tensor rdm_direct_cpu(const at::Tensor& x, int64_t method) {
     case at::kDouble: rdm_direct(xc.data_ptr<double>(), out.data_ptr<double>(), batch, n, p, method); break;
     case at::kFloat: rdm_direct(xc.data_ptr<float>(), out.data_ptr<float>(), batch, n, p, method); break;
     default: TORCH_CHECK(false, "rsa_rdm_direct: x must be float64 or float32, got ", x.scalar_type());
+  }
+  return out;
+}
+
+// Sums with 8 independent partial sums: a single accumulator serialises on the add latency (4 cycles
+// per element); eight chains let the loop vectorise and pipeline.
+constexpr int64_t kLanes = 8;
+inline double dot_lanes(const double* a, const double* b, int64_t n) {
+  double s[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    for (int64_t u = 0; u < kLanes; ++u) s[u] += a[k + u] * b[k + u];
+  }
+  for (; k < n; ++k) s[0] += a[k] * b[k];
+  double t = 0.0;
+  for (int64_t u = 0; u < kLanes; ++u) t += s[u];
+  return t;
+}
+template <typename T>
+double sum_lanes(const T* a, int64_t n) {
+  double s[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    for (int64_t u = 0; u < kLanes; ++u) s[u] += static_cast<double>(a[k + u]);
+  }
+  for (; k < n; ++k) s[0] += static_cast<double>(a[k]);
+  double t = 0.0;
+  for (int64_t u = 0; u < kLanes; ++u) t += s[u];
+  return t;
+}
+
+// Fused RSA of pattern sets against prepared model vectors: for each of the B pattern sets, its RDM
+// (direct method) goes into a per-thread buffer, is turned into its compare method's vector z (centred
+// ranks, unit norm for spearman; centred / scaled values for pearson / cosine) and dotted with the M
+// model vectors; no (B, K) RDM or rank tensor is ever stored. compare: 0 spearman, 1 rho_a, 2 pearson,
+// 3 cosine. w: (M, K) float64, the models' vectors (ext_prepare). Returns (B, M) float64.
+template <typename T>
+void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_t n, int64_t p, int64_t models,
+                 int64_t rdm_method, int64_t compare) {
+  const int64_t k_total = n * (n - 1) / 2;
+  const int64_t blocks = (n - 1 + kRows - 1) / kRows;
+#pragma omp parallel if (batch > 1 && batch * n * n * p > kParallelWork)
+  {
+    std::vector<T> z(static_cast<size_t>(p * zstride<T>(n))), d(static_cast<size_t>(k_total));
+    std::vector<double> v(static_cast<size_t>(k_total)), dots(static_cast<size_t>(models));
+    BucketRanker<T> ranker;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < batch; ++b) {
+      direct_transpose(x + b * n * p, z.data(), n, p, rdm_method);
+      for (int64_t blk = 0; blk < blocks; ++blk) direct_rows(z.data(), n, p, rdm_method, blk * kRows, d.data());
+      double scale = 1.0;
+      if (compare <= 1) {
+        // centred average ranks into v; spearman's norm from the tie groups, exactly
+        const double ss = row_ranks(ranker, d.data(), k_total, static_cast<double>(k_total + 1) * 0.5, v.data());
+        // a constant RDM has no Spearman correlation: NaN, which the caller turns into an error
+        if (compare == 0) scale = ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("");
+      } else {
+        const double mean = compare == 2 ? sum_lanes(d.data(), k_total) / static_cast<double>(k_total) : 0.0;
+        for (int64_t k = 0; k < k_total; ++k) v[k] = static_cast<double>(d[k]) - mean;
+        const double ss = dot_lanes(v.data(), v.data(), k_total);
+        // a constant (pearson) or all-zero (cosine) RDM has no statistic: NaN, turned into an error
+        scale = ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("");
+      }
+      for (int64_t mm = 0; mm < models; ++mm) dots[mm] = dot_lanes(v.data(), w + mm * k_total, k_total);
+      for (int64_t mm = 0; mm < models; ++mm) out[b * models + mm] = dots[mm] * scale;
+    }
+  }
+}
+
+at::Tensor rdm_compare_cpu(const at::Tensor& x, const at::Tensor& w, int64_t rdm_method, int64_t compare) {
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "rsa_rdm_compare: CPU tensors expected");
+  TORCH_CHECK(x.dim() == 3, "rsa_rdm_compare: x must be (B, n, p), got ", x.sizes());
+  TORCH_CHECK(rdm_method >= 0 && rdm_method <= 2, "rsa_rdm_compare: rdm_method must be 0, 1 or 2, got ", rdm_method);
+  TORCH_CHECK(compare >= 0 && compare <= 3, "rsa_rdm_compare: compare must be 0..3, got ", compare);
+  const int64_t batch = x.size(0), n = x.size(1), p = x.size(2);
+  TORCH_CHECK(n >= 3 && p >= 1, "rsa_rdm_compare: need n >= 3 conditions and p >= 1 features, got ", x.sizes());
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == n * (n - 1) / 2 && w.scalar_type() == at::kDouble,
+              "rsa_rdm_compare: w must be (M, ", n * (n - 1) / 2, ") float64, got ", w.sizes(), " ", w.scalar_type());
+  const auto xc = x.contiguous();
+  const auto wc = w.contiguous();
+  auto out = at::empty({batch, w.size(0)}, x.options().dtype(at::kDouble));
+  switch (x.scalar_type()) {
+    case at::kDouble:
+      rdm_compare(xc.data_ptr<double>(), wc.data_ptr<double>(), out.data_ptr<double>(), batch, n, p, w.size(0),
+                  rdm_method, compare);
+      break;
+    case at::kFloat:
+      rdm_compare(xc.data_ptr<float>(), wc.data_ptr<double>(), out.data_ptr<double>(), batch, n, p, w.size(0),
+                  rdm_method, compare);
+      break;
+    default: TORCH_CHECK(false, "rsa_rdm_compare: x must be float64 or float32, got ", x.scalar_type());
   }
   return out;
 }
@@ -548,6 +739,7 @@ TORCH_LIBRARY_FRAGMENT(fastalign, m) {
   m.def("rsa_rank(Tensor x) -> Tensor");
   m.def("rsa_centered_ranks(Tensor x, bool normalize, ScalarType dtype) -> Tensor");
   m.def("rsa_rdm_direct(Tensor x, int method) -> Tensor");
+  m.def("rsa_rdm_compare(Tensor x, Tensor w, int rdm_method, int compare) -> Tensor");
   m.def("rsa_kendall_tau_a(Tensor a, Tensor b, Tensor ia, Tensor ib) -> Tensor");
   m.def("rsa_permute_condensed(Tensor src, Tensor perms) -> Tensor");
 }
@@ -556,6 +748,7 @@ TORCH_LIBRARY_IMPL(fastalign, CPU, m) {
   m.impl("rsa_rank", &fastalign::rank_cpu);
   m.impl("rsa_centered_ranks", &fastalign::centered_ranks_cpu);
   m.impl("rsa_rdm_direct", &fastalign::rdm_direct_cpu);
+  m.impl("rsa_rdm_compare", &fastalign::rdm_compare_cpu);
   m.impl("rsa_kendall_tau_a", &fastalign::kendall_tau_a_cpu);
   m.impl("rsa_permute_condensed", &fastalign::permute_condensed_cpu);
 }

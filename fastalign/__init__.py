@@ -23,6 +23,7 @@ from fastalign.rsa import (
     rdm,
     rsa_permutation_test,
     time_resolved_rdms,
+    time_resolved_rsa,
 )
 
 __version__ = "0.1.0"
@@ -42,4 +43,5 @@ __all__ = [
     "rdm",
     "rsa_permutation_test",
     "time_resolved_rdms",
+    "time_resolved_rsa",
 ]

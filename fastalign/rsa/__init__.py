@@ -11,6 +11,7 @@ from fastalign.rsa.api import (
     rdm,
     rsa_permutation_test,
     time_resolved_rdms,
+    time_resolved_rsa,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "rdm",
     "rsa_permutation_test",
     "time_resolved_rdms",
+    "time_resolved_rsa",
 ]

@@ -191,6 +191,56 @@ def _nonconstant(fn: str, name: str, v: torch.Tensor, method: str) -> None:
 # ----------------------------------------------------------------------------------------- rdm
 
 
+def _check_patterns(fn: str, x: torch.Tensor, method: str) -> int:
+    """Validates (..., [n_folds,] n_conditions, n_features) patterns for an RDM method; returns n."""
+    min_dim = 3 if method == "crossnobis" else 2
+    shape_doc = "(..., " + ("n_folds, " if min_dim == 3 else "") + "n_conditions, n_features)"
+    if x.dim() < min_dim:
+        raise ValueError(f"{fn}: x must have shape {shape_doc} for method {method!r}, got {tuple(x.shape)}")
+    n, p = x.shape[-2], x.shape[-1]
+    if n < 3:
+        raise ValueError(f"{fn}: x must have at least 3 conditions (dim -2), got shape {tuple(x.shape)}")
+    if p < 1 or x.numel() == 0:
+        raise ValueError(f"{fn}: x must have at least 1 feature and no empty dim, got {tuple(x.shape)}")
+    _finite(fn, "x", x)
+    if method == "correlation":
+        if p < 2:
+            raise ValueError(f"{fn}: correlation distance needs at least 2 features, got {p}")
+        lo, hi = torch.aminmax(x, dim=-1)
+        const = lo == hi
+        if bool(const.any()):
+            where = tuple(int(i) for i in const.nonzero()[0])
+            raise ValueError(
+                f"{fn}: x has a constant pattern at index {where}; its correlation distance is undefined"
+            )
+    if method == "cosine":
+        zero = (x == 0).all(-1)
+        if bool(zero.any()):
+            where = tuple(int(i) for i in zero.nonzero()[0])
+            raise ValueError(
+                f"{fn}: x has an all-zero pattern at index {where}; cosine distance is undefined"
+            )
+    if method == "crossnobis" and x.shape[-3] < 2:
+        raise ValueError(f"{fn}: crossnobis needs at least 2 folds (dim -3), got shape {tuple(x.shape)}")
+    return n
+
+
+def _check_noise(fn: str, noise: Any, method: str, x: torch.Tensor) -> torch.Tensor | None:
+    """The crossnobis noise precision matrix, validated and moved to x's device."""
+    if noise is None:
+        return None
+    if method != "crossnobis":
+        raise ValueError(f"{fn}: noise is used by method 'crossnobis' only, got method {method!r}")
+    p = x.shape[-1]
+    noise = _float(fn, "noise", _tensor(fn, "noise", noise))
+    if noise.shape != (p, p):
+        raise ValueError(
+            f"{fn}: noise must be a ({p}, {p}) precision matrix for {p} features, got {tuple(noise.shape)}"
+        )
+    _finite(fn, "noise", noise)
+    return noise.to(device=x.device)
+
+
 def rdm(
     x: torch.Tensor,
     method: str = "correlation",
@@ -228,47 +278,8 @@ def rdm(
     fn = "rdm"
     x = _float(fn, "x", _tensor(fn, "x", x))
     method = _method(fn, method, common.RDM_METHODS)
-    min_dim = 3 if method == "crossnobis" else 2
-    shape_doc = "(..., " + ("n_folds, " if min_dim == 3 else "") + "n_conditions, n_features)"
-    if x.dim() < min_dim:
-        raise ValueError(f"{fn}: x must have shape {shape_doc} for method {method!r}, got {tuple(x.shape)}")
-    n, p = x.shape[-2], x.shape[-1]
-    if n < 3:
-        raise ValueError(f"{fn}: x must have at least 3 conditions (dim -2), got shape {tuple(x.shape)}")
-    if p < 1 or x.numel() == 0:
-        raise ValueError(f"{fn}: x must have at least 1 feature and no empty dim, got {tuple(x.shape)}")
-    _finite(fn, "x", x)
-    if method == "correlation":
-        if p < 2:
-            raise ValueError(f"{fn}: correlation distance needs at least 2 features, got {p}")
-        lo, hi = torch.aminmax(x, dim=-1)
-        const = lo == hi
-        if bool(const.any()):
-            where = tuple(int(i) for i in const.nonzero()[0])
-            raise ValueError(
-                f"{fn}: x has a constant pattern at index {where}; its correlation distance is undefined"
-            )
-    if method == "cosine":
-        zero = (x == 0).all(-1)
-        if bool(zero.any()):
-            where = tuple(int(i) for i in zero.nonzero()[0])
-            raise ValueError(
-                f"{fn}: x has an all-zero pattern at index {where}; cosine distance is undefined"
-            )
-    if method == "crossnobis":
-        if x.shape[-3] < 2:
-            raise ValueError(f"{fn}: crossnobis needs at least 2 folds (dim -3), got shape {tuple(x.shape)}")
-        if noise is not None:
-            noise = _float(fn, "noise", _tensor(fn, "noise", noise))
-            if noise.shape != (p, p):
-                raise ValueError(
-                    f"{fn}: noise must be a ({p}, {p}) precision matrix for {p} features, got "
-                    f"{tuple(noise.shape)}"
-                )
-            _finite(fn, "noise", noise)
-            noise = noise.to(device=x.device)
-    elif noise is not None:
-        raise ValueError(f"{fn}: noise is used by method 'crossnobis' only, got method {method!r}")
+    n = _check_patterns(fn, x, method)
+    noise = _check_noise(fn, noise, method, x)
     chosen = _rdm_dispatch.choose(backend, x, method)
     if chosen == "reference":
         ct = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -303,8 +314,13 @@ def time_resolved_rdms(
     Returns:
         (..., n_windows, n_pairs) with ``n_windows = (n_times - window) // step + 1``.
     """
-    fn = "time_resolved_rdms"
-    data = _epochs_to_tensor(data)
+    win = _windows("time_resolved_rdms", data, method, window, step)
+    return rdm(win, method, noise=noise, backend=backend)
+
+
+def _windows(fn: str, data: Any, method: str, window: int, step: int) -> torch.Tensor:
+    """(..., n_windows, [n_folds,] n_conditions, n_channels * window) window patterns (a view)."""
+    data = _epochs_to_tensor(fn, data)
     data = _tensor(fn, "data", data)
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"{fn}: window must be an int >= 1, got {window!r}")
@@ -322,11 +338,10 @@ def time_resolved_rdms(
     win = data.unfold(-1, window, step)  # (..., n_cond, n_ch, n_windows, window)
     win = win.movedim(-2, -3).flatten(-2)  # (..., n_cond, n_windows, n_ch * window)
     core = 3 if method == "crossnobis" else 2  # dims before the window dim that belong to one RDM
-    win = win.movedim(-2, -1 - core)  # (..., n_windows, [n_folds,] n_cond, features)
-    return rdm(win, method, noise=noise, backend=backend)
+    return win.movedim(-2, -1 - core)  # (..., n_windows, [n_folds,] n_cond, features)
 
 
-def _epochs_to_tensor(data: Any) -> Any:
+def _epochs_to_tensor(fn: str, data: Any) -> Any:
     """An mne.Epochs -> (n_conditions, n_channels, n_times) float64 of per-condition evoked means."""
     try:
         import mne
@@ -336,14 +351,170 @@ def _epochs_to_tensor(data: Any) -> Any:
         return data
     conditions = list(data.event_id)
     if len(conditions) < 3:
-        raise ValueError(f"time_resolved_rdms: the Epochs have {len(conditions)} event types; need >= 3")
+        raise ValueError(f"{fn}: the Epochs have {len(conditions)} event types; need >= 3")
     evoked = []
     for cond in conditions:
         ep = data[cond]
         if len(ep) == 0:
-            raise ValueError(f"time_resolved_rdms: condition {cond!r} has no epochs (all dropped?)")
+            raise ValueError(f"{fn}: condition {cond!r} has no epochs (all dropped?)")
         evoked.append(ep.average().data)
     return torch.from_numpy(np.stack(evoked))
+
+
+_TRRSA_CODES = {"correlation": 0, "cosine": 1, "euclidean": 2}
+_TRRSA_COMPARE_CODES = {"spearman": 0, "rho_a": 1, "pearson": 2, "cosine": 3}
+# The composed path computes this many brain-RDM entries per chunk of windows (bounded memory).
+_TRRSA_CHUNK_ELEMENTS = 1 << 24
+
+
+def _trrsa_cpp_check(
+    win: torch.Tensor, models: torch.Tensor, rdm_method: str, method: str, *, explicit: bool
+) -> list[str]:
+    reasons = _backend.device_reasons("cpp", (win, models), explicit=explicit) + _ops_missing("cpp")
+    if not reasons and not hasattr(torch.ops.fastalign, "rsa_rdm_compare"):
+        reasons.append("fastalign._C was built without rsa_rdm_compare (csrc/rsa.cpp); rebuild it")
+    if rdm_method not in _TRRSA_CODES:
+        reasons.append(f"cpp fuses the rdm methods {tuple(_TRRSA_CODES)}, got {rdm_method!r}")
+    if method not in _TRRSA_COMPARE_CODES:
+        reasons.append(f"cpp fuses the compare methods {tuple(_TRRSA_COMPARE_CODES)}, got {method!r}")
+    if win.dtype not in (torch.float32, torch.float64):
+        reasons.append(f"cpp takes float32 or float64 data, got {win.dtype}")
+    if not explicit and win.shape[-1] > _CPP_RDM_MAX_FEATURES:
+        reasons.append(
+            f"auto fuses at most {_CPP_RDM_MAX_FEATURES} window features (channels x window), "
+            f"got {win.shape[-1]}"
+        )
+    return reasons
+
+
+_trrsa_dispatch = _backend.dispatcher("time_resolved_rsa")
+_trrsa_dispatch.register("cpp", _trrsa_cpp_check)
+_trrsa_dispatch.register("torch", _always)
+_trrsa_dispatch.register("reference", _always, auto=False)
+
+
+def time_resolved_rsa(
+    data: Any,
+    models: torch.Tensor,
+    method: str = "spearman",
+    *,
+    rdm_method: str = "correlation",
+    window: int = 1,
+    step: int = 1,
+    noise: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Time-resolved RSA in one call: each time window's brain RDM against each model RDM.
+
+    Equal to ``compare_rdms(time_resolved_rdms(data, rdm_method, window, step)[..., None, :], models,
+    method)``, without holding the (..., n_windows, n_pairs) brain RDMs: the cpp backend computes each
+    window's RDM, ranks it and takes its dot products with the models in a per-thread buffer (one fused
+    kernel, rsa_rdm_compare); the other backends run ``time_resolved_rdms`` and ``compare_rdms`` on
+    chunks of windows. 10 subjects x 100 time points x 200 conditions need 16 MB here instead of 160 MB.
+
+    Args:
+        data: as :func:`time_resolved_rdms`: (..., n_conditions, n_channels, n_times), or an
+            ``mne.Epochs`` (one averaged evoked response per event type).
+        models: (n_models, n_pairs) or (n_pairs,) condensed model RDMs over the same conditions (e.g.
+            ``fastalign.rdm(layer_features)``).
+        method: compare method, as :func:`compare_rdms`.
+        rdm_method: brain RDM method, as :func:`rdm`.
+        window, step: as :func:`time_resolved_rdms`.
+        noise: crossnobis noise precision (rdm_method "crossnobis" only).
+        backend: "auto", "reference", "torch" or "cpp" (CPU; correlation / cosine / euclidean RDMs with
+            the linear compare methods; auto fuses up to 64 window features). "auto" composes the
+            fastest RDM and compare backends where cpp does not apply (e.g. on a GPU).
+
+    Returns:
+        (..., n_windows, n_models), or (..., n_windows) for a 1-D ``models``; float64 unless the data
+        and the models are both float32 (or lower precision), then float32.
+
+    Raises:
+        ValueError: as :func:`time_resolved_rdms` and :func:`compare_rdms`, e.g. a constant brain RDM at
+            some window (its Spearman correlation is undefined) or models over another number of
+            conditions.
+    """
+    fn = "time_resolved_rsa"
+    method = _method(fn, method, common.COMPARE_METHODS)
+    rdm_method = _method(fn, rdm_method, common.RDM_METHODS)
+    win = _windows(fn, data, rdm_method, window, step)
+    win = _float(fn, "data", win)
+    models = _float(fn, "models", _tensor(fn, "models", models))
+    if models.dim() not in (1, 2):
+        raise ValueError(f"{fn}: models must be (n_models, n_pairs) or (n_pairs,), got {tuple(models.shape)}")
+    single = models.dim() == 1
+    models2 = models[None] if single else models
+    n = win.shape[-2]
+    if models2.shape[-1] != common.n_pairs(n) or models2.shape[0] == 0:
+        raise ValueError(
+            f"{fn}: models must be RDMs of the data's {n} conditions, i.e. (n_models >= 1, "
+            f"{common.n_pairs(n)}), got {tuple(models.shape)}"
+        )
+    _finite(
+        fn,
+        "models",
+        models2,
+        " (the brain RDMs have no NaN, so rsatoolbox's masking, which needs NaN at the same entries of both, cannot apply)",
+    )
+    if models2.device != win.device:
+        raise ValueError(
+            f"{fn}: data and models must be on one device, got {win.device} and {models2.device}"
+        )
+    chosen = _trrsa_dispatch.choose(backend, win, models2, rdm_method, method)
+    if chosen == "cpp":
+        out = _trrsa_fused(fn, win, models2, rdm_method, method, noise)
+    else:
+        out = _trrsa_composed(
+            win, models2, rdm_method, method, noise, "auto" if backend == "auto" else chosen
+        )
+    return out[..., 0] if single else out
+
+
+def _trrsa_dtype(win: torch.Tensor, models: torch.Tensor) -> torch.dtype:
+    """compare_rdms's result dtype for RDMs of win against models."""
+    brain = common.compute_dtype(win)
+    both32 = brain == torch.float32 and models.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    return torch.float32 if both32 else torch.float64
+
+
+def _trrsa_fused(
+    fn: str, win: torch.Tensor, models: torch.Tensor, rdm_method: str, method: str, noise: Any
+) -> torch.Tensor:
+    from fastalign import _ext
+
+    _ext.load()
+    _check_patterns(fn, win, rdm_method)
+    _check_noise(fn, noise, rdm_method, win)
+    _nonconstant(fn, "models", models, method)
+    n, p = win.shape[-2:]
+    lead = win.shape[:-2]
+    flat = win.reshape(-1, n, p).to(common.compute_dtype(win)).contiguous()
+    w = common.ext_prepare(models.to(torch.float64), method).contiguous()
+    out = torch.ops.fastalign.rsa_rdm_compare(flat, w, _TRRSA_CODES[rdm_method], _TRRSA_COMPARE_CODES[method])
+    out = out * common.linear_scale(method, w.shape[-1])
+    if not _all_finite(out):  # only a constant (pearson, spearman) or all-zero (cosine) brain RDM
+        bad = (~torch.isfinite(out)).any(-1).reshape(lead).nonzero()[0]
+        where = tuple(int(i) for i in bad)
+        raise ValueError(
+            f"{fn}: the brain RDM at window index {where} is constant (all-zero for cosine); method "
+            f"{method!r} is undefined for it"
+        )
+    return out.to(_trrsa_dtype(win, models)).reshape(*lead, models.shape[0])
+
+
+def _trrsa_composed(
+    win: torch.Tensor, models: torch.Tensor, rdm_method: str, method: str, noise: Any, backend: str
+) -> torch.Tensor:
+    core = 3 if rdm_method == "crossnobis" else 2
+    lead = win.shape[:-core]
+    flat = win.reshape(-1, *win.shape[-core:])
+    k = models.shape[-1]
+    step = max(1, _TRRSA_CHUNK_ELEMENTS // k)
+    parts = []
+    for s in range(0, flat.shape[0], step):
+        brain = rdm(flat[s : s + step], rdm_method, noise=noise, backend=backend)
+        parts.append(compare_rdms(brain[:, None, :], models[None], method, backend=backend))
+    return torch.cat(parts).reshape(*lead, models.shape[0])
 
 
 # ----------------------------------------------------------------------------------------- rank

@@ -1,0 +1,215 @@
+"""time_resolved_rsa (fused cpp kernel and composed backends) against the explicit composition of
+time_resolved_rdms and compare_rdms, rsatoolbox and scipy; exact in float64 to 1e-10."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rsatoolbox as rt
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+import fastalign as fa
+from fastalign.rsa import api, cpp
+
+CPP = ["cpp"] if cpp.missing() is None else []
+BACKENDS = ["reference", "torch", *CPP]
+LINEAR = ["spearman", "pearson", "rho_a", "cosine"]
+FUSED_RDM = ["correlation", "cosine", "euclidean"]
+
+
+def _composed(
+    data: torch.Tensor,
+    models: torch.Tensor,
+    method: str,
+    rdm_method: str,
+    window: int,
+    step: int,
+    rdm_backend: str = "reference",
+) -> torch.Tensor:
+    brain = fa.time_resolved_rdms(data, rdm_method, window, step, backend=rdm_backend)
+    return fa.compare_rdms(brain[..., None, :], models, method, backend="reference")
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    n=st.integers(3, 24),
+    channels=st.integers(1, 6),
+    times=st.integers(1, 9),
+    window=st.integers(1, 3),
+    step=st.integers(1, 3),
+    lead=st.sampled_from([(), (2,), (2, 3)]),
+    n_models=st.integers(1, 4),
+    method=st.sampled_from(LINEAR),
+    rdm_method=st.sampled_from(FUSED_RDM),
+    integer=st.booleans(),
+    backend=st.sampled_from(BACKENDS),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_matches_composition(
+    n: int,
+    channels: int,
+    times: int,
+    window: int,
+    step: int,
+    lead: tuple[int, ...],
+    n_models: int,
+    method: str,
+    rdm_method: str,
+    integer: bool,
+    backend: str,
+    seed: int,
+) -> None:
+    """Every backend equals time_resolved_rdms + compare_rdms, including heavily tied RDMs (small
+    integer data gives many equal distances) and single-channel windows. The brain RDMs of the
+    composition come from the same backend's rdm, so that entries equal up to rounding (ties of the
+    exact distances) are the same floats on both sides and the ranks are comparable exactly."""
+    window = min(window, times)
+    if rdm_method == "correlation" and channels * window < 2:
+        channels = 2
+    gen = torch.Generator().manual_seed(seed)
+    shape = (*lead, n, channels, times)
+    if integer:
+        data = torch.randint(-2, 3, shape, generator=gen).double()
+        data[..., 0, :] = 5.0  # no constant or all-zero pattern at any window
+        data[..., 1, 0, :] = -4.0
+        data[..., 0, 0, :] = 7.0
+    else:
+        data = torch.randn(shape, generator=gen, dtype=torch.float64)
+    models = fa.rdm(torch.randn(n_models, n, 7, generator=gen, dtype=torch.float64))
+    try:
+        want = _composed(data, models, method, rdm_method, window, step, rdm_backend=backend)
+    except ValueError:  # an undefined statistic (a constant brain RDM): the fused path must say so too
+        with pytest.raises(ValueError):
+            fa.time_resolved_rsa(
+                data, models, method, rdm_method=rdm_method, window=window, step=step, backend=backend
+            )
+        return
+    got = fa.time_resolved_rsa(
+        data, models, method, rdm_method=rdm_method, window=window, step=step, backend=backend
+    )
+    assert got.shape == (*lead, (times - window) // step + 1, n_models)
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_rsatoolbox(backend: str) -> None:
+    """The whole analysis of the benchmark, in small: 3 subjects x 12 times x 30 conditions x 17 channels."""
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(3, 30, 17, 12))
+    feats = [rng.normal(size=(30, 50)) for _ in range(2)]
+    brain = rt.rdm.calc_rdm(
+        [rt.data.Dataset(data[s, :, :, t]) for s in range(3) for t in range(12)], method="correlation"
+    )
+    layers = rt.rdm.calc_rdm([rt.data.Dataset(f) for f in feats], method="correlation")
+    want = rt.rdm.compare(layers, brain, "spearman").T.reshape(3, 12, 2)
+    models = fa.rdm(torch.from_numpy(np.stack(feats)))
+    got = fa.time_resolved_rsa(torch.from_numpy(data), models, backend=backend)
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spearman_with_one_dominant_tie_group(backend: str) -> None:
+    """A brain RDM that is constant except for a few entries: the sum of squared centred ranks is a
+    difference of nearly equal cubes, which the kernel forms in exact integers."""
+    n = 300
+    data = torch.zeros(n, 2, 1, dtype=torch.float64)
+    data[:, 0, 0] = 1.0  # every pattern (1, 0): all correlation distances 0 ...
+    data[:3, :, 0] = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # ... except pairs with these 3
+    models = fa.rdm(torch.randn(2, n, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    brain = fa.rdm(data[..., 0])
+    got = fa.time_resolved_rsa(data, models, rdm_method="correlation", backend=backend)
+    for m in range(2):
+        want = stats.spearmanr(brain.numpy(), models[m].numpy()).statistic
+        assert abs(float(got[0, m]) - want) < 1e-10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_inputs(backend: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    data = torch.randn(2, 40, 5, 6, generator=gen)
+    models = fa.rdm(torch.randn(3, 40, 8, generator=gen))
+    got = fa.time_resolved_rsa(data, models, window=2, backend=backend)
+    want = _composed(data.double(), models.double(), "spearman", "correlation", 2, 1)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0, atol=2e-5)
+    mixed = fa.time_resolved_rsa(data, models.double(), window=2, backend=backend)
+    assert mixed.dtype == torch.float64
+
+
+def test_one_model_vector_and_kendall_and_crossnobis_compose() -> None:
+    gen = torch.Generator().manual_seed(4)
+    data = torch.randn(12, 3, 5, generator=gen, dtype=torch.float64)
+    model = fa.rdm(torch.randn(12, 4, generator=gen, dtype=torch.float64))
+    got = fa.time_resolved_rsa(data, model, "kendall_tau_a")
+    assert got.shape == (5,)
+    np.testing.assert_allclose(
+        got.numpy(), _composed(data, model, "kendall_tau_a", "correlation", 1, 1)[:, 0].numpy(), atol=1e-12
+    )
+    folds = torch.randn(3, 12, 3, 5, generator=gen, dtype=torch.float64)
+    got = fa.time_resolved_rsa(folds, model, rdm_method="crossnobis", window=2)
+    brain = fa.time_resolved_rdms(folds, "crossnobis", 2)
+    np.testing.assert_allclose(got.numpy(), fa.compare_rdms(brain, model).numpy(), atol=1e-12)
+
+
+def test_composed_path_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(5)
+    data = torch.randn(3, 15, 4, 9, generator=gen, dtype=torch.float64)
+    models = fa.rdm(torch.randn(2, 15, 6, generator=gen, dtype=torch.float64))
+    whole = fa.time_resolved_rsa(data, models, backend="torch")
+    monkeypatch.setattr(api, "_TRRSA_CHUNK_ELEMENTS", 200)  # 1 RDM of 105 entries per chunk
+    chunked = fa.time_resolved_rsa(data, models, backend="torch")
+    np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=0, atol=1e-14)
+
+
+def test_nan_model_entries_are_rejected() -> None:
+    """compare_rdms masks NaN only where both sides have it; brain RDMs of finite data have none."""
+    data = torch.randn(10, 3, 4, dtype=torch.float64)
+    models = fa.rdm(torch.randn(2, 10, 6, dtype=torch.float64))
+    models[:, 3] = float("nan")
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match="models contains NaN"):
+            fa.time_resolved_rsa(data, models, backend=backend)
+
+
+@pytest.mark.skipif(not CPP, reason="fastalign._C not built")
+def test_fused_rejects_what_it_cannot_run() -> None:
+    data = torch.randn(10, 3, 4, dtype=torch.float64)
+    models = fa.rdm(torch.randn(10, 6, dtype=torch.float64))
+    with pytest.raises(NotImplementedError, match="kendall_tau_a"):
+        fa.time_resolved_rsa(data, models, "kendall_tau_a", backend="cpp")
+    with pytest.raises(NotImplementedError, match="crossnobis"):
+        fa.time_resolved_rsa(data[None].expand(2, -1, -1, -1), models, rdm_method="crossnobis", backend="cpp")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_constant_brain_rdm_names_the_window(backend: str) -> None:
+    data = torch.randn(2, 8, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    data[1, :, :, 2] = torch.tensor([1.0, 2.0, 4.0])  # every condition the same pattern at t = 2
+    models = fa.rdm(torch.randn(8, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="constant"):
+        fa.time_resolved_rsa(data, models, backend=backend)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"models": torch.rand(10)}, r"models must be RDMs of the data's 8 conditions"),
+        ({"models": torch.rand(2, 2, 28)}, r"models must be \(n_models, n_pairs\)"),
+        ({"models": torch.rand(0, 28)}, r"n_models >= 1"),
+        ({"method": "spearmann"}, "method must be one of"),
+        ({"rdm_method": "mahalanobis"}, "method must be one of"),
+        ({"window": 0}, "window must be an int >= 1"),
+        ({"window": 9}, "longer than the data's 4 time points"),
+        ({"data": torch.rand(8, 4)}, r"data must have shape"),
+        ({"data": torch.full((8, 3, 4), float("nan"))}, "contains NaN"),
+        ({"noise": torch.eye(3)}, "noise is used by method 'crossnobis' only"),
+    ],
+)
+def test_rejects_bad_input(kwargs: dict, match: str) -> None:
+    args = {"data": torch.randn(8, 3, 4, dtype=torch.float64), "models": torch.rand(2, 28), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        fa.time_resolved_rsa(**args)
