@@ -370,20 +370,13 @@ _TRRSA_CHUNK_ELEMENTS = 1 << 24
 def _trrsa_cpp_check(
     win: torch.Tensor, models: torch.Tensor, rdm_method: str, method: str, *, explicit: bool
 ) -> list[str]:
-    reasons = _backend.device_reasons("cpp", (win, models), explicit=explicit) + _ops_missing("cpp")
+    # the RDM half is rdm's cpp kernel (same limits); models only need to live on the CPU too
+    reasons = _rdm_cpp_check(win, rdm_method, explicit=explicit)
+    reasons += [r for r in _backend.device_reasons("cpp", (models,), explicit=explicit) if r not in reasons]
     if not reasons and not hasattr(torch.ops.fastalign, "rsa_rdm_compare"):
         reasons.append("fastalign._C was built without rsa_rdm_compare (csrc/rsa.cpp); rebuild it")
-    if rdm_method not in _TRRSA_CODES:
-        reasons.append(f"cpp fuses the rdm methods {tuple(_TRRSA_CODES)}, got {rdm_method!r}")
     if method not in _TRRSA_COMPARE_CODES:
         reasons.append(f"cpp fuses the compare methods {tuple(_TRRSA_COMPARE_CODES)}, got {method!r}")
-    if win.dtype not in (torch.float32, torch.float64):
-        reasons.append(f"cpp takes float32 or float64 data, got {win.dtype}")
-    if not explicit and win.shape[-1] > _CPP_RDM_MAX_FEATURES:
-        reasons.append(
-            f"auto fuses at most {_CPP_RDM_MAX_FEATURES} window features (channels x window), "
-            f"got {win.shape[-1]}"
-        )
     return reasons
 
 
@@ -454,7 +447,7 @@ def time_resolved_rsa(
         fn,
         "models",
         models2,
-        " (the brain RDMs have no NaN, so rsatoolbox's masking, which needs NaN at the same entries of both, cannot apply)",
+        " (the brain RDMs have none, and rsatoolbox's masking needs NaN at the same entries of both)",
     )
     if models2.device != win.device:
         raise ValueError(
