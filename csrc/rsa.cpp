@@ -110,26 +110,25 @@ struct Entry {
   uint32_t i;
 };
 
-// Average ranks by a bucket sort. The row is spread over kSpread * n buckets by the monotone map
+// Sorting for average ranks: a bucket sort. The row is spread over kSpread * n buckets by the monotone map
 // b(v) = floor((v - min) * (buckets - 1) / (max - min)) (equal values share a bucket, and every value
 // in a lower bucket is smaller); one counting pass and one scatter of (value, position) entries group
-// it by bucket, then the (usually tiny) buckets are sorted by value on the contiguous entries and the
-// tie groups walked once, writing each position's average rank. For spread-out data such as RDM
+// it by bucket, then the (usually tiny) buckets are sorted by value on the contiguous entries (no gathers
+// from the row); write_ranks then walks the tie groups once. For spread-out data such as RDM
 // entries this is O(n) and stays in cache; 2 buckets per value halve the insertion sort's
 // mispredicted moves at the price of a longer (cheap, sequential) prefix sum (benchmarks/bench_rsa.py).
 // Rows with inf (or a range that overflows, or n >= 2^31) go to the radix sort instead.
 constexpr int64_t kSpread = 2;
 
 template <typename T>
-struct BucketRanker {
+struct RowSorter {
   RadixSorter<KeyOf<T>> radix;
   std::vector<Entry<T>> sorted;
   std::vector<uint32_t> ids, starts;
 
-  // out[position] = average rank - shift; ties = sum over tie groups of (t^3 - t). Returns false
-  // (writing nothing) when the row needs the radix sort.
-  template <typename O>
-  bool rank(const T* x, int64_t n, double shift, O* out, Wide& ties) {
+  // Sorts the row's (value, position) entries into `sorted`, or returns false when the row needs the
+  // radix sort.
+  bool sort(const T* x, int64_t n) {
     if (n >= (int64_t{1} << 31) - 1) return false;
     // min / max with four independent accumulators (a single one serialises on its latency)
     double lo4[4], hi4[4];
@@ -151,10 +150,10 @@ struct BucketRanker {
     const double hi = std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]));
     const double range = hi - lo;
     if (!std::isfinite(range)) return false;
-    if (range == 0) {  // one tie group
-      const O r = static_cast<O>(static_cast<double>(n + 1) * 0.5 - shift);
-      for (int64_t k = 0; k < n; ++k) out[k] = r;
-      ties = static_cast<Wide>(n) * n * n - n;
+    sorted.resize(n);
+    Entry<T>* s = sorted.data();
+    if (range == 0) {  // one tie group: any order is sorted
+      for (int64_t k = 0; k < n; ++k) s[k] = {x[k], static_cast<uint32_t>(k)};
       return true;
     }
     const int64_t nb = kSpread * n;
@@ -173,8 +172,6 @@ struct BucketRanker {
       largest = std::max(largest, starts[b + 1]);
       starts[b + 1] += starts[b];
     }
-    sorted.resize(n);
-    Entry<T>* s = sorted.data();
     // scatter; afterwards starts[b] is the end of bucket b
     for (int64_t k = 0; k < n; ++k) s[starts[ids[k]]++] = {x[k], static_cast<uint32_t>(k)};
     if (largest <= 32) {
@@ -215,68 +212,47 @@ struct BucketRanker {
         }
       }
     }
-    // tie groups: sorted entries i .. j-1, ranks i+1 .. j, average (i + 1 + j) / 2
-    ties = 0;
-    int64_t i = 0;
-    while (i < n) {
-      if (i + 1 == n || s[i + 1].v != s[i].v) {  // almost always: no tie
-        out[s[i].i] = static_cast<O>(static_cast<double>(i + 1) - shift);
-        ++i;
-        continue;
-      }
-      int64_t j = i + 2;
-      while (j < n && s[j].v == s[i].v) ++j;
-      const O r = static_cast<O>(static_cast<double>(i + 1 + j) * 0.5 - shift);
-      for (int64_t k = i; k < j; ++k) out[s[k].i] = r;
-      ties += static_cast<Wide>(j - i) * (j - i) * (j - i) - (j - i);
-      i = j;
-    }
     return true;
   }
 };
 
-// The radix path: positions sorted by value seen through value(k) = x[idx[k]], k = 0 .. n-1.
-
-// Sum over tie groups of (t^3 - t), exactly.
-template <typename V>
-Wide tie_sum(V value, int64_t n) {
+// out[position(k)] = average rank - shift for sorted entries k = 0 .. n-1 seen through value(k) and
+// position(k); returns the sum over tie groups of (t^3 - t), exactly. Sorted entries i .. j-1 with
+// equal values are one tie group: ranks i+1 .. j, average (i + 1 + j) / 2 (int64: exact at any n).
+template <typename V, typename P, typename O>
+Wide write_ranks(V value, P position, int64_t n, double shift, O* out) {
   Wide ties = 0;
   int64_t i = 0;
   while (i < n) {
-    int64_t j = i + 1;
+    if (i + 1 == n || value(i + 1) != value(i)) {  // almost always: no tie
+      out[position(i)] = static_cast<O>(static_cast<double>(i + 1) - shift);
+      ++i;
+      continue;
+    }
+    int64_t j = i + 2;
     while (j < n && value(j) == value(i)) ++j;
-    if (j - i > 1) ties += static_cast<Wide>(j - i) * (j - i) * (j - i) - (j - i);
+    const O r = static_cast<O>(static_cast<double>(i + 1 + j) * 0.5 - shift);
+    for (int64_t k = i; k < j; ++k) out[position(k)] = r;
+    ties += static_cast<Wide>(j - i) * (j - i) * (j - i) - (j - i);
     i = j;
   }
   return ties;
-}
-
-// out[idx[k]] = average rank - shift, walking the tie groups once: sorted positions i .. j-1 are one tie
-// group, ranks i+1 .. j, average (i + 1 + j) / 2 (int64 positions: exact at any n).
-template <typename V, typename O>
-void write_sorted_ranks(V value, const int64_t* idx, int64_t n, double shift, O* out) {
-  int64_t i = 0;
-  while (i < n) {
-    int64_t j = i + 1;
-    while (j < n && value(j) == value(i)) ++j;
-    const O r = static_cast<O>(static_cast<double>(i + 1 + j) * 0.5 - shift);
-    for (int64_t k = i; k < j; ++k) out[idx[k]] = r;
-    i = j;
-  }
 }
 
 // out[k] = average rank of x[k] - shift for one row; returns the sum of squared centred average ranks,
 // ((n^3 - n) - sum over tie groups of (t^3 - t)) / 12, from an exact integer numerator (the two terms
 // nearly cancel when one value fills almost the whole row), so it carries one rounding.
 template <typename T, typename O>
-double row_ranks(BucketRanker<T>& ranker, const T* x, int64_t n, double shift, O* out) {
-  Wide ties = 0;
-  if (!ranker.rank(x, n, shift, out, ties)) {
-    ranker.radix.sort(x, n);
-    const int64_t* idx = ranker.radix.idx.data();
-    const auto value = [x, idx](int64_t k) { return x[idx[k]]; };
-    write_sorted_ranks(value, idx, n, shift, out);
-    ties = tie_sum(value, n);
+double row_ranks(RowSorter<T>& sorter, const T* x, int64_t n, double shift, O* out) {
+  Wide ties;
+  if (sorter.sort(x, n)) {
+    const Entry<T>* s = sorter.sorted.data();
+    ties = write_ranks([s](int64_t k) { return s[k].v; }, [s](int64_t k) { return s[k].i; }, n, shift, out);
+  } else {
+    sorter.radix.sort(x, n);
+    const int64_t* idx = sorter.radix.idx.data();
+    ties = write_ranks([x, idx](int64_t k) { return x[idx[k]]; }, [idx](int64_t k) { return idx[k]; }, n, shift,
+                       out);
   }
   return static_cast<double>(static_cast<Wide>(n) * n * n - n - ties) / 12.0;
 }
@@ -291,11 +267,11 @@ template <typename T, typename O>
 void rank_rows(const T* x, O* out, int64_t rows, int64_t n, bool center, bool normalize) {
 #pragma omp parallel if (rows > 1 && rows * n > kParallelWork)
   {
-    BucketRanker<T> ranker;
+    RowSorter<T> sorter;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t row = 0; row < rows; ++row) {
       O* o = out + row * n;
-      const double ss = row_ranks(ranker, x + row * n, n, center ? static_cast<double>(n + 1) * 0.5 : 0.0, o);
+      const double ss = row_ranks(sorter, x + row * n, n, center ? static_cast<double>(n + 1) * 0.5 : 0.0, o);
       if (center && normalize) {
         // a constant row has no Spearman correlation: NaN, which the caller turns into an error
         const double scale = ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("");
@@ -341,9 +317,9 @@ at::Tensor centered_ranks_cpu(const at::Tensor& x, bool normalize, at::ScalarTyp
 }
 
 // Condensed RDMs straight from the patterns, for few features: per batch element the patterns are
-// normalised (correlation / cosine) or column-centred (euclidean) into a (p, n) transposed copy, then
-// for a block of kRows rows the values for all j > i accumulate feature by feature over contiguous j
-// (each loaded z[k][j] feeds kRows accumulators), which vectorises without reordering any sum. method: 0 correlation, 1 cosine, 2 euclidean.
+// normalised (correlation / cosine) or column-centred (euclidean) into a (p, n) transposed copy
+// (direct_transpose), then blocks of kRows rows are computed against all later conditions in register
+// tiles (direct_rows). method: 0 correlation, 1 cosine, 2 euclidean.
 constexpr int64_t kRows = 4;
 
 // The z layout of one pattern set: p rows of n conditions, each row padded with zeros to zstride(n)
@@ -489,28 +465,17 @@ at::Tensor rdm_direct_cpu(const at::Tensor& x, int64_t method) {
   return out;
 }
 
-// Sums with 8 independent partial sums: a single accumulator serialises on the add latency (4 cycles
-// per element); eight chains let the loop vectorise and pipeline.
-constexpr int64_t kLanes = 8;
-inline double dot_lanes(const double* a, const double* b, int64_t n) {
+// sum over k < n of term(k) in 8 independent partial sums: a single accumulator serialises on the add
+// latency (4 cycles per element); eight chains let the loop vectorise and pipeline.
+template <typename F>
+double sum_lanes(int64_t n, F term) {
+  constexpr int64_t kLanes = 8;
   double s[kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= n; k += kLanes) {
-    for (int64_t u = 0; u < kLanes; ++u) s[u] += a[k + u] * b[k + u];
+    for (int64_t u = 0; u < kLanes; ++u) s[u] += term(k + u);
   }
-  for (; k < n; ++k) s[0] += a[k] * b[k];
-  double t = 0.0;
-  for (int64_t u = 0; u < kLanes; ++u) t += s[u];
-  return t;
-}
-template <typename T>
-double sum_lanes(const T* a, int64_t n) {
-  double s[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) {
-    for (int64_t u = 0; u < kLanes; ++u) s[u] += static_cast<double>(a[k + u]);
-  }
-  for (; k < n; ++k) s[0] += static_cast<double>(a[k]);
+  for (; k < n; ++k) s[0] += term(k);
   double t = 0.0;
   for (int64_t u = 0; u < kLanes; ++u) t += s[u];
   return t;
@@ -529,8 +494,8 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
 #pragma omp parallel if (batch > 1 && batch * n * n * p > kParallelWork)
   {
     std::vector<T> z(static_cast<size_t>(p * zstride<T>(n))), d(static_cast<size_t>(k_total));
-    std::vector<double> v(static_cast<size_t>(k_total)), dots(static_cast<size_t>(models));
-    BucketRanker<T> ranker;
+    std::vector<double> v(static_cast<size_t>(k_total));
+    RowSorter<T> sorter;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < batch; ++b) {
       direct_transpose(x + b * n * p, z.data(), n, p, rdm_method);
@@ -538,18 +503,24 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
       double scale = 1.0;
       if (compare <= 1) {
         // centred average ranks into v; spearman's norm from the tie groups, exactly
-        const double ss = row_ranks(ranker, d.data(), k_total, static_cast<double>(k_total + 1) * 0.5, v.data());
+        const double ss = row_ranks(sorter, d.data(), k_total, static_cast<double>(k_total + 1) * 0.5, v.data());
         // a constant RDM has no Spearman correlation: NaN, which the caller turns into an error
         if (compare == 0) scale = ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("");
       } else {
-        const double mean = compare == 2 ? sum_lanes(d.data(), k_total) / static_cast<double>(k_total) : 0.0;
-        for (int64_t k = 0; k < k_total; ++k) v[k] = static_cast<double>(d[k]) - mean;
-        const double ss = dot_lanes(v.data(), v.data(), k_total);
+        const T* dr = d.data();
+        double* vr = v.data();
+        const double mean =
+            compare == 2 ? sum_lanes(k_total, [dr](int64_t k) { return static_cast<double>(dr[k]); }) / k_total : 0.0;
+        for (int64_t k = 0; k < k_total; ++k) vr[k] = static_cast<double>(dr[k]) - mean;
+        const double ss = sum_lanes(k_total, [vr](int64_t k) { return vr[k] * vr[k]; });
         // a constant (pearson) or all-zero (cosine) RDM has no statistic: NaN, turned into an error
         scale = ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("");
       }
-      for (int64_t mm = 0; mm < models; ++mm) dots[mm] = dot_lanes(v.data(), w + mm * k_total, k_total);
-      for (int64_t mm = 0; mm < models; ++mm) out[b * models + mm] = dots[mm] * scale;
+      const double* vr = v.data();
+      for (int64_t mm = 0; mm < models; ++mm) {
+        const double* wm = w + mm * k_total;
+        out[b * models + mm] = sum_lanes(k_total, [vr, wm](int64_t k) { return vr[k] * wm[k]; }) * scale;
+      }
     }
   }
 }
