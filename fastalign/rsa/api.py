@@ -361,8 +361,6 @@ def _epochs_to_tensor(fn: str, data: Any) -> Any:
     return torch.from_numpy(np.stack(evoked))
 
 
-_TRRSA_CODES = {"correlation": 0, "cosine": 1, "euclidean": 2}
-_TRRSA_COMPARE_CODES = {"spearman": 0, "rho_a": 1, "pearson": 2, "cosine": 3}
 # The composed path computes this many brain-RDM entries per chunk of windows (bounded memory).
 _TRRSA_CHUNK_ELEMENTS = 1 << 24
 
@@ -375,8 +373,8 @@ def _trrsa_cpp_check(
     reasons += [r for r in _backend.device_reasons("cpp", (models,), explicit=explicit) if r not in reasons]
     if not reasons and not hasattr(torch.ops.fastalign, "rsa_rdm_compare"):
         reasons.append("fastalign._C was built without rsa_rdm_compare (csrc/rsa.cpp); rebuild it")
-    if method not in _TRRSA_COMPARE_CODES:
-        reasons.append(f"cpp fuses the compare methods {tuple(_TRRSA_COMPARE_CODES)}, got {method!r}")
+    if method not in common.LINEAR_METHODS:
+        reasons.append(f"cpp fuses the compare methods {common.LINEAR_METHODS}, got {method!r}")
     return reasons
 
 
@@ -463,28 +461,15 @@ def time_resolved_rsa(
     return out[..., 0] if single else out
 
 
-def _trrsa_dtype(win: torch.Tensor, models: torch.Tensor) -> torch.dtype:
-    """compare_rdms's result dtype for RDMs of win against models."""
-    brain = common.compute_dtype(win)
-    both32 = brain == torch.float32 and models.dtype in (torch.float32, torch.float16, torch.bfloat16)
-    return torch.float32 if both32 else torch.float64
-
-
 def _trrsa_fused(
     fn: str, win: torch.Tensor, models: torch.Tensor, rdm_method: str, method: str, noise: Any
 ) -> torch.Tensor:
-    from fastalign import _ext
-
-    _ext.load()
     _check_patterns(fn, win, rdm_method)
     _check_noise(fn, noise, rdm_method, win)
     _nonconstant(fn, "models", models, method)
     n, p = win.shape[-2:]
     lead = win.shape[:-2]
-    flat = win.reshape(-1, n, p).to(common.compute_dtype(win)).contiguous()
-    w = common.ext_prepare(models.to(torch.float64), method).contiguous()
-    out = torch.ops.fastalign.rsa_rdm_compare(flat, w, _TRRSA_CODES[rdm_method], _TRRSA_COMPARE_CODES[method])
-    out = out * common.linear_scale(method, w.shape[-1])
+    out = _module("cpp").rdm_compare(win.reshape(-1, n, p), models, rdm_method, method)
     if not _all_finite(out):  # only a constant (pearson, spearman) or all-zero (cosine) brain RDM
         bad = (~torch.isfinite(out)).any(-1).reshape(lead).nonzero()[0]
         where = tuple(int(i) for i in bad)
@@ -492,7 +477,9 @@ def _trrsa_fused(
             f"{fn}: the brain RDM at window index {where} is constant (all-zero for cosine); method "
             f"{method!r} is undefined for it"
         )
-    return out.to(_trrsa_dtype(win, models)).reshape(*lead, models.shape[0])
+    # compare_rdms's result dtype: float32 only when both sides are float32 or lower precision
+    both = torch.promote_types(common.compute_dtype(win), models.dtype)
+    return out.to(torch.float64 if both == torch.float64 else torch.float32).reshape(*lead, models.shape[0])
 
 
 def _trrsa_composed(
@@ -748,7 +735,7 @@ def _generic_null(
     """Nonlinear statistics (kendall_tau_a): ``compare`` on each permuted b, a few permutations at a time."""
     shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
     pad = [1] * (len(shape) - (b.dim() - 1))  # keeps the permutation dim left of the batch dims
-    out = torch.empty((perms.shape[0], *shape), dtype=torch_chunked.compute_dtype(a), device=a.device)
+    out = torch.empty((perms.shape[0], *shape), dtype=common.compute_dtype(a), device=a.device)
     step = max(1, (1 << 20) // max(b.numel(), 1))
     for s in range(0, perms.shape[0], step):
         idx = common.permuted_pair_indices(perms[s : s + step].to(a.device), n)
@@ -883,7 +870,7 @@ def noise_ceiling(
         return reference.noise_ceiling_reference(rdms, method)
     mod = _module(chosen)
     s = rdms.shape[0]
-    ct = torch_chunked.compute_dtype(rdms)
+    ct = common.compute_dtype(rdms)
     if method in ("spearman", "rho_a", "kendall_tau_a"):
         pooled_in = mod.rank(rdms).to(ct)
     elif method == "pearson":

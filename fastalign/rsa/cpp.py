@@ -6,6 +6,8 @@
   extraction pass); the api sends larger feature counts to the GEMM-based torch backend.
 - ``compare``: linear methods as dot products of the prepared vectors; Kendall's tau-a in O(K log K)
   per RDM pair (sort + merge-sort inversion count, as scipy), against O(K^2) in the torch backend.
+- ``rdm_compare``: time-resolved RSA fused: each pattern set's RDM is ranked (or centred) and dotted
+  with the model vectors in a per-thread buffer; no (B, K) RDMs are held.
 - ``permutation_null``: permuted condensed RDMs gathered with pair indices computed on the fly (no
   (P, K) index tensor), reduced with batched matrix products.
 """
@@ -18,6 +20,7 @@ from fastalign import _ext
 from fastalign.rsa import common
 
 _RDM_CODES = {"correlation": 0, "cosine": 1, "euclidean": 2}
+_COMPARE_CODES = {"spearman": 0, "rho_a": 1, "pearson": 2, "cosine": 3}
 
 
 def missing() -> str | None:
@@ -62,6 +65,16 @@ def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torc
         x.to(common.compute_dtype(x)).reshape(-1, n, p).contiguous(), _RDM_CODES[method]
     )
     return out.reshape(*lead, -1)
+
+
+def rdm_compare(x: torch.Tensor, models: torch.Tensor, rdm_method: str, method: str) -> torch.Tensor:
+    """(B, M) float64 similarities of the RDMs of x (B, n, p) with models (M, K), fused (rsa_rdm_compare):
+    no (B, K) RDMs are held. rdm_method: correlation / cosine / euclidean; method: a linear method."""
+    _ext.load()
+    w = prepare(models.to(torch.float64), method).contiguous()
+    x = x.to(common.compute_dtype(x)).contiguous()
+    out = torch.ops.fastalign.rsa_rdm_compare(x, w, _RDM_CODES[rdm_method], _COMPARE_CODES[method])
+    return out * common.linear_scale(method, w.shape[-1])
 
 
 def permutation_null(fixed: torch.Tensor, moving: torch.Tensor, perms: torch.Tensor, n: int) -> torch.Tensor:

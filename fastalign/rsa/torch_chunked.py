@@ -26,9 +26,7 @@ _PAIRS_PER_BLOCK = 1 << 22
 _GRAM_ELEMENTS = 1 << 24
 
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 for float64 inputs, else float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+compute_dtype = common.compute_dtype
 
 
 def _triu_blocks(n: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
