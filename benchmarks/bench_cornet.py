@@ -1,11 +1,13 @@
-"""CORnet-S throughput: eager reference vs torch.compile vs fastalign's fused inference module.
+"""CORnet-S throughput: eager reference vs torch.compile vs fastalign's fused paths.
 
 Images/s for inference (forward, no autograd) and for a training step (forward + cross-entropy +
 backward + SGD with momentum) at 224x224. On a GPU: batch 1/64/256, fp32 and bf16, channels_last,
-including the fused module with CUDA-graph capture. On a CPU the default is what fits in a few minutes:
-batch 1 and 8, fp32 and bf16 inference for eager and fused, torch.compile for fp32 inference only (each
-compile takes ~35 s on 2 cores), training (fp32) for eager at batch 8; all of it can be changed with
-the command-line flags. TFLOP/s are *model* FLOP/s: the eager network's forward FLOPs as counted by
+including the fused inference module with CUDA-graph capture, and for training the fused
+BatchNorm+add+ReLU kernels (``model.fuse_training()``), eager and under torch.compile. On a CPU the
+default is what fits in a few minutes: batch 1 and 8, fp32 and bf16 inference for eager and fused,
+torch.compile for fp32 inference only (each compile takes ~35 s on 2 cores), training (fp32) for eager
+at batch 8 (fused training is the Triton kernels, GPU only); all of it can be changed with the
+command-line flags. TFLOP/s are *model* FLOP/s: the eager network's forward FLOPs as counted by
 torch.utils.flop_counter (the fused module's Winograd convs do fewer actual multiply-adds for the same
 result), times 3 for a training step (forward + backward).
 
@@ -86,7 +88,9 @@ def _train_fn(
     impl: str, model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype, device: str
 ) -> Callable[[], Any]:
     model.train()
-    net = torch.compile(model) if impl == "compile" else model
+    if impl.startswith("fused"):
+        model.fuse_training()  # type: ignore[operator]
+    net = torch.compile(model) if impl.endswith("compile") else model
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     target = torch.randint(0, 1000, (x.shape[0],), device=x.device)
 
@@ -117,9 +121,11 @@ def bench_row(
     dtype = DTYPES[dtype_name]
     torch.manual_seed(0)
     model = cornet_s().to(device)
-    # Eager/compile run in the layout the user asked for; the fused module always uses channels_last.
-    channels_last = _eager_layout(args, dtype_name) == "channels_last" or impl.startswith("fused")
-    if channels_last and not impl.startswith("fused"):
+    # Eager/compile (and fused training, the eager module with fused BatchNorm tails) run in the layout
+    # the user asked for; the fused inference module converts to channels_last itself.
+    fused_inference = mode == "inference" and impl.startswith("fused")
+    channels_last = _eager_layout(args, dtype_name) == "channels_last" or fused_inference
+    if channels_last and not fused_inference:
         model = model.to(memory_format=torch.channels_last)
     model.eval()
     x = torch.randn(batch, 3, args.size, args.size, device=device)
@@ -203,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--compile-dtypes", nargs="+", default=None, choices=list(DTYPES))
-    p.add_argument("--train-impls", nargs="+", default=None, help="eager compile")
+    p.add_argument("--train-impls", nargs="+", default=None, help="eager compile fused fused+compile")
     p.add_argument("--ab-rounds", type=int, default=None, help="interleaved eager/fused rounds (0: none)")
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
@@ -212,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     args.impls = args.impls or ["eager", "compile", "fused", "fused+cudagraph"]
     # CPU: torch.compile only for fp32 inference (each compile takes ~35 s here, a backward one longer).
     args.compile_dtypes = args.compile_dtypes or (args.dtypes if gpu else ["fp32"])
-    args.train_impls = args.train_impls or (["eager", "compile"] if gpu else ["eager"])
+    # fused training runs the Triton kernels, which need CUDA (on a CPU "auto" is the eager reference)
+    args.train_impls = args.train_impls or (
+        ["eager", "compile", "fused", "fused+compile"] if gpu else ["eager"]
+    )
     args.train_dtypes = args.train_dtypes or (args.dtypes if gpu else ["fp32"])
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
     args.reps = args.reps or (20 if gpu else 5)
@@ -225,16 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     tasks: list[tuple[str, str, str, int]] = []
     for mode in args.modes:
         batches = args.batches if mode == "inference" else args.train_batches
-        # The fused module is inference-only (BatchNorm folded); training compares eager and compile.
-        impls = (
-            args.impls if mode == "inference" else [i for i in args.train_impls if not i.startswith("fused")]
-        )
+        impls = args.impls if mode == "inference" else args.train_impls
         for dtype_name in args.dtypes if mode == "inference" else args.train_dtypes:
             for batch in batches:
                 for impl in impls:
                     if impl == "fused+cudagraph" and not gpu:
                         continue
-                    if impl == "compile" and dtype_name not in args.compile_dtypes:
+                    if impl.endswith("compile") and dtype_name not in args.compile_dtypes:
                         continue
                     tasks.append((mode, impl, dtype_name, batch))
 
@@ -246,18 +252,18 @@ def main(argv: list[str] | None = None) -> int:
 
     # torch.compile last (after the interleaved rounds too): its compile workers and caches stay in the
     # process and must not share the machine with the other timings.
-    run([t for t in tasks if t[1] != "compile"])
+    run([t for t in tasks if not t[1].endswith("compile")])
     ab = []
     if "inference" in args.modes and args.ab_rounds > 0:
         for batch in args.batches:
             ab.append(interleaved_speedup(batch, args.device, args, args.ab_rounds))
             print("interleaved fp32 inference, eager/fused:", ab[-1]["batch"], ab[-1]["median_ratio"])
-    run([t for t in tasks if t[1] == "compile"])
+    run([t for t in tasks if t[1].endswith("compile")])
     base = {(r["mode"], r["dtype"], r["batch"]): r["median_ms"] for r in rows if r["impl"] == "eager"}
     for r in rows:
         eager_ms = base.get((r["mode"], r["dtype"], r["batch"]))
         r["speedup"] = None if eager_ms is None else eager_ms / r["median_ms"]
-    order = ["eager", "compile", "fused", "fused+cudagraph"]
+    order = ["eager", "compile", "fused", "fused+cudagraph", "fused+compile"]
     rows.sort(key=lambda r: (r["mode"], r["dtype"] != "fp32", r["batch"], order.index(r["impl"])))
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta = {

@@ -54,6 +54,25 @@ class Flatten(nn.Module):
         return x.reshape(x.size(0), -1)
 
 
+def _norm_act(
+    backend: str | None,
+    bn: nn.Module,
+    x: torch.Tensor,
+    nonlin: nn.Module | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """nonlin(bn(x) + residual): the original's module calls when ``backend`` is None, else the fused op."""
+    if backend is None:
+        x = bn(x)
+        if residual is not None:
+            x = x + residual
+        return nonlin(x) if nonlin is not None else x
+    from fastalign.models.norm_act import batch_norm_module_act
+
+    assert isinstance(bn, nn.BatchNorm2d)
+    return batch_norm_module_act(bn, x, residual=residual, relu=nonlin is not None, backend=backend)
+
+
 class CORblockS(nn.Module):
     """The recurrent block of CORnet-S.
 
@@ -66,6 +85,8 @@ class CORblockS(nn.Module):
     """
 
     scale = 4
+    #: None: BatchNorm and ReLU modules, as the original; else the batch_norm_act backend (fused).
+    norm_backend: str | None = None
 
     def __init__(self, in_channels: int, out_channels: int, times: int = 1) -> None:
         super().__init__()
@@ -97,24 +118,36 @@ class CORblockS(nn.Module):
         for t in range(self.times):
             norm1, norm2, norm3 = self.norms(t)
             if t == 0:
-                skip = self.norm_skip(self.skip(x))
+                skip = _norm_act(self.norm_backend, self.norm_skip, self.skip(x))
                 stride = 2
             else:
                 skip = x
                 stride = 1
-            x = self.nonlin1(norm1(self.conv1(x)))
+            x = _norm_act(self.norm_backend, norm1, self.conv1(x), self.nonlin1)
             x = F.conv2d(x, self.conv2.weight, None, stride, 1)
-            x = self.nonlin2(norm2(x))
-            x = norm3(self.conv3(x))
-            x = self.nonlin3(x + skip)
+            x = _norm_act(self.norm_backend, norm2, x, self.nonlin2)
+            x = _norm_act(self.norm_backend, norm3, self.conv3(x), self.nonlin3, residual=skip)
             x = self.output(x)
             if taps is not None:
                 taps.append(x)
         return x
 
 
-def _v1() -> nn.Sequential:
-    return nn.Sequential(
+class V1Block(nn.Sequential):
+    """The original's V1 Sequential (same children, same state_dict keys) with a fusable forward."""
+
+    norm_backend: str | None = None  # as CORblockS.norm_backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv1, norm1, nonlin1, pool, conv2, norm2, nonlin2, output = self  # the original's order
+        x = _norm_act(self.norm_backend, norm1, conv1(x), nonlin1)
+        x = pool(x)
+        x = _norm_act(self.norm_backend, norm2, conv2(x), nonlin2)
+        return output(x)
+
+
+def _v1() -> V1Block:
+    return V1Block(
         OrderedDict(
             [
                 ("conv1", nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)),
@@ -275,7 +308,7 @@ class CORnetS(CORnetBase):
     fast inference module.
     """
 
-    V1: nn.Sequential
+    V1: V1Block
     V2: CORblockS
     V4: CORblockS
     IT: CORblockS
@@ -304,6 +337,24 @@ class CORnetS(CORnetBase):
         avgpool, flatten, linear, output = self.decoder  # the original's Sequential, in its order
         pooled = avgpool(x)
         return pooled, output(linear(flatten(pooled)))
+
+    def fuse_training(self, backend: str | None = "auto") -> CORnetS:
+        """Runs every BatchNorm (+ residual add) (+ ReLU) chain as one fused op; returns ``self``.
+
+        The parameters, buffers, state_dict and the function computed are unchanged (up to rounding);
+        only how each ``conv -> BN -> ReLU`` and ``conv -> BN -> + skip -> ReLU`` tail runs changes:
+        :func:`fastalign.models.batch_norm_act` with ``backend`` ("auto": fused Triton kernels for CUDA
+        tensors, the eager reference otherwise). Training and eval mode both work, with BatchNorm's
+        running-statistics updates. ``None`` restores the original module calls.
+        """
+        if backend is not None:
+            from fastalign._backend import BACKENDS
+
+            if backend not in BACKENDS:
+                raise ValueError(f"fuse_training: backend must be None or one of {BACKENDS}, got {backend!r}")
+        for block in (self.V1, self.V2, self.V4, self.IT):
+            block.norm_backend = backend
+        return self
 
     def fuse(self, **kwargs: Any) -> nn.Module:
         """The fused inference module; see :func:`fastalign.models.fuse` for the options."""

@@ -1,0 +1,183 @@
+"""Public fused BatchNorm (+ residual add) (+ ReLU): validation, then dispatch to a backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastalign import _backend
+from fastalign.models.norm_act.reference import batch_norm_act_reference
+
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+_dispatch = _backend.dispatcher("batch_norm_act")
+
+
+def _triton_check(x: torch.Tensor, *, explicit: bool) -> list[str]:
+    reasons = _backend.device_reasons("triton", (x,), explicit=explicit)
+    if x.dtype not in _TRITON_DTYPES:
+        reasons.append(f"triton takes float32, bfloat16 or float16 inputs, got {x.dtype}")
+    return reasons
+
+
+def _always(x: torch.Tensor, *, explicit: bool) -> list[str]:
+    return []
+
+
+_dispatch.register("triton", _triton_check)
+_dispatch.register("reference", _always)
+
+
+@torch.compiler.assume_constant_result
+def _choose(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend for inputs on ``device`` of ``dtype``; torch.compile evaluates it once, at trace time
+    (the dispatcher reads the environment and imports the extension, which dynamo cannot trace)."""
+    return _dispatch.choose(backend, torch.empty(0, dtype=dtype, device=device))
+
+
+def _check_vector(name: str, t: Any, c: int, x: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(
+            f"batch_norm_act: {name} must be a torch.Tensor of shape ({c},), got {type(t).__name__}"
+        )
+    if t.shape != (c,):
+        raise ValueError(
+            f"batch_norm_act: {name} must have shape ({c},) (x's channels), got {tuple(t.shape)}"
+        )
+    if not t.is_floating_point():
+        raise TypeError(f"batch_norm_act: {name} must be floating-point, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"batch_norm_act: {name} is on {t.device} but x is on {x.device}")
+
+
+def _validate(
+    x: Any,
+    weight: Any,
+    bias: Any,
+    running_mean: Any,
+    running_var: Any,
+    residual: Any,
+    training: bool,
+) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"batch_norm_act: x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}"
+        )
+    if x.dim() != 4:
+        raise ValueError(f"batch_norm_act: x must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"batch_norm_act: x must be a floating-point tensor, got {x.dtype}")
+    c = x.shape[1]
+    _check_vector("weight", weight, c, x)
+    _check_vector("bias", bias, c, x)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm_act: running_mean and running_var must both be given or both be None")
+    if running_mean is not None:
+        _check_vector("running_mean", running_mean, c, x)
+        _check_vector("running_var", running_var, c, x)
+    elif not training:
+        raise ValueError("batch_norm_act: training=False normalises with running statistics; none were given")
+    if training and x.numel() // max(c, 1) <= 1:
+        raise ValueError(
+            "batch_norm_act: training needs more than one value per channel (N * H * W > 1), "
+            f"got x of shape {tuple(x.shape)}"
+        )
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor) or residual.shape != x.shape:
+            got = tuple(residual.shape) if isinstance(residual, torch.Tensor) else type(residual).__name__
+            raise ValueError(f"batch_norm_act: residual must have x's shape {tuple(x.shape)}, got {got}")
+        if residual.dtype != x.dtype or residual.device != x.device:
+            raise ValueError(
+                f"batch_norm_act: residual must match x's dtype and device ({x.dtype} on {x.device}), "
+                f"got {residual.dtype} on {residual.device}"
+            )
+
+
+def batch_norm_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    running_mean: torch.Tensor | None = None,
+    running_var: torch.Tensor | None = None,
+    *,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    residual: torch.Tensor | None = None,
+    relu: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``relu(batch_norm(x) + residual)``: BatchNorm2d, the residual add and ReLU as one fused op.
+
+    The chains of CORnet-S's blocks (conv -> BN -> ReLU, conv -> BN -> add -> ReLU). Same semantics as
+    ``F.batch_norm`` followed by ``+ residual`` and ``F.relu``: in training it normalises with the
+    batch's biased variance and, when running statistics are given, updates them in place with
+    ``momentum`` and the unbiased variance; otherwise it normalises with the running statistics.
+    Differentiable with respect to x, weight, bias and residual.
+
+    Args:
+        x: (N, C, H, W) contiguous or channels_last (other strides are copied); float32, bfloat16 or
+            float16 for the triton backend, any float for the reference.
+        weight, bias: (C,) affine parameters (float32 under autocast).
+        running_mean, running_var: (C,) running statistics, updated in place when training; required
+            when ``training`` is False.
+        training: batch statistics (True) or running statistics (False).
+        momentum: weight of the new batch in the running statistics update.
+        eps: added to the variance.
+        residual: optional (N, C, H, W) tensor added after the normalisation, before the ReLU.
+        relu: apply ReLU last.
+        backend: "auto" (triton on CUDA, else reference), "triton" (CPU tensors with TRITON_INTERPRET=1),
+            "reference".
+
+    Returns:
+        (N, C, H, W) tensor of x's dtype and memory format.
+    """
+    _validate(x, weight, bias, running_mean, running_var, residual, training)
+    kwargs: dict[str, Any] = dict(training=training, momentum=momentum, eps=eps, residual=residual, relu=relu)
+    if _choose(backend, x.device, x.dtype) == "triton":
+        from fastalign.models.norm_act.triton import batch_norm_act_triton
+
+        return batch_norm_act_triton(x, weight, bias, running_mean, running_var, **kwargs)
+    return batch_norm_act_reference(x, weight, bias, running_mean, running_var, **kwargs)
+
+
+def batch_norm_module_act(
+    bn: nn.BatchNorm2d,
+    x: torch.Tensor,
+    *,
+    residual: torch.Tensor | None = None,
+    relu: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`batch_norm_act` with the parameters, buffers and mode of ``bn``, as ``bn(x)`` would use them.
+
+    Follows ``nn.BatchNorm2d.forward``: in training with running statistics it counts
+    ``num_batches_tracked`` and, when ``bn.momentum`` is None, uses the cumulative average factor;
+    ``track_running_stats=False`` normalises with batch statistics in both modes.
+    """
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise TypeError(f"batch_norm_module_act: bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
+    if bn.weight is None or bn.bias is None:
+        raise ValueError("batch_norm_module_act: bn must be affine (affine=False is not supported)")
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    training = bn.training or (bn.running_mean is None and bn.running_var is None)
+    use_running = not bn.training or bn.track_running_stats
+    return batch_norm_act(
+        x,
+        bn.weight,
+        bn.bias,
+        bn.running_mean if use_running else None,
+        bn.running_var if use_running else None,
+        training=training,
+        momentum=factor,
+        eps=bn.eps,
+        residual=residual,
+        relu=relu,
+        backend=backend,
+    )

@@ -1,0 +1,330 @@
+"""batch_norm_act (fused BatchNorm + residual + ReLU): every backend against eager PyTorch in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from fastalign.models import batch_norm_act, batch_norm_module_act
+
+
+def _inputs(
+    shape: tuple[int, int, int, int],
+    channels_last: bool,
+    residual: bool,
+    seed: int,
+    offset: float = 0.0,
+) -> dict[str, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def rnd(*s: int) -> torch.Tensor:
+        return torch.randn(*s, generator=g, dtype=torch.float64)
+
+    return {
+        "x": (rnd(*shape) * 2 + offset).to(memory_format=fmt),
+        "weight": torch.rand(c, generator=g, dtype=torch.float64) + 0.5,
+        "bias": rnd(c),
+        "running_mean": rnd(c),
+        "running_var": torch.rand(c, generator=g, dtype=torch.float64) + 0.5,
+        "residual": rnd(*shape).to(memory_format=fmt) if residual else None,
+        "dy": rnd(*shape),
+    }
+
+
+def _run(
+    inp: dict[str, torch.Tensor | None],
+    dtype: torch.dtype,
+    backend: str,
+    relu_mask: torch.Tensor | None = None,
+    **kw: object,
+) -> dict[str, torch.Tensor]:
+    """Output, running statistics after the call and every gradient, for inputs cast to ``dtype``.
+
+    With ``relu_mask``, the ReLU's gradient uses that mask instead of ``y > 0`` (see :func:`_exact`).
+    """
+
+    def cast(t: torch.Tensor | None, grad: bool) -> torch.Tensor | None:
+        if t is None:
+            return None
+        # x-like tensors in `dtype`; parameters and buffers stay float32 as under autocast
+        out = t.to(dtype if t.dim() == 4 else max(dtype, torch.float32, key=lambda d: d.itemsize))
+        return out.detach().requires_grad_(grad)
+
+    x, r = cast(inp["x"], True), cast(inp["residual"], True)
+    w, b = cast(inp["weight"], True), cast(inp["bias"], True)
+    rm, rv = cast(inp["running_mean"], False), cast(inp["running_var"], False)
+    assert x is not None and w is not None and b is not None
+    if relu_mask is not None:
+        pre = batch_norm_act(x, w, b, rm, rv, residual=r, backend=backend, **{**kw, "relu": False})  # type: ignore[arg-type]
+        y = pre * relu_mask + (pre.detach().clamp(min=0) - pre.detach() * relu_mask)  # value relu(pre)
+    else:
+        y = batch_norm_act(x, w, b, rm, rv, residual=r, backend=backend, **kw)  # type: ignore[arg-type]
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert y.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    dy = inp["dy"]
+    assert dy is not None
+    wrt = [x, w, b] + ([r] if r is not None else [])
+    grads = torch.autograd.grad(y, wrt, dy.to(y.dtype))  # type: ignore[arg-type]
+    out = {"y": y.detach(), "running_mean": rm, "running_var": rv}
+    out.update(zip(["dx", "dweight", "dbias", "dresidual"], grads, strict=False))
+    return {k: v.double() for k, v in out.items() if v is not None}
+
+
+def _exact(inp: dict[str, torch.Tensor | None], candidate: dict[str, torch.Tensor], **kw: object) -> dict:
+    """The float64 result with the ReLU gradient mask that ``candidate`` used.
+
+    Where the exact pre-activation lies within rounding of 0, a ReLU's mask may flip either way in low
+    precision, and one flipped element moves its channel's dweight, dbias and dx by O(dy). Which side
+    is right is a matter of rounding, not of the kernel, so each result is judged against float64 with
+    its own mask.
+    """
+    if not kw.get("relu", True):
+        return _run(inp, torch.float64, "reference", **kw)
+    return _run(inp, torch.float64, "reference", relu_mask=(candidate["y"] > 0).double(), **kw)
+
+
+def _term_scales(inp: dict[str, torch.Tensor | None], training: bool, eps: float) -> dict[str, float]:
+    """The size of the terms that dx, dweight and dbias are sums of: the scale their rounding errors
+    follow, however much those terms cancel (eager CPU accumulates in double, so a relative error
+    against a cancelled result would judge the summation order, not the kernel)."""
+    x, dy, w = inp["x"], inp["dy"], inp["weight"]
+    assert x is not None and dy is not None and w is not None
+    if training:
+        mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+    else:
+        mean, var = inp["running_mean"], inp["running_var"]
+        assert mean is not None and var is not None
+    rstd = (var + eps).rsqrt()
+    xhat = (x - mean.view(1, -1, 1, 1)) * rstd.view(1, -1, 1, 1)
+    return {
+        "dx": float(dy.abs().max() * (w * rstd).max()),
+        "dweight": float((dy * xhat).abs().sum(dim=(0, 2, 3)).max()),
+        "dbias": float(dy.abs().sum(dim=(0, 2, 3)).max()),
+    }
+
+
+def _assert_within_twice_reference(
+    inp: dict[str, torch.Tensor | None], dtype: torch.dtype, floor: float, **kw: object
+) -> None:
+    """DESIGN's rule: the fused op's error against float64 is at most twice the same-dtype eager error,
+    plus ``floor`` relative to the scale of each result's terms (float32: ~1e-5)."""
+    ref = _run(inp, dtype, "reference", **kw)
+    got = _run(inp, dtype, "triton", **kw)
+    exact_ref, exact_got = _exact(inp, ref, **kw), _exact(inp, got, **kw)
+    terms = _term_scales(inp, bool(kw["training"]), float(kw["eps"]))  # type: ignore[arg-type]
+    assert got.keys() == exact_got.keys()
+    for k in exact_got:
+        scale = max(float(exact_got[k].abs().max()), terms.get(k, 0.0)) + 1e-12
+        err = float((got[k] - exact_got[k]).abs().max()) / scale
+        err_ref = float((ref[k] - exact_ref[k]).abs().max()) / scale
+        assert err <= 2 * err_ref + floor, f"{k}: error {err:.3g} vs eager's {err_ref:.3g}"
+
+
+# N * H * W >= 3: with two values per channel BatchNorm maps them to -1 and +1 whatever they are, so the
+# training dx is analytically ~0 (eps / var) and its relative error is pure cancellation noise.
+shapes = st.tuples(
+    st.integers(1, 3), st.sampled_from([1, 3, 64, 65, 130]), st.integers(1, 6), st.integers(1, 7)
+).filter(lambda s: s[0] * s[2] * s[3] > 2)
+
+
+@pytest.mark.triton
+@given(
+    shape=shapes,
+    channels_last=st.booleans(),
+    residual=st.booleans(),
+    relu=st.booleans(),
+    training=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_triton_matches_float64_eager(
+    triton_device: str,
+    shape: tuple[int, int, int, int],
+    channels_last: bool,
+    residual: bool,
+    relu: bool,
+    training: bool,
+    seed: int,
+) -> None:
+    inp = _inputs(shape, channels_last, residual, seed)
+    inp = {k: v.to(triton_device) if v is not None else None for k, v in inp.items()}
+    _assert_within_twice_reference(
+        inp, torch.float32, floor=1e-5, training=training, momentum=0.3, eps=1e-5, relu=relu
+    )
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_half_precision(triton_device: str, dtype: torch.dtype) -> None:
+    inp = _inputs((2, 65, 5, 7), True, True, seed=3)
+    inp = {k: v.to(triton_device) if v is not None else None for k, v in inp.items()}
+    _assert_within_twice_reference(inp, dtype, floor=1e-3, training=True, momentum=0.1, eps=1e-5, relu=True)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_triton_statistics_across_splits_and_offset(triton_device: str, channels_last: bool) -> None:
+    # 2 * 17 * 19 = 646 rows: 11 row blocks over several splits, a partial last block; a mean of 1e3
+    # next to unit variance, where E[x^2] - E[x]^2 in float32 would lose every digit of the variance
+    inp = _inputs((2, 3, 17, 19), channels_last, False, seed=5, offset=1e3)
+    inp = {k: v.to(triton_device) if v is not None else None for k, v in inp.items()}
+    kw = dict(training=True, momentum=0.5, eps=1e-5, relu=False)
+    _assert_within_twice_reference(inp, torch.float32, floor=1e-5, **kw)
+
+
+def test_reference_is_eager_batchnorm_add_relu() -> None:
+    inp = _inputs((2, 4, 3, 5), False, True, seed=0)
+    bn = nn.BatchNorm2d(4, momentum=0.2).double()
+    with torch.no_grad():
+        bn.weight.copy_(inp["weight"])  # type: ignore[arg-type]
+        bn.bias.copy_(inp["bias"])  # type: ignore[arg-type]
+    x, r = inp["x"], inp["residual"]
+    assert x is not None and r is not None
+    want = F.relu(bn(x) + r)
+    rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    got = batch_norm_act(x, bn.weight, bn.bias, rm, rv, momentum=0.2, residual=r, backend="reference")
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(rm, bn.running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(rv, bn.running_var, rtol=0, atol=0)
+
+
+@pytest.mark.triton
+def test_triton_custom_ops_pass_opcheck(triton_device: str) -> None:
+    from fastalign.models.norm_act import triton as bn_triton
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 4, generator=g).to(triton_device).requires_grad_()
+    r = torch.randn(2, 5, 3, 4, generator=g).to(triton_device).requires_grad_()
+    w = (torch.rand(5, generator=g) + 0.5).to(triton_device).requires_grad_()
+    b = torch.randn(5, generator=g).to(triton_device).requires_grad_()
+    rm, rv = torch.zeros(5, device=triton_device), torch.ones(5, device=triton_device)
+    torch.library.opcheck(bn_triton.bn_act_fwd, (x, w, b, rm, rv, r, True, 1e-5, True))
+    torch.library.opcheck(bn_triton.bn_act_fwd, (x, w, b, rm, rv, None, False, 1e-5, False))
+
+
+@pytest.mark.triton
+def test_triton_op_compiles_fullgraph(triton_device: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 3, 4, generator=g).to(triton_device).requires_grad_()
+    r = torch.randn(2, 5, 3, 4, generator=g).to(triton_device).requires_grad_()
+    w = (torch.rand(5, generator=g) + 0.5).to(triton_device).requires_grad_()
+    b = torch.randn(5, generator=g).to(triton_device).requires_grad_()
+
+    def f(rm: torch.Tensor, rv: torch.Tensor) -> torch.Tensor:
+        return batch_norm_act(x, w, b, rm, rv, residual=r, backend="triton").square().sum()
+
+    stats = [torch.zeros(5, device=triton_device), torch.ones(5, device=triton_device)]
+    stats_c = [s.clone() for s in stats]
+    want = f(*stats)
+    got = torch.compile(f, backend="aot_eager", fullgraph=True)(*stats_c)
+    torch.testing.assert_close(got, want)
+    wrt = [x, w, b, r]
+    for a, c in zip(torch.autograd.grad(want, wrt), torch.autograd.grad(got, wrt), strict=True):
+        torch.testing.assert_close(c, a)
+    for a, c in zip(stats, stats_c, strict=True):  # running statistics updated under compile too
+        torch.testing.assert_close(c, a)
+    assert not torch.equal(stats_c[0], torch.zeros(5, device=triton_device))
+
+
+def _module_backends() -> list[object]:
+    return ["reference", pytest.param("triton", marks=pytest.mark.triton)]
+
+
+@pytest.mark.parametrize("backend", _module_backends())
+@pytest.mark.parametrize(
+    "bn_kwargs, train",
+    [
+        (dict(momentum=0.1), True),
+        (dict(momentum=None), True),  # cumulative moving average: factor 1 / num_batches_tracked
+        (dict(track_running_stats=False), True),
+        (dict(track_running_stats=False), False),  # batch statistics in eval mode too
+        (dict(momentum=0.1), False),
+    ],
+)
+def test_module_helper_follows_batchnorm2d(
+    backend: str, bn_kwargs: dict, train: bool, request: pytest.FixtureRequest
+) -> None:
+    if backend == "triton":
+        request.getfixturevalue("triton_device")
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(6, **bn_kwargs)
+    nn.init.uniform_(bn.weight, 0.5, 1.5)
+    nn.init.normal_(bn.bias)
+    twin = nn.BatchNorm2d(6, **bn_kwargs)
+    twin.load_state_dict(bn.state_dict())
+    bn.train(train)
+    twin.train(train)
+    for step in range(3):  # several steps: the cumulative factor changes with num_batches_tracked
+        x = torch.randn(3, 6, 4, 5) + step
+        skip = torch.randn(3, 6, 4, 5)
+        want = F.relu(bn(x) + skip)
+        got = batch_norm_module_act(twin, x, residual=skip, relu=True, backend=backend)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for (k, a), (_, c) in zip(bn.state_dict().items(), twin.state_dict().items(), strict=True):
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_auto_picks_reference_on_cpu() -> None:
+    from fastalign.models.norm_act.api import _choose
+
+    assert _choose("auto", torch.device("cpu"), torch.float32) == "reference"
+
+
+def test_explicit_triton_without_interpreter_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CPU tensors only")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(NotImplementedError, match="TRITON_INTERPRET"):
+        batch_norm_act(x, torch.ones(3), torch.zeros(3), backend="triton")
+
+
+def test_triton_rejects_float64_explicitly() -> None:
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    w = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="float32, bfloat16 or float16"):
+        batch_norm_act(x, w, w, backend="triton")
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(x=torch.randn(2, 3, 4)), ValueError, r"x must have shape \(N, C, H, W\)"),
+        (dict(x=torch.ones(2, 3, 4, 4, dtype=torch.int64)), TypeError, "x must be a floating-point"),
+        (dict(weight=torch.ones(4)), ValueError, r"weight must have shape \(3,\)"),
+        (dict(bias=[0.0, 0.0, 0.0]), TypeError, "bias must be a torch.Tensor"),
+        (dict(running_var=None), ValueError, "both be given or both be None"),
+        (dict(running_mean=None, running_var=None, training=False), ValueError, "running statistics"),
+        (dict(x=torch.randn(1, 3, 1, 1)), ValueError, r"more than one value per channel"),
+        (dict(residual=torch.randn(2, 3, 4, 5)), ValueError, "residual must have x's shape"),
+        (dict(residual=torch.randn(2, 3, 4, 4, dtype=torch.float64)), ValueError, "residual must match"),
+        (dict(backend="cuda"), NotImplementedError, "does not exist for this op"),
+    ],
+)
+def test_bad_input_errors(change: dict, error: type, match: str) -> None:
+    args: dict = dict(
+        x=torch.randn(2, 3, 4, 4),
+        weight=torch.ones(3),
+        bias=torch.zeros(3),
+        running_mean=torch.zeros(3),
+        running_var=torch.ones(3),
+        training=True,
+        backend="reference",
+    )
+    args.update(change)
+    with pytest.raises(error, match=match):
+        batch_norm_act(**args)
+
+
+def test_module_helper_rejects_non_affine() -> None:
+    with pytest.raises(ValueError, match="affine"):
+        batch_norm_module_act(nn.BatchNorm2d(3, affine=False), torch.randn(2, 3, 4, 4))
+    with pytest.raises(TypeError, match=r"nn\.BatchNorm2d"):
+        batch_norm_module_act(nn.LayerNorm(3), torch.randn(2, 3, 4, 4))  # type: ignore[arg-type]
