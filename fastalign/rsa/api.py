@@ -172,11 +172,16 @@ def _n_from_pairs(fn: str, name: str, k: int) -> int:
     return n
 
 
+def _constant_rows(v: torch.Tensor) -> torch.Tensor:
+    """Which rows (last dim) are constant; amax and amin are vectorised reductions, several times faster
+    on CPU than torch.aminmax over the last dim."""
+    return v.amax(-1) == v.amin(-1)
+
+
 def _nonconstant(fn: str, name: str, v: torch.Tensor, method: str) -> None:
     """Pearson-type statistics are undefined for a constant vector (cosine: for an all-zero one)."""
     if method in ("pearson", "spearman"):
-        lo, hi = torch.aminmax(v, dim=-1)
-        bad = lo == hi
+        bad = _constant_rows(v)
         what = "is constant"
     elif method == "cosine":
         bad = (v == 0).all(-1)
@@ -206,8 +211,7 @@ def _check_patterns(fn: str, x: torch.Tensor, method: str) -> int:
     if method == "correlation":
         if p < 2:
             raise ValueError(f"{fn}: correlation distance needs at least 2 features, got {p}")
-        lo, hi = torch.aminmax(x, dim=-1)
-        const = lo == hi
+        const = _constant_rows(x)
         if bool(const.any()):
             where = tuple(int(i) for i in const.nonzero()[0])
             raise ValueError(
@@ -464,12 +468,14 @@ def time_resolved_rsa(
 def _trrsa_fused(
     fn: str, win: torch.Tensor, models: torch.Tensor, rdm_method: str, method: str, noise: Any
 ) -> torch.Tensor:
-    _check_patterns(fn, win, rdm_method)
-    _check_noise(fn, noise, rdm_method, win)
-    _nonconstant(fn, "models", models, method)
     n, p = win.shape[-2:]
     lead = win.shape[:-2]
-    out = _module("cpp").rdm_compare(win.reshape(-1, n, p), models, rdm_method, method)
+    flat = win.reshape(-1, n, p)  # the kernel's layout; one copy of the (strided) windows
+    # checked on the contiguous copy: reductions over a strided last dim are several times slower
+    _check_patterns(fn, flat.view(*lead, n, p), rdm_method)
+    _check_noise(fn, noise, rdm_method, win)
+    _nonconstant(fn, "models", models, method)
+    out = _module("cpp").rdm_compare(flat, models, rdm_method, method)
     if not _all_finite(out):  # only a constant (pearson, spearman) or all-zero (cosine) brain RDM
         bad = (~torch.isfinite(out)).any(-1).reshape(lead).nonzero()[0]
         where = tuple(int(i) for i in bad)

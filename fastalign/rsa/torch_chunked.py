@@ -67,29 +67,28 @@ def _chunks(xb: torch.Tensor, ct: torch.dtype) -> Iterator[torch.Tensor]:
 def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor) -> torch.Tensor:
     """(B, n, p) -> (B, n, n) Gram matrix in ct, accumulated over feature chunks into ``gram``.
 
-    correlation / cosine: of the (centred) patterns scaled to unit norm first, as rsatoolbox does, so
-    the distance is 1 - gram with no n^2-sized rescaling pass. euclidean: of the patterns minus each
-    feature's mean over conditions (distances do not change; cancellation in |a|^2 + |b|^2 - 2ab does).
+    correlation / cosine: of the (centred) patterns, then scaled by both patterns' inverse norms, which
+    is rsatoolbox's Gram of unit-norm patterns up to rounding, so the distance is 1 - gram. One pass
+    over the features: the norms accumulate beside the Gram (a scaled copy of the patterns would cost
+    two more passes, more than the GEMM itself for a few hundred conditions). euclidean: of the
+    patterns minus each feature's mean over conditions (distances do not change; cancellation in
+    |a|^2 + |b|^2 - 2ab does).
     """
     b, n, p = xb.shape
     gram.zero_()
     mean = xb.sum(-1, dtype=ct, keepdim=True) / p if method == "correlation" else None
-    inv_norm = None
-    if method in ("correlation", "cosine"):
-        sq = torch.zeros((b, n, 1), dtype=ct, device=xb.device)
-        for c in _chunks(xb, ct):
-            if mean is not None:
-                c = c - mean
-            sq += (c * c).sum(-1, keepdim=True)
-        inv_norm = sq.rsqrt_()
+    sq = torch.zeros((b, n), dtype=ct, device=xb.device) if method in ("correlation", "cosine") else None
     for c in _chunks(xb, ct):
         if mean is not None:
             c = c - mean
-        if inv_norm is not None:
-            c = c * inv_norm
-        else:
+        elif sq is None:
             c = c - c.mean(-2, keepdim=True)
+        if sq is not None:
+            sq += torch.linalg.vector_norm(c, dim=-1).square_()
         gram.baddbmm_(c, c.transpose(-1, -2))
+    if sq is not None:
+        inv = sq.rsqrt_()
+        gram.mul_(inv[:, :, None]).mul_(inv[:, None, :])
     return gram
 
 
