@@ -1,9 +1,10 @@
 // RSA CPU kernels (C++/OpenMP) and the schemas of the fastalign::rsa_* ops.
 //
 // rsa_rank(x) -> float64 average ranks along the last dim (scipy.stats.rankdata "average"). Each row
-//   is bucket-sorted by value (O(n) for spread-out data), or radix-sorted on order-preserving integer
-//   keys when it holds inf; tie groups are walked once and get (first + last + 2) / 2 from int64 positions, so ranks are exact at any
-//   length. Rows are spread over OpenMP threads.
+//   is radix-sorted on monotone integer keys of its values (O(n); runs of equal keys sorted by value),
+//   or on the values' order-preserving bits when it holds inf; tie groups are walked once and get
+//   (first + last + 2) / 2 from int64 positions, so ranks are exact at any length. Rows are spread
+//   over OpenMP threads.
 // rsa_centered_ranks(x, normalize, dtype): the same ranks minus their mean (n + 1) / 2, optionally
 //   scaled to unit norm, in float32 or float64: Spearman's / rho-a's per-RDM vectors in one pass.
 // rsa_rdm_direct(x, method) -> (B, n(n-1)/2): RDMs of (B, n, p) patterns computed pair by pair without
@@ -110,26 +111,36 @@ struct Entry {
   uint32_t i;
 };
 
-// Sorting for average ranks: a bucket sort. The row is spread over kSpread * n buckets by the monotone map
-// b(v) = floor((v - min) * (buckets - 1) / (max - min)) (equal values share a bucket, and every value
-// in a lower bucket is smaller); one counting pass and one scatter of (value, position) entries group
-// it by bucket, then the (usually tiny) buckets are sorted by value on the contiguous entries (no gathers
-// from the row); write_ranks then walks the tie groups once. For spread-out data such as RDM
-// entries this is O(n) and stays in cache; 2 buckets per value halve the insertion sort's
-// mispredicted moves at the price of a longer (cheap, sequential) prefix sum (benchmarks/bench_rsa.py).
-// Rows with inf (or a range that overflows, or n >= 2^31) go to the radix sort instead.
-constexpr int64_t kSpread = 2;
+// Sorting for average ranks: an LSD radix sort of monotone integer keys. Each value gets the key
+// floor((v - min) * (levels - 1) / (max - min)), which never decreases as v grows (every rounding step is
+// monotone), so positions sorted by key are sorted by value except inside runs of equal keys; those runs
+// (equal values, or distinct values closer than (max - min) / levels) are sorted by value afterwards, on
+// copies of their entries. Keys and positions travel packed in one uint64 (key << 32 | position): two
+// (n <= 2^16: 22-bit keys) or three (32-bit keys) stable scatter passes of 11-bit digits, whose
+// histograms all come from the key pass; no per-row prefix sum over O(n) buckets, no mispredicted
+// insertion moves for distinct values. Short rows are sorted as (value, position) entries directly;
+// rows with inf (or a range that overflows, or n >= 2^31) go to the radix sort on the values' bits.
+constexpr int64_t kShortRow = 256;
+constexpr int64_t kShortKeysUpTo = int64_t{1} << 16;
 
 template <typename T>
 struct RowSorter {
   RadixSorter<KeyOf<T>> radix;
-  std::vector<Entry<T>> sorted;
-  std::vector<uint32_t> ids, starts;
+  std::vector<uint64_t> packed, tmp;  // (key << 32 | position), sorted by key after sort()
+  std::vector<Entry<T>> entries;      // short rows, and one equal-key run at a time
+  std::vector<uint32_t> hist;
 
-  // Sorts the row's (value, position) entries into `sorted`, or returns false when the row needs the
-  // radix sort.
-  bool sort(const T* x, int64_t n) {
-    if (n >= (int64_t{1} << 31) - 1) return false;
+  enum class Kind { kEntries, kPacked, kRadix };
+
+  // Sorts the row; says which of the three results (entries, packed, radix.idx) holds it.
+  Kind sort(const T* x, int64_t n) {
+    if (n >= (int64_t{1} << 31) - 1) return Kind::kRadix;
+    if (n <= kShortRow) {
+      entries.resize(n);
+      for (int64_t k = 0; k < n; ++k) entries[k] = {x[k], static_cast<uint32_t>(k)};
+      std::sort(entries.begin(), entries.end(), [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; });
+      return Kind::kEntries;
+    }
     // min / max with four independent accumulators (a single one serialises on its latency)
     double lo4[4], hi4[4];
     for (int u = 0; u < 4; ++u) lo4[u] = hi4[u] = static_cast<double>(x[0]);
@@ -149,70 +160,49 @@ struct RowSorter {
     const double lo = std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3]));
     const double hi = std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]));
     const double range = hi - lo;
-    if (!std::isfinite(range)) return false;
-    sorted.resize(n);
-    Entry<T>* s = sorted.data();
-    if (range == 0) {  // one tie group: any order is sorted
-      for (int64_t k = 0; k < n; ++k) s[k] = {x[k], static_cast<uint32_t>(k)};
-      return true;
-    }
-    const int64_t nb = kSpread * n;
-    const double scale = static_cast<double>(nb - 1) / range;
-    if (!std::isfinite(scale)) return false;
-    ids.resize(n);
-    starts.assign(static_cast<size_t>(nb + 1), 0);
-    for (int64_t k = 0; k < n; ++k) {
-      int64_t b = static_cast<int64_t>((static_cast<double>(x[k]) - lo) * scale);
-      b = b < 0 ? 0 : (b > nb - 1 ? nb - 1 : b);
-      ids[k] = static_cast<uint32_t>(b);
-      ++starts[b + 1];
-    }
-    uint32_t largest = 0;
-    for (int64_t b = 0; b < nb; ++b) {
-      largest = std::max(largest, starts[b + 1]);
-      starts[b + 1] += starts[b];
-    }
-    // scatter; afterwards starts[b] is the end of bucket b
-    for (int64_t k = 0; k < n; ++k) s[starts[ids[k]]++] = {x[k], static_cast<uint32_t>(k)};
-    if (largest <= 32) {
-      // Entries are ordered across buckets already, so one insertion sort over the whole row only
-      // moves entries within their (small) bucket: O(32 n) at worst, and the comparison with the
-      // running maximum is almost always predicted, unlike a loop over bucket sizes.
-      T prev = s[0].v;
-      for (int64_t i = 1; i < n; ++i) {
-        const Entry<T> cur = s[i];
-        if (!(cur.v < prev)) {
-          prev = cur.v;
-          continue;
-        }
-        int64_t j = i - 1;
-        while (j >= 0 && cur.v < s[j].v) {
-          s[j + 1] = s[j];
-          --j;
-        }
-        s[j + 1] = cur;
+    if (!std::isfinite(range)) return Kind::kRadix;
+    const int passes = n <= kShortKeysUpTo ? 2 : 3;
+    const double top = passes == 2 ? double((uint64_t{1} << 22) - 1) : 4294967295.0;
+    const double scale = range > 0 ? top / range : 0.0;
+    if (!std::isfinite(scale)) return Kind::kRadix;
+    packed.resize(n), tmp.resize(n);
+    hist.assign(3 * kBuckets, 0);
+    uint32_t* h = hist.data();
+    uint64_t* a = packed.data();
+    const auto keys = [&](auto three) {
+      for (int64_t k = 0; k < n; ++k) {
+        double f = (static_cast<double>(x[k]) - lo) * scale;
+        f = f < 0 ? 0 : (f > top ? top : f);
+        const uint32_t key = static_cast<uint32_t>(f);
+        a[k] = (static_cast<uint64_t>(key) << 32) | static_cast<uint64_t>(k);
+        ++h[key & (kBuckets - 1)];
+        ++h[kBuckets + ((key >> kDigitBits) & (kBuckets - 1))];
+        // only with 32-bit keys: a third digit that is always 0 would chain every iteration on one counter
+        if (decltype(three)::value) ++h[2 * kBuckets + (key >> (2 * kDigitBits))];
       }
+    };
+    if (passes == 3) {
+      keys(std::true_type{});
     } else {
-      const auto by_value = [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; };
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t lo_b = b == 0 ? 0 : starts[b - 1], hi_b = starts[b];
-        if (hi_b - lo_b <= 1) continue;
-        if (hi_b - lo_b <= 16) {  // insertion sort
-          for (int64_t i = lo_b + 1; i < hi_b; ++i) {
-            const Entry<T> cur = s[i];
-            int64_t j = i - 1;
-            while (j >= lo_b && cur.v < s[j].v) {
-              s[j + 1] = s[j];
-              --j;
-            }
-            s[j + 1] = cur;
-          }
-        } else {
-          std::sort(s + lo_b, s + hi_b, by_value);
-        }
-      }
+      keys(std::false_type{});
     }
-    return true;
+    uint64_t* src = packed.data();
+    uint64_t* dst = tmp.data();
+    for (int p = 0; p < passes; ++p) {
+      uint32_t* hp = h + p * kBuckets;
+      const int shift = 32 + p * kDigitBits;
+      if (hp[(src[0] >> shift) & (kBuckets - 1)] == static_cast<uint32_t>(n)) continue;  // nothing moves
+      uint32_t sum = 0;
+      for (uint32_t d = 0; d < kBuckets; ++d) {
+        const uint32_t c = hp[d];
+        hp[d] = sum;
+        sum += c;
+      }
+      for (int64_t k = 0; k < n; ++k) dst[hp[(src[k] >> shift) & (kBuckets - 1)]++] = src[k];
+      std::swap(src, dst);
+    }
+    if (src != packed.data()) packed.swap(tmp);
+    return Kind::kPacked;
   }
 };
 
@@ -244,15 +234,55 @@ Wide write_ranks(V value, P position, int64_t n, double shift, O* out) {
 // nearly cancel when one value fills almost the whole row), so it carries one rounding.
 template <typename T, typename O>
 double row_ranks(RowSorter<T>& sorter, const T* x, int64_t n, double shift, O* out) {
-  Wide ties;
-  if (sorter.sort(x, n)) {
-    const Entry<T>* s = sorter.sorted.data();
-    ties = write_ranks([s](int64_t k) { return s[k].v; }, [s](int64_t k) { return s[k].i; }, n, shift, out);
-  } else {
-    sorter.radix.sort(x, n);
-    const int64_t* idx = sorter.radix.idx.data();
-    ties = write_ranks([x, idx](int64_t k) { return x[idx[k]]; }, [idx](int64_t k) { return idx[k]; }, n, shift,
-                       out);
+  Wide ties = 0;
+  switch (sorter.sort(x, n)) {
+    case RowSorter<T>::Kind::kEntries: {
+      const Entry<T>* s = sorter.entries.data();
+      ties = write_ranks([s](int64_t k) { return s[k].v; }, [s](int64_t k) { return s[k].i; }, n, shift, out);
+      break;
+    }
+    case RowSorter<T>::Kind::kPacked: {
+      // runs of equal keys: almost always of length 1 (rank i + 1); longer ones are sorted by value
+      const uint64_t* s = sorter.packed.data();
+      int64_t i = 0;
+      while (i < n) {
+        const uint64_t key = s[i] >> 32;
+        int64_t j = i + 1;
+        while (j < n && (s[j] >> 32) == key) ++j;
+        if (j == i + 1) {
+          out[static_cast<uint32_t>(s[i])] = static_cast<O>(static_cast<double>(i + 1) - shift);
+        } else {
+          auto& run = sorter.entries;
+          run.resize(j - i);
+          for (int64_t k = i; k < j; ++k) {
+            const uint32_t pos = static_cast<uint32_t>(s[k]);
+            run[k - i] = {x[pos], pos};
+          }
+          if (j - i <= 32) {  // insertion sort: no moves at all for a run of equal values
+            for (int64_t u = 1; u < j - i; ++u) {
+              const Entry<T> cur = run[u];
+              int64_t w = u - 1;
+              for (; w >= 0 && cur.v < run[w].v; --w) run[w + 1] = run[w];
+              run[w + 1] = cur;
+            }
+          } else {
+            std::sort(run.begin(), run.end(), [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; });
+          }
+          const Entry<T>* r = run.data();
+          ties += write_ranks([r](int64_t k) { return r[k].v; }, [r](int64_t k) { return r[k].i; }, j - i,
+                              shift - static_cast<double>(i), out);
+        }
+        i = j;
+      }
+      break;
+    }
+    case RowSorter<T>::Kind::kRadix: {
+      sorter.radix.sort(x, n);
+      const int64_t* idx = sorter.radix.idx.data();
+      ties = write_ranks([x, idx](int64_t k) { return x[idx[k]]; }, [idx](int64_t k) { return idx[k]; }, n,
+                         shift, out);
+      break;
+    }
   }
   return static_cast<double>(static_cast<Wide>(n) * n * n - n - ties) / 12.0;
 }

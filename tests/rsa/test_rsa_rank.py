@@ -117,3 +117,26 @@ def test_rank_skewed_and_outlier_rows(backend: str) -> None:
     np.testing.assert_array_equal(
         fa.rank(torch.from_numpy(rows), backend=backend).numpy(), rankdata(rows, axis=-1)
     )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_long_rows_every_sort_path(backend: str) -> None:
+    """The C++ sort keys values on (max - min) / 2^22 steps (2^32 beyond 65,536 entries): distinct values
+    that share a key, in short runs (insertion sort) and long ones, and keys collapsed by the float64
+    conversion of int64 values, must still come out in exact value order."""
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=400)
+    clustered = (base[:, None] + np.arange(5) * 1e-15).ravel()  # 400 runs of 5 distinct values
+    cases = [
+        np.r_[clustered, 0.0, 1e3],  # runs of 5 inside one key
+        np.r_[rng.normal(size=70_000), np.round(rng.normal(size=1_001), 1)],  # 3 passes, ties
+        np.r_[rng.integers(0, 3, size=70_000)].astype(np.float64),  # 3 keys, heavy ties
+    ]
+    for row in cases:
+        x = torch.from_numpy(row)
+        np.testing.assert_array_equal(fa.rank(x, backend=backend).numpy(), rankdata(row))
+        x32 = x.float()
+        np.testing.assert_array_equal(fa.rank(x32, backend=backend).numpy(), rankdata(x32.numpy()))
+    # int64 values 1 apart near 2^62 share one float64 value, hence one key
+    big = np.r_[2**62 + rng.permutation(600), rng.integers(-1000, 1000, size=600)].astype(np.int64)
+    np.testing.assert_array_equal(fa.rank(torch.from_numpy(big), backend=backend).numpy(), rankdata(big))
