@@ -43,7 +43,8 @@ for spec in json.load(sys.stdin):
     ptx = k.asm["ptx"]
     out[spec["name"]] = {"regs": regs, "stack": stack, "shared": k.metadata.shared,
                          "wgmma": "wgmma.mma_async" in ptx, "cp_async": "cp.async" in ptx,
-                         "ex2": "ex2.approx" in ptx}
+                         "ex2": "ex2.approx" in ptx,
+                         "vector_loads": re.search(r"ld\.global(\.\w+)*\.v[248]\.", ptx) is not None}
 json.dump(out, sys.stdout)
 """
 
@@ -52,7 +53,7 @@ H100_SHARED_BYTES = 227 * 1024
 
 def compile_for_sm90(specs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Compiles each spec and returns, by spec name, registers, stack (spill) bytes per thread,
-    shared memory bytes, and whether the PTX has wgmma, cp.async and ex2.approx.
+    shared memory bytes, and whether the PTX has wgmma, cp.async, ex2.approx and vector global loads.
 
     A spec: {"name", "module", "kernel", "signature" (arg -> Triton type or "constexpr"),
     "constexprs", "divisible" (int args divisible by 16), "num_warps", "num_stages"}.

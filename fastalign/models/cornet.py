@@ -61,15 +61,19 @@ def _norm_act(
     nonlin: nn.Module | None = None,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """nonlin(bn(x) + residual): the original's module calls when ``backend`` is None, else the fused op."""
-    if backend is None:
+    """nonlin(bn(x) + residual): the original's module calls when ``backend`` is None, else the fused op.
+
+    Norms that are not plain BatchNorm2d (e.g. SyncBatchNorm after convert_sync_batchnorm, whose
+    statistics span processes) always run as modules.
+    """
+    if backend is None or type(bn) is not nn.BatchNorm2d:
         x = bn(x)
         if residual is not None:
             x = x + residual
         return nonlin(x) if nonlin is not None else x
     from fastalign.models.norm_act import batch_norm_module_act
 
-    assert isinstance(bn, nn.BatchNorm2d)
+    assert isinstance(bn, nn.BatchNorm2d)  # for mypy: checked above
     return batch_norm_module_act(bn, x, residual=residual, relu=nonlin is not None, backend=backend)
 
 
@@ -345,10 +349,11 @@ class CORnetS(CORnetBase):
         only how each ``conv -> BN -> ReLU`` and ``conv -> BN -> + skip -> ReLU`` tail runs changes:
         :func:`fastalign.models.batch_norm_act` with ``backend`` ("auto": fused Triton kernels for CUDA
         tensors, the eager reference otherwise). Training and eval mode both work, with BatchNorm's
-        running-statistics updates. ``None`` restores the original module calls.
+        running-statistics updates. ``None`` restores the original module calls. Norms other than plain
+        BatchNorm2d (SyncBatchNorm for multi-GPU training) keep running as modules.
         """
         if backend is not None:
-            from fastalign._backend import BACKENDS
+            from fastalign.models.norm_act.api import BACKENDS
 
             if backend not in BACKENDS:
                 raise ValueError(f"fuse_training: backend must be None or one of {BACKENDS}, got {backend!r}")

@@ -6,8 +6,9 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
-from fastalign.models import cornet_s
+from fastalign.models import batch_norm_act, cornet_s
 from fastalign.models.cornet import CORnetS
 
 TAPS = ("V1", "V2", "V4", "IT", "decoder")
@@ -42,27 +43,85 @@ def test_reference_backend_is_bitwise_the_original(model: CORnetS) -> None:
             torch.testing.assert_close(g[k], w[k], rtol=0, atol=0, msg=k)
 
 
+def _record_fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Every batch_norm_act call of the fused model: its inputs, output and, after backward, dy and dx."""
+    from fastalign.models.norm_act import api
+
+    calls: list[dict] = []
+    fused_op = api.batch_norm_act
+
+    def recording(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *args: object, **kw: object):  # type: ignore[no-untyped-def]
+        r = kw.get("residual")
+        call = {"x": x.detach().clone(), "w": weight.detach().clone(), "b": bias.detach().clone(), "kw": kw}
+        call["r"] = r.detach().clone() if isinstance(r, torch.Tensor) else None
+        y = fused_op(x, weight, bias, *args, **kw)  # type: ignore[arg-type]
+        call["y"] = y.detach().clone()
+        y.register_hook(lambda g: call.__setitem__("dy", g.detach().clone()))
+        x.register_hook(lambda g: call.__setitem__("dx", g.detach().clone()))
+        calls.append(call)
+        return y
+
+    monkeypatch.setattr(api, "batch_norm_act", recording)
+    return calls
+
+
+def _float64_dx(call: dict) -> torch.Tensor:
+    """dx of one recorded call in float64 with the ReLU mask the fused call used (rounding decides the
+    mask where the pre-activation is ~0; that is not the kernel's error)."""
+    x, w, b = (call[k].double().requires_grad_() for k in ("x", "w", "b"))
+    r = call["r"].double() if call["r"] is not None else None
+    kw = call["kw"]
+    pre = batch_norm_act(x, w, b, training=True, eps=kw["eps"], residual=r, relu=False, backend="reference")
+    y = pre * (call["y"] > 0).double() if kw["relu"] else pre
+    (dx,) = torch.autograd.grad(y, [x], call["dy"].double())
+    return dx
+
+
 @pytest.mark.triton
-def test_triton_training_step_matches_float64_eager(model: CORnetS, triton_device: str) -> None:
+def test_triton_training_step_matches_float64_eager(
+    model: CORnetS, triton_device: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole training step: taps, BatchNorm buffers and gradients against float64 eager.
+
+    Per tensor for the forward (taps, running statistics). For gradients, a ReLU mask that flips on a
+    pre-activation within rounding of 0 moves the gradients of everything before it (eager float32 has
+    such flips too, at other places), so they are checked twice: each fused call's dx against float64
+    given its inputs and mask, and the whole gradient vector's relative L2 error against eager float32's.
+    """
     # 64x64: IT still has 2x2 positions, so its batch statistics are not degenerate
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     exact = _train_step(copy.deepcopy(model).double(), x.double())
     eager = _train_step(copy.deepcopy(model).to(triton_device), x.to(triton_device))
+    calls = _record_fused_calls(monkeypatch)
     fused = _train_step(copy.deepcopy(model).to(triton_device).fuse_training("triton"), x.to(triton_device))
-    n_stats = 0
-    for ex, ea, fu in zip(exact, eager, fused, strict=True):
-        assert ex.keys() == fu.keys()
-        for k in ex:
-            if ex[k].dtype == torch.int64:  # num_batches_tracked
-                assert torch.equal(fu[k].cpu(), ex[k]), k
-                n_stats += 1
+    monkeypatch.undo()
+
+    (ex_f, ex_g, ex_s), (ea_f, ea_g, ea_s), (fu_f, fu_g, fu_s) = exact, eager, fused
+    buffers = [k for k in ex_s if "running" in k or "num_batches" in k]
+    assert len(buffers) == 3 * (2 + 3 * (2 + 4 + 2) + 3)  # V1, norm{1,2,3}_t, norm_skip: 29 BatchNorms
+    for want, ref, got, keys in ((ex_f, ea_f, fu_f, list(ex_f)), (ex_s, ea_s, fu_s, buffers)):
+        for k in keys:
+            if want[k].dtype == torch.int64:  # num_batches_tracked: every BatchNorm counted its batch
+                assert torch.equal(got[k].cpu(), want[k]), k
                 continue
-            scale = float(ex[k].abs().max()) + 1e-12
-            err = float((fu[k].double().cpu() - ex[k]).abs().max()) / scale
-            err_eager = float((ea[k].double().cpu() - ex[k]).abs().max()) / scale
+            scale = float(want[k].abs().max()) + 1e-12
+            err = float((got[k].double().cpu() - want[k]).abs().max()) / scale
+            err_eager = float((ref[k].double().cpu() - want[k]).abs().max()) / scale
             # DESIGN's rule for float32: ~1e-5, and never much worse than eager float32 itself
             assert err <= 2 * err_eager + 1e-5, f"{k}: {err:.3g} vs eager float32 {err_eager:.3g}"
-    assert n_stats == 2 + 3 * (2 + 4 + 2) + 3  # V1, norm{1,2,3}_t, norm_skip: each counted its batch
+
+    assert len(calls) == 29 and all("dx" in c and "dy" in c for c in calls)
+    for i, call in enumerate(calls):
+        want_dx = _float64_dx(call)
+        err = float((call["dx"].double().cpu() - want_dx).abs().max() / (want_dx.abs().max() + 1e-30))
+        assert err <= 1e-5, f"fused call {i} {tuple(call['x'].shape)}: dx error {err:.3g}"
+
+    def l2(grads: dict) -> float:
+        diff = torch.cat([(grads[k].double().cpu() - ex_g[k]).flatten() for k in ex_g])
+        return float(diff.norm() / torch.cat([g.flatten() for g in ex_g.values()]).norm())
+
+    assert fu_g.keys() == ex_g.keys()
+    assert l2(fu_g) <= 2 * l2(ea_g) + 1e-5, f"gradients: {l2(fu_g):.3g} vs eager float32 {l2(ea_g):.3g}"
 
 
 @pytest.mark.triton
@@ -104,8 +163,9 @@ def test_fuse_training_keeps_parameters_and_can_be_undone(model: CORnetS) -> Non
     assert {b.norm_backend for b in (m.V1, m.V2, m.V4, m.IT)} == {"auto"}
     m.fuse_training(None)
     assert {b.norm_backend for b in (m.V1, m.V2, m.V4, m.IT)} == {None}
-    with pytest.raises(ValueError, match="backend must be None or one of"):
-        m.fuse_training("cudnn")
+    for bad in ("cudnn", "cuda"):  # "cuda" is a backend of other ops, not of batch_norm_act
+        with pytest.raises(ValueError, match="backend must be None or one of"):
+            m.fuse_training(bad)
 
 
 def test_inference_fuse_after_fuse_training(model: CORnetS) -> None:
@@ -113,3 +173,13 @@ def test_inference_fuse_after_fuse_training(model: CORnetS) -> None:
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         torch.testing.assert_close(m.fuse()(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+def test_sync_batchnorm_runs_as_module() -> None:
+    """After convert_sync_batchnorm (multi-GPU training) the norms keep their cross-process statistics."""
+    from fastalign.models.cornet import _norm_act
+
+    bn = nn.SyncBatchNorm(4).eval()
+    x = torch.randn(2, 4, 3, 3)
+    want = torch.relu(bn(x))
+    torch.testing.assert_close(_norm_act("auto", bn, x, nn.ReLU()), want)

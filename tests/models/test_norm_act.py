@@ -328,3 +328,70 @@ def test_module_helper_rejects_non_affine() -> None:
         batch_norm_module_act(nn.BatchNorm2d(3, affine=False), torch.randn(2, 3, 4, 4))
     with pytest.raises(TypeError, match=r"nn\.BatchNorm2d"):
         batch_norm_module_act(nn.LayerNorm(3), torch.randn(2, 3, 4, 4))  # type: ignore[arg-type]
+
+
+@pytest.mark.triton
+def test_triton_strided_and_expanded_parameters(triton_device: str) -> None:
+    """(C,) operands that are views (an expanded scalar, every other element) are read as values."""
+    d = triton_device
+    x = torch.randn(2, 5, 3, 4, device=d)
+    w = torch.full((1,), 1.5, device=d).expand(5)
+    b = torch.randn(10, device=d)[::2]
+    rm, rv = torch.randn(10, device=d)[::2], (torch.rand(10, device=d) + 0.5)[::2]
+    for training in (True, False):
+        kw = dict(training=training, relu=True)
+        want = batch_norm_act(x, w, b, rm.clone(), rv.clone(), backend="reference", **kw)  # type: ignore[arg-type]
+        got = batch_norm_act(x, w, b, rm.clone(), rv.clone(), backend="triton", **kw)  # type: ignore[arg-type]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.triton
+def test_triton_nan_propagates_like_eager(triton_device: str) -> None:
+    x = torch.randn(2, 3, 4, 4, device=triton_device)
+    x[0, 1, 2, 2] = float("nan")
+    w, b = torch.ones(3, device=triton_device), torch.zeros(3, device=triton_device)
+    for training in (True, False):
+        rm, rv = torch.zeros(3, device=triton_device), torch.ones(3, device=triton_device)
+        want = batch_norm_act(x, w, b, rm, rv, training=training, backend="reference")
+        got = batch_norm_act(x, w, b, rm.clone(), rv.clone(), training=training, backend="triton")
+        assert torch.isnan(got).any()  # ReLU keeps NaN instead of turning it into 0
+        torch.testing.assert_close(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", _module_backends())
+def test_empty_batch_returns_what_eager_returns(backend: str, request: pytest.FixtureRequest) -> None:
+    if backend == "triton":
+        request.getfixturevalue("triton_device")
+    x = torch.randn(0, 3, 4, 4)
+    w, b = torch.ones(3), torch.zeros(3)
+    for training in (True, False):
+        got = batch_norm_act(x, w, b, torch.zeros(3), torch.ones(3), training=training, backend=backend)
+        assert got.shape == x.shape
+
+
+@pytest.mark.triton
+def test_triton_merges_many_splits(triton_device: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More statistics splits than the finalize kernels merge per step (as on an H100's 528 programs)."""
+    from fastalign.models.norm_act import triton as bn_triton
+
+    if triton_device == "cpu":
+        monkeypatch.setattr(bn_triton, "_CPU_PROGRAMS", 300)
+    inp = _inputs((4, 3, 50, 50), True, True, seed=9, offset=3.0)
+    g = bn_triton._Geometry(inp["x"].to(triton_device))  # type: ignore[union-attr]
+    assert g.n_splits > bn_triton._BLOCK_S
+    inp = {k: v.to(triton_device) if v is not None else None for k, v in inp.items()}
+    _assert_within_twice_reference(
+        inp, torch.float32, floor=1e-5, training=True, momentum=0.1, eps=1e-5, relu=True
+    )
+
+
+def test_module_helper_leaves_module_unchanged_on_bad_input() -> None:
+    bn = nn.BatchNorm2d(3).train()
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        batch_norm_module_act(bn, torch.randn(1, 3, 1, 1))
+    assert int(bn.num_batches_tracked) == 0
+
+
+def test_momentum_must_be_a_number() -> None:
+    with pytest.raises(TypeError, match="momentum must be a float"):
+        batch_norm_act(torch.randn(2, 3, 4, 4), torch.ones(3), torch.zeros(3), momentum=None)  # type: ignore[arg-type]

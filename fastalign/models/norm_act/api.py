@@ -28,6 +28,8 @@ def _always(x: torch.Tensor, *, explicit: bool) -> list[str]:
 
 _dispatch.register("triton", _triton_check)
 _dispatch.register("reference", _always)
+#: What ``backend=`` accepts here.
+BACKENDS: tuple[str, ...] = ("auto", *_dispatch.specs)
 
 
 @torch.compiler.assume_constant_result
@@ -60,6 +62,8 @@ def _validate(
     running_var: Any,
     residual: Any,
     training: bool,
+    momentum: Any,
+    eps: Any,
 ) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(
@@ -79,7 +83,12 @@ def _validate(
         _check_vector("running_var", running_var, c, x)
     elif not training:
         raise ValueError("batch_norm_act: training=False normalises with running statistics; none were given")
-    if training and x.numel() // max(c, 1) <= 1:
+    for name, v in (("momentum", momentum), ("eps", eps)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"batch_norm_act: {name} must be a float, got {type(v).__name__}")
+    if not 0.0 <= momentum <= 1.0 or eps < 0:
+        raise ValueError(f"batch_norm_act: need 0 <= momentum <= 1 and eps >= 0, got {momentum} and {eps}")
+    if training and x.numel() // max(c, 1) == 1:  # as F.batch_norm: an empty batch passes through
         raise ValueError(
             "batch_norm_act: training needs more than one value per channel (N * H * W > 1), "
             f"got x of shape {tuple(x.shape)}"
@@ -115,7 +124,9 @@ def batch_norm_act(
     ``F.batch_norm`` followed by ``+ residual`` and ``F.relu``: in training it normalises with the
     batch's biased variance and, when running statistics are given, updates them in place with
     ``momentum`` and the unbiased variance; otherwise it normalises with the running statistics.
-    Differentiable with respect to x, weight, bias and residual.
+    Differentiable with respect to x, weight, bias and residual (first order: the triton backend has
+    no double backward). NaN propagates as in eager (ReLU keeps NaN); an empty batch returns what eager
+    returns.
 
     Args:
         x: (N, C, H, W) contiguous or channels_last (other strides are copied); float32, bfloat16 or
@@ -124,7 +135,7 @@ def batch_norm_act(
         running_mean, running_var: (C,) running statistics, updated in place when training; required
             when ``training`` is False.
         training: batch statistics (True) or running statistics (False).
-        momentum: weight of the new batch in the running statistics update.
+        momentum: weight of the new batch in the running statistics update, in [0, 1].
         eps: added to the variance.
         residual: optional (N, C, H, W) tensor added after the normalisation, before the ReLU.
         relu: apply ReLU last.
@@ -134,9 +145,10 @@ def batch_norm_act(
     Returns:
         (N, C, H, W) tensor of x's dtype and memory format.
     """
-    _validate(x, weight, bias, running_mean, running_var, residual, training)
+    _validate(x, weight, bias, running_mean, running_var, residual, training, momentum, eps)
     kwargs: dict[str, Any] = dict(training=training, momentum=momentum, eps=eps, residual=residual, relu=relu)
-    if _choose(backend, x.device, x.dtype) == "triton":
+    # an empty batch has nothing to fuse; eager defines what it returns (and the explicit request was valid)
+    if _choose(backend, x.device, x.dtype) == "triton" and x.numel() > 0:
         from fastalign.models.norm_act.triton import batch_norm_act_triton
 
         return batch_norm_act_triton(x, weight, bias, running_mean, running_var, **kwargs)
@@ -161,19 +173,23 @@ def batch_norm_module_act(
         raise TypeError(f"batch_norm_module_act: bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
     if bn.weight is None or bn.bias is None:
         raise ValueError("batch_norm_module_act: bn must be affine (affine=False is not supported)")
+    training = bn.training or (bn.running_mean is None and bn.running_var is None)
+    use_running = not bn.training or bn.track_running_stats
+    rm = bn.running_mean if use_running else None
+    rv = bn.running_var if use_running else None
+    # before num_batches_tracked counts this batch: a rejected input must leave the module as it was
+    _validate(x, bn.weight, bn.bias, rm, rv, residual, training, bn.momentum or 0.0, bn.eps)
     factor = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
             factor = 1.0 / float(bn.num_batches_tracked)
-    training = bn.training or (bn.running_mean is None and bn.running_var is None)
-    use_running = not bn.training or bn.track_running_stats
     return batch_norm_act(
         x,
         bn.weight,
         bn.bias,
-        bn.running_mean if use_running else None,
-        bn.running_var if use_running else None,
+        rm,
+        rv,
         training=training,
         momentum=factor,
         eps=bn.eps,

@@ -18,70 +18,86 @@ Both directions are ``torch.library`` custom ops (``fastalign::bn_act_fwd`` / ``
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
 
 _BLOCK_M = 64
 _BLOCK_C = 64
+_BLOCK_S = 64  # splits merged per step of the finalize kernels
+_CPU_PROGRAMS = 4  # statistics programs to aim for without a GPU (the interpreter is slow)
 
 
 @triton.jit
-def _offsets(rows, cols, HW, stride_n, stride_c, stride_s):
-    rows = rows.to(tl.int64)
-    n = rows // HW
-    return (n * stride_n + (rows - n * HW) * stride_s)[:, None] + cols.to(tl.int64)[None, :] * stride_c
+def _unit(u, SB, HW, stride_n, stride_c, stride_s, cols, c_ok, BLOCK_M: tl.constexpr):
+    """Offsets, mask and valid-row count of unit u: rows sb*BLOCK_M.. of image n (u = n * SB + sb), so
+    the spatial index s is an arange: contiguous (vector loads) in NCHW, as the channels are in NHWC."""
+    n = u // SB
+    s = (u - n * SB) * BLOCK_M + tl.arange(0, BLOCK_M)
+    s_ok = s < HW
+    off = n.to(tl.int64) * stride_n + s.to(tl.int64)[:, None] * stride_s
+    off += cols.to(tl.int64)[None, :] * stride_c
+    return off, s_ok[:, None] & c_ok[None, :], tl.minimum(HW - (u - n * SB) * BLOCK_M, BLOCK_M)
 
 
 @triton.jit
 def _stats_kernel(
-    X, PMEAN, PM2, M, C, HW, stride_n, stride_c, stride_s, rows_per_split,
+    X, PMEAN, PM2, PCNT, C, HW, SB, U, stride_n, stride_c, stride_s, units_per_split,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
-    start = tl.program_id(1) * rows_per_split
-    end = tl.minimum(start + rows_per_split, M)
+    start = tl.program_id(1) * units_per_split
+    end = tl.minimum(start + units_per_split, U)
     mean = tl.zeros((BLOCK_C,), tl.float32)
     m2 = tl.zeros((BLOCK_C,), tl.float32)
-    for r0 in range(start, end, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
-        r_ok = rows < end
-        x = tl.load(X + _offsets(rows, cols, HW, stride_n, stride_c, stride_s),
-                    mask=r_ok[:, None] & c_ok[None, :], other=0.0).to(tl.float32)  # fmt: skip
-        n_prev = (r0 - start).to(tl.float32)
-        n_b = tl.minimum(end - r0, BLOCK_M).to(tl.float32)
+    count = tl.zeros((BLOCK_C,), tl.float32)
+    for u in range(start, end):
+        off, mask, rows = _unit(u, SB, HW, stride_n, stride_c, stride_s, cols, c_ok, BLOCK_M)
+        x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
+        n_b = rows.to(tl.float32)
         mean_b = tl.sum(x, 0) / n_b
-        d = tl.where(r_ok[:, None], x - mean_b[None, :], 0.0)
-        # Chan et al.: merge the block's (n_b, mean_b, M2_b) into the running (n_prev, mean, m2)
+        d = tl.where(mask, x - mean_b[None, :], 0.0)
+        # Chan et al.: merge the block's (n_b, mean_b, M2_b) into the running (count, mean, m2)
         delta = mean_b - mean
-        total = n_prev + n_b
+        total = count + n_b
         mean += delta * (n_b / total)
-        m2 += tl.sum(d * d, 0) + delta * delta * (n_prev * n_b / total)
+        m2 += tl.sum(d * d, 0) + delta * delta * (count * n_b / total)
+        count = total
     out = tl.program_id(1).to(tl.int64) * C + cols
     tl.store(PMEAN + out, mean, mask=c_ok)
     tl.store(PM2 + out, m2, mask=c_ok)
+    tl.store(PCNT + out, count, mask=c_ok)
 
 
 @triton.jit
 def _finalize_kernel(
-    PMEAN, PM2, W, RMEAN, RVAR, MEAN, RSTD, UVAR, SCALE,
-    M, C, n_splits, rows_per_split, eps,
-    TRAINING: tl.constexpr, BLOCK_C: tl.constexpr,
+    PMEAN, PM2, PCNT, W, RMEAN, RVAR, MEAN, RSTD, UVAR, SCALE, M, C, n_splits, eps,
+    TRAINING: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
     if TRAINING:
-        mean = tl.zeros((BLOCK_C,), tl.float32)
+        # the splits' (count, mean, M2) merged BLOCK_S at a time: the exact mean first, then
+        # M2 = sum M2_s + sum n_s (mean_s - mean)^2 (Chan et al.'s pairwise form, all splits at once)
+        total = tl.zeros((BLOCK_C,), tl.float32)
+        for s0 in range(0, n_splits, BLOCK_S):
+            sp = s0 + tl.arange(0, BLOCK_S)
+            idx = sp.to(tl.int64)[:, None] * C + cols[None, :]
+            ok = (sp < n_splits)[:, None] & c_ok[None, :]
+            cnt = tl.load(PCNT + idx, mask=ok, other=0.0)
+            total += tl.sum(cnt * tl.load(PMEAN + idx, mask=ok, other=0.0), 0)
+        mean = total / M
         m2 = tl.zeros((BLOCK_C,), tl.float32)
-        for s in range(0, n_splits):
-            n_prev = (s * rows_per_split).to(tl.float32)
-            n_s = tl.minimum(rows_per_split, M - s * rows_per_split).to(tl.float32)
-            mean_s = tl.load(PMEAN + s * C + cols, mask=c_ok, other=0.0)
-            delta = mean_s - mean
-            total = n_prev + n_s
-            mean += delta * (n_s / total)
-            m2 += tl.load(PM2 + s * C + cols, mask=c_ok, other=0.0) + delta * delta * (n_prev * n_s / total)
+        for s0 in range(0, n_splits, BLOCK_S):
+            sp = s0 + tl.arange(0, BLOCK_S)
+            idx = sp.to(tl.int64)[:, None] * C + cols[None, :]
+            ok = (sp < n_splits)[:, None] & c_ok[None, :]
+            d = tl.load(PMEAN + idx, mask=ok, other=0.0) - mean[None, :]
+            cnt = tl.load(PCNT + idx, mask=ok, other=0.0)
+            m2 += tl.sum(tl.load(PM2 + idx, mask=ok, other=0.0) + cnt * d * d, 0)
         var = m2 / M
         tl.store(UVAR + cols, m2 / (M - 1), mask=c_ok)  # what the running variance averages
     else:
@@ -95,14 +111,12 @@ def _finalize_kernel(
 
 @triton.jit
 def _apply_kernel(
-    X, R, Y, MEAN, SCALE, B, M, C, HW, stride_n, stride_c, stride_s,
+    X, R, Y, MEAN, SCALE, B, C, HW, SB, stride_n, stride_c, stride_s,
     HAS_RES: tl.constexpr, RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
-    mask = (rows < M)[:, None] & c_ok[None, :]
-    off = _offsets(rows, cols, HW, stride_n, stride_c, stride_s)
+    off, mask, _ = _unit(tl.program_id(0), SB, HW, stride_n, stride_c, stride_s, cols, c_ok, BLOCK_M)
     mean = tl.load(MEAN + cols, mask=c_ok, other=0.0)
     scale = tl.load(SCALE + cols, mask=c_ok, other=0.0)
     bias = tl.load(B + cols, mask=c_ok, other=0.0).to(tl.float32)
@@ -112,27 +126,25 @@ def _apply_kernel(
     if HAS_RES:
         y += tl.load(R + off, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        y = tl.maximum(y, 0.0)
+        y = tl.maximum(y, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as in torch.relu
     tl.store(Y + off, y.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _bwd_reduce_kernel(
-    DY, X, Y, MEAN, RSTD, PSUM, PSUMX, M, C, HW, stride_n, stride_c, stride_s, rows_per_split,
+    DY, X, Y, MEAN, RSTD, PSUM, PSUMX, C, HW, SB, U, stride_n, stride_c, stride_s, units_per_split,
     RELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
-    start = tl.program_id(1) * rows_per_split
-    end = tl.minimum(start + rows_per_split, M)
+    start = tl.program_id(1) * units_per_split
+    end = tl.minimum(start + units_per_split, U)
     mean = tl.load(MEAN + cols, mask=c_ok, other=0.0)
     rstd = tl.load(RSTD + cols, mask=c_ok, other=0.0)
     acc = tl.zeros((BLOCK_C,), tl.float32)
     acc_x = tl.zeros((BLOCK_C,), tl.float32)
-    for r0 in range(start, end, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
-        mask = (rows < end)[:, None] & c_ok[None, :]
-        off = _offsets(rows, cols, HW, stride_n, stride_c, stride_s)
+    for u in range(start, end):
+        off, mask, _ = _unit(u, SB, HW, stride_n, stride_c, stride_s, cols, c_ok, BLOCK_M)
         dz = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32)
         if RELU:
             dz = tl.where(tl.load(Y + off, mask=mask, other=0.0) > 0, dz, 0.0)
@@ -147,15 +159,18 @@ def _bwd_reduce_kernel(
 @triton.jit
 def _bwd_finalize_kernel(
     PSUM, PSUMX, W, RSTD, DW, DB, COEF_A, COEF_B, COEF_C, M, C, n_splits,
-    TRAINING: tl.constexpr, BLOCK_C: tl.constexpr,
+    TRAINING: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
     s_dz = tl.zeros((BLOCK_C,), tl.float32)
     s_dzx = tl.zeros((BLOCK_C,), tl.float32)
-    for s in range(0, n_splits):
-        s_dz += tl.load(PSUM + s * C + cols, mask=c_ok, other=0.0)
-        s_dzx += tl.load(PSUMX + s * C + cols, mask=c_ok, other=0.0)
+    for s0 in range(0, n_splits, BLOCK_S):
+        sp = s0 + tl.arange(0, BLOCK_S)
+        idx = sp.to(tl.int64)[:, None] * C + cols[None, :]
+        ok = (sp < n_splits)[:, None] & c_ok[None, :]
+        s_dz += tl.sum(tl.load(PSUM + idx, mask=ok, other=0.0), 0)
+        s_dzx += tl.sum(tl.load(PSUMX + idx, mask=ok, other=0.0), 0)
     tl.store(DW + cols, s_dzx.to(DW.dtype.element_ty), mask=c_ok)
     tl.store(DB + cols, s_dz.to(DB.dtype.element_ty), mask=c_ok)
     a = tl.load(W + cols, mask=c_ok, other=0.0).to(tl.float32) * tl.load(RSTD + cols, mask=c_ok, other=0.0)
@@ -167,14 +182,12 @@ def _bwd_finalize_kernel(
 
 @triton.jit
 def _bwd_apply_kernel(
-    DY, X, Y, MEAN, RSTD, COEF_A, COEF_B, COEF_C, DX, DR, M, C, HW, stride_n, stride_c, stride_s,
+    DY, X, Y, MEAN, RSTD, COEF_A, COEF_B, COEF_C, DX, DR, C, HW, SB, stride_n, stride_c, stride_s,
     RELU: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
-    mask = (rows < M)[:, None] & c_ok[None, :]
-    off = _offsets(rows, cols, HW, stride_n, stride_c, stride_s)
+    off, mask, _ = _unit(tl.program_id(0), SB, HW, stride_n, stride_c, stride_s, cols, c_ok, BLOCK_M)
     dz = tl.load(DY + off, mask=mask, other=0.0).to(tl.float32)
     if RELU:
         dz = tl.where(tl.load(Y + off, mask=mask, other=0.0) > 0, dz, 0.0)
@@ -190,12 +203,26 @@ def _bwd_apply_kernel(
         tl.store(DR + off, dz.to(DR.dtype.element_ty), mask=mask)
 
 
-def _layout(x: torch.Tensor) -> tuple[torch.memory_format, tuple[int, int, int]]:
-    """x's memory format and (stride_n, stride_c, stride_s) of the merged spatial index s = h * W + w."""
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    stride_s = x.stride(3) if x.shape[3] > 1 else x.stride(2)
-    return fmt, (x.stride(0), x.stride(1), stride_s)
+class _Geometry:
+    """How the kernels walk x (N, C, H, W): units of BLOCK_M spatial rows of one image, their strides,
+    and the split of units into statistics programs (enough to fill the device, each a whole number of
+    units; the finalize kernels merge the splits BLOCK_S at a time)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        n, c, h, w = x.shape
+        self.c, self.hw, self.m = c, h * w, n * h * w
+        # (stride_n, stride_c, stride_s) of the merged spatial index s = h * W + w (valid for contiguous
+        # and channels_last tensors; a size-1 dim's stride is irrelevant)
+        self.strides = (x.stride(0), x.stride(1), x.stride(3) if w > 1 else x.stride(2))
+        self.sb = triton.cdiv(self.hw, _BLOCK_M)
+        self.units = n * self.sb
+        self.c_blocks = triton.cdiv(c, _BLOCK_C)
+        target = _CPU_PROGRAMS
+        if x.device.type == "cuda":
+            target = 4 * torch.cuda.get_device_properties(x.device).multi_processor_count
+        splits = max(1, min(self.units, triton.cdiv(target, self.c_blocks)))
+        self.units_per_split = triton.cdiv(self.units, splits)
+        self.n_splits = triton.cdiv(self.units, self.units_per_split)
 
 
 def _dense(x: torch.Tensor) -> torch.Tensor:
@@ -212,15 +239,9 @@ def _like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, dtype=t.dtype).copy_(t)
 
 
-def _splits(m: int, c_blocks: int, device: torch.device) -> tuple[int, int]:
-    """(n_splits, rows_per_split): enough programs to fill the device, each a whole number of blocks."""
-    target = 4
-    if device.type == "cuda":
-        target *= torch.cuda.get_device_properties(device).multi_processor_count
-    blocks = triton.cdiv(m, _BLOCK_M)
-    splits = max(1, min(blocks, triton.cdiv(target, c_blocks)))
-    rows = triton.cdiv(blocks, splits) * _BLOCK_M
-    return triton.cdiv(m, rows), rows
+def _on_device(x: torch.Tensor) -> contextlib.AbstractContextManager[object]:
+    """Triton launches on the current CUDA device: make it x's."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
 @torch.library.custom_op("fastalign::bn_act_fwd", mutates_args=())
@@ -237,33 +258,32 @@ def bn_act_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean, rstd, unbiased_var): y = relu(batch_norm(x) + residual); the (C,) float32 statistics it
     used, and in training the batch's unbiased variance for the running-statistics update (functional:
-    autograd ops may not mutate, so the caller updates the buffers)."""
-    n, c, h, w = x.shape
-    m, hw = n * h * w, h * w
-    _, (s_n, s_c, s_s) = _layout(x)
-    c_blocks = triton.cdiv(c, _BLOCK_C)
+    autograd ops may not mutate, so the caller updates the buffers). (C,) operands must be contiguous."""
+    g = _Geometry(x)
+    c, (s_n, s_c, s_s) = g.c, g.strides
     mean, rstd, uvar, scale = (x.new_empty(c, dtype=torch.float32) for _ in range(4))
-    n_splits, rows = _splits(m, c_blocks, x.device)
-    pmean = pm2 = mean  # unused unless training
-    if training:
-        pmean, pm2 = (x.new_empty(n_splits, c, dtype=torch.float32) for _ in range(2))
-        _stats_kernel[(c_blocks, n_splits)](
-            x, pmean, pm2, m, c, hw, s_n, s_c, s_s, rows, BLOCK_M=_BLOCK_M, BLOCK_C=_BLOCK_C
-        )
-    else:
-        uvar.zero_()
-    _finalize_kernel[(c_blocks,)](
-        pmean, pm2, weight,
-        running_mean if running_mean is not None else mean, running_var if running_var is not None else rstd,
-        mean, rstd, uvar, scale, m, c, n_splits, rows, eps,
-        TRAINING=training, BLOCK_C=_BLOCK_C,
-    )  # fmt: skip
     y = torch.empty_like(x)
-    res = _like(residual, x) if residual is not None else x
-    _apply_kernel[(triton.cdiv(m, _BLOCK_M), c_blocks)](
-        x, res, y, mean, scale, bias, m, c, hw, s_n, s_c, s_s,
-        HAS_RES=residual is not None, RELU=relu, BLOCK_M=_BLOCK_M, BLOCK_C=_BLOCK_C,
-    )  # fmt: skip
+    with _on_device(x):
+        pmean = pm2 = pcnt = mean  # unused unless training
+        if training:
+            pmean, pm2, pcnt = (x.new_empty(g.n_splits, c, dtype=torch.float32) for _ in range(3))
+            _stats_kernel[(g.c_blocks, g.n_splits)](
+                x, pmean, pm2, pcnt, c, g.hw, g.sb, g.units, s_n, s_c, s_s, g.units_per_split,
+                BLOCK_M=_BLOCK_M, BLOCK_C=_BLOCK_C,
+            )  # fmt: skip
+        else:
+            uvar.zero_()
+        _finalize_kernel[(g.c_blocks,)](
+            pmean, pm2, pcnt, weight,
+            running_mean if running_mean is not None else mean,
+            running_var if running_var is not None else rstd,
+            mean, rstd, uvar, scale, g.m, c, g.n_splits, eps,
+            TRAINING=training, BLOCK_S=_BLOCK_S, BLOCK_C=_BLOCK_C,
+        )  # fmt: skip
+        _apply_kernel[(g.units, g.c_blocks)](
+            x, residual if residual is not None else x, y, mean, scale, bias, c, g.hw, g.sb, s_n, s_c, s_s,
+            HAS_RES=residual is not None, RELU=relu, BLOCK_M=_BLOCK_M, BLOCK_C=_BLOCK_C,
+        )  # fmt: skip
     return y, mean, rstd, uvar
 
 
@@ -285,31 +305,30 @@ def bn_act_bwd(
     has_residual: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias, dresidual) of bn_act_fwd; ReLU when y is given; dresidual is empty without one."""
-    n, c, h, w = x.shape
-    m, hw = n * h * w, h * w
-    _, (s_n, s_c, s_s) = _layout(x)
+    g = _Geometry(x)
+    c, (s_n, s_c, s_s) = g.c, g.strides
     dy = _like(dy, x)
     relu = y is not None
-    c_blocks = triton.cdiv(c, _BLOCK_C)
-    n_splits, rows = _splits(m, c_blocks, x.device)
-    psum, psumx = (x.new_empty(n_splits, c, dtype=torch.float32) for _ in range(2))
     y_arg = y if y is not None else x
-    _bwd_reduce_kernel[(c_blocks, n_splits)](
-        dy, x, y_arg, mean, rstd, psum, psumx, m, c, hw, s_n, s_c, s_s, rows,
-        RELU=relu, BLOCK_M=_BLOCK_M, BLOCK_C=_BLOCK_C,
-    )  # fmt: skip
+    psum, psumx = (x.new_empty(g.n_splits, c, dtype=torch.float32) for _ in range(2))
     dweight, dbias = torch.empty_like(weight), torch.empty_like(weight)
     coef_a, coef_b, coef_c = (x.new_empty(c, dtype=torch.float32) for _ in range(3))
-    _bwd_finalize_kernel[(c_blocks,)](
-        psum, psumx, weight, rstd, dweight, dbias, coef_a, coef_b, coef_c, m, c, n_splits,
-        TRAINING=training, BLOCK_C=_BLOCK_C,
-    )  # fmt: skip
     dx = torch.empty_like(x)
     dres = torch.empty_like(x) if has_residual else x.new_empty(0)
-    _bwd_apply_kernel[(triton.cdiv(m, _BLOCK_M), c_blocks)](
-        dy, x, y_arg, mean, rstd, coef_a, coef_b, coef_c, dx, dres, m, c, hw, s_n, s_c, s_s,
-        RELU=relu, HAS_RES=has_residual, BLOCK_M=_BLOCK_M, BLOCK_C=_BLOCK_C,
-    )  # fmt: skip
+    with _on_device(x):
+        _bwd_reduce_kernel[(g.c_blocks, g.n_splits)](
+            dy, x, y_arg, mean, rstd, psum, psumx, c, g.hw, g.sb, g.units, s_n, s_c, s_s, g.units_per_split,
+            RELU=relu, BLOCK_M=_BLOCK_M, BLOCK_C=_BLOCK_C,
+        )  # fmt: skip
+        _bwd_finalize_kernel[(g.c_blocks,)](
+            psum, psumx, weight, rstd, dweight, dbias, coef_a, coef_b, coef_c, g.m, c, g.n_splits,
+            TRAINING=training, BLOCK_S=_BLOCK_S, BLOCK_C=_BLOCK_C,
+        )  # fmt: skip
+        _bwd_apply_kernel[(g.units, g.c_blocks)](
+            dy, x, y_arg, mean, rstd, coef_a, coef_b, coef_c, dx, dres if has_residual else dx,
+            c, g.hw, g.sb, s_n, s_c, s_s,
+            RELU=relu, HAS_RES=has_residual, BLOCK_M=_BLOCK_M, BLOCK_C=_BLOCK_C,
+        )  # fmt: skip
     return dx, dweight, dbias, dres
 
 
@@ -351,7 +370,12 @@ def batch_norm_act_triton(
     """The fused op on dense (contiguous or channels_last) operands; the api validates the arguments."""
     x = _dense(x)
     residual = _like(residual, x) if residual is not None else None
-    y, mean, _, uvar = bn_act_fwd(x, weight, bias, running_mean, running_var, residual, training, eps, relu)
+    # the kernels read the (C,) vectors with unit stride: an expanded or strided view gets copied
+    w, b = weight.contiguous(), bias.contiguous()
+    # running statistics are read only in eval mode; training updates them below
+    rm = running_mean.contiguous() if running_mean is not None and not training else None
+    rv = running_var.contiguous() if running_var is not None and not training else None
+    y, mean, _, uvar = bn_act_fwd(x, w, b, rm, rv, residual, training, eps, relu)
     if training and running_mean is not None and running_var is not None:
         with torch.no_grad():
             running_mean.lerp_(mean.to(running_mean.dtype), momentum)
