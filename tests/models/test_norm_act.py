@@ -195,15 +195,19 @@ def test_reference_is_eager_batchnorm_add_relu() -> None:
     torch.testing.assert_close(rv, bn.running_var, rtol=0, atol=0)
 
 
+def _leaf_inputs(device: str, seed: int) -> tuple[torch.Tensor, ...]:
+    """x, residual, weight, bias requiring grad, for (2, 5, 3, 4) activations."""
+    g = torch.Generator().manual_seed(seed)
+    x, r = (torch.randn(2, 5, 3, 4, generator=g) for _ in range(2))
+    w, b = torch.rand(5, generator=g) + 0.5, torch.randn(5, generator=g)
+    return tuple(t.to(device).requires_grad_() for t in (x, r, w, b))
+
+
 @pytest.mark.triton
 def test_triton_custom_ops_pass_opcheck(triton_device: str) -> None:
     from fastalign.models.norm_act import triton as bn_triton
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 3, 4, generator=g).to(triton_device).requires_grad_()
-    r = torch.randn(2, 5, 3, 4, generator=g).to(triton_device).requires_grad_()
-    w = (torch.rand(5, generator=g) + 0.5).to(triton_device).requires_grad_()
-    b = torch.randn(5, generator=g).to(triton_device).requires_grad_()
+    x, r, w, b = _leaf_inputs(triton_device, 0)
     rm, rv = torch.zeros(5, device=triton_device), torch.ones(5, device=triton_device)
     torch.library.opcheck(bn_triton.bn_act_fwd, (x, w, b, rm, rv, r, True, 1e-5, True))
     torch.library.opcheck(bn_triton.bn_act_fwd, (x, w, b, rm, rv, None, False, 1e-5, False))
@@ -211,11 +215,7 @@ def test_triton_custom_ops_pass_opcheck(triton_device: str) -> None:
 
 @pytest.mark.triton
 def test_triton_op_compiles_fullgraph(triton_device: str) -> None:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 5, 3, 4, generator=g).to(triton_device).requires_grad_()
-    r = torch.randn(2, 5, 3, 4, generator=g).to(triton_device).requires_grad_()
-    w = (torch.rand(5, generator=g) + 0.5).to(triton_device).requires_grad_()
-    b = torch.randn(5, generator=g).to(triton_device).requires_grad_()
+    x, r, w, b = _leaf_inputs(triton_device, 1)
 
     def f(rm: torch.Tensor, rv: torch.Tensor) -> torch.Tensor:
         return batch_norm_act(x, w, b, rm, rv, residual=r, backend="triton").square().sum()
