@@ -51,6 +51,14 @@ _GPU_PEAKS: dict[str, dict[str, float]] = {
     "A100": {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0, "float32-ieee": 19.5},
 }
 _cpu_peak_cache: dict[str, float] = {}
+# Datasheet HBM bandwidth in GB/s, most specific name first (memory-bound ops report % of this).
+_GPU_BANDWIDTH: dict[str, float] = {
+    "H100 PCIe": 2000.0,
+    "H100 NVL": 3900.0,
+    "H100": 3350.0,
+    "H200": 4800.0,
+    "A100": 2039.0,
+}
 
 
 def device_name(device: str) -> str:
@@ -109,6 +117,17 @@ def peak_tflops(device: str, dtype: torch.dtype) -> tuple[float, str]:
             best = min(best, time.perf_counter() - t0)
         _cpu_peak_cache[key] = 2 * n**3 / best / 1e12
     return _cpu_peak_cache[key], f"measured torch.mm {key} 2048^3 on this CPU"
+
+
+def peak_bandwidth_gbs(device: str) -> tuple[float, str]:
+    """(peak memory bandwidth in GB/s, where the number comes from); NaN where no datasheet is known."""
+    if device.startswith("cuda"):
+        name = device_name(device)
+        for gpu, gbs in _GPU_BANDWIDTH.items():
+            if gpu in name:
+                return gbs, f"{gpu} datasheet HBM bandwidth"
+        return float("nan"), f"no datasheet bandwidth known for {name}"
+    return float("nan"), "no datasheet bandwidth for CPUs"
 
 
 def _sync(device: str) -> None:
