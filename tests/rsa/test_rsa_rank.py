@@ -103,13 +103,13 @@ def test_rank_bool_input() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rank_skewed_and_outlier_rows(backend: str) -> None:
-    """Rows whose values crowd into a few buckets of the C++ bucket sort (a heavy tail, one outlier),
-    next to a well-spread row: every code path must give scipy's ranks."""
+    """Rows whose values crowd into a few keys of the C++ radix sort (a heavy tail, one outlier: long
+    runs of distinct values under one key), next to a well-spread row: every path gives scipy's ranks."""
     rng = np.random.default_rng(7)
     rows = np.stack(
         [
-            np.exp(8 * rng.normal(size=3000)),  # heavy tail: most values in the lowest buckets
-            np.r_[rng.normal(size=2999), 1e12],  # one outlier: all other values in bucket 0
+            np.exp(8 * rng.normal(size=3000)),  # heavy tail: most values in the lowest keys
+            np.r_[rng.normal(size=2999), 1e12],  # one outlier: all other values under key 0
             rng.normal(size=3000),
             np.round(rng.normal(size=3000), 1),  # spread out but tied
         ]
