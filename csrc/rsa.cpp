@@ -115,12 +115,15 @@ struct Entry {
 // floor((v - min) * (levels - 1) / (max - min)), which never decreases as v grows (every rounding step is
 // monotone), so positions sorted by key are sorted by value except inside runs of equal keys; those runs
 // (equal values, or distinct values closer than (max - min) / levels) are sorted by value afterwards, on
-// copies of their entries. Keys and positions travel packed in one uint64 (key << 32 | position): two
-// (n <= 2^16: 22-bit keys) or three (32-bit keys) stable scatter passes of 11-bit digits, whose
-// histograms all come from the key pass; no per-row prefix sum over O(n) buckets, no mispredicted
-// insertion moves for distinct values. Short rows are sorted as (value, position) entries directly;
-// rows with inf (or a range that overflows, or n >= 2^31) go to the radix sort on the values' bits.
-constexpr int64_t kShortRow = 256;
+// copies of their entries. Keys and positions travel packed in one uint64 (key << 32 | position) through
+// stable scatter passes of d-bit digits, d ~ log2(n) within [6, 11] so that the per-row histogram and
+// prefix-sum work stays below the row's own: two passes (2d-bit keys) up to 65,536 entries, three (32-bit
+// keys) beyond; the histograms all come from the key pass. O(n) for spread-out values; a run of many
+// distinct values under one key (next to a far outlier) is comparison-sorted. Very short rows are sorted
+// as (value, position) entries; constant rows and rows with NaN (ranks NaN, as scipy's "propagate")
+// need no sort; rows with inf (or a range that overflows, or n >= 2^31) go to the radix sort on the
+// values' order-preserving bits.
+constexpr int64_t kShortRow = 16;
 constexpr int64_t kShortKeysUpTo = int64_t{1} << 16;
 
 template <typename T>
@@ -130,19 +133,14 @@ struct RowSorter {
   std::vector<Entry<T>> entries;      // short rows, and one equal-key run at a time
   std::vector<uint32_t> hist;
 
-  enum class Kind { kEntries, kPacked, kRadix };
+  enum class Kind { kEntries, kPacked, kRadix, kConstant, kNaN };
 
-  // Sorts the row; says which of the three results (entries, packed, radix.idx) holds it.
+  // Sorts the row; says which result (entries, packed, radix.idx) holds it, or that it needs no sort.
   Kind sort(const T* x, int64_t n) {
     if (n >= (int64_t{1} << 31) - 1) return Kind::kRadix;
-    if (n <= kShortRow) {
-      entries.resize(n);
-      for (int64_t k = 0; k < n; ++k) entries[k] = {x[k], static_cast<uint32_t>(k)};
-      std::sort(entries.begin(), entries.end(), [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; });
-      return Kind::kEntries;
-    }
-    // min / max with four independent accumulators (a single one serialises on its latency)
+    // min / max (and NaN) with four independent accumulators (a single one serialises on its latency)
     double lo4[4], hi4[4];
+    bool nan4[4] = {false, false, false, false};
     for (int u = 0; u < 4; ++u) lo4[u] = hi4[u] = static_cast<double>(x[0]);
     int64_t k4 = 0;
     for (; k4 + 4 <= n; k4 += 4) {
@@ -150,23 +148,38 @@ struct RowSorter {
         const double v = static_cast<double>(x[k4 + u]);
         lo4[u] = v < lo4[u] ? v : lo4[u];
         hi4[u] = v > hi4[u] ? v : hi4[u];
+        nan4[u] |= v != v;
       }
     }
     for (; k4 < n; ++k4) {
       const double v = static_cast<double>(x[k4]);
       lo4[0] = v < lo4[0] ? v : lo4[0];
       hi4[0] = v > hi4[0] ? v : hi4[0];
+      nan4[0] |= v != v;
     }
+    if (nan4[0] || nan4[1] || nan4[2] || nan4[3]) return Kind::kNaN;
     const double lo = std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3]));
     const double hi = std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]));
+    if (lo == hi) return Kind::kConstant;
+    if (n <= kShortRow) {
+      entries.resize(n);
+      for (int64_t k = 0; k < n; ++k) entries[k] = {x[k], static_cast<uint32_t>(k)};
+      std::sort(entries.begin(), entries.end(), [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; });
+      return Kind::kEntries;
+    }
     const double range = hi - lo;
     if (!std::isfinite(range)) return Kind::kRadix;
+    int d = 6;  // 12-bit keys at least: coarser ones leave small rows with many equal-key runs
+    while (d < kDigitBits && (int64_t{1} << (d + 1)) <= n) ++d;
     const int passes = n <= kShortKeysUpTo ? 2 : 3;
-    const double top = passes == 2 ? double((uint64_t{1} << 22) - 1) : 4294967295.0;
-    const double scale = range > 0 ? top / range : 0.0;
+    if (passes == 3) d = kDigitBits;
+    const int key_bits = std::min(passes * d, 32);
+    const double top = static_cast<double>((uint64_t{1} << key_bits) - 1);
+    const double scale = top / range;
     if (!std::isfinite(scale)) return Kind::kRadix;
+    const uint32_t buckets = 1u << d, mask = buckets - 1;
     packed.resize(n), tmp.resize(n);
-    hist.assign(3 * kBuckets, 0);
+    hist.assign(static_cast<size_t>(passes) * buckets, 0);
     uint32_t* h = hist.data();
     uint64_t* a = packed.data();
     const auto keys = [&](auto three) {
@@ -175,10 +188,9 @@ struct RowSorter {
         f = f < 0 ? 0 : (f > top ? top : f);
         const uint32_t key = static_cast<uint32_t>(f);
         a[k] = (static_cast<uint64_t>(key) << 32) | static_cast<uint64_t>(k);
-        ++h[key & (kBuckets - 1)];
-        ++h[kBuckets + ((key >> kDigitBits) & (kBuckets - 1))];
-        // only with 32-bit keys: a third digit that is always 0 would chain every iteration on one counter
-        if (decltype(three)::value) ++h[2 * kBuckets + (key >> (2 * kDigitBits))];
+        ++h[key & mask];
+        ++h[buckets + ((key >> d) & mask)];
+        if (decltype(three)::value) ++h[2 * buckets + (key >> (2 * d))];
       }
     };
     if (passes == 3) {
@@ -189,16 +201,15 @@ struct RowSorter {
     uint64_t* src = packed.data();
     uint64_t* dst = tmp.data();
     for (int p = 0; p < passes; ++p) {
-      uint32_t* hp = h + p * kBuckets;
-      const int shift = 32 + p * kDigitBits;
-      if (hp[(src[0] >> shift) & (kBuckets - 1)] == static_cast<uint32_t>(n)) continue;  // nothing moves
+      uint32_t* hp = h + p * buckets;
+      const int shift = 32 + p * d;
       uint32_t sum = 0;
-      for (uint32_t d = 0; d < kBuckets; ++d) {
-        const uint32_t c = hp[d];
-        hp[d] = sum;
+      for (uint32_t b = 0; b < buckets; ++b) {
+        const uint32_t c = hp[b];
+        hp[b] = sum;
         sum += c;
       }
-      for (int64_t k = 0; k < n; ++k) dst[hp[(src[k] >> shift) & (kBuckets - 1)]++] = src[k];
+      for (int64_t k = 0; k < n; ++k) dst[hp[(src[k] >> shift) & mask]++] = src[k];
       std::swap(src, dst);
     }
     if (src != packed.data()) packed.swap(tmp);
@@ -236,6 +247,16 @@ template <typename T, typename O>
 double row_ranks(RowSorter<T>& sorter, const T* x, int64_t n, double shift, O* out) {
   Wide ties = 0;
   switch (sorter.sort(x, n)) {
+    case RowSorter<T>::Kind::kNaN: {
+      for (int64_t k = 0; k < n; ++k) out[k] = static_cast<O>(std::nan(""));
+      return std::nan("");
+    }
+    case RowSorter<T>::Kind::kConstant: {
+      const O r = static_cast<O>(static_cast<double>(n + 1) * 0.5 - shift);
+      for (int64_t k = 0; k < n; ++k) out[k] = r;
+      ties = static_cast<Wide>(n) * n * n - n;
+      break;
+    }
     case RowSorter<T>::Kind::kEntries: {
       const Entry<T>* s = sorter.entries.data();
       ties = write_ranks([s](int64_t k) { return s[k].v; }, [s](int64_t k) { return s[k].i; }, n, shift, out);
@@ -251,27 +272,38 @@ double row_ranks(RowSorter<T>& sorter, const T* x, int64_t n, double shift, O* o
         while (j < n && (s[j] >> 32) == key) ++j;
         if (j == i + 1) {
           out[static_cast<uint32_t>(s[i])] = static_cast<O>(static_cast<double>(i + 1) - shift);
-        } else {
-          auto& run = sorter.entries;
-          run.resize(j - i);
-          for (int64_t k = i; k < j; ++k) {
-            const uint32_t pos = static_cast<uint32_t>(s[k]);
-            run[k - i] = {x[pos], pos};
-          }
-          if (j - i <= 32) {  // insertion sort: no moves at all for a run of equal values
-            for (int64_t u = 1; u < j - i; ++u) {
-              const Entry<T> cur = run[u];
-              int64_t w = u - 1;
-              for (; w >= 0 && cur.v < run[w].v; --w) run[w + 1] = run[w];
-              run[w + 1] = cur;
-            }
-          } else {
-            std::sort(run.begin(), run.end(), [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; });
-          }
-          const Entry<T>* r = run.data();
-          ties += write_ranks([r](int64_t k) { return r[k].v; }, [r](int64_t k) { return r[k].i; }, j - i,
-                              shift - static_cast<double>(i), out);
+          i = j;
+          continue;
         }
+        const T first = x[static_cast<uint32_t>(s[i])];
+        int64_t same = i + 1;
+        while (same < j && x[static_cast<uint32_t>(s[same])] == first) ++same;
+        if (same == j) {  // one tie group (heavily tied data): no copy, no sort
+          const O r = static_cast<O>(static_cast<double>(i + 1 + j) * 0.5 - shift);
+          for (int64_t k = i; k < j; ++k) out[static_cast<uint32_t>(s[k])] = r;
+          ties += static_cast<Wide>(j - i) * (j - i) * (j - i) - (j - i);
+          i = j;
+          continue;
+        }
+        auto& run = sorter.entries;
+        run.resize(j - i);
+        for (int64_t k = i; k < j; ++k) {
+          const uint32_t pos = static_cast<uint32_t>(s[k]);
+          run[k - i] = {x[pos], pos};
+        }
+        if (j - i <= 32) {  // insertion sort: no moves at all for a run of equal values
+          for (int64_t u = 1; u < j - i; ++u) {
+            const Entry<T> cur = run[u];
+            int64_t w = u - 1;
+            for (; w >= 0 && cur.v < run[w].v; --w) run[w + 1] = run[w];
+            run[w + 1] = cur;
+          }
+        } else {
+          std::sort(run.begin(), run.end(), [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; });
+        }
+        const Entry<T>* r = run.data();
+        ties += write_ranks([r](int64_t k) { return r[k].v; }, [r](int64_t k) { return r[k].i; }, j - i,
+                            shift - static_cast<double>(i), out);
         i = j;
       }
       break;
@@ -531,6 +563,13 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
     for (int64_t b = 0; b < batch; ++b) {
       direct_transpose(x + b * n * p, z.data(), n, p, rdm_method);
       for (int64_t blk = 0; blk < blocks; ++blk) direct_rows(z.data(), n, p, rdm_method, blk * kRows, d.data());
+      // distances that overflowed (inf) or came from inf - inf (NaN): no statistic, as compare_rdms
+      // rejects such RDMs; NaN here becomes the caller's error
+      const T* dr0 = d.data();
+      if (sum_lanes(k_total, [dr0](int64_t k) { return std::isfinite(dr0[k]) ? 0.0 : 1.0; }) > 0) {
+        for (int64_t mm = 0; mm < models; ++mm) out[b * models + mm] = std::nan("");
+        continue;
+      }
       double scale = 1.0;
       if (compare <= 1) {
         // centred average ranks into v; spearman's norm from the tie groups, exactly

@@ -480,8 +480,8 @@ def _trrsa_fused(
         bad = (~torch.isfinite(out)).any(-1).reshape(lead).nonzero()[0]
         where = tuple(int(i) for i in bad)
         raise ValueError(
-            f"{fn}: the brain RDM at window index {where} is constant (all-zero for cosine); method "
-            f"{method!r} is undefined for it"
+            f"{fn}: the brain RDM at window index {where} is constant (all-zero for cosine) or not finite "
+            f"(distances overflowed); method {method!r} is undefined for it"
         )
     # compare_rdms's result dtype: float32 only when both sides are float32 or lower precision
     both = torch.promote_types(common.compute_dtype(win), models.dtype)

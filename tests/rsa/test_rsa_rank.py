@@ -140,3 +140,15 @@ def test_rank_long_rows_every_sort_path(backend: str) -> None:
     # int64 values 1 apart near 2^62 share one float64 value, hence one key
     big = np.r_[2**62 + rng.permutation(600), rng.integers(-1000, 1000, size=600)].astype(np.int64)
     np.testing.assert_array_equal(fa.rank(torch.from_numpy(big), backend=backend).numpy(), rankdata(big))
+
+
+@pytest.mark.skipif(not COMPILED, reason="fastalign._C is not built")
+def test_cpp_rank_op_propagates_nan() -> None:
+    """The public rank() rejects NaN; the C++ op itself (reached by fused paths) gives a NaN row, as
+    scipy's nan_policy="propagate", instead of ranking NaN anywhere."""
+    for n in (5, 40, 3000):
+        x = torch.randn(2, n, dtype=torch.float64)
+        x[0, n // 2] = float("nan")
+        got = torch.ops.fastalign.rsa_rank(x)
+        assert torch.isnan(got[0]).all()
+        np.testing.assert_array_equal(got[1].numpy(), rankdata(x[1].numpy()))

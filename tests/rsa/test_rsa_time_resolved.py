@@ -213,3 +213,13 @@ def test_rejects_bad_input(kwargs: dict, match: str) -> None:
     args = {"data": torch.randn(8, 3, 4, dtype=torch.float64), "models": torch.rand(2, 28), **kwargs}
     with pytest.raises(ValueError, match=match):
         fa.time_resolved_rsa(**args)
+
+
+def test_overflowing_distances_raise() -> None:
+    """Squared euclidean distances of values near the float64 maximum overflow: an error, not numbers."""
+    data = torch.randn(6, 3, 4, dtype=torch.float64)
+    data[2, 1, :] = 1.7e308
+    models = fa.rdm(torch.randn(2, 6, 5, dtype=torch.float64), "correlation")
+    for backend in ("auto", "torch"):
+        with pytest.raises(ValueError):
+            fa.time_resolved_rsa(data, models, "spearman", rdm_method="euclidean", backend=backend)
