@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 _MODE = {"correlation": 0, "cosine": 0, "euclidean": 1}
+_MAX_GRID_Z = 65535
 
 
 @triton.jit
@@ -40,17 +41,16 @@ def _rdm_kernel(
     if pid_j >= pid_i:
         rows = pid_i * BLOCK + tl.arange(0, BLOCK)
         cols = pid_j * BLOCK + tl.arange(0, BLOCK)
+        # int64 offsets: row * stride passes 2^31 at 16,540 conditions x 200,704 features (CORnet-S V1)
+        row_off = rows.to(tl.int64)[:, None] * stride_zn
+        col_off = cols.to(tl.int64)[:, None] * stride_zn
         z_b = z_ptr + b * stride_zb
         acc = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)
         for k0 in range(0, p, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks[None, :] < p
-            a = tl.load(
-                z_b + rows[:, None] * stride_zn + ks[None, :], mask=(rows[:, None] < n) & kmask, other=0.0
-            )
-            c = tl.load(
-                z_b + cols[:, None] * stride_zn + ks[None, :], mask=(cols[:, None] < n) & kmask, other=0.0
-            )
+            a = tl.load(z_b + row_off + ks[None, :], mask=(rows[:, None] < n) & kmask, other=0.0)
+            c = tl.load(z_b + col_off + ks[None, :], mask=(cols[:, None] < n) & kmask, other=0.0)
             if IEEE:
                 acc += tl.dot(a, tl.trans(c), input_precision="ieee")
             else:
@@ -93,8 +93,11 @@ def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torc
     block = 32 if interpret or n <= 64 else 64
     block_k = 32 if interpret else 64
     nb = triton.cdiv(n, block)
-    _rdm_kernel[(nb, nb, xb.shape[0])](
-        z, sq, out, n, p, 1.0 / p, z.stride(0), z.stride(1), out.stride(0),
-        MODE=_MODE[method], IEEE=ieee, BLOCK=block, BLOCK_K=block_k,
-    )  # fmt: skip
+    for b0 in range(0, xb.shape[0], _MAX_GRID_Z):  # CUDA grids hold at most 65,535 blocks along z
+        zc, oc = z[b0 : b0 + _MAX_GRID_Z], out[b0 : b0 + _MAX_GRID_Z]
+        sqc = sq[b0 : b0 + _MAX_GRID_Z] if sq.numel() else sq
+        _rdm_kernel[(nb, nb, zc.shape[0])](
+            zc, sqc, oc, n, p, 1.0 / p, zc.stride(0), zc.stride(1), oc.stride(0),
+            MODE=_MODE[method], IEEE=ieee, BLOCK=block, BLOCK_K=block_k,
+        )  # fmt: skip
     return out.reshape(*lead, -1)

@@ -218,6 +218,21 @@ def test_triton_kernel_matches_reference(triton_device: str, n: int, p: int, met
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("method", ["correlation", "euclidean"])
+def test_triton_kernel_batches_beyond_one_grid(
+    triton_device: str, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More RDMs than a CUDA grid holds along z (65,535) go in several launches; shrunk here to 2."""
+    from fastalign.rsa import triton as rdm_triton
+
+    monkeypatch.setattr(rdm_triton, "_MAX_GRID_Z", 2)
+    x = torch.randn(5, 6, 4, dtype=torch.float64)
+    ref = fa.rdm(x, method, backend="reference")
+    out = fa.rdm(x.float().to(triton_device), method, backend="triton")
+    np.testing.assert_allclose(out.cpu().double().numpy(), ref.numpy(), rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.triton
 def test_triton_kernel_half_precision(triton_device: str) -> None:
     x = torch.randn(6, 40, dtype=torch.float64)
     ref = fa.rdm(x, "correlation", backend="reference")
