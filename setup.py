@@ -51,9 +51,16 @@ def _extension() -> cpp_extension.CppExtension:
     if _want_cuda():
         sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
         sources += rel(glob.glob(os.path.join(ROOT, "kernels", "*.cu")))
-        nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
+        # no --use_fast_math: it flushes float32 subnormals to zero in comparisons, so the rank kernel
+        # would tie 1e-40 with 0 (exact ranks are the contract)
+        nvcc = ["-O3", "-lineinfo"]
         if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            nvcc += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+            # + PTX for compute_90, which newer GPUs (sm_100, sm_120) JIT-compile at load
+            nvcc += [
+                "-gencode=arch=compute_80,code=sm_80",
+                "-gencode=arch=compute_90,code=sm_90",
+                "-gencode=arch=compute_90,code=compute_90",
+            ]
         return cpp_extension.CUDAExtension(
             "fastalign._C",
             sources,

@@ -1,5 +1,6 @@
 // RSA CUDA kernels; see rsa.cuh for the contracts.
 #include <cub/block/block_scan.cuh>
+#include <math_constants.h>
 
 #include <cmath>
 #include <cstdint>
@@ -40,6 +41,12 @@ __global__ void avg_ranks_kernel(const T* __restrict__ sorted, const int64_t* __
   const int64_t* ord = order + row * n;
   int64_t* fst = first + row * n;
   double* o = out + row * n;
+  // a row with NaN (sorted last) has no ranks: NaN throughout, as the CPU op and scipy's "propagate"
+  // (the branch is the same for the whole block, so no thread skips a barrier the others reach)
+  if (v[n - 1] != v[n - 1]) {
+    for (int64_t k = threadIdx.x; k < n; k += kThreads) o[k] = CUDART_NAN;
+    return;
+  }
 
   // forward: first position of each element's tie group = running max of group-start positions
   Carry<MaxOp> fwd{0, MaxOp{}};

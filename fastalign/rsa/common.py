@@ -217,10 +217,16 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def ext_rank(x: torch.Tensor) -> torch.Tensor:
-    """Average ranks along the last dim in float64 through fastalign._C (its CPU or CUDA kernel)."""
+    """Average ranks along the last dim in float64 through fastalign._C (its CPU or CUDA kernel).
+
+    float16 / bfloat16 go in as float32 (exact: every half value is a float32 value), which the
+    kernels take.
+    """
     from fastalign import _ext
 
     _ext.load()
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     return torch.ops.fastalign.rsa_rank(x)
 
 

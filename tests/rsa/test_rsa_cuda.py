@@ -39,6 +39,20 @@ def test_cuda_rank_dtypes(cuda_backend: None, dtype: torch.dtype) -> None:
     )
 
 
+def test_cuda_rank_subnormals_and_nan_rows(cuda_backend: None) -> None:
+    """float32 subnormals are distinct values (no flush-to-zero in the comparisons); a row with NaN gives
+    NaN ranks, as the CPU op does."""
+    tiny = torch.tensor([[2e-40, 0.0, 1e-40, -1e-45, 5.0]], dtype=torch.float32)
+    np.testing.assert_array_equal(
+        fa.rank(tiny.cuda(), backend="cuda").cpu().numpy(), rankdata(tiny.numpy(), axis=-1)
+    )
+    x = torch.randn(2, 300, dtype=torch.float64)
+    x[0, 7] = float("nan")
+    got = torch.ops.fastalign.rsa_rank(x.cuda()).cpu()
+    assert torch.isnan(got[0]).all()
+    np.testing.assert_array_equal(got[1].numpy(), rankdata(x[1].numpy()))
+
+
 @pytest.mark.parametrize("method", ["spearman", "pearson", "rho_a", "cosine"])
 def test_cuda_permutation_null_matches_reference(cuda_backend: None, method: str) -> None:
     gen = torch.Generator().manual_seed(0)

@@ -152,3 +152,19 @@ def test_cpp_rank_op_propagates_nan() -> None:
         got = torch.ops.fastalign.rsa_rank(x)
         assert torch.isnan(got[0]).all()
         np.testing.assert_array_equal(got[1].numpy(), rankdata(x[1].numpy()))
+
+
+@pytest.mark.skipif(not COMPILED, reason="fastalign._C is not built")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_rank_takes_half_inputs(dtype: torch.dtype) -> None:
+    """Half RDMs (e.g. noise_ceiling of bf16 RDMs with spearman) are ranked as the float32 they equal."""
+    x = torch.randn(3, 40).to(dtype)
+    want = rankdata(x.float().numpy(), axis=-1)
+    from fastalign.rsa import common
+
+    np.testing.assert_array_equal(common.ext_rank(x).numpy(), want)
+    r = torch.rand(4, 45).to(dtype)
+    got = fa.noise_ceiling(r, "spearman", backend="cpp")
+    ref = fa.noise_ceiling(r.float(), "spearman", backend="reference")
+    for g, w in zip(got, ref, strict=True):
+        torch.testing.assert_close(g.double(), w.double(), rtol=1e-6, atol=1e-7)
