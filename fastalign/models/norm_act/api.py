@@ -177,14 +177,11 @@ def batch_norm_module_act(
     use_running = not bn.training or bn.track_running_stats
     rm = bn.running_mean if use_running else None
     rv = bn.running_var if use_running else None
-    # before num_batches_tracked counts this batch: a rejected input must leave the module as it was
-    _validate(x, bn.weight, bn.bias, rm, rv, residual, training, bn.momentum or 0.0, bn.eps)
+    counts = bn.training and bn.track_running_stats and bn.num_batches_tracked is not None
     factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            factor = 1.0 / float(bn.num_batches_tracked)
-    return batch_norm_act(
+    if counts and bn.momentum is None:  # the cumulative average over the batches seen, this one included
+        factor = 1.0 / (float(bn.num_batches_tracked) + 1.0)  # type: ignore[arg-type]
+    y = batch_norm_act(
         x,
         bn.weight,
         bn.bias,
@@ -197,3 +194,7 @@ def batch_norm_module_act(
         relu=relu,
         backend=backend,
     )
+    # counted after the call (which validates the input): a rejected input leaves the module as it was
+    if counts:
+        bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+    return y
