@@ -126,6 +126,22 @@ struct Entry {
 constexpr int64_t kShortRow = 16;
 constexpr int64_t kShortKeysUpTo = int64_t{1} << 16;
 
+// Sorts entries by value: insertion sort for a few (no moves at all when they are equal), else std::sort.
+template <typename T>
+void sort_by_value(std::vector<Entry<T>>& e) {
+  const int64_t m = static_cast<int64_t>(e.size());
+  if (m > 32) {
+    std::sort(e.begin(), e.end(), [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; });
+    return;
+  }
+  for (int64_t u = 1; u < m; ++u) {
+    const Entry<T> cur = e[u];
+    int64_t w = u - 1;
+    for (; w >= 0 && cur.v < e[w].v; --w) e[w + 1] = e[w];
+    e[w + 1] = cur;
+  }
+}
+
 template <typename T>
 struct RowSorter {
   RadixSorter<KeyOf<T>> radix;
@@ -164,7 +180,7 @@ struct RowSorter {
     if (n <= kShortRow) {
       entries.resize(n);
       for (int64_t k = 0; k < n; ++k) entries[k] = {x[k], static_cast<uint32_t>(k)};
-      std::sort(entries.begin(), entries.end(), [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; });
+      sort_by_value(entries);
       return Kind::kEntries;
     }
     const double range = hi - lo;
@@ -251,10 +267,8 @@ double row_ranks(RowSorter<T>& sorter, const T* x, int64_t n, double shift, O* o
       for (int64_t k = 0; k < n; ++k) out[k] = static_cast<O>(std::nan(""));
       return std::nan("");
     }
-    case RowSorter<T>::Kind::kConstant: {
-      const O r = static_cast<O>(static_cast<double>(n + 1) * 0.5 - shift);
-      for (int64_t k = 0; k < n; ++k) out[k] = r;
-      ties = static_cast<Wide>(n) * n * n - n;
+    case RowSorter<T>::Kind::kConstant: {  // in any order: one tie group
+      ties = write_ranks([x](int64_t k) { return x[k]; }, [](int64_t k) { return k; }, n, shift, out);
       break;
     }
     case RowSorter<T>::Kind::kEntries: {
@@ -275,35 +289,23 @@ double row_ranks(RowSorter<T>& sorter, const T* x, int64_t n, double shift, O* o
           i = j;
           continue;
         }
-        const T first = x[static_cast<uint32_t>(s[i])];
-        int64_t same = i + 1;
-        while (same < j && x[static_cast<uint32_t>(s[same])] == first) ++same;
-        if (same == j) {  // one tie group (heavily tied data): no copy, no sort
-          const O r = static_cast<O>(static_cast<double>(i + 1 + j) * 0.5 - shift);
-          for (int64_t k = i; k < j; ++k) out[static_cast<uint32_t>(s[k])] = r;
-          ties += static_cast<Wide>(j - i) * (j - i) * (j - i) - (j - i);
-          i = j;
-          continue;
-        }
-        auto& run = sorter.entries;
-        run.resize(j - i);
-        for (int64_t k = i; k < j; ++k) {
-          const uint32_t pos = static_cast<uint32_t>(s[k]);
-          run[k - i] = {x[pos], pos};
-        }
-        if (j - i <= 32) {  // insertion sort: no moves at all for a run of equal values
-          for (int64_t u = 1; u < j - i; ++u) {
-            const Entry<T> cur = run[u];
-            int64_t w = u - 1;
-            for (; w >= 0 && cur.v < run[w].v; --w) run[w + 1] = run[w];
-            run[w + 1] = cur;
-          }
+        const uint64_t* run_s = s + i;
+        const auto pos = [run_s](int64_t k) { return static_cast<uint32_t>(run_s[k]); };
+        const auto val = [x, pos](int64_t k) { return x[pos(k)]; };
+        int64_t same = 1;
+        while (same < j - i && val(same) == val(0)) ++same;
+        const double run_shift = shift - static_cast<double>(i);
+        if (same == j - i) {  // one tie group (heavily tied data): ranked in place, no copy, no sort
+          ties += write_ranks(val, pos, j - i, run_shift, out);
         } else {
-          std::sort(run.begin(), run.end(), [](const Entry<T>& a, const Entry<T>& b) { return a.v < b.v; });
+          auto& run = sorter.entries;
+          run.resize(j - i);
+          for (int64_t k = 0; k < j - i; ++k) run[k] = {val(k), pos(k)};
+          sort_by_value(run);
+          const Entry<T>* r = run.data();
+          ties += write_ranks([r](int64_t k) { return r[k].v; }, [r](int64_t k) { return r[k].i; }, j - i, run_shift,
+                              out);
         }
-        const Entry<T>* r = run.data();
-        ties += write_ranks([r](int64_t k) { return r[k].v; }, [r](int64_t k) { return r[k].i; }, j - i,
-                            shift - static_cast<double>(i), out);
         i = j;
       }
       break;
