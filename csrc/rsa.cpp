@@ -13,11 +13,13 @@
 //   RDM, ranked (spearman / rho-a) or centred (pearson / cosine) in a per-thread buffer and dotted with
 //   the M prepared model vectors w (M, K); the (B, K) RDMs are never stored.
 // rsa_kendall_tau_a(a, b, ia, ib) -> (P,) float64: Kendall's tau-a of rows a[ia[p]] and b[ib[p]] in
-//   O(K log K) each (sort + merge-sort inversion count), exact integer pair counts.
+//   O(K log K) each (sort + merge-sort inversion count), exact integer pair counts; NaN for a pair with
+//   NaN in either row.
 // rsa_permute_condensed(src, perms) -> (P, B, K): src (B, K) condensed RDM vectors of n conditions,
-//   perms (P, n) int64 permutations; out[p, b, k] = src[b, pair(perms[p, i], perms[p, j])] for the k-th
-//   pair (i, j), i < j, i.e. the RDM with rows and columns relabelled. Pair indices are computed on the
-//   fly instead of being read from a (P, K) int64 index tensor.
+//   perms (P, n) int64 permutations (each row checked to be one); out[p, b, k] = src[b, pair(perms[p, i],
+//   perms[p, j])] for the k-th pair (i, j), i < j, i.e. the RDM with rows and columns relabelled. Pair
+//   indices are computed on the fly instead of being read from a (P, K) int64 index tensor.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -111,6 +113,16 @@ struct Entry {
   uint32_t i;
 };
 
+// v != v without the self-comparison of an integer (always false; GCC warns about it).
+template <typename A>
+inline bool is_nan(A v) {
+  if constexpr (std::is_floating_point_v<A>) {
+    return v != v;
+  } else {
+    return false;
+  }
+}
+
 // Sorting for average ranks: an LSD radix sort of monotone integer keys. Each value gets the key
 // floor((v - min) * (levels - 1) / (max - min)), which never decreases as v grows (every rounding step is
 // monotone), so positions sorted by key are sorted by value except inside runs of equal keys; those runs
@@ -121,8 +133,8 @@ struct Entry {
 // keys) beyond; the histograms all come from the key pass. O(n) for spread-out values; a run of many
 // distinct values under one key (next to a far outlier) is comparison-sorted. Very short rows are sorted
 // as (value, position) entries; constant rows and rows with NaN (ranks NaN, as scipy's "propagate")
-// need no sort; rows with inf (or a range that overflows, or n >= 2^31) go to the radix sort on the
-// values' order-preserving bits.
+// need no sort; rows with inf (or a range that overflows, or is 0 in double for distinct int64 values
+// beyond 2^53, or n >= 2^31) go to the radix sort on the values' order-preserving bits.
 constexpr int64_t kShortRow = 16;
 constexpr int64_t kShortKeysUpTo = int64_t{1} << 16;
 
@@ -154,35 +166,41 @@ struct RowSorter {
   // Sorts the row; says which result (entries, packed, radix.idx) holds it, or that it needs no sort.
   Kind sort(const T* x, int64_t n) {
     if (n >= (int64_t{1} << 31) - 1) return Kind::kRadix;
-    // min / max (and NaN) with four independent accumulators (a single one serialises on its latency)
-    double lo4[4], hi4[4];
+    // min / max (and NaN) with four independent accumulators (a single one serialises on its latency).
+    // Integers are compared as themselves: distinct int64 values beyond 2^53 can share one double, and a
+    // row of them is not constant.
+    using Acc = std::conditional_t<std::is_integral_v<T>, T, double>;
+    Acc lo4[4], hi4[4];
     bool nan4[4] = {false, false, false, false};
-    for (int u = 0; u < 4; ++u) lo4[u] = hi4[u] = static_cast<double>(x[0]);
+    for (int u = 0; u < 4; ++u) lo4[u] = hi4[u] = static_cast<Acc>(x[0]);
     int64_t k4 = 0;
     for (; k4 + 4 <= n; k4 += 4) {
       for (int u = 0; u < 4; ++u) {
-        const double v = static_cast<double>(x[k4 + u]);
+        const Acc v = static_cast<Acc>(x[k4 + u]);
         lo4[u] = v < lo4[u] ? v : lo4[u];
         hi4[u] = v > hi4[u] ? v : hi4[u];
-        nan4[u] |= v != v;
+        nan4[u] |= is_nan(v);
       }
     }
     for (; k4 < n; ++k4) {
-      const double v = static_cast<double>(x[k4]);
+      const Acc v = static_cast<Acc>(x[k4]);
       lo4[0] = v < lo4[0] ? v : lo4[0];
       hi4[0] = v > hi4[0] ? v : hi4[0];
-      nan4[0] |= v != v;
+      nan4[0] |= is_nan(v);
     }
     if (nan4[0] || nan4[1] || nan4[2] || nan4[3]) return Kind::kNaN;
-    const double lo = std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3]));
-    const double hi = std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]));
-    if (lo == hi) return Kind::kConstant;
+    const Acc lo_exact = std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3]));
+    const Acc hi_exact = std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]));
+    if (lo_exact == hi_exact) return Kind::kConstant;
     if (n <= kShortRow) {
       entries.resize(n);
       for (int64_t k = 0; k < n; ++k) entries[k] = {x[k], static_cast<uint32_t>(k)};
       sort_by_value(entries);
       return Kind::kEntries;
     }
+    // keys come from doubles: a range of 0 (int64 values that round alike) leaves scale infinite and
+    // the row to the radix sort on the values' own bits
+    const double lo = static_cast<double>(lo_exact), hi = static_cast<double>(hi_exact);
     const double range = hi - lo;
     if (!std::isfinite(range)) return Kind::kRadix;
     int d = 6;  // 12-bit keys at least: coarser ones leave small rows with many equal-key runs
@@ -353,14 +371,17 @@ void rank_dispatch(const at::Tensor& xc, at::Tensor& out, int64_t rows, int64_t 
     case at::kFloat: rank_rows(xc.data_ptr<float>(), o, rows, n, center, normalize); break;
     case at::kLong: rank_rows(xc.data_ptr<int64_t>(), o, rows, n, center, normalize); break;
     case at::kInt: rank_rows(xc.data_ptr<int32_t>(), o, rows, n, center, normalize); break;
-    default: TORCH_CHECK(false, "rsa_rank: x must be float64, float32, int64 or int32, got ", xc.scalar_type());
+    default: TORCH_CHECK(false, "unreachable: ranks_impl admits no other dtype");
   }
 }
 
-at::Tensor ranks_impl(const at::Tensor& x, bool center, bool normalize, at::ScalarType dtype) {
-  TORCH_CHECK(x.device().is_cpu(), "rsa_rank: x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.dim() >= 1, "rsa_rank: x must have at least 1 dim, got a 0-dim tensor");
-  TORCH_CHECK(dtype == at::kDouble || dtype == at::kFloat, "rsa_rank: output dtype must be float64 or float32");
+at::Tensor ranks_impl(const char* op, const at::Tensor& x, bool center, bool normalize, at::ScalarType dtype) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dim, got a 0-dim tensor");
+  const auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kDouble || t == at::kFloat || t == at::kLong || t == at::kInt, op,
+              ": x must be float64, float32, int64 or int32, got ", t);
+  TORCH_CHECK(dtype == at::kDouble || dtype == at::kFloat, op, ": dtype must be float64 or float32, got ", dtype);
   const auto xc = x.contiguous();
   auto out = at::empty(x.sizes(), x.options().dtype(dtype));
   const int64_t n = x.size(-1);
@@ -374,10 +395,10 @@ at::Tensor ranks_impl(const at::Tensor& x, bool center, bool normalize, at::Scal
   return out;
 }
 
-at::Tensor rank_cpu(const at::Tensor& x) { return ranks_impl(x, false, false, at::kDouble); }
+at::Tensor rank_cpu(const at::Tensor& x) { return ranks_impl("rsa_rank", x, false, false, at::kDouble); }
 
 at::Tensor centered_ranks_cpu(const at::Tensor& x, bool normalize, at::ScalarType dtype) {
-  return ranks_impl(x, true, normalize, dtype);
+  return ranks_impl("rsa_centered_ranks", x, true, normalize, dtype);
 }
 
 // Condensed RDMs straight from the patterns, for few features: per batch element the patterns are
@@ -598,14 +619,16 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
 }
 
 at::Tensor rdm_compare_cpu(const at::Tensor& x, const at::Tensor& w, int64_t rdm_method, int64_t compare) {
-  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "rsa_rdm_compare: CPU tensors expected");
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "rsa_rdm_compare: x and w must be CPU tensors, got ",
+              x.device(), " and ", w.device());
   TORCH_CHECK(x.dim() == 3, "rsa_rdm_compare: x must be (B, n, p), got ", x.sizes());
   TORCH_CHECK(rdm_method >= 0 && rdm_method <= 2, "rsa_rdm_compare: rdm_method must be 0, 1 or 2, got ", rdm_method);
-  TORCH_CHECK(compare >= 0 && compare <= 3, "rsa_rdm_compare: compare must be 0..3, got ", compare);
+  TORCH_CHECK(compare >= 0 && compare <= 3, "rsa_rdm_compare: compare must be 0, 1, 2 or 3, got ", compare);
   const int64_t batch = x.size(0), n = x.size(1), p = x.size(2);
   TORCH_CHECK(n >= 3 && p >= 1, "rsa_rdm_compare: need n >= 3 conditions and p >= 1 features, got ", x.sizes());
-  TORCH_CHECK(w.dim() == 2 && w.size(1) == n * (n - 1) / 2 && w.scalar_type() == at::kDouble,
-              "rsa_rdm_compare: w must be (M, ", n * (n - 1) / 2, ") float64, got ", w.sizes(), " ", w.scalar_type());
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == n * (n - 1) / 2,
+              "rsa_rdm_compare: w must be (M, ", n * (n - 1) / 2, ") for x's ", n, " conditions, got ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == at::kDouble, "rsa_rdm_compare: w must be float64, got ", w.scalar_type());
   const auto xc = x.contiguous();
   const auto wc = w.contiguous();
   auto out = at::empty({batch, w.size(0)}, x.options().dtype(at::kDouble));
@@ -621,12 +644,6 @@ at::Tensor rdm_compare_cpu(const at::Tensor& x, const at::Tensor& w, int64_t rdm
     default: TORCH_CHECK(false, "rsa_rdm_compare: x must be float64 or float32, got ", x.scalar_type());
   }
   return out;
-}
-
-int64_t n_from_pairs(int64_t k) {
-  int64_t n = 2;
-  while (n * (n - 1) / 2 < k) ++n;
-  return n;
 }
 
 template <typename T>
@@ -651,17 +668,34 @@ void permute_condensed(const T* src, const int64_t* perms, T* out, int64_t n_per
   }
 }
 
+// Every row of perms (P, n) must be a permutation of 0 .. n-1: a repeated index would leave another
+// condition out, and an index outside the range would read outside src. One pass; stamp[v] holds the
+// last row that used v, so nothing is cleared between rows.
+void check_permutations(const char* op, const int64_t* perms, int64_t n_perm, int64_t n) {
+  std::vector<int64_t> stamp(static_cast<size_t>(n), -1);
+  for (int64_t p = 0; p < n_perm; ++p) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t v = perms[p * n + i];
+      TORCH_CHECK(v >= 0 && v < n, op, ": perms row ", p, " is not a permutation of 0..", n - 1, ": entry ", i,
+                  " is ", v, ", outside [0, ", n, ")");
+      TORCH_CHECK(stamp[v] != p, op, ": perms row ", p, " is not a permutation of 0..", n - 1, ": index ", v,
+                  " repeats (entry ", i, ")");
+      stamp[v] = p;
+    }
+  }
+}
+
 at::Tensor permute_condensed_cpu(const at::Tensor& src, const at::Tensor& perms) {
-  TORCH_CHECK(src.device().is_cpu() && perms.device().is_cpu(), "rsa_permute_condensed: CPU tensors expected");
+  TORCH_CHECK(src.device().is_cpu() && perms.device().is_cpu(),
+              "rsa_permute_condensed: src and perms must be CPU tensors, got ", src.device(), " and ", perms.device());
   TORCH_CHECK(src.dim() == 2, "rsa_permute_condensed: src must be (B, K), got ", src.sizes());
   TORCH_CHECK(perms.dim() == 2 && perms.scalar_type() == at::kLong,
               "rsa_permute_condensed: perms must be (P, n) int64, got ", perms.sizes(), " ", perms.scalar_type());
   const int64_t n = perms.size(1), k = src.size(1);
-  TORCH_CHECK(n >= 2 && n * (n - 1) / 2 == k, "rsa_permute_condensed: src has ", k, " pairs but perms permute ",
-              n, " conditions (", n_from_pairs(k), " expected)");
+  TORCH_CHECK(n >= 2 && n * (n - 1) / 2 == k, "rsa_permute_condensed: src (B, K) must hold n(n-1)/2 = ",
+              n * (n - 1) / 2, " pairs for perms of n = ", n, " conditions (n >= 2), got K = ", k);
   const auto pc = perms.contiguous();
-  TORCH_CHECK(pc.numel() == 0 || (pc.min().item<int64_t>() >= 0 && pc.max().item<int64_t>() < n),
-              "rsa_permute_condensed: perms entries must lie in [0, ", n, ")");
+  check_permutations("rsa_permute_condensed", pc.data_ptr<int64_t>(), perms.size(0), n);
   const auto sc = src.contiguous();
   auto out = at::empty({perms.size(0), src.size(0), k}, src.options());
   switch (src.scalar_type()) {
@@ -681,10 +715,14 @@ at::Tensor permute_condensed_cpu(const at::Tensor& src, const at::Tensor& perms)
 // Kendall's tau-a of one pair of rows in O(K log K) (Knight's algorithm, as scipy / rsatoolbox): sort
 // positions by (x, y); discordant pairs are then exactly the inversions of y, counted by a merge sort;
 // ties in x, in y and joint ties are counted from runs. con - dis = tot - xtie - ytie + ntie - 2 dis,
-// all in int64.
+// all in int64. A row with NaN has no tau-a (NaN breaks the strict weak order the sort needs): NaN, as
+// rsa_rank's NaN rows; compare_rdms drops NaN entries before it gets here.
 template <typename T>
 double tau_a_pair(const T* x, const T* y, int64_t n, std::vector<int64_t>& idx, std::vector<T>& ys,
                   std::vector<T>& buf) {
+  if (sum_lanes(n, [x, y](int64_t k) { return std::isnan(x[k]) || std::isnan(y[k]) ? 1.0 : 0.0; }) > 0) {
+    return std::nan("");
+  }
   idx.resize(n);
   for (int64_t k = 0; k < n; ++k) idx[k] = k;
   std::sort(idx.begin(), idx.end(), [x, y](int64_t a, int64_t b) {
@@ -747,18 +785,31 @@ void tau_a_pairs(const T* a, const T* b, const int64_t* ia, const int64_t* ib, d
   }
 }
 
+// ia / ib entries all in [0, rows): they index rows of a / b.
+void check_row_indices(const char* op, const char* name, const at::Tensor& idx, int64_t rows, const char* of) {
+  if (idx.numel() == 0) return;
+  const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < rows, op, ": ", name, " indexes rows of ", of, " and must lie in [0, ", rows,
+              "), got values in [", lo, ", ", hi, "]");
+}
+
 at::Tensor kendall_tau_a_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& ia, const at::Tensor& ib) {
-  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu(), "rsa_kendall_tau_a: CPU tensors expected");
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1) && a.scalar_type() == b.scalar_type(),
-              "rsa_kendall_tau_a: a (Ba, K) and b (Bb, K) of one dtype expected, got ", a.sizes(), " and ", b.sizes());
-  TORCH_CHECK(ia.dim() == 1 && ib.dim() == 1 && ia.size(0) == ib.size(0) && ia.scalar_type() == at::kLong &&
-                  ib.scalar_type() == at::kLong,
-              "rsa_kendall_tau_a: ia and ib must be int64 vectors of one length");
-  TORCH_CHECK(ia.numel() == 0 || (ia.min().item<int64_t>() >= 0 && ia.max().item<int64_t>() < a.size(0) &&
-                                  ib.min().item<int64_t>() >= 0 && ib.max().item<int64_t>() < b.size(0)),
-              "rsa_kendall_tau_a: pair indices out of range");
+  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && ia.device().is_cpu() && ib.device().is_cpu(),
+              "rsa_kendall_tau_a: a, b, ia and ib must be CPU tensors, got ", a.device(), ", ", b.device(), ", ",
+              ia.device(), " and ", ib.device());
+  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1),
+              "rsa_kendall_tau_a: a must be (Ba, K) and b (Bb, K) with one K, got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK(a.scalar_type() == b.scalar_type() && (a.scalar_type() == at::kDouble || a.scalar_type() == at::kFloat),
+              "rsa_kendall_tau_a: a and b must be both float64 or both float32, got ", a.scalar_type(), " and ",
+              b.scalar_type());
+  TORCH_CHECK(ia.dim() == 1 && ib.dim() == 1 && ia.size(0) == ib.size(0),
+              "rsa_kendall_tau_a: ia and ib must be vectors of one length, got ", ia.sizes(), " and ", ib.sizes());
+  TORCH_CHECK(ia.scalar_type() == at::kLong && ib.scalar_type() == at::kLong,
+              "rsa_kendall_tau_a: ia and ib must be int64, got ", ia.scalar_type(), " and ", ib.scalar_type());
+  check_row_indices("rsa_kendall_tau_a", "ia", ia, a.size(0), "a");
+  check_row_indices("rsa_kendall_tau_a", "ib", ib, b.size(0), "b");
   const int64_t n = a.size(1);
-  TORCH_CHECK(n >= 2, "rsa_kendall_tau_a: need at least 2 entries, got ", n);
+  TORCH_CHECK(n >= 2, "rsa_kendall_tau_a: need K >= 2 entries per row, got ", n);
   const auto ac = a.contiguous(), bc = b.contiguous(), iac = ia.contiguous(), ibc = ib.contiguous();
   auto out = at::empty({ia.size(0)}, a.options().dtype(at::kDouble));
   switch (a.scalar_type()) {
@@ -770,7 +821,7 @@ at::Tensor kendall_tau_a_cpu(const at::Tensor& a, const at::Tensor& b, const at:
       tau_a_pairs(ac.data_ptr<float>(), bc.data_ptr<float>(), iac.data_ptr<int64_t>(), ibc.data_ptr<int64_t>(),
                   out.data_ptr<double>(), ia.size(0), n);
       break;
-    default: TORCH_CHECK(false, "rsa_kendall_tau_a: float64 or float32 expected, got ", a.scalar_type());
+    default: TORCH_CHECK(false, "unreachable: a's dtype was checked above");
   }
   return out;
 }
@@ -794,4 +845,13 @@ TORCH_LIBRARY_IMPL(fastalign, CPU, m) {
   m.impl("rsa_rdm_compare", &fastalign::rdm_compare_cpu);
   m.impl("rsa_kendall_tau_a", &fastalign::kendall_tau_a_cpu);
   m.impl("rsa_permute_condensed", &fastalign::permute_condensed_cpu);
+}
+
+// None of these ops has a derivative: called directly with inputs that require grad, their outputs must not
+// claim a gradient that backward would silently drop (the Python API detaches or refuses before this).
+TORCH_LIBRARY_IMPL(fastalign, Autograd, m) {
+  for (const char* op : {"rsa_rank", "rsa_centered_ranks", "rsa_rdm_direct", "rsa_rdm_compare", "rsa_kendall_tau_a",
+                         "rsa_permute_condensed"}) {
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
+  }
 }

@@ -13,9 +13,13 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, ": CUDA launch failed: ", cudaGetErrorString(err));
 }
 
-at::Tensor rank_cuda(const at::Tensor& x) {
-  TORCH_CHECK(x.is_cuda(), "rsa_rank: x must be a CUDA tensor, got ", x.device());
-  TORCH_CHECK(x.dim() >= 1, "rsa_rank: x must have at least 1 dim, got a 0-dim tensor");
+// The checks of csrc/rsa.cpp's ranks_impl, under the name of the op that was called.
+at::Tensor ranks_cuda(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got ", x.device());
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dim, got a 0-dim tensor");
+  const auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kDouble || t == at::kFloat || t == at::kLong || t == at::kInt, op,
+              ": x must be float64, float32, int64 or int32, got ", t);
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty(x.sizes(), x.options().dtype(at::kDouble));
   const int64_t n = x.size(-1);
@@ -44,34 +48,51 @@ at::Tensor rank_cuda(const at::Tensor& x) {
       err = launch_rsa_avg_ranks(vals.data_ptr<int32_t>(), order.data_ptr<int64_t>(), out.data_ptr<double>(),
                                  workspace.data_ptr<int64_t>(), rows, n, stream);
       break;
-    default: TORCH_CHECK(false, "rsa_rank: x must be float64, float32, int64 or int32, got ", x.scalar_type());
+    default: TORCH_CHECK(false, "unreachable: ranks_cuda admits no other dtype");
   }
-  check_launch(err, "rsa_rank");
+  check_launch(err, op);
   return out;
 }
 
+at::Tensor rank_cuda(const at::Tensor& x) { return ranks_cuda("rsa_rank", x); }
+
 at::Tensor centered_ranks_cuda(const at::Tensor& x, bool normalize, at::ScalarType dtype) {
-  TORCH_CHECK(dtype == at::kDouble || dtype == at::kFloat, "rsa_centered_ranks: dtype must be float64 or float32");
-  auto r = rank_cuda(x);
+  TORCH_CHECK(dtype == at::kDouble || dtype == at::kFloat,
+              "rsa_centered_ranks: dtype must be float64 or float32, got ", dtype);
+  auto r = ranks_cuda("rsa_centered_ranks", x);
   r.sub_(static_cast<double>(x.size(-1) + 1) * 0.5);  // the mean of average ranks, exactly
   if (normalize) r.div_(r.norm(2, -1, /*keepdim=*/true));
   return r.to(dtype);
 }
 
+// Every row of perms (P, n) must be a permutation of 0 .. n-1 (as csrc/rsa.cpp checks on the CPU): a
+// repeated index leaves another condition out, one outside the range reads outside src. A row is one
+// exactly when it sorts to 0 .. n-1: one segmented sort and one sync for valid input.
+void check_permutations(const char* op, const at::Tensor& pc, int64_t n) {
+  if (pc.numel() == 0) return;
+  const auto sorted = std::get<0>(pc.sort(/*dim=*/1));
+  const auto bad = sorted.ne(at::arange(n, pc.options()).unsqueeze(0)).any(1);
+  if (!bad.any().item<bool>()) return;
+  const int64_t row = bad.nonzero()[0][0].item<int64_t>();
+  TORCH_CHECK(false, op, ": perms row ", row, " is not a permutation of 0..", n - 1, ": an index repeats or lies ",
+              "outside [0, ", n, ")");
+}
+
 at::Tensor permute_condensed_cuda(const at::Tensor& src, const at::Tensor& perms) {
   TORCH_CHECK(src.is_cuda() && perms.is_cuda() && src.device() == perms.device(),
-              "rsa_permute_condensed: src and perms must be CUDA tensors on one device");
+              "rsa_permute_condensed: src and perms must be CUDA tensors on one device, got ", src.device(), " and ",
+              perms.device());
   TORCH_CHECK(src.dim() == 2, "rsa_permute_condensed: src must be (B, K), got ", src.sizes());
   TORCH_CHECK(perms.dim() == 2 && perms.scalar_type() == at::kLong,
               "rsa_permute_condensed: perms must be (P, n) int64, got ", perms.sizes(), " ", perms.scalar_type());
   const int64_t n = perms.size(1), k = src.size(1);
-  TORCH_CHECK(n >= 2 && n * (n - 1) / 2 == k, "rsa_permute_condensed: src has ", k, " pairs but perms permute ",
-              n, " conditions");
-  TORCH_CHECK(perms.size(0) <= 65535, "rsa_permute_condensed: at most 65535 permutations per call (chunk them)");
+  TORCH_CHECK(n >= 2 && n * (n - 1) / 2 == k, "rsa_permute_condensed: src (B, K) must hold n(n-1)/2 = ",
+              n * (n - 1) / 2, " pairs for perms of n = ", n, " conditions (n >= 2), got K = ", k);
+  TORCH_CHECK(perms.size(0) <= 65535, "rsa_permute_condensed: at most 65535 permutations per call (chunk them), got ",
+              perms.size(0));
   const c10::cuda::CUDAGuard guard(src.device());
   const auto pc = perms.contiguous();
-  TORCH_CHECK(pc.numel() == 0 || (pc.min().item<int64_t>() >= 0 && pc.max().item<int64_t>() < n),
-              "rsa_permute_condensed: perms entries must lie in [0, ", n, ")");
+  check_permutations("rsa_permute_condensed", pc, n);
   const auto sc = src.contiguous();
   auto out = at::empty({perms.size(0), src.size(0), k}, src.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();

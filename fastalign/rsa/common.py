@@ -237,7 +237,9 @@ def ext_prepare(v: torch.Tensor, method: str) -> torch.Tensor:
     _ext.load()
     ct = compute_dtype(v)
     if method in ("spearman", "rho_a"):
-        x = v if v.dtype in (torch.float64, torch.float32) else v.to(ct)  # exact: order is preserved
+        # the kernel ranks its four dtypes exactly (int64 beyond 2^24 would tie in float32); the others
+        # (half, small ints) are float32 values exactly
+        x = v if v.dtype in (torch.float64, torch.float32, torch.int64, torch.int32) else v.to(ct)
         normalize = method == "spearman"
         return rowwise(lambda w: torch.ops.fastalign.rsa_centered_ranks(w, normalize, ct), x)
     return center_scale(v.to(ct), method)

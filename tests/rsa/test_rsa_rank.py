@@ -123,14 +123,19 @@ def test_rank_skewed_and_outlier_rows(backend: str) -> None:
 def test_rank_long_rows_every_sort_path(backend: str) -> None:
     """The C++ sort keys values on (max - min) / 2^22 steps (2^32 beyond 65,536 entries): distinct values
     that share a key, in short runs (insertion sort) and long ones, and keys collapsed by the float64
-    conversion of int64 values, must still come out in exact value order."""
+    conversion of int64 values, must still come out in exact value order.
+
+    The reference is O(n^2) (160 s on 70,000 entries): it gets the same value patterns on 3,000-entry
+    rows, which still span several of its row blocks; the key widths it would miss are the C++ kernel's.
+    """
+    long = 3_000 if backend == "reference" else 70_000
     rng = np.random.default_rng(11)
     base = rng.normal(size=400)
     clustered = (base[:, None] + np.arange(5) * 1e-15).ravel()  # 400 runs of 5 distinct values
     cases = [
         np.r_[clustered, 0.0, 1e3],  # runs of 5 inside one key
-        np.r_[rng.normal(size=70_000), np.round(rng.normal(size=1_001), 1)],  # 3 passes, ties
-        np.r_[rng.integers(0, 3, size=70_000)].astype(np.float64),  # 3 keys, heavy ties
+        np.r_[rng.normal(size=long), np.round(rng.normal(size=1_001), 1)],  # 3 passes, ties
+        np.r_[rng.integers(0, 3, size=long)].astype(np.float64),  # 3 keys, heavy ties
     ]
     for row in cases:
         x = torch.from_numpy(row)
@@ -140,6 +145,63 @@ def test_rank_long_rows_every_sort_path(backend: str) -> None:
     # int64 values 1 apart near 2^62 share one float64 value, hence one key
     big = np.r_[2**62 + rng.permutation(600), rng.integers(-1000, 1000, size=600)].astype(np.int64)
     np.testing.assert_array_equal(fa.rank(torch.from_numpy(big), backend=backend).numpy(), rankdata(big))
+
+
+def _exact_ranks(x: torch.Tensor) -> np.ndarray:
+    """scipy's average ranks of the values as Python ints (an object array: no float64 on the way)."""
+    return rankdata(np.array(x.tolist(), dtype=object), axis=-1)
+
+
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_int64_beyond_2_53_is_exact(backend: str) -> None:
+    """Distinct int64 values that round to one float64 are not ties, on every path of the C++ sort: a row
+    whose min and max round alike (short: entries sort; long: radix sort), the full int64 range with
+    ties, and a long row where most values crowd under one key next to the extremes."""
+    rng = np.random.default_rng(5)
+    cluster = (2**62 + rng.permutation(40)).tolist()  # 40 distinct values, all one float64
+    rows = [
+        [2**53 + 1, 2**53],
+        [I64_MAX, I64_MAX - 1, I64_MAX - 2, I64_MAX - 1],  # short, ties, all one float64
+        cluster,
+        [v for v in cluster for _ in range(2)],  # every value twice
+        [I64_MIN + 1, I64_MIN, I64_MAX, I64_MAX - 1, 0, -1, I64_MIN, I64_MAX] * 3,  # extremes, ties
+        [I64_MIN, I64_MAX, *cluster, *(-c for c in cluster)] * 2,
+    ]
+    for row in rows:
+        x = torch.tensor(row, dtype=torch.int64)
+        np.testing.assert_array_equal(fa.rank(x, backend=backend).numpy(), _exact_ranks(x), err_msg=str(row))
+    batched = torch.tensor([cluster[:17], cluster[17:34]], dtype=torch.int64)
+    np.testing.assert_array_equal(fa.rank(batched, backend=backend).numpy(), _exact_ranks(batched))
+
+
+@given(
+    n=st.sampled_from([2, 3, 16, 17, 100]),
+    base=st.sampled_from([2**53, 2**62, I64_MIN, I64_MAX - 60]),
+    levels=st.sampled_from([2, 60]),
+    seed=st.integers(0, 2**16),
+)
+def test_huge_int64_backends_match_exact_ranks(n: int, base: int, levels: int, seed: int) -> None:
+    x = base + torch.randint(0, levels, (3, n), generator=torch.Generator().manual_seed(seed))
+    want = _exact_ranks(x)
+    for backend in BACKENDS:
+        np.testing.assert_array_equal(fa.rank(x, backend=backend).numpy(), want, err_msg=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8, torch.bool])
+def test_rank_narrow_integers_full_range(backend: str, dtype: torch.dtype) -> None:
+    """Every integer dtype rank accepts, at its extremes; cpp takes int32 and refuses the narrower ones."""
+    info = torch.iinfo(dtype) if dtype != torch.bool else None
+    lo, hi = (info.min, info.max) if info else (0, 1)
+    x = torch.tensor([[hi, lo, hi - 1, lo + 1, hi, lo, (lo + hi) // 2] * 3], dtype=torch.int64).to(dtype)
+    if backend == "cpp" and dtype != torch.int32:
+        with pytest.raises(NotImplementedError, match="cpp ranks float64, float32, int64 or int32"):
+            fa.rank(x, backend=backend)
+        return
+    np.testing.assert_array_equal(fa.rank(x, backend=backend).numpy(), _exact_ranks(x.to(torch.int64)))
 
 
 @pytest.mark.skipif(not COMPILED, reason="fastalign._C is not built")

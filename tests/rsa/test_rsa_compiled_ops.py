@@ -1,0 +1,300 @@
+"""The compiled ops under torch.ops.fastalign are public: every bad input is a RuntimeError that names the
+op and the argument (never a read outside a tensor or undefined behaviour), and valid input gives what
+the Python API gives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+import fastalign as fa
+from fastalign.rsa import common, cpp, torch_chunked
+
+pytestmark = pytest.mark.skipif(cpp.missing() is not None, reason=str(cpp.missing()))
+
+F64 = torch.float64
+
+
+def _op(name: str) -> Callable[..., torch.Tensor]:
+    return getattr(torch.ops.fastalign, name)
+
+
+def _perm(*rows: list[int]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def _idx(*v: int) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.int64)
+
+
+K6 = torch.rand(2, 6, dtype=F64)  # condensed RDMs of 4 conditions
+X = torch.rand(2, 5, 3, dtype=F64)  # 2 pattern sets of 5 conditions x 3 features
+W = torch.rand(3, 10, dtype=F64)  # 3 model vectors over 5 conditions' 10 pairs
+
+# (op, args, message regex)
+BAD: list[tuple[str, Callable[[], tuple], str]] = [
+    ("rsa_rank", lambda: (torch.tensor(1.0),), r"rsa_rank: x must have at least 1 dim"),
+    ("rsa_rank", lambda: (torch.ones(3, dtype=torch.bool),), r"rsa_rank: x must be float64.*got Bool"),
+    ("rsa_rank", lambda: (torch.ones(3, dtype=torch.float16),), r"rsa_rank: x must be float64.*got Half"),
+    # an empty tensor is checked too (it used to come back as float64 ranks of nothing)
+    ("rsa_rank", lambda: (torch.empty(0, dtype=torch.uint8),), r"rsa_rank: x must be float64.*got Byte"),
+    (
+        "rsa_centered_ranks",
+        lambda: (torch.tensor(1.0), True, F64),
+        r"rsa_centered_ranks: x must have at least",
+    ),
+    (
+        "rsa_centered_ranks",
+        lambda: (torch.ones(3, dtype=torch.int16), True, F64),
+        r"rsa_centered_ranks: x must be float64, float32, int64 or int32, got Short",
+    ),
+    (
+        "rsa_centered_ranks",
+        lambda: (torch.ones(3), True, torch.int64),
+        r"rsa_centered_ranks: dtype must be float64 or float32, got Long",
+    ),
+    ("rsa_rdm_direct", lambda: (X[0], 0), r"rsa_rdm_direct: x must be \(B, n, p\), got \[5, 3\]"),
+    ("rsa_rdm_direct", lambda: (X, 3), r"rsa_rdm_direct: method must be 0, 1 or 2, got 3"),
+    ("rsa_rdm_direct", lambda: (X, -1), r"rsa_rdm_direct: method must be 0, 1 or 2, got -1"),
+    ("rsa_rdm_direct", lambda: (X[:, :1], 0), r"rsa_rdm_direct: need n >= 2 conditions"),
+    ("rsa_rdm_direct", lambda: (X[..., :0], 0), r"rsa_rdm_direct: need .* p >= 1 features"),
+    ("rsa_rdm_direct", lambda: (X.long(), 0), r"rsa_rdm_direct: x must be float64 or float32, got Long"),
+    ("rsa_rdm_compare", lambda: (X[0], W, 0, 0), r"rsa_rdm_compare: x must be \(B, n, p\)"),
+    ("rsa_rdm_compare", lambda: (X, W, 3, 0), r"rsa_rdm_compare: rdm_method must be 0, 1 or 2, got 3"),
+    ("rsa_rdm_compare", lambda: (X, W, 0, 4), r"rsa_rdm_compare: compare must be 0, 1, 2 or 3, got 4"),
+    ("rsa_rdm_compare", lambda: (X, W, 0, -1), r"rsa_rdm_compare: compare must be 0, 1, 2 or 3, got -1"),
+    ("rsa_rdm_compare", lambda: (X[:, :2], W[:, :1], 0, 0), r"rsa_rdm_compare: need n >= 3 conditions"),
+    ("rsa_rdm_compare", lambda: (X, W[:, :6], 0, 0), r"rsa_rdm_compare: w must be \(M, 10\) for x's 5 cond"),
+    ("rsa_rdm_compare", lambda: (X, W[0], 0, 0), r"rsa_rdm_compare: w must be \(M, 10\)"),
+    ("rsa_rdm_compare", lambda: (X, W.float(), 0, 0), r"rsa_rdm_compare: w must be float64, got Float"),
+    (
+        "rsa_rdm_compare",
+        lambda: (X.long(), W, 0, 0),
+        r"rsa_rdm_compare: x must be float64 or float32, got Long",
+    ),
+    ("rsa_kendall_tau_a", lambda: (K6[0], K6, _idx(0), _idx(0)), r"rsa_kendall_tau_a: a must be \(Ba, K\)"),
+    (
+        "rsa_kendall_tau_a",
+        lambda: (K6, K6[:, :5], _idx(0), _idx(0)),
+        r"with one K, got \[2, 6\] and \[2, 5\]",
+    ),
+    (
+        "rsa_kendall_tau_a",
+        lambda: (K6, K6.float(), _idx(0), _idx(0)),
+        r"rsa_kendall_tau_a: a and b must be both float64 or both float32, got Double and Float",
+    ),
+    (
+        "rsa_kendall_tau_a",
+        lambda: (K6.long(), K6.long(), _idx(0), _idx(0)),
+        r"both float32, got Long and Long",
+    ),
+    (
+        "rsa_kendall_tau_a",
+        lambda: (K6, K6, _idx(0, 1), _idx(0)),
+        r"rsa_kendall_tau_a: ia and ib must be vectors of one length, got \[2\] and \[1\]",
+    ),
+    (
+        "rsa_kendall_tau_a",
+        lambda: (K6, K6, _perm([0]), _perm([0])),
+        r"ia and ib must be vectors of one length",
+    ),
+    (
+        "rsa_kendall_tau_a",
+        lambda: (K6, K6, _idx(0).int(), _idx(0)),
+        r"rsa_kendall_tau_a: ia and ib must be int64, got Int and Long",
+    ),
+    (
+        "rsa_kendall_tau_a",
+        lambda: (K6, K6, _idx(0, 2), _idx(0, 1)),
+        r"rsa_kendall_tau_a: ia indexes rows of a and must lie in \[0, 2\), got values in \[0, 2\]",
+    ),
+    ("rsa_kendall_tau_a", lambda: (K6, K6, _idx(-1, 0), _idx(0, 1)), r"ia indexes rows of a .* in \[-1, 0\]"),
+    ("rsa_kendall_tau_a", lambda: (K6, K6[:1], _idx(0, 1), _idx(0, 1)), r"ib indexes rows of b .*\[0, 1\)"),
+    (
+        "rsa_kendall_tau_a",
+        lambda: (K6[:, :1], K6[:, :1], _idx(0), _idx(0)),
+        r"need K >= 2 entries per row, got 1",
+    ),
+    (
+        "rsa_permute_condensed",
+        lambda: (K6[0], _perm([0, 1, 2, 3])),
+        r"rsa_permute_condensed: src must be \(B, K\)",
+    ),
+    (
+        "rsa_permute_condensed",
+        lambda: (K6, _idx(0, 1, 2, 3)),
+        r"perms must be \(P, n\) int64, got \[4\] Long",
+    ),
+    (
+        "rsa_permute_condensed",
+        lambda: (K6, _perm([0, 1, 2, 3]).int()),
+        r"perms must be \(P, n\) int64, got .* Int",
+    ),
+    (
+        "rsa_permute_condensed",
+        lambda: (K6, _perm([0, 1, 2])),
+        r"rsa_permute_condensed: src \(B, K\) must hold n\(n-1\)/2 = 3 pairs for perms of n = 3 .* got K = 6",
+    ),
+    ("rsa_permute_condensed", lambda: (K6[:, :0], _perm([0])), r"n\(n-1\)/2 = 0 pairs .* n = 1 .*\(n >= 2\)"),
+    (
+        "rsa_permute_condensed",
+        lambda: (K6, _perm([0, 1, 2, 3], [0, 1, 4, 3])),
+        r"perms row 1 is not a permutation of 0\.\.3: entry 2 is 4, outside \[0, 4\)",
+    ),
+    ("rsa_permute_condensed", lambda: (K6, _perm([0, -1, 2, 3])), r"perms row 0 .* entry 1 is -1, outside"),
+    # a repeated index passes a range check but leaves a condition out; index 0 meeting itself made the
+    # pair formula read src[b, -1]
+    (
+        "rsa_permute_condensed",
+        lambda: (K6, _perm([3, 2, 1, 0], [0, 3, 2, 3])),
+        r"perms row 1 is not a permutation of 0\.\.3: index 3 repeats \(entry 3\)",
+    ),
+    (
+        "rsa_permute_condensed",
+        lambda: (K6, _perm([0, 1, 0, 3])),
+        r"perms row 0 .*: index 0 repeats \(entry 2\)",
+    ),
+    (
+        "rsa_permute_condensed",
+        lambda: (K6.long(), _perm([0, 1, 2, 3])),
+        r"src must be float64 or float32, got Long",
+    ),
+]
+
+
+@pytest.mark.parametrize(("op", "args", "match"), BAD, ids=[f"{op}-{i}" for i, (op, _, _) in enumerate(BAD)])
+def test_compiled_op_rejects_bad_input(op: str, args: Callable[[], tuple], match: str) -> None:
+    with pytest.raises(RuntimeError, match=match):
+        _op(op)(*args())
+
+
+def test_permute_condensed_repeated_index_in_a_large_row_is_caught() -> None:
+    """One repeat deep in a long row, after valid rows, is found (a per-row stamp, no sort)."""
+    n = 300
+    perms = common.permutations(n, 5, seed=0)
+    perms[3] = torch.arange(n)
+    perms[3, 250] = 0
+    with pytest.raises(
+        RuntimeError, match=r"perms row 3 is not a permutation of 0\.\.299: index 0 repeats \(entry 250"
+    ):
+        _op("rsa_permute_condensed")(torch.rand(2, common.n_pairs(n), dtype=F64), perms)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.int64, torch.int32])
+def test_rank_ops_agree_with_api(dtype: torch.dtype) -> None:
+    x = torch.randint(-4, 4, (3, 2, 41)).to(dtype)
+    if dtype == torch.int64:
+        x = x + 2**62  # distinct values one float64 apart would be ties in a float kernel
+    ref = fa.rank(x, backend="reference")
+    assert torch.equal(_op("rsa_rank")(x), ref)
+    centred = ref - ref.mean(-1, keepdim=True)
+    for out_dtype in (torch.float64, torch.float32):
+        got = _op("rsa_centered_ranks")(x, False, out_dtype)
+        assert got.dtype == out_dtype
+        assert torch.equal(got, centred.to(out_dtype))
+        unit = _op("rsa_centered_ranks")(x, True, out_dtype)
+        torch.testing.assert_close(unit.double(), centred / centred.norm(dim=-1, keepdim=True))
+
+
+def test_prepare_ranks_int64_exactly() -> None:
+    """ext_prepare hands int64 to the kernel as it is: through float32 (its output dtype) 2^40 and
+    2^40 + 1 would tie."""
+    v = torch.tensor([[2**40 + 1, 2**40, 0, 7, 2**40 + 2, 3]])
+    for method in ("spearman", "rho_a"):
+        torch.testing.assert_close(common.ext_prepare(v, method), torch_chunked.prepare(v, method))
+
+
+@pytest.mark.parametrize(("method", "code"), [("correlation", 0), ("cosine", 1), ("euclidean", 2)])
+def test_rdm_direct_agrees_with_api(method: str, code: int) -> None:
+    x = torch.randn(3, 7, 4, dtype=F64)
+    ref = fa.rdm(x, method, backend="reference")
+    torch.testing.assert_close(_op("rsa_rdm_direct")(x, code), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("method", "code"), [("spearman", 0), ("rho_a", 1), ("pearson", 2), ("cosine", 3)])
+def test_rdm_compare_agrees_with_api(method: str, code: int) -> None:
+    """The op returns the dot products of the prepared vectors; rho_a's constant factor is the caller's."""
+    x = torch.randn(4, 6, 3, dtype=F64)
+    models = torch.rand(2, 15, dtype=F64)
+    w = common.ext_prepare(models, method).contiguous()
+    got = _op("rsa_rdm_compare")(x, w, 0, code) * common.linear_scale(method, 15)
+    brain = fa.rdm(x, "correlation", backend="reference")
+    ref = fa.compare_rdms(brain[:, None], models[None], method, backend="reference")
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_kendall_tau_a_agrees_with_api_and_gives_nan_for_nan_rows() -> None:
+    """NaN breaks the sort's order (undefined behaviour); a pair with NaN in either row is NaN, as
+    compare_rdms' statistic is undefined there (it drops NaN entries before calling the op)."""
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randint(0, 4, (3, 45), generator=gen).double()
+    b = torch.randint(0, 6, (2, 45), generator=gen).double()
+    ia, ib = _idx(0, 1, 2, 2, 0), _idx(1, 0, 1, 0, 0)
+    ref = fa.compare_rdms(a[ia], b[ib], "kendall_tau_a", backend="reference")
+    for dtype in (torch.float64, torch.float32):
+        got = _op("rsa_kendall_tau_a")(a.to(dtype), b.to(dtype), ia, ib)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, ref, rtol=1e-15, atol=0)
+    a[1, 7] = float("nan")
+    b[0, 44] = float("nan")
+    got = _op("rsa_kendall_tau_a")(a, b, ia, ib)
+    nan_pair = (ia == 1) | (ib == 0)
+    assert bool(torch.isnan(got[nan_pair]).all())
+    torch.testing.assert_close(got[~nan_pair], ref[~nan_pair], rtol=1e-15, atol=0)
+    assert _op("rsa_kendall_tau_a")(a, b, _idx(), _idx()).shape == (0,)
+
+
+def test_permute_condensed_agrees_with_pair_indices() -> None:
+    n = 9
+    src = torch.randn(3, common.n_pairs(n), dtype=F64)
+    perms = common.permutations(n, 6, seed=0)
+    idx = common.permuted_pair_indices(perms, n)  # (P, K)
+    want = src[:, idx].movedim(1, 0)  # (P, B, K)
+    assert torch.equal(_op("rsa_permute_condensed")(src, perms), want)
+    assert torch.equal(_op("rsa_permute_condensed")(src.float(), perms), want.float())
+    assert _op("rsa_permute_condensed")(src, perms[:0]).shape == (0, 3, common.n_pairs(n))
+
+
+GRAD_CALLS: list[tuple[str, Callable[[torch.Tensor], tuple]]] = [
+    ("rsa_rank", lambda x: (x[0],)),
+    ("rsa_centered_ranks", lambda x: (x[0], True, F64)),
+    ("rsa_rdm_direct", lambda x: (x,)),
+    ("rsa_rdm_compare", lambda x: (x, W, 0, 2)),
+]
+
+
+@pytest.mark.parametrize(("op", "args"), GRAD_CALLS, ids=[op for op, _ in GRAD_CALLS])
+def test_compiled_ops_never_drop_a_gradient_silently(op: str, args: Callable[[torch.Tensor], tuple]) -> None:
+    """Called directly with an input that requires grad, backward raises instead of leaving x.grad None."""
+    x = X.clone().requires_grad_(True)
+    call = args(x) if op != "rsa_rdm_direct" else (x, 0)
+    out = _op(op)(*call)
+    with pytest.raises(RuntimeError, match=f"derivative for fastalign::{op} is not implemented"):
+        out.sum().backward()
+
+
+@pytest.mark.cuda
+def test_cuda_ops_reject_bad_input() -> None:
+    """The CUDA glue (csrc/cuda/rsa_cuda.cpp) makes the CPU op's checks."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from fastalign.rsa import cuda
+
+    if cuda.missing() is not None:
+        pytest.skip(str(cuda.missing()))
+    src = K6.cuda()
+    with pytest.raises(RuntimeError, match=r"perms row 1 is not a permutation of 0\.\.3"):
+        _op("rsa_permute_condensed")(src, _perm([0, 1, 2, 3], [0, 3, 2, 3]).cuda())
+    with pytest.raises(RuntimeError, match=r"perms row 0 is not a permutation of 0\.\.3"):
+        _op("rsa_permute_condensed")(src, _perm([0, 1, 2, 4]).cuda())
+    with pytest.raises(RuntimeError, match=r"rsa_rank: x must be float64.*got Bool"):
+        _op("rsa_rank")(torch.ones(3, dtype=torch.bool, device="cuda"))
+    with pytest.raises(RuntimeError, match=r"rsa_centered_ranks: dtype must be float64 or float32"):
+        _op("rsa_centered_ranks")(torch.ones(3, device="cuda"), True, torch.int64)
+    perms = common.permutations(4, 3, seed=0)
+    want = _op("rsa_permute_condensed")(K6, perms)
+    assert torch.equal(_op("rsa_permute_condensed")(src, perms.cuda()).cpu(), want)
+    huge = torch.tensor([2**53 + 1, 2**53, 2**63 - 1, 2**53 + 1], device="cuda")
+    assert _op("rsa_rank")(huge).tolist() == [2.5, 1.0, 4.0, 2.5]
