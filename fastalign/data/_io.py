@@ -1,18 +1,44 @@
-"""File helpers shared by the data loaders: validated pickled-dict loading and atomic writes.
+"""File helpers shared by the data loaders: reading ``.npy`` files without running code, and writes that
+replace a file, a folder or a set of files as a unit.
 
-THINGS-EEG2 stores every array as ``np.save`` of a Python dict (a pickled object array), so loading one
-needs ``allow_pickle=True``; only open files you trust. Every error here names the file and what was
-expected, so a wrong download or a half-copied folder is diagnosed from the message alone.
+Reading. THINGS-EEG2 stores every file as ``np.save`` of a Python dict, which numpy pickles, and a pickle
+can call any function it names: ``np.load(..., allow_pickle=True)`` of a file from elsewhere runs whatever
+its author put there. :func:`load_npy` reads the header with ``numpy.lib.format``, reads plain arrays with
+``allow_pickle=False`` and unpickles object arrays with :class:`_NumpyUnpickler`, which rebuilds numpy
+arrays, dtypes and scalars plus the dicts, lists, tuples, strings and numbers that pickle builds without
+naming a function, and refuses every other global with an error naming the file and the global. The
+writers (:func:`save_npy`, :func:`save_many_npy`) pickle dicts only, as the published files are, and refuse
+content that :func:`load_npy` would refuse to read.
+
+Writing. One file is written to a temp file beside it and renamed over it (:func:`atomic_write`), a folder
+is built beside it and swapped in (:func:`replacing_dir`), and several files of one folder are committed
+by one folder rename (:func:`save_many_npy`). Temp files and folders are named
+``.<target>.<pid>-<token>.<tmp|old|commit>``, pid being the writer's process, so that the next write of the
+same target finishes or removes what a writer that no longer runs (a killed one) left. They are created
+with mode 0o666 / 0o777 less the umask, as ``open`` and ``os.mkdir`` create files, so outputs get the
+permissions any other file would. Concurrent writers of one target are not supported (the last rename
+wins); the process check is local, so a writer on another machine that shares the folder counts as gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import functools
+import glob
+import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable
-from typing import Any
+import pickle
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 
 def require_file(path: str | os.PathLike[str], what: str) -> str:
@@ -23,8 +49,109 @@ def require_file(path: str | os.PathLike[str], what: str) -> str:
     return path
 
 
+class _RefusedGlobal(ValueError):
+    """A pickle in a data file names a function or class outside the allow-list."""
+
+
+# The globals np.save's pickles of object arrays name: numpy.core in numpy 1.x, numpy._core in 2.x.
+_RECONSTRUCT = np.empty(0).__reduce__()[0]
+_SCALAR = np.float64(0).__reduce__()[0]
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{(core, "_reconstruct"): _RECONSTRUCT for core in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(core, "scalar"): _SCALAR for core in ("numpy.core.multiarray", "numpy._core.multiarray")},
+}
+_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Unpickles what ``np.save`` writes for object arrays and refuses every other global.
+
+    ``_reconstruct`` only builds empty ndarrays, and numpy's ``__setstate__`` of an object array takes its
+    items as a list of already unpickled (hence checked) objects, so the allowed globals run no code that
+    the file chooses.
+    """
+
+    def __init__(self, file: BinaryIO, source: str) -> None:
+        super().__init__(file)
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(
+                f"{self._source} pickles a reference to {module}.{name}, which is refused: unpickling it "
+                "could run code. Only numpy arrays, dtypes and scalars, dicts, lists, tuples, strings and "
+                "numbers are read from data files"
+            ) from None
+
+
+def load_npy(path: str | os.PathLike[str], what: str, *, objects: bool = False) -> Any:
+    """Reads an ``.npy`` file without running code from it (see the module doc).
+
+    Args:
+        path: The file. While a :func:`save_many_npy` commit that holds a newer copy of it is pending, that
+            copy is read.
+        what: What the file is, for error messages (e.g. "fMRI responses").
+        objects: Also read object arrays (``np.save`` of a dict or list), through the restricted
+            unpickler; else such a file is an error, since plain arrays never need pickling.
+
+    Returns:
+        The array; for an object file, the pickled array, or the object a 0-d one holds (the dict that
+        ``np.save`` of a dict wrote).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a .npy file, a damaged or truncated one, an object array without ``objects``, or a
+            pickle naming a global outside the allow-list; the message names the file.
+    """
+    path = os.fspath(path)
+    source = f"{what}: {path!r}"
+    with _open_current(path, what) as f:
+        try:
+            version = npy_format.read_magic(f)
+        except ValueError as err:
+            raise ValueError(f"{source} is not a .npy file ({err}); expected what np.save writes") from err
+        if version not in _HEADER_READERS:
+            raise ValueError(f"{source} is .npy format {version[0]}.{version[1]}; expected 1.0 or 2.0")
+        try:
+            shape, _, dtype = _HEADER_READERS[version](f)
+        except ValueError as err:
+            raise ValueError(f"{source} has a damaged .npy header ({err})") from err
+        if not dtype.hasobject:
+            need, have = math.prod(shape) * dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell()
+            if have < need:
+                raise ValueError(
+                    f"{source} is truncated: it holds {have} bytes of data, expected {need} for a {dtype} "
+                    f"array of shape {shape}"
+                )
+            f.seek(0)
+            return npy_format.read_array(f, allow_pickle=False)
+        if not objects:
+            raise ValueError(
+                f"{source} holds a pickled object array; expected a plain numeric array (plain arrays "
+                "need no pickling, and a pickle could run code)"
+            )
+        try:
+            obj = _NumpyUnpickler(f, source).load()
+        except (_RefusedGlobal, MemoryError):
+            raise
+        except Exception as err:  # which error a damaged pickle raises depends on its bytes
+            raise ValueError(
+                f"{source} holds damaged or truncated pickled data ({type(err).__name__}: {err})"
+            ) from err
+    if type(obj) is not np.ndarray or obj.shape != shape:
+        raise ValueError(
+            f"{source} pickles a {type(obj).__name__}; expected the object array of shape {shape} that "
+            "np.save writes"
+        )
+    return obj.item() if obj.shape == () else obj
+
+
 def load_pickled_dict(path: str | os.PathLike[str], keys: Iterable[str], what: str) -> dict[str, Any]:
-    """Loads an ``np.save``'d dict and checks that it holds ``keys``.
+    """Loads an ``np.save``'d dict with :func:`load_npy` (so no code runs) and checks that it holds ``keys``.
 
     Args:
         path: The ``.npy`` file.
@@ -33,15 +160,10 @@ def load_pickled_dict(path: str | os.PathLike[str], keys: Iterable[str], what: s
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
-        ValueError: the file is not a pickled dict or lacks a key.
+        ValueError: the file is damaged, refused by :func:`load_npy`, not a dict, or lacks a key.
     """
-    path = require_file(path, what)
-    try:
-        obj = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"{what}: {path!r} is not a readable .npy file ({err})") from err
-    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
-        obj = obj.item()
+    path = os.fspath(path)
+    obj = load_npy(path, what, objects=True)
     if not isinstance(obj, dict):
         raise ValueError(
             f"{what}: {path!r} must hold a dict saved with np.save, got {type(obj).__name__}"
@@ -74,55 +196,274 @@ def check_array(
     return arr
 
 
+# ---- writing ---------------------------------------------------------------------------------------
+
+#: Name under which save_many_npy stages and commits its sets: ``.fastalign-txn.<pid>-<token>.commit``.
+_TXN = "fastalign-txn"
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _temp_name(path: str, kind: str) -> str:
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}")
+
+
+def _create_temp(path: str, *, directory: bool) -> str:
+    """A new empty temp file or folder beside ``path``, mode 0o666 / 0o777 less the umask."""
+    while True:
+        tmp = _temp_name(path, "tmp")
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
+def _running(pid: int) -> bool:
+    if os.name != "posix":  # no harmless probe: os.kill(pid, 0) sends CTRL_C_EVENT on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a live process of another user
+        pass
+    return True
+
+
+def _leftovers(path: str) -> list[tuple[str, str]]:
+    """(path, kind) of the temp files and folders beside ``path`` whose writer no longer runs, by name."""
+    folder, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d{{1,9}})-[0-9a-f]{{8}}\.(tmp|old|commit)")
+    try:
+        entries = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    matches = [(entry, pattern.fullmatch(entry)) for entry in entries]
+    return [(os.path.join(folder, e), m[2]) for e, m in matches if m and not _running(int(m[1]))]
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def _recover(path: str) -> None:
+    """Finishes or undoes what killed writers of ``path`` left beside it.
+
+    A committed set is moved into place (see :func:`save_many_npy`); an old folder that a kill left moved
+    aside while ``path`` is missing is put back (see :func:`_swap_in`); anything else is removed.
+    """
+    for entry, kind in _leftovers(path):
+        if kind == "commit":
+            _roll_forward(entry)
+        elif kind == "old" and not os.path.lexists(path):
+            os.rename(entry, path)
+        else:
+            _remove(entry)
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> str:
     """Runs ``write(tmp_path)`` on a temp file beside ``path``, then renames it onto ``path``.
 
-    A crash or an exception leaves ``path`` as it was (absent or the old file), never half-written.
+    A crash or an exception leaves ``path`` as it was (absent or the old file), never half-written; the
+    temp file a killed run left is removed by the next write of ``path``.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _recover(path)
+    tmp = _create_temp(path, directory=False)
     try:
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
     return path
 
 
+@functools.cache
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc >= 2.28
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two existing paths in one atomic step (renameat2 RENAME_EXCHANGE); False where the system or
+    the file system cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
+
+
+def _swap_in(staging: str, path: str) -> None:
+    """Puts the folder ``staging`` at ``path``, replacing what is there.
+
+    Where the system swaps two paths atomically (Linux: ext4, xfs, btrfs, tmpfs, ...), ``path`` is at every
+    instant the complete old or the complete new folder. Elsewhere the old folder is first renamed to
+    ``.<name>.<pid>-<token>.old``; a kill before the second rename leaves ``path`` missing until the next
+    write of it puts the old folder back (:func:`_recover`).
+    """
+    if not os.path.lexists(path):
+        os.rename(staging, path)
+    elif _exchange(staging, path):
+        _remove(staging)  # now the old folder
+    else:
+        old = _temp_name(path, "old")
+        os.rename(path, old)
+        os.rename(staging, path)
+        _remove(old)
+
+
+@contextlib.contextmanager
+def replacing_dir(path: str | os.PathLike[str]) -> Iterator[str]:
+    """Builds a folder that replaces ``path`` as a unit.
+
+    Yields a new empty folder beside ``path`` (mode 0o777 less the umask), after finishing or removing
+    what killed writers of ``path`` left. When the block ends normally the folder takes ``path``'s place
+    (see :func:`_swap_in`); when it raises, the folder is removed and ``path`` stays as it was.
+    """
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _recover(path)
+    staging = _create_temp(path, directory=True)
+    try:
+        yield staging
+    except BaseException:
+        _remove(staging)
+        raise
+    _swap_in(staging, path)
+
+
+def _roll_forward(commit: str) -> None:
+    """Moves the files of a committed set onto their namesakes beside it (see :func:`save_many_npy`)."""
+    folder = os.path.dirname(commit)
+    for name in sorted(os.listdir(commit)):
+        os.replace(os.path.join(commit, name), os.path.join(folder, name))
+    os.rmdir(commit)
+
+
+def _pending_copies(path: str) -> list[str]:
+    """Copies of ``path`` in committed save_many_npy sets not yet moved into place, the winner last."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return sorted(glob.glob(os.path.join(glob.escape(folder), f".{_TXN}.*.commit", glob.escape(name))))
+
+
+def _open_current(path: str, what: str) -> BinaryIO:
+    for copy in reversed(_pending_copies(path)):
+        with contextlib.suppress(FileNotFoundError):  # moved into place meanwhile: path is that file now
+            return open(copy, "rb")
+    return open(require_file(path, what), "rb")
+
+
+def _unreadable(obj: Any, where: str) -> str | None:
+    """What in ``obj`` :class:`_NumpyUnpickler` would refuse, and where, else None."""
+    if type(obj) in (str, bytes, int, float, bool, type(None)) or (
+        isinstance(obj, np.generic) and not obj.dtype.hasobject
+    ):
+        return None
+    if type(obj) is np.ndarray:
+        children = [(f"{where}[{i}]", v) for i, v in enumerate(obj.flat)] if obj.dtype.hasobject else []
+    elif type(obj) is dict:
+        children = [(f"{where} (a key)", k) for k in obj] + [(f"{where}[{k!r}]", v) for k, v in obj.items()]
+    elif type(obj) in (list, tuple):
+        children = [(f"{where}[{i}]", v) for i, v in enumerate(obj)]
+    else:
+        return f"a {type(obj).__module__}.{type(obj).__qualname__} at {where or 'the top level'}"
+    return next((bad for at, v in children if (bad := _unreadable(v, at)) is not None), None)
+
+
+def _check_storable(obj: Any, path: str) -> None:
+    if isinstance(obj, dict):
+        bad = _unreadable(obj, "")
+    else:
+        bad = "an object array" if np.asarray(obj).dtype.hasobject else None
+    if bad is not None:
+        raise TypeError(
+            f"save_npy: {path!r} would hold {bad}; expected a dict (pickled, as the published THINGS-EEG2 "
+            "files are) of arrays, numbers, strings, lists and dicts, or a plain numeric array (load_npy "
+            "refuses anything else, since unpickling it could run code)"
+        )
+
+
+def _write_npy(file: str, obj: Any) -> None:
+    with open(file, "wb") as f:
+        np.save(f, obj, allow_pickle=isinstance(obj, dict))
+
+
 def save_npy(path: str | os.PathLike[str], obj: Any) -> str:
-    """``np.save(path, obj)`` atomically; dicts are pickled as the published THINGS-EEG2 files are."""
+    """``np.save(path, obj)`` atomically, in the published format: a dict is pickled (a 0-d object array),
+    anything else must be a plain array and is written without pickling.
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, obj, allow_pickle=isinstance(obj, dict))
-
-    return atomic_write(path, write)
+    Raises:
+        TypeError: ``obj`` holds something :func:`load_npy` would refuse to read (any object other than
+            arrays, numpy scalars, numbers, strings, bytes, None, lists, tuples and dicts).
+    """
+    path = os.fspath(path)
+    _check_storable(obj, path)
+    return atomic_write(path, lambda tmp: _write_npy(tmp, obj))
 
 
 def save_many_npy(items: dict[str, Any]) -> list[str]:
-    """Saves several ``.npy`` files so that either all of them are replaced or none is.
+    """Saves several ``.npy`` files of one folder (as :func:`save_npy`) so that they change as a unit.
 
-    Every file is first written to a temp file; the renames happen only once all writes succeeded
-    (a rename does not fail halfway, so a failure can only leave the old files in place).
+    Protocol, in the files' folder F: every file is written into a staging folder
+    ``F/.fastalign-txn.<pid>-<token>.tmp``; renaming that to ``....commit`` is the commit point; then each
+    file is renamed onto its target and the emptied folder removed. Before the commit the old files are
+    the current ones. From the commit on, :func:`load_npy` reads each file from the committed folder while
+    it is there, so fastalign's readers see the complete new set even while the files move (or after a
+    kill stopped them); other programs see the new set once the moves are done. The next save_many_npy
+    into F finishes a committed set and removes an uncommitted one that a killed writer left. Files
+    written this way should only be written this way: a pending commit takes precedence.
+
+    Returns:
+        The paths, in the order given.
+
+    Raises:
+        ValueError: the files are not distinct files of one folder.
+        TypeError: a value holds something :func:`load_npy` would refuse to read.
     """
-    tmps: list[tuple[str, str]] = []
+    paths = [os.fspath(p) for p in items]
+    folders = {os.path.dirname(os.path.abspath(p)) for p in paths}
+    names = [os.path.basename(p) for p in paths]
+    if len(folders) > 1 or len(set(names)) != len(names):
+        raise ValueError(
+            "save_many_npy: expected distinct files of one folder (one folder rename commits them), "
+            f"got {paths}"
+        )
+    for path, obj in zip(paths, items.values(), strict=True):
+        _check_storable(obj, path)
+    if not paths:
+        return []
+    folder = folders.pop()
+    os.makedirs(folder, exist_ok=True)
+    txn = os.path.join(folder, _TXN)
+    _recover(txn)
+    staging = _create_temp(txn, directory=True)
     try:
-        for path, obj in items.items():
-            folder = os.path.dirname(os.path.abspath(path))
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-            tmps.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, obj, allow_pickle=isinstance(obj, dict))
-        for tmp, path in tmps:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in tmps:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    return [path for _, path in tmps]
+        for name, obj in zip(names, items.values(), strict=True):
+            _write_npy(os.path.join(staging, name), obj)
+        commit = staging.removesuffix(".tmp") + ".commit"
+        os.rename(staging, commit)
+    except BaseException:
+        _remove(staging)
+        raise
+    _roll_forward(commit)
+    return paths

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fastalign.data._io import check_array, require_file
+from fastalign.data._io import check_array, load_npy, require_file
 
 ROI_NAMES = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC")
 
@@ -85,6 +85,10 @@ def load_fmri(
 ) -> FMRIResponses:
     """Loads per-image fMRI responses from ``.npy`` or ``.h5``.
 
+    A ``.npy`` file is read without running code (:func:`fastalign.data._io.load_npy`): a plain array
+    without pickling, a dict through an unpickler that builds only arrays, dicts, lists, strings and
+    numbers.
+
     Args:
         path: The file.
         key: Name of the responses array (dict key / HDF5 dataset).
@@ -92,35 +96,68 @@ def load_fmri(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: wrong extension, missing key, responses not 2-d/3-d or not finite, bad ROI.
+        TypeError: ``rois`` is not a mapping.
+        ValueError: wrong extension, damaged file, missing key, responses not 2-d/3-d or not finite, ROIs
+            not a dict / group of datasets, bad ROI.
     """
+    if rois is not None and not isinstance(rois, Mapping):
+        raise TypeError(
+            "load_fmri: rois must be a mapping of ROI name -> boolean mask or voxel indices, got "
+            f"{type(rois).__name__}"
+        )
     file = require_file(path, "fMRI responses")
     ext = os.path.splitext(file)[1].lower()
-    file_rois: dict[str, Any] = {}
     if ext == ".npy":
-        obj = np.load(file, allow_pickle=True)
-        if obj.dtype == object and obj.shape == ():
-            d = obj.item()
-            if not isinstance(d, dict) or key not in d:
-                keys = f" with keys {sorted(d)}" if isinstance(d, dict) else ""
-                raise ValueError(
-                    f"{file!r}: expected an array or a dict with key {key!r}, got {type(d).__name__}{keys}"
-                )
-            data, file_rois = d[key], dict(d.get("rois") or {})
-        else:
-            data = obj
+        data, file_rois = _read_npy(file, key)
     elif ext in (".h5", ".hdf5"):
-        import h5py
-
-        with h5py.File(file, "r") as f:
-            if key not in f:
-                raise ValueError(f"{file!r}: no dataset {key!r}; it has {sorted(f.keys())}")
-            data = f[key][()]
-            if "rois" in f:
-                file_rois = {name: ds[()] for name, ds in f["rois"].items()}
+        data, file_rois = _read_h5(file, key)
     else:
         raise ValueError(f"{file!r}: fMRI responses must be a .npy or .h5/.hdf5 file, got {ext!r}")
     return FMRIResponses(data, {**file_rois, **dict(rois or {})}, file)
+
+
+def _read_npy(file: str, key: str) -> tuple[Any, dict[str, Any]]:
+    obj = load_npy(file, "fMRI responses", objects=True)
+    if isinstance(obj, np.ndarray):
+        return obj, {}
+    if not isinstance(obj, dict) or key not in obj:
+        keys = f" with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else ""
+        raise ValueError(
+            f"{file!r}: expected an array or a dict with key {key!r}, got {type(obj).__name__}{keys}"
+        )
+    file_rois = obj.get("rois") or {}
+    if not isinstance(file_rois, dict):
+        raise ValueError(
+            f"{file!r}: 'rois' must be a dict of ROI name -> boolean mask or voxel indices, got "
+            f"{type(file_rois).__name__}"
+        )
+    return obj[key], file_rois
+
+
+def _read_h5(file: str, key: str) -> tuple[Any, dict[str, Any]]:
+    import h5py
+
+    try:
+        with h5py.File(file, "r") as f:
+            if not isinstance(f.get(key), h5py.Dataset):
+                found = f"a {type(f[key]).__name__.lower()}" if key in f else "none"
+                raise ValueError(f"{file!r}: expected a dataset {key!r}, found {found}; it has {sorted(f)}")
+            data = f[key][()]
+            group = f.get("rois", {})
+            if not isinstance(group, (h5py.Group, dict)):
+                raise ValueError(
+                    f"{file!r}: 'rois' must be a group with one dataset (mask or indices) per ROI, "
+                    f"found a {type(group).__name__.lower()}"
+                )
+            nested = [name for name, item in group.items() if not isinstance(item, h5py.Dataset)]
+            if nested:
+                raise ValueError(
+                    f"{file!r}: rois/{nested[0]} is a {type(group[nested[0]]).__name__.lower()}; expected "
+                    "one dataset (mask or indices) per ROI"
+                )
+            return data, {name: ds[()] for name, ds in group.items()}
+    except OSError as err:  # h5py's messages do not name the file
+        raise ValueError(f"fMRI responses: {file!r} is not a readable HDF5 file ({err})") from err
 
 
 class ResponsePCA:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastalign.data._io import atomic_write, require_file
+from fastalign.data._io import load_npy, replacing_dir, require_file
 from fastalign.models.transforms import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported by fastalign.data
 from fastalign.models.transforms import IMAGENET_STD as IMAGENET_STD
 from fastalign.models.transforms import ImageNetTransform
@@ -103,7 +103,8 @@ def embed_images(
     The cache lives in ``cache_dir/<key>/`` as ``embeddings.npy`` (one row per file) and ``index.json``
     (the absolute path, size and mtime of each row's file). A call reuses the rows of files that are
     unchanged and computes only the rest (new files, or files whose size or mtime changed); a
-    different model or transform gives a different key, hence a fresh cache. The output is float32 in
+    different model or transform gives a different key, hence a fresh cache. An update replaces the
+    folder as a unit, and a cache that is damaged in any way is recomputed. The output is float32 in
     the order of ``paths``.
 
     Args:
@@ -161,18 +162,40 @@ def embed_images(
 
 
 def _read_cache(folder: str, key: str) -> dict[str, tuple[list[int], np.ndarray]]:
+    """The cached rows by file; empty when the cache is missing, for another key, or damaged in any way
+    (a damaged cache is recomputed, not trusted)."""
     index, emb = os.path.join(folder, "index.json"), os.path.join(folder, "embeddings.npy")
     if not (os.path.isfile(index) and os.path.isfile(emb)):
         return {}
     try:
         with open(index) as f:
             meta = json.load(f)
-        arr = np.load(emb)
+        arr = load_npy(emb, "embed_images cache")
     except (OSError, ValueError):
-        return {}  # a damaged cache is recomputed, not trusted
-    if meta.get("key") != key or meta.get("sha256") != hashlib.sha256(arr.tobytes()).hexdigest():
         return {}
-    return {e["path"]: (e["stat"], arr[i]) for i, e in enumerate(meta["files"])}
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not (
+        isinstance(files, list)
+        and meta.get("key") == key
+        and meta.get("sha256") == hashlib.sha256(arr.tobytes()).hexdigest()
+        and arr.ndim == 2
+        and len(files) == len(arr)
+        and all(_is_entry(e) for e in files)
+    ):
+        return {}
+    return {e["path"]: (e["stat"], arr[i]) for i, e in enumerate(files)}
+
+
+def _is_entry(entry: Any) -> bool:
+    """An index.json row: {"path": str, "stat": [size, mtime_ns]}."""
+    stat = entry.get("stat") if isinstance(entry, dict) else None
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and isinstance(stat, list)
+        and len(stat) == 2
+        and all(type(v) is int for v in stat)
+    )
 
 
 def _write_cache(folder: str, key: str, entries: dict[str, tuple[list[int], np.ndarray]]) -> None:
@@ -183,16 +206,9 @@ def _write_cache(folder: str, key: str, entries: dict[str, tuple[list[int], np.n
         "sha256": hashlib.sha256(arr.tobytes()).hexdigest(),
         "files": [{"path": n, "stat": entries[n][0]} for n in names],
     }
-
-    def write_npy(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-
-    def write_json(tmp: str) -> None:
-        with open(tmp, "w") as f:
+    # The folder is replaced as a unit, so the rows and the index always come from one write; the hash
+    # still catches a pair that was damaged or mixed by hand.
+    with replacing_dir(folder) as staging:
+        np.save(os.path.join(staging, "embeddings.npy"), arr, allow_pickle=False)
+        with open(os.path.join(staging, "index.json"), "w") as f:
             json.dump(meta, f)
-
-    # Two atomic writes; the index records the rows' hash, so a crash between them leaves a pair that
-    # _read_cache rejects (and recomputes) instead of rows matched to the wrong files.
-    atomic_write(os.path.join(folder, "embeddings.npy"), write_npy)
-    atomic_write(os.path.join(folder, "index.json"), write_json)

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from fastalign.data._io import atomic_write, save_npy
+from fastalign.data._io import atomic_write, replacing_dir, save_npy
 from fastalign.data.preprocess import preprocess_things_eeg2
 from fastalign.data.things_eeg2 import OCCIPITAL_PARIETAL, TARGET_EVENT, raw_path
 
@@ -386,18 +384,14 @@ def make_synthetic_things(
         raise ValueError(f"make_synthetic_things: n_extra_channels must be 0..{len(_OTHER_CHANNELS)}")
 
     final = os.path.abspath(os.fspath(root))
-    if os.path.exists(final) and (not os.path.isdir(final) or (os.listdir(final) and not overwrite)):
-        raise FileExistsError(
-            f"make_synthetic_things: {final!r} exists and is not an empty folder; pass overwrite=True to "
-            "replace it"
-        )
-    # Everything is written into a sibling temp folder that replaces root only when complete, so a
-    # failure (or an interrupt) never leaves a half-written dataset behind.
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    root = tempfile.mkdtemp(
-        prefix="." + os.path.basename(final) + ".", suffix=".tmp", dir=os.path.dirname(final)
-    )
-    try:
+    # Everything is written into a sibling folder that replaces root as a unit once complete, so a
+    # failure, an interrupt or a kill leaves the old dataset (or none) under root, never a half-written one.
+    with replacing_dir(final) as root:
+        if os.path.exists(final) and (not os.path.isdir(final) or (os.listdir(final) and not overwrite)):
+            raise FileExistsError(
+                f"make_synthetic_things: {final!r} exists and is not an empty folder; pass overwrite=True "
+                "to replace it"
+            )
         out = SyntheticThings(
             root,
             os.path.join(root, "image_set"),
@@ -522,18 +516,6 @@ def make_synthetic_things(
                 np.savez(f, **gt)  # type: ignore[arg-type]
 
         atomic_write(os.path.join(root, "ground_truth.npz"), write_gt)
-    except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
-        raise
-    if os.path.exists(final):
-        old = tempfile.mkdtemp(
-            prefix="." + os.path.basename(final) + ".", suffix=".old", dir=os.path.dirname(final)
-        )
-        os.replace(final, os.path.join(old, "dataset"))
-        os.replace(root, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(root, final)
     return SyntheticThings(
         final,
         os.path.join(final, "image_set"),

@@ -15,6 +15,9 @@ Layout (folder names as published; every loader also takes a direct file path)::
 
 Condition ``i`` of the preprocessed training (test) data is image ``i`` of ``train_img_files``
 (``test_img_files``); raw event code ``i + 1`` marks a presentation of it, and 99999 a target trial.
+
+The files are pickled dicts. They are read with :func:`fastalign.data._io.load_npy`, which unpickles only
+numpy arrays, dicts, lists, tuples, strings and numbers, so a data file cannot run code when loaded.
 """
 
 from __future__ import annotations
@@ -84,12 +87,13 @@ def load_preprocessed_eeg(
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not a dict with preprocessed_eeg_data (4-d, finite), ch_names and times that match it.
+        ValueError: a damaged file, or not a dict with preprocessed_eeg_data (4-d, finite), ch_names and
+            times (1-d) that match it.
     """
     file = preprocessed_path(path, subject, split) if subject is not None else os.fspath(path)
     d = load_pickled_dict(file, _PREPROCESSED_KEYS, "THINGS-EEG2 preprocessed EEG")
     data = check_array(d["preprocessed_eeg_data"], "preprocessed_eeg_data", file, ndim=4)
-    times = np.asarray(d["times"], dtype=np.float64).reshape(-1)
+    times = check_array(d["times"], "times", file, ndim=1).astype(np.float64)
     ch_names = [str(c) for c in d["ch_names"]]
     expect = f"(conditions, repetitions, {len(ch_names)} channels, {times.size} times)"
     if data.shape[2:] != (len(ch_names), times.size):
@@ -116,7 +120,13 @@ class RawEEG:
 
 def load_raw_eeg(path: str | os.PathLike[str], stim_channel: str = "stim") -> RawEEG:
     """Loads ``raw_eeg_{training,test}.npy`` and checks it (2-d finite data, names/types per channel,
-    a stim channel, positive sfreq)."""
+    a stim channel, a positive number as sfreq).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: damaged or unreadable file (see :func:`fastalign.data._io.load_npy`), missing key, or
+            a check above fails; the message names the file.
+    """
     file = os.fspath(path)
     d = load_pickled_dict(file, _RAW_KEYS, "THINGS-EEG2 raw EEG")
     data = check_array(d["raw_eeg_data"], "raw_eeg_data", file, ndim=2)
@@ -129,9 +139,13 @@ def load_raw_eeg(path: str | os.PathLike[str], stim_channel: str = "stim") -> Ra
         )
     if stim_channel not in ch_names:
         raise ValueError(f"{file!r}: no stim channel {stim_channel!r} among ch_names {ch_names}")
-    sfreq = float(np.asarray(d["sfreq"]).reshape(()))
+    stored = d["sfreq"]
+    arr = np.asarray(stored if isinstance(stored, (int, float, np.number, np.ndarray)) else np.nan)
+    sfreq = float(arr.reshape(())) if arr.size == 1 and arr.dtype.kind in "iuf" else np.nan
     if not (np.isfinite(sfreq) and sfreq > 0):
-        raise ValueError(f"{file!r}: sfreq must be a positive number of Hz, got {d['sfreq']!r}")
+        raise ValueError(
+            f"{file!r}: sfreq must be a positive number of Hz, got {stored!r} ({type(stored).__name__})"
+        )
     return RawEEG(data, ch_names, ch_types, sfreq, file)
 
 

@@ -77,3 +77,45 @@ def test_bad_fmri_input(tmp_path: os.PathLike) -> None:
         FMRIResponses(np.ones((3, 4)), {"V2": [1]}).select("LOC")
     with pytest.raises(ValueError, match="5 voxels but"):
         fmri_datasets(FMRIResponses(np.ones((3, 4))), FMRIResponses(np.ones((3, 5))))
+
+
+def test_damaged_fmri_files_name_the_file(tmp_path: os.PathLike) -> None:
+    h5 = os.path.join(tmp_path, "resp.h5")
+    with h5py.File(h5, "w") as f:
+        f["responses"] = np.ones((50, 60))
+    with open(h5, "rb") as f:
+        good = f.read()
+    for damaged in (b"garbage" * 20, good[: len(good) // 2]):
+        with open(h5, "wb") as f:
+            f.write(damaged)
+        with pytest.raises(ValueError, match=r"fMRI responses: '.*resp.h5' is not a readable HDF5 file \("):
+            load_fmri(h5)
+    npy = os.path.join(tmp_path, "resp.npy")
+    np.save(npy, np.ones((50, 60)))
+    with open(npy, "r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(
+        ValueError, match=r"resp.npy' is truncated: it holds 872 bytes of data, expected 24000"
+    ):
+        load_fmri(npy)
+
+
+def test_rois_of_the_wrong_kind(tmp_path: os.PathLike) -> None:
+    h5 = os.path.join(tmp_path, "resp.h5")
+    for make, found in (
+        (lambda f: f.create_dataset("rois", data=np.arange(3)), "'rois' must be a group .* found a dataset"),
+        (lambda f: f.create_group("rois").create_group("V1"), "rois/V1 is a group; expected one dataset"),
+        (lambda f: f.create_group("responses2"), "expected a dataset 'responses2', found a group"),
+    ):
+        with h5py.File(h5, "w") as f:
+            f["responses"] = np.ones((3, 4))
+            make(f)
+        with pytest.raises(ValueError, match=rf"resp.h5': {found}"):
+            load_fmri(h5, key="responses2" if "responses2" in found else "responses")
+    npy = os.path.join(tmp_path, "resp.npy")
+    save_npy(npy, {"responses": np.ones((3, 4)), "rois": [np.arange(2)]})
+    with pytest.raises(ValueError, match=r"resp.npy': 'rois' must be a dict of ROI name -> .*, got list"):
+        load_fmri(npy)
+    save_npy(npy, np.ones((3, 4)))
+    with pytest.raises(TypeError, match=r"load_fmri: rois must be a mapping of ROI name -> .*, got list"):
+        load_fmri(npy, rois=["V1"])  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -89,3 +90,35 @@ def test_damaged_cache_is_recomputed(tmp_path: os.PathLike) -> None:
     np.save(os.path.join(cache, sub, "embeddings.npy"), np.zeros((2, 3), np.float32))
     np.testing.assert_array_equal(embed_images(model, paths, cache, transform=ImageTransform(8)), want)
     assert model.seen == 4
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["not json", "a list", "no files", "entry without path", "stat not two ints", "one row too few", "empty"],
+)
+def test_damaged_index_is_recomputed_and_rewritten(tmp_path: os.PathLike, damage: str) -> None:
+    paths = [_write(os.path.join(tmp_path, f"{i}.png"), i) for i in range(2)]
+    cache = os.path.join(tmp_path, "cache")
+    model = _Counting()
+    want = embed_images(model, paths, cache, transform=ImageTransform(8))
+    (sub,) = os.listdir(cache)
+    index = os.path.join(cache, sub, "index.json")
+    with open(index) as f:
+        meta = json.load(f)
+    text = {
+        "not json": '{"key": ',
+        "a list": json.dumps([meta]),
+        "no files": json.dumps({k: v for k, v in meta.items() if k != "files"}),
+        "entry without path": json.dumps({**meta, "files": [{"stat": e["stat"]} for e in meta["files"]]}),
+        "stat not two ints": json.dumps({**meta, "files": [{**e, "stat": [1.5]} for e in meta["files"]]}),
+        "one row too few": json.dumps({**meta, "files": meta["files"][:1]}),
+        "empty": "",
+    }[damage]
+    with open(index, "w") as f:
+        f.write(text)
+    np.testing.assert_array_equal(embed_images(model, paths, cache, transform=ImageTransform(8)), want)
+    assert model.seen == 4  # recomputed
+    with open(index) as f:
+        assert json.load(f) == meta  # and rewritten
+    embed_images(model, paths, cache, transform=ImageTransform(8))
+    assert model.seen == 4 and os.listdir(cache) == [sub]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -139,3 +140,41 @@ def test_merge_rejects_unequal_training_sessions() -> None:
     c = EEGResponses(data, ["O1", "O2", "Pz"], np.arange(4), np.array([1, 2]), "ses-03")
     with pytest.raises(ValueError, match="ses-03: channels"):
         merge_sessions([a, c], [a, a])
+
+
+def test_damaged_files_name_the_file_and_the_damage(tmp_path: os.PathLike) -> None:
+    path = _prep(str(tmp_path), shape=(2, 2, 3, 5))
+    with open(path, "rb") as f:
+        good = f.read()
+    header = len(good) - len(good.split(b"\n", 1)[1])  # the .npy header ends with a newline
+    for damaged, found in (
+        (good[: len(good) // 2], "holds damaged or truncated pickled data"),
+        (good[:header], "holds damaged or truncated pickled data"),
+        (good[:header] + b"\x80\x04garbage" * 20, "holds damaged or truncated pickled data"),
+        (good[:20], "has a damaged .npy header"),
+        (b"not a numpy file at all", "is not a .npy file"),
+        (b"", "is not a .npy file"),
+    ):
+        with open(path, "wb") as f:
+            f.write(damaged)
+        with pytest.raises(
+            ValueError, match=f"THINGS-EEG2 preprocessed EEG: {re.escape(repr(path))} {found}"
+        ):
+            load_preprocessed_eeg(path)
+
+
+@pytest.mark.parametrize("sfreq", ["1000Hz", None, [1000, 500], {"hz": 1000}, True, np.nan, np.array([])])
+def test_raw_sfreq_must_be_a_positive_number(tmp_path: os.PathLike, sfreq: object) -> None:
+    raw = os.path.join(tmp_path, "raw_eeg_training.npy")
+    save_npy(raw, {"raw_eeg_data": np.zeros((2, 10)), "ch_names": ["O1", "stim"], "ch_types": ["eeg", "stim"],
+                   "sfreq": sfreq})  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"raw_eeg_training.npy': sfreq must be a positive number of Hz, got"
+    ):
+        load_raw_eeg(raw)
+
+
+def test_preprocessed_times_must_be_numeric(tmp_path: os.PathLike) -> None:
+    _prep(str(tmp_path), shape=(2, 2, 3, 2), times=["a", "b"])
+    with pytest.raises(TypeError, match=r"preprocessed_eeg_training.npy: times must be a real numeric array"):
+        load_preprocessed_eeg(tmp_path, 1, "training")
