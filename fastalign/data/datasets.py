@@ -13,14 +13,22 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fastalign import _mne
 from fastalign.data._io import check_array
 from fastalign.data.fmri import FMRIResponses, ResponsePCA, load_fmri
 from fastalign.data.images import ImageTransform
-from fastalign.data.responses import EEGResponses, _is_epochs, epochs_to_responses
+from fastalign.data.responses import (
+    EEGResponses,
+    _check_int,
+    _check_real,
+    _check_times,
+    epochs_to_responses,
+)
 from fastalign.data.things_eeg2 import load_image_metadata, load_preprocessed_eeg
 
 Normalization = Literal["zscore", "channel", "trial"]
 _NORMS = (None, "zscore", "channel", "trial")
+_DS = "BrainImageDataset"
 
 
 @dataclass
@@ -42,6 +50,7 @@ def fit_norm_stats(trials: np.ndarray, mode: str) -> NormStats:
     "zscore": one mean and std over everything (per subject); "channel": per channel (EEG, over
     images, repetitions and time) or per voxel (fMRI).
     """
+    trials = check_array(trials, "trials", "fit_norm_stats", ndim=(3, 4))
     if mode == "zscore":
         mean, std = np.asarray(trials.mean()), np.asarray(trials.std())
     elif mode == "channel":
@@ -60,7 +69,7 @@ def fit_norm_stats(trials: np.ndarray, mode: str) -> NormStats:
 
 def _as_trials(responses: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
     """(n_images, n_repetitions, *features) array, ch_names, times and a source name."""
-    if _is_epochs(responses):
+    if _mne.is_epochs(responses):
         responses = epochs_to_responses(responses)
     if isinstance(responses, EEGResponses):
         return responses.data, responses.ch_names, responses.times, responses.source
@@ -68,7 +77,17 @@ def _as_trials(responses: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
         return responses.data, [], np.zeros(0), responses.source
     if isinstance(responses, torch.Tensor):
         responses = responses.detach().cpu().numpy()
-    arr = check_array(responses, "responses", "BrainImageDataset", ndim=(2, 3, 4))
+    if not isinstance(responses, (np.ndarray, list, tuple)) and not hasattr(responses, "__array__"):
+        hint = (
+            "; load files first (load_preprocessed_eeg, load_fmri)"
+            if isinstance(responses, (str, os.PathLike))
+            else ""
+        )
+        raise TypeError(
+            f"{_DS}: responses must be an array or tensor of 2-4 dimensions, an EEGResponses, FMRIResponses "
+            f"or mne.Epochs, got {type(responses).__name__}{hint}"
+        )
+    arr = check_array(responses, "responses", _DS, ndim=(2, 3, 4))
     return (arr[:, None] if arr.ndim == 2 else arr), [], np.zeros(0), "argument responses"
 
 
@@ -117,21 +136,48 @@ class BrainImageDataset(Dataset):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         trials, names, tvec, self.source = _as_trials(responses)
-        names = list(ch_names) if ch_names is not None else names
-        tvec = np.asarray(times, dtype=np.float64) if times is not None else tvec
         n_img, n_rep = trials.shape[:2]
         eeg = trials.ndim == 4
-        if normalize not in _NORMS:
-            raise ValueError(f"BrainImageDataset: normalize must be one of {_NORMS}, got {normalize!r}")
+        if not isinstance(flatten, (bool, np.bool_)):
+            raise TypeError(f"{_DS}: flatten must be a bool, got {flatten!r} ({type(flatten).__name__})")
+        if not isinstance(normalize, (str, type(None))) or normalize not in _NORMS:
+            raise ValueError(f"{_DS}: normalize must be one of {_NORMS}, got {normalize!r}")
+        if norm_stats is not None and not isinstance(norm_stats, NormStats):
+            raise TypeError(
+                f"{_DS}: norm_stats must be None or a NormStats (train_ds.norm_stats), got "
+                f"{type(norm_stats).__name__}"
+            )
+        if norm_stats is not None and normalize not in ("zscore", "channel"):
+            raise ValueError(
+                f"{_DS}: norm_stats ({norm_stats.mode!r}) given but normalize={normalize!r} uses none; "
+                "normalise every split the same way"
+            )
+        if image_transform is not None and not callable(image_transform):
+            raise TypeError(
+                f"{_DS}: image_transform must be callable (path -> tensor), got "
+                f"{type(image_transform).__name__}"
+            )
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(
+                f"{_DS}: dtype must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}"
+            )
+        if (ch_names is not None or times is not None) and not eeg:
+            raise ValueError(f"{_DS}: ch_names and times need EEG responses (4-d), got shape {trials.shape}")
+        if ch_names is not None:
+            names = self._ch_names(ch_names, trials.shape[2])
+        if times is not None:
+            tvec = _check_times(times, trials.shape[3], "times", _DS)
+        checked_images = self._images(images, n_img, self.source)
 
         rep_idx = self._repetitions(repetitions, n_rep)
-        if random_repetitions is not None and not (1 <= random_repetitions <= len(rep_idx)):
+        _check_int(random_repetitions, "random_repetitions", _DS, minimum=1, none=True)
+        if random_repetitions is not None and random_repetitions > len(rep_idx):
             raise ValueError(
-                f"BrainImageDataset: random_repetitions must be in 1..{len(rep_idx)} (the selected "
-                f"repetitions), got {random_repetitions}"
+                f"{_DS}: random_repetitions must be in 1..{len(rep_idx)} (the selected repetitions), got "
+                f"{random_repetitions}"
             )
         if (channels is not None or time_window is not None) and not eeg:
-            raise ValueError("BrainImageDataset: channels and time_window need EEG responses (4-d)")
+            raise ValueError(f"{_DS}: channels and time_window need EEG responses (4-d)")
         if eeg:
             ch_idx = self._channels(channels, names, trials.shape[2])
             t_idx = self._times(time_window, tvec, trials.shape[3])
@@ -143,15 +189,13 @@ class BrainImageDataset(Dataset):
             trials = trials[:, rep_idx]
             self.ch_names, self.times = [], np.zeros(0)
 
-        self.normalize, self.flatten, self.random_repetitions = normalize, flatten, random_repetitions
+        self.normalize, self.flatten, self.random_repetitions = normalize, bool(flatten), random_repetitions
         self.norm_stats = norm_stats
         if normalize in ("zscore", "channel"):
             if norm_stats is None:
                 self.norm_stats = fit_norm_stats(trials, normalize)
-            elif norm_stats.mode != normalize:
-                raise ValueError(
-                    f"BrainImageDataset: norm_stats are for {norm_stats.mode!r}, not {normalize!r}"
-                )
+            else:
+                self._check_norm_stats(norm_stats, normalize, trials.shape[2:])
             assert self.norm_stats is not None
             # Affine, so normalising trials equals normalising their average.
             trials = (trials - self.norm_stats.mean) / self.norm_stats.std
@@ -164,32 +208,78 @@ class BrainImageDataset(Dataset):
             self._trials, self._mean = None, self._finish(mean).to(dtype)
             self.response_shape = tuple(self._mean.shape[1:])
 
-        self.images, self.image_transform = images, image_transform or ImageTransform()
-        if images is not None:
-            if isinstance(images, (str, os.PathLike)) or len(images) != n_img:
-                count = "a path" if isinstance(images, (str, os.PathLike)) else f"{len(images)} images"
-                raise ValueError(f"BrainImageDataset: got {count} for {n_img} responses from {self.source}; "
-                                 "expected one image per response")  # fmt: skip
-            if isinstance(images, np.ndarray):
-                self.images = torch.as_tensor(images)
+        self.images, self.image_transform = checked_images, image_transform or ImageTransform()
         self.n_images = n_img
+
+    @staticmethod
+    def _images(images: Any, n_img: int, source: str) -> Any:
+        """``images`` checked: None, n_img paths, or an array/tensor with n_img rows (as a tensor)."""
+        if images is None:
+            return None
+        if isinstance(images, (np.ndarray, torch.Tensor)):
+            numeric = (
+                images.dtype.kind in "biuf" if isinstance(images, np.ndarray) else not images.is_complex()
+            )
+            if not numeric:
+                raise TypeError(
+                    f"{_DS}: an images array must be numeric (pixels or embeddings), got dtype "
+                    f"{images.dtype}; pass image paths as a list"
+                )
+            if images.ndim == 0:
+                raise ValueError(f"{_DS}: images must have one row per image, got a 0-d array")
+            images = torch.as_tensor(images)
+        # Items of a sequence are not checked: image_transform may take PIL images or tensors, not just paths.
+        elif isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+            raise TypeError(
+                f"{_DS}: images must be None, a sequence of image paths or an array/tensor with one row per "
+                f"image, got {type(images).__name__}"
+            )
+        if len(images) != n_img:
+            raise ValueError(
+                f"{_DS}: got {len(images)} images for {n_img} responses from {source}; expected one image "
+                "per response"
+            )
+        return images
+
+    @staticmethod
+    def _ch_names(ch_names: Any, n_ch: int) -> list[str]:
+        if isinstance(ch_names, (str, bytes)) or not isinstance(ch_names, (Sequence, np.ndarray)):
+            raise TypeError(f"{_DS}: ch_names must be a sequence of channel names, got {ch_names!r}")
+        names = list(ch_names)
+        bad = [n for n in names if not isinstance(n, str)]
+        if bad:
+            raise TypeError(f"{_DS}: ch_names must be strings, got {bad[0]!r} ({type(bad[0]).__name__})")
+        if len(names) != n_ch or len(set(names)) != n_ch:
+            raise ValueError(
+                f"{_DS}: ch_names must be {n_ch} distinct names, one per channel of the data, got "
+                f"{len(names)} ({len(set(names))} distinct)"
+            )
+        return names
 
     @staticmethod
     def _repetitions(repetitions: Any, n_rep: int) -> list[int]:
         if isinstance(repetitions, str):
             if repetitions != "all":
-                raise ValueError(
-                    f"BrainImageDataset: repetitions must be 'all', an int or indices, got {repetitions!r}"
-                )
+                raise ValueError(f"{_DS}: repetitions must be 'all', an int or indices, got {repetitions!r}")
             return list(range(n_rep))
-        if isinstance(repetitions, (int, np.integer)) and not isinstance(repetitions, bool):
-            if not 1 <= repetitions <= n_rep:
-                raise ValueError(f"BrainImageDataset: repetitions={repetitions} but the data has {n_rep}")
-            return list(range(int(repetitions)))
-        idx = [int(i) for i in repetitions]
+        if isinstance(repetitions, (int, np.integer, np.bool_)):
+            k = _check_int(repetitions, "repetitions", _DS, minimum=1)
+            if k > n_rep:
+                raise ValueError(f"{_DS}: repetitions={repetitions} but the data has {n_rep}")
+            return list(range(k))
+        if isinstance(repetitions, torch.Tensor):
+            repetitions = repetitions.tolist()
+        if not isinstance(repetitions, (Sequence, np.ndarray)) or isinstance(repetitions, bytes):
+            raise TypeError(
+                f"{_DS}: repetitions must be 'all', an int or a sequence of int indices, got {repetitions!r} "
+                f"({type(repetitions).__name__})"
+            )
+        idx = [_check_int(i, f"repetitions[{j}]", _DS) for j, i in enumerate(repetitions)]
         if not idx or min(idx) < -n_rep or max(idx) >= n_rep:
+            raise ValueError(f"{_DS}: repetition indices {idx} out of range for {n_rep} repetitions")
+        if len({i % n_rep for i in idx}) != len(idx):
             raise ValueError(
-                f"BrainImageDataset: repetition indices {idx} out of range for {n_rep} repetitions"
+                f"{_DS}: repetition indices {idx} repeat a repetition; expected distinct indices"
             )
         return idx
 
@@ -197,18 +287,26 @@ class BrainImageDataset(Dataset):
     def _channels(channels: Any, names: list[str], n_ch: int) -> list[int]:
         if channels is None:
             return list(range(n_ch))
+        if isinstance(channels, (str, bytes)) or not isinstance(channels, (Sequence, np.ndarray)):
+            raise TypeError(
+                f"{_DS}: channels must be a sequence of channel names or indices (e.g. ['Oz']), got "
+                f"{channels!r} ({type(channels).__name__})"
+            )
         out = []
-        for c in channels:
+        for j, c in enumerate(channels):
             if isinstance(c, str):
                 if c not in names:
-                    raise ValueError(
-                        f"BrainImageDataset: no channel {c!r}; channels are {names or '(names unknown)'}"
-                    )
+                    raise ValueError(f"{_DS}: no channel {c!r}; channels are {names or '(names unknown)'}")
                 out.append(names.index(c))
-            elif -n_ch <= int(c) < n_ch:
-                out.append(int(c) % n_ch)
-            else:
-                raise ValueError(f"BrainImageDataset: channel index {c} out of range for {n_ch} channels")
+                continue
+            i = _check_int(c, f"channels[{j}]", _DS)
+            if not -n_ch <= i < n_ch:
+                raise ValueError(f"{_DS}: channel index {c} out of range for {n_ch} channels")
+            out.append(i % n_ch)
+        if not out or len(set(out)) != len(out):
+            raise ValueError(
+                f"{_DS}: channels must name at least one channel, each once, got {list(channels)}"
+            )
         return out
 
     @staticmethod
@@ -216,18 +314,48 @@ class BrainImageDataset(Dataset):
         if window is None:
             return np.arange(n_t)
         if isinstance(window, slice):
+            for part in ("start", "stop", "step"):
+                _check_int(getattr(window, part), f"time_window.{part}", _DS, none=True)
+            if window.step == 0:
+                raise ValueError(f"{_DS}: time_window slice step must not be 0, got {window}")
             idx = np.arange(n_t)[window]
         else:
-            if not tvec.size:
-                raise ValueError(
-                    "BrainImageDataset: time_window in seconds needs the epoch times (times=...)"
+            if (
+                isinstance(window, (str, bytes))
+                or not isinstance(window, (Sequence, np.ndarray))
+                or len(window) != 2
+            ):
+                raise TypeError(
+                    f"{_DS}: time_window must be None, (tmin, tmax) in seconds or a slice of sample indices, "
+                    f"got {window!r}"
                 )
-            tmin, tmax = window
+            tmin = _check_real(window[0], "time_window[0] (tmin)", _DS)
+            tmax = _check_real(window[1], "time_window[1] (tmax)", _DS)
+            if tmin > tmax:
+                raise ValueError(f"{_DS}: time_window must have tmin <= tmax, got {tuple(window)}")
+            if not tvec.size:
+                raise ValueError(f"{_DS}: time_window in seconds needs the epoch times (times=...)")
             tol = 1e-9 * max(1.0, float(np.abs(tvec).max()))
             idx = np.flatnonzero((tvec >= tmin - tol) & (tvec <= tmax + tol))
         if not idx.size:
-            raise ValueError(f"BrainImageDataset: time_window {window} selects no samples")
+            raise ValueError(f"{_DS}: time_window {window} selects no samples")
         return idx
+
+    @staticmethod
+    def _check_norm_stats(stats: NormStats, normalize: str, feature_shape: tuple[int, ...]) -> None:
+        if stats.mode != normalize:
+            raise ValueError(f"{_DS}: norm_stats are for {stats.mode!r}, not {normalize!r}")
+        for name in ("mean", "std"):
+            value = np.asarray(getattr(stats, name))
+            try:
+                fits = np.broadcast_shapes(value.shape, feature_shape) == feature_shape
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ValueError(
+                    f"{_DS}: norm_stats.{name} has shape {value.shape}, which does not fit this dataset's "
+                    f"responses {feature_shape} (fitted on other channels, times or voxels?)"
+                )
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         """Trial normalisation and flattening of averaged responses (batch first)."""
@@ -290,6 +418,17 @@ def things_eeg2_datasets(
             training).
         **options: BrainImageDataset options for both splits (channels, time_window, normalize, ...).
     """
+    for name, value in (("train_options", train_options), ("test_options", test_options)):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(
+                f"things_eeg2_datasets: {name} must be None or a dict of BrainImageDataset options, got "
+                f"{type(value).__name__}"
+            )
+    if test_options and "norm_stats" in test_options:
+        raise ValueError(
+            "things_eeg2_datasets: test_options must not set norm_stats; the test set is normalised with the "
+            "training set's statistics (pass norm_stats in options to use fixed ones for both)"
+        )
     train_eeg = load_preprocessed_eeg(preprocessed_dir, subject, "training")
     test_eeg = load_preprocessed_eeg(preprocessed_dir, subject, "test")
     train_imgs = test_imgs = None
@@ -328,6 +467,13 @@ def fmri_datasets(
         pca_components: Reduce voxels to this many principal components of the averaged training data.
         **options: BrainImageDataset options (repetitions, random_repetitions, normalize, ...).
     """
+    for name, value in (("train", train), ("test", test)):
+        if not isinstance(value, (FMRIResponses, str, os.PathLike)):
+            raise TypeError(
+                f"fmri_datasets: {name} must be an FMRIResponses or the path of a response file, got "
+                f"{type(value).__name__}"
+            )
+    _check_int(pca_components, "pca_components", "fmri_datasets", minimum=1, none=True)
     tr = train if isinstance(train, FMRIResponses) else load_fmri(train)
     te = test if isinstance(test, FMRIResponses) else load_fmri(test)
     if rois is not None:

@@ -8,7 +8,8 @@ per condition (sklearn.utils.shuffle with the seed), whiten each session with MV
 training partitions, merge the sessions (test: repetitions concatenated; training: each image's
 repetitions gathered from the sessions that showed it), shuffle the merged repetitions with the seed,
 and write ``preprocessed_eeg_{training,test}.npy``. With the published arguments the files hold the
-same numbers as the published script's output on the same input.
+same numbers as the published script's output on the same input. Conditions are 0-based image indices
+throughout (the raw files' 1-based event codes minus 1, converted in :func:`epoch_session`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, get_args
 
 import numpy as np
 
 from fastalign.data._io import save_many_npy
 from fastalign.data.mvnn import MVNNDim, mvnn
-from fastalign.data.responses import EEGResponses
+from fastalign.data.responses import EEGResponses, _check_int, _check_real
 from fastalign.data.things_eeg2 import (
     OCCIPITAL_PARIETAL,
     PUBLISHED_SEED,
@@ -42,6 +44,48 @@ def _selection(count: int, n_repetitions: int, seed: int) -> np.ndarray:
     from sklearn.utils import shuffle
 
     return np.asarray(shuffle(np.arange(count), random_state=seed, n_samples=n_repetitions))
+
+
+def _check_seed(seed: Any, fn: str) -> None:
+    # sklearn's random_state takes ints in [0, 2**32); refuse others here rather than deep inside sklearn
+    if _check_int(seed, "seed", fn, minimum=0) >= 2**32:
+        raise ValueError(f"{fn}: seed must be an int in [0, 2**32), got {seed!r}")
+
+
+def _check_epoching(
+    fn: str,
+    *,
+    sfreq: Any,
+    channels: Any,
+    tmin: Any,
+    tmax: Any,
+    baseline: Any,
+    seed: Any,
+) -> None:
+    """Checks the epoching arguments shared by :func:`epoch_session` and :func:`preprocess_things_eeg2`
+    before any file is read (MNE's own errors name neither the function nor the argument)."""
+    _check_real(sfreq, "sfreq", fn, positive=True, none=True)
+    if not isinstance(channels, str):
+        raise TypeError(f"{fn}: channels must be a regex str (e.g. {OCCIPITAL_PARIETAL!r}), got {channels!r}")
+    try:
+        re.compile(channels)
+    except re.error as err:
+        raise ValueError(f"{fn}: channels={channels!r} is not a valid regex ({err})") from err
+    lo, hi = _check_real(tmin, "tmin", fn), _check_real(tmax, "tmax", fn)
+    if lo >= hi:
+        raise ValueError(f"{fn}: tmin must be < tmax (seconds), got tmin={tmin!r}, tmax={tmax!r}")
+    if baseline is not None:
+        if isinstance(baseline, (str, bytes)) or not isinstance(baseline, Sequence) or len(baseline) != 2:
+            raise TypeError(f"{fn}: baseline must be None or a (start, end) pair, got {baseline!r}")
+        b_lo = _check_real(baseline[0], "baseline[0]", fn, none=True)
+        b_hi = _check_real(baseline[1], "baseline[1]", fn, none=True)
+        b_lo, b_hi = lo if b_lo is None else b_lo, hi if b_hi is None else b_hi
+        if not lo <= b_lo <= b_hi <= hi:
+            raise ValueError(
+                f"{fn}: baseline {tuple(baseline)} must be an interval inside the epoch "
+                f"[tmin, tmax] = [{lo}, {hi}] s, start <= end (None: the epoch's start or end)"
+            )
+    _check_seed(seed, fn)
 
 
 def epoch_session(
@@ -74,12 +118,33 @@ def epoch_session(
 
     Returns:
         EEGResponses: data (n_conditions, n_repetitions, n_channels, n_times), the picked ch_names,
-        times, and conditions = the sorted event codes.
+        times, and conditions = the 0-based image indices shown, ascending (raw event code - 1).
+
+    The raw files mark image ``i`` of image_metadata with the published 1-based event code ``i + 1``;
+    everything in fastalign numbers images from 0 (condition ``i`` of :func:`load_preprocessed_eeg` is
+    row ``i`` of the image lists, as in the published preprocessed files), so the codes are converted
+    here, where they are read.
+
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or out of range (sfreq not > 0, tmin >= tmax,
+            baseline outside the epoch, ...); no channel matches; an event code < 1; too few repetitions.
     """
     import mne
 
+    fn = "epoch_session"
+    _check_epoching(fn, sfreq=sfreq, channels=channels, tmin=tmin, tmax=tmax, baseline=baseline, seed=seed)
+    _check_int(n_repetitions, "n_repetitions", fn, minimum=1, none=True)
+    _check_int(target_event, "target_event", fn, none=True)
+    if not isinstance(stim_channel, str):
+        raise TypeError(f"{fn}: stim_channel must be a channel name (str), got {stim_channel!r}")
+    if not isinstance(raw, (RawEEG, str, os.PathLike)):
+        raise TypeError(
+            f"{fn}: raw must be a RawEEG or the path of a raw_eeg_*.npy file, got {type(raw).__name__}"
+        )
     if not isinstance(raw, RawEEG):
         raw = load_raw_eeg(raw, stim_channel)
+    elif stim_channel not in raw.ch_names:
+        raise ValueError(f"{fn}: {raw.source}: no stim channel {stim_channel!r} among {raw.ch_names}")
     src, raw_sfreq = raw.source, raw.sfreq
     info = mne.create_info(raw.ch_names, raw.sfreq, raw.ch_types)
     mraw = mne.io.RawArray(raw.data, info, verbose="error")  # shares raw.data (float64: no copy)
@@ -96,6 +161,11 @@ def epoch_session(
         events = events[events[:, 2] != target_event]
     if len(events) == 0:
         raise ValueError(f"{src}: no (non-target) events found on stim channel {stim_channel!r}")
+    if events[:, 2].min() < 1:
+        raise ValueError(
+            f"{src}: event code {events[:, 2].min()} on {stim_channel!r}; THINGS-EEG2 codes are 1-based "
+            "image numbers (>= 1)"
+        )
     epochs = mne.Epochs(mraw, events, tmin=tmin, tmax=tmax, baseline=baseline, preload=True, verbose="error")
     del mraw
     if sfreq is not None and sfreq != raw_sfreq:
@@ -121,7 +191,7 @@ def epoch_session(
         if count not in selections:
             selections[count] = _selection(int(count), n_repetitions, seed)
         keep[i] = order[start + selections[count]]
-    return EEGResponses(data[keep], list(epochs.ch_names), np.asarray(epochs.times), conditions, src)
+    return EEGResponses(data[keep], list(epochs.ch_names), np.asarray(epochs.times), conditions - 1, src)
 
 
 def _check_same(sessions: Sequence[EEGResponses], what: str) -> None:
@@ -144,9 +214,19 @@ def merge_sessions(
     number). Both then shuffle their repetition axis with ``sklearn.utils.shuffle(..., random_state=seed)``.
 
     Returns:
-        (test, training) EEGResponses; conditions are the sorted event codes.
+        (test, training) EEGResponses; conditions are the sessions' conditions (0-based image
+        indices from :func:`epoch_session`), ascending.
     """
     from sklearn.utils import shuffle
+
+    for name, parts in (("test", test), ("training", training)):
+        if isinstance(parts, EEGResponses) or not isinstance(parts, Sequence) or not parts:
+            got = f"an empty {type(parts).__name__}" if isinstance(parts, Sequence) else type(parts).__name__
+            raise TypeError(f"merge_sessions: {name} must be a non-empty sequence of EEGResponses, got {got}")
+        bad = [type(p).__name__ for p in parts if not isinstance(p, EEGResponses)]
+        if bad:
+            raise TypeError(f"merge_sessions: {name} must hold EEGResponses, got {bad[0]}")
+    _check_seed(seed, "merge_sessions")
 
     _check_same([*test, *training], "merging sessions")
     for s in test[1:]:
@@ -232,9 +312,36 @@ def preprocess_things_eeg2(
 
     Returns:
         PreprocessedSubject with training and test EEGResponses of shape (conditions, repetitions,
-        channels, times) and the paths written.
+        channels, times) and the paths written. Their conditions are 0-based image indices, as
+        :func:`load_preprocessed_eeg` gives for the written files (the raw 1-based event codes minus 1,
+        see :func:`epoch_session`).
+
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or out of range (checked before any file is
+            read); with ``write``, a split whose images are not exactly 0..n-1 (e.g. a subset of the
+            sessions that misses some training images): the file format has no condition labels, so
+            row ``i`` must be image ``i``. Use ``write=False`` to get such data with its conditions.
+        FileNotFoundError: a raw folder or file is missing.
     """
+    fn = "preprocess_things_eeg2"
+    if not isinstance(raw_dir, (str, os.PathLike)):
+        raise TypeError(f"{fn}: raw_dir must be a path, got {type(raw_dir).__name__}")
+    if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):
+        raise TypeError(f"{fn}: out_dir must be None or a path, got {type(out_dir).__name__}")
+    _check_epoching(fn, sfreq=sfreq, channels=channels, tmin=tmin, tmax=tmax, baseline=baseline, seed=seed)
+    if mvnn_dim not in get_args(MVNNDim):
+        raise ValueError(f"{fn}: mvnn_dim must be one of {get_args(MVNNDim)}, got {mvnn_dim!r}")
+    _check_int(training_repetitions, "training_repetitions", fn, minimum=1, none=True)
+    _check_int(test_repetitions, "test_repetitions", fn, minimum=1, none=True)
+    if not isinstance(write, (bool, np.bool_)):
+        raise TypeError(f"{fn}: write must be a bool, got {write!r}")
     raw_dir = os.fspath(raw_dir)
+    if sessions is not None:
+        if isinstance(sessions, (str, bytes)) or not isinstance(sessions, Sequence):
+            raise TypeError(f"{fn}: sessions must be None or a sequence of session numbers, got {sessions!r}")
+        sessions = [_check_int(s, f"sessions[{i}]", fn, minimum=1) for i, s in enumerate(sessions)]
+        if not sessions or len(set(sessions)) != len(sessions):
+            raise ValueError(f"{fn}: sessions must be distinct session numbers, at least one, got {sessions}")
     sessions = list(sessions) if sessions is not None else _sessions(raw_dir, subject)
     white: dict[str, list[EEGResponses]] = {"test": [], "training": []}
     reps: dict[str, int | None] = {"test": test_repetitions, "training": training_repetitions}
@@ -262,6 +369,16 @@ def preprocess_things_eeg2(
     test, training = merge_sessions(white["test"], white["training"], seed)
     paths: dict[str, str] = {}
     if write:
+        for split, part in (("training", training), ("test", test)):
+            n = len(part.conditions)
+            if not np.array_equal(part.conditions, np.arange(n)):
+                missing = np.setdiff1d(np.arange(part.conditions.max() + 1), part.conditions)
+                raise ValueError(
+                    f"{fn}: the {split} data of sessions {sessions} lacks image(s) {missing[:5].tolist()} "
+                    f"(it has {n} of 0..{part.conditions.max()}); a preprocessed file stores no condition "
+                    "labels (row i is image i), so every image 0..n-1 must be present. Use all sessions, "
+                    "or write=False to get the data with its conditions"
+                )
         default = os.path.join(os.path.dirname(os.path.abspath(raw_dir)), "preprocessed_data")
         out = os.fspath(out_dir) if out_dir is not None else default
         files = {

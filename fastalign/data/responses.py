@@ -8,11 +8,74 @@ codes name the image of each epoch (one event per image presentation).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
+from fastalign import _mne
 from fastalign.data._io import check_array
+
+
+@overload
+def _check_int(value: Any, name: str, where: str, *, minimum: int | None = None) -> int: ...
+@overload
+def _check_int(
+    value: Any, name: str, where: str, *, minimum: int | None = None, none: bool
+) -> int | None: ...
+def _check_int(
+    value: Any, name: str, where: str, *, minimum: int | None = None, none: bool = False
+) -> int | None:
+    """``value`` as an int (numpy integers too; bool is not an int here) that is >= ``minimum``."""
+    if value is None and none:
+        return None
+    expect = ("None or " if none else "") + "an int" + ("" if minimum is None else f" >= {minimum}")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{where}: {name} must be {expect}, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{where}: {name} must be {expect}, got {value!r}")
+    return int(value)
+
+
+@overload
+def _check_real(value: Any, name: str, where: str, *, positive: bool = False) -> float: ...
+@overload
+def _check_real(value: Any, name: str, where: str, *, positive: bool = False, none: bool) -> float | None: ...
+def _check_real(
+    value: Any, name: str, where: str, *, positive: bool = False, none: bool = False
+) -> float | None:
+    """``value`` as a finite float (> 0 when ``positive``); bool and complex are refused."""
+    if value is None and none:
+        return None
+    expect = ("None or " if none else "") + ("a finite number > 0" if positive else "a finite number")
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{where}: {name} must be {expect}, got {value!r} ({type(value).__name__})")
+    if not np.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{where}: {name} must be {expect}, got {value!r}")
+    return float(value)
+
+
+def _check_times(times: Any, n_times: int, name: str, where: str) -> np.ndarray:
+    """``times`` as a (n_times,) float64 array of finite, strictly increasing seconds."""
+    arr = np.asarray(times)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"{where}: {name} must be real numbers (seconds), got dtype {arr.dtype}")
+    if arr.shape != (n_times,):
+        raise ValueError(
+            f"{where}: {name} must have shape ({n_times},), one time per sample of the data's time axis, "
+            f"got {arr.shape}"
+        )
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        bad = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise ValueError(f"{where}: {name} must be finite, got {name}[{bad}] = {arr[bad]}")
+    down = np.flatnonzero(np.diff(arr) <= 0)
+    if down.size:
+        i = int(down[0])
+        raise ValueError(
+            f"{where}: {name} must be strictly increasing, got {name}[{i}] = {arr[i]} and "
+            f"{name}[{i + 1}] = {arr[i + 1]}"
+        )
+    return arr
 
 
 @dataclass
@@ -23,7 +86,10 @@ class EEGResponses:
         data: (n_conditions, n_repetitions, n_channels, n_times) responses.
         ch_names: n_channels channel names (may be empty when unknown).
         times: (n_times,) epoch time of each sample in seconds (may be empty when unknown).
-        conditions: (n_conditions,) event code / image index of each condition, ascending.
+        conditions: (n_conditions,) label of each condition, ascending: 0-based image indices for
+            THINGS-EEG2 (row ``i`` of image_metadata's list; :func:`load_preprocessed_eeg`,
+            :func:`preprocess_things_eeg2`, 0..n_conditions-1 for plain arrays), the event codes for
+            MNE epochs (:func:`epochs_to_responses`).
         source: where the data came from (a file path or "array"), for error messages.
     """
 
@@ -40,12 +106,10 @@ class EEGResponses:
             raise ValueError(
                 f"{self.source}: {len(self.ch_names)} ch_names for {n_ch} channels in data {self.data.shape}"
             )
-        self.times = np.asarray(self.times, dtype=np.float64)
-        if self.times.size and self.times.shape != (n_t,):
-            raise ValueError(
-                f"{self.source}: times must have shape ({n_t},) to match data {self.data.shape}, "
-                f"got {self.times.shape}"
-            )
+        if np.size(self.times):
+            self.times = _check_times(self.times, n_t, "times", self.source)
+        else:
+            self.times = np.zeros(0)
         self.conditions = np.asarray(self.conditions)
         if not self.conditions.size:
             self.conditions = np.arange(n_cond)
@@ -55,56 +119,32 @@ class EEGResponses:
             )
 
 
-# MNE's data channel types (what picks="data" selects); stim, EOG, ECG, misc... are left out.
-_DATA_TYPES = frozenset(
-    {"eeg", "mag", "grad", "seeg", "dbs", "ecog", "csd", "hbo", "hbr", "fnirs_cw_amplitude",
-     "fnirs_fd_ac_amplitude", "fnirs_fd_phase", "fnirs_od"}
-)  # fmt: skip
-
-
-def _is_epochs(x: Any) -> bool:
-    try:
-        import mne
-    except ImportError:  # pragma: no cover - mne is a dependency
-        return False
-    return isinstance(x, mne.BaseEpochs)
-
-
 def epochs_to_responses(epochs: Any) -> EEGResponses:
     """Sorts MNE epochs into an (n_conditions, n_repetitions, n_channels, n_times) array.
 
-    Each epoch's event code (``epochs.events[:, 2]``) identifies its image. Conditions come out in
-    ascending code order; repetitions of one condition keep their order in ``epochs``. Only data
-    channels are kept (MNE's default picks, so a stim channel is dropped).
+    Conditions follow fastalign's one MNE convention (:mod:`fastalign._mne`, the same as
+    :func:`fastalign.time_resolved_rdms`): each condition is an event code of ``epochs.event_id``, in
+    ascending code order, whatever the order of the event_id dict, because the code is what MNE keeps
+    per epoch and what the stim channel holds; repetitions of one condition keep their order in
+    ``epochs``. ``conditions`` holds the codes themselves: epochs of the raw THINGS-EEG2 files carry the
+    published 1-based image numbers (code ``i + 1`` is image ``i``), so subtract 1 for the 0-based
+    image indices that :func:`fastalign.data.load_preprocessed_eeg` and
+    :func:`fastalign.data.preprocess_things_eeg2` give. Only good data channels are kept (MNE's data
+    types, without ``info["bads"]``), so stim, EOG and bad channels are dropped.
 
     Raises:
-        ValueError: conditions have different numbers of repetitions (subsample them first).
+        TypeError: ``epochs`` is not an mne.Epochs.
+        ValueError: conditions have different numbers of repetitions (subsample them first), an
+            event_id condition has no epochs, or no good data channel is left.
     """
-    if not _is_epochs(epochs):
-        raise TypeError(f"epochs must be mne.Epochs or mne.EpochsArray, got {type(epochs).__name__}")
-    bads = set(epochs.info["bads"])
-    types = epochs.get_channel_types()
-    keep = [
-        i
-        for i, (n, t) in enumerate(zip(epochs.ch_names, types, strict=True))
-        if t in _DATA_TYPES and n not in bads
-    ]
-    if not keep:
-        raise ValueError(f"epochs: no good data channels (EEG/MEG/iEEG/fNIRS) among {epochs.ch_names}")
-    data = epochs.get_data(picks=keep)  # only the kept channels are copied out
-    codes = np.asarray(epochs.events[:, 2])
-    conditions, counts = np.unique(codes, return_counts=True)
-    if counts.min() != counts.max():
-        few = conditions[counts == counts.min()][:5].tolist()
-        raise ValueError(
-            "epochs: every image condition (event code) needs the same number of repetitions, got "
-            f"{counts.min()} to {counts.max()} (e.g. code(s) {few} have {counts.min()})"
-        )
-    order = np.argsort(codes, kind="stable")
-    n_rep = int(counts[0])
-    sorted_data = data[order].reshape(len(conditions), n_rep, *data.shape[1:])
-    names = [epochs.ch_names[i] for i in keep]
-    return EEGResponses(sorted_data, names, np.asarray(epochs.times), conditions, "mne.Epochs")
+    grouped = _mne.group_epochs(epochs, "epochs_to_responses")
+    return EEGResponses(
+        grouped.repetitions("epochs_to_responses"),
+        grouped.ch_names,
+        grouped.times,
+        grouped.conditions,
+        "mne.Epochs",
+    )
 
 
 def as_responses(x: Any, name: str = "data") -> EEGResponses:
@@ -112,7 +152,7 @@ def as_responses(x: Any, name: str = "data") -> EEGResponses:
     an :class:`EEGResponses` (returned as is)."""
     if isinstance(x, EEGResponses):
         return x
-    if _is_epochs(x):
+    if _mne.is_epochs(x):
         return epochs_to_responses(x)
     if isinstance(x, (np.ndarray, list, tuple)) or hasattr(x, "__array__"):
         return EEGResponses(np.asarray(x), source=f"argument {name}")

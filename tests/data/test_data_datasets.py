@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fastalign.data import BrainImageDataset, EEGResponses, epochs_to_responses, fit_norm_stats
+from fastalign.data import (
+    BrainImageDataset,
+    EEGResponses,
+    epochs_to_responses,
+    fit_norm_stats,
+    fmri_datasets,
+    things_eeg2_datasets,
+)
 
 NAMES = ["O1", "Oz", "O2", "P1"]
 TIMES = -0.2 + np.arange(10) / 10
@@ -125,3 +132,120 @@ def test_epochs_keep_good_data_channels_and_need_equal_repetitions() -> None:
     uneven = mne.EpochsArray(data[:5], info, events[:5], verbose="error")
     with pytest.raises(ValueError, match="same number of repetitions"):
         epochs_to_responses(uneven)
+
+
+@pytest.mark.parametrize(
+    ("times", "match"),
+    [
+        (TIMES[:-1], r"times must have shape \(10,\), one time per sample"),
+        (np.r_[TIMES[:-1], np.nan], r"times must be finite, got times\[9\] = nan"),
+        (TIMES[::-1], r"times must be strictly increasing, got times\[0\] = 0.7"),
+        (
+            np.r_[TIMES[:5], TIMES[4:9]],
+            r"times must be strictly increasing, got times\[4\] = 0.2 and times\[5\] = 0.2",
+        ),
+    ],
+)
+def test_times_must_fit_the_data(times: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match="BrainImageDataset: " + match):
+        BrainImageDataset(_eeg().data, times=times, time_window=(0.0, 0.3))
+    with pytest.raises(ValueError, match=match):
+        EEGResponses(_eeg().data, NAMES, times)
+
+
+@pytest.mark.parametrize(
+    ("options", "exc", "match"),
+    [
+        ({"repetitions": 2.0}, TypeError, r"repetitions must be 'all', an int or a sequence of int indices"),
+        ({"repetitions": True}, TypeError, "repetitions must be an int >= 1, got True"),
+        ({"repetitions": 0}, ValueError, "repetitions must be an int >= 1, got 0"),
+        ({"repetitions": [0.5, 1]}, TypeError, r"repetitions\[0\] must be an int, got 0.5"),
+        ({"repetitions": [0, True]}, TypeError, r"repetitions\[1\] must be an int, got True"),
+        ({"repetitions": [1, -5]}, ValueError, r"repetition indices \[1, -5\] repeat a repetition"),
+        ({"repetitions": []}, ValueError, r"repetition indices \[\] out of range"),
+        ({"random_repetitions": 1.5}, TypeError, "random_repetitions must be None or an int >= 1, got 1.5"),
+        ({"random_repetitions": True}, TypeError, "random_repetitions must be None or an int >= 1"),
+        ({"random_repetitions": 0}, ValueError, "random_repetitions must be None or an int >= 1, got 0"),
+        ({"channels": "O1"}, TypeError, r"channels must be a sequence of channel names or indices"),
+        ({"channels": [1.0]}, TypeError, r"channels\[0\] must be an int, got 1.0"),
+        ({"channels": [True]}, TypeError, r"channels\[0\] must be an int, got True"),
+        ({"channels": [0, -4]}, ValueError, "channels must name at least one channel, each once"),
+        ({"channels": []}, ValueError, "channels must name at least one channel"),
+        ({"time_window": (0.3, 0.0)}, ValueError, r"time_window must have tmin <= tmax, got \(0.3, 0.0\)"),
+        ({"time_window": ("0", 0.3)}, TypeError, r"time_window\[0\] \(tmin\) must be a finite number"),
+        ({"time_window": (0.0, np.nan)}, ValueError, r"time_window\[1\] \(tmax\) must be a finite number"),
+        ({"time_window": (0.0, 0.1, 0.2)}, TypeError, r"time_window must be None, \(tmin, tmax\)"),
+        ({"time_window": 0.1}, TypeError, r"time_window must be None, \(tmin, tmax\)"),
+        ({"time_window": slice(0, 2.5)}, TypeError, r"time_window.stop must be None or an int, got 2.5"),
+        ({"time_window": slice(0, 5, 0)}, ValueError, "time_window slice step must not be 0"),
+        ({"flatten": "no"}, TypeError, "flatten must be a bool, got 'no'"),
+        ({"flatten": 0}, TypeError, "flatten must be a bool, got 0"),
+        ({"normalize": "z"}, ValueError, "normalize must be one of"),
+        ({"norm_stats": {"mean": 0}}, TypeError, "norm_stats must be None or a NormStats"),
+        ({"image_transform": "resize"}, TypeError, "image_transform must be callable"),
+        ({"ch_names": "O1Oz"}, TypeError, "ch_names must be a sequence of channel names"),
+        ({"ch_names": [1, 2, 3, 4]}, TypeError, "ch_names must be strings, got 1"),
+        ({"ch_names": ["a", "b"]}, ValueError, "ch_names must be 4 distinct names"),
+        (
+            {"ch_names": ["a", "a", "b", "c"]},
+            ValueError,
+            r"ch_names must be 4 distinct names.*\(3 distinct\)",
+        ),
+        ({"dtype": "float32"}, TypeError, "dtype must be a floating torch.dtype"),
+        ({"dtype": torch.int64}, TypeError, "dtype must be a floating torch.dtype"),
+        ({"images": "images/"}, TypeError, "images must be None, a sequence of image paths"),
+        ({"images": np.array(["a.jpg"] * 5)}, TypeError, "an images array must be numeric"),
+        ({"images": torch.tensor(3.0)}, ValueError, "images must have one row per image"),
+        ({"images": ["a.jpg"] * 4}, ValueError, "got 4 images for 5 responses"),
+    ],
+)
+def test_bad_options_name_the_option(options: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match="BrainImageDataset: " + match):
+        BrainImageDataset(_eeg().data, **{"times": TIMES, **options})
+
+
+def test_option_types_that_are_fine() -> None:
+    eeg = _eeg()
+    want = BrainImageDataset(eeg, repetitions=[0, 2], channels=[1, 3], time_window=slice(2, 6))
+    for kw in (
+        {"repetitions": np.array([0, 2]), "channels": np.array([1, 3])},
+        {"repetitions": torch.tensor([0, -4]), "channels": ["Oz", -1], "time_window": [0.0, 0.3]},
+        {"repetitions": (0, 2), "channels": (np.int64(1), 3), "time_window": np.array([0.0, 0.3])},
+    ):
+        got = BrainImageDataset(eeg, **{"time_window": slice(2, 6), **kw})
+        np.testing.assert_array_equal(got.responses().numpy(), want.responses().numpy())
+    assert BrainImageDataset(eeg, repetitions=np.int64(2), flatten=np.bool_(False)).flatten is False
+    ds = BrainImageDataset(eeg.data, ch_names=("a", "b", "c", "d"), times=list(TIMES), channels=["c"])
+    assert ds.ch_names == ["c"] and ds.times.shape == (10,)
+
+
+def test_norm_stats_must_fit_the_dataset() -> None:
+    train = BrainImageDataset(_eeg(), normalize="channel")
+    with pytest.raises(
+        ValueError, match=r"norm_stats.mean has shape \(4, 1\), which does not fit .* \(1, 10\)"
+    ):
+        BrainImageDataset(_eeg(1), normalize="channel", norm_stats=train.norm_stats, channels=["O1"])
+    with pytest.raises(ValueError, match=r"norm_stats \('channel'\) given but normalize=None"):
+        BrainImageDataset(_eeg(1), norm_stats=train.norm_stats)
+    fmri = np.random.default_rng(0).normal(size=(6, 2, 30))
+    with pytest.raises(ValueError, match="ch_names and times need EEG responses"):
+        BrainImageDataset(fmri, times=np.arange(30.0))
+    with pytest.raises(ValueError, match=r"fit_norm_stats: trials must have 3 or 4 dimensions"):
+        fit_norm_stats(fmri[:, 0], "zscore")
+
+
+def test_split_functions_check_their_own_arguments(tmp_path: object) -> None:
+    with pytest.raises(TypeError, match="things_eeg2_datasets: train_options must be None or a dict"):
+        things_eeg2_datasets(tmp_path, 1, train_options=[("normalize", "zscore")])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="things_eeg2_datasets: test_options must not set norm_stats"):
+        things_eeg2_datasets(tmp_path, 1, test_options={"norm_stats": None})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fmri_datasets: train must be an FMRIResponses or the path"):
+        fmri_datasets(np.zeros((2, 2, 3)), "test.h5")  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"fmri_datasets: pca_components must be None or an int >= 1, got 2\.0"
+    ):
+        fmri_datasets("train.h5", "test.h5", pca_components=2.0)  # type: ignore[arg-type]
+    with pytest.raises(
+        TypeError, match=r"BrainImageDataset: responses must be an array .* got str; load files"
+    ):
+        BrainImageDataset("sub-01/preprocessed_eeg_training.npy")

@@ -91,3 +91,17 @@ def test_mvnn_bad_input() -> None:
         mvnn([data, data[:, :, :3]])
     with pytest.raises(ValueError, match="not positive definite"):
         mvnn(np.zeros((2, 3, 4, 5)))
+
+
+def test_mvnn_of_epochs_refuses_a_condition_without_epochs() -> None:
+    rng = np.random.default_rng(4)
+    trials = _session(rng, 3, 4, 3, 11).transpose(1, 0, 2, 3).reshape(12, 3, 11)
+    codes = np.tile([3, 1, 2], 4)
+    info = mne.create_info(["O1", "Oz", "O2"], 100.0, "eeg")
+    events = np.column_stack([np.arange(12) * 200, np.zeros(12, int), codes])
+    epochs = mne.EpochsArray(trials, info, events, event_id={"c": 3, "a": 1, "b": 2}, verbose="error")
+    sorted_data = np.stack([trials[codes == c] for c in (1, 2, 3)])  # ascending codes, whatever event_id says
+    np.testing.assert_allclose(mvnn(epochs), mvnn(sorted_data), rtol=1e-12)
+    # All epochs of code 2 dropped: silently whitening 2 of the 3 conditions would misalign them.
+    with pytest.raises(ValueError, match=r"event_id condition\(s\) \{'b': 2\} have no epochs"):
+        mvnn(epochs.copy().drop(np.flatnonzero(codes == 2)))

@@ -16,6 +16,7 @@ from fastalign.data import (
     _io,
     epoch_session,
     load_preprocessed_eeg,
+    load_raw_eeg,
     preprocess_things_eeg2,
     preprocessed_path,
     raw_path,
@@ -108,13 +109,17 @@ def test_pipeline_matches_step_by_step_oracle(
         )
         loaded = load_preprocessed_eeg(tmp_path, 1, split)  # type: ignore[arg-type]
         np.testing.assert_allclose(loaded.data, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+        # One numbering: what was preprocessed and what is read back are the same 0-based image indices.
+        made = got.test if split == "test" else got.training
+        assert made.conditions.tolist() == loaded.conditions.tolist() == list(range(len(want)))
 
 
 def test_epoch_session_options(synthetic: SyntheticThings) -> None:
     path = raw_path(synthetic.raw_dir, 1, 1, "test")
     full = epoch_session(path, n_repetitions=None, sfreq=None)
     assert full.data.shape == (8, 10, 17, 251)  # 250 Hz raw, -0.2..0.8 s inclusive
-    assert full.conditions.tolist() == list(range(1, 9))  # target trials (99999) dropped
+    # 0-based image indices (raw codes 1..8 minus 1); target trials (99999) dropped
+    assert full.conditions.tolist() == list(range(8))
     occ = epoch_session(path, n_repetitions=3, channels="^O", sfreq=50.0)
     assert occ.ch_names == ["O1", "Oz", "O2"] and occ.data.shape == (8, 3, 3, 50)
     every = epoch_session(path, n_repetitions=2, channels=".*", sfreq=125.0)
@@ -154,3 +159,101 @@ def test_preprocess_bad_input(synthetic: SyntheticThings, tmp_path: os.PathLike)
     with pytest.raises(ValueError, match="fewer than n_repetitions=20"):
         preprocess_things_eeg2(synthetic.raw_dir, 1, tmp_path, sessions=[1])
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"sfreq": 0}, ValueError, "sfreq must be None or a finite number > 0, got 0"),
+        ({"sfreq": -100.0}, ValueError, "sfreq must be None or a finite number > 0"),
+        ({"sfreq": np.inf}, ValueError, "sfreq must be None or a finite number > 0, got inf"),
+        ({"sfreq": "100"}, TypeError, "sfreq must be None or a finite number > 0, got '100'"),
+        ({"tmin": 0.5, "tmax": 0.2}, ValueError, "tmin must be < tmax"),
+        ({"tmin": 0.2, "tmax": 0.2}, ValueError, "tmin must be < tmax"),
+        ({"tmin": np.nan}, ValueError, "tmin must be a finite number, got nan"),
+        ({"tmax": None}, TypeError, "tmax must be a finite number, got None"),
+        ({"baseline": (0.3, 0.1)}, ValueError, r"baseline \(0.3, 0.1\) must be an interval inside the epoch"),
+        ({"baseline": (-0.5, 0)}, ValueError, r"baseline \(-0.5, 0\) must be an interval inside the epoch"),
+        ({"baseline": (None, 2.0)}, ValueError, r"baseline \(None, 2.0\) must be an interval inside"),
+        ({"baseline": "none"}, TypeError, "baseline must be None or a"),
+        ({"baseline": (None, "0")}, TypeError, r"baseline\[1\] must be None or a finite number"),
+        ({"channels": 3}, TypeError, "channels must be a regex str"),
+        ({"channels": "^(O"}, ValueError, "channels='\\^\\(O' is not a valid regex"),
+        ({"seed": -1}, ValueError, "seed must be an int >= 0, got -1"),
+        ({"seed": 2**32}, ValueError, r"seed must be an int in \[0, 2\*\*32\)"),
+        ({"seed": 1.5}, TypeError, "seed must be an int >= 0, got 1.5"),
+    ],
+)
+def test_epoching_arguments_are_checked_before_reading(kwargs: dict, exc: type, match: str) -> None:
+    # The paths do not exist: every check must come before any file is read.
+    with pytest.raises(exc, match="epoch_session: " + match):
+        epoch_session("missing/raw_eeg_test.npy", **{"n_repetitions": 2, **kwargs})
+    with pytest.raises(exc, match="preprocess_things_eeg2: " + match):
+        preprocess_things_eeg2("missing", 1, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"n_repetitions": 0}, ValueError, "n_repetitions must be None or an int >= 1, got 0"),
+        ({"n_repetitions": 2.0}, TypeError, "n_repetitions must be None or an int >= 1, got 2.0"),
+        ({"n_repetitions": True}, TypeError, "n_repetitions must be None or an int >= 1, got True"),
+        ({"target_event": "99999"}, TypeError, "target_event must be None or an int"),
+        ({"stim_channel": 0}, TypeError, "stim_channel must be a channel name"),
+    ],
+)
+def test_epoch_session_bad_arguments(kwargs: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match="epoch_session: " + match):
+        epoch_session("missing/raw_eeg_test.npy", **{"n_repetitions": 2, **kwargs})
+
+
+def test_epoch_session_checks_raw(synthetic: SyntheticThings) -> None:
+    with pytest.raises(TypeError, match="epoch_session: raw must be a RawEEG or the path"):
+        epoch_session(3, n_repetitions=2)  # type: ignore[arg-type]
+    loaded = load_raw_eeg(raw_path(synthetic.raw_dir, 1, 1, "test"))
+    with pytest.raises(ValueError, match=r"epoch_session: .*no stim channel 'STI 014'"):
+        epoch_session(loaded, n_repetitions=2, stim_channel="STI 014")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        (
+            {"sessions": [1, 1]},
+            ValueError,
+            r"sessions must be distinct session numbers, at least one, got \[1, 1\]",
+        ),
+        ({"sessions": []}, ValueError, "sessions must be distinct session numbers, at least one"),
+        ({"sessions": "12"}, TypeError, "sessions must be None or a sequence of session numbers"),
+        ({"sessions": [1.0]}, TypeError, r"sessions\[0\] must be an int >= 1, got 1.0"),
+        ({"mvnn_dim": "channels"}, ValueError, r"mvnn_dim must be one of \('time', 'epochs'\)"),
+        ({"training_repetitions": 0}, ValueError, "training_repetitions must be None or an int >= 1"),
+        ({"test_repetitions": 20.0}, TypeError, "test_repetitions must be None or an int >= 1"),
+        ({"write": "yes"}, TypeError, "write must be a bool"),
+        ({"out_dir": 3}, TypeError, "out_dir must be None or a path"),
+    ],
+)
+def test_preprocess_bad_arguments(
+    synthetic: SyntheticThings, tmp_path: os.PathLike, kwargs: dict, exc: type, match: str
+) -> None:
+    with pytest.raises(exc, match="preprocess_things_eeg2: " + match):
+        preprocess_things_eeg2(synthetic.raw_dir, 1, **{"out_dir": tmp_path, **kwargs})
+    assert not os.listdir(tmp_path)
+    with pytest.raises(TypeError, match="preprocess_things_eeg2: raw_dir must be a path"):
+        preprocess_things_eeg2(None, 1)  # type: ignore[arg-type]
+
+
+def test_preprocess_refuses_to_write_files_that_miss_images(
+    synthetic: SyntheticThings, tmp_path: os.PathLike
+) -> None:
+    # Session 1 shows half of the 12 training images: row i of a written file would not be image i.
+    kw = dict(sessions=[1], training_repetitions=2, test_repetitions=10)
+    with pytest.raises(ValueError, match=r"training data of sessions \[1\] lacks image\(s\) \[\d+"):
+        preprocess_things_eeg2(synthetic.raw_dir, 1, tmp_path, **kw)
+    assert not os.listdir(tmp_path)
+    got = preprocess_things_eeg2(synthetic.raw_dir, 1, write=False, **kw)
+    raw = np.load(raw_path(synthetic.raw_dir, 1, 1, "training"), allow_pickle=True).item()  # type: ignore[arg-type]
+    codes = np.unique(raw["raw_eeg_data"][raw["ch_names"].index("stim")])
+    shown = codes[(codes > 0) & (codes != 99999)].astype(int) - 1
+    assert got.training.conditions.tolist() == shown.tolist() and len(shown) == 6
+    assert got.test.conditions.tolist() == list(range(8))
