@@ -4,6 +4,12 @@ Each op family registers its backends with a per-input check that returns the re
 run (an empty list when it can). ``auto`` takes the first registered backend that can run and that auto
 may pick; an explicit request that cannot run raises ``NotImplementedError`` naming every reason, never
 falling back. ``FASTALIGN_BACKEND`` overrides ``auto`` for every op that has the named backend.
+
+Gradients follow one rule: a backend registered with ``differentiable=False`` (a compiled kernel without a
+backward) cannot run while grad mode is on and a tensor argument requires grad, so ``auto`` passes over it
+and an explicit request for it raises. Its output would otherwise either drop the gradient silently or
+claim one that autograd cannot compute. Ops whose result is piecewise constant in an input (ranks) detach
+that input before dispatch: their gradient is zero almost everywhere, so any backend may run them.
 """
 
 from __future__ import annotations
@@ -93,10 +99,33 @@ def device_reasons(backend: str, tensors: Sequence[torch.Tensor], *, explicit: b
     return reasons
 
 
+_NO_AUTOGRAD = (
+    "it has no autograd support and an input requires grad (use a differentiable backend, or compute "
+    "values only under torch.no_grad() or on detached inputs)"
+)
+
+
+def _needs_grad(*args: Any, **kwargs: Any) -> bool:
+    """Whether grad mode is on and a tensor among the arguments requires grad."""
+    return torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (*args, *kwargs.values())
+    )
+
+
 @dataclass
 class _Spec:
     check: Check
     auto: bool
+    differentiable: bool
+
+    def reasons(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, explicit: bool, grad: bool
+    ) -> list[str]:
+        """Why this backend cannot run these inputs, a missing backward included."""
+        reasons = self.check(*args, explicit=explicit, **kwargs)
+        if grad and not self.differentiable:
+            reasons.append(_NO_AUTOGRAD)
+        return reasons
 
 
 @dataclass
@@ -106,11 +135,19 @@ class Dispatcher:
     op: str
     specs: dict[str, _Spec] = field(default_factory=dict)
 
-    def register(self, name: str, check: Check, *, auto: bool = True) -> None:
-        """Adds backend ``name``; ``check(*args, explicit=bool, **kw)`` returns why it cannot run."""
+    def register(self, name: str, check: Check, *, auto: bool = True, differentiable: bool = True) -> None:
+        """Adds backend ``name``.
+
+        Args:
+            name: one of ``BACKENDS`` other than "auto".
+            check: ``check(*args, explicit=bool, **kw)`` returns why the backend cannot run these inputs.
+            auto: whether ``auto`` may pick it.
+            differentiable: whether autograd differentiates its outputs with respect to its tensor inputs
+                (False for kernels without a backward: never given inputs that require grad).
+        """
         if name not in BACKENDS or name == "auto":
             raise ValueError(f"backend name must be one of {BACKENDS[1:]}, got {name!r}")
-        self.specs[name] = _Spec(check, auto)
+        self.specs[name] = _Spec(check, auto, differentiable)
 
     def choose(self, backend: str, *args: Any, **kwargs: Any) -> str:
         """Returns the backend to run for these inputs (see module docstring)."""
@@ -123,12 +160,13 @@ class Dispatcher:
                     raise ValueError(f"{ENV_VAR} must be one of {BACKENDS}, got {env!r}")
                 if env in self.specs:
                     backend = env
+        grad = _needs_grad(*args, **kwargs)
         if backend != "auto":
             if backend not in self.specs:
                 raise NotImplementedError(
                     f"{self.op}: backend {backend!r} does not exist for this op; it has {list(self.specs)}"
                 )
-            reasons = self.specs[backend].check(*args, explicit=True, **kwargs)
+            reasons = self.specs[backend].reasons(args, kwargs, explicit=True, grad=grad)
             if reasons:
                 raise NotImplementedError(f"{self.op}: backend {backend!r} cannot run: " + "; ".join(reasons))
             return backend
@@ -136,7 +174,7 @@ class Dispatcher:
         for name, spec in self.specs.items():
             if not spec.auto:
                 continue
-            reasons = spec.check(*args, explicit=False, **kwargs)
+            reasons = spec.reasons(args, kwargs, explicit=False, grad=grad)
             if not reasons:
                 return name
             tried.append(f"{name}: {'; '.join(reasons)}")

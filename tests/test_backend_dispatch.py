@@ -49,6 +49,29 @@ def test_environment_overrides_auto_only(monkeypatch: pytest.MonkeyPatch) -> Non
         d.choose("auto", torch.zeros(3))
 
 
+def test_inputs_requiring_grad_never_reach_a_backend_without_autograd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d = _backend.Dispatcher("fake_grad_op")
+    d.register("cpp", lambda x, *, explicit: [], differentiable=False)
+    d.register("torch", lambda x, *, explicit: [])
+    leaf = torch.zeros(3, requires_grad=True)
+    assert d.choose("auto", torch.zeros(3)) == "cpp"
+    assert d.choose("auto", leaf) == "torch"  # auto passes over cpp
+    assert d.choose("auto", leaf.detach()) == "cpp"
+    with torch.no_grad():
+        assert d.choose("auto", leaf) == "cpp" and d.choose("cpp", leaf) == "cpp"
+    with pytest.raises(NotImplementedError, match="backend 'cpp' cannot run: it has no autograd support"):
+        d.choose("cpp", leaf)
+    only = _backend.Dispatcher("fake_grad_only_op")
+    only.register("cpp", lambda x, *, explicit, y: [], differentiable=False)
+    with pytest.raises(NotImplementedError, match=r"no backend can run these inputs \(cpp: it has no auto"):
+        only.choose("auto", torch.zeros(3), y=leaf)  # keyword tensors count too
+    monkeypatch.setenv(_backend.ENV_VAR, "cpp")  # forced through the env: explicit, so it raises too
+    with pytest.raises(NotImplementedError, match="no autograd support"):
+        d.choose("auto", leaf)
+
+
 def test_register_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="backend name"):
         _backend.Dispatcher("x").register("auto", lambda *a, explicit: [])

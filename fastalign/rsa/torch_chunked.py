@@ -84,7 +84,8 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor) ->
         elif sq is None:
             c = c - c.mean(-2, keepdim=True)
         if sq is not None:
-            sq += torch.linalg.vector_norm(c, dim=-1).square_()
+            # out of place: vector_norm's backward needs its result unchanged
+            sq += torch.linalg.vector_norm(c, dim=-1).square()
         gram.baddbmm_(c, c.transpose(-1, -2))
     if sq is not None:
         inv = sq.rsqrt_()

@@ -176,6 +176,66 @@ def test_noise_ceiling_rejects_bad_input() -> None:
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+@pytest.mark.parametrize(
+    ("method", "what"), [("spearman", "is constant"), ("pearson", "is constant"), ("cosine", "is all zeros")]
+)
+def test_noise_ceiling_of_a_constant_pool_raises(method: str, what: str, backend: str) -> None:
+    """RDMs v and -v pool to a constant (ranks, z-scores) or all-zero (cosine) RDM: the bound is undefined
+    there, as compare_rdms's statistic is, so the same ValueError (it was NaN)."""
+    gen = torch.Generator().manual_seed(6)
+    v, w = (
+        torch.randn(10, dtype=torch.float64, generator=gen),
+        torch.randn(10, dtype=torch.float64, generator=gen),
+    )
+    undefined = f"{what}; method '{method}' is undefined for it"
+    with pytest.raises(ValueError, match=f"compare_rdms: a {undefined}"):
+        fa.compare_rdms(torch.zeros(10), v, method, backend=backend)
+    with pytest.raises(ValueError, match=f"noise_ceiling: the pooled RDM of all subjects {undefined}"):
+        fa.noise_ceiling(torch.stack([v, -v]), method, backend=backend)
+    with pytest.raises(
+        ValueError, match=rf"the pooled RDM of the other subjects .* at index \(2,\) {undefined}"
+    ):
+        fa.noise_ceiling(torch.stack([v, -v, w]), method, backend=backend)
+    lower, upper = fa.noise_ceiling(torch.stack([v, -v, w]), "kendall_tau_a", backend=backend)
+    assert bool(torch.isfinite(lower) & torch.isfinite(upper))  # tau-a of a constant RDM is 0: defined
+
+
+# One RDM vector per power of two: float64 near 1e200 and 1e-170, float32 near 1e20 and 1e-25.
+EXPONENTS = {torch.float64: [665, -565, 0], torch.float32: [66, -83, 0]}
+
+
+def _extreme(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """v (..., 3, K) with the vectors along dim -2 scaled by EXPONENTS (exact), in dtype."""
+    return (v * torch.tensor([2.0**e for e in EXPONENTS[dtype]], dtype=torch.float64)[:, None]).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+@pytest.mark.parametrize("method", ["pearson", "cosine"])
+def test_scale_invariant_statistics_at_extreme_magnitudes(
+    method: str, backend: str, dtype: torch.dtype
+) -> None:
+    """pearson and cosine of RDM vectors scaled by powers of two equal float64's on the unscaled vectors
+    (they were 0, NaN or a 'not finite' error) in compare_rdms, the permutation test and noise_ceiling."""
+    gen = torch.Generator().manual_seed(8)
+    a = torch.randn(3, 45, generator=gen, dtype=torch.float64)
+    b = torch.randn(3, 45, generator=gen, dtype=torch.float64).flip(0) + a
+    tol = 1e-10 if dtype == torch.float64 else 2e-6
+    want = fa.compare_rdms(a[:, None], b, method, backend="reference")
+    got = fa.compare_rdms(_extreme(a, dtype)[:, None], _extreme(b, dtype), method, backend=backend)
+    np.testing.assert_allclose(got.double().numpy(), want.numpy(), rtol=tol, atol=tol)
+    res = fa.rsa_permutation_test(_extreme(a, dtype), _extreme(b, dtype), method=method, n_permutations=20,
+                                  seed=1, return_null=True, backend=backend)  # fmt: skip
+    ref = fa.rsa_permutation_test(a, b, method=method, n_permutations=20, seed=1, return_null=True)
+    assert res.null is not None and ref.null is not None
+    np.testing.assert_allclose(res.null.double().numpy(), ref.null.numpy(), rtol=tol, atol=tol)
+    bounds = fa.noise_ceiling(_extreme(torch.stack([a, b]), dtype), method, backend=backend)
+    want_bounds = fa.noise_ceiling(torch.stack([a, b]), method, backend="reference")
+    for got_b, want_b in zip(bounds, want_bounds, strict=True):
+        np.testing.assert_allclose(got_b.double().numpy(), want_b.numpy(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
 @pytest.mark.parametrize("method", ["spearman", "pearson", "rho_a", "cosine"])
 def test_permuted_views_give_the_same_result(method: str, backend: str) -> None:
     """(subjects, times, K) RDMs viewed as (times, 1, subjects, K): kernels must respect the strides."""

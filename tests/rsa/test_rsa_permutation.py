@@ -145,6 +145,34 @@ def test_permutation_rejects_bad_input(kwargs: dict, exc: type, match: str) -> N
         fa.rsa_permutation_test(_rdms(0, 5, ()), _rdms(1, 5, ()), **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("seed", "exc", "match"),
+    [
+        (2**70, ValueError, "got 1180591620717411303424"),
+        (2**63, ValueError, "got 9223372036854775808"),
+        (-1, ValueError, "got -1"),
+        (np.uint64(2**64 - 1), ValueError, "got 18446744073709551615"),
+        (True, TypeError, "got bool"),
+        (np.bool_(False), TypeError, "got bool"),
+        ("7", TypeError, "got str"),
+    ],
+)
+def test_seeds_are_validated(seed: object, exc: type, match: str) -> None:
+    """Seeds beyond 64 bits gave an unclear overflow error from torch.Generator; negative ones aliased."""
+    expected = r"seed must be an int in \[0, 2\*\*63 - 1\] or None, " + match
+    with pytest.raises(exc, match="rsa_permutation_test: " + expected):
+        fa.rsa_permutation_test(_rdms(0, 5, ()), _rdms(1, 5, ()), seed=seed)  # type: ignore[arg-type]
+    with pytest.raises(exc, match="cluster_permutation_test: " + expected):
+        fa.cluster_permutation_test(torch.randn(4, 6), seed=seed)  # type: ignore[arg-type]
+
+
+def test_extreme_seeds_are_accepted() -> None:
+    for seed in (0, 2**63 - 1, np.int64(2**63 - 1)):
+        res = fa.rsa_permutation_test(_rdms(0, 5, ()), _rdms(1, 5, ()), n_permutations=3, seed=seed)
+        assert 0 < float(res.pvalue) <= 1
+        assert fa.cluster_permutation_test(torch.randn(4, 6), n_permutations=3, seed=seed).null.shape == (3,)
+
+
 def test_permutation_rejects_nan() -> None:
     a = _rdms(0, 5, ())
     a[3] = float("nan")

@@ -94,6 +94,88 @@ def test_float32_within_tolerance_of_float64(backend: str) -> None:
         np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=2e-5, atol=2e-5)
 
 
+# Each pattern times its own power of two: float64 near 1e200 and 1e-170, float32 near 1e20 and 1e-25.
+EXPONENTS = {torch.float64: [665, -565, 0, 640, -540, 3], torch.float32: [66, -83, 0, 60, -80, 1]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+@pytest.mark.parametrize("method", ["correlation", "cosine"])
+def test_scale_invariant_methods_at_extreme_magnitudes(method: str, backend: str, dtype: torch.dtype) -> None:
+    """Scaling a pattern by a power of two is exact and changes no correlation or cosine distance: the
+    result must be float64's on the unscaled patterns (it was all-equal values, NaN or -inf)."""
+    x = torch.randn(2, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    scaled = x * torch.tensor([2.0**e for e in EXPONENTS[dtype]], dtype=torch.float64)[:, None]
+    out = fa.rdm(scaled.to(dtype), method, backend=backend)
+    tol = 1e-10 if dtype == torch.float64 else 2e-6
+    np.testing.assert_allclose(out.double().numpy(), _pdist_batch(x, method), rtol=tol, atol=tol)
+
+
+def _pdist_batch(x: torch.Tensor, method: str) -> np.ndarray:
+    flat = np.stack([_pdist(v.numpy(), method) for v in x.reshape(-1, *x.shape[-2:])])
+    return flat.reshape(*x.shape[:-2], -1)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("method", ["correlation", "cosine"])
+def test_triton_scale_invariant_methods_at_extreme_magnitudes(triton_device: str, method: str) -> None:
+    x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    scaled = x * torch.tensor([2.0**e for e in EXPONENTS[torch.float32]], dtype=torch.float64)[:, None]
+    out = fa.rdm(scaled.float().to(triton_device), method, backend="triton")
+    np.testing.assert_allclose(out.cpu().double().numpy(), _pdist(x.numpy(), method), rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+@pytest.mark.parametrize(
+    ("dtype", "exponent"),
+    [(torch.float64, 508), (torch.float64, -500), (torch.float32, 60), (torch.float32, -60)],
+)
+def test_euclidean_at_extreme_magnitudes(backend: str, dtype: torch.dtype, exponent: int) -> None:
+    """Squared distances of x * 2**e are 4**e times x's: exact where that fits the dtype, even when the
+    squares or Gram entries along the way would not (float64 near 1e153 and 1e-150)."""
+    x = torch.randn(2, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x[:, 0, 0] = 2.0  # max |x| >= 2, so that 2**508 pushes it past the unscaled range
+    out = fa.rdm((x * 2.0**exponent).to(dtype), "euclidean", backend=backend)
+    want = _pdist_batch(x, "euclidean") * 2.0**exponent * 2.0**exponent
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    np.testing.assert_allclose(out.double().numpy(), want, rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+@pytest.mark.parametrize(("dtype", "exponent"), [(torch.float64, 511), (torch.float32, 63)])
+def test_euclidean_distances_near_the_dtype_maximum(backend: str, dtype: torch.dtype, exponent: int) -> None:
+    """Patterns +-1.5 * 2**e apart in one of 5 features: the sum of squares 9 * 4**e passes the dtype's
+    maximum, the distance 9 * 4**e / 5 does not (it came out inf)."""
+    x = torch.zeros(4, 5, dtype=torch.float64)
+    x[0, 0], x[1, 0], x[2, 1], x[3, 2] = 1.5, -1.5, 1.0, 1.0
+    out = fa.rdm((x * 2.0**exponent).to(dtype), "euclidean", backend=backend)
+    want = _pdist(x.numpy(), "euclidean") * 2.0**exponent * 2.0**exponent
+    assert float(want.max()) < torch.finfo(dtype).max < 9 * 4.0**exponent
+    np.testing.assert_allclose(out.double().numpy(), want, rtol=1e-15 if dtype == torch.float64 else 1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_crossnobis_at_extreme_magnitudes(backend: str) -> None:
+    x = torch.randn(3, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    want = fa.rdm(x, "crossnobis", backend="reference").numpy() * 2.0**-1000
+    out = fa.rdm(x * 2.0**-500, "crossnobis", backend=backend)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+def test_distances_that_overflow_raise(backend: str) -> None:
+    """Distances beyond the dtype's range were inf or NaN; now a clear error."""
+    x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match=r"rdm: the euclidean distances .* not finite in torch\.float64"):
+        fa.rdm(x * 2.0**600, "euclidean", backend=backend)
+    with pytest.raises(ValueError, match=r"not finite in torch\.float32"):
+        fa.rdm((x * 2.0**70).float(), "euclidean", backend=backend)
+    if backend != "cpp":
+        noise = torch.eye(5, dtype=torch.float64) * 1e300
+        with pytest.raises(ValueError, match=r"crossnobis distances .* not finite"):
+            fa.rdm(torch.stack([x, x.flip(0)]) * 1e10, "crossnobis", noise=noise, backend=backend)
+
+
 def test_cornet_v1_sized_features_stream() -> None:
     """200,704 features (CORnet-S V1) with a few conditions: chunked accumulation, exact vs float64."""
     gen = torch.Generator().manual_seed(0)

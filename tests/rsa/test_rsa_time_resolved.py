@@ -114,8 +114,9 @@ def test_matches_rsatoolbox(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_spearman_with_one_dominant_tie_group(backend: str) -> None:
     """A brain RDM that is constant except for a few entries: the sum of squared centred ranks is a
-    difference of nearly equal cubes, which the kernel forms in exact integers."""
-    n = 300
+    difference of nearly equal cubes, which the kernel forms in exact integers. The reference ranks in
+    O(K^2) (4.5e4 entries at n = 300 took 90 s), so it checks the definition on a smaller RDM."""
+    n = 40 if backend == "reference" else 300
     data = torch.zeros(n, 2, 1, dtype=torch.float64)
     data[:, 0, 0] = 1.0  # every pattern (1, 0): all correlation distances 0 ...
     data[:3, :, 0] = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # ... except pairs with these 3
@@ -213,6 +214,54 @@ def test_rejects_bad_input(kwargs: dict, match: str) -> None:
     args = {"data": torch.randn(8, 3, 4, dtype=torch.float64), "models": torch.rand(2, 28), **kwargs}
     with pytest.raises(ValueError, match=match):
         fa.time_resolved_rsa(**args)
+
+
+# Patterns of one condition times a power of two: float64 near 1e200 and 1e-170, float32 near 1e20 / 1e-25.
+EXPONENTS = {
+    torch.float64: [665, -565, 0, 640, -540, 3, 1, -2],
+    torch.float32: [66, -83, 0, 60, -80, 1, 2, -1],
+}
+
+
+# Euclidean data times one power of two: tiny, or large enough that the brain RDM's squares overflow.
+EUCLIDEAN = {
+    "tiny": {torch.float64: -560, torch.float32: -70},
+    "large": {torch.float64: 508, torch.float32: 60},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("method", "rdm_method", "euclidean"),
+    [
+        ("spearman", "correlation", None),
+        ("pearson", "cosine", None),
+        ("spearman", "euclidean", "tiny"),
+        ("pearson", "euclidean", "large"),
+    ],
+)
+def test_extreme_magnitudes(
+    method: str, rdm_method: str, euclidean: str | None, backend: str, dtype: torch.dtype
+) -> None:
+    """The statistics of data and models scaled by powers of two (per condition for correlation and
+    cosine, per RDM for euclidean, whose RDM changes by a positive factor) equal those of the unscaled
+    ones; the fused kernel returned NaN, wrong ranks or a constant-RDM error."""
+    gen = torch.Generator().manual_seed(9)
+    data = torch.randn(2, 8, 3, 5, generator=gen, dtype=torch.float64)
+    models = fa.rdm(torch.randn(2, 8, 4, generator=gen, dtype=torch.float64))
+    want = fa.time_resolved_rsa(data, models, method, rdm_method=rdm_method, window=2, backend="reference")
+    if euclidean is not None:
+        factor = torch.tensor(2.0 ** EUCLIDEAN[euclidean][dtype], dtype=torch.float64)
+    else:
+        factor = torch.tensor([2.0**e for e in EXPONENTS[dtype]], dtype=torch.float64)[:, None, None]
+    model_factor = torch.tensor([2.0**e for e in EXPONENTS[dtype][:2]], dtype=torch.float64)[:, None]
+    got = fa.time_resolved_rsa(
+        (data * factor).to(dtype), (models * model_factor).to(dtype), method, rdm_method=rdm_method, window=2,
+        backend=backend,
+    )  # fmt: skip
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    np.testing.assert_allclose(got.double().numpy(), want.numpy(), rtol=0, atol=tol)
 
 
 def test_overflowing_distances_raise() -> None:
