@@ -11,7 +11,12 @@ command-line flags. TFLOP/s are *model* FLOP/s: the eager network's forward FLOP
 torch.utils.flop_counter (the fused module's Winograd convs do fewer actual multiply-adds for the same
 result), times 3 for a training step (forward + backward).
 
-Run: ``flock /tmp/fastalign-bench.lock python benchmarks/bench_cornet.py [--device cuda]``
+On a CPU whose oneDNN cannot run bf16/fp16 (no AVX-512 or AVX-NE-CONVERT), ``--fallback-rounds N``
+instead compares, in alternation, what ``fuse(dtype=torch.bfloat16)`` does there (float32 convs, outputs
+cast) with the alternative (the dtype's convs through torch's native kernels), eager autocast and fp32.
+
+Run: ``flock /tmp/fastalign-bench.lock python benchmarks/bench_cornet.py [--device cuda]``; the fallback
+comparison: ``python benchmarks/bench_cornet.py --fallback-rounds 3 --batches 1 --name cornet_avx2``
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import sys
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
 from fastalign.models import cornet_s, fuse
+from fastalign.models.fuse import mkldnn_dtype_unsupported
 
 NAME = "cornet"
 COLUMNS = [
@@ -38,6 +46,7 @@ COLUMNS = [
     ["impl", "implementation"],
     ["dtype", "dtype"],
     ["layout", "layout"],
+    ["compute", "compute dtype"],
     ["batch", "batch"],
     ["median_ms", "median ms"],
     ["spread_ms", "p20-p80 ms"],
@@ -47,7 +56,16 @@ COLUMNS = [
     ["speedup", "x eager"],
     ["peak_mem_mb", "peak MB"],
 ]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_NAMES = {v: k for k, v in DTYPES.items()}
+#: The fallback comparison's extra column: each row's time over fused fp32's in the same round.
+FALLBACK_COLUMNS = [
+    *COLUMNS[:7],
+    ["best_ms", "best ms"],
+    *COLUMNS[7:-1],
+    ["vs_fused_fp32", "time / fused fp32"],
+    COLUMNS[-1],
+]
 
 
 def forward_flops_per_image(size: int = 224) -> float:
@@ -66,27 +84,35 @@ def _autocast(device: str, dtype: torch.dtype) -> contextlib.AbstractContextMana
 
 def _inference_fn(
     impl: str, model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype, device: str
-) -> Callable[[], Any]:
+) -> tuple[Callable[[], Any], torch.dtype]:
+    """(one inference call, the dtype its convs compute in)."""
     if impl.startswith("fused"):
-        fused = fuse(model, dtype=dtype, cuda_graph=impl == "fused+cudagraph")
+        if impl == "fused-native":
+            # The path fuse() does not take on a CPU whose oneDNN lacks the dtype: the dtype's convs through
+            # torch's own kernels (F.conv2d), forced by answering the support probe yes while fusing.
+            with mock.patch("fastalign.models.fuse.mkldnn_dtype_unsupported", return_value=None):
+                fused = fuse(model, dtype=dtype, mkldnn=False)
+        else:
+            fused = fuse(model, dtype=dtype, cuda_graph=impl == "fused+cudagraph")
 
         def run() -> torch.Tensor:
             with torch.inference_mode():
                 return fused(x)
 
-        return run
+        return run, fused.compute_dtype
     net = torch.compile(model) if impl == "compile" else model
 
     def run() -> torch.Tensor:
         with torch.inference_mode(), _autocast(device, dtype):
             return net(x)
 
-    return run
+    return run, dtype
 
 
 def _train_fn(
     impl: str, model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype, device: str
-) -> Callable[[], Any]:
+) -> tuple[Callable[[], Any], torch.dtype]:
+    """(one training step, the dtype it computes in)."""
     model.train()
     if impl.startswith("fused"):
         model.fuse_training()  # type: ignore[operator]
@@ -101,7 +127,7 @@ def _train_fn(
         loss.backward()
         opt.step()
 
-    return run
+    return run, dtype
 
 
 def _eager_layout(args: argparse.Namespace, dtype_name: str) -> str:
@@ -132,7 +158,7 @@ def bench_row(
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     make = _inference_fn if mode == "inference" else _train_fn
-    fn = make(impl, model, x, dtype, device)
+    fn, compute = make(impl, model, x, dtype, device)
     reps = args.reps if mode == "inference" else args.train_reps
     t = harness.time_fn(fn, device, warmup=args.warmup, rep=reps)
     mem = harness.peak_memory_bytes(fn, device) if args.memory else None
@@ -144,6 +170,7 @@ def bench_row(
         "impl": impl,
         "dtype": dtype_name,
         "layout": "NHWC" if channels_last else "NCHW",
+        "compute": _NAMES[compute],
         "batch": batch,
         "size": args.size,
         "median_ms": t["median_ms"],
@@ -167,8 +194,8 @@ def interleaved_speedup(batch: int, device: str, args: argparse.Namespace, round
     torch.manual_seed(0)
     model = cornet_s().to(device).eval()
     x = torch.randn(batch, 3, args.size, args.size, device=device)
-    eager = _inference_fn("eager", model, x, torch.float32, device)
-    fused = _inference_fn("fused", model, x, torch.float32, device)
+    eager, _ = _inference_fn("eager", model, x, torch.float32, device)
+    fused, _ = _inference_fn("fused", model, x, torch.float32, device)
     eager()
     fused()
     ratios, e_ms, f_ms = [], [], []
@@ -192,6 +219,86 @@ def interleaved_speedup(batch: int, device: str, args: argparse.Namespace, round
     }
 
 
+def fallback_comparison(
+    batch: int, args: argparse.Namespace, flops: float, rounds: int
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """What bf16/fp16 cost on a CPU whose oneDNN cannot run them, timed in alternation (each round calls
+    every implementation once, so all see the same machine load).
+
+    Implementations: eager fp32 (NCHW) and fused fp32; for each low dtype this CPU's oneDNN lacks,
+    eager under autocast (channels_last, its faster layout), ``fuse(dtype=...)`` as it is (there: float32
+    convs, outputs cast) and ``fused-native`` (the alternative: the dtype's convs through torch's
+    native kernels). Rows hold the median over rounds and, per round, the ratios to eager in the same
+    dtype (``speedup``) and to fused fp32 (``vs_fused_fp32``).
+
+    Returns:
+        (rows, the low dtypes compared).
+    """
+    low = [n for n in args.dtypes if n != "fp32" and mkldnn_dtype_unsupported(DTYPES[n]) is not None]
+    if args.device != "cpu" or not low:
+        raise SystemExit(
+            "--fallback-rounds measures bf16/fp16 on a CPU whose oneDNN lacks them; here none of "
+            f"{args.dtypes} lacks oneDNN support"
+        )
+    torch.manual_seed(0)
+    nchw = cornet_s().eval()
+    nhwc = cornet_s().eval()
+    nhwc.load_state_dict(nchw.state_dict())
+    nhwc = nhwc.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, args.size, args.size)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    cases = [("eager", "fp32", nchw, x), ("fused", "fp32", nchw, x)]
+    for name in low:
+        cases += [("eager", name, nhwc, x_cl), ("fused", name, nchw, x), ("fused-native", name, nchw, x)]
+    fns = []
+    for impl, name, model, inp in cases:
+        fn, compute = _inference_fn(impl, model, inp, DTYPES[name], "cpu")
+        fn()  # warm-up: oneDNN primitive creation, allocations
+        fns.append((impl, name, compute, fn))
+        print("built", impl, name, "computing in", _NAMES[compute])
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(rounds):
+        for i, (*_, fn) in enumerate(fns):
+            times[i].append(harness.time_fn(fn, "cpu", warmup=0, rep=1)["median_ms"])
+        print(f"round {r + 1}/{rounds}:", [f"{t[-1]:.0f}" for t in times])
+    by_key = {(impl, name): t for (impl, name, _, _), t in zip(fns, times, strict=True)}
+    fp32_fused = by_key[("fused", "fp32")]
+    peak_fp32, _ = harness.peak_tflops("cpu", torch.float32)
+    rows = []
+    for (impl, name, compute, fn), t in zip(fns, times, strict=True):
+        q = statistics.quantiles(t, n=5) if len(t) >= 2 else [t[0]] * 4
+        med = statistics.median(t)
+        tflops = flops * batch / (med * 1e-3) / 1e12
+        eager = by_key[("eager", name)]
+        mem = harness.peak_memory_bytes(fn, "cpu") if args.memory else None
+        rows.append(
+            {
+                "mode": "inference",
+                "impl": impl,
+                "dtype": name,
+                "layout": "NHWC" if impl != "eager" or name != "fp32" else "NCHW",
+                "compute": _NAMES[compute],
+                "batch": batch,
+                "size": args.size,
+                "median_ms": med,
+                "spread_ms": f"{q[0]:.4g}-{q[3]:.4g}",
+                "p20_ms": q[0],
+                "p80_ms": q[3],
+                "best_ms": min(t),  # the least disturbed round, on a shared machine
+                "reps": len(t),
+                "times_ms": t,
+                "images_per_s": batch / (med * 1e-3),
+                "tflops": tflops,
+                # a bf16/fp16 peak is not measured here (see meta.reduced): % of the fp32 peak only
+                "pct_peak": 100 * tflops / peak_fp32 if compute == torch.float32 else None,
+                "speedup": statistics.median([e / v for e, v in zip(eager, t, strict=True)]),
+                "vs_fused_fp32": statistics.median([v / f for v, f in zip(t, fp32_fused, strict=True)]),
+                "peak_mem_mb": None if mem is None else mem / 2**20,
+            }
+        )
+    return rows, low
+
+
 def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,6 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-dtypes", nargs="+", default=None, choices=list(DTYPES))
     p.add_argument("--train-impls", nargs="+", default=None, help="eager compile fused fused+compile")
     p.add_argument("--ab-rounds", type=int, default=None, help="interleaved eager/fused rounds (0: none)")
+    p.add_argument(
+        "--fallback-rounds",
+        type=int,
+        default=0,
+        help="instead of the rows above: interleaved rounds comparing bf16/fp16 on a CPU whose oneDNN "
+        "lacks them (fuse()'s float32 fallback, the native-kernel alternative, eager, fp32), first batch",
+    )
+    p.add_argument("--name", default=NAME, help="result file results/NAME-DEVICE.json")
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
     args.batches = args.batches or ([1, 64, 256] if gpu else [1, 8])
@@ -230,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
 
     flops = forward_flops_per_image(args.size)
     print(f"forward FLOPs per {args.size}x{args.size} image (torch.utils.flop_counter): {flops / 1e9:.3f} G")
+    if args.fallback_rounds > 0:
+        return _save_fallback(args, flops)
     rows: list[dict[str, Any]] = []
     tasks: list[tuple[str, str, str, int]] = []
     for mode in args.modes:
@@ -287,7 +404,34 @@ def main(argv: list[str] | None = None) -> int:
             "eager/fused ratios are the fair comparison"
         ),
     }
-    path = harness.save(NAME, args.device, rows, meta)
+    path = harness.save(args.name, args.device, rows, meta)
+    print(f"wrote {path}")
+    return 0
+
+
+def _save_fallback(args: argparse.Namespace, flops: float) -> int:
+    batch = args.batches[0]
+    rows, low = fallback_comparison(batch, args, flops, args.fallback_rounds)
+    order = ["eager", "fused", "fused-native"]
+    rows.sort(key=lambda r: (list(DTYPES).index(r["dtype"]), order.index(r["impl"])))
+    meta = {
+        "columns": FALLBACK_COLUMNS,
+        "forward_gflop_per_image": flops / 1e9,
+        "flop_convention": "2 FLOPs per multiply-add; model FLOPs of the eager net",
+        "size": args.size,
+        "oneDNN_missing": {n: mkldnn_dtype_unsupported(DTYPES[n]) for n in low},
+        "peak_source": harness.peak_tflops(args.device, torch.float32)[1],
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "reduced": (
+            f"CPU fallback comparison: batch {batch}, {args.fallback_rounds} interleaved rounds (each "
+            "round calls every implementation once after one warm-up call each; median, p20-p80 and best "
+            "over rounds; "
+            "'x eager' and 'time / fused fp32' are medians of per-round ratios). No bf16/fp16 peak: "
+            "harness.peak_tflops times 2048^3 torch.mm products, which in bf16/fp16 take minutes each on a "
+            "CPU without these instructions, so % peak is given for float32 compute only."
+        ),
+    }
+    path = harness.save(args.name, args.device, rows, meta)
     print(f"wrote {path}")
     return 0
 

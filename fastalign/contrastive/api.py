@@ -10,6 +10,7 @@ from torch import nn
 
 from fastalign import _backend
 from fastalign.contrastive import torch_chunked
+from fastalign.contrastive.common import compute_dtype
 from fastalign.contrastive.reference import infonce_loss_reference
 
 Reduction = Literal["mean", "sum", "none"]
@@ -60,26 +61,46 @@ def _validate(x: Any, y: Any, reduction: str) -> None:
         raise ValueError(f"infonce_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _scale(temperature: Any, x: torch.Tensor) -> torch.Tensor:
-    """1 / temperature as a 0-dim tensor on x's device; differentiable when temperature is a tensor."""
+def _scale(temperature: Any, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(1 / temperature as a 0-dim tensor on x's device, its value); differentiable when temperature is
+    a tensor (reading its value syncs). Its range is checked by :func:`_check_scale`, which knows the
+    dtype the chosen backend applies it in."""
     if isinstance(temperature, torch.Tensor):
         if temperature.dim() != 0 or not temperature.is_floating_point():
             raise ValueError(
                 "infonce_loss: temperature must be a float or a 0-dim floating tensor, got a tensor of "
                 f"shape {tuple(temperature.shape)} and dtype {temperature.dtype}"
             )
-        value = float(temperature.detach())
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"infonce_loss: temperature must be positive and finite, got {value}")
-        return 1.0 / temperature.to(x.device)
+        scale = 1.0 / temperature.to(x.device)
+        return scale, float(scale.detach())
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(
             f"infonce_loss: temperature must be a float or 0-dim tensor, got {type(temperature).__name__}"
         )
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"infonce_loss: temperature must be positive and finite, got {temperature}")
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.tensor(1.0 / temperature, dtype=dtype, device=x.device)
+    # float64 here; the backends round it once to the dtype they compute in
+    return torch.tensor(1.0 / temperature, dtype=torch.float64, device=x.device), 1.0 / temperature
+
+
+def _scale_dtype(x: torch.Tensor, backend: str) -> torch.dtype:
+    """The dtype the logit scale is applied in: the reference multiplies its logits, of the inputs'
+    dtype, by it; the blockwise backends compute in float32 (float64 for float64 inputs)."""
+    return x.dtype if backend == "reference" else compute_dtype(x)
+
+
+def _check_scale(value: float, dtype: torch.dtype, source: str) -> None:
+    """The logit scale must be a normal, finite number in ``dtype``, with headroom for the Triton
+    kernels' base-2 exponentials (scale * log2(e)): an overflowing scale gives inf or NaN logits, and
+    one that underflows to 0 a NaN temperature gradient (which divides by the scale)."""
+    info = torch.finfo(dtype)
+    low, high = info.tiny, info.max / 2
+    if not (math.isfinite(value) and low <= value <= high):  # NaN fails too
+        raise ValueError(
+            f"{source} = {value:.6g}; expected a normal {str(dtype).removeprefix('torch.')} number (the "
+            f"dtype this backend applies the scale in) of at most half its largest, within [{low:.3g}, "
+            f"{high:.3g}]: a positive temperature within [{1 / high:.3g}, {1 / low:.3g}]"
+        )
 
 
 def _per_index(
@@ -122,6 +143,9 @@ def infonce_loss(
         x: (N, D) float tensor.
         y: (N, D) float tensor on x's device; mixed dtypes are promoted (torch.promote_types).
         temperature: positive float, or a 0-dim tensor (gradients flow to it; checking it syncs).
+            ``1 / temperature`` must be a normal number, at most half the largest, in the dtype the
+            backend applies it in (float32 for float32 and half inputs, float64 for float64; the
+            reference uses the inputs' dtype): else ValueError, instead of inf or NaN logits.
         symmetric: average both directions (True) or use rows only (False).
         reduction: "mean" or "sum" over the N per-index losses, or "none" for the (N,) losses
             (``0.5 * (row_i + col_i)`` when symmetric).
@@ -135,22 +159,30 @@ def infonce_loss(
         A scalar, or (N,) (this rank's rows with ``group``) for reduction "none".
     """
     _validate(x, y, reduction)
-    return _loss(x, y, _scale(temperature, x), symmetric, reduction, backend, group)
+    scale, value = _scale(temperature, x)
+    given = (
+        "the temperature tensor" if isinstance(temperature, torch.Tensor) else f"temperature {temperature!r}"
+    )
+    source = f"infonce_loss: {given} gives the logit scale 1/temperature"
+    return _loss(x, y, (scale, value, source), symmetric, reduction, backend, group)
 
 
 def _loss(
     x: torch.Tensor,
     y: torch.Tensor,
-    scale: torch.Tensor,
+    logit_scale: tuple[torch.Tensor, float, str],
     symmetric: bool,
     reduction: str,
     backend: str,
     group: Any,
 ) -> torch.Tensor:
+    """The loss of validated inputs; ``logit_scale`` is (scale, its value, what it came from)."""
     if x.dtype != y.dtype:  # e.g. bf16 brain embeddings under autocast vs cached fp32 image embeddings
         dtype = torch.promote_types(x.dtype, y.dtype)
         x, y = x.to(dtype), y.to(dtype)
     chosen = _dispatch.choose(backend, x, y)
+    scale, value, source = logit_scale
+    _check_scale(value, _scale_dtype(x, chosen), source)
     # the backends choose their own precisions; autocast would silently lower the reference's
     with torch.autocast(x.device.type, enabled=False):
         return _dispatched(x, y, scale, symmetric, reduction, chosen, group)
@@ -183,7 +215,8 @@ class InfoNCELoss(nn.Module):
 
     With ``learnable`` the module stores ``logit_scale = log(1 / temperature)`` as a parameter and, as
     CLIP does, clamps it to at most ``log(max_logit_scale)`` (in place, before each forward), so the
-    scale ``exp(logit_scale)`` never exceeds ``max_logit_scale``.
+    scale ``exp(logit_scale)`` never exceeds ``max_logit_scale``. Each forward checks the scale as
+    :func:`infonce_loss` checks ``1 / temperature`` (one device sync): a NaN ``logit_scale`` raises.
     """
 
     def __init__(
@@ -227,7 +260,10 @@ class InfoNCELoss(nn.Module):
                 self.logit_scale.clamp_(max=math.log(self.max_logit_scale))
         _validate(x, y, reduction)
         scale = self.logit_scale.exp().to(x.device)
-        return _loss(x, y, scale, symmetric, reduction, backend, group)
+        # one device sync per call: a NaN logit_scale (a diverged step) or one past what the compute
+        # dtype holds (a loaded state_dict, a large max_logit_scale) must not give a NaN loss
+        source = "InfoNCELoss: the logit scale exp(logit_scale)"
+        return _loss(x, y, (scale, float(scale.detach()), source), symmetric, reduction, backend, group)
 
     def extra_repr(self) -> str:
         return (

@@ -51,7 +51,8 @@ class Flatten(nn.Module):
     """(B, C, 1, 1) -> (B, C), the original's decoder.flatten."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.size(0), -1)
+        # flatten(1), not the original's view(B, -1): the -1 is ambiguous for an empty batch
+        return x.flatten(1)
 
 
 def _norm_act(
@@ -203,7 +204,10 @@ class CORnetBase(nn.Module):
 
     Subclasses provide ``V1`` (x -> tensor), ``V2``/``V4``/``IT`` (``(x, taps) -> tensor``, appending
     one tensor per timestep to ``taps`` when given), and ``_head`` (block output -> (pooled (B, 512, 1, 1),
-    logits (B, num_classes))). ``_prepare`` may convert the input (dtype, memory format).
+    logits (B, num_classes))). ``_prepare`` may convert the input (dtype, memory format) and ``_output``
+    every returned tensor (dtype).
+
+    An empty batch (B = 0) gives empty outputs of the usual shapes, as torch's layers do.
     """
 
     V1: nn.Module
@@ -212,6 +216,9 @@ class CORnetBase(nn.Module):
     IT: nn.Module
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +230,8 @@ class CORnetBase(nn.Module):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(f"x must have H >= 1 and W >= 1, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"x must be a floating-point tensor (see imagenet_transform), got {x.dtype}")
 
@@ -239,7 +248,7 @@ class CORnetBase(nn.Module):
         x = self._prepare(x)
         for block in (self.V1, self.V2, self.V4, self.IT):
             x = block(x)
-        return self._head(x)[1]
+        return self._output(self._head(x)[1])
 
     def features(
         self,
@@ -286,10 +295,10 @@ class CORnetBase(nn.Module):
         out: dict[str, torch.Tensor] = {}
         for name, region in wanted:
             if timesteps == "last":
-                out[name] = acts[region][-1]
+                out[name] = self._output(acts[region][-1])
             else:
                 for t, a in enumerate(acts[region]):
-                    out[f"{REGIONS[region][0]}-t{t}"] = a
+                    out[f"{REGIONS[region][0]}-t{t}"] = self._output(a)
         return out
 
     @staticmethod

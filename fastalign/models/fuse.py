@@ -12,6 +12,9 @@ What :func:`fuse` changes, none of which changes the function the network comput
   fused into the conv (``torch.ops.mkldnn._convolution_pointwise``, the kernels inductor uses);
   otherwise as ``F.conv2d`` followed by in-place add/ReLU, which autograd supports (feature taps used
   for training keep gradients with respect to the input);
+- bf16/fp16 on a CPU whose oneDNN cannot run that dtype (no AVX-512 or AVX-NE-CONVERT, asked of torch
+  when fusing) compute in float32 and cast every output: torch's own bf16/fp16 CPU convs are slower
+  than the float32 path there (see benchmarks/bench_cornet.py), and float32 is more accurate;
 - optionally, on CUDA, the whole forward (or one features() call pattern) is captured once per input
   shape in a CUDA graph and replayed.
 
@@ -181,7 +184,10 @@ class FusedCORnetS(CORnetBase):
     """The fused inference CORnet-S made by :func:`fuse`: same forward() and features() as the eager one.
 
     Attributes:
-        dtype: Compute dtype of weights and activations (inputs are cast to it; outputs are in it).
+        dtype: Dtype of every output (logits and feature taps).
+        compute_dtype: Dtype of weights and activations (inputs are cast to it): ``dtype``, except
+            bf16/fp16 on a CPU without oneDNN support for it (:func:`mkldnn_dtype_unsupported`), which
+            compute in float32.
         channels_last: Whether activations are NHWC.
         mkldnn: Whether CPU calls without autograd use oneDNN's fused conv+bias+ReLU(+add) kernels.
         winograd: Whether the recurrent blocks' stride-1 3x3 convs (timesteps > 0) run as Winograd
@@ -211,26 +217,35 @@ class FusedCORnetS(CORnetBase):
         super().__init__()
         self.dtype = dtype
         self.channels_last = channels_last
-        wino_dtypes = (torch.float32, torch.float64)
         on_cpu = next(model.parameters()).device.type == "cpu"
-        self.winograd = on_cpu and dtype in wino_dtypes if winograd is None else winograd
-        self.gemm = gemm
-        if self.winograd and dtype not in wino_dtypes:
-            raise ValueError(f"fuse: winograd=True supports float32 and float64, got dtype {dtype}")
         mkldnn_dtypes = (torch.float32, torch.bfloat16, torch.float16)
-        self.mkldnn = _mkldnn_available() and dtype in mkldnn_dtypes if mkldnn is None else mkldnn
-        if self.mkldnn and dtype not in mkldnn_dtypes:
+        if mkldnn and dtype not in mkldnn_dtypes:
             raise ValueError(f"fuse: mkldnn=True supports float32, bfloat16 and float16, got dtype {dtype}")
-        if self.mkldnn and not _mkldnn_available():
+        if mkldnn and not _mkldnn_available():
             raise NotImplementedError("fuse: mkldnn=True but this torch has no mkldnn._convolution_pointwise")
+        missing = mkldnn_dtype_unsupported(dtype)
+        if mkldnn and missing is not None:
+            raise NotImplementedError(
+                f"fuse: mkldnn=True with dtype {dtype} needs oneDNN convolutions in that dtype, which this "
+                f"CPU cannot run: {missing}; leave mkldnn=None to compute in float32 and cast the outputs"
+            )
+        self.compute_dtype = torch.float32 if on_cpu and missing is not None else dtype
+        compute = self.compute_dtype
+        wino_dtypes = (torch.float32, torch.float64)
+        # An explicit winograd=True is judged by the dtype asked for, the same on every CPU.
+        if winograd and dtype not in wino_dtypes:
+            raise ValueError(f"fuse: winograd=True supports float32 and float64, got dtype {dtype}")
+        self.winograd = on_cpu and compute in wino_dtypes if winograd is None else winograd
+        self.gemm = gemm
+        self.mkldnn = _mkldnn_available() and compute in mkldnn_dtypes if mkldnn is None else mkldnn
         self.cuda_graph = cuda_graph
-        self.V1 = FusedV1(model.V1, dtype, channels_last)
-        self.V2 = FusedBlock(model.V2, dtype, channels_last, self.winograd)
-        self.V4 = FusedBlock(model.V4, dtype, channels_last, self.winograd)
-        self.IT = FusedBlock(model.IT, dtype, channels_last, self.winograd)
+        self.V1 = FusedV1(model.V1, compute, channels_last)
+        self.V2 = FusedBlock(model.V2, compute, channels_last, self.winograd)
+        self.V4 = FusedBlock(model.V4, compute, channels_last, self.winograd)
+        self.IT = FusedBlock(model.IT, compute, channels_last, self.winograd)
         linear = cast(nn.Linear, model.decoder[2])
-        self.register_buffer("linear_weight", linear.weight.detach().to(dtype).clone())
-        self.register_buffer("linear_bias", linear.bias.detach().to(dtype).clone())
+        self.register_buffer("linear_weight", linear.weight.detach().to(compute).clone())
+        self.register_buffer("linear_bias", linear.bias.detach().to(compute).clone())
         self._graphs: dict[tuple[Any, ...], _GraphEntry] = {}
         self.eval()
 
@@ -248,15 +263,20 @@ class FusedCORnetS(CORnetBase):
         for part in (self.V1, self.V2, self.V4, self.IT):
             part.use_mkldnn = use
             part.use_gemm = gemm
-        x = x.to(self.dtype)
+        x = x.to(self.compute_dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+    def _output(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype)
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = x.mean(dim=(2, 3), keepdim=True)
         return pooled, F.linear(pooled.flatten(1), self.linear_weight, self.linear_bias)
 
     def _use_graph(self, x: torch.Tensor) -> bool:
-        return self.cuda_graph and x.is_cuda and not (torch.is_grad_enabled() and x.requires_grad)
+        # An empty batch launches no kernels: nothing to capture.
+        eligible = self.cuda_graph and x.is_cuda and x.numel() > 0
+        return eligible and not (torch.is_grad_enabled() and x.requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits, (B, 3, H, W) -> (B, num_classes), in ``self.dtype``."""
@@ -316,6 +336,31 @@ def _mkldnn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
+# torch's own probe per dtype and the CPU features its oneDNN convolutions need (torch's error message).
+_MKLDNN_LOW_PRECISION: dict[torch.dtype, tuple[str, str]] = {
+    torch.bfloat16: ("_is_mkldnn_bf16_supported", "avx512bw, avx512vl and avx512dq, or avx_ne_convert"),
+    torch.float16: ("_is_mkldnn_fp16_supported", "avx512_fp16 or avx_ne_convert"),
+}
+
+
+def mkldnn_dtype_unsupported(dtype: torch.dtype) -> str | None:
+    """Why oneDNN cannot run ``dtype`` convolutions on this CPU, or None when it can.
+
+    Asked of torch each time (``torch.ops.mkldnn._is_mkldnn_bf16_supported`` and its fp16 twin), never
+    assumed: the same wheel runs on CPUs with and without the instructions. Only bf16 and fp16 depend on
+    the CPU; other dtypes give None.
+    """
+    if dtype not in _MKLDNN_LOW_PRECISION:
+        return None
+    probe, features = _MKLDNN_LOW_PRECISION[dtype]
+    if not _mkldnn_available():
+        return "this torch has no oneDNN fused convolutions"
+    supported = getattr(torch.ops.mkldnn, probe, None)
+    if supported is None or not supported():
+        return f"its oneDNN {str(dtype).removeprefix('torch.')} path needs the CPU features {features}"
+    return None
+
+
 def fuse(
     model: CORnetS,
     *,
@@ -333,14 +378,19 @@ def fuse(
 
     Args:
         model: The eager :class:`~fastalign.models.CORnetS`.
-        dtype: Compute dtype (float32, bfloat16 or float16). Weights are folded in float64 and cast once,
-            which is what autocast to this dtype computes without casting the weights on every call.
+        dtype: Compute dtype (float32, bfloat16 or float16; float64 too, without oneDNN). Weights are
+            folded in float64 and cast once, which is what autocast to this dtype computes without
+            casting the weights on every call. bf16/fp16 models on a CPU whose oneDNN cannot run that
+            dtype (:func:`mkldnn_dtype_unsupported`) compute in float32 and return outputs in ``dtype``
+            (``FusedCORnetS.compute_dtype`` says which).
         channels_last: NHWC activations and weights.
         mkldnn: Use oneDNN's fused conv kernels on CPU when autograd is not recording (default: when
-            available).
+            available for the compute dtype). True for bf16/fp16 on a CPU without oneDNN support for
+            that dtype raises NotImplementedError naming the missing CPU features.
         winograd: Run the recurrent stride-1 3x3 convs as Winograd F(2x2, 3x3): 2.25x fewer multiply-adds
-            in those convs, 56% of the network's FLOPs (default: for float32/float64 models on the CPU,
-            where it is faster than oneDNN's direct convs; on GPUs cuDNN picks its own algorithms).
+            in those convs, 56% of the network's FLOPs (default: for float32/float64 compute on the CPU,
+            the float32 fallback of bf16/fp16 included, where it is faster than oneDNN's direct convs;
+            on GPUs cuDNN picks its own algorithms). True needs dtype float32 or float64.
         gemm: On CPU with channels_last, run 3x3 convs that have fewer output pixels than output channels
             (IT's strided conv) as one im2col matrix product instead of oneDNN's weight-bound direct conv.
         cuda_graph: Capture CUDA calls without autograd in CUDA graphs, one per input shape and call

@@ -325,3 +325,49 @@ def test_half_products_accumulate_in_float32(monkeypatch, chunk_bytes) -> None:
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)  # bf16 sums would be ~1e-1 off
     torch.testing.assert_close(common.mm_f32(a, b).double(), a.double() @ b.double(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference", pytest.param("triton", marks=pytest.mark.triton)])
+def test_temperature_is_checked_against_the_compute_dtype(backend, request) -> None:
+    """1/temperature must be a normal number of the dtype the scale is applied in: 1/1e-40 is finite in
+    Python and float64 but overflows float32, where the loss used to come out NaN."""
+    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+    x, y = (t.to(device) for t in _inputs(5, 3, torch.float32, 0))
+    for temperature, shown in [
+        (1e-40, r"temperature 1e-40 gives the logit scale 1/temperature = 1e\+40"),
+        (1e39, r"1/temperature = 1e-39"),  # underflows: float32 subnormal, and 0 beyond (NaN gradient)
+        (torch.tensor(1e-40), "temperature tensor .* = inf"),  # a float32 subnormal: 1/T is inf
+        (torch.tensor(1e-40, dtype=torch.float64), r"= 1e\+40; expected a normal float32"),
+    ]:
+        with pytest.raises(ValueError, match=shown):
+            fastalign.infonce_loss(x, y, temperature, backend=backend)
+    if backend != "triton":  # float64 inputs compute in float64, where the same scale is fine
+        loss = fastalign.infonce_loss(x.double(), y.double(), 1e-40, backend=backend)
+        assert torch.isfinite(loss)
+
+
+def test_reference_checks_the_scale_in_the_half_dtype_it_multiplies_in() -> None:
+    x, y = _inputs(6, 4, torch.float16, 1, normalize=True)
+    # scale 1e5: past float16's 65504, where the reference's fp16 logits would all be inf
+    with pytest.raises(ValueError, match="float16"):
+        fastalign.infonce_loss(x, y, 1e-5, backend="reference")
+    # the torch backend applies it in float32: finite, and equal to the float64 loss at that scale
+    got = fastalign.infonce_loss(x, y, 1e-5, backend="torch")
+    want = fastalign.infonce_loss(x.double(), y.double(), 1e-5, backend="reference")
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0)
+
+
+def test_module_rejects_a_logit_scale_the_compute_dtype_cannot_hold() -> None:
+    x, y = _inputs(6, 3, torch.float32, 4)
+    learn = fastalign.InfoNCELoss(temperature=0.07, learnable=True)
+    with torch.no_grad():
+        learn.logit_scale.fill_(float("nan"))  # a diverged step: clamp_ keeps NaN
+    with pytest.raises(ValueError, match=r"InfoNCELoss: the logit scale exp\(logit_scale\) = nan"):
+        learn(x, y)
+    # a fixed scale past float32's range, e.g. from a float64 state_dict, fails for float32 inputs only
+    fixed = fastalign.InfoNCELoss(temperature=0.07, max_logit_scale=1e300).double()
+    fixed.load_state_dict({"logit_scale": torch.tensor(math.log(1e39), dtype=torch.float64)})
+    with pytest.raises(ValueError, match=r"exp\(logit_scale\) = 1e\+39; expected a normal float32"):
+        fixed(x, y)
+    assert torch.isfinite(fixed(x.double(), y.double()))

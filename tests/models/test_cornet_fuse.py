@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from hypothesis import given
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from test_cornet_model import randomize_bn
 
 from fastalign.models import CORnetS, FusedCORnetS, cornet_s, fuse
-from fastalign.models.fuse import _mkldnn_available
+from fastalign.models.fuse import _mkldnn_available, mkldnn_dtype_unsupported
 
 ALL = ("V1", "V2", "V4", "IT", "avgpool", "decoder")
 
@@ -105,23 +107,80 @@ def test_any_input_size_matches_eager(
         assert _rel_err(got[k], ref64[k]) <= max(4 * _rel_err(ref32[k], ref64[k]), 1e-5), k
 
 
+@pytest.fixture(scope="module")
+def refs_low(model: CORnetS, x: torch.Tensor) -> Callable[[torch.dtype], dict[str, torch.Tensor]]:
+    """Every tap of the eager module run in a low-precision dtype (computed once per dtype, on first use)."""
+    cache: dict[torch.dtype, dict[str, torch.Tensor]] = {}
+
+    def get(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        if dtype not in cache:
+            low = CORnetS().to(dtype)
+            low.load_state_dict(model.state_dict())
+            with torch.inference_mode():
+                cache[dtype] = low.eval().features(x.to(dtype), layers=ALL, timesteps="all")
+        return cache[dtype]
+
+    return get
+
+
+_PROBES = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_within_twice_eager_error(model: CORnetS, x, refs, dtype) -> None:
-    if dtype == torch.float16 and not _mkldnn_available():
-        pytest.skip("float16 convs on CPU need oneDNN")
-    low = CORnetS().to(dtype)
-    low.load_state_dict(model.state_dict())
-    low.eval()
+@pytest.mark.parametrize("native", [True, False], ids=["onednn-low-precision", "float32-fallback"])
+def test_low_precision_within_twice_eager_error(
+    model: CORnetS, x, refs, refs_low, dtype, native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if native:
+        missing = mkldnn_dtype_unsupported(dtype)
+        if missing is not None:  # this branch is tested only on CPUs that have the instructions
+            pytest.skip(f"oneDNN {dtype} convs cannot run on this CPU: {missing}")
+    else:
+        # torch's probe says no, as on a CPU without AVX-512 / AVX-NE-CONVERT: the float32 fallback
+        monkeypatch.setattr(torch.ops.mkldnn, _PROBES[dtype], lambda: False)
     fused = fuse(model, dtype=dtype)
+    assert fused.dtype == dtype
+    assert fused.compute_dtype == (dtype if native else torch.float32)
     ref64 = refs["f64"]
+    ref_low = refs_low(dtype)
     with torch.inference_mode():
-        ref_low = low.features(x.to(dtype), layers=ALL, timesteps="all")
         got = fused.features(x, layers=ALL, timesteps="all")
+        logits = fused(x)
+    assert fused.V2.use_mkldnn is _mkldnn_available()
+    assert logits.dtype == dtype
+    assert got["V4.output-t0"].is_contiguous(memory_format=torch.channels_last)
     for k in ref64:
         assert got[k].dtype == dtype
         assert torch.isfinite(got[k]).all()
         # DESIGN: at most twice the error of the same-dtype eager module against float64.
         assert _rel_err(got[k], ref64[k]) <= 2 * _rel_err(ref_low[k], ref64[k]), k
+    if not native:
+        feature = "avx_ne_convert"  # named in both dtypes' requirements
+        with pytest.raises(NotImplementedError, match=f"mkldnn=True with dtype {dtype}.*{feature}"):
+            fuse(model, dtype=dtype, mkldnn=True)
+
+
+def test_empty_batch_gives_empty_outputs_on_every_path(model: CORnetS, fused_default) -> None:
+    # Every layer supports B = 0; only the original's Flatten (view(B, -1)) did not.
+    with torch.inference_mode():
+        ref = model.features(torch.randn(1, 3, 32, 33), layers=ALL, timesteps="all")
+    x0 = torch.empty(0, 3, 32, 33)
+    with torch.inference_mode():  # eager, and fused through oneDNN's fused kernels where available
+        outs = [model.features(x0, layers=ALL, timesteps="all"), fused_default.features(x0, ALL, "all")]
+        logits = [model(x0), fused_default(x0)]
+    xg = x0.clone().requires_grad_(True)  # fused through F.conv2d, Winograd and im2col (autograd)
+    outs.append(fused_default.features(xg, layers=ALL, timesteps="all"))
+    assert fused_default.V2.use_mkldnn is False
+    (g,) = torch.autograd.grad(sum(v.sum() for v in outs[-1].values()), xg)
+    assert g.shape == x0.shape
+    for got in outs:
+        assert list(got) == list(ref)
+        for k, v in got.items():
+            assert v.shape == (0, *ref[k].shape[1:]), k
+    assert [tuple(t.shape) for t in logits] == [(0, 1000), (0, 1000)]
+    for net in (model, fused_default):
+        with pytest.raises(ValueError, match="H >= 1 and W >= 1"):
+            net(torch.empty(2, 3, 0, 8))
 
 
 def test_gradients_through_fused_taps(model: CORnetS, model64: CORnetS, x) -> None:

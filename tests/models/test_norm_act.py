@@ -395,3 +395,129 @@ def test_module_helper_leaves_module_unchanged_on_bad_input() -> None:
 def test_momentum_must_be_a_number() -> None:
     with pytest.raises(TypeError, match="momentum must be a float"):
         batch_norm_act(torch.randn(2, 3, 4, 4), torch.ones(3), torch.zeros(3), momentum=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(eps=float("nan")), r"eps must be positive and finite, got nan"),
+        (dict(eps=float("inf")), r"eps must be positive and finite, got inf"),
+        (dict(eps=0.0), r"eps must be positive and finite, got 0.0"),
+        (dict(eps=-1e-5), r"eps must be positive and finite"),
+        (dict(momentum=float("nan")), r"momentum must be in \[0, 1\], got nan"),
+        (dict(momentum=float("inf")), r"momentum must be in \[0, 1\], got inf"),
+        (dict(momentum=1.5), r"momentum must be in \[0, 1\], got 1.5"),
+        (dict(momentum=-0.1), r"momentum must be in \[0, 1\]"),
+    ],
+)
+def test_eps_and_momentum_are_validated(change: dict, match: str) -> None:
+    x, w, b = torch.randn(2, 3, 4, 4), torch.ones(3), torch.zeros(3)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    with pytest.raises(ValueError, match="batch_norm_act: " + match):
+        batch_norm_act(x, w, b, rm, rv, backend="reference", **change)
+    assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3))  # rejected before any update
+
+
+def test_module_helper_validates_bn_eps_and_momentum() -> None:
+    x = torch.randn(2, 3, 4, 4)
+    for attr, value, match in [
+        ("eps", float("nan"), r"bn\.eps must be positive and finite, got nan"),
+        ("momentum", 2.0, r"bn\.momentum must be in \[0, 1\], got 2.0"),
+    ]:
+        bn = nn.BatchNorm2d(3).train()
+        setattr(bn, attr, value)
+        with pytest.raises(ValueError, match="batch_norm_module_act: " + match):
+            batch_norm_module_act(bn, x)
+        assert int(bn.num_batches_tracked) == 0
+    bn = nn.BatchNorm2d(3, momentum=None).train()  # None: the cumulative average, as BatchNorm2d
+    torch.testing.assert_close(batch_norm_module_act(bn, x, relu=False), nn.BatchNorm2d(3).train()(x))
+
+
+def _fwd_args(device: str) -> dict:
+    """Valid arguments of fastalign::bn_act_fwd for a (2, 3, 4, 4) x, in eval mode."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g)
+    args = dict(x=x, weight=torch.ones(3), bias=torch.zeros(3), running_mean=torch.zeros(3),
+                running_var=torch.ones(3), residual=torch.randn(2, 3, 4, 4, generator=g), training=False,
+                eps=1e-5, relu=True)  # fmt: skip
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+_BAD_FWD = [
+    (dict(weight=torch.ones(2)), ValueError, r"weight must have shape \(3,\) \(x's channels\), got \(2,\)"),
+    (dict(bias=torch.zeros(4)), ValueError, r"bias must have shape \(3,\)"),
+    (dict(running_mean=torch.zeros(2)), ValueError, r"running_mean must have shape \(3,\)"),
+    (dict(running_var=None), ValueError, "training=False normalises with running_mean and running_var"),
+    (dict(weight=torch.ones(3, dtype=torch.int32)), TypeError, "weight must be floating-point"),
+    (dict(weight=torch.ones(6)[::2]), ValueError, r"weight must be contiguous \(unit stride\)"),
+    (dict(weight=torch.ones(3, device="meta")), ValueError, "weight is on meta but x is on"),
+    (dict(residual=torch.randn(2, 3, 4, 5)), ValueError, r"residual must have x's shape \(2, 3, 4, 4\)"),
+    (dict(residual=torch.randn(2, 3, 4, 4).double()), ValueError, "residual must match x's dtype"),
+    (dict(residual=torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last)), ValueError,
+     "residual must have x's strides"),
+    (dict(x=torch.randn(2, 3, 4, 4).double()), TypeError, "x must be float32, bfloat16 or float16"),
+    (dict(x=torch.randn(2, 3, 4)), ValueError, r"x must have shape \(N, C, H, W\)"),
+    (dict(x=torch.randn(2, 3, 4, 4).transpose(2, 3), residual=None), ValueError,
+     "x must be contiguous or channels_last"),
+    (dict(x=torch.randn(0, 3, 4, 4), residual=None), ValueError, "x must not be empty"),
+    (dict(x=torch.randn(1, 3, 1, 1), residual=None, training=True), ValueError,
+     r"training needs N \* H \* W > 1"),
+    (dict(eps=float("nan")), ValueError, "eps must be positive and finite"),
+]  # fmt: skip
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(("change", "error", "match"), _BAD_FWD)
+def test_triton_fwd_op_validates_its_operands(
+    triton_device: str, change: dict, error: type, match: str
+) -> None:
+    """The public op checks what its kernels assume (they would read out of bounds) in the op itself."""
+    from fastalign.models.norm_act import triton as bn_triton
+
+    args = {**_fwd_args(triton_device), **change}
+    with pytest.raises(error, match="fastalign::bn_act_fwd: " + match):
+        bn_triton.bn_act_fwd(**args)
+
+
+def test_triton_ops_fake_implementations_validate_too() -> None:
+    """Tracing (meta tensors: the fake implementations) rejects what the kernels would misread."""
+    pytest.importorskip("triton")
+    from fastalign.models.norm_act import triton as bn_triton
+
+    args = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in _fwd_args("cpu").items()}
+    with pytest.raises(ValueError, match=r"fastalign::bn_act_fwd: weight must have shape \(3,\)"):
+        bn_triton.bn_act_fwd(**{**args, "weight": torch.ones(2, device="meta")})
+    x, w = args["x"], args["weight"]
+    stats = torch.ones(3, device="meta")
+    with pytest.raises(ValueError, match=r"fastalign::bn_act_bwd: mean must have shape \(3,\)"):
+        bn_triton.bn_act_bwd(torch.ones_like(x), x, None, w, stats[:2], stats, False, False)
+    dx, dw, _, dres = bn_triton.bn_act_bwd(torch.ones_like(x), x, None, w, stats, stats, False, False)
+    assert dx.shape == x.shape and dw.shape == (3,) and dres.numel() == 0
+
+
+_BAD_BWD = [
+    (dict(mean=torch.zeros(2)), ValueError, r"mean must have shape \(3,\)"),
+    (dict(rstd=torch.ones(3, dtype=torch.float64)), TypeError, "rstd must be torch.float32"),
+    (dict(weight=torch.ones(4)), ValueError, r"weight must have shape \(3,\)"),
+    (dict(dy=torch.ones(2, 3, 4, 5)), ValueError, "dy must have x's shape, dtype and device"),
+    (dict(dy=torch.ones(2, 3, 4, 4, dtype=torch.bfloat16)), ValueError, "dy must have x's shape, dtype"),
+    (dict(y=torch.ones(2, 3, 4, 4).to(memory_format=torch.channels_last)), ValueError,
+     "y must have x's strides"),
+    (dict(x=torch.ones(2, 3, 4, 4).double()), TypeError, "x must be float32, bfloat16 or float16"),
+]  # fmt: skip
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(("change", "error", "match"), _BAD_BWD)
+def test_triton_bwd_op_validates_its_operands(
+    triton_device: str, change: dict, error: type, match: str
+) -> None:
+    from fastalign.models.norm_act import triton as bn_triton
+
+    x = torch.randn(2, 3, 4, 4)
+    args = dict(dy=torch.randn(2, 3, 4, 4), x=x, y=torch.relu(x), weight=torch.ones(3), mean=torch.zeros(3),
+                rstd=torch.ones(3), training=True, has_residual=False)  # fmt: skip
+    args.update(change)
+    args = {k: v.to(triton_device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    with pytest.raises(error, match="fastalign::bn_act_bwd: " + match):
+        bn_triton.bn_act_bwd(**args)

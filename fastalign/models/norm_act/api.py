@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fastalign import _backend
+from fastalign.models.norm_act.common import check_eps, check_momentum
 from fastalign.models.norm_act.reference import batch_norm_act_reference
 
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -83,11 +84,8 @@ def _validate(
         _check_vector("running_var", running_var, c, x)
     elif not training:
         raise ValueError("batch_norm_act: training=False normalises with running statistics; none were given")
-    for name, v in (("momentum", momentum), ("eps", eps)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"batch_norm_act: {name} must be a float, got {type(v).__name__}")
-    if not 0.0 <= momentum <= 1.0 or eps < 0:
-        raise ValueError(f"batch_norm_act: need 0 <= momentum <= 1 and eps >= 0, got {momentum} and {eps}")
+    check_momentum("batch_norm_act", momentum)
+    check_eps("batch_norm_act", eps)
     if training and x.numel() // max(c, 1) == 1:  # as F.batch_norm: an empty batch passes through
         raise ValueError(
             "batch_norm_act: training needs more than one value per channel (N * H * W > 1), "
@@ -135,8 +133,8 @@ def batch_norm_act(
         running_mean, running_var: (C,) running statistics, updated in place when training; required
             when ``training`` is False.
         training: batch statistics (True) or running statistics (False).
-        momentum: weight of the new batch in the running statistics update, in [0, 1].
-        eps: added to the variance.
+        momentum: weight of the new batch in the running statistics update, a float in [0, 1].
+        eps: added to the variance, a finite float > 0.
         residual: optional (N, C, H, W) tensor added after the normalisation, before the ReLU.
         relu: apply ReLU last.
         backend: "auto" (triton on CUDA, else reference), "triton" (CPU tensors with TRITON_INTERPRET=1),
@@ -167,12 +165,16 @@ def batch_norm_module_act(
 
     Follows ``nn.BatchNorm2d.forward``: in training with running statistics it counts
     ``num_batches_tracked`` and, when ``bn.momentum`` is None, uses the cumulative average factor;
-    ``track_running_stats=False`` normalises with batch statistics in both modes.
+    ``track_running_stats=False`` normalises with batch statistics in both modes. ``bn.momentum`` must
+    be None or in [0, 1] and ``bn.eps`` positive and finite.
     """
     if not isinstance(bn, nn.BatchNorm2d):
         raise TypeError(f"batch_norm_module_act: bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
     if bn.weight is None or bn.bias is None:
         raise ValueError("batch_norm_module_act: bn must be affine (affine=False is not supported)")
+    if bn.momentum is not None:
+        check_momentum("batch_norm_module_act", bn.momentum, "bn.momentum")
+    check_eps("batch_norm_module_act", bn.eps, "bn.eps")
     training = bn.training or (bn.running_mean is None and bn.running_var is None)
     use_running = not bn.training or bn.track_running_stats
     rm = bn.running_mean if use_running else None

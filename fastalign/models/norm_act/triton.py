@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastalign.models.norm_act.common import check_eps
+
 _BLOCK_M = 64
 _BLOCK_C = 64
 _BLOCK_S = 64  # splits merged per step of the finalize kernels
@@ -244,6 +246,104 @@ def _on_device(x: torch.Tensor) -> contextlib.AbstractContextManager[object]:
     return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
+_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_x(op: str, x: torch.Tensor, training: bool) -> None:
+    """x as the kernels walk it: (N, C, H, W), a kernel dtype, non-empty, contiguous or channels_last."""
+    if x.dim() != 4:
+        raise ValueError(f"{op}: x must have shape (N, C, H, W), got {tuple(x.shape)}")
+    if x.dtype not in _X_DTYPES:
+        raise TypeError(f"{op}: x must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.numel() == 0:  # batch_norm_act returns eager's result for empty inputs without launching
+        raise ValueError(f"{op}: x must not be empty, got shape {tuple(x.shape)}")
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(
+            f"{op}: x must be contiguous or channels_last, got strides {x.stride()} for shape "
+            f"{tuple(x.shape)}"
+        )
+    if training and x.numel() == x.shape[1]:  # the unbiased variance would divide by N*H*W - 1 = 0
+        raise ValueError(f"{op}: training needs N * H * W > 1, got x of shape {tuple(x.shape)}")
+
+
+def _check_like_x(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """t is read or written with x's offsets: same shape, dtype, device and strides (of dims > 1)."""
+    if t.shape != x.shape:
+        raise ValueError(f"{op}: {name} must have x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    if t.dtype != x.dtype or t.device != x.device:
+        raise ValueError(
+            f"{op}: {name} must match x's dtype and device ({x.dtype} on {x.device}), "
+            f"got {t.dtype} on {t.device}"
+        )
+    if any(a != b for a, b, n in zip(t.stride(), x.stride(), x.shape, strict=True) if n > 1):
+        raise ValueError(f"{op}: {name} must have x's strides {x.stride()}, got {t.stride()}")
+
+
+def _check_channels(
+    op: str, name: str, t: torch.Tensor, x: torch.Tensor, dtype: torch.dtype | None = None
+) -> None:
+    """t is a (C,) vector read with unit stride on x's device: floating, or exactly ``dtype``."""
+    c = x.shape[1]
+    if t.shape != (c,):
+        raise ValueError(f"{op}: {name} must have shape ({c},) (x's channels), got {tuple(t.shape)}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{op}: {name} must be {dtype}, got {t.dtype}")
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be floating-point, got {t.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{op}: {name} must be contiguous (unit stride), got stride {t.stride()}")
+
+
+def _check_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    training: bool,
+    eps: float,
+) -> None:
+    op = "fastalign::bn_act_fwd"
+    _check_x(op, x, training)
+    _check_channels(op, "weight", weight, x)
+    _check_channels(op, "bias", bias, x)
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(f"{op}: training=False normalises with running_mean and running_var; give both")
+    for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+        if stat is not None:
+            _check_channels(op, name, stat, x)
+    if residual is not None:
+        _check_like_x(op, "residual", residual, x)
+    check_eps(op, eps)
+
+
+def _check_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    training: bool,
+) -> None:
+    op = "fastalign::bn_act_bwd"
+    _check_x(op, x, training)
+    # dy is copied to x's strides when they differ; everything else about it must match
+    if dy.shape != x.shape or dy.dtype != x.dtype or dy.device != x.device:
+        raise ValueError(
+            f"{op}: dy must have x's shape, dtype and device ({tuple(x.shape)}, {x.dtype}, {x.device}), "
+            f"got {tuple(dy.shape)}, {dy.dtype}, {dy.device}"
+        )
+    if y is not None:
+        _check_like_x(op, "y", y, x)
+    _check_channels(op, "weight", weight, x)
+    _check_channels(op, "mean", mean, x, torch.float32)
+    _check_channels(op, "rstd", rstd, x, torch.float32)
+
+
 @torch.library.custom_op("fastalign::bn_act_fwd", mutates_args=())
 def bn_act_fwd(
     x: torch.Tensor,
@@ -258,7 +358,10 @@ def bn_act_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean, rstd, unbiased_var): y = relu(batch_norm(x) + residual); the (C,) float32 statistics it
     used, and in training the batch's unbiased variance for the running-statistics update (functional:
-    autograd ops may not mutate, so the caller updates the buffers). (C,) operands must be contiguous."""
+    autograd ops may not mutate, so the caller updates the buffers). (C,) operands must be contiguous;
+    running_mean and running_var are read only when not training, and are then required. Bad operands
+    raise ValueError/TypeError before any launch (the kernels would read out of bounds)."""
+    _check_fwd(x, weight, bias, running_mean, running_var, residual, training, eps)
     g = _Geometry(x)
     c, (s_n, s_c, s_s) = g.c, g.strides
     mean, rstd, uvar, scale = (x.new_empty(c, dtype=torch.float32) for _ in range(4))
@@ -289,6 +392,7 @@ def bn_act_fwd(
 
 @bn_act_fwd.register_fake
 def _(x, weight, bias, running_mean, running_var, residual, training, eps, relu):
+    _check_fwd(x, weight, bias, running_mean, running_var, residual, training, eps)
     stats = [x.new_empty(x.shape[1], dtype=torch.float32) for _ in range(3)]
     return torch.empty_like(x), *stats
 
@@ -304,7 +408,11 @@ def bn_act_bwd(
     training: bool,
     has_residual: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias, dresidual) of bn_act_fwd; ReLU when y is given; dresidual is empty without one."""
+    """(dx, dweight, dbias, dresidual) of bn_act_fwd; ReLU when y is given; dresidual is empty without one.
+
+    mean and rstd are bn_act_fwd's (C,) float32 outputs; y, when given, has x's strides; operands are
+    checked as in bn_act_fwd."""
+    _check_bwd(dy, x, y, weight, mean, rstd, training)
     g = _Geometry(x)
     c, (s_n, s_c, s_s) = g.c, g.strides
     dy = _like(dy, x)
@@ -334,6 +442,7 @@ def bn_act_bwd(
 
 @bn_act_bwd.register_fake
 def _(dy, x, y, weight, mean, rstd, training, has_residual):
+    _check_bwd(dy, x, y, weight, mean, rstd, training)
     dres = torch.empty_like(x) if has_residual else x.new_empty(0)
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight), dres
 
