@@ -92,8 +92,8 @@ def group_epochs(epochs: Any, fn: str) -> GroupedEpochs:
 
     Raises:
         TypeError: ``epochs`` is not an mne.Epochs.
-        ValueError: no good data channel; an event_id condition without epochs; an epoch whose code is
-            not in event_id.
+        ValueError: no good data channel; no epochs at all; an event_id condition without epochs; an
+            epoch whose code is not in event_id.
     """
     if not is_epochs(epochs):
         raise TypeError(f"{fn}: epochs must be mne.Epochs or mne.EpochsArray, got {type(epochs).__name__}")
@@ -111,6 +111,11 @@ def group_epochs(epochs: Any, fn: str) -> GroupedEpochs:
         )
     # get_data first: for epochs that are not preloaded it drops the rejected epochs, changing events.
     data = np.asarray(epochs.get_data(picks=keep), dtype=np.float64)
+    if len(data) == 0:
+        raise ValueError(
+            f"{fn}: the epochs are empty (no epoch left; all dropped? see epochs.drop_log); expected at "
+            "least one epoch per condition"
+        )
     codes = np.asarray(epochs.events[:, 2])
     name_of: dict[int, str] = {}
     for name, code in epochs.event_id.items():

@@ -128,3 +128,18 @@ def test_array_inputs_and_importing_the_adapter_do_not_import_mne(monkeypatch: p
     top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     names = [a.name for n in top for a in n.names] + [n.module for n in top if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if n and n.split(".")[0] == "mne"]
+
+
+@pytest.mark.filterwarnings("ignore:.*Epochs-object is empty:RuntimeWarning")  # MNE's, on get_data()
+@pytest.mark.parametrize("how", ["sliced", "dropped"])
+def test_epochs_without_any_epoch_are_an_error(how: str) -> None:
+    """No epoch at all (a slice to nothing clears event_id too; drop() keeps it) is a ValueError naming the
+    epochs, from every function that takes them, not numpy's zero-size reduction error."""
+    epochs, _, codes = _epochs()
+    empty = epochs[:0] if how == "sliced" else epochs.copy().drop(np.arange(len(codes)), verbose="error")
+    for call, fn in (
+        (epochs_to_responses, "epochs_to_responses"),
+        (fa.time_resolved_rdms, "time_resolved_rdms"),
+    ):
+        with pytest.raises(ValueError, match=rf"{fn}: the epochs are empty"):
+            call(empty)

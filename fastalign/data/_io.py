@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
+import torch
 from numpy.lib import format as npy_format
 
 
@@ -175,13 +176,41 @@ def load_pickled_dict(path: str | os.PathLike[str], keys: Iterable[str], what: s
     return obj
 
 
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+#: Largest magnitude (as a power of two) that :func:`magnitude_shift` leaves unscaled: squares of values
+#: up to 2**400 and sums of 2**200 of them stay finite, and squares down to 2**-400 stay normal.
+_SAFE_EXPONENT = 400
+
+
+def magnitude_shift(max_abs: np.ndarray | float) -> np.ndarray:
+    """Power-of-two exponents ``k`` such that ``np.ldexp(x, k)`` brings data with the given largest
+    magnitudes into [0.5, 1); 0 where they already lie within 2**-400..2**400 (and for zeros).
+
+    Scaling by a power of two is exact, so second moments computed from scaled data and scaled back with
+    ``np.ldexp`` neither overflow nor underflow where the result is representable, and data of ordinary
+    magnitude are left bit for bit as they are.
+    """
+    m = np.asarray(max_abs, dtype=np.float64)
+    _, exponent = np.frexp(m)
+    ordinary = (m == 0) | (np.abs(exponent) <= _SAFE_EXPONENT)
+    return np.where(ordinary, 0, -exponent).astype(np.int64)
+
+
 def check_array(
     value: Any, name: str, source: str, *, ndim: int | tuple[int, ...], finite: bool = True
 ) -> np.ndarray:
-    """``value`` as a float ndarray with ``ndim`` dimensions and (if ``finite``) no NaN or inf.
+    """``value`` as a real ndarray with ``ndim`` dimensions and (if ``finite``) no NaN or inf.
 
-    ``source`` names where the array came from (a file or an argument) for the error message.
+    ``source`` names where the array came from (a file or an argument) for the error message. A torch
+    tensor is detached and copied to the CPU; floating dtypes numpy lacks (bfloat16, float8) are widened
+    to float32, which holds their values exactly.
     """
+    if isinstance(value, torch.Tensor):
+        if value.is_complex():  # complex32 has no numpy dtype either; complex is refused below anyway
+            raise TypeError(f"{source}: {name} must be a real numeric array, got dtype {value.dtype}")
+        value = value.detach().cpu()
+        if value.is_floating_point() and value.dtype not in _NUMPY_FLOATS:
+            value = value.float()
     arr = np.asarray(value)
     dims = (ndim,) if isinstance(ndim, int) else ndim
     if arr.ndim not in dims:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fastalign import _mne
-from fastalign.data._io import check_array
+from fastalign.data._io import check_array, magnitude_shift
 from fastalign.data.fmri import FMRIResponses, ResponsePCA, load_fmri
 from fastalign.data.images import ImageTransform
 from fastalign.data.responses import (
@@ -35,8 +35,9 @@ _DS = "BrainImageDataset"
 class NormStats:
     """Normalisation statistics fitted on training responses; pass them to the test dataset.
 
-    ``mean`` and ``std`` broadcast against one response of shape (*feature_shape): scalars for
-    "zscore", (n_channels, 1) for EEG or (n_voxels,) for fMRI with "channel".
+    ``mean`` and ``std`` (float64 from :func:`fit_norm_stats`) broadcast against one response of shape
+    (*feature_shape): scalars for "zscore", (n_channels, 1) for EEG or (n_voxels,) for fMRI with
+    "channel".
     """
 
     mode: str
@@ -44,27 +45,43 @@ class NormStats:
     std: np.ndarray
 
 
-def fit_norm_stats(trials: np.ndarray, mode: str) -> NormStats:
+def fit_norm_stats(trials: Any, mode: str) -> NormStats:
     """Statistics of single trials (n_images, n_repetitions, *feature_shape) for ``mode``.
 
     "zscore": one mean and std over everything (per subject); "channel": per channel (EEG, over
-    images, repetitions and time) or per voxel (fMRI).
+    images, repetitions and time) or per voxel (fMRI). Computed in float64 (two passes: mean, then
+    deviations) on data rescaled by an exact power of two, so any finite magnitude gives its true
+    statistics. ``trials`` may be an array or a tensor (detached; bfloat16 read as float32).
+
+    Raises:
+        TypeError: ``trials`` is not real numeric.
+        ValueError: wrong dimensions, NaN/inf, no values, an unknown ``mode``, or a zero standard
+            deviation (a flat channel / voxel, or all data equal).
     """
-    trials = check_array(trials, "trials", "fit_norm_stats", ndim=(3, 4))
-    if mode == "zscore":
-        mean, std = np.asarray(trials.mean()), np.asarray(trials.std())
-    elif mode == "channel":
-        axes = (0, 1, 3) if trials.ndim == 4 else (0, 1)
-        mean, std = trials.mean(axis=axes), trials.std(axis=axes)
-        if trials.ndim == 4:
-            mean, std = mean[:, None], std[:, None]
-    else:
-        raise ValueError(f"fit_norm_stats: mode must be 'zscore' or 'channel', got {mode!r}")
+    fn = "fit_norm_stats"
+    if mode not in ("zscore", "channel"):
+        raise ValueError(f"{fn}: mode must be 'zscore' or 'channel', got {mode!r}")
+    trials = check_array(trials, "trials", fn, ndim=(3, 4))
+    if trials.size == 0:
+        raise ValueError(
+            f"{fn}: trials is empty (shape {trials.shape}); expected at least one image, repetition and "
+            "feature"
+        )
+    axes = None if mode == "zscore" else ((0, 1, 3) if trials.ndim == 4 else (0, 1))
+    x = np.asarray(trials, dtype=np.float64)
+    shift = magnitude_shift(np.abs(x).max(axis=axes, keepdims=True))
+    if shift.any():
+        x = np.ldexp(x, shift)
+    mean = np.ldexp(x.mean(axis=axes, keepdims=True), -shift)
+    std = np.ldexp(x.std(axis=axes, keepdims=True), -shift)
+    # "channel" keeps (1, 1, n_channels, 1) / (1, 1, n_voxels): drop the image and repetition axes
+    shape = () if mode == "zscore" else mean.shape[2:]
+    mean, std = mean.reshape(shape), std.reshape(shape)
     if not np.all(std > 0):
         raise ValueError(
-            f"fit_norm_stats: a standard deviation is zero (mode {mode!r}); a channel/voxel is flat"
+            f"{fn}: a standard deviation of trials is zero (mode {mode!r}); a channel/voxel is flat"
         )
-    return NormStats(mode, np.asarray(mean), np.asarray(std))
+    return NormStats(mode, mean, std)
 
 
 def _as_trials(responses: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
@@ -75,8 +92,6 @@ def _as_trials(responses: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
         return responses.data, responses.ch_names, responses.times, responses.source
     if isinstance(responses, FMRIResponses):
         return responses.data, [], np.zeros(0), responses.source
-    if isinstance(responses, torch.Tensor):
-        responses = responses.detach().cpu().numpy()
     if not isinstance(responses, (np.ndarray, list, tuple)) and not hasattr(responses, "__array__"):
         hint = (
             "; load files first (load_preprocessed_eeg, load_fmri)"
@@ -136,6 +151,11 @@ class BrainImageDataset(Dataset):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         trials, names, tvec, self.source = _as_trials(responses)
+        if trials.size == 0:
+            raise ValueError(
+                f"{_DS}: responses are empty (shape {trials.shape}, from {self.source}); expected at least "
+                "one image, repetition and channel/voxel"
+            )
         n_img, n_rep = trials.shape[:2]
         eeg = trials.ndim == 4
         if not isinstance(flatten, (bool, np.bool_)):
@@ -204,7 +224,7 @@ class BrainImageDataset(Dataset):
             self._mean: torch.Tensor | None = None
             self.response_shape = tuple(self._finish(self._trials[:1].mean(dim=1)).shape[1:])
         else:  # average in float64 before casting, so float32 outputs carry no summation error
-            mean = torch.as_tensor(np.ascontiguousarray(trials.mean(axis=1)), dtype=torch.float64)
+            mean = torch.from_numpy(np.ascontiguousarray(trials.mean(axis=1, dtype=np.float64)))
             self._trials, self._mean = None, self._finish(mean).to(dtype)
             self.response_shape = tuple(self._mean.shape[1:])
 

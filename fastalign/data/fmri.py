@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fastalign.data._io import check_array, load_npy, require_file
+from fastalign.data.responses import _check_int, _check_seed
 
 ROI_NAMES = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC")
 
@@ -168,9 +169,8 @@ class ResponsePCA:
     """
 
     def __init__(self, n_components: int, seed: int = 0) -> None:
-        if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
-            raise ValueError(f"ResponsePCA: n_components must be a positive int, got {n_components!r}")
-        self.n_components, self.seed = n_components, seed
+        self.n_components = _check_int(n_components, "n_components", "ResponsePCA", minimum=1)
+        self.seed = _check_seed(seed, "ResponsePCA")
         self._pca: Any = None
 
     def fit(self, train: FMRIResponses | np.ndarray) -> ResponsePCA:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from fastalign.data._io import load_npy, replacing_dir, require_file
+from fastalign.data.responses import _check_int
 from fastalign.models.transforms import IMAGENET_MEAN as IMAGENET_MEAN  # re-exported by fastalign.data
 from fastalign.models.transforms import IMAGENET_STD as IMAGENET_STD
 from fastalign.models.transforms import ImageNetTransform
@@ -57,12 +58,40 @@ def load_image(
     return ImageTransform(size, resize, normalize)(path)
 
 
+def _path_list(paths: Any, fn: str) -> list[Any]:
+    """``paths`` as a list; one path (a str) would otherwise be read as a sequence of characters."""
+    if isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Iterable):
+        raise TypeError(
+            f"{fn}: paths must be a sequence of image paths, got {type(paths).__name__}; wrap a single path "
+            "in a list"
+        )
+    return list(paths)
+
+
+def _check_transform(transform: Any, fn: str) -> None:
+    if transform is not None and not callable(transform):
+        raise TypeError(
+            f"{fn}: transform must be None or callable (image -> tensor), got {type(transform).__name__}"
+        )
+
+
 def load_images(
     paths: Sequence[str | os.PathLike[str]], transform: Callable[[Any], torch.Tensor] | None = None
 ) -> torch.Tensor:
-    """Image files as one (n, 3, H, W) tensor; ``transform`` defaults to ``ImageTransform()``."""
+    """Image files as one (n, 3, H, W) tensor; ``transform`` defaults to ``ImageTransform()``.
+
+    Raises:
+        TypeError: ``paths`` is one path or not a sequence, or ``transform`` is not callable.
+        ValueError: ``paths`` is empty (a batch of no images has no known size), or a file is not a
+            readable image.
+        FileNotFoundError: a file does not exist.
+    """
+    items = _path_list(paths, "load_images")
+    _check_transform(transform, "load_images")
+    if not items:
+        raise ValueError("load_images: paths is empty; expected at least one image path")
     transform = transform or ImageTransform()
-    return torch.stack([transform(p) for p in paths])
+    return torch.stack([transform(p) for p in items])
 
 
 def model_key(model: torch.nn.Module, transform: Any = None) -> str:
@@ -114,12 +143,34 @@ def embed_images(
         key: Cache key (e.g. "cornet-s-v1"); default :func:`model_key` of the model (needs a Module).
         transform: Image -> tensor; default ``ImageTransform()`` (224 px, ImageNet normalisation).
         batch_size: Images per forward pass.
-        device: Where the model runs.
+        device: Where the model runs (a torch.device or its name, e.g. "cuda:0").
+
+    Raises:
+        TypeError, ValueError: an argument of the wrong type or value (the message names it).
+        FileNotFoundError: an image file does not exist.
     """
+    fn = "embed_images"
+    if not callable(model):
+        raise TypeError(f"{fn}: model must be a torch.nn.Module or callable, got {type(model).__name__}")
+    items = _path_list(paths, fn)
+    bad = [(i, p) for i, p in enumerate(items) if not isinstance(p, (str, os.PathLike))]
+    if bad:
+        i, p = bad[0]
+        raise TypeError(f"{fn}: paths must hold file paths (str or os.PathLike), got paths[{i}] = {p!r}")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"{fn}: cache_dir must be None or a folder path, got {type(cache_dir).__name__}")
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"{fn}: key must be None or a str, got {type(key).__name__}")
+    _check_transform(transform, fn)
+    _check_int(batch_size, "batch_size", fn, minimum=1)
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{fn}: device must be a str or torch.device, got {type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"{fn}: device={device!r} is not a device name ({err})") from err
     transform = transform or ImageTransform()
-    files = [os.path.abspath(require_file(p, "embed_images: image")) for p in paths]
-    if batch_size < 1:
-        raise ValueError(f"embed_images: batch_size must be >= 1, got {batch_size}")
+    files = [os.path.abspath(require_file(p, "embed_images: image")) for p in items]
     cached: dict[str, tuple[list[int], np.ndarray]] = {}
     folder = None
     if cache_dir is not None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fastalign.data._io import magnitude_shift
 from fastalign.data.responses import as_responses
 
 MVNNDim = Literal["time", "epochs"]
@@ -72,36 +73,42 @@ def _shrunk_cov_sum(x: np.ndarray) -> np.ndarray:
     return np.asarray(total)
 
 
-def _check_dim(dim: str) -> None:
+def _check_dim(dim: str, fn: str) -> None:
     if dim not in _DIMS:
-        raise ValueError(f"mvnn: dim must be one of {_DIMS}, got {dim!r}")
+        raise ValueError(f"{fn}: dim must be one of {_DIMS}, got {dim!r}")
 
 
-def noise_covariance(data: Any, dim: MVNNDim = "time") -> np.ndarray:
-    """The MVNN noise covariance of one data partition.
-
-    Args:
-        data: (n_conditions, n_repetitions, n_channels, n_times) epoched EEG, an EEGResponses, or
-            mne.Epochs with one event code per image.
-        dim: "time": covariance over repetitions at each time point (needs >= 2 repetitions);
-            "epochs": covariance over time points within each repetition.
-
-    Returns:
-        (n_channels, n_channels) float64: the per-condition shrinkage covariances averaged over time
-        points (or repetitions) and conditions.
-    """
-    _check_dim(dim)
-    x = as_responses(data).data
-    n_cond, n_rep, n_ch, n_t = x.shape
+def _check_partition(x: np.ndarray, dim: MVNNDim, name: str, fn: str) -> None:
+    """Refuses partitions from which ``dim``'s covariances cannot be estimated."""
+    n_rep, n_t = x.shape[1], x.shape[3]
+    if x.size == 0:
+        raise ValueError(
+            f"{fn}: {name} has shape {x.shape}; expected at least one condition, repetition, channel and "
+            "time point"
+        )
     if dim == "time" and n_rep < 2:
-        raise ValueError(f"mvnn: dim='time' needs at least 2 repetitions per condition, got data {x.shape}")
+        raise ValueError(
+            f"{fn}: dim='time' needs at least 2 repetitions per condition, got {name} of shape {x.shape}"
+        )
     if dim == "epochs" and n_t < 2:
-        raise ValueError(f"mvnn: dim='epochs' needs at least 2 time points, got data {x.shape}")
+        raise ValueError(f"{fn}: dim='epochs' needs at least 2 time points, got {name} of shape {x.shape}")
+
+
+def _max_abs(x: np.ndarray) -> float:
+    # max and min instead of abs(x).max(): no temporary the size of the data
+    return max(abs(float(x.max())), abs(float(x.min())))
+
+
+def _scaled_noise_covariance(x: np.ndarray, dim: MVNNDim, shift: int) -> np.ndarray:
+    """The noise covariance of ``x * 2**shift`` (see :func:`noise_covariance`); x is checked."""
+    n_cond, n_rep, n_ch, n_t = x.shape
     per_cond = n_t if dim == "time" else n_rep
     block = max(1, _BLOCK_VALUES // (n_rep * n_ch * n_t))
     total = np.zeros((n_ch, n_ch))
     for start in range(0, n_cond, block):
         chunk = np.asarray(x[start : start + block], dtype=np.float64)
+        if shift:
+            chunk = np.ldexp(chunk, shift)
         if dim == "time":  # problems (condition, time): samples = repetitions
             problems = chunk.transpose(0, 3, 1, 2).reshape(-1, n_rep, n_ch)
         else:  # problems (condition, repetition): samples = time points
@@ -110,6 +117,29 @@ def noise_covariance(data: Any, dim: MVNNDim = "time") -> np.ndarray:
     # Every condition contributes the same number of problems, so the grand mean equals the mean over
     # conditions of the per-condition means, as in the reference.
     return total / (n_cond * per_cond)
+
+
+def noise_covariance(data: Any, dim: MVNNDim = "time") -> np.ndarray:
+    """The MVNN noise covariance of one data partition.
+
+    Args:
+        data: (n_conditions, n_repetitions, n_channels, n_times) epoched EEG (array or tensor), an
+            EEGResponses, or mne.Epochs with one event code per image.
+        dim: "time": covariance over repetitions at each time point (needs >= 2 repetitions);
+            "epochs": covariance over time points within each repetition.
+
+    Returns:
+        (n_channels, n_channels) float64: the per-condition shrinkage covariances averaged over time
+        points (or repetitions) and conditions. Data of extreme magnitude (beyond 2**+-400) are rescaled
+        by an exact power of two first, so the result is exact wherever it is representable (entries
+        beyond float64's range are inf or 0).
+    """
+    fn = "noise_covariance"
+    _check_dim(dim, fn)
+    x = as_responses(data).data
+    _check_partition(x, dim, "data", fn)
+    shift = int(magnitude_shift(_max_abs(x)))
+    return np.ldexp(_scaled_noise_covariance(x, dim, shift), -2 * shift)
 
 
 def inverse_sqrt(sigma: np.ndarray) -> np.ndarray:
@@ -123,41 +153,56 @@ def inverse_sqrt(sigma: np.ndarray) -> np.ndarray:
     return np.asarray((v / np.sqrt(w)) @ v.T)
 
 
-def _whiten(x: np.ndarray, sigma_inv: np.ndarray) -> np.ndarray:
+def _whiten(x: np.ndarray, sigma_inv: np.ndarray, shift: int) -> np.ndarray:
+    """``sigma_inv @ (x * 2**shift)`` along channels, in x's floating dtype (float64 for integers)."""
     out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    x64 = np.asarray(x, dtype=np.float64)
     # data[..., channels, times]: whitening mixes channels, independently at every time point.
-    return np.matmul(sigma_inv, np.asarray(x, dtype=np.float64)).astype(out_dtype, copy=False)
+    return np.matmul(sigma_inv, np.ldexp(x64, shift) if shift else x64).astype(out_dtype, copy=False)
 
 
 def mvnn(data: Any, dim: MVNNDim = "time", *, return_covariance: bool = False) -> Any:
     """Multivariate noise normalisation of one recording session.
 
     Args:
-        data: One partition — (n_conditions, n_repetitions, n_channels, n_times) array, EEGResponses or
-            mne.Epochs — or a list/tuple of partitions of the same session (the published pipeline
-            passes [test, training]); all must have the same channels.
+        data: One partition — (n_conditions, n_repetitions, n_channels, n_times) array or tensor,
+            EEGResponses or mne.Epochs — or a list/tuple of partitions of the same session (the
+            published pipeline passes [test, training]); all must have the same channels.
         dim: "time" or "epochs" (see :func:`noise_covariance`).
         return_covariance: Also return the (n_channels, n_channels) averaged covariance.
 
     Returns:
         The whitened data, same shape(s) as the input arrays (float64 for integer input, else the input
-        dtype): an array for one partition, a list for a list. With ``return_covariance``, a tuple
-        (whitened, sigma). The covariance of a list is the unweighted mean of the partitions'
-        covariances, as published; every partition is whitened with the same matrix.
+        dtype; bfloat16 tensors give float32): an array for one partition, a list for a list. With
+        ``return_covariance``, a tuple (whitened, sigma). The covariance of a list is the unweighted
+        mean of the partitions' covariances, as published; every partition is whitened with the same
+        matrix. Whitening does not depend on the data's scale: data of extreme magnitude (beyond
+        2**+-400) are rescaled by an exact power of two before the covariance, so they whiten like
+        data of ordinary size (sigma itself is inf or 0 where its true entries leave float64's range).
+
+    Raises:
+        TypeError, ValueError: data that is not 4-d real and finite, an empty axis, too few repetitions
+            (dim="time") or time points (dim="epochs"), partitions with different channel counts, or a
+            noise covariance that is not positive definite (a flat channel, a copy of another, or
+            noiseless repetitions).
     """
-    _check_dim(dim)
+    fn = "mvnn"
+    _check_dim(dim, fn)
     many = isinstance(data, (list, tuple))
-    parts = [as_responses(p, f"data[{i}]") for i, p in enumerate(data)] if many else [as_responses(data)]
+    names = [f"data[{i}]" for i in range(len(data))] if many else ["data"]
+    parts = [as_responses(p, n).data for p, n in zip(data if many else [data], names, strict=True)]
     if not parts:
         raise ValueError("mvnn: data is an empty list; expected one or more partitions")
-    n_ch = {p.data.shape[2] for p in parts}
-    if len(n_ch) != 1:
+    if len({p.shape[2] for p in parts}) != 1:
         raise ValueError(
-            "mvnn: all partitions must have the same channel count, got shapes "
-            f"{[p.data.shape for p in parts]}"
+            f"mvnn: all partitions must have the same channel count, got shapes {[p.shape for p in parts]}"
         )
-    sigma = np.mean([noise_covariance(p, dim) for p in parts], axis=0)
-    sigma_inv = inverse_sqrt(sigma)
-    white = [_whiten(p.data, sigma_inv) for p in parts]
+    for p, name in zip(parts, names, strict=True):
+        _check_partition(p, dim, name, fn)
+    # One shift for all partitions: they are whitened by one matrix.
+    shift = int(magnitude_shift(max(_max_abs(p) for p in parts)))
+    scaled = np.mean([_scaled_noise_covariance(p, dim, shift) for p in parts], axis=0)
+    sigma_inv = inverse_sqrt(scaled)
+    white = [_whiten(p, sigma_inv, shift) for p in parts]
     out: Any = white if many else white[0]
-    return (out, sigma) if return_covariance else out
+    return (out, np.ldexp(scaled, -2 * shift)) if return_covariance else out

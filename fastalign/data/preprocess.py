@@ -24,7 +24,7 @@ import numpy as np
 
 from fastalign.data._io import save_many_npy
 from fastalign.data.mvnn import MVNNDim, mvnn
-from fastalign.data.responses import EEGResponses, _check_int, _check_real
+from fastalign.data.responses import EEGResponses, _check_int, _check_real, _check_seed
 from fastalign.data.things_eeg2 import (
     OCCIPITAL_PARIETAL,
     PUBLISHED_SEED,
@@ -44,12 +44,6 @@ def _selection(count: int, n_repetitions: int, seed: int) -> np.ndarray:
     from sklearn.utils import shuffle
 
     return np.asarray(shuffle(np.arange(count), random_state=seed, n_samples=n_repetitions))
-
-
-def _check_seed(seed: Any, fn: str) -> None:
-    # sklearn's random_state takes ints in [0, 2**32); refuse others here rather than deep inside sklearn
-    if _check_int(seed, "seed", fn, minimum=0) >= 2**32:
-        raise ValueError(f"{fn}: seed must be an int in [0, 2**32), got {seed!r}")
 
 
 def _check_epoching(

@@ -36,6 +36,14 @@ def _check_int(
     return int(value)
 
 
+def _check_seed(seed: Any, fn: str) -> int:
+    """``seed`` as an int that scikit-learn's random_state takes ([0, 2**32)), refused here rather
+    than deep inside sklearn."""
+    if _check_int(seed, "seed", fn, minimum=0) >= 2**32:
+        raise ValueError(f"{fn}: seed must be an int in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
 @overload
 def _check_real(value: Any, name: str, where: str, *, positive: bool = False) -> float: ...
 @overload
@@ -134,8 +142,8 @@ def epochs_to_responses(epochs: Any) -> EEGResponses:
 
     Raises:
         TypeError: ``epochs`` is not an mne.Epochs.
-        ValueError: conditions have different numbers of repetitions (subsample them first), an
-            event_id condition has no epochs, or no good data channel is left.
+        ValueError: no epochs at all, conditions have different numbers of repetitions (subsample them
+            first), an event_id condition has no epochs, or no good data channel is left.
     """
     grouped = _mne.group_epochs(epochs, "epochs_to_responses")
     return EEGResponses(
@@ -148,14 +156,20 @@ def epochs_to_responses(epochs: Any) -> EEGResponses:
 
 
 def as_responses(x: Any, name: str = "data") -> EEGResponses:
-    """An :class:`EEGResponses` from an array (conditions, repetitions, channels, times), MNE epochs or
-    an :class:`EEGResponses` (returned as is)."""
+    """An :class:`EEGResponses` from an array or tensor (conditions, repetitions, channels, times), MNE
+    epochs or an :class:`EEGResponses` (returned as is).
+
+    A tensor is detached and copied to the CPU; bfloat16 becomes float32 (numpy has no bfloat16), other
+    real dtypes are kept.
+    """
     if isinstance(x, EEGResponses):
         return x
     if _mne.is_epochs(x):
         return epochs_to_responses(x)
     if isinstance(x, (np.ndarray, list, tuple)) or hasattr(x, "__array__"):
-        return EEGResponses(np.asarray(x), source=f"argument {name}")
+        # EEGResponses converts through check_array, which also takes tensors that require grad or
+        # have dtypes numpy lacks (bfloat16)
+        return EEGResponses(x, source=f"argument {name}")
     raise TypeError(
         f"{name} must be an array of shape (conditions, repetitions, channels, times), EEGResponses or "
         f"mne.Epochs, got {type(x).__name__}"

@@ -23,12 +23,14 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from fastalign.data._io import atomic_write, replacing_dir, save_npy
+from fastalign.data.mvnn import MVNNDim
 from fastalign.data.preprocess import preprocess_things_eeg2
+from fastalign.data.responses import _check_int, _check_real
 from fastalign.data.things_eeg2 import OCCIPITAL_PARIETAL, TARGET_EVENT, raw_path
 
 #: The 17 occipital/parietal channels of the published preprocessed data.
@@ -51,6 +53,11 @@ _PHOTOS = (
     "astronaut.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "moon.png", "page.png",
     "text.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png",
     "brick.png", "grass.png", "gravel.png", "horse.png", "clock_motion.png", "cell.png",
+)  # fmt: skip
+#: make_synthetic_things' arguments that are counts of at least one.
+_POSITIVE_INTS = (
+    "n_train_concepts", "images_per_concept", "n_test", "n_subjects", "n_sessions", "training_repetitions",
+    "test_repetitions", "n_channels", "n_times", "n_latents", "n_voxels", "fmri_repetitions", "image_size",
 )  # fmt: skip
 FMRI_ROIS = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC")
 _HIGHER = ("LOC", "FFA", "PPA")
@@ -287,6 +294,45 @@ def _condensed_corr_rdm(x: np.ndarray) -> np.ndarray:
     return np.asarray(pdist(x.reshape(len(x), -1), "correlation"))
 
 
+def _check_synthetic_arguments(args: dict[str, Any]) -> None:
+    """Refuses bad arguments of :func:`make_synthetic_things` before anything is written."""
+    fn = "make_synthetic_things"
+    if not isinstance(args["root"], (str, os.PathLike)):
+        raise TypeError(f"{fn}: root must be a folder path, got {type(args['root']).__name__}")
+    for name in _POSITIVE_INTS:
+        if _check_int(args[name], name, fn) < 1:
+            raise ValueError(f"{fn}: {name} must be a positive int, got {args[name]!r}")
+    n_extra, n_max = _check_int(args["n_extra_channels"], "n_extra_channels", fn), len(_OTHER_CHANNELS)
+    if not 0 <= n_extra <= n_max:
+        raise ValueError(f"{fn}: n_extra_channels must be 0..{n_max}, got {n_extra}")
+    _check_int(args["targets_per_session"], "targets_per_session", fn, minimum=0)
+    _check_int(args["seed"], "seed", fn, minimum=0)
+    for name in ("raw_sfreq", "snr", "fmri_snr"):
+        _check_real(args[name], name, fn, positive=True)
+    for name in ("preprocess", "overwrite"):
+        if not isinstance(args[name], (bool, np.bool_)):
+            raise TypeError(f"{fn}: {name} must be a bool, got {args[name]!r}")
+    if args["mvnn_dim"] not in get_args(MVNNDim):
+        raise ValueError(f"{fn}: mvnn_dim must be one of {get_args(MVNNDim)}, got {args['mvnn_dim']!r}")
+    if args["image_source"] not in ("auto", "photos", "procedural"):
+        raise ValueError(
+            f"{fn}: image_source must be 'auto', 'photos' or 'procedural', got {args['image_source']!r}"
+        )
+    if args["n_test"] < 3 or args["n_train_concepts"] * args["images_per_concept"] < 3:
+        raise ValueError(f"{fn}: need at least 3 training and 3 test images for RDMs")
+    if args["n_latents"] > args["n_channels"]:
+        raise ValueError(
+            f"{fn}: n_latents ({args['n_latents']}) must be <= n_channels ({args['n_channels']})"
+        )
+    if args["test_repetitions"] < 2 or args["training_repetitions"] < 2:
+        raise ValueError(f"{fn}: MVNN needs >= 2 repetitions per session and partition")
+    if args["raw_sfreq"] < 2 * args["n_times"]:
+        raise ValueError(
+            f"{fn}: raw_sfreq must be >= 2 * n_times, got raw_sfreq={args['raw_sfreq']} and "
+            f"n_times={args['n_times']}"
+        )
+
+
 def make_synthetic_things(
     root: str | os.PathLike[str],
     *,
@@ -355,33 +401,7 @@ def make_synthetic_things(
         correlation-distance RDMs of the test images) and ``expected_rsa`` (their Spearman correlation:
         the RSA a model with exactly the true features reaches against the noise-free brain).
     """
-    ints = {
-        "n_train_concepts": n_train_concepts, "images_per_concept": images_per_concept, "n_test": n_test,
-        "n_subjects": n_subjects, "n_sessions": n_sessions, "training_repetitions": training_repetitions,
-        "test_repetitions": test_repetitions, "n_channels": n_channels, "n_times": n_times,
-        "n_latents": n_latents, "n_voxels": n_voxels, "fmri_repetitions": fmri_repetitions,
-        "image_size": image_size,
-    }  # fmt: skip
-    for name, value in ints.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"make_synthetic_things: {name} must be a positive int, got {value!r}")
-    if n_test < 3 or n_train_concepts * images_per_concept < 3:
-        raise ValueError("make_synthetic_things: need at least 3 training and 3 test images for RDMs")
-    if n_latents > n_channels:
-        raise ValueError(
-            f"make_synthetic_things: n_latents ({n_latents}) must be <= n_channels ({n_channels})"
-        )
-    if test_repetitions < 2 or training_repetitions < 2:
-        raise ValueError("make_synthetic_things: MVNN needs >= 2 repetitions per session and partition")
-    if not (snr > 0 and fmri_snr > 0 and raw_sfreq >= 2 * n_times):
-        raise ValueError("make_synthetic_things: snr, fmri_snr must be > 0 and raw_sfreq >= 2 * n_times")
-    if image_source not in ("auto", "photos", "procedural"):
-        raise ValueError(
-            "make_synthetic_things: image_source must be 'auto', 'photos' or 'procedural', "
-            f"got {image_source!r}"
-        )
-    if n_extra_channels < 0 or n_extra_channels > len(_OTHER_CHANNELS):
-        raise ValueError(f"make_synthetic_things: n_extra_channels must be 0..{len(_OTHER_CHANNELS)}")
+    _check_synthetic_arguments(locals())  # at this point locals() holds exactly the arguments
 
     final = os.path.abspath(os.fspath(root))
     # Everything is written into a sibling folder that replaces root as a unit once complete, so a

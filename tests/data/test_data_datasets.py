@@ -11,9 +11,11 @@ from torch.utils.data import DataLoader
 from fastalign.data import (
     BrainImageDataset,
     EEGResponses,
+    as_responses,
     epochs_to_responses,
     fit_norm_stats,
     fmri_datasets,
+    mvnn,
     things_eeg2_datasets,
 )
 
@@ -249,3 +251,64 @@ def test_split_functions_check_their_own_arguments(tmp_path: object) -> None:
         TypeError, match=r"BrainImageDataset: responses must be an array .* got str; load files"
     ):
         BrainImageDataset("sub-01/preprocessed_eeg_training.npy")
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-170, 2.0**-1070], ids=str)
+@pytest.mark.parametrize("mode", ["zscore", "channel"])
+def test_fit_norm_stats_at_extreme_magnitudes(mode: str, scale: float) -> None:
+    """Statistics of any finite magnitude are its true ones: the squares of 1e200 overflow and those of
+    1e-170 underflow, but the std is representable (even for subnormal data, 2**-1070)."""
+    x = _eeg().data
+    stats = fit_norm_stats(x * scale, mode)
+    want = fit_norm_stats(x, mode)
+    # subnormal data hold only a few bits of each value, so compare against those values themselves
+    rounded = (x * scale) / scale
+    exact = fit_norm_stats(rounded, mode) if scale < 1e-300 else want
+    np.testing.assert_allclose(stats.std, exact.std * scale, rtol=1e-12 if scale > 1e-300 else 1e-3)
+    np.testing.assert_allclose(stats.mean, exact.mean * scale, rtol=1e-12 if scale > 1e-300 else 1e-3)
+    assert stats.std.shape == want.std.shape and stats.std.dtype == np.float64
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 4, 3), (3, 0, 4, 3), (3, 2, 0, 3), (0, 2, 5)])
+@pytest.mark.parametrize("mode", ["zscore", "channel"])
+def test_fit_norm_stats_refuses_empty_trials(shape: tuple[int, ...], mode: str) -> None:
+    with pytest.raises(ValueError, match=r"fit_norm_stats: trials is empty \(shape"):
+        fit_norm_stats(np.zeros(shape), mode)
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 4, 3), (3, 0, 4, 3), (3, 2, 4, 0), (0, 5), (3, 2, 0)])
+def test_dataset_of_no_images_is_an_error(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"BrainImageDataset: responses are empty \(shape"):
+        BrainImageDataset(np.zeros(shape))
+
+
+def test_float16_responses_are_averaged_in_float64() -> None:
+    """Repetitions of float16 data are averaged in float64, not rounded to float16 (~3e-5 off)."""
+    half = (_eeg().data * 0.37).astype(np.float16)
+    got = BrainImageDataset(half, dtype=torch.float64).responses().numpy()
+    np.testing.assert_array_equal(got, half.astype(np.float64).mean(axis=1).reshape(len(half), -1))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda x: x.requires_grad_(), lambda x: x.bfloat16(), lambda x: x.half(), lambda x: x.float()[:, ::2]],
+    ids=["requires_grad", "bfloat16", "float16", "stepped"],
+)
+def test_tensor_inputs(make: object) -> None:
+    """Tensors that require grad or whose dtype numpy lacks (bfloat16) are read like their values."""
+    t = make(torch.from_numpy(_eeg().data))  # type: ignore[operator]
+    values = t.detach().double().numpy()
+    assert as_responses(t).data.dtype == (
+        np.float32 if t.dtype == torch.bfloat16 else t.numpy(force=True).dtype
+    )
+    np.testing.assert_array_equal(np.asarray(as_responses(t).data, dtype=np.float64), values)
+    stats, want = fit_norm_stats(t, "channel"), fit_norm_stats(values, "channel")
+    np.testing.assert_array_equal(stats.mean, want.mean)
+    np.testing.assert_array_equal(stats.std, want.std)
+    got = BrainImageDataset(t, dtype=torch.float64).responses()
+    np.testing.assert_array_equal(got.numpy(), values.mean(axis=1).reshape(len(values), -1))
+    white = mvnn(t)  # in the input's dtype (float32 for bfloat16)
+    tol = 8 * float(np.finfo(white.dtype).eps)
+    np.testing.assert_allclose(white, mvnn(values), rtol=tol, atol=tol * float(np.abs(white).max()))
+    with pytest.raises(TypeError, match=r"data must be a real numeric array, got dtype torch\.complex64"):
+        as_responses(torch.zeros(2, 2, 2, 2, dtype=torch.complex64))

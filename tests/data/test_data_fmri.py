@@ -119,3 +119,18 @@ def test_rois_of_the_wrong_kind(tmp_path: os.PathLike) -> None:
     save_npy(npy, np.ones((3, 4)))
     with pytest.raises(TypeError, match=r"load_fmri: rois must be a mapping of ROI name -> .*, got list"):
         load_fmri(npy, rois=["V1"])  # type: ignore[arg-type]
+
+
+def test_pca_arguments() -> None:
+    """n_components and seed are ints (numpy ints too, not bools) in range, named when they are not."""
+    train = FMRIResponses(np.random.default_rng(0).normal(size=(6, 2, 5)))
+    ints = ResponsePCA(np.int64(2), seed=np.int32(1)).fit(train).transform(train)
+    np.testing.assert_array_equal(ints.data, ResponsePCA(2, seed=1).fit(train).transform(train).data)
+    assert type(ResponsePCA(np.int64(2)).n_components) is int
+    for n, exc in ((True, TypeError), (2.0, TypeError), ("2", TypeError), (0, ValueError)):
+        with pytest.raises(exc, match="ResponsePCA: n_components must be an int >= 1"):
+            ResponsePCA(n)  # type: ignore[arg-type]
+    for seed, exc in ((-1, ValueError), (2**32, ValueError), (0.5, TypeError)):
+        with pytest.raises(exc, match="ResponsePCA: seed must be an int"):
+            ResponsePCA(2, seed=seed)  # type: ignore[arg-type]
+    assert fmri_datasets(train, train, pca_components=np.int64(3))[0].response_shape == (3,)

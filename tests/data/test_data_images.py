@@ -122,3 +122,55 @@ def test_damaged_index_is_recomputed_and_rewritten(tmp_path: os.PathLike, damage
         assert json.load(f) == meta  # and rewritten
     embed_images(model, paths, cache, transform=ImageTransform(8))
     assert model.seen == 4 and os.listdir(cache) == [sub]
+
+
+def test_load_images_checks_its_arguments(tmp_path: os.PathLike) -> None:
+    path = _write(os.path.join(tmp_path, "a.png"), 0)
+    with pytest.raises(ValueError, match="load_images: paths is empty"):
+        load_images([])
+    with pytest.raises(TypeError, match="load_images: paths must be a sequence of image paths, got str"):
+        load_images(path)
+    with pytest.raises(TypeError, match="load_images: transform must be None or callable"):
+        load_images([path], transform=8)  # type: ignore[arg-type]
+    assert tuple(load_images(iter([path]), ImageTransform(8)).shape) == (1, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "options, exc, match",
+    [
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an int >= 1, got 2.5"),
+        ({"batch_size": None}, TypeError, "batch_size must be an int >= 1, got None"),
+        ({"batch_size": "4"}, TypeError, "batch_size must be an int >= 1, got '4'"),
+        ({"batch_size": True}, TypeError, "batch_size must be an int >= 1, got True"),
+        ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1, got 0"),
+        ({"paths": "a.png"}, TypeError, "paths must be a sequence of image paths, got str"),
+        ({"paths": [3]}, TypeError, r"paths must hold file paths .*, got paths\[0\] = 3"),
+        ({"model": "resnet"}, TypeError, "model must be a torch.nn.Module or callable, got str"),
+        ({"cache_dir": 3}, TypeError, "cache_dir must be None or a folder path, got int"),
+        ({"key": 3}, TypeError, "key must be None or a str, got int"),
+        ({"transform": 224}, TypeError, "transform must be None or callable"),
+        ({"device": "gpu"}, ValueError, "device='gpu' is not a device name"),
+        ({"device": 0.5}, TypeError, "device must be a str or torch.device, got float"),
+    ],
+)
+def test_embed_images_names_bad_arguments(
+    tmp_path: os.PathLike, options: dict, exc: type, match: str
+) -> None:
+    path = _write(os.path.join(tmp_path, "a.png"), 0)
+    kwargs = {
+        "model": torch.nn.Flatten(),
+        "paths": [path],
+        "cache_dir": tmp_path,
+        "transform": ImageTransform(4),
+    }
+    kwargs.update(options)
+    with pytest.raises(exc, match="embed_images: " + match):
+        embed_images(**kwargs)
+    assert os.listdir(tmp_path) == ["a.png"]  # refused before anything is computed or cached
+
+
+def test_embed_images_takes_numpy_ints(tmp_path: os.PathLike) -> None:
+    paths = [_write(os.path.join(tmp_path, f"{i}.png"), i) for i in range(3)]
+    model, t = torch.nn.Flatten(), ImageTransform(4)
+    want = embed_images(model, paths, transform=t)
+    np.testing.assert_array_equal(embed_images(model, paths, transform=t, batch_size=np.int64(2)), want)

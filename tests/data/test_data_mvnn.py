@@ -105,3 +105,38 @@ def test_mvnn_of_epochs_refuses_a_condition_without_epochs() -> None:
     # All epochs of code 2 dropped: silently whitening 2 of the 3 conditions would misalign them.
     with pytest.raises(ValueError, match=r"event_id condition\(s\) \{'b': 2\} have no epochs"):
         mvnn(epochs.copy().drop(np.flatnonzero(codes == 2)))
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-170, 1e307, 2.0**-1000], ids=str)
+@pytest.mark.parametrize("dim", ["time", "epochs"])
+def test_mvnn_does_not_depend_on_the_scale(dim: str, scale: float) -> None:
+    """mvnn(c x) = (c^2 sigma)^-1/2 c x = mvnn(x) at any finite magnitude, though the squares of 1e200
+    overflow and those of 1e-170 underflow."""
+    data = _session(np.random.default_rng(5), 3, 4, 3, 6)
+    np.testing.assert_allclose(mvnn(data * scale, dim), mvnn(data, dim), rtol=1e-12, atol=1e-12)
+    a, b = mvnn([data * scale, data[:2] * scale], dim)
+    want_a, want_b = mvnn([data, data[:2]], dim)
+    np.testing.assert_allclose(a, want_a, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(b, want_b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [2.0**500, 2.0**-500], ids=str)
+def test_noise_covariance_of_large_and_small_data(scale: float) -> None:
+    """Data beyond 2**+-400 are rescaled exactly: the covariance is c^2 times the unscaled one."""
+    data = _session(np.random.default_rng(7), 3, 4, 3, 6)
+    np.testing.assert_array_equal(noise_covariance(data * scale), noise_covariance(data) * scale**2)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 2, 4), (2, 3, 0, 4), (2, 0, 2, 4), (2, 3, 2, 0)])
+@pytest.mark.parametrize("dim", ["time", "epochs"])
+def test_mvnn_refuses_empty_axes(dim: str, shape: tuple[int, ...]) -> None:
+    """No conditions, channels, repetitions or times: a ValueError naming data, not ZeroDivisionError or
+    an eigenvalue of NaN."""
+    with pytest.raises(ValueError, match=r"mvnn: data has shape \("):
+        mvnn(np.zeros(shape), dim)
+    with pytest.raises(ValueError, match=r"noise_covariance: data has shape \("):
+        noise_covariance(np.zeros(shape), dim)
+    good = np.random.default_rng(6).normal(size=(2, 3, 2, 4))
+    if shape[2]:  # the channel count matches: the empty partition is named by its index
+        with pytest.raises(ValueError, match=r"mvnn: data\[1\] has shape \("):
+            mvnn([good, np.zeros(shape)], dim)

@@ -183,3 +183,34 @@ def test_auto_images_fall_back_to_procedural(tmp_path: os.PathLike, monkeypatch:
     ds = make_synthetic_things(os.path.join(tmp_path, "b"), image_source="auto", preprocess=False, **tiny)
     assert str(ds.ground_truth["image_source"]) == "procedural"
     assert not os.path.exists(ds.preprocessed_dir) and os.path.isdir(ds.raw_dir)
+
+
+@pytest.mark.parametrize(
+    "options, exc, match",
+    [
+        ({"seed": -1}, ValueError, "seed must be an int >= 0, got -1"),
+        ({"seed": 1.5}, TypeError, "seed must be an int >= 0, got 1.5"),
+        ({"n_sessions": 1.5}, TypeError, "n_sessions must be an int, got 1.5"),
+        ({"n_subjects": True}, TypeError, "n_subjects must be an int, got True"),
+        ({"targets_per_session": -1}, ValueError, "targets_per_session must be an int >= 0"),
+        ({"n_extra_channels": 47}, ValueError, "n_extra_channels must be 0..46, got 47"),
+        ({"n_extra_channels": 2.0}, TypeError, "n_extra_channels must be an int, got 2.0"),
+        ({"snr": "1"}, TypeError, "snr must be a finite number > 0, got '1'"),
+        ({"fmri_snr": float("inf")}, ValueError, "fmri_snr must be a finite number > 0"),
+        ({"raw_sfreq": 0.0}, ValueError, "raw_sfreq must be a finite number > 0"),
+        ({"raw_sfreq": 150.0}, ValueError, "raw_sfreq must be >= 2 \\* n_times"),
+        ({"mvnn_dim": "channels"}, ValueError, "mvnn_dim must be one of"),
+        ({"preprocess": "yes"}, TypeError, "preprocess must be a bool"),
+        ({"overwrite": 1}, TypeError, "overwrite must be a bool"),
+        ({"image_source": None}, ValueError, "image_source must be"),
+    ],
+)
+def test_synthetic_names_every_bad_argument(
+    tmp_path: os.PathLike, options: dict, exc: type, match: str
+) -> None:
+    """Every argument is checked before anything is written, and the error names it."""
+    with pytest.raises(exc, match="make_synthetic_things: " + match):
+        make_synthetic_things(tmp_path, **options)
+    with pytest.raises(TypeError, match="make_synthetic_things: root must be a folder path, got int"):
+        make_synthetic_things(3)  # type: ignore[arg-type]
+    assert not os.listdir(tmp_path)
