@@ -28,7 +28,7 @@ def tests(session: nox.Session) -> None:
     """Builds fastalign._C and runs the test suite (Triton kernels interpreted on CPU-only machines)."""
     _install(session, "test")
     session.run("python", "-m", "fastalign.info")
-    args = session.posargs or ["-n", "2", "--dist", "loadfile"]
+    args = session.posargs or ["-n", "2", "--dist", "worksteal", "--durations=15"]
     session.run("pytest", *args, env={"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")})
 
 
@@ -72,7 +72,7 @@ def cuda_compile(session: nox.Session) -> None:
 
 @nox.session
 def benchmarks(session: nox.Session) -> None:
-    """Runs every benchmarks/bench_*.py; JSON goes to benchmarks/results/, the README table is re-rendered."""
+    """Runs every benchmarks/bench_*.py; JSON goes to benchmarks/results/, the tables of docs/benchmarks.md are re-rendered."""
     _install(session, "dev")
     scripts = sorted(glob.glob("benchmarks/bench_*.py"))
     for script in scripts:

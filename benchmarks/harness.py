@@ -1,7 +1,7 @@
 """Shared benchmark machinery: timing, peak memory, device peaks, environment and atomic JSON results.
 
 Every bench_*.py builds rows with :func:`measure` and saves them with :func:`save`; ``render.py`` turns
-the JSON files in results/ into the README's tables. Numbers are medians of repeated runs after warm-up;
+the JSON files in results/ into docs/benchmarks.md. Numbers are medians of repeated runs after warm-up;
 CUDA work is timed with events, CPU work with perf_counter.
 """
 

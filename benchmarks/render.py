@@ -1,6 +1,6 @@
-"""Renders benchmarks/results/*.json into markdown tables inside README.md.
+"""Renders benchmarks/results/*.json into markdown tables inside docs/benchmarks.md.
 
-Each benchmark's tables go between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in the README;
+Each benchmark's tables go between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in that page;
 the columns are the ``meta.columns`` ([key, header] pairs) that the benchmark saved with its rows.
 """
 
@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-README = os.path.join(HERE, os.pardir, "README.md")
+RESULTS = os.path.join(HERE, "results")
+TARGET = os.path.join(HERE, os.pardir, "docs", "benchmarks.md")
 
 
 def _fmt(v: Any) -> str:
@@ -41,25 +42,39 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main() -> int:
+def load_results(directory: str = RESULTS) -> dict[str, list[dict[str, Any]]]:
+    """The result files of ``directory`` grouped by benchmark name, each group in file-name order."""
     docs: dict[str, list[dict[str, Any]]] = {}
-    for path in sorted(glob.glob(os.path.join(HERE, "results", "*.json"))):
+    for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
         with open(path) as f:
             doc = json.load(f)
         docs.setdefault(doc["benchmark"], []).append(doc)
-    with open(README) as f:
-        text = f.read()
-    for name, group in docs.items():
+    return docs
+
+
+def render(text: str, results: dict[str, list[dict[str, Any]]]) -> tuple[str, list[str]]:
+    """``text`` with every benchmark's tables between its markers, and the benchmarks without markers."""
+    missing = []
+    for name, group in results.items():
         start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
         if start not in text:
-            print(f"README has no {start} marker; skipped {name}", file=sys.stderr)
+            missing.append(name)
             continue
-        body = "\n\n".join(table(d) for d in group)
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), f"{start}\n{body}\n{end}", text, flags=re.S)
-    tmp = README + ".tmp"
+        block = start + "\n" + "\n\n".join(table(d) for d in group) + "\n" + end
+        # A function replacement: the tables' text is inserted as is, never read as a regex template.
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _, new=block: new, text, flags=re.S)
+    return text, missing
+
+
+def main() -> int:
+    with open(TARGET) as f:
+        text, missing = render(f.read(), load_results())
+    for name in missing:
+        print(f"{TARGET} has no <!-- bench:{name} --> marker; skipped {name}", file=sys.stderr)
+    tmp = TARGET + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
-    os.replace(tmp, README)
+    os.replace(tmp, TARGET)
     return 0
 
 
