@@ -72,7 +72,7 @@ def cuda_compile(session: nox.Session) -> None:
 
 @nox.session
 def benchmarks(session: nox.Session) -> None:
-    """Runs every benchmarks/bench_*.py; JSON goes to benchmarks/results/, the tables of docs/benchmarks.md are re-rendered."""
+    """Runs every benchmarks/bench_*.py; JSON goes to benchmarks/results/; renders docs/benchmarks.md."""
     _install(session, "dev")
     scripts = sorted(glob.glob("benchmarks/bench_*.py"))
     for script in scripts:
