@@ -12,11 +12,17 @@ noise_ceiling) are differentiable on the reference and torch backends; with an i
 piecewise constant, with zero gradient almost everywhere, and the permutation and cluster tests are
 counts: these detach their inputs, so their outputs never claim a gradient.
 
-Scale: correlation / cosine RDMs and the pearson / cosine statistics do not depend on the magnitude of a
-pattern or RDM vector; patterns and vectors whose sums of squares would overflow or underflow in the
-compute dtype are multiplied by an exact power of two first, so they are exact at any finite magnitude.
-Euclidean and crossnobis distances are scaled and scaled back the same way; distances beyond the dtype's
-range raise ValueError.
+Scale: correlation / cosine RDMs, the pearson / cosine statistics and the cluster test's t do not depend
+on the magnitude of a pattern, RDM vector or time point; those whose sums of squares would overflow or
+underflow in the compute dtype are multiplied by an exact power of two first, so they are exact at any
+finite magnitude. Euclidean and crossnobis distances are scaled and scaled back the same way; distances
+beyond the dtype's range raise ValueError.
+
+Rounding: a statistic undefined for a constant (all-zero) vector is also undefined for one that only
+rounding keeps from being so (values spread within 16 sqrt(n) eps of their scale, n the terms of the
+sums that made them): pools in noise_ceiling, brain RDMs in time_resolved_rsa, pearson's centring, time
+points in the cluster test. Ranks are exact and need no such tolerance. Every backend computes in the
+compute dtype: float64 for float64 inputs, else float32.
 """
 
 from __future__ import annotations
@@ -54,6 +60,12 @@ def _rdm_triton_check(x: torch.Tensor, method: str, *, explicit: bool) -> list[s
     reasons = _backend.device_reasons("triton", (x,), explicit=explicit)
     if x.dtype not in _TRITON_DTYPES:
         reasons.append(f"triton takes float32, float16 or bfloat16 inputs, got {x.dtype}")
+    if x.dtype == torch.bfloat16 and _backend.triton_interpret():
+        reasons.append(
+            "the Triton interpreter (TRITON_INTERPRET=1) multiplies the bit patterns of bfloat16 inputs in "
+            "tl.dot (triton-lang/triton#11584), so bfloat16 RDMs would be wrong; pass float16 or float32, "
+            "or run on a GPU without TRITON_INTERPRET"
+        )
     if method == "crossnobis":
         reasons.append("triton has no crossnobis kernel (it needs the fold structure)")
     return reasons
@@ -149,15 +161,32 @@ def _tensor(fn: str, name: str, x: Any) -> torch.Tensor:
     return x
 
 
+def _is_int(value: Any) -> bool:
+    """Python and numpy integers; bools (Python's and numpy's) are neither counts nor indices."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _count(fn: str, name: str, value: Any, minimum: int) -> int:
+    if not _is_int(value):
+        raise TypeError(f"{fn}: {name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def _float(fn: str, name: str, x: torch.Tensor) -> torch.Tensor:
     """Integer and bool inputs (binary model RDMs, counts) become float64."""
     if not x.is_floating_point():
-        if x.dtype == torch.int64 and x.numel() and (int(x.amax()) > 2**53 or int(x.amin()) < -(2**53)):
-            # float64 holds integers exactly only up to 2**53: distinct values would silently tie
-            raise ValueError(
-                f"{fn}: {name} holds int64 values beyond 2**53, which float64 cannot hold exactly; "
-                "pass float64 values"
-            )
+        if x.dtype in (torch.int64, torch.uint64) and x.numel():
+            # float64 holds integers exactly only up to 2**53: distinct values would silently tie. uint64
+            # has no comparisons on CPU; viewed as int64, its values of 2**63 and more are negative.
+            v = x.view(torch.int64)
+            lo = 0 if x.dtype == torch.uint64 else -(2**53)
+            if int(v.amax()) > 2**53 or int(v.amin()) < lo:
+                raise ValueError(
+                    f"{fn}: {name} holds {str(x.dtype).removeprefix('torch.')} values beyond 2**53, which "
+                    "float64 cannot hold exactly; pass float64 values"
+                )
         return x.to(torch.float64)
     return x
 
@@ -193,24 +222,51 @@ def _n_from_pairs(fn: str, name: str, k: int) -> int:
     return n
 
 
-def _constant_rows(v: torch.Tensor) -> torch.Tensor:
-    """Which rows (last dim) are constant; amax and amin are vectorised reductions, several times faster
-    on CPU than torch.aminmax over the last dim."""
-    return v.amax(-1) == v.amin(-1)
+# Rounding errors of a sum of n terms grow like sqrt(n) eps times its largest term (a random walk; the
+# centrings, pools and distances here measure within 4 sqrt(n) eps). Values spread less than this many
+# times that apart are equal up to rounding: a statistic of them would be one of noise.
+_ROUNDING_ULPS = 16
 
 
-def _nonconstant(fn: str, name: str, v: torch.Tensor, method: str) -> None:
-    """Pearson-type statistics are undefined for a constant vector (cosine: for an all-zero one)."""
-    if method in ("pearson", "spearman"):
-        bad = _constant_rows(v)
-        what = "is constant"
-    elif method == "cosine":
-        bad = (v == 0).all(-1)
-        what = "is all zeros"
-    else:
-        return
+def _rounding(ct: torch.dtype, terms: int, magnitude: torch.Tensor | float) -> torch.Tensor | float:
+    """The rounding tolerance of values computed in ``ct`` by ``terms``-term sums of terms of at most
+    ``magnitude``: values within it of each other are equal up to rounding."""
+    return _ROUNDING_ULPS * torch.finfo(ct).eps * math.sqrt(terms) * magnitude
+
+
+def _undefined_rows(
+    v: torch.Tensor, method: str, tolerance: torch.Tensor | float | None = None
+) -> torch.Tensor:
+    """Which vectors (last dim) a compare method is undefined for: constant ones ("pearson", "spearman":
+    their spread max - min is at most ``tolerance``) and all-zero ones ("cosine": max |v| at most it).
+
+    tolerance: how far rounding may have moved values that are equal (zero) in exact arithmetic, e.g.
+        _rounding of the sums that made v; None: v as given, where only pearson's centring rounds (its
+        mean of K values: _rounding(K, max |v|)); ranks and power-of-two scaling are exact.
+    """
+    if method not in ("pearson", "spearman", "cosine"):
+        return torch.zeros(v.shape[:-1], dtype=torch.bool, device=v.device)
+    ct = common.compute_dtype(v)
+    # amax and amin are vectorised reductions, several times faster on CPU than torch.aminmax over dim -1
+    top, bottom = v.detach().amax(-1).to(ct), v.detach().amin(-1).to(ct)
+    maxabs = torch.maximum(top, -bottom)
+    if tolerance is None:
+        tolerance = _rounding(ct, v.shape[-1], maxabs) if method == "pearson" else 0.0
+    return (maxabs if method == "cosine" else top - bottom) <= tolerance
+
+
+def _nonconstant(
+    fn: str, name: str, v: torch.Tensor, method: str, tolerance: torch.Tensor | float | None = None
+) -> None:
+    """Pearson-type statistics are undefined for a constant vector (cosine: for an all-zero one), also
+    when rounding is all that keeps it from being one (see _undefined_rows)."""
+    bad = _undefined_rows(v, method, tolerance)
     if bool(bad.any()):
-        raise ValueError(f"{fn}: {name}{_at(bad)} {what}; method {method!r} is undefined for it")
+        what = "is all zeros" if method == "cosine" else "is constant"
+        raise ValueError(
+            f"{fn}: {name}{_at(bad)} {what}; method {method!r} is undefined for it (values equal up to "
+            "rounding count as equal)"
+        )
 
 
 def _at(bad: torch.Tensor) -> str:
@@ -281,8 +337,12 @@ def _operand(v: torch.Tensor, method: str) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------- rdm
 
 
-def _check_patterns(fn: str, x: torch.Tensor, method: str) -> tuple[int, torch.Tensor]:
+def _check_patterns(fn: str, x: torch.Tensor, method: str, name: str = "x") -> tuple[int, torch.Tensor]:
     """Validates (..., [n_folds,] n_conditions, n_features) patterns for an RDM method.
+
+    Args:
+        fn, x, method: the public function, the patterns and the RDM method.
+        name: the argument the patterns came from, for messages.
 
     Returns:
         n_conditions and the largest |value| of each pattern, (..., [n_folds,] n_conditions). The
@@ -292,34 +352,37 @@ def _check_patterns(fn: str, x: torch.Tensor, method: str) -> tuple[int, torch.T
     min_dim = 3 if method == "crossnobis" else 2
     shape_doc = "(..., " + ("n_folds, " if min_dim == 3 else "") + "n_conditions, n_features)"
     if x.dim() < min_dim:
-        raise ValueError(f"{fn}: x must have shape {shape_doc} for method {method!r}, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{fn}: {name} must have shape {shape_doc} for method {method!r}, got {tuple(x.shape)}"
+        )
     n, p = x.shape[-2], x.shape[-1]
     if n < 3:
-        raise ValueError(f"{fn}: x must have at least 3 conditions (dim -2), got shape {tuple(x.shape)}")
+        raise ValueError(f"{fn}: {name} must have at least 3 conditions (dim -2), got shape {tuple(x.shape)}")
     if p < 1 or x.numel() == 0:
-        raise ValueError(f"{fn}: x must have at least 1 feature and no empty dim, got {tuple(x.shape)}")
+        raise ValueError(f"{fn}: {name} must have at least 1 feature and no empty dim, got {tuple(x.shape)}")
     top, bottom = x.detach().amax(-1), x.detach().amin(-1)  # NaN propagates into both
     if not bool((torch.isfinite(top) & torch.isfinite(bottom)).all()):
         bad = "NaN" if bool((top.isnan() | bottom.isnan()).any()) else "inf"
-        raise ValueError(f"{fn}: x contains {bad}; expected finite values")
+        raise ValueError(f"{fn}: {name} contains {bad}; expected finite values")
     if method == "correlation":
         if p < 2:
-            raise ValueError(f"{fn}: correlation distance needs at least 2 features, got {p}")
+            raise ValueError(
+                f"{fn}: {name} has {p} feature (shape {tuple(x.shape)}); correlation distance needs at "
+                "least 2"
+            )
         const = top == bottom
         if bool(const.any()):
-            where = tuple(int(i) for i in const.nonzero()[0])
             raise ValueError(
-                f"{fn}: x has a constant pattern at index {where}; its correlation distance is undefined"
+                f"{fn}: {name} has a constant pattern{_at(const)}; its correlation distance is undefined"
             )
     if method == "cosine":
         zero = (top == 0) & (bottom == 0)
         if bool(zero.any()):
-            where = tuple(int(i) for i in zero.nonzero()[0])
-            raise ValueError(
-                f"{fn}: x has an all-zero pattern at index {where}; cosine distance is undefined"
-            )
+            raise ValueError(f"{fn}: {name} has an all-zero pattern{_at(zero)}; cosine distance is undefined")
     if method == "crossnobis" and x.shape[-3] < 2:
-        raise ValueError(f"{fn}: crossnobis needs at least 2 folds (dim -3), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{fn}: crossnobis needs at least 2 folds (dim -3 of {name}), got shape {tuple(x.shape)}"
+        )
     return n, torch.maximum(top, bottom.neg())
 
 
@@ -484,10 +547,7 @@ def _windows(fn: str, data: Any, method: str, window: int, step: int) -> torch.T
     """(..., n_windows, [n_folds,] n_conditions, n_channels * window) window patterns (a view)."""
     data = _epochs_to_tensor(fn, data)
     data = _tensor(fn, "data", data)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"{fn}: window must be an int >= 1, got {window!r}")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"{fn}: step must be an int >= 1, got {step!r}")
+    window, step = _count(fn, "window", window, 1), _count(fn, "step", step, 1)
     min_dim = 4 if method == "crossnobis" else 3
     if data.dim() < min_dim:
         raise ValueError(
@@ -585,9 +645,13 @@ def time_resolved_rsa(
         factor, which no method depends on: tiny data is exact, distances that overflow raise.
 
     Raises:
+        TypeError: a window or step that is not an int (numpy ints are ints; bools are not).
         ValueError: as :func:`time_resolved_rdms` and :func:`compare_rdms`, e.g. a constant brain RDM at
             some window (its Spearman correlation is undefined) or models over another number of
-            conditions.
+            conditions. The reference and torch paths take a brain RDM whose distances are equal (or
+            zero) up to their rounding as the exact one: patterns that are shifted or scaled copies of
+            each other raise for "pearson" / "spearman" and give 0 for "rho_a" / "kendall_tau_a". The
+            fused cpp kernel sees the distances as computed.
     """
     fn = "time_resolved_rsa"
     method = _method(fn, method, common.COMPARE_METHODS)
@@ -623,7 +687,7 @@ def time_resolved_rsa(
     lead = win.shape[:-core]
     flat = win.reshape(-1, *win.shape[-core:])  # the kernels' layout; one copy of the (strided) windows
     # checked on the contiguous copy: reductions over a strided last dim are several times slower
-    _, maxabs = _check_patterns(fn, flat.view(*lead, *flat.shape[1:]), rdm_method)
+    _, maxabs = _check_patterns(fn, flat.view(*lead, *flat.shape[1:]), rdm_method, "data")
     noise = _check_noise(fn, noise, rdm_method, win)
     # Every compare method is invariant to scaling a brain RDM, so its distances are compared scaled;
     # those that could overflow are not, so that an overflow stays an error as in time_resolved_rdms.
@@ -659,7 +723,9 @@ def _trrsa_composed(
     compare_backend = None
     parts = []
     for s in range(0, flat.shape[0], step):
-        brain = _rdm_run(flat[s : s + step], rdm_method, noise, rdm_backend).to(models.dtype)
+        brain = _rdm_run(flat[s : s + step], rdm_method, noise, rdm_backend)
+        brain = _exact_constants(brain, rdm_method, method, flat.shape[-1])
+        brain = brain.to(models.dtype)
         compare_backend = compare_backend or _compare_dispatch.choose(backend, brain, models, method)
         finite = rdm_method not in ("euclidean", "crossnobis") or _all_finite(brain)
         if finite:  # unscaled distances near the dtype's maximum need rescaling for pearson / cosine
@@ -671,7 +737,53 @@ def _trrsa_composed(
     return torch.cat(parts)
 
 
+def _exact_constants(brain: torch.Tensor, rdm_method: str, method: str, n_features: int) -> torch.Tensor:
+    """Brain RDMs (B, K) in the compute dtype that are all-zero, or constant for the methods that see
+    constancy (all but cosine), up to the rounding of their distances made exactly so.
+
+    The distances are sums over n_features, of order 1 for correlation and cosine RDMs and relative to
+    the RDM's largest for the others. The statistics then give what the exact RDMs give (NaN where
+    undefined, which the caller names; 0 for rho_a and tau-a), not a correlation of rounding noise:
+    patterns that are shifted or scaled copies of each other are a few eps apart, not 0.
+    """
+    d = brain.detach()
+    top, bottom = d.amax(-1, keepdim=True), d.amin(-1, keepdim=True)
+    maxabs = torch.maximum(top, -bottom)
+    tolerance = _rounding(brain.dtype, n_features, 1.0 if rdm_method in ("correlation", "cosine") else maxabs)
+    finite = torch.isfinite(maxabs)  # distances that overflowed stay inf: the caller names them
+    zero = (maxabs <= tolerance) & finite
+    flat = (top - bottom <= tolerance) & finite if method != "cosine" else zero
+    if not bool(flat.any() | zero.any()):
+        return brain
+    return torch.where(zero, 0.0, torch.where(flat, d[..., :1], brain))
+
+
 # ----------------------------------------------------------------------------------------- rank
+
+
+_RANKED_AS_IS = (
+    *(torch.float64, torch.float32, torch.float16, torch.bfloat16),
+    *(torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8),
+)
+
+
+def _rankable(fn: str, x: torch.Tensor) -> torch.Tensor:
+    """x in a dtype that every backend compares, with the same order and ties: torch has no CPU
+    comparisons for uint16/32/64 or float8. Exact: uint16/32 fit int64, uint64 maps onto int64 by
+    flipping the sign bit (monotone), float8 values are float32 values."""
+    if x.dtype in _RANKED_AS_IS:
+        return x
+    if x.dtype == torch.bool:
+        return x.to(torch.uint8)
+    if x.dtype == torch.uint64:
+        return x.view(torch.int64) ^ torch.iinfo(torch.int64).min
+    if x.dtype in (torch.uint16, torch.uint32):
+        return x.to(torch.int64)
+    if x.is_floating_point() and x.element_size() == 1:
+        return x.to(torch.float32)
+    raise TypeError(
+        f"{fn}: x has dtype {x.dtype}, which cannot be ranked; expected a real float, int or bool tensor"
+    )
 
 
 def rank(x: torch.Tensor, dim: int = -1, *, backend: str = "auto") -> torch.Tensor:
@@ -681,22 +793,27 @@ def rank(x: torch.Tensor, dim: int = -1, *, backend: str = "auto") -> torch.Tens
     ``(first + last + 2) / 2`` is formed in float64 (no int32 overflow with 500,000 tied entries).
 
     Args:
-        x: real tensor of any shape (integers and bools allowed), without NaN.
-        dim: the dim to rank along.
+        x: real tensor of any shape (every float, int, unsigned int and bool dtype), without NaN.
+        dim: the dim to rank along (an int; numpy ints are accepted).
         backend: "auto", "reference", "torch", "cpp" (CPU) or "cuda".
 
     Returns:
         float64 tensor of x's shape with ranks in 1..n. Not differentiable (piecewise constant: zero
         gradient almost everywhere): x is detached, so the result never requires grad.
+
+    Raises:
+        TypeError: x complex or of a dtype without an order (e.g. quantized), or a dim that is not an int.
+        ValueError: a 0-dim x, a dim out of range, or NaN.
     """
     fn = "rank"
-    x = _tensor(fn, "x", x)
+    x = _rankable(fn, _tensor(fn, "x", x))
     if x.dim() == 0:
         raise ValueError(f"{fn}: x must have at least 1 dim, got a 0-dim tensor")
+    if not _is_int(dim):
+        raise TypeError(f"{fn}: dim must be an int, got {dim!r} ({type(dim).__name__})")
     if not -x.dim() <= dim < x.dim():
         raise ValueError(f"{fn}: dim must be in [{-x.dim()}, {x.dim() - 1}] for {tuple(x.shape)}, got {dim}")
-    if x.dtype == torch.bool:
-        x = x.to(torch.uint8)
+    dim = int(dim)
     if x.is_floating_point() and bool(torch.isnan(x).any()):
         raise ValueError(f"{fn}: x contains NaN, which has no rank; expected no NaN")
     xt = x.detach().movedim(dim, -1)  # ranks are piecewise constant: no gradient to give
@@ -789,7 +906,9 @@ def compare_rdms(
     Raises:
         ValueError: mismatched or non-condensed sizes, fewer than 3 conditions, inf, NaN at different
             entries, or a constant RDM for "pearson"/"spearman" (all-zero for "cosine"), for which the
-            statistic is undefined.
+            statistic is undefined. "pearson" counts an RDM whose values spread less than the rounding of
+            its centring (16 sqrt(K) eps of its largest |value|, eps of the compute dtype) as constant:
+            its centred values would be rounding noise. Ranks are exact, so spearman needs equal values.
     """
     fn = "compare_rdms"
     method = _method(fn, method, common.COMPARE_METHODS)
@@ -797,14 +916,24 @@ def compare_rdms(
     if has_nan:
         a, b = _drop_nan(fn, a, b)
     a, b = _operand(a, method), _operand(b, method)
+    _rounded_constants(fn, a, b, method)
     chosen = _compare_dispatch.choose(backend, a, b, method)
     return _checked(fn, _compare_run(a, b, method, chosen), a, b, method)
 
 
+def _rounded_constants(fn: str, a: torch.Tensor, b: torch.Tensor, method: str) -> None:
+    """Pearson's centring turns an RDM constant up to rounding into noise, not NaN, so _checked would
+    not see it: pearson operands are checked before (two reductions each)."""
+    if method == "pearson":
+        _nonconstant(fn, "a", a, method)
+        _nonconstant(fn, "b", b, method)
+
+
 def _compare_run(a: torch.Tensor, b: torch.Tensor, method: str, chosen: str) -> torch.Tensor:
-    """Similarities of validated RDMs on the chosen backend."""
+    """Similarities of validated RDMs (one dtype) on the chosen backend, in the compute dtype."""
     if chosen == "reference":
-        return reference.compare_reference(a, b, method)
+        ct = common.compute_dtype(a)
+        return reference.compare_reference(a.to(ct), b.to(ct), method)
     return _module(chosen).compare(a, b, method)
 
 
@@ -836,12 +965,6 @@ class PermutationResult:
     null: torch.Tensor | None = None
 
 
-def _count(fn: str, name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{fn}: {name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 # torch.Generator.manual_seed takes 64-bit seeds; negative ones alias large ones, so both ends are cut
 _MAX_SEED = 2**63 - 1
 
@@ -849,7 +972,7 @@ _MAX_SEED = 2**63 - 1
 def _seed(fn: str, seed: Any) -> int | None:
     if seed is None:
         return None
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+    if not _is_int(seed):
         raise TypeError(f"{fn}: seed must be an int in [0, 2**63 - 1] or None, got {type(seed).__name__}")
     if not 0 <= seed <= _MAX_SEED:
         raise ValueError(f"{fn}: seed must be an int in [0, 2**63 - 1] or None, got {seed}")
@@ -892,7 +1015,7 @@ def rsa_permutation_test(
         use :func:`compare_rdms` for a differentiable statistic.
 
     Raises:
-        TypeError: a seed that is not an int (bools included).
+        TypeError: a seed or n_permutations that is not an int (numpy ints are ints; bools are not).
         ValueError: a seed outside [0, 2**63 - 1], and bad RDMs as :func:`compare_rdms`.
     """
     fn = "rsa_permutation_test"
@@ -903,9 +1026,12 @@ def rsa_permutation_test(
     seed = _seed(fn, seed)
     a, b, n, _ = _rdm_pair(fn, a, b, allow_nan=False)
     a, b = _operand(a.detach(), method), _operand(b.detach(), method)
+    _rounded_constants(fn, a, b, method)
     chosen = _perm_dispatch.choose(backend, a, b, method)
     perms = common.permutations(n, n_perm, seed)
     if chosen == "reference":
+        ct = common.compute_dtype(a)
+        a, b = a.to(ct), b.to(ct)
         observed = reference.compare_reference(a, b, method)
         null = reference.permutation_null_reference(a, b, method, perms)
     elif method not in common.LINEAR_METHODS:
@@ -992,12 +1118,16 @@ def cluster_permutation_test(
         backend: "auto", "reference" or "torch".
 
     Returns:
-        A :class:`ClusterResult` (computed in float64). Not differentiable: x is detached.
+        A :class:`ClusterResult` (computed in float64). Not differentiable: x is detached. t at a time
+        point does not depend on the scale of its effects: time points whose sums of squares would
+        overflow or underflow float64 (near 1e200 or 1e-170) are multiplied by an exact power of two.
 
     Raises:
-        TypeError: a seed that is not an int (bools included).
+        TypeError: a seed, tail or n_permutations that is not an int, or a threshold that is not a real
+            number (numpy ints and floats are accepted; bools are not).
         ValueError: a seed outside [0, 2**63 - 1], x not (n_subjects >= 2, n_times), NaN/inf, a time
-            point without variance across subjects, or a bad threshold / tail / n_permutations.
+            point without variance across subjects (values equal up to rounding count as equal), or a
+            bad threshold / tail / n_permutations value.
     """
     fn = "cluster_permutation_test"
     x = _tensor(fn, "x", x)
@@ -1007,24 +1137,33 @@ def cluster_permutation_test(
         raise ValueError(f"{fn}: x needs at least 2 subjects and 1 time point, got shape {tuple(x.shape)}")
     x = x.detach().to(torch.float64)
     _finite(fn, "x", x)
-    if tail not in (1, -1, 0) or isinstance(tail, bool):
+    if not _is_int(tail):
+        raise TypeError(f"{fn}: tail must be 1, -1 or 0, got {tail!r} ({type(tail).__name__})")
+    if tail not in (1, -1, 0):
         raise ValueError(f"{fn}: tail must be 1, -1 or 0, got {tail!r}")
+    tail = int(tail)
     n_perm = _count(fn, "n_permutations", n_permutations, 1)
     seed = _seed(fn, seed)
     if threshold is None:
         from scipy import stats
 
         threshold = float(stats.t.ppf(1 - (0.05 if tail != 0 else 0.025), x.shape[0] - 1))
-    elif (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float))
-        or not (math.isfinite(threshold) and threshold > 0)
-    ):
+    elif not (_is_int(threshold) or isinstance(threshold, (float, np.floating))):
+        raise TypeError(
+            f"{fn}: threshold must be a positive finite number or None, got {threshold!r} "
+            f"({type(threshold).__name__})"
+        )
+    elif not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"{fn}: threshold must be a positive finite number or None, got {threshold!r}")
     threshold = float(threshold)
-    if bool((x.std(0) == 0).any()):
-        col = int((x.std(0) == 0).nonzero()[0, 0])
-        raise ValueError(f"{fn}: x has zero variance across subjects at time {col}; t is undefined there")
+    x = _scaled_effects(x)
+    top, bottom = x.amax(0), x.amin(0)
+    flat = top - bottom <= _rounding(x.dtype, x.shape[0], torch.maximum(top, -bottom))
+    if bool(flat.any()):
+        raise ValueError(
+            f"{fn}: x has zero variance across subjects at time {int(flat.nonzero()[0, 0])} (its values are "
+            "equal up to rounding); t is undefined there"
+        )
     chosen = _cluster_dispatch.choose(backend, x)
     flips = common.sign_flips(x.shape[0], n_perm, seed)
     if chosen == "reference":
@@ -1037,6 +1176,14 @@ def cluster_permutation_test(
         pvals = common.permutation_pvalue(observed, null[:, None].expand(-1, len(found)), "greater")
     masses = torch.tensor([m for _, _, m in found], dtype=torch.float64)
     return ClusterResult(t, [slice(s, e) for s, e, _ in found], masses, pvals, null, threshold)
+
+
+def _scaled_effects(x: torch.Tensor) -> torch.Tensor:
+    """(n_subjects, n_times) float64 effects with each time point multiplied by an exact power of two
+    where its sums of squares could overflow or underflow (near 1e200 or 1e-170): t at a time point,
+    and so every sign flip's, does not depend on the scale of its effects."""
+    k = _scale_exponents(x.abs().amax(0), x, x.shape[0])
+    return x if k is None else x * _pow2(k, x.dtype)
 
 
 # ----------------------------------------------------------------------------------------- noise ceiling
@@ -1064,7 +1211,9 @@ def noise_ceiling(
     Raises:
         ValueError: bad shapes, NaN/inf, a constant subject RDM, or a constant (all-zero for "cosine")
             pooled RDM, for which "pearson" / "spearman" / "cosine" are undefined (as in
-            :func:`compare_rdms`).
+            :func:`compare_rdms`). Pools of z-scored or RMS-normalised RDMs that are constant (all-zero)
+            up to the rounding of the normalisation count as constant: subjects r and 1 - r pool to
+            rounding noise, not to an RDM with a defined correlation. Pools of ranks are exact.
     """
     fn = "noise_ceiling"
     method = _method(fn, method, common.COMPARE_METHODS)
@@ -1073,39 +1222,46 @@ def noise_ceiling(
         raise ValueError(f"{fn}: rdms must have shape (n_subjects >= 2, ..., K), got {tuple(rdms.shape)}")
     _n_from_pairs(fn, "rdms", rdms.shape[-1])
     _finite(fn, "rdms", rdms)
-    _nonconstant(fn, "rdms", rdms, method)
     rdms = _operand(rdms, method)
+    _nonconstant(fn, "rdms", rdms, method)
     chosen = _nc_dispatch.choose(backend, rdms, rdms, method)
+    # a pool can be constant (all-zero), exactly or up to rounding, where no subject RDM is: a bound is
+    # then undefined, as compare_rdms's statistic for such an RDM is. The reference pools as torch does.
+    mod = torch_chunked if chosen == "reference" else _module(chosen)
+    upper_pool, loo_pools, tolerance = _pools(mod, rdms, method)
+    _nonconstant(fn, "the pooled RDM of all subjects", upper_pool, method, tolerance)
+    _nonconstant(fn, "the pooled RDM of the other subjects (index: left-out subject, ...)", loo_pools,
+                 method, tolerance)  # fmt: skip
     if chosen == "reference":
-        lower, upper = reference.noise_ceiling_reference(rdms, method)
+        lower, upper = reference.noise_ceiling_reference(rdms.to(common.compute_dtype(rdms)), method)
     else:
-        mod = _module(chosen)
-        upper_pool, loo_pools = _pools(mod, rdms, method)
         upper = mod.compare(upper_pool, rdms, method).mean(0)
         lower = mod.compare(loo_pools, rdms, method).mean(0)
     if not (_all_finite(lower) and _all_finite(upper)):
-        # a pool can be constant (all-zero) where no subject RDM is: a bound is then undefined, as
-        # compare_rdms's statistic for such an RDM is; pools recomputed with exact torch ranks name it
-        upper_pool, loo_pools = _pools(torch_chunked, rdms, method)
-        _nonconstant(fn, "the pooled RDM of all subjects", upper_pool, method)
-        _nonconstant(fn, "the pooled RDM of the other subjects (index: left-out subject, ...)", loo_pools,
-                     method)  # fmt: skip
         raise ValueError(f"{fn}: the {method} noise ceiling is not finite for these RDMs")
     return lower, upper
 
 
-def _pools(mod: ModuleType, rdms: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """rsatoolbox's pool_rdm of (S, ..., K) subject RDMs: the pool of all subjects (..., K) and the
-    leave-one-out pools (S, ..., K), with ranks from the backend module ``mod``."""
+def _pools(
+    mod: ModuleType, rdms: torch.Tensor, method: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
+    """rsatoolbox's pool_rdm of (S, ..., K) subject RDMs: the pool of all subjects (..., K), the
+    leave-one-out pools (S, ..., K), with ranks from the backend module ``mod``, and how far rounding
+    may have moved the pools' values (_rounding: z-scores and RMS normalisation sum K terms; pools of
+    ranks are exact, as sums of half-integers in float64)."""
     s = rdms.shape[0]
     ct = common.compute_dtype(rdms)
+    tolerance: torch.Tensor | float = 0.0
     if method in _RANK_METHODS:
-        pooled_in = mod.rank(rdms).to(ct)
-    elif method == "pearson":
-        c = rdms.to(ct) - rdms.to(ct).mean(-1, keepdim=True)
-        pooled_in = c / c.std(-1, correction=0, keepdim=True)
+        pooled_in = mod.rank(rdms)
     else:
         r = rdms.to(ct)
-        pooled_in = r / r.pow(2).mean(-1, keepdim=True).sqrt()
+        if method == "pearson":
+            c = r - r.mean(-1, keepdim=True)
+            pooled_in = c / c.std(-1, correction=0, keepdim=True)
+        else:
+            pooled_in = r / r.pow(2).mean(-1, keepdim=True).sqrt()
+        z = pooled_in.detach()
+        tolerance = _rounding(ct, rdms.shape[-1], torch.maximum(z.amax(-1), -z.amin(-1)).amax(0))
     total = pooled_in.sum(0)
-    return total / s, (total - pooled_in) / (s - 1)
+    return (total / s).to(ct), ((total - pooled_in) / (s - 1)).to(ct), tolerance

@@ -197,8 +197,9 @@ def gathered_null(
     perms = perms.to(fixed.device)
     step = max(1, min(chunk_elements // max(flat.numel(), 1), 65535))
     for s in range(0, perms.shape[0], step):
-        g = gather(flat, perms[s : s + step].contiguous())
-        out[s : s + step] = torch.einsum("...k,...k->...", fixed, g.reshape(-1, *pad, *lead, k))
+        chunk = perms[s : s + step].contiguous()
+        g = gather(flat, chunk)  # sized explicitly: -1 is ambiguous for an empty batch
+        out[s : s + step] = torch.einsum("...k,...k->...", fixed, g.reshape(chunk.shape[0], *pad, *lead, k))
     return out
 
 

@@ -271,3 +271,69 @@ def test_cpp_tau_a_long_tied_vectors_match_scipy() -> None:
     assert float(fa.compare_rdms(*short, "kendall_tau_a", backend="cpp")) == float(
         fa.compare_rdms(*short, "kendall_tau_a", backend="torch")
     )  # integer counts: identical, not just close
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+def test_noise_ceiling_pool_constant_up_to_rounding_raises(backend: str) -> None:
+    """Subjects r and 1 - r z-score to opposite vectors, so the pool left when s is held out is zero up
+    to rounding (5.6e-17): its Pearson correlation with s was rounding noise (-0.70 / -0.72)."""
+    r = torch.tensor([0, 0, 0, 1, 0, 0], dtype=torch.float64)
+    rdms = torch.stack([r, 1 - r, torch.tensor([1, 1, 1, 0, 1, 1.5], dtype=torch.float64)])
+    match = r"the pooled RDM of the other subjects .* at index \(2,\) is constant; method 'pearson'"
+    with pytest.raises(ValueError, match=match):
+        fa.noise_ceiling(rdms, "pearson", backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+def test_pearson_of_an_rdm_constant_up_to_rounding_raises(backend: str) -> None:
+    """0.1 + 0.2 and 0.3 differ by one ulp: centring leaves only rounding, which gave a correlation of
+    noise instead of the ValueError of a constant RDM. The rank methods see exact values and rank them."""
+    a = torch.full((10,), 0.3, dtype=torch.float64)
+    a[::3] = 0.1 + 0.2
+    b = torch.randn(10, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match="compare_rdms: a is constant; method 'pearson'"):
+        fa.compare_rdms(a, b, "pearson", backend=backend)
+    with pytest.raises(ValueError, match="rsa_permutation_test: b is constant; method 'pearson'"):
+        fa.rsa_permutation_test(b, a, method="pearson", n_permutations=3, backend=backend)
+    want = stats.spearmanr(a.numpy(), b.numpy()).statistic
+    assert abs(float(fa.compare_rdms(a, b, "spearman", backend=backend)) - want) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", METHODS)
+def test_reference_computes_half_inputs_in_float32(dtype: torch.dtype, method: str) -> None:
+    """The reference computed half RDMs in half precision: float16 results where float32 is documented,
+    p-values unlike the other backends'."""
+    gen = torch.Generator().manual_seed(9)
+    a, b = (torch.randn(2, 28, generator=gen).to(dtype) for _ in range(2))
+    ref = fa.compare_rdms(a, b, method, backend="reference")
+    assert ref.dtype == torch.float32
+    torch.testing.assert_close(ref, fa.compare_rdms(a, b, method, backend="torch"), rtol=1e-5, atol=1e-6)
+    res = fa.rsa_permutation_test(a, b, method=method, n_permutations=19, seed=2, backend="reference")
+    fast = fa.rsa_permutation_test(a, b, method=method, n_permutations=19, seed=2, backend="torch")
+    assert res.statistic.dtype == res.pvalue.dtype == torch.float32
+    torch.testing.assert_close(res.pvalue, fast.pvalue)
+    bounds = fa.noise_ceiling(torch.cat([a, b]), method, backend="reference")
+    want = fa.noise_ceiling(torch.cat([a, b]).float(), method, backend="reference")
+    for got_b, want_b in zip(bounds, want, strict=True):
+        assert got_b.dtype == torch.float32
+        torch.testing.assert_close(got_b, want_b)
+
+
+@pytest.mark.parametrize(
+    "a",
+    [
+        torch.tensor([2**53 + 1, 2**53, 1, 2, 3, 4], dtype=torch.int64),
+        torch.tensor([-(2**60), 0, 1, 2, 3, 4], dtype=torch.int64),
+        torch.tensor([2**60, 0, 1, 2, 3, 4], dtype=torch.uint64),
+        torch.tensor([2**63 + 5, 0, 1, 2, 3, 4], dtype=torch.uint64),
+    ],
+    ids=["int64-2^53", "int64-negative", "uint64-2^60", "uint64-2^63"],
+)
+def test_integers_float64_cannot_hold_are_refused(a: torch.Tensor) -> None:
+    """Distinct integers beyond 2**53 would tie in float64: refused, never silently merged."""
+    b = torch.arange(6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"compare_rdms: a holds u?int64 values beyond 2\*\*53"):
+        fa.compare_rdms(a, b, "pearson")
+    exact = torch.tensor([7, 0, 1, 2, 3, 4], dtype=a.dtype)
+    assert torch.allclose(fa.compare_rdms(exact, b, "pearson"), fa.compare_rdms(exact.double(), b, "pearson"))

@@ -301,3 +301,68 @@ def test_cluster_torch_matches_reference_property(
     np.testing.assert_allclose(out.null.numpy(), ref.null.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(out.pvalues.numpy(), ref.pvalues.numpy(), rtol=1e-12)
     np.testing.assert_allclose(out.masses.numpy(), ref.masses.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+@pytest.mark.parametrize("method", METHODS)
+def test_permutation_test_of_an_empty_batch(backend: str, method: str) -> None:
+    """0 RDMs give empty statistics and p-values on every backend (cpp raised a reshape error)."""
+    a = torch.randn(0, 10, dtype=torch.float64)
+    res = fa.rsa_permutation_test(a, _rdms(1, 5, ()), method=method, n_permutations=3, seed=0,
+                                  return_null=True, backend=backend)  # fmt: skip
+    assert res.statistic.shape == res.pvalue.shape == (0,)
+    assert res.null is not None and res.null.shape == (3, 0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_cluster_test_is_scale_free(backend: str) -> None:
+    """Effects near 1e200 overflowed the sums of squares (t = 0, no clusters) and near 1e-170 underflowed
+    them (a false "zero variance"): each time point is rescaled by a power of two, so t, the clusters and
+    the null are those of the unscaled effects, also with time points of very different magnitudes."""
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(11), dtype=torch.float64) + 1.0
+    run = lambda v: fa.cluster_permutation_test(v, n_permutations=10, seed=0, backend=backend)
+    want = run(x)
+    assert want.clusters
+    mixed = x.clone()
+    mixed[:, :4] *= 2.0**700
+    mixed[:, 4:] *= 2.0**-600
+    for scaled in (x * 1e200, x * 1e-170, x * 2.0**-1000, mixed):
+        got = run(scaled)
+        np.testing.assert_allclose(got.t_values.numpy(), want.t_values.numpy(), rtol=1e-13)
+        assert got.clusters == want.clusters
+        np.testing.assert_allclose(got.null.numpy(), want.null.numpy(), rtol=1e-13)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_cluster_test_variance_of_rounding_only(backend: str) -> None:
+    """A time point whose effects differ by one ulp (0.1 + 0.2 vs 0.3) has no variance but rounding:
+    its t (about 1e16) made a cluster of noise; it is the zero-variance ValueError."""
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x[:, 3] = torch.tensor([0.1 + 0.2, 0.3, 0.3, 0.1 + 0.2, 0.3], dtype=torch.float64)
+    with pytest.raises(ValueError, match="zero variance across subjects at time 3"):
+        fa.cluster_permutation_test(x, n_permutations=5, seed=0, backend=backend)
+
+
+def test_numpy_scalars_are_accepted_everywhere() -> None:
+    """threshold=np.float32(2.0) was rejected while n_permutations took numpy ints; numpy bools (which
+    equal 1) passed as tail. numpy ints and floats work as Python's; bools of either kind are refused."""
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.5
+    kw = {"n_permutations": 9, "seed": 1}
+    want = fa.cluster_permutation_test(x, threshold=2.0, tail=-1, **kw)
+    np_kw = {
+        "threshold": np.float32(2.0),
+        "tail": np.int64(-1),
+        "n_permutations": np.int32(9),
+        "seed": np.uint64(1),
+    }
+    got = fa.cluster_permutation_test(x, **np_kw)  # type: ignore[arg-type]
+    assert got.clusters == want.clusters and torch.equal(got.null, want.null) and got.threshold == 2.0
+    assert fa.cluster_permutation_test(x, threshold=np.int64(2), **kw).threshold == 2.0  # type: ignore[arg-type]
+    for bad in ({"tail": np.bool_(True)}, {"tail": 1.0}, {"threshold": np.bool_(True)}, {"threshold": "2"},
+                {"n_permutations": np.bool_(True)}, {"n_permutations": 9.0}):  # fmt: skip
+        name = next(iter(bad))
+        with pytest.raises(TypeError, match=f"cluster_permutation_test: {name} must be"):
+            fa.cluster_permutation_test(x, **{**kw, **bad})
+    a, b = _rdms(0, 5, ()), _rdms(1, 5, ())
+    res = fa.rsa_permutation_test(a, b, n_permutations=np.int16(9), seed=np.int64(1))  # type: ignore[arg-type]
+    assert res.pvalue == fa.rsa_permutation_test(a, b, n_permutations=9, seed=1).pvalue

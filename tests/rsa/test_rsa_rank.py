@@ -230,3 +230,32 @@ def test_compiled_rank_takes_half_inputs(dtype: torch.dtype) -> None:
     ref = fa.noise_ceiling(r.float(), "spearman", backend="reference")
     for g, w in zip(got, ref, strict=True):
         torch.testing.assert_close(g.double(), w.double(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64, torch.float8_e4m3fn])
+def test_rank_of_dtypes_torch_cannot_compare(backend: str, dtype: torch.dtype) -> None:
+    """torch has no CPU comparisons for uint16/32/64 or float8 (the reference raised "lt_cpu" not
+    implemented): they are ranked exactly, uint64 beyond 2**63 included."""
+    if dtype == torch.float8_e4m3fn:
+        x = torch.tensor([[3.0, -1.0, 3.0], [0.5, 2.0, -1.0]]).to(dtype)
+        values = x.float().numpy()
+    else:
+        top = 2**63 + 5 if dtype == torch.uint64 else 7
+        values = np.array([[top, 3, top - 4], [3, top, top - 1]], dtype=np.uint64)
+        x = torch.from_numpy(values.astype(np.int64) if dtype != torch.uint64 else values).to(dtype)
+    for dim in (-1, 0):
+        np.testing.assert_array_equal(fa.rank(x, dim, backend=backend).numpy(), rankdata(values, axis=dim))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_validates_dim(backend: str) -> None:
+    """A dim that is not an int was a raw TypeError from torch (or a float accepted by the range check)."""
+    x = torch.tensor([[3.0, 1.0], [2.0, 5.0]])
+    for bad in ("0", None, 0.0, True, np.bool_(False)):
+        with pytest.raises(TypeError, match=r"rank: dim must be an int, got"):
+            fa.rank(x, bad, backend=backend)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"rank: dim must be in \[-2, 1\]"):
+        fa.rank(x, np.int64(2), backend=backend)  # type: ignore[arg-type]
+    got = fa.rank(x, np.int32(0), backend=backend)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(got.numpy(), rankdata(x.numpy(), axis=0))

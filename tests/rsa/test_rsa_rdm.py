@@ -351,3 +351,42 @@ def test_half_precision_input_computes_in_float32() -> None:
     ref = fa.rdm(x.half().double(), "correlation", backend="reference")
     assert out.dtype == torch.float32
     np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+def test_pattern_errors_name_the_argument(backend: str) -> None:
+    """The one-feature correlation message named no argument; time_resolved_rsa's said x for its data."""
+    with pytest.raises(ValueError, match=r"rdm: x has 1 feature .*correlation distance needs at least 2"):
+        fa.rdm(torch.randn(4, 1), "correlation", backend=backend)
+    with pytest.raises(ValueError, match=r"time_resolved_rsa: data must have at least 1 feature and no"):
+        fa.time_resolved_rsa(torch.randn(0, 5, 2, 4), torch.rand(10), backend=backend)
+
+
+def test_triton_refuses_bfloat16_under_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton interpreter multiplies bfloat16 bit patterns in tl.dot (triton-lang/triton#11584): its
+    RDMs were garbage, so bfloat16 is refused there; float16 is not."""
+    from fastalign.rsa import api
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(5, 4).bfloat16()
+    assert any("11584" in r for r in api._rdm_triton_check(x, "correlation", explicit=True))
+    assert not any("11584" in r for r in api._rdm_triton_check(x.half(), "correlation", explicit=True))
+    with pytest.raises(NotImplementedError, match="11584"):
+        fa.rdm(x, "correlation", backend="triton")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"window": 2.0}, TypeError),
+        ({"step": np.bool_(True)}, TypeError),
+        ({"window": np.int64(0)}, ValueError),
+    ],
+)
+def test_time_resolved_window_types(kwargs: dict, exc: type) -> None:
+    """numpy ints are windows and steps like Python ints (they were rejected); floats and bools are not."""
+    data = torch.randn(5, 3, 10, dtype=torch.float64)
+    want = fa.time_resolved_rdms(data, window=2, step=3)
+    torch.testing.assert_close(fa.time_resolved_rdms(data, window=np.int64(2), step=np.int32(3)), want)  # type: ignore[arg-type]
+    with pytest.raises(exc, match=r"time_resolved_rdms: (window|step) must be an int >= 1"):
+        fa.time_resolved_rdms(data, **kwargs)

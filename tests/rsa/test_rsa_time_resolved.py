@@ -272,3 +272,24 @@ def test_overflowing_distances_raise() -> None:
     for backend in ("auto", "torch"):
         with pytest.raises(ValueError):
             fa.time_resolved_rsa(data, models, "spearman", rdm_method="euclidean", backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_brain_rdm_constant_up_to_rounding(backend: str) -> None:
+    """Patterns that are shifted (and scaled) copies of each other have correlation distances of a few
+    eps, not 0: the composed paths correlated that noise with the models (torch: -0.75). They see the
+    exact RDM: undefined for pearson / spearman (the window's ValueError), 0 for rho_a and tau-a."""
+    shifted = torch.tensor([[[1.0], [0.0]], [[2.0], [1.0]], [[5.0], [3.0]], [[9.0], [4.0]]]).double()
+    gen = torch.Generator().manual_seed(0)
+    u, gain, offset = (
+        torch.randn(shape, dtype=torch.float64, generator=gen) for shape in (6, (5, 1), (5, 1))
+    )
+    scaled = (gain.abs() * u + offset)[..., None]  # (5 conditions, 6 channels, 1 time)
+    for data in (shifted, scaled):
+        models = torch.randn(2, data.shape[0] * (data.shape[0] - 1) // 2, dtype=torch.float64, generator=gen)
+        for method in ("spearman", "pearson"):
+            with pytest.raises(ValueError, match=r"brain RDM at window index \(0,\) is constant"):
+                fa.time_resolved_rsa(data, models, method, backend=backend)
+        for method in ("rho_a", "kendall_tau_a"):
+            got = fa.time_resolved_rsa(data, models, method, backend=backend)
+            assert torch.equal(got, torch.zeros(1, 2, dtype=torch.float64))
