@@ -6,12 +6,20 @@
 //   (first + last + 2) / 2 from int64 positions, so ranks are exact at any length. Rows are spread
 //   over OpenMP threads.
 // rsa_centered_ranks(x, normalize, dtype): the same ranks minus their mean (n + 1) / 2, optionally
-//   scaled to unit norm, in float32 or float64: Spearman's / rho-a's per-RDM vectors in one pass.
+//   scaled to unit norm, in float32 or float64: Spearman's / rho-a's per-RDM vectors in one pass. A
+//   constant row has no unit-norm vector: with normalize it comes out NaN, as a row with NaN does; the
+//   Python API finds undefined statistics from that NaN and names the RDM (compare_rdms, noise_ceiling).
 // rsa_rdm_direct(x, method) -> (B, n(n-1)/2): RDMs of (B, n, p) patterns computed pair by pair without
 //   a Gram matrix; for few features (EEG channels x a short window) this beats GEMM + extraction.
+//   Exact at any finite magnitude: patterns (correlation, cosine) or pattern sets (euclidean) whose sums
+//   of squares could overflow or underflow are multiplied by an exact power of two first, euclidean
+//   distances scaled back; one beyond the dtype's range is a ValueError. So is a pattern with NaN / inf,
+//   a constant one (correlation) or an all-zero one (cosine): their distances are undefined.
 // rsa_rdm_compare(x, w, rdm_method, compare) -> (B, M) float64: fused RSA; each (n, p) pattern set's
 //   RDM, ranked (spearman / rho-a) or centred (pearson / cosine) in a per-thread buffer and dotted with
-//   the M prepared model vectors w (M, K); the (B, K) RDMs are never stored.
+//   the M prepared model vectors w (M, K); the (B, K) RDMs are never stored. Patterns are checked and
+//   scaled as in rsa_rdm_direct; a constant RDM, or one whose euclidean distances exceed the dtype's
+//   range, gives NaN, which the Python API turns into an error naming the window.
 // rsa_kendall_tau_a(a, b, ia, ib) -> (P,) float64: Kendall's tau-a of rows a[ia[p]] and b[ib[p]] in
 //   O(K log K) each (sort + merge-sort inversion count), exact integer pair counts; NaN for a pair with
 //   NaN in either row.
@@ -19,6 +27,9 @@
 //   perms (P, n) int64 permutations (each row checked to be one); out[p, b, k] = src[b, pair(perms[p, i],
 //   perms[p, j])] for the k-th pair (i, j), i < j, i.e. the RDM with rows and columns relabelled. Pair
 //   indices are computed on the fly instead of being read from a (P, K) int64 index tensor.
+//
+// Bad operands raise ValueError (TORCH_CHECK_VALUE: shapes, values, devices) or TypeError
+// (TORCH_CHECK_TYPE: dtypes), as the Python API does; TORCH_CHECK (RuntimeError) marks internal invariants.
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/extension.h>
 
@@ -26,6 +37,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -376,12 +388,13 @@ void rank_dispatch(const at::Tensor& xc, at::Tensor& out, int64_t rows, int64_t 
 }
 
 at::Tensor ranks_impl(const char* op, const at::Tensor& x, bool center, bool normalize, at::ScalarType dtype) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dim, got a 0-dim tensor");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least 1 dim, got a 0-dim tensor");
   const auto t = x.scalar_type();
-  TORCH_CHECK(t == at::kDouble || t == at::kFloat || t == at::kLong || t == at::kInt, op,
-              ": x must be float64, float32, int64 or int32, got ", t);
-  TORCH_CHECK(dtype == at::kDouble || dtype == at::kFloat, op, ": dtype must be float64 or float32, got ", dtype);
+  TORCH_CHECK_TYPE(t == at::kDouble || t == at::kFloat || t == at::kLong || t == at::kInt, op,
+                   ": x must be float64, float32, int64 or int32, got ", t);
+  TORCH_CHECK_TYPE(dtype == at::kDouble || dtype == at::kFloat, op, ": dtype must be float64 or float32, got ",
+                   dtype);
   const auto xc = x.contiguous();
   auto out = at::empty(x.sizes(), x.options().dtype(dtype));
   const int64_t n = x.size(-1);
@@ -416,34 +429,134 @@ int64_t zstride(int64_t n) {
   return n + kTile<T>;
 }
 
+// What direct_transpose found in one pattern set: the first pattern (condition) whose distances are
+// undefined, if any, and the power of two the set was scaled by.
+enum class PatternIssue { kNone, kNonFinite, kConstant, kZero };
+struct PreparedSet {
+  PatternIssue issue = PatternIssue::kNone;
+  int64_t pattern = -1;
+  int exponent = 0;  // euclidean: the set was multiplied by 2^-exponent, so its distances by 4^-exponent
+};
+
+// e such that 2^-e brings maxabs into [0.5, 1) where sums of `terms` squares of values up to maxabs could
+// overflow R, or lose to underflow products above eps * maxabs^2 (the bounds of the Python API's
+// _safe_magnitudes); 0 where they cannot, so that ordinary data is computed exactly as given. |e| <= 1022
+// keeps 2^-e a normal double.
+template <typename R>
+int scale_exponent(double maxabs, int64_t terms) {
+  using L = std::numeric_limits<R>;
+  const double t = static_cast<double>(terms);
+  const double lo = std::sqrt(t * static_cast<double>(L::min()) / static_cast<double>(L::epsilon()));
+  const double hi = std::sqrt(static_cast<double>(L::max()) / (32.0 * t));
+  if (maxabs == 0.0 || (maxabs >= lo && maxabs <= hi)) return 0;
+  int e = 0;
+  std::frexp(maxabs, &e);
+  return std::clamp(e, -1022, 1022);
+}
+
+// The first of `rows` rows of p values that holds NaN or inf, or -1. Called only when a sum over the values
+// is not finite (NaN and inf reach it), which finite values can also cause by overflowing.
+template <typename T>
+int64_t first_non_finite(const T* x, int64_t rows, int64_t p) {
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t k = 0; k < p; ++k) {
+      if (!std::isfinite(static_cast<double>(x[i * p + k]))) return i;
+    }
+  }
+  return -1;
+}
+
 // One pattern set xb (n, p) -> z (p, zstride(n)): normalised rows (correlation: centred first; cosine)
 // or column-centred (euclidean), transposed so that the pair loops read contiguous conditions.
+// Correlation and cosine distances do not depend on a pattern's scale, so a pattern whose sums of squares
+// would overflow or underflow in double is multiplied by an exact power of two first (exact at any finite
+// magnitude); euclidean distances of x * 2^-e are 4^-e times those of x, so one e serves the whole set and
+// the caller scales the distances back. Exceptions cannot leave the OpenMP loops that call this, so a
+// pattern without distances (NaN / inf; constant for correlation; all zeros for cosine) is returned for
+// the caller to raise. For correlation and cosine the range that decides both comes out of the pass that
+// was already there (the mean's; cosine's sum of squares); euclidean's, over the whole set, is one
+// contiguous pass before the column passes.
 template <typename T>
-void direct_transpose(const T* xb, T* z, int64_t n, int64_t p, int64_t method) {
+PreparedSet direct_transpose(const T* xb, T* z, int64_t n, int64_t p, int64_t method) {
   const int64_t zs = zstride<T>(n);
   for (int64_t k = 0; k < p; ++k) std::fill(z + k * zs + n, z + (k + 1) * zs, T(0));
+  PreparedSet set;
+  const auto refuse = [&set](PatternIssue issue, int64_t i) {
+    set.issue = issue;
+    set.pattern = i;
+    return set;
+  };
   if (method == 2) {
+    double maxabs = 0.0, sum = 0.0;
+    for (int64_t u = 0; u < n * p; ++u) {
+      const double v = xb[u];
+      maxabs = std::max(maxabs, std::fabs(v));
+      sum += v;
+    }
+    if (!std::isfinite(sum)) {
+      const int64_t bad = first_non_finite(xb, n, p);
+      if (bad >= 0) return refuse(PatternIssue::kNonFinite, bad);
+    }
+    set.exponent = scale_exponent<T>(maxabs, p);
+    const double f = std::ldexp(1.0, -set.exponent);
     for (int64_t k = 0; k < p; ++k) {
       double mean = 0.0;
-      for (int64_t i = 0; i < n; ++i) mean += xb[i * p + k];
+      for (int64_t i = 0; i < n; ++i) mean += xb[i * p + k] * f;
       mean /= static_cast<double>(n);
-      for (int64_t i = 0; i < n; ++i) z[k * zs + i] = static_cast<T>(xb[i * p + k] - mean);
+      for (int64_t i = 0; i < n; ++i) z[k * zs + i] = static_cast<T>(xb[i * p + k] * f - mean);
     }
-    return;
+    return set;
   }
   for (int64_t i = 0; i < n; ++i) {
-    double mean = 0.0;
-    if (method == 0) {
-      for (int64_t k = 0; k < p; ++k) mean += xb[i * p + k];
-      mean /= static_cast<double>(p);
-    }
-    double ss = 0.0;
+    const T* row = xb + i * p;
+    double lo = row[0], hi = row[0], sum = 0.0, sq = 0.0;
     for (int64_t k = 0; k < p; ++k) {
-      const double v = xb[i * p + k] - mean;
-      ss += v * v;
+      const double v = row[k];
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
+      sum += v;
+      sq += v * v;
+    }
+    if (!std::isfinite(sum + sq) && first_non_finite(row, 1, p) == 0) return refuse(PatternIssue::kNonFinite, i);
+    if (method == 0 && lo == hi) return refuse(PatternIssue::kConstant, i);
+    if (method == 1 && lo == 0.0 && hi == 0.0) return refuse(PatternIssue::kZero, i);
+    const int e = scale_exponent<double>(std::max(hi, -lo), p);
+    const double f = std::ldexp(1.0, -e);
+    if (e != 0) {  // extreme magnitudes only: the sums again, of the scaled values
+      sum = 0.0, sq = 0.0;
+      for (int64_t k = 0; k < p; ++k) {
+        const double v = row[k] * f;
+        sum += v;
+        sq += v * v;
+      }
+    }
+    const double mean = method == 0 ? sum / static_cast<double>(p) : 0.0;
+    double ss = sq;  // cosine's; correlation's is taken around the mean (no cancellation)
+    if (method == 0) {
+      ss = 0.0;
+      for (int64_t k = 0; k < p; ++k) {
+        const double v = row[k] * f - mean;
+        ss += v * v;
+      }
     }
     const double inv = 1.0 / std::sqrt(ss);
-    for (int64_t k = 0; k < p; ++k) z[k * zs + i] = static_cast<T>((xb[i * p + k] - mean) * inv);
+    for (int64_t k = 0; k < p; ++k) z[k * zs + i] = static_cast<T>((row[k] * f - mean) * inv);
+  }
+  return set;
+}
+
+// Raises the ValueError for the first pattern set that direct_transpose refused, naming x and the pattern.
+void check_prepared(const char* op, const std::vector<PreparedSet>& sets) {
+  for (size_t b = 0; b < sets.size(); ++b) {
+    const PreparedSet& s = sets[b];
+    TORCH_CHECK_VALUE(s.issue != PatternIssue::kNonFinite, op, ": x[", b, ", ", s.pattern,
+                      "] contains NaN or inf; expected finite values");
+    TORCH_CHECK_VALUE(s.issue != PatternIssue::kConstant, op, ": x[", b, ", ", s.pattern,
+                      "] is a constant pattern; its correlation distance (method 0) is undefined, expected at ",
+                      "least two distinct values per pattern");
+    TORCH_CHECK_VALUE(s.issue != PatternIssue::kZero, op, ": x[", b, ", ", s.pattern,
+                      "] is an all-zero pattern; its cosine distance (method 1) is undefined, expected a nonzero ",
+                      "value in every pattern");
   }
 }
 
@@ -524,8 +637,10 @@ void rdm_direct(const T* x, T* out, int64_t batch, int64_t n, int64_t p, int64_t
   const int64_t zsize = p * zstride<T>(n);
   std::unique_ptr<T[]> zt(new T[static_cast<size_t>(batch * zsize)]);  // fully written below
   const bool parallel = batch * n * n * p > kParallelWork;
+  std::vector<PreparedSet> sets(static_cast<size_t>(batch));
 #pragma omp parallel for schedule(static) if (parallel && batch > 1)
-  for (int64_t b = 0; b < batch; ++b) direct_transpose(x + b * n * p, zt.get() + b * zsize, n, p, method);
+  for (int64_t b = 0; b < batch; ++b) sets[b] = direct_transpose(x + b * n * p, zt.get() + b * zsize, n, p, method);
+  check_prepared("rsa_rdm_direct", sets);
   const int64_t blocks = (n - 1 + kRows - 1) / kRows;
 #pragma omp parallel for collapse(2) schedule(dynamic, 4) if (parallel)
   for (int64_t b = 0; b < batch; ++b) {
@@ -533,20 +648,36 @@ void rdm_direct(const T* x, T* out, int64_t batch, int64_t n, int64_t p, int64_t
       direct_rows(zt.get() + b * zsize, n, p, method, blk * kRows, out + b * k_total);
     }
   }
+  // euclidean sets that were scaled (extreme magnitudes only) get their distances back, exactly; one that
+  // exceeds T's range has no representable RDM
+  for (int64_t b = 0; b < batch; ++b) {
+    const int e = sets[b].exponent;
+    if (e == 0) continue;
+    T* o = out + b * k_total;
+    bool finite = true;
+    for (int64_t k = 0; k < k_total; ++k) {
+      o[k] = std::ldexp(o[k], 2 * e);
+      finite &= std::isfinite(o[k]);
+    }
+    TORCH_CHECK_VALUE(finite, "rsa_rdm_direct: the euclidean distances of x[", b, "] exceed the largest ",
+                      c10::CppTypeToScalarType<T>::value, " (", std::numeric_limits<T>::max(),
+                      "); expected patterns whose distances fit (rescale them, or use float64)");
+  }
 }
 
 at::Tensor rdm_direct_cpu(const at::Tensor& x, int64_t method) {
-  TORCH_CHECK(x.device().is_cpu(), "rsa_rdm_direct: x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.dim() == 3, "rsa_rdm_direct: x must be (B, n, p), got ", x.sizes());
-  TORCH_CHECK(method >= 0 && method <= 2, "rsa_rdm_direct: method must be 0, 1 or 2, got ", method);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "rsa_rdm_direct: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK_VALUE(x.dim() == 3, "rsa_rdm_direct: x must be (B, n, p), got ", x.sizes());
+  TORCH_CHECK_VALUE(method >= 0 && method <= 2, "rsa_rdm_direct: method must be 0, 1 or 2, got ", method);
   const int64_t batch = x.size(0), n = x.size(1), p = x.size(2);
-  TORCH_CHECK(n >= 2 && p >= 1, "rsa_rdm_direct: need n >= 2 conditions and p >= 1 features, got ", x.sizes());
+  TORCH_CHECK_VALUE(n >= 2 && p >= 1, "rsa_rdm_direct: need n >= 2 conditions and p >= 1 features, got ",
+                    x.sizes());
   const auto xc = x.contiguous();
   auto out = at::empty({batch, n * (n - 1) / 2}, x.options());
   switch (x.scalar_type()) {
     case at::kDouble: rdm_direct(xc.data_ptr<double>(), out.data_ptr<double>(), batch, n, p, method); break;
     case at::kFloat: rdm_direct(xc.data_ptr<float>(), out.data_ptr<float>(), batch, n, p, method); break;
-    default: TORCH_CHECK(false, "rsa_rdm_direct: x must be float64 or float32, got ", x.scalar_type());
+    default: TORCH_CHECK_TYPE(false, "rsa_rdm_direct: x must be float64 or float32, got ", x.scalar_type());
   }
   return out;
 }
@@ -577,6 +708,7 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
                  int64_t rdm_method, int64_t compare) {
   const int64_t k_total = n * (n - 1) / 2;
   const int64_t blocks = (n - 1 + kRows - 1) / kRows;
+  std::vector<PreparedSet> sets(static_cast<size_t>(batch));
 #pragma omp parallel if (batch > 1 && batch * n * n * p > kParallelWork)
   {
     std::vector<T> z(static_cast<size_t>(p * zstride<T>(n))), d(static_cast<size_t>(k_total));
@@ -584,12 +716,15 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
     RowSorter<T> sorter;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < batch; ++b) {
-      direct_transpose(x + b * n * p, z.data(), n, p, rdm_method);
+      sets[b] = direct_transpose(x + b * n * p, z.data(), n, p, rdm_method);
+      if (sets[b].issue != PatternIssue::kNone) continue;  // raised below, outside the parallel region
       for (int64_t blk = 0; blk < blocks; ++blk) direct_rows(z.data(), n, p, rdm_method, blk * kRows, d.data());
-      // distances that overflowed (inf) or came from inf - inf (NaN): no statistic, as compare_rdms
-      // rejects such RDMs; NaN here becomes the caller's error
+      // Every compare method is invariant to a positive factor on the RDM, so a scaled euclidean set is
+      // compared at its scale; distances that exceed T's range at the data's scale (d * 4^e, exactly)
+      // have no statistic, as compare_rdms rejects such RDMs: NaN here becomes the caller's error.
+      const T limit = std::ldexp(std::numeric_limits<T>::max(), -2 * sets[b].exponent);  // inf for e < 0
       const T* dr0 = d.data();
-      if (sum_lanes(k_total, [dr0](int64_t k) { return std::isfinite(dr0[k]) ? 0.0 : 1.0; }) > 0) {
+      if (sum_lanes(k_total, [dr0, limit](int64_t k) { return dr0[k] <= limit ? 0.0 : 1.0; }) > 0) {
         for (int64_t mm = 0; mm < models; ++mm) out[b * models + mm] = std::nan("");
         continue;
       }
@@ -616,19 +751,22 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
       }
     }
   }
+  check_prepared("rsa_rdm_compare", sets);
 }
 
 at::Tensor rdm_compare_cpu(const at::Tensor& x, const at::Tensor& w, int64_t rdm_method, int64_t compare) {
-  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "rsa_rdm_compare: x and w must be CPU tensors, got ",
-              x.device(), " and ", w.device());
-  TORCH_CHECK(x.dim() == 3, "rsa_rdm_compare: x must be (B, n, p), got ", x.sizes());
-  TORCH_CHECK(rdm_method >= 0 && rdm_method <= 2, "rsa_rdm_compare: rdm_method must be 0, 1 or 2, got ", rdm_method);
-  TORCH_CHECK(compare >= 0 && compare <= 3, "rsa_rdm_compare: compare must be 0, 1, 2 or 3, got ", compare);
+  TORCH_CHECK_VALUE(x.device().is_cpu() && w.device().is_cpu(),
+                    "rsa_rdm_compare: x and w must be CPU tensors, got ", x.device(), " and ", w.device());
+  TORCH_CHECK_VALUE(x.dim() == 3, "rsa_rdm_compare: x must be (B, n, p), got ", x.sizes());
+  TORCH_CHECK_VALUE(rdm_method >= 0 && rdm_method <= 2, "rsa_rdm_compare: rdm_method must be 0, 1 or 2, got ",
+                    rdm_method);
+  TORCH_CHECK_VALUE(compare >= 0 && compare <= 3, "rsa_rdm_compare: compare must be 0, 1, 2 or 3, got ", compare);
   const int64_t batch = x.size(0), n = x.size(1), p = x.size(2);
-  TORCH_CHECK(n >= 3 && p >= 1, "rsa_rdm_compare: need n >= 3 conditions and p >= 1 features, got ", x.sizes());
-  TORCH_CHECK(w.dim() == 2 && w.size(1) == n * (n - 1) / 2,
-              "rsa_rdm_compare: w must be (M, ", n * (n - 1) / 2, ") for x's ", n, " conditions, got ", w.sizes());
-  TORCH_CHECK(w.scalar_type() == at::kDouble, "rsa_rdm_compare: w must be float64, got ", w.scalar_type());
+  TORCH_CHECK_VALUE(n >= 3 && p >= 1, "rsa_rdm_compare: need n >= 3 conditions and p >= 1 features, got ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == n * (n - 1) / 2, "rsa_rdm_compare: w must be (M, ",
+                    n * (n - 1) / 2, ") for x's ", n, " conditions, got ", w.sizes());
+  TORCH_CHECK_TYPE(w.scalar_type() == at::kDouble, "rsa_rdm_compare: w must be float64, got ", w.scalar_type());
   const auto xc = x.contiguous();
   const auto wc = w.contiguous();
   auto out = at::empty({batch, w.size(0)}, x.options().dtype(at::kDouble));
@@ -641,7 +779,7 @@ at::Tensor rdm_compare_cpu(const at::Tensor& x, const at::Tensor& w, int64_t rdm
       rdm_compare(xc.data_ptr<float>(), wc.data_ptr<double>(), out.data_ptr<double>(), batch, n, p, w.size(0),
                   rdm_method, compare);
       break;
-    default: TORCH_CHECK(false, "rsa_rdm_compare: x must be float64 or float32, got ", x.scalar_type());
+    default: TORCH_CHECK_TYPE(false, "rsa_rdm_compare: x must be float64 or float32, got ", x.scalar_type());
   }
   return out;
 }
@@ -676,24 +814,27 @@ void check_permutations(const char* op, const int64_t* perms, int64_t n_perm, in
   for (int64_t p = 0; p < n_perm; ++p) {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t v = perms[p * n + i];
-      TORCH_CHECK(v >= 0 && v < n, op, ": perms row ", p, " is not a permutation of 0..", n - 1, ": entry ", i,
-                  " is ", v, ", outside [0, ", n, ")");
-      TORCH_CHECK(stamp[v] != p, op, ": perms row ", p, " is not a permutation of 0..", n - 1, ": index ", v,
-                  " repeats (entry ", i, ")");
+      TORCH_CHECK_VALUE(v >= 0 && v < n, op, ": perms row ", p, " is not a permutation of 0..", n - 1, ": entry ",
+                        i, " is ", v, ", outside [0, ", n, ")");
+      TORCH_CHECK_VALUE(stamp[v] != p, op, ": perms row ", p, " is not a permutation of 0..", n - 1, ": index ",
+                        v, " repeats (entry ", i, ")");
       stamp[v] = p;
     }
   }
 }
 
 at::Tensor permute_condensed_cpu(const at::Tensor& src, const at::Tensor& perms) {
-  TORCH_CHECK(src.device().is_cpu() && perms.device().is_cpu(),
-              "rsa_permute_condensed: src and perms must be CPU tensors, got ", src.device(), " and ", perms.device());
-  TORCH_CHECK(src.dim() == 2, "rsa_permute_condensed: src must be (B, K), got ", src.sizes());
-  TORCH_CHECK(perms.dim() == 2 && perms.scalar_type() == at::kLong,
-              "rsa_permute_condensed: perms must be (P, n) int64, got ", perms.sizes(), " ", perms.scalar_type());
+  TORCH_CHECK_VALUE(src.device().is_cpu() && perms.device().is_cpu(),
+                    "rsa_permute_condensed: src and perms must be CPU tensors, got ", src.device(), " and ",
+                    perms.device());
+  TORCH_CHECK_VALUE(src.dim() == 2, "rsa_permute_condensed: src must be (B, K), got ", src.sizes());
+  TORCH_CHECK_TYPE(perms.scalar_type() == at::kLong, "rsa_permute_condensed: perms must be (P, n) int64, got ",
+                   perms.sizes(), " ", perms.scalar_type());
+  TORCH_CHECK_VALUE(perms.dim() == 2, "rsa_permute_condensed: perms must be (P, n) int64, got ", perms.sizes(), " ",
+                    perms.scalar_type());
   const int64_t n = perms.size(1), k = src.size(1);
-  TORCH_CHECK(n >= 2 && n * (n - 1) / 2 == k, "rsa_permute_condensed: src (B, K) must hold n(n-1)/2 = ",
-              n * (n - 1) / 2, " pairs for perms of n = ", n, " conditions (n >= 2), got K = ", k);
+  TORCH_CHECK_VALUE(n >= 2 && n * (n - 1) / 2 == k, "rsa_permute_condensed: src (B, K) must hold n(n-1)/2 = ",
+                    n * (n - 1) / 2, " pairs for perms of n = ", n, " conditions (n >= 2), got K = ", k);
   const auto pc = perms.contiguous();
   check_permutations("rsa_permute_condensed", pc.data_ptr<int64_t>(), perms.size(0), n);
   const auto sc = src.contiguous();
@@ -707,7 +848,8 @@ at::Tensor permute_condensed_cpu(const at::Tensor& src, const at::Tensor& perms)
       permute_condensed(sc.data_ptr<float>(), pc.data_ptr<int64_t>(), out.data_ptr<float>(), perms.size(0),
                         src.size(0), n);
       break;
-    default: TORCH_CHECK(false, "rsa_permute_condensed: src must be float64 or float32, got ", src.scalar_type());
+    default:
+      TORCH_CHECK_TYPE(false, "rsa_permute_condensed: src must be float64 or float32, got ", src.scalar_type());
   }
   return out;
 }
@@ -789,27 +931,30 @@ void tau_a_pairs(const T* a, const T* b, const int64_t* ia, const int64_t* ib, d
 void check_row_indices(const char* op, const char* name, const at::Tensor& idx, int64_t rows, const char* of) {
   if (idx.numel() == 0) return;
   const int64_t lo = idx.min().item<int64_t>(), hi = idx.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0 && hi < rows, op, ": ", name, " indexes rows of ", of, " and must lie in [0, ", rows,
-              "), got values in [", lo, ", ", hi, "]");
+  TORCH_CHECK_VALUE(lo >= 0 && hi < rows, op, ": ", name, " indexes rows of ", of, " and must lie in [0, ", rows,
+                    "), got values in [", lo, ", ", hi, "]");
 }
 
 at::Tensor kendall_tau_a_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& ia, const at::Tensor& ib) {
-  TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && ia.device().is_cpu() && ib.device().is_cpu(),
-              "rsa_kendall_tau_a: a, b, ia and ib must be CPU tensors, got ", a.device(), ", ", b.device(), ", ",
-              ia.device(), " and ", ib.device());
-  TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1),
-              "rsa_kendall_tau_a: a must be (Ba, K) and b (Bb, K) with one K, got ", a.sizes(), " and ", b.sizes());
-  TORCH_CHECK(a.scalar_type() == b.scalar_type() && (a.scalar_type() == at::kDouble || a.scalar_type() == at::kFloat),
-              "rsa_kendall_tau_a: a and b must be both float64 or both float32, got ", a.scalar_type(), " and ",
-              b.scalar_type());
-  TORCH_CHECK(ia.dim() == 1 && ib.dim() == 1 && ia.size(0) == ib.size(0),
-              "rsa_kendall_tau_a: ia and ib must be vectors of one length, got ", ia.sizes(), " and ", ib.sizes());
-  TORCH_CHECK(ia.scalar_type() == at::kLong && ib.scalar_type() == at::kLong,
-              "rsa_kendall_tau_a: ia and ib must be int64, got ", ia.scalar_type(), " and ", ib.scalar_type());
+  TORCH_CHECK_VALUE(a.device().is_cpu() && b.device().is_cpu() && ia.device().is_cpu() && ib.device().is_cpu(),
+                    "rsa_kendall_tau_a: a, b, ia and ib must be CPU tensors, got ", a.device(), ", ", b.device(),
+                    ", ", ia.device(), " and ", ib.device());
+  TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1),
+                    "rsa_kendall_tau_a: a must be (Ba, K) and b (Bb, K) with one K, got ", a.sizes(), " and ",
+                    b.sizes());
+  const auto ta = a.scalar_type();
+  TORCH_CHECK_TYPE(ta == b.scalar_type() && (ta == at::kDouble || ta == at::kFloat),
+                   "rsa_kendall_tau_a: a and b must be both float64 or both float32, got ", ta, " and ",
+                   b.scalar_type());
+  TORCH_CHECK_VALUE(ia.dim() == 1 && ib.dim() == 1 && ia.size(0) == ib.size(0),
+                    "rsa_kendall_tau_a: ia and ib must be vectors of one length, got ", ia.sizes(), " and ",
+                    ib.sizes());
+  TORCH_CHECK_TYPE(ia.scalar_type() == at::kLong && ib.scalar_type() == at::kLong,
+                   "rsa_kendall_tau_a: ia and ib must be int64, got ", ia.scalar_type(), " and ", ib.scalar_type());
   check_row_indices("rsa_kendall_tau_a", "ia", ia, a.size(0), "a");
   check_row_indices("rsa_kendall_tau_a", "ib", ib, b.size(0), "b");
   const int64_t n = a.size(1);
-  TORCH_CHECK(n >= 2, "rsa_kendall_tau_a: need K >= 2 entries per row, got ", n);
+  TORCH_CHECK_VALUE(n >= 2, "rsa_kendall_tau_a: need K >= 2 entries per row, got ", n);
   const auto ac = a.contiguous(), bc = b.contiguous(), iac = ia.contiguous(), ibc = ib.contiguous();
   auto out = at::empty({ia.size(0)}, a.options().dtype(at::kDouble));
   switch (a.scalar_type()) {

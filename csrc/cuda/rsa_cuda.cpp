@@ -1,5 +1,8 @@
 // CUDA implementations of the fastalign::rsa_* ops (schemas in csrc/rsa.cpp): input checks, the sort
-// (ATen's segmented sort), and launches of the kernels in kernels/rsa.cu on the current stream.
+// (ATen's segmented sort), and launches of the kernels in kernels/rsa.cu on the current stream. As on the
+// CPU, bad operands raise ValueError (TORCH_CHECK_VALUE) or TypeError (TORCH_CHECK_TYPE: dtypes), and
+// TORCH_CHECK (RuntimeError) is for what the caller cannot cause (a failed launch). A constant row's
+// normalised centred ranks are NaN (0 / 0), as on the CPU.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
@@ -15,11 +18,11 @@ void check_launch(cudaError_t err, const char* what) {
 
 // The checks of csrc/rsa.cpp's ranks_impl, under the name of the op that was called.
 at::Tensor ranks_cuda(const char* op, const at::Tensor& x) {
-  TORCH_CHECK(x.is_cuda(), op, ": x must be a CUDA tensor, got ", x.device());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least 1 dim, got a 0-dim tensor");
+  TORCH_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor, got ", x.device());
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least 1 dim, got a 0-dim tensor");
   const auto t = x.scalar_type();
-  TORCH_CHECK(t == at::kDouble || t == at::kFloat || t == at::kLong || t == at::kInt, op,
-              ": x must be float64, float32, int64 or int32, got ", t);
+  TORCH_CHECK_TYPE(t == at::kDouble || t == at::kFloat || t == at::kLong || t == at::kInt, op,
+                   ": x must be float64, float32, int64 or int32, got ", t);
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty(x.sizes(), x.options().dtype(at::kDouble));
   const int64_t n = x.size(-1);
@@ -57,8 +60,8 @@ at::Tensor ranks_cuda(const char* op, const at::Tensor& x) {
 at::Tensor rank_cuda(const at::Tensor& x) { return ranks_cuda("rsa_rank", x); }
 
 at::Tensor centered_ranks_cuda(const at::Tensor& x, bool normalize, at::ScalarType dtype) {
-  TORCH_CHECK(dtype == at::kDouble || dtype == at::kFloat,
-              "rsa_centered_ranks: dtype must be float64 or float32, got ", dtype);
+  TORCH_CHECK_TYPE(dtype == at::kDouble || dtype == at::kFloat,
+                   "rsa_centered_ranks: dtype must be float64 or float32, got ", dtype);
   auto r = ranks_cuda("rsa_centered_ranks", x);
   r.sub_(static_cast<double>(x.size(-1) + 1) * 0.5);  // the mean of average ranks, exactly
   if (normalize) r.div_(r.norm(2, -1, /*keepdim=*/true));
@@ -74,22 +77,24 @@ void check_permutations(const char* op, const at::Tensor& pc, int64_t n) {
   const auto bad = sorted.ne(at::arange(n, pc.options()).unsqueeze(0)).any(1);
   if (!bad.any().item<bool>()) return;
   const int64_t row = bad.nonzero()[0][0].item<int64_t>();
-  TORCH_CHECK(false, op, ": perms row ", row, " is not a permutation of 0..", n - 1, ": an index repeats or lies ",
-              "outside [0, ", n, ")");
+  TORCH_CHECK_VALUE(false, op, ": perms row ", row, " is not a permutation of 0..", n - 1,
+                    ": an index repeats or lies outside [0, ", n, ")");
 }
 
 at::Tensor permute_condensed_cuda(const at::Tensor& src, const at::Tensor& perms) {
-  TORCH_CHECK(src.is_cuda() && perms.is_cuda() && src.device() == perms.device(),
-              "rsa_permute_condensed: src and perms must be CUDA tensors on one device, got ", src.device(), " and ",
-              perms.device());
-  TORCH_CHECK(src.dim() == 2, "rsa_permute_condensed: src must be (B, K), got ", src.sizes());
-  TORCH_CHECK(perms.dim() == 2 && perms.scalar_type() == at::kLong,
-              "rsa_permute_condensed: perms must be (P, n) int64, got ", perms.sizes(), " ", perms.scalar_type());
+  TORCH_CHECK_VALUE(src.is_cuda() && perms.is_cuda() && src.device() == perms.device(),
+                    "rsa_permute_condensed: src and perms must be CUDA tensors on one device, got ", src.device(),
+                    " and ", perms.device());
+  TORCH_CHECK_VALUE(src.dim() == 2, "rsa_permute_condensed: src must be (B, K), got ", src.sizes());
+  TORCH_CHECK_TYPE(perms.scalar_type() == at::kLong, "rsa_permute_condensed: perms must be (P, n) int64, got ",
+                   perms.sizes(), " ", perms.scalar_type());
+  TORCH_CHECK_VALUE(perms.dim() == 2, "rsa_permute_condensed: perms must be (P, n) int64, got ", perms.sizes(), " ",
+                    perms.scalar_type());
   const int64_t n = perms.size(1), k = src.size(1);
-  TORCH_CHECK(n >= 2 && n * (n - 1) / 2 == k, "rsa_permute_condensed: src (B, K) must hold n(n-1)/2 = ",
-              n * (n - 1) / 2, " pairs for perms of n = ", n, " conditions (n >= 2), got K = ", k);
-  TORCH_CHECK(perms.size(0) <= 65535, "rsa_permute_condensed: at most 65535 permutations per call (chunk them), got ",
-              perms.size(0));
+  TORCH_CHECK_VALUE(n >= 2 && n * (n - 1) / 2 == k, "rsa_permute_condensed: src (B, K) must hold n(n-1)/2 = ",
+                    n * (n - 1) / 2, " pairs for perms of n = ", n, " conditions (n >= 2), got K = ", k);
+  TORCH_CHECK_VALUE(perms.size(0) <= 65535,
+                    "rsa_permute_condensed: at most 65535 permutations per call (chunk them), got ", perms.size(0));
   const c10::cuda::CUDAGuard guard(src.device());
   const auto pc = perms.contiguous();
   check_permutations("rsa_permute_condensed", pc, n);
@@ -106,7 +111,8 @@ at::Tensor permute_condensed_cuda(const at::Tensor& src, const at::Tensor& perms
       err = launch_rsa_permute_condensed(sc.data_ptr<float>(), pc.data_ptr<int64_t>(), out.data_ptr<float>(),
                                          perms.size(0), src.size(0), n, stream);
       break;
-    default: TORCH_CHECK(false, "rsa_permute_condensed: src must be float64 or float32, got ", src.scalar_type());
+    default:
+      TORCH_CHECK_TYPE(false, "rsa_permute_condensed: src must be float64 or float32, got ", src.scalar_type());
   }
   check_launch(err, "rsa_permute_condensed");
   return out;

@@ -1,9 +1,10 @@
-"""The compiled ops under torch.ops.fastalign are public: every bad input is a RuntimeError that names the
-op and the argument (never a read outside a tensor or undefined behaviour), and valid input gives what
-the Python API gives."""
+"""The compiled ops under torch.ops.fastalign are public: every bad input is a ValueError (shapes, values)
+or TypeError (dtypes) that names the op and the argument (never a read outside a tensor or undefined
+behaviour), and valid input gives what the Python API gives."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -33,130 +34,225 @@ K6 = torch.rand(2, 6, dtype=F64)  # condensed RDMs of 4 conditions
 X = torch.rand(2, 5, 3, dtype=F64)  # 2 pattern sets of 5 conditions x 3 features
 W = torch.rand(3, 10, dtype=F64)  # 3 model vectors over 5 conditions' 10 pairs
 
-# (op, args, message regex)
-BAD: list[tuple[str, Callable[[], tuple], str]] = [
-    ("rsa_rank", lambda: (torch.tensor(1.0),), r"rsa_rank: x must have at least 1 dim"),
-    ("rsa_rank", lambda: (torch.ones(3, dtype=torch.bool),), r"rsa_rank: x must be float64.*got Bool"),
-    ("rsa_rank", lambda: (torch.ones(3, dtype=torch.float16),), r"rsa_rank: x must be float64.*got Half"),
-    # an empty tensor is checked too (it used to come back as float64 ranks of nothing)
-    ("rsa_rank", lambda: (torch.empty(0, dtype=torch.uint8),), r"rsa_rank: x must be float64.*got Byte"),
+# (the exception: ValueError for bad shapes and values, TypeError for bad dtypes; op, args, message regex)
+BAD: list[tuple[type[Exception], str, Callable[[], tuple], str]] = [
+    (ValueError, "rsa_rank", lambda: (torch.tensor(1.0),), r"rsa_rank: x must have at least 1 dim"),
     (
+        TypeError,
+        "rsa_rank",
+        lambda: (torch.ones(3, dtype=torch.bool),),
+        r"rsa_rank: x must be float64.*got Bool",
+    ),
+    (
+        TypeError,
+        "rsa_rank",
+        lambda: (torch.ones(3, dtype=torch.float16),),
+        r"rsa_rank: x must be float64.*got Half",
+    ),
+    # an empty tensor is checked too (it used to come back as float64 ranks of nothing)
+    (
+        TypeError,
+        "rsa_rank",
+        lambda: (torch.empty(0, dtype=torch.uint8),),
+        r"rsa_rank: x must be float64.*got Byte",
+    ),
+    (
+        ValueError,
         "rsa_centered_ranks",
         lambda: (torch.tensor(1.0), True, F64),
         r"rsa_centered_ranks: x must have at least",
     ),
     (
+        TypeError,
         "rsa_centered_ranks",
         lambda: (torch.ones(3, dtype=torch.int16), True, F64),
         r"rsa_centered_ranks: x must be float64, float32, int64 or int32, got Short",
     ),
     (
+        TypeError,
         "rsa_centered_ranks",
         lambda: (torch.ones(3), True, torch.int64),
         r"rsa_centered_ranks: dtype must be float64 or float32, got Long",
     ),
-    ("rsa_rdm_direct", lambda: (X[0], 0), r"rsa_rdm_direct: x must be \(B, n, p\), got \[5, 3\]"),
-    ("rsa_rdm_direct", lambda: (X, 3), r"rsa_rdm_direct: method must be 0, 1 or 2, got 3"),
-    ("rsa_rdm_direct", lambda: (X, -1), r"rsa_rdm_direct: method must be 0, 1 or 2, got -1"),
-    ("rsa_rdm_direct", lambda: (X[:, :1], 0), r"rsa_rdm_direct: need n >= 2 conditions"),
-    ("rsa_rdm_direct", lambda: (X[..., :0], 0), r"rsa_rdm_direct: need .* p >= 1 features"),
-    ("rsa_rdm_direct", lambda: (X.long(), 0), r"rsa_rdm_direct: x must be float64 or float32, got Long"),
-    ("rsa_rdm_compare", lambda: (X[0], W, 0, 0), r"rsa_rdm_compare: x must be \(B, n, p\)"),
-    ("rsa_rdm_compare", lambda: (X, W, 3, 0), r"rsa_rdm_compare: rdm_method must be 0, 1 or 2, got 3"),
-    ("rsa_rdm_compare", lambda: (X, W, 0, 4), r"rsa_rdm_compare: compare must be 0, 1, 2 or 3, got 4"),
-    ("rsa_rdm_compare", lambda: (X, W, 0, -1), r"rsa_rdm_compare: compare must be 0, 1, 2 or 3, got -1"),
-    ("rsa_rdm_compare", lambda: (X[:, :2], W[:, :1], 0, 0), r"rsa_rdm_compare: need n >= 3 conditions"),
-    ("rsa_rdm_compare", lambda: (X, W[:, :6], 0, 0), r"rsa_rdm_compare: w must be \(M, 10\) for x's 5 cond"),
-    ("rsa_rdm_compare", lambda: (X, W[0], 0, 0), r"rsa_rdm_compare: w must be \(M, 10\)"),
-    ("rsa_rdm_compare", lambda: (X, W.float(), 0, 0), r"rsa_rdm_compare: w must be float64, got Float"),
+    (ValueError, "rsa_rdm_direct", lambda: (X[0], 0), r"rsa_rdm_direct: x must be \(B, n, p\), got \[5, 3\]"),
+    (ValueError, "rsa_rdm_direct", lambda: (X, 3), r"rsa_rdm_direct: method must be 0, 1 or 2, got 3"),
+    (ValueError, "rsa_rdm_direct", lambda: (X, -1), r"rsa_rdm_direct: method must be 0, 1 or 2, got -1"),
+    (ValueError, "rsa_rdm_direct", lambda: (X[:, :1], 0), r"rsa_rdm_direct: need n >= 2 conditions"),
+    (ValueError, "rsa_rdm_direct", lambda: (X[..., :0], 0), r"rsa_rdm_direct: need .* p >= 1 features"),
     (
+        TypeError,
+        "rsa_rdm_direct",
+        lambda: (X.long(), 0),
+        r"rsa_rdm_direct: x must be float64 or float32, got Long",
+    ),
+    (ValueError, "rsa_rdm_compare", lambda: (X[0], W, 0, 0), r"rsa_rdm_compare: x must be \(B, n, p\)"),
+    (
+        ValueError,
+        "rsa_rdm_compare",
+        lambda: (X, W, 3, 0),
+        r"rsa_rdm_compare: rdm_method must be 0, 1 or 2, got 3",
+    ),
+    (
+        ValueError,
+        "rsa_rdm_compare",
+        lambda: (X, W, 0, 4),
+        r"rsa_rdm_compare: compare must be 0, 1, 2 or 3, got 4",
+    ),
+    (
+        ValueError,
+        "rsa_rdm_compare",
+        lambda: (X, W, 0, -1),
+        r"rsa_rdm_compare: compare must be 0, 1, 2 or 3, got -1",
+    ),
+    (
+        ValueError,
+        "rsa_rdm_compare",
+        lambda: (X[:, :2], W[:, :1], 0, 0),
+        r"rsa_rdm_compare: need n >= 3 conditions",
+    ),
+    (
+        ValueError,
+        "rsa_rdm_compare",
+        lambda: (X, W[:, :6], 0, 0),
+        r"rsa_rdm_compare: w must be \(M, 10\) for x's 5 cond",
+    ),
+    (ValueError, "rsa_rdm_compare", lambda: (X, W[0], 0, 0), r"rsa_rdm_compare: w must be \(M, 10\)"),
+    (
+        TypeError,
+        "rsa_rdm_compare",
+        lambda: (X, W.float(), 0, 0),
+        r"rsa_rdm_compare: w must be float64, got Float",
+    ),
+    (
+        TypeError,
         "rsa_rdm_compare",
         lambda: (X.long(), W, 0, 0),
         r"rsa_rdm_compare: x must be float64 or float32, got Long",
     ),
-    ("rsa_kendall_tau_a", lambda: (K6[0], K6, _idx(0), _idx(0)), r"rsa_kendall_tau_a: a must be \(Ba, K\)"),
     (
+        ValueError,
+        "rsa_kendall_tau_a",
+        lambda: (K6[0], K6, _idx(0), _idx(0)),
+        r"rsa_kendall_tau_a: a must be \(Ba, K\)",
+    ),
+    (
+        ValueError,
         "rsa_kendall_tau_a",
         lambda: (K6, K6[:, :5], _idx(0), _idx(0)),
         r"with one K, got \[2, 6\] and \[2, 5\]",
     ),
     (
+        TypeError,
         "rsa_kendall_tau_a",
         lambda: (K6, K6.float(), _idx(0), _idx(0)),
         r"rsa_kendall_tau_a: a and b must be both float64 or both float32, got Double and Float",
     ),
     (
+        TypeError,
         "rsa_kendall_tau_a",
         lambda: (K6.long(), K6.long(), _idx(0), _idx(0)),
         r"both float32, got Long and Long",
     ),
     (
+        ValueError,
         "rsa_kendall_tau_a",
         lambda: (K6, K6, _idx(0, 1), _idx(0)),
         r"rsa_kendall_tau_a: ia and ib must be vectors of one length, got \[2\] and \[1\]",
     ),
     (
+        ValueError,
         "rsa_kendall_tau_a",
         lambda: (K6, K6, _perm([0]), _perm([0])),
         r"ia and ib must be vectors of one length",
     ),
     (
+        TypeError,
         "rsa_kendall_tau_a",
         lambda: (K6, K6, _idx(0).int(), _idx(0)),
         r"rsa_kendall_tau_a: ia and ib must be int64, got Int and Long",
     ),
     (
+        ValueError,
         "rsa_kendall_tau_a",
         lambda: (K6, K6, _idx(0, 2), _idx(0, 1)),
         r"rsa_kendall_tau_a: ia indexes rows of a and must lie in \[0, 2\), got values in \[0, 2\]",
     ),
-    ("rsa_kendall_tau_a", lambda: (K6, K6, _idx(-1, 0), _idx(0, 1)), r"ia indexes rows of a .* in \[-1, 0\]"),
-    ("rsa_kendall_tau_a", lambda: (K6, K6[:1], _idx(0, 1), _idx(0, 1)), r"ib indexes rows of b .*\[0, 1\)"),
     (
+        ValueError,
+        "rsa_kendall_tau_a",
+        lambda: (K6, K6, _idx(-1, 0), _idx(0, 1)),
+        r"ia indexes rows of a .* in \[-1, 0\]",
+    ),
+    (
+        ValueError,
+        "rsa_kendall_tau_a",
+        lambda: (K6, K6[:1], _idx(0, 1), _idx(0, 1)),
+        r"ib indexes rows of b .*\[0, 1\)",
+    ),
+    (
+        ValueError,
         "rsa_kendall_tau_a",
         lambda: (K6[:, :1], K6[:, :1], _idx(0), _idx(0)),
         r"need K >= 2 entries per row, got 1",
     ),
     (
+        ValueError,
         "rsa_permute_condensed",
         lambda: (K6[0], _perm([0, 1, 2, 3])),
         r"rsa_permute_condensed: src must be \(B, K\)",
     ),
     (
+        ValueError,
         "rsa_permute_condensed",
         lambda: (K6, _idx(0, 1, 2, 3)),
         r"perms must be \(P, n\) int64, got \[4\] Long",
     ),
     (
+        TypeError,
         "rsa_permute_condensed",
         lambda: (K6, _perm([0, 1, 2, 3]).int()),
         r"perms must be \(P, n\) int64, got .* Int",
     ),
     (
+        ValueError,
         "rsa_permute_condensed",
         lambda: (K6, _perm([0, 1, 2])),
         r"rsa_permute_condensed: src \(B, K\) must hold n\(n-1\)/2 = 3 pairs for perms of n = 3 .* got K = 6",
     ),
-    ("rsa_permute_condensed", lambda: (K6[:, :0], _perm([0])), r"n\(n-1\)/2 = 0 pairs .* n = 1 .*\(n >= 2\)"),
     (
+        ValueError,
+        "rsa_permute_condensed",
+        lambda: (K6[:, :0], _perm([0])),
+        r"n\(n-1\)/2 = 0 pairs .* n = 1 .*\(n >= 2\)",
+    ),
+    (
+        ValueError,
         "rsa_permute_condensed",
         lambda: (K6, _perm([0, 1, 2, 3], [0, 1, 4, 3])),
         r"perms row 1 is not a permutation of 0\.\.3: entry 2 is 4, outside \[0, 4\)",
     ),
-    ("rsa_permute_condensed", lambda: (K6, _perm([0, -1, 2, 3])), r"perms row 0 .* entry 1 is -1, outside"),
+    (
+        ValueError,
+        "rsa_permute_condensed",
+        lambda: (K6, _perm([0, -1, 2, 3])),
+        r"perms row 0 .* entry 1 is -1, outside",
+    ),
     # a repeated index passes a range check but leaves a condition out; index 0 meeting itself made the
     # pair formula read src[b, -1]
     (
+        ValueError,
         "rsa_permute_condensed",
         lambda: (K6, _perm([3, 2, 1, 0], [0, 3, 2, 3])),
         r"perms row 1 is not a permutation of 0\.\.3: index 3 repeats \(entry 3\)",
     ),
     (
+        ValueError,
         "rsa_permute_condensed",
         lambda: (K6, _perm([0, 1, 0, 3])),
         r"perms row 0 .*: index 0 repeats \(entry 2\)",
     ),
     (
+        TypeError,
         "rsa_permute_condensed",
         lambda: (K6.long(), _perm([0, 1, 2, 3])),
         r"src must be float64 or float32, got Long",
@@ -164,9 +260,13 @@ BAD: list[tuple[str, Callable[[], tuple], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("op", "args", "match"), BAD, ids=[f"{op}-{i}" for i, (op, _, _) in enumerate(BAD)])
-def test_compiled_op_rejects_bad_input(op: str, args: Callable[[], tuple], match: str) -> None:
-    with pytest.raises(RuntimeError, match=match):
+@pytest.mark.parametrize(
+    ("exc", "op", "args", "match"), BAD, ids=[f"{op}-{i}" for i, (_, op, _, _) in enumerate(BAD)]
+)
+def test_compiled_op_rejects_bad_input(
+    exc: type[Exception], op: str, args: Callable[[], tuple], match: str
+) -> None:
+    with pytest.raises(exc, match=match):
         _op(op)(*args())
 
 
@@ -177,7 +277,7 @@ def test_permute_condensed_repeated_index_in_a_large_row_is_caught() -> None:
     perms[3] = torch.arange(n)
     perms[3, 250] = 0
     with pytest.raises(
-        RuntimeError, match=r"perms row 3 is not a permutation of 0\.\.299: index 0 repeats \(entry 250"
+        ValueError, match=r"perms row 3 is not a permutation of 0\.\.299: index 0 repeats \(entry 250"
     ):
         _op("rsa_permute_condensed")(torch.rand(2, common.n_pairs(n), dtype=F64), perms)
 
@@ -211,6 +311,82 @@ def test_rdm_direct_agrees_with_api(method: str, code: int) -> None:
     x = torch.randn(3, 7, 4, dtype=F64)
     ref = fa.rdm(x, method, backend="reference")
     torch.testing.assert_close(_op("rsa_rdm_direct")(x, code), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("method", "code"), [("correlation", 0), ("cosine", 1)])
+def test_rdm_direct_is_exact_at_extreme_magnitudes(method: str, code: int) -> None:
+    """Correlation and cosine distances do not depend on a pattern's scale: each pattern is brought near 1
+    by an exact power of two, at its own magnitude (at 2^1000 they were all 1.0, at 2^-1000 NaN)."""
+    x = torch.randn(2, 6, 4, dtype=F64, generator=torch.Generator().manual_seed(11))
+    want = fa.rdm(x, method, backend="reference")
+    k = torch.tensor([1000.0, -1000.0, 0.0, 665.0, -565.0, 0.0], dtype=F64)  # one exponent per condition
+    got = _op("rsa_rdm_direct")(x * torch.pow(2.0, k)[:, None], code)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _ldexp(t: torch.Tensor, k: int) -> torch.Tensor:
+    """t * 2**k rounded once (via float64, exact for float32 values), as std::ldexp gives it."""
+    out = torch.tensor([math.ldexp(v, k) for v in t.double().flatten().tolist()], dtype=F64)
+    return out.reshape(t.shape).to(t.dtype)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_rdm_direct_euclidean_scales_back_exactly_and_refuses_overflow(dtype: torch.dtype) -> None:
+    """Euclidean distances of x * 2^k are those of x times 4^k, rounded once: extreme sets are computed
+    scaled and scaled back exactly. Tiny data used to lose its squares to underflow, and sums of squares
+    over the features overflowed where the distance (divided by the feature count) fits; a distance
+    beyond the dtype's range is a ValueError naming x (it was inf)."""
+    x = torch.randn(2, 6, 4, dtype=F64, generator=torch.Generator().manual_seed(12)).to(dtype)
+    d = _op("rsa_rdm_direct")(x, 2)
+    fi = torch.finfo(dtype)
+    tiny = -530 if dtype == F64 else -70  # distances 4^k near the bottom of the dtype's subnormals
+    # the largest k whose distances all fit: the biggest is then above max / 4, and its sum over the 4
+    # features (before the division) above max
+    big = math.floor((math.log2(fi.max) - math.log2(float(d.max()))) / 2)
+    for k in (tiny, big):
+        assert torch.equal(_op("rsa_rdm_direct")(x * 2.0**k, 2), _ldexp(d, 2 * k)), k
+    at = int(d.max(-1).values.argmax())
+    beyond = x.clone()
+    beyond[at] *= 2.0 ** (big + 1)
+    with pytest.raises(ValueError, match=rf"rsa_rdm_direct: the euclidean distances of x\[{at}\] exceed"):
+        _op("rsa_rdm_direct")(beyond, 2)
+
+
+@pytest.mark.parametrize("op", ["rsa_rdm_direct", "rsa_rdm_compare"])
+@pytest.mark.parametrize(
+    ("code", "value", "what"),
+    [(0, 3.0, "is a constant pattern"), (1, 0.0, "is an all-zero pattern"), (0, math.nan, "contains NaN"),
+     (2, math.inf, "contains NaN or inf"), (1, -math.inf, "contains NaN or inf")],
+)  # fmt: skip
+def test_rdm_ops_refuse_patterns_without_distances(op: str, code: int, value: float, what: str) -> None:
+    """A constant (correlation) or all-zero (cosine) pattern, or one with NaN / inf, has no distances: a
+    ValueError naming the pattern of x, as fastalign.rdm raises (these were NaN)."""
+    x = X.clone()
+    if math.isfinite(value):
+        x[1, 2] = value
+    else:
+        x[1, 2, 1] = value
+    args = (x, code) if op == "rsa_rdm_direct" else (x, W, code, 2)
+    with pytest.raises(ValueError, match=rf"{op}: x\[1, 2\] {what}"):
+        _op(op)(*args)
+
+
+@pytest.mark.parametrize(("rdm_method", "code"), [("correlation", 0), ("cosine", 1), ("euclidean", 2)])
+def test_rdm_compare_at_extreme_magnitudes(rdm_method: str, code: int) -> None:
+    """The fused op scales patterns as rsa_rdm_direct does, and compares a scaled euclidean RDM at its
+    scale (no compare method depends on a positive factor): 2^1000 and 2^-1000 give the statistic of x
+    (they gave NaN: distances all 1, or underflowed to a constant 0); euclidean distances beyond float64
+    give NaN, which time_resolved_rsa reports."""
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(3, 6, 4, dtype=F64, generator=gen)
+    w = common.ext_prepare(torch.rand(2, 15, dtype=F64, generator=gen), "pearson").contiguous()
+    want = _op("rsa_rdm_compare")(x, w, code, 2)
+    for k in (1000, -1000):
+        got = _op("rsa_rdm_compare")(x * 2.0**k, w, code, 2)
+        if rdm_method == "euclidean" and k > 0:
+            assert bool(got.isnan().all()), got
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(("method", "code"), [("spearman", 0), ("rho_a", 1), ("pearson", 2), ("cosine", 3)])
@@ -285,13 +461,15 @@ def test_cuda_ops_reject_bad_input() -> None:
     if cuda.missing() is not None:
         pytest.skip(str(cuda.missing()))
     src = K6.cuda()
-    with pytest.raises(RuntimeError, match=r"perms row 1 is not a permutation of 0\.\.3"):
+    with pytest.raises(ValueError, match=r"perms row 1 is not a permutation of 0\.\.3"):
         _op("rsa_permute_condensed")(src, _perm([0, 1, 2, 3], [0, 3, 2, 3]).cuda())
-    with pytest.raises(RuntimeError, match=r"perms row 0 is not a permutation of 0\.\.3"):
+    with pytest.raises(ValueError, match=r"perms row 0 is not a permutation of 0\.\.3"):
         _op("rsa_permute_condensed")(src, _perm([0, 1, 2, 4]).cuda())
-    with pytest.raises(RuntimeError, match=r"rsa_rank: x must be float64.*got Bool"):
+    with pytest.raises(TypeError, match=r"perms must be \(P, n\) int64, got .* Int"):
+        _op("rsa_permute_condensed")(src, _perm([0, 1, 2, 3]).int().cuda())
+    with pytest.raises(TypeError, match=r"rsa_rank: x must be float64.*got Bool"):
         _op("rsa_rank")(torch.ones(3, dtype=torch.bool, device="cuda"))
-    with pytest.raises(RuntimeError, match=r"rsa_centered_ranks: dtype must be float64 or float32"):
+    with pytest.raises(TypeError, match=r"rsa_centered_ranks: dtype must be float64 or float32"):
         _op("rsa_centered_ranks")(torch.ones(3, device="cuda"), True, torch.int64)
     perms = common.permutations(4, 3, seed=0)
     want = _op("rsa_permute_condensed")(K6, perms)
