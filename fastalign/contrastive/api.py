@@ -52,7 +52,9 @@ def _validate(x: Any, y: Any, reduction: str) -> None:
             f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"infonce_loss: N and D must be at least 1, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"infonce_loss: x and y must be (N, D) with N and D at least 1, got shape {tuple(x.shape)}"
+        )
     if x.device != y.device:
         raise ValueError(
             f"infonce_loss: x and y must be on one device, got x on {x.device} and y on {y.device}"
@@ -139,6 +141,11 @@ def infonce_loss(
     as given: normalise them first for cosine logits. Only the reference backend builds the N x N
     logits; the others stream over tiles with O(N * D) memory.
 
+    Logits too large for the dtype they are computed in (x and y of 1e20 in float32, whose products
+    overflow) make the loss unknowable, not infinite: finite x and y whose loss comes out non-finite
+    raise ValueError (checking the loss costs one device sync, skipped under torch.compile; NaN or inf
+    in x or y propagate).
+
     Args:
         x: (N, D) float tensor.
         y: (N, D) float tensor on x's device; mixed dtypes are promoted (torch.promote_types).
@@ -185,29 +192,58 @@ def _loss(
     _check_scale(value, _scale_dtype(x, chosen), source)
     # the backends choose their own precisions; autocast would silently lower the reference's
     with torch.autocast(x.device.type, enabled=False):
-        return _dispatched(x, y, scale, symmetric, reduction, chosen, group)
+        return _dispatched(x, y, scale, value, symmetric, reduction, chosen, group)
+
+
+def _check_overflow(
+    finite_loss: torch.Tensor, x: torch.Tensor, y: torch.Tensor, value: float, dtype: torch.dtype, group: Any
+) -> None:
+    """ValueError when the loss is not finite although x and y are (on every rank with ``group``:
+    ``finite_loss`` is then the same on all of them): the logits overflowed ``dtype``, and the true loss,
+    which may well be finite, cannot be told from inf."""
+    if torch.compiler.is_compiling() or bool(finite_loss):
+        return  # a traced graph cannot branch on a value: compiled callers check the loss themselves
+    inputs_finite = torch.isfinite(x).all() & torch.isfinite(y).all()
+    if group is not None:
+        from fastalign.contrastive.distributed import all_ranks
+
+        inputs_finite = all_ranks(inputs_finite, group)
+    if not bool(inputs_finite):
+        return  # NaN and inf inputs propagate, as documented
+    big_x, big_y = (float(t.detach().abs().max()) for t in (x, y))
+    raise ValueError(
+        f"infonce_loss: the logits x @ y.T / temperature overflow {str(dtype).removeprefix('torch.')} "
+        f"(largest |x| {big_x:.3g}, largest |y| {big_y:.3g}, logit scale 1/temperature {value:.3g}), so "
+        "the loss is not finite although x and y are; normalise x and y (cosine logits), scale them "
+        "down, or raise the temperature"
+    )
 
 
 def _dispatched(
     x: torch.Tensor,
     y: torch.Tensor,
     scale: torch.Tensor,
+    value: float,
     symmetric: bool,
     reduction: str,
     chosen: str,
     group: Any,
 ) -> torch.Tensor:
+    dtype = _scale_dtype(x, chosen)  # the dtype the logits are computed in
     if group is not None:
         from fastalign.contrastive.distributed import distributed_infonce
 
         losses, total_n, global_sum = distributed_infonce(x, y, scale, symmetric, chosen, group)
+        _check_overflow(torch.isfinite(global_sum), x, y, value, dtype, group)
         if reduction == "none":
             return losses
         local = _reduce(losses, reduction, total_n)
         # value of the global loss, gradient of this rank's share (the backward couples the ranks)
         target = global_sum if reduction == "sum" else global_sum / total_n
         return local + (target - local).detach()
-    return _reduce(_per_index(x, y, scale, symmetric, chosen), reduction, x.shape[0])
+    losses = _per_index(x, y, scale, symmetric, chosen)
+    _check_overflow(torch.isfinite(losses).all(), x, y, value, dtype, group)
+    return _reduce(losses, reduction, x.shape[0])
 
 
 class InfoNCELoss(nn.Module):
@@ -216,7 +252,8 @@ class InfoNCELoss(nn.Module):
     With ``learnable`` the module stores ``logit_scale = log(1 / temperature)`` as a parameter and, as
     CLIP does, clamps it to at most ``log(max_logit_scale)`` (in place, before each forward), so the
     scale ``exp(logit_scale)`` never exceeds ``max_logit_scale``. Each forward checks the scale as
-    :func:`infonce_loss` checks ``1 / temperature`` (one device sync): a NaN ``logit_scale`` raises.
+    :func:`infonce_loss` checks ``1 / temperature`` (one device sync, besides the check of the loss):
+    a NaN ``logit_scale`` raises.
     """
 
     def __init__(

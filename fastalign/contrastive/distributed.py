@@ -85,6 +85,13 @@ class _GroupComm:
         return t[self.offset : self.offset + self.n]
 
 
+def all_ranks(flag: torch.Tensor, group: Any) -> torch.Tensor:
+    """Whether a 0-dim bool ``flag`` holds on every rank of ``group``."""
+    out = flag.to(torch.int32).reshape(1)
+    dist.all_reduce(out, op=dist.ReduceOp.MIN, group=group)
+    return out[0].bool()
+
+
 def distributed_infonce(
     x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, symmetric: bool, backend: str, group: Any
 ) -> tuple[torch.Tensor, int, torch.Tensor]:

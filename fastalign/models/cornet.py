@@ -55,6 +55,23 @@ class Flatten(nn.Module):
         return x.flatten(1)
 
 
+def _check_count(where: str, name: str, value: Any) -> None:
+    """value must be an int >= 1 (a layer width or a number of classes or timesteps)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{where}: {name} must be a positive int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{where}: {name} must be a positive int, got {value}")
+
+
+def _autocast_dtype(dtype: torch.dtype, device_type: str) -> torch.dtype:
+    """The dtype a conv computes a tensor of ``dtype`` in: autocast's when it is on and casts that dtype
+    (float32 and half types; it leaves float64 alone)."""
+    castable = (torch.float32, torch.float16, torch.bfloat16)
+    if dtype in castable and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return dtype
+
+
 def _norm_act(
     backend: str | None,
     bn: nn.Module,
@@ -94,6 +111,8 @@ class CORblockS(nn.Module):
     norm_backend: str | None = None
 
     def __init__(self, in_channels: int, out_channels: int, times: int = 1) -> None:
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("times", times)):
+            _check_count("CORblockS", name, value)
         super().__init__()
         self.times = times
         wide = out_channels * self.scale
@@ -328,6 +347,7 @@ class CORnetS(CORnetBase):
     decoder: nn.Sequential
 
     def __init__(self, num_classes: int = 1000) -> None:
+        _check_count("CORnetS", "num_classes", num_classes)
         super().__init__()
         self.V1 = _v1()
         self.V2 = CORblockS(64, 128, times=2)
@@ -345,6 +365,20 @@ class CORnetS(CORnetBase):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """x unchanged, once it is known to match the weights' dtype and device (else conv2d's errors)."""
+        weight = next(self.parameters())  # V1.conv1's, the first to meet x
+        if x.device != weight.device:
+            raise ValueError(f"CORnetS: x is on {x.device} but the model's weights are on {weight.device}")
+        device_type = x.device.type
+        if _autocast_dtype(x.dtype, device_type) != _autocast_dtype(weight.dtype, device_type):
+            raise TypeError(
+                f"CORnetS: x is {x.dtype} but the model's weights are {weight.dtype}; convert one of them "
+                f"(x.to({weight.dtype}) or model.to({x.dtype})), or run under torch.autocast, which casts "
+                "float32 and half inputs and weights (not float64)"
+            )
+        return x
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         avgpool, flatten, linear, output = self.decoder  # the original's Sequential, in its order

@@ -43,6 +43,8 @@ class ImageNetTransform:
         return f"{type(self).__name__}(size={self.size}, resize={self.resize}, normalize={self.normalize})"
 
     def _resized_shape(self, h: int, w: int) -> tuple[int, int]:
+        if h < 1 or w < 1:  # the aspect ratio below would divide by zero
+            raise ValueError(f"ImageNetTransform: image is {w}x{h} (width x height); expected at least 1x1")
         # torchvision's Resize(int): the shorter side becomes `resize`, the other keeps the aspect ratio.
         if h <= w:
             return self.resize, int(self.resize * w / h)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 
 import pytest
 import torch
@@ -371,3 +372,34 @@ def test_module_rejects_a_logit_scale_the_compute_dtype_cannot_hold() -> None:
     with pytest.raises(ValueError, match=r"exp\(logit_scale\) = 1e\+39; expected a normal float32"):
         fixed(x, y)
     assert torch.isfinite(fixed(x.double(), y.double()))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0)])
+def test_empty_inputs_name_x_and_y(shape: tuple[int, int]) -> None:
+    with pytest.raises(ValueError, match=r"x and y must be \(N, D\) with N and D at least 1"):
+        fastalign.infonce_loss(torch.randn(shape), torch.randn(shape))
+
+
+_OVERFLOWS = [  # (backend, dtype, magnitude of x and y, temperature)
+    ("reference", torch.float32, 1e20, 0.07),
+    ("torch", torch.float32, 1e20, 0.07),
+    pytest.param("triton", torch.float32, 1e20, 0.07, marks=pytest.mark.triton),
+    ("reference", torch.float64, 1e200, 0.07),
+    ("torch", torch.float64, 1e200, 0.07),
+    ("torch", torch.float32, 2.0, 1e-38),  # a logit scale float32 holds, times products of 4
+]
+
+
+@pytest.mark.parametrize(("backend", "dtype", "magnitude", "temperature"), _OVERFLOWS)
+def test_overflowing_logits_are_a_clear_error(backend, dtype, magnitude, temperature, request) -> None:
+    """Logits past the compute dtype used to give a NaN loss on every backend. The true loss here is
+    ~0 (x = y = magnitude * I: every positive dominates its row), so inf would be as wrong as NaN: a
+    ValueError naming x, y and the temperature. Non-finite inputs still propagate (NaN, no error)."""
+    device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+    x = (torch.eye(4, dtype=torch.float64) * magnitude).to(dtype).to(device)
+    shown = re.escape(f"overflow {str(dtype).removeprefix('torch.')} (largest |x| {magnitude:.3g}")
+    with pytest.raises(ValueError, match=shown + ".*temperature"):
+        fastalign.infonce_loss(x, x, temperature, backend=backend)
+    bad = x.clone()
+    bad[0, 0] = math.nan
+    assert torch.isnan(fastalign.infonce_loss(bad, x, temperature, backend=backend))

@@ -109,3 +109,42 @@ def test_group_without_init_process_group_is_a_clear_error() -> None:
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="not initialised"):
         fastalign.infonce_loss(x, x, group=object())
+
+
+def _overflow_worker(rank: int, init_file: str, q: mp.Queue) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        x = torch.eye(SIZES[rank], D, dtype=torch.float64) * (1e200 if rank == 1 else 1.0)
+        outcomes = []
+        for nan_on_rank_0 in (False, True):
+            xi = x.clone()
+            if nan_on_rank_0 and rank == 0:
+                xi[0, 0] = float("nan")
+            try:
+                loss = fastalign.infonce_loss(xi, xi, backend="torch", group=dist.group.WORLD)
+                outcomes.append("nan" if torch.isnan(loss) else f"loss {float(loss)}")
+            except ValueError as exc:
+                outcomes.append(f"ValueError: {exc}")
+        q.put((rank, outcomes))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_overflow_is_an_error_on_every_rank() -> None:
+    """Logits that overflow on one rank only: every rank raises the ValueError (none waits forever in a
+    collective); NaN input on one rank instead propagates on every rank, without an error."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        procs = [ctx.Process(target=_overflow_worker, args=(r, init_file, q)) for r in range(2)]
+        for p in procs:
+            p.start()
+        results = dict(q.get(timeout=180) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+            assert p.exitcode == 0
+    for rank in range(2):
+        overflow, nan = results[rank]
+        assert overflow.startswith("ValueError: infonce_loss: the logits") and "largest |x| 1" in overflow
+        assert nan == "nan"

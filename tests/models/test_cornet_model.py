@@ -348,3 +348,69 @@ def test_torch_compile_fullgraph_training_step(model: CORnetS) -> None:
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
     for (name, b_ref), b in zip(eager.named_buffers(), compiled_model.buffers(), strict=True):
         torch.testing.assert_close(b, b_ref, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ---- input dtype and constructor arguments ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_input_dtype_must_match_the_weights(model: CORnetS, dtype: torch.dtype) -> None:
+    """Used to be conv2d's RuntimeError "expected scalar type Double but found Float"."""
+    x = torch.randn(1, 3, 8, 8).to(dtype)
+    match = rf"CORnetS: x is {dtype} but the model's weights are torch.float32.*x\.to\(torch\.float32\)"
+    with pytest.raises(TypeError, match=match):
+        model(x)
+    with pytest.raises(TypeError, match=match):
+        model.features(x, "V1")
+
+
+def test_autocast_takes_what_it_casts(model: CORnetS) -> None:
+    """Under autocast a float32 model takes float32 and bf16 input alike (conv casts both); float64 is
+    not cast by autocast, so it is still a TypeError."""
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(x)
+        got = model(x.bfloat16())  # what autocast casts x to: the same logits
+        with pytest.raises(TypeError, match=r"x is torch\.float64 .*autocast.*not float64"):
+            model(x.double())
+    assert want.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_input_device_must_match_the_weights(model: CORnetS) -> None:
+    with pytest.raises(ValueError, match="CORnetS: x is on meta but the model's weights are on cpu"):
+        model(torch.randn(1, 3, 8, 8, device="meta"))
+
+
+@pytest.mark.parametrize(("num_classes", "error"), [(-1, ValueError), (0, ValueError), (2.5, TypeError)])
+def test_num_classes_is_validated(num_classes: object, error: type) -> None:
+    with pytest.raises(error, match=rf"CORnetS: num_classes must be a positive int, got .*{num_classes}"):
+        CORnetS(num_classes=num_classes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [(dict(times=0), ValueError), (dict(times=1.5), TypeError), (dict(out_channels=-4), ValueError),
+     (dict(in_channels=True), TypeError)],
+    ids=str,
+)  # fmt: skip
+def test_block_arguments_are_validated(change: dict, error: type) -> None:
+    from fastalign.models.cornet import CORblockS
+
+    (name,) = change
+    with pytest.raises(error, match=f"CORblockS: {name} must be a positive int"):
+        CORblockS(**{"in_channels": 3, "out_channels": 4, "times": 1, **change})
+
+
+@pytest.mark.parametrize("shape", [(3, 0, 5), (3, 5, 0), (2, 3, 0, 5)], ids=str)
+def test_transform_empty_image_is_a_clear_error(shape: tuple[int, ...]) -> None:
+    """Used to be a ZeroDivisionError in the aspect ratio."""
+    h, w = shape[-2:]
+    with pytest.raises(ValueError, match=rf"ImageNetTransform: image is {w}x{h} .*at least 1x1"):
+        imagenet_transform(4)(torch.zeros(shape, dtype=torch.uint8))
+
+
+def test_transform_empty_pil_image_is_a_clear_error() -> None:
+    Image = pytest.importorskip("PIL.Image")
+    with pytest.raises(ValueError, match=r"ImageNetTransform: image is 0x5"):
+        imagenet_transform(4)(Image.new("RGB", (0, 5)))

@@ -521,3 +521,121 @@ def test_triton_bwd_op_validates_its_operands(
     args = {k: v.to(triton_device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     with pytest.raises(error, match="fastalign::bn_act_bwd: " + match):
         bn_triton.bn_act_bwd(**args)
+
+
+def _device(backend: str, request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
+
+
+def _float64_batch_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, momentum: float):
+    """(y, running_mean, running_var from 0 and 1) of training-mode F.batch_norm in float64, channel by
+    channel on x_c / a_c with eps / a_c^2 (the same normalisation; a_c = max(|x_c|, 1)), so that 1e200s
+    do not overflow float64 either."""
+    x = x.double().cpu()
+    ys = []
+    for c in range(x.shape[1]):
+        a = max(float(x[:, c].abs().max()), 1.0)
+        eps = max(1e-5 / a / a, torch.finfo(torch.float64).tiny)  # F.batch_norm refuses 0
+        ys.append(F.batch_norm(x[:, c : c + 1] / a, None, None, w[c : c + 1].double().cpu(),
+                               b[c : c + 1].double().cpu(), True, 0.0, eps))  # fmt: skip
+    uvar = x.var(dim=(0, 2, 3))  # unbiased, as the running variance averages it
+    return torch.cat(ys, 1), momentum * x.mean(dim=(0, 2, 3)), (1 - momentum) + momentum * uvar
+
+
+_HUGE = [
+    # var 1e39 and 1e38: squares and their sums overflowed float32; the new running variance
+    # 0.9 + 0.1 * var fits float32 although var may not
+    (torch.float32, (3e19, 3e19, 1e19)),
+    (torch.float32, (1e30, 1.0, 1e-30)),  # channels apart: each is scaled on its own
+    (torch.float32, (1e37, 1e37, 1e37)),  # near float32's largest
+]
+
+
+@pytest.mark.parametrize(
+    ("backend", "dtype", "scales"),
+    [
+        *[("reference", *case) for case in _HUGE],
+        *[pytest.param("triton", *case, marks=pytest.mark.triton) for case in _HUGE],
+        ("reference", torch.float64, (1e200, 1.0, 1e200)),  # triton takes no float64
+    ],
+    ids=str,
+)
+def test_huge_activations_normalise_as_float64(
+    backend: str, dtype: torch.dtype, scales: tuple[float, ...], request: pytest.FixtureRequest
+) -> None:
+    """A batch variance beyond the dtype used to normalise to bias (reference) or NaN (triton); now as
+    in float64, and the running variance is what float64 gives, inf when it does not fit the dtype."""
+    device = _device(backend, request)
+    g = torch.Generator().manual_seed(7)
+    x64 = torch.randn(3, 3, 5, 7, generator=g, dtype=torch.float64)
+    x64 *= torch.tensor(scales, dtype=torch.float64).view(1, 3, 1, 1)
+    x = x64.to(dtype).to(device)
+    w, b = (torch.rand(3, generator=g) + 0.5).to(device), torch.randn(3, generator=g).to(device)
+    rm, rv = torch.zeros(3, device=device, dtype=dtype), torch.ones(3, device=device, dtype=dtype)
+    got = batch_norm_act(x, w, b, rm, rv, momentum=0.1, relu=False, backend=backend)
+    want, rm_want, rv_want = _float64_batch_norm(x, w, b, 0.1)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got.double().cpu(), want, rtol=tol, atol=tol * float(want.abs().max()))
+    torch.testing.assert_close(rm.double().cpu(), rm_want.to(dtype).double(), rtol=tol, atol=0)
+    torch.testing.assert_close(rv.cpu(), rv_want.to(dtype), rtol=tol, atol=0)  # inf where it overflows
+
+
+@pytest.mark.parametrize("backend", _module_backends())
+@pytest.mark.parametrize(
+    ("x_dtype", "vector_dtypes"),
+    [
+        (torch.float32, (torch.float64,) * 4),  # F.batch_norm: "mixed dtype (CPU)" RuntimeError
+        (torch.float64, (torch.float32,) * 4),  # the same (triton refuses float64 x: NotImplementedError)
+        (torch.bfloat16, (torch.float64, torch.float32, torch.bfloat16, torch.float64)),  # all differ
+        (torch.float32, (torch.float32, torch.float32, torch.float64, torch.bfloat16)),
+    ],
+    ids=str,
+)
+def test_vectors_of_any_float_dtype(
+    backend: str, x_dtype: torch.dtype, vector_dtypes: tuple, request: pytest.FixtureRequest
+) -> None:
+    """weight, bias and the running statistics may each have any float dtype (documented): the output
+    has x's dtype and matches float64, the running statistics keep their dtypes and are updated."""
+    device = _device(backend, request)
+    if backend == "triton" and x_dtype == torch.float64:
+        with pytest.raises(NotImplementedError, match="float64"):
+            batch_norm_act(torch.randn(2, 3, 4, 4, device=device, dtype=x_dtype), *[torch.ones(3)] * 2,
+                           backend=backend)  # fmt: skip
+        return
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    w, b = (
+        torch.rand(3, generator=g, dtype=torch.float64) + 0.5,
+        torch.randn(3, generator=g, dtype=torch.float64),
+    )
+    rm, rv = (
+        torch.randn(3, generator=g, dtype=torch.float64),
+        torch.rand(3, generator=g, dtype=torch.float64) + 1,
+    )
+    low = [t.to(d).to(device) for t, d in zip((w, b, rm, rv), vector_dtypes, strict=True)]
+    xl = x.to(x_dtype).to(device)
+    want_rm, want_rv = low[2].double().cpu(), low[3].double().cpu()  # updated by F.batch_norm below
+    got = batch_norm_act(xl, *low, momentum=0.3, backend=backend)
+    want = F.relu(F.batch_norm(xl.double().cpu(), want_rm, want_rv, *[t.double().cpu() for t in low[:2]],
+                               True, 0.3))  # fmt: skip
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}[x_dtype]
+    assert got.dtype == x_dtype
+    torch.testing.assert_close(got.double().cpu(), want, rtol=tol, atol=tol)
+    for t, exp, d in zip(low[2:], (want_rm, want_rv), vector_dtypes[2:], strict=True):
+        assert t.dtype == d
+        torch.testing.assert_close(t.double().cpu(), exp.to(d).double(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", _module_backends())
+def test_no_channels_is_a_clear_error(backend: str, request: pytest.FixtureRequest) -> None:
+    """C = 0 used to raise IndexError from F.batch_norm (which BatchNorm2d(0) shares)."""
+    device = _device(backend, request)
+    x = torch.randn(2, 0, 2, 2, device=device)
+    for training in (True, False):
+        with pytest.raises(
+            ValueError, match=r"batch_norm_act: x must have at least one channel.*\(2, 0, 2, 2\)"
+        ):
+            batch_norm_act(x, *(torch.ones(0, device=device) for _ in range(4)), training=training,
+                           backend=backend)  # fmt: skip
+    with pytest.raises(ValueError, match="at least one channel"):
+        batch_norm_module_act(nn.BatchNorm2d(0).to(device), x, backend=backend)

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.triton
 _INTS = {"M", "C", "HW", "SB", "U", "stride_n", "stride_c", "stride_s", "units_per_split", "n_splits"}
 _FLOATS = {"eps"}
 _ACTIVATIONS = {"X", "R", "Y", "DY", "DX", "DR"}  # activation-sized, in the input dtype
+_POINTERS = {"PEXP": "*i32", "UVAR": "*fp64"}  # the other pointers are float32
 _KERNELS: dict[str, list[dict]] = {
     "_stats_kernel": [{}],
     "_finalize_kernel": [{"TRAINING": True}, {"TRAINING": False}],
@@ -52,7 +53,7 @@ def _specs() -> list[dict]:
                 elif arg in _FLOATS:
                     sig[arg] = "fp32"
                 else:
-                    sig[arg] = f"*{dtype}" if arg in _ACTIVATIONS else "*fp32"
+                    sig[arg] = f"*{dtype}" if arg in _ACTIVATIONS else _POINTERS.get(arg, "*fp32")
             constexprs = dict(flags)
             blocks = (("BLOCK_M", bn._BLOCK_M), ("BLOCK_C", bn._BLOCK_C), ("BLOCK_S", bn._BLOCK_S))
             constexprs.update({k: v for k, v in blocks if k in kernel.arg_names})

@@ -75,6 +75,8 @@ def _validate(
     if not x.is_floating_point():
         raise TypeError(f"batch_norm_act: x must be a floating-point tensor, got {x.dtype}")
     c = x.shape[1]
+    if c == 0:  # F.batch_norm and BatchNorm2d fail on it with an IndexError
+        raise ValueError(f"batch_norm_act: x must have at least one channel, got shape {tuple(x.shape)}")
     _check_vector("weight", weight, c, x)
     _check_vector("bias", bias, c, x)
     if (running_mean is None) != (running_var is None):
@@ -126,12 +128,19 @@ def batch_norm_act(
     no double backward). NaN propagates as in eager (ReLU keeps NaN); an empty batch returns what eager
     returns.
 
+    Beyond ``F.batch_norm``: a batch variance too large for x's dtype (x of 1e20 in float32) does not
+    overflow: such channels are normalised from the statistics of x divided by an exact power of two,
+    as exact arithmetic would (``F.batch_norm`` returns ``bias`` there; a running variance that does
+    not fit its dtype becomes inf). And weight, bias and the running statistics may each have any
+    floating dtype (``F.batch_norm`` wants x's, or float32 for half x): the result has x's dtype and
+    the running statistics keep theirs.
+
     Args:
-        x: (N, C, H, W) contiguous or channels_last (other strides are copied); float32, bfloat16 or
-            float16 for the triton backend, any float for the reference.
-        weight, bias: (C,) affine parameters (float32 under autocast).
-        running_mean, running_var: (C,) running statistics, updated in place when training; required
-            when ``training`` is False.
+        x: (N, C, H, W) with C >= 1, contiguous or channels_last (other strides are copied); float32,
+            bfloat16 or float16 for the triton backend, any float for the reference.
+        weight, bias: (C,) affine parameters, any float dtype (float32 under autocast).
+        running_mean, running_var: (C,) running statistics, any float dtype, updated in place when
+            training; required when ``training`` is False.
         training: batch statistics (True) or running statistics (False).
         momentum: weight of the new batch in the running statistics update, a float in [0, 1].
         eps: added to the variance, a finite float > 0.

@@ -10,7 +10,10 @@ Layout: x is (N, C, H, W), contiguous or channels_last; every kernel addresses e
 (channels_last makes each tile's channel axis contiguous). Statistics are exact-pass Welford/Chan
 combinations in float32 (no E[x^2] - E[x]^2 cancellation): each program owns a channel block and a split
 of the N*H*W rows, and a tiny finalize kernel merges the splits deterministically (no atomics) and
-updates the running statistics with PyTorch's formula (unbiased variance, ``momentum``).
+updates the running statistics with PyTorch's formula (unbiased variance, ``momentum``). So that squares
+cannot overflow float32 (x of 1e20 has a variance of 1e40), every (count, mean, M2) is kept in units of
+a per-channel power of two 2^e that grows with the largest |x| seen (e = 0, plain float32 arithmetic,
+while |x| < 2^40); the finalize kernel brings the splits to their largest e and scales the results back.
 
 Both directions are ``torch.library`` custom ops (``fastalign::bn_act_fwd`` / ``bn_act_bwd``) with fake
 (meta) implementations and registered autograd, so ``torch.compile(fullgraph=True)`` traces through them.
@@ -29,6 +32,9 @@ from fastalign.models.norm_act.common import check_eps
 _BLOCK_M = 64
 _BLOCK_C = 64
 _BLOCK_S = 64  # splits merged per step of the finalize kernels
+# statistics are kept in units 2^e with |x| / 2^e < 2^_SCALE_BITS: squared deviations < 2^82, so sums
+# of up to 2^46 of them fit float32
+_SCALE_BITS = tl.constexpr(40)
 _CPU_PROGRAMS = 4  # statistics programs to aim for without a GPU (the interpreter is slow)
 
 
@@ -45,20 +51,35 @@ def _unit(u, SB, HW, stride_n, stride_c, stride_s, cols, c_ok, BLOCK_M: tl.const
 
 
 @triton.jit
+def _pow2(e):
+    """2^e in float32 for integer e in [-126, 127], from its exponent bits (exact, which exp2 need not be)."""
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _stats_kernel(
-    X, PMEAN, PM2, PCNT, C, HW, SB, U, stride_n, stride_c, stride_s, units_per_split,
+    X, PMEAN, PM2, PCNT, PEXP, C, HW, SB, U, stride_n, stride_c, stride_s, units_per_split,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
     start = tl.program_id(1) * units_per_split
     end = tl.minimum(start + units_per_split, U)
-    mean = tl.zeros((BLOCK_C,), tl.float32)
+    mean = tl.zeros((BLOCK_C,), tl.float32)  # mean and m2 in units of 2^e
     m2 = tl.zeros((BLOCK_C,), tl.float32)
     count = tl.zeros((BLOCK_C,), tl.float32)
+    e = tl.zeros((BLOCK_C,), tl.int32)
     for u in range(start, end):
         off, mask, rows = _unit(u, SB, HW, stride_n, stride_c, stride_s, cols, c_ok, BLOCK_M)
         x = tl.load(X + off, mask=mask, other=0.0).to(tl.float32)
+        # |x| < 2^k with k = biased exponent - 126 (inf and NaN give the largest e; they stay inf/NaN)
+        k = ((tl.max(tl.abs(x), 0).to(tl.int32, bitcast=True) >> 23) & 0xFF) - 126
+        e_new = tl.maximum(e, tl.maximum(k - _SCALE_BITS, 0))
+        r = _pow2(e - e_new)  # the running state in the new units (tiny old terms may underflow)
+        mean *= r
+        m2 *= r * r
+        e = e_new
+        x *= _pow2(-e)[None, :]
         n_b = rows.to(tl.float32)
         mean_b = tl.sum(x, 0) / n_b
         d = tl.where(mask, x - mean_b[None, :], 0.0)
@@ -72,40 +93,56 @@ def _stats_kernel(
     tl.store(PMEAN + out, mean, mask=c_ok)
     tl.store(PM2 + out, m2, mask=c_ok)
     tl.store(PCNT + out, count, mask=c_ok)
+    tl.store(PEXP + out, e, mask=c_ok)
 
 
 @triton.jit
 def _finalize_kernel(
-    PMEAN, PM2, PCNT, W, RMEAN, RVAR, MEAN, RSTD, UVAR, SCALE, M, C, n_splits, eps,
+    PMEAN, PM2, PCNT, PEXP, W, RMEAN, RVAR, MEAN, RSTD, UVAR, SCALE, M, C, n_splits, eps,
     TRAINING: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = cols < C
     if TRAINING:
-        # the splits' (count, mean, M2) merged BLOCK_S at a time: the exact mean first, then
-        # M2 = sum M2_s + sum n_s (mean_s - mean)^2 (Chan et al.'s pairwise form, all splits at once)
+        # the splits' (count, mean, M2) merged BLOCK_S at a time in the units 2^e of the largest e: the
+        # exact mean first, then M2 = sum M2_s + sum n_s (mean_s - mean)^2 (Chan et al.'s pairwise
+        # form, all splits at once)
+        e = tl.zeros((BLOCK_C,), tl.int32)
+        for s0 in range(0, n_splits, BLOCK_S):
+            sp = s0 + tl.arange(0, BLOCK_S)
+            idx = sp.to(tl.int64)[:, None] * C + cols[None, :]
+            ok = (sp < n_splits)[:, None] & c_ok[None, :]
+            e = tl.maximum(e, tl.max(tl.load(PEXP + idx, mask=ok, other=0), 0))
         total = tl.zeros((BLOCK_C,), tl.float32)
         for s0 in range(0, n_splits, BLOCK_S):
             sp = s0 + tl.arange(0, BLOCK_S)
             idx = sp.to(tl.int64)[:, None] * C + cols[None, :]
             ok = (sp < n_splits)[:, None] & c_ok[None, :]
+            r = _pow2(tl.load(PEXP + idx, mask=ok, other=0) - e[None, :])
             cnt = tl.load(PCNT + idx, mask=ok, other=0.0)
-            total += tl.sum(cnt * tl.load(PMEAN + idx, mask=ok, other=0.0), 0)
+            total += tl.sum(cnt * (tl.load(PMEAN + idx, mask=ok, other=0.0) * r), 0)
         mean = total / M
         m2 = tl.zeros((BLOCK_C,), tl.float32)
         for s0 in range(0, n_splits, BLOCK_S):
             sp = s0 + tl.arange(0, BLOCK_S)
             idx = sp.to(tl.int64)[:, None] * C + cols[None, :]
             ok = (sp < n_splits)[:, None] & c_ok[None, :]
-            d = tl.load(PMEAN + idx, mask=ok, other=0.0) - mean[None, :]
+            r = _pow2(tl.load(PEXP + idx, mask=ok, other=0) - e[None, :])
+            d = tl.load(PMEAN + idx, mask=ok, other=0.0) * r - mean[None, :]
             cnt = tl.load(PCNT + idx, mask=ok, other=0.0)
-            m2 += tl.sum(tl.load(PM2 + idx, mask=ok, other=0.0) + cnt * d * d, 0)
-        var = m2 / M
-        tl.store(UVAR + cols, m2 / (M - 1), mask=c_ok)  # what the running variance averages
+            m2 += tl.sum(tl.load(PM2 + idx, mask=ok, other=0.0) * (r * r) + cnt * d * d, 0)
+        up = _pow2(e)
+        mean *= up
+        var_e = m2 / M
+        var = var_e * up * up  # inf when the variance does not fit float32; eps is negligible then
+        rstd = tl.where(var < float("inf"), 1.0 / tl.sqrt(var + eps), _pow2(-e) / tl.sqrt(var_e))
+        # what the running variance averages, in float64: it may exceed float32 where the update does not
+        up64 = up.to(tl.float64)
+        tl.store(UVAR + cols, (m2 / (M - 1)).to(tl.float64) * up64 * up64, mask=c_ok)
     else:
         mean = tl.load(RMEAN + cols, mask=c_ok, other=0.0).to(tl.float32)
         var = tl.load(RVAR + cols, mask=c_ok, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(var + eps)
+        rstd = 1.0 / tl.sqrt(var + eps)
     tl.store(MEAN + cols, mean, mask=c_ok)
     tl.store(RSTD + cols, rstd, mask=c_ok)
     tl.store(SCALE + cols, tl.load(W + cols, mask=c_ok, other=0.0).to(tl.float32) * rstd, mask=c_ok)
@@ -357,27 +394,30 @@ def bn_act_fwd(
     relu: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean, rstd, unbiased_var): y = relu(batch_norm(x) + residual); the (C,) float32 statistics it
-    used, and in training the batch's unbiased variance for the running-statistics update (functional:
-    autograd ops may not mutate, so the caller updates the buffers). (C,) operands must be contiguous;
-    running_mean and running_var are read only when not training, and are then required. Bad operands
-    raise ValueError/TypeError before any launch (the kernels would read out of bounds)."""
+    used, and in training the batch's unbiased variance, in float64 (it may not fit float32 when x is
+    huge), for the running-statistics update (functional: autograd ops may not mutate, so the caller
+    updates the buffers). (C,) operands must be contiguous; running_mean and running_var are read only
+    when not training, and are then required. Bad operands raise ValueError/TypeError before any launch
+    (the kernels would read out of bounds)."""
     _check_fwd(x, weight, bias, running_mean, running_var, residual, training, eps)
     g = _Geometry(x)
     c, (s_n, s_c, s_s) = g.c, g.strides
-    mean, rstd, uvar, scale = (x.new_empty(c, dtype=torch.float32) for _ in range(4))
+    mean, rstd, scale = (x.new_empty(c, dtype=torch.float32) for _ in range(3))
+    uvar = x.new_empty(c, dtype=torch.float64)
     y = torch.empty_like(x)
     with _on_device(x):
-        pmean = pm2 = pcnt = mean  # unused unless training
+        pmean = pm2 = pcnt = pexp = mean  # unused unless training
         if training:
             pmean, pm2, pcnt = (x.new_empty(g.n_splits, c, dtype=torch.float32) for _ in range(3))
+            pexp = x.new_empty(g.n_splits, c, dtype=torch.int32)
             _stats_kernel[(g.c_blocks, g.n_splits)](
-                x, pmean, pm2, pcnt, c, g.hw, g.sb, g.units, s_n, s_c, s_s, g.units_per_split,
+                x, pmean, pm2, pcnt, pexp, c, g.hw, g.sb, g.units, s_n, s_c, s_s, g.units_per_split,
                 BLOCK_M=_BLOCK_M, BLOCK_C=_BLOCK_C,
             )  # fmt: skip
         else:
             uvar.zero_()
         _finalize_kernel[(g.c_blocks,)](
-            pmean, pm2, pcnt, weight,
+            pmean, pm2, pcnt, pexp, weight,
             running_mean if running_mean is not None else mean,
             running_var if running_var is not None else rstd,
             mean, rstd, uvar, scale, g.m, c, g.n_splits, eps,
@@ -393,8 +433,8 @@ def bn_act_fwd(
 @bn_act_fwd.register_fake
 def _(x, weight, bias, running_mean, running_var, residual, training, eps, relu):
     _check_fwd(x, weight, bias, running_mean, running_var, residual, training, eps)
-    stats = [x.new_empty(x.shape[1], dtype=torch.float32) for _ in range(3)]
-    return torch.empty_like(x), *stats
+    mean, rstd = (x.new_empty(x.shape[1], dtype=torch.float32) for _ in range(2))
+    return torch.empty_like(x), mean, rstd, x.new_empty(x.shape[1], dtype=torch.float64)
 
 
 @torch.library.custom_op("fastalign::bn_act_bwd", mutates_args=())
@@ -488,5 +528,6 @@ def batch_norm_act_triton(
     if training and running_mean is not None and running_var is not None:
         with torch.no_grad():
             running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-            running_var.lerp_(uvar.to(running_var.dtype), momentum)
+            # in float64: momentum * uvar may fit running_var's dtype where uvar does not
+            running_var.copy_(torch.lerp(running_var.to(torch.float64), uvar, momentum))
     return y
