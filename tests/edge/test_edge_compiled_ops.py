@@ -1,0 +1,469 @@
+"""Edge cases of every compiled op under torch.ops.fastalign: the C++ RSA ops of csrc/rsa.cpp and the
+Triton custom ops bn_act_fwd / bn_act_bwd, called directly (as torch.compile graphs and other callers
+do), against numpy / torch.nn.functional oracles.
+
+A compiled op reached with bad operands must refuse them with an error naming the op and the operand,
+never read out of bounds: every case that could runs in a forked child. Those checks accept TORCH_CHECK's
+RuntimeError, so that one root cause fails one test: test_compiled_op_errors_are_value_or_type_errors
+asks for the project's ValueError/TypeError.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from edge_cases import (
+    EDGE_SETTINGS,
+    LAYOUTS,
+    assert_close,
+    env_triton,
+    isolated,
+    layout,
+    make,
+    np64,
+    oracle_compare,
+    oracle_rdm,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+from fastalign import _ext
+from fastalign.rsa import cpp
+
+pytestmark = pytest.mark.skipif(cpp.missing() is not None, reason="fastalign._C is not built")
+OPS = torch.ops.fastalign
+RSA_OPS = {
+    "rsa_rank",
+    "rsa_centered_ranks",
+    "rsa_rdm_direct",
+    "rsa_rdm_compare",
+    "rsa_kendall_tau_a",
+    "rsa_permute_condensed",
+}
+BN_OPS = {"bn_act_fwd", "bn_act_bwd"}
+RDM_CODES = {"correlation": 0, "cosine": 1, "euclidean": 2}
+COMPARE_CODES = {"spearman": 0, "rho_a": 1, "pearson": 2, "cosine": 3}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _registered() -> set[str]:
+    """The fastalign:: ops registered with the dispatcher (dir(torch.ops.fastalign) lists only the ones
+    already looked up)."""
+    _ext.load()
+    if env_triton():
+        import fastalign.models.norm_act.triton  # noqa: F401  (registers the bn_act custom ops)
+    names = {
+        n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastalign::")
+    }
+    return {n.split(".")[0] for n in names}
+
+
+def test_the_op_inventory() -> None:
+    """The suite covers every fastalign op: a new op must get edge cases here."""
+    found = _registered()
+    expected = RSA_OPS | (BN_OPS if env_triton() else set())
+    assert found == expected, f"ops without edge cases: {found - expected}; gone: {expected - found}"
+
+
+def _clean(status: str, payload: object, op: str, names: list[str]) -> None:
+    """An isolated call's error is a ValueError/TypeError (or TORCH_CHECK's RuntimeError) naming the op
+    and one of ``names``."""
+    assert status != "crashed", f"{op} crashed the process (exit {payload})"
+    assert status == "raised", f"{op} accepted invalid operands and returned {payload}"
+    kind, msg = payload  # type: ignore[misc]
+    assert kind in ("ValueError", "TypeError", "RuntimeError"), f"{op} raised {kind}: {msg}"
+    assert op in msg and any(n in msg for n in names), f"{op}'s error names none of {names}: {msg!r}"
+
+
+# ----------------------------------------------------------------------------------------- rsa_rank
+
+
+@pytest.mark.parametrize("kind", ["float64", "float32", "int64", "int32", "int64_huge", "specials"])
+@EDGE_SETTINGS
+@given(rows=st.integers(0, 3), n=st.integers(0, 9), how=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**31))
+def test_rsa_rank_matches_rankdata(kind: str, rows: int, n: int, how: str, seed: int) -> None:
+    """Average ranks of every row, exact (ints beyond 2^53 included), for any layout."""
+    gen = _gen(seed)
+    if kind == "int64_huge":
+        x = 2**60 + torch.randint(-40, 40, (rows, n), generator=gen)
+    elif kind == "specials":
+        pool = torch.tensor([-math.inf, -0.0, 0.0, 5e-324, 1.0, math.inf], dtype=torch.float64)
+        x = pool[torch.randint(0, 6, (rows, n), generator=gen)]
+    else:
+        x = make(kind, (rows, n), gen)
+    x = layout(x, how)
+    out = OPS.rsa_rank(x)
+    assert out.dtype == torch.float64 and out.shape == x.shape
+    np.testing.assert_array_equal(out.numpy(), stats.rankdata(x.contiguous().numpy(), axis=-1))
+
+
+def test_rsa_rank_nan_rows() -> None:
+    """A row with NaN has no ranks (NaN), the other rows are ranked (documented kernel behaviour)."""
+    x = torch.tensor([[1.0, math.nan, 0.0], [3.0, 1.0, 2.0]])
+    out = OPS.rsa_rank(x)
+    assert bool(out[0].isnan().all())
+    np.testing.assert_array_equal(out[1].numpy(), [3.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["float64", "float32", "int64", "int32"])
+@pytest.mark.parametrize("how", LAYOUTS)
+def test_rsa_centered_ranks(normalize: bool, dtype: torch.dtype, kind: str, how: str) -> None:
+    """Ranks minus their mean (divided by their norm when normalize), in the requested dtype."""
+    x = layout(make(kind, (3, 7), _gen(1)), how)
+    out = OPS.rsa_centered_ranks(x, normalize, dtype)
+    r = stats.rankdata(x.contiguous().numpy(), axis=-1)
+    want = r - r.mean(-1, keepdims=True)
+    if normalize:
+        want = want / np.linalg.norm(want, axis=-1, keepdims=True)
+    assert out.dtype == dtype
+    assert_close(out, want, dtype, "centred ranks", scale=float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rsa_centered_ranks_of_a_constant_row(dtype: torch.dtype) -> None:
+    """A constant row has zero centred ranks; normalising them is undefined: NaN, the op's documented
+    output for such rows (as for rows with NaN), from which compare_rdms and noise_ceiling find the
+    undefined statistic and name the constant RDM. The other rows are normalised as usual."""
+    x = torch.tensor([[2.0, 2.0, 2.0, 2.0], [3.0, 1.0, 4.0, 2.0]], dtype=torch.float64)
+    np.testing.assert_array_equal(OPS.rsa_centered_ranks(x, False, dtype)[0].numpy(), 0.0)
+    out = OPS.rsa_centered_ranks(x, True, dtype)
+    assert bool(out[0].isnan().all()), f"normalised centred ranks of a constant row: {out[0]}"
+    want = np.array([0.5, -1.5, 1.5, -0.5]) / math.sqrt(5.0)
+    assert_close(out[1], want, dtype, "centred ranks beside a constant row", scale=1.0)
+
+
+# ----------------------------------------------------------------------------------------- rsa_rdm_direct
+
+
+@pytest.mark.parametrize("method", list(RDM_CODES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@EDGE_SETTINGS
+@given(b=st.integers(0, 2), n=st.integers(2, 6), p=st.integers(2, 5), how=st.sampled_from(LAYOUTS),
+       seed=st.integers(0, 2**31))  # fmt: skip
+def test_rsa_rdm_direct(method: str, dtype: torch.dtype, b: int, n: int, p: int, how: str, seed: int) -> None:
+    """Condensed RDMs of (B, n, p) patterns equal scipy's, for any layout and an empty batch."""
+    x = layout(torch.randn(b, n, p, generator=_gen(seed), dtype=torch.float64).to(dtype), how)
+    out = OPS.rsa_rdm_direct(x, RDM_CODES[method])
+    assert out.shape == (b, n * (n - 1) // 2) and out.dtype == dtype
+    scale = 1.0 if method != "euclidean" else None
+    assert_close(out, oracle_rdm(np64(x), method), dtype, f"rsa_rdm_direct {method}", scale=scale)
+
+
+@pytest.mark.parametrize(("method", "row"), [("correlation", [1.0, 1.0]), ("cosine", [0.0, 0.0])])
+def test_rsa_rdm_direct_undefined_pattern(method: str, row: list[float]) -> None:
+    """A constant (correlation) or all-zero (cosine) pattern has no distance: an error, not NaN."""
+    x = torch.tensor([[row, [1.0, 2.0], [3.0, 1.0]]], dtype=torch.float64)
+    status, payload = isolated(lambda: OPS.rsa_rdm_direct(x, RDM_CODES[method]).tolist())
+    _clean(status, payload, "rsa_rdm_direct", ["x", "constant", "zero"])
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-170], ids=str)
+@pytest.mark.parametrize("method", ["correlation", "cosine"])
+def test_rsa_rdm_direct_extreme_magnitudes(scale: float, method: str) -> None:
+    x = torch.randn(1, 4, 3, generator=_gen(2), dtype=torch.float64)
+    out = OPS.rsa_rdm_direct(x * scale, RDM_CODES[method])
+    assert_close(out, oracle_rdm(x.numpy(), method), torch.float64, f"{method} x {scale:g}", scale=1.0)
+
+
+# ----------------------------------------------------------------------------------------- rsa_rdm_compare
+
+
+@pytest.mark.parametrize("rdm_method", list(RDM_CODES))
+@pytest.mark.parametrize("method", list(COMPARE_CODES))
+@pytest.mark.parametrize("how", LAYOUTS)
+def test_rsa_rdm_compare(rdm_method: str, method: str, how: str) -> None:
+    """(B, M) dot products of each pattern set's prepared RDM with the prepared model vectors w: with
+    w from rsa_centered_ranks / centring, equal to compare(rdm(x), models) (up to rho-a's constant)."""
+    gen = _gen(3)
+    x = layout(torch.randn(2, 5, 4, generator=gen, dtype=torch.float64), how)
+    models = torch.randn(3, 10, generator=gen, dtype=torch.float64)
+    w = cpp.prepare(models, method).contiguous()
+    out = OPS.rsa_rdm_compare(x, w, RDM_CODES[rdm_method], COMPARE_CODES[method])
+    brain = oracle_rdm(np64(x), rdm_method)
+    want = oracle_compare(brain[:, None], models.numpy()[None], method)
+    if method == "rho_a":
+        want = want * (10**3 - 10) / 12
+    assert_close(
+        out, want, torch.float64, f"rsa_rdm_compare {rdm_method} {method}", scale=float(np.abs(want).max())
+    )
+
+
+# ----------------------------------------------------------------------------------------- rsa_kendall_tau_a
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@EDGE_SETTINGS
+@given(k=st.integers(2, 12), ties=st.booleans(), how=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**31))
+def test_rsa_kendall_tau_a(dtype: torch.dtype, k: int, ties: bool, how: str, seed: int) -> None:
+    """tau-a of the index-paired rows equals the sign-product definition, ties counting zero."""
+    gen = _gen(seed)
+    draw = (
+        (lambda s: torch.randint(0, 3, s, generator=gen).to(dtype))
+        if ties
+        else (lambda s: torch.randn(s, generator=gen, dtype=torch.float64).to(dtype))
+    )
+    a, b = layout(draw((2, k)), how), draw((3, k))
+    ia, ib = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1])
+    out = OPS.rsa_kendall_tau_a(a, b, ia, ib)
+    want = oracle_compare(np64(a)[ia.numpy()], np64(b)[ib.numpy()], "kendall_tau_a")
+    assert_close(out, want, torch.float64, "tau-a", scale=1.0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_rsa_kendall_tau_a_non_finite(bad: float) -> None:
+    """NaN has no order: NaN out (as rsa_rank's NaN rows) or an error naming the operand, not a tau-a
+    computed as if NaN were a value; infinities order like any other value."""
+    a = torch.tensor([[bad, 1.0, 2.0, 0.5]], dtype=torch.float64)
+    b = torch.tensor([[3.0, 1.0, 2.0, 0.0]], dtype=torch.float64)
+    ia = ib = torch.tensor([0])
+    status, payload = isolated(lambda: OPS.rsa_kendall_tau_a(a, b, ia, ib).tolist())
+    if math.isnan(bad):
+        if status == "ok":
+            assert math.isnan(payload[0]), f"tau-a of a row with NaN is {payload}, not NaN"  # type: ignore[index]
+        else:
+            _clean(status, payload, "rsa_kendall_tau_a", ["a", "NaN"])
+    else:
+        assert status == "ok", payload
+        assert_close(
+            np.array(payload),
+            oracle_compare(a.numpy(), b.numpy(), "kendall_tau_a"),
+            torch.float64,
+            "inf",
+            scale=1.0,
+        )
+
+
+# ------------------------------------------------------------------------------------- rsa_permute_condensed
+
+
+def _pair_index(n: int) -> np.ndarray:
+    i, j = np.triu_indices(n, 1)
+    m = np.full((n, n), -1)
+    m[i, j] = m[j, i] = np.arange(i.size)
+    return m
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("how", LAYOUTS)
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_rsa_permute_condensed(dtype: torch.dtype, how: str, n: int) -> None:
+    """Every relabelling of the conditions moves pair (i, j) to (pi[i], pi[j])."""
+    k = n * (n - 1) // 2
+    src = layout(torch.randn(2, k, generator=_gen(4), dtype=torch.float64).to(dtype), how)
+    perms = layout(torch.tensor(list(itertools.permutations(range(n))), dtype=torch.int64), how)
+    out = OPS.rsa_permute_condensed(src, perms)
+    m = _pair_index(n)
+    i, j = np.triu_indices(n, 1)
+    pn = perms.contiguous().numpy()
+    idx = m[pn[:, i], pn[:, j]]  # (P, K)
+    want = np64(src)[:, idx].transpose(1, 0, 2)
+    np.testing.assert_array_equal(out.double().numpy(), want)
+
+
+@pytest.mark.parametrize(
+    "perms",
+    [[[0, 0, 1, 1]], [[0, 1, 2, 2]], [[0, 1, 2, 4]], [[-1, 1, 2, 3]], [[0, 1, 2]], [[[0, 1, 2, 3]]]],
+    ids=["repeated", "one_repeat", "out_of_range", "negative", "wrong_n", "three_d"],
+)
+def test_rsa_permute_condensed_rejects_non_permutations(perms: list) -> None:
+    """Rows that are not permutations of range(n) are refused (a repeated index would read the
+    diagonal's -1 pair index, out of bounds)."""
+    src = torch.randn(2, 6, generator=_gen(5), dtype=torch.float64)
+    status, payload = isolated(lambda: OPS.rsa_permute_condensed(src, torch.tensor(perms)).tolist())
+    _clean(status, payload, "rsa_permute_condensed", ["perms"])
+
+
+# ----------------------------------------------------------------------------------------- error types
+
+
+def _bad_rsa_calls() -> dict[str, object]:
+    x = torch.randn(2, 4, dtype=torch.float64)
+    i32 = torch.tensor([0], dtype=torch.int32)
+    return {
+        "rsa_rank": lambda: OPS.rsa_rank(torch.ones(3, dtype=torch.float16)),
+        "rsa_centered_ranks": lambda: OPS.rsa_centered_ranks(x, True, torch.int32),
+        "rsa_rdm_direct": lambda: OPS.rsa_rdm_direct(x[None], 7),
+        "rsa_rdm_compare": lambda: OPS.rsa_rdm_compare(x[None, :3, :2], x.float()[:, :3], 0, 0),
+        "rsa_kendall_tau_a": lambda: OPS.rsa_kendall_tau_a(x, x, i32, i32),
+        "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(torch.randn(1, 6), i32.expand(1, 4)),
+    }
+
+
+@pytest.mark.parametrize("op", sorted(RSA_OPS))
+def test_compiled_op_errors_are_value_or_type_errors(op: str) -> None:
+    """Bad operands of the C++ ops are the project's ValueError/TypeError (TORCH_CHECK_VALUE /
+    TORCH_CHECK_TYPE), not TORCH_CHECK's generic RuntimeError."""
+    with pytest.raises((ValueError, TypeError), match=op):
+        _bad_rsa_calls()[op]()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("op", sorted(RSA_OPS))
+def test_compiled_ops_with_inputs_that_require_grad(op: str) -> None:
+    """No op output claims a gradient it cannot give: either it does not require grad, or backward
+    returns a gradient."""
+    x = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, dtype=torch.float64)
+    calls = {
+        "rsa_rank": lambda: OPS.rsa_rank(x),
+        "rsa_centered_ranks": lambda: OPS.rsa_centered_ranks(x, True, torch.float64),
+        "rsa_rdm_direct": lambda: OPS.rsa_rdm_direct(x.reshape(1, 3, 4), 0),
+        "rsa_rdm_compare": lambda: OPS.rsa_rdm_compare(x.reshape(1, 3, 4), w, 0, 2),
+        "rsa_kendall_tau_a": lambda: OPS.rsa_kendall_tau_a(
+            x, x.detach(), torch.tensor([0]), torch.tensor([1])
+        ),
+        "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(x, torch.tensor([[1, 0, 3, 2]])),
+    }
+    try:
+        out = calls[op]()
+    except (ValueError, TypeError, NotImplementedError, RuntimeError) as exc:
+        assert op in str(exc) and "grad" in str(exc), (
+            f"{op} refused an input that requires grad unclearly: {exc}"
+        )
+        return
+    if out.requires_grad:
+        try:
+            (g,) = torch.autograd.grad(out.sum(), [x], allow_unused=True)
+        except RuntimeError as exc:  # torch's "derivative for <op> is not implemented": refused, not dropped
+            assert op in str(exc), f"{op}: backward failed without naming the op: {exc}"
+            return
+        assert g is not None, f"{op}: output requires grad but backward gives None"
+
+
+# ----------------------------------------------------------------------------------------- bn_act (Triton)
+
+triton_only = pytest.mark.skipif(not env_triton(), reason="triton kernels need a GPU or TRITON_INTERPRET=1")
+
+
+def _bn_oracle(x, w, b, rm, rv, res, training, eps, relu):
+    """relu(F.batch_norm(x) + res) in float64, differentiable in whatever requires grad."""
+    d = lambda t: None if t is None else t.double()
+    y = F.batch_norm(
+        d(x), None if training else d(rm), None if training else d(rv), d(w), d(b), training, 0.0, eps
+    )
+    if res is not None:
+        y = y + d(res)
+    return F.relu(y) if relu else y
+
+
+@triton_only
+@pytest.mark.triton
+@pytest.mark.parametrize("how", ["contiguous", "channels_last", "transposed", "stepped", "expanded"])
+@pytest.mark.parametrize(("training", "residual"), [(True, False), (False, True)])
+def test_bn_act_fwd_layouts(how: str, training: bool, residual: bool) -> None:
+    """The custom op called directly: y equals F.batch_norm (+ residual, ReLU) for contiguous and
+    channels_last x; other strides are refused or handled, never normalised with the wrong strides."""
+    _registered()
+    gen = _gen(6)
+    base = torch.randn(2, 3, 4, 4, generator=gen)
+    x = {
+        "contiguous": base,
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "transposed": base.transpose(2, 3).contiguous().transpose(2, 3),
+        "stepped": torch.cat([base, base], 3)[..., ::2],
+        "expanded": base[:1].expand(2, 3, 4, 4),
+    }[how]
+    w, b = torch.rand(3, generator=gen) + 0.5, torch.randn(3, generator=gen)
+    rm, rv = torch.randn(3, generator=gen), torch.rand(3, generator=gen) + 0.5
+    res = torch.randn(2, 3, 4, 4, generator=gen) if residual else None
+    args = (x, w, b, None if training else rm, None if training else rv, res, training, 1e-5, True)
+    status, payload = isolated(lambda: OPS.bn_act_fwd(*args)[0].tolist())
+    assert status != "crashed", f"bn_act_fwd crashed on {how} x (exit {payload})"
+    if status == "raised":
+        _clean(status, payload, "bn_act_fwd", ["x", "stride", "contiguous"])
+        return
+    want = _bn_oracle(x, w, b, rm, rv, res, training, 1e-5, True)
+    assert_close(np.array(payload), want, torch.float32, f"bn_act_fwd {how}", scale=float(want.abs().max()))
+
+
+def _short(case: str) -> tuple:
+    gen = _gen(7)
+    x = torch.randn(2, 3, 4, 4, generator=gen)
+    w, b = torch.ones(3), torch.zeros(3)
+    rm, rv, res = None, None, None
+    training = True
+    if case == "weight":
+        w = w[:2]
+    elif case == "bias":
+        b = b[:1]
+    elif case == "running_mean":
+        rm, rv, training = torch.zeros(2), torch.ones(3), False
+    elif case == "running_var":
+        rm, rv, training = torch.zeros(3), torch.ones(1), False
+    elif case == "residual":
+        res = x[:1]
+    elif case == "eval_without_running":
+        training = False
+    elif case == "x_3d":
+        x = x[0]
+    return (x, w, b, rm, rv, res, training, 1e-5, True)
+
+
+@triton_only
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    "case", ["weight", "bias", "running_mean", "running_var", "residual", "eval_without_running", "x_3d"]
+)
+def test_bn_act_fwd_rejects_bad_operands(case: str) -> None:
+    """Operands that do not fit x (C channels, x's shape) are refused before any kernel reads them."""
+    _registered()
+    args = _short(case)
+    status, payload = isolated(lambda: OPS.bn_act_fwd(*args)[0].tolist())
+    names = {"eval_without_running": ["running_mean", "running_var"], "x_3d": ["x"]}.get(case, [case])
+    _clean(status, payload, "bn_act_fwd", names)
+
+
+@triton_only
+@pytest.mark.triton
+@pytest.mark.parametrize("case", ["dy", "mean", "rstd", "weight", "y"])
+def test_bn_act_bwd_rejects_bad_operands(case: str) -> None:
+    _registered()
+    gen = _gen(8)
+    x = torch.randn(2, 3, 4, 4, generator=gen)
+    w = torch.ones(3)
+    y, mean, rstd, _ = OPS.bn_act_fwd(x, w, torch.zeros(3), None, None, None, True, 1e-5, True)
+    ops = dict(dy=torch.ones_like(x), x=x, y=y, weight=w, mean=mean, rstd=rstd)
+    ops[case] = {"dy": ops["dy"][:1], "mean": mean[:1], "rstd": rstd[:2], "weight": w[:1], "y": y[:, :1]}[
+        case
+    ]
+    status, payload = isolated(
+        lambda: OPS.bn_act_bwd(ops["dy"], x, ops["y"], ops["weight"], ops["mean"], ops["rstd"], True, False)[
+            0
+        ].tolist()
+    )
+    _clean(status, payload, "bn_act_bwd", [case])
+
+
+@triton_only
+@pytest.mark.triton
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+def test_bn_act_bwd_matches_autograd(relu: bool, residual: bool) -> None:
+    """bn_act_bwd's (dx, dweight, dbias, dresidual) equal float64 autograd through F.batch_norm."""
+    _registered()
+    gen = _gen(9)
+    x = torch.randn(2, 3, 4, 4, generator=gen)
+    w, b = torch.rand(3, generator=gen) + 0.5, torch.randn(3, generator=gen)
+    res = torch.randn(2, 3, 4, 4, generator=gen) if residual else None
+    y, mean, rstd, _ = OPS.bn_act_fwd(x, w, b, None, None, res, True, 1e-5, relu)
+    dy = torch.randn(x.shape, generator=gen)
+    got = OPS.bn_act_bwd(dy, x, y if relu else None, w, mean, rstd, True, residual)
+    leaves = [t.double().requires_grad_() for t in (x, w, b)] + (
+        [res.double().requires_grad_()] if residual else []
+    )
+    out = _bn_oracle(
+        leaves[0], leaves[1], leaves[2], None, None, leaves[3] if residual else None, True, 1e-5, relu
+    )
+    exp = torch.autograd.grad(out, leaves, dy.double())
+    for name, g, e in zip(["dx", "dweight", "dbias", "dresidual"], got, exp, strict=False):
+        assert_close(g, e, torch.float32, name, scale=float(e.abs().max()))
