@@ -703,6 +703,10 @@ double sum_lanes(int64_t n, F term) {
 // ranks, unit norm for spearman; centred / scaled values for pearson / cosine) and dotted with the M
 // model vectors; no (B, K) RDM or rank tensor is ever stored. compare: 0 spearman, 1 rho_a, 2 pearson,
 // 3 cosine. w: (M, K) float64, the models' vectors (ext_prepare). Returns (B, M) float64.
+// How many eps times sqrt(terms) of their scale values may differ and still be equal up to rounding:
+// fastalign/rsa/api.py _ROUNDING_ULPS, the same rule on every path.
+constexpr double kRoundingUlps = 16.0;
+
 template <typename T>
 void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_t n, int64_t p, int64_t models,
                  int64_t rdm_method, int64_t compare) {
@@ -727,6 +731,30 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
       if (sum_lanes(k_total, [dr0, limit](int64_t k) { return dr0[k] <= limit ? 0.0 : 1.0; }) > 0) {
         for (int64_t mm = 0; mm < models; ++mm) out[b * models + mm] = std::nan("");
         continue;
+      }
+      // Distances that are equal (zero) in exact arithmetic come out a few eps apart for patterns that are
+      // shifted or scaled copies: such an RDM is made exactly constant (zero), as the composed path does
+      // (api._exact_constants), so the statistic is what the exact RDM gives (NaN where undefined, which
+      // the caller names; 0 for rho_a), not a correlation of rounding noise. Sums of p terms of order 1
+      // (correlation, cosine) or of the RDM's largest distance (euclidean).
+      {
+        T top = dr0[0], bottom = dr0[0];
+        for (int64_t k = 1; k < k_total; ++k) {
+          top = std::max(top, dr0[k]);
+          bottom = std::min(bottom, dr0[k]);
+        }
+        const double maxabs = std::max(static_cast<double>(top), -static_cast<double>(bottom));
+        const double tolerance = kRoundingUlps * static_cast<double>(std::numeric_limits<T>::epsilon()) *
+                                 std::sqrt(static_cast<double>(p)) * (rdm_method <= 1 ? 1.0 : maxabs);
+        const bool zero = maxabs <= tolerance;
+        const bool flat = static_cast<double>(top) - static_cast<double>(bottom) <= tolerance;
+        if (zero || (flat && compare != 3)) {
+          // spearman/pearson of a constant RDM and cosine of a zero one are undefined; rho_a gives 0
+          const double value = compare == 1 ? 0.0 : std::nan("");
+          for (int64_t mm = 0; mm < models; ++mm) out[b * models + mm] = value;
+          continue;
+        }
+        if (flat) std::fill(d.begin(), d.end(), dr0[0]);  // cosine of an exactly constant RDM
       }
       double scale = 1.0;
       if (compare <= 1) {

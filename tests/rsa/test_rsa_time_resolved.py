@@ -293,3 +293,31 @@ def test_brain_rdm_constant_up_to_rounding(backend: str) -> None:
         for method in ("rho_a", "kendall_tau_a"):
             got = fa.time_resolved_rsa(data, models, method, backend=backend)
             assert torch.equal(got, torch.zeros(1, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", ["spearman", "pearson", "rho_a", "cosine"])
+@pytest.mark.parametrize("rdm_method", ["correlation", "euclidean"])
+def test_fused_path_treats_rounding_noise_rdms_as_the_composed_path(method: str, rdm_method: str) -> None:
+    """Conditions that are scaled copies of one pattern (correlation distances ~eps, not 0) or the vertices
+    of a regular simplex (euclidean distances equal up to rounding): the fused cpp kernel gives what the
+    composed path gives (an error naming the window, or exactly 0 for rho_a, or the cosine of the exact
+    constant RDM), never a correlation of rounding noise."""
+    g = torch.Generator().manual_seed(3)
+    if rdm_method == "correlation":
+        base = torch.randn(3, 5, dtype=torch.float64, generator=g)
+        data = base * torch.tensor([1.0, 2.0, 3.5, 0.7, 5.0, 1.3], dtype=torch.float64)[:, None, None]
+    else:
+        data = (torch.eye(6, dtype=torch.float64) * 3.7)[:, :, None].expand(6, 6, 4).contiguous()
+    models = torch.randn(2, 15, dtype=torch.float64, generator=g)
+    results = {}
+    for backend in ("cpp", "torch"):
+        try:
+            results[backend] = fa.time_resolved_rsa(
+                data, models, method, rdm_method=rdm_method, window=4, backend=backend
+            )
+        except ValueError as exc:
+            results[backend] = str(exc)
+    if isinstance(results["torch"], str):
+        assert results["cpp"] == results["torch"]
+    else:
+        torch.testing.assert_close(results["cpp"], results["torch"], rtol=1e-10, atol=1e-12)
