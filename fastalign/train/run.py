@@ -1,0 +1,395 @@
+"""Run folders: what one training run leaves on disk, and the rules for starting, resuming and replacing one.
+
+Layout (every file but metrics.jsonl written to a temp file beside it and renamed into place, so each is
+complete or absent)::
+
+    config.json        {"config": the recipe's settings, "fit": the loop's settings,
+                        "environment": versions, git commit, device, precision, processes}
+    metrics.jsonl      one JSON object a line: "kind" "train" (an aggregate over log_every steps) or
+                       "epoch" (train and validation aggregates, the recipe's metrics, lr, timing)
+    checkpoints/       epoch-0001.pt, ...: the last keep_checkpoints epochs (see checkpoint.py)
+    model.safetensors  the selected (best) epoch's model weights
+    summary.json       best_epoch, best_val_loss, epochs_run, ... (written when the run ends)
+    events/            TensorBoard event files (when tensorboard is installed)
+
+metrics.jsonl is a log, appended one line per ``write`` call (O_APPEND); a kill can at worst cut its last
+line, which :meth:`RunFolder.read_metrics` skips, and a resumed run first cuts the file back to the length
+its checkpoint recorded, so it holds exactly an uninterrupted run's lines.
+
+Starting a run into a folder (:func:`prepare_run`): a missing or empty folder gets a new run; a folder
+that holds a run with another config is refused unless ``overwrite=True``, which replaces the whole folder
+in one rename (never a mix of two runs); the same config is refused unless ``resume=True`` (continue) or
+``overwrite=True`` (start again); a non-empty folder without config.json is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastalign.data._io import atomic_write, replacing_dir
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+MODEL = "model.safetensors"
+CHECKPOINTS = "checkpoints"
+EVENTS = "events"
+_CHECKPOINT = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+def jsonable(value: Any, where: str) -> Any:
+    """``value`` as JSON types: paths and dtypes become strings, tuples lists, numpy scalars numbers.
+
+    Raises:
+        TypeError: anything else that JSON cannot hold (named by ``where``, e.g. ``config['lr']``).
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    if isinstance(value, PurePath | torch.dtype | torch.device):
+        return str(value)
+    if isinstance(value, Mapping):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"fit: {where} has non-string keys {bad[:3]}; JSON keys are strings")
+        return {k: jsonable(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"fit: {where} is a {type(value).__module__}.{type(value).__qualname__}; config.json takes numbers, "
+        "strings, bools, None, paths, dtypes, lists and dicts of them"
+    )
+
+
+def _plain(v: Any) -> Any:
+    """A torch setting as JSON (its repr when JSON cannot hold it: these come from torch, not the recipe)."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return v.item()
+    try:
+        return jsonable(v, "")
+    except TypeError:
+        return repr(v)
+
+
+def describe(obj: Any) -> dict[str, Any]:
+    """An optimizer's class and each parameter group's settings, or a scheduler's class and settings,
+    for config.json."""
+    name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if isinstance(obj, torch.optim.Optimizer):
+        groups = [{k: _plain(v) for k, v in group.items() if k != "params"} for group in obj.param_groups]
+        return {"class": name, "param_groups": groups}
+    settings = {k: v for k, v in obj.state_dict().items() if not k.startswith("_") and k != "last_epoch"}
+    return {"class": name, **{k: _plain(v) for k, v in settings.items()}}
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():  # an installed wheel: a git repo around site-packages is not ours
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def environment() -> dict[str, Any]:
+    """Versions of Python, torch, numpy and fastalign, the platform, and fastalign's git commit (None
+    outside a git checkout; ``git_dirty`` says whether tracked files differ from it)."""
+    try:
+        version: str | None = importlib.metadata.version("fastalign")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "fastalign": version,
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+        "platform": platform.platform(),
+    }
+
+
+def _write_json(path: str, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+class RunFolder:
+    """A run folder's paths, readers and (for the fit loop, on rank 0) writers.
+
+    Args:
+        path: the folder (need not exist yet).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+
+    def __repr__(self) -> str:
+        return f"RunFolder({self.path!r})"
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def config_path(self) -> str:
+        return self._file(CONFIG)
+
+    @property
+    def metrics_path(self) -> str:
+        return self._file(METRICS)
+
+    @property
+    def summary_path(self) -> str:
+        return self._file(SUMMARY)
+
+    @property
+    def model_path(self) -> str:
+        """The selected epoch's weights (safetensors)."""
+        return self._file(MODEL)
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return self._file(CHECKPOINTS)
+
+    @property
+    def events_dir(self) -> str:
+        """TensorBoard event files."""
+        return self._file(EVENTS)
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a run (its config.json)."""
+        return os.path.isfile(self.config_path)
+
+    def _read_json(self, path: str, what: str) -> dict[str, Any]:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"RunFolder: {self.path!r} has no {what} ({os.path.basename(path)})")
+        with open(path) as f:
+            try:
+                obj = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"RunFolder: {path!r} is not valid JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"RunFolder: {path!r} holds a {type(obj).__name__}; expected a JSON object")
+        return obj
+
+    def read_config(self) -> dict[str, Any]:
+        """config.json: ``{"config": ..., "fit": ..., "environment": ...}``."""
+        return self._read_json(self.config_path, "config")
+
+    def read_summary(self) -> dict[str, Any]:
+        """summary.json (written when the run ends)."""
+        return self._read_json(self.summary_path, "summary")
+
+    def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """metrics.jsonl's records in order (only those of ``kind`` when given: "train" or "epoch"); an
+        unterminated last line (a killed writer's) is skipped."""
+        if not os.path.isfile(self.metrics_path):
+            return []
+        with open(self.metrics_path) as f:
+            text = f.read()
+        lines = text.split("\n")[:-1]  # the part after the last newline is unfinished or empty
+        records = [json.loads(line) for line in lines if line]
+        return [r for r in records if kind is None or r.get("kind") == kind]
+
+    def checkpoints(self) -> list[str]:
+        """Checkpoint files, oldest epoch first."""
+        if not os.path.isdir(self.checkpoints_dir):
+            return []
+        found = [
+            (int(m.group(1)), n) for n in os.listdir(self.checkpoints_dir) if (m := _CHECKPOINT.match(n))
+        ]
+        return [os.path.join(self.checkpoints_dir, n) for _, n in sorted(found)]
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest complete checkpoint (every one on disk is complete: they are renamed into place)."""
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    @staticmethod
+    def checkpoint_epoch(path: str) -> int:
+        """The epoch a checkpoint file's name records."""
+        m = _CHECKPOINT.match(os.path.basename(path))
+        if m is None:
+            raise ValueError(f"RunFolder: {path!r} is not named epoch-NNNN.pt")
+        return int(m.group(1))
+
+    def checkpoint_path(self, epoch: int) -> str:
+        return os.path.join(self.checkpoints_dir, f"epoch-{epoch:04d}.pt")
+
+    def load_model(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """Loads model.safetensors into ``model`` (strict) and returns it."""
+        from safetensors.torch import load_model
+
+        if not os.path.isfile(self.model_path):
+            raise FileNotFoundError(f"RunFolder: {self.path!r} has no {MODEL} (no epoch was selected yet)")
+        load_model(model, self.model_path, strict=True, device=str(device))
+        return model
+
+    # Writers: the fit loop's, on rank 0.
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        _write_json(self.config_path, config)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        _write_json(self.summary_path, summary)
+
+    def save_model(self, model: torch.nn.Module, metadata: Mapping[str, str]) -> None:
+        """Writes ``model``'s weights to model.safetensors atomically (tied weights stored once)."""
+        from safetensors.torch import save_model
+
+        atomic_write(self.model_path, lambda tmp: save_model(model, tmp, metadata=dict(metadata)))
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        """Appends ``record`` as one line in one write."""
+        data = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def metrics_size(self) -> int:
+        return os.path.getsize(self.metrics_path) if os.path.isfile(self.metrics_path) else 0
+
+    def truncate_metrics(self, size: int) -> None:
+        """Cuts metrics.jsonl back to its first ``size`` bytes (a checkpoint's record), atomically."""
+        head = b""
+        if os.path.isfile(self.metrics_path):
+            with open(self.metrics_path, "rb") as f:
+                head = f.read(size)
+        if len(head) != size:
+            raise ValueError(
+                f"resume: {self.metrics_path!r} holds {len(head)} bytes; the checkpoint recorded {size}"
+            )
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as out:
+                out.write(head)
+
+        atomic_write(self.metrics_path, write)
+
+    def prune_checkpoints(self, keep: int | None) -> None:
+        """Removes all but the newest ``keep`` checkpoints (None keeps all)."""
+        if keep is not None:
+            for path in self.checkpoints()[:-keep]:
+                os.remove(path)
+
+    def clear_outputs(self) -> None:
+        """Removes everything but config.json (a resumed run that had no checkpoint starts over)."""
+        for path in (self.metrics_path, self.summary_path, self.model_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        for path in self.checkpoints():
+            os.remove(path)
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            sub = f"{where}.{k}" if where else str(k)
+            if k not in old:
+                out.append(f"{sub}: (absent) -> {new[k]!r}")
+            elif k not in new:
+                out.append(f"{sub}: {old[k]!r} -> (absent)")
+            else:
+                out += _differences(old[k], new[k], sub)
+        return out
+    same = old == new or (
+        isinstance(old, float) and isinstance(new, float) and math.isnan(old) and math.isnan(new)
+    )
+    return [] if same else [f"{where}: {old!r} -> {new!r}"]
+
+
+def _holds_files(path: str) -> bool:
+    """Whether the folder holds anything but hidden entries (a killed writer's temp files, .DS_Store)."""
+    return any(not name.startswith(".") for name in os.listdir(path))
+
+
+def prepare_run(
+    out: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+    environment: Mapping[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+) -> tuple[RunFolder, str | None]:
+    """Makes ``out`` ready for a run with ``settings`` (``{"config": ..., "fit": ...}``, JSON types).
+
+    Returns:
+        The run folder, and the checkpoint to resume from (None: start from the beginning).
+
+    Raises:
+        ValueError: ``out`` is a file; a non-empty folder that holds no run; a run with other settings
+            without ``overwrite``; a run with these settings without ``resume`` or ``overwrite``.
+    """
+    path = os.path.abspath(os.fspath(out))
+    run = RunFolder(path)
+    record = {**settings, "environment": dict(environment)}
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"fit: out={path!r} is a file; expected a folder (new, empty or holding a run)")
+    if not os.path.isdir(path) or not _holds_files(path):
+        run.write_config(record)
+        return run, None
+    if not run.is_run():
+        raise ValueError(
+            f"fit: out={path!r} holds files but no {CONFIG}, so it is not a run folder; choose a new or "
+            "empty folder (overwrite=True replaces run folders only)"
+        )
+    if overwrite:
+        with replacing_dir(path) as staging:
+            RunFolder(staging).write_config(record)
+        return run, None
+    stored = run.read_config()
+    diffs = _differences({k: stored.get(k) for k in settings}, dict(settings))
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise ValueError(
+            f"fit: out={path!r} holds a run with a different config ({shown}); pass overwrite=True to "
+            "replace it, or choose another out"
+        )
+    latest = run.latest_checkpoint()
+    if not resume:
+        done = (
+            "finished"
+            if os.path.isfile(run.summary_path)
+            else f"checkpointed at epoch {run.checkpoint_epoch(latest)}"
+            if latest
+            else "no checkpoint yet"
+        )
+        raise ValueError(
+            f"fit: out={path!r} already holds a run with this config ({done}); "
+            "use resume=True or overwrite=True"
+        )
+    if latest is None:
+        run.clear_outputs()
+    return run, latest

@@ -1,0 +1,116 @@
+"""Data parallelism: two gloo processes on the global batch train to the weights one process reaches.
+
+One start of two processes serves every assertion (starting processes is the slow part). They are forked
+rather than spawned: a spawned child imports torch and fastalign again, which takes many seconds on a
+busy CI machine. Each child sets the environment torchrun would (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT), so fit initialises and destroys the process group itself, as under torchrun.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fit_tiny import data, forked_child, model, run, state_of
+from torch.utils.data import DataLoader
+
+from fastalign.train import FitState, Hook, RunFolder
+
+pytestmark = pytest.mark.distributed
+WORLD = 2
+EPOCHS = 3
+
+
+class Where(Hook):
+    def on_fit_start(self, state: FitState) -> None:
+        self.seen = (state.rank, state.world_size, state.is_main)
+
+
+def _untimed(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in ("time", "epoch_time", "images_per_s")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank(rank: int, port: int, tmp: str, queue: Any) -> None:
+    forked_child()
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    report: dict[str, Any] = {"rank": rank}
+    try:
+        try:  # refused before any collective, so both ranks raise and neither waits for the other
+            run(os.path.join(tmp, "bad"), train=DataLoader(data()[0], batch_size=4), batch_size=None)
+        except ValueError as e:
+            report["refused"] = str(e)
+        where = Where()
+        result = run(os.path.join(tmp, "ddp"), net=model(dropout=0.0), epochs=EPOCHS, hooks=[where])
+        report.update(
+            where=where.seen,
+            weights={k: v.numpy() for k, v in state_of(result.model).items()},
+            history=result.history,
+            initialised_after=torch.distributed.is_initialized(),
+        )
+    except BaseException as e:  # the parent shows it instead of waiting for a report that never comes
+        report["error"] = repr(e)
+    queue.put(report)
+
+
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank, args=(r, port, str(tmp_path), queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    try:
+        reports = {r["rank"]: r for r in (queue.get(timeout=120) for _ in procs)}
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.exitcode is None:
+                p.kill()
+    assert all(p.exitcode == 0 for p in procs)
+    assert not [r["error"] for r in reports.values() if "error" in r], reports
+    for rank, report in reports.items():
+        assert "DataLoader whose sampler is a SequentialSampler" in report["refused"]
+        assert report["where"] == (rank, WORLD, rank == 0)
+        assert report["initialised_after"] is False  # fit destroyed the group it created
+
+    single = run(tmp_path / "single", net=model(dropout=0.0), epochs=EPOCHS)
+    expected = state_of(single.model)
+    for report in reports.values():
+        for key, value in expected.items():
+            np.testing.assert_allclose(
+                report["weights"][key], value.numpy(), rtol=1e-6, atol=1e-6, err_msg=key
+            )
+
+    ddp = RunFolder(tmp_path / "ddp")
+    one = RunFolder(tmp_path / "single")
+    # rank 0 alone wrote: as many lines as one process writes, with all-reduced (global) numbers
+    for kind, keys in (("train", ("loss", "mae")), ("epoch", ("train_loss", "val_loss", "val_mae"))):
+        got, want = ddp.read_metrics(kind), one.read_metrics(kind)
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert (g["epoch"], g["step"]) == (w["epoch"], w["step"])
+            np.testing.assert_allclose([g[k] for k in keys], [w[k] for k in keys], rtol=1e-5)
+    untimed = [[_untimed(r) for r in reports[rank]["history"]] for rank in range(WORLD)]
+    assert untimed[1] == untimed[0]  # every rank holds the reduced numbers
+    config = ddp.read_config()
+    assert config["fit"]["world_size"] == WORLD and len(set(config["environment"]["seed_per_rank"])) == WORLD
+    assert ddp.read_summary()["best_epoch"] == one.read_summary()["best_epoch"]
+    assert not RunFolder(tmp_path / "bad").is_run()

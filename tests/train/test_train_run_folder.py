@@ -1,0 +1,129 @@
+"""Run folders: the start/resume/overwrite rules, atomic writes, checkpoints and their readers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from fit_tiny import model, run, state_of
+
+from fastalign.train import RunFolder, load_checkpoint
+
+
+def test_another_config_is_refused_and_overwrite_replaces_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run(out, epochs=2, keep_checkpoints=None)
+    (out / "notes.txt").write_text("from the old run")
+    with pytest.raises(ValueError, match=r"different config \(config.task: 'tiny regression' -> 'other'\)"):
+        run(out, epochs=2, config={"task": "other"})
+    with pytest.raises(ValueError, match=r"fit.epochs: 2 -> 3"):
+        run(out, epochs=3, resume=True)
+    run(out, epochs=1, config={"task": "other"}, overwrite=True)
+    folder = RunFolder(out)
+    assert folder.read_config()["config"] == {"task": "other"}
+    assert not (out / "notes.txt").exists()  # replaced as a unit: nothing of the old run is left
+    assert [RunFolder.checkpoint_epoch(p) for p in folder.checkpoints()] == [1]
+    assert {r["epoch"] for r in folder.read_metrics()} == {1}
+    assert [n for n in os.listdir(tmp_path) if n != "run"] == []  # no staging folder left beside it
+
+
+def test_same_config_needs_resume_or_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run(out, epochs=1)
+    with pytest.raises(
+        ValueError, match=r"already holds a run with this config \(finished\); use resume=True or"
+    ):
+        run(out, epochs=1)
+    again = run(out, epochs=1, overwrite=True)
+    assert again.summary["resumed_at"] == []
+
+
+def test_folders_that_hold_no_run_are_not_touched(tmp_path: Path) -> None:
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r"holds files but no config\.json, so it is not a run folder"):
+            run(other, overwrite=overwrite)
+    assert (other / "thesis.tex").read_text() == "precious"
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match=r"out=.*file' is a file; expected a folder"):
+        run(afile)
+
+
+def test_new_empty_and_resumed_empty_folders_start_a_run(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for name, resume in (("empty", False), ("new/deeper", True)):
+        result = run(tmp_path / name, epochs=1, resume=resume)
+        assert result.epochs_run == 1 and RunFolder(tmp_path / name).is_run()
+
+
+def test_keep_checkpoints(tmp_path: Path) -> None:
+    for keep, expected in ((None, [1, 2, 3]), (2, [2, 3]), (1, [3])):
+        folder = run(tmp_path / str(keep), keep_checkpoints=keep).run
+        assert [RunFolder.checkpoint_epoch(p) for p in folder.checkpoints()] == expected
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj: object, f: str) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # epoch 2's checkpoint: half written, then the disk fills up
+            Path(f).write_bytes(b"PK\x03\x04 half")
+            raise OSError(28, "No space left on device")
+        save(obj, f)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        run(out, keep_checkpoints=None)
+    monkeypatch.setattr(torch, "save", save)
+    folder = RunFolder(out)
+    assert [RunFolder.checkpoint_epoch(p) for p in folder.checkpoints()] == [1]
+    assert load_checkpoint(out)["epoch"] == 1
+    assert sorted(os.listdir(folder.checkpoints_dir)) == ["epoch-0001.pt"]  # the temp file is gone
+    assert run(out, resume=True).epochs_run == 3
+
+
+def test_load_checkpoint(tmp_path: Path) -> None:
+    result = run(tmp_path / "run", epochs=2)
+    net = model(seed=9)
+    opt = torch.optim.Adam(net.parameters())
+    ckpt = load_checkpoint(tmp_path / "run", model=net, optimizer=opt)
+    assert ckpt["epoch"] == 2 and opt.state_dict()["state"][0]["step"].item() == ckpt["step"]
+    assert all(torch.equal(a, b) for a, b in zip(state_of(net).values(), ckpt["model"].values(), strict=True))
+    with pytest.raises(ValueError, match="holds no scheduler state"):
+        load_checkpoint(result.run, scheduler=torch.optim.lr_scheduler.StepLR(opt, 1))
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="expected a checkpoint file or a run folder"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"state": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"not a fastalign checkpoint \(it lacks \['format'"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_run_folder_readers(tmp_path: Path) -> None:
+    result = run(tmp_path / "run", epochs=1)
+    folder = RunFolder(tmp_path / "run")
+    assert os.fspath(folder) == str(tmp_path / "run") and result.run.path == folder.path
+    net = folder.load_model(model(seed=4))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(state_of(net).values(), state_of(result.model).values(), strict=True)
+    )
+    lines = len(folder.read_metrics())
+    with open(folder.metrics_path, "a") as f:
+        f.write('{"kind": "train", "epo')  # a writer killed mid-line
+    assert len(folder.read_metrics()) == lines
+    with pytest.raises(FileNotFoundError, match="has no summary"):
+        RunFolder(tmp_path / "nothing").read_summary()
+    with pytest.raises(FileNotFoundError, match=r"has no model.safetensors"):
+        RunFolder(tmp_path / "nothing").load_model(model())
