@@ -1,9 +1,26 @@
 """Backend choice for every public op.
 
-Each op family registers its backends with a per-input check that returns the reasons a backend cannot
-run (an empty list when it can). ``auto`` takes the first registered backend that can run and that auto
-may pick; an explicit request that cannot run raises ``NotImplementedError`` naming every reason, never
-falling back. ``FASTALIGN_BACKEND`` overrides ``auto`` for every op that has the named backend.
+Each op family registers its backends in auto's order of preference, each naming the module that
+implements it, which is imported on first use (so Triton and the compiled extension cost nothing until
+chosen). A new backend is one file and one line; every backend module of an op offers the same names::
+
+    _dispatch = _backend.dispatcher("infonce_loss")
+    _dispatch.register("triton", module="fastalign.contrastive.triton", dtypes=_checks.TRITON_DTYPES)
+    _dispatch.register("torch", module="fastalign.contrastive.torch_chunked")
+    _dispatch.register("reference", module="fastalign.contrastive.reference", auto=False)
+    # a compiled kernel without a backward, with limits of its own:
+    # register("cpp", module="fastalign.rsa.cpp", check=_cpp_limits, ops=("rsa_rank",), differentiable=False)
+
+    chosen = _dispatch.choose(backend, x, y)     # the arguments the checks look at
+    _dispatch.module(chosen).infonce(x, y, ...)
+
+The reasons a backend cannot run some inputs, gathered in this order: what :func:`device_reasons` says
+of the tensor arguments (is the backend available in this process, does it take their devices); each
+dtype of a tensor argument outside ``dtypes``; the ``ops`` that fastalign._C lacks; then the op's own
+limits, ``check(*args, explicit=bool, **kwargs)`` (methods without a kernel, sizes). ``auto`` takes the
+first registered backend that auto may pick and that has no reason; an explicit request with a reason
+raises ``NotImplementedError`` naming every reason, never falling back. ``FASTALIGN_BACKEND`` overrides
+``auto`` for every op that has the named backend.
 
 Gradients follow one rule: a backend registered with ``differentiable=False`` (a compiled kernel without a
 backward) cannot run while grad mode is on and a tensor argument requires grad, so ``auto`` passes over it
@@ -15,14 +32,16 @@ that input before dispatch: their gradient is zero almost everywhere, so any bac
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Literal
 
 import torch
 
-from fastalign import _ext
+from fastalign import _checks, _ext
 
 BackendName = Literal["auto", "reference", "torch", "triton", "cuda", "cpp"]
 BACKENDS: tuple[str, ...] = ("auto", "reference", "torch", "triton", "cuda", "cpp")
@@ -81,6 +100,10 @@ def global_status() -> dict[str, tuple[bool, str]]:
 
 def device_reasons(backend: str, tensors: Sequence[torch.Tensor], *, explicit: bool) -> list[str]:
     """Reasons shared by all ops for which ``backend`` cannot take these tensors."""
+    if backend in ("reference", "torch"):
+        # pure PyTorch runs anywhere; answering before global_status() also keeps torch.compile from
+        # breaking the graph on its calls into the compiled extension
+        return []
     ok, why = global_status()[backend]
     reasons = [] if ok else [why]
     devices = {t.device.type for t in tensors}
@@ -114,15 +137,28 @@ def _needs_grad(*args: Any, **kwargs: Any) -> bool:
 
 @dataclass
 class _Spec:
-    check: Check
+    name: str
+    check: Check | None
     auto: bool
     differentiable: bool
+    module: str
+    dtypes: tuple[torch.dtype, ...] | None
+    ops: tuple[str, ...]
 
     def reasons(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], *, explicit: bool, grad: bool
     ) -> list[str]:
         """Why this backend cannot run these inputs, a missing backward included."""
-        reasons = self.check(*args, explicit=explicit, **kwargs)
+        tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+        reasons = device_reasons(self.name, tensors, explicit=explicit)
+        if self.dtypes is not None:
+            reasons += _checks.dtype_reasons(self.name, self.dtypes, tensors)
+        # a backend unavailable as a whole has said why already; else name the ops it lacks
+        if self.ops and global_status()[self.name][0]:
+            why = _ext.why_ops_missing(self.ops)
+            reasons += [why] if why else []
+        if self.check is not None:
+            reasons += self.check(*args, explicit=explicit, **kwargs)
         if grad and not self.differentiable:
             reasons.append(_NO_AUTOGRAD)
         return reasons
@@ -134,20 +170,46 @@ class Dispatcher:
 
     op: str
     specs: dict[str, _Spec] = field(default_factory=dict)
+    _modules: dict[str, ModuleType] = field(default_factory=dict, repr=False)
 
-    def register(self, name: str, check: Check, *, auto: bool = True, differentiable: bool = True) -> None:
-        """Adds backend ``name``.
+    def register(
+        self,
+        name: str,
+        check: Check | None = None,
+        *,
+        module: str,
+        dtypes: Sequence[torch.dtype] | None = None,
+        ops: Sequence[str] = (),
+        auto: bool = True,
+        differentiable: bool = True,
+    ) -> None:
+        """Adds backend ``name``, implemented by ``module`` (see the module docstring).
 
         Args:
             name: one of ``BACKENDS`` other than "auto".
-            check: ``check(*args, explicit=bool, **kw)`` returns why the backend cannot run these inputs.
+            check: ``check(*args, explicit=bool, **kw)`` returns the op's own reasons the backend cannot
+                run these inputs (None: it has none).
+            module: dotted name of the module implementing the backend, imported by :meth:`module`.
+            dtypes: the dtypes it takes in every tensor argument (None: any).
+            ops: the ``torch.ops.fastalign`` ops it calls; those fastalign._C lacks are reasons.
             auto: whether ``auto`` may pick it.
             differentiable: whether autograd differentiates its outputs with respect to its tensor inputs
                 (False for kernels without a backward: never given inputs that require grad).
         """
         if name not in BACKENDS or name == "auto":
             raise ValueError(f"backend name must be one of {BACKENDS[1:]}, got {name!r}")
-        self.specs[name] = _Spec(check, auto, differentiable)
+        self.specs[name] = _Spec(
+            name, check, auto, differentiable, module, None if dtypes is None else tuple(dtypes), tuple(ops)
+        )
+
+    def module(self, name: str) -> ModuleType:
+        """The module implementing backend ``name``, imported on first use."""
+        if name not in self.specs:
+            raise ValueError(f"{self.op}: backend {name!r} is not registered; it has {list(self.specs)}")
+        module = self._modules.get(name)
+        if module is None:
+            module = self._modules[name] = importlib.import_module(self.specs[name].module)
+        return module
 
     def choose(self, backend: str, *args: Any, **kwargs: Any) -> str:
         """Returns the backend to run for these inputs (see module docstring)."""

@@ -1,12 +1,15 @@
-"""Loads the compiled extension fastalign._C lazily and remembers why it could not."""
+"""Loads the compiled extension fastalign._C lazily, remembers why it could not, and names missing ops."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
-import torch  # noqa: F401  (torch's shared libraries must be loaded before fastalign._C)
+import torch  # imported before fastalign._C, which links against its shared libraries
+
+_BUILD = "`pip install --no-build-isolation -e .` (see README, Install)"
 
 _module: ModuleType | None = None
 _error: str | None = None
@@ -21,10 +24,7 @@ def load() -> ModuleType | None:
         try:
             _module = importlib.import_module("fastalign._C")
         except ImportError as exc:
-            _error = (
-                f"fastalign._C could not be imported ({exc}); build it with "
-                "`pip install --no-build-isolation -e .` (see README, Install)"
-            )
+            _error = f"fastalign._C could not be imported ({exc}); build it with {_BUILD}"
     return _module
 
 
@@ -38,3 +38,20 @@ def build_info() -> dict[str, Any]:
     """How the extension was built ({'cuda': bool, 'openmp': bool, ...}); empty if it is missing."""
     mod = load()
     return dict(mod.build_info()) if mod is not None else {}
+
+
+def why_ops_missing(ops: Iterable[str], *, cuda: bool = False) -> str | None:
+    """None when fastalign._C is loaded (built with CUDA kernels, if ``cuda``) and registers every op of
+    ``ops`` under ``torch.ops.fastalign``, else why not, naming the missing ops (an extension built from
+    older sources lacks the newer ones).
+    """
+    why = why_unavailable()
+    if why is not None:
+        return why
+    if cuda and not build_info().get("cuda", False):
+        return "fastalign._C was built without CUDA kernels (torch without CUDA, or no nvcc)"
+    missing = [op for op in ops if not hasattr(torch.ops.fastalign, op)]
+    if missing:
+        names = ", ".join(missing)
+        return f"fastalign._C was built without the ops {names} (older sources); rebuild it with {_BUILD}"
+    return None

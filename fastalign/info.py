@@ -39,12 +39,17 @@ def report() -> str:
     )
     lines.append("")
     lines.append("backends (in this process):")
-    for name, (ok, why) in _backend.global_status().items():
-        lines.append(f"  {name:<10} {'yes' if ok else 'no ':<4} {why}")
+    status = _backend.global_status()
+    for name, (ok, reason) in status.items():
+        lines.append(f"  {name:<10} {'yes' if ok else 'no ':<4} {reason}")
     lines.append("")
     lines.append("ops and their backends (auto's order of preference):")
     for op, disp in sorted(_backend.REGISTRY.items()):
         lines.append(f"  {op:<28} {', '.join(disp.specs)}")
+        for name, spec in disp.specs.items():
+            missing = _ext.why_ops_missing(spec.ops) if spec.ops and status[name][0] else None
+            if missing:  # an extension built from older sources: the backend is there, this op's kernels not
+                lines.append(f"  {'':<28} {name} cannot run it: {missing}")
     return "\n".join(lines)
 
 

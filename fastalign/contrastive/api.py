@@ -8,87 +8,54 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from fastalign import _backend
-from fastalign.contrastive import torch_chunked
-from fastalign.contrastive.common import compute_dtype
+from fastalign import _backend, _checks
 from fastalign.contrastive.reference import infonce_loss_reference
 
 Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS = ("mean", "sum", "none")
-_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FN = "infonce_loss"
 
+# every backend module but the reference offers infonce(x, y, scale, symmetric) and IMPL (common.Primitives)
 _dispatch = _backend.dispatcher("infonce_loss")
-
-
-def _triton_check(x: torch.Tensor, y: torch.Tensor, *, explicit: bool) -> list[str]:
-    reasons = _backend.device_reasons("triton", (x, y), explicit=explicit)
-    if x.dtype not in _TRITON_DTYPES:
-        reasons.append(f"triton takes float32, bfloat16 or float16 inputs, got {x.dtype}")
-    return reasons
-
-
-def _always(x: torch.Tensor, y: torch.Tensor, *, explicit: bool) -> list[str]:
-    return []
-
-
-_dispatch.register("triton", _triton_check)
-_dispatch.register("torch", _always)
-_dispatch.register("reference", _always, auto=False)
+_dispatch.register("triton", module="fastalign.contrastive.triton", dtypes=_checks.TRITON_DTYPES)
+_dispatch.register("torch", module="fastalign.contrastive.torch_chunked")
+_dispatch.register("reference", module="fastalign.contrastive.reference", auto=False)
 
 
 def _validate(x: Any, y: Any, reduction: str) -> None:
     for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(
-                f"infonce_loss: {name} must be a torch.Tensor of shape (N, D), got {type(t).__name__}"
-            )
-        if t.dim() != 2:
-            raise ValueError(f"infonce_loss: {name} must have shape (N, D), got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"infonce_loss: {name} must be a floating-point tensor, got dtype {t.dtype}")
+        _checks.check_tensor(_FN, name, t, shape="(N, D)")
+        _checks.check_shape(_FN, name, t, (None, None), doc="(N, D)")
+        _checks.check_floating(_FN, name, t)
     if x.shape != y.shape:
         raise ValueError(
-            "infonce_loss: x and y must have the same shape (N, D), "
-            f"got x {tuple(x.shape)} and y {tuple(y.shape)}"
+            f"{_FN}: x and y must have the same shape (N, D), got x {tuple(x.shape)} and y {tuple(y.shape)}"
         )
     if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(
-            f"infonce_loss: x and y must be (N, D) with N and D at least 1, got shape {tuple(x.shape)}"
-        )
-    if x.device != y.device:
-        raise ValueError(
-            f"infonce_loss: x and y must be on one device, got x on {x.device} and y on {y.device}"
-        )
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"infonce_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        raise ValueError(f"{_FN}: x and y must be (N, D) with N and D at least 1, got shape {tuple(x.shape)}")
+    _checks.check_same_device(_FN, x=x, y=y)
+    _checks.check_choice(_FN, "reduction", reduction, _REDUCTIONS)
 
 
 def _scale(temperature: Any, x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """(1 / temperature as a 0-dim tensor on x's device, its value); differentiable when temperature is
     a tensor (reading its value syncs). Its range is checked by :func:`_check_scale`, which knows the
     dtype the chosen backend applies it in."""
+    expected = "a positive and finite float, or a 0-dim floating tensor"
     if isinstance(temperature, torch.Tensor):
         if temperature.dim() != 0 or not temperature.is_floating_point():
-            raise ValueError(
-                "infonce_loss: temperature must be a float or a 0-dim floating tensor, got a tensor of "
-                f"shape {tuple(temperature.shape)} and dtype {temperature.dtype}"
-            )
+            raise ValueError(_checks.message(_FN, "temperature", expected, temperature))
         scale = 1.0 / temperature.to(x.device)
         return scale, float(scale.detach())
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(
-            f"infonce_loss: temperature must be a float or 0-dim tensor, got {type(temperature).__name__}"
-        )
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"infonce_loss: temperature must be positive and finite, got {temperature}")
+    value = _checks.check_real(_FN, "temperature", temperature, positive=True, expected=expected)
     # float64 here; the backends round it once to the dtype they compute in
-    return torch.tensor(1.0 / temperature, dtype=torch.float64, device=x.device), 1.0 / temperature
+    return torch.tensor(1.0 / value, dtype=torch.float64, device=x.device), 1.0 / value
 
 
 def _scale_dtype(x: torch.Tensor, backend: str) -> torch.dtype:
     """The dtype the logit scale is applied in: the reference multiplies its logits, of the inputs'
     dtype, by it; the blockwise backends compute in float32 (float64 for float64 inputs)."""
-    return x.dtype if backend == "reference" else compute_dtype(x)
+    return x.dtype if backend == "reference" else _checks.compute_dtype(x)
 
 
 def _check_scale(value: float, dtype: torch.dtype, source: str) -> None:
@@ -110,11 +77,7 @@ def _per_index(
 ) -> torch.Tensor:
     if backend == "reference":
         return infonce_loss_reference(x, y, scale, symmetric=symmetric)
-    if backend == "triton":
-        from fastalign.contrastive import triton as triton_backend
-
-        return triton_backend.infonce(x, y, scale, symmetric)
-    return torch_chunked.infonce(x, y, scale, symmetric)
+    return _dispatch.module(backend).infonce(x, y, scale, symmetric)
 
 
 def _reduce(losses: torch.Tensor, reduction: str, count: int) -> torch.Tensor:
@@ -233,7 +196,9 @@ def _dispatched(
     if group is not None:
         from fastalign.contrastive.distributed import distributed_infonce
 
-        losses, total_n, global_sum = distributed_infonce(x, y, scale, symmetric, chosen, group)
+        # the reference (impl None) materialises the global logits; the others stream over tiles
+        impl = None if chosen == "reference" else _dispatch.module(chosen).IMPL
+        losses, total_n, global_sum = distributed_infonce(x, y, scale, symmetric, impl, group)
         _check_overflow(torch.isfinite(global_sum), x, y, value, dtype, group)
         if reduction == "none":
             return losses
@@ -260,16 +225,14 @@ class InfoNCELoss(nn.Module):
         self, temperature: float = 0.07, learnable: bool = False, max_logit_scale: float = 100.0
     ) -> None:
         super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise TypeError(f"InfoNCELoss: temperature must be a float, got {type(temperature).__name__}")
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"InfoNCELoss: temperature must be positive and finite, got {temperature}")
-        if not (math.isfinite(max_logit_scale) and max_logit_scale > 0):
-            raise ValueError(
-                f"InfoNCELoss: max_logit_scale must be positive and finite, got {max_logit_scale}"
-            )
+        expected = "a positive and finite float"
+        temperature = _checks.check_real(
+            "InfoNCELoss", "temperature", temperature, positive=True, expected=expected
+        )
+        self.max_logit_scale = _checks.check_real(
+            "InfoNCELoss", "max_logit_scale", max_logit_scale, positive=True, expected=expected
+        )
         self.learnable = learnable
-        self.max_logit_scale = float(max_logit_scale)
         init = min(math.log(1.0 / temperature), math.log(self.max_logit_scale))
         if learnable:
             self.logit_scale = nn.Parameter(torch.tensor(init))

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import torch
 
+from fastalign._checks import compute_dtype
+
 
 class Primitives(Protocol):
     def lse_stats(
@@ -76,11 +78,6 @@ def addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
 def direction_weights(symmetric: bool) -> tuple[float, float]:
     """Weights of the row (x -> y) and column (y -> x) cross-entropies in each per-index loss."""
     return (0.5, 0.5) if symmetric else (1.0, 0.0)
-
-
-def compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs, else float32."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 _ROW_CHUNK = 8192  # rows upcast at a time, so no (N, D) float32 copy of half inputs exists

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fastalign.contrastive import torch_chunked
 from fastalign.contrastive.common import InfoNCEFunction, Primitives
 from fastalign.contrastive.reference import infonce_loss_reference
 
@@ -93,25 +92,28 @@ def all_ranks(flag: torch.Tensor, group: Any) -> torch.Tensor:
 
 
 def distributed_infonce(
-    x: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, symmetric: bool, backend: str, group: Any
+    x: torch.Tensor,
+    y: torch.Tensor,
+    scale: torch.Tensor,
+    symmetric: bool,
+    impl: Primitives | None,
+    group: Any,
 ) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """(this rank's per-index losses, global N, detached global sum of all per-index losses)."""
+    """(this rank's per-index losses, global N, detached global sum of all per-index losses).
+
+    ``impl``: the chosen backend's blockwise primitives, or None for the reference, which gathers x and
+    y (with gradients) and materialises the global logits.
+    """
     if not (dist.is_available() and dist.is_initialized()):
         raise ValueError("infonce_loss: group was given but torch.distributed is not initialised")
     sizes = _sizes(x.shape[0], x.device, group)
     offset = sum(sizes[: dist.get_rank(group)])
-    if backend == "reference":
+    if impl is None:
         x_all = _GatherWithGrad.apply(x, sizes, offset, group)
         y_all = _GatherWithGrad.apply(y, sizes, offset, group)
         full = infonce_loss_reference(x_all, y_all, scale, symmetric=symmetric)
         losses = full[offset : offset + x.shape[0]]
     else:
-        if backend == "triton":
-            from fastalign.contrastive import triton as triton_backend
-
-            impl: Primitives = triton_backend.IMPL
-        else:
-            impl = torch_chunked.IMPL
         comm = _GroupComm(group, sizes, offset, x.shape[0])
         losses = InfoNCEFunction.apply(x, y, scale, symmetric, impl, comm)
     total = losses.detach().sum()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from fastalign.contrastive.common import InfoNCEFunction, addmm_f32_, compute_dtype, mm_f32
+from fastalign._checks import compute_dtype
+from fastalign.contrastive.common import InfoNCEFunction, addmm_f32_, mm_f32
 
 _STRIPE_ELEMENTS = 1 << 24
 

@@ -261,6 +261,45 @@ def test_bad_input_is_a_clear_error(kwargs, error, match) -> None:
         fastalign.infonce_loss(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"max_logit_scale": "big"},
+            TypeError,
+            r"InfoNCELoss: max_logit_scale must be a positive and finite",
+        ),
+        ({"max_logit_scale": math.nan}, ValueError, r"InfoNCELoss: max_logit_scale must be .*, got nan"),
+        ({"temperature": True}, TypeError, r"InfoNCELoss: temperature must be a positive and finite float"),
+        ({"temperature": 0}, ValueError, r"InfoNCELoss: temperature must be .*, got 0 \(int\)"),
+    ],
+)
+def test_module_arguments_are_clear_errors(kwargs, error, match) -> None:
+    with pytest.raises(error, match=match):
+        fastalign.InfoNCELoss(**kwargs)
+
+
+def test_numpy_temperatures_are_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    x, y = _inputs(6, 3, torch.float64, 2)
+    want = fastalign.infonce_loss(x, y, 0.25)
+    for t in (np.float32(0.25), np.float64(0.25)):
+        torch.testing.assert_close(fastalign.infonce_loss(x, y, t), want, rtol=0, atol=0)
+    assert float(fastalign.InfoNCELoss(temperature=np.float32(0.25)).temperature) == pytest.approx(0.25)
+
+
+def test_backends_are_registered_by_module_and_imported_when_chosen() -> None:
+    from fastalign.contrastive import api
+
+    modules = {name: spec.module for name, spec in api._dispatch.specs.items()}
+    assert modules == {
+        "triton": "fastalign.contrastive.triton",
+        "torch": "fastalign.contrastive.torch_chunked",
+        "reference": "fastalign.contrastive.reference",
+    }
+    assert api._dispatch.module("torch") is torch_chunked
+
+
 def test_devices_must_match() -> None:
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="one device"):

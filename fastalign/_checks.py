@@ -1,0 +1,341 @@
+"""Argument checks shared by every public function, with one message format.
+
+A failed check raises ``TypeError`` (the kind of value is wrong) or ``ValueError`` (its value is) with
+
+    "<function>: <argument> must be <expected>, got <given>"
+
+where <given> shows a scalar by its value and type (``1.5 (float)``, ``'7' (str)``, ``None``) and anything
+else by its type (tensors and arrays with their shape and dtype). Shapes read "<argument> must have shape
+<expected>, got <shape>". ``NotImplementedError`` is for backend refusals (fastalign._backend), not here.
+Callers whose tests pin other words for what is expected pass them as ``expected``; a check too specific
+to live here builds its message with :func:`message`, so it reads the same.
+
+What it offers (``fn`` is the public function's name, ``name`` the argument's):
+
+Messages and predicates
+    message(fn, name, expected, value) -> str          the one format
+    is_int(v) -> bool                                  Python or numpy int, not bool
+    is_real(v) -> bool                                 Python or numpy int or float, not bool
+Scalars (each returns the value as a plain Python object)
+    check_int(fn, name, v, *, minimum=None, none=False, expected=None) -> int | None
+    check_real(fn, name, v, *, positive=False, none=False, expected=None) -> float | None   (finite)
+    check_seed(fn, seed, *, none=True) -> int | None   a torch.Generator seed, in [0, 2**63 - 1]
+    check_bool(fn, name, v) -> bool                    Python or numpy bool
+    check_choice(fn, name, v, choices) -> str
+Tensors
+    check_tensor(fn, name, v, *, shape=None, arrays=False) -> Tensor   (numpy arrays converted if arrays)
+    check_shape(fn, name, t, shape, *, doc=None)       None in ``shape`` matches any size
+    check_floating(fn, name, t, *, expected=None)      floating dtype (complex and integers refused)
+    check_real_dtype(fn, name, t)                      complex refused
+    exact_float(fn, name, t) -> Tensor                 integers and bools to float64, exactly or ValueError
+    check_same_device(fn, **tensors)                   all on one device
+Dtypes
+    TRITON_DTYPES                                      what the Triton kernels take
+    dtype_reasons(backend, dtypes, tensors) -> list[str]   a backend refusal per dtype it does not take
+    compute_dtype(t_or_dtype) -> dtype                 float64 for float64, else float32
+Exact power-of-two scaling (scale invariant statistics at any finite magnitude)
+    pow2(k, dtype) -> Tensor                           2**k exactly
+    magnitude_shift(max_abs, *, low, high, limit=None) exponents k bringing max_abs into [0.5, 1)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from typing import Any, TypeVar, overload
+
+import numpy as np
+import torch
+
+_SCALARS = (bool, int, float, complex, str, bytes, np.generic)
+
+
+def _given(value: Any) -> str:
+    """How a message shows the value it refuses (see the module docstring)."""
+    if value is None:
+        return "None"
+    kind = type(value).__name__
+    if isinstance(value, _SCALARS):
+        shown = repr(value) if isinstance(value, (str, bytes)) else str(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return f"{shown} ({kind})"
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        dtype = str(value.dtype).removeprefix("torch.")
+        return f"{kind} of shape {tuple(value.shape)} and dtype {dtype}"
+    return kind
+
+
+def message(fn: str, name: str, expected: str, value: Any) -> str:
+    """``"<fn>: <name> must be <expected>, got <value>"``, the one format of every argument error."""
+    return f"{fn}: {name} must be {expected}, got {_given(value)}"
+
+
+def is_int(value: Any) -> bool:
+    """Python and numpy integers; bools (Python's and numpy's) are neither counts nor indices."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value: Any) -> bool:
+    """Python and numpy integers and floats, bools excluded (``True`` as a temperature is a mistake)."""
+    return is_int(value) or isinstance(value, (float, np.floating))
+
+
+@overload
+def check_int(
+    fn: str, name: str, value: Any, *, minimum: int | None = None, expected: str | None = None
+) -> int: ...
+@overload
+def check_int(
+    fn: str, name: str, value: Any, *, minimum: int | None = None, none: bool, expected: str | None = None
+) -> int | None: ...
+def check_int(
+    fn: str,
+    name: str,
+    value: Any,
+    *,
+    minimum: int | None = None,
+    none: bool = False,
+    expected: str | None = None,
+) -> int | None:
+    """``value`` as an int that is at least ``minimum``; None passes when ``none``.
+
+    Raises:
+        TypeError: not an int (bool and float are not).
+        ValueError: below ``minimum``.
+    """
+    if value is None and none:
+        return None
+    if expected is None:
+        expected = ("None or " if none else "") + "an int" + ("" if minimum is None else f" >= {minimum}")
+    if not is_int(value):
+        raise TypeError(message(fn, name, expected, value))
+    if minimum is not None and value < minimum:
+        raise ValueError(message(fn, name, expected, value))
+    return int(value)
+
+
+@overload
+def check_real(
+    fn: str, name: str, value: Any, *, positive: bool = False, expected: str | None = None
+) -> float: ...
+@overload
+def check_real(
+    fn: str, name: str, value: Any, *, positive: bool = False, none: bool, expected: str | None = None
+) -> float | None: ...
+def check_real(
+    fn: str,
+    name: str,
+    value: Any,
+    *,
+    positive: bool = False,
+    none: bool = False,
+    expected: str | None = None,
+) -> float | None:
+    """``value`` as a finite float (> 0 when ``positive``); None passes when ``none``.
+
+    Raises:
+        TypeError: not a real number (bool, complex, str and tensors are not).
+        ValueError: NaN, infinite, or not positive when ``positive``.
+    """
+    if value is None and none:
+        return None
+    if expected is None:
+        expected = ("None or " if none else "") + "a finite number" + (" > 0" if positive else "")
+    if not is_real(value):
+        raise TypeError(message(fn, name, expected, value))
+    number = float(value)
+    if not math.isfinite(number) or (positive and number <= 0):
+        raise ValueError(message(fn, name, expected, value))
+    return number
+
+
+# torch.Generator.manual_seed takes 64-bit seeds; negative ones alias large ones, so both ends are cut
+_MAX_SEED = 2**63 - 1
+
+
+def check_seed(fn: str, seed: Any, *, none: bool = True) -> int | None:
+    """``seed`` as an int that torch.Generator.manual_seed takes without aliasing, [0, 2**63 - 1]; None
+    (fresh randomness) passes when ``none``. A seed of the wrong kind is named by its type only.
+
+    Raises:
+        TypeError: not an int.
+        ValueError: outside [0, 2**63 - 1].
+    """
+    if seed is None and none:
+        return None
+    expected = "an int in [0, 2**63 - 1]" + (" or None" if none else "")
+    if not is_int(seed):
+        raise TypeError(f"{fn}: seed must be {expected}, got {type(seed).__name__}")
+    if not 0 <= seed <= _MAX_SEED:
+        raise ValueError(message(fn, "seed", expected, seed))
+    return int(seed)
+
+
+def check_bool(fn: str, name: str, value: Any) -> bool:
+    """``value`` as a bool (Python's or numpy's); 0 and 1 are not bools.
+
+    Raises:
+        TypeError: not a bool.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(message(fn, name, "a bool", value))
+    return bool(value)
+
+
+_Choice = TypeVar("_Choice")
+
+
+def check_choice(fn: str, name: str, value: Any, choices: Collection[_Choice]) -> _Choice:
+    """``value`` if it is one of ``choices``.
+
+    Raises:
+        ValueError: anything else (a value of another type included, as ``==`` finds no match).
+    """
+    if not isinstance(value, (torch.Tensor, np.ndarray)) and value in choices:
+        return value
+    raise ValueError(message(fn, name, f"one of {tuple(choices)}", value))
+
+
+def check_tensor(
+    fn: str, name: str, value: Any, *, shape: str | None = None, arrays: bool = False
+) -> torch.Tensor:
+    """``value`` as a tensor; with ``arrays`` a numpy array is converted (sharing its memory).
+
+    Args:
+        shape: the expected shape in words, e.g. "(N, D)", for the message only.
+
+    Raises:
+        TypeError: neither a tensor nor (with ``arrays``) a numpy array.
+    """
+    if arrays and isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, torch.Tensor):
+        kinds = "a torch.Tensor or numpy array" if arrays else "a torch.Tensor"
+        raise TypeError(message(fn, name, kinds + (f" of shape {shape}" if shape else ""), value))
+    return value
+
+
+def check_shape(
+    fn: str, name: str, t: torch.Tensor, shape: Sequence[int | None], *, doc: str | None = None
+) -> None:
+    """``t.shape`` matches ``shape`` (None matches any size).
+
+    Args:
+        doc: the shape in words, e.g. "(N, D)" or "(3,) (x's channels)"; default ``tuple(shape)``.
+
+    Raises:
+        ValueError: another number of dimensions or another size.
+    """
+    if t.dim() == len(shape) and all(s is None or s == n for s, n in zip(shape, t.shape, strict=True)):
+        return
+    raise ValueError(f"{fn}: {name} must have shape {doc or tuple(shape)}, got {tuple(t.shape)}")
+
+
+def check_floating(fn: str, name: str, t: torch.Tensor, *, expected: str | None = None) -> None:
+    """``t`` has a floating dtype.
+
+    Raises:
+        TypeError: an integer, bool or complex dtype.
+    """
+    if not t.is_floating_point():
+        raise TypeError(f"{fn}: {name} must be {expected or 'a floating-point tensor'}, got dtype {t.dtype}")
+
+
+def check_real_dtype(fn: str, name: str, t: torch.Tensor) -> None:
+    """``t`` is not complex.
+
+    Raises:
+        TypeError: a complex dtype.
+    """
+    if t.is_complex():
+        raise TypeError(f"{fn}: {name} must be real, got dtype {t.dtype}")
+
+
+def exact_float(fn: str, name: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` with integer and bool dtypes converted to float64 (binary model RDMs, counts); floating
+    tensors as they are.
+
+    Raises:
+        ValueError: (u)int64 values beyond 2**53, which float64 cannot hold exactly (distinct values
+            would silently tie).
+    """
+    if t.is_floating_point():
+        return t
+    if t.dtype in (torch.int64, torch.uint64) and t.numel():
+        # uint64 has no comparisons on CPU; viewed as int64, its values of 2**63 and more are negative
+        v = t.view(torch.int64)
+        lo = 0 if t.dtype == torch.uint64 else -(2**53)
+        if int(v.amax()) > 2**53 or int(v.amin()) < lo:
+            raise ValueError(
+                f"{fn}: {name} holds {str(t.dtype).removeprefix('torch.')} values beyond 2**53, which "
+                "float64 cannot hold exactly; pass float64 values"
+            )
+    return t.to(torch.float64)
+
+
+def check_same_device(fn: str, **tensors: torch.Tensor) -> None:
+    """All ``tensors`` (keyword: argument name) are on one device.
+
+    Raises:
+        ValueError: two or more devices, naming each argument's.
+    """
+    if len({t.device for t in tensors.values()}) > 1:
+        names = " and ".join(tensors)
+        where = " and ".join(f"{n} on {t.device}" for n, t in tensors.items())
+        raise ValueError(f"{fn}: {names} must be on one device, got {where}")
+
+
+#: The dtypes the Triton kernels take (they accumulate in float32; float64 has no tensor-core path).
+TRITON_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def dtype_reasons(backend: str, dtypes: Sequence[torch.dtype], tensors: Sequence[torch.Tensor]) -> list[str]:
+    """Why ``backend``, which takes only ``dtypes``, cannot take these tensors: one reason per other dtype."""
+    words = [str(d).removeprefix("torch.") for d in dtypes]
+    allowed = words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+    others = dict.fromkeys(t.dtype for t in tensors if t.dtype not in dtypes)
+    return [f"{backend} takes {allowed} inputs, got {dtype}" for dtype in others]
+
+
+def compute_dtype(t: torch.Tensor | torch.dtype) -> torch.dtype:
+    """The dtype the backends accumulate in: float64 for float64 inputs, else float32."""
+    dtype = t if isinstance(t, torch.dtype) else t.dtype
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def pow2(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """2**k exactly, built from float64 bits (exp2 and ldexp round on some devices); |k| <= 1022."""
+    return ((k.to(torch.int64) + 1023) << 52).view(torch.float64).to(dtype)
+
+
+@overload
+def magnitude_shift(
+    max_abs: torch.Tensor, *, low: float, high: float, limit: int | None = None
+) -> torch.Tensor: ...
+@overload
+def magnitude_shift(
+    max_abs: np.ndarray | float, *, low: float, high: float, limit: int | None = None
+) -> np.ndarray: ...
+def magnitude_shift(
+    max_abs: torch.Tensor | np.ndarray | float, *, low: float, high: float, limit: int | None = None
+) -> torch.Tensor | np.ndarray:
+    """Power-of-two exponents k (int64, a tensor for a tensor, else an ndarray) that bring each largest
+    magnitude into [0.5, 1) (``max_abs * 2**k``) where it is finite, nonzero and outside [low, high); 0
+    elsewhere, so data of ordinary magnitude are left bit for bit as they are.
+
+    Multiplying by 2**k is exact, so sums of squares of the scaled data neither overflow nor underflow,
+    and scale-invariant statistics computed from them are those of the data. ``limit`` bounds |k|
+    (keep 2**k and 2**-k normal in the data's dtype: |k| up to -log2 of its smallest normal).
+    """
+    if isinstance(max_abs, torch.Tensor):
+        m = max_abs.detach().to(torch.float64)
+        exponent = torch.frexp(m).exponent.to(torch.int64)
+        shift = ((m > 0) & (m < low)) | ((m >= high) & torch.isfinite(m))
+        k = torch.where(shift, -exponent, torch.zeros_like(exponent))
+        return k if limit is None else k.clamp(-limit, limit)
+    m_np = np.asarray(max_abs, dtype=np.float64)
+    _, exp_np = np.frexp(m_np)
+    shift_np = ((m_np > 0) & (m_np < low)) | ((m_np >= high) & np.isfinite(m_np))
+    k_np = np.where(shift_np, -exp_np, 0).astype(np.int64)
+    return k_np if limit is None else np.clip(k_np, -limit, limit)
