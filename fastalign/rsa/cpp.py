@@ -16,21 +16,11 @@ from __future__ import annotations
 
 import torch
 
-from fastalign import _ext
+from fastalign import _checks, _ext
 from fastalign.rsa import common
 
 _RDM_CODES = {"correlation": 0, "cosine": 1, "euclidean": 2}
 _COMPARE_CODES = {"spearman": 0, "rho_a": 1, "pearson": 2, "cosine": 3}
-
-
-def missing() -> str | None:
-    """None when the RSA ops are registered, else why not."""
-    why = _ext.why_unavailable()
-    if why is not None:
-        return why
-    if not hasattr(torch.ops.fastalign, "rsa_centered_ranks"):
-        return "fastalign._C was built without the current RSA ops (csrc/rsa.cpp); rebuild it"
-    return None
 
 
 rank = common.ext_rank
@@ -43,7 +33,7 @@ def _tau_a(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     k = a.shape[-1]
     ia = torch.arange(a[..., 0].numel()).reshape(a.shape[:-1]).expand(shape).reshape(-1)
     ib = torch.arange(b[..., 0].numel()).reshape(b.shape[:-1]).expand(shape).reshape(-1)
-    ct = common.compute_dtype(a)
+    ct = _checks.compute_dtype(a)
     out = torch.ops.fastalign.rsa_kendall_tau_a(a.to(ct).reshape(-1, k), b.to(ct).reshape(-1, k), ia, ib)
     return out.to(ct).reshape(shape)
 
@@ -62,7 +52,7 @@ def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torc
     _ext.load()
     lead, (n, p) = x.shape[:-2], x.shape[-2:]
     out = torch.ops.fastalign.rsa_rdm_direct(
-        x.to(common.compute_dtype(x)).reshape(-1, n, p).contiguous(), _RDM_CODES[method]
+        x.to(_checks.compute_dtype(x)).reshape(-1, n, p).contiguous(), _RDM_CODES[method]
     )
     return out.reshape(*lead, -1)
 
@@ -72,7 +62,7 @@ def rdm_compare(x: torch.Tensor, models: torch.Tensor, rdm_method: str, method: 
     no (B, K) RDMs are held. rdm_method: correlation / cosine / euclidean; method: a linear method."""
     _ext.load()
     w = prepare(models.to(torch.float64), method).contiguous()
-    x = x.to(common.compute_dtype(x)).contiguous()
+    x = x.to(_checks.compute_dtype(x)).contiguous()
     out = torch.ops.fastalign.rsa_rdm_compare(x, w, _RDM_CODES[rdm_method], _COMPARE_CODES[method])
     return out * common.linear_scale(method, w.shape[-1])
 

@@ -15,19 +15,6 @@ import torch
 from fastalign import _ext
 from fastalign.rsa import common
 
-
-def missing() -> str | None:
-    """None when the CUDA RSA ops are registered, else why not."""
-    why = _ext.why_unavailable()
-    if why is not None:
-        return why
-    if not _ext.build_info().get("cuda", False):
-        return "fastalign._C was built without CUDA kernels"
-    if not hasattr(torch.ops.fastalign, "rsa_centered_ranks"):
-        return "fastalign._C was built without the current RSA ops (csrc/rsa.cpp); rebuild it"
-    return None
-
-
 rank = common.ext_rank
 prepare = common.ext_prepare
 

@@ -1,15 +1,19 @@
 """The oracle for RSA: readable eager PyTorch that defines the semantics every backend must match.
 
-Everything here works in the inputs' dtype (use float64 for exactness), on any device, and follows
-rsatoolbox's definitions (rdm methods, compare methods, condensed vectors, noise-ceiling pooling). It
-materialises what it needs (pairwise differences, comparison matrices, one permuted RDM at a time) and
-is meant for small inputs and tests; the public functions validate inputs before calling these.
+The ``*_reference`` functions work in the inputs' dtype (use float64 for exactness), on any device, and
+follow rsatoolbox's definitions (rdm methods, compare methods, condensed vectors, noise-ceiling pooling).
+They materialise what they need (pairwise differences, comparison matrices, one permuted RDM at a time)
+and are meant for small inputs and tests; the public functions validate inputs before calling these.
+``rdm``, ``rank`` and ``compare`` are the same oracle behind the backend protocols
+(fastalign.rsa.common), in the compute dtype as every backend computes; for the statistics the
+reference runs whole tests (common.ReferenceStatistics).
 """
 
 from __future__ import annotations
 
 import torch
 
+from fastalign import _checks
 from fastalign.rsa import common
 
 
@@ -115,6 +119,21 @@ def compare_reference(a: torch.Tensor, b: torch.Tensor, method: str) -> torch.Te
     raise ValueError(f"compare_reference: unknown method {method!r}")
 
 
+def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """rdm_reference in the compute dtype (common.RDMBackend)."""
+    ct = _checks.compute_dtype(x)
+    return rdm_reference(x.to(ct), method, None if noise is None else noise.to(ct))
+
+
+rank = rank_reference
+
+
+def compare(a: torch.Tensor, b: torch.Tensor, method: str) -> torch.Tensor:
+    """compare_reference in the compute dtype of a, which b shares (common.CompareBackend)."""
+    ct = _checks.compute_dtype(a)
+    return compare_reference(a.to(ct), b.to(ct), method)
+
+
 def permutation_null_reference(
     a: torch.Tensor, b: torch.Tensor, method: str, perms: torch.Tensor
 ) -> torch.Tensor:
@@ -125,30 +144,6 @@ def permutation_null_reference(
     n = perms.shape[1]
     idx = common.permuted_pair_indices(perms.to(a.device), n)
     return torch.stack([compare_reference(a, b[..., idx[p]], method) for p in range(idx.shape[0])])
-
-
-def cluster_masses_reference(t: torch.Tensor, threshold: float, tail: int) -> list[tuple[int, int, float]]:
-    """Clusters of one t curve (n_times,): maximal runs beyond the threshold, as (start, stop, mass).
-
-    tail=1: runs of t > threshold; tail=-1: runs of t < -threshold; tail=0: both kinds, a run never
-    mixing signs. The mass is the sum of t over the run (negative for negative clusters).
-    """
-    clusters = []
-    values = t.tolist()
-    start, sign = None, 0
-    for k in range(len(values) + 1):  # one step past the end closes a trailing run
-        s = 0
-        if k < len(values):
-            if values[k] > threshold and tail >= 0:
-                s = 1
-            elif values[k] < -threshold and tail <= 0:
-                s = -1
-        if start is not None and s != sign:
-            clusters.append((start, k, float(sum(values[start:k]))))
-            start = None
-        if s != 0 and start is None:
-            start, sign = k, s
-    return clusters
 
 
 def _max_mass(clusters: list[tuple[int, int, float]], tail: int) -> float:
@@ -174,11 +169,11 @@ def cluster_test_reference(
         clusters with the +1 correction).
     """
     t = common.one_sample_t(x)
-    clusters = cluster_masses_reference(t, threshold, tail)
+    clusters = common.cluster_masses(t, threshold, tail)
     null_values = []
     for f in flips:
         t_flip = common.one_sample_t(x * f[:, None].to(x.dtype))
-        null_values.append(_max_mass(cluster_masses_reference(t_flip, threshold, tail), tail))
+        null_values.append(_max_mass(common.cluster_masses(t_flip, threshold, tail), tail))
     null = torch.tensor(null_values, dtype=torch.float64)
     observed = torch.tensor([_max_mass([c], tail) for c in clusters], dtype=torch.float64)
     pvals = common.permutation_pvalue(observed, null[:, None].expand(-1, len(clusters)), "greater")

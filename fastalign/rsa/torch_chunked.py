@@ -19,14 +19,12 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from fastalign import _checks
 from fastalign.rsa import common
 
 _CHUNK_ELEMENTS = 1 << 24
 _PAIRS_PER_BLOCK = 1 << 22
 _GRAM_ELEMENTS = 1 << 24
-
-
-compute_dtype = common.compute_dtype
 
 
 def _triu_blocks(n: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -114,7 +112,7 @@ def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torc
     RDMs are made a few at a time (``_GRAM_ELEMENTS`` Gram entries) into one reused buffer: a batch of
     1,000 RDMs never holds 1,000 n x n matrices, only their condensed outputs.
     """
-    ct = compute_dtype(x)
+    ct = _checks.compute_dtype(x)
     if method == "crossnobis":
         return _crossnobis(x, noise, ct)
     lead, (n, p) = x.shape[:-2], x.shape[-2:]
@@ -171,7 +169,7 @@ def rank(x: torch.Tensor) -> torch.Tensor:
 
 def prepare(v: torch.Tensor, method: str) -> torch.Tensor:
     """The per-RDM vector z of a linear method (common.center_scale of the values or their ranks)."""
-    ct = compute_dtype(v)
+    ct = _checks.compute_dtype(v)
     z = rank(v).to(ct) if method in ("spearman", "rho_a") else v.to(ct)
     return common.center_scale(z, method)
 
@@ -192,7 +190,7 @@ def _tau_a(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         sa = torch.sign(ab[:, s : s + step, None] - ab[:, None, :])
         sb = torch.sign(bb[:, s : s + step, None] - bb[:, None, :])
         total += (sa * sb).sum((-2, -1), dtype=torch.int64)
-    return ((total // 2).to(compute_dtype(a)) / common.n_pairs(k)).reshape(lead)
+    return ((total // 2).to(_checks.compute_dtype(a)) / common.n_pairs(k)).reshape(lead)
 
 
 def compare(a: torch.Tensor, b: torch.Tensor, method: str) -> torch.Tensor:

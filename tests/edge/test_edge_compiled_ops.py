@@ -34,9 +34,11 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from fastalign import _ext
-from fastalign.rsa import cpp
+from fastalign.rsa import api, cpp
 
-pytestmark = pytest.mark.skipif(cpp.missing() is not None, reason="fastalign._C is not built")
+pytestmark = pytest.mark.skipif(
+    _ext.why_ops_missing(api._CPP_OPS) is not None, reason="fastalign._C is not built"
+)
 OPS = torch.ops.fastalign
 RSA_OPS = {
     "rsa_rank",
@@ -60,7 +62,7 @@ def _registered() -> set[str]:
     already looked up)."""
     _ext.load()
     if env_triton():
-        import fastalign.models.norm_act.triton  # noqa: F401  (registers the bn_act custom ops)
+        import fastalign.norm_act.triton  # noqa: F401  (registers the bn_act custom ops)
     names = {
         n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastalign::")
     }

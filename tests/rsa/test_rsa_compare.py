@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import fastalign as fa
-from fastalign.rsa import cpp
+from fastalign import _ext
+from fastalign.rsa import api
 
-CPP = ["cpp"] if cpp.missing() is None else []
+CPP = ["cpp"] if _ext.why_ops_missing(api._CPP_OPS) is None else []
 
 RT_NAMES = {
     "spearman": "spearman",

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import fastalign as fa
-from fastalign.rsa import common, cpp, torch_chunked
+from fastalign import _ext
+from fastalign.rsa import api, common, torch_chunked
 
-pytestmark = pytest.mark.skipif(cpp.missing() is not None, reason=str(cpp.missing()))
+_MISSING = _ext.why_ops_missing(api._CPP_OPS)
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=str(_MISSING))
 
 F64 = torch.float64
 
@@ -456,10 +458,9 @@ def test_cuda_ops_reject_bad_input() -> None:
     """The CUDA glue (csrc/cuda/rsa_cuda.cpp) makes the CPU op's checks."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from fastalign.rsa import cuda
-
-    if cuda.missing() is not None:
-        pytest.skip(str(cuda.missing()))
+    why = _ext.why_ops_missing(api._CUDA_OPS, cuda=True)
+    if why is not None:
+        pytest.skip(why)
     src = K6.cuda()
     with pytest.raises(ValueError, match=r"perms row 1 is not a permutation of 0\.\.3"):
         _op("rsa_permute_condensed")(src, _perm([0, 1, 2, 3], [0, 3, 2, 3]).cuda())

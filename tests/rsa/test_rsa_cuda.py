@@ -16,9 +16,10 @@ pytestmark = pytest.mark.cuda
 def cuda_backend() -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from fastalign.rsa import cuda
+    from fastalign import _ext
+    from fastalign.rsa import api
 
-    why = cuda.missing()
+    why = _ext.why_ops_missing(api._CUDA_OPS, cuda=True)
     if why is not None:
         pytest.skip(why)
 

@@ -13,11 +13,13 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import fastalign as fa
-from fastalign.rsa import common, cpp
+from fastalign import _ext
+from fastalign.rsa import api, common, torch_chunked
+from fastalign.rsa import stats as rsa_stats
 
 METHODS = ["spearman", "pearson", "rho_a", "cosine", "kendall_tau_a"]
 LINEAR = ["spearman", "pearson", "rho_a", "cosine"]
-FAST = ["torch", *(["cpp"] if cpp.missing() is None else [])]
+FAST = ["torch", *(["cpp"] if _ext.why_ops_missing(api._CPP_OPS) is None else [])]
 
 
 def _rdms(seed: int, n: int, batch: tuple[int, ...]) -> torch.Tensor:
@@ -222,7 +224,9 @@ def test_cluster_test_matches_brute_force(backend: str, tail: int) -> None:
     res = fa.cluster_permutation_test(
         torch.from_numpy(x), n_permutations=200, tail=tail, seed=1, backend=backend
     )
-    flips = common.sign_flips(9, 200, seed=1).numpy()
+    flips, exact = rsa_stats._sign_flips(9, 200, tail, seed=1)
+    assert not exact and len(flips) == 200
+    flips = flips.numpy()
     clusters, null, pvals = _brute_test(x, res.threshold, tail, flips)
     assert res.threshold == pytest.approx(stats.t.ppf(0.975 if tail == 0 else 0.95, 8))
     np.testing.assert_allclose(res.t_values.numpy(), stats.ttest_1samp(x, 0.0).statistic, rtol=1e-10)
@@ -230,6 +234,106 @@ def test_cluster_test_matches_brute_force(backend: str, tail: int) -> None:
     np.testing.assert_allclose(res.masses.numpy(), [m for _, _, m in clusters], rtol=1e-10)
     np.testing.assert_allclose(res.null.numpy(), null, rtol=1e-10)
     np.testing.assert_allclose(res.pvalues.numpy(), pvals, rtol=1e-12)
+
+
+def _exact_pvalues(x: np.ndarray, thr: float, tail: int) -> tuple[list, np.ndarray, np.ndarray]:
+    """Clusters, every sign pattern's max mass (the identity first, all 2^n of them) and the exact
+    p-values: the fraction of all patterns whose maximum reaches each cluster's mass."""
+    flips = np.array(list(itertools.product([1.0, -1.0], repeat=x.shape[0])))
+    clusters, null, _ = _brute_test(x, thr, tail, flips)
+    pvals = np.array([(null >= abs(m) * (1 - 1e-13)).mean() for _, _, m in clusters])
+    return clusters, null, pvals
+
+
+@pytest.mark.parametrize("tail", [1, -1, 0])
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_cluster_exact_null_matches_brute_force_count(backend: str, tail: int) -> None:
+    """With 6 subjects there are 64 sign flips: 10,000 permutations drew them with replacement (p-values
+    off by Monte-Carlo noise); now all are enumerated and p is the exact count over the 64."""
+    rng = np.random.default_rng(tail + 20)
+    effect = np.zeros(24)
+    effect[4:10], effect[15:19] = 1.5, -1.2
+    x = rng.normal(size=(6, 24)) + effect
+    res = fa.cluster_permutation_test(torch.from_numpy(x), n_permutations=10000, tail=tail, seed=3,
+                                      backend=backend)  # fmt: skip
+    clusters, null, pvals = _exact_pvalues(x, res.threshold, tail)
+    assert res.exact
+    assert len(res.null) == (63 if tail else 31)  # the identity is counted by the +1; f ~ -f for tail 0
+    assert [(c.start, c.stop) for c in res.clusters] == [(s, e) for s, e, _ in clusters] and clusters
+    np.testing.assert_allclose(res.pvalues.numpy(), pvals, rtol=1e-12)
+    # the null holds every pattern but the identity (for tail 0: one of each pair f, -f)
+    want = np.sort(null[1:] if tail else null[1:32])
+    np.testing.assert_allclose(np.sort(res.null.numpy()), want, rtol=1e-10)
+    if tail == 1:
+        assert float(res.pvalues.min()) == pytest.approx(1 / 64)  # the planted cluster: nothing beats it
+
+
+def test_cluster_exact_null_boundary_and_large_n() -> None:
+    """Exact as soon as the 2^n - 1 non-identity flips fit in n_permutations; beyond 62 free subjects the
+    flips are today's independent draws (common.sign_flips), so large-n results are unchanged."""
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(4), dtype=torch.float64) + 1.0
+    assert fa.cluster_permutation_test(x, n_permutations=31, seed=0).exact
+    assert not fa.cluster_permutation_test(x, n_permutations=30, seed=0).exact
+    assert fa.cluster_permutation_test(x, n_permutations=15, tail=0, seed=0).exact
+    big = torch.randn(64, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 0.5
+    res = fa.cluster_permutation_test(big, n_permutations=20, seed=7)
+    flips = common.sign_flips(64, 20, seed=7)
+    want = common.cluster_test(torch_chunked, big, res.threshold, 1, flips)[2]
+    assert not res.exact and torch.equal(res.null, want)
+
+
+@pytest.mark.parametrize(
+    ("n", "count", "tail"), [(4, 7, 1), (9, 200, 1), (9, 200, 0), (12, 3000, -1), (40, 500, 1)]
+)
+def test_sign_flips_are_distinct_and_skip_the_identity(n: int, count: int, tail: int) -> None:
+    flips, exact = rsa_stats._sign_flips(n, count, tail, seed=1)
+    assert not exact and flips.shape == (count, n) and flips.dtype == torch.float64
+    assert bool((flips.abs() == 1).all())
+    assert len(torch.unique(flips, dim=0)) == count
+    assert not bool((flips == 1).all(1).any())  # the identity is counted by the +1, never drawn
+    if tail == 0:  # one of each pair f, -f: the last subject is never flipped
+        assert bool((flips[:, -1] == 1).all())
+    else:
+        assert bool((flips[:, -1] == -1).any())
+    again, _ = rsa_stats._sign_flips(n, count, tail, seed=1)
+    assert torch.equal(flips, again)
+
+
+def test_sign_flips_are_uniform_without_replacement() -> None:
+    """7 of the 15 non-identity flips of 4 subjects, over 600 seeds: each flip is drawn 280 times on
+    average (sd ~12); a biased draw (e.g. low codes first) would be far off."""
+    counts = torch.zeros(16)
+    for seed in range(600):
+        flips, _ = rsa_stats._sign_flips(4, 7, 1, seed=seed)
+        codes = ((flips < 0).long() << torch.arange(4)).sum(1)
+        counts += torch.bincount(codes, minlength=16)
+    assert counts[0] == 0 and bool((counts[1:] - 280).abs().max() < 60)
+
+
+def test_cluster_exact_null_vs_mne() -> None:
+    """MNE's exact one-tailed null (n_permutations >= 2^n) holds the identity twice (inserted, and
+    the all-ones pattern of its enumeration) and lacks the all-negative flip, so its p-values are ours
+    plus 1/2^n whenever the all-negative flip does not reach the cluster."""
+    mne_stats = pytest.importorskip("mne.stats")
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(6, 30))
+    x[:, 8:16] += 1.5
+    res = fa.cluster_permutation_test(torch.from_numpy(x), threshold=2.0, tail=1, n_permutations=10000,
+                                      seed=0)  # fmt: skip
+    _, clusters, p_mne, h0 = mne_stats.permutation_cluster_1samp_test(
+        x, threshold=2.0, tail=1, n_permutations=10000, out_type="mask", verbose=False
+    )
+    assert res.exact and len(clusters) == len(res.clusters) >= 1
+    identity = float(res.masses.abs().max())
+    all_negative = float(res.null[-1])  # the last code flips every subject
+    np.testing.assert_allclose(
+        np.sort(h0), np.sort([identity, identity, *res.null[:-1].tolist()]), rtol=1e-10
+    )
+    order = np.argsort([int(np.flatnonzero(np.asarray(c).reshape(-1))[0]) for c in clusters])
+    for k, m in enumerate(res.masses.tolist()):
+        missing = 0.0 if all_negative >= m else 1 / 64
+        assert p_mne[order[k]] == pytest.approx(float(res.pvalues[k]) + missing, rel=1e-12)
+    assert p_mne[order[0]] == pytest.approx(float(res.pvalues[0]) + 1 / 64)
 
 
 def test_cluster_test_observed_clusters_match_mne() -> None:

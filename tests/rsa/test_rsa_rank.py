@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from scipy.stats import rankdata
 
 import fastalign as fa
-from fastalign.rsa import cpp
+from fastalign import _ext
+from fastalign.rsa import api
 
-COMPILED = ["cpp"] if cpp.missing() is None else []
+COMPILED = ["cpp"] if _ext.why_ops_missing(api._CPP_OPS) is None else []
 BACKENDS = ["reference", "torch", *COMPILED]
 
 

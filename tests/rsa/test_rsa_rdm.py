@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import pdist
 
 import fastalign as fa
-from fastalign.rsa import common, cpp, torch_chunked
+from fastalign import _ext
+from fastalign.rsa import api, common, torch_chunked
 
-CPP = ["cpp"] if cpp.missing() is None else []
+CPP = ["cpp"] if _ext.why_ops_missing(api._CPP_OPS) is None else []
 
 PDIST = {"correlation": "correlation", "cosine": "cosine", "euclidean": "sqeuclidean"}
 
@@ -325,8 +326,6 @@ def test_triton_kernel_half_precision(triton_device: str) -> None:
 
 
 def test_auto_never_sends_cpu_tensors_to_triton() -> None:
-    from fastalign.rsa import api
-
     assert api._rdm_dispatch.choose("auto", torch.randn(4, 3), "correlation") != "triton"
 
 
@@ -365,12 +364,10 @@ def test_pattern_errors_name_the_argument(backend: str) -> None:
 def test_triton_refuses_bfloat16_under_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Triton interpreter multiplies bfloat16 bit patterns in tl.dot (triton-lang/triton#11584): its
     RDMs were garbage, so bfloat16 is refused there; float16 is not."""
-    from fastalign.rsa import api
-
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     x = torch.randn(5, 4).bfloat16()
-    assert any("11584" in r for r in api._rdm_triton_check(x, "correlation", explicit=True))
-    assert not any("11584" in r for r in api._rdm_triton_check(x.half(), "correlation", explicit=True))
+    assert any("11584" in r for r in api._rdm_triton_limits(x, "correlation", explicit=True))
+    assert not any("11584" in r for r in api._rdm_triton_limits(x.half(), "correlation", explicit=True))
     with pytest.raises(NotImplementedError, match="11584"):
         fa.rdm(x, "correlation", backend="triton")
 

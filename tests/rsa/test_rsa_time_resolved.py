@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import fastalign as fa
-from fastalign.rsa import api, cpp
+from fastalign import _ext
+from fastalign.rsa import api, common
 
-CPP = ["cpp"] if cpp.missing() is None else []
+CPP = ["cpp"] if _ext.why_ops_missing(api._CPP_OPS) is None else []
 BACKENDS = ["reference", "torch", *CPP]
 LINEAR = ["spearman", "pearson", "rho_a", "cosine"]
 FUSED_RDM = ["correlation", "cosine", "euclidean"]
@@ -161,8 +162,30 @@ def test_composed_path_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     data = torch.randn(3, 15, 4, 9, generator=gen, dtype=torch.float64)
     models = fa.rdm(torch.randn(2, 15, 6, generator=gen, dtype=torch.float64))
     whole = fa.time_resolved_rsa(data, models, backend="torch")
-    monkeypatch.setattr(api, "_TRRSA_CHUNK_ELEMENTS", 200)  # 1 RDM of 105 entries per chunk
+    monkeypatch.setattr(common, "_TRRSA_CHUNK_ELEMENTS", 200)  # 1 RDM of 105 entries per chunk
     chunked = fa.time_resolved_rsa(data, models, backend="torch")
+    np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+def test_composed_path_validates_and_chooses_once(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunk after chunk the composed path calls the chosen RDM and compare backends directly: one choice
+    of each for the whole call, no public function (with its validation) per chunk."""
+    gen = torch.Generator().manual_seed(6)
+    data = torch.randn(3, 15, 8, 9, generator=gen, dtype=torch.float64)  # 72 window features: auto composes
+    models = fa.rdm(torch.randn(2, 15, 6, generator=gen, dtype=torch.float64))
+    whole = fa.time_resolved_rsa(data, models, "pearson", window=9, backend=backend)
+    calls: list[str] = []
+    for disp in (api._rdm_dispatch, api._compare_dispatch):
+        choose = disp.choose
+        monkeypatch.setattr(disp, "choose", lambda *a, _c=choose, _op=disp.op: calls.append(_op) or _c(*a))
+    check = api._check_patterns
+    monkeypatch.setattr(api, "_check_patterns", lambda *a: calls.append("check") or check(*a))
+    for name in ("rdm", "compare_rdms", "time_resolved_rdms"):
+        monkeypatch.setattr(api, name, lambda *a, **k: pytest.fail("a public function per chunk"))
+    monkeypatch.setattr(common, "_TRRSA_CHUNK_ELEMENTS", 200)  # 1 RDM of 105 entries per chunk: 3 chunks
+    chunked = fa.time_resolved_rsa(data, models, "pearson", window=9, backend=backend)
+    assert calls == ["check", "rdm", "compare_rdms"]
     np.testing.assert_allclose(chunked.numpy(), whole.numpy(), rtol=0, atol=1e-14)
 
 
@@ -203,6 +226,8 @@ def test_constant_brain_rdm_names_the_window(backend: str) -> None:
         ({"models": torch.rand(0, 28)}, r"n_models >= 1"),
         ({"method": "spearmann"}, "method must be one of"),
         ({"rdm_method": "mahalanobis"}, "method must be one of"),
+        # a compare method passed as the RDM method: the message named "method", the wrong argument
+        ({"rdm_method": "pearson"}, r"time_resolved_rsa: rdm_method must be one of \('correlation'"),
         ({"window": 0}, "window must be an int >= 1"),
         ({"window": 9}, "longer than the data's 4 time points"),
         ({"data": torch.rand(8, 4)}, r"data must have shape"),

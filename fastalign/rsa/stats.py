@@ -1,0 +1,364 @@
+"""RSA statistics: condition-label permutation tests, the cluster test over time, noise ceilings
+(rsatoolbox's ``inference``).
+
+Each public function validates its inputs (with the checks of fastalign.rsa.api), chooses a backend and
+runs it: the reference runs the whole test one permutation at a time (the oracle); the other backends
+provide the functions of common.StatisticsBackend / common.ClusterBackend, from which the compositions
+of fastalign.rsa.common assemble the result. Permutations and sign flips are drawn on the CPU from the
+seed, so every backend and device sees the same ones. p-values are counts: the tests detach their
+inputs and never claim a gradient; noise_ceiling's "pearson" and "cosine" bounds are differentiable on
+the reference and torch backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastalign import _backend, _checks
+from fastalign.rsa import common, reference
+from fastalign.rsa.api import (
+    _CPP,
+    _CPP_OPS,
+    _CUDA,
+    _CUDA_OPS,
+    _REFERENCE,
+    _TORCH,
+    _checked,
+    _cuda_linear_methods,
+    _finite,
+    _n_from_pairs,
+    _nonconstant,
+    _rdm_pair,
+    _rounded_constants,
+    _tensor,
+)
+
+_perm_dispatch = _backend.dispatcher("rsa_permutation_test")
+_cluster_dispatch = _backend.dispatcher("cluster_permutation_test")
+_nc_dispatch = _backend.dispatcher("noise_ceiling")
+# In auto's order of preference; the compiled kernels have no backward (see fastalign._backend).
+_perm_dispatch.register("cuda", _cuda_linear_methods, module=_CUDA, ops=_CUDA_OPS, differentiable=False)
+_perm_dispatch.register("cpp", module=_CPP, ops=_CPP_OPS, differentiable=False)
+_perm_dispatch.register("torch", module=_TORCH)
+_perm_dispatch.register("reference", module=_REFERENCE, auto=False)
+_cluster_dispatch.register("torch", module=_TORCH)
+_cluster_dispatch.register("reference", module=_REFERENCE, auto=False)
+_nc_dispatch.register("cuda", _cuda_linear_methods, module=_CUDA, ops=_CUDA_OPS, differentiable=False)
+_nc_dispatch.register("cpp", module=_CPP, ops=_CPP_OPS, differentiable=False)
+_nc_dispatch.register("torch", module=_TORCH)
+_nc_dispatch.register("reference", module=_REFERENCE, auto=False)
+
+
+# ----------------------------------------------------------------------------------------- permutation tests
+
+
+@dataclass
+class PermutationResult:
+    """Result of :func:`rsa_permutation_test`.
+
+    Attributes:
+        statistic: (...) the observed similarities (as :func:`compare_rdms`).
+        pvalue: (...) ``(1 + #{null at least as extreme}) / (1 + n_permutations)``.
+        null: (n_permutations, ...) the permutation distribution, or None unless ``return_null``.
+    """
+
+    statistic: torch.Tensor
+    pvalue: torch.Tensor
+    null: torch.Tensor | None = None
+
+
+def rsa_permutation_test(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    method: str = "spearman",
+    n_permutations: int = 10000,
+    alternative: str = "greater",
+    seed: int | None = None,
+    return_null: bool = False,
+    backend: str = "auto",
+) -> PermutationResult:
+    """Condition-label permutation test of RDM similarity, batched over leading dims.
+
+    Each permutation relabels b's conditions (rows and columns together); the same permutations are
+    used for every RDM in the batch. For the linear methods (spearman, pearson, rho_a, cosine) ranks and
+    normalisation are computed once and each permutation is a gather of pair indices followed by dot
+    products; "kendall_tau_a" recomputes the statistic per permutation (O(K^2) each). Null values within
+    a relative 100 * eps of the observed statistic count as ties (scipy.stats.permutation_test).
+
+    Args:
+        a: (..., n_pairs) condensed RDMs, e.g. brain RDMs (n_times, 1, n_subjects, K).
+        b: (..., n_pairs) condensed RDMs broadcastable with a, e.g. model RDMs (1, n_layers, 1, K).
+        method: as :func:`compare_rdms`.
+        n_permutations: number of random permutations (>= 1).
+        alternative: "greater" (similarity above chance), "less" or "two-sided".
+        seed: an int in [0, 2**63 - 1] seeding the permutations (drawn on the CPU, identical across
+            backends and devices), or None for a fresh seed.
+        return_null: also return the (n_permutations, ...) null distribution.
+        backend: "auto", "reference", "torch", "cpp" (CPU; kendall_tau_a in O(K log K) per permutation) or
+            "cuda" (linear methods).
+
+    Returns:
+        A :class:`PermutationResult`. Not differentiable (p-values are counts): a and b are detached;
+        use :func:`compare_rdms` for a differentiable statistic.
+
+    Raises:
+        TypeError: a seed or n_permutations that is not an int (numpy ints are ints; bools are not).
+        ValueError: a seed outside [0, 2**63 - 1], and bad RDMs as :func:`compare_rdms`.
+    """
+    fn = "rsa_permutation_test"
+    method = _checks.check_choice(fn, "method", method, common.COMPARE_METHODS)
+    alternative = _checks.check_choice(fn, "alternative", alternative, common.ALTERNATIVES)
+    n_perm = _checks.check_int(fn, "n_permutations", n_permutations, minimum=1)
+    seed = _checks.check_seed(fn, seed)
+    a, b, n, _ = _rdm_pair(fn, a, b, allow_nan=False)
+    a, b = common.operand(a.detach(), method), common.operand(b.detach(), method)
+    _rounded_constants(fn, a, b, method)
+    chosen = _perm_dispatch.choose(backend, a, b, method)
+    perms = common.permutations(n, n_perm, seed)
+    if chosen == "reference":
+        ct = _checks.compute_dtype(a)
+        a, b = a.to(ct), b.to(ct)
+        observed = reference.compare_reference(a, b, method)
+        null = reference.permutation_null_reference(a, b, method, perms)
+    elif method not in common.LINEAR_METHODS:
+        mod = _perm_dispatch.module(chosen)
+        observed = _checked(fn, mod.compare(a, b, method), a, b, method)
+        null = common.generic_null(mod, a, b, method, perms, n)
+    else:
+        # ranks and norms once; each permutation is then a gather and dot products (common.linear_null)
+        mod = _perm_dispatch.module(chosen)
+        za, zb = mod.prepare(a, method), mod.prepare(b, method)
+        observed = _checked(fn, common.dot(za, zb) * common.linear_scale(method, a.shape[-1]), a, b, method)
+        null = common.linear_null(mod, za, zb, method, perms, n)
+    observed = _checked(fn, observed, a, b, method)
+    pvalue = common.permutation_pvalue(observed, null, alternative)
+    return PermutationResult(observed, pvalue, null if return_null else None)
+
+
+@dataclass
+class ClusterResult:
+    """Result of :func:`cluster_permutation_test`.
+
+    Attributes:
+        t_values: (n_times,) one-sample t statistic of the effects at each time point.
+        clusters: one ``slice(start, stop)`` of time indices per cluster, in time order.
+        masses: (n_clusters,) sum of t over each cluster (negative for negative clusters).
+        pvalues: (n_clusters,) ``(1 + #{null max mass >= |mass|}) / (1 + n_flips)``: the identity flip
+            (the data as observed) is counted once, by the 1.
+        null: (n_flips,) the maximum cluster mass (|mass| for tail 0) of each sign flip other than the
+            identity.
+        threshold: the cluster-forming t threshold used.
+        exact: whether ``null`` holds every distinct sign flip (then the p-values are exact: the
+            fraction of all 2^n_subjects flips, the identity included, whose maximum reaches the mass).
+    """
+
+    t_values: torch.Tensor
+    clusters: list[slice]
+    masses: torch.Tensor
+    pvalues: torch.Tensor
+    null: torch.Tensor
+    threshold: float
+    exact: bool = False
+
+
+def cluster_permutation_test(
+    x: torch.Tensor,
+    *,
+    threshold: float | None = None,
+    n_permutations: int = 1000,
+    tail: int = 1,
+    seed: int | None = None,
+    backend: str = "auto",
+) -> ClusterResult:
+    """Sign-flip max-cluster-mass test across time (Maris & Oostenveld 2007), as MNE's 1-sample test.
+
+    Under the null each subject's effect curve is symmetric around zero, so each permutation flips the
+    sign of whole subjects, recomputes the one-sample t curve, finds clusters (maximal runs of time points
+    with t beyond the threshold; tail 0 keeps positive and negative runs apart) and records the largest
+    cluster mass (sum of t; |sum| for tail 0). Each observed cluster's p-value is the +1-corrected
+    fraction of permutations whose maximum reaches its mass, which controls the family-wise error over
+    time.
+
+    With few subjects the null is small: 2^n_subjects flips, of which 2^(n_subjects - 1) differ for
+    tail 0 (f and -f give the same |mass|). When the distinct flips other than the identity are no more
+    than ``n_permutations``, all of them are enumerated (the all-negative flip included; the identity
+    is counted once, by the +1), so the p-value is the exact fraction of all flips whose maximum reaches
+    the mass, and ``ClusterResult.exact`` is True. (MNE's exact one-tailed null holds the identity twice
+    and lacks the all-negative flip, so its p-values can be 2^-n_subjects higher.) Otherwise
+    ``n_permutations`` distinct flips other than the identity are drawn uniformly at random; beyond 62
+    subjects (63 for tail 0), where a repeat is unlikely (< n_permutations^2 / 2^63), they are drawn
+    independently.
+
+    Args:
+        x: (n_subjects, n_times) effects, e.g. model-brain similarity minus a baseline; n_subjects >= 2.
+        threshold: positive t threshold forming clusters; None: the t quantile at p = 0.05 with
+            n_subjects - 1 degrees of freedom (one-sided for tail +-1, 0.025 per side for tail 0), MNE's
+            default.
+        n_permutations: sign flips drawn at random (>= 1), or at least the number of distinct flips
+            other than the identity (2^n_subjects - 1; 2^(n_subjects - 1) - 1 for tail 0) to enumerate
+            them all (an exact test).
+        tail: 1 (positive effects), -1 (negative) or 0 (both).
+        seed: an int in [0, 2**63 - 1] seeding the sign flips (drawn on the CPU), or None.
+        backend: "auto", "reference" or "torch".
+
+    Returns:
+        A :class:`ClusterResult` (computed in float64). Not differentiable: x is detached. t at a time
+        point does not depend on the scale of its effects: time points whose sums of squares would
+        overflow or underflow float64 (near 1e200 or 1e-170) are multiplied by an exact power of two.
+
+    Raises:
+        TypeError: a seed, tail or n_permutations that is not an int, or a threshold that is not a real
+            number (numpy ints and floats are accepted; bools are not).
+        ValueError: a seed outside [0, 2**63 - 1], x not (n_subjects >= 2, n_times), NaN/inf, a time
+            point without variance across subjects (values equal up to rounding count as equal), or a
+            bad threshold / tail / n_permutations value.
+    """
+    fn = "cluster_permutation_test"
+    x = _tensor(fn, "x", x)
+    if x.dim() != 2:
+        raise ValueError(f"{fn}: x must have shape (n_subjects, n_times), got {tuple(x.shape)}")
+    if x.shape[0] < 2 or x.shape[1] < 1:
+        raise ValueError(f"{fn}: x needs at least 2 subjects and 1 time point, got shape {tuple(x.shape)}")
+    x = x.detach().to(torch.float64)
+    _finite(fn, "x", x)
+    tail = _checks.check_int(fn, "tail", tail, expected="1, -1 or 0")
+    if tail not in (1, -1, 0):
+        raise ValueError(_checks.message(fn, "tail", "1, -1 or 0", tail))
+    n_perm = _checks.check_int(fn, "n_permutations", n_permutations, minimum=1)
+    seed = _checks.check_seed(fn, seed)
+    threshold = _checks.check_real(
+        fn, "threshold", threshold, positive=True, none=True, expected="a positive finite number or None"
+    )
+    if threshold is None:
+        from scipy.stats import t as student_t
+
+        threshold = float(student_t.ppf(1 - (0.05 if tail != 0 else 0.025), x.shape[0] - 1))
+    x = _scaled_effects(x)
+    top, bottom = x.amax(0), x.amin(0)
+    flat = top - bottom <= common.rounding(x.dtype, x.shape[0], torch.maximum(top, -bottom))
+    if bool(flat.any()):
+        raise ValueError(
+            f"{fn}: x has zero variance across subjects at time {int(flat.nonzero()[0, 0])} (its values are "
+            "equal up to rounding); t is undefined there"
+        )
+    chosen = _cluster_dispatch.choose(backend, x)
+    flips, exact = _sign_flips(x.shape[0], n_perm, tail, seed)
+    if chosen == "reference":
+        t, found, null, pvals = reference.cluster_test_reference(x, threshold, tail, flips)
+    else:
+        t, found, null, pvals = common.cluster_test(
+            _cluster_dispatch.module(chosen), x, threshold, tail, flips
+        )
+    masses = torch.tensor([m for _, _, m in found], dtype=torch.float64)
+    return ClusterResult(t, [slice(s, e) for s, e, _ in found], masses, pvals, null, threshold, exact)
+
+
+# Beyond this many free subjects flips are drawn independently (codes of them no longer fit an int64).
+_MAX_CODED_SUBJECTS = 62
+
+
+def _sign_flips(
+    n_subjects: int, n_permutations: int, tail: int, seed: int | None
+) -> tuple[torch.Tensor, bool]:
+    """((n_flips, n_subjects) float64 signs, exact) of the sign-flip null, the identity left out.
+
+    A flip is coded by an integer whose bit k flips subject k. For tail 0 the last subject is never
+    flipped: f and -f give the same |mass|, so each pair is represented once and the identity's mirror
+    (the all-negative flip) is left out with it. Exact: every code 1 .. 2^free - 1 once; else
+    ``n_permutations`` distinct codes in random order.
+    """
+    free = n_subjects - (tail == 0)
+    if free > _MAX_CODED_SUBJECTS:
+        return common.sign_flips(n_subjects, n_permutations, seed), False
+    n_codes = 1 << free
+    exact = n_codes - 1 <= n_permutations
+    codes = torch.arange(1, n_codes) if exact else _distinct_codes(n_codes, n_permutations, seed)
+    bits = (codes[:, None] >> torch.arange(n_subjects)) & 1
+    return (1 - 2 * bits).to(torch.float64), exact
+
+
+def _distinct_codes(n_codes: int, count: int, seed: int | None) -> torch.Tensor:
+    """``count`` (< n_codes - 1) distinct integers drawn uniformly from [1, n_codes), in draw order."""
+    gen = common._generator(seed)
+    if 4 * count >= n_codes:  # a shuffle of all codes costs at most 4 times the draws
+        return torch.randperm(n_codes - 1, generator=gen)[:count] + 1
+    # Draw until count distinct codes have appeared, keeping each code's first draw (rejection
+    # sampling: a uniform sample without replacement). Under 1/4 of the codes are taken, so a round
+    # repeats an earlier code less than 1/4 of the time.
+    drawn = torch.empty(0, dtype=torch.int64)
+    n_distinct = 0
+    while n_distinct < count:
+        more = torch.randint(1, n_codes, ((count - n_distinct) * 5 // 4 + 8,), generator=gen)
+        drawn = torch.cat([drawn, more])
+        unique, inverse = torch.unique(drawn, return_inverse=True)
+        n_distinct = len(unique)
+    order = torch.arange(len(drawn))
+    first = torch.full((n_distinct,), len(drawn)).scatter_reduce_(0, inverse, order, "amin")
+    return drawn[first.sort().values[:count]]
+
+
+def _scaled_effects(x: torch.Tensor) -> torch.Tensor:
+    """(n_subjects, n_times) float64 effects with each time point multiplied by an exact power of two
+    where its sums of squares could overflow or underflow (near 1e200 or 1e-170): t at a time point,
+    and so every sign flip's, does not depend on the scale of its effects."""
+    k = common.scale_exponents(x.abs().amax(0), x, x.shape[0])
+    return x if k is None else x * _checks.pow2(k, x.dtype)
+
+
+# ----------------------------------------------------------------------------------------- noise ceiling
+
+
+def noise_ceiling(
+    rdms: torch.Tensor, method: str = "spearman", *, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds on the similarity a model can reach, from a stack of subject RDMs.
+
+    As rsatoolbox.inference.boot_noise_ceiling: the upper bound is the mean over subjects of the
+    similarity between the subject's RDM and the pooled RDM of all subjects, the lower bound the same
+    with the pool of all other subjects (leave one out). Pooling is rsatoolbox's pool_rdm: the mean of
+    ranks for the rank methods, of z-scored RDMs for "pearson", of RMS-normalised RDMs for "cosine".
+
+    Args:
+        rdms: (n_subjects, ..., n_pairs) condensed RDMs, n_subjects >= 2, without NaN.
+        method: as :func:`compare_rdms`.
+        backend: "auto", "reference", "torch", "cpp" or "cuda" (as :func:`compare_rdms`).
+
+    Returns:
+        (lower, upper), each of shape rdms.shape[1:-1]. "pearson" and "cosine" are differentiable in
+        rdms on "reference" and "torch" (cpp and cuda have no backward); the rank methods detach rdms.
+
+    Raises:
+        ValueError: bad shapes, NaN/inf, a constant subject RDM, or a constant (all-zero for "cosine")
+            pooled RDM, for which "pearson" / "spearman" / "cosine" are undefined (as in
+            :func:`compare_rdms`). Pools of z-scored or RMS-normalised RDMs that are constant (all-zero)
+            up to the rounding of the normalisation count as constant: subjects r and 1 - r pool to
+            rounding noise, not to an RDM with a defined correlation. Pools of ranks are exact.
+    """
+    fn = "noise_ceiling"
+    method = _checks.check_choice(fn, "method", method, common.COMPARE_METHODS)
+    rdms = _checks.exact_float(fn, "rdms", _tensor(fn, "rdms", rdms))
+    if rdms.dim() < 2 or rdms.shape[0] < 2:
+        raise ValueError(f"{fn}: rdms must have shape (n_subjects >= 2, ..., K), got {tuple(rdms.shape)}")
+    _n_from_pairs(fn, "rdms", rdms.shape[-1])
+    _finite(fn, "rdms", rdms)
+    rdms = common.operand(rdms, method)
+    _nonconstant(fn, "rdms", rdms, method)
+    chosen = _nc_dispatch.choose(backend, rdms, rdms, method)
+    # a pool can be constant (all-zero), exactly or up to rounding, where no subject RDM is: a bound is
+    # then undefined, as compare_rdms's statistic for such an RDM is. The reference pools as torch does.
+    mod = _nc_dispatch.module("torch" if chosen == "reference" else chosen)
+    upper_pool, loo_pools, tolerance = common.pools(mod, rdms, method)
+    _nonconstant(fn, "the pooled RDM of all subjects", upper_pool, method, tolerance)
+    _nonconstant(fn, "the pooled RDM of the other subjects (index: left-out subject, ...)", loo_pools,
+                 method, tolerance)  # fmt: skip
+    if chosen == "reference":
+        lower, upper = reference.noise_ceiling_reference(rdms.to(_checks.compute_dtype(rdms)), method)
+    else:
+        upper = mod.compare(upper_pool, rdms, method).mean(0)
+        lower = mod.compare(loo_pools, rdms, method).mean(0)
+    if not (common.all_finite(lower) and common.all_finite(upper)):
+        raise ValueError(f"{fn}: the {method} noise ceiling is not finite for these RDMs")
+    return lower, upper
