@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
 from fastalign.models import cornet_s, fuse
-from fastalign.models.fuse import mkldnn_dtype_unsupported
+from fastalign.models.cornet.fused import mkldnn_dtype_unsupported
 
 NAME = "cornet"
 COLUMNS = [
@@ -90,7 +90,7 @@ def _inference_fn(
         if impl == "fused-native":
             # The path fuse() does not take on a CPU whose oneDNN lacks the dtype: the dtype's convs through
             # torch's own kernels (F.conv2d), forced by answering the support probe yes while fusing.
-            with mock.patch("fastalign.models.fuse.mkldnn_dtype_unsupported", return_value=None):
+            with mock.patch("fastalign.models.cornet.fused.mkldnn_dtype_unsupported", return_value=None):
                 fused = fuse(model, dtype=dtype, mkldnn=False)
         else:
             fused = fuse(model, dtype=dtype, cuda_graph=impl == "fused+cudagraph")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
-from fastalign.models import batch_norm_act
+from fastalign.norm_act import batch_norm_act
 
 NAME = "norm_act"
 COLUMNS = [

@@ -1,6 +1,6 @@
-"""Edge cases of fastalign.models: batch_norm_act / batch_norm_module_act against F.batch_norm in
-float64, CORnet-S (eager and fused) and the ImageNet transform: dtypes, empty and size-1 shapes,
-NaN, extreme magnitudes, layouts and gradients."""
+"""Edge cases of batch_norm_act / batch_norm_module_act (fastalign.norm_act) against F.batch_norm in
+float64, CORnet-S (eager and fused) and the ImageNet transform (fastalign.data.transforms): dtypes, empty
+and size-1 shapes, NaN, extreme magnitudes, layouts and gradients."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fastalign as fa
-from fastalign.models import batch_norm_act, batch_norm_module_act
+from fastalign.data.transforms import imagenet_transform
+from fastalign.norm_act import batch_norm_act, batch_norm_module_act
 
 BN_BACKENDS = ["reference", pytest.param("triton", marks=pytest.mark.triton)]
 BN_LAYOUTS = ["contiguous", "channels_last", "transposed", "stepped", "expanded"]
@@ -454,7 +455,7 @@ def test_imagenet_transform_shapes(h: int, w: int, batch: int | None, expanded: 
     """Any uint8 image of at least 1x1 becomes (3, size, size) in [0, 1] (normalize=False); without
     resizing (resize == size == the image's shorter side) it is the centre crop of x / 255."""
     size = min(h, w)
-    t = fa.models.imagenet_transform(size, resize=size, normalize=False)
+    t = imagenet_transform(size, resize=size, normalize=False)
     shape = (3, h, w) if batch is None else (batch, 3, h, w)
     img = torch.randint(0, 256, shape, generator=_gen(seed), dtype=torch.uint8)
     if expanded:
@@ -469,14 +470,14 @@ def test_imagenet_transform_shapes(h: int, w: int, batch: int | None, expanded: 
 @pytest.mark.parametrize("shape", [(3, 0, 5), (3, 5, 0), (0, 5, 5), (4, 5, 5), (5, 5)], ids=str)
 def test_imagenet_transform_bad_images(shape: tuple[int, ...]) -> None:
     """Empty or non-RGB images are a ValueError naming the image, not a ZeroDivisionError."""
-    t = fa.models.imagenet_transform(4)
+    t = imagenet_transform(4)
     out = attempt(lambda: t(torch.zeros(shape, dtype=torch.uint8)), "ImageNetTransform", ["image"])
     assert not out.ok
 
 
 @pytest.mark.parametrize("kind", ["float32", "int64", "bool"])
 def test_imagenet_transform_non_uint8(kind: str) -> None:
-    t = fa.models.imagenet_transform(4)
+    t = imagenet_transform(4)
     out = attempt(lambda: t(make(kind, (3, 6, 6), _gen(13))), "ImageNetTransform", ["image"])
     assert isinstance(out.error, TypeError)
 
@@ -485,15 +486,13 @@ def test_imagenet_transform_non_uint8(kind: str) -> None:
     ("size", "resize"), [(0, None), (-1, None), (True, None), (4, 3), (4, 2.5), (2.0, None)]
 )
 def test_imagenet_transform_bad_sizes(size: object, resize: object) -> None:
-    out = attempt(
-        lambda: fa.models.imagenet_transform(size, resize), "imagenet_transform", ["size", "resize"]
-    )  # type: ignore[arg-type]
+    out = attempt(lambda: imagenet_transform(size, resize), "imagenet_transform", ["size", "resize"])  # type: ignore[arg-type]
     assert not out.ok
 
 
 def test_imagenet_transform_normalises_with_imagenet_stats() -> None:
     img = torch.full((3, 4, 4), 128, dtype=torch.uint8)
-    out = fa.models.imagenet_transform(4, resize=4)(img)
+    out = imagenet_transform(4, resize=4)(img)
     mean, std = np.array(fa.data.IMAGENET_MEAN), np.array(fa.data.IMAGENET_STD)
     want = np.broadcast_to(((128 / 255 - mean) / std)[:, None, None], (3, 4, 4))
     np.testing.assert_allclose(out.numpy(), want, rtol=rtol(torch.float32))

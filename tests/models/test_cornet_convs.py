@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastalign.models.convs import gemm_conv3x3, winograd_conv3x3, winograd_weight
+from fastalign.models.cornet.convs import gemm_conv3x3, winograd_conv3x3, winograd_weight
 
 
 @given(

@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_cornet_model import randomize_bn
 
 from fastalign.models import CORnetS, FusedCORnetS, cornet_s, fuse
-from fastalign.models.fuse import _mkldnn_available, mkldnn_dtype_unsupported
+from fastalign.models.cornet.fused import _mkldnn_available, mkldnn_dtype_unsupported
 
 ALL = ("V1", "V2", "V4", "IT", "avgpool", "decoder")
 
@@ -92,6 +92,15 @@ def fused_default(model: CORnetS):
     return fuse(model)
 
 
+# Each example runs the whole network three times (float64, float32, fused: 1-3 s on 2 busy cores), so
+# beside explicit examples at the extremes few are drawn (1 in CI, 12 with the thorough profile).
+# 1x1: every area 1x1, V1's 3x3 conv as im2col (fewer pixels than its 64 channels). 37x37: areas 10, 5,
+# 3, 2, Winograd tiles cropped in V2 and V4, V1's conv direct (100 pixels). 2 x 9x40: odd by even, areas
+# 3x10, 2x5, 1x3, 1x2 (cropped tiles in V2 and V4), V1's conv as im2col over a batch of 2 (60 pixels).
+@settings(settings.default, max_examples=max(1, settings.default.max_examples // 25))
+@example(n=1, h=1, w=1, seed=0)
+@example(n=1, h=37, w=37, seed=1)
+@example(n=2, h=9, w=40, seed=2)
 @given(n=st.integers(1, 2), h=st.integers(1, 41), w=st.integers(1, 41), seed=st.integers(0, 2**16))
 def test_any_input_size_matches_eager(
     model, model64, fused_default, n: int, h: int, w: int, seed: int
@@ -179,7 +188,7 @@ def test_empty_batch_gives_empty_outputs_on_every_path(model: CORnetS, fused_def
             assert v.shape == (0, *ref[k].shape[1:]), k
     assert [tuple(t.shape) for t in logits] == [(0, 1000), (0, 1000)]
     for net in (model, fused_default):
-        with pytest.raises(ValueError, match="H >= 1 and W >= 1"):
+        with pytest.raises(ValueError, match=f"{type(net).__name__}: x must have H >= 1 and W >= 1"):
             net(torch.empty(2, 3, 0, 8))
 
 
@@ -222,9 +231,9 @@ def test_fuse_method_and_structure(model: CORnetS, x) -> None:
 
 
 def test_fuse_bad_arguments(model: CORnetS) -> None:
-    with pytest.raises(TypeError, match="CORnetS"):
+    with pytest.raises(TypeError, match="fuse: model must be a CORnetS"):
         fuse(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="dtype"):
+    with pytest.raises(ValueError, match=r"fuse: dtype must be .*, got torch\.int8"):
         fuse(model, dtype=torch.int8)
     with pytest.raises(RuntimeError, match="inference-only"):
         fuse(model, mkldnn=False).train()

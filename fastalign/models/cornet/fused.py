@@ -1,5 +1,8 @@
 """Fused inference path of CORnet-S: BatchNorm folded into per-timestep conv weights.
 
+Built from the eager model of :mod:`fastalign.models.cornet.model` (this module imports it, not the
+reverse).
+
 What :func:`fuse` changes, none of which changes the function the network computes (up to rounding):
 
 - every conv -> BatchNorm pair becomes one conv with bias, using the BatchNorm's running statistics
@@ -30,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastalign.models.convs import gemm_conv3x3, winograd_conv3x3, winograd_weight
-from fastalign.models.cornet import DEFAULT_LAYERS, CORblockS, CORnetBase, CORnetS
+from fastalign.models.cornet.convs import gemm_conv3x3, winograd_conv3x3, winograd_weight
+from fastalign.models.cornet.model import DEFAULT_LAYERS, CORblockS, CORnetBase, CORnetS
 
 _FOLD_DTYPE = torch.float64  # fold in float64 so that folding adds no rounding of its own
 
@@ -191,8 +194,9 @@ class FusedCORnetS(CORnetBase):
         channels_last: Whether activations are NHWC.
         mkldnn: Whether CPU calls without autograd use oneDNN's fused conv+bias+ReLU(+add) kernels.
         winograd: Whether the recurrent blocks' stride-1 3x3 convs (timesteps > 0) run as Winograd
-            F(2x2, 3x3) (:mod:`fastalign.models.convs`).
-        gemm: Whether CPU calls run weight-bound 3x3 convs as one im2col GEMM (:mod:`fastalign.models.convs`).
+            F(2x2, 3x3) (:mod:`fastalign.models.cornet.convs`).
+        gemm: Whether CPU calls run weight-bound 3x3 convs as one im2col GEMM
+            (:mod:`fastalign.models.cornet.convs`).
         cuda_graph: Whether CUDA calls without autograd are captured and replayed as CUDA graphs.
     """
 
@@ -400,9 +404,9 @@ def fuse(
         A :class:`FusedCORnetS` in eval mode.
     """
     if not isinstance(model, CORnetS):
-        raise TypeError(f"model must be a CORnetS, got {type(model).__name__}")
+        raise TypeError(f"fuse: model must be a CORnetS, got {type(model).__name__}")
     if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-        raise ValueError(f"dtype must be float32, bfloat16, float16 or float64, got {dtype}")
+        raise ValueError(f"fuse: dtype must be float32, bfloat16, float16 or float64, got {dtype!r}")
     if cuda_graph and not torch.cuda.is_available():
         raise NotImplementedError("fuse: cuda_graph=True needs a CUDA device; torch sees none")
     fused = FusedCORnetS(

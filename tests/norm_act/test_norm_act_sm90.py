@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 from sm90 import H100_SHARED_BYTES, compile_for_sm90
 
-from fastalign.models.norm_act import triton as bn
+from fastalign.norm_act import triton as bn
 
 pytestmark = pytest.mark.triton
 
@@ -62,7 +62,7 @@ def _specs() -> list[dict]:
             tag = "-".join(f"{k}={int(v)}" for k, v in flags.items())
             specs.append({
                     "name": f"{name}-{layout}-{dtype}-{tag}",
-                    "module": "fastalign.models.norm_act.triton",
+                    "module": "fastalign.norm_act.triton",
                     "kernel": name,
                     "signature": sig,
                     "constexprs": constexprs,

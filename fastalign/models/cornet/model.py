@@ -1,4 +1,4 @@
-"""CORnet-S (Kubilius et al., 2019): the eager reference module, checkpoint loading and feature taps.
+"""CORnet-S (Kubilius et al., 2019): the eager reference module and its feature taps.
 
 The architecture, parameter names and initialisation follow the original ``cornet_s.py`` of
 dicarlolab/CORnet exactly, so its pretrained checkpoint loads unchanged (after stripping the
@@ -7,7 +7,9 @@ Two deliberate differences that do not change any result: the recurrent conv2 ge
 instead of by mutating ``conv2.stride`` (thread- and torch.compile-safe), and the residual add is out of
 place so that feature taps stay valid for autograd.
 
-This module is the correctness oracle of the fast paths in :mod:`fastalign.models.fuse`.
+This module is the correctness oracle of the fast inference path (:mod:`fastalign.models.cornet.fused`,
+which imports it; never the reverse at import time). Checkpoints are read by
+:mod:`fastalign.models.cornet.weights`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fastalign import _checks
+from fastalign.models.cornet.weights import load_cornet_weights
+from fastalign.norm_act import batch_norm_module_act
+from fastalign.norm_act.api import BACKENDS as _NORM_BACKENDS
 
 #: The regions that :meth:`CORnetS.features` can tap, in network order, with the number of timesteps
 #: of each and the Brain-Score module name whose output the tap is.
@@ -55,14 +62,6 @@ class Flatten(nn.Module):
         return x.flatten(1)
 
 
-def _check_count(where: str, name: str, value: Any) -> None:
-    """value must be an int >= 1 (a layer width or a number of classes or timesteps)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{where}: {name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int, got {value}")
-
-
 def _autocast_dtype(dtype: torch.dtype, device_type: str) -> torch.dtype:
     """The dtype a conv computes a tensor of ``dtype`` in: autocast's when it is on and casts that dtype
     (float32 and half types; it leaves float64 alone)."""
@@ -89,8 +88,6 @@ def _norm_act(
         if residual is not None:
             x = x + residual
         return nonlin(x) if nonlin is not None else x
-    from fastalign.models.norm_act import batch_norm_module_act
-
     assert isinstance(bn, nn.BatchNorm2d)  # for mypy: checked above
     return batch_norm_module_act(bn, x, residual=residual, relu=nonlin is not None, backend=backend)
 
@@ -112,7 +109,7 @@ class CORblockS(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, times: int = 1) -> None:
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("times", times)):
-            _check_count("CORblockS", name, value)
+            _checks.check_int("CORblockS", name, value, minimum=1, expected="a positive int")
         super().__init__()
         self.times = times
         wide = out_channels * self.scale
@@ -243,22 +240,20 @@ class CORnetBase(nn.Module):
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    @staticmethod
-    def _check_input(x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"x must have shape (B, 3, H, W), got {tuple(x.shape)}")
+    def _check_input(self, x: torch.Tensor) -> None:
+        fn = type(self).__name__
+        _checks.check_tensor(fn, "x", x, shape="(B, 3, H, W)")
+        _checks.check_shape(fn, "x", x, (None, 3, None, None), doc="(B, 3, H, W)")
         if x.shape[2] == 0 or x.shape[3] == 0:
-            raise ValueError(f"x must have H >= 1 and W >= 1, got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor (see imagenet_transform), got {x.dtype}")
+            raise ValueError(f"{fn}: x must have H >= 1 and W >= 1, got shape {tuple(x.shape)}")
+        expected = "a floating-point tensor (see fastalign.data.transforms.imagenet_transform)"
+        _checks.check_floating(fn, "x", x, expected=expected)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits.
 
         Args:
-            x: (B, 3, H, W) normalised images (see :func:`fastalign.models.imagenet_transform`).
+            x: (B, 3, H, W) normalised images (see :func:`fastalign.data.transforms.imagenet_transform`).
 
         Returns:
             (B, num_classes) logits.
@@ -347,7 +342,7 @@ class CORnetS(CORnetBase):
     decoder: nn.Sequential
 
     def __init__(self, num_classes: int = 1000) -> None:
-        _check_count("CORnetS", "num_classes", num_classes)
+        _checks.check_int("CORnetS", "num_classes", num_classes, minimum=1, expected="a positive int")
         super().__init__()
         self.V1 = _v1()
         self.V2 = CORblockS(64, 128, times=2)
@@ -390,89 +385,25 @@ class CORnetS(CORnetBase):
 
         The parameters, buffers, state_dict and the function computed are unchanged (up to rounding);
         only how each ``conv -> BN -> ReLU`` and ``conv -> BN -> + skip -> ReLU`` tail runs changes:
-        :func:`fastalign.models.batch_norm_act` with ``backend`` ("auto": fused Triton kernels for CUDA
+        :func:`fastalign.norm_act.batch_norm_act` with ``backend`` ("auto": fused Triton kernels for CUDA
         tensors, the eager reference otherwise). Training and eval mode both work, with BatchNorm's
         running-statistics updates. ``None`` restores the original module calls. Norms other than plain
         BatchNorm2d (SyncBatchNorm for multi-GPU training) keep running as modules.
         """
-        if backend is not None:
-            from fastalign.models.norm_act.api import BACKENDS
-
-            if backend not in BACKENDS:
-                raise ValueError(f"fuse_training: backend must be None or one of {BACKENDS}, got {backend!r}")
+        if backend is not None and backend not in _NORM_BACKENDS:
+            raise ValueError(
+                f"fuse_training: backend must be None or one of {_NORM_BACKENDS}, got {backend!r}"
+            )
         for block in (self.V1, self.V2, self.V4, self.IT):
             block.norm_backend = backend
         return self
 
     def fuse(self, **kwargs: Any) -> nn.Module:
         """The fused inference module; see :func:`fastalign.models.fuse` for the options."""
-        from fastalign.models.fuse import fuse
+        # imported here: the fused module is built from this one, so it imports this module
+        from fastalign.models.cornet.fused import fuse
 
         return fuse(self, **kwargs)
-
-
-def _read_checkpoint(weights: str | os.PathLike[str] | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(weights, Mapping):
-        return weights
-    if not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(f"weights must be None, a path or a state_dict mapping, got {type(weights).__name__}")
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights: no checkpoint file at {path!r}")
-    try:
-        # weights_only: a checkpoint is data; never run code from it.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"weights: could not read {path!r} as a torch checkpoint of tensors: {exc}") from exc
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"weights: {path!r} holds a {type(ckpt).__name__}, expected a dict")
-    return ckpt
-
-
-def clean_state_dict(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The plain state_dict inside an original-format checkpoint.
-
-    Accepts ``{"state_dict": {...}, ...}`` (the original release, with ``epoch``/``arch``/optimizer
-    entries beside it) or a bare state_dict; strips the ``module.`` prefix of DataParallel when every
-    key has it.
-    """
-    sd = ckpt["state_dict"] if "state_dict" in ckpt and isinstance(ckpt["state_dict"], Mapping) else ckpt
-    keys = list(sd)
-    if keys and all(k.startswith("module.") for k in keys):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise ValueError(f"weights: entries that are not tensors: {bad}")
-    return dict(sd)
-
-
-def load_cornet_weights(model: CORnetS, weights: str | os.PathLike[str] | Mapping[str, Any]) -> CORnetS:
-    """Loads an original-format checkpoint into ``model`` strictly.
-
-    Every key must match in name and shape; BatchNorm ``num_batches_tracked`` counters may be absent
-    (checkpoints saved by PyTorch < 0.4.1 have none; they only matter for momentum=None). Anything else
-    missing, unexpected or of the wrong shape raises ValueError listing every such key.
-    """
-    sd = clean_state_dict(_read_checkpoint(weights))
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-        if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {shapes}")
-        raise ValueError("weights do not match CORnet-S: " + "; ".join(parts))
-    model.load_state_dict(sd, strict=False)
-    return model
 
 
 def cornet_s(weights: str | os.PathLike[str] | Mapping[str, Any] | None = None) -> CORnetS:

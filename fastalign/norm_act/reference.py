@@ -1,4 +1,4 @@
-"""The correctness oracle of :func:`fastalign.models.batch_norm_act`: eager PyTorch, autograd throughout."""
+"""The correctness oracle of :func:`fastalign.norm_act.batch_norm_act`: eager PyTorch, autograd throughout."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _channel_scale(x: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > bound, amax / mantissa / bound, 1.0)
 
 
-def batch_norm_act_reference(
+def batch_norm_act(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,

@@ -2,57 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from fastalign import _backend
-from fastalign.models.norm_act.common import check_eps, check_momentum
-from fastalign.models.norm_act.reference import batch_norm_act_reference
-
-_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from fastalign import _backend, _checks
+from fastalign.norm_act.common import check_eps, check_momentum
 
 _dispatch = _backend.dispatcher("batch_norm_act")
-
-
-def _triton_check(x: torch.Tensor, *, explicit: bool) -> list[str]:
-    reasons = _backend.device_reasons("triton", (x,), explicit=explicit)
-    if x.dtype not in _TRITON_DTYPES:
-        reasons.append(f"triton takes float32, bfloat16 or float16 inputs, got {x.dtype}")
-    return reasons
-
-
-def _always(x: torch.Tensor, *, explicit: bool) -> list[str]:
-    return []
-
-
-_dispatch.register("triton", _triton_check)
-_dispatch.register("reference", _always)
+_dispatch.register("triton", module="fastalign.norm_act.triton", dtypes=_checks.TRITON_DTYPES)
+_dispatch.register("reference", module="fastalign.norm_act.reference")
 #: What ``backend=`` accepts here.
 BACKENDS: tuple[str, ...] = ("auto", *_dispatch.specs)
 
 
+#: batch_norm_act of each backend chosen so far, by name: what traced code calls
+_IMPLS: dict[str, Callable[..., torch.Tensor]] = {}
+
+
 @torch.compiler.assume_constant_result
-def _choose(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend for inputs on ``device`` of ``dtype``; torch.compile evaluates it once, at trace time
-    (the dispatcher reads the environment and imports the extension, which dynamo cannot trace)."""
-    return _dispatch.choose(backend, torch.empty(0, dtype=dtype, device=device))
+def _choose(backend: str, device: torch.device, dtype: torch.dtype, empty: bool) -> str:
+    """The backend to run for inputs on ``device`` of ``dtype``, its function put in ``_IMPLS``.
+
+    An empty batch runs the reference (nothing to fuse; eager defines what it returns) once the request
+    is known to be valid. torch.compile evaluates this once, at trace time: the dispatcher reads the
+    environment and imports the extension and the backend's module, none of which dynamo can trace.
+    """
+    chosen = _dispatch.choose(backend, torch.empty(0, dtype=dtype, device=device))
+    if empty:
+        chosen = "reference"
+    if chosen not in _IMPLS:
+        _IMPLS[chosen] = _dispatch.module(chosen).batch_norm_act
+    return chosen
 
 
 def _check_vector(name: str, t: Any, c: int, x: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(
-            f"batch_norm_act: {name} must be a torch.Tensor of shape ({c},), got {type(t).__name__}"
-        )
-    if t.shape != (c,):
-        raise ValueError(
-            f"batch_norm_act: {name} must have shape ({c},) (x's channels), got {tuple(t.shape)}"
-        )
-    if not t.is_floating_point():
-        raise TypeError(f"batch_norm_act: {name} must be floating-point, got {t.dtype}")
+    fn = "batch_norm_act"
+    _checks.check_tensor(fn, name, t, shape=f"({c},)")
+    _checks.check_shape(fn, name, t, (c,), doc=f"({c},) (x's channels)")
+    _checks.check_floating(fn, name, t)
     if t.device != x.device:
-        raise ValueError(f"batch_norm_act: {name} is on {t.device} but x is on {x.device}")
+        raise ValueError(f"{fn}: {name} is on {t.device} but x is on {x.device}")
 
 
 def _validate(
@@ -66,14 +58,9 @@ def _validate(
     momentum: Any,
     eps: Any,
 ) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(
-            f"batch_norm_act: x must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}"
-        )
-    if x.dim() != 4:
-        raise ValueError(f"batch_norm_act: x must have shape (N, C, H, W), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"batch_norm_act: x must be a floating-point tensor, got {x.dtype}")
+    _checks.check_tensor("batch_norm_act", "x", x, shape="(N, C, H, W)")
+    _checks.check_shape("batch_norm_act", "x", x, (None,) * 4, doc="(N, C, H, W)")
+    _checks.check_floating("batch_norm_act", "x", x)
     c = x.shape[1]
     if c == 0:  # F.batch_norm and BatchNorm2d fail on it with an IndexError
         raise ValueError(f"batch_norm_act: x must have at least one channel, got shape {tuple(x.shape)}")
@@ -154,12 +141,8 @@ def batch_norm_act(
     """
     _validate(x, weight, bias, running_mean, running_var, residual, training, momentum, eps)
     kwargs: dict[str, Any] = dict(training=training, momentum=momentum, eps=eps, residual=residual, relu=relu)
-    # an empty batch has nothing to fuse; eager defines what it returns (and the explicit request was valid)
-    if _choose(backend, x.device, x.dtype) == "triton" and x.numel() > 0:
-        from fastalign.models.norm_act.triton import batch_norm_act_triton
-
-        return batch_norm_act_triton(x, weight, bias, running_mean, running_var, **kwargs)
-    return batch_norm_act_reference(x, weight, bias, running_mean, running_var, **kwargs)
+    chosen = _choose(backend, x.device, x.dtype, x.numel() == 0)
+    return _IMPLS[chosen](x, weight, bias, running_mean, running_var, **kwargs)
 
 
 def batch_norm_module_act(

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from fastalign.models import batch_norm_act, batch_norm_module_act
+from fastalign.norm_act import batch_norm_act, batch_norm_module_act
 
 
 def _inputs(
@@ -205,7 +205,7 @@ def _leaf_inputs(device: str, seed: int) -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.triton
 def test_triton_custom_ops_pass_opcheck(triton_device: str) -> None:
-    from fastalign.models.norm_act import triton as bn_triton
+    from fastalign.norm_act import triton as bn_triton
 
     x, r, w, b = _leaf_inputs(triton_device, 0)
     rm, rv = torch.zeros(5, device=triton_device), torch.ones(5, device=triton_device)
@@ -272,9 +272,9 @@ def test_module_helper_follows_batchnorm2d(
 
 
 def test_auto_picks_reference_on_cpu() -> None:
-    from fastalign.models.norm_act.api import _choose
+    from fastalign.norm_act.api import _choose
 
-    assert _choose("auto", torch.device("cpu"), torch.float32) == "reference"
+    assert _choose("auto", torch.device("cpu"), torch.float32, False) == "reference"
 
 
 def test_explicit_triton_without_interpreter_raises(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -372,7 +372,7 @@ def test_empty_batch_returns_what_eager_returns(backend: str, request: pytest.Fi
 @pytest.mark.triton
 def test_triton_merges_many_splits(triton_device: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """More statistics splits than the finalize kernels merge per step (as on an H100's 528 programs)."""
-    from fastalign.models.norm_act import triton as bn_triton
+    from fastalign.norm_act import triton as bn_triton
 
     if triton_device == "cpu":
         monkeypatch.setattr(bn_triton, "_CPU_PROGRAMS", 300)
@@ -472,7 +472,7 @@ def test_triton_fwd_op_validates_its_operands(
     triton_device: str, change: dict, error: type, match: str
 ) -> None:
     """The public op checks what its kernels assume (they would read out of bounds) in the op itself."""
-    from fastalign.models.norm_act import triton as bn_triton
+    from fastalign.norm_act import triton as bn_triton
 
     args = {**_fwd_args(triton_device), **change}
     with pytest.raises(error, match="fastalign::bn_act_fwd: " + match):
@@ -482,7 +482,7 @@ def test_triton_fwd_op_validates_its_operands(
 def test_triton_ops_fake_implementations_validate_too() -> None:
     """Tracing (meta tensors: the fake implementations) rejects what the kernels would misread."""
     pytest.importorskip("triton")
-    from fastalign.models.norm_act import triton as bn_triton
+    from fastalign.norm_act import triton as bn_triton
 
     args = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in _fwd_args("cpu").items()}
     with pytest.raises(ValueError, match=r"fastalign::bn_act_fwd: weight must have shape \(3,\)"):
@@ -512,7 +512,7 @@ _BAD_BWD = [
 def test_triton_bwd_op_validates_its_operands(
     triton_device: str, change: dict, error: type, match: str
 ) -> None:
-    from fastalign.models.norm_act import triton as bn_triton
+    from fastalign.norm_act import triton as bn_triton
 
     x = torch.randn(2, 3, 4, 4)
     args = dict(dy=torch.randn(2, 3, 4, 4), x=x, y=torch.relu(x), weight=torch.ones(3), mean=torch.zeros(3),

@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastalign.models.norm_act.common import check_eps
+from fastalign import _checks
+from fastalign.norm_act.common import check_eps
 
 _BLOCK_M = 64
 _BLOCK_C = 64
@@ -283,14 +284,10 @@ def _on_device(x: torch.Tensor) -> contextlib.AbstractContextManager[object]:
     return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
-_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
 def _check_x(op: str, x: torch.Tensor, training: bool) -> None:
     """x as the kernels walk it: (N, C, H, W), a kernel dtype, non-empty, contiguous or channels_last."""
-    if x.dim() != 4:
-        raise ValueError(f"{op}: x must have shape (N, C, H, W), got {tuple(x.shape)}")
-    if x.dtype not in _X_DTYPES:
+    _checks.check_shape(op, "x", x, (None,) * 4, doc="(N, C, H, W)")
+    if x.dtype not in _checks.TRITON_DTYPES:
         raise TypeError(f"{op}: x must be float32, bfloat16 or float16, got {x.dtype}")
     if x.numel() == 0:  # batch_norm_act returns eager's result for empty inputs without launching
         raise ValueError(f"{op}: x must not be empty, got shape {tuple(x.shape)}")
@@ -321,12 +318,10 @@ def _check_channels(
 ) -> None:
     """t is a (C,) vector read with unit stride on x's device: floating, or exactly ``dtype``."""
     c = x.shape[1]
-    if t.shape != (c,):
-        raise ValueError(f"{op}: {name} must have shape ({c},) (x's channels), got {tuple(t.shape)}")
+    _checks.check_shape(op, name, t, (c,), doc=f"({c},) (x's channels)")
     if dtype is not None and t.dtype != dtype:
         raise TypeError(f"{op}: {name} must be {dtype}, got {t.dtype}")
-    if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be floating-point, got {t.dtype}")
+    _checks.check_floating(op, name, t, expected="floating-point")
     if t.device != x.device:
         raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
     if not t.is_contiguous():
@@ -503,7 +498,7 @@ def _backward(ctx, dy, _dmean, _drstd, _duvar):
 bn_act_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def batch_norm_act_triton(
+def batch_norm_act(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,

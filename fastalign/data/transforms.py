@@ -1,4 +1,6 @@
-"""ImageNet preprocessing for CORnet-S without torchvision.
+"""ImageNet preprocessing (the CORnet-S pipeline) without torchvision.
+
+The one image transform of the package; it lives in ``data/`` because models never import data.
 
 The same steps as the original CORnet validation pipeline (torchvision ``Resize(256)``,
 ``CenterCrop(224)``, ``ToTensor``, ``Normalize``): resize the shorter side with bilinear, antialiased
