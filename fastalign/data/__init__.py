@@ -6,8 +6,8 @@
 - :class:`BrainImageDataset`, :func:`things_eeg2_datasets`, :func:`fmri_datasets`: (image, response)
   pairs for training and evaluation; arrays, :class:`EEGResponses` and ``mne.Epochs`` all work.
 - :func:`load_fmri`, :class:`FMRIResponses`, :class:`ResponsePCA`: fMRI responses, ROIs, PCA.
-- :class:`ImageTransform`, :func:`load_image`, :func:`embed_images`: images without torchvision, and an
-  on-disk cache of model embeddings.
+- :class:`ImageTransform`, :func:`load_image`: images without torchvision; :func:`embed_images`: image
+  embeddings by any torch model, cached on disk (:mod:`fastalign.data.embeddings`).
 - :func:`make_synthetic_things`: a complete small dataset in the published layout from a known brain.
 """
 
@@ -19,19 +19,20 @@ from fastalign.data.datasets import (
     fit_norm_stats,
     fmri_datasets,
     things_eeg2_datasets,
+    train_val_split,
 )
+from fastalign.data.embeddings import embed_images, model_key, normalize_embeddings
 from fastalign.data.fmri import ROI_NAMES, FMRIResponses, ResponsePCA, load_fmri
 from fastalign.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageTransform,
-    embed_images,
     load_image,
     load_images,
-    model_key,
 )
 from fastalign.data.mvnn import mvnn, noise_covariance
 from fastalign.data.preprocess import (
+    THINGS_EEG2_CHANNELS,
     PreprocessedSubject,
     epoch_session,
     merge_sessions,
@@ -59,6 +60,7 @@ __all__ = [
     "PUBLISHED_SEED",
     "ROI_NAMES",
     "TARGET_EVENT",
+    "THINGS_EEG2_CHANNELS",
     "BrainImageDataset",
     "EEGResponses",
     "FMRIResponses",
@@ -86,8 +88,10 @@ __all__ = [
     "model_key",
     "mvnn",
     "noise_covariance",
+    "normalize_embeddings",
     "preprocess_things_eeg2",
     "preprocessed_path",
     "raw_path",
     "things_eeg2_datasets",
+    "train_val_split",
 ]

@@ -177,23 +177,11 @@ def load_pickled_dict(path: str | os.PathLike[str], keys: Iterable[str], what: s
 
 
 _NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
-#: Largest magnitude (as a power of two) that :func:`magnitude_shift` leaves unscaled: squares of values
-#: up to 2**400 and sums of 2**200 of them stay finite, and squares down to 2**-400 stay normal.
-_SAFE_EXPONENT = 400
-
-
-def magnitude_shift(max_abs: np.ndarray | float) -> np.ndarray:
-    """Power-of-two exponents ``k`` such that ``np.ldexp(x, k)`` brings data with the given largest
-    magnitudes into [0.5, 1); 0 where they already lie within 2**-400..2**400 (and for zeros).
-
-    Scaling by a power of two is exact, so second moments computed from scaled data and scaled back with
-    ``np.ldexp`` neither overflow nor underflow where the result is representable, and data of ordinary
-    magnitude are left bit for bit as they are.
-    """
-    m = np.asarray(max_abs, dtype=np.float64)
-    _, exponent = np.frexp(m)
-    ordinary = (m == 0) | (np.abs(exponent) <= _SAFE_EXPONENT)
-    return np.where(ordinary, 0, -exponent).astype(np.int64)
+#: The magnitudes that the data statistics (MVNN, normalisation) leave unscaled: largest absolute values
+#: in [SAFE_LOW, SAFE_HIGH) (frexp exponents -400..400). Squares of values up to 2**400 and sums of 2**200
+#: of them stay finite, and squares down to 2**-401 stay normal; data beyond are brought into [0.5, 1) by
+#: an exact power of two (:func:`fastalign._checks.magnitude_shift` with these bounds).
+SAFE_LOW, SAFE_HIGH = 2.0**-401, 2.0**400
 
 
 def check_array(

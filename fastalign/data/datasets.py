@@ -1,10 +1,12 @@
 """A torch Dataset pairing each image with its brain response (EEG or fMRI), with the options the
 alignment and decoding methods use: repetition averaging, time/channel selection, flattening and
-normalisation (statistics from training data only)."""
+normalisation (statistics from training data only); and the seeded train/validation split of the
+recipes (:func:`train_val_split`)."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,21 +16,31 @@ import torch
 from torch.utils.data import Dataset
 
 from fastalign import _mne
-from fastalign.data._io import check_array, magnitude_shift
+from fastalign._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_real,
+    check_seed,
+    magnitude_shift,
+    message,
+)
+from fastalign.data._io import SAFE_HIGH, SAFE_LOW, check_array
+from fastalign.data.embeddings import normalize_embeddings
 from fastalign.data.fmri import FMRIResponses, ResponsePCA, load_fmri
 from fastalign.data.images import ImageTransform
 from fastalign.data.responses import (
     EEGResponses,
-    _check_int,
-    _check_real,
     _check_times,
     epochs_to_responses,
 )
 from fastalign.data.things_eeg2 import load_image_metadata, load_preprocessed_eeg
 
-Normalization = Literal["zscore", "channel", "trial"]
-_NORMS = (None, "zscore", "channel", "trial")
+Normalization = Literal["zscore", "channel", "trial", "channel_l2"]
+_NORMS = (None, "zscore", "channel", "trial", "channel_l2")
 _DS = "BrainImageDataset"
+# Values per block of images that channel_l2 normalises at once: float64 temporaries of at most 16 MiB.
+_BLOCK_VALUES = 1 << 21
 
 
 @dataclass
@@ -69,7 +81,7 @@ def fit_norm_stats(trials: Any, mode: str) -> NormStats:
         )
     axes = None if mode == "zscore" else ((0, 1, 3) if trials.ndim == 4 else (0, 1))
     x = np.asarray(trials, dtype=np.float64)
-    shift = magnitude_shift(np.abs(x).max(axis=axes, keepdims=True))
+    shift = magnitude_shift(np.abs(x).max(axis=axes, keepdims=True), low=SAFE_LOW, high=SAFE_HIGH)
     if shift.any():
         x = np.ldexp(x, shift)
     mean = np.ldexp(x.mean(axis=axes, keepdims=True), -shift)
@@ -82,6 +94,28 @@ def fit_norm_stats(trials: Any, mode: str) -> NormStats:
             f"{fn}: a standard deviation of trials is zero (mode {mode!r}); a channel/voxel is flat"
         )
     return NormStats(mode, mean, std)
+
+
+def _channel_l2(trials: np.ndarray) -> np.ndarray:
+    """``(x - mean_t(x)) / ||x||_2`` over the time axis of (images, repetitions, channels, times) trials,
+    in float64 and in place for float64 input (a gathered copy), a block of images at a time."""
+    out = trials if trials.dtype == np.float64 else np.empty(trials.shape, dtype=np.float64)
+    block = max(1, _BLOCK_VALUES // max(1, int(np.prod(trials.shape[1:]))))
+    for start in range(0, len(trials), block):
+        x = np.asarray(trials[start : start + block], dtype=np.float64)
+        # An exact power of two per channel keeps the squares of the norm in range; the ratio is unchanged.
+        shift = magnitude_shift(np.abs(x).max(axis=-1, keepdims=True), low=SAFE_LOW, high=SAFE_HIGH)
+        if shift.any():
+            x = np.ldexp(x, shift)
+        norm = np.linalg.norm(x, axis=-1, keepdims=True)
+        if not np.all(norm > 0):
+            img, rep, ch = np.argwhere(norm[..., 0] == 0)[0]
+            raise ValueError(
+                f"{_DS}: normalize='channel_l2' divides each channel of each trial by its L2 norm, but "
+                f"channel {ch} of repetition {rep} of image {start + img} is all zeros"
+            )
+        out[start : start + block] = (x - x.mean(axis=-1, keepdims=True)) / norm
+    return out
 
 
 def _as_trials(responses: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
@@ -123,8 +157,13 @@ class BrainImageDataset(Dataset):
         time_window: (tmin, tmax) in seconds, inclusive (needs times), or a slice of sample indices.
         flatten: Return responses as 1-d vectors (e.g. 17 channels x 20 times = 340).
         normalize: None; "zscore" (one mean/std per subject), "channel" (per channel / voxel): both from
-            training data, see ``norm_stats``; or "trial" (each response centred and scaled to unit
-            L2 norm, no statistics).
+            training data, see ``norm_stats``; "trial" (each averaged response centred and scaled to
+            unit L2 norm, :func:`~fastalign.data.embeddings.normalize_embeddings`); or "channel_l2"
+            (EEG; the published AlignVis loader, things_eeg_2.py: each channel of each single trial,
+            after channel and time selection and before repetitions are averaged, becomes
+            ``(x - mean_t(x)) / ||x||_2`` with the L2 norm over time of the *uncentred* x, as
+            published; a channel that is all zeros in a trial is an error). "trial" and "channel_l2"
+            need no statistics.
         norm_stats: Statistics from the training dataset (``train_ds.norm_stats``); when None and
             ``normalize`` needs them they are fitted on this dataset's selected single trials, which
             is right only for a training set.
@@ -158,10 +197,8 @@ class BrainImageDataset(Dataset):
             )
         n_img, n_rep = trials.shape[:2]
         eeg = trials.ndim == 4
-        if not isinstance(flatten, (bool, np.bool_)):
-            raise TypeError(f"{_DS}: flatten must be a bool, got {flatten!r} ({type(flatten).__name__})")
-        if not isinstance(normalize, (str, type(None))) or normalize not in _NORMS:
-            raise ValueError(f"{_DS}: normalize must be one of {_NORMS}, got {normalize!r}")
+        check_bool(_DS, "flatten", flatten)
+        check_choice(_DS, "normalize", normalize, _NORMS)
         if norm_stats is not None and not isinstance(norm_stats, NormStats):
             raise TypeError(
                 f"{_DS}: norm_stats must be None or a NormStats (train_ds.norm_stats), got "
@@ -190,7 +227,7 @@ class BrainImageDataset(Dataset):
         checked_images = self._images(images, n_img, self.source)
 
         rep_idx = self._repetitions(repetitions, n_rep)
-        _check_int(random_repetitions, "random_repetitions", _DS, minimum=1, none=True)
+        check_int(_DS, "random_repetitions", random_repetitions, minimum=1, none=True)
         if random_repetitions is not None and random_repetitions > len(rep_idx):
             raise ValueError(
                 f"{_DS}: random_repetitions must be in 1..{len(rep_idx)} (the selected repetitions), got "
@@ -198,6 +235,11 @@ class BrainImageDataset(Dataset):
             )
         if (channels is not None or time_window is not None) and not eeg:
             raise ValueError(f"{_DS}: channels and time_window need EEG responses (4-d)")
+        if normalize == "channel_l2" and not eeg:
+            raise ValueError(
+                f"{_DS}: normalize='channel_l2' normalises each EEG channel over time and needs EEG "
+                f"responses (images, repetitions, channels, times), got shape {trials.shape}"
+            )
         if eeg:
             ch_idx = self._channels(channels, names, trials.shape[2])
             t_idx = self._times(time_window, tvec, trials.shape[3])
@@ -211,6 +253,8 @@ class BrainImageDataset(Dataset):
 
         self.normalize, self.flatten, self.random_repetitions = normalize, bool(flatten), random_repetitions
         self.norm_stats = norm_stats
+        if normalize == "channel_l2":
+            trials = _channel_l2(trials)
         if normalize in ("zscore", "channel"):
             if norm_stats is None:
                 self.norm_stats = fit_norm_stats(trials, normalize)
@@ -283,7 +327,7 @@ class BrainImageDataset(Dataset):
                 raise ValueError(f"{_DS}: repetitions must be 'all', an int or indices, got {repetitions!r}")
             return list(range(n_rep))
         if isinstance(repetitions, (int, np.integer, np.bool_)):
-            k = _check_int(repetitions, "repetitions", _DS, minimum=1)
+            k = check_int(_DS, "repetitions", repetitions, minimum=1)
             if k > n_rep:
                 raise ValueError(f"{_DS}: repetitions={repetitions} but the data has {n_rep}")
             return list(range(k))
@@ -294,7 +338,7 @@ class BrainImageDataset(Dataset):
                 f"{_DS}: repetitions must be 'all', an int or a sequence of int indices, got {repetitions!r} "
                 f"({type(repetitions).__name__})"
             )
-        idx = [_check_int(i, f"repetitions[{j}]", _DS) for j, i in enumerate(repetitions)]
+        idx = [check_int(_DS, f"repetitions[{j}]", i) for j, i in enumerate(repetitions)]
         if not idx or min(idx) < -n_rep or max(idx) >= n_rep:
             raise ValueError(f"{_DS}: repetition indices {idx} out of range for {n_rep} repetitions")
         if len({i % n_rep for i in idx}) != len(idx):
@@ -319,7 +363,7 @@ class BrainImageDataset(Dataset):
                     raise ValueError(f"{_DS}: no channel {c!r}; channels are {names or '(names unknown)'}")
                 out.append(names.index(c))
                 continue
-            i = _check_int(c, f"channels[{j}]", _DS)
+            i = check_int(_DS, f"channels[{j}]", c)
             if not -n_ch <= i < n_ch:
                 raise ValueError(f"{_DS}: channel index {c} out of range for {n_ch} channels")
             out.append(i % n_ch)
@@ -335,7 +379,7 @@ class BrainImageDataset(Dataset):
             return np.arange(n_t)
         if isinstance(window, slice):
             for part in ("start", "stop", "step"):
-                _check_int(getattr(window, part), f"time_window.{part}", _DS, none=True)
+                check_int(_DS, f"time_window.{part}", getattr(window, part), none=True)
             if window.step == 0:
                 raise ValueError(f"{_DS}: time_window slice step must not be 0, got {window}")
             idx = np.arange(n_t)[window]
@@ -349,8 +393,8 @@ class BrainImageDataset(Dataset):
                     f"{_DS}: time_window must be None, (tmin, tmax) in seconds or a slice of sample indices, "
                     f"got {window!r}"
                 )
-            tmin = _check_real(window[0], "time_window[0] (tmin)", _DS)
-            tmax = _check_real(window[1], "time_window[1] (tmax)", _DS)
+            tmin = check_real(_DS, "time_window[0] (tmin)", window[0])
+            tmax = check_real(_DS, "time_window[1] (tmax)", window[1])
             if tmin > tmax:
                 raise ValueError(f"{_DS}: time_window must have tmin <= tmax, got {tuple(window)}")
             if not tvec.size:
@@ -382,8 +426,7 @@ class BrainImageDataset(Dataset):
         if self.flatten or self.normalize == "trial":
             flat = x.reshape(x.shape[0], -1)
             if self.normalize == "trial":
-                flat = flat - flat.mean(dim=1, keepdim=True)
-                flat = flat / flat.norm(dim=1, keepdim=True).clamp_min(torch.finfo(flat.dtype).tiny)
+                flat = normalize_embeddings(flat)
             x = flat if self.flatten else flat.reshape(x.shape)
         return x
 
@@ -493,7 +536,7 @@ def fmri_datasets(
                 f"fmri_datasets: {name} must be an FMRIResponses or the path of a response file, got "
                 f"{type(value).__name__}"
             )
-    _check_int(pca_components, "pca_components", "fmri_datasets", minimum=1, none=True)
+    check_int("fmri_datasets", "pca_components", pca_components, minimum=1, none=True)
     tr = train if isinstance(train, FMRIResponses) else load_fmri(train)
     te = test if isinstance(test, FMRIResponses) else load_fmri(test)
     if rois is not None:
@@ -506,3 +549,62 @@ def fmri_datasets(
     train_ds = BrainImageDataset(tr, train_images, **options)
     test_ds = BrainImageDataset(te, test_images, **{**options, "norm_stats": train_ds.norm_stats})
     return train_ds, test_ds
+
+
+SplitMethod = Literal["numpy", "random_split"]
+# Mixed into the seed (a numpy SeedSequence key), so that the split is not the same draw as anything
+# else seeded with the run's seed.
+_SPLIT_KEY = 1
+
+
+def train_val_split(
+    n: int, val_fraction: float = 0.1, seed: int = 0, *, method: SplitMethod = "numpy"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of ``n`` items: a seeded random share ``val_fraction`` held out.
+
+    Args:
+        n: Number of items (e.g. training images).
+        val_fraction: Share held out for validation, in [0, 1); 0 gives no validation items.
+        seed: Seed of the draw; the same arguments give the same split on any machine.
+        method: "numpy": ``round(val_fraction * n)`` items (halves up, at least 1 when
+            ``val_fraction > 0``) from ``numpy.random.default_rng([seed, 1]).permutation(n)``, the split
+            of fastalign's recipes. "random_split": the published AlignVis split (train_brain_clip.py
+            ``return_dataloaders``): ``torch.utils.data.random_split(range(n), [1 - val_fraction,
+            val_fraction], generator=torch.Generator().manual_seed(seed))``, the same items (its rule:
+            ``floor`` of each share, the remainder spread from the first).
+
+    Returns:
+        Two sorted int64 arrays, disjoint, together ``0..n-1``.
+
+    Raises:
+        TypeError, ValueError: ``n`` not an int >= 1, ``val_fraction`` outside [0, 1), a bad seed or
+            method, or a split that leaves no training item, or (``val_fraction > 0``) no validation item.
+    """
+    fn = "train_val_split"
+    n = check_int(fn, "n", n, minimum=1)
+    frac = check_real(fn, "val_fraction", val_fraction)
+    if not 0 <= frac < 1:
+        raise ValueError(message(fn, "val_fraction", "a number in [0, 1)", val_fraction))
+    check_seed(fn, seed, none=False)
+    check_choice(fn, "method", method, ("numpy", "random_split"))
+    if frac == 0:
+        return np.arange(n), np.zeros(0, dtype=np.int64)
+    if method == "numpy":
+        n_val = max(1, int(np.floor(frac * n + 0.5)))
+        order = np.random.default_rng([seed, _SPLIT_KEY]).permutation(n)
+        train, val = order[n_val:], order[:n_val]
+    else:
+        with warnings.catch_warnings():  # an empty share is refused below, with the arguments named
+            warnings.simplefilter("ignore", UserWarning)
+            parts: list[Any] = torch.utils.data.random_split(
+                range(n),  # type: ignore[arg-type]  # only its length matters, as for the published Dataset
+                [1 - frac, frac],
+                generator=torch.Generator().manual_seed(seed),
+            )
+        train, val = (np.asarray(p.indices, dtype=np.int64) for p in parts)
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError(
+            f"{fn}: val_fraction={val_fraction} of n={n} items leaves {len(train)} for training and "
+            f"{len(val)} for validation (method {method!r}); expected at least one of each"
+        )
+    return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)

@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from fastalign._checks import check_int
 from fastalign.data._io import check_array, load_npy, require_file
-from fastalign.data.responses import _check_int, _check_seed
+from fastalign.data.responses import _check_random_state
 
 ROI_NAMES = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC")
 
@@ -169,8 +170,8 @@ class ResponsePCA:
     """
 
     def __init__(self, n_components: int, seed: int = 0) -> None:
-        self.n_components = _check_int(n_components, "n_components", "ResponsePCA", minimum=1)
-        self.seed = _check_seed(seed, "ResponsePCA")
+        self.n_components = check_int("ResponsePCA", "n_components", n_components, minimum=1)
+        self.seed = _check_random_state("ResponsePCA", seed)
         self._pca: Any = None
 
     def fit(self, train: FMRIResponses | np.ndarray) -> ResponsePCA:

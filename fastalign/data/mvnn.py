@@ -14,11 +14,13 @@ runs as batched numpy over blocks of conditions, so a published-size session tak
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 
-from fastalign.data._io import magnitude_shift
+from fastalign._checks import check_choice, check_int, magnitude_shift, message
+from fastalign.data._io import SAFE_HIGH, SAFE_LOW
 from fastalign.data.responses import as_responses
 
 MVNNDim = Literal["time", "epochs"]
@@ -74,8 +76,7 @@ def _shrunk_cov_sum(x: np.ndarray) -> np.ndarray:
 
 
 def _check_dim(dim: str, fn: str) -> None:
-    if dim not in _DIMS:
-        raise ValueError(f"{fn}: dim must be one of {_DIMS}, got {dim!r}")
+    check_choice(fn, "dim", dim, _DIMS)
 
 
 def _check_partition(x: np.ndarray, dim: MVNNDim, name: str, fn: str) -> None:
@@ -138,8 +139,26 @@ def noise_covariance(data: Any, dim: MVNNDim = "time") -> np.ndarray:
     _check_dim(dim, fn)
     x = as_responses(data).data
     _check_partition(x, dim, "data", fn)
-    shift = int(magnitude_shift(_max_abs(x)))
+    shift = int(magnitude_shift(_max_abs(x), low=SAFE_LOW, high=SAFE_HIGH))
     return np.ldexp(_scaled_noise_covariance(x, dim, shift), -2 * shift)
+
+
+def _fit_indices(fit_on: Any, n_parts: int | None, fn: str) -> list[int]:
+    """The partitions ``fit_on`` names (all when None); ``n_parts`` is None for a single partition."""
+    if fit_on is None:
+        return list(range(n_parts or 1))
+    if n_parts is None:
+        raise ValueError(
+            f"{fn}: fit_on={fit_on!r} needs data as a list of partitions (e.g. [test, training]), got one "
+            "partition"
+        )
+    expected = f"a non-empty sequence of distinct partition indices in 0..{n_parts - 1}"
+    if isinstance(fit_on, (str, bytes)) or not isinstance(fit_on, (Sequence, np.ndarray)):
+        raise TypeError(message(fn, "fit_on", expected, fit_on))
+    idx = [check_int(fn, f"fit_on[{j}]", i, minimum=0) for j, i in enumerate(fit_on)]
+    if not idx or max(idx) >= n_parts or len(set(idx)) != len(idx):
+        raise ValueError(f"{fn}: fit_on must be {expected}, got {list(fit_on)}")
+    return idx
 
 
 def inverse_sqrt(sigma: np.ndarray) -> np.ndarray:
@@ -156,12 +175,24 @@ def inverse_sqrt(sigma: np.ndarray) -> np.ndarray:
 def _whiten(x: np.ndarray, sigma_inv: np.ndarray, shift: int) -> np.ndarray:
     """``sigma_inv @ (x * 2**shift)`` along channels, in x's floating dtype (float64 for integers)."""
     out_dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
-    x64 = np.asarray(x, dtype=np.float64)
-    # data[..., channels, times]: whitening mixes channels, independently at every time point.
-    return np.matmul(sigma_inv, np.ldexp(x64, shift) if shift else x64).astype(out_dtype, copy=False)
+    n_cond, n_rep, n_ch, n_t = x.shape
+    out = np.empty(x.shape, dtype=out_dtype)
+    block = max(1, _BLOCK_VALUES // (n_rep * n_ch * n_t))
+    for start in range(0, n_cond, block):
+        chunk = np.asarray(x[start : start + block], dtype=np.float64)
+        if shift:
+            chunk = np.ldexp(chunk, shift)
+        # One (channels x everything) GEMM per block: a broadcast matmul makes one small BLAS call per
+        # epoch, whose threading overhead dominates (seconds for a few hundred epochs on a busy machine).
+        flat = chunk.transpose(2, 0, 1, 3).reshape(n_ch, -1)
+        white = (sigma_inv @ flat).reshape(n_ch, len(chunk), n_rep, n_t)
+        out[start : start + block] = white.transpose(1, 2, 0, 3)
+    return out
 
 
-def mvnn(data: Any, dim: MVNNDim = "time", *, return_covariance: bool = False) -> Any:
+def mvnn(
+    data: Any, dim: MVNNDim = "time", *, return_covariance: bool = False, fit_on: Sequence[int] | None = None
+) -> Any:
     """Multivariate noise normalisation of one recording session.
 
     Args:
@@ -170,21 +201,27 @@ def mvnn(data: Any, dim: MVNNDim = "time", *, return_covariance: bool = False) -
             published pipeline passes [test, training]); all must have the same channels.
         dim: "time" or "epochs" (see :func:`noise_covariance`).
         return_covariance: Also return the (n_channels, n_channels) averaged covariance.
+        fit_on: Indices into the list ``data`` of the partitions whose covariances are averaged; None:
+            all of them (gifale95/eeg_encoding). ``fit_on=[1]`` with ``[test, training]`` estimates the
+            covariance from the training partition only, as AlignVis (NICE) does
+            (``sigma_tot = sigma_part[1]``), so no test statistic enters the whitening.
 
     Returns:
         The whitened data, same shape(s) as the input arrays (float64 for integer input, else the input
         dtype; bfloat16 tensors give float32): an array for one partition, a list for a list. With
         ``return_covariance``, a tuple (whitened, sigma). The covariance of a list is the unweighted
-        mean of the partitions' covariances, as published; every partition is whitened with the same
-        matrix. Whitening does not depend on the data's scale: data of extreme magnitude (beyond
-        2**+-400) are rescaled by an exact power of two before the covariance, so they whiten like
-        data of ordinary size (sigma itself is inf or 0 where its true entries leave float64's range).
+        mean of the covariances of the partitions in ``fit_on``, as published; every partition is
+        whitened with the same matrix. Whitening does not depend on the data's scale: data of extreme
+        magnitude (beyond 2**+-400) are rescaled by an exact power of two before the covariance, so they
+        whiten like data of ordinary size (sigma itself is inf or 0 where its true entries leave
+        float64's range).
 
     Raises:
         TypeError, ValueError: data that is not 4-d real and finite, an empty axis, too few repetitions
-            (dim="time") or time points (dim="epochs"), partitions with different channel counts, or a
-            noise covariance that is not positive definite (a flat channel, a copy of another, or
-            noiseless repetitions).
+            (dim="time") or time points (dim="epochs"), partitions with different channel counts,
+            ``fit_on`` that is not a non-empty list of distinct partition indices (or given for a single
+            partition), or a noise covariance that is not positive definite (a flat channel, a copy of
+            another, or noiseless repetitions).
     """
     fn = "mvnn"
     _check_dim(dim, fn)
@@ -197,11 +234,14 @@ def mvnn(data: Any, dim: MVNNDim = "time", *, return_covariance: bool = False) -
         raise ValueError(
             f"mvnn: all partitions must have the same channel count, got shapes {[p.shape for p in parts]}"
         )
-    for p, name in zip(parts, names, strict=True):
-        _check_partition(p, dim, name, fn)
+    fitted = _fit_indices(fit_on, len(parts) if many else None, fn)
+    for i, (p, name) in enumerate(zip(parts, names, strict=True)):
+        # Only the partitions a covariance is estimated from need the repetitions or times for it.
+        if i in fitted or p.size == 0:
+            _check_partition(p, dim, name, fn)
     # One shift for all partitions: they are whitened by one matrix.
-    shift = int(magnitude_shift(max(_max_abs(p) for p in parts)))
-    scaled = np.mean([_scaled_noise_covariance(p, dim, shift) for p in parts], axis=0)
+    shift = int(magnitude_shift(max(_max_abs(p) for p in parts), low=SAFE_LOW, high=SAFE_HIGH))
+    scaled = np.mean([_scaled_noise_covariance(parts[i], dim, shift) for i in fitted], axis=0)
     sigma_inv = inverse_sqrt(scaled)
     white = [_whiten(p, sigma_inv, shift) for p in parts]
     out: Any = white if many else white[0]

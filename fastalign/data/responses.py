@@ -8,58 +8,21 @@ codes name the image of each epoch (one event per image presentation).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
 from fastalign import _mne
+from fastalign._checks import check_int, message
 from fastalign.data._io import check_array
 
 
-@overload
-def _check_int(value: Any, name: str, where: str, *, minimum: int | None = None) -> int: ...
-@overload
-def _check_int(
-    value: Any, name: str, where: str, *, minimum: int | None = None, none: bool
-) -> int | None: ...
-def _check_int(
-    value: Any, name: str, where: str, *, minimum: int | None = None, none: bool = False
-) -> int | None:
-    """``value`` as an int (numpy integers too; bool is not an int here) that is >= ``minimum``."""
-    if value is None and none:
-        return None
-    expect = ("None or " if none else "") + "an int" + ("" if minimum is None else f" >= {minimum}")
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{where}: {name} must be {expect}, got {value!r} ({type(value).__name__})")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{where}: {name} must be {expect}, got {value!r}")
-    return int(value)
-
-
-def _check_seed(seed: Any, fn: str) -> int:
+def _check_random_state(fn: str, seed: Any) -> int:
     """``seed`` as an int that scikit-learn's random_state takes ([0, 2**32)), refused here rather
     than deep inside sklearn."""
-    if _check_int(seed, "seed", fn, minimum=0) >= 2**32:
-        raise ValueError(f"{fn}: seed must be an int in [0, 2**32), got {seed!r}")
+    if check_int(fn, "seed", seed, minimum=0) >= 2**32:
+        raise ValueError(message(fn, "seed", "an int in [0, 2**32)", seed))
     return int(seed)
-
-
-@overload
-def _check_real(value: Any, name: str, where: str, *, positive: bool = False) -> float: ...
-@overload
-def _check_real(value: Any, name: str, where: str, *, positive: bool = False, none: bool) -> float | None: ...
-def _check_real(
-    value: Any, name: str, where: str, *, positive: bool = False, none: bool = False
-) -> float | None:
-    """``value`` as a finite float (> 0 when ``positive``); bool and complex are refused."""
-    if value is None and none:
-        return None
-    expect = ("None or " if none else "") + ("a finite number > 0" if positive else "a finite number")
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{where}: {name} must be {expect}, got {value!r} ({type(value).__name__})")
-    if not np.isfinite(value) or (positive and value <= 0):
-        raise ValueError(f"{where}: {name} must be {expect}, got {value!r}")
-    return float(value)
 
 
 def _check_times(times: Any, n_times: int, name: str, where: str) -> np.ndarray:

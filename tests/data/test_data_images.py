@@ -81,6 +81,38 @@ def test_embedding_cache_reuses_and_invalidates(tmp_path: os.PathLike) -> None:
     assert keyed.seen == 2
 
 
+def test_cache_reuses_rows_only_for_the_same_content(tmp_path: os.PathLike) -> None:
+    """A file rewritten with other pixels but the same size and modification time (a rewrite within the
+    filesystem's timestamp resolution, or a copy that keeps the old time) is recomputed."""
+    path = os.path.join(tmp_path, "a.bmp")  # BMP: the file size depends only on the image size
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    before = os.stat(path)
+    cache, tf, model = os.path.join(tmp_path, "cache"), ImageTransform(8), _Counting()
+    first = embed_images(model, [path], cache, transform=tf)
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size
+    second = embed_images(model, [path], cache, transform=tf)
+    assert model.seen == 2 and not np.array_equal(first, second)
+    np.testing.assert_allclose(second, load_images([path], tf).mean(dim=(2, 3)).numpy(), rtol=1e-6)
+    os.utime(path, ns=(1, 1))  # a new time alone (a copy, a touch) keeps the rows of unchanged content
+    np.testing.assert_array_equal(embed_images(model, [path], cache, transform=tf), second)
+    assert model.seen == 2
+
+
+def test_named_key_still_covers_the_weights(tmp_path: os.PathLike) -> None:
+    """key= names a Module's cache, but other weights under the same name are recomputed, not reused."""
+    path = _write(os.path.join(tmp_path, "a.png"), 0)
+    cache, tf = os.path.join(tmp_path, "cache"), ImageTransform(8)
+    model = _Counting(1.0)
+    first = embed_images(model, [path], cache, key="cornet-s", transform=tf)
+    with torch.no_grad():
+        model.w.fill_(2.0)
+    second = embed_images(model, [path], cache, key="cornet-s", transform=tf)
+    assert model.seen == 2
+    np.testing.assert_allclose(second, 2 * first, rtol=1e-6)
+
+
 def test_damaged_cache_is_recomputed(tmp_path: os.PathLike) -> None:
     paths = [_write(os.path.join(tmp_path, f"{i}.png"), i) for i in range(2)]
     cache = os.path.join(tmp_path, "cache")
@@ -94,7 +126,16 @@ def test_damaged_cache_is_recomputed(tmp_path: os.PathLike) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    ["not json", "a list", "no files", "entry without path", "stat not two ints", "one row too few", "empty"],
+    [
+        "not json",
+        "a list",
+        "no files",
+        "entry without path",
+        "stat not two ints",
+        "digest not sha256",
+        "one row too few",
+        "empty",
+    ],
 )
 def test_damaged_index_is_recomputed_and_rewritten(tmp_path: os.PathLike, damage: str) -> None:
     paths = [_write(os.path.join(tmp_path, f"{i}.png"), i) for i in range(2)]
@@ -109,8 +150,13 @@ def test_damaged_index_is_recomputed_and_rewritten(tmp_path: os.PathLike, damage
         "not json": '{"key": ',
         "a list": json.dumps([meta]),
         "no files": json.dumps({k: v for k, v in meta.items() if k != "files"}),
-        "entry without path": json.dumps({**meta, "files": [{"stat": e["stat"]} for e in meta["files"]]}),
+        "entry without path": json.dumps(
+            {**meta, "files": [{k: v for k, v in e.items() if k != "path"} for e in meta["files"]]}
+        ),
         "stat not two ints": json.dumps({**meta, "files": [{**e, "stat": [1.5]} for e in meta["files"]]}),
+        "digest not sha256": json.dumps(
+            {**meta, "files": [{**e, "sha256": "0" * 63} for e in meta["files"]]}
+        ),
         "one row too few": json.dumps({**meta, "files": meta["files"][:1]}),
         "empty": "",
     }[damage]
