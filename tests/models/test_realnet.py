@@ -1,0 +1,299 @@
+"""ReAlnet: the one-pass model against CORnet-S and the published two-pass Encoder, and its weights."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from fastalign.models.cornet import CORnetS
+from fastalign.models.realnet_model import (
+    AREAS,
+    CORNET_S_URL,
+    EEG_N_OUT,
+    FMRI_N_OUT,
+    PUBLISHED_WEIGHTS_URL,
+    ReAlnet,
+    ReAlnetOutput,
+    _split_state_dict,
+    realnet,
+    save_realnet,
+)
+
+IMG = 32
+N_OUT = 12
+# The published Encoder's head layers (ReAlnet.py, code/Train_ReAlnet*.ipynb), in its concatenation order.
+PUBLISHED_HEAD = (("V1", "fc_v1"), ("V2", "fc_v2"), ("V4", "fc_v4"), ("IT", "fc_it"))
+
+
+def _x(batch: int = 3, size: int | tuple[int, int] = IMG, seed: int = 1) -> torch.Tensor:
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def model() -> ReAlnet:
+    """In eval mode, so that a forward changes nothing; tests that train deep-copy it."""
+    torch.manual_seed(0)
+    return ReAlnet(N_OUT, image_size=IMG).eval()
+
+
+def _published_state_dict(m: ReAlnet) -> dict[str, torch.Tensor]:
+    """``Encoder(realnet, n).state_dict()`` of the published code, realnet being DataParallel(CORnet_S())."""
+    sd = {f"realnet.module.{k}": v.clone() for k, v in m.backbone.state_dict().items()}
+    for area, name in PUBLISHED_HEAD:
+        sd[f"{name}.weight"] = m.head.proj[area].weight.detach().clone()
+        sd[f"{name}.bias"] = m.head.proj[area].bias.detach().clone()
+    sd["fc.weight"] = m.head.out.weight.detach().clone()
+    sd["fc.bias"] = m.head.out.bias.detach().clone()
+    return sd
+
+
+def _published_forward(
+    cornet: CORnetS, head: dict[str, torch.Tensor], imgs: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The published Encoder.forward: a full pass for the logits, then V1..IT again for the head."""
+    outputs = cornet(imgs)
+    n = len(imgs)
+    v1 = cornet.V1(imgs)
+    v2 = cornet.V2(v1)
+    v4 = cornet.V4(v2)
+    it = cornet.IT(v4)
+    features = torch.cat(
+        [
+            F.relu(F.linear(t.view(n, -1), head[f"{name}.weight"], head[f"{name}.bias"]))
+            for t, (_, name) in zip((v1, v2, v4, it), PUBLISHED_HEAD, strict=True)
+        ],
+        dim=1,
+    )
+    return outputs, F.linear(features, head["fc.weight"], head["fc.bias"])
+
+
+class Published(NamedTuple):
+    x: torch.Tensor
+    logits: torch.Tensor
+    response: torch.Tensor
+    bn_updates: int  # how often one forward updated BatchNorm's running statistics
+
+
+@pytest.fixture(scope="module")
+def published(model: ReAlnet) -> Published:
+    """The published Encoder.forward on ``model``'s weights, in train mode (as in training: both of its
+    passes normalise with the same batch statistics). Its first pass is plain CORnet-S."""
+    cornet = copy.deepcopy(model.backbone).train()
+    head = {k: v for k, v in _published_state_dict(model).items() if k.startswith("fc")}
+    x = _x(batch=2)
+    with torch.no_grad():
+        logits, response = _published_forward(cornet, head, x)
+    return Published(x, logits, response, int(cornet.V4.norm3_3.num_batches_tracked))
+
+
+@torch.no_grad()
+def test_output_shapes_eeg_fmri_and_subsets(model: ReAlnet) -> None:
+    assert ReAlnet(image_size=IMG, backbone=model.backbone).head.out.out_features == EEG_N_OUT == 340
+    out = ReAlnet(FMRI_N_OUT, image_size=IMG, backbone=model.backbone)(_x(batch=2))
+    assert isinstance(out, ReAlnetOutput)
+    assert out.logits.shape == (2, 1000) and out.response.shape == (2, 1024)
+    small = ReAlnet(5, areas=("V4", "IT"), width=3, image_size=(IMG, 48), backbone=model.backbone)
+    assert list(small.head.proj) == ["V4", "IT"] and small.head.out.in_features == 6
+    assert small.tap_shapes == {"V4": (256, 2, 3), "IT": (512, 1, 2)}
+    logits, response = small(_x(batch=2, size=(IMG, 48)))
+    assert logits.shape == (2, 1000) and response.shape == (2, 5)
+    assert small(_x(batch=0, size=(IMG, 48))).response.shape == (0, 5)
+
+
+def test_head_in_features_at_224_are_the_published_and_parameter_count() -> None:
+    with torch.device("meta"):
+        m = ReAlnet()
+    assert {a: p.in_features for a, p in m.head.proj.items()} == {
+        "V1": 200_704,
+        "V2": 100_352,
+        "V4": 50_176,
+        "IT": 25_088,
+    }
+    assert m.head.out.in_features == 512 and m.head.out.out_features == 340
+    assert sum(p.numel() for p in m.backbone.parameters()) == 53_416_616
+    assert sum(p.numel() for p in m.parameters()) == 101_760_508  # the number docs/realnet.md gives
+
+
+def test_one_pass_equals_the_published_two_passes_and_trains_the_backbone(
+    model: ReAlnet, published: Published
+) -> None:
+    ours = copy.deepcopy(model).train()
+    logits, response = ours(published.x)
+    torch.testing.assert_close(logits, published.logits, rtol=0, atol=0)
+    torch.testing.assert_close(response, published.response, rtol=1e-6, atol=1e-6)
+    # One pass updates BatchNorm's running statistics once, as plain CORnet-S; the published code twice.
+    assert int(ours.backbone.V4.norm3_3.num_batches_tracked) == 1 and published.bn_updates == 2
+    # The response alone trains every block and the head; only the classifier is left out.
+    response.square().mean().backward()
+    grads = {k: p.grad for k, p in ours.named_parameters()}
+    assert all(g is None for k, g in grads.items() if k.startswith("backbone.decoder."))
+    assert not [k for k, g in grads.items() if not k.startswith("backbone.decoder.") and g is None]
+    for area in AREAS:
+        block = getattr(ours.backbone, area)
+        conv = block.conv1 if area == "V1" else block.conv3
+        assert conv.weight.grad.abs().sum() > 0, area
+
+
+@torch.no_grad()
+def test_fuse_training_path(model: ReAlnet, published: Published) -> None:
+    fused = copy.deepcopy(model).train()
+    assert fused.fuse_training("auto") is fused and fused.backbone.V4.norm_backend == "auto"
+    logits, response = fused(published.x)
+    torch.testing.assert_close(logits, published.logits)
+    torch.testing.assert_close(response, published.response)
+
+
+@torch.no_grad()
+def test_published_format_loads(model: ReAlnet, published: Published, tmp_path: Path) -> None:
+    path = tmp_path / "encoder.pt"  # the released weights/ReAlnet/sub-XX/encoder.pt
+    torch.save(_published_state_dict(model), path)
+    loaded = realnet(weights=path)  # the image size is inferred from the head's shapes
+    assert not loaded.training
+    assert loaded.config() == {"n_out": N_OUT, "areas": list(AREAS), "width": 128, "image_size": [IMG, IMG]}
+    logits, response = loaded.train()(published.x)
+    torch.testing.assert_close(logits, published.logits, rtol=0, atol=0)
+    torch.testing.assert_close(response, published.response, rtol=1e-6, atol=1e-6)
+
+
+def test_published_format_wrappers(model: ReAlnet) -> None:
+    """The Encoder itself inside DataParallel, or under "state_dict": the same keys once unwrapped."""
+    sd = _published_state_dict(model)
+    want = _split_state_dict(sd)
+    assert want[0].keys() == {f"module.{k}" for k in model.backbone.state_dict()}  # cornet_s strips it
+    assert want[1].keys() == model.head.state_dict().keys()
+    for wrapped in ({f"module.{k}": v for k, v in sd.items()}, {"state_dict": sd, "epoch": 3}):
+        got = _split_state_dict(wrapped)
+        assert [d.keys() for d in got] == [d.keys() for d in want]
+        assert all(got[i][k] is want[i][k] for i in (0, 1) for k in want[i])
+
+
+def test_published_backbone_only_checkpoint_is_cornet_weights(model: ReAlnet, tmp_path: Path) -> None:
+    path = tmp_path / "realnet.pt"  # published: torch.save(DataParallel(CORnet_S()).state_dict())
+    torch.save({f"module.{k}": v for k, v in model.backbone.state_dict().items()}, path)
+    with pytest.raises(ValueError, match=r"without the encoding head.*cornet_weights"):
+        realnet(weights=path)
+    m = realnet(cornet_weights=path, n_out=N_OUT, image_size=IMG)
+    assert not m.training
+    for k, v in model.backbone.state_dict().items():
+        torch.testing.assert_close(m.backbone.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_safetensors_round_trip(model: ReAlnet, tmp_path: Path) -> None:
+    m = ReAlnet(5, areas=("V2", "IT"), width=3, image_size=(IMG, 40), backbone=model.backbone)
+    written = save_realnet(m, tmp_path / "run", {"epoch": "3"})
+    assert written == tmp_path / "run" / "model.safetensors"
+    assert os.listdir(tmp_path / "run") == ["model.safetensors"]  # no temporary file left
+    with safe_open(str(written), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["epoch"] == "3" and json.loads(meta["fastalign.realnet"]) == m.config()
+    loaded = realnet(weights=tmp_path / "run")
+    assert loaded.config() == m.config() and loaded.tap_shapes == m.tap_shapes
+    assert loaded.state_dict().keys() == m.state_dict().keys()
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    # a file path is written as given; explicit arguments that agree with the weights are accepted
+    other = save_realnet(m, tmp_path / "best.safetensors")
+    again = realnet(weights=other, n_out=5, areas=["V2", "IT"], width=3, image_size=(IMG, 40))
+    torch.testing.assert_close(again.head.out.weight, m.head.out.weight, rtol=0, atol=0)
+
+
+def test_bad_constructor_arguments() -> None:
+    with pytest.raises(ValueError, match=r"areas must be some of .*, got unknown area\(s\) \[.V3.\]"):
+        ReAlnet(areas=("V1", "V3"))
+    with pytest.raises(ValueError, match="network order"):
+        ReAlnet(areas=("IT", "V1"))
+    with pytest.raises(ValueError, match="network order"):
+        ReAlnet(areas=("V1", "V1"))
+    with pytest.raises(ValueError, match="at least one"):
+        ReAlnet(areas=())
+    with pytest.raises(ValueError, match="width must be a positive int, got 0"):
+        ReAlnet(width=0)
+    with pytest.raises(TypeError, match="width"):
+        ReAlnet(width=1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n_out must be a positive int, got 0"):
+        ReAlnet(0)
+    with pytest.raises(ValueError, match=r"image_size\[0\]"):
+        ReAlnet(image_size=(0, 32))
+    with pytest.raises(TypeError, match="image_size"):
+        ReAlnet(image_size="224")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="backbone must be a CORnetS"):
+        ReAlnet(backbone=torch.nn.Linear(1, 1))  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def test_wrong_image_size_at_forward(model: ReAlnet) -> None:
+    with pytest.raises(ValueError, match=r"x of size 16x16 gives V1 outputs.*image_size 32x32"):
+        model(_x(batch=1, size=16))
+
+
+def test_weights_that_do_not_fit(model: ReAlnet) -> None:
+    path = model.state_dict()  # no metadata: the image size is inferred from the head's shapes
+    with pytest.raises(ValueError, match=r"n_out=340 does not match the weights, which have 12"):
+        realnet(weights=path, n_out=340)
+    with pytest.raises(ValueError, match="width=64 does not match"):
+        realnet(weights=path, width=64)
+    with pytest.raises(ValueError, match=r"areas=.*does not match"):
+        realnet(weights=path, areas=("V4", "IT"))
+    with pytest.raises(ValueError, match=r"image_size 64x64 gives head in_features.*for image_size 32x32"):
+        realnet(weights=path, image_size=64)
+    with pytest.raises(ValueError, match="not both"):
+        realnet(weights=path, cornet_weights=path)
+    with pytest.raises(ValueError, match="neither a ReAlnet state_dict"):
+        realnet(weights={"encoder.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match="not tensors"):
+        realnet(weights={"fc.weight": torch.zeros(2, 2), "fc.note": "x"})
+    with pytest.raises(ValueError, match="no encoding head"):
+        realnet(weights={f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
+
+
+def test_missing_weights_say_where_the_originals_are(tmp_path: Path) -> None:
+    url = re.escape(PUBLISHED_WEIGHTS_URL)
+    with pytest.raises(FileNotFoundError, match=url):
+        realnet(weights=tmp_path / "sub-01" / "encoder.pt")
+    with pytest.raises(FileNotFoundError, match=rf"holds no model\.safetensors.*{url}"):
+        realnet(weights=tmp_path)
+    with pytest.raises(FileNotFoundError, match=re.escape(CORNET_S_URL)):
+        realnet(cornet_weights=tmp_path / "cornet_s-1d3f7974.pth")
+
+
+class _Trap:
+    """Unpickling this creates a directory: a checkpoint that runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_loading_never_runs_code(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "encoder.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2), "trap": _Trap(marker)}, path)
+    with pytest.raises(ValueError, match=r"could not read .* as a torch checkpoint"):
+        realnet(weights=path)
+    assert not marker.exists()
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="as safetensors"):
+        realnet(weights=tmp_path)
+
+
+def test_save_realnet_bad_arguments(model: ReAlnet, tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"model must be a ReAlnet .*, got CORnetS"):
+        save_realnet(model.backbone, tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="metadata must be a mapping of str to str"):
+        save_realnet(model, tmp_path, {"epoch": 3})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="reserved"):
+        save_realnet(model, tmp_path, {"fastalign.realnet": "{}"})
+    assert not any(tmp_path.iterdir())
