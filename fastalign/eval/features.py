@@ -1,0 +1,436 @@
+"""The models of an evaluation and their activations at named layers, cached on disk.
+
+A model is named by ``"cornet_s"`` (ImageNet weights given as ``weights=``, else randomly initialised
+from the evaluation's seed), by a run folder of ``fastalign align`` (``model.safetensors`` and
+``config.json``, whose ``config.subject`` and ``config.modality`` say to whom and to what it was
+aligned), or by an :class:`EvalModel`: any torch module with layer names, or precomputed features.
+
+Layers are tapped with forward hooks on submodules named by their path in ``named_modules()``
+(``"V4"``, ``"backbone.IT"``, ``"head"``); CORnet-S and ReAlnet also take the area names ``V1``, ``V2``,
+``V4``, ``IT``, ``avgpool`` (Brain-Score's ``decoder.avgpool``) and, for ReAlnet, ``response`` (its
+encoding head's output). A module called several times in one forward (a recurrent block's output)
+gives its last call's output. The activations of all layers of a model are one row per image in the
+cache of :func:`fastalign.data.embed_images`, keyed by the model's class and weights, the layers and the
+image transform, and each file's content; a sidecar JSON holds each layer's width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastalign import _checks
+from fastalign.data import ImageTransform, embed_images, model_key
+from fastalign.data._io import atomic_write
+from fastalign.models import CORnetS, ReAlnet, cornet_s, realnet
+
+__all__ = ["CORNET_LAYERS", "DEFAULT_LAYERS", "EvalModel", "as_models", "layer_features", "subject_name"]
+
+_FN = "evaluate"
+#: The area names CORnet-S answers to, and the submodule each taps.
+CORNET_LAYERS: dict[str, str] = {"V1": "V1", "V2": "V2", "V4": "V4", "IT": "IT", "avgpool": "decoder.avgpool"}
+#: The layers evaluated when none are named (the published V1-IT plus avgpool, as for fMRI).
+DEFAULT_LAYERS: tuple[str, ...] = ("V1", "V2", "V4", "IT", "avgpool")
+_SUBJECT = re.compile(r"^sub-(\d+)$")
+_CACHE_VERSION = "fastalign.eval.features/1"
+
+
+def subject_name(subject: Any, where: str = "subject") -> str:
+    """A subject as its folder name: 3, "3", "sub-3" and "sub-03" are all "sub-03"."""
+    match = re.fullmatch(r"(?:sub-)?(\d+)", subject) if isinstance(subject, str) else None
+    if not (_checks.is_int(subject) or match):
+        raise TypeError(_checks.message(_FN, where, "a subject number or a name like 'sub-01'", subject))
+    number = int(match.group(1)) if match else int(subject)
+    if number < 1:
+        raise ValueError(_checks.message(_FN, where, "a subject number >= 1", subject))
+    return f"sub-{number:02d}"
+
+
+def _layer_aliases(module: nn.Module) -> dict[str, str]:
+    if isinstance(module, ReAlnet):
+        return {**{k: f"backbone.{v}" for k, v in CORNET_LAYERS.items()}, "response": "head"}
+    if isinstance(module, CORnetS):
+        return dict(CORNET_LAYERS)
+    return {}
+
+
+@dataclass
+class EvalModel:
+    """A model to evaluate.
+
+    Models with the same name are one family: the per-subject models of one alignment recipe (e.g. the
+    run folders ``runs/realnet/sub-01``, ``runs/realnet/sub-02``), told apart by ``subject``.
+
+    Attributes:
+        name: Its name in the tables (``model`` column).
+        module: A torch module whose layers are tapped (or None with ``features``).
+        layers: Layer names (see the module doc); None: the evaluation's ``layers``, else
+            :data:`DEFAULT_LAYERS` for CORnet-S and ReAlnet; required for other modules.
+        features: Precomputed activations instead of a module: layer name -> (n_images, ...) array of
+            the data's test images in their order.
+        images: With ``features``: the image files they were computed from (checked against the data's).
+        subject: The subject it was aligned to ("sub-01"; an int is accepted), "" if none.
+        modality: What it was aligned to ("eeg" or "fmri"), "" if unaligned.
+        source: Where it came from (recorded in config.json).
+    """
+
+    name: str
+    module: nn.Module | None = None
+    layers: Sequence[str] | None = None
+    features: Mapping[str, Any] | None = None
+    images: Sequence[str] | None = None
+    subject: str = ""
+    modality: str = ""
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        where = "EvalModel"
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(_checks.message(where, "name", "a non-empty str", self.name))
+        if (self.module is None) == (self.features is None):
+            raise ValueError(f"{where}: pass exactly one of module and features (model {self.name!r})")
+        if self.module is not None and not isinstance(self.module, nn.Module):
+            raise TypeError(_checks.message(where, "module", "a torch.nn.Module", self.module))
+        if self.features is not None:
+            if not isinstance(self.features, Mapping) or not self.features:
+                raise TypeError(_checks.message(where, "features", "a non-empty mapping", self.features))
+            if self.layers is None:
+                self.layers = list(self.features)
+        elif self.images is not None:
+            raise ValueError(f"{where}: images goes with features (model {self.name!r})")
+        if self.layers is not None:
+            self.layers = _check_layers(where, self.layers)
+        self.subject = "" if self.subject in ("", None) else subject_name(self.subject)
+        if self.modality not in ("", "eeg", "fmri"):
+            raise ValueError(_checks.message(where, "modality", "'', 'eeg' or 'fmri'", self.modality))
+        if bool(self.subject) != bool(self.modality):
+            raise ValueError(
+                f"{where}: an aligned model has both a subject and a modality, an unaligned one neither; "
+                f"model {self.name!r} has subject={self.subject!r}, modality={self.modality!r}"
+            )
+
+    @classmethod
+    def from_run(cls, path: str | os.PathLike[str], name: str | None = None) -> EvalModel:
+        """The ReAlnet of a ``fastalign align`` run folder.
+
+        Args:
+            path: The run folder (``model.safetensors``, ``config.json``).
+            name: Its name; default the folder's name, or its parent's for a folder named ``sub-XX`` (the
+                per-subject folders of one ``align`` call form one family).
+
+        Raises:
+            FileNotFoundError: no model.safetensors or config.json.
+            ValueError: a config.json without the subject and modality it was aligned to.
+        """
+        folder = os.path.abspath(os.fspath(path))
+        config_file = os.path.join(folder, "config.json")
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"{_FN}: run folder {folder!r} has no config.json (from fastalign align)")
+        with open(config_file) as f:
+            try:
+                config = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{_FN}: {config_file!r} is not valid JSON ({exc})") from None
+        # fastalign.train writes {"config": recipe settings, "fit": ..., "environment": ...}
+        recipe = config.get("config", config) if isinstance(config, dict) else None
+        if not isinstance(recipe, dict) or "subject" not in recipe or "modality" not in recipe:
+            raise ValueError(
+                f"{_FN}: {config_file!r} does not say which subject and modality the model was aligned to "
+                "(config.subject, config.modality); is it a run folder of fastalign align?"
+            )
+        base = os.path.basename(folder)
+        default = os.path.basename(os.path.dirname(folder)) if _SUBJECT.match(base) else base
+        return cls(
+            name or default,
+            module=realnet(folder),
+            subject=subject_name(recipe["subject"], f"{config_file} config.subject"),
+            modality=str(recipe["modality"]),
+            source=folder,
+        )
+
+
+def _check_layers(where: str, layers: Any) -> list[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    if not isinstance(layers, Sequence) or not all(isinstance(n, str) and n for n in layers):
+        raise TypeError(_checks.message(where, "layers", "a sequence of layer names", layers))
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"{where}: layers must name at least one layer, each once, got {list(layers)}")
+    return list(layers)
+
+
+def as_models(
+    models: Any, *, weights: str | os.PathLike[str] | None, seed: int, layers: Sequence[str] | None
+) -> list[EvalModel]:
+    """The evaluation's models from their names, run folders and :class:`EvalModel` objects.
+
+    "cornet_s" is loaded from ``weights`` or, without, randomly initialised after
+    ``torch.manual_seed(seed)`` (the global RNG is left as it was): the CORnet-S that ``fastalign align``
+    starts from with the same seed. ``layers`` fills in models that name none.
+    """
+    if isinstance(models, (str, os.PathLike, EvalModel)) or not isinstance(models, Sequence) or not models:
+        raise TypeError(_checks.message(_FN, "models", "a non-empty list of models", models))
+    if weights is not None and not any(m == "cornet_s" for m in models if isinstance(m, str)):
+        raise ValueError(f"{_FN}: weights are CORnet-S's weights, but no model is named 'cornet_s'")
+    out = []
+    for i, spec in enumerate(models):
+        if isinstance(spec, EvalModel):
+            model = spec
+        elif spec == "cornet_s":
+            if weights is not None:
+                module = cornet_s(weights)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    module = cornet_s()
+            source = f"random (seed {seed})" if weights is None else os.path.abspath(weights)
+            model = EvalModel("cornet_s", module, source=source)
+        elif isinstance(spec, (str, os.PathLike)):
+            if not os.path.isdir(spec):
+                raise FileNotFoundError(
+                    f"{_FN}: models[{i}] = {os.fspath(spec)!r} is neither 'cornet_s' nor a run folder"
+                )
+            model = EvalModel.from_run(spec)
+        else:
+            raise TypeError(
+                _checks.message(_FN, f"models[{i}]", "'cornet_s', a run folder or an EvalModel", spec)
+            )
+        if model.layers is None:  # a copy: the caller's EvalModel may be evaluated again with other layers
+            assert model.module is not None  # models of features name their layers
+            if layers is not None:
+                model = dataclasses.replace(model, layers=_check_layers(_FN, layers))
+            elif _layer_aliases(model.module):
+                model = dataclasses.replace(model, layers=list(DEFAULT_LAYERS))
+            else:
+                raise ValueError(
+                    f"{_FN}: model {model.name!r} is a {type(model.module).__name__}: name its layers "
+                    "(EvalModel(layers=...) or layers=)"
+                )
+        out.append(model)
+    seen: dict[tuple[str, str], int] = {}
+    for i, m in enumerate(out):
+        if (m.name, m.subject) in seen:
+            raise ValueError(
+                f"{_FN}: models[{seen[m.name, m.subject]}] and models[{i}] are both model {m.name!r}"
+                + (f" of {m.subject}" if m.subject else "")
+                + "; give them different names"
+            )
+        seen[m.name, m.subject] = i
+    for name in {m.name for m in out}:
+        family = [m for m in out if m.name == name]
+        kinds = {(bool(m.subject), m.modality) for m in family}
+        if len(family) > 1 and (len(kinds) > 1 or not family[0].subject):
+            raise ValueError(
+                f"{_FN}: the models named {name!r} must all be aligned to one modality, one subject each "
+                f"(one family); got subjects {[m.subject for m in family]} and modalities "
+                f"{[m.modality for m in family]}"
+            )
+    return out
+
+
+class _Taps:
+    """Callable: images -> (B, sum of layer widths), the named submodules' outputs flattened and joined."""
+
+    def __init__(self, module: nn.Module, paths: Mapping[str, str], model: str) -> None:
+        self.module, self.paths, self.model = module, dict(paths), model
+        self.sizes: dict[str, int] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        got: dict[str, Any] = {}
+
+        def keep(name: str) -> Any:
+            def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+                got[name] = out  # the last call wins: a recurrent block's final step
+
+            return hook
+
+        handles = [self.module.get_submodule(p).register_forward_hook(keep(n)) for n, p in self.paths.items()]
+        try:
+            self.module(x)
+        finally:
+            for h in handles:
+                h.remove()
+        flat = []
+        for name in self.paths:
+            out = got.get(name)
+            if out is None:
+                raise ValueError(f"{_FN}: layer {name!r} of model {self.model!r} did not run in its forward")
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(
+                    f"{_FN}: layer {name!r} of model {self.model!r} returns a {type(out).__name__}, not a "
+                    "tensor; name a submodule that returns one"
+                )
+            flat.append(out.reshape(len(x), -1))
+        self.sizes = {n: f.shape[1] for n, f in zip(self.paths, flat, strict=True)}
+        return torch.cat(flat, dim=1)
+
+
+def _layer_paths(model: EvalModel) -> dict[str, str]:
+    """Each layer's submodule path; a clear error for a layer the module does not have."""
+    assert model.module is not None and model.layers is not None
+    aliases = _layer_aliases(model.module)
+    modules = dict(model.module.named_modules())
+    paths = {}
+    for layer in model.layers:
+        path = aliases.get(layer, layer)
+        if path not in modules or path == "":
+            known = list(aliases) + [n for n in modules if n][:20]
+            raise ValueError(
+                f"{_FN}: model {model.name!r} has no layer {layer!r}; layers are "
+                f"{', '.join(known)}{' ...' if len(modules) > 21 else ''}"
+            )
+        paths[layer] = path
+    return paths
+
+
+def layer_features(
+    model: EvalModel,
+    images: Sequence[str],
+    *,
+    image_size: int,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike[str] | None = None,
+    what: str = "test",
+) -> dict[str, np.ndarray]:
+    """(n_images, width) activations of each of the model's layers for ``images``.
+
+    Args:
+        model: The model (its ``layers`` set).
+        images: Image files, in condition order.
+        image_size: Images are resized to image_size x image_size (no crop, as ReAlnet was trained) and
+            ImageNet-normalised.
+        batch_size, device: How the module runs (in eval mode, without autograd).
+        cache_dir: Where rows are cached (see the module doc); None: no cache.
+        what: The image set's name in error messages.
+
+    Returns:
+        float32 rows for a module (float64 kept for precomputed float64 features), per layer in order.
+
+    Raises:
+        ValueError: a layer the module lacks, precomputed features of other images, a ReAlnet built for
+            another image size.
+    """
+    assert model.layers is not None
+    if model.features is not None:
+        return _given_features(model, images, what)
+    module = model.module
+    assert module is not None
+    if isinstance(module, ReAlnet) and module.image_size != (image_size, image_size):
+        h, w = module.image_size
+        raise ValueError(
+            f"{_FN}: model {model.name!r} was built for {h}x{w} images but image_size={image_size}; every "
+            f"model sees the images at one size: pass image_size={h}"
+        )
+    paths = _layer_paths(model)
+    transform = ImageTransform(image_size, resize=image_size)
+    taps = _Taps(module, paths, model.name)
+    key = "|".join(
+        [
+            _CACHE_VERSION,
+            f"{type(module).__module__}.{type(module).__qualname__}",
+            json.dumps(paths),
+            repr(transform),
+            f"weights={model_key(module)}",
+        ]
+    )
+    sidecar = None
+    sizes = None
+    if cache_dir is not None:
+        sidecar = os.path.join(
+            os.fspath(cache_dir), f"layers-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+        )
+        sizes = _read_sizes(sidecar, key)
+    moved = _device_of(module)
+    was_training = module.training
+    module.eval()
+    try:
+        module.to(device)
+        rows = embed_images(
+            taps, list(images), cache_dir, key=key, transform=transform, batch_size=batch_size, device=device
+        )
+        if taps.sizes is None and sizes is None:  # every row came from a cache whose sidecar was lost
+            with torch.inference_mode():
+                taps(transform(images[0])[None].to(device))
+    finally:
+        module.train(was_training)
+        if moved is not None:
+            module.to(moved)
+    sizes = taps.sizes or sizes
+    assert sizes is not None
+    if sum(sizes.values()) != rows.shape[1]:
+        raise ValueError(
+            f"{_FN}: cached features of model {model.name!r} have {rows.shape[1]} values per image but its "
+            f"layers have {sum(sizes.values())}; delete the cache folder {str(cache_dir)!r}"
+        )
+    if sidecar is not None and taps.sizes is not None:
+        atomic_write(sidecar, lambda tmp: _write_json(tmp, {"key": key, "sizes": taps.sizes}))
+    out, start = {}, 0
+    for layer, width in sizes.items():
+        out[layer] = rows[:, start : start + width]
+        start += width
+    return out
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def _read_sizes(path: str, key: str) -> dict[str, int] | None:
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(meta, dict) and meta.get("key") == key and isinstance(meta.get("sizes"), dict)
+    return {str(k): int(v) for k, v in meta["sizes"].items()} if ok else None
+
+
+def _device_of(module: nn.Module) -> torch.device | None:
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return None
+
+
+def _given_features(model: EvalModel, images: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    assert model.features is not None and model.layers is not None
+    if model.images is not None:
+        mine = [os.path.abspath(os.fspath(p)) for p in model.images]
+        theirs = [os.path.abspath(os.fspath(p)) for p in images]
+        if mine != theirs:
+            diff = next(
+                (i for i, (a, b) in enumerate(zip(mine, theirs, strict=False)) if a != b),
+                min(len(mine), len(theirs)),
+            )
+            raise ValueError(
+                f"{_FN}: model {model.name!r} has features of another image set than the data's {what} "
+                f"images ({len(mine)} vs {len(theirs)} images, first difference at index {diff}); features "
+                "must be of the data's images in their order"
+            )
+    out = {}
+    for layer in model.layers:
+        if layer not in model.features:
+            raise ValueError(
+                f"{_FN}: model {model.name!r} has no layer {layer!r}; its features are of "
+                f"{list(model.features)}"
+            )
+        arr = np.asarray(model.features[layer])
+        if arr.ndim < 2 or arr.shape[0] != len(images) or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(
+                f"{_FN}: model {model.name!r} layer {layer!r}: features must be (n_images, ...) numbers for "
+                f"the data's {len(images)} {what} images, got shape {arr.shape} ({arr.dtype}); models with "
+                "different image sets cannot be compared"
+            )
+        out[layer] = arr.reshape(len(images), -1)
+    return out

@@ -1,0 +1,732 @@
+"""Model-brain RSA of ReAlnet-style models: over time (EEG), per ROI (fMRI) and against behaviour, within
+and across subjects and modalities, with cluster statistics, noise ceilings and individual variability.
+
+:func:`evaluate` is the one entry point (``fastalign evaluate`` calls it). What it computes, for every
+model, layer, subject and modality:
+
+- model RDMs of the test images per layer (``rdm_method``, 1 - Pearson by default);
+- EEG: each subject's RDM at each time point (or window) of the repetition-averaged test EEG, compared
+  with each model RDM (``compare``, Spearman by default) by the fused :func:`fastalign.time_resolved_rsa`;
+  fMRI: each subject's RDM per ROI; behaviour: the given RDM(s), compared like a brain RDM;
+- comparisons: "within" (the model aligned to subject s against s's brain), "across-subject" (against
+  every other subject's brain), "across-modality" (EEG-aligned models against fMRI or behaviour, and the
+  reverse), "none" (unaligned models such as CORnet-S);
+- statistics (stats.json): per model, layer and comparison, the effect of each brain subject (the mean
+  over the family's models in that comparison) is tested against 0 ("vs0") and against the baseline
+  model ("vs:cornet_s", paired by brain subject): over time with the cluster-based sign-flip
+  permutation test (:func:`fastalign.cluster_permutation_test`, exact when the 2^n flips fit in
+  ``permutations``), per ROI and for behaviour with a one-sample t-test;
+- the noise ceiling per time point and ROI (:func:`fastalign.noise_ceiling` over the subjects' RDMs);
+- individual variability (variability.csv): 1 - Spearman between the RDMs of one family's models of
+  different subjects, per layer.
+
+The tables follow the contract in docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastalign import _checks
+from fastalign.data import SyntheticThings
+from fastalign.data._io import atomic_write
+from fastalign.eval import individual as _variability
+from fastalign.eval.brain import BrainData, eeg_tensor, fmri_rdms, load_brain
+from fastalign.eval.features import EvalModel, as_models, layer_features, subject_name
+from fastalign.rsa import (
+    cluster_permutation_test,
+    compare_rdms,
+    noise_ceiling,
+    rdm,
+    time_resolved_rdms,
+    time_resolved_rsa,
+)
+
+__all__ = ["RESULT_COLUMNS", "VARIABILITY_COLUMNS", "EvalResult", "evaluate", "write_csv"]
+
+_FN = "evaluate"
+#: results.csv's columns, in order.
+RESULT_COLUMNS = (
+    "model", "model_subject", "subject", "modality", "comparison", "layer", "time", "roi", "similarity",
+    "noise_lower", "noise_upper",
+)  # fmt: skip
+#: variability.csv's columns, in order.
+VARIABILITY_COLUMNS = ("layer", "model_a", "model_b", "dissimilarity", "model")
+_FILES = ("results.csv", "stats.json", "summary.json", "variability.csv", "config.json")
+_COMPARISONS = ("within", "across-subject", "across-modality", "none")
+_RDM_METHODS = ("correlation", "cosine", "euclidean")  # crossnobis needs folds and a noise model
+_COMPARE_METHODS = ("spearman", "pearson", "kendall_tau_a", "rho_a", "cosine")
+_TIME_DECIMALS = 9  # times in the tables to the nanosecond: 0.06 rather than 0.060000000000000026
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` computed (and wrote to ``out``).
+
+    Attributes:
+        rows: results.csv as dicts with the keys of :data:`RESULT_COLUMNS`.
+        stats: stats.json (clusters, ROI tests, the tests run and those skipped).
+        summary: summary.json (peak similarity and latency, gains over the baseline, variability).
+        variability: variability.csv as dicts with the keys of :data:`VARIABILITY_COLUMNS`.
+        out: The folder written, or None.
+    """
+
+    rows: list[dict[str, Any]]
+    stats: dict[str, Any]
+    summary: dict[str, Any]
+    variability: list[dict[str, Any]]
+    out: str | None = None
+
+    def select(self, **where: Any) -> list[dict[str, Any]]:
+        """The rows whose columns equal the given values, e.g. ``select(model="cornet_s", layer="IT")``."""
+        unknown = [k for k in where if k not in RESULT_COLUMNS]
+        if unknown:
+            raise ValueError(f"EvalResult.select: unknown column(s) {unknown}; columns are {RESULT_COLUMNS}")
+        return [r for r in self.rows if all(r[k] == v for k, v in where.items())]
+
+    def write(self, out: str | os.PathLike[str]) -> None:
+        """Writes results.csv, stats.json, summary.json and variability.csv into ``out``."""
+        folder = os.fspath(out)
+        os.makedirs(folder, exist_ok=True)
+        write_csv(os.path.join(folder, "results.csv"), self.rows, RESULT_COLUMNS)
+        write_csv(os.path.join(folder, "variability.csv"), self.variability, VARIABILITY_COLUMNS)
+        for name, obj in (("stats.json", self.stats), ("summary.json", self.summary)):
+            atomic_write(os.path.join(folder, name), functools.partial(_dump_json, obj=obj))
+        self.out = os.path.abspath(folder)
+
+
+def write_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Rows as CSV with a header, atomically; floats in full precision, NaN as "nan"."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="raise")
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _dump_json(path: str, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(_no_nan(obj), f, indent=1, allow_nan=False)
+
+
+def _no_nan(obj: Any) -> Any:
+    """JSON has no NaN: undefined numbers are null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_nan(v) for v in obj]
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------ slots
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One model RDM: a family's member (its subject, "" if unaligned) at one layer."""
+
+    model: str
+    subject: str
+    modality: str
+    layer: str
+
+    def comparison(self, modality: str, subject: str) -> str:
+        if not self.subject:
+            return "none"
+        if self.modality != modality:
+            return "across-modality"
+        return "within" if self.subject == subject else "across-subject"
+
+
+@dataclass
+class _Modality:
+    """One modality's similarities: (n_subjects, n_points, n_slots), with the points' times or ROIs."""
+
+    name: str
+    subjects: list[str]
+    sims: np.ndarray
+    times: list[float]
+    rois: list[str]
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+def _model_rdms(
+    models: list[EvalModel],
+    images: list[str],
+    what: str,
+    *,
+    rdm_method: str,
+    done: dict[tuple[int, tuple[str, ...]], dict[str, torch.Tensor]],
+    extract: Any,
+) -> tuple[list[_Slot], torch.Tensor]:
+    """Each model's layer RDMs of ``images``: the slots and (n_slots, n_pairs) float64 RDMs.
+
+    ``done`` keeps each model's RDMs per image set, so modalities of the same images share them; the
+    features (hundreds of MB per model at 224 px) are dropped as soon as their RDMs exist.
+    """
+    slots, rdms = [], []
+    for i, m in enumerate(models):
+        key = (i, tuple(images))
+        if key not in done:
+            done[key] = {}
+            for layer, feats in extract(m, images, what).items():
+                x = torch.from_numpy(np.ascontiguousarray(feats))
+                try:
+                    done[key][layer] = rdm(x if x.dtype == torch.float32 else x.double(), rdm_method).double()
+                except ValueError as exc:
+                    raise ValueError(f"{_FN}: the RDM of model {m.name!r} layer {layer!r}: {exc}") from exc
+        for layer, r in done[key].items():
+            rdms.append(r)
+            slots.append(_Slot(m.name, m.subject, m.modality, layer))
+    return slots, torch.stack(rdms)
+
+
+def _nan_ceiling(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full(n, np.nan), np.full(n, np.nan)
+
+
+def _ceiling(rdms: torch.Tensor, compare: str) -> tuple[np.ndarray, np.ndarray]:
+    """Noise ceiling over dim 0 (subjects); NaN with fewer than 2 subjects."""
+    if rdms.shape[0] < 2:
+        return _nan_ceiling(int(np.prod(rdms.shape[1:-1])))
+    lower, upper = noise_ceiling(rdms, compare)
+    return lower.reshape(-1).numpy(), upper.reshape(-1).numpy()
+
+
+def _check_time_window(time_window: Any) -> list[float] | None:
+    if time_window is None:
+        return None
+    if (
+        isinstance(time_window, (str, bytes))
+        or not isinstance(time_window, Sequence)
+        or len(time_window) != 2
+    ):
+        raise TypeError(_checks.message(_FN, "time_window", "(tmin, tmax) in seconds or None", time_window))
+    tmin = _checks.check_real(_FN, "time_window[0]", time_window[0])
+    tmax = _checks.check_real(_FN, "time_window[1]", time_window[1])
+    if not tmin < tmax:
+        raise ValueError(f"{_FN}: time_window must have tmin < tmax, got ({tmin}, {tmax})")
+    return [tmin, tmax]
+
+
+def _time_index(times: np.ndarray, time_window: list[float] | None) -> np.ndarray:
+    if time_window is None:
+        return np.arange(len(times))
+    tmin, tmax = time_window
+    idx = np.flatnonzero((times >= tmin - 1e-9) & (times <= tmax + 1e-9))
+    if idx.size == 0:
+        raise ValueError(
+            f"{_FN}: time_window [{tmin}, {tmax}] s holds no EEG sample (times {times[0]:.3f} to "
+            f"{times[-1]:.3f} s)"
+        )
+    return idx
+
+
+def _eeg(brain: BrainData, rdms: torch.Tensor, s: dict[str, Any]) -> _Modality:
+    subjects = brain.subjects("eeg")
+    assert brain.times is not None
+    idx = _time_index(brain.times, s["time_window"])
+    data = eeg_tensor(brain, subjects, idx)
+    window, step = s["window"], s["step"]
+    if window > len(idx):
+        raise ValueError(f"{_FN}: window ({window}) is longer than the {len(idx)} EEG samples evaluated")
+    try:
+        sims = time_resolved_rsa(
+            data, rdms, s["compare"], rdm_method=s["rdm_method"], window=window, step=step
+        )
+        lower, upper = _ceiling(time_resolved_rdms(data, s["rdm_method"], window, step), s["compare"])
+    except ValueError as exc:
+        raise ValueError(f"{_FN}: the EEG RSA of subjects {subjects}: {exc}") from exc
+    t = brain.times[idx]
+    times = [
+        round(float(t[k : k + window].mean()), _TIME_DECIMALS) for k in range(0, len(t) - window + 1, step)
+    ]
+    return _Modality("eeg", subjects, sims.numpy(), times, [""] * len(times), lower, upper)
+
+
+def _fmri(brain: BrainData, rdms: torch.Tensor, s: dict[str, Any]) -> _Modality:
+    subjects = brain.subjects("fmri")
+    brain_rdms = fmri_rdms(brain, subjects, s["rdm_method"])  # (S, R, K)
+    sims = compare_rdms(brain_rdms[:, :, None, :], rdms[None, None], s["compare"])
+    lower, upper = _ceiling(brain_rdms, s["compare"])
+    rois = brain.rois()
+    return _Modality("fmri", subjects, sims.numpy(), [math.nan] * len(rois), rois, lower, upper)
+
+
+def _behaviour(brain: BrainData, rdms: torch.Tensor, s: dict[str, Any]) -> _Modality:
+    subjects = brain.subjects("behaviour")
+    b = torch.from_numpy(np.stack([brain.behaviour[k] for k in subjects]))
+    try:
+        sims = compare_rdms(b[:, None, None, :], rdms[None, None], s["compare"])
+    except ValueError as exc:
+        raise ValueError(f"{_FN}: behaviour_rdm: {exc}") from exc
+    lower, upper = _ceiling(b[:, None, :], s["compare"])
+    return _Modality("behaviour", subjects, sims.numpy(), [math.nan], [""], lower, upper)
+
+
+def _rows(mod: _Modality, slots: list[_Slot]) -> list[dict[str, Any]]:
+    rows = []
+    for k, slot in enumerate(slots):
+        for i, subject in enumerate(mod.subjects):
+            comparison = slot.comparison(mod.name, subject)
+            for p, (time, roi) in enumerate(zip(mod.times, mod.rois, strict=True)):
+                rows.append({
+                    "model": slot.model, "model_subject": slot.subject, "subject": subject,
+                    "modality": mod.name, "comparison": comparison, "layer": slot.layer, "time": time,
+                    "roi": roi, "similarity": float(mod.sims[i, p, k]), "noise_lower": float(mod.lower[p]),
+                    "noise_upper": float(mod.upper[p]),
+                })  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ stats
+
+
+def _effect(
+    mod: _Modality, slots: list[_Slot], model: str, layer: str, comparison: str
+) -> dict[str, np.ndarray]:
+    """Brain subject -> (n_points,) mean similarity of the family's models in that comparison."""
+    out = {}
+    for i, subject in enumerate(mod.subjects):
+        ks = [
+            k for k, sl in enumerate(slots)
+            if sl.model == model and sl.layer == layer and sl.comparison(mod.name, subject) == comparison
+        ]  # fmt: skip
+        if ks:
+            out[subject] = mod.sims[i][:, ks].mean(axis=1)
+    return out
+
+
+def _test_name(baseline: str | None) -> str:
+    return "vs0" if baseline is None else f"vs:{baseline}"
+
+
+def _cluster_tests(
+    mod: _Modality, x: np.ndarray, key: dict[str, Any], s: dict[str, Any], stats: dict[str, Any]
+) -> None:
+    """Cluster test of (n_subjects, n_times) effects: its record, clusters and why it was skipped."""
+    from scipy.stats import t as student_t
+
+    n = x.shape[0]
+    if n < 2:
+        stats["skipped"].append({**key, "reason": f"needs at least 2 subjects, has {n}"})
+        return
+    tail = s["tail"]
+    threshold = float(student_t.ppf(1 - s["threshold_p"] / (2 if tail == 0 else 1), n - 1))
+    try:
+        res = cluster_permutation_test(
+            torch.from_numpy(x),
+            threshold=threshold,
+            n_permutations=s["permutations"],
+            tail=tail,
+            seed=s["seed"],
+        )
+    except ValueError as exc:
+        stats["skipped"].append({**key, "reason": str(exc)})
+        return
+    stats["cluster_tests"].append(
+        {**key, "n_subjects": n, "threshold_t": threshold, "exact": res.exact, "n_flips": len(res.null)}
+    )
+    for c, mass, p in zip(res.clusters, res.masses.tolist(), res.pvalues.tolist(), strict=True):
+        stats["clusters"].append({
+            **key, "tail": tail, "t_start": mod.times[c.start], "t_stop": mod.times[c.stop - 1], "p": p,
+            "mass": mass, "significant": p < s["alpha"], "exact": res.exact, "n_subjects": n,
+        })  # fmt: skip
+
+
+def _point_tests(
+    mod: _Modality, x: np.ndarray, key: dict[str, Any], s: dict[str, Any], stats: dict[str, Any]
+) -> None:
+    """One-sample t-test per ROI (or of the behavioural similarity) across subjects."""
+    from scipy.stats import ttest_1samp
+
+    n = x.shape[0]
+    alternative = {1: "greater", -1: "less", 0: "two-sided"}[s["tail"]]
+    for p, roi in enumerate(mod.rois):
+        entry = {**key, "roi": roi}
+        if n < 2 or np.ptp(x[:, p]) == 0:
+            reason = f"needs at least 2 subjects, has {n}" if n < 2 else "no variance across subjects"
+            stats["skipped"].append({**entry, "reason": reason})
+            continue
+        res = ttest_1samp(x[:, p], 0.0, alternative=alternative)
+        stats["roi_tests"].append({
+            **entry, "statistic": float(res.statistic), "p": float(res.pvalue), "df": n - 1,
+            "tail": s["tail"], "significant": float(res.pvalue) < s["alpha"], "n_subjects": n,
+        })  # fmt: skip
+
+
+def _tests(
+    mod: _Modality, slots: list[_Slot], key: dict[str, str], x: dict[str, np.ndarray], baseline: str | None,
+    s: dict[str, Any], stats: dict[str, Any],
+) -> dict[str, np.ndarray] | None:  # fmt: skip
+    """Runs the tests of one effect (vs 0, and paired vs the baseline); returns the baseline's effect."""
+    run = _cluster_tests if mod.name == "eeg" else _point_tests
+    run(mod, np.stack(list(x.values())), {**key, "test": _test_name(None)}, s, stats)
+    if baseline is None:
+        return None
+    base = _effect(mod, slots, baseline, key["layer"], "none")
+    paired = {k: x[k] - base[k] for k in x if k in base}
+    if not paired:
+        reason = f"{baseline} has no layer {key['layer']!r}" if not base else "no subject in common"
+        stats["skipped"].append({**key, "test": _test_name(baseline), "reason": reason})
+        return None
+    run(mod, np.stack(list(paired.values())), {**key, "test": _test_name(baseline)}, s, stats)
+    return base
+
+
+def _statistics(
+    mods: list[_Modality], slots: dict[str, list[_Slot]], families: list[str], baseline: str | None,
+    s: dict[str, Any],
+) -> tuple[dict[str, Any], dict[tuple[str, str, str, str], dict[str, Any]]]:  # fmt: skip
+    """stats.json, and per (model, modality, comparison, layer) the effects that the summary reports."""
+    stats: dict[str, Any] = {
+        "clusters": [],
+        "roi_tests": [],
+        "cluster_tests": [],
+        "skipped": [],
+        "permutations": s["permutations"],
+        "exact": False,
+        "threshold_p": s["threshold_p"],
+        "alpha": s["alpha"],
+        "tail": s["tail"],
+        "baseline": baseline,
+        "methods": {
+            "eeg": "cluster sign-flip permutation test over time",
+            "fmri": "one-sample t-test",
+            "behaviour": "one-sample t-test",
+        },
+    }
+    effects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for mod in mods:
+        sl = slots[mod.name]
+        for model in families:
+            layers = list(dict.fromkeys(x.layer for x in sl if x.model == model))
+            for comparison, layer in itertools.product(_COMPARISONS, layers):
+                x = _effect(mod, sl, model, layer, comparison)
+                if x:
+                    key = {"model": model, "layer": layer, "modality": mod.name, "comparison": comparison}
+                    base = _tests(mod, sl, key, x, baseline if model != baseline else None, s, stats)
+                    effects[model, mod.name, comparison, layer] = {"x": x, "base": base}
+    stats["exact"] = bool(stats["cluster_tests"]) and all(t["exact"] for t in stats["cluster_tests"])
+    return stats, effects
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def _summary(
+    mods: list[_Modality], effects: dict[tuple[str, str, str, str], dict[str, Any]], models: list[EvalModel],
+    baseline: str | None, variability_summary: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    by_name = {m.name: m for m in mods}
+    out: dict[str, Any] = {
+        "baseline": baseline,
+        "n_subjects": {m.name: len(m.subjects) for m in mods},
+        "models": {},
+    }
+    for m in models:
+        entry = out["models"].setdefault(
+            m.name, {"model_subjects": [], "aligned_to": m.modality or None, "layers": list(m.layers or [])}
+        )
+        if m.subject:
+            entry["model_subjects"].append(m.subject)
+    for (model, modality, comparison, layer), e in effects.items():
+        mod = by_name[modality]
+        x = np.stack(list(e["x"].values()))  # (n_subjects, n_points)
+        curve = x.mean(axis=0)
+        if modality == "eeg":
+            times = np.asarray(mod.times)
+            post = times >= 0 if (times >= 0).any() else np.ones(len(times), bool)
+            k = int(np.argmax(curve))
+            numbers: dict[str, Any] = {
+                "peak_similarity": float(curve[k]), "peak_time": float(times[k]),
+                "mean_similarity": float(curve[post].mean()), "n_subjects": len(x),
+            }  # fmt: skip
+        else:
+            post = np.ones(len(curve), bool)
+            numbers = {"similarity": dict(zip(mod.rois, curve.tolist(), strict=True)), "n_subjects": len(x)}
+        if e["base"] is not None:
+            common = [s for s in e["x"] if s in e["base"]]
+            d = np.stack([e["x"][s] - e["base"][s] for s in common]).mean(axis=0)
+            b = np.stack([e["base"][s] for s in common]).mean(axis=0)
+            gain = float(d[post].mean())
+            numbers["mean_gain"] = gain
+            numbers["relative_gain"] = gain / float(b[post].mean()) if b[post].mean() > 0 else None
+            if modality == "eeg":
+                k = int(np.argmax(d))
+                numbers.update(max_gain=float(d[k]), max_gain_time=float(mod.times[k]))
+            else:
+                numbers["gain"] = dict(zip(mod.rois, d.tolist(), strict=True))
+        out["models"][model].setdefault(modality, {}).setdefault(comparison, {})[layer] = numbers
+    out["variability"] = variability_summary
+    return out
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+
+
+def _check_settings(a: dict[str, Any]) -> dict[str, Any]:
+    mods = (a["modality"],) if isinstance(a["modality"], str) else a["modality"]
+    if not isinstance(mods, Sequence) or not mods or not all(isinstance(m, str) for m in mods):
+        raise TypeError(_checks.message(_FN, "modality", "'eeg', 'fmri' or a list of them", a["modality"]))
+    for m in mods:
+        _checks.check_choice(_FN, "modality", m, ("eeg", "fmri"))
+    if len(set(mods)) != len(mods):
+        raise ValueError(f"{_FN}: modality lists a modality twice: {list(mods)}")
+    tail = _checks.check_int(_FN, "tail", a["tail"], expected="1, -1 or 0")
+    if tail not in (1, -1, 0):
+        raise ValueError(_checks.message(_FN, "tail", "1, -1 or 0", tail))
+    settings = {
+        "modality": list(mods),
+        "image_size": _checks.check_int(_FN, "image_size", a["image_size"], minimum=1),
+        "permutations": _checks.check_int(_FN, "permutations", a["permutations"], minimum=1),
+        "seed": _checks.check_seed(_FN, a["seed"], none=False),
+        "rdm_method": _checks.check_choice(_FN, "rdm_method", a["rdm_method"], _RDM_METHODS),
+        "compare": _checks.check_choice(_FN, "compare", a["compare"], _COMPARE_METHODS),
+        "tail": tail,
+        "window": _checks.check_int(_FN, "window", a["window"], minimum=1),
+        "step": _checks.check_int(_FN, "step", a["step"], minimum=1),
+        "batch_size": _checks.check_int(_FN, "batch_size", a["batch_size"], minimum=1),
+        "time_window": _check_time_window(a["time_window"]),
+    }
+    for name in ("threshold_p", "alpha"):
+        value = _checks.check_real(_FN, name, a[name])
+        if not 0 < value < 1:
+            raise ValueError(_checks.message(_FN, name, "a probability in (0, 1)", a[name]))
+        settings[name] = value
+    _checks.check_bool(_FN, "overwrite", a["overwrite"])
+    if a["baseline"] is not None and not isinstance(a["baseline"], str):
+        raise TypeError(_checks.message(_FN, "baseline", "a model name, 'auto' or None", a["baseline"]))
+    if a["out"] is not None and not isinstance(a["out"], (str, os.PathLike)):
+        raise TypeError(_checks.message(_FN, "out", "a folder path or None", a["out"]))
+    return settings
+
+
+def _baseline(baseline: str | None, models: list[EvalModel]) -> str | None:
+    unaligned = [m.name for m in models if not m.subject]
+    if baseline == "auto":
+        return "cornet_s" if "cornet_s" in unaligned else None
+    if baseline is not None and baseline not in unaligned:
+        raise ValueError(
+            f"{_FN}: baseline={baseline!r} is not an unaligned model of this evaluation; unaligned models: "
+            f"{unaligned}"
+        )
+    return baseline
+
+
+def _with_behaviour(brain: BrainData, behaviour_rdm: Any) -> BrainData:
+    if behaviour_rdm is None:
+        return brain
+    given = behaviour_rdm if isinstance(behaviour_rdm, dict) else {"group": behaviour_rdm}
+    try:
+        return dataclasses.replace(brain, behaviour={**brain.behaviour, **given})
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{_FN}: behaviour_rdm: {exc}") from exc
+
+
+def _subset(brain: BrainData, subjects: Any, rois: Any, mods: list[str]) -> BrainData:
+    """``brain`` restricted to ``subjects`` (each present in every modality evaluated) and fMRI ``rois``."""
+    if subjects is not None:
+        if isinstance(subjects, (str, bytes)) or not isinstance(subjects, Sequence) or not subjects:
+            raise TypeError(_checks.message(_FN, "subjects", "a non-empty sequence of subjects", subjects))
+        wanted = [subject_name(s, "subjects[i]") for s in subjects]
+        for mod in mods:
+            missing = [s for s in wanted if s not in brain.subjects(mod)]
+            if missing:
+                raise ValueError(
+                    f"{_FN}: subject(s) {missing} missing from the data's {mod} ({brain.source}), which has "
+                    f"{brain.subjects(mod)}"
+                )
+        brain = dataclasses.replace(
+            brain,
+            eeg={s: v for s, v in brain.eeg.items() if s in wanted},
+            fmri={s: v for s, v in brain.fmri.items() if s in wanted},
+        )
+    if rois is not None and "fmri" in mods:
+        if isinstance(rois, (str, bytes)) or not isinstance(rois, Sequence) or not rois:
+            raise TypeError(_checks.message(_FN, "rois", "a non-empty sequence of ROI names", rois))
+        unknown = [r for r in rois if r not in brain.rois()]
+        if unknown:
+            raise ValueError(f"{_FN}: rois names {unknown}, which the data lacks; it has {brain.rois()}")
+        brain = dataclasses.replace(brain, fmri={s: {r: v[r] for r in rois} for s, v in brain.fmri.items()})
+    return brain
+
+
+def _prepare_out(out: Any, config: dict[str, Any], overwrite: bool) -> str | None:
+    """The output folder; refuses one that holds another evaluation's config unless ``overwrite``."""
+    if out is None:
+        return None
+    folder = os.path.abspath(os.fspath(out))
+    old_file = os.path.join(folder, "config.json")
+    if os.path.isfile(old_file) and not overwrite:
+        with open(old_file) as f:
+            try:
+                old = json.load(f)
+            except json.JSONDecodeError:
+                old = None
+        if old != json.loads(json.dumps(config)):
+            raise FileExistsError(
+                f"{_FN}: {folder!r} holds an evaluation with another config (config.json); pass "
+                "overwrite=True to replace its tables, or choose another out"
+            )
+    elif os.path.isdir(folder) and not overwrite and any(n in os.listdir(folder) for n in _FILES[:4]):
+        raise FileExistsError(
+            f"{_FN}: {folder!r} holds evaluation tables without a config.json; pass overwrite=True to "
+            "replace them"
+        )
+    return folder
+
+
+def evaluate(
+    data: str | os.PathLike[str] | SyntheticThings | BrainData,
+    models: Sequence[str | os.PathLike[str] | EvalModel],
+    *,
+    out: str | os.PathLike[str] | None,
+    modality: str | Sequence[str] = ("eeg",),
+    weights: str | os.PathLike[str] | None = None,
+    image_size: int = 224,
+    permutations: int = 10000,
+    seed: int = 0,
+    layers: Sequence[str] | None = None,
+    rdm_method: str = "correlation",
+    compare: str = "spearman",
+    tail: int = 1,
+    threshold_p: float = 0.05,
+    alpha: float = 0.05,
+    baseline: str | None = "auto",
+    behaviour_rdm: Any = None,
+    subjects: Sequence[int | str] | None = None,
+    rois: Sequence[str] | None = None,
+    time_window: tuple[float, float] | None = None,
+    window: int = 1,
+    step: int = 1,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike[str] | None = "auto",
+    overwrite: bool = False,
+) -> EvalResult:
+    """Model-brain RSA with statistics, written as tables (see the module doc and docs/evaluation.md).
+
+    Args:
+        data: The dataset folder (layout of :func:`fastalign.eval.load_brain`), the SyntheticThings that
+            wrote it, or a :class:`~fastalign.eval.BrainData`.
+        models: "cornet_s", run folders of ``fastalign align`` (one family per parent folder of sub-XX
+            runs), or :class:`~fastalign.eval.EvalModel` objects (any torch module and its layer names,
+            or precomputed features).
+        out: Folder for results.csv, stats.json, summary.json, variability.csv and config.json; None
+            writes nothing.
+        modality: "eeg" and/or "fmri" ("behaviour" is added when ``behaviour_rdm`` is given).
+        weights: CORnet-S's weights for the model "cornet_s" (``cornet_s-1d3f7974.pth``); None: randomly
+            initialised from ``seed``, as ``fastalign align`` starts with the same seed.
+        image_size: Images are resized to this square size (no crop) and ImageNet-normalised.
+        permutations: Sign flips of each cluster test (all 2^n_subjects when that is no more).
+        seed: Seeds the sign flips and a random CORnet-S.
+        layers: Layers of the models that name none (default V1, V2, V4, IT, avgpool; ReAlnet also has
+            "response").
+        rdm_method: Model and brain RDMs: "correlation" (1 - Pearson), "cosine" or "euclidean".
+        compare: RDM comparison: "spearman", "pearson", "kendall_tau_a", "rho_a" or "cosine".
+        tail: 1 (greater than 0 / than the baseline), -1 (less) or 0 (two-sided).
+        threshold_p: Cluster-forming threshold: the one-sample t quantile at this p (per side for tail 0).
+        alpha: Significance level of the cluster and t-tests (the ``significant`` flags).
+        baseline: The unaligned model each other model is tested against (paired by brain subject);
+            "auto": "cornet_s" when evaluated, else none; None: no paired tests.
+        behaviour_rdm: A behavioural RDM over the test images, (n, n) or condensed, or a dict subject ->
+            RDM; compared like a brain RDM (modality "behaviour", subject "group" for a single RDM).
+        subjects: Subjects to evaluate (numbers or "sub-XX"); None: all of each modality.
+        rois: fMRI ROIs to evaluate (None: all).
+        time_window: (tmin, tmax) seconds of EEG to evaluate (inclusive); None: the whole epoch.
+        window, step: EEG samples per window and between window starts (``time`` is a window's mean).
+        batch_size, device: How models run.
+        cache_dir: Feature cache; "auto": ``out/cache`` (none when out is None); None: no cache.
+        overwrite: Replace the tables of an evaluation with another config in ``out``.
+
+    Returns:
+        An :class:`EvalResult`.
+
+    Raises:
+        FileNotFoundError: missing data, run folders or weights.
+        FileExistsError: ``out`` holds another evaluation (without ``overwrite``).
+        ValueError: a subject missing from the data, layers a model lacks, models of other image sets,
+            bad settings.
+        TypeError: arguments of the wrong kind.
+    """
+    s = _check_settings(dict(locals()))
+    mods = s["modality"]
+    if isinstance(data, BrainData):
+        absent = [m for m in mods if not data.subjects(m)]
+        if absent:
+            raise ValueError(f"{_FN}: the BrainData has no responses of modality {absent}")
+        brain = data
+    else:
+        brain = load_brain(data, mods, subjects=subjects, rois=rois)
+    brain = _with_behaviour(_subset(brain, subjects, rois, mods), behaviour_rdm)
+    if brain.behaviour:
+        mods = [*mods, "behaviour"]
+    specs = as_models(models, weights=weights, seed=s["seed"], layers=layers)
+    for m in specs:
+        if m.modality in mods and m.subject not in brain.subjects(m.modality):
+            raise ValueError(
+                f"{_FN}: model {m.name!r} was aligned to {m.subject}, who is missing from the data's "
+                f"{m.modality} (subjects {brain.subjects(m.modality)})"
+            )
+    base = _baseline(baseline, specs)
+    config = {
+        "data": brain.source,
+        "models": [
+            {k: getattr(m, k) for k in ("name", "subject", "modality", "source", "layers")} for m in specs
+        ],
+        "subjects": {m: brain.subjects(m) for m in mods},
+        "rois": brain.rois() if "fmri" in mods else None,
+        "baseline": base,
+        "weights": None if weights is None else os.path.abspath(weights),
+        **s,
+        "modality": mods,
+    }
+    folder = _prepare_out(out, config, overwrite)
+    cache = (None if folder is None else os.path.join(folder, "cache")) if cache_dir == "auto" else cache_dir
+
+    def extract(model: EvalModel, images: list[str], what: str) -> dict[str, np.ndarray]:
+        return layer_features(
+            model, images, image_size=s["image_size"], batch_size=s["batch_size"], device=device,
+            cache_dir=cache, what=what,
+        )  # fmt: skip
+
+    done: dict[tuple[int, tuple[str, ...]], dict[str, torch.Tensor]] = {}
+    slots: dict[str, list[_Slot]] = {}
+    computed: list[_Modality] = []
+    run = {"eeg": _eeg, "fmri": _fmri, "behaviour": _behaviour}
+    for mod in mods:
+        images = brain.images_of(mod)
+        slots[mod], rdms = _model_rdms(
+            specs, images, f"{mod} test", rdm_method=s["rdm_method"], done=done, extract=extract
+        )
+        computed.append(run[mod](brain, rdms, s))
+        if mod == mods[0]:
+            var_rows, var_summary = _variability.variability(slots[mod], rdms)
+    rows = [r for mod in computed for r in _rows(mod, slots[mod.name])]
+    families = list(dict.fromkeys(m.name for m in specs))
+    stats, effects = _statistics(computed, slots, families, base, s)
+    summary = _summary(computed, effects, specs, base, var_summary)
+    result = EvalResult(rows, stats, summary, var_rows)
+    if folder is not None:
+        result.write(folder)
+        atomic_write(os.path.join(folder, "config.json"), functools.partial(_dump_json, obj=config))
+    return result

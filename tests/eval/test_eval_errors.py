@@ -1,0 +1,141 @@
+"""Bad input to fastalign.eval gets a clear error naming what was given and what was expected."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from eval_helpers import Tiny
+
+import fastalign.eval as fe
+from fastalign.data import SyntheticThings
+
+_TIMES = np.linspace(-0.1, 0.3, 6)
+
+
+def _brain(n_subjects: int = 3, n_images: int = 6, seed: int = 0) -> fe.BrainData:
+    rng = np.random.default_rng(seed)
+    eeg = {s + 1: rng.normal(size=(n_images, 4, 6)) for s in range(n_subjects)}
+    return fe.BrainData([f"img{i}.jpg" for i in range(n_images)], eeg=eeg, times=_TIMES)
+
+
+def _features(n_images: int = 6, name: str = "m", **kw: Any) -> fe.EvalModel:
+    return fe.EvalModel(name, features={"L": np.random.default_rng(1).normal(size=(n_images, 3))}, **kw)
+
+
+@pytest.mark.parametrize(
+    ("models", "kwargs", "exc", "match"),
+    [
+        ([_features(5)], {}, ValueError, "features must be .* for the data's 6 .* different image sets"),
+        ([_features(images=[f"other{i}.jpg" for i in range(6)])], {}, ValueError,
+         "has features of another image set than the data's eeg test images"),
+        ([_features(subject=4, modality="eeg")], {}, ValueError,
+         "aligned to sub-04, who is missing from the data's eeg"),
+        ([_features()], {"subjects": [1, 7]}, ValueError,
+         r"subject\(s\) \['sub-07'\] missing from the data's eeg"),
+        ([_features()], {"layers": ["L"], "modality": "fmri"}, ValueError, "has no responses of modality"),
+        ([fe.EvalModel("t", Tiny(), layers=["conv", "V9"])], {}, ValueError,
+         "model 't' has no layer 'V9'; layers are conv, relu, pool, fc"),
+        ([fe.EvalModel("t", Tiny())], {}, ValueError, "model 't' is a Tiny: name its layers"),
+        ([_features(), _features()], {}, ValueError, "models\\[0\\] and models\\[1\\] are both model 'm'"),
+        ([_features(name="cornet_s"), _features(name="x", subject=1, modality="eeg"),
+          _features(name="x")], {}, ValueError, "models named 'x' must all be aligned"),
+        ([_features()], {"baseline": "cornet_s"}, ValueError,
+         "baseline='cornet_s' is not an unaligned model"),
+        ([_features()], {"weights": "w.pth"}, ValueError, "no model is named 'cornet_s'"),
+        (["nowhere"], {}, FileNotFoundError, "'nowhere' is neither 'cornet_s' nor a run folder"),
+        ([42], {}, TypeError, r"models\[0\] must be 'cornet_s', a run folder or an EvalModel"),
+        ("cornet_s", {}, TypeError, "models must be a non-empty list of models"),
+        ([_features()], {"modality": "meg"}, ValueError, "modality must be one of"),
+        ([_features()], {"tail": 2}, ValueError, "tail must be 1, -1 or 0"),
+        ([_features()], {"permutations": 0}, ValueError, "permutations must be"),
+        ([_features()], {"threshold_p": 1.5}, ValueError, "threshold_p must be a probability in"),
+        ([_features()], {"rdm_method": "crossnobis"}, ValueError, "rdm_method must be one of"),
+        ([_features()], {"time_window": (2.0, 3.0)}, ValueError, "time_window .* holds no EEG sample"),
+        ([_features()], {"time_window": (0.2, 0.1)}, ValueError, "time_window must have tmin < tmax"),
+        ([_features()], {"time_window": 0.5}, TypeError, "time_window must be \\(tmin, tmax\\)"),
+        ([_features()], {"window": 7}, ValueError, r"window \(7\) is longer than the 6 EEG samples"),
+        ([_features()], {"behaviour_rdm": np.ones(14)}, ValueError,
+         r"behaviour_rdm: .* RDM of the 6 images: .* \(15,\)"),
+        ([_features()], {"behaviour_rdm": np.arange(36.0).reshape(6, 6)}, ValueError,
+         "behaviour_rdm: .*symmetric"),
+    ],
+)  # fmt: skip
+def test_bad_input(models: Any, kwargs: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=f"^evaluate: (.|\n)*{match}"):
+        fe.evaluate(_brain(), models, out=None, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"eeg": {1: np.zeros((6, 4, 6)), 2: np.zeros((6, 4, 5))}},
+            "every subject's EEG must have one shape",
+        ),
+        ({"eeg": {1: np.zeros((5, 4, 6))}}, "eeg responses are of 5 images but the image list has 6"),
+        ({"eeg": {1: np.zeros((6, 4, 6))}, "times": None}, "EEG needs times"),
+        (
+            {"eeg": {1: np.zeros((6, 4, 6))}, "times": _TIMES[::-1]},
+            "6 increasing sample times, got values that do not increase",
+        ),
+        ({"eeg": {1: np.full((6, 4, 6), np.nan)}}, r"eeg\[1\] has NaN or inf"),
+        ({"fmri": {1: {"V1": np.zeros((6, 3))}, 2: {"V2": np.zeros((6, 3))}}}, "the same fMRI ROIs"),
+        ({"fmri": {1: {"V1": np.zeros((4, 3))}}}, "fmri responses are of 4 images"),
+        ({"behaviour": {"group": np.zeros(3)}}, "must be an RDM of the 6 images"),
+    ],
+)
+def test_bad_brain_data(kwargs: dict, match: str) -> None:
+    args = {"times": _TIMES, **kwargs}
+    with pytest.raises(ValueError, match=f"^BrainData: .*{match}"):
+        fe.BrainData([f"img{i}" for i in range(6)], **args)
+
+
+def test_bad_subject_names() -> None:
+    for bad in ("subject-1", 1.0, None):
+        with pytest.raises(TypeError, match="subject must be a subject number or a name like 'sub-01'"):
+            fe.EvalModel("m", features={"L": np.zeros((6, 2))}, subject=bad or "x", modality="eeg")
+    with pytest.raises(ValueError, match="both a subject and a modality"):
+        fe.EvalModel("m", features={"L": np.zeros((6, 2))}, subject=1)
+    with pytest.raises(ValueError, match="exactly one of module and features"):
+        fe.EvalModel("m")
+
+
+def test_out_folder_holding_another_evaluation(tmp_path) -> None:
+    """Re-running the same evaluation into its folder replaces the tables; another config is refused
+    unless overwrite=True; a folder of tables without config.json is never silently replaced."""
+    out = tmp_path / "out"
+    fe.evaluate(_brain(), [_features()], out=out, permutations=5)
+    fe.evaluate(_brain(), [_features()], out=out, permutations=5)
+    with pytest.raises(FileExistsError, match="holds an evaluation with another config"):
+        fe.evaluate(_brain(), [_features()], out=out, permutations=6)
+    fe.evaluate(_brain(), [_features()], out=out, permutations=6, overwrite=True)
+    with open(out / "config.json") as f:
+        assert json.load(f)["permutations"] == 6
+    (out / "config.json").unlink()
+    with pytest.raises(FileExistsError, match=r"tables without a config\.json"):
+        fe.evaluate(_brain(), [_features()], out=out, permutations=6)
+
+
+def test_data_folder_errors(eval_things: SyntheticThings, tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        fe.evaluate(tmp_path / "missing", ["cornet_s"], out=None)
+    with pytest.raises(ValueError, match=r"subject\(s\) \['sub-09'\] missing from the data"):
+        fe.load_brain(eval_things, subjects=[1, 9])
+    with pytest.raises(ValueError, match="rois names \\['XYZ'\\]"):
+        fe.load_brain(eval_things, ("fmri",), rois=["V1", "XYZ"])
+    brain = fe.load_brain(eval_things, ("eeg", "fmri"), subjects=["sub-02", 3], rois=["V1", "LOC"])
+    assert brain.subjects("eeg") == brain.subjects("fmri") == ["sub-02", "sub-03"]
+    assert brain.rois() == ["V1", "LOC"] and brain.eeg["sub-02"].ndim == 3
+
+
+def test_rois_select_from_brain_data() -> None:
+    rng = np.random.default_rng(2)
+    fmri = {s: {r: rng.normal(size=(6, 5)) for r in ("V1", "LOC")} for s in (1, 2)}
+    brain = fe.BrainData([f"img{i}" for i in range(6)], fmri=fmri)
+    res = fe.evaluate(brain, [_features()], out=None, modality="fmri", rois=["LOC"])
+    assert {r["roi"] for r in res.rows} == {"LOC"} and len(res.rows) == 2
+    with pytest.raises(ValueError, match=r"evaluate: rois names \['X'\], which the data lacks"):
+        fe.evaluate(brain, [_features()], out=None, modality="fmri", rois=["X"])

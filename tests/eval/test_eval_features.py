@@ -1,0 +1,140 @@
+"""Features for the evaluation: forward hooks by layer name, CORnet-S and ReAlnet names, run folders, and
+the on-disk cache (a second call does not run the model)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from eval_helpers import Tiny
+from torch import nn
+
+import fastalign.eval as fe
+from fastalign.data import ImageTransform, SyntheticThings, load_images
+from fastalign.eval.features import as_models
+from fastalign.models import CORnetS, realnet, save_realnet
+
+
+def _images(things: SyntheticThings, n: int | None = None) -> list[str]:
+    return fe.load_brain(things).images[:n]
+
+
+def _batch(paths: list[str], size: int = 24) -> torch.Tensor:
+    return load_images(paths, ImageTransform(size, resize=size))
+
+
+def test_hooks_give_each_layers_output(eval_things: SyntheticThings) -> None:
+    paths = _images(eval_things)
+    tiny = Tiny()
+    feats = fe.layer_features(fe.EvalModel("tiny", tiny, layers=["conv", "pool", "fc"]), paths, image_size=24)
+    x = _batch(paths)
+    with torch.no_grad():
+        conv = tiny.conv(x)
+        want = {"conv": conv, "pool": tiny.pool(tiny.relu(conv)), "fc": tiny(x)}
+    assert list(feats) == ["conv", "pool", "fc"]
+    for name, value in want.items():
+        assert feats[name].dtype == np.float32
+        np.testing.assert_allclose(feats[name], value.flatten(1).numpy(), rtol=1e-5, atol=1e-6)
+    assert tiny.training  # the mode is restored
+
+
+def test_a_module_called_twice_gives_its_last_call() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.block(self.block(x))
+
+    from fastalign.eval.features import _Taps
+
+    model = Twice()
+    x = torch.randn(2, 3, 4, 4)
+    out = _Taps(model, {"block": "block"}, "twice")(x)
+    torch.testing.assert_close(out, model(x).flatten(1))
+
+
+def test_cache_second_call_does_not_run_the_model(eval_things: SyntheticThings, tmp_path) -> None:
+    """Rows cached by weights, layers, transform and file content: a second call reads them (the model
+    does not run), other weights compute afresh, a lost sidecar costs one image's forward."""
+    paths = _images(eval_things)
+    cache = tmp_path / "cache"
+    tiny = Tiny()
+    model = fe.EvalModel("tiny", tiny, layers=["conv", "fc"])
+    first = fe.layer_features(model, paths, image_size=24, cache_dir=cache, batch_size=5)
+    assert tiny.calls == 3  # 12 images in batches of 5
+    again = fe.layer_features(model, paths, image_size=24, cache_dir=cache, batch_size=5)
+    assert tiny.calls == 3
+    for layer in first:
+        np.testing.assert_array_equal(first[layer], again[layer])
+    other = Tiny(seed=1)
+    changed = fe.layer_features(fe.EvalModel("tiny", other, layers=["conv", "fc"]), paths, image_size=24,
+                                cache_dir=cache)  # fmt: skip
+    assert other.calls == 1 and not np.array_equal(changed["fc"], first["fc"])
+    for sidecar in [f for f in os.listdir(cache) if f.startswith("layers-")]:
+        os.remove(cache / sidecar)
+    repaired = fe.layer_features(model, paths, image_size=24, cache_dir=cache)
+    assert tiny.calls == 4  # one image, to learn the layers' widths
+    np.testing.assert_array_equal(repaired["conv"], first["conv"])
+
+    # through evaluate: the second evaluation of the same model runs nothing
+    counted = Tiny(seed=2)
+    models = [fe.EvalModel("tiny", counted)]
+    run = dict(out=tmp_path / "out", permutations=10, image_size=24, layers=["pool", "fc"])
+    one = fe.evaluate(eval_things, models, **run)
+    calls = counted.calls
+    two = fe.evaluate(eval_things, models, **run)
+    assert models[0].layers is None  # the caller's model is not changed
+    assert calls >= 1 and counted.calls == calls
+    assert len(one.rows) == len(two.rows)
+    for a, b in zip(one.rows, two.rows, strict=True):
+        assert all(
+            a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k])) for k in a
+        )
+    assert os.path.isdir(tmp_path / "out" / "cache")
+
+
+def test_cornet_s_by_name_and_run_folders(eval_things: SyntheticThings, tmp_path) -> None:
+    """'cornet_s' without weights is the CORnet-S that fastalign align starts from with the same seed
+    (torch.manual_seed(seed), then the backbone is built first), the global RNG untouched; its area names
+    tap the block outputs and avgpool. A run folder: the family is the parent of sub-XX folders, the
+    subject and modality come from config.json, "response" taps the encoding head."""
+    torch.manual_seed(3)
+    net = realnet(n_out=6, image_size=24).eval()  # align's starting model for seed 3
+    state = torch.random.get_rng_state()
+    (model,) = as_models(["cornet_s"], weights=None, seed=3, layers=None)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert isinstance(model.module, CORnetS) and model.layers == list(fe.DEFAULT_LAYERS)
+    want = net.backbone.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.module.state_dict().items())
+    paths = _images(eval_things, 3)
+    x = _batch(paths)
+    feats = fe.layer_features(model, paths, image_size=24)
+    with torch.no_grad():  # one CORnet-S forward costs seconds on a CPU whatever the image size: one here
+        ref = net.backbone.features(x, layers=fe.DEFAULT_LAYERS)
+        response = net.head({a: ref[a] for a in net.areas})
+    for layer in fe.DEFAULT_LAYERS:
+        np.testing.assert_allclose(feats[layer], ref[layer].flatten(1).numpy(), rtol=1e-4, atol=1e-5)
+    del model, feats
+
+    folder = tmp_path / "realnet" / "sub-02"
+    save_realnet(net, folder)
+    with open(folder / "config.json", "w") as f:
+        json.dump({"config": {"modality": "eeg"}}, f)
+    with pytest.raises(ValueError, match="does not say which subject and modality"):
+        fe.EvalModel.from_run(folder)
+    with open(folder / "config.json", "w") as f:
+        json.dump({"config": {"subject": 2, "modality": "eeg"}, "fit": {}}, f)
+    run = fe.EvalModel.from_run(folder)
+    assert (run.name, run.subject, run.modality, run.source) == ("realnet", "sub-02", "eeg", str(folder))
+    run.layers = ["IT", "response"]
+    with pytest.raises(ValueError, match=r"built for 24x24 images but image_size=32; .* pass image_size=24"):
+        fe.layer_features(run, paths, image_size=32)
+    feats = fe.layer_features(run, paths, image_size=24)
+    np.testing.assert_allclose(feats["response"], response.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats["IT"], ref["IT"].flatten(1).numpy(), rtol=1e-4, atol=1e-5)
