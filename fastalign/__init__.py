@@ -10,9 +10,10 @@ import torch  # noqa: F401  (before anything that may load fastalign._C)
 
 from fastalign import (
     data,  # brain data loaders; imports no MNE/sklearn until used (~25 ms)
-    models,  # CORnet-S: pure torch, no weights loaded at import (~20 ms)
+    models,  # CORnet-S and ReAlnet: pure torch, no weights loaded at import (~20 ms)
+    train,  # the fit loop and the recipes that use it
 )
-from fastalign.contrastive import InfoNCELoss, infonce_loss
+from fastalign.contrastive import InfoNCELoss, correlation_contrastive_loss, infonce_loss
 from fastalign.rsa import (
     ClusterResult,
     PermutationResult,
@@ -35,6 +36,7 @@ __all__ = [
     "__version__",
     "cluster_permutation_test",
     "compare_rdms",
+    "correlation_contrastive_loss",
     "data",
     "infonce_loss",
     "models",
@@ -44,4 +46,5 @@ __all__ = [
     "rsa_permutation_test",
     "time_resolved_rdms",
     "time_resolved_rsa",
+    "train",
 ]
