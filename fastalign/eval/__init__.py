@@ -7,6 +7,7 @@
 - :class:`BrainData`, :func:`load_brain`: the test-set responses (EEG, fMRI, behaviour) compared with.
 - :func:`variability`: individual variability of per-subject models by layer.
 - :func:`robustness`, :func:`fgsm`, :func:`pgd`: adversarial robustness (L-infinity, pixel space).
+- :func:`retrieval_topk`: zero-shot retrieval accuracy (top-k among a gallery) with its chance level.
 - :func:`write_report`: report.html beside summary.json (figures from :mod:`fastalign.plotting`).
 """
 
@@ -26,6 +27,7 @@ from fastalign.eval.brain import MODALITIES, BrainData, load_brain
 from fastalign.eval.features import CORNET_LAYERS, DEFAULT_LAYERS, EvalModel, layer_features
 from fastalign.eval.individual import variability
 from fastalign.eval.report import FIGURE_FORMATS, save_figure, write_report
+from fastalign.eval.retrieval import retrieval_topk
 from fastalign.eval.rsa import RESULT_COLUMNS, VARIABILITY_COLUMNS, EvalResult, evaluate, write_csv
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "load_brain",
     "load_labelled_images",
     "pgd",
+    "retrieval_topk",
     "robustness",
     "save_figure",
     "variability",
