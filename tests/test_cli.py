@@ -1,0 +1,114 @@
+"""The ``fastalign`` command: subcommands, --help with examples, exit statuses and one-line errors.
+
+Most checks call :func:`fastalign.cli.main` in this process; one runs ``python -m fastalign`` to check
+the entry point and its exit status end to end (a new interpreter imports torch: seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastalign.cli import COMMANDS, main, parser
+
+
+def _exit_status(argv: list[str]) -> int:
+    """main's status, or the status of the SystemExit argparse raises (help, usage errors)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_status(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("synth", "align", "info"):
+        assert name in out
+
+
+@pytest.mark.parametrize("command", [c.name for c in COMMANDS])
+def test_each_command_help_shows_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_status([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "example" in out and f"fastalign {command}" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nope"],
+        ["align"],  # --data and --out are required
+        ["align", "--data", "d", "--out", "o", "--epochs", "0"],
+        ["align", "--data", "d", "--out", "o", "--subject", "x"],
+        ["align", "--data", "d", "--out", "o", "--subject", "all", "2"],
+        ["align", "--data", "d", "--out", "o", "--modality", "meg"],
+        ["align", "--data", "d", "--out", "o", "--resume", "--overwrite"],
+        ["synth"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_status(argv) == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_a_failure_is_one_line_on_stderr_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["align", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastalign align: error: align: data=")
+    assert "missing" in lines[0] and "Traceback" not in captured.err
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing"):
+        main(["--debug", "align", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
+    with pytest.raises(FileNotFoundError, match="missing"):  # after the subcommand too
+        main(["align", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--debug"])
+
+
+def test_info_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fastalign ") and "backends" in out
+
+
+def test_synth_writes_a_dataset_and_refuses_to_overwrite_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "synth"
+    sizes = ["--train-concepts", "3", "--images-per-concept", "1", "--test-images", "3", "--sessions", "1"]
+    argv = ["synth", str(root), "--subjects", "2", "--seed", "3", "--image-size", "16", *sizes]
+    assert main(argv) == 0
+    assert "subjects [1, 2]" in capsys.readouterr().out
+    assert sorted(os.listdir(root / "preprocessed_data")) == ["sub-01", "sub-02"]
+    assert main(argv) == 1  # a folder that holds files needs --overwrite
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "pass overwrite=True" in err[0]
+
+
+def test_python_dash_m_fastalign_exits_with_the_status(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing")
+    done = subprocess.run(
+        [sys.executable, "-m", "fastalign", "align", "--data", missing, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(f"fastalign align: error: align: data={missing!r} is not a folder")
+
+
+@pytest.mark.parametrize("given, subject", [(["3"], 3), (["1", "2"], [1, 2]), (["all"], "all"), ([], 1)])
+def test_subject_flag_is_aligns_subject_argument(given: list[str], subject: object) -> None:
+    flag = ["--subject", *given] if given else []
+    assert parser().parse_args(["align", "--data", "d", "--out", "o", *flag]).subject == subject

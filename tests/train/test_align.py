@@ -1,0 +1,519 @@
+"""fastalign.train.alignment: ReAlnet's recipe on the synthetic brain, with a randomly initialised CORnet-S.
+
+One small synthetic dataset (2 subjects, 12 training and 5 test images of 32 px) and one aligned run
+(2 epochs of one step) serve most tests; a training step of the 54 M-parameter model costs seconds on a
+busy CPU whatever the image size, so the tests count steps. The runs use one thread: the step is
+memory-bound, and a second thread on a busy 2-core machine costs more than it gains.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fastalign.cli import main
+from fastalign.data import (
+    FMRIResponses,
+    ImageTransform,
+    ResponsePCA,
+    SyntheticThings,
+    fit_norm_stats,
+    load_fmri,
+    load_image_metadata,
+    load_images,
+    load_preprocessed_eeg,
+    make_synthetic_things,
+)
+from fastalign.data._io import save_npy
+from fastalign.data.things_eeg2 import preprocessed_path, save_preprocessed_dict
+from fastalign.models import cornet_s, realnet, save_realnet
+from fastalign.models.cornet.model import CORnetBase
+from fastalign.train import AlignResult, FitState, Hook, RunFolder, align, load_align_data, realnet_loss
+from fastalign.train.alignment import derangement
+
+ALIGN = sys.modules["fastalign.train.alignment"]
+SIZE = 32
+# The shared run: 12 training images -> 3 for validation, 9 for training -> one step of 8 per epoch.
+RUN = dict(epochs=2, batch_size=8, val_fraction=0.25, image_size=SIZE, amp="fp32", seed=0, lr=1e-4)
+N_TRAIN, N_TEST = 12, 5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> SyntheticThings:
+    return make_synthetic_things(
+        tmp_path_factory.mktemp("align") / "synth",
+        n_subjects=2,
+        n_train_concepts=4,
+        images_per_concept=3,
+        n_test=N_TEST,
+        n_sessions=2,
+        test_repetitions=2,
+        n_voxels=40,
+        image_size=SIZE,
+    )
+
+
+class Counter(Hook):
+    """The student's training-mode backbone passes per optimizer step, and the teacher's calls (the
+    teacher is a CORnetS called as a classifier; the student's backbone is only asked for features)."""
+
+    def __init__(self, teacher_calls: list[int]) -> None:
+        self.teacher_calls = teacher_calls
+        self.passes = 0
+        self.per_step: list[int] = []
+        self.teacher_calls_at_start = -1
+
+    def _count(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        self.passes += module.training
+
+    def on_fit_start(self, state: FitState) -> None:
+        # after the recipe's own on_fit_start, which ran the teacher
+        self.teacher_calls_at_start = len(self.teacher_calls)
+        state.model.backbone.V1.register_forward_hook(self._count)
+
+    def on_step_end(self, state: FitState) -> None:
+        self.per_step.append(self.passes - sum(self.per_step))
+
+
+@pytest.fixture(scope="module")
+def run(synth: SyntheticThings, tmp_path_factory: pytest.TempPathFactory) -> tuple[AlignResult, Counter]:
+    teacher_calls: list[int] = []
+    forward = CORnetBase.forward
+
+    def counted(self: CORnetBase, x: torch.Tensor) -> torch.Tensor:
+        teacher_calls.append(x.shape[0])
+        return forward(self, x)
+
+    counter = Counter(teacher_calls)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CORnetBase, "forward", counted)
+        result = align(
+            synth.root,
+            1,
+            out=tmp_path_factory.mktemp("runs") / "sub01",
+            progress=False,
+            hooks=[counter],
+            **RUN,
+        )
+    counter.teacher_calls_at_end = len(teacher_calls)  # type: ignore[attr-defined]
+    return result, counter
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+def test_run_folder_holds_config_metrics_checkpoints_model_and_summary(
+    run: tuple[AlignResult, Counter],
+) -> None:
+    result, _ = run
+    folder = RunFolder(result.run.path)
+    assert sorted(os.listdir(folder.path)) == [
+        "checkpoints", "config.json", "metrics.jsonl", "model.safetensors", "summary.json"
+    ]  # fmt: skip
+    config = folder.read_config()["config"]
+    for key, value in {
+        "subject": 1, "modality": "eeg", "lr": 1e-4, "beta": 100.0, "image_size": SIZE, "target": "hard",
+        "contrast": "differentiable", "control": None, "val_fraction": 0.25, "n_train": 9, "n_val": 3,
+        "n_test": N_TEST, "n_out": 340, "response_shape": [17, 20], "start": "random",
+    }.items():  # fmt: skip
+        assert config[key] == value, key
+    assert len(config["channels"]) == 17 and all(re.match("^O|^P", c) for c in config["channels"])
+    assert config["times"] == pytest.approx([i / 100 for i in range(20)])
+    assert [r["epoch"] for r in folder.read_metrics("epoch")] == [1, 2]
+    assert {"train_ce", "train_mse", "train_contrast", "val_ce", "val_mse", "val_contrast"} <= set(
+        folder.read_metrics("epoch")[0]
+    )
+    assert [os.path.basename(p) for p in folder.checkpoints()] == ["epoch-0002.pt"]
+    summary = folder.read_summary()
+    assert summary == result.summary
+    assert summary["epochs_run"] == 2 and summary["best_epoch"] in (1, 2)
+    assert summary["best_val_loss"] == folder.read_metrics("epoch")[summary["best_epoch"] - 1]["val_loss"]
+    for prefix in ("test_", "unaligned_test_"):
+        for term in ("loss", "ce", "mse", "contrast"):
+            assert np.isfinite(summary[prefix + term]), prefix + term
+        for rsa in ("rsa_it", "rsa_response"):
+            assert -1 <= summary[prefix + rsa] <= 1, prefix + rsa
+    loaded = realnet(folder.path)  # the run folder is a model
+    assert loaded.n_out == 340 and loaded.image_size == (SIZE, SIZE)
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value.cpu()), key
+
+
+def test_teacher_runs_once_per_image_before_training(run: tuple[AlignResult, Counter]) -> None:
+    _, counter = run
+    assert sum(counter.teacher_calls) == N_TRAIN + N_TEST  # one pass over every image, validation included
+    assert counter.teacher_calls_at_start == len(counter.teacher_calls)  # none after it
+    assert counter.teacher_calls_at_end == counter.teacher_calls_at_start  # type: ignore[attr-defined]
+
+
+def test_one_backbone_pass_per_training_step(run: tuple[AlignResult, Counter]) -> None:
+    _, counter = run
+    assert counter.per_step == [1, 1]
+
+
+def test_the_cli_runs_the_same_config(
+    run: tuple[AlignResult, Counter], synth: SyntheticThings, tmp_path: Path
+) -> None:
+    """The command line's flags are align's arguments: resuming the finished run through it is accepted
+    (another config would be refused) and trains nothing more."""
+    result, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(result.run.path, copy)
+    argv = ["align", "--data", synth.root, "--subject", "1", "--out", str(copy), "--epochs", "2",
+            "--batch-size", "8", "--val-fraction", "0.25", "--image-size", str(SIZE), "--amp", "fp32",
+            "--seed", "0", "--lr", "1e-4", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--resume"]) == 0
+    summary = RunFolder(copy).read_summary()
+    assert summary["epochs_run"] == 2 and summary["resumed_at"] == [2]
+    assert summary["test_rsa_it"] == result.summary["test_rsa_it"]
+
+
+# -------------------------------------------------------------------------------------------- loss
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    za = (a - a.mean(1, keepdims=True)) / np.linalg.norm(a - a.mean(1, keepdims=True), axis=1, keepdims=True)
+    zb = (b - b.mean(1, keepdims=True)) / np.linalg.norm(b - b.mean(1, keepdims=True), axis=1, keepdims=True)
+    return za @ zb.T
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_loss_terms_match_a_float64_hand_computation(kind: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    b, k, d, beta = 5, 7, 6, 3.0
+    logits, pred, brain = (torch.randn(b, n, dtype=torch.float64, generator=g) for n in (k, d, d))
+    if kind == "hard":
+        target = torch.randint(k, (b,), generator=g)
+    else:
+        target = torch.randn(b, k, dtype=torch.float64, generator=g).softmax(1)
+    loss, terms = realnet_loss(logits, pred, brain, target, beta=beta)
+    x = logits.numpy()
+    logp = x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) - x.max(1, keepdims=True)
+    ce = (
+        -logp[np.arange(b), target.numpy()].mean()
+        if kind == "hard"
+        else -(target.numpy() * logp).sum(1).mean()
+    )
+    mse = ((pred.numpy() - brain.numpy()) ** 2).mean()
+    r = _pearson(pred.numpy(), brain.numpy())
+    c = 1 - np.trace(r) / b + (r.sum() - np.trace(r)) / (b * (b - 1))
+    assert float(terms["ce"]) == pytest.approx(ce, rel=1e-12)
+    assert float(terms["mse"]) == pytest.approx(mse, rel=1e-12)
+    assert float(terms["contrast"]) == pytest.approx(c, rel=1e-12)
+    assert float(loss) == pytest.approx(ce + beta * (mse + c), rel=1e-12)
+
+
+def test_published_contrast_has_the_value_but_no_gradient() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 3, dtype=torch.float64, generator=g)
+    brain = torch.randn(4, 6, dtype=torch.float64, generator=g)
+    target = torch.tensor([0, 2, 1, 1])
+    grads, values = {}, {}
+    for contrast in ("differentiable", "published"):
+        pred = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        pred.requires_grad_(True)
+        loss, _ = realnet_loss(logits, pred, brain, target, beta=2.0, contrast=contrast)
+        loss.backward()
+        grads[contrast], values[contrast] = pred.grad, float(loss.detach())
+    assert values["published"] == values["differentiable"]
+    mse_grad = 2.0 * 2 * (pred.detach() - brain) / pred.numel()  # beta * d MSE / d pred
+    torch.testing.assert_close(grads["published"], mse_grad)
+    assert not torch.allclose(grads["differentiable"], mse_grad)
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"logits": torch.randn(4)}, "logits must have shape"),
+        ({"brain": torch.randn(4, 5)}, "brain must have shape pred's shape"),
+        ({"pred": torch.randn(3, 6), "brain": torch.randn(3, 6)}, "pred must have shape"),
+        ({"target": torch.tensor([0, 1, 2])}, "target must have shape"),
+        ({"target": torch.zeros(4, 2)}, "target must have shape"),
+        ({"target": torch.zeros(4, dtype=torch.int32)}, "target must be int64"),
+        ({"beta": -1.0}, "beta must be a finite number >= 0"),
+        ({"contrast": "spearman"}, "contrast must be one of"),
+    ],
+)
+def test_loss_refuses_bad_input(change: dict[str, Any], error: str) -> None:
+    args = dict(logits=torch.randn(4, 3), pred=torch.randn(4, 6), brain=torch.randn(4, 6))
+    args["target"] = torch.tensor([0, 1, 2, 0])
+    kw = dict(beta=1.0, contrast="differentiable")
+    for key, value in change.items():
+        (kw if key in kw else args)[key] = value
+    with pytest.raises((TypeError, ValueError), match=f"realnet_loss: {error}"):
+        realnet_loss(args["logits"], args["pred"], args["brain"], args["target"], **kw)
+
+
+def test_a_batch_of_one_has_no_contrast() -> None:
+    loss, terms = realnet_loss(torch.randn(1, 3), torch.randn(1, 4), torch.randn(1, 4), torch.tensor([1]))
+    assert float(terms["contrast"]) == 0.0
+    assert float(loss) == pytest.approx(float(terms["ce"]) + 100 * float(terms["mse"]), rel=1e-6)
+
+
+# -------------------------------------------------------------------------------------------- data
+
+
+def test_validation_split_is_disjoint_and_seeded(synth: SyntheticThings) -> None:
+    a, b, c = (load_align_data(synth.root, 1, image_size=SIZE, val_fraction=0.25, seed=s) for s in (0, 0, 1))
+    assert len(a.val_index) == 3 and len(a.train_index) == N_TRAIN - 3
+    assert not set(a.train_index) & set(a.val_index)
+    assert sorted([*a.train_index, *a.val_index]) == list(range(N_TRAIN))
+    assert np.array_equal(a.val_index, b.val_index) and not np.array_equal(a.val_index, c.val_index)
+    assert a.val is not None and a.val.images == [a.image_paths["train"][i] for i in a.val_index]
+    assert a.train.images == [a.image_paths["train"][i] for i in a.train_index]
+    assert a.test.images == a.image_paths["test"]
+    none = load_align_data(synth.root, 1, image_size=SIZE, val_fraction=0)
+    assert none.val is None and list(none.train_index) == list(range(N_TRAIN))
+
+
+def _selected(synth: SyntheticThings, split: str) -> np.ndarray:
+    """The subject's single trials on the published channels (all 17 here) and 0-200 ms."""
+    eeg = load_preprocessed_eeg(synth.preprocessed_dir, 1, split)
+    assert len(eeg.ch_names) == 17
+    return eeg.data[..., (eeg.times >= -1e-9) & (eeg.times < 0.2 - 1e-9)]
+
+
+def test_zscore_statistics_come_from_the_training_images_only(synth: SyntheticThings) -> None:
+    d = load_align_data(synth.root, 1, image_size=SIZE, val_fraction=0.25, seed=0)
+    train, test = _selected(synth, "training"), _selected(synth, "test")
+    stats = fit_norm_stats(train[d.train_index], "zscore")
+    assert (d.settings["norm_mean"], d.settings["norm_std"]) == (float(stats.mean), float(stats.std))
+    everything = fit_norm_stats(train, "zscore")
+    assert float(everything.std) != float(stats.std)  # the validation images would change them
+
+    def expected(trials: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((trials.mean(1) - stats.mean) / stats.std).reshape(len(trials), -1)).float()
+
+    assert d.val is not None
+    torch.testing.assert_close(d.train.responses(), expected(train[d.train_index]))
+    torch.testing.assert_close(d.val.responses(), expected(train[d.val_index]))
+    torch.testing.assert_close(d.test.responses(), expected(test))
+    assert d.response_shape == (17, 20) and d.n_out == 340
+
+
+def test_unpaired_control_is_a_fixed_derangement(synth: SyntheticThings) -> None:
+    kw = dict(image_size=SIZE, val_fraction=0.25, seed=0)
+    paired = load_align_data(synth.root, 1, **kw)
+    un, again = (load_align_data(synth.root, 1, control="unpaired", **kw) for _ in range(2))
+    other = load_align_data(synth.root, 1, control="unpaired", image_size=SIZE, val_fraction=0.25, seed=5)
+    assert np.array_equal(paired.pairing, np.arange(N_TRAIN))
+    assert np.array_equal(un.pairing, again.pairing) and not np.array_equal(un.pairing, other.pairing)
+    for part in (un.train_index, un.val_index):  # a derangement within each set: same responses, new pairs
+        assert sorted(un.pairing[part]) == sorted(part)
+        assert np.all(un.pairing[part] != part)
+    assert un.settings["norm_std"] == paired.settings["norm_std"]
+    position = {int(image): i for i, image in enumerate(paired.train_index)}
+    source = [position[int(image)] for image in un.pairing[un.train_index]]
+    torch.testing.assert_close(un.train.responses(), paired.train.responses()[source])
+    assert un.train.images == paired.train.images
+    torch.testing.assert_close(un.test.responses(), paired.test.responses())  # the test set stays paired
+    for seed in range(20):
+        perm = derangement(7, seed)
+        assert sorted(perm) == list(range(7)) and np.all(perm != np.arange(7))
+        assert np.array_equal(perm, derangement(7, seed))
+
+
+def test_fmri_rois_and_pca_are_fitted_on_training_images(synth: SyntheticThings) -> None:
+    d = load_align_data(synth.root, 2, modality="fmri", rois=["V1", "V2"], pca=4, image_size=SIZE)
+    responses = load_fmri(os.path.join(synth.fmri_dir, "sub-02", "fmri_training.h5")).select(["V1", "V2"])
+    pca = ResponsePCA(4, seed=0).fit(FMRIResponses(responses.data[d.train_index]))
+    assert d.settings["explained_variance"] == pytest.approx(float(pca.explained_variance_ratio.sum()))
+    assert d.n_out == 4 and d.response_shape == (4,)
+    fitted = pca.transform(FMRIResponses(responses.data[d.train_index])).data
+    stats = fit_norm_stats(fitted, "zscore")
+    torch.testing.assert_close(
+        d.train.responses(), torch.from_numpy((fitted.mean(1) - stats.mean) / stats.std).float()
+    )
+    with pytest.raises(ValueError, match="pca=40 components exceed"):
+        load_align_data(synth.root, 2, modality="fmri", rois=["V1", "V2"], pca=40, image_size=SIZE)
+    with pytest.raises(ValueError, match="ROIs \\['XX'\\]"):
+        load_align_data(synth.root, 2, modality="fmri", rois=["V1", "XX"], image_size=SIZE)
+
+
+# ----------------------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture(scope="module")
+def broken(synth: SyntheticThings, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A copy of the dataset whose sub-01 has one training response too few and sub-02 a NaN."""
+    root = tmp_path_factory.mktemp("broken") / "synth"
+    shutil.copytree(synth.root, root)
+    for subject in (1, 2):
+        eeg = load_preprocessed_eeg(root / "preprocessed_data", subject, "training")
+        data = eeg.data[:-1] if subject == 1 else eeg.data.copy()
+        if subject == 2:
+            data[3, 0, 5, 25] = np.nan
+        path = preprocessed_path(root / "preprocessed_data", subject, "training")
+        save_npy(path, save_preprocessed_dict(data, eeg.ch_names, eeg.times))
+    return str(root)
+
+
+def test_image_and_response_counts_that_differ_are_refused(broken: str, tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"responses to 11 training images, but image_metadata\.npy lists 12"
+    ):
+        align(broken, 1, out=tmp_path / "run", **RUN)
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_in_responses_is_refused(broken: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="1 NaN/inf value"):
+        align(broken, 2, out=tmp_path / "run", **RUN)
+
+
+def test_weights_with_another_n_out_are_refused(synth: SyntheticThings, tmp_path: Path) -> None:
+    weights = save_realnet(realnet(n_out=7, image_size=SIZE), tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="predicts 7 values per image, but the subject's responses have 340"):
+        align(synth.root, 1, out=tmp_path / "run", weights=weights, **RUN)
+
+
+def test_unknown_subject_is_refused(synth: SyntheticThings, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"subject 9 is not in .* which holds subjects \[1, 2\]"):
+        align(synth.root, 9, out=tmp_path / "run", **RUN)
+    with pytest.raises(ValueError, match="subject 9"):
+        align(synth.root, [1, 9], out=tmp_path / "run", **RUN)
+
+
+def test_missing_weights_file_says_where_the_checkpoints_are(synth: SyntheticThings, tmp_path: Path) -> None:
+    with pytest.raises(
+        FileNotFoundError, match=r"cornet_s-1d3f7974\.pth, linked from https://github\.com/dicarlolab"
+    ):
+        align(synth.root, 1, out=tmp_path / "run", weights=tmp_path / "cornet_s.pth", **RUN)
+
+
+def test_run_folder_of_another_config_is_refused(
+    run: tuple[AlignResult, Counter], synth: SyntheticThings
+) -> None:
+    result, _ = run
+    before = (Path(result.run.path) / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"holds a run with a different config \(config.beta: 100.0 -> 50.0"):
+        align(synth.root, 1, out=result.run.path, **{**RUN, "beta": 50.0})
+    assert (Path(result.run.path) / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"batch_size": 1}, "at least 2 samples"),
+        ({"val_fraction": 1.0}, "val_fraction must be a number in \\[0, 1\\)"),
+        ({"target": "argmax"}, "target must be one of"),
+        ({"contrast": "none"}, "contrast must be one of"),
+        ({"control": "shuffled"}, "control must be one of"),
+        ({"time_window": (0.9, 1.5)}, "holds no sample"),
+        ({"channels": ["Cz"]}, "lacks"),
+        ({"modality": "meg"}, "modality must be one of"),
+    ],
+)
+def test_bad_settings_are_refused(
+    synth: SyntheticThings, tmp_path: Path, change: dict[str, Any], error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        align(synth.root, 1, out=tmp_path / "run", **{**RUN, **change})
+
+
+# ---------------------------------------------------------------------------- resume, subjects, RSA
+
+
+class Kill(Exception):
+    pass
+
+
+class KillAt(Hook):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state: FitState) -> None:
+        if state.step == self.step:
+            raise Kill
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(
+    run: tuple[AlignResult, Counter], synth: SyntheticThings, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(Kill):
+        align(synth.root, 1, out=out, progress=False, hooks=[KillAt(2)], **RUN)  # in epoch 2
+    resumed = align(synth.root, 1, out=out, progress=False, resume=True, **RUN)
+    assert resumed.summary["resumed_at"] == [1] and resumed.summary["epochs_run"] == 2
+    mine, theirs = load_file(out / "model.safetensors"), load_file(run[0].run.model_path)
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key
+
+
+@pytest.mark.slow
+def test_every_subject_starts_from_the_same_weights(synth: SyntheticThings, tmp_path: Path) -> None:
+    """fMRI, both subjects: one run folder each, from the same start (the published script trains one
+    model object through all subjects)."""
+    kw = dict(RUN, epochs=1, val_fraction=0.0, batch_size=8)
+    results = align(synth.root, "all", modality="fmri", pca=6, out=tmp_path, progress=False, **kw)
+    assert [r.subject for r in results] == [1, 2]
+    configs = [RunFolder(tmp_path / f"sub-0{s}").read_config()["config"] for s in (1, 2)]
+    assert configs[0]["start_fingerprint"] == configs[1]["start_fingerprint"]
+    assert [c["subject"] for c in configs] == [1, 2] and configs[0]["n_out"] == 6
+    assert results[0].summary["unaligned_test_ce"] == results[1].summary["unaligned_test_ce"]
+    for r in results:
+        assert -1 <= r.summary["test_rsa_it"] <= 1 and -1 <= r.summary["test_rsa_response"] <= 1
+
+
+def _calibrated_cornet_s(paths: list[str], path: Path) -> Path:
+    """A random CORnet-S whose BatchNorm statistics are those of the images, as a pretrained network's fit
+    its inputs: the starting model's eval-mode features are then those of a normalised network, and the
+    comparison with the aligned model is not one of BatchNorm statistics (a fresh CORnet-S has mean 0 and
+    variance 1, which training moves towards the data's)."""
+    torch.manual_seed(0)
+    net = cornet_s()
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.momentum = None  # a cumulative average: one batch sets its exact statistics
+    with torch.no_grad():
+        net.train()(load_images(paths, ImageTransform(SIZE, resize=SIZE)))
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_alignment_raises_the_rsa_more_than_the_unpaired_control(tmp_path: Path) -> None:
+    """What must be shown, at the smallest size where it holds (see docs/training.md for the numbers)."""
+    data = make_synthetic_things(
+        tmp_path / "synth", n_train_concepts=16, images_per_concept=4, n_test=30, n_sessions=2,
+        test_repetitions=10, image_size=SIZE,
+    )  # fmt: skip
+    paths = load_image_metadata(data.image_dir).paths("training")
+    weights = _calibrated_cornet_s(paths, tmp_path / "cornet_s.pth")
+    kw = dict(weights=weights, epochs=3, batch_size=16, lr=1e-3, image_size=SIZE, amp="fp32", progress=False)
+    paired = align(data.root, 1, out=tmp_path / "paired", **kw).summary
+    control = align(data.root, 1, out=tmp_path / "control", control="unpaired", **kw).summary
+    for key in ("rsa_it", "rsa_response"):
+        start, aligned, unpaired = (
+            paired[f"unaligned_test_{key}"],
+            paired[f"test_{key}"],
+            control[f"test_{key}"],
+        )
+        print(f"{key}: unaligned {start:.4f}, aligned {aligned:.4f}, unpaired control {unpaired:.4f}")
+        assert control[f"unaligned_test_{key}"] == start  # the same starting model
+        assert aligned > start and aligned - start > unpaired - start, key
+    # the predicted responses by a clear margin (IT's RDM moves little in 9 steps: see docs/training.md)
+    gain, control_gain = (
+        s["test_rsa_response"] - paired["unaligned_test_rsa_response"] for s in (paired, control)
+    )
+    assert gain > 0.05 and gain - control_gain > 0.05
