@@ -7,7 +7,6 @@ before any module that defines a kernel is imported, hence here, before fastalig
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import torch
 
@@ -47,13 +46,3 @@ def device(request: pytest.FixtureRequest) -> str:
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     return str(request.param)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """Runs a test on one torch thread: with small tensors OpenMP threads only add synchronisation, which
-    on a busy 2-core machine costs seconds per step. Use with ``pytest.mark.usefixtures("one_thread")``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

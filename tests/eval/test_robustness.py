@@ -22,7 +22,15 @@ from fastalign.eval.attacks import (
     robustness,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the tensors here are tiny: OpenMP threads only add synchronisation, which on a busy machine costs
+    # seconds per attack
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)

@@ -6,10 +6,12 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from fastalign.data import SyntheticThings, make_synthetic_things
@@ -22,7 +24,12 @@ SMALL = dict(n_filters=16, dropout=0.25, proj_dropout=0.25)
 FAST = dict(epochs=2, batch_size=32, lr=3e-3, encoder_options=SMALL, progress=False, image_model="features")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
