@@ -1,0 +1,87 @@
+"""The ``fastalign`` command: a thin layer over public functions.
+
+Each subcommand lives in its own module of this package and calls one public function with its flags as
+that function's arguments:
+
+- ``fastalign synth``: :func:`fastalign.data.make_synthetic_things` (:mod:`fastalign.cli.synth`)
+- ``fastalign align``: :func:`fastalign.train.align` (:mod:`fastalign.cli.align`)
+- ``fastalign info``: :func:`fastalign.info.report` (:mod:`fastalign.cli.info`)
+
+Errors are one line on standard error and exit status 1 (``--debug`` shows the traceback); usage errors
+exit with status 2. A subcommand is a :class:`Command` (its flags, and how it runs) that its module names
+``COMMAND``; listing the module in :data:`COMMAND_MODULES` adds it to the tool. Flags that mean the same
+thing in several commands come from :mod:`fastalign.cli.common`, so they have one name and one meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from fastalign.cli.common import Command
+
+PROG = "fastalign"
+
+# In the order ``fastalign --help`` lists them: the pipeline from data to results, then the tools.
+COMMAND_MODULES: tuple[str, ...] = (
+    "synth",
+    "align",
+    "info",
+)
+
+COMMANDS: tuple[Command, ...] = tuple(
+    importlib.import_module(f"fastalign.cli.{name}").COMMAND for name in COMMAND_MODULES
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fastalign`` command."""
+    top = argparse.ArgumentParser(
+        prog=PROG,
+        description="fastalign: brain-aligned vision models and brain decoding.",
+        epilog="Run 'fastalign COMMAND --help' for a command's flags and examples.",
+    )
+    top.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS:
+        examples = "\n".join(f"  {line}" for line in cmd.examples)
+        p = sub.add_parser(
+            cmd.name,
+            help=cmd.help,
+            description=cmd.help,
+            epilog=f"example{'s' if len(cmd.examples) > 1 else ''}:\n{examples}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        cmd.add_arguments(p)
+        p.set_defaults(func=cmd.run)
+    return top
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: its message with line breaks folded (or its type, when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    0: success; 1: the command failed (one line on standard error, or the traceback with ``--debug``);
+    2: a usage error (argparse's message); 130: interrupted.
+    """
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+__all__ = ["COMMANDS", "COMMAND_MODULES", "PROG", "Command", "main", "parser"]

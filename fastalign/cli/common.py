@@ -1,0 +1,101 @@
+"""What every subcommand shares: :class:`Command`, flag types, and the flags that several commands take,
+each with one name, one default and one help text (``--seed``, ``--device``, ``--no-progress``,
+``--image-size``, ``--weights``, ``--resume``/``--overwrite``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand.
+
+    Attributes:
+        name: what follows ``fastalign``.
+        help: one line for ``fastalign --help``.
+        examples: command lines shown under the subcommand's ``--help``.
+        add_arguments: adds the flags to the subcommand's parser.
+        run: runs it with the parsed flags; returns the exit status.
+    """
+
+    name: str
+    help: str
+    examples: tuple[str, ...]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# Parsed flags that are the command line's own, not the called function's arguments.
+CLI_ONLY = ("command", "debug", "func")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def int_or_none(text: str) -> int | None:
+    """An argparse type: a positive integer, or ``none``."""
+    return None if text.lower() == "none" else positive_int(text)
+
+
+def subject(text: str) -> int | str:
+    """An argparse type: a subject number, or ``all``."""
+    return "all" if text == "all" else positive_int(text)
+
+
+class Subjects(argparse.Action):
+    """``--subject 1``, ``--subject 1 2 3`` or ``--subject all``: a pipeline's ``subject`` (an int, a list of
+    ints or "all")."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        if "all" in values and len(values) > 1:
+            parser.error("argument --subject: give subject numbers or 'all', not both")
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
+
+
+def rank0() -> bool:
+    """Whether this process prints results (rank 0 under torchrun, or the only process)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def add_seed(p: argparse.ArgumentParser, what: str = "default 0") -> None:
+    p.add_argument("--seed", type=int, default=0, help=what)
+
+
+def add_image_size(p: argparse.ArgumentParser, default: int = 224) -> None:
+    p.add_argument(
+        "--image-size", type=positive_int, default=default, help=f"image side in pixels (default {default})"
+    )
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="default: cuda:LOCAL_RANK when available, else cpu")
+
+
+def add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output")
+
+
+def add_resume_overwrite(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the run in --out")
+    group.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+
+
+def number(value: Any) -> str:
+    """A result for a printed summary: four decimals, or n/a."""
+    return "n/a" if value is None else f"{value:.4f}"
