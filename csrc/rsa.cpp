@@ -31,7 +31,11 @@
 // Bad operands raise ValueError (TORCH_CHECK_VALUE: shapes, values, devices) or TypeError
 // (TORCH_CHECK_TYPE: dtypes), as the Python API does; TORCH_CHECK (RuntimeError) marks internal invariants.
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
-#include <torch/extension.h>
+// The narrow ATen headers this file uses instead of torch/extension.h (which parses the whole C++ API
+// and pybind11: most of the build time).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
