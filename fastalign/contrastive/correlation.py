@@ -41,7 +41,8 @@ def correlation_contrastive(pred: torch.Tensor, target: torch.Tensor) -> torch.T
     return 1 - trace / b + (total - trace) / (b * (b - 1))
 
 
-def _validate(pred: Any, target: Any, detach: Any) -> None:
+def _validate(pred: Any, target: Any, detach: Any, grouped: bool) -> None:
+    """Checks the arguments; ``grouped``: B >= 2 is checked over the group's ranks later."""
     for name, t in (("pred", pred), ("target", target)):
         _checks.check_tensor(_FN, name, t, shape="(B, D)")
         _checks.check_floating(
@@ -53,7 +54,7 @@ def _validate(pred: Any, target: Any, detach: Any) -> None:
             f"{_FN}: target must have pred's shape {tuple(pred.shape)}, got {tuple(target.shape)}"
         )
     b, d = pred.shape
-    if b < 2:
+    if b < 2 and not grouped:
         raise ValueError(
             f"{_FN}: pred and target must have at least 2 rows (B >= 2; the mean of r(pred_i, target_j) "
             f"over i != j is undefined for a single row), got shape {tuple(pred.shape)}"
@@ -96,8 +97,33 @@ def _bad_rows(pred: torch.Tensor, target: torch.Tensor) -> str:
     return "; ".join(problems)
 
 
+def _gathered(pred: torch.Tensor, target: torch.Tensor, group: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """pred and target of every rank of ``group``, concatenated in rank order; backward sums each row's
+    gradient over the ranks and hands this rank's rows theirs."""
+    import torch.distributed as dist
+
+    from fastalign.contrastive.distributed import _GatherWithGrad, _sizes
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError(f"{_FN}: group was given but torch.distributed is not initialised")
+    sizes = _sizes(pred.shape[0], pred.device, group)
+    if sum(sizes) < 2:  # every rank sees the same sizes, so every rank raises
+        raise ValueError(
+            f"{_FN}: pred and target must have at least 2 rows over the group's ranks (B >= 2; the mean of "
+            f"r(pred_i, target_j) over i != j is undefined for a single row), got {sizes} rows per rank"
+        )
+    offset = sum(sizes[: dist.get_rank(group)])
+    gathered = [_GatherWithGrad.apply(t, sizes, offset, group) for t in (pred, target)]
+    return gathered[0], gathered[1]
+
+
 def correlation_contrastive_loss(
-    pred: torch.Tensor, target: torch.Tensor, *, detach: bool = False, backend: str = "auto"
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    detach: bool = False,
+    backend: str = "auto",
+    group: Any = None,
 ) -> torch.Tensor:
     """ReAlnet's correlation-contrastive loss over a batch, differentiable.
 
@@ -115,12 +141,24 @@ def correlation_contrastive_loss(
     constant (zero variance), and raises ValueError naming the argument and rows. Under torch.compile
     the check is skipped and such inputs give a NaN loss.
 
+    Under data parallelism each process holds a share of the batch, and C over a share is not C over
+    the batch (its mean over pairs i != j misses the pairs across processes). With ``group`` every rank
+    passes its own rows and gets C over the rows of all ranks (concatenated in rank order; each rank the
+    same value). Backward sums the gradients over the ranks: when every rank minimises the same C, each
+    row receives ``world_size`` times the single-process gradient of C over the whole batch, which
+    DistributedDataParallel's averaging over ranks turns into the single-process parameter gradient, as
+    for a loss that is a mean over each rank's samples. Train with the same loss on every rank.
+
     Args:
-        pred: (B, D) floating tensor (e.g. predicted EEG), B >= 2 rows, D >= 2 values per row.
+        pred: (B, D) floating tensor (e.g. predicted EEG), B >= 2 rows (with ``group``: over all ranks),
+            D >= 2 values per row.
         target: (B, D) floating tensor on pred's device (e.g. recorded EEG); dtypes may differ.
         detach: return the value without a gradient, as the published code does.
         backend: "auto" (= "torch"), "torch" or "reference" (the explicit B x B matrix, in the inputs'
             promoted dtype).
+        group: a torch.distributed process group (e.g. ``torch.distributed.group.WORLD``), or None. A
+            collective: every rank of the group calls it, with its own rows (any number, B >= 2 over the
+            ranks; D the same on every rank). Rows are gathered in the backend's compute dtype.
 
     Returns:
         0-dim tensor, float64 if an input is float64 else float32 (float16 and bfloat16 inputs are
@@ -129,25 +167,36 @@ def correlation_contrastive_loss(
 
     Raises:
         TypeError: pred or target not a floating tensor, or detach not a bool.
-        ValueError: shapes that differ or are not (B, D) with B >= 2 and D >= 2, two devices, or rows
-            holding NaN or inf or of zero variance.
+        ValueError: shapes that differ or are not (B, D) with B >= 2 and D >= 2, two devices, rows
+            holding NaN or inf or of zero variance (with ``group``: on every rank, rows numbered in the
+            gathered batch), or ``group`` without an initialised process group.
         NotImplementedError: a backend that cannot run these inputs.
     """
-    _validate(pred, target, detach)
+    _validate(pred, target, detach, group is not None)
     if detach:
         pred, target = pred.detach(), target.detach()
     chosen = _dispatch.choose(backend, pred, target)
+    if chosen == "reference":
+        dtype = torch.promote_types(pred.dtype, target.dtype)
+    else:
+        dtype = torch.promote_types(_checks.compute_dtype(pred), _checks.compute_dtype(target))
     # each backend keeps its documented precision: autocast would lower the reference's
     with torch.autocast(pred.device.type, enabled=False):
+        pred, target = pred.to(dtype), target.to(dtype)
+        if group is not None:
+            pred, target = _gathered(pred, target, group)
         if chosen == "reference":
-            dtype = torch.promote_types(pred.dtype, target.dtype)
-            loss = correlation_contrastive_loss_reference(pred.to(dtype), target.to(dtype))
+            loss = correlation_contrastive_loss_reference(pred, target)
         else:
             # the torch backend is this module: a direct call, which torch.compile traces (importlib not)
             loss = correlation_contrastive(pred, target)
-    # a traced graph cannot branch on a value: compiled callers get the NaN
+    # a traced graph cannot branch on a value: compiled callers get the NaN. With a group every rank holds
+    # the same rows and loss, so every rank raises.
     if not torch.compiler.is_compiling() and not bool(torch.isfinite(loss)):
-        raise ValueError(f"{_FN}: {_bad_rows(pred, target) or _unexplained(loss)}")
+        where = (
+            " (rows of the batch gathered over the group's ranks, in rank order)" if group is not None else ""
+        )
+        raise ValueError(f"{_FN}: {_bad_rows(pred, target) or _unexplained(loss)}{where}")
     return loss
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastalign import _checks
-from fastalign.models.cornet import CORnetS, cornet_s
+from fastalign.models.cornet import CORnetS, clean_state_dict, cornet_s
 
 #: The areas the head can tap, in network order (the order their features are concatenated in).
 AREAS: tuple[str, ...] = ("V1", "V2", "V4", "IT")
@@ -242,10 +242,13 @@ class ReAlnet(nn.Module):
 # ---------------------------------------------------------------------------------------------- weights
 
 
-def _read_weights(weights: Weights) -> tuple[Mapping[str, Any], dict[str, str]]:
-    """(state dict as stored, safetensors metadata) from a mapping, a run folder or a file."""
+def _read_weights(weights: Weights) -> tuple[Mapping[str, Any], dict[str, str], bool]:
+    """(state dict as stored, safetensors metadata, whether its tensors are this call's own) from a
+    mapping, a run folder or a file. They are not for a mapping (the caller holds them) nor for a
+    safetensors file (they map it: a model built on them would keep it mapped, and die of SIGBUS if
+    someone truncated it)."""
     if isinstance(weights, Mapping):
-        return weights, {}
+        return weights, {}, False
     if not isinstance(weights, (str, os.PathLike)):
         raise TypeError(
             _checks.message("realnet", "weights", "None, a path or a state_dict mapping", weights)
@@ -267,7 +270,7 @@ def _read_weights(weights: Weights) -> tuple[Mapping[str, Any], dict[str, str]]:
 
         try:
             with safe_open(name, framework="pt", device="cpu") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {}), False
         except Exception as exc:
             raise ValueError(f"realnet: weights: could not read {name!r} as safetensors: {exc}") from exc
     try:
@@ -277,7 +280,7 @@ def _read_weights(weights: Weights) -> tuple[Mapping[str, Any], dict[str, str]]:
         raise ValueError(f"realnet: weights: could not read {name!r} as a torch checkpoint: {exc}") from exc
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"realnet: weights: {name!r} holds a {type(ckpt).__name__}, expected a dict")
-    return ckpt, {}
+    return ckpt, {}, True
 
 
 def _split_state_dict(ckpt: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -286,9 +289,11 @@ def _split_state_dict(ckpt: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor],
     Ours: ``backbone.*``, ``head.proj.<area>.*``, ``head.out.*``. Published (``torch.save(encoder.
     state_dict())``: best_model_params.pt, epoch<N>_model_params.pt, the released encoder.pt):
     ``realnet.module.<CORnet-S key>`` (CORnet-S inside DataParallel), ``fc_v1``/``fc_v2``/``fc_v4``/
-    ``fc_it``/``fc``. Either may sit under ``"state_dict"`` and carry a whole-model ``module.`` prefix.
+    ``fc_it``/``fc``. Either may sit under ``"state_dict"``, or under ``"model"`` as in the fit loop's
+    epoch checkpoints (a run folder's ``checkpoints/epoch-NNNN.pt``), and carry a whole-model ``module.``
+    prefix.
     """
-    sd = ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), Mapping) else ckpt
+    sd = next((ckpt[k] for k in ("state_dict", "model") if isinstance(ckpt.get(k), Mapping)), ckpt)
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
@@ -303,7 +308,7 @@ def _split_state_dict(ckpt: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor],
         if first in ("backbone", "head"):
             styles.add("fastalign")
             (backbone if first == "backbone" else head)[rest] = value
-        elif first == "realnet":  # cornet_s strips the DataParallel "module." inside
+        elif first == "realnet":  # clean_state_dict strips the DataParallel "module." inside
             styles.add("published")
             backbone[rest] = value
         elif first in _PUBLISHED_HEAD or first == "fc":
@@ -382,7 +387,7 @@ def _load(
     width: int | None,
     image_size: int | tuple[int, int] | None,
 ) -> ReAlnet:
-    ckpt, metadata = _read_weights(weights)
+    ckpt, metadata, own = _read_weights(weights)
     backbone_sd, head_sd = _split_state_dict(ckpt)
     found, in_features = _head_config(head_sd, metadata)
     given = {
@@ -411,18 +416,32 @@ def _load(
             f"have {in_features}"
             + (f" (they are for image_size {made_for[0]}x{made_for[1]})" if made_for else "")
         )
-    model = ReAlnet(
-        found["n_out"],
-        areas=found["areas"],
-        width=found["width"],
-        image_size=size,
-        backbone=cornet_s(weights=backbone_sd),
-    )
-    try:
-        model.head.load_state_dict(head_sd)
-    except RuntimeError as exc:
-        raise ValueError(f"realnet: the weights' encoding head does not match: {exc}") from exc
+    # on the meta device: no random initialisation (101 M values at 224 px) that the weights overwrite
+    with torch.device("meta"):
+        model = ReAlnet(found["n_out"], areas=found["areas"], width=found["width"], image_size=size)
+    state = {f"backbone.{k}": v for k, v in clean_state_dict(backbone_sd).items()}
+    state.update((f"head.{k}", v) for k, v in head_sd.items())
+    _assign(model, state, copy=not own)
     return model
+
+
+def _assign(model: ReAlnet, state: dict[str, torch.Tensor], *, copy: bool) -> None:
+    """Makes ``state``'s tensors ``model``'s parameters and buffers (``model`` is on the meta device).
+
+    Each tensor is cast to the CPU and the dtype of the entry it fills, as copying into a CPU model would;
+    ``copy`` clones them too, for tensors that are not this load's own (see :func:`_read_weights`).
+    BatchNorm counters that old checkpoints lack start at 0, as in a new model.
+    """
+    own = model.state_dict()
+    for key, like in own.items():
+        if key not in state and key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=like.dtype)
+    state = {k: v.detach().to("cpu", own[k].dtype, copy=copy) if k in own else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as exc:
+        why = " ".join(str(exc).split())  # torch's message spans lines
+        raise ValueError(f"realnet: the weights do not fit a ReAlnet of {model.config()}: {why}") from exc
 
 
 def realnet(
@@ -438,11 +457,14 @@ def realnet(
 
     Args:
         weights: None, or the whole model: a run folder holding ``model.safetensors``, a ``.safetensors``
-            file (see :func:`save_realnet`), a published checkpoint (``encoder.pt``,
+            file (see :func:`save_realnet`), a run's epoch checkpoint (``checkpoints/epoch-NNNN.pt``; the
+            image size is inferred as for published files), a published checkpoint (``encoder.pt``,
             ``best_model_params.pt``: ``torch.save(encoder.state_dict())`` of the published ``Encoder``,
             keys ``realnet.module.*`` and ``fc_v1``/``fc_v2``/``fc_v4``/``fc_it``/``fc``), or such a state
             dict in memory. Published weights are at the URL in :data:`PUBLISHED_WEIGHTS_URL`; nothing is
-            downloaded. Files are read as safetensors or with ``torch.load(weights_only=True)``.
+            downloaded. Files are read as safetensors or with ``torch.load(weights_only=True)``. The model
+            is built on the meta device and takes the weights' tensors (cast to the CPU and float32; a
+            state dict in memory is copied): nothing is initialised at random, the RNG is untouched.
         n_out: Response size (default 340, or the weights'); an error if it differs from the weights'.
         areas: Tapped areas (default all four, or the weights'); an error if they differ.
         width: Per-area width (default 128, or the weights'); an error if it differs.

@@ -169,12 +169,29 @@ def test_published_format_wrappers(model: ReAlnet) -> None:
     """The Encoder itself inside DataParallel, or under "state_dict": the same keys once unwrapped."""
     sd = _published_state_dict(model)
     want = _split_state_dict(sd)
-    assert want[0].keys() == {f"module.{k}" for k in model.backbone.state_dict()}  # cornet_s strips it
+    assert want[0].keys() == {f"module.{k}" for k in model.backbone.state_dict()}  # stripped when loading
     assert want[1].keys() == model.head.state_dict().keys()
     for wrapped in ({f"module.{k}": v for k, v in sd.items()}, {"state_dict": sd, "epoch": 3}):
         got = _split_state_dict(wrapped)
         assert [d.keys() for d in got] == [d.keys() for d in want]
         assert all(got[i][k] is want[i][k] for i in (0, 1) for k in want[i])
+
+
+def test_epoch_checkpoint_of_a_run_loads(model: ReAlnet, tmp_path: Path) -> None:
+    """A run folder's checkpoints/epoch-NNNN.pt: the fit loop's dict, the model's state dict under "model"."""
+    from fastalign.train.checkpoint import FORMAT, REQUIRED
+
+    optimizer = {"state": {}, "param_groups": [{"lr": 2e-5, "params": [0, 1]}]}
+    ckpt = {key: None for key in REQUIRED} | {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer,
+    }
+    torch.save(ckpt, tmp_path / "epoch-0002.pt")
+    loaded = realnet(weights=tmp_path / "epoch-0002.pt")  # the image size inferred from the head's shapes
+    assert loaded.config() == model.config()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0, msg=k)
 
 
 def test_published_backbone_only_checkpoint_is_cornet_weights(model: ReAlnet, tmp_path: Path) -> None:
@@ -205,6 +222,44 @@ def test_safetensors_round_trip(model: ReAlnet, tmp_path: Path) -> None:
     other = save_realnet(m, tmp_path / "best.safetensors")
     again = realnet(weights=other, n_out=5, areas=["V2", "IT"], width=3, image_size=(IMG, 40))
     torch.testing.assert_close(again.head.out.weight, m.head.out.weight, rtol=0, atol=0)
+    # the loaded tensors are the model's own, not a mapping of the file (which a process that rewrote the
+    # file in place would turn into SIGBUS): training in place leaves the file as it was
+    maps = Path("/proc/self/maps")  # Linux
+    assert not maps.exists() or os.fspath(other) not in maps.read_text()
+    with torch.no_grad():
+        again.head.out.weight.add_(1.0)
+    torch.testing.assert_close(realnet(weights=other).head.out.weight, m.head.out.weight, rtol=0, atol=0)
+
+
+def test_loading_initialises_nothing_and_shares_nothing(model: ReAlnet) -> None:
+    """weights= builds the model on the meta device and makes the weights its tensors: no random
+    initialisation to overwrite (the global RNG is untouched), each tensor cast as copying it into a float32
+    model would, a state dict in memory copied rather than shared, and BatchNorm counters that old
+    checkpoints lack set to 0, as in a new model."""
+    ours = model.state_dict()
+    rng = torch.random.get_rng_state()
+    loaded = realnet(weights=ours)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in loaded.parameters())
+    got = loaded.state_dict()
+    assert got.keys() == ours.keys()
+    for k, v in ours.items():
+        assert got[k].device.type == "cpu" and got[k].data_ptr() != v.data_ptr(), k
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0, msg=k)
+    old = {
+        k: v.double() if v.is_floating_point() else v
+        for k, v in _published_state_dict(model).items()
+        if not k.endswith("num_batches_tracked")
+    }
+    from_old = realnet(weights=old).state_dict()
+    for k, v in ours.items():
+        want = torch.zeros((), dtype=torch.int64) if k.endswith("num_batches_tracked") else v
+        torch.testing.assert_close(from_old[k], want, rtol=0, atol=0, msg=k)
+    del old["realnet.module.V2.conv1.weight"]
+    old["realnet.module.decoder.linear.bias"] = torch.zeros(10)
+    with pytest.raises(ValueError, match=r"do not fit a ReAlnet of \{'n_out': 12.*V2\.conv1\.weight.*"
+                       r"decoder\.linear\.bias"):  # fmt: skip
+        realnet(weights=old)
 
 
 def test_bad_constructor_arguments() -> None:
