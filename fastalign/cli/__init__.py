@@ -5,6 +5,7 @@ that function's arguments:
 
 - ``fastalign synth``: :func:`fastalign.data.make_synthetic_things` (:mod:`fastalign.cli.synth`)
 - ``fastalign align``: :func:`fastalign.train.align` (:mod:`fastalign.cli.align`)
+- ``fastalign decode``: :func:`fastalign.train.decode` (:mod:`fastalign.cli.decode`)
 - ``fastalign info``: :func:`fastalign.info.report` (:mod:`fastalign.cli.info`)
 
 Errors are one line on standard error and exit status 1 (``--debug`` shows the traceback); usage errors
@@ -28,6 +29,7 @@ PROG = "fastalign"
 COMMAND_MODULES: tuple[str, ...] = (
     "synth",
     "align",
+    "decode",
     "info",
 )
 

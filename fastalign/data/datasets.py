@@ -41,6 +41,9 @@ _NORMS = (None, "zscore", "channel", "trial", "channel_l2")
 _DS = "BrainImageDataset"
 # Values per block of images that channel_l2 normalises at once: float64 temporaries of at most 16 MiB.
 _BLOCK_VALUES = 1 << 21
+# Mixed into the seed of seeded repetition draws (as train_val_split's key), so that they are not the same
+# stream as anything else seeded with the run's seed.
+_REPETITION_KEY = 2
 
 
 @dataclass
@@ -153,6 +156,10 @@ class BrainImageDataset(Dataset):
         random_repetitions: If set, each draw averages this many repetitions picked at random (torch's
             global RNG, so DataLoader workers differ and ``torch.manual_seed`` reproduces) from those
             selected by ``repetitions``; else the selected repetitions are averaged once.
+        seed: With ``random_repetitions``: pick the repetitions from a generator seeded with (seed,
+            epoch) instead of torch's global RNG, one draw per image and epoch (:meth:`set_epoch`, epoch
+            0 until called), so each epoch is a fresh sample that any process, DataLoader worker or
+            resumed run draws alike.
         channels: EEG channel names (needs ch_names) or indices to keep, in that order.
         time_window: (tmin, tmax) in seconds, inclusive (needs times), or a slice of sample indices.
         flatten: Return responses as 1-d vectors (e.g. 17 channels x 20 times = 340).
@@ -179,6 +186,7 @@ class BrainImageDataset(Dataset):
         *,
         repetitions: Literal["all"] | int | Sequence[int] = "all",
         random_repetitions: int | None = None,
+        seed: int | None = None,
         channels: Sequence[str] | Sequence[int] | None = None,
         time_window: tuple[float, float] | slice | None = None,
         flatten: bool = True,
@@ -233,6 +241,11 @@ class BrainImageDataset(Dataset):
                 f"{_DS}: random_repetitions must be in 1..{len(rep_idx)} (the selected repetitions), got "
                 f"{random_repetitions}"
             )
+        check_seed(_DS, seed)
+        if seed is not None and random_repetitions is None:
+            raise ValueError(
+                f"{_DS}: seed={seed} seeds random_repetitions, which is None; set both or neither"
+            )
         if (channels is not None or time_window is not None) and not eeg:
             raise ValueError(f"{_DS}: channels and time_window need EEG responses (4-d)")
         if normalize == "channel_l2" and not eeg:
@@ -252,6 +265,8 @@ class BrainImageDataset(Dataset):
             self.ch_names, self.times = [], np.zeros(0)
 
         self.normalize, self.flatten, self.random_repetitions = normalize, bool(flatten), random_repetitions
+        self.seed = seed
+        self._picks: torch.Tensor | None = None
         self.norm_stats = norm_stats
         if normalize == "channel_l2":
             trials = _channel_l2(trials)
@@ -274,6 +289,8 @@ class BrainImageDataset(Dataset):
 
         self.images, self.image_transform = checked_images, image_transform or ImageTransform()
         self.n_images = n_img
+        if seed is not None:
+            self.set_epoch(0)
 
     @staticmethod
     def _images(images: Any, n_img: int, source: str) -> Any:
@@ -433,12 +450,25 @@ class BrainImageDataset(Dataset):
     def __len__(self) -> int:
         return self.n_images
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draws epoch ``epoch``'s repetitions of every image (needs ``seed``): the first
+        ``random_repetitions`` of a permutation from ``numpy.random.default_rng([seed, epoch, 2])``."""
+        if self.seed is None or self._trials is None or self.random_repetitions is None:
+            raise ValueError(f"{_DS}: set_epoch needs random_repetitions and seed, got seed={self.seed}")
+        check_int(_DS, "epoch", epoch, minimum=0)
+        n_img, n_rep = self._trials.shape[:2]
+        order = np.random.default_rng([self.seed, epoch, _REPETITION_KEY]).random((n_img, n_rep)).argsort(1)
+        self._picks = torch.from_numpy(order[:, : self.random_repetitions])
+
     def response(self, index: int) -> torch.Tensor:
         """The response of image ``index`` (a fresh random average when ``random_repetitions`` is set)."""
         if self._mean is not None:
             return self._mean[index]
         assert self._trials is not None and self.random_repetitions is not None
-        pick = torch.randperm(self._trials.shape[1])[: self.random_repetitions]
+        if self._picks is not None:
+            pick = self._picks[index]
+        else:
+            pick = torch.randperm(self._trials.shape[1])[: self.random_repetitions]
         return self._finish(self._trials[index, pick].mean(dim=0, keepdim=True))[0]
 
     def responses(self) -> torch.Tensor:

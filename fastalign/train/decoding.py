@@ -3,9 +3,12 @@ image embeddings, evaluated by zero-shot retrieval among the unseen test images.
 
 The recipe: image embeddings of every training and test image by a frozen image model (mean-centred and
 L2-normalised, as AlignVis does), each subject's EEG normalised per channel and trial as AlignVis's loader
-does (``normalize="channel_l2"``) with repetitions averaged, and an encoder (NICE by default) trained with
-the symmetric InfoNCE loss between its normalised output and its image's embedding. The model of the best
-validation epoch is scored by :func:`fastalign.eval.retrieval.retrieval_topk` on the test set.
+does (``normalize="channel_l2"``) with repetitions averaged (or, as an option, a fresh seeded sample of
+them each epoch), and an encoder (NICE by default) trained with the symmetric InfoNCE loss between its
+normalised output and its image's embedding. The model of the best validation epoch is scored by
+:func:`fastalign.eval.retrieval.retrieval_topk` on the test set. MEG and fMRI come in as arrays through the
+same :class:`~fastalign.data.BrainImageDataset`; one subject can be left out of training and tested on;
+under torchrun the negatives of each step are the whole global batch.
 
 Differences from the published code (AlignVis src/training/trainer.py, train_brain_clip.py):
 
@@ -14,7 +17,9 @@ Differences from the published code (AlignVis src/training/trainer.py, train_bra
 - the cosine schedule is stepped once per epoch (the published code passes the validation loss as its
   epoch argument);
 - the data are one in-memory tensor per split, not one .npy per image;
-- the retrieval target is the sample's own test image (see :mod:`fastalign.eval.retrieval`).
+- the retrieval target is the sample's own test image (see :mod:`fastalign.eval.retrieval`);
+- leave-one-subject-out holds out validation images, not (subject, image) pairs, so no validation image
+  was seen in training through another subject.
 """
 
 from __future__ import annotations
@@ -24,32 +29,37 @@ import functools
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from fastalign import _checks
 from fastalign.contrastive import infonce_loss
 from fastalign.data import (
+    BrainImageDataset,
+    EEGResponses,
     ImageTransform,
     SyntheticThings,
     embed_images,
     load_image_metadata,
+    load_preprocessed_eeg,
     normalize_embeddings,
-    things_eeg2_datasets,
     train_val_split,
 )
-from fastalign.data._io import atomic_write
+from fastalign.data._io import atomic_write, check_array
+from fastalign.data.datasets import Normalization
 from fastalign.eval.features import EvalModel, layer_features
 from fastalign.eval.retrieval import retrieval_topk
 from fastalign.models import cornet_s
 from fastalign.models.encoders import ENCODERS, brain_encoder
 from fastalign.train import distributed
+from fastalign.train.loaders import derive_seed
 from fastalign.train.loop import FitResult, FitState, Hook, fit
 
 __all__ = ["DecodeResult", "Decoder", "decode"]
@@ -88,17 +98,33 @@ class Decoder(nn.Module):
         return normalize_embeddings(self.encoder(x).float()), torch.exp(-self.log_scale.float())
 
 
-def _step(model: nn.Module, batch: Any) -> Any:
-    brain, images = batch
+def _group() -> tuple[Any, int]:
+    """The default process group and its size while data-parallel, else (None, 1)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.group.WORLD, dist.get_world_size()
+    return None, 1
+
+
+def _step(model: nn.Module, batch: Any, *, images: torch.Tensor) -> Any:
+    """The CLIP loss of a batch of (image index, response); ``images`` holds the training embeddings."""
+    index, brain = batch
     z, temperature = model(brain)
-    return infonce_loss(z, images.to(z.dtype), temperature), {"temperature": temperature.detach()}
+    # Validation batches may differ in number across ranks, so only training steps (which all ranks take
+    # together) gather the negatives of the global batch.
+    group, world = _group() if torch.is_grad_enabled() else (None, 1)
+    loss = infonce_loss(z, images[index].to(z.dtype), temperature, group=group)
+    if world > 1:
+        # Each rank's backward gives its shard's share of the global loss's gradient (the shares sum to
+        # it) and DDP averages the ranks' gradients: scale by the world size, keeping the value.
+        loss = loss + (world - 1) * (loss - loss.detach())
+    return loss, {"temperature": temperature.detach()}
 
 
 def _optimizer(params: Iterable[nn.Parameter], *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW; the temperature (the only 0-d parameter) is not decayed, as CLIP does (decay would pull
     ``log_scale`` to 0, a temperature of 1)."""
     params = list(params)
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"params": [p for p in params if p.dim() > 0]},
         {"params": [p for p in params if p.dim() == 0], "weight_decay": 0.0},
     ]
@@ -183,6 +209,12 @@ def _image_embeddings(
             origin = os.path.abspath(weights) if weights is not None else f"random, seed {seed}"
             source = f"cornet_s {layer} ({origin})"
         elif isinstance(spec, str | os.PathLike) and os.path.isdir(spec):
+            weights_file = os.path.join(os.fspath(spec), "model.safetensors")
+            if not os.path.isfile(weights_file):
+                raise FileNotFoundError(
+                    f"{_FN}: image_model={os.fspath(spec)!r} is a folder without the aligned weights "
+                    f"{weights_file!r}; expected a finished run folder of fastalign align"
+                )
             model = dataclasses.replace(EvalModel.from_run(spec), layers=[layer])
             source = f"realnet run {os.path.abspath(spec)} {layer}"
         else:
@@ -211,21 +243,139 @@ def _image_embeddings(
     return out, source
 
 
-def _brain(root: str, subject: int, n_images: dict[str, int]) -> dict[str, torch.Tensor]:
-    """(n, channels, times) EEG per split: each trial's channels centred and L2-scaled, then averaged."""
-    train, test = things_eeg2_datasets(
-        os.path.join(root, EEG_DIR), subject, None, normalize="channel_l2", flatten=False
-    )
-    out = {}
-    for split, ds in (("train", train), ("test", test)):
-        if len(ds) != n_images[split]:
+def _feature_shape(trials: np.ndarray) -> tuple[int, ...]:
+    """One averaged response's shape: (channels, times) of 4-d trials, (voxels,) of 2-d and 3-d ones."""
+    return tuple(trials.shape[2:]) if trials.ndim >= 3 else tuple(trials.shape[1:])
+
+
+def _array_responses(responses: Any) -> dict[str, np.ndarray]:
+    """``responses`` checked: {"train": array, "test": array} of finite real values, 2-4 dimensions."""
+    expected = "None or a mapping {'train': array, 'test': array}"
+    if not isinstance(responses, Mapping):
+        raise TypeError(_checks.message(_FN, "responses", expected, responses))
+    if set(responses) != {"train", "test"}:
+        raise ValueError(_checks.message(_FN, "responses", expected, f"keys {sorted(map(str, responses))}"))
+    return {
+        split: check_array(responses[split], f"responses[{split!r}]", _FN, ndim=(2, 3, 4))
+        for split in ("train", "test")
+    }
+
+
+def _subjects_of(root: str) -> list[int]:
+    """The subject numbers with a ``preprocessed_data/sub-XX`` folder."""
+    folder = os.path.join(root, EEG_DIR)
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    return [int(n[4:]) for n in names if n.startswith("sub-") and n[4:].isdigit()]
+
+
+@dataclass
+class _Brain:
+    """The responses a run uses: per training subject its averaged training responses (and, only with
+    ``random_repetitions``, its single trials as given), the test subject's averaged test responses."""
+
+    train: dict[int, torch.Tensor]
+    trials: dict[int, Any]
+    test: torch.Tensor
+    normalize: Normalization | None
+    source: str
+
+
+def _data(trials: Any) -> np.ndarray:
+    return trials.data if isinstance(trials, EEGResponses) else trials
+
+
+def _averaged(trials: Any, normalize: Normalization | None) -> torch.Tensor:
+    """(n_images, *response_shape) float32: each trial normalised, then the repetitions averaged."""
+    # NaN or inf in the data is refused by the loader and check_array, a flat channel by channel_l2.
+    return BrainImageDataset(trials, normalize=normalize, flatten=False).responses()
+
+
+def _check_rows(name: str, trials: np.ndarray, n_images: int, split: str) -> None:
+    if len(trials) != n_images:
+        listed = f"{n_images} {'training' if split == 'train' else 'test'} images"
+        raise ValueError(
+            f"{_FN}: {name} holds responses to {len(trials)} images, but image_metadata.npy lists {listed}; "
+            "expected one response per image, in its order"
+        )
+
+
+def _brain(
+    root: str,
+    subject: int,
+    responses: Any,
+    leave_one_subject_out: bool,
+    random_repetitions: int | None,
+    n_images: dict[str, int],
+) -> _Brain:
+    """The EEG files of the training subjects and ``subject`` (or the ``responses`` arrays), checked and
+    averaged; one training subject's raw data in memory at a time unless its trials are sampled."""
+    loaders: dict[int, Callable[[], Any]]
+    test: Any
+    if responses is not None:
+        if leave_one_subject_out:
             raise ValueError(
-                f"{_FN}: subject {subject} has responses to {len(ds)} {split} images, but image_metadata.npy "
-                f"lists {n_images[split]}; expected one response per image"
+                f"{_FN}: leave_one_subject_out reads every subject's EEG from {EEG_DIR}/; responses= holds "
+                "one subject's arrays"
             )
-        # NaN or inf in the files is refused by the loader, a flat channel by channel_l2.
-        out[split] = torch.stack([ds.response(i) for i in range(len(ds))])
-    return out
+        arrays = _array_responses(responses)
+        loaders, test, source = {subject: lambda: arrays["train"]}, arrays["test"], "array"
+        names = {"train": "responses['train']", "test": "responses['test']"}
+    else:
+        available = _subjects_of(root)
+        if subject not in available:
+            missing = os.path.join(root, EEG_DIR, f"sub-{subject:02d}")
+            raise ValueError(f"{_FN}: subject {subject} has no EEG folder {missing!r}")
+        others = [s for s in available if s != subject] if leave_one_subject_out else [subject]
+        if not others:
+            raise ValueError(
+                f"{_FN}: leave_one_subject_out trains on the other subjects' EEG, but {EEG_DIR}/ holds only "
+                f"subject {subject}"
+            )
+        folder = os.path.join(root, EEG_DIR)
+        loaders = {s: functools.partial(load_preprocessed_eeg, folder, s, "training") for s in others}
+        test, source = load_preprocessed_eeg(folder, subject, "test"), "eeg"
+        names = {"train": "subject {s}'s training EEG", "test": f"subject {subject}'s test EEG"}
+    _check_rows(names["test"], _data(test), n_images["test"], "test")
+    shape = _feature_shape(_data(test))
+    normalize: Normalization | None = None if len(shape) == 1 else "channel_l2"  # fMRI voxels as given
+    train, trials = {}, {}
+    for s, load in loaders.items():
+        x, name = load(), names["train"].format(s=s)
+        _check_rows(name, _data(x), n_images["train"], "train")
+        if _feature_shape(_data(x)) != shape:
+            raise ValueError(
+                f"{_FN}: {name} has shape {_data(x).shape} but {names['test']} has {_data(test).shape}; "
+                "expected the same channels and times (or voxels) in every set"
+            )
+        n_rep = _data(x).shape[1] if _data(x).ndim >= 3 else 1
+        if random_repetitions is not None:
+            if random_repetitions > n_rep:
+                raise ValueError(
+                    f"{_FN}: random_repetitions={random_repetitions}, but {name} has {n_rep} repetitions"
+                )
+            trials[s] = x
+        train[s] = _averaged(x, normalize)
+    return _Brain(train, trials, _averaged(test, normalize), normalize, source)
+
+
+def _training_set(
+    brain: _Brain, train_idx: np.ndarray, random_repetitions: int | None, seed: int
+) -> tuple[Dataset, list[BrainImageDataset]]:
+    """(image index, response) pairs of every training subject, and the datasets that sample repetitions."""
+    index = torch.as_tensor(train_idx)
+    parts: list[Dataset] = []
+    sampled = []
+    for subject, averaged in brain.train.items():
+        if random_repetitions is None:
+            parts.append(TensorDataset(index, averaged[index]))
+            continue
+        ds = BrainImageDataset(
+            brain.trials[subject], normalize=brain.normalize, flatten=False,
+            random_repetitions=random_repetitions, seed=derive_seed(seed, subject),
+        )  # fmt: skip
+        sampled.append(ds)
+        parts.append(Subset(ds, train_idx.tolist()))
+    return (parts[0] if len(parts) == 1 else ConcatDataset(parts)), sampled
 
 
 # ------------------------------------------------------------------------------------------------ recipe
@@ -250,6 +400,24 @@ class _Retrieval(Hook):
         out = retrieval_topk(z, self.images, concepts=self.concepts)
         out["temperature"] = model.temperature
         return out
+
+
+class _FreshRepetitions(Hook):
+    """Sets the datasets that sample repetitions to the coming epoch, so that each epoch trains on a fresh
+    draw (a function of the seed and the epoch, so a resumed run draws what it would have drawn)."""
+
+    def __init__(self, datasets: Sequence[BrainImageDataset]) -> None:
+        self.datasets = list(datasets)
+
+    def _set(self, epoch: int) -> None:
+        for ds in self.datasets:
+            ds.set_epoch(epoch)
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._set(state.epoch + 1)
+
+    def on_epoch_end(self, state: FitState) -> None:
+        self._set(state.epoch + 1)
 
 
 @dataclass(frozen=True)
@@ -280,7 +448,8 @@ def _check_settings(a: dict[str, Any]) -> list[int]:
     _checks.check_real(_FN, "temperature", a["temperature"], positive=True)
     if _checks.check_real(_FN, "weight_decay", a["weight_decay"]) < 0:
         raise ValueError(_checks.message(_FN, "weight_decay", "a finite number >= 0", a["weight_decay"]))
-    for name in ("learn_temperature", "resume", "overwrite", "progress"):
+    _checks.check_int(_FN, "random_repetitions", a["random_repetitions"], minimum=1, none=True)
+    for name in ("learn_temperature", "leave_one_subject_out", "resume", "overwrite", "progress"):
         _checks.check_bool(_FN, name, a[name])
     _checks.check_choice(_FN, "encoder", a["encoder"], ENCODERS)
     if not isinstance(a["out"], str | os.PathLike):
@@ -333,6 +502,9 @@ def decode(
     val_fraction: float = 0.1,
     patience: int | None = None,
     amp: str = "auto",
+    responses: Mapping[str, Any] | None = None,
+    leave_one_subject_out: bool = False,
+    random_repetitions: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -340,22 +512,29 @@ def decode(
     progress: bool = True,
     hooks: Sequence[Hook] = (),
 ) -> DecodeResult:
-    """Trains a brain encoder to retrieve images from one subject's EEG, and scores its test retrieval.
+    """Trains a brain encoder to retrieve images from one subject's brain responses, and scores its test
+    retrieval.
+
+    Under torchrun (or in any initialised process group) the model is trained data-parallel and each
+    training step's InfoNCE takes its negatives from the whole global batch, gathered across ranks with
+    gradients; validation uses each rank's share of a batch.
 
     Args:
         data: the dataset folder in THINGS-EEG2's layout (``image_set/``, ``preprocessed_data/sub-XX/``),
             or the :class:`~fastalign.data.SyntheticThings` that wrote it.
-        subject: the subject number.
+        subject: the subject number: whose test responses are decoded (and, unless
+            ``leave_one_subject_out``, whose training responses train the encoder).
         out: the run folder; with several seeds, one folder ``out/seed-N`` per seed and the aggregate in
             ``out/summary.json``.
         image_model: "cornet_s" (``weights``, else randomly initialised from the seed), a ReAlnet run
             folder of :func:`fastalign.train.align` (a human-aligned image model), "features" (the
             synthetic brain's true features: the ceiling) or a torch module (its output, flattened).
         layer: the CORnet-S / ReAlnet layer embedded (default "IT", flattened: 512x7x7 at 224 px; or
-            "avgpool"); an error with the other image models.
+            "avgpool", or a ReAlnet's "response", its encoding head's output); an error with the other
+            image models.
         encoder, encoder_options: :func:`fastalign.models.encoders.brain_encoder`'s name and options.
         epochs, batch_size, lr, weight_decay: AdamW with a cosine schedule over ``epochs`` stepped once
-            per epoch, gradients clipped to norm 1 (published: 50, 128, 2e-4, 0.1).
+            per epoch, gradients clipped to norm 1 (published: 50, 128 (the global batch), 2e-4, 0.1).
         temperature, learn_temperature: the CLIP temperature's initial value (published 0.04) and
             whether it is optimised (True) or fixed.
         seed: an int, or several: one run each, summarised by mean and standard error.
@@ -364,6 +543,17 @@ def decode(
         val_fraction: the share of training images held out (seeded) to select the epoch.
         patience: early stopping after this many epochs without a lower validation loss (None: never).
         amp, resume, overwrite, device, progress, hooks: as :func:`fastalign.train.fit`.
+        responses: instead of the EEG files, one subject's responses as arrays ``{"train": ..., "test":
+            ...}``, one row per image of image_metadata.npy's training and test lists: MEG or EEG as
+            (images, repetitions, channels, times) trials (normalised as the EEG files are: each trial's
+            channels centred and divided by their L2 norm), fMRI as (images, repetitions, voxels) or
+            (images, voxels), used as given (as AlignVis uses NSD voxels) and needing ``encoder="mlp"``.
+        leave_one_subject_out: train on every other subject's training EEG (the validation images held
+            out of each) and test on ``subject``'s test EEG.
+        random_repetitions: None averages all repetitions of each training image once (published); k
+            trains each epoch on the average of k repetitions drawn afresh for each image (seeded by the
+            seed, the subject and the epoch). Validation and test responses are always averaged. The
+            training subjects' single trials then stay in memory (else one subject's at a time).
         cache_dir: where image embeddings are cached (default ``data/embeddings``; one file per model,
             weights and image set).
 
@@ -372,43 +562,62 @@ def decode(
 
     Raises:
         FileNotFoundError: missing data, run folder, weights or ground truth.
-        ValueError, TypeError: bad settings, embeddings and responses of different image sets, NaN in the
-            data, a test gallery smaller than 5.
+        ValueError, TypeError: bad settings, embeddings and responses of different image sets, responses
+            of different shapes, NaN in the data, a test gallery smaller than 5.
     """
     seeds = _check_settings(dict(locals()))
     root = _root(data)
     meta = load_image_metadata(os.path.join(root, IMAGE_DIR))
     paths = {"train": meta.paths("training"), "test": meta.paths("test")}
-    target_device = torch.device(device) if device is not None else None
+    target_device = (
+        torch.device(device) if device is not None else distributed.default_device(distributed.planned())
+    )
     cache = os.fspath(cache_dir) if cache_dir is not None else os.path.join(root, "embeddings")
-    subject_dir = os.path.join(root, EEG_DIR, f"sub-{subject:02d}")
-    if not os.path.isdir(subject_dir):
-        raise ValueError(f"{_FN}: subject {subject} has no EEG folder {subject_dir!r}")
-    brain = _brain(root, subject, {k: len(v) for k, v in paths.items()})
     if len(paths["test"]) < 5:
         raise ValueError(f"{_FN}: the test gallery holds {len(paths['test'])} images; top-5 needs at least 5")
+    n_images = {k: len(v) for k, v in paths.items()}
+    brain = _brain(root, subject, responses, leave_one_subject_out, random_repetitions, n_images)
+    shape = tuple(brain.test.shape[1:])
+    if len(shape) == 1 and encoder != "mlp":
+        raise ValueError(
+            f"{_FN}: encoder={encoder!r} takes (channels, times) trials, but the responses are voxels "
+            f"({shape[0]} per image); fMRI needs encoder='mlp'"
+        )
+    n_channels, n_times = (shape[0], 1) if len(shape) == 1 else shape
     concepts = np.unique(np.asarray(meta.test_img_concepts), return_inverse=True)[1]
+    # Only a CORnet-S without weights depends on the seed (its random initialisation): embed others once.
+    seeded = isinstance(image_model, str) and image_model == "cornet_s" and weights is None
+    embedded: dict[int | None, tuple[dict[str, torch.Tensor], str]] = {}
     results, summaries = [], []
     for s in seeds:
-        images, source = _image_embeddings(
-            image_model, root, paths, layer=layer, weights=weights, image_size=image_size, seed=s,
-            cache_dir=cache, device=target_device or torch.device("cpu"),
-        )  # fmt: skip
+        key = s if seeded else None
+        if key not in embedded:
+            embedded[key] = _image_embeddings(
+                image_model, root, paths, layer=layer, weights=weights, image_size=image_size, seed=s,
+                cache_dir=cache, device=target_device,
+            )  # fmt: skip
+        images, source = embedded[key]
         d = images["train"].shape[1]
         tr, va = train_val_split(len(paths["train"]), val_fraction, s)
-        sets = {
-            "train": TensorDataset(brain["train"][tr], images["train"][tr]),
-            "val": TensorDataset(brain["train"][va], images["train"][va]) if len(va) else None,
-        }
+        train_set, sampled = _training_set(brain, tr, random_repetitions, s)
+        val_set = (
+            TensorDataset(
+                torch.as_tensor(va).repeat(len(brain.train)),
+                torch.cat([a[torch.as_tensor(va)] for a in brain.train.values()]),
+            )
+            if len(va)
+            else None
+        )
         torch.manual_seed(s)
-        _, n_channels, n_times = brain["train"].shape
         enc = brain_encoder(encoder, n_channels, n_times, d, **dict(encoder_options or {}))
         model = Decoder(enc, temperature, learn_temperature)
         config = {
             "recipe": "decode",
             "data": root,
             "subject": subject,
-            "modality": "eeg",
+            "train_subjects": sorted(brain.train),
+            "modality": brain.source,
+            "response_shape": list(shape),
             "image_model": source,
             "layer": layer,
             "encoder": encoder,
@@ -420,19 +629,23 @@ def decode(
             "learn_temperature": learn_temperature,
             "image_size": image_size,
             "val_fraction": val_fraction,
+            "leave_one_subject_out": leave_one_subject_out,
+            "random_repetitions": random_repetitions,
             "n_train": len(tr),
             "n_val": len(va),
             "n_test": len(paths["test"]),
-            "normalize": "channel_l2",
+            "normalize": brain.normalize,
         }
         run_dir = os.fspath(out) if len(seeds) == 1 else os.path.join(os.fspath(out), f"seed-{s}")
+        extra = [_FreshRepetitions(sampled)] if sampled else []
         result = fit(
-            model, _step, sets["train"], sets["val"], out=run_dir, epochs=epochs, config=config,
-            batch_size=batch_size, seed=s, amp=amp, clip_grad_norm=1.0, patience=patience,
+            model, functools.partial(_step, images=images["train"].to(target_device)), train_set, val_set,
+            out=run_dir, epochs=epochs, config=config, batch_size=batch_size, seed=s, amp=amp,
+            clip_grad_norm=1.0, patience=patience,
             optimizer=functools.partial(_optimizer, lr=lr, weight_decay=weight_decay),
             scheduler=functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=epochs),
             scheduler_interval="epoch", resume=resume, overwrite=overwrite,
-            hooks=[_Retrieval(brain["test"], images["test"], concepts), *hooks], progress=progress,
+            hooks=[*extra, _Retrieval(brain.test, images["test"], concepts), *hooks], progress=progress,
             device=target_device,
         )  # fmt: skip
         results.append(result)

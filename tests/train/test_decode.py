@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import os
 import shutil
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from fit_tiny import forked_child
 from torch import nn
 
-from fastalign.data import SyntheticThings, make_synthetic_things
+from fastalign.data import (
+    BrainImageDataset,
+    SyntheticThings,
+    load_fmri,
+    load_preprocessed_eeg,
+    make_synthetic_things,
+)
+from fastalign.train import decoding
 from fastalign.train.decoding import Decoder, decode
 
 N_TEST = 20
@@ -30,6 +41,13 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's image embedding cache of the shared runs (also tests/cli/test_cli_decode.py's): one
+    ReAlnet embedding serves both modules."""
+    return tmp_path_factory.getbasetemp() / "decode-embeddings"
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +122,28 @@ def test_several_seeds_mean_and_sem(synth: SyntheticThings, tmp_path: Any) -> No
         assert json.load(f) == s
 
 
+def test_images_embedded_once_unless_the_seed_draws_the_model(
+    synth: SyntheticThings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a CORnet-S without weights depends on the seed (its random start); every other image model is
+    embedded once for all seeds (loading a CORnet-S or ReAlnet costs seconds)."""
+    calls: list[tuple[Any, int]] = []
+    embed = decoding._image_embeddings
+
+    def features_instead(spec: Any, *args: Any, seed: int, **kwargs: Any) -> Any:
+        calls.append((spec, seed))
+        return embed("features", *args, **{**kwargs, "seed": seed, "weights": None})
+
+    monkeypatch.setattr(decoding, "_image_embeddings", features_instead)
+    fast = {**FAST, "epochs": 1, "seed": [3, 4]}
+    decode(synth, 1, out=tmp_path / "a", **{**fast, "image_model": "cornet_s"})
+    assert calls == [("cornet_s", 3), ("cornet_s", 4)]
+    calls.clear()
+    decode(synth, 1, out=tmp_path / "b", **{**fast, "image_model": "cornet_s"}, weights=tmp_path / "w.pth")
+    decode(synth, 1, out=tmp_path / "c", **fast)
+    assert calls == [("cornet_s", 3), ("features", 3)]
+
+
 def test_module_image_model(synth: SyntheticThings, tmp_path: Any) -> None:
     pool = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten())  # 12 values per image
     result = decode(synth, 1, out=tmp_path / "m", **{**FAST, "epochs": 1, "image_model": pool}, image_size=16)
@@ -172,3 +212,316 @@ def test_embeddings_of_another_image_set_and_nan(synth: SyntheticThings, tmp_pat
     np.save(eeg_path, eeg)
     with pytest.raises(ValueError, match="NaN"):
         decode(root, 1, out=tmp_path / "b", **FAST)
+
+
+# ---------------------------------------------------------------------------------- responses as arrays
+
+
+def _eeg(root: str, subject: int, split: str) -> np.ndarray:
+    return load_preprocessed_eeg(os.path.join(root, "preprocessed_data"), subject, split).data
+
+
+def _weights(model: nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a: nn.Module, b: nn.Module, rtol: float = 0.0, atol: float = 0.0) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_allclose(wa[k], wb[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+def test_trial_arrays_equal_the_eeg_files(synth: SyntheticThings, tmp_path: Any) -> None:
+    """MEG comes in as (images, repetitions, channels, times) arrays through the same dataset: the EEG
+    files' arrays given that way train the same model as the files."""
+    fast = {**FAST, "epochs": 1}
+    files = decode(synth, 1, out=tmp_path / "files", **fast)
+    arrays = {"train": _eeg(synth.root, 1, "training"), "test": _eeg(synth.root, 1, "test")}
+    given = decode(synth, 1, out=tmp_path / "arrays", responses=arrays, **fast)
+    _assert_same_weights(files.model, given.model)
+    assert given.summary["top1"] == files.summary["top1"]
+    with open(tmp_path / "arrays" / "config.json") as f:
+        config = json.load(f)["config"]
+    assert config["modality"] == "array" and config["response_shape"] == [17, 100]
+
+
+def test_fmri_voxel_arrays(synth: SyntheticThings, tmp_path: Any) -> None:
+    fmri = {
+        split: load_fmri(os.path.join(synth.root, "fmri", "sub-01", f"fmri_{name}.h5")).data
+        for split, name in (("train", "training"), ("test", "test"))
+    }
+    assert fmri["train"].shape == (128, 3, 20)
+    mlp = dict(hidden=64, n_blocks=1, dropout=0.0, block_dropout=0.0)
+    fast = {**FAST, "encoder": "mlp", "encoder_options": mlp, "epochs": 10}
+    result = decode(synth, 1, out=tmp_path / "fmri", responses=fmri, **fast)
+    s = result.summary
+    assert s["n_gallery"] == N_TEST and result.model.encoder.n_channels == 20
+    assert s["top5"] >= 2 * s["chance"]["top5"], s  # 20 noisy voxels linear in the true features
+    # averaged (images, voxels) arrays are the same responses
+    averaged = {k: v.mean(axis=1) for k, v in fmri.items()}
+    again = decode(synth, 1, out=tmp_path / "fmri2", responses=averaged, **{**fast, "epochs": 1})
+    once = decode(synth, 1, out=tmp_path / "fmri3", responses=fmri, **{**fast, "epochs": 1})
+    _assert_same_weights(again.model, once.model, rtol=1e-5, atol=1e-6)
+    with pytest.raises(
+        ValueError, match="encoder='nice' takes \\(channels, times\\) trials, but the responses"
+    ):
+        decode(synth, 1, out=tmp_path / "x", responses=fmri, **FAST)
+
+
+def test_array_errors(synth: SyntheticThings, tmp_path: Any) -> None:
+    train, test = _eeg(synth.root, 1, "training"), _eeg(synth.root, 1, "test")
+    out = tmp_path / "x"
+    with pytest.raises(ValueError, match=r"responses\['train'\] holds responses to 127 images, but "
+                       r"image_metadata.npy lists 128 training images"):  # fmt: skip
+        decode(synth, 1, out=out, responses={"train": train[1:], "test": test}, **FAST)
+    with pytest.raises(ValueError, match=r"responses\['train'\] has shape \(128, 2, 16, 100\) but "
+                       r"responses\['test'\] has \(20, 20, 17, 100\)"):  # fmt: skip
+        decode(synth, 1, out=out, responses={"train": train[:, :, 1:], "test": test}, **FAST)
+    nan = test.copy()
+    nan[2, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"decode: responses\['test'\] holds 1 NaN"):
+        decode(synth, 1, out=out, responses={"train": train, "test": nan}, **FAST)
+    with pytest.raises(ValueError, match="responses must be None or a mapping"):
+        decode(synth, 1, out=out, responses={"train": train}, **FAST)
+    with pytest.raises(TypeError, match="responses must be None or a mapping"):
+        decode(synth, 1, out=out, responses=[train, test], **FAST)
+    with pytest.raises(ValueError, match=r"responses\['test'\] must have 2 or 3 or 4 dimensions"):
+        decode(synth, 1, out=out, responses={"train": train, "test": test[..., 0, 0, 0]}, **FAST)
+    with pytest.raises(ValueError, match="leave_one_subject_out reads every subject's EEG"):
+        decode(
+            synth, 1, out=out, responses={"train": train, "test": test}, leave_one_subject_out=True, **FAST
+        )
+    with pytest.raises(ValueError, match="leave_one_subject_out trains on the other subjects' EEG, but "
+                       "preprocessed_data/ holds only subject 1"):  # fmt: skip
+        decode(synth, 1, out=out, leave_one_subject_out=True, **FAST)
+    with pytest.raises(
+        ValueError, match="random_repetitions=3, but subject 1's training EEG has 2 repetitions"
+    ):
+        decode(synth, 1, out=out, random_repetitions=3, **FAST)
+    assert not os.path.exists(out)
+
+
+def test_small_gallery_and_missing_run_weights(synth: SyntheticThings, tmp_path: Any) -> None:
+    root = _copy(synth, tmp_path)
+    meta_path = os.path.join(root, "image_set", "image_metadata.npy")
+    meta = np.load(meta_path, allow_pickle=True).item()
+    np.save(meta_path, {**meta, **{k: v[:4] for k, v in meta.items() if k.startswith("test_")}})
+    with pytest.raises(ValueError, match="the test gallery holds 4 images; top-5 needs at least 5"):
+        decode(root, 1, out=tmp_path / "a", **FAST)
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"without the aligned weights .*model\.safetensors"):
+        decode(synth, 1, out=tmp_path / "b", **{**FAST, "image_model": empty})
+
+
+# ------------------------------------------------------------------------------- repetitions per epoch
+
+
+def test_seeded_repetition_draws_per_epoch() -> None:
+    trials = np.random.default_rng(0).normal(size=(6, 5, 3, 8))
+    ds = BrainImageDataset(trials, flatten=False, random_repetitions=2, seed=11, dtype=torch.float64)
+    twin = BrainImageDataset(trials, flatten=False, random_repetitions=2, seed=11, dtype=torch.float64)
+    draws = []
+    for epoch in (1, 2, 1):
+        ds.set_epoch(epoch)
+        twin.set_epoch(epoch)
+        picks = ds._picks
+        assert picks is not None and picks.shape == (6, 2)
+        assert all(len(set(row.tolist())) == 2 for row in picks)  # two distinct repetitions
+        for i in range(6):
+            torch.testing.assert_close(ds.response(i), torch.from_numpy(trials[i, picks[i]].mean(0)))
+            torch.testing.assert_close(ds.response(i), twin.response(i))
+        draws.append(picks.clone())
+    assert not torch.equal(draws[0], draws[1])  # a fresh draw each epoch
+    assert torch.equal(draws[0], draws[2])  # a function of (seed, epoch)
+    with pytest.raises(ValueError, match="seed=3 seeds random_repetitions, which is None"):
+        BrainImageDataset(trials, seed=3)
+    with pytest.raises(ValueError, match="set_epoch needs random_repetitions and seed"):
+        BrainImageDataset(trials, random_repetitions=2).set_epoch(1)
+
+
+def test_decode_samples_repetitions_each_epoch(
+    synth: SyntheticThings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    epochs: list[int] = []
+    original = BrainImageDataset.set_epoch
+
+    def record(self: BrainImageDataset, epoch: int) -> None:
+        epochs.append(epoch)
+        original(self, epoch)
+
+    monkeypatch.setattr(BrainImageDataset, "set_epoch", record)
+    fast = {**FAST, "epochs": 2, "random_repetitions": 1}
+    a = decode(synth, 1, out=tmp_path / "a", **fast)
+    assert epochs == [0, 1, 2, 3]  # built, then each training epoch set before it starts
+    b = decode(synth, 1, out=tmp_path / "b", **fast)
+    _assert_same_weights(a.model, b.model)  # seeded
+    averaged = decode(synth, 1, out=tmp_path / "c", **{**fast, "random_repetitions": None})
+    assert not np.array_equal(_weights(a.model)["log_scale"], _weights(averaged.model)["log_scale"])
+    with open(tmp_path / "a" / "config.json") as f:
+        assert json.load(f)["config"]["random_repetitions"] == 1
+
+
+# ----------------------------------------------------------------------------- leave one subject out
+
+
+def test_leave_one_subject_out_trains_on_the_others(aligned_runs: Any, tmp_path: Any) -> None:
+    """Subject 1 held out of two: the run equals training on subject 2's EEG and testing on subject 1's."""
+    root = str(aligned_runs.root)
+    fast = {**FAST, "epochs": 1, "batch_size": 16}
+    loso = decode(root, 1, out=tmp_path / "loso", leave_one_subject_out=True, **fast)
+    arrays = {"train": _eeg(root, 2, "training"), "test": _eeg(root, 1, "test")}
+    manual = decode(root, 1, out=tmp_path / "manual", responses=arrays, **fast)
+    _assert_same_weights(loso.model, manual.model)
+    assert loso.summary["top1"] == manual.summary["top1"]
+    with open(tmp_path / "loso" / "config.json") as f:
+        config = json.load(f)["config"]
+    assert config["train_subjects"] == [2] and config["subject"] == 1 and config["leave_one_subject_out"]
+
+
+def test_leave_one_subject_out_pools_subjects(aligned_runs: Any, tmp_path: Any) -> None:
+    root = tmp_path / "three"
+    for part in ("image_set", "ground_truth.npz", "preprocessed_data"):
+        src = aligned_runs.root / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / part)
+    shutil.copytree(root / "preprocessed_data" / "sub-02", root / "preprocessed_data" / "sub-03")
+    result = decode(root, 1, out=tmp_path / "loso", leave_one_subject_out=True, **{**FAST, "epochs": 1})
+    with open(tmp_path / "loso" / "config.json") as f:
+        config = json.load(f)
+    assert config["config"]["train_subjects"] == [2, 3]
+    n_train, n_val = config["config"]["n_train"], config["config"]["n_val"]
+    assert config["fit"]["train_data"]["len"] == 2 * n_train and config["fit"]["val_data"]["len"] == 2 * n_val
+    assert result.summary["n_gallery"] == 30
+
+
+# ------------------------------------------------------------------------------------- data-parallel
+
+# No dropout and LayerNorm, not BatchNorm (whose statistics are each rank's), so that two processes on
+# the global batch compute what one does; no validation set, so that the last epoch is selected in both.
+DDP = dict(
+    FAST,
+    encoder="mlp",
+    encoder_options=dict(hidden=32, n_blocks=1, dropout=0.0, block_dropout=0.0),
+    epochs=2,
+    batch_size=16,
+    amp="fp32",
+    val_fraction=0.0,
+)
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank(rank: int, ports: tuple[int, int], root: str, tmp: str, queue: Any) -> None:
+    forked_child()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    report: dict[str, Any] = {"rank": rank}
+    try:
+        os.environ["MASTER_PORT"] = str(ports[0])
+        result = decode(root, 1, out=os.path.join(tmp, "ddp"), **DDP)
+        report.update(weights=_weights(result.model), history=result.fits[0].history)
+        # 9 validation images: 5 and 4 per rank, 2 and 1 batches of 4: validation must not wait on a
+        # collective that the other rank never calls
+        os.environ["MASTER_PORT"] = str(ports[1])
+        decode(
+            root,
+            1,
+            out=os.path.join(tmp, "val"),
+            **{**DDP, "epochs": 1, "batch_size": 8, "val_fraction": 0.07},
+        )
+        report["validated"] = True
+    except BaseException as e:  # the parent shows it instead of waiting for a report that never comes
+        report["error"] = repr(e)
+    queue.put(report)
+
+
+@pytest.mark.distributed
+def test_two_processes_gather_negatives_like_one(synth: SyntheticThings, tmp_path: Any) -> None:
+    """Under DDP each step's InfoNCE takes its negatives from the whole global batch (gathered with
+    gradients) and the gradients are those of one process on that batch: the same weights, losses and
+    gradient norms as one process. Local negatives, or DDP's averaging of the ranks' shares of the global
+    gradient left unscaled, fail it."""
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    ports = (_free_port(), _free_port())
+    procs = [
+        ctx.Process(target=_rank, args=(r, ports, synth.root, str(tmp_path), queue)) for r in range(WORLD)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        reports = {r["rank"]: r for r in (queue.get(timeout=120) for _ in procs)}
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.exitcode is None:
+                p.kill()
+    assert not [r["error"] for r in reports.values() if "error" in r], reports
+    assert all(r["validated"] for r in reports.values())
+    single = decode(synth, 1, out=tmp_path / "single", **DDP)
+    for report in reports.values():
+        for key, value in _weights(single.model).items():
+            # AdamW's steps of near-zero gradients magnify rounding: 1e-3 of the weights' scale
+            np.testing.assert_allclose(report["weights"][key], value, rtol=1e-4, atol=2e-5, err_msg=key)
+        for got, want in zip(report["history"], single.fits[0].history, strict=True):
+            for k in ("train_loss", "train_grad_norm", "train_temperature"):
+                assert got[k] == pytest.approx(want[k], rel=1e-5), k
+    with open(tmp_path / "ddp" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["world_size"] == WORLD and summary["n_gallery"] == N_TEST
+    assert summary["top1"] == pytest.approx(single.summary["top1"], abs=1 / N_TEST)
+
+
+# ----------------------------------------------------------------------------------- what must be shown
+
+# Measured on the shared brain (subject 1; 58 training, 6 validation and 30 test images; 32 px), 6 seeds,
+# these settings (an MLP learns from 58 images in fewer epochs than NICE): test top-1 / top-3 / top-5 means,
+# chance 0.033 / 0.100 / 0.167:
+#   ground-truth features      0.344 / 0.694 / 0.878
+#   ReAlnet (paired) response  0.078 / 0.211 / 0.356   (top-3 and top-5 above CORnet-S's on all 6 seeds)
+#   CORnet-S IT (its start)    0.056 / 0.117 / 0.211   (avgpool is the same 512 values at 32 px)
+# The aligned ReAlnet's IT is at chance like CORnet-S's: the 3-epoch runs' IT (and response) embeddings
+# of the test images are nearly one direction (cosine > 0.99 between images), and only the head trained to
+# predict this subject's EEG keeps information about the images in what is left.
+SHOWN = dict(
+    encoder="mlp",
+    encoder_options=dict(hidden=64, n_blocks=0, dropout=0.5),
+    epochs=20,
+    batch_size=16,
+    lr=1e-3,
+    seed=[0, 1, 2],
+    image_size=32,
+    amp="fp32",
+    progress=False,
+)
+
+
+@pytest.mark.slow
+def test_aligned_model_beats_cornet_s_and_features_set_the_ceiling(
+    aligned_runs: Any, shared_cache: Path, tmp_path: Any
+) -> None:
+    """What must be shown, at CI size (means over 3 seeds): the synthetic brain's true features retrieve
+    the test images far above chance; the ReAlnet aligned to subject 1 (its EEG-predicting head)
+    retrieves better than CORnet-S, the same start, and below that ceiling."""
+    models = {
+        "features": dict(image_model="features"),
+        "cornet_s": dict(image_model="cornet_s", weights=aligned_runs.cornet_s, layer="IT"),
+        "realnet": dict(image_model=aligned_runs.paired, layer="response"),
+    }
+    s = {
+        name: decode(aligned_runs.root, 1, out=tmp_path / name, cache_dir=shared_cache, **SHOWN, **kw).summary
+        for name, kw in models.items()
+    }
+    chance = s["features"]["chance"]
+    assert s["features"]["n_gallery"] == 30
+    assert s["features"]["top1"] >= 6 * chance["top1"], s["features"]
+    for k in ("top3", "top5"):
+        assert s["realnet"][k] > s["cornet_s"][k], (k, s["realnet"], s["cornet_s"])
+        assert s["features"][k] > s["realnet"][k], (k, s["features"], s["realnet"])
+    assert s["realnet"]["top5"] >= 1.5 * chance["top5"], s["realnet"]
+    assert s["features"]["top1"] > s["realnet"]["top1"]
