@@ -27,7 +27,7 @@ def _exit_status(argv: list[str]) -> int:
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert _exit_status(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("synth", "align", "info"):
+    for name in ("synth", "align", "evaluate", "decode", "info"):
         assert name in out
 
 

@@ -5,6 +5,7 @@ that function's arguments:
 
 - ``fastalign synth``: :func:`fastalign.data.make_synthetic_things` (:mod:`fastalign.cli.synth`)
 - ``fastalign align``: :func:`fastalign.train.align` (:mod:`fastalign.cli.align`)
+- ``fastalign evaluate``: :func:`fastalign.eval.evaluate` (:mod:`fastalign.cli.evaluate`)
 - ``fastalign decode``: :func:`fastalign.train.decode` (:mod:`fastalign.cli.decode`)
 - ``fastalign info``: :func:`fastalign.info.report` (:mod:`fastalign.cli.info`)
 
@@ -29,6 +30,7 @@ PROG = "fastalign"
 COMMAND_MODULES: tuple[str, ...] = (
     "synth",
     "align",
+    "evaluate",
     "decode",
     "info",
 )

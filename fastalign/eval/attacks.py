@@ -183,7 +183,8 @@ def _logits(fn: str, model: torch.nn.Module, x: torch.Tensor, norm: Any) -> torc
 
 def _loss_grad(
     fn: str, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, norm: Any
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of the summed cross-entropy with respect to ``x``, and the logits at ``x``."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = _logits(fn, model, x, norm)
@@ -199,14 +200,17 @@ def _loss_grad(
                 "model such as FusedCORnetS, or torch.no_grad inside forward); attack the eager model"
             )
         (grad,) = torch.autograd.grad(loss, x)
-    return grad
+    return grad, logits.detach()
+
+
+def _fgsm_step(x: torch.Tensor, grad: torch.Tensor, eps: float) -> torch.Tensor:
+    return (x + eps * grad.sign()).clamp_(0.0, 1.0)
 
 
 def _fgsm(
     fn: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: Any
 ) -> torch.Tensor:
-    grad = _loss_grad(fn, model, x, y, norm)
-    return (x + eps * grad.sign()).clamp_(0.0, 1.0)
+    return _fgsm_step(x, _loss_grad(fn, model, x, y, norm)[0], eps)
 
 
 class _PGDOptions(NamedTuple):
@@ -233,7 +237,7 @@ def _pgd(
         adv = torch.maximum(torch.minimum(x + ((noise * 2 - 1) * eps).to(x.device, x.dtype), hi), lo)
     alpha = 2.5 * eps / opts.steps if opts.step_size is None else opts.step_size
     for _ in range(opts.steps):
-        grad = _loss_grad(fn, model, adv, y, norm)
+        grad = _loss_grad(fn, model, adv, y, norm)[0]
         adv = torch.maximum(torch.minimum(adv + alpha * grad.sign(), hi), lo)
     return adv
 
@@ -427,13 +431,18 @@ def robustness(
             for sl in _batches(n, batch_size):
                 x = x_all[sl].to(device, dtype)
                 y = y_all[sl].to(device)
-                clean += _correct(fn, model, x, y, norm)
+                if "fgsm" in attack_list and any(e > 0 for e in eps_list):
+                    # FGSM's gradient at the images serves every eps, and its forward classifies them
+                    grad, logits = _loss_grad(fn, model, x, y, norm)
+                    clean += int((logits.argmax(1) == y).sum())
+                else:
+                    clean += _correct(fn, model, x, y, norm)
                 for e in eps_list:
                     if e == 0:
                         continue
                     for attack in attack_list:
                         if attack == "fgsm":
-                            adv = _fgsm(fn, model, x, y, e, norm)
+                            adv = _fgsm_step(x, grad, e)
                         else:
                             adv = _pgd(fn, model, x, y, e, norm, opts, generator)
                         correct[attack, e] += _correct(fn, model, adv, y, norm)

@@ -16,12 +16,15 @@ image transform, and each file's content; a sidecar JSON holds each layer's widt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import filecmp
 import hashlib
+import itertools
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +35,19 @@ from torch import nn
 from fastalign import _checks
 from fastalign.data import ImageTransform, embed_images, model_key
 from fastalign.data._io import atomic_write
+from fastalign.eval.progress import Stage
 from fastalign.models import CORnetS, ReAlnet, cornet_s, realnet
 
-__all__ = ["CORNET_LAYERS", "DEFAULT_LAYERS", "EvalModel", "as_models", "layer_features", "subject_name"]
+__all__ = [
+    "CORNET_LAYERS",
+    "DEFAULT_LAYERS",
+    "EvalModel",
+    "as_models",
+    "check_image_set",
+    "layer_features",
+    "on_device",
+    "subject_name",
+]
 
 _FN = "evaluate"
 #: The area names CORnet-S answers to, and the submodule each taps.
@@ -75,13 +88,16 @@ class EvalModel:
         name: Its name in the tables (``model`` column).
         module: A torch module whose layers are tapped (or None with ``features``).
         layers: Layer names (see the module doc); None: the evaluation's ``layers``, else
-            :data:`DEFAULT_LAYERS` for CORnet-S and ReAlnet; required for other modules.
+            :data:`DEFAULT_LAYERS` for CORnet-S and those and "response" for ReAlnet; required for other
+            modules.
         features: Precomputed activations instead of a module: layer name -> (n_images, ...) array of
             the data's test images in their order.
         images: With ``features``: the image files they were computed from (checked against the data's).
         subject: The subject it was aligned to ("sub-01"; an int is accepted), "" if none.
         modality: What it was aligned to ("eeg" or "fmri"), "" if unaligned.
         source: Where it came from (recorded in config.json).
+        data: The dataset folder it was aligned on (a run's ``config.data``; "" if unknown), whose test
+            images must be the evaluated data's (:func:`check_image_set`).
     """
 
     name: str
@@ -92,6 +108,7 @@ class EvalModel:
     subject: str = ""
     modality: str = ""
     source: str = ""
+    data: str = ""
 
     def __post_init__(self) -> None:
         where = "EvalModel"
@@ -156,6 +173,7 @@ class EvalModel:
             subject=subject_name(recipe["subject"], f"{config_file} config.subject"),
             modality=str(recipe["modality"]),
             source=folder,
+            data=str(recipe.get("data") or ""),
         )
 
 
@@ -206,16 +224,21 @@ def as_models(
                 _checks.message(_FN, f"models[{i}]", "'cornet_s', a run folder or an EvalModel", spec)
             )
         if model.layers is None:  # a copy: the caller's EvalModel may be evaluated again with other layers
-            assert model.module is not None  # models of features name their layers
+            net = model.module
+            assert net is not None  # models of features name their layers
             if layers is not None:
                 model = dataclasses.replace(model, layers=_check_layers(_FN, layers))
-            elif _layer_aliases(model.module):
-                model = dataclasses.replace(model, layers=list(DEFAULT_LAYERS))
+            elif _layer_aliases(net):
+                # a ReAlnet's encoding head is what alignment fits: evaluated beside the areas by default
+                head: list[str] = ["response"] if isinstance(net, ReAlnet) else []
+                model = dataclasses.replace(model, layers=[*DEFAULT_LAYERS, *head])
             else:
                 raise ValueError(
-                    f"{_FN}: model {model.name!r} is a {type(model.module).__name__}: name its layers "
+                    f"{_FN}: model {model.name!r} is a {type(net).__name__}: name its layers "
                     "(EvalModel(layers=...) or layers=)"
                 )
+        if model.module is not None:  # before the next model loads, and long before any runs
+            _layer_paths(model)
         out.append(model)
     seen: dict[tuple[str, str], int] = {}
     for i, m in enumerate(out):
@@ -238,11 +261,42 @@ def as_models(
     return out
 
 
+def check_image_set(model: EvalModel, images: Sequence[str], what: str = "test") -> None:
+    """Refuses a run aligned on another image set than the evaluated ``images``.
+
+    Within-subject comparisons only mean something when "sub-01" is the same person, shown the same
+    images: a run's dataset (``model.data``) must hold the evaluated test images, file for file (the same
+    bytes in the same order, wherever the folder is). A dataset folder that no longer exists cannot be
+    compared and is not refused.
+
+    Raises:
+        ValueError: the run's dataset has other test images.
+    """
+    if not model.data or not os.path.isdir(os.path.join(model.data, "image_set")):
+        return
+    from fastalign.data import load_image_metadata
+
+    theirs = load_image_metadata(os.path.join(model.data, "image_set")).paths("test")
+    mine = [os.fspath(p) for p in images]
+    same = len(theirs) == len(mine) and all(
+        os.path.isfile(a) and (os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False))
+        for a, b in zip(theirs, mine, strict=True)
+    )
+    if not same:
+        raise ValueError(
+            f"{_FN}: model {model.name!r} was aligned on {model.data!r}, whose {len(theirs)} test images are "
+            f"not the evaluated data's {len(mine)} {what} images; models with different image sets cannot "
+            "be compared"
+        )
+
+
 class _Taps:
     """Callable: images -> (B, sum of layer widths), the named submodules' outputs flattened and joined."""
 
-    def __init__(self, module: nn.Module, paths: Mapping[str, str], model: str) -> None:
-        self.module, self.paths, self.model = module, dict(paths), model
+    def __init__(
+        self, module: nn.Module, paths: Mapping[str, str], model: str, stage: Stage | None = None
+    ) -> None:
+        self.module, self.paths, self.model, self.stage = module, dict(paths), model, stage
         self.sizes: dict[str, int] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,6 +326,8 @@ class _Taps:
                 )
             flat.append(out.reshape(len(x), -1))
         self.sizes = {n: f.shape[1] for n, f in zip(self.paths, flat, strict=True)}
+        if self.stage is not None:
+            self.stage.update(len(x))
         return torch.cat(flat, dim=1)
 
 
@@ -302,6 +358,7 @@ def layer_features(
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike[str] | None = None,
     what: str = "test",
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """(n_images, width) activations of each of the model's layers for ``images``.
 
@@ -313,6 +370,7 @@ def layer_features(
         batch_size, device: How the module runs (in eval mode, without autograd).
         cache_dir: Where rows are cached (see the module doc); None: no cache.
         what: The image set's name in error messages.
+        progress: Show the images done on standard error (a tqdm bar on a terminal, else one line).
 
     Returns:
         float32 rows for a module (float64 kept for precomputed float64 features), per layer in order.
@@ -334,7 +392,9 @@ def layer_features(
         )
     paths = _layer_paths(model)
     transform = ImageTransform(image_size, resize=image_size)
-    taps = _Taps(module, paths, model.name)
+    stage = Stage(progress, f"features {model.name}{f' {model.subject}' if model.subject else ''}",
+                  len(images), "img")  # fmt: skip
+    taps = _Taps(module, paths, model.name, stage)
     key = "|".join(
         [
             _CACHE_VERSION,
@@ -351,21 +411,22 @@ def layer_features(
             os.fspath(cache_dir), f"layers-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
         )
         sizes = _read_sizes(sidecar, key)
-    moved = _device_of(module)
     was_training = module.training
     module.eval()
     try:
-        module.to(device)
-        rows = embed_images(
-            taps, list(images), cache_dir, key=key, transform=transform, batch_size=batch_size, device=device
-        )
-        if taps.sizes is None and sizes is None:  # every row came from a cache whose sidecar was lost
-            with torch.inference_mode():
-                taps(transform(images[0])[None].to(device))
+        with on_device(module, device):
+            with stage:
+                rows = embed_images(
+                    taps, list(images), cache_dir, key=key, transform=transform, batch_size=batch_size,
+                    device=device,
+                )  # fmt: skip
+                stage.update(len(images) - stage.done)  # the rows read from the cache
+            taps.stage = None
+            if taps.sizes is None and sizes is None:  # every row came from a cache whose sidecar was lost
+                with torch.inference_mode():
+                    taps(transform(images[0])[None].to(device))
     finally:
         module.train(was_training)
-        if moved is not None:
-            module.to(moved)
     sizes = taps.sizes or sizes
     assert sizes is not None
     if sum(sizes.values()) != rows.shape[1]:
@@ -397,10 +458,16 @@ def _read_sizes(path: str, key: str) -> dict[str, int] | None:
     return {str(k): int(v) for k, v in meta["sizes"].items()} if ok else None
 
 
-def _device_of(module: nn.Module) -> torch.device | None:
-    for t in (*module.parameters(), *module.buffers()):
-        return t.device
-    return None
+@contextlib.contextmanager
+def on_device(module: nn.Module, device: str | torch.device) -> Iterator[nn.Module]:
+    """``module`` moved to ``device`` for the block, and back to where it was afterwards."""
+    home = next((t.device for t in itertools.chain(module.parameters(), module.buffers())), None)
+    module.to(device)
+    try:
+        yield module
+    finally:
+        if home is not None:
+            module.to(home)
 
 
 def _given_features(model: EvalModel, images: Sequence[str], what: str) -> dict[str, np.ndarray]:

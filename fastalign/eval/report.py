@@ -1,5 +1,5 @@
 """The evaluation report: report.html showing the figures, the summary and the statistics, with
-summary.json beside it.
+summary.json beside it; :func:`write_json`, the one writer of the evaluation's JSON files.
 
 The page is one self-contained HTML file: inline CSS, no scripts, no fonts or anything else from the
 network, figures linked by relative paths inside the report folder, so it opens offline and the folder
@@ -90,12 +90,12 @@ def save_figure(
 # ---------------------------------------------------------------------------------------------- JSON
 
 
-def _jsonable(value: Any, where: str) -> Any:
+def _jsonable(value: Any, where: str, fn: str = "write_report") -> Any:
     """Plain JSON values: numpy/torch scalars and arrays as numbers and lists, NaN and inf as null."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {str(k): _jsonable(v, f"{where}[{k!r}]", fn) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_jsonable(v, f"{where}[{i}]", fn) for i, v in enumerate(value)]
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
@@ -103,11 +103,31 @@ def _jsonable(value: Any, where: str) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if callable(getattr(value, "tolist", None)):  # numpy / torch scalars and arrays
-        return _jsonable(value.tolist(), where)
+        return _jsonable(value.tolist(), where, fn)
     raise TypeError(
-        f"write_report: {where} must be JSON-able (numbers, strings, lists, dicts), "
-        f"got {type(value).__name__}"
+        f"{fn}: {where} must be JSON-able (numbers, strings, lists, dicts), got {type(value).__name__}"
     )
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, fn: str = "write_json", what: str = "obj") -> str:
+    """Writes ``obj`` as strict JSON, atomically: the one writer of the evaluation's JSON files
+    (summary.json, stats.json, config.json), so that each has one format whoever writes it.
+
+    numpy and torch numbers and arrays become numbers and lists, NaN and infinities null.
+
+    Args:
+        path: The file.
+        obj: Dicts, lists, numbers, strings, booleans, None.
+        fn, what: The calling function and the argument's name, for the error message.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        TypeError: ``obj`` holds something that is not JSON-able (checked before anything is written).
+    """
+    text = json.dumps(_jsonable(obj, what, fn), indent=1, allow_nan=False) + "\n"
+    return atomic_write(os.fspath(path), lambda tmp: _write_text(tmp, text))
 
 
 # ---------------------------------------------------------------------------------------------- HTML
@@ -255,13 +275,13 @@ def write_report(
     out_dir: str | os.PathLike[str],
     tables: Mapping[str, Any] | None = None,
     stats: Mapping[str, Any] | None = None,
-    summary: Mapping[str, Any] | None = None,
+    summary: Mapping[str, Any] | str | os.PathLike[str] | None = None,
     figures: Mapping[str, Any] | None = None,
     *,
     title: str = "fastalign evaluation",
     max_rows: int = 200,
 ) -> str:
-    """Writes ``out_dir/report.html`` and ``out_dir/summary.json``.
+    """Writes ``out_dir/report.html``, and ``out_dir/summary.json`` when ``summary`` is a dict.
 
     Args:
         out_dir: the report folder (created if missing).
@@ -269,7 +289,9 @@ def write_report(
             ``{"results": "results.csv", "robustness": rows}``; each shown as a table of its first
             ``max_rows`` rows, linked to ``<name>.csv`` in ``out_dir`` when that file exists.
         stats: the contents of stats.json (clusters, ROI tests, settings), shown as tables.
-        summary: headline numbers, shown first and written to summary.json (NaN and inf as null).
+        summary: headline numbers, shown first: a dict, written to summary.json (NaN and inf as null,
+            by :func:`write_json`), or the path of a JSON file already written (``"summary.json"``,
+            relative to ``out_dir`` or absolute), read and not written again; None shows none.
         figures: name -> a matplotlib Figure (saved as ``figures/<name>.png`` and ``.svg``) or the path(s)
             of figure files already inside ``out_dir``; names are file names (letters, digits, ``_.-``).
         title: the page's title.
@@ -282,14 +304,19 @@ def write_report(
         TypeError: a value of the wrong kind (a figure that is neither a Figure nor paths, a summary
             that is not JSON-able).
         ValueError: a figure name that is not a file name, a figure file outside ``out_dir``.
-        FileNotFoundError: a figure or table file that does not exist.
+        FileNotFoundError: a figure, table or summary file that does not exist.
+        ValueError: a summary file that is not a JSON object.
     """
     fn = "write_report"
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"{fn}: out_dir must be a folder path, got {type(out_dir).__name__}")
-    for arg, value in (("tables", tables), ("stats", stats), ("summary", summary), ("figures", figures)):
+    for arg, value in (("tables", tables), ("stats", stats), ("figures", figures)):
         if value is not None and not isinstance(value, Mapping):
             raise TypeError(f"{fn}: {arg} must be None or a dict, got {type(value).__name__}")
+    if summary is not None and not isinstance(summary, (Mapping, str, os.PathLike)):
+        raise TypeError(
+            f"{fn}: summary must be None, a dict or the path of a JSON file, got {type(summary).__name__}"
+        )
     if not isinstance(max_rows, int) or isinstance(max_rows, bool) or max_rows < 0:
         raise ValueError(f"{fn}: max_rows must be an int >= 0, got {max_rows!r}")
     out = os.fspath(out_dir)
@@ -299,7 +326,7 @@ def write_report(
             raise ValueError(
                 f"{fn}: figure names must be file names (letters, digits, '_', '.', '-'), got {name!r}"
             )
-    summary_json = _jsonable(dict(summary or {}), "summary")
+    summary_json = _summary(fn, summary, out)
     stats_json = _jsonable(dict(stats or {}), "stats")
     # every table is read before any figure is saved: a bad table leaves the folder as it was
     table_html = []
@@ -331,9 +358,27 @@ def write_report(
         "summary.json beside this page</p>"
         f"<nav>{nav}</nav>{body}</body></html>\n"
     )
-    text = json.dumps(summary_json, indent=2, allow_nan=False) + "\n"
-    atomic_write(os.path.join(out, "summary.json"), lambda tmp: _write_text(tmp, text))
+    if isinstance(summary, Mapping):
+        write_json(os.path.join(out, "summary.json"), summary_json, fn=fn, what="summary")
     return atomic_write(os.path.join(out, "report.html"), lambda tmp: _write_text(tmp, page))
+
+
+def _summary(fn: str, summary: Mapping[str, Any] | str | os.PathLike[str] | None, out: str) -> dict[str, Any]:
+    """The summary as plain JSON values: the dict given, or the JSON file's object."""
+    if summary is None or isinstance(summary, Mapping):
+        return _jsonable(dict(summary or {}), "summary", fn)
+    path = os.fspath(summary)
+    full = path if os.path.isabs(path) else os.path.join(out, path)
+    if not os.path.isfile(full):
+        raise FileNotFoundError(f"{fn}: summary file {path!r} does not exist")
+    with open(full, encoding="utf-8") as f:
+        try:
+            value = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{fn}: summary file {path!r} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{fn}: summary file {path!r} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _write_text(path: str, text: str) -> None:

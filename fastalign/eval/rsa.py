@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import itertools
 import json
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,9 +41,19 @@ import torch
 from fastalign import _checks
 from fastalign.data import SyntheticThings
 from fastalign.data._io import atomic_write
+from fastalign.eval import attacks as _attacks
 from fastalign.eval import individual as _variability
 from fastalign.eval.brain import BrainData, eeg_tensor, fmri_rdms, load_brain
-from fastalign.eval.features import EvalModel, as_models, layer_features, subject_name
+from fastalign.eval.features import (
+    EvalModel,
+    as_models,
+    check_image_set,
+    layer_features,
+    on_device,
+    subject_name,
+)
+from fastalign.eval.progress import Stage
+from fastalign.eval.report import write_json
 from fastalign.rsa import (
     cluster_permutation_test,
     compare_rdms,
@@ -64,7 +73,7 @@ RESULT_COLUMNS = (
 )  # fmt: skip
 #: variability.csv's columns, in order.
 VARIABILITY_COLUMNS = ("layer", "model_a", "model_b", "dissimilarity", "model")
-_FILES = ("results.csv", "stats.json", "summary.json", "variability.csv", "config.json")
+_FILES = ("results.csv", "stats.json", "summary.json", "variability.csv", "robustness.csv", "config.json")
 _COMPARISONS = ("within", "across-subject", "across-modality", "none")
 _RDM_METHODS = ("correlation", "cosine", "euclidean")  # crossnobis needs folds and a noise model
 _COMPARE_METHODS = ("spearman", "pearson", "kendall_tau_a", "rho_a", "cosine")
@@ -81,6 +90,8 @@ class EvalResult:
         summary: summary.json (peak similarity and latency, gains over the baseline, variability).
         variability: variability.csv as dicts with the keys of :data:`VARIABILITY_COLUMNS`.
         out: The folder written, or None.
+        robustness: robustness.csv as dicts with the keys of
+            :data:`~fastalign.eval.attacks.ROBUSTNESS_COLUMNS` (empty unless asked for).
     """
 
     rows: list[dict[str, Any]]
@@ -88,6 +99,7 @@ class EvalResult:
     summary: dict[str, Any]
     variability: list[dict[str, Any]]
     out: str | None = None
+    robustness: list[dict[str, Any]] = field(default_factory=list)
 
     def select(self, **where: Any) -> list[dict[str, Any]]:
         """The rows whose columns equal the given values, e.g. ``select(model="cornet_s", layer="IT")``."""
@@ -97,13 +109,16 @@ class EvalResult:
         return [r for r in self.rows if all(r[k] == v for k, v in where.items())]
 
     def write(self, out: str | os.PathLike[str]) -> None:
-        """Writes results.csv, stats.json, summary.json and variability.csv into ``out``."""
+        """Writes results.csv, stats.json, summary.json, variability.csv and (when computed)
+        robustness.csv into ``out``."""
         folder = os.fspath(out)
         os.makedirs(folder, exist_ok=True)
         write_csv(os.path.join(folder, "results.csv"), self.rows, RESULT_COLUMNS)
         write_csv(os.path.join(folder, "variability.csv"), self.variability, VARIABILITY_COLUMNS)
+        if self.robustness:
+            write_csv(os.path.join(folder, "robustness.csv"), self.robustness, _attacks.ROBUSTNESS_COLUMNS)
         for name, obj in (("stats.json", self.stats), ("summary.json", self.summary)):
-            atomic_write(os.path.join(folder, name), functools.partial(_dump_json, obj=obj))
+            write_json(os.path.join(folder, name), obj, fn="EvalResult.write", what=name)
         self.out = os.path.abspath(folder)
 
 
@@ -117,22 +132,6 @@ def write_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], colu
             w.writerows(rows)
 
     atomic_write(path, write)
-
-
-def _dump_json(path: str, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(_no_nan(obj), f, indent=1, allow_nan=False)
-
-
-def _no_nan(obj: Any) -> Any:
-    """JSON has no NaN: undefined numbers are null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_no_nan(v) for v in obj]
-    return obj
 
 
 # ------------------------------------------------------------------------------------------------ slots
@@ -414,7 +413,7 @@ def _statistics(
             "behaviour": "one-sample t-test",
         },
     }
-    effects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    todo = []
     for mod in mods:
         sl = slots[mod.name]
         for model in families:
@@ -422,9 +421,15 @@ def _statistics(
             for comparison, layer in itertools.product(_COMPARISONS, layers):
                 x = _effect(mod, sl, model, layer, comparison)
                 if x:
-                    key = {"model": model, "layer": layer, "modality": mod.name, "comparison": comparison}
-                    base = _tests(mod, sl, key, x, baseline if model != baseline else None, s, stats)
-                    effects[model, mod.name, comparison, layer] = {"x": x, "base": base}
+                    todo.append((mod, {"model": model, "layer": layer, "modality": mod.name,
+                                       "comparison": comparison}, x))  # fmt: skip
+    effects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    with Stage(s["progress"], "statistics", len(todo), "effects") as stage:
+        for mod, key, x in todo:
+            model = key["model"]
+            base = _tests(mod, slots[mod.name], key, x, baseline if model != baseline else None, s, stats)
+            effects[model, mod.name, key["comparison"], key["layer"]] = {"x": x, "base": base}
+            stage.update()
     stats["exact"] = bool(stats["cluster_tests"]) and all(t["exact"] for t in stats["cluster_tests"])
     return stats, effects
 
@@ -513,11 +518,77 @@ def _check_settings(a: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(_checks.message(_FN, name, "a probability in (0, 1)", a[name]))
         settings[name] = value
     _checks.check_bool(_FN, "overwrite", a["overwrite"])
+    settings["progress"] = _checks.check_bool(_FN, "progress", a["progress"])
     if a["baseline"] is not None and not isinstance(a["baseline"], str):
         raise TypeError(_checks.message(_FN, "baseline", "a model name, 'auto' or None", a["baseline"]))
     if a["out"] is not None and not isinstance(a["out"], (str, os.PathLike)):
         raise TypeError(_checks.message(_FN, "out", "a folder path or None", a["out"]))
     return settings
+
+
+def _robustness_settings(a: dict[str, Any]) -> dict[str, Any] | None:
+    """The attack settings, checked before anything runs; None when robustness is not asked for."""
+    given = [k for k in ("eps", "attacks", "pgd_steps", "pgd_step_size", "class_index") if a[k] is not None]
+    folder = a["robustness"]
+    if folder is None:
+        if given:
+            raise ValueError(
+                f"{_FN}: {', '.join(given)} set the robustness evaluation, which runs only with "
+                "robustness=IMAGE_FOLDER (a labelled image folder)"
+            )
+        return None
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(_checks.message(_FN, "robustness", "a labelled image folder or None", folder))
+    steps = 10 if a["pgd_steps"] is None else a["pgd_steps"]
+    if a["class_index"] is not None and not isinstance(a["class_index"], Mapping):
+        raise TypeError(_checks.message(_FN, "class_index", "None or a dict folder name -> class index",
+                                        a["class_index"]))  # fmt: skip
+    return {
+        "folder": os.path.abspath(os.fspath(folder)),
+        "eps": _attacks._check_eps_list(_FN, _attacks.DEFAULT_EPS if a["eps"] is None else a["eps"]),
+        "attacks": _attacks._check_attacks(_FN, _attacks.ATTACKS if a["attacks"] is None else a["attacks"]),
+        "pgd_steps": _checks.check_int(_FN, "pgd_steps", steps, minimum=1),
+        "pgd_step_size": _checks.check_real(
+            _FN, "pgd_step_size", a["pgd_step_size"], positive=True, none=True
+        ),
+        "class_index": None if a["class_index"] is None else dict(a["class_index"]),
+    }
+
+
+def _robustness_label(model: EvalModel) -> str:
+    """A model's name in robustness.csv: the family's members apart (``realnet/sub-01``)."""
+    return f"{model.name}/{model.subject}" if model.subject else model.name
+
+
+def _robustness(
+    models: list[EvalModel], images: _attacks.LabelledImages, r: dict[str, Any], s: dict[str, Any],
+    device: str | torch.device,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """robustness.csv's rows, and per model its family, subject, clean accuracy and relative accuracy at
+    the largest eps (summary.json's "robustness")."""
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    top = max(r["eps"])
+    with Stage(s["progress"], "robustness", len(models), "models") as stage:
+        for m in models:
+            assert m.module is not None
+            label = _robustness_label(m)
+            with on_device(m.module, device):
+                mine = _attacks.robustness(
+                    {label: m.module}, images.images, images.labels, eps=r["eps"], attacks=r["attacks"],
+                    steps=r["pgd_steps"], step_size=r["pgd_step_size"], batch_size=s["batch_size"],
+                    seed=s["seed"],
+                )  # fmt: skip
+            rows += mine
+            summary[label] = {
+                "model": m.name,
+                "model_subject": m.subject,
+                "clean_accuracy": next((x["accuracy"] for x in mine if x["eps"] == 0), None),
+                "eps": top,
+                "relative_accuracy": {x["attack"]: x["relative_accuracy"] for x in mine if x["eps"] == top},
+            }
+            stage.update()
+    return rows, summary
 
 
 def _baseline(baseline: str | None, models: list[EvalModel]) -> str | None:
@@ -619,9 +690,16 @@ def evaluate(
     window: int = 1,
     step: int = 1,
     batch_size: int = 32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = "cpu",
     cache_dir: str | os.PathLike[str] | None = "auto",
     overwrite: bool = False,
+    robustness: str | os.PathLike[str] | None = None,
+    eps: Sequence[float] | None = None,
+    attacks: Sequence[str] | None = None,
+    pgd_steps: int | None = None,
+    pgd_step_size: float | None = None,
+    class_index: Mapping[str, int] | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Model-brain RSA with statistics, written as tables (see the module doc and docs/evaluation.md).
 
@@ -639,8 +717,8 @@ def evaluate(
         image_size: Images are resized to this square size (no crop) and ImageNet-normalised.
         permutations: Sign flips of each cluster test (all 2^n_subjects when that is no more).
         seed: Seeds the sign flips and a random CORnet-S.
-        layers: Layers of the models that name none (default V1, V2, V4, IT, avgpool; ReAlnet also has
-            "response").
+        layers: Layers of the models that name none (default V1, V2, V4, IT, avgpool, and for a ReAlnet
+            also "response", its encoding head's output).
         rdm_method: Model and brain RDMs: "correlation" (1 - Pearson), "cosine" or "euclidean".
         compare: RDM comparison: "spearman", "pearson", "kendall_tau_a", "rho_a" or "cosine".
         tail: 1 (greater than 0 / than the baseline), -1 (less) or 0 (two-sided).
@@ -654,9 +732,18 @@ def evaluate(
         rois: fMRI ROIs to evaluate (None: all).
         time_window: (tmin, tmax) seconds of EEG to evaluate (inclusive); None: the whole epoch.
         window, step: EEG samples per window and between window starts (``time`` is a window's mean).
-        batch_size, device: How models run.
+        batch_size, device: How models run (device None: CUDA when available, else the CPU).
         cache_dir: Feature cache; "auto": ``out/cache`` (none when out is None); None: no cache.
         overwrite: Replace the tables of an evaluation with another config in ``out``.
+        robustness: A labelled image folder (``root/<class>/<image>``, see
+            :func:`~fastalign.eval.attacks.load_labelled_images`, read at ``image_size``): each model's
+            accuracy under FGSM and PGD is added as robustness.csv (``EvalResult.robustness``); the
+            members of a family are rows of their own (``realnet/sub-01``). None: not computed.
+        eps: Perturbation sizes, L-infinity in [0, 1] pixel units (default 0, 1, 2, 4, 8 / 255).
+        attacks: Any of "fgsm", "pgd" (default both).
+        pgd_steps, pgd_step_size: PGD's steps (default 10) and step size (default 2.5 eps / steps).
+        class_index: Class folder name -> the models' class index (default: the folders' sorted order).
+        progress: Show progress on standard error (tqdm bars on a terminal, else a line per stage).
 
     Returns:
         An :class:`EvalResult`.
@@ -664,11 +751,16 @@ def evaluate(
     Raises:
         FileNotFoundError: missing data, run folders or weights.
         FileExistsError: ``out`` holds another evaluation (without ``overwrite``).
-        ValueError: a subject missing from the data, layers a model lacks, models of other image sets,
-            bad settings.
+        ValueError: a subject missing from the data, layers a model lacks, models of other image sets
+            (features of other images, runs aligned on another dataset), bad settings (a negative eps,
+            robustness settings without ``robustness``, robustness of a model given as features).
         TypeError: arguments of the wrong kind.
     """
-    s = _check_settings(dict(locals()))
+    given = dict(locals())
+    s = _check_settings(given)
+    attack = _robustness_settings(given)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     mods = s["modality"]
     if isinstance(data, BrainData):
         absent = [m for m in mods if not data.subjects(m)]
@@ -687,7 +779,21 @@ def evaluate(
                 f"{_FN}: model {m.name!r} was aligned to {m.subject}, who is missing from the data's "
                 f"{m.modality} (subjects {brain.subjects(m.modality)})"
             )
+        if m.modality:
+            own = m.modality if m.modality in mods else mods[0]
+            check_image_set(m, brain.images_of(own), f"{own} test")
     base = _baseline(baseline, specs)
+    labelled = None
+    if attack is not None:
+        features_only = [m.name for m in specs if m.module is None]
+        if features_only:
+            raise ValueError(
+                f"{_FN}: robustness attacks each model, but {features_only} are precomputed features, not "
+                "modules; evaluate robustness without them"
+            )
+        labelled = _attacks.load_labelled_images(
+            attack["folder"], class_index=attack["class_index"], size=s["image_size"]
+        )
     config = {
         "data": brain.source,
         "models": [
@@ -697,8 +803,9 @@ def evaluate(
         "rois": brain.rois() if "fmri" in mods else None,
         "baseline": base,
         "weights": None if weights is None else os.path.abspath(weights),
-        **s,
+        **{k: v for k, v in s.items() if k != "progress"},
         "modality": mods,
+        "robustness": attack,
     }
     folder = _prepare_out(out, config, overwrite)
     cache = (None if folder is None else os.path.join(folder, "cache")) if cache_dir == "auto" else cache_dir
@@ -706,7 +813,7 @@ def evaluate(
     def extract(model: EvalModel, images: list[str], what: str) -> dict[str, np.ndarray]:
         return layer_features(
             model, images, image_size=s["image_size"], batch_size=s["batch_size"], device=device,
-            cache_dir=cache, what=what,
+            cache_dir=cache, what=what, progress=s["progress"],
         )  # fmt: skip
 
     done: dict[tuple[int, tuple[str, ...]], dict[str, torch.Tensor]] = {}
@@ -725,8 +832,11 @@ def evaluate(
     families = list(dict.fromkeys(m.name for m in specs))
     stats, effects = _statistics(computed, slots, families, base, s)
     summary = _summary(computed, effects, specs, base, var_summary)
-    result = EvalResult(rows, stats, summary, var_rows)
+    robust: list[dict[str, Any]] = []
+    if attack is not None and labelled is not None:
+        robust, summary["robustness"] = _robustness(specs, labelled, attack, s, device)
+    result = EvalResult(rows, stats, summary, var_rows, robustness=robust)
     if folder is not None:
         result.write(folder)
-        atomic_write(os.path.join(folder, "config.json"), functools.partial(_dump_json, obj=config))
+        write_json(os.path.join(folder, "config.json"), config, fn=_FN, what="config")
     return result

@@ -192,3 +192,40 @@ def test_a_failed_write_leaves_the_old_report(tmp_path: os.PathLike) -> None:
 def test_bad_arguments_are_refused(tmp_path: os.PathLike, kwargs: dict, error: type, words: str) -> None:
     with pytest.raises(error, match=words):
         write_report(str(tmp_path), **kwargs)
+
+
+def test_summary_json_has_one_writer(tmp_path: os.PathLike) -> None:
+    """EvalResult.write (evaluate) and write_report both wrote summary.json, in two formats and with two
+    notions of JSON (numpy numbers failed in one of them), so its bytes depended on which ran last. Both
+    now write through write_json; a summary already written is given to write_report as its path, read
+    and shown, and not written again; None writes nothing."""
+    from fastalign.eval import EvalResult
+
+    summary = {
+        "models": {
+            "m": {"eeg": {"none": {"IT": {"peak_similarity": np.float32(0.5), "peak_time": math.nan}}}}
+        }
+    }
+    evaluated, reported = os.path.join(tmp_path, "a"), os.path.join(tmp_path, "b")
+    EvalResult([], {"clusters": []}, summary, []).write(evaluated)
+    write_report(reported, summary=summary)
+    with open(os.path.join(evaluated, "summary.json"), "rb") as f:
+        written = f.read()
+    with open(os.path.join(reported, "summary.json"), "rb") as f:
+        assert f.read() == written
+    assert json.loads(written)["models"]["m"]["eeg"]["none"]["IT"] == {
+        "peak_similarity": 0.5,
+        "peak_time": None,
+    }
+    before = os.stat(os.path.join(evaluated, "summary.json"))
+    page = _parse(write_report(evaluated, summary="summary.json"))
+    assert "peak_similarity" in page.text and "0.5" in page.text
+    write_report(evaluated)
+    after = os.stat(os.path.join(evaluated, "summary.json"))
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    with pytest.raises(FileNotFoundError, match=r"write_report: summary file 'nope.json' does not exist"):
+        write_report(evaluated, summary="nope.json")
+    with pytest.raises(ValueError, match=r"write_report: summary file 'stats.json' must hold a JSON object"):
+        with open(os.path.join(evaluated, "stats.json"), "w") as f:
+            f.write("[1]")
+        write_report(evaluated, summary="stats.json")

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
+import shutil
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from eval_helpers import Tiny
 from torch import nn
 
+import fastalign.eval as fe
+from fastalign.data import SyntheticThings
 from fastalign.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fastalign.eval.attacks import (
     DEFAULT_EPS,
@@ -176,6 +182,26 @@ def test_robustness_rows_clean_accuracy_relative_accuracy_and_batching() -> None
     assert rows == robustness(models, x, y, eps=eps, batch_size=1, steps=2, random_start=False)
 
 
+def test_fgsm_takes_one_gradient_per_batch_for_every_eps_and_the_clean_accuracy() -> None:
+    """FGSM's gradient at the images does not depend on eps, and its forward classifies the clean images:
+    per batch one forward with its backward, then one forward per eps > 0 (a CORnet-S pass costs seconds
+    on a CPU). The rows are those of fgsm() at each eps."""
+    model, (x, y) = _cnn(), _images(n=6)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    eps = (0.0, 0.02, 0.1, 0.5)
+    rows = robustness({"m": model}, x, y, eps=eps, attacks=("fgsm",), batch_size=4)
+    assert len(calls) == 2 * (1 + 3)  # 2 batches: the gradient's forward and one per eps > 0
+    calls.clear()
+    clean = robustness({"m": model}, x, y, eps=(0.0,), attacks=("fgsm",), batch_size=4)
+    assert len(calls) == 2 and clean == rows[:1]  # no attack, no gradient: one forward per batch
+    model.eval()
+    for r in rows:
+        with torch.no_grad():
+            adv = fgsm(model, x, y, r["eps"])
+            assert r["accuracy"] == float((model((adv - MEAN) / STD).argmax(1) == y).double().mean())
+
+
 def test_relative_accuracy_is_nan_without_a_clean_success() -> None:
     model, (x, _) = _cnn(), _images()
     with torch.no_grad():
@@ -306,3 +332,43 @@ def test_load_labelled_images_folder_per_class(tmp_path: os.PathLike) -> None:
     os.makedirs(os.path.join(empty, "cls"))
     with pytest.raises(ValueError, match=r"load_labelled_images: the class folders of .* hold no images"):
         load_labelled_images(empty)
+
+
+def test_robustness_is_part_of_the_evaluation(eval_things: SyntheticThings, tmp_path) -> None:
+    """robustness= attacks every model of the evaluation (a family's members as rows of their own) with
+    the settings given, exactly as fastalign.eval.robustness does, writes robustness.csv and records the
+    settings; they are checked before anything runs."""
+    folder = tmp_path / "labelled"
+    for k, path in enumerate(fe.load_brain(eval_things).images[:4]):
+        (folder / "ab"[k % 2]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / "ab"[k % 2])
+    family = [fe.EvalModel("fam", Tiny(s), layers=["conv"], subject=s, modality="eeg") for s in (1, 2)]
+    models = [fe.EvalModel("tiny", Tiny(0), layers=["conv"]), *family]
+    settings = dict(eps=(0.0, 0.1), attacks=("fgsm", "pgd"), pgd_steps=2, pgd_step_size=0.03)
+    res = fe.evaluate(eval_things, models, out=tmp_path / "out", image_size=24, permutations=10,
+                      robustness=folder, class_index={"a": 3, "b": 1}, **settings)  # fmt: skip
+    images = fe.load_labelled_images(folder, class_index={"a": 3, "b": 1}, size=24)
+    want = fe.robustness({"tiny": models[0].module, "fam/sub-01": models[1].module,
+                          "fam/sub-02": models[2].module}, images.images, images.labels, steps=2,
+                         step_size=0.03, eps=settings["eps"], attacks=settings["attacks"])  # fmt: skip
+    assert res.robustness == want and len(want) == 3 * 2 * 2
+    with open(os.path.join(tmp_path, "out", "robustness.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["attack"], float(r["eps"])) for r in rows] == [
+        (r["model"], r["attack"], r["eps"]) for r in want
+    ]
+    top = res.summary["robustness"]["fam/sub-02"]
+    assert (top["model"], top["model_subject"], top["eps"]) == ("fam", "sub-02", 0.1)
+    assert top["relative_accuracy"] == {r["attack"]: r["relative_accuracy"] for r in want
+                                        if r["model"] == "fam/sub-02" and r["eps"] == 0.1}  # fmt: skip
+    with open(os.path.join(tmp_path, "out", "config.json")) as f:
+        assert json.load(f)["robustness"]["pgd_steps"] == 2
+
+    truth = fe.EvalModel("truth", features={"features": eval_things.ground_truth["test_features"]})
+    for kwargs, match in (
+        ({"robustness": folder, "eps": (0.0, -1 / 255)}, r"eps must be a finite number >= 0 .* got -0\.0039"),
+        ({"eps": (0.0, 1 / 255)}, "eps set the robustness evaluation, which runs only with robustness="),
+        ({"robustness": folder}, r"robustness attacks each model, but \['truth'\] are precomputed features"),
+    ):
+        with pytest.raises(ValueError, match=f"^evaluate: {match}"):
+            fe.evaluate(eval_things, [truth], out=None, **kwargs)

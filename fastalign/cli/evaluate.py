@@ -1,0 +1,301 @@
+"""``fastalign evaluate``: :func:`fastalign.eval.evaluate`, then the figures
+(:func:`fastalign.plotting.evaluation_figures`) and report.html (:func:`fastalign.eval.write_report`).
+
+The report folder is replaced as a unit: everything is written into a new folder beside ``--out`` that
+takes its place only when complete, so a failure or an interrupt leaves the old report as it was. The
+feature cache of the old report (``OUT/cache``) is carried over by hard links, so a re-run with
+``--overwrite`` does not run the models again for images and weights it has seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from fractions import Fraction
+from typing import Any
+
+from fastalign.cli.common import (
+    CLI_ONLY,
+    Command,
+    Subjects,
+    add_device,
+    add_image_size,
+    add_progress,
+    add_seed,
+    number,
+    positive_int,
+    subject,
+)
+
+_FN = "fastalign evaluate"
+_TABLES = ("results", "variability", "robustness")
+# The comparisons printed: each model against its own subject's brain, the unaligned baselines, and the
+# models aligned to another modality (across-subject is in the report).
+_PRINTED = ("within", "none", "across-modality")
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number, or a fraction such as ``1/255``."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"expected a number or a fraction like 4/255, got {text!r}"
+        ) from None
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset folder (image_set/, preprocessed_data/, fmri/)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        metavar="MODEL",
+        help="cornet_s and/or run folders of fastalign align (the sub-XX folders of one run are one family)",
+    )
+    p.add_argument("--out", required=True, help="the report folder (replaced as a unit; see --overwrite)")
+    p.add_argument("--modality", nargs="+", choices=("eeg", "fmri"), default=["eeg"], help="default eeg")
+    p.add_argument(
+        "--weights", help="CORnet-S's weights (cornet_s-1d3f7974.pth); default: random from --seed"
+    )
+    add_image_size(p)
+    p.add_argument(
+        "--permutations", type=positive_int, default=10000, help="sign flips per cluster test (default 10000)"
+    )
+    add_seed(p, "seeds the sign flips, PGD's starts and a random CORnet-S (default 0)")
+    p.add_argument(
+        "--subject",
+        dest="subjects",
+        nargs="+",
+        type=subject,
+        action=Subjects,
+        default=None,
+        metavar="N",
+        help="subject number(s) to evaluate, or 'all' (default all)",
+    )
+    p.add_argument("--layers", nargs="+", metavar="LAYER", help="default V1 V2 V4 IT avgpool (+ response)")
+    p.add_argument("--rois", nargs="+", metavar="ROI", help="fMRI ROIs (default all)")
+    p.add_argument(
+        "--rdm-method",
+        choices=("correlation", "cosine", "euclidean"),
+        default="correlation",
+        help="model and brain RDMs (default correlation: 1 - Pearson)",
+    )
+    p.add_argument(
+        "--compare",
+        choices=("spearman", "pearson", "kendall_tau_a", "rho_a", "cosine"),
+        default="spearman",
+        help="RDM comparison (default spearman)",
+    )
+    p.add_argument(
+        "--tail",
+        type=int,
+        choices=(1, -1, 0),
+        default=1,
+        help="1: greater, -1: less, 0: two-sided (default 1)",
+    )
+    p.add_argument(
+        "--threshold-p", type=float, default=0.05, help="cluster-forming threshold p (default 0.05)"
+    )
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument(
+        "--baseline",
+        default="auto",
+        help="unaligned model the others are tested against, or none (default auto: cornet_s)",
+    )
+    p.add_argument(
+        "--behaviour-rdm",
+        metavar="FILE",
+        help="behavioural RDM over the test images: .npy, .csv or .txt, square or condensed",
+    )
+    p.add_argument(
+        "--time-window", nargs=2, type=float, metavar=("TMIN", "TMAX"), help="EEG seconds (default all)"
+    )
+    p.add_argument("--window", type=positive_int, default=1, help="EEG samples per window (default 1)")
+    p.add_argument("--step", type=positive_int, default=1, help="EEG samples between windows (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (default 32)")
+    add_device(p)
+    p.add_argument(
+        "--cache-dir",
+        default="auto",
+        help="feature cache folder, or none (default auto: OUT/cache, kept across --overwrite)",
+    )
+    robust = p.add_argument_group("adversarial robustness (with --robustness)")
+    robust.add_argument(
+        "--robustness", metavar="IMAGE_FOLDER", help="labelled images, IMAGE_FOLDER/<class>/<image>"
+    )
+    robust.add_argument(
+        "--eps",
+        nargs="+",
+        type=fraction,
+        metavar="EPS",
+        help="L-infinity sizes in [0, 1] pixels, fractions allowed (default 0 1/255 2/255 4/255 8/255)",
+    )
+    robust.add_argument("--attacks", nargs="+", choices=("fgsm", "pgd"), help="default fgsm pgd")
+    robust.add_argument("--pgd-steps", type=positive_int, help="default 10")
+    robust.add_argument("--pgd-step-size", type=fraction, help="default 2.5 eps / steps")
+    robust.add_argument(
+        "--class-index",
+        metavar="JSON",
+        help="JSON file: class folder -> the models' class index (default: the folders' sorted order)",
+    )
+    add_progress(p)
+    p.add_argument("--overwrite", action="store_true", help="replace the report in --out")
+
+
+def _behaviour_rdm(path: str | None) -> Any:
+    if path is None:
+        return None
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{_FN}: --behaviour-rdm {path!r} is not a file")
+    try:
+        if path.lower().endswith(".npy"):
+            return np.load(path, allow_pickle=False)
+        return np.loadtxt(path, delimiter="," if path.lower().endswith(".csv") else None, ndmin=1)
+    except ValueError as exc:
+        raise ValueError(f"{_FN}: --behaviour-rdm {path!r} is not a numeric array ({exc})") from None
+
+
+def _class_index(path: str | None) -> dict[str, int] | None:
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{_FN}: --class-index {path!r} is not a file")
+    with open(path, encoding="utf-8") as f:
+        try:
+            value = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{_FN}: --class-index {path!r} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{_FN}: --class-index {path!r} must hold an object folder -> class index")
+    return value
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise FileExistsError(f"{_FN}: --out {out!r} is a file, not a folder")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise FileExistsError(f"{_FN}: --out {out!r} is not empty; pass --overwrite to replace it")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # the cache's files are only ever replaced by renames, never changed in place: links are safe
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fastalign.data._io import replacing_dir
+    from fastalign.eval import evaluate, write_report
+    from fastalign.plotting import evaluation_figures
+
+    out = os.path.abspath(args.out)
+    _check_out(out, args.overwrite)
+    kwargs = {k: v for k, v in vars(args).items() if k not in (*CLI_ONLY, "data", "models", "out")}
+    kwargs["behaviour_rdm"] = _behaviour_rdm(args.behaviour_rdm)
+    kwargs["class_index"] = _class_index(args.class_index)
+    kwargs["modality"] = list(args.modality)
+    kwargs["subjects"] = None if args.subjects in (None, "all") else _as_list(args.subjects)
+    kwargs["baseline"] = None if args.baseline.lower() == "none" else args.baseline
+    kwargs["time_window"] = None if args.time_window is None else tuple(args.time_window)
+    kwargs["cache_dir"] = None if args.cache_dir.lower() == "none" else args.cache_dir
+    kwargs["overwrite"] = False  # the new report is written into an empty folder
+    with replacing_dir(out) as staging:
+        old_cache = os.path.join(out, "cache")
+        if kwargs["cache_dir"] == "auto" and os.path.isdir(old_cache):
+            shutil.copytree(old_cache, os.path.join(staging, "cache"), copy_function=_link_or_copy)
+        result = evaluate(args.data, args.models, out=staging, **kwargs)
+        groups = {label: entry["model"] for label, entry in result.summary.get("robustness", {}).items()}
+        figures = evaluation_figures(
+            result.rows,
+            result.stats,
+            variability=result.variability or None,
+            robustness=result.robustness or None,
+            groups=groups or None,
+            baseline=result.stats["baseline"] or "cornet_s",
+        )
+        tables = {
+            name: f"{name}.csv" for name in _TABLES if os.path.isfile(os.path.join(staging, f"{name}.csv"))
+        }
+        write_report(staging, tables, result.stats, "summary.json", figures)
+    print(summary_table(result.summary, result.stats))
+    print(f"report: {os.path.join(out, 'report.html')}")
+    return 0
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _significant(stats: dict[str, Any], key: dict[str, str]) -> str:
+    """The significant clusters (EEG) or ROI tests of one model, layer, modality and comparison."""
+
+    def match(record: dict[str, Any]) -> bool:
+        return all(record.get(k) == v for k, v in key.items())
+
+    found = [
+        f"{c['test']} {1000 * c['t_start']:.0f}-{1000 * c['t_stop']:.0f} ms (p {c['p']:.3g})"
+        for c in stats["clusters"]
+        if match(c) and c["significant"]
+    ] + [
+        f"{t['test']} {t['roi'] or 'rdm'} (p {t['p']:.3g})"
+        for t in stats["roi_tests"]
+        if match(t) and t["significant"]
+    ]
+    if found:
+        return "; ".join(found)
+    skipped = [x["reason"] for x in stats["skipped"] if match(x) and x["test"] == "vs0"]
+    return f"not tested: {skipped[0]}" if skipped else "none"
+
+
+def summary_table(summary: dict[str, Any], stats: dict[str, Any]) -> str:
+    """Per model, modality, comparison and layer: the peak similarity and where it is (time, or ROI), and
+    the significant clusters or ROI tests; then each model's robustness."""
+    head = ("model", "modality", "comparison", "layer", "peak", "at", "significant")
+    lines: list[tuple[str, ...]] = [head]
+    for model, entry in summary["models"].items():
+        for modality in ("eeg", "fmri", "behaviour"):
+            for comparison in _PRINTED:
+                for layer, v in entry.get(modality, {}).get(comparison, {}).items():
+                    if "peak_similarity" in v:
+                        peak, at = number(v["peak_similarity"]), f"{1000 * v['peak_time']:.0f} ms"
+                    else:
+                        rois = {k: x for k, x in v["similarity"].items() if x is not None}
+                        best = max(rois, key=rois.__getitem__) if rois else None
+                        peak, at = number(rois.get(best)), "n/a" if best is None else best or "rdm"
+                    key = {"model": model, "modality": modality, "comparison": comparison, "layer": layer}
+                    lines.append((model, modality, comparison, layer, peak, at, _significant(stats, key)))
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head) - 1)]
+    text = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1] for row in lines
+    ]
+    robust = summary.get("robustness", {})
+    if robust:
+        attacks = list(dict.fromkeys(a for v in robust.values() for a in v["relative_accuracy"]))
+        text.append("")
+        top = 255 * max(v["eps"] for v in robust.values())
+        text.append(f"robustness: clean accuracy; accuracy relative to it at eps {top:g}/255")
+        for label, v in robust.items():
+            rel = "  ".join(f"{a} {number(v['relative_accuracy'].get(a))}" for a in attacks)
+            text.append(f"  {label}: clean {number(v['clean_accuracy'])}  {rel}")
+    return "\n".join(line.rstrip() for line in text)
+
+
+COMMAND = Command(
+    "evaluate",
+    "compare models with brains: RSA over time, ROIs and subjects, statistics, robustness, report",
+    (
+        "fastalign evaluate --data data/synth --models cornet_s runs/realnet/sub-01 runs/realnet/sub-02 "
+        "--out report --image-size 64",
+        "fastalign evaluate --data things --models cornet_s runs/realnet/sub-* --out report "
+        "--modality eeg fmri --weights cornet_s-1d3f7974.pth --robustness imagenet_val --eps 0 1/255 4/255",
+    ),
+    _arguments,
+    _run,
+)
