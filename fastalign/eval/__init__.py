@@ -8,6 +8,8 @@
 - :func:`variability`: individual variability of per-subject models by layer.
 - :func:`robustness`, :func:`fgsm`, :func:`pgd`: adversarial robustness (L-infinity, pixel space).
 - :func:`retrieval_topk`: zero-shot retrieval accuracy (top-k among a gallery) with its chance level.
+- :func:`saliency`, :func:`grad_cam`, :func:`integrated_gradients`: where in a trial a brain encoder
+  finds its image, over channels, time and frequency bands (integrated gradients through captum).
 - :func:`write_report`: report.html beside summary.json (figures from :mod:`fastalign.plotting`).
 """
 
@@ -29,12 +31,21 @@ from fastalign.eval.individual import variability
 from fastalign.eval.report import FIGURE_FORMATS, save_figure, write_report
 from fastalign.eval.retrieval import retrieval_topk
 from fastalign.eval.rsa import RESULT_COLUMNS, VARIABILITY_COLUMNS, EvalResult, evaluate, write_csv
+from fastalign.eval.saliency import (
+    EEG_BANDS,
+    IGAttributions,
+    Saliency,
+    grad_cam,
+    integrated_gradients,
+    saliency,
+)
 
 __all__ = [
     "ATTACKS",
     "CORNET_LAYERS",
     "DEFAULT_EPS",
     "DEFAULT_LAYERS",
+    "EEG_BANDS",
     "FIGURE_FORMATS",
     "MODALITIES",
     "RESULT_COLUMNS",
@@ -43,15 +54,20 @@ __all__ = [
     "BrainData",
     "EvalModel",
     "EvalResult",
+    "IGAttributions",
     "LabelledImages",
+    "Saliency",
     "evaluate",
     "fgsm",
+    "grad_cam",
+    "integrated_gradients",
     "layer_features",
     "load_brain",
     "load_labelled_images",
     "pgd",
     "retrieval_topk",
     "robustness",
+    "saliency",
     "save_figure",
     "variability",
     "write_csv",
