@@ -106,6 +106,27 @@ class _BrainEncoder(nn.Module):
         return f"n_channels={self.n_channels}, n_times={self.n_times}, embed_dim={self.embed_dim}"
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether forward or backward hooks are registered on ``module`` itself."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+    )
+
+
+def _global_hooks() -> bool:
+    """Whether module hooks registered for every module (``nn.modules.module.register_module_*``) are set."""
+    g = nn.modules.module
+    return bool(
+        g._global_forward_hooks
+        or g._global_forward_pre_hooks
+        or g._global_backward_hooks
+        or g._global_backward_pre_hooks
+    )
+
+
 class TemporalSpatialConv(nn.Module):
     """NICE's patch embedding: (B, channels, times) -> (B, n_features) with n_features = n_filters x the
     pooled length.
@@ -164,9 +185,68 @@ class TemporalSpatialConv(nn.Module):
         self.projection = nn.Conv2d(n_filters, n_filters, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, channels, times) -> (B, n_features)."""
-        x = self.projection(self.tsconv(x.unsqueeze(1)))  # (B, F, 1, out_length)
+        """(B, channels, times) -> (B, n_features).
+
+        The temporal convolution and the average pooling run as one strided convolution (see
+        :meth:`_fused_temporal`) unless a hook watches either layer or their configuration was changed to
+        one the fold does not cover; then the layers run as modules.
+        """
+        fused = self._fused_temporal(x)
+        if fused is None:
+            x = self.tsconv(x.unsqueeze(1))
+        else:
+            x = fused
+            for layer in itertools.islice(self.tsconv, 2, None):
+                x = layer(x)
+        x = self.projection(x)  # (B, F, 1, out_length)
         return x.permute(0, 2, 3, 1).flatten(1)
+
+    def _fused_temporal(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``tsconv[1](tsconv[0](x.unsqueeze(1)))`` as a matmul over unfolded windows, or None.
+
+        An average pool of kernel p and stride s after a stride-1 convolution of kernel k is one convolution
+        of stride s whose kernel (length k + p - 1) is the temporal kernel convolved with a box of p weights
+        1/p; the bias passes through once since the box sums to 1. Without padding and ceil_mode the
+        windows are the pool's windows exactly. Unfolding them and taking one matmul replaces the
+        convolution's (B, F, channels, times - k + 1) intermediate and the pool over it: about 3.5x faster
+        for NICE's training step at 63 x 250 on a CPU. None (run the modules) when a hook on the
+        convolution, the pool or the sequence would be skipped by the fold, or the layers' configuration
+        is not the one it covers.
+        """
+        seq = self.tsconv
+        conv, pool = seq[0], seq[1]
+        if type(conv) is not nn.Conv2d or type(pool) is not nn.AvgPool2d:
+            return None
+        if any(_has_hooks(m) for m in (seq, conv, pool)) or _global_hooks():
+            return None
+        kernel = nn.modules.utils._pair(pool.kernel_size)
+        stride = nn.modules.utils._pair(pool.stride)
+        plain_conv = (
+            conv.in_channels == 1
+            and conv.kernel_size[0] == 1
+            and conv.stride == (1, 1)
+            and conv.padding in ((0, 0), "valid")
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+        )
+        plain_pool = (
+            kernel[0] == 1
+            and stride[0] == 1
+            and nn.modules.utils._pair(pool.padding) == (0, 0)
+            and not pool.ceil_mode
+            and pool.divisor_override is None
+        )
+        if not (plain_conv and plain_pool):
+            return None
+        f, k, p, s = conv.out_channels, conv.kernel_size[1], kernel[1], stride[1]
+        box = conv.weight.new_full((1, 1, p), 1 / p)
+        w = F.conv1d(F.pad(conv.weight.reshape(f, 1, k), (p - 1, p - 1)), box).reshape(f, k + p - 1)
+        y = x.unfold(-1, k + p - 1, s) @ w.t()  # (B, channels, out_length, F)
+        if conv.bias is not None:
+            y = y + conv.bias
+        # contiguous: the module path's NCHW layout, which Dropout's mask follows (empty_like keeps strides),
+        # so the same seed drops the same units on both paths
+        return y.permute(0, 3, 1, 2).contiguous()
 
 
 class ProjectionHead(nn.Module):

@@ -635,6 +635,107 @@ def test_eegnet_max_norm_constrains_the_used_weights_only() -> None:
     torch.testing.assert_close(out, plain.eval()(x), rtol=1e-5, atol=1e-6)
 
 
+def _module_path(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The encoder with its TemporalSpatialConv's layers run as modules (a no-op hook on the temporal
+    convolution forces the fallback)."""
+    handle = encoder.conv.tsconv[0].register_forward_hook(lambda *_: None)
+    try:
+        return encoder(x)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("name", ["nice", "atms"])
+@pytest.mark.parametrize(("c", "t"), [(63, 250), (5, 80)])
+def test_fused_temporal_stage_matches_the_module_path(name: str, c: int, t: int) -> None:
+    """Forward and every gradient (input and weights) in float64, training mode (batch statistics)."""
+    fused = _encoder(name, c, t, **ZERO_DROPOUT[name]).double()
+    plain = _encoder(name, c, t, **ZERO_DROPOUT[name]).double()
+    assert fused.conv._fused_temporal(_x(c, t, dtype=torch.float64)) is not None
+    x = _x(c, t, b=6, dtype=torch.float64).requires_grad_()
+    x_plain = x.detach().clone().requires_grad_()
+    out = fused(x)
+    ref = _module_path(plain, x_plain)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_plain.grad, rtol=1e-12, atol=1e-12)
+    # atol 1e-11: the temporal bias's gradient is 0 analytically (the training-mode batch norm after the
+    # pool subtracts it), so both paths give rounding noise of ~1e-12 there
+    for (key, p), q in zip(fused.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-11, msg=key)
+    torch.testing.assert_close(fused.state_dict(), plain.state_dict(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["nice", "atms"])
+def test_fused_temporal_stage_draws_the_same_dropout_masks(name: str) -> None:
+    """Same seed, same dropped units: the fused output has the module path's memory layout."""
+    fused = _encoder(name, 5, 80).double().train()
+    plain = _encoder(name, 5, 80).double().train()
+    x = _x(5, 80, dtype=torch.float64)
+    torch.manual_seed(3)
+    out = fused(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(out, _module_path(plain, x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.parametrize("kind", ["forward", "pre", "backward"])
+def test_fused_temporal_stage_runs_the_modules_under_hooks(layer: int, kind: str) -> None:
+    """Grad-CAM hooks the temporal convolution: a hook on it or on the pool sees their real tensors."""
+    m = _encoder("nice", 5, 80, **ZERO_DROPOUT["nice"]).eval()
+    module = m.conv.tsconv[layer]
+    seen: list[torch.Tensor] = []
+    if kind == "forward":
+        handle = module.register_forward_hook(lambda _, __, out: out * 0)
+    elif kind == "pre":
+        handle = module.register_forward_pre_hook(lambda _, args: (args[0] * 0,))
+    else:
+        handle = module.register_full_backward_hook(lambda _, grad_in, grad_out: seen.append(grad_out[0]))
+    x = _x(5, 80).requires_grad_()
+    assert m.conv._fused_temporal(x) is None
+    out = m(x)
+    handle.remove()
+    assert m.conv._fused_temporal(x) is not None
+    if kind == "backward":
+        out.sum().backward()
+        assert len(seen) == 1 and seen[0].shape[:2] == (4, 40)
+    else:  # the zeroed output reaches the result: constant across samples
+        torch.testing.assert_close(out, out[:1].expand_as(out))
+        assert not torch.allclose(m(x), out)
+
+
+@pytest.mark.parametrize(
+    ("layer", "change"),
+    [
+        (0, {"padding": (0, 2)}),
+        (0, {"dilation": (1, 2)}),
+        (0, {"stride": (1, 2)}),
+        (1, {"ceil_mode": True}),
+        (1, {"padding": (0, 3)}),
+        (1, {"divisor_override": 7}),
+    ],
+)
+def test_fused_temporal_stage_refuses_other_configurations(layer: int, change: dict) -> None:
+    tsc = _encoder("nice", 5, 200, **ZERO_DROPOUT["nice"]).eval().conv
+    for key, value in change.items():
+        setattr(tsc.tsconv[layer], key, value)
+    x = _x(5, 200, dtype=torch.float32)
+    assert tsc._fused_temporal(x) is None
+    expected = tsc.projection(tsc.tsconv(x.unsqueeze(1))).permute(0, 2, 3, 1).flatten(1)
+    torch.testing.assert_close(tsc(x), expected)
+
+
+def test_fused_temporal_stage_without_bias() -> None:
+    tsc = _encoder("nice", 5, 80, **ZERO_DROPOUT["nice"]).double().eval().conv
+    tsc.tsconv[0].bias = None
+    x = _x(5, 80, dtype=torch.float64)
+    fused = tsc._fused_temporal(x)
+    assert fused is not None
+    torch.testing.assert_close(fused, tsc.tsconv[1](tsc.tsconv[0](x.unsqueeze(1))), rtol=1e-12, atol=1e-12)
+
+
 def test_nice_compiles_a_training_step() -> None:
     """fullgraph: the input checks and the layers trace without graph breaks, forward and backward
     (aot_eager: inductor's code generation takes about a minute on two CPU cores); a bad input still
