@@ -14,6 +14,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+from aligned_runs import AlignedRuns, make_aligned_runs
+from filelock import FileLock
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -46,3 +48,14 @@ def device(request: pytest.FixtureRequest) -> str:
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def aligned_runs(tmp_path_factory: pytest.TempPathFactory) -> AlignedRuns:
+    """The shared synthetic brain and its ReAlnet runs (see tests/aligned_runs.py), made once per session
+    even across pytest-xdist workers: tests read them and never write into them."""
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every xdist worker
+    folder = shared / "aligned_runs"
+    with FileLock(str(shared / "aligned_runs.lock")):
+        folder.mkdir(exist_ok=True)
+        return make_aligned_runs(folder)

@@ -161,7 +161,7 @@ def _check_args(args: dict[str, Any]) -> None:
     _check_int("patience", args["patience"], 1, optional=True)
     _check_int("num_workers", args["num_workers"], 0)
     _check_int("log_every", args["log_every"], 1)
-    _check_int("keep_checkpoints", args["keep_checkpoints"], 1, optional=True)
+    _check_int("keep_checkpoints", args["keep_checkpoints"], 0, optional=True)
     clip = args["clip_grad_norm"]
     if clip is not None:
         if isinstance(clip, bool) or not isinstance(clip, int | float):
@@ -600,6 +600,10 @@ class _Fit:
         self.progress.end_epoch(epoch, {**shown, "best epoch": self.best["epoch"]})
 
     def _checkpoint(self, epoch: int) -> None:
+        if self.a["keep_checkpoints"] == 0:  # a run that will not be resumed: no model + optimizer write
+            if self.info.is_main:
+                self.run.prune_checkpoints(0)  # a resumed run's last one would now be stale
+            return
         rng = distributed.gather_to_main(capture_rng(self.device), self.info)
         if self.info.is_main:
             checkpoint = {
@@ -778,7 +782,8 @@ def fit(
         hooks: :class:`Hook` objects.
         progress: show progress on standard error (a tqdm bar on a terminal, plain lines otherwise).
         log_every: write a "train" metrics line every this many steps (and at each epoch's end).
-        keep_checkpoints: how many epoch checkpoints to keep (None: all).
+        keep_checkpoints: how many epoch checkpoints to keep (None: all; 0: none, and the run cannot be
+            resumed: ``resume=True`` then starts it again).
         tensorboard: write TensorBoard events: None when tensorboard is installed, True always, False never.
         device: the training device; default ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU.
 

@@ -7,7 +7,8 @@ complete or absent)::
                         "environment": versions, git commit, device, precision, processes}
     metrics.jsonl      one JSON object a line: "kind" "train" (an aggregate over log_every steps) or
                        "epoch" (train and validation aggregates, the recipe's metrics, lr, timing)
-    checkpoints/       epoch-0001.pt, ...: the last keep_checkpoints epochs (see checkpoint.py)
+    checkpoints/       epoch-0001.pt, ...: the last keep_checkpoints epochs (see checkpoint.py); none
+                       with keep_checkpoints=0
     model.safetensors  the selected (best) epoch's model weights
     summary.json       best_epoch, best_val_loss, epochs_run, ... (written when the run ends)
     events/            TensorBoard event files (when tensorboard is installed)
@@ -298,9 +299,10 @@ class RunFolder:
         atomic_write(self.metrics_path, write)
 
     def prune_checkpoints(self, keep: int | None) -> None:
-        """Removes all but the newest ``keep`` checkpoints (None keeps all)."""
+        """Removes all but the newest ``keep`` checkpoints (None keeps all, 0 none)."""
         if keep is not None:
-            for path in self.checkpoints()[:-keep]:
+            found = self.checkpoints()
+            for path in found[: max(len(found) - keep, 0)]:
                 os.remove(path)
 
     def clear_outputs(self) -> None:

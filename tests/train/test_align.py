@@ -2,8 +2,9 @@
 
 One small synthetic dataset (2 subjects, 12 training and 5 test images of 32 px) and one aligned run
 (2 epochs of one step) serve most tests; a training step of the 54 M-parameter model costs seconds on a
-busy CPU whatever the image size, so the tests count steps. The runs use one thread: the step is
-memory-bound, and a second thread on a busy 2-core machine costs more than it gains.
+busy CPU whatever the image size (it is bound by the weights' memory traffic, not by the images), so the
+tests count steps and CORnet-S passes. The runs use one thread: a second thread on a busy 2-core machine
+costs more than it gains. What alignment does is shown on the session's shared runs (``aligned_runs``).
 """
 
 from __future__ import annotations
@@ -19,24 +20,22 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from aligned_runs import AlignedRuns
 from safetensors.torch import load_file
 
 from fastalign.cli import main
 from fastalign.data import (
     FMRIResponses,
-    ImageTransform,
     ResponsePCA,
     SyntheticThings,
     fit_norm_stats,
     load_fmri,
-    load_image_metadata,
-    load_images,
     load_preprocessed_eeg,
     make_synthetic_things,
 )
 from fastalign.data._io import save_npy
 from fastalign.data.things_eeg2 import preprocessed_path, save_preprocessed_dict
-from fastalign.models import cornet_s, realnet, save_realnet
+from fastalign.models import realnet, save_realnet
 from fastalign.models.cornet.model import CORnetBase
 from fastalign.train import AlignResult, FitState, Hook, RunFolder, align, load_align_data, realnet_loss
 from fastalign.train.alignment import derangement
@@ -95,6 +94,7 @@ class Counter(Hook):
 
 @pytest.fixture(scope="module")
 def run(synth: SyntheticThings, tmp_path_factory: pytest.TempPathFactory) -> tuple[AlignResult, Counter]:
+    ALIGN._MEMO.clear()  # this process may hold this start's teacher targets already: count a real pass
     teacher_calls: list[int] = []
     forward = CORnetBase.forward
 
@@ -445,64 +445,88 @@ class KillAt(Hook):
             raise Kill
 
 
+def _count_passes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the recipe's passes of a CORnet-S over the images: the teacher's, and the test outputs' (of
+    the selected model, and of the starting model unless this process computed them before)."""
+    passes = {"teacher": 0, "test": 0}
+
+    def counted(f: Any, key: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            passes[key] += 1
+            return f(*args, **kwargs)
+
+        return call
+
+    for name, key in (("_teacher_targets", "teacher"), ("_test_outputs", "test")):
+        monkeypatch.setattr(ALIGN, name, counted(getattr(ALIGN, name), key))
+    return passes
+
+
 @pytest.mark.slow
 def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(
-    run: tuple[AlignResult, Counter], synth: SyntheticThings, tmp_path: Path
+    run: tuple[AlignResult, Counter], synth: SyntheticThings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """... and the resumed run takes the teacher's targets that the killed run computed (one process keeps
+    what the starting weights and the images determine)."""
+    passes = _count_passes(monkeypatch)
     out = tmp_path / "run"
     with pytest.raises(Kill):
         align(synth.root, 1, out=out, progress=False, hooks=[KillAt(2)], **RUN)  # in epoch 2
+    teacher_passes = passes["teacher"]
     resumed = align(synth.root, 1, out=out, progress=False, resume=True, **RUN)
+    assert passes["teacher"] == teacher_passes
     assert resumed.summary["resumed_at"] == [1] and resumed.summary["epochs_run"] == 2
     mine, theirs = load_file(out / "model.safetensors"), load_file(run[0].run.model_path)
     assert mine.keys() == theirs.keys()
     for key in mine:
         assert torch.equal(mine[key], theirs[key]), key
+    for key, value in run[0].summary.items():
+        if key.startswith(("test_", "unaligned_test_")):
+            assert resumed.summary[key] == value, key
 
 
 @pytest.mark.slow
-def test_every_subject_starts_from_the_same_weights(synth: SyntheticThings, tmp_path: Path) -> None:
+def test_every_subject_starts_from_the_same_weights(
+    synth: SyntheticThings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """fMRI, both subjects: one run folder each, from the same start (the published script trains one
-    model object through all subjects)."""
-    kw = dict(RUN, epochs=1, val_fraction=0.0, batch_size=8)
+    model object through all subjects), with one teacher pass and one pass of the starting model over the
+    test images for both; keep_checkpoints=0 writes no checkpoint."""
+    ALIGN._MEMO.clear()
+    passes = _count_passes(monkeypatch)
+    kw = dict(RUN, epochs=1, val_fraction=0.0, batch_size=8, keep_checkpoints=0)
     results = align(synth.root, "all", modality="fmri", pca=6, out=tmp_path, progress=False, **kw)
     assert [r.subject for r in results] == [1, 2]
     configs = [RunFolder(tmp_path / f"sub-0{s}").read_config()["config"] for s in (1, 2)]
     assert configs[0]["start_fingerprint"] == configs[1]["start_fingerprint"]
     assert [c["subject"] for c in configs] == [1, 2] and configs[0]["n_out"] == 6
     assert results[0].summary["unaligned_test_ce"] == results[1].summary["unaligned_test_ce"]
+    assert results[0].summary["unaligned_test_mse"] != results[1].summary["unaligned_test_mse"]  # own brains
     for r in results:
         assert -1 <= r.summary["test_rsa_it"] <= 1 and -1 <= r.summary["test_rsa_response"] <= 1
+        assert r.run.checkpoints() == [] and os.path.isfile(r.run.model_path)
+    assert passes == {"teacher": 2, "test": 3}  # the teacher: training and test images; test: 2 + start
 
 
-def _calibrated_cornet_s(paths: list[str], path: Path) -> Path:
-    """A random CORnet-S whose BatchNorm statistics are those of the images, as a pretrained network's fit
-    its inputs: the starting model's eval-mode features are then those of a normalised network, and the
-    comparison with the aligned model is not one of BatchNorm statistics (a fresh CORnet-S has mean 0 and
-    variance 1, which training moves towards the data's)."""
-    torch.manual_seed(0)
-    net = cornet_s()
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in norms:
-        m.momentum = None  # a cumulative average: one batch sets its exact statistics
-    with torch.no_grad():
-        net.train()(load_images(paths, ImageTransform(SIZE, resize=SIZE)))
-    torch.save(net.state_dict(), path)
-    return path
+def test_what_the_start_determines_is_recomputed_when_an_image_changes(tmp_path: Path) -> None:
+    paths = [str(tmp_path / name) for name in ("a.png", "b.png")]
+    for path in paths:
+        Path(path).write_bytes(b"one")
+    before = ALIGN._files_digest(paths)
+    assert ALIGN._files_digest(paths) == before and ALIGN._files_digest(paths[::-1]) != before
+    os.utime(paths[1], ns=(0, os.stat(paths[1]).st_mtime_ns + 1))  # rewritten in place, same size
+    assert ALIGN._files_digest(paths) != before
+    calls = []
+    for key in ("x", "x", "y", "x"):
+        ALIGN._memoized(("test", key), lambda k=key: calls.append(k))
+    assert calls == ["x", "y"]
 
 
 @pytest.mark.slow
-def test_alignment_raises_the_rsa_more_than_the_unpaired_control(tmp_path: Path) -> None:
-    """What must be shown, at the smallest size where it holds (see docs/training.md for the numbers)."""
-    data = make_synthetic_things(
-        tmp_path / "synth", n_train_concepts=16, images_per_concept=4, n_test=30, n_sessions=2,
-        test_repetitions=10, image_size=SIZE,
-    )  # fmt: skip
-    paths = load_image_metadata(data.image_dir).paths("training")
-    weights = _calibrated_cornet_s(paths, tmp_path / "cornet_s.pth")
-    kw = dict(weights=weights, epochs=3, batch_size=16, lr=1e-3, image_size=SIZE, amp="fp32", progress=False)
-    paired = align(data.root, 1, out=tmp_path / "paired", **kw).summary
-    control = align(data.root, 1, out=tmp_path / "control", control="unpaired", **kw).summary
+def test_alignment_raises_the_rsa_more_than_the_unpaired_control(aligned_runs: AlignedRuns) -> None:
+    """What must be shown, at the smallest size where it holds (see docs/training.md for the numbers), on
+    the session's shared runs: subject 1's aligned run and its unpaired control."""
+    paired, control = aligned_runs.summaries["paired"], aligned_runs.summaries["control"]
     for key in ("rsa_it", "rsa_response"):
         start, aligned, unpaired = (
             paired[f"unaligned_test_{key}"],
@@ -512,7 +536,7 @@ def test_alignment_raises_the_rsa_more_than_the_unpaired_control(tmp_path: Path)
         print(f"{key}: unaligned {start:.4f}, aligned {aligned:.4f}, unpaired control {unpaired:.4f}")
         assert control[f"unaligned_test_{key}"] == start  # the same starting model
         assert aligned > start and aligned - start > unpaired - start, key
-    # the predicted responses by a clear margin (IT's RDM moves little in 9 steps: see docs/training.md)
+    # the predicted responses by a clear margin (IT's RDM moves little in a few steps: see docs/training.md)
     gain, control_gain = (
         s["test_rsa_response"] - paired["unaligned_test_rsa_response"] for s in (paired, control)
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from fit_tiny import model, run, state_of
 
-from fastalign.train import RunFolder, load_checkpoint
+from fastalign.train import FitState, Hook, RunFolder, load_checkpoint
 
 
 def test_another_config_is_refused_and_overwrite_replaces_the_run(tmp_path: Path) -> None:
@@ -62,9 +62,39 @@ def test_new_empty_and_resumed_empty_folders_start_a_run(tmp_path: Path) -> None
 
 
 def test_keep_checkpoints(tmp_path: Path) -> None:
-    for keep, expected in ((None, [1, 2, 3]), (2, [2, 3]), (1, [3])):
+    for keep, expected in ((None, [1, 2, 3]), (2, [2, 3]), (1, [3]), (0, [])):
         folder = run(tmp_path / str(keep), keep_checkpoints=keep).run
         assert [RunFolder.checkpoint_epoch(p) for p in folder.checkpoints()] == expected
+    assert not os.path.exists(RunFolder(tmp_path / "0").checkpoints_dir)  # not even its folder
+    with pytest.raises(ValueError, match=r"fit: keep_checkpoints=-1; expected an int >= 0 or None"):
+        run(tmp_path / "bad", keep_checkpoints=-1)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAt(Hook):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state: FitState) -> None:
+        if state.step == self.step:
+            raise _Stop
+
+
+def test_a_run_resumed_without_checkpoints_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    """keep_checkpoints=0 on resume: the run continues from its checkpoint, then removes it (it would be
+    stale); the weights are the uninterrupted run's."""
+    whole = run(tmp_path / "whole")
+    out = tmp_path / "run"
+    with pytest.raises(_Stop):
+        run(out, hooks=[_StopAt(8)])  # in epoch 2 of 3 (6 steps an epoch)
+    assert [RunFolder.checkpoint_epoch(p) for p in RunFolder(out).checkpoints()] == [1]
+    resumed = run(out, resume=True, keep_checkpoints=0)
+    assert resumed.summary["resumed_at"] == [1] and RunFolder(out).checkpoints() == []
+    for (key, a), b in zip(state_of(resumed.model).items(), state_of(whole.model).values(), strict=True):
+        assert torch.equal(a, b), key
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(
