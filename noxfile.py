@@ -1,4 +1,4 @@
-"""Developer and CI sessions: tests, lint, typecheck, cuda_compile, benchmarks.
+"""Developer and CI sessions: tests, lint, typecheck, cuda_compile, benchmarks, demo.
 
 On CPU-only machines torch is pinned by constraints/cpu.txt (FASTALIGN_CONSTRAINTS names another file,
 e.g. for a CUDA machine) and the package is built with --no-build-isolation against that torch.
@@ -78,3 +78,11 @@ def benchmarks(session: nox.Session) -> None:
     for script in scripts:
         session.run("python", script, *session.posargs)
     session.run("python", "benchmarks/render.py")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The quick demo end to end in a fresh venv (``nox -s demo -- --out demo`` runs the full one)."""
+    _install(session, "photos")
+    args = session.posargs or ["--out", os.path.join(session.create_tmp(), "demo"), "--quick", "--overwrite"]
+    session.run("fastalign", "demo", *args)

@@ -5,7 +5,9 @@ Training CORnet-S costs seconds per step on a 2-core CPU, so the suite aligns on
 first worker to ask makes the runs while the others wait on a file lock, then every worker reads the same
 folders. The runs are those of ReAlnet's "what must be shown": a calibrated CORnet-S (random weights whose
 BatchNorm statistics are the images', as a pretrained network's fit its inputs) aligned to subject 1, and
-the unpaired control from the same start.
+the unpaired control from the same start. The control costs only its training steps: align keeps the
+teacher's targets and the starting model's test outputs of the paired run (one process makes both), and
+neither run writes checkpoints.
 """
 
 from __future__ import annotations
@@ -55,15 +57,10 @@ class AlignedRuns:
 def calibrated_cornet_s(paths: list[str], path: Path, size: int = SIZE) -> Path:
     """A random CORnet-S whose BatchNorm statistics are those of the images (one cumulative batch)."""
     from fastalign.data import ImageTransform, load_images
-    from fastalign.models import cornet_s
+    from fastalign.models import calibrate_batchnorm, cornet_s
 
     torch.manual_seed(0)
-    net = cornet_s()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.momentum = None  # a cumulative average: one batch sets its exact statistics
-    with torch.no_grad():
-        net.train()(load_images(paths, ImageTransform(size, resize=size)))
+    net = calibrate_batchnorm(cornet_s(), load_images(paths, ImageTransform(size, resize=size)))
     torch.save(net.state_dict(), path)
     return path
 

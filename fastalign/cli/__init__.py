@@ -3,10 +3,16 @@
 Each subcommand lives in its own module of this package and calls one public function with its flags as
 that function's arguments:
 
+- ``fastalign demo``: :func:`fastalign.cli.demo.demo`, the stages below on a synthetic brain
 - ``fastalign synth``: :func:`fastalign.data.make_synthetic_things` (:mod:`fastalign.cli.synth`)
+- ``fastalign preprocess``: :func:`fastalign.data.preprocess_things_eeg2` (:mod:`fastalign.cli.preprocess`)
 - ``fastalign align``: :func:`fastalign.train.align` (:mod:`fastalign.cli.align`)
 - ``fastalign evaluate``: :func:`fastalign.eval.evaluate` (:mod:`fastalign.cli.evaluate`)
 - ``fastalign decode``: :func:`fastalign.train.decode` (:mod:`fastalign.cli.decode`)
+- ``fastalign rsa``: :func:`fastalign.cli.rsa.brain_rsa` (time-resolved brain RDMs and their similarity
+  with model RDMs, from MNE epochs or arrays)
+- ``fastalign bench``: the fused ops timed here, or a checkout's benchmark scripts
+  (:mod:`fastalign.cli.bench`)
 - ``fastalign info``: :func:`fastalign.info.report` (:mod:`fastalign.cli.info`)
 
 Errors are one line on standard error and exit status 1 (``--debug`` shows the traceback); usage errors
@@ -28,10 +34,14 @@ PROG = "fastalign"
 
 # In the order ``fastalign --help`` lists them: the pipeline from data to results, then the tools.
 COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
     "synth",
+    "preprocess",
     "align",
     "evaluate",
     "decode",
+    "rsa",
+    "bench",
     "info",
 )
 

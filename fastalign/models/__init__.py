@@ -7,6 +7,7 @@ re-exported here. Image preprocessing lives in :mod:`fastalign.data.transforms` 
 
 from __future__ import annotations
 
+from fastalign.models.calibration import calibrate_batchnorm
 from fastalign.models.cornet import CORnetS, FusedCORnetS, cornet_s, fuse
 from fastalign.models.encoders import ATMS, NICE, BrainMLP, EEGNetV4, brain_encoder
 from fastalign.models.realnet_model import ReAlnet, ReAlnetOutput, realnet, save_realnet
@@ -24,6 +25,7 @@ __all__ = [
     "batch_norm_act",
     "batch_norm_module_act",
     "brain_encoder",
+    "calibrate_batchnorm",
     "cornet_s",
     "fuse",
     "realnet",

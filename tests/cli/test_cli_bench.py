@@ -1,0 +1,80 @@
+"""``fastalign bench``: the built-in micro-benchmark (its naive PyTorch versions compute the same numbers as
+fastalign's ops) and the benchmark scripts of a source checkout (found, run with their arguments, refused
+where there is no checkout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import fastalign.cli.bench as bench
+from fastalign.cli import main
+
+TINY = {"infonce": (24, 8), "rdm": (9, 16), "rsa": (7, 3, 5)}
+
+
+def test_micro_benchmark_compares_equal_results() -> None:
+    rows = bench.micro_benchmark("cpu", repeat=1, sizes=TINY)
+    assert [r["op"] for r in rows] == [
+        "infonce_loss fwd+bwd",
+        "rdm correlation",
+        "time_resolved_rsa spearman",
+    ]
+    tolerance = {"infonce_loss fwd+bwd": 1e-5, "rdm correlation": 1e-5, "time_resolved_rsa spearman": 1e-12}
+    for r in rows:
+        assert r["max_abs_diff"] <= tolerance[r["op"]], r
+        assert r["fastalign_ms"] > 0 and r["naive_ms"] > 0
+        assert r["speedup"] == pytest.approx(r["naive_ms"] / r["fastalign_ms"])
+    with pytest.raises(ValueError, match="repeat"):
+        bench.micro_benchmark("cpu", repeat=0, sizes=TINY)
+
+
+def test_bench_prints_the_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(bench.SIZES, "cpu", TINY)
+    assert main(["bench", "--repeat", "1", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("fastalign ") and ", cpu, " in lines[0]
+    assert lines[1].split()[:2] == ["op", "shape"] and len(lines) == 5
+    assert lines[2].startswith("infonce_loss fwd+bwd") and lines[2].split()[-2].endswith("x")
+
+
+def test_scripts_of_this_checkout(capsys: pytest.CaptureFixture[str]) -> None:
+    found = bench.scripts()
+    assert {"rsa", "infonce"} <= set(found) and found["rsa"].endswith("benchmarks/bench_rsa.py")
+    assert main(["bench", "--list"]) == 0
+    assert "bench_rsa.py" in capsys.readouterr().out
+    assert main(["bench", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "no benchmark named ['nope']" in err and "'rsa'" in err
+
+
+def test_runs_scripts_with_their_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    (folder / "harness.py").write_text("")
+    (folder / "bench_ok.py").write_text("import sys\nprint('ok got', sys.argv[1:])\n")
+    (folder / "bench_fails.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.setattr(bench, "_checkout", lambda: str(folder))
+    assert main(["bench", "ok", "bench_ok.py", "--script-args=--quick --n 2"]) == 0
+    out = capfd.readouterr().out
+    assert (
+        out.count("ok got ['--quick', '--n', '2']") == 2 and "== benchmarks/bench_ok.py --quick --n 2" in out
+    )
+    assert main(["bench", "fails"]) == 1
+    assert "bench_fails.py exited with status 3" in capfd.readouterr().err
+    assert main(["bench", "--script-args=--quick"]) == 1
+    assert "goes with benchmark script names" in capfd.readouterr().err
+
+
+def test_an_installed_package_has_no_scripts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bench, "_checkout", lambda: None)
+    assert main(["bench", "rsa"]) == 1
+    err = capsys.readouterr().err
+    assert "source checkout" in err and "fastalign bench' with no names" in err and len(err.splitlines()) == 1
+    assert main(["bench", "--list"]) == 0
+    assert "not a source checkout" in capsys.readouterr().out

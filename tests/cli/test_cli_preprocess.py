@@ -1,0 +1,94 @@
+"""``fastalign preprocess``: the flags become preprocess_things_eeg2's arguments (the recipe's values where a
+flag is not given), and the files it writes are the function's output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastalign.cli import main, parser
+from fastalign.cli.preprocess import _options
+from fastalign.data import (
+    PUBLISHED_SEED,
+    load_preprocessed_eeg,
+    make_synthetic_things,
+    preprocess_things_eeg2,
+)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Raw files only (preprocess=False): two subjects, one session, 250 Hz."""
+    root = tmp_path_factory.mktemp("raw") / "data"
+    make_synthetic_things(
+        root, n_subjects=2, n_train_concepts=3, images_per_concept=1, n_test=3, n_sessions=1,
+        test_repetitions=2, raw_sfreq=250.0, n_extra_channels=1, image_size=8, preprocess=False,
+    )  # fmt: skip
+    return root
+
+
+def _parsed(*flags: str) -> dict:
+    return _options(parser().parse_args(["preprocess", "--data", "d", *flags]))
+
+
+def test_flags_not_given_follow_the_recipe() -> None:
+    assert _parsed() == {
+        "recipe": "eeg_encoding", "tmin": -0.2, "training_repetitions": 2, "test_repetitions": 20,
+        "seed": PUBLISHED_SEED,
+    }  # fmt: skip
+    given = _parsed(
+        "--recipe", "alignvis", "--sfreq", "none", "--channels", "O1", "Oz", "--tmax", "0.5", "--no-crop",
+        "--baseline", "none", "-0.1", "--mvnn-dim", "time", "--mvnn-covariance", "session",
+        "--sessions", "2", "--training-repetitions", "none", "--seed", "3",
+    )  # fmt: skip
+    assert given == {
+        "recipe": "alignvis", "tmin": -0.2, "training_repetitions": None, "test_repetitions": 20, "seed": 3,
+        "sessions": [2], "tmax": 0.5, "mvnn_dim": "time", "mvnn_covariance": "session", "sfreq": None,
+        "channels": ["O1", "Oz"], "baseline": (None, -0.1), "crop": None,
+    }  # fmt: skip
+    assert _parsed("--channels", "^O", "--crop", "0", "0.5", "--no-baseline")["channels"] == "^O"
+    assert _parsed("--crop", "0", "0.5")["crop"] == (0.0, 0.5)
+    assert _parsed("--no-baseline")["baseline"] is None
+
+
+def test_writes_the_function_output_for_every_subject(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pre"
+    argv = [
+        "preprocess",
+        "--data",
+        str(raw),
+        "--subject",
+        "all",
+        "--out",
+        str(out),
+        "--test-repetitions",
+        "2",
+    ]
+    assert main([*argv, "--sfreq", "50", "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line[:6] for line in printed] == ["sub-01", "sub-02"] and "at 50 Hz" in printed[0]
+    for subject in (1, 2):
+        direct = preprocess_things_eeg2(
+            raw / "raw_data", subject, sfreq=50.0, test_repetitions=2, write=False
+        )
+        for split in ("training", "test"):
+            written = load_preprocessed_eeg(out, subject, split)
+            np.testing.assert_array_equal(written.data, getattr(direct, split).data)
+            assert written.ch_names == getattr(direct, split).ch_names
+
+
+def test_errors(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["preprocess", "--data", str(tmp_path / "none")]) == 1
+    assert "--data: " in capsys.readouterr().err
+    assert main(["preprocess", "--data", str(raw), "--subject", "3", "--out", str(tmp_path / "o")]) == 1
+    assert "sub-03" in capsys.readouterr().err
+    bad = ["preprocess", "--data", str(raw), "--out", str(tmp_path / "o"), "--channels", "("]
+    assert main(bad) == 1
+    assert "not a valid regex" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):  # argparse: --crop and --no-crop together
+        main(["preprocess", "--data", str(raw), "--crop", "0", "1", "--no-crop"])
