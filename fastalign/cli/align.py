@@ -14,6 +14,7 @@ from fastalign.cli.common import (
     add_progress,
     add_resume_overwrite,
     add_seed,
+    count_or_none,
     int_or_none,
     number,
     positive_int,
@@ -77,6 +78,19 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--rois", nargs="+", metavar="ROI", help="fMRI ROIs to keep (default: all voxels)")
     p.add_argument("--pca", type=int_or_none, default=1024, help="fMRI components, or none (default 1024)")
+    p.add_argument(
+        "--clip-grad-norm",
+        type=float,
+        metavar="MAX",
+        help="clip the gradients' total 2-norm to MAX before each step (default: no clipping, as published)",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=count_or_none,
+        default=1,
+        metavar="N",
+        help="the newest epoch checkpoints to keep for --resume (default 1; 0: none; none: all)",
+    )
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="default auto")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
     add_device(p)

@@ -45,6 +45,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count_or_none(text: str) -> int | None:
+    """An argparse type: an integer >= 0, or ``none``."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'none', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'none', got {text!r}")
+    return value
+
+
 def int_or_none(text: str) -> int | None:
     """An argparse type: a positive integer, or ``none``."""
     return None if text.lower() == "none" else positive_int(text)

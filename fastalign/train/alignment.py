@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from fastalign import _checks
@@ -90,6 +91,7 @@ def realnet_loss(
     *,
     beta: float = 100.0,
     contrast: str = "differentiable",
+    group: Any = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ReAlnet's loss ``CE(logits, target) + beta * (MSE(pred, brain) + C)`` and its terms.
 
@@ -102,6 +104,9 @@ def realnet_loss(
         beta: weight of the brain terms (0: fine-tuning without the brain).
         contrast: "differentiable" (C carries gradients) or "published" (C's value without gradient, as
             the published ``torch.tensor(list)`` gives).
+        group: None (C over this batch), or under data parallelism a torch.distributed process group:
+            C over the batches of all its ranks (see :func:`fastalign.contrastive.
+            correlation_contrastive_loss`); every rank must call it.
 
     Returns:
         ``(loss, {"ce", "mse", "contrast"})``, the terms detached. CE and MSE are computed in float32 (or
@@ -132,8 +137,8 @@ def realnet_loss(
     ce = F.cross_entropy(scores, target.to(scores.dtype) if target.is_floating_point() else target)
     dtype = torch.promote_types(_checks.compute_dtype(pred), _checks.compute_dtype(brain))
     mse = F.mse_loss(pred.to(dtype), brain.to(dtype))
-    if pred.shape[0] >= 2:
-        c = correlation_contrastive_loss(pred, brain, detach=contrast == "published")
+    if group is not None or pred.shape[0] >= 2:
+        c = correlation_contrastive_loss(pred, brain, detach=contrast == "published", group=group)
     else:
         c = torch.zeros((), dtype=mse.dtype, device=mse.device)
     loss = ce + beta * (mse + c)
@@ -143,7 +148,10 @@ def realnet_loss(
 def _step(model: torch.nn.Module, batch: Any, *, beta: float, contrast: str) -> Any:
     images, brain, target = batch
     logits, pred = model(images)  # one backbone pass: logits and the predicted response together
-    return realnet_loss(logits, pred, brain, target, beta=beta, contrast=contrast)
+    # fit passes its DDP wrapper in training, where every rank runs every step: C over the global batch.
+    # Validation (the bare model) keeps each rank's share: its shards may differ by a batch across ranks.
+    group = model.process_group if isinstance(model, DistributedDataParallel) else None
+    return realnet_loss(logits, pred, brain, target, beta=beta, contrast=contrast, group=group)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -334,7 +342,8 @@ def _eeg_responses(
         key: EEGResponses(r.data[:, :, ch][..., t], names, times, source=r.source)
         for key, r in (("train", train), ("test", test))
     }
-    return out, {"channels": names, "times": [float(x) for x in times]}
+    # rounded for config.json: 0.19, not 0.19000000000000003
+    return out, {"channels": names, "times": [round(float(x), 9) for x in times]}
 
 
 def _fmri_responses(
@@ -516,8 +525,9 @@ def _read_state(weights: str | os.PathLike[str]) -> tuple[str, Mapping[str, Any]
 
 
 def _has_head(state: Mapping[str, Any]) -> bool:
-    """Whether a state dict is a whole ReAlnet (ours or the published Encoder's), not a CORnet-S."""
-    sd = state["state_dict"] if isinstance(state.get("state_dict"), Mapping) else state
+    """Whether a state dict is a whole ReAlnet (ours, an epoch checkpoint of ours, or the published
+    Encoder's), not a CORnet-S."""
+    sd = next((state[k] for k in ("state_dict", "model") if isinstance(state.get(k), Mapping)), state)
     heads = ("head.", "fc_v1.", "fc_v2.", "fc_v4.", "fc_it.", "fc.")
     return any(str(k).removeprefix("module.").startswith(heads) for k in sd)
 
@@ -837,13 +847,13 @@ def _check_settings(a: dict[str, Any]) -> None:
     _checks.check_int(_FN, "width", a["width"], minimum=1, none=True)
     _checks.check_int(_FN, "num_workers", a["num_workers"], minimum=0)
     _checks.check_int(_FN, "keep_checkpoints", a["keep_checkpoints"], minimum=0, none=True)
+    _checks.check_real(_FN, "clip_grad_norm", a["clip_grad_norm"], positive=True, none=True)
     for name in ("resume", "overwrite", "progress"):
         _checks.check_bool(_FN, name, a[name])
-    world = distributed.planned().world_size
-    if a["beta"] > 0 and a["batch_size"] // world < 2:
+    if a["beta"] > 0 and a["batch_size"] < 2:
         raise ValueError(
-            f"{_FN}: batch_size={a['batch_size']} over {world} process(es) gives batches of "
-            f"{a['batch_size'] // world}; the contrast C needs at least 2 samples per process's batch"
+            f"{_FN}: batch_size must be at least 2 with beta > 0 (the contrast C correlates each image's "
+            f"predicted response with the other images' in its batch), got {a['batch_size']}"
         )
 
 
@@ -873,6 +883,7 @@ def align(
     resume: bool = False,
     overwrite: bool = False,
     keep_checkpoints: int | None = 1,
+    clip_grad_norm: float | None = None,
     amp: str = "auto",
     num_workers: int = 0,
     device: str | torch.device | None = None,
@@ -916,6 +927,9 @@ def align(
         keep_checkpoints: as :func:`fastalign.train.fit`: the newest epoch checkpoints to keep (None: all;
             0: none, for a run that will not be resumed: each CORnet-S checkpoint with its Adam state is
             about 650 MB).
+        clip_grad_norm: clip the gradients' total 2-norm to this before each step (and log ``grad_norm``),
+            or None (published: no clipping). With beta = 100 the brain terms' gradients can be large
+            while the head is new; clipping keeps a higher ``lr`` stable.
         amp, num_workers, device, progress: as :func:`fastalign.train.fit`.
         hooks: extra :class:`~fastalign.train.Hook` objects for the fit loop.
 
@@ -972,7 +986,7 @@ def align(
             "image_size": image_size,
             "target": target,
             "contrast": contrast,
-            "contrast_scope": "each process's batch",
+            "contrast_scope": "the global batch in training, each process's share in validation",
             "control": control,
             "val_fraction": val_fraction,
             "n_train": len(d.train),
@@ -990,7 +1004,8 @@ def align(
             model, functools.partial(_step, beta=beta, contrast=contrast), sets["train"], sets.get("val"),
             out=run_dir, epochs=epochs, config=config, batch_size=batch_size,
             optimizer=adam, seed=seed, amp=amp, resume=resume,
-            overwrite=overwrite, keep_checkpoints=keep_checkpoints, num_workers=num_workers, drop_last=True,
+            overwrite=overwrite, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
+            num_workers=num_workers, drop_last=True,
             hooks=[recipe, *hooks], progress=progress, device=target_device,
         )  # fmt: skip
         assert isinstance(result.model, ReAlnet)

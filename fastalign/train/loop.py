@@ -176,7 +176,10 @@ def _check_args(args: dict[str, Any]) -> None:
         _check_bool(name, args[name])
     _check_bool("tensorboard", args["tensorboard"], optional=True)
     if args["resume"] and args["overwrite"]:
-        raise ValueError("fit: resume=True and overwrite=True contradict each other; pass one of them")
+        raise ValueError(
+            "fit: resume=True (--resume) and overwrite=True (--overwrite) contradict each other; "
+            "pass one of them"
+        )
     if args["config"] is not None and not isinstance(args["config"], Mapping):
         raise TypeError(f"fit: config is a {type(args['config']).__name__}; expected a mapping (or None)")
     hooks = args["hooks"]

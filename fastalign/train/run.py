@@ -376,8 +376,8 @@ def prepare_run(
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
         raise ValueError(
-            f"fit: out={path!r} holds a run with a different config ({shown}); pass overwrite=True to "
-            "replace it, or choose another out"
+            f"fit: out={path!r} holds a run with a different config ({shown}); pass overwrite=True "
+            "(--overwrite) to replace it, or choose another out"
         )
     latest = run.latest_checkpoint()
     if not resume:
@@ -390,7 +390,7 @@ def prepare_run(
         )
         raise ValueError(
             f"fit: out={path!r} already holds a run with this config ({done}); "
-            "use resume=True or overwrite=True"
+            "pass resume=True (--resume) to continue it or overwrite=True (--overwrite) to replace it"
         )
     if latest is None:
         run.clear_outputs()

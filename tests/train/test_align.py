@@ -93,7 +93,11 @@ class Counter(Hook):
 
 
 @pytest.fixture(scope="module")
-def run(synth: SyntheticThings, tmp_path_factory: pytest.TempPathFactory) -> tuple[AlignResult, Counter]:
+def run(
+    synth: SyntheticThings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[AlignResult, Counter]]:
+    """The shared run, without checkpoints (each is 650 MB: CORnet-S with Adam's state); the resume test
+    makes the run folder with a checkpoint. Its folder goes when the module's tests are done."""
     ALIGN._MEMO.clear()  # this process may hold this start's teacher targets already: count a real pass
     teacher_calls: list[int] = []
     forward = CORnetBase.forward
@@ -105,28 +109,24 @@ def run(synth: SyntheticThings, tmp_path_factory: pytest.TempPathFactory) -> tup
     counter = Counter(teacher_calls)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(CORnetBase, "forward", counted)
+        folder = tmp_path_factory.mktemp("runs")
         result = align(
-            synth.root,
-            1,
-            out=tmp_path_factory.mktemp("runs") / "sub01",
-            progress=False,
-            hooks=[counter],
-            **RUN,
+            synth.root, 1, out=folder / "sub01", progress=False, hooks=[counter], keep_checkpoints=0, **RUN
         )
     counter.teacher_calls_at_end = len(teacher_calls)  # type: ignore[attr-defined]
-    return result, counter
+    yield result, counter
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------- the run
 
 
-def test_run_folder_holds_config_metrics_checkpoints_model_and_summary(
-    run: tuple[AlignResult, Counter],
-) -> None:
+def test_run_folder_holds_config_metrics_model_and_summary(run: tuple[AlignResult, Counter]) -> None:
+    """(The checkpoints of a run that keeps them: the resume test.)"""
     result, _ = run
     folder = RunFolder(result.run.path)
     assert sorted(os.listdir(folder.path)) == [
-        "checkpoints", "config.json", "metrics.jsonl", "model.safetensors", "summary.json"
+        "config.json", "metrics.jsonl", "model.safetensors", "summary.json"
     ]  # fmt: skip
     config = folder.read_config()["config"]
     for key, value in {
@@ -136,12 +136,14 @@ def test_run_folder_holds_config_metrics_checkpoints_model_and_summary(
     }.items():  # fmt: skip
         assert config[key] == value, key
     assert len(config["channels"]) == 17 and all(re.match("^O|^P", c) for c in config["channels"])
+    adam = folder.read_config()["fit"]["optimizer"]
+    assert adam["class"] == "torch.optim.adam.Adam" and adam["param_groups"][0]["fused"] is True  # one kernel
     assert config["times"] == pytest.approx([i / 100 for i in range(20)])
     assert [r["epoch"] for r in folder.read_metrics("epoch")] == [1, 2]
     assert {"train_ce", "train_mse", "train_contrast", "val_ce", "val_mse", "val_contrast"} <= set(
         folder.read_metrics("epoch")[0]
     )
-    assert [os.path.basename(p) for p in folder.checkpoints()] == ["epoch-0002.pt"]
+    assert folder.checkpoints() == []  # keep_checkpoints=0 (the resume test has a run with them)
     summary = folder.read_summary()
     assert summary == result.summary
     assert summary["epochs_run"] == 2 and summary["best_epoch"] in (1, 2)
@@ -167,23 +169,6 @@ def test_teacher_runs_once_per_image_before_training(run: tuple[AlignResult, Cou
 def test_one_backbone_pass_per_training_step(run: tuple[AlignResult, Counter]) -> None:
     _, counter = run
     assert counter.per_step == [1, 1]
-
-
-def test_the_cli_runs_the_same_config(
-    run: tuple[AlignResult, Counter], synth: SyntheticThings, tmp_path: Path
-) -> None:
-    """The command line's flags are align's arguments: resuming the finished run through it is accepted
-    (another config would be refused) and trains nothing more."""
-    result, _ = run
-    copy = tmp_path / "copy"
-    shutil.copytree(result.run.path, copy)
-    argv = ["align", "--data", synth.root, "--subject", "1", "--out", str(copy), "--epochs", "2",
-            "--batch-size", "8", "--val-fraction", "0.25", "--image-size", str(SIZE), "--amp", "fp32",
-            "--seed", "0", "--lr", "1e-4", "--no-progress"]  # fmt: skip
-    assert main([*argv, "--resume"]) == 0
-    summary = RunFolder(copy).read_summary()
-    assert summary["epochs_run"] == 2 and summary["resumed_at"] == [2]
-    assert summary["test_rsa_it"] == result.summary["test_rsa_it"]
 
 
 # -------------------------------------------------------------------------------------------- loss
@@ -412,7 +397,8 @@ def test_run_folder_of_another_config_is_refused(
 @pytest.mark.parametrize(
     "change, error",
     [
-        ({"batch_size": 1}, "at least 2 samples"),
+        ({"batch_size": 1}, "batch_size must be at least 2 with beta > 0"),
+        ({"clip_grad_norm": 0.0}, "clip_grad_norm must be"),
         ({"val_fraction": 1.0}, "val_fraction must be a number in \\[0, 1\\)"),
         ({"target": "argmax"}, "target must be one of"),
         ({"contrast": "none"}, "contrast must be one of"),
@@ -472,10 +458,12 @@ def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(
     out = tmp_path / "run"
     with pytest.raises(Kill):
         align(synth.root, 1, out=out, progress=False, hooks=[KillAt(2)], **RUN)  # in epoch 2
+    assert [os.path.basename(p) for p in RunFolder(out).checkpoints()] == ["epoch-0001.pt"]
     teacher_passes = passes["teacher"]
     resumed = align(synth.root, 1, out=out, progress=False, resume=True, **RUN)
     assert passes["teacher"] == teacher_passes
     assert resumed.summary["resumed_at"] == [1] and resumed.summary["epochs_run"] == 2
+    assert [os.path.basename(p) for p in resumed.run.checkpoints()] == ["epoch-0002.pt"]  # the newest kept
     mine, theirs = load_file(out / "model.safetensors"), load_file(run[0].run.model_path)
     assert mine.keys() == theirs.keys()
     for key in mine:
@@ -483,6 +471,15 @@ def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(
     for key, value in run[0].summary.items():
         if key.startswith(("test_", "unaligned_test_")):
             assert resumed.summary[key] == value, key
+    # The command line's flags are align's arguments: resuming the finished run through it is accepted
+    # (another config would be refused) and trains nothing more.
+    argv = ["align", "--data", synth.root, "--subject", "1", "--out", str(out), "--epochs", "2",
+            "--batch-size", "8", "--val-fraction", "0.25", "--image-size", str(SIZE), "--amp", "fp32",
+            "--seed", "0", "--lr", "1e-4", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--resume"]) == 0
+    summary = RunFolder(out).read_summary()
+    assert summary["epochs_run"] == 2 and summary["resumed_at"] == [1, 2]
+    assert summary["test_rsa_it"] == run[0].summary["test_rsa_it"]
 
 
 @pytest.mark.slow
@@ -491,10 +488,10 @@ def test_every_subject_starts_from_the_same_weights(
 ) -> None:
     """fMRI, both subjects: one run folder each, from the same start (the published script trains one
     model object through all subjects), with one teacher pass and one pass of the starting model over the
-    test images for both; keep_checkpoints=0 writes no checkpoint."""
+    test images for both; keep_checkpoints=0 writes no checkpoint; clip_grad_norm reaches the fit loop."""
     ALIGN._MEMO.clear()
     passes = _count_passes(monkeypatch)
-    kw = dict(RUN, epochs=1, val_fraction=0.0, batch_size=8, keep_checkpoints=0)
+    kw = dict(RUN, epochs=1, val_fraction=0.0, batch_size=8, keep_checkpoints=0, clip_grad_norm=1.0)
     results = align(synth.root, "all", modality="fmri", pca=6, out=tmp_path, progress=False, **kw)
     assert [r.subject for r in results] == [1, 2]
     configs = [RunFolder(tmp_path / f"sub-0{s}").read_config()["config"] for s in (1, 2)]
@@ -505,7 +502,20 @@ def test_every_subject_starts_from_the_same_weights(
     for r in results:
         assert -1 <= r.summary["test_rsa_it"] <= 1 and -1 <= r.summary["test_rsa_response"] <= 1
         assert r.run.checkpoints() == [] and os.path.isfile(r.run.model_path)
+        assert r.run.read_config()["fit"]["clip_grad_norm"] == 1.0
+        assert any("grad_norm" in key for record in r.run.read_metrics() for key in record)
     assert passes == {"teacher": 2, "test": 3}  # the teacher: training and test images; test: 2 + start
+
+
+def test_a_whole_realnet_is_recognised_in_every_checkpoint_layout() -> None:
+    """A state dict with a head is a ReAlnet as our safetensors, the published ``{"state_dict": ...}`` and
+    our epoch checkpoints (``{"model": ...}``, with Adam's state) hold it; a CORnet-S is not."""
+    head = {"head.weight": torch.zeros(1), "backbone.V1.conv1.weight": torch.zeros(1)}
+    cornet = {"module.V1.conv1.weight": torch.zeros(1)}
+    for layout in (head, {"state_dict": head}, {"model": head, "optimizer": {}, "epoch": 1}):
+        assert ALIGN._has_head(layout), layout.keys()
+    for layout in (cornet, {"state_dict": cornet}, {"model": cornet, "epoch": 1}):
+        assert not ALIGN._has_head(layout), layout.keys()
 
 
 def test_what_the_start_determines_is_recomputed_when_an_image_changes(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Data parallelism: two gloo processes on the global batch train to the weights one process reaches.
+"""Data parallelism: two gloo processes on the global batch train to the weights one process reaches, and
+ReAlnet's training step gives the gradients of the global batch's loss (C included).
 
 One start of two processes serves every assertion (starting processes is the slow part). They are forked
 rather than spawned: a spawned child imports torch and fastalign again, which takes many seconds on a
@@ -18,9 +19,12 @@ import numpy as np
 import pytest
 import torch
 from fit_tiny import data, forked_child, model, run, state_of
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from fastalign.train import FitState, Hook, RunFolder
+from fastalign.train.alignment import _step as realnet_step
 
 pytestmark = pytest.mark.distributed
 WORLD = 2
@@ -36,13 +40,58 @@ def _untimed(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in ("time", "epoch_time", "images_per_s")}
 
 
+class TwoHeads(nn.Module):
+    """A stand-in for ReAlnet in its training step: one forward gives logits and a predicted response."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.body, self.logits, self.pred = nn.Linear(5, 8), nn.Linear(8, 4), nn.Linear(8, 6)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.tanh(self.body(x))
+        return self.logits(h), self.pred(h)
+
+
+def _realnet_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    x, brain = (
+        torch.randn(8, 5, generator=gen, dtype=torch.float64),
+        torch.randn(8, 6, generator=gen, dtype=torch.float64),
+    )
+    return x, brain, torch.randint(0, 4, (8,), generator=gen)
+
+
+def _realnet_grads(batch: Any, net: nn.Module, grads_of: nn.Module) -> dict[str, np.ndarray]:
+    loss, _ = realnet_step(net, batch, beta=100.0, contrast="differentiable")
+    loss.backward()
+    return {n: p.grad.numpy().copy() for n, p in grads_of.named_parameters()}
+
+
+def _realnet_step_under_ddp(rank: int, port: int) -> dict[str, np.ndarray]:
+    """This rank's half of the batch through ReAlnet's step with the model wrapped in DDP."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    try:
+        net = TwoHeads()
+        share = slice(4 * rank, 4 * rank + 4)
+        return _realnet_grads([t[share] for t in _realnet_batch()], DistributedDataParallel(net), net)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _rank(rank: int, port: int, tmp: str, queue: Any) -> None:
+def _rank(rank: int, port: int, tmp: str, queue: Any, port2: int) -> None:
     forked_child()
     os.environ.update(
         RANK=str(rank),
@@ -65,6 +114,7 @@ def _rank(rank: int, port: int, tmp: str, queue: Any) -> None:
             history=result.history,
             initialised_after=torch.distributed.is_initialized(),
         )
+        report["realnet_grads"] = _realnet_step_under_ddp(rank, port2)
     except BaseException as e:  # the parent shows it instead of waiting for a report that never comes
         report["error"] = repr(e)
     queue.put(report)
@@ -73,8 +123,8 @@ def _rank(rank: int, port: int, tmp: str, queue: Any) -> None:
 def test_two_processes_match_one(tmp_path: Path) -> None:
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_rank, args=(r, port, str(tmp_path), queue)) for r in range(WORLD)]
+    port, port2 = _free_port(), _free_port()
+    procs = [ctx.Process(target=_rank, args=(r, port, str(tmp_path), queue, port2)) for r in range(WORLD)]
     for p in procs:
         p.start()
     try:
@@ -114,3 +164,20 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert config["fit"]["world_size"] == WORLD and len(set(config["environment"]["seed_per_rank"])) == WORLD
     assert ddp.read_summary()["best_epoch"] == one.read_summary()["best_epoch"]
     assert not RunFolder(tmp_path / "bad").is_run()
+
+    # ReAlnet's step under DDP: C over the global batch (gathered with gradients), so the all-reduced
+    # gradients are those of one process's loss on all 8 images ...
+    one = TwoHeads()
+    full = _realnet_grads(_realnet_batch(), one, one)
+    for report in reports.values():
+        for key, value in full.items():
+            np.testing.assert_allclose(
+                report["realnet_grads"][key], value, rtol=1e-10, atol=1e-12, err_msg=key
+            )
+    # ... which C over each process's share alone would not give (the pairs across processes are missing)
+    halves = []
+    for rank in range(WORLD):
+        net = TwoHeads()
+        halves.append(_realnet_grads([t[4 * rank : 4 * rank + 4] for t in _realnet_batch()], net, net))
+    per_share = {k: (halves[0][k] + halves[1][k]) / 2 for k in full}
+    assert not all(np.allclose(per_share[k], full[k], rtol=1e-6) for k in full)

@@ -33,7 +33,7 @@ def test_same_config_needs_resume_or_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "run"
     run(out, epochs=1)
     with pytest.raises(
-        ValueError, match=r"already holds a run with this config \(finished\); use resume=True or"
+        ValueError, match=r"already holds a run with this config \(finished\); pass resume=True \(--resume\)"
     ):
         run(out, epochs=1)
     again = run(out, epochs=1, overwrite=True)
