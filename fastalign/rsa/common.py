@@ -560,17 +560,18 @@ def generic_null(
 
 
 def pools(
-    mod: StatisticsBackend, rdms: torch.Tensor, method: str
+    mod: StatisticsBackend, rdms: torch.Tensor, method: str, ranks: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | float]:
     """rsatoolbox's pool_rdm of (S, ..., K) subject RDMs: the pool of all subjects (..., K), the
-    leave-one-out pools (S, ..., K), with ranks from the backend module ``mod``, and how far rounding
-    may have moved the pools' values (rounding(): z-scores and RMS normalisation sum K terms; pools of
-    ranks are exact, as sums of half-integers in float64)."""
+    leave-one-out pools (S, ..., K), with ranks from the backend module ``mod`` (or ``ranks``, the
+    rank methods' ranks of rdms when the caller has them), and how far rounding may have moved the
+    pools' values (rounding(): z-scores and RMS normalisation sum K terms; pools of ranks are exact, as
+    sums of half-integers in float64)."""
     s = rdms.shape[0]
     ct = _checks.compute_dtype(rdms)
     tolerance: torch.Tensor | float = 0.0
     if method in RANK_METHODS:
-        pooled_in = mod.rank(rdms)
+        pooled_in = mod.rank(rdms) if ranks is None else ranks
     else:
         r = rdms.to(ct)
         if method == "pearson":
@@ -581,7 +582,10 @@ def pools(
         z = pooled_in.detach()
         tolerance = rounding(ct, rdms.shape[-1], torch.maximum(z.amax(-1), -z.amin(-1)).amax(0))
     total = pooled_in.sum(0)
-    return (total / s).to(ct), ((total - pooled_in) / (s - 1)).to(ct), tolerance
+    loo = total - pooled_in
+    # in place where no gradient is asked for: one (S, ..., K) tensor less to allocate and fault in
+    loo = loo / (s - 1) if loo.requires_grad else loo.div_(s - 1)
+    return (total / s).to(ct), loo.to(ct), tolerance
 
 
 def cluster_test(

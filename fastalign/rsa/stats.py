@@ -350,12 +350,22 @@ def noise_ceiling(
     # a pool can be constant (all-zero), exactly or up to rounding, where no subject RDM is: a bound is
     # then undefined, as compare_rdms's statistic for such an RDM is. The reference pools as torch does.
     mod = _nc_dispatch.module("torch" if chosen == "reference" else chosen)
-    upper_pool, loo_pools, tolerance = common.pools(mod, rdms, method)
+    ranks = mod.rank(rdms).to(_checks.compute_dtype(rdms)) if method == "spearman" else None
+    upper_pool, loo_pools, tolerance = common.pools(mod, rdms, method, ranks)
     _nonconstant(fn, "the pooled RDM of all subjects", upper_pool, method, tolerance)
     _nonconstant(fn, "the pooled RDM of the other subjects (index: left-out subject, ...)", loo_pools,
                  method, tolerance)  # fmt: skip
     if chosen == "reference":
         lower, upper = reference.noise_ceiling_reference(rdms.to(_checks.compute_dtype(rdms)), method)
+    elif method == "spearman":
+        # Spearman is Pearson of average ranks. Each subject's RDM is ranked once, for the pools and the
+        # comparisons both (not again in each comparison): its ranks, centred by their exact mean
+        # (K + 1) / 2 and scaled to unit norm in place, are its vectors z; the pools' come from prepare.
+        assert ranks is not None
+        z = ranks.sub_((rdms.shape[-1] + 1) / 2)
+        z = z.div_(torch.linalg.vector_norm(z, dim=-1, keepdim=True))
+        upper = common.dot(mod.prepare(upper_pool, method), z).mean(0)
+        lower = common.dot(mod.prepare(loo_pools, method), z).mean(0)
     else:
         upper = mod.compare(upper_pool, rdms, method).mean(0)
         lower = mod.compare(loo_pools, rdms, method).mean(0)

@@ -4,6 +4,8 @@ effect, and the cluster test matches a brute-force implementation and MNE's obse
 from __future__ import annotations
 
 import itertools
+import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -435,6 +437,27 @@ def test_cluster_test_is_scale_free(backend: str) -> None:
         np.testing.assert_allclose(got.t_values.numpy(), want.t_values.numpy(), rtol=1e-13)
         assert got.clusters == want.clusters
         np.testing.assert_allclose(got.null.numpy(), want.null.numpy(), rtol=1e-13)
+
+
+def test_cluster_null_of_nearly_equal_subjects_is_exact() -> None:
+    """The torch null's sum of squares is sum(x^2) - n mean^2 (one matmul for all flips); for the flip that
+    makes every subject's effect positive here, that subtraction cancels all but a few bits: the
+    two-pass sum replaces it, and that flip's mass is the exact one (rational arithmetic) to 1e-12."""
+    noise = torch.randn(10, 12, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x = -(1e3 + 1e-6 * noise)  # all negative: tail 1 sees them only through the all-negative flip
+    kw = {"n_permutations": 2000, "tail": 1, "seed": 0}  # 1023 flips: exact, the all-negative one last
+    ref = fa.cluster_permutation_test(x, backend="reference", **kw)
+    out = fa.cluster_permutation_test(x, backend="torch", **kw)
+    exact_mass = 0.0
+    for column in (-x).T.tolist():  # every time point's t (about 4e9) is above the threshold: one cluster
+        v = [Fraction(c) for c in column]
+        mean = sum(v) / len(v)
+        ss = sum((c - mean) ** 2 for c in v)
+        exact_mass += float(mean) / math.sqrt(float(ss) / (len(v) * (len(v) - 1)))
+    assert out.exact and exact_mass > 1e10
+    np.testing.assert_allclose(float(out.null[-1]), exact_mass, rtol=1e-12)
+    np.testing.assert_allclose(float(ref.null[-1]), exact_mass, rtol=1e-7)  # torch.std's rounding
+    np.testing.assert_allclose(out.null[:-1].numpy(), ref.null[:-1].numpy(), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])
