@@ -109,7 +109,17 @@ def _run(args: argparse.Namespace) -> int:
     if rank0():
         for r in results if isinstance(results, list) else [results]:
             print(describe(r.subject, r.run.path, r.summary))
+        if args.weights is None:
+            print(RANDOM_START_NOTE)
     return 0
+
+
+#: Printed after a run from a random CORnet-S: its "unaligned" numbers are not a trained network's.
+RANDOM_START_NOTE = (
+    "note: this run started from a random CORnet-S (no --weights), whose BatchNorm statistics fit no "
+    "images, so any training raises its test RSA; the gain due to the brain is the gain over the same run "
+    "with --control unpaired or --beta 0 (or start from weights: docs/training.md)"
+)
 
 
 def describe(subject: int, path: str, summary: dict[str, Any]) -> str:

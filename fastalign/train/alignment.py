@@ -501,12 +501,13 @@ def _read_state(weights: str | os.PathLike[str]) -> tuple[str, Mapping[str, Any]
     if not isinstance(weights, str | os.PathLike):
         raise TypeError(_checks.message(_FN, "weights", "None or a checkpoint file or run folder", weights))
     path = os.path.abspath(os.fspath(weights))
+    what = f"no such file or folder: {os.fspath(weights)!r}"
     if os.path.isdir(path):
         path = RunFolder(path).model_path
+        what = f"the folder {os.fspath(weights)!r} is not a finished run (it has no {os.path.basename(path)})"
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{_FN}: weights: no checkpoint file or run folder (with {os.path.basename(path)}) at "
-            f"{os.fspath(weights)!r}; fastalign never downloads weights: download the original CORnet-S "
+            f"{_FN}: weights: {what}; fastalign never downloads weights: download the original CORnet-S "
             "(cornet_s-1d3f7974.pth, linked from https://github.com/dicarlolab/CORnet) or a published "
             "ReAlnet (linked from https://github.com/ZitongLu1996/ReAlnet) and pass its path, or pass no "
             "weights for a randomly initialised CORnet-S"

@@ -314,22 +314,28 @@ class RunFolder:
             os.remove(path)
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to ``limit`` characters (a config holds whole optimizer settings)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _differences(old: Any, new: Any, where: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for k in sorted(set(old) | set(new), key=str):
             sub = f"{where}.{k}" if where else str(k)
             if k not in old:
-                out.append(f"{sub}: (absent) -> {new[k]!r}")
+                out.append(f"{sub}: (absent) -> {_short(new[k])}")
             elif k not in new:
-                out.append(f"{sub}: {old[k]!r} -> (absent)")
+                out.append(f"{sub}: {_short(old[k])} -> (absent)")
             else:
                 out += _differences(old[k], new[k], sub)
         return out
     same = old == new or (
         isinstance(old, float) and isinstance(new, float) and math.isnan(old) and math.isnan(new)
     )
-    return [] if same else [f"{where}: {old!r} -> {new!r}"]
+    return [] if same else [f"{where}: {_short(old)} -> {_short(new)}"]
 
 
 def _holds_files(path: str) -> bool:

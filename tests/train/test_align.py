@@ -24,6 +24,7 @@ from aligned_runs import AlignedRuns
 from safetensors.torch import load_file
 
 from fastalign.cli import main
+from fastalign.cli.align import RANDOM_START_NOTE
 from fastalign.data import (
     FMRIResponses,
     ResponsePCA,
@@ -380,8 +381,12 @@ def test_unknown_subject_is_refused(synth: SyntheticThings, tmp_path: Path) -> N
 def test_missing_weights_file_says_where_the_checkpoints_are(synth: SyntheticThings, tmp_path: Path) -> None:
     with pytest.raises(
         FileNotFoundError, match=r"cornet_s-1d3f7974\.pth, linked from https://github\.com/dicarlolab"
-    ):
+    ) as missing:
         align(synth.root, 1, out=tmp_path / "run", weights=tmp_path / "cornet_s.pth", **RUN)
+    assert f"weights: no such file or folder: '{tmp_path / 'cornet_s.pth'}'" in str(missing.value)
+    (tmp_path / "killed").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"is not a finished run \(it has no model\.safetensors\)"):
+        align(synth.root, 1, out=tmp_path / "run", weights=tmp_path / "killed", **RUN)
 
 
 def test_run_folder_of_another_config_is_refused(
@@ -450,7 +455,11 @@ def _count_passes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(
-    run: tuple[AlignResult, Counter], synth: SyntheticThings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    run: tuple[AlignResult, Counter],
+    synth: SyntheticThings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """... and the resumed run takes the teacher's targets that the killed run computed (one process keeps
     what the starting weights and the images determine)."""
@@ -476,7 +485,11 @@ def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(
     argv = ["align", "--data", synth.root, "--subject", "1", "--out", str(out), "--epochs", "2",
             "--batch-size", "8", "--val-fraction", "0.25", "--image-size", str(SIZE), "--amp", "fp32",
             "--seed", "0", "--lr", "1e-4", "--no-progress"]  # fmt: skip
+    capsys.readouterr()
     assert main([*argv, "--resume"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(f"sub-01 {out}: best epoch ") and len(printed) == 2
+    assert printed[1] == RANDOM_START_NOTE  # no --weights: the unaligned numbers are a random network's
     summary = RunFolder(out).read_summary()
     assert summary["epochs_run"] == 2 and summary["resumed_at"] == [1, 2]
     assert summary["test_rsa_it"] == run[0].summary["test_rsa_it"]
