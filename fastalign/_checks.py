@@ -41,6 +41,7 @@ Exact power-of-two scaling (scale invariant statistics at any finite magnitude)
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Collection, Sequence
 from typing import Any, TypeVar, overload
 
@@ -195,6 +196,21 @@ def check_choice(fn: str, name: str, value: Any, choices: Collection[_Choice]) -
     if not isinstance(value, (torch.Tensor, np.ndarray)) and value in choices:
         return value
     raise ValueError(message(fn, name, f"one of {tuple(choices)}", value))
+
+
+def check_out_folder(fn: str, name: str, path: str, overwrite: bool) -> None:
+    """An output folder that a call will write as a unit: new, empty, or (with ``overwrite``) replaced.
+
+    Raises:
+        FileExistsError: ``path`` is a file, or a non-empty folder without ``overwrite`` (the message names
+            the argument and its flag: ``overwrite=True (--overwrite)``).
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FileExistsError(f"{fn}: {name} {path!r} is a file, not a folder")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(
+            f"{fn}: {name} {path!r} is not empty; pass overwrite=True (--overwrite) to replace it"
+        )
 
 
 def check_tensor(

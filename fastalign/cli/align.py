@@ -8,32 +8,23 @@ from typing import Any
 from fastalign.cli.common import (
     CLI_ONLY,
     Command,
-    Subjects,
     add_device,
     add_image_size,
     add_progress,
     add_resume_overwrite,
     add_seed,
+    add_subjects,
     count_or_none,
     int_or_none,
     number,
     positive_int,
     rank0,
-    subject,
 )
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder (image_set/, preprocessed_data/, fmri/)")
-    p.add_argument(
-        "--subject",
-        nargs="+",
-        type=subject,
-        action=Subjects,
-        default=1,
-        metavar="N",
-        help="subject number(s), or 'all': one run folder OUT/sub-XX each (default 1)",
-    )
+    add_subjects(p, "subject number(s), or 'all': one run folder OUT/sub-XX each (default 1)")
     p.add_argument("--modality", choices=("eeg", "fmri"), default="eeg", help="default eeg (ReAlnet)")
     p.add_argument("--out", required=True, help="run folder (for several subjects: their parent)")
     p.add_argument(

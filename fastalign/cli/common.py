@@ -34,28 +34,24 @@ class Command:
 CLI_ONLY = ("command", "debug", "func")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
+def _integer(text: str, minimum: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return _integer(text, 1, "a positive integer")
 
 
 def count_or_none(text: str) -> int | None:
     """An argparse type: an integer >= 0, or ``none``."""
-    if text.lower() == "none":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'none', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'none', got {text!r}")
-    return value
+    return None if text.lower() == "none" else _integer(text, 0, "an integer >= 0 or 'none'")
 
 
 def int_or_none(text: str) -> int | None:
@@ -78,6 +74,20 @@ class Subjects(argparse.Action):
         if "all" in values and len(values) > 1:
             parser.error("argument --subject: give subject numbers or 'all', not both")
         setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
+
+
+def add_subjects(p: argparse.ArgumentParser, help: str, *, default: Any = 1, dest: str = "subject") -> None:
+    """``--subject N [N ...] | all`` (see :class:`Subjects`)."""
+    p.add_argument(
+        "--subject",
+        dest=dest,
+        nargs="+",
+        type=subject,
+        action=Subjects,
+        default=default,
+        metavar="N",
+        help=help,
+    )
 
 
 def rank0() -> bool:

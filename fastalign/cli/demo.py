@@ -350,15 +350,6 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------ demo
 
 
-def _check_out(out: str, overwrite: bool) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise FileExistsError(f"{_FN}: out {out!r} is a file, not a folder")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise FileExistsError(
-            f"{_FN}: out {out!r} is not empty; pass overwrite=True (--overwrite) to replace it"
-        )
-
-
 @dataclass(frozen=True)
 class DemoPaths:
     """Where a demo run writes (see the module doc)."""
@@ -482,7 +473,7 @@ def demo(
     for name, value in (("quick", quick), ("overwrite", overwrite), ("progress", progress)):
         _checks.check_bool(_FN, name, value)
     final = os.path.abspath(os.fspath(out))
-    _check_out(final, overwrite)
+    _checks.check_out_folder(_FN, "out", final, overwrite)
     settings = QUICK if quick else FULL
     stages = _Stages(progress)
     n_train = settings.n_train_concepts * settings.images_per_concept

@@ -16,17 +16,17 @@ import shutil
 from fractions import Fraction
 from typing import Any
 
+from fastalign import _checks
 from fastalign.cli.common import (
     CLI_ONLY,
     Command,
-    Subjects,
     add_device,
     add_image_size,
     add_progress,
     add_seed,
+    add_subjects,
     number,
     positive_int,
-    subject,
 )
 
 _FN = "fastalign evaluate"
@@ -65,16 +65,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         "--permutations", type=positive_int, default=10000, help="sign flips per cluster test (default 10000)"
     )
     add_seed(p, "seeds the sign flips, PGD's starts and a random CORnet-S (default 0)")
-    p.add_argument(
-        "--subject",
-        dest="subjects",
-        nargs="+",
-        type=subject,
-        action=Subjects,
-        default=None,
-        metavar="N",
-        help="subject number(s) to evaluate, or 'all' (default all)",
-    )
+    add_subjects(p, "subject number(s) to evaluate, or 'all' (default all)", default=None, dest="subjects")
     p.add_argument("--layers", nargs="+", metavar="LAYER", help="default V1 V2 V4 IT avgpool (+ response)")
     p.add_argument("--rois", nargs="+", metavar="ROI", help="fMRI ROIs (default all)")
     p.add_argument(
@@ -175,13 +166,6 @@ def _class_index(path: str | None) -> dict[str, int] | None:
     return value
 
 
-def _check_out(out: str, overwrite: bool) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise FileExistsError(f"{_FN}: --out {out!r} is a file, not a folder")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise FileExistsError(f"{_FN}: --out {out!r} is not empty; pass --overwrite to replace it")
-
-
 def _link_or_copy(src: str, dst: str) -> None:
     # the cache's files are only ever replaced by renames, never changed in place: links are safe
     try:
@@ -196,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     from fastalign.plotting import evaluation_figures
 
     out = os.path.abspath(args.out)
-    _check_out(out, args.overwrite)
+    _checks.check_out_folder(_FN, "out", out, args.overwrite)
     kwargs = {k: v for k, v in vars(args).items() if k not in (*CLI_ONLY, "data", "models", "out")}
     kwargs["behaviour_rdm"] = _behaviour_rdm(args.behaviour_rdm)
     kwargs["class_index"] = _class_index(args.class_index)

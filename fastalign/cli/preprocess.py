@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Any
 
-from fastalign.cli.common import Command, Subjects, add_progress, add_seed, int_or_none, subject
+from fastalign.cli.common import Command, add_progress, add_seed, add_subjects, int_or_none
 from fastalign.data import PUBLISHED_SEED
 
 _SUBJECT_DIR = re.compile(r"^sub-(\d+)$")
@@ -34,15 +34,7 @@ def _float_or_none(text: str) -> float | None:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder holding raw_data/sub-XX/ses-YY/")
-    p.add_argument(
-        "--subject",
-        nargs="+",
-        type=subject,
-        action=Subjects,
-        default=1,
-        metavar="N",
-        help="subject number(s), or 'all' (every sub-XX of raw_data; default 1)",
-    )
+    add_subjects(p, "subject number(s), or 'all' (every sub-XX of raw_data; default 1)")
     p.add_argument("--out", help="where sub-XX/preprocessed_eeg_*.npy go (default DATA/preprocessed_data)")
     p.add_argument(
         "--recipe",

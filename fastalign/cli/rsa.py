@@ -212,7 +212,7 @@ def brain_rsa(
     _checks.check_bool(_FN, "overwrite", overwrite)
     folder = None if out is None else os.path.abspath(os.fspath(out))
     if folder is not None:
-        _check_out(folder, overwrite)
+        _checks.check_out_folder(_FN, "out", folder, overwrite)
     paths = [os.fspath(p) for p in brain]
     names = _unique([_name(p) for p in paths], "brain")
     loaded = [_read_brain(p, sfreq, tmin) for p in paths]
@@ -262,15 +262,6 @@ def brain_rsa(
 
 def _conditions(n_pairs: int) -> int:
     return round((1 + math.sqrt(1 + 8 * n_pairs)) / 2)
-
-
-def _check_out(folder: str, overwrite: bool) -> None:
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise FileExistsError(f"{_FN}: out {folder!r} is a file, not a folder")
-    if os.path.isdir(folder) and os.listdir(folder) and not overwrite:
-        raise FileExistsError(
-            f"{_FN}: out {folder!r} is not empty; pass overwrite (--overwrite) to replace it"
-        )
 
 
 def _rows(r: BrainRSA) -> list[dict[str, Any]]:
