@@ -10,7 +10,6 @@ feature cache of the old report (``OUT/cache``) is carried over by hard links, s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 from fractions import Fraction
@@ -154,16 +153,9 @@ def _behaviour_rdm(path: str | None) -> Any:
 def _class_index(path: str | None) -> dict[str, int] | None:
     if path is None:
         return None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{_FN}: --class-index {path!r} is not a file")
-    with open(path, encoding="utf-8") as f:
-        try:
-            value = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{_FN}: --class-index {path!r} is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{_FN}: --class-index {path!r} must hold an object folder -> class index")
-    return value
+    from fastalign.data._io import read_json_object
+
+    return read_json_object(path, f"{_FN}: --class-index (an object: image folder -> class index)")
 
 
 def _link_or_copy(src: str, dst: str) -> None:

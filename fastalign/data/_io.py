@@ -27,6 +27,7 @@ import ctypes
 import errno
 import functools
 import glob
+import json
 import math
 import os
 import pickle
@@ -48,6 +49,26 @@ def require_file(path: str | os.PathLike[str], what: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what}: expected a file at {path!r}, found none")
     return path
+
+
+def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """The JSON object in the file at ``path`` (the one reader of fastalign's JSON files).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not valid JSON, or JSON that is not an object; the message starts with ``what``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: no file at {path!r}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            value = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{what}: {path!r} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what}: {path!r} must hold a JSON object, got {type(value).__name__}")
+    return value
 
 
 class _RefusedGlobal(ValueError):

@@ -34,7 +34,7 @@ from torch import nn
 
 from fastalign import _checks
 from fastalign.data import ImageTransform, embed_images, model_key
-from fastalign.data._io import atomic_write
+from fastalign.data._io import atomic_write, read_json_object
 from fastalign.eval.progress import Stage
 from fastalign.models import CORnetS, ReAlnet, cornet_s, realnet
 
@@ -153,13 +153,9 @@ class EvalModel:
         config_file = os.path.join(folder, "config.json")
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"{_FN}: run folder {folder!r} has no config.json (from fastalign align)")
-        with open(config_file) as f:
-            try:
-                config = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{_FN}: {config_file!r} is not valid JSON ({exc})") from None
+        config = read_json_object(config_file, f"{_FN}: run folder config")
         # fastalign.train writes {"config": recipe settings, "fit": ..., "environment": ...}
-        recipe = config.get("config", config) if isinstance(config, dict) else None
+        recipe = config.get("config", config)
         if not isinstance(recipe, dict) or "subject" not in recipe or "modality" not in recipe:
             raise ValueError(
                 f"{_FN}: {config_file!r} does not say which subject and modality the model was aligned to "

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import fastalign
-from fastalign.data._io import atomic_write
+from fastalign.data._io import atomic_write, read_json_object
 
 #: Formats :func:`save_figure` writes.
 FIGURE_FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
@@ -368,17 +368,7 @@ def _summary(fn: str, summary: Mapping[str, Any] | str | os.PathLike[str] | None
     if summary is None or isinstance(summary, Mapping):
         return _jsonable(dict(summary or {}), "summary", fn)
     path = os.fspath(summary)
-    full = path if os.path.isabs(path) else os.path.join(out, path)
-    if not os.path.isfile(full):
-        raise FileNotFoundError(f"{fn}: summary file {path!r} does not exist")
-    with open(full, encoding="utf-8") as f:
-        try:
-            value = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{fn}: summary file {path!r} is not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{fn}: summary file {path!r} must hold a JSON object, got {type(value).__name__}")
-    return value
+    return read_json_object(path if os.path.isabs(path) else os.path.join(out, path), f"{fn}: summary file")
 
 
 def _write_text(path: str, text: str) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastalign.data._io import atomic_write, replacing_dir
+from fastalign.data._io import atomic_write, read_json_object, replacing_dir
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -193,14 +193,7 @@ class RunFolder:
     def _read_json(self, path: str, what: str) -> dict[str, Any]:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"RunFolder: {self.path!r} has no {what} ({os.path.basename(path)})")
-        with open(path) as f:
-            try:
-                obj = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"RunFolder: {path!r} is not valid JSON ({e})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"RunFolder: {path!r} holds a {type(obj).__name__}; expected a JSON object")
-        return obj
+        return read_json_object(path, "RunFolder")
 
     def read_config(self) -> dict[str, Any]:
         """config.json: ``{"config": ..., "fit": ..., "environment": ...}``."""
