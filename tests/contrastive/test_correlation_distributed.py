@@ -7,7 +7,6 @@ tensor storage through file descriptors that vanish when the child exits before 
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import tempfile
 from datetime import timedelta
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from forked import run_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -140,22 +140,8 @@ def _worker(rank: int, init_file: str, queue: Any) -> None:
 @pytest.fixture(scope="module")
 def ranks() -> dict[int, dict[Any, Any]]:
     """What each of the 2 gloo ranks returned for every case."""
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "init")
-        procs = [ctx.Process(target=_worker, args=(r, init_file, queue)) for r in range(WORLD)]
-        for p in procs:
-            p.start()
-        try:
-            reports = {r["rank"]: r for r in (queue.get(timeout=180) for _ in procs)}
-        finally:
-            for p in procs:
-                p.join(timeout=30)
-                if p.exitcode is None:
-                    p.kill()
-    assert not [r["error"] for r in reports.values() if "error" in r], reports
-    assert [p.exitcode for p in procs] == [0] * WORLD
+        reports = run_ranks(_worker, (os.path.join(tmp, "init"),), WORLD, timeout=180)
     return reports
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from fit_tiny import forked_child
+from forked import free_port, run_ranks
 from torch import nn
 
 from fastalign.data import (
@@ -411,12 +410,6 @@ DDP = dict(
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _rank(rank: int, ports: tuple[int, int], root: str, tmp: str, queue: Any) -> None:
     forked_child()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
@@ -446,22 +439,7 @@ def test_two_processes_gather_negatives_like_one(synth: SyntheticThings, tmp_pat
     gradients) and the gradients are those of one process on that batch: the same weights, losses and
     gradient norms as one process. Local negatives, or DDP's averaging of the ranks' shares of the global
     gradient left unscaled, fail it."""
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    ports = (_free_port(), _free_port())
-    procs = [
-        ctx.Process(target=_rank, args=(r, ports, synth.root, str(tmp_path), queue)) for r in range(WORLD)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        reports = {r["rank"]: r for r in (queue.get(timeout=120) for _ in procs)}
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.exitcode is None:
-                p.kill()
-    assert not [r["error"] for r in reports.values() if "error" in r], reports
+    reports = run_ranks(_rank, ((free_port(), free_port()), synth.root, str(tmp_path)), WORLD)
     assert all(r["validated"] for r in reports.values())
     single = decode(synth, 1, out=tmp_path / "single", **DDP)
     for report in reports.values():

@@ -9,9 +9,7 @@ MASTER_ADDR, MASTER_PORT), so fit initialises and destroys the process group its
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from fit_tiny import data, forked_child, model, run, state_of
+from forked import free_port, run_ranks
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -85,13 +84,7 @@ def _realnet_step_under_ddp(rank: int, port: int) -> dict[str, np.ndarray]:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rank(rank: int, port: int, tmp: str, queue: Any, port2: int) -> None:
+def _rank(rank: int, port: int, port2: int, tmp: str, queue: Any) -> None:
     forked_child()
     os.environ.update(
         RANK=str(rank),
@@ -121,21 +114,7 @@ def _rank(rank: int, port: int, tmp: str, queue: Any, port2: int) -> None:
 
 
 def test_two_processes_match_one(tmp_path: Path) -> None:
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    port, port2 = _free_port(), _free_port()
-    procs = [ctx.Process(target=_rank, args=(r, port, str(tmp_path), queue, port2)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    try:
-        reports = {r["rank"]: r for r in (queue.get(timeout=120) for _ in procs)}
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.exitcode is None:
-                p.kill()
-    assert all(p.exitcode == 0 for p in procs)
-    assert not [r["error"] for r in reports.values() if "error" in r], reports
+    reports = run_ranks(_rank, (free_port(), free_port(), str(tmp_path)), WORLD)
     for rank, report in reports.items():
         assert "DataLoader whose sampler is a SequentialSampler" in report["refused"]
         assert report["where"] == (rank, WORLD, rank == 0)
