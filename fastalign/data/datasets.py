@@ -99,10 +99,30 @@ def fit_norm_stats(trials: Any, mode: str) -> NormStats:
     return NormStats(mode, mean, std)
 
 
-def _channel_l2(trials: np.ndarray) -> np.ndarray:
+# The numpy dtype that holds a torch dtype's values exactly (float64 for those numpy lacks, as bfloat16).
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _channel_l2(
+    trials: np.ndarray, *, average: bool = False, dtype: Any = np.float64, own: bool = False
+) -> np.ndarray:
     """``(x - mean_t(x)) / ||x||_2`` over the time axis of (images, repetitions, channels, times) trials,
-    in float64 and in place for float64 input (a gathered copy), a block of images at a time."""
-    out = trials if trials.dtype == np.float64 else np.empty(trials.shape, dtype=np.float64)
+    computed in float64 a block of images at a time.
+
+    Args:
+        trials: the trials (not changed unless ``own``).
+        average: return the normalised trials' mean over repetitions, (images, channels, times) float64,
+            each block averaged as it is normalised: no normalised copy of every trial is held (at
+            THINGS-EEG2's published size that copy is 8.3 GB in float64).
+        dtype: the normalised trials' numpy dtype when not ``average``.
+        own: ``trials`` is a float64 copy the caller gives up: it is normalised in place.
+    """
+    if average:
+        out = np.empty((trials.shape[0], *trials.shape[2:]), dtype=np.float64)
+    elif own and trials.dtype == np.float64 and dtype == np.float64:
+        out = trials
+    else:
+        out = np.empty(trials.shape, dtype=dtype)
     block = max(1, _BLOCK_VALUES // max(1, int(np.prod(trials.shape[1:]))))
     for start in range(0, len(trials), block):
         x = np.asarray(trials[start : start + block], dtype=np.float64)
@@ -117,7 +137,8 @@ def _channel_l2(trials: np.ndarray) -> np.ndarray:
                 f"{_DS}: normalize='channel_l2' divides each channel of each trial by its L2 norm, but "
                 f"channel {ch} of repetition {rep} of image {start + img} is all zeros"
             )
-        out[start : start + block] = (x - x.mean(axis=-1, keepdims=True)) / norm
+        z = (x - x.mean(axis=-1, keepdims=True)) / norm
+        out[start : start + block] = z.mean(axis=1) if average else z
     return out
 
 
@@ -253,11 +274,22 @@ class BrainImageDataset(Dataset):
                 f"{_DS}: normalize='channel_l2' normalises each EEG channel over time and needs EEG "
                 f"responses (images, repetitions, channels, times), got shape {trials.shape}"
             )
+        gathered = True  # trials is this object's own copy
         if eeg:
             ch_idx = self._channels(channels, names, trials.shape[2])
             t_idx = self._times(time_window, tvec, trials.shape[3])
-            # One gather of just the selected values (published training data is ~900 MB).
-            trials = trials[np.ix_(np.arange(n_img), np.asarray(rep_idx), np.asarray(ch_idx), t_idx)]
+            selected = (np.asarray(rep_idx), np.asarray(ch_idx), np.asarray(t_idx))
+            everything = all(
+                len(i) == size and np.array_equal(i, np.arange(size))
+                for i, size in zip(selected, trials.shape[1:], strict=True)
+            )
+            # One gather of just the selected values (published training data is 4.2 GB in float32); none
+            # when everything is selected and what follows makes a new array anyway (normalising or
+            # averaging): the raw trials are not copied, and never changed.
+            new_array = random_repetitions is None or normalize in ("channel_l2", "zscore", "channel")
+            gathered = not everything or not new_array
+            if gathered:
+                trials = trials[np.ix_(np.arange(n_img), *selected)]
             self.ch_names = [names[i] for i in ch_idx] if names else []
             self.times = tvec[t_idx] if tvec.size else tvec
         else:
@@ -268,8 +300,12 @@ class BrainImageDataset(Dataset):
         self.seed = seed
         self._picks: torch.Tensor | None = None
         self.norm_stats = norm_stats
+        averaged: np.ndarray | None = None  # the channel_l2 mean over repetitions, made block by block
         if normalize == "channel_l2":
-            trials = _channel_l2(trials)
+            if random_repetitions is None:
+                averaged = _channel_l2(trials, average=True)
+            else:
+                trials = _channel_l2(trials, dtype=_NUMPY_DTYPES.get(dtype, np.float64), own=gathered)
         if normalize in ("zscore", "channel"):
             if norm_stats is None:
                 self.norm_stats = fit_norm_stats(trials, normalize)
@@ -283,7 +319,9 @@ class BrainImageDataset(Dataset):
             self._mean: torch.Tensor | None = None
             self.response_shape = tuple(self._finish(self._trials[:1].mean(dim=1)).shape[1:])
         else:  # average in float64 before casting, so float32 outputs carry no summation error
-            mean = torch.from_numpy(np.ascontiguousarray(trials.mean(axis=1, dtype=np.float64)))
+            if averaged is None:
+                averaged = trials.mean(axis=1, dtype=np.float64)
+            mean = torch.from_numpy(np.ascontiguousarray(averaged))
             self._trials, self._mean = None, self._finish(mean).to(dtype)
             self.response_shape = tuple(self._mean.shape[1:])
 
