@@ -83,7 +83,8 @@ def fit_norm_stats(trials: Any, mode: str) -> NormStats:
             "feature"
         )
     axes = None if mode == "zscore" else ((0, 1, 3) if trials.ndim == 4 else (0, 1))
-    x = np.asarray(trials, dtype=np.float64)
+    # C order whatever the layout given: sums in one order, so the same trials give the same statistics
+    x = np.ascontiguousarray(trials, dtype=np.float64)
     shift = magnitude_shift(np.abs(x).max(axis=axes, keepdims=True), low=SAFE_LOW, high=SAFE_HIGH)
     if shift.any():
         x = np.ldexp(x, shift)
@@ -279,7 +280,8 @@ class BrainImageDataset(Dataset):
             ch_idx = self._channels(channels, names, trials.shape[2])
             t_idx = self._times(time_window, tvec, trials.shape[3])
             selected = (np.asarray(rep_idx), np.asarray(ch_idx), np.asarray(t_idx))
-            everything = all(
+            # (C order too: sums over the data then run in the order a gathered copy's would)
+            everything = trials.flags.c_contiguous and all(
                 len(i) == size and np.array_equal(i, np.arange(size))
                 for i, size in zip(selected, trials.shape[1:], strict=True)
             )

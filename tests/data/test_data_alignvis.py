@@ -408,6 +408,22 @@ def test_whole_selections_are_not_copied_and_the_input_never_changes(
     assert all(torch.equal(ds[i][1], k) for i, k in enumerate(kept))
 
 
+def test_statistics_do_not_depend_on_the_memory_layout() -> None:
+    """The same trials in C order, Fortran order or as a strided view give bitwise the same norm stats and
+    responses (numpy sums in memory order: a non-contiguous array gave another last bit)."""
+    data = _eeg(3).data
+    layouts = [data, np.asfortranarray(data), np.concatenate([data, data], axis=3)[..., ::2][..., :20]]
+    layouts[2][...] = data
+    for normalize in ("zscore", "channel", "channel_l2"):
+        got = [BrainImageDataset(x, normalize=normalize, dtype=torch.float64) for x in layouts]
+        for ds in got[1:]:
+            assert torch.equal(ds.responses(), got[0].responses()), normalize
+            if normalize != "channel_l2":
+                assert ds.norm_stats is not None and got[0].norm_stats is not None
+                assert np.array_equal(ds.norm_stats.mean, got[0].norm_stats.mean)
+                assert np.array_equal(ds.norm_stats.std, got[0].norm_stats.std)
+
+
 def test_channel_l2_refuses_what_it_cannot_normalise() -> None:
     data = _eeg().data
     data[2, 1, 0] = 0.0
