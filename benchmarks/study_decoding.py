@@ -18,23 +18,14 @@ time taken) goes to ``benchmarks/results/studies/``, which render.py does not re
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import platform
-import sys
-import tempfile
 import time
 from typing import Any
 
-import torch
+import study
 
-from fastalign.data import ImageTransform, load_image_metadata, load_images, make_synthetic_things
-from fastalign.models import calibrate_batchnorm, cornet_s
 from fastalign.train import align, decode
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "studies")
 
 FULL = {
     "data": dict(n_train_concepts=64, images_per_concept=4, n_test=50, n_subjects=1, n_sessions=2,
@@ -54,11 +45,11 @@ QUICK = {
 }  # fmt: skip
 
 
-def image_models(root: str) -> dict[str, dict[str, Any]]:
+def image_models(root: str, weights: str) -> dict[str, dict[str, Any]]:
     """Name -> decode()'s image-model arguments, for the runs under ``root``."""
     return {
         "true features (ceiling)": dict(image_model="features"),
-        "CORnet-S IT (the start)": dict(image_model="cornet_s", weights=os.path.join(root, "start.pth"),
+        "CORnet-S IT (the start)": dict(image_model="cornet_s", weights=weights,
                                          layer="IT"),
         "ReAlnet IT": dict(image_model=os.path.join(root, "realnet"), layer="IT"),
         "ReAlnet response": dict(image_model=os.path.join(root, "realnet"), layer="response"),
@@ -71,26 +62,21 @@ def run(settings: dict[str, Any], root: str) -> dict[str, Any]:
     """The study into ``root``: data, start, the two alignments, the decoders; its results."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    data = make_synthetic_things(os.path.join(root, "data"), seed=0, **settings["data"])
-    size = settings["data"]["image_size"]
-    paths = load_image_metadata(os.path.join(data.root, "image_set")).paths("training")
-    torch.manual_seed(0)
-    net = calibrate_batchnorm(cornet_s(), load_images(paths, ImageTransform(size, resize=size)))
-    torch.save(net.state_dict(), os.path.join(root, "start.pth"))
+    data, weights = study.synthetic_start(root, settings["data"])
     seconds["data and start"] = time.perf_counter() - start
 
     start = time.perf_counter()
     aligned = {}
     for name, control in (("realnet", None), ("control", "unpaired")):
         result = align(data.root, 1, out=os.path.join(root, name), control=control, seed=0,
-                       weights=os.path.join(root, "start.pth"), keep_checkpoints=0, progress=False,
+                       weights=weights, keep_checkpoints=0, progress=False,
                        **settings["align"])  # fmt: skip
         aligned[name] = {k: v for k, v in result.summary.items() if isinstance(v, (int, float))}
     seconds["align"] = time.perf_counter() - start
 
     start = time.perf_counter()
     decoded = {}
-    for name, kw in image_models(root).items():
+    for name, kw in image_models(root, weights).items():
         folder = os.path.join(root, "decode", name.split()[0] + "_" + name.split()[1])
         s = decode(
             data.root, 1, out=folder, seed=settings["seeds"], progress=False, **settings["decode"], **kw
@@ -104,10 +90,10 @@ def run(settings: dict[str, Any], root: str) -> dict[str, Any]:
     return {"align": aligned, "decode": decoded, "chance": chance, "n_gallery": n_gallery, "seconds": seconds}
 
 
-def table(results: dict[str, Any], n_seeds: int) -> str:
+def table(results: dict[str, Any], settings: dict[str, Any]) -> str:
     """The markdown table docs/decoding.md shows."""
     rows = [
-        f"| image model (test means +- SEM over {n_seeds} seeds) | top-1 | top-3 | top-5 |",
+        f"| image model (test means +- SEM over {len(settings['seeds'])} seeds) | top-1 | top-3 | top-5 |",
         "|---|---|---|---|",
     ]
     chance = results["chance"]
@@ -119,44 +105,5 @@ def table(results: dict[str, Any], n_seeds: int) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="toy sizes: a smoke run of the script")
-    p.add_argument("--no-save", action="store_true", help="print only; write no result file")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    settings = QUICK if args.quick else FULL
-    begin = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="fastalign-study-") as root:
-        results = run(settings, root)
-    results["seconds"]["total"] = time.perf_counter() - begin
-    out = {
-        "study": "decoding",
-        "settings": settings,
-        "results": results,
-        "table": table(results, len(settings["seeds"])),
-        "environment": {
-            "machine": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "load_avg_before_after": [load_before, os.getloadavg()[0]],
-            "date": time.strftime("%Y-%m-%d"),
-        },
-    }
-    print(out["table"])
-    print(f"time (s): {json.dumps({k: round(v, 1) for k, v in results['seconds'].items()})}")
-    if not args.no_save and not args.quick:
-        os.makedirs(RESULTS, exist_ok=True)
-        path = os.path.join(RESULTS, "decoding-synthetic.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(path + ".tmp", path)
-        print(f"wrote {path}", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    main()
+    study.main("decoding", __doc__, FULL, QUICK, run, table)

@@ -18,25 +18,17 @@ render.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import platform
-import sys
-import tempfile
 import time
 from typing import Any
 
 import numpy as np
-import torch
+import study
 
-from fastalign.data import ImageTransform, load_image_metadata, load_images, make_synthetic_things
 from fastalign.eval import evaluate
-from fastalign.models import calibrate_batchnorm, cornet_s
 from fastalign.train import align
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "studies")
 LAYERS = ("V1", "V2", "V4", "IT")
 
 FULL = {
@@ -73,13 +65,7 @@ def run(settings: dict[str, Any], root: str) -> dict[str, Any]:
     """The study into ``root``: data, start, the alignments, the evaluation; its results."""
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    data = make_synthetic_things(os.path.join(root, "data"), seed=0, **settings["data"])
-    size = settings["data"]["image_size"]
-    paths = load_image_metadata(os.path.join(data.root, "image_set")).paths("training")
-    torch.manual_seed(0)
-    net = calibrate_batchnorm(cornet_s(), load_images(paths, ImageTransform(size, resize=size)))
-    weights = os.path.join(root, "start.pth")
-    torch.save(net.state_dict(), weights)
+    data, weights = study.synthetic_start(root, settings["data"])
     seconds["data and start"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -119,7 +105,7 @@ def run(settings: dict[str, Any], root: str) -> dict[str, Any]:
     return out
 
 
-def table(results: dict[str, Any]) -> str:
+def table(results: dict[str, Any], settings: dict[str, Any]) -> str:
     """The markdown table docs/evaluation.md shows."""
     rows = [
         "| model, layer | RSA gain over CORnet-S, 0-400 ms (mean +- SEM over subjects) "
@@ -138,41 +124,5 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="toy sizes: a smoke run of the script")
-    p.add_argument("--no-save", action="store_true", help="print only; write no result file")
-    args = p.parse_args()
-    settings = QUICK if args.quick else FULL
-    begin = time.perf_counter()
-    load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="fastalign-study-") as root:
-        results = run(settings, root)
-    results["seconds"]["total"] = time.perf_counter() - begin
-    out = {
-        "study": "evaluate",
-        "settings": settings,
-        "results": results,
-        "table": table(results),
-        "environment": {
-            "machine": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "load_avg_before_after": [load_before, os.getloadavg()[0]],
-            "date": time.strftime("%Y-%m-%d"),
-        },
-    }
-    print(out["table"])
-    print(f"time (s): {json.dumps({k: round(v, 1) for k, v in results['seconds'].items()})}")
-    if not args.no_save and not args.quick:
-        os.makedirs(RESULTS, exist_ok=True)
-        path = os.path.join(RESULTS, "evaluate-synthetic.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(path + ".tmp", path)
-        print(f"wrote {path}", file=sys.stderr)
-
-
 if __name__ == "__main__":
-    main()
+    study.main("evaluate", __doc__, FULL, QUICK, run, table)
