@@ -477,3 +477,48 @@ def test_cuda_ops_reject_bad_input() -> None:
     assert torch.equal(_op("rsa_permute_condensed")(src, perms.cuda()).cpu(), want)
     huge = torch.tensor([2**53 + 1, 2**53, 2**63 - 1, 2**53 + 1], device="cuda")
     assert _op("rsa_rank")(huge).tolist() == [2.5, 1.0, 4.0, 2.5]
+
+
+def _lane_sum(v: torch.Tensor, w: torch.Tensor) -> float:
+    """sum_k v[k] w[k] in the op's order: eight lanes over k in steps of 8 (each lane left to right), the
+    tail into lane 0, then the lanes in order; every addition rounded in float64."""
+    prod = (v * w).tolist()
+    main = len(prod) - len(prod) % 8
+    lanes = [0.0] * 8
+    for k in range(main):
+        lanes[k % 8] += prod[k]
+    for k in range(main, len(prod)):
+        lanes[0] += prod[k]
+    total = 0.0
+    for s in lanes:
+        total += s
+    return total
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rdm_compare_blocks_give_the_bits_of_one_rdm_at_a_time(threads: int) -> None:
+    """The op dots blocks of up to 4 RDMs with each model vector in one pass; every output is still each
+    RDM's own dot product summed in the documented lane order, to the last bit, whatever the block holds:
+    11 RDMs (blocks of 4, 4, 3 or of 1 and 2 with 2 threads), a constant-RDM pattern set (NaN, no dot)
+    inside a block, and pair counts with and without a tail (10, 4,950: 4,950 % 8 = 6) and across the
+    op's chunks of 2,048 pairs."""
+    gen = torch.Generator().manual_seed(5)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n in (5, 100):
+            k = n * (n - 1) // 2
+            x = torch.randn(11, n, 3, dtype=F64, generator=gen)
+            x[5] = x[5, :1] + torch.arange(n, dtype=F64)[:, None]  # shifted copies: a constant RDM
+            w = common.ext_prepare(torch.rand(3, k, dtype=F64, generator=gen), "spearman").contiguous()
+            got = _op("rsa_rdm_compare")(x, w, 0, 0)
+            assert bool(got[5].isnan().all()), got[5]
+            rows = [b for b in range(11) if b != 5]
+            v = _op("rsa_centered_ranks")(_op("rsa_rdm_direct")(x[rows], 0), False, F64)
+            scale = 1.0 / math.sqrt((k**3 - k) / 12)  # no ties among random distances
+            want = torch.tensor([[_lane_sum(vb, wm) * scale for wm in w] for vb in v], dtype=F64)
+            assert torch.equal(got[rows], want), (got[rows] - want).abs().max()
+            for b in rows:  # one RDM per call: the same bits
+                assert torch.equal(_op("rsa_rdm_compare")(x[b : b + 1], w, 0, 0)[0], got[b])
+    finally:
+        torch.set_num_threads(old)
