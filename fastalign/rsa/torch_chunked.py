@@ -15,6 +15,7 @@ float64 inputs stay float64; other floating inputs are computed in float32.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
@@ -25,6 +26,8 @@ from fastalign.rsa import common
 _CHUNK_ELEMENTS = 1 << 24
 _PAIRS_PER_BLOCK = 1 << 22
 _GRAM_ELEMENTS = 1 << 24
+_BUFFER_ELEMENTS = 1 << 20  # a centred chunk on the CPU: 4 MiB of float32, cache-sized
+_CACHED_PAIRS = 1 << 20  # 16 MiB of int64 indices at most per cached n
 
 
 def _triu_blocks(n: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -43,12 +46,22 @@ def _triu_blocks(n: int, device: torch.device) -> Iterator[tuple[torch.Tensor, t
         yield ri, ci
 
 
+@functools.lru_cache(maxsize=8)
+def _triu_small(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """_triu_blocks' one block for an n within one block, kept: model and brain RDMs of a few hundred
+    conditions are made again and again, and computing the indices cost as much as a pass over the RDMs."""
+    with torch.inference_mode(False):  # normal tensors even when first made in inference mode
+        ((ri, ci),) = _triu_blocks(n, device)
+    return ri, ci
+
+
 def _condensed(gram: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """(B, n, n) -> (B, n(n-1)/2): ``fn(rows, cols)`` gives the distances of those pairs, (B, n_block)."""
     b, n, _ = gram.shape
     out = gram.new_empty((b, common.n_pairs(n)))
     offset = 0
-    for ri, ci in _triu_blocks(n, gram.device):
+    small = common.n_pairs(n) <= _CACHED_PAIRS and n - 1 <= _PAIRS_PER_BLOCK // max(n, 1)
+    for ri, ci in [_triu_small(n, gram.device)] if small else _triu_blocks(n, gram.device):
         out[:, offset : offset + ri.numel()] = fn(ri, ci)
         offset += ri.numel()
     return out
@@ -76,8 +89,22 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor) ->
     gram.zero_()
     mean = xb.sum(-1, dtype=ct, keepdim=True) / p if method == "correlation" else None
     sq = torch.zeros((b, n), dtype=ct, device=xb.device) if method in ("correlation", "cosine") else None
-    for c in _chunks(xb, ct):
-        if mean is not None:
+    # On the CPU without autograd the centred chunks go into one small reused buffer: a fresh
+    # (B, n, chunk) tensor per chunk is memory the system maps and zeroes anew each call (for 11 x 200 x
+    # 4,096 float32, centring into it took 7x as long as into a buffer).
+    grad = torch.is_grad_enabled() and xb.requires_grad
+    buffered = xb.device.type == "cpu" and method != "cosine" and not grad
+    if buffered:
+        step = max(1, _BUFFER_ELEMENTS // max(b * n, 1))
+        buf = torch.empty((b, n, min(step, p)), dtype=ct, device=xb.device)
+        chunks: Iterator[torch.Tensor] = (xb[..., s : s + step] for s in range(0, p, step))
+    else:
+        chunks = _chunks(xb, ct)
+    for c in chunks:
+        if buffered:
+            centre = mean if mean is not None else c.mean(-2, keepdim=True, dtype=ct)
+            c = torch.sub(c, centre, out=buf[..., : c.shape[-1]])
+        elif mean is not None:
             c = c - mean
         elif sq is None:
             c = c - c.mean(-2, keepdim=True)

@@ -78,11 +78,31 @@ def test_torch_feature_chunks_and_row_blocks(method: str, monkeypatch: pytest.Mo
     x = torch.randn(shape, dtype=torch.float64)
     whole = fa.rdm(x, method, backend="reference")
     monkeypatch.setattr(torch_chunked, "_CHUNK_ELEMENTS", 37)
+    monkeypatch.setattr(torch_chunked, "_BUFFER_ELEMENTS", 80)  # the CPU's centring buffer: 3 chunks of 2
     monkeypatch.setattr(torch_chunked, "_PAIRS_PER_BLOCK", 40)
     monkeypatch.setattr(torch_chunked, "_GRAM_ELEMENTS", 300)
     np.testing.assert_allclose(
         fa.rdm(x, method, backend="torch").numpy(), whole.numpy(), rtol=1e-10, atol=1e-12
     )
+    # with autograd the chunks are fresh tensors (no buffer written in place): the same distances
+    xg = x.clone().requires_grad_()
+    np.testing.assert_allclose(
+        fa.rdm(xg, method, backend="torch").detach().numpy(), whole.numpy(), rtol=1e-10, atol=1e-12
+    )
+
+
+def test_torch_pair_indices_made_in_inference_mode_serve_autograd() -> None:
+    """The condensed-order indices of small RDMs are kept between calls; kept from a call in inference
+    mode, they must still serve a later differentiable call (an inference tensor cannot be saved for
+    backward)."""
+    for method in ("euclidean", "correlation"):  # euclidean indexes with them directly
+        torch_chunked._triu_small.cache_clear()
+        with torch.inference_mode():
+            fa.rdm(torch.randn(2, 13, 5, dtype=torch.float64), method, backend="torch")
+        x = torch.randn(2, 13, 5, dtype=torch.float64, requires_grad=True)
+        fa.rdm(x, method, backend="torch").sum().backward()
+        assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+        assert torch_chunked._triu_small.cache_info().hits == 1
 
 
 @pytest.mark.parametrize("backend", ["torch", *CPP])
