@@ -26,7 +26,7 @@ from fastalign.rsa import common
 _CHUNK_ELEMENTS = 1 << 24
 _PAIRS_PER_BLOCK = 1 << 22
 _GRAM_ELEMENTS = 1 << 24
-_BUFFER_ELEMENTS = 1 << 20  # a centred chunk on the CPU: 4 MiB of float32, cache-sized
+_BUFFER_FEATURES = 1024  # features per centred chunk on the CPU (200 conditions: 800 KiB of float32)
 _CACHED_PAIRS = 1 << 20  # 16 MiB of int64 indices at most per cached n
 
 
@@ -91,11 +91,12 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor) ->
     sq = torch.zeros((b, n), dtype=ct, device=xb.device) if method in ("correlation", "cosine") else None
     # On the CPU without autograd the centred chunks go into one small reused buffer: a fresh
     # (B, n, chunk) tensor per chunk is memory the system maps and zeroes anew each call (for 11 x 200 x
-    # 4,096 float32, centring into it took 7x as long as into a buffer).
+    # 4,096 float32, centring into it took 7x as long as into a buffer). Chunks of a fixed number of
+    # features, whatever B and n: an RDM gets the same bits alone or in a batch.
     grad = torch.is_grad_enabled() and xb.requires_grad
     buffered = xb.device.type == "cpu" and method != "cosine" and not grad
     if buffered:
-        step = max(1, _BUFFER_ELEMENTS // max(b * n, 1))
+        step = _BUFFER_FEATURES
         buf = torch.empty((b, n, min(step, p)), dtype=ct, device=xb.device)
         chunks: Iterator[torch.Tensor] = (xb[..., s : s + step] for s in range(0, p, step))
     else:

@@ -78,7 +78,7 @@ def test_torch_feature_chunks_and_row_blocks(method: str, monkeypatch: pytest.Mo
     x = torch.randn(shape, dtype=torch.float64)
     whole = fa.rdm(x, method, backend="reference")
     monkeypatch.setattr(torch_chunked, "_CHUNK_ELEMENTS", 37)
-    monkeypatch.setattr(torch_chunked, "_BUFFER_ELEMENTS", 80)  # the CPU's centring buffer: 3 chunks of 2
+    monkeypatch.setattr(torch_chunked, "_BUFFER_FEATURES", 5)  # the CPU's centring buffer: 5 chunks
     monkeypatch.setattr(torch_chunked, "_PAIRS_PER_BLOCK", 40)
     monkeypatch.setattr(torch_chunked, "_GRAM_ELEMENTS", 300)
     np.testing.assert_allclose(
@@ -407,3 +407,14 @@ def test_time_resolved_window_types(kwargs: dict, exc: type) -> None:
     torch.testing.assert_close(fa.time_resolved_rdms(data, window=np.int64(2), step=np.int32(3)), want)  # type: ignore[arg-type]
     with pytest.raises(exc, match=r"time_resolved_rdms: (window|step) must be an int >= 1"):
         fa.time_resolved_rdms(data, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["correlation", "euclidean"])
+def test_torch_rdm_has_the_same_bits_alone_or_in_a_batch(method: str) -> None:
+    """Feature chunks on the CPU have a fixed width, so a pattern set's RDM does not depend on what else
+    is in the batch (the chunks were once sized by the batch)."""
+    x = torch.randn(3, 200, 2500)  # 3 chunks of 1,024 features (chunks sized by B x n differed: 2 vs 1)
+    batch = fa.rdm(x, method, backend="torch")
+    for i in range(3):
+        assert torch.equal(fa.rdm(x[i], method, backend="torch"), batch[i])
+    assert torch.equal(fa.rdm(x[:2], method, backend="torch"), batch[:2])
