@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,18 @@ BACKENDS: tuple[str, ...] = ("auto", *_dispatch.specs)
 _IMPLS: dict[str, Callable[..., torch.Tensor]] = {}
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compiler.assume_constant_result(fn)`` without importing torch._dynamo when nothing has:
+    that import is half of ``import fastalign`` (2.4 of 5 s on a 2-core CPU), paid by every process that
+    never compiles. The public decorator only sets this attribute (torch 2.4 to 2.13); a test checks
+    that it still does, and the torch.compile tests need the mark."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+@_assume_constant_result
 def _choose(backend: str, device: torch.device, dtype: torch.dtype, empty: bool) -> str:
     """The backend to run for inputs on ``device`` of ``dtype``, its function put in ``_IMPLS``.
 

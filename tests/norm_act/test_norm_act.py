@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -639,3 +642,19 @@ def test_no_channels_is_a_clear_error(backend: str, request: pytest.FixtureReque
                            backend=backend)  # fmt: skip
     with pytest.raises(ValueError, match="at least one channel"):
         batch_norm_module_act(nn.BatchNorm2d(0).to(device), x, backend=backend)
+
+
+def test_backend_choice_is_marked_constant_for_dynamo_without_importing_it() -> None:
+    """_choose carries the mark torch.compiler.assume_constant_result gives (what lets torch.compile trace
+    batch_norm_act in one graph: test_cornet_fuse_training), set without importing torch._dynamo, half of
+    ``import fastalign``'s time; if torch's decorator stops setting that attribute, this fails."""
+    from fastalign.norm_act import api
+
+    def probe() -> int:
+        return 0
+
+    assert getattr(torch.compiler.assume_constant_result(probe), "_dynamo_marked_constant", False) is True
+    assert getattr(api._choose, "_dynamo_marked_constant", False) is True
+    code = "import sys, fastalign; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out
