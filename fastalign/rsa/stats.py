@@ -347,6 +347,33 @@ def noise_ceiling(
     rdms = common.operand(rdms, method)
     _nonconstant(fn, "rdms", rdms, method)
     chosen = _nc_dispatch.choose(backend, rdms, rdms, method)
+    # Many RDMs (e.g. one per time point) in chunks: the ranks and pools of a chunk stay a few MB, where
+    # those of all of them are fresh arrays of hundreds of MB that the system maps and zeroes (10 subjects
+    # x 100 time points x 19,900 pairs on 2 CPU threads: 0.69 -> 0.49 s). An error found in a chunk is
+    # raised again from the whole stack, so that it names the whole stack's indices.
+    flat = rdms.reshape(rdms.shape[0], -1, rdms.shape[-1])
+    step = max(1, _NC_CHUNK_ELEMENTS // (flat.shape[0] * flat.shape[2]))
+    if flat.shape[1] <= step or rdms.dim() < 3:
+        return _noise_ceiling(fn, rdms, method, chosen)
+    try:
+        parts = [
+            _noise_ceiling(fn, flat[:, i : i + step], method, chosen) for i in range(0, flat.shape[1], step)
+        ]
+    except ValueError:
+        _noise_ceiling(fn, rdms, method, chosen)
+        raise
+    lower, upper = (torch.cat([p[j] for p in parts]).reshape(rdms.shape[1:-1]) for j in (0, 1))
+    return lower, upper
+
+
+#: Elements of the (n_subjects, chunk, n_pairs) stack noise_ceiling computes at a time (8 MiB of float64).
+_NC_CHUNK_ELEMENTS = 1 << 20
+
+
+def _noise_ceiling(
+    fn: str, rdms: torch.Tensor, method: str, chosen: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """noise_ceiling of validated, prepared RDMs on the chosen backend."""
     # a pool can be constant (all-zero), exactly or up to rounding, where no subject RDM is: a bound is
     # then undefined, as compare_rdms's statistic for such an RDM is. The reference pools as torch does.
     mod = _nc_dispatch.module("torch" if chosen == "reference" else chosen)

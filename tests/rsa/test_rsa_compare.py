@@ -15,6 +15,7 @@ from scipy import stats
 import fastalign as fa
 from fastalign import _ext
 from fastalign.rsa import api
+from fastalign.rsa import stats as rsa_stats
 
 CPP = ["cpp"] if _ext.why_ops_missing(api._CPP_OPS) is None else []
 
@@ -338,3 +339,23 @@ def test_integers_float64_cannot_hold_are_refused(a: torch.Tensor) -> None:
         fa.compare_rdms(a, b, "pearson")
     exact = torch.tensor([7, 0, 1, 2, 3, 4], dtype=a.dtype)
     assert torch.allclose(fa.compare_rdms(exact, b, "pearson"), fa.compare_rdms(exact.double(), b, "pearson"))
+
+
+@pytest.mark.parametrize("backend", ["torch", *CPP])
+@pytest.mark.parametrize("method", METHODS)
+def test_noise_ceiling_in_chunks_of_rdms(method: str, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many RDMs (subjects x 3 x 7 time points) are computed a few at a time: the bounds are those of the
+    whole stack; an undefined pool inside a chunk is reported at its index in the whole stack."""
+    rng = np.random.default_rng(8)
+    rdms = torch.from_numpy(rng.normal(size=45) + rng.normal(size=(5, 3, 7, 45)))
+    whole = fa.noise_ceiling(rdms, method, backend=backend)
+    monkeypatch.setattr(rsa_stats, "_NC_CHUNK_ELEMENTS", 5 * 45 * 2)  # 2 of the 21 RDM positions per chunk
+    chunked = fa.noise_ceiling(rdms, method, backend=backend)
+    for got, want in zip(chunked, whole, strict=True):
+        assert got.shape == (3, 7)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
+    if method in ("spearman", "pearson"):
+        bad = rdms.clone()  # at (2, 5): subjects v, -v, u, -u pool to a constant, left out is subject 4
+        bad[1, 2, 5], bad[3, 2, 5] = -bad[0, 2, 5], -bad[2, 2, 5]
+        with pytest.raises(ValueError, match=r"pooled RDM of the other subjects .* at index \(4, 2, 5\)"):
+            fa.noise_ceiling(bad, method, backend=backend)
