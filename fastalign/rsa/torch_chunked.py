@@ -146,7 +146,9 @@ def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torc
     lead, (n, p) = x.shape[:-2], x.shape[-2:]
     xb = x.reshape(-1, n, p)
     out = torch.empty((xb.shape[0], common.n_pairs(n)), dtype=ct, device=x.device)
-    step = max(1, _GRAM_ELEMENTS // (n * n))
+    # RDMs per block: their Gram matrices within _GRAM_ELEMENTS, and _gram's centred chunk of them
+    # (B x n x up to _BUFFER_FEATURES) within _CHUNK_ELEMENTS
+    step = max(1, min(_GRAM_ELEMENTS // (n * n), _CHUNK_ELEMENTS // (n * min(p, _BUFFER_FEATURES))))
     buf = torch.empty((min(step, xb.shape[0]), n, n), dtype=ct, device=x.device)
     for b0 in range(0, xb.shape[0], step):
         chunk = xb[b0 : b0 + step]
