@@ -352,6 +352,9 @@ def rdm(
     Returns:
         (..., n_conditions * (n_conditions - 1) / 2) condensed RDMs in rsatoolbox's (and scipy's
         squareform) order, or (..., n, n) when ``square``; float64 for float64 input, else float32.
+        An RDM whose distances are all equal up to the rounding of their sums (e.g. patterns that are
+        shifted copies of each other: exactly 0 apart, computed a few eps apart) is returned exactly
+        constant, so that comparing it says it is constant instead of ranking rounding noise.
         Differentiable in x (and noise) on "reference" and "torch"; "cpp" and "triton" have no
         backward, so auto avoids them when x requires grad and asking for them raises.
 
@@ -372,6 +375,10 @@ def rdm(
     # noise goes to crossnobis only, which only the differentiable backends run
     chosen = _rdm_dispatch.choose(backend, x, method)
     out = _unscaled_distances(fn, _rdm_dispatch.module(chosen).rdm(x, method, noise), method, k, noise)
+    # distances all equal up to rounding (patterns that are shifted or scaled copies of one another come
+    # out a few eps apart) become exactly equal, as in time_resolved_rsa: the RDM's statistics are then
+    # the exact RDM's (undefined for a constant one, which compare_rdms names), not rounding noise's
+    out = common.exact_constants(out, method, "pearson", x.shape[-1])
     return common.square(out, n) if square else out
 
 

@@ -623,7 +623,7 @@ def composed_time_resolved_rsa(
     parts = []
     for s in range(0, flat.shape[0], step):
         brain = rdm_backend.rdm(flat[s : s + step], rdm_method, noise)
-        brain = _exact_constants(brain, rdm_method, method, flat.shape[-1])
+        brain = exact_constants(brain, rdm_method, method, flat.shape[-1])
         brain = brain.to(models.dtype)
         finite = rdm_method not in ("euclidean", "crossnobis") or all_finite(brain)
         if finite:  # unscaled distances near the dtype's maximum need rescaling for pearson / cosine
@@ -635,9 +635,10 @@ def composed_time_resolved_rsa(
     return torch.cat(parts)
 
 
-def _exact_constants(brain: torch.Tensor, rdm_method: str, method: str, n_features: int) -> torch.Tensor:
-    """Brain RDMs (B, K) in the compute dtype that are all-zero, or constant for the methods that see
-    constancy (all but cosine), up to the rounding of their distances made exactly so.
+def exact_constants(brain: torch.Tensor, rdm_method: str, method: str, n_features: int) -> torch.Tensor:
+    """Brain RDMs (..., K) in the compute dtype that are all-zero, or constant for the methods that see
+    constancy (all but cosine), up to the rounding of their distances made exactly so (``rdm`` applies
+    it with a method that sees constancy).
 
     The distances are sums over n_features, of order 1 for correlation and cosine RDMs and relative to
     the RDM's largest for the others. The statistics then give what the exact RDMs give (NaN where

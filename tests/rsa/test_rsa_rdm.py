@@ -418,3 +418,18 @@ def test_torch_rdm_has_the_same_bits_alone_or_in_a_batch(method: str) -> None:
     for i in range(3):
         assert torch.equal(fa.rdm(x[i], method, backend="torch"), batch[i])
     assert torch.equal(fa.rdm(x[:2], method, backend="torch"), batch[:2])
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+def test_shifted_copies_give_an_exactly_constant_rdm(backend: str) -> None:
+    """Patterns that are shifted and positively scaled copies of one another are exactly 0 apart in
+    correlation distance; computed, they came out a few eps apart, and compare_rdms ranked that noise
+    (time_resolved_rsa of the same data said the RDM is constant). The RDM is exactly 0 now, and
+    comparing it raises as for any constant RDM."""
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(5, dtype=torch.float64, generator=gen)
+    x = torch.stack([base * s + o for s, o in ((1.0, 0.0), (2.0, 3.0), (0.7, -1.3), (3.1, 0.25))])
+    d = fa.rdm(x, "correlation", backend=backend)
+    assert torch.equal(d, torch.zeros_like(d)), d
+    with pytest.raises(ValueError, match="constant"):
+        fa.compare_rdms(d, torch.rand(6, dtype=torch.float64), "spearman")
