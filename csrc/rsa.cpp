@@ -702,7 +702,7 @@ double sum_lanes(int64_t n, F term) {
   return t;
 }
 
-// The model dot products of a block of R compare vectors: out[r * models + m] = <v[r], w[m]> * scale[r],
+// The model dot products of a block of R compare vectors: out[r][m] = <v[r], w[m]> * scale[r],
 // each summed exactly as sum_lanes sums it (eight lanes over k in steps of 8, the tail into lane 0, then
 // the lanes in order), so a block gives the bits one vector at a time gives. Chunks of kDotChunk pairs
 // (a multiple of 8) keep the block's vectors in cache while every model's chunk streams past once: each
@@ -711,6 +711,8 @@ double sum_lanes(int64_t n, F term) {
 // the x86-64-v3 clone adds and multiplies as the baseline does and both give the same bits.
 constexpr int64_t kDotRows = 4;
 constexpr int64_t kDotChunk = 2048;
+// Above this many pairs a thread holds one compare vector, not kDotRows (4 x 16 MB at this bound).
+constexpr int64_t kDotBlockPairs = int64_t{1} << 21;
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -798,18 +800,19 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
   const int64_t k_total = n * (n - 1) / 2;
   const int64_t blocks = (n - 1 + kRows - 1) / kRows;
   std::vector<PreparedSet> sets(static_cast<size_t>(batch));
-  // kDotRows RDMs per group, fewer when that would leave threads without a group
+  // kDotRows RDMs per group, fewer when that would leave threads without a group, one for large RDMs
 #ifdef _OPENMP
   const int64_t threads = std::max(1, omp_get_max_threads());
 #else
   const int64_t threads = 1;
 #endif
-  const int64_t per = std::max<int64_t>(1, std::min<int64_t>(kDotRows, batch / threads));
+  const int64_t per =
+      k_total > kDotBlockPairs ? 1 : std::max<int64_t>(1, std::min<int64_t>(kDotRows, batch / threads));
   const int64_t groups = (batch + per - 1) / per;
 #pragma omp parallel if (batch > 1 && batch * n * n * p > kParallelWork)
   {
     std::vector<T> z(static_cast<size_t>(p * zstride<T>(n))), d(static_cast<size_t>(k_total));
-    std::vector<double> vs(static_cast<size_t>(kDotRows * k_total)), acc(static_cast<size_t>(kDotRows * models * 8));
+    std::vector<double> vs(static_cast<size_t>(per * k_total)), acc(static_cast<size_t>(per * models * 8));
     RowSorter<T> sorter;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t g = 0; g < groups; ++g) {

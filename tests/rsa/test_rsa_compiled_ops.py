@@ -522,3 +522,15 @@ def test_rdm_compare_blocks_give_the_bits_of_one_rdm_at_a_time(threads: int) -> 
                 assert torch.equal(_op("rsa_rdm_compare")(x[b : b + 1], w, 0, 0)[0], got[b])
     finally:
         torch.set_num_threads(old)
+
+
+def test_rdm_compare_of_large_rdms_one_per_thread() -> None:
+    """Above 2^21 pairs a thread holds one compare vector instead of a block of 4 (each is 16 MB or
+    more): 3 RDMs of 2,050 conditions (2,100,225 pairs) give their own statistics."""
+    gen = torch.Generator().manual_seed(9)
+    n = 2050
+    x = torch.randn(3, n, 2, dtype=F64, generator=gen)
+    models = torch.rand(2, n * (n - 1) // 2, dtype=F64, generator=gen)
+    got = _op("rsa_rdm_compare")(x, common.ext_prepare(models, "pearson").contiguous(), 2, 2)
+    want = fa.compare_rdms(fa.rdm(x, "euclidean")[:, None, :], models, "pearson")
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
