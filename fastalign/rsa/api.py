@@ -352,9 +352,6 @@ def rdm(
     Returns:
         (..., n_conditions * (n_conditions - 1) / 2) condensed RDMs in rsatoolbox's (and scipy's
         squareform) order, or (..., n, n) when ``square``; float64 for float64 input, else float32.
-        An RDM whose distances are all equal up to the rounding of their sums (e.g. patterns that are
-        shifted copies of each other: exactly 0 apart, computed a few eps apart) is returned exactly
-        constant, so that comparing it says it is constant instead of ranking rounding noise.
         Differentiable in x (and noise) on "reference" and "torch"; "cpp" and "triton" have no
         backward, so auto avoids them when x requires grad and asking for them raises.
 
@@ -375,10 +372,6 @@ def rdm(
     # noise goes to crossnobis only, which only the differentiable backends run
     chosen = _rdm_dispatch.choose(backend, x, method)
     out = _unscaled_distances(fn, _rdm_dispatch.module(chosen).rdm(x, method, noise), method, k, noise)
-    # distances all equal up to rounding (patterns that are shifted or scaled copies of one another come
-    # out a few eps apart) become exactly equal, as in time_resolved_rsa: the RDM's statistics are then
-    # the exact RDM's (undefined for a constant one, which compare_rdms names), not rounding noise's
-    out = common.exact_constants(out, method, "pearson", x.shape[-1])
     return common.square(out, n) if square else out
 
 
@@ -406,10 +399,19 @@ def time_resolved_rdms(
 
     Returns:
         (..., n_windows, n_pairs) with ``n_windows = (n_times - window) // step + 1``; differentiable
-        in data as :func:`rdm`.
+        in data as :func:`rdm`. A window's RDM whose distances are all equal up to the rounding of their
+        sums over the window's features (e.g. patterns that are shifted copies of one another: exactly 0
+        apart, computed a few eps apart) is returned exactly constant, as :func:`time_resolved_rsa`
+        treats it, so that comparing it raises as for any constant RDM.
     """
     win = _windows("time_resolved_rdms", data, method, window, step)
-    return rdm(win, method, noise=noise, backend=backend)
+    out = rdm(win, method, noise=noise, backend=backend)
+    # as time_resolved_rsa sees its brain RDMs: distances all equal up to rounding (patterns that are
+    # shifted or scaled copies of one another come out a few eps apart) become exactly equal, so that
+    # comparing such an RDM says it is constant instead of ranking rounding noise; the gradient passes
+    # through unchanged
+    snapped = common.exact_constants(out, method, "pearson", win.shape[-1])
+    return snapped if not out.requires_grad else out + (snapped - out).detach()
 
 
 def _windows(fn: str, data: Any, method: str, window: int, step: int) -> torch.Tensor:

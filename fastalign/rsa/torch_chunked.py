@@ -60,7 +60,11 @@ def _condensed(gram: torch.Tensor, fn: Callable[[torch.Tensor, torch.Tensor], to
     b, n, _ = gram.shape
     out = gram.new_empty((b, common.n_pairs(n)))
     offset = 0
-    small = common.n_pairs(n) <= _CACHED_PAIRS and n - 1 <= _PAIRS_PER_BLOCK // max(n, 1)
+    small = (
+        gram.device.type == "cpu"
+        and common.n_pairs(n) <= _CACHED_PAIRS
+        and n - 1 <= _PAIRS_PER_BLOCK // max(n, 1)
+    )
     for ri, ci in [_triu_small(n, gram.device)] if small else _triu_blocks(n, gram.device):
         out[:, offset : offset + ri.numel()] = fn(ri, ci)
         offset += ri.numel()
@@ -73,6 +77,17 @@ def _chunks(xb: torch.Tensor, ct: torch.dtype) -> Iterator[torch.Tensor]:
     step = max(1, _CHUNK_ELEMENTS // max(b * n, 1))
     for s in range(0, p, step):
         yield xb[..., s : s + step].to(ct)
+
+
+def _fixed_chunks(x: torch.Tensor) -> bool:
+    """Whether _gram takes fixed-width feature chunks through its reused buffer: on the CPU, for plain
+    tensors that no autograd mode follows (backward, forward-mode duals, torch.func transforms: the
+    buffer is written in place, which none of them can differentiate)."""
+    if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+        return False
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    return torch.autograd.forward_ad.unpack_dual(x).tangent is None
 
 
 def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor) -> torch.Tensor:
@@ -89,22 +104,26 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor) ->
     gram.zero_()
     mean = xb.sum(-1, dtype=ct, keepdim=True) / p if method == "correlation" else None
     sq = torch.zeros((b, n), dtype=ct, device=xb.device) if method in ("correlation", "cosine") else None
-    # On the CPU without autograd the centred chunks go into one small reused buffer: a fresh
-    # (B, n, chunk) tensor per chunk is memory the system maps and zeroes anew each call (for 11 x 200 x
-    # 4,096 float32, centring into it took 7x as long as into a buffer). Chunks of a fixed number of
-    # features, whatever B and n: an RDM gets the same bits alone or in a batch.
-    grad = torch.is_grad_enabled() and xb.requires_grad
-    buffered = xb.device.type == "cpu" and method != "cosine" and not grad
-    if buffered:
+    # On the CPU without autograd (_fixed_chunks) the centred chunks go into one small reused buffer: a
+    # fresh (B, n, chunk) tensor per chunk is memory the system maps and zeroes anew each call (for 11 x
+    # 200 x 4,096 float32, centring into it took 7x as long as into a buffer). Chunks of a fixed number
+    # of features, whatever B and n: there an RDM gets the same bits alone or in a batch.
+    fixed = _fixed_chunks(xb)
+    buf = None
+    if fixed:
         step = _BUFFER_FEATURES
-        buf = torch.empty((b, n, min(step, p)), dtype=ct, device=xb.device)
+        if method != "cosine":
+            buf = torch.empty((b, n, min(step, p)), dtype=ct, device=xb.device)
         chunks: Iterator[torch.Tensor] = (xb[..., s : s + step] for s in range(0, p, step))
     else:
         chunks = _chunks(xb, ct)
     for c in chunks:
-        if buffered:
-            centre = mean if mean is not None else c.mean(-2, keepdim=True, dtype=ct)
-            c = torch.sub(c, centre, out=buf[..., : c.shape[-1]])
+        if fixed:
+            if buf is None:
+                c = c.to(ct)
+            else:
+                centre = mean if mean is not None else c.mean(-2, keepdim=True, dtype=ct)
+                c = torch.sub(c, centre, out=buf[..., : c.shape[-1]])
         elif mean is not None:
             c = c - mean
         elif sq is None:
@@ -148,7 +167,9 @@ def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torc
     out = torch.empty((xb.shape[0], common.n_pairs(n)), dtype=ct, device=x.device)
     # RDMs per block: their Gram matrices within _GRAM_ELEMENTS, and _gram's centred chunk of them
     # (B x n x up to _BUFFER_FEATURES) within _CHUNK_ELEMENTS
-    step = max(1, min(_GRAM_ELEMENTS // (n * n), _CHUNK_ELEMENTS // (n * min(p, _BUFFER_FEATURES))))
+    step = max(1, _GRAM_ELEMENTS // (n * n))
+    if _fixed_chunks(xb):
+        step = max(1, min(step, _CHUNK_ELEMENTS // (n * min(p, _BUFFER_FEATURES))))
     buf = torch.empty((min(step, xb.shape[0]), n, n), dtype=ct, device=x.device)
     for b0 in range(0, xb.shape[0], step):
         chunk = xb[b0 : b0 + step]

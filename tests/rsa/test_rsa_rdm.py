@@ -409,7 +409,7 @@ def test_time_resolved_window_types(kwargs: dict, exc: type) -> None:
         fa.time_resolved_rdms(data, **kwargs)
 
 
-@pytest.mark.parametrize("method", ["correlation", "euclidean"])
+@pytest.mark.parametrize("method", ["correlation", "euclidean", "cosine"])
 def test_torch_rdm_has_the_same_bits_alone_or_in_a_batch(method: str) -> None:
     """Feature chunks on the CPU have a fixed width, so a pattern set's RDM does not depend on what else
     is in the batch (the chunks were once sized by the batch)."""
@@ -421,15 +421,39 @@ def test_torch_rdm_has_the_same_bits_alone_or_in_a_batch(method: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
-def test_shifted_copies_give_an_exactly_constant_rdm(backend: str) -> None:
-    """Patterns that are shifted and positively scaled copies of one another are exactly 0 apart in
-    correlation distance; computed, they came out a few eps apart, and compare_rdms ranked that noise
-    (time_resolved_rsa of the same data said the RDM is constant). The RDM is exactly 0 now, and
-    comparing it raises as for any constant RDM."""
+def test_time_resolved_rdm_of_shifted_copies_is_exactly_constant(backend: str) -> None:
+    """At a time point where the patterns are shifted and positively scaled copies of one another they
+    are exactly 0 apart in correlation distance; computed, they came out a few eps apart, and
+    compare_rdms ranked that noise where time_resolved_rsa of the same data raised. That window's RDM
+    is exactly 0 now (the other window's is not touched), comparing it raises, and gradients still
+    flow through every window."""
     gen = torch.Generator().manual_seed(2)
     base = torch.randn(5, dtype=torch.float64, generator=gen)
-    x = torch.stack([base * s + o for s, o in ((1.0, 0.0), (2.0, 3.0), (0.7, -1.3), (3.1, 0.25))])
-    d = fa.rdm(x, "correlation", backend=backend)
-    assert torch.equal(d, torch.zeros_like(d)), d
+    data = torch.randn(4, 5, 2, dtype=torch.float64, generator=gen)  # (conditions, channels, times)
+    data[..., 0] = torch.stack([base * s + o for s, o in ((1.0, 0.0), (2.0, 3.0), (0.7, -1.3), (3.1, 0.25))])
+    d = fa.time_resolved_rdms(data, "correlation", backend=backend)
+    assert torch.equal(d[0], torch.zeros_like(d[0])), d[0]
+    torch.testing.assert_close(d[1], fa.rdm(data[..., 1], "correlation", backend=backend), rtol=1e-14, atol=0)
     with pytest.raises(ValueError, match="constant"):
-        fa.compare_rdms(d, torch.rand(6, dtype=torch.float64), "spearman")
+        fa.compare_rdms(d[0], torch.rand(6, dtype=torch.float64), "spearman")
+    if backend != "cpp":
+        x = data.clone().requires_grad_()
+        fa.time_resolved_rdms(x, "euclidean", backend=backend)[0].sum().backward()
+        plain = data.clone().requires_grad_()
+        fa.rdm(plain[..., 0], "euclidean", backend=backend).sum().backward()
+        assert x.grad is not None and plain.grad is not None
+        torch.testing.assert_close(x.grad, plain.grad)
+
+
+@pytest.mark.parametrize("method", ["correlation", "euclidean", "cosine"])
+def test_torch_rdm_forward_mode_derivatives(method: str) -> None:
+    """Forward-mode derivatives (torch.func.jvp, forward_ad duals) take the torch backend's out-of-place
+    path (the CPU's reused buffer is written in place, which forward mode cannot differentiate): the
+    directional derivative equals the finite difference."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, 1500, dtype=torch.float64, generator=gen)  # 2 chunks of features
+    v = torch.randn(x.shape, dtype=torch.float64, generator=gen)
+    _, tangent = torch.func.jvp(lambda t: fa.rdm(t, method, backend="torch"), (x,), (v,))
+    h = 1e-6
+    diff = (fa.rdm(x + h * v, method, backend="torch") - fa.rdm(x - h * v, method, backend="torch")) / (2 * h)
+    torch.testing.assert_close(tangent, diff, rtol=1e-5, atol=1e-7)
