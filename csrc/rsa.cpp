@@ -707,12 +707,13 @@ double sum_lanes(int64_t n, F term) {
 // the lanes in order), so a block gives the bits one vector at a time gives. Chunks of kDotChunk pairs
 // (a multiple of 8) keep the block's vectors in cache while every model's chunk streams past once: each
 // model vector is read once per R compare vectors instead of once per vector (44 models of 19,900 pairs
-// are 7 MB: out of L2, so one vector at a time was bound by that stream). Contraction into FMA is off, so
-// the x86-64-v3 clone adds and multiplies as the baseline does and both give the same bits.
+// are 7 MB: out of L2, so one vector at a time was bound by that stream). Contraction into FMA is off (GCC
+// and clang), so the x86-64-v3 clone adds and multiplies as the baseline does and both give the same bits.
 constexpr int64_t kDotRows = 4;
 constexpr int64_t kDotChunk = 2048;
-// Above this many pairs a thread holds one compare vector, not kDotRows (4 x 16 MB at this bound).
-constexpr int64_t kDotBlockPairs = int64_t{1} << 21;
+// Above this many pairs a thread holds one compare vector, not kDotRows (4 x 2 MB at this bound; the
+// chunking, not the vectors' length, keeps a block in cache).
+constexpr int64_t kDotBlockPairs = int64_t{1} << 18;
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
@@ -732,6 +733,9 @@ template <int R>
 inline __attribute__((always_inline)) void dot_block_impl(const double* const* v, const double* scale, const double* w,
                                                           int64_t models, int64_t n, double* acc,
                                                           double* const* out) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
   constexpr int kLanes = 8;
   const int64_t main = n - n % kLanes;
   std::fill(acc, acc + static_cast<int64_t>(R) * models * kLanes, 0.0);

@@ -499,21 +499,21 @@ def _lane_sum(v: torch.Tensor, w: torch.Tensor) -> float:
 def test_rdm_compare_blocks_give_the_bits_of_one_rdm_at_a_time(threads: int) -> None:
     """The op dots blocks of up to 4 RDMs with each model vector in one pass; every output is still each
     RDM's own dot product summed in the documented lane order, to the last bit, whatever the block holds:
-    11 RDMs (blocks of 4, 4, 3 or of 1 and 2 with 2 threads), a constant-RDM pattern set (NaN, no dot)
-    inside a block, and pair counts with and without a tail (10, 4,950: 4,950 % 8 = 6) and across the
-    op's chunks of 2,048 pairs."""
+    11, 4 and 2 RDMs (blocks of 4, 4, 3 / 4 / 2 on 1 thread, 4, 4, 3 / 2, 2 / 1, 1 on 2), a constant-RDM
+    pattern set (NaN, no dot) inside a block, and pair counts with and without a tail (10, 4,950:
+    4,950 % 8 = 6) and across the op's chunks of 2,048 pairs."""
     gen = torch.Generator().manual_seed(5)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for n in (5, 100):
+        for n, batch in ((5, 11), (100, 11), (100, 4), (100, 2)):
             k = n * (n - 1) // 2
-            x = torch.randn(11, n, 3, dtype=F64, generator=gen)
-            x[5] = x[5, :1] + torch.arange(n, dtype=F64)[:, None]  # shifted copies: a constant RDM
+            x = torch.randn(batch, n, 3, dtype=F64, generator=gen)
+            x[1] = x[1, :1] + torch.arange(n, dtype=F64)[:, None]  # shifted copies: a constant RDM
             w = common.ext_prepare(torch.rand(3, k, dtype=F64, generator=gen), "spearman").contiguous()
             got = _op("rsa_rdm_compare")(x, w, 0, 0)
-            assert bool(got[5].isnan().all()), got[5]
-            rows = [b for b in range(11) if b != 5]
+            assert bool(got[1].isnan().all()), got[1]
+            rows = [b for b in range(batch) if b != 1]
             v = _op("rsa_centered_ranks")(_op("rsa_rdm_direct")(x[rows], 0), False, F64)
             scale = 1.0 / math.sqrt((k**3 - k) / 12)  # no ties among random distances
             want = torch.tensor([[_lane_sum(vb, wm) * scale for wm in w] for vb in v], dtype=F64)
@@ -525,10 +525,10 @@ def test_rdm_compare_blocks_give_the_bits_of_one_rdm_at_a_time(threads: int) -> 
 
 
 def test_rdm_compare_of_large_rdms_one_per_thread() -> None:
-    """Above 2^21 pairs a thread holds one compare vector instead of a block of 4 (each is 16 MB or
-    more): 3 RDMs of 2,050 conditions (2,100,225 pairs) give their own statistics."""
+    """Above 2^18 pairs a thread holds one compare vector instead of a block of 4 (each is 2 MB or
+    more): 3 RDMs of 750 conditions (280,875 pairs) give their own statistics."""
     gen = torch.Generator().manual_seed(9)
-    n = 2050
+    n = 750
     x = torch.randn(3, n, 2, dtype=F64, generator=gen)
     models = torch.rand(2, n * (n - 1) // 2, dtype=F64, generator=gen)
     got = _op("rsa_rdm_compare")(x, common.ext_prepare(models, "pearson").contiguous(), 2, 2)
