@@ -360,7 +360,10 @@ def noise_ceiling(
             _noise_ceiling(fn, flat[:, i : i + step], method, chosen) for i in range(0, flat.shape[1], step)
         ]
     except ValueError:
-        _noise_ceiling(fn, rdms, method, chosen)
+        try:
+            _noise_ceiling(fn, rdms, method, chosen)
+        except ValueError as whole:
+            raise whole from None  # the chunk's error, with its chunk-relative index, is not shown
         raise
     lower, upper = (torch.cat([p[j] for p in parts]).reshape(rdms.shape[1:-1]) for j in (0, 1))
     return lower, upper
