@@ -30,6 +30,25 @@ def synthetic_start(root: str, data: Mapping[str, Any]) -> tuple[SyntheticThings
     return things, weights
 
 
+def align_pair(
+    data_root: str, subject: int | str, root: str, weights: str, settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``align``'s result(s) for ``subject`` (a number or "all") into ``root/realnet`` (paired) and
+    ``root/control`` (the unpaired control), both from ``weights`` with seed 0 and no checkpoints."""
+    from fastalign.train import align
+
+    return {
+        name: align(data_root, subject, out=os.path.join(root, name), control=control, seed=0,
+                    weights=weights, keep_checkpoints=0, progress=False, **settings)
+        for name, control in (("realnet", None), ("control", "unpaired"))
+    }  # fmt: skip
+
+
+def numbers(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """A run summary's numeric entries."""
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+
+
 def main(
     name: str,
     doc: str,

@@ -25,7 +25,7 @@ from typing import Any
 
 import study
 
-from fastalign.train import align, decode
+from fastalign.train import decode
 
 FULL = {
     "data": dict(n_train_concepts=64, images_per_concept=4, n_test=50, n_subjects=1, n_sessions=2,
@@ -66,12 +66,8 @@ def run(settings: dict[str, Any], root: str) -> dict[str, Any]:
     seconds["data and start"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    aligned = {}
-    for name, control in (("realnet", None), ("control", "unpaired")):
-        result = align(data.root, 1, out=os.path.join(root, name), control=control, seed=0,
-                       weights=weights, keep_checkpoints=0, progress=False,
-                       **settings["align"])  # fmt: skip
-        aligned[name] = {k: v for k, v in result.summary.items() if isinstance(v, (int, float))}
+    runs = study.align_pair(data.root, 1, root, weights, settings["align"])
+    aligned = {name: study.numbers(result.summary) for name, result in runs.items()}
     seconds["align"] = time.perf_counter() - start
 
     start = time.perf_counter()

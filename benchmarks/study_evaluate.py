@@ -27,7 +27,6 @@ import numpy as np
 import study
 
 from fastalign.eval import evaluate
-from fastalign.train import align
 
 LAYERS = ("V1", "V2", "V4", "IT")
 
@@ -69,14 +68,11 @@ def run(settings: dict[str, Any], root: str) -> dict[str, Any]:
     seconds["data and start"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    aligned = {}
-    for name, control in (("realnet", None), ("control", "unpaired")):
-        results = align(data.root, "all", out=os.path.join(root, name), control=control, seed=0,
-                        weights=weights, keep_checkpoints=0, progress=False, **settings["align"])  # fmt: skip
-        aligned[name] = {
-            f"sub-{r.subject:02d}": {k: v for k, v in r.summary.items() if isinstance(v, (int, float))}
-            for r in results
-        }
+    runs = study.align_pair(data.root, "all", root, weights, settings["align"])
+    aligned = {
+        name: {f"sub-{r.subject:02d}": study.numbers(r.summary) for r in results}
+        for name, results in runs.items()
+    }
     seconds["align"] = time.perf_counter() - start
 
     start = time.perf_counter()
