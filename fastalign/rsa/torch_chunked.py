@@ -90,8 +90,9 @@ def _fixed_chunks(x: torch.Tensor) -> bool:
     return torch.autograd.forward_ad.unpack_dual(x).tangent is None
 
 
-def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor) -> torch.Tensor:
-    """(B, n, p) -> (B, n, n) Gram matrix in ct, accumulated over feature chunks into ``gram``.
+def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor, fixed: bool) -> torch.Tensor:
+    """(B, n, p) -> (B, n, n) Gram matrix in ct, accumulated over feature chunks into ``gram``
+    (``fixed``: _fixed_chunks(xb), decided once per rdm call).
 
     correlation / cosine: of the (centred) patterns, then scaled by both patterns' inverse norms, which
     is rsatoolbox's Gram of unit-norm patterns up to rounding, so the distance is 1 - gram. One pass
@@ -108,7 +109,6 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor) ->
     # fresh (B, n, chunk) tensor per chunk is memory the system maps and zeroes anew each call (for 11 x
     # 200 x 4,096 float32, centring into it took 7x as long as into a buffer). Chunks of a fixed number
     # of features, whatever B and n: there an RDM gets the same bits alone or in a batch.
-    fixed = _fixed_chunks(xb)
     buf = None
     if fixed:
         step = _BUFFER_FEATURES
@@ -168,12 +168,13 @@ def rdm(x: torch.Tensor, method: str, noise: torch.Tensor | None = None) -> torc
     # RDMs per block: their Gram matrices within _GRAM_ELEMENTS, and _gram's centred chunk of them
     # (B x n x up to _BUFFER_FEATURES) within _CHUNK_ELEMENTS
     step = max(1, _GRAM_ELEMENTS // (n * n))
-    if _fixed_chunks(xb):
+    fixed = _fixed_chunks(xb)
+    if fixed:
         step = max(1, min(step, _CHUNK_ELEMENTS // (n * min(p, _BUFFER_FEATURES))))
     buf = torch.empty((min(step, xb.shape[0]), n, n), dtype=ct, device=x.device)
     for b0 in range(0, xb.shape[0], step):
         chunk = xb[b0 : b0 + step]
-        out[b0 : b0 + step] = _distances(_gram(chunk, ct, method, buf[: chunk.shape[0]]), method, p)
+        out[b0 : b0 + step] = _distances(_gram(chunk, ct, method, buf[: chunk.shape[0]], fixed), method, p)
     return out.reshape(*lead, -1)
 
 
