@@ -232,10 +232,10 @@ class ReAlnet(nn.Module):
                 )
         return ReAlnetOutput(logits, self.head(feats))
 
-    def fuse_training(self, backend: str | None = "auto") -> ReAlnet:
-        """The backbone's fused BatchNorm + add + ReLU training path (see :meth:`CORnetS.fuse_training`);
-        returns ``self``."""
-        self.backbone.fuse_training(backend)
+    def fuse_training(self, backend: str | None = "auto", convs: str | None = "auto") -> ReAlnet:
+        """The backbone's fast training path: fused BatchNorm + add + ReLU tails and, on CPU, GEMM convs
+        (see :meth:`CORnetS.fuse_training`); returns ``self``."""
+        self.backbone.fuse_training(backend, convs)
         return self
 
 

@@ -1,5 +1,6 @@
-"""im2col GEMM and Winograd F(2x2, 3x3) convs vs F.conv2d: values (float64 exact, float32 within
-direct-conv rounding) and gradients, on odd, even, prime and unit spatial sizes."""
+"""im2col GEMM (inference and training layouts) and Winograd F(2x2, 3x3) convs vs F.conv2d: values
+(float64 exact, float32 within direct-conv rounding) and gradients, on odd, even, prime and unit spatial
+sizes, and the rule that picks the GEMM."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastalign.models.cornet.convs import gemm_conv3x3, winograd_conv3x3, winograd_weight
+from fastalign.models.cornet.convs import (
+    gemm_conv3x3,
+    gemm_pays,
+    unfold_conv3x3,
+    winograd_conv3x3,
+    winograd_weight,
+)
 
 
 @given(
@@ -108,3 +115,60 @@ def test_gemm_conv_gradients_and_layout_check() -> None:
     assert torch.autograd.gradcheck(lambda a, w, b: gemm_conv3x3(a, w, b, 2, relu=True), (x, wcl, bias))
     with pytest.raises(ValueError, match="channels_last"):
         gemm_conv3x3(x, weight, bias, 1)
+
+
+@given(
+    n=st.integers(0, 3),
+    c=st.integers(1, 5),
+    k=st.integers(1, 7),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+    stride=st.sampled_from([1, 2]),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_unfold_conv_matches_conv2d_and_its_gradients(n, c, k, h, w, stride, channels_last, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(k, c, 3, 3, dtype=torch.float64, generator=g)
+    xs, ws = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    xr, wr = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    ref = F.conv2d(xr, wr, None, stride, 1)
+    got = unfold_conv3x3(xs, ws, stride)
+    assert got.shape == ref.shape and got.is_contiguous()  # the layout conv2d gives NCHW inputs
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    dy = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    ref.backward(dy)
+    got.backward(dy)
+    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_unfold_conv_gradcheck_and_no_weight_copy() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w: unfold_conv3x3(a, w, 2), (x, weight))
+    assert torch.autograd.gradgradcheck(lambda a, w: unfold_conv3x3(a, w, 1), (x, weight))
+    # a trained parameter is read in place: the matrix the product multiplies is a view of its memory
+    assert weight.reshape(4, 27).data_ptr() == weight.data_ptr()
+
+
+@pytest.mark.parametrize(
+    ("shape", "stride", "channels", "pays"),
+    [
+        ((16, 2048, 2, 2), 2, 2048, True),  # IT at 32 px: 16 output pixels, 2048 channels
+        ((16, 1024, 4, 4), 1, 1024, True),  # V4 after its first step at 64 px: 256 pixels
+        ((16, 256, 16, 16), 2, 256, False),  # 1,024 pixels, 256 channels: the direct conv is faster
+        ((2, 512, 32, 32), 2, 512, False),  # exactly as many pixels as channels: direct
+        ((0, 512, 4, 4), 1, 512, True),  # an empty batch: the product is empty too
+    ],
+)
+def test_gemm_pays_where_pixels_are_fewer_than_channels(shape, stride, channels, pays) -> None:
+    x = torch.empty(shape)
+    weight = torch.empty(channels, shape[1], 3, 3)
+    assert gemm_pays(x, weight, stride) is pays
+    # only CPU tensors: GPUs keep cuDNN's convs
+    assert gemm_pays(x.to("meta"), weight.to("meta"), stride) is False

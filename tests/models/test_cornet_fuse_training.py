@@ -56,7 +56,7 @@ def narrow(model: CORnetS) -> CORnetS:
 def test_reference_backend_is_bitwise_the_original(model: CORnetS) -> None:
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     want = _train_step(copy.deepcopy(model), x)
-    got = _train_step(copy.deepcopy(model).fuse_training("reference"), x)
+    got = _train_step(copy.deepcopy(model).fuse_training("reference", convs=None), x)
     for w, g in zip(want, got, strict=True):
         assert w.keys() == g.keys()
         for k in w:
@@ -189,11 +189,77 @@ def test_fuse_training_keeps_parameters_and_can_be_undone(model: CORnetS) -> Non
     assert m.fuse_training() is m
     assert list(m.state_dict()) == keys
     assert {b.norm_backend for b in (m.V1, m.V2, m.V4, m.IT)} == {"auto"}
-    m.fuse_training(None)
+    assert {b.conv_algorithm for b in (m.V2, m.V4, m.IT)} == {"auto"}
+    m.fuse_training(None, None)
     assert {b.norm_backend for b in (m.V1, m.V2, m.V4, m.IT)} == {None}
+    assert {b.conv_algorithm for b in (m.V2, m.V4, m.IT)} == {None}
     for bad in ("cudnn", "cuda"):  # "cuda" is a backend of other ops, not of batch_norm_act
         with pytest.raises(ValueError, match="backend must be None or one of"):
             m.fuse_training(bad)
+    for bad_convs in ("gemm", "", True):
+        with pytest.raises(ValueError, match=r"convs must be one of \(None, 'auto'\), got"):
+            m.fuse_training(convs=bad_convs)
+
+
+@pytest.fixture
+def unfold_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """(C_out, H, W, stride) of every unfold_conv3x3 call the CORnet-S blocks make."""
+    from fastalign.models.cornet import model as model_module
+
+    calls: list[tuple[int, ...]] = []
+    unfold = model_module.unfold_conv3x3
+
+    def recording(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+        calls.append((weight.shape[0], *x.shape[2:], stride))
+        return unfold(x, weight, stride)
+
+    monkeypatch.setattr(model_module, "unfold_conv3x3", recording)
+    return calls
+
+
+def test_gemm_convs_where_they_pay(model: CORnetS, unfold_calls: list[tuple[int, ...]]) -> None:
+    """convs="auto" on CPU: each conv2 call with fewer output pixels than channels runs as an im2col
+    product (at batch 2 and 32 px all eight; the rule itself is tested on gemm_pays); the output is the
+    original's up to float32 rounding; None restores F.conv2d."""
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    m = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        want = m(x)
+        assert unfold_calls == []  # the original's F.conv2d
+        got = m.fuse_training(None, "auto")(x)
+        v2, v4 = [(512, 8, 8, 2), (512, 4, 4, 1)], [(1024, 4, 4, 2)] + [(1024, 2, 2, 1)] * 3
+        assert unfold_calls == v2 + v4 + [(2048, 2, 2, 2), (2048, 1, 1, 1)]
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        unfold_calls.clear()
+        m.fuse_training(None, None)(x)
+        assert unfold_calls == []
+
+
+@pytest.mark.parametrize("times", [1, 3])
+def test_gemm_convs_train_like_the_original_float64(times: int, unfold_calls: list[tuple[int, ...]]) -> None:
+    """A CORblockS training step with convs="auto" (every conv2 call an im2col product here) gives the
+    original's output, gradients and updated BatchNorm statistics (float64)."""
+    torch.manual_seed(3)
+    block = CORblockS(8, 16, times=times).double().train()  # 64 wide: 2 x 3 x 3 output pixels < 64
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+
+    def step(b: CORblockS) -> tuple[torch.Tensor, dict, dict]:
+        taps: list[torch.Tensor] = []
+        y = b(x, taps)
+        (y.square().sum() + sum(t.sum() for t in taps)).backward()
+        grads = {k: p.grad.clone() for k, p in b.named_parameters() if p.grad is not None}
+        return y.detach(), grads, {k: v.clone() for k, v in b.state_dict().items()}
+
+    want = step(copy.deepcopy(block))
+    fast = copy.deepcopy(block)
+    fast.conv_algorithm = "auto"
+    got = step(fast)
+    assert unfold_calls == [(64, 5, 5, 2)] + [(64, 3, 3, 1)] * (times - 1)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+    for w, g in zip(want[1:], got[1:], strict=True):
+        assert w.keys() == g.keys()
+        for k in w:
+            torch.testing.assert_close(g[k], w[k], rtol=1e-10, atol=1e-12, msg=k)
 
 
 def test_inference_fuse_after_fuse_training(model: CORnetS) -> None:

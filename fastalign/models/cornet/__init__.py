@@ -2,12 +2,19 @@
 
 ``model.py`` is the original network (the correctness oracle), ``weights.py`` reads and loads the original
 checkpoint, ``fused.py`` builds the inference module from a model (:func:`fuse`), and ``convs.py`` holds the
-Winograd and im2col 3x3 convs it uses on CPU. Imports point one way: fused -> model -> weights.
+Winograd and im2col 3x3 convs that it and the fast training path use on CPU. Imports point one way:
+fused -> model -> weights and convs.
 """
 
 from __future__ import annotations
 
-from fastalign.models.cornet.convs import gemm_conv3x3, winograd_conv3x3, winograd_weight
+from fastalign.models.cornet.convs import (
+    gemm_conv3x3,
+    gemm_pays,
+    unfold_conv3x3,
+    winograd_conv3x3,
+    winograd_weight,
+)
 from fastalign.models.cornet.fused import (
     FusedBlock,
     FusedCORnetS,
@@ -48,8 +55,10 @@ __all__ = [
     "fold_conv_bn",
     "fuse",
     "gemm_conv3x3",
+    "gemm_pays",
     "load_cornet_weights",
     "mkldnn_dtype_unsupported",
+    "unfold_conv3x3",
     "winograd_conv3x3",
     "winograd_weight",
 ]

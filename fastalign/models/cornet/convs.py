@@ -1,6 +1,6 @@
-"""Two 3x3 conv algorithms (padding 1) that beat oneDNN's direct convs on CPU for CORnet-S's wide layers.
+"""3x3 conv algorithms (padding 1) that beat oneDNN's direct convs on CPU for CORnet-S's wide layers.
 
-Both are plain, differentiable PyTorch built on BLAS matrix products.
+All are plain, differentiable PyTorch built on BLAS matrix products.
 
 **im2col GEMM** (:func:`gemm_conv3x3`, any stride): gathers the 3x3xC_in patches of every output pixel
 into a (pixels x 9*C_in) matrix and multiplies it by the (9*C_in x C_out) weight. When there are fewer
@@ -53,6 +53,37 @@ def gemm_conv3x3(
     if relu:
         y = y.relu_()
     return y.view(n, oh, ow, k).permute(0, 3, 1, 2)
+
+
+def gemm_pays(x: torch.Tensor, weight: torch.Tensor, stride: int) -> bool:
+    """Whether an im2col GEMM beats oneDNN's direct conv here: a CPU tensor, and fewer output pixels
+    (batch x height x width) than output channels, where the direct conv is bound by reading its weights
+    in a blocked order (see the module docstring)."""
+    n, _, h, w = x.shape
+    pixels = n * ((h - 1) // stride + 1) * ((w - 1) // stride + 1)
+    return x.device.type == "cpu" and pixels < weight.shape[0]
+
+
+def unfold_conv3x3(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """conv2d(x, weight, stride=stride, padding=1) as one im2col matrix product, for training.
+
+    Unlike :func:`gemm_conv3x3` it takes the weight in its own (C_out, C_in, 3, 3) contiguous layout,
+    whose memory is already the (C_out, 9*C_in) matrix of ``F.unfold``'s (c, kh, kw) column order: a
+    trained parameter is never copied. Autograd differentiates it as three matrix products (output, input
+    gradient, weight gradient) and ``F.fold`` (col2im). CORnet-S's training step at 32 px spends most of
+    its time in oneDNN's backward of V4's and IT's wide convs at 1-4 px, where these products are 3-5x
+    faster (:meth:`fastalign.models.CORnetS.fuse_training`).
+
+    Shapes: x (N, C_in, H, W), weight (C_out, C_in, 3, 3) -> (N, C_out, H_out, W_out), contiguous like
+    conv2d's output for NCHW input, so that the layers after it see the layout they see in the original.
+    """
+    n, c, h, w = x.shape
+    k = weight.shape[0]
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    cols = F.unfold(x, 3, padding=1, stride=stride)  # (N, 9*C_in, pixels), rows ordered (c, kh, kw)
+    cols = cols.transpose(1, 2).reshape(n * oh * ow, 9 * c)  # one matrix: all images' pixels
+    y = cols @ weight.reshape(k, 9 * c).T  # a view when weight is contiguous
+    return y.view(n, oh, ow, k).permute(0, 3, 1, 2).contiguous()
 
 
 _BT = ((1.0, 0.0, -1.0, 0.0), (0.0, 1.0, 1.0, 0.0), (0.0, -1.0, 1.0, 0.0), (0.0, 1.0, 0.0, -1.0))

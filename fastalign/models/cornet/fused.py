@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastalign.models.cornet.convs import gemm_conv3x3, winograd_conv3x3, winograd_weight
+from fastalign.models.cornet.convs import gemm_conv3x3, gemm_pays, winograd_conv3x3, winograd_weight
 from fastalign.models.cornet.model import DEFAULT_LAYERS, CORblockS, CORnetBase, CORnetS
 
 _FOLD_DTYPE = torch.float64  # fold in float64 so that folding adds no rounding of its own
@@ -103,14 +103,9 @@ class _FusedPart(nn.Module):
             y = winograd_conv3x3(x, getattr(self, f"{spec.name}_wino"), b, spec.relu)
             return y.contiguous(memory_format=self.memory_format)
         w = getattr(self, f"{spec.name}_weight")
-        if self.use_gemm and w.shape[-1] == 3 and residual is None:
-            n, _, h, wd = x.shape
-            pixels = n * ((h - 1) // spec.stride + 1) * ((wd - 1) // spec.stride + 1)
-            # Fewer output pixels than channels: the direct conv is weight-bound (see convs.py).
-            if pixels < w.shape[0]:
-                return gemm_conv3x3(x, w, b, spec.stride, spec.relu).contiguous(
-                    memory_format=self.memory_format
-                )
+        # Fewer output pixels than channels: the direct conv is weight-bound (see convs.py).
+        if self.use_gemm and w.shape[-1] == 3 and residual is None and gemm_pays(x, w, spec.stride):
+            return gemm_conv3x3(x, w, b, spec.stride, spec.relu).contiguous(memory_format=self.memory_format)
         pad, stride = [spec.padding] * 2, [spec.stride] * 2
         if self.use_mkldnn:
             unary = "relu" if spec.relu else "none"

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastalign import _checks
+from fastalign.models.cornet.convs import gemm_pays, unfold_conv3x3
 from fastalign.models.cornet.weights import load_cornet_weights
 from fastalign.norm_act import batch_norm_module_act
 from fastalign.norm_act.api import BACKENDS as _NORM_BACKENDS
@@ -42,6 +43,9 @@ REGIONS: dict[str, tuple[str, int]] = {
 _ALIASES: dict[str, str] = {bs: region for region, (bs, _) in REGIONS.items()}
 _ALIASES.update({"logits": "decoder", "decoder.linear": "decoder", "IT.output": "IT"})
 DEFAULT_LAYERS: tuple[str, ...] = ("V1", "V2", "V4", "IT", "avgpool")
+
+#: The values of ``CORnetS.fuse_training(convs=...)``.
+_CONV_ALGORITHMS: tuple[str | None, ...] = (None, "auto")
 
 #: Parameters plus nothing else (BatchNorm running statistics are buffers), as in the original.
 NUM_PARAMETERS = 53_416_616
@@ -106,6 +110,9 @@ class CORblockS(nn.Module):
     scale = 4
     #: None: BatchNorm and ReLU modules, as the original; else the batch_norm_act backend (fused).
     norm_backend: str | None = None
+    #: None: conv2 runs as F.conv2d, as the original; "auto": as an im2col matrix product where that is
+    #: faster (CPU tensors, fewer output pixels than channels: :func:`convs.gemm_pays`).
+    conv_algorithm: str | None = None
 
     def __init__(self, in_channels: int, out_channels: int, times: int = 1) -> None:
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("times", times)):
@@ -145,7 +152,11 @@ class CORblockS(nn.Module):
                 skip = x
                 stride = 1
             x = _norm_act(self.norm_backend, norm1, self.conv1(x), self.nonlin1)
-            x = F.conv2d(x, self.conv2.weight, None, stride, 1)
+            weight = self.conv2.weight
+            if self.conv_algorithm == "auto" and gemm_pays(x, weight, stride):
+                x = unfold_conv3x3(x, weight, stride)
+            else:
+                x = F.conv2d(x, weight, None, stride, 1)
             x = _norm_act(self.norm_backend, norm2, x, self.nonlin2)
             x = _norm_act(self.norm_backend, norm3, self.conv3(x), self.nonlin3, residual=skip)
             x = self.output(x)
@@ -380,22 +391,36 @@ class CORnetS(CORnetBase):
         pooled = avgpool(x)
         return pooled, output(linear(flatten(pooled)))
 
-    def fuse_training(self, backend: str | None = "auto") -> CORnetS:
-        """Runs every BatchNorm (+ residual add) (+ ReLU) chain as one fused op; returns ``self``.
+    def fuse_training(self, backend: str | None = "auto", convs: str | None = "auto") -> CORnetS:
+        """The fast training path: fused BatchNorm tails and, on CPU, GEMM convs; returns ``self``.
 
         The parameters, buffers, state_dict and the function computed are unchanged (up to rounding);
-        only how each ``conv -> BN -> ReLU`` and ``conv -> BN -> + skip -> ReLU`` tail runs changes:
-        :func:`fastalign.norm_act.batch_norm_act` with ``backend`` ("auto": fused Triton kernels for CUDA
-        tensors, the eager reference otherwise). Training and eval mode both work, with BatchNorm's
-        running-statistics updates. ``None`` restores the original module calls. Norms other than plain
-        BatchNorm2d (SyncBatchNorm for multi-GPU training) keep running as modules.
+        only how the layers run changes.
+
+        Args:
+            backend: How each BatchNorm (+ residual add) (+ ReLU) tail (``conv -> BN -> ReLU``,
+                ``conv -> BN -> + skip -> ReLU``) runs: :func:`fastalign.norm_act.batch_norm_act` with
+                this backend ("auto": fused Triton kernels for CUDA tensors, the eager reference, bitwise
+                the original, otherwise), or ``None``: the original module calls. Training and eval mode
+                both work, with BatchNorm's running-statistics updates. Norms other than plain
+                BatchNorm2d (SyncBatchNorm for multi-GPU training) keep running as modules.
+            convs: How the blocks' recurrent 3x3 conv2 runs. "auto": on CPU tensors, each call with fewer
+                output pixels (batch x height x width) than channels runs as one im2col matrix product
+                (:func:`fastalign.models.cornet.convs.unfold_conv3x3`; V4 and IT at small images; at
+                224 px IT's up to batch 41 and V4's up to batch 5), where oneDNN's direct conv and its
+                backward are several times slower; every other call, and every call on a GPU, stays
+                ``F.conv2d``. ``None``: ``F.conv2d`` always, as the original.
         """
         if backend is not None and backend not in _NORM_BACKENDS:
             raise ValueError(
                 f"fuse_training: backend must be None or one of {_NORM_BACKENDS}, got {backend!r}"
             )
+        if convs not in _CONV_ALGORITHMS:
+            raise ValueError(f"fuse_training: convs must be one of {_CONV_ALGORITHMS}, got {convs!r}")
         for block in (self.V1, self.V2, self.V4, self.IT):
             block.norm_backend = backend
+        for block in (self.V2, self.V4, self.IT):
+            block.conv_algorithm = convs
         return self
 
     def fuse(self, **kwargs: Any) -> nn.Module:
