@@ -30,7 +30,7 @@ DATA = dict(
 )
 # No checkpoints: the runs are read, never resumed (each would be 650 MB of weights and Adam state).
 ALIGN = dict(
-    epochs=3, batch_size=16, lr=1e-3, image_size=SIZE, amp="fp32", progress=False, seed=0, keep_checkpoints=0
+    epochs=6, batch_size=16, lr=1e-3, image_size=SIZE, amp="fp32", progress=False, seed=0, keep_checkpoints=0
 )
 
 

@@ -566,7 +566,9 @@ def _start_model(
             model = realnet(
                 n_out=n_out, areas=areas, width=width, image_size=image_size, cornet_weights=weights
             )
-    return model
+    # The original BatchNorm modules; on CPU, V4's and IT's wide 3x3 convs at a few pixels run as im2col
+    # matrix products (a 32 px training step 2.6-2.8x faster; GPUs keep cuDNN): see CORnetS.fuse_training.
+    return model.fuse_training(backend=None, convs="auto")
 
 
 def _loader(data: Dataset, batch_size: int, num_workers: int) -> DataLoader:
