@@ -15,9 +15,15 @@ Adam lr 2e-5), on the same batch and the same initial weights:
 - ``fastalign``: :class:`~fastalign.models.ReAlnet`, whose one forward gives the logits and the response
   (the backbone runs once); the teacher's targets are computed once per image, outside the step; C is
   the differentiable :func:`~fastalign.contrastive.correlation_contrastive_loss`; the same Adam.
+  Every conv is ``F.conv2d``, as in the original CORnet-S.
+- ``fastalign-convs``: the same with ``fuse_training(None, convs="auto")``, what ``fastalign align``
+  trains with: on a CPU, the wide 3x3 convs with fewer output pixels than channels run as im2col matrix
+  products (at 224 px and batch 16 IT's, which qualify up to batch 41; at 32 px all of them). GPUs keep
+  cuDNN, so there the row would time the ``fastalign`` computation and is skipped with the reason. Its
+  loss terms must equal the ``fastalign`` row's to 1e-5 (``meta.equal_losses_convs``).
 - ``fastalign-fused``: the same with ``fuse_training()`` (fused BatchNorm + add + ReLU): only where its
-  Triton kernels run (CUDA); on a CPU ``fuse_training("auto")`` runs the eager reference, the computation
-  of the ``fastalign`` row, so the row is skipped with the reason.
+  Triton kernels run (CUDA); on a CPU ``fuse_training("auto")`` runs the eager reference for the norms,
+  the computation of the ``fastalign-convs`` row, so the row is skipped with the reason.
 
 Before timing, the loss terms of both steps are computed on the same batch from the same weights in
 float32 and must agree to 1e-5 (``meta.equal_losses``); the gradients are compared with our contrast
@@ -65,7 +71,7 @@ BETA = 100.0
 LR = 2e-5
 TOLERANCE = 1e-5
 TERMS = ("ce", "mse", "contrast", "total")
-IMPLS = ("published", "fastalign", "fastalign-fused")
+IMPLS = ("published", "fastalign", "fastalign-convs", "fastalign-fused")
 COLUMNS = [
     ["impl", "implementation"],
     ["dtype", "dtype"],
@@ -174,14 +180,22 @@ def _step(
 
 
 @contextlib.contextmanager
-def _fused(model: ReAlnet, device: str, dtype: torch.dtype) -> Iterator[None]:
-    """The fused training path (and autocast) for the duration: the fastalign rows share the model."""
-    model.fuse_training("triton")
+def _fused(model: ReAlnet, device: str, dtype: torch.dtype, backend: str | None = "triton") -> Iterator[None]:
+    """A fuse_training path (and autocast) for the duration: the fastalign rows share the model, which
+    otherwise runs the original modules and F.conv2d."""
+    model.fuse_training(backend, convs="auto")
     try:
         with _autocast(device, dtype):
             yield
     finally:
-        model.fuse_training(None)
+        model.fuse_training(None, convs=None)
+
+
+def convs_unavailable(device: str) -> str | None:
+    """Why the fastalign-convs row would time nothing new on ``device``, or None."""
+    if device.startswith("cpu"):
+        return None
+    return "convs='auto' runs im2col products for CPU tensors only (GPUs keep cuDNN): the 'fastalign' row"
 
 
 def _held_bytes(modules: list[nn.Module], opt: torch.optim.Optimizer) -> int:
@@ -214,8 +228,8 @@ def fused_unavailable(device: str) -> str | None:
         batch_norm_act(x, torch.ones(2, device=device), torch.zeros(2, device=device), backend="triton")
     except NotImplementedError as exc:
         return (
-            f"{exc}; fuse_training('auto') there runs the eager reference, the computation of the "
-            "'fastalign' row"
+            f"{exc}; fuse_training('auto') there runs the eager reference for the norms, the computation "
+            "of the 'fastalign-convs' row"
         )
     return None
 
@@ -281,6 +295,26 @@ def check_equal(
     return losses, grads
 
 
+def check_equal_convs(
+    model: ReAlnet, x: torch.Tensor, eeg: torch.Tensor, targets: torch.Tensor
+) -> dict[str, Any]:
+    """Our loss terms with F.conv2d and with convs="auto" from the same weights and batch (fp32, no
+    gradient): the two rows compute the same function."""
+    out: dict[str, Any] = {"tolerance": TOLERANCE}
+    with torch.no_grad():
+        plain = fastalign_losses(*model(x), eeg, targets)
+        model.fuse_training(None, convs="auto")
+        try:
+            fast = fastalign_losses(*model(x), eeg, targets)
+        finally:
+            model.fuse_training(None, convs=None)
+    for k in TERMS:
+        a, b = float(plain[k]), float(fast[k])
+        out[k] = {"conv2d": a, "convs_auto": b, "abs_diff": abs(a - b)}
+    out["equal"] = all(out[k]["abs_diff"] <= TOLERANCE * max(1.0, abs(out[k]["conv2d"])) for k in TERMS)
+    return out
+
+
 def _summary(times: list[float]) -> dict[str, Any]:
     q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
     return {
@@ -309,9 +343,12 @@ def bench(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any
         targets = teacher(x).argmax(dim=1)
 
     t0 = time.perf_counter()
+    model.fuse_training(None, convs=None)  # the original convs unless a row's context says otherwise
     losses, grads = check_equal(model, enc, teacher, x, eeg, targets)
     print("equal losses:", {k: losses[k] for k in TERMS}, "equal:", losses["equal"], flush=True)
     print("gradients (contrast detached):", grads, flush=True)
+    equal_convs = check_equal_convs(model, x, eeg, targets)
+    print("equal losses with convs='auto':", equal_convs, flush=True)
     check_s = time.perf_counter() - t0
 
     pub_opt = torch.optim.Adam(enc.parameters(), lr=LR)
@@ -326,6 +363,7 @@ def bench(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any
 
     skipped: dict[str, str] = {}
     fused_reason = fused_unavailable(device)
+    convs_reason = convs_unavailable(device)
     cases: list[tuple[str, str, Callable[[], Any]]] = []
     for dname in args.dtypes:
         reason = bf16_unavailable(device) if dname == "bf16" else None
@@ -336,6 +374,11 @@ def bench(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any
         autocast = functools.partial(_autocast, device, dtype)
         cases.append(("published", dname, _step(pub_opt, published, autocast)))
         cases.append(("fastalign", dname, _step(our_opt, ours, autocast)))
+        if convs_reason is None:
+            convs = functools.partial(_fused, model, device, dtype, None)
+            cases.append(("fastalign-convs", dname, _step(our_opt, ours, convs)))
+        else:
+            skipped[f"fastalign-convs {dname}"] = convs_reason
         if fused_reason is None:
             fused = functools.partial(_fused, model, device, dtype)
             cases.append(("fastalign-fused", dname, _step(our_opt, ours, fused)))
@@ -392,6 +435,7 @@ def bench(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any
                      "status": "skipped (see meta.skipped)"})  # fmt: skip
     meta = {
         "equal_losses": losses,
+        "equal_losses_convs": equal_convs,
         "equal_gradients": grads,
         "skipped": skipped,
         "seconds": {"check": check_s, "warmup": warmup_s, "rounds": rounds_s, "memory": memory_s},
@@ -441,9 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         **meta,
     }
     print("load average start/end:", load_start, meta["load_average_at_end"], f"wall {meta['wall_s']:.0f} s")
-    if not meta["equal_losses"]["equal"]:
-        print(f"LOSSES DIFFER by more than {TOLERANCE}: {meta['equal_losses']}", file=sys.stderr)
-        return 1
+    for key in ("equal_losses", "equal_losses_convs"):
+        if not meta[key]["equal"]:
+            print(f"LOSSES DIFFER by more than {TOLERANCE}: {meta[key]}", file=sys.stderr)
+            return 1
     if args.quick:
         return 0
     print(f"wrote {harness.save(args.name, args.device, rows, meta)}")
