@@ -566,8 +566,9 @@ def _start_model(
             model = realnet(
                 n_out=n_out, areas=areas, width=width, image_size=image_size, cornet_weights=weights
             )
-    # The original BatchNorm modules; on CPU, V4's and IT's wide 3x3 convs at a few pixels run as im2col
-    # matrix products (a 32 px training step 2.6-2.8x faster; GPUs keep cuDNN): see CORnetS.fuse_training.
+    # The original BatchNorm modules; on CPU, the wide 3x3 convs at a few pixels run as im2col matrix
+    # products (a ReAlnet step at 32 px 2x faster, bench_realnet; GPUs keep cuDNN): CORnetS.fuse_training.
+    # The model align returns is set back to F.conv2d.
     return model.fuse_training(backend=None, convs="auto")
 
 
@@ -810,7 +811,9 @@ class AlignResult:
     Attributes:
         subject: the subject number.
         run: its run folder.
-        model: the ReAlnet with the selected epoch's weights.
+        model: the ReAlnet with the selected epoch's weights (with the original modules and F.conv2d, as
+            :func:`fastalign.models.realnet` loads it from the run folder; training ran the CPU convs of
+            ``fuse_training(None, convs="auto")``).
         summary: summary.json (fit's entries, the test numbers and the unaligned model's).
         fit: what :func:`fastalign.train.fit` returned.
     """
@@ -1012,5 +1015,6 @@ def align(
             hooks=[recipe, *hooks], progress=progress, device=target_device,
         )  # fmt: skip
         assert isinstance(result.model, ReAlnet)
+        result.model.fuse_training(None, convs=None)  # handed back as realnet(run folder) loads it
         results.append(AlignResult(s, result.run, result.model, result.summary, result))
     return results[0] if single else results

@@ -125,14 +125,19 @@ def test_gemm_conv_gradients_and_layout_check() -> None:
     w=st.integers(1, 9),
     stride=st.sampled_from([1, 2]),
     channels_last=st.booleans(),
+    weight_channels_last=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_unfold_conv_matches_conv2d_and_its_gradients(n, c, k, h, w, stride, channels_last, seed) -> None:
+def test_unfold_conv_matches_conv2d_and_its_gradients(
+    n, c, k, h, w, stride, channels_last, weight_channels_last, seed
+) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, h, w, dtype=torch.float64, generator=g)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     weight = torch.randn(k, c, 3, 3, dtype=torch.float64, generator=g)
+    if weight_channels_last:  # e.g. after model.to(memory_format=torch.channels_last)
+        weight = weight.contiguous(memory_format=torch.channels_last)
     xs, ws = x.clone().requires_grad_(), weight.clone().requires_grad_()
     xr, wr = x.clone().requires_grad_(), weight.clone().requires_grad_()
     ref = F.conv2d(xr, wr, None, stride, 1)
@@ -152,8 +157,35 @@ def test_unfold_conv_gradcheck_and_no_weight_copy() -> None:
     weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, w: unfold_conv3x3(a, w, 2), (x, weight))
     assert torch.autograd.gradgradcheck(lambda a, w: unfold_conv3x3(a, w, 1), (x, weight))
-    # a trained parameter is read in place: the matrix the product multiplies is a view of its memory
-    assert weight.reshape(4, 27).data_ptr() == weight.data_ptr()
+
+
+def test_unfold_conv_reads_a_contiguous_weight_in_place() -> None:
+    """No op of the forward makes a tensor of the weight's size: the product reads the parameter itself
+    (the sizes here are chosen so that no other tensor of the call has the weight's 108 elements)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Sizes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.made: list[tuple[str, int]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.data_ptr() not in ptrs:
+                    self.made.append((str(func), t.numel()))
+            return out
+
+    x = torch.randn(2, 3, 4, 5)
+    for weight, copies in (
+        (torch.randn(4, 3, 3, 3), False),
+        (torch.randn(4, 3, 3, 3).to(memory_format=torch.channels_last), True),
+    ):
+        ptrs = {x.data_ptr(), weight.data_ptr()}  # views of the inputs are not new tensors
+        with Sizes() as mode, torch.no_grad():
+            unfold_conv3x3(x, weight, 1)
+        assert any(n > 0 for _, n in mode.made)  # the mode saw the call's ops
+        assert any(n == weight.numel() for _, n in mode.made) is copies, mode.made
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ from fastalign.data import (
 from fastalign.data._io import save_npy
 from fastalign.data.things_eeg2 import preprocessed_path, save_preprocessed_dict
 from fastalign.models import realnet, save_realnet
+from fastalign.models.cornet import model as cornet_model
 from fastalign.models.cornet.model import CORnetBase
 from fastalign.train import AlignResult, FitState, Hook, RunFolder, align, load_align_data, realnet_loss
 from fastalign.train.alignment import derangement
@@ -77,6 +78,7 @@ class Counter(Hook):
 
     def __init__(self, teacher_calls: list[int]) -> None:
         self.teacher_calls = teacher_calls
+        self.unfold_calls = 0
         self.passes = 0
         self.per_step: list[int] = []
         self.teacher_calls_at_start = -1
@@ -111,8 +113,15 @@ def run(
         return forward(self, x)
 
     counter = Counter(teacher_calls)
+    unfold = cornet_model.unfold_conv3x3
+
+    def counted_unfold(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+        counter.unfold_calls += 1
+        return unfold(x, weight, stride)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(CORnetBase, "forward", counted)
+        mp.setattr(cornet_model, "unfold_conv3x3", counted_unfold)
         folder = tmp_path_factory.mktemp("runs")
         result = align(
             synth.root, 1, out=folder / "sub01", progress=False, hooks=[counter], keep_checkpoints=0, **RUN
@@ -177,10 +186,14 @@ def test_one_backbone_pass_per_training_step(run: tuple[AlignResult, Counter]) -
 
 def test_training_keeps_the_norm_modules_and_picks_convs_per_call(run: tuple[AlignResult, Counter]) -> None:
     """The student trains with the original BatchNorm modules and fuse_training's conv choice (on CPU the
-    wide convs at a few pixels run as im2col products; on a GPU every conv stays cuDNN's)."""
-    _, counter = run
+    wide convs at a few pixels run as im2col products; on a GPU every conv stays cuDNN's); the model
+    handed back runs F.conv2d, as the run folder's model loads."""
+    result, counter = run
     assert counter.conv_algorithms == {"auto"}
     assert counter.norm_backends == {None}
+    assert counter.unfold_calls > 0  # at 32 px every block's conv2 qualifies
+    backbone = result.model.backbone
+    assert {b.conv_algorithm for b in (backbone.V2, backbone.V4, backbone.IT)} == {None}
 
 
 # -------------------------------------------------------------------------------------------- loss

@@ -67,12 +67,13 @@ def gemm_pays(x: torch.Tensor, weight: torch.Tensor, stride: int) -> bool:
 def unfold_conv3x3(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
     """conv2d(x, weight, stride=stride, padding=1) as one im2col matrix product, for training.
 
-    Unlike :func:`gemm_conv3x3` it takes the weight in its own (C_out, C_in, 3, 3) contiguous layout,
-    whose memory is already the (C_out, 9*C_in) matrix of ``F.unfold``'s (c, kh, kw) column order: a
-    trained parameter is never copied. Autograd differentiates it as three matrix products (output, input
-    gradient, weight gradient) and ``F.fold`` (col2im). CORnet-S's training step at 32 px spends most of
-    its time in oneDNN's backward of V4's and IT's wide convs at 1-4 px, where these products are 3-5x
-    faster (:meth:`fastalign.models.CORnetS.fuse_training`).
+    Unlike :func:`gemm_conv3x3` it takes the weight in its own (C_out, C_in, 3, 3) layout: a contiguous
+    weight (as ``nn.Conv2d`` makes it) is already the (C_out, 9*C_in) matrix of ``F.unfold``'s (c, kh, kw)
+    column order and is read in place; a channels_last one is copied into that order on every call.
+    Autograd differentiates it as three matrix products (output, input gradient, weight gradient) and
+    ``F.fold`` (col2im). CORnet-S's training step at 32 px spends most of its time in oneDNN's backward
+    of V4's and IT's wide convs at 1-4 px, where these products are several times faster
+    (:meth:`fastalign.models.CORnetS.fuse_training`).
 
     Shapes: x (N, C_in, H, W), weight (C_out, C_in, 3, 3) -> (N, C_out, H_out, W_out), contiguous like
     conv2d's output for NCHW input, so that the layers after it see the layout they see in the original.

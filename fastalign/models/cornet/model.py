@@ -406,7 +406,7 @@ class CORnetS(CORnetBase):
                 BatchNorm2d (SyncBatchNorm for multi-GPU training) keep running as modules.
             convs: How the blocks' recurrent 3x3 conv2 runs. "auto": on CPU tensors, each call with fewer
                 output pixels (batch x height x width) than channels runs as one im2col matrix product
-                (:func:`fastalign.models.cornet.convs.unfold_conv3x3`; V4 and IT at small images; at
+                (:func:`fastalign.models.cornet.convs.unfold_conv3x3`; V2, V4 and IT at 32 px; at
                 224 px IT's up to batch 41 and V4's up to batch 5), where oneDNN's direct conv and its
                 backward are several times slower; every other call, and every call on a GPU, stays
                 ``F.conv2d``. ``None``: ``F.conv2d`` always, as the original.
