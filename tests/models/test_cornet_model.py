@@ -350,3 +350,15 @@ def test_block_arguments_are_validated(change: dict, error: type) -> None:
     (name,) = change
     with pytest.raises(error, match=f"CORblockS: {name} must be a positive int"):
         CORblockS(**{"in_channels": 3, "out_channels": 4, "times": 1, **change})
+
+
+def test_a_meta_cornet_s_skips_the_initialisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the meta device (shape probes such as ReAlnet's tap shapes) nothing is drawn: the first normal_ on
+    a meta tensor costs seconds of one-time setup per process. On a real device the original's init runs."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.nn.init, "normal_", lambda t, *a, **k: calls.append(str(t.device)) or t)
+    with torch.device("meta"):
+        meta = CORnetS()
+    assert calls == [] and meta.V1.conv1.weight.is_meta
+    CORnetS()
+    assert len(calls) == sum(isinstance(m, torch.nn.Conv2d) for m in meta.modules()) and set(calls) == {"cpu"}

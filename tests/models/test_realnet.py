@@ -356,3 +356,22 @@ def test_save_realnet_bad_arguments(model: ReAlnet, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="reserved"):
         save_realnet(model, tmp_path, {"fastalign.realnet": "{}"})
     assert not any(tmp_path.iterdir())
+
+
+def test_tap_shapes_are_the_networks_own() -> None:
+    """The arithmetic tap shapes equal what CORnet-S itself gives on the meta device, for square and
+    non-square images of odd, even and tiny sizes and every choice of areas."""
+    from fastalign.models.realnet_model import AREAS, _tap_shapes
+
+    with torch.device("meta"):
+        probe = CORnetS().eval()  # eval: BatchNorm accepts one image of 1x1
+    sizes = [(1, 1), (2, 3), (7, 7), (31, 32), (32, 32), (33, 65), (64, 64), (100, 37), (224, 224), (225, 9)]
+    for size in sizes:
+        h = torch.empty(1, 3, *size, device="meta")
+        want = {}
+        for area in AREAS:  # the blocks, not features(): CORnetS checks autocast state, which meta lacks
+            h = getattr(probe, area)(h)
+            want[area] = tuple(h.shape[1:])
+        for k in range(1, len(AREAS) + 1):
+            for areas in (AREAS[:k], AREAS[k - 1 :]):
+                assert _tap_shapes(tuple(areas), size) == {a: want[a] for a in areas}, (size, areas)

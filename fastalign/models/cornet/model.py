@@ -363,7 +363,11 @@ class CORnetS(CORnetBase):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # The original's initialisation; like it, the Linear keeps PyTorch's default.
+        # The original's initialisation; like it, the Linear keeps PyTorch's default. Meta tensors hold no
+        # values to set (a CORnet-S on the meta device only gives shapes, e.g. ReAlnet's tap shapes), and
+        # the first normal_ on one costs about 2 s of torch's one-time setup in every process.
+        if self.V1.conv1.weight.is_meta:
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
