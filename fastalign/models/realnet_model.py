@@ -29,6 +29,7 @@ from torch import nn
 
 from fastalign import _checks
 from fastalign.models.cornet import CORnetS, clean_state_dict, cornet_s
+from fastalign.models.cornet.model import area_shapes
 
 #: The areas the head can tap, in network order (the order their features are concatenated in).
 AREAS: tuple[str, ...] = ("V1", "V2", "V4", "IT")
@@ -101,24 +102,9 @@ def _check_image_size(where: str, image_size: Any) -> tuple[int, int]:
     return size, size
 
 
-#: Each area's output channels; every area halves the spatial size, h -> (h - 1) // 2 + 1 (V1: its
-#: stride-2 7x7 conv, padding 3, then its stride-2 3x3 max pool, padding 1; V2, V4, IT: their stride-2
-#: 3x3 conv2, padding 1, and 1x1 skip).
-_CHANNELS = {"V1": 64, "V2": 128, "V4": 256, "IT": 512}
-
-
 def _tap_shapes(areas: tuple[str, ...], image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
-    """The (C, h, w) of each area's block output for (H, W) images.
-
-    Arithmetic on CORnet-S's strides and paddings, checked in the tests against the network itself run on
-    the meta device for many sizes (a meta run costs about 2 s of torch's one-time setup per process).
-    """
-    h, w = image_size
-    shapes = {}
-    for area in AREAS[: AREAS.index(areas[-1]) + 1]:
-        for _ in range(2 if area == "V1" else 1):
-            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        shapes[area] = (_CHANNELS[area], h, w)
+    """The (C, h, w) of each area's block output for (H, W) images."""
+    shapes = area_shapes(image_size)
     return {a: shapes[a] for a in areas}
 
 

@@ -44,6 +44,24 @@ _ALIASES: dict[str, str] = {bs: region for region, (bs, _) in REGIONS.items()}
 _ALIASES.update({"logits": "decoder", "decoder.linear": "decoder", "IT.output": "IT"})
 DEFAULT_LAYERS: tuple[str, ...] = ("V1", "V2", "V4", "IT", "avgpool")
 
+#: Each block's output channels. Every block halves the spatial size, h -> (h - 1) // 2 + 1: V1 by its
+#: stride-2 7x7 conv (padding 3) and then its stride-2 3x3 max pool (padding 1), so twice; V2, V4 and IT
+#: by their stride-2 3x3 conv2 (padding 1) and 1x1 skip.
+AREA_CHANNELS: dict[str, int] = {"V1": 64, "V2": 128, "V4": 256, "IT": 512}
+
+
+def area_shapes(image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+    """Each block's (C, h, w) output for (H, W) images, from the strides and paddings above (a test checks
+    it against the network run on the meta device)."""
+    h, w = image_size
+    shapes = {}
+    for area, channels in AREA_CHANNELS.items():
+        for _ in range(2 if area == "V1" else 1):
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        shapes[area] = (channels, h, w)
+    return shapes
+
+
 #: The values of ``CORnetS.fuse_training(convs=...)``.
 _CONV_ALGORITHMS: tuple[str | None, ...] = (None, "auto")
 
@@ -355,10 +373,11 @@ class CORnetS(CORnetBase):
     def __init__(self, num_classes: int = 1000) -> None:
         _checks.check_int("CORnetS", "num_classes", num_classes, minimum=1, expected="a positive int")
         super().__init__()
+        c = AREA_CHANNELS
         self.V1 = _v1()
-        self.V2 = CORblockS(64, 128, times=2)
-        self.V4 = CORblockS(128, 256, times=4)
-        self.IT = CORblockS(256, 512, times=2)
+        self.V2 = CORblockS(c["V1"], c["V2"], times=2)
+        self.V4 = CORblockS(c["V2"], c["V4"], times=4)
+        self.IT = CORblockS(c["V4"], c["IT"], times=2)
         self.decoder = _decoder(num_classes)
         self._init_weights()
 
