@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from test_cornet_model import randomize_bn
 
 from fastalign.models import CORnetS, FusedCORnetS, cornet_s, fuse
-from fastalign.models.cornet.fused import _mkldnn_available, mkldnn_dtype_unsupported
+from fastalign.models.cornet import fold_conv_bn, winograd_weight
+from fastalign.models.cornet import fused as fused_module
+from fastalign.models.cornet.fused import FusedBlock, _mkldnn_available, mkldnn_dtype_unsupported
+from fastalign.models.cornet.model import CORblockS
 
 ALL = ("V1", "V2", "V4", "IT", "avgpool", "decoder")
 
@@ -228,6 +231,41 @@ def test_fuse_method_and_structure(model: CORnetS, x) -> None:
         last = fused.features(x)
         torch.testing.assert_close(fused(x), fused.features(x, "decoder")["decoder"], rtol=0, atol=0)
     assert list(last) == ["V1", "V2", "V4", "IT", "avgpool"]
+
+
+@pytest.mark.parametrize("slice_values", [16 * 24 * 5, 1 << 17], ids=["ragged-slices", "one-slice"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_folded_buffers_are_the_public_fold_and_transform(
+    dtype: torch.dtype, slice_values: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fuse() folds into reused float64 scratch buffers and transforms Winograd kernels a slice of input
+    # channels at a time (5 of 24 here: the last slice is short); the buffers are fold_conv_bn's and
+    # winograd_weight's values, cast once, and no buffer is a view of the scratch.
+    monkeypatch.setattr(fused_module, "_WINOGRAD_SLICE_VALUES", slice_values)
+    torch.manual_seed(3)
+    block = CORblockS(6, 6, times=3)  # conv2: 24 -> 24 channels
+    randomize_bn(block, seed=4)
+    fused = FusedBlock(block, dtype, channels_last=True, winograd=True, scratch=fused_module._Scratch())
+    storages = {b.untyped_storage().data_ptr() for b in fused.buffers()}
+    assert len(storages) == len(list(fused.buffers()))
+    # float64 sums of 9 terms in another order (the product's slices); float32 values may round the other
+    # way when float64 ones differ, by at most one float32 ulp
+    tol = 1e-15 if dtype == torch.float64 else 2.0**-23
+    for t in range(3):
+        _, norm2, norm3 = block.norms(t)
+        weight, bias = fold_conv_bn(block.conv2.weight, norm2)
+        if t == 0:  # stride 2: a direct conv
+            torch.testing.assert_close(fused.conv2_0_weight, weight.to(dtype), rtol=0, atol=0)
+            assert fused.conv2_0_weight.is_contiguous(memory_format=torch.channels_last)
+        else:
+            want = winograd_weight(weight).to(dtype)
+            got = getattr(fused, f"conv2_{t}_wino")
+            assert got.dtype == dtype and got.shape == want.shape == (16, 24, 24)
+            assert ((got - want).abs().max() / want.abs().max()).item() <= tol, t
+        torch.testing.assert_close(getattr(fused, f"conv2_{t}_bias"), bias.to(dtype), rtol=0, atol=0)
+        w3, b3 = fold_conv_bn(block.conv3.weight, norm3)
+        torch.testing.assert_close(getattr(fused, f"conv3_{t}_weight"), w3.to(dtype), rtol=0, atol=0)
+        torch.testing.assert_close(getattr(fused, f"conv3_{t}_bias"), b3.to(dtype), rtol=0, atol=0)
 
 
 def test_fuse_bad_arguments(model: CORnetS) -> None:

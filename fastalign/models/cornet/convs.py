@@ -100,11 +100,23 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
     if weight.dim() != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"weight must have shape (C_out, C_in, 3, 3), got {tuple(weight.shape)}")
     c_out, c_in = weight.shape[:2]
+    # The kernels in (C_in, C_out) order: transposing the 9-wide kernels is cheaper than the 16-wide result.
+    by_input = torch.empty((c_in, c_out, 3, 3), dtype=torch.float64, device=weight.device)
+    return winograd_weight_by_input(by_input.copy_(weight.detach().permute(1, 0, 2, 3)))
+
+
+def winograd_weight_by_input(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`winograd_weight` of a contiguous float64 weight already in (C_in, C_out, 3, 3) order.
+
+    One (16 x 9) @ (9 x C_in*C_out) product, ``kron(G, G) vec(g) = vec(G g G^T)``, written into ``out``
+    (C_in*C_out*16 float64 values) when given. Shapes: (C_in, C_out, 3, 3) -> (16, C_in, C_out).
+    """
+    c_in, c_out = weight.shape[:2]
     g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
-    # One (16 x 9) @ (9 x C_in*C_out) product, kron(G, G) vec(g) = vec(G g G^T), with the channels
-    # already in (C_in, C_out) order: transposing the 9-wide kernels is cheaper than the 16-wide result.
-    w = weight.detach().permute(1, 0, 2, 3).reshape(c_in * c_out, 9).to(torch.float64)
-    return (torch.kron(g, g) @ w.T).view(16, c_in, c_out)
+    kernels = weight.view(c_in * c_out, 9).T
+    if out is None:
+        return (torch.kron(g, g) @ kernels).view(16, c_in, c_out)
+    return torch.mm(torch.kron(g, g), kernels, out=out.view(16, c_in * c_out)).view(16, c_in, c_out)
 
 
 def _transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
