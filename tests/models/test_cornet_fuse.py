@@ -1,14 +1,19 @@
-"""Fused inference CORnet-S vs the eager reference: outputs, every feature tap, gradients, options."""
+"""Fused inference CORnet-S vs the eager reference: outputs, every feature tap, gradients, options.
+
+The tests run a narrow CORnet-S (test_cornet_model's: V2, V4 and IT an eighth as wide, the same classes and
+code paths with 0.9 M instead of 53 M weights); ``test_real_width_matches_eager`` runs the real one.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from test_cornet_model import randomize_bn
+from test_cornet_model import _narrow_cornet_s, randomize_bn
 
 from fastalign.models import CORnetS, FusedCORnetS, cornet_s, fuse
 from fastalign.models.cornet import fold_conv_bn, winograd_weight
@@ -21,17 +26,12 @@ ALL = ("V1", "V2", "V4", "IT", "avgpool", "decoder")
 
 @pytest.fixture(scope="module")
 def model() -> CORnetS:
-    torch.manual_seed(0)
-    m = cornet_s()
-    randomize_bn(m, seed=1)
-    return m.eval()
+    return _narrow_cornet_s(seed=1).eval()
 
 
 @pytest.fixture(scope="module")
 def model64(model: CORnetS) -> CORnetS:
-    m = CORnetS().double()
-    m.load_state_dict(model.state_dict())
-    return m.eval()
+    return copy.deepcopy(model).double().eval()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def x() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def refs(model: CORnetS, model64: CORnetS, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-    """Every tap of the eager module in float64 and float32 (computed once: the model is large)."""
+    """Every tap of the eager module in float64 and float32 (computed once)."""
     with torch.inference_mode():
         return {
             "f64": model64.features(x.double(), layers=ALL, timesteps="all"),
@@ -91,6 +91,36 @@ def test_float32_matches_eager(model, x, refs, channels_last: bool, mkldnn: bool
 
 
 @pytest.fixture(scope="module")
+def real() -> CORnetS:
+    """CORnet-S at its real width (53 M weights)."""
+    torch.manual_seed(0)
+    model = cornet_s()
+    randomize_bn(model, seed=1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def real_refs(real: CORnetS, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    with torch.inference_mode():
+        return {
+            "f64": copy.deepcopy(real).double().features(x.double(), layers=ALL, timesteps="all"),
+            "f32": real.features(x, layers=ALL, timesteps="all"),
+        }
+
+
+def test_real_width_matches_eager(real: CORnetS, real_refs, x: torch.Tensor) -> None:
+    # Fused with the defaults: every tap within 4x the eager float32 module's error against float64, as
+    # the narrow network's are.
+    with torch.inference_mode():
+        got = fuse(real).features(x, layers=ALL, timesteps="all")
+    ref64, ref32 = real_refs["f64"], real_refs["f32"]
+    assert list(got) == list(ref64)
+    for k in ref64:
+        assert got[k].dtype == torch.float32 and got[k].shape == ref64[k].shape, k
+        assert _rel_err(got[k], ref64[k]) <= max(4 * _rel_err(ref32[k], ref64[k]), 1e-5), k
+
+
+@pytest.fixture(scope="module")
 def fused_default(model: CORnetS):
     return fuse(model)
 
@@ -126,8 +156,7 @@ def refs_low(model: CORnetS, x: torch.Tensor) -> Callable[[torch.dtype], dict[st
 
     def get(dtype: torch.dtype) -> dict[str, torch.Tensor]:
         if dtype not in cache:
-            low = CORnetS().to(dtype)
-            low.load_state_dict(model.state_dict())
+            low = copy.deepcopy(model).to(dtype)
             with torch.inference_mode():
                 cache[dtype] = low.eval().features(x.to(dtype), layers=ALL, timesteps="all")
         return cache[dtype]
@@ -141,20 +170,31 @@ _PROBES = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkld
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("native", [True, False], ids=["onednn-low-precision", "float32-fallback"])
 def test_low_precision_within_twice_eager_error(
-    model: CORnetS, x, refs, refs_low, dtype, native: bool, monkeypatch: pytest.MonkeyPatch
+    model: CORnetS,
+    x,
+    refs,
+    refs_low,
+    dtype,
+    native: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     if native:
         missing = mkldnn_dtype_unsupported(dtype)
         if missing is not None:  # this branch is tested only on CPUs that have the instructions
             pytest.skip(f"oneDNN {dtype} convs cannot run on this CPU: {missing}")
+        # oneDNN's own low-precision kernels: at the real width, where their rounding was measured
+        model = request.getfixturevalue("real")
+        ref64 = request.getfixturevalue("real_refs")["f64"]
+        with torch.inference_mode():
+            ref_low = copy.deepcopy(model).to(dtype).features(x.to(dtype), layers=ALL, timesteps="all")
     else:
         # torch's probe says no, as on a CPU without AVX-512 / AVX-NE-CONVERT: the float32 fallback
         monkeypatch.setattr(torch.ops.mkldnn, _PROBES[dtype], lambda: False)
+        ref64, ref_low = refs["f64"], refs_low(dtype)
     fused = fuse(model, dtype=dtype)
     assert fused.dtype == dtype
     assert fused.compute_dtype == (dtype if native else torch.float32)
-    ref64 = refs["f64"]
-    ref_low = refs_low(dtype)
     with torch.inference_mode():
         got = fused.features(x, layers=ALL, timesteps="all")
         logits = fused(x)
@@ -189,7 +229,8 @@ def test_empty_batch_gives_empty_outputs_on_every_path(model: CORnetS, fused_def
         assert list(got) == list(ref)
         for k, v in got.items():
             assert v.shape == (0, *ref[k].shape[1:]), k
-    assert [tuple(t.shape) for t in logits] == [(0, 1000), (0, 1000)]
+    classes = model.decoder.linear.out_features
+    assert [tuple(t.shape) for t in logits] == [(0, classes), (0, classes)]
     for net in (model, fused_default):
         with pytest.raises(ValueError, match=f"{type(net).__name__}: x must have H >= 1 and W >= 1"):
             net(torch.empty(2, 3, 0, 8))
@@ -288,9 +329,7 @@ def test_fuse_bad_arguments(model: CORnetS) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_graph_matches_eager(model: CORnetS, x, dtype) -> None:
-    eager = CORnetS().cuda()
-    eager.load_state_dict(model.state_dict())
-    eager.eval()
+    eager = copy.deepcopy(model).cuda().eval()
     plain = fuse(eager, dtype=dtype)
     graphed = fuse(eager, dtype=dtype, cuda_graph=True)
     xc = x.cuda()
