@@ -379,7 +379,8 @@ def test_triton_merges_many_splits(triton_device: str, monkeypatch: pytest.Monke
 
     if triton_device == "cpu":
         monkeypatch.setattr(bn_triton, "_CPU_PROGRAMS", 300)
-    inp = _inputs((4, 3, 50, 50), True, True, seed=9, offset=3.0)
+    # 65 images of 2 x 4: one unit each, so 65 splits (one more than a merge step takes) of 8 rows
+    inp = _inputs((bn_triton._BLOCK_S + 1, 3, 2, 4), True, True, seed=9, offset=3.0)
     g = bn_triton._Geometry(inp["x"].to(triton_device))  # type: ignore[union-attr]
     assert g.n_splits > bn_triton._BLOCK_S
     inp = {k: v.to(triton_device) if v is not None else None for k, v in inp.items()}
