@@ -3,7 +3,7 @@
 
 import sys
 
-from fastalign.cli import main
+from fastalign.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

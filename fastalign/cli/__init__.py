@@ -28,6 +28,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from fastalign._memory import keep_freed_memory
 from fastalign.cli.common import Command
 
 PROG = "fastalign"
@@ -98,4 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-__all__ = ["COMMANDS", "COMMAND_MODULES", "PROG", "Command", "main", "parser"]
+def entry() -> int:
+    """The ``fastalign`` program (console script and ``python -m fastalign``): :func:`main` of
+    ``sys.argv``, in a process whose malloc keeps freed memory (:func:`fastalign.train.keep_freed_memory`:
+    a CPU training step's large tensors are reused without page faults). :func:`main` called from Python
+    leaves the process's malloc as it is."""
+    keep_freed_memory()
+    return main()
+
+
+__all__ = ["COMMANDS", "COMMAND_MODULES", "PROG", "Command", "entry", "main", "parser"]

@@ -9,6 +9,8 @@
 - :func:`align` (ReAlnet / ReAlnet-fMRI: CORnet-S aligned to one person's brain), :class:`AlignResult`,
   :func:`load_align_data` and :class:`AlignData` (a subject's training/validation/test pairs), and
   :func:`realnet_loss` (its loss).
+- :func:`keep_freed_memory`: glibc's malloc keeps freed memory for reuse, so that a CPU training step's
+  large tensors cost no page faults (the ``fastalign`` command calls it).
 - :func:`decode` (brain-to-image decoding: a brain encoder trained with InfoNCE against image
   embeddings), :class:`DecodeResult`, :class:`Decoder`.
 
@@ -17,6 +19,7 @@ See docs/training.md.
 
 from __future__ import annotations
 
+from fastalign._memory import keep_freed_memory
 from fastalign.train.alignment import AlignData, AlignResult, align, load_align_data, realnet_loss
 from fastalign.train.checkpoint import load_checkpoint
 from fastalign.train.decoding import Decoder, DecodeResult, decode
@@ -35,6 +38,7 @@ __all__ = [
     "align",
     "decode",
     "fit",
+    "keep_freed_memory",
     "load_align_data",
     "load_checkpoint",
     "realnet_loss",
