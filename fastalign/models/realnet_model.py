@@ -30,7 +30,6 @@ from torch import nn
 from fastalign import _checks
 from fastalign.models.cornet import CORnetS, clean_state_dict, cornet_s
 from fastalign.models.cornet.model import area_shapes
-from fastalign.models.cornet.weights import assign_state
 
 #: The areas the head can tap, in network order (the order their features are concatenated in).
 AREAS: tuple[str, ...] = ("V1", "V2", "V4", "IT")
@@ -408,9 +407,27 @@ def _load(
         model = ReAlnet(found["n_out"], areas=found["areas"], width=found["width"], image_size=size)
     state = {f"backbone.{k}": v for k, v in clean_state_dict(backbone_sd).items()}
     state.update((f"head.{k}", v) for k, v in head_sd.items())
-    error = f"realnet: the weights do not fit a ReAlnet of {model.config()}"
-    assign_state(model, state, copy=not own, error=error)
+    _assign(model, state, copy=not own)
     return model
+
+
+def _assign(model: ReAlnet, state: dict[str, torch.Tensor], *, copy: bool) -> None:
+    """Makes ``state``'s tensors ``model``'s parameters and buffers (``model`` is on the meta device).
+
+    Each tensor is cast to the CPU and the dtype of the entry it fills, as copying into a CPU model would;
+    ``copy`` clones them too, for tensors that are not this load's own (see :func:`_read_weights`).
+    BatchNorm counters that old checkpoints lack start at 0, as in a new model.
+    """
+    own = model.state_dict()
+    for key, like in own.items():
+        if key not in state and key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=like.dtype)
+    state = {k: v.detach().to("cpu", own[k].dtype, copy=copy) if k in own else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as exc:
+        why = " ".join(str(exc).split())  # torch's message spans lines
+        raise ValueError(f"realnet: the weights do not fit a ReAlnet of {model.config()}: {why}") from exc
 
 
 def realnet(

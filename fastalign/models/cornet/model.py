@@ -460,15 +460,13 @@ def cornet_s(weights: str | os.PathLike[str] | Mapping[str, Any] | None = None) 
     Args:
         weights: None, a path to a checkpoint in the original format (``{"state_dict": ...}`` with
             ``module.``-prefixed keys, or a bare state_dict with or without the prefix), or such a
-            mapping already in memory (copied, never shared). Nothing is downloaded. A loaded model is
-            built on the meta device and takes the checkpoint's tensors (cast to float32 on the CPU):
-            nothing is initialised at random and the RNG is untouched.
+            mapping already in memory. Nothing is downloaded.
 
     Returns:
         The model in eval mode when weights were loaded, else in train mode (like a fresh nn.Module).
     """
-    if weights is None:
-        return CORnetS()
-    with torch.device("meta"):  # no random init that the weights overwrite; the RNG is left as it was
-        model = CORnetS()
-    return load_cornet_weights(model, weights).eval()
+    model = CORnetS()
+    if weights is not None:
+        load_cornet_weights(model, weights)
+        model.eval()
+    return model

@@ -57,22 +57,8 @@ def load_cornet_weights(model: _Module, weights: str | os.PathLike[str] | Mappin
 
     Every key must match in name and shape; BatchNorm ``num_batches_tracked`` counters may be absent
     (checkpoints saved by PyTorch < 0.4.1 have none; they only matter for momentum=None). Anything else
-    missing, unexpected or of the wrong shape raises ValueError listing every such key. A ``model`` on the
-    meta device takes the checkpoint's tensors instead (:func:`assign_state`): nothing is copied into
-    values that were initialised only to be overwritten.
+    missing, unexpected or of the wrong shape raises ValueError listing every such key.
     """
-    sd = _checked_state(model, weights)
-    if next(model.parameters()).is_meta:
-        assign_state(
-            model, sd, copy=isinstance(weights, Mapping), error="load_cornet_weights: weights do not fit"
-        )
-    else:
-        model.load_state_dict(sd, strict=False)
-    return model
-
-
-def _checked_state(model: nn.Module, weights: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
-    """The checkpoint's plain state dict, once its keys and shapes are known to be ``model``'s."""
     sd = clean_state_dict(_read_checkpoint(weights))
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
@@ -91,29 +77,5 @@ def _checked_state(model: nn.Module, weights: str | os.PathLike[str] | Mapping[s
         if shapes:
             parts.append(f"shape mismatches ({len(shapes)}): {shapes}")
         raise ValueError("weights do not match CORnet-S: " + "; ".join(parts))
-    return sd
-
-
-def assign_state(model: nn.Module, state: dict[str, torch.Tensor], *, copy: bool, error: str) -> None:
-    """Makes ``state``'s tensors ``model``'s parameters and buffers (``model`` is on the meta device).
-
-    Each tensor is cast to the CPU, the dtype of the entry it fills and a contiguous layout, as copying
-    into a CPU model would; ``copy`` clones them too, for tensors that are not this load's own (a state
-    dict the caller passed in memory). BatchNorm counters that old checkpoints lack start at 0, as in a
-    new model. State that does not fit raises ValueError: ``error``, then torch's reason.
-    """
-    own = model.state_dict()
-    for key, like in own.items():
-        if key not in state and key.endswith("num_batches_tracked"):
-            state[key] = torch.zeros((), dtype=like.dtype)
-    state = {
-        k: v.detach().to("cpu", own[k].dtype, copy=copy, memory_format=torch.contiguous_format)
-        if k in own
-        else v
-        for k, v in state.items()
-    }
-    try:
-        model.load_state_dict(state, assign=True)
-    except RuntimeError as exc:
-        why = " ".join(str(exc).split())  # torch's message spans lines
-        raise ValueError(f"{error}: {why}") from exc
+    model.load_state_dict(sd, strict=False)
+    return model
