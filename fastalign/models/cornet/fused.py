@@ -100,7 +100,7 @@ def _fold_winograd(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(:func:`winograd_weight` of :func:`fold_conv_bn`'s weight in ``dtype``, bias in float64), the same
     values, made a slice of input channels at a time: folded and transformed in float64 without writing
-    the whole float64 kernel (2.3x the weight's size in the Winograd domain) to memory and back."""
+    the whole float64 kernel (16/9 of the weight's values, at twice float32's size) to memory and back."""
     scale, shift = _bn_scale_shift(bn)
     w = conv.weight.detach()
     c_out, c_in = w.shape[:2]
