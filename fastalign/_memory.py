@@ -8,12 +8,20 @@ arithmetic that fills it: IT's weight-gradient product (2048 x 16 by 16 x 18432)
 tensor and 35 ms into a reused one on a 2-core CPU, one thread.
 
 PyTorch's CPU performance guide recommends jemalloc or TCMalloc (preloaded) for this reason.
-:func:`keep_freed_memory` gets the same reuse from glibc itself, with no library to install:
+:func:`keep_freed_memory` gets block reuse from glibc itself, with no library to install:
 ``mallopt(M_MMAP_MAX, 0)`` (large blocks come from the heap) and ``mallopt(M_TRIM_THRESHOLD, -1)``
-(freed heap memory stays for the next allocation). The cost: the process keeps its high-water mark of
-memory until it exits. The ``fastalign`` command calls it; from Python, call
-:func:`fastalign.train.keep_freed_memory` (this module has no imports beyond the standard library, so
-that the command line can call it before it imports torch).
+(freed heap memory stays for the next allocation). What it costs and where it does not act:
+
+- the process never gives freed memory back to the system until it exits (``malloc_trim(0)`` does, on
+  request), so its memory stays at its high-water mark or above it where the heap fragments; forked
+  processes (DataLoader workers) inherit the setting;
+- large blocks allocated by threads other than the main one still get fresh mappings (glibc's per-thread
+  heaps are at most 64 MiB); CPU autograd runs the backward on the calling thread;
+- ``calloc`` (numpy.zeros) clears reused heap memory at once instead of leaving untouched pages unmapped;
+- jemalloc or TCMalloc are recognised only by their names in ``LD_PRELOAD``.
+
+The ``fastalign`` program calls it (:func:`fastalign.cli.entry`); from Python, call
+:func:`fastalign.train.keep_freed_memory`. The module imports only the standard library.
 """
 
 from __future__ import annotations
@@ -65,4 +73,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+    # trimming off first: if mmap could not be turned off after it, freed mapped blocks still go back
+    return bool(mallopt(_M_TRIM_THRESHOLD, -1)) and bool(mallopt(_M_MMAP_MAX, 0))

@@ -286,9 +286,11 @@ def test_folded_buffers_are_the_public_fold_and_transform(
     torch.manual_seed(3)
     block = CORblockS(6, 6, times=3)  # conv2: 24 -> 24 channels
     randomize_bn(block, seed=4)
-    fused = FusedBlock(block, dtype, channels_last=True, winograd=True, scratch=fused_module._Scratch())
-    storages = {b.untyped_storage().data_ptr() for b in fused.buffers()}
-    assert len(storages) == len(list(fused.buffers()))
+    scratch = fused_module._Scratch()
+    fused = FusedBlock(block, dtype, channels_last=True, winograd=True, scratch=scratch)
+    storages = [b.untyped_storage().data_ptr() for b in fused.buffers()]
+    work = {b.untyped_storage().data_ptr() for b in scratch._buffers.values()}
+    assert work and not work & set(storages) and len(set(storages)) == len(storages)
     # float64 sums of 9 terms in another order (the product's slices); float32 values may round the other
     # way when float64 ones differ, by at most one float32 ulp
     tol = 1e-15 if dtype == torch.float64 else 2.0**-23

@@ -20,6 +20,8 @@ at the level of a direct float32 conv (larger tiles amplify it), see the tests.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -112,11 +114,18 @@ def winograd_weight_by_input(weight: torch.Tensor, out: torch.Tensor | None = No
     (C_in*C_out*16 float64 values) when given. Shapes: (C_in, C_out, 3, 3) -> (16, C_in, C_out).
     """
     c_in, c_out = weight.shape[:2]
-    g = torch.tensor(_G, dtype=torch.float64, device=weight.device)
+    g2 = _kron_g(weight.device)
     kernels = weight.view(c_in * c_out, 9).T
     if out is None:
-        return (torch.kron(g, g) @ kernels).view(16, c_in, c_out)
-    return torch.mm(torch.kron(g, g), kernels, out=out.view(16, c_in * c_out)).view(16, c_in, c_out)
+        return (g2 @ kernels).view(16, c_in, c_out)
+    return torch.mm(g2, kernels, out=out.view(16, c_in * c_out)).view(16, c_in, c_out)
+
+
+@functools.lru_cache(maxsize=16)
+def _kron_g(device: torch.device) -> torch.Tensor:
+    """kron(G, G) in float64 on ``device``, made once (a fold calls the transform once per slice)."""
+    g = torch.tensor(_G, dtype=torch.float64)
+    return torch.kron(g, g).to(device)
 
 
 def _transforms(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -91,7 +91,8 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, scratch: _Scratch) -> tuple[torch
     return scratch.take("fold", w.shape, w.device).copy_(w).mul_(scale.view(-1, 1, 1, 1)), shift
 
 
-# Input channels per slice of a Winograd fold: its float64 intermediates (16 x C_out x this) stay in cache.
+# float64 values of a Winograd fold's slice in the Winograd domain (16 x C_out x its input channels, 1 MiB):
+# its intermediates stay in cache
 _WINOGRAD_SLICE_VALUES = 1 << 17
 
 
@@ -142,7 +143,9 @@ class _FusedPart(nn.Module):
 
     def _add_conv(self, name: str, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """Keeps a folded float64 conv (a scratch view or a new tensor) as buffers in ``self.dtype``."""
-        w = weight.to(self.dtype, memory_format=self.memory_format, copy=True)
+        # copy, then the layout: as before the scratch, so that 1x1 weights keep their strides (the same
+        # conv kernels run, the same bits come out)
+        w = weight.to(self.dtype, copy=True).contiguous(memory_format=self.memory_format)
         self.register_buffer(f"{name}_weight", w)
         self.register_buffer(f"{name}_bias", bias.to(self.dtype))
 
