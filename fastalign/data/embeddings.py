@@ -97,11 +97,8 @@ def model_key(model: torch.nn.Module, transform: Any = None) -> str:
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(str((tuple(t.shape), t.dtype)).encode())
-        h.update(
-            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-            if t.numel()
-            else b""
-        )
+        # the tensor's bytes read in place (hashlib takes the array's buffer; tobytes() copied them)
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
     return h.hexdigest()[:32]
 
 

@@ -4,6 +4,7 @@ reference implementation (fastalign.data.reference)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 
@@ -602,3 +603,15 @@ def test_model_key_is_stable_and_weight_sensitive(module: torch.nn.Module) -> No
         with torch.no_grad():
             params[0].view(-1)[0] += 1
         assert D.model_key(module) != key
+
+
+def test_model_key_is_the_sha256_of_the_documented_bytes() -> None:
+    """The key existing embedding caches were written under: SHA-256 of the class, the transform's repr,
+    then each state entry's name, (shape, dtype) and raw bytes (an empty tensor adds none)."""
+    module = torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    h = hashlib.sha256(b"torch.nn.modules.batchnorm.BatchNorm1d|'t'")
+    for name, t in module.state_dict().items():
+        h.update(name.encode() + str((tuple(t.shape), t.dtype)).encode() + t.numpy().tobytes())
+    assert D.model_key(module, transform="t") == h.hexdigest()[:32]
