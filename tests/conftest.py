@@ -22,7 +22,7 @@ from fastalign.train import keep_freed_memory
 
 # As the fastalign program does (fastalign.cli.entry, docs/training.md): large blocks freed by one CPU
 # training step are reused by the next instead of being mapped and zeroed again (the suite on a 2-core
-# machine: 335 -> 262 s, most of it in the ReAlnet runs).
+# machine: 335 -> 267 s, most of it in the ReAlnet runs).
 keep_freed_memory()
 
 settings.register_profile(
