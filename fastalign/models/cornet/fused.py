@@ -51,13 +51,18 @@ def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-def fold_conv_bn(weight: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_conv_bn(
+    weight: torch.Tensor, bn: nn.BatchNorm2d, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight', bias') in float64 with conv(x, weight', bias') == bn(conv(x, weight)) in eval mode.
 
-    Shapes: weight (O, I, kh, kw) -> (O, I, kh, kw), bias (O,).
+    Shapes: weight (O, I, kh, kw) -> (O, I, kh, kw), bias (O,). ``out``: a float64 tensor of weight's
+    shape to write weight' into (a new one when None).
     """
     scale, shift = _bn_scale_shift(bn)
-    return weight.detach().to(_FOLD_DTYPE, copy=True).mul_(scale.view(-1, 1, 1, 1)), shift
+    w = weight.detach()
+    w = w.to(_FOLD_DTYPE, copy=True) if out is None else out.copy_(w)
+    return w.mul_(scale.view(-1, 1, 1, 1)), shift
 
 
 class _Scratch:
@@ -84,11 +89,8 @@ class _Scratch:
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d, scratch: _Scratch) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`fold_conv_bn` into ``scratch``'s "fold" buffer: the same values (the float32 weight widened
-    exactly, times the float64 scale)."""
-    scale, shift = _bn_scale_shift(bn)
-    w = conv.weight.detach()
-    return scratch.take("fold", w.shape, w.device).copy_(w).mul_(scale.view(-1, 1, 1, 1)), shift
+    """:func:`fold_conv_bn` into ``scratch``'s "fold" buffer."""
+    return fold_conv_bn(conv.weight, bn, out=scratch.take("fold", conv.weight.shape, conv.weight.device))
 
 
 # float64 values of a Winograd fold's slice in the Winograd domain (16 x C_out x its input channels, 1 MiB):
