@@ -23,6 +23,11 @@
 // rsa_kendall_tau_a(a, b, ia, ib) -> (P,) float64: Kendall's tau-a of rows a[ia[p]] and b[ib[p]] in
 //   O(K log K) each (sort + merge-sort inversion count), exact integer pair counts; NaN for a pair with
 //   NaN in either row.
+// rsa_cluster_null(x, flips, threshold, tail) -> (P,) float64: the sign-flip null of the cluster test; for
+//   each flip p (a row of +-1, one per subject) the one-sample t curve of flips[p] * x (x: (S, T) effects)
+//   and its largest cluster mass (tail 1: runs of t > threshold, mass sum t; tail -1: runs of t <
+//   -threshold, mass sum -t; tail 0: the larger; 0 without a run). Each time point's effects are scaled
+//   by an exact power of two where their squares could overflow or underflow (t does not change).
 // rsa_permute_condensed(src, perms) -> (P, B, K): src (B, K) condensed RDM vectors of n conditions,
 //   perms (P, n) int64 permutations (each row checked to be one); out[p, b, k] = src[b, pair(perms[p, i],
 //   perms[p, j])] for the k-th pair (i, j), i < j, i.e. the RDM with rows and columns relabelled. Pair
@@ -990,6 +995,96 @@ at::Tensor permute_condensed_cpu(const at::Tensor& src, const at::Tensor& perms)
   return out;
 }
 
+// The cluster test's null, one flip at a time in a per-thread buffer: no (P, T) t matrix. A flip changes
+// the subjects' signs: its mean over subjects is sum_i f_i x_it / S, and its sum of squared deviations is
+// taken around that mean (two passes over S values: no cancellation however close the subjects are). x is
+// (S, T) row-major, so every pass runs over t contiguously (vectorised; so are the square roots).
+FASTALIGN_CLONES double flip_max_mass(const double* x, const double* f, double* mean, double* tv, int64_t s,
+                                      int64_t t_len, double threshold, int64_t tail) {
+  const double inv_s = 1.0 / static_cast<double>(s);
+  const double var_scale = 1.0 / static_cast<double>((s - 1) * s);
+  std::fill(mean, mean + t_len, 0.0);
+  std::fill(tv, tv + t_len, 0.0);
+  for (int64_t i = 0; i < s; ++i) {
+    const double fi = f[i];
+    const double* xi = x + i * t_len;
+    for (int64_t t = 0; t < t_len; ++t) mean[t] += fi * xi[t];
+  }
+  for (int64_t t = 0; t < t_len; ++t) mean[t] *= inv_s;
+  for (int64_t i = 0; i < s; ++i) {
+    const double fi = f[i];
+    const double* xi = x + i * t_len;
+    for (int64_t t = 0; t < t_len; ++t) {
+      const double d = fi * xi[t] - mean[t];
+      tv[t] += d * d;
+    }
+  }
+  for (int64_t t = 0; t < t_len; ++t) tv[t] = mean[t] / std::sqrt(tv[t] * var_scale);
+  // runs beyond the threshold: within a run every term has the run's sign, so its running sum only grows
+  // and the largest running sum is the largest run's mass
+  double best = 0.0, up = 0.0, down = 0.0;
+  for (int64_t t = 0; t < t_len; ++t) {
+    up = tail >= 0 && tv[t] > threshold ? up + tv[t] : 0.0;
+    down = tail <= 0 && tv[t] < -threshold ? down - tv[t] : 0.0;
+    best = std::max(best, std::max(up, down));
+  }
+  return best;
+}
+
+void cluster_null(const double* x, const double* flips, double* out, int64_t n_flips, int64_t s, int64_t t_len,
+                  double threshold, int64_t tail) {
+  const bool parallel = n_flips * s * t_len > kParallelWork;
+#pragma omp parallel if (parallel)
+  {
+    std::vector<double> mean(static_cast<size_t>(t_len)), tv(static_cast<size_t>(t_len));
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < n_flips; ++p) {
+      out[p] = flip_max_mass(x, flips + p * s, mean.data(), tv.data(), s, t_len, threshold, tail);
+    }
+  }
+}
+
+at::Tensor cluster_null_cpu(const at::Tensor& x, const at::Tensor& flips, double threshold, int64_t tail) {
+  TORCH_CHECK_VALUE(x.device().is_cpu() && flips.device().is_cpu(),
+                    "rsa_cluster_null: x and flips must be CPU tensors, got ", x.device(), " and ", flips.device());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kDouble && flips.scalar_type() == at::kDouble,
+                   "rsa_cluster_null: x and flips must be float64, got ", x.scalar_type(), " and ",
+                   flips.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(0) >= 2 && x.size(1) >= 1,
+                    "rsa_cluster_null: x must be (n_subjects >= 2, n_times >= 1), got ", x.sizes());
+  TORCH_CHECK_VALUE(flips.dim() == 2 && flips.size(1) == x.size(0),
+                    "rsa_cluster_null: flips must be (P, n_subjects = ", x.size(0), "), got ", flips.sizes());
+  TORCH_CHECK_VALUE(std::isfinite(threshold) && threshold > 0.0,
+                    "rsa_cluster_null: threshold must be a positive finite number, got ", threshold);
+  TORCH_CHECK_VALUE(tail == 1 || tail == -1 || tail == 0, "rsa_cluster_null: tail must be 1, -1 or 0, got ", tail);
+  const int64_t s = x.size(0), t_len = x.size(1), n_flips = flips.size(0);
+  const auto fc = flips.contiguous();
+  const double* f = fc.data_ptr<double>();
+  for (int64_t u = 0; u < n_flips * s; ++u) {
+    TORCH_CHECK_VALUE(f[u] == 1.0 || f[u] == -1.0, "rsa_cluster_null: flips must hold only 1 and -1, got ", f[u],
+                      " at flips[", u / s, ", ", u % s, "]");
+  }
+  // a copy of x with each time point's effects scaled by 2^-e where their squares are unsafe (t is the
+  // same for x * 2^-e); NaN / inf have no t
+  auto xs = x.contiguous().clone();
+  double* xp = xs.data_ptr<double>();
+  for (int64_t t = 0; t < t_len; ++t) {
+    double maxabs = 0.0;
+    for (int64_t i = 0; i < s; ++i) {
+      const double v = xp[i * t_len + t];
+      TORCH_CHECK_VALUE(std::isfinite(v), "rsa_cluster_null: x[", i, ", ", t, "] is ", v, "; expected finite values");
+      maxabs = std::max(maxabs, std::fabs(v));
+    }
+    const int e = scale_exponent<double>(maxabs, s);
+    if (e != 0) {
+      for (int64_t i = 0; i < s; ++i) xp[i * t_len + t] = std::ldexp(xp[i * t_len + t], -e);
+    }
+  }
+  auto out = at::empty({n_flips}, x.options());
+  cluster_null(xp, f, out.data_ptr<double>(), n_flips, s, t_len, threshold, tail);
+  return out;
+}
+
 // Kendall's tau-a of one pair of rows in O(K log K) (Knight's algorithm, as scipy / rsatoolbox): sort
 // positions by (x, y); discordant pairs are then exactly the inversions of y, counted by a merge sort;
 // ties in x, in y and joint ties are counted from runs. con - dis = tot - xtie - ytie + ntie - 2 dis,
@@ -1117,6 +1212,7 @@ TORCH_LIBRARY_FRAGMENT(fastalign, m) {
   m.def("rsa_rdm_compare(Tensor x, Tensor w, int rdm_method, int compare) -> Tensor");
   m.def("rsa_kendall_tau_a(Tensor a, Tensor b, Tensor ia, Tensor ib) -> Tensor");
   m.def("rsa_permute_condensed(Tensor src, Tensor perms) -> Tensor");
+  m.def("rsa_cluster_null(Tensor x, Tensor flips, float threshold, int tail) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastalign, CPU, m) {
@@ -1126,13 +1222,14 @@ TORCH_LIBRARY_IMPL(fastalign, CPU, m) {
   m.impl("rsa_rdm_compare", &fastalign::rdm_compare_cpu);
   m.impl("rsa_kendall_tau_a", &fastalign::kendall_tau_a_cpu);
   m.impl("rsa_permute_condensed", &fastalign::permute_condensed_cpu);
+  m.impl("rsa_cluster_null", &fastalign::cluster_null_cpu);
 }
 
 // None of these ops has a derivative: called directly with inputs that require grad, their outputs must not
 // claim a gradient that backward would silently drop (the Python API detaches or refuses before this).
 TORCH_LIBRARY_IMPL(fastalign, Autograd, m) {
   for (const char* op : {"rsa_rank", "rsa_centered_ranks", "rsa_rdm_direct", "rsa_rdm_compare", "rsa_kendall_tau_a",
-                         "rsa_permute_condensed"}) {
+                         "rsa_permute_condensed", "rsa_cluster_null"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

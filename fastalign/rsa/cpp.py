@@ -10,6 +10,8 @@
   with the model vectors in a per-thread buffer; no (B, K) RDMs are held.
 - ``permutation_null``: permuted condensed RDMs gathered with pair indices computed on the fly (no
   (P, K) index tensor), reduced with batched matrix products.
+- ``cluster_null``: the cluster test's sign-flip null, each flip's t curve and largest cluster mass in a
+  per-thread buffer (rsa_cluster_null): no (P, T) intermediates.
 """
 
 from __future__ import annotations
@@ -71,3 +73,10 @@ def permutation_null(fixed: torch.Tensor, moving: torch.Tensor, perms: torch.Ten
     """(P, *broadcast): sum_k fixed[..., k] * moving[..., idx_p[k]] (see torch_chunked.permutation_null)."""
     _ext.load()
     return common.gathered_null(torch.ops.fastalign.rsa_permute_condensed, fixed, moving, perms)
+
+
+def cluster_null(x: torch.Tensor, threshold: float, tail: int, flips: torch.Tensor) -> torch.Tensor:
+    """(P,) max cluster mass of the t curve of each sign-flipped x (see torch_chunked.cluster_null)."""
+    _ext.load()
+    x, flips = x.to(torch.float64).contiguous(), flips.to(torch.float64).contiguous()
+    return torch.ops.fastalign.rsa_cluster_null(x, flips, float(threshold), int(tail))

@@ -47,6 +47,7 @@ RSA_OPS = {
     "rsa_rdm_compare",
     "rsa_kendall_tau_a",
     "rsa_permute_condensed",
+    "rsa_cluster_null",
 }
 BN_OPS = {"bn_act_fwd", "bn_act_bwd"}
 RDM_CODES = {"correlation": 0, "cosine": 1, "euclidean": 2}
@@ -286,6 +287,81 @@ def test_rsa_permute_condensed_rejects_non_permutations(perms: list) -> None:
     _clean(status, payload, "rsa_permute_condensed", ["perms"])
 
 
+# ----------------------------------------------------------------------------------------- rsa_cluster_null
+
+
+def _max_mass_oracle(x: np.ndarray, flips: np.ndarray, thr: float, tail: int) -> np.ndarray:
+    """Each flip's largest cluster mass from scipy's t and an explicit scan of maximal runs."""
+    out = []
+    for f in flips:
+        t = stats.ttest_1samp(x * f[:, None], 0.0).statistic
+        best = 0.0
+        for sign in [s for s in (1, -1) if tail == 0 or tail == s]:
+            run = 0.0
+            for v in sign * t:
+                run = run + v if v > thr else 0.0
+                best = max(best, run)
+        out.append(best)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("tail", [1, -1, 0])
+@pytest.mark.parametrize("how", LAYOUTS)
+@EDGE_SETTINGS
+@given(
+    s=st.integers(2, 7),
+    t=st.integers(1, 12),
+    thr=st.sampled_from([0.3, 1.5, 3.0]),
+    seed=st.integers(0, 2**31),
+)
+def test_rsa_cluster_null_matches_scipy_runs(
+    tail: int, how: str, s: int, t: int, thr: float, seed: int
+) -> None:
+    """Every flip's t curve is scipy's one-sample t of the flipped effects, and its value the largest run
+    mass beyond the threshold (0 without a run), for any layout of the flips and of x (an expanded x, whose
+    subjects are equal, has no t: its layouts are the others')."""
+    gen = _gen(seed)
+    x = torch.randn(s, t, generator=gen, dtype=torch.float64) + 0.5
+    x = layout(x, how.replace("expanded", "stepped"))
+    flips = layout(1.0 - 2.0 * torch.randint(0, 2, (9, s), generator=gen).double(), how)
+    out = OPS.rsa_cluster_null(x, flips, thr, tail)
+    want = _max_mass_oracle(np64(x), np64(flips), thr, tail)
+    assert out.dtype == torch.float64 and out.shape == (9,)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-12, atol=1e-12)
+
+
+def test_rsa_cluster_null_extreme_magnitudes() -> None:
+    """t does not depend on a time point's scale: effects near 1e200 or 1e-170 (squares that overflow or
+    underflow) give the null of the unscaled effects."""
+    x = torch.randn(5, 6, generator=_gen(8), dtype=torch.float64) + 1.0
+    flips = torch.tensor(list(itertools.product([1.0, -1.0], repeat=5)), dtype=torch.float64)
+    want = OPS.rsa_cluster_null(x, flips, 1.0, 0)
+    assert float(want.max()) > 0
+    scale = torch.tensor([1e200, 1e-170, 1.0, 1e200, 1e-170, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(OPS.rsa_cluster_null(x * scale, flips, 1.0, 0), want, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("case", "names"),
+    [
+        ("x_float32", ["float64"]), ("x_1d", ["x"]), ("one_subject", ["x"]), ("flips_width", ["flips"]),
+        ("flip_value", ["flips"]), ("nan", ["x"]), ("threshold", ["threshold"]), ("tail", ["tail"]),
+    ],
+)  # fmt: skip
+def test_rsa_cluster_null_rejects_bad_operands(case: str, names: list[str]) -> None:
+    x = torch.randn(4, 5, generator=_gen(9), dtype=torch.float64)
+    flips = torch.tensor([[1.0, -1.0, 1.0, 1.0]], dtype=torch.float64)
+    args = {
+        "x_float32": (x.float(), flips, 1.0, 1), "x_1d": (x[0], flips, 1.0, 1),
+        "one_subject": (x[:1], flips[:, :1], 1.0, 1), "flips_width": (x, flips[:, :3], 1.0, 1),
+        "flip_value": (x, flips * 2, 1.0, 1),
+        "nan": (x.index_fill(1, torch.tensor([2]), math.nan), flips, 1.0, 1),
+        "threshold": (x, flips, -1.0, 1), "tail": (x, flips, 1.0, 2),
+    }[case]  # fmt: skip
+    status, payload = isolated(lambda: OPS.rsa_cluster_null(*args).tolist())
+    _clean(status, payload, "rsa_cluster_null", names)
+
+
 # ----------------------------------------------------------------------------------------- error types
 
 
@@ -299,6 +375,7 @@ def _bad_rsa_calls() -> dict[str, object]:
         "rsa_rdm_compare": lambda: OPS.rsa_rdm_compare(x[None, :3, :2], x.float()[:, :3], 0, 0),
         "rsa_kendall_tau_a": lambda: OPS.rsa_kendall_tau_a(x, x, i32, i32),
         "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(torch.randn(1, 6), i32.expand(1, 4)),
+        "rsa_cluster_null": lambda: OPS.rsa_cluster_null(x, x[:, :2], 1.0, 1),
     }
 
 
@@ -325,6 +402,7 @@ def test_compiled_ops_with_inputs_that_require_grad(op: str) -> None:
             x, x.detach(), torch.tensor([0]), torch.tensor([1])
         ),
         "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(x, torch.tensor([[1, 0, 3, 2]])),
+        "rsa_cluster_null": lambda: OPS.rsa_cluster_null(x, torch.ones(3, 2, dtype=torch.float64), 1.0, 0),
     }
     try:
         out = calls[op]()

@@ -619,7 +619,7 @@ def _runs(t: np.ndarray, thr: float, tail: int) -> list[tuple[int, int, float]]:
 CLUSTER_KINDS = ["float64", "float32", "float16", "int32", "bool", "complex128"]
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
 @pytest.mark.parametrize("kind", CLUSTER_KINDS)
 @EDGE_SETTINGS
 @given(
@@ -664,7 +664,7 @@ def test_cluster_test_matches_scipy_t_and_runs(
     assert_close(res.pvalues, np.array(greater), torch.float64, "cluster p-values", scale=1.0)
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
 @pytest.mark.parametrize("scale", [1e200, 1e-170], ids=str)
 def test_cluster_test_extreme_magnitudes(backend: str, scale: float) -> None:
     """t is scale-free: effects of 1e200 or 1e-170 give the t curve and clusters of the unscaled data."""
@@ -678,7 +678,7 @@ def test_cluster_test_extreme_magnitudes(backend: str, scale: float) -> None:
         assert_close(out.value.t_values, stats.ttest_1samp(np64(x), 0.0).statistic, torch.float64, "t")
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
 @pytest.mark.parametrize("seed", [2**70, -(2**63) - 1], ids=repr)
 def test_cluster_test_seeds(backend: str, seed: int) -> None:
     x = torch.randn(4, 5, generator=_gen(12), dtype=torch.float64)

@@ -217,7 +217,7 @@ def _brute_test(
 
 
 @pytest.mark.parametrize("tail", [1, -1, 0])
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
 def test_cluster_test_matches_brute_force(backend: str, tail: int) -> None:
     rng = np.random.default_rng(tail + 5)
     effect = np.zeros(25)
@@ -248,7 +248,7 @@ def _exact_pvalues(x: np.ndarray, thr: float, tail: int) -> tuple[list, np.ndarr
 
 
 @pytest.mark.parametrize("tail", [1, -1, 0])
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpp"])
 def test_cluster_exact_null_matches_brute_force_count(backend: str, tail: int) -> None:
     """With 6 subjects there are 64 sign flips: 10,000 permutations drew them with replacement (p-values
     off by Monte-Carlo noise); now all are enumerated and p is the exact count over the 64."""
@@ -278,7 +278,7 @@ def test_cluster_exact_null_boundary_and_large_n() -> None:
     assert not fa.cluster_permutation_test(x, n_permutations=30, seed=0).exact
     assert fa.cluster_permutation_test(x, n_permutations=15, tail=0, seed=0).exact
     big = torch.randn(64, 5, generator=torch.Generator().manual_seed(5), dtype=torch.float64) + 0.5
-    res = fa.cluster_permutation_test(big, n_permutations=20, seed=7)
+    res = fa.cluster_permutation_test(big, n_permutations=20, seed=7, backend="torch")
     flips = common.sign_flips(64, 20, seed=7)
     want = common.cluster_test(torch_chunked, big, res.threshold, 1, flips)[2]
     assert not res.exact and torch.equal(res.null, want)
