@@ -339,7 +339,50 @@ def noise_ceiling(
             up to the rounding of the normalisation count as constant: subjects r and 1 - r pool to
             rounding noise, not to an RDM with a defined correlation. Pools of ranks are exact.
     """
-    fn = "noise_ceiling"
+    lower, upper, _ = _ceiling_chunks("noise_ceiling", rdms, method, backend, None)
+    return lower, upper
+
+
+def spearman_rsa_and_noise_ceiling(
+    rdms: torch.Tensor, models: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``compare_rdms(rdms[..., None, :], models, "spearman")`` and ``noise_ceiling(rdms, "spearman")``
+    with each subject RDM ranked once, for both (what an evaluation over time needs: 10 subjects x 100
+    time points x 19,900 pairs, 44 model RDMs: the second ranking was a third of the work). Used by
+    :func:`fastalign.eval.evaluate`; not exported by ``fastalign.rsa``.
+
+    Args:
+        rdms: (n_subjects >= 2, ..., n_pairs) subject RDMs, as for :func:`noise_ceiling`.
+        models: (n_models, n_pairs) model RDMs.
+
+    Returns:
+        (similarities (n_subjects, ..., n_models), lower, upper) as the two calls return them (float64
+        for float64 input; sums in another order may differ in the last bits).
+
+    Raises:
+        ValueError: what the two calls raise, naming this function and ``rdms`` or ``models``.
+    """
+    fn = "spearman_rsa_and_noise_ceiling"
+    rdms = _tensor(fn, "rdms", rdms)
+    models = _checks.exact_float(fn, "models", _tensor(fn, "models", models))
+    if models.dim() != 2 or rdms.dim() == 0 or models.shape[-1] != rdms.shape[-1]:
+        raise ValueError(
+            f"{fn}: models must have shape (n_models, n_pairs) with the n_pairs of rdms "
+            f"{tuple(rdms.shape)}, got {tuple(models.shape)}"
+        )
+    _finite(fn, "models", models)
+    models = common.operand(models, "spearman")
+    _nonconstant(fn, "models", models, "spearman")
+    lower, upper, sims = _ceiling_chunks(fn, rdms, "spearman", "auto", models)
+    assert sims is not None
+    return sims, lower, upper
+
+
+def _ceiling_chunks(
+    fn: str, rdms: torch.Tensor, method: str, backend: str, models: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """noise_ceiling's validation and chunked computation; with ``models`` (validated, "spearman" only)
+    also each subject RDM's similarity with each model, from the same ranks."""
     method = _checks.check_choice(fn, "method", method, common.COMPARE_METHODS)
     rdms = _checks.exact_float(fn, "rdms", _tensor(fn, "rdms", rdms))
     if rdms.dim() < 2 or rdms.shape[0] < 2:
@@ -349,6 +392,10 @@ def noise_ceiling(
     rdms = common.operand(rdms, method)
     _nonconstant(fn, "rdms", rdms, method)
     chosen = _nc_dispatch.choose(backend, rdms, rdms, method)
+    models_z = None
+    if models is not None:
+        mod = _nc_dispatch.module("torch" if chosen == "reference" else chosen)
+        models_z = mod.prepare(models.to(device=rdms.device), method).to(_checks.compute_dtype(rdms))
     # Many RDMs (e.g. one per time point) on the CPU in chunks: the ranks and pools of a chunk stay a few
     # MB, where those of all of them are fresh arrays of hundreds of MB that the system maps and zeroes (10
     # subjects x 100 time points x 19,900 pairs on 2 threads: 0.67-0.73 -> 0.54-0.59 s). An error in a
@@ -356,19 +403,23 @@ def noise_ceiling(
     flat = rdms.reshape(rdms.shape[0], -1, rdms.shape[-1])
     step = max(1, _NC_CHUNK_ELEMENTS // (flat.shape[0] * flat.shape[2]))
     if flat.shape[1] <= step or rdms.dim() < 3 or rdms.device.type != "cpu":
-        return _noise_ceiling(fn, rdms, method, chosen)
+        return _noise_ceiling(fn, rdms, method, chosen, models_z)
     try:
         parts = [
-            _noise_ceiling(fn, flat[:, i : i + step], method, chosen) for i in range(0, flat.shape[1], step)
+            _noise_ceiling(fn, flat[:, i : i + step], method, chosen, models_z)
+            for i in range(0, flat.shape[1], step)
         ]
     except ValueError:
         try:
-            _noise_ceiling(fn, rdms, method, chosen)
+            _noise_ceiling(fn, rdms, method, chosen, models_z)
         except ValueError as whole:
             raise whole from None  # the chunk's error, with its chunk-relative index, is not shown
         raise
     lower, upper = (torch.cat([p[j] for p in parts]).reshape(rdms.shape[1:-1]) for j in (0, 1))
-    return lower, upper
+    sims = None
+    if models_z is not None:
+        sims = torch.cat([p[2] for p in parts], 1).reshape(*rdms.shape[:-1], models_z.shape[0])
+    return lower, upper, sims
 
 
 #: Elements of the (n_subjects, chunk, n_pairs) stack noise_ceiling computes at a time (8 MiB of float64).
@@ -376,12 +427,14 @@ _NC_CHUNK_ELEMENTS = 1 << 20
 
 
 def _noise_ceiling(
-    fn: str, rdms: torch.Tensor, method: str, chosen: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """noise_ceiling of validated, prepared RDMs on the chosen backend."""
+    fn: str, rdms: torch.Tensor, method: str, chosen: str, models_z: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """noise_ceiling of validated, prepared RDMs on the chosen backend, and with ``models_z`` (the
+    prepared (M, K) vectors of model RDMs, "spearman") each subject RDM's similarity with each model."""
     # a pool can be constant (all-zero), exactly or up to rounding, where no subject RDM is: a bound is
     # then undefined, as compare_rdms's statistic for such an RDM is. The reference pools as torch does.
     mod = _nc_dispatch.module("torch" if chosen == "reference" else chosen)
+    sims = None
     ranks = mod.rank(rdms).to(_checks.compute_dtype(rdms)) if method == "spearman" else None
     upper_pool, loo_pools, tolerance = common.pools(mod, rdms, method, ranks)
     _nonconstant(fn, "the pooled RDM of all subjects", upper_pool, method, tolerance)
@@ -398,9 +451,11 @@ def _noise_ceiling(
         z = z.div_(torch.linalg.vector_norm(z, dim=-1, keepdim=True))
         upper = common.dot(mod.prepare(upper_pool, method), z).mean(0)
         lower = common.dot(mod.prepare(loo_pools, method), z).mean(0)
+        if models_z is not None:
+            sims = torch.matmul(z.reshape(-1, z.shape[-1]), models_z.T).reshape(*z.shape[:-1], -1)
     else:
         upper = mod.compare(upper_pool, rdms, method).mean(0)
         lower = mod.compare(loo_pools, rdms, method).mean(0)
     if not (common.all_finite(lower) and common.all_finite(upper)):
         raise ValueError(f"{fn}: the {method} noise ceiling is not finite for these RDMs")
-    return lower, upper
+    return lower, upper, sims

@@ -364,3 +364,30 @@ def test_noise_ceiling_in_chunks_of_rdms(method: str, backend: str, monkeypatch:
         assert (
             err.value.__context__ is None or err.value.__suppress_context__
         )  # no chunk-relative error shown
+
+
+@pytest.mark.parametrize("chunk", [None, 5 * 45 * 2])
+def test_spearman_rsa_and_noise_ceiling_is_both_calls(
+    chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evaluation's one pass (each subject RDM ranked once) gives compare_rdms's Spearman similarities
+    with every model and noise_ceiling's bounds, whole or a few RDMs at a time; bad models are refused by
+    name."""
+    rng = np.random.default_rng(9)
+    rdms = torch.from_numpy(rng.normal(size=45) + rng.normal(size=(5, 3, 7, 45)))
+    models = torch.from_numpy(rng.normal(size=(4, 45)))
+    models[1, :10] = models[1, 10:20]  # ties
+    if chunk is not None:
+        monkeypatch.setattr(rsa_stats, "_NC_CHUNK_ELEMENTS", chunk)
+    sims, lower, upper = rsa_stats.spearman_rsa_and_noise_ceiling(rdms, models)
+    assert sims.shape == (5, 3, 7, 4) and sims.dtype == torch.float64
+    want = fa.compare_rdms(rdms[..., None, :], models, "spearman")
+    np.testing.assert_allclose(sims.numpy(), want.numpy(), rtol=1e-12, atol=1e-13)
+    for got, ref in zip((lower, upper), fa.noise_ceiling(rdms, "spearman"), strict=True):
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=1e-13)
+    for bad, words in [(models[:, :44], "models must have shape"), (models[0], "models must have shape"),
+                       (torch.ones(2, 45), "models at index \\(0,\\) is constant")]:  # fmt: skip
+        with pytest.raises(ValueError, match="spearman_rsa_and_noise_ceiling: " + words):
+            rsa_stats.spearman_rsa_and_noise_ceiling(rdms, bad)
+    with pytest.raises(ValueError, match="spearman_rsa_and_noise_ceiling: rdms must have shape"):
+        rsa_stats.spearman_rsa_and_noise_ceiling(rdms[:1], models)
