@@ -1065,9 +1065,11 @@ at::Tensor cluster_null_cpu(const at::Tensor& x, const at::Tensor& flips, double
                       " at flips[", u / s, ", ", u % s, "]");
   }
   // a copy of x with each time point's effects scaled by 2^-e where their squares are unsafe (t is the
-  // same for x * 2^-e); NaN / inf have no t
+  // same for x * 2^-e); NaN / inf have no t, nor has a time point whose subjects are equal up to rounding
+  // (the Python API's rule: a spread within 16 sqrt(S) eps of the largest |value|)
   auto xs = x.contiguous().clone();
   double* xp = xs.data_ptr<double>();
+  const double flat_tol = 16.0 * std::numeric_limits<double>::epsilon() * std::sqrt(static_cast<double>(s));
   for (int64_t t = 0; t < t_len; ++t) {
     double maxabs = 0.0;
     for (int64_t i = 0; i < s; ++i) {
@@ -1076,9 +1078,15 @@ at::Tensor cluster_null_cpu(const at::Tensor& x, const at::Tensor& flips, double
       maxabs = std::max(maxabs, std::fabs(v));
     }
     const int e = scale_exponent<double>(maxabs, s);
-    if (e != 0) {
-      for (int64_t i = 0; i < s; ++i) xp[i * t_len + t] = std::ldexp(xp[i * t_len + t], -e);
+    double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+    for (int64_t i = 0; i < s; ++i) {
+      double& v = xp[i * t_len + t];
+      if (e != 0) v = std::ldexp(v, -e);
+      lo = std::min(lo, v);
+      hi = std::max(hi, v);
     }
+    TORCH_CHECK_VALUE(hi - lo > flat_tol * std::max(hi, -lo), "rsa_cluster_null: x has zero variance across ",
+                      "subjects at time ", t, " (its values are equal up to rounding); t is undefined there");
   }
   auto out = at::empty({n_flips}, x.options());
   cluster_null(xp, f, out.data_ptr<double>(), n_flips, s, t_len, threshold, tail);

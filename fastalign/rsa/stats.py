@@ -204,7 +204,8 @@ def cluster_permutation_test(
         tail: 1 (positive effects), -1 (negative) or 0 (both).
         seed: an int in [0, 2**63 - 1] seeding the sign flips (drawn on the CPU), or None.
         backend: "auto", "reference", "torch" or "cpp" (CPU tensors: each flip's t curve and clusters in
-            registers, 20-30x the torch backend's speed for 10 subjects x 100 time points).
+            a per-thread buffer; 10 subjects x 100 time points, 1,023 flips: the null 6-8x, the whole
+            test 4-8x faster than the torch backend).
 
     Returns:
         A :class:`ClusterResult` (computed in float64). Not differentiable: x is detached. t at a time
@@ -356,20 +357,26 @@ def spearman_rsa_and_noise_ceiling(
         models: (n_models, n_pairs) model RDMs.
 
     Returns:
-        (similarities (n_subjects, ..., n_models), lower, upper) as the two calls return them (float64
-        for float64 input; sums in another order may differ in the last bits).
+        (similarities (n_subjects, ..., n_models), lower, upper) as the two calls return them, computed
+        in the wider working dtype of the two inputs (float64 when either is float64; sums in another
+        order may differ in the last bits).
 
     Raises:
         ValueError: what the two calls raise, naming this function and ``rdms`` or ``models``.
     """
     fn = "spearman_rsa_and_noise_ceiling"
-    rdms = _tensor(fn, "rdms", rdms)
+    rdms = _checks.exact_float(fn, "rdms", _tensor(fn, "rdms", rdms))
     models = _checks.exact_float(fn, "models", _tensor(fn, "models", models))
-    if models.dim() != 2 or rdms.dim() == 0 or models.shape[-1] != rdms.shape[-1]:
+    if rdms.dim() < 2:
+        raise ValueError(f"{fn}: rdms must have shape (n_subjects >= 2, ..., K), got {tuple(rdms.shape)}")
+    if models.dim() != 2 or models.shape[-1] != rdms.shape[-1]:
         raise ValueError(
             f"{fn}: models must have shape (n_models, n_pairs) with the n_pairs of rdms "
             f"{tuple(rdms.shape)}, got {tuple(models.shape)}"
         )
+    # one working dtype for both, as compare_rdms promotes its operands
+    ct = torch.promote_types(_checks.compute_dtype(rdms), _checks.compute_dtype(models))
+    rdms, models = rdms.to(ct), models.to(ct)
     _finite(fn, "models", models)
     models = common.operand(models, "spearman")
     _nonconstant(fn, "models", models, "spearman")

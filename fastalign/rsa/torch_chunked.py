@@ -1,5 +1,5 @@
 """RSA in vectorised PyTorch with bounded memory: every op on any device; on the CPU the default where
-the C++ kernels do not apply (RDMs with more than a few features, the cluster test).
+the C++ kernels do not apply (RDMs with more than a few features).
 
 - RDMs: Gram matrices of a few RDMs at a time (``_GRAM_ELEMENTS``) accumulated over chunks of features
   (``_CHUNK_ELEMENTS`` per chunk), so 200,704 features never sit in memory as a float32 copy; the

@@ -318,12 +318,17 @@ def test_rsa_cluster_null_matches_scipy_runs(
     tail: int, how: str, s: int, t: int, thr: float, seed: int
 ) -> None:
     """Every flip's t curve is scipy's one-sample t of the flipped effects, and its value the largest run
-    mass beyond the threshold (0 without a run), for any layout of the flips and of x (an expanded x, whose
-    subjects are equal, has no t: its layouts are the others')."""
+    mass beyond the threshold (0 without a run), for any layout of the flips and of x; an expanded x,
+    whose subjects are equal, has no t and is refused, as cluster_permutation_test refuses it."""
     gen = _gen(seed)
-    x = torch.randn(s, t, generator=gen, dtype=torch.float64) + 0.5
-    x = layout(x, how.replace("expanded", "stepped"))
+    x = layout(torch.randn(s, t, generator=gen, dtype=torch.float64) + 0.5, how)
     flips = layout(1.0 - 2.0 * torch.randint(0, 2, (9, s), generator=gen).double(), how)
+    if how == "expanded":
+        with pytest.raises(
+            ValueError, match="rsa_cluster_null: x has zero variance across subjects at time 0"
+        ):
+            OPS.rsa_cluster_null(x, flips, thr, tail)
+        return
     out = OPS.rsa_cluster_null(x, flips, thr, tail)
     want = _max_mass_oracle(np64(x), np64(flips), thr, tail)
     assert out.dtype == torch.float64 and out.shape == (9,)
@@ -345,7 +350,8 @@ def test_rsa_cluster_null_extreme_magnitudes() -> None:
     ("case", "names"),
     [
         ("x_float32", ["float64"]), ("x_1d", ["x"]), ("one_subject", ["x"]), ("flips_width", ["flips"]),
-        ("flip_value", ["flips"]), ("nan", ["x"]), ("threshold", ["threshold"]), ("tail", ["tail"]),
+        ("flip_value", ["flips"]), ("nan", ["x"]), ("flat", ["zero variance"]), ("threshold", ["threshold"]),
+        ("tail", ["tail"]),
     ],
 )  # fmt: skip
 def test_rsa_cluster_null_rejects_bad_operands(case: str, names: list[str]) -> None:
@@ -356,6 +362,7 @@ def test_rsa_cluster_null_rejects_bad_operands(case: str, names: list[str]) -> N
         "one_subject": (x[:1], flips[:, :1], 1.0, 1), "flips_width": (x, flips[:, :3], 1.0, 1),
         "flip_value": (x, flips * 2, 1.0, 1),
         "nan": (x.index_fill(1, torch.tensor([2]), math.nan), flips, 1.0, 1),
+        "flat": (x.index_fill(1, torch.tensor([3]), 0.25), flips, 1.0, 1),
         "threshold": (x, flips, -1.0, 1), "tail": (x, flips, 1.0, 2),
     }[case]  # fmt: skip
     status, payload = isolated(lambda: OPS.rsa_cluster_null(*args).tolist())

@@ -391,3 +391,17 @@ def test_spearman_rsa_and_noise_ceiling_is_both_calls(
             rsa_stats.spearman_rsa_and_noise_ceiling(rdms, bad)
     with pytest.raises(ValueError, match="spearman_rsa_and_noise_ceiling: rdms must have shape"):
         rsa_stats.spearman_rsa_and_noise_ceiling(rdms[:1], models)
+
+
+def test_spearman_rsa_and_noise_ceiling_promotes_mixed_dtypes() -> None:
+    """float32 and float64 operands are computed in float64, as compare_rdms promotes them."""
+    rng = np.random.default_rng(10)
+    rdms = torch.from_numpy(rng.normal(size=(3, 4, 66)))
+    models = torch.from_numpy(rng.normal(size=(2, 66)))
+    for a, b in ((rdms, models.float()), (rdms.float(), models)):
+        sims, lower, _ = rsa_stats.spearman_rsa_and_noise_ceiling(a, b)
+        assert sims.dtype == lower.dtype == torch.float64
+        want = fa.compare_rdms(a[..., None, :], b, "spearman")
+        np.testing.assert_allclose(sims.numpy(), want.numpy(), rtol=1e-12, atol=1e-13)
+    with pytest.raises(ValueError, match="spearman_rsa_and_noise_ceiling: rdms must have shape"):
+        rsa_stats.spearman_rsa_and_noise_ceiling(torch.tensor(1.0), models)
