@@ -36,11 +36,8 @@ def tests(session: nox.Session) -> None:
         # suite 229-239 -> 214 s quiet, 499 -> 434 s beside two busy processes).
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
-    if session.posargs:
-        session.run("pytest", *session.posargs, env=env)
-        return
-    basetemp = _memory_basetemp()
-    args = ["-n", "2", "--dist", "worksteal", "--durations=15"]
+    basetemp = None if session.posargs else _memory_basetemp()  # the user's own arguments are left alone
+    args = session.posargs or ["-n", "2", "--dist", "worksteal", "--durations=15"]
     try:
         session.run("pytest", *args, *(["--basetemp", basetemp] if basetemp else []), env=env)
     except BaseException:

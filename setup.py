@@ -22,10 +22,16 @@ from torch.utils import cpp_extension
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _want_cuda() -> bool:
-    flag = os.environ.get("FASTALIGN_BUILD_CUDA", "").strip()
+def _flag(name: str) -> str:
+    """An environment switch: "", "0" or "1" (anything else stops the build with a message)."""
+    flag = os.environ.get(name, "").strip()
     if flag not in ("", "0", "1"):
-        raise SystemExit(f"FASTALIGN_BUILD_CUDA must be 0 or 1, got {flag!r}")
+        raise SystemExit(f"{name} must be 0 or 1, got {flag!r}")
+    return flag
+
+
+def _want_cuda() -> bool:
+    flag = _flag("FASTALIGN_BUILD_CUDA")
     if flag == "0":
         return False
     if torch.version.cuda is None:
@@ -49,10 +55,7 @@ def _extension() -> cpp_extension.CppExtension:
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)
     sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
-    debug = os.environ.get("FASTALIGN_BUILD_DEBUG", "").strip()
-    if debug not in ("", "0", "1"):
-        raise SystemExit(f"FASTALIGN_BUILD_DEBUG must be 0 or 1, got {debug!r}")
-    cxx = ["-O3", *openmp, *([] if debug == "1" else ["-g0"])]
+    cxx = ["-O3", *openmp, *([] if _flag("FASTALIGN_BUILD_DEBUG") == "1" else ["-g0"])]
     if _want_cuda():
         sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
         sources += rel(glob.glob(os.path.join(ROOT, "kernels", "*.cu")))

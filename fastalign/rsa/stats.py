@@ -402,7 +402,7 @@ def _ceiling_chunks(
     models_z = None
     if models is not None:
         mod = _nc_dispatch.module("torch" if chosen == "reference" else chosen)
-        models_z = mod.prepare(models.to(device=rdms.device), method).to(_checks.compute_dtype(rdms))
+        models_z = mod.prepare(models.to(device=rdms.device), method)  # models has rdms's dtype already
     # Many RDMs (e.g. one per time point) on the CPU in chunks: the ranks and pools of a chunk stay a few
     # MB, where those of all of them are fresh arrays of hundreds of MB that the system maps and zeroes (10
     # subjects x 100 time points x 19,900 pairs on 2 threads: 0.67-0.73 -> 0.54-0.59 s). An error in a
