@@ -260,10 +260,6 @@ def test_load_without_num_batches_tracked(model: CORnetS) -> None:
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     loaded = cornet_s(weights={"state_dict": sd})
     assert torch.equal(loaded.V4.norm3_3.running_mean, model.V4.norm3_3.running_mean)
-    # cornet_s(weights) skips the random initialisation: what the checkpoint lacks starts as a new model's
-    counters = {k: v for k, v in loaded.state_dict().items() if k.endswith("num_batches_tracked")}
-    assert len(counters) == 29 and all(int(v) == 0 for v in counters.values())  # one per BatchNorm
-    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
 
 
 def test_bad_checkpoints_list_keys(model: CORnetS, tmp_path) -> None:
