@@ -29,11 +29,8 @@ DATA = dict(
     image_size=SIZE,
 )
 # No checkpoints: the runs are read, never resumed (each would be 650 MB of weights and Adam state).
-# Batch 24: at 32 px a step costs nearly the same as at batch 16 (the 53 M weights dominate); 10 steps of
-# 24 show the effects the tests check, smaller than 18 steps of 16 did, in 48.5 s instead of 70 s (both
-# runs, one thread; docs/training.md has both sets of numbers).
 ALIGN = dict(
-    epochs=5, batch_size=24, lr=1e-3, image_size=SIZE, amp="fp32", progress=False, seed=0, keep_checkpoints=0
+    epochs=6, batch_size=16, lr=1e-3, image_size=SIZE, amp="fp32", progress=False, seed=0, keep_checkpoints=0
 )
 
 

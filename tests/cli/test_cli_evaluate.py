@@ -206,7 +206,7 @@ def test_the_aligned_head_is_above_cornet_s_at_the_planted_latencies(report: Run
     sub-01 over the planted source latencies: the aligned model's encoding head ("response", the layer
     alignment fits) is above CORnet-S's IT, the layer the head reads; the unpaired control, trained the
     same way on mismatched image-response pairs, gains less (here it falls below CORnet-S). IT itself does
-    not move measurably in 5 epochs on 64 images (its difference from CORnet-S is within the noise of a
+    not move measurably in 6 epochs on 64 images (its difference from CORnet-S is within the noise of a
     30-image RDM), so no direction is claimed there."""
     assert report.status == 0, report.err
     _, rows = _csv(report.folder / "results.csv")

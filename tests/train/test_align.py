@@ -575,7 +575,7 @@ def test_alignment_raises_the_rsa_more_than_the_unpaired_control(aligned_runs: A
     the session's shared runs: subject 1's aligned run and its unpaired control. The predicted responses
     rise above the unaligned model's, by a clear margin more than the control's; the IT RDM ends closer
     to the brain than the control's. Whether IT's RDM itself ends above the start at this size depends on
-    rounding (a random CORnet-S's IT moves little and noisily in 10 steps, see docs/training.md): its
+    rounding (a random CORnet-S's IT moves little and noisily in 18 steps, see docs/training.md): its
     significant rise is shown across subjects by benchmarks/study_evaluate.py (docs/evaluation.md)."""
     paired, control = aligned_runs.summaries["paired"], aligned_runs.summaries["control"]
     gains = {}
