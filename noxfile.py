@@ -22,9 +22,12 @@ CONSTRAINTS = os.environ.get("FASTALIGN_CONSTRAINTS", "constraints/cpu.txt")
 def _install(session: nox.Session, extras: str) -> None:
     # --no-compile: pip would byte-compile all ~12,700 installed .py files (torch alone 2,300), most never
     # imported; Python compiles the imported ones on first import instead (fresh venv, 2-core machine:
-    # install 138 -> 63 s, the first `import fastalign, torch, scipy.stats, mne` 3.5 -> 7.9 s once).
-    session.install("--no-compile", "-c", CONSTRAINTS, "setuptools>=64", "wheel", "ninja", "torch")
-    session.install("--no-compile", "-c", CONSTRAINTS, "--no-build-isolation", "-e", f".[{extras}]")
+    # install 138 -> 63 s, the first `import fastalign, torch, scipy.stats, mne` 3.5 -> 7.9 s once). Not
+    # where PYTHONDONTWRITEBYTECODE is set: nothing would ever be cached, and every process, each of the
+    # suite's subprocesses too, would compile what it imports again (`import torch` 2.4 -> 5.4 s).
+    flags = [] if os.environ.get("PYTHONDONTWRITEBYTECODE") else ["--no-compile"]
+    session.install(*flags, "-c", CONSTRAINTS, "setuptools>=64", "wheel", "ninja", "torch")
+    session.install(*flags, "-c", CONSTRAINTS, "--no-build-isolation", "-e", f".[{extras}]")
 
 
 @nox.session
