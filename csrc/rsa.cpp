@@ -1067,7 +1067,7 @@ at::Tensor cluster_null_cpu(const at::Tensor& x, const at::Tensor& flips, double
   // a copy of x with each time point's effects scaled by 2^-e where their squares are unsafe (t is the
   // same for x * 2^-e); NaN / inf have no t, nor has a time point whose subjects are equal up to rounding
   // (the Python API's rule: a spread within 16 sqrt(S) eps of the largest |value|)
-  auto xs = x.contiguous().clone();
+  auto xs = x.clone(at::MemoryFormat::Contiguous);  // one copy, contiguous whatever x's strides
   double* xp = xs.data_ptr<double>();
   const double flat_tol = 16.0 * std::numeric_limits<double>::epsilon() * std::sqrt(static_cast<double>(s));
   for (int64_t t = 0; t < t_len; ++t) {
