@@ -38,6 +38,7 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 // The narrow ATen headers this file uses instead of torch/extension.h (which parses the whole C++ API
 // and pybind11: most of the build time).
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -1210,6 +1211,51 @@ at::Tensor kendall_tau_a_cpu(const at::Tensor& a, const at::Tensor& b, const at:
   return out;
 }
 
+
+// ----------------------------------------------------------------------------------------------- RNG
+
+// The MT19937 state transition of at::mt19937_engine::next_state (ATen/core/MT19937RNGEngine.h), which is
+// private there: the 624 words that the next 624 draws temper.
+void mt19937_twist(uint32_t* state) {
+  constexpr int N = 624, M = 397;
+  constexpr uint32_t MATRIX_A = 0x9908b0dfu, UMASK = 0x80000000u, LMASK = 0x7fffffffu;
+  auto twist = [](uint32_t u, uint32_t v) {
+    const uint32_t mixed = (u & UMASK) | (v & LMASK);
+    return (mixed >> 1) ^ ((v & 1u) ? MATRIX_A : 0u);
+  };
+  for (int i = 0; i < N - M; ++i) state[i] = state[i + M] ^ twist(state[i], state[i + 1]);
+  for (int i = N - M; i < N - 1; ++i) state[i] = state[i + M - N] ^ twist(state[i], state[i + 1]);
+  state[N - 1] = state[M - 1] ^ twist(state[N - 1], state[0]);
+}
+
+// Advances a CPU generator exactly as n calls of its random() (n 32-bit draws) would, without tempering
+// or converting the words: what a float32 uniform_ or normal_ of values that are overwritten anyway
+// consumes (a random CORnet-S init that a checkpoint replaces), at about a tenth of the cost.
+void rng_discard_cpu(const std::optional<at::Generator>& generator, int64_t n) {
+  // 2^36 words (a 256 GiB float32 tensor) take about 40 s; a larger n is a mistake, not a tensor's size
+  constexpr int64_t kMaxDraws = int64_t{1} << 36;
+  TORCH_CHECK_VALUE(n >= 0 && n <= kMaxDraws, "rng_discard: n must be in [0, 2^36], got ", n);
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  at::mt19937 engine = gen->engine();
+  at::mt19937_data_pod d = engine.data();
+  TORCH_CHECK_VALUE(engine.is_valid(), "rng_discard: the generator's state is invalid");
+  while (n > 0) {
+    // a draw decrements left_ and twists when it reaches 0 (left_ = 624, next_ = 0), then reads state_[next_++]
+    const int64_t quiet = d.left_ - 1;  // draws before the one that twists
+    if (n <= quiet) {
+      d.left_ -= static_cast<int>(n);
+      d.next_ += static_cast<uint32_t>(n);
+      break;
+    }
+    n -= quiet + 1;
+    mt19937_twist(d.state_.data());
+    d.left_ = 624;
+    d.next_ = 1;
+  }
+  engine.set_data(d);
+  gen->set_engine(engine);
+}
 }  // namespace
 }  // namespace fastalign
 
@@ -1221,6 +1267,8 @@ TORCH_LIBRARY_FRAGMENT(fastalign, m) {
   m.def("rsa_kendall_tau_a(Tensor a, Tensor b, Tensor ia, Tensor ib) -> Tensor");
   m.def("rsa_permute_condensed(Tensor src, Tensor perms) -> Tensor");
   m.def("rsa_cluster_null(Tensor x, Tensor flips, float threshold, int tail) -> Tensor");
+  // no tensor arguments: one kernel for every dispatch key
+  m.def("rng_discard(Generator? generator, int n) -> ()", &fastalign::rng_discard_cpu);
 }
 
 TORCH_LIBRARY_IMPL(fastalign, CPU, m) {

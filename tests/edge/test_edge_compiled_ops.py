@@ -50,6 +50,7 @@ RSA_OPS = {
     "rsa_cluster_null",
 }
 BN_OPS = {"bn_act_fwd", "bn_act_bwd"}
+RNG_OPS = {"rng_discard"}
 RDM_CODES = {"correlation": 0, "cosine": 1, "euclidean": 2}
 COMPARE_CODES = {"spearman": 0, "rho_a": 1, "pearson": 2, "cosine": 3}
 
@@ -73,7 +74,7 @@ def _registered() -> set[str]:
 def test_the_op_inventory() -> None:
     """The suite covers every fastalign op: a new op must get edge cases here."""
     found = _registered()
-    expected = RSA_OPS | (BN_OPS if env_triton() else set())
+    expected = RSA_OPS | RNG_OPS | (BN_OPS if env_triton() else set())
     assert found == expected, f"ops without edge cases: {found - expected}; gone: {expected - found}"
 
 
@@ -367,6 +368,40 @@ def test_rsa_cluster_null_rejects_bad_operands(case: str, names: list[str]) -> N
     }[case]  # fmt: skip
     status, payload = isolated(lambda: OPS.rsa_cluster_null(*args).tolist())
     _clean(status, payload, "rsa_cluster_null", names)
+
+
+# ----------------------------------------------------------------------------------------- rng_discard
+
+
+@EDGE_SETTINGS
+@given(seed=st.integers(0, 2**63 - 1), before=st.integers(0, 1300), n=st.integers(0, 2000))
+def test_rng_discard_matches_uniform_draws(seed: int, before: int, n: int) -> None:
+    """From any seed and position in the 624-word state, discarding n draws leaves the generator where n
+    float32 uniform_ draws leave it."""
+    a, b = _gen(seed), _gen(seed)
+    torch.empty(before).uniform_(generator=a)
+    torch.empty(before).uniform_(generator=b)
+    torch.empty(n).uniform_(generator=a)
+    assert OPS.rng_discard(b, n) is None
+    assert torch.equal(a.get_state(), b.get_state())
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((None, -1), ValueError, r"rng_discard: n must be in \[0, 2\^36\], got -1"),
+        ((None, 2**36 + 1), ValueError, r"rng_discard: n must be in \[0, 2\^36\], got 68719476737"),
+        ((None, 1.5), RuntimeError, "rng_discard"),
+        ((torch.empty(1), 1), RuntimeError, "rng_discard"),
+    ],
+)
+def test_rng_discard_rejects_bad_operands(args: tuple, error: type, match: str) -> None:
+    """A negative or absurd count (2^36 draws already take tens of seconds) and operands of the wrong type
+    are refused; the generator is left as it was."""
+    state = torch.get_rng_state()
+    with pytest.raises(error, match=match):
+        OPS.rng_discard(*args)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 # ----------------------------------------------------------------------------------------- error types

@@ -362,3 +362,101 @@ def test_a_meta_cornet_s_skips_the_initialisation(monkeypatch: pytest.MonkeyPatc
     assert calls == [] and meta.V1.conv1.weight.is_meta
     CORnetS()
     assert len(calls) == sum(isinstance(m, torch.nn.Conv2d) for m in meta.modules()) and set(calls) == {"cpu"}
+
+
+def _seeded_build(
+    monkeypatch: pytest.MonkeyPatch, skip: bool, weights: object = None
+) -> tuple[dict, torch.Tensor]:
+    """cornet_s(weights) from seed 0 with the skipped draws on or off: its state_dict and the generator's
+    state after it."""
+    from fastalign.models.cornet import model as cornet_model
+
+    monkeypatch.setattr(cornet_model, "_SKIP_CHECKED", [skip and cornet_model._discard_matches_torch()])
+    torch.manual_seed(0)
+    net = cornet_s(weights)  # type: ignore[arg-type]
+    return net.state_dict(), torch.get_rng_state()
+
+
+@pytest.mark.parametrize("from_checkpoint", [False, True])
+def test_skipped_draws_give_the_original_weights_and_generator_state(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, from_checkpoint: bool
+) -> None:
+    """The construction that skips the random values nothing reads (nn.Conv2d's kaiming_uniform_ under the
+    original's normal_, and every draw a checkpoint replaces) gives bitwise the weights and generator state
+    of the plain construction, the original's, so that seeded code drawing next gets the same numbers."""
+    from fastalign import _ext
+
+    if _ext.why_ops_missing(["rng_discard"]) is not None:
+        pytest.skip(str(_ext.why_ops_missing(["rng_discard"])))
+    weights = None
+    if from_checkpoint:
+        torch.manual_seed(5)
+        weights = tmp_path / "cornet_s.pth"
+        torch.save(cornet_s().state_dict(), weights)
+    plain, plain_state = _seeded_build(monkeypatch, skip=False, weights=weights)
+    fast, fast_state = _seeded_build(monkeypatch, skip=True, weights=weights)
+    assert torch.equal(plain_state, fast_state)
+    assert plain.keys() == fast.keys()
+    for key in plain:
+        assert torch.equal(plain[key], fast[key]), key
+
+
+def test_rng_discard_advances_like_the_draws_it_replaces() -> None:
+    """torch.ops.fastalign.rng_discard(generator, n) leaves a CPU generator where n float32 uniform_ draws
+    leave it (normal_: one per value and 16 more for a size that is not a multiple of 16), across the
+    624-word state's twists and from any position in it; the default generator when None."""
+    from fastalign import _ext
+    from fastalign.models.cornet.model import _normal_draws
+
+    if _ext.why_ops_missing(["rng_discard"]) is not None:
+        pytest.skip(str(_ext.why_ops_missing(["rng_discard"])))
+    for before in (0, 1, 623):
+        for n in (0, 1, 622, 623, 624, 625, 1248, 1249, 5000):
+            a, b = torch.Generator().manual_seed(n), torch.Generator().manual_seed(n)
+            torch.empty(before).uniform_(generator=a)
+            torch.empty(before).uniform_(generator=b)
+            torch.empty(n).uniform_(generator=a)
+            torch.ops.fastalign.rng_discard(b, n)
+            assert torch.equal(a.get_state(), b.get_state()), (before, n)
+            assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
+    for n in (16, 17, 31, 32, 1001):
+        a, b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        values = torch.empty(n)
+        values.normal_(generator=a)
+        torch.ops.fastalign.rng_discard(b, _normal_draws(values))
+        assert torch.equal(a.get_state(), b.get_state()), n
+    torch.manual_seed(3)
+    torch.rand(700)
+    expected = torch.get_rng_state()
+    torch.manual_seed(3)
+    torch.ops.fastalign.rng_discard(None, 700)
+    assert torch.equal(torch.get_rng_state(), expected)
+    with pytest.raises(ValueError, match=r"rng_discard: n must be in \[0, 2\^36\], got -1"):
+        torch.ops.fastalign.rng_discard(None, -1)
+    with pytest.raises(ValueError, match="_normal_draws: needs a contiguous tensor of >= 16 values"):
+        _normal_draws(torch.empty(15))
+
+
+@pytest.mark.parametrize("where", ["float64", "meta"])
+def test_other_default_dtypes_and_devices_draw_every_value(where: str) -> None:
+    """Draws are skipped only where they were checked (float32 parameters on the CPU): under another
+    default dtype the plain construction runs, and on the meta device nothing is drawn at all."""
+    from fastalign.models.cornet.model import _skip_draws
+
+    if where == "float64":
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            assert not _skip_draws()
+            torch.manual_seed(0)
+            net = CORnetS()
+        finally:
+            torch.set_default_dtype(old)
+        assert net.V1.conv1.weight.dtype == torch.float64
+        assert torch.all(net.V2.norm1_1.running_var == 1)
+    else:
+        with torch.device("meta"):
+            assert not _skip_draws()
+            state = torch.get_rng_state()
+            net = CORnetS()
+        assert net.V1.conv1.weight.is_meta and torch.equal(torch.get_rng_state(), state)

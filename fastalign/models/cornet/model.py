@@ -14,6 +14,8 @@ which imports it; never the reverse at import time). Checkpoints are read by
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 from collections import OrderedDict
@@ -373,24 +375,54 @@ class CORnetS(CORnetBase):
     def __init__(self, num_classes: int = 1000) -> None:
         _checks.check_int("CORnetS", "num_classes", num_classes, minimum=1, expected="a positive int")
         super().__init__()
-        c = AREA_CHANNELS
-        self.V1 = _v1()
-        self.V2 = CORblockS(c["V1"], c["V2"], times=2)
-        self.V4 = CORblockS(c["V2"], c["V4"], times=4)
-        self.IT = CORblockS(c["V4"], c["IT"], times=2)
-        self.decoder = _decoder(num_classes)
-        self._init_weights()
+        # The modules' own random initialisation (nn.Conv2d's kaiming_uniform_), which the original's
+        # normal_ below overwrites, is skipped where the generator can be advanced past it instead
+        # (_skip_draws): the same weights and generator state at about half the cost.
+        skip = _skip_draws()
+        with torch.device("meta") if skip else contextlib.nullcontext():
+            c = AREA_CHANNELS
+            self.V1 = _v1()
+            self.V2 = CORblockS(c["V1"], c["V2"], times=2)
+            self.V4 = CORblockS(c["V2"], c["V4"], times=4)
+            self.IT = CORblockS(c["V4"], c["IT"], times=2)
+            self.decoder = _decoder(num_classes)
+        values = not _OVERWRITTEN.get()
+        if skip:
+            self.to_empty(device="cpu")
+            self._replay_default_init(values)
+        self._init_weights(values)
 
-    def _init_weights(self) -> None:
+    def _replay_default_init(self, values: bool) -> None:
+        """The modules' default initialisation in their construction order, on a module built on the meta
+        device and moved to (uninitialised) CPU memory: BatchNorm's and, when ``values``, the Linear's
+        values; for every draw whose values are overwritten, the generator is only advanced."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):  # kaiming_uniform_, then normal_ in _init_weights
+                _discard(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.reset_parameters()
+            elif isinstance(m, nn.Linear):
+                if values:
+                    m.reset_parameters()
+                else:
+                    _discard(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0))
+            elif next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None):
+                raise RuntimeError(f"CORnetS: no initialisation to replay for {type(m).__name__}")
+
+    def _init_weights(self, values: bool = True) -> None:
         # The original's initialisation; like it, the Linear keeps PyTorch's default. Meta tensors hold no
         # values to set (a CORnet-S on the meta device only gives shapes, e.g. ReAlnet's tap shapes), and
-        # the first normal_ on one costs about 2 s of torch's one-time setup in every process.
+        # the first normal_ on one costs about 2 s of torch's one-time setup in every process. Without
+        # ``values`` (a checkpoint replaces them) the generator is advanced as normal_ would advance it.
         if self.V1.conv1.weight.is_meta:
             return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+                if values or not _skip_draws() or m.weight.numel() < 16:
+                    nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+                else:
+                    _discard(_normal_draws(m.weight))
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -465,8 +497,61 @@ def cornet_s(weights: str | os.PathLike[str] | Mapping[str, Any] | None = None) 
     Returns:
         The model in eval mode when weights were loaded, else in train mode (like a fresh nn.Module).
     """
-    model = CORnetS()
-    if weights is not None:
-        load_cornet_weights(model, weights)
-        model.eval()
+    if weights is None:
+        return CORnetS()
+    # The random values would be replaced: only the generator advances past them (the state after
+    # cornet_s(weights) stays that of the original's construction, so seeded code that draws next, e.g.
+    # align's encoding head, gets the same numbers). A load that fails leaves no half-initialised model.
+    token = _OVERWRITTEN.set(True)
+    try:
+        model = CORnetS()
+    finally:
+        _OVERWRITTEN.reset(token)
+    load_cornet_weights(model, weights)
+    model.eval()
     return model
+
+
+#: Set while a CORnetS is built whose parameters a checkpoint will replace (cornet_s(weights)).
+_OVERWRITTEN: contextvars.ContextVar[bool] = contextvars.ContextVar("cornet_s_overwritten", default=False)
+_SKIP_CHECKED: list[bool] = []
+
+
+def _skip_draws() -> bool:
+    """Whether construction may skip random values that are overwritten and advance the CPU generator
+    with ``torch.ops.fastalign.rng_discard`` instead: the compiled op is present, parameters are made as
+    float32 on the CPU (not under another default device or dtype), and, checked once per process, the
+    op advances a generator exactly as this torch's float32 ``uniform_`` and ``normal_`` do."""
+    if torch.get_default_device().type != "cpu" or torch.get_default_dtype() != torch.float32:
+        return False
+    if not _SKIP_CHECKED:
+        _SKIP_CHECKED.append(_discard_matches_torch())
+    return _SKIP_CHECKED[0]
+
+
+def _discard_matches_torch() -> bool:
+    from fastalign import _ext
+
+    if _ext.why_ops_missing(["rng_discard"]) is not None:
+        return False
+    for n in (1, 623, 624, 1250, 2000):  # across twists of the 624-word state
+        for method, draws in (("uniform_", n), ("normal_", _normal_draws(torch.empty(n + 16)))):
+            a, b = torch.Generator().manual_seed(n), torch.Generator().manual_seed(n)
+            getattr(torch.empty(n if method == "uniform_" else n + 16), method)(generator=a)
+            torch.ops.fastalign.rng_discard(b, draws)
+            if not torch.equal(a.get_state(), b.get_state()):
+                return False
+    return True
+
+
+def _normal_draws(t: torch.Tensor) -> int:
+    """The 32-bit draws of a float32 ``normal_`` on a contiguous CPU tensor of 16 or more elements: one per
+    value, and 16 more when the size is not a multiple of 16 (the last 16 values are drawn again)."""
+    n = t.numel()
+    if n < 16 or not t.is_contiguous():
+        raise ValueError(f"_normal_draws: needs a contiguous tensor of >= 16 values, got {tuple(t.shape)}")
+    return n + (16 if n % 16 else 0)
+
+
+def _discard(n: int) -> None:
+    torch.ops.fastalign.rng_discard(None, n)
