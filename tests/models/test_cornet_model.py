@@ -385,9 +385,11 @@ def test_skipped_draws_give_the_original_weights_and_generator_state(
     original's normal_, and every draw a checkpoint replaces) gives bitwise the weights and generator state
     of the plain construction, the original's, so that seeded code drawing next gets the same numbers."""
     from fastalign import _ext
+    from fastalign.models.cornet import model as cornet_model
 
     if _ext.why_ops_missing(["rng_discard"]) is not None:
         pytest.skip(str(_ext.why_ops_missing(["rng_discard"])))
+    assert cornet_model._discard_matches_torch()  # else both builds below would draw every value
     weights = None
     if from_checkpoint:
         torch.manual_seed(5)
