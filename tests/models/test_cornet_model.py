@@ -435,7 +435,7 @@ def test_rng_discard_advances_like_the_draws_it_replaces() -> None:
     assert torch.equal(torch.get_rng_state(), expected)
     with pytest.raises(ValueError, match=r"rng_discard: n must be in \[0, 2\^36\], got -1"):
         torch.ops.fastalign.rng_discard(None, -1)
-    with pytest.raises(ValueError, match="_normal_draws: needs a contiguous tensor of >= 16 values"):
+    with pytest.raises(ValueError, match="_normal_draws: t must be a contiguous tensor of >= 16 values"):
         _normal_draws(torch.empty(15))
 
 
@@ -462,3 +462,15 @@ def test_other_default_dtypes_and_devices_draw_every_value(where: str) -> None:
             state = torch.get_rng_state()
             net = CORnetS()
         assert net.V1.conv1.weight.is_meta and torch.equal(torch.get_rng_state(), state)
+
+
+def test_fake_tensor_mode_builds_as_the_original() -> None:
+    """Under a dispatch mode (FakeTensorMode, as tracing uses) construction takes the original's path."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastalign.models.cornet.model import _skip_draws
+
+    with FakeTensorMode():
+        assert not _skip_draws()
+        net = CORnetS()
+    assert tuple(net.V4.conv2.weight.shape) == (1024, 1024, 3, 3)

@@ -398,7 +398,9 @@ class CORnetS(CORnetBase):
         values; for every draw whose values are overwritten, the generator is only advanced."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # kaiming_uniform_, then normal_ in _init_weights
-                _discard(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0))
+                if m.bias is not None:  # its values would be kept: CORnet-S's convs have none
+                    raise RuntimeError(f"CORnetS: conv bias of {tuple(m.weight.shape)} has no replayed init")
+                _discard(m.weight.numel())
             elif isinstance(m, nn.BatchNorm2d):
                 m.reset_parameters()
             elif isinstance(m, nn.Linear):
@@ -406,7 +408,9 @@ class CORnetS(CORnetBase):
                     m.reset_parameters()
                 else:
                     _discard(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0))
-            elif next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None):
+            elif any(True for _ in m.parameters(recurse=False)) or any(
+                True for _ in m.buffers(recurse=False)
+            ):
                 raise RuntimeError(f"CORnetS: no initialisation to replay for {type(m).__name__}")
 
     def _init_weights(self, values: bool = True) -> None:
@@ -524,6 +528,16 @@ def _skip_draws() -> bool:
     op advances a generator exactly as this torch's float32 ``uniform_`` and ``normal_`` do."""
     if torch.get_default_device().type != "cpu" or torch.get_default_dtype() != torch.float32:
         return False
+    # Under a dispatch mode (FakeTensorMode, tracing) or a function mode other than a default device,
+    # tensors and draws are not what this path assumes: build as the original does.
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    if _get_current_dispatch_mode_stack() or any(
+        not isinstance(mode, DeviceContext) for mode in _get_current_function_mode_stack()
+    ):
+        return False
     if not _SKIP_CHECKED:
         _SKIP_CHECKED.append(_discard_matches_torch())
     return _SKIP_CHECKED[0]
@@ -549,7 +563,9 @@ def _normal_draws(t: torch.Tensor) -> int:
     value, and 16 more when the size is not a multiple of 16 (the last 16 values are drawn again)."""
     n = t.numel()
     if n < 16 or not t.is_contiguous():
-        raise ValueError(f"_normal_draws: needs a contiguous tensor of >= 16 values, got {tuple(t.shape)}")
+        raise ValueError(
+            f"_normal_draws: t must be a contiguous tensor of >= 16 values, got shape {tuple(t.shape)}"
+        )
     return n + (16 if n % 16 else 0)
 
 
