@@ -1211,7 +1211,6 @@ at::Tensor kendall_tau_a_cpu(const at::Tensor& a, const at::Tensor& b, const at:
   return out;
 }
 
-
 // ----------------------------------------------------------------------------------------------- RNG
 
 // The MT19937 state transition of at::mt19937_engine::next_state (ATen/core/MT19937RNGEngine.h), which is

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import math
 import os
 from collections import OrderedDict
@@ -390,7 +391,7 @@ class CORnetS(CORnetBase):
         if skip:
             self.to_empty(device="cpu")
             self._replay_default_init(values)
-        self._init_weights(values)
+        self._init_weights(discard=skip and not values)
 
     def _replay_default_init(self, values: bool) -> None:
         """The modules' default initialisation in their construction order, on a module built on the meta
@@ -407,26 +408,24 @@ class CORnetS(CORnetBase):
                 if values:
                     m.reset_parameters()
                 else:
-                    _discard(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0))
-            elif any(True for _ in m.parameters(recurse=False)) or any(
-                True for _ in m.buffers(recurse=False)
-            ):
+                    _discard(sum(p.numel() for p in m.parameters(recurse=False)))
+            elif any(True for _ in itertools.chain(m.parameters(recurse=False), m.buffers(recurse=False))):
                 raise RuntimeError(f"CORnetS: no initialisation to replay for {type(m).__name__}")
 
-    def _init_weights(self, values: bool = True) -> None:
+    def _init_weights(self, discard: bool = False) -> None:
         # The original's initialisation; like it, the Linear keeps PyTorch's default. Meta tensors hold no
         # values to set (a CORnet-S on the meta device only gives shapes, e.g. ReAlnet's tap shapes), and
-        # the first normal_ on one costs about 2 s of torch's one-time setup in every process. Without
-        # ``values`` (a checkpoint replaces them) the generator is advanced as normal_ would advance it.
+        # the first normal_ on one costs about 2 s of torch's one-time setup in every process. With
+        # ``discard`` (a checkpoint replaces the values) the generator is only advanced as normal_ would.
         if self.V1.conv1.weight.is_meta:
             return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                if values or not _skip_draws() or m.weight.numel() < 16:
-                    nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-                else:
+                if discard and m.weight.numel() >= 16:
                     _discard(_normal_draws(m.weight))
+                else:
+                    nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
