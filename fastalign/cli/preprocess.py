@@ -5,7 +5,10 @@ preprocessing (raw session files -> ``preprocessed_eeg_{training,test}.npy``), f
 -0.2 to 0.8 s, MVNN over time per session); ``--recipe alignvis`` is the decoding papers' (63 channels,
 250 Hz, 0 to 1 s, MVNN over epochs with the training partition's covariance). Every setting the recipes
 choose can be given on its own (``--sfreq``, ``--channels``, ``--tmax``, ``--crop``, ``--mvnn-dim``,
-``--mvnn-covariance``); what is not given follows the recipe.
+``--mvnn-covariance``); what is not given follows the recipe. Files a subject already has in the output
+folder are replaced only with ``--overwrite`` (as every command that writes; a second recipe into the
+same folder would otherwise replace the first without a word): checked for every subject before any is
+preprocessed.
 """
 
 from __future__ import annotations
@@ -93,6 +96,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )
     add_seed(p, f"repetition selection and shuffling (default {PUBLISHED_SEED}, the published seed)")
     p.set_defaults(seed=PUBLISHED_SEED)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the subjects' preprocessed files where they exist"
+    )
     add_progress(p)
 
 
@@ -134,12 +140,28 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _existing(raw_dir: str, out: str | None, subjects: list[int]) -> list[str]:
+    """The preprocessed files that preprocessing ``subjects`` would replace."""
+    from fastalign.data import preprocessed_path
+
+    out_dir = out if out is not None else os.path.join(os.path.dirname(raw_dir), "preprocessed_data")
+    paths = (preprocessed_path(out_dir, s, split) for s in subjects for split in ("training", "test"))
+    return [p for p in paths if os.path.lexists(p)]
+
+
 def _run(args: argparse.Namespace) -> int:
     from fastalign.data import preprocess_things_eeg2
 
     raw_dir = os.path.join(os.path.abspath(args.data), "raw_data")
     subjects = _subjects(raw_dir, args.subject)
     options = _options(args)
+    existing = [] if args.overwrite else _existing(raw_dir, args.out, subjects)
+    if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise FileExistsError(
+            f"--out: {existing[0]!r}{more} already exist (preprocessed before); pass --overwrite to replace "
+            "them, or --out to write elsewhere"
+        )
     for s in subjects:
         if args.progress:
             print(f"preprocessing sub-{s:02d} ({args.recipe})", file=sys.stderr, flush=True)

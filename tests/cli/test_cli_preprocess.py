@@ -92,3 +92,31 @@ def test_errors(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert not (tmp_path / "o").exists()
     with pytest.raises(SystemExit):  # argparse: --crop and --no-crop together
         main(["preprocess", "--data", str(raw), "--crop", "0", "1", "--no-crop"])
+
+
+def test_files_already_there_are_replaced_only_with_overwrite(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pre"
+    argv = ["preprocess", "--data", str(raw), "--subject", "all", "--out", str(out), "--no-progress"]
+    argv += ["--test-repetitions", "2"]
+    assert main([*argv, "--sfreq", "50"]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*.npy"))}
+    assert len(before) == 4  # two subjects, two splits
+    # a second recipe into the same folder: refused before any subject is preprocessed, nothing changes
+    assert main([*argv, "--sfreq", "25"]) == 1
+    err = capsys.readouterr().err
+    assert "--out: " in err and "preprocessed_eeg_training.npy" in err and "and 3 more" in err
+    assert "--overwrite" in err
+    assert {p: p.read_bytes() for p in sorted(out.rglob("*.npy"))} == before
+    # one subject's files are enough to refuse
+    (out / "sub-01" / "preprocessed_eeg_training.npy").unlink()
+    (out / "sub-01" / "preprocessed_eeg_test.npy").unlink()
+    assert main([*argv, "--sfreq", "25"]) == 1
+    assert "sub-02" in capsys.readouterr().err and not (out / "sub-01" / "preprocessed_eeg_test.npy").exists()
+    assert main([*argv, "--sfreq", "25", "--overwrite"]) == 0
+    for subject in (1, 2):
+        assert load_preprocessed_eeg(out, subject, "test").times[1] - load_preprocessed_eeg(
+            out, subject, "test"
+        ).times[0] == pytest.approx(1 / 25)
