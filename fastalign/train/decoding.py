@@ -158,6 +158,52 @@ def _ground_truth(root: str) -> dict[str, np.ndarray]:
         return {k: gt[k] for k in ("train_features", "test_features")}
 
 
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes that a new allocation on ``device`` can get: the memory Linux reports as available
+    (MemAvailable) for the CPU, the device's free memory for CUDA; None where it is not known."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# float32 weights, their gradients and AdamW's two moments: 16 bytes per parameter
+_TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def _check_encoder_fits(
+    encoder: str,
+    n_channels: int,
+    n_times: int,
+    d: int,
+    options: dict[str, Any],
+    device: torch.device,
+    source: str,
+) -> None:
+    """Refuses, before anything is trained or written, an encoder whose training state alone exceeds the
+    memory available (NICE's projection is d x d: a 25,088-wide CORnet-S IT at 224 px gives 1.3 G
+    parameters, 20 GB to train, where the process would be killed without a message)."""
+    with torch.device("meta"):  # parameter shapes only: nothing allocated, no random draws
+        n = sum(p.numel() for p in brain_encoder(encoder, n_channels, n_times, d, **options).parameters())
+    need, free = _TRAINING_BYTES_PER_PARAMETER * n, _free_memory(device)
+    if free is not None and need > free:
+        raise ValueError(
+            f"{_FN}: encoder={encoder!r} for {d:,}-dimensional image embeddings ({source}) has "
+            f"{n / 1e6:,.0f} M parameters; training it needs about {need / 2**30:.1f} GiB (weights, "
+            f"gradients and AdamW's moments), more than the {free / 2**30:.1f} GiB available on {device}. "
+            "Use a smaller embedding (layer='avgpool', or a smaller image_size) or encoder_options that "
+            "shrink the encoder"
+        )
+
+
 def _image_embeddings(
     spec: Any,
     root: str,
@@ -608,6 +654,10 @@ def decode(
             if len(va)
             else None
         )
+        if not results:
+            _check_encoder_fits(
+                encoder, n_channels, n_times, d, dict(encoder_options or {}), target_device, source
+            )
         torch.manual_seed(s)
         enc = brain_encoder(encoder, n_channels, n_times, d, **dict(encoder_options or {}))
         model = Decoder(enc, temperature, learn_temperature)

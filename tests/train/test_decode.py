@@ -187,6 +187,33 @@ def test_bad_input(synth: SyntheticThings, tmp_path: Any) -> None:
         decode(synth, 1, out=tmp_path / "a", **FAST, temperature=0.0)
 
 
+def test_an_encoder_too_large_for_the_memory_is_refused_before_anything_is_written(
+    synth: SyntheticThings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NICE's projection is d x d: at CORnet-S IT's 25,088 dimensions (224 px) 1.3 G parameters, 20 GB
+    # to train, where the process used to be killed without a message
+    with torch.device("meta"):
+        nice = decoding.brain_encoder("nice", 17, 100, 25_088)
+    assert sum(p.numel() for p in nice.parameters()) > 1.2e9
+    available = decoding._free_memory(torch.device("cpu"))
+    assert available is None or available > 0
+    seen: list[torch.device] = []
+
+    def tiny(device: torch.device) -> int:
+        seen.append(device)
+        return 1024
+
+    monkeypatch.setattr(decoding, "_free_memory", tiny)
+    out = tmp_path / "run"
+    with pytest.raises(
+        ValueError, match=r"parameters; training it needs about .* GiB .* 0\.0 GiB available on cpu"
+    ):
+        decode(synth, 1, out=out, **FAST)
+    assert seen == [torch.device("cpu")] and not out.exists()
+    monkeypatch.setattr(decoding, "_free_memory", lambda device: None)  # unknown: not checked
+    assert decode(synth, 1, out=out, **{**FAST, "epochs": 1}).summary["top1"] >= 0
+
+
 def _copy(synth: SyntheticThings, tmp_path: Any) -> str:
     root = str(tmp_path / "copy")
     shutil.copytree(synth.root, root, ignore=shutil.ignore_patterns("raw_data", "fmri", "embeddings"))
