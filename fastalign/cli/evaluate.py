@@ -227,7 +227,18 @@ def _significant(stats: dict[str, Any], key: dict[str, str]) -> str:
     if found:
         return "; ".join(found)
     skipped = [x["reason"] for x in stats["skipped"] if match(x) and x["test"] == "vs0"]
-    return f"not tested: {skipped[0]}" if skipped else "none"
+    if skipped:
+        return f"not tested: {skipped[0]}"
+    futile = [
+        t for t in stats["cluster_tests"] if match(t) and t["test"] == "vs0" and not t["can_reach_alpha"]
+    ]
+    if futile:
+        t = futile[0]
+        return (
+            f"none possible: with {t['n_subjects']} subjects no p is below {t['min_p']:.3g} "
+            f"(alpha {stats['alpha']:g})"
+        )
+    return "none"
 
 
 def summary_table(summary: dict[str, Any], stats: dict[str, Any]) -> str:

@@ -354,9 +354,13 @@ def _cluster_tests(
     except ValueError as exc:
         stats["skipped"].append({**key, "reason": str(exc)})
         return
-    stats["cluster_tests"].append(
-        {**key, "n_subjects": n, "threshold_t": threshold, "exact": res.exact, "n_flips": len(res.null)}
-    )
+    # the identity counts once: no cluster can have a p-value below 1 / (1 + flips), e.g. 1/4 with 2
+    # subjects (1/2 two-sided), so a test with min_p >= alpha cannot find anything significant
+    min_p = 1.0 / (1 + len(res.null))
+    stats["cluster_tests"].append({
+        **key, "n_subjects": n, "threshold_t": threshold, "exact": res.exact, "n_flips": len(res.null),
+        "min_p": min_p, "can_reach_alpha": min_p < s["alpha"],
+    })  # fmt: skip
     for c, mass, p in zip(res.clusters, res.masses.tolist(), res.pvalues.tolist(), strict=True):
         stats["clusters"].append({
             **key, "tail": tail, "t_start": mod.times[c.start], "t_stop": mod.times[c.stop - 1], "p": p,

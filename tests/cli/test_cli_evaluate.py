@@ -117,6 +117,9 @@ def test_report_folder_holds_the_tables_figures_and_page(report: Run, aligned_ru
         ("cornet_s", layer, "vs0") for layer in areas
     }
     assert all(t["n_flips"] == 3 and t["n_subjects"] == 2 for t in stats["cluster_tests"])
+    # 2 subjects: 4 sign flips, the identity counted once, so no p-value can be below 1/4
+    assert all(t["min_p"] == 0.25 and t["can_reach_alpha"] is False for t in stats["cluster_tests"])
+    assert all(c["p"] >= 0.25 for c in stats["clusters"])
     for c in stats["clusters"]:
         assert {"model", "layer", "modality", "test", "tail", "t_start", "t_stop", "p", "mass", "comparison",
                 "significant", "exact", "n_subjects"} <= set(c)  # fmt: skip
@@ -170,7 +173,7 @@ def test_summary_table_and_progress_are_printed(report: Run) -> None:
     paired_it = next(line for line in lines if line.split()[:4] == ["paired", "eeg", "within", "IT"])
     assert "not tested: needs at least 2 subjects, has 1" in paired_it
     assert next(line for line in lines if line.split()[:4] == ["cornet_s", "eeg", "none", "V1"]).endswith(
-        "none"
+        "none possible: with 2 subjects no p is below 0.25 (alpha 0.05)"
     )
     assert any(line.strip().startswith("paired/sub-01: clean") for line in lines)
     assert lines[-1] == f"report: {report.folder / 'report.html'}"

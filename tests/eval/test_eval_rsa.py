@@ -216,6 +216,12 @@ def test_exactness_is_recorded(eval_things: SyntheticThings) -> None:
     assert exact.stats["exact"] and not drawn.stats["exact"]
     assert [t["n_flips"] for t in exact.stats["cluster_tests"]] == [31]
     assert [t["n_flips"] for t in drawn.stats["cluster_tests"]] == [20]
+    # the smallest p-value each null allows: 1/32 exact (what the planted cluster gets), 1/21 drawn
+    assert [(t["min_p"], t["can_reach_alpha"]) for t in exact.stats["cluster_tests"]] == [(1 / 32, True)]
+    assert [(t["min_p"], t["can_reach_alpha"]) for t in drawn.stats["cluster_tests"]] == [(1 / 21, True)]
+    assert min(c["p"] for c in exact.stats["clusters"]) == 1 / 32
+    tight = fe.evaluate(eval_things, [_truth(eval_things)], out=None, permutations=31, alpha=0.01)
+    assert [(t["min_p"], t["can_reach_alpha"]) for t in tight.stats["cluster_tests"]] == [(1 / 32, False)]
     assert all(c["exact"] is False for c in drawn.stats["clusters"])
 
 
