@@ -147,7 +147,8 @@ class EvalModel:
 
         Raises:
             FileNotFoundError: no model.safetensors or config.json.
-            ValueError: a config.json without the subject and modality it was aligned to.
+            ValueError: a config.json without the subject and modality it was aligned to, or one of
+                another command's run (e.g. ``fastalign decode``'s).
         """
         folder = os.path.abspath(os.fspath(path))
         config_file = os.path.join(folder, "config.json")
@@ -156,6 +157,11 @@ class EvalModel:
         config = read_json_object(config_file, f"{_FN}: run folder config")
         # fastalign.train writes {"config": recipe settings, "fit": ..., "environment": ...}
         recipe = config.get("config", config)
+        if isinstance(recipe, dict) and recipe.get("recipe", "realnet") != "realnet":  # align's recipe
+            raise ValueError(
+                f"{_FN}: {folder!r} is a run folder of fastalign {recipe['recipe']} (config.recipe "
+                f"{recipe['recipe']!r}), not of fastalign align: its model is no ReAlnet"
+            )
         if not isinstance(recipe, dict) or "subject" not in recipe or "modality" not in recipe:
             raise ValueError(
                 f"{_FN}: {config_file!r} does not say which subject and modality the model was aligned to "
@@ -336,10 +342,10 @@ def _layer_paths(model: EvalModel) -> dict[str, str]:
     for layer in model.layers:
         path = aliases.get(layer, layer)
         if path not in modules or path == "":
-            known = list(aliases) + [n for n in modules if n][:20]
+            named = list(dict.fromkeys([*aliases, *(n for n in modules if n)]))  # an alias may be a path
             raise ValueError(
                 f"{_FN}: model {model.name!r} has no layer {layer!r}; layers are "
-                f"{', '.join(known)}{' ...' if len(modules) > 21 else ''}"
+                f"{', '.join(named[:25])}{' ...' if len(named) > 25 else ''}"
             )
         paths[layer] = path
     return paths
@@ -384,7 +390,7 @@ def layer_features(
         h, w = module.image_size
         raise ValueError(
             f"{_FN}: model {model.name!r} was built for {h}x{w} images but image_size={image_size}; every "
-            f"model sees the images at one size: pass image_size={h}"
+            f"model sees the images at one size: pass image_size={h} (--image-size {h})"
         )
     paths = _layer_paths(model)
     transform = ImageTransform(image_size, resize=image_size)

@@ -262,7 +262,8 @@ def _other_image_set(runs, folder: Path) -> Path:
                       r"compared"),
         ("subject", r"evaluate: subject\(s\) \['sub-03'\] missing from the data: .* holds "
                     r"\['sub-01', 'sub-02'\]"),
-        ("layers", r"evaluate: model 'cornet_s' has no layer 'V9'; layers are V1, V2, V4, IT, avgpool"),
+        ("layers", r"evaluate: model 'cornet_s' has no layer 'V9'; layers are V1, V2, V4, IT, avgpool, "
+                   r"V1\.conv1, "),
         ("eps", r"evaluate: eps must be a finite number >= 0 \(L-infinity, pixels in \[0, 1\]\), got -0.5"),
     ],
 )  # fmt: skip

@@ -128,12 +128,22 @@ def test_cornet_s_by_name_and_run_folders(eval_things: SyntheticThings, tmp_path
         json.dump({"config": {"modality": "eeg"}}, f)
     with pytest.raises(ValueError, match="does not say which subject and modality"):
         fe.EvalModel.from_run(folder)
+    with open(folder / "config.json", "w") as f:  # a fastalign decode run: its model is a brain encoder
+        json.dump({"config": {"recipe": "decode", "subject": 2, "modality": "eeg"}, "fit": {}}, f)
+    with pytest.raises(ValueError, match=r"is a run folder of fastalign decode \(config.recipe 'decode'\)"):
+        fe.EvalModel.from_run(folder)
+    with open(folder / "config.json", "w") as f:  # align's own (config.recipe "realnet") or none
+        json.dump({"config": {"recipe": "realnet", "subject": 2, "modality": "eeg"}, "fit": {}}, f)
+    assert fe.EvalModel.from_run(folder).subject == "sub-02"
     with open(folder / "config.json", "w") as f:
         json.dump({"config": {"subject": 2, "modality": "eeg"}, "fit": {}}, f)
     run = fe.EvalModel.from_run(folder)
     assert (run.name, run.subject, run.modality, run.source) == ("realnet", "sub-02", "eeg", str(folder))
     run.layers = ["IT", "response"]
-    with pytest.raises(ValueError, match=r"built for 24x24 images but image_size=32; .* pass image_size=24"):
+    with pytest.raises(
+        ValueError,
+        match=r"built for 24x24 images but image_size=32; .* pass image_size=24 \(--image-size 24\)",
+    ):
         fe.layer_features(run, paths, image_size=32)
     feats = fe.layer_features(run, paths, image_size=24)
     np.testing.assert_allclose(feats["response"], response.numpy(), rtol=1e-4, atol=1e-5)
