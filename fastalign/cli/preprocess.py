@@ -157,10 +157,10 @@ def _run(args: argparse.Namespace) -> int:
     options = _options(args)
     existing = [] if args.overwrite else _existing(raw_dir, args.out, subjects)
     if existing:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        more = f" and {len(existing) - 1} more already exist" if len(existing) > 1 else " already exists"
         raise FileExistsError(
-            f"--out: {existing[0]!r}{more} already exist (preprocessed before); pass --overwrite to replace "
-            "them, or --out to write elsewhere"
+            f"--out: {existing[0]!r}{more} (preprocessed before); pass --overwrite to replace them, or --out "
+            "to write elsewhere"
         )
     for s in subjects:
         if args.progress:
