@@ -213,6 +213,20 @@ def check_out_folder(fn: str, name: str, path: str, overwrite: bool) -> None:
         )
 
 
+def torch_load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, for an error message: torch's own text, except
+    for a file that holds objects other than tensors and containers, where torch's message advises
+    loading it with ``weights_only=False``, which would run the code a data file can hold."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load failed"):
+        return (
+            "it is no torch file of tensors (it holds other objects, or is another format; fastalign "
+            "never unpickles objects, which can run code)"
+        )
+    return str(exc)
+
+
 def check_tensor(
     fn: str, name: str, value: Any, *, shape: str | None = None, arrays: bool = False
 ) -> torch.Tensor:

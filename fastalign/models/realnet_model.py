@@ -263,7 +263,10 @@ def _read_weights(weights: Weights) -> tuple[Mapping[str, Any], dict[str, str], 
         # weights_only: a checkpoint is data; never run code from it.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"realnet: weights: could not read {name!r} as a torch checkpoint: {exc}") from exc
+        raise ValueError(
+            f"realnet: weights: could not read {name!r} as a torch checkpoint: "
+            f"{_checks.torch_load_failure(exc)}"
+        ) from exc
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"realnet: weights: {name!r} holds a {type(ckpt).__name__}, expected a dict")
     return ckpt, {}, True

@@ -519,7 +519,9 @@ def _read_state(weights: str | os.PathLike[str]) -> tuple[str, Mapping[str, Any]
             return path, load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{_FN}: weights: could not read {path!r} as a checkpoint: {exc}") from exc
+        raise ValueError(
+            f"{_FN}: weights: could not read {path!r} as a checkpoint: {_checks.torch_load_failure(exc)}"
+        ) from exc
     if not isinstance(state, Mapping):
         raise ValueError(f"{_FN}: weights: {path!r} holds a {type(state).__name__}; expected a state dict")
     return path, state

@@ -9,12 +9,13 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from fastalign.models.cornet import CORnetS
+from fastalign.models.cornet import CORnetS, cornet_s
 from fastalign.models.realnet_model import (
     AREAS,
     CORNET_S_URL,
@@ -27,6 +28,7 @@ from fastalign.models.realnet_model import (
     realnet,
     save_realnet,
 )
+from fastalign.train.alignment import _read_state
 
 IMG = 32
 N_OUT = 12
@@ -339,9 +341,17 @@ def test_loading_never_runs_code(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     path = tmp_path / "encoder.pt"
     torch.save({"fc.weight": torch.zeros(2, 2), "trap": _Trap(marker)}, path)
-    with pytest.raises(ValueError, match=r"could not read .* as a torch checkpoint"):
+    with pytest.raises(ValueError, match=r"could not read .* as a torch checkpoint") as caught:
         realnet(weights=path)
     assert not marker.exists()
+    # torch's own message advises weights_only=False, which would run the trap: never passed on
+    npy = tmp_path / "it.npy"
+    np.save(npy, np.zeros(3))
+    for load in (realnet, cornet_s, _read_state):
+        for source in (path, npy):
+            with pytest.raises(ValueError, match=r"no torch file of tensors .* never unpickles") as caught:
+                load(source)
+            assert "weights_only" not in str(caught.value) and not marker.exists()
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="as safetensors"):

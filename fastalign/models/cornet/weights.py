@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from fastalign._checks import torch_load_failure
+
 _Module = TypeVar("_Module", bound=nn.Module)
 
 
@@ -29,7 +31,9 @@ def _read_checkpoint(weights: str | os.PathLike[str] | Mapping[str, Any]) -> Map
         # weights_only: a checkpoint is data; never run code from it.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"weights: could not read {path!r} as a torch checkpoint of tensors: {exc}") from exc
+        raise ValueError(
+            f"weights: could not read {path!r} as a torch checkpoint of tensors: {torch_load_failure(exc)}"
+        ) from exc
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"weights: {path!r} holds a {type(ckpt).__name__}, expected a dict")
     return ckpt
