@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastalign.cli import COMMANDS, main, parser
 
@@ -55,6 +56,29 @@ def test_each_command_help_shows_an_example(command: str, capsys: pytest.Capture
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert _exit_status(argv) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "value", "words"),
+    [
+        ("align", "gpu", "expected a torch device such as cpu, cuda or cuda:1, got 'gpu'"),
+        ("decode", "cuda:99", "'cuda:99': "),
+        ("evaluate", "xpu:0", "'xpu:0': no xpu device here"),
+    ],
+)
+def test_the_device_is_checked_before_anything_runs(
+    command: str, value: str, words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # torch's own errors came after the data and model stages, naming no flag
+    required = {"align": ["--data", "d", "--out", "o"], "decode": ["--data", "d", "--out", "o"],
+                "evaluate": ["--data", "d", "--models", "cornet_s", "--out", "o"]}  # fmt: skip
+    assert _exit_status([command, *required[command], "--device", value]) == 2
+    err = capsys.readouterr().err
+    assert "--device" in err and words in err
+    if not torch.cuda.is_available():
+        assert _exit_status([command, *required[command], "--device", "cuda"]) == 2
+        assert "'cuda': no CUDA device here" in capsys.readouterr().err
+    assert parser().parse_args([command, *required[command], "--device", "cpu"]).device == "cpu"
 
 
 def test_a_failure_is_one_line_on_stderr_and_exit_1(
