@@ -22,6 +22,7 @@ fastalign differs from the published code.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -674,4 +675,12 @@ def brain_encoder(name: str, n_channels: int, n_times: int, embed_dim: int, **op
         The encoder, in training mode, with PyTorch's (or braindecode's, for EEGNetV4) initialisation.
     """
     cls = _CLASSES[_checks.check_choice("brain_encoder", "name", name, ENCODERS)]
+    params = list(inspect.signature(cls).parameters.values())[3:]  # after n_channels, n_times, embed_dim
+    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(
+            f"brain_encoder: options {unknown} are not options of {name!r} ({cls.__name__}); its options are "
+            f"{', '.join(known) or 'none'}"
+        )
     return cls(n_channels, n_times, embed_dim, **options)

@@ -584,7 +584,12 @@ def test_atms_d_model_too_small_for_the_convolution() -> None:
             ValueError,
             r"^ATMS: n_heads must be at most d_model \(250\)",
         ),
-        (("nice", 3, 100, 4), {"n_heads": 4}, TypeError, r"unexpected keyword argument 'n_heads'"),
+        (
+            ("nice", 3, 100, 4),
+            {"n_heads": 4},
+            TypeError,
+            r"options \['n_heads'\] are not options of 'nice' \(NICE\); its options are n_filters, ",
+        ),
     ],
 )
 def test_bad_construction(args: tuple, options: dict, error: type[Exception], pattern: str) -> None:
