@@ -61,7 +61,7 @@ def int_or_none(text: str) -> int | None:
 
 def subject(text: str) -> int | str:
     """An argparse type: a subject number, or ``all``."""
-    return "all" if text == "all" else positive_int(text)
+    return "all" if text == "all" else _integer(text, 1, "a positive integer or 'all'")
 
 
 class Subjects(argparse.Action):

@@ -28,7 +28,7 @@ from fastalign.cli.common import (
     positive_int,
 )
 
-_FN = "fastalign evaluate"
+_FN = "evaluate"  # main prefixes "fastalign evaluate: error: "
 _TABLES = ("results", "variability", "robustness")
 # The comparisons printed: each model against its own subject's brain, the unaligned baselines, and the
 # models aligned to another modality (across-subject is in the report).

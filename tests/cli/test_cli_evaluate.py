@@ -291,6 +291,7 @@ def test_an_existing_report_is_kept_unless_overwritten_and_a_failure_keeps_it(
     argv = [*_models(aligned_runs), "--out", folder, "--permutations", PERMUTATIONS]
     line = _error(_evaluate(argv, folder))
     assert f"out {str(folder)!r} is not empty; pass overwrite=True (--overwrite) to replace it" in line
+    assert line.startswith("fastalign evaluate: error: evaluate: out ")  # one prefix, not two
     line = _error(_evaluate([*argv, "--overwrite", "--subject", "1", "3"], folder))
     assert "missing from the data" in line
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
