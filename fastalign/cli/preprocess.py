@@ -105,12 +105,17 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 def _subjects(raw_dir: str, chosen: Any) -> list[int]:
     if not os.path.isdir(raw_dir):
         raise FileNotFoundError(f"--data: {raw_dir!r} is not a folder; expected DATA/raw_data/sub-XX/ses-YY/")
-    if chosen != "all":
-        return chosen if isinstance(chosen, list) else [chosen]
     found = sorted(int(m.group(1)) for n in os.listdir(raw_dir) if (m := _SUBJECT_DIR.match(n)))
-    if not found:
-        raise FileNotFoundError(f"--subject all: {raw_dir!r} holds no sub-XX folder")
-    return found
+    if chosen == "all":
+        if not found:
+            raise FileNotFoundError(f"--subject all: {raw_dir!r} holds no sub-XX folder")
+        return found
+    subjects = chosen if isinstance(chosen, list) else [chosen]
+    missing = [f"sub-{s:02d}" for s in subjects if s not in found]
+    if missing:  # before any subject is preprocessed
+        held = ", ".join(f"sub-{s:02d}" for s in found) or "no sub-XX folder"
+        raise FileNotFoundError(f"--subject: no {', '.join(missing)} in {raw_dir!r}, which holds {held}")
+    return subjects
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

@@ -84,8 +84,10 @@ def test_writes_the_function_output_for_every_subject(
 def test_errors(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["preprocess", "--data", str(tmp_path / "none")]) == 1
     assert "--data: " in capsys.readouterr().err
-    assert main(["preprocess", "--data", str(raw), "--subject", "3", "--out", str(tmp_path / "o")]) == 1
-    assert "sub-03" in capsys.readouterr().err
+    assert main(["preprocess", "--data", str(raw), "--subject", "1", "3", "--out", str(tmp_path / "o")]) == 1
+    captured = capsys.readouterr()  # refused before sub-01 is preprocessed
+    assert "--subject: no sub-03 in " in captured.err and "which holds sub-01, sub-02" in captured.err
+    assert "preprocessing" not in captured.err and not (tmp_path / "o").exists()
     bad = ["preprocess", "--data", str(raw), "--out", str(tmp_path / "o"), "--channels", "("]
     assert main(bad) == 1
     assert "not a valid regex" in capsys.readouterr().err

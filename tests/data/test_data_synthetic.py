@@ -214,3 +214,17 @@ def test_synthetic_names_every_bad_argument(
     with pytest.raises(TypeError, match="make_synthetic_things: root must be a folder path, got int"):
         make_synthetic_things(3)  # type: ignore[arg-type]
     assert not os.listdir(tmp_path)
+
+
+def test_too_few_images_says_how_many_were_asked_for(tmp_path: os.PathLike) -> None:
+    with pytest.raises(
+        ValueError, match=r"got 2 training \(n_train_concepts 1 x images_per_concept 2\) and 5 test"
+    ):
+        make_synthetic_things(
+            tmp_path / "d", n_train_concepts=1, images_per_concept=2, n_test=5, preprocess=False
+        )
+    with pytest.raises(ValueError, match=r"got 8 training .* and 1 test \(n_test\)"):
+        make_synthetic_things(
+            tmp_path / "d", n_train_concepts=4, images_per_concept=2, n_test=1, preprocess=False
+        )
+    assert not os.path.exists(os.path.join(tmp_path, "d"))

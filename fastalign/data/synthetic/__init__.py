@@ -97,8 +97,13 @@ def _check_synthetic_arguments(args: dict[str, Any]) -> None:
         check_bool(fn, name, args[name])
     check_choice(fn, "mvnn_dim", args["mvnn_dim"], get_args(MVNNDim))
     check_choice(fn, "image_source", args["image_source"], ("auto", "photos", "procedural"))
-    if args["n_test"] < 3 or args["n_train_concepts"] * args["images_per_concept"] < 3:
-        raise ValueError(f"{fn}: need at least 3 training and 3 test images for RDMs")
+    n_train = args["n_train_concepts"] * args["images_per_concept"]
+    if args["n_test"] < 3 or n_train < 3:
+        raise ValueError(
+            f"{fn}: need at least 3 training and 3 test images for RDMs, got {n_train} training "
+            f"(n_train_concepts {args['n_train_concepts']} x images_per_concept "
+            f"{args['images_per_concept']}) and {args['n_test']} test (n_test)"
+        )
     if args["n_latents"] > args["n_channels"]:
         raise ValueError(
             f"{fn}: n_latents ({args['n_latents']}) must be <= n_channels ({args['n_channels']})"
