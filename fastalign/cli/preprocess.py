@@ -148,8 +148,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 def _existing(raw_dir: str, out: str | None, subjects: list[int]) -> list[str]:
     """The preprocessed files that preprocessing ``subjects`` would replace."""
     from fastalign.data import preprocessed_path
+    from fastalign.data.preprocess import preprocessed_dir
 
-    out_dir = out if out is not None else os.path.join(os.path.dirname(raw_dir), "preprocessed_data")
+    out_dir = preprocessed_dir(raw_dir, out)
     paths = (preprocessed_path(out_dir, s, split) for s in subjects for split in ("training", "test"))
     return [p for p in paths if os.path.lexists(p)]
 

@@ -416,6 +416,13 @@ def _sessions(raw_dir: str, subject: int) -> list[int]:
     return found
 
 
+def preprocessed_dir(raw_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> str:
+    """Where :func:`preprocess_things_eeg2` writes: out_dir, or ``preprocessed_data`` beside raw_dir."""
+    if out_dir is not None:
+        return os.fspath(out_dir)
+    return os.path.join(os.path.dirname(os.path.abspath(raw_dir)), "preprocessed_data")
+
+
 def preprocess_things_eeg2(
     raw_dir: str | os.PathLike[str],
     subject: int,
@@ -554,8 +561,7 @@ def preprocess_things_eeg2(
                     "labels (row i is image i), so every image 0..n-1 must be present. Use all sessions, "
                     "or write=False to get the data with its conditions"
                 )
-        default = os.path.join(os.path.dirname(os.path.abspath(raw_dir)), "preprocessed_data")
-        out = os.fspath(out_dir) if out_dir is not None else default
+        out = preprocessed_dir(raw_dir, out_dir)
         files = {
             preprocessed_path(out, subject, "training"): save_preprocessed_dict(
                 training.data, training.ch_names, training.times
