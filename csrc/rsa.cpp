@@ -1,4 +1,6 @@
-// RSA CPU kernels (C++/OpenMP) and the schemas of the fastalign::rsa_* ops.
+// RSA CPU kernels (C++/OpenMP) and the schemas of the fastalign::rsa_* ops, and the two other CPU ops of
+// fastalign._C (rng_discard, conv_taps): one translation unit, since each costs about 12 s of compiling
+// torch's headers.
 //
 // rsa_rank(x) -> float64 average ranks along the last dim (scipy.stats.rankdata "average"). Each row
 //   is radix-sorted on monotone integer keys of its values (O(n); runs of equal keys sorted by value),
@@ -32,6 +34,12 @@
 //   perms (P, n) int64 permutations (each row checked to be one); out[p, b, k] = src[b, pair(perms[p, i],
 //   perms[p, j])] for the k-th pair (i, j), i < j, i.e. the RDM with rows and columns relabelled. Pair
 //   indices are computed on the fly instead of being read from a (P, K) int64 index tensor.
+// conv_taps(weight, r0, r1, c0, c1) -> (C_out, r1 - r0, c1 - c0, C_in): the kernel taps [r0, r1) x [c0, c1) of
+//   a (C_out, C_in, kh, kw) conv weight, tap-major (out[k, i, j, c] = weight[k, c, r0 + i, c0 + j]): the
+//   weight matrix of a conv restricted to the taps that reach its input (a 3x3 conv on 1x1 maps reads
+//   only its centre). conv_taps_backward(grad, kh, kw, r0, c0) -> (C_out, C_in, kh, kw): the weight's
+//   gradient, grad at those taps and 0 at the others. Plain copies (any floating dtype), one output channel
+//   per task; torch's strided copies of these layouts take 2-5x longer.
 //
 // Bad operands raise ValueError (TORCH_CHECK_VALUE: shapes, values, devices) or TypeError
 // (TORCH_CHECK_TYPE: dtypes), as the Python API does; TORCH_CHECK (RuntimeError) marks internal invariants.
@@ -1255,6 +1263,121 @@ void rng_discard_cpu(const std::optional<at::Generator>& generator, int64_t n) {
   engine.set_data(d);
   gen->set_engine(engine);
 }
+
+// ----------------------------------------------------------------------------------------- conv taps
+
+// Copies of an element as unsigned words of its size: the tap ops move values, so one kernel per size
+// serves every floating dtype.
+template <typename W>
+void gather_taps(const W* w, W* out, int64_t n_out, int64_t c, int64_t kh, int64_t kw, int64_t r0, int64_t th,
+                 int64_t c0, int64_t tw) {
+  const int64_t taps = kh * kw;
+#pragma omp parallel for schedule(static) if (n_out > 1 && n_out * c * taps > kParallelWork)
+  for (int64_t k = 0; k < n_out; ++k) {
+    const W* src = w + k * c * taps;  // (C, kh, kw): one row, small enough to stay in cache
+    W* dst = out + k * th * tw * c;    // (th, tw, C), written in order
+    for (int64_t i = 0; i < th; ++i) {
+      for (int64_t j = 0; j < tw; ++j) {
+        const W* s = src + (r0 + i) * kw + c0 + j;
+        W* d = dst + (i * tw + j) * c;
+        for (int64_t ci = 0; ci < c; ++ci) d[ci] = s[ci * taps];
+      }
+    }
+  }
+}
+
+template <typename W>
+void scatter_taps(const W* g, W* out, int64_t n_out, int64_t c, int64_t kh, int64_t kw, int64_t r0, int64_t th,
+                  int64_t c0, int64_t tw) {
+  const int64_t taps = kh * kw;
+#pragma omp parallel for schedule(static) if (n_out > 1 && n_out * c * taps > kParallelWork)
+  for (int64_t k = 0; k < n_out; ++k) {
+    const W* src = g + k * th * tw * c;  // (th, tw, C), read in order
+    W* dst = out + k * c * taps;         // (C, kh, kw): one row, zeroed, then the taps written in cache
+    std::memset(dst, 0, sizeof(W) * c * taps);
+    for (int64_t i = 0; i < th; ++i) {
+      for (int64_t j = 0; j < tw; ++j) {
+        const W* s = src + (i * tw + j) * c;
+        W* d = dst + (r0 + i) * kw + c0 + j;
+        for (int64_t ci = 0; ci < c; ++ci) d[ci * taps] = s[ci];
+      }
+    }
+  }
+}
+
+template <template <typename> class Kernel>
+void by_element_size(const char* op, const at::Tensor& in, at::Tensor& out, int64_t n_out, int64_t c, int64_t kh,
+                     int64_t kw, int64_t r0, int64_t th, int64_t c0, int64_t tw) {
+  switch (in.element_size()) {
+    case 2:
+      Kernel<uint16_t>::run(static_cast<const uint16_t*>(in.const_data_ptr()),
+                            static_cast<uint16_t*>(out.mutable_data_ptr()), n_out, c, kh, kw, r0, th, c0, tw);
+      break;
+    case 4:
+      Kernel<uint32_t>::run(static_cast<const uint32_t*>(in.const_data_ptr()),
+                            static_cast<uint32_t*>(out.mutable_data_ptr()), n_out, c, kh, kw, r0, th, c0, tw);
+      break;
+    case 8:
+      Kernel<uint64_t>::run(static_cast<const uint64_t*>(in.const_data_ptr()),
+                            static_cast<uint64_t*>(out.mutable_data_ptr()), n_out, c, kh, kw, r0, th, c0, tw);
+      break;
+    default: TORCH_CHECK(false, op, ": unreachable: the dtype was checked above");
+  }
+}
+
+template <typename W>
+struct GatherTaps {
+  static void run(const W* in, W* out, int64_t n_out, int64_t c, int64_t kh, int64_t kw, int64_t r0, int64_t th,
+                  int64_t c0, int64_t tw) {
+    gather_taps(in, out, n_out, c, kh, kw, r0, th, c0, tw);
+  }
+};
+
+template <typename W>
+struct ScatterTaps {
+  static void run(const W* in, W* out, int64_t n_out, int64_t c, int64_t kh, int64_t kw, int64_t r0, int64_t th,
+                  int64_t c0, int64_t tw) {
+    scatter_taps(in, out, n_out, c, kh, kw, r0, th, c0, tw);
+  }
+};
+
+void check_taps_tensor(const char* op, const char* name, const at::Tensor& t, const char* shape) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name,
+                   " must be floating point (float16, bfloat16, float32 or float64), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be ", shape, ", got shape ", t.sizes());
+}
+
+void check_tap_range(const char* op, const char* lo_name, int64_t lo, const char* hi_name, int64_t hi,
+                     int64_t size, const char* size_name) {
+  TORCH_CHECK_VALUE(0 <= lo && lo < hi && hi <= size, op, ": need 0 <= ", lo_name, " < ", hi_name, " <= ",
+                    size_name, " (", size, "), got ", lo_name, " = ", lo, " and ", hi_name, " = ", hi);
+}
+
+at::Tensor conv_taps_cpu(const at::Tensor& weight, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+  const char* op = "conv_taps";
+  check_taps_tensor(op, "weight", weight, "(C_out, C_in, kh, kw)");
+  const int64_t n_out = weight.size(0), c = weight.size(1), kh = weight.size(2), kw = weight.size(3);
+  check_tap_range(op, "r0", r0, "r1", r1, kh, "kh");
+  check_tap_range(op, "c0", c0, "c1", c1, kw, "kw");
+  const auto w = weight.contiguous();
+  auto out = at::empty({n_out, r1 - r0, c1 - c0, c}, weight.options());
+  if (out.numel() > 0) by_element_size<GatherTaps>(op, w, out, n_out, c, kh, kw, r0, r1 - r0, c0, c1 - c0);
+  return out;
+}
+
+at::Tensor conv_taps_backward_cpu(const at::Tensor& grad, int64_t kh, int64_t kw, int64_t r0, int64_t c0) {
+  const char* op = "conv_taps_backward";
+  check_taps_tensor(op, "grad", grad, "(C_out, th, tw, C_in)");
+  const int64_t n_out = grad.size(0), th = grad.size(1), tw = grad.size(2), c = grad.size(3);
+  TORCH_CHECK_VALUE(kh >= 1 && kw >= 1, op, ": kh and kw must be >= 1, got ", kh, " and ", kw);
+  check_tap_range(op, "r0", r0, "r0 + th", r0 + th, kh, "kh");
+  check_tap_range(op, "c0", c0, "c0 + tw", c0 + tw, kw, "kw");
+  const auto g = grad.contiguous();
+  auto out = at::empty({n_out, c, kh, kw}, grad.options());
+  if (out.numel() > 0) by_element_size<ScatterTaps>(op, g, out, n_out, c, kh, kw, r0, th, c0, tw);
+  return out;
+}
 }  // namespace
 }  // namespace fastalign
 
@@ -1266,6 +1389,8 @@ TORCH_LIBRARY_FRAGMENT(fastalign, m) {
   m.def("rsa_kendall_tau_a(Tensor a, Tensor b, Tensor ia, Tensor ib) -> Tensor");
   m.def("rsa_permute_condensed(Tensor src, Tensor perms) -> Tensor");
   m.def("rsa_cluster_null(Tensor x, Tensor flips, float threshold, int tail) -> Tensor");
+  m.def("conv_taps(Tensor weight, int r0, int r1, int c0, int c1) -> Tensor");
+  m.def("conv_taps_backward(Tensor grad, int kh, int kw, int r0, int c0) -> Tensor");
   // no tensor arguments: one kernel for every dispatch key
   m.def("rng_discard(Generator? generator, int n) -> ()", &fastalign::rng_discard_cpu);
 }
@@ -1278,13 +1403,15 @@ TORCH_LIBRARY_IMPL(fastalign, CPU, m) {
   m.impl("rsa_kendall_tau_a", &fastalign::kendall_tau_a_cpu);
   m.impl("rsa_permute_condensed", &fastalign::permute_condensed_cpu);
   m.impl("rsa_cluster_null", &fastalign::cluster_null_cpu);
+  m.impl("conv_taps", &fastalign::conv_taps_cpu);
+  m.impl("conv_taps_backward", &fastalign::conv_taps_backward_cpu);
 }
 
 // None of these ops has a derivative: called directly with inputs that require grad, their outputs must not
 // claim a gradient that backward would silently drop (the Python API detaches or refuses before this).
 TORCH_LIBRARY_IMPL(fastalign, Autograd, m) {
   for (const char* op : {"rsa_rank", "rsa_centered_ranks", "rsa_rdm_direct", "rsa_rdm_compare", "rsa_kendall_tau_a",
-                         "rsa_permute_condensed", "rsa_cluster_null"}) {
+                         "rsa_permute_condensed", "rsa_cluster_null", "conv_taps", "conv_taps_backward"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

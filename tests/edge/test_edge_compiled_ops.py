@@ -1,6 +1,6 @@
-"""Edge cases of every compiled op under torch.ops.fastalign: the C++ RSA ops of csrc/rsa.cpp and the
-Triton custom ops bn_act_fwd / bn_act_bwd, called directly (as torch.compile graphs and other callers
-do), against numpy / torch.nn.functional oracles.
+"""Edge cases of every compiled op under torch.ops.fastalign: the C++ ops of csrc/rsa.cpp (RSA, rng_discard,
+conv_taps) and the Triton custom ops bn_act_fwd / bn_act_bwd, called directly (as torch.compile graphs
+and other callers do), against numpy / torch.nn.functional oracles.
 
 A compiled op reached with bad operands must refuse them with an error naming the op and the operand,
 never read out of bounds: every case that could runs in a forked child. Those checks accept TORCH_CHECK's
@@ -51,6 +51,7 @@ RSA_OPS = {
 }
 BN_OPS = {"bn_act_fwd", "bn_act_bwd"}
 RNG_OPS = {"rng_discard"}
+TAP_OPS = {"conv_taps", "conv_taps_backward"}
 RDM_CODES = {"correlation": 0, "cosine": 1, "euclidean": 2}
 COMPARE_CODES = {"spearman": 0, "rho_a": 1, "pearson": 2, "cosine": 3}
 
@@ -74,7 +75,7 @@ def _registered() -> set[str]:
 def test_the_op_inventory() -> None:
     """The suite covers every fastalign op: a new op must get edge cases here."""
     found = _registered()
-    expected = RSA_OPS | RNG_OPS | (BN_OPS if env_triton() else set())
+    expected = RSA_OPS | RNG_OPS | TAP_OPS | (BN_OPS if env_triton() else set())
     assert found == expected, f"ops without edge cases: {found - expected}; gone: {expected - found}"
 
 
@@ -404,6 +405,85 @@ def test_rng_discard_rejects_bad_operands(args: tuple, error: type, match: str) 
     assert torch.equal(torch.get_rng_state(), state)
 
 
+# ----------------------------------------------------------------------------------------- conv_taps
+
+_BITS = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+}
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(_BITS[x.dtype])
+
+
+@pytest.mark.parametrize("dtype", list(_BITS))
+@pytest.mark.parametrize("how", LAYOUTS)
+@EDGE_SETTINGS
+@given(
+    k=st.integers(0, 3), c=st.integers(0, 5), kh=st.integers(1, 4), kw=st.integers(1, 4), data=st.data(),
+    seed=st.integers(0, 2**31),
+)  # fmt: skip
+def test_conv_taps_and_backward_copy_the_taps_bit_for_bit(
+    dtype: torch.dtype, how: str, k: int, c: int, kh: int, kw: int, data: st.DataObject, seed: int
+) -> None:
+    """conv_taps is the tap-major slice of the weight and conv_taps_backward puts it back among zeros, bit
+    for bit (NaN, inf and -0 included), for any layout, dtype and size (empty ones too)."""
+    r0 = data.draw(st.integers(0, kh - 1))
+    r1 = data.draw(st.integers(r0 + 1, kh))
+    c0 = data.draw(st.integers(0, kw - 1))
+    c1 = data.draw(st.integers(c0 + 1, kw))
+    gen = _gen(seed)
+    w = torch.randn(k, c, kh, kw, generator=gen, dtype=torch.float64)
+    pool = torch.tensor([math.nan, math.inf, -math.inf, -0.0], dtype=torch.float64)
+    w = torch.where(
+        torch.rand(w.shape, generator=gen) < 0.2, pool[torch.randint(0, 4, w.shape, generator=gen)], w
+    )
+    w = layout(w.to(dtype), how)
+    out = OPS.conv_taps(w, r0, r1, c0, c1)
+    assert out.dtype == dtype and out.shape == (k, r1 - r0, c1 - c0, c) and out.is_contiguous()
+    assert torch.equal(_bits(out), _bits(w[:, :, r0:r1, c0:c1].permute(0, 2, 3, 1)))
+    grad = layout(out, how)  # "expanded" repeats a slice: other values
+    back = OPS.conv_taps_backward(grad, kh, kw, r0, c0)
+    want = torch.zeros((k, c, kh, kw), dtype=dtype)
+    want[:, :, r0:r1, c0:c1] = grad.permute(0, 3, 1, 2)
+    assert back.dtype == dtype and back.is_contiguous()
+    assert torch.equal(_bits(back), _bits(want))
+
+
+@pytest.mark.parametrize(
+    ("call", "names"),
+    [
+        (lambda w: OPS.conv_taps(w, 1, 1, 0, 3), ["r0", "r1"]),
+        (lambda w: OPS.conv_taps(w, 0, 4, 0, 3), ["r1", "kh"]),
+        (lambda w: OPS.conv_taps(w, -1, 2, 0, 3), ["r0"]),
+        (lambda w: OPS.conv_taps(w, 0, 3, 2, 1), ["c0", "c1"]),
+        (lambda w: OPS.conv_taps(w[0], 0, 3, 0, 3), ["weight"]),
+        (lambda w: OPS.conv_taps(w.to(torch.int32), 0, 3, 0, 3), ["weight"]),
+        (lambda w: OPS.conv_taps(w.to(torch.complex64), 0, 3, 0, 3), ["weight"]),
+        (lambda w: OPS.conv_taps_backward(w, 3, 3, 1, 0), ["r0", "kh"]),
+        (lambda w: OPS.conv_taps_backward(w, 3, 3, 0, 2), ["c0", "kw"]),
+        (lambda w: OPS.conv_taps_backward(w, 0, 3, 0, 0), ["kh"]),
+        (lambda w: OPS.conv_taps_backward(w, 3, 3, -1, 0), ["r0"]),
+        (lambda w: OPS.conv_taps_backward(w[0], 3, 3, 0, 0), ["grad"]),
+        (lambda w: OPS.conv_taps_backward(w.to(torch.int64), 3, 3, 0, 0), ["grad"]),
+    ],
+    ids=[
+        "empty_rows", "rows_past_kernel", "negative_r0", "reversed_cols", "three_d", "int_weight",
+        "complex_weight", "grad_rows_past_kernel", "grad_cols_past_kernel", "zero_kh", "negative_origin",
+        "grad_three_d", "int_grad",
+    ],
+)  # fmt: skip
+def test_conv_taps_refuse_bad_operands(call: object, names: list[str]) -> None:
+    """Tap ranges outside the kernel, empty or reversed ranges and tensors of the wrong rank or dtype are
+    refused by name, never copied out of bounds."""
+    w = torch.randn(2, 3, 3, 3)
+    status, payload = isolated(lambda: call(w).tolist())  # type: ignore[operator]
+    _clean(status, payload, "conv_taps", names)  # the name of either op holds "conv_taps"
+
+
 # ----------------------------------------------------------------------------------------- error types
 
 
@@ -418,10 +498,14 @@ def _bad_rsa_calls() -> dict[str, object]:
         "rsa_kendall_tau_a": lambda: OPS.rsa_kendall_tau_a(x, x, i32, i32),
         "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(torch.randn(1, 6), i32.expand(1, 4)),
         "rsa_cluster_null": lambda: OPS.rsa_cluster_null(x, x[:, :2], 1.0, 1),
+        "conv_taps": lambda: OPS.conv_taps(x.reshape(2, 1, 2, 2), 0, 3, 0, 2),
+        "conv_taps_backward": lambda: OPS.conv_taps_backward(
+            x.reshape(2, 1, 2, 2).to(torch.int32), 3, 3, 0, 0
+        ),
     }
 
 
-@pytest.mark.parametrize("op", sorted(RSA_OPS))
+@pytest.mark.parametrize("op", sorted(RSA_OPS | TAP_OPS))
 def test_compiled_op_errors_are_value_or_type_errors(op: str) -> None:
     """Bad operands of the C++ ops are the project's ValueError/TypeError (TORCH_CHECK_VALUE /
     TORCH_CHECK_TYPE), not TORCH_CHECK's generic RuntimeError."""
@@ -429,7 +513,7 @@ def test_compiled_op_errors_are_value_or_type_errors(op: str) -> None:
         _bad_rsa_calls()[op]()  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("op", sorted(RSA_OPS))
+@pytest.mark.parametrize("op", sorted(RSA_OPS | TAP_OPS))
 def test_compiled_ops_with_inputs_that_require_grad(op: str) -> None:
     """No op output claims a gradient it cannot give: either it does not require grad, or backward
     returns a gradient."""
@@ -445,6 +529,8 @@ def test_compiled_ops_with_inputs_that_require_grad(op: str) -> None:
         ),
         "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(x, torch.tensor([[1, 0, 3, 2]])),
         "rsa_cluster_null": lambda: OPS.rsa_cluster_null(x, torch.ones(3, 2, dtype=torch.float64), 1.0, 0),
+        "conv_taps": lambda: OPS.conv_taps(x.reshape(2, 1, 2, 3), 0, 1, 1, 3),
+        "conv_taps_backward": lambda: OPS.conv_taps_backward(x.reshape(2, 1, 2, 3), 3, 3, 1, 0),
     }
     try:
         out = calls[op]()

@@ -1,6 +1,6 @@
-"""im2col GEMM (inference and training layouts) and Winograd F(2x2, 3x3) convs vs F.conv2d: values
-(float64 exact, float32 within direct-conv rounding) and gradients, on odd, even, prime and unit spatial
-sizes, and the rule that picks the GEMM."""
+"""im2col GEMM (inference and training layouts, all taps or only those that reach the input) and Winograd
+F(2x2, 3x3) convs vs F.conv2d: values (float64 exact, float32 within direct-conv rounding) and gradients,
+on odd, even, prime and unit spatial sizes, and the rules that pick the GEMM and the taps."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fastalign import _ext
+from fastalign.models.cornet import convs
 from fastalign.models.cornet.convs import (
+    conv_taps,
     gemm_conv3x3,
     gemm_pays,
+    taps_conv3x3,
     unfold_conv3x3,
+    valid_taps,
     winograd_conv3x3,
     winograd_weight,
 )
@@ -149,6 +154,88 @@ def test_unfold_conv_matches_conv2d_and_its_gradients(
     got.backward(dy)
     torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("size", range(1, 7))
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_valid_taps_are_the_offsets_that_read_an_input(size: int, stride: int) -> None:
+    out = (size - 1) // stride + 1
+    reads = [k for k in range(3) if any(0 <= o * stride + k - 1 < size for o in range(out))]
+    assert valid_taps(size, stride) == (reads[0], reads[-1] + 1)
+    assert reads == list(range(reads[0], reads[-1] + 1))  # a range: one slice of the kernel
+
+
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 5),
+    k=st.integers(1, 5),
+    h=st.integers(1, 4),
+    w=st.integers(1, 4),
+    stride=st.sampled_from([1, 2]),
+    wider=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_taps_conv_matches_conv2d_and_its_gradients(n, c, k, h, w, stride, wider, seed) -> None:
+    """Over the taps that reach the input (or a wider range that holds them, as a block's passes share
+    one), the conv and the gradients of input and weight are conv2d's; the weight's gradient is zero at
+    the taps outside the range."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, generator=g)
+    weight = torch.randn(k, c, 3, 3, dtype=torch.float64, generator=g)
+    rows, cols = valid_taps(h, stride), valid_taps(w, stride)
+    if wider:
+        rows, cols = (min(rows[0], 1), 3), (0, max(cols[1], 2))
+    xs, ws = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    xr, wr = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    ref = F.conv2d(xr, wr, None, stride, 1)
+    taps = conv_taps(ws, rows, cols)
+    assert taps.shape == (k, rows[1] - rows[0], cols[1] - cols[0], c) and taps.is_contiguous()
+    got = taps_conv3x3(xs, taps, (rows[0], cols[0]), stride)
+    assert got.shape == ref.shape and got.is_contiguous()
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    dy = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    ref.backward(dy)
+    got.backward(dy)
+    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-12, atol=1e-12)
+    outside = torch.ones(3, 3, dtype=torch.bool)
+    outside[rows[0] : rows[1], cols[0] : cols[1]] = False
+    assert bool((ws.grad[:, :, outside] == 0).all())
+
+
+def test_taps_conv_gradcheck_and_the_taps_it_needs() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 2, 1, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, w: taps_conv3x3(a, conv_taps(w, (1, 3), (1, 2)), (1, 1), 2), (x, weight)
+    )
+    with pytest.raises(
+        ValueError, match=r"taps_conv3x3: taps hold offsets \[1, 2\) x \[1, 2\).*reads \[0, 3\)"
+    ):
+        taps_conv3x3(
+            torch.randn(1, 3, 3, 3, dtype=torch.float64), conv_taps(weight, (1, 2), (1, 2)), (1, 1), 1
+        )
+
+
+@pytest.mark.skipif(_ext.why_ops_missing(convs._TAP_OPS) is not None, reason="fastalign._C is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_tap_copies_equal_torchs(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled gather and scatter give torch's slices bit for bit (what runs without fastalign._C)."""
+    weight = torch.randn(6, 5, 3, 3).to(dtype).requires_grad_()
+    dy = torch.randn(6, 2, 1, 5).to(dtype)
+
+    def taps_and_grad() -> tuple[torch.Tensor, torch.Tensor]:
+        weight.grad = None
+        taps = conv_taps(weight, (1, 3), (2, 3))
+        taps.backward(dy)
+        return taps.detach(), weight.grad
+
+    compiled = taps_and_grad()
+    monkeypatch.setattr(convs, "_TAP_OPS", ("no_such_op",))  # as without the extension
+    fallback = taps_and_grad()
+    for a, b in zip(compiled, fallback, strict=True):
+        assert a.dtype == b.dtype == dtype and torch.equal(a, b)
 
 
 def test_unfold_conv_gradcheck_and_no_weight_copy() -> None:

@@ -217,22 +217,78 @@ def unfold_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
     return calls
 
 
-def test_gemm_convs_where_they_pay(model: CORnetS, unfold_calls: list[tuple[int, ...]]) -> None:
+@pytest.fixture
+def taps_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """(C_out, H, W, stride, taps rows, taps columns) of every taps_conv3x3 call the blocks make."""
+    from fastalign.models.cornet import model as model_module
+
+    calls: list[tuple[int, ...]] = []
+    taps_conv = model_module.taps_conv3x3
+
+    def recording(x: torch.Tensor, taps: torch.Tensor, origin: tuple[int, int], stride: int) -> torch.Tensor:
+        calls.append((taps.shape[0], *x.shape[2:], stride, *taps.shape[1:3]))
+        return taps_conv(x, taps, origin, stride)
+
+    monkeypatch.setattr(model_module, "taps_conv3x3", recording)
+    return calls
+
+
+def test_gemm_convs_where_they_pay(
+    model: CORnetS, unfold_calls: list[tuple[int, ...]], taps_calls: list[tuple[int, ...]]
+) -> None:
     """convs="auto" on CPU: each conv2 call with fewer output pixels than channels runs as an im2col
-    product (at batch 2 and 32 px all eight; the rule itself is tested on gemm_pays); the output is the
-    original's up to float32 rounding; None restores F.conv2d."""
+    product (at batch 2 and 32 px all eight; the rule itself is tested on gemm_pays), IT's over only the
+    2 x 2 taps that its 2 x 2 and 1 x 1 inputs reach; the output is the original's up to float32
+    rounding; None restores F.conv2d."""
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
     m = copy.deepcopy(model).eval()
     with torch.no_grad():
         want = m(x)
-        assert unfold_calls == []  # the original's F.conv2d
+        assert unfold_calls == [] and taps_calls == []  # the original's F.conv2d
         got = m.fuse_training(None, "auto")(x)
         v2, v4 = [(512, 8, 8, 2), (512, 4, 4, 1)], [(1024, 4, 4, 2)] + [(1024, 2, 2, 1)] * 3
-        assert unfold_calls == v2 + v4 + [(2048, 2, 2, 2), (2048, 1, 1, 1)]
+        assert unfold_calls == v2 + v4
+        assert taps_calls == [(2048, 2, 2, 2, 2, 2), (2048, 1, 1, 1, 2, 2)]
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         unfold_calls.clear()
+        taps_calls.clear()
         m.fuse_training(None, None)(x)
-        assert unfold_calls == []
+        assert unfold_calls == [] and taps_calls == []
+
+
+@pytest.mark.parametrize(
+    ("size", "taps"), [((1, 1), (1, 1)), ((2, 2), (2, 2)), ((1, 2), (1, 2)), ((2, 3), (2, 3))]
+)
+@pytest.mark.parametrize("times", [1, 3])
+def test_tap_convs_train_like_the_original_float64(
+    size: tuple[int, int], taps: tuple[int, int], times: int, taps_calls: list[tuple[int, ...]]
+) -> None:
+    """On inputs of 1 or 2 pixels a CORblockS step with convs="auto" multiplies by only the kernel taps
+    that reach them (one range for all passes) and gives the original's output, every gradient (zero at
+    the taps that read only padding) and BatchNorm statistics (float64)."""
+    torch.manual_seed(3)
+    block = CORblockS(8, 16, times=times).double().train()  # 64 wide: more channels than output pixels
+    # batch 8: BatchNorm over fewer values at 1 x 1 is ill-conditioned (batch 3: 1e-12 relative differences)
+    x = torch.randn(8, 8, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+
+    def step(b: CORblockS) -> tuple[torch.Tensor, dict, dict]:
+        out: list[torch.Tensor] = []
+        y = b(x, out)
+        (y.square().sum() + sum(t.sum() for t in out)).backward()
+        grads = {k: p.grad.clone() for k, p in b.named_parameters() if p.grad is not None}
+        return y.detach(), grads, {k: v.clone() for k, v in b.state_dict().items()}
+
+    want = step(copy.deepcopy(block))
+    fast = copy.deepcopy(block)
+    fast.conv_algorithm = "auto"
+    got = step(fast)
+    assert [c[-2:] for c in taps_calls] == [taps] * times
+    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
+    for w, g in zip(want[1:], got[1:], strict=True):
+        assert w.keys() == g.keys()
+        for k in w:
+            torch.testing.assert_close(g[k], w[k], rtol=1e-10, atol=1e-12, msg=k)
+    assert int(got[1]["conv2.weight"].abs().sum((0, 1)).ne(0).sum()) == taps[0] * taps[1]
 
 
 @pytest.mark.parametrize("times", [1, 3])

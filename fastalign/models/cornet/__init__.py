@@ -9,9 +9,12 @@ fused -> model -> weights and convs.
 from __future__ import annotations
 
 from fastalign.models.cornet.convs import (
+    conv_taps,
     gemm_conv3x3,
     gemm_pays,
+    taps_conv3x3,
     unfold_conv3x3,
+    valid_taps,
     winograd_conv3x3,
     winograd_weight,
 )
@@ -51,6 +54,7 @@ __all__ = [
     "Identity",
     "V1Block",
     "clean_state_dict",
+    "conv_taps",
     "cornet_s",
     "fold_conv_bn",
     "fuse",
@@ -58,7 +62,9 @@ __all__ = [
     "gemm_pays",
     "load_cornet_weights",
     "mkldnn_dtype_unsupported",
+    "taps_conv3x3",
     "unfold_conv3x3",
+    "valid_taps",
     "winograd_conv3x3",
     "winograd_weight",
 ]

@@ -1,12 +1,20 @@
 """3x3 conv algorithms (padding 1) that beat oneDNN's direct convs on CPU for CORnet-S's wide layers.
 
-All are plain, differentiable PyTorch built on BLAS matrix products.
+All are differentiable PyTorch built on BLAS matrix products (the taps' gather and scatter are compiled ops,
+with plain torch slicing where fastalign._C is missing).
 
 **im2col GEMM** (:func:`gemm_conv3x3`, any stride): gathers the 3x3xC_in patches of every output pixel
 into a (pixels x 9*C_in) matrix and multiplies it by the (9*C_in x C_out) weight. When there are fewer
 output pixels than output channels (IT's strided conv: 392 pixels, 2048 channels at batch 8) the direct
 conv is bound by reading its 151 MB of weights in a blocked order; one large GEMM reads them once at
 close to peak FLOP/s (measured 2x faster on the 2-core dev CPU).
+
+**Taps that reach the input** (:func:`taps_conv3x3`, training): on inputs 1 or 2 pixels wide (CORnet-S's IT
+at 32 px) some kernel taps read only padding, and their columns of the im2col matrix are zeros (5 of 9 on
+IT's strided pass, 8 of 9 on the next). The product over the other taps alone does up to 9x less work,
+and its weight gradient is that much smaller; a compiled gather (``conv_taps``) and scatter
+(``conv_taps_backward``) move the taps between the weight's (C_out, C_in, 3, 3) layout and the product's.
+A ReAlnet step at 32 px: see docs/benchmarks.md (realnet_32px).
 
 **Winograd F(2x2, 3x3)** (:func:`winograd_conv3x3`, stride 1): each 2x2 output tile of a 3x3 conv
 needs 36 multiply-adds per (input, output) channel pair done directly and 16 in the Winograd domain
@@ -21,9 +29,12 @@ at the level of a direct float32 conv (larger tiles amplify it), see the tests.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from fastalign import _ext
 
 
 def gemm_conv3x3(
@@ -86,6 +97,99 @@ def unfold_conv3x3(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.
     cols = F.unfold(x, 3, padding=1, stride=stride)  # (N, 9*C_in, pixels), rows ordered (c, kh, kw)
     cols = cols.transpose(1, 2).reshape(n * oh * ow, 9 * c)  # one matrix: all images' pixels
     y = cols @ weight.reshape(k, 9 * c).T  # a view when weight is contiguous
+    return y.view(n, oh, ow, k).permute(0, 3, 1, 2).contiguous()
+
+
+def valid_taps(size: int, stride: int) -> tuple[int, int]:
+    """The kernel offsets ``[lo, hi)`` along one axis at which a 3x3 conv (padding 1, ``stride``) over
+    ``size`` inputs reads an input for some output; the others read only padding.
+
+    Offset 0 reads input ``o * stride - 1``, real from the second output on; offset 2 reads
+    ``o * stride + 1``, real when there are two inputs. So a 1-pixel axis uses the centre only ([1, 2)), a
+    2-pixel axis at stride 2 (one output) the centre and the offset after it ([1, 3)), and every wider axis
+    all three.
+    """
+    out = (size - 1) // stride + 1
+    return (0 if out >= 2 else 1), (3 if size >= 2 else 2)
+
+
+def _gather_taps(weight: torch.Tensor, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+    if weight.device.type == "cpu" and _ext.why_ops_missing(_TAP_OPS) is None:
+        return torch.ops.fastalign.conv_taps(weight, r0, r1, c0, c1)
+    return weight[:, :, r0:r1, c0:c1].permute(0, 2, 3, 1).contiguous()
+
+
+def _scatter_taps(grad: torch.Tensor, kh: int, kw: int, r0: int, c0: int) -> torch.Tensor:
+    if grad.device.type == "cpu" and _ext.why_ops_missing(_TAP_OPS) is None:
+        return torch.ops.fastalign.conv_taps_backward(grad, kh, kw, r0, c0)
+    k, th, tw, c = grad.shape
+    out = grad.new_zeros((k, kh, kw, c))
+    out[:, r0 : r0 + th, c0 : c0 + tw] = grad
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+_TAP_OPS = ("conv_taps", "conv_taps_backward")
+
+
+class _Taps(torch.autograd.Function):
+    """weight (C_out, C_in, kh, kw) -> its taps [r0, r1) x [c0, c1) as (C_out, r1 - r0, c1 - c0, C_in);
+    the gradient goes back to those taps, zeros to the others."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+        ctx.kernel, ctx.origin = tuple(weight.shape[2:]), (r0, c0)
+        return _gather_taps(weight, r0, r1, c0, c1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return _scatter_taps(grad.contiguous(), *ctx.kernel, *ctx.origin), None, None, None, None
+
+
+def conv_taps(weight: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+    """The taps ``rows x cols`` (``[r0, r1) x [c0, c1)``) of a (C_out, C_in, kh, kw) conv weight, as a
+    contiguous (C_out, r1 - r0, c1 - c0, C_in) tensor (tap-major, the order :func:`taps_conv3x3` reads),
+    differentiable: the weight's gradient is the taps' at those taps and zero elsewhere. On CPU one pass
+    of the compiled ``conv_taps`` / ``conv_taps_backward`` ops each way."""
+    return _Taps.apply(weight, rows[0], rows[1], cols[0], cols[1])
+
+
+def taps_conv3x3(
+    x: torch.Tensor,
+    taps: torch.Tensor,
+    origin: tuple[int, int],
+    stride: int,
+) -> torch.Tensor:
+    """conv2d(x, weight, stride=stride, padding=1) over only the kernel taps that read x, for training.
+
+    Where a 3x3 conv's input is 1 or 2 pixels wide, some taps read nothing but padding (CORnet-S's IT at
+    32 px: 4 of 9 taps on its strided pass, the centre alone on the next one): those columns of
+    :func:`unfold_conv3x3`'s matrix product are zeros, up to 8/9 of its work and of its weight gradient.
+    This product leaves them out. ``taps`` (C_out, th, tw, C_in) is :func:`conv_taps` of the weight for a
+    range of taps that holds :func:`valid_taps` of this call on both axes, starting at offsets ``origin``;
+    the call multiplies by its own taps, a view of them (one range for all of a block's passes: a single
+    gather of the weight per step).
+
+    Shapes: x (N, C_in, H, W) -> (N, C_out, H_out, W_out), contiguous like conv2d's output for NCHW input.
+    """
+    n, c, h, w = x.shape
+    k = taps.shape[0]
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    (r0, r1), (c0, c1) = valid_taps(h, stride), valid_taps(w, stride)
+    th, tw = r1 - r0, c1 - c0
+    i0, j0 = r0 - origin[0], c0 - origin[1]
+    if i0 < 0 or j0 < 0 or i0 + th > taps.shape[1] or j0 + tw > taps.shape[2]:
+        raise ValueError(
+            f"taps_conv3x3: taps hold offsets [{origin[0]}, {origin[0] + taps.shape[1]}) x "
+            f"[{origin[1]}, {origin[1] + taps.shape[2]}), but a {h}x{w} input at stride {stride} reads "
+            f"[{r0}, {r1}) x [{c0}, {c1})"
+        )
+    # (N, H+2, W+2, C) cut to the rows and columns these taps read
+    xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
+    xp = xp[:, r0 : r0 + (oh - 1) * stride + th, c0 : c0 + (ow - 1) * stride + tw]
+    patches = xp.unfold(1, th, stride).unfold(2, tw, stride)  # (N, oh, ow, C, th, tw), a view
+    cols = patches.permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, th * tw * c)  # rows ordered (kh, kw, c)
+    w_mat = taps[:, i0 : i0 + th, j0 : j0 + tw].reshape(k, th * tw * c)  # a view for a row of taps
+    y = cols @ w_mat.T
     return y.view(n, oh, ow, k).permute(0, 3, 1, 2).contiguous()
 
 

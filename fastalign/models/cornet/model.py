@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastalign import _checks
-from fastalign.models.cornet.convs import gemm_pays, unfold_conv3x3
+from fastalign.models.cornet.convs import conv_taps, gemm_pays, taps_conv3x3, unfold_conv3x3, valid_taps
 from fastalign.models.cornet.weights import load_cornet_weights
 from fastalign.norm_act import batch_norm_module_act
 from fastalign.norm_act.api import BACKENDS as _NORM_BACKENDS
@@ -161,9 +161,34 @@ class CORblockS(nn.Module):
         """The three BatchNorms of timestep ``t``."""
         return getattr(self, f"norm1_{t}"), getattr(self, f"norm2_{t}"), getattr(self, f"norm3_{t}")
 
+    def _conv2_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]] | None:
+        """With ``conv_algorithm="auto"``, where every pass of conv2 runs as a matrix product and together
+        they read fewer than its 9 kernel taps (inputs of 1 or 2 pixels: IT at 32 px), those taps of its
+        weight (:func:`convs.conv_taps`, one gather per forward) and the offsets they start at; else None.
+        ``x``: conv2's first input."""
+        if self.conv_algorithm != "auto" or x.device.type != "cpu":
+            return None
+        weight = self.conv2.weight
+        h, w = x.shape[-2:]
+        rows, cols = [], []
+        for t in range(self.times):
+            stride = 2 if t == 0 else 1
+            oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+            if x.shape[0] * oh * ow >= weight.shape[0]:  # this pass stays F.conv2d (convs.gemm_pays)
+                return None
+            rows.append(valid_taps(h, stride))
+            cols.append(valid_taps(w, stride))
+            h, w = oh, ow
+        r = (min(lo for lo, _ in rows), max(hi for _, hi in rows))
+        c = (min(lo for lo, _ in cols), max(hi for _, hi in cols))
+        if r == (0, 3) and c == (0, 3):
+            return None
+        return conv_taps(weight, r, c), (r[0], c[0])
+
     def forward(self, inp: torch.Tensor, taps: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Runs all timesteps; appends each timestep's output to ``taps`` when given."""
         x = self.conv_input(inp)
+        kernel = self._conv2_taps(x)
         for t in range(self.times):
             norm1, norm2, norm3 = self.norms(t)
             if t == 0:
@@ -174,7 +199,9 @@ class CORblockS(nn.Module):
                 stride = 1
             x = _norm_act(self.norm_backend, norm1, self.conv1(x), self.nonlin1)
             weight = self.conv2.weight
-            if self.conv_algorithm == "auto" and gemm_pays(x, weight, stride):
+            if kernel is not None:
+                x = taps_conv3x3(x, kernel[0], kernel[1], stride)
+            elif self.conv_algorithm == "auto" and gemm_pays(x, weight, stride):
                 x = unfold_conv3x3(x, weight, stride)
             else:
                 x = F.conv2d(x, weight, None, stride, 1)
@@ -466,8 +493,11 @@ class CORnetS(CORnetBase):
                 output pixels (batch x height x width) than channels runs as one im2col matrix product
                 (:func:`fastalign.models.cornet.convs.unfold_conv3x3`; V2, V4 and IT at 32 px; at
                 224 px IT's up to batch 41 and V4's up to batch 5), where oneDNN's direct conv and its
-                backward are several times slower; every other call, and every call on a GPU, stays
-                ``F.conv2d``. ``None``: ``F.conv2d`` always, as the original.
+                backward are several times slower; a block whose inputs are 1 or 2 pixels wide (IT at
+                32 px) multiplies by only the kernel taps that reach them
+                (:func:`fastalign.models.cornet.convs.taps_conv3x3`: 4 of 9 on its strided pass, 1 on
+                the next); every other call, and every call on a GPU, stays ``F.conv2d``. ``None``:
+                ``F.conv2d`` always, as the original.
         """
         if backend is not None and backend not in _NORM_BACKENDS:
             raise ValueError(
