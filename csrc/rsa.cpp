@@ -39,7 +39,8 @@
 //   weight matrix of a conv restricted to the taps that reach its input (a 3x3 conv on 1x1 maps reads
 //   only its centre). conv_taps_backward(grad, kh, kw, r0, c0) -> (C_out, C_in, kh, kw): the weight's
 //   gradient, grad at those taps and 0 at the others. Plain copies (any floating dtype), one output channel
-//   per task; torch's strided copies of these layouts take 2-5x longer.
+//   per task; torch's strided copies of these layouts take 2-5x longer. Meta kernels give their shapes to
+//   torch.compile.
 //
 // Bad operands raise ValueError (TORCH_CHECK_VALUE: shapes, values, devices) or TypeError
 // (TORCH_CHECK_TYPE: dtypes), as the Python API does; TORCH_CHECK (RuntimeError) marks internal invariants.
@@ -1342,7 +1343,8 @@ struct ScatterTaps {
 };
 
 void check_taps_tensor(const char* op, const char* name, const at::Tensor& t, const char* shape) {
-  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK_VALUE(t.device().is_cpu() || t.device().is_meta(), op, ": ", name, " must be a CPU tensor, got ",
+                    t.device());
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), op, ": ", name,
                    " must be floating point (float16, bfloat16, float32 or float64), got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, " must be ", shape, ", got shape ", t.sizes());
@@ -1360,8 +1362,9 @@ at::Tensor conv_taps_cpu(const at::Tensor& weight, int64_t r0, int64_t r1, int64
   const int64_t n_out = weight.size(0), c = weight.size(1), kh = weight.size(2), kw = weight.size(3);
   check_tap_range(op, "r0", r0, "r1", r1, kh, "kh");
   check_tap_range(op, "c0", c0, "c1", c1, kw, "kw");
-  const auto w = weight.contiguous();
   auto out = at::empty({n_out, r1 - r0, c1 - c0, c}, weight.options());
+  if (weight.is_meta()) return out;  // shapes only: what torch.compile traces with
+  const auto w = weight.contiguous();
   if (out.numel() > 0) by_element_size<GatherTaps>(op, w, out, n_out, c, kh, kw, r0, r1 - r0, c0, c1 - c0);
   return out;
 }
@@ -1373,8 +1376,9 @@ at::Tensor conv_taps_backward_cpu(const at::Tensor& grad, int64_t kh, int64_t kw
   TORCH_CHECK_VALUE(kh >= 1 && kw >= 1, op, ": kh and kw must be >= 1, got ", kh, " and ", kw);
   check_tap_range(op, "r0", r0, "r0 + th", r0 + th, kh, "kh");
   check_tap_range(op, "c0", c0, "c0 + tw", c0 + tw, kw, "kw");
-  const auto g = grad.contiguous();
   auto out = at::empty({n_out, c, kh, kw}, grad.options());
+  if (grad.is_meta()) return out;
+  const auto g = grad.contiguous();
   if (out.numel() > 0) by_element_size<ScatterTaps>(op, g, out, n_out, c, kh, kw, r0, th, c0, tw);
   return out;
 }
@@ -1403,6 +1407,12 @@ TORCH_LIBRARY_IMPL(fastalign, CPU, m) {
   m.impl("rsa_kendall_tau_a", &fastalign::kendall_tau_a_cpu);
   m.impl("rsa_permute_condensed", &fastalign::permute_condensed_cpu);
   m.impl("rsa_cluster_null", &fastalign::cluster_null_cpu);
+  m.impl("conv_taps", &fastalign::conv_taps_cpu);
+  m.impl("conv_taps_backward", &fastalign::conv_taps_backward_cpu);
+}
+
+// The tap copies' shapes, for torch.compile's tracing of CORnet-S's training step (fake tensors).
+TORCH_LIBRARY_IMPL(fastalign, Meta, m) {
   m.impl("conv_taps", &fastalign::conv_taps_cpu);
   m.impl("conv_taps_backward", &fastalign::conv_taps_backward_cpu);
 }

@@ -484,6 +484,20 @@ def test_conv_taps_refuse_bad_operands(call: object, names: list[str]) -> None:
     _clean(status, payload, "conv_taps", names)  # the name of either op holds "conv_taps"
 
 
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("conv_taps", (torch.randn(3, 4, 3, 3), 1, 3, 0, 2)),
+        ("conv_taps_backward", (torch.randn(3, 2, 2, 4), 3, 3, 1, 0)),
+    ],
+)
+def test_conv_taps_pass_opcheck(op: str, args: tuple) -> None:
+    """Schema, autograd registration and the Meta kernels that torch.compile traces CORnet-S's step with
+    agree with the CPU kernels (torch.library.opcheck)."""
+    result = torch.library.opcheck(getattr(OPS, op).default, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
 # ----------------------------------------------------------------------------------------- error types
 
 

@@ -318,6 +318,23 @@ def test_gemm_convs_train_like_the_original_float64(times: int, unfold_calls: li
             torch.testing.assert_close(g[k], w[k], rtol=1e-10, atol=1e-12, msg=k)
 
 
+def test_tap_convs_compile_fullgraph(taps_calls: list[tuple[int, ...]]) -> None:
+    """torch.compile traces a block that multiplies by only some taps (the compiled gather and scatter have
+    Meta kernels) and gives eager's output and weight gradient."""
+    torch.manual_seed(5)
+    eager = CORblockS(8, 16, times=2).double().train()
+    eager.conv_algorithm = "auto"
+    traced = copy.deepcopy(eager)
+    compiled = torch.compile(traced, backend="aot_eager", fullgraph=True)
+    x = torch.randn(8, 8, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    want, got = eager(x), compiled(x)
+    assert taps_calls  # the tap path ran
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    want.square().sum().backward()
+    got.square().sum().backward()
+    torch.testing.assert_close(traced.conv2.weight.grad, eager.conv2.weight.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_inference_fuse_after_fuse_training(model: CORnetS) -> None:
     m = copy.deepcopy(model).eval().fuse_training()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
