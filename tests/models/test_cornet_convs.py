@@ -4,6 +4,8 @@ on odd, even, prime and unit spatial sizes, and the rules that pick the GEMM and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -143,10 +145,22 @@ def test_unfold_conv_matches_conv2d_and_its_gradients(
     weight = torch.randn(k, c, 3, 3, dtype=torch.float64, generator=g)
     if weight_channels_last:  # e.g. after model.to(memory_format=torch.channels_last)
         weight = weight.contiguous(memory_format=torch.channels_last)
+    _matches_conv2d_with_gradients(lambda a, b: unfold_conv3x3(a, b, stride), x, weight, stride, g)
+
+
+def _matches_conv2d_with_gradients(
+    conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    g: torch.Generator,
+) -> torch.Tensor:
+    """conv(x, weight) equals conv2d(x, weight, stride=stride, padding=1) in float64, in conv2d's NCHW
+    layout, and so do the gradients of x and weight for a random output gradient; returns weight's."""
     xs, ws = x.clone().requires_grad_(), weight.clone().requires_grad_()
     xr, wr = x.clone().requires_grad_(), weight.clone().requires_grad_()
     ref = F.conv2d(xr, wr, None, stride, 1)
-    got = unfold_conv3x3(xs, ws, stride)
+    got = conv(xs, ws)
     assert got.shape == ref.shape and got.is_contiguous()  # the layout conv2d gives NCHW inputs
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
     dy = torch.randn(ref.shape, dtype=torch.float64, generator=g)
@@ -154,6 +168,7 @@ def test_unfold_conv_matches_conv2d_and_its_gradients(
     got.backward(dy)
     torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-12, atol=1e-12)
+    return ws.grad
 
 
 @pytest.mark.parametrize("size", range(1, 7))
@@ -185,22 +200,17 @@ def test_taps_conv_matches_conv2d_and_its_gradients(n, c, k, h, w, stride, wider
     rows, cols = valid_taps(h, stride), valid_taps(w, stride)
     if wider:
         rows, cols = (min(rows[0], 1), 3), (0, max(cols[1], 2))
-    xs, ws = x.clone().requires_grad_(), weight.clone().requires_grad_()
-    xr, wr = x.clone().requires_grad_(), weight.clone().requires_grad_()
-    ref = F.conv2d(xr, wr, None, stride, 1)
-    taps = conv_taps(ws, rows, cols)
-    assert taps.shape == (k, rows[1] - rows[0], cols[1] - cols[0], c) and taps.is_contiguous()
-    got = taps_conv3x3(xs, taps, (rows[0], cols[0]), stride)
-    assert got.shape == ref.shape and got.is_contiguous()
-    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-    dy = torch.randn(ref.shape, dtype=torch.float64, generator=g)
-    ref.backward(dy)
-    got.backward(dy)
-    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(ws.grad, wr.grad, rtol=1e-12, atol=1e-12)
+    origin = (rows[0], cols[0])
+
+    def conv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        taps = conv_taps(b, rows, cols)
+        assert taps.shape == (k, rows[1] - rows[0], cols[1] - cols[0], c) and taps.is_contiguous()
+        return taps_conv3x3(a, taps, origin, stride)
+
+    grad = _matches_conv2d_with_gradients(conv, x, weight, stride, g)
     outside = torch.ones(3, 3, dtype=torch.bool)
     outside[rows[0] : rows[1], cols[0] : cols[1]] = False
-    assert bool((ws.grad[:, :, outside] == 0).all())
+    assert bool((grad[:, :, outside] == 0).all())
 
 
 def test_taps_conv_gradcheck_and_the_taps_it_needs() -> None:

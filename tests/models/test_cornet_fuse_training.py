@@ -271,6 +271,15 @@ def test_tap_convs_train_like_the_original_float64(
     # batch 8: BatchNorm over fewer values at 1 x 1 is ill-conditioned (batch 3: 1e-12 relative differences)
     x = torch.randn(8, 8, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
 
+    grads = _auto_step_like_the_original(block, x)
+    assert [c[-2:] for c in taps_calls] == [taps] * times
+    assert int(grads["conv2.weight"].abs().sum((0, 1)).ne(0).sum()) == taps[0] * taps[1]
+
+
+def _auto_step_like_the_original(block: CORblockS, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A training step of a copy of ``block`` with convs="auto" gives the original's output (with every
+    timestep's), gradients and updated BatchNorm statistics (float64); returns the gradients."""
+
     def step(b: CORblockS) -> tuple[torch.Tensor, dict, dict]:
         out: list[torch.Tensor] = []
         y = b(x, out)
@@ -282,13 +291,12 @@ def test_tap_convs_train_like_the_original_float64(
     fast = copy.deepcopy(block)
     fast.conv_algorithm = "auto"
     got = step(fast)
-    assert [c[-2:] for c in taps_calls] == [taps] * times
     torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
     for w, g in zip(want[1:], got[1:], strict=True):
         assert w.keys() == g.keys()
         for k in w:
             torch.testing.assert_close(g[k], w[k], rtol=1e-10, atol=1e-12, msg=k)
-    assert int(got[1]["conv2.weight"].abs().sum((0, 1)).ne(0).sum()) == taps[0] * taps[1]
+    return got[1]
 
 
 @pytest.mark.parametrize("times", [1, 3])
@@ -299,23 +307,8 @@ def test_gemm_convs_train_like_the_original_float64(times: int, unfold_calls: li
     block = CORblockS(8, 16, times=times).double().train()  # 64 wide: 2 x 3 x 3 output pixels < 64
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
 
-    def step(b: CORblockS) -> tuple[torch.Tensor, dict, dict]:
-        taps: list[torch.Tensor] = []
-        y = b(x, taps)
-        (y.square().sum() + sum(t.sum() for t in taps)).backward()
-        grads = {k: p.grad.clone() for k, p in b.named_parameters() if p.grad is not None}
-        return y.detach(), grads, {k: v.clone() for k, v in b.state_dict().items()}
-
-    want = step(copy.deepcopy(block))
-    fast = copy.deepcopy(block)
-    fast.conv_algorithm = "auto"
-    got = step(fast)
+    _auto_step_like_the_original(block, x)
     assert unfold_calls == [(64, 5, 5, 2)] + [(64, 3, 3, 1)] * (times - 1)
-    torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
-    for w, g in zip(want[1:], got[1:], strict=True):
-        assert w.keys() == g.keys()
-        for k in w:
-            torch.testing.assert_close(g[k], w[k], rtol=1e-10, atol=1e-12, msg=k)
 
 
 def test_tap_convs_compile_fullgraph(taps_calls: list[tuple[int, ...]]) -> None:
