@@ -1267,8 +1267,7 @@ void rng_discard_cpu(const std::optional<at::Generator>& generator, int64_t n) {
 
 // ----------------------------------------------------------------------------------------- conv taps
 
-// Copies of an element as unsigned words of its size: the tap ops move values, so one kernel per size
-// serves every floating dtype.
+// The tap ops move values: one kernel per element size (unsigned words) serves every floating dtype.
 template <typename W>
 void gather_taps(const W* w, W* out, int64_t n_out, int64_t c, int64_t kh, int64_t kw, int64_t r0, int64_t th,
                  int64_t c0, int64_t tw) {
@@ -1306,41 +1305,20 @@ void scatter_taps(const W* g, W* out, int64_t n_out, int64_t c, int64_t kh, int6
   }
 }
 
-template <template <typename> class Kernel>
-void by_element_size(const char* op, const at::Tensor& in, at::Tensor& out, int64_t n_out, int64_t c, int64_t kh,
-                     int64_t kw, int64_t r0, int64_t th, int64_t c0, int64_t tw) {
+// Calls copy(in, out) with both pointers as unsigned words of the element's size.
+template <typename Copy>
+void by_element_size(const char* op, const at::Tensor& in, at::Tensor& out, Copy copy) {
+  auto as = [&](auto word) {
+    using W = decltype(word);
+    copy(static_cast<const W*>(in.const_data_ptr()), static_cast<W*>(out.mutable_data_ptr()));
+  };
   switch (in.element_size()) {
-    case 2:
-      Kernel<uint16_t>::run(static_cast<const uint16_t*>(in.const_data_ptr()),
-                            static_cast<uint16_t*>(out.mutable_data_ptr()), n_out, c, kh, kw, r0, th, c0, tw);
-      break;
-    case 4:
-      Kernel<uint32_t>::run(static_cast<const uint32_t*>(in.const_data_ptr()),
-                            static_cast<uint32_t*>(out.mutable_data_ptr()), n_out, c, kh, kw, r0, th, c0, tw);
-      break;
-    case 8:
-      Kernel<uint64_t>::run(static_cast<const uint64_t*>(in.const_data_ptr()),
-                            static_cast<uint64_t*>(out.mutable_data_ptr()), n_out, c, kh, kw, r0, th, c0, tw);
-      break;
+    case 2: as(uint16_t{}); break;
+    case 4: as(uint32_t{}); break;
+    case 8: as(uint64_t{}); break;
     default: TORCH_CHECK(false, op, ": unreachable: the dtype was checked above");
   }
 }
-
-template <typename W>
-struct GatherTaps {
-  static void run(const W* in, W* out, int64_t n_out, int64_t c, int64_t kh, int64_t kw, int64_t r0, int64_t th,
-                  int64_t c0, int64_t tw) {
-    gather_taps(in, out, n_out, c, kh, kw, r0, th, c0, tw);
-  }
-};
-
-template <typename W>
-struct ScatterTaps {
-  static void run(const W* in, W* out, int64_t n_out, int64_t c, int64_t kh, int64_t kw, int64_t r0, int64_t th,
-                  int64_t c0, int64_t tw) {
-    scatter_taps(in, out, n_out, c, kh, kw, r0, th, c0, tw);
-  }
-};
 
 void check_taps_tensor(const char* op, const char* name, const at::Tensor& t, const char* shape) {
   TORCH_CHECK_VALUE(t.device().is_cpu() || t.device().is_meta(), op, ": ", name, " must be a CPU tensor, got ",
@@ -1365,7 +1343,11 @@ at::Tensor conv_taps_cpu(const at::Tensor& weight, int64_t r0, int64_t r1, int64
   auto out = at::empty({n_out, r1 - r0, c1 - c0, c}, weight.options());
   if (weight.is_meta()) return out;  // shapes only: what torch.compile traces with
   const auto w = weight.contiguous();
-  if (out.numel() > 0) by_element_size<GatherTaps>(op, w, out, n_out, c, kh, kw, r0, r1 - r0, c0, c1 - c0);
+  if (out.numel() > 0) {
+    by_element_size(op, w, out, [&](const auto* src, auto* dst) {
+      gather_taps(src, dst, n_out, c, kh, kw, r0, r1 - r0, c0, c1 - c0);
+    });
+  }
   return out;
 }
 
@@ -1379,7 +1361,11 @@ at::Tensor conv_taps_backward_cpu(const at::Tensor& grad, int64_t kh, int64_t kw
   auto out = at::empty({n_out, c, kh, kw}, grad.options());
   if (grad.is_meta()) return out;
   const auto g = grad.contiguous();
-  if (out.numel() > 0) by_element_size<ScatterTaps>(op, g, out, n_out, c, kh, kw, r0, th, c0, tw);
+  if (out.numel() > 0) {
+    by_element_size(op, g, out, [&](const auto* src, auto* dst) {
+      scatter_taps(src, dst, n_out, c, kh, kw, r0, th, c0, tw);
+    });
+  }
   return out;
 }
 }  // namespace

@@ -73,8 +73,13 @@ def gemm_pays(x: torch.Tensor, weight: torch.Tensor, stride: int) -> bool:
     (batch x height x width) than output channels, where the direct conv is bound by reading its weights
     in a blocked order (see the module docstring)."""
     n, _, h, w = x.shape
-    pixels = n * ((h - 1) // stride + 1) * ((w - 1) // stride + 1)
-    return x.device.type == "cpu" and pixels < weight.shape[0]
+    return x.device.type == "cpu" and gemm_pays_for(n, h, w, stride, weight.shape[0])
+
+
+def gemm_pays_for(n: int, h: int, w: int, stride: int, channels: int) -> bool:
+    """:func:`gemm_pays`' rule from shapes (a CPU tensor assumed): fewer output pixels of an (n, _, h, w)
+    input at ``stride`` than ``channels`` output channels."""
+    return n * ((h - 1) // stride + 1) * ((w - 1) // stride + 1) < channels
 
 
 def unfold_conv3x3(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:

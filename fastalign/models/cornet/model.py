@@ -28,7 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastalign import _checks
-from fastalign.models.cornet.convs import conv_taps, gemm_pays, taps_conv3x3, unfold_conv3x3, valid_taps
+from fastalign.models.cornet.convs import (
+    conv_taps,
+    gemm_pays,
+    gemm_pays_for,
+    taps_conv3x3,
+    unfold_conv3x3,
+    valid_taps,
+)
 from fastalign.models.cornet.weights import load_cornet_weights
 from fastalign.norm_act import batch_norm_module_act
 from fastalign.norm_act.api import BACKENDS as _NORM_BACKENDS
@@ -173,12 +180,11 @@ class CORblockS(nn.Module):
         rows, cols = [], []
         for t in range(self.times):
             stride = 2 if t == 0 else 1
-            oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
-            if x.shape[0] * oh * ow >= weight.shape[0]:  # this pass stays F.conv2d (convs.gemm_pays)
+            if not gemm_pays_for(x.shape[0], h, w, stride, weight.shape[0]):  # this pass stays F.conv2d
                 return None
             rows.append(valid_taps(h, stride))
             cols.append(valid_taps(w, stride))
-            h, w = oh, ow
+            h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
         r = (min(lo for lo, _ in rows), max(hi for _, hi in rows))
         c = (min(lo for lo, _ in cols), max(hi for _, hi in cols))
         if r == (0, 3) and c == (0, 3):
