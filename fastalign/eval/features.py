@@ -296,9 +296,14 @@ class _Taps:
     """Callable: images -> (B, sum of layer widths), the named submodules' outputs flattened and joined."""
 
     def __init__(
-        self, module: nn.Module, paths: Mapping[str, str], model: str, stage: Stage | None = None
+        self,
+        module: nn.Module,
+        paths: Mapping[str, str],
+        model: str,
+        stage: Stage | None = None,
+        fn: str = _FN,
     ) -> None:
-        self.module, self.paths, self.model, self.stage = module, dict(paths), model, stage
+        self.module, self.paths, self.model, self.stage, self.fn = module, dict(paths), model, stage, fn
         self.sizes: dict[str, int] | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -320,11 +325,13 @@ class _Taps:
         for name in self.paths:
             out = got.get(name)
             if out is None:
-                raise ValueError(f"{_FN}: layer {name!r} of model {self.model!r} did not run in its forward")
+                raise ValueError(
+                    f"{self.fn}: layer {name!r} of model {self.model!r} did not run in its forward"
+                )
             if not isinstance(out, torch.Tensor):
                 raise TypeError(
-                    f"{_FN}: layer {name!r} of model {self.model!r} returns a {type(out).__name__}, not a "
-                    "tensor; name a submodule that returns one"
+                    f"{self.fn}: layer {name!r} of model {self.model!r} returns a {type(out).__name__}, "
+                    "not a tensor; name a submodule that returns one"
                 )
             flat.append(out.reshape(len(x), -1))
         self.sizes = {n: f.shape[1] for n, f in zip(self.paths, flat, strict=True)}
@@ -333,7 +340,7 @@ class _Taps:
         return torch.cat(flat, dim=1)
 
 
-def _layer_paths(model: EvalModel) -> dict[str, str]:
+def _layer_paths(model: EvalModel, fn: str = _FN) -> dict[str, str]:
     """Each layer's submodule path; a clear error for a layer the module does not have."""
     assert model.module is not None and model.layers is not None
     aliases = _layer_aliases(model.module)
@@ -344,7 +351,7 @@ def _layer_paths(model: EvalModel) -> dict[str, str]:
         if path not in modules or path == "":
             named = list(dict.fromkeys([*aliases, *(n for n in modules if n)]))  # an alias may be a path
             raise ValueError(
-                f"{_FN}: model {model.name!r} has no layer {layer!r}; layers are "
+                f"{fn}: model {model.name!r} has no layer {layer!r}; layers are "
                 f"{', '.join(named[:25])}{' ...' if len(named) > 25 else ''}"
             )
         paths[layer] = path
@@ -361,6 +368,7 @@ def layer_features(
     cache_dir: str | os.PathLike[str] | None = None,
     what: str = "test",
     progress: bool = False,
+    fn: str = _FN,
 ) -> dict[str, np.ndarray]:
     """(n_images, width) activations of each of the model's layers for ``images``.
 
@@ -373,6 +381,7 @@ def layer_features(
         cache_dir: Where rows are cached (see the module doc); None: no cache.
         what: The image set's name in error messages.
         progress: Show the images done on standard error (a tqdm bar on a terminal, else one line).
+        fn: The calling function's name, which starts every error message ("evaluate", "decode").
 
     Returns:
         float32 rows for a module (float64 kept for precomputed float64 features), per layer in order.
@@ -383,20 +392,20 @@ def layer_features(
     """
     assert model.layers is not None
     if model.features is not None:
-        return _given_features(model, images, what)
+        return _given_features(model, images, what, fn)
     module = model.module
     assert module is not None
     if isinstance(module, ReAlnet) and module.image_size != (image_size, image_size):
         h, w = module.image_size
         raise ValueError(
-            f"{_FN}: model {model.name!r} was built for {h}x{w} images but image_size={image_size}; every "
+            f"{fn}: model {model.name!r} was built for {h}x{w} images but image_size={image_size}; every "
             f"model sees the images at one size: pass image_size={h} (--image-size {h})"
         )
-    paths = _layer_paths(model)
+    paths = _layer_paths(model, fn)
     transform = ImageTransform(image_size, resize=image_size)
     stage = Stage(progress, f"features {model.name}{f' {model.subject}' if model.subject else ''}",
                   len(images), "img")  # fmt: skip
-    taps = _Taps(module, paths, model.name, stage)
+    taps = _Taps(module, paths, model.name, stage, fn)
     key = "|".join(
         [
             _CACHE_VERSION,
@@ -433,7 +442,7 @@ def layer_features(
     assert sizes is not None
     if sum(sizes.values()) != rows.shape[1]:
         raise ValueError(
-            f"{_FN}: cached features of model {model.name!r} have {rows.shape[1]} values per image but its "
+            f"{fn}: cached features of model {model.name!r} have {rows.shape[1]} values per image but its "
             f"layers have {sum(sizes.values())}; delete the cache folder {str(cache_dir)!r}"
         )
     if sidecar is not None and taps.sizes is not None:
@@ -472,7 +481,9 @@ def on_device(module: nn.Module, device: str | torch.device) -> Iterator[nn.Modu
             module.to(home)
 
 
-def _given_features(model: EvalModel, images: Sequence[str], what: str) -> dict[str, np.ndarray]:
+def _given_features(
+    model: EvalModel, images: Sequence[str], what: str, fn: str = _FN
+) -> dict[str, np.ndarray]:
     assert model.features is not None and model.layers is not None
     if model.images is not None:
         mine = [os.path.abspath(os.fspath(p)) for p in model.images]
@@ -483,7 +494,7 @@ def _given_features(model: EvalModel, images: Sequence[str], what: str) -> dict[
                 min(len(mine), len(theirs)),
             )
             raise ValueError(
-                f"{_FN}: model {model.name!r} has features of another image set than the data's {what} "
+                f"{fn}: model {model.name!r} has features of another image set than the data's {what} "
                 f"images ({len(mine)} vs {len(theirs)} images, first difference at index {diff}); features "
                 "must be of the data's images in their order"
             )
@@ -491,13 +502,13 @@ def _given_features(model: EvalModel, images: Sequence[str], what: str) -> dict[
     for layer in model.layers:
         if layer not in model.features:
             raise ValueError(
-                f"{_FN}: model {model.name!r} has no layer {layer!r}; its features are of "
+                f"{fn}: model {model.name!r} has no layer {layer!r}; its features are of "
                 f"{list(model.features)}"
             )
         arr = np.asarray(model.features[layer])
         if arr.ndim < 2 or arr.shape[0] != len(images) or not np.issubdtype(arr.dtype, np.number):
             raise ValueError(
-                f"{_FN}: model {model.name!r} layer {layer!r}: features must be (n_images, ...) numbers for "
+                f"{fn}: model {model.name!r} layer {layer!r}: features must be (n_images, ...) numbers for "
                 f"the data's {len(images)} {what} images, got shape {arr.shape} ({arr.dtype}); models with "
                 "different image sets cannot be compared"
             )

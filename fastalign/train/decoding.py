@@ -269,12 +269,12 @@ def _image_embeddings(
                     _FN, "image_model", "'cornet_s', 'features', a ReAlnet run folder or a module", spec
                 )
             )
-        raw = {
-            s: layer_features(model, p, image_size=image_size, device=device, cache_dir=cache_dir, what=s)[
-                layer
-            ]
-            for s, p in paths.items()
-        }
+        raw = {}
+        for s, p in paths.items():
+            feats = layer_features(
+                model, p, image_size=image_size, device=device, cache_dir=cache_dir, what=s, fn=_FN
+            )
+            raw[s] = feats[layer]
     out = {}
     for split, x in raw.items():
         x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)

@@ -176,6 +176,9 @@ def test_bad_input(synth: SyntheticThings, tmp_path: Any) -> None:
         decode(synth, 1, out=tmp_path / "a", **{**FAST, "image_model": "vit"})
     with pytest.raises(ValueError, match="layer='avgpool' names a CORnet-S / ReAlnet layer"):
         decode(synth, 1, out=tmp_path / "a", **FAST, layer="avgpool")
+    # the feature extractor is evaluate's, but its errors name decode
+    with pytest.raises(ValueError, match=r"^decode: model 'cornet_s' has no layer 'V9'; layers are V1, "):
+        decode(synth, 1, out=tmp_path / "a", **{**FAST, "image_model": "cornet_s"}, layer="V9", image_size=16)
     with pytest.raises(ValueError, match="encoder"):
         decode(synth, 1, out=tmp_path / "a", **FAST, encoder="transformer")
     with pytest.raises(ValueError, match="subject 2"):
