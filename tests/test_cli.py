@@ -84,6 +84,43 @@ def test_the_device_is_checked_before_anything_runs(
     assert parser().parse_args([command, *required[command], "--device", "cpu"]).device == "cpu"
 
 
+_REQUIRED = {
+    "align": ["--data", "d", "--out", "o"],
+    "decode": ["--data", "d", "--out", "o"],
+    "evaluate": ["--data", "d", "--models", "cornet_s", "--out", "o"],
+    "rsa": ["--brain", "b.npy", "--out", "o"],
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "bad", "expected", "good"),
+    [
+        ("align", "--lr", ["-1", "0", "nan"], "a finite number > 0", "1e-4"),
+        ("align", "--beta", ["-0.5", "inf"], "a finite number >= 0", "0"),
+        ("align", "--val-fraction", ["1.5", "1", "-0.1"], "a number in [0, 1)", "0"),
+        ("align", "--clip-grad-norm", ["0", "-2"], "a finite number > 0", "5"),
+        ("decode", "--lr", ["-1e-3", "x"], "a finite number > 0", "2e-4"),
+        ("decode", "--weight-decay", ["-0.1"], "a finite number >= 0", "0"),
+        ("decode", "--temperature", ["0", "-inf"], "a finite number > 0", "0.04"),
+        ("decode", "--val-fraction", ["1"], "a number in [0, 1)", "0.5"),
+        ("evaluate", "--alpha", ["3", "0", "1"], "a probability in (0, 1)", "0.01"),
+        ("evaluate", "--threshold-p", ["-0.05"], "a probability in (0, 1)", "0.001"),
+        ("rsa", "--sfreq", ["0", "-250"], "a finite number > 0", "250"),
+    ],
+)
+def test_number_flags_out_of_range_are_usage_errors(
+    command: str, flag: str, bad: list[str], expected: str, good: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the same rule the called function applies, at parse time: exit 2 naming the flag, before any data is
+    # read (the function's own check exited 1 after the command had started)
+    for value in bad:
+        assert _exit_status([command, *_REQUIRED[command], f"{flag}={value}"]) == 2  # = : "-1e-3" is a value
+        err = capsys.readouterr().err
+        assert f"argument {flag}: expected {expected}, got {value!r}" in err
+    args = parser().parse_args([command, *_REQUIRED[command], flag, good])
+    assert getattr(args, flag[2:].replace("-", "_")) == float(good)
+
+
 def test_a_failure_is_one_line_on_stderr_and_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -16,9 +16,12 @@ from fastalign.cli.common import (
     add_subjects,
     count_or_none,
     int_or_none,
+    nonnegative_real,
     number,
     positive_int,
+    positive_real,
     rank0,
+    share,
 )
 
 
@@ -33,18 +36,18 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         "default: a randomly initialised CORnet-S",
     )
     p.add_argument("--epochs", type=positive_int, default=25, help="default 25")
-    p.add_argument("--lr", type=float, default=2e-5, help="Adam's learning rate (default 2e-5)")
+    p.add_argument("--lr", type=positive_real, default=2e-5, help="Adam's learning rate (default 2e-5)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="global batch size (default 16)")
     p.add_argument(
         "--beta",
-        type=float,
+        type=nonnegative_real,
         default=100.0,
         help="weight of the brain terms (default 100; 0: fine-tuning without the brain)",
     )
     add_image_size(p)
     add_seed(p)
     p.add_argument("--control", choices=("unpaired",), help="pair images with other images' responses")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share (default 0.1)")
+    p.add_argument("--val-fraction", type=share, default=0.1, help="validation share (default 0.1)")
     p.add_argument("--target", choices=("hard", "soft"), default="hard", help="teacher target (default hard)")
     p.add_argument(
         "--contrast",
@@ -71,7 +74,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pca", type=int_or_none, default=1024, help="fMRI components, or none (default 1024)")
     p.add_argument(
         "--clip-grad-norm",
-        type=float,
+        type=positive_real,
         metavar="MAX",
         help="clip the gradients' total 2-norm to MAX before each step (default: no clipping, as published)",
     )

@@ -5,6 +5,7 @@ each with one name, one default and one help text (``--seed``, ``--device``, ``-
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,38 @@ def count_or_none(text: str) -> int | None:
 def int_or_none(text: str) -> int | None:
     """An argparse type: a positive integer, or ``none``."""
     return None if text.lower() == "none" else positive_int(text)
+
+
+def _real(text: str, ok: Callable[[float], bool], expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+# The flags' number types check what the called function checks, at parse time: a bad value is a usage
+# error (exit status 2, the flag named) before any data is read, as for the integer flags.
+def positive_real(text: str) -> float:
+    """An argparse type: a finite number > 0 (a learning rate, a temperature, a sampling rate)."""
+    return _real(text, lambda v: v > 0, "a finite number > 0")
+
+
+def nonnegative_real(text: str) -> float:
+    """An argparse type: a finite number >= 0 (a loss weight, a weight decay)."""
+    return _real(text, lambda v: v >= 0, "a finite number >= 0")
+
+
+def probability(text: str) -> float:
+    """An argparse type: a probability in (0, 1) (a significance level)."""
+    return _real(text, lambda v: 0 < v < 1, "a probability in (0, 1)")
+
+
+def share(text: str) -> float:
+    """An argparse type: a share in [0, 1) (of training images held out for validation)."""
+    return _real(text, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def subject(text: str) -> int | str:

@@ -14,9 +14,12 @@ from fastalign.cli.common import (
     add_progress,
     add_resume_overwrite,
     int_or_none,
+    nonnegative_real,
     number,
     positive_int,
+    positive_real,
     rank0,
+    share,
 )
 
 
@@ -64,9 +67,13 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--epochs", type=positive_int, default=50, help="default 50")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size (default 128)")
-    p.add_argument("--lr", type=float, default=2e-4, help="AdamW's learning rate (default 2e-4)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW's weight decay (default 0.1)")
-    p.add_argument("--temperature", type=float, default=0.04, help="initial CLIP temperature (default 0.04)")
+    p.add_argument("--lr", type=positive_real, default=2e-4, help="AdamW's learning rate (default 2e-4)")
+    p.add_argument(
+        "--weight-decay", type=nonnegative_real, default=0.1, help="AdamW's weight decay (default 0.1)"
+    )
+    p.add_argument(
+        "--temperature", type=positive_real, default=0.04, help="initial CLIP temperature (default 0.04)"
+    )
     p.add_argument(
         "--fixed-temperature",
         dest="learn_temperature",
@@ -82,7 +89,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         help="one run per seed, summarised by mean and SEM (default 0)",
     )
     add_image_size(p)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share (default 0.1)")
+    p.add_argument("--val-fraction", type=share, default=0.1, help="validation share (default 0.1)")
     p.add_argument(
         "--patience", type=int_or_none, default=None, help="early stopping patience in epochs (default none)"
     )

@@ -26,6 +26,7 @@ from fastalign.cli.common import (
     add_subjects,
     number,
     positive_int,
+    probability,
 )
 
 _FN = "evaluate"  # main prefixes "fastalign evaluate: error: "
@@ -87,9 +88,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         help="1: greater, -1: less, 0: two-sided (default 1)",
     )
     p.add_argument(
-        "--threshold-p", type=float, default=0.05, help="cluster-forming threshold p (default 0.05)"
+        "--threshold-p", type=probability, default=0.05, help="cluster-forming threshold p (default 0.05)"
     )
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--alpha", type=probability, default=0.05, help="significance level (default 0.05)")
     p.add_argument(
         "--baseline",
         default="auto",

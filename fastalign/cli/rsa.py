@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fastalign import _checks
-from fastalign.cli.common import Command, positive_int
+from fastalign.cli.common import Command, positive_int, positive_real
 
 _FN = "brain_rsa"
 _RDM_METHODS = ("correlation", "cosine", "euclidean")  # crossnobis needs folds: not from averaged data
@@ -362,7 +362,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", choices=_COMPARE_METHODS, default="spearman", help="default spearman")
     p.add_argument("--window", type=positive_int, default=1, help="samples per time window (default 1)")
     p.add_argument("--step", type=positive_int, default=1, help="samples between windows (default 1)")
-    p.add_argument("--sfreq", type=float, help=".npy brains: sampling rate in Hz")
+    p.add_argument("--sfreq", type=positive_real, help=".npy brains: sampling rate in Hz")
     p.add_argument("--tmin", type=float, help=".npy brains: time of the first sample in seconds")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
