@@ -217,6 +217,24 @@ def _row(
     }
 
 
+#: Why an op can come out slower than its plain PyTorch here: printed under the table for such a row.
+SLOWER_BECAUSE = {
+    "infonce_loss fwd+bwd": "on a CPU both are the same matrix products; the blockwise loss never holds the "
+    "N x N logits (O(N*D) memory: 6% of the plain loss's peak at N = 16,384, docs/benchmarks.md)",
+    "rdm correlation": "both are one Gram product; fastalign's also checks the patterns (NaN, inf, constant) "
+    "and streams features in chunks (no centred copy of 200,704-feature patterns), about a millisecond more",
+}
+
+
+def slower_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One line for each row where fastalign took longer than plain PyTorch, saying why it can."""
+    return [
+        f"{r['op']}: {SLOWER_BECAUSE[r['op']]}"
+        for r in rows
+        if r["speedup"] < 1 and r["op"] in SLOWER_BECAUSE
+    ]
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     """The micro-benchmark as an aligned text table."""
     head = ("op", "shape", "fastalign ms", "naive ms", "speedup", "max |diff|")
@@ -279,6 +297,8 @@ def _run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     print(f"fastalign {fastalign.__version__}, torch {torch.__version__}, {where}, {threads} threads")
     print(format_rows(rows))
+    for line in slower_notes(rows):
+        print(f"note: {line}")
     return 0
 
 

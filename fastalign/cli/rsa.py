@@ -362,8 +362,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compare", choices=_COMPARE_METHODS, default="spearman", help="default spearman")
     p.add_argument("--window", type=positive_int, default=1, help="samples per time window (default 1)")
     p.add_argument("--step", type=positive_int, default=1, help="samples between windows (default 1)")
-    p.add_argument("--sfreq", type=positive_real, help=".npy brains: sampling rate in Hz")
-    p.add_argument("--tmin", type=float, help=".npy brains: time of the first sample in seconds")
+    p.add_argument(
+        "--sfreq", type=positive_real, help="sampling rate in Hz: needed with .npy brains (a .fif holds it)"
+    )
+    p.add_argument(
+        "--tmin", type=float, help="time of the first sample in seconds: needed with .npy brains, as --sfreq"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 

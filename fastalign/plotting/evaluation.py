@@ -656,19 +656,24 @@ def plot_across_subject(
                 mats[layer if len(families) == 1 else f"{family} · {layer}"] = m
     finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()])
     vmin, vmax = float(finite.min()), float(finite.max())
+    # panels sized by their matrices (0.45 in per cell, plus tick labels and title), so that one aligned
+    # model against a few brains is a strip, not a strip inside a 3-inch square of white; the axis names
+    # once for the figure
+    label = 0.09 * max(len(s) for s in [*brains, *model_subjects])
+    title = 0.11 * max(len(t) for t in mats)  # the title's font is larger than the ticks'
     fig, axes = _figure(
         len(mats),
         ncols,
-        width=max(3.6, 0.45 * len(brains) + 1.8),
-        height=max(3.2, 0.45 * len(model_subjects) + 1.6),
+        width=max(0.45 * len(brains), title) + label + 0.4,
+        height=0.45 * len(model_subjects) + label + 0.9,
     )
-    for ax, (title, m) in zip(axes, mats.items(), strict=True):
+    for ax, (name, m) in zip(axes, mats.items(), strict=True):
         image = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_xticks(range(len(brains)), brains, rotation=90)
         ax.set_yticks(range(len(model_subjects)), model_subjects)
-        ax.set_title(title)
-        ax.set_xlabel("Brain of subject")
-        ax.set_ylabel("Model aligned to subject")
+        ax.set_title(name)
+    fig.supxlabel("Brain of subject")
+    fig.supylabel("Model aligned to subject")
     when = "" if window is None else f", {1000 * window[0]:g} to {1000 * window[1]:g} ms"
     fig.colorbar(image, ax=axes, label=f"Mean similarity (Spearman ρ{when})", shrink=0.8)
     return fig

@@ -35,8 +35,21 @@ def test_bench_prints_the_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert main(["bench", "--repeat", "1", "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("fastalign ") and ", cpu, " in lines[0]
-    assert lines[1].split()[:2] == ["op", "shape"] and len(lines) == 5
+    assert lines[1].split()[:2] == ["op", "shape"] and len(lines) >= 5
     assert lines[2].startswith("infonce_loss fwd+bwd") and lines[2].split()[-2].endswith("x")
+    assert all(line.startswith("note: ") for line in lines[5:])  # where an op came out slower
+
+
+def test_an_op_slower_than_plain_pytorch_gets_a_note_saying_why() -> None:
+    rows = [
+        {"op": "infonce_loss fwd+bwd", "speedup": 1.3},
+        {"op": "rdm correlation", "speedup": 0.66},
+        {"op": "time_resolved_rsa spearman", "speedup": 13.0},
+    ]
+    (note,) = bench.slower_notes(rows)
+    assert note.startswith("rdm correlation: both are one Gram product")
+    assert len(bench.slower_notes([{**r, "speedup": 0.9} for r in rows])) == 2  # rsa: no reason known
+    assert set(bench.SLOWER_BECAUSE) <= {r["op"] for r in rows}
 
 
 def test_scripts_of_this_checkout(capsys: pytest.CaptureFixture[str]) -> None:

@@ -274,7 +274,7 @@ def test_across_subject_matrix_cells_are_mean_similarities() -> None:
                         and (r["layer"], r["model_subject"], r["subject"]) == cell]  # fmt: skip
                 assert len(sims) == 3 and m[i, j] == pytest.approx(np.mean(sims), rel=1e-12)
         assert [t.get_text() for t in ax.get_xticklabels()] == list(SUBJECTS)
-        assert ax.get_xlabel() == "Brain of subject" and ax.get_ylabel() == "Model aligned to subject"
+    assert fig.get_supxlabel() == "Brain of subject" and fig.get_supylabel() == "Model aligned to subject"
     two = rows + [
         {**r, "model": "control", "similarity": -r["similarity"]} for r in rows if r["model"] == "realnet"
     ]
@@ -282,6 +282,16 @@ def test_across_subject_matrix_cells_are_mean_similarities() -> None:
     assert list(panels) == ["realnet · IT", "control · IT"]
     realnet, control = (panels[k].images[0].get_array() for k in ("realnet · IT", "control · IT"))
     np.testing.assert_allclose(control, -realnet, rtol=1e-15)
+    # panels are sized by their matrices: one aligned model against 3 brains is a strip, in a figure
+    # about as high as its rows of panels need (it was a 3.2-inch square per panel, mostly white)
+    one = [r for r in two if r["model_subject"] == "sub-01"]
+    fig = plot_across_subject(one)
+    _render(fig)
+    (layers,) = {len({r["layer"] for r in one})}
+    assert len(_axes(fig)) == 2 * layers
+    assert fig.get_size_inches()[1] < 2.0 * layers  # 2 families x layers panels in 2 columns
+    for ax in _axes(fig).values():
+        assert ax.images[0].get_array().shape == (1, 3)
     missing = [r for r in rows if not (r["model_subject"] == "sub-01" and r["subject"] == "sub-03")]
     m = plot_across_subject(missing).axes[0].images[0].get_array().filled(np.nan)
     assert np.isnan(m[0, 2]) and np.isfinite(np.delete(m.ravel(), 2)).all()
