@@ -420,6 +420,7 @@ def _statistics(
         "skipped": [],
         "permutations": s["permutations"],
         "exact": False,
+        "compare": s["compare"],
         "threshold_p": s["threshold_p"],
         "alpha": s["alpha"],
         "tail": s["tail"],

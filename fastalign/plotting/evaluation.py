@@ -53,7 +53,23 @@ _CEILING = "0.85"
 
 _RESULT_COLUMNS = ("model", "model_subject", "subject", "modality", "comparison", "layer", "time", "roi")
 _RESULT_NUMBERS = ("time", "similarity", "noise_lower", "noise_upper")
-_SIMILARITY = "Model-brain similarity (Spearman ρ)"
+#: How each compare method (fastalign.compare_rdms) is named on an axis.
+MEASURES = {
+    "spearman": "Spearman ρ",
+    "pearson": "Pearson r",
+    "kendall_tau_a": "Kendall τ-a",
+    "rho_a": "Spearman ρ-a",
+    "cosine": "cosine similarity",
+}
+
+
+def _measure(fn: str, measure: str | None, stats: Mapping[str, Any]) -> str:
+    """The axis name of the similarities: ``measure``, else stats.json's ``compare``, else Spearman's."""
+    name = measure if measure is not None else stats.get("compare", "spearman")
+    if name not in MEASURES:
+        raise ValueError(f"{fn}: measure must be one of {sorted(MEASURES)} (a compare method), got {name!r}")
+    return MEASURES[name]
+
 
 Table = str | os.PathLike[str] | Iterable[Mapping[str, Any]]
 Stats = str | os.PathLike[str] | Mapping[str, Any] | None
@@ -276,6 +292,7 @@ def plot_rsa_time_courses(
     baseline: str = "cornet_s",
     alpha: float | None = None,
     ncols: int = 2,
+    measure: str | None = None,
 ) -> Figure:
     """Model-brain similarity over time, one panel per layer.
 
@@ -297,6 +314,8 @@ def plot_rsa_time_courses(
         baseline: the reference model, drawn in black.
         alpha: clusters with ``p < alpha`` are drawn; default stats.json's ``alpha``, else 0.05.
         ncols: panels per row.
+        measure: the compare method of the similarities, for the axis (:data:`MEASURES`); default
+            stats.json's ``compare``, else "spearman".
     """
     fn = "plot_rsa_time_courses"
     ncols = _check_ncols(fn, ncols)
@@ -306,6 +325,7 @@ def plot_rsa_time_courses(
         raise ValueError(f"{fn}: results has no {modality!r} rows with a finite time")
     fields = ("model", "layer", "test", "t_start", "t_stop")
     clusters, alpha = _significant(fn, stats, "clusters", fields, modality, comparisons, alpha)
+    similarity = f"Model-brain similarity ({_measure(fn, measure, _stats(fn, stats))})"
     layer_list = _select(fn, "layers", _order(r["layer"] for r in rows), layers)
     curves = _curve_order(_order(label(r["model"]) for r in rows), baseline)
     styles = model_styles(curves, baseline)
@@ -344,7 +364,7 @@ def plot_rsa_time_courses(
         ax.axhline(0.0, color="0.4", linewidth=0.6, label="_zero")
         ax.set_title(layer)
         ax.set_xlabel("Time from stimulus onset (ms)")
-        ax.set_ylabel(_SIMILARITY)
+        ax.set_ylabel(similarity)
     handles, names = axes[0].get_legend_handles_labels()
     for test in tests:
         what = "0" if test == "vs0" else test.removeprefix("vs:")
@@ -415,6 +435,7 @@ def plot_roi_bars(
     baseline: str = "cornet_s",
     alpha: float | None = None,
     ncols: int = 2,
+    measure: str | None = None,
 ) -> Figure:
     """Similarity per ROI, one panel per layer: a bar per model (mean over subjects, +- SEM) with a point
     per subject, the ROI's noise ceiling as a grey box behind its bars, and marks above the bars from
@@ -431,6 +452,7 @@ def plot_roi_bars(
         r["roi"] = r["roi"] or modality
     fields = ("model", "layer", "roi", "test")
     tests, alpha = _significant(fn, stats, "roi_tests", fields, modality, comparisons, alpha)
+    similarity = f"Model-brain similarity ({_measure(fn, measure, _stats(fn, stats))})"
     for t in tests:
         t["roi"] = t["roi"] or modality
     layer_list = _select(fn, "layers", _order(r["layer"] for r in rows), layers)
@@ -465,7 +487,7 @@ def plot_roi_bars(
         ax.set_xlim(-0.5, len(roi_list) - 0.5)
         ax.set_title(layer)
         ax.set_xlabel("Region of interest" if modality == "fmri" else "Comparison")
-        ax.set_ylabel(_SIMILARITY)
+        ax.set_ylabel(similarity)
     handles, names = axes[0].get_legend_handles_labels()
     handles.append(
         Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="black")
@@ -605,6 +627,7 @@ def plot_across_subject(
     models: Sequence[str] | None = None,
     window: tuple[float, float] | None = None,
     ncols: int = 2,
+    measure: str = "spearman",
 ) -> Figure:
     """Mean similarity of each subject's model (rows) with each subject's brain (columns), one panel per
     layer (and per model family when there are several, titled "family · layer").
@@ -619,9 +642,11 @@ def plot_across_subject(
         layers, models: the panels and models used (default all).
         window: (start, stop) in seconds for EEG.
         ncols: panels per row.
+        measure: the compare method of the similarities, for the colour bar (:data:`MEASURES`).
     """
     fn = "plot_across_subject"
     ncols = _check_ncols(fn, ncols)
+    measured = _measure(fn, measure, {})
     rows = [
         r for r in _results(fn, results, modality, ("within", "across-subject"), models) if r["model_subject"]
     ]
@@ -675,7 +700,7 @@ def plot_across_subject(
     fig.supxlabel("Brain of subject")
     fig.supylabel("Model aligned to subject")
     when = "" if window is None else f", {1000 * window[0]:g} to {1000 * window[1]:g} ms"
-    fig.colorbar(image, ax=axes, label=f"Mean similarity (Spearman ρ{when})", shrink=0.8)
+    fig.colorbar(image, ax=axes, label=f"Mean similarity ({measured}{when})", shrink=0.8)
     return fig
 
 
@@ -818,6 +843,7 @@ def evaluation_figures(
     """
     fn = "evaluation_figures"
     figures: dict[str, Figure] = {}
+    measure = _stats(fn, stats).get("compare", "spearman")
     if results is not None:
         rows = _table(fn, "results", results, (*_RESULT_COLUMNS, "similarity"), _RESULT_NUMBERS)
         for modality in _order(r["modality"] for r in rows):
@@ -840,7 +866,9 @@ def evaluation_figures(
                         baseline=baseline,
                     )
             if "across-subject" in present:
-                figures[f"across_subject_{modality}"] = plot_across_subject(here, modality=modality)
+                figures[f"across_subject_{modality}"] = plot_across_subject(
+                    here, modality=modality, measure=measure
+                )
     if variability is not None:
         figures["variability"] = plot_variability(variability)
     if robustness is not None:

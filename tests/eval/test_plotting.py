@@ -297,6 +297,25 @@ def test_across_subject_matrix_cells_are_mean_similarities() -> None:
     assert np.isnan(m[0, 2]) and np.isfinite(np.delete(m.ravel(), 2)).all()
 
 
+def test_similarity_axes_name_the_compare_method() -> None:
+    # a Kendall tau-a evaluation was drawn as "Spearman ρ": the axis reads stats.json's compare method
+    rows = _results()
+    ylabel = lambda fig: {ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()}
+    assert ylabel(plot_rsa_time_courses(rows, STATS)) == {"Model-brain similarity (Spearman ρ)"}
+    kendall = {**STATS, "compare": "kendall_tau_a"}
+    assert ylabel(plot_rsa_time_courses(rows, kendall)) == {"Model-brain similarity (Kendall τ-a)"}
+    assert ylabel(plot_rsa_time_courses(rows, kendall, measure="pearson")) == {
+        "Model-brain similarity (Pearson r)"
+    }
+    fmri = [{**r, "modality": "fmri", "time": math.nan, "roi": "LOC"} for r in rows if r["time"] == 0.1]
+    assert ylabel(plot_roi_bars(fmri, kendall)) == {"Model-brain similarity (Kendall τ-a)"}
+    figs = evaluation_figures(rows, {**STATS, "compare": "rho_a"})
+    assert ylabel(figs["rsa_time_courses_eeg"]) == {"Model-brain similarity (Spearman ρ-a)"}
+    assert any("Mean similarity (Spearman ρ-a" in label for label in ylabel(figs["across_subject_eeg"]))
+    with pytest.raises(ValueError, match=r"plot_rsa_time_courses: measure must be one of .*got 'tau'"):
+        plot_rsa_time_courses(rows, STATS, measure="tau")
+
+
 def test_variability_shows_mean_over_pairs_by_layer() -> None:
     rows = [
         {"layer": layer, "model_a": a, "model_b": b, "dissimilarity": d * (k + 1) / 3}
