@@ -153,15 +153,43 @@ def _finite(fn: str, name: str, x: torch.Tensor, what: str = "") -> None:
         raise ValueError(f"{fn}: {name} contains {bad}{what}; expected finite values")
 
 
-def _n_from_pairs(fn: str, name: str, k: int) -> int:
+def _n_from_pairs(fn: str, name: str, x: torch.Tensor) -> int:
+    """The number of conditions of condensed RDM vectors x (..., K), refusing square RDMs.
+
+    A square (n, n) RDM whose n is a triangular number (3, 6, 10, 15, ...) has the shape of n condensed
+    RDMs of fewer conditions, and was compared as such, silently; one that is symmetric with a zero
+    diagonal is taken for what it almost surely is (n condensed RDMs would each need a zero distance at
+    their own index) and refused, as is any (..., n, n) whose n is not triangular.
+    """
+    k = x.shape[-1]
     n = common.n_conditions(k)
+    square = x.dim() >= 2 and x.shape[-2] == k >= 3
+    fix = (
+        "pass its strict upper triangle, m[..., i, j] for (i, j) in zip(*numpy.triu_indices(n, 1)), the "
+        "condensed order fastalign.rdm returns"
+    )
     if n is None:
         raise ValueError(
             f"{fn}: {name} must be condensed RDM vectors whose last dim is n*(n-1)/2, got last dim {k}"
+            + (f" (shape {tuple(x.shape)}: a square RDM? {fix})" if square else "")
+        )
+    if square and _symmetric_zero_diagonal(x):
+        raise ValueError(
+            f"{fn}: {name} of shape {tuple(x.shape)} is a square RDM (symmetric, zero diagonal), not "
+            f"condensed RDM vectors: {fix}"
         )
     if n < 3:
         raise ValueError(f"{fn}: {name} must come from at least 3 conditions, got {n} (last dim {k})")
     return n
+
+
+def _symmetric_zero_diagonal(x: torch.Tensor) -> bool:
+    """Whether every (n, n) matrix in x (..., n, n) is symmetric (to rounding) with a zero diagonal."""
+    m = x.detach()
+    if not bool((m.diagonal(dim1=-2, dim2=-1) == 0).all()):
+        return False
+    t = m.transpose(-1, -2)
+    return bool(torch.isclose(m, t, rtol=1e-6, atol=0.0, equal_nan=True).all())
 
 
 def _undefined_rows(
@@ -643,7 +671,8 @@ def _rdm_pair(fn: str, a: Any, b: Any, *, allow_nan: bool) -> tuple[torch.Tensor
             f"{fn}: a and b must be RDMs of the same number of conditions, got last dims {a.shape[-1]} and "
             f"{b.shape[-1]}"
         )
-    n = _n_from_pairs(fn, "a", a.shape[-1])
+    n = _n_from_pairs(fn, "a", a)
+    _n_from_pairs(fn, "b", b)
     try:
         torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
     except RuntimeError:

@@ -394,7 +394,7 @@ def _ceiling_chunks(
     rdms = _checks.exact_float(fn, "rdms", _tensor(fn, "rdms", rdms))
     if rdms.dim() < 2 or rdms.shape[0] < 2:
         raise ValueError(f"{fn}: rdms must have shape (n_subjects >= 2, ..., K), got {tuple(rdms.shape)}")
-    _n_from_pairs(fn, "rdms", rdms.shape[-1])
+    _n_from_pairs(fn, "rdms", rdms)
     _finite(fn, "rdms", rdms)
     rdms = common.operand(rdms, method)
     _nonconstant(fn, "rdms", rdms, method)

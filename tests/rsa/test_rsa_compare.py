@@ -170,6 +170,31 @@ def test_compare_rejects_bad_input(a: torch.Tensor, b: torch.Tensor, kwargs: dic
         fa.compare_rdms(a, b, **kwargs)
 
 
+def test_square_rdms_are_refused_not_read_as_rows_of_condensed_ones() -> None:
+    # 10 x 10 is also the shape of 10 condensed RDMs of 5 conditions: compare_rdms returned 10 numbers
+    # that meant nothing for fastalign.rdm(..., square=True) outputs
+    g = torch.Generator().manual_seed(0)
+    a, b = (fa.rdm(torch.randn(10, 20, generator=g, dtype=torch.float64), square=True) for _ in range(2))
+    square = r"of shape \(10, 10\) is a square RDM \(symmetric, zero diagonal\), not condensed RDM vectors: "
+    with pytest.raises(ValueError, match=r"^compare_rdms: a " + square + r"pass its strict upper triangle"):
+        fa.compare_rdms(a, b)
+    with pytest.raises(ValueError, match=r"^compare_rdms: b " + square):
+        fa.compare_rdms(a[0, :10], b)  # a 1-D a of 10 pairs, b square
+    with pytest.raises(ValueError, match=r"^rsa_permutation_test: a " + square):
+        fa.rsa_permutation_test(a, b, n_permutations=10)
+    with pytest.raises(ValueError, match=r"^noise_ceiling: rdms of shape \(3, 10, 10\) is a square RDM"):
+        fa.noise_ceiling(torch.stack([a, b, a]))
+    with pytest.raises(ValueError, match=r"got last dim 8 \(shape \(8, 8\): a square RDM\? pass its"):
+        eight = fa.rdm(torch.randn(8, 5, generator=g, dtype=torch.float64), square=True)
+        fa.compare_rdms(eight, eight)
+    # the condensed forms compare; so do 10 condensed RDMs of 5 conditions that are not one square RDM
+    i, j = np.triu_indices(10, 1)
+    assert fa.compare_rdms(a[i, j], b[i, j]).shape == ()
+    rows = torch.rand(10, 10, generator=g, dtype=torch.float64)
+    assert fa.compare_rdms(rows, rows).shape == (10,)
+    assert fa.compare_rdms(rows + rows.T, rows + rows.T).shape == (10,)  # symmetric, nonzero diagonal
+
+
 def test_noise_ceiling_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="n_subjects >= 2"):
         fa.noise_ceiling(torch.randn(1, 10))
