@@ -74,8 +74,9 @@ def _unique(names: list[str], what: str) -> list[str]:
     return names
 
 
-def _read_epochs(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(n_conditions, n_channels, n_times) condition means and the times of an MNE epochs file."""
+def _read_epochs(path: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """(n_conditions, n_channels, n_times) condition means, the times and the event codes (ascending) of an
+    MNE epochs file."""
     import mne
 
     from fastalign._mne import group_epochs
@@ -89,11 +90,13 @@ def _read_epochs(path: str) -> tuple[np.ndarray, np.ndarray]:
                 f"{_FN}: brain file {path!r} could not be read as MNE epochs ({type(exc).__name__}: {exc})"
             ) from exc
     grouped = group_epochs(epochs, _FN)
-    return grouped.condition_means(), np.asarray(grouped.times, dtype=np.float64)
+    codes = [int(c) for c in grouped.conditions]
+    return grouped.condition_means(), np.asarray(grouped.times, dtype=np.float64), codes
 
 
-def _read_array(path: str, sfreq: float | None, tmin: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """(n_conditions, n_channels, n_times) responses (repetitions averaged) and their times."""
+def _read_array(path: str, sfreq: float | None, tmin: float | None) -> tuple[np.ndarray, np.ndarray, None]:
+    """(n_conditions, n_channels, n_times) responses (repetitions averaged), their times, and None (an
+    array names no conditions: its rows are the conditions in order)."""
     from fastalign.data._io import load_npy
 
     data = np.asarray(load_npy(path, f"{_FN}: brain"))
@@ -108,20 +111,34 @@ def _read_array(path: str, sfreq: float | None, tmin: float | None) -> tuple[np.
             "(the time of its first sample in seconds, --tmin)"
         )
     data = data.astype(np.float64)
+    if not np.isfinite(data).all():
+        bad = np.argwhere(~np.isfinite(data))[0].tolist()
+        raise ValueError(
+            f"{_FN}: brain file {path!r} holds NaN or inf (first at index {bad}); expected finite values"
+        )
     if data.ndim == 4:
         data = data.mean(axis=1)
-    return data, tmin + np.arange(data.shape[-1]) / sfreq
+    return data, tmin + np.arange(data.shape[-1]) / sfreq, None
 
 
-def _read_brain(path: str, sfreq: float | None, tmin: float | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_brain(
+    path: str, sfreq: float | None, tmin: float | None
+) -> tuple[np.ndarray, np.ndarray, list[int] | None]:
+    """A brain file's (n_conditions, n_channels, n_times) responses, times and event codes (None: .npy)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{_FN}: brain file {path!r} is not a file")
     low = path.lower()
     if low.endswith((".fif", ".fif.gz")):
-        return _read_epochs(path)
-    if low.endswith(".npy"):
-        return _read_array(path, sfreq, tmin)
-    raise ValueError(f"{_FN}: brain file {path!r} must be MNE epochs (.fif) or a numpy array (.npy)")
+        read = _read_epochs(path)
+    elif low.endswith(".npy"):
+        read = _read_array(path, sfreq, tmin)
+    else:
+        raise ValueError(f"{_FN}: brain file {path!r} must be MNE epochs (.fif) or a numpy array (.npy)")
+    if read[0].shape[0] < 3:
+        raise ValueError(
+            f"{_FN}: brain file {path!r} holds {read[0].shape[0]} condition(s); an RDM needs at least 3"
+        )
+    return read
 
 
 def _read_model(path: str, flag: str) -> np.ndarray:
@@ -134,7 +151,13 @@ def _read_model(path: str, flag: str) -> np.ndarray:
     data = np.asarray(load_npy(path, f"{_FN}: {flag}"))
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data) or data.size == 0:
         raise ValueError(f"{_FN}: {flag} file {path!r} holds a {data.dtype} array; expected real numbers")
-    return data.astype(np.float64)
+    data = data.astype(np.float64)
+    if not np.isfinite(data).all():
+        bad = np.argwhere(~np.isfinite(data))[0].tolist()
+        raise ValueError(
+            f"{_FN}: {flag} file {path!r} holds NaN or inf (first at index {bad}); expected finite values"
+        )
+    return data
 
 
 def _condensed(matrix: np.ndarray, n: int, path: str) -> np.ndarray:
@@ -143,10 +166,11 @@ def _condensed(matrix: np.ndarray, n: int, path: str) -> np.ndarray:
     if matrix.ndim == 1 and matrix.shape[0] == pairs:
         return matrix
     if matrix.ndim == 2 and matrix.shape == (n, n):
-        if not np.allclose(matrix, matrix.T, rtol=1e-7, atol=0.0) or np.any(np.diag(matrix) != 0):
+        # zero up to rounding, as BrainData's behavioural RDMs: 1 - numpy.corrcoef(x) has 2.2e-16 there
+        if not (np.allclose(matrix, matrix.T) and np.allclose(np.diag(matrix), 0)):
             raise ValueError(
                 f"{_FN}: model_rdm file {path!r} is a square matrix that is not a dissimilarity matrix "
-                "(symmetric with a zero diagonal)"
+                "(symmetric with a zero diagonal, up to rounding)"
             )
         return matrix[np.triu_indices(n, 1)]
     raise ValueError(
@@ -175,9 +199,11 @@ def brain_rsa(
         brain: one or more recordings: MNE epochs files (``.fif``; conditions are the event codes in
             ascending order, each condition's epochs averaged, good data channels only) or ``.npy`` arrays
             (conditions, channels, times) or (conditions, repetitions, channels, times), repetitions
-            averaged. All over the same conditions and sample times.
+            averaged. All over the same conditions and sample times: epochs files must have the same
+            event codes (summary.json lists them as ``event_codes``); an array's rows are taken in order.
         out: the output folder (replaced as a unit), or None to write nothing.
-        model_rdm: ``.npy`` model RDMs over the same conditions: condensed (scipy's order) or square.
+        model_rdm: ``.npy`` model RDMs over the same conditions: condensed (scipy's order) or square
+            (symmetric with a zero diagonal, up to rounding).
         model_features: ``.npy`` model features (conditions, ...), turned into RDMs with ``method``.
         method: the RDM of brains and model features: "correlation" (1 - Pearson), "cosine", "euclidean".
         compare: "spearman", "pearson", "kendall_tau_a", "rho_a" or "cosine".
@@ -216,13 +242,26 @@ def brain_rsa(
     paths = [os.fspath(p) for p in brain]
     names = _unique([_name(p) for p in paths], "brain")
     loaded = [_read_brain(p, sfreq, tmin) for p in paths]
-    first, times = loaded[0]
-    for p, (data, t) in zip(paths[1:], loaded[1:], strict=True):
+    first, times, _ = loaded[0]
+    for p, (data, t, _) in zip(paths[1:], loaded[1:], strict=True):
         if data.shape[0] != first.shape[0] or t.shape != times.shape or not np.allclose(t, times, atol=1e-9):
             raise ValueError(
                 f"{_FN}: brain file {p!r} has {data.shape[0]} conditions and {t.size} samples, {paths[0]!r} "
                 f"{first.shape[0]} and {times.size} (or other times); every brain needs the same conditions "
                 "and sample times"
+            )
+    # Epochs files name their conditions (event codes, in ascending order): they must name the same ones,
+    # or the files' RDMs would pair different conditions position by position. Arrays name none; their rows
+    # are taken in order.
+    named = [(p, c) for p, (_, _, c) in zip(paths, loaded, strict=True) if c is not None]
+    codes = named[0][1] if named else None
+    for p, c in named[1:]:
+        if c != codes:
+            diff = next(i for i, (a, b) in enumerate(zip(codes, c, strict=True)) if a != b)
+            raise ValueError(
+                f"{_FN}: brain file {p!r} has event codes {c[max(0, diff - 1) : diff + 3]}... where "
+                f"{named[0][0]!r} has {codes[max(0, diff - 1) : diff + 3]}... (condition {diff} in "
+                "ascending code order); every .fif needs the same conditions"
             )
     n = first.shape[0]
     rdm_paths, feature_paths = [os.fspath(p) for p in model_rdm], [os.fspath(p) for p in model_features]
@@ -237,16 +276,27 @@ def brain_rsa(
                 f"{_FN}: model_features file {path!r} has shape {x.shape}; expected ({n}, features...), "
                 "one row per condition of the brain data"
             )
-        models[_name(path)] = rdm(torch.from_numpy(x.reshape(n, -1)), method).numpy()
+        try:
+            models[_name(path)] = rdm(torch.from_numpy(x.reshape(n, -1)), method).numpy()
+        except ValueError as exc:  # a constant (correlation) or all-zero (cosine) row: name the file
+            raise ValueError(f"{_FN}: model_features file {path!r}: {exc}") from exc
     # Channels may differ between recordings (bad channels dropped): one RDM per brain, then stacked.
-    rdms = np.stack(
-        [time_resolved_rdms(torch.from_numpy(d), method, window, step).numpy() for d, _ in loaded]
-    )
+    brain_rdms = []
+    for p, (d, _, _) in zip(paths, loaded, strict=True):
+        try:
+            brain_rdms.append(time_resolved_rdms(torch.from_numpy(d), method, window, step).numpy())
+        except ValueError as exc:  # a condition's channels all equal at a time point, for instance
+            raise ValueError(f"{_FN}: brain file {p!r}: {exc}") from exc
+    rdms = np.stack(brain_rdms)
     window_times = np.array([times[k : k + window].mean() for k in range(0, times.size - window + 1, step)])
     model_rdms = np.stack(list(models.values())) if models else np.zeros((0, rdms.shape[-1]))
     if models:
         pairs = torch.from_numpy(rdms)[..., None, :]  # (n_brains, n_windows, 1, n_pairs)
-        similarity = compare_rdms(pairs, torch.from_numpy(model_rdms), compare).numpy()
+        try:
+            similarity = compare_rdms(pairs, torch.from_numpy(model_rdms), compare).numpy()
+        except ValueError as exc:  # a constant RDM: a is (brain, window, 1), b (model,)
+            where = "a: the brain RDMs by (brain file, window); b: the models in the order given"
+            raise ValueError(f"{_FN}: comparing brain and model RDMs ({where}): {exc}") from exc
     else:
         similarity = np.zeros((len(loaded), window_times.size, 0))
     lower = upper = None
@@ -256,7 +306,8 @@ def brain_rsa(
     result = BrainRSA(names, window_times, rdms, list(models), model_rdms, similarity, lower, upper, folder)
     if folder is not None:
         _write(result, folder, {"method": method, "compare": compare, "window": window, "step": step,
-                                "brain_files": [os.path.abspath(p) for p in paths]})  # fmt: skip
+                                "brain_files": [os.path.abspath(p) for p in paths],
+                                "event_codes": codes})  # fmt: skip
     return result
 
 

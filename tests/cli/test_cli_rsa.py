@@ -160,3 +160,52 @@ def test_bad_arguments_of_the_python_entry_point(files: dict[str, Path]) -> None
     for kwargs, kind, message in cases:
         with pytest.raises(kind, match=f"^brain_rsa: {re.escape(message)}"):
             brain_rsa(**kwargs)
+
+
+def test_epochs_files_must_name_the_same_conditions(files: dict[str, Path], tmp_path: Path) -> None:
+    # a second recording whose event code 9 is 10: its conditions in ascending code order are the same
+    # count at the same times, but not the same conditions; they were compared position by position
+    epochs = mne.read_epochs(files["sub01-epo"], verbose="error")
+    events = epochs.events.copy()
+    events[events[:, 2] == 9, 2] = 10
+    renamed = mne.EpochsArray(
+        epochs.get_data(), epochs.info, events=events, tmin=TMIN,
+        event_id={f"c{c}": int(c) for c in (1, 2, 3, 5, 7, 10)}, verbose="error",
+    )  # fmt: skip
+    renamed.save(tmp_path / "sub03-epo.fif", verbose="error")
+    codes = r"sub03-epo\.fif' has event codes \[7, 10\]\.\.\. where .*sub01-epo\.fif' has \[7, 9\]\.\.\. "
+    with pytest.raises(ValueError, match=codes + r"\(condition 5 in ascending code order\)"):
+        brain_rsa([files["sub01-epo"], tmp_path / "sub03-epo.fif"])
+    out = tmp_path / "out"
+    brain_rsa([files["sub01-epo"], files["sub02"]], out, sfreq=SFREQ, tmin=TMIN)  # an array names none
+    assert json.loads((out / "summary.json").read_text())["event_codes"] == [1, 2, 3, 5, 7, 9]
+
+
+def test_a_square_rdm_from_numpy_and_bad_values_are_named_by_file(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    feats = np.load(files["feats"]).reshape(N_COND, -1)
+    corr = 1 - np.corrcoef(feats)
+    corr[np.diag_indices(N_COND)] = 2.220446049250313e-16  # what 1 - corrcoef often leaves there
+    np.save(tmp_path / "corr.npy", corr)
+    got = brain_rsa([files["sub01-epo"]], model_rdm=[tmp_path / "corr.npy"]).model_rdms[0]
+    np.testing.assert_array_equal(got, corr[np.triu_indices(N_COND, 1)])
+    nan = np.load(files["sub02"])
+    nan[1, 0, 2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    constant = feats.copy()
+    constant[2] = 1.0
+    np.save(tmp_path / "constant.npy", constant)
+    np.save(tmp_path / "two.npy", np.zeros((2, N_CH, N_T)))
+    timed = dict(sfreq=SFREQ, tmin=TMIN)
+    cases = [
+        (dict(brain=[tmp_path / "nan.npy"], **timed),
+         r"brain file '.*nan\.npy' holds NaN or inf \(first at index \[1, 0, 2, 3\]\)"),
+        (dict(brain=[tmp_path / "two.npy"], **timed),
+         r"brain file '.*two\.npy' holds 2 condition\(s\); an RDM needs at least 3"),
+        (dict(brain=[files["sub01-epo"]], model_features=[tmp_path / "constant.npy"]),
+         r"model_features file '.*constant\.npy': rdm: x has a constant pattern at index \(2,\)"),
+    ]  # fmt: skip
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=r"^brain_rsa: " + match):
+            brain_rsa(**kwargs)
