@@ -35,7 +35,9 @@ def rdm_reference(x: torch.Tensor, method: str, noise: torch.Tensor | None = Non
     i, j = common.triu_indices(n, x.device)
     p = x.shape[-1]
     if method in ("correlation", "cosine"):
-        z = x - x.mean(-1, keepdim=True) if method == "correlation" else x
+        # centred in float64, then back to x's dtype: a mean summed in float32 can be off by a large share
+        # of the spread of patterns far from zero (float32 values near 1e6 varying by 1)
+        z = (x.double() - x.double().mean(-1, keepdim=True)).to(x.dtype) if method == "correlation" else x
         z = z / z.norm(dim=-1, keepdim=True)
         return 1 - (z[..., i, :] * z[..., j, :]).sum(-1)
     if method == "euclidean":

@@ -105,6 +105,10 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor, fi
     gram.zero_()
     mean = xb.sum(-1, dtype=ct, keepdim=True) / p if method == "correlation" else None
     sq = torch.zeros((b, n), dtype=ct, device=xb.device) if method in ("correlation", "cosine") else None
+    # What the centred patterns' means still are, in float64: the mean above carries the rounding of a
+    # sum in ct, which for patterns far from zero against their spread (float32 values near 1e6 varying
+    # by 1) is a large share of that spread; _recentre takes it out of the Gram and the norms.
+    resid = torch.zeros((b, n), dtype=torch.float64, device=xb.device) if mean is not None else None
     # On the CPU without autograd (_fixed_chunks) the centred chunks go into one small reused buffer: a
     # fresh (B, n, chunk) tensor per chunk is memory the system maps and zeroes anew each call (for 11 x
     # 200 x 4,096 float32, centring into it took 7x as long as into a buffer). Chunks of a fixed number
@@ -128,14 +132,34 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor, fi
             c = c - mean
         elif sq is None:
             c = c - c.mean(-2, keepdim=True)
+        if resid is not None:
+            # summed in ct: the centred values are near their mean, so the sum carries no cancellation
+            # (a float64 sum of float32 values is ten times slower in torch)
+            resid = resid + c.sum(-1).to(torch.float64)
         if sq is not None:
             # out of place: vector_norm's backward needs its result unchanged
             sq += torch.linalg.vector_norm(c, dim=-1).square()
         gram.baddbmm_(c, c.transpose(-1, -2))
+    if resid is not None and sq is not None:
+        gram, sq = _recentre(gram, sq, resid / p, p)
     if sq is not None:
         inv = sq.rsqrt_()
         gram.mul_(inv[:, :, None]).mul_(inv[:, None, :])
     return gram
+
+
+def _recentre(
+    gram: torch.Tensor, sq: torch.Tensor, r: torch.Tensor, p: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gram matrix and squared norms of patterns c - r (r: their remaining means, float64), from those
+    of c: sum_k (c_ik - r_i)(c_jk - r_j) = G_ij - p r_i r_j. Applied only where some p r_i^2 reaches
+    2^-30 of its pattern's sum of squares; below that the correction is under half a float32 ulp of the
+    norms, and every RDM keeps the bits it had without it."""
+    shift = p * r * r
+    if not bool((shift > sq.detach().to(torch.float64) * 2.0**-30).any()):
+        return gram, sq
+    outer = (p * r[:, :, None] * r[:, None, :]).to(gram.dtype)
+    return gram - outer, sq - shift.to(sq.dtype)
 
 
 def _distances(gram: torch.Tensor, method: str, p: int) -> torch.Tensor:

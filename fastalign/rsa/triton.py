@@ -72,6 +72,9 @@ def _normalised(xb: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tens
     z = xb.float()
     if method == "correlation":
         z = z - z.mean(-1, keepdim=True)
+        # again: a float32 mean of patterns far from zero against their spread (values near 1e6 varying by
+        # 1) is off by a large share of that spread; the centred values' own mean is exact enough
+        z = z - z.mean(-1, keepdim=True)
     if method in ("correlation", "cosine"):
         z = z / z.norm(dim=-1, keepdim=True)
         return z, z.new_empty(0)

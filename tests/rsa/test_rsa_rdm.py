@@ -115,6 +115,26 @@ def test_float32_within_tolerance_of_float64(backend: str) -> None:
         np.testing.assert_allclose(out.double().numpy(), ref.numpy(), rtol=2e-5, atol=2e-5)
 
 
+# cpp has no backward: it runs without grad only
+_FAR = [*((b, False) for b in ["reference", "torch", *CPP]), ("reference", True), ("torch", True)]
+
+
+@pytest.mark.parametrize(("backend", "grad"), _FAR)
+@pytest.mark.parametrize("offset", [1e4, 1e6, 1e7])
+def test_float32_correlation_of_patterns_far_from_zero(offset: float, backend: str, grad: bool) -> None:
+    # float32 values near 1e6 that vary by about 1: a mean summed in float32 was off by half the spread,
+    # and the torch and reference RDMs by 1e-2 (the cpp one centres in float64)
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(20, 300, generator=g, dtype=torch.float64) + offset).float().requires_grad_(grad)
+    expected = pdist(x.detach().double().numpy(), "correlation")  # of the same float32 values
+    out = fa.rdm(x, backend=backend)
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.detach().double().numpy(), expected, rtol=0, atol=1e-6)
+    if grad:
+        out.sum().backward()
+        assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+
+
 # Each pattern times its own power of two: float64 near 1e200 and 1e-170, float32 near 1e20 and 1e-25.
 EXPONENTS = {torch.float64: [665, -565, 0, 640, -540, 3], torch.float32: [66, -83, 0, 60, -80, 1]}
 
@@ -135,6 +155,15 @@ def test_scale_invariant_methods_at_extreme_magnitudes(method: str, backend: str
 def _pdist_batch(x: torch.Tensor, method: str) -> np.ndarray:
     flat = np.stack([_pdist(v.numpy(), method) for v in x.reshape(-1, *x.shape[-2:])])
     return flat.reshape(*x.shape[:-2], -1)
+
+
+@pytest.mark.triton
+def test_triton_correlation_of_patterns_far_from_zero(triton_device: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(20, 40, generator=g, dtype=torch.float64) + 1e6).float()
+    out = fa.rdm(x.to(triton_device), backend="triton").cpu()
+    expected = pdist(x.double().numpy(), "correlation")
+    np.testing.assert_allclose(out.double().numpy(), expected, rtol=0, atol=2e-6)
 
 
 @pytest.mark.triton
