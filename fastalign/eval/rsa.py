@@ -477,8 +477,10 @@ def _summary(
         curve = x.mean(axis=0)
         if modality == "eeg":
             times = np.asarray(mod.times)
+            # peak, mean and gains after stimulus onset: before it the curves are noise around 0, whose
+            # maximum is no latency (all time points where the epoch has none after onset)
             post = times >= 0 if (times >= 0).any() else np.ones(len(times), bool)
-            k = int(np.argmax(curve))
+            k = int(np.argmax(np.where(post, curve, -np.inf)))
             numbers: dict[str, Any] = {
                 "peak_similarity": float(curve[k]), "peak_time": float(times[k]),
                 "mean_similarity": float(curve[post].mean()), "n_subjects": len(x),
@@ -494,7 +496,7 @@ def _summary(
             numbers["mean_gain"] = gain
             numbers["relative_gain"] = gain / float(b[post].mean()) if b[post].mean() > 0 else None
             if modality == "eeg":
-                k = int(np.argmax(d))
+                k = int(np.argmax(np.where(post, d, -np.inf)))
                 numbers.update(max_gain=float(d[k]), max_gain_time=float(mod.times[k]))
             else:
                 numbers["gain"] = dict(zip(mod.rois, d.tolist(), strict=True))

@@ -249,3 +249,29 @@ def test_individual_variability(eval_things: SyntheticThings) -> None:
     assert summary["rises_v1_to_it"] and summary["monotonic"] and summary["n_pairs"] == 10
     assert summary["mean"]["V1"] == pytest.approx(np.mean([r["dissimilarity"] for r in res.variability
                                                            if r["layer"] == "V1"]))  # fmt: skip
+
+
+def test_summary_peaks_and_gains_are_after_onset() -> None:
+    # a model that matches the brain only before onset (noise there, as every baseline period is): its
+    # peak and its largest gain over the baseline model are the largest after onset, not before it
+    rng = np.random.default_rng(0)
+    n_img, n_ch = 12, 6
+    times = np.array([-0.2, -0.1, 0.0, 0.1, 0.2])
+    pattern = rng.normal(size=(n_img, n_ch))
+    eeg = {}
+    for s in (1, 2, 3):
+        x = rng.normal(size=(n_img, n_ch, times.size)) * 0.3
+        x[:, :, 0] += pattern  # the planted match, before onset
+        x[:, :, 3] += 0.3 * pattern  # a weaker one after it
+        eeg[s] = x
+    brain = fe.BrainData(images=[f"i{k}.png" for k in range(n_img)], eeg=eeg, times=times)
+    feats = pattern + 0.1 * rng.normal(size=pattern.shape)
+    models = [fe.EvalModel("cornet_s", features={"L": rng.normal(size=(n_img, n_ch))}),
+              fe.EvalModel("m", features={"L": feats})]  # fmt: skip
+    res = fe.evaluate(brain, models, out=None, permutations=100)
+    m = res.summary["models"]["m"]["eeg"]["none"]["L"]
+    curve = {r["time"]: r["similarity"] for r in res.rows if r["model"] == "m" and r["subject"] == "sub-01"}
+    assert max(curve, key=curve.get) == pytest.approx(-0.2)  # the whole curve's maximum is before onset
+    assert m["peak_time"] == pytest.approx(0.1) and m["max_gain_time"] >= 0
+    mean_after = np.mean([r["similarity"] for r in res.rows if r["model"] == "m" and r["time"] >= 0])
+    assert m["mean_similarity"] == pytest.approx(mean_after, rel=1e-12)
