@@ -651,9 +651,11 @@ def _subset(brain: BrainData, subjects: Any, rois: Any, mods: list[str]) -> Brai
             eeg={s: v for s, v in brain.eeg.items() if s in wanted},
             fmri={s: v for s, v in brain.fmri.items() if s in wanted},
         )
-    if rois is not None and "fmri" in mods:
+    if rois is not None:
         if isinstance(rois, (str, bytes)) or not isinstance(rois, Sequence) or not rois:
             raise TypeError(_checks.message(_FN, "rois", "a non-empty sequence of ROI names", rois))
+        if "fmri" not in mods:  # it was ignored
+            raise ValueError(f"{_FN}: rois={list(rois)!r} picks fMRI ROIs, but modality {mods} has no fMRI")
         unknown = [r for r in rois if r not in brain.rois()]
         if unknown:
             raise ValueError(f"{_FN}: rois names {unknown}, which the data lacks; it has {brain.rois()}")
@@ -815,7 +817,7 @@ def evaluate(
             attack["folder"], class_index=attack["class_index"], size=s["image_size"]
         )
     config = {
-        "data": brain.source,
+        "data": os.path.abspath(brain.source) if os.path.isdir(brain.source) else brain.source,
         "models": [
             {k: getattr(m, k) for k in ("name", "subject", "modality", "source", "layers")} for m in specs
         ],

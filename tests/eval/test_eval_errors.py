@@ -49,6 +49,8 @@ def _features(n_images: int = 6, name: str = "m", **kw: Any) -> fe.EvalModel:
         ([42], {}, TypeError, r"models\[0\] must be 'cornet_s', a run folder or an EvalModel"),
         ("cornet_s", {}, TypeError, "models must be a non-empty list of models"),
         ([_features()], {"modality": "meg"}, ValueError, "modality must be one of"),
+        ([_features()], {"rois": ["V1"]}, ValueError,
+         r"rois=\['V1'\] picks fMRI ROIs, but modality \['eeg'\] has no fMRI"),
         ([_features()], {"tail": 2}, ValueError, "tail must be 1, -1 or 0"),
         ([_features()], {"permutations": 0}, ValueError, "permutations must be"),
         ([_features()], {"threshold_p": 1.5}, ValueError, "threshold_p must be a probability in"),

@@ -275,3 +275,14 @@ def test_summary_peaks_and_gains_are_after_onset() -> None:
     assert m["peak_time"] == pytest.approx(0.1) and m["max_gain_time"] >= 0
     mean_after = np.mean([r["similarity"] for r in res.rows if r["model"] == "m" and r["time"] >= 0])
     assert m["mean_similarity"] == pytest.approx(mean_after, rel=1e-12)
+
+
+def test_config_records_the_data_folder_absolute(
+    eval_things: SyntheticThings, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a relative data path in config.json named no folder once the report was moved or read elsewhere
+    monkeypatch.chdir(os.path.dirname(eval_things.root))
+    out = tmp_path / "out"
+    fe.evaluate(os.path.basename(eval_things.root), [_truth(eval_things)], out=out, permutations=10)
+    with open(out / "config.json") as f:
+        assert json.load(f)["data"] == os.path.abspath(eval_things.root)
