@@ -110,12 +110,7 @@ def _read_array(path: str, sfreq: float | None, tmin: float | None) -> tuple[np.
             f"{_FN}: brain file {path!r} is an array without sample times; give sfreq (Hz, --sfreq) and tmin "
             "(the time of its first sample in seconds, --tmin)"
         )
-    data = data.astype(np.float64)
-    if not np.isfinite(data).all():
-        bad = np.argwhere(~np.isfinite(data))[0].tolist()
-        raise ValueError(
-            f"{_FN}: brain file {path!r} holds NaN or inf (first at index {bad}); expected finite values"
-        )
+    data = _finite(data.astype(np.float64), path, "brain")
     if data.ndim == 4:
         data = data.mean(axis=1)
     return data, tmin + np.arange(data.shape[-1]) / sfreq, None
@@ -151,11 +146,15 @@ def _read_model(path: str, flag: str) -> np.ndarray:
     data = np.asarray(load_npy(path, f"{_FN}: {flag}"))
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data) or data.size == 0:
         raise ValueError(f"{_FN}: {flag} file {path!r} holds a {data.dtype} array; expected real numbers")
-    data = data.astype(np.float64)
+    return _finite(data.astype(np.float64), path, flag)
+
+
+def _finite(data: np.ndarray, path: str, what: str) -> np.ndarray:
+    """data, refused naming the file and the first bad index where it holds NaN or inf."""
     if not np.isfinite(data).all():
         bad = np.argwhere(~np.isfinite(data))[0].tolist()
         raise ValueError(
-            f"{_FN}: {flag} file {path!r} holds NaN or inf (first at index {bad}); expected finite values"
+            f"{_FN}: {what} file {path!r} holds NaN or inf (first at index {bad}); expected finite values"
         )
     return data
 

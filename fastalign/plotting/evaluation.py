@@ -53,8 +53,8 @@ _CEILING = "0.85"
 
 _RESULT_COLUMNS = ("model", "model_subject", "subject", "modality", "comparison", "layer", "time", "roi")
 _RESULT_NUMBERS = ("time", "similarity", "noise_lower", "noise_upper")
-#: How each compare method (fastalign.compare_rdms) is named on an axis.
-MEASURES = {
+# How each compare method (fastalign.compare_rdms) is named on an axis.
+_MEASURES = {
     "spearman": "Spearman ρ",
     "pearson": "Pearson r",
     "kendall_tau_a": "Kendall τ-a",
@@ -66,9 +66,9 @@ MEASURES = {
 def _measure(fn: str, measure: str | None, stats: Mapping[str, Any]) -> str:
     """The axis name of the similarities: ``measure``, else stats.json's ``compare``, else Spearman's."""
     name = measure if measure is not None else stats.get("compare", "spearman")
-    if name not in MEASURES:
-        raise ValueError(f"{fn}: measure must be one of {sorted(MEASURES)} (a compare method), got {name!r}")
-    return MEASURES[name]
+    if name not in _MEASURES:
+        raise ValueError(f"{fn}: measure must be one of {sorted(_MEASURES)} (a compare method), got {name!r}")
+    return _MEASURES[name]
 
 
 Table = str | os.PathLike[str] | Iterable[Mapping[str, Any]]
@@ -314,8 +314,8 @@ def plot_rsa_time_courses(
         baseline: the reference model, drawn in black.
         alpha: clusters with ``p < alpha`` are drawn; default stats.json's ``alpha``, else 0.05.
         ncols: panels per row.
-        measure: the compare method of the similarities, for the axis (:data:`MEASURES`); default
-            stats.json's ``compare``, else "spearman".
+        measure: the compare method of the similarities ("spearman", "pearson", "kendall_tau_a",
+            "rho_a", "cosine"), named on the axis; default stats.json's ``compare``, else "spearman".
     """
     fn = "plot_rsa_time_courses"
     ncols = _check_ncols(fn, ncols)
@@ -642,7 +642,8 @@ def plot_across_subject(
         layers, models: the panels and models used (default all).
         window: (start, stop) in seconds for EEG.
         ncols: panels per row.
-        measure: the compare method of the similarities, for the colour bar (:data:`MEASURES`).
+        measure: the compare method of the similarities, named on the colour bar (as for
+            :func:`plot_rsa_time_courses`).
     """
     fn = "plot_across_subject"
     ncols = _check_ncols(fn, ncols)
