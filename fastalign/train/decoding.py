@@ -29,6 +29,7 @@ import functools
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,7 @@ from fastalign.data import (
     normalize_embeddings,
     train_val_split,
 )
-from fastalign.data._io import atomic_write, check_array
+from fastalign.data._io import atomic_write, check_array, replacing_dir
 from fastalign.data.datasets import Normalization
 from fastalign.eval.features import EvalModel, layer_features
 from fastalign.eval.retrieval import retrieval_topk
@@ -511,6 +512,46 @@ def _check_settings(a: dict[str, Any]) -> list[int]:
     return seeds
 
 
+_SEED_DIR = re.compile(r"seed-(-?\d+)$")
+
+
+def _prepare_seed_set(out: str, seeds: list[int], *, overwrite: bool) -> None:
+    """Makes ``out`` ready for one run per seed (``out/seed-N``) and their summary.json.
+
+    A missing or empty folder, or one that holds the runs of exactly these seeds, is used as it is (each
+    seed's folder then follows fit's rules: resume, overwrite or refuse). Anything else (a single run, the
+    runs of other seeds, other files) is refused unless ``overwrite``, which replaces the folder as a
+    unit: the summary of other seeds must not be overwritten by this set's, nor stale seed folders be
+    left beside it.
+    """
+    path = os.path.abspath(out)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ValueError(f"{_FN}: out={path!r} is a file; expected a folder for the runs of seeds {seeds}")
+    entries = [e for e in os.listdir(path) if not e.startswith(".")] if os.path.isdir(path) else []
+    if not entries:
+        return
+    found = sorted(
+        int(m.group(1)) for e in entries if (m := _SEED_DIR.match(e)) and os.path.isdir(os.path.join(path, e))
+    )
+    others = sorted(e for e in entries if not _SEED_DIR.match(e) and e != "summary.json")
+    if not others and found == sorted(seeds):
+        return
+    if overwrite and (found or os.path.isfile(os.path.join(path, "config.json"))):
+        with replacing_dir(path):
+            pass
+        return
+    held = (
+        "a single run (config.json)" if "config.json" in others
+        else f"the runs of seeds {found}" + (f" and {others[:5]}" if others else "") if found
+        else f"other files ({others[:5]})"
+    )  # fmt: skip
+    fix = "pass overwrite=True (--overwrite) to replace it, or " if found or "config.json" in others else ""
+    raise ValueError(
+        f"{_FN}: out={path!r} holds {held}, not the runs of seeds {seeds}; {fix}choose another out "
+        "(its summary.json would be replaced by this set's)"
+    )
+
+
 def _aggregate(summaries: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """Mean and standard error of the mean over seeds, and every seed's numbers."""
     first = summaries[0]
@@ -612,6 +653,8 @@ def decode(
             of different shapes, NaN in the data, a test gallery smaller than 5.
     """
     seeds = _check_settings(dict(locals()))
+    if len(seeds) > 1 and distributed.planned().is_main:  # one process readies the folder, as fit's rank 0
+        _prepare_seed_set(os.fspath(out), seeds, overwrite=overwrite)
     root = _root(data)
     meta = load_image_metadata(os.path.join(root, IMAGE_DIR))
     paths = {"train": meta.paths("training"), "test": meta.paths("test")}

@@ -106,6 +106,33 @@ def test_ground_truth_features_retrieve_far_above_chance(synth: SyntheticThings,
     assert s["top5"] >= 2 * s["chance"]["top5"], s
 
 
+def test_a_seed_set_never_replaces_other_results_without_overwrite(
+    synth: SyntheticThings, tmp_path: Any
+) -> None:
+    # several seeds write out/seed-N and out/summary.json: into a single run's folder, or over the runs of
+    # other seeds, that summary replaced theirs (and --overwrite with fewer seeds left stale seed folders)
+    one = decode(synth, 1, out=tmp_path / "one", **{**FAST, "epochs": 1}).summary
+    single = r"holds a single run \(config\.json\), not the runs of seeds \[0, 1\]; pass overwrite=True"
+    with pytest.raises(ValueError, match=single):
+        decode(synth, 1, out=tmp_path / "one", seed=[0, 1], **{**FAST, "epochs": 1})
+    with open(tmp_path / "one" / "summary.json") as f:
+        assert json.load(f) == json.loads(json.dumps(one))  # untouched
+    decode(synth, 1, out=tmp_path / "set", seed=[0, 1, 2], **{**FAST, "epochs": 1})
+    before = (tmp_path / "set" / "summary.json").read_bytes()
+    with pytest.raises(
+        ValueError, match=r"holds the runs of seeds \[0, 1, 2\], not the runs of seeds \[5, 6\]"
+    ):
+        decode(synth, 1, out=tmp_path / "set", seed=[5, 6], **{**FAST, "epochs": 1})
+    assert (tmp_path / "set" / "summary.json").read_bytes() == before
+    decode(synth, 1, out=tmp_path / "set", seed=[5, 6], overwrite=True, **{**FAST, "epochs": 1})
+    assert sorted(os.listdir(tmp_path / "set")) == ["seed-5", "seed-6", "summary.json"]  # no stale seed-2
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds other files \(\['todo\.txt'\]\).*; choose another out"):
+        decode(synth, 1, out=tmp_path / "notes", seed=[0, 1], overwrite=True, **{**FAST, "epochs": 1})
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
 def test_several_seeds_mean_and_sem(synth: SyntheticThings, tmp_path: Any) -> None:
     result = decode(synth, 1, out=tmp_path / "runs", seed=[3, 4], **{**FAST, "epochs": 1})
     assert sorted(os.listdir(tmp_path / "runs")) == ["seed-3", "seed-4", "summary.json"]
