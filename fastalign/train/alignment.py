@@ -61,7 +61,7 @@ from fastalign.models import ReAlnet, realnet, save_realnet
 from fastalign.models.cornet import CORnetS
 from fastalign.rsa import compare_rdms, rdm, time_resolved_rsa
 from fastalign.train import distributed
-from fastalign.train.loop import FitResult, FitState, Hook, fit
+from fastalign.train.loop import FitResult, FitState, Hook, fit, require_selected
 from fastalign.train.run import RunFolder
 
 __all__ = ["AlignData", "AlignResult", "align", "derangement", "load_align_data", "realnet_loss"]
@@ -148,6 +148,11 @@ def realnet_loss(
 def _step(model: torch.nn.Module, batch: Any, *, beta: float, contrast: str) -> Any:
     images, brain, target = batch
     logits, pred = model(images)  # one backbone pass: logits and the predicted response together
+    if not bool(torch.isfinite(pred).all()):  # the loss's own check would call it bad input
+        raise FloatingPointError(
+            f"{_FN}: the predicted responses are not finite: the weights diverged; lower the learning rate "
+            "(--lr) or clip gradients (--clip-grad-norm)"
+        )
     # fit passes its DDP wrapper in training, where every rank runs every step: C over the global batch.
     # Validation (the bare model) keeps each rank's share: its shards may differ by a batch across ranks.
     group = model.process_group if isinstance(model, DistributedDataParallel) else None
@@ -1016,6 +1021,7 @@ def align(
             num_workers=num_workers, drop_last=True,
             hooks=[recipe, *hooks], progress=progress, device=target_device,
         )  # fmt: skip
+        require_selected(_FN, result)
         assert isinstance(result.model, ReAlnet)
         result.model.fuse_training(None, convs=None)  # handed back as realnet(run folder) loads it
         results.append(AlignResult(s, result.run, result.model, result.summary, result))

@@ -61,7 +61,7 @@ from fastalign.models import cornet_s
 from fastalign.models.encoders import ENCODERS, brain_encoder
 from fastalign.train import distributed
 from fastalign.train.loaders import derive_seed
-from fastalign.train.loop import FitResult, FitState, Hook, fit
+from fastalign.train.loop import FitResult, FitState, Hook, fit, require_selected
 
 __all__ = ["DecodeResult", "Decoder", "decode"]
 
@@ -741,7 +741,7 @@ def decode(
             hooks=[*extra, _Retrieval(brain.test, images["test"], concepts), *hooks], progress=progress,
             device=target_device,
         )  # fmt: skip
-        results.append(result)
+        results.append(require_selected(_FN, result))
         summaries.append(result.summary)
     first = results[0].model
     assert isinstance(first, Decoder)

@@ -713,6 +713,18 @@ class _Fit:
         )  # fmt: skip
 
 
+def require_selected(fn: str, result: FitResult) -> FitResult:
+    """``result``, or a FloatingPointError when no epoch was selected: a recipe whose model later stages
+    load (align, decode) has failed when it wrote none, which fit alone only warns about."""
+    if result.best_epoch is None:
+        raise FloatingPointError(
+            f"{fn}: no epoch had a finite {result.summary['monitor']} (the training diverged), so "
+            f"{result.run.model_path} was not written; the run's metrics are in {result.run.metrics_path}: "
+            "lower the learning rate (--lr) or clip gradients (--clip-grad-norm)"
+        )
+    return result
+
+
 def fit(
     model: nn.Module,
     step_fn: StepFn,

@@ -444,6 +444,14 @@ def test_bad_settings_are_refused(
         align(synth.root, 1, out=tmp_path / "run", **{**RUN, **change})
 
 
+def test_a_diverging_run_fails_saying_so(synth: SyntheticThings, tmp_path: Path) -> None:
+    # the weights overflow in the first steps: the loss's input check called that bad input
+    with pytest.raises(
+        FloatingPointError, match=r"^align: the predicted responses are not finite: the weights "
+    ):
+        align(synth.root, 1, out=tmp_path / "run", progress=False, **{**RUN, "lr": 1e12, "batch_size": 4})
+
+
 # ---------------------------------------------------------------------------- resume, subjects, RSA
 
 

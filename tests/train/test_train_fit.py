@@ -20,6 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 import fastalign.train.precision as precision
 from fastalign.train import FitState, Hook, RunFolder, load_checkpoint
+from fastalign.train.loop import require_selected
 
 STEPS = N_TRAIN // BATCH
 
@@ -134,6 +135,14 @@ def test_no_finite_validation_loss_selects_nothing(tmp_path: Path) -> None:
         result = run(tmp_path / "run", step_fn=scripted_val([math.nan] * 3))
     assert result.best_epoch is None and result.summary["best_val_loss"] is None
     assert not Path(result.run.model_path).exists()
+    # fit warns; a recipe whose model later stages load (align, decode) fails with require_selected
+    failed = (
+        r"^align: no epoch had a finite val_loss \(the training diverged\), so .*model\.safetensors was not"
+    )
+    with pytest.raises(FloatingPointError, match=failed + r" written; the run's metrics are in "):
+        require_selected("align", result)
+    selected = run(tmp_path / "other")
+    assert require_selected("decode", selected) is selected
 
 
 def test_patience_counts_training_epochs(tmp_path: Path) -> None:
