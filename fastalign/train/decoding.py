@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -512,6 +513,16 @@ def _check_settings(a: dict[str, Any]) -> list[int]:
     return seeds
 
 
+def _digest(images: Mapping[str, torch.Tensor]) -> str:
+    """A short hash of the image embeddings of each split (what an image model gives decode)."""
+    h = hashlib.sha256()
+    for split in sorted(images):
+        t = images[split].detach().cpu().contiguous()
+        h.update(f"{split}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy())  # no copy
+    return h.hexdigest()[:16]
+
+
 _SEED_DIR = re.compile(r"seed-(-?\d+)$")
 
 
@@ -677,6 +688,7 @@ def decode(
     # Only a CORnet-S without weights depends on the seed (its random initialisation): embed others once.
     seeded = isinstance(image_model, str) and image_model == "cornet_s" and weights is None
     embedded: dict[int | None, tuple[dict[str, torch.Tensor], str]] = {}
+    digests: dict[int | None, str] = {}
     results, summaries = [], []
     for s in seeds:
         key = s if seeded else None
@@ -686,6 +698,8 @@ def decode(
                 cache_dir=cache, device=target_device,
             )  # fmt: skip
         images, source = embedded[key]
+        if key not in digests:
+            digests[key] = _digest(images)
         d = images["train"].shape[1]
         tr, va = train_val_split(len(paths["train"]), val_fraction, s)
         train_set, sampled = _training_set(brain, tr, random_repetitions, s)
@@ -712,6 +726,9 @@ def decode(
             "modality": brain.source,
             "response_shape": list(shape),
             "image_model": source,
+            # what the encoder is trained against: a resumed run whose image model changed (a run folder
+            # aligned again, other weights) would otherwise mix two models' embeddings unnoticed
+            "image_fingerprint": digests[key],
             "layer": layer,
             "encoder": encoder,
             "encoder_options": dict(encoder_options or {}),

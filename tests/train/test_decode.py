@@ -133,6 +133,24 @@ def test_a_seed_set_never_replaces_other_results_without_overwrite(
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
 
 
+def test_resume_refuses_a_run_whose_image_model_changed(synth: SyntheticThings, tmp_path: Any) -> None:
+    # config.json named the image model only as "a module" or a run folder's path: a run folder aligned
+    # again was resumed against its new embeddings, mixing two models in one run
+    def net(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 8))
+
+    kw = {**FAST, "epochs": 1, "image_size": 16, "cache_dir": tmp_path / "cache"}
+    first = decode(synth, 1, out=tmp_path / "run", **{**kw, "image_model": net(0)})
+    fingerprint = first.fits[0].run.read_config()["config"]["image_fingerprint"]
+    assert len(fingerprint) == 16
+    decode(synth, 1, out=tmp_path / "run", resume=True, **{**kw, "image_model": net(0)})  # the same: resumes
+    with pytest.raises(
+        ValueError, match=rf"different config \(config\.image_fingerprint: '{fingerprint}' -> '"
+    ):
+        decode(synth, 1, out=tmp_path / "run", resume=True, **{**kw, "image_model": net(1)})
+
+
 def test_several_seeds_mean_and_sem(synth: SyntheticThings, tmp_path: Any) -> None:
     result = decode(synth, 1, out=tmp_path / "runs", seed=[3, 4], **{**FAST, "epochs": 1})
     assert sorted(os.listdir(tmp_path / "runs")) == ["seed-3", "seed-4", "summary.json"]
