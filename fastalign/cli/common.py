@@ -179,7 +179,9 @@ def add_progress(p: argparse.ArgumentParser) -> None:
 def add_resume_overwrite(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the run in --out")
-    group.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    group.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (removed as the new run starts)"
+    )
 
 
 def number(value: Any) -> str:
