@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -445,9 +446,27 @@ class _Retrieval(Hook):
         with torch.no_grad():
             z = torch.cat([model(b.to(state.device))[0].cpu() for b in self.brain.split(256)])
         model.train(was_training)
+        _warn_if_collapsed(z, self.images, state.step)
         out = retrieval_topk(z, self.images, concepts=self.concepts)
         out["temperature"] = model.temperature
         return out
+
+
+def _warn_if_collapsed(z: torch.Tensor, images: torch.Tensor, steps: int) -> None:
+    """Warns when every test trial ranks the gallery in the same order: retrieval then sits exactly at
+    chance whatever the data, which after few training steps is NICE's (or EEGNet's) BatchNorm running
+    statistics, still near their initial variance of 1 against inputs normalised to a far smaller one."""
+    if z.shape[0] < 2:
+        return
+    order = (z.double() @ images.double().T).argsort(dim=1, descending=True)
+    if bool((order == order[0]).all()):
+        warnings.warn(
+            f"{_FN}: all {z.shape[0]} test trials rank the gallery in the same order, so retrieval is at "
+            f"chance: after {steps} training steps the encoder's BatchNorm running statistics may not have "
+            "converged; train for more steps (epochs) or use an encoder without BatchNorm ('mlp')",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 class _FreshRepetitions(Hook):

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,26 @@ def test_resume_refuses_a_run_whose_image_model_changed(synth: SyntheticThings, 
         ValueError, match=rf"different config \(config\.image_fingerprint: '{fingerprint}' -> '"
     ):
         decode(synth, 1, out=tmp_path / "run", resume=True, **{**kw, "image_model": net(1)})
+
+
+def test_a_gallery_every_trial_ranks_alike_is_warned_about() -> None:
+    # after few steps NICE's BatchNorm running statistics map every trial to nearly one embedding: each
+    # ranks the gallery alike and retrieval is exactly at chance, which looked like a result
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(10, 8, generator=g, dtype=torch.float64)
+    alike = torch.randn(1, 8, generator=g, dtype=torch.float64) + 1e-4 * torch.randn(
+        10, 8, generator=g, dtype=torch.float64
+    )
+    same = (
+        r"^decode: all 10 test trials rank the gallery in the same order, so retrieval is at chance: after 12"
+    )
+    with pytest.warns(RuntimeWarning, match=same):
+        decoding._warn_if_collapsed(alike, images, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoding._warn_if_collapsed(
+            images + 0.1 * torch.randn(10, 8, generator=g, dtype=torch.float64), images, 12
+        )
 
 
 def test_several_seeds_mean_and_sem(synth: SyntheticThings, tmp_path: Any) -> None:
