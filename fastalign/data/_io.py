@@ -34,6 +34,7 @@ import pickle
 import re
 import secrets
 import shutil
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
@@ -316,8 +317,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     _recover(path)
     tmp = _create_temp(path, directory=False)
+    mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 less the umask, as open() would create it
     try:
         write(tmp)
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that made its own file (safetensors: 0o600)
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -18,7 +18,8 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -527,10 +528,12 @@ def save_realnet(
         target = target / WEIGHTS_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = str(target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 less the umask, as every other output gets
     try:
         save_file(tensors, tmp, metadata={**metadata, _CONFIG_KEY: json.dumps(model.config())})
+        os.chmod(tmp, mode)  # safetensors writes a file of its own, readable by its owner only
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())  # the bytes reach the disk before the name points at them
         os.replace(tmp, target)

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ from fastalign.models.realnet_model import (
     realnet,
     save_realnet,
 )
+from fastalign.train import RunFolder
 from fastalign.train.alignment import _read_state
 
 IMG = 32
@@ -216,6 +218,14 @@ def test_safetensors_round_trip(model: ReAlnet, tmp_path: Path) -> None:
     written = save_realnet(m, tmp_path / "run", {"epoch": "3"})
     assert written == tmp_path / "run" / "model.safetensors"
     assert os.listdir(tmp_path / "run") == ["model.safetensors"]  # no temporary file left
+    # the mode open() gives (0o666 less the umask) as every other output: it was 0o600, unreadable to a
+    # group that shares the runs
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(written).st_mode) == 0o666 & ~umask
+    run = RunFolder(tmp_path / "fit")
+    run.save_model(m, {})  # fit's selected weights, through safetensors too
+    assert stat.S_IMODE(os.stat(run.model_path).st_mode) == 0o666 & ~umask
     with safe_open(str(written), framework="pt") as f:
         meta = f.metadata()
     assert meta["epoch"] == "3" and json.loads(meta["fastalign.realnet"]) == m.config()
