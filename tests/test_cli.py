@@ -89,6 +89,7 @@ _REQUIRED = {
     "decode": ["--data", "d", "--out", "o"],
     "evaluate": ["--data", "d", "--models", "cornet_s", "--out", "o"],
     "rsa": ["--brain", "b.npy", "--out", "o"],
+    "preprocess": ["--data", "d"],
 }
 
 
@@ -106,6 +107,7 @@ _REQUIRED = {
         ("evaluate", "--alpha", ["3", "0", "1"], "a probability in (0, 1)", "0.01"),
         ("evaluate", "--threshold-p", ["-0.05"], "a probability in (0, 1)", "0.001"),
         ("rsa", "--sfreq", ["0", "-250"], "a finite number > 0", "250"),
+        ("preprocess", "--sfreq", ["0", "-5", "nan"], "a finite number > 0", "100"),
     ],
 )
 def test_number_flags_out_of_range_are_usage_errors(

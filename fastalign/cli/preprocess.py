@@ -19,7 +19,7 @@ import re
 import sys
 from typing import Any
 
-from fastalign.cli.common import Command, add_progress, add_seed, add_subjects, int_or_none
+from fastalign.cli.common import Command, add_progress, add_seed, add_subjects, int_or_none, positive_real
 from fastalign.data import PUBLISHED_SEED
 
 _SUBJECT_DIR = re.compile(r"^sub-(\d+)$")
@@ -35,6 +35,11 @@ def _float_or_none(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
+def _rate_or_none(text: str) -> float | None:
+    """An argparse type: a sampling rate in Hz (> 0), or ``none``."""
+    return None if text.lower() == "none" else positive_real(text)
+
+
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder holding raw_data/sub-XX/ses-YY/")
     add_subjects(p, "subject number(s), or 'all' (every sub-XX of raw_data; default 1)")
@@ -48,7 +53,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sessions", nargs="+", type=int, metavar="N", help="session numbers (default all)")
     p.add_argument(
         "--sfreq",
-        type=_float_or_none,
+        type=_rate_or_none,
         default=argparse.SUPPRESS,  # absent: the recipe's; "none": no resampling
         help="resampling rate in Hz, or none (recipe: 100 / 250)",
     )

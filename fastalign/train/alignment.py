@@ -441,7 +441,8 @@ def load_align_data(
         if pca > largest:
             raise ValueError(
                 f"{_FN}: pca={pca} components exceed what {len(train_idx)} training images x "
-                f"{parts['train'].data.shape[2]} voxels allow ({largest}); pass a smaller pca, or None"
+                f"{parts['train'].data.shape[2]} voxels allow ({largest}); pass a smaller pca, or None "
+                "(--pca none)"
             )
         fitted = ResponsePCA(pca, seed=seed % 2**32).fit(parts["train"])
         parts = {k: fitted.transform(v) for k, v in parts.items()}

@@ -264,7 +264,11 @@ def _image_embeddings(
                     f"{_FN}: image_model={os.fspath(spec)!r} is a folder without the aligned weights "
                     f"{weights_file!r}; expected a finished run folder of fastalign align"
                 )
-            model = dataclasses.replace(EvalModel.from_run(spec), layers=[layer])
+            try:
+                run_model = EvalModel.from_run(spec)
+            except (ValueError, FileNotFoundError) as exc:  # evaluate's reader: this is decode's argument
+                raise type(exc)(f"{_FN}: image_model: {str(exc).removeprefix('evaluate: ')}") from exc
+            model = dataclasses.replace(run_model, layers=[layer])
             source = f"realnet run {os.path.abspath(spec)} {layer}"
         else:
             raise ValueError(

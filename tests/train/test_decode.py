@@ -152,6 +152,12 @@ def test_resume_refuses_a_run_whose_image_model_changed(synth: SyntheticThings, 
         decode(synth, 1, out=tmp_path / "run", resume=True, **{**kw, "image_model": net(1)})
 
 
+def test_a_decode_run_as_the_image_model_is_refused_by_decode(synth: SyntheticThings, tmp_path: Any) -> None:
+    decode(synth, 1, out=tmp_path / "dec", **{**FAST, "epochs": 1})
+    with pytest.raises(ValueError, match=r"^decode: image_model: .* is a run folder of fastalign decode "):
+        decode(synth, 1, out=tmp_path / "again", **{**FAST, "image_model": tmp_path / "dec"})
+
+
 def test_a_gallery_every_trial_ranks_alike_is_warned_about() -> None:
     # after few steps NICE's BatchNorm running statistics map every trial to nearly one embedding: each
     # ranks the gallery alike and retrieval is exactly at chance, which looked like a result
