@@ -123,6 +123,14 @@ def test_number_flags_out_of_range_are_usage_errors(
     assert getattr(args, flag[2:].replace("-", "_")) == float(good)
 
 
+def test_decode_names_a_missing_responses_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "train.npy")
+    argv = ["decode", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--responses", missing, missing]
+    assert main(argv) == 1
+    err = capsys.readouterr().err  # was numpy's bare "[Errno 2] No such file or directory"
+    assert f"decode: --responses train file: expected a file at {missing!r}" in err
+
+
 def test_a_failure_is_one_line_on_stderr_and_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

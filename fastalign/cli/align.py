@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     if rank0():
         for r in results if isinstance(results, list) else [results]:
             print(describe(r.subject, r.run.path, r.summary))
-        if args.weights is None:
+        if args.weights is None and args.control is None:  # a control run is the comparison it names
             print(RANDOM_START_NOTE)
     return 0
 

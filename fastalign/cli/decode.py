@@ -119,7 +119,6 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from fastalign.train import decode
 
@@ -127,8 +126,10 @@ def _run(args: argparse.Namespace) -> int:
     kwargs["encoder_options"] = dict(args.encoder_options)
     kwargs["seed"] = args.seed[0] if len(args.seed) == 1 else args.seed
     if args.responses is not None:
+        from fastalign.data._io import load_npy
+
         kwargs["responses"] = {
-            split: np.load(path, allow_pickle=False)
+            split: load_npy(path, f"decode: --responses {split} file")  # names the flag and the file
             for split, path in zip(("train", "test"), args.responses, strict=True)
         }
     result = decode(args.data, args.subject, **kwargs)

@@ -354,8 +354,12 @@ class _Fit:
             **loader_args,
         )
         if len(self.train) == 0:
+            data = args["train_data"]
+            data = data.dataset if isinstance(data, DataLoader) else data
+            held = f"its {len(data)} samples are" if hasattr(data, "__len__") else "it holds"
             raise ValueError(
-                "fit: train_data gives no batch per epoch (drop_last with fewer samples than a batch)"
+                f"fit: train_data gives no batch per epoch: {held} fewer than a batch (batch_size="
+                f"{args['batch_size']}, --batch-size) and drop_last drops a short one; lower batch_size"
             )
         self.val = (
             Loader(args["val_data"], args["batch_size"], info, args["seed"], train=False, **loader_args)

@@ -525,6 +525,10 @@ def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(
     summary = RunFolder(out).read_summary()
     assert summary["epochs_run"] == 2 and summary["resumed_at"] == [1, 2]
     assert summary["test_rsa_it"] == run[0].summary["test_rsa_it"]
+    # a control run is the comparison the note points to: no note
+    control = [*argv[: argv.index("--out") + 1], str(tmp_path / "control"), *argv[argv.index("--out") + 2 :]]
+    assert main([*control, "--control", "unpaired", "--epochs", "1"]) == 0
+    assert RANDOM_START_NOTE not in capsys.readouterr().out
 
 
 @pytest.mark.slow

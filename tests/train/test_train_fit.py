@@ -145,6 +145,16 @@ def test_no_finite_validation_loss_selects_nothing(tmp_path: Path) -> None:
     assert require_selected("decode", selected) is selected
 
 
+def test_a_batch_larger_than_the_training_set_is_named(tmp_path: Path) -> None:
+    # the message named neither the batch size nor how many samples there are
+    short = (
+        r"^fit: train_data gives no batch per epoch: its 48 samples are fewer than a batch \(batch_size=64, "
+    )
+    with pytest.raises(ValueError, match=short + r"--batch-size\) and drop_last drops a short one"):
+        run(tmp_path / "run", batch_size=64, drop_last=True)
+    assert run(tmp_path / "kept", batch_size=64).epochs_run == 3  # without drop_last: one short batch
+
+
 def test_patience_counts_training_epochs(tmp_path: Path) -> None:
     """An initial model without the monitored metric (train_loss) is not a bad epoch for patience."""
     result = run(tmp_path / "run", epochs=3, patience=1, monitor="train_loss", validate_initial=True)
