@@ -119,7 +119,6 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-
     from fastalign.train import decode
 
     kwargs = {k: v for k, v in vars(args).items() if k not in (*CLI_ONLY, "data", "subject")}
