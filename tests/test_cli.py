@@ -123,6 +123,20 @@ def test_number_flags_out_of_range_are_usage_errors(
     assert getattr(args, flag[2:].replace("-", "_")) == float(good)
 
 
+@pytest.mark.parametrize("command", ["align", "evaluate"])
+def test_a_time_window_must_run_forward(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # a reversed or empty window exited 1 from the function's check, after the flags were taken
+    for tmin, tmax in (("0.2", "0"), ("0.5", "0.5"), ("nan", "1")):
+        assert _exit_status([command, *_REQUIRED[command], "--time-window", tmin, tmax]) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"argument --time-window: expected TMIN < TMAX in seconds, got {float(tmin):g} {float(tmax):g}"
+            in err
+        )
+    args = parser().parse_args([command, *_REQUIRED[command], "--time-window", "-0.1", "0.3"])
+    assert args.time_window == (-0.1, 0.3)
+
+
 def test_decode_names_a_missing_responses_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = str(tmp_path / "train.npy")
     argv = ["decode", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--responses", missing, missing]

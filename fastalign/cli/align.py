@@ -8,6 +8,7 @@ from typing import Any
 from fastalign.cli.common import (
     CLI_ONLY,
     Command,
+    TimeWindow,
     add_device,
     add_image_size,
     add_progress,
@@ -66,6 +67,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         "--time-window",
         nargs=2,
         type=float,
+        action=TimeWindow,
         default=(0.0, 0.2),
         metavar=("TMIN", "TMAX"),
         help="EEG samples in [TMIN, TMAX) seconds (default 0 0.2)",

@@ -92,6 +92,19 @@ def share(text: str) -> float:
     return _real(text, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+class TimeWindow(argparse.Action):
+    """``--time-window TMIN TMAX``: two finite numbers of seconds with TMIN < TMAX, checked when the flags
+    are read (a usage error, as for the other number flags), stored as a tuple."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        tmin, tmax = values
+        if not (math.isfinite(tmin) and math.isfinite(tmax) and tmin < tmax):
+            parser.error(f"argument {option}: expected TMIN < TMAX in seconds, got {tmin:g} {tmax:g}")
+        setattr(namespace, self.dest, (tmin, tmax))
+
+
 def subject(text: str) -> int | str:
     """An argparse type: a subject number, or ``all``."""
     return "all" if text == "all" else _integer(text, 1, "a positive integer or 'all'")

@@ -19,6 +19,7 @@ from fastalign import _checks
 from fastalign.cli.common import (
     CLI_ONLY,
     Command,
+    TimeWindow,
     add_device,
     add_image_size,
     add_progress,
@@ -102,7 +103,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         help="behavioural RDM over the test images: .npy, .csv or .txt, square or condensed",
     )
     p.add_argument(
-        "--time-window", nargs=2, type=float, metavar=("TMIN", "TMAX"), help="EEG seconds (default all)"
+        "--time-window",
+        nargs=2,
+        type=float,
+        action=TimeWindow,
+        metavar=("TMIN", "TMAX"),
+        help="EEG seconds (default all)",
     )
     p.add_argument("--window", type=positive_int, default=1, help="EEG samples per window (default 1)")
     p.add_argument("--step", type=positive_int, default=1, help="EEG samples between windows (default 1)")

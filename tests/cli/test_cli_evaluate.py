@@ -189,7 +189,7 @@ def test_flags_are_the_functions_arguments() -> None:
     flags = ["--eps", "0", "1/255", "0.5", "--pgd-step-size", "1/510", "--subject", "all", "--tail", "-1"]
     args = parser().parse_args([*argv, *flags, "--time-window", "-0.1", "0.5"])
     assert args.eps == [0.0, 1 / 255, 0.5] and args.pgd_step_size == 1 / 510
-    assert (args.subjects, args.tail, args.time_window) == ("all", -1, [-0.1, 0.5])
+    assert (args.subjects, args.tail, args.time_window) == ("all", -1, (-0.1, 0.5))
     assert args.progress and args.cache_dir == "auto" and args.baseline == "auto" and args.device is None
     for bad in (["--eps", "1/0"], ["--eps", "x"], ["--tail", "2"], ["--permutations", "0"]):
         with pytest.raises(SystemExit) as exit_, contextlib.redirect_stderr(io.StringIO()):
