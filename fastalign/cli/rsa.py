@@ -165,8 +165,9 @@ def _condensed(matrix: np.ndarray, n: int, path: str) -> np.ndarray:
     if matrix.ndim == 1 and matrix.shape[0] == pairs:
         return matrix
     if matrix.ndim == 2 and matrix.shape == (n, n):
-        # zero up to rounding, as BrainData's behavioural RDMs: 1 - numpy.corrcoef(x) has 2.2e-16 there
-        if not (np.allclose(matrix, matrix.T) and np.allclose(np.diag(matrix), 0)):
+        from fastalign.eval.brain import is_dissimilarity_matrix  # the rule of evaluate's behaviour RDMs
+
+        if not is_dissimilarity_matrix(matrix):
             raise ValueError(
                 f"{_FN}: model_rdm file {path!r} is a square matrix that is not a dissimilarity matrix "
                 "(symmetric with a zero diagonal, up to rounding)"

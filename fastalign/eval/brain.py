@@ -135,13 +135,19 @@ def _finite(where: str, name: str, value: Any, ndim: int) -> np.ndarray:
     return arr
 
 
+def is_dissimilarity_matrix(arr: np.ndarray) -> bool:
+    """Whether a square array is an RDM: symmetric with a zero diagonal, up to rounding (``1 -
+    numpy.corrcoef(x)`` leaves 2e-16 on the diagonal). One rule for every square RDM a user gives."""
+    return bool(np.allclose(arr, arr.T) and np.allclose(np.diag(arr), 0))
+
+
 def _condensed(value: Any, n_images: int, name: str) -> np.ndarray:
     """A behavioural RDM as a condensed (n_pairs,) float64 vector; a square one must be symmetric with a
     zero diagonal."""
     arr = np.asarray(value, dtype=np.float64)
     pairs = n_images * (n_images - 1) // 2
     if arr.shape == (n_images, n_images):
-        if not (np.allclose(arr, arr.T) and np.allclose(np.diag(arr), 0)):
+        if not is_dissimilarity_matrix(arr):
             raise ValueError(
                 f"BrainData: {name} must be symmetric with a zero diagonal (a dissimilarity matrix)"
             )

@@ -324,8 +324,9 @@ def plot_rsa_time_courses(
     if not rows:
         raise ValueError(f"{fn}: results has no {modality!r} rows with a finite time")
     fields = ("model", "layer", "test", "t_start", "t_stop")
-    clusters, alpha = _significant(fn, stats, "clusters", fields, modality, comparisons, alpha)
-    similarity = f"Model-brain similarity ({_measure(fn, measure, _stats(fn, stats))})"
+    loaded = _stats(fn, stats)  # read once: for the significance marks and the measure's name
+    clusters, alpha = _significant(fn, loaded, "clusters", fields, modality, comparisons, alpha)
+    similarity = f"Model-brain similarity ({_measure(fn, measure, loaded)})"
     layer_list = _select(fn, "layers", _order(r["layer"] for r in rows), layers)
     curves = _curve_order(_order(label(r["model"]) for r in rows), baseline)
     styles = model_styles(curves, baseline)
@@ -451,8 +452,9 @@ def plot_roi_bars(
     for r in rows:
         r["roi"] = r["roi"] or modality
     fields = ("model", "layer", "roi", "test")
-    tests, alpha = _significant(fn, stats, "roi_tests", fields, modality, comparisons, alpha)
-    similarity = f"Model-brain similarity ({_measure(fn, measure, _stats(fn, stats))})"
+    loaded = _stats(fn, stats)  # read once: for the significance marks and the measure's name
+    tests, alpha = _significant(fn, loaded, "roi_tests", fields, modality, comparisons, alpha)
+    similarity = f"Model-brain similarity ({_measure(fn, measure, loaded)})"
     for t in tests:
         t["roi"] = t["roi"] or modality
     layer_list = _select(fn, "layers", _order(r["layer"] for r in rows), layers)
@@ -844,7 +846,8 @@ def evaluation_figures(
     """
     fn = "evaluation_figures"
     figures: dict[str, Figure] = {}
-    measure = _stats(fn, stats).get("compare", "spearman")
+    stats = _stats(fn, stats) if stats is not None else None  # stats.json read once, not per figure
+    measure = (stats or {}).get("compare", "spearman")
     if results is not None:
         rows = _table(fn, "results", results, (*_RESULT_COLUMNS, "similarity"), _RESULT_NUMBERS)
         for modality in _order(r["modality"] for r in rows):

@@ -37,7 +37,10 @@ def rdm_reference(x: torch.Tensor, method: str, noise: torch.Tensor | None = Non
     if method in ("correlation", "cosine"):
         # centred in float64, then back to x's dtype: a mean summed in float32 can be off by a large share
         # of the spread of patterns far from zero (float32 values near 1e6 varying by 1)
-        z = (x.double() - x.double().mean(-1, keepdim=True)).to(x.dtype) if method == "correlation" else x
+        z = x
+        if method == "correlation":
+            wide = x.double()
+            z = (wide - wide.mean(-1, keepdim=True)).to(x.dtype)
         z = z / z.norm(dim=-1, keepdim=True)
         return 1 - (z[..., i, :] * z[..., j, :]).sum(-1)
     if method == "euclidean":

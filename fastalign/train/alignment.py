@@ -62,7 +62,7 @@ from fastalign.models.cornet import CORnetS
 from fastalign.rsa import compare_rdms, rdm, time_resolved_rsa
 from fastalign.train import distributed
 from fastalign.train.loop import FitResult, FitState, Hook, fit, require_selected
-from fastalign.train.run import RunFolder
+from fastalign.train.run import RunFolder, digest_tensors
 
 __all__ = ["AlignData", "AlignResult", "align", "derangement", "load_align_data", "realnet_loss"]
 
@@ -148,15 +148,20 @@ def realnet_loss(
 def _step(model: torch.nn.Module, batch: Any, *, beta: float, contrast: str) -> Any:
     images, brain, target = batch
     logits, pred = model(images)  # one backbone pass: logits and the predicted response together
-    if not bool(torch.isfinite(pred).all()):  # the loss's own check would call it bad input
-        raise FloatingPointError(
-            f"{_FN}: the predicted responses are not finite: the weights diverged; lower the learning rate "
-            "(--lr) or clip gradients (--clip-grad-norm)"
-        )
     # fit passes its DDP wrapper in training, where every rank runs every step: C over the global batch.
     # Validation (the bare model) keeps each rank's share: its shards may differ by a batch across ranks.
     group = model.process_group if isinstance(model, DistributedDataParallel) else None
-    return realnet_loss(logits, pred, brain, target, beta=beta, contrast=contrast, group=group)
+    try:
+        return realnet_loss(logits, pred, brain, target, beta=beta, contrast=contrast, group=group)
+    except ValueError:
+        # looked at only when the loss refused its inputs (no extra pass per step): non-finite predictions are
+        # not bad input but diverged weights
+        if bool(torch.isfinite(pred).all()):
+            raise
+        raise FloatingPointError(
+            f"{_FN}: the predicted responses are not finite: the weights diverged; lower the learning rate "
+            "(--lr) or clip gradients (--clip-grad-norm)"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -543,11 +548,7 @@ def _has_head(state: Mapping[str, Any]) -> bool:
 
 def _fingerprint(model: torch.nn.Module) -> str:
     """A short hash of a model's state (which weights a run started from)."""
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
-    return h.hexdigest()[:16]
+    return digest_tensors(model.state_dict())
 
 
 def _start_model(

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import os
@@ -64,6 +63,7 @@ from fastalign.models.encoders import ENCODERS, brain_encoder
 from fastalign.train import distributed
 from fastalign.train.loaders import derive_seed
 from fastalign.train.loop import FitResult, FitState, Hook, fit, require_selected
+from fastalign.train.run import digest_tensors
 
 __all__ = ["DecodeResult", "Decoder", "decode"]
 
@@ -536,16 +536,6 @@ def _check_settings(a: dict[str, Any]) -> list[int]:
     return seeds
 
 
-def _digest(images: Mapping[str, torch.Tensor]) -> str:
-    """A short hash of the image embeddings of each split (what an image model gives decode)."""
-    h = hashlib.sha256()
-    for split in sorted(images):
-        t = images[split].detach().cpu().contiguous()
-        h.update(f"{split}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy())  # no copy
-    return h.hexdigest()[:16]
-
-
 _SEED_DIR = re.compile(r"seed-(-?\d+)$")
 
 
@@ -722,7 +712,7 @@ def decode(
             )  # fmt: skip
         images, source = embedded[key]
         if key not in digests:
-            digests[key] = _digest(images)
+            digests[key] = digest_tensors(images)
         d = images["train"].shape[1]
         tr, va = train_val_split(len(paths["train"]), val_fraction, s)
         train_set, sampled = _training_set(brain, tr, random_repetitions, s)

@@ -26,6 +26,7 @@ in one rename (never a mix of two runs); the same config is refused unless ``res
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -129,6 +130,17 @@ def environment() -> dict[str, Any]:
         "git_dirty": None if status is None else bool(status),
         "platform": platform.platform(),
     }
+
+
+def digest_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A short hash of named tensors' bytes, in name order: what a run started from or trained against
+    (config.json's ``start_fingerprint`` of align, ``image_fingerprint`` of decode), so that resuming
+    with other inputs is refused."""
+    h = hashlib.sha256()
+    for key, value in sorted(tensors.items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
+    return h.hexdigest()[:16]
 
 
 def _write_json(path: str, obj: Any) -> None:
