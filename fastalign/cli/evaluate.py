@@ -157,6 +157,17 @@ def _behaviour_rdm(path: str | None) -> Any:
         raise ValueError(f"{_FN}: --behaviour-rdm {path!r} is not a numeric array ({exc})") from None
 
 
+def _named_behaviour_errors(path: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs), with the API's errors about ``behaviour_rdm`` naming the file it came from."""
+    prefix = f"{_FN}: behaviour_rdm: "
+    try:
+        return fn(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if path is None or not str(exc).startswith(prefix):
+            raise
+        raise type(exc)(f"{_FN}: --behaviour-rdm {path!r}: {str(exc)[len(prefix):]}") from None
+
+
 def _class_index(path: str | None) -> dict[str, int] | None:
     if path is None:
         return None
@@ -193,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
         old_cache = os.path.join(out, "cache")
         if kwargs["cache_dir"] == "auto" and os.path.isdir(old_cache):
             shutil.copytree(old_cache, os.path.join(staging, "cache"), copy_function=_link_or_copy)
-        result = evaluate(args.data, args.models, out=staging, **kwargs)
+        result = _named_behaviour_errors(args.behaviour_rdm, evaluate, args.data, args.models, out=staging, **kwargs)
         groups = {label: entry["model"] for label, entry in result.summary.get("robustness", {}).items()}
         figures = evaluation_figures(
             result.rows,

@@ -623,14 +623,28 @@ def _baseline(baseline: str | None, models: list[EvalModel]) -> str | None:
     return baseline
 
 
-def _with_behaviour(brain: BrainData, behaviour_rdm: Any) -> BrainData:
+def _with_behaviour(brain: BrainData, behaviour_rdm: Any, compare: str) -> BrainData:
+    """``brain`` with the behavioural RDMs added, each checked before any model runs: a constant one has
+    no similarity under ``compare`` (e.g. Spearman), which would otherwise surface after the features."""
     if behaviour_rdm is None:
         return brain
     given = behaviour_rdm if isinstance(behaviour_rdm, dict) else {"group": behaviour_rdm}
     try:
-        return dataclasses.replace(brain, behaviour={**brain.behaviour, **given})
+        brain = dataclasses.replace(brain, behaviour={**brain.behaviour, **given})
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{_FN}: behaviour_rdm: {exc}") from exc
+    for key in given:
+        v = torch.from_numpy(brain.behaviour[key if key == "group" else subject_name(key)])
+        try:
+            compare_rdms(v, v, compare)
+        except ValueError as exc:
+            if "is constant" not in str(exc) and "is all zeros" not in str(exc):
+                raise
+            what = "all zeros" if compare == "cosine" else "constant"
+            raise ValueError(
+                f"{_FN}: behaviour_rdm: the RDM of {key!r} is {what}; compare={compare!r} is undefined for it"
+            ) from None
+    return brain
 
 
 def _subset(brain: BrainData, subjects: Any, rois: Any, mods: list[str]) -> BrainData:
@@ -791,7 +805,7 @@ def evaluate(
         brain = data
     else:
         brain = load_brain(data, mods, subjects=subjects, rois=rois)
-    brain = _with_behaviour(_subset(brain, subjects, rois, mods), behaviour_rdm)
+    brain = _with_behaviour(_subset(brain, subjects, rois, mods), behaviour_rdm, s["compare"])
     if brain.behaviour:
         mods = [*mods, "behaviour"]
     specs = as_models(models, weights=weights, seed=s["seed"], layers=layers)

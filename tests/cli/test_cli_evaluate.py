@@ -265,15 +265,23 @@ def _other_image_set(runs, folder: Path) -> Path:
         ("layers", r"evaluate: model 'cornet_s' has no layer 'V9'; layers are V1, V2, V4, IT, avgpool, "
                    r"V1\.conv1, "),
         ("eps", r"evaluate: eps must be a finite number >= 0 \(L-infinity, pixels in \[0, 1\]\), got -0.5"),
+        ("behaviour_shape", r"evaluate: --behaviour-rdm '.*small\.npy': BrainData: behaviour\['group'\] must be "
+                            r"an RDM of the 30 images: \(30, 30\) or condensed \(435,\), got shape \(5, 5\)"),
+        ("behaviour_constant", r"evaluate: --behaviour-rdm '.*constant\.csv': the RDM of 'group' is constant; "
+                               r"compare='spearman' is undefined for it$"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_1(case: str, words: str, aligned_runs, tmp_path: Path) -> None:
     data = ["--data", aligned_runs.root, "--image-size", "32", "--out", tmp_path / "report"]
+    np.save(tmp_path / "small.npy", 1 - np.eye(5))
+    np.savetxt(tmp_path / "constant.csv", np.ones((1, 435)), delimiter=",")
     argv = {
         "image_set": [*data, "--models", "cornet_s", _other_image_set(aligned_runs, tmp_path)],
         "subject": [*data, "--models", "cornet_s", "--subject", "1", "3"],
         "layers": [*data, "--models", "cornet_s", aligned_runs.paired, "--layers", "V1", "V9"],
         "eps": [*data, "--models", "cornet_s", "--robustness", tmp_path, "--eps", "0", "-0.5"],
+        "behaviour_shape": [*data, "--models", "cornet_s", "--behaviour-rdm", tmp_path / "small.npy"],
+        "behaviour_constant": [*data, "--models", "cornet_s", "--behaviour-rdm", tmp_path / "constant.csv"],
     }[case]
     line = _error(_evaluate(argv, tmp_path / "report"))
     assert re.search(words, line), line

@@ -63,6 +63,10 @@ def _features(n_images: int = 6, name: str = "m", **kw: Any) -> fe.EvalModel:
          r"behaviour_rdm: .* RDM of the 6 images: .* \(15,\)"),
         ([_features()], {"behaviour_rdm": np.arange(36.0).reshape(6, 6)}, ValueError,
          "behaviour_rdm: .*symmetric"),
+        ([_features()], {"behaviour_rdm": {1: np.ones(15)}}, ValueError,
+         "behaviour_rdm: the RDM of 1 is constant; compare='spearman' is undefined for it"),
+        ([_features()], {"behaviour_rdm": np.zeros(15), "compare": "cosine"}, ValueError,
+         "behaviour_rdm: the RDM of 'group' is all zeros; compare='cosine' is undefined for it"),
     ],
 )  # fmt: skip
 def test_bad_input(models: Any, kwargs: dict, exc: type, match: str) -> None:
