@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Collection, Sequence
 from typing import Any, TypeVar, overload
 
@@ -210,6 +211,24 @@ def check_out_folder(fn: str, name: str, path: str, overwrite: bool) -> None:
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise FileExistsError(
             f"{fn}: {name} {path!r} is not empty; pass overwrite=True (--overwrite) to replace it"
+        )
+
+
+def warn_if_window_clipped(
+    fn: str, name: str, tmin: float, tmax: float, times: np.ndarray, what: str
+) -> None:
+    """Warns when a (tmin, tmax) window in seconds reaches more than one sample interval beyond the first
+    or last of ``times`` (sorted): the samples inside are used, but fewer than the window asked for."""
+    if times.size == 0:
+        return
+    step = float(np.median(np.diff(times))) if times.size > 1 else 0.0
+    tol = 1e-9 * max(1.0, float(np.abs(times).max()))
+    if tmin < times[0] - step - tol or tmax > times[-1] + step + tol:
+        warnings.warn(
+            f"{fn}: {name} [{tmin:g}, {tmax:g}] s reaches beyond the {what} samples ({times[0]:.3f} to "
+            f"{times[-1]:.3f} s); only the samples within both are used",
+            UserWarning,
+            stacklevel=3,
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -226,3 +227,26 @@ def test_magnitude_shift_matches_the_data_loaders_former_shift() -> None:
     _, exponent = np.frexp(m)
     former = np.where((m == 0) | (np.abs(exponent) <= 400), 0, -exponent)
     np.testing.assert_array_equal(_checks.magnitude_shift(m, low=2.0**-401, high=2.0**400), former)
+
+
+@pytest.mark.parametrize(
+    ("window", "warns"),
+    [
+        ((-0.2, 0.8), False),
+        ((0.0, 0.2), False),
+        ((-0.21, 0.8), False),
+        ((0.0, 5.0), True),
+        ((-1.0, 0.1), True),
+    ],
+)
+def test_a_time_window_beyond_the_samples_warns(window: tuple[float, float], warns: bool) -> None:
+    times = -0.2 + 0.01 * np.arange(100)  # THINGS-EEG2's epochs: -0.2 to 0.79 s at 100 Hz
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _checks.warn_if_window_clipped("f", "time_window", *window, times, "EEG")
+    assert len(caught) == warns
+    if warns:
+        assert str(caught[0].message) == (
+            f"f: time_window [{window[0]:g}, {window[1]:g}] s reaches beyond the EEG samples (-0.200 to "
+            "0.790 s); only the samples within both are used"
+        )

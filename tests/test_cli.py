@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,30 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         main(["--debug", "align", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")])
     with pytest.raises(FileNotFoundError, match="missing"):  # after the subcommand too
         main(["align", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), "--debug"])
+
+
+def test_a_warning_is_one_line_naming_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fastalign.info
+
+    def report() -> str:
+        warnings.warn(
+            "evaluate: time_window [0, 5] s reaches beyond the EEG samples", UserWarning, stacklevel=1
+        )
+        return "the report"
+
+    monkeypatch.setattr(fastalign.info, "report", report)
+    assert main(["info"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "the report\n"
+    assert (
+        captured.err
+        == "fastalign info: warning: evaluate: time_window [0, 5] s reaches beyond the EEG samples\n"
+    )
+    assert warnings.showwarning is not None and "fastalign" not in repr(warnings.showwarning)  # restored
+    with pytest.warns(UserWarning, match="reaches beyond"):  # --debug: Python's own warnings
+        assert main(["info", "--debug"]) == 0
 
 
 def test_info_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:

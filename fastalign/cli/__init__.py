@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastalign._memory import keep_freed_memory
 from fastalign.cli.common import Command
@@ -80,6 +82,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _warning_line(command: str) -> Callable[..., None]:
+    """A warnings.showwarning that prints ``fastalign <command>: warning: <message>`` on standard error, as
+    errors are printed, instead of Python's source file, line and code (``--debug`` keeps those)."""
+
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        print(f"{PROG} {command}: warning: {message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
@@ -88,7 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():  # restores showwarning on the way out
+            if not args.debug:
+                warnings.showwarning = _warning_line(args.command)
+            return int(args.func(args))
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

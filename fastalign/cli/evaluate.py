@@ -165,7 +165,7 @@ def _named_behaviour_errors(path: str | None, fn: Any, *args: Any, **kwargs: Any
     except (TypeError, ValueError) as exc:
         if path is None or not str(exc).startswith(prefix):
             raise
-        raise type(exc)(f"{_FN}: --behaviour-rdm {path!r}: {str(exc)[len(prefix):]}") from None
+        raise type(exc)(f"{_FN}: --behaviour-rdm {path!r}: {str(exc)[len(prefix) :]}") from None
 
 
 def _class_index(path: str | None) -> dict[str, int] | None:
@@ -204,7 +204,9 @@ def _run(args: argparse.Namespace) -> int:
         old_cache = os.path.join(out, "cache")
         if kwargs["cache_dir"] == "auto" and os.path.isdir(old_cache):
             shutil.copytree(old_cache, os.path.join(staging, "cache"), copy_function=_link_or_copy)
-        result = _named_behaviour_errors(args.behaviour_rdm, evaluate, args.data, args.models, out=staging, **kwargs)
+        result = _named_behaviour_errors(
+            args.behaviour_rdm, evaluate, args.data, args.models, out=staging, **kwargs
+        )
         groups = {label: entry["model"] for label, entry in result.summary.get("robustness", {}).items()}
         figures = evaluation_figures(
             result.rows,

@@ -239,6 +239,7 @@ def _time_index(times: np.ndarray, time_window: list[float] | None) -> np.ndarra
             f"{_FN}: time_window [{tmin}, {tmax}] s holds no EEG sample (times {times[0]:.3f} to "
             f"{times[-1]:.3f} s)"
         )
+    _checks.warn_if_window_clipped(_FN, "time_window", tmin, tmax, times, "EEG")
     return idx
 
 

@@ -286,6 +286,7 @@ def _time_indices(times: np.ndarray, window: Any, source: str) -> np.ndarray:
             f"{_FN}: time_window [{tmin}, {tmax}) s holds no sample of {source!r} (times "
             f"{times[0]:.3f} to {times[-1]:.3f} s)"
         )
+    _checks.warn_if_window_clipped(_FN, "time_window", tmin, tmax, times, repr(source))
     return idx
 
 

@@ -265,10 +265,11 @@ def _other_image_set(runs, folder: Path) -> Path:
         ("layers", r"evaluate: model 'cornet_s' has no layer 'V9'; layers are V1, V2, V4, IT, avgpool, "
                    r"V1\.conv1, "),
         ("eps", r"evaluate: eps must be a finite number >= 0 \(L-infinity, pixels in \[0, 1\]\), got -0.5"),
-        ("behaviour_shape", r"evaluate: --behaviour-rdm '.*small\.npy': BrainData: behaviour\['group'\] must be "
-                            r"an RDM of the 30 images: \(30, 30\) or condensed \(435,\), got shape \(5, 5\)"),
-        ("behaviour_constant", r"evaluate: --behaviour-rdm '.*constant\.csv': the RDM of 'group' is constant; "
-                               r"compare='spearman' is undefined for it$"),
+        ("behaviour_shape", r"evaluate: --behaviour-rdm '.*small\.npy': BrainData: behaviour\['group'\] "
+                            r"must be an RDM of the 30 images: \(30, 30\) or condensed \(435,\), got shape "
+                            r"\(5, 5\)"),
+        ("behaviour_constant", r"evaluate: --behaviour-rdm '.*constant\.csv': the RDM of 'group' is "
+                               r"constant; compare='spearman' is undefined for it$"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_1(case: str, words: str, aligned_runs, tmp_path: Path) -> None:

@@ -145,3 +145,10 @@ def test_rois_select_from_brain_data() -> None:
     assert {r["roi"] for r in res.rows} == {"LOC"} and len(res.rows) == 2
     with pytest.raises(ValueError, match=r"evaluate: rois names \['X'\], which the data lacks"):
         fe.evaluate(brain, [_features()], out=None, modality="fmri", rois=["X"])
+
+
+def test_a_time_window_beyond_the_epoch_warns_and_uses_the_samples_within() -> None:
+    with pytest.warns(UserWarning, match=r"^evaluate: time_window \[0, 5\] s reaches beyond the EEG samples"):
+        res = fe.evaluate(_brain(), [_features()], out=None, time_window=(0.0, 5.0), permutations=10)
+    times = sorted({r["time"] for r in res.rows if r["modality"] == "eeg"})
+    assert times == pytest.approx([t for t in _TIMES if t >= 0])
