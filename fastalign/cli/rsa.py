@@ -375,7 +375,10 @@ def _write(r: BrainRSA, folder: str, settings: dict[str, Any]) -> None:
             mean = r.similarity.mean(axis=0)  # (n_windows, n_models): over brains
             for m, model in enumerate(r.models):
                 k = int(np.argmax(mean[:, m]))
-                peaks[model] = {"peak_similarity": float(mean[k, m]), "peak_time": float(r.times[k])}
+                peaks[model] = {
+                    "peak_similarity": float(mean[k, m]),
+                    "peak_time": round(float(r.times[k]), 9),
+                }
         summary = {
             **settings,
             "brains": r.brains,

@@ -81,6 +81,10 @@ def test_rsa_writes_what_the_library_computes(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["brains"] == ["sub01", "sub02"] and summary["models"] == ["model", "feats"]
     assert summary["n_conditions"] == N_COND and summary["window"] == 2
+    for m, model in enumerate(summary["models"]):  # the peak of the mean over brains, its time as in rsa.csv
+        k = int(np.argmax(rsa[:, :, m].mean(axis=0)))
+        assert summary["peaks"][model]["peak_similarity"] == pytest.approx(rsa[:, k, m].mean(), rel=1e-12)
+        assert summary["peaks"][model]["peak_time"] == float(rows[m * rsa.shape[1] + k]["time"])
     assert (out / "figures" / "rsa.png").stat().st_size > 0 and (out / "noise_ceiling.csv").is_file()
 
 
