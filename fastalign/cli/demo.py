@@ -427,10 +427,15 @@ def figures_stage(folder: str, evaluation: Any, decoding: Mapping[str, Any]) -> 
     from fastalign.plotting.decoding import plot_topk_bars
 
     # first the printed table's layers side by side: the figure of the README
-    overview = plot_rsa_time_courses(evaluation.rows, evaluation.stats, layers=PRINTED_LAYERS, ncols=3)
+    # models named as in the printed tables and the retrieval figure ("CORnet-S", not its run folder's name)
+    overview = plot_rsa_time_courses(
+        evaluation.rows, evaluation.stats, layers=PRINTED_LAYERS, ncols=3, groups=MODELS
+    )
     drawn = {"overview": overview}
     drawn.update(
-        evaluation_figures(evaluation.rows, evaluation.stats, variability=evaluation.variability or None)
+        evaluation_figures(
+            evaluation.rows, evaluation.stats, variability=evaluation.variability or None, groups=MODELS
+        )
     )
     labels = {IMAGE_MODELS[k]: v for k, v in decoding.items()}
     drawn["retrieval"] = plot_topk_bars(labels, ks=(1, 5), baseline=IMAGE_MODELS["cornet_s"])

@@ -20,8 +20,10 @@ tell the models apart in grey scale too; every axis is labelled with its unit; e
 - :func:`evaluation_figures`: all of the above that the given tables support, by name.
 
 ``groups`` (model name -> label) draws several models as one curve: the models aligned to each subject
-(run folders ``sub01``, ``sub02``, ...) become one "ReAlnet" curve averaged over subjects. Clusters and
-ROI tests in stats.json are matched to a curve by its label.
+(run folders ``sub01``, ``sub02``, ...) become one "ReAlnet" curve averaged over subjects. It also
+renames: ``{"cornet_s": "CORnet-S"}`` draws and names the model so. Clusters and ROI tests in stats.json
+are matched to a curve by their model's label (a name that is no key of ``groups`` is its own label), and
+``baseline`` and the "vs" of the tests are named by their labels too.
 """
 
 from __future__ import annotations
@@ -328,8 +330,8 @@ def plot_rsa_time_courses(
     clusters, alpha = _significant(fn, loaded, "clusters", fields, modality, comparisons, alpha)
     similarity = f"Model-brain similarity ({_measure(fn, measure, loaded)})"
     layer_list = _select(fn, "layers", _order(r["layer"] for r in rows), layers)
-    curves = _curve_order(_order(label(r["model"]) for r in rows), baseline)
-    styles = model_styles(curves, baseline)
+    curves = _curve_order(_order(label(r["model"]) for r in rows), label(baseline))
+    styles = model_styles(curves, label(baseline))
     tests = sorted(_order(c["test"] for c in clusters), key=lambda t: t != "vs0")
     fig, axes = _figure(len(layer_list), ncols)
     for ax, layer in zip(axes, layer_list, strict=True):
@@ -347,7 +349,9 @@ def plot_rsa_time_courses(
         for curve in curves:
             for test in tests:
                 found = [
-                    c for c in clusters if c["model"] == curve and c["layer"] == layer and c["test"] == test
+                    c
+                    for c in clusters
+                    if label(c["model"]) == curve and c["layer"] == layer and c["test"] == test
                 ]
                 for c in found:
                     ax.plot(
@@ -368,7 +372,7 @@ def plot_rsa_time_courses(
         ax.set_ylabel(similarity)
     handles, names = axes[0].get_legend_handles_labels()
     for test in tests:
-        what = "0" if test == "vs0" else test.removeprefix("vs:")
+        what = "0" if test == "vs0" else label(test.removeprefix("vs:"))
         handles.append(Line2D([], [], color="0.3", linewidth=2.0 if test == "vs0" else 4.5))
         names.append(f"cluster p < {alpha:g} vs {what}")
     fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize="small")
@@ -459,8 +463,8 @@ def plot_roi_bars(
         t["roi"] = t["roi"] or modality
     layer_list = _select(fn, "layers", _order(r["layer"] for r in rows), layers)
     roi_list = _select(fn, "rois", _order(r["roi"] for r in rows), rois)
-    curves = _curve_order(_order(label(r["model"]) for r in rows), baseline)
-    styles = model_styles(curves, baseline)
+    curves = _curve_order(_order(label(r["model"]) for r in rows), label(baseline))
+    styles = model_styles(curves, label(baseline))
     width = 0.8 / len(curves)
     fig, axes = _figure(len(layer_list), ncols, width=max(4.4, 0.9 * len(roi_list) + 1.5))
     marks: set[str] = set()
@@ -476,7 +480,9 @@ def plot_roi_bars(
                 x = i - 0.4 + width * (j + 0.5)
                 top = _draw_bar(ax, x, width, values, curve if i == 0 else f"_{curve}", styles[curve])
                 found = {
-                    t["test"] for t in tests if (t["model"], t["layer"], t["roi"]) == (curve, layer, roi)
+                    t["test"]
+                    for t in tests
+                    if (label(t["model"]), t["layer"], t["roi"]) == (curve, layer, roi)
                 }
                 text = "".join(m for m, ok in (("*", "vs0" in found), ("†", found - {"vs0"})) if ok)
                 if text:
@@ -495,7 +501,7 @@ def plot_roi_bars(
         Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="black")
     )
     names.append("subjects")
-    baselines = sorted({t["test"].removeprefix("vs:") for t in tests if t["test"] != "vs0"})
+    baselines = sorted({label(t["test"].removeprefix("vs:")) for t in tests if t["test"] != "vs0"})
     for mark, what in (("*", "0"), ("†", ", ".join(baselines))):
         if mark in marks:
             handles.append(Line2D([], [], linestyle="none", marker=f"${mark}$", color="black"))
@@ -782,8 +788,8 @@ def plot_robustness(
     keep = set(_select(fn, "models", _order(r["model"] for r in rows), models))
     rows = [r for r in rows if r["model"] in keep]
     attacks = _order(r["attack"] for r in rows)
-    curves = _curve_order(_order(label(r["model"]) for r in rows), baseline)
-    styles = model_styles(curves, baseline)
+    curves = _curve_order(_order(label(r["model"]) for r in rows), label(baseline))
+    styles = model_styles(curves, label(baseline))
     fig, axes = _figure(len(attacks), 2)
     for ax, attack in zip(axes, attacks, strict=True):
         for curve in curves:

@@ -186,6 +186,28 @@ def test_rsa_time_courses_show_the_means_sems_ceiling_and_clusters() -> None:
         assert text in texts
 
 
+def test_groups_rename_models_with_their_clusters_baseline_and_tests() -> None:
+    # stats.json names models as the results do ("cornet_s"); a label given by groups names them in the
+    # figure, and their clusters, the baseline's colour and the "vs" of the tests follow the label
+    groups = {**GROUPS, "cornet_s": "CORnet-S"}
+    fig = plot_rsa_time_courses(_results(), STATS, groups=groups)
+    _render(fig)
+    axes = _axes(fig)
+    lines = {line.get_label(): line for line in axes["IT"].get_lines()}
+    assert "cornet_s" not in lines and to_hex(lines["CORnet-S"].get_color()) == "#000000"
+    assert tuple(lines["_sig CORnet-S vs0"].get_xdata()) == (100, 200)
+    sig = {line.get_label() for line in axes["V1"].get_lines() if line.get_label().startswith("_sig")}
+    assert sig == {"_sig ReAlnet vs0", "_sig ReAlnet vs:cornet_s"}
+    texts = _legend_texts(fig)
+    assert "CORnet-S" in texts and "cluster p < 0.05 vs CORnet-S" in texts and "cornet_s" not in texts
+    bars = plot_roi_bars(_results(), STATS, groups=groups)
+    _render(bars)
+    texts = _legend_texts(bars)
+    assert "CORnet-S" in texts and "p < 0.05 vs CORnet-S" in texts and "cornet_s" not in texts
+    (it,) = [ax for ax in bars.axes if ax.get_title() == "IT"]
+    assert sorted(a.get_text() for a in it.texts) == ["*†"]  # ReAlnet at LOC, matched through its label
+
+
 def test_tables_are_read_from_csv_and_json_files(tmp_path: os.PathLike) -> None:
     rows = _results()
     path = os.path.join(tmp_path, "results.csv")
