@@ -325,7 +325,8 @@ def noise_ceiling(
     ranks for the rank methods, of z-scored RDMs for "pearson", of RMS-normalised RDMs for "cosine".
 
     Args:
-        rdms: (n_subjects, ..., n_pairs) condensed RDMs, n_subjects >= 2, without NaN.
+        rdms: (n_subjects, ..., n_pairs) condensed RDMs, n_subjects >= 2. An entry NaN in any of them is
+            dropped from all (as :func:`compare_rdms` masks NaN); inf is refused.
         method: as :func:`compare_rdms`.
         backend: "auto", "reference", "torch", "cpp" or "cuda" (as :func:`compare_rdms`).
 
@@ -334,11 +335,12 @@ def noise_ceiling(
         rdms on "reference" and "torch" (cpp and cuda have no backward); the rank methods detach rdms.
 
     Raises:
-        ValueError: bad shapes, NaN/inf, a constant subject RDM, or a constant (all-zero for "cosine")
-            pooled RDM, for which "pearson" / "spearman" / "cosine" are undefined (as in
-            :func:`compare_rdms`). Pools of z-scored or RMS-normalised RDMs that are constant (all-zero)
-            up to the rounding of the normalisation count as constant: subjects r and 1 - r pool to
-            rounding noise, not to an RDM with a defined correlation. Pools of ranks are exact.
+        ValueError: bad shapes, inf, fewer than 2 entries without NaN, a constant subject RDM, or a
+            constant (all-zero for "cosine") pooled RDM, for which "pearson" / "spearman" / "cosine" are
+            undefined (as in :func:`compare_rdms`). Pools of z-scored or RMS-normalised RDMs that are
+            constant (all-zero) up to the rounding of the normalisation count as constant: subjects r and
+            1 - r pool to rounding noise, not to an RDM with a defined correlation. Pools of ranks are
+            exact.
     """
     lower, upper, _ = _ceiling_chunks("noise_ceiling", rdms, method, backend, None)
     return lower, upper
@@ -395,6 +397,8 @@ def _ceiling_chunks(
     if rdms.dim() < 2 or rdms.shape[0] < 2:
         raise ValueError(f"{fn}: rdms must have shape (n_subjects >= 2, ..., K), got {tuple(rdms.shape)}")
     _n_from_pairs(fn, "rdms", rdms)
+    if models is None:
+        rdms = _without_nan_entries(fn, rdms)
     _finite(fn, "rdms", rdms)
     rdms = common.operand(rdms, method)
     _nonconstant(fn, "rdms", rdms, method)
@@ -427,6 +431,18 @@ def _ceiling_chunks(
     if models_z is not None:
         sims = torch.cat([p[2] for p in parts], 1).reshape(*rdms.shape[:-1], models_z.shape[0])
     return lower, upper, sims
+
+
+def _without_nan_entries(fn: str, rdms: torch.Tensor) -> torch.Tensor:
+    """compare_rdms's rule for NaN (rsatoolbox's masking): an RDM entry NaN in any of the RDMs is dropped
+    from all of them (e.g. pairs no subject judged), so that every bound compares the same entries."""
+    nan = torch.isnan(rdms.detach())
+    if not bool(nan.any()):
+        return rdms
+    keep = ~nan.reshape(-1, rdms.shape[-1]).any(0)
+    if int(keep.sum()) < 2:
+        raise ValueError(f"{fn}: fewer than 2 RDM entries are not NaN in every RDM of rdms")
+    return rdms[..., keep]
 
 
 #: Elements of the (n_subjects, chunk, n_pairs) stack noise_ceiling computes at a time (8 MiB of float64).

@@ -143,6 +143,28 @@ def test_noise_ceiling_matches_rsatoolbox(method: str, backend: str) -> None:
     assert bool((lower <= upper).all())
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+@pytest.mark.parametrize("method", ["spearman", "pearson"])
+def test_noise_ceiling_drops_nan_entries_as_compare_rdms_and_rsatoolbox_do(method: str, backend: str) -> None:
+    rng = np.random.default_rng(5)
+    rdms = rng.normal(size=45) + rng.normal(size=(5, 2, 45))  # (subjects, rois, pairs)
+    shared = rdms.copy()
+    shared[:, :, [3, 17]] = np.nan  # pairs nobody has (e.g. never judged): rsatoolbox masks them
+    for roi in range(2):
+        lo, up = rt.inference.boot_noise_ceiling(rt.rdm.RDMs(shared[:, roi]), method=RT_NAMES[method])
+        lower, upper = fa.noise_ceiling(torch.from_numpy(shared[:, roi]), method, backend=backend)
+        np.testing.assert_allclose([lower, upper], [lo, up], rtol=1e-10, atol=1e-12)
+    # NaN at an entry of one RDM drops that entry from all, as in compare_rdms
+    scattered = rdms.copy()
+    scattered[0, 1, 3] = scattered[2, 0, 17] = np.nan
+    got = fa.noise_ceiling(torch.from_numpy(scattered), method, backend=backend)
+    want = fa.noise_ceiling(torch.from_numpy(shared), method, backend=backend)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.numpy(), w.numpy())
+    with pytest.raises(ValueError, match="fewer than 2 RDM entries are not NaN in every RDM of rdms"):
+        fa.noise_ceiling(torch.full((3, 10), float("nan")).index_fill_(1, torch.tensor([0]), 1.0), method)
+
+
 class _nullcontext:
     def __enter__(self) -> None:
         return None
@@ -200,6 +222,8 @@ def test_noise_ceiling_rejects_bad_input() -> None:
         fa.noise_ceiling(torch.randn(1, 10))
     with pytest.raises(ValueError, match="NaN"):
         fa.noise_ceiling(torch.full((3, 10), float("nan")))
+    with pytest.raises(ValueError, match="contains inf"):
+        fa.noise_ceiling(torch.randn(3, 10).index_fill_(1, torch.tensor([4]), float("inf")))
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
