@@ -199,19 +199,73 @@ def check_choice(fn: str, name: str, value: Any, choices: Collection[_Choice]) -
     raise ValueError(message(fn, name, f"one of {tuple(choices)}", value))
 
 
-def check_out_folder(fn: str, name: str, path: str, overwrite: bool) -> None:
-    """An output folder that a call will write as a unit: new, empty, or (with ``overwrite``) replaced.
+def check_out_folder(
+    fn: str,
+    name: str,
+    path: str | os.PathLike[str],
+    overwrite: bool,
+    *,
+    marker: str,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+) -> str:
+    """An output folder that a call will write as a unit: new, empty, or (with ``overwrite``) replaced,
+    which deletes everything in it. Replacing is refused where it could delete what the call did not
+    write: a folder without ``marker`` (the file every output of the call holds, e.g. summary.json), the
+    current folder or one above it, the home folder, and a folder holding any of ``inputs`` (files or
+    folders the call reads).
+
+    Returns:
+        The folder's absolute path.
 
     Raises:
-        FileExistsError: ``path`` is a file, or a non-empty folder without ``overwrite`` (the message names
-            the argument and its flag: ``overwrite=True (--overwrite)``).
+        ValueError: an empty ``path`` (it would name the current folder), or ``inputs`` inside it.
+        PermissionError: the folder it would be made in is not writable.
+        FileExistsError: ``path`` is a file or under one, a non-empty folder without ``overwrite`` (the
+            message names the argument and its flag: ``overwrite=True (--overwrite)``), or a non-empty
+            folder that overwrite must not replace.
     """
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise FileExistsError(f"{fn}: {name} {path!r} is a file, not a folder")
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+    if os.fspath(path) == "":
+        raise ValueError(f"{fn}: {name} must name a folder, got '' (an empty path)")
+    folder = os.path.abspath(os.fspath(path))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise FileExistsError(f"{fn}: {name} {os.fspath(path)!r} is a file, not a folder")
+    above = os.path.dirname(folder)  # the nearest existing folder above must be one, and writable
+    while not os.path.exists(above) and os.path.dirname(above) != above:
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise FileExistsError(f"{fn}: {name} {os.fspath(path)!r} is under {above!r}, which is a file")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise PermissionError(f"{fn}: {name} {os.fspath(path)!r}: no permission to write in {above!r}")
+    real = os.path.realpath(folder)
+    for given in inputs:
+        inner = os.path.realpath(os.fspath(given))
+        if inner == real or inner.startswith(real.rstrip(os.sep) + os.sep):
+            raise ValueError(
+                f"{fn}: {name} {os.fspath(path)!r} holds the input {os.fspath(given)!r}, which writing the "
+                f"output there would delete; choose another {name}"
+            )
+    entries = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    if not entries:
+        return folder
+    if not overwrite:
         raise FileExistsError(
-            f"{fn}: {name} {path!r} is not empty; pass overwrite=True (--overwrite) to replace it"
+            f"{fn}: {name} {os.fspath(path)!r} is not empty; pass overwrite=True (--overwrite) to replace it"
         )
+    cwd = os.path.realpath(os.getcwd())
+    home = os.path.realpath(os.path.expanduser("~"))
+    root = os.path.dirname(real) == real
+    if root or real in (cwd, home) or cwd.startswith(real.rstrip(os.sep) + os.sep):
+        raise FileExistsError(
+            f"{fn}: {name} {os.fspath(path)!r} is the current folder, one above it or the home folder; "
+            "overwrite=True does not replace such folders: choose a new or empty one"
+        )
+    if marker not in entries:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+        raise FileExistsError(
+            f"{fn}: {name} {os.fspath(path)!r} holds no {marker}, so {fn} did not write it, and "
+            f"overwrite=True replaces only such outputs (it holds {shown}); choose a new or empty {name}"
+        )
+    return folder
 
 
 def warn_if_window_clipped(

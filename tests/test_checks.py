@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +252,47 @@ def test_a_time_window_beyond_the_samples_warns(window: tuple[float, float], war
             f"f: time_window [{window[0]:g}, {window[1]:g}] s reaches beyond the EEG samples (-0.200 to "
             "0.790 s); only the samples within both are used"
         )
+
+
+def test_an_output_folder_is_replaced_only_where_nothing_else_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = _checks.check_out_folder
+    new = tmp_path / "new"
+    assert check("f", "out", new, False, marker="summary.json") == str(new)
+    with pytest.raises(ValueError, match=r"^f: out must name a folder, got '' \(an empty path\)$"):
+        check("f", "out", "", True, marker="summary.json")  # '' is the current folder to os.path
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        check("f", "out", tmp_path / "file", True, marker="summary.json")
+    with pytest.raises(FileExistsError, match=f"is under {str(tmp_path / 'file')!r}, which is a file"):
+        check("f", "out", tmp_path / "file" / "x" / "y", False, marker="summary.json")
+    with monkeypatch.context() as m:  # a read-only folder (root may write in any: access is faked)
+        m.setattr(_checks.os, "access", lambda p, mode: os.fspath(p) != str(tmp_path))
+        with pytest.raises(PermissionError, match=f"no permission to write in {str(tmp_path)!r}"):
+            check("f", "out", tmp_path / "new" / "x", False, marker="summary.json")
+    mine = tmp_path / "mine"  # an earlier output: replaced with overwrite only
+    mine.mkdir()
+    (mine / "summary.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="is not empty; pass overwrite=True"):
+        check("f", "out", mine, False, marker="summary.json")
+    assert check("f", "out", mine, True, marker="summary.json") == str(mine)
+    other = tmp_path / "other"  # a folder the call did not write: never replaced
+    (other / "data").mkdir(parents=True)
+    (other / "thesis.txt").write_text("x")
+    with pytest.raises(
+        FileExistsError,
+        match=r"holds no summary.json, so f did not write it, .* \(it holds data, thesis.txt\)",
+    ):
+        check("f", "out", other, True, marker="summary.json")
+    # an input inside the folder, or the folder itself, would be deleted by the replacement
+    (mine / "brain.npy").write_text("x")
+    for given in (mine / "brain.npy", mine):
+        with pytest.raises(ValueError, match=f"holds the input {str(given)!r}, which writing the output"):
+            check("f", "out", mine, True, marker="summary.json", inputs=[tmp_path / "a.npy", given])
+    # the current folder and those above it, even when they look like an output
+    monkeypatch.chdir(mine)
+    for folder in (".", mine, tmp_path):
+        (tmp_path / "summary.json").write_text("{}")
+        with pytest.raises(FileExistsError, match="is the current folder, one above it or the home folder"):
+            check("f", "out", folder, True, marker="summary.json")

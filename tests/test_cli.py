@@ -109,6 +109,9 @@ _REQUIRED = {
         ("evaluate", "--threshold-p", ["-0.05"], "a probability in (0, 1)", "0.001"),
         ("rsa", "--sfreq", ["0", "-250"], "a finite number > 0", "250"),
         ("preprocess", "--sfreq", ["0", "-5", "nan"], "a finite number > 0", "100"),
+        ("rsa", "--tmin", ["nan", "inf"], "a finite number", "-0.2"),
+        ("preprocess", "--tmin", ["-inf"], "a finite number", "-0.1"),
+        ("preprocess", "--tmax", ["nan"], "a finite number", "0.9"),
     ],
 )
 def test_number_flags_out_of_range_are_usage_errors(
@@ -122,6 +125,26 @@ def test_number_flags_out_of_range_are_usage_errors(
         assert f"argument {flag}: expected {expected}, got {value!r}" in err
     args = parser().parse_args([command, *_REQUIRED[command], flag, good])
     assert getattr(args, flag[2:].replace("-", "_")) == float(good)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["align", "--data", "d", "--out", ""], "--out"),
+        (["decode", "--data", "d", "--out", ""], "--out"),
+        (["demo", "--out", ""], "--out"),
+        (["evaluate", "--data", "d", "--models", "cornet_s", "--out", ""], "--out"),
+        (["preprocess", "--data", "d", "--out", ""], "--out"),
+        (["rsa", "--brain", "b.npy", "--out", ""], "--out"),
+        (["synth", ""], "DATA"),
+    ],
+)
+def test_an_empty_output_path_is_a_usage_error(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # '' is the current folder to os.path: an unset variable (--out "$OUT") with --overwrite named it
+    assert _exit_status(argv) == 2
+    assert f"argument {flag}: expected a folder path, got '' (an empty path)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["align", "evaluate"])
@@ -206,6 +229,14 @@ def test_synth_writes_a_dataset_and_refuses_to_overwrite_it(
     assert main(argv) == 1  # a folder that holds files needs --overwrite
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "pass overwrite=True" in err[0]
+    assert main([*argv, "--overwrite", "--seed", "4"]) == 0  # a dataset synth wrote is replaced
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"x")
+    assert main(["synth", str(other), "--overwrite", *sizes]) == 1  # other files never are
+    err = capsys.readouterr().err
+    assert "holds no ground_truth.npz, so make_synthetic_things did not write it" in err
+    assert os.listdir(other) == ["cat.jpg"]
 
 
 def test_python_dash_m_fastalign_exits_with_the_status(tmp_path: Path) -> None:

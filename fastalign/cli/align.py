@@ -16,6 +16,7 @@ from fastalign.cli.common import (
     add_seed,
     add_subjects,
     count_or_none,
+    folder_path,
     int_or_none,
     nonnegative_real,
     number,
@@ -30,7 +31,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder (image_set/, preprocessed_data/, fmri/)")
     add_subjects(p, "subject number(s), or 'all': one run folder OUT/sub-XX each (default 1)")
     p.add_argument("--modality", choices=("eeg", "fmri"), default="eeg", help="default eeg (ReAlnet)")
-    p.add_argument("--out", required=True, help="run folder (for several subjects: their parent)")
+    p.add_argument(
+        "--out", type=folder_path, required=True, help="run folder (for several subjects: their parent)"
+    )
     p.add_argument(
         "--weights",
         help="starting CORnet-S checkpoint (cornet_s-1d3f7974.pth) or a ReAlnet; "

@@ -92,6 +92,19 @@ def share(text: str) -> float:
     return _real(text, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def finite_real(text: str) -> float:
+    """An argparse type: a finite number (a time in seconds)."""
+    return _real(text, math.isfinite, "a finite number")
+
+
+def folder_path(text: str) -> str:
+    """An argparse type: a folder path, not empty (to os.path an empty path is the current folder, which
+    an unset shell variable, ``--out "$OUT"``, would otherwise name)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a folder path, got '' (an empty path)")
+    return text
+
+
 class TimeWindow(argparse.Action):
     """``--time-window TMIN TMAX``: two finite numbers of seconds with TMIN < TMAX, checked when the flags
     are read (a usage error, as for the other number flags), stored as a tuple."""

@@ -13,6 +13,7 @@ from fastalign.cli.common import (
     add_image_size,
     add_progress,
     add_resume_overwrite,
+    folder_path,
     int_or_none,
     nonnegative_real,
     number,
@@ -45,7 +46,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the subject decoded (with --leave-one-subject-out: the one held out) (default 1)",
     )
-    p.add_argument("--out", required=True, help="run folder (for several seeds: their parent)")
+    p.add_argument(
+        "--out", type=folder_path, required=True, help="run folder (for several seeds: their parent)"
+    )
     p.add_argument(
         "--image-model",
         default="cornet_s",

@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fastalign.cli.common import Command, add_device, add_progress, add_seed
+from fastalign.cli.common import Command, add_device, add_progress, add_seed, folder_path
 
 _FN = "demo"
 
@@ -465,7 +465,8 @@ def demo(
         A :class:`DemoResult`.
 
     Raises:
-        FileExistsError: ``out`` is a file, or not empty without ``overwrite``.
+        FileExistsError: ``out`` is a file, not empty without ``overwrite``, or not an earlier demo's
+            output (a summary.json) with it.
         TypeError, ValueError: a bad seed or option.
     """
     from fastalign import _checks
@@ -477,8 +478,7 @@ def demo(
     _checks.check_seed(_FN, seed, none=False)
     for name, value in (("quick", quick), ("overwrite", overwrite), ("progress", progress)):
         _checks.check_bool(_FN, name, value)
-    final = os.path.abspath(os.fspath(out))
-    _checks.check_out_folder(_FN, "out", final, overwrite)
+    final = _checks.check_out_folder(_FN, "out", out, overwrite, marker="summary.json")
     settings = QUICK if quick else FULL
     stages = _Stages(progress)
     n_train = settings.n_train_concepts * settings.images_per_concept
@@ -539,12 +539,21 @@ def demo(
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="the output folder (replaced as a unit; see --overwrite)")
+    p.add_argument(
+        "--out",
+        type=folder_path,
+        required=True,
+        help="the output folder (replaced as a unit; see --overwrite)",
+    )
     p.add_argument(
         "--quick", action="store_true", help="toy sizes: checks an installation in under two minutes"
     )
     add_seed(p, "everything is a function of the seed (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier demo in --out (a folder holding its summary.json)",
+    )
     add_device(p)
     add_progress(p)
 

@@ -25,6 +25,7 @@ from fastalign.cli.common import (
     add_progress,
     add_seed,
     add_subjects,
+    folder_path,
     number,
     positive_int,
     probability,
@@ -56,7 +57,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="cornet_s and/or run folders of fastalign align (the sub-XX folders of one run are one family)",
     )
-    p.add_argument("--out", required=True, help="the report folder (replaced as a unit; see --overwrite)")
+    p.add_argument(
+        "--out",
+        type=folder_path,
+        required=True,
+        help="the report folder (replaced as a unit; see --overwrite)",
+    )
     p.add_argument("--modality", nargs="+", choices=("eeg", "fmri"), default=["eeg"], help="default eeg")
     p.add_argument(
         "--weights", help="CORnet-S's weights (cornet_s-1d3f7974.pth); default: random from --seed"
@@ -139,7 +145,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         help="JSON file: class folder -> the models' class index (default: the folders' sorted order)",
     )
     add_progress(p)
-    p.add_argument("--overwrite", action="store_true", help="replace the report in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier report in --out (a folder holding its summary.json)",
+    )
 
 
 def _behaviour_rdm(path: str | None) -> Any:
@@ -189,8 +199,17 @@ def _run(args: argparse.Namespace) -> int:
     from fastalign.eval import evaluate, write_report
     from fastalign.plotting import evaluation_figures
 
-    out = os.path.abspath(args.out)
-    _checks.check_out_folder(_FN, "out", out, args.overwrite)
+    # what evaluate reads, which replacing the report folder must not delete: the data, run folders,
+    # weights, the behavioural RDM, the labelled images and their class index, a cache named by the user
+    read = [args.data, *(m for m in args.models if m != "cornet_s"), args.weights, args.behaviour_rdm]
+    read += [
+        args.robustness,
+        args.class_index,
+        None if args.cache_dir.lower() in ("auto", "none") else args.cache_dir,
+    ]
+    out = _checks.check_out_folder(
+        _FN, "out", args.out, args.overwrite, marker="summary.json", inputs=[r for r in read if r is not None]
+    )
     kwargs = {k: v for k, v in vars(args).items() if k not in (*CLI_ONLY, "data", "models", "out")}
     kwargs["behaviour_rdm"] = _behaviour_rdm(args.behaviour_rdm)
     kwargs["class_index"] = _class_index(args.class_index)

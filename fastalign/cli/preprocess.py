@@ -19,7 +19,16 @@ import re
 import sys
 from typing import Any
 
-from fastalign.cli.common import Command, add_progress, add_seed, add_subjects, int_or_none, positive_real
+from fastalign.cli.common import (
+    Command,
+    add_progress,
+    add_seed,
+    add_subjects,
+    finite_real,
+    folder_path,
+    int_or_none,
+    positive_real,
+)
 from fastalign.data import PUBLISHED_SEED
 
 _SUBJECT_DIR = re.compile(r"^sub-(\d+)$")
@@ -43,7 +52,11 @@ def _rate_or_none(text: str) -> float | None:
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder holding raw_data/sub-XX/ses-YY/")
     add_subjects(p, "subject number(s), or 'all' (every sub-XX of raw_data; default 1)")
-    p.add_argument("--out", help="where sub-XX/preprocessed_eeg_*.npy go (default DATA/preprocessed_data)")
+    p.add_argument(
+        "--out",
+        type=folder_path,
+        help="where sub-XX/preprocessed_eeg_*.npy go (default DATA/preprocessed_data)",
+    )
     p.add_argument(
         "--recipe",
         choices=("eeg_encoding", "alignvis"),
@@ -63,8 +76,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         metavar="CH",
         help="a regex, 'all' (63 channels) or channel names (recipe: '^O *|^P *' / all)",
     )
-    p.add_argument("--tmin", type=float, default=-0.2, help="epoch start in seconds (default -0.2)")
-    p.add_argument("--tmax", type=float, help="epoch end in seconds (recipe: 0.8 / 1.0)")
+    p.add_argument("--tmin", type=finite_real, default=-0.2, help="epoch start in seconds (default -0.2)")
+    p.add_argument("--tmax", type=finite_real, help="epoch end in seconds (recipe: 0.8 / 1.0)")
     base = p.add_mutually_exclusive_group()
     base.add_argument(
         "--baseline",

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fastalign import _checks
-from fastalign.cli.common import Command, positive_int, positive_real
+from fastalign.cli.common import Command, finite_real, folder_path, positive_int, positive_real
 
 _FN = "brain_rsa"
 _RDM_METHODS = ("correlation", "cosine", "euclidean")  # crossnobis needs folds: not from averaged data
@@ -210,14 +210,16 @@ def brain_rsa(
         window, step: samples per time window and between window starts.
         sfreq, tmin: for ``.npy`` brains, the sampling rate (Hz) and the time of the first sample (s);
             epochs carry their own times.
-        overwrite: replace a non-empty ``out``.
+        overwrite: replace an earlier output in ``out`` (a folder holding its summary.json and none of
+            the input files; see :func:`fastalign._checks.check_out_folder`).
 
     Returns:
         A :class:`BrainRSA`.
 
     Raises:
         FileNotFoundError: a missing file.
-        FileExistsError: ``out`` is not empty (without ``overwrite``) or is a file.
+        FileExistsError: ``out`` is not empty (without ``overwrite``), is not an earlier output, is the
+            current folder or one above it, or is a file.
         ValueError: files of different conditions or times, an unreadable or pickled file, arrays of the
             wrong shape, a model RDM that is not one, times missing for arrays, bad settings.
     """
@@ -236,10 +238,15 @@ def brain_rsa(
     _checks.check_real(_FN, "sfreq", sfreq, positive=True, none=True)
     _checks.check_real(_FN, "tmin", tmin, none=True)
     _checks.check_bool(_FN, "overwrite", overwrite)
-    folder = None if out is None else os.path.abspath(os.fspath(out))
-    if folder is not None:
-        _checks.check_out_folder(_FN, "out", folder, overwrite)
+    for name, given in (("model_rdm", model_rdm), ("model_features", model_features)):
+        if isinstance(given, (str, bytes, os.PathLike)) or not isinstance(given, Sequence):
+            raise TypeError(_checks.message(_FN, name, "a list of files", given))
     paths = [os.fspath(p) for p in brain]
+    rdm_paths, feature_paths = [os.fspath(p) for p in model_rdm], [os.fspath(p) for p in model_features]
+    folder = None
+    if out is not None:
+        inputs = [*paths, *rdm_paths, *feature_paths]
+        folder = _checks.check_out_folder(_FN, "out", out, overwrite, marker="summary.json", inputs=inputs)
     names = _unique([_name(p) for p in paths], "brain")
     loaded = [_read_brain(p, sfreq, tmin) for p in paths]
     first, times, _ = loaded[0]
@@ -264,7 +271,6 @@ def brain_rsa(
                 "ascending code order); every .fif needs the same conditions"
             )
     n = first.shape[0]
-    rdm_paths, feature_paths = [os.fspath(p) for p in model_rdm], [os.fspath(p) for p in model_features]
     _unique([_name(p) for p in [*rdm_paths, *feature_paths]], "model")
     models: dict[str, np.ndarray] = {}
     for path in rdm_paths:
@@ -406,7 +412,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model-features", nargs="+", default=[], metavar="FILE", help=".npy features, conditions x ..."
     )
-    p.add_argument("--out", required=True, help="the output folder (replaced as a unit; see --overwrite)")
+    p.add_argument(
+        "--out",
+        type=folder_path,
+        required=True,
+        help="the output folder (replaced as a unit; see --overwrite)",
+    )
     p.add_argument(
         "--method",
         choices=_RDM_METHODS,
@@ -420,9 +431,15 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         "--sfreq", type=positive_real, help="sampling rate in Hz: needed with .npy brains (a .fif holds it)"
     )
     p.add_argument(
-        "--tmin", type=float, help="time of the first sample in seconds: needed with .npy brains, as --sfreq"
+        "--tmin",
+        type=finite_real,
+        help="time of the first sample in seconds: needed with .npy brains, as --sfreq",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier output of fastalign rsa in --out (its summary.json)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

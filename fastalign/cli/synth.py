@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from fastalign.cli.common import CLI_ONLY, Command, add_seed, positive_int
+from fastalign.cli.common import CLI_ONLY, Command, add_seed, folder_path, positive_int
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("root", metavar="DATA", help="the folder to write (new or empty; see --overwrite)")
+    p.add_argument(
+        "root", metavar="DATA", type=folder_path, help="the folder to write (new or empty; see --overwrite)"
+    )
     p.add_argument("--subjects", dest="n_subjects", type=positive_int, default=1, help="subjects (default 1)")
     add_seed(p, "everything is a function of the seed (default 0)")
     p.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels (default 64)")
@@ -36,7 +38,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         default=4,
         help="EEG sessions per subject (default 4)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace DATA if it holds files")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset synth wrote before in DATA (its ground_truth.npz)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -171,6 +171,10 @@ def test_out_is_replaced_only_as_a_whole(
     out = tmp_path / "demo"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    # not a demo's output (no summary.json): not replaced, even with --overwrite
+    assert main(["demo", "--out", str(out), "--quick", "--overwrite"]) == 1
+    assert "holds no summary.json, so demo did not write it" in capsys.readouterr().err
+    (out / "summary.json").write_text("{}")  # an earlier demo's
     assert main(["demo", "--out", str(out), "--quick"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("fastalign demo: error: demo: out ") and "--overwrite" in err
@@ -185,7 +189,8 @@ def test_out_is_replaced_only_as_a_whole(
     assert main(["demo", "--out", str(out), "--quick", "--overwrite", "--no-progress"]) == 1
     assert "stopped halfway" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # the staging folder is gone
-    assert [p.name for p in out.iterdir()] == ["old.txt"] and (out / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt", "summary.json"]
+    assert (out / "old.txt").read_text() == "old"
     assert main(["demo", "--out", str(out / "old.txt"), "--quick"]) == 1
     assert "is a file" in capsys.readouterr().err
     with pytest.raises(SystemExit):

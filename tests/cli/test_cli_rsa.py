@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import mne
@@ -148,6 +149,47 @@ def test_refusals(files: dict[str, Path], tmp_path: Path, capsys: pytest.Capture
     (tmp_path / "full" / "x").write_text("")
     assert main(["rsa", "--brain", str(files["sub01-epo"]), "--out", str(tmp_path / "full")]) == 1
     assert "not empty" in capsys.readouterr().err and (tmp_path / "full" / "x").exists()
+
+
+def test_overwrite_never_deletes_the_inputs_or_the_working_folder(
+    files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    work = tmp_path / "work"  # a folder of data: an unset $OUT (--out "") or --out . named it
+    (work / "data").mkdir(parents=True)
+    shutil.copy(files["sub02"], work / "data" / "sub02.npy")
+    shutil.copy(files["model"], work / "model.npy")
+    (work / "thesis.txt").write_text("important")
+    before = sorted(p.relative_to(work) for p in work.rglob("*"))
+    monkeypatch.chdir(work)
+    flags = ["--brain", "data/sub02.npy", "--sfreq", SFREQ, "--tmin", TMIN, "--model-rdm", "model.npy"]
+    for out, words in (
+        (".", "holds the input 'data/sub02.npy'"),
+        ("data", "holds the input 'data/sub02.npy'"),
+        (tmp_path, "holds the input 'data/sub02.npy'"),
+    ):
+        assert main(["rsa", *map(str, flags), "--out", str(out), "--overwrite"]) == 1
+        err = capsys.readouterr().err
+        assert words in err and len(err.splitlines()) == 1, err
+    with pytest.raises(ValueError, match="out must name a folder, got ''"):  # --out '' is a usage error
+        brain_rsa(["data/sub02.npy"], "", sfreq=SFREQ, tmin=TMIN, overwrite=True)
+    # a folder of other files that the inputs are not in: refused too (it holds no summary.json)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "n.txt").write_text("x")
+    assert main(["rsa", *map(str, flags), "--out", str(tmp_path / "notes"), "--overwrite"]) == 1
+    assert "holds no summary.json" in capsys.readouterr().err
+    assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
+    assert (tmp_path / "notes" / "n.txt").read_text() == "x"
+    # an earlier output is replaced; from inside it, it is not
+    assert main(["rsa", *map(str, flags), "--out", str(tmp_path / "report")]) == 0
+    assert main(["rsa", *map(str, flags), "--out", str(tmp_path / "report"), "--overwrite"]) == 0
+    monkeypatch.chdir(tmp_path / "report")
+    flags = [str(work / "data" / "sub02.npy") if f == "data/sub02.npy" else f for f in map(str, flags)]
+    flags = [str(work / "model.npy") if f == "model.npy" else f for f in flags]
+    assert main(["rsa", *flags, "--out", ".", "--overwrite"]) == 1
+    assert "is the current folder" in capsys.readouterr().err
 
 
 def test_bad_arguments_of_the_python_entry_point(files: dict[str, Path]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, get_args
 
 import numpy as np
 
+from fastalign import _checks
 from fastalign._checks import check_bool, check_choice, check_int, check_real
 from fastalign.data._io import atomic_write, replacing_dir
 from fastalign.data.mvnn import MVNNDim
@@ -194,7 +195,8 @@ def make_synthetic_things(
             scikit-image installed; its files are read with PIL); "procedural": drawn shapes; "auto":
             photos when scikit-image is installed, else procedural. ``ground_truth["image_source"]``
             says which was used.
-        overwrite: Replace ``root`` if it is a non-empty folder (else that is an error).
+        overwrite: Replace ``root`` if it holds a dataset written before (its ground_truth.npz); a
+            non-empty folder without one is an error either way.
         preprocess: Run :func:`preprocess_things_eeg2` to write the preprocessed files (False leaves
             only raw data, images and fMRI, e.g. to time the preprocessing separately).
 
@@ -220,15 +222,14 @@ def make_synthetic_things(
         targets_per_session,
     )  # fmt: skip
 
-    final = os.path.abspath(os.fspath(root))
+    # replaced only where it holds a synthetic dataset (its ground truth), never the photos it reads
+    final = _checks.check_out_folder(
+        "make_synthetic_things", "root", root, overwrite, marker="ground_truth.npz",
+        inputs=[photos_from] if photos_from is not None else (),
+    )  # fmt: skip
     # Everything is written into a sibling folder that replaces root as a unit once complete, so a
     # failure, an interrupt or a kill leaves the old dataset (or none) under root, never a half-written one.
     with replacing_dir(final) as staging:
-        if os.path.exists(final) and (not os.path.isdir(final) or (os.listdir(final) and not overwrite)):
-            raise FileExistsError(
-                f"make_synthetic_things: {final!r} exists and is not an empty folder; pass overwrite=True "
-                "to replace it"
-            )
         out = SyntheticThings._at(staging, n_subjects)
         rng = np.random.default_rng(seed)
         images = write_images(
