@@ -235,12 +235,15 @@ def _at(bad: torch.Tensor) -> str:
 # ----------------------------------------------------------------------------------------- rdm
 
 
-def _check_patterns(fn: str, x: torch.Tensor, method: str, name: str = "x") -> tuple[int, torch.Tensor]:
+def _check_patterns(
+    fn: str, x: torch.Tensor, method: str, name: str = "x", windows: bool = False
+) -> tuple[int, torch.Tensor]:
     """Validates (..., [n_folds,] n_conditions, n_features) patterns for an RDM method.
 
     Args:
         fn, x, method: the public function, the patterns and the RDM method.
         name: the argument the patterns came from, for messages.
+        windows: x is time windows of ``name`` (_windows' layout), whose features are channels x samples.
 
     Returns:
         n_conditions and the largest |value| of each pattern, (..., [n_folds,] n_conditions). The
@@ -258,12 +261,18 @@ def _check_patterns(fn: str, x: torch.Tensor, method: str, name: str = "x") -> t
         raise ValueError(f"{fn}: {name} must have at least 3 conditions (dim -2), got shape {tuple(x.shape)}")
     if p < 1 or x.numel() == 0:
         raise ValueError(f"{fn}: {name} must have at least 1 feature and no empty dim, got {tuple(x.shape)}")
+    where = " (..., window, [fold,] condition)" if windows else ""
     top, bottom = x.detach().amax(-1), x.detach().amin(-1)  # NaN propagates into both
     if not bool((torch.isfinite(top) & torch.isfinite(bottom)).all()):
         bad = "NaN" if bool((top.isnan() | bottom.isnan()).any()) else "inf"
         raise ValueError(f"{fn}: {name} contains {bad}; expected finite values")
     if method == "correlation":
         if p < 2:
+            if windows:
+                raise ValueError(
+                    f"{fn}: {name} has 1 channel and windows of 1 sample: 1 feature per pattern, and "
+                    "correlation distance needs at least 2; give window >= 2 or more channels"
+                )
             raise ValueError(
                 f"{fn}: {name} has {p} feature (shape {tuple(x.shape)}); correlation distance needs at "
                 "least 2"
@@ -271,12 +280,15 @@ def _check_patterns(fn: str, x: torch.Tensor, method: str, name: str = "x") -> t
         const = top == bottom
         if bool(const.any()):
             raise ValueError(
-                f"{fn}: {name} has a constant pattern{_at(const)}; its correlation distance is undefined"
+                f"{fn}: {name} has a constant pattern{_at(const)}{where}; its correlation distance is "
+                "undefined"
             )
     if method == "cosine":
         zero = (top == 0) & (bottom == 0)
         if bool(zero.any()):
-            raise ValueError(f"{fn}: {name} has an all-zero pattern{_at(zero)}; cosine distance is undefined")
+            raise ValueError(
+                f"{fn}: {name} has an all-zero pattern{_at(zero)}{where}; cosine distance is undefined"
+            )
     if method == "crossnobis" and x.shape[-3] < 2:
         raise ValueError(
             f"{fn}: crossnobis needs at least 2 folds (dim -3 of {name}), got shape {tuple(x.shape)}"
@@ -379,7 +391,8 @@ def rdm(
 
     Returns:
         (..., n_conditions * (n_conditions - 1) / 2) condensed RDMs in rsatoolbox's (and scipy's
-        squareform) order, or (..., n, n) when ``square``; float64 for float64 input, else float32.
+        squareform) order, or (..., n, n) when ``square``; float64 for float64 and integer (or bool)
+        input, else float32.
         Differentiable in x (and noise) on "reference" and "torch"; "cpp" and "triton" have no
         backward, so auto avoids them when x requires grad and asking for them raises.
 
@@ -393,14 +406,23 @@ def rdm(
     """
     fn = "rdm"
     x = _checks.exact_float(fn, "x", _tensor(fn, "x", x))
+    square = _checks.check_bool(fn, "square", square)
+    out = _rdm(fn, "x", x, method, noise, backend)
+    return common.square(out, x.shape[-2]) if square else out
+
+
+def _rdm(
+    fn: str, name: str, x: torch.Tensor, method: str, noise: torch.Tensor | None, backend: str
+) -> torch.Tensor:
+    """rdm's condensed RDMs of float patterns x, its errors naming ``fn`` and ``name`` (time_resolved_rdms:
+    its data, whose windows x are; indices in messages are the windows' (..., window, condition))."""
     method = _checks.check_choice(fn, "method", method, common.RDM_METHODS)
-    n, maxabs = _check_patterns(fn, x, method)
+    _, maxabs = _check_patterns(fn, x, method, name, windows=fn != "rdm")
     noise = _check_noise(fn, noise, method, x)
     x, k = _scaled_patterns(x, method, maxabs)
     # noise goes to crossnobis only, which only the differentiable backends run
     chosen = _rdm_dispatch.choose(backend, x, method)
-    out = _unscaled_distances(fn, _rdm_dispatch.module(chosen).rdm(x, method, noise), method, k, noise)
-    return common.square(out, n) if square else out
+    return _unscaled_distances(fn, _rdm_dispatch.module(chosen).rdm(x, method, noise), method, k, noise)
 
 
 def time_resolved_rdms(
@@ -432,8 +454,9 @@ def time_resolved_rdms(
         apart, computed a few eps apart) is returned exactly constant, as :func:`time_resolved_rsa`
         treats it, so that comparing it raises as for any constant RDM.
     """
-    win = _windows("time_resolved_rdms", data, method, window, step)
-    out = rdm(win, method, noise=noise, backend=backend)
+    fn = "time_resolved_rdms"
+    win = _checks.exact_float(fn, "data", _windows(fn, data, method, window, step))
+    out = _rdm(fn, "data", win, method, noise, backend)
     # as time_resolved_rsa sees its brain RDMs: distances all equal up to rounding (patterns that are
     # shifted or scaled copies of one another come out a few eps apart) become exactly equal, so that
     # comparing such an RDM says it is constant instead of ranking rounding noise; the gradient passes
@@ -562,7 +585,7 @@ def time_resolved_rsa(
     lead = win.shape[:-core]
     flat = win.reshape(-1, *win.shape[-core:])  # the kernels' layout; one copy of the (strided) windows
     # checked on the contiguous copy: reductions over a strided last dim are several times slower
-    _, maxabs = _check_patterns(fn, flat.view(*lead, *flat.shape[1:]), rdm_method, "data")
+    _, maxabs = _check_patterns(fn, flat.view(*lead, *flat.shape[1:]), rdm_method, "data", windows=True)
     noise = _check_noise(fn, noise, rdm_method, win)
     # Every compare method is invariant to scaling a brain RDM, so its distances are compared scaled;
     # those that could overflow are not, so that an overflow stays an error as in time_resolved_rdms.

@@ -408,6 +408,21 @@ def test_pattern_errors_name_the_argument(backend: str) -> None:
         fa.rdm(torch.randn(4, 1), "correlation", backend=backend)
     with pytest.raises(ValueError, match=r"time_resolved_rsa: data must have at least 1 feature and no"):
         fa.time_resolved_rsa(torch.randn(0, 5, 2, 4), torch.rand(10), backend=backend)
+    # time_resolved_rdms named rdm and x, with the windows' internal shape
+    one = torch.randn(6, 1, 10, dtype=torch.float64)  # 1 channel
+    for f in (fa.time_resolved_rdms, fa.time_resolved_rsa):
+        with pytest.raises(ValueError, match=rf"^{f.__name__}: data has 1 channel and windows of 1 sample: "):
+            f(one, *(() if f is fa.time_resolved_rdms else (torch.rand(15),)), backend=backend)
+    assert fa.time_resolved_rdms(one, window=2, backend=backend).shape == (9, 15)
+    x = torch.randn(6, 5, 8, dtype=torch.float64)
+    x[2, :, 5] = 1.0  # condition 2 at sample 5
+    with pytest.raises(
+        ValueError,
+        match=r"^time_resolved_rdms: data has a constant pattern at index \(5, 2\) \(\.\.\., window, ",
+    ):
+        fa.time_resolved_rdms(x, backend=backend)
+    with pytest.raises(TypeError, match="rdm: square must be a bool, got 'no'"):
+        fa.rdm(torch.randn(5, 4), square="no")
 
 
 def test_triton_refuses_bfloat16_under_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -180,7 +180,7 @@ def test_composed_path_validates_and_chooses_once(backend: str, monkeypatch: pyt
         choose = disp.choose
         monkeypatch.setattr(disp, "choose", lambda *a, _c=choose, _op=disp.op: calls.append(_op) or _c(*a))
     check = api._check_patterns
-    monkeypatch.setattr(api, "_check_patterns", lambda *a: calls.append("check") or check(*a))
+    monkeypatch.setattr(api, "_check_patterns", lambda *a, **k: calls.append("check") or check(*a, **k))
     for name in ("rdm", "compare_rdms", "time_resolved_rdms"):
         monkeypatch.setattr(api, name, lambda *a, **k: pytest.fail("a public function per chunk"))
     monkeypatch.setattr(common, "_TRRSA_CHUNK_ELEMENTS", 200)  # 1 RDM of 105 entries per chunk: 3 chunks
