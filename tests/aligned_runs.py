@@ -66,7 +66,19 @@ def calibrated_cornet_s(paths: list[str], path: Path, size: int = SIZE) -> Path:
 
 
 def _settings() -> dict:
-    return json.loads(json.dumps({"data": DATA, "align": ALIGN}))  # as aligned_runs.json holds them
+    """The runs' settings and a digest of the code that makes them (the data writer's and align's
+    sources, the compiled ops): runs kept from a session of other code are made again, not read."""
+    import hashlib
+
+    import fastalign
+
+    root = Path(fastalign.__file__).parent
+    code = hashlib.sha256()
+    for path in sorted([*root.glob("data/**/*.py"), *root.glob("train/*.py"), *root.glob("models/**/*.py")]):
+        code.update(path.read_bytes())
+    code.update(b"".join(p.read_bytes() for p in sorted(root.glob("_C*.so"))))
+    settings = {"data": DATA, "align": ALIGN, "code": code.hexdigest()[:16]}
+    return json.loads(json.dumps(settings))  # as aligned_runs.json holds them
 
 
 def make_aligned_runs(folder: Path) -> AlignedRuns:

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import json
 import math
 import os
 import sys
@@ -535,7 +537,35 @@ def demo(
         }
         tables = {"results": os.path.join("evaluation", "results.csv")}
         write_report(staging, tables, evaluation.stats, summary, figures, title="fastalign demo")
+        _repoint_paths(staging, final)
     return DemoResult(final, summary, format_summary(summary))
+
+
+def _repoint_paths(staging: str, final: str) -> None:
+    """The run and report configs under ``staging`` name paths inside it (the data a run was aligned on,
+    the weights it started from): they are made to name the same files under ``final``, where the folder
+    will be (a run's recorded dataset must exist for the checks that read it)."""
+    from fastalign.data._io import atomic_write
+
+    pairs = [(json.dumps(staging)[1:-1], json.dumps(final)[1:-1])]
+    pairs.append((json.dumps(staging, ensure_ascii=False)[1:-1], json.dumps(final, ensure_ascii=False)[1:-1]))
+    for folder, _, names in os.walk(staging):
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(folder, name)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            new = text
+            for old, replacement in pairs:
+                new = new.replace(old, replacement)
+            if new != text:
+                atomic_write(path, functools.partial(_write_text, text=new))
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:

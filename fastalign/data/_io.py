@@ -27,6 +27,7 @@ import ctypes
 import errno
 import functools
 import glob
+import hashlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ import secrets
 import shutil
 import stat
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -509,3 +510,16 @@ def save_many_npy(items: dict[str, Any]) -> list[str]:
         raise
     _roll_forward(commit)
     return paths
+
+
+def digest_files(paths: Sequence[str | os.PathLike[str]]) -> str:
+    """A short hash of files' bytes, in order (not their names or places): align's config.json records
+    its test images' (``test_images_digest``), so that evaluating the run on other images is refused
+    wherever either dataset lives, also after its folder moved or is gone."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            data = f.read()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:16]

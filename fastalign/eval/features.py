@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from torch import nn
 
 from fastalign import _checks
 from fastalign.data import ImageTransform, embed_images, model_key
-from fastalign.data._io import atomic_write, read_json_object
+from fastalign.data._io import atomic_write, digest_files, read_json_object
 from fastalign.eval.progress import Stage
 from fastalign.models import CORnetS, ReAlnet, cornet_s, realnet
 
@@ -98,6 +99,9 @@ class EvalModel:
         source: Where it came from (recorded in config.json).
         data: The dataset folder it was aligned on (a run's ``config.data``; "" if unknown), whose test
             images must be the evaluated data's (:func:`check_image_set`).
+        images_digest: A hash of the test images' bytes it was aligned with (a run's
+            ``config.test_images_digest``, :func:`fastalign.data._io.digest_files`; "" if unknown),
+            checked against the evaluated data's wherever either dataset lives.
     """
 
     name: str
@@ -109,6 +113,7 @@ class EvalModel:
     modality: str = ""
     source: str = ""
     data: str = ""
+    images_digest: str = ""
 
     def __post_init__(self) -> None:
         where = "EvalModel"
@@ -176,6 +181,7 @@ class EvalModel:
             modality=str(recipe["modality"]),
             source=folder,
             data=str(recipe.get("data") or ""),
+            images_digest=str(recipe.get("test_images_digest") or ""),
         )
 
 
@@ -267,29 +273,47 @@ def check_image_set(model: EvalModel, images: Sequence[str], what: str = "test")
     """Refuses a run aligned on another image set than the evaluated ``images``.
 
     Within-subject comparisons only mean something when "sub-01" is the same person, shown the same
-    images: a run's dataset (``model.data``) must hold the evaluated test images, file for file (the same
-    bytes in the same order, wherever the folder is). A dataset folder that no longer exists cannot be
-    compared and is not refused.
+    images: the run's test images must be the evaluated ones, file for file (the same bytes in the same
+    order). Runs that record their images' digest (``model.images_digest``) are checked by it, wherever
+    their dataset is now; older ones through their dataset folder (``model.data``), and when that is gone
+    too a warning says that nothing could be checked.
 
     Raises:
-        ValueError: the run's dataset has other test images.
+        ValueError: the run's test images are others.
     """
+    mine = [os.fspath(p) for p in images]
+    where = repr(model.data) if model.data else "a dataset"
+    refuse = (
+        f"{_FN}: model {model.name!r} was aligned on {where}, whose {{n}}test images "
+        f"are not the evaluated data's {len(mine)} {what} images; models with different image sets cannot "
+        "be compared"
+    )
+    if model.images_digest:
+        if digest_files(mine) != model.images_digest:
+            raise ValueError(
+                refuse.format(n="") + f" (digest of their bytes {model.images_digest}, of the evaluated "
+                f"{digest_files(mine)})"
+            )
+        return
     if not model.data or not os.path.isdir(os.path.join(model.data, "image_set")):
+        if model.modality:
+            warnings.warn(
+                f"{_FN}: cannot check that model {model.name!r} was aligned on the evaluated images: its "
+                f"dataset {model.data or '(not recorded)'!r} is gone and its config.json has no "
+                "test_images_digest (a run of an older fastalign)",
+                UserWarning,
+                stacklevel=2,
+            )
         return
     from fastalign.data import load_image_metadata
 
     theirs = load_image_metadata(os.path.join(model.data, "image_set")).paths("test")
-    mine = [os.fspath(p) for p in images]
     same = len(theirs) == len(mine) and all(
         os.path.isfile(a) and (os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False))
         for a, b in zip(theirs, mine, strict=True)
     )
     if not same:
-        raise ValueError(
-            f"{_FN}: model {model.name!r} was aligned on {model.data!r}, whose {len(theirs)} test images are "
-            f"not the evaluated data's {len(mine)} {what} images; models with different image sets cannot "
-            "be compared"
-        )
+        raise ValueError(refuse.format(n=f"{len(theirs)} "))
 
 
 class _Taps:

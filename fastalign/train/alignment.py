@@ -56,6 +56,7 @@ from fastalign.data import (
     load_image_metadata,
     load_preprocessed_eeg,
 )
+from fastalign.data._io import digest_files
 from fastalign.data.datasets import train_val_split
 from fastalign.models import ReAlnet, realnet, save_realnet
 from fastalign.models.cornet import CORnetS
@@ -1008,6 +1009,7 @@ def align(
             "n_train": len(d.train),
             "n_val": 0 if d.val is None else len(d.val),
             "n_test": len(d.test),
+            "test_images_digest": digest_files(d.test.images),
             "n_out": d.n_out,
             "response_shape": list(d.response_shape),
             "areas": list(model.areas),

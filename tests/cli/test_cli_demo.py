@@ -137,6 +137,16 @@ def test_report_shows_every_figure(quick: Demo) -> None:
     assert not [p for p in quick.folder.parent.iterdir() if p.name.startswith(".demo.")]  # no staging left
 
 
+def test_recorded_paths_name_the_demo_folder_not_its_build_folder(quick: Demo) -> None:
+    # the runs were written in a staging folder beside --out: their configs named it, a folder gone after
+    # the demo, and evaluate's check of the run's dataset found nothing to check
+    texts = {p: p.read_text() for p in quick.folder.rglob("*.json")}
+    assert [p for p, t in texts.items() if ".demo." in t] == []
+    for run in ("realnet", "control"):
+        config = json.loads((quick.folder / "runs" / run / "config.json").read_text())["config"]
+        assert config["data"] == str(quick.folder / "data") and os.path.isdir(config["data"])
+
+
 def test_same_seed_same_numbers(quick: Demo, tmp_path: Path) -> None:
     assert quick.status == 0, quick.err
     paths = DemoPaths(str(quick.folder))

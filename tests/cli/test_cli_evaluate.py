@@ -27,6 +27,7 @@ from PIL import Image
 import fastalign.eval as fe
 from fastalign.cli import main, parser
 from fastalign.data import load_image_metadata
+from fastalign.data._io import digest_files
 
 PERMUTATIONS = 100
 
@@ -237,21 +238,52 @@ def _error(run: Run) -> str:
     return lines[0]
 
 
+def _copied_run(runs, folder: Path, **recipe: object) -> Path:
+    """A copy of the paired run whose config.json's recipe settings are changed as given (None: removed)."""
+    run = folder / "other"
+    run.mkdir(parents=True)
+    os.symlink(runs.paired / "model.safetensors", run / "model.safetensors")
+    config = json.loads((runs.paired / "config.json").read_text())
+    for key, value in recipe.items():
+        if value is None:
+            del config["config"][key]
+        else:
+            config["config"][key] = value
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
 def _other_image_set(runs, folder: Path) -> Path:
-    """A copy of the paired run that says it was aligned on another dataset: the same image files but
-    one test image's bytes changed."""
+    """A copy of the paired run, as an older fastalign wrote it (no test_images_digest), that says it was
+    aligned on another dataset: the same image files but one test image's bytes changed."""
     data = folder / "other_data"
     shutil.copytree(runs.root / "image_set", data / "image_set")
     changed = load_image_metadata(data / "image_set").paths("test")[7]
     with open(changed, "ab") as f:
         f.write(b"\0")
-    run = folder / "other"
-    run.mkdir()
-    os.symlink(runs.paired / "model.safetensors", run / "model.safetensors")
-    config = json.loads((runs.paired / "config.json").read_text())
-    config["config"]["data"] = str(data)
-    (run / "config.json").write_text(json.dumps(config))
-    return run
+    return _copied_run(runs, folder, data=str(data), test_images_digest=None)
+
+
+def test_runs_are_checked_by_their_images_digest_wherever_their_data_is(aligned_runs, tmp_path: Path) -> None:
+    data = ["--data", aligned_runs.root, "--image-size", "32", "--permutations", "10", "--layers", "V1"]
+    config = json.loads((aligned_runs.paired / "config.json").read_text())["config"]
+    images = load_image_metadata(aligned_runs.root / "image_set").paths("test")
+    assert config["test_images_digest"] == digest_files(images)  # align records it
+    # the digest decides, not the recorded folder (a demo's run records its build folder, gone later)
+    moved = _copied_run(aligned_runs, tmp_path / "moved", data=str(tmp_path / "gone"))
+    assert _evaluate([*data, "--models", moved, "--out", tmp_path / "r1"], tmp_path / "r1").status == 0
+    other = _copied_run(aligned_runs, tmp_path / "digest", test_images_digest="0" * 16)
+    line = _error(_evaluate([*data, "--models", other, "--out", tmp_path / "r2"], tmp_path / "r2"))
+    assert "whose test images are not the evaluated data's 30 eeg test images" in line
+    assert f"(digest of their bytes {'0' * 16}, of the evaluated {digest_files(images)})" in line
+    # an older run without a digest whose dataset is gone: nothing to check, and it says so
+    old = _copied_run(aligned_runs, tmp_path / "old", data=str(tmp_path / "gone"), test_images_digest=None)
+    run = _evaluate([*data, "--models", old, "--out", tmp_path / "r3"], tmp_path / "r3")
+    assert run.status == 0
+    assert (
+        "fastalign evaluate: warning: evaluate: cannot check that model 'other' was aligned on the "
+        in run.err
+    )
 
 
 @pytest.mark.parametrize(
