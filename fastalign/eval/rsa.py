@@ -27,6 +27,7 @@ The tables follow the contract in docs/evaluation.md.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import itertools
@@ -113,13 +114,18 @@ class EvalResult:
 
     def write(self, out: str | os.PathLike[str]) -> None:
         """Writes results.csv, stats.json, summary.json, variability.csv and (when computed)
-        robustness.csv into ``out``."""
+        robustness.csv into ``out``. What an earlier evaluation left there that this one does not
+        replace is removed: its robustness.csv, and its report.html (made from the earlier tables and
+        figures; :func:`fastalign.eval.report.write_report` makes a new one)."""
         folder = os.fspath(out)
         os.makedirs(folder, exist_ok=True)
         write_csv(os.path.join(folder, "results.csv"), self.rows, RESULT_COLUMNS)
         write_csv(os.path.join(folder, "variability.csv"), self.variability, VARIABILITY_COLUMNS)
         if self.robustness:
             write_csv(os.path.join(folder, "robustness.csv"), self.robustness, _attacks.ROBUSTNESS_COLUMNS)
+        for stale in ([] if self.robustness else ["robustness.csv"]) + ["report.html"]:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, stale))
         for name, obj in (("stats.json", self.stats), ("summary.json", self.summary)):
             write_json(os.path.join(folder, name), obj, fn="EvalResult.write", what=name)
         self.out = os.path.abspath(folder)

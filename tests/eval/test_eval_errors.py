@@ -117,9 +117,14 @@ def test_out_folder_holding_another_evaluation(tmp_path) -> None:
     fe.evaluate(_brain(), [_features()], out=out, permutations=5)
     with pytest.raises(FileExistsError, match="holds an evaluation with another config"):
         fe.evaluate(_brain(), [_features()], out=out, permutations=6)
+    # an earlier evaluation's robustness table and the report made from its tables are not left beside
+    # the new tables (this one has no robustness; write_report makes a new page)
+    (out / "robustness.csv").write_text("model,attack,eps,accuracy,relative_accuracy\nm,fgsm,0,1,1\n")
+    (out / "report.html").write_text("<html>the old evaluation</html>")
     fe.evaluate(_brain(), [_features()], out=out, permutations=6, overwrite=True)
     with open(out / "config.json") as f:
         assert json.load(f)["permutations"] == 6
+    assert not (out / "robustness.csv").exists() and not (out / "report.html").exists()
     (out / "config.json").unlink()
     with pytest.raises(FileExistsError, match=r"tables without a config\.json"):
         fe.evaluate(_brain(), [_features()], out=out, permutations=6)
