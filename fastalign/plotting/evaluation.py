@@ -372,8 +372,11 @@ def plot_rsa_time_courses(
         ax.set_ylabel(similarity)
     handles, names = axes[0].get_legend_handles_labels()
     if any(c.get_label().startswith("_sem ") for ax in axes for c in ax.collections):
-        handles.append(Rectangle((0, 0), 1, 1, color="0.5", alpha=0.25, linewidth=0))
-        names.append("± SEM over subjects")
+        # a line over its band (matplotlib draws a tuple's handles on top of each other): not one more
+        # grey box beside the noise ceiling's
+        band = Rectangle((0, 0), 1, 1, color="0.2", alpha=0.25, linewidth=0)
+        handles.append((band, Line2D([], [], color="0.2", linewidth=1.2)))
+        names.append("mean ± SEM over subjects")
     for test in tests:
         what = "0" if test == "vs0" else label(test.removeprefix("vs:"))
         handles.append(Line2D([], [], color="0.3", linewidth=2.0 if test == "vs0" else 4.5))

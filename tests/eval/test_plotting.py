@@ -182,11 +182,11 @@ def test_rsa_time_courses_show_the_means_sems_ceiling_and_clusters() -> None:
         "noise ceiling",
         "cluster p < 0.05 vs 0",
         "cluster p < 0.05 vs cornet_s",
-        "± SEM over subjects",
+        "mean ± SEM over subjects",
     ):
         assert text in texts
     one = [r for r in rows if r["subject"] == "sub-01"]  # no band without a spread, and no legend entry
-    assert "± SEM over subjects" not in _legend_texts(plot_rsa_time_courses(one, STATS, groups=GROUPS))
+    assert "mean ± SEM over subjects" not in _legend_texts(plot_rsa_time_courses(one, STATS, groups=GROUPS))
 
 
 def test_groups_rename_models_with_their_clusters_baseline_and_tests() -> None:
