@@ -273,10 +273,15 @@ def _significant(stats: dict[str, Any], key: dict[str, str]) -> str:
     ]
     if futile:
         t = futile[0]
-        return (
-            f"none possible: with {t['n_subjects']} subjects no p is below {t['min_p']:.3g} "
-            f"(alpha {stats['alpha']:g})"
+        # the floor 1 / (1 + flips): all 2^n sign flips when enumerated (the subjects limit it), else the
+        # flips drawn (--permutations limits it)
+        why = (
+            f"with {t['n_subjects']} subjects"
+            if t["exact"]
+            else f"with {t['n_flips']} sign flips drawn (--permutations; {t['n_subjects']} subjects allow "
+            f"{2 ** t['n_subjects']})"
         )
+        return f"none possible: {why} no p is below {t['min_p']:.3g} (alpha {stats['alpha']:g})"
     return "none"
 
 

@@ -184,6 +184,21 @@ def test_summary_table_and_progress_are_printed(report: Run) -> None:
         assert any(line.startswith(stage) for line in report.err.splitlines()), stage
 
 
+def test_none_possible_names_what_limits_the_smallest_p() -> None:
+    from fastalign.cli.evaluate import _significant
+
+    key = {"model": "m", "layer": "IT", "modality": "eeg", "comparison": "within"}
+    test = {**key, "test": "vs0", "can_reach_alpha": False, "n_subjects": 10, "exact": False, "n_flips": 10}
+    stats = {"clusters": [], "roi_tests": [], "skipped": [], "alpha": 0.05, "cluster_tests": [test]}
+    test["min_p"] = 1 / 11  # 10 subjects allow 1 / 1024: the 10 flips drawn are the limit
+    assert _significant(stats, key) == (
+        "none possible: with 10 sign flips drawn (--permutations; 10 subjects allow 1024) no p is below "
+        "0.0909 (alpha 0.05)"
+    )
+    test.update(n_subjects=4, exact=True, n_flips=15, min_p=1 / 16)  # all 16 flips: the subjects are
+    assert _significant(stats, key) == "none possible: with 4 subjects no p is below 0.0625 (alpha 0.05)"
+
+
 def test_flags_are_the_functions_arguments() -> None:
     """Fractions for eps, 'none' and 'all' for the optional ones, usage errors for what is no number."""
     argv = ["evaluate", "--data", "d", "--models", "cornet_s", "--out", "o"]
