@@ -48,6 +48,14 @@ def fraction(text: str) -> float:
         ) from None
 
 
+def eps_fraction(text: str) -> float:
+    """An argparse type: a perturbation size in [0, 1] (pixels in [0, 1]), a fraction such as ``4/255``."""
+    value = fraction(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a size in [0, 1] such as 4/255, got {text!r}")
+    return value
+
+
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder (image_set/, preprocessed_data/, fmri/)")
     p.add_argument(
@@ -132,9 +140,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     robust.add_argument(
         "--eps",
         nargs="+",
-        type=fraction,
+        type=eps_fraction,
         metavar="EPS",
-        help="L-infinity sizes in [0, 1] pixels, fractions allowed (default 0 1/255 2/255 4/255 8/255)",
+        help="L-infinity sizes in [0, 1] pixels, fractions allowed, 0 among them (default 0 1/255 2/255 "
+        "4/255 8/255)",
     )
     robust.add_argument("--attacks", nargs="+", choices=("fgsm", "pgd"), help="default fgsm pgd")
     robust.add_argument("--pgd-steps", type=positive_int, help="default 10")

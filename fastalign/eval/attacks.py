@@ -101,12 +101,14 @@ def _check_labels(fn: str, labels: Any, n: int) -> torch.Tensor:
     return labels.long()
 
 
+_EPS_RANGE = "a number in [0, 1] (L-infinity, of pixels in [0, 1])"
+
+
 def _check_eps(fn: str, eps: Any) -> float:
-    value = _checks.check_real(fn, "eps", eps, expected="a finite number >= 0 (L-infinity, pixels in [0, 1])")
-    if value < 0:
-        raise ValueError(
-            _checks.message(fn, "eps", "a finite number >= 0 (L-infinity, pixels in [0, 1])", eps)
-        )
+    """A perturbation size: pixels are in [0, 1], so a step beyond 1 is no perturbation of an image."""
+    value = _checks.check_real(fn, "eps", eps, expected=_EPS_RANGE)
+    if not 0 <= value <= 1:
+        raise ValueError(_checks.message(fn, "eps", _EPS_RANGE, eps))
     return value
 
 
@@ -337,6 +339,11 @@ def _check_eps_list(fn: str, eps: Any) -> list[float]:
     values = [_check_eps(fn, e) for e in eps]
     if len(set(values)) != len(values):
         raise ValueError(f"{fn}: eps must not repeat a value, got {list(eps)!r}")
+    if 0 not in values:
+        raise ValueError(
+            f"{fn}: eps must include 0, the clean accuracy every relative accuracy is measured against "
+            f"(it costs no attack), got {list(eps)!r}"
+        )
     return values
 
 

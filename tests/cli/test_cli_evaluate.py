@@ -207,7 +207,8 @@ def test_flags_are_the_functions_arguments() -> None:
     assert args.eps == [0.0, 1 / 255, 0.5] and args.pgd_step_size == 1 / 510
     assert (args.subjects, args.tail, args.time_window) == ("all", -1, (-0.1, 0.5))
     assert args.progress and args.cache_dir == "auto" and args.baseline == "auto" and args.device is None
-    for bad in (["--eps", "1/0"], ["--eps", "x"], ["--tail", "2"], ["--permutations", "0"]):
+    for bad in (["--eps", "1/0"], ["--eps", "x"], ["--eps", "-1/255"], ["--eps", "2"], ["--tail", "2"],
+                ["--permutations", "0"]):  # fmt: skip
         with pytest.raises(SystemExit) as exit_, contextlib.redirect_stderr(io.StringIO()):
             parser().parse_args([*argv, *bad])
         assert exit_.value.code == 2
@@ -311,7 +312,8 @@ def test_runs_are_checked_by_their_images_digest_wherever_their_data_is(aligned_
                     r"\['sub-01', 'sub-02'\]"),
         ("layers", r"evaluate: model 'cornet_s' has no layer 'V9'; layers are V1, V2, V4, IT, avgpool, "
                    r"V1\.conv1, "),
-        ("eps", r"evaluate: eps must be a finite number >= 0 \(L-infinity, pixels in \[0, 1\]\), got -0.5"),
+        ("eps", r"evaluate: eps must include 0, the clean accuracy every relative accuracy is measured "
+                r"against \(it costs no attack\), got \[0.5\]"),
         ("behaviour_shape", r"evaluate: --behaviour-rdm '.*small\.npy': BrainData: behaviour\['group'\] "
                             r"must be an RDM of the 30 images: \(30, 30\) or condensed \(435,\), got shape "
                             r"\(5, 5\)"),
@@ -327,7 +329,7 @@ def test_bad_input_is_one_line_and_exit_1(case: str, words: str, aligned_runs, t
         "image_set": [*data, "--models", "cornet_s", _other_image_set(aligned_runs, tmp_path)],
         "subject": [*data, "--models", "cornet_s", "--subject", "1", "3"],
         "layers": [*data, "--models", "cornet_s", aligned_runs.paired, "--layers", "V1", "V9"],
-        "eps": [*data, "--models", "cornet_s", "--robustness", tmp_path, "--eps", "0", "-0.5"],
+        "eps": [*data, "--models", "cornet_s", "--robustness", tmp_path, "--eps", "0.5"],
         "behaviour_shape": [*data, "--models", "cornet_s", "--behaviour-rdm", tmp_path / "small.npy"],
         "behaviour_constant": [*data, "--models", "cornet_s", "--behaviour-rdm", tmp_path / "constant.csv"],
     }[case]
