@@ -45,6 +45,7 @@ __all__ = [
     "EvalModel",
     "as_models",
     "check_image_set",
+    "check_image_size",
     "layer_features",
     "on_device",
     "subject_name",
@@ -316,6 +317,18 @@ def check_image_set(model: EvalModel, images: Sequence[str], what: str = "test")
         raise ValueError(refuse.format(n=f"{len(theirs)} "))
 
 
+def check_image_size(model: EvalModel, image_size: int, fn: str = _FN) -> None:
+    """Refuses a ReAlnet built for another image size (its encoding head's input is sized for one):
+    checked for every model before any runs."""
+    module = model.module
+    if isinstance(module, ReAlnet) and module.image_size != (image_size, image_size):
+        h, w = module.image_size
+        raise ValueError(
+            f"{fn}: model {model.name!r} was built for {h}x{w} images but image_size={image_size}; every "
+            f"model sees the images at one size: pass image_size={h} (--image-size {h})"
+        )
+
+
 class _Taps:
     """Callable: images -> (B, sum of layer widths), the named submodules' outputs flattened and joined."""
 
@@ -414,17 +427,16 @@ def layer_features(
         ValueError: a layer the module lacks, precomputed features of other images, a ReAlnet built for
             another image size.
     """
-    assert model.layers is not None
+    if model.layers is None:
+        raise ValueError(
+            f"{fn}: model {model.name!r} names no layers (EvalModel.layers is None): give them, e.g. "
+            f"dataclasses.replace(model, layers={list(DEFAULT_LAYERS)!r}) (evaluate fills them in)"
+        )
     if model.features is not None:
         return _given_features(model, images, what, fn)
     module = model.module
-    assert module is not None
-    if isinstance(module, ReAlnet) and module.image_size != (image_size, image_size):
-        h, w = module.image_size
-        raise ValueError(
-            f"{fn}: model {model.name!r} was built for {h}x{w} images but image_size={image_size}; every "
-            f"model sees the images at one size: pass image_size={h} (--image-size {h})"
-        )
+    assert module is not None  # EvalModel holds exactly one of module and features
+    check_image_size(model, image_size, fn)
     paths = _layer_paths(model, fn)
     transform = ImageTransform(image_size, resize=image_size)
     stage = Stage(progress, f"features {model.name}{f' {model.subject}' if model.subject else ''}",

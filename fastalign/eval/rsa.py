@@ -51,6 +51,7 @@ from fastalign.eval.features import (
     EvalModel,
     as_models,
     check_image_set,
+    check_image_size,
     layer_features,
     on_device,
     subject_name,
@@ -825,6 +826,7 @@ def evaluate(
         if m.modality:
             own = m.modality if m.modality in mods else mods[0]
             check_image_set(m, brain.images_of(own), f"{own} test")
+        check_image_size(m, s["image_size"])
     base = _baseline(baseline, specs)
     labelled = None
     if attack is not None:

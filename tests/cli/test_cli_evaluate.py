@@ -314,6 +314,8 @@ def test_runs_are_checked_by_their_images_digest_wherever_their_data_is(aligned_
                    r"V1\.conv1, "),
         ("eps", r"evaluate: eps must include 0, the clean accuracy every relative accuracy is measured "
                 r"against \(it costs no attack\), got \[0.5\]"),
+        ("image_size", r"evaluate: model 'paired' was built for 32x32 images but image_size=48; every model "
+                       r"sees the images at one size: pass image_size=32 \(--image-size 32\)"),
         ("behaviour_shape", r"evaluate: --behaviour-rdm '.*small\.npy': BrainData: behaviour\['group'\] "
                             r"must be an RDM of the 30 images: \(30, 30\) or condensed \(435,\), got shape "
                             r"\(5, 5\)"),
@@ -330,6 +332,8 @@ def test_bad_input_is_one_line_and_exit_1(case: str, words: str, aligned_runs, t
         "subject": [*data, "--models", "cornet_s", "--subject", "1", "3"],
         "layers": [*data, "--models", "cornet_s", aligned_runs.paired, "--layers", "V1", "V9"],
         "eps": [*data, "--models", "cornet_s", "--robustness", tmp_path, "--eps", "0.5"],
+        # after cornet_s, which ran first: refused before any model runs (one line: no progress)
+        "image_size": [*data, "--models", "cornet_s", aligned_runs.paired, "--image-size", "48"],
         "behaviour_shape": [*data, "--models", "cornet_s", "--behaviour-rdm", tmp_path / "small.npy"],
         "behaviour_constant": [*data, "--models", "cornet_s", "--behaviour-rdm", tmp_path / "constant.csv"],
     }[case]

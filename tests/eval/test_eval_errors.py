@@ -157,3 +157,11 @@ def test_a_time_window_beyond_the_epoch_warns_and_uses_the_samples_within() -> N
         res = fe.evaluate(_brain(), [_features()], out=None, time_window=(0.0, 5.0), permutations=10)
     times = sorted({r["time"] for r in res.rows if r["modality"] == "eeg"})
     assert times == pytest.approx([t for t in _TIMES if t >= 0])
+
+
+def test_layer_features_of_a_model_without_layers_says_so() -> None:
+    model = fe.EvalModel("t", Tiny())  # from_run and EvalModel(module=...) leave layers to evaluate
+    with pytest.raises(
+        ValueError, match=r"^layer_features: model 't' names no layers \(EvalModel.layers is None\)"
+    ):
+        fe.layer_features(model, ["a.jpg"], image_size=8, fn="layer_features")
