@@ -146,6 +146,12 @@ def _condensed(value: Any, n_images: int, name: str) -> np.ndarray:
     zero diagonal."""
     arr = np.asarray(value, dtype=np.float64)
     pairs = n_images * (n_images - 1) // 2
+    if not np.isfinite(arr).all():  # first: NaN also fails the symmetry test, whose message would mislead
+        what = "NaN" if np.isnan(arr).any() else "inf"
+        raise ValueError(
+            f"BrainData: {name} has {what}; every pair of images needs a finite dissimilarity (a model RDM "
+            "has no missing pairs to mask with it)"
+        )
     if arr.shape == (n_images, n_images):
         if not is_dissimilarity_matrix(arr):
             raise ValueError(
@@ -157,8 +163,6 @@ def _condensed(value: Any, n_images: int, name: str) -> np.ndarray:
             f"BrainData: {name} must be an RDM of the {n_images} images: ({n_images}, {n_images}) or "
             f"condensed ({pairs},), got shape {arr.shape}"
         )
-    if not np.isfinite(arr).all():
-        raise ValueError(f"BrainData: {name} has NaN or inf")
     return arr
 
 

@@ -91,6 +91,17 @@ def test_bad_input(models: Any, kwargs: dict, exc: type, match: str) -> None:
         ({"fmri": {1: {"V1": np.zeros((6, 3))}, 2: {"V2": np.zeros((6, 3))}}}, "the same fMRI ROIs"),
         ({"fmri": {1: {"V1": np.zeros((4, 3))}}}, "fmri responses are of 4 images"),
         ({"behaviour": {"group": np.zeros(3)}}, "must be an RDM of the 6 images"),
+        # a square RDM with a missing pair: NaN, not an asymmetry
+        (
+            {
+                "behaviour": {
+                    "group": np.where(
+                        np.eye(6) == 1, 0.0, np.where(np.arange(36).reshape(6, 6) == 1, np.nan, 1.0)
+                    )
+                }
+            },
+            r"behaviour\['group'\] has NaN; every pair of images needs a finite dissimilarity",
+        ),
     ],
 )
 def test_bad_brain_data(kwargs: dict, match: str) -> None:
