@@ -360,6 +360,21 @@ def _check_noise(fn: str, noise: Any, method: str, x: torch.Tensor) -> torch.Ten
             f"{fn}: noise must be a ({p}, {p}) precision matrix for {p} features, got {tuple(noise.shape)}"
         )
     _finite(fn, "noise", noise)
+    # a precision matrix is symmetric positive (semi)definite: another gives distances of no meaning
+    # (a negative definite one flips their signs), so it is refused, up to 1e-5 of its largest entry
+    # (float32 rounding of an inverted covariance; gradcheck's steps of 1e-6 in one entry)
+    n = noise.detach().double()
+    scale = float(n.abs().max()) or 1.0
+    tol = 1e-5 * scale
+    if float((n - n.T).abs().max()) > tol:
+        raise ValueError(f"{fn}: noise must be a symmetric precision matrix; noise - noise.T reaches "
+                         f"{float((n - n.T).abs().max()):.3g}")  # fmt: skip
+    lowest = float(torch.linalg.eigvalsh((n + n.T) / 2).min())
+    if lowest < -tol * p:
+        raise ValueError(
+            f"{fn}: noise must be a positive semidefinite precision matrix (an inverse noise covariance); "
+            f"its smallest eigenvalue is {lowest:.3g}"
+        )
     return noise.to(device=x.device)
 
 
@@ -385,7 +400,8 @@ def rdm(
         x: (..., n_conditions, n_features); for "crossnobis" (..., n_folds, n_conditions, n_features).
             Floating point, finite; integer input is used as float64.
         method: "correlation", "cosine", "euclidean" or "crossnobis".
-        noise: crossnobis only: (n_features, n_features) noise precision matrix (None: identity).
+        noise: crossnobis only: (n_features, n_features) noise precision matrix, symmetric positive
+            semidefinite (None: identity).
         square: return (..., n, n) symmetric matrices with a zero diagonal instead of condensed vectors.
         backend: "auto", "reference", "torch", "cpp" (CPU; auto uses it for <= 64 features) or "triton".
 

@@ -311,6 +311,20 @@ def test_time_resolved_from_mne_epochs() -> None:
         ({"x": torch.tensor([[1.0, float("nan")], [0.0, 2.0], [0.0, 1.0]])}, ValueError, "NaN"),
         ({"x": torch.randn(1, 4, 3), "method": "crossnobis"}, ValueError, "2 folds"),
         ({"x": torch.randn(2, 4, 3), "method": "crossnobis", "noise": torch.eye(2)}, ValueError, "precision"),
+        (
+            {
+                "x": torch.randn(2, 4, 3),
+                "method": "crossnobis",
+                "noise": torch.tensor([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 1]]),
+            },
+            ValueError,
+            "noise must be a symmetric precision matrix; noise - noise.T reaches 0.5",
+        ),
+        (
+            {"x": torch.randn(2, 4, 3), "method": "crossnobis", "noise": -torch.eye(3)},
+            ValueError,
+            "noise must be a positive semidefinite precision matrix .* smallest eigenvalue is -1",
+        ),
         ({"x": torch.randn(4, 3), "noise": torch.eye(3)}, ValueError, "crossnobis. only"),
     ],
 )
