@@ -125,6 +125,18 @@ def _read_brain(
     low = path.lower()
     if low.endswith((".fif", ".fif.gz")):
         read = _read_epochs(path)
+        times = read[1]
+        sf = 1.0 / float(np.median(np.diff(times))) if times.size > 1 else None
+        if (sfreq is not None and sf is not None and not math.isclose(sfreq, sf, rel_tol=1e-6)) or (
+            tmin is not None and not math.isclose(tmin, float(times[0]), abs_tol=1e-9)
+        ):
+            warnings.warn(
+                f"{_FN}: sfreq/tmin ({sfreq}, {tmin}) are for .npy brains; epochs file {path!r} holds its "
+                f"own times ({'one sample' if sf is None else f'{sf:g} Hz'} from {float(times[0]):g} s), "
+                "which are used",
+                UserWarning,
+                stacklevel=3,
+            )
     elif low.endswith(".npy"):
         read = _read_array(path, sfreq, tmin)
     else:

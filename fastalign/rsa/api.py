@@ -706,9 +706,17 @@ def _rdm_pair(fn: str, a: Any, b: Any, *, allow_nan: bool) -> tuple[torch.Tensor
         if t.dim() < 1:
             raise ValueError(f"{fn}: {name} must have shape (..., n_pairs), got a 0-dim tensor")
     if a.shape[-1] != b.shape[-1]:
+        hint = ""
+        for name, t, other in (("a", a, b), ("b", b, a)):
+            k = t.shape[-1]
+            if t.dim() >= 2 and t.shape[-2] == k and other.shape[-1] == common.n_pairs(k):
+                hint = (
+                    f" ({name} {tuple(t.shape)} looks like square RDMs of {k} conditions: pass the strict "
+                    f"upper triangle, m[..., i, j] for (i, j) in zip(*numpy.triu_indices({k}, 1)))"
+                )
         raise ValueError(
             f"{fn}: a and b must be RDMs of the same number of conditions, got last dims {a.shape[-1]} and "
-            f"{b.shape[-1]}"
+            f"{b.shape[-1]}{hint}"
         )
     n = _n_from_pairs(fn, "a", a)
     _n_from_pairs(fn, "b", b)

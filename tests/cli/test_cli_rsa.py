@@ -7,6 +7,7 @@ import csv
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import mne
@@ -190,6 +191,18 @@ def test_overwrite_never_deletes_the_inputs_or_the_working_folder(
     flags = [str(work / "model.npy") if f == "model.npy" else f for f in flags]
     assert main(["rsa", *flags, "--out", ".", "--overwrite"]) == 1
     assert "is the current folder" in capsys.readouterr().err
+
+
+def test_sfreq_and_tmin_that_contradict_an_epochs_file_warn(files: dict[str, Path]) -> None:
+    fif = [files["sub01-epo"]]
+    with pytest.warns(
+        UserWarning, match=rf"sfreq/tmin \(50.0, 5.0\) are for .npy brains; .* \({SFREQ:g} Hz from"
+    ):
+        r = brain_rsa(fif, sfreq=50.0, tmin=5.0)
+    np.testing.assert_allclose(r.times, TMIN + np.arange(N_T) / SFREQ, atol=1e-12)  # the file's own
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the file's own values say nothing new: no warning
+        brain_rsa(fif, sfreq=SFREQ, tmin=TMIN)
 
 
 def test_bad_arguments_of_the_python_entry_point(files: dict[str, Path]) -> None:

@@ -217,6 +217,15 @@ def test_square_rdms_are_refused_not_read_as_rows_of_condensed_ones() -> None:
     assert fa.compare_rdms(rows + rows.T, rows + rows.T).shape == (10,)  # symmetric, nonzero diagonal
 
 
+def test_a_square_rdm_against_a_condensed_one_is_named() -> None:
+    with pytest.raises(ValueError, match=r"last dims 10 and 45 \(a \(10, 10\) looks like square RDMs of 10 "):
+        fa.compare_rdms(torch.rand(10, 10), torch.rand(45))
+    with pytest.raises(ValueError, match=r"last dims 45 and 10 \(b \(3, 10, 10\) looks like square RDMs"):
+        fa.compare_rdms(torch.rand(45), torch.rand(3, 10, 10))
+    with pytest.raises(ValueError, match=r"last dims 10 and 15$"):  # no square RDM of 10 has 15 pairs
+        fa.compare_rdms(torch.rand(10, 10), torch.rand(15))
+
+
 def test_noise_ceiling_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="n_subjects >= 2"):
         fa.noise_ceiling(torch.randn(1, 10))
