@@ -257,18 +257,25 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
+def _below(statistic: float) -> str:
+    return "below, " if statistic < 0 else ""
+
+
 def _significant(stats: dict[str, Any], key: dict[str, str]) -> str:
     """The significant clusters (EEG) or ROI tests of one model, layer, modality and comparison."""
 
     def match(record: dict[str, Any]) -> bool:
         return all(record.get(k) == v for k, v in key.items())
 
+    # a test's direction where a two-sided or lower-tailed test can find either (an aligned model below
+    # its baseline is significant too): "below" on such results, nothing on those above
     found = [
-        f"{c['test']} {1000 * c['t_start']:.0f}-{1000 * c['t_stop']:.0f} ms (p {c['p']:.3g})"
+        f"{c['test']} {1000 * c['t_start']:.0f}-{1000 * c['t_stop']:.0f} ms "
+        f"({_below(c['mass'])}p {c['p']:.3g})"
         for c in stats["clusters"]
         if match(c) and c["significant"]
     ] + [
-        f"{t['test']} {t['roi'] or 'rdm'} (p {t['p']:.3g})"
+        f"{t['test']} {t['roi'] or 'rdm'} ({_below(t['statistic'])}p {t['p']:.3g})"
         for t in stats["roi_tests"]
         if match(t) and t["significant"]
     ]

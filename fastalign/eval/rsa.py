@@ -435,9 +435,12 @@ def _statistics(
         "baseline": baseline,
         "methods": {
             "eeg": "cluster sign-flip permutation test over time",
-            "fmri": "one-sample t-test",
-            "behaviour": "one-sample t-test",
+            "fmri": "one-sample t-test per ROI and layer, uncorrected",
+            "behaviour": "one-sample t-test per layer, uncorrected",
         },
+        # the ROI tests' p-values are each test's own: no correction over ROIs, layers and comparisons
+        # (the EEG clusters' are corrected over time by the permutation test's maximum statistic)
+        "roi_correction": "none",
     }
     todo = []
     for mod in mods:

@@ -65,6 +65,12 @@ _MEASURES = {
 }
 
 
+def _correction(stats: Mapping[str, Any]) -> str:
+    """ " (uncorrected)" for ROI tests whose p-values are each test's own (stats.json's roi_correction
+    "none", as evaluate writes it; stats without the key are taken to be the same)."""
+    return " (uncorrected)" if stats.get("roi_correction", "none") == "none" else ""
+
+
 def _measure(fn: str, measure: str | None, stats: Mapping[str, Any]) -> str:
     """The axis name of the similarities: ``measure``, else stats.json's ``compare``, else Spearman's."""
     name = measure if measure is not None else stats.get("compare", "spearman")
@@ -334,6 +340,7 @@ def plot_rsa_time_courses(
     styles = model_styles(curves, label(baseline))
     tests = sorted(_order(c["test"] for c in clusters), key=lambda t: t != "vs0")
     fig, axes = _figure(len(layer_list), ncols)
+    any_below = False
     for ax, layer in zip(axes, layer_list, strict=True):
         here = [r for r in rows if r["layer"] == layer]
         low, high = _draw_ceiling(ax, here)
@@ -354,10 +361,13 @@ def plot_rsa_time_courses(
                     if label(c["model"]) == curve and c["layer"] == layer and c["test"] == test
                 ]
                 for c in found:
+                    below = float(c.get("mass", 1.0)) < 0  # a negative cluster (tail 0 or -1): dotted
+                    any_below = any_below or below
                     ax.plot(
                         [1000 * float(c["t_start"]), 1000 * float(c["t_stop"])],
                         [level, level],
                         color=styles[curve]["color"],
+                        linestyle=":" if below else "-",
                         linewidth=2.0 if test == "vs0" else 4.5,
                         # a one-sample cluster (t_start == t_stop) still shows, as a square
                         solid_capstyle="projecting",
@@ -381,6 +391,9 @@ def plot_rsa_time_courses(
         what = "0" if test == "vs0" else label(test.removeprefix("vs:"))
         handles.append(Line2D([], [], color="0.3", linewidth=2.0 if test == "vs0" else 4.5))
         names.append(f"cluster p < {alpha:g} vs {what}")
+    if any_below:
+        handles.append(Line2D([], [], color="0.3", linewidth=2.0, linestyle=":"))
+        names.append("dotted: cluster below it")
     fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize="small")
     return fig
 
@@ -486,11 +499,18 @@ def plot_roi_bars(
                 x = i - 0.4 + width * (j + 0.5)
                 top = _draw_bar(ax, x, width, values, curve if i == 0 else f"_{curve}", styles[curve])
                 found = {
-                    t["test"]
+                    t["test"]: float(t.get("statistic", 0.0))
                     for t in tests
                     if (label(t["model"]), t["layer"], t["roi"]) == (curve, layer, roi)
                 }
-                text = "".join(m for m, ok in (("*", "vs0" in found), ("†", found - {"vs0"})) if ok)
+                # a test significant in the negative direction (tail 0 or -1) carries an arrow down
+                vs0 = [v for k, v in found.items() if k == "vs0"]
+                vs_base = [v for k, v in found.items() if k != "vs0"]
+                text = "".join(
+                    m + ("↓" if any(v < 0 for v in got) else "")
+                    for m, got in (("*", vs0), ("†", vs_base))
+                    if got
+                )
                 if text:
                     marks.update(text)
                     ax.annotate(
@@ -511,7 +531,10 @@ def plot_roi_bars(
     for mark, what in (("*", "0"), ("†", ", ".join(baselines))):
         if mark in marks:
             handles.append(Line2D([], [], linestyle="none", marker=f"${mark}$", color="black"))
-            names.append(f"p < {alpha:g} vs {what}")
+            names.append(f"p < {alpha:g} vs {what}{_correction(loaded)}")
+    if "↓" in marks:
+        handles.append(Line2D([], [], linestyle="none", marker="$↓$", color="black"))
+        names.append("below it (t < 0)")
     fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize="small")
     return fig
 

@@ -206,9 +206,27 @@ def test_groups_rename_models_with_their_clusters_baseline_and_tests() -> None:
     bars = plot_roi_bars(_results(), STATS, groups=groups)
     _render(bars)
     texts = _legend_texts(bars)
-    assert "CORnet-S" in texts and "p < 0.05 vs CORnet-S" in texts and "cornet_s" not in texts
+    assert "CORnet-S" in texts and "p < 0.05 vs CORnet-S (uncorrected)" in texts and "cornet_s" not in texts
     (it,) = [ax for ax in bars.axes if ax.get_title() == "IT"]
     assert sorted(a.get_text() for a in it.texts) == ["*†"]  # ReAlnet at LOC, matched through its label
+
+
+def test_a_cluster_below_zero_or_the_baseline_is_dotted() -> None:
+    stats = json.loads(json.dumps(STATS))
+    stats["clusters"][1]["mass"] = -3.0  # ReAlnet below cornet_s at 100 ms in V1 (a two-sided test)
+    fig = plot_rsa_time_courses(_results(), stats, groups=GROUPS)
+    _render(fig)
+    bars = {
+        line.get_label(): line for line in _axes(fig)["V1"].get_lines() if line.get_label().startswith("_sig")
+    }
+    assert (
+        bars["_sig ReAlnet vs:cornet_s"].get_linestyle() == ":"
+        and bars["_sig ReAlnet vs0"].get_linestyle() == "-"
+    )
+    assert "dotted: cluster below it" in _legend_texts(fig)
+    assert "dotted: cluster below it" not in _legend_texts(
+        plot_rsa_time_courses(_results(), STATS, groups=GROUPS)
+    )
 
 
 def test_tables_are_read_from_csv_and_json_files(tmp_path: os.PathLike) -> None:
@@ -261,7 +279,20 @@ def test_roi_bars_show_subject_means_points_ceiling_and_marks() -> None:
         marks = [t.get_text() for t in ax.texts]
         assert marks == (["*†"] if layer == "IT" else [])
     texts = _legend_texts(fig)
-    assert "p < 0.05 vs 0" in texts and "p < 0.05 vs cornet_s" in texts and "subjects" in texts
+    assert "p < 0.05 vs 0 (uncorrected)" in texts and "p < 0.05 vs cornet_s (uncorrected)" in texts
+    assert "subjects" in texts and "below it (t < 0)" not in texts
+    # a test significant below 0 or below the baseline (tail 0 or -1) carries an arrow, and the legend
+    # says what it means; stats that name a correction drop "(uncorrected)"
+    below = json.loads(json.dumps(STATS))
+    for t in below["roi_tests"]:
+        if t["layer"] == "IT" and t["roi"] == "LOC" and t["test"] == "vs:cornet_s":
+            t["statistic"] = -3.0
+    below["roi_correction"] = "holm"
+    fig = plot_roi_bars(rows, below, groups=GROUPS)
+    _render(fig)
+    assert [t.get_text() for t in _axes(fig)["IT"].texts] == ["*†↓"]
+    texts = _legend_texts(fig)
+    assert "p < 0.05 vs cornet_s" in texts and "below it (t < 0)" in texts
 
 
 def test_rdm_heatmaps_share_one_scale_and_take_condensed_vectors() -> None:
