@@ -199,6 +199,21 @@ def test_none_possible_names_what_limits_the_smallest_p() -> None:
     assert _significant(stats, key) == "none possible: with 4 subjects no p is below 0.0625 (alpha 0.05)"
 
 
+def test_significant_results_below_zero_or_the_baseline_say_so() -> None:
+    from fastalign.cli.evaluate import _significant
+
+    key = {"model": "m", "layer": "IT", "modality": "fmri", "comparison": "within"}
+    roi = {**key, "significant": True, "p": 0.01}
+    stats = {"clusters": [], "skipped": [], "cluster_tests": [], "alpha": 0.05, "roi_tests": [
+        {**roi, "test": "vs0", "roi": "V1", "statistic": 4.0},
+        {**roi, "test": "vs:cornet_s", "roi": "V4", "statistic": -17.0},
+    ]}  # fmt: skip
+    assert _significant(stats, key) == "vs0 V1 (p 0.01); vs:cornet_s V4 (below, p 0.01)"
+    cluster = {**key, "modality": "eeg", "test": "vs0", "significant": True, "p": 0.002, "t_start": 0.1}
+    stats = {**stats, "roi_tests": [], "clusters": [{**cluster, "t_stop": 0.2, "mass": -30.0}]}
+    assert _significant(stats, {**key, "modality": "eeg"}) == "vs0 100-200 ms (below, p 0.002)"
+
+
 def test_flags_are_the_functions_arguments() -> None:
     """Fractions for eps, 'none' and 'all' for the optional ones, usage errors for what is no number."""
     argv = ["evaluate", "--data", "d", "--models", "cornet_s", "--out", "o"]
