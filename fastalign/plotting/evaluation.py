@@ -737,7 +737,11 @@ def plot_across_subject(
         ax.set_title(name)
     fig.supxlabel("Brain of subject")
     fig.supylabel("Model aligned to subject")
-    when = "" if window is None else f", {1000 * window[0]:g} to {1000 * window[1]:g} ms"
+    if len(families) == 1:  # the panels name the layer only: the figure names the family
+        fig.suptitle(f"Models of {families[0]}")
+    timed = any(math.isfinite(r["time"]) for r in rows)
+    when = f", {1000 * window[0]:g} to {1000 * window[1]:g} ms" if window is not None else ""
+    when = when or (", all time points" if timed else "")
     fig.colorbar(image, ax=axes, label=f"Mean similarity ({measured}{when})", shrink=0.8)
     return fig
 
@@ -905,8 +909,13 @@ def evaluation_figures(
                         baseline=baseline,
                     )
             if "across-subject" in present:
+                # EEG: the time points at or after image onset, as summary.json's means
+                after = [r["time"] for r in here if math.isfinite(r["time"]) and r["time"] >= 0]
                 figures[f"across_subject_{modality}"] = plot_across_subject(
-                    here, modality=modality, measure=measure
+                    here,
+                    modality=modality,
+                    measure=measure,
+                    window=(0.0, max(after)) if timed and after else None,
                 )
     if variability is not None:
         figures["variability"] = plot_variability(variability)
