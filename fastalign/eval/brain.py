@@ -82,18 +82,25 @@ class BrainData:
                 )
                 raise ValueError(f"{where}: times must be {n_times} increasing sample times, got {got}")
         self.fmri = {subject_name(s): self._rois(s, r) for s, r in self.fmri.items()}
-        if len({tuple(r) for r in self.fmri.values()}) > 1:
+        if len({frozenset(r) for r in self.fmri.values()}) > 1:
             found = {s: list(r) for s, r in self.fmri.items()}
             raise ValueError(f"{where}: every subject needs the same fMRI ROIs, got {found}")
+        if self.fmri:  # the same ROIs in another order (files written in another order): the first's order
+            order = list(next(iter(self.fmri.values())))
+            self.fmri = {s: {roi: r[roi] for roi in order} for s, r in self.fmri.items()}
         self.behaviour = {
             (s if s == "group" else subject_name(s)): _condensed(v, len(self.images), f"behaviour[{s!r}]")
             for s, v in self.behaviour.items()
         }
 
     def _rois(self, subject: Any, rois: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        if not isinstance(rois, Mapping) or not rois:
+        if not isinstance(rois, Mapping):
             raise TypeError(
                 _checks.message("BrainData", f"fmri[{subject!r}]", "a mapping ROI -> array", rois)
+            )
+        if not rois:
+            raise ValueError(
+                f"BrainData: fmri[{subject!r}] holds no ROI; every fMRI subject needs at least one"
             )
         out = {str(k): _finite("BrainData", f"fmri[{subject!r}][{k!r}]", v, 2) for k, v in rois.items()}
         for v in out.values():

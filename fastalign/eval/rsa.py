@@ -521,8 +521,13 @@ def _summary(
 
 def _check_settings(a: dict[str, Any]) -> dict[str, Any]:
     mods = (a["modality"],) if isinstance(a["modality"], str) else a["modality"]
-    if not isinstance(mods, Sequence) or not mods or not all(isinstance(m, str) for m in mods):
+    if isinstance(mods, Sequence) and not mods:
+        raise ValueError(f"{_FN}: modality must name at least one of 'eeg' and 'fmri', got {list(mods)!r}")
+    if not isinstance(mods, Sequence) or not all(isinstance(m, str) for m in mods):
         raise TypeError(_checks.message(_FN, "modality", "'eeg', 'fmri' or a list of them", a["modality"]))
+    rois = a["rois"]
+    if rois is not None and isinstance(rois, Sequence) and not isinstance(rois, (str, bytes)) and not rois:
+        raise ValueError(f"{_FN}: rois must name at least one ROI (None: all), got []")
     for m in mods:
         _checks.check_choice(_FN, "modality", m, ("eeg", "fmri"))
     if len(set(mods)) != len(mods):
@@ -822,6 +827,12 @@ def evaluate(
     specs = as_models(models, weights=weights, seed=s["seed"], layers=layers)
     for m in specs:
         if m.modality in mods and m.subject not in brain.subjects(m.modality):
+            if subjects is not None:  # left out by the selection, maybe not by the data
+                raise ValueError(
+                    f"{_FN}: model {m.name!r} was aligned to {m.subject}, whom subjects={subjects!r} leaves "
+                    f"out of the {m.modality} evaluated ({brain.subjects(m.modality)}); select that subject "
+                    "too, or evaluate without this model"
+                )
             raise ValueError(
                 f"{_FN}: model {m.name!r} was aligned to {m.subject}, who is missing from the data's "
                 f"{m.modality} (subjects {brain.subjects(m.modality)})"

@@ -49,6 +49,10 @@ def _features(n_images: int = 6, name: str = "m", **kw: Any) -> fe.EvalModel:
         ([42], {}, TypeError, r"models\[0\] must be 'cornet_s', a run folder or an EvalModel"),
         ("cornet_s", {}, TypeError, "models must be a non-empty list of models"),
         ([_features()], {"modality": "meg"}, ValueError, "modality must be one of"),
+        ([_features()], {"modality": []}, ValueError, "modality must name at least one of 'eeg' and 'fmri'"),
+        ([_features()], {"rois": []}, ValueError, r"rois must name at least one ROI \(None: all\), got \[\]"),
+        ([_features(name="r", subject=3, modality="eeg")], {"subjects": [1, 2]}, ValueError,
+         r"model 'r' was aligned to sub-03, whom subjects=\[1, 2\] leaves out of the eeg evaluated"),
         ([_features()], {"rois": ["V1"]}, ValueError,
          r"rois=\['V1'\] picks fMRI ROIs, but modality \['eeg'\] has no fMRI"),
         ([_features()], {"tail": 2}, ValueError, "tail must be 1, -1 or 0"),
@@ -176,3 +180,12 @@ def test_layer_features_of_a_model_without_layers_says_so() -> None:
         ValueError, match=r"^layer_features: model 't' names no layers \(EvalModel.layers is None\)"
     ):
         fe.layer_features(model, ["a.jpg"], image_size=8, fn="layer_features")
+
+
+def test_fmri_rois_in_another_order_per_subject_are_the_same_rois() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 3)), rng.normal(size=(6, 4))
+    brain = fe.BrainData([f"img{i}" for i in range(6)], fmri={1: {"V1": a, "V2": b}, 2: {"V2": b, "V1": a}})
+    assert brain.rois() == ["V1", "V2"] and list(brain.fmri["sub-02"]) == ["V1", "V2"]
+    with pytest.raises(ValueError, match=r"BrainData: fmri\['sub-02'\] holds no ROI"):
+        fe.BrainData([f"img{i}" for i in range(6)], fmri={1: {"V1": a}, "sub-02": {}})
