@@ -110,6 +110,7 @@ _REQUIRED = {
         ("rsa", "--sfreq", ["0", "-250"], "a finite number > 0", "250"),
         ("preprocess", "--sfreq", ["0", "-5", "nan"], "a finite number > 0", "100"),
         ("rsa", "--tmin", ["nan", "inf"], "a finite number", "-0.2"),
+        ("evaluate", "--seed", ["-1", "1.5", str(2**63)], "an integer in [0, 2**63 - 1]", "7"),
         ("preprocess", "--tmin", ["-inf"], "a finite number", "-0.1"),
         ("preprocess", "--tmax", ["nan"], "a finite number", "0.9"),
     ],
@@ -125,6 +126,12 @@ def test_number_flags_out_of_range_are_usage_errors(
         assert f"argument {flag}: expected {expected}, got {value!r}" in err
     args = parser().parse_args([command, *_REQUIRED[command], flag, good])
     assert getattr(args, flag[2:].replace("-", "_")) == float(good)
+
+
+def test_a_negative_seed_among_several_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_status(["decode", *_REQUIRED["decode"], "--seed", "1", "-3"]) == 2
+    assert "argument --seed: expected an integer in [0, 2**63 - 1], got '-3'" in capsys.readouterr().err
+    assert parser().parse_args(["decode", *_REQUIRED["decode"], "--seed", "7", "42"]).seed == [7, 42]
 
 
 @pytest.mark.parametrize(

@@ -154,8 +154,16 @@ def rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def seed(text: str) -> int:
+    """An argparse type: a seed, an integer in [0, 2**63 - 1] (what every seeded function takes)."""
+    value = _integer(text, 0, "an integer in [0, 2**63 - 1]")
+    if value > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63 - 1], got {text!r}")
+    return value
+
+
 def add_seed(p: argparse.ArgumentParser, what: str = "default 0") -> None:
-    p.add_argument("--seed", type=int, default=0, help=what)
+    p.add_argument("--seed", type=seed, default=0, help=what)
 
 
 def add_image_size(p: argparse.ArgumentParser, default: int = 224) -> None:

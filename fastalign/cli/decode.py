@@ -20,6 +20,7 @@ from fastalign.cli.common import (
     positive_int,
     positive_real,
     rank0,
+    seed,
     share,
 )
 
@@ -85,7 +86,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed,
         nargs="+",
         default=[0],
         metavar="N",

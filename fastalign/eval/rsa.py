@@ -34,6 +34,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -555,6 +556,16 @@ def _check_settings(a: dict[str, Any]) -> dict[str, Any]:
         settings[name] = value
     _checks.check_bool(_FN, "overwrite", a["overwrite"])
     settings["progress"] = _checks.check_bool(_FN, "progress", a["progress"])
+    if "eeg" not in mods:  # settings of the EEG's time course and its cluster tests: they change nothing
+        eeg_only = {"time_window": None, "window": 1, "step": 1, "permutations": 10000, "threshold_p": 0.05}
+        set_ = [k for k, default in eeg_only.items() if settings[k] != default]
+        if set_:
+            warnings.warn(
+                f"{_FN}: {', '.join(set_)} set the EEG's time course and cluster tests, and modality "
+                f"{list(mods)} has no EEG: they change nothing here",
+                UserWarning,
+                stacklevel=3,
+            )
     if a["baseline"] is not None and not isinstance(a["baseline"], str):
         raise TypeError(_checks.message(_FN, "baseline", "a model name, 'auto' or None", a["baseline"]))
     if a["out"] is not None and not isinstance(a["out"], (str, os.PathLike)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -189,3 +190,19 @@ def test_fmri_rois_in_another_order_per_subject_are_the_same_rois() -> None:
     assert brain.rois() == ["V1", "V2"] and list(brain.fmri["sub-02"]) == ["V1", "V2"]
     with pytest.raises(ValueError, match=r"BrainData: fmri\['sub-02'\] holds no ROI"):
         fe.BrainData([f"img{i}" for i in range(6)], fmri={1: {"V1": a}, "sub-02": {}})
+
+
+def test_eeg_settings_without_eeg_warn_that_they_change_nothing() -> None:
+    rng = np.random.default_rng(0)
+    brain = fe.BrainData(
+        [f"img{i}" for i in range(6)], fmri={s: {"V1": rng.normal(size=(6, 3))} for s in (1, 2)}
+    )
+    with pytest.warns(
+        UserWarning,
+        match=r"^evaluate: window, permutations set the EEG's time course and cluster "
+        r"tests, and modality \['fmri'\] has no EEG: they change nothing here",
+    ):
+        fe.evaluate(brain, [_features()], out=None, modality="fmri", window=3, permutations=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fe.evaluate(brain, [_features()], out=None, modality="fmri")
