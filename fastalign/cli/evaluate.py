@@ -312,10 +312,12 @@ def summary_table(summary: dict[str, Any], stats: dict[str, Any]) -> str:
                 for layer, v in entry.get(modality, {}).get(comparison, {}).items():
                     if "peak_similarity" in v:
                         peak, at = number(v["peak_similarity"]), f"{1000 * v['peak_time']:.0f} ms"
+                    elif not isinstance(v["similarity"], dict):  # behaviour: one RDM
+                        peak, at = number(v["similarity"]), "-"
                     else:
                         rois = {k: x for k, x in v["similarity"].items() if x is not None}
                         best = max(rois, key=rois.__getitem__) if rois else None
-                        peak, at = number(rois.get(best)), "n/a" if best is None else best or "rdm"
+                        peak, at = number(rois.get(best)), "n/a" if best is None else best
                     key = {"model": model, "modality": modality, "comparison": comparison, "layer": layer}
                     lines.append((model, modality, comparison, layer, peak, at, _significant(stats, key)))
     widths = [max(len(row[i]) for row in lines) for i in range(len(head) - 1)]

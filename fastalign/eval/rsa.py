@@ -497,6 +497,9 @@ def _summary(
                 "peak_similarity": float(curve[k]), "peak_time": float(times[k]),
                 "mean_similarity": float(curve[post].mean()), "n_subjects": len(x),
             }  # fmt: skip
+        elif modality == "behaviour":  # one RDM, no ROIs: plain numbers
+            post = np.ones(len(curve), bool)
+            numbers = {"similarity": float(curve[0]), "n_subjects": len(x)}
         else:
             post = np.ones(len(curve), bool)
             numbers = {"similarity": dict(zip(mod.rois, curve.tolist(), strict=True)), "n_subjects": len(x)}
@@ -510,7 +513,7 @@ def _summary(
             if modality == "eeg":
                 k = int(np.argmax(np.where(post, d, -np.inf)))
                 numbers.update(max_gain=float(d[k]), max_gain_time=float(mod.times[k]))
-            else:
+            elif modality == "fmri":
                 numbers["gain"] = dict(zip(mod.rois, d.tolist(), strict=True))
         out["models"][model].setdefault(modality, {}).setdefault(comparison, {})[layer] = numbers
     out["variability"] = variability_summary

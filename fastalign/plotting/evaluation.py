@@ -465,21 +465,23 @@ def plot_roi_bars(
     per subject, the ROI's noise ceiling as a grey box behind its bars, and marks above the bars from
     stats.json's ``roi_tests`` with ``p < alpha``: ``*`` against 0, ``†`` against a baseline.
 
-    Rows without an ROI (behaviour) form one group named by the modality. Arguments as for
-    :func:`plot_rsa_time_courses`; ``rois`` picks and orders the groups.
+    Rows without an ROI (behaviour) form one group ("behavioural RDM"; other modalities: their name).
+    Arguments as for :func:`plot_rsa_time_courses`; ``rois`` picks and orders the groups.
     """
     fn = "plot_roi_bars"
     ncols = _check_ncols(fn, ncols)
     label = _check_groups(fn, groups)
     rows = _results(fn, results, modality, comparisons, models)
+    group = "behavioural RDM" if modality == "behaviour" else modality  # the bars of rows without an ROI
     for r in rows:
-        r["roi"] = r["roi"] or modality
+        r["roi"] = r["roi"] or group
     fields = ("model", "layer", "roi", "test")
     loaded = _stats(fn, stats)  # read once: for the significance marks and the measure's name
     tests, alpha = _significant(fn, loaded, "roi_tests", fields, modality, comparisons, alpha)
-    similarity = f"Model-brain similarity ({_measure(fn, measure, loaded)})"
+    what = "behaviour" if modality == "behaviour" else "brain"
+    similarity = f"Model-{what} similarity ({_measure(fn, measure, loaded)})"
     for t in tests:
-        t["roi"] = t["roi"] or modality
+        t["roi"] = t["roi"] or group
     layer_list = _select(fn, "layers", _order(r["layer"] for r in rows), layers)
     roi_list = _select(fn, "rois", _order(r["roi"] for r in rows), rois)
     curves = _curve_order(_order(label(r["model"]) for r in rows), label(baseline))
@@ -520,7 +522,7 @@ def plot_roi_bars(
         ax.set_xticks(range(len(roi_list)), roi_list)
         ax.set_xlim(-0.5, len(roi_list) - 0.5)
         ax.set_title(layer)
-        ax.set_xlabel("Region of interest" if modality == "fmri" else "Comparison")
+        ax.set_xlabel("Region of interest" if modality == "fmri" else "")
         ax.set_ylabel(similarity)
     handles, names = axes[0].get_legend_handles_labels()
     handles.append(

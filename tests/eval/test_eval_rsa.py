@@ -207,6 +207,10 @@ def test_noise_ceilings_and_behaviour(eval_things: SyntheticThings) -> None:
     assert all(r["noise_lower"] == pytest.approx(float(lo)) and r["noise_upper"] == pytest.approx(float(up))
                for r in b_rows)  # fmt: skip
     assert {t["roi"] for t in res.stats["roi_tests"] if t["modality"] == "behaviour"} == {""}
+    # one RDM, no ROIs: the summary's behaviour numbers are plain (it keyed them by an empty ROI name)
+    (numbers,) = [c for entry in res.summary["models"].values() for c in entry["behaviour"].values()]
+    (layer,) = numbers.values()
+    assert layer["similarity"] == pytest.approx(np.mean([r["similarity"] for r in b_rows]), rel=1e-12)
 
 
 def test_exactness_is_recorded(eval_things: SyntheticThings) -> None:

@@ -295,6 +295,17 @@ def test_roi_bars_show_subject_means_points_ceiling_and_marks() -> None:
     assert "p < 0.05 vs cornet_s" in texts and "below it (t < 0)" in texts
 
 
+def test_behaviour_bars_say_behaviour() -> None:
+    rows = [
+        {**r, "modality": "behaviour", "roi": "", "time": math.nan}
+        for r in _results()
+        if r["modality"] == "fmri" and r["roi"] == "V1"
+    ]
+    ax = plot_roi_bars(rows, STATS, modality="behaviour").axes[0]
+    assert ax.get_ylabel() == "Model-behaviour similarity (Spearman ρ)" and ax.get_xlabel() == ""
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["behavioural RDM"]
+
+
 def test_rdm_heatmaps_share_one_scale_and_take_condensed_vectors() -> None:
     rng = np.random.default_rng(0)
     square = 1 - np.corrcoef(rng.normal(size=(5, 4)))
