@@ -159,7 +159,19 @@ class EvalModel:
         folder = os.path.abspath(os.fspath(path))
         config_file = os.path.join(folder, "config.json")
         if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"{_FN}: run folder {folder!r} has no config.json (from fastalign align)")
+            runs = sorted(
+                n for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                if _SUBJECT.match(n) and os.path.isfile(os.path.join(folder, n, "config.json"))
+            )  # fmt: skip
+            hint = (
+                f"; it holds the run folders {', '.join(runs)} of one align call: pass them "
+                f"({os.path.join(os.fspath(path), 'sub-*')})"
+                if runs
+                else ""
+            )
+            raise FileNotFoundError(
+                f"{_FN}: run folder {folder!r} has no config.json (from fastalign align){hint}"
+            )
         config = read_json_object(config_file, f"{_FN}: run folder config")
         # fastalign.train writes {"config": recipe settings, "fit": ..., "environment": ...}
         recipe = config.get("config", config)

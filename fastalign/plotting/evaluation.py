@@ -521,7 +521,7 @@ def plot_roi_bars(
         ax.axhline(0.0, color="0.4", linewidth=0.6, label="_zero")
         ax.set_xticks(range(len(roi_list)), roi_list)
         ax.set_xlim(-0.5, len(roi_list) - 0.5)
-        ax.set_title(layer)
+        ax.set_title(f"layer {layer}")  # not "V1" over ticks that name the ROI V1
         ax.set_xlabel("Region of interest" if modality == "fmri" else "")
         ax.set_ylabel(similarity)
     handles, names = axes[0].get_legend_handles_labels()

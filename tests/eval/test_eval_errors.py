@@ -206,3 +206,15 @@ def test_eeg_settings_without_eeg_warn_that_they_change_nothing() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fe.evaluate(brain, [_features()], out=None, modality="fmri")
+
+
+def test_the_parent_of_per_subject_runs_is_named_with_its_runs(tmp_path) -> None:
+    for sub in ("sub-01", "sub-02"):
+        (tmp_path / "runs" / sub).mkdir(parents=True)
+        (tmp_path / "runs" / sub / "config.json").write_text("{}")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"has no config.json \(from fastalign align\); it holds the run "
+        r"folders sub-01, sub-02 of one align call: pass them \(.*runs/sub-\*\)",
+    ):
+        fe.EvalModel.from_run(tmp_path / "runs")

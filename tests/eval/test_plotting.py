@@ -207,7 +207,7 @@ def test_groups_rename_models_with_their_clusters_baseline_and_tests() -> None:
     _render(bars)
     texts = _legend_texts(bars)
     assert "CORnet-S" in texts and "p < 0.05 vs CORnet-S (uncorrected)" in texts and "cornet_s" not in texts
-    (it,) = [ax for ax in bars.axes if ax.get_title() == "IT"]
+    (it,) = [ax for ax in bars.axes if ax.get_title() == "layer IT"]
     assert sorted(a.get_text() for a in it.texts) == ["*†"]  # ReAlnet at LOC, matched through its label
 
 
@@ -251,8 +251,9 @@ def test_roi_bars_show_subject_means_points_ceiling_and_marks() -> None:
     rows = _results()
     fig = plot_roi_bars(rows, STATS, groups=GROUPS)
     _render(fig)
-    axes = _axes(fig)
-    assert list(axes) == ["V1", "IT"]
+    # titled "layer V1", not "V1" over ticks that name the ROI V1
+    axes = {k.removeprefix("layer "): ax for k, ax in _axes(fig).items()}
+    assert list(_axes(fig)) == ["layer V1", "layer IT"]
     for layer, ax in axes.items():
         assert [t.get_text() for t in ax.get_xticklabels()] == ["V1", "LOC"]
         assert ax.get_xlabel() == "Region of interest" and "Spearman" in ax.get_ylabel()
@@ -290,7 +291,7 @@ def test_roi_bars_show_subject_means_points_ceiling_and_marks() -> None:
     below["roi_correction"] = "holm"
     fig = plot_roi_bars(rows, below, groups=GROUPS)
     _render(fig)
-    assert [t.get_text() for t in _axes(fig)["IT"].texts] == ["*†↓"]
+    assert [t.get_text() for t in _axes(fig)["layer IT"].texts] == ["*†↓"]
     texts = _legend_texts(fig)
     assert "p < 0.05 vs cornet_s" in texts and "below it (t < 0)" in texts
 
