@@ -26,7 +26,16 @@ Providers, each a whole pipeline timed as one call:
   ``rdm.compare(..., "spearman")`` per subject (8 model RDMs x 100 brain RDMs in one call), and
   ``mne.stats.permutation_cluster_1samp_test`` for each test.
 - ``mne-rsa + MNE``: ``mne_rsa.compute_rdm`` for the models and ``mne_rsa.rsa_array`` with a temporal
-  searchlight of radius 0 per subject (where mne-rsa imports; else a skipped row), MNE's cluster test.
+  searchlight of radius 0 per subject (where mne-rsa imports: ``pip install --no-deps mne-rsa nibabel``,
+  its GUI dependencies do not install here; else a skipped row), MNE's cluster test.
+- ``numpy + MNE``: the same maths as rsatoolbox's, written with numpy as a user who knows BLAS would: the
+  float64 RDMs of all layers and time points by matrix products (rsatoolbox's np.einsum does not use
+  BLAS: 63 against 5 ms for one 200 x 4,096 Gram matrix), every RDM ranked once by argsort (rsatoolbox
+  ranks row by row with scipy, the model RDMs again for each subject), Spearman as dot products of
+  centred unit ranks; MNE's cluster test as it is.
+- ``numpy + vectorised MNE test``: the same, with MNE's exact test replicated over all flips at once
+  (its flips, its t formula and summation order, its null: ``meta.vectorised_check`` holds it equal to
+  MNE's, cluster for cluster and value for value); MNE loops over the flips in Python.
 - on a CUDA device, ``fastalign rsa+stats`` again with the tensors on the GPU (evaluate's RSA runs on the
   CPU whatever its ``device``, which only places the models).
 
@@ -41,11 +50,13 @@ runs every provider once, so all see the same load on a shared machine), wall cl
 the process's CPU time (all threads); every CPU provider runs again limited to ``--threads`` (default 1;
 torch's threads and BLAS's through threadpoolctl), since on a loaded machine short OpenMP regions on 2
 threads stall; "x" columns are medians of per-round ratios to the baseline on the same thread count;
-peak memory is the resident-set growth of the warm-up call (harness.peak_memory_bytes). Nothing is
-extrapolated: every baseline runs at full size.
+peak memory is the resident-set growth of each CPU provider's first call in a fresh process
+(harness.peak_memory_bytes; in the benchmark's process a call reuses the heap the others freed). Nothing
+is extrapolated: every baseline runs at full size.
 
     flock /tmp/fastalign-bench.lock python benchmarks/bench_evaluate.py   # writes results/evaluate-*.json
     python benchmarks/bench_evaluate.py --quick     # a smoke run with tiny sizes, no result file
+    python benchmarks/bench_evaluate.py --out /tmp/r    # the full run, its JSON written to /tmp/r
 """
 
 from __future__ import annotations
@@ -89,6 +100,13 @@ EVAL_TESTS = {
     ("cornet_s", "none", "vs0"): TESTS[0],
     ("realnet", "within", "vs0"): TESTS[1],
     ("realnet", "within", "vs:cornet_s"): TESTS[2],
+}
+# The baselines every row is compared with, on the same thread count, and their column names (x_<name>).
+BASELINES = {
+    "rsatoolbox + MNE": "rsatoolbox",
+    "mne-rsa + MNE": "mne-rsa",
+    "numpy + MNE": "numpy",
+    "numpy + vectorised MNE test": "numpy_vectorised",
 }
 PERMUTATIONS = 10_000
 ALPHA = 0.05
@@ -259,6 +277,102 @@ def mnersa_mne(w: Workload) -> Any:
     return sims, _mne_tests(sims)
 
 
+# numpy baselines: what a user who writes the same maths with numpy's BLAS would have (the libraries above
+# spend most of their time in np.einsum without BLAS, row-by-row scipy ranking and a Python loop over
+# flips), with MNE's cluster test as it is, or with that test's exact null vectorised over the flips.
+
+
+def _numpy_rdms(patterns: np.ndarray) -> np.ndarray:
+    """(..., n, p) -> (..., n(n-1)/2) float64 1 - Pearson RDMs: rsatoolbox's formula (centre, scale to unit
+    norm, 1 - the Gram matrix), the Gram matrix by BLAS."""
+    x = patterns.astype(np.float64)
+    x = x - x.mean(axis=-1, keepdims=True)
+    x /= np.sqrt(np.einsum("...ij,...ij->...i", x, x))[..., None]
+    gram = x @ np.swapaxes(x, -1, -2)
+    i, j = np.triu_indices(x.shape[-2], 1)
+    return 1.0 - gram[..., i, j]
+
+
+def _numpy_unit_ranks(v: np.ndarray) -> np.ndarray:
+    """(m, K) -> average ranks of each row, centred and scaled to unit norm (Spearman's vectors): one
+    argsort per row; rows with ties ranked again by scipy.stats.rankdata."""
+    order = np.argsort(v, axis=1)
+    ranks = np.empty_like(v)
+    np.put_along_axis(ranks, order, np.arange(1.0, v.shape[1] + 1.0)[None].repeat(len(v), 0), axis=1)
+    tied = np.flatnonzero((np.diff(np.take_along_axis(v, order, axis=1), axis=1) == 0).any(axis=1))
+    for r in tied:
+        ranks[r] = scipy.stats.rankdata(v[r])
+    ranks -= (v.shape[1] + 1) / 2.0
+    return ranks / np.sqrt(np.einsum("ij,ij->i", ranks, ranks))[:, None]
+
+
+def _numpy_sims(w: Workload) -> np.ndarray:
+    """(2, layers, subjects, times) Spearman similarities, every RDM ranked once."""
+    s_, n, _, t_ = w.eeg.shape
+    cornet = _numpy_unit_ranks(_numpy_rdms(w.cornet))
+    aligned = _numpy_unit_ranks(_numpy_rdms(w.aligned.reshape(-1, n, w.aligned.shape[-1])))
+    aligned = aligned.reshape(s_, len(LAYERS), -1)
+    sims = np.empty((2, len(LAYERS), s_, t_))
+    for s in range(s_):
+        brain = _numpy_unit_ranks(_numpy_rdms(np.moveaxis(w.eeg[s], -1, 0)))  # (times, pairs)
+        sims[:, :, s] = (np.concatenate([cornet, aligned[s]]) @ brain.T).reshape(2, len(LAYERS), t_)
+    return sims
+
+
+def numpy_mne(w: Workload) -> Any:
+    sims = _numpy_sims(w)
+    return sims, _mne_tests(sims)
+
+
+def _vectorised_mne_test(x: np.ndarray, threshold: float) -> Any:
+    """mne.stats.permutation_cluster_1samp_test(x, threshold, tail=1, out_type="mask") for an exact null
+    (2^n <= permutations), its flips as one array: MNE's flips (every sign pattern but the all-negative
+    one, bin_perm_rep's order), its t formula per flip (a mean by one product per flip, the sum of squares
+    once), its null (the observed maximum first), the same (t_obs, clusters, p-values, H0)."""
+    from mne.stats.cluster_level import bin_perm_rep
+
+    n, t_ = x.shape
+    t_obs = mne.stats.ttest_1samp_no_p(x)
+    signs = 2.0 * bin_perm_rep(n)[1:] - 1.0
+    mean = np.stack([sg @ x for sg in signs]) / n  # one product per flip, as MNE's reordered t-test
+    den = np.maximum(np.sum(x**2, axis=0) - n * mean * mean, 0.0)
+    t = np.divide(mean, np.sqrt(den), out=np.zeros_like(mean), where=den > 0) * np.sqrt(n * (n - 1))
+    run, best = np.zeros(len(t)), np.zeros(len(t))
+    for k in range(t_):  # each flip's largest run mass, summed in time order
+        run = np.where(t[:, k] > threshold, run + t[:, k], 0.0)
+        np.maximum(best, run, out=best)
+    clusters, masses = [], []
+    k = 0
+    while k < t_:
+        if t_obs[k] > threshold:
+            stop = k
+            while stop < t_ and t_obs[stop] > threshold:
+                stop += 1
+            mask = np.zeros(t_, bool)
+            mask[k:stop] = True
+            clusters.append(mask)
+            masses.append(float(np.cumsum(t_obs[k:stop])[-1]))
+            k = stop
+        else:
+            k += 1
+    if not clusters:
+        return t_obs, [], np.array([]), np.array([])
+    null = np.concatenate([[max(masses)], best])
+    return t_obs, clusters, np.array([np.mean(null >= m) for m in masses]), null
+
+
+def numpy_vectorised(w: Workload) -> Any:
+    sims = _numpy_sims(w)
+    threshold = _threshold(sims.shape[2])
+    assert 2 ** sims.shape[2] <= PERMUTATIONS  # the exact null, which the vectorised test reproduces
+    tests = {
+        (name, li): _vectorised_mne_test(x, threshold)
+        for li in range(len(LAYERS))
+        for name, x in _effects(sims, li).items()
+    }
+    return sims, tests
+
+
 def _mask_runs(mask: Any, n_times: int) -> tuple[int, int]:
     m = np.zeros(n_times, bool)
     m[mask] = True  # a boolean mask, or a tuple of index arrays / slices depending on the MNE version
@@ -301,7 +415,7 @@ def check(parsed: dict[str, tuple], n_subjects: int) -> dict[str, Any]:
     threshold = _threshold(n_subjects)
     out: dict[str, Any] = {}
     for name, (sims, clusters, t_curves) in parsed.items():
-        mne_null = "+ MNE" in name
+        mne_null = name.split(" [")[0] in BASELINES  # MNE's null (its cluster test, or its replica)
         entry: dict[str, Any] = {"max_abs_sim_diff": float(np.abs(sims - ref_sims).max())}
         same_runs = same_p = same_significant = True
         worst_p, ties = 0.0, 0
@@ -333,6 +447,25 @@ def check(parsed: dict[str, tuple], n_subjects: int) -> dict[str, Any]:
         out[name] = entry
         print(f"check {name}: {entry}", flush=True)
     return out
+
+
+def _check_vectorised(mne_res: Any, vectorised_res: Any) -> dict[str, Any]:
+    """The vectorised replica of MNE's test against MNE's own on the same similarities: the same clusters,
+    p-values and null (H0), value for value."""
+    (_, mne_tests), (_, ours) = mne_res, vectorised_res
+    worst_null, worst_p, same = 0.0, 0.0, True
+    for key, (t_obs, clusters, pvalues, h0) in mne_tests.items():
+        _, c2, p2, h2 = ours[key]
+        runs = [_mask_runs(c, len(t_obs)) for c in clusters]
+        same &= runs == [_mask_runs(c, len(t_obs)) for c in c2]
+        if len(h0) and len(h2):
+            worst_null = max(worst_null, float(np.abs(np.sort(h0) - np.sort(h2)).max()))
+            worst_p = max(worst_p, float(np.abs(np.asarray(pvalues) - np.asarray(p2)).max()))
+    print(
+        f"vectorised MNE test: same clusters {same}, max |H0 diff| {worst_null:.2e}, |p diff| {worst_p:.2e}"
+    )
+    return {"same_clusters": bool(same), "max_abs_null_diff": worst_null, "max_abs_p_diff": worst_p,
+            "equal": bool(same and worst_null == 0.0 and worst_p == 0.0)}  # fmt: skip
 
 
 def check_null(mne_res: Any) -> dict[str, Any]:
@@ -441,6 +574,9 @@ def _providers(
         Provider("fastalign rsa+stats", "cpu", lambda: fastalign_rsa_stats(w),
                  lambda r: parse_fastalign_rsa_stats(w, r), matched),
         Provider("rsatoolbox + MNE", "cpu", lambda: rsatoolbox_mne(w), lambda r: parse_mne(w, r), matched),
+        Provider("numpy + MNE", "cpu", lambda: numpy_mne(w), lambda r: parse_mne(w, r), matched),
+        Provider("numpy + vectorised MNE test", "cpu", lambda: numpy_vectorised(w), lambda r: parse_mne(w, r),
+                 matched),
     ]  # fmt: skip
     skipped = {}
     if MNE_RSA_MISSING is None:
@@ -463,23 +599,53 @@ def _providers(
     return out + limited, skipped
 
 
+def _fresh_peak(name: str, shape: tuple[int, ...], width: int, threads: list[int], plain_malloc: bool) -> int:
+    """Peak memory of one CPU provider's first call in a fresh process (spawned): the resident-set growth
+    of a process that has freed nothing yet. In the benchmark's process, which keeps freed memory for
+    reuse (keep_freed_memory) and has run the other providers, a call reuses their freed heap and its
+    growth says nothing (0.2 MiB for rsatoolbox + MNE)."""
+    if not plain_malloc:
+        keep_freed_memory()
+    warnings.filterwarnings("ignore")
+    mne.set_log_level("WARNING")
+    # first a call on a tiny workload: libraries load and thread pools start (tens of MiB of code and
+    # stacks that any first call pays) without growing the heap by more than that tiny call needs
+    tiny = make_workload(4, 30, 5, 20, 64)
+    (small,) = [p for p in _providers(tiny, ["cpu"], threads)[0] if p.name == name]
+    small.run()
+    w = make_workload(*shape, width)
+    (p,) = [p for p in _providers(w, ["cpu"], threads)[0] if p.name == name]
+    return harness.peak_memory_bytes(p.run, "cpu")
+
+
 def bench_evaluate(
     args: argparse.Namespace, devices: list[str]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    import multiprocessing
+
     w = make_workload(*args.shape, args.width)
     print(f"workload: {w.shape}", flush=True)
     providers, skipped = _providers(w, devices, args.threads)
     raw, parsed, peak, first = {}, {}, {}, {}
     t0 = time.perf_counter()
-    for p in providers:  # warm-up: the results checked below, and peak memory
-        holder: dict[str, Any] = {}
-        peak[p.name] = harness.peak_memory_bytes(
-            lambda p=p, h=holder: h.setdefault("r", _timed(p.run, p.device)), p.device
-        )
-        raw[p.name], first[p.name], _ = holder["r"]
+    spawn = multiprocessing.get_context("spawn")
+    for p in providers:  # warm-up: the results checked below; peak memory in a fresh process (CPU)
+        if p.device == "cpu":
+            with spawn.Pool(1) as pool:
+                peak[p.name] = pool.apply(
+                    _fresh_peak, (p.name, args.shape, args.width, args.threads, args.plain_malloc)
+                )
+            raw[p.name], first[p.name], _ = _timed(p.run, p.device)
+        else:
+            holder: dict[str, Any] = {}
+            peak[p.name] = harness.peak_memory_bytes(
+                lambda p=p, h=holder: h.setdefault("r", _timed(p.run, p.device)), p.device
+            )
+            raw[p.name], first[p.name], _ = holder["r"]
         parsed[p.name] = p.parse(raw[p.name])
         print(f"warm-up {p.name}: {first[p.name]:.0f} ms, peak {peak[p.name] / 2**20:.0f} MiB", flush=True)
     checks = check(parsed, w.eeg.shape[0])
+    vectorised = _check_vectorised(raw["numpy + MNE"], raw["numpy + vectorised MNE test"])
     null_check = check_null(raw["rsatoolbox + MNE"])
     two_sided = check_two_sided(parsed["rsatoolbox + MNE"][0])
     warmup_s = time.perf_counter() - t0
@@ -495,7 +661,7 @@ def bench_evaluate(
     rounds_s = time.perf_counter() - t0
     rows = []
     for p in providers:
-        baselines = [b for b in ("rsatoolbox + MNE", "mne-rsa + MNE") if b + _suffix(p.threads) in wall]
+        baselines = [b for b in BASELINES if b + _suffix(p.threads) in wall]
         row: dict[str, Any] = {
             "case": "evaluate", "provider": p.name, "device": p.device,
             "threads": p.threads or torch.get_num_threads(), "shape": w.shape, "work": p.work,
@@ -506,8 +672,8 @@ def bench_evaluate(
         }  # fmt: skip
         for b in baselines:
             ratios = [x / y for x, y in zip(wall[b + _suffix(p.threads)], wall[p.name], strict=True)]
-            row["x_" + b.split()[0]] = statistics.median(ratios)
-            row["x_" + b.split()[0] + "_range"] = [min(ratios), max(ratios)]
+            row["x_" + BASELINES[b]] = statistics.median(ratios)
+            row["x_" + BASELINES[b] + "_range"] = [min(ratios), max(ratios)]
         rows.append(row)
         print({k: row[k] for k in ("provider", "median_ms", "cpu_ms", "peak_mem_MiB", "equal")}, flush=True)
     rows += [{"case": "evaluate", "provider": k, "status": f"skipped: {v}"} for k, v in skipped.items()]
@@ -516,6 +682,7 @@ def bench_evaluate(
         stages[_suffix(n).strip(" []")] = _on_threads(lambda: _stages(w, args.stage_reps), n)()
     meta = {
         "checks": checks,
+        "vectorised_check": vectorised,
         "null_check": null_check,
         "two_sided_check": two_sided,
         "skipped": skipped,
@@ -566,23 +733,33 @@ def bench_widths(args: argparse.Namespace) -> list[dict[str, Any]]:
         "rsatoolbox calc_rdm": lambda: rt.rdm.calc_rdm(
             [rt.data.Dataset(f) for f in feats], method="correlation"
         ),
+        # rsatoolbox's formula in float64 with the Gram matrix by BLAS (its einsum uses none)
+        "numpy, BLAS float64": lambda: [_numpy_rdms(f) for f in feats],
     }
     if MNE_RSA_MISSING is None:
         calls["mne-rsa compute_rdm"] = lambda: [mne_rsa.compute_rdm(f, "correlation") for f in feats]
     times: dict[str, list[float]] = {k: [] for k in calls}
-    for fn in calls.values():
-        fn()
+    results = {k: fn() for k, fn in calls.items()}  # the warm-up call, whose RDMs are compared
+    reference = np.stack(results["numpy, BLAS float64"])
     for _ in range(args.width_rounds):
         for k, fn in calls.items():
             times[k].append(_timed(fn, "cpu")[1])
     shape = f"{args.shape[1]} img x ({', '.join(f'{p:,}' for p in widths)})"
     rows = []
     for k, t in times.items():
-        ratios = [a / b for a, b in zip(times["rsatoolbox calc_rdm"], t, strict=True)]
-        rows.append({"case": "model RDMs, CORnet-S widths", "provider": k, "device": "cpu",
-                     "threads": torch.get_num_threads(), "shape": shape, **_spread(t), "times_ms": t,
-                     "reps": len(t), "x_rsatoolbox": statistics.median(ratios), "status": "ok"})  # fmt: skip
-        print(f"widths {k}: {rows[-1]['median_ms']:.0f} ms", flush=True)
+        got = results[k]
+        got = (
+            got.dissimilarities if hasattr(got, "dissimilarities") else np.stack([np.asarray(g) for g in got])
+        )
+        diff = float(np.abs(got.reshape(reference.shape) - reference).max())
+        row = {"case": "model RDMs, CORnet-S widths", "provider": k, "device": "cpu",
+               "threads": torch.get_num_threads(), "shape": shape, **_spread(t), "times_ms": t,
+               "reps": len(t), "max_abs_rdm_diff": diff, "equal": diff <= SIM_TOLERANCE,
+               "status": "ok"}  # fmt: skip
+        for base, column in (("rsatoolbox calc_rdm", "x_rsatoolbox"), ("numpy, BLAS float64", "x_numpy")):
+            row[column] = statistics.median([a / b for a, b in zip(times[base], t, strict=True)])
+        rows.append(row)
+        print(f"widths {k}: {row['median_ms']:.0f} ms, max |RDM - float64 numpy| {diff:.1e}", flush=True)
     return rows
 
 
@@ -598,6 +775,9 @@ def main() -> None:
         "--plain-malloc", action="store_true",
         help="leave glibc's malloc as it is (default: keep freed memory, as the fastalign program does)",
     )  # fmt: skip
+    p.add_argument(
+        "--out", default=harness.RESULTS, help="folder of the result file (default benchmarks/results)"
+    )
     args = p.parse_args()
     # As `fastalign evaluate` (fastalign.cli.entry): freed blocks are kept for reuse instead of being
     # unmapped and faulted in again; one process setting, so every provider runs under it.
@@ -632,7 +812,8 @@ def main() -> None:
         "timing": f"{args.rounds} interleaved rounds after one warm-up call each; wall clock "
         "(perf_counter); cpu_ms: the process's CPU time over all threads (median); x columns: median of "
         "per-round wall-time ratios (range in x_*_range)",
-        "memory": "peak MiB: resident-set growth of the warm-up call (VmHWM; CUDA: max_memory_allocated)",
+        "memory": "peak MiB: resident-set growth (VmHWM) of each CPU provider's first call in a fresh "
+        "process under the same malloc setting (CUDA: max_memory_allocated of the warm-up call)",
         "threads": {"torch": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "versions": {"rsatoolbox": _version("rsatoolbox"), "mne": mne.__version__,
                      "mne-rsa": _version("mne-rsa"), "numpy": np.__version__, "scipy": scipy.__version__},
@@ -647,12 +828,14 @@ def main() -> None:
             ["work", "work"],
             ["median_ms", "median ms"], ["p20_ms", "p20"], ["p80_ms", "p80"], ["cpu_ms", "CPU ms"],
             ["peak_mem_MiB", "peak MiB"], ["x_rsatoolbox", "x rsatoolbox+MNE"],
-            ["x_mne-rsa", "x mne-rsa+MNE"],
-            ["max_abs_sim_diff", "max Δ sim"], ["equal", "equal"], ["status", "status"],
+            ["x_mne-rsa", "x mne-rsa+MNE"], ["x_numpy", "x numpy+MNE"],
+            ["x_numpy_vectorised", "x numpy vectorised"],
+            ["max_abs_sim_diff", "max Δ sim"], ["max_abs_rdm_diff", "max Δ RDM"], ["equal", "equal"],
+            ["status", "status"],
         ],
     })  # fmt: skip
     if not args.quick:  # a GPU run writes evaluate-<gpu>.json, a CPU run evaluate-cpu<threads>.json
-        print(harness.save("evaluate", devices[-1], rows, meta))
+        print(harness.save("evaluate", devices[-1], rows, meta, folder=args.out))
 
 
 def _version(dist: str) -> str | None:

@@ -218,12 +218,19 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
-def save(name: str, device: str, rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
-    """Writes results/{name}-{device}.json atomically (temp file + rename) and returns its path."""
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, f"{name}-{device_slug(device)}.json")
+def save(
+    name: str,
+    device: str,
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any] | None = None,
+    folder: str = RESULTS,
+) -> str:
+    """Writes {folder}/{name}-{device}.json (default benchmarks/results) atomically (temp file + rename)
+    and returns its path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}-{device_slug(device)}.json")
     doc = {"benchmark": name, "environment": environment(device), "meta": meta or {}, "rows": rows}
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
