@@ -50,9 +50,11 @@ runs every provider once, so all see the same load on a shared machine), wall cl
 the process's CPU time (all threads); every CPU provider runs again limited to ``--threads`` (default 1;
 torch's threads and BLAS's through threadpoolctl), since on a loaded machine short OpenMP regions on 2
 threads stall; "x" columns are medians of per-round ratios to the baseline on the same thread count;
-peak memory is the resident-set growth of each CPU provider's first call in a fresh process
-(harness.peak_memory_bytes; in the benchmark's process a call reuses the heap the others freed). Nothing
-is extrapolated: every baseline runs at full size.
+peak memory is the resident-set growth of each CPU provider's full-size call in a fresh process, after
+a call on a tiny workload (libraries loaded, thread pools started), with every allocation over 128 KiB
+its own mapping returned when freed (harness.peak_memory_bytes; in the benchmark's process, which keeps
+freed memory, a call reused the heap the others freed). Nothing is extrapolated: every baseline runs at
+full size.
 
     flock /tmp/fastalign-bench.lock python benchmarks/bench_evaluate.py   # writes results/evaluate-*.json
     python benchmarks/bench_evaluate.py --quick     # a smoke run with tiny sizes, no result file
@@ -599,13 +601,12 @@ def _providers(
     return out + limited, skipped
 
 
-def _fresh_peak(name: str, shape: tuple[int, ...], width: int, threads: list[int], plain_malloc: bool) -> int:
-    """Peak memory of one CPU provider's first call in a fresh process (spawned): the resident-set growth
-    of a process that has freed nothing yet. In the benchmark's process, which keeps freed memory for
-    reuse (keep_freed_memory) and has run the other providers, a call reuses their freed heap and its
-    growth says nothing (0.2 MiB for rsatoolbox + MNE)."""
-    if not plain_malloc:
-        keep_freed_memory()
+def _fresh_peak(name: str, shape: tuple[int, ...], width: int, threads: list[int]) -> int:
+    """Peak memory of one CPU provider's full-size call in a fresh process (spawned), with every allocation
+    over 128 KiB its own mapping, returned when freed (harness's fixed mmap threshold; not the timed
+    runs' keep_freed_memory): the resident-set growth is what the call holds at its peak. In the
+    benchmark's process, which keeps freed memory for reuse and has run the other providers, a call
+    reused their freed heap and its growth said nothing (0.2 MiB for rsatoolbox + MNE)."""
     warnings.filterwarnings("ignore")
     mne.set_log_level("WARNING")
     # first a call on a tiny workload: libraries load and thread pools start (tens of MiB of code and
@@ -632,9 +633,7 @@ def bench_evaluate(
     for p in providers:  # warm-up: the results checked below; peak memory in a fresh process (CPU)
         if p.device == "cpu":
             with spawn.Pool(1) as pool:
-                peak[p.name] = pool.apply(
-                    _fresh_peak, (p.name, args.shape, args.width, args.threads, args.plain_malloc)
-                )
+                peak[p.name] = pool.apply(_fresh_peak, (p.name, args.shape, args.width, args.threads))
             raw[p.name], first[p.name], _ = _timed(p.run, p.device)
         else:
             holder: dict[str, Any] = {}
@@ -812,8 +811,9 @@ def main() -> None:
         "timing": f"{args.rounds} interleaved rounds after one warm-up call each; wall clock "
         "(perf_counter); cpu_ms: the process's CPU time over all threads (median); x columns: median of "
         "per-round wall-time ratios (range in x_*_range)",
-        "memory": "peak MiB: resident-set growth (VmHWM) of each CPU provider's first call in a fresh "
-        "process under the same malloc setting (CUDA: max_memory_allocated of the warm-up call)",
+        "memory": "peak MiB: resident-set growth (VmHWM) of each CPU provider's full-size call in a fresh "
+        "process after a call on a tiny workload, every allocation over 128 KiB its own mapping (CUDA: "
+        "max_memory_allocated of the warm-up call)",
         "threads": {"torch": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "versions": {"rsatoolbox": _version("rsatoolbox"), "mne": mne.__version__,
                      "mne-rsa": _version("mne-rsa"), "numpy": np.__version__, "scipy": scipy.__version__},
