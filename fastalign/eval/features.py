@@ -308,15 +308,16 @@ def check_image_set(model: EvalModel, images: Sequence[str], what: str = "test")
                 f"{digest_files(mine)})"
             )
         return
-    if not model.data or not os.path.isdir(os.path.join(model.data, "image_set")):
-        if model.modality:
-            warnings.warn(
-                f"{_FN}: cannot check that model {model.name!r} was aligned on the evaluated images: its "
-                f"dataset {model.data or '(not recorded)'!r} is gone and its config.json has no "
-                "test_images_digest (a run of an older fastalign)",
-                UserWarning,
-                stacklevel=2,
-            )
+    if not model.data:  # built in Python without a dataset (EvalModel(..., data="")): nothing to check
+        return
+    if not os.path.isdir(os.path.join(model.data, "image_set")):
+        warnings.warn(
+            f"{_FN}: cannot check that model {model.name!r} was aligned on the evaluated images: its "
+            f"dataset {model.data!r} is gone and its config.json has no test_images_digest (a run of an "
+            "older fastalign)",
+            UserWarning,
+            stacklevel=2,
+        )
         return
     from fastalign.data import load_image_metadata
 

@@ -218,3 +218,11 @@ def test_the_parent_of_per_subject_runs_is_named_with_its_runs(tmp_path) -> None
         r"folders sub-01, sub-02 of one align call: pass them \(.*runs/sub-\*\)",
     ):
         fe.EvalModel.from_run(tmp_path / "runs")
+
+
+def test_a_model_built_in_python_is_not_warned_about_its_dataset() -> None:
+    # EvalModel(..., subject, modality) without a run folder records no dataset: nothing to check, and no
+    # warning that a run's dataset is gone (that is for run folders of older versions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fe.evaluate(_brain(), [_features(name="r", subject=1, modality="eeg")], out=None, permutations=5)
