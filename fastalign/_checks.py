@@ -286,6 +286,38 @@ def warn_if_window_clipped(
         )
 
 
+def device_problem(device: Any) -> str | None:
+    """Why ``device`` (a str or torch.device) cannot run work on this machine, or None when it can: not
+    a device name, no CUDA device (or not that many), a backend that is not available, or "meta" (no data)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return f"expected a torch device such as cpu, cuda or cuda:1, got {device!r}"
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            built = "" if torch.version.cuda else ", built without CUDA"
+            return f"{str(device)!r}: no CUDA device here (torch {torch.__version__}{built})"
+        if dev.index is not None and dev.index >= count:
+            return f"{str(device)!r}: this machine has {count} CUDA device(s), 0 to {count - 1}"
+    elif dev.type == "meta":
+        return f"{str(device)!r}: the meta device holds no data to compute with"
+    elif dev.type != "cpu":
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            return f"{str(device)!r}: no {dev.type} device here"
+    return None
+
+
+def check_device(fn: str, name: str, device: Any) -> torch.device:
+    """``device`` as a torch.device this machine has; a ValueError naming the argument otherwise."""
+    problem = device_problem(device)
+    if problem is not None:
+        raise ValueError(f"{fn}: {name}: {problem}")
+    return torch.device(device)
+
+
 def torch_load_failure(exc: BaseException) -> str:
     """Why ``torch.load(..., weights_only=True)`` failed, for an error message: torch's own text, except
     for a file that holds objects other than tensors and containers, where torch's message advises

@@ -175,30 +175,11 @@ def add_image_size(p: argparse.ArgumentParser, default: int = 224) -> None:
 def device(text: str) -> str:
     """An argparse type: a torch device that this machine has, checked before anything runs (torch's own
     errors came after minutes of work and named no flag)."""
-    import torch
+    from fastalign._checks import device_problem
 
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(
-            f"expected a torch device such as cpu, cuda or cuda:1, got {text!r}"
-        ) from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            built = "" if torch.version.cuda else ", built without CUDA"
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: no CUDA device here (torch {torch.__version__}{built})"
-            )
-        if dev.index is not None and dev.index >= count:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: this machine has {count} CUDA device(s), 0 to {count - 1}"
-            )
-    elif dev.type != "cpu":
-        backend = getattr(torch, dev.type, None)
-        available = getattr(backend, "is_available", None)
-        if available is None or not available():
-            raise argparse.ArgumentTypeError(f"{text!r}: no {dev.type} device here")
+    problem = device_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

@@ -365,8 +365,13 @@ def _swap_in(staging: str, path: str) -> None:
     write of it puts the old folder back (:func:`_recover`).
     """
     if not os.path.lexists(path):
-        os.rename(staging, path)
-    elif _exchange(staging, path):
+        try:
+            os.rename(staging, path)
+            return
+        except OSError as exc:  # another writer put its folder there since: replace that one below
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    if _exchange(staging, path):
         _remove(staging)  # now the old folder
     else:
         old = _temp_name(path, "old")

@@ -23,7 +23,10 @@ contrastive loss and retrieval (AlignVis: mean-centred over features, then unit 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from fastalign._checks import check_floating, check_int, check_tensor, compute_dtype, message, pow2
+from fastalign._modes import eval_mode
 from fastalign.data._io import load_npy, replacing_dir, require_file
 from fastalign.data.images import ImageTransform, _check_transform, _path_list
 
@@ -87,14 +91,29 @@ def normalize_embeddings(x: torch.Tensor | np.ndarray, dim: int = -1) -> torch.T
     return out.numpy() if isinstance(x, np.ndarray) else out
 
 
-def model_key(model: torch.nn.Module, transform: Any = None) -> str:
-    """A hex digest of the model's class, its parameters and buffers, and the transform's repr.
+@functools.lru_cache(maxsize=256)
+def _class_source(cls: type) -> str:
+    """A class's source (its forward's code), or its qualified name where there is none to read."""
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):
+        return f"{cls.__module__}.{cls.__qualname__}"
 
-    Used as the default cache key: any change of weights or preprocessing gives a new key.
+
+def model_key(model: torch.nn.Module, transform: Any = None) -> str:
+    """A hex digest of what a model computes: its structure (``repr``: every submodule with its settings,
+    e.g. ReLU or Tanh, a pooling size), the source of every submodule's class (a changed ``forward``), its
+    parameters and all its buffers (persistent or not), and the transform's repr.
+
+    Used as the default cache key: any change of weights, structure, code or preprocessing gives a new key.
     """
     h = hashlib.sha256()
-    h.update(f"{type(model).__module__}.{type(model).__qualname__}|{transform!r}".encode())
-    for name, t in model.state_dict().items():
+    h.update(f"{type(model).__module__}.{type(model).__qualname__}|{transform!r}|{model!r}".encode())
+    for cls in dict.fromkeys(type(m) for m in model.modules()):
+        h.update(_class_source(cls).encode())
+    state = model.state_dict()
+    extra = {f"buffer:{n}": b for n, b in model.named_buffers() if n not in state}  # non-persistent ones
+    for name, t in {**state, **extra}.items():
         h.update(name.encode())
         h.update(str((tuple(t.shape), t.dtype)).encode())
         # the tensor's bytes read in place (hashlib takes the array's buffer; tobytes() copied them)
@@ -198,10 +217,8 @@ def _embed(
 ) -> dict[str, np.ndarray]:
     """The model's output for each file, flattened to float32 rows, in eval mode and without autograd."""
     rows: dict[str, np.ndarray] = {}
-    was_training = getattr(model, "training", False)
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    try:
+    modes = eval_mode(model) if isinstance(model, torch.nn.Module) else contextlib.nullcontext()
+    with modes:
         with torch.inference_mode():
             for start in range(0, len(files), batch_size):
                 chunk = files[start : start + batch_size]
@@ -214,9 +231,6 @@ def _embed(
                 rows.update(
                     zip(chunk, out.detach().float().cpu().reshape(len(chunk), -1).numpy(), strict=True)
                 )
-    finally:
-        if isinstance(model, torch.nn.Module):
-            model.train(was_training)
     return rows
 
 

@@ -37,13 +37,13 @@ import itertools
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from fastalign import _checks
+from fastalign._modes import eval_mode
 from fastalign.data.images import ImageTransform
 from fastalign.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -154,18 +154,6 @@ def _dtype(model: torch.nn.Module, fallback: torch.dtype) -> torch.dtype:
         if t.is_floating_point():
             return t.dtype
     return fallback
-
-
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """``model`` in eval mode, every submodule's training flag restored afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _logits(fn: str, model: torch.nn.Module, x: torch.Tensor, norm: Any) -> torch.Tensor:
@@ -289,7 +277,7 @@ def fgsm(
     y = _check_labels(fn, labels, x.shape[0]).to(x.device)
     eps = _check_eps(fn, eps)
     norm = _check_norm(fn, mean, std, x.shape[1])
-    with _eval_mode(model):
+    with eval_mode(model):
         return _fgsm(fn, model, x.detach(), y, eps, norm)
 
 
@@ -326,7 +314,7 @@ def pgd(
     eps = _check_eps(fn, eps)
     opts, seed = _pgd_options(fn, steps, step_size, random_start, seed)
     norm = _check_norm(fn, mean, std, x.shape[1])
-    with _eval_mode(model):
+    with eval_mode(model):
         return _pgd(fn, model, x.detach(), y, eps, norm, opts, _generator(seed))
 
 
@@ -434,7 +422,7 @@ def robustness(
         correct = {(a, e): 0 for a in attack_list for e in eps_list if e > 0}
         clean = 0
         generator = _generator(seed)
-        with _eval_mode(model):
+        with eval_mode(model):
             for sl in _batches(n, batch_size):
                 x = x_all[sl].to(device, dtype)
                 y = y_all[sl].to(device)

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from fastalign import _checks
+from fastalign._modes import eval_mode
 from fastalign.data import ImageTransform, embed_images, model_key
 from fastalign.data._io import atomic_write, digest_files, read_json_object
 from fastalign.eval.progress import Stage
@@ -57,7 +58,7 @@ CORNET_LAYERS: dict[str, str] = {"V1": "V1", "V2": "V2", "V4": "V4", "IT": "IT",
 #: The layers evaluated when none are named (the published V1-IT plus avgpool, as for fMRI).
 DEFAULT_LAYERS: tuple[str, ...] = ("V1", "V2", "V4", "IT", "avgpool")
 _SUBJECT = re.compile(r"^sub-(\d+)$")
-_CACHE_VERSION = "fastalign.eval.features/1"
+_CACHE_VERSION = "fastalign.eval.features/2"  # 2: layer outputs copied when the hook runs
 
 
 def subject_name(subject: Any, where: str = "subject") -> str:
@@ -361,11 +362,16 @@ class _Taps:
 
         def keep(name: str) -> Any:
             def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
-                got[name] = out  # the last call wins: a recurrent block's final step
+                # the last call wins (a recurrent block's final step); a copy, since what runs after it
+                # may change the tensor in place (an inplace ReLU after a BatchNorm, a residual +=)
+                got[name] = out.detach().clone() if isinstance(out, torch.Tensor) else out
 
             return hook
 
         handles = [self.module.get_submodule(p).register_forward_hook(keep(n)) for n, p in self.paths.items()]
+        weight = next((t for t in self.module.parameters() if t.is_floating_point()), None)
+        if weight is not None and x.dtype != weight.dtype:  # a float64 or bfloat16 module's own dtype
+            x = x.to(weight.dtype)
         try:
             self.module(x)
         finally:
@@ -425,8 +431,8 @@ def layer_features(
     Args:
         model: The model (its ``layers`` set).
         images: Image files, in condition order.
-        image_size: Images are resized to image_size x image_size (no crop, as ReAlnet was trained) and
-            ImageNet-normalised.
+        image_size: Images are resized to this shorter side and centre-cropped to a square (as ReAlnet
+            was trained; square images are only resized), then ImageNet-normalised.
         batch_size, device: How the module runs (in eval mode, without autograd).
         cache_dir: Where rows are cached (see the module doc); None: no cache.
         what: The image set's name in error messages.
@@ -440,6 +446,7 @@ def layer_features(
         ValueError: a layer the module lacks, precomputed features of other images, a ReAlnet built for
             another image size.
     """
+    _checks.check_device(fn, "device", device)
     if model.layers is None:
         raise ValueError(
             f"{fn}: model {model.name!r} names no layers (EvalModel.layers is None): give them, e.g. "
@@ -471,9 +478,7 @@ def layer_features(
             os.fspath(cache_dir), f"layers-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
         )
         sizes = _read_sizes(sidecar, key)
-    was_training = module.training
-    module.eval()
-    try:
+    with eval_mode(module):
         with on_device(module, device):
             with stage:
                 rows = embed_images(
@@ -485,8 +490,6 @@ def layer_features(
             if taps.sizes is None and sizes is None:  # every row came from a cache whose sidecar was lost
                 with torch.inference_mode():
                     taps(transform(images[0])[None].to(device))
-    finally:
-        module.train(was_training)
     sizes = taps.sizes or sizes
     assert sizes is not None
     if sum(sizes.values()) != rows.shape[1]:

@@ -780,7 +780,8 @@ def evaluate(
         modality: "eeg" and/or "fmri" ("behaviour" is added when ``behaviour_rdm`` is given).
         weights: CORnet-S's weights for the model "cornet_s" (``cornet_s-1d3f7974.pth``); None: randomly
             initialised from ``seed``, as ``fastalign align`` starts with the same seed.
-        image_size: Images are resized to this square size (no crop) and ImageNet-normalised.
+        image_size: Images are resized to this shorter side, centre-cropped to a square (square images are
+            only resized) and ImageNet-normalised.
         permutations: Sign flips of each cluster test (all 2^n_subjects when that is no more).
         seed: Seeds the sign flips and a random CORnet-S.
         layers: Layers of the models that name none (default V1, V2, V4, IT, avgpool, and for a ReAlnet
@@ -827,6 +828,7 @@ def evaluate(
     attack = _robustness_settings(given)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(_checks.check_device(_FN, "device", device))  # before any data is read
     mods = s["modality"]
     if isinstance(data, BrainData):
         absent = [m for m in mods if not data.subjects(m)]

@@ -255,3 +255,20 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path: os.PathLike) -> None:
                 wrong[os.path.relpath(os.path.join(folder, name), tmp_path)] = oct(mode)
     assert not wrong, wrong
     assert os.path.isfile(os.path.join(ds.preprocessed_dir, "sub-01", "preprocessed_eeg_test.npy"))
+
+
+def test_a_folder_put_in_place_by_another_writer_meanwhile_is_replaced(tmp_path, monkeypatch) -> None:
+    # two writers of one cache entry: both saw no folder, the other renamed its folder in first; this
+    # one's rename then failed (ENOTEMPTY) and the evaluation aborted. It replaces that folder instead.
+    from fastalign.data import _io
+
+    path = tmp_path / "entry"
+    path.mkdir()
+    (path / "theirs").write_text("x")
+    monkeypatch.setattr(
+        _io.os.path, "lexists", lambda p: False if os.fspath(p) == str(path) else os.path.exists(p)
+    )
+    with _io.replacing_dir(path) as staging:
+        open(os.path.join(staging, "mine"), "w").close()
+    monkeypatch.undo()
+    assert sorted(os.listdir(path)) == ["mine"] and sorted(os.listdir(tmp_path)) == ["entry"]

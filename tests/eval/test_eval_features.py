@@ -148,3 +148,77 @@ def test_cornet_s_by_name_and_run_folders(eval_things: SyntheticThings, tmp_path
     feats = fe.layer_features(run, paths, image_size=24)
     np.testing.assert_allclose(feats["response"], response.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(feats["IT"], ref["IT"].flatten(1).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _conv_net(*rest: nn.Module) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), *rest)
+
+
+def test_the_cache_follows_the_model_not_only_its_weights(eval_things: SyntheticThings, tmp_path) -> None:
+    # one conv's weights in every model: ReLU or Tanh after it, another pooling size, a non-persistent
+    # buffer, were all served the first model's cached rows
+    paths, cache = _images(eval_things, 4), tmp_path / "cache"
+    conv = _conv_net()[0]
+
+    class Shift(nn.Module):
+        def __init__(self, by: float) -> None:
+            super().__init__()
+            self.register_buffer("by", torch.tensor(by), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.by
+
+    nets = {
+        "relu": nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()),
+        "tanh": nn.Sequential(conv, nn.Tanh(), nn.AdaptiveAvgPool2d(2), nn.Flatten()),
+        "pool3": nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(3), nn.Flatten()),
+        "shift0": nn.Sequential(conv, Shift(0.0), nn.AdaptiveAvgPool2d(2), nn.Flatten()),
+        "shift5": nn.Sequential(conv, Shift(5.0), nn.AdaptiveAvgPool2d(2), nn.Flatten()),
+    }
+    for name, net in nets.items():
+        model = fe.EvalModel("n", net, layers=["3"])
+        cached = fe.layer_features(model, paths, image_size=24, cache_dir=cache)["3"]
+        fresh = fe.layer_features(model, paths, image_size=24)["3"]
+        np.testing.assert_array_equal(cached, fresh, err_msg=name)
+        with torch.inference_mode():
+            np.testing.assert_allclose(fresh, net(_batch(paths)).numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_layer_output_changed_in_place_later_is_taken_as_it_was(eval_things: SyntheticThings) -> None:
+    paths = _images(eval_things, 3)
+    net = _conv_net(nn.ReLU(inplace=True))  # rewrites the conv's output after its hook ran
+    got = fe.layer_features(fe.EvalModel("n", net, layers=["0"]), paths, image_size=24)["0"]
+    with torch.inference_mode():
+        want = net[0](_batch(paths)).reshape(3, -1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert got.min() < 0
+
+
+def test_each_submodules_training_flag_is_restored(eval_things: SyntheticThings) -> None:
+    net = _conv_net(nn.BatchNorm2d(4), nn.Dropout())
+    net.train()
+    net[1].eval()  # a frozen BatchNorm in a network that trains
+    fe.layer_features(fe.EvalModel("n", net, layers=["2"]), _images(eval_things, 2), image_size=24)
+    assert [m.training for m in net.modules()] == [True, True, False, True]
+
+
+def test_a_float64_module_gets_float64_images(eval_things: SyntheticThings) -> None:
+    net = _conv_net(nn.Flatten()).double()
+    got = fe.layer_features(fe.EvalModel("n", net, layers=["1"]), _images(eval_things, 2), image_size=24)["1"]
+    with torch.inference_mode():
+        np.testing.assert_allclose(got, net(_batch(_images(eval_things, 2)).double()).numpy(), rtol=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA refuses cuda")
+def test_a_device_this_machine_lacks_is_refused_naming_it(eval_things: SyntheticThings) -> None:
+    model = fe.EvalModel("n", _conv_net(nn.Flatten()), layers=["1"])
+    for device, words in (("cuda", "'cuda': no CUDA device here"), ("banana", "expected a torch device"),
+                          ("meta", "'meta': the meta device holds no data")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"^layer_features: device: {words}"):
+            fe.layer_features(
+                model, _images(eval_things, 2), image_size=24, device=device, fn="layer_features"
+            )
+        with pytest.raises(ValueError, match=f"^evaluate: device: {words}"):
+            fe.evaluate(eval_things, [model], out=None, device=device)
+    assert next(model.module.parameters()).device.type == "cpu"  # meta did not take the weights
