@@ -606,12 +606,17 @@ def test_model_key_is_stable_and_weight_sensitive(module: torch.nn.Module) -> No
 
 
 def test_model_key_is_the_sha256_of_the_documented_bytes() -> None:
-    """The key existing embedding caches were written under: SHA-256 of the class, the transform's repr,
-    then each state entry's name, (shape, dtype) and raw bytes (an empty tensor adds none)."""
+    """The key embedding caches are written under: SHA-256 of the class, the transform's repr and the
+    module's repr, the source of each class in it, then each state entry's name, (shape, dtype) and raw
+    bytes (an empty tensor adds none), then the non-persistent buffers likewise."""
+    import inspect
+
     module = torch.nn.BatchNorm1d(3)
     with torch.no_grad():
         module.weight.copy_(torch.tensor([0.5, -1.0, 2.0]))
-    h = hashlib.sha256(b"torch.nn.modules.batchnorm.BatchNorm1d|'t'")
-    for name, t in module.state_dict().items():
+    module.register_buffer("shift", torch.tensor([1.5]), persistent=False)
+    h = hashlib.sha256(f"torch.nn.modules.batchnorm.BatchNorm1d|'t'|{module!r}".encode())
+    h.update(inspect.getsource(torch.nn.BatchNorm1d).encode())
+    for name, t in [*module.state_dict().items(), ("buffer:shift", module.shift)]:
         h.update(name.encode() + str((tuple(t.shape), t.dtype)).encode() + t.numpy().tobytes())
     assert D.model_key(module, transform="t") == h.hexdigest()[:32]
