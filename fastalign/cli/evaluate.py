@@ -107,6 +107,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--alpha", type=probability, default=0.05, help="significance level (default 0.05)")
     p.add_argument(
+        "--roi-correction",
+        choices=("none", "holm", "fdr_bh"),
+        default="none",
+        help="fMRI/behaviour t-tests over ROIs and layers: none (each its own p), holm (FWE), fdr_bh",
+    )
+    p.add_argument(
         "--baseline",
         default="auto",
         help="unaligned model the others are tested against, or none (default auto: cornet_s)",

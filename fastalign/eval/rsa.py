@@ -436,12 +436,12 @@ def _statistics(
         "baseline": baseline,
         "methods": {
             "eeg": "cluster sign-flip permutation test over time",
-            "fmri": "one-sample t-test per ROI and layer, uncorrected",
-            "behaviour": "one-sample t-test per layer, uncorrected",
+            "fmri": f"one-sample t-test per ROI and layer, {_CORRECTIONS[s['roi_correction']]}",
+            "behaviour": f"one-sample t-test per layer, {_CORRECTIONS[s['roi_correction']]}",
         },
-        # the ROI tests' p-values are each test's own: no correction over ROIs, layers and comparisons
-        # (the EEG clusters' are corrected over time by the permutation test's maximum statistic)
-        "roi_correction": "none",
+        # "none": the ROI tests' p-values are each test's own, not corrected over ROIs and layers (the
+        # EEG clusters' are corrected over time by the permutation test's maximum statistic)
+        "roi_correction": s["roi_correction"],
     }
     todo = []
     for mod in mods:
@@ -461,7 +461,40 @@ def _statistics(
             effects[model, mod.name, key["comparison"], key["layer"]] = {"x": x, "base": base}
             stage.update()
     stats["exact"] = bool(stats["cluster_tests"]) and all(t["exact"] for t in stats["cluster_tests"])
+    _correct_roi_tests(stats["roi_tests"], s["roi_correction"], s["alpha"])
     return stats, effects
+
+
+#: ROI test corrections: over the ROIs and layers of one model, modality, comparison and test.
+_CORRECTIONS = {
+    "none": "uncorrected",
+    "holm": "Holm-corrected over ROIs and layers",
+    "fdr_bh": "Benjamini-Hochberg FDR over ROIs and layers",
+}
+
+
+def _correct_roi_tests(tests: list[dict[str, Any]], method: str, alpha: float) -> None:
+    """Adjusts the ROI tests' p-values in place (``p``; the test's own in ``p_uncorrected``) within each
+    family of one model, modality, comparison and test, over its ROIs and layers: Holm's step-down
+    (family-wise error) or Benjamini-Hochberg's (false discovery rate, scipy's false_discovery_control)."""
+    if method == "none":
+        return
+    from scipy.stats import false_discovery_control
+
+    families: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for t in tests:
+        families.setdefault((t["model"], t["modality"], t["comparison"], t["test"]), []).append(t)
+    for family in families.values():
+        p = np.array([t["p"] for t in family])
+        if method == "fdr_bh":
+            adjusted = false_discovery_control(p, method="bh")
+        else:  # Holm: the k-th smallest times (m - k), made non-decreasing, at most 1
+            order = np.argsort(p, kind="stable")
+            steps = np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p))))
+            adjusted = np.empty_like(p)
+            adjusted[order] = np.minimum(steps, 1.0)
+        for t, q in zip(family, adjusted.tolist(), strict=True):
+            t["p_uncorrected"], t["p"], t["significant"] = t["p"], q, q < alpha
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -552,6 +585,9 @@ def _check_settings(a: dict[str, Any]) -> dict[str, Any]:
         "batch_size": _checks.check_int(_FN, "batch_size", a["batch_size"], minimum=1),
         "time_window": _check_time_window(a["time_window"]),
     }
+    settings["roi_correction"] = _checks.check_choice(
+        _FN, "roi_correction", a["roi_correction"], tuple(_CORRECTIONS)
+    )
     for name in ("threshold_p", "alpha"):
         value = _checks.check_real(_FN, name, a[name])
         if not 0 < value < 1:
@@ -748,6 +784,7 @@ def evaluate(
     tail: int = 1,
     threshold_p: float = 0.05,
     alpha: float = 0.05,
+    roi_correction: str = "none",
     baseline: str | None = "auto",
     behaviour_rdm: Any = None,
     subjects: Sequence[int | str] | None = None,
@@ -791,6 +828,10 @@ def evaluate(
         tail: 1 (greater than 0 / than the baseline), -1 (less) or 0 (two-sided).
         threshold_p: Cluster-forming threshold: the one-sample t quantile at this p (per side for tail 0).
         alpha: Significance level of the cluster and t-tests (the ``significant`` flags).
+        roi_correction: The fMRI and behaviour t-tests' multiple comparisons, within each model, modality,
+            comparison and test over its ROIs and layers: "none" (each test's own p), "holm" (family-wise
+            error) or "fdr_bh" (Benjamini-Hochberg false discovery rate); ``p_uncorrected`` keeps each
+            test's own.
         baseline: The unaligned model each other model is tested against (paired by brain subject);
             "auto": "cornet_s" when evaluated, else none; None: no paired tests.
         behaviour_rdm: A behavioural RDM over the test images, (n, n) or condensed, or a dict subject ->

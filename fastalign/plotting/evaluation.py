@@ -66,9 +66,10 @@ _MEASURES = {
 
 
 def _correction(stats: Mapping[str, Any]) -> str:
-    """ " (uncorrected)" for ROI tests whose p-values are each test's own (stats.json's roi_correction
-    "none", as evaluate writes it; stats without the key are taken to be the same)."""
-    return " (uncorrected)" if stats.get("roi_correction", "none") == "none" else ""
+    """How the ROI tests' p-values were corrected, for the legend: stats.json's roi_correction ("none",
+    and stats without the key: " (uncorrected)"; "holm": " (Holm)"; "fdr_bh": " (FDR)")."""
+    method = stats.get("roi_correction", "none")
+    return {"none": " (uncorrected)", "holm": " (Holm)", "fdr_bh": " (FDR)"}.get(method, f" ({method})")
 
 
 def _measure(fn: str, measure: str | None, stats: Mapping[str, Any]) -> str:

@@ -226,3 +226,29 @@ def test_a_model_built_in_python_is_not_warned_about_its_dataset() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fe.evaluate(_brain(), [_features(name="r", subject=1, modality="eeg")], out=None, permutations=5)
+
+
+@pytest.mark.parametrize("method", ["holm", "fdr_bh"])
+def test_roi_tests_corrected_over_rois_and_layers(method: str) -> None:
+    rng = np.random.default_rng(3)
+    shared = rng.normal(size=(6, 5))  # what the images evoke, which the model's layer L holds
+    weights = (("V1", 0.2), ("V4", 1.0), ("IT", 3.0))
+    fmri = {s: {roi: shared * w + rng.normal(size=(6, 5)) for roi, w in weights} for s in range(1, 6)}
+    brain = fe.BrainData([f"img{i}" for i in range(6)], fmri=fmri)
+    model = fe.EvalModel("m", features={"L": shared, "M": rng.normal(size=(6, 4))})
+    plain = fe.evaluate(brain, [model], out=None, modality="fmri").stats
+    res = fe.evaluate(brain, [model], out=None, modality="fmri", roi_correction=method).stats
+    assert plain["roi_correction"] == "none" and res["roi_correction"] == method
+    tests = res["roi_tests"]
+    p = np.array([t["p_uncorrected"] for t in tests])  # one family: model m, fmri, none, vs0 (6 tests)
+    np.testing.assert_array_equal(p, [t["p"] for t in plain["roi_tests"]])
+    m, order = len(p), np.argsort(p)
+    if method == "holm":  # the k-th smallest times (m - k), non-decreasing, at most 1
+        want = np.minimum(np.maximum.accumulate(p[order] * (m - np.arange(m))), 1.0)
+    else:  # Benjamini-Hochberg: the k-th smallest times m / k, non-increasing from the largest
+        want = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1].clip(max=1.0)
+    np.testing.assert_allclose(np.array([t["p"] for t in tests])[order], want, rtol=1e-12)
+    assert [t["significant"] for t in tests] == [t["p"] < 0.05 for t in tests]
+    assert "uncorrected" not in res["methods"]["fmri"]
+    with pytest.raises(ValueError, match="roi_correction must be one of"):
+        fe.evaluate(brain, [model], out=None, modality="fmri", roi_correction="bonferroni")

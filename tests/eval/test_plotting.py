@@ -293,7 +293,7 @@ def test_roi_bars_show_subject_means_points_ceiling_and_marks() -> None:
     _render(fig)
     assert [t.get_text() for t in _axes(fig)["layer IT"].texts] == ["*†↓"]
     texts = _legend_texts(fig)
-    assert "p < 0.05 vs cornet_s" in texts and "below it (t < 0)" in texts
+    assert "p < 0.05 vs cornet_s (Holm)" in texts and "below it (t < 0)" in texts
 
 
 def test_behaviour_bars_say_behaviour() -> None:
