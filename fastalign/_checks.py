@@ -206,13 +206,15 @@ def check_out_folder(
     overwrite: bool,
     *,
     marker: str,
+    marker_keys: Collection[str] = (),
     inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> str:
     """An output folder that a call will write as a unit: new, empty, or (with ``overwrite``) replaced,
     which deletes everything in it. Replacing is refused where it could delete what the call did not
-    write: a folder without ``marker`` (the file every output of the call holds, e.g. summary.json), the
-    current folder or one above it, the home folder, and a folder holding any of ``inputs`` (files or
-    folders the call reads).
+    write: a folder without ``marker`` (the file every output of the call holds, e.g. summary.json; with
+    ``marker_keys`` a JSON object holding those keys, which tell the call's summary.json from another
+    command's), the current folder or one above it, the home folder, and a folder holding any of
+    ``inputs`` (files or folders the call reads).
 
     Returns:
         The folder's absolute path.
@@ -265,7 +267,25 @@ def check_out_folder(
             f"{fn}: {name} {os.fspath(path)!r} holds no {marker}, so {fn} did not write it, and "
             f"overwrite=True replaces only such outputs (it holds {shown}); choose a new or empty {name}"
         )
+    if marker_keys and not _holds_keys(os.path.join(folder, marker), marker_keys):
+        raise FileExistsError(
+            f"{fn}: {name} {os.fspath(path)!r} holds another command's output (its {marker} lacks "
+            f"{', '.join(sorted(marker_keys))}), and overwrite=True replaces only an earlier output of {fn}; "
+            f"choose a new or empty {name}"
+        )
     return folder
+
+
+def _holds_keys(path: str, keys: Collection[str]) -> bool:
+    """Whether ``path`` is a JSON object with every one of ``keys``."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and all(k in doc for k in keys)
 
 
 def warn_if_window_clipped(

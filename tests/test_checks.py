@@ -277,6 +277,13 @@ def test_an_output_folder_is_replaced_only_where_nothing_else_is_lost(
     with pytest.raises(FileExistsError, match="is not empty; pass overwrite=True"):
         check("f", "out", mine, False, marker="summary.json")
     assert check("f", "out", mine, True, marker="summary.json") == str(mine)
+    # another command's summary.json: told apart by the keys this command's has
+    with pytest.raises(
+        FileExistsError, match=r"holds another command's output \(its summary.json lacks a, b\)"
+    ):
+        check("f", "out", mine, True, marker="summary.json", marker_keys=("a", "b"))
+    (mine / "summary.json").write_text('{"a": 1, "b": 2}')
+    assert check("f", "out", mine, True, marker="summary.json", marker_keys=("a", "b")) == str(mine)
     other = tmp_path / "other"  # a folder the call did not write: never replaced
     (other / "data").mkdir(parents=True)
     (other / "thesis.txt").write_text("x")

@@ -482,7 +482,9 @@ def demo(
     _checks.check_seed(_FN, seed, none=False)
     for name, value in (("quick", quick), ("overwrite", overwrite), ("progress", progress)):
         _checks.check_bool(_FN, name, value)
-    final = _checks.check_out_folder(_FN, "out", out, overwrite, marker="summary.json")
+    final = _checks.check_out_folder(
+        _FN, "out", out, overwrite, marker="summary.json", marker_keys=("quick", "settings", "decoding")
+    )
     settings = QUICK if quick else FULL
     stages = _Stages(progress)
     n_train = settings.n_train_concepts * settings.images_per_concept

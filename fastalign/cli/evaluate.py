@@ -223,8 +223,9 @@ def _run(args: argparse.Namespace) -> int:
         None if args.cache_dir.lower() in ("auto", "none") else args.cache_dir,
     ]
     out = _checks.check_out_folder(
-        _FN, "out", args.out, args.overwrite, marker="summary.json", inputs=[r for r in read if r is not None]
-    )
+        _FN, "out", args.out, args.overwrite, marker="summary.json", marker_keys=("baseline", "n_subjects"),
+        inputs=[r for r in read if r is not None],
+    )  # fmt: skip
     kwargs = {k: v for k, v in vars(args).items() if k not in (*CLI_ONLY, "data", "models", "out")}
     kwargs["behaviour_rdm"] = _behaviour_rdm(args.behaviour_rdm)
     kwargs["class_index"] = _class_index(args.class_index)

@@ -258,7 +258,15 @@ def brain_rsa(
     folder = None
     if out is not None:
         inputs = [*paths, *rdm_paths, *feature_paths]
-        folder = _checks.check_out_folder(_FN, "out", out, overwrite, marker="summary.json", inputs=inputs)
+        folder = _checks.check_out_folder(
+            _FN,
+            "out",
+            out,
+            overwrite,
+            marker="summary.json",
+            marker_keys=("brains", "n_windows"),
+            inputs=inputs,
+        )
     names = _unique([_name(p) for p in paths], "brain")
     loaded = [_read_brain(p, sfreq, tmin) for p in paths]
     first, times, _ = loaded[0]

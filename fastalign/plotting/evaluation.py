@@ -65,6 +65,13 @@ _MEASURES = {
 }
 
 
+def _legend_columns(fig: Figure, names: Sequence[str]) -> int:
+    """Legend columns that fit the figure's width (about 0.075 in per character of the longest entry, its
+    swatch and spacing): a one-panel figure's legend of 4 columns ran past both edges."""
+    per_column = 0.075 * max(len(n) for n in names) + 0.7
+    return max(1, min(4, len(names), int(fig.get_size_inches()[0] // per_column)))
+
+
 def _correction(stats: Mapping[str, Any]) -> str:
     """How the ROI tests' p-values were corrected, for the legend: stats.json's roi_correction ("none",
     and stats without the key: " (uncorrected)"; "holm": " (Holm)"; "fdr_bh": " (FDR)")."""
@@ -395,7 +402,9 @@ def plot_rsa_time_courses(
     if any_below:
         handles.append(Line2D([], [], color="0.3", linewidth=2.0, linestyle=":"))
         names.append("dotted: cluster below it")
-    fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize="small")
+    fig.legend(
+        handles, names, loc="outside lower center", ncols=_legend_columns(fig, names), fontsize="small"
+    )
     return fig
 
 
@@ -538,7 +547,9 @@ def plot_roi_bars(
     if "↓" in marks:
         handles.append(Line2D([], [], linestyle="none", marker="$↓$", color="black"))
         names.append("below it (t < 0)")
-    fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(names)), fontsize="small")
+    fig.legend(
+        handles, names, loc="outside lower center", ncols=_legend_columns(fig, names), fontsize="small"
+    )
     return fig
 
 
@@ -668,9 +679,11 @@ def plot_across_subject(
     window: tuple[float, float] | None = None,
     ncols: int = 2,
     measure: str = "spearman",
+    groups: Mapping[str, str] | None = None,
 ) -> Figure:
     """Mean similarity of each subject's model (rows) with each subject's brain (columns), one panel per
-    layer (and per model family when there are several, titled "family · layer").
+    layer (and per model family when there are several, titled "family · layer"; ``groups`` renames a
+    family as in :func:`plot_rsa_time_courses`).
 
     Uses the ``within`` (diagonal) and ``across-subject`` rows of models aligned to a subject
     (``model_subject`` set); a cell with no row is blank. Each cell averages over time points in
@@ -687,6 +700,7 @@ def plot_across_subject(
     """
     fn = "plot_across_subject"
     ncols = _check_ncols(fn, ncols)
+    name_of = _check_groups(fn, groups)
     measured = _measure(fn, measure, {})
     rows = [
         r for r in _results(fn, results, modality, ("within", "across-subject"), models) if r["model_subject"]
@@ -719,7 +733,7 @@ def plot_across_subject(
                     if (family, layer, ms, s) in cells:
                         m[i, j] = float(np.mean(cells[family, layer, ms, s]))
             if np.isfinite(m).any():
-                mats[layer if len(families) == 1 else f"{family} · {layer}"] = m
+                mats[layer if len(families) == 1 else f"{name_of(family)} · {layer}"] = m
     finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()])
     vmin, vmax = float(finite.min()), float(finite.max())
     # panels sized by their matrices (0.45 in per cell, plus tick labels and title), so that one aligned
@@ -741,7 +755,7 @@ def plot_across_subject(
     fig.supxlabel("Brain of subject")
     fig.supylabel("Model aligned to subject")
     if len(families) == 1:  # the panels name the layer only: the figure names the family
-        fig.suptitle(f"Models of {families[0]}")
+        fig.suptitle(f"Models of {name_of(families[0])}")
     timed = any(math.isfinite(r["time"]) for r in rows)
     when = f", {1000 * window[0]:g} to {1000 * window[1]:g} ms" if window is not None else ""
     when = when or (", all time points" if timed else "")
@@ -919,6 +933,7 @@ def evaluation_figures(
                     modality=modality,
                     measure=measure,
                     window=(0.0, max(after)) if timed and after else None,
+                    groups=groups,
                 )
     if variability is not None:
         figures["variability"] = plot_variability(variability)

@@ -184,7 +184,12 @@ def test_out_is_replaced_only_as_a_whole(
     # not a demo's output (no summary.json): not replaced, even with --overwrite
     assert main(["demo", "--out", str(out), "--quick", "--overwrite"]) == 1
     assert "holds no summary.json, so demo did not write it" in capsys.readouterr().err
-    (out / "summary.json").write_text("{}")  # an earlier demo's
+    (out / "summary.json").write_text('{"rsa": {}}')  # another command's: replacing it is refused too
+    assert main(["demo", "--out", str(out), "--quick", "--overwrite"]) == 1
+    assert "holds another command's output (its summary.json lacks decoding, quick, settings)" in (
+        capsys.readouterr().err
+    )
+    (out / "summary.json").write_text('{"quick": true, "settings": {}, "decoding": {}}')  # an earlier demo's
     assert main(["demo", "--out", str(out), "--quick"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("fastalign demo: error: demo: out ") and "--overwrite" in err

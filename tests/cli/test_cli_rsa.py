@@ -183,6 +183,14 @@ def test_overwrite_never_deletes_the_inputs_or_the_working_folder(
     assert "holds no summary.json" in capsys.readouterr().err
     assert sorted(p.relative_to(work) for p in work.rglob("*")) == before
     assert (tmp_path / "notes" / "n.txt").read_text() == "x"
+    # another command's output (an evaluation report: its summary.json) is not replaced either
+    (tmp_path / "report_eval").mkdir()
+    (tmp_path / "report_eval" / "summary.json").write_text(
+        '{"baseline": "cornet_s", "n_subjects": {}, "models": {}}'
+    )
+    assert main(["rsa", *map(str, flags), "--out", str(tmp_path / "report_eval"), "--overwrite"]) == 1
+    assert "holds another command's output" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "report_eval").iterdir()] == ["summary.json"]
     # an earlier output is replaced; from inside it, it is not
     assert main(["rsa", *map(str, flags), "--out", str(tmp_path / "report")]) == 0
     assert main(["rsa", *map(str, flags), "--out", str(tmp_path / "report"), "--overwrite"]) == 0

@@ -348,6 +348,8 @@ def test_across_subject_matrix_cells_are_mean_similarities() -> None:
     ]
     panels = _axes(plot_across_subject(two, layers=["IT"]))
     assert list(panels) == ["realnet · IT", "control · IT"]
+    renamed = plot_across_subject(two, layers=["IT"], groups={"realnet": "ReAlnet"})
+    assert list(_axes(renamed)) == ["ReAlnet · IT", "control · IT"]  # named as in the other figures
     realnet, control = (panels[k].images[0].get_array() for k in ("realnet · IT", "control · IT"))
     np.testing.assert_allclose(control, -realnet, rtol=1e-15)
     # panels are sized by their matrices: one aligned model against 3 brains is a strip, in a figure
