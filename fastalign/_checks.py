@@ -40,6 +40,7 @@ Exact power-of-two scaling (scale invariant statistics at any finite magnitude)
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
@@ -278,8 +279,6 @@ def check_out_folder(
 
 def _holds_keys(path: str, keys: Collection[str]) -> bool:
     """Whether ``path`` is a JSON object with every one of ``keys``."""
-    import json
-
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)

@@ -517,14 +517,18 @@ def save_many_npy(items: dict[str, Any]) -> list[str]:
     return paths
 
 
-def digest_files(paths: Sequence[str | os.PathLike[str]]) -> str:
-    """A short hash of files' bytes, in order (not their names or places): align's config.json records
-    its test images' (``test_images_digest``), so that evaluating the run on other images is refused
-    wherever either dataset lives, also after its folder moved or is gone."""
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (hex), read in blocks of 1 MiB."""
     h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            data = f.read()
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()[:16]
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def digest_files(paths: Sequence[str | os.PathLike[str]]) -> str:
+    """A short hash of files' bytes, in order (not their names or places): the hash of their
+    :func:`file_digest` values. align's config.json records its test images' (``test_images_digest``), so
+    that evaluating the run on other images is refused wherever either dataset lives, also after its
+    folder moved or is gone."""
+    return hashlib.sha256("".join(file_digest(p) for p in paths).encode()).hexdigest()[:16]

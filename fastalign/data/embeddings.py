@@ -38,7 +38,7 @@ import torch
 
 from fastalign._checks import check_floating, check_int, check_tensor, compute_dtype, message, pow2
 from fastalign._modes import eval_mode
-from fastalign.data._io import load_npy, replacing_dir, require_file
+from fastalign.data._io import file_digest, load_npy, replacing_dir, require_file
 from fastalign.data.images import ImageTransform, _check_transform, _path_list
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -121,14 +121,6 @@ def model_key(model: torch.nn.Module, transform: Any = None) -> str:
     return h.hexdigest()[:32]
 
 
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cache_key(model: Any, key: str | None, transform: Any) -> str:
     if key is None:
         if not isinstance(model, torch.nn.Module):
@@ -198,7 +190,7 @@ def embed_images(
     full_key = _cache_key(model, key, transform)
     folder = os.path.join(os.fspath(cache_dir), hashlib.sha256(full_key.encode()).hexdigest()[:32])
     cached = _read_cache(folder, full_key)
-    digests = {f: _file_digest(f) for f in unique}
+    digests = {f: file_digest(f) for f in unique}
     todo = [f for f in unique if f not in cached or cached[f][0] != digests[f]]
     new = _embed(model, todo, transform, int(batch_size), device)
     rows = {f: cached[f][1] for f in unique if f not in new} | new

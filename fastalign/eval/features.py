@@ -25,7 +25,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,7 +283,12 @@ def as_models(
     return out
 
 
-def check_image_set(model: EvalModel, images: Sequence[str], what: str = "test") -> None:
+def check_image_set(
+    model: EvalModel,
+    images: Sequence[str],
+    what: str = "test",
+    digest: Callable[[tuple[str, ...]], str] | None = None,
+) -> None:
     """Refuses a run aligned on another image set than the evaluated ``images``.
 
     Within-subject comparisons only mean something when "sub-01" is the same person, shown the same
@@ -291,6 +296,9 @@ def check_image_set(model: EvalModel, images: Sequence[str], what: str = "test")
     order). Runs that record their images' digest (``model.images_digest``) are checked by it, wherever
     their dataset is now; older ones through their dataset folder (``model.data``), and when that is gone
     too a warning says that nothing could be checked.
+
+    ``digest`` (default :func:`~fastalign.data._io.digest_files`) hashes the evaluated images: evaluate
+    passes one that remembers its answer, so that several runs read the images once.
 
     Raises:
         ValueError: the run's test images are others.
@@ -303,10 +311,11 @@ def check_image_set(model: EvalModel, images: Sequence[str], what: str = "test")
         "be compared"
     )
     if model.images_digest:
-        if digest_files(mine) != model.images_digest:
+        evaluated = (digest or digest_files)(tuple(mine))
+        if evaluated != model.images_digest:
             raise ValueError(
-                refuse.format(n="") + f" (digest of their bytes {model.images_digest}, of the evaluated "
-                f"{digest_files(mine)})"
+                refuse.format(n="")
+                + f" (digest of their bytes {model.images_digest}, of the evaluated {evaluated})"
             )
         return
     if not model.data:  # built in Python without a dataset (EvalModel(..., data="")): nothing to check

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -44,7 +45,7 @@ import torch
 
 from fastalign import _checks
 from fastalign.data import SyntheticThings
-from fastalign.data._io import atomic_write
+from fastalign.data._io import atomic_write, digest_files
 from fastalign.eval import attacks as _attacks
 from fastalign.eval import individual as _variability
 from fastalign.eval.brain import BrainData, eeg_tensor, fmri_rdms, load_brain
@@ -882,6 +883,7 @@ def evaluate(
     if brain.behaviour:
         mods = [*mods, "behaviour"]
     specs = as_models(models, weights=weights, seed=s["seed"], layers=layers)
+    digest = functools.cache(digest_files)  # the evaluated images read once for all runs' checks
     for m in specs:
         if m.modality in mods and m.subject not in brain.subjects(m.modality):
             if subjects is not None:  # left out by the selection, maybe not by the data
@@ -896,7 +898,7 @@ def evaluate(
             )
         if m.modality:
             own = m.modality if m.modality in mods else mods[0]
-            check_image_set(m, brain.images_of(own), f"{own} test")
+            check_image_set(m, brain.images_of(own), f"{own} test", digest)
         check_image_size(m, s["image_size"])
     base = _baseline(baseline, specs)
     labelled = None

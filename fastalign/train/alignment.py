@@ -980,6 +980,7 @@ def align(
     adam = functools.partial(torch.optim.Adam, lr=lr, fused=target_device.type in _FUSED_ADAM)
     results = []
     teacher: _Teacher | None = None
+    images_digest = functools.cache(digest_files)  # every subject's test images: read once
     for s in subjects:
         d = load(s)
         model = build(d.n_out)
@@ -1009,7 +1010,7 @@ def align(
             "n_train": len(d.train),
             "n_val": 0 if d.val is None else len(d.val),
             "n_test": len(d.test),
-            "test_images_digest": digest_files(d.test.images),
+            "test_images_digest": images_digest(tuple(d.test.images)),
             "n_out": d.n_out,
             "response_shape": list(d.response_shape),
             "areas": list(model.areas),
