@@ -67,9 +67,13 @@ _MEASURES = {
 
 def _legend_columns(fig: Figure, names: Sequence[str]) -> int:
     """Legend columns that fit the figure's width (about 0.075 in per character of the longest entry, its
-    swatch and spacing): a one-panel figure's legend of 4 columns ran past both edges."""
+    swatch and spacing: a one-panel figure's legend of 4 columns ran past both edges), as few rows as
+    that allows, the entries spread evenly over them (matplotlib fills a legend column by column: 5
+    entries in 4 columns read "a, c, d, e / b")."""
     per_column = 0.075 * max(len(n) for n in names) + 0.7
-    return max(1, min(4, len(names), int(fig.get_size_inches()[0] // per_column)))
+    fit = max(1, int(fig.get_size_inches()[0] // per_column))
+    rows = math.ceil(len(names) / fit)
+    return math.ceil(len(names) / rows)
 
 
 def _correction(stats: Mapping[str, Any]) -> str:

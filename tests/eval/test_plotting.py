@@ -189,6 +189,25 @@ def test_rsa_time_courses_show_the_means_sems_ceiling_and_clusters() -> None:
     assert "mean ± SEM over subjects" not in _legend_texts(plot_rsa_time_courses(one, STATS, groups=GROUPS))
 
 
+def test_legends_fit_their_figure_in_as_few_even_rows_as_possible() -> None:
+    # a one-panel figure's legend ran past both edges; five entries on a wide figure were drawn in 4
+    # columns, filled column by column ("noise ceiling, ReAlnet, ... / CORnet-S" in the demo's figure)
+    rows = _results()
+    for layers, ncols in ((["V1"], 1), (["V1", "IT"], 2)):
+        fig = plot_rsa_time_courses(rows, STATS, layers=layers, ncols=ncols, groups=GROUPS)
+        FigureCanvasAgg(fig).draw()
+        box = fig.bbox
+        (legend,) = fig.legends
+        extent = legend.get_window_extent()
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, (layers, extent, box)
+        n = len(legend.get_texts())
+        columns = legend._ncols
+        assert columns == math.ceil(n / math.ceil(n / columns))  # as many entries in each row as can be
+    wide = plot_rsa_time_courses(rows, STATS, layers=["V1", "IT", "V1"], ncols=3, groups=GROUPS)
+    (legend,) = wide.legends
+    assert len(legend.get_texts()) == 6 and legend._ncols == 3  # two rows of 3 (4 fit), not 4 and 2
+
+
 def test_groups_rename_models_with_their_clusters_baseline_and_tests() -> None:
     # stats.json names models as the results do ("cornet_s"); a label given by groups names them in the
     # figure, and their clusters, the baseline's colour and the "vs" of the tests follow the label
