@@ -60,7 +60,7 @@ def calibrated_cornet_s(paths: list[str], path: Path, size: int = SIZE) -> Path:
     from fastalign.models import calibrate_batchnorm, cornet_s
 
     torch.manual_seed(0)
-    net = calibrate_batchnorm(cornet_s(), load_images(paths, ImageTransform(size, resize=size)))
+    net = calibrate_batchnorm(cornet_s(), load_images(paths, ImageTransform(size, crop=False)))
     torch.save(net.state_dict(), path)
     return path
 

@@ -198,7 +198,7 @@ def start_model(data_root: str, path: str, image_size: int, seed: int) -> str:
     from fastalign.models import calibrate_batchnorm, cornet_s
 
     paths = load_image_metadata(os.path.join(data_root, "image_set")).paths("training")
-    images = load_images(paths, ImageTransform(image_size, resize=image_size))
+    images = load_images(paths, ImageTransform(image_size, crop=False))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = cornet_s()

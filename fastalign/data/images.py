@@ -30,6 +30,8 @@ class ImageTransform(ImageNetTransform):
         resize: Length the shorter side is resized to before cropping; default round(size * 256 / 224)
             (the usual ImageNet evaluation ratio); equal to ``size`` for no cropping margin.
         normalize: Subtract the ImageNet mean and divide by its std (else values in [0, 1]).
+        crop: False: resize both sides to ``size`` instead (torchvision's ``Resize((size, size))``, the
+            published ReAlnet preprocessing, which alignment and evaluation use).
     """
 
     def __call__(self, image: Any) -> torch.Tensor:
@@ -47,10 +49,14 @@ class ImageTransform(ImageNetTransform):
 
 
 def load_image(
-    path: str | os.PathLike[str], size: int = 224, resize: int | None = None, normalize: bool = True
+    path: str | os.PathLike[str],
+    size: int = 224,
+    resize: int | None = None,
+    normalize: bool = True,
+    crop: bool = True,
 ) -> torch.Tensor:
     """One image file as a (3, size, size) float32 tensor (see :class:`ImageTransform`)."""
-    return ImageTransform(size, resize, normalize)(path)
+    return ImageTransform(size, resize, normalize, crop)(path)
 
 
 def _path_list(paths: Any, fn: str) -> list[Any]:

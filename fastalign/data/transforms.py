@@ -4,7 +4,9 @@ The one image transform of the package; it lives in ``data/`` because models nev
 
 The same steps as the original CORnet validation pipeline (torchvision ``Resize(256)``,
 ``CenterCrop(224)``, ``ToTensor``, ``Normalize``): resize the shorter side with bilinear, antialiased
-interpolation, crop the centre, scale to [0, 1], normalise with the ImageNet mean and std.
+interpolation, crop the centre, scale to [0, 1], normalise with the ImageNet mean and std. With
+``crop=False``, the published ReAlnet pipeline (torchvision ``Resize((224, 224))``): both sides resized
+to ``size``, a non-square image squeezed to a square rather than cut.
 """
 
 from __future__ import annotations
@@ -26,27 +28,48 @@ class ImageNetTransform:
     Args:
         size: Side of the square centre crop.
         resize: Length the shorter side is resized to before cropping; defaults to
-            ``round(size * 256 / 224)`` (256 for 224, the original's ratio).
+            ``round(size * 256 / 224)`` (256 for 224, the original's ratio); with ``crop=False`` None or
+            ``size``.
         normalize: Subtract the ImageNet mean and divide by its std; False leaves values in [0, 1].
+        crop: Keep the aspect ratio and crop the centre (True), or resize both sides to ``size`` (False:
+            torchvision's ``Resize((size, size))``, as the published ReAlnet code; the same for square
+            images with ``resize=size``).
     """
 
-    def __init__(self, size: int = 224, resize: int | None = None, normalize: bool = True) -> None:
+    def __init__(
+        self, size: int = 224, resize: int | None = None, normalize: bool = True, crop: bool = True
+    ) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive int, got {size!r}")
+        if not isinstance(crop, bool):
+            raise ValueError(f"crop must be a bool, got {crop!r}")
+        if not crop and resize not in (None, size):
+            raise ValueError(
+                f"resize must be None or size ({size}) with crop=False (nothing is cropped), got {resize!r}"
+            )
         if resize is None:
-            resize = round(size * 256 / 224)
+            resize = round(size * 256 / 224) if crop else size
         if not isinstance(resize, int) or isinstance(resize, bool) or resize < size:
             raise ValueError(f"resize must be an int >= size ({size}), got {resize!r}")
         self.size = size
         self.resize = resize
         self.normalize = bool(normalize)
+        self.crop = crop
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"crop": True, **state})  # pickled before crop existed: they cropped
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, resize={self.resize}, normalize={self.normalize})"
+        tail = "" if self.crop else ", crop=False"  # the cropping transforms' repr (cache keys) unchanged
+        return (
+            f"{type(self).__name__}(size={self.size}, resize={self.resize}, normalize={self.normalize}{tail})"
+        )
 
     def _resized_shape(self, h: int, w: int) -> tuple[int, int]:
         if h < 1 or w < 1:  # the aspect ratio below would divide by zero
             raise ValueError(f"ImageNetTransform: image is {w}x{h} (width x height); expected at least 1x1")
+        if not self.crop:
+            return self.size, self.size
         # torchvision's Resize(int): the shorter side becomes `resize`, the other keeps the aspect ratio.
         if h <= w:
             return self.resize, int(self.resize * w / h)
@@ -115,7 +138,7 @@ class ImageNetTransform:
 
 
 def imagenet_transform(
-    size: int = 224, resize: int | None = None, normalize: bool = True
+    size: int = 224, resize: int | None = None, normalize: bool = True, crop: bool = True
 ) -> ImageNetTransform:
     """The ImageNet preprocessing CORnet-S was trained with, as a callable (:class:`ImageNetTransform`)."""
-    return ImageNetTransform(size, resize, normalize)
+    return ImageNetTransform(size, resize, normalize, crop)

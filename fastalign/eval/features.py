@@ -467,7 +467,7 @@ def layer_features(
     assert module is not None  # EvalModel holds exactly one of module and features
     check_image_size(model, image_size, fn)
     paths = _layer_paths(model, fn)
-    transform = ImageTransform(image_size, resize=image_size)
+    transform = ImageTransform(image_size, crop=False)
     stage = Stage(progress, f"features {model.name}{f' {model.subject}' if model.subject else ''}",
                   len(images), "img")  # fmt: skip
     taps = _Taps(module, paths, model.name, stage, fn)

@@ -101,7 +101,8 @@ def realnet_loss(
         pred: (B, D) predicted responses.
         brain: (B, D) recorded responses.
         target: the teacher's target: (B,) class indices ("hard", the published notebooks) or (B, K)
-            probabilities ("soft", the published script).
+            probabilities ("soft": the teacher's softmax, where the published script passes its raw
+            logits).
         beta: weight of the brain terms (0: fine-tuning without the brain).
         contrast: "differentiable" (C carries gradients) or "published" (C's value without gradient, as
             the published ``torch.tensor(list)`` gives).
@@ -403,7 +404,8 @@ def load_align_data(
     ``rois``' voxels, reduced to ``pca`` principal components fitted on the training images' responses.
     Then for both: z-scored with one mean and std of the training images' single trials (the validation
     images excluded); validation and test use those statistics. Images are resized to ``image_size``
-    (no centre crop, as published) and ImageNet-normalised.
+    x ``image_size`` (no centre crop: a non-square image squeezed, as the published
+    ``Resize((224, 224))``) and ImageNet-normalised.
 
     Args: as :func:`align`.
 
@@ -455,7 +457,7 @@ def load_align_data(
         parts = {k: fitted.transform(v) for k, v in parts.items()}
         settings["explained_variance"] = float(fitted.explained_variance_ratio.sum())
     settings["pca"] = pca if modality == "fmri" else None
-    transform = ImageTransform(image_size, resize=image_size)
+    transform = ImageTransform(image_size, crop=False)
     sets: dict[str, BrainImageDataset] = {}
     for key, index in (("train", train_idx), ("val", val_idx), ("test", None)):
         if key not in parts:
@@ -736,7 +738,7 @@ class _Teacher:
         return _memoized(key, functools.partial(self._run, device, batch_size, num_workers))
 
     def _run(self, device: torch.device, batch_size: int, num_workers: int) -> dict[str, torch.Tensor]:
-        transform = ImageTransform(self.image_size, resize=self.image_size)
+        transform = ImageTransform(self.image_size, crop=False)
         loading = dict(batch_size=batch_size, device=device, num_workers=num_workers)
         self.backbone.to(device)
         try:
@@ -931,7 +933,8 @@ def align(
         control: None, or "unpaired": each training (and validation) image is paired with another
             image's response by a fixed seeded derangement; the test set stays paired.
         val_fraction: the share of training images held out to select the epoch (0: the last epoch).
-        target: "hard" (the teacher's argmax, published notebooks) or "soft" (its softmax, script).
+        target: "hard" (the teacher's argmax, published notebooks) or "soft" (its softmax; the
+            published script passes raw logits as probabilities, an unbounded loss).
         contrast: "differentiable" or "published" (C without gradient).
         channels: EEG channels: "occipito-parietal" (names matching THINGS-EEG2's ``^O *|^P *``: the
             published 17), "all", or names / indices.

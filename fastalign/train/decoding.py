@@ -235,7 +235,7 @@ def _image_embeddings(
         raw = {"train": gt["train_features"], "test": gt["test_features"]}
         source = "features (synthetic ground truth)"
     elif isinstance(spec, nn.Module):
-        transform = ImageTransform(image_size, resize=image_size)
+        transform = ImageTransform(image_size, crop=False)
         was_training = spec.training
         spec.eval()
         try:

@@ -78,3 +78,48 @@ def test_transform_empty_pil_image_is_a_clear_error() -> None:
     Image = pytest.importorskip("PIL.Image")
     with pytest.raises(ValueError, match=r"ImageNetTransform: image is 0x5"):
         imagenet_transform(4)(Image.new("RGB", (0, 5)))
+
+
+def test_transform_without_crop_squeezes_to_a_square_as_the_published_resize() -> None:
+    # crop=False is torchvision's Resize((size, size)) (the published ReAlnet code): the whole image kept,
+    # both sides resized, PIL's bilinear filter for PIL images, antialiased interpolate for tensors
+    Image = pytest.importorskip("PIL.Image")
+    g = torch.Generator().manual_seed(1)
+    img = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8, generator=g)
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy(), mode="RGB")
+    tf = imagenet_transform(size=8, normalize=False, crop=False)
+    squeezed = torch.frombuffer(
+        bytearray(pil.resize((8, 8), Image.Resampling.BILINEAR).tobytes()), dtype=torch.uint8
+    )
+    want = squeezed.view(8, 8, 3).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(tf(pil), want, rtol=0, atol=0)
+    by_tensor = F.interpolate(img[None].float(), size=(8, 8), mode="bilinear", antialias=True)[0]
+    torch.testing.assert_close(tf(img), by_tensor.round().clamp(0, 255) / 255, rtol=0, atol=0)
+    # the left and right columns are in the picture, which a crop to 8 x 8 of a 20 x 30 image drops
+    left = torch.zeros(3, 20, 30, dtype=torch.uint8)
+    left[:, :, :5] = 255
+    assert imagenet_transform(size=8, normalize=False, crop=False)(left)[:, :, 0].min() > 0.9
+    assert imagenet_transform(size=8, resize=8, normalize=False)(left)[:, :, 0].max() < 0.2  # cut: a blur
+    # square images: the same bits as the cropping transform with resize == size
+    sq = torch.randint(0, 256, (3, 24, 24), dtype=torch.uint8, generator=g)
+    torch.testing.assert_close(
+        imagenet_transform(8, crop=False)(sq), imagenet_transform(8, resize=8)(sq), rtol=0, atol=0
+    )
+    assert "crop=False" in repr(imagenet_transform(8, crop=False)) and "crop" not in repr(
+        imagenet_transform(8)
+    )
+    with pytest.raises(ValueError, match=r"resize must be None or size \(8\) with crop=False"):
+        imagenet_transform(8, resize=10, crop=False)
+    with pytest.raises(ValueError, match="crop must be a bool"):
+        imagenet_transform(8, crop="no")  # type: ignore[arg-type]
+
+
+def test_transform_pickles_with_and_without_crop() -> None:
+    import pickle
+
+    for tf in (imagenet_transform(8, crop=False), imagenet_transform(8)):
+        back = pickle.loads(pickle.dumps(tf))
+        assert repr(back) == repr(tf)
+    old = imagenet_transform(8)
+    del old.__dict__["crop"]  # as pickled before crop existed
+    assert pickle.loads(pickle.dumps(old)).crop is True

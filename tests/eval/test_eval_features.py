@@ -24,7 +24,7 @@ def _images(things: SyntheticThings, n: int | None = None) -> list[str]:
 
 
 def _batch(paths: list[str], size: int = 24) -> torch.Tensor:
-    return load_images(paths, ImageTransform(size, resize=size))
+    return load_images(paths, ImageTransform(size, crop=False))
 
 
 def test_hooks_give_each_layers_output(eval_things: SyntheticThings) -> None:
@@ -40,6 +40,26 @@ def test_hooks_give_each_layers_output(eval_things: SyntheticThings) -> None:
         assert feats[name].dtype == np.float32
         np.testing.assert_allclose(feats[name], value.flatten(1).numpy(), rtol=1e-5, atol=1e-6)
     assert tiny.training  # the mode is restored
+
+
+def test_non_square_images_are_squeezed_not_cropped_as_published(tmp_path) -> None:
+    # the published RSA and training resize with Resize((224, 224)): a wide image's edges stay in
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"wide_{i}.png"
+        Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    tiny = Tiny()
+    feats = fe.layer_features(fe.EvalModel("tiny", tiny, layers=["fc"]), paths, image_size=16)
+    squeezed = [Image.open(p).convert("RGB").resize((16, 16), Image.Resampling.BILINEAR) for p in paths]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = torch.stack([(torch.from_numpy(np.asarray(im)).float() / 255 - mean) / std for im in squeezed])
+    with torch.no_grad():
+        want = tiny(x.permute(0, 3, 1, 2).contiguous())
+    np.testing.assert_allclose(feats["fc"], want.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_a_module_called_twice_gives_its_last_call() -> None:
