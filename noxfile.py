@@ -26,7 +26,7 @@ def _install(session: nox.Session, extras: str) -> None:
     # where PYTHONDONTWRITEBYTECODE is set: nothing would ever be cached, and every process, each of the
     # suite's subprocesses too, would compile what it imports again (`import torch` 2.4 -> 5.4 s).
     flags = [] if os.environ.get("PYTHONDONTWRITEBYTECODE") else ["--no-compile"]
-    session.install(*flags, "-c", CONSTRAINTS, "setuptools>=64", "wheel", "ninja", "torch")
+    session.install(*flags, "-c", CONSTRAINTS, "setuptools>=77", "wheel", "ninja", "torch")
     session.install(*flags, "-c", CONSTRAINTS, "--no-build-isolation", "-e", f".[{extras}]")
 
 

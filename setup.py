@@ -57,8 +57,17 @@ def _extension() -> cpp_extension.CppExtension:
     openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
     cxx = ["-O3", *openmp, *([] if _flag("FASTALIGN_BUILD_DEBUG") == "1" else ["-g0"])]
     if _want_cuda():
-        sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
-        sources += rel(glob.glob(os.path.join(ROOT, "kernels", "*.cu")))
+        glue = rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
+        kernels = rel(glob.glob(os.path.join(ROOT, "kernels", "*.cu")))
+        if not glue or not kernels:
+            # a build that defined FASTALIGN_WITH_CUDA without them would report the cuda backend as
+            # available and fail at its first call
+            raise SystemExit(
+                "torch has CUDA and nvcc was found, but this source tree lacks the CUDA sources "
+                f"(csrc/cuda/*.cpp: {len(glue)} files, kernels/*.cu: {len(kernels)}); use a complete "
+                "checkout or sdist, or set FASTALIGN_BUILD_CUDA=0 for a C++-only build"
+            )
+        sources += glue + kernels
         # no --use_fast_math: it flushes float32 subnormals to zero in comparisons, so the rank kernel
         # would tie 1e-40 with 0 (exact ranks are the contract)
         nvcc = ["-O3", "-lineinfo"]

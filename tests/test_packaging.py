@@ -1,0 +1,70 @@
+"""The source distribution holds every part of the build (the CUDA sources among them, wherever it is
+made), and a CUDA build without its sources stops instead of reporting a backend it lacks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tracked_copy(dest: str) -> None:
+    """The repository's tracked files, copied to dest (what a clean checkout holds)."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
+        ).stdout.decode()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout (an unpacked sdist): nothing to compare the sdist with")
+    for rel in filter(None, listed.split("\0")):
+        if not os.path.exists(os.path.join(ROOT, rel)):
+            continue  # deleted in the working tree, not yet committed
+        os.makedirs(os.path.join(dest, os.path.dirname(rel)), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, rel), os.path.join(dest, rel))
+
+
+def test_the_sdist_holds_the_cuda_sources_pins_license_and_type_marker(tmp_path) -> None:
+    src = tmp_path / "src"
+    _tracked_copy(str(src))
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")],
+        cwd=src, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (archive,) = (tmp_path / "dist").iterdir()
+    with tarfile.open(archive) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for path in (
+        "csrc/rsa.cpp", "csrc/module.cpp", "csrc/cuda/rsa_cuda.cpp", "kernels/rsa.cu", "kernels/rsa.cuh",
+        "constraints/cpu.txt", "LICENSE", "fastalign/py.typed", "setup.py", "pyproject.toml",
+        "tests/conftest.py", "docs/rsa.md", "noxfile.py",
+    ):  # fmt: skip
+        assert path in names, path
+    assert not any(n.endswith((".so", ".pyc")) or "__pycache__" in n for n in names)
+
+
+def test_a_cuda_build_without_the_cuda_sources_stops_naming_them(tmp_path) -> None:
+    # as if torch had CUDA and nvcc were found, in a tree without csrc/cuda and kernels/
+    shutil.copy2(os.path.join(ROOT, "setup.py"), tmp_path / "setup.py")
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "csrc" / "rsa.cpp").write_text("")
+    script = (
+        "import runpy, sys, torch\n"
+        "from torch.utils import cpp_extension\n"
+        "torch.version.cuda = '13.0'\n"
+        "cpp_extension.CUDA_HOME = '/usr/local/cuda'\n"
+        "sys.argv = ['setup.py', '--name']\n"
+        "runpy.run_path('setup.py', run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "FASTALIGN_BUILD_CUDA": ""},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "lacks the CUDA sources (csrc/cuda/*.cpp: 0 files, kernels/*.cu: 0)" in done.stderr
+    assert "FASTALIGN_BUILD_CUDA=0" in done.stderr
