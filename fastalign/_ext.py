@@ -9,7 +9,10 @@ from typing import Any
 
 import torch  # imported before fastalign._C, which links against its shared libraries
 
-_BUILD = "`pip install --no-build-isolation -e .` (see README, Install)"
+_BUILD = (
+    "`pip install --no-build-isolation -e .` against the torch installed (add `-c constraints/cpu.txt` "
+    "on a CPU-only machine, or pip may pull a CUDA torch; see README, Install)"
+)
 
 _module: ModuleType | None = None
 _error: str | None = None

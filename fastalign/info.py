@@ -11,6 +11,19 @@ import fastalign
 from fastalign import _backend, _ext
 
 
+def _cpu() -> str:
+    """The CPU's vector capability as torch dispatches on it, and whether it computes bf16 natively,
+    which decides align's and decode's amp="auto" (bf16 autocast there, else float32)."""
+    from fastalign.train.precision import native_bf16
+
+    bf16 = native_bf16(torch.device("cpu"))
+    return f"{torch.backends.cpu.get_cpu_capability()}, bf16 " + (
+        "native: amp='auto' trains in bf16 on the CPU"
+        if bf16
+        else "not native: amp='auto' trains in float32 on the CPU"
+    )
+
+
 def report() -> str:
     """The report printed by ``python -m fastalign.info``."""
     lines = [
@@ -32,10 +45,16 @@ def report() -> str:
             )
     else:
         lines.append(f"device    cpu ({torch.get_num_threads()} threads), no CUDA device")
+    lines.append(f"cpu       {_cpu()}")
     info = _ext.build_info()
     lines.append(
         "_C        "
-        + (f"built (cuda={info.get('cuda')}, openmp={info.get('openmp')})" if info else "missing")
+        + (
+            f"built against torch {info.get('torch_version', '?')} (cuda={info.get('cuda')}, "
+            f"openmp={info.get('openmp')})"
+            if info
+            else "missing"
+        )
     )
     lines.append("")
     lines.append("backends (in this process):")

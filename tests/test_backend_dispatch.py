@@ -171,6 +171,14 @@ def test_info_reports_versions_backends_and_ops() -> None:
         [sys.executable, "-m", "fastalign.info"], capture_output=True, text=True, check=True
     ).stdout
     assert f"torch     {torch.__version__}" in out
+    from fastalign import _ext
+    from fastalign.train.precision import native_bf16
+
+    cpu = next(line for line in out.splitlines() if line.startswith("cpu       "))
+    assert torch.backends.cpu.get_cpu_capability() in cpu
+    assert ("bf16 native" if native_bf16(torch.device("cpu")) else "bf16 not native") in cpu
+    if _ext.build_info():  # the torch the extension was compiled against, beside the one running
+        assert f"built against torch {_ext.build_info()['torch_version']}" in out
     for backend in ("reference", "torch", "triton", "cpp", "cuda"):
         assert f"  {backend} " in out
     assert "infonce_loss" in out and "triton, torch, reference" in out

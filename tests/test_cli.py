@@ -33,6 +33,13 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in out
 
 
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import fastalign
+
+    assert _exit_status(["--version"]) == 0  # it was a usage error (status 2): COMMAND required
+    assert capsys.readouterr().out == f"fastalign {fastalign.__version__}\n"
+
+
 @pytest.mark.parametrize("command", [c.name for c in COMMANDS])
 def test_each_command_help_shows_an_example(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert _exit_status([command, "--help"]) == 0

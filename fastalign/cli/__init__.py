@@ -53,6 +53,12 @@ COMMANDS: tuple[Command, ...] = tuple(
 )
 
 
+def _version() -> str:
+    from fastalign import __version__
+
+    return __version__
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fastalign`` command."""
     top = argparse.ArgumentParser(
@@ -61,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
         epilog="Run 'fastalign COMMAND --help' for a command's flags and examples.",
     )
     top.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    top.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS:
         examples = "\n".join(f"  {line}" for line in cmd.examples)

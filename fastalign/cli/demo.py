@@ -320,6 +320,13 @@ def _rsa_lines(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+# how the header names the synthetic images (make_synthetic_things' image_source)
+_IMAGE_SOURCES = {
+    "photos": ", from photographs",
+    "procedural": ", drawn shapes: without scikit-image; the README's numbers are from photographs",
+}
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """The printed summary of a demo run: RSA and its gains (with their cluster tests), decoding, and the
     time each stage took."""
@@ -329,7 +336,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"fastalign demo{' --quick' if summary['quick'] else ''} (seed {summary['seed']}): CORnet-S aligned "
         f"to {own}'s EEG in a synthetic brain of {N_SUBJECTS} subjects "
         f"({s['n_train_concepts'] * s['images_per_concept']} training, {s['n_test']} test images of "
-        f"{s['image_size']} px)",
+        f"{s['image_size']} px{_IMAGE_SOURCES.get(summary.get('image_source', ''), '')})",
         "",
         *_rsa_lines(summary),
     ]
@@ -492,7 +499,7 @@ def demo(
         paths = DemoPaths(staging)
         kw = {"device": device, "progress": progress}
         own = f"sub-{SUBJECT:02d}"
-        stages.run(
+        things = stages.run(
             "data",
             f"{N_SUBJECTS} synthetic subjects, {n_train} training and {settings.n_test} test images",
             lambda: demo_data(paths.data, settings, seed),
@@ -524,6 +531,8 @@ def demo(
             "seed": seed,
             "quick": quick,
             "settings": dataclasses.asdict(settings),
+            # photographs with scikit-image installed, else drawn shapes: other images, other numbers
+            "image_source": str(things.ground_truth["image_source"]),
             "subject": SUBJECT,
             "rsa_t_max": max(r["time"] for r in evaluation.rows if r["modality"] == "eeg"),
             "rsa": rsa_summary(evaluation.rows, evaluation.stats),

@@ -96,6 +96,20 @@ def test_prints_the_summary_of_summary_json(quick: Demo) -> None:
         assert f"fastalign demo [{i}/{len(STAGES)}] {stage}: done in " in quick.err
 
 
+def test_the_header_says_which_images_the_numbers_come_from(quick: Demo) -> None:
+    # photographs with scikit-image installed, else drawn shapes: other images give other numbers
+    truth = np.load(quick.folder / "data" / "ground_truth.npz")
+    assert quick.summary["image_source"] == str(truth["image_source"]) in ("photos", "procedural")
+    first = quick.out.splitlines()[0]
+    assert first.endswith(
+        "of 32 px, from photographs)"
+        if quick.summary["image_source"] == "photos"
+        else "drawn shapes: without scikit-image; the README's numbers are from photographs)"
+    )
+    for source, words in (("photos", "from photographs"), ("procedural", "drawn shapes")):
+        assert words in format_summary({**quick.summary, "image_source": source}).splitlines()[0]
+
+
 def test_summary_json(quick: Demo) -> None:
     s = quick.summary
     assert s["seed"] == 0 and s["quick"] is True and s["settings"] == dataclasses.asdict(QUICK)
