@@ -26,7 +26,7 @@ class ImageTransform(ImageNetTransform):
     it works in DataLoader workers. A missing or unreadable file raises an error naming it.
 
     Args:
-        size: Side of the square centre crop.
+        size: Side of the square output (the centre crop, or the whole image with crop=False).
         resize: Length the shorter side is resized to before cropping; default round(size * 256 / 224)
             (the usual ImageNet evaluation ratio); equal to ``size`` for no cropping margin.
         normalize: Subtract the ImageNet mean and divide by its std (else values in [0, 1]).

@@ -26,7 +26,7 @@ class ImageNetTransform:
     Picklable, so it works in DataLoader worker processes.
 
     Args:
-        size: Side of the square centre crop.
+        size: Side of the square output (the centre crop, or the whole image with crop=False).
         resize: Length the shorter side is resized to before cropping; defaults to
             ``round(size * 256 / 224)`` (256 for 224, the original's ratio); with ``crop=False`` None or
             ``size``.
