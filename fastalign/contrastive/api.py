@@ -22,7 +22,8 @@ _dispatch.register("torch", module="fastalign.contrastive.torch_chunked")
 _dispatch.register("reference", module="fastalign.contrastive.reference", auto=False)
 
 
-def _validate(x: Any, y: Any, reduction: str) -> None:
+def _validate(x: Any, y: Any, reduction: str, symmetric: Any = True) -> None:
+    _checks.check_bool(_FN, "symmetric", symmetric)  # "no" is truthy: it ran the symmetric loss
     for name, t in (("x", x), ("y", y)):
         _checks.check_tensor(_FN, name, t, shape="(N, D)")
         _checks.check_shape(_FN, name, t, (None, None), doc="(N, D)")
@@ -106,8 +107,8 @@ def infonce_loss(
 
     Logits too large for the dtype they are computed in (x and y of 1e20 in float32, whose products
     overflow) make the loss unknowable, not infinite: finite x and y whose loss comes out non-finite
-    raise ValueError (checking the loss costs one device sync, skipped under torch.compile; NaN or inf
-    in x or y propagate).
+    raise ValueError (checking the loss costs one device sync, skipped under torch.compile and
+    torch.func; NaN or inf in x or y propagate).
 
     Args:
         x: (N, D) float tensor.
@@ -128,7 +129,7 @@ def infonce_loss(
     Returns:
         A scalar, or (N,) (this rank's rows with ``group``) for reduction "none".
     """
-    _validate(x, y, reduction)
+    _validate(x, y, reduction, symmetric)
     scale, value = _scale(temperature, x)
     given = (
         "the temperature tensor" if isinstance(temperature, torch.Tensor) else f"temperature {temperature!r}"
@@ -150,8 +151,16 @@ def _loss(
     if x.dtype != y.dtype:  # e.g. bf16 brain embeddings under autocast vs cached fp32 image embeddings
         dtype = torch.promote_types(x.dtype, y.dtype)
         x, y = x.to(dtype), y.to(dtype)
-    chosen = _dispatch.choose(backend, x, y)
     scale, value, source = logit_scale
+    # torch.func transforms (grad, vmap, jvp) see through composite torch ops only: the reference
+    # backend is those; the blockwise backends' autograd.Function is first-order and eager only
+    transformed = any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (x, y, scale))
+    chosen = "reference" if transformed and backend == "auto" else _dispatch.choose(backend, x, y)
+    if transformed and chosen != "reference":
+        raise NotImplementedError(
+            f"{_FN}: backend {chosen!r} cannot run under torch.func transforms (grad, vmap, jvp); use "
+            "backend='reference' (auto picks it there)"
+        )
     _check_scale(value, _scale_dtype(x, chosen), source)
     # the backends choose their own precisions; autocast would silently lower the reference's
     with torch.autocast(x.device.type, enabled=False):
@@ -164,8 +173,10 @@ def _check_overflow(
     """ValueError when the loss is not finite although x and y are (on every rank with ``group``:
     ``finite_loss`` is then the same on all of them): the logits overflowed ``dtype``, and the true loss,
     which may well be finite, cannot be told from inf."""
-    if torch.compiler.is_compiling() or bool(finite_loss):
-        return  # a traced graph cannot branch on a value: compiled callers check the loss themselves
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(finite_loss):
+        return  # a traced graph (vmap's batched tensors) cannot branch on a value: callers check the loss
+    if bool(finite_loss):
+        return
     inputs_finite = torch.isfinite(x).all() & torch.isfinite(y).all()
     if group is not None:
         from fastalign.contrastive.distributed import all_ranks
@@ -216,8 +227,10 @@ class InfoNCELoss(nn.Module):
 
     With ``learnable`` the module stores ``logit_scale = log(1 / temperature)`` as a parameter and, as
     CLIP does, clamps it to at most ``log(max_logit_scale)`` (in place, before each forward), so the
-    scale ``exp(logit_scale)`` never exceeds ``max_logit_scale``. Each forward checks the scale as
-    :func:`infonce_loss` checks ``1 / temperature`` (one device sync, besides the check of the loss):
+    scale ``exp(logit_scale)`` never exceeds ``max_logit_scale`` (a ``temperature`` below
+    ``1 / max_logit_scale`` raises ValueError). Without, ``logit_scale`` is a float64 buffer and the loss
+    is :func:`infonce_loss`'s at ``temperature`` (``max_logit_scale`` unused). Each forward checks the
+    scale as :func:`infonce_loss` checks ``1 / temperature`` (one device sync, besides the check of the loss):
     a NaN ``logit_scale`` raises.
     """
 
@@ -232,12 +245,22 @@ class InfoNCELoss(nn.Module):
         self.max_logit_scale = _checks.check_real(
             "InfoNCELoss", "max_logit_scale", max_logit_scale, positive=True, expected=expected
         )
-        self.learnable = learnable
-        init = min(math.log(1.0 / temperature), math.log(self.max_logit_scale))
+        self.learnable = _checks.check_bool("InfoNCELoss", "learnable", learnable)
+        init = math.log(1.0 / temperature)
         if learnable:
+            if init > math.log(self.max_logit_scale):
+                # CLIP clamps the learnt scale at max_logit_scale: a start above it would be moved there
+                # before the first step, silently training at another temperature than the one given
+                raise ValueError(
+                    f"InfoNCELoss: temperature {temperature!r} is below 1 / max_logit_scale "
+                    f"(1 / {self.max_logit_scale!r}), where the learnable scale is clamped; expected a "
+                    f"temperature >= {1.0 / self.max_logit_scale:.4g} or a larger max_logit_scale"
+                )
             self.logit_scale = nn.Parameter(torch.tensor(init))
         else:
-            self.register_buffer("logit_scale", torch.tensor(init))
+            # float64, as infonce_loss holds a float temperature's scale: the backends round it once to
+            # the dtype they compute in (a float32 buffer was 4e-7 off float64 losses)
+            self.register_buffer("logit_scale", torch.tensor(init, dtype=torch.float64))
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -258,7 +281,7 @@ class InfoNCELoss(nn.Module):
         if self.learnable:
             with torch.no_grad():
                 self.logit_scale.clamp_(max=math.log(self.max_logit_scale))
-        _validate(x, y, reduction)
+        _validate(x, y, reduction, symmetric)
         scale = self.logit_scale.exp().to(x.device)
         # one device sync per call: a NaN logit_scale (a diverged step) or one past what the compute
         # dtype holds (a loaded state_dict, a large max_logit_scale) must not give a NaN loss

@@ -172,6 +172,11 @@ class InfoNCEFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: a derivative of this backward is wanted
+            raise RuntimeError(
+                "infonce_loss: the blockwise backends' backward is first-order only (double backward, "
+                "create_graph=True); use backend='reference', which autograd differentiates to any order"
+            )
         x, y_all, scale_c, row_lse, col_lse = ctx.saved_tensors
         w_row, w_col = direction_weights(ctx.symmetric)
         grad = grad.to(scale_c.dtype).contiguous()

@@ -224,10 +224,28 @@ def test_module_fixed_and_learnable_temperature() -> None:
     torch.testing.assert_close(param.grad.double(), -t.grad * 0.1, rtol=1e-5, atol=1e-8)
 
 
+def test_a_fixed_temperature_is_used_as_given_and_a_learnable_one_must_start_under_the_clamp() -> None:
+    # a fixed temperature below 1 / max_logit_scale was moved to it without a word (0.005 -> 0.01: half
+    # the loss); a learnable one would be clamped before the first step, so it is refused
+    x, y = _inputs(8, 4, torch.float64, 5)
+    for t in (0.005, 0.07):
+        fixed = fastalign.InfoNCELoss(temperature=t)
+        assert fixed.logit_scale.dtype == torch.float64
+        assert float(fixed.temperature) == pytest.approx(t, rel=1e-15)
+        torch.testing.assert_close(fixed(x, y), fastalign.infonce_loss(x, y, t), rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match=r"InfoNCELoss: temperature 0.005 is below 1 / max_logit_scale"):
+        fastalign.InfoNCELoss(temperature=0.005, learnable=True)
+    assert float(fastalign.InfoNCELoss(0.005, learnable=True, max_logit_scale=1000.0).temperature) == (
+        pytest.approx(0.005, rel=1e-6)
+    )
+    with pytest.raises(TypeError, match="InfoNCELoss: learnable must be"):
+        fastalign.InfoNCELoss(learnable="yes")  # type: ignore[arg-type]
+
+
 def test_module_clamps_scale_like_clip() -> None:
-    learn = fastalign.InfoNCELoss(temperature=0.07, learnable=True, max_logit_scale=10.0)
+    learn = fastalign.InfoNCELoss(temperature=0.2, learnable=True, max_logit_scale=10.0)
     with torch.no_grad():
-        learn.logit_scale.fill_(5.0)  # scale e^5 > 10
+        learn.logit_scale.fill_(5.0)  # scale e^5 > 10, as a training step may leave it
     x, y = _inputs(6, 3, torch.float32, 4)
     out = learn(x, y)
     assert float(learn.logit_scale) == pytest.approx(math.log(10.0))
@@ -442,3 +460,43 @@ def test_overflowing_logits_are_a_clear_error(backend, dtype, magnitude, tempera
     bad = x.clone()
     bad[0, 0] = math.nan
     assert torch.isnan(fastalign.infonce_loss(bad, x, temperature, backend=backend))
+
+
+def test_second_derivatives_and_torch_func_use_the_reference_or_say_so() -> None:
+    # the blockwise backward wrote into out= buffers: double backward failed with torch's "mm(): functions
+    # with out=... arguments don't support automatic differentiation", torch.func with a setup_context error
+    x, y = _inputs(6, 4, torch.float64, 11)
+    x.requires_grad_(True)
+    (g,) = torch.autograd.grad(fastalign.infonce_loss(x, y, 0.5, backend="reference"), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    xr = x.detach().requires_grad_(True)
+    logits = xr @ y.T / 0.5
+    labels = torch.arange(6)
+    plain = 0.5 * (
+        torch.nn.functional.cross_entropy(logits, labels)
+        + torch.nn.functional.cross_entropy(logits.T, labels)
+    )
+    (pg,) = torch.autograd.grad(plain, xr, create_graph=True)
+    torch.testing.assert_close(gg, torch.autograd.grad(pg.sum(), xr)[0], rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match=r"infonce_loss: .* first-order only .* use backend='reference'"):
+        torch.autograd.grad(fastalign.infonce_loss(x, y, 0.5, backend="torch"), x, create_graph=True)
+    # torch.func: auto takes the reference, whose gradient is the eager one
+    fgrad = torch.func.grad(lambda a: fastalign.infonce_loss(a, y, 0.5))(x.detach())
+    (eager,) = torch.autograd.grad(fastalign.infonce_loss(x, y, 0.5), x)
+    torch.testing.assert_close(fgrad, eager, rtol=1e-12, atol=1e-14)
+    per_row = torch.func.vmap(lambda a: fastalign.infonce_loss(a, y, 0.5), in_dims=0)(
+        x.detach()[None].repeat(2, 1, 1)
+    )
+    assert per_row.shape == (2,)
+    with pytest.raises(NotImplementedError, match=r"backend 'torch' cannot run under torch.func transforms"):
+        torch.func.grad(lambda a: fastalign.infonce_loss(a, y, 0.5, backend="torch"))(x.detach())
+
+
+def test_symmetric_must_be_a_bool() -> None:
+    x, y = _inputs(4, 3, torch.float64, 12)
+    for fn in (
+        lambda: fastalign.infonce_loss(x, y, symmetric="no"),
+        lambda: fastalign.InfoNCELoss()(x, y, symmetric=0),
+    ):
+        with pytest.raises(TypeError, match=r"infonce_loss: symmetric must be a bool"):
+            fn()  # type: ignore[arg-type]
