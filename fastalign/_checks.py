@@ -463,6 +463,16 @@ def pow2(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return ((k.to(torch.int64) + 1023) << 52).view(torch.float64).to(dtype)
 
 
+def _frexp_exponent(m: torch.Tensor) -> torch.Tensor:
+    """torch.frexp(m).exponent of float64 m as int64, read from its bits (subnormals scaled into the
+    normal range first): frexp's int32 exponent, converted to int64, made torch.compile's CPU code fail
+    to compile (inductor's vectorised int32 -> int64 convert) in the correlation loss's backward graph."""
+    sub = ((m.view(torch.int64) >> 52) & 0x7FF) == 0
+    normal = torch.where(sub, m * 2.0**54, m)
+    e = ((normal.view(torch.int64) >> 52) & 0x7FF) - 1022 - torch.where(sub, 54, 0)
+    return torch.where((m == 0) | ~torch.isfinite(m), 0, e)  # frexp's 0 for 0, inf and NaN
+
+
 @overload
 def magnitude_shift(
     max_abs: torch.Tensor, *, low: float, high: float, limit: int | None = None
@@ -484,7 +494,7 @@ def magnitude_shift(
     """
     if isinstance(max_abs, torch.Tensor):
         m = max_abs.detach().to(torch.float64)
-        exponent = torch.frexp(m).exponent.to(torch.int64)
+        exponent = _frexp_exponent(m)
         shift = ((m > 0) & (m < low)) | ((m >= high) & torch.isfinite(m))
         k = torch.where(shift, -exponent, torch.zeros_like(exponent))
         return k if limit is None else k.clamp(-limit, limit)

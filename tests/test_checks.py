@@ -222,6 +222,31 @@ def test_magnitude_shift_brings_out_of_range_values_into_half_to_one() -> None:
     )
 
 
+def test_the_frexp_exponent_from_the_bits_is_torchs() -> None:
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(20000, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(
+        -320, 308, (20000,), generator=g
+    )
+    edges = [
+        0.0,
+        -0.0,
+        math.inf,
+        -math.inf,
+        math.nan,
+        -3.0,
+        0.5,
+        1.0,
+        2.0**-1022,
+        2.0**-1074,
+        3 * 2.0**-1074,
+        2.0**-1023,
+        1.7976931348623157e308,
+        0.75,
+    ]
+    m = torch.cat([m[m > 0], torch.tensor(edges, dtype=torch.float64)])
+    assert torch.equal(_checks._frexp_exponent(m), torch.frexp(m).exponent.to(torch.int64))
+
+
 def test_magnitude_shift_matches_the_data_loaders_former_shift() -> None:
     """The rule data/_io.py had before adopting this helper: |frexp exponent| <= 400 stays unscaled, i.e.
     low 2**-401 and high 2**400 here, bit for bit (its data files were written with it)."""

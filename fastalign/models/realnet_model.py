@@ -513,10 +513,15 @@ def save_realnet(
             _checks.message("save_realnet", "model", "a ReAlnet (unwrap DDP or torch.compile)", model)
         )
     metadata = {} if metadata is None else metadata
-    if not isinstance(metadata, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
+    if not isinstance(metadata, Mapping):
         raise TypeError(_checks.message("save_realnet", "metadata", "a mapping of str to str", metadata))
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            # safetensors' header holds strings only: name the entry (json.dumps a structured value)
+            raise TypeError(
+                f"save_realnet: metadata must map str to str (safetensors stores strings), got {k!r}: "
+                f"{v!r} ({type(k).__name__}: {type(v).__name__})"
+            )
     if _CONFIG_KEY in metadata:
         raise ValueError(
             f"save_realnet: metadata key {_CONFIG_KEY!r} is reserved for the model's configuration"

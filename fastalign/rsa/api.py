@@ -679,7 +679,9 @@ def rank(x: torch.Tensor, dim: int = -1, *, backend: str = "auto") -> torch.Tens
         ValueError: a 0-dim x, a dim out of range, or NaN.
     """
     fn = "rank"
-    x = _rankable(fn, _tensor(fn, "x", x))
+    x = _tensor(fn, "x", x)
+    given = x.dtype
+    x = _rankable(fn, x)
     if x.dim() == 0:
         raise ValueError(f"{fn}: x must have at least 1 dim, got a 0-dim tensor")
     dim = _checks.check_int(fn, "dim", dim)
@@ -690,7 +692,13 @@ def rank(x: torch.Tensor, dim: int = -1, *, backend: str = "auto") -> torch.Tens
     xt = x.detach().movedim(dim, -1)  # ranks are piecewise constant: no gradient to give
     if xt.shape[-1] == 0:
         return torch.empty(x.shape, dtype=torch.float64, device=x.device)
-    chosen = _rank_dispatch.choose(backend, xt)
+    try:
+        chosen = _rank_dispatch.choose(backend, xt)
+    except NotImplementedError as exc:
+        if given == x.dtype:
+            raise
+        # the backends see the dtype x is ranked as (bool as uint8, ...): name the one given
+        raise NotImplementedError(f"{exc} (x is {given}, ranked as {x.dtype})") from None
     out = _rank_dispatch.module(chosen).rank(xt.contiguous())
     return out.movedim(-1, dim)
 

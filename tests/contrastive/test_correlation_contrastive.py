@@ -260,6 +260,22 @@ def test_torch_backend_compiles_to_one_graph() -> None:
     assert torch.isnan(results[2][0])
 
 
+@pytest.mark.slow
+def test_inductor_compiles_the_training_graph() -> None:
+    # inductor's CPU code for frexp's int32 exponent converted to int64 did not compile (the backward
+    # graph, when pred requires grad): the exponent is now read from the float64 bits
+    compiled = torch.compile(correlation_contrastive, fullgraph=True)
+    pred, target = _inputs(6, 20, 12, torch.float32)
+    grads = []
+    for fn in (correlation_contrastive, compiled):
+        p = pred.clone().requires_grad_()
+        loss = fn(p, target)
+        loss.backward()
+        grads.append((loss.detach(), p.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-7)
+
+
 def test_while_compiling_bad_rows_give_nan(monkeypatch: pytest.MonkeyPatch) -> None:
     """A traced graph cannot branch on values: the public function skips its check and returns NaN."""
     pred, target = _inputs(4, 6, 11)

@@ -371,8 +371,10 @@ def test_loading_never_runs_code(tmp_path: Path) -> None:
 def test_save_realnet_bad_arguments(model: ReAlnet, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"model must be a ReAlnet .*, got CORnetS"):
         save_realnet(model.backbone, tmp_path)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="metadata must be a mapping of str to str"):
+    with pytest.raises(TypeError, match=r"metadata must map str to str .*, got 'epoch': 3 \(str: int\)"):
         save_realnet(model, tmp_path, {"epoch": 3})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="metadata must be a mapping of str to str, got"):
+        save_realnet(model, tmp_path, [("epoch", "3")])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="reserved"):
         save_realnet(model, tmp_path, {"fastalign.realnet": "{}"})
     assert not any(tmp_path.iterdir())

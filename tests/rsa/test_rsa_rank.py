@@ -260,3 +260,14 @@ def test_rank_validates_dim(backend: str) -> None:
         fa.rank(x, np.int64(2), backend=backend)  # type: ignore[arg-type]
     got = fa.rank(x, np.int32(0), backend=backend)  # type: ignore[arg-type]
     np.testing.assert_array_equal(got.numpy(), rankdata(x.numpy(), axis=0))
+
+
+def test_a_backend_refusing_a_converted_dtype_names_the_one_given() -> None:
+    # bool is ranked as uint8, which the compiled kernel does not take: the message said "got torch.uint8"
+    with pytest.raises(
+        NotImplementedError, match=r"got torch.uint8 \(x is torch.bool, ranked as torch.uint8\)"
+    ):
+        fa.rank(torch.tensor([True, False, True]), backend="cpp")
+    torch.testing.assert_close(
+        fa.rank(torch.tensor([True, False, True])), torch.tensor([2.5, 1.0, 2.5], dtype=torch.float64)
+    )

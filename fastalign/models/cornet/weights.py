@@ -23,19 +23,22 @@ def _read_checkpoint(weights: str | os.PathLike[str] | Mapping[str, Any]) -> Map
     if isinstance(weights, Mapping):
         return weights
     if not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(f"weights must be None, a path or a state_dict mapping, got {type(weights).__name__}")
+        raise TypeError(
+            f"cornet_s: weights must be None, a path or a state_dict mapping, got {type(weights).__name__}"
+        )
     path = os.fspath(weights)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights: no checkpoint file at {path!r}")
+        raise FileNotFoundError(f"cornet_s: weights: no checkpoint file at {path!r}")
     try:
         # weights_only: a checkpoint is data; never run code from it.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(
-            f"weights: could not read {path!r} as a torch checkpoint of tensors: {torch_load_failure(exc)}"
+            f"cornet_s: weights: could not read {path!r} as a torch checkpoint of tensors: "
+            f"{torch_load_failure(exc)}"
         ) from exc
     if not isinstance(ckpt, Mapping):
-        raise ValueError(f"weights: {path!r} holds a {type(ckpt).__name__}, expected a dict")
+        raise ValueError(f"cornet_s: weights: {path!r} holds a {type(ckpt).__name__}, expected a dict")
     return ckpt
 
 
@@ -52,7 +55,7 @@ def clean_state_dict(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"weights: entries that are not tensors: {bad}")
+        raise ValueError(f"cornet_s: weights: entries that are not tensors: {bad}")
     return dict(sd)
 
 
@@ -80,6 +83,6 @@ def load_cornet_weights(model: _Module, weights: str | os.PathLike[str] | Mappin
             parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
         if shapes:
             parts.append(f"shape mismatches ({len(shapes)}): {shapes}")
-        raise ValueError("weights do not match CORnet-S: " + "; ".join(parts))
+        raise ValueError("cornet_s: weights do not match CORnet-S: " + "; ".join(parts))
     model.load_state_dict(sd, strict=False)
     return model
