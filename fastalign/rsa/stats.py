@@ -188,7 +188,8 @@ def cluster_permutation_test(
     than ``n_permutations``, all of them are enumerated (the all-negative flip included; the identity
     is counted once, by the +1), so the p-value is the exact fraction of all flips whose maximum reaches
     the mass, and ``ClusterResult.exact`` is True. (MNE's exact one-tailed null holds the identity twice
-    and lacks the all-negative flip, so its p-values can be 2^-n_subjects higher.) Otherwise
+    and lacks the all-negative flip, so its p-values can be 2^-n_subjects off, mostly higher; lower
+    where that flip turns a cluster of the other sign into one outweighing the tested one.) Otherwise
     ``n_permutations`` distinct flips other than the identity are drawn uniformly at random; beyond 62
     subjects (63 for tail 0), where a repeat is unlikely (< n_permutations^2 / 2^63), they are drawn
     independently.

@@ -493,3 +493,25 @@ def test_numpy_scalars_are_accepted_everywhere() -> None:
     a, b = _rdms(0, 5, ()), _rdms(1, 5, ())
     res = fa.rsa_permutation_test(a, b, n_permutations=np.int16(9), seed=np.int64(1))  # type: ignore[arg-type]
     assert res.pvalue == fa.rsa_permutation_test(a, b, n_permutations=9, seed=1).pvalue
+
+
+def test_mne_exact_p_can_also_be_lower_than_the_exact_count() -> None:
+    """tail -1 with a larger positive cluster: the all-negative flip (absent from MNE's null) turns it into
+    a negative cluster outweighing the tested one, so MNE's p-value is 2^-n below the exact count."""
+    mne_stats = pytest.importorskip("mne.stats")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 30))
+    x[:, 5:13] += 1.5
+    x[:, 18:24] -= 0.9
+    thr = float(stats.t.ppf(0.95, 6))
+    res = fa.cluster_permutation_test(
+        torch.from_numpy(x), threshold=thr, tail=-1, n_permutations=10000, seed=0
+    )
+    clusters, _, pvals = _exact_pvalues(x, thr, -1)
+    assert res.exact and [(c.start, c.stop) for c in res.clusters] == [(s, e) for s, e, _ in clusters]
+    np.testing.assert_allclose(res.pvalues.numpy(), pvals, rtol=1e-12)  # fastalign: the exact count
+    _, _, p_mne, _ = mne_stats.permutation_cluster_1samp_test(
+        x, threshold=-thr, tail=-1, n_permutations=10000, out_type="mask", verbose=False
+    )
+    assert float(res.pvalues.min()) == pytest.approx(2 / 128)
+    assert float(min(p_mne)) == pytest.approx(1 / 128)  # lower than the exact 2/128
