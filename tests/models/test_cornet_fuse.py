@@ -86,7 +86,9 @@ def test_float32_matches_eager(model, x, refs, channels_last: bool, mkldnn: bool
     for k in ref64:
         # Within the float32 rounding of the eager module itself (and never worse than 1e-5 relative).
         assert _rel_err(got[k], ref64[k]) <= max(4 * _rel_err(ref32[k], ref64[k]), 1e-5), k
-    assert got["V4.output-t0"].is_contiguous(memory_format=torch.channels_last) is channels_last
+    # NHWC inside, NCHW out as the eager model's taps (a channels_last tap broke .view(B, -1))
+    assert all(v.is_contiguous() for v in got.values())
+    assert got["V4.output-t0"].view(x.shape[0], -1).shape[1] == got["V4.output-t0"][0].numel()
     torch.testing.assert_close(logits, got["decoder.output-t0"], rtol=0, atol=0)
 
 
@@ -200,7 +202,7 @@ def test_low_precision_within_twice_eager_error(
         logits = fused(x)
     assert fused.V2.use_mkldnn is _mkldnn_available()
     assert logits.dtype == dtype
-    assert got["V4.output-t0"].is_contiguous(memory_format=torch.channels_last)
+    assert got["V4.output-t0"].is_contiguous()  # NCHW out, as the eager model's taps
     for k in ref64:
         assert got[k].dtype == dtype
         assert torch.isfinite(got[k]).all()

@@ -330,7 +330,8 @@ class FusedCORnetS(CORnetBase):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
     def _output(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.dtype)
+        # NCHW-contiguous as the eager model's taps: a channels_last tap broke .view(B, -1) on it
+        return x.to(self.dtype).contiguous()
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = x.mean(dim=(2, 3), keepdim=True)
