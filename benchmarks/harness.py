@@ -215,6 +215,10 @@ def environment(device: str) -> dict[str, Any]:
         "commit": commit + ("-dirty" if dirty else ""),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
+        # the CPU's vector capability as torch dispatches on it, and whether it computes bf16 natively
+        # (align's and decode's amp="auto" train in bf16 there): the device name alone says neither
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
     }
 
 

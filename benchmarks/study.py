@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
 from fastalign.cli.demo import start_model
 from fastalign.data import SyntheticThings, make_synthetic_things
 from fastalign.eval.report import write_json
@@ -69,18 +67,21 @@ def main(
     with tempfile.TemporaryDirectory(prefix="fastalign-study-") as root:
         results = run(settings, root)
     results["seconds"]["total"] = time.perf_counter() - begin
+    # imported after the run: harness fixes glibc's mmap threshold at import (for its peak-memory
+    # numbers), which would slow the study's training, unlike the fastalign program's setting
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import harness
+
     out = {
         "study": name,
         "settings": settings,
         "results": results,
         "table": table(results, settings),
         "environment": {
+            # the benchmarks' record: CPU model, commit, vector capability (the studies had none)
+            **harness.environment("cpu"),
             "machine": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
             "load_avg_before_after": [load_before, os.getloadavg()[0]],
-            "date": time.strftime("%Y-%m-%d"),
         },
     }
     print(out["table"])
