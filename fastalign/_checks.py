@@ -239,14 +239,7 @@ def check_out_folder(
         raise FileExistsError(f"{fn}: {name} {os.fspath(path)!r} is under {above!r}, which is a file")
     if not os.access(above, os.W_OK | os.X_OK):
         raise PermissionError(f"{fn}: {name} {os.fspath(path)!r}: no permission to write in {above!r}")
-    real = os.path.realpath(folder)
-    for given in inputs:
-        inner = os.path.realpath(os.fspath(given))
-        if inner == real or inner.startswith(real.rstrip(os.sep) + os.sep):
-            raise ValueError(
-                f"{fn}: {name} {os.fspath(path)!r} holds the input {os.fspath(given)!r}, which writing the "
-                f"output there would delete; choose another {name}"
-            )
+    check_inputs_outside(fn, name, path, inputs)
     entries = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     if not entries:
         return folder
@@ -254,21 +247,14 @@ def check_out_folder(
         raise FileExistsError(
             f"{fn}: {name} {os.fspath(path)!r} is not empty; pass overwrite=True (--overwrite) to replace it"
         )
-    cwd = os.path.realpath(os.getcwd())
-    home = os.path.realpath(os.path.expanduser("~"))
-    root = os.path.dirname(real) == real
-    if root or real in (cwd, home) or cwd.startswith(real.rstrip(os.sep) + os.sep):
-        raise FileExistsError(
-            f"{fn}: {name} {os.fspath(path)!r} is the current folder, one above it or the home folder; "
-            "overwrite=True does not replace such folders: choose a new or empty one"
-        )
+    check_replaceable(fn, name, path)
     if marker not in entries:
         shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
         raise FileExistsError(
             f"{fn}: {name} {os.fspath(path)!r} holds no {marker}, so {fn} did not write it, and "
             f"overwrite=True replaces only such outputs (it holds {shown}); choose a new or empty {name}"
         )
-    if marker_keys and not _holds_keys(os.path.join(folder, marker), marker_keys):
+    if marker_keys and not holds_keys(os.path.join(folder, marker), marker_keys):
         raise FileExistsError(
             f"{fn}: {name} {os.fspath(path)!r} holds another command's output (its {marker} lacks "
             f"{', '.join(sorted(marker_keys))}), and overwrite=True replaces only an earlier output of {fn}; "
@@ -277,7 +263,36 @@ def check_out_folder(
     return folder
 
 
-def _holds_keys(path: str, keys: Collection[str]) -> bool:
+def check_inputs_outside(
+    fn: str, name: str, path: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]]
+) -> None:
+    """ValueError when an output folder ``path`` is or holds one of ``inputs`` (files or folders the call
+    reads): writing the output there, as a unit, would delete them."""
+    real = os.path.realpath(os.path.abspath(os.fspath(path)))
+    for given in inputs:
+        inner = os.path.realpath(os.fspath(given))
+        if inner == real or inner.startswith(real.rstrip(os.sep) + os.sep):
+            raise ValueError(
+                f"{fn}: {name} {os.fspath(path)!r} holds the input {os.fspath(given)!r}, which writing the "
+                f"output there would delete; choose another {name}"
+            )
+
+
+def check_replaceable(fn: str, name: str, path: str | os.PathLike[str]) -> None:
+    """FileExistsError when replacing the folder ``path`` as a unit could delete more than an output:
+    it is the current folder, one above it, the home folder or a file system's root."""
+    real = os.path.realpath(os.path.abspath(os.fspath(path)))
+    cwd = os.path.realpath(os.getcwd())
+    home = os.path.realpath(os.path.expanduser("~"))
+    root = os.path.dirname(real) == real
+    if root or real in (cwd, home) or cwd.startswith(real.rstrip(os.sep) + os.sep):
+        raise FileExistsError(
+            f"{fn}: {name} {os.fspath(path)!r} is the current folder, one above it or the home folder; "
+            "overwrite=True does not replace such folders: choose a new or empty one"
+        )
+
+
+def holds_keys(path: str, keys: Collection[str]) -> bool:
     """Whether ``path`` is a JSON object with every one of ``keys``."""
     try:
         with open(path, encoding="utf-8") as f:

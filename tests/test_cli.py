@@ -120,6 +120,7 @@ _REQUIRED = {
         ("evaluate", "--seed", ["-1", "1.5", str(2**63)], "an integer in [0, 2**63 - 1]", "7"),
         ("preprocess", "--tmin", ["-inf"], "a finite number", "-0.1"),
         ("preprocess", "--tmax", ["nan"], "a finite number", "0.9"),
+        ("align", "--num-workers", ["-1", "x"], "an integer >= 0", "2"),
     ],
 )
 def test_number_flags_out_of_range_are_usage_errors(

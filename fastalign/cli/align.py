@@ -18,6 +18,7 @@ from fastalign.cli.common import (
     count_or_none,
     folder_path,
     int_or_none,
+    nonnegative_int,
     nonnegative_real,
     number,
     positive_int,
@@ -91,7 +92,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         help="the newest epoch checkpoints to keep for --resume (default 1; 0: none; none: all)",
     )
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="default auto")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+    p.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader workers (default 0)")
     add_device(p)
     add_progress(p)
     add_resume_overwrite(p)

@@ -50,6 +50,11 @@ def positive_int(text: str) -> int:
     return _integer(text, 1, "a positive integer")
 
 
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (a count of workers)."""
+    return _integer(text, 0, "an integer >= 0")
+
+
 def count_or_none(text: str) -> int | None:
     """An argparse type: an integer >= 0, or ``none``."""
     return None if text.lower() == "none" else _integer(text, 0, "an integer >= 0 or 'none'")

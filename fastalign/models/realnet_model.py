@@ -20,6 +20,7 @@ import math
 import os
 import secrets
 import stat
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -248,6 +249,14 @@ def _read_weights(weights: Weights) -> tuple[Mapping[str, Any], dict[str, str], 
             raise FileNotFoundError(
                 f"realnet: weights: the folder {folder!r} holds no {WEIGHTS_FILE} (a run folder of "
                 f"`fastalign align` has one); {_WHERE_PUBLISHED}"
+            )
+        if (Path(folder) / "config.json").is_file() and not (Path(folder) / "summary.json").is_file():
+            warnings.warn(
+                f"realnet: weights: the run folder {folder!r} has no summary.json: its run has not "
+                f"finished (stopped, or still training), so {WEIGHTS_FILE} is the best epoch so far, not "
+                "the run's selected model; resume the run (--resume) to finish it",
+                RuntimeWarning,
+                stacklevel=3,
             )
     elif not path.is_file():
         raise FileNotFoundError(f"realnet: weights: no file or run folder at {name!r}; {_WHERE_PUBLISHED}")

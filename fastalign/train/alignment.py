@@ -970,6 +970,8 @@ def align(
     if not isinstance(out, str | os.PathLike):
         raise TypeError(_checks.message(_FN, "out", "a folder path", out))
     weights_file, state = _read_state(weights) if weights is not None else (None, None)
+    # the run folder is replaced as a unit by --overwrite: never one holding what the run reads
+    _checks.check_inputs_outside(_FN, "out", out, [root, *([weights_file] if weights_file else [])])
     info = distributed.planned()
     target_device = torch.device(device) if device is not None else distributed.default_device(info)
     load = functools.partial(

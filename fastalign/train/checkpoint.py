@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastalign import _checks
 from fastalign.data._io import atomic_write
 from fastalign.train.run import RunFolder
 
@@ -128,7 +129,13 @@ def load_checkpoint(
         ValueError: the file is not a fastalign checkpoint, or lacks a state that was asked for.
     """
     path = _checkpoint_file(source)
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: torch's text alone names neither
+        raise ValueError(
+            f"load_checkpoint: could not read {path!r} as a checkpoint: {_checks.torch_load_failure(exc)} "
+            "(a damaged checkpoint: remove it to resume from the one before, or overwrite the run)"
+        ) from exc
     missing = [k for k in REQUIRED if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise ValueError(f"load_checkpoint: {path!r} is not a fastalign checkpoint (it lacks {missing})")

@@ -677,9 +677,15 @@ def decode(
             of different shapes, NaN in the data, a test gallery smaller than 5.
     """
     seeds = _check_settings(dict(locals()))
+    root = _root(data)
+    # the run folder is replaced as a unit by --overwrite: never one holding what the run reads
+    given = [
+        root,
+        *(p for p in (image_model, weights) if isinstance(p, str | os.PathLike) and os.path.exists(p)),
+    ]
+    _checks.check_inputs_outside(_FN, "out", out, given)
     if len(seeds) > 1 and distributed.planned().is_main:  # one process readies the folder, as fit's rank 0
         _prepare_seed_set(os.fspath(out), seeds, overwrite=overwrite)
-    root = _root(data)
     meta = load_image_metadata(os.path.join(root, IMAGE_DIR))
     paths = {"train": meta.paths("training"), "test": meta.paths("test")}
     target_device = (

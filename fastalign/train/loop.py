@@ -26,7 +26,7 @@ from fastalign.train.distributed import DistInfo
 from fastalign.train.loaders import Loader, batch_len, check_data, rank_seed, seed_everything, to_device
 from fastalign.train.precision import Precision, resolve_amp
 from fastalign.train.progress import Events, Progress, summary_writer
-from fastalign.train.run import RunFolder, describe, environment, jsonable, prepare_run
+from fastalign.train.run import FINISHED, RunFolder, describe, environment, jsonable, prepare_run
 
 Terms = Mapping[str, float | torch.Tensor]
 StepOutput = torch.Tensor | tuple[torch.Tensor, Terms]
@@ -433,7 +433,8 @@ class _Fit:
         if error is not None:
             raise error
         self.run = RunFolder(a["out"])
-        if checkpoint is None:
+        self.finished = checkpoint == FINISHED
+        if checkpoint is None or self.finished:
             seed_everything(rank_seed(a["seed"], self.info.rank))
         else:
             self._load(checkpoint)
@@ -460,6 +461,10 @@ class _Fit:
         self.elapsed_before = ckpt["elapsed"]
         if self.info.is_main:
             self.run.truncate_metrics(ckpt["metrics_bytes"])
+            if self.best["epoch"] == ckpt["epoch"] and self.run.model_epoch() != ckpt["epoch"]:
+                # stopped after this checkpoint, before the selected epoch's model was written (it is
+                # written after the checkpoint): the checkpoint's model is that epoch's
+                self._save_model()
         distributed.barrier(self.info)
 
     # Epochs
@@ -566,11 +571,15 @@ class _Fit:
             if not (math.isfinite(value) and better):
                 return False
         self.best = {"epoch": epoch, "value": value, "val_loss": record.get("val_loss")}
-        if self.info.is_main:
-            self.run.save_model(
-                self.model, {"epoch": str(epoch), "monitor": self.a["monitor"], "value": repr(value)}
-            )
         return True
+
+    def _save_model(self) -> None:
+        """model.safetensors: the selected epoch's weights, ``self.model`` as it is now."""
+        best = self.best
+        self.run.save_model(
+            self.model,
+            {"epoch": str(best["epoch"]), "monitor": self.a["monitor"], "value": repr(best["value"])},
+        )
 
     def end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         """Validation, hooks, scheduler, selection, patience, the metrics line and the checkpoint."""
@@ -601,6 +610,11 @@ class _Fit:
         self.state.history = self.history
         if epoch > 0:
             self._checkpoint(epoch)
+        # after the checkpoint: stopped between the two, the checkpoint has selected this epoch and holds
+        # its model, which resume writes; written before it, a resume from the previous checkpoint kept
+        # this epoch's weights under an earlier epoch's summary
+        if record["best"] and self.info.is_main:
+            self._save_model()
         shown = {
             k: v for k, v in record.items() if k.startswith(("train_loss", "val_")) or k == "images_per_s"
         }
@@ -649,6 +663,8 @@ class _Fit:
         main = self.info.is_main
         writer_class, note = summary_writer(a["tensorboard"] if main else False)
         self.prepare(note)
+        if self.finished:
+            return self._finished()
         self.progress = Progress(a["progress"] and main, a["epochs"])
         self.events = Events(writer_class, self.run.events_dir, purge_step=self.step)
         self.net: nn.Module = self.model
@@ -675,6 +691,20 @@ class _Fit:
         finally:
             self.progress.close()
             self.events.close()
+
+    def _finished(self) -> FitResult:
+        """The result of a finished run that kept no checkpoint, from its files: nothing is trained."""
+        summary = self.run.read_summary()
+        best = summary.get("best_epoch")
+        if best is not None:
+            distributed.barrier(self.info)
+            self.run.load_model(self.model, self.device)
+        history = self.run.read_metrics("epoch")
+        return FitResult(
+            self.model, self.run, best, summary.get("best_val_loss"), summary.get("epochs_run", 0),
+            bool(summary.get("stopped_early", False)), history, summary,
+            summary.get("precision", self.precision.mode),
+        )  # fmt: skip
 
     def finish(self) -> FitResult:
         epochs_run = max((r["epoch"] for r in self.history), default=0)

@@ -35,6 +35,7 @@ import platform
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path, PurePath
 from typing import Any
@@ -42,12 +43,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastalign import _checks
 from fastalign.data._io import atomic_write, read_json_object, replacing_dir
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 MODEL = "model.safetensors"
+#: prepare_run's "checkpoint" for a finished run (summary.json) that kept no checkpoint: nothing to train
+FINISHED = "finished"
 CHECKPOINTS = "checkpoints"
 EVENTS = "events"
 _CHECKPOINT = re.compile(r"^epoch-(\d+)\.pt$")
@@ -251,6 +255,19 @@ class RunFolder:
     def checkpoint_path(self, epoch: int) -> str:
         return os.path.join(self.checkpoints_dir, f"epoch-{epoch:04d}.pt")
 
+    def model_epoch(self) -> int | None:
+        """The epoch model.safetensors holds (its metadata), or None without the file or the record."""
+        if not os.path.isfile(self.model_path):
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(self.model_path, "pt") as f:
+                epoch = (f.metadata() or {}).get("epoch")
+        except Exception:  # an unreadable file holds no epoch we can trust; the caller writes it again
+            return None
+        return int(epoch) if epoch is not None and epoch.isdigit() else None
+
     def load_model(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> torch.nn.Module:
         """Loads model.safetensors into ``model`` (strict) and returns it."""
         from safetensors.torch import load_model
@@ -379,6 +396,13 @@ def prepare_run(
             "empty folder (overwrite=True replaces run folders only)"
         )
     if overwrite:
+        # a config.json alone does not make a run (a project's, an app's): replacing deletes the folder
+        _checks.check_replaceable("fit", "out", path)
+        if not _checks.holds_keys(run.config_path, ("config", "fit", "environment")):
+            raise FileExistsError(
+                f"fit: out={path!r} holds a {CONFIG} that is not a run's (no config, fit and environment "
+                "entries), and overwrite=True replaces only run folders; choose a new or empty out"
+            )
         with replacing_dir(path) as staging:
             RunFolder(staging).write_config(record)
         return run, None
@@ -404,5 +428,20 @@ def prepare_run(
             "pass resume=True (--resume) to continue it or overwrite=True (--overwrite) to replace it"
         )
     if latest is None:
+        if os.path.isfile(run.summary_path):
+            # finished without a checkpoint (keep_checkpoints=0): done, as a finished run with one is;
+            # starting over would delete its model (a resumed --subject all retrained every subject)
+            return run, FINISHED
+        if _holds_outputs(run):
+            warnings.warn(
+                f"fit: out={path!r} holds a run with no checkpoint to resume from (keep_checkpoints=0, or "
+                "stopped before the first epoch ended): it starts again from epoch 1",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         run.clear_outputs()
     return run, latest
+
+
+def _holds_outputs(run: RunFolder) -> bool:
+    return any(os.path.exists(p) for p in (run.metrics_path, run.model_path))

@@ -397,3 +397,18 @@ def test_tap_shapes_are_the_networks_own() -> None:
         for k in range(1, len(AREAS) + 1):
             for areas in (AREAS[:k], AREAS[k - 1 :]):
                 assert _tap_shapes(tuple(areas), size) == {a: want[a] for a in areas}, (size, areas)
+
+
+def test_an_unfinished_run_folder_loads_with_a_warning(model: ReAlnet, tmp_path: Path) -> None:
+    # a run killed after epoch 1 of 3 holds model.safetensors (the best epoch so far) but no summary.json
+    folder = tmp_path / "run"
+    save_realnet(model, folder)
+    (folder / "config.json").write_text("{}")
+    with pytest.warns(RuntimeWarning, match="has no summary.json: its run has not finished"):
+        realnet(weights=folder)
+    (folder / "summary.json").write_text("{}")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        realnet(weights=folder)

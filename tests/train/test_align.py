@@ -395,6 +395,18 @@ def test_weights_with_another_n_out_are_refused(synth: SyntheticThings, tmp_path
         align(synth.root, 1, out=tmp_path / "run", weights=weights, **RUN)
 
 
+def test_a_run_folder_holding_the_data_or_weights_is_refused(synth: SyntheticThings, tmp_path: Path) -> None:
+    # --overwrite replaces the run folder as a unit: out holding --data or --weights deleted them
+    before = sorted(p.name for p in Path(synth.root).iterdir())
+    for out in (synth.root, os.path.dirname(synth.root)):
+        with pytest.raises(ValueError, match=r"align: out .* holds the input .*, which writing the output"):
+            align(synth.root, 1, out=out, overwrite=True, **RUN)
+    weights = save_realnet(realnet(n_out=340, image_size=SIZE), tmp_path / "mine" / "start.safetensors")
+    with pytest.raises(ValueError, match=r"holds the input .*start.safetensors"):
+        align(synth.root, 1, out=tmp_path / "mine", weights=weights, overwrite=True, **RUN)
+    assert sorted(p.name for p in Path(synth.root).iterdir()) == before and os.path.isfile(weights)
+
+
 def test_unknown_subject_is_refused(synth: SyntheticThings, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"subject 9 is not in .* which holds subjects \[1, 2\]"):
         align(synth.root, 9, out=tmp_path / "run", **RUN)

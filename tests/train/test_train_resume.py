@@ -89,18 +89,60 @@ def test_resuming_a_finished_run_trains_no_more(uninterrupted: Path, tmp_path: P
 
 
 def test_resume_without_checkpoint_starts_over(tmp_path: Path) -> None:
-    """A run killed before its first checkpoint: resume runs it from the start (seeded as new)."""
+    """A run stopped before its first checkpoint (or with keep_checkpoints=0, before it finished):
+    resume runs it from the start (seeded as new), and says so."""
     out = tmp_path / "run"
     fresh = run(tmp_path / "fresh")
     run(out, epochs=3)
     folder = RunFolder(out)
     for path in folder.checkpoints():
         os.remove(path)
+    os.remove(folder.summary_path)  # not finished
     folder.append_metrics({"kind": "train", "epoch": 9})  # a line the restart must drop
-    resumed = run(out, resume=True)
+    with pytest.warns(RuntimeWarning, match="no checkpoint to resume from .* starts again from epoch 1"):
+        resumed = run(out, resume=True)
     assert resumed.summary["resumed_at"] == []
     assert _untimed(folder.read_metrics()) == _untimed(RunFolder(tmp_path / "fresh").read_metrics())
     assert all(
         torch.equal(a, b)
         for a, b in zip(state_of(resumed.model).values(), state_of(fresh.model).values(), strict=True)
     )
+
+
+def test_resuming_a_finished_run_without_checkpoints_keeps_it(tmp_path: Path) -> None:
+    """keep_checkpoints=0 and finished: resume trained it all again, deleting the finished model first (a
+    resumed --subject all retrained every finished subject); now it is done, as with a checkpoint."""
+    out = tmp_path / "run"
+    first = run(out, keep_checkpoints=0)
+    folder = RunFolder(out)
+    assert not folder.checkpoints()
+    before = {p: Path(p).read_bytes() for p in (folder.model_path, folder.summary_path, folder.metrics_path)}
+    again = run(out, resume=True, keep_checkpoints=0, net=model(seed=5))
+    assert {p: Path(p).read_bytes() for p in before} == before  # nothing rewritten
+    assert again.best_epoch == first.best_epoch and again.summary == first.summary
+    assert [r["epoch"] for r in again.history] == [r["epoch"] for r in first.history]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(state_of(again.model).values(), state_of(first.model).values(), strict=True)
+    )
+
+
+def test_a_stop_between_the_checkpoint_and_the_model_is_repaired_on_resume(tmp_path: Path) -> None:
+    """The selected epoch's model is written after its checkpoint: stopped between the two, the folder
+    holds the checkpoint (which selected the epoch) and the earlier epoch's model; resume writes the
+    checkpoint's. (Written before it, a resume from the previous checkpoint kept the killed epoch's
+    weights under a summary naming an earlier epoch.)"""
+    out = tmp_path / "run"
+    full = run(out, epochs=2, keep_checkpoints=None)
+    folder = RunFolder(out)
+    assert full.best_epoch == 2 and folder.model_epoch() == 2
+    epoch1 = load_checkpoint(folder.checkpoint_path(1))["model"]
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in epoch1.items()}, folder.model_path, metadata={"epoch": "1"})
+    os.remove(folder.summary_path)
+    resumed = run(out, epochs=2, keep_checkpoints=None, resume=True)
+    assert folder.model_epoch() == 2 and resumed.best_epoch == 2
+    weights = load_file(folder.model_path)
+    want = load_checkpoint(folder.checkpoint_path(2))["model"]
+    assert all(torch.equal(weights[k], want[k]) for k in want)

@@ -57,6 +57,27 @@ def test_folders_that_hold_no_run_are_not_touched(tmp_path: Path) -> None:
         run(afile)
 
 
+def test_overwrite_replaces_only_a_run_and_never_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a config.json alone made a folder a "run": --overwrite deleted a project holding one
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text('{"name": "my web app"}')
+    (project / "src" / "main.py").write_text("precious")
+    with pytest.raises(FileExistsError, match=r"holds a config\.json that is not a run's"):
+        run(project, overwrite=True)
+    assert (project / "src" / "main.py").read_text() == "precious"
+    # a real run, but the current folder (or one above it): not replaced either
+    run(tmp_path / "r", epochs=1)
+    for cwd in (tmp_path / "r", tmp_path / "r" / "checkpoints"):
+        monkeypatch.chdir(cwd)
+        with pytest.raises(FileExistsError, match="is the current folder, one above it or the home folder"):
+            run(tmp_path / "r", epochs=1, overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    assert run(tmp_path / "r", epochs=1, overwrite=True).summary["resumed_at"] == []
+
+
 def test_new_empty_and_resumed_empty_folders_start_a_run(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     for name, resume in (("empty", False), ("new/deeper", True)):
@@ -141,6 +162,15 @@ def test_load_checkpoint(tmp_path: Path) -> None:
     torch.save({"state": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"not a fastalign checkpoint \(it lacks \['format'"):
         load_checkpoint(tmp_path / "other.pt")
+    # a truncated one (a full disk, a copy cut short) and a text file: named, with what to do
+    latest = RunFolder(tmp_path / "run").latest_checkpoint()
+    data = Path(latest).read_bytes()
+    Path(latest).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"could not read .*epoch-0002\.pt' as a checkpoint: .* remove it"):
+        load_checkpoint(latest)
+    Path(latest).write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"could not read .*epoch-0002\.pt' as a checkpoint"):
+        load_checkpoint(latest)
 
 
 def test_run_folder_readers(tmp_path: Path) -> None:
