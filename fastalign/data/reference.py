@@ -20,6 +20,8 @@ import os
 import numpy as np
 import scipy.linalg
 
+from fastalign.data._io import load_pickled_dict
+
 
 def published_noise_covariance(parts: list[np.ndarray], dim: str) -> np.ndarray:
     """One session's noise covariance (channels, channels) by the published per-condition loops.
@@ -85,7 +87,10 @@ def alignvis_epoching(
     epoched_data, img_conditions = [], []
     for s in range(n_ses):
         eeg_dir = os.path.join(f"sub-{subject:02}", f"ses-{s + 1:02}", f"raw_eeg_{data_part}.npy")
-        eeg_data = np.load(os.path.join(raw_dir, eeg_dir), allow_pickle=True).item()
+        # the published np.load(allow_pickle=True), through the loader that runs no code from the file
+        eeg_data = load_pickled_dict(
+            os.path.join(raw_dir, eeg_dir), ("ch_names", "sfreq", "ch_types", "raw_eeg_data"), "raw EEG"
+        )
         info = mne.create_info(eeg_data["ch_names"], eeg_data["sfreq"], eeg_data["ch_types"])
         raw = mne.io.RawArray(eeg_data["raw_eeg_data"], info, verbose="error")
         events = mne.find_events(raw, stim_channel="stim", verbose="error")
