@@ -9,6 +9,7 @@ progress, metrics, atomic checkpoints, resume and data parallelism. See docs/tra
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from fastalign import _checks
 from fastalign.train import distributed
 from fastalign.train.checkpoint import FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from fastalign.train.distributed import DistInfo
@@ -146,6 +148,8 @@ def _check_bool(name: str, value: Any, optional: bool = False) -> None:
 
 
 def _check_args(args: dict[str, Any]) -> None:
+    if not isinstance(args["out"], str | os.PathLike) or os.fspath(args["out"]) == "":
+        raise TypeError(f"fit: out={args['out']!r}; expected the run folder's path (a str or os.PathLike)")
     if not isinstance(args["model"], nn.Module):
         raise TypeError(f"fit: model is a {type(args['model']).__name__}; expected a torch.nn.Module")
     for name in ("step_fn", "optimizer", "scheduler", "collate_fn"):
@@ -861,7 +865,10 @@ def fit(
             raise ValueError(
                 f"fit: val_data has {len(val_data)} samples, fewer than the {info.world_size} processes"
             )
-    target = torch.device(device) if device is not None else distributed.default_device(info)
+    if device is not None:
+        target = _checks.check_device("fit", "device", device)
+    else:
+        target = distributed.default_device(info)
     precision = resolve_amp(amp, target)
     info = distributed.setup(info, target)
     try:

@@ -360,11 +360,19 @@ def _train() -> Any:
         ({"step_fn": lambda m, b: (step(m, b)[0], {"loss": 1.0})}, ValueError, r"names \['loss'\]"),
         ({"step_fn": lambda m, b: (step(m, b)[0], {"x": "a"})}, TypeError, r"term 'x' is 'a'"),
         ({"step_fn": lambda m, b: step(m, b)[0].detach()}, ValueError, r"does not require grad"),
+        ({"device": "tpu"}, ValueError, r"fit: device: expected a torch device"),
+        ({"device": "meta"}, ValueError, r"fit: device: "),
     ],
 )
 def test_bad_arguments(tmp_path: Path, kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         run(tmp_path / "run", **kwargs)
+
+
+def test_out_must_be_a_path() -> None:
+    for out in (None, 3, ""):
+        with pytest.raises(TypeError, match=r"fit: out=.*; expected the run folder's path"):
+            run(out)
 
 
 def test_bad_model_and_step_fn(tmp_path: Path) -> None:
