@@ -271,3 +271,38 @@ def test_python_dash_m_fastalign_exits_with_the_status(tmp_path: Path) -> None:
 def test_subject_flag_is_aligns_subject_argument(given: list[str], subject: object) -> None:
     flag = ["--subject", *given] if given else []
     assert parser().parse_args(["align", "--data", "d", "--out", "o", *flag]).subject == subject
+
+
+def test_sigterm_stops_the_program_as_ctrl_c_does() -> None:
+    # batch schedulers send SIGTERM: the process died at once, leaving its temporary files; the program
+    # now unwinds as on Ctrl-C (context managers remove them) and exits 143
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from fastalign import cli\n"
+        "build = cli.parser\n"
+        "def slow(args):\n"
+        "    print('started', flush=True)\n"
+        "    try:\n"
+        "        time.sleep(60)\n"
+        "    finally:\n"
+        "        print('cleaned up', flush=True)\n"
+        "def parser():\n"
+        "    p = build()\n"
+        "    p._subparsers._group_actions[0].choices['info'].set_defaults(func=slow)\n"
+        "    return p\n"
+        "cli.parser = parser\n"
+        "sys.argv = ['fastalign', 'info']\n"
+        "sys.exit(cli.entry())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "started\n"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert out == "cleaned up\n" and err == "fastalign info: terminated (SIGTERM)\n"

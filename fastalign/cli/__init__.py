@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -103,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     0: success; 1: the command failed (one line on standard error, or the traceback with ``--debug``);
-    2: a usage error (argparse's message); 130: interrupted.
+    2: a usage error (argparse's message); 130: interrupted; 143: terminated (SIGTERM, in the program).
     """
     args = parser().parse_args(argv)
     try:
@@ -111,9 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.debug:
                 warnings.showwarning = _warning_line(args.command)
             return int(args.func(args))
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        how = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
+        again = "; rerun it with --resume to continue" if hasattr(args, "resume") else ""
+        print(f"{PROG} {args.command}: {how}{again}", file=sys.stderr)
+        return 143 if isinstance(stop, _Terminated) else 130
     except Exception as exc:
         if args.debug:
             raise
@@ -121,12 +124,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what batch schedulers and container runtimes send) in the ``fastalign`` program."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def entry() -> int:
     """The ``fastalign`` program (console script and ``python -m fastalign``): :func:`main` of
     ``sys.argv``, in a process whose malloc keeps freed memory (:func:`fastalign.train.keep_freed_memory`:
-    a CPU training step's large tensors are reused without page faults). :func:`main` called from Python
-    leaves the process's malloc as it is."""
+    a CPU training step's large tensors are reused without page faults) and where SIGTERM stops a command
+    as Ctrl-C does (its temporary files removed, exit status 143; by default the process died at once and
+    left them). :func:`main` called from Python leaves the process's malloc and signals as they are."""
     keep_freed_memory()
+    signal.signal(signal.SIGTERM, _terminate)
     return main()
 
 

@@ -274,6 +274,7 @@ def _copied_run(runs, folder: Path, **recipe: object) -> Path:
     run = folder / "other"
     run.mkdir(parents=True)
     os.symlink(runs.paired / "model.safetensors", run / "model.safetensors")
+    os.symlink(runs.paired / "summary.json", run / "summary.json")  # a finished run
     config = json.loads((runs.paired / "config.json").read_text())
     for key, value in recipe.items():
         if value is None:
