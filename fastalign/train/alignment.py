@@ -972,6 +972,19 @@ def align(
     weights_file, state = _read_state(weights) if weights is not None else (None, None)
     # the run folder is replaced as a unit by --overwrite: never one holding what the run reads
     _checks.check_inputs_outside(_FN, "out", out, [root, *([weights_file] if weights_file else [])])
+    if not single and not resume and not overwrite:
+        # every subject's folder before the first trains: a later one holding a run failed only after
+        # the earlier subjects had trained, and rerunning them needs --resume
+        taken = [
+            f"sub-{s:02d}" for s in subjects
+            if os.path.isdir(d := os.path.join(os.fspath(out), f"sub-{s:02d}"))
+            and any(not n.startswith(".") for n in os.listdir(d))
+        ]  # fmt: skip
+        if taken:
+            raise ValueError(
+                f"{_FN}: out {os.fspath(out)!r} already holds {', '.join(taken)}; pass resume=True "
+                "(--resume) to continue those runs or overwrite=True (--overwrite) to replace them"
+            )
     info = distributed.planned()
     target_device = torch.device(device) if device is not None else distributed.default_device(info)
     load = functools.partial(

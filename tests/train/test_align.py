@@ -566,6 +566,15 @@ def test_every_subject_starts_from_the_same_weights(
         assert r.run.read_config()["fit"]["clip_grad_norm"] == 1.0
         assert any("grad_norm" in key for record in r.run.read_metrics() for key in record)
     assert passes == {"teacher": 2, "test": 3}  # the teacher: training and test images; test: 2 + start
+    # again without resume: refused for both before either trains
+    with pytest.raises(ValueError, match=r"already holds sub-01, sub-02; pass resume=True"):
+        align(synth.root, "all", modality="fmri", pca=6, out=tmp_path, progress=False, **kw)
+    # resumed: finished without checkpoints, so nothing trains again and the models are kept (a resumed
+    # --subject all retrained every finished subject, deleting its model first)
+    models = {s: (tmp_path / f"sub-0{s}" / "model.safetensors").read_bytes() for s in (1, 2)}
+    again = align(synth.root, "all", modality="fmri", pca=6, out=tmp_path, progress=False, resume=True, **kw)
+    assert [r.summary for r in again] == [r.summary for r in results]
+    assert {s: (tmp_path / f"sub-0{s}" / "model.safetensors").read_bytes() for s in (1, 2)} == models
 
 
 def test_a_whole_realnet_is_recognised_in_every_checkpoint_layout() -> None:
