@@ -324,11 +324,38 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
         if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # a writer that made its own file (safetensors: 0o600)
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        full = _disk_full(exc, path)
+        if full is not None:
+            raise full from exc
         raise
     return path
+
+
+def _disk_full(exc: BaseException, path: str) -> OSError | None:
+    """An OSError naming ``path`` when ``exc`` came from a full disk, else None. The writers say so in
+    their own words, naming no file: torch.save "[enforce fail at inline_container.cc] unexpected pos",
+    safetensors "I/O error: No space left on device", Python an ENOSPC OSError."""
+    text = str(exc)
+    if not (
+        (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+        or "No space left on device" in text
+        or "Disk quota exceeded" in text
+        or ("inline_container" in text and "unexpected pos" in text)
+    ):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there now"
+    except OSError:
+        free = "its free space unknown"
+    return OSError(
+        errno.ENOSPC,
+        f"could not write {path!r}: the disk (or quota) holding {folder!r} is full ({free}); the old file, "
+        "if any, is unchanged",
+    )
 
 
 @functools.cache

@@ -272,3 +272,36 @@ def test_a_folder_put_in_place_by_another_writer_meanwhile_is_replaced(tmp_path,
         open(os.path.join(staging, "mine"), "w").close()
     monkeypatch.undo()
     assert sorted(os.listdir(path)) == ["mine"] and sorted(os.listdir(tmp_path)) == ["entry"]
+
+
+def test_a_full_disk_is_named_with_the_file_and_the_old_file_kept(tmp_path) -> None:
+    # torch.save and safetensors say "unexpected pos" / "No space left on device" and name no file
+    import errno
+
+    from fastalign.data._io import atomic_write
+
+    target = tmp_path / "model.safetensors"
+    target.write_text("old")
+    for failure in (
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 56513408 vs 56513296"),
+        RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"),
+        OSError(errno.ENOSPC, "No space left on device"),
+    ):
+
+        def write(tmp: str, failure: BaseException = failure) -> None:
+            raise failure
+
+        with pytest.raises(
+            OSError, match=r"could not write .*model\.safetensors': the disk .* is full"
+        ) as got:
+            atomic_write(target, write)
+        assert got.value.errno == errno.ENOSPC and got.value.__cause__ is failure
+        assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [
+            "model.safetensors"
+        ]
+
+    def other(tmp: str) -> None:
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):  # anything else as it was
+        atomic_write(target, other)
