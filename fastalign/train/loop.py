@@ -423,7 +423,7 @@ class _Fit:
         outcome: tuple[str | None, BaseException | None] = (None, None)
         if self.info.is_main:
             try:
-                _, checkpoint = prepare_run(
+                self.held, checkpoint = prepare_run(
                     a["out"],
                     self.settings(),
                     self.environment(events_note),
@@ -662,6 +662,14 @@ class _Fit:
     # The run
 
     def run_all(self) -> FitResult:
+        self.held: RunFolder | None = None  # rank 0's prepared folder, whose lock it holds
+        try:
+            return self._run_all()
+        finally:
+            if self.held is not None:
+                self.held.unlock()
+
+    def _run_all(self) -> FitResult:
         a = self.a
         self.t0 = time.perf_counter()
         main = self.info.is_main

@@ -166,6 +166,13 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.path.abspath(os.fspath(path))
+        self._lock: int | None = None
+
+    def unlock(self) -> None:
+        """Releases the folder's lock that :func:`prepare_run` took (the fit loop's, at its end)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def __repr__(self) -> str:
         return f"RunFolder({self.path!r})"
@@ -389,12 +396,56 @@ def prepare_run(
         raise ValueError(f"fit: out={path!r} is a file; expected a folder (new, empty or holding a run)")
     if not os.path.isdir(path) or not _holds_files(path):
         run.write_config(record)
+        run._lock = _lock(path)
         return run, None
     if not run.is_run():
         raise ValueError(
             f"fit: out={path!r} holds files but no {CONFIG}, so it is not a run folder; choose a new or "
             "empty folder (overwrite=True replaces run folders only)"
         )
+    # before anything in it changes: two processes resuming one folder interleaved their epochs
+    run._lock = _lock(path)
+    try:
+        return run, _prepare_existing(run, record, settings, resume=resume, overwrite=overwrite)
+    except BaseException:
+        run.unlock()
+        raise
+
+
+LOCK = ".lock"
+
+
+def _lock(folder: str) -> int | None:
+    """An exclusive lock on ``folder/.lock``, held through the returned descriptor until it is closed
+    (by the process's end at the latest); None where the file system or platform has no such locks.
+
+    Raises:
+        FileExistsError: another process holds it: a run is training in the folder.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    fd = os.open(os.path.join(folder, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FileExistsError(
+            f"fit: out={folder!r} is in use: another process is training in it (it holds the folder's "
+            f"{LOCK}); wait for it to end, or choose another out"
+        ) from None
+    except OSError:  # a file system without flock (some network ones): no lock, as before
+        os.close(fd)
+        return None
+    return fd
+
+
+def _prepare_existing(
+    run: RunFolder, record: dict[str, Any], settings: Mapping[str, Any], *, resume: bool, overwrite: bool
+) -> str | None:
+    """prepare_run for a folder holding a run, whose lock ``run`` holds."""
+    path = run.path
     if overwrite:
         # a config.json alone does not make a run (a project's, an app's): replacing deletes the folder
         _checks.check_replaceable("fit", "out", path)
@@ -405,7 +456,10 @@ def prepare_run(
             )
         with replacing_dir(path) as staging:
             RunFolder(staging).write_config(record)
-        return run, None
+            held = _lock(staging)  # the new folder's, taken before it replaces the old one
+        run.unlock()
+        run._lock = held
+        return None
     stored = run.read_config()
     diffs = _differences({k: stored.get(k) for k in settings}, dict(settings))
     if diffs:
@@ -431,7 +485,7 @@ def prepare_run(
         if os.path.isfile(run.summary_path):
             # finished without a checkpoint (keep_checkpoints=0): done, as a finished run with one is;
             # starting over would delete its model (a resumed --subject all retrained every subject)
-            return run, FINISHED
+            return FINISHED
         if _holds_outputs(run):
             warnings.warn(
                 f"fit: out={path!r} holds a run with no checkpoint to resume from (keep_checkpoints=0, or "
@@ -440,7 +494,7 @@ def prepare_run(
                 stacklevel=3,
             )
         run.clear_outputs()
-    return run, latest
+    return latest
 
 
 def _holds_outputs(run: RunFolder) -> bool:

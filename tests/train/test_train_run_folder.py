@@ -136,7 +136,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(
         save(obj, f)
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=r"could not write .*epoch-0002\.pt': the disk \(or quota\) .* is full"):
         run(out, keep_checkpoints=None)
     monkeypatch.setattr(torch, "save", save)
     folder = RunFolder(out)
@@ -190,3 +190,37 @@ def test_run_folder_readers(tmp_path: Path) -> None:
         RunFolder(tmp_path / "nothing").read_summary()
     with pytest.raises(FileNotFoundError, match=r"has no model.safetensors"):
         RunFolder(tmp_path / "nothing").load_model(model())
+
+
+def test_a_folder_a_run_is_training_in_is_refused_to_a_second_process(tmp_path: Path) -> None:
+    # two processes resuming one folder (a requeued job beside the running one) interleaved their epochs
+    # in metrics.jsonl and cut each other's files: the training process holds the folder's lock
+    import fcntl
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    run(out, epochs=1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         f"fd = os.open({str(out / '.lock')!r}, os.O_RDWR)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        before = Path(RunFolder(out).metrics_path).read_bytes()
+        for kw in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(FileExistsError, match=r"is in use: another process is training in it"):
+                run(out, epochs=2, **kw)
+        assert Path(RunFolder(out).metrics_path).read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # released at the end of a run, by this process too: the next one proceeds
+    assert run(out, epochs=2, overwrite=True).epochs_run == 2
+    fd = os.open(out / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody holds it now
+    finally:
+        os.close(fd)
