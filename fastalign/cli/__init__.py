@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import warnings
@@ -104,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     0: success; 1: the command failed (one line on standard error, or the traceback with ``--debug``);
-    2: a usage error (argparse's message); 130: interrupted; 143: terminated (SIGTERM, in the program).
+    2: a usage error (argparse's message); 130: interrupted; 143: terminated (SIGTERM; the program then
+    ends by the signal).
     """
     args = parser().parse_args(argv)
     try:
@@ -128,7 +130,12 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (what batch schedulers and container runtimes send) in the ``fastalign`` program."""
 
 
+_TERMINATED: list[bool] = []
+
+
 def _terminate(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
+    _TERMINATED.append(True)
     raise _Terminated
 
 
@@ -136,11 +143,18 @@ def entry() -> int:
     """The ``fastalign`` program (console script and ``python -m fastalign``): :func:`main` of
     ``sys.argv``, in a process whose malloc keeps freed memory (:func:`fastalign.train.keep_freed_memory`:
     a CPU training step's large tensors are reused without page faults) and where SIGTERM stops a command
-    as Ctrl-C does (its temporary files removed, exit status 143; by default the process died at once and
-    left them). :func:`main` called from Python leaves the process's malloc and signals as they are."""
+    as Ctrl-C does: its temporary files are removed, then it ends by the signal, as supervisors expect
+    (by default the process died at once and left them). :func:`main` called from Python leaves the
+    process's malloc and signals as they are."""
     keep_freed_memory()
     signal.signal(signal.SIGTERM, _terminate)
-    return main()
+    status = main()
+    if _TERMINATED:  # cleaned up: now end by the signal
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return status
 
 
 __all__ = ["COMMANDS", "COMMAND_MODULES", "PROG", "Command", "entry", "main", "parser"]

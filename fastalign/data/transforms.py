@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fastalign._checks import check_bool
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -41,8 +43,7 @@ class ImageNetTransform:
     ) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be a positive int, got {size!r}")
-        if not isinstance(crop, bool):
-            raise ValueError(f"crop must be a bool, got {crop!r}")
+        crop = check_bool(type(self).__name__, "crop", crop)
         if not crop and resize not in (None, size):
             raise ValueError(
                 f"resize must be None or size ({size}) with crop=False (nothing is cropped), got {resize!r}"

@@ -970,8 +970,12 @@ def align(
     if not isinstance(out, str | os.PathLike):
         raise TypeError(_checks.message(_FN, "out", "a folder path", out))
     weights_file, state = _read_state(weights) if weights is not None else (None, None)
-    # the run folder is replaced as a unit by --overwrite: never one holding what the run reads
-    _checks.check_inputs_outside(_FN, "out", out, [root, *([weights_file] if weights_file else [])])
+    # each run folder is replaced as a unit by --overwrite: never one holding what the run reads (with
+    # several subjects those are out/sub-XX; out itself only holds them)
+    inputs = [root, *([weights_file] if weights_file else [])]
+    for s in [None] if single else subjects:
+        run_out = out if s is None else os.path.join(os.fspath(out), f"sub-{s:02d}")
+        _checks.check_inputs_outside(_FN, "out", run_out, inputs)
     if not single and not resume and not overwrite:
         # every subject's folder before the first trains: a later one holding a run failed only after
         # the earlier subjects had trained, and rerunning them needs --resume
@@ -1020,6 +1024,8 @@ def align(
             "lr": lr,
             "beta": beta,
             "image_size": image_size,
+            # how images reach image_size: a run made when they were centre-cropped is not resumed as one
+            "image_resize": "squeeze",
             "target": target,
             "contrast": contrast,
             "contrast_scope": "the global batch in training, each process's share in validation",

@@ -539,14 +539,16 @@ def _check_settings(a: dict[str, Any]) -> list[int]:
 _SEED_DIR = re.compile(r"seed-(-?\d+)$")
 
 
-def _prepare_seed_set(out: str, seeds: list[int], *, overwrite: bool) -> None:
+def _prepare_seed_set(out: str, seeds: list[int], *, overwrite: bool, resume: bool = False) -> None:
     """Makes ``out`` ready for one run per seed (``out/seed-N``) and their summary.json.
 
     A missing or empty folder, or one that holds the runs of exactly these seeds, is used as it is (each
-    seed's folder then follows fit's rules: resume, overwrite or refuse). Anything else (a single run, the
-    runs of other seeds, other files) is refused unless ``overwrite``, which replaces the folder as a
-    unit: the summary of other seeds must not be overwritten by this set's, nor stale seed folders be
-    left beside it.
+    seed's folder then follows fit's rules: resume, overwrite or refuse); with ``resume`` also one that
+    holds the runs of some of them (a set stopped before its last seed started). Anything else (a single
+    run, the runs of other seeds, other files) is refused unless ``overwrite``, which replaces the folder
+    as a unit where it holds runs only (a single run, or seed folders that are runs, and the set's
+    summary.json), never the current folder or one above it: the summary of other seeds must not be
+    overwritten by this set's, nor stale seed folders be left beside it.
     """
     path = os.path.abspath(out)
     if os.path.lexists(path) and not os.path.isdir(path):
@@ -558,18 +560,26 @@ def _prepare_seed_set(out: str, seeds: list[int], *, overwrite: bool) -> None:
         int(m.group(1)) for e in entries if (m := _SEED_DIR.match(e)) and os.path.isdir(os.path.join(path, e))
     )
     others = sorted(e for e in entries if not _SEED_DIR.match(e) and e != "summary.json")
-    if not others and found == sorted(seeds):
+    if not others and (found == sorted(seeds) or (resume and set(found) <= set(seeds))):
         return
-    if overwrite and (found or os.path.isfile(os.path.join(path, "config.json"))):
+    run_keys = ("config", "fit", "environment")
+    single = _checks.holds_keys(os.path.join(path, "config.json"), run_keys)
+    seed_runs = not others and all(
+        _checks.holds_keys(os.path.join(path, f"seed-{n}", "config.json"), run_keys) for n in found
+    )
+    if overwrite and (single or (found and seed_runs)):
+        _checks.check_replaceable(_FN, "out", path)
         with replacing_dir(path):
             pass
         return
     held = (
-        "a single run (config.json)" if "config.json" in others
+        "a single run (config.json)" if single
         else f"the runs of seeds {found}" + (f" and {others[:5]}" if others else "") if found
         else f"other files ({others[:5]})"
     )  # fmt: skip
-    fix = "pass overwrite=True (--overwrite) to replace it, or " if found or "config.json" in others else ""
+    fix = "pass overwrite=True (--overwrite) to replace it, or " if single or (found and seed_runs) else ""
+    if not others and found and set(found) <= set(seeds):
+        fix = "pass resume=True (--resume) to continue them, " + fix
     raise ValueError(
         f"{_FN}: out={path!r} holds {held}, not the runs of seeds {seeds}; {fix}choose another out "
         "(its summary.json would be replaced by this set's)"
@@ -685,7 +695,7 @@ def decode(
     ]
     _checks.check_inputs_outside(_FN, "out", out, given)
     if len(seeds) > 1 and distributed.planned().is_main:  # one process readies the folder, as fit's rank 0
-        _prepare_seed_set(os.fspath(out), seeds, overwrite=overwrite)
+        _prepare_seed_set(os.fspath(out), seeds, overwrite=overwrite, resume=resume)
     meta = load_image_metadata(os.path.join(root, IMAGE_DIR))
     paths = {"train": meta.paths("training"), "test": meta.paths("test")}
     target_device = (

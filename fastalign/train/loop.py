@@ -465,10 +465,22 @@ class _Fit:
         self.elapsed_before = ckpt["elapsed"]
         if self.info.is_main:
             self.run.truncate_metrics(ckpt["metrics_bytes"])
-            if self.best["epoch"] == ckpt["epoch"] and self.run.model_epoch() != ckpt["epoch"]:
+            held = self.run.model_epoch()
+            if self.best["epoch"] == ckpt["epoch"] and held != ckpt["epoch"]:
                 # stopped after this checkpoint, before the selected epoch's model was written (it is
                 # written after the checkpoint): the checkpoint's model is that epoch's
                 self._save_model()
+            elif held is not None and held != self.best["epoch"]:
+                # e.g. a later checkpoint removed by hand: the model file is from an epoch this checkpoint
+                # does not know as the best; it is replaced only if a later epoch is selected again
+                warnings.warn(
+                    f"fit: resuming {self.run.path!r} from epoch {ckpt['epoch']}, whose best epoch is "
+                    f"{self.best['epoch']}, but {os.path.basename(self.run.model_path)} holds epoch {held}'s "
+                    "weights (a later checkpoint removed?); unless a later epoch is selected, the run ends "
+                    "with those weights under the summary's best epoch",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         distributed.barrier(self.info)
 
     # Epochs
@@ -709,6 +721,12 @@ class _Fit:
         summary = self.run.read_summary()
         best = summary.get("best_epoch")
         if best is not None:
+            if not os.path.isfile(self.run.model_path):
+                raise FileNotFoundError(
+                    f"fit: out={self.run.path!r} holds a finished run (summary.json: best epoch {best}) "
+                    f"whose {os.path.basename(self.run.model_path)} is missing and which kept no checkpoint "
+                    "to rebuild it from; restore the file, or train it again with overwrite=True"
+                )
             distributed.barrier(self.info)
             self.run.load_model(self.model, self.device)
         history = self.run.read_metrics("epoch")

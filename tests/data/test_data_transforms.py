@@ -110,7 +110,7 @@ def test_transform_without_crop_squeezes_to_a_square_as_the_published_resize() -
     )
     with pytest.raises(ValueError, match=r"resize must be None or size \(8\) with crop=False"):
         imagenet_transform(8, resize=10, crop=False)
-    with pytest.raises(ValueError, match="crop must be a bool"):
+    with pytest.raises(TypeError, match="crop must be a bool"):
         imagenet_transform(8, crop="no")  # type: ignore[arg-type]
 
 

@@ -405,6 +405,16 @@ def test_a_run_folder_holding_the_data_or_weights_is_refused(synth: SyntheticThi
     with pytest.raises(ValueError, match=r"holds the input .*start.safetensors"):
         align(synth.root, 1, out=tmp_path / "mine", weights=weights, overwrite=True, **RUN)
     assert sorted(p.name for p in Path(synth.root).iterdir()) == before and os.path.isfile(weights)
+    # with several subjects only out/sub-XX are replaced: an out holding the data beside them is fine (the
+    # call goes on to the next check: a subject's folder already holding something)
+    parent = Path(synth.root).parent
+    (parent / "sub-01").mkdir()
+    try:
+        (parent / "sub-01" / "x.txt").write_text("x")
+        with pytest.raises(ValueError, match=r"already holds sub-01; pass resume=True"):
+            align(synth.root, [1, 2], out=parent, **RUN)
+    finally:
+        shutil.rmtree(parent / "sub-01")
 
 
 def test_unknown_subject_is_refused(synth: SyntheticThings, tmp_path: Path) -> None:

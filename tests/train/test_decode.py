@@ -132,6 +132,36 @@ def test_a_seed_set_never_replaces_other_results_without_overwrite(
     with pytest.raises(ValueError, match=r"holds other files \(\['todo\.txt'\]\).*; choose another out"):
         decode(synth, 1, out=tmp_path / "notes", seed=[0, 1], overwrite=True, **{**FAST, "epochs": 1})
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    # a project with a config.json of its own is not a run: --overwrite left it whole only by chance
+    # before (a folder holding any config.json was replaced); the current folder is never replaced
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "config.json").write_text('{"name": "my app"}')
+    (project / "main.py").write_text("precious")
+    with pytest.raises(
+        ValueError, match=r"holds other files \(\['config\.json', 'main\.py'\]\).*; choose another out"
+    ):
+        decode(synth, 1, out=project, seed=[0, 1], overwrite=True, **{**FAST, "epochs": 1})
+    assert (project / "main.py").read_text() == "precious"
+    cwd = os.getcwd()
+    os.chdir(tmp_path / "set")
+    try:
+        with pytest.raises(FileExistsError, match="is the current folder, one above it or the home folder"):
+            decode(synth, 1, out=".", seed=[7, 8], overwrite=True, **{**FAST, "epochs": 1})
+    finally:
+        os.chdir(cwd)
+    assert sorted(os.listdir(tmp_path / "set")) == ["seed-5", "seed-6", "summary.json"]
+
+
+def test_a_seed_set_stopped_before_its_last_seed_resumes(synth: SyntheticThings, tmp_path: Any) -> None:
+    # interrupted during seed 0 of [0, 1]: --resume was refused ("holds the runs of seeds [0]"), and the
+    # --overwrite it advised deleted seed 0's progress
+    decode(synth, 1, out=tmp_path / "set" / "seed-0", seed=0, **{**FAST, "epochs": 1})
+    with pytest.raises(ValueError, match=r"pass resume=True \(--resume\) to continue them"):
+        decode(synth, 1, out=tmp_path / "set", seed=[0, 1], **{**FAST, "epochs": 1})
+    result = decode(synth, 1, out=tmp_path / "set", seed=[0, 1], resume=True, **{**FAST, "epochs": 1})
+    assert len(result.fits) == 2 and result.summary["seeds"] == [0, 1]
+    assert sorted(os.listdir(tmp_path / "set")) == ["seed-0", "seed-1", "summary.json"]
 
 
 def test_resume_refuses_a_run_whose_image_model_changed(synth: SyntheticThings, tmp_path: Any) -> None:

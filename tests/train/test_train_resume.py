@@ -146,3 +146,32 @@ def test_a_stop_between_the_checkpoint_and_the_model_is_repaired_on_resume(tmp_p
     weights = load_file(folder.model_path)
     want = load_checkpoint(folder.checkpoint_path(2))["model"]
     assert all(torch.equal(weights[k], want[k]) for k in want)
+
+
+def test_a_finished_run_missing_its_model_and_a_stale_model_are_named(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run(out, keep_checkpoints=0)
+    folder = RunFolder(out)
+    os.remove(folder.model_path)
+    with pytest.raises(
+        FileNotFoundError, match=r"holds a finished run .* whose model.safetensors is missing"
+    ):
+        run(out, resume=True, keep_checkpoints=0)
+    # a later checkpoint removed by hand: the model file is from an epoch the earlier checkpoint does not
+    # know as its best (monitor train_loss, mode max: epoch 1 stays the best of a falling loss)
+    other = tmp_path / "other"
+    kw = dict(keep_checkpoints=None, epochs=3, monitor="train_loss", mode="max")
+    full = run(other, **kw)
+    folder = RunFolder(other)
+    assert full.best_epoch == 1
+    from safetensors.torch import load_file, save_file
+
+    save_file(
+        load_file(folder.model_path), folder.model_path, metadata={"epoch": "3"}
+    )  # as if 3 was selected
+    os.remove(folder.summary_path)
+    os.remove(folder.checkpoint_path(3))
+    with pytest.warns(
+        RuntimeWarning, match=r"whose best epoch is 1, but model.safetensors holds epoch 3's weights"
+    ):
+        run(other, resume=True, **kw)
