@@ -139,13 +139,14 @@ def test_run_folder_holds_config_metrics_model_and_summary(run: tuple[AlignResul
     result, _ = run
     folder = RunFolder(result.run.path)
     assert sorted(os.listdir(folder.path)) == [
-        "config.json", "metrics.jsonl", "model.safetensors", "summary.json"
+        ".lock", "config.json", "metrics.jsonl", "model.safetensors", "summary.json"
     ]  # fmt: skip
     config = folder.read_config()["config"]
     for key, value in {
         "subject": 1, "modality": "eeg", "lr": 1e-4, "beta": 100.0, "image_size": SIZE, "target": "hard",
         "contrast": "differentiable", "control": None, "val_fraction": 0.25, "n_train": 9, "n_val": 3,
         "n_test": N_TEST, "n_out": 340, "response_shape": [17, 20], "start": "random",
+        "image_resize": "squeeze",
     }.items():  # fmt: skip
         assert config[key] == value, key
     assert len(config["channels"]) == 17 and all(re.match("^O|^P", c) for c in config["channels"])
