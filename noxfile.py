@@ -54,7 +54,7 @@ def tests(session: nox.Session) -> None:
         shutil.rmtree(basetemp, ignore_errors=True)
 
 
-# The suite writes about 2.5 GB at its peak (CORnet-S weights, optimiser checkpoints, run folders); on a
+# The suite writes 3.4 GiB at its peak (CORnet-S weights, optimiser checkpoints, run folders); on a
 # disk, page-cache writeback made the tests that save models 15-50% slower (the suite on a 2-core machine:
 # 270 -> 249 s with its temporary files in /dev/shm).
 _MEMORY_TMP, _MEMORY_TMP_MIN_FREE = "/dev/shm", 8 << 30

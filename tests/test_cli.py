@@ -285,8 +285,8 @@ def test_sigterm_stops_the_program_as_ctrl_c_does() -> None:
         "from fastalign import cli\n"
         "build = cli.parser\n"
         "def slow(args):\n"
-        "    print('started', flush=True)\n"
         "    try:\n"
+        "        print('started', flush=True)\n"  # inside: the signal may come right after it
         "        time.sleep(60)\n"
         "    finally:\n"
         "        print('cleaned up', flush=True)\n"
