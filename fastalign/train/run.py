@@ -383,11 +383,15 @@ def prepare_run(
     """Makes ``out`` ready for a run with ``settings`` (``{"config": ..., "fit": ...}``, JSON types).
 
     Returns:
-        The run folder, and the checkpoint to resume from (None: start from the beginning).
+        The run folder, holding the folder's lock (:meth:`RunFolder.unlock` releases it), and the
+        checkpoint to resume from: None to start from the beginning, :data:`FINISHED` for a finished
+        run that kept no checkpoint (nothing to train).
 
     Raises:
         ValueError: ``out`` is a file; a non-empty folder that holds no run; a run with other settings
             without ``overwrite``; a run with these settings without ``resume`` or ``overwrite``.
+        FileExistsError: another process is training in ``out`` (its lock is held); ``overwrite`` of
+            a folder whose config.json is not a run's, or of the current folder or one above it.
     """
     path = os.path.abspath(os.fspath(out))
     run = RunFolder(path)
@@ -454,11 +458,16 @@ def _prepare_existing(
                 f"fit: out={path!r} holds a {CONFIG} that is not a run's (no config, fit and environment "
                 "entries), and overwrite=True replaces only run folders; choose a new or empty out"
             )
-        with replacing_dir(path) as staging:
-            RunFolder(staging).write_config(record)
-            held = _lock(staging)  # the new folder's, taken before it replaces the old one
+        new = RunFolder(path)
+        try:
+            with replacing_dir(path) as staging:
+                RunFolder(staging).write_config(record)
+                new._lock = _lock(staging)  # the new folder's, taken before it replaces the old one
+        except BaseException:
+            new.unlock()
+            raise
         run.unlock()
-        run._lock = held
+        run._lock, new._lock = new._lock, None
         return None
     stored = run.read_config()
     diffs = _differences({k: stored.get(k) for k in settings}, dict(settings))
