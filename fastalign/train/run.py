@@ -470,7 +470,11 @@ def _prepare_existing(
         run._lock, new._lock = new._lock, None
         return None
     stored = run.read_config()
-    diffs = _differences({k: stored.get(k) for k in settings}, dict(settings))
+    old = {k: stored.get(k) for k in settings}
+    extended = _extension(old, settings) if resume else None
+    if extended is not None:  # more epochs: a change resume may make (nothing else in fit depends on it)
+        old = {**old, "fit": {**old["fit"], "epochs": extended[1]}}
+    diffs = _differences(old, dict(settings))
     if diffs:
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
         raise ValueError(
@@ -490,6 +494,17 @@ def _prepare_existing(
             f"fit: out={path!r} already holds a run with this config ({done}); "
             "pass resume=True (--resume) to continue it or overwrite=True (--overwrite) to replace it"
         )
+    if extended is not None:
+        if latest is None and os.path.isfile(run.summary_path):
+            raise ValueError(
+                f"fit: out={path!r} holds a run finished after {extended[0]} epochs that kept no checkpoint "
+                f"(keep_checkpoints=0), so it cannot go on to {extended[1]}; train it again with "
+                "overwrite=True, or keep checkpoints next time"
+            )
+        stored["fit"] = {**stored["fit"], "epochs": extended[1]}
+        run.write_config(stored)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(run.summary_path)  # not finished any more: its summary comes when the new epochs end
     if latest is None:
         if os.path.isfile(run.summary_path):
             # finished without a checkpoint (keep_checkpoints=0): done, as a finished run with one is;
@@ -504,6 +519,16 @@ def _prepare_existing(
             )
         run.clear_outputs()
     return latest
+
+
+def _extension(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(stored, new) epochs when ``new`` asks for more epochs than the stored run's fit settings, else
+    None. A schedule over the epochs (a cosine's T_max) still differs, and is refused as a difference."""
+    before, after = (c.get("fit", {}).get("epochs") if isinstance(c.get("fit"), Mapping) else None
+                     for c in (old, new))  # fmt: skip
+    if isinstance(before, int) and isinstance(after, int) and after > before:
+        return before, after
+    return None
 
 
 def _holds_outputs(run: RunFolder) -> bool:

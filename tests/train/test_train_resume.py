@@ -175,3 +175,29 @@ def test_a_finished_run_missing_its_model_and_a_stale_model_are_named(tmp_path: 
         RuntimeWarning, match=r"whose best epoch is 1, but model.safetensors holds epoch 3's weights"
     ):
         run(other, resume=True, **kw)
+
+
+def test_a_finished_run_resumed_with_more_epochs_goes_on_as_one_run(tmp_path: Path) -> None:
+    # "fit.epochs: 3 -> 5" was refused as another config: a run could not be extended
+    whole = run(tmp_path / "whole", epochs=5)
+    out = tmp_path / "run"
+    run(out, epochs=3)
+    longer = run(out, epochs=5, resume=True)
+    assert longer.epochs_run == 5 and longer.summary["resumed_at"] == [3]
+    assert RunFolder(out).read_config()["fit"]["epochs"] == 5
+    assert _untimed(RunFolder(out).read_metrics()) == _untimed(RunFolder(tmp_path / "whole").read_metrics())
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(state_of(longer.model).values(), state_of(whole.model).values(), strict=True)
+    )
+    # fewer epochs, or another setting with them, is still a different run
+    with pytest.raises(ValueError, match=r"different config \(fit.epochs: 5 -> 4\)"):
+        run(out, epochs=4, resume=True)
+    with pytest.raises(ValueError, match=r"different config \(fit.seed: 0 -> 1\)"):
+        run(out, epochs=6, seed=1, resume=True)
+    # without a checkpoint there is nothing to go on from
+    run(tmp_path / "nock", epochs=2, keep_checkpoints=0)
+    with pytest.raises(
+        ValueError, match=r"finished after 2 epochs that kept no checkpoint .* cannot go on to 3"
+    ):
+        run(tmp_path / "nock", epochs=3, keep_checkpoints=0, resume=True)
