@@ -13,7 +13,7 @@ Two choices differ from the published code (AlignVis src/utils.py):
 - **Ties count against the sample.** The correct image's rank is the number of *other* gallery images
   scoring at least as high as it, so a tie is a miss when it pushes the correct image out of the top k.
   ``topk``'s order among equal scores is arbitrary (the published code inherits it); counting ties
-  conservatively means a constant encoder (every score equal) gets 0, not chance by index order.
+  conservatively means an encoder whose scores are all equal gets 0, not chance by index order.
 """
 
 from __future__ import annotations

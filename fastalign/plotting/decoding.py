@@ -264,7 +264,9 @@ def _matrix(fn: str, name: str, value: Any) -> np.ndarray:
 
 
 def _unit_rows(a: np.ndarray) -> np.ndarray:
-    a = a - a.mean(axis=1, keepdims=True)
+    """Rows scaled to unit L2 norm (a zero row stays 0): the cosine that retrieval_topk ranks by. The
+    grid centred them first, so for embeddings not centred already (decode centres its own) it ranked
+    by another score than the rank it printed."""
     norm = np.linalg.norm(a, axis=1, keepdims=True)
     return a / np.where(norm > 0, norm, 1.0)
 
@@ -358,10 +360,14 @@ def plot_retrieval_grid(
         raise ValueError(f"{fn}: trials must be a non-empty list of ints in [0, {n}), got {trials!r}")
 
     scores = _unit_rows(brain[rows]) @ _unit_rows(gallery).T  # (rows, G)
-    order = np.argsort(-scores, axis=1, kind="stable")
     # the rank as retrieval_topk counts it: images scoring at least as high as the correct one
     correct_scores = scores[np.arange(len(rows)), target[rows]]
     ranks = (scores >= correct_scores[:, None]).sum(axis=1)
+    # ties against the trial here too: the correct image after every image scoring as high, so it never
+    # shows in the top-k columns as "correct" while its rank puts it past them
+    is_correct = np.zeros_like(scores, dtype=bool)
+    is_correct[np.arange(len(rows)), target[rows]] = True
+    order = np.lexsort((is_correct, -scores), axis=1)
     extra = bool((ranks > k).any())
     ncols = k + int(extra)
     fig = Figure(figsize=(1.7 * ncols + 0.8, 1.9 * len(rows)), layout="constrained")

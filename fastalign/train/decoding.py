@@ -590,6 +590,9 @@ def _aggregate(summaries: list[dict[str, Any]], seeds: list[int]) -> dict[str, A
     """Mean and standard error of the mean over seeds, and every seed's numbers."""
     first = summaries[0]
     out: dict[str, Any] = {"seeds": seeds, "n_gallery": first["n_gallery"], "chance": first["chance"]}
+    # the same for every seed (one data set): the concept level's chance and counts, which
+    # plot_topk_bars(concept=True) reads, as a single run's summary holds them
+    out.update({k: first[k] for k in ("concept_chance", "n_concepts", "n_queries") if k in first})
     keys = [k for k, v in first.items() if k.startswith(("top", "concept_top")) or k == "temperature"]
     for k in keys:
         values = np.array([s[k] for s in summaries], dtype=np.float64)

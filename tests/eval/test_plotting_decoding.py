@@ -197,6 +197,30 @@ def test_retrieval_grid_ranks_images_and_frames_the_correct_one() -> None:
     assert to_hex(frame.get_edgecolor()) == PALETTE[2].lower()
 
 
+def test_retrieval_grid_ranks_as_retrieval_topk_does_with_its_ties() -> None:
+    # the grid centred the embeddings before its cosine, retrieval_topk does not: on embeddings not centred
+    # already they ranked by different scores; and a tied correct image showed in the top-k columns
+    # labelled "correct" and again, past them, with its rank
+    import torch
+
+    from fastalign.eval import retrieval_topk
+
+    rng = np.random.default_rng(3)
+    gallery = rng.standard_normal((12, 6)) + 3.0  # far from zero-mean rows
+    brain = gallery + rng.standard_normal((12, 6))
+    pictures = np.zeros((12, 4, 4, 3), dtype=np.uint8)
+    fig = plot_retrieval_grid(brain, gallery, pictures, k=1, trials=list(range(12)))
+    ranks = [
+        int(fig.axes[r * len(fig.axes) // 12].get_ylabel().split("rank ")[1].rstrip(")")) for r in range(12)
+    ]
+    top1 = retrieval_topk(torch.from_numpy(brain), torch.from_numpy(gallery), ks=(1,))["top1"]
+    assert sum(r == 1 for r in ranks) / 12 == pytest.approx(top1)
+    # every score tied: the correct image is never among the top-k columns, only past them
+    tied = plot_retrieval_grid(np.ones((4, 3)), np.ones((4, 3)), pictures[:4], k=2, trials=[0])
+    labels = [ax.get_xlabel() for ax in tied.axes]
+    assert not any("correct" in x for x in labels[:2]) and labels[2].endswith("(correct, rank 4)")
+
+
 def test_retrieval_grid_reads_image_files(tmp_path) -> None:
     from PIL import Image
 

@@ -161,6 +161,14 @@ def test_a_seed_set_stopped_before_its_last_seed_resumes(synth: SyntheticThings,
         decode(synth, 1, out=tmp_path / "set", seed=[0, 1], **{**FAST, "epochs": 1})
     result = decode(synth, 1, out=tmp_path / "set", seed=[0, 1], resume=True, **{**FAST, "epochs": 1})
     assert len(result.fits) == 2 and result.summary["seeds"] == [0, 1]
+    # the set's summary holds what a single run's holds for the concept level (plot_topk_bars reads it)
+    single = result.fits[0].summary
+    assert {"concept_chance", "n_concepts", "n_queries"} <= set(single)  # the synthetic set has concepts
+    for key in ("concept_chance", "n_concepts", "n_queries"):
+        assert result.summary[key] == single[key], key
+    from fastalign.plotting.decoding import plot_topk_bars
+
+    plot_topk_bars({"2 seeds": tmp_path / "set"}, concept=True)  # it raised: no concept chance
     assert sorted(os.listdir(tmp_path / "set")) == ["seed-0", "seed-1", "summary.json"]
 
 
