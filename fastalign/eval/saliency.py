@@ -302,6 +302,17 @@ def _band_parts(
     return parts
 
 
+def _captum(fn: str) -> Any:
+    """captum's IntegratedGradients, or an ImportError saying how to install it."""
+    try:
+        from captum.attr import IntegratedGradients
+    except ImportError as exc:
+        raise ImportError(
+            f"{fn} needs captum (pip install captum, or fastalign's 'saliency' extra): {exc}"
+        ) from exc
+    return IntegratedGradients
+
+
 def integrated_gradients(
     model: nn.Module,
     x: torch.Tensor,
@@ -343,18 +354,13 @@ def integrated_gradients(
         raise ValueError(f"{fn}: bands are in Hz and need sfreq (the sampling rate), got sfreq=None")
     band_list = (("all", 0.0, math.inf),) if sfreq is None else _check_bands(fn, bands or EEG_BANDS, sfreq)
     base = torch.zeros_like(x) if baseline is None else _baseline(fn, baseline, x)
-    try:
-        from captum.attr import IntegratedGradients
-    except ImportError as exc:
-        raise ImportError(
-            f"{fn} needs captum (pip install captum, or fastalign's 'saliency' extra): {exc}"
-        ) from exc
+    integrated = _captum(fn)
 
     def forward(*args: torch.Tensor) -> torch.Tensor:
         *parts, start, target = args
         return _similarity(model, start + sum(parts), target)
 
-    ig = IntegratedGradients(forward)
+    ig = integrated(forward)
     group = max(1, batch_size // n_steps)
     pieces: list[tuple[torch.Tensor, ...]] = []
     with _EvalMode(model):
@@ -496,6 +502,7 @@ def saliency(
         raise ValueError(_checks.message(fn, "ch_names", f"{n_ch} channel names (x's channels)", ch_names))
     else:
         names = tuple(ch_names)
+    _captum("integrated_gradients")  # before Grad-CAM's pass, not after it
     cam = grad_cam(model, x, image_emb, layer=layer, pool=pool)
     ig = integrated_gradients(
         model,

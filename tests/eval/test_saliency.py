@@ -241,6 +241,21 @@ def test_saliency_of_a_decoder() -> None:
         s.channel_map("beta2")
 
 
+def test_without_captum_saliency_stops_before_any_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # it ran Grad-CAM in full, then found captum missing
+    import sys
+
+    module = sys.modules[saliency.__module__]  # fastalign.eval.saliency (the package's name is the function)
+
+    calls = []
+    monkeypatch.setattr(module, "grad_cam", lambda *a, **k: calls.append(1))
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    x, e = _data(n=1)
+    with pytest.raises(ImportError, match=r"integrated_gradients needs captum \(pip install captum"):
+        saliency(_nice().double(), x, e, sfreq=100.0)
+    assert calls == []
+
+
 # ---------------------------------------------------------------------------------------------- errors
 
 
