@@ -271,10 +271,17 @@ def epoch_session(
     mraw = mne.io.RawArray(raw.data, info, verbose="error")  # shares raw.data (float64: no copy)
     # A file loaded here is freed once pick() copies out the kept channels (1.7 GB at published size).
     del raw
-    events = mne.find_events(mraw, stim_channel=stim_channel, verbose="error")
-    # The stim channel is never data, even when the regex matches it (e.g. ".*" for all 63 channels).
+    try:
+        events = mne.find_events(mraw, stim_channel=stim_channel, verbose="error")
+    except ValueError as exc:  # MNE's text names no file (e.g. a negative code: "events shorter than...")
+        raise ValueError(
+            f"{src}: the stim channel {stim_channel!r} could not be read as events ({exc}); expected "
+            "THINGS-EEG2 codes: positive image numbers, 0 between events"
+        ) from exc
+    # The stim channel is never data, even when the regex matches it (e.g. ".*" for all 63 channels),
+    # by its type or its name (a file that types it "misc")
     types = mraw.get_channel_types()
-    eeg_names = [n for n, t in zip(mraw.ch_names, types, strict=True) if t != "stim"]
+    eeg_names = [n for n, t in zip(mraw.ch_names, types, strict=True) if t != "stim" and n != stim_channel]
     names = _channel_names(channels)
     if names is None:
         picked = [eeg_names[i] for i in mne.pick_channels_regexp(eeg_names, channels)]
@@ -381,8 +388,9 @@ def merge_sessions(
     if counts.min() != counts.max():
         few = conditions[counts == counts.min()][0]
         raise ValueError(
-            f"training sessions show images unequally often: event {few} is in {counts.min()} session(s), "
-            f"others in up to {counts.max()}; expected every image in the same number of sessions"
+            f"training sessions show images unequally often: stim code {few + 1} (image {few}) is in "
+            f"{counts.min()} session(s), others in up to {counts.max()}; expected every image in the same "
+            "number of sessions (a code that is no image, e.g. a start trigger, shows as such an image)"
         )
     per_session = data.shape[1]
     order = np.argsort(codes, kind="stable")

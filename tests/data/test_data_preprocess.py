@@ -4,6 +4,7 @@ the synthetic dataset."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import mne
@@ -216,6 +217,38 @@ def test_epoch_session_checks_raw(synthetic: SyntheticThings) -> None:
     loaded = load_raw_eeg(raw_path(synthetic.raw_dir, 1, 1, "test"))
     with pytest.raises(ValueError, match=r"epoch_session: .*no stim channel 'STI 014'"):
         epoch_session(loaded, n_repetitions=2, stim_channel="STI 014")
+
+    # MNE's own errors on the stim channel (e.g. "events shorter than the shortest_event") named no file
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("You have 1 events shorter than the shortest_event.")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(mne, "find_events", refuse)
+        with pytest.raises(ValueError, match=r"raw_eeg_test\.npy: the stim channel 'stim' could not be read"):
+            epoch_session(loaded, n_repetitions=1)
+    stim = loaded.ch_names.index("stim")
+    # a stim channel typed "misc" is not data, by its name, even when the regex takes every channel
+    misc = dataclasses.replace(
+        loaded, ch_types=[*loaded.ch_types[:stim], "misc", *loaded.ch_types[stim + 1 :]]
+    )
+    got = epoch_session(misc, n_repetitions=1, channels=".*")
+    assert "stim" not in got.ch_names
+    assert got.ch_names == epoch_session(loaded, n_repetitions=1, channels=".*").ch_names
+
+
+def test_unequal_training_sessions_name_the_stim_code() -> None:
+    # the message said "event 0": the 0-based image of raw code 1, in words that read as the raw code
+    from fastalign.data.preprocess import EEGResponses, merge_sessions
+
+    def part(conditions: list[int]) -> EEGResponses:
+        c = np.asarray(conditions)
+        return EEGResponses(np.zeros((len(c), 2, 3, 4)), ["O1", "O2", "Oz"], np.arange(4) / 100, c, "s.npy")
+
+    test = [part([0, 1]), part([0, 1])]
+    with pytest.raises(
+        ValueError, match=r"stim code 255 \(image 254\) is in 1 session\(s\), others in up to 2"
+    ):
+        merge_sessions(test, [part([0, 1, 254]), part([0, 1])])
 
 
 @pytest.mark.parametrize(
