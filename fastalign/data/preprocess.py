@@ -271,6 +271,14 @@ def epoch_session(
     mraw = mne.io.RawArray(raw.data, info, verbose="error")  # shares raw.data (float64: no copy)
     # A file loaded here is freed once pick() copies out the kept channels (1.7 GB at published size).
     del raw
+    stim_values = mraw.get_data(picks=[mraw.ch_names.index(stim_channel)])[0]  # "stim" is also a type name
+    if stim_values.min() < 0:
+        # MNE reads a negative sample as the event of its absolute value: a glitch became an image's epoch
+        raise ValueError(
+            f"{src}: the stim channel {stim_channel!r} holds negative values (smallest "
+            f"{stim_values.min():g}, at sample {int(stim_values.argmin())}); expected THINGS-EEG2 codes: "
+            "positive image numbers, 0 between events"
+        )
     try:
         events = mne.find_events(mraw, stim_channel=stim_channel, verbose="error")
     except ValueError as exc:  # MNE's text names no file (e.g. a negative code: "events shorter than...")

@@ -227,6 +227,13 @@ def test_epoch_session_checks_raw(synthetic: SyntheticThings) -> None:
         with pytest.raises(ValueError, match=r"raw_eeg_test\.npy: the stim channel 'stim' could not be read"):
             epoch_session(loaded, n_repetitions=1)
     stim = loaded.ch_names.index("stim")
+    # a negative sample: MNE read it as the event of its absolute value, an extra epoch of that image
+    bad = dataclasses.replace(loaded, data=loaded.data.copy())
+    bad.data[stim, np.flatnonzero(bad.data[stim])[0] - 10] = -3
+    with pytest.raises(
+        ValueError, match=r"the stim channel 'stim' holds negative values \(smallest -3, at sample"
+    ):
+        epoch_session(bad, n_repetitions=1)
     # a stim channel typed "misc" is not data, by its name, even when the regex takes every channel
     misc = dataclasses.replace(
         loaded, ch_types=[*loaded.ch_types[:stim], "misc", *loaded.ch_types[stim + 1 :]]

@@ -135,7 +135,7 @@ def test_merge_rejects_unequal_training_sessions() -> None:
     data = np.random.default_rng(0).normal(size=(2, 2, 3, 4))
     a = EEGResponses(data, ["O1", "O2", "Oz"], np.arange(4), np.array([1, 2]), "ses-01")
     b = EEGResponses(data[:1], ["O1", "O2", "Oz"], np.arange(4), np.array([1]), "ses-02")
-    with pytest.raises(ValueError, match="event 2 is in 1 session"):
+    with pytest.raises(ValueError, match=r"stim code 3 \(image 2\) is in 1 session"):
         merge_sessions([a, a], [a, b])
     c = EEGResponses(data, ["O1", "O2", "Pz"], np.arange(4), np.array([1, 2]), "ses-03")
     with pytest.raises(ValueError, match="ses-03: channels"):
