@@ -306,6 +306,15 @@ def epoch_session(
             )
         picked = names
     mraw.pick(picked)  # in the order of ``picked`` (the published pick_channels(..., ordered=True))
+    # NaN/inf only where it is used: a broken channel that is not picked (a frontal one, for the
+    # occipital default) does not refuse the recording
+    finite = np.isfinite(mraw.get_data()).all(axis=1)
+    if not finite.all():
+        bad = [n for n, ok in zip(mraw.ch_names, finite, strict=True) if not ok]
+        raise ValueError(
+            f"{fn}: {src}: the picked channel(s) {bad} hold NaN/inf values; expected finite data in every "
+            "channel used (leave them out with channels=)"
+        )
     if target_event is not None:
         events = events[events[:, 2] != target_event]
     if len(events) == 0:

@@ -119,8 +119,9 @@ class RawEEG:
 
 
 def load_raw_eeg(path: str | os.PathLike[str], stim_channel: str = "stim") -> RawEEG:
-    """Loads ``raw_eeg_{training,test}.npy`` and checks it (2-d finite data, names/types per channel,
-    a stim channel, a positive number as sfreq).
+    """Loads ``raw_eeg_{training,test}.npy`` and checks it (2-d data, names/types per channel, a finite
+    stim channel, a positive number as sfreq). NaN or inf in an EEG channel is left to the user of the
+    data: :func:`fastalign.data.epoch_session` refuses it in the channels it picks only.
 
     Raises:
         FileNotFoundError: no such file.
@@ -129,7 +130,7 @@ def load_raw_eeg(path: str | os.PathLike[str], stim_channel: str = "stim") -> Ra
     """
     file = os.fspath(path)
     d = load_pickled_dict(file, _RAW_KEYS, "THINGS-EEG2 raw EEG")
-    data = check_array(d["raw_eeg_data"], "raw_eeg_data", file, ndim=2)
+    data = check_array(d["raw_eeg_data"], "raw_eeg_data", file, ndim=2, finite=False)
     ch_names = [str(c) for c in d["ch_names"]]
     ch_types = [str(c) for c in d["ch_types"]]
     if not (len(ch_names) == len(ch_types) == data.shape[0]):
@@ -139,6 +140,9 @@ def load_raw_eeg(path: str | os.PathLike[str], stim_channel: str = "stim") -> Ra
         )
     if stim_channel not in ch_names:
         raise ValueError(f"{file!r}: no stim channel {stim_channel!r} among ch_names {ch_names}")
+    check_array(
+        data[ch_names.index(stim_channel)], f"raw_eeg_data's stim channel {stim_channel!r}", file, ndim=1
+    )
     stored = d["sfreq"]
     arr = np.asarray(stored if isinstance(stored, (int, float, np.number, np.ndarray)) else np.nan)
     sfreq = float(arr.reshape(())) if arr.size == 1 and arr.dtype.kind in "iuf" else np.nan

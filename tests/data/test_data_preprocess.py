@@ -243,6 +243,31 @@ def test_epoch_session_checks_raw(synthetic: SyntheticThings) -> None:
     assert got.ch_names == epoch_session(loaded, n_repetitions=1, channels=".*").ch_names
 
 
+def test_nan_refuses_a_recording_only_in_the_channels_used(synthetic: SyntheticThings, tmp_path) -> None:
+    # one broken frontal channel refused the whole file, also for the occipital channels
+    loaded = load_raw_eeg(raw_path(synthetic.raw_dir, 1, 1, "test"))
+    assert "Fp1" in loaded.ch_names and "O1" in loaded.ch_names
+    for name, used in (("Fp1", False), ("O1", True)):
+        broken = dataclasses.replace(loaded, data=loaded.data.copy())
+        broken.data[loaded.ch_names.index(name), 100] = np.nan
+        if used:
+            with pytest.raises(ValueError, match=r"the picked channel\(s\) \['O1'\] hold NaN/inf values"):
+                epoch_session(broken, n_repetitions=1)
+        else:
+            got = epoch_session(broken, n_repetitions=1)
+            want = epoch_session(loaded, n_repetitions=1)
+            np.testing.assert_array_equal(got.data, want.data)
+    # the stim channel must be finite when the file is read
+    path = raw_path(synthetic.raw_dir, 1, 1, "test")
+    d = np.load(path, allow_pickle=True).item()  # the test's own file
+    d["raw_eeg_data"] = d["raw_eeg_data"].copy()
+    d["raw_eeg_data"][d["ch_names"].index("stim"), 5] = np.nan
+    bad = os.path.join(tmp_path, "raw_eeg_test.npy")
+    np.save(bad, d, allow_pickle=True)
+    with pytest.raises(ValueError, match=r"stim channel 'stim' holds 1 NaN/inf value"):
+        load_raw_eeg(bad)
+
+
 def test_unequal_training_sessions_name_the_stim_code() -> None:
     # the message said "event 0": the 0-based image of raw code 1, in words that read as the raw code
     from fastalign.data.preprocess import EEGResponses, merge_sessions
