@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -558,7 +557,7 @@ def _repoint_paths(staging: str, final: str) -> None:
     """The run and report configs under ``staging`` name paths inside it (the data a run was aligned on,
     the weights it started from): they are made to name the same files under ``final``, where the folder
     will be (a run's recorded dataset must exist for the checks that read it)."""
-    from fastalign.data._io import atomic_write
+    from fastalign.data._io import atomic_write_text
 
     pairs = [(json.dumps(staging)[1:-1], json.dumps(final)[1:-1])]
     pairs.append((json.dumps(staging, ensure_ascii=False)[1:-1], json.dumps(final, ensure_ascii=False)[1:-1]))
@@ -573,12 +572,7 @@ def _repoint_paths(staging: str, final: str) -> None:
             for old, replacement in pairs:
                 new = new.replace(old, replacement)
             if new != text:
-                atomic_write(path, functools.partial(_write_text, text=new))
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+                atomic_write_text(path, new)
 
 
 def _arguments(p: argparse.ArgumentParser) -> None:

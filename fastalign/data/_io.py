@@ -334,6 +334,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
     return path
 
 
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> str:
+    """Writes ``text`` (UTF-8) to ``path`` with :func:`atomic_write`; returns the path."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    return atomic_write(path, write)
+
+
 def _disk_full(exc: BaseException, path: str) -> OSError | None:
     """An OSError naming ``path`` when ``exc`` came from a full disk, else None. The writers say so in
     their own words, naming no file: torch.save "[enforce fail at inline_container.cc] unexpected pos",

@@ -440,8 +440,8 @@ def layer_features(
     Args:
         model: The model (its ``layers`` set).
         images: Image files, in condition order.
-        image_size: Images are resized to this shorter side and centre-cropped to a square (as ReAlnet
-            was trained; square images are only resized), then ImageNet-normalised.
+        image_size: Images are resized to image_size x image_size (not cropped: a non-square image is
+            squeezed, as ReAlnet is trained), then ImageNet-normalised.
         batch_size, device: How the module runs (in eval mode, without autograd).
         cache_dir: Where rows are cached (see the module doc); None: no cache.
         what: The image set's name in error messages.

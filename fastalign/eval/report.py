@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import fastalign
-from fastalign.data._io import atomic_write, read_json_object
+from fastalign.data._io import atomic_write, atomic_write_text, read_json_object
 
 #: Formats :func:`save_figure` writes.
 FIGURE_FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
@@ -127,7 +127,7 @@ def write_json(path: str | os.PathLike[str], obj: Any, *, fn: str = "write_json"
         TypeError: ``obj`` holds something that is not JSON-able (checked before anything is written).
     """
     text = json.dumps(_jsonable(obj, what, fn), indent=1, allow_nan=False) + "\n"
-    return atomic_write(os.fspath(path), lambda tmp: _write_text(tmp, text))
+    return atomic_write_text(os.fspath(path), text)
 
 
 # ---------------------------------------------------------------------------------------------- HTML
@@ -360,7 +360,7 @@ def write_report(
     )
     if isinstance(summary, Mapping):
         write_json(os.path.join(out, "summary.json"), summary_json, fn=fn, what="summary")
-    return atomic_write(os.path.join(out, "report.html"), lambda tmp: _write_text(tmp, page))
+    return atomic_write_text(os.path.join(out, "report.html"), page)
 
 
 def _summary(fn: str, summary: Mapping[str, Any] | str | os.PathLike[str] | None, out: str) -> dict[str, Any]:
@@ -369,8 +369,3 @@ def _summary(fn: str, summary: Mapping[str, Any] | str | os.PathLike[str] | None
         return _jsonable(dict(summary or {}), "summary", fn)
     path = os.fspath(summary)
     return read_json_object(path if os.path.isabs(path) else os.path.join(out, path), f"{fn}: summary file")
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)

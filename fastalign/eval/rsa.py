@@ -818,8 +818,8 @@ def evaluate(
         modality: "eeg" and/or "fmri" ("behaviour" is added when ``behaviour_rdm`` is given).
         weights: CORnet-S's weights for the model "cornet_s" (``cornet_s-1d3f7974.pth``); None: randomly
             initialised from ``seed``, as ``fastalign align`` starts with the same seed.
-        image_size: Images are resized to this shorter side, centre-cropped to a square (square images are
-            only resized) and ImageNet-normalised.
+        image_size: Images are resized to image_size x image_size (not cropped: a non-square image is
+            squeezed, as ReAlnet is trained) and ImageNet-normalised.
         permutations: Sign flips of each cluster test (all 2^n_subjects when that is no more).
         seed: Seeds the sign flips and a random CORnet-S.
         layers: Layers of the models that name none (default V1, V2, V4, IT, avgpool, and for a ReAlnet

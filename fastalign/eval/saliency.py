@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from fastalign import _checks
+from fastalign._modes import eval_mode
 from fastalign.data import normalize_embeddings
 from fastalign.models.encoders import NICE, EEGNetV4
 
@@ -99,22 +100,6 @@ def _similarity(model: nn.Module, x: torch.Tensor, image_emb: torch.Tensor) -> t
     """(B,) cosine similarity of the normalised embeddings of ``x`` and of the image (the target)."""
     z = normalize_embeddings(_embedding(model, x))
     return (z * normalize_embeddings(image_emb).to(z.dtype)).sum(-1)
-
-
-class _EvalMode:
-    """The model in eval mode for the duration, its modes restored after."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.modes = [m.training for m in model.modules()]
-
-    def __enter__(self) -> nn.Module:
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc: object) -> None:
-        for m, mode in zip(self.model.modules(), self.modes, strict=True):
-            m.training = mode
 
 
 # ---------------------------------------------------------------------------------------------- Grad-CAM
@@ -215,7 +200,7 @@ def grad_cam(
 
     handle = module.register_forward_hook(hook)
     try:
-        with _EvalMode(model), torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             f = _similarity(model, x, emb)
             if "activation" not in seen:
                 raise ValueError(
@@ -363,7 +348,7 @@ def integrated_gradients(
     ig = integrated(forward)
     group = max(1, batch_size // n_steps)
     pieces: list[tuple[torch.Tensor, ...]] = []
-    with _EvalMode(model):
+    with eval_mode(model):
         for i in range(0, len(x), group):
             sl = slice(i, i + group)
             parts = tuple(_band_parts(x[sl] - base[sl], band_list, sfreq) if sfreq else [x[sl] - base[sl]])

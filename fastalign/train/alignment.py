@@ -63,7 +63,7 @@ from fastalign.models.cornet import CORnetS
 from fastalign.rsa import compare_rdms, rdm, time_resolved_rsa
 from fastalign.train import distributed
 from fastalign.train.loop import FitResult, FitState, Hook, fit, require_selected
-from fastalign.train.run import RunFolder, digest_tensors
+from fastalign.train.run import RunFolder, digest_tensors, holds_files
 
 __all__ = ["AlignData", "AlignResult", "align", "derangement", "load_align_data", "realnet_loss"]
 
@@ -981,8 +981,7 @@ def align(
         # the earlier subjects had trained, and rerunning them needs --resume
         taken = [
             f"sub-{s:02d}" for s in subjects
-            if os.path.isdir(d := os.path.join(os.fspath(out), f"sub-{s:02d}"))
-            and any(not n.startswith(".") for n in os.listdir(d))
+            if os.path.isdir(d := os.path.join(os.fspath(out), f"sub-{s:02d}")) and holds_files(d)
         ]  # fmt: skip
         if taken:
             raise ValueError(

@@ -63,7 +63,7 @@ from fastalign.models.encoders import ENCODERS, brain_encoder
 from fastalign.train import distributed
 from fastalign.train.loaders import derive_seed
 from fastalign.train.loop import FitResult, FitState, Hook, fit, require_selected
-from fastalign.train.run import digest_tensors
+from fastalign.train.run import RUN_KEYS, digest_tensors
 
 __all__ = ["DecodeResult", "Decoder", "decode"]
 
@@ -562,10 +562,9 @@ def _prepare_seed_set(out: str, seeds: list[int], *, overwrite: bool, resume: bo
     others = sorted(e for e in entries if not _SEED_DIR.match(e) and e != "summary.json")
     if not others and (found == sorted(seeds) or (resume and set(found) <= set(seeds))):
         return
-    run_keys = ("config", "fit", "environment")
-    single = _checks.holds_keys(os.path.join(path, "config.json"), run_keys)
+    single = _checks.holds_keys(os.path.join(path, "config.json"), RUN_KEYS)
     seed_runs = not others and all(
-        _checks.holds_keys(os.path.join(path, f"seed-{n}", "config.json"), run_keys) for n in found
+        _checks.holds_keys(os.path.join(path, f"seed-{n}", "config.json"), RUN_KEYS) for n in found
     )
     if overwrite and (single or (found and seed_runs)):
         _checks.check_replaceable(_FN, "out", path)

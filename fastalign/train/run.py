@@ -44,12 +44,14 @@ import numpy as np
 import torch
 
 from fastalign import _checks
-from fastalign.data._io import atomic_write, read_json_object, replacing_dir
+from fastalign.data._io import atomic_write, atomic_write_text, read_json_object, replacing_dir
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 MODEL = "model.safetensors"
+#: What config.json holds in a run folder (a config.json without them is not a run's)
+RUN_KEYS = ("config", "fit", "environment")
 #: prepare_run's "checkpoint" for a finished run (summary.json) that kept no checkpoint: nothing to train
 FINISHED = "finished"
 CHECKPOINTS = "checkpoints"
@@ -148,13 +150,7 @@ def digest_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def _write_json(path: str, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(path, write)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 class RunFolder:
@@ -367,7 +363,7 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
     return [] if same else [f"{where}: {_short(old)} -> {_short(new)}"]
 
 
-def _holds_files(path: str) -> bool:
+def holds_files(path: str) -> bool:
     """Whether the folder holds anything but hidden entries (a killed writer's temp files, .DS_Store)."""
     return any(not name.startswith(".") for name in os.listdir(path))
 
@@ -398,7 +394,7 @@ def prepare_run(
     record = {**settings, "environment": dict(environment)}
     if os.path.lexists(path) and not os.path.isdir(path):
         raise ValueError(f"fit: out={path!r} is a file; expected a folder (new, empty or holding a run)")
-    if not os.path.isdir(path) or not _holds_files(path):
+    if not os.path.isdir(path) or not holds_files(path):
         run.write_config(record)
         run._lock = _lock(path)
         return run, None
@@ -453,7 +449,7 @@ def _prepare_existing(
     if overwrite:
         # a config.json alone does not make a run (a project's, an app's): replacing deletes the folder
         _checks.check_replaceable("fit", "out", path)
-        if not _checks.holds_keys(run.config_path, ("config", "fit", "environment")):
+        if not _checks.holds_keys(run.config_path, RUN_KEYS):
             raise FileExistsError(
                 f"fit: out={path!r} holds a {CONFIG} that is not a run's (no config, fit and environment "
                 "entries), and overwrite=True replaces only run folders; choose a new or empty out"
