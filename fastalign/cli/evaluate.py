@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 from fractions import Fraction
 from typing import Any
@@ -139,6 +140,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="feature cache folder, or none (default auto: OUT/cache, kept across --overwrite)",
     )
+    # "--eps -1/255" should get eps_fraction's range message, not "expected at least one argument":
+    # argparse reads a token that starts with "-" as an option unless its (private) matcher takes it for a
+    # negative number, which knows no fractions
+    if isinstance(getattr(p, "_negative_number_matcher", None), re.Pattern):
+        p._negative_number_matcher = re.compile(r"^-(\d+|\d*\.\d+)(/\d+)?$")
     robust = p.add_argument_group("adversarial robustness (with --robustness)")
     robust.add_argument(
         "--robustness", metavar="IMAGE_FOLDER", help="labelled images, IMAGE_FOLDER/<class>/<image>"

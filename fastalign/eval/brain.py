@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +66,7 @@ class BrainData:
         self.images = [os.fspath(p) for p in self.images]
         if self.fmri_images is not None:
             self.fmri_images = [os.fspath(p) for p in self.fmri_images]
-        self.eeg = {subject_name(s): _finite(where, f"eeg[{s!r}]", v, 3) for s, v in self.eeg.items()}
+        self.eeg = _by_subject("eeg", self.eeg, lambda s, v: _finite(where, f"eeg[{s!r}]", v, 3))
         if self.eeg:
             shapes = {v.shape for v in self.eeg.values()}
             if len(shapes) > 1:
@@ -81,17 +81,24 @@ class BrainData:
                     "values that do not increase" if self.times.shape == (n_times,) else f"{self.times.size}"
                 )
                 raise ValueError(f"{where}: times must be {n_times} increasing sample times, got {got}")
-        self.fmri = {subject_name(s): self._rois(s, r) for s, r in self.fmri.items()}
+        self.fmri = _by_subject("fmri", self.fmri, self._rois)
         if len({frozenset(r) for r in self.fmri.values()}) > 1:
             found = {s: list(r) for s, r in self.fmri.items()}
             raise ValueError(f"{where}: every subject needs the same fMRI ROIs, got {found}")
         if self.fmri:  # the same ROIs in another order (files written in another order): the first's order
             order = list(next(iter(self.fmri.values())))
             self.fmri = {s: {roi: r[roi] for roi in order} for s, r in self.fmri.items()}
-        self.behaviour = {
-            (s if s == "group" else subject_name(s)): _condensed(v, len(self.images), f"behaviour[{s!r}]")
-            for s, v in self.behaviour.items()
-        }
+        self.behaviour = _by_subject(
+            "behaviour",
+            self.behaviour,
+            lambda s, v: _condensed(v, len(self.images), f"behaviour[{s!r}]"),
+            group=True,
+        )
+        if "group" in self.behaviour and len(self.behaviour) > 1:
+            raise ValueError(
+                f"BrainData: behaviour holds a 'group' RDM and per-subject ones ({list(self.behaviour)}); "
+                "the group RDM is no subject's: give one group RDM or one RDM per subject"
+            )
 
     def _rois(self, subject: Any, rois: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(rois, Mapping):
@@ -129,6 +136,26 @@ class BrainData:
     def rois(self) -> list[str]:
         """The fMRI ROI names, in the data's order."""
         return list(next(iter(self.fmri.values()))) if self.fmri else []
+
+
+def _by_subject(
+    name: str, given: Mapping[Any, Any], convert: Callable[[Any, Any], Any], group: bool = False
+) -> dict[str, Any]:
+    """``given`` keyed by subject folder names (3, "3" and "sub-03" are one subject; "group" kept where
+    ``group``), each value through ``convert(key, value)``; two keys of one subject are refused (one
+    would silently replace the other)."""
+    out: dict[str, Any] = {}
+    first: dict[str, Any] = {}
+    for key, value in given.items():
+        name_of = key if group and key == "group" else subject_name(key, f"{name} key")
+        if name_of in out:
+            raise ValueError(
+                f"BrainData: {name} has two entries for {name_of} (keys {first[name_of]!r} and {key!r}); "
+                "give each subject once"
+            )
+        first[name_of] = key
+        out[name_of] = convert(key, value)
+    return out
 
 
 def _finite(where: str, name: str, value: Any, ndim: int) -> np.ndarray:
@@ -247,7 +274,7 @@ def load_brain(
         for s in chosen:
             number = int(s[4:])
             if mod == "eeg":
-                r = load_preprocessed_eeg(os.path.join(root, _FOLDERS["eeg"]), number, "test")
+                r = _named(load_preprocessed_eeg, os.path.join(root, _FOLDERS["eeg"]), number, "test")
                 if (times is not None and not np.array_equal(r.times, times)) or (
                     ch_names is not None and r.ch_names != ch_names
                 ):
@@ -256,7 +283,7 @@ def load_brain(
                 _check_n(r.data.shape[0], images, r.source)
                 eeg[s] = r.data.mean(axis=1)
             else:
-                f = load_fmri(_fmri_file(root, s))
+                f = _named(load_fmri, _fmri_file(root, s))
                 _check_n(f.data.shape[0], images, f.source)
                 defined = f.rois or {"all": np.arange(f.data.shape[2])}
                 names = list(defined) if rois is None else _seq("rois", rois)
@@ -268,6 +295,15 @@ def load_brain(
                 mean = f.average()
                 fmri[s] = {r: mean[:, defined[r]] for r in names}
     return BrainData(images, eeg, times, fmri, source=root)
+
+
+def _named(load: Callable[..., Any], *args: Any) -> Any:
+    """A loader's result; its ValueError / TypeError (which names the file) begins with the function that
+    asked, as every error of evaluate does."""
+    try:
+        return load(*args)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{_FN}: {exc}") from exc
 
 
 def _seq(name: str, value: Any) -> list[Any]:

@@ -462,7 +462,7 @@ def layer_features(
             f"dataclasses.replace(model, layers={list(DEFAULT_LAYERS)!r}) (evaluate fills them in)"
         )
     if model.features is not None:
-        return _given_features(model, images, what, fn)
+        return given_features(model, images, what, fn)
     module = model.module
     assert module is not None  # EvalModel holds exactly one of module and features
     check_image_size(model, image_size, fn)
@@ -542,9 +542,11 @@ def on_device(module: nn.Module, device: str | torch.device) -> Iterator[nn.Modu
             module.to(home)
 
 
-def _given_features(
+def given_features(
     model: EvalModel, images: Sequence[str], what: str, fn: str = _FN
 ) -> dict[str, np.ndarray]:
+    """A precomputed-features model's (n_images, n_features) rows per layer, checked against ``images``
+    (its layers present, one row per image, the same image files where it names them)."""
     assert model.features is not None and model.layers is not None
     if model.images is not None:
         mine = [os.path.abspath(os.fspath(p)) for p in model.images]

@@ -31,12 +31,14 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import math
 import os
+import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +46,7 @@ import numpy as np
 import torch
 
 from fastalign import _checks
-from fastalign.data import SyntheticThings
+from fastalign.data import SyntheticThings, model_key
 from fastalign.data._io import atomic_write, digest_files
 from fastalign.eval import attacks as _attacks
 from fastalign.eval import individual as _variability
@@ -54,6 +56,7 @@ from fastalign.eval.features import (
     as_models,
     check_image_set,
     check_image_size,
+    given_features,
     layer_features,
     on_device,
     subject_name,
@@ -362,7 +365,13 @@ def _cluster_tests(
             seed=s["seed"],
         )
     except ValueError as exc:
-        stats["skipped"].append({**key, "reason": str(exc)})
+        reason = str(exc)
+        at = re.search(r"at time index (\d+)", reason)
+        if at is not None and int(at.group(1)) < len(
+            mod.times
+        ):  # the index in seconds, as the tables give time
+            reason += f" (time index {at.group(1)} is {mod.times[int(at.group(1))]:+.3f} s from image onset)"
+        stats["skipped"].append({**key, "reason": reason})
         return
     # the identity counts once: no cluster can have a p-value below 1 / (1 + flips), e.g. 1/4 with 2
     # subjects (1/2 two-sided), so a test with min_p >= alpha cannot find anything significant
@@ -619,9 +628,10 @@ def _robustness_settings(a: dict[str, Any]) -> dict[str, Any] | None:
     folder = a["robustness"]
     if folder is None:
         if given:
+            flags = ", ".join(f"{k} (--{k.replace('_', '-')})" for k in given)
             raise ValueError(
-                f"{_FN}: {', '.join(given)} set the robustness evaluation, which runs only with "
-                "robustness=IMAGE_FOLDER (a labelled image folder)"
+                f"{_FN}: {flags} set the robustness evaluation, which runs only with "
+                "robustness=IMAGE_FOLDER (--robustness; a labelled image folder)"
             )
         return None
     if not isinstance(folder, (str, os.PathLike)):
@@ -690,16 +700,29 @@ def _baseline(baseline: str | None, models: list[EvalModel]) -> str | None:
     return baseline
 
 
-def _with_behaviour(brain: BrainData, behaviour_rdm: Any, compare: str) -> BrainData:
+def _with_behaviour(
+    brain: BrainData, behaviour_rdm: Any, compare: str, subjects: Sequence[int | str] | None = None
+) -> BrainData:
     """``brain`` with the behavioural RDMs added, each checked before any model runs: a constant one has
-    no similarity under ``compare`` (e.g. Spearman), which would otherwise surface after the features."""
-    if behaviour_rdm is None:
-        return brain
-    given = behaviour_rdm if isinstance(behaviour_rdm, dict) else {"group": behaviour_rdm}
-    try:
-        brain = dataclasses.replace(brain, behaviour={**brain.behaviour, **given})
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{_FN}: behaviour_rdm: {exc}") from exc
+    no similarity under ``compare`` (e.g. Spearman), which would otherwise surface after the features.
+    Per-subject RDMs are restricted to ``subjects`` (validated by _subset), as the brain data are."""
+    given: dict[Any, Any] = {}
+    if behaviour_rdm is not None:
+        given = behaviour_rdm if isinstance(behaviour_rdm, dict) else {"group": behaviour_rdm}
+        try:
+            brain = dataclasses.replace(brain, behaviour={**brain.behaviour, **given})
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{_FN}: behaviour_rdm: {exc}") from exc
+    if subjects is not None and brain.behaviour and "group" not in brain.behaviour:
+        wanted = [subject_name(x) for x in subjects]
+        kept = {k: v for k, v in brain.behaviour.items() if k in wanted}
+        if not kept:
+            raise ValueError(
+                f"{_FN}: the behavioural RDMs are of {list(brain.behaviour)}, none of the subjects selected "
+                f"({wanted}); give the selected subjects' RDMs, or a group RDM"
+            )
+        brain = dataclasses.replace(brain, behaviour=kept)
+        given = {k: v for k, v in given.items() if subject_name(k) in kept}
     for key in given:
         v = torch.from_numpy(brain.behaviour[key if key == "group" else subject_name(key)])
         try:
@@ -742,6 +765,43 @@ def _subset(brain: BrainData, subjects: Any, rois: Any, mods: list[str]) -> Brai
             raise ValueError(f"{_FN}: rois names {unknown}, which the data lacks; it has {brain.rois()}")
         brain = dataclasses.replace(brain, fmri={s: {r: v[r] for r in rois} for s, v in brain.fmri.items()})
     return brain
+
+
+def _digest(arrays: Iterable[tuple[str, Any]]) -> str:
+    """A digest of named arrays (names, shapes, dtypes and bytes): what tells two evaluations of
+    arrays given from Python apart in config.json, where files are named by their paths."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, value in arrays:
+        arr = np.ascontiguousarray(np.asarray(value))
+        h.update(f"{name}|{arr.shape}|{arr.dtype}|".encode())
+        h.update(arr.reshape(-1).view(np.uint8).data if arr.size else b"")
+    return h.hexdigest()
+
+
+def _model_config(m: EvalModel) -> dict[str, Any]:
+    """A model's config.json entry: where it came from, and for precomputed features or a module given
+    from Python (no file to name) a digest of what it holds."""
+    entry = {k: getattr(m, k) for k in ("name", "subject", "modality", "source", "layers")}
+    if m.features is not None:
+        entry["digest"] = _digest((str(k), m.features[k]) for k in (m.layers or list(m.features)))
+    elif not m.source and m.module is not None:
+        entry["digest"] = model_key(m.module)
+    return entry
+
+
+def _data_digests(brain: BrainData) -> dict[str, str]:
+    """Digests of the brain data given as arrays (not a data folder) and of the behavioural RDMs."""
+    out = {}
+    if not os.path.isdir(brain.source):
+        out["data_digest"] = _digest([
+            ("images", np.array(brain.images)), ("fmri_images", np.array(brain.fmri_images or [])),
+            ("times", np.asarray(brain.times, dtype=np.float64)),
+            *((f"eeg/{k}", v) for k, v in brain.eeg.items()),
+            *((f"fmri/{k}/{r}", v) for k, rois in brain.fmri.items() for r, v in rois.items()),
+        ])  # fmt: skip
+    if brain.behaviour:
+        out["behaviour_digest"] = _digest(brain.behaviour.items())
+    return out
 
 
 def _prepare_out(out: Any, config: dict[str, Any], overwrite: bool) -> str | None:
@@ -879,7 +939,7 @@ def evaluate(
         brain = data
     else:
         brain = load_brain(data, mods, subjects=subjects, rois=rois)
-    brain = _with_behaviour(_subset(brain, subjects, rois, mods), behaviour_rdm, s["compare"])
+    brain = _with_behaviour(_subset(brain, subjects, rois, mods), behaviour_rdm, s["compare"], subjects)
     if brain.behaviour:
         mods = [*mods, "behaviour"]
     specs = as_models(models, weights=weights, seed=s["seed"], layers=layers)
@@ -896,6 +956,11 @@ def evaluate(
                 f"{_FN}: model {m.name!r} was aligned to {m.subject}, who is missing from the data's "
                 f"{m.modality} (subjects {brain.subjects(m.modality)})"
             )
+        if m.features is not None and m.layers is not None:
+            # layers and image counts of precomputed features, before any module model runs (minutes at
+            # the published size) only to fail on them
+            for mod in mods:
+                given_features(m, brain.images_of(mod), f"{mod} test")
         if m.modality:
             own = m.modality if m.modality in mods else mods[0]
             check_image_set(m, brain.images_of(own), f"{own} test", digest)
@@ -914,9 +979,8 @@ def evaluate(
         )
     config = {
         "data": os.path.abspath(brain.source) if os.path.isdir(brain.source) else brain.source,
-        "models": [
-            {k: getattr(m, k) for k in ("name", "subject", "modality", "source", "layers")} for m in specs
-        ],
+        **_data_digests(brain),
+        "models": [_model_config(m) for m in specs],
         "subjects": {m: brain.subjects(m) for m in mods},
         "rois": brain.rois() if "fmri" in mods else None,
         "baseline": base,

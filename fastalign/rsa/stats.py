@@ -245,8 +245,8 @@ def cluster_permutation_test(
     flat = top - bottom <= common.rounding(x.dtype, x.shape[0], torch.maximum(top, -bottom))
     if bool(flat.any()):
         raise ValueError(
-            f"{fn}: x has zero variance across subjects at time {int(flat.nonzero()[0, 0])} (its values are "
-            "equal up to rounding); t is undefined there"
+            f"{fn}: x has zero variance across subjects at time index {int(flat.nonzero()[0, 0])} (its "
+            "values are equal up to rounding); t is undefined there"
         )
     chosen = _cluster_dispatch.choose(backend, x)
     flips, exact = _sign_flips(x.shape[0], n_perm, tail, seed)

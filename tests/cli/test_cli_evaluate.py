@@ -223,10 +223,12 @@ def test_flags_are_the_functions_arguments() -> None:
     assert (args.subjects, args.tail, args.time_window) == ("all", -1, (-0.1, 0.5))
     assert args.progress and args.cache_dir == "auto" and args.baseline == "auto" and args.device is None
     for bad in (["--eps", "1/0"], ["--eps", "x"], ["--eps", "-1/255"], ["--eps", "2"], ["--tail", "2"],
-                ["--permutations", "0"]):  # fmt: skip
-        with pytest.raises(SystemExit) as exit_, contextlib.redirect_stderr(io.StringIO()):
+                ["--permutations", "0"], ["--eps", "0", "-1/255"], ["--eps", "-0.5"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_, contextlib.redirect_stderr(io.StringIO()) as err:
             parser().parse_args([*argv, *bad])
         assert exit_.value.code == 2
+        if bad[0] == "--eps" and bad[-1].startswith("-"):  # a negative size, not taken for an option
+            assert f"expected a size in [0, 1] such as 4/255, got {bad[-1]!r}" in err.getvalue()
 
 
 def _planted(runs, subject: str) -> tuple[float, float]:

@@ -72,6 +72,17 @@ def _features(n_images: int = 6, name: str = "m", **kw: Any) -> fe.EvalModel:
          "behaviour_rdm: the RDM of 1 is constant; compare='spearman' is undefined for it"),
         ([_features()], {"behaviour_rdm": np.zeros(15), "compare": "cosine"}, ValueError,
          "behaviour_rdm: the RDM of 'group' is all zeros; compare='cosine' is undefined for it"),
+        ([_features()], {"behaviour_rdm": {"group": np.arange(15.0), 1: np.arange(15.0)[::-1]}}, ValueError,
+         r"behaviour_rdm: BrainData: behaviour holds a 'group' RDM and per-subject ones \(\['group', "
+         r"'sub-01'\]\)"),
+        ([_features()], {"behaviour_rdm": {1: np.arange(15.0), "sub-01": np.arange(15.0)[::-1]}}, ValueError,
+         r"behaviour has two entries for sub-01 \(keys 1 and 'sub-01'\); give each subject once"),
+        ([_features()], {"behaviour_rdm": {3: np.arange(15.0)}, "subjects": [1, 2]}, ValueError,
+         r"the behavioural RDMs are of \['sub-03'\], none of the subjects selected "
+         r"\(\['sub-01', 'sub-02'\]\)"),
+        ([_features()], {"eps": [0.0]}, ValueError,
+         r"eps \(--eps\) set the robustness evaluation, which runs only with "
+         r"robustness=IMAGE_FOLDER \(--robustness"),
     ],
 )  # fmt: skip
 def test_bad_input(models: Any, kwargs: dict, exc: type, match: str) -> None:
@@ -93,6 +104,14 @@ def test_bad_input(models: Any, kwargs: dict, exc: type, match: str) -> None:
             "6 increasing sample times, got values that do not increase",
         ),
         ({"eeg": {1: np.full((6, 4, 6), np.nan)}}, r"eeg\[1\] has NaN or inf"),
+        (
+            {"eeg": {1: np.zeros((6, 4, 6)), "sub-1": np.ones((6, 4, 6))}},
+            r"eeg has two entries for sub-01 \(keys 1 and 'sub-1'\)",
+        ),
+        (
+            {"fmri": {"sub-02": {"V1": np.zeros((6, 3))}, 2: {"V1": np.ones((6, 3))}}},
+            r"fmri has two entries for sub-02 \(keys 'sub-02' and 2\)",
+        ),
         ({"fmri": {1: {"V1": np.zeros((6, 3))}, 2: {"V2": np.zeros((6, 3))}}}, "the same fMRI ROIs"),
         ({"fmri": {1: {"V1": np.zeros((4, 3))}}}, "fmri responses are of 4 images"),
         ({"behaviour": {"group": np.zeros(3)}}, "must be an RDM of the 6 images"),
@@ -144,6 +163,60 @@ def test_out_folder_holding_another_evaluation(tmp_path) -> None:
     (out / "config.json").unlink()
     with pytest.raises(FileExistsError, match=r"tables without a config\.json"):
         fe.evaluate(_brain(), [_features()], out=out, permutations=6)
+
+
+def test_out_folder_tells_evaluations_of_other_arrays_apart(tmp_path) -> None:
+    """Features, brain data and behaviour given as arrays have no file to name in config.json: their
+    digests do, so other arrays under the same names are another evaluation (refused without overwrite)."""
+    out = tmp_path / "out"
+    rng = np.random.default_rng(5)
+    beh = np.abs(rng.normal(size=15))
+    fe.evaluate(_brain(), [_features()], out=out, permutations=5, behaviour_rdm=beh)
+    fe.evaluate(_brain(), [_features()], out=out, permutations=5, behaviour_rdm=beh)  # the same: replaced
+    other = fe.EvalModel("m", features={"L": rng.normal(size=(6, 3))})
+    for args, kwargs in [
+        ((_brain(), [other]), {"behaviour_rdm": beh}),
+        ((_brain(seed=1), [_features()]), {"behaviour_rdm": beh}),
+        ((_brain(), [_features()]), {"behaviour_rdm": beh[::-1].copy()}),
+    ]:
+        with pytest.raises(FileExistsError, match="holds an evaluation with another config"):
+            fe.evaluate(*args, out=out, permutations=5, **kwargs)
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    assert {"data_digest", "behaviour_digest"} <= set(config) and "digest" in config["models"][0]
+
+
+def test_behaviour_follows_the_subject_selection() -> None:
+    """subjects= selects the per-subject behavioural RDMs as it selects the brain data."""
+    rng = np.random.default_rng(3)
+    beh = {s: np.abs(rng.normal(size=15)) for s in (1, 2, 3)}
+    res = fe.evaluate(_brain(), [_features()], out=None, permutations=5, subjects=[1, 2], behaviour_rdm=beh)
+    assert res.summary["n_subjects"] == {"eeg": 2, "behaviour": 2}
+    assert {r["subject"] for r in res.rows if r["modality"] == "behaviour"} == {"sub-01", "sub-02"}
+
+
+def test_feature_models_are_checked_before_any_module_runs() -> None:
+    """A precomputed-features model of another image count or without a layer is refused before the
+    module models' features are computed (minutes at the published size)."""
+    ran = []
+    tiny = Tiny()
+    tiny.register_forward_hook(lambda *_: ran.append(1))
+    for bad, match in [(_features(5), "features must be .* for the data's 6"),
+                       (_features(layers=["L", "X"]), "has no layer 'X'")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            fe.evaluate(_brain(), [fe.EvalModel("t", tiny, layers=["fc"]), bad], out=None, permutations=5)
+    assert ran == []
+
+
+def test_a_skipped_cluster_test_names_the_time_in_seconds() -> None:
+    """A family equal to the baseline has no paired effect: the skip reason gives the time index and its
+    time from onset, not only an index that reads like a time."""
+    feats = _features().features
+    models = [fe.EvalModel("cornet_s", features=feats),
+              *(fe.EvalModel("r", features=feats, subject=s, modality="eeg") for s in (1, 2, 3))]  # fmt: skip
+    res = fe.evaluate(_brain(), models, out=None, permutations=5)
+    reasons = [k["reason"] for k in res.stats["skipped"] if k.get("test") == "vs:cornet_s"]
+    assert reasons and all("time index 0 is -0.100 s from image onset" in r for r in reasons), reasons
 
 
 def test_data_folder_errors(eval_things: SyntheticThings, tmp_path) -> None:

@@ -373,7 +373,11 @@ def test_robustness_is_part_of_the_evaluation(eval_things: SyntheticThings, tmp_
     truth = fe.EvalModel("truth", features={"features": eval_things.ground_truth["test_features"]})
     for kwargs, match in (
         ({"robustness": folder, "eps": (0.0, -1 / 255)}, r"eps must be a number in \[0, 1\] .* got -0\.0039"),
-        ({"eps": (0.0, 1 / 255)}, "eps set the robustness evaluation, which runs only with robustness="),
+        (
+            {"eps": (0.0, 1 / 255)},
+            r"eps \(--eps\) set the robustness evaluation, which runs only with "
+            "robustness=",
+        ),
         ({"robustness": folder}, r"robustness attacks each model, but \['truth'\] are precomputed features"),
     ):
         with pytest.raises(ValueError, match=f"^evaluate: {match}"):

@@ -466,7 +466,7 @@ def test_cluster_test_variance_of_rounding_only(backend: str) -> None:
     its t (about 1e16) made a cluster of noise; it is the zero-variance ValueError."""
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     x[:, 3] = torch.tensor([0.1 + 0.2, 0.3, 0.3, 0.1 + 0.2, 0.3], dtype=torch.float64)
-    with pytest.raises(ValueError, match="zero variance across subjects at time 3"):
+    with pytest.raises(ValueError, match="zero variance across subjects at time index 3"):
         fa.cluster_permutation_test(x, n_permutations=5, seed=0, backend=backend)
 
 
