@@ -34,6 +34,12 @@
 //   perms (P, n) int64 permutations (each row checked to be one); out[p, b, k] = src[b, pair(perms[p, i],
 //   perms[p, j])] for the k-th pair (i, j), i < j, i.e. the RDM with rows and columns relabelled. Pair
 //   indices are computed on the fly instead of being read from a (P, K) int64 index tensor.
+// rsa_row_stats(x) -> (R, 3) float64: each row of (R, p) float32 / float64 patterns' max, min (NaN for a row
+//   with NaN, as amax / amin) and sum, in one vectorised pass: the checks and means of the GEMM-based RDMs
+//   of many features (torch_chunked, CPU), where torch takes a pass per statistic.
+// rsa_center_rows(x, mean, out) -> (R, 2) float64: out = x - mean (in x's dtype, as torch.sub of that mean)
+//   and each centred row's sum and sum of squares, in one pass: a feature chunk of those RDMs centred into
+//   their reused buffer with the residual means and the norms beside it.
 // conv_taps(weight, r0, r1, c0, c1) -> (C_out, r1 - r0, c1 - c0, C_in): the kernel taps [r0, r1) x [c0, c1) of
 //   a (C_out, C_in, kh, kw) conv weight, tap-major (out[k, i, j, c] = weight[k, c, r0 + i, c0 + j]): the
 //   weight matrix of a conv restricted to the taps that reach its input (a 3x3 conv on 1x1 maps reads
@@ -68,6 +74,15 @@
 
 namespace fastalign {
 namespace {
+
+// Compiled for the baseline ISA and for x86-64-v3 (AVX2 + FMA), chosen at load time (GCC ifunc). An
+// x86-64-v4 (AVX-512) clone measured 14% slower on the fused time-resolved RSA on a 2-core Xeon (with the
+// 4-column tiles of the time).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTALIGN_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
+#else
+#define FASTALIGN_CLONES
+#endif
 
 // Order-preserving unsigned keys: unsigned comparison of key(v) equals the numeric order of v.
 // -0.0 and +0.0 get adjacent keys (nothing sorts between them); ties are decided on the values.
@@ -185,6 +200,81 @@ void sort_by_value(std::vector<Entry<T>>& e) {
   }
 }
 
+// A row's smallest and largest values and whether it holds NaN (then lo / hi are meaningless).
+template <typename T>
+struct RowRange {
+  T lo, hi;
+  bool nan;
+};
+
+// One pass over a floating row in independent vector lanes (GCC vector extensions; the baseline ISA
+// runs each as SSE2 halves): `v < lo ? v : lo` is what minpd computes, so the loop vectorises without
+// -ffast-math, and NaN, which no comparison lets into lo / hi, is found by v != v in its own lanes.
+// A single scalar accumulator serialises on the compare latency (1.5 ns per value on a 2-core Xeon,
+// more than a third of a radix pass).
+template <typename T>
+inline __attribute__((always_inline)) RowRange<T> row_range_impl(const T* x, int64_t n) {
+  constexpr int kW = 32 / static_cast<int>(sizeof(T));  // lanes per 32-byte vector
+  typedef T V __attribute__((vector_size(32)));
+  typedef std::conditional_t<sizeof(T) == 8, int64_t, int32_t> I;
+  typedef I M __attribute__((vector_size(32)));
+  V lo0, hi0, lo1, hi1;
+  M nan0 = {}, nan1 = {};
+  for (int u = 0; u < kW; ++u) lo0[u] = hi0[u] = lo1[u] = hi1[u] = x[0];
+  int64_t k = 0;
+  for (; k + 2 * kW <= n; k += 2 * kW) {
+    V a, b;
+    std::memcpy(&a, x + k, sizeof a);
+    std::memcpy(&b, x + k + kW, sizeof b);
+    lo0 = a < lo0 ? a : lo0;
+    hi0 = a > hi0 ? a : hi0;
+    lo1 = b < lo1 ? b : lo1;
+    hi1 = b > hi1 ? b : hi1;
+    nan0 |= a != a;
+    nan1 |= b != b;
+  }
+  T lo = x[0], hi = x[0];
+  bool nan = false;
+  for (int u = 0; u < kW; ++u) {
+    lo = std::min(lo, std::min(lo0[u], lo1[u]));
+    hi = std::max(hi, std::max(hi0[u], hi1[u]));
+    nan |= (nan0[u] | nan1[u]) != 0;
+  }
+  for (; k < n; ++k) {
+    const T v = x[k];
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+    nan |= is_nan(v);
+  }
+  return {lo, hi, nan};
+}
+
+FASTALIGN_CLONES RowRange<double> row_range_f64(const double* x, int64_t n) { return row_range_impl(x, n); }
+FASTALIGN_CLONES RowRange<float> row_range_f32(const float* x, int64_t n) { return row_range_impl(x, n); }
+
+inline RowRange<double> row_range(const double* x, int64_t n) { return row_range_f64(x, n); }
+inline RowRange<float> row_range(const float* x, int64_t n) { return row_range_f32(x, n); }
+
+// Integers: four independent scalar accumulators (no NaN).
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+RowRange<T> row_range(const T* x, int64_t n) {
+  T lo4[4], hi4[4];
+  for (int u = 0; u < 4; ++u) lo4[u] = hi4[u] = x[0];
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    for (int u = 0; u < 4; ++u) {
+      lo4[u] = std::min(lo4[u], x[k + u]);
+      hi4[u] = std::max(hi4[u], x[k + u]);
+    }
+  }
+  for (; k < n; ++k) {
+    lo4[0] = std::min(lo4[0], x[k]);
+    hi4[0] = std::max(hi4[0], x[k]);
+  }
+  return {std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3])),
+          std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3])), false};
+}
+
 template <typename T>
 struct RowSorter {
   RadixSorter<KeyOf<T>> radix;
@@ -197,31 +287,13 @@ struct RowSorter {
   // Sorts the row; says which result (entries, packed, radix.idx) holds it, or that it needs no sort.
   Kind sort(const T* x, int64_t n) {
     if (n >= (int64_t{1} << 31) - 1) return Kind::kRadix;
-    // min / max (and NaN) with four independent accumulators (a single one serialises on its latency).
-    // Integers are compared as themselves: distinct int64 values beyond 2^53 can share one double, and a
-    // row of them is not constant.
-    using Acc = std::conditional_t<std::is_integral_v<T>, T, double>;
-    Acc lo4[4], hi4[4];
-    bool nan4[4] = {false, false, false, false};
-    for (int u = 0; u < 4; ++u) lo4[u] = hi4[u] = static_cast<Acc>(x[0]);
-    int64_t k4 = 0;
-    for (; k4 + 4 <= n; k4 += 4) {
-      for (int u = 0; u < 4; ++u) {
-        const Acc v = static_cast<Acc>(x[k4 + u]);
-        lo4[u] = v < lo4[u] ? v : lo4[u];
-        hi4[u] = v > hi4[u] ? v : hi4[u];
-        nan4[u] |= is_nan(v);
-      }
-    }
-    for (; k4 < n; ++k4) {
-      const Acc v = static_cast<Acc>(x[k4]);
-      lo4[0] = v < lo4[0] ? v : lo4[0];
-      hi4[0] = v > hi4[0] ? v : hi4[0];
-      nan4[0] |= is_nan(v);
-    }
-    if (nan4[0] || nan4[1] || nan4[2] || nan4[3]) return Kind::kNaN;
-    const Acc lo_exact = std::min(std::min(lo4[0], lo4[1]), std::min(lo4[2], lo4[3]));
-    const Acc hi_exact = std::max(std::max(hi4[0], hi4[1]), std::max(hi4[2], hi4[3]));
+    const RowRange<T> r = row_range(x, n);
+    return r.nan ? Kind::kNaN : sort(x, n, r.lo, r.hi);
+  }
+
+  // The same for a row without NaN whose smallest and largest values are known (row_range's).
+  Kind sort(const T* x, int64_t n, T lo_exact, T hi_exact) {
+    if (n >= (int64_t{1} << 31) - 1) return Kind::kRadix;
     if (lo_exact == hi_exact) return Kind::kConstant;
     if (n <= kShortRow) {
       entries.resize(n);
@@ -308,10 +380,16 @@ Wide write_ranks(V value, P position, int64_t n, double shift, O* out) {
 // out[k] = average rank of x[k] - shift for one row; returns the sum of squared centred average ranks,
 // ((n^3 - n) - sum over tie groups of (t^3 - t)) / 12, from an exact integer numerator (the two terms
 // nearly cancel when one value fills almost the whole row), so it carries one rounding.
+// known: the row's row_range, where the caller has it (nullptr: found here).
 template <typename T, typename O>
-double row_ranks(RowSorter<T>& sorter, const T* x, int64_t n, double shift, O* out) {
+double row_ranks(RowSorter<T>& sorter, const T* x, int64_t n, double shift, O* out,
+                 const RowRange<T>* known = nullptr) {
   Wide ties = 0;
-  switch (sorter.sort(x, n)) {
+  using Kind = typename RowSorter<T>::Kind;
+  const Kind kind = known == nullptr ? sorter.sort(x, n)
+                    : known->nan     ? Kind::kNaN
+                                     : sorter.sort(x, n, known->lo, known->hi);
+  switch (kind) {
     case RowSorter<T>::Kind::kNaN: {
       for (int64_t k = 0; k < n; ++k) out[k] = static_cast<O>(std::nan(""));
       return std::nan("");
@@ -441,8 +519,12 @@ constexpr int64_t kRows = 4;
 
 // The z layout of one pattern set: p rows of n conditions, each row padded with zeros to zstride(n)
 // so that the register tiles below may read past the last condition.
+// Columns per register tile: 8 f64, 16 f32, i.e. two 32-byte vectors per row, so a kRows x kTile tile holds
+// eight independent FMA chains (two FMA units x four cycles of latency). With one vector per row (four
+// chains) the loop waited on the FMA latency: the fused time-resolved RSA with pearson (RDMs, no ranks) took
+// 1.47x as long (100 windows of 200 x 17 float64, 1 thread, 2-core Xeon).
 template <typename T>
-constexpr int64_t kTile = 32 / static_cast<int64_t>(sizeof(T));  // columns per register tile: 4 f64, 8 f32
+constexpr int64_t kTile = 64 / static_cast<int64_t>(sizeof(T));
 template <typename T>
 int64_t zstride(int64_t n) {
   return n + kTile<T>;
@@ -621,13 +703,6 @@ inline __attribute__((always_inline)) void direct_rows_impl(const T* z, int64_t 
   }
 }
 
-// Compiled for the baseline ISA and for x86-64-v3 (AVX2 + FMA), chosen at load time (GCC ifunc). An
-// x86-64-v4 (AVX-512) clone measured 14% slower on the fused time-resolved RSA on the dev Xeon.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FASTALIGN_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
-#else
-#define FASTALIGN_CLONES
-#endif
 
 FASTALIGN_CLONES void direct_rows_f64(const double* z, int64_t n, int64_t p, int64_t method, int64_t i0, double* out) {
   if (method == 2) {
@@ -850,7 +925,8 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
         // have no statistic, as compare_rdms rejects such RDMs: NaN here becomes the caller's error.
         const T limit = std::ldexp(std::numeric_limits<T>::max(), -2 * sets[b].exponent);  // inf for e < 0
         const T* dr0 = d.data();
-        if (sum_lanes(k_total, [dr0, limit](int64_t k) { return dr0[k] <= limit ? 0.0 : 1.0; }) > 0) {
+        const RowRange<T> range = row_range(dr0, k_total);
+        if (range.nan || range.hi > limit) {
           for (int64_t mm = 0; mm < models; ++mm) out[b * models + mm] = std::nan("");
           continue;
         }
@@ -860,11 +936,7 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
         // the caller names; 0 for rho_a), not a correlation of rounding noise. Sums of p terms of order 1
         // (correlation, cosine) or of the RDM's largest distance (euclidean).
         {
-          T top = dr0[0], bottom = dr0[0];
-          for (int64_t k = 1; k < k_total; ++k) {
-            top = std::max(top, dr0[k]);
-            bottom = std::min(bottom, dr0[k]);
-          }
+          const T top = range.hi, bottom = range.lo;
           const double maxabs = std::max(static_cast<double>(top), -static_cast<double>(bottom));
           const double tolerance = kRoundingUlps * static_cast<double>(std::numeric_limits<T>::epsilon()) *
                                    std::sqrt(static_cast<double>(p)) * (rdm_method <= 1 ? 1.0 : maxabs);
@@ -881,7 +953,8 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
         double scale = 1.0;
         if (compare <= 1) {
           // centred average ranks into v; spearman's norm from the tie groups, exactly
-          const double ss = row_ranks(sorter, d.data(), k_total, static_cast<double>(k_total + 1) * 0.5, v_data);
+          const double ss =
+              row_ranks(sorter, d.data(), k_total, static_cast<double>(k_total + 1) * 0.5, v_data, &range);
           // a constant RDM has no Spearman correlation: NaN, which the caller turns into an error
           if (compare == 0) scale = ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("");
         } else {
@@ -1368,6 +1441,241 @@ at::Tensor conv_taps_backward_cpu(const at::Tensor& grad, int64_t kh, int64_t kw
   }
   return out;
 }
+
+// Row statistics for the GEMM-based RDMs of many features (fastalign/rsa/torch_chunked.py on the CPU): one
+// vectorised pass per row where torch takes a pass per statistic (amax, amin, sum; sub, sum, norm).
+// Lanes of 8 values in GCC vector types (the baseline ISA runs them as SSE2 halves); sums in float64 lanes.
+typedef double D4 __attribute__((vector_size(32)));
+typedef float F8 __attribute__((vector_size(32)));
+typedef float F4 __attribute__((vector_size(16)));
+typedef int32_t I8 __attribute__((vector_size(32)));
+typedef int64_t L4 __attribute__((vector_size(32)));
+
+template <typename V>
+inline V load_vec(const void* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline double hsum(D4 a, D4 b) { return ((a[0] + b[0]) + (a[1] + b[1])) + ((a[2] + b[2]) + (a[3] + b[3])); }
+
+// out = {max, min, sum} of x[0 .. p): max and min NaN where x holds NaN (as torch's amax / amin).
+// float32 rows are summed 16 values per step in two float32 vector chains, flushed into float64 every 256
+// values (each lane's float32 partial sum holds 16 terms, as accurate as torch's cascade sum); converting
+// every value to float64 made this pass compute-bound (2.7x torch's amax).
+constexpr int64_t kFlush = 256;
+inline D4 widen_lo(F8 v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3), D4); }
+inline D4 widen_hi(F8 v) { return __builtin_convertvector(__builtin_shufflevector(v, v, 4, 5, 6, 7), D4); }
+
+FASTALIGN_CLONES void row_stats_f32(const float* x, int64_t p, double* out) {
+  F8 lo0, hi0, lo1, hi1;
+  I8 nan = {};
+  for (int u = 0; u < 8; ++u) lo0[u] = hi0[u] = lo1[u] = hi1[u] = x[0];
+  D4 s0 = {}, s1 = {};
+  int64_t k = 0;
+  while (k + 16 <= p) {
+    F8 fa = {}, fb = {};
+    const int64_t end = std::min(p, k + kFlush);
+    for (; k + 16 <= end; k += 16) {
+      const F8 a = load_vec<F8>(x + k), b = load_vec<F8>(x + k + 8);
+      lo0 = a < lo0 ? a : lo0;
+      hi0 = a > hi0 ? a : hi0;
+      lo1 = b < lo1 ? b : lo1;
+      hi1 = b > hi1 ? b : hi1;
+      nan |= (a != a) | (b != b);
+      fa += a;
+      fb += b;
+    }
+    s0 += widen_lo(fa) + widen_lo(fb);
+    s1 += widen_hi(fa) + widen_hi(fb);
+  }
+  float l = x[0], h = x[0];
+  bool any_nan = false;
+  for (int u = 0; u < 8; ++u) {
+    l = std::min(l, std::min(lo0[u], lo1[u]));
+    h = std::max(h, std::max(hi0[u], hi1[u]));
+    any_nan |= nan[u] != 0;
+  }
+  double sum = hsum(s0, s1);
+  for (; k < p; ++k) {
+    const float v = x[k];
+    l = v < l ? v : l;
+    h = v > h ? v : h;
+    any_nan |= v != v;
+    sum += v;
+  }
+  out[0] = any_nan ? std::nan("") : h;
+  out[1] = any_nan ? std::nan("") : l;
+  out[2] = sum;
+}
+
+FASTALIGN_CLONES void row_stats_f64(const double* x, int64_t p, double* out) {
+  D4 lo0, hi0, lo1, hi1, s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  L4 nan = {};
+  for (int u = 0; u < 4; ++u) lo0[u] = hi0[u] = lo1[u] = hi1[u] = x[0];
+  int64_t k = 0;
+  for (; k + 16 <= p; k += 16) {
+    const D4 a = load_vec<D4>(x + k), b = load_vec<D4>(x + k + 4);
+    const D4 c = load_vec<D4>(x + k + 8), d = load_vec<D4>(x + k + 12);
+    const D4 ac = a < c ? a : c, bd = b < d ? b : d, ac_hi = a > c ? a : c, bd_hi = b > d ? b : d;
+    lo0 = ac < lo0 ? ac : lo0;
+    hi0 = ac_hi > hi0 ? ac_hi : hi0;
+    lo1 = bd < lo1 ? bd : lo1;
+    hi1 = bd_hi > hi1 ? bd_hi : hi1;
+    nan |= (a != a) | (b != b) | (c != c) | (d != d);
+    s0 += a;
+    s1 += b;
+    s2 += c;
+    s3 += d;
+  }
+  double l = x[0], h = x[0];
+  bool any_nan = false;
+  for (int u = 0; u < 4; ++u) {
+    l = std::min(l, std::min(lo0[u], lo1[u]));
+    h = std::max(h, std::max(hi0[u], hi1[u]));
+    any_nan |= nan[u] != 0;
+  }
+  double sum = hsum(s0 + s2, s1 + s3);
+  for (; k < p; ++k) {
+    const double v = x[k];
+    l = v < l ? v : l;
+    h = v > h ? v : h;
+    any_nan |= v != v;
+    sum += v;
+  }
+  out[0] = any_nan ? std::nan("") : h;
+  out[1] = any_nan ? std::nan("") : l;
+  out[2] = sum;
+}
+
+// y = x - m, rounded to the dtype (what torch.sub of the dtype's mean computes), stored, and out = {sum y,
+// sum y^2}: float32 in vector chains flushed into float64 every kFlush values, as row_stats_f32; float64 in
+// eight chains.
+FASTALIGN_CLONES void center_row_f32(const float* x, float m, int64_t c, float* y, double* out) {
+  const F8 mv = {m, m, m, m, m, m, m, m};
+  D4 s0 = {}, s1 = {}, q0 = {}, q1 = {};
+  int64_t k = 0;
+  while (k + 16 <= c) {
+    F8 sa = {}, sb = {}, qa = {}, qb = {};
+    const int64_t end = std::min(c, k + kFlush);
+    for (; k + 16 <= end; k += 16) {
+      const F8 d = load_vec<F8>(x + k) - mv, e = load_vec<F8>(x + k + 8) - mv;
+      std::memcpy(y + k, &d, sizeof d);
+      std::memcpy(y + k + 8, &e, sizeof e);
+      sa += d;
+      sb += e;
+      qa += d * d;
+      qb += e * e;
+    }
+    s0 += widen_lo(sa) + widen_lo(sb);
+    s1 += widen_hi(sa) + widen_hi(sb);
+    q0 += widen_lo(qa) + widen_lo(qb);
+    q1 += widen_hi(qa) + widen_hi(qb);
+  }
+  double sum = hsum(s0, s1), sq = hsum(q0, q1);
+  for (; k < c; ++k) {
+    const float d = x[k] - m;
+    y[k] = d;
+    sum += d;
+    sq += static_cast<double>(d) * d;
+  }
+  out[0] = sum;
+  out[1] = sq;
+}
+
+FASTALIGN_CLONES void center_row_f64(const double* x, double m, int64_t c, double* y, double* out) {
+  const D4 mv = {m, m, m, m};
+  D4 s0 = {}, s1 = {}, s2 = {}, s3 = {}, q0 = {}, q1 = {}, q2 = {}, q3 = {};
+  int64_t k = 0;
+  for (; k + 16 <= c; k += 16) {
+    const D4 a0 = load_vec<D4>(x + k) - mv, a1 = load_vec<D4>(x + k + 4) - mv;
+    const D4 a2 = load_vec<D4>(x + k + 8) - mv, a3 = load_vec<D4>(x + k + 12) - mv;
+    std::memcpy(y + k, &a0, sizeof a0);
+    std::memcpy(y + k + 4, &a1, sizeof a1);
+    std::memcpy(y + k + 8, &a2, sizeof a2);
+    std::memcpy(y + k + 12, &a3, sizeof a3);
+    s0 += a0;
+    s1 += a1;
+    s2 += a2;
+    s3 += a3;
+    q0 += a0 * a0;
+    q1 += a1 * a1;
+    q2 += a2 * a2;
+    q3 += a3 * a3;
+  }
+  double sum = hsum(s0 + s2, s1 + s3), sq = hsum(q0 + q2, q1 + q3);
+  for (; k < c; ++k) {
+    const double d = x[k] - m;
+    y[k] = d;
+    sum += d;
+    sq += d * d;
+  }
+  out[0] = sum;
+  out[1] = sq;
+}
+
+// (rows, p >= 1) float32 / float64 on the CPU; a copy with a contiguous last dim if it lacks one.
+at::Tensor checked_rows(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
+                   " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 2 && t.size(1) >= 1, op, ": ", name, " must be (rows, p >= 1), got ", t.sizes());
+  return t.size(1) == 1 || t.stride(1) == 1 ? t : t.contiguous();
+}
+
+// rsa_row_stats(x (R, p)) -> (R, 3) float64: each row's max, min (NaN for a row with NaN) and sum.
+at::Tensor row_stats_cpu(const at::Tensor& x) {
+  const auto xc = checked_rows("rsa_row_stats", "x", x);
+  const int64_t rows = xc.size(0), p = xc.size(1), sx = xc.stride(0);
+  auto out = at::empty({rows, 3}, xc.options().dtype(at::kDouble));
+  double* o = out.data_ptr<double>();
+  const bool f32 = xc.scalar_type() == at::kFloat;
+#pragma omp parallel for schedule(static) if (rows > 1 && rows * p > kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    if (f32) {
+      row_stats_f32(xc.const_data_ptr<float>() + r * sx, p, o + 3 * r);
+    } else {
+      row_stats_f64(xc.const_data_ptr<double>() + r * sx, p, o + 3 * r);
+    }
+  }
+  return out;
+}
+
+// rsa_center_rows(x (R, c), mean (R,), out (R, c)) -> (R, 2) float64: out = x - mean in x's dtype (mean
+// of that dtype too), and each row's sum and sum of squares of out. out: rows that do not overlap, each
+// contiguous (a column slice of a wider buffer is fine).
+at::Tensor center_rows_cpu(const at::Tensor& x, const at::Tensor& mean, at::Tensor out) {
+  const char* op = "rsa_center_rows";
+  const auto xc = checked_rows(op, "x", x);
+  TORCH_CHECK_TYPE(mean.scalar_type() == x.scalar_type() && out.scalar_type() == x.scalar_type(), op,
+                   ": mean and out must have x's dtype ", x.scalar_type(), ", got ", mean.scalar_type(), " and ",
+                   out.scalar_type());
+  TORCH_CHECK_VALUE(out.device().is_cpu() && out.sizes() == x.sizes(), op, ": out must be a CPU tensor of x's shape ",
+                    x.sizes(), ", got ", out.sizes(), " on ", out.device());
+  const int64_t rows = xc.size(0), c = xc.size(1);
+  TORCH_CHECK_VALUE((c == 1 || out.stride(1) == 1) && (rows <= 1 || out.stride(0) >= c), op,
+                    ": out's rows must be contiguous and must not overlap, got strides ", out.strides(),
+                    " for shape ", out.sizes());
+  TORCH_CHECK_VALUE(mean.device().is_cpu() && mean.dim() == 1 && mean.size(0) == rows, op,
+                    ": mean must be a CPU tensor of shape (", rows, ",), got ", mean.sizes(), " on ", mean.device());
+  const auto m = mean.contiguous();
+  auto sums = at::empty({rows, 2}, xc.options().dtype(at::kDouble));
+  double* o = sums.data_ptr<double>();
+  const int64_t sx = xc.stride(0), sy = out.stride(0);
+  const bool f32 = xc.scalar_type() == at::kFloat;
+#pragma omp parallel for schedule(static) if (rows > 1 && rows * c > kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    if (f32) {
+      center_row_f32(xc.const_data_ptr<float>() + r * sx, m.const_data_ptr<float>()[r], c,
+                     out.data_ptr<float>() + r * sy, o + 2 * r);
+    } else {
+      center_row_f64(xc.const_data_ptr<double>() + r * sx, m.const_data_ptr<double>()[r], c,
+                     out.data_ptr<double>() + r * sy, o + 2 * r);
+    }
+  }
+  return sums;
+}
 }  // namespace
 }  // namespace fastalign
 
@@ -1379,6 +1687,8 @@ TORCH_LIBRARY_FRAGMENT(fastalign, m) {
   m.def("rsa_kendall_tau_a(Tensor a, Tensor b, Tensor ia, Tensor ib) -> Tensor");
   m.def("rsa_permute_condensed(Tensor src, Tensor perms) -> Tensor");
   m.def("rsa_cluster_null(Tensor x, Tensor flips, float threshold, int tail) -> Tensor");
+  m.def("rsa_row_stats(Tensor x) -> Tensor");
+  m.def("rsa_center_rows(Tensor x, Tensor mean, Tensor(a!) out) -> Tensor");
   m.def("conv_taps(Tensor weight, int r0, int r1, int c0, int c1) -> Tensor");
   m.def("conv_taps_backward(Tensor grad, int kh, int kw, int r0, int c0) -> Tensor");
   // no tensor arguments: one kernel for every dispatch key
@@ -1393,6 +1703,8 @@ TORCH_LIBRARY_IMPL(fastalign, CPU, m) {
   m.impl("rsa_kendall_tau_a", &fastalign::kendall_tau_a_cpu);
   m.impl("rsa_permute_condensed", &fastalign::permute_condensed_cpu);
   m.impl("rsa_cluster_null", &fastalign::cluster_null_cpu);
+  m.impl("rsa_row_stats", &fastalign::row_stats_cpu);
+  m.impl("rsa_center_rows", &fastalign::center_rows_cpu);
   m.impl("conv_taps", &fastalign::conv_taps_cpu);
   m.impl("conv_taps_backward", &fastalign::conv_taps_backward_cpu);
 }
@@ -1407,7 +1719,8 @@ TORCH_LIBRARY_IMPL(fastalign, Meta, m) {
 // claim a gradient that backward would silently drop (the Python API detaches or refuses before this).
 TORCH_LIBRARY_IMPL(fastalign, Autograd, m) {
   for (const char* op : {"rsa_rank", "rsa_centered_ranks", "rsa_rdm_direct", "rsa_rdm_compare", "rsa_kendall_tau_a",
-                         "rsa_permute_condensed", "rsa_cluster_null", "conv_taps", "conv_taps_backward"}) {
+                         "rsa_permute_condensed", "rsa_cluster_null", "rsa_row_stats", "rsa_center_rows", "conv_taps",
+                         "conv_taps_backward"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

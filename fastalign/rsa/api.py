@@ -235,6 +235,22 @@ def _at(bad: torch.Tensor) -> str:
 # ----------------------------------------------------------------------------------------- rdm
 
 
+def _check_pattern_shape(fn: str, x: torch.Tensor, method: str, name: str = "x") -> int:
+    """The shape checks of _check_patterns; returns n_conditions."""
+    min_dim = 3 if method == "crossnobis" else 2
+    shape_doc = "(..., " + ("n_folds, " if min_dim == 3 else "") + "n_conditions, n_features)"
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"{fn}: {name} must have shape {shape_doc} for method {method!r}, got {tuple(x.shape)}"
+        )
+    n, p = x.shape[-2], x.shape[-1]
+    if n < 3:
+        raise ValueError(f"{fn}: {name} must have at least 3 conditions (dim -2), got shape {tuple(x.shape)}")
+    if p < 1 or x.numel() == 0:
+        raise ValueError(f"{fn}: {name} must have at least 1 feature and no empty dim, got {tuple(x.shape)}")
+    return n
+
+
 def _check_patterns(
     fn: str, x: torch.Tensor, method: str, name: str = "x", windows: bool = False
 ) -> tuple[int, torch.Tensor]:
@@ -250,19 +266,14 @@ def _check_patterns(
         per-pattern max and min that find NaN/inf, constant ("correlation") and all-zero ("cosine")
         patterns give it without another pass.
     """
-    min_dim = 3 if method == "crossnobis" else 2
-    shape_doc = "(..., " + ("n_folds, " if min_dim == 3 else "") + "n_conditions, n_features)"
-    if x.dim() < min_dim:
-        raise ValueError(
-            f"{fn}: {name} must have shape {shape_doc} for method {method!r}, got {tuple(x.shape)}"
-        )
-    n, p = x.shape[-2], x.shape[-1]
-    if n < 3:
-        raise ValueError(f"{fn}: {name} must have at least 3 conditions (dim -2), got shape {tuple(x.shape)}")
-    if p < 1 or x.numel() == 0:
-        raise ValueError(f"{fn}: {name} must have at least 1 feature and no empty dim, got {tuple(x.shape)}")
+    n = _check_pattern_shape(fn, x, method, name)
+    p = x.shape[-1]
     where = " (..., window, [fold,] condition)" if windows else ""
-    top, bottom = x.detach().amax(-1), x.detach().amin(-1)  # NaN propagates into both
+    if common.cpp_rows(x):  # one pass instead of two (a third of an RDM's time at 200 x 4,096 float32)
+        stats = common.row_stats(x).to(x.dtype)  # max and min are values of x: exact in its dtype
+        top, bottom = stats[..., 0], stats[..., 1]
+    else:
+        top, bottom = x.detach().amax(-1), x.detach().amin(-1)  # NaN propagates into both
     if not bool((torch.isfinite(top) & torch.isfinite(bottom)).all()):
         bad = "NaN" if bool((top.isnan() | bottom.isnan()).any()) else "inf"
         raise ValueError(f"{fn}: {name} contains {bad}; expected finite values")
@@ -601,15 +612,24 @@ def time_resolved_rsa(
     lead = win.shape[:-core]
     flat = win.reshape(-1, *win.shape[-core:])  # the kernels' layout; one copy of the (strided) windows
     # checked on the contiguous copy: reductions over a strided last dim are several times slower
-    _, maxabs = _check_patterns(fn, flat.view(*lead, *flat.shape[1:]), rdm_method, "data", windows=True)
+    shaped = flat.view(*lead, *flat.shape[1:])
+    _check_pattern_shape(fn, shaped, rdm_method, "data")
     noise = _check_noise(fn, noise, rdm_method, win)
-    # Every compare method is invariant to scaling a brain RDM, so its distances are compared scaled;
-    # those that could overflow are not, so that an overflow stays an error as in time_resolved_rdms.
-    flat, _ = _scaled_patterns(flat, rdm_method, maxabs.reshape(flat.shape[:-1]), overflow_visible=True)
     chosen = _trrsa_dispatch.choose(backend, flat, models2, rdm_method, method)
     if chosen == "cpp":
-        out = _trrsa_dispatch.module("cpp").rdm_compare(flat, models2, rdm_method, method)
+        # The fused kernel checks the patterns in the pass that normalises them (NaN / inf, constant,
+        # all-zero), scales extreme ones by exact powers of two itself and gives NaN for distances that
+        # overflow; the value checks (three more passes over the data) run only to name what it refused.
+        try:
+            out = _trrsa_dispatch.module("cpp").rdm_compare(flat, models2, rdm_method, method)
+        except ValueError:
+            _check_patterns(fn, shaped, rdm_method, "data", windows=True)
+            raise
     else:
+        _, maxabs = _check_patterns(fn, shaped, rdm_method, "data", windows=True)
+        # Every compare method is invariant to scaling a brain RDM, so its distances are compared scaled;
+        # those that could overflow are not, so that an overflow stays an error as in time_resolved_rdms.
+        flat, _ = _scaled_patterns(flat, rdm_method, maxabs.reshape(flat.shape[:-1]), overflow_visible=True)
         # the RDMs and their comparison on the backends this request allows, chosen once for all chunks
         # (flat stands in for the brain RDMs: same device, and requires grad exactly when they would)
         sub = "auto" if backend == "auto" else chosen

@@ -262,6 +262,29 @@ def ext_rank(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.fastalign.rsa_rank(x)
 
 
+_ROW_OPS = ("rsa_row_stats", "rsa_center_rows")
+
+
+def cpp_rows(x: torch.Tensor) -> bool:
+    """Whether the row kernels of fastalign._C (rsa_row_stats, rsa_center_rows) may read x: a plain
+    float32 / float64 CPU tensor with a contiguous last dim, outside torch.compile's tracing and
+    torch.func's transforms (the ops have no fake-tensor or batching rules), with the extension built."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.stride(-1) != 1:
+        return False
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return False
+    from fastalign import _ext
+
+    return _ext.why_ops_missing(_ROW_OPS) is None
+
+
+def row_stats(x: torch.Tensor) -> torch.Tensor:
+    """(..., 3) float64: each row's (last dim's) max, min and sum in one pass (rsa_row_stats); max and
+    min are NaN for a row with NaN, as amax / amin give. For x where cpp_rows holds."""
+    rows = x.detach().reshape(-1, x.shape[-1])  # a view for the contiguous tensors it is used on
+    return torch.ops.fastalign.rsa_row_stats(rows).reshape(*x.shape[:-1], 3)
+
+
 def ext_prepare(v: torch.Tensor, method: str) -> torch.Tensor:
     """The per-RDM vector z of a linear method (see center_scale); ranks in one fastalign._C pass."""
     from fastalign import _ext

@@ -48,6 +48,8 @@ RSA_OPS = {
     "rsa_kendall_tau_a",
     "rsa_permute_condensed",
     "rsa_cluster_null",
+    "rsa_row_stats",
+    "rsa_center_rows",
 }
 BN_OPS = {"bn_act_fwd", "bn_act_bwd"}
 RNG_OPS = {"rng_discard"}
@@ -371,6 +373,87 @@ def test_rsa_cluster_null_rejects_bad_operands(case: str, names: list[str]) -> N
     _clean(status, payload, "rsa_cluster_null", names)
 
 
+# ----------------------------------------------------------------------------------------- row kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("how", LAYOUTS)
+@EDGE_SETTINGS
+@given(rows=st.integers(0, 4), p=st.integers(1, 300), special=st.sampled_from(["none", "nan", "inf", "-inf"]),
+       seed=st.integers(0, 2**31))  # fmt: skip
+def test_rsa_row_stats_matches_numpy(
+    dtype: torch.dtype, how: str, rows: int, p: int, special: str, seed: int
+) -> None:
+    """Each row's max and min are numpy's (NaN for a row holding NaN, as torch's amax / amin), its sum
+    numpy's float64 sum to float32 partial-sum rounding, for any layout and any length (the vector loop's
+    tail included)."""
+    gen = _gen(seed)
+    x = torch.randn(rows, p, generator=gen, dtype=torch.float64).mul(
+        1 + 10 * torch.rand(rows, 1, generator=gen)
+    )
+    if special != "none" and rows:
+        x[rows - 1, int(torch.randint(0, p, (1,), generator=gen))] = float(special)
+    x = layout(x.to(dtype), how)
+    out = OPS.rsa_row_stats(x)
+    assert out.dtype == torch.float64 and out.shape == (rows, 3)
+    v = np64(x)
+    with np.errstate(invalid="ignore"):
+        want = np.stack([v.max(1), v.min(1), v.sum(1)], 1) if rows else np.zeros((0, 3))
+    np.testing.assert_array_equal(out[:, :2].numpy(), want[:, :2])
+    tol = 1e-13 if dtype == torch.float64 else 2e-6
+    np.testing.assert_allclose(out[:, 2].numpy(), want[:, 2], rtol=0, atol=tol * max(1.0, float(np.nanmax(
+        np.abs(v).sum(1), initial=0.0))))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("how", LAYOUTS)
+@EDGE_SETTINGS
+@given(rows=st.integers(0, 4), c=st.integers(1, 300), wide=st.integers(0, 5), seed=st.integers(0, 2**31))
+def test_rsa_center_rows_matches_torch_sub(
+    dtype: torch.dtype, how: str, rows: int, c: int, wide: int, seed: int
+) -> None:
+    """out holds exactly torch.sub(x, mean) in x's dtype, also when it is a column slice of a wider buffer
+    (whose other columns stay untouched); the sums and sums of squares are numpy's of those values."""
+    gen = _gen(seed)
+    x = layout((torch.randn(rows, c, generator=gen, dtype=torch.float64) + 3).to(dtype), how)
+    mean = torch.randn(rows, generator=gen, dtype=torch.float64).to(dtype)
+    buf = torch.full((rows, c + wide), -7.0, dtype=dtype)
+    sums = OPS.rsa_center_rows(x, mean, buf[:, :c])
+    assert torch.equal(buf[:, :c], torch.sub(x, mean[:, None]))
+    assert bool((buf[:, c:] == -7.0).all())
+    y = np64(buf[:, :c])
+    tol = 1e-13 if dtype == torch.float64 else 2e-6
+    assert sums.dtype == torch.float64 and sums.shape == (rows, 2)
+    scale = max(1.0, float((y * y).sum(1).max(initial=0.0)))
+    np.testing.assert_allclose(sums[:, 0].numpy(), y.sum(1), rtol=0, atol=tol * scale)
+    np.testing.assert_allclose(sums[:, 1].numpy(), (y * y).sum(1), rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize(
+    ("case", "names"),
+    [
+        ("x_float16", ["float32"]), ("x_1d", ["x"]), ("x_empty_rows", ["p >= 1"]), ("mean_dtype", ["mean"]),
+        ("mean_shape", ["mean"]), ("out_shape", ["out"]), ("out_overlap", ["overlap"]),
+        ("out_strided", ["contiguous"]),
+    ],
+)  # fmt: skip
+def test_row_kernels_reject_bad_operands(case: str, names: list[str]) -> None:
+    x = torch.randn(3, 5, generator=_gen(4))
+    m, out = x.mean(1), torch.empty(3, 5)
+    calls = {
+        "x_float16": lambda: OPS.rsa_row_stats(x.half()), "x_1d": lambda: OPS.rsa_row_stats(x[0]),
+        "x_empty_rows": lambda: OPS.rsa_row_stats(x[:, :0]),
+        "mean_dtype": lambda: OPS.rsa_center_rows(x, m.double(), out),
+        "mean_shape": lambda: OPS.rsa_center_rows(x, m[:2], out),
+        "out_shape": lambda: OPS.rsa_center_rows(x, m, out[:, :4]),
+        "out_overlap": lambda: OPS.rsa_center_rows(x, m, torch.empty(5).expand(3, 5)),
+        "out_strided": lambda: OPS.rsa_center_rows(x, m, torch.empty(3, 10)[:, ::2]),
+    }  # fmt: skip
+    op = "rsa_row_stats" if case.startswith("x_") else "rsa_center_rows"
+    status, payload = isolated(lambda: calls[case]().tolist())
+    _clean(status, payload, op, names)
+
+
 # ----------------------------------------------------------------------------------------- rng_discard
 
 
@@ -512,6 +595,8 @@ def _bad_rsa_calls() -> dict[str, object]:
         "rsa_kendall_tau_a": lambda: OPS.rsa_kendall_tau_a(x, x, i32, i32),
         "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(torch.randn(1, 6), i32.expand(1, 4)),
         "rsa_cluster_null": lambda: OPS.rsa_cluster_null(x, x[:, :2], 1.0, 1),
+        "rsa_row_stats": lambda: OPS.rsa_row_stats(x.to(torch.int32)),
+        "rsa_center_rows": lambda: OPS.rsa_center_rows(x, x[0], x),
         "conv_taps": lambda: OPS.conv_taps(x.reshape(2, 1, 2, 2), 0, 3, 0, 2),
         "conv_taps_backward": lambda: OPS.conv_taps_backward(
             x.reshape(2, 1, 2, 2).to(torch.int32), 3, 3, 0, 0
@@ -543,6 +628,10 @@ def test_compiled_ops_with_inputs_that_require_grad(op: str) -> None:
         ),
         "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(x, torch.tensor([[1, 0, 3, 2]])),
         "rsa_cluster_null": lambda: OPS.rsa_cluster_null(x, torch.ones(3, 2, dtype=torch.float64), 1.0, 0),
+        "rsa_row_stats": lambda: OPS.rsa_row_stats(x),
+        "rsa_center_rows": lambda: OPS.rsa_center_rows(
+            x, x.detach()[:, 0], torch.empty(2, 6, dtype=torch.float64)
+        ),
         "conv_taps": lambda: OPS.conv_taps(x.reshape(2, 1, 2, 3), 0, 1, 1, 3),
         "conv_taps_backward": lambda: OPS.conv_taps_backward(x.reshape(2, 1, 2, 3), 3, 3, 1, 0),
     }

@@ -467,6 +467,36 @@ def test_time_resolved_window_types(kwargs: dict, exc: type) -> None:
         fa.time_resolved_rdms(data, **kwargs)
 
 
+@pytest.mark.skipif(_ext.why_ops_missing(common._ROW_OPS) is not None, reason="fastalign._C is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_cpu_correlation_rdms_through_the_row_kernels(
+    dtype: torch.dtype, offset: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU the torch backend checks, centres and sums the patterns with the C++ row kernels: the
+    RDMs are scipy's (float64 sums: at least as exact as torch's passes, which remain the path without
+    the extension, on other devices and under autograd), and NaN is still named."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.normal(size=(2, 30, 2100)) + offset).to(
+        dtype
+    )  # 3 feature chunks, the last short
+    want = np.stack([pdist(v.double().numpy(), "correlation") for v in x])
+    calls = []
+    rows = torch_chunked._gram_rows
+    monkeypatch.setattr(torch_chunked, "_gram_rows", lambda *a: calls.append(1) or rows(*a))
+    got = fa.rdm(x, backend="torch")
+    assert calls, "the CPU path did not take the row kernels"
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=0, atol=tol)
+    monkeypatch.setattr(common, "cpp_rows", lambda x: False)
+    plain = fa.rdm(x, backend="torch")
+    np.testing.assert_allclose(plain.double().numpy(), want, rtol=0, atol=tol if offset == 0 else 1e-5)
+    bad = x.clone()
+    bad[1, 7, 3] = float("nan")
+    with pytest.raises(ValueError, match="rdm: x contains NaN"):
+        fa.rdm(bad, backend="torch")
+
+
 @pytest.mark.parametrize("method", ["correlation", "euclidean", "cosine"])
 def test_torch_rdm_has_the_same_bits_alone_or_in_a_batch(method: str) -> None:
     """Feature chunks on the CPU have a fixed width, so a pattern set's RDM does not depend on what else
