@@ -772,16 +772,38 @@ def _rdm_pair(fn: str, a: Any, b: Any, *, allow_nan: bool) -> tuple[torch.Tensor
     return a, b, n, has_nan
 
 
-def _drop_nan(fn: str, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """rsatoolbox's masking: an entry NaN in any RDM is dropped from all; a and b must agree on where."""
-    nan_a = torch.isnan(a).reshape(-1, a.shape[-1]).any(0)
-    nan_b = torch.isnan(b).reshape(-1, b.shape[-1]).any(0)
-    if not torch.equal(nan_a, nan_b):
-        raise ValueError(f"{fn}: a and b have NaN at different RDM entries; rsatoolbox needs the same ones")
-    keep = ~nan_a
-    if int(keep.sum()) < 2:
-        raise ValueError(f"{fn}: fewer than 2 RDM entries are not NaN")
-    return a[..., keep], b[..., keep]
+def _compare_with_nan(fn: str, a: torch.Tensor, b: torch.Tensor, method: str, backend: str) -> torch.Tensor:
+    """compare_rdms of RDMs with NaN: each comparison (each element of the broadcast result) drops the
+    entries NaN in its RDM of a or b (rsatoolbox's masking, per comparison), so that a batch gives what a
+    loop over its elements gives. Comparisons with the same NaN entries are computed together, in chunks
+    of ``_NAN_CHUNK`` gathered pairs of RDMs."""
+    shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    k = a.shape[-1]
+    a2, b2 = a.reshape(-1, k), b.reshape(-1, k)
+    ia = torch.arange(a2.shape[0], device=a.device).reshape(a.shape[:-1]).expand(shape).reshape(-1)
+    ib = torch.arange(b2.shape[0], device=b.device).reshape(b.shape[:-1]).expand(shape).reshape(-1)
+    keep_a, which_a = torch.unique(~torch.isnan(a2.detach()), dim=0, return_inverse=True)
+    keep_b, which_b = torch.unique(~torch.isnan(b2.detach()), dim=0, return_inverse=True)
+    combo = which_a[ia] * keep_b.shape[0] + which_b[ib]
+    out: torch.Tensor | None = None
+    for c in torch.unique(combo).tolist():
+        idx = (combo == c).nonzero()[:, 0]
+        keep = keep_a[c // keep_b.shape[0]] & keep_b[c % keep_b.shape[0]]
+        if int(keep.sum()) < 3:
+            at = tuple(int(i) for i in torch.unravel_index(idx[0], shape))
+            raise ValueError(
+                f"{fn}: fewer than 3 RDM entries are not NaN in both RDMs of the comparison at index {at}; "
+                "its statistic is undefined"
+            )
+        for part in idx.split(_NAN_CHUNK):
+            got = _compare_valid(fn, a2[ia[part]][:, keep], b2[ib[part]][:, keep], method, backend)
+            out = got.new_empty(ia.shape[0]) if out is None else out
+            out = out.index_put((part,), got)
+    assert out is not None
+    return out.reshape(shape)
+
+
+_NAN_CHUNK = 4096
 
 
 def compare_rdms(
@@ -792,8 +814,10 @@ def compare_rdms(
     Definitions are rsatoolbox's (rsatoolbox.rdm.compare): "spearman" (Pearson r of average ranks),
     "pearson" (rsatoolbox "corr"), "kendall_tau_a" ("tau-a": concordant minus discordant pairs over
     K(K-1)/2; O(K log K) per pair in cpp, O(K^2) in torch), "rho_a" ("rho-a": 12 sum(rc_a rc_b) /
-    (K^3 - K) with centred ranks rc) and "cosine". NaN entries follow rsatoolbox: an entry NaN in any
-    RDM of a or b is dropped from all, and a and b must have NaN at the same entries.
+    (K^3 - K) with centred ranks rc) and "cosine". NaN entries are dropped per comparison: each element
+    of the result uses the entries that are NaN in neither of its two RDMs (rsatoolbox's masking for one
+    pair of RDMs; rsatoolbox refuses two RDMs with NaN at different entries, and masks a whole collection
+    at once, where here a batch equals a loop over its elements).
 
     Args:
         a: (..., n_pairs) condensed RDMs (e.g. (n_times, 1, n_subjects, K) brain RDMs).
@@ -811,17 +835,23 @@ def compare_rdms(
         "cosine" are exact at any finite magnitude (vectors are rescaled by powers of two).
 
     Raises:
-        ValueError: mismatched or non-condensed sizes, fewer than 3 conditions, inf, NaN at different
-            entries, or a constant RDM for "pearson"/"spearman" (all-zero for "cosine"), for which the
-            statistic is undefined. "pearson" counts an RDM whose values spread less than the rounding of
-            its centring (16 sqrt(K) eps of its largest |value|, eps of the compute dtype) as constant:
-            its centred values would be rounding noise. Ranks are exact, so spearman needs equal values.
+        ValueError: mismatched or non-condensed sizes, fewer than 3 conditions, inf, fewer than 3
+            entries without NaN in a comparison, or a constant RDM for "pearson"/"spearman" (all-zero for
+            "cosine"), for which the statistic is undefined. "pearson" counts an RDM whose values spread
+            less than the rounding of its centring (16 sqrt(K) eps of its largest |value|, eps of the
+            compute dtype) as constant: its centred values would be rounding noise. Ranks are exact, so
+            spearman needs equal values.
     """
     fn = "compare_rdms"
     method = _checks.check_choice(fn, "method", method, common.COMPARE_METHODS)
     a, b, _, has_nan = _rdm_pair(fn, a, b, allow_nan=True)
     if has_nan:
-        a, b = _drop_nan(fn, a, b)
+        return _compare_with_nan(fn, a, b, method, backend)
+    return _compare_valid(fn, a, b, method, backend)
+
+
+def _compare_valid(fn: str, a: torch.Tensor, b: torch.Tensor, method: str, backend: str) -> torch.Tensor:
+    """compare_rdms of validated RDM vectors without NaN (of any length: entries left after masking)."""
     a, b = common.operand(a, method), common.operand(b, method)
     _rounded_constants(fn, a, b, method)
     chosen = _compare_dispatch.choose(backend, a, b, method)

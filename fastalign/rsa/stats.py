@@ -326,8 +326,10 @@ def noise_ceiling(
     ranks for the rank methods, of z-scored RDMs for "pearson", of RMS-normalised RDMs for "cosine".
 
     Args:
-        rdms: (n_subjects, ..., n_pairs) condensed RDMs, n_subjects >= 2. An entry NaN in any of them is
-            dropped from all (as :func:`compare_rdms` masks NaN); inf is refused.
+        rdms: (n_subjects, ..., n_pairs) condensed RDMs, n_subjects >= 2. Each ceiling (each index of
+            the dims between subjects and pairs, e.g. a time point) drops the entries NaN in any of its
+            subjects' RDMs (rsatoolbox's masking, per ceiling: a batch equals a loop over its ceilings);
+            inf is refused.
         method: as :func:`compare_rdms`.
         backend: "auto", "reference", "torch", "cpp" or "cuda" (as :func:`compare_rdms`).
 
@@ -389,15 +391,25 @@ def spearman_rsa_and_noise_ceiling(
 
 
 def _ceiling_chunks(
-    fn: str, rdms: torch.Tensor, method: str, backend: str, models: torch.Tensor | None
+    fn: str,
+    rdms: torch.Tensor,
+    method: str,
+    backend: str,
+    models: torch.Tensor | None,
+    *,
+    condensed: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """noise_ceiling's validation and chunked computation; with ``models`` (validated, "spearman" only)
-    also each subject RDM's similarity with each model, from the same ranks."""
+    also each subject RDM's similarity with each model, from the same ranks. condensed=False: rdms are
+    entries of condensed RDMs left after dropping NaN (their count is not n(n-1)/2)."""
     method = _checks.check_choice(fn, "method", method, common.COMPARE_METHODS)
     rdms = _checks.exact_float(fn, "rdms", _tensor(fn, "rdms", rdms))
     if rdms.dim() < 2 or rdms.shape[0] < 2:
         raise ValueError(f"{fn}: rdms must have shape (n_subjects >= 2, ..., K), got {tuple(rdms.shape)}")
-    _n_from_pairs(fn, "rdms", rdms)
+    if condensed:
+        _n_from_pairs(fn, "rdms", rdms)
+    if models is None and rdms.dim() > 2 and bool(torch.isnan(rdms.detach()).any()):
+        return _ceiling_by_nan_pattern(fn, rdms, method, backend)
     if models is None:
         rdms = _without_nan_entries(fn, rdms)
     _finite(fn, "rdms", rdms)
@@ -434,16 +446,45 @@ def _ceiling_chunks(
     return lower, upper, sims
 
 
-def _without_nan_entries(fn: str, rdms: torch.Tensor) -> torch.Tensor:
-    """compare_rdms's rule for NaN (rsatoolbox's masking): an RDM entry NaN in any of the RDMs is dropped
-    from all of them (e.g. pairs no subject judged), so that every bound compares the same entries."""
+def _without_nan_entries(fn: str, rdms: torch.Tensor, where: str = "") -> torch.Tensor:
+    """rsatoolbox's rule for NaN in one noise ceiling's (n_subjects, n_pairs) RDMs: an entry NaN in any
+    subject's RDM is dropped from all of them (e.g. pairs no subject judged), so that every bound compares
+    the same entries."""
     nan = torch.isnan(rdms.detach())
     if not bool(nan.any()):
         return rdms
     keep = ~nan.reshape(-1, rdms.shape[-1]).any(0)
     if int(keep.sum()) < 2:
-        raise ValueError(f"{fn}: fewer than 2 RDM entries are not NaN in every RDM of rdms")
+        raise ValueError(f"{fn}: fewer than 2 RDM entries are not NaN in every RDM of rdms{where}")
     return rdms[..., keep]
+
+
+def _ceiling_by_nan_pattern(
+    fn: str, rdms: torch.Tensor, method: str, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """noise_ceiling of (n_subjects, ..., K) RDMs with NaN: each ceiling (each index of the leading dims
+    after the subjects, e.g. a time point) drops the entries NaN in any of its subjects' RDMs, and only
+    those, so that a batch gives what a loop over its ceilings gives (one NaN at one time point does not
+    remove that pair at every other). Ceilings with the same NaN entries are computed together."""
+    flat = rdms.reshape(rdms.shape[0], -1, rdms.shape[-1])
+    keep = ~torch.isnan(flat.detach()).any(0)  # (n_ceilings, K)
+    patterns, which = torch.unique(keep, dim=0, return_inverse=True)
+    lower = torch.empty(flat.shape[1], dtype=_checks.compute_dtype(rdms), device=rdms.device)
+    upper = torch.empty_like(lower)
+    for g, mask in enumerate(patterns):
+        idx = (which == g).nonzero()[:, 0]
+        if int(mask.sum()) < 2:
+            at = tuple(int(i) for i in torch.unravel_index(idx[0], rdms.shape[1:-1]))
+            raise ValueError(
+                f"{fn}: fewer than 2 RDM entries are not NaN in every subject's RDM at index {at} of rdms' "
+                "leading dims"
+            )
+        lo, up, _ = _ceiling_chunks(fn, flat[:, idx][..., mask], method, backend, None, condensed=False)
+        lower, upper = (
+            lower.index_put((idx,), lo.to(lower.dtype)),
+            upper.index_put((idx,), up.to(upper.dtype)),
+        )
+    return lower.reshape(rdms.shape[1:-1]), upper.reshape(rdms.shape[1:-1]), None
 
 
 #: Elements of the (n_subjects, chunk, n_pairs) stack noise_ceiling computes at a time (8 MiB of float64).

@@ -103,6 +103,35 @@ def test_nan_entries_masked_like_rsatoolbox(method: str) -> None:  # auto: cpp w
     np.testing.assert_allclose(out.numpy(), expect, rtol=1e-10)
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch", *CPP])
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_entries_are_dropped_per_comparison(method: str, backend: str) -> None:
+    """A batch with NaN gives what a loop over its comparisons gives: brain RDMs over time with a pair
+    missing at one time point only, against models of which one lacks another pair (rsatoolbox would
+    refuse that pair of RDMs; each comparison drops the entries NaN in either of its RDMs)."""
+    rng = np.random.default_rng(7)
+    brain = torch.from_numpy(rng.normal(size=(4, 1, 45)))  # (time, 1, pairs)
+    models = torch.from_numpy(rng.normal(size=(1, 3, 45)))  # (1, model, pairs)
+    brain[0, 0, 3] = float("nan")
+    models[0, 2, 30] = float("nan")
+    got = fa.compare_rdms(brain, models, method, backend=backend)
+    assert got.shape == (4, 3)
+    for t in range(4):
+        for m in range(3):
+            a, b = brain[t, 0], models[0, m]
+            keep = ~(a.isnan() | b.isnan())
+            want = _masked_oracle(method, a[keep].numpy(), b[keep].numpy())
+            np.testing.assert_allclose(float(got[t, m]), want, rtol=1e-10, atol=1e-12)
+    # the comparisons without NaN are what they are without the NaN elsewhere in the batch
+    clean = fa.compare_rdms(brain[1:], models[:, :2], method, backend=backend)
+    np.testing.assert_array_equal(got[1:, :2].numpy(), clean.numpy())
+
+
+def _masked_oracle(method: str, a: np.ndarray, b: np.ndarray) -> float:
+    """rsatoolbox's statistic of two RDM vectors of any length (entries left after masking)."""
+    return float(rt.rdm.compare(rt.rdm.RDMs(a[None]), rt.rdm.RDMs(b[None]), RT_NAMES[method])[0, 0])
+
+
 @given(
     n=st.sampled_from([3, 4, 7, 12]),
     batch_a=st.sampled_from([(), (1,), (3,), (2, 1)]),
@@ -154,15 +183,26 @@ def test_noise_ceiling_drops_nan_entries_as_compare_rdms_and_rsatoolbox_do(metho
         lo, up = rt.inference.boot_noise_ceiling(rt.rdm.RDMs(shared[:, roi]), method=RT_NAMES[method])
         lower, upper = fa.noise_ceiling(torch.from_numpy(shared[:, roi]), method, backend=backend)
         np.testing.assert_allclose([lower, upper], [lo, up], rtol=1e-10, atol=1e-12)
-    # NaN at an entry of one RDM drops that entry from all, as in compare_rdms
+    # NaN at an entry of one subject's RDM drops that entry from that ceiling's RDMs, and only from
+    # those: each ROI (any leading index) is the ceiling of its own subjects' RDMs, as a loop gives
     scattered = rdms.copy()
     scattered[0, 1, 3] = scattered[2, 0, 17] = np.nan
     got = fa.noise_ceiling(torch.from_numpy(scattered), method, backend=backend)
-    want = fa.noise_ceiling(torch.from_numpy(shared), method, backend=backend)
-    for g, w in zip(got, want, strict=True):
-        np.testing.assert_array_equal(g.numpy(), w.numpy())
+    for roi in range(2):  # one ceiling alone: its own NaN entry dropped, the other ROI's not
+        alone = fa.noise_ceiling(torch.from_numpy(scattered[:, roi]), method, backend=backend)
+        np.testing.assert_allclose([g[roi].numpy() for g in got], [w.numpy() for w in alone], rtol=1e-13)
+        if backend == "torch" and method != "kendall_tau_a":  # rsatoolbox warns about its tau-a ceiling
+            kept = rdms[:, roi][:, np.arange(45) != (17, 3)[roi]]
+            lo, up = rt.inference.boot_noise_ceiling(rt.rdm.RDMs(kept), method=RT_NAMES[method])
+            np.testing.assert_allclose([alone[0], alone[1]], [lo, up], rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="fewer than 2 RDM entries are not NaN in every RDM of rdms"):
         fa.noise_ceiling(torch.full((3, 10), float("nan")).index_fill_(1, torch.tensor([0]), 1.0), method)
+    lone = torch.from_numpy(rdms.copy())
+    lone[:, 1, 1:] = float("nan")
+    with pytest.raises(
+        ValueError, match=r"fewer than 2 RDM entries are not NaN in every subject's RDM at index \(1,\)"
+    ):
+        fa.noise_ceiling(lone, method)
 
 
 class _nullcontext:
@@ -184,7 +224,12 @@ class _nullcontext:
         (torch.zeros(10), torch.randn(10), {"method": "cosine"}, "all zeros"),
         (torch.randn(10), torch.randn(10), {"method": "tau-a"}, "method"),
         (torch.tensor([float("inf")] + [1.0] * 9), torch.randn(10), {}, "inf"),
-        (torch.tensor([float("nan")] + [1.0, 2.0] * 4 + [0.0]), torch.randn(10), {}, "different RDM entries"),
+        (
+            torch.tensor([float("nan")] * 8 + [1.0, 2.0]),
+            torch.randn(10),
+            {},
+            "fewer than 3 RDM entries are not NaN",
+        ),
     ],
 )
 def test_compare_rejects_bad_input(a: torch.Tensor, b: torch.Tensor, kwargs: dict, match: str) -> None:
