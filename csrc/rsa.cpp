@@ -925,10 +925,25 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
         // have no statistic, as compare_rdms rejects such RDMs: NaN here becomes the caller's error.
         const T limit = std::ldexp(std::numeric_limits<T>::max(), -2 * sets[b].exponent);  // inf for e < 0
         const T* dr0 = d.data();
-        const RowRange<T> range = row_range(dr0, k_total);
+        RowRange<T> range = row_range(dr0, k_total);
         if (range.nan || range.hi > limit) {
           for (int64_t mm = 0; mm < models; ++mm) out[b * models + mm] = std::nan("");
           continue;
+        }
+        if (rdm_method <= 1) {
+          // Correlation / cosine distances of patterns equal or opposite up to shift and scale (always so
+          // with 2 features) are exactly 0 and 2, computed a few eps off in directions that differ between
+          // backends, which then broke their ties differently: within the rounding of their sums they are
+          // made exact, as the composed path does (common.exact_constants).
+          const T near = static_cast<T>(kRoundingUlps * static_cast<double>(std::numeric_limits<T>::epsilon()) *
+                                        std::sqrt(static_cast<double>(p)));
+          if (range.lo <= near || range.hi >= T(2) - near) {
+            for (int64_t k = 0; k < k_total; ++k) {
+              const T v = d[k];
+              d[k] = std::fabs(v) <= near ? T(0) : (std::fabs(v - T(2)) <= near ? T(2) : v);
+            }
+            range = row_range(dr0, k_total);
+          }
         }
         // Distances that are equal (zero) in exact arithmetic come out a few eps apart for patterns that are
         // shifted or scaled copies: such an RDM is made exactly constant (zero), as the composed path does

@@ -214,7 +214,7 @@ class Dispatcher:
     def choose(self, backend: str, *args: Any, **kwargs: Any) -> str:
         """Returns the backend to run for these inputs (see module docstring)."""
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise ValueError(f"{self.op}: backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "auto":
             env = os.environ.get(ENV_VAR, "").strip()
             if env and env != "auto":

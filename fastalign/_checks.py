@@ -422,7 +422,8 @@ def check_real_dtype(fn: str, name: str, t: torch.Tensor) -> None:
 
 
 def exact_float(fn: str, name: str, t: torch.Tensor) -> torch.Tensor:
-    """``t`` with integer and bool dtypes converted to float64 (binary model RDMs, counts); floating
+    """``t`` with integer and bool dtypes converted to float64 (binary model RDMs, counts); float8 to
+    float32 (exactly: torch has few CPU kernels for float8, e.g. no max or type promotion); other floating
     tensors as they are.
 
     Raises:
@@ -430,7 +431,7 @@ def exact_float(fn: str, name: str, t: torch.Tensor) -> torch.Tensor:
             would silently tie).
     """
     if t.is_floating_point():
-        return t
+        return t.to(torch.float32) if t.element_size() == 1 else t
     if t.dtype in (torch.int64, torch.uint64) and t.numel():
         # uint64 has no comparisons on CPU; viewed as int64, its values of 2**63 and more are negative
         v = t.view(torch.int64)

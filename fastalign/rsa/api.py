@@ -176,7 +176,8 @@ def _n_from_pairs(fn: str, name: str, x: torch.Tensor) -> int:
     if square and _symmetric_zero_diagonal(x):
         raise ValueError(
             f"{fn}: {name} of shape {tuple(x.shape)} is a square RDM (symmetric, zero diagonal), not "
-            f"condensed RDM vectors: {fix}"
+            f"condensed RDM vectors: {fix} (if it is {k} condensed RDMs, the i-th 0 at entry i, as "
+            f"'only pair i is alike' models are, give them their own dim: {name}[:, None, :])"
         )
     if n < 3:
         raise ValueError(f"{fn}: {name} must come from at least 3 conditions, got {n} (last dim {k})")
@@ -432,6 +433,7 @@ def rdm(
             grad).
     """
     fn = "rdm"
+    backend = _checks.check_choice(fn, "backend", backend, _backend.BACKENDS)
     x = _checks.exact_float(fn, "x", _tensor(fn, "x", x))
     square = _checks.check_bool(fn, "square", square)
     out = _rdm(fn, "x", x, method, noise, backend)
@@ -482,6 +484,7 @@ def time_resolved_rdms(
         treats it, so that comparing it raises as for any constant RDM.
     """
     fn = "time_resolved_rdms"
+    backend = _checks.check_choice(fn, "backend", backend, _backend.BACKENDS)
     win = _checks.exact_float(fn, "data", _windows(fn, data, method, window, step))
     out = _rdm(fn, "data", win, method, noise, backend)
     # as time_resolved_rsa sees its brain RDMs: distances all equal up to rounding (patterns that are
@@ -503,6 +506,20 @@ def _windows(fn: str, data: Any, method: str, window: int, step: int) -> torch.T
         raise ValueError(
             f"{fn}: data must have shape (..., n_conditions, n_channels, n_times) "
             f"(crossnobis: (..., n_folds, n_conditions, n_channels, n_times)), got {tuple(data.shape)}"
+        )
+    # checked on the data as given: the window view's shapes (windows first) would read as another layout
+    n_cond = data.shape[-3]
+    if n_cond < 3:
+        raise ValueError(
+            f"{fn}: data must have at least 3 conditions (dim -3 of (..., n_conditions, n_channels, "
+            f"n_times)), got shape {tuple(data.shape)}"
+        )
+    if data.numel() == 0:
+        raise ValueError(f"{fn}: data must have no empty dim, got shape {tuple(data.shape)}")
+    if method == "crossnobis" and data.shape[-4] < 2:
+        raise ValueError(
+            f"{fn}: crossnobis needs at least 2 folds (dim -4 of (..., n_folds, n_conditions, n_channels, "
+            f"n_times)), got shape {tuple(data.shape)}"
         )
     n_times = data.shape[-1]
     if window > n_times:
@@ -582,6 +599,7 @@ def time_resolved_rsa(
             fused cpp kernel sees the distances as computed.
     """
     fn = "time_resolved_rsa"
+    backend = _checks.check_choice(fn, "backend", backend, _backend.BACKENDS)
     method = _checks.check_choice(fn, "method", method, common.COMPARE_METHODS)
     rdm_method = _checks.check_choice(fn, "rdm_method", rdm_method, common.RDM_METHODS)
     win = _windows(fn, data, rdm_method, window, step)
@@ -601,7 +619,7 @@ def time_resolved_rsa(
         fn,
         "models",
         models2,
-        " (the brain RDMs have none, and rsatoolbox's masking needs NaN at the same entries of both)",
+        " (every window's brain RDM is complete; compare_rdms drops NaN entries per comparison)",
     )
     _checks.check_same_device(fn, data=win, models=models2)
     if method in common.RANK_METHODS:
@@ -699,6 +717,7 @@ def rank(x: torch.Tensor, dim: int = -1, *, backend: str = "auto") -> torch.Tens
         ValueError: a 0-dim x, a dim out of range, or NaN.
     """
     fn = "rank"
+    backend = _checks.check_choice(fn, "backend", backend, _backend.BACKENDS)
     x = _tensor(fn, "x", x)
     given = x.dtype
     x = _rankable(fn, x)
@@ -789,10 +808,10 @@ def _compare_with_nan(fn: str, a: torch.Tensor, b: torch.Tensor, method: str, ba
     for c in torch.unique(combo).tolist():
         idx = (combo == c).nonzero()[:, 0]
         keep = keep_a[c // keep_b.shape[0]] & keep_b[c % keep_b.shape[0]]
-        if int(keep.sum()) < 3:
+        if int(keep.sum()) < 2:
             at = tuple(int(i) for i in torch.unravel_index(idx[0], shape))
             raise ValueError(
-                f"{fn}: fewer than 3 RDM entries are not NaN in both RDMs of the comparison at index {at}; "
+                f"{fn}: fewer than 2 RDM entries are not NaN in both RDMs of the comparison at index {at}; "
                 "its statistic is undefined"
             )
         for part in idx.split(_NAN_CHUNK):
@@ -835,7 +854,7 @@ def compare_rdms(
         "cosine" are exact at any finite magnitude (vectors are rescaled by powers of two).
 
     Raises:
-        ValueError: mismatched or non-condensed sizes, fewer than 3 conditions, inf, fewer than 3
+        ValueError: mismatched or non-condensed sizes, fewer than 3 conditions, inf, fewer than 2
             entries without NaN in a comparison, or a constant RDM for "pearson"/"spearman" (all-zero for
             "cosine"), for which the statistic is undefined. "pearson" counts an RDM whose values spread
             less than the rounding of its centring (16 sqrt(K) eps of its largest |value|, eps of the
@@ -843,6 +862,7 @@ def compare_rdms(
             spearman needs equal values.
     """
     fn = "compare_rdms"
+    backend = _checks.check_choice(fn, "backend", backend, _backend.BACKENDS)
     method = _checks.check_choice(fn, "method", method, common.COMPARE_METHODS)
     a, b, _, has_nan = _rdm_pair(fn, a, b, allow_nan=True)
     if has_nan:

@@ -661,7 +661,8 @@ def composed_time_resolved_rsa(
 def exact_constants(brain: torch.Tensor, rdm_method: str, method: str, n_features: int) -> torch.Tensor:
     """Brain RDMs (..., K) in the compute dtype that are all-zero, or constant for the methods that see
     constancy (all but cosine), up to the rounding of their distances made exactly so (``rdm`` applies
-    it with a method that sees constancy).
+    it with a method that sees constancy); correlation and cosine distances within that rounding of 0 or 2
+    made exactly 0 or 2 (the fused cpp kernel does the same).
 
     The distances are sums over n_features, of order 1 for correlation and cosine RDMs and relative to
     the RDM's largest for the others. The statistics then give what the exact RDMs give (NaN where
@@ -670,6 +671,15 @@ def exact_constants(brain: torch.Tensor, rdm_method: str, method: str, n_feature
     """
     d = brain.detach()
     top, bottom = d.amax(-1, keepdim=True), d.amin(-1, keepdim=True)
+    if rdm_method in ("correlation", "cosine"):
+        # the extreme distances too: patterns equal or opposite up to shift and scale (always so with 2
+        # features: every correlation is +-1) are 0 and 2 apart exactly, computed a few eps off in
+        # backend-dependent directions, which broke their ties differently per backend (rho_a 0 vs 0.5)
+        near = rounding(brain.dtype, n_features, 1.0)
+        if bool((bottom <= near).any() | (top >= 2 - near).any()):
+            brain = torch.where(d.abs() <= near, 0.0, torch.where((d - 2).abs() <= near, 2.0, brain))
+            d = brain.detach()
+            top, bottom = d.amax(-1, keepdim=True), d.amin(-1, keepdim=True)
     maxabs = torch.maximum(top, -bottom)
     tolerance = rounding(brain.dtype, n_features, 1.0 if rdm_method in ("correlation", "cosine") else maxabs)
     finite = torch.isfinite(maxabs)  # distances that overflowed stay inf: the caller names them

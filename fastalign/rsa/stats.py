@@ -110,6 +110,8 @@ def rsa_permutation_test(
         ValueError: a seed outside [0, 2**63 - 1], and bad RDMs as :func:`compare_rdms`.
     """
     fn = "rsa_permutation_test"
+    backend = _checks.check_choice(fn, "backend", backend, _backend.BACKENDS)
+    return_null = _checks.check_bool(fn, "return_null", return_null)
     method = _checks.check_choice(fn, "method", method, common.COMPARE_METHODS)
     alternative = _checks.check_choice(fn, "alternative", alternative, common.ALTERNATIVES)
     n_perm = _checks.check_int(fn, "n_permutations", n_permutations, minimum=1)
@@ -221,6 +223,7 @@ def cluster_permutation_test(
             bad threshold / tail / n_permutations value.
     """
     fn = "cluster_permutation_test"
+    backend = _checks.check_choice(fn, "backend", backend, _backend.BACKENDS)
     x = _tensor(fn, "x", x)
     if x.dim() != 2:
         raise ValueError(f"{fn}: x must have shape (n_subjects, n_times), got {tuple(x.shape)}")
@@ -403,6 +406,7 @@ def _ceiling_chunks(
     also each subject RDM's similarity with each model, from the same ranks. condensed=False: rdms are
     entries of condensed RDMs left after dropping NaN (their count is not n(n-1)/2)."""
     method = _checks.check_choice(fn, "method", method, common.COMPARE_METHODS)
+    backend = _checks.check_choice(fn, "backend", backend, _backend.BACKENDS)
     rdms = _checks.exact_float(fn, "rdms", _tensor(fn, "rdms", rdms))
     if rdms.dim() < 2 or rdms.shape[0] < 2:
         raise ValueError(f"{fn}: rdms must have shape (n_subjects >= 2, ..., K), got {tuple(rdms.shape)}")

@@ -225,10 +225,10 @@ class _nullcontext:
         (torch.randn(10), torch.randn(10), {"method": "tau-a"}, "method"),
         (torch.tensor([float("inf")] + [1.0] * 9), torch.randn(10), {}, "inf"),
         (
-            torch.tensor([float("nan")] * 8 + [1.0, 2.0]),
+            torch.tensor([float("nan")] * 9 + [1.0]),
             torch.randn(10),
             {},
-            "fewer than 3 RDM entries are not NaN",
+            "fewer than 2 RDM entries are not NaN",
         ),
     ],
 )
@@ -508,3 +508,43 @@ def test_spearman_rsa_and_noise_ceiling_promotes_mixed_dtypes() -> None:
         np.testing.assert_allclose(sims.numpy(), want.numpy(), rtol=1e-12, atol=1e-13)
     with pytest.raises(ValueError, match="spearman_rsa_and_noise_ceiling: rdms must have shape"):
         rsa_stats.spearman_rsa_and_noise_ceiling(torch.tensor(1.0), models)
+
+
+_BAD_BACKEND = {
+    "rdm": lambda b: fa.rdm(torch.randn(4, 3), backend=b),
+    "time_resolved_rdms": lambda b: fa.time_resolved_rdms(torch.randn(4, 3, 5), backend=b),
+    "rank": lambda b: fa.rank(torch.randn(5), backend=b),
+    "compare_rdms": lambda b: fa.compare_rdms(torch.rand(6), torch.rand(6), backend=b),
+    "noise_ceiling": lambda b: fa.noise_ceiling(torch.rand(3, 6), backend=b),
+    "rsa_permutation_test": lambda b: fa.rsa_permutation_test(torch.rand(6), torch.rand(6), backend=b),
+    "cluster_permutation_test": lambda b: fa.cluster_permutation_test(torch.randn(4, 5), backend=b),
+}
+
+
+@pytest.mark.parametrize("fn", sorted(_BAD_BACKEND))
+def test_an_unknown_backend_is_named_with_the_function(fn: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{fn}: backend must be one of \('auto'.*got 'gpu'"):
+        _BAD_BACKEND[fn]("gpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_inputs_are_their_float32_values(dtype: torch.dtype) -> None:
+    """float8 RDMs and patterns (which torch's CPU max, sum and type promotion do not take) are computed
+    as the float32 values they are, as rank already took them."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 6, 8, generator=g).to(dtype)
+    x32 = x.float()
+    assert torch.equal(fa.rdm(x), fa.rdm(x32))
+    r, r32 = fa.rdm(x).to(dtype), fa.rdm(x).to(dtype).float()
+    assert torch.equal(fa.compare_rdms(r[0], r[1:]), fa.compare_rdms(r32[0], r32[1:]))
+    assert all(torch.equal(a, b) for a, b in zip(fa.noise_ceiling(r), fa.noise_ceiling(r32), strict=True))
+    data = torch.randn(4, 6, 3, 5, generator=g).to(dtype)
+    assert torch.equal(fa.time_resolved_rsa(data, r), fa.time_resolved_rsa(data.float(), r32))
+    got = fa.rsa_permutation_test(r[0], r[1], n_permutations=20, seed=1)
+    want = fa.rsa_permutation_test(r32[0], r32[1], n_permutations=20, seed=1)
+    assert torch.equal(got.pvalue, want.pvalue)
+
+
+def test_return_null_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match=r"rsa_permutation_test: return_null must be a bool, got 'no'"):
+        fa.rsa_permutation_test(torch.rand(6), torch.rand(6), return_null="no")

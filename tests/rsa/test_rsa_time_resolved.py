@@ -3,6 +3,8 @@ time_resolved_rdms and compare_rdms, rsatoolbox and scipy; exact in float64 to 1
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import rsatoolbox as rt
@@ -10,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from scipy.spatial.distance import pdist
 
 import fastalign as fa
 from fastalign import _ext
@@ -233,8 +236,16 @@ def test_constant_brain_rdm_names_the_window(backend: str) -> None:
         ({"data": torch.rand(8, 4)}, r"data must have shape"),
         ({"data": torch.full((8, 3, 4), float("nan"))}, "contains NaN"),
         ({"noise": torch.eye(3)}, "noise is used by method 'crossnobis' only"),
+        # shapes are named as the data were given, not as the window view (windows first) holds them
+        ({"data": torch.rand(2, 3, 4), "models": torch.rand(1)},
+         r"at least 3 conditions \(dim -3 of \(\.\.\., n_conditions, n_channels, n_times\)\), "
+         r"got shape \(2, 3, 4\)"),
+        ({"data": torch.rand(0, 8, 3, 4)}, r"no empty dim, got shape \(0, 8, 3, 4\)"),
+        ({"data": torch.rand(1, 8, 3, 4), "rdm_method": "crossnobis"},
+         r"at least 2 folds \(dim -4 of .*got shape \(1, 8, 3, 4\)"),
+        ({"backend": "gpu"}, r"^time_resolved_rsa: backend must be one of"),
     ],
-)
+)  # fmt: skip
 def test_rejects_bad_input(kwargs: dict, match: str) -> None:
     args = {"data": torch.randn(8, 3, 4, dtype=torch.float64), "models": torch.rand(2, 28), **kwargs}
     with pytest.raises(ValueError, match=match):
@@ -346,3 +357,37 @@ def test_fused_path_treats_rounding_noise_rdms_as_the_composed_path(method: str,
         assert results["cpp"] == results["torch"]
     else:
         torch.testing.assert_close(results["cpp"], results["torch"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["rho_a", "spearman", "kendall_tau_a"])
+@pytest.mark.parametrize("rdm_method", ["correlation", "cosine"])
+def test_distances_of_equal_or_opposite_patterns_tie_exactly_on_every_backend(
+    method: str, rdm_method: str
+) -> None:
+    """With 2 features per window (correlation) or 1 (cosine) every distance is exactly 0 or 2; computed
+    they came out a few eps off in backend-dependent directions, so the ties broke differently (rho_a 0
+    on reference, 0.5 on cpp and torch). Within rounding they are now 0 and 2 on every path, and the
+    statistic is that of the exact distances."""
+    g = torch.Generator().manual_seed(0)
+    p = 2 if rdm_method == "correlation" else 1
+    data = torch.randn(2, 5, p, 6, generator=g, dtype=torch.float64)
+    # no window's RDM constant: condition 0 and 1 opposite (cosine: signs; correlation: orders)
+    data[:, 0] = data[:, 0].abs().cumsum(1)
+    data[:, 1] = -data[:, 1].abs().cumsum(1)
+    models = fa.rdm(torch.randn(2, 5, 7, generator=g, dtype=torch.float64))
+    results = {
+        b: fa.time_resolved_rsa(data, models, method, rdm_method=rdm_method, backend=b)
+        for b in ("reference", "torch", *([] if method == "kendall_tau_a" else CPP))
+    }
+    x = data.permute(0, 3, 1, 2).numpy()  # (subject, time, condition, feature)
+    for b, got in results.items():
+        for s, t in itertools.product(range(2), range(6)):
+            exact = np.rint(pdist(x[s, t], rdm_method))  # 0 or 2 exactly
+            assert set(np.unique(exact)) <= {0.0, 2.0}
+            for m in range(2):
+                names = {"rho_a": "rho-a", "spearman": "spearman", "kendall_tau_a": "tau-a"}
+                want = rt.rdm.compare(
+                    rt.rdm.RDMs(exact[None]), rt.rdm.RDMs(models[m].numpy()[None]), names[method]
+                )
+                want = float(want[0, 0])
+                np.testing.assert_allclose(float(got[s, t, m]), want, rtol=0, atol=1e-12, err_msg=b)
