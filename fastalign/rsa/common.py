@@ -18,6 +18,7 @@ seeded ``torch.Generator`` so that every backend and device sees the same ones f
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable
 from typing import Protocol
@@ -90,10 +91,16 @@ def _generator(seed: int | None) -> torch.Generator:
     return g
 
 
-def permutations(n: int, n_permutations: int, seed: int | None) -> torch.Tensor:
-    """(n_permutations, n) int64 uniformly random permutations of range(n), on the CPU."""
+def permutations(n: int, n_permutations: int, seed: int | None) -> tuple[torch.Tensor, bool]:
+    """(P, n) int64 permutations of range(n) on the CPU, and whether they are all of them: every one but
+    the identity (P = n! - 1, in lexicographic order) when that many are at most ``n_permutations`` (an
+    exact test, as scipy.stats.permutation_test enumerates; drawn, 6 conditions would repeat each of
+    their 720 orders about 14 times in 10,000 draws), else n_permutations uniformly random ones."""
+    if n <= 8 and math.factorial(n) - 1 <= n_permutations:
+        every = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.int64)
+        return every[1:], True  # row 0 is the identity: the data as observed, counted once by the +1
     keys = torch.rand(n_permutations, n, generator=_generator(seed), dtype=torch.float64)
-    return keys.argsort(dim=1)
+    return keys.argsort(dim=1), False
 
 
 def permuted_pair_indices(perms: torch.Tensor, n: int) -> torch.Tensor:

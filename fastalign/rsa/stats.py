@@ -61,13 +61,16 @@ class PermutationResult:
 
     Attributes:
         statistic: (...) the observed similarities (as :func:`compare_rdms`).
-        pvalue: (...) ``(1 + #{null at least as extreme}) / (1 + n_permutations)``.
-        null: (n_permutations, ...) the permutation distribution, or None unless ``return_null``.
+        pvalue: (...) ``(1 + #{null at least as extreme}) / (1 + n_null)``.
+        null: (n_null, ...) the permutation distribution, or None unless ``return_null``.
+        exact: whether the null holds every permutation but the identity (n_null = n! - 1; then the
+            p-values are exact: the fraction of all n! relabellings whose statistic is as extreme).
     """
 
     statistic: torch.Tensor
     pvalue: torch.Tensor
     null: torch.Tensor | None = None
+    exact: bool = False
 
 
 def rsa_permutation_test(
@@ -93,11 +96,14 @@ def rsa_permutation_test(
         a: (..., n_pairs) condensed RDMs, e.g. brain RDMs (n_times, 1, n_subjects, K).
         b: (..., n_pairs) condensed RDMs broadcastable with a, e.g. model RDMs (1, n_layers, 1, K).
         method: as :func:`compare_rdms`.
-        n_permutations: number of random permutations (>= 1).
+        n_permutations: number of random permutations (>= 1). When the n conditions have at most
+            n_permutations + 1 orders (n! of them: 5,040 for 7 conditions), every order is used once
+            instead (an exact test, ``result.exact``; seed plays no part).
         alternative: "greater" (similarity above chance), "less" or "two-sided".
         seed: an int in [0, 2**63 - 1] seeding the permutations (drawn on the CPU, identical across
             backends and devices), or None for a fresh seed.
-        return_null: also return the (n_permutations, ...) null distribution.
+        return_null: also return the (n_null, ...) null distribution (n_null: n_permutations, or n! - 1
+            when exact).
         backend: "auto", "reference", "torch", "cpp" (CPU; kendall_tau_a in O(K log K) per permutation) or
             "cuda" (linear methods).
 
@@ -120,7 +126,7 @@ def rsa_permutation_test(
     a, b = common.operand(a.detach(), method), common.operand(b.detach(), method)
     _rounded_constants(fn, a, b, method)
     chosen = _perm_dispatch.choose(backend, a, b, method)
-    perms = common.permutations(n, n_perm, seed)
+    perms, exact = common.permutations(n, n_perm, seed)
     if chosen == "reference":
         ct = _checks.compute_dtype(a)
         a, b = a.to(ct), b.to(ct)
@@ -138,7 +144,7 @@ def rsa_permutation_test(
         null = common.linear_null(mod, za, zb, method, perms, n)
     observed = _checked(fn, observed, a, b, method)
     pvalue = common.permutation_pvalue(observed, null, alternative)
-    return PermutationResult(observed, pvalue, null if return_null else None)
+    return PermutationResult(observed, pvalue, null if return_null else None, exact)
 
 
 @dataclass

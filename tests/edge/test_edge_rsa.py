@@ -555,8 +555,11 @@ def test_permutation_test_against_every_relabelling(
     assert_close(res.null, ref.null, expect, "null vs the reference backend's (same seed)", scale=1.0)
     obs = res.statistic.double().numpy()
     gamma = np.abs(obs) * 100 * torch.finfo(expect).eps
-    greater = (1 + (null >= obs - gamma).sum(0)) / (n_perm + 1)
-    less = (1 + (null <= obs + gamma).sum(0)) / (n_perm + 1)
+    # every relabelling but the identity once when there are at most n_perm + 1 of them (exact)
+    assert res.exact == (math.factorial(n) - 1 <= n_perm)
+    assert null.shape[0] == (math.factorial(n) - 1 if res.exact else n_perm)
+    greater = (1 + (null >= obs - gamma).sum(0)) / (null.shape[0] + 1)
+    less = (1 + (null <= obs + gamma).sum(0)) / (null.shape[0] + 1)
     want = {"greater": greater, "less": less, "two-sided": np.minimum(1.0, 2 * np.minimum(greater, less))}
     assert_close(res.pvalue, want[alternative], expect, "p-value from the returned null", scale=1.0)
 

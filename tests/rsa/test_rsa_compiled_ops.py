@@ -275,7 +275,7 @@ def test_compiled_op_rejects_bad_input(
 def test_permute_condensed_repeated_index_in_a_large_row_is_caught() -> None:
     """One repeat deep in a long row, after valid rows, is found (a per-row stamp, no sort)."""
     n = 300
-    perms = common.permutations(n, 5, seed=0)
+    perms, _ = common.permutations(n, 5, seed=0)
     perms[3] = torch.arange(n)
     perms[3, 250] = 0
     with pytest.raises(
@@ -427,7 +427,7 @@ def test_kendall_tau_a_agrees_with_api_and_gives_nan_for_nan_rows() -> None:
 def test_permute_condensed_agrees_with_pair_indices() -> None:
     n = 9
     src = torch.randn(3, common.n_pairs(n), dtype=F64)
-    perms = common.permutations(n, 6, seed=0)
+    perms, _ = common.permutations(n, 6, seed=0)
     idx = common.permuted_pair_indices(perms, n)  # (P, K)
     want = src[:, idx].movedim(1, 0)  # (P, B, K)
     assert torch.equal(_op("rsa_permute_condensed")(src, perms), want)
@@ -472,7 +472,7 @@ def test_cuda_ops_reject_bad_input() -> None:
         _op("rsa_rank")(torch.ones(3, dtype=torch.bool, device="cuda"))
     with pytest.raises(TypeError, match=r"rsa_centered_ranks: dtype must be float64 or float32"):
         _op("rsa_centered_ranks")(torch.ones(3, device="cuda"), True, torch.int64)
-    perms = common.permutations(4, 3, seed=0)
+    perms, _ = common.permutations(4, 3, seed=0)
     want = _op("rsa_permute_condensed")(K6, perms)
     assert torch.equal(_op("rsa_permute_condensed")(src, perms.cuda()).cpu(), want)
     huge = torch.tensor([2**53 + 1, 2**53, 2**63 - 1, 2**53 + 1], device="cuda")

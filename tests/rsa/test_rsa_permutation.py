@@ -32,7 +32,7 @@ def _rdms(seed: int, n: int, batch: tuple[int, ...]) -> torch.Tensor:
 def test_permuted_pair_indices_relabel_square_matrix() -> None:
     n = 7
     v = _rdms(0, n, ())
-    perms = common.permutations(n, 5, seed=1)
+    perms, _ = common.permutations(n, 5, seed=1)
     idx = common.permuted_pair_indices(perms, n)
     sq = common.square(v, n)
     for p in range(5):
@@ -515,3 +515,33 @@ def test_mne_exact_p_can_also_be_lower_than_the_exact_count() -> None:
     )
     assert float(res.pvalues.min()) == pytest.approx(2 / 128)
     assert float(min(p_mne)) == pytest.approx(1 / 128)  # lower than the exact 2/128
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+@pytest.mark.parametrize("alternative", ["greater", "two-sided"])
+def test_few_conditions_enumerate_every_order_as_scipy(backend: str, alternative: str) -> None:
+    """With n! - 1 <= n_permutations every relabelling but the identity is the null, once each: the
+    p-value is scipy.stats.permutation_test's exact one (its permutation_type="pairings" enumerates the
+    n! orders of one sample), whatever the seed; beyond, draws."""
+    g = torch.Generator().manual_seed(2)
+    n = 5
+    a = torch.randn(common.n_pairs(n), generator=g, dtype=torch.float64)
+    b = torch.randn(common.n_pairs(n), generator=g, dtype=torch.float64)
+    res = fa.rsa_permutation_test(a, b, method="pearson", n_permutations=200, alternative=alternative,
+                                  seed=1, return_null=True, backend=backend)  # fmt: skip
+    assert res.exact and res.null is not None and res.null.shape == (119,)
+    again = fa.rsa_permutation_test(a, b, method="pearson", n_permutations=119, alternative=alternative,
+                                    seed=9, backend=backend)  # fmt: skip
+    assert again.exact and torch.equal(again.pvalue, res.pvalue)
+    sq = common.square(b, n).numpy()
+    iu = np.triu_indices(n, 1)
+
+    def statistic(order: np.ndarray) -> float:
+        return float(np.corrcoef(a.numpy(), sq[np.ix_(order, order)][iu])[0, 1])
+
+    want = stats.permutation_test(
+        (np.arange(n),), statistic, permutation_type="pairings", n_resamples=np.inf, alternative=alternative
+    ).pvalue
+    np.testing.assert_allclose(float(res.pvalue), want, rtol=1e-12)
+    drawn = fa.rsa_permutation_test(a, b, n_permutations=118, seed=1, backend=backend)
+    assert not drawn.exact
