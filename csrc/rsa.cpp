@@ -519,12 +519,13 @@ constexpr int64_t kRows = 4;
 
 // The z layout of one pattern set: p rows of n conditions, each row padded with zeros to zstride(n)
 // so that the register tiles below may read past the last condition.
-// Columns per register tile: 8 f64, 16 f32, i.e. two 32-byte vectors per row, so a kRows x kTile tile holds
-// eight independent FMA chains (two FMA units x four cycles of latency). With one vector per row (four
+// Columns per register tile: 8 for both dtypes. float64: two 32-byte vectors per row, so a kRows x kTile tile
+// holds eight independent FMA chains (two FMA units x four cycles of latency); with one vector per row (four
 // chains) the loop waited on the FMA latency: the fused time-resolved RSA with pearson (RDMs, no ranks) took
-// 1.47x as long (100 windows of 200 x 17 float64, 1 thread, 2-core Xeon).
+// 1.47x as long (100 windows of 200 x 17 float64, 1 thread, 2-core Xeon). float32: one vector per row; 16
+// columns (two vectors) made GCC keep the tile in memory, 3.5-4.7x slower at 17-256 features.
 template <typename T>
-constexpr int64_t kTile = 64 / static_cast<int64_t>(sizeof(T));
+constexpr int64_t kTile = 8;
 template <typename T>
 int64_t zstride(int64_t n) {
   return n + kTile<T>;
