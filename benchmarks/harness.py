@@ -195,8 +195,11 @@ def environment(device: str) -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 check=True).stdout.strip()  # fmt: skip
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+        # changes to the results and their rendered page are not changes to what is measured: a run that
+        # follows another (nox -s benchmarks) would otherwise always record "-dirty"
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                  ":(exclude)benchmarks/results", ":(exclude)docs/benchmarks.md"]  # fmt: skip
+        dirty = bool(subprocess.run(status, capture_output=True, text=True, check=True).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
     try:
