@@ -36,7 +36,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         dest="n_sessions",
         type=positive_int,
         default=4,
-        help="EEG sessions per subject (default 4)",
+        help="EEG sessions per subject, 1 or even (default 4)",
     )
     p.add_argument(
         "--overwrite",

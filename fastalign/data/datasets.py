@@ -24,6 +24,7 @@ from fastalign._checks import (
     check_seed,
     magnitude_shift,
     message,
+    warn_if_window_clipped,
 )
 from fastalign.data._io import SAFE_HIGH, SAFE_LOW, check_array
 from fastalign.data.embeddings import normalize_embeddings
@@ -458,6 +459,8 @@ class BrainImageDataset(Dataset):
                 raise ValueError(f"{_DS}: time_window in seconds needs the epoch times (times=...)")
             tol = 1e-9 * max(1.0, float(np.abs(tvec).max()))
             idx = np.flatnonzero((tvec >= tmin - tol) & (tvec <= tmax + tol))
+            if idx.size:  # as align warns: fewer samples than the window asked for
+                warn_if_window_clipped(_DS, "time_window", tmin, tmax, tvec, "epoch's")
         if not idx.size:
             raise ValueError(f"{_DS}: time_window {window} selects no samples")
         return idx

@@ -38,8 +38,17 @@ def _roi_indices(value: Any, n_voxels: int, name: str, source: str) -> np.ndarra
         raise ValueError(
             f"{source}: ROI {name!r} must be a boolean mask or integer indices, got dtype {arr.dtype}"
         )
+    if n_voxels > 2 and arr.size == n_voxels and bool(np.isin(arr, (0, 1)).all()):
+        # one 0/1 entry per voxel: a mask stored as integers (MATLAB's and many HDF5 writers' uint8), never
+        # distinct indices of more than 2 voxels; read as indices it selected voxels 0 and 1, silently
+        return np.flatnonzero(arr)
     if arr.size and (arr.min() < 0 or arr.max() >= n_voxels):
         raise ValueError(f"{source}: ROI {name!r} has voxel indices outside 0..{n_voxels - 1}")
+    if np.unique(arr).size != arr.size:
+        raise ValueError(
+            f"{source}: ROI {name!r} repeats voxel indices; expected distinct indices or a boolean mask of "
+            f"{n_voxels} entries (a 0/1 mask of another length?)"
+        )
     return np.asarray(arr, dtype=np.int64)
 
 

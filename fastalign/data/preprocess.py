@@ -46,7 +46,10 @@ from fastalign.data.things_eeg2 import (
 
 #: The 63 EEG channels of THINGS-EEG2 in the order the decoding papers keep them (AlignVis
 #: ``preprocessing_utils.py`` ``chan_order``, picked with ``ordered=True``; the montage has no Fz). The
-#: last 17 are the occipital/parietal channels of the published 17-channel files, in their order.
+#: last 17 are the occipital/parietal channels of the published 17-channel files; those files keep the
+#: order of the raw recordings (eeg_encoding picks them by a regular expression, which keeps the raw
+#: order), which this tuple does not claim to be. Loading selects channels by name, so order never matters
+#: there; the synthetic raw files are written in this order.
 THINGS_EEG2_CHANNELS = (
     "Fp1", "Fp2", "AF7", "AF3", "AFz", "AF4", "AF8", "F7", "F5", "F3", "F1", "F2", "F4", "F6", "F8",
     "FT9", "FT7", "FC5", "FC3", "FC1", "FCz", "FC2", "FC4", "FC6", "FT8", "FT10", "T7", "C5", "C3", "C1",

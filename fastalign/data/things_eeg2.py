@@ -71,6 +71,18 @@ def raw_path(raw_dir: str | os.PathLike[str], subject: int, session: int, split:
     return os.path.join(subject_dir(raw_dir, subject), f"ses-{int(session):02d}", f"raw_eeg_{split}.npy")
 
 
+def _names(value: Any, name: str, file: str) -> list[str]:
+    """Channel names as a list of distinct strings: a single string (whose characters list() would take
+    for names) and repeated names (selection by name would take the first silently) are refused."""
+    if isinstance(value, (str, bytes)) or (isinstance(value, np.ndarray) and value.ndim != 1):
+        raise ValueError(f"{file!r}: {name} must be a list of channel names, got {value!r:.80}")
+    names = [str(c) for c in value]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{file!r}: {name} repeats {repeated}; every channel needs its own name")
+    return names
+
+
 def load_preprocessed_eeg(
     path: str | os.PathLike[str], subject: int | None = None, split: Split = "training"
 ) -> EEGResponses:
@@ -94,7 +106,7 @@ def load_preprocessed_eeg(
     d = load_pickled_dict(file, _PREPROCESSED_KEYS, "THINGS-EEG2 preprocessed EEG")
     data = check_array(d["preprocessed_eeg_data"], "preprocessed_eeg_data", file, ndim=4)
     times = check_array(d["times"], "times", file, ndim=1).astype(np.float64)
-    ch_names = [str(c) for c in d["ch_names"]]
+    ch_names = _names(d["ch_names"], "ch_names", file)
     expect = f"(conditions, repetitions, {len(ch_names)} channels, {times.size} times)"
     if data.shape[2:] != (len(ch_names), times.size):
         raise ValueError(f"{file!r}: preprocessed_eeg_data has shape {data.shape}, expected {expect}")
@@ -131,7 +143,7 @@ def load_raw_eeg(path: str | os.PathLike[str], stim_channel: str = "stim") -> Ra
     file = os.fspath(path)
     d = load_pickled_dict(file, _RAW_KEYS, "THINGS-EEG2 raw EEG")
     data = check_array(d["raw_eeg_data"], "raw_eeg_data", file, ndim=2, finite=False)
-    ch_names = [str(c) for c in d["ch_names"]]
+    ch_names = _names(d["ch_names"], "ch_names", file)
     ch_types = [str(c) for c in d["ch_types"]]
     if not (len(ch_names) == len(ch_types) == data.shape[0]):
         raise ValueError(

@@ -293,9 +293,9 @@ def _time_indices(times: np.ndarray, window: Any, source: str) -> np.ndarray:
 
 
 def _channel_indices(names: list[str], channels: Any, source: str) -> np.ndarray:
-    if channels == "all":
+    if isinstance(channels, str) and channels == "all":  # an array of names compares element-wise
         return np.arange(len(names))
-    if channels == PUBLISHED_CHANNELS:
+    if isinstance(channels, str) and channels == PUBLISHED_CHANNELS:
         idx = [i for i, n in enumerate(names) if re.search(OCCIPITAL_PARIETAL, n)]
         if not idx:
             raise ValueError(f"{_FN}: {source!r} has no occipito-parietal channel (O*, P*) among {names}")
@@ -350,9 +350,10 @@ def _eeg_responses(
     ch = _channel_indices(train.ch_names, channels, train.source)
     t = _time_indices(train.times, time_window, train.source)
     names, times = [train.ch_names[i] for i in ch], train.times[t]
-    # one gather of the selected channels and samples: the published training file is ~900 MB
+    # one gather of the selected channels and samples (two gathers made a copy of the selected channels
+    # first, another ~900 MB at the published training file's size)
     out = {
-        key: EEGResponses(r.data[:, :, ch][..., t], names, times, source=r.source)
+        key: EEGResponses(r.data[:, :, ch[:, None], t], names, times, source=r.source)
         for key, r in (("train", train), ("test", test))
     }
     # rounded for config.json: 0.19, not 0.19000000000000003

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import mne
 import numpy as np
 import pytest
@@ -312,3 +314,16 @@ def test_tensor_inputs(make: object) -> None:
     np.testing.assert_allclose(white, mvnn(values), rtol=tol, atol=tol * float(np.abs(white).max()))
     with pytest.raises(TypeError, match=r"data must be a real numeric array, got dtype torch\.complex64"):
         as_responses(torch.zeros(2, 2, 2, 2, dtype=torch.complex64))
+
+
+def test_a_time_window_beyond_the_epoch_warns() -> None:
+    """As align warns: a window in seconds that reaches past the epoch's samples gets fewer samples than
+    it asked for; inside the epoch, no warning."""
+    with pytest.warns(
+        UserWarning, match=r"BrainImageDataset: time_window \[0.5, 1\] s reaches beyond the epoch's"
+    ):
+        ds = BrainImageDataset(_eeg().data, times=TIMES, time_window=(0.5, 1.0))
+    assert ds[0][1].shape[-1] == 4 * 3  # 0.5, 0.6, 0.7 s of 4 channels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BrainImageDataset(_eeg().data, times=TIMES, time_window=(0.0, 0.3))

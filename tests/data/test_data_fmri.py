@@ -134,3 +134,22 @@ def test_pca_arguments() -> None:
         with pytest.raises(exc, match="ResponsePCA: seed must be an int"):
             ResponsePCA(2, seed=seed)  # type: ignore[arg-type]
     assert fmri_datasets(train, train, pca_components=np.int64(3))[0].response_shape == (3,)
+
+
+def test_integer_masks_and_repeated_indices(tmp_path: os.PathLike) -> None:
+    """A 0/1 mask stored as integers (MATLAB, many HDF5 writers) selects its voxels; it was read as
+    voxel indices (voxels 0 and 1). Repeated indices are refused."""
+    h5 = os.path.join(tmp_path, "roi.h5")
+    mask = np.zeros(10, bool)
+    mask[[2, 5, 7, 8]] = True
+    data = np.random.default_rng(0).random((6, 2, 10)).astype("f4")
+    for dtype in (np.uint8, np.int32, np.int64):
+        with h5py.File(h5, "w") as f:
+            f["responses"] = data
+            f.create_group("rois")["V1"] = mask.astype(dtype)
+        r = load_fmri(h5)
+        np.testing.assert_array_equal(r.rois["V1"], [2, 5, 7, 8])
+        np.testing.assert_array_equal(r.select("V1").data, data[..., [2, 5, 7, 8]])
+    with pytest.raises(ValueError, match=r"ROI 'V1' repeats voxel indices; expected distinct indices"):
+        FMRIResponses(data, {"V1": np.array([3, 4, 3])})
+    np.testing.assert_array_equal(FMRIResponses(data, {"V1": np.array([0, 1])}).rois["V1"], [0, 1])  # indices

@@ -144,6 +144,10 @@ def test_synthetic_bad_arguments(tmp_path: os.PathLike) -> None:
         make_synthetic_things(tmp_path, test_repetitions=1)
     with pytest.raises(ValueError, match="image_source must be"):
         make_synthetic_things(tmp_path, image_source="photo")
+    # an odd count showed half of the training images in one session fewer; preprocessing then refused
+    # the unequal repetitions, after the raw data were written
+    with pytest.raises(ValueError, match=r"n_sessions must be 1 or even .*got 3"):
+        make_synthetic_things(tmp_path, n_sessions=3)
     assert not os.listdir(tmp_path)
 
 

@@ -50,6 +50,12 @@ def test_preprocessed_bad_input(tmp_path: os.PathLike) -> None:
     _prep(tmp, ch_names=["a", "b"])
     with pytest.raises(ValueError, match=r"shape \(6, 4, 63, 250\), expected .*2 channels"):
         load_preprocessed_eeg(tmp, 1, "training")
+    _prep(tmp, ch_names="O1O", preprocessed_eeg_data=np.zeros((6, 4, 3, 250)))  # list("O1O"): 3 "names"
+    with pytest.raises(ValueError, match=r"ch_names must be a list of channel names, got 'O1O'"):
+        load_preprocessed_eeg(tmp, 1, "training")
+    _prep(tmp, ch_names=["O1", "Oz", "O1"], preprocessed_eeg_data=np.zeros((6, 4, 3, 250)))
+    with pytest.raises(ValueError, match=r"ch_names repeats \['O1'\]; every channel needs its own name"):
+        load_preprocessed_eeg(tmp, 1, "training")
     _prep(tmp, preprocessed_eeg_data=np.full((6, 4, 63, 250), np.nan))
     with pytest.raises(ValueError, match="NaN"):
         load_preprocessed_eeg(tmp, 1, "training")

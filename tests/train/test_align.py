@@ -318,6 +318,11 @@ def test_zscore_statistics_come_from_the_training_images_only(synth: SyntheticTh
     torch.testing.assert_close(d.val.responses(), expected(train[d.val_index]))
     torch.testing.assert_close(d.test.responses(), expected(test))
     assert d.response_shape == (17, 20) and d.n_out == 340
+    # channels by name as a numpy array (as a list), in the order given: one gather of channels and times
+    names = load_preprocessed_eeg(synth.preprocessed_dir, 1, "test").ch_names
+    picked = np.array([names[3], names[0]])
+    two = load_align_data(synth.root, 1, image_size=SIZE, val_fraction=0.25, seed=0, channels=picked)
+    assert two.response_shape == (2, 20) and two.settings["channels"] == list(picked)
 
 
 def test_unpaired_control_is_a_fixed_derangement(synth: SyntheticThings) -> None:

@@ -87,6 +87,13 @@ def _check_synthetic_arguments(args: dict[str, Any]) -> None:
     for name in _POSITIVE_INTS:
         if check_int(fn, name, args[name]) < 1:
             raise ValueError(f"{fn}: {name} must be a positive int, got {args[name]!r}")
+    if args["n_sessions"] > 1 and args["n_sessions"] % 2:
+        # each training image is shown in half of the sessions, as published: an odd count showed half
+        # of them in one session fewer, and preprocessing then refused the unequal repetitions
+        raise ValueError(
+            f"{fn}: n_sessions must be 1 or even (each training image in half of the sessions), got "
+            f"{args['n_sessions']}"
+        )
     n_extra, n_max = check_int(fn, "n_extra_channels", args["n_extra_channels"]), len(OTHER_CHANNELS)
     if not 0 <= n_extra <= n_max:
         raise ValueError(f"{fn}: n_extra_channels must be 0..{n_max}, got {n_extra}")
@@ -172,7 +179,8 @@ def make_synthetic_things(
     Args:
         root: Output folder: created, or an empty folder (a non-empty one needs ``overwrite``).
         n_train_concepts, images_per_concept: Training images = concepts x images per concept.
-        n_test: Test images, one per test concept (concepts disjoint from training, as published).
+        n_test: Test images, one per test concept (other concepts than the training ones, as published;
+            with more concepts than photos or shapes, concepts share a source photo / shape).
         n_subjects: Subjects sub-01.. (each with its own brain: mixing, latencies).
         n_sessions: Sessions per subject. Each session shows every test image ``test_repetitions``
             times and, as published, half of the training images (each image in n_sessions // 2
