@@ -365,11 +365,21 @@ def _figure(r: BrainRSA, rows: list[dict[str, Any]], settings: dict[str, Any]) -
          "comparison": "none", "layer": layer, "roi": "", **{k: x[k] for k in RSA_COLUMNS[2:]}}
         for x in rows
     ]  # fmt: skip
-    fig = plot_rsa_time_courses(table, None, modality="brain", comparisons=("none",), baseline="")
+    fig = plot_rsa_time_courses(
+        table, None, modality="brain", comparisons=("none",), baseline="", measure=settings["compare"]
+    )
     for ax in fig.axes:
-        ax.set_ylabel(f"Model-brain similarity ({settings['compare']})")
         ax.set_xlabel("Time (ms)")
     return fig
+
+
+def _peak(similarity: np.ndarray, times: np.ndarray) -> int:
+    """The window of the largest similarity from time 0 on (as evaluate's peaks: a pre-stimulus window
+    is no response to the images), over every window when none starts at or after 0."""
+    after = np.flatnonzero(times >= -1e-9)
+    if after.size == 0:
+        return int(np.argmax(similarity))
+    return int(after[np.argmax(similarity[after])])
 
 
 def _write(r: BrainRSA, folder: str, settings: dict[str, Any]) -> None:
@@ -400,7 +410,7 @@ def _write(r: BrainRSA, folder: str, settings: dict[str, Any]) -> None:
             files += ["model_rdms.npy", "rsa.npy", "rsa.csv", "figures/rsa.png", "figures/rsa.svg"]
             mean = r.similarity.mean(axis=0)  # (n_windows, n_models): over brains
             for m, model in enumerate(r.models):
-                k = int(np.argmax(mean[:, m]))
+                k = _peak(mean[:, m], r.times)
                 peaks[model] = {
                     "peak_similarity": float(mean[k, m]),
                     "peak_time": round(float(r.times[k]), 9),
@@ -476,7 +486,7 @@ def _run(args: argparse.Namespace) -> int:
         mean = r.similarity.mean(axis=0)
         width = max(len(m) for m in r.models)
         for m, model in enumerate(r.models):
-            k = int(np.argmax(mean[:, m]))
+            k = _peak(mean[:, m], r.times)
             print(
                 f"  {model.ljust(width)}  peak {args.compare} {mean[k, m]:.4f} at {1000 * r.times[k]:.0f} ms"
             )

@@ -308,8 +308,9 @@ def plot_retrieval_grid(
     labels: Sequence[str] | None = None,
 ) -> Figure:
     """EEG trials -> their top-k images: one row per trial, the gallery images ranked by cosine similarity
-    (after mean-centring, as retrieval does), the correct image framed in green; when it is not among the
-    k best, one more column shows it with its rank.
+    of the embeddings as given (as :func:`fastalign.eval.retrieval_topk` scores them; ties after the
+    correct image), the correct image framed in green; when it is not among the k best, one more column
+    shows it with its rank.
 
     Args:
         brain_emb: (N, d) brain embeddings (e.g. a Decoder's outputs for the test trials).

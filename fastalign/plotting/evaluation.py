@@ -65,6 +65,38 @@ _MEASURES = {
 }
 
 
+def _text(name: str) -> str:
+    """A model, layer or file name as matplotlib text that shows it as it is: "$" escaped (a "$" pair
+    was parsed as math, an odd one failed to draw), a leading "_" behind a zero-width space (matplotlib
+    leaves labels starting with "_" out of legends)."""
+    name = str(name).replace("$", r"\$")
+    return "\u200b" + name if name.startswith("_") else name
+
+
+def _panel_handles(axes: Sequence[Axes]) -> tuple[list[Any], list[str]]:
+    """The legend entries of every panel, each label once in the order first seen: the first panel alone
+    missed a model it lacks (a layer or ROI that model has not) and the noise ceiling where it had none."""
+    handles: list[Any] = []
+    names: list[str] = []
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
+            if n not in names:
+                handles.append(h)
+                names.append(n)
+    return handles, names
+
+
+def _legend_below(fig: Figure, handles: list[Any], names: list[str]) -> None:
+    """The figure legend under the panels, the figure made taller by its rows: below a single panel (the
+    figure as wide as one) many entries took one column each and squeezed the axes until the y label ran
+    off the figure."""
+    ncols = _legend_columns(fig, names)
+    rows = math.ceil(len(names) / ncols)
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + 0.22 * rows)
+    fig.legend(handles, names, loc="outside lower center", ncols=ncols, fontsize="small")
+
+
 def _legend_columns(fig: Figure, names: Sequence[str]) -> int:
     """Legend columns that fit the figure's width (about 0.075 in per character of the longest entry, its
     swatch and spacing: a one-panel figure's legend of 4 columns ran past both edges), as few rows as
@@ -215,17 +247,18 @@ def _per_unit(rows: Iterable[dict], x: str, unit: str, y: str) -> dict[Any, list
 def model_styles(names: Sequence[str], baseline: str | None = None) -> dict[str, dict[str, Any]]:
     """A print-safe style per name: colour (baseline black), marker, line style and hatch.
 
-    Colours come from :data:`PALETTE` in order; after it is used up, line styles and hatches change too,
-    so every name stays distinct in grey scale.
+    Colours come from :data:`PALETTE` in order, and every name also gets the next line style, marker
+    and hatch, so that names stay apart in grey scale (the palette's colours are close in brightness:
+    with line styles changing only after it was used up, six models were six solid greys).
     """
     styles = {}
     others = [n for n in names if n != baseline]
     for i, name in enumerate(others):
-        cycle = i // len(PALETTE)
         styles[name] = {
             "color": PALETTE[i % len(PALETTE)],
             "marker": _MARKERS[(i + 1) % len(_MARKERS)],
-            "linestyle": _LINESTYLES[cycle % len(_LINESTYLES)],
+            # the baseline's solid line first comes back after the other three styles
+            "linestyle": _LINESTYLES[(i + 1) % len(_LINESTYLES)],
             "hatch": _HATCHES[(i + 1) % len(_HATCHES)],
         }
     if baseline is not None and baseline in names:
@@ -355,6 +388,10 @@ def plot_rsa_time_courses(
     any_below = False
     for ax, layer in zip(axes, layer_list, strict=True):
         here = [r for r in rows if r["layer"] == layer]
+        # a cluster covers its samples' bins: t_start - dt/2 to t_stop + dt/2 (a one-sample cluster, whose
+        # t_start equals t_stop, was a line of length 0 and did not show)
+        steps = np.diff(sorted({r["time"] for r in here}))
+        half = 500 * float(np.median(steps)) if steps.size else 0.0
         low, high = _draw_ceiling(ax, here)
         for curve in curves:
             lo, hi = _draw_time_course(
@@ -373,26 +410,27 @@ def plot_rsa_time_courses(
                     if label(c["model"]) == curve and c["layer"] == layer and c["test"] == test
                 ]
                 for c in found:
-                    below = float(c.get("mass", 1.0)) < 0  # a negative cluster (tail 0 or -1): dotted
+                    below = float(c.get("mass", 1.0)) < 0  # a negative cluster (tail 0 or -1): dashed
                     any_below = any_below or below
                     ax.plot(
-                        [1000 * float(c["t_start"]), 1000 * float(c["t_stop"])],
+                        [1000 * float(c["t_start"]) - half, 1000 * float(c["t_stop"]) + half],
                         [level, level],
                         color=styles[curve]["color"],
-                        linestyle=":" if below else "-",
+                        # short dashes: a dotted thick bar read as several one-sample clusters
+                        linestyle=(0, (2.0, 0.6)) if below else "-",
                         linewidth=2.0 if test == "vs0" else 4.5,
-                        # a one-sample cluster (t_start == t_stop) still shows, as a square
-                        solid_capstyle="projecting",
+                        solid_capstyle="butt",
+                        dash_capstyle="butt",
                         label=f"_sig {curve} {test}",
                     )
                 level -= gap if found else 0.0
         ax.set_ylim(level, high + gap)
         ax.axvline(0.0, color="0.4", linestyle=":", linewidth=0.8, label="_onset")
         ax.axhline(0.0, color="0.4", linewidth=0.6, label="_zero")
-        ax.set_title(layer)
+        ax.set_title(_text(layer))
         ax.set_xlabel("Time from stimulus onset (ms)")
         ax.set_ylabel(similarity)
-    handles, names = axes[0].get_legend_handles_labels()
+    handles, names = _panel_handles(axes)
     if any(c.get_label().startswith("_sem ") for ax in axes for c in ax.collections):
         # a line over its band (matplotlib draws a tuple's handles on top of each other): not one more
         # grey box beside the noise ceiling's
@@ -404,11 +442,9 @@ def plot_rsa_time_courses(
         handles.append(Line2D([], [], color="0.3", linewidth=2.0 if test == "vs0" else 4.5))
         names.append(f"cluster p < {alpha:g} vs {what}")
     if any_below:
-        handles.append(Line2D([], [], color="0.3", linewidth=2.0, linestyle=":"))
-        names.append("dotted: cluster below it")
-    fig.legend(
-        handles, names, loc="outside lower center", ncols=_legend_columns(fig, names), fontsize="small"
-    )
+        handles.append(Line2D([], [], color="0.3", linewidth=2.0, linestyle=(0, (2.0, 0.6))))
+        names.append("dashed: cluster below it")
+    _legend_below(fig, handles, names)
     return fig
 
 
@@ -422,9 +458,11 @@ def _draw_ceiling(ax: Axes, rows: list[dict]) -> tuple[float, float]:
     times = sorted(lower)
     lo = np.array([np.mean(lower[t]) for t in times])
     hi = np.array([np.mean(upper[t]) for t in times])
+    # edged, so that a band of the baseline's (black at 25%, grey 0.75) is not read as part of it
     ax.fill_between(
-        1000 * np.array(times), lo, hi, color=_CEILING, linewidth=0, label="noise ceiling", zorder=0
-    )
+        1000 * np.array(times), lo, hi, facecolor=_CEILING, edgecolor="0.55", linewidth=0.6,
+        label="noise ceiling", zorder=0,
+    )  # fmt: skip
     return float(lo.min()), float(hi.max())
 
 
@@ -445,7 +483,7 @@ def _draw_time_course(ax: Axes, rows: list[dict], curve: str, style: dict[str, A
         marker=style["marker"],
         markevery=max(1, len(t) // 8),
         markersize=4,
-        label=curve,
+        label=_text(curve),
         zorder=3,
     )
     if np.isfinite(sem).any():
@@ -513,7 +551,9 @@ def plot_roi_bars(
                 if not values:
                     continue
                 x = i - 0.4 + width * (j + 0.5)
-                top = _draw_bar(ax, x, width, values, curve if i == 0 else f"_{curve}", styles[curve])
+                top = _draw_bar(
+                    ax, x, width, values, curve, styles[curve]
+                )  # one legend entry: _panel_handles
                 found = {
                     t["test"]: float(t.get("statistic", 0.0))
                     for t in tests
@@ -535,10 +575,10 @@ def plot_roi_bars(
         ax.axhline(0.0, color="0.4", linewidth=0.6, label="_zero")
         ax.set_xticks(range(len(roi_list)), roi_list)
         ax.set_xlim(-0.5, len(roi_list) - 0.5)
-        ax.set_title(f"layer {layer}")  # not "V1" over ticks that name the ROI V1
+        ax.set_title(f"layer {_text(layer)}")  # not "V1" over ticks that name the ROI V1
         ax.set_xlabel("Region of interest" if modality == "fmri" else "")
         ax.set_ylabel(similarity)
-    handles, names = axes[0].get_legend_handles_labels()
+    handles, names = _panel_handles(axes)
     handles.append(
         Line2D([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="black")
     )
@@ -551,9 +591,7 @@ def plot_roi_bars(
     if "↓" in marks:
         handles.append(Line2D([], [], linestyle="none", marker="$↓$", color="black"))
         names.append("below it (t < 0)")
-    fig.legend(
-        handles, names, loc="outside lower center", ncols=_legend_columns(fig, names), fontsize="small"
-    )
+    _legend_below(fig, handles, names)
     return fig
 
 
@@ -592,7 +630,7 @@ def _draw_bar(
         hatch=style["hatch"],
         edgecolor="black",
         linewidth=0.6,
-        label=label,
+        label=_text(label),
         zorder=2,
     )
     if n > 1:
@@ -647,7 +685,7 @@ def plot_rdms(
     fig, axes = _figure(len(mats), ncols, width=3.4, height=3.2)
     for ax, (name, m) in zip(axes, mats.items(), strict=True):
         image = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_title(name)
+        ax.set_title(_text(name))
         if condition_labels is not None and n <= 40:
             ax.set_xticks(range(n), condition_labels, rotation=90, fontsize="x-small")
             ax.set_yticks(range(n), condition_labels, fontsize="x-small")
@@ -755,7 +793,7 @@ def plot_across_subject(
         image = ax.imshow(m, cmap="viridis", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_xticks(range(len(brains)), brains, rotation=90)
         ax.set_yticks(range(len(model_subjects)), model_subjects)
-        ax.set_title(name)
+        ax.set_title(_text(name))
     fig.supxlabel("Brain of subject")
     fig.supylabel("Model aligned to subject")
     if len(families) == 1:  # the panels name the layer only: the figure names the family
@@ -806,7 +844,13 @@ def plot_variability(variability: Table, *, layers: Sequence[str] | None = None)
         name = "mean ± SEM over pairs" if not family else f"{family} (mean ± SEM over pairs)"
         style = styles[family]
         ax.plot(
-            xs, mean, color=color, marker=style["marker"], linestyle=style["linestyle"], label=name, zorder=4
+            xs,
+            mean,
+            color=color,
+            marker=style["marker"],
+            linestyle=style["linestyle"],
+            label=_text(name),
+            zorder=4,
         )
     ax.scatter([], [], s=10, color="0.5", alpha=0.5, linewidth=0, label="model pairs")
     ax.set_xticks(x, layer_list)
@@ -865,7 +909,7 @@ def plot_robustness(
                 color=style["color"],
                 linestyle=style["linestyle"],
                 marker=style["marker"],
-                label=curve,
+                label=_text(curve),
             )
             if np.isfinite(sem).any():
                 ax.fill_between(

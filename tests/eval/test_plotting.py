@@ -161,9 +161,10 @@ def test_rsa_time_courses_show_the_means_sems_ceiling_and_clusters() -> None:
             _check_band(_band(ax, f"_sem {curve}"), x, mean - sem, mean + sem)
         _check_band(_band(ax, "noise ceiling"), x, 0.2 + np.array(TIMES) / 10, 0.3 + np.array(TIMES) / 10)
         bars = {line.get_label(): line for line in ax.get_lines() if line.get_label().startswith("_sig")}
+        # each bar covers its samples' bins (100 ms apart): the one-sample cluster at 100 ms is 100 ms wide
         want = {
-            "V1": {"_sig ReAlnet vs0": (0, 200), "_sig ReAlnet vs:cornet_s": (100, 100)},
-            "IT": {"_sig cornet_s vs0": (100, 200)},
+            "V1": {"_sig ReAlnet vs0": (-50, 250), "_sig ReAlnet vs:cornet_s": (50, 150)},
+            "IT": {"_sig cornet_s vs0": (50, 250)},
         }[layer]
         assert {k: tuple(v.get_xdata()) for k, v in bars.items()} == want
         lowest = min(
@@ -217,7 +218,7 @@ def test_groups_rename_models_with_their_clusters_baseline_and_tests() -> None:
     axes = _axes(fig)
     lines = {line.get_label(): line for line in axes["IT"].get_lines()}
     assert "cornet_s" not in lines and to_hex(lines["CORnet-S"].get_color()) == "#000000"
-    assert tuple(lines["_sig CORnet-S vs0"].get_xdata()) == (100, 200)
+    assert tuple(lines["_sig CORnet-S vs0"].get_xdata()) == (50, 250)
     sig = {line.get_label() for line in axes["V1"].get_lines() if line.get_label().startswith("_sig")}
     assert sig == {"_sig ReAlnet vs0", "_sig ReAlnet vs:cornet_s"}
     texts = _legend_texts(fig)
@@ -230,7 +231,8 @@ def test_groups_rename_models_with_their_clusters_baseline_and_tests() -> None:
     assert sorted(a.get_text() for a in it.texts) == ["*†"]  # ReAlnet at LOC, matched through its label
 
 
-def test_a_cluster_below_zero_or_the_baseline_is_dotted() -> None:
+def test_a_cluster_below_zero_or_the_baseline_is_dashed() -> None:
+    # short dashes (a dotted thick bar read as several one-sample clusters)
     stats = json.loads(json.dumps(STATS))
     stats["clusters"][1]["mass"] = -3.0  # ReAlnet below cornet_s at 100 ms in V1 (a two-sided test)
     fig = plot_rsa_time_courses(_results(), stats, groups=GROUPS)
@@ -239,13 +241,51 @@ def test_a_cluster_below_zero_or_the_baseline_is_dotted() -> None:
         line.get_label(): line for line in _axes(fig)["V1"].get_lines() if line.get_label().startswith("_sig")
     }
     assert (
-        bars["_sig ReAlnet vs:cornet_s"].get_linestyle() == ":"
+        bars["_sig ReAlnet vs:cornet_s"].get_linestyle() == "--"
         and bars["_sig ReAlnet vs0"].get_linestyle() == "-"
     )
-    assert "dotted: cluster below it" in _legend_texts(fig)
-    assert "dotted: cluster below it" not in _legend_texts(
+    assert "dashed: cluster below it" in _legend_texts(fig)
+    assert "dashed: cluster below it" not in _legend_texts(
         plot_rsa_time_courses(_results(), STATS, groups=GROUPS)
     )
+
+
+def test_legends_list_what_any_panel_draws() -> None:
+    """The legend came from the first panel only: a model without that panel's layer (or ROI) and the
+    noise ceiling where that panel had none were missing."""
+    rows = [r for r in _results() if not (r["model"] == "cornet_s" and r["layer"] == "V1")]
+    for r in rows:
+        if r["layer"] == "V1":
+            r["noise_lower"] = r["noise_upper"] = math.nan
+    texts = _legend_texts(plot_rsa_time_courses(rows, None, groups=GROUPS))
+    assert "cornet_s" in texts and "noise ceiling" in texts and texts.count("cornet_s") == 1
+    bars = _legend_texts(plot_roi_bars([r for r in rows if r["modality"] == "fmri"], None, groups=GROUPS))
+    assert bars.count("cornet_s") == 1 and bars.count("ReAlnet") == 1
+
+
+def test_one_panel_with_many_curves_keeps_its_labels_inside() -> None:
+    """Below a single panel, 8 legend entries squeezed the axes until the y label ran off the figure:
+    the figure grows with the legend's rows instead."""
+    rows = []
+    for m in range(8):
+        rows += [{**r, "model": f"model {m}"} for r in _results() if r["model"] == "cornet_s"]
+    fig = plot_rsa_time_courses(rows, None, layers=["V1"], ncols=1, baseline="model 0")
+    FigureCanvasAgg(fig).draw()
+    box = fig.bbox
+    (ax,) = fig.axes
+    label = ax.yaxis.label.get_window_extent()
+    assert box.y0 <= label.y0 and label.y1 <= box.y1 and box.x0 <= label.x0, (label, box)
+    assert ax.get_window_extent().height > 0.4 * box.height  # the panel is not a strip
+
+
+def test_names_are_drawn_as_given(tmp_path: os.PathLike) -> None:
+    """A model named with "$" was parsed as math (and failed to save); one starting with "_" was left out
+    of the legend."""
+    rows = [{**r, "model": {"cornet_s": "_it", "realnet": "cost $5"}[r["model"]]} for r in _results()]
+    fig = plot_rsa_time_courses(rows, None, baseline="_it")
+    texts = _legend_texts(fig)
+    assert "\u200b_it" in texts and "cost \\$5" in texts
+    save_figure(fig, os.path.join(tmp_path, "names"))  # "$" drew as math, or failed to
 
 
 def test_tables_are_read_from_csv_and_json_files(tmp_path: os.PathLike) -> None:
@@ -477,6 +517,9 @@ def test_styles_are_distinct_in_colour_and_in_grey() -> None:
     looks = {(s["color"], s["marker"], s["linestyle"]) for s in styles.values()}
     grey = {(s["marker"], s["linestyle"]) for s in styles.values()}
     assert len(looks) == len(grey) == len(names)
+    # line styles change from the first model on (the palette's greys are close: six solid lines were
+    # six near-equal greys), none of the first three solid like the baseline
+    assert [styles[f"m{i}"]["linestyle"] for i in range(3)] == ["--", "-.", ":"]
 
 
 def test_evaluation_figures_builds_what_the_tables_support() -> None:
@@ -499,6 +542,9 @@ def test_save_figure_writes_png_and_svg_atomically(tmp_path: os.PathLike) -> Non
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     root = ET.parse(paths[1]).getroot()
     assert root.tag.endswith("svg")
+    # text stays text (editable in a journal's SVG), not glyph outlines
+    texts = [e.text for e in root.iter() if e.tag.endswith("text")]
+    assert any(t and "V1" in t for t in texts), texts
     first = open(paths[1], "rb").read()
     save_figure(fig, stem, formats=("svg",))
     assert open(paths[1], "rb").read() == first  # same figure, same bytes
