@@ -325,3 +325,17 @@ def test_roi_tests_corrected_over_rois_and_layers(method: str) -> None:
     assert "uncorrected" not in res["methods"]["fmri"]
     with pytest.raises(ValueError, match="roi_correction must be one of"):
         fe.evaluate(brain, [model], out=None, modality="fmri", roi_correction="bonferroni")
+
+
+def test_digests_are_made_only_for_an_output_folder(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Hashing every array given from Python costs 0.2-0.4 s at the benchmark's 44 layers; without a
+    folder there is no config.json to tell apart."""
+    import fastalign.eval.rsa as ev
+
+    calls = []
+    real = ev._digest
+    monkeypatch.setattr(ev, "_digest", lambda arrays: calls.append(1) or real(arrays))
+    fe.evaluate(_brain(), [_features()], out=None, permutations=5)
+    assert calls == []
+    fe.evaluate(_brain(), [_features()], out=tmp_path / "out", permutations=5)
+    assert len(calls) == 2  # the brain data and the features
