@@ -1476,6 +1476,21 @@ inline V load_vec(const void* p) {
 
 inline double hsum(D4 a, D4 b) { return ((a[0] + b[0]) + (a[1] + b[1])) + ((a[2] + b[2]) + (a[3] + b[3])); }
 
+// row_stats' scalar tail x[k .. p) and its output, from the vector loop's min l, max h, NaN and sum.
+template <typename T>
+inline void row_stats_tail(const T* x, int64_t k, int64_t p, T l, T h, bool any_nan, double sum, double* out) {
+  for (; k < p; ++k) {
+    const T v = x[k];
+    l = v < l ? v : l;
+    h = v > h ? v : h;
+    any_nan |= v != v;
+    sum += v;
+  }
+  out[0] = any_nan ? std::nan("") : h;
+  out[1] = any_nan ? std::nan("") : l;
+  out[2] = sum;
+}
+
 // out = {max, min, sum} of x[0 .. p): max and min NaN where x holds NaN (as torch's amax / amin).
 // float32 rows are summed 16 values per step in two float32 vector chains, flushed into float64 every 256
 // values (each lane's float32 partial sum holds 16 terms, as accurate as torch's cascade sum); converting
@@ -1513,17 +1528,7 @@ FASTALIGN_CLONES void row_stats_f32(const float* x, int64_t p, double* out) {
     h = std::max(h, std::max(hi0[u], hi1[u]));
     any_nan |= nan[u] != 0;
   }
-  double sum = hsum(s0, s1);
-  for (; k < p; ++k) {
-    const float v = x[k];
-    l = v < l ? v : l;
-    h = v > h ? v : h;
-    any_nan |= v != v;
-    sum += v;
-  }
-  out[0] = any_nan ? std::nan("") : h;
-  out[1] = any_nan ? std::nan("") : l;
-  out[2] = sum;
+  row_stats_tail(x, k, p, l, h, any_nan, hsum(s0, s1), out);
 }
 
 FASTALIGN_CLONES void row_stats_f64(const double* x, int64_t p, double* out) {
@@ -1552,17 +1557,7 @@ FASTALIGN_CLONES void row_stats_f64(const double* x, int64_t p, double* out) {
     h = std::max(h, std::max(hi0[u], hi1[u]));
     any_nan |= nan[u] != 0;
   }
-  double sum = hsum(s0 + s2, s1 + s3);
-  for (; k < p; ++k) {
-    const double v = x[k];
-    l = v < l ? v : l;
-    h = v > h ? v : h;
-    any_nan |= v != v;
-    sum += v;
-  }
-  out[0] = any_nan ? std::nan("") : h;
-  out[1] = any_nan ? std::nan("") : l;
-  out[2] = sum;
+  row_stats_tail(x, k, p, l, h, any_nan, hsum(s0 + s2, s1 + s3), out);
 }
 
 // y = x - m, rounded to the dtype (what torch.sub of the dtype's mean computes), stored, and out = {sum y,
