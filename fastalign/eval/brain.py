@@ -303,7 +303,8 @@ def _named(load: Callable[..., Any], *args: Any) -> Any:
     try:
         return load(*args)
     except (ValueError, TypeError) as exc:
-        raise type(exc)(f"{_FN}: {exc}") from exc
+        # the base class: a subclass may take other constructor arguments (json.JSONDecodeError)
+        raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"{_FN}: {exc}") from exc
 
 
 def _seq(name: str, value: Any) -> list[Any]:
