@@ -32,6 +32,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -304,9 +305,14 @@ def _significant(
         alpha = loaded.get("alpha", 0.05)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
         raise ValueError(f"{fn}: alpha must be None or a number in (0, 1], got {alpha!r}")
+    records = _records(fn, loaded, key, (*fields, "p"))
+    for i, r in enumerate(records):  # the numbers drawn from, named if they are none
+        for field in ("p", "t_start", "t_stop", "mass", "statistic"):
+            if field in r:
+                _number(fn, f"stats[{key!r}]", field, i, r[field])
     kept = [
         dict(r)
-        for r in _records(fn, loaded, key, (*fields, "p"))
+        for r in records
         if r.get("modality", modality) == modality
         and r.get("comparison", comparisons[0]) in comparisons
         and r["p"] is not None
@@ -320,6 +326,11 @@ def _results(fn: str, results: Table, modality: str, comparisons: Sequence[str],
     if isinstance(comparisons, str):
         raise TypeError(f"{fn}: comparisons must be a sequence of names, got str {comparisons!r}")
     picked = [r for r in rows if r["modality"] == modality and r["comparison"] in comparisons]
+    if picked and not any(math.isfinite(r["similarity"]) for r in picked):
+        raise ValueError(
+            f"{fn}: every similarity of modality {modality!r} and comparison in {list(comparisons)!r} is "
+            "NaN; there is nothing to draw"
+        )
     if not picked:
         raise ValueError(
             f"{fn}: results has no rows with modality {modality!r} and comparison in {list(comparisons)!r} "
@@ -524,6 +535,12 @@ def plot_roi_bars(
     ncols = _check_ncols(fn, ncols)
     label = _check_groups(fn, groups)
     rows = _results(fn, results, modality, comparisons, models)
+    if any(math.isfinite(r["time"]) for r in rows):
+        # one bar would average every time point, the pre-stimulus ones included
+        raise ValueError(
+            f"{fn}: the {modality!r} rows have times: they are time courses; draw them with "
+            "plot_rsa_time_courses"
+        )
     group = "behavioural RDM" if modality == "behaviour" else modality  # the bars of rows without an ROI
     for r in rows:
         r["roi"] = r["roi"] or group
@@ -672,7 +689,8 @@ def plot_rdms(
     fn = "plot_rdms"
     ncols = _check_ncols(fn, ncols)
     if not isinstance(rdms, Mapping) or not rdms:
-        raise TypeError(f"{fn}: rdms must be a non-empty dict name -> RDM, got {type(rdms).__name__}")
+        got = "an empty dict" if isinstance(rdms, Mapping) else type(rdms).__name__
+        raise TypeError(f"{fn}: rdms must be a non-empty dict name -> RDM, got {got}")
     mats = {str(name): _square(fn, name, value) for name, value in rdms.items()}
     sizes = {m.shape[0] for m in mats.values()}
     if len(sizes) != 1:
@@ -700,6 +718,11 @@ def _square(fn: str, name: Any, value: Any) -> np.ndarray:
         value = value.detach().cpu().numpy()
     a = np.asarray(value, dtype=np.float64)
     if a.ndim == 2 and a.shape[0] == a.shape[1] and a.shape[0] >= 2:
+        if not np.allclose(a, a.T, equal_nan=True):
+            raise ValueError(
+                f"{fn}: rdms[{name!r}] is a square matrix that is not symmetric; an RDM is (the distance "
+                "of conditions i and j is that of j and i)"
+            )
         return a
     if a.ndim == 1:
         n = round((1 + math.sqrt(1 + 8 * a.size)) / 2)
@@ -885,6 +908,16 @@ def plot_robustness(
     rows = _table(fn, "robustness", robustness, ("model", "attack"), ("eps", "accuracy", "relative_accuracy"))
     keep = set(_select(fn, "models", _order(r["model"] for r in rows), models))
     rows = [r for r in rows if r["model"] in keep]
+    undefined = _order(r["model"] for r in rows if not any(
+        math.isfinite(x[metric]) for x in rows if x["model"] == r["model"]))  # fmt: skip
+    if undefined:
+        # relative accuracy is undefined for a model that is never right on clean images
+        warnings.warn(
+            f"{fn}: {metric} of {undefined} is NaN at every eps (relative accuracy: clean accuracy 0); "
+            "their lines are empty",
+            UserWarning,
+            stacklevel=2,
+        )
     attacks = _order(r["attack"] for r in rows)
     curves = _curve_order(_order(label(r["model"]) for r in rows), label(baseline))
     styles = model_styles(curves, label(baseline))

@@ -588,3 +588,35 @@ def test_save_figure_writes_png_and_svg_atomically(tmp_path: os.PathLike) -> Non
 def test_bad_tables_are_refused(call, error: type, words: str) -> None:
     with pytest.raises(error, match=words):
         call(_results())
+
+
+def test_inputs_without_a_figure_are_refused_or_named() -> None:
+    """Time-course rows drawn as ROI bars (one bar averaged every time point, pre-stimulus included),
+    similarities that are all NaN (an empty figure), a cluster time that is no number (a bare float()
+    error), an asymmetric "RDM", an empty dict, and a robustness model never right on clean images."""
+    rows = _results()
+    with pytest.raises(ValueError, match=r"plot_roi_bars: the 'eeg' rows have times: they are time courses"):
+        plot_roi_bars(rows, None, modality="eeg")
+    nan = [{**r, "similarity": math.nan} for r in rows]
+    with pytest.raises(ValueError, match=r"plot_rsa_time_courses: every similarity .* is NaN"):
+        plot_rsa_time_courses(nan)
+    bad = {"clusters": [{**STATS["clusters"][0], "t_start": "x"}]}
+    with pytest.raises(
+        ValueError,
+        match=r"plot_rsa_time_courses: stats\['clusters'\] row 0 column 't_start' must be a number",
+    ):
+        plot_rsa_time_courses(rows, bad, groups=GROUPS)
+    with pytest.raises(ValueError, match=r"plot_rdms: rdms\['a'\] is a square matrix that is not symmetric"):
+        plot_rdms({"a": np.arange(9.0).reshape(3, 3)})
+    with pytest.raises(
+        TypeError, match="plot_rdms: rdms must be a non-empty dict name -> RDM, got an empty dict"
+    ):
+        plot_rdms({})
+    zero = [
+        {"model": "m", "attack": "fgsm", "eps": e, "accuracy": 0.0, "relative_accuracy": math.nan}
+        for e in (0, 0.01)
+    ]
+    with pytest.warns(
+        UserWarning, match=r"plot_robustness: relative_accuracy of \['m'\] is NaN at every eps"
+    ):
+        plot_robustness(zero)
