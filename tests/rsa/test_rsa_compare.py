@@ -548,3 +548,23 @@ def test_float8_inputs_are_their_float32_values(dtype: torch.dtype) -> None:
 def test_return_null_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match=r"rsa_permutation_test: return_null must be a bool, got 'no'"):
         fa.rsa_permutation_test(torch.rand(6), torch.rand(6), return_null="no")
+
+
+def test_errors_with_nan_name_the_element_of_the_whole_batch() -> None:
+    """Comparisons and ceilings with NaN run in groups of the same NaN entries; an error raised in a
+    group named a position within it (index (0,) for the fourth comparison)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(4, 10, generator=g, dtype=torch.float64)
+    b = torch.rand(10, generator=g, dtype=torch.float64)
+    a[3] = 1.0
+    a[3, 0] = a[1, 5] = float("nan")
+    for method in ("spearman", "pearson"):
+        with pytest.raises(
+            ValueError, match=r"a is constant.*\(the comparison at index \(3,\), its NaN entries"
+        ):
+            fa.compare_rdms(a, b, method)
+    r = torch.rand(5, 3, 4, 10, generator=g, dtype=torch.float64)
+    r[1, 2, 3] = 0.3
+    r[0, 2, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"rdms at index \(1,\) is constant.*the ceiling at index \(2, 3\)"):
+        fa.noise_ceiling(r)
