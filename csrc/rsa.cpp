@@ -633,16 +633,24 @@ PreparedSet direct_transpose(const T* xb, T* z, int64_t n, int64_t p, int64_t me
       }
     }
     const double mean = method == 0 ? sum / static_cast<double>(p) : 0.0;
+    // correlation: the differences row - mean are exact for values near the mean, but the mean of values
+    // far from zero against their spread (float64 near 1e15 varying by 1) is off by a share of that
+    // spread; the mean of the differences takes it out (as torch_chunked's _recentre), before the sums
+    double resid = 0.0;
+    if (method == 0) {
+      for (int64_t k = 0; k < p; ++k) resid += row[k] * f - mean;
+      resid /= static_cast<double>(p);
+    }
     double ss = sq;  // cosine's; correlation's is taken around the mean (no cancellation)
     if (method == 0) {
       ss = 0.0;
       for (int64_t k = 0; k < p; ++k) {
-        const double v = row[k] * f - mean;
+        const double v = (row[k] * f - mean) - resid;
         ss += v * v;
       }
     }
     const double inv = 1.0 / std::sqrt(ss);
-    for (int64_t k = 0; k < p; ++k) z[k * zs + i] = static_cast<T>((row[k] * f - mean) * inv);
+    for (int64_t k = 0; k < p; ++k) z[k * zs + i] = static_cast<T>(((row[k] * f - mean) - resid) * inv);
   }
   return set;
 }

@@ -36,11 +36,14 @@ def rdm_reference(x: torch.Tensor, method: str, noise: torch.Tensor | None = Non
     p = x.shape[-1]
     if method in ("correlation", "cosine"):
         # centred in float64, then back to x's dtype: a mean summed in float32 can be off by a large share
-        # of the spread of patterns far from zero (float32 values near 1e6 varying by 1)
+        # of the spread of patterns far from zero (float32 values near 1e6 varying by 1); centred twice:
+        # the mean of float64 values near 1e15 is itself off by a share of a spread of 1, which the mean of
+        # the (exact) differences takes out
         z = x
         if method == "correlation":
             wide = x.double()
-            z = (wide - wide.mean(-1, keepdim=True)).to(x.dtype)
+            centred = wide - wide.mean(-1, keepdim=True)
+            z = (centred - centred.mean(-1, keepdim=True)).to(x.dtype)
         z = z / z.norm(dim=-1, keepdim=True)
         return 1 - (z[..., i, :] * z[..., j, :]).sum(-1)
     if method == "euclidean":
