@@ -818,7 +818,8 @@ def _compare_with_nan(fn: str, a: torch.Tensor, b: torch.Tensor, method: str, ba
             try:
                 got = _compare_valid(fn, a2[ia[part]][:, keep], b2[ib[part]][:, keep], method, backend)
             except ValueError:
-                _name_failing_comparison(fn, a2, b2, ia, ib, part, keep, shape, method, backend)
+                common.raise_first_failure(part, shape, lambda j, keep=keep: _compare_valid(
+                    fn, a2[ia[j]][keep], b2[ib[j]][keep], method, backend), "comparison")  # fmt: skip
                 raise
             out = got.new_empty(ia.shape[0]) if out is None else out
             out = out.index_put((part,), got)
@@ -827,28 +828,6 @@ def _compare_with_nan(fn: str, a: torch.Tensor, b: torch.Tensor, method: str, ba
 
 
 _NAN_CHUNK = 4096
-
-
-def _name_failing_comparison(
-    fn: str,
-    a2: torch.Tensor,
-    b2: torch.Tensor,
-    ia: torch.Tensor,
-    ib: torch.Tensor,
-    part: torch.Tensor,
-    keep: torch.Tensor,
-    shape: torch.Size,
-    method: str,
-    backend: str,
-) -> None:
-    """Raises the error of the first comparison of ``part`` that fails alone, naming its index in the
-    broadcast result: the group's error names a position among the gathered comparisons."""
-    for j in part.tolist():
-        try:
-            _compare_valid(fn, a2[ia[j]][keep], b2[ib[j]][keep], method, backend)
-        except ValueError as exc:
-            at = tuple(int(i) for i in torch.unravel_index(torch.tensor(j), shape))
-            raise ValueError(f"{exc} (the comparison at index {at}, its NaN entries dropped)") from None
 
 
 def compare_rdms(

@@ -269,6 +269,20 @@ def ext_rank(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.fastalign.rsa_rank(x)
 
 
+def raise_first_failure(
+    indices: torch.Tensor, shape: tuple[int, ...], run: Callable[[int], object], what: str
+) -> None:
+    """Raises the ValueError of the first of ``indices`` (flat positions in ``shape``) for which
+    ``run(index)`` raises, with that position named: a group of elements computed together (those with
+    the same NaN entries) names a position within the gathered group when it fails."""
+    for i in indices.tolist():
+        try:
+            run(i)
+        except ValueError as exc:
+            at = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), shape))
+            raise ValueError(f"{exc} (the {what} at index {at}, its NaN entries dropped)") from None
+
+
 _ROW_OPS = ("rsa_row_stats", "rsa_center_rows")
 
 

@@ -469,28 +469,6 @@ def _without_nan_entries(fn: str, rdms: torch.Tensor, where: str = "") -> torch.
     return rdms[..., keep]
 
 
-def _name_failing_ceiling(
-    fn: str,
-    rdms: torch.Tensor,
-    flat: torch.Tensor,
-    idx: torch.Tensor,
-    mask: torch.Tensor,
-    method: str,
-    backend: str,
-) -> None:
-    """Raises the error of the first ceiling of ``idx`` that fails alone, naming its index among rdms'
-    leading dims: the group's error names a position among the gathered ceilings."""
-    for i in idx.tolist():
-        try:
-            _ceiling_chunks(fn, flat[:, i][..., mask], method, backend, None, condensed=False)
-        except ValueError as exc:
-            at = tuple(int(j) for j in torch.unravel_index(torch.tensor(i), rdms.shape[1:-1]))
-            raise ValueError(
-                f"{exc} (the ceiling at index {at} of the dims between subjects and pairs, its NaN entries "
-                "dropped)"
-            ) from None
-
-
 def _ceiling_by_nan_pattern(
     fn: str, rdms: torch.Tensor, method: str, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, None]:
@@ -514,7 +492,8 @@ def _ceiling_by_nan_pattern(
         try:
             lo, up, _ = _ceiling_chunks(fn, flat[:, idx][..., mask], method, backend, None, condensed=False)
         except ValueError:
-            _name_failing_ceiling(fn, rdms, flat, idx, mask, method, backend)
+            common.raise_first_failure(idx, rdms.shape[1:-1], lambda i, mask=mask: _ceiling_chunks(
+                fn, flat[:, i][..., mask], method, backend, None, condensed=False), "ceiling")  # fmt: skip
             raise
         lower, upper = (
             lower.index_put((idx,), lo.to(lower.dtype)),
