@@ -61,6 +61,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -76,8 +77,8 @@ namespace fastalign {
 namespace {
 
 // Compiled for the baseline ISA and for x86-64-v3 (AVX2 + FMA), chosen at load time (GCC ifunc). An
-// x86-64-v4 (AVX-512) clone measured 14% slower on the fused time-resolved RSA on a 2-core Xeon (with the
-// 4-column tiles of the time).
+// x86-64-v4 (AVX-512) clone of everything measured 14% slower on the fused time-resolved RSA on a 2-core Xeon
+// (with the 4-column tiles of the time); only the RDM register tiles have an AVX-512 build (direct_rows).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FASTALIGN_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
 #else
@@ -517,18 +518,20 @@ at::Tensor centered_ranks_cpu(const at::Tensor& x, bool normalize, at::ScalarTyp
 // tiles (direct_rows). method: 0 correlation, 1 cosine, 2 euclidean.
 constexpr int64_t kRows = 4;
 
+// Register tiles: kRows rows x two vectors of columns, written with GCC vector types so that the eight
+// accumulators stay in registers whatever the width (left to the auto-vectoriser, a tile of two vectors per
+// row was kept in memory by GCC for float32, 3.5-4.7x slower, and its float64 tiles shuffled each row's
+// value into place: 1.99 against 1.36 ns per entry at 17 features). Eight independent FMA chains keep both
+// FMA units busy (four cycles of latency). 32-byte vectors for the baseline and x86-64-v3 builds, 64-byte on
+// CPUs with AVX-512 (chosen at run time: a float64 RDM of 200 x 17 in 0.84 against 1.36 ns per entry, float32
+// 0.55 against 0.81, one thread of a 2-core Xeon); every entry is the same chain of FMAs over k in the same
+// order, so the AVX2 and AVX-512 tiles give the same bits (the baseline build, without FMA, rounds each product). kMaxTile: the widest tile's columns, which the padding covers.
+constexpr int64_t kMaxTile = 2 * 64 / static_cast<int64_t>(sizeof(float));
 // The z layout of one pattern set: p rows of n conditions, each row padded with zeros to zstride(n)
 // so that the register tiles below may read past the last condition.
-// Columns per register tile: 8 for both dtypes. float64: two 32-byte vectors per row, so a kRows x kTile tile
-// holds eight independent FMA chains (two FMA units x four cycles of latency); with one vector per row (four
-// chains) the loop waited on the FMA latency: the fused time-resolved RSA with pearson (RDMs, no ranks) took
-// 1.47x as long (100 windows of 200 x 17 float64, 1 thread, 2-core Xeon). float32: one vector per row; 16
-// columns (two vectors) made GCC keep the tile in memory, 3.5-4.7x slower at 17-256 features.
-template <typename T>
-constexpr int64_t kTile = 8;
 template <typename T>
 int64_t zstride(int64_t n) {
-  return n + kTile<T>;
+  return n + kMaxTile;
 }
 
 // What direct_transpose found in one pattern set: the first pattern (condition) whose distances are
@@ -672,11 +675,13 @@ void check_prepared(const char* op, const std::vector<PreparedSet>& sets) {
 
 // Distances of rows i0 .. i0+kRows-1 (those < n-1) to all later conditions, from z (p, zstride(n)),
 // written into the condensed RDM `out` (each row's entries are contiguous there). Register tiles of
-// kRows x kTile accumulators run over all p features before one store, so the loop is bound by
+// kRows x 2 vectors of VB bytes run over all p features before one store, so the loop is bound by
 // arithmetic, not by reloading accumulators; each sum still runs over k in order.
-template <typename T, bool kEuclid>
+template <typename T, int VB, bool kEuclid>
 inline __attribute__((always_inline)) void direct_rows_impl(const T* z, int64_t n, int64_t p, int64_t i0, T* out) {
-  constexpr int64_t J = kTile<T>;
+  typedef T V __attribute__((vector_size(VB)));
+  constexpr int64_t W = VB / static_cast<int64_t>(sizeof(T)), J = 2 * W;
+  static_assert(J <= kMaxTile, "the padding of z covers the widest tile");
   const int64_t zs = zstride<T>(n);
   const int64_t rows = std::min<int64_t>(kRows, n - 1 - i0);
   const int64_t m = n - i0 - 1;  // columns j = i0 + 1 .. n - 1, shared by the block's rows
@@ -687,50 +692,98 @@ inline __attribute__((always_inline)) void direct_rows_impl(const T* z, int64_t 
   }
   const T inv_p = T(1) / static_cast<T>(p);
   for (int64_t c0 = 0; c0 < m; c0 += J) {
-    T a[kRows][J] = {};
-    for (int64_t k = 0; k < p; ++k) {
-      const T* zk = z + k * zs;
-      const T* v = zk + i0 + 1 + c0;
+    V a0[kRows], a1[kRows];
+    for (int64_t r = 0; r < kRows; ++r) a0[r] = a1[r] = V{};
+    const T* zk = z + i0;  // rows past n-1 read padding or later rows; their tiles are not stored
+    const T* v = z + i0 + 1 + c0;
+    for (int64_t k = 0; k < p; ++k, zk += zs, v += zs) {
+      V v0, v1;
+      std::memcpy(&v0, v, VB);
+      std::memcpy(&v1, v + W, VB);
       for (int64_t r = 0; r < kRows; ++r) {
-        const T zi = zk[i0 + r];  // rows past n-1 read padding or later rows; their tiles are not stored
-        for (int64_t jj = 0; jj < J; ++jj) {
-          if constexpr (kEuclid) {
-            const T d = zi - v[jj];
-            a[r][jj] += d * d;
-          } else {
-            a[r][jj] += zi * v[jj];
-          }
+        const T zi = zk[r];
+        if constexpr (kEuclid) {
+          const V d0 = zi - v0, d1 = zi - v1;
+          a0[r] += d0 * d0;
+          a1[r] += d1 * d1;
+        } else {
+          a0[r] += zi * v0;
+          a1[r] += zi * v1;
         }
       }
     }
+    for (int64_t r = 0; r < kRows; ++r) {
+      if constexpr (kEuclid) {
+        a0[r] *= inv_p;
+        a1[r] *= inv_p;
+      } else {
+        a0[r] = T(1) - a0[r];
+        a1[r] = T(1) - a1[r];
+      }
+    }
     const int64_t cend = std::min<int64_t>(J, m - c0);
+    if (rows == kRows && c0 >= kRows - 1 && cend == J) {  // a whole tile: every row's columns are stored
+      for (int64_t r = 0; r < kRows; ++r) {
+        std::memcpy(orow[r] + c0, &a0[r], VB);
+        std::memcpy(orow[r] + c0 + W, &a1[r], VB);
+      }
+      continue;
+    }
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t jj = (c0 >= r ? 0 : r - c0); jj < cend; ++jj) {  // row i0+r starts at column c = r
-        orow[r][c0 + jj] = kEuclid ? a[r][jj] * inv_p : T(1) - a[r][jj];
+        orow[r][c0 + jj] = jj < W ? a0[r][jj] : a1[r][jj - W];
       }
     }
   }
 }
 
-
-FASTALIGN_CLONES void direct_rows_f64(const double* z, int64_t n, int64_t p, int64_t method, int64_t i0, double* out) {
+template <typename T, int VB>
+inline __attribute__((always_inline)) void direct_rows_any(const T* z, int64_t n, int64_t p, int64_t method,
+                                                           int64_t i0, T* out) {
   if (method == 2) {
-    direct_rows_impl<double, true>(z, n, p, i0, out);
+    direct_rows_impl<T, VB, true>(z, n, p, i0, out);
   } else {
-    direct_rows_impl<double, false>(z, n, p, i0, out);
+    direct_rows_impl<T, VB, false>(z, n, p, i0, out);
   }
+}
+FASTALIGN_CLONES void direct_rows_f64(const double* z, int64_t n, int64_t p, int64_t method, int64_t i0, double* out) {
+  direct_rows_any<double, 32>(z, n, p, method, i0, out);
 }
 FASTALIGN_CLONES void direct_rows_f32(const float* z, int64_t n, int64_t p, int64_t method, int64_t i0, float* out) {
-  if (method == 2) {
-    direct_rows_impl<float, true>(z, n, p, i0, out);
-  } else {
-    direct_rows_impl<float, false>(z, n, p, i0, out);
-  }
+  direct_rows_any<float, 32>(z, n, p, method, i0, out);
 }
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTALIGN_AVX512_ROWS 1
+__attribute__((target("arch=x86-64-v4"))) void direct_rows_f64_v4(const double* z, int64_t n, int64_t p,
+                                                                  int64_t method, int64_t i0, double* out) {
+  direct_rows_any<double, 64>(z, n, p, method, i0, out);
+}
+__attribute__((target("arch=x86-64-v4"))) void direct_rows_f32_v4(const float* z, int64_t n, int64_t p,
+                                                                  int64_t method, int64_t i0, float* out) {
+  direct_rows_any<float, 64>(z, n, p, method, i0, out);
+}
+// Whether this CPU runs the AVX-512 tiles (asked once); FASTALIGN_NO_AVX512=1 keeps the AVX2 ones (the tests
+// hold the two to the same bits).
+bool avx512_rows() {
+  static const bool yes = [] {
+    const char* off = std::getenv("FASTALIGN_NO_AVX512");
+    if (off != nullptr && std::strcmp(off, "1") == 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("x86-64-v4") != 0;
+  }();
+  return yes;
+}
+#endif
 inline void direct_rows(const double* z, int64_t n, int64_t p, int64_t method, int64_t i0, double* out) {
+#ifdef FASTALIGN_AVX512_ROWS
+  if (avx512_rows()) return direct_rows_f64_v4(z, n, p, method, i0, out);
+#endif
   direct_rows_f64(z, n, p, method, i0, out);
 }
 inline void direct_rows(const float* z, int64_t n, int64_t p, int64_t method, int64_t i0, float* out) {
+#ifdef FASTALIGN_AVX512_ROWS
+  if (avx512_rows()) return direct_rows_f32_v4(z, n, p, method, i0, out);
+#endif
   direct_rows_f32(z, n, p, method, i0, out);
 }
 

@@ -534,3 +534,39 @@ def test_rdm_compare_of_large_rdms_one_per_thread() -> None:
     got = _op("rsa_rdm_compare")(x, common.ext_prepare(models, "pearson").contiguous(), 2, 2)
     want = fa.compare_rdms(fa.rdm(x, "euclidean")[:, None, :], models, "pearson")
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+_TILE_SCRIPT = """
+import sys, torch
+import fastalign._ext as ext
+ext.load()
+gen = torch.Generator().manual_seed(11)
+out = []
+for dtype in (torch.float64, torch.float32):
+    for n, p in ((3, 2), (5, 3), (9, 17), (33, 5), (40, 64), (71, 17)):
+        x = torch.randn(2, n, p, dtype=dtype, generator=gen) * 3 + 1
+        out += [torch.ops.fastalign.rsa_rdm_direct(x, m) for m in (0, 1, 2)]
+        w = torch.randn(3, n * (n - 1) // 2, dtype=torch.float64, generator=gen)
+        out += [torch.ops.fastalign.rsa_rdm_compare(x, w, m, 0) for m in (0, 2)]
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_rdm_tiles_give_the_same_bits_with_and_without_avx512(tmp_path) -> None:
+    """The RDM register tiles run with 64-byte vectors on CPUs with AVX-512 and 32-byte ones elsewhere
+    (FASTALIGN_NO_AVX512=1 forces those): every distance is the same chain of FMAs, so both give the same
+    bits, for both dtypes and every method, at sizes that end inside a tile and read its padding. On a
+    CPU without AVX-512 both runs take the AVX2 tiles."""
+    import os
+    import subprocess
+    import sys
+
+    got = []
+    for off in ("0", "1"):
+        path = tmp_path / f"tiles{off}.pt"
+        env = {**os.environ, "FASTALIGN_NO_AVX512": off}
+        subprocess.run([sys.executable, "-c", _TILE_SCRIPT, str(path)], check=True, env=env)
+        got.append(torch.load(path))
+    assert len(got[0]) == len(got[1]) == 60
+    for a, b in zip(*got, strict=True):  # (NaN: a 3-condition RDM whose Spearman is undefined)
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
