@@ -254,7 +254,7 @@ def _check_pattern_shape(fn: str, x: torch.Tensor, method: str, name: str = "x")
 
 def _check_patterns(
     fn: str, x: torch.Tensor, method: str, name: str = "x", windows: bool = False
-) -> tuple[int, torch.Tensor]:
+) -> tuple[int, torch.Tensor, torch.Tensor | None]:
     """Validates (..., [n_folds,] n_conditions, n_features) patterns for an RDM method.
 
     Args:
@@ -263,15 +263,19 @@ def _check_patterns(
         windows: x is time windows of ``name`` (_windows' layout), whose features are channels x samples.
 
     Returns:
-        n_conditions and the largest |value| of each pattern, (..., [n_folds,] n_conditions). The
-        per-pattern max and min that find NaN/inf, constant ("correlation") and all-zero ("cosine")
-        patterns give it without another pass.
+        n_conditions, the largest |value| of each pattern, (..., [n_folds,] n_conditions), and where the
+        C++ row kernel found them, its (..., [n_folds,] n_conditions, 3) float64 max, min and sum of each
+        pattern (for common.reusing_row_stats), else None. The per-pattern max and min that find NaN/inf,
+        constant ("correlation") and all-zero ("cosine") patterns give the largest |value| without
+        another pass.
     """
     n = _check_pattern_shape(fn, x, method, name)
     p = x.shape[-1]
     where = " (..., window, [fold,] condition)" if windows else ""
+    raw = None
     if common.cpp_rows(x):  # one pass instead of two (a third of an RDM's time at 200 x 4,096 float32)
-        stats = common.row_stats(x).to(x.dtype)  # max and min are values of x: exact in its dtype
+        raw = common.row_stats(x)
+        stats = raw.to(x.dtype)  # max and min are values of x: exact in its dtype
         top, bottom = stats[..., 0], stats[..., 1]
     else:
         top, bottom = x.detach().amax(-1), x.detach().amin(-1)  # NaN propagates into both
@@ -305,7 +309,7 @@ def _check_patterns(
         raise ValueError(
             f"{fn}: crossnobis needs at least 2 folds (dim -3 of {name}), got shape {tuple(x.shape)}"
         )
-    return n, torch.maximum(top, bottom.neg())
+    return n, torch.maximum(top, bottom.neg()), raw
 
 
 def _scaled_patterns(
@@ -446,12 +450,17 @@ def _rdm(
     """rdm's condensed RDMs of float patterns x, its errors naming ``fn`` and ``name`` (time_resolved_rdms:
     its data, whose windows x are; indices in messages are the windows' (..., window, condition))."""
     method = _checks.check_choice(fn, "method", method, common.RDM_METHODS)
-    _, maxabs = _check_patterns(fn, x, method, name, windows=fn != "rdm")
+    _, maxabs, stats = _check_patterns(fn, x, method, name, windows=fn != "rdm")
     noise = _check_noise(fn, noise, method, x)
+    checked = x
     x, k = _scaled_patterns(x, method, maxabs)
     # noise goes to crossnobis only, which only the differentiable backends run
     chosen = _rdm_dispatch.choose(backend, x, method)
-    return _unscaled_distances(fn, _rdm_dispatch.module(chosen).rdm(x, method, noise), method, k, noise)
+    # the backend's own row statistics of the patterns (the torch backend's means) come from the check's
+    # pass; patterns scaled above are new memory, which the check's statistics never stand for
+    with common.reusing_row_stats(checked, stats):
+        out = _rdm_dispatch.module(chosen).rdm(x, method, noise)
+    return _unscaled_distances(fn, out, method, k, noise)
 
 
 def time_resolved_rdms(
@@ -644,7 +653,7 @@ def time_resolved_rsa(
             _check_patterns(fn, shaped, rdm_method, "data", windows=True)
             raise
     else:
-        _, maxabs = _check_patterns(fn, shaped, rdm_method, "data", windows=True)
+        _, maxabs, _ = _check_patterns(fn, shaped, rdm_method, "data", windows=True)
         # Every compare method is invariant to scaling a brain RDM, so its distances are compared scaled;
         # those that could overflow are not, so that an overflow stays an error as in time_resolved_rdms.
         flat, _ = _scaled_patterns(flat, rdm_method, maxabs.reshape(flat.shape[:-1]), overflow_visible=True)

@@ -573,3 +573,46 @@ def test_float64_correlation_far_from_zero_is_exact(backend: str) -> None:
     data = x[:, :, None].expand(6, 17, 3).contiguous()  # 3 identical time points of 17 channels
     sims = fa.time_resolved_rsa(data, torch.tensor(want), "pearson", backend=backend)
     np.testing.assert_allclose(sims.numpy(), 1.0, rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(
+    _ext.why_ops_missing(common._ROW_OPS) is not None, reason="fastalign._C row kernels not built"
+)
+def test_rdm_reuses_the_checks_row_stats_and_only_for_the_checked_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rdm's checks read each pattern's max, min and sum once (rsa_row_stats) and the torch backend's
+    means come from that pass (one call, not two), with the same bits as reading them again. The
+    reused statistics stand only for the checked patterns' own rows, unchanged: a block of their rows
+    gets its rows, a write to them, another tensor or a misaligned view reads afresh."""
+    calls: list[tuple[int, ...]] = []
+    real = torch.ops.fastalign.rsa_row_stats
+
+    def counting(rows: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(rows.shape))
+        return real(rows)
+
+    x = torch.randn(3, 40, 2_500, generator=torch.Generator().manual_seed(3)) * 2 + 1
+    with monkeypatch.context() as m:
+        m.setattr(common, "row_stats", lambda t: real(t.reshape(-1, t.shape[-1])).reshape(*t.shape[:-1], 3))
+        fresh = fa.rdm(x, "correlation", backend="torch")  # every row_stats call reads the patterns
+    monkeypatch.setattr(torch.ops.fastalign, "rsa_row_stats", counting, raising=False)
+    reused = fa.rdm(x, "correlation", backend="torch")
+    assert calls == [(120, 2_500)]  # the checks' pass only
+    assert torch.equal(reused, fresh)
+
+    stats = real(x.reshape(-1, 2_500)).reshape(3, 40, 3)
+    calls.clear()
+    with common.reusing_row_stats(x, stats):
+        assert torch.equal(common.row_stats(x[1:]), stats[1:])  # a block of its rows
+        assert torch.equal(common.row_stats(x[1, 5:9]), stats[1, 5:9])
+        assert calls == []
+        assert common.row_stats(x[..., 1:].contiguous()).shape == (3, 40, 3)  # another tensor
+        assert common.row_stats(x.view(-1)[7 : 7 + 2_500 * 4].view(4, 2_500)).shape == (4, 3)  # misaligned
+        assert len(calls) == 2
+        x[0, 0, 0] = 1e6  # a write: read again, the new maximum seen
+        assert common.row_stats(x)[0, 0, 0].item() == 1e6
+        assert len(calls) == 3
+    calls.clear()
+    common.row_stats(x)  # outside the block: read
+    assert len(calls) == 1
