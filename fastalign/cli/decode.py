@@ -76,14 +76,22 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         "--weight-decay", type=nonnegative_real, default=0.1, help="AdamW's weight decay (default 0.1)"
     )
     p.add_argument(
-        "--temperature", type=positive_real, default=0.04, help="initial CLIP temperature (default 0.04)"
+        "--temperature", type=positive_real, default=0.04, help="CLIP temperature (default 0.04, published)"
     )
-    p.add_argument(
+    temp = p.add_mutually_exclusive_group()
+    temp.add_argument(
+        "--learn-temperature",
+        dest="learn_temperature",
+        action="store_true",
+        help="optimise the temperature from --temperature (default: fixed, as published)",
+    )
+    temp.add_argument(
         "--fixed-temperature",
         dest="learn_temperature",
         action="store_false",
-        help="keep the temperature fixed (default: learnt)",
+        help="keep the temperature fixed (the default)",
     )
+    p.set_defaults(learn_temperature=False)
     p.add_argument(
         "--seed",
         type=seed,
@@ -95,7 +103,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_image_size(p)
     p.add_argument("--val-fraction", type=share, default=0.1, help="validation share (default 0.1)")
     p.add_argument(
-        "--patience", type=int_or_none, default=None, help="early stopping patience in epochs (default none)"
+        "--patience",
+        type=int_or_none,
+        default=30,
+        help="early stopping patience in epochs, or none (default 30, published)",
     )
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="default auto")
     p.add_argument(

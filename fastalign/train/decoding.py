@@ -10,10 +10,13 @@ normalised output and its image's embedding. The model of the best validation ep
 same :class:`~fastalign.data.BrainImageDataset`; one subject can be left out of training and tested on;
 under torchrun the negatives of each step are the whole global batch.
 
-Differences from the published code (AlignVis src/training/trainer.py, train_brain_clip.py):
+As published (AlignVis src/training/trainer.py, train_brain_clip.py): the temperature fixed at 0.04 (its
+``logit_scale`` parameter never reaches the optimiser; the authors sweep it as a setting), the last short
+training batch dropped, early stopping after 30 epochs without a lower validation loss, the validation
+images drawn by ``torch.utils.data.random_split`` with the seed (the same images). Differences:
 
-- the temperature (init 0.04) is learnt: it is given to the optimiser (without weight decay), where the
-  published ``logit_scale`` parameter never is; ``learn_temperature=False`` keeps it fixed;
+- ``learn_temperature=True`` optimises the temperature (without weight decay, its scale clamped at 100 as
+  CLIP's) on request;
 - the cosine schedule is stepped once per epoch (the published code passes the validation loss as its
   epoch argument);
 - the data are one in-memory tensor per split, not one .npy per image;
@@ -73,6 +76,10 @@ IMAGE_DIR, EEG_DIR = "image_set", "preprocessed_data"
 IMAGE_MODELS = ("cornet_s", "features")
 #: The published initial temperature (``logit_scale = log(1 / 0.04)``).
 PUBLISHED_TEMPERATURE = 0.04
+#: Early stopping's patience in AlignVis (``es_patience``).
+PUBLISHED_PATIENCE = 30
+#: The largest logit scale (1 / temperature) a learnt temperature reaches, as CLIP and InfoNCELoss clamp it.
+MAX_LOGIT_SCALE = 100.0
 
 
 class Decoder(nn.Module):
@@ -80,7 +87,9 @@ class Decoder(nn.Module):
 
     ``forward(x)`` returns ``(z, temperature)``: the encoder's output mean-centred and L2-normalised (as
     the image embeddings are), and ``exp(-log_scale)``. ``log_scale`` (``log(1 / temperature)``, CLIP's
-    parametrisation) is a parameter when learnt, else a buffer.
+    parametrisation) is a parameter when learnt, else a buffer; a learnt one is clamped at
+    ``log(MAX_LOGIT_SCALE)`` before each forward pass in training, as CLIP clamps it after each step (a
+    temperature below 0.01 sharpens the softmax until the loss follows a single negative).
     """
 
     def __init__(self, encoder: nn.Module, temperature: float, learn_temperature: bool) -> None:
@@ -98,6 +107,9 @@ class Decoder(nn.Module):
         return float(torch.exp(-self.log_scale.detach()))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self.log_scale, nn.Parameter) and self.training:
+            with torch.no_grad():
+                self.log_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
         return normalize_embeddings(self.encoder(x).float()), torch.exp(-self.log_scale.float())
 
 
@@ -520,6 +532,11 @@ def _check_settings(a: dict[str, Any]) -> list[int]:
     if _checks.check_real(_FN, "weight_decay", a["weight_decay"]) < 0:
         raise ValueError(_checks.message(_FN, "weight_decay", "a finite number >= 0", a["weight_decay"]))
     _checks.check_int(_FN, "random_repetitions", a["random_repetitions"], minimum=1, none=True)
+    if isinstance(a["val_fraction"], int | float) and a["val_fraction"] == 0 and a["patience"] is not None:
+        raise ValueError(
+            f"{_FN}: patience={a['patience']} (early stopping, published 30) needs validation images, but "
+            "val_fraction=0 holds out none; pass patience=None (--patience none) or val_fraction > 0"
+        )
     for name in ("learn_temperature", "leave_one_subject_out", "resume", "overwrite", "progress"):
         _checks.check_bool(_FN, name, a[name])
     _checks.check_choice(_FN, "encoder", a["encoder"], ENCODERS)
@@ -618,12 +635,12 @@ def decode(
     lr: float = 2e-4,
     weight_decay: float = 0.1,
     temperature: float = PUBLISHED_TEMPERATURE,
-    learn_temperature: bool = True,
+    learn_temperature: bool = False,
     seed: int | Sequence[int] = 0,
     image_size: int = 224,
     weights: str | os.PathLike[str] | None = None,
     val_fraction: float = 0.1,
-    patience: int | None = None,
+    patience: int | None = PUBLISHED_PATIENCE,
     amp: str = "auto",
     responses: Mapping[str, Any] | None = None,
     leave_one_subject_out: bool = False,
@@ -658,13 +675,15 @@ def decode(
         encoder, encoder_options: :func:`fastalign.models.encoders.brain_encoder`'s name and options.
         epochs, batch_size, lr, weight_decay: AdamW with a cosine schedule over ``epochs`` stepped once
             per epoch, gradients clipped to norm 1 (published: 50, 128 (the global batch), 2e-4, 0.1).
-        temperature, learn_temperature: the CLIP temperature's initial value (published 0.04) and
-            whether it is optimised (True) or fixed.
+        temperature, learn_temperature: the CLIP temperature (published: fixed at 0.04) and whether it
+            is optimised from there (True; its scale clamped at 100) or fixed (False, published).
         seed: an int, or several: one run each, summarised by mean and standard error.
         image_size: images are resized to this square size for the image model.
         weights: CORnet-S's checkpoint, for ``image_model="cornet_s"``. Nothing is downloaded.
-        val_fraction: the share of training images held out (seeded) to select the epoch.
-        patience: early stopping after this many epochs without a lower validation loss (None: never).
+        val_fraction: the share of training images held out to select the epoch, drawn as AlignVis does
+            (``train_val_split(..., method="random_split")``: the published validation images for a seed).
+        patience: early stopping after this many epochs without a lower validation loss (published 30;
+            None: never).
         amp, resume, overwrite, device, progress, hooks: as :func:`fastalign.train.fit`.
         responses: instead of the EEG files, one subject's responses as arrays ``{"train": ..., "test":
             ...}``, one row per image of image_metadata.npy's training and test lists: MEG or EEG as
@@ -732,7 +751,7 @@ def decode(
         if key not in digests:
             digests[key] = digest_tensors(images)
         d = images["train"].shape[1]
-        tr, va = train_val_split(len(paths["train"]), val_fraction, s)
+        tr, va = train_val_split(len(paths["train"]), val_fraction, s, method="random_split")
         train_set, sampled = _training_set(brain, tr, random_repetitions, s)
         val_set = (
             TensorDataset(
@@ -782,7 +801,7 @@ def decode(
         result = fit(
             model, functools.partial(_step, images=images["train"].to(target_device)), train_set, val_set,
             out=run_dir, epochs=epochs, config=config, batch_size=batch_size, seed=s, amp=amp,
-            clip_grad_norm=1.0, patience=patience,
+            clip_grad_norm=1.0, patience=patience, drop_last=True,
             optimizer=functools.partial(_optimizer, lr=lr, weight_decay=weight_decay),
             scheduler=functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=epochs),
             scheduler_interval="epoch", resume=resume, overwrite=overwrite,

@@ -24,6 +24,7 @@ from fastalign.data import (
     load_fmri,
     load_preprocessed_eeg,
     make_synthetic_things,
+    train_val_split,
 )
 from fastalign.train import decoding
 from fastalign.train.decoding import Decoder, decode
@@ -70,7 +71,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> SyntheticThings:
 
 def test_run_folder_summary_and_learnt_temperature(synth: SyntheticThings, tmp_path: Any) -> None:
     out = tmp_path / "run"
-    result = decode(synth, 1, out=out, **FAST)
+    result = decode(synth, 1, out=out, learn_temperature=True, **FAST)
     assert {"config.json", "metrics.jsonl", "model.safetensors", "summary.json"} <= set(os.listdir(out))
     with open(out / "summary.json") as f:
         summary = json.load(f)
@@ -81,7 +82,7 @@ def test_run_folder_summary_and_learnt_temperature(synth: SyntheticThings, tmp_p
     assert 0 <= summary["top1"] <= summary["top3"] <= summary["top5"] <= 1
     with open(out / "config.json") as f:
         config = json.load(f)["config"]
-    assert config["learn_temperature"] is True and config["n_test"] == N_TEST and config["n_val"] == 13
+    assert config["learn_temperature"] is True and config["n_test"] == N_TEST and config["n_val"] == 12
     # The temperature is a parameter the optimiser moved, without weight decay.
     model = result.model
     assert isinstance(model, Decoder) and isinstance(model.log_scale, nn.Parameter)
@@ -96,6 +97,44 @@ def test_fixed_temperature_stays(synth: SyntheticThings, tmp_path: Any) -> None:
     assert "log_scale" not in dict(result.model.named_parameters())
     assert result.model.temperature == pytest.approx(0.1, rel=1e-6)
     assert result.summary["temperature"] == pytest.approx(0.1, rel=1e-6)
+
+
+def test_published_defaults_fixed_temperature_drop_last_patience_and_split(
+    synth: SyntheticThings, tmp_path: Any
+) -> None:
+    """By default the temperature stays at the published 0.04, early stopping waits 30 epochs, the short
+    last training batch is dropped (AlignVis's drop_last=True) and the validation images are those of
+    torch's random_split with the seed (AlignVis's split)."""
+    out = tmp_path / "run"
+    result = decode(synth, 1, out=out, **FAST)
+    assert "log_scale" not in dict(result.model.named_parameters())
+    assert result.summary["temperature"] == pytest.approx(0.04, rel=1e-6)
+    with open(out / "config.json") as f:
+        saved = json.load(f)
+    config, fit_args = saved["config"], saved["fit"]
+    assert config["learn_temperature"] is False
+    assert fit_args["patience"] == 30 and fit_args["drop_last"] is True
+    n_train = config["n_train"]
+    steps = [r["step"] for r in result.fits[0].history]
+    assert steps[0] == n_train // FAST["batch_size"]  # full batches only
+    n = config["n_train"] + config["n_val"]
+    gen = torch.Generator().manual_seed(0)
+    _, val = torch.utils.data.random_split(range(n), [0.9, 0.1], generator=gen)
+    assert config["n_val"] == len(val.indices)
+    tr, va = train_val_split(n, 0.1, 0, method="random_split")
+    assert sorted(val.indices) == va.tolist() and len(tr) == n_train
+
+
+def test_learnt_temperature_is_clamped_at_a_scale_of_100() -> None:
+    """A learnt temperature's scale stops at 100 (CLIP's clamp) when a training forward pass sees it;
+    a fixed one is left as given."""
+    enc = nn.Linear(4, 3)
+    learnt = Decoder(enc, 0.001, learn_temperature=True).train()
+    _, temperature = learnt(torch.randn(5, 4))
+    assert float(temperature.detach()) == pytest.approx(0.01, rel=1e-6)
+    assert learnt.temperature == pytest.approx(0.01, rel=1e-6)
+    fixed = Decoder(enc, 0.001, learn_temperature=False).train()
+    assert float(fixed(torch.randn(5, 4))[1]) == pytest.approx(0.001, rel=1e-6)
 
 
 def test_ground_truth_features_retrieve_far_above_chance(synth: SyntheticThings, tmp_path: Any) -> None:
@@ -298,6 +337,8 @@ def test_bad_input(synth: SyntheticThings, tmp_path: Any) -> None:
             decode(synth, 1, out=tmp_path / "a", **{**FAST, name: 0})
     with pytest.raises(ValueError, match="temperature"):
         decode(synth, 1, out=tmp_path / "a", **FAST, temperature=0.0)
+    with pytest.raises(ValueError, match=r"patience=30 .* val_fraction=0 holds out none; pass patience=None"):
+        decode(synth, 1, out=tmp_path / "a", **FAST, val_fraction=0.0)
 
 
 def test_an_encoder_too_large_for_the_memory_is_refused_before_anything_is_written(
@@ -497,7 +538,8 @@ def test_decode_samples_repetitions_each_epoch(
     b = decode(synth, 1, out=tmp_path / "b", **fast)
     _assert_same_weights(a.model, b.model)  # seeded
     averaged = decode(synth, 1, out=tmp_path / "c", **{**fast, "random_repetitions": None})
-    assert not np.array_equal(_weights(a.model)["log_scale"], _weights(averaged.model)["log_scale"])
+    sampled, mean = _weights(a.model), _weights(averaged.model)
+    assert not all(np.array_equal(sampled[k], mean[k]) for k in sampled)  # other training data
     with open(tmp_path / "a" / "config.json") as f:
         assert json.load(f)["config"]["random_repetitions"] == 1
 
@@ -546,6 +588,7 @@ DDP = dict(
     batch_size=16,
     amp="fp32",
     val_fraction=0.0,
+    patience=None,
 )
 WORLD = 2
 
