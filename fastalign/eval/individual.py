@@ -42,7 +42,8 @@ def variability(slots: Sequence[_Slot], rdms: torch.Tensor) -> tuple[list[dict[s
 
     Returns:
         (rows with layer, model_a, model_b (the two models' subjects), dissimilarity and model (the
-        family), summary: family -> {"mean": layer -> mean dissimilarity, "n_pairs", "rises_v1_to_it":
+        family), summary: family -> {"mean": layer -> mean dissimilarity, "n_pairs": layer -> the
+        number of model pairs compared there (layers can hold different subjects' models), "rises_v1_to_it":
         IT above V1 (None without both), "monotonic": non-decreasing over the areas V1, V2, V4, IT that
         were evaluated (None with fewer than 2)}).
     """
@@ -53,7 +54,7 @@ def variability(slots: Sequence[_Slot], rdms: torch.Tensor) -> tuple[list[dict[s
         members = [i for i, s in enumerate(slots) if s.model == family]
         layers = list(dict.fromkeys(slots[i].layer for i in members))
         means: dict[str, float] = {}
-        n_pairs = 0
+        n_pairs: dict[str, int] = {}
         for layer in layers:
             at = sorted((slots[i].subject, i) for i in members if slots[i].layer == layer)
             if len(at) < 2:
@@ -67,7 +68,7 @@ def variability(slots: Sequence[_Slot], rdms: torch.Tensor) -> tuple[list[dict[s
                     {"layer": layer, "model_a": sa, "model_b": sb, "dissimilarity": value, "model": family}
                 )
             means[layer] = sum(d) / len(d)
-            n_pairs = len(d)
+            n_pairs[layer] = len(d)
         if not means:
             continue
         areas = [means[a] for a in AREA_ORDER if a in means]

@@ -65,6 +65,41 @@ def _hits(scores: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...]) -> d
     return {f"top{k}": float((rank < k).double().mean()) for k in ks}
 
 
+def _concept_chance(sizes: list[int], query_concepts: list[int], ks: tuple[int, ...]) -> dict[str, float]:
+    """The concept-level top-k accuracy of i.i.d. continuous random scores, averaged over the queries.
+
+    A concept's score is its best image's: for a concept of m images that best score u has density
+    m u^(m - 1) (uniform scores), and given u each other concept i beats it independently with probability
+    1 - u^(m_i). The number that beat it is Poisson-binomial (a DP over the concepts), and a hit at k is
+    fewer than k of them; the integral over u of a polynomial of degree G - 1 is exact with Gauss-Legendre
+    nodes (ceil(G / 2) + 1 of them).
+    """
+    c, g = len(sizes), sum(sizes)
+    if len(set(sizes)) == 1:  # every concept alike: each is among the k best with probability k / c
+        return {f"top{k}": k / c for k in ks}
+    nodes, weights = np.polynomial.legendre.leggauss(g // 2 + 2)
+    u, w = (nodes + 1) / 2, weights / 2  # on [0, 1]
+    kmax = max(ks)
+    beats = 1 - u[None, :] ** np.asarray(sizes, dtype=np.float64)[:, None]  # (c, nodes)
+    by_size: dict[int, list[float]] = {}  # concepts of one size face the same others
+    for j in sorted(set(query_concepts)):
+        m = sizes[j]
+        if m in by_size:
+            continue
+        # dist[r]: probability (per node) that exactly r of the other concepts beat j, r < kmax
+        dist = np.zeros((kmax, len(u)))
+        dist[0] = 1.0
+        for i, p in enumerate(beats):
+            if i == j:
+                continue
+            shifted = np.vstack([np.zeros((1, len(u))), dist[:-1] * p])
+            dist = dist * (1 - p) + shifted
+        cum = np.cumsum(dist, axis=0) @ (m * u ** (m - 1) * w)  # P(fewer than r + 1 concepts beat j)
+        by_size[m] = [float(cum[k - 1]) for k in ks]
+    n = len(query_concepts)
+    return {f"top{k}": sum(by_size[sizes[j]][i] for j in query_concepts) / n for i, k in enumerate(ks)}
+
+
 def retrieval_topk(
     brain_emb: torch.Tensor | np.ndarray,
     image_emb: torch.Tensor | np.ndarray,
@@ -92,8 +127,11 @@ def retrieval_topk(
 
     Returns:
         ``{"top{k}": accuracy, ..., "chance": {"top{k}": k / G, ...}, "n_gallery": G, "n_queries": N}``,
-        plus with ``concepts`` ``concept_top{k}``, ``concept_chance`` (k / number of concepts) and
-        ``n_concepts``. Accuracies are Python floats in [0, 1].
+        plus with ``concepts`` ``concept_top{k}``, ``concept_chance`` and ``n_concepts``. Accuracies are
+        Python floats in [0, 1]. ``concept_chance`` is the expected concept-level accuracy of random
+        scores for these queries: k / number of concepts when every concept has as many gallery images,
+        more for queries of concepts with more images (ranked by their best image, a concept of m of the
+        G images comes first with probability m / G).
 
     Raises:
         TypeError: non-floating embeddings, non-integer targets or concepts, a bad k.
@@ -149,6 +187,7 @@ def retrieval_topk(
         per_concept.scatter_reduce_(1, index.expand(n, g), scores, reduce="amax")
         hits = _hits(per_concept, index[target], ks)
         out.update({f"concept_{k}": v for k, v in hits.items()})
-        out["concept_chance"] = {f"top{k}": k / c for k in ks}
+        sizes = torch.bincount(index, minlength=c).tolist()
+        out["concept_chance"] = _concept_chance(sizes, index[target].tolist(), ks)
         out["n_concepts"] = c
     return out

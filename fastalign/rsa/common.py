@@ -93,12 +93,18 @@ def _generator(seed: int | None) -> torch.Generator:
     return g
 
 
+#: The most conditions whose orders are enumerated for an exact test (8! = 40,320; 9! would be 362,880
+#: rows of gathered pair indices per RDM batch).
+MAX_EXACT_CONDITIONS = 8
+
+
 def permutations(n: int, n_permutations: int, seed: int | None) -> tuple[torch.Tensor, bool]:
     """(P, n) int64 permutations of range(n) on the CPU, and whether they are all of them: every one but
-    the identity (P = n! - 1, in lexicographic order) when that many are at most ``n_permutations`` (an
-    exact test, as scipy.stats.permutation_test enumerates; drawn, 6 conditions would repeat each of
-    their 720 orders about 14 times in 10,000 draws), else n_permutations uniformly random ones."""
-    if n <= 8 and math.factorial(n) - 1 <= n_permutations:
+    the identity (P = n! - 1, in lexicographic order) when that many are at most ``n_permutations`` and
+    n <= MAX_EXACT_CONDITIONS (an exact test, as scipy.stats.permutation_test enumerates; drawn, 6
+    conditions would repeat each of their 720 orders about 14 times in 10,000 draws), else
+    n_permutations uniformly random ones."""
+    if n <= MAX_EXACT_CONDITIONS and math.factorial(n) - 1 <= n_permutations:
         every = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.int64)
         return every[1:], True  # row 0 is the identity: the data as observed, counted once by the +1
     keys = torch.rand(n_permutations, n, generator=_generator(seed), dtype=torch.float64)
@@ -122,19 +128,26 @@ def sign_flips(n_subjects: int, n_permutations: int, seed: int | None) -> torch.
     return bits.to(torch.float64).mul_(2).sub_(1)
 
 
-def permutation_pvalue(observed: torch.Tensor, null: torch.Tensor, alternative: str) -> torch.Tensor:
+def permutation_pvalue(
+    observed: torch.Tensor, null: torch.Tensor, alternative: str, *, unit_scale: bool = False
+) -> torch.Tensor:
     """p-values with the +1 correction, ``(1 + #{null at least as extreme}) / (1 + n_permutations)``.
 
     Null values within a relative ``100 * eps`` of the observed one count as ties (as extreme), the
     convention of scipy.stats.permutation_test, so that rounding in a differently ordered sum never
-    makes the identity permutation look less extreme than the data.
+    makes a relabelling that gives the same statistic in exact arithmetic look less extreme than the
+    data. ``unit_scale`` (statistics in [-1, 1], the RDM comparisons): within ``100 * eps * max(|observed|,
+    1)``, so also where that statistic is 0 (two category RDMs whose Spearman is exactly 0 under every
+    relabelling: a relative tolerance is 0 there, and rounding of 1e-17 either way gave p = 1/720 or 1);
+    distinct values of rank statistics of up to 200 conditions lie farther apart than this.
 
     Args:
         observed: (...) statistics.
         null: (P, ...) statistics under the null.
         alternative: "greater", "less" or "two-sided" (twice the smaller one-sided p, at most 1).
     """
-    gamma = observed.abs() * (100 * torch.finfo(observed.dtype).eps)
+    size = observed.abs().clamp(min=1.0) if unit_scale else observed.abs()
+    gamma = size * (100 * torch.finfo(observed.dtype).eps)
     p = null.shape[0]
     greater = ((null >= observed - gamma).sum(0) + 1).to(observed.dtype) / (p + 1)
     if alternative == "greater":

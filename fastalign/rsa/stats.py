@@ -90,15 +90,18 @@ def rsa_permutation_test(
     used for every RDM in the batch. For the linear methods (spearman, pearson, rho_a, cosine) ranks and
     normalisation are computed once and each permutation is a gather of pair indices followed by dot
     products; "kendall_tau_a" recomputes the statistic per permutation (O(K^2) each). Null values within
-    a relative 100 * eps of the observed statistic count as ties (scipy.stats.permutation_test).
+    100 * eps * max(|statistic|, 1) of the observed statistic count as ties (scipy.stats.permutation_test's
+    relative tolerance, and at least that absolutely: a relabelling that gives the same statistic in
+    exact arithmetic is a tie also where that statistic is 0).
 
     Args:
         a: (..., n_pairs) condensed RDMs, e.g. brain RDMs (n_times, 1, n_subjects, K).
         b: (..., n_pairs) condensed RDMs broadcastable with a, e.g. model RDMs (1, n_layers, 1, K).
         method: as :func:`compare_rdms`.
         n_permutations: number of random permutations (>= 1). When the n conditions have at most
-            n_permutations + 1 orders (n! of them: 5,040 for 7 conditions), every order is used once
-            instead (an exact test, ``result.exact``; seed plays no part).
+            n_permutations + 1 orders (n! of them: 5,040 for 7 conditions) and n <= 8, every order is
+            used once instead (an exact test, ``result.exact``; seed plays no part); 9 or more
+            conditions are always drawn (9! = 362,880 orders).
         alternative: "greater" (similarity above chance), "less" or "two-sided".
         seed: an int in [0, 2**63 - 1] seeding the permutations (drawn on the CPU, identical across
             backends and devices), or None for a fresh seed.
@@ -143,7 +146,7 @@ def rsa_permutation_test(
         observed = _checked(fn, common.dot(za, zb) * common.linear_scale(method, a.shape[-1]), a, b, method)
         null = common.linear_null(mod, za, zb, method, perms, n)
     observed = _checked(fn, observed, a, b, method)
-    pvalue = common.permutation_pvalue(observed, null, alternative)
+    pvalue = common.permutation_pvalue(observed, null, alternative, unit_scale=True)
     return PermutationResult(observed, pvalue, null if return_null else None, exact)
 
 

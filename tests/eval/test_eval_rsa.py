@@ -250,9 +250,24 @@ def test_individual_variability(eval_things: SyntheticThings) -> None:
         )
         assert row["dissimilarity"] == pytest.approx(1 - rho.statistic, rel=1e-12)
     summary = res.summary["variability"]["fam"]
-    assert summary["rises_v1_to_it"] and summary["monotonic"] and summary["n_pairs"] == 10
+    assert summary["rises_v1_to_it"] and summary["monotonic"] and set(summary["n_pairs"].values()) == {10}
     assert summary["mean"]["V1"] == pytest.approx(np.mean([r["dissimilarity"] for r in res.variability
                                                            if r["layer"] == "V1"]))  # fmt: skip
+
+
+def test_variability_counts_each_layers_pairs() -> None:
+    """Layers can hold different subjects' models: V1 of 4 subjects (6 pairs), IT of 3 (3 pairs); the
+    summary counts each layer's pairs, not the last layer's for all."""
+    from types import SimpleNamespace
+
+    from fastalign.eval.individual import variability
+
+    slots = [SimpleNamespace(model="fam", subject=f"sub-0{s}", layer="V1") for s in range(1, 5)]
+    slots += [SimpleNamespace(model="fam", subject=f"sub-0{s}", layer="IT") for s in range(1, 4)]
+    rdms = torch.rand(len(slots), 15, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rows, summary = variability(slots, rdms)
+    assert summary["fam"]["n_pairs"] == {"V1": 6, "IT": 3}
+    assert len(rows) == 9
 
 
 def test_summary_peaks_and_gains_are_after_onset() -> None:

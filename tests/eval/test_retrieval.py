@@ -69,6 +69,37 @@ def test_concept_level() -> None:
         retrieval_topk(brain, gallery, ks=(1,), concepts=[0, 1])
 
 
+def test_concept_chance_of_unequal_concepts_is_the_exact_expectation() -> None:
+    """Concepts with more gallery images win more often by chance (ranked by their best image): the
+    chance level is the expected concept accuracy of random scores for these queries, here checked
+    against enumerating all 6! orders of a gallery of concepts of 3, 1, 1 and 1 images (every order of
+    i.i.d. continuous scores is equally likely), and k / c for equal concepts."""
+    import itertools
+
+    concepts = [0, 0, 0, 1, 2, 3]
+    queries = [0, 1, 3, 4]  # gallery indices of the samples' images: concepts 0, 0, 1, 2
+    ks = (1, 2, 3)
+    count = dict.fromkeys(ks, 0)
+    orders = list(itertools.permutations(range(6)))
+    for order in orders:  # order[r]: the gallery image with the r-th best score
+        ranking: list[int] = []
+        for image in order:
+            if concepts[image] not in ranking:
+                ranking.append(concepts[image])
+        for q in queries:
+            for k in ks:
+                count[k] += concepts[q] in ranking[:k]
+    want = {k: count[k] / (len(orders) * len(queries)) for k in ks}
+    brain = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    got = retrieval_topk(brain, torch.eye(6), targets=queries, ks=ks, concepts=concepts)["concept_chance"]
+    for k in ks:
+        assert got[f"top{k}"] == pytest.approx(want[k], abs=1e-12), (k, got, want)
+    assert got["top1"] == pytest.approx((3 / 6 + 3 / 6 + 1 / 6 + 1 / 6) / 4)  # m / G per query
+    assert got["top1"] > 1 / 4  # what k / c said
+    even = retrieval_topk(brain, torch.eye(6), targets=queries, ks=ks, concepts=[0, 0, 1, 1, 2, 2])
+    assert even["concept_chance"] == {"top1": 1 / 3, "top2": 2 / 3, "top3": 1.0}
+
+
 @pytest.mark.parametrize(
     ("brain", "gallery", "kwargs", "error", "match"),
     [

@@ -545,3 +545,33 @@ def test_few_conditions_enumerate_every_order_as_scipy(backend: str, alternative
     np.testing.assert_allclose(float(res.pvalue), want, rtol=1e-12)
     drawn = fa.rsa_permutation_test(a, b, n_permutations=118, seed=1, backend=backend)
     assert not drawn.exact
+
+
+@pytest.mark.parametrize("backend", ["reference", *FAST])
+@pytest.mark.parametrize("method", ["spearman", "pearson", "rho_a"])
+def test_a_statistic_of_exactly_zero_under_every_relabelling_has_p_one(backend: str, method: str) -> None:
+    """Two category RDMs over 6 conditions whose similarity is exactly 0 under all 720 relabellings (an
+    integer numerator of 0 for every order): every null value ties with the observed one, so p = 1 for
+    each alternative, as scipy's exact test gives. Computed in two summation orders they came out +-1e-17
+    apart, and a tolerance relative to the observed 0 is 0: cpp gave p(greater) = 1/720."""
+    a = torch.tensor([0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 1, 1], dtype=torch.float64)
+    b = torch.tensor([1, 1, 1, 1, 0, 1, 1, 0, 1, 0, 1, 1, 1, 1, 1], dtype=torch.float64)
+    for alternative in ("greater", "less", "two-sided"):
+        res = fa.rsa_permutation_test(
+            a, b, method=method, n_permutations=1_000, alternative=alternative, backend=backend,
+            return_null=True,
+        )  # fmt: skip
+        assert res.exact and res.null is not None
+        assert float(res.statistic.abs()) < 1e-15 and float(res.null.abs().max()) < 1e-15
+        assert float(res.pvalue) == 1.0, (alternative, res.statistic, res.pvalue)
+
+
+def test_nine_conditions_are_drawn_even_when_all_orders_would_fit() -> None:
+    """Every order is enumerated up to 8 conditions; 9! = 362,880 orders are always drawn."""
+    assert common.MAX_EXACT_CONDITIONS == 8
+    g = torch.Generator().manual_seed(4)
+    a, b = (torch.randn(common.n_pairs(9), generator=g, dtype=torch.float64) for _ in range(2))
+    res = fa.rsa_permutation_test(a, b, n_permutations=math.factorial(9), seed=0)
+    assert not res.exact
+    eight = fa.rsa_permutation_test(a[: common.n_pairs(8)], b[: common.n_pairs(8)], n_permutations=40_319)
+    assert eight.exact
