@@ -91,7 +91,12 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the newest epoch checkpoints to keep for --resume (default 1; 0: none; none: all)",
     )
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "fp32"), default="auto", help="default auto")
+    p.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="fp32",
+        help="default fp32, as published (auto: bf16 autocast where the device computes it natively)",
+    )
     p.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader workers (default 0)")
     add_device(p)
     add_progress(p)

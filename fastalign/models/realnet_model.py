@@ -3,11 +3,12 @@
 The head follows the published ``Encoder`` of ZitongLu1996/ReAlnet: the V1, V2, V4 and IT block outputs
 (last timestep) are each flattened without pooling, mapped by a Linear to ``width`` (128) features and a
 ReLU, concatenated, and mapped by a Linear to the ``n_out`` values of the response (340 = 17 EEG channels x
-20 samples for ReAlnet, 1024 for ReAlnet-fMRI). Differences from the published code, none of which changes
-a result: one forward runs the backbone once and returns both outputs (the published ``Encoder`` runs it a
-second time, block by block, for the head, which also updates BatchNorm's running statistics twice per
-training step); the tapped areas, the width and the image size are parameters; and weights are read without
-running code (safetensors, or ``torch.load(weights_only=True)``).
+20 samples for ReAlnet, 1024 for ReAlnet-fMRI). Differences from the published code: one forward runs the
+backbone once and returns both outputs (the published ``Encoder`` runs it a second time, block by block,
+for the head: the same outputs and gradients, but BatchNorm's running statistics are updated twice per
+training step there, once here, so eval-mode outputs after training differ); the tapped areas, the width
+and the image size are parameters; and weights are read without running code (safetensors, or
+``torch.load(weights_only=True)``).
 
 Published weights load in their own format (see :func:`realnet`); nothing is downloaded.
 """

@@ -904,7 +904,7 @@ def align(
     overwrite: bool = False,
     keep_checkpoints: int | None = 1,
     clip_grad_norm: float | None = None,
-    amp: str = "auto",
+    amp: str = "fp32",
     num_workers: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -951,7 +951,9 @@ def align(
         clip_grad_norm: clip the gradients' total 2-norm to this before each step (and log ``grad_norm``),
             or None (published: no clipping). With beta = 100 the brain terms' gradients can be large
             while the head is new; clipping keeps a higher ``lr`` stable.
-        amp, num_workers, device, progress: as :func:`fastalign.train.fit`.
+        amp: as :func:`fastalign.train.fit`; "fp32" by default, as published ("auto" trains in bf16 autocast
+            where the device computes bf16 natively: faster, with gradients further from float64's).
+        num_workers, device, progress: as :func:`fastalign.train.fit`.
         hooks: extra :class:`~fastalign.train.Hook` objects for the fit loop.
 
     Returns:
