@@ -59,6 +59,9 @@ def test_each_command_help_shows_an_example(command: str, capsys: pytest.Capture
         ["align", "--data", "d", "--out", "o", "--modality", "meg"],
         ["align", "--data", "d", "--out", "o", "--resume", "--overwrite"],
         ["synth"],
+        ["synth", "d", "--sessions", "3"],  # 1 or even: each training image is shown in half of them
+        ["synth", "d", "--test-images", "2"],  # an RDM needs 3 conditions
+        ["decode", "--data", "d", "--out", "o", "--learn-temperature", "--fixed-temperature"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -122,8 +122,9 @@ def _run(args: argparse.Namespace) -> int:
 #: Printed after a run from a random CORnet-S: its "unaligned" numbers are not a trained network's.
 RANDOM_START_NOTE = (
     "note: this run started from a random CORnet-S (no --weights), whose BatchNorm statistics fit no "
-    "images, so any training raises its test RSA; the gain due to the brain is the gain over the same run "
-    "with --control unpaired or --beta 0 (or start from weights: docs/training.md)"
+    "images, so its unaligned test RSA is no trained network's and training can move it either way; the "
+    "gain due to the brain is the gain over the same run with --control unpaired or --beta 0 (or start "
+    "from weights: docs/training.md)"
 )
 
 

@@ -7,6 +7,24 @@ import argparse
 from fastalign.cli.common import CLI_ONLY, Command, add_seed, folder_path, positive_int
 
 
+def _test_images(text: str) -> int:
+    """An argparse type: at least 3 test images (an RDM needs 3 conditions)."""
+    value = positive_int(text)
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"expected at least 3 test images (an RDM needs 3), got {text!r}")
+    return value
+
+
+def _sessions(text: str) -> int:
+    """An argparse type: 1 session or an even number (each training image is shown in half of them)."""
+    value = positive_int(text)
+    if value > 1 and value % 2:
+        raise argparse.ArgumentTypeError(
+            f"expected 1 or an even number of sessions (each training image is shown in half), got {text!r}"
+        )
+    return value
+
+
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "root", metavar="DATA", type=folder_path, help="the folder to write (new or empty; see --overwrite)"
@@ -27,14 +45,14 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--test-images",
         dest="n_test",
-        type=positive_int,
+        type=_test_images,
         default=10,
         help="test images, one concept each (default 10)",
     )
     p.add_argument(
         "--sessions",
         dest="n_sessions",
-        type=positive_int,
+        type=_sessions,
         default=4,
         help="EEG sessions per subject, 1 or even (default 4)",
     )

@@ -190,8 +190,11 @@ def _free_memory(device: torch.device) -> int | None:
     return None
 
 
-# float32 weights, their gradients and AdamW's two moments: 16 bytes per parameter
-_TRAINING_BYTES_PER_PARAMETER = 16
+# float32 weights, their gradients and AdamW's two moments are 16 bytes per parameter; training takes more:
+# autocast's bf16 copies of the weights, the optimizer step's temporaries and the activations. NICE at
+# d = 25,088 (1.26 G parameters) reached 24.0 GB resident under bf16 autocast on a CPU (19 bytes per
+# parameter) and was killed where 20 GiB were free, which 16 bytes per parameter had let through.
+_TRAINING_BYTES_PER_PARAMETER = 24
 
 
 def _check_encoder_fits(
@@ -205,7 +208,7 @@ def _check_encoder_fits(
 ) -> None:
     """Refuses, before anything is trained or written, an encoder whose training state alone exceeds the
     memory available (NICE's projection is d x d: a 25,088-wide CORnet-S IT at 224 px gives 1.3 G
-    parameters, 20 GB to train, where the process would be killed without a message)."""
+    parameters, about 24 GB to train, where the process would be killed without a message)."""
     with torch.device("meta"):  # parameter shapes only: nothing allocated, no random draws
         n = sum(p.numel() for p in brain_encoder(encoder, n_channels, n_times, d, **options).parameters())
     need, free = _TRAINING_BYTES_PER_PARAMETER * n, _free_memory(device)
@@ -213,7 +216,8 @@ def _check_encoder_fits(
         raise ValueError(
             f"{_FN}: encoder={encoder!r} for {d:,}-dimensional image embeddings ({source}) has "
             f"{n / 1e6:,.0f} M parameters; training it needs about {need / 2**30:.1f} GiB (weights, "
-            f"gradients and AdamW's moments), more than the {free / 2**30:.1f} GiB available on {device}. "
+            f"gradients, AdamW's moments and the step's copies), more than the {free / 2**30:.1f} GiB "
+            f"available on {device}. "
             "Use a smaller embedding (layer='avgpool', or a smaller image_size) or encoder_options that "
             "shrink the encoder"
         )
@@ -272,9 +276,20 @@ def _image_embeddings(
         elif isinstance(spec, str | os.PathLike) and os.path.isdir(spec):
             weights_file = os.path.join(os.fspath(spec), "model.safetensors")
             if not os.path.isfile(weights_file):
+                runs = sorted(
+                    n for n in os.listdir(spec)
+                    if re.fullmatch(r"sub-\d+", n)
+                    and os.path.isfile(os.path.join(spec, n, "model.safetensors"))
+                )  # fmt: skip
+                hint = (
+                    f"; it holds the run folders {', '.join(runs)} of one align call: pass one of them (e.g. "
+                    f"{os.path.join(os.fspath(spec), runs[0])!r}), the model aligned to the subject decoded"
+                    if runs
+                    else "; expected a finished run folder of fastalign align"
+                )
                 raise FileNotFoundError(
                     f"{_FN}: image_model={os.fspath(spec)!r} is a folder without the aligned weights "
-                    f"{weights_file!r}; expected a finished run folder of fastalign align"
+                    f"{weights_file!r}{hint}"
                 )
             try:
                 run_model = EvalModel.from_run(spec)

@@ -90,6 +90,13 @@ def test_prints_the_summary_of_summary_json(quick: Demo) -> None:
     ):
         line = next(line for line in lines if line.strip().startswith(label))
         assert line.split()[-2:] == [f"{decoding['models'][name][k]:.3f}" for k in ("top1", "top5")]
+    at_chance = [label for label, name in (("CORnet-S IT", "cornet_s"), ("ReAlnet IT", "realnet"),
+                                           ("true features", "features"))
+                 if decoding["models"][name] == decoding["chance"]]  # fmt: skip
+    note = [line for line in lines if "exactly at chance in every top-k" in line]
+    want = f"  ({', '.join(at_chance)}: exactly at chance in every top-k: a decoder trained this few steps "
+    want += "ranks the gallery alike for every trial; docs/decoding.md)"
+    assert note == ([want] if at_chance else [])
     assert next(line for line in lines if line.startswith("Time (s): data "))
     # progress: one line as each stage starts and ends, on standard error
     for i, stage in enumerate(STAGES, start=1):
@@ -127,7 +134,7 @@ def test_summary_json(quick: Demo) -> None:
         {"top1": 1 / QUICK.n_test, "top3": 3 / QUICK.n_test, "top5": 5 / QUICK.n_test}
     )
     for v in d["models"].values():
-        assert 0 <= v["top1"] <= v["top5"] <= 1
+        assert set(v) == {"top1", "top3", "top5"} and 0 <= v["top1"] <= v["top3"] <= v["top5"] <= 1
     for key in ("seconds", "cpu_seconds"):
         assert set(s[key]) == {*STAGES, "total"} and all(v > 0 for v in s[key].values())
         assert s[key]["total"] >= sum(s[key][k] for k in STAGES) * 0.999

@@ -360,7 +360,7 @@ def test_an_encoder_too_large_for_the_memory_is_refused_before_anything_is_writt
     monkeypatch.setattr(decoding, "_free_memory", tiny)
     out = tmp_path / "run"
     with pytest.raises(
-        ValueError, match=r"parameters; training it needs about .* GiB .* 0\.0 GiB available on cpu"
+        ValueError, match=r"parameters; training it needs about .* GiB .* 0\.0 GiB\s+available on cpu"
     ):
         decode(synth, 1, out=out, **FAST)
     assert seen == [torch.device("cpu")] and not out.exists()
@@ -493,6 +493,12 @@ def test_small_gallery_and_missing_run_weights(synth: SyntheticThings, tmp_path:
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"without the aligned weights .*model\.safetensors"):
         decode(synth, 1, out=tmp_path / "b", **{**FAST, "image_model": empty})
+    parent = tmp_path / "runs"  # what align --subject all writes: the runs are its sub-XX folders
+    for sub in ("sub-01", "sub-02"):
+        (parent / sub).mkdir(parents=True)
+        (parent / sub / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"holds the run folders sub-01, sub-02 of one align call"):
+        decode(synth, 1, out=tmp_path / "c", **{**FAST, "image_model": parent})
 
 
 # ------------------------------------------------------------------------------- repetitions per epoch
@@ -643,10 +649,10 @@ def test_two_processes_gather_negatives_like_one(synth: SyntheticThings, tmp_pat
 # Measured on the shared brain (subject 1; 58 training, 6 validation and 30 test images; 32 px; 6-epoch
 # runs), 6 seeds, these settings (an MLP learns from 58 images in fewer epochs than NICE): test top-1 /
 # top-3 / top-5 means, chance 0.033 / 0.100 / 0.167:
-#   ground-truth features      0.344 / 0.694 / 0.878
-#   ReAlnet (paired) response  0.078 / 0.294 / 0.433   (top-3 and top-5 above CORnet-S's on all 6 seeds)
-#   CORnet-S IT (its start)    0.056 / 0.117 / 0.211   (avgpool is the same 512 values at 32 px)
-#   unpaired control response  0.083 / 0.217 / 0.361   (top-3 and top-5 below the paired head's on 5 seeds)
+#   ground-truth features      0.289 / 0.617 / 0.744
+#   ReAlnet (paired) response  0.078 / 0.294 / 0.450   (top-3 and top-5 above CORnet-S's on all 6 seeds)
+#   CORnet-S IT (its start)    0.056 / 0.117 / 0.233   (avgpool is the same 512 values at 32 px)
+#   unpaired control response  0.067 / 0.161 / 0.328   (top-3 and top-5 below the paired head's on all 6)
 SHOWN = dict(
     encoder="mlp",
     encoder_options=dict(hidden=64, n_blocks=0, dropout=0.5),
