@@ -131,9 +131,9 @@ def _read_brain(
             tmin is not None and not math.isclose(tmin, float(times[0]), abs_tol=1e-9)
         ):
             warnings.warn(
-                f"{_FN}: sfreq/tmin ({sfreq}, {tmin}) are for .npy brains; epochs file {path!r} holds its "
-                f"own times ({'one sample' if sf is None else f'{sf:g} Hz'} from {float(times[0]):g} s), "
-                "which are used",
+                f"{_FN}: --sfreq/--tmin ({sfreq}, {tmin}) apply to the .npy brains only; epochs file "
+                f"{path!r} holds its own times ({'one sample' if sf is None else f'{sf:g} Hz'} from "
+                f"{float(times[0]):g} s), which are used for it",
                 UserWarning,
                 stacklevel=3,
             )
@@ -272,10 +272,15 @@ def brain_rsa(
     first, times, _ = loaded[0]
     for p, (data, t, _) in zip(paths[1:], loaded[1:], strict=True):
         if data.shape[0] != first.shape[0] or t.shape != times.shape or not np.allclose(t, times, atol=1e-9):
+
+            def span(x: np.ndarray) -> str:
+                step = f" every {float(np.median(np.diff(x))):g} s" if x.size > 1 else ""
+                return f"{x.size} samples from {float(x[0]):g} s{step}" if x.size else "no samples"
+
             raise ValueError(
-                f"{_FN}: brain file {p!r} has {data.shape[0]} conditions and {t.size} samples, {paths[0]!r} "
-                f"{first.shape[0]} and {times.size} (or other times); every brain needs the same conditions "
-                "and sample times"
+                f"{_FN}: brain file {p!r} has {data.shape[0]} conditions and {span(t)}, {paths[0]!r} "
+                f"{first.shape[0]} conditions and {span(times)}; every brain needs the same conditions and "
+                "sample times (.npy brains take theirs from --sfreq and --tmin)"
             )
     # Epochs files name their conditions (event codes, in ascending order): they must name the same ones,
     # or the files' RDMs would pair different conditions position by position. Arrays name none; their rows

@@ -203,9 +203,8 @@ def test_overwrite_never_deletes_the_inputs_or_the_working_folder(
 
 def test_sfreq_and_tmin_that_contradict_an_epochs_file_warn(files: dict[str, Path]) -> None:
     fif = [files["sub01-epo"]]
-    with pytest.warns(
-        UserWarning, match=rf"sfreq/tmin \(50.0, 5.0\) are for .npy brains; .* \({SFREQ:g} Hz from"
-    ):
+    only = r"--sfreq/--tmin \(50.0, 5.0\) apply to the .npy brains only"
+    with pytest.warns(UserWarning, match=rf"{only}; .* \({SFREQ:g} Hz from"):
         r = brain_rsa(fif, sfreq=50.0, tmin=5.0)
     np.testing.assert_allclose(r.times, TMIN + np.arange(N_T) / SFREQ, atol=1e-12)  # the file's own
     with warnings.catch_warnings():
@@ -276,3 +275,12 @@ def test_a_square_rdm_from_numpy_and_bad_values_are_named_by_file(
     for kwargs, match in cases:
         with pytest.raises(ValueError, match=r"^brain_rsa: " + match):
             brain_rsa(**kwargs)
+
+
+def test_brains_at_other_sample_times_are_refused_with_both_times(files: dict[str, Path]) -> None:
+    """An epochs file and a .npy brain whose times differ only in their start (--tmin): the message says
+    where each starts, not only that they differ."""
+    step = f"every {1 / SFREQ:g} s"
+    want = rf"{N_T} samples from 0 s {step}, .*sub01-epo.* {N_T} samples from {TMIN:g} s"
+    with pytest.raises(ValueError, match=want):
+        brain_rsa([files["sub01-epo"], files["sub02"]], sfreq=SFREQ, tmin=0.0)
