@@ -525,7 +525,8 @@ constexpr int64_t kRows = 4;
 // FMA units busy (four cycles of latency). 32-byte vectors for the baseline and x86-64-v3 builds, 64-byte on
 // CPUs with AVX-512 (chosen at run time: a float64 RDM of 200 x 17 in 0.84 against 1.36 ns per entry, float32
 // 0.55 against 0.81, one thread of a 2-core Xeon); every entry is the same chain of FMAs over k in the same
-// order, so the AVX2 and AVX-512 tiles give the same bits (the baseline build, without FMA, rounds each product). kMaxTile: the widest tile's columns, which the padding covers.
+// order, so the AVX2 and AVX-512 tiles give the same bits (the baseline build, without FMA, rounds each
+// product). kMaxTile: the widest tile's columns, which the padding covers.
 constexpr int64_t kMaxTile = 2 * 64 / static_cast<int64_t>(sizeof(float));
 // The z layout of one pattern set: p rows of n conditions, each row padded with zeros to zstride(n)
 // so that the register tiles below may read past the last condition.

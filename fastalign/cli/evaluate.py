@@ -64,7 +64,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="MODEL",
-        help="cornet_s and/or run folders of fastalign align (the sub-XX folders of one run are one family)",
+        help="cornet_s and/or run folders of fastalign align (the sub-XX folders of one run are one family); "
+        "NAME=FOLDER names a run (runs of one name are one family)",
     )
     p.add_argument(
         "--out",

@@ -216,13 +216,18 @@ def as_models(
 
     "cornet_s" is loaded from ``weights`` or, without, randomly initialised after
     ``torch.manual_seed(seed)`` (the global RNG is left as it was): the CORnet-S that ``fastalign align``
-    starts from with the same seed. ``layers`` fills in models that name none.
+    starts from with the same seed. A run folder is named by :meth:`EvalModel.from_run` (its folder, or
+    its parent's for a ``sub-XX`` folder), or as given in ``"NAME=FOLDER"`` (where no folder of that whole
+    spelling exists): runs of one name form one family, so two align calls' ``sub-XX`` folders under
+    parents of one name are pooled, with a warning, unless named apart. ``layers`` fills in models that
+    name none.
     """
     if isinstance(models, (str, os.PathLike, EvalModel)) or not isinstance(models, Sequence) or not models:
         raise TypeError(_checks.message(_FN, "models", "a non-empty list of models", models))
     if weights is not None and not any(m == "cornet_s" for m in models if isinstance(m, str)):
         raise ValueError(f"{_FN}: weights are CORnet-S's weights, but no model is named 'cornet_s'")
     out = []
+    parents: dict[str, set[str]] = {}  # name -> the parent folders of its unnamed sub-XX runs
     for i, spec in enumerate(models):
         if isinstance(spec, EvalModel):
             model = spec
@@ -236,11 +241,22 @@ def as_models(
             source = f"random (seed {seed})" if weights is None else os.path.abspath(weights)
             model = EvalModel("cornet_s", module, source=source)
         elif isinstance(spec, (str, os.PathLike)):
-            if not os.path.isdir(spec):
+            given, folder = None, os.fspath(spec)
+            if not os.path.isdir(folder) and isinstance(spec, str) and "=" in spec:
+                given, folder = spec.split("=", 1)
+                if not given or given == "cornet_s":
+                    raise ValueError(
+                        f"{_FN}: models[{i}] = {spec!r} names a run folder NAME=FOLDER with the name "
+                        f"{given!r}; expected a name other than '' and 'cornet_s'"
+                    )
+            if not os.path.isdir(folder):
                 raise FileNotFoundError(
-                    f"{_FN}: models[{i}] = {os.fspath(spec)!r} is neither 'cornet_s' nor a run folder"
+                    f"{_FN}: models[{i}] = {os.fspath(spec)!r} is neither 'cornet_s' nor a run folder "
+                    "(or NAME=FOLDER)"
                 )
-            model = EvalModel.from_run(spec)
+            model = EvalModel.from_run(folder, name=given)
+            if given is None and _SUBJECT.match(os.path.basename(os.path.abspath(folder))):
+                parents.setdefault(model.name, set()).add(os.path.dirname(os.path.abspath(folder)))
         else:
             raise TypeError(
                 _checks.message(_FN, f"models[{i}]", "'cornet_s', a run folder or an EvalModel", spec)
@@ -262,13 +278,22 @@ def as_models(
         if model.module is not None:  # before the next model loads, and long before any runs
             _layer_paths(model)
         out.append(model)
+    for name, folders in sorted(parents.items()):
+        if len(folders) > 1:
+            warnings.warn(
+                f"{_FN}: the runs named {name!r} come from {len(folders)} folders "
+                f"({', '.join(sorted(folders))}) and are pooled as one family; name them apart (NAME=FOLDER) "
+                "to compare them",
+                UserWarning,
+                stacklevel=3,
+            )
     seen: dict[tuple[str, str], int] = {}
     for i, m in enumerate(out):
         if (m.name, m.subject) in seen:
             raise ValueError(
                 f"{_FN}: models[{seen[m.name, m.subject]}] and models[{i}] are both model {m.name!r}"
                 + (f" of {m.subject}" if m.subject else "")
-                + "; give them different names"
+                + "; give them different names (NAME=FOLDER, or EvalModel.from_run(folder, name=...))"
             )
         seen[m.name, m.subject] = i
     for name in {m.name for m in out}:

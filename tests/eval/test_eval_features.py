@@ -170,6 +170,39 @@ def test_cornet_s_by_name_and_run_folders(eval_things: SyntheticThings, tmp_path
     np.testing.assert_allclose(feats["IT"], ref["IT"].flatten(1).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def test_run_folders_named_on_the_command_line_and_pooled_families_warned(tmp_path) -> None:
+    """Run folders are named after their parent (sub-XX) or themselves; "NAME=FOLDER" names one (where no
+    folder is spelled so), which keeps two align calls' runs apart; their sub-XX runs under parents of one
+    name pool into one family, which warns."""
+    torch.manual_seed(0)
+    net = realnet(n_out=6, image_size=24)
+    folders = [tmp_path / "a" / "realnet" / "sub-01", tmp_path / "b" / "realnet" / "sub-02"]
+    for s, folder in enumerate(folders, start=1):
+        save_realnet(net, folder)
+        with open(folder / "config.json", "w") as f:
+            json.dump({"config": {"subject": s, "modality": "eeg"}, "fit": {}}, f)
+        (folder / "summary.json").write_text("{}")  # a finished run
+    with pytest.warns(UserWarning, match=r"the runs named 'realnet' come from 2 folders .* name them apart"):
+        pooled = as_models([str(f) for f in folders], weights=None, seed=0, layers=["IT"])
+    assert [m.name for m in pooled] == ["realnet", "realnet"]
+    named = as_models([f"first={folders[0]}", f"second={folders[1]}"], weights=None, seed=0, layers=["IT"])
+    assert [(m.name, m.subject) for m in named] == [("first", "sub-01"), ("second", "sub-02")]
+    same = tmp_path / "c" / "realnet" / "sub-01"  # two runs of one subject under one name: refused
+    save_realnet(net, same)
+    with open(same / "config.json", "w") as f:
+        json.dump({"config": {"subject": 1, "modality": "eeg"}, "fit": {}}, f)
+    (same / "summary.json").write_text("{}")
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(ValueError, match=r"give them different names \(NAME=FOLDER"),
+    ):
+        as_models([str(folders[0]), str(same)], weights=None, seed=0, layers=["IT"])
+    with pytest.raises(ValueError, match=r"with the name 'cornet_s'; expected a name other than"):
+        as_models([f"cornet_s={folders[0]}"], weights=None, seed=0, layers=["IT"])
+    with pytest.raises(FileNotFoundError, match=r"neither 'cornet_s' nor a run folder \(or NAME=FOLDER\)"):
+        as_models([f"x={tmp_path / 'missing'}"], weights=None, seed=0, layers=["IT"])
+
+
 def _conv_net(*rest: nn.Module) -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3), *rest)
