@@ -160,9 +160,16 @@ def _step(model: torch.nn.Module, batch: Any, *, beta: float, contrast: str) -> 
         # not bad input but diverged weights
         if bool(torch.isfinite(pred).all()):
             raise
+        # bf16 autocast on a CPU with 1-pixel images gave non-finite predictions after one step at lr 2e-5 in
+        # some runs and not others (2 threads; never on 1 thread or in float32), through torch's own convs
+        low = (
+            f", or train in float32 (amp='fp32', --amp fp32): they were computed in {pred.dtype}"
+            if pred.dtype in (torch.bfloat16, torch.float16)
+            else ""
+        )
         raise FloatingPointError(
             f"{_FN}: the predicted responses are not finite: the weights diverged; lower the learning rate "
-            "(--lr) or clip gradients (--clip-grad-norm)"
+            f"(--lr) or clip gradients (--clip-grad-norm){low}"
         ) from None
 
 

@@ -480,6 +480,23 @@ def test_a_diverging_run_fails_saying_so(synth: SyntheticThings, tmp_path: Path)
         align(synth.root, 1, out=tmp_path / "run", progress=False, **{**RUN, "lr": 1e12, "batch_size": 4})
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_non_finite_predictions_under_autocast_suggest_float32(dtype: torch.dtype) -> None:
+    """Predictions that are not finite name the learning rate and clipping; computed in bf16 or fp16
+    (autocast), also float32 training: bf16 on a CPU diverged at 1-pixel images in some runs only."""
+    from fastalign.train.alignment import _step
+
+    class Broken(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            pred = torch.full((images.shape[0], 3), float("nan"), dtype=dtype)
+            return torch.zeros(images.shape[0], 5), pred
+
+    batch = (torch.zeros(4, 3, 2, 2), torch.zeros(4, 3), torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(FloatingPointError, match=r"not finite: the weights diverged") as err:
+        _step(Broken(), batch, beta=1.0, contrast="differentiable")
+    assert ("--amp fp32" in str(err.value)) == (dtype == torch.bfloat16), str(err.value)
+
+
 # ---------------------------------------------------------------------------- resume, subjects, RSA
 
 
