@@ -186,17 +186,33 @@ def _run(args: argparse.Namespace) -> int:
             f"--out: {existing[0]!r}{more} (preprocessed before); pass --overwrite to replace them, or --out "
             "to write elsewhere"
         )
-    for s in subjects:
-        if args.progress:
-            print(f"preprocessing sub-{s:02d} ({args.recipe})", file=sys.stderr, flush=True)
-        result = preprocess_things_eeg2(raw_dir, s, args.out, **options)
-        shapes = ", ".join(f"{k} {tuple(getattr(result, k).data.shape)}" for k in ("training", "test"))
-        sfreq = result.settings["sfreq"]
-        rate = "the raw rate" if sfreq is None else f"{sfreq:g} Hz"
-        print(
-            f"sub-{s:02d}: {shapes} (images, repetitions, channels, times) at {rate}; "
-            f"{os.path.dirname(result.paths['test'])}"
-        )
+    done: list[int] = []
+    try:
+        for s in subjects:
+            if args.progress:
+                print(f"preprocessing sub-{s:02d} ({args.recipe})", file=sys.stderr, flush=True)
+            result = preprocess_things_eeg2(raw_dir, s, args.out, **options)
+            done.append(s)
+            shapes = ", ".join(f"{k} {tuple(getattr(result, k).data.shape)}" for k in ("training", "test"))
+            sfreq = result.settings["sfreq"]
+            rate = "the raw rate" if sfreq is None else f"{sfreq:g} Hz"
+            print(
+                f"sub-{s:02d}: {shapes} (images, repetitions, channels, times) at {rate}; "
+                f"{os.path.dirname(result.paths['test'])}"
+            )
+    except BaseException:  # an error, Ctrl-C or SIGTERM: which subjects hold the new files, which do not
+        if len(subjects) > 1:
+            left = [s for s in subjects if s not in done]
+            written = ", ".join(f"sub-{s:02d}" for s in done) or "none"
+            unwritten = ", ".join(f"sub-{s:02d}" for s in left)
+            print(
+                f"fastalign preprocess: stopped at sub-{left[0]:02d}; written with these settings: "
+                f"{written}; not written: {unwritten} (each subject's files are replaced as a unit: those "
+                "keep what they held before, if anything)",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
     return 0
 
 

@@ -122,3 +122,33 @@ def test_files_already_there_are_replaced_only_with_overwrite(
         assert load_preprocessed_eeg(out, subject, "test").times[1] - load_preprocessed_eeg(
             out, subject, "test"
         ).times[0] == pytest.approx(1 / 25)
+
+
+def test_a_stop_between_subjects_says_which_were_written(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or an error) during the second subject: the first is written with the new settings, the
+    second keeps its previous files (each is replaced as a unit), and the command says so."""
+    import fastalign.data
+
+    real = fastalign.data.preprocess_things_eeg2
+
+    def second_interrupted(raw_dir: str, subject: int, *args: object, **kwargs: object) -> object:
+        if subject == 2:
+            raise KeyboardInterrupt
+        return real(raw_dir, subject, *args, **kwargs)
+
+    monkeypatch.setattr(fastalign.data, "preprocess_things_eeg2", second_interrupted)
+    argv = [
+        "preprocess",
+        "--data",
+        str(raw),
+        "--subject",
+        "all",
+        "--out",
+        str(tmp_path / "pre"),
+        "--no-progress",
+    ]
+    assert main([*argv, "--test-repetitions", "2"]) == 130
+    err = capsys.readouterr().err
+    assert "stopped at sub-02; written with these settings: sub-01; not written: sub-02 (each subject" in err
