@@ -74,6 +74,9 @@ _FN = "decode"
 IMAGE_DIR, EEG_DIR = "image_set", "preprocessed_data"
 #: The image-model names :func:`decode` takes besides run folders and modules.
 IMAGE_MODELS = ("cornet_s", "features")
+#: ``image_model="npy:NAME"``: precomputed embeddings beside each image, AlignVis's layout
+#: (``<image stem>_NAME.npy``, one vector per image, as its gen_img_embeddings.py writes them).
+PRECOMPUTED_PREFIX = "npy:"
 #: The published initial temperature (``logit_scale = log(1 / 0.04)``).
 PUBLISHED_TEMPERATURE = 0.04
 #: Early stopping's patience in AlignVis (``es_patience``).
@@ -241,7 +244,8 @@ def _image_embeddings(
             f"{_FN}: weights are CORnet-S's weights, but image_model is {spec!r}, not 'cornet_s'"
         )
     named = isinstance(spec, str) and spec in IMAGE_MODELS
-    if layer is not None and (isinstance(spec, nn.Module) or (named and spec == "features")):
+    precomputed = isinstance(spec, str) and spec.startswith(PRECOMPUTED_PREFIX)
+    if layer is not None and (isinstance(spec, nn.Module) or (named and spec == "features") or precomputed):
         raise ValueError(
             f"{_FN}: layer={layer!r} names a CORnet-S / ReAlnet layer, but image_model is {spec!r}"
         )
@@ -250,6 +254,15 @@ def _image_embeddings(
         gt = _ground_truth(root)
         raw = {"train": gt["train_features"], "test": gt["test_features"]}
         source = "features (synthetic ground truth)"
+    elif precomputed:
+        assert isinstance(spec, str)
+        name = spec[len(PRECOMPUTED_PREFIX) :]
+        if not name or any(c in name for c in "/\\") or name != name.strip():
+            raise ValueError(
+                _checks.message(_FN, "image_model", "'npy:NAME' with a file-name suffix NAME", spec)
+            )
+        raw = {s: _precomputed_embeddings(p, name, s) for s, p in paths.items()}
+        source = f"precomputed embeddings {name!r} (<image>_{name}.npy)"
     elif isinstance(spec, nn.Module):
         transform = ImageTransform(image_size, crop=False)
         was_training = spec.training
@@ -300,7 +313,10 @@ def _image_embeddings(
         else:
             raise ValueError(
                 _checks.message(
-                    _FN, "image_model", "'cornet_s', 'features', a ReAlnet run folder or a module", spec
+                    _FN,
+                    "image_model",
+                    "'cornet_s', 'features', 'npy:NAME', a ReAlnet run folder or a module",
+                    spec,
                 )
             )
         raw = {}
@@ -321,6 +337,34 @@ def _image_embeddings(
             raise ValueError(f"{_FN}: image_model's {split} embeddings hold NaN or inf")
         out[split] = torch.from_numpy(normalize_embeddings(x))
     return out, source
+
+
+def _precomputed_embeddings(images: list[str], name: str, split: str) -> np.ndarray:
+    """(n, d) embeddings read from ``<image stem>_<name>.npy`` beside each image (AlignVis's layout), as
+    plain arrays (no pickled objects: a data file runs no code)."""
+    files = [os.path.splitext(p)[0] + f"_{name}.npy" for p in images]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(
+            f"{_FN}: image_model='npy:{name}' needs an embedding beside every image; {len(missing)} of the "
+            f"{len(files)} {split} images have none, e.g. {missing[0]!r}"
+        )
+    rows, shape = [], None
+    for f in files:
+        try:
+            x = np.load(f, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{_FN}: {f!r} is not a plain .npy array ({exc})") from None
+        x = np.asarray(x).reshape(-1)  # AlignVis squeezes (1, d) files
+        if shape is None:
+            shape = x.shape
+        if x.shape != shape or x.size == 0 or not np.issubdtype(x.dtype, np.number):
+            raise ValueError(
+                f"{_FN}: {f!r} holds {x.size} {x.dtype} values, the first embedding {shape[0]}; expected "
+                "one numeric vector of one size per image"
+            )
+        rows.append(x.astype(np.float32))
+    return np.stack(rows)
 
 
 def _feature_shape(trials: np.ndarray) -> tuple[int, ...]:
@@ -683,7 +727,9 @@ def decode(
             ``out/summary.json``.
         image_model: "cornet_s" (``weights``, else randomly initialised from the seed), a ReAlnet run
             folder of :func:`fastalign.train.align` (a human-aligned image model), "features" (the
-            synthetic brain's true features: the ceiling) or a torch module (its output, flattened).
+            synthetic brain's true features: the ceiling), a torch module (its output, flattened), or
+            "npy:NAME": precomputed embeddings beside each image of ``image_set/``, one vector per image
+            in ``<image stem>_NAME.npy`` (AlignVis's layout, e.g. "npy:dreamsim_clip_vitb32").
         layer: the CORnet-S / ReAlnet layer embedded (default "IT", flattened: 512x7x7 at 224 px; or
             "avgpool", or a ReAlnet's "response", its encoding head's output); an error with the other
             image models.

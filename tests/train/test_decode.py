@@ -374,6 +374,47 @@ def _copy(synth: SyntheticThings, tmp_path: Any) -> str:
     return root
 
 
+def test_precomputed_embeddings_beside_the_images_in_alignvis_layout(
+    synth: SyntheticThings, tmp_path: Any
+) -> None:
+    """image_model="npy:NAME" reads <image stem>_NAME.npy beside each image (AlignVis's layout; (1, d)
+    files as its generator writes them): the synthetic brain's true features written so train the same
+    decoder, to the bit, as image_model="features". Missing or ragged files and bad names are refused."""
+    from fastalign.data import load_image_metadata
+
+    root = _copy(synth, tmp_path)
+    meta = load_image_metadata(os.path.join(root, "image_set"))
+    with np.load(os.path.join(root, "ground_truth.npz")) as gt:
+        truth = {"training": gt["train_features"], "test": gt["test_features"]}
+    for split, feats in truth.items():
+        for path, row in zip(meta.paths(split), feats, strict=True):
+            np.save(os.path.splitext(path)[0] + "_truth.npy", row[None].astype(np.float32))
+    kw = {**FAST, "epochs": 1}
+    want = decode(root, 1, out=tmp_path / "features", **kw).summary
+    got = decode(root, 1, out=tmp_path / "npy", **{**kw, "image_model": "npy:truth"}).summary
+    for k in ("top1", "top3", "top5", "best_val_loss"):
+        assert got[k] == want[k], k
+    with open(tmp_path / "npy" / "config.json") as f:
+        config = json.load(f)["config"]
+    assert config["image_model"] == "precomputed embeddings 'truth' (<image>_truth.npy)"
+    with pytest.raises(
+        FileNotFoundError, match=r"'npy:other' needs an embedding beside every image; \d+ of "
+    ):
+        decode(root, 1, out=tmp_path / "a", **{**kw, "image_model": "npy:other"})
+    second = os.path.splitext(meta.paths("test")[1])[0] + "_truth.npy"
+    np.save(second, np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"holds 3 float32 values, the first embedding \d+; expected one"):
+        decode(root, 1, out=tmp_path / "b", **{**kw, "image_model": "npy:truth"})
+    np.save(second, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"is not a plain \.npy array"):
+        decode(root, 1, out=tmp_path / "c", **{**kw, "image_model": "npy:truth"})
+    for bad in ("npy:", "npy:a/b"):
+        with pytest.raises(ValueError, match=r"'npy:NAME' with a file-name suffix NAME"):
+            decode(root, 1, out=tmp_path / "d", **{**kw, "image_model": bad})
+    with pytest.raises(ValueError, match=r"layer='IT' names a CORnet-S / ReAlnet layer"):
+        decode(root, 1, out=tmp_path / "e", **{**kw, "image_model": "npy:truth"}, layer="IT")
+
+
 def test_embeddings_of_another_image_set_and_nan(synth: SyntheticThings, tmp_path: Any) -> None:
     root = _copy(synth, tmp_path)
     gt_path = os.path.join(root, "ground_truth.npz")
