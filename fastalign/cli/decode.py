@@ -179,10 +179,13 @@ COMMAND = Command(
     "decode",
     "train a brain encoder to retrieve seen images (NICE / AlignVis), optionally with an aligned image model",
     (
-        "fastalign decode --data data/synth --subject 1 --image-model cornet_s --image-size 64 --out dec",
-        "fastalign decode --data data/synth --subject 1 --image-model runs/sub01 --image-size 64 --out rn",
+        "fastalign decode --data data/synth --subject 1 --image-model cornet_s --image-size 64 "
+        "--batch-size 8 --out dec",
+        "fastalign decode --data data/synth --subject 1 --image-model runs/sub01 --image-size 64 "
+        "--batch-size 8 --out rn",
         "fastalign decode --data things --subject 1 --out runs/nice --seed 7 42 191 --weights cornet_s.pth",
-        "torchrun --nproc-per-node 2 -m fastalign decode --data data/synth --subject 1 --out runs/ddp",
+        "torchrun --nproc-per-node 2 -m fastalign decode --data data/synth --subject 1 --batch-size 8 "
+        "--out runs/ddp",
     ),
     _arguments,
     _run,

@@ -201,8 +201,8 @@ def _run(args: argparse.Namespace) -> int:
                 f"{os.path.dirname(result.paths['test'])}"
             )
     except BaseException:  # an error, Ctrl-C or SIGTERM: which subjects hold the new files, which do not
-        if len(subjects) > 1:
-            left = [s for s in subjects if s not in done]
+        left = [s for s in subjects if s not in done]
+        if len(subjects) > 1 and left:  # (after the last subject, as it printed: every subject written)
             written = ", ".join(f"sub-{s:02d}" for s in done) or "none"
             unwritten = ", ".join(f"sub-{s:02d}" for s in left)
             print(

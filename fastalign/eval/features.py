@@ -218,8 +218,9 @@ def as_models(
     ``torch.manual_seed(seed)`` (the global RNG is left as it was): the CORnet-S that ``fastalign align``
     starts from with the same seed. A run folder is named by :meth:`EvalModel.from_run` (its folder, or
     its parent's for a ``sub-XX`` folder), or as given in ``"NAME=FOLDER"`` (where no folder of that whole
-    spelling exists): runs of one name form one family, so two align calls' ``sub-XX`` folders under
-    parents of one name are pooled, with a warning, unless named apart. ``layers`` fills in models that
+    spelling exists): runs of one name form one family, so runs named after different folders of one
+    name (two align calls' ``sub-XX`` folders under parents of one name, or a lone run folder of that
+    name) are pooled, with a warning, unless named apart. ``layers`` fills in models that
     name none.
     """
     if isinstance(models, (str, os.PathLike, EvalModel)) or not isinstance(models, Sequence) or not models:
@@ -227,7 +228,7 @@ def as_models(
     if weights is not None and not any(m == "cornet_s" for m in models if isinstance(m, str)):
         raise ValueError(f"{_FN}: weights are CORnet-S's weights, but no model is named 'cornet_s'")
     out = []
-    parents: dict[str, set[str]] = {}  # name -> the parent folders of its unnamed sub-XX runs
+    parents: dict[str, set[str]] = {}  # name -> the folders its unnamed runs take that name from
     for i, spec in enumerate(models):
         if isinstance(spec, EvalModel):
             model = spec
@@ -255,8 +256,10 @@ def as_models(
                     "(or NAME=FOLDER)"
                 )
             model = EvalModel.from_run(folder, name=given)
-            if given is None and _SUBJECT.match(os.path.basename(os.path.abspath(folder))):
-                parents.setdefault(model.name, set()).add(os.path.dirname(os.path.abspath(folder)))
+            if given is None:  # named after its parent (a sub-XX folder of one align call) or itself
+                real = os.path.realpath(folder)
+                home = os.path.dirname(real) if _SUBJECT.match(os.path.basename(real)) else real
+                parents.setdefault(model.name, set()).add(home)
         else:
             raise TypeError(
                 _checks.message(_FN, f"models[{i}]", "'cornet_s', a run folder or an EvalModel", spec)

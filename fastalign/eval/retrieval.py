@@ -71,33 +71,46 @@ def _concept_chance(sizes: list[int], query_concepts: list[int], ks: tuple[int, 
     A concept's score is its best image's: for a concept of m images that best score u has density
     m u^(m - 1) (uniform scores), and given u each other concept i beats it independently with probability
     1 - u^(m_i). The number that beat it is Poisson-binomial (a DP over the concepts), and a hit at k is
-    fewer than k of them; the integral over u of a polynomial of degree G - 1 is exact with Gauss-Legendre
-    nodes (ceil(G / 2) + 1 of them).
+    fewer than k of them. The integral over u is taken in y = -log(u) (u = e^-y: the integrand's features
+    sit at y ~ 1 / G and y ~ 1 / m) by Gauss-Legendre panels of 20 nodes, geometrically spaced from
+    1e-3 / G to 40 / m (beyond, e^-(m y) < 1e-17): within 1e-13 of a single Gauss-Legendre rule in u, which
+    is exact for this polynomial of degree G - 1 (compared on random galleries of up to 440 images), in a
+    time linear in the number of concepts (that rule needs G / 2 nodes and G^3 time: 31 s for 16,553
+    images); 1,200 concepts of 1-19 images take 0.4 s.
     """
     c, g = len(sizes), sum(sizes)
     if len(set(sizes)) == 1:  # every concept alike: each is among the k best with probability k / c
         return {f"top{k}": k / c for k in ks}
-    nodes, weights = np.polynomial.legendre.leggauss(g // 2 + 2)
-    u, w = (nodes + 1) / 2, weights / 2  # on [0, 1]
+    x, wx = np.polynomial.legendre.leggauss(20)
     kmax = max(ks)
-    beats = 1 - u[None, :] ** np.asarray(sizes, dtype=np.float64)[:, None]  # (c, nodes)
+    size = np.asarray(sizes, dtype=np.float64)[:, None]
     by_size: dict[int, list[float]] = {}  # concepts of one size face the same others
     for j in sorted(set(query_concepts)):
         m = sizes[j]
         if m in by_size:
             continue
+        lo, hi = 1e-3 / g, 40.0 / m
+        edges = [0.0, lo]
+        while edges[-1] < hi:
+            edges.append(min(edges[-1] * 2.0, hi))
+        a, b = np.asarray(edges[:-1])[:, None], np.asarray(edges[1:])[:, None]
+        y = ((b - a) / 2 * x + (a + b) / 2).ravel()  # (nodes,)
+        w = ((b - a) / 2 * wx).ravel()
+        beats = -np.expm1(-size * y[None, :])  # (c, nodes): 1 - u^(m_i), without cancellation near u = 1
         # dist[r]: probability (per node) that exactly r of the other concepts beat j, r < kmax
-        dist = np.zeros((kmax, len(u)))
+        dist = np.zeros((kmax, len(y)))
         dist[0] = 1.0
         for i, p in enumerate(beats):
             if i == j:
                 continue
-            shifted = np.vstack([np.zeros((1, len(u))), dist[:-1] * p])
+            shifted = np.vstack([np.zeros((1, len(y))), dist[:-1] * p])
             dist = dist * (1 - p) + shifted
-        cum = np.cumsum(dist, axis=0) @ (m * u ** (m - 1) * w)  # P(fewer than r + 1 concepts beat j)
-        by_size[m] = [float(cum[k - 1]) for k in ks]
+        cum = np.cumsum(dist, axis=0) @ (m * np.exp(-m * y) * w)  # P(fewer than r + 1 concepts beat j)
+        by_size[m] = [float(min(1.0, max(0.0, cum[k - 1]))) for k in ks]
     n = len(query_concepts)
-    return {f"top{k}": sum(by_size[sizes[j]][i] for j in query_concepts) / n for i, k in enumerate(ks)}
+    return {
+        f"top{k}": min(1.0, sum(by_size[sizes[j]][i] for j in query_concepts) / n) for i, k in enumerate(ks)
+    }
 
 
 def retrieval_topk(

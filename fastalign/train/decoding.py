@@ -588,10 +588,20 @@ def _check_settings(a: dict[str, Any]) -> list[int]:
     _checks.check_int(_FN, "patience", a["patience"], minimum=1, none=True)
     _checks.check_real(_FN, "lr", a["lr"], positive=True)
     _checks.check_real(_FN, "temperature", a["temperature"], positive=True)
+    if a["learn_temperature"] is True and float(a["temperature"]) < 1 / MAX_LOGIT_SCALE:
+        raise ValueError(
+            f"{_FN}: temperature={a['temperature']} with learn_temperature=True: a learnt temperature "
+            f"stays at or above {1 / MAX_LOGIT_SCALE:g} (its scale is clamped at {MAX_LOGIT_SCALE:g}, as "
+            "CLIP's); start it there or above, or keep it fixed (learn_temperature=False)"
+        )
     if _checks.check_real(_FN, "weight_decay", a["weight_decay"]) < 0:
         raise ValueError(_checks.message(_FN, "weight_decay", "a finite number >= 0", a["weight_decay"]))
     _checks.check_int(_FN, "random_repetitions", a["random_repetitions"], minimum=1, none=True)
-    if isinstance(a["val_fraction"], int | float) and a["val_fraction"] == 0 and a["patience"] is not None:
+    try:
+        no_validation = float(a["val_fraction"]) == 0  # also numpy's zeros; a bad value is train_val_split's
+    except (TypeError, ValueError):
+        no_validation = False
+    if no_validation and a["patience"] is not None:
         raise ValueError(
             f"{_FN}: patience={a['patience']} (early stopping, published 30) needs validation images, but "
             "val_fraction=0 holds out none; pass patience=None (--patience none) or val_fraction > 0"

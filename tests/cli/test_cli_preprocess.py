@@ -152,3 +152,24 @@ def test_a_stop_between_subjects_says_which_were_written(
     assert main([*argv, "--test-repetitions", "2"]) == 130
     err = capsys.readouterr().err
     assert "stopped at sub-02; written with these settings: sub-01; not written: sub-02 (each subject" in err
+
+
+def test_a_failure_after_the_last_subject_keeps_its_own_error(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every subject written, then the last line's print fails (a closed pipe): that error is reported,
+    not an IndexError of the stop message (no subject is left unwritten)."""
+    import builtins
+
+    import fastalign.cli.preprocess as cli_preprocess
+
+    def closed_pipe(*args: object, **kwargs: object) -> None:
+        if args and str(args[0]).startswith("sub-02:"):
+            raise BrokenPipeError("stdout closed")
+        builtins.print(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(cli_preprocess, "print", closed_pipe, raising=False)
+    argv = ["preprocess", "--data", str(raw), "--subject", "all", "--out", str(tmp_path / "pre")]
+    assert main([*argv, "--no-progress", "--test-repetitions", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "stdout closed" in err and "index out of range" not in err and "stopped at" not in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -185,6 +186,23 @@ def test_run_folders_named_on_the_command_line_and_pooled_families_warned(tmp_pa
     with pytest.warns(UserWarning, match=r"the runs named 'realnet' come from 2 folders .* name them apart"):
         pooled = as_models([str(f) for f in folders], weights=None, seed=0, layers=["IT"])
     assert [m.name for m in pooled] == ["realnet", "realnet"]
+    lone = tmp_path / "d" / "realnet"  # a single-subject align call's run folder, named after itself
+    save_realnet(net, lone)
+    with open(lone / "config.json", "w") as f:
+        json.dump({"config": {"subject": 3, "modality": "eeg"}, "fit": {}}, f)
+    (lone / "summary.json").write_text("{}")
+    with pytest.warns(UserWarning, match=r"the runs named 'realnet' come from 2 folders"):
+        as_models([str(folders[0]), str(lone)], weights=None, seed=0, layers=["IT"])
+    third = tmp_path / "a" / "realnet" / "sub-03"  # one align call's runs, one reached through a link
+    save_realnet(net, third)
+    with open(third / "config.json", "w") as f:
+        json.dump({"config": {"subject": 3, "modality": "eeg"}, "fit": {}}, f)
+    (third / "summary.json").write_text("{}")
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one folder: no warning
+        as_models([str(folders[0]), str(tmp_path / "link" / "realnet" / "sub-03")], weights=None, seed=0,
+                  layers=["IT"])  # fmt: skip
     named = as_models([f"first={folders[0]}", f"second={folders[1]}"], weights=None, seed=0, layers=["IT"])
     assert [(m.name, m.subject) for m in named] == [("first", "sub-01"), ("second", "sub-02")]
     same = tmp_path / "c" / "realnet" / "sub-01"  # two runs of one subject under one name: refused

@@ -96,6 +96,9 @@ def test_concept_chance_of_unequal_concepts_is_the_exact_expectation() -> None:
         assert got[f"top{k}"] == pytest.approx(want[k], abs=1e-12), (k, got, want)
     assert got["top1"] == pytest.approx((3 / 6 + 3 / 6 + 1 / 6 + 1 / 6) / 4)  # m / G per query
     assert got["top1"] > 1 / 4  # what k / c said
+    big = retrieval_topk(torch.randn(3, 4), torch.randn(3_002, 4), targets=[0, 3_000, 3_001], ks=(1, 3),
+                         concepts=[0] * 3_000 + [1, 2])["concept_chance"]  # fmt: skip
+    assert big["top1"] == pytest.approx(1 / 3, abs=1e-13) and 1 - 1e-13 <= big["top3"] <= 1.0
     even = retrieval_topk(brain, torch.eye(6), targets=queries, ks=ks, concepts=[0, 0, 1, 1, 2, 2])
     assert even["concept_chance"] == {"top1": 1 / 3, "top2": 2 / 3, "top3": 1.0}
 

@@ -337,8 +337,15 @@ def test_bad_input(synth: SyntheticThings, tmp_path: Any) -> None:
             decode(synth, 1, out=tmp_path / "a", **{**FAST, name: 0})
     with pytest.raises(ValueError, match="temperature"):
         decode(synth, 1, out=tmp_path / "a", **FAST, temperature=0.0)
-    with pytest.raises(ValueError, match=r"patience=30 .* val_fraction=0 holds out none; pass patience=None"):
-        decode(synth, 1, out=tmp_path / "a", **FAST, val_fraction=0.0)
+    for zero in (0.0, np.float32(0.0)):
+        with pytest.raises(
+            ValueError, match=r"patience=30 .* val_fraction=0 holds out none; pass patience=None"
+        ):
+            decode(synth, 1, out=tmp_path / "a", **FAST, val_fraction=zero)
+    with pytest.raises(
+        ValueError, match=r"temperature=0.005 with learn_temperature=True: a learnt temperature"
+    ):
+        decode(synth, 1, out=tmp_path / "a", **FAST, temperature=0.005, learn_temperature=True)
 
 
 def test_an_encoder_too_large_for_the_memory_is_refused_before_anything_is_written(
