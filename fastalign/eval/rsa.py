@@ -471,7 +471,7 @@ def _statistics(
             effects[model, mod.name, key["comparison"], key["layer"]] = {"x": x, "base": base}
             stage.update()
     stats["exact"] = bool(stats["cluster_tests"]) and all(t["exact"] for t in stats["cluster_tests"])
-    _correct_roi_tests(stats["roi_tests"], s["roi_correction"], s["alpha"])
+    _correct_roi_tests(stats["roi_tests"], s["roi_correction"], s["alpha"], stats["skipped"])
     return stats, effects
 
 
@@ -483,19 +483,33 @@ _CORRECTIONS = {
 }
 
 
-def _correct_roi_tests(tests: list[dict[str, Any]], method: str, alpha: float) -> None:
+def _correct_roi_tests(
+    tests: list[dict[str, Any]],
+    method: str,
+    alpha: float,
+    skipped: list[dict[str, Any]] = (),  # type: ignore[assignment]
+) -> None:
     """Adjusts the ROI tests' p-values in place (``p``; the test's own in ``p_uncorrected``) within each
     family of one model, modality, comparison and test, over its ROIs and layers: Holm's step-down
-    (family-wise error) or Benjamini-Hochberg's (false discovery rate, scipy's false_discovery_control)."""
+    (family-wise error) or Benjamini-Hochberg's (false discovery rate, scipy's false_discovery_control).
+    A test of the family skipped for no variance across subjects still counts, as p = 1: the family
+    keeps every test it planned, so a skipped one does not make the others' correction milder."""
     if method == "none":
         return
     from scipy.stats import false_discovery_control
 
+    def family_of(t: dict[str, Any]) -> tuple[str, ...]:
+        return (t["model"], t["modality"], t["comparison"], t["test"])
+
     families: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for t in tests:
-        families.setdefault((t["model"], t["modality"], t["comparison"], t["test"]), []).append(t)
-    for family in families.values():
-        p = np.array([t["p"] for t in family])
+        families.setdefault(family_of(t), []).append(t)
+    untested: dict[tuple[str, ...], int] = {}
+    for t in skipped:
+        if "roi" in t and t.get("reason") == "no variance across subjects":
+            untested[family_of(t)] = untested.get(family_of(t), 0) + 1
+    for key, family in families.items():
+        p = np.array([t["p"] for t in family] + [1.0] * untested.get(key, 0))
         if method == "fdr_bh":
             adjusted = false_discovery_control(p, method="bh")
         else:  # Holm: the k-th smallest times (m - k), made non-decreasing, at most 1
@@ -503,7 +517,7 @@ def _correct_roi_tests(tests: list[dict[str, Any]], method: str, alpha: float) -
             steps = np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p))))
             adjusted = np.empty_like(p)
             adjusted[order] = np.minimum(steps, 1.0)
-        for t, q in zip(family, adjusted.tolist(), strict=True):
+        for t, q in zip(family, adjusted.tolist()[: len(family)], strict=True):
             t["p_uncorrected"], t["p"], t["significant"] = t["p"], q, q < alpha
 
 

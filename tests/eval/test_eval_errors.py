@@ -327,6 +327,28 @@ def test_roi_tests_corrected_over_rois_and_layers(method: str) -> None:
         fe.evaluate(brain, [model], out=None, modality="fmri", roi_correction="bonferroni")
 
 
+@pytest.mark.parametrize("method", ["holm", "fdr_bh"])
+def test_a_roi_test_skipped_for_no_variance_still_counts_in_the_correction(method: str) -> None:
+    """An ROI whose similarity is the same for every subject (here: the same responses) has no t-test;
+    it still counts in its family's correction as p = 1, so skipping it makes no other test's correction
+    milder: the adjusted p-values are those of the full family with a 1 in its place."""
+    rng = np.random.default_rng(5)
+    shared = rng.normal(size=(6, 5))
+    same = shared + rng.normal(size=(6, 5))
+    fmri = {s: {"A": shared + rng.normal(size=(6, 5)), "B": same} for s in range(1, 6)}
+    brain = fe.BrainData([f"img{i}" for i in range(6)], fmri=fmri)
+    model = fe.EvalModel("m", features={"L": shared})
+    res = fe.evaluate(brain, [model], out=None, modality="fmri", roi_correction=method).stats
+    assert [(t["roi"], t["reason"]) for t in res["skipped"]] == [("B", "no variance across subjects")]
+    (test,) = res["roi_tests"]
+    p = np.array([test["p_uncorrected"], 1.0])
+    if method == "holm":
+        want = min(1.0, p.min() * 2)
+    else:
+        want = float(np.minimum.accumulate((np.sort(p) * 2 / np.arange(1, 3))[::-1])[::-1].clip(max=1.0)[0])
+    assert test["p"] == pytest.approx(want, rel=1e-12) and test["p"] > test["p_uncorrected"]
+
+
 def test_digests_are_made_only_for_an_output_folder(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """Hashing every array given from Python costs 0.2-0.4 s at the benchmark's 44 layers; without a
     folder there is no config.json to tell apart."""
