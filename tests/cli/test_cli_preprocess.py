@@ -29,6 +29,12 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _every_subject(raw: Path, out: Path) -> list[str]:
+    """``fastalign preprocess`` of every subject of ``raw`` into ``out``, 2 test repetitions."""
+    flags = ["--subject", "all", "--out", str(out), "--test-repetitions", "2"]
+    return ["preprocess", "--data", str(raw), *flags]
+
+
 def _parsed(*flags: str) -> dict:
     return _options(parser().parse_args(["preprocess", "--data", "d", *flags]))
 
@@ -57,17 +63,7 @@ def test_writes_the_function_output_for_every_subject(
     raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "pre"
-    argv = [
-        "preprocess",
-        "--data",
-        str(raw),
-        "--subject",
-        "all",
-        "--out",
-        str(out),
-        "--test-repetitions",
-        "2",
-    ]
+    argv = _every_subject(raw, out)
     assert main([*argv, "--sfreq", "50", "--no-progress"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert [line[:6] for line in printed] == ["sub-01", "sub-02"] and "at 50 Hz" in printed[0]
@@ -100,8 +96,7 @@ def test_files_already_there_are_replaced_only_with_overwrite(
     raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "pre"
-    argv = ["preprocess", "--data", str(raw), "--subject", "all", "--out", str(out), "--no-progress"]
-    argv += ["--test-repetitions", "2"]
+    argv = [*_every_subject(raw, out), "--no-progress"]
     assert main([*argv, "--sfreq", "50"]) == 0
     capsys.readouterr()
     before = {p: p.read_bytes() for p in sorted(out.rglob("*.npy"))}
@@ -139,17 +134,7 @@ def test_a_stop_between_subjects_says_which_were_written(
         return real(raw_dir, subject, *args, **kwargs)
 
     monkeypatch.setattr(fastalign.data, "preprocess_things_eeg2", second_interrupted)
-    argv = [
-        "preprocess",
-        "--data",
-        str(raw),
-        "--subject",
-        "all",
-        "--out",
-        str(tmp_path / "pre"),
-        "--no-progress",
-    ]
-    assert main([*argv, "--test-repetitions", "2"]) == 130
+    assert main([*_every_subject(raw, tmp_path / "pre"), "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert "stopped at sub-02; written with these settings: sub-01; not written: sub-02 (each subject" in err
 
@@ -169,7 +154,6 @@ def test_a_failure_after_the_last_subject_keeps_its_own_error(
         builtins.print(*args, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr(cli_preprocess, "print", closed_pipe, raising=False)
-    argv = ["preprocess", "--data", str(raw), "--subject", "all", "--out", str(tmp_path / "pre")]
-    assert main([*argv, "--no-progress", "--test-repetitions", "2"]) == 1
+    assert main([*_every_subject(raw, tmp_path / "pre"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "stdout closed" in err and "index out of range" not in err and "stopped at" not in err
