@@ -298,11 +298,11 @@ def raise_first_failure(
             raise ValueError(f"{exc} (the {what} at index {at}, its NaN entries dropped)") from None
 
 
-_ROW_OPS = ("rsa_row_stats", "rsa_center_rows")
+_ROW_OPS = ("rsa_row_stats", "rsa_gram_centered")
 
 
 def cpp_rows(x: torch.Tensor) -> bool:
-    """Whether the row kernels of fastalign._C (rsa_row_stats, rsa_center_rows) may read x: a plain
+    """Whether the row kernels of fastalign._C (rsa_row_stats, rsa_gram_centered) may read x: a plain
     float32 / float64 CPU tensor with a contiguous last dim, outside torch.compile's tracing and
     torch.func's transforms (the ops have no fake-tensor or batching rules), with the extension built."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.stride(-1) != 1:

@@ -102,9 +102,9 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor, fi
     |a|^2 + |b|^2 - 2ab does).
     """
     b, n, p = xb.shape
-    gram.zero_()
     if fixed and method == "correlation" and xb.dtype == ct and xb.is_contiguous() and common.cpp_rows(xb):
         return _gram_rows(xb, gram)
+    gram.zero_()
     mean = xb.sum(-1, dtype=ct, keepdim=True) / p if method == "correlation" else None
     sq = torch.zeros((b, n), dtype=ct, device=xb.device) if method in ("correlation", "cosine") else None
     # What the centred patterns' means still are, in float64: the mean above carries the rounding of a
@@ -151,23 +151,15 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor, fi
 
 
 def _gram_rows(xb: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """_gram's correlation Gram matrix through the C++ row kernels: the means from one pass
-    (rsa_row_stats, float64 sums), and each chunk centred into the buffer with its rows' sums and sums of
-    squares in the same pass (rsa_center_rows), where torch takes a pass each for the mean, the centring,
-    the residual sums and the norms (together as long as the Gram product itself at 200 x 4,096 float32).
-    The sums are float64, so the norms and the residual means are at least as exact as _gram's."""
+    """_gram's correlation Gram matrix through the C++ kernels: the means from one pass (rsa_row_stats,
+    float64 sums), then rsa_gram_centered, which centres blocks of features as it packs them for its
+    register tiles (each row's sum and sum of squares in the same pass) and computes only the upper
+    triangle: where torch takes a pass each for the mean, the centring, the residual sums and the norms,
+    and a GEMM does twice the products. The sums are float64, so the norms and the residual means are at
+    least as exact as _gram's."""
     b, n, p = xb.shape
     mean = (common.row_stats(xb)[..., 2] / p).to(xb.dtype).reshape(-1)
-    step = _BUFFER_FEATURES
-    buf = torch.empty((b, n, min(step, p)), dtype=xb.dtype)
-    sums = torch.zeros((b * n, 2), dtype=torch.float64)
-    for s in range(0, p, step):
-        width = min(step, p - s)
-        c = buf[..., :width]
-        sums += torch.ops.fastalign.rsa_center_rows(
-            xb[..., s : s + width].view(-1, width), mean, c.view(-1, width)
-        )
-        gram.baddbmm_(c, c.transpose(-1, -2))
+    sums = torch.ops.fastalign.rsa_gram_centered(xb, mean, gram)
     resid, sq = sums[:, 0].view(b, n), sums[:, 1].view(b, n)
     gram, sq = _recentre(gram, sq, resid / p, p)
     inv = sq.rsqrt().to(gram.dtype)

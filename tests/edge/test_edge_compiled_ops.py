@@ -49,7 +49,7 @@ RSA_OPS = {
     "rsa_permute_condensed",
     "rsa_cluster_null",
     "rsa_row_stats",
-    "rsa_center_rows",
+    "rsa_gram_centered",
 }
 BN_OPS = {"bn_act_fwd", "bn_act_bwd"}
 RNG_OPS = {"rng_discard"}
@@ -406,50 +406,66 @@ def test_rsa_row_stats_matches_numpy(
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("how", LAYOUTS)
 @EDGE_SETTINGS
-@given(rows=st.integers(0, 4), c=st.integers(1, 300), wide=st.integers(0, 5), seed=st.integers(0, 2**31))
-def test_rsa_center_rows_matches_torch_sub(
-    dtype: torch.dtype, how: str, rows: int, c: int, wide: int, seed: int
+@given(
+    b=st.integers(1, 3), n=st.integers(1, 70), p=st.integers(1, 600), strided=st.booleans(),
+    seed=st.integers(0, 2**31),
+)  # fmt: skip
+def test_rsa_gram_centered_matches_float64(
+    dtype: torch.dtype, b: int, n: int, p: int, strided: bool, seed: int
 ) -> None:
-    """out holds exactly torch.sub(x, mean) in x's dtype, also when it is a column slice of a wider buffer
-    (whose other columns stay untouched); the sums and sums of squares are numpy's of those values."""
+    """gram is the float64 Gram matrix of y = torch.sub(x, mean) (the values in x's dtype) to the dtype's
+    accuracy relative to the rows' norms, exactly symmetric, and every pattern set gets the same bits
+    alone as in the batch; the sums and sums of squares are numpy's of those y. Sizes end inside the
+    register tiles, the packed panels and the 256-feature blocks; rows may have a stride wider than p."""
     gen = _gen(seed)
-    x = layout((torch.randn(rows, c, generator=gen, dtype=torch.float64) + 3).to(dtype), how)
-    mean = torch.randn(rows, generator=gen, dtype=torch.float64).to(dtype)
-    buf = torch.full((rows, c + wide), -7.0, dtype=dtype)
-    sums = OPS.rsa_center_rows(x, mean, buf[:, :c])
-    assert torch.equal(buf[:, :c], torch.sub(x, mean[:, None]))
-    assert bool((buf[:, c:] == -7.0).all())
-    y = np64(buf[:, :c])
-    tol = 1e-13 if dtype == torch.float64 else 2e-6
-    assert sums.dtype == torch.float64 and sums.shape == (rows, 2)
-    scale = max(1.0, float((y * y).sum(1).max(initial=0.0)))
-    np.testing.assert_allclose(sums[:, 0].numpy(), y.sum(1), rtol=0, atol=tol * scale)
-    np.testing.assert_allclose(sums[:, 1].numpy(), (y * y).sum(1), rtol=0, atol=tol * scale)
+    wide = torch.randn(b, n, p + 3 * strided, generator=gen, dtype=torch.float64).to(dtype) * 2 + 3
+    x = wide[..., :p]
+    mean = torch.randn(b * n, generator=gen, dtype=torch.float64).to(dtype) + 3
+    gram = torch.full((b, n, n), float("nan"), dtype=dtype)
+    sums = OPS.rsa_gram_centered(x, mean, gram)
+    y = np64(torch.sub(x, mean.view(b, n, 1)))
+    want = y @ y.transpose(0, 2, 1)
+    norm = np.sqrt(np.einsum("bii->bi", want)) + 1e-300
+    tol = 4e-15 if dtype == torch.float64 else 2e-6
+    np.testing.assert_allclose(
+        np64(gram) / norm[:, :, None] / norm[:, None, :], want / norm[:, :, None] / norm[:, None, :], rtol=0,
+        atol=tol * max(1.0, p / 256),
+    )  # fmt: skip
+    assert torch.equal(gram, gram.transpose(1, 2))
+    for i in range(b):
+        alone = torch.empty(1, n, n, dtype=dtype)
+        OPS.rsa_gram_centered(x[i : i + 1], mean[i * n : (i + 1) * n], alone)
+        assert torch.equal(alone[0], gram[i])
+    ys = y.reshape(b * n, p)
+    scale = max(1.0, float((ys * ys).sum(1).max(initial=0.0)))
+    assert sums.dtype == torch.float64 and sums.shape == (b * n, 2)
+    np.testing.assert_allclose(sums[:, 0].numpy(), ys.sum(1), rtol=0, atol=tol * scale)
+    np.testing.assert_allclose(sums[:, 1].numpy(), (ys * ys).sum(1), rtol=0, atol=tol * scale)
 
 
 @pytest.mark.parametrize(
     ("case", "names"),
     [
         ("x_float16", ["float32"]), ("x_1d", ["x"]), ("x_empty_rows", ["p >= 1"]), ("mean_dtype", ["mean"]),
-        ("mean_shape", ["mean"]), ("out_shape", ["out"]), ("out_overlap", ["overlap"]),
-        ("out_strided", ["contiguous"]),
+        ("mean_shape", ["mean"]), ("gram_shape", ["gram"]), ("gram_strided", ["contiguous"]),
+        ("gram_dtype", ["gram"]), ("batch_2d", ["(B, n >= 1, p >= 1)"]),
     ],
 )  # fmt: skip
 def test_row_kernels_reject_bad_operands(case: str, names: list[str]) -> None:
     x = torch.randn(3, 5, generator=_gen(4))
-    m, out = x.mean(1), torch.empty(3, 5)
+    m, gram = x.mean(1), torch.empty(1, 3, 3)
     calls = {
         "x_float16": lambda: OPS.rsa_row_stats(x.half()), "x_1d": lambda: OPS.rsa_row_stats(x[0]),
         "x_empty_rows": lambda: OPS.rsa_row_stats(x[:, :0]),
-        "mean_dtype": lambda: OPS.rsa_center_rows(x, m.double(), out),
-        "mean_shape": lambda: OPS.rsa_center_rows(x, m[:2], out),
-        "out_shape": lambda: OPS.rsa_center_rows(x, m, out[:, :4]),
-        "out_overlap": lambda: OPS.rsa_center_rows(x, m, torch.empty(5).expand(3, 5)),
-        "out_strided": lambda: OPS.rsa_center_rows(x, m, torch.empty(3, 10)[:, ::2]),
+        "mean_dtype": lambda: OPS.rsa_gram_centered(x[None], m.double(), gram),
+        "mean_shape": lambda: OPS.rsa_gram_centered(x[None], m[:2], gram),
+        "gram_shape": lambda: OPS.rsa_gram_centered(x[None], m, gram[:, :2]),
+        "gram_strided": lambda: OPS.rsa_gram_centered(x[None], m, torch.empty(1, 3, 6)[..., ::2]),
+        "gram_dtype": lambda: OPS.rsa_gram_centered(x[None], m, gram.double()),
+        "batch_2d": lambda: OPS.rsa_gram_centered(x, m, gram),
     }  # fmt: skip
-    op = "rsa_row_stats" if case.startswith("x_") else "rsa_center_rows"
+    op = "rsa_row_stats" if case.startswith("x_") else "rsa_gram_centered"
     status, payload = isolated(lambda: calls[case]().tolist())
     _clean(status, payload, op, names)
 
@@ -596,7 +612,7 @@ def _bad_rsa_calls() -> dict[str, object]:
         "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(torch.randn(1, 6), i32.expand(1, 4)),
         "rsa_cluster_null": lambda: OPS.rsa_cluster_null(x, x[:, :2], 1.0, 1),
         "rsa_row_stats": lambda: OPS.rsa_row_stats(x.to(torch.int32)),
-        "rsa_center_rows": lambda: OPS.rsa_center_rows(x, x[0], x),
+        "rsa_gram_centered": lambda: OPS.rsa_gram_centered(x[None], x[0], torch.empty(1, 2, 2)),
         "conv_taps": lambda: OPS.conv_taps(x.reshape(2, 1, 2, 2), 0, 3, 0, 2),
         "conv_taps_backward": lambda: OPS.conv_taps_backward(
             x.reshape(2, 1, 2, 2).to(torch.int32), 3, 3, 0, 0
@@ -629,8 +645,8 @@ def test_compiled_ops_with_inputs_that_require_grad(op: str) -> None:
         "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(x, torch.tensor([[1, 0, 3, 2]])),
         "rsa_cluster_null": lambda: OPS.rsa_cluster_null(x, torch.ones(3, 2, dtype=torch.float64), 1.0, 0),
         "rsa_row_stats": lambda: OPS.rsa_row_stats(x),
-        "rsa_center_rows": lambda: OPS.rsa_center_rows(
-            x, x.detach()[:, 0], torch.empty(2, 6, dtype=torch.float64)
+        "rsa_gram_centered": lambda: OPS.rsa_gram_centered(
+            x[None], x.detach()[:, 0], torch.empty(1, 2, 2, dtype=torch.float64)
         ),
         "conv_taps": lambda: OPS.conv_taps(x.reshape(2, 1, 2, 3), 0, 1, 1, 3),
         "conv_taps_backward": lambda: OPS.conv_taps_backward(x.reshape(2, 1, 2, 3), 3, 3, 1, 0),
