@@ -350,6 +350,29 @@ def test_rsa_cluster_null_extreme_magnitudes() -> None:
     torch.testing.assert_close(OPS.rsa_cluster_null(x * scale, flips, 1.0, 0), want, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_rsa_gram_centered_beyond_one_column_chunk(dtype: torch.dtype, batch: int) -> None:
+    """Above 384 conditions the tiles run over chunks of the columns (each chunk against every row block
+    that reaches it): still the float64 Gram matrix to the dtype's accuracy, symmetric, and one pattern
+    set's bits alone as in a batch (one batch element per thread, or all threads on one)."""
+    gen = _gen(5)
+    x = (torch.randn(batch, 900, 300, generator=gen, dtype=torch.float64) + 2).to(dtype)
+    mean = x.mean(-1).reshape(-1)
+    gram = torch.empty(batch, 900, 900, dtype=dtype)
+    OPS.rsa_gram_centered(x, mean, gram)
+    y = np64(torch.sub(x, mean.view(batch, 900, 1)))
+    want = y @ y.transpose(0, 2, 1)
+    norm = np.sqrt(np.einsum("bii->bi", want))
+    tol = 4e-15 if dtype == torch.float64 else 2e-6
+    got = np64(gram) / norm[:, :, None] / norm[:, None, :]
+    np.testing.assert_allclose(got, want / norm[:, :, None] / norm[:, None, :], rtol=0, atol=tol)
+    assert torch.equal(gram, gram.transpose(1, 2))
+    alone = torch.empty(1, 900, 900, dtype=dtype)
+    OPS.rsa_gram_centered(x[-1:], mean[-900:], alone)
+    assert torch.equal(alone[0], gram[-1])
+
+
 @pytest.mark.parametrize(
     ("case", "names"),
     [

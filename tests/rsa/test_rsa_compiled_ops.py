@@ -548,7 +548,7 @@ for dtype in (torch.float64, torch.float32):
         out += [torch.ops.fastalign.rsa_rdm_direct(x, m) for m in (0, 1, 2)]
         w = torch.randn(3, n * (n - 1) // 2, dtype=torch.float64, generator=gen)
         out += [torch.ops.fastalign.rsa_rdm_compare(x, w, m, 0) for m in (0, 2)]
-    for b, n, p in ((1, 1, 3), (2, 7, 9), (3, 40, 300), (1, 71, 513), (2, 130, 257)):
+    for b, n, p in ((1, 1, 3), (2, 7, 9), (3, 40, 300), (1, 71, 513), (2, 130, 257), (1, 800, 40)):
         x = torch.randn(b, n, p, dtype=dtype, generator=gen) * 3 + 1
         gram = torch.empty(b, n, n, dtype=dtype)
         out += [torch.ops.fastalign.rsa_gram_centered(x, x.mean(-1).reshape(-1), gram), gram]
@@ -572,6 +572,6 @@ def test_rdm_tiles_give_the_same_bits_with_and_without_avx512(tmp_path) -> None:
         env = {**os.environ, "FASTALIGN_NO_AVX512": off}
         subprocess.run([sys.executable, "-c", _TILE_SCRIPT, str(path)], check=True, env=env)
         got.append(torch.load(path))
-    assert len(got[0]) == len(got[1]) == 80
+    assert len(got[0]) == len(got[1]) == 84
     for a, b in zip(*got, strict=True):  # (NaN: a 3-condition RDM whose Spearman is undefined)
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
