@@ -59,9 +59,9 @@ from fastalign.data import (
 )
 from fastalign.data._io import atomic_write, check_array, replacing_dir
 from fastalign.data.datasets import Normalization
-from fastalign.eval.features import EvalModel, layer_features
+from fastalign.eval.features import WEIGHTS_SUFFIXES, EvalModel, layer_features
 from fastalign.eval.retrieval import retrieval_topk
-from fastalign.models import cornet_s
+from fastalign.models import ReAlnet, cornet_s, realnet
 from fastalign.models.encoders import ENCODERS, brain_encoder
 from fastalign.train import distributed
 from fastalign.train.loaders import derive_seed
@@ -245,7 +245,8 @@ def _image_embeddings(
         )
     named = isinstance(spec, str) and spec in IMAGE_MODELS
     precomputed = isinstance(spec, str) and spec.startswith(PRECOMPUTED_PREFIX)
-    if layer is not None and (isinstance(spec, nn.Module) or (named and spec == "features") or precomputed):
+    module = isinstance(spec, nn.Module) and not isinstance(spec, ReAlnet)  # embedded by its output
+    if layer is not None and (module or (named and spec == "features") or precomputed):
         raise ValueError(
             f"{_FN}: layer={layer!r} names a CORnet-S / ReAlnet layer, but image_model is {spec!r}"
         )
@@ -263,7 +264,8 @@ def _image_embeddings(
             )
         raw = {s: _precomputed_embeddings(p, name, s) for s, p in paths.items()}
         source = f"precomputed embeddings {name!r} (<image>_{name}.npy)"
-    elif isinstance(spec, nn.Module):
+    elif module:
+        assert isinstance(spec, nn.Module)
         transform = ImageTransform(image_size, crop=False)
         was_training = spec.training
         spec.eval()
@@ -310,12 +312,28 @@ def _image_embeddings(
                 raise type(exc)(f"{_FN}: image_model: {str(exc).removeprefix('evaluate: ')}") from exc
             model = dataclasses.replace(run_model, layers=[layer])
             source = f"realnet run {os.path.abspath(spec)} {layer}"
+        elif isinstance(spec, ReAlnet):  # its layer, as a run folder's (forward gives logits and response)
+            model = EvalModel("realnet", spec, layers=[layer])
+            source = f"realnet module {layer}"
+        elif isinstance(spec, str | os.PathLike) and os.path.isfile(spec):
+            if not os.fspath(spec).endswith(WEIGHTS_SUFFIXES):
+                raise ValueError(
+                    _checks.message(
+                        _FN, "image_model", f"a ReAlnet weights file ({', '.join(WEIGHTS_SUFFIXES)})", spec
+                    )
+                )
+            try:
+                file_model = realnet(weights=spec)
+            except (ValueError, TypeError) as exc:  # realnet's reader: this is decode's argument
+                raise type(exc)(f"{_FN}: image_model: {exc}") from exc
+            model = EvalModel("realnet", file_model, layers=[layer])
+            source = f"realnet weights {os.path.abspath(spec)} {layer}"
         else:
             raise ValueError(
                 _checks.message(
                     _FN,
                     "image_model",
-                    "'cornet_s', 'features', 'npy:NAME', a ReAlnet run folder or a module",
+                    "'cornet_s', 'features', 'npy:NAME', a ReAlnet run folder or weights file, or a module",
                     spec,
                 )
             )
@@ -736,8 +754,11 @@ def decode(
         out: the run folder; with several seeds, one folder ``out/seed-N`` per seed and the aggregate in
             ``out/summary.json``.
         image_model: "cornet_s" (``weights``, else randomly initialised from the seed), a ReAlnet run
-            folder of :func:`fastalign.train.align` (a human-aligned image model), "features" (the
-            synthetic brain's true features: the ceiling), a torch module (its output, flattened), or
+            folder of :func:`fastalign.train.align` (a human-aligned image model), a ReAlnet weights file
+            (.pt, .pth, .safetensors as :func:`fastalign.models.realnet` reads them: the published
+            ``encoder.pt``) or a :class:`~fastalign.models.ReAlnet` module (embedded at ``layer``, as a run
+            folder), "features" (the synthetic brain's true features: the ceiling), another torch module
+            (its output, flattened), or
             "npy:NAME": precomputed embeddings beside each image of ``image_set/``, one vector per image
             in ``<image stem>_NAME.npy`` (AlignVis's layout, e.g. "npy:dreamsim_clip_vitb32").
         layer: the CORnet-S / ReAlnet layer embedded (default "IT", flattened: 512x7x7 at 224 px; or

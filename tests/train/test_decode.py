@@ -738,3 +738,43 @@ def test_aligned_model_beats_cornet_s_and_features_set_the_ceiling(
         assert s["features"][k] > s["realnet"][k], (k, s["features"], s["realnet"])
     assert s["realnet"]["top5"] >= 1.5 * chance["top5"], s["realnet"]
     assert s["features"]["top1"] > s["realnet"]["top1"]
+
+
+def test_realnet_weights_files_and_modules_are_embedded_like_run_folders(
+    synth: SyntheticThings, tmp_path: Any
+) -> None:
+    """A ReAlnet weights file (the published encoder.pt) and a ReAlnet module are embedded at ``layer``
+    (default IT) as a run folder is; embed_images takes a ReAlnet's IT block too (its forward returns
+    logits and a response, no one tensor)."""
+    from published_formats import encoder_state_dict
+
+    from fastalign.data import ImageTransform, embed_images, load_image_metadata, normalize_embeddings
+    from fastalign.models import realnet, save_realnet
+
+    torch.manual_seed(0)
+    net = realnet(n_out=6, image_size=32).eval()
+    torch.save(encoder_state_dict(net), tmp_path / "encoder.pt")
+    run = tmp_path / "run"
+    save_realnet(net, run)
+    with open(run / "config.json", "w") as f:
+        json.dump({"config": {"subject": 1, "modality": "eeg"}, "fit": {}}, f)
+    (run / "summary.json").write_text("{}")
+    paths = {"test": load_image_metadata(os.path.join(synth.root, "image_set")).paths("test")[:3]}
+    kw: dict[str, Any] = dict(weights=None, image_size=32, seed=0, cache_dir=None, device=torch.device("cpu"))
+    want, _ = decoding._image_embeddings(str(run), synth.root, paths, layer=None, **kw)
+    for spec, source in ((str(tmp_path / "encoder.pt"), "realnet weights"), (net, "realnet module")):
+        got, described = decoding._image_embeddings(spec, synth.root, paths, layer=None, **kw)
+        torch.testing.assert_close(got["test"], want["test"], rtol=1e-5, atol=1e-6)
+        assert described.startswith(source) and described.endswith(" IT")
+    response, _ = decoding._image_embeddings(net, synth.root, paths, layer="response", **kw)
+    x = torch.stack([ImageTransform(32, crop=False)(p) for p in paths["test"]])
+    with torch.no_grad():
+        out = net(x)
+    torch.testing.assert_close(response["test"], normalize_embeddings(out.response), rtol=1e-4, atol=1e-5)
+    rows = embed_images(net, paths["test"], transform=ImageTransform(32, crop=False))
+    with torch.no_grad():
+        it = net.backbone.features(x, layers="IT")["IT"]
+    np.testing.assert_allclose(rows, it.flatten(1).numpy(), rtol=1e-4, atol=1e-5)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"image_model must be a ReAlnet weights file \(\.pt, \.pth"):
+        decoding._image_embeddings(str(tmp_path / "notes.txt"), synth.root, paths, layer=None, **kw)
