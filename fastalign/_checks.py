@@ -44,7 +44,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import numpy as np
@@ -364,6 +364,22 @@ def torch_load_failure(exc: BaseException) -> str:
             "never unpickles objects, which can run code)"
         )
     return str(exc)
+
+
+def some_keys(keys: Sequence[str], limit: int = 10) -> str:
+    """The first ``limit`` of ``keys`` and how many there are, for an error message (a checkpoint of
+    another model has hundreds)."""
+    more = f" ... ({len(keys)} in all)" if len(keys) > limit else ""
+    return f"{list(keys[:limit])}{more}"
+
+
+def nonfinite_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys of a state dict whose floating or complex tensors hold NaN or inf."""
+    return [
+        k
+        for k, v in state.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    ]
 
 
 def check_tensor(

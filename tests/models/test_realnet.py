@@ -327,6 +327,15 @@ def test_weights_that_do_not_fit(model: ReAlnet) -> None:
         realnet(weights={f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
 
 
+def test_nan_and_inf_weights_are_refused_naming_the_keys(model: ReAlnet) -> None:
+    sd = _published_state_dict(model)
+    sd["fc.weight"][0, 0] = float("inf")
+    sd["realnet.module.V2.conv1.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf in 2 tensor\(s\): .*'realnet\.module\.V2\.conv1"
+                       r"\.weight'.*'fc\.weight'"):  # fmt: skip
+        realnet(weights=sd)
+
+
 def test_missing_weights_say_where_the_originals_are(tmp_path: Path) -> None:
     url = re.escape(PUBLISHED_WEIGHTS_URL)
     with pytest.raises(FileNotFoundError, match=url):
