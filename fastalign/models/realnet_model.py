@@ -276,7 +276,7 @@ def _read_weights(weights: Weights) -> tuple[Mapping[str, Any], dict[str, str], 
     except Exception as exc:
         raise ValueError(
             f"realnet: weights: could not read {name!r} as a torch checkpoint: "
-            f"{_checks.torch_load_failure(exc)}"
+            f"{_checks.torch_load_failure(exc, name)}"
         ) from exc
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"realnet: weights: {name!r} holds a {type(ckpt).__name__}, expected a dict")

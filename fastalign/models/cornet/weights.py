@@ -35,7 +35,7 @@ def _read_checkpoint(weights: str | os.PathLike[str] | Mapping[str, Any]) -> Map
     except Exception as exc:
         raise ValueError(
             f"cornet_s: weights: could not read {path!r} as a torch checkpoint of tensors: "
-            f"{torch_load_failure(exc)}"
+            f"{torch_load_failure(exc, path)}"
         ) from exc
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"cornet_s: weights: {path!r} holds a {type(ckpt).__name__}, expected a dict")
