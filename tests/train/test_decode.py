@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -405,12 +406,15 @@ def test_precomputed_embeddings_beside_the_images_in_alignvis_layout(
         config = json.load(f)["config"]
     assert config["image_model"] == "precomputed embeddings 'truth' (<image>_truth.npy)"
     with pytest.raises(
-        FileNotFoundError, match=r"'npy:other' needs an embedding beside every image; \d+ of "
+        FileNotFoundError,
+        match=r"'npy:other' needs an embedding for every image; \d+ of the \d+ train images have none, "
+        r"e\.g\. .*: looked for '.*image_set/training_images/.*_other\.npy' and '.*image_embeddings/"
+        r"training_images/.*_other\.npy'",
     ):
         decode(root, 1, out=tmp_path / "a", **{**kw, "image_model": "npy:other"})
     second = os.path.splitext(meta.paths("test")[1])[0] + "_truth.npy"
     np.save(second, np.zeros(3, dtype=np.float32))
-    with pytest.raises(ValueError, match=r"holds 3 float32 values, the first embedding \d+; expected one"):
+    with pytest.raises(ValueError, match=r"holds 3 values, the first embedding \d+; expected one size"):
         decode(root, 1, out=tmp_path / "b", **{**kw, "image_model": "npy:truth"})
     np.save(second, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match=r"is not a plain \.npy array"):
@@ -420,6 +424,44 @@ def test_precomputed_embeddings_beside_the_images_in_alignvis_layout(
             decode(root, 1, out=tmp_path / "d", **{**kw, "image_model": bad})
     with pytest.raises(ValueError, match=r"layer='IT' names a CORnet-S / ReAlnet layer"):
         decode(root, 1, out=tmp_path / "e", **{**kw, "image_model": "npy:truth"}, layer="IT")
+
+
+def test_precomputed_embeddings_in_alignvis_tree_and_strict_files(
+    synth: SyntheticThings, tmp_path: Any
+) -> None:
+    """AlignVis's loader reads image_embeddings/{training,test}_images/<concept>/<stem>_NAME.npy: found
+    there too. Each file must be one finite real (d,) or (1, d) vector in a plain .npy: other shapes of
+    the same size, complex values, NaN and zips (.npz, torch files) are refused naming the file."""
+    from fastalign.data import load_image_metadata
+
+    root = _copy(synth, tmp_path)
+    meta = load_image_metadata(os.path.join(root, "image_set"))
+    paths = {"test": meta.paths("test")}
+    for i, image in enumerate(paths["test"]):
+        rel = os.path.relpath(os.path.splitext(image)[0] + "_e.npy", os.path.join(root, "image_set"))
+        os.makedirs(os.path.dirname(os.path.join(root, "image_embeddings", rel)), exist_ok=True)
+        np.save(os.path.join(root, "image_embeddings", rel), np.full((1, 16), i, np.float32))
+    got = decoding._precomputed_embeddings(paths["test"], "e", "test", root)
+    np.testing.assert_array_equal(got, np.repeat(np.arange(N_TEST, dtype=np.float32)[:, None], 16, 1))
+    beside = os.path.splitext(paths["test"][2])[0] + "_e.npy"  # beside the image: read first
+    cases = {
+        "(2, 8)": (np.zeros((2, 8), np.float32), r"float32 array of shape \(2, 8\); expected one embedding"),
+        "tokens": (np.zeros((1, 2, 8), np.float32), r"shape \(1, 2, 8\); expected one embedding"),
+        "complex": (np.zeros((1, 16), np.complex64), r"complex64 array .* real \(floating or integer\)"),
+        "bool": (np.zeros(16, bool), r"bool array .* real"),
+        "NaN": (np.full(16, np.nan, np.float32), r"holds NaN or inf; expected a finite embedding"),
+    }
+    for array, why in cases.values():
+        np.save(beside, array)
+        with pytest.raises(ValueError, match=re.escape(repr(beside)) + ".* " + why):
+            decoding._precomputed_embeddings(paths["test"], "e", "test", root)
+    np.save(beside, np.arange(16))  # integers are numbers
+    assert decoding._precomputed_embeddings(paths["test"], "e", "test", root)[2, 5] == 5
+    for save in (lambda f: np.savez(f, x=np.zeros(16)), lambda f: torch.save(torch.zeros(16), f)):
+        with open(beside, "wb") as f:
+            save(f)
+        with pytest.raises(ValueError, match=re.escape(repr(beside)) + r" is a zip archive \(an \.npz or a "):
+            decoding._precomputed_embeddings(paths["test"], "e", "test", root)
 
 
 def test_embeddings_of_another_image_set_and_nan(synth: SyntheticThings, tmp_path: Any) -> None:
