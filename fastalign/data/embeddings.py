@@ -157,7 +157,8 @@ def embed_images(
         key: Cache key (e.g. "cornet-s-v1"); needed when ``model`` is not a Module, and then it must
             change whenever the model or transform does. Default: :func:`model_key` of the model and
             transform. For a Module the weights are part of the key either way.
-        transform: Image -> tensor; default ``ImageTransform()`` (224 px, ImageNet normalisation).
+        transform: Image -> tensor; default ``ImageTransform(crop=False)`` (resized to 224 x 224, not
+            cropped, as alignment, evaluation and decoding see images; ImageNet normalisation).
         batch_size: Images per forward pass.
         device: Where the model runs (a torch.device or its name, e.g. "cuda:0").
 
@@ -185,7 +186,12 @@ def embed_images(
         device = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"{fn}: device={device!r} is not a device name ({err})") from err
-    transform = transform or ImageTransform()
+    # a key the caller names covers its transform; the default's is added, since the default changed
+    # (it used to crop): rows cached under a named key with the cropping default are not reused
+    named_default = key is not None and transform is None
+    transform = transform or ImageTransform(crop=False)
+    if named_default:
+        key = f"{key}|default transform={transform!r}"
     files = [os.path.abspath(require_file(p, "embed_images: image")) for p in items]
     unique = list(dict.fromkeys(files))
     if cache_dir is None:
