@@ -44,7 +44,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import numpy as np
@@ -352,18 +352,50 @@ def check_device(fn: str, name: str, device: Any) -> torch.device:
     return torch.device(device)
 
 
-def torch_load_failure(exc: BaseException) -> str:
-    """Why ``torch.load(..., weights_only=True)`` failed, for an error message: torch's own text, except
-    for a file that holds objects other than tensors and containers, where torch's message advises
-    loading it with ``weights_only=False``, which would run the code a data file can hold."""
+def torch_load_failure(exc: BaseException, path: str | os.PathLike[str] | None = None) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, for an error message: the exception's type and
+    torch's own text, and, given the file's ``path``, its size and what it is where that is plain (an empty
+    file; neither torch's zip format nor a legacy pickle). A file that holds objects other than tensors
+    and containers is said to be one, where torch's message advises loading it with
+    ``weights_only=False``, which would run the code a data file can hold."""
     import pickle
 
+    size, head = None, b""
+    if path is not None:
+        try:
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError:
+            pass
+    if size == 0:
+        return "empty file (0 bytes)"
+    if size is not None and not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        return f"not a torch checkpoint (zip or legacy pickle): {size:,} bytes starting {head[:8]!r}"
     if isinstance(exc, pickle.UnpicklingError) or str(exc).startswith("Weights only load failed"):
-        return (
+        why = (
             "it is no torch file of tensors (it holds other objects, or is another format; fastalign "
             "never unpickles objects, which can run code)"
         )
-    return str(exc)
+    else:
+        why = f"{type(exc).__name__}: {str(exc) or '(no message)'}"
+    return why if size is None else f"{why} (a file of {size:,} bytes)"
+
+
+def some_keys(keys: Sequence[str], limit: int = 10) -> str:
+    """The first ``limit`` of ``keys`` and how many there are, for an error message (a checkpoint of
+    another model has hundreds)."""
+    more = f" ... ({len(keys)} in all)" if len(keys) > limit else ""
+    return f"{list(keys[:limit])}{more}"
+
+
+def nonfinite_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys of a state dict whose floating or complex tensors hold NaN or inf."""
+    return [
+        k
+        for k, v in state.items()
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())
+    ]
 
 
 def check_tensor(

@@ -53,8 +53,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--image-model",
         default="cornet_s",
-        help="cornet_s (default), features (the synthetic brain's true features), a ReAlnet run folder, or "
-        "npy:NAME (precomputed embeddings beside each image: <image stem>_NAME.npy, AlignVis's layout)",
+        help="cornet_s (default), features (the synthetic brain's true features), a ReAlnet run folder or "
+        "weights file (.pt, .pth, .safetensors: the published encoder.pt), or npy:NAME (precomputed "
+        "embeddings beside each image: <image stem>_NAME.npy, AlignVis's layout)",
     )
     p.add_argument("--layer", help="CORnet-S / ReAlnet layer: IT (default), avgpool, or ReAlnet's response")
     p.add_argument(

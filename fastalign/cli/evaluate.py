@@ -64,8 +64,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="MODEL",
-        help="cornet_s and/or run folders of fastalign align (the sub-XX folders of one run are one family); "
-        "NAME=FOLDER names a run (runs of one name are one family)",
+        help="cornet_s and/or run folders of fastalign align (the sub-XX folders of one run are one family) "
+        "or ReAlnet weights files (weights/ReAlnet/sub-XX/encoder.pt: the subject from the sub-XX folder); "
+        "NAME=FOLDER or NAME=FILE names one (models of one name are one family), NAME@sub-XX=FILE gives "
+        "a file's subject",
     )
     p.add_argument(
         "--out",
@@ -223,7 +225,8 @@ def _run(args: argparse.Namespace) -> int:
 
     # what evaluate reads, which replacing the report folder must not delete: the data, run folders,
     # weights, the behavioural RDM, the labelled images and their class index, a cache named by the user
-    read = [args.data, *(m for m in args.models if m != "cornet_s"), args.weights, args.behaviour_rdm]
+    models = [m if os.path.exists(m) else m.split("=", 1)[-1] for m in args.models if m != "cornet_s"]
+    read = [args.data, *models, args.weights, args.behaviour_rdm]
     read += [
         args.robustness,
         args.class_index,

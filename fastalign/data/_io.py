@@ -112,6 +112,14 @@ class _NumpyUnpickler(pickle.Unpickler):
             ) from None
 
 
+#: What to do with AlignVis's own preprocessed files (Preprocessed_data_250Hz: pickle.dump under .npy
+#: names, their times 50 samples longer than their data).
+ALIGNVIS_HINT = (
+    "AlignVis's own preprocessed files (Preprocessed_data_250Hz) are such: make fastalign's from the raw "
+    "THINGS-EEG2 files with `fastalign preprocess --recipe alignvis` (the same steps)"
+)
+
+
 def load_npy(path: str | os.PathLike[str], what: str, *, objects: bool = False) -> Any:
     """Reads an ``.npy`` file without running code from it (see the module doc).
 
@@ -134,6 +142,12 @@ def load_npy(path: str | os.PathLike[str], what: str, *, objects: bool = False) 
     path = os.fspath(path)
     source = f"{what}: {path!r}"
     with _open_current(path, what) as f:
+        if f.read(1) == b"\x80":  # a pickle's PROTO opcode: pickle.dump under a .npy name
+            raise ValueError(
+                f"{source} is a bare pickle (pickle.dump under a .npy name), not a .npy file: fastalign "
+                f"does not unpickle files, which can run code; {ALIGNVIS_HINT}"
+            )
+        f.seek(0)
         try:
             version = npy_format.read_magic(f)
         except ValueError as err:

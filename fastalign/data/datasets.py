@@ -197,7 +197,9 @@ class BrainImageDataset(Dataset):
         norm_stats: Statistics from the training dataset (``train_ds.norm_stats``); when None and
             ``normalize`` needs them they are fitted on this dataset's selected single trials, which
             is right only for a training set.
-        image_transform: Path -> tensor for path images (default ``ImageTransform()``).
+        image_transform: Path -> tensor for path images (default ``ImageTransform(crop=False)``: resized
+            to 224 x 224, not cropped, as the published ReAlnet and fastalign's align, evaluate and
+            decode see them).
         ch_names, times: For plain arrays: names of the channels and times of the samples.
         dtype: dtype of the response tensors.
     """
@@ -328,7 +330,7 @@ class BrainImageDataset(Dataset):
             self._trials, self._mean = None, self._finish(mean).to(dtype)
             self.response_shape = tuple(self._mean.shape[1:])
 
-        self.images, self.image_transform = checked_images, image_transform or ImageTransform()
+        self.images, self.image_transform = checked_images, image_transform or ImageTransform(crop=False)
         self.n_images = n_img
         if seed is not None:
             self.set_epoch(0)

@@ -148,13 +148,17 @@ def embed_images(
     The output is float32 in the order of ``paths``, as the model returned it (no normalisation).
 
     Args:
-        model: Maps a (batch, 3, H, W) float tensor to (batch, ...) features (flattened to (batch, d)).
+        model: Maps a (batch, 3, H, W) float tensor to (batch, ...) features (flattened to (batch, d)). A
+            :class:`~fastalign.models.ReAlnet`, whose forward returns ``(logits, response)``, gives its
+            IT block output (the last timestep, flattened), the layer :func:`fastalign.train.decode`
+            embeds for ReAlnet run folders by default.
         paths: Image files.
         cache_dir: Cache folder; None computes without caching.
         key: Cache key (e.g. "cornet-s-v1"); needed when ``model`` is not a Module, and then it must
             change whenever the model or transform does. Default: :func:`model_key` of the model and
             transform. For a Module the weights are part of the key either way.
-        transform: Image -> tensor; default ``ImageTransform()`` (224 px, ImageNet normalisation).
+        transform: Image -> tensor; default ``ImageTransform(crop=False)`` (resized to 224 x 224, not
+            cropped, as alignment, evaluation and decoding see images; ImageNet normalisation).
         batch_size: Images per forward pass.
         device: Where the model runs (a torch.device or its name, e.g. "cuda:0").
 
@@ -182,7 +186,12 @@ def embed_images(
         device = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"{fn}: device={device!r} is not a device name ({err})") from err
-    transform = transform or ImageTransform()
+    # a key the caller names covers its transform; the default's is added, since the default changed
+    # (it used to crop): rows cached under a named key with the cropping default are not reused
+    named_default = key is not None and transform is None
+    transform = transform or ImageTransform(crop=False)
+    if named_default:
+        key = f"{key}|default transform={transform!r}"
     files = [os.path.abspath(require_file(p, "embed_images: image")) for p in items]
     unique = list(dict.fromkeys(files))
     if cache_dir is None:
@@ -210,11 +219,21 @@ def _embed(
     """The model's output for each file, flattened to float32 rows, in eval mode and without autograd."""
     rows: dict[str, np.ndarray] = {}
     modes = eval_mode(model) if isinstance(model, torch.nn.Module) else contextlib.nullcontext()
-    with modes:
+    it = _realnet_it(model)
+    taps: list[torch.Tensor] = []
+    # the block's last call (its final timestep), as evaluate and decode tap a layer; nothing after the
+    # block changes its output in place
+    hook = it.register_forward_hook(lambda _m, _i, out: taps.append(out)) if it is not None else None
+    with modes, contextlib.ExitStack() as stack:
+        if hook is not None:
+            stack.callback(hook.remove)
         with torch.inference_mode():
             for start in range(0, len(files), batch_size):
                 chunk = files[start : start + batch_size]
+                taps.clear()
                 out = model(torch.stack([transform(f) for f in chunk]).to(device))
+                if getattr(out, "_fields", None) == ("logits", "response") and taps:
+                    out = taps[-1]  # a ReAlnet: its IT block, decode's default layer for ReAlnet runs
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(
                         f"embed_images: model must return a tensor, got {type(out).__name__}; wrap the model "
@@ -224,6 +243,17 @@ def _embed(
                     zip(chunk, out.detach().float().cpu().reshape(len(chunk), -1).numpy(), strict=True)
                 )
     return rows
+
+
+def _realnet_it(model: Any) -> torch.nn.Module | None:
+    """The IT block of a ReAlnet (a module with ``backbone.IT`` whose forward returns a ``ReAlnetOutput``
+    of logits and response), tapped when the model's output is that pair; None for other models."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    try:
+        return model.get_submodule("backbone.IT")
+    except AttributeError:
+        return None
 
 
 def _stack(rows: dict[str, np.ndarray], files: list[str], folder: str | None) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fastalign.data._io import check_array, load_pickled_dict
+from fastalign.data._io import ALIGNVIS_HINT, check_array, load_pickled_dict
 from fastalign.data.responses import EEGResponses
 
 Split = Literal["training", "test"]
@@ -108,6 +108,12 @@ def load_preprocessed_eeg(
     times = check_array(d["times"], "times", file, ndim=1).astype(np.float64)
     ch_names = _names(d["ch_names"], "ch_names", file)
     expect = f"(conditions, repetitions, {len(ch_names)} channels, {times.size} times)"
+    if data.ndim == 4 and data.shape[2] == len(ch_names) and times.size == data.shape[3] + 50:
+        raise ValueError(
+            f"{file!r}: times has {times.size} entries but preprocessed_eeg_data {data.shape[3]} samples, "
+            f"50 fewer (AlignVis cuts the 50 samples before onset from the data, not from times): "
+            f"{ALIGNVIS_HINT}"
+        )
     if data.shape[2:] != (len(ch_names), times.size):
         raise ValueError(f"{file!r}: preprocessed_eeg_data has shape {data.shape}, expected {expect}")
     return EEGResponses(data, ch_names, times, np.arange(data.shape[0]), file)

@@ -3,7 +3,9 @@
 A model is named by ``"cornet_s"`` (ImageNet weights given as ``weights=``, else randomly initialised
 from the evaluation's seed), by a run folder of ``fastalign align`` (``model.safetensors`` and
 ``config.json``, whose ``config.subject`` and ``config.modality`` say to whom and to what it was
-aligned), or by an :class:`EvalModel`: any torch module with layer names, or precomputed features.
+aligned), by a ReAlnet weights file (the published ``weights/ReAlnet/sub-XX/encoder.pt``: the subject
+from its ``sub-XX`` folder, see :meth:`EvalModel.from_weights`), or by an :class:`EvalModel`: any torch
+module with layer names, or precomputed features.
 
 Layers are tapped with forward hooks on submodules named by their path in ``named_modules()``
 (``"V4"``, ``"backbone.IT"``, ``"head"``); CORnet-S and ReAlnet also take the area names ``V1``, ``V2``,
@@ -39,6 +41,7 @@ from fastalign.data import ImageTransform, embed_images, model_key
 from fastalign.data._io import atomic_write, digest_files, read_json_object
 from fastalign.eval.progress import Stage
 from fastalign.models import CORnetS, ReAlnet, cornet_s, realnet
+from fastalign.models.realnet_model import FMRI_N_OUT, WEIGHTS_FILE
 
 __all__ = [
     "CORNET_LAYERS",
@@ -58,6 +61,10 @@ CORNET_LAYERS: dict[str, str] = {"V1": "V1", "V2": "V2", "V4": "V4", "IT": "IT",
 #: The layers evaluated when none are named (the published V1-IT plus avgpool, as for fMRI).
 DEFAULT_LAYERS: tuple[str, ...] = ("V1", "V2", "V4", "IT", "avgpool")
 _SUBJECT = re.compile(r"^sub-(\d+)$")
+#: The files :func:`~fastalign.models.realnet` reads as a whole ReAlnet (besides run folders).
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".safetensors")
+# "NAME@sub-XX=FILE": a weights file's name and subject
+_NAMED_SUBJECT = re.compile(r"^(.+)@(sub-\d+)$")
 _CACHE_VERSION = "fastalign.eval.features/2"  # 2: layer outputs copied when the hook runs
 
 
@@ -198,6 +205,53 @@ class EvalModel:
             images_digest=str(recipe.get("test_images_digest") or ""),
         )
 
+    @classmethod
+    def from_weights(
+        cls, path: str | os.PathLike[str], name: str | None = None, subject: Any = None
+    ) -> EvalModel:
+        """A ReAlnet from a weights file alone: the published ``encoder.pt`` (``weights/ReAlnet/sub-XX/
+        encoder.pt``), a notebook's ``best_model_params.pt``, a run's epoch checkpoint or a ``.safetensors``
+        file, as :func:`~fastalign.models.realnet` reads them.
+
+        Args:
+            path: The file (.pt, .pth or .safetensors).
+            name: Its name; default the folder above its ``sub-XX`` folder ("ReAlnet" for the published
+                layout), else the file's stem.
+            subject: To whom it was aligned; default the nearest folder of its path named ``sub-XX``.
+
+        The modality is told by the response size: fMRI for ReAlnet-fMRI's 1024 values, else EEG (the
+        published ReAlnet's 340, and any other size). Nothing records the images it was aligned on, so
+        they are not checked (:func:`check_image_set`).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: another suffix, weights that are no ReAlnet, or no subject given nor in the path.
+        """
+        file = os.path.abspath(os.fspath(path))
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{_FN}: no ReAlnet weights file at {os.fspath(path)!r}")
+        if not file.endswith(WEIGHTS_SUFFIXES):
+            raise ValueError(
+                _checks.message(_FN, "model", f"a ReAlnet weights file ({', '.join(WEIGHTS_SUFFIXES)})", file)
+            )
+        folders = os.path.dirname(file).split(os.sep)
+        found = next((i for i in range(len(folders) - 1, -1, -1) if _SUBJECT.match(folders[i])), None)
+        if subject is None and found is None:
+            raise ValueError(
+                f"{_FN}: cannot tell whom the ReAlnet weights {file!r} were aligned to: no folder of its "
+                "path is named sub-XX (the published layout is weights/ReAlnet/sub-01/encoder.pt); name the "
+                "subject: NAME@sub-XX=FILE (EvalModel.from_weights(path, subject=...))"
+            )
+        default = folders[found - 1] if found else os.path.splitext(os.path.basename(file))[0]
+        module = realnet(weights=file)
+        return cls(
+            name or default,
+            module=module,
+            subject=subject_name(folders[found] if subject is None else subject),
+            modality="fmri" if module.n_out == FMRI_N_OUT else "eeg",
+            source=file,
+        )
+
 
 def _check_layers(where: str, layers: Any) -> list[str]:
     if isinstance(layers, str):
@@ -217,11 +271,12 @@ def as_models(
     "cornet_s" is loaded from ``weights`` or, without, randomly initialised after
     ``torch.manual_seed(seed)`` (the global RNG is left as it was): the CORnet-S that ``fastalign align``
     starts from with the same seed. A run folder is named by :meth:`EvalModel.from_run` (its folder, or
-    its parent's for a ``sub-XX`` folder), or as given in ``"NAME=FOLDER"`` (where no folder of that whole
-    spelling exists): runs of one name form one family, so runs named after different folders of one
-    name (two align calls' ``sub-XX`` folders under parents of one name, or a lone run folder of that
-    name) are pooled, with a warning, unless named apart. ``layers`` fills in models that
-    name none.
+    its parent's for a ``sub-XX`` folder), or as given in ``"NAME=FOLDER"`` (where no file or folder of
+    that whole spelling exists): runs of one name form one family, so runs named after different folders
+    of one name (two align calls' ``sub-XX`` folders under parents of one name, or a lone run folder of
+    that name) are pooled, with a warning, unless named apart. A ReAlnet weights file (``FILE``,
+    ``NAME=FILE`` or ``NAME@sub-XX=FILE``) is read by :meth:`EvalModel.from_weights`; a run folder's
+    ``model.safetensors`` is its run folder. ``layers`` fills in models that name none.
     """
     if isinstance(models, (str, os.PathLike, EvalModel)) or not isinstance(models, Sequence) or not models:
         raise TypeError(_checks.message(_FN, "models", "a non-empty list of models", models))
@@ -242,27 +297,50 @@ def as_models(
             source = f"random (seed {seed})" if weights is None else os.path.abspath(weights)
             model = EvalModel("cornet_s", module, source=source)
         elif isinstance(spec, (str, os.PathLike)):
-            given, folder = None, os.fspath(spec)
-            if not os.path.isdir(folder) and isinstance(spec, str) and "=" in spec:
+            given, folder, subject = None, os.fspath(spec), None
+            if not os.path.exists(folder) and isinstance(spec, str) and "=" in spec:
                 given, folder = spec.split("=", 1)
+                named = _NAMED_SUBJECT.match(given)
+                if named:
+                    given, subject = named.groups()
                 if not given or given == "cornet_s":
                     raise ValueError(
-                        f"{_FN}: models[{i}] = {spec!r} names a run folder NAME=FOLDER with the name "
-                        f"{given!r}; expected a name other than '' and 'cornet_s'"
+                        f"{_FN}: models[{i}] = {spec!r} names a model NAME=FOLDER or NAME=FILE with the "
+                        f"name {given!r}; expected a name other than '' and 'cornet_s'"
                     )
-            if not os.path.isdir(folder):
+            if os.path.basename(folder) == WEIGHTS_FILE and os.path.isfile(
+                os.path.join(os.path.dirname(folder), "config.json")
+            ):  # a run folder's own weights: its config.json says to whom they were aligned
+                folder = os.path.dirname(folder) or "."
+            if os.path.isfile(folder):
+                model = EvalModel.from_weights(folder, name=given, subject=subject)
+                parts = os.path.dirname(os.path.realpath(folder)).split(os.sep)
+                found = [k for k, part in enumerate(parts) if _SUBJECT.match(part)]
+                home = os.sep.join(parts[: found[-1]] if found else parts)
+            elif not os.path.isdir(folder):
                 raise FileNotFoundError(
-                    f"{_FN}: models[{i}] = {os.fspath(spec)!r} is neither 'cornet_s' nor a run folder "
-                    "(or NAME=FOLDER)"
+                    f"{_FN}: models[{i}] = {os.fspath(spec)!r} is neither 'cornet_s' nor a run folder nor "
+                    "a ReAlnet weights file (or NAME=FOLDER, NAME=FILE)"
                 )
-            model = EvalModel.from_run(folder, name=given)
-            if given is None:  # named after its parent (a sub-XX folder of one align call) or itself
+            elif subject is not None:
+                raise ValueError(
+                    f"{_FN}: models[{i}] = {spec!r} gives a run folder a subject, but its config.json "
+                    "names it: NAME@sub-XX=FILE is for weights files; pass NAME=FOLDER"
+                )
+            else:
+                model = EvalModel.from_run(folder, name=given)
                 real = os.path.realpath(folder)
                 home = os.path.dirname(real) if _SUBJECT.match(os.path.basename(real)) else real
+            if given is None:  # named after the parent of its sub-XX folder (one align call), or itself
                 parents.setdefault(model.name, set()).add(home)
         else:
             raise TypeError(
-                _checks.message(_FN, f"models[{i}]", "'cornet_s', a run folder or an EvalModel", spec)
+                _checks.message(
+                    _FN,
+                    f"models[{i}]",
+                    "'cornet_s', a run folder, a ReAlnet weights file or an EvalModel",
+                    spec,
+                )
             )
         if model.layers is None:  # a copy: the caller's EvalModel may be evaluated again with other layers
             net = model.module

@@ -276,7 +276,7 @@ def _read_weights(weights: Weights) -> tuple[Mapping[str, Any], dict[str, str], 
     except Exception as exc:
         raise ValueError(
             f"realnet: weights: could not read {name!r} as a torch checkpoint: "
-            f"{_checks.torch_load_failure(exc)}"
+            f"{_checks.torch_load_failure(exc, name)}"
         ) from exc
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"realnet: weights: {name!r} holds a {type(ckpt).__name__}, expected a dict")
@@ -299,6 +299,11 @@ def _split_state_dict(ckpt: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor],
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ValueError(f"realnet: weights: entries that are not tensors: {bad}")
+    bad = _checks.nonfinite_keys(sd)
+    if bad:
+        raise ValueError(
+            f"realnet: weights hold NaN or inf in {len(bad)} tensor(s): {_checks.some_keys(bad)}"
+        )
     backbone: dict[str, torch.Tensor] = {}
     head: dict[str, torch.Tensor] = {}
     styles: set[str] = set()
@@ -325,7 +330,7 @@ def _split_state_dict(ckpt: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor],
         raise ValueError(
             "realnet: weights are neither a ReAlnet state_dict of fastalign (backbone.*, head.*) nor the "
             f"published Encoder's (realnet.module.*, fc_v1, fc_v2, fc_v4, fc_it, fc); key styles found: "
-            f"{sorted(styles)}, unexpected keys: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
+            f"{sorted(styles)}, unexpected keys: {_checks.some_keys(unexpected)}"
         )
     return backbone, head
 

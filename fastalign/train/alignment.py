@@ -543,7 +543,8 @@ def _read_state(weights: str | os.PathLike[str]) -> tuple[str, Mapping[str, Any]
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(
-            f"{_FN}: weights: could not read {path!r} as a checkpoint: {_checks.torch_load_failure(exc)}"
+            f"{_FN}: weights: could not read {path!r} as a checkpoint: "
+            + _checks.torch_load_failure(exc, None if path.endswith(".safetensors") else path)
         ) from exc
     if not isinstance(state, Mapping):
         raise ValueError(f"{_FN}: weights: {path!r} holds a {type(state).__name__}; expected a state dict")

@@ -133,8 +133,9 @@ def load_checkpoint(
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file: torch's text alone names neither
         raise ValueError(
-            f"load_checkpoint: could not read {path!r} as a checkpoint: {_checks.torch_load_failure(exc)} "
-            "(a damaged checkpoint: remove it to resume from the one before, or overwrite the run)"
+            f"load_checkpoint: could not read {path!r} as a checkpoint: "
+            f"{_checks.torch_load_failure(exc, path)} (a damaged checkpoint: remove it to resume from the "
+            "one before, or overwrite the run)"
         ) from exc
     missing = [k for k in REQUIRED if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:

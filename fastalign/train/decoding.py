@@ -57,11 +57,11 @@ from fastalign.data import (
     normalize_embeddings,
     train_val_split,
 )
-from fastalign.data._io import atomic_write, check_array, replacing_dir
+from fastalign.data._io import atomic_write, check_array, load_npy, replacing_dir
 from fastalign.data.datasets import Normalization
-from fastalign.eval.features import EvalModel, layer_features
+from fastalign.eval.features import WEIGHTS_SUFFIXES, EvalModel, layer_features
 from fastalign.eval.retrieval import retrieval_topk
-from fastalign.models import cornet_s
+from fastalign.models import ReAlnet, cornet_s, realnet
 from fastalign.models.encoders import ENCODERS, brain_encoder
 from fastalign.train import distributed
 from fastalign.train.loaders import derive_seed
@@ -72,10 +72,12 @@ __all__ = ["DecodeResult", "Decoder", "decode"]
 
 _FN = "decode"
 IMAGE_DIR, EEG_DIR = "image_set", "preprocessed_data"
+#: AlignVis's tree of precomputed image embeddings beside image_set/ (its loader's image_embeddings/).
+EMBEDDING_DIR = "image_embeddings"
 #: The image-model names :func:`decode` takes besides run folders and modules.
 IMAGE_MODELS = ("cornet_s", "features")
-#: ``image_model="npy:NAME"``: precomputed embeddings beside each image, AlignVis's layout
-#: (``<image stem>_NAME.npy``, one vector per image, as its gen_img_embeddings.py writes them).
+#: ``image_model="npy:NAME"``: precomputed embeddings, one ``<image stem>_NAME.npy`` vector per image
+#: beside it or in AlignVis's ``image_embeddings/`` tree (see :func:`_precomputed_embeddings`).
 PRECOMPUTED_PREFIX = "npy:"
 #: The published initial temperature (``logit_scale = log(1 / 0.04)``).
 PUBLISHED_TEMPERATURE = 0.04
@@ -245,7 +247,8 @@ def _image_embeddings(
         )
     named = isinstance(spec, str) and spec in IMAGE_MODELS
     precomputed = isinstance(spec, str) and spec.startswith(PRECOMPUTED_PREFIX)
-    if layer is not None and (isinstance(spec, nn.Module) or (named and spec == "features") or precomputed):
+    module = isinstance(spec, nn.Module) and not isinstance(spec, ReAlnet)  # embedded by its output
+    if layer is not None and (module or (named and spec == "features") or precomputed):
         raise ValueError(
             f"{_FN}: layer={layer!r} names a CORnet-S / ReAlnet layer, but image_model is {spec!r}"
         )
@@ -261,9 +264,10 @@ def _image_embeddings(
             raise ValueError(
                 _checks.message(_FN, "image_model", "'npy:NAME' with a file-name suffix NAME", spec)
             )
-        raw = {s: _precomputed_embeddings(p, name, s) for s, p in paths.items()}
+        raw = {s: _precomputed_embeddings(p, name, s, root) for s, p in paths.items()}
         source = f"precomputed embeddings {name!r} (<image>_{name}.npy)"
-    elif isinstance(spec, nn.Module):
+    elif module:
+        assert isinstance(spec, nn.Module)
         transform = ImageTransform(image_size, crop=False)
         was_training = spec.training
         spec.eval()
@@ -310,12 +314,28 @@ def _image_embeddings(
                 raise type(exc)(f"{_FN}: image_model: {str(exc).removeprefix('evaluate: ')}") from exc
             model = dataclasses.replace(run_model, layers=[layer])
             source = f"realnet run {os.path.abspath(spec)} {layer}"
+        elif isinstance(spec, ReAlnet):  # its layer, as a run folder's (forward gives logits and response)
+            model = EvalModel("realnet", spec, layers=[layer])
+            source = f"realnet module {layer}"
+        elif isinstance(spec, str | os.PathLike) and os.path.isfile(spec):
+            if not os.fspath(spec).endswith(WEIGHTS_SUFFIXES):
+                raise ValueError(
+                    _checks.message(
+                        _FN, "image_model", f"a ReAlnet weights file ({', '.join(WEIGHTS_SUFFIXES)})", spec
+                    )
+                )
+            try:
+                file_model = realnet(weights=spec)
+            except (ValueError, TypeError) as exc:  # realnet's reader: this is decode's argument
+                raise type(exc)(f"{_FN}: image_model: {exc}") from exc
+            model = EvalModel("realnet", file_model, layers=[layer])
+            source = f"realnet weights {os.path.abspath(spec)} {layer}"
         else:
             raise ValueError(
                 _checks.message(
                     _FN,
                     "image_model",
-                    "'cornet_s', 'features', 'npy:NAME', a ReAlnet run folder or a module",
+                    "'cornet_s', 'features', 'npy:NAME', a ReAlnet run folder or weights file, or a module",
                     spec,
                 )
             )
@@ -339,32 +359,63 @@ def _image_embeddings(
     return out, source
 
 
-def _precomputed_embeddings(images: list[str], name: str, split: str) -> np.ndarray:
-    """(n, d) embeddings read from ``<image stem>_<name>.npy`` beside each image (AlignVis's layout), as
-    plain arrays (no pickled objects: a data file runs no code)."""
-    files = [os.path.splitext(p)[0] + f"_{name}.npy" for p in images]
-    missing = [f for f in files if not os.path.isfile(f)]
-    if missing:
-        raise FileNotFoundError(
-            f"{_FN}: image_model='npy:{name}' needs an embedding beside every image; {len(missing)} of the "
-            f"{len(files)} {split} images have none, e.g. {missing[0]!r}"
-        )
-    rows, shape = [], None
-    for f in files:
-        try:
-            x = np.load(f, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise ValueError(f"{_FN}: {f!r} is not a plain .npy array ({exc})") from None
-        x = np.asarray(x).reshape(-1)  # AlignVis squeezes (1, d) files
-        if shape is None:
-            shape = x.shape
-        if x.shape != shape or x.size == 0 or not np.issubdtype(x.dtype, np.number):
-            raise ValueError(
-                f"{_FN}: {f!r} holds {x.size} {x.dtype} values, the first embedding {shape[0]}; expected "
-                "one numeric vector of one size per image"
+def _precomputed_embeddings(images: list[str], name: str, split: str, root: str) -> np.ndarray:
+    """(n, d) embeddings, one ``<image stem>_<name>.npy`` per image: beside the image, else at the same
+    place in AlignVis's tree ``<root>/image_embeddings/`` (for ``<root>/image_set/training_images/<concept>/
+    <stem>.jpg``: ``<root>/image_embeddings/training_images/<concept>/<stem>_<name>.npy``). Each file is
+    a plain .npy (no pickled objects, no zip: a data file runs no code) of one real vector, (d,) or
+    (1, d) as AlignVis's generator writes it, finite, of one d for all."""
+    rows, width = [], None
+    for image in images:
+        places = _embedding_places(image, name, root)
+        f = next((p for p in places if os.path.isfile(p)), None)
+        if f is None:
+            missing = sum(
+                not any(os.path.isfile(q) for q in _embedding_places(i, name, root)) for i in images
             )
+            raise FileNotFoundError(
+                f"{_FN}: image_model='npy:{name}' needs an embedding for every image; {missing} of the "
+                f"{len(images)} {split} images have none, e.g. {image!r}: looked for "
+                f"{' and '.join(repr(p) for p in places)}"
+            )
+        with open(f, "rb") as handle:
+            zipped = handle.read(4) == b"PK\x03\x04"
+        if zipped:  # np.load would open an NpzFile; torch.save writes zips too
+            raise ValueError(
+                f"{_FN}: {f!r} is a zip archive (an .npz or a torch file), not a .npy array; expected one "
+                "np.save'd vector per image"
+            )
+        try:
+            x = load_npy(f, f"image_model='npy:{name}' embedding")
+        except ValueError as exc:
+            raise ValueError(f"{_FN}: {f!r} is not a plain .npy array ({exc})") from None
+        real = np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+        if not (x.ndim == 1 or (x.ndim == 2 and x.shape[0] == 1)) or x.size == 0 or not real:
+            raise ValueError(
+                f"{_FN}: {f!r} holds a {x.dtype} array of shape {x.shape}; expected one embedding: a (d,) or "
+                "(1, d) array of real (floating or integer) numbers"
+            )
+        x = x.reshape(-1)
+        if width is None:
+            width = x.size
+        if x.size != width:
+            raise ValueError(
+                f"{_FN}: {f!r} holds {x.size} values, the first embedding {width}; expected one size for "
+                "every image"
+            )
+        if not np.isfinite(x).all():
+            raise ValueError(f"{_FN}: {f!r} holds NaN or inf; expected a finite embedding")
         rows.append(x.astype(np.float32))
     return np.stack(rows)
+
+
+def _embedding_places(image: str, name: str, root: str) -> list[str]:
+    """Where ``<image stem>_<name>.npy`` may be: beside the image, then in AlignVis's tree."""
+    stem = os.path.splitext(image)[0] + f"_{name}.npy"
+    image_set = os.path.abspath(os.path.join(root, IMAGE_DIR))
+    if not os.path.abspath(stem).startswith(image_set + os.sep):
+        return [stem]
+    return [stem, os.path.join(root, EMBEDDING_DIR, os.path.relpath(os.path.abspath(stem), image_set))]
 
 
 def _feature_shape(trials: np.ndarray) -> tuple[int, ...]:
@@ -736,10 +787,15 @@ def decode(
         out: the run folder; with several seeds, one folder ``out/seed-N`` per seed and the aggregate in
             ``out/summary.json``.
         image_model: "cornet_s" (``weights``, else randomly initialised from the seed), a ReAlnet run
-            folder of :func:`fastalign.train.align` (a human-aligned image model), "features" (the
-            synthetic brain's true features: the ceiling), a torch module (its output, flattened), or
-            "npy:NAME": precomputed embeddings beside each image of ``image_set/``, one vector per image
-            in ``<image stem>_NAME.npy`` (AlignVis's layout, e.g. "npy:dreamsim_clip_vitb32").
+            folder of :func:`fastalign.train.align` (a human-aligned image model), a ReAlnet weights file
+            (.pt, .pth, .safetensors as :func:`fastalign.models.realnet` reads them: the published
+            ``encoder.pt``) or a :class:`~fastalign.models.ReAlnet` module (embedded at ``layer``, as a run
+            folder), "features" (the synthetic brain's true features: the ceiling), another torch module
+            (its output, flattened), or
+            "npy:NAME": precomputed embeddings, one (d,) or (1, d) real vector per image in
+            ``<image stem>_NAME.npy``, beside the image in ``image_set/`` or else at the same place under
+            ``image_embeddings/`` (AlignVis's tree: ``image_embeddings/{training,test}_images/<concept>/
+            <stem>_NAME.npy``), e.g. "npy:dreamsim_clip_vitb32".
         layer: the CORnet-S / ReAlnet layer embedded (default "IT", flattened: 512x7x7 at 224 px; or
             "avgpool", or a ReAlnet's "response", its encoding head's output); an error with the other
             image models.

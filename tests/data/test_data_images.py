@@ -220,3 +220,23 @@ def test_embed_images_takes_numpy_ints(tmp_path: os.PathLike) -> None:
     model, t = torch.nn.Flatten(), ImageTransform(4)
     want = embed_images(model, paths, transform=t)
     np.testing.assert_array_equal(embed_images(model, paths, transform=t, batch_size=np.int64(2)), want)
+
+
+def test_the_dataset_and_embedding_defaults_resize_without_cropping(tmp_path: os.PathLike) -> None:
+    """BrainImageDataset and embed_images see images as the published ReAlnet and align, evaluate and
+    decode do: Resize((224, 224)), no crop (they used Resize(256) + CenterCrop(224)). Rows cached under a
+    named key with the old cropping default are not reused for the new one."""
+    from fastalign.data import BrainImageDataset
+
+    paths = [_write(os.path.join(tmp_path, f"{i}.png"), i, (40, 30)) for i in range(2)]
+    want = load_images(paths, ImageTransform(crop=False))
+    ds = BrainImageDataset(np.zeros((2, 1, 3)), paths)
+    torch.testing.assert_close(torch.stack([ds[i][0] for i in range(2)]), want, rtol=0, atol=0)
+    pixels = torch.nn.Flatten()
+    np.testing.assert_array_equal(embed_images(pixels, paths), want.flatten(1).numpy())
+    cache = os.path.join(tmp_path, "cache")
+    cropped = embed_images(lambda x: x.flatten(1), paths, cache, key="pixels", transform=ImageTransform())
+    assert cropped.shape == want.flatten(1).shape and not np.array_equal(cropped, want.flatten(1).numpy())
+    np.testing.assert_array_equal(
+        embed_images(lambda x: x.flatten(1), paths, cache, key="pixels"), want.flatten(1).numpy()
+    )

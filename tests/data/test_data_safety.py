@@ -88,7 +88,7 @@ def test_loaders_refuse_malicious_pickles(tmp_path: os.PathLike, loader: str, ki
         load(path)
     _assert_not_run(marker, kind)
     message = str(err.value)
-    expected = f"pickles a reference to {refused}, which is refused" if refused else "is not a .npy file"
+    expected = f"pickles a reference to {refused}, which is refused" if refused else "is a bare pickle"
     assert repr(path) in message and expected in message, message
 
 
@@ -114,6 +114,28 @@ def test_embedding_cache_with_a_malicious_file_is_recomputed(tmp_path: os.PathLi
     _assert_not_run(marker, kind)
     np.testing.assert_array_equal(got, want)
     assert sum(calls) == 4  # the malicious cache was not used
+
+
+def test_alignvis_own_preprocessed_files_are_refused_saying_how_to_remake_them(tmp_path: os.PathLike) -> None:
+    """AlignVis's Preprocessed_data_250Hz files are a bare pickle.dump under a .npy name, whose times keep
+    the 300 of the uncropped epoch beside 250 samples: both refused naming fastalign's recipe."""
+    rng = np.random.default_rng(0)
+    published = {
+        "preprocessed_eeg_data": rng.standard_normal((2, 4, 3, 250)),
+        "ch_names": ["O1", "Oz", "O2"],
+        "times": np.linspace(-0.2, 0.996, 300),
+    }
+    bare = os.path.join(tmp_path, "preprocessed_eeg_training.npy")
+    with open(bare, "wb") as f:
+        pickle.dump(published, f, protocol=4)  # as AlignVis's preprocessing_utils.py saves them
+    with pytest.raises(ValueError, match=r"is a bare pickle \(pickle\.dump under a \.npy name\).*does not "
+                       r"unpickle files.*fastalign preprocess --recipe alignvis"):  # fmt: skip
+        load_preprocessed_eeg(bare)
+    saved = os.path.join(tmp_path, "saved.npy")
+    np.save(saved, np.array(published, dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"times has 300 entries but preprocessed_eeg_data 250 samples, 50 "
+                       r"fewer .*fastalign preprocess --recipe alignvis"):  # fmt: skip
+        load_preprocessed_eeg(saved)
 
 
 def test_plain_array_files_are_never_unpickled(tmp_path: os.PathLike) -> None:

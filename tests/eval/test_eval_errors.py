@@ -47,7 +47,7 @@ def _features(n_images: int = 6, name: str = "m", **kw: Any) -> fe.EvalModel:
          "baseline='cornet_s' is not an unaligned model"),
         ([_features()], {"weights": "w.pth"}, ValueError, "no model is named 'cornet_s'"),
         (["nowhere"], {}, FileNotFoundError, "'nowhere' is neither 'cornet_s' nor a run folder"),
-        ([42], {}, TypeError, r"models\[0\] must be 'cornet_s', a run folder or an EvalModel"),
+        ([42], {}, TypeError, r"models\[0\] must be 'cornet_s', a run folder, a ReAlnet weights file or"),
         ("cornet_s", {}, TypeError, "models must be a non-empty list of models"),
         ([_features()], {"modality": "meg"}, ValueError, "modality must be one of"),
         ([_features()], {"modality": []}, ValueError, "modality must name at least one of 'eeg' and 'fmri'"),

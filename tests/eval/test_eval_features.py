@@ -217,7 +217,7 @@ def test_run_folders_named_on_the_command_line_and_pooled_families_warned(tmp_pa
         as_models([str(folders[0]), str(same)], weights=None, seed=0, layers=["IT"])
     with pytest.raises(ValueError, match=r"with the name 'cornet_s'; expected a name other than"):
         as_models([f"cornet_s={folders[0]}"], weights=None, seed=0, layers=["IT"])
-    with pytest.raises(FileNotFoundError, match=r"neither 'cornet_s' nor a run folder \(or NAME=FOLDER\)"):
+    with pytest.raises(FileNotFoundError, match=r"nor a ReAlnet weights file \(or NAME=FOLDER, NAME=FILE\)"):
         as_models([f"x={tmp_path / 'missing'}"], weights=None, seed=0, layers=["IT"])
 
 
@@ -293,3 +293,61 @@ def test_a_device_this_machine_lacks_is_refused_naming_it(eval_things: Synthetic
         with pytest.raises(ValueError, match=f"^evaluate: device: {words}"):
             fe.evaluate(eval_things, [model], out=None, device=device)
     assert next(model.module.parameters()).device.type == "cpu"  # meta did not take the weights
+
+
+def test_published_realnet_weights_files_are_models(eval_things: SyntheticThings, tmp_path) -> None:
+    """A ReAlnet weights file (the published weights/ReAlnet/sub-XX/encoder.pt) is a model: the family is
+    the folder above sub-XX, the subject its sub-XX folder or NAME@sub-XX=FILE, the modality fMRI for 1024
+    response values, else EEG; a run folder's model.safetensors is its run folder."""
+    from published_formats import encoder_state_dict
+
+    torch.manual_seed(0)
+    net = realnet(n_out=6, image_size=24).eval()
+    first = tmp_path / "weights" / "ReAlnet" / "sub-01" / "encoder.pt"
+    first.parent.mkdir(parents=True)
+    torch.save(encoder_state_dict(net), first)
+    second = tmp_path / "weights" / "ReAlnet" / "sub-02" / "encoder.pt"
+    second.parent.mkdir()
+    second.symlink_to(first)  # one 200 MB file serves both subjects
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one folder of subjects: one family, no warning
+        models = as_models([str(first), str(second)], weights=None, seed=0, layers=["IT", "response"])
+    assert [(m.name, m.subject, m.modality, m.source) for m in models] == [
+        ("ReAlnet", "sub-01", "eeg", str(first)),
+        ("ReAlnet", "sub-02", "eeg", str(second)),
+    ]
+    paths = _images(eval_things, 2)
+    feats = fe.layer_features(models[0], paths, image_size=24)
+    with torch.no_grad():
+        want = net(_batch(paths))
+    np.testing.assert_allclose(feats["response"], want.response.numpy(), rtol=1e-4, atol=1e-5)
+    (named,) = as_models([f"pub={first}"], weights=None, seed=0, layers=["IT"])
+    assert (named.name, named.subject) == ("pub", "sub-01")
+    lone = tmp_path / "best_model_params.pt"  # a notebook's, saved beside it: no subject in its path
+    lone.symlink_to(first)
+    with pytest.raises(ValueError, match=r"no folder of its path is named sub-XX .* NAME@sub-XX=FILE"):
+        as_models([str(lone)], weights=None, seed=0, layers=["IT"])
+    (told,) = as_models([f"pub@sub-03={lone}"], weights=None, seed=0, layers=["IT"])
+    assert (told.name, told.subject, told.modality) == ("pub", "sub-03", "eeg")
+    fmri = realnet(n_out=1024, image_size=24)
+    fmri.backbone = net.backbone
+    save_realnet(fmri, tmp_path / "fmri" / "sub-04" / "encoder.safetensors")
+    (m,) = as_models([str(tmp_path / "fmri" / "sub-04" / "encoder.safetensors")], weights=None, seed=0,
+                     layers=["IT"])  # fmt: skip
+    assert (m.name, m.subject, m.modality) == ("fmri", "sub-04", "fmri")
+    run = tmp_path / "runs" / "sub-05"  # a run's own weights file: its config.json names subject, modality
+    save_realnet(net, run)
+    with open(run / "config.json", "w") as f:
+        json.dump({"config": {"subject": 1, "modality": "fmri"}, "fit": {}}, f)
+    (run / "summary.json").write_text("{}")
+    (m,) = as_models([str(run / "model.safetensors")], weights=None, seed=0, layers=["IT"])
+    assert (m.name, m.subject, m.modality, m.source) == ("runs", "sub-01", "fmri", str(run))
+    with pytest.raises(ValueError, match=r"gives a run folder a subject, but its config.json names it"):
+        as_models([f"x@sub-01={run}"], weights=None, seed=0, layers=["IT"])
+    other = tmp_path / "sub-06" / "notes.txt"
+    other.parent.mkdir()
+    other.write_text("x")
+    with pytest.raises(
+        ValueError, match=r"model must be a ReAlnet weights file \(\.pt, \.pth, \.safetensors\)"
+    ):
+        as_models([str(other)], weights=None, seed=0, layers=["IT"])

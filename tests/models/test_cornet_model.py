@@ -284,6 +284,35 @@ def test_bad_checkpoints_list_keys(model: CORnetS, tmp_path) -> None:
         cornet_s(weights=3)  # type: ignore[arg-type]
 
 
+def test_a_realnet_checkpoint_is_named_and_long_key_lists_are_cut(model: CORnetS) -> None:
+    """A whole ReAlnet passed as CORnet-S weights (the published Encoder's realnet.module.* + fc_* keys)
+    says so instead of listing 174 unexpected and 135 missing keys; other long lists stop at 10."""
+    sd = model.state_dict()
+    encoder = {f"realnet.module.{k}": v for k, v in sd.items()}
+    encoder |= {"fc_it.weight": torch.zeros(128, 25088), "fc.weight": torch.zeros(340, 512)}
+    with pytest.raises(ValueError, match=r"a whole ReAlnet checkpoint .* the published Encoder's "
+                       r"realnet\.module\.\* and fc_\* keys.*pass it as a model, NAME=FILE"):  # fmt: skip
+        cornet_s(weights=encoder)
+    ours = {f"backbone.{k}": v for k, v in sd.items()} | {"head.out.weight": torch.zeros(6, 512)}
+    with pytest.raises(ValueError, match=r"fastalign's backbone\.\* and head\.\* keys"):
+        cornet_s(weights=ours)
+    renamed = {f"x.{k}": v for k, v in sd.items()}
+    with pytest.raises(ValueError) as info:
+        cornet_s(weights=renamed)
+    n = sum(1 for k in sd if not k.endswith("num_batches_tracked"))
+    assert f"missing keys ({n}): " in str(info.value) and f"... ({n} in all)" in str(info.value)
+    assert str(info.value).count("'x.") == 10 and len(str(info.value)) < 2000
+
+
+def test_nan_and_inf_weights_are_refused_naming_the_keys(model: CORnetS) -> None:
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["V1.conv1.weight"][0, 0, 0, 0] = float("nan")
+    sd["IT.norm2_1.running_var"][3] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or inf in 2 tensor\(s\): \['V1\.conv1\.weight', "
+                       r"'IT\.norm2_1\.running_var'\]"):  # fmt: skip
+        cornet_s(weights=sd)
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph_training_step() -> None:
     # fullgraph=True fails on any graph break (the original mutates conv2.stride inside forward);

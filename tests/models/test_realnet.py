@@ -327,6 +327,15 @@ def test_weights_that_do_not_fit(model: ReAlnet) -> None:
         realnet(weights={f"backbone.{k}": v for k, v in model.backbone.state_dict().items()})
 
 
+def test_nan_and_inf_weights_are_refused_naming_the_keys(model: ReAlnet) -> None:
+    sd = _published_state_dict(model)
+    sd["fc.weight"][0, 0] = float("inf")
+    sd["realnet.module.V2.conv1.weight"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or inf in 2 tensor\(s\): .*'realnet\.module\.V2\.conv1"
+                       r"\.weight'.*'fc\.weight'"):  # fmt: skip
+        realnet(weights=sd)
+
+
 def test_missing_weights_say_where_the_originals_are(tmp_path: Path) -> None:
     url = re.escape(PUBLISHED_WEIGHTS_URL)
     with pytest.raises(FileNotFoundError, match=url):
@@ -347,6 +356,28 @@ class _Trap:
         return (os.mkdir, (str(self.marker),))
 
 
+_NOT_TORCH = r"not a torch checkpoint \(zip or legacy pickle\): 152 bytes starting b'\\x93NUMPY"
+
+
+def test_empty_and_foreign_files_say_what_they_are(tmp_path: Path) -> None:
+    """An empty file and one in no torch format said nothing (EOFError's empty text) or torch's "101"
+    (a KeyError on the byte of "e"): the reason now names the size and what the file is not; other
+    failures name their exception's type and the file's size."""
+    empty, text, cut = tmp_path / "e.pth", tmp_path / "g.pth", tmp_path / "cut.pth"
+    empty.write_bytes(b"")
+    text.write_bytes(b"hello")
+    torch.save({"fc.weight": torch.zeros(64, 64)}, cut)
+    cut.write_bytes(cut.read_bytes()[:3000])  # torch's zip, cut short
+    for load in (realnet, cornet_s, _read_state):
+        with pytest.raises(ValueError, match=r"'.*e\.pth' as a .*checkpoint.*: empty file \(0 bytes\)"):
+            load(empty)
+        with pytest.raises(ValueError, match=r"not a torch checkpoint \(zip or legacy pickle\): 5 bytes "
+                           r"starting b'hello'"):  # fmt: skip
+            load(text)
+        with pytest.raises(ValueError, match=r": [A-Za-z]+Error: .+ \(a file of 3,000 bytes\)"):
+            load(cut)
+
+
 def test_loading_never_runs_code(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     path = tmp_path / "encoder.pt"
@@ -358,8 +389,8 @@ def test_loading_never_runs_code(tmp_path: Path) -> None:
     npy = tmp_path / "it.npy"
     np.save(npy, np.zeros(3))
     for load in (realnet, cornet_s, _read_state):
-        for source in (path, npy):
-            with pytest.raises(ValueError, match=r"no torch file of tensors .* never unpickles") as caught:
+        for source, why in ((path, r"no torch file of tensors .* never unpickles"), (npy, _NOT_TORCH)):
+            with pytest.raises(ValueError, match=why) as caught:
                 load(source)
             assert "weights_only" not in str(caught.value) and not marker.exists()
     bad = tmp_path / "model.safetensors"

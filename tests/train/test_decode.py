@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -405,12 +406,15 @@ def test_precomputed_embeddings_beside_the_images_in_alignvis_layout(
         config = json.load(f)["config"]
     assert config["image_model"] == "precomputed embeddings 'truth' (<image>_truth.npy)"
     with pytest.raises(
-        FileNotFoundError, match=r"'npy:other' needs an embedding beside every image; \d+ of "
+        FileNotFoundError,
+        match=r"'npy:other' needs an embedding for every image; \d+ of the \d+ train images have none, "
+        r"e\.g\. .*: looked for '.*image_set/training_images/.*_other\.npy' and '.*image_embeddings/"
+        r"training_images/.*_other\.npy'",
     ):
         decode(root, 1, out=tmp_path / "a", **{**kw, "image_model": "npy:other"})
     second = os.path.splitext(meta.paths("test")[1])[0] + "_truth.npy"
     np.save(second, np.zeros(3, dtype=np.float32))
-    with pytest.raises(ValueError, match=r"holds 3 float32 values, the first embedding \d+; expected one"):
+    with pytest.raises(ValueError, match=r"holds 3 values, the first embedding \d+; expected one size"):
         decode(root, 1, out=tmp_path / "b", **{**kw, "image_model": "npy:truth"})
     np.save(second, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match=r"is not a plain \.npy array"):
@@ -420,6 +424,44 @@ def test_precomputed_embeddings_beside_the_images_in_alignvis_layout(
             decode(root, 1, out=tmp_path / "d", **{**kw, "image_model": bad})
     with pytest.raises(ValueError, match=r"layer='IT' names a CORnet-S / ReAlnet layer"):
         decode(root, 1, out=tmp_path / "e", **{**kw, "image_model": "npy:truth"}, layer="IT")
+
+
+def test_precomputed_embeddings_in_alignvis_tree_and_strict_files(
+    synth: SyntheticThings, tmp_path: Any
+) -> None:
+    """AlignVis's loader reads image_embeddings/{training,test}_images/<concept>/<stem>_NAME.npy: found
+    there too. Each file must be one finite real (d,) or (1, d) vector in a plain .npy: other shapes of
+    the same size, complex values, NaN and zips (.npz, torch files) are refused naming the file."""
+    from fastalign.data import load_image_metadata
+
+    root = _copy(synth, tmp_path)
+    meta = load_image_metadata(os.path.join(root, "image_set"))
+    paths = {"test": meta.paths("test")}
+    for i, image in enumerate(paths["test"]):
+        rel = os.path.relpath(os.path.splitext(image)[0] + "_e.npy", os.path.join(root, "image_set"))
+        os.makedirs(os.path.dirname(os.path.join(root, "image_embeddings", rel)), exist_ok=True)
+        np.save(os.path.join(root, "image_embeddings", rel), np.full((1, 16), i, np.float32))
+    got = decoding._precomputed_embeddings(paths["test"], "e", "test", root)
+    np.testing.assert_array_equal(got, np.repeat(np.arange(N_TEST, dtype=np.float32)[:, None], 16, 1))
+    beside = os.path.splitext(paths["test"][2])[0] + "_e.npy"  # beside the image: read first
+    cases = {
+        "(2, 8)": (np.zeros((2, 8), np.float32), r"float32 array of shape \(2, 8\); expected one embedding"),
+        "tokens": (np.zeros((1, 2, 8), np.float32), r"shape \(1, 2, 8\); expected one embedding"),
+        "complex": (np.zeros((1, 16), np.complex64), r"complex64 array .* real \(floating or integer\)"),
+        "bool": (np.zeros(16, bool), r"bool array .* real"),
+        "NaN": (np.full(16, np.nan, np.float32), r"holds NaN or inf; expected a finite embedding"),
+    }
+    for array, why in cases.values():
+        np.save(beside, array)
+        with pytest.raises(ValueError, match=re.escape(repr(beside)) + ".* " + why):
+            decoding._precomputed_embeddings(paths["test"], "e", "test", root)
+    np.save(beside, np.arange(16))  # integers are numbers
+    assert decoding._precomputed_embeddings(paths["test"], "e", "test", root)[2, 5] == 5
+    for save in (lambda f: np.savez(f, x=np.zeros(16)), lambda f: torch.save(torch.zeros(16), f)):
+        with open(beside, "wb") as f:
+            save(f)
+        with pytest.raises(ValueError, match=re.escape(repr(beside)) + r" is a zip archive \(an \.npz or a "):
+            decoding._precomputed_embeddings(paths["test"], "e", "test", root)
 
 
 def test_embeddings_of_another_image_set_and_nan(synth: SyntheticThings, tmp_path: Any) -> None:
@@ -738,3 +780,43 @@ def test_aligned_model_beats_cornet_s_and_features_set_the_ceiling(
         assert s["features"][k] > s["realnet"][k], (k, s["features"], s["realnet"])
     assert s["realnet"]["top5"] >= 1.5 * chance["top5"], s["realnet"]
     assert s["features"]["top1"] > s["realnet"]["top1"]
+
+
+def test_realnet_weights_files_and_modules_are_embedded_like_run_folders(
+    synth: SyntheticThings, tmp_path: Any
+) -> None:
+    """A ReAlnet weights file (the published encoder.pt) and a ReAlnet module are embedded at ``layer``
+    (default IT) as a run folder is; embed_images takes a ReAlnet's IT block too (its forward returns
+    logits and a response, no one tensor)."""
+    from published_formats import encoder_state_dict
+
+    from fastalign.data import ImageTransform, embed_images, load_image_metadata, normalize_embeddings
+    from fastalign.models import realnet, save_realnet
+
+    torch.manual_seed(0)
+    net = realnet(n_out=6, image_size=32).eval()
+    torch.save(encoder_state_dict(net), tmp_path / "encoder.pt")
+    run = tmp_path / "run"
+    save_realnet(net, run)
+    with open(run / "config.json", "w") as f:
+        json.dump({"config": {"subject": 1, "modality": "eeg"}, "fit": {}}, f)
+    (run / "summary.json").write_text("{}")
+    paths = {"test": load_image_metadata(os.path.join(synth.root, "image_set")).paths("test")[:3]}
+    kw: dict[str, Any] = dict(weights=None, image_size=32, seed=0, cache_dir=None, device=torch.device("cpu"))
+    want, _ = decoding._image_embeddings(str(run), synth.root, paths, layer=None, **kw)
+    for spec, source in ((str(tmp_path / "encoder.pt"), "realnet weights"), (net, "realnet module")):
+        got, described = decoding._image_embeddings(spec, synth.root, paths, layer=None, **kw)
+        torch.testing.assert_close(got["test"], want["test"], rtol=1e-5, atol=1e-6)
+        assert described.startswith(source) and described.endswith(" IT")
+    response, _ = decoding._image_embeddings(net, synth.root, paths, layer="response", **kw)
+    x = torch.stack([ImageTransform(32, crop=False)(p) for p in paths["test"]])
+    with torch.no_grad():
+        out = net(x)
+    torch.testing.assert_close(response["test"], normalize_embeddings(out.response), rtol=1e-4, atol=1e-5)
+    rows = embed_images(net, paths["test"], transform=ImageTransform(32, crop=False))
+    with torch.no_grad():
+        it = net.backbone.features(x, layers="IT")["IT"]
+    np.testing.assert_allclose(rows, it.flatten(1).numpy(), rtol=1e-4, atol=1e-5)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"image_model must be a ReAlnet weights file \(\.pt, \.pth"):
+        decoding._image_embeddings(str(tmp_path / "notes.txt"), synth.root, paths, layer=None, **kw)

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from fastalign._checks import torch_load_failure
+from fastalign._checks import nonfinite_keys, some_keys, torch_load_failure
 
 _Module = TypeVar("_Module", bound=nn.Module)
 
@@ -35,7 +35,7 @@ def _read_checkpoint(weights: str | os.PathLike[str] | Mapping[str, Any]) -> Map
     except Exception as exc:
         raise ValueError(
             f"cornet_s: weights: could not read {path!r} as a torch checkpoint of tensors: "
-            f"{torch_load_failure(exc)}"
+            f"{torch_load_failure(exc, path)}"
         ) from exc
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"cornet_s: weights: {path!r} holds a {type(ckpt).__name__}, expected a dict")
@@ -64,9 +64,20 @@ def load_cornet_weights(model: _Module, weights: str | os.PathLike[str] | Mappin
 
     Every key must match in name and shape; BatchNorm ``num_batches_tracked`` counters may be absent
     (checkpoints saved by PyTorch < 0.4.1 have none; they only matter for momentum=None). Anything else
-    missing, unexpected or of the wrong shape raises ValueError listing every such key.
+    missing, unexpected or of the wrong shape raises ValueError naming the first 10 such keys of each
+    kind and their count; so do NaN and inf values. A whole ReAlnet (the published Encoder's
+    ``realnet.module.*`` and ``fc_*`` keys, or fastalign's ``backbone.*`` and ``head.*``) is told apart.
     """
     sd = clean_state_dict(_read_checkpoint(weights))
+    heads = {k.partition(".")[0] for k in sd}
+    if {"realnet", "fc"} <= heads or {"backbone", "head"} <= heads:
+        raise ValueError(
+            "cornet_s: weights are a whole ReAlnet checkpoint (CORnet-S and an encoding head: "
+            f"{'the published Encoder' if 'realnet' in heads else 'fastalign'}'s "
+            f"{'realnet.module.* and fc_*' if 'realnet' in heads else 'backbone.* and head.*'} keys), not "
+            "CORnet-S's: pass it as a model, NAME=FILE (fastalign evaluate --models NAME=FILE, fastalign "
+            "decode --image-model FILE, fastalign.models.realnet(weights=FILE))"
+        )
     own = model.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
@@ -78,11 +89,14 @@ def load_cornet_weights(model: _Module, weights: str | os.PathLike[str] | Mappin
     if missing or unexpected or shapes:
         parts = []
         if missing:
-            parts.append(f"missing keys ({len(missing)}): {missing}")
+            parts.append(f"missing keys ({len(missing)}): {some_keys(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+            parts.append(f"unexpected keys ({len(unexpected)}): {some_keys(unexpected)}")
         if shapes:
-            parts.append(f"shape mismatches ({len(shapes)}): {shapes}")
+            parts.append(f"shape mismatches ({len(shapes)}): {some_keys(shapes)}")
         raise ValueError("cornet_s: weights do not match CORnet-S: " + "; ".join(parts))
+    bad = nonfinite_keys(sd)
+    if bad:
+        raise ValueError(f"cornet_s: weights hold NaN or inf in {len(bad)} tensor(s): {some_keys(bad)}")
     model.load_state_dict(sd, strict=False)
     return model
