@@ -563,6 +563,11 @@ def _correct(fn: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 # ---------------------------------------------------------------------------------------------- images
 
 
+def _is_index(name: str) -> bool:
+    """A folder named by a class index (``0``, ``207``)."""
+    return name.isascii() and name.isdigit()
+
+
 class LabelledImages(NamedTuple):
     """What :func:`load_labelled_images` returns.
 
@@ -588,11 +593,15 @@ def load_labelled_images(
 ) -> LabelledImages:
     """A labelled image folder with one sub-folder per class (``root/<class>/<image>``), as pixels.
 
-    The label of a folder is its position among the sorted folder names (torchvision's ``ImageFolder``
-    rule, which gives the standard ImageNet indices for the 1,000 synset folders ``n01440764``, ...), or
-    ``class_index[folder]`` when given (needed when the folders are a subset of the model's classes: a
-    folder of ImageNet class 207 is ``{"n02099601": 207}``). Files in a class folder are read in sorted
-    order; those without an image extension (:data:`IMAGE_EXTENSIONS`) and hidden files are skipped.
+    The label of a folder is ``class_index[folder]`` when given (needed when the folders are a subset of
+    the model's classes: a folder of ImageNet class 207 is ``{"n02099601": 207}``); else the folder's name
+    when every name is an integer (``0``, ``207``: class indices); else its position among the sorted
+    folder names (torchvision's ``ImageFolder`` rule, which gives the standard ImageNet indices for the
+    1,000 synset folders ``n01440764``, ..., and is right only when there is a folder for each of the
+    model's classes: :func:`fastalign.eval.evaluate` checks that). Files in a class folder are read in
+    sorted order; those without an image extension (:data:`IMAGE_EXTENSIONS`), hidden files and
+    sub-folders are skipped (with a warning naming the first sub-folder: images are not searched
+    recursively).
     Images are resized and centre-cropped like ImageNet evaluation (:class:`fastalign.data.ImageTransform`)
     and left in [0, 1]: the attacks normalise inside.
 
@@ -611,7 +620,8 @@ def load_labelled_images(
     if not folders:
         raise ValueError(f"{fn}: root {root!r} holds no class folders (expected root/<class>/<image>)")
     if class_index is None:
-        index = {f: i for i, f in enumerate(folders)}
+        numbered = all(_is_index(f) for f in folders)
+        index = {f: int(f) if numbered else i for i, f in enumerate(folders)}
     else:
         if not isinstance(class_index, Mapping):
             raise TypeError(
@@ -623,11 +633,13 @@ def load_labelled_images(
                 f"{fn}: class_index has no entry for the class folders {missing[:5]!r} of {root!r}"
             )
         index = {f: _checks.check_int(fn, f"class_index[{f!r}]", class_index[f], minimum=0) for f in folders}
-    paths, labels = [], []
+    paths, labels, nested = [], [], []
     for folder in folders:
         directory = os.path.join(root, folder)
         for entry in sorted(os.listdir(directory)):
             path = os.path.join(directory, entry)
+            if os.path.isdir(path) and not entry.startswith("."):
+                nested.append(os.path.join(folder, entry))
             if (
                 entry.startswith(".")
                 or not entry.lower().endswith(IMAGE_EXTENSIONS)
@@ -640,6 +652,46 @@ def load_labelled_images(
         raise ValueError(
             f"{fn}: the class folders of {root!r} hold no images ({', '.join(IMAGE_EXTENSIONS)})"
         )
+    if nested:
+        warnings.warn(
+            f"{fn}: {len(nested)} sub-folder(s) inside class folders of {root!r} were skipped (images are "
+            f"read from root/<class>/ only, not recursively), e.g. {nested[0]!r}",
+            UserWarning,
+            stacklevel=2,
+        )
     transform = ImageTransform(size, resize, normalize=False)
     images = torch.stack([transform(p) for p in paths])
     return LabelledImages(images, torch.tensor(labels, dtype=torch.int64), folders, paths)
+
+
+def _check_labelled_classes(
+    fn: str,
+    name: str,
+    model: torch.nn.Module,
+    labelled: LabelledImages,
+    class_index: Mapping[str, int] | None,
+    mean: Norm = IMAGENET_MEAN,
+    std: Norm = IMAGENET_STD,
+) -> None:
+    """Refuses labels that cannot be the model's class indices, from one forward pass on one image: a
+    label beyond its classes, or (without ``class_index``) folders labelled by their sorted position
+    that are not one per class of the model (a subset of ImageNet's synsets gets labels 0..k-1: a clean
+    accuracy of ~0 and relative accuracies of NaN, silently)."""
+    norm = _check_norm(fn, mean, std, labelled.images.shape[1])
+    device, dtype = _device(model), _dtype(model, labelled.images.dtype)
+    with eval_mode(model), torch.no_grad():
+        classes = _logits(fn, model, labelled.images[:1].to(device, dtype), norm).shape[1]
+    positional = class_index is None and not all(_is_index(f) for f in labelled.classes)
+    if positional and len(labelled.classes) != classes:
+        raise ValueError(
+            f"{fn}: the robustness image folder must have one class folder per class of model {name!r} "
+            f"({classes}) when no class index is given, got {len(labelled.classes)} folders "
+            f"({labelled.classes[:3]!r}...), which would be labelled 0..{len(labelled.classes) - 1} by "
+            "their sorted position; pass class_index={folder: class index} (--class-index FILE.json, e.g. "
+            '{"n02099601": 207}) or name the folders by their class indices'
+        )
+    if int(labelled.labels.max()) >= classes:
+        raise ValueError(
+            f"{fn}: the robustness labels must be < the {classes} classes of model {name!r}, got "
+            f"{int(labelled.labels.max())}"
+        )

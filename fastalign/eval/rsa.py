@@ -927,7 +927,9 @@ def evaluate(
         eps: Perturbation sizes, L-infinity in [0, 1] pixel units (default 0, 1, 2, 4, 8 / 255).
         attacks: Any of "fgsm", "pgd" (default both).
         pgd_steps, pgd_step_size: PGD's steps (default 10) and step size (default 2.5 eps / steps).
-        class_index: Class folder name -> the models' class index (default: the folders' sorted order).
+        class_index: Class folder name -> the models' class index (default: the folders' names when all
+            are integers, else their sorted order, which must then give one folder per class of every
+            model; checked with one forward pass per model before any RSA work).
         progress: Show progress on standard error (tqdm bars on a terminal, else a line per stage).
 
     Returns:
@@ -938,7 +940,8 @@ def evaluate(
         FileExistsError: ``out`` holds another evaluation (without ``overwrite``).
         ValueError: a subject missing from the data, layers a model lacks, models of other image sets
             (features of other images, runs aligned on another dataset), bad settings (a negative eps,
-            robustness settings without ``robustness``, robustness of a model given as features).
+            robustness settings without ``robustness``, robustness of a model given as features, labels
+            that cannot be a model's class indices).
         TypeError: arguments of the wrong kind.
     """
     given = dict(locals())
@@ -993,6 +996,10 @@ def evaluate(
         labelled = _attacks.load_labelled_images(
             attack["folder"], class_index=attack["class_index"], size=s["image_size"]
         )
+        for m in specs:  # the labels against each model's classes, before any RSA work
+            assert m.module is not None
+            with on_device(m.module, device):
+                _attacks._check_labelled_classes(_FN, m.name, m.module, labelled, attack["class_index"])
     # the digests (hashes of every array given from Python: 0.2-0.4 s at 11 models x 4 layers x 200 x
     # 4,096) only where there is a folder whose config they tell apart
     digests = out is not None

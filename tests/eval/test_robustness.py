@@ -420,6 +420,14 @@ def test_load_labelled_images_folder_per_class(tmp_path: os.PathLike) -> None:
     assert mapped.labels.tolist() == [207, 3, 3]
     with pytest.raises(ValueError, match=r"load_labelled_images: class_index has no entry for .*'n02'"):
         load_labelled_images(root, class_index={"n01": 0}, size=8, resize=8)
+    numbered = os.path.join(root, "numbered")
+    for cls in ("10", "9"):  # by their names, not their sorted position ("10" < "9")
+        os.makedirs(os.path.join(numbered, cls, "nested"))
+        _png(os.path.join(numbered, cls, "0.png"), 40)
+        _png(os.path.join(numbered, cls, "nested", "1.png"), 40)
+    with pytest.warns(UserWarning, match=r"2 sub-folder\(s\) inside class folders .* skipped .* '10/nested'"):
+        got = load_labelled_images(numbered, size=8, resize=8)
+    assert got.classes == ["10", "9"] and got.labels.tolist() == [10, 9]
     with pytest.raises(FileNotFoundError, match="load_labelled_images: root"):
         load_labelled_images(os.path.join(root, "missing"))
     empty = os.path.join(root, "empty")
@@ -457,6 +465,20 @@ def test_robustness_is_part_of_the_evaluation(eval_things: SyntheticThings, tmp_
                                         if r["model"] == "fam/sub-02" and r["eps"] == 0.1}  # fmt: skip
     with open(os.path.join(tmp_path, "out", "config.json")) as f:
         assert json.load(f)["robustness"]["pgd_steps"] == 2
+
+    # labels that are not the models' class indices are refused after one forward pass on one image,
+    # before any features or statistics
+    for class_index, match in (
+        (None, r"the robustness image folder must have one class folder per class of model 'tiny' \(5\) "
+               r"when no class index is given, got 2 folders .* pass class_index=\{folder: class index\} "
+               r"\(--class-index FILE.json"),
+        ({"a": 3, "b": 7}, r"the robustness labels must be < the 5 classes of model 'tiny', got 7"),
+    ):  # fmt: skip
+        tiny = fe.EvalModel("tiny", Tiny(0), layers=["conv"])
+        with pytest.raises(ValueError, match=f"^evaluate: {match}"):
+            fe.evaluate(eval_things, [tiny], out=None, image_size=24, robustness=folder,
+                        class_index=class_index, **settings)  # fmt: skip
+        assert tiny.module.calls == 1
 
     truth = fe.EvalModel("truth", features={"features": eval_things.ground_truth["test_features"]})
     for kwargs, match in (
