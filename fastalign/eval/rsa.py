@@ -20,7 +20,8 @@ model, layer, subject and modality:
   ``permutations``), per ROI and for behaviour with a one-sample t-test;
 - the noise ceiling per time point and ROI (:func:`fastalign.noise_ceiling` over the subjects' RDMs);
 - individual variability (variability.csv): 1 - Spearman between the RDMs of one family's models of
-  different subjects, per layer.
+  different subjects, per layer, on the test images of the modality the family was aligned to (the
+  first modality for unaligned families; the ``modality`` column).
 
 The tables follow the contract in docs/evaluation.md.
 """
@@ -82,7 +83,7 @@ RESULT_COLUMNS = (
     "noise_lower", "noise_upper",
 )  # fmt: skip
 #: variability.csv's columns, in order.
-VARIABILITY_COLUMNS = ("layer", "model_a", "model_b", "dissimilarity", "model")
+VARIABILITY_COLUMNS = ("layer", "model_a", "model_b", "dissimilarity", "model", "modality")
 _FILES = ("results.csv", "stats.json", "summary.json", "variability.csv", "robustness.csv", "config.json")
 _COMPARISONS = ("within", "across-subject", "across-modality", "none")
 _RDM_METHODS = ("correlation", "cosine", "euclidean")  # crossnobis needs folds and a noise model
@@ -1028,14 +1029,24 @@ def evaluate(
     slots: dict[str, list[_Slot]] = {}
     computed: list[_Modality] = []
     run = {"eeg": _eeg, "fmri": _fmri, "behaviour": _behaviour}
+    # a family's variability is measured on the test images of the modality it was aligned to (unaligned
+    # families: the first modality), whatever the order of ``modality``
+    own: dict[str, str] = {}
+    for m in specs:
+        own.setdefault(m.name, m.modality if m.modality in mods else mods[0])
+    var_rows: list[dict[str, Any]] = []
+    var_summary: dict[str, Any] = {}
     for mod in mods:
         images = brain.images_of(mod)
         slots[mod], rdms = _model_rdms(
             specs, images, f"{mod} test", rdm_method=s["rdm_method"], done=done, extract=extract
         )
         computed.append(run[mod](brain, rdms, s))
-        if mod == mods[0]:
-            var_rows, var_summary = _variability.variability(slots[mod], rdms)
+        mine = [k for k, slot in enumerate(slots[mod]) if own[slot.model] == mod]
+        if mine:
+            rows_here, summary_here = _variability.variability([slots[mod][k] for k in mine], rdms[mine])
+            var_rows += [{**row, "modality": mod} for row in rows_here]
+            var_summary.update({f: {**v, "modality": mod} for f, v in summary_here.items()})
     rows = [r for mod in computed for r in _rows(mod, slots[mod.name])]
     families = list(dict.fromkeys(m.name for m in specs))
     stats, effects = _statistics(computed, slots, families, base, s)
