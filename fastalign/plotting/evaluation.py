@@ -935,13 +935,15 @@ def plot_robustness(
     rows = _table(fn, "robustness", robustness, ("model", "attack"), ("eps", "accuracy", "relative_accuracy"))
     keep = set(_select(fn, "models", _order(r["model"] for r in rows), models))
     rows = [r for r in rows if r["model"] in keep]
-    undefined = _order(r["model"] for r in rows if not any(
-        math.isfinite(x[metric]) for x in rows if x["model"] == r["model"]))  # fmt: skip
-    if undefined:
-        # relative accuracy is undefined for a model that is never right on clean images
+    # every model (each member of a group too) never right on clean images: its relative accuracy is
+    # undefined, and a group's mean with it is NaN
+    zero = _order(r["model"] for r in rows if r["eps"] == 0 and r["accuracy"] == 0)
+    if zero:
+        named = [m if label(m) == m else f"{m} (of {label(m)})" for m in zero]
+        effect = "their relative accuracy is NaN, so their lines (and their groups') are empty"
         warnings.warn(
-            f"{fn}: {metric} of {undefined} is NaN at every eps (relative accuracy: clean accuracy 0); "
-            "their lines are empty",
+            f"{fn}: clean accuracy (eps 0) is 0 for {', '.join(named)}: "
+            + (effect if metric == "relative_accuracy" else "are their labels the models' class indices?"),
             UserWarning,
             stacklevel=2,
         )

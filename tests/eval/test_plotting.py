@@ -624,7 +624,21 @@ def test_inputs_without_a_figure_are_refused_or_named() -> None:
         {"model": "m", "attack": "fgsm", "eps": e, "accuracy": 0.0, "relative_accuracy": math.nan}
         for e in (0, 0.01)
     ]
-    with pytest.warns(
-        UserWarning, match=r"plot_robustness: relative_accuracy of \['m'\] is NaN at every eps"
-    ):
+    with pytest.warns(UserWarning, match=r"plot_robustness: clean accuracy \(eps 0\) is 0 for m: .* NaN"):
         plot_robustness(zero)
+    # every member of a family with clean accuracy 0 is named, with its family, whatever the metric
+    family = [
+        {
+            "model": m,
+            "attack": "fgsm",
+            "eps": e,
+            "accuracy": acc,
+            "relative_accuracy": math.nan if acc == 0 else 1,
+        }
+        for m, acc in (("realnet/sub-01", 0.0), ("realnet/sub-02", 0.5), ("realnet/sub-03", 0.0))
+        for e in (0, 0.01)
+    ]
+    groups = {m: "realnet" for m in ("realnet/sub-01", "realnet/sub-02", "realnet/sub-03")}
+    for metric in ("relative_accuracy", "accuracy"):
+        with pytest.warns(UserWarning, match=r"is 0 for realnet/sub-01 \(of realnet\), realnet/sub-03 \(of "):
+            plot_robustness(family, groups=groups, metric=metric)
