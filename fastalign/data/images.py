@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from fastalign.data._io import require_file
@@ -23,7 +24,9 @@ class ImageTransform(ImageNetTransform):
     """:class:`fastalign.data.transforms.ImageNetTransform` that also opens image files.
 
     Callable: an image path, PIL image or uint8 tensor -> float32 tensor (3, size, size). Picklable, so
-    it works in DataLoader workers. A missing or unreadable file raises an error naming it.
+    it works in DataLoader workers. A missing or unreadable file raises an error naming it. A 16-bit file
+    (PIL modes ``I;16*`` and ``I``) is rescaled to 8 bits (divided by 257) before its conversion to RGB; a
+    floating-point one (mode ``F``, of no known range) is refused.
 
     Args:
         size: Side of the square output (the centre crop, or the whole image with crop=False).
@@ -42,10 +45,32 @@ class ImageTransform(ImageNetTransform):
         path = require_file(image, "image")
         try:
             with Image.open(path) as opened:
-                im = opened.convert("RGB")
+                im = _eight_bit(opened, path).convert("RGB")
         except OSError as err:
             raise ValueError(f"image: {path!r} is not a readable image ({err})") from err
         return super().__call__(im)
+
+
+def _eight_bit(image: Any, path: str) -> Any:
+    """16-bit integer images (PIL modes I;16*, and I, as which older Pillow reads 16-bit PNGs) rescaled to
+    0..255 (divided by 257): ``convert("RGB")`` clips their values at 255, so they came out almost white.
+    Float images (mode F) have no known range and are refused."""
+    from PIL import Image
+
+    if image.mode == "F":
+        raise ValueError(
+            f"image: {path!r} must be an 8- or 16-bit integer image, got PIL mode 'F' (floating point, of "
+            "no known range); convert it to 8 or 16 bits"
+        )
+    if image.mode != "I" and not image.mode.startswith("I;16"):
+        return image
+    pixels = np.asarray(image, dtype=np.float64)
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+        raise ValueError(
+            f"image: {path!r} must hold 16-bit values (0..65535) in PIL mode {image.mode!r}, got values in "
+            f"[{pixels.min():g}, {pixels.max():g}]"
+        )
+    return Image.fromarray(np.round(pixels / 257).astype(np.uint8), "L")
 
 
 def load_image(

@@ -3,7 +3,11 @@
 The attacks perturb images in [0, 1] pixel space, before the ImageNet normalisation, which is applied
 inside the attacked function (``mean``/``std``; :data:`fastalign.data.transforms.IMAGENET_MEAN` and
 ``IMAGENET_STD`` by default), so ``eps = 4/255`` means four grey levels of an 8-bit image whatever the
-model's input scaling. Both maximise the cross-entropy of the true label:
+model's input scaling. Both maximise the cross-entropy (CE) of the true label, following the sign of its
+input gradient. That sign is taken from ``logsumexp_{j != y}(z_j - z_y)`` in float64, a monotone function
+of CE (``CE = log(1 + exp(.))``) whose per-image gradient has CE's direction without its saturation:
+through softmax in float32, CE's gradient loses the true class's term once the margin passes ~17 and is
+exactly 0 beyond ~100, so that a confident model looked robust.
 
 - FGSM (Goodfellow et al. 2015): ``x' = clip(x + eps * sign(grad_x loss), 0, 1)``; every pixel moves by
   exactly ``eps`` in the direction of its gradient's sign (not at all where the gradient is 0), then the
@@ -19,9 +23,12 @@ the images only (``torch.autograd.grad``), so no parameter's ``.grad`` is touche
 logits (B, classes) or an object with a ``logits`` attribute (:class:`fastalign.models.ReAlnet` returns
 ``(logits, response)``).
 
-The random starts are drawn on the CPU from a generator seeded with ``seed``, one draw per batch, so
-the same seed and batch size give the same starts on any device (and the same adversarial images on the
-CPU; cuDNN's convolution gradients may differ in the last bits on a GPU).
+Each image's random start is drawn on the CPU from a generator seeded with a hash of (``seed``, eps, the
+image's index), so a result depends on neither the batch size nor the other eps, attacks or models, and
+the same seed gives the same starts on any device (and the same adversarial images on the CPU; cuDNN's
+convolution gradients may differ in the last bits on a GPU). :func:`robustness` records per attack and
+eps the share of images whose input gradient was exactly 0 at the first step (``zero_gradient``), and
+warns when it is above 0: gradient masking, which the attacks cannot see past.
 
 No attack library is used: torchattacks needs torchvision, which has no build for the pinned CPU torch;
 adversarial-robustness-toolbox and foolbox install without torch but draw PGD's random start from the
@@ -33,14 +40,15 @@ properties.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from fastalign import _checks
 from fastalign._modes import eval_mode
@@ -54,7 +62,9 @@ DEFAULT_EPS: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd")
 
 #: Columns of the rows :func:`robustness` returns (robustness.csv).
-ROBUSTNESS_COLUMNS: tuple[str, ...] = ("model", "attack", "eps", "accuracy", "relative_accuracy")
+ROBUSTNESS_COLUMNS: tuple[str, ...] = (
+    "model", "attack", "eps", "accuracy", "relative_accuracy", "zero_gradient", "n_images",
+)  # fmt: skip
 
 #: Image file extensions :func:`load_labelled_images` reads (compared case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -112,6 +122,18 @@ def _check_eps(fn: str, eps: Any) -> float:
     return value
 
 
+def _warn_large_eps(fn: str, values: Sequence[float]) -> None:
+    """eps beyond half the pixel range is more likely grey levels meant as 1/255 than an attack size."""
+    large = [v for v in values if v > 0.5]
+    if large:
+        warnings.warn(
+            f"{fn}: eps {large} exceed 0.5, half the pixel range (eps is in [0, 1] pixel units: four grey "
+            "levels are 4/255)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _check_norm(fn: str, mean: Norm, std: Norm, channels: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(mean, std) as float64 (C,) tensors, or None for models that take [0, 1] pixels."""
     if mean is None and std is None:
@@ -128,7 +150,10 @@ def _check_norm(fn: str, mean: Norm, std: Norm, channels: int) -> tuple[torch.Te
         except (TypeError, ValueError, RuntimeError) as err:
             raise TypeError(_checks.message(fn, name, expected, value)) from err
         if t.numel() != channels or not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}")
+            hint = ""
+            if t.numel() != channels:  # the ImageNet default, of 3 channels, for grey or other images
+                hint = f"; pass mean= and std= of {channels} values each (or both None for [0, 1] input)"
+            raise ValueError(f"{fn}: {name} must be {expected}, got {value!r}{hint}")
         out.append(t)
     if bool((out[1] <= 0).any()):
         raise ValueError(f"{fn}: std must be > 0 for every channel, got {std!r}")
@@ -171,10 +196,25 @@ def _logits(fn: str, model: torch.nn.Module, x: torch.Tensor, norm: Any) -> torc
     return logits
 
 
+def _ascent_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per image ``log(exp(CE) - 1) = logsumexp_{j != y}(z_j - z_y)``, in float64: a monotone function of
+    the cross-entropy ``CE = log(1 + exp(.))``, so its input gradient has CE's sign pixel for pixel.
+
+    CE's own gradient is ``sigmoid(.)`` times this one. Computed through softmax it loses the true
+    class's term (``p_y - 1`` rounds to 0) once the margin exceeds ~17 in float32 (~37 in float64),
+    and underflows to exactly 0 beyond ~100 (~745), so that a confident model looked robust.
+    """
+    z = logits.to(torch.float64)
+    true = z.gather(1, labels[:, None])
+    others = (z - true).scatter(1, labels[:, None], -math.inf)
+    return torch.logsumexp(others, dim=1)
+
+
 def _loss_grad(
     fn: str, model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, norm: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradient of the summed cross-entropy with respect to ``x``, and the logits at ``x``."""
+    """The gradient with respect to ``x`` of the summed per-image ascent loss (the direction of the
+    cross-entropy's, see :func:`_ascent_loss`), and the logits at ``x``."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = _logits(fn, model, x, norm)
@@ -182,8 +222,10 @@ def _loss_grad(
             raise ValueError(
                 f"{fn}: labels must be < the model's {logits.shape[1]} classes, got {int(labels.max())}"
             )
+        if logits.shape[1] < 2:
+            raise ValueError(f"{fn}: the model must return logits of 2 or more classes, got 1")
         # summed, so that each image's gradient is that of its own loss whatever the batch holds
-        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        loss = _ascent_loss(logits, labels).sum()
         if not loss.requires_grad:
             raise ValueError(
                 f"{fn}: the model's output does not depend differentiably on its input (an inference-only "
@@ -197,16 +239,33 @@ def _fgsm_step(x: torch.Tensor, grad: torch.Tensor, eps: float) -> torch.Tensor:
     return (x + eps * grad.sign()).clamp_(0.0, 1.0)
 
 
-def _fgsm(
-    fn: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: Any
-) -> torch.Tensor:
-    return _fgsm_step(x, _loss_grad(fn, model, x, y, norm)[0], eps)
+def _n_zero(grad: torch.Tensor) -> int:
+    """How many images' input gradients are exactly 0 everywhere (the attack cannot move them)."""
+    return int((grad.flatten(1) == 0).all(1).sum())
 
 
 class _PGDOptions(NamedTuple):
     steps: int
     step_size: float | None  # None: 2.5 * eps / steps
     random_start: bool
+
+
+def _start_seed(seed: int, eps: float, index: int) -> int:
+    """The seed of one image's random start: a hash of (seed, eps, image index), so that a start depends
+    on nothing else (not the other eps, their order, the batch size or the other models)."""
+    key = f"{seed}|{float(eps).hex()}|{index}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def _random_start(shape: torch.Size, seed: int, eps: float, first: int) -> torch.Tensor:
+    """Uniform noise in [-1, 1) for images ``first, first + 1, ...``, drawn on the CPU in float64 so that
+    every device and dtype starts from the same points."""
+    noise = torch.empty(shape, dtype=torch.float64)
+    g = torch.Generator()
+    for k in range(shape[0]):
+        g.manual_seed(_start_seed(seed, eps, first + k))
+        noise[k] = torch.rand(shape[1:], generator=g, dtype=torch.float64)
+    return noise * 2 - 1
 
 
 def _pgd(
@@ -217,19 +276,23 @@ def _pgd(
     eps: float,
     norm: Any,
     opts: _PGDOptions,
-    generator: torch.Generator,
-) -> torch.Tensor:
+    seed: int,
+    first: int = 0,
+) -> tuple[torch.Tensor, int]:
+    """The adversarial images, and how many had an input gradient of exactly 0 at the first step.
+    ``first`` is the index of ``x[0]`` among all the images (it picks the random starts)."""
     lo, hi = (x - eps).clamp_(0.0, 1.0), (x + eps).clamp_(0.0, 1.0)
     adv = x.clone()
     if opts.random_start:
-        # drawn on the CPU in float64, so that every device and dtype starts from the same points
-        noise = torch.rand(x.shape, generator=generator, dtype=torch.float64)
-        adv = torch.maximum(torch.minimum(x + ((noise * 2 - 1) * eps).to(x.device, x.dtype), hi), lo)
+        noise = _random_start(x.shape, seed, eps, first)
+        adv = torch.maximum(torch.minimum(x + (noise * eps).to(x.device, x.dtype), hi), lo)
     alpha = 2.5 * eps / opts.steps if opts.step_size is None else opts.step_size
-    for _ in range(opts.steps):
+    zero = 0
+    for step in range(opts.steps):
         grad = _loss_grad(fn, model, adv, y, norm)[0]
+        zero = _n_zero(grad) if step == 0 else zero
         adv = torch.maximum(torch.minimum(adv + alpha * grad.sign(), hi), lo)
-    return adv
+    return adv, zero
 
 
 def _pgd_options(
@@ -242,12 +305,6 @@ def _pgd_options(
     )
     _checks.check_seed(fn, seed, none=False)
     return opts, int(seed)
-
-
-def _generator(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
 
 
 def fgsm(
@@ -276,9 +333,11 @@ def fgsm(
     x = _check_images(fn, images)
     y = _check_labels(fn, labels, x.shape[0]).to(x.device)
     eps = _check_eps(fn, eps)
+    _warn_large_eps(fn, [eps])
     norm = _check_norm(fn, mean, std, x.shape[1])
     with eval_mode(model):
-        return _fgsm(fn, model, x.detach(), y, eps, norm)
+        x = x.detach()
+        return _fgsm_step(x, _loss_grad(fn, model, x, y, norm)[0], eps)
 
 
 def pgd(
@@ -302,7 +361,8 @@ def pgd(
         steps: number of gradient steps (>= 1).
         step_size: size of each step in pixel units; default ``2.5 * eps / steps``.
         random_start: start from a uniform draw in the eps ball (else from the images).
-        seed: seeds the random start (drawn on the CPU, so devices agree).
+        seed: seeds the random start: image ``i``'s is drawn from a generator seeded with a hash of
+            (seed, eps, i), on the CPU, so devices agree.
 
     Returns:
         (N, C, H, W) adversarial images with ``|x' - x| <= eps`` and values in [0, 1].
@@ -312,10 +372,11 @@ def pgd(
     x = _check_images(fn, images)
     y = _check_labels(fn, labels, x.shape[0]).to(x.device)
     eps = _check_eps(fn, eps)
+    _warn_large_eps(fn, [eps])
     opts, seed = _pgd_options(fn, steps, step_size, random_start, seed)
     norm = _check_norm(fn, mean, std, x.shape[1])
     with eval_mode(model):
-        return _pgd(fn, model, x.detach(), y, eps, norm, opts, _generator(seed))
+        return _pgd(fn, model, x.detach(), y, eps, norm, opts, seed)[0]
 
 
 # ---------------------------------------------------------------------------------------------- curves
@@ -325,6 +386,7 @@ def _check_eps_list(fn: str, eps: Any) -> list[float]:
     if isinstance(eps, (str, bytes)) or not isinstance(eps, Sequence) or not eps:
         raise TypeError(_checks.message(fn, "eps", "a non-empty sequence of numbers >= 0", eps))
     values = [_check_eps(fn, e) for e in eps]
+    _warn_large_eps(fn, values)
     if len(set(values)) != len(values):
         raise ValueError(f"{fn}: eps must not repeat a value, got {list(eps)!r}")
     if 0 not in values:
@@ -380,10 +442,16 @@ def robustness(
 ) -> list[dict[str, Any]]:
     """Accuracy of each model under each attack at each eps, raw and relative to its clean accuracy.
 
-    ``relative_accuracy = accuracy / accuracy at eps = 0`` (the clean accuracy, whether or not 0 is in
-    ``eps``), so models that start from different accuracies compare fairly; NaN for a model that
-    classifies no clean image correctly. At eps = 0 both attacks return the images unchanged, so that row
-    is the clean accuracy (computed once, not attacked).
+    ``relative_accuracy = accuracy / accuracy at eps = 0`` (the clean accuracy; 0 must be in ``eps``),
+    so models that start from different accuracies compare fairly; NaN for a model that classifies no
+    clean image correctly. At eps = 0 both attacks return the images unchanged, so that row is the clean
+    accuracy (computed once, not attacked). A clean accuracy at or below chance (1 / classes) is warned
+    about: the labels are likely not the model's class indices.
+
+    ``zero_gradient`` is the share of the images whose input gradient was exactly 0 at the attack's
+    first step (FGSM: at the images; PGD: at its random start), a gradient-masking indicator: the
+    attack cannot move such an image, so its accuracy overstates the robustness. It is warned about when
+    above 0; NaN at eps = 0 (no attack). ``n_images`` is N.
 
     Args:
         models: name -> classifier (logits, or an output with a ``logits`` attribute). Each runs on the
@@ -391,11 +459,13 @@ def robustness(
         images: (N, C, H, W) floating pixels in [0, 1], before normalisation (see
             :func:`load_labelled_images`).
         labels: (N,) integer class indices in the models' output space.
-        eps: L-infinity sizes in pixel units, each >= 0, no repeats; rows follow this order.
+        eps: L-infinity sizes in pixel units, in [0, 1] with 0 among them, no repeats; rows follow this
+            order. Above 0.5 is warned about (half the pixel range; 4/255 is written ``4 / 255``).
         attacks: any of ``"fgsm"``, ``"pgd"``.
         steps, step_size, random_start: PGD options (see :func:`pgd`).
         batch_size: images attacked at once.
-        seed: seeds PGD's random starts; a run is reproducible for the same seed and batch size.
+        seed: seeds PGD's random starts, one per image from (seed, eps, image index): a row does not
+            depend on the batch size, the other eps or models, or their order.
         mean, std: normalisation applied inside the models (see :func:`fgsm`).
 
     Returns:
@@ -420,8 +490,8 @@ def robustness(
     for name, model in models.items():
         device, dtype = _device(model), _dtype(model, x_all.dtype)
         correct = {(a, e): 0 for a in attack_list for e in eps_list if e > 0}
-        clean = 0
-        generator = _generator(seed)
+        zero = dict.fromkeys(correct, 0)
+        clean = classes = 0
         with eval_mode(model):
             for sl in _batches(n, batch_size):
                 x = x_all[sl].to(device, dtype)
@@ -430,35 +500,72 @@ def robustness(
                     # FGSM's gradient at the images serves every eps, and its forward classifies them
                     grad, logits = _loss_grad(fn, model, x, y, norm)
                     clean += int((logits.argmax(1) == y).sum())
+                    classes = logits.shape[1]
                 else:
-                    clean += _correct(fn, model, x, y, norm)
+                    hits, classes = _correct(fn, model, x, y, norm)
+                    clean += hits
                 for e in eps_list:
                     if e == 0:
                         continue
                     for attack in attack_list:
                         if attack == "fgsm":
-                            adv = _fgsm_step(x, grad, e)
+                            adv, zeros = _fgsm_step(x, grad, e), _n_zero(grad)
                         else:
-                            adv = _pgd(fn, model, x, y, e, norm, opts, generator)
-                        correct[attack, e] += _correct(fn, model, adv, y, norm)
+                            adv, zeros = _pgd(fn, model, x, y, e, norm, opts, seed, sl.start)
+                        correct[attack, e] += _correct(fn, model, adv, y, norm)[0]
+                        zero[attack, e] += zeros
         clean_acc = clean / n
+        _warn_chance(fn, name, clean_acc, classes)
+        _warn_zero_gradient(fn, name, {k: v / n for k, v in zero.items() if v})
         for attack in attack_list:
             for e in eps_list:
                 acc = clean_acc if e == 0 else correct[attack, e] / n
                 rel = acc / clean_acc if clean_acc > 0 else math.nan
-                rows.append(dict(zip(ROBUSTNESS_COLUMNS, (name, attack, e, acc, rel), strict=True)))
+                zero_share = math.nan if e == 0 else zero[attack, e] / n
+                values = (name, attack, e, acc, rel, zero_share, n)
+                rows.append(dict(zip(ROBUSTNESS_COLUMNS, values, strict=True)))
     return rows
 
 
-def _correct(fn: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Any) -> int:
+def _warn_chance(fn: str, name: str, accuracy: float, classes: int) -> None:
+    if classes and accuracy <= 1 / classes:
+        warnings.warn(
+            f"{fn}: model {name!r} classifies {accuracy:.1%} of the clean images correctly, at or below "
+            f"chance (1/{classes} classes): are the labels its class indices (class_index)?",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _warn_zero_gradient(fn: str, name: str, shares: dict[tuple[str, float], float]) -> None:
+    """Gradient masking: an image whose input gradient is exactly 0 is not moved by the attack, so the
+    model looks more robust than it is."""
+    if shares:
+        worst = ", ".join(f"{a} eps {255 * e:g}/255: {v:.1%}" for (a, e), v in shares.items())
+        warnings.warn(
+            f"{fn}: model {name!r} had an input gradient of exactly 0 at the attack's first step for some "
+            f"images ({worst}; zero_gradient): the attack cannot move them, so its accuracy overstates "
+            "the robustness (gradient masking: saturated or flat outputs, non-differentiable layers)",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _correct(fn: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Any) -> tuple[int, int]:
+    """How many of ``x`` the model classifies as ``y``, and its number of classes."""
     with torch.no_grad():
         logits = _logits(fn, model, x, norm)
     if int(y.max()) >= logits.shape[1]:
         raise ValueError(f"{fn}: labels must be < the model's {logits.shape[1]} classes, got {int(y.max())}")
-    return int((logits.argmax(1) == y).sum())
+    return int((logits.argmax(1) == y).sum()), logits.shape[1]
 
 
 # ---------------------------------------------------------------------------------------------- images
+
+
+def _is_index(name: str) -> bool:
+    """A folder named by a class index (``0``, ``207``)."""
+    return name.isascii() and name.isdigit()
 
 
 class LabelledImages(NamedTuple):
@@ -486,11 +593,15 @@ def load_labelled_images(
 ) -> LabelledImages:
     """A labelled image folder with one sub-folder per class (``root/<class>/<image>``), as pixels.
 
-    The label of a folder is its position among the sorted folder names (torchvision's ``ImageFolder``
-    rule, which gives the standard ImageNet indices for the 1,000 synset folders ``n01440764``, ...), or
-    ``class_index[folder]`` when given (needed when the folders are a subset of the model's classes: a
-    folder of ImageNet class 207 is ``{"n02099601": 207}``). Files in a class folder are read in sorted
-    order; those without an image extension (:data:`IMAGE_EXTENSIONS`) and hidden files are skipped.
+    The label of a folder is ``class_index[folder]`` when given (needed when the folders are a subset of
+    the model's classes: a folder of ImageNet class 207 is ``{"n02099601": 207}``); else the folder's name
+    when every name is an integer (``0``, ``207``: class indices); else its position among the sorted
+    folder names (torchvision's ``ImageFolder`` rule, which gives the standard ImageNet indices for the
+    1,000 synset folders ``n01440764``, ..., and is right only when there is a folder for each of the
+    model's classes: :func:`fastalign.eval.evaluate` checks that). Files in a class folder are read in
+    sorted order; those without an image extension (:data:`IMAGE_EXTENSIONS`), hidden files and
+    sub-folders are skipped (with a warning naming the first sub-folder: images are not searched
+    recursively).
     Images are resized and centre-cropped like ImageNet evaluation (:class:`fastalign.data.ImageTransform`)
     and left in [0, 1]: the attacks normalise inside.
 
@@ -509,7 +620,8 @@ def load_labelled_images(
     if not folders:
         raise ValueError(f"{fn}: root {root!r} holds no class folders (expected root/<class>/<image>)")
     if class_index is None:
-        index = {f: i for i, f in enumerate(folders)}
+        numbered = all(_is_index(f) for f in folders)
+        index = {f: int(f) if numbered else i for i, f in enumerate(folders)}
     else:
         if not isinstance(class_index, Mapping):
             raise TypeError(
@@ -521,11 +633,13 @@ def load_labelled_images(
                 f"{fn}: class_index has no entry for the class folders {missing[:5]!r} of {root!r}"
             )
         index = {f: _checks.check_int(fn, f"class_index[{f!r}]", class_index[f], minimum=0) for f in folders}
-    paths, labels = [], []
+    paths, labels, nested = [], [], []
     for folder in folders:
         directory = os.path.join(root, folder)
         for entry in sorted(os.listdir(directory)):
             path = os.path.join(directory, entry)
+            if os.path.isdir(path) and not entry.startswith("."):
+                nested.append(os.path.join(folder, entry))
             if (
                 entry.startswith(".")
                 or not entry.lower().endswith(IMAGE_EXTENSIONS)
@@ -538,6 +652,46 @@ def load_labelled_images(
         raise ValueError(
             f"{fn}: the class folders of {root!r} hold no images ({', '.join(IMAGE_EXTENSIONS)})"
         )
+    if nested:
+        warnings.warn(
+            f"{fn}: {len(nested)} sub-folder(s) inside class folders of {root!r} were skipped (images are "
+            f"read from root/<class>/ only, not recursively), e.g. {nested[0]!r}",
+            UserWarning,
+            stacklevel=2,
+        )
     transform = ImageTransform(size, resize, normalize=False)
     images = torch.stack([transform(p) for p in paths])
     return LabelledImages(images, torch.tensor(labels, dtype=torch.int64), folders, paths)
+
+
+def _check_labelled_classes(
+    fn: str,
+    name: str,
+    model: torch.nn.Module,
+    labelled: LabelledImages,
+    class_index: Mapping[str, int] | None,
+    mean: Norm = IMAGENET_MEAN,
+    std: Norm = IMAGENET_STD,
+) -> None:
+    """Refuses labels that cannot be the model's class indices, from one forward pass on one image: a
+    label beyond its classes, or (without ``class_index``) folders labelled by their sorted position
+    that are not one per class of the model (a subset of ImageNet's synsets gets labels 0..k-1: a clean
+    accuracy of ~0 and relative accuracies of NaN, silently)."""
+    norm = _check_norm(fn, mean, std, labelled.images.shape[1])
+    device, dtype = _device(model), _dtype(model, labelled.images.dtype)
+    with eval_mode(model), torch.no_grad():
+        classes = _logits(fn, model, labelled.images[:1].to(device, dtype), norm).shape[1]
+    positional = class_index is None and not all(_is_index(f) for f in labelled.classes)
+    if positional and len(labelled.classes) != classes:
+        raise ValueError(
+            f"{fn}: the robustness image folder must have one class folder per class of model {name!r} "
+            f"({classes}) when no class index is given, got {len(labelled.classes)} folders "
+            f"({labelled.classes[:3]!r}...), which would be labelled 0..{len(labelled.classes) - 1} by "
+            "their sorted position; pass class_index={folder: class index} (--class-index FILE.json, e.g. "
+            '{"n02099601": 207}) or name the folders by their class indices'
+        )
+    if int(labelled.labels.max()) >= classes:
+        raise ValueError(
+            f"{fn}: the robustness labels must be < the {classes} classes of model {name!r}, got "
+            f"{int(labelled.labels.max())}"
+        )

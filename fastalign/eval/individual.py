@@ -44,8 +44,9 @@ def variability(slots: Sequence[_Slot], rdms: torch.Tensor) -> tuple[list[dict[s
         (rows with layer, model_a, model_b (the two models' subjects), dissimilarity and model (the
         family), summary: family -> {"mean": layer -> mean dissimilarity, "n_pairs": layer -> the
         number of model pairs compared there (layers can hold different subjects' models), "rises_v1_to_it":
-        IT above V1 (None without both), "monotonic": non-decreasing over the areas V1, V2, V4, IT that
-        were evaluated (None with fewer than 2)}).
+        IT's mean above V1's (None without both), "monotonic": the means non-decreasing over the areas
+        V1, V2, V4, IT that were evaluated (None with fewer than 2)}). The two flags are descriptive:
+        comparisons of the means, not tests (no uncertainty enters them).
     """
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}

@@ -20,7 +20,8 @@ model, layer, subject and modality:
   ``permutations``), per ROI and for behaviour with a one-sample t-test;
 - the noise ceiling per time point and ROI (:func:`fastalign.noise_ceiling` over the subjects' RDMs);
 - individual variability (variability.csv): 1 - Spearman between the RDMs of one family's models of
-  different subjects, per layer.
+  different subjects, per layer, on the test images of the modality the family was aligned to (the
+  first modality for unaligned families; the ``modality`` column).
 
 The tables follow the contract in docs/evaluation.md.
 """
@@ -82,7 +83,7 @@ RESULT_COLUMNS = (
     "noise_lower", "noise_upper",
 )  # fmt: skip
 #: variability.csv's columns, in order.
-VARIABILITY_COLUMNS = ("layer", "model_a", "model_b", "dissimilarity", "model")
+VARIABILITY_COLUMNS = ("layer", "model_a", "model_b", "dissimilarity", "model", "modality")
 _FILES = ("results.csv", "stats.json", "summary.json", "variability.csv", "robustness.csv", "config.json")
 _COMPARISONS = ("within", "across-subject", "across-modality", "none")
 _RDM_METHODS = ("correlation", "cosine", "euclidean")  # crossnobis needs folds and a noise model
@@ -927,7 +928,9 @@ def evaluate(
         eps: Perturbation sizes, L-infinity in [0, 1] pixel units (default 0, 1, 2, 4, 8 / 255).
         attacks: Any of "fgsm", "pgd" (default both).
         pgd_steps, pgd_step_size: PGD's steps (default 10) and step size (default 2.5 eps / steps).
-        class_index: Class folder name -> the models' class index (default: the folders' sorted order).
+        class_index: Class folder name -> the models' class index (default: the folders' names when all
+            are integers, else their sorted order, which must then give one folder per class of every
+            model; checked with one forward pass per model before any RSA work).
         progress: Show progress on standard error (tqdm bars on a terminal, else a line per stage).
 
     Returns:
@@ -938,7 +941,8 @@ def evaluate(
         FileExistsError: ``out`` holds another evaluation (without ``overwrite``).
         ValueError: a subject missing from the data, layers a model lacks, models of other image sets
             (features of other images, runs aligned on another dataset), bad settings (a negative eps,
-            robustness settings without ``robustness``, robustness of a model given as features).
+            robustness settings without ``robustness``, robustness of a model given as features, labels
+            that cannot be a model's class indices).
         TypeError: arguments of the wrong kind.
     """
     given = dict(locals())
@@ -993,6 +997,10 @@ def evaluate(
         labelled = _attacks.load_labelled_images(
             attack["folder"], class_index=attack["class_index"], size=s["image_size"]
         )
+        for m in specs:  # the labels against each model's classes, before any RSA work
+            assert m.module is not None
+            with on_device(m.module, device):
+                _attacks._check_labelled_classes(_FN, m.name, m.module, labelled, attack["class_index"])
     # the digests (hashes of every array given from Python: 0.2-0.4 s at 11 models x 4 layers x 200 x
     # 4,096) only where there is a folder whose config they tell apart
     digests = out is not None
@@ -1021,14 +1029,24 @@ def evaluate(
     slots: dict[str, list[_Slot]] = {}
     computed: list[_Modality] = []
     run = {"eeg": _eeg, "fmri": _fmri, "behaviour": _behaviour}
+    # a family's variability is measured on the test images of the modality it was aligned to (unaligned
+    # families: the first modality), whatever the order of ``modality``
+    own: dict[str, str] = {}
+    for m in specs:
+        own.setdefault(m.name, m.modality if m.modality in mods else mods[0])
+    var_rows: list[dict[str, Any]] = []
+    var_summary: dict[str, Any] = {}
     for mod in mods:
         images = brain.images_of(mod)
         slots[mod], rdms = _model_rdms(
             specs, images, f"{mod} test", rdm_method=s["rdm_method"], done=done, extract=extract
         )
         computed.append(run[mod](brain, rdms, s))
-        if mod == mods[0]:
-            var_rows, var_summary = _variability.variability(slots[mod], rdms)
+        mine = [k for k, slot in enumerate(slots[mod]) if own[slot.model] == mod]
+        if mine:
+            rows_here, summary_here = _variability.variability([slots[mod][k] for k in mine], rdms[mine])
+            var_rows += [{**row, "modality": mod} for row in rows_here]
+            var_summary.update({f: {**v, "modality": mod} for f, v in summary_here.items()})
     rows = [r for mod in computed for r in _rows(mod, slots[mod.name])]
     families = list(dict.fromkeys(m.name for m in specs))
     stats, effects = _statistics(computed, slots, families, base, s)

@@ -831,10 +831,26 @@ def plot_across_subject(
 # ---------------------------------------------------------------------------------------------- variability
 
 
+def _jackknife_sem(pairs: Mapping[tuple[str, str], float]) -> float:
+    """Leave-one-subject-out jackknife SEM of the mean over subject pairs (NaN under 3 subjects).
+
+    The n(n-1)/2 pairs share subjects, so they are not independent and their own SEM is too narrow. With
+    ``m_i`` the mean over the pairs without subject i and ``m`` the mean of the ``m_i``:
+    ``SEM = sqrt((n - 1) / n * sum_i (m_i - m)^2)``.
+    """
+    subjects = sorted({s for pair in pairs for s in pair})
+    n = len(subjects)
+    if n < 3:
+        return math.nan
+    loo = np.array([np.mean([v for pair, v in pairs.items() if s not in pair]) for s in subjects])
+    return float(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()))
+
+
 def plot_variability(variability: Table, *, layers: Sequence[str] | None = None) -> Figure:
-    """Dissimilarity between different subjects' models by layer: mean +- SEM over model pairs, and a
-    point per pair; one line per family when the table has a ``model`` column (variability.csv: layer,
-    model_a, model_b, dissimilarity[, model])."""
+    """Dissimilarity between different subjects' models by layer: the mean over model pairs +- its
+    leave-one-subject-out jackknife SEM (:func:`_jackknife_sem`; pairs share subjects, so an SEM over
+    pairs would be too narrow), and a point per pair; one line per family when the table has a ``model``
+    column (variability.csv: layer, model_a, model_b, dissimilarity[, model])."""
     fn = "plot_variability"
     rows = _table(
         fn,
@@ -861,10 +877,12 @@ def plot_variability(variability: Table, *, layers: Sequence[str] | None = None)
             v = values[layer_list[i]]
             spread = np.linspace(-0.4, 0.4, len(v)) * dodge if len(v) > 1 else np.zeros(1)
             ax.scatter(xi + spread, v, s=10, color=color, alpha=0.35, linewidth=0, label="_pairs", zorder=2)
-        stats = [_mean_sem(values[layer_list[i]]) for i in at]
-        mean, sem = [s[0] for s in stats], [s[1] for s in stats]
+        mine = [r for r in rows if r["model"] == family]
+        mean = [float(np.mean(values[layer_list[i]])) for i in at]
+        sem = [_jackknife_sem(_pairs(mine, layer_list[i])) for i in at]
         ax.errorbar(xs, mean, yerr=sem, fmt="none", ecolor=color, capsize=3, zorder=3)
-        name = "mean ± SEM over pairs" if not family else f"{family} (mean ± SEM over pairs)"
+        what = "mean ± jackknife SEM over subjects"
+        name = what if not family else f"{family} ({what})"
         style = styles[family]
         ax.plot(
             xs,
@@ -881,6 +899,15 @@ def plot_variability(variability: Table, *, layers: Sequence[str] | None = None)
     ax.set_ylabel("Between-subject model dissimilarity\n(1 − Spearman ρ of the model RDMs)")
     ax.legend(fontsize="small")
     return fig
+
+
+def _pairs(rows: Sequence[dict], layer: str) -> dict[tuple[str, str], float]:
+    """(model_a, model_b) -> dissimilarity at ``layer`` (duplicates of a pair averaged)."""
+    acc: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        if r["layer"] == layer:
+            acc.setdefault((r["model_a"], r["model_b"]), []).append(r["dissimilarity"])
+    return {pair: float(np.mean(v)) for pair, v in acc.items()}
 
 
 # ---------------------------------------------------------------------------------------------- robustness
@@ -908,13 +935,15 @@ def plot_robustness(
     rows = _table(fn, "robustness", robustness, ("model", "attack"), ("eps", "accuracy", "relative_accuracy"))
     keep = set(_select(fn, "models", _order(r["model"] for r in rows), models))
     rows = [r for r in rows if r["model"] in keep]
-    undefined = _order(r["model"] for r in rows if not any(
-        math.isfinite(x[metric]) for x in rows if x["model"] == r["model"]))  # fmt: skip
-    if undefined:
-        # relative accuracy is undefined for a model that is never right on clean images
+    # every model (each member of a group too) never right on clean images: its relative accuracy is
+    # undefined, and a group's mean with it is NaN
+    zero = _order(r["model"] for r in rows if r["eps"] == 0 and r["accuracy"] == 0)
+    if zero:
+        named = [m if label(m) == m else f"{m} (of {label(m)})" for m in zero]
+        effect = "their relative accuracy is NaN, so their lines (and their groups') are empty"
         warnings.warn(
-            f"{fn}: {metric} of {undefined} is NaN at every eps (relative accuracy: clean accuracy 0); "
-            "their lines are empty",
+            f"{fn}: clean accuracy (eps 0) is 0 for {', '.join(named)}: "
+            + (effect if metric == "relative_accuracy" else "are their labels the models' class indices?"),
             UserWarning,
             stacklevel=2,
         )

@@ -55,9 +55,10 @@ def _models(runs) -> list[str]:
 
 
 def _labelled(runs, folder: Path) -> Path:
-    """Two of the test images as a labelled folder of two classes."""
+    """Two of the test images as a labelled folder of two classes, named by their class indices (without
+    a class index, folders named otherwise must be one per class of the models)."""
     images = load_image_metadata(runs.root / "image_set").paths("test")
-    for name, path in zip(("a", "b"), images, strict=False):
+    for name, path in zip(("7", "207"), images, strict=False):
         (folder / name).mkdir(parents=True)
         shutil.copy(path, folder / name)
     return folder

@@ -48,6 +48,33 @@ class _Counting(torch.nn.Module):
         return x.mean(dim=(2, 3)) * self.w
 
 
+@pytest.mark.parametrize(("dtype", "suffix"), [(np.uint16, ".png"), (np.int32, ".tif")])
+def test_16_bit_images_are_rescaled_to_8_bits(tmp_path: os.PathLike, dtype: type, suffix: str) -> None:
+    """PIL's convert("RGB") clips 16-bit values (modes I;16 and I) at 255: such images loaded white."""
+    grey = np.arange(64, dtype=np.float64).reshape(8, 8) * 1000  # 0..63,000 of 65,535
+    path = os.path.join(tmp_path, f"deep{suffix}")
+    Image.fromarray(grey.astype(dtype)).save(path)
+    assert Image.open(path).mode in ("I;16", "I")
+    got = load_image(path, size=8, resize=8, normalize=False)
+    want = torch.from_numpy(np.round(grey / 257) / 255).float()
+    torch.testing.assert_close(got, want.expand(3, 8, 8), atol=1e-6, rtol=0)
+
+
+def test_float_and_out_of_range_images_are_refused(tmp_path: os.PathLike) -> None:
+    path = os.path.join(tmp_path, "float.tif")
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(path)
+    with pytest.raises(
+        ValueError, match=r"image: '.*float.tif' must be an 8- or 16-bit integer image, got PIL mode 'F'"
+    ):
+        load_image(path, size=8)
+    path = os.path.join(tmp_path, "big.tif")
+    Image.fromarray(np.full((8, 8), 70000, dtype=np.int32)).save(path)
+    with pytest.raises(
+        ValueError, match=r"must hold 16-bit values \(0..65535\) in PIL mode 'I', got values in \[70000, 70000\]"
+    ):
+        load_image(path, size=8)
+
+
 def test_embedding_cache_reuses_and_invalidates(tmp_path: os.PathLike) -> None:
     folder = os.path.join(tmp_path, "imgs")
     os.makedirs(folder)

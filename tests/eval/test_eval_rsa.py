@@ -305,3 +305,38 @@ def test_config_records_the_data_folder_absolute(
     fe.evaluate(os.path.basename(eval_things.root), [_truth(eval_things)], out=out, permutations=10)
     with open(out / "config.json") as f:
         assert json.load(f)["data"] == os.path.abspath(eval_things.root)
+
+
+def test_each_family_s_variability_is_of_its_own_modality_s_images(eval_things: SyntheticThings) -> None:
+    """A family aligned to fMRI is measured on the fMRI test images, one aligned to EEG on the EEG ones,
+    whatever the order of ``modality``: the first modality's images were used for every family."""
+    import dataclasses
+
+    from eval_helpers import Tiny
+
+    full = fe.load_brain(eval_things, ["eeg", "fmri"])
+    k = len(full.images) - 4  # the fMRI set: another image set than the EEG's
+    brain = dataclasses.replace(
+        full,
+        fmri_images=full.images[:k],
+        fmri={s: {r: v[:k] for r, v in rois.items()} for s, rois in full.fmri.items()},
+    )
+    models = [
+        *(fe.EvalModel("e", Tiny(i), layers=["conv"], subject=s, modality="eeg")
+          for i, s in enumerate(brain.subjects("eeg")[:2])),
+        *(fe.EvalModel("f", Tiny(i), layers=["conv"], subject=s, modality="fmri")
+          for i, s in enumerate(brain.subjects("fmri")[:2])),
+    ]  # fmt: skip
+
+    def variability(modality: list[str]) -> list[tuple]:
+        res = fe.evaluate(brain, models, out=None, modality=modality, permutations=10, image_size=24)
+        assert {f: v["modality"] for f, v in res.summary["variability"].items()} == {"e": "eeg", "f": "fmri"}
+        return sorted(tuple(r[c] for c in fe.VARIABILITY_COLUMNS) for r in res.variability)
+
+    rows = variability(["eeg", "fmri"])
+    assert rows == variability(["fmri", "eeg"])
+    assert {(r[4], r[5]) for r in rows} == {("e", "eeg"), ("f", "fmri")}
+    a, b = (fe.layer_features(fe.EvalModel("t", Tiny(i), layers=["conv"]), brain.images_of("fmri"),
+                              image_size=24, batch_size=8, device="cpu")["conv"] for i in (0, 1))  # fmt: skip
+    rho = spearmanr(pdist(a.reshape(k, -1), "correlation"), pdist(b.reshape(k, -1), "correlation"))
+    assert next(r[3] for r in rows if r[4] == "f") == pytest.approx(1 - rho.statistic, rel=1e-6)

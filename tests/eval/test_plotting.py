@@ -457,8 +457,15 @@ def test_variability_shows_mean_over_pairs_by_layer() -> None:
     fig = plot_variability(rows)
     _render(fig)
     (ax,) = fig.axes
-    (line,) = [line for line in ax.get_lines() if line.get_label() == "mean ± SEM over pairs"]
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "mean ± jackknife SEM over subjects"]
     np.testing.assert_allclose(line.get_ydata(), [0.1 * 2 / 3, 0.2 * 2 / 3, 0.4 * 2 / 3], rtol=1e-12)
+    # the pairs share subjects: leave-one-subject-out jackknife, not the SEM of the 3 pairs (half as wide)
+    (bars,) = ax.containers
+    half = [(seg[1][1] - seg[0][1]) / 2 for seg in bars.lines[2][0].get_segments()]
+    loo = np.array([3, 2, 1]) / 3  # the mean over the pairs without s1, s2, s3 (per unit of d)
+    jackknife = math.sqrt(2 / 3 * ((loo - loo.mean()) ** 2).sum())
+    np.testing.assert_allclose(half, [d * jackknife for d in (0.1, 0.2, 0.4)], rtol=1e-9)
+    assert jackknife == pytest.approx(2 * np.std([1, 2, 3], ddof=1) / math.sqrt(3) / 3)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["V1", "V4", "IT"]
     points = [c for c in ax.collections if isinstance(c, PathCollection)]
     assert sum(len(c.get_offsets()) for c in points) == 9
@@ -476,7 +483,8 @@ def test_variability_draws_one_line_per_family() -> None:
     _render(fig)
     (ax,) = fig.axes
     lines = {line.get_label(): line for line in ax.get_lines()}
-    realnet, control = lines["realnet (mean ± SEM over pairs)"], lines["control (mean ± SEM over pairs)"]
+    what = "mean ± jackknife SEM over subjects"
+    realnet, control = lines[f"realnet ({what})"], lines[f"control ({what})"]
     np.testing.assert_allclose(realnet.get_ydata(), [0.11, 0.31])
     np.testing.assert_allclose(control.get_ydata(), [1.11, 1.31])
     assert realnet.get_color() != control.get_color()
@@ -616,7 +624,21 @@ def test_inputs_without_a_figure_are_refused_or_named() -> None:
         {"model": "m", "attack": "fgsm", "eps": e, "accuracy": 0.0, "relative_accuracy": math.nan}
         for e in (0, 0.01)
     ]
-    with pytest.warns(
-        UserWarning, match=r"plot_robustness: relative_accuracy of \['m'\] is NaN at every eps"
-    ):
+    with pytest.warns(UserWarning, match=r"plot_robustness: clean accuracy \(eps 0\) is 0 for m: .* NaN"):
         plot_robustness(zero)
+    # every member of a family with clean accuracy 0 is named, with its family, whatever the metric
+    family = [
+        {
+            "model": m,
+            "attack": "fgsm",
+            "eps": e,
+            "accuracy": acc,
+            "relative_accuracy": math.nan if acc == 0 else 1,
+        }
+        for m, acc in (("realnet/sub-01", 0.0), ("realnet/sub-02", 0.5), ("realnet/sub-03", 0.0))
+        for e in (0, 0.01)
+    ]
+    groups = {m: "realnet" for m in ("realnet/sub-01", "realnet/sub-02", "realnet/sub-03")}
+    for metric in ("relative_accuracy", "accuracy"):
+        with pytest.warns(UserWarning, match=r"is 0 for realnet/sub-01 \(of realnet\), realnet/sub-03 \(of "):
+            plot_robustness(family, groups=groups, metric=metric)

@@ -143,6 +143,7 @@ def _margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     return logits.gather(1, y[:, None])[:, 0] - logits.gather(1, 1 - y[:, None])[:, 0]
 
 
+@pytest.mark.filterwarnings("ignore:robustness.*at or below chance")  # random labels
 @pytest.mark.parametrize("attack", ["fgsm", "pgd"])
 def test_a_linear_model_is_attacked_to_its_analytic_worst_case(attack: str) -> None:
     model, x, y, dw = _linear_problem()
@@ -160,6 +161,81 @@ def test_a_linear_model_is_attacked_to_its_analytic_worst_case(attack: str) -> N
     assert ((margins > 0) & (margins < eps * k)).any() and (margins > eps * k).any()
     for row in rows:
         assert row["accuracy"] == pytest.approx(float((margins > row["eps"] * k).double().mean()), abs=1e-12)
+
+
+class _Scale(nn.Module):
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.k * z
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e6])
+def test_a_confident_model_is_attacked_as_its_cross_entropy_says(scale: float) -> None:
+    """Scaling the logits changes no prediction and not the sign of the cross-entropy's gradient. Taken
+    through softmax in float32, that gradient lost the true class's term once the margin passed ~17 and
+    was exactly 0 beyond ~100: the scaled model looked robust (FGSM moved nothing)."""
+    model, x, y, _ = _linear_problem()
+    y = (_margins(model, x, torch.zeros_like(y)) < 0).long()  # every image right
+    assert float(scale * _margins(model, x, y).median()) > 100
+    model, x = model.float(), x.float()
+    confident = nn.Sequential(model, _Scale(scale))
+    for attack in (fgsm, pgd):
+        assert torch.equal(attack(confident, x, y, 4 / 255), attack(model, x, y, 4 / 255))
+    eps = (0.0, 4 / 255, 32 / 255)
+    rows = robustness({"m": confident}, x, y, eps=eps, steps=3, batch_size=16)
+    assert [r["accuracy"] for r in rows] == [
+        r["accuracy"] for r in robustness({"m": model}, x, y, eps=eps, steps=3, batch_size=16)
+    ]
+    assert max(r["accuracy"] for r in rows if r["eps"] == 32 / 255) < 0.05  # from 1.0 at eps 0
+    assert [r["zero_gradient"] for r in rows if r["eps"] > 0] == [0.0] * 4
+
+
+class _Rounded(nn.Module):
+    """A model whose input gradient is exactly 0 everywhere: its input is quantised."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.round(z * 4) / 4)
+
+
+def test_an_input_gradient_of_exactly_zero_is_recorded_and_warned_about() -> None:
+    model, x, y, _ = _linear_problem(n=10)
+    model = _Rounded(model)
+    y = model.eval()((x - MEAN) / STD).argmax(1).detach()
+    eps = (0.0, 8 / 255)
+    with pytest.warns(UserWarning, match=r"robustness: model 'q' had an input gradient of exactly 0 .*"
+                      r"fgsm eps 8/255: 100.0%, pgd eps 8/255: 100.0%"):  # fmt: skip
+        rows = robustness({"q": model}, x, y, eps=eps, steps=2)
+    assert [(r["attack"], r["eps"], r["n_images"]) for r in rows] == [
+        (a, e, 10) for a in ("fgsm", "pgd") for e in eps
+    ]
+    assert math.isnan(rows[0]["zero_gradient"]) and rows[1]["zero_gradient"] == 1.0
+    assert rows[1]["accuracy"] == rows[0]["accuracy"]  # FGSM moved nothing: the mask at work
+
+
+def test_pgd_rows_depend_on_neither_the_other_eps_their_order_nor_the_batch_size() -> None:
+    """Each image's random start comes from (seed, eps, image index): a row is pgd()'s accuracy on all
+    the images at once, whatever else the call holds. One generator consumed across eps and batches
+    made a row depend on the eps before it and on the batch size."""
+    model, x, y, _ = _linear_problem()
+    y = (_margins(model, x, torch.zeros_like(y)) < 0).long()  # every image right
+    opts = {"steps": 1, "step_size": 1e-6, "seed": 4}  # the random start decides
+    want = {e: _clean_accuracy(model, pgd(model, x, y, e, **opts), y) for e in (0.2, 0.3)}
+    assert 0 < min(want.values()) and max(want.values()) < 1
+    for eps, batch_size, attacks in (
+        ((0.0, 0.2, 0.3), 40, ("pgd",)),
+        ((0.0, 0.3, 0.2), 7, ("pgd",)),
+        ((0.0, 0.3), 1, ("fgsm", "pgd")),
+    ):
+        rows = robustness({"m": model}, x, y, eps=eps, attacks=attacks, batch_size=batch_size, **opts)
+        got = {r["eps"]: r["accuracy"] for r in rows if r["attack"] == "pgd" and r["eps"] > 0}
+        assert got == {e: want[e] for e in got}
 
 
 def test_robustness_rows_clean_accuracy_relative_accuracy_and_batching() -> None:
@@ -207,7 +283,8 @@ def test_relative_accuracy_is_nan_without_a_clean_success() -> None:
     model, (x, _) = _cnn(), _images()
     with torch.no_grad():
         wrong = (model.eval()((x - MEAN) / STD).argmax(1) + 1) % 5
-    rows = robustness({"m": model}, x, wrong, eps=(0.0, 0.1), attacks=("fgsm",))
+    with pytest.warns(UserWarning, match=r"'m' classifies 0.0% .* at or below chance \(1/5 classes\)"):
+        rows = robustness({"m": model}, x, wrong, eps=(0.0, 0.1), attacks=("fgsm",))
     assert [r["accuracy"] for r in rows] == [0.0, 0.0]
     assert all(math.isnan(r["relative_accuracy"]) for r in rows)
 
@@ -272,6 +349,7 @@ def test_models_taking_pixels_without_normalisation() -> None:
         ({"steps": 0}, ValueError, "robustness: steps must be an int >= 1"),
         ({"batch_size": 1.5}, TypeError, "robustness: batch_size must be an int"),
         ({"mean": (0.5, 0.5)}, ValueError, "robustness: mean must be 3 finite numbers"),
+        ({"mean": (0.5, 0.5)}, ValueError, "pass mean= and std= of 3 values each (or both None"),
         ({"std": None}, ValueError, "robustness: mean and std must both be given or both be None"),
     ],
 )
@@ -306,6 +384,16 @@ def test_bad_inputs_are_refused() -> None:
         robustness({"m": model}, x, y, eps=[0.1])
     with pytest.raises(TypeError, match="fgsm: the model must return logits"):
         fgsm(nn.Flatten(0), x, y, 0.1)
+    with pytest.raises(ValueError, match=r"robustness: mean must be 1 finite .* pass mean= and std= of 1"):
+        robustness({"m": nn.Sequential(nn.Flatten(), nn.Linear(36, 2))}, x[:, :1], torch.tensor([0, 1]))
+
+
+def test_eps_beyond_half_the_pixel_range_is_warned_about() -> None:
+    model, (x, y) = _cnn(), _images(n=2)
+    with pytest.warns(UserWarning, match=r"robustness: eps \[0.75\] exceed 0.5, half the pixel range"):
+        robustness({"m": model}, x, y, eps=(0.0, 0.5, 0.75), attacks=("fgsm",))
+    with pytest.warns(UserWarning, match=r"pgd: eps \[1.0\] exceed 0.5"):
+        pgd(model, x, y, 1.0, steps=1)
 
 
 def _png(path: str, value: int) -> None:
@@ -332,6 +420,14 @@ def test_load_labelled_images_folder_per_class(tmp_path: os.PathLike) -> None:
     assert mapped.labels.tolist() == [207, 3, 3]
     with pytest.raises(ValueError, match=r"load_labelled_images: class_index has no entry for .*'n02'"):
         load_labelled_images(root, class_index={"n01": 0}, size=8, resize=8)
+    numbered = os.path.join(root, "numbered")
+    for cls in ("10", "9"):  # by their names, not their sorted position ("10" < "9")
+        os.makedirs(os.path.join(numbered, cls, "nested"))
+        _png(os.path.join(numbered, cls, "0.png"), 40)
+        _png(os.path.join(numbered, cls, "nested", "1.png"), 40)
+    with pytest.warns(UserWarning, match=r"2 sub-folder\(s\) inside class folders .* skipped .* '10/nested'"):
+        got = load_labelled_images(numbered, size=8, resize=8)
+    assert got.classes == ["10", "9"] and got.labels.tolist() == [10, 9]
     with pytest.raises(FileNotFoundError, match="load_labelled_images: root"):
         load_labelled_images(os.path.join(root, "missing"))
     empty = os.path.join(root, "empty")
@@ -369,6 +465,20 @@ def test_robustness_is_part_of_the_evaluation(eval_things: SyntheticThings, tmp_
                                         if r["model"] == "fam/sub-02" and r["eps"] == 0.1}  # fmt: skip
     with open(os.path.join(tmp_path, "out", "config.json")) as f:
         assert json.load(f)["robustness"]["pgd_steps"] == 2
+
+    # labels that are not the models' class indices are refused after one forward pass on one image,
+    # before any features or statistics
+    for class_index, match in (
+        (None, r"the robustness image folder must have one class folder per class of model 'tiny' \(5\) "
+               r"when no class index is given, got 2 folders .* pass class_index=\{folder: class index\} "
+               r"\(--class-index FILE.json"),
+        ({"a": 3, "b": 7}, r"the robustness labels must be < the 5 classes of model 'tiny', got 7"),
+    ):  # fmt: skip
+        tiny = fe.EvalModel("tiny", Tiny(0), layers=["conv"])
+        with pytest.raises(ValueError, match=f"^evaluate: {match}"):
+            fe.evaluate(eval_things, [tiny], out=None, image_size=24, robustness=folder,
+                        class_index=class_index, **settings)  # fmt: skip
+        assert tiny.module.calls == 1
 
     truth = fe.EvalModel("truth", features={"features": eval_things.ground_truth["test_features"]})
     for kwargs, match in (
