@@ -70,7 +70,8 @@ def test_float_and_out_of_range_images_are_refused(tmp_path: os.PathLike) -> Non
     path = os.path.join(tmp_path, "big.tif")
     Image.fromarray(np.full((8, 8), 70000, dtype=np.int32)).save(path)
     with pytest.raises(
-        ValueError, match=r"must hold 16-bit values \(0..65535\) in PIL mode 'I', got values in \[70000, 70000\]"
+        ValueError,
+        match=r"must hold 16-bit values \(0..65535\) in PIL mode 'I', got values in \[70000, 70000\]",
     ):
         load_image(path, size=8)
 
