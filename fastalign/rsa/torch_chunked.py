@@ -145,8 +145,10 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor, fi
     if resid is not None and sq is not None:
         gram, sq = _recentre(gram, sq, resid / p, p)
     if sq is not None:
-        inv = sq.rsqrt_()
-        gram.mul_(inv[:, :, None]).mul_(inv[:, None, :])
+        # out of place: under torch.compile a graph break (_recentre's check) leaves gram and sq as tensors
+        # that autograd saved for the products before, and scaling them in place failed in backward
+        inv = sq.rsqrt()
+        gram = gram * inv[:, :, None] * inv[:, None, :]
     return gram
 
 

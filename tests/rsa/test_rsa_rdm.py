@@ -535,6 +535,31 @@ def test_time_resolved_rdm_of_shifted_copies_is_exactly_constant(backend: str) -
         torch.testing.assert_close(x.grad, plain.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_correlation_rdm_backward(dtype: torch.dtype) -> None:
+    """A differentiable RSA loss in a compiled step: rdm (correlation) and time_resolved_rsa under
+    torch.compile give eager's values and gradients (the norms' in-place scaling after a graph break
+    failed in backward: a saved tensor modified in place)."""
+    gen = torch.Generator().manual_seed(4)
+    f = torch.randn(20, 64, dtype=dtype, generator=gen)
+    out = []
+    for fn in (
+        lambda x: fa.rdm(x, "correlation"),
+        torch.compile(lambda x: fa.rdm(x, "correlation"), backend="aot_eager"),
+    ):
+        x = f.clone().requires_grad_()
+        v = fn(x)
+        v.square().sum().backward()
+        out.append((v.detach(), x.grad))
+    torch.testing.assert_close(out[1][0], out[0][0])
+    torch.testing.assert_close(out[1][1], out[0][1])
+    data = torch.randn(6, 4, 3, dtype=dtype, generator=gen, requires_grad=True)
+    model = torch.rand(15, dtype=dtype, generator=gen)
+    sims = torch.compile(lambda d: fa.time_resolved_rsa(d, model, "pearson"), backend="aot_eager")(data)
+    sims.sum().backward()
+    assert data.grad is not None and bool(torch.isfinite(data.grad).all())
+
+
 @pytest.mark.parametrize("method", ["correlation", "euclidean", "cosine"])
 def test_torch_rdm_forward_mode_derivatives(method: str) -> None:
     """Forward-mode derivatives (torch.func.jvp, forward_ad duals) take the torch backend's out-of-place
