@@ -262,6 +262,22 @@ class InfoNCELoss(nn.Module):
             # the dtype they compute in (a float32 buffer was 4e-7 off float64 losses)
             self.register_buffer("logit_scale", torch.tensor(init, dtype=torch.float64))
 
+    def _apply(self, fn: Any, recurse: bool = True) -> InfoNCELoss:
+        """Module casts (``.to(torch.bfloat16)``, ``.half()``, a model's ``.to(dtype)`` with this loss as a
+        submodule) move the fixed scale but keep it float64: rounded to bfloat16, 0.07 became 0.0703. A
+        device without float64 (MPS) gets it in float32."""
+        if self.learnable:
+            return super()._apply(fn, recurse)
+        exact = self.logit_scale
+        super()._apply(fn, recurse)
+        moved = self.logit_scale
+        if moved.dtype != torch.float64:
+            try:
+                self.logit_scale = exact.to(device=moved.device)
+            except (TypeError, RuntimeError):  # no float64 on that device
+                self.logit_scale = exact.to(torch.float32).to(moved.device)
+        return self
+
     @property
     def temperature(self) -> torch.Tensor:
         """The current temperature, 1 / exp(logit_scale)."""

@@ -500,3 +500,26 @@ def test_symmetric_must_be_a_bool() -> None:
     ):
         with pytest.raises(TypeError, match=r"infonce_loss: symmetric must be a bool"):
             fn()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cast", ["bfloat16", "half", "to_dtype_in_a_model"])
+def test_module_cast_keeps_its_fixed_temperature(cast: str) -> None:
+    """Casting the module (or a model holding it) moved its float64 scale to the cast dtype: 0.07 became
+    0.0703 in bfloat16 and the loss was another temperature's. The fixed scale stays float64 and exact."""
+    loss = fastalign.InfoNCELoss(0.07)
+    holder = torch.nn.Sequential(torch.nn.Linear(2, 2), loss)
+    if cast == "bfloat16":
+        loss.to(torch.bfloat16)
+    elif cast == "half":
+        loss.half()
+    else:
+        holder.to(torch.bfloat16)
+    assert loss.logit_scale.dtype == torch.float64
+    assert loss.logit_scale.item() == math.log(1 / 0.07)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen)
+    assert torch.equal(loss(x, y), fastalign.infonce_loss(x, y, temperature=0.07))
+    learnt = fastalign.InfoNCELoss(0.07, learnable=True).to(
+        torch.bfloat16
+    )  # a parameter is the user's to cast
+    assert learnt.logit_scale.dtype == torch.bfloat16
