@@ -503,3 +503,15 @@ def test_fake_tensor_mode_builds_as_the_original() -> None:
         assert not _skip_draws()
         net = CORnetS()
     assert tuple(net.V4.conv2.weight.shape) == (1024, 1024, 3, 3)
+
+
+def test_feature_errors_name_the_method() -> None:
+    """Bad layers or timesteps name the method, as the input checks do (they said only "layers: ...")."""
+    m = cornet_s()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"^CORnetS\.features: layers: unknown layer 'V3'"):
+        m.features(x, layers="V3")
+    with pytest.raises(ValueError, match=r"^CORnetS\.features: timesteps must be 'last' or 'all'"):
+        m.features(x, timesteps="first")
+    with pytest.raises(ValueError, match=r"^CORnetS\.layer_names: timesteps must be 'all'"):
+        CORnetS.layer_names("last")

@@ -262,20 +262,20 @@ def _decoder(num_classes: int) -> nn.Sequential:
     )
 
 
-def _resolve_layers(layers: str | Sequence[str]) -> list[tuple[str, str]]:
-    """[(name as given, region)] for the requested taps; ValueError naming unknown ones."""
+def _resolve_layers(fn: str, layers: str | Sequence[str]) -> list[tuple[str, str]]:
+    """[(name as given, region)] for the requested taps of ``fn``; ValueError naming unknown ones."""
     if isinstance(layers, str):
         layers = (layers,)
     if not isinstance(layers, Sequence) or not all(isinstance(n, str) for n in layers):
-        raise TypeError(f"layers must be a str or a sequence of str, got {type(layers).__name__}")
+        raise TypeError(f"{fn}: layers must be a str or a sequence of str, got {type(layers).__name__}")
     if len(layers) == 0:
-        raise ValueError("layers must name at least one layer, got an empty sequence")
+        raise ValueError(f"{fn}: layers must name at least one layer, got an empty sequence")
     out = []
     for name in layers:
         region = name if name in REGIONS else _ALIASES.get(name)
         if region is None:
             known = sorted(set(REGIONS) | set(_ALIASES))
-            raise ValueError(f"layers: unknown layer {name!r}; expected some of {known}")
+            raise ValueError(f"{fn}: layers: unknown layer {name!r}; expected some of {known}")
         out.append((name, region))
     return out
 
@@ -352,9 +352,11 @@ class CORnetBase(nn.Module):
             A dict from name to activation tensor.
         """
         if timesteps not in ("last", "all"):
-            raise ValueError(f"timesteps must be 'last' or 'all', got {timesteps!r}")
+            raise ValueError(
+                f"{type(self).__name__}.features: timesteps must be 'last' or 'all', got {timesteps!r}"
+            )
         self._check_input(x)
-        wanted = _resolve_layers(layers)
+        wanted = _resolve_layers(f"{type(self).__name__}.features", layers)
         regions = {r for _, r in wanted}
         order = list(REGIONS)
         stop = max(order.index(r) for r in regions)
@@ -384,9 +386,9 @@ class CORnetBase(nn.Module):
     def layer_names(timesteps: str = "all", layers: Iterable[str] = DEFAULT_LAYERS) -> list[str]:
         """The keys :meth:`features` returns with ``timesteps="all"`` (Brain-Score names), in order."""
         if timesteps != "all":
-            raise ValueError(f"timesteps must be 'all', got {timesteps!r}")
+            raise ValueError(f"CORnetS.layer_names: timesteps must be 'all', got {timesteps!r}")
         names = []
-        for _, region in _resolve_layers(list(layers)):
+        for _, region in _resolve_layers("CORnetS.layer_names", list(layers)):
             bs, times = REGIONS[region]
             names += [f"{bs}-t{t}" for t in range(times)]
         return names
