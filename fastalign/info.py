@@ -72,9 +72,13 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    print(report())
+def main() -> int:
+    """``python -m fastalign.info``: ``fastalign info`` (its exit status, and its quiet end when the output
+    is piped into a reader that stops early, ``python -m fastalign.info | head -2``)."""
+    from fastalign.cli import main as cli_main
+
+    return cli_main(["info"])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -270,6 +270,32 @@ def test_python_dash_m_fastalign_exits_with_the_status(tmp_path: Path) -> None:
     assert done.stderr.startswith(f"fastalign align: error: align: data={missing!r} is not a folder")
 
 
+@pytest.mark.parametrize("module", ["fastalign", "fastalign.info"])
+def test_a_reader_that_stops_early_ends_the_program_quietly(module: str) -> None:
+    # `fastalign info | head -3` printed "error: [Errno 32] Broken pipe" with status 1, and
+    # `python -m fastalign.info | head -2` a traceback; the read end is closed before the program writes
+    argv = [sys.executable, "-m", module, *(["info"] if module == "fastalign" else [])]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, err
+    assert err == ""
+
+
+def test_a_closed_pipe_in_any_command_is_status_141_without_a_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fastalign.cli.info as cli_info
+
+    def closed_pipe(*args: object, **kwargs: object) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli_info, "print", closed_pipe, raising=False)
+    assert main(["info"]) == 141
+    assert capsys.readouterr() == ("", "")
+
+
 @pytest.mark.parametrize("given, subject", [(["3"], 3), (["1", "2"], [1, 2]), (["all"], "all"), ([], 1)])
 def test_subject_flag_is_aligns_subject_argument(given: list[str], subject: object) -> None:
     flag = ["--subject", *given] if given else []

@@ -68,3 +68,63 @@ def test_a_cuda_build_without_the_cuda_sources_stops_naming_them(tmp_path) -> No
     assert done.returncode != 0
     assert "lacks the CUDA sources (csrc/cuda/*.cpp: 0 files, kernels/*.cu: 0)" in done.stderr
     assert "FASTALIGN_BUILD_CUDA=0" in done.stderr
+
+
+def _setup_helpers() -> dict:
+    """setup.py's functions, without running setup() (it runs only as a script)."""
+    import runpy
+
+    return runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="fastalign_setup")
+
+
+def _fake_program(folder, name: str, status: int) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f"#!/bin/sh\necho {name} 1.0\nexit {status}\n")
+    (folder / name).chmod(0o755)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX compilers and shell scripts")
+def test_a_missing_compiler_stops_the_build_with_one_line_saying_what_to_do(tmp_path) -> None:
+    compiler = _setup_helpers()["_compiler"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    with pytest.raises(SystemExit) as stop:
+        compiler({"PATH": str(bin_dir)})
+    message = str(stop.value.code)
+    assert message.startswith("fastalign: no C++ compiler found (CXX is unset; no c++ or g++ on the PATH)")
+    assert "apt install g++" in message and "OpenMP" in message and "FASTALIGN_BUILD_EXT=0" in message
+    assert "\n" not in message
+    with pytest.raises(SystemExit, match=r"CXX=clang-99, the C\+\+ compiler, was not found: install"):
+        compiler({"PATH": str(bin_dir), "CXX": "clang-99"})
+    _fake_program(bin_dir, "broken", 1)  # as CXX=/bin/false, which torch's build met with a traceback
+    with pytest.raises(
+        SystemExit, match=r"CXX=broken does not run as a C\+\+ compiler .*FASTALIGN_BUILD_EXT=0"
+    ):
+        compiler({"PATH": str(bin_dir), "CXX": "broken"})
+    _fake_program(bin_dir, "g++", 0)  # torch's default is c++; with only g++ the build names it in CXX
+    assert compiler({"PATH": str(bin_dir)}) == "g++"
+    _fake_program(bin_dir, "c++", 0)
+    assert compiler({"PATH": str(bin_dir)}) == "c++"
+    assert compiler({"PATH": str(bin_dir), "CXX": str(bin_dir / "g++")}) == str(bin_dir / "g++")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX compilers")
+def test_build_ext_without_a_compiler_is_one_line_and_without_the_extension_nothing_is_built(
+    tmp_path, monkeypatch
+) -> None:
+    shutil.copy2(os.path.join(ROOT, "setup.py"), tmp_path / "setup.py")
+    shutil.copytree(os.path.join(ROOT, "csrc"), tmp_path / "csrc")
+    env = {k: v for k, v in os.environ.items() if k not in ("CXX", "FASTALIGN_BUILD_EXT")}
+    env["PATH"] = str(tmp_path / "empty")  # no compiler (sys.executable is an absolute path)
+    done = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("fastalign: no C++ compiler found")
+    assert "Traceback" not in done.stderr
+    monkeypatch.setenv("FASTALIGN_BUILD_EXT", "0")
+    assert _setup_helpers()["_ext_modules"]() == []
+    monkeypatch.setenv("FASTALIGN_BUILD_EXT", "no")
+    with pytest.raises(SystemExit, match="FASTALIGN_BUILD_EXT must be 0 or 1"):
+        _setup_helpers()["_ext_modules"]()

@@ -16,9 +16,11 @@ that function's arguments:
 - ``fastalign info``: :func:`fastalign.info.report` (:mod:`fastalign.cli.info`)
 
 Errors are one line on standard error and exit status 1 (``--debug`` shows the traceback); usage errors
-exit with status 2. A subcommand is a :class:`Command` (its flags, and how it runs) that its module names
-``COMMAND``; listing the module in :data:`COMMAND_MODULES` adds it to the tool. Flags that mean the same
-thing in several commands come from :mod:`fastalign.cli.common`, so they have one name and one meaning.
+exit with status 2. Output into a pipe whose reader stopped early (``fastalign info | head -3``) ends the
+command quietly with status 141, as a program killed by SIGPIPE does. A subcommand is a :class:`Command`
+(its flags, and how it runs) that its module names ``COMMAND``; listing the module in
+:data:`COMMAND_MODULES` adds it to the tool. Flags that mean the same thing in several commands come from
+:mod:`fastalign.cli.common`, so they have one name and one meaning.
 """
 
 from __future__ import annotations
@@ -105,15 +107,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
     0: success; 1: the command failed (one line on standard error, or the traceback with ``--debug``);
-    2: a usage error (argparse's message); 130: interrupted; 143: terminated (SIGTERM; the program then
-    ends by the signal).
+    2: a usage error (argparse's message); 130: interrupted; 141: standard output was a pipe that its reader
+    closed (``fastalign info | head -3``; nothing printed, as for a program killed by SIGPIPE); 143:
+    terminated (SIGTERM; the program then ends by the signal).
     """
     args = parser().parse_args(argv)
     try:
         with warnings.catch_warnings():  # restores showwarning on the way out
             if not args.debug:
                 warnings.showwarning = _warning_line(args.command)
-            return int(args.func(args))
+            status = int(args.func(args))
+            sys.stdout.flush()  # output still buffered meets a closed pipe here, not at exit
+            return status
+    except BrokenPipeError:
+        # the reader has what it wanted: not a failure, and not worth a message or a traceback
+        _discard_stdout()
+        return 141
     except KeyboardInterrupt as stop:
         how = "terminated (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted"
         again = "; rerun it with --resume to continue" if hasattr(args, "resume") else ""
@@ -124,6 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _discard_stdout() -> None:
+    """Points standard output at the null device, so that the interpreter's flush at exit of what is still
+    buffered does not raise BrokenPipeError again (the recipe of Python's docs on SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (output captured in Python): nothing to flush
+        pass
 
 
 class _Terminated(KeyboardInterrupt):

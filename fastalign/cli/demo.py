@@ -55,7 +55,8 @@ class DemoSettings:
         n_train_concepts, images_per_concept, n_test, n_sessions, test_repetitions, raw_sfreq,
             image_size: the synthetic dataset (:func:`fastalign.data.make_synthetic_things`).
         align_epochs, align_batch_size, align_lr: ReAlnet's training (:func:`fastalign.train.align`).
-        decode_epochs, decode_batch_size: NICE's training (:func:`fastalign.train.decode`).
+        decode_epochs, decode_batch_size, decode_val_fraction: NICE's training and the share of its
+            training images held out to select the epoch (:func:`fastalign.train.decode`).
         permutations: sign flips per cluster test (:func:`fastalign.eval.evaluate`).
     """
 
@@ -71,6 +72,7 @@ class DemoSettings:
     align_lr: float
     decode_epochs: int
     decode_batch_size: int
+    decode_val_fraction: float
     permutations: int
 
 
@@ -88,6 +90,7 @@ FULL = DemoSettings(
     align_lr=3e-4,
     decode_epochs=30,
     decode_batch_size=16,
+    decode_val_fraction=0.1,  # 6 of the 64 training images
     permutations=10000,
 )
 #: ``fastalign demo --quick``: the same stages at sizes too small to show an effect.
@@ -102,11 +105,14 @@ QUICK = DemoSettings(
     align_epochs=1,
     align_batch_size=8,
     align_lr=1e-4,
-    # 20 steps (14 training images in 2 full batches, 10 epochs): at 6 (3 epochs) NICE's BatchNorm running
+    # 20 steps (12 training images in 2 full batches, 10 epochs): at 6 (3 epochs) NICE's BatchNorm running
     # statistics had not left their start, every test trial ranked the gallery alike and decode warned of
     # it (retrieval exactly at chance); batches of 8 were 1 step an epoch once the short one was dropped
     decode_epochs=10,
-    decode_batch_size=7,
+    decode_batch_size=6,
+    # 4 of the 16 training images: decode's default 0.1 held out 1, whose InfoNCE (one candidate) is 0
+    # every epoch, so the best epoch was chosen on a constant
+    decode_val_fraction=0.25,
     permutations=1000,
 )
 N_SUBJECTS = 2
@@ -432,7 +438,8 @@ def decode_stage(paths: DemoPaths, settings: DemoSettings, seed: int, **kw: Any)
     return {
         name: decode(
             paths.data, SUBJECT, out=paths.decoding(name), epochs=settings.decode_epochs,
-            batch_size=settings.decode_batch_size, image_size=settings.image_size, seed=seed, **given, **kw,
+            batch_size=settings.decode_batch_size, val_fraction=settings.decode_val_fraction,
+            image_size=settings.image_size, seed=seed, **given, **kw,
         ).summary
         for name, given in image_models.items()
     }  # fmt: skip

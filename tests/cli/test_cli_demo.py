@@ -146,6 +146,17 @@ def test_summary_json(quick: Demo) -> None:
     assert (quick.folder / "evaluation" / "results.csv").is_file()
 
 
+def test_the_decoders_epoch_is_chosen_on_a_validation_loss_that_varies(quick: Demo) -> None:
+    # with 1 validation image (decode's default 0.1 of 16) InfoNCE has one candidate: 0 every epoch
+    runs = DemoPaths(str(quick.folder))
+    for name in ("cornet_s", "realnet", "features"):
+        config = json.loads(Path(runs.decoding(name), "config.json").read_text())["config"]
+        assert config["n_val"] >= 4, name
+        lines = Path(runs.decoding(name), "metrics.jsonl").read_text().splitlines()
+        losses = [r["val_loss"] for r in map(json.loads, lines) if "val_loss" in r]
+        assert len(losses) >= QUICK.decode_epochs and max(losses) - min(losses) > 1e-3, (name, losses)
+
+
 def test_report_shows_every_figure(quick: Demo) -> None:
     page = (quick.folder / "report.html").read_text()
     shown = re.findall(r'<img src="([^"]+)"', page)
@@ -189,7 +200,8 @@ def _repeat_and_compare(paths: DemoPaths, tmp_path: Path) -> None:
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     result = decode(
         again.root, 1, out=tmp_path / "features", image_model="features", epochs=QUICK.decode_epochs,
-        batch_size=QUICK.decode_batch_size, image_size=QUICK.image_size, seed=0, progress=False,
+        batch_size=QUICK.decode_batch_size, val_fraction=QUICK.decode_val_fraction,
+        image_size=QUICK.image_size, seed=0, progress=False,
     )  # fmt: skip
     theirs = json.loads(Path(paths.decoding("features"), "summary.json").read_text())
     for key in ("top1", "top3", "top5", "temperature", "best_epoch"):

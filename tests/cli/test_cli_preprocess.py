@@ -3,6 +3,7 @@ flag is not given), and the files it writes are the function's output."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -142,18 +143,18 @@ def test_a_stop_between_subjects_says_which_were_written(
 def test_a_failure_after_the_last_subject_keeps_its_own_error(
     raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every subject written, then the last line's print fails (a closed pipe): that error is reported,
-    not an IndexError of the stop message (no subject is left unwritten)."""
+    """Every subject written, then the last line's print fails (a full disk under a redirect): that error
+    is reported, not an IndexError of the stop message (no subject is left unwritten)."""
     import builtins
 
     import fastalign.cli.preprocess as cli_preprocess
 
     def closed_pipe(*args: object, **kwargs: object) -> None:
         if args and str(args[0]).startswith("sub-02:"):
-            raise BrokenPipeError("stdout closed")
+            raise OSError(errno.ENOSPC, "stdout: no space left on device")
         builtins.print(*args, **kwargs)  # type: ignore[call-overload]
 
     monkeypatch.setattr(cli_preprocess, "print", closed_pipe, raising=False)
     assert main([*_every_subject(raw, tmp_path / "pre"), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "stdout closed" in err and "index out of range" not in err and "stopped at" not in err
+    assert "no space left" in err and "index out of range" not in err and "stopped at" not in err
