@@ -16,7 +16,8 @@ instead compares, in alternation, what ``fuse(dtype=torch.bfloat16)`` does there
 cast) with the alternative (the dtype's convs through torch's native kernels), eager autocast and fp32.
 
 Run: ``flock /tmp/fastalign-bench.lock python benchmarks/bench_cornet.py [--device cuda]``; the fallback
-comparison: ``python benchmarks/bench_cornet.py --fallback-rounds 3 --batches 1 --name cornet_avx2``
+comparison: ``python benchmarks/bench_cornet.py --fallback-rounds 3 --batches 1 --name cornet_avx2``;
+``--quick``: a smoke run (32 px, batch 2, every implementation once or twice, no result file)
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impls", nargs="+", default=None, help="eager compile fused fused+cudagraph")
     p.add_argument("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"])
     p.add_argument("--train-batches", type=int, nargs="+", default=None)
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--size", type=int, default=None, help="image size (default 224, --quick 32)")
     p.add_argument("--eager-layout", choices=["auto", "NCHW", "channels_last"], default="auto")
     p.add_argument("--train-dtypes", nargs="+", default=None, choices=list(DTYPES))
     p.add_argument("--train-reps", type=int, default=None)
@@ -326,10 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         "lacks them (fuse()'s float32 fallback, the native-kernel alternative, eager, fp32), first batch",
     )
     p.add_argument("--name", default=NAME, help="result file results/NAME-DEVICE.json")
+    p.add_argument("--quick", action="store_true", help="smoke run: 32 px, batch 2, no result file")
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
-    args.batches = args.batches or ([1, 64, 256] if gpu else [1, 8])
-    args.train_batches = args.train_batches or (args.batches if gpu else [8])
+    args.size = args.size or (32 if args.quick else 224)
+    # quick: one batch, not 1 (at 32 px IT's maps are 1x1: BatchNorm in training needs 2 values a channel)
+    args.batches = args.batches or ([2] if args.quick else [1, 64, 256] if gpu else [1, 8])
+    args.train_batches = args.train_batches or (args.batches if gpu or args.quick else [8])
     args.impls = args.impls or ["eager", "compile", "fused", "fused+cudagraph"]
     # CPU: torch.compile only for fp32 inference (each compile takes ~35 s here, a backward one longer).
     args.compile_dtypes = args.compile_dtypes or (args.dtypes if gpu else ["fp32"])
@@ -338,10 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         ["eager", "compile", "fused", "fused+compile"] if gpu else ["eager"]
     )
     args.train_dtypes = args.train_dtypes or (args.dtypes if gpu else ["fp32"])
-    args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
-    args.reps = args.reps or (20 if gpu else 5)
-    args.train_reps = args.train_reps or (20 if gpu else 3)
-    args.ab_rounds = args.ab_rounds if args.ab_rounds is not None else (0 if gpu else 5)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick or not gpu else 5)
+    args.reps = args.reps or (2 if args.quick else 20 if gpu else 5)
+    args.train_reps = args.train_reps or (1 if args.quick else 20 if gpu else 3)
+    args.ab_rounds = args.ab_rounds if args.ab_rounds is not None else (0 if gpu else 1 if args.quick else 5)
 
     flops = forward_flops_per_image(args.size)
     print(f"forward FLOPs per {args.size}x{args.size} image (torch.utils.flop_counter): {flops / 1e9:.3f} G")
@@ -404,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             "eager/fused ratios are the fair comparison"
         ),
     }
+    if args.quick:
+        return 0
     path = harness.save(args.name, args.device, rows, meta)
     print(f"wrote {path}")
     return 0
@@ -431,6 +437,8 @@ def _save_fallback(args: argparse.Namespace, flops: float) -> int:
             "CPU without these instructions, so % peak is given for float32 compute only."
         ),
     }
+    if args.quick:
+        return 0
     path = harness.save(args.name, args.device, rows, meta)
     print(f"wrote {path}")
     return 0

@@ -20,6 +20,7 @@ repetitions and 200 test images x 20 repetitions (16,540 training conditions x 4
     flock /tmp/fastalign-bench.lock python benchmarks/bench_data.py
     python benchmarks/bench_data.py --fractions 0.125 0.25 --loop-conditions 30   # the defaults
     flock /tmp/fastalign-bench.lock python benchmarks/bench_data.py --full         # measured full size
+    python benchmarks/bench_data.py --quick      # a smoke run: 10 test images, 40 training ones, no file
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from fastalign.data.reference import published_noise_covariance
 TRAIN_IMAGES, TEST_IMAGES, TRAIN_REPS, TEST_REPS, SESSIONS = 16540, 200, 2, 20, 4
 N_CH, N_T = 17, 100
 CASE, IMPL = "preprocess_things_eeg2, 1 subject", "fastalign (MNE + vectorised MVNN)"
+# --quick: test images, training images per session, conditions timed in the published loop, and the
+# fraction of the 16,540 training images preprocessed (40 images)
+QUICK_TEST_IMAGES, QUICK_PER_SESSION, QUICK_LOOP_CONDITIONS, QUICK_FRACTION = 10, 20, 5, 40 / TRAIN_IMAGES
 
 
 def _row(case: str, impl: str, shape: str, seconds: float, how: str, **extra: Any) -> dict[str, Any]:
@@ -56,10 +60,13 @@ def _session(rng: np.random.Generator, n_cond: int, n_rep: int) -> np.ndarray:
     return np.einsum("ij,crjt->crit", mix, rng.normal(size=(n_cond, n_rep, N_CH, N_T)))
 
 
-def bench_mvnn(loop_conditions: int, reps: int) -> list[dict[str, Any]]:
+def bench_mvnn(
+    loop_conditions: int, reps: int, test_images: int = TEST_IMAGES, per_session: int = TRAIN_IMAGES // 2
+) -> list[dict[str, Any]]:
+    """MVNN of one session of ``test_images`` and ``per_session`` training images (published: each
+    training image is in 2 of the 4 sessions)."""
     rng = np.random.default_rng(0)
-    per_session = TRAIN_IMAGES // 2  # each training image is in 2 of the 4 sessions
-    test, train = _session(rng, TEST_IMAGES, TEST_REPS), _session(rng, per_session, TRAIN_REPS)
+    test, train = _session(rng, test_images, TEST_REPS), _session(rng, per_session, TRAIN_REPS)
     shape = f"test {test.shape} + train {train.shape}"
     rows = []
     for dim in ("time", "epochs"):
@@ -73,49 +80,49 @@ def bench_mvnn(loop_conditions: int, reps: int) -> list[dict[str, Any]]:
                  p20_s=t["p20_ms"] / 1e3, p80_s=t["p80_ms"] / 1e3, peak_mem_mb=mem / 2**20)
         )  # fmt: skip
         # The published loop on a slice of conditions, scaled by the number of conditions.
-        k_test = max(10, loop_conditions * TEST_IMAGES // per_session)
+        k_test = min(test_images, max(10, loop_conditions * test_images // per_session))
         t0 = time.perf_counter()
         published_noise_covariance([train[:loop_conditions]], dim)
         t_train = (time.perf_counter() - t0) / loop_conditions
         t0 = time.perf_counter()
         published_noise_covariance([test[:k_test]], dim)
         t_test = (time.perf_counter() - t0) / k_test
-        loop = t_train * per_session + t_test * TEST_IMAGES
+        loop = t_train * per_session + t_test * test_images
         how = f"EXTRAPOLATED from {loop_conditions} train + {k_test} test conditions"
         rows.append(_row(case, "published sklearn loop", shape, loop, how, speedup=loop / fast))
         print(rows[-2], rows[-1], sep="\n", flush=True)
     return rows
 
 
-def _make_subject(root: str, fraction: float) -> int:
+def _make_subject(root: str, fraction: float, test_images: int) -> int:
     n_concepts = max(1, round(TRAIN_IMAGES * fraction / 10))
     make_synthetic_things(
-        root, n_train_concepts=n_concepts, images_per_concept=10, n_test=TEST_IMAGES, n_sessions=SESSIONS,
+        root, n_train_concepts=n_concepts, images_per_concept=10, n_test=test_images, n_sessions=SESSIONS,
         training_repetitions=TRAIN_REPS, test_repetitions=TEST_REPS, n_channels=N_CH, n_extra_channels=46,
         n_times=N_T, raw_sfreq=1000.0, image_size=8, n_voxels=8, fmri_repetitions=1, preprocess=False,
     )  # fmt: skip
     return n_concepts * 10
 
 
-def bench_preprocess(fractions: list[float]) -> list[dict[str, Any]]:
+def bench_preprocess(fractions: list[float], test_images: int = TEST_IMAGES) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     points: list[tuple[int, int, float, int]] = []
     for fraction in fractions:
         with tempfile.TemporaryDirectory(prefix="fastalign-bench-") as root:
             t0 = time.perf_counter()
-            n_train = _make_subject(root, fraction)
+            n_train = _make_subject(root, fraction, test_images)
             print(
                 f"synthetic subject with {n_train} training images made in {time.perf_counter() - t0:.0f} s"
             )
             gc.collect()
-            trials = SESSIONS * (n_train // 2 * TRAIN_REPS + TEST_IMAGES * TEST_REPS)
+            trials = SESSIONS * (n_train // 2 * TRAIN_REPS + test_images * TEST_REPS)
             t0 = time.perf_counter()
             mem = harness.peak_memory_bytes(
                 lambda root=root: preprocess_things_eeg2(os.path.join(root, "raw_data"), 1), "cpu"
             )
             seconds = time.perf_counter() - t0
         points.append((n_train, trials, seconds, mem))
-        size = f"{n_train} train imgs x 4 reps, 200 test x 80; {trials} raw trials, 63 ch @ 1000 Hz"
+        size = f"{n_train} train imgs x 4 reps, {test_images} test x 80; {trials} raw trials, 63 ch @ 1000 Hz"
         rows.append(_row(CASE, IMPL, size, seconds, "measured, 1 run", peak_mem_mb=mem / 2**20))
         print(rows[-1], flush=True)
     if points and max(points)[0] < TRAIN_IMAGES:
@@ -145,7 +152,13 @@ def main() -> int:
     full_help = "only preprocess one full published-size subject (~5 min, ~5 GB): results/data_full"
     p.add_argument("--full", action="store_true", help=full_help)
     p.add_argument("--no-save", action="store_true")
+    quick_help = "smoke run: 10 test images, 40 training ones (20 a session for MVNN), no result file"
+    p.add_argument("--quick", action="store_true", help=quick_help)
     args = p.parse_args()
+    if args.quick:  # every case, the extrapolation too, on tiny sizes
+        bench_mvnn(QUICK_LOOP_CONDITIONS, 1, QUICK_TEST_IMAGES, QUICK_PER_SESSION)
+        bench_preprocess([QUICK_FRACTION], QUICK_TEST_IMAGES)
+        return 0
     if args.full:
         rows = bench_preprocess([1.0])
         note = (

@@ -10,7 +10,7 @@ shows the full demo's), and ``meta.same_numbers_every_round`` says whether the l
 same numbers (the seed fixes them).
 
     flock /tmp/fastalign-bench.lock python benchmarks/bench_demo.py      # writes results/demo-*.json
-    python benchmarks/bench_demo.py --runs quick --rounds 1 --no-save   # the quick demo alone
+    python benchmarks/bench_demo.py --quick     # a smoke run: the quick demo once, no result file
 """
 
 from __future__ import annotations
@@ -88,7 +88,10 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save", action="store_true", help="print, write no result file")
     p.add_argument("--keep", metavar="DIR", help="keep the demos' folders in DIR/quick, DIR/full")
+    p.add_argument("--quick", action="store_true", help="--runs quick --rounds 1 --no-save: a smoke run")
     args = p.parse_args()
+    if args.quick:
+        args.runs, args.rounds, args.no_save = ["quick"], 1, True
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {"columns": COLUMNS, "seed": args.seed, "cpus": os.cpu_count(), "output": {}}
     with tempfile.TemporaryDirectory(prefix="bench_demo.") as scratch:

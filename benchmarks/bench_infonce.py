@@ -6,6 +6,7 @@ logits in backward; naive keeps them), so TFLOP/s compares time for the same use
 
     python benchmarks/bench_infonce.py                 # sizes for the device present
     python benchmarks/bench_infonce.py --device cpu --sizes 4096x512 16384x512
+    python benchmarks/bench_infonce.py --quick         # a smoke run with tiny sizes, no result file
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import fastalign
 
 GPU_SIZES = [(n, d) for n in (4096, 16384, 32768, 65536, 131072, 262144) for d in (512, 768, 1024)]
 CPU_SIZES = [(1024, 512), (4096, 512), (8192, 512), (16384, 512)]
+QUICK_SIZES = [(128, 64), (257, 33)]  # 257, 33: not multiples of any block size
 TEMPERATURE = 0.07
 
 
@@ -107,17 +109,20 @@ def main() -> None:
     p.add_argument("--sizes", nargs="*", help="NxD pairs, e.g. 4096x512")
     p.add_argument("--dtypes", nargs="*", default=None, help="float32 bfloat16 ...")
     p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, no result file")
     args = p.parse_args()
     gpu = args.device.startswith("cuda")
     sizes = (
         [tuple(map(int, s.split("x"))) for s in args.sizes]
         if args.sizes
-        else (GPU_SIZES if gpu else CPU_SIZES)
+        else (QUICK_SIZES if args.quick else GPU_SIZES if gpu else CPU_SIZES)
     )
     names = args.dtypes or (["float32", "bfloat16"] if gpu else ["float32"])
     dtypes = [getattr(torch, n) for n in names]
-    reps = args.reps or (20 if gpu else 5)
+    reps = args.reps or (2 if args.quick else 20 if gpu else 5)
     rows = bench(args.device, sizes, dtypes, reps)  # type: ignore[arg-type]
+    if args.quick:
+        return
     peak = {str(dt)[6:]: harness.peak_tflops(args.device, dt) for dt in dtypes}
     meta = {
         "what": "InfoNCE/CLIP loss forward+backward, symmetric, temperature 0.07, L2-normalised inputs",

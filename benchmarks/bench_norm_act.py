@@ -9,7 +9,8 @@ once; backward: dy, x and y twice each, dx and the skip's gradient once) and tha
 datasheet HBM bandwidth: the roofline of what any implementation of this op could reach.
 
 Needs CUDA (the Triton kernels are what it measures; on a CPU they only run through the interpreter,
-which is a correctness tool). Run: ``python benchmarks/bench_norm_act.py``.
+which is a correctness tool). Run: ``python benchmarks/bench_norm_act.py``; ``--quick`` is a smoke run
+(batch 2, one layer of each kind of tail, every implementation, no result file).
 """
 
 from __future__ import annotations
@@ -124,12 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impls", nargs="+", default=["eager", "compile", "triton"])
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--quick", action="store_true", help="batch 2, one layer per kind of tail, no result file")
     args = p.parse_args(argv)
+    layers = LAYERS
+    if args.quick:
+        args.batches, args.warmup, args.reps = [2], 1, 3
+        tails = {layer[4:]: layer for layer in reversed(LAYERS)}  # (residual, relu): its first layer
+        layers = [layer for layer in LAYERS if layer in tails.values()]
     if not (args.device.startswith("cuda") and torch.cuda.is_available()):
         print("bench_norm_act: needs a CUDA device (it measures the Triton kernels); nothing measured")
         return 0
     rows = []
-    for layer in LAYERS:
+    for layer in layers:
         for batch in args.batches:
             for dtype_name in args.dtypes:
                 for impl in args.impls:
@@ -146,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         "bandwidth_source": harness.peak_bandwidth_gbs(args.device)[1],
         "layout": "channels_last",
     }
+    if args.quick:
+        return 0
     print(f"wrote {harness.save(NAME, args.device, rows, meta)}")
     return 0
 

@@ -5,7 +5,8 @@
   each against the plain PyTorch a user would otherwise write, on the same inputs, with the largest
   difference between the two results beside the times. Seconds on a CPU.
 - ``fastalign bench NAME...`` runs ``benchmarks/bench_NAME.py`` of a source checkout (the full
-  benchmarks: every backend, sizes, peak memory; results JSON under ``benchmarks/results/``), e.g.
+  benchmarks: every backend, sizes, peak memory; results JSON under ``benchmarks/results/``). Every
+  script takes ``--quick``, a smoke run at tiny sizes that writes no result file:
   ``fastalign bench rsa infonce --script-args="--quick"`` (with ``=``, since the value starts with
   ``--``). An installed package has no ``benchmarks/``: that is an error saying so. ``fastalign bench
   --list`` lists the scripts.
@@ -268,7 +269,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         "--script-args",
         default="",
         metavar="ARGS",
-        help='arguments for the scripts, given with =: --script-args="--quick"',
+        help='arguments for the scripts, given with =: --script-args="--quick" (every script: a smoke run '
+        "at tiny sizes that writes no result file)",
     )
     p.add_argument(
         "--repeat", type=positive_int, default=5, help="micro-benchmark: timed calls per op (default 5)"

@@ -4,6 +4,7 @@ where there is no checkout)."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,25 @@ def test_scripts_of_this_checkout(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "nope"]) == 1
     err = capsys.readouterr().err
     assert "no benchmark named ['nope']" in err and "'rsa'" in err
+
+
+def test_every_script_has_a_quick_mode() -> None:
+    """``nox -s benchmarks -- --quick`` and ``fastalign bench NAME --script-args=--quick`` pass --quick to
+    every script. Read from each script's parser definition, not run with --help: that imports torch, MNE
+    and the rest once per script, seconds each."""
+    found = bench.scripts()
+    assert len(found) >= 10
+    for name, path in found.items():
+        flags = {
+            node.args[0].value
+            for node in ast.walk(ast.parse(Path(path).read_text()))
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "add_argument"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        }
+        assert "--quick" in flags, f"benchmarks/bench_{name}.py has no --quick"
 
 
 def test_runs_scripts_with_their_arguments(
