@@ -191,8 +191,12 @@ def taps_conv3x3(
     # (N, H+2, W+2, C) cut to the rows and columns these taps read
     xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
     xp = xp[:, r0 : r0 + (oh - 1) * stride + th, c0 : c0 + (ow - 1) * stride + tw]
-    patches = xp.unfold(1, th, stride).unfold(2, tw, stride)  # (N, oh, ow, C, th, tw), a view
-    cols = patches.permute(0, 1, 2, 4, 5, 3).reshape(n * oh * ow, th * tw * c)  # rows ordered (kh, kw, c)
+    # one strided slice per tap, (N, oh, ow, C) each, stacked in (kh, kw) order: the same columns as
+    # unfold's windows, whose backward torch.compile's inductor lowered wrongly for windows narrower than
+    # the stride (th = 1 or 2 at stride 2): a compiled training step corrupted the heap
+    span_h, span_w = (oh - 1) * stride + 1, (ow - 1) * stride + 1
+    parts = [xp[:, a : a + span_h : stride, b : b + span_w : stride] for a in range(th) for b in range(tw)]
+    cols = torch.stack(parts, dim=3).reshape(n * oh * ow, th * tw * c)  # rows ordered (kh, kw, c)
     w_mat = taps[:, i0 : i0 + th, j0 : j0 + tw].reshape(k, th * tw * c)  # a view for a row of taps
     y = cols @ w_mat.T
     return y.view(n, oh, ow, k).permute(0, 3, 1, 2).contiguous()
