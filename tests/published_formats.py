@@ -6,7 +6,8 @@ import torch
 
 from fastalign.models import ReAlnet
 
-_HEAD = (("V1", "fc_v1"), ("V2", "fc_v2"), ("V4", "fc_v4"), ("IT", "fc_it"))
+#: The published Encoder's head layers (ReAlnet.py, code/Train_ReAlnet*.ipynb), in its concatenation order.
+HEAD = (("V1", "fc_v1"), ("V2", "fc_v2"), ("V4", "fc_v4"), ("IT", "fc_it"))
 
 
 def encoder_state_dict(model: ReAlnet) -> dict[str, torch.Tensor]:
@@ -14,7 +15,7 @@ def encoder_state_dict(model: ReAlnet) -> dict[str, torch.Tensor]:
     what the released ``weights/ReAlnet/sub-XX/encoder.pt`` and the notebooks' ``best_model_params.pt``
     hold."""
     sd = {f"realnet.module.{k}": v.detach().clone() for k, v in model.backbone.state_dict().items()}
-    for area, name in _HEAD:
+    for area, name in HEAD:
         sd[f"{name}.weight"] = model.head.proj[area].weight.detach().clone()
         sd[f"{name}.bias"] = model.head.proj[area].bias.detach().clone()
     sd["fc.weight"] = model.head.out.weight.detach().clone()

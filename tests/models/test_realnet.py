@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import published_formats  # tests/published_formats.py
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ from fastalign.train.alignment import _read_state
 IMG = 32
 N_OUT = 12
 # The published Encoder's head layers (ReAlnet.py, code/Train_ReAlnet*.ipynb), in its concatenation order.
-PUBLISHED_HEAD = (("V1", "fc_v1"), ("V2", "fc_v2"), ("V4", "fc_v4"), ("IT", "fc_it"))
+PUBLISHED_HEAD = published_formats.HEAD
 
 
 def _x(batch: int = 3, size: int | tuple[int, int] = IMG, seed: int = 1) -> torch.Tensor:
@@ -52,13 +53,7 @@ def model() -> ReAlnet:
 
 def _published_state_dict(m: ReAlnet) -> dict[str, torch.Tensor]:
     """``Encoder(realnet, n).state_dict()`` of the published code, realnet being DataParallel(CORnet_S())."""
-    sd = {f"realnet.module.{k}": v.clone() for k, v in m.backbone.state_dict().items()}
-    for area, name in PUBLISHED_HEAD:
-        sd[f"{name}.weight"] = m.head.proj[area].weight.detach().clone()
-        sd[f"{name}.bias"] = m.head.proj[area].bias.detach().clone()
-    sd["fc.weight"] = m.head.out.weight.detach().clone()
-    sd["fc.bias"] = m.head.out.bias.detach().clone()
-    return sd
+    return published_formats.encoder_state_dict(m)
 
 
 def _published_forward(
