@@ -283,17 +283,20 @@ def test_a_reader_that_stops_early_ends_the_program_quietly(module: str) -> None
     assert err == ""
 
 
-def test_a_closed_pipe_in_any_command_is_status_141_without_a_message(
+def test_a_broken_pipe_that_is_not_the_output_is_a_failure(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Only a closed standard output ends a command quietly (141): a BrokenPipeError from another pipe (a
+    data loader's worker, a subprocess) while the output is fine is a failure, one line and status 1."""
     import fastalign.cli.info as cli_info
 
-    def closed_pipe(*args: object, **kwargs: object) -> None:
+    def other_pipe(*args: object, **kwargs: object) -> None:
         raise BrokenPipeError(32, "Broken pipe")
 
-    monkeypatch.setattr(cli_info, "print", closed_pipe, raising=False)
-    assert main(["info"]) == 141
-    assert capsys.readouterr() == ("", "")
+    monkeypatch.setattr(cli_info, "print", other_pipe, raising=False)
+    assert main(["info"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == "fastalign info: error: [Errno 32] Broken pipe\n"
 
 
 @pytest.mark.parametrize("given, subject", [(["3"], 3), (["1", "2"], [1, 2]), (["all"], "all"), ([], 1)])

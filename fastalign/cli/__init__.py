@@ -28,7 +28,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import signal
+import stat
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -119,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = int(args.func(args))
             sys.stdout.flush()  # output still buffered meets a closed pipe here, not at exit
             return status
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
+        if not _stdout_closed():  # another pipe (a worker's, a subprocess's) broke: a failure like any other
+            return _failed(args, exc)
         # the reader has what it wanted: not a failure, and not worth a message or a traceback
         _discard_stdout()
         return 141
@@ -129,10 +133,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: {how}{again}", file=sys.stderr)
         return 143 if isinstance(stop, _Terminated) else 130
     except Exception as exc:
-        if args.debug:
-            raise
-        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
+        return _failed(args, exc)
+
+
+def _failed(args: argparse.Namespace, exc: Exception) -> int:
+    """A failed command: one line on standard error and status 1 (``--debug``: the traceback)."""
+    if args.debug:
+        raise exc
+    print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+    return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (poll reports an error on its write
+    end), so that a BrokenPipeError was about our output and not about some other pipe."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor, or no poll on this platform
+        return False
 
 
 def _discard_stdout() -> None:
