@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,12 @@ def _compiler(environ: Mapping[str, str]) -> str:
     torch's own error was a long traceback that buried "c++: not found"."""
     cxx = environ.get("CXX", "").strip()
     if cxx:
+        # a launcher and its compiler ("ccache g++") are not one executable, and torch's build runs $CXX as
+        # one: say so rather than that the compiler is missing
+        if len(shlex.split(cxx)) > 1:
+            raise SystemExit(
+                f"fastalign: CXX={cxx} must name one executable (a wrapper script for a launcher)"
+            )
         path, what = shutil.which(cxx, path=environ.get("PATH")), f"CXX={cxx}"
     else:
         found = [p for p in (shutil.which(n, path=environ.get("PATH")) for n in ("c++", "g++")) if p]
@@ -76,7 +83,8 @@ class _BuildExtension(cpp_extension.BuildExtension):
     """torch's build_ext, after a check that a compiler is there, and with its failures as one line."""
 
     def run(self) -> None:
-        if os.name != "nt":  # MSVC has no --version; torch's own checks speak for it there
+        # MSVC has no --version (torch's own checks speak for it); FASTALIGN_BUILD_EXT=0: nothing to build
+        if os.name != "nt" and self.extensions:
             os.environ["CXX"] = _compiler(os.environ)  # torch uses $CXX, else c++ (which may be missing)
         try:
             super().run()

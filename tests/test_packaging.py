@@ -106,6 +106,9 @@ def test_a_missing_compiler_stops_the_build_with_one_line_saying_what_to_do(tmp_
     _fake_program(bin_dir, "c++", 0)
     assert compiler({"PATH": str(bin_dir)}) == "c++"
     assert compiler({"PATH": str(bin_dir), "CXX": str(bin_dir / "g++")}) == str(bin_dir / "g++")
+    # a launcher in CXX is not a missing compiler: torch's build runs $CXX as one executable
+    with pytest.raises(SystemExit, match=r"CXX=ccache g\+\+ must name one executable"):
+        compiler({"PATH": str(bin_dir), "CXX": "ccache g++"})
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX compilers")

@@ -242,7 +242,8 @@ class EvalModel:
                 "path is named sub-XX (the published layout is weights/ReAlnet/sub-01/encoder.pt); name the "
                 "subject: NAME@sub-XX=FILE (EvalModel.from_weights(path, subject=...))"
             )
-        default = folders[found - 1] if found else os.path.splitext(os.path.basename(file))[0]
+        stem = os.path.splitext(os.path.basename(file))[0]
+        default = (folders[found - 1] or stem) if found else stem  # a sub-XX folder at the root: the stem
         module = realnet(weights=file)
         return cls(
             name or default,
@@ -374,7 +375,8 @@ def as_models(
             raise ValueError(
                 f"{_FN}: models[{seen[m.name, m.subject]}] and models[{i}] are both model {m.name!r}"
                 + (f" of {m.subject}" if m.subject else "")
-                + "; give them different names (NAME=FOLDER, or EvalModel.from_run(folder, name=...))"
+                + "; give them different names (NAME=FOLDER or NAME=FILE; in Python "
+                "EvalModel.from_run(folder, name=...) or EvalModel.from_weights(file, name=...))"
             )
         seen[m.name, m.subject] = i
     for name in {m.name for m in out}:

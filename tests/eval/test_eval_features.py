@@ -344,6 +344,12 @@ def test_published_realnet_weights_files_are_models(eval_things: SyntheticThings
     assert (m.name, m.subject, m.modality, m.source) == ("runs", "sub-01", "fmri", str(run))
     with pytest.raises(ValueError, match=r"gives a run folder a subject, but its config.json names it"):
         as_models([f"x@sub-01={run}"], weights=None, seed=0, layers=["IT"])
+    twice = [f"{tmp_path}/ck/sub-07/{run}/encoder.pt" for run in ("A", "B")]  # runs inside one sub-XX
+    for path in twice:
+        os.makedirs(os.path.dirname(path))
+        os.symlink(first, path)
+    with pytest.raises(ValueError, match=r"both model 'ck' of sub-07; .*NAME=FILE.*from_weights\(file, name"):
+        as_models(twice, weights=None, seed=0, layers=["IT"])
     other = tmp_path / "sub-06" / "notes.txt"
     other.parent.mkdir()
     other.write_text("x")
