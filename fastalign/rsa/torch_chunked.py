@@ -145,10 +145,16 @@ def _gram(xb: torch.Tensor, ct: torch.dtype, method: str, gram: torch.Tensor, fi
     if resid is not None and sq is not None:
         gram, sq = _recentre(gram, sq, resid / p, p)
     if sq is not None:
-        # out of place: under torch.compile a graph break (_recentre's check) leaves gram and sq as tensors
-        # that autograd saved for the products before, and scaling them in place failed in backward
-        inv = sq.rsqrt()
-        gram = gram * inv[:, :, None] * inv[:, None, :]
+        if torch.compiler.is_compiling():
+            # out of place: after a graph break (_recentre's check) gram and sq are tensors autograd saved
+            # for the products before, and scaling them in place failed in backward
+            inv = sq.rsqrt()
+            gram = gram * inv[:, :, None] * inv[:, None, :]
+        else:
+            # in place, into the caller's reused Gram buffer (out of place, autograd would save the buffer
+            # itself, which the next batch of RDMs overwrites)
+            inv = sq.rsqrt_()
+            gram.mul_(inv[:, :, None]).mul_(inv[:, None, :])
     return gram
 
 
