@@ -10,8 +10,10 @@ from typing import Any
 import torch  # imported before fastalign._C, which links against its shared libraries
 
 _BUILD = (
-    "`pip install --no-build-isolation -e .` against the torch installed, with setuptools>=77 (add "
-    "`-c constraints/cpu.txt` on a CPU-only machine, or pip may pull a CUDA torch; see README, Install)"
+    "`pip install --no-build-isolation -e .` against the torch installed, with setuptools>=77 and a C++ "
+    "compiler with OpenMP (add `-c constraints/cpu.txt` and PyTorch's CPU index, "
+    "PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu, on a CPU-only machine, or pip may pull a "
+    "CUDA torch; see README, Install)"
 )
 
 _module: ModuleType | None = None
