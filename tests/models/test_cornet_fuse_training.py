@@ -346,15 +346,13 @@ def test_sync_batchnorm_runs_as_module() -> None:
 
 
 _INDUCTOR_STEP = """
-import torch
+import copy, torch
 from fastalign.models import cornet_s
 torch.manual_seed(0)
-eager = cornet_s().train().fuse_training(None)
-model = cornet_s().train().fuse_training(None)
-model.load_state_dict(eager.state_dict())
-exact = cornet_s().train().double()
-exact.load_state_dict(eager.state_dict())
-x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+eager = cornet_s().train().fuse_training(None).IT  # its 2 x 2 inputs at 32 px take the kernel-tap convs
+model = copy.deepcopy(eager)
+exact = copy.deepcopy(eager).double()
+x = torch.randn(4, 256, 2, 2, generator=torch.Generator().manual_seed(1))
 eager(x).square().mean().backward()
 exact(x.double()).square().mean().backward()
 torch.compile(model)(x).square().mean().backward()
@@ -365,15 +363,16 @@ print(float((grad(model) - want).norm() / want.norm()), float((grad(eager) - wan
 
 
 def test_inductor_compiles_a_fused_training_step() -> None:
-    """torch.compile's default compiler (inductor) of a CORnet-S after fuse_training trains: the kernel-tap
-    convs (IT at 32 px) took their columns through unfold, whose backward inductor lowered wrongly for
-    windows narrower than the stride, and the step corrupted the heap (a crash: run in a subprocess). The
-    gradient is as close to float64's as eager float32's is."""
+    """torch.compile's default compiler (inductor) of a CORnet-S block after fuse_training trains (IT at 32
+    px, the part of the model that failed; the whole model compiles for 2 minutes): the kernel-tap convs
+    took their columns through unfold, whose backward inductor lowered wrongly for windows narrower than
+    the stride, and the step corrupted the heap (a crash: run in a subprocess). The gradient is as close
+    to float64's as eager float32's is."""
     import subprocess
     import sys
 
     done = subprocess.run([sys.executable, "-c", _INDUCTOR_STEP], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     compiled, eager = (float(v) for v in done.stdout.split()[-2:])
-    # float32 itself is about 1e-2 off float64 here (BatchNorms of IT over 4 values each at 32 px)
+    # float32 itself is far off float64 here (BatchNorms over 4 to 16 values each)
     assert compiled < 2 * eager + 1e-6, (compiled, eager)
