@@ -142,11 +142,14 @@ def load_npy(path: str | os.PathLike[str], what: str, *, objects: bool = False) 
     path = os.fspath(path)
     source = f"{what}: {path!r}"
     with _open_current(path, what) as f:
-        if f.read(1) == b"\x80":  # a pickle's PROTO opcode: pickle.dump under a .npy name
+        head = f.read(4)
+        if head[:1] == b"\x80":  # a pickle's PROTO opcode: pickle.dump under a .npy name
             raise ValueError(
                 f"{source} is a bare pickle (pickle.dump under a .npy name), not a .npy file: fastalign "
                 f"does not unpickle files, which can run code; {ALIGNVIS_HINT}"
             )
+        if head == b"PK\x03\x04":  # an .npz, or torch.save's format: say so, not "the magic string"
+            raise ValueError(f"{source} is a zip archive (an .npz or a torch file), not a .npy array")
         f.seek(0)
         try:
             version = npy_format.read_magic(f)

@@ -378,13 +378,6 @@ def _precomputed_embeddings(images: list[str], name: str, split: str, root: str)
                 f"{len(images)} {split} images have none, e.g. {image!r}: looked for "
                 f"{' and '.join(repr(p) for p in places)}"
             )
-        with open(f, "rb") as handle:
-            zipped = handle.read(4) == b"PK\x03\x04"
-        if zipped:  # np.load would open an NpzFile; torch.save writes zips too
-            raise ValueError(
-                f"{_FN}: {f!r} is a zip archive (an .npz or a torch file), not a .npy array; expected one "
-                "np.save'd vector per image"
-            )
         try:
             x = load_npy(f, f"image_model='npy:{name}' embedding")
         except ValueError as exc:
