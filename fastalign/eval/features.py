@@ -235,7 +235,7 @@ class EvalModel:
                 _checks.message(_FN, "model", f"a ReAlnet weights file ({', '.join(WEIGHTS_SUFFIXES)})", file)
             )
         folders = os.path.dirname(file).split(os.sep)
-        found = next((i for i in range(len(folders) - 1, -1, -1) if _SUBJECT.match(folders[i])), None)
+        found = _subject_folder(folders)
         if subject is None and found is None:
             raise ValueError(
                 f"{_FN}: cannot tell whom the ReAlnet weights {file!r} were aligned to: no folder of its "
@@ -252,6 +252,11 @@ class EvalModel:
             modality="fmri" if module.n_out == FMRI_N_OUT else "eeg",
             source=file,
         )
+
+
+def _subject_folder(folders: Sequence[str]) -> int | None:
+    """The index of the last of ``folders`` (a path's parts: the nearest the file) named ``sub-XX``."""
+    return next((i for i in range(len(folders) - 1, -1, -1) if _SUBJECT.match(folders[i])), None)
 
 
 def _check_layers(where: str, layers: Any) -> list[str]:
@@ -316,8 +321,8 @@ def as_models(
             if os.path.isfile(folder):
                 model = EvalModel.from_weights(folder, name=given, subject=subject)
                 parts = os.path.dirname(os.path.realpath(folder)).split(os.sep)
-                found = [k for k, part in enumerate(parts) if _SUBJECT.match(part)]
-                home = os.sep.join(parts[: found[-1]] if found else parts)
+                found = _subject_folder(parts)
+                home = os.sep.join(parts if found is None else parts[:found])
             elif not os.path.isdir(folder):
                 raise FileNotFoundError(
                     f"{_FN}: models[{i}] = {os.fspath(spec)!r} is neither 'cornet_s' nor a run folder nor "
