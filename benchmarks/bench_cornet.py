@@ -267,7 +267,7 @@ def fallback_comparison(
     peak_fp32, _ = harness.peak_tflops("cpu", torch.float32)
     rows = []
     for (impl, name, compute, fn), t in zip(fns, times, strict=True):
-        q = statistics.quantiles(t, n=5) if len(t) >= 2 else [t[0]] * 4
+        p20, p80 = harness.spread(t)
         med = statistics.median(t)
         tflops = flops * batch / (med * 1e-3) / 1e12
         eager = by_key[("eager", name)]
@@ -282,9 +282,9 @@ def fallback_comparison(
                 "batch": batch,
                 "size": args.size,
                 "median_ms": med,
-                "spread_ms": f"{q[0]:.4g}-{q[3]:.4g}",
-                "p20_ms": q[0],
-                "p80_ms": q[3],
+                "spread_ms": f"{p20:.4g}-{p80:.4g}",
+                "p20_ms": p20,
+                "p80_ms": p80,
                 "best_ms": min(t),  # the least disturbed round, on a shared machine
                 "reps": len(t),
                 "times_ms": t,

@@ -512,11 +512,6 @@ def _restore_tf32(saved: tuple[bool, bool]) -> None:
 # ------------------------------------------------------------------------------------ timing
 
 
-def _quantiles(values: list[float]) -> tuple[float, float]:
-    q = statistics.quantiles(values, n=5) if len(values) >= 2 else [values[0]] * 4
-    return q[0], q[3]
-
-
 def _eeg_file(root: str) -> str:
     return os.path.join(
         root, "things_eeg_2", "Preprocessed_data_250Hz", "sub-01", "preprocessed_eeg_training.npy"
@@ -532,7 +527,7 @@ def _row(
 ) -> dict[str, Any]:
     """One timed variant's row: per-step times over rounds, ratios to both published loops, the epoch."""
     published = name.startswith("published")
-    lo, hi = _quantiles(times)
+    lo, hi = harness.spread(times)
     med = statistics.median(times)
     steps = args.epoch_steps[name]
     return {

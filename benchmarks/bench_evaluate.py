@@ -530,8 +530,8 @@ def _timed(fn: Callable[[], Any], device: str) -> tuple[Any, float, float]:
 
 
 def _spread(times: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
-    return {"median_ms": statistics.median(times), "p20_ms": q[0], "p80_ms": q[3], "best_ms": min(times)}
+    p20, p80 = harness.spread(times)
+    return {"median_ms": statistics.median(times), "p20_ms": p20, "p80_ms": p80, "best_ms": min(times)}
 
 
 @dataclass

@@ -319,12 +319,12 @@ def check_equal_convs(
 
 
 def _summary(times: list[float]) -> dict[str, Any]:
-    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+    p20, p80 = harness.spread(times)
     return {
         "median_ms": statistics.median(times),
-        "p20_ms": q[0],
-        "p80_ms": q[3],
-        "spread_ms": f"{q[0]:.4g}-{q[3]:.4g}",
+        "p20_ms": p20,
+        "p80_ms": p80,
+        "spread_ms": f"{p20:.4g}-{p80:.4g}",
         "best_ms": min(times),
         "times_ms": times,
         "reps": len(times),

@@ -5,6 +5,7 @@ where there is no checkout)."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,20 @@ def test_an_installed_package_has_no_scripts(
     assert "source checkout" in err and "fastalign bench' with no names" in err and len(err.splitlines()) == 1
     assert main(["bench", "--list"]) == 0
     assert "not a source checkout" in capsys.readouterr().out
+
+
+def test_benchmark_spreads_stay_within_the_measured_times() -> None:
+    """The p20-p80 columns of every benchmark come from harness.spread: percentiles interpolated between
+    measurements, never beyond them (statistics' default method put 3 runs' p20 below the fastest)."""
+    path = Path(bench.scripts()["rsa"]).with_name("harness.py")
+    spec = importlib.util.spec_from_file_location("_bench_harness", path)
+    assert spec is not None and spec.loader is not None
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    for times in ([162.78, 162.72, 185.7], [5.0, 1.0], [3.0, 1.0, 2.0, 5.0, 4.0], [7.5]):
+        p20, p80 = harness.spread(times)
+        assert min(times) <= p20 <= p80 <= max(times), (times, p20, p80)
+    assert harness.spread([3.0, 1.0, 2.0, 5.0, 4.0]) == pytest.approx((1.8, 4.2))
+    assert harness.spread([7.5]) == (7.5, 7.5)
+    timed = harness.time_fn(lambda: None, "cpu", warmup=0, rep=3)
+    assert timed["min_ms"] <= timed["p20_ms"] <= timed["p80_ms"] <= timed["max_ms"]
