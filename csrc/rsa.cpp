@@ -22,6 +22,12 @@
 //   the M prepared model vectors w (M, K); the (B, K) RDMs are never stored. Patterns are checked and
 //   scaled as in rsa_rdm_direct; a constant RDM, or one whose euclidean distances exceed the dtype's
 //   range, gives NaN, which the Python API turns into an error naming the window.
+// rsa_spearman_ceiling(x, w) -> (sims (S, B, M), lower (B,), upper (B,)) float64: for (S, B, K) float64
+//   subject RDMs (S subjects at B points) and (M, K) prepared model vectors, each RDM's Spearman
+//   similarity with each model and the Spearman noise ceiling at each point (rsatoolbox's bounds: mean
+//   over subjects of the correlation with the pool of all subjects' ranks / of the others'), each RDM
+//   ranked once in a per-thread buffer (no (S, B, K) ranks are stored); NaN bounds where a pool is
+//   constant.
 // rsa_kendall_tau_a(a, b, ia, ib) -> (P,) float64: Kendall's tau-a of rows a[ia[p]] and b[ib[p]] in
 //   O(K log K) each (sort + merge-sort inversion count), exact integer pair counts; NaN for a pair with
 //   NaN in either row.
@@ -66,6 +72,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -1087,6 +1094,97 @@ at::Tensor rdm_compare_cpu(const at::Tensor& x, const at::Tensor& w, int64_t rdm
   return out;
 }
 
+// Spearman RSA and the Spearman noise ceiling of (S, B, K) subject RDMs in one pass over each of the B
+// points (time points, ROIs): each subject's RDM is ranked once into centred average ranks c_s (exact
+// half-integers) with its norm from the tie groups (row_ranks); the pool of all subjects is ranked from
+// the exact sum of the c_s and each leave-one-out pool from that sum minus c_s (rsatoolbox's pool_rdm of
+// ranks: the mean of ranks orders as their sum does, ties included); upper[b] and lower[b] are the means
+// over subjects of Spearman(pool, c_s) and Spearman(leave-one-out pool, c_s); sims[s, b, m] is the
+// dot product of the subject's unit vector with model m's prepared vector w[m] (dot_block: the bits
+// rsa_rdm_compare gives the same ranks). A pool whose ranks are constant has no Spearman correlation:
+// its bound is NaN, which the Python API turns into an error naming the pool. The subjects' RDMs are
+// finite and not constant (checked by the caller).
+void spearman_ceiling(const double* x, const double* w, double* sims, double* lower, double* upper, int64_t s_n,
+                      int64_t b_n, int64_t k, int64_t models) {
+  const double shift = static_cast<double>(k + 1) * 0.5;
+#pragma omp parallel if (b_n > 1 && s_n * b_n * k > kParallelWork)
+  {
+    std::vector<double> c(static_cast<size_t>(s_n * k)), total(static_cast<size_t>(k)), pool(static_cast<size_t>(k)),
+        loo(static_cast<size_t>(k)), scale(static_cast<size_t>(s_n)), acc(static_cast<size_t>(kDotRows * models * 8));
+    RowSorter<double> sorter;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < b_n; ++b) {
+      for (int64_t s = 0; s < s_n; ++s) {
+        const double ss = row_ranks(sorter, x + (s * b_n + b) * k, k, shift, c.data() + s * k);
+        scale[s] = ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("");
+      }
+      std::copy(c.begin(), c.begin() + k, total.begin());
+      for (int64_t s = 1; s < s_n; ++s) {
+        const double* cs = c.data() + s * k;
+        for (int64_t j = 0; j < k; ++j) total[j] += cs[j];  // half-integers: exact in any order
+      }
+      // Spearman of a pool's centred ranks p with c_s: <p, c_s> / (|p| |c_s|), |.| from the tie groups
+      const auto pooled = [&](const double* values, int64_t s) {
+        const double ss = row_ranks(sorter, values, k, shift, pool.data());
+        const double* cs = c.data() + s * k;
+        const double* p = pool.data();
+        const double dot = sum_lanes(k, [p, cs](int64_t j) { return p[j] * cs[j]; });
+        return ss > 0 ? dot / std::sqrt(ss) * scale[s] : std::nan("");
+      };
+      double up = 0.0, lo = 0.0;
+      {
+        const double ss = row_ranks(sorter, total.data(), k, shift, pool.data());
+        const double inv = ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("");
+        const double* p = pool.data();
+        for (int64_t s = 0; s < s_n; ++s) {
+          const double* cs = c.data() + s * k;
+          up += sum_lanes(k, [p, cs](int64_t j) { return p[j] * cs[j]; }) * inv * scale[s];
+        }
+      }
+      for (int64_t s = 0; s < s_n; ++s) {
+        const double* cs = c.data() + s * k;
+        for (int64_t j = 0; j < k; ++j) loo[j] = total[j] - cs[j];
+        lo += pooled(loo.data(), s);
+      }
+      upper[b] = up / static_cast<double>(s_n);
+      lower[b] = lo / static_cast<double>(s_n);
+      for (int64_t s0 = 0; s0 < s_n && models > 0; s0 += kDotRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kDotRows, s_n - s0));
+        const double* rows_v[kDotRows];
+        double* rows_out[kDotRows];
+        double rows_scale[kDotRows];
+        for (int r = 0; r < rows; ++r) {
+          rows_v[r] = c.data() + (s0 + r) * k;
+          rows_out[r] = sims + ((s0 + r) * b_n + b) * models;
+          rows_scale[r] = scale[s0 + r];
+        }
+        dot_block(rows, rows_v, rows_scale, w, models, k, acc.data(), rows_out);
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spearman_ceiling_cpu(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK_VALUE(x.device().is_cpu() && w.device().is_cpu(),
+                    "rsa_spearman_ceiling: x and w must be CPU tensors, got ", x.device(), " and ", w.device());
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(0) >= 2 && x.size(2) >= 2,
+                    "rsa_spearman_ceiling: x must be (S >= 2, B, K >= 2), got ", x.sizes());
+  TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == x.size(2), "rsa_spearman_ceiling: w must be (M, ", x.size(2),
+                    ") for x's ", x.size(2), " pairs, got ", w.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kDouble && w.scalar_type() == at::kDouble,
+                   "rsa_spearman_ceiling: x and w must be float64, got ", x.scalar_type(), " and ", w.scalar_type());
+  const auto xc = x.contiguous();
+  const auto wc = w.contiguous();
+  const int64_t s_n = x.size(0), b_n = x.size(1), k = x.size(2), models = w.size(0);
+  auto opts = x.options().dtype(at::kDouble);
+  auto sims = at::empty({s_n, b_n, models}, opts), lower = at::empty({b_n}, opts), upper = at::empty({b_n}, opts);
+  if (b_n > 0) {
+    spearman_ceiling(xc.data_ptr<double>(), wc.data_ptr<double>(), sims.data_ptr<double>(), lower.data_ptr<double>(),
+                     upper.data_ptr<double>(), s_n, b_n, k, models);
+  }
+  return {sims, lower, upper};
+}
+
 template <typename T>
 void permute_condensed(const T* src, const int64_t* perms, T* out, int64_t n_perm, int64_t batch, int64_t n) {
   const int64_t k_total = n * (n - 1) / 2;
@@ -2050,6 +2148,7 @@ TORCH_LIBRARY_FRAGMENT(fastalign, m) {
   m.def("rsa_centered_ranks(Tensor x, bool normalize, ScalarType dtype) -> Tensor");
   m.def("rsa_rdm_direct(Tensor x, int method) -> Tensor");
   m.def("rsa_rdm_compare(Tensor x, Tensor w, int rdm_method, int compare) -> Tensor");
+  m.def("rsa_spearman_ceiling(Tensor x, Tensor w) -> (Tensor, Tensor, Tensor)");
   m.def("rsa_kendall_tau_a(Tensor a, Tensor b, Tensor ia, Tensor ib) -> Tensor");
   m.def("rsa_permute_condensed(Tensor src, Tensor perms) -> Tensor");
   m.def("rsa_cluster_null(Tensor x, Tensor flips, float threshold, int tail) -> Tensor");
@@ -2066,6 +2165,7 @@ TORCH_LIBRARY_IMPL(fastalign, CPU, m) {
   m.impl("rsa_centered_ranks", &fastalign::centered_ranks_cpu);
   m.impl("rsa_rdm_direct", &fastalign::rdm_direct_cpu);
   m.impl("rsa_rdm_compare", &fastalign::rdm_compare_cpu);
+  m.impl("rsa_spearman_ceiling", &fastalign::spearman_ceiling_cpu);
   m.impl("rsa_kendall_tau_a", &fastalign::kendall_tau_a_cpu);
   m.impl("rsa_permute_condensed", &fastalign::permute_condensed_cpu);
   m.impl("rsa_cluster_null", &fastalign::cluster_null_cpu);
@@ -2084,9 +2184,9 @@ TORCH_LIBRARY_IMPL(fastalign, Meta, m) {
 // None of these ops has a derivative: called directly with inputs that require grad, their outputs must not
 // claim a gradient that backward would silently drop (the Python API detaches or refuses before this).
 TORCH_LIBRARY_IMPL(fastalign, Autograd, m) {
-  for (const char* op : {"rsa_rank", "rsa_centered_ranks", "rsa_rdm_direct", "rsa_rdm_compare", "rsa_kendall_tau_a",
-                         "rsa_permute_condensed", "rsa_cluster_null", "rsa_row_stats", "rsa_gram_centered", "conv_taps",
-                         "conv_taps_backward"}) {
+  for (const char* op : {"rsa_rank", "rsa_centered_ranks", "rsa_rdm_direct", "rsa_rdm_compare", "rsa_spearman_ceiling",
+                         "rsa_kendall_tau_a", "rsa_permute_condensed", "rsa_cluster_null", "rsa_row_stats",
+                         "rsa_gram_centered", "conv_taps", "conv_taps_backward"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

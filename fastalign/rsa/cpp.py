@@ -8,6 +8,8 @@
   per RDM pair (sort + merge-sort inversion count, as scipy), against O(K^2) in the torch backend.
 - ``rdm_compare``: time-resolved RSA fused: each pattern set's RDM is ranked (or centred) and dotted
   with the model vectors in a per-thread buffer; no (B, K) RDMs are held.
+- ``spearman_ceiling``: Spearman similarities and the Spearman noise ceiling of many subject RDMs at
+  once (one ranking per RDM and per pool, in a per-thread buffer; no ranks or pools are stored).
 - ``permutation_null``: permuted condensed RDMs gathered with pair indices computed on the fly (no
   (P, K) index tensor), reduced with batched matrix products.
 - ``cluster_null``: the cluster test's sign-flip null, each flip's t curve and largest cluster mass in a
@@ -67,6 +69,16 @@ def rdm_compare(x: torch.Tensor, models: torch.Tensor, rdm_method: str, method: 
     x = x.to(_checks.compute_dtype(x)).contiguous()
     out = torch.ops.fastalign.rsa_rdm_compare(x, w, _RDM_CODES[rdm_method], _COMPARE_CODES[method])
     return out * common.linear_scale(method, w.shape[-1])
+
+
+def spearman_ceiling(
+    rdms: torch.Tensor, models_z: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spearman similarities (S, B, M) of (S, B, K) float64 subject RDMs with the prepared model vectors
+    (M, K), and the Spearman noise ceiling's (lower, upper) bounds (B,) at each of the B points, each RDM
+    ranked once in a per-thread buffer (rsa_spearman_ceiling; NaN bounds where a pool is constant)."""
+    _ext.load()
+    return torch.ops.fastalign.rsa_spearman_ceiling(rdms.contiguous(), models_z.contiguous())
 
 
 def permutation_null(fixed: torch.Tensor, moving: torch.Tensor, perms: torch.Tensor, n: int) -> torch.Tensor:

@@ -496,6 +496,70 @@ def test_spearman_rsa_and_noise_ceiling_is_both_calls(
         rsa_stats.spearman_rsa_and_noise_ceiling(rdms[:1], models)
 
 
+@pytest.mark.skipif(not CPP, reason="fastalign._C is not built")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_spearman_ceiling_is_the_composed_one(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float64 CPU RDMs take one fused pass (rsa_spearman_ceiling: each subject RDM and each pool ranked
+    once in a per-thread buffer): the same similarities and bounds as the composed path that stores the
+    ranks and pools, for random, heavily tied and integer RDMs, 2 to 6 subjects, one point or a grid of
+    them, with and without models; a constant leave-one-out pool (NaN in the kernel) is named by the
+    composed path's error at its index."""
+    from fastalign.rsa import cpp
+
+    rng = np.random.default_rng(12)
+    calls = []
+    fused = cpp.spearman_ceiling
+    monkeypatch.setattr(cpp, "spearman_ceiling", lambda *a: calls.append(tuple(a[0].shape)) or fused(*a))
+    limit = rsa_stats._FUSED_CEILING_BYTES
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape, kind in [((2, 45), "normal"), ((5, 3, 4, 45), "normal"), ((6, 7, 190), "tied"),
+                            ((3, 2, 66), "integer"), ((4, 1, 3), "normal")]:  # fmt: skip
+            k = shape[-1]
+            rdms = rng.normal(size=shape)
+            if kind == "tied":
+                rdms = rdms.round(1)
+            elif kind == "integer":
+                rdms = rng.integers(0, 5, size=shape).astype(float)
+            rdms = torch.from_numpy(rdms)
+            models = torch.from_numpy(rng.normal(size=(3, k)).round(1))
+            calls.clear()
+            got = (
+                *fa.noise_ceiling(rdms, "spearman"),
+                *rsa_stats.spearman_rsa_and_noise_ceiling(rdms, models),
+            )
+            assert calls == [(shape[0], rdms[0, ..., 0].numel(), k)] * 2, calls
+            monkeypatch.setattr(rsa_stats, "_FUSED_CEILING_BYTES", 0)  # the composed path
+            want = (
+                *fa.noise_ceiling(rdms, "spearman"),
+                *rsa_stats.spearman_rsa_and_noise_ceiling(rdms, models),
+            )
+            monkeypatch.setattr(rsa_stats, "_FUSED_CEILING_BYTES", limit)
+            assert len(calls) == 2
+            for g, w in zip(got, want, strict=True):
+                assert g.shape == w.shape and g.dtype == w.dtype == torch.float64
+                np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-13, atol=1e-14)
+        bad = torch.from_numpy(rng.normal(size=(5, 3, 45)))  # at point 1: v, -v, u, -u and subject 4
+        bad[1, 1], bad[3, 1] = -bad[0, 1], -bad[2, 1]
+        with pytest.raises(ValueError, match=r"pooled RDM of the other subjects .* at index \(4, 1\)"):
+            fa.noise_ceiling(bad, "spearman")
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.skipif(not CPP, reason="fastalign._C is not built")
+def test_fused_spearman_ceiling_gives_time_resolved_rsa_bits() -> None:
+    """The evaluation's similarities from time_resolved_rdms + spearman_rsa_and_noise_ceiling are the
+    bits time_resolved_rsa's fused kernel gives: the same RDM, the same ranks, the same dot products."""
+    gen = torch.Generator().manual_seed(13)
+    eeg = torch.randn(4, 30, 5, 12, dtype=torch.float64, generator=gen)
+    models = torch.rand(3, 435, dtype=torch.float64, generator=gen)
+    sims, _, _ = rsa_stats.spearman_rsa_and_noise_ceiling(fa.time_resolved_rdms(eeg, "correlation"), models)
+    want = fa.time_resolved_rsa(eeg, models)
+    assert torch.equal(sims, want), (sims - want).abs().max()
+
+
 def test_spearman_rsa_and_noise_ceiling_promotes_mixed_dtypes() -> None:
     """float32 and float64 operands are computed in float64, as compare_rdms promotes them."""
     rng = np.random.default_rng(10)

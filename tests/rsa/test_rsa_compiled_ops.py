@@ -87,6 +87,30 @@ BAD: list[tuple[type[Exception], str, Callable[[], tuple], str]] = [
         lambda: (X.long(), 0),
         r"rsa_rdm_direct: x must be float64 or float32, got Long",
     ),
+    (
+        ValueError,
+        "rsa_spearman_ceiling",
+        lambda: (K6, W[:, :6]),
+        r"rsa_spearman_ceiling: x must be \(S >= 2, B, K >= 2\), got \[2, 6\]",
+    ),
+    (
+        ValueError,
+        "rsa_spearman_ceiling",
+        lambda: (K6[:1, None], W[:, :6]),
+        r"rsa_spearman_ceiling: x must be \(S >= 2, B, K >= 2\), got \[1, 1, 6\]",
+    ),
+    (
+        ValueError,
+        "rsa_spearman_ceiling",
+        lambda: (K6[:, None], W),
+        r"rsa_spearman_ceiling: w must be \(M, 6\) for x's 6 pairs, got \[3, 10\]",
+    ),
+    (
+        TypeError,
+        "rsa_spearman_ceiling",
+        lambda: (K6[:, None].float(), W[:, :6]),
+        r"rsa_spearman_ceiling: x and w must be float64, got Float and Double",
+    ),
     (ValueError, "rsa_rdm_compare", lambda: (X[0], W, 0, 0), r"rsa_rdm_compare: x must be \(B, n, p\)"),
     (
         ValueError,
