@@ -96,7 +96,9 @@ def bench(
                     base = {"ms": row["median_ms"], "mem": row["peak_mem_MiB"]}
                 elif base:
                     row["speedup_vs_naive"] = base["ms"] / row["median_ms"]
-                    row["mem_vs_naive_pct"] = 100 * row["peak_mem_MiB"] / base["mem"]
+                    # tiny sizes can fit in memory the process already holds: no growth to compare with
+                    if base["mem"] > 0:
+                        row["mem_vs_naive_pct"] = 100 * row["peak_mem_MiB"] / base["mem"]
                 rows.append(row)
                 print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
                 del x, y, fn
