@@ -200,6 +200,40 @@ def peak_memory_bytes(fn: Callable[[], Any], device: str) -> int:
     return int((_proc_status_kib("VmHWM") - base) * 1024)
 
 
+#: Equality checks against float64 (DESIGN, Correctness). Each output's error is its largest absolute
+#: difference from the float64 result over that output's scale. The baseline (PyTorch as a user runs it,
+#: in the benchmarked dtype) must be within CHECK_BOUND: float32 DESIGN's ~1e-5 with the test suite's
+#: factor 2, half precision eight unit roundoffs (its results are rounded more than once). Every other
+#: provider must be within twice the baseline's error in the same run plus CHECK_FLOOR (DESIGN's rule
+#: for half precision, with the test suite's floors), or within CHECK_BOUND where the baseline has no
+#: result.
+CHECK_BOUND = {"float64": 1e-10, "float32": 2e-5, "bfloat16": 2.0**-5, "float16": 2.0**-8}
+CHECK_FLOOR = {"float64": 1e-10, "float32": 2e-5, "bfloat16": 1e-3, "float16": 1e-3}
+
+
+def max_abs_diffs(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> dict[str, float]:
+    """max |got - want| of each output, computed in float64 on want's device (NaN where either has one)."""
+    out = {}
+    for k, w in want.items():
+        d = (got[k].detach().to(w.device, torch.float64) - w).abs()
+        out[k] = float(d.max()) if d.numel() else 0.0  # a NaN anywhere makes the max NaN
+    return out
+
+
+def check_errors(errors: dict[str, float], dtype: str, baseline: dict[str, float] | None) -> dict[str, Any]:
+    """The limits of ``errors`` (relative, per output) and whether each is within its limit.
+
+    ``baseline`` is the baseline's errors in the same run, None for the baseline itself or when it has
+    none. NaN never passes.
+    """
+    if dtype not in CHECK_BOUND:
+        raise ValueError(f"dtype: no check tolerance for {dtype!r}; expected one of {sorted(CHECK_BOUND)}")
+    limits = {
+        k: CHECK_BOUND[dtype] if baseline is None else 2 * baseline[k] + CHECK_FLOOR[dtype] for k in errors
+    }
+    return {"rel_err": errors, "limit": limits, "equal": all(errors[k] <= limits[k] for k in errors)}
+
+
 def environment(device: str) -> dict[str, Any]:
     """Versions, device and commit recorded with every result file."""
     try:
