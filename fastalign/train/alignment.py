@@ -63,6 +63,7 @@ from fastalign.models.cornet import CORnetS
 from fastalign.rsa import compare_rdms, rdm, time_resolved_rsa
 from fastalign.train import distributed
 from fastalign.train.loop import FitResult, FitState, Hook, fit, require_selected
+from fastalign.train.precision import resolve_amp
 from fastalign.train.run import RunFolder, digest_tensors, holds_files
 
 __all__ = ["AlignData", "AlignResult", "align", "derangement", "load_align_data", "realnet_loss"]
@@ -975,6 +976,13 @@ def align(
     """
     _check_settings(dict(locals()))
     modality = _checks.check_choice(_FN, "modality", modality, ("eeg", "fmri"))
+    info = distributed.planned()
+    # the device and precision before the data is read and the model built (fit checked them after)
+    if device is not None:
+        target_device = _checks.check_device(_FN, "device", device)
+    else:
+        target_device = distributed.default_device(info)
+    resolve_amp(amp, target_device, _FN)
     root = _root(data)
     folder = _modality_dir(root, modality)
     subjects, single = _subjects(subject, _available_subjects(root, modality), folder)
@@ -999,8 +1007,6 @@ def align(
                 f"{_FN}: out {os.fspath(out)!r} already holds {', '.join(taken)}; pass resume=True "
                 "(--resume) to continue those runs or overwrite=True (--overwrite) to replace them"
             )
-    info = distributed.planned()
-    target_device = torch.device(device) if device is not None else distributed.default_device(info)
     load = functools.partial(
         load_align_data, root, modality=modality, image_size=image_size, seed=seed, control=control,
         val_fraction=val_fraction, channels=channels, time_window=time_window, rois=rois, pca=pca,

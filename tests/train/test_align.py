@@ -472,6 +472,38 @@ def test_bad_settings_are_refused(
         align(synth.root, 1, out=tmp_path / "run", **{**RUN, **change})
 
 
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (
+            {"amp": "fp8"},
+            ValueError,
+            r"^align: amp='fp8'; expected one of \('auto', 'bf16', 'fp16', 'fp32'\)$",
+        ),
+        ({"amp": "fp16", "device": "cpu"}, NotImplementedError, r"^align: amp='fp16' needs a CUDA device"),
+        ({"device": "tpu"}, ValueError, r"^align: device: expected a torch device"),
+    ],
+)
+def test_amp_and_device_are_checked_before_the_data_is_read(
+    synth: SyntheticThings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    change: dict[str, Any],
+    error: type[Exception],
+    match: str,
+) -> None:
+    """They were fit's to check, after align had read the data and built CORnet-S, and
+    a device torch does not know was torch's RuntimeError."""
+
+    def unread(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(ALIGN, "load_align_data", unread)
+    with pytest.raises(error, match=match):
+        align(synth.root, 1, out=tmp_path / "run", **{**RUN, **change})
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_diverging_run_fails_saying_so(synth: SyntheticThings, tmp_path: Path) -> None:
     # the weights overflow in the first steps: the loss's input check called that bad input
     with pytest.raises(
