@@ -864,6 +864,14 @@ def _subjects(subject: Any, available: list[int], folder: str) -> tuple[list[int
     return chosen, False
 
 
+#: config entries that say where an input is, not what it holds, so that a resume takes the data folder or
+#: the weights at a new path: the weights are identified by ``start_fingerprint``; the data by
+#: ``test_images_digest`` (the test images' bytes), the set sizes, the selected channels and times (ROIs,
+#: PCA and its explained variance) and the training responses' ``norm_mean`` and ``norm_std``, all computed
+#: from the data on every call anyway (hashing the training images and responses would read gigabytes)
+_LOCATIONS = ("data", "weights")
+
+
 def _check_settings(a: dict[str, Any]) -> None:
     _checks.check_int(_FN, "epochs", a["epochs"], minimum=1)
     _checks.check_real(_FN, "lr", a["lr"], positive=True)
@@ -1061,7 +1069,7 @@ def align(
         recipe = _Recipe(d, sets, teacher, start, fingerprint, evaluate)
         result = fit(
             model, functools.partial(_step, beta=beta, contrast=contrast), sets["train"], sets.get("val"),
-            out=run_dir, epochs=epochs, config=config, batch_size=batch_size,
+            out=run_dir, epochs=epochs, config=config, locations=_LOCATIONS, batch_size=batch_size,
             optimizer=adam, seed=seed, amp=amp, resume=resume,
             overwrite=overwrite, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
             num_workers=num_workers, drop_last=True,

@@ -208,6 +208,7 @@ def _check_args(args: dict[str, Any]) -> None:
     if args["val_data"] is None and args["patience"] is not None and args["monitor"] == "val_loss":
         raise ValueError("fit: patience needs a monitored metric: pass val_data, or a monitor a hook returns")
     _check_monitor(args)
+    _check_locations(args)
 
 
 def _names(name: str, value: Any) -> tuple[str, ...]:
@@ -253,6 +254,17 @@ def _check_monitor(args: dict[str, Any]) -> None:
         f"(train_<term>, val_<term>) once terms=[...] names it, a hook's metric once its metric_names lists "
         f"it{no_val}"
     )
+
+
+def _check_locations(args: dict[str, Any]) -> None:
+    args["locations"] = locations = _names("locations", args["locations"])
+    config = args["config"] or {}
+    missing = [k for k in locations if k not in config]
+    if missing:
+        raise ValueError(
+            f"fit: locations={list(locations)} names {missing}, which config does not hold; expected keys of "
+            f"config ({sorted(config)})"
+        )
 
 
 def _check_metric_names(names: Iterable[Any], what: str, taken: Iterable[str] = ()) -> None:
@@ -490,6 +502,7 @@ class _Fit:
                     self.environment(events_note),
                     resume=a["resume"],
                     overwrite=a["overwrite"],
+                    locations=a["locations"],
                 )
                 outcome = (checkpoint, None)
             except (ValueError, TypeError, OSError) as e:
@@ -860,6 +873,7 @@ def fit(
     out: str | Any,
     epochs: int,
     config: Mapping[str, Any] | None = None,
+    locations: Sequence[str] = (),
     batch_size: int | None = None,
     optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
@@ -902,6 +916,10 @@ def fit(
         out: the run folder (see :mod:`fastalign.train.run` for its layout and overwrite rules).
         epochs: epochs to train (>= 1).
         config: the recipe's settings, written to config.json and compared when a run is resumed.
+        locations: keys of ``config`` whose values say where an input is (a path), not what it holds:
+            a resume accepts another path for them (the input moved) and records it. List a key only
+            when other ``config`` entries identify the input's content (a digest, statistics), since
+            those are then all that tells the same input from another.
         batch_size: the global batch size for Datasets (split evenly over processes); None for DataLoaders.
         optimizer: a factory called with ``model.parameters()`` (e.g. ``functools.partial(torch.optim.Adam,
             lr=2e-5)``); default ``torch.optim.Adam`` with torch's defaults.
@@ -920,7 +938,9 @@ def fit(
         terms: the names of the terms ``step_fn`` returns, said before training so that ``monitor`` may
             name one (terms not listed are logged all the same).
         validate_initial: also validate the untrained model as epoch 0 (it can be selected).
-        resume: continue the run in ``out`` from its last checkpoint (a new run when it holds none).
+        resume: continue the run in ``out`` from its last checkpoint (a new run when it holds none). The
+            settings must be the run's, except more ``epochs``, the paths of ``locations`` and
+            ``num_workers`` (with a warning: a Dataset that draws random numbers then draws others).
         overwrite: replace the run in ``out``, whatever its config.
         num_workers, collate_fn, drop_last: DataLoader settings for Dataset inputs (``drop_last`` drops
             each process's last incomplete training batch).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -389,6 +390,32 @@ def test_workers_are_seeded_from_seed_and_epoch(tmp_path: Path) -> None:
     resumed = _reads(tmp_path / "cut", 3, num_workers=1, resume=True)
     assert list(resumed) == [2] and resumed[2] == whole[2]
     assert sorted(d for _, d in whole[1]) != sorted(d for _, d in whole[2])  # fresh draws each epoch
+
+
+def test_a_resume_may_change_num_workers_and_says_what_it_changes(tmp_path: Path) -> None:
+    """num_workers was part of the config, so a run could not go on on a machine with other cores. The
+    batches do not depend on it; what a Dataset draws in the workers does, which the warning says (and
+    this Dataset, which draws numbers, shows)."""
+    whole = _reads(tmp_path / "whole", 3, num_workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        _reads(tmp_path / "cut", 3, num_workers=1, hooks=[Interrupt(7)])  # the first step of epoch 2
+    with pytest.raises(ValueError, match=r"already holds a run with this config \(checkpointed at epoch 1\)"):
+        _reads(tmp_path / "cut", 3, num_workers=2)  # still needs resume
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"resuming '.*cut' after epoch 1 with num_workers=2, where config.json records 1: the batches "
+        r"are the same, but .* \(random augmentation\) gives other samples than it would have, and the run "
+        r"is not bitwise an uninterrupted one; config.json records num_workers=2 from now on$",
+    ):
+        resumed = _reads(tmp_path / "cut", 3, num_workers=2, resume=True)
+    assert RunFolder(tmp_path / "cut").read_config()["fit"]["num_workers"] == 2
+    assert [i for i, _ in resumed[2]] == [i for i, _ in whole[2]]  # the same batches
+    assert [d for _, d in resumed[2]] != [d for _, d in whole[2]]  # other draws in the workers
+    # finished: nothing trains, so nothing warns, and the workers it ran with stay recorded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _reads(tmp_path / "cut", 3, num_workers=0, resume=True)
+    assert RunFolder(tmp_path / "cut").read_config()["fit"]["num_workers"] == 2
 
 
 def test_seeds_are_recorded_and_applied(tmp_path: Path) -> None:
