@@ -206,7 +206,10 @@ def _check_args(args: dict[str, Any]) -> None:
             f"fit: hooks holds {type(bad[0]).__name__} objects; expected fastalign.train.Hook instances"
         )
     if args["val_data"] is None and args["patience"] is not None and args["monitor"] == "val_loss":
-        raise ValueError("fit: patience needs a monitored metric: pass val_data, or a monitor a hook returns")
+        raise ValueError(
+            "fit: patience needs a monitored metric: pass val_data, or another monitor (train_loss, a "
+            "term's, a hook's)"
+        )
     _check_monitor(args)
     _check_locations(args)
 
@@ -263,7 +266,7 @@ def _check_locations(args: dict[str, Any]) -> None:
     if missing:
         raise ValueError(
             f"fit: locations={list(locations)} names {missing}, which config does not hold; expected keys of "
-            f"config ({sorted(config)})"
+            f"config ({list(config)})"
         )
 
 

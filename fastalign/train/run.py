@@ -493,7 +493,8 @@ def _prepare_existing(
     # what a resume may change: more epochs (nothing else in fit depends on them), where an input is (its
     # content is in other entries), and the DataLoader workers (the same batches; a warning below)
     if _differences(_changed(old, moved, extended, workers), dict(settings)):
-        diffs = _differences(old, dict(settings))  # all of them, the paths too: they say which data differ
+        # the paths too, which say which data differ (more epochs and other workers are no difference)
+        diffs = _differences(_changed(old, {}, extended, workers), dict(settings))
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
         raise ValueError(
             f"fit: out={path!r} holds a run with a different config ({shown}); pass overwrite=True "
