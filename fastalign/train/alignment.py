@@ -63,6 +63,7 @@ from fastalign.models.cornet import CORnetS
 from fastalign.rsa import compare_rdms, rdm, time_resolved_rsa
 from fastalign.train import distributed
 from fastalign.train.loop import FitResult, FitState, Hook, fit, require_selected
+from fastalign.train.precision import resolve_amp
 from fastalign.train.run import RunFolder, digest_tensors, holds_files
 
 __all__ = ["AlignData", "AlignResult", "align", "derangement", "load_align_data", "realnet_loss"]
@@ -863,6 +864,14 @@ def _subjects(subject: Any, available: list[int], folder: str) -> tuple[list[int
     return chosen, False
 
 
+#: config entries that say where an input is, not what it holds, so that a resume takes the data folder or
+#: the weights at a new path: the weights are identified by ``start_fingerprint``; the data by
+#: ``test_images_digest`` (the test images' bytes), the set sizes, the selected channels and times (ROIs,
+#: PCA and its explained variance) and the training responses' ``norm_mean`` and ``norm_std``, all computed
+#: from the data on every call anyway (hashing the training images and responses would read gigabytes)
+_LOCATIONS = ("data", "weights")
+
+
 def _check_settings(a: dict[str, Any]) -> None:
     _checks.check_int(_FN, "epochs", a["epochs"], minimum=1)
     _checks.check_real(_FN, "lr", a["lr"], positive=True)
@@ -975,6 +984,13 @@ def align(
     """
     _check_settings(dict(locals()))
     modality = _checks.check_choice(_FN, "modality", modality, ("eeg", "fmri"))
+    info = distributed.planned()
+    # the device and precision before the data is read and the model built (fit checked them after)
+    if device is not None:
+        target_device = _checks.check_device(_FN, "device", device)
+    else:
+        target_device = distributed.default_device(info)
+    resolve_amp(amp, target_device, _FN)
     root = _root(data)
     folder = _modality_dir(root, modality)
     subjects, single = _subjects(subject, _available_subjects(root, modality), folder)
@@ -999,8 +1015,6 @@ def align(
                 f"{_FN}: out {os.fspath(out)!r} already holds {', '.join(taken)}; pass resume=True "
                 "(--resume) to continue those runs or overwrite=True (--overwrite) to replace them"
             )
-    info = distributed.planned()
-    target_device = torch.device(device) if device is not None else distributed.default_device(info)
     load = functools.partial(
         load_align_data, root, modality=modality, image_size=image_size, seed=seed, control=control,
         val_fraction=val_fraction, channels=channels, time_window=time_window, rois=rois, pca=pca,
@@ -1055,7 +1069,7 @@ def align(
         recipe = _Recipe(d, sets, teacher, start, fingerprint, evaluate)
         result = fit(
             model, functools.partial(_step, beta=beta, contrast=contrast), sets["train"], sets.get("val"),
-            out=run_dir, epochs=epochs, config=config, batch_size=batch_size,
+            out=run_dir, epochs=epochs, config=config, locations=_LOCATIONS, batch_size=batch_size,
             optimizer=adam, seed=seed, amp=amp, resume=resume,
             overwrite=overwrite, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
             num_workers=num_workers, drop_last=True,

@@ -66,6 +66,7 @@ from fastalign.models.encoders import ENCODERS, brain_encoder
 from fastalign.train import distributed
 from fastalign.train.loaders import derive_seed
 from fastalign.train.loop import FitResult, FitState, Hook, fit, require_selected
+from fastalign.train.precision import resolve_amp
 from fastalign.train.run import RUN_KEYS, digest_tensors
 
 __all__ = ["DecodeResult", "Decoder", "decode"]
@@ -828,6 +829,12 @@ def decode(
             of different shapes, NaN in the data, a test gallery smaller than 5.
     """
     seeds = _check_settings(dict(locals()))
+    # the device and precision before the images are embedded (fit checked them after)
+    if device is not None:
+        target_device = _checks.check_device(_FN, "device", device)
+    else:
+        target_device = distributed.default_device(distributed.planned())
+    resolve_amp(amp, target_device, _FN)
     root = _root(data)
     # the run folder is replaced as a unit by --overwrite: never one holding what the run reads
     given = [
@@ -839,9 +846,6 @@ def decode(
         _prepare_seed_set(os.fspath(out), seeds, overwrite=overwrite, resume=resume)
     meta = load_image_metadata(os.path.join(root, IMAGE_DIR))
     paths = {"train": meta.paths("training"), "test": meta.paths("test")}
-    target_device = (
-        torch.device(device) if device is not None else distributed.default_device(distributed.planned())
-    )
     cache = os.fspath(cache_dir) if cache_dir is not None else os.path.join(root, "embeddings")
     if len(paths["test"]) < 5:
         raise ValueError(f"{_FN}: the test gallery holds {len(paths['test'])} images; top-5 needs at least 5")

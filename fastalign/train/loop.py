@@ -8,11 +8,12 @@ progress, metrics, atomic checkpoints, resume and data parallelism. See docs/tra
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +81,15 @@ class FitState:
 
 class Hook:
     """Callbacks of the fit loop; override the ones you need. Every method runs on every rank (so a hook
-    may use collectives); what rank 0's methods return is what counts."""
+    may use collectives); what rank 0's methods return is what counts.
+
+    Attributes:
+        metric_names: the names of the metrics ``on_epoch_end`` returns, said before training so that
+            ``fit(monitor=...)`` may name one (fit checks ``monitor`` before it starts); a metric not
+            listed is logged all the same.
+    """
+
+    metric_names: Collection[str] = ()
 
     def on_fit_start(self, state: FitState) -> None:
         """Before the first epoch of this call (after a resume's checkpoint is loaded)."""
@@ -90,7 +99,8 @@ class Hook:
 
     def on_epoch_end(self, state: FitState) -> Mapping[str, float] | None:
         """After validation, before model selection: return metrics (name -> number) to add to the epoch's
-        record; ``monitor`` may name one. Also called for epoch 0 with ``validate_initial=True``."""
+        record; ``monitor`` may name one listed in :attr:`metric_names`. Also called for epoch 0 with
+        ``validate_initial=True``."""
         return None
 
     def on_fit_end(self, state: FitState) -> Mapping[str, Any] | None:
@@ -196,7 +206,68 @@ def _check_args(args: dict[str, Any]) -> None:
             f"fit: hooks holds {type(bad[0]).__name__} objects; expected fastalign.train.Hook instances"
         )
     if args["val_data"] is None and args["patience"] is not None and args["monitor"] == "val_loss":
-        raise ValueError("fit: patience needs a monitored metric: pass val_data, or a monitor a hook returns")
+        raise ValueError(
+            "fit: patience needs a monitored metric: pass val_data, or another monitor (train_loss, a "
+            "term's, a hook's)"
+        )
+    _check_monitor(args)
+    _check_locations(args)
+
+
+def _names(name: str, value: Any) -> tuple[str, ...]:
+    """``value`` as a tuple of strings: a collection of them (a str alone is a name, not a collection)."""
+    listed = isinstance(value, Collection) and not isinstance(value, str)
+    if not listed or any(not isinstance(v, str) for v in value):
+        raise TypeError(f"fit: {name}={value!r}; expected a list of names (str)")
+    return tuple(value)
+
+
+def _monitor_choices(
+    terms: Sequence[str], hooks: Sequence[Hook], has_val: bool, clip_grad_norm: float | None
+) -> list[str]:
+    """The epoch metrics ``monitor`` may name, as known before training: the losses, the ``train_`` and
+    (with validation data) ``val_`` names of step_fn's declared ``terms``, ``train_grad_norm`` when
+    gradients are clipped, and the hooks' :attr:`Hook.metric_names`. "val_loss" is always one: without
+    validation data it selects the last epoch."""
+    train = ["loss", *terms, *(["grad_norm"] if clip_grad_norm is not None else [])]
+    names = [*(f"train_{t}" for t in train), "val_loss", *(f"val_{t}" for t in terms if has_val)]
+    for hook in hooks:
+        names += [n for n in hook.metric_names if n not in names]
+    return names
+
+
+def _check_monitor(args: dict[str, Any]) -> None:
+    """monitor (and the declarations it is checked against) before anything runs: a name no epoch would
+    hold failed after the first epoch had trained, with the name already in config.json."""
+    args["terms"] = terms = _names("terms", args["terms"])
+    _check_metric_names(terms, "terms")
+    loop = {f"{p}_{t}" for p in ("train", "val") for t in ("loss", *terms, "grad_norm")}
+    for hook in args["hooks"]:
+        declared = _names(f"{type(hook).__name__}.metric_names", hook.metric_names)
+        _check_metric_names(declared, f"{type(hook).__name__}.metric_names", loop)
+    monitor = args["monitor"]
+    choices = _monitor_choices(terms, args["hooks"], args["val_data"] is not None, args["clip_grad_norm"])
+    if monitor in choices:
+        return
+    close = difflib.get_close_matches(monitor, choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    no_val = "; val_<term> needs val_data" if args["val_data"] is None else ""
+    raise ValueError(
+        f"fit: monitor={monitor!r}; expected one of {tuple(choices)}{hint}. A step_fn term is monitored "
+        f"(train_<term>, val_<term>) once terms=[...] names it, a hook's metric once its metric_names lists "
+        f"it{no_val}"
+    )
+
+
+def _check_locations(args: dict[str, Any]) -> None:
+    args["locations"] = locations = _names("locations", args["locations"])
+    config = args["config"] or {}
+    missing = [k for k in locations if k not in config]
+    if missing:
+        raise ValueError(
+            f"fit: locations={list(locations)} names {missing}, which config does not hold; expected keys of "
+            f"config ({list(config)})"
+        )
 
 
 def _check_metric_names(names: Iterable[Any], what: str, taken: Iterable[str] = ()) -> None:
@@ -345,6 +416,11 @@ class _Fit:
             )
         self.scaler = precision.scaler()
         self.select_last = args["val_data"] is None and args["monitor"] == "val_loss"
+        if self.plateau and self.select_last:  # failed after the first epoch, with config.json written
+            raise ValueError(
+                "fit: ReduceLROnPlateau steps on the monitored metric, and without val_data there is no "
+                "val_loss (monitor='val_loss' then selects the last epoch): pass val_data or another monitor"
+            )
         pin = device.type == "cuda"
         self.pin = pin
         loader_args = dict(num_workers=args["num_workers"], collate_fn=args["collate_fn"], pin_memory=pin)
@@ -429,6 +505,7 @@ class _Fit:
                     self.environment(events_note),
                     resume=a["resume"],
                     overwrite=a["overwrite"],
+                    locations=a["locations"],
                 )
                 outcome = (checkpoint, None)
             except (ValueError, TypeError, OSError) as e:
@@ -579,7 +656,8 @@ class _Fit:
                 if epoch == 0:  # e.g. train_loss: the initial model has none, so it cannot be selected
                     return False
                 raise ValueError(
-                    f"fit: monitor={self.a['monitor']!r} is not among the epoch's metrics {sorted(record)}"
+                    f"fit: monitor={self.a['monitor']!r} is not among the epoch's metrics {sorted(record)}, "
+                    "although terms or a hook's metric_names lists it: step_fn or the hook did not return it"
                 )
             value = record[self.a["monitor"]]
             best = self.best["value"]
@@ -798,6 +876,7 @@ def fit(
     out: str | Any,
     epochs: int,
     config: Mapping[str, Any] | None = None,
+    locations: Sequence[str] = (),
     batch_size: int | None = None,
     optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
     scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
@@ -808,6 +887,7 @@ def fit(
     patience: int | None = None,
     monitor: str = "val_loss",
     mode: str = "min",
+    terms: Sequence[str] = (),
     validate_initial: bool = False,
     resume: bool = False,
     overwrite: bool = False,
@@ -839,6 +919,10 @@ def fit(
         out: the run folder (see :mod:`fastalign.train.run` for its layout and overwrite rules).
         epochs: epochs to train (>= 1).
         config: the recipe's settings, written to config.json and compared when a run is resumed.
+        locations: keys of ``config`` whose values say where an input is (a path), not what it holds:
+            a resume accepts another path for them (the input moved) and records it. List a key only
+            when other ``config`` entries identify the input's content (a digest, statistics), since
+            those are then all that tells the same input from another.
         batch_size: the global batch size for Datasets (split evenly over processes); None for DataLoaders.
         optimizer: a factory called with ``model.parameters()`` (e.g. ``functools.partial(torch.optim.Adam,
             lr=2e-5)``); default ``torch.optim.Adam`` with torch's defaults.
@@ -850,11 +934,16 @@ def fit(
             GradScaler) or "fp32".
         clip_grad_norm: clip the gradients' total 2-norm to this (and log ``grad_norm``), or None.
         patience: stop after this many epochs without a better ``monitor``, or None.
-        monitor: the epoch metric that selects the model: "val_loss", "val_<term>", "train_loss" or a
-            metric a hook returns.
+        monitor: the epoch metric that selects the model: "val_loss", "train_loss", "val_<term>" or
+            "train_<term>" of a term named in ``terms``, "train_grad_norm" (with ``clip_grad_norm``), or
+            a metric a hook lists in :attr:`Hook.metric_names`; checked before anything runs.
         mode: "min" or "max": which way ``monitor`` improves.
+        terms: the names of the terms ``step_fn`` returns, said before training so that ``monitor`` may
+            name one (terms not listed are logged all the same).
         validate_initial: also validate the untrained model as epoch 0 (it can be selected).
-        resume: continue the run in ``out`` from its last checkpoint (a new run when it holds none).
+        resume: continue the run in ``out`` from its last checkpoint (a new run when it holds none). The
+            settings must be the run's, except more ``epochs``, the paths of ``locations`` and
+            ``num_workers`` (with a warning: a Dataset that draws random numbers then draws others).
         overwrite: replace the run in ``out``, whatever its config.
         num_workers, collate_fn, drop_last: DataLoader settings for Dataset inputs (``drop_last`` drops
             each process's last incomplete training batch).

@@ -51,22 +51,24 @@ class Precision:
         return torch.amp.GradScaler(self.device_type) if self.mode == "fp16" else None
 
 
-def resolve_amp(amp: str, device: torch.device) -> Precision:
+def resolve_amp(amp: str, device: torch.device, fn: str = "fit") -> Precision:
     """The precision ``amp`` asks for on ``device``.
 
     Args:
         amp: "auto" (bf16 where native, else fp32), "bf16", "fp16" (CUDA only) or "fp32".
         device: the training device.
+        fn: the function the errors name (a recipe checks ``amp`` before it loads its data).
 
     Raises:
         ValueError: ``amp`` is not one of :data:`AMP_MODES`.
         NotImplementedError: fp16 on a device other than CUDA.
     """
     if not isinstance(amp, str) or amp not in AMP_MODES:
-        raise ValueError(f"fit: amp={amp!r}; expected one of {AMP_MODES}")
+        raise ValueError(f"{fn}: amp={amp!r}; expected one of {AMP_MODES}")
     if amp == "fp16" and device.type != "cuda":
         raise NotImplementedError(
-            f"fit: amp='fp16' needs a CUDA device (its GradScaler), got device {device}; use 'bf16' or 'fp32'"
+            f"{fn}: amp='fp16' needs a CUDA device (its GradScaler), got device {device}; "
+            "use 'bf16' or 'fp32'"
         )
     native = native_bf16(device)
     if amp == "auto":

@@ -20,7 +20,11 @@ its checkpoint recorded, so it holds exactly an uninterrupted run's lines.
 Starting a run into a folder (:func:`prepare_run`): a missing or empty folder gets a new run; a folder
 that holds a run with another config is refused unless ``overwrite=True``, which replaces the whole folder
 in one rename (never a mix of two runs); the same config is refused unless ``resume=True`` (continue) or
-``overwrite=True`` (start again); a non-empty folder without config.json is never touched.
+``overwrite=True`` (start again); a non-empty folder without config.json is never touched. What does not
+change the results is no other config for a resume: more epochs (the run goes on), another path for a
+config entry that only says where an input is (``locations``: the recipe records what the input holds in
+other entries, such as a digest), and another ``num_workers`` (with a warning); config.json then records
+the new values.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import re
 import subprocess
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -340,9 +344,13 @@ class RunFolder:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    """repr(value), cut to ``limit`` characters (a config holds whole optimizer settings)."""
+    """repr(value), cut in the middle to ``limit`` characters (a config holds whole optimizer settings; two
+    paths differ in their ends more often than in their beginnings)."""
     text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) // 2
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head) :]
 
 
 def _differences(old: Any, new: Any, where: str = "") -> list[str]:
@@ -375,8 +383,12 @@ def prepare_run(
     *,
     resume: bool,
     overwrite: bool,
+    locations: Sequence[str] = (),
 ) -> tuple[RunFolder, str | None]:
     """Makes ``out`` ready for a run with ``settings`` (``{"config": ..., "fit": ...}``, JSON types).
+
+    ``locations`` names entries of ``settings["config"]`` that say where an input is (a path), not what
+    it holds: a resume accepts another path for them, and records it.
 
     Returns:
         The run folder, holding the folder's lock (:meth:`RunFolder.unlock` releases it), and the
@@ -406,7 +418,9 @@ def prepare_run(
     # before anything in it changes: two processes resuming one folder interleaved their epochs
     run._lock = _lock(path)
     try:
-        return run, _prepare_existing(run, record, settings, resume=resume, overwrite=overwrite)
+        return run, _prepare_existing(
+            run, record, settings, resume=resume, overwrite=overwrite, locations=locations
+        )
     except BaseException:
         run.unlock()
         raise
@@ -442,7 +456,13 @@ def _lock(folder: str) -> int | None:
 
 
 def _prepare_existing(
-    run: RunFolder, record: dict[str, Any], settings: Mapping[str, Any], *, resume: bool, overwrite: bool
+    run: RunFolder,
+    record: dict[str, Any],
+    settings: Mapping[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    locations: Sequence[str] = (),
 ) -> str | None:
     """prepare_run for a folder holding a run, whose lock ``run`` holds."""
     path = run.path
@@ -468,10 +488,13 @@ def _prepare_existing(
     stored = run.read_config()
     old = {k: stored.get(k) for k in settings}
     extended = _extension(old, settings) if resume else None
-    if extended is not None:  # more epochs: a change resume may make (nothing else in fit depends on it)
-        old = {**old, "fit": {**old["fit"], "epochs": extended[1]}}
-    diffs = _differences(old, dict(settings))
-    if diffs:
+    moved = _moved(old, settings, locations)
+    workers = _workers(old, settings)
+    # what a resume may change: more epochs (nothing else in fit depends on them), where an input is (its
+    # content is in other entries), and the DataLoader workers (the same batches; a warning below)
+    if _differences(_changed(old, moved, extended, workers), dict(settings)):
+        # the paths too, which say which data differ (more epochs and other workers are no difference)
+        diffs = _differences(_changed(old, {}, extended, workers), dict(settings))
         shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
         raise ValueError(
             f"fit: out={path!r} holds a run with a different config ({shown}); pass overwrite=True "
@@ -486,19 +509,34 @@ def _prepare_existing(
             if latest
             else "no checkpoint yet"
         )
+        if moved:
+            done += "; " + ", ".join(f"config.{k} moved from {a!r} to {b!r}" for k, (a, b) in moved.items())
         raise ValueError(
             f"fit: out={path!r} already holds a run with this config ({done}); "
             "pass resume=True (--resume) to continue it or overwrite=True (--overwrite) to replace it"
         )
+    if extended is not None and latest is None and os.path.isfile(run.summary_path):
+        raise ValueError(
+            f"fit: out={path!r} holds a run finished after {extended[0]} epochs that kept no checkpoint "
+            f"(keep_checkpoints=0), so it cannot go on to {extended[1]}; train it again with "
+            "overwrite=True, or keep checkpoints next time"
+        )
+    trains = extended is not None or not os.path.isfile(run.summary_path)  # a finished run trains no more
+    if workers is not None and not trains:
+        workers = None  # its epochs all ran with the recorded workers
+    if workers is not None and latest is not None and _workers_matter(settings):
+        warnings.warn(
+            f"fit: resuming {path!r} after epoch {run.checkpoint_epoch(latest)} with num_workers="
+            f"{workers[1]}, where config.json records {workers[0]}: the batches are the same, but DataLoader "
+            "workers draw random numbers from per-worker seeds, so a Dataset (or collate_fn) that draws them "
+            "(random augmentation) gives other samples than it would have, and the run is not bitwise an "
+            f"uninterrupted one; config.json records num_workers={workers[1]} from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if extended is not None or moved or workers is not None:
+        run.write_config({**stored, **_changed(stored, moved, extended, workers)})
     if extended is not None:
-        if latest is None and os.path.isfile(run.summary_path):
-            raise ValueError(
-                f"fit: out={path!r} holds a run finished after {extended[0]} epochs that kept no checkpoint "
-                f"(keep_checkpoints=0), so it cannot go on to {extended[1]}; train it again with "
-                "overwrite=True, or keep checkpoints next time"
-            )
-        stored["fit"] = {**stored["fit"], "epochs": extended[1]}
-        run.write_config(stored)
         with contextlib.suppress(FileNotFoundError):
             os.remove(run.summary_path)  # not finished any more: its summary comes when the new epochs end
     if latest is None:
@@ -525,6 +563,54 @@ def _extension(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[int, int
     if isinstance(before, int) and isinstance(after, int) and after > before:
         return before, after
     return None
+
+
+def _moved(
+    old: Mapping[str, Any], new: Mapping[str, Any], locations: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    """{key: (stored, new) path} of the ``locations`` whose path changed (a path for none, or the reverse,
+    is another input, not a move)."""
+    before, after = (c.get("config") if isinstance(c.get("config"), Mapping) else {} for c in (old, new))
+    return {
+        k: (before[k], after[k])
+        for k in locations
+        if isinstance(before.get(k), str) and isinstance(after.get(k), str) and before[k] != after[k]
+    }
+
+
+def _changed(
+    stored: Mapping[str, Any],
+    moved: Mapping[str, tuple[str, str]],
+    extended: tuple[int, int] | None,
+    workers: tuple[int, int] | None,
+) -> dict[str, Any]:
+    """``stored`` (config.json, or its config and fit entries) with the new paths, epochs and workers."""
+    out = dict(stored)
+    if moved:
+        out["config"] = {**stored["config"], **{k: new for k, (_, new) in moved.items()}}
+    fit = {
+        **({"epochs": extended[1]} if extended is not None else {}),
+        **({"num_workers": workers[1]} if workers is not None else {}),
+    }
+    if fit:
+        out["fit"] = {**stored["fit"], **fit}
+    return out
+
+
+def _workers(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(stored, new) num_workers when they differ, else None."""
+    before, after = (c.get("fit", {}).get("num_workers") if isinstance(c.get("fit"), Mapping) else None
+                     for c in (old, new))  # fmt: skip
+    if isinstance(before, int) and isinstance(after, int) and before != after:
+        return before, after
+    return None
+
+
+def _workers_matter(settings: Mapping[str, Any]) -> bool:
+    """Whether fit builds a DataLoader with ``num_workers`` (for a Dataset; a DataLoader has its own)."""
+    fit = settings.get("fit", {})
+    return any(isinstance(d, Mapping) and d.get("type") != "DataLoader"
+               for d in (fit.get("train_data"), fit.get("val_data")))  # fmt: skip
 
 
 def _holds_outputs(run: RunFolder) -> bool:

@@ -9,6 +9,7 @@ costs more than it gains. What alignment does is shown on the session's shared r
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -250,6 +251,49 @@ def test_published_contrast_has_the_value_but_no_gradient() -> None:
     assert not torch.allclose(grads["differentiable"], mse_grad)
 
 
+def test_a_resume_takes_the_data_at_a_new_path(
+    run: tuple[AlignResult, Counter],
+    synth: SyntheticThings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A user who moved the data folder could not resume (config.data differed). The data is known by
+    what config.json records of its content (the test images' digest, the responses' statistics, the
+    sizes), so the same files elsewhere are the same run, and other data is still another."""
+    result, _ = run
+    links = functools.partial(shutil.copytree, copy_function=os.link, ignore=shutil.ignore_patterns(".lock"))
+    moved = tmp_path / "moved" / "synth"
+    links(synth.root, moved)  # the same files at another path
+    out = tmp_path / "run"
+    links(result.run.path, out)  # the finished shared run (config.json is replaced, not written through)
+    argv = ["align", "--data", str(moved), "--subject", "1", "--out", str(out), "--epochs", "2",
+            "--batch-size", "8", "--val-fraction", "0.25", "--image-size", str(SIZE), "--amp", "fp32",
+            "--seed", "0", "--lr", "1e-4", "--keep-checkpoints", "0", "--no-progress"]  # fmt: skip
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    assert capsys.readouterr().out.startswith(f"sub-01 {out}: best epoch {result.summary['best_epoch']} ")
+    recorded = RunFolder(out).read_config()["config"]
+    assert recorded["data"] == str(moved)  # the new path recorded
+    assert {k: v for k, v in recorded.items() if k != "data"} == {
+        k: v for k, v in result.run.read_config()["config"].items() if k != "data"
+    }
+    assert RunFolder(out).read_summary() == result.summary  # finished: nothing trained again
+    # other data at the new path: another run, named by what differs
+    other = make_synthetic_things(
+        tmp_path / "other", n_subjects=1, n_train_concepts=4, images_per_concept=3, n_test=N_TEST,
+        n_sessions=2, test_repetitions=2, image_size=SIZE, seed=1,
+    )  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"holds a run with a different config \(config.data: '.*moved/synth' -> '.*other'; "
+        r"config.norm_mean: .*; config.norm_std: .*; config.test_images_digest: '[0-9a-f]+' -> '[0-9a-f]+'",
+    ):
+        align(other.root, 1, out=out, progress=False, keep_checkpoints=0, resume=True, **RUN)
+    with pytest.raises(ValueError, match=r"different config \(config.beta: 100.0 -> 50.0\)"):
+        align(moved, 1, out=out, progress=False, keep_checkpoints=0, resume=True, **{**RUN, "beta": 50.0})
+    assert RunFolder(out).read_config()["config"] == recorded
+
+
 @pytest.mark.parametrize(
     "change, error",
     [
@@ -470,6 +514,38 @@ def test_bad_settings_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=error):
         align(synth.root, 1, out=tmp_path / "run", **{**RUN, **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (
+            {"amp": "fp8"},
+            ValueError,
+            r"^align: amp='fp8'; expected one of \('auto', 'bf16', 'fp16', 'fp32'\)$",
+        ),
+        ({"amp": "fp16", "device": "cpu"}, NotImplementedError, r"^align: amp='fp16' needs a CUDA device"),
+        ({"device": "tpu"}, ValueError, r"^align: device: expected a torch device"),
+    ],
+)
+def test_amp_and_device_are_checked_before_the_data_is_read(
+    synth: SyntheticThings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    change: dict[str, Any],
+    error: type[Exception],
+    match: str,
+) -> None:
+    """They were fit's to check, after align had read the data and built CORnet-S, and
+    a device torch does not know was torch's RuntimeError."""
+
+    def unread(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the data was read")
+
+    monkeypatch.setattr(ALIGN, "load_align_data", unread)
+    with pytest.raises(error, match=match):
+        align(synth.root, 1, out=tmp_path / "run", **{**RUN, **change})
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_diverging_run_fails_saying_so(synth: SyntheticThings, tmp_path: Path) -> None:

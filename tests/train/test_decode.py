@@ -349,6 +349,22 @@ def test_bad_input(synth: SyntheticThings, tmp_path: Any) -> None:
         decode(synth, 1, out=tmp_path / "a", **FAST, temperature=0.005, learn_temperature=True)
 
 
+def test_amp_and_device_are_checked_before_the_images_are_embedded(
+    synth: SyntheticThings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unread(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the images were embedded")
+
+    monkeypatch.setattr(decoding, "_image_embeddings", unread)
+    with pytest.raises(ValueError, match=r"^decode: amp='fp8'; expected one of"):
+        decode(synth, 1, out=tmp_path / "a", **FAST, amp="fp8")
+    with pytest.raises(NotImplementedError, match=r"^decode: amp='fp16' needs a CUDA device"):
+        decode(synth, 1, out=tmp_path / "a", **FAST, amp="fp16", device="cpu")
+    with pytest.raises(ValueError, match=r"^decode: device: expected a torch device"):
+        decode(synth, 1, out=tmp_path / "a", **FAST, device="tpu")
+    assert not (tmp_path / "a").exists()
+
+
 def test_an_encoder_too_large_for_the_memory_is_refused_before_anything_is_written(
     synth: SyntheticThings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -170,12 +171,85 @@ def test_patience_stops_early(tmp_path: Path) -> None:
 
 def test_monitor_a_hook_metric(tmp_path: Path) -> None:
     class Score(Hook):
+        metric_names = ("score",)
+
         def on_epoch_end(self, state: FitState) -> dict[str, float]:
             return {"score": [0.0, 0.2, 0.9, 0.3][state.epoch]}
 
     result = run(tmp_path / "run", hooks=[Score()], monitor="score", mode="max")
     assert result.best_epoch == 2 and result.summary["best_value"] == 0.9
     assert [r["score"] for r in result.run.read_metrics("epoch")] == [0.2, 0.9, 0.3]
+
+
+def test_monitor_a_declared_term(tmp_path: Path) -> None:
+    # fit_tiny's step returns the term "mae"; with val_data it is logged as train_mae and val_mae
+    result = run(tmp_path / "run", terms=["mae"], monitor="val_mae")
+    records = result.run.read_metrics("epoch")
+    best = min(records, key=lambda r: r["val_mae"])
+    assert result.best_epoch == best["epoch"] and result.summary["best_value"] == best["val_mae"]
+    assert run(tmp_path / "clip", terms=["mae"], monitor="train_grad_norm", clip_grad_norm=1.0).best_epoch
+
+
+class _Steps(Hook):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, state: FitState) -> None:
+        self.steps += 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # a typo of the default: it failed after the first epoch had trained, with config.json written
+        ({"monitor": "val_los"}, r"^fit: monitor='val_los'; expected one of \('train_loss', 'val_loss'\) "
+         r"\(did you mean 'val_loss'\?\)\. A step_fn term is monitored \(train_<term>, val_<term>\) once "
+         r"terms=\[\.\.\.\] names it, a hook's metric once its metric_names lists it$"),
+        # a term the step returns, but not declared; and a declared one misspelt
+        ({"monitor": "val_mae"}, r"monitor='val_mae'; expected one of \('train_loss', 'val_loss'\)"),
+        ({"monitor": "val_mea", "terms": ["mae"]},
+         r"expected one of \('train_loss', 'train_mae', 'val_loss', 'val_mae'\) \(did you mean 'val_mae'"),
+        # val_ names other than val_loss need validation data; grad_norm needs clipping
+        ({"monitor": "val_mae", "terms": ["mae"], "val": None}, r"\('train_loss', 'train_mae', 'val_loss'\)"
+         r" .*; val_<term> needs val_data$"),
+        ({"monitor": "train_grad_norm"}, r"monitor='train_grad_norm'; expected one of"),
+        # a hook's metric that its hook does not list
+        ({"monitor": "score", "hooks": [Hook()]}, r"monitor='score'; expected one of"),
+        ({"monitor": "epoch"}, r"monitor='epoch'; expected one of"),
+        # the declarations themselves
+        ({"terms": "mae"}, r"^fit: terms='mae'; expected a list of names \(str\)$"),
+        ({"terms": ["loss"]}, r"^fit: terms uses the names \['loss'\]"),
+        # ReduceLROnPlateau with nothing to step on: failed at the first epoch's end
+        ({"val": None, "scheduler": functools.partial(torch.optim.lr_scheduler.ReduceLROnPlateau)},
+         r"^fit: ReduceLROnPlateau steps on the monitored metric, and without val_data there is no val_loss"),
+    ],
+)  # fmt: skip
+def test_a_monitor_no_epoch_would_hold_is_refused_before_anything_runs(
+    tmp_path: Path, kwargs: dict[str, Any], match: str
+) -> None:
+    steps = _Steps()
+    kwargs = {**kwargs, "hooks": [steps, *kwargs.get("hooks", [])]}
+    with pytest.raises((ValueError, TypeError), match=match):
+        run(tmp_path / "run", **kwargs)
+    assert steps.steps == 0
+    assert not (tmp_path / "run").exists()  # no run folder, no config.json naming the typo
+
+
+def test_hook_metric_names_are_checked(tmp_path: Path) -> None:
+    class Listed(Hook):
+        def __init__(self, names: Any) -> None:
+            self.metric_names = names
+
+    with pytest.raises(TypeError, match=r"^fit: Listed.metric_names='score'; expected a list of names"):
+        run(tmp_path / "run", hooks=[Listed("score")])
+    with pytest.raises(ValueError, match=r"^fit: Listed.metric_names uses the names \['val_loss'\]"):
+        run(tmp_path / "run", hooks=[Listed(["val_loss"])])
+    assert not (tmp_path / "run").exists()
+    # listed but not returned: named when the epoch ends
+    with pytest.raises(
+        ValueError, match=r"monitor='score' is not among the epoch's metrics .* not return it"
+    ):
+        run(tmp_path / "run", hooks=[Listed(["score"])], monitor="score")
 
 
 def test_nonfinite_training_loss_is_an_error(tmp_path: Path) -> None:
@@ -318,6 +392,32 @@ def test_workers_are_seeded_from_seed_and_epoch(tmp_path: Path) -> None:
     assert sorted(d for _, d in whole[1]) != sorted(d for _, d in whole[2])  # fresh draws each epoch
 
 
+def test_a_resume_may_change_num_workers_and_says_what_it_changes(tmp_path: Path) -> None:
+    """num_workers was part of the config, so a run could not go on on a machine with other cores. The
+    batches do not depend on it; what a Dataset draws in the workers does, which the warning says (and
+    this Dataset, which draws numbers, shows)."""
+    whole = _reads(tmp_path / "whole", 3, num_workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        _reads(tmp_path / "cut", 3, num_workers=1, hooks=[Interrupt(7)])  # the first step of epoch 2
+    with pytest.raises(ValueError, match=r"already holds a run with this config \(checkpointed at epoch 1\)"):
+        _reads(tmp_path / "cut", 3, num_workers=2)  # still needs resume
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"resuming '.*cut' after epoch 1 with num_workers=2, where config.json records 1: the batches "
+        r"are the same, but .* \(random augmentation\) gives other samples than it would have, and the run "
+        r"is not bitwise an uninterrupted one; config.json records num_workers=2 from now on$",
+    ):
+        resumed = _reads(tmp_path / "cut", 3, num_workers=2, resume=True)
+    assert RunFolder(tmp_path / "cut").read_config()["fit"]["num_workers"] == 2
+    assert [i for i, _ in resumed[2]] == [i for i, _ in whole[2]]  # the same batches
+    assert [d for _, d in resumed[2]] != [d for _, d in whole[2]]  # other draws in the workers
+    # finished: nothing trains, so nothing warns, and the workers it ran with stay recorded
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _reads(tmp_path / "cut", 3, num_workers=0, resume=True)
+    assert RunFolder(tmp_path / "cut").read_config()["fit"]["num_workers"] == 2
+
+
 def test_seeds_are_recorded_and_applied(tmp_path: Path) -> None:
     first = run(tmp_path / "a", seed=11)
     second = run(tmp_path / "b", seed=11)
@@ -353,7 +453,7 @@ def _train() -> Any:
         ({"optimizer": lambda p: None}, TypeError, r"optimizer\(params\) returned a NoneType"),
         ({"log_every": 0}, ValueError, r"log_every=0"),
         ({"val": None, "patience": 2}, ValueError, r"patience needs a monitored metric"),
-        ({"monitor": "val_nothing"}, ValueError, r"monitor='val_nothing' is not among"),
+        ({"monitor": "val_nothing"}, ValueError, r"monitor='val_nothing'; expected one of"),
         ({"train": [], "epochs": 1}, ValueError, r"train_data is empty"),
         ({"step_fn": lambda m, b: (1.0, {})}, TypeError, r"step_fn returned a tuple; expected a scalar loss"),
         ({"step_fn": lambda m, b: m(b[0])}, ValueError, r"loss of shape \(8, 1\)"),

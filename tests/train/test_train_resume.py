@@ -201,3 +201,62 @@ def test_a_finished_run_resumed_with_more_epochs_goes_on_as_one_run(tmp_path: Pa
         ValueError, match=r"finished after 2 epochs that kept no checkpoint .* cannot go on to 3"
     ):
         run(tmp_path / "nock", epochs=3, keep_checkpoints=0, resume=True)
+
+
+def test_a_resume_takes_an_input_at_a_new_path(uninterrupted: Path, tmp_path: Path) -> None:
+    """A config entry named in ``locations`` says where an input is; the recipe identifies its content by
+    other entries (here a digest). A resume with the input moved was refused as another config."""
+    old, new = str(tmp_path / "data"), str(tmp_path / "moved" / "data")
+    config = {"task": "tiny regression", "data": old, "data_digest": "0123"}
+    moved = {**config, "data": new}
+    out = tmp_path / "run"
+    child = mp.get_context("fork").Process(
+        target=_killed_run_with, args=(str(out), STEPS_PER_EPOCH + 3, config)
+    )
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == KILLED
+    # without locations a path is part of the config, as any entry
+    with pytest.raises(ValueError, match=r"different config \(config.data: '.*/data' -> '.*/moved/data'\)"):
+        run(out, config=moved, resume=True)
+    # without resume the run is this config's: the move is named with what to pass
+    with pytest.raises(
+        ValueError,
+        match=r"already holds a run with this config \(checkpointed at epoch 1; config.data moved from "
+        r"'.*/data' to '.*/moved/data'\); pass resume=True",
+    ):
+        run(out, config=moved, locations=["data"])
+    # another input (its digest differs), a path for none, or another setting: still another run, the
+    # path shown with what differs
+    for change, differs in (
+        (
+            {"config": {**moved, "data_digest": "4567"}},
+            r"config.data: .*; config.data_digest: '0123' -> '4567'",
+        ),
+        ({"config": {**moved, "data": None}}, r"config.data: '.*/data' -> None\)"),
+        ({"config": moved, "seed": 1}, r"config.data: .*; fit.seed: 0 -> 1\)"),
+    ):
+        with pytest.raises(ValueError, match=r"holds a run with a different config \(" + differs):
+            run(out, **{"config": moved, "locations": ["data"], "resume": True, **change})
+    assert RunFolder(out).read_config()["config"] == config  # refused: nothing recorded
+    resumed = run(out, config=moved, locations=["data"], resume=True)
+    assert RunFolder(out).read_config()["config"] == moved  # the new path recorded
+    assert resumed.summary["resumed_at"] == [1]
+    expected = load_checkpoint(uninterrupted)["model"]
+    assert all(torch.equal(load_checkpoint(out)["model"][k], v) for k, v in expected.items())  # bitwise
+
+
+def _killed_run_with(out: str, kill_at: int, config: dict) -> None:
+    forked_child()
+    run(out, config=config, locations=["data"], hooks=[ExitAt(kill_at)])
+    os._exit(0)
+
+
+def test_locations_must_name_config_entries(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"^fit: locations=\['data'\] names \['data'\], which config does not"
+    ):
+        run(tmp_path / "run", locations=["data"])
+    with pytest.raises(TypeError, match=r"^fit: locations='task'; expected a list of names"):
+        run(tmp_path / "run", locations="task")
+    assert not (tmp_path / "run").exists()
