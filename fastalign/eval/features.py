@@ -288,7 +288,8 @@ def read_realnet_file(file: str | os.PathLike[str], fn: str, given: str, cornet_
         ) from exc
     except (ValueError, TypeError) as exc:
         why = re.sub(r"^realnet: (weights: )?", "", str(exc))
-        raise type(exc)(f"{fn}: {given}: expected {_REALNET_FILE}; {why}") from exc
+        kind = TypeError if isinstance(exc, TypeError) else ValueError  # not a subclass's own signature
+        raise kind(f"{fn}: {given}: expected {_REALNET_FILE}; {why}") from exc
 
 
 def _subject_folder(folders: Sequence[str]) -> int | None:
