@@ -41,7 +41,7 @@ from fastalign.data import ImageTransform, embed_images, model_key
 from fastalign.data._io import atomic_write, digest_files, read_json_object
 from fastalign.eval.progress import Stage
 from fastalign.models import CORnetS, ReAlnet, cornet_s, realnet
-from fastalign.models.realnet_model import FMRI_N_OUT, WEIGHTS_FILE
+from fastalign.models.realnet_model import FMRI_N_OUT, WEIGHTS_FILE, BackboneOnlyError
 
 __all__ = [
     "CORNET_LAYERS",
@@ -52,6 +52,7 @@ __all__ = [
     "check_image_size",
     "layer_features",
     "on_device",
+    "read_realnet_file",
     "subject_name",
 ]
 
@@ -65,6 +66,11 @@ _SUBJECT = re.compile(r"^sub-(\d+)$")
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".safetensors")
 # "NAME@sub-XX=FILE": a weights file's name and subject
 _NAMED_SUBJECT = re.compile(r"^(.+)@(sub-\d+)$")
+# what an argument that takes a ReAlnet weights file expects, in its errors
+_REALNET_FILE = (
+    "ReAlnet weights (CORnet-S and its encoding head: the published encoder.pt, a notebook's "
+    "best_model_params.pt, a run's model.safetensors)"
+)
 _CACHE_VERSION = "fastalign.eval.features/2"  # 2: layer outputs copied when the hook runs
 
 
@@ -227,13 +233,28 @@ class EvalModel:
             FileNotFoundError: no such file.
             ValueError: another suffix, weights that are no ReAlnet, or no subject given nor in the path.
         """
+        return cls._from_weights(path, name, subject, "path", f"path={os.fspath(path)!r}")
+
+    @classmethod
+    def _from_weights(
+        cls, path: str | os.PathLike[str], name: str | None, subject: Any, argument: str, given: str
+    ) -> EvalModel:
+        """:meth:`from_weights`, its errors naming the file as the caller's argument: ``argument`` its name
+        ("path", "models[0]"), ``given`` the argument as given ("models[0] = 'pub=encoder.pt'")."""
         file = os.path.abspath(os.fspath(path))
+        expected = f"a ReAlnet weights file ({', '.join(WEIGHTS_SUFFIXES)})"
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"{_FN}: no ReAlnet weights file at {os.fspath(path)!r}")
+            raise FileNotFoundError(f"{_FN}: {given}: no such file; expected {expected}")
         if not file.endswith(WEIGHTS_SUFFIXES):
-            raise ValueError(
-                _checks.message(_FN, "model", f"a ReAlnet weights file ({', '.join(WEIGHTS_SUFFIXES)})", file)
-            )
+            raise ValueError(_checks.message(_FN, argument, expected, os.fspath(path)))
+        # the file is read first: one that is no ReAlnet (a CORnet-S alone) is told so, not asked its subject
+        module = read_realnet_file(
+            file,
+            _FN,
+            given,
+            f"to evaluate that CORnet-S, name it 'cornet_s' with weights={os.fspath(path)!r} (--models "
+            f"cornet_s --weights {os.fspath(path)})",
+        )
         folders = os.path.dirname(file).split(os.sep)
         found = _subject_folder(folders)
         if subject is None and found is None:
@@ -244,7 +265,6 @@ class EvalModel:
             )
         stem = os.path.splitext(os.path.basename(file))[0]
         default = (folders[found - 1] or stem) if found else stem  # a sub-XX folder at the root: the stem
-        module = realnet(weights=file)
         return cls(
             name or default,
             module=module,
@@ -252,6 +272,24 @@ class EvalModel:
             modality="fmri" if module.n_out == FMRI_N_OUT else "eeg",
             source=file,
         )
+
+
+def read_realnet_file(file: str | os.PathLike[str], fn: str, given: str, cornet_instead: str) -> ReAlnet:
+    """``realnet(weights=file)`` for an argument of ``fn`` that takes a ReAlnet weights file, its errors
+    naming that argument as given (``given``: ``"models[0] = 'encoder.pt'"``, ``"image_model='x.pt'"``) and
+    what it expects (realnet's own name its ``weights``, which the caller's user never wrote). Weights of a
+    CORnet-S without the encoding head are pointed to ``cornet_instead``: how ``fn`` takes a CORnet-S."""
+    try:
+        return realnet(weights=file)
+    except BackboneOnlyError as exc:
+        raise ValueError(
+            f"{fn}: {given} holds a CORnet-S without ReAlnet's encoding head (such as the published "
+            f"backbone-only realnet.pt or the ImageNet CORnet-S); expected {_REALNET_FILE}; {cornet_instead}"
+        ) from exc
+    except (ValueError, TypeError) as exc:
+        why = re.sub(r"^realnet: (weights: )?", "", str(exc))
+        kind = TypeError if isinstance(exc, TypeError) else ValueError  # not a subclass's own signature
+        raise kind(f"{fn}: {given}: expected {_REALNET_FILE}; {why}") from exc
 
 
 def _subject_folder(folders: Sequence[str]) -> int | None:
@@ -319,14 +357,17 @@ def as_models(
             ):  # a run folder's own weights: its config.json says to whom they were aligned
                 folder = os.path.dirname(folder) or "."
             if os.path.isfile(folder):
-                model = EvalModel.from_weights(folder, name=given, subject=subject)
+                as_given = f"models[{i}] = {spec!r}"
+                model = EvalModel._from_weights(folder, given, subject, f"models[{i}]", as_given)
                 parts = os.path.dirname(os.path.realpath(folder)).split(os.sep)
                 found = _subject_folder(parts)
                 home = os.sep.join(parts if found is None else parts[:found])
             elif not os.path.isdir(folder):
+                nowhere = f"no file or folder at {folder!r}" if given else "no such file or folder"
                 raise FileNotFoundError(
-                    f"{_FN}: models[{i}] = {os.fspath(spec)!r} is neither 'cornet_s' nor a run folder nor "
-                    "a ReAlnet weights file (or NAME=FOLDER, NAME=FILE)"
+                    f"{_FN}: models[{i}] = {os.fspath(spec)!r}: {nowhere}; expected 'cornet_s', a run folder "
+                    f"of fastalign align or a ReAlnet weights file ({', '.join(WEIGHTS_SUFFIXES)}), or "
+                    "NAME=FOLDER, NAME=FILE, NAME@sub-XX=FILE"
                 )
             elif subject is not None:
                 raise ValueError(

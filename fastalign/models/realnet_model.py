@@ -56,6 +56,12 @@ _WHERE_PUBLISHED = (
 Weights = str | os.PathLike | Mapping[str, Any]
 
 
+class BackboneOnlyError(ValueError):
+    """Weights given as a whole ReAlnet that hold a CORnet-S without the encoding head (the published
+    backbone-only ``realnet.pt``, an ImageNet CORnet-S): what to do instead depends on the caller (start a
+    ReAlnet from them, evaluate or decode with them as a CORnet-S), so callers can tell this case apart."""
+
+
 class ReAlnetOutput(NamedTuple):
     """What :meth:`ReAlnet.forward` returns; unpacks as ``logits, response = model(x)``.
 
@@ -322,7 +328,7 @@ def _split_state_dict(ckpt: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor],
         else:
             unexpected.append(key)
     if not styles and any(k.split(".")[0] in AREAS for k in sd):
-        raise ValueError(
+        raise BackboneOnlyError(
             "realnet: weights hold a CORnet-S without the encoding head (e.g. the published realnet.pt); "
             "pass them as cornet_weights= to start from that backbone"
         )

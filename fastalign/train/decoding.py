@@ -59,9 +59,9 @@ from fastalign.data import (
 )
 from fastalign.data._io import atomic_write, check_array, load_npy, replacing_dir
 from fastalign.data.datasets import Normalization
-from fastalign.eval.features import WEIGHTS_SUFFIXES, EvalModel, layer_features
+from fastalign.eval.features import WEIGHTS_SUFFIXES, EvalModel, layer_features, read_realnet_file
 from fastalign.eval.retrieval import retrieval_topk
-from fastalign.models import ReAlnet, cornet_s, realnet
+from fastalign.models import ReAlnet, cornet_s
 from fastalign.models.encoders import ENCODERS, brain_encoder
 from fastalign.train import distributed
 from fastalign.train.loaders import derive_seed
@@ -77,6 +77,11 @@ IMAGE_DIR, EEG_DIR = "image_set", "preprocessed_data"
 EMBEDDING_DIR = "image_embeddings"
 #: The image-model names :func:`decode` takes besides run folders and modules.
 IMAGE_MODELS = ("cornet_s", "features")
+# what image_model takes, in its errors
+_IMAGE_MODELS = (
+    "'cornet_s', 'features', 'npy:NAME', a ReAlnet run folder or weights file "
+    f"({', '.join(WEIGHTS_SUFFIXES)}), or a module"
+)
 #: ``image_model="npy:NAME"``: precomputed embeddings, one ``<image stem>_NAME.npy`` vector per image
 #: beside it or in AlignVis's ``image_embeddings/`` tree (see :func:`_precomputed_embeddings`).
 PRECOMPUTED_PREFIX = "npy:"
@@ -325,21 +330,24 @@ def _image_embeddings(
                         _FN, "image_model", f"a ReAlnet weights file ({', '.join(WEIGHTS_SUFFIXES)})", spec
                     )
                 )
-            try:
-                file_model = realnet(weights=spec)
-            except (ValueError, TypeError) as exc:  # realnet's reader: this is decode's argument
-                raise type(exc)(f"{_FN}: image_model: {exc}") from exc
+            path = os.fspath(spec)
+            file_model = read_realnet_file(
+                path,
+                _FN,
+                f"image_model={path!r}",
+                f"to decode with that CORnet-S, pass image_model='cornet_s', weights={path!r} (--image-model "
+                f"cornet_s --weights {path})",
+            )
             model = EvalModel("realnet", file_model, layers=[layer])
             source = f"realnet weights {os.path.abspath(spec)} {layer}"
-        else:
-            raise ValueError(
-                _checks.message(
-                    _FN,
-                    "image_model",
-                    "'cornet_s', 'features', 'npy:NAME', a ReAlnet run folder or weights file, or a module",
-                    spec,
-                )
+        elif isinstance(spec, os.PathLike) or (
+            isinstance(spec, str) and (os.sep in spec or "/" in spec or spec.endswith(WEIGHTS_SUFFIXES))
+        ):  # a path (not a misspelt name), of nothing
+            raise FileNotFoundError(
+                f"{_FN}: image_model={os.fspath(spec)!r}: no such file or folder; expected {_IMAGE_MODELS}"
             )
+        else:
+            raise ValueError(_checks.message(_FN, "image_model", _IMAGE_MODELS, spec))
         raw = {}
         for s, p in paths.items():
             feats = layer_features(

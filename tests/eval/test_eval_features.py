@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import warnings
 
 import numpy as np
@@ -217,7 +218,7 @@ def test_run_folders_named_on_the_command_line_and_pooled_families_warned(tmp_pa
         as_models([str(folders[0]), str(same)], weights=None, seed=0, layers=["IT"])
     with pytest.raises(ValueError, match=r"with the name 'cornet_s'; expected a name other than"):
         as_models([f"cornet_s={folders[0]}"], weights=None, seed=0, layers=["IT"])
-    with pytest.raises(FileNotFoundError, match=r"nor a ReAlnet weights file \(or NAME=FOLDER, NAME=FILE\)"):
+    with pytest.raises(FileNotFoundError, match=r"'x=.*': no file or folder at '.*missing'; expected "):
         as_models([f"x={tmp_path / 'missing'}"], weights=None, seed=0, layers=["IT"])
 
 
@@ -354,6 +355,33 @@ def test_published_realnet_weights_files_are_models(eval_things: SyntheticThings
     other.parent.mkdir()
     other.write_text("x")
     with pytest.raises(
-        ValueError, match=r"model must be a ReAlnet weights file \(\.pt, \.pth, \.safetensors\)"
+        ValueError, match=r"models\[0\] must be a ReAlnet weights file \(\.pt, \.pth, \.safetensors\)"
     ):
         as_models([str(other)], weights=None, seed=0, layers=["IT"])
+    # a file that is no ReAlnet is read before its subject is asked for, and named as the argument given
+    headless = tmp_path / "cornet_s.pth"  # a CORnet-S without the head (a key of one is enough to tell)
+    torch.save({"V1.conv1.weight": torch.zeros(1)}, headless)
+    garbage = tmp_path / "sub-06" / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    for call, given in (
+        (lambda: fe.EvalModel.from_weights(headless), f"path={str(headless)!r}"),
+        (lambda: as_models([f"x@sub-01={headless}"], weights=None, seed=0, layers=["IT"]),
+         f"models[0] = 'x@sub-01={headless}'"),
+    ):  # fmt: skip
+        with pytest.raises(
+            ValueError, match=re.escape(f"evaluate: {given} holds a CORnet-S without ReAlnet's")
+        ):
+            call()
+    with pytest.raises(
+        ValueError, match=r"with weights='.*' \(--models cornet_s --weights .*cornet_s\.pth\)$"
+    ):
+        fe.EvalModel.from_weights(headless)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"evaluate: path={str(garbage)!r}: expected ReAlnet weights (CORnet-S and its"),
+    ):
+        fe.EvalModel.from_weights(garbage)
+    with pytest.raises(
+        FileNotFoundError, match=r"evaluate: path='nowhere\.pt': no such file; expected a ReAlnet"
+    ):
+        fe.EvalModel.from_weights("nowhere.pt")

@@ -836,3 +836,22 @@ def test_realnet_weights_files_and_modules_are_embedded_like_run_folders(
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match=r"image_model must be a ReAlnet weights file \(\.pt, \.pth"):
         decoding._image_embeddings(str(tmp_path / "notes.txt"), synth.root, paths, layer=None, **kw)
+    # files that are no ReAlnet, named as given with what was expected (and a CORnet-S told how it is taken)
+    headless = str(tmp_path / "cornet_s.pth")
+    torch.save({"V1.conv1.weight": torch.zeros(1)}, headless)  # a key of a CORnet-S without the head
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    for spec, words in (
+        (headless, f"image_model={headless!r} holds a CORnet-S without ReAlnet's encoding head (such as the "
+                   f"published backbone-only realnet.pt or the ImageNet CORnet-S); expected ReAlnet weights"),
+        (headless, f"to decode with that CORnet-S, pass image_model='cornet_s', weights={headless!r} "
+                   f"(--image-model cornet_s --weights {headless})"),
+        (str(tmp_path / "garbage.pt"), f"image_model={str(tmp_path / 'garbage.pt')!r}: expected ReAlnet "
+                                       "weights (CORnet-S and its encoding head: the published encoder.pt"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(words)):
+            decoding._image_embeddings(spec, synth.root, paths, layer=None, **kw)
+    for missing in (str(tmp_path / "nowhere.pt"), tmp_path / "nowhere"):  # a path, not a misspelt name
+        with pytest.raises(
+            FileNotFoundError, match=r"image_model='.*nowhere(\.pt)?': no such file or folder"
+        ):
+            decoding._image_embeddings(missing, synth.root, paths, layer=None, **kw)

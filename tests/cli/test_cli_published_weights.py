@@ -1,0 +1,346 @@
+"""``fastalign evaluate --models`` and ``fastalign decode --image-model`` given a published ReAlnet checkpoint
+(the published code's ``encoder.pt``: a state dict of CORnet-S and its EEG encoding head, written here by
+tests/published_formats.py) end to end, and the errors for a file that is no such checkpoint.
+
+The checkpoint is the shared paired run's ReAlnet (tests/aligned_runs.py) saved as the published code saves
+it; the commands must report it under the name and subject it was given and compute what the Python API
+computes from the same file. One module-scoped evaluation serves the content tests: the file in its three
+spellings, one CORnet-S pass at 32 px (the others read back from the feature cache, keyed by the weights).
+Decoding runs one short epoch, its embeddings in the session's cache of the shared runs' (the file's are the
+paired run's). Loading a ReAlnet costs about a second (200 MB of CORnet-S): the error cases stop at the file
+or before any model runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from published_formats import encoder_state_dict  # tests/published_formats.py
+
+import fastalign.eval as fe
+from fastalign.cli import main
+from fastalign.models import realnet
+from fastalign.train import decode
+
+LAYERS = ("IT", "response")
+# one short decoding epoch, as tests/cli/test_cli_decode.py runs it: the recipe is tested elsewhere
+DECODE = dict(epochs=1, batch_size=16, lr=3e-3, amp="fp32")
+ENCODER = dict(n_filters=16, dropout=0.25, proj_dropout=0.25)
+DECODE_FLAGS = ["--epochs", "1", "--batch-size", "16", "--lr", "3e-3", "--amp", "fp32", "--no-progress",
+                "--encoder-option", "n_filters=16", "dropout=0.25", "proj_dropout=0.25"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Published:
+    """The paired run's ReAlnet as published checkpoints, and files that are none.
+
+    Attributes:
+        file: weights/ReAlnet/sub-01/encoder.pt, the published layout (family ReAlnet, subject sub-01).
+        lone: best_model_params.pt, a link to ``file`` in no sub-XX folder (a notebook's, saved beside it).
+        wrong: files in a sub-01 folder (so that no subject is missing): ``garbage.pt`` (bytes that are no
+            checkpoint), ``cornet_s.pth`` (the runs' starting CORnet-S: a state dict without the head),
+            ``notes.txt``.
+    """
+
+    file: Path
+    lone: Path
+    wrong: Path
+
+
+@pytest.fixture(scope="module")
+def published(aligned_runs, tmp_path_factory: pytest.TempPathFactory) -> Published:
+    folder = tmp_path_factory.mktemp("published")
+    file = folder / "weights" / "ReAlnet" / "sub-01" / "encoder.pt"
+    file.parent.mkdir(parents=True)
+    torch.save(encoder_state_dict(realnet(weights=aligned_runs.paired)), file)
+    lone = folder / "best_model_params.pt"
+    lone.symlink_to(file)  # one 200 MB file serves both
+    wrong = folder / "wrong" / "sub-01"
+    wrong.mkdir(parents=True)
+    (wrong / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    (wrong / "cornet_s.pth").symlink_to(aligned_runs.cornet_s)
+    (wrong / "notes.txt").write_text("x")
+    return Published(file, lone, wrong)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One command: its exit status, standard output and error."""
+
+    status: int
+    out: str
+    err: str
+
+
+def _run(argv: list) -> Run:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main([str(a) for a in argv])
+    return Run(status, stdout.getvalue(), stderr.getvalue())
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _error(run: Run, command: str) -> str:
+    """The one line of a failed command, after its "fastalign COMMAND: error: " prefix."""
+    lines = run.err.splitlines()
+    assert run.status == 1 and len(lines) == 1, (run.status, run.err)
+    prefix = f"fastalign {command}: error: "
+    assert lines[0].startswith(prefix), lines[0]
+    return lines[0][len(prefix) :]
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+
+
+@pytest.fixture(scope="module")
+def evaluated(aligned_runs, published: Published, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``fastalign evaluate`` of the file as FILE, NAME=FILE and NAME@sub-XX=FILE."""
+    out = tmp_path_factory.mktemp("evaluate") / "report"
+    models = [published.file, f"pub={published.file}", f"lone@sub-01={published.lone}"]
+    run = _run(["evaluate", "--data", aligned_runs.root, "--models", *models, "--image-size", "32",
+                "--layers", *LAYERS, "--permutations", "10", "--no-progress", "--out", out])  # fmt: skip
+    assert run.status == 0, run.err
+    assert run.out.splitlines()[-1] == f"report: {out / 'report.html'}"
+    printed = {tuple(line.split()[:4]) for line in run.out.splitlines()}
+    for model in ("ReAlnet", "pub", "lone"):
+        assert {(model, "eeg", "within", layer) for layer in LAYERS} <= printed, (model, run.out)
+    return out
+
+
+def _similarities(rows: list[dict[str, str]], model: str, model_subject: str) -> dict[tuple, float]:
+    return {
+        (r["subject"], r["comparison"], r["layer"], r["time"]): float(r["similarity"])
+        for r in rows
+        if r["model"] == model and r["model_subject"] == model_subject
+    }
+
+
+def test_evaluate_reports_each_spelling_of_a_published_file_as_its_model(
+    evaluated: Path, aligned_runs, published: Published
+) -> None:
+    rows = _csv(evaluated / "results.csv")
+    times = fe.load_brain(aligned_runs.root).times
+    # the file in weights/ReAlnet/sub-XX/: the family ReAlnet, its subject from the folder; NAME=FILE keeps
+    # the folder's subject, NAME@sub-XX=FILE gives one to a file without
+    want = {("ReAlnet", "sub-01"), ("pub", "sub-01"), ("lone", "sub-01")}
+    assert {(r["model"], r["model_subject"]) for r in rows} == want
+    for model, _ in want:
+        got = _similarities(rows, model, "sub-01")
+        assert {k[:3] for k in got} == {
+            (s, c, layer) for s, c in (("sub-01", "within"), ("sub-02", "across-subject")) for layer in LAYERS
+        }
+        assert len(got) == 2 * len(LAYERS) * len(times)
+        assert all(math.isfinite(v) and -1 <= v <= 1 for v in got.values())
+    assert all(r["modality"] == "eeg" for r in rows)  # 340 response values: an EEG ReAlnet
+    # one file, one model, whatever its spelling
+    assert _similarities(rows, "pub", "sub-01") == _similarities(rows, "ReAlnet", "sub-01")
+    assert _similarities(rows, "lone", "sub-01") == _similarities(rows, "ReAlnet", "sub-01")
+
+    summary = json.loads((evaluated / "summary.json").read_text())
+    assert set(summary["models"]) == {"ReAlnet", "pub", "lone"}
+    assert summary["models"]["ReAlnet"]["eeg"]["within"]["response"]["n_subjects"] == 1
+    # config.json records where each model came from
+    config = json.loads((evaluated / "config.json").read_text())
+    assert [(m["name"], m["subject"], m["modality"], m["source"], m["layers"]) for m in config["models"]] == [
+        (name, "sub-01", "eeg", str(file), list(LAYERS))
+        for name, file in (("ReAlnet", published.file), ("pub", published.file), ("lone", published.lone))
+    ]
+
+
+def test_evaluate_gives_the_python_apis_numbers_for_the_file(
+    evaluated: Path, aligned_runs, published: Published
+) -> None:
+    """EvalModel.from_weights evaluated without a cache: the command's rows of the file, number for number."""
+    model = fe.EvalModel.from_weights(published.file)
+    assert (model.name, model.subject, model.modality, model.source) == (
+        "ReAlnet", "sub-01", "eeg", str(published.file)
+    )  # fmt: skip
+    api = fe.evaluate(aligned_runs.root, [model], out=None, image_size=32, layers=list(LAYERS),
+                      permutations=10, cache_dir=None)  # fmt: skip
+    want = {
+        (r["subject"], r["comparison"], r["layer"], repr(float(r["time"]))): float(r["similarity"])
+        for r in api.rows
+    }
+    got = {
+        (s, c, layer, repr(float(t))): v
+        for (s, c, layer, t), v in _similarities(_csv(evaluated / "results.csv"), "ReAlnet", "sub-01").items()
+    }
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- decode
+
+
+def test_decode_with_a_published_file_names_it_and_gives_the_python_apis_numbers(
+    aligned_runs, published: Published, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    cache = tmp_path_factory.getbasetemp() / "decode-embeddings"  # tests/cli/test_cli_decode.py's too
+    flags = ["--layer", "response", "--image-size", "32", "--cache-dir", cache, *DECODE_FLAGS]
+    run = _run(["decode", "--data", aligned_runs.root, "--image-model", published.file,
+                "--out", tmp_path / "cli", *flags])  # fmt: skip
+    assert run.status == 0, run.err
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    config = json.loads((tmp_path / "cli" / "config.json").read_text())["config"]
+    assert config["image_model"] == f"realnet weights {published.file} response"
+    assert config["embed_dim"] == 340  # the response: 17 channels x 20 samples of predicted EEG
+    lines = run.out.splitlines()
+    assert lines[0].startswith(f"seed 0 {tmp_path / 'cli'}: top-1 {summary['top1']:.4f}  top-3 ")
+    assert lines[-1] == "chance (30-image gallery): top-1 0.0333  top-3 0.1000  top-5 0.1667"
+    for k in ("top1", "top3", "top5"):
+        assert math.isfinite(summary[k]) and 0 <= summary[k] <= 1
+    assert summary["n_gallery"] == 30 and math.isfinite(summary["best_val_loss"])
+
+    # the Python API on the same file trains to the same numbers
+    api = decode(aligned_runs.root, 1, out=tmp_path / "api", image_model=str(published.file),
+                 layer="response", image_size=32, cache_dir=cache, encoder_options=ENCODER, progress=False,
+                 **DECODE).summary  # fmt: skip
+    api_config = json.loads((tmp_path / "api" / "config.json").read_text())["config"]
+    assert api_config["image_model"] == config["image_model"]
+    assert api_config["image_fingerprint"] == config["image_fingerprint"]  # the same embeddings
+    for k in ("top1", "top3", "top5", "best_epoch", "best_val_loss"):
+        assert summary[k] == api[k], k
+
+
+# --------------------------------------------------------------------------------------------- errors
+
+# What an argument that takes a ReAlnet weights file expects, and what realnet says of the files here:
+# each error names the argument, the file as given ((?P<path>...)) and the ReAlnet weights expected.
+EXPECTED = re.escape(
+    "expected ReAlnet weights (CORnet-S and its encoding head: the published encoder.pt, a notebook's "
+    "best_model_params.pt, a run's model.safetensors)"
+)
+NOT_READ = (
+    r"could not read '(?P=path)' as a torch checkpoint: not a torch checkpoint \(zip or legacy "
+    r"pickle\): 23 bytes starting b'not a ch'$"
+)
+HEADLESS = (
+    r"holds a CORnet-S without ReAlnet's encoding head \(such as the published backbone-only "
+    r"realnet\.pt or the ImageNet CORnet-S\); " + EXPECTED
+)
+SUFFIX = (
+    r"must be a ReAlnet weights file \(\.pt, \.pth, \.safetensors\), got '[^']*/sub-01/notes\.txt' "
+    r"\(str\)$"
+)
+SIZE = (
+    r"was built for 32x32 images but image_size=224; every model sees the images at one size: pass "
+    r"image_size=32 \(--image-size 32\)$"
+)
+AS_CORNET_S = (
+    r"^cornet_s: weights are a whole ReAlnet checkpoint \(CORnet-S and an encoding head: the published "
+    r"Encoder's realnet\.module\.\* and fc_\* keys\), not CORnet-S's: pass it as a model"
+)
+EVALUATE_ERRORS = {
+    "garbage": rf"^evaluate: models\[0\] = '(?P<path>[^']*/sub-01/garbage\.pt)': {EXPECTED}; {NOT_READ}",
+    "headless": (
+        rf"^evaluate: models\[0\] = '(?P<path>[^']*/sub-01/cornet_s\.pth)' {HEADLESS}; to evaluate that "
+        r"CORnet-S, name it 'cornet_s' with weights='(?P=path)' \(--models cornet_s --weights (?P=path)\)$"
+    ),
+    # read before its subject is asked for: a CORnet-S in no sub-XX folder is told that it is one
+    "headless, no subject": rf"^evaluate: models\[0\] = '(?P<path>[^']*/cornet_s\.pth)' {HEADLESS}; ",
+    "garbage, named": (
+        rf"^evaluate: models\[0\] = 'pub@sub-01=(?P<path>[^']*/garbage\.pt)': {EXPECTED}; {NOT_READ}"
+    ),
+    "suffix": rf"^evaluate: models\[0\] {SUFFIX}",
+    "missing": (
+        r"^evaluate: models\[0\] = '[^']*/sub-01/encoder\.pt': no such file or folder; expected 'cornet_s', "
+        r"a run folder of fastalign align or a ReAlnet weights file \(\.pt, \.pth, \.safetensors\), or "
+        r"NAME=FOLDER, NAME=FILE, NAME@sub-XX=FILE$"
+    ),
+    "missing, named": (
+        r"^evaluate: models\[0\] = 'pub=(?P<path>[^']*/sub-01/encoder\.pt)': no file or folder at "
+        r"'(?P=path)'; expected 'cornet_s', a run folder"
+    ),
+    "missing, subject given": (
+        r"^evaluate: models\[0\] = 'pub@sub-01=(?P<path>[^']*/encoder\.pt)': no file or folder at "
+        r"'(?P=path)'; expected 'cornet_s', a run folder"
+    ),
+    "no subject": (
+        r"^evaluate: cannot tell whom the ReAlnet weights '[^']*/best_model_params\.pt' were aligned to: no "
+        r"folder of its path is named sub-XX .*NAME@sub-XX=FILE"
+    ),
+    "subject not in data": (
+        r"^evaluate: model 'pub' was aligned to sub-03, who is missing from the data's eeg \(subjects "
+        r"\['sub-01', 'sub-02'\]\)$"
+    ),
+    "image size": rf"^evaluate: model 'ReAlnet' {SIZE}",
+    "as cornet_s weights": AS_CORNET_S,
+}
+
+
+@pytest.mark.parametrize("case", list(EVALUATE_ERRORS))
+def test_evaluate_refuses_what_is_no_published_checkpoint(
+    case: str, aligned_runs, published: Published, tmp_path: Path
+) -> None:
+    models = {
+        "garbage": [published.wrong / "garbage.pt"],
+        "headless": [published.wrong / "cornet_s.pth"],
+        "headless, no subject": [aligned_runs.cornet_s],
+        "garbage, named": [f"pub@sub-01={published.wrong / 'garbage.pt'}"],
+        "suffix": [published.wrong / "notes.txt"],
+        "missing": [tmp_path / "sub-01" / "encoder.pt"],
+        "missing, named": [f"pub={tmp_path / 'sub-01' / 'encoder.pt'}"],
+        "missing, subject given": [f"pub@sub-01={tmp_path / 'encoder.pt'}"],
+        "no subject": [published.lone],
+        "subject not in data": [f"pub@sub-03={published.lone}"],
+        "image size": [published.file],
+        "as cornet_s weights": ["cornet_s", "--weights", published.file],
+    }[case]
+    size = [] if case == "image size" else ["--image-size", "32"]
+    out = tmp_path / "report"
+    line = _error(_run(["evaluate", "--data", aligned_runs.root, "--models", *models, *size, "--out", out]),
+                  "evaluate")  # fmt: skip
+    assert re.search(EVALUATE_ERRORS[case], line), line
+    assert not out.exists()
+
+
+DECODE_ERRORS = {
+    "garbage": rf"^decode: image_model='(?P<path>[^']*/sub-01/garbage\.pt)': {EXPECTED}; {NOT_READ}",
+    "headless": (
+        rf"^decode: image_model='(?P<path>[^']*/sub-01/cornet_s\.pth)' {HEADLESS}; to decode with that "
+        r"CORnet-S, pass image_model='cornet_s', weights='(?P=path)' \(--image-model cornet_s --weights "
+        r"(?P=path)\)$"
+    ),
+    "suffix": rf"^decode: image_model {SUFFIX}",
+    "missing": (
+        r"^decode: image_model='[^']*/sub-01/encoder\.pt': no such file or folder; expected 'cornet_s', "
+        r"'features', 'npy:NAME', a ReAlnet run folder or weights file \(\.pt, \.pth, \.safetensors\), "
+        r"or a module$"
+    ),
+    "image size": rf"^decode: model 'realnet' {SIZE}",
+    "as cornet_s weights": AS_CORNET_S,
+}
+
+
+@pytest.mark.parametrize("case", list(DECODE_ERRORS))
+def test_decode_refuses_what_is_no_published_checkpoint(
+    case: str, aligned_runs, published: Published, tmp_path: Path
+) -> None:
+    image_model = {
+        "garbage": [published.wrong / "garbage.pt"],
+        "headless": [published.wrong / "cornet_s.pth"],
+        "suffix": [published.wrong / "notes.txt"],
+        "missing": [tmp_path / "sub-01" / "encoder.pt"],
+        "image size": [published.file],
+        "as cornet_s weights": ["cornet_s", "--weights", published.file],
+    }[case]
+    size = [] if case == "image size" else ["--image-size", "32"]
+    out = tmp_path / "dec"
+    argv = ["decode", "--data", aligned_runs.root, "--image-model", *image_model, *size, "--out", out]
+    line = _error(_run([*argv, "--cache-dir", tmp_path / "cache", *DECODE_FLAGS]), "decode")
+    assert re.search(DECODE_ERRORS[case], line), line
+    assert not out.exists()
