@@ -29,16 +29,17 @@ per round, for as many rounds as their repetitions (baselines that take seconds 
 
 Equal results in the same run: each provider's result (of its last timed call) is compared with a
 float64 result on float64 copies of the same inputs (the inputs are float32 values, so both dtypes see
-the same data): numpy's float64 result (RDMs beyond the baselines' sizes: the same formula by row blocks),
-scipy's ``rankdata`` for ranks. Errors are max |got - float64| over the output's scale (RDMs: their
-largest value; similarities: 1, the bound of a dot product of unit vectors); numpy in the row's dtype, the
-baseline, must be within harness.CHECK_BOUND (1e-10 float64, 2e-5 float32), every other provider within
-twice numpy's error in that dtype plus harness.CHECK_FLOOR, or within CHECK_BOUND where numpy has no row.
-Ranks must be exactly equal. Permutation p-values must give the same count of null values at least as
-large as the observed one, except by the number of float64 null values within 2 x CHECK_BOUND of the
-observed (near ties that the dtype's rounding may order either way). Each row records ``max_abs_diff`` and
-``equal``, ``meta.checks`` the errors and limits; a failed check makes the script exit with status 1
-without writing a result file.
+the same data): numpy's float64 result (RDMs beyond the baselines' sizes: the same formula by row
+blocks; ranks: a stable sort with tied positions averaged, written apart from scipy and fastalign).
+Errors are max |got - float64| over the output's scale (RDMs: their largest value; similarities: 1, the
+bound of a dot product of unit vectors); numpy in the row's dtype, the baseline, must be within
+harness.CHECK_BOUND (1e-10 float64, 2e-5 float32), every other provider within twice numpy's error in
+that dtype plus harness.CHECK_FLOOR, or within CHECK_BOUND where numpy has no row. Ranks must be exactly
+equal. Permutation p-values must give the same count of null values at least as large as the observed
+one, except by the number of float64 null values within 2 x CHECK_BOUND of the observed (near ties that
+the dtype's rounding may order either way). Each row records ``max_abs_diff`` and ``equal``,
+``meta.checks`` the errors and limits; a failed check makes the script exit with status 1 without writing
+a result file.
 
     flock /tmp/fastalign-bench.lock python benchmarks/bench_rsa.py            # --device cuda on a GPU
     python benchmarks/bench_rsa.py --quick        # a smoke run with tiny sizes, no result file
