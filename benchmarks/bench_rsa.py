@@ -8,8 +8,8 @@ Workloads (the issue's; baselines skipped at sizes noted in the saved meta):
 - ``tr-rsa-perm``: the same similarities plus condition-label permutation p-values (alternative
   "greater"), every provider on the same permutations (fastalign's, seed 0). rsatoolbox has no batched
   permutation test: its row is a Python loop (``reorder`` the model RDMs, ``compare`` them with all brain
-  RDMs) at a count it runs in about a minute, where numpy and fastalign run too; numpy and fastalign also
-  run 10,000 permutations. Every count is measured, none extrapolated.
+  RDMs), seconds per permutation, at 20 permutations, where numpy and fastalign run too; numpy and
+  fastalign also run 10,000 permutations. Every count is measured, none extrapolated.
 - ``rdm``: correlation RDMs of n conditions x 512 features for n up to 16,540.
 - ``rdm-batch``: 100 RDMs of 200 conditions x 17, 64 or 256 features (EEG windows).
 - ``rank``: average ranks of 1,000 RDM vectors of 19,900 entries, and of 500,000 heavily tied values.
