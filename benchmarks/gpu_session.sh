@@ -5,8 +5,10 @@
 #   bash benchmarks/gpu_session.sh [--no-tests] [bench_infonce.py bench_rsa.py ...]   (default: every bench_*.py)
 # One device call may run 10 minutes at most: split the work, e.g.
 #   1) bash benchmarks/gpu_session.sh bench_norm_act.py          (build, all GPU tests, one short bench)
-#   2) bash benchmarks/gpu_session.sh --no-tests bench_infonce.py bench_rsa.py
-#   3) bash benchmarks/gpu_session.sh --no-tests bench_cornet.py
+#   2) bash benchmarks/gpu_session.sh --no-tests bench_infonce.py
+#   3) bash benchmarks/gpu_session.sh --no-tests bench_rsa.py   (fastalign on the GPU; its baselines run on
+#      the host CPU and take minutes: rsatoolbox's permutation loop, scipy loops)
+#   4) bash benchmarks/gpu_session.sh --no-tests bench_cornet.py
 set -uo pipefail
 OUT=${OUT:-/tmp/fastalign-gpu}
 mkdir -p "$OUT"
