@@ -91,6 +91,33 @@ def test_torch_feature_chunks_and_row_blocks(method: str, monkeypatch: pytest.Mo
     )
 
 
+@pytest.mark.parametrize("method", ["correlation", "cosine"])
+def test_torch_rdms_of_many_pairs_condensed_row_by_row(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond the cached pair indices, 1 - Gram is condensed by row slices on the CPU (no index blocks
+    built per call): the bits of the index path, for one RDM and a batch; with autograd the index path
+    still serves (and gives a gradient)."""
+    x = torch.randn(3, 29, 11, dtype=torch.float64)
+    index_path = fa.rdm(x, method, backend="torch")
+    calls = []
+    rows = torch_chunked._condensed_rows
+    monkeypatch.setattr(torch_chunked, "_condensed_rows", lambda g: calls.append(g.shape) or rows(g))
+    monkeypatch.setattr(torch_chunked, "_CACHED_PAIRS", 100)  # 29 conditions: 406 pairs
+    for xs in (x, x[:1], x.float()):
+        got = fa.rdm(xs, method, backend="torch")
+        want = index_path[: xs.shape[0]] if xs.dtype == torch.float64 else None
+        if want is not None:
+            assert torch.equal(got, want)
+        else:
+            np.testing.assert_allclose(got.numpy(), index_path.numpy(), atol=1e-6)
+    assert len(calls) == 3
+    xg = x.clone().requires_grad_()
+    out = fa.rdm(xg, method, backend="torch")
+    assert len(calls) == 3  # the autograd path's Gram matrices come from fresh chunks: not the same bits
+    np.testing.assert_allclose(out.detach().numpy(), index_path.numpy(), rtol=1e-12, atol=1e-13)
+    out.sum().backward()
+    assert xg.grad is not None and bool(torch.isfinite(xg.grad).all())
+
+
 def test_torch_pair_indices_made_in_inference_mode_serve_autograd() -> None:
     """The condensed-order indices of small RDMs are kept between calls; kept from a call in inference
     mode, they must still serve a later differentiable call (an inference tensor cannot be saved for
