@@ -29,6 +29,7 @@ def bench() -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_every_row_is_checked_against_float64(bench: ModuleType) -> None:
     rows, checks = bench.bench("cpu", [(5, 7), (6, 3)], 1, 2**30)
     assert len(rows) == len(checks) == 2 * 8
@@ -68,6 +69,7 @@ def test_beyond_the_memory_limit_the_torch_backend_in_float64_is_the_oracle(benc
         torch.testing.assert_close(ref[k], want[k], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_a_row_off_by_more_than_its_limit_fails_the_run(
     bench: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -40,6 +40,7 @@ def test_check_equal_is_relative_to_the_published_scale_and_fails_nan_and_shapes
     assert not names["equal"] and not names["same_ch_names"]
 
 
+@pytest.mark.slow
 def test_mvnn_rows_are_checked_against_the_published_loop(bench: ModuleType) -> None:
     rows, checks = bench.bench_mvnn(1, test_images=2, per_session=3)
     assert [r["impl"] for r in rows] == [bench.FAST, bench.PUBLISHED] * 2
@@ -53,6 +54,7 @@ def test_mvnn_rows_are_checked_against_the_published_loop(bench: ModuleType) -> 
         assert "EXTRAPOLATED" not in fast["how"] + published["how"]
 
 
+@pytest.mark.slow
 def test_preprocess_rows_are_checked_against_the_published_script(bench: ModuleType) -> None:
     # 4 sessions (the published merge needs them), 10 training images and 3 test images
     rows, checks = bench.bench_preprocess([10 / bench.TRAIN_IMAGES], 3)
@@ -64,6 +66,7 @@ def test_preprocess_rows_are_checked_against_the_published_script(bench: ModuleT
     assert fast["speedup"] == pytest.approx(published["seconds"] / fast["seconds"])
 
 
+@pytest.mark.slow
 def test_a_result_off_by_more_than_the_limit_fails_the_run(
     bench: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
