@@ -9,15 +9,16 @@ repetitions and 200 test images x 20 repetitions (16,540 training conditions x 4
   ``mvnn`` (median of ``--reps`` runs) against ``reference.published_mvnn`` (one run): the published
   per-condition loop (sklearn ``_cov(shrinkage="auto")`` per condition and time point / repetition) and
   its whitening (``scipy.linalg.fractional_matrix_power(sigma, -0.5)`` and one matmul per epoch), the
-  same work as ``mvnn``. The published ``"time"`` loop fits ~850,000 covariances: about 16 min here.
+  same work as ``mvnn``. The published ``"time"`` loop fits ~850,000 covariances (about 1 ms each on an
+  idle 2-core CPU, several on a busy one): most of a default run's time.
 - ``preprocess``: ``preprocess_things_eeg2`` (recipe "eeg_encoding": 100 Hz, ``mvnn_dim="time"``)
   against ``reference.published_preprocess`` (the published script's epoching, mvnn and save_prepr with
   the same MNE calls and numpy loops, saving its two files as published), each run once on the same
   synthetic subject (raw files from ``make_synthetic_things``: 63 channels, 1000 Hz, 4 sessions, 200
   test images x 20 repetitions per session as published) with the training set reduced to fractions of
   the 16,540 images. ``--full`` runs both on one full published-size subject instead (about 1.7 GB of
-  raw float64 per session file; making its synthetic raw data takes ~3 min, the published script over
-  an hour here): results/data_full-*.json.
+  raw float64 per session file; making its synthetic raw data takes ~3 min, the published ``"time"``
+  MVNN fits ~3.4 million covariances): results/data_full-*.json.
 
 Equal results in the same run: fastalign's whitened partitions (mvnn) and merged test and training
 arrays (preprocess) against the published rebuild's: max |fastalign - published| over max |published|
@@ -25,9 +26,9 @@ of each output within ``RTOL`` (1e-13, the agreement the project claims), and th
 Each row records ``rel_err`` (its largest output's) and ``equal``; ``meta.checks`` the error of every
 output. An output outside the limit makes the script exit with status 1 without writing a result file.
 
-    flock /tmp/fastalign-bench.lock python benchmarks/bench_data.py        # ~1 h on 2 busy cores
+    flock /tmp/fastalign-bench.lock python benchmarks/bench_data.py        # an hour or more on 2 cores
     python benchmarks/bench_data.py --fractions 0.125 0.25 --reps 3         # the defaults
-    flock /tmp/fastalign-bench.lock python benchmarks/bench_data.py --full  # the full size, > 1 h
+    flock /tmp/fastalign-bench.lock python benchmarks/bench_data.py --full  # the full size, hours
     python benchmarks/bench_data.py --quick      # a smoke run: 4 test images, 20 training ones, no file
 """
 
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25],
                    help="fractions of the 16,540 training images for the preprocessing runs")  # fmt: skip
     p.add_argument("--reps", type=int, default=3, help="timed repetitions of fastalign's MVNN")
-    full_help = "only preprocess one full published-size subject, both ways (> 1 h, ~6 GB): results/data_full"
+    full_help = "only preprocess one full published-size subject, both ways (hours, 5+ GB): results/data_full"
     p.add_argument("--full", action="store_true", help=full_help)
     p.add_argument("--no-save", action="store_true")
     quick_help = "smoke run: 4 test images, 20 training ones (10 a session for MVNN), no result file"
