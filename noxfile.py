@@ -116,7 +116,7 @@ def benchmarks(session: nox.Session) -> None:
     """Runs every benchmarks/bench_*.py with the session's arguments; JSON goes to benchmarks/results/ and
     docs/benchmarks.md is rendered from it. ``nox -s benchmarks -- --quick``: every script's smoke run at
     tiny sizes, which writes no result file, so nothing is rendered either."""
-    _install(session, "dev")
+    _install(session, "dev,bench")
     scripts = sorted(glob.glob("benchmarks/bench_*.py"))
     for script in scripts:
         session.run("python", script, *session.posargs)

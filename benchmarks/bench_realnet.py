@@ -10,7 +10,9 @@ Adam lr 2e-5), on the same batch and the same initial weights:
   step with autograd recording, as in the notebook (no ``torch.no_grad`` there), and its argmax is the CE
   target (the notebooks' hard target; ReAlnet.py's soft target would also backpropagate through the
   teacher, whose parameters require grad, so its step is slower still); ``loss = beta * (MSE + C) + CE``
-  with C built from per-pair Pearson correlations packed by ``torch.tensor(list)`` (no gradient); Adam.
+  with C built from per-pair Pearson correlations packed by ``torch.tensor(list)`` (no gradient; the
+  per-pair ``torchmetrics.functional.pearson_corrcoef`` of bench_correlation.py, or its labelled
+  re-implementation without torchmetrics: ``meta.published_pearson``); Adam.
   The DataParallel wrapper is left out (with one device or none it calls the module directly).
 - ``fastalign``: :class:`~fastalign.models.ReAlnet`, whose one forward gives the logits and the response
   (the backbone runs once); the teacher's targets are computed once per image, outside the step; C is
@@ -60,7 +62,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
-from bench_correlation import published_torchmetrics
+from bench_correlation import PUBLISHED_PEARSON, published_torchmetrics
 
 from fastalign.contrastive import correlation_contrastive_loss
 from fastalign.models import CORnetS, ReAlnet
@@ -474,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             "passes, teacher forward with autograd, hard CE target, per-pair Pearson C without gradient); "
             "fastalign = ReAlnet's single forward, precomputed teacher targets, differentiable C"
         ),
+        "published_pearson": PUBLISHED_PEARSON,
         "rounds": args.rounds,
         "warmup": args.warmup,
         "timing": "interleaved rounds, one step per variant each; x published = median of per-round ratios",

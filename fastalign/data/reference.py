@@ -4,6 +4,8 @@ gifale95/eeg_encoding (preprocessing_utils.mvnn) estimates one session's noise c
 scikit-learn's shrinkage estimator (``_cov(..., shrinkage="auto")``: Ledoit-Wolf on standardised data)
 for every condition and every time point ("time") or repetition ("epochs"), averages over those, then
 over conditions, then over the session's partitions, and whitens with the inverse matrix square root.
+:func:`published_preprocess` re-implements its whole script (epoching, mvnn, save_prepr) with the same
+MNE calls and numpy loops, for testing and as the benchmarks' baseline.
 
 NonaRjb/AlignVis (src/dataset/preprocessing_utils.py, run by src/dataset/things_eeg_preprocessing.py)
 changes four things: the 63 channels picked in a fixed order, epochs -0.2..1.0 s cropped ``[..., 50:]``
@@ -73,14 +75,20 @@ _ALIGNVIS_CHAN_ORDER = [
 ]  # fmt: skip
 
 
-def alignvis_epoching(
-    raw_dir: str, subject: int, n_ses: int, data_part: str, sfreq: float, seed: int, max_rep: int
+def _epoching(
+    raw_dir: str,
+    subject: int,
+    n_ses: int,
+    data_part: str,
+    sfreq: float,
+    seed: int,
+    max_rep: int,
+    channels: str | list[str],
+    tmax: float,
+    first_sample: int,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[str], np.ndarray]:
-    """AlignVis ``epoching``: (epoched data per session, image conditions per session, ch_names, times).
-
-    As published, ``times`` are those of the uncropped epoch (300 values for 250 data samples).
-    ``max_rep`` is hard-coded there (20 test, 2 training).
-    """
+    """Both published ``epoching`` functions: they differ in the channels (a regular expression, picked
+    in recording order, or a list, picked in its order), the epoch's end and AlignVis's crop."""
     import mne
     from sklearn.utils import shuffle
 
@@ -94,10 +102,14 @@ def alignvis_epoching(
         info = mne.create_info(eeg_data["ch_names"], eeg_data["sfreq"], eeg_data["ch_types"])
         raw = mne.io.RawArray(eeg_data["raw_eeg_data"], info, verbose="error")
         events = mne.find_events(raw, stim_channel="stim", verbose="error")
-        raw.pick_channels(_ALIGNVIS_CHAN_ORDER, ordered=True, verbose="error")
+        if isinstance(channels, str):
+            chan_idx = np.asarray(mne.pick_channels_regexp(raw.info["ch_names"], channels))
+            raw.pick([raw.info["ch_names"][c] for c in chan_idx], verbose="error")
+        else:
+            raw.pick_channels(channels, ordered=True, verbose="error")
         events = np.delete(events, np.where(events[:, 2] == 99999)[0], 0)
         epochs = mne.Epochs(
-            raw, events, tmin=-0.2, tmax=1.0, baseline=(None, 0), preload=True, verbose="error"
+            raw, events, tmin=-0.2, tmax=tmax, baseline=(None, 0), preload=True, verbose="error"
         )
         if sfreq < 1000:
             epochs.resample(sfreq, verbose="error")
@@ -108,9 +120,30 @@ def alignvis_epoching(
         for i in range(len(img_cond)):
             idx = shuffle(np.where(ev == img_cond[i])[0], random_state=seed, n_samples=max_rep)
             sorted_data[i] = data[idx]
-        epoched_data.append(sorted_data[:, :, :, 50:])
+        epoched_data.append(sorted_data[:, :, :, first_sample:])
         img_conditions.append(img_cond)
     return epoched_data, img_conditions, ch_names, times
+
+
+def published_epoching(
+    raw_dir: str, subject: int, n_ses: int, data_part: str, sfreq: float, seed: int, max_rep: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str], np.ndarray]:
+    """gifale95/eeg_encoding ``epoching``: (epoched data per session, image conditions per session,
+    ch_names, times): the 17 occipital and parietal channels (``'^O *|^P *'``), -0.2..0.8 s, baseline
+    (None, 0), resampled when ``sfreq`` < 1000. ``max_rep`` is hard-coded there (20 test, 2 training).
+    """
+    return _epoching(raw_dir, subject, n_ses, data_part, sfreq, seed, max_rep, "^O *|^P *", 0.8, 0)
+
+
+def alignvis_epoching(
+    raw_dir: str, subject: int, n_ses: int, data_part: str, sfreq: float, seed: int, max_rep: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str], np.ndarray]:
+    """AlignVis ``epoching``: (epoched data per session, image conditions per session, ch_names, times).
+
+    As published, ``times`` are those of the uncropped epoch (300 values for 250 data samples).
+    ``max_rep`` is hard-coded there (20 test, 2 training).
+    """
+    return _epoching(raw_dir, subject, n_ses, data_part, sfreq, seed, max_rep, _ALIGNVIS_CHAN_ORDER, 1.0, 50)
 
 
 def alignvis_mvnn(
@@ -127,13 +160,14 @@ def alignvis_mvnn(
     return whitened_test, whitened_train
 
 
-def alignvis_merge(
+def published_merge(
     whitened_test: list[np.ndarray],
     whitened_train: list[np.ndarray],
     img_conditions_train: list[np.ndarray],
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """AlignVis ``save_prepr`` without the pickle: (merged test, merged training).
+    """``save_prepr`` of gifale95/eeg_encoding, and of AlignVis (the same merging), without saving:
+    (merged test, merged training).
 
     As published, every training image must be in exactly two sessions (``white_data.shape[1]*2``),
     which holds for the 4-session layout.
@@ -179,5 +213,40 @@ def alignvis_preprocess(
         raw_dir, subject, n_ses, "training", sfreq, seed, training_repetitions
     )
     whitened_test, whitened_train = alignvis_mvnn(epoched_test, epoched_train, mvnn_dim)
-    merged_test, merged_train = alignvis_merge(whitened_test, whitened_train, img_conditions_train, seed)
+    merged_test, merged_train = published_merge(whitened_test, whitened_train, img_conditions_train, seed)
+    return merged_test, merged_train, ch_names, np.asarray(times)
+
+
+def published_preprocess(
+    raw_dir: str,
+    subject: int,
+    out_dir: str | None = None,
+    n_ses: int = 4,
+    sfreq: float = 100.0,
+    mvnn_dim: str = "time",
+    seed: int = 20200220,
+    test_repetitions: int = 20,
+    training_repetitions: int = 2,
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """The gifale95/eeg_encoding preprocessing script (preprocessing.py, defaults as published):
+    (merged test, merged training, ch_names, times) of one subject; with ``out_dir``, also saved as
+    published (``np.save`` of a dict to ``{out_dir}/sub-XX/preprocessed_eeg_{test,training}.npy``)."""
+    epoched_test, _, ch_names, times = published_epoching(
+        raw_dir, subject, n_ses, "test", sfreq, seed, test_repetitions
+    )
+    epoched_train, img_conditions_train, _, _ = published_epoching(
+        raw_dir, subject, n_ses, "training", sfreq, seed, training_repetitions
+    )
+    whitened_test, whitened_train = [], []
+    for test, train in zip(epoched_test, epoched_train, strict=True):
+        white_test, white_train = published_mvnn([test, train], mvnn_dim)[0]
+        whitened_test.append(white_test)
+        whitened_train.append(white_train)
+    merged_test, merged_train = published_merge(whitened_test, whitened_train, img_conditions_train, seed)
+    if out_dir is not None:
+        save_dir = os.path.join(out_dir, f"sub-{subject:02}")
+        os.makedirs(save_dir, exist_ok=True)
+        for part, data in (("test", merged_test), ("training", merged_train)):
+            stored = {"preprocessed_eeg_data": data, "ch_names": ch_names, "times": times}
+            np.save(os.path.join(save_dir, f"preprocessed_eeg_{part}.npy"), stored)  # type: ignore[arg-type]
     return merged_test, merged_train, ch_names, np.asarray(times)

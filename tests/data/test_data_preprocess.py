@@ -22,46 +22,14 @@ from fastalign.data import (
     preprocessed_path,
     raw_path,
 )
-from fastalign.data.reference import published_mvnn
+from fastalign.data.reference import published_epoching, published_mvnn
 
 SEED = 20200220
 
 
-def _oracle_epoching(
-    raw_dir: str, n_ses: int, part: str, max_rep: int, sfreq: float
-) -> tuple[list, list, list, np.ndarray]:
-    epoched, conds = [], []
-    for s in range(n_ses):
-        d = np.load(raw_path(raw_dir, 1, s + 1, part), allow_pickle=True).item()  # type: ignore[arg-type]
-        info = mne.create_info(d["ch_names"], d["sfreq"], d["ch_types"])
-        raw = mne.io.RawArray(d["raw_eeg_data"], info, verbose="error")
-        events = mne.find_events(raw, stim_channel="stim", verbose="error")
-        chan_idx = np.asarray(mne.pick_channels_regexp(raw.info["ch_names"], "^O *|^P *"))
-        raw.pick([raw.info["ch_names"][c] for c in chan_idx])
-        events = np.delete(events, np.where(events[:, 2] == 99999)[0], 0)
-        epochs = mne.Epochs(
-            raw, events, tmin=-0.2, tmax=0.8, baseline=(None, 0), preload=True, verbose="error"
-        )
-        if sfreq < d["sfreq"]:
-            epochs.resample(sfreq, verbose="error")
-        ch_names, times = epochs.info["ch_names"], epochs.times
-        data, ev = epochs.get_data(), epochs.events[:, 2]
-        img_cond = np.unique(ev)
-        sorted_data = np.zeros((len(img_cond), max_rep, data.shape[1], data.shape[2]))
-        for i in range(len(img_cond)):
-            idx = shuffle(np.where(ev == img_cond[i])[0], random_state=SEED, n_samples=max_rep)
-            sorted_data[i] = data[idx]
-        epoched.append(sorted_data)
-        conds.append(img_cond)
-    return epoched, conds, ch_names, times
-
-
-def _oracle_mvnn(test: list, train: list, dim: str) -> tuple[list, list]:
-    whitened = [published_mvnn([test[s], train[s]], dim)[0] for s in range(len(test))]
-    return [w[0] for w in whitened], [w[1] for w in whitened]
-
-
 def _oracle_merge(test: list, train: list, train_conds: list) -> tuple[np.ndarray, np.ndarray]:
+    """reference.published_merge for any even number of sessions: the published one takes every training
+    image to be in 2 sessions (``white_data.shape[1]*2``), true of 4 sessions, not of these 2."""
     merged_test = test[0]
     for s in range(1, len(test)):
         merged_test = np.append(merged_test, test[s], 1)
@@ -89,9 +57,10 @@ def _oracle_merge(test: list, train: list, train_conds: list) -> tuple[np.ndarra
 def test_pipeline_matches_step_by_step_oracle(
     synthetic: SyntheticThings, tmp_path: os.PathLike, dim: str, sfreq: float
 ) -> None:
-    test_ep, _, ch_names, times = _oracle_epoching(synthetic.raw_dir, 2, "test", 10, sfreq)
-    train_ep, train_conds, _, _ = _oracle_epoching(synthetic.raw_dir, 2, "training", 2, sfreq)
-    white_test, white_train = _oracle_mvnn(test_ep, train_ep, dim)
+    test_ep, _, ch_names, times = published_epoching(synthetic.raw_dir, 1, 2, "test", sfreq, SEED, 10)
+    train_ep, train_conds, _, _ = published_epoching(synthetic.raw_dir, 1, 2, "training", sfreq, SEED, 2)
+    white = [published_mvnn([test, train], dim)[0] for test, train in zip(test_ep, train_ep, strict=True)]
+    white_test, white_train = [w[0] for w in white], [w[1] for w in white]
     want_test, want_train = _oracle_merge(white_test, white_train, train_conds)
 
     got = preprocess_things_eeg2(
