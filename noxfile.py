@@ -6,12 +6,15 @@ e.g. for a CUDA machine) and the package is built with --no-build-isolation agai
 
 from __future__ import annotations
 
+import ast
 import glob
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import nox
+import nox.command
 
 nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
@@ -111,17 +114,62 @@ def cuda_compile(session: nox.Session) -> None:
     session.log(f"compiled {len(sources)} CUDA file(s) with {nvcc}")
 
 
+def script_flags(path: str) -> set[str]:
+    """The options a benchmark script's parser defines, read from its source: importing it would import
+    torch and the rest, seconds a script (tests/cli/test_cli_bench.py reads them the same way)."""
+    return {
+        node.args[0].value
+        for node in ast.walk(ast.parse(Path(path).read_text()))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "add_argument"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
+
+
+def script_args(args: list[str], flags: set[str]) -> list[str]:
+    """``args`` without ``--device`` (``--device X`` or ``--device=X``) for a script that has no such
+    option: it runs where it runs (on the CPU) rather than stopping at a usage error."""
+    if "--device" in flags:
+        return list(args)
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--device":
+            skip = True
+        elif not arg.startswith("--device="):
+            out.append(arg)
+    return out
+
+
 @nox.session
 def benchmarks(session: nox.Session) -> None:
-    """Runs every benchmarks/bench_*.py with the session's arguments; JSON goes to benchmarks/results/ and
-    docs/benchmarks.md is rendered from it. ``nox -s benchmarks -- --quick``: every script's smoke run at
-    tiny sizes, which writes no result file, so nothing is rendered either."""
-    _install(session, "dev,bench")
-    scripts = sorted(glob.glob("benchmarks/bench_*.py"))
-    for script in scripts:
-        session.run("python", script, *session.posargs)
+    """Runs every benchmarks/bench_*.py with the session's arguments (``--device`` only to the scripts that
+    take it); JSON goes to benchmarks/results/ and docs/benchmarks.md is rendered from it. A failing script
+    does not stop the others: each is run, the failures are listed at the end and the session fails. The
+    render runs anyway, since a script that fails writes no result file (its committed table stays).
+    ``nox -s benchmarks -- --quick``: every script's smoke run at tiny sizes, which writes no result file,
+    so nothing is rendered. The photos extra is installed: with it the demo draws photographs, as
+    for the committed demo results (procedural shapes without it give other numbers); the bench extra
+    brings torchmetrics, the correlation benchmark's published baseline."""
+    _install(session, "dev,bench,photos")
+    failed = []
+    for script in sorted(glob.glob("benchmarks/bench_*.py")):
+        args = script_args(session.posargs, script_flags(script))
+        if args != session.posargs:
+            session.log(f"{script} has no --device: it runs without it")
+        try:
+            session.run("python", script, *args)
+        except nox.command.CommandFailed:
+            failed.append(script)
     if "--quick" not in session.posargs:
         session.run("python", "benchmarks/render.py")
+    if failed:
+        session.error(
+            f"{len(failed)} benchmark script(s) failed (no result file written): {', '.join(failed)}"
+        )
 
 
 @nox.session

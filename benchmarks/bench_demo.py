@@ -7,7 +7,9 @@ process's threads (on a machine shared with other jobs the wall time stretches w
 time much less: both are recorded, with the load average before and after each run). The runs are
 repeated in interleaved rounds. The first round's printed output is kept in ``meta.output`` (the README
 shows the full demo's), and ``meta.same_numbers_every_round`` says whether the later rounds printed the
-same numbers (the seed fixes them).
+same numbers (the seed fixes them). ``meta.image_source`` says which images the demos drew: photographs
+(scikit-image installed, as for the committed results: ``pip install -e .[photos]``) or procedural shapes,
+which give other numbers.
 
     flock /tmp/fastalign-bench.lock python benchmarks/bench_demo.py      # writes results/demo-*.json
     python benchmarks/bench_demo.py --quick     # a smoke run: the quick demo once, no result file
@@ -26,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
+import torch
 
 NAME = "demo"
 COLUMNS = [
@@ -40,10 +43,11 @@ COLUMNS = [
 STAGES = ("data", "start", "align", "evaluate", "decode", "report")
 
 
-def run_demo(quick: bool, seed: int, folder: str) -> dict[str, Any]:
+def run_demo(quick: bool, seed: int, folder: str, device: str) -> dict[str, Any]:
     """One ``fastalign demo`` in a new process: its summary.json, printed output and end-to-end time."""
     out = os.path.join(folder, "quick" if quick else "full")
     argv = [sys.executable, "-m", "fastalign", "demo", "--out", out, "--seed", str(seed), "--no-progress"]
+    argv += ["--device", device]
     argv += ["--overwrite"]  # a kept folder of an earlier run
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -81,24 +85,30 @@ def _numbers(output: str) -> str:
     return "\n".join(line for line in output.splitlines() if not line.startswith("Time (s): "))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the demos' models run (their --device)")  # fmt: skip
     p.add_argument("--runs", nargs="+", choices=("quick", "full"), default=["quick", "full"])
     p.add_argument("--rounds", type=int, default=2, help="each run this many times, interleaved (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save", action="store_true", help="print, write no result file")
     p.add_argument("--keep", metavar="DIR", help="keep the demos' folders in DIR/quick, DIR/full")
     p.add_argument("--quick", action="store_true", help="--runs quick --rounds 1 --no-save: a smoke run")
-    args = p.parse_args()
+    p.add_argument("--name", default=NAME, help="result file results/NAME-DEVICE.json")
+    args = p.parse_args(argv)
     if args.quick:
         args.runs, args.rounds, args.no_save = ["quick"], 1, True
     rows: list[dict[str, Any]] = []
-    meta: dict[str, Any] = {"columns": COLUMNS, "seed": args.seed, "cpus": os.cpu_count(), "output": {}}
+    meta: dict[str, Any] = {"columns": COLUMNS, "seed": args.seed, "cpus": os.cpu_count(), "output": {},
+                            "device": args.device}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench_demo.") as scratch:
         folder = args.keep or scratch
         for round_ in range(1, args.rounds + 1):
             for name in args.runs:
-                run = run_demo(name == "quick", args.seed, folder)
+                run = run_demo(name == "quick", args.seed, folder, args.device)
+                # photographs or procedural shapes (without scikit-image): other images, other numbers
+                meta.setdefault("image_source", {})[name] = run["summary"].get("image_source")
                 rows += rows_of(name, round_, run)
                 print(run["output"], f"command (with imports): {run['command_s']:.1f} s", sep="\n")
                 if name in meta["output"]:  # the same seed in a new process: the same numbers
@@ -109,8 +119,9 @@ def main() -> int:
                 meta.setdefault("results", {})[name] = {
                     k: run["summary"][k] for k in ("rsa", "decoding", "align")
                 }
+    print("images:", meta["image_source"])
     if not args.no_save:
-        print(harness.save(NAME, "cpu", rows, meta))
+        print(harness.save(args.name, args.device, rows, meta))
     return 0
 
 

@@ -38,6 +38,12 @@ after warm-up (``harness.peak_memory_bytes``: VmHWM reset through /proc/self/cle
 tracemalloc, which sees no tensor memory); CUDA: ``torch.cuda.max_memory_allocated`` growth. "held MB"
 is what the step keeps between steps: parameters, buffers, gradients and Adam state (and the teacher).
 
+fastalign's one-off cost, as bench_decode reports its data preparation: the teacher's targets of the
+batch's images, one eval-mode forward without gradients (what ``fastalign align`` computes once per image
+before training, ``_teacher_targets``), timed after the rounds (median over ``--rounds`` calls after one
+warm-up) and given as its own row, "once per image": an epoch of n images costs n / batch such calls once,
+not every step.
+
     flock /tmp/fastalign-bench.lock python benchmarks/bench_realnet.py     # writes results/realnet-*.json
     python benchmarks/bench_realnet.py --quick   # a smoke run: 32 px, 2 rounds, no result file
 """
@@ -333,6 +339,29 @@ def _summary(times: list[float]) -> dict[str, Any]:
     }
 
 
+def teacher_row(teacher: CORnetS, x: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
+    """The one-off teacher-target pass for a batch: eval mode, no gradients, argmax (fp32)."""
+
+    def targets() -> torch.Tensor:
+        with torch.no_grad():
+            return teacher(x).argmax(dim=1)
+
+    t = harness.time_fn(targets, args.device, warmup=1, rep=args.rounds)
+    return {
+        "impl": "fastalign teacher targets",
+        "dtype": "fp32",
+        "passes": "1 teacher, no grad: once per image, before training",
+        "batch": args.batch,
+        "size": args.size,
+        "n_out": args.n_out,
+        **{k: t[k] for k in ("median_ms", "p20_ms", "p80_ms", "reps")},
+        "spread_ms": f"{t['p20_ms']:.4g}-{t['p80_ms']:.4g}",
+        "best_ms": t["min_ms"],
+        "images_per_s": args.batch / (t["median_ms"] * 1e-3),
+        "status": "ok (one-off, not per step)",
+    }
+
+
 def bench(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     device = args.device
     torch.manual_seed(0)
@@ -434,6 +463,7 @@ def bench(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any
         print({k: rows[-1][k] for k in ("impl", "dtype", "median_ms", "images_per_s", "speedup",
                                          "peak_mem_mb", "held_mb")}, flush=True)  # fmt: skip
     memory_s = time.perf_counter() - t0
+    rows.append(teacher_row(teacher, x, args))
     for key in skipped:
         impl, dname = key.split(" ")
         rows.append({"impl": impl, "dtype": dname, "batch": args.batch, "size": args.size,

@@ -19,11 +19,18 @@ RESULTS = os.path.join(HERE, "results")
 TARGET = os.path.join(HERE, os.pardir, "docs", "benchmarks.md")
 
 
+# A range of two non-negative numbers as a script wrote it, e.g. a p20-p80 spread "4.226e+04-4.462e+04".
+_RANGE = re.compile(r"(\d+(?:\.\d+)?(?:e[+-]?\d+)?)-(\d+(?:\.\d+)?(?:e[+-]?\d+)?)")
+
+
 def _fmt(v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, str) and (m := _RANGE.fullmatch(v)):
+        # each end as a number column shows it (42,262-44,620, not 4.226e+04-4.462e+04)
+        return f"{_fmt(float(m[1]))}-{_fmt(float(m[2]))}"
     return str(v)
 
 

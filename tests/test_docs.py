@@ -302,3 +302,13 @@ def test_render_inserts_table_text_verbatim() -> None:
     assert r"| C:\new \1 \d |" in text and "old table" not in text
     assert text.startswith("intro\n<!-- bench:x -->\n*cpu*") and text.endswith("<!-- /bench:x -->\noutro\n")
     assert missing == ["y"]
+
+
+def test_render_shows_a_range_as_two_numbers() -> None:
+    """A p20-p80 spread that a script wrote with %.4g reads as the number columns do, not in e-notation."""
+    fmt = _render_module()._fmt
+    assert fmt("4.226e+04-4.462e+04") == "42,260-44,620"
+    assert fmt("343.6-407.6") == "344-408" and fmt("47.53-48.95") == "47.5-49"
+    assert (
+        fmt("2 x 3") == "2 x 3" and fmt("f89286a-dirty") == "f89286a-dirty" and fmt("1.0, 1.3") == "1.0, 1.3"
+    )
