@@ -45,7 +45,7 @@ def test_the_sdist_holds_the_cuda_sources_pins_license_and_type_marker(tmp_path)
     for path in (
         "csrc/rsa.cpp", "csrc/module.cpp", "csrc/cuda/rsa_cuda.cpp", "kernels/rsa.cu", "kernels/rsa.cuh",
         "constraints/cpu.txt", "LICENSE", "fastalign/py.typed", "setup.py", "pyproject.toml",
-        "tests/conftest.py", "docs/rsa.md", "noxfile.py",
+        "tests/conftest.py", "docs/rsa.md", "noxfile.py", ".ci/run",
     ):  # fmt: skip
         assert path in names, path
     assert not any(n.endswith((".so", ".pyc")) or "__pycache__" in n for n in names)
