@@ -2,11 +2,22 @@
 
 Without a CUDA device, Triton kernels are interpreted on CPU tensors: TRITON_INTERPRET must be set
 before any module that defines a kernel is imported, hence here, before fastalign.
+
+The tests are of the fastalign that is installed: this tree's own in a development install (``pip
+install -e``, the extension built in place), a wheel's when they run from an unpacked sdist beside the
+wheel made from it. There the tree's fastalign/ (its sources, without the compiled extension) must not
+shadow the wheel: ``python -m pytest`` puts the working directory first on sys.path, so the tree is taken
+off it before fastalign is first imported (pytest_configure), and a test that starts Python (``python -m
+fastalign``, ``python -c``, which put the working directory first too) runs it in tmp_path, not in the
+tree. The report's header names the fastalign tested and whether its extension loads.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -18,12 +29,42 @@ from aligned_runs import AlignedRuns, make_aligned_runs
 from filelock import FileLock
 from hypothesis import HealthCheck, settings
 
-from fastalign.train import keep_freed_memory
+ROOT = Path(__file__).resolve().parent.parent
 
-# As the fastalign program does (fastalign.cli.entry, docs/training.md): large blocks freed by one CPU
-# training step are reused by the next instead of being mapped and zeroed again (the suite on a 2-core
-# machine: 335 -> 267 s, most of it in the ReAlnet runs).
-keep_freed_memory()
+
+def _installed_elsewhere() -> bool:
+    """Whether a distribution of fastalign holds the package outside this tree (a wheel's, in
+    site-packages). An editable install lists no package files, and an unpacked sdist's own
+    fastalign.egg-info lists the tree's."""
+    for dist in importlib.metadata.distributions(name="fastalign"):
+        for file in dist.files or ():
+            if file.as_posix() == "fastalign/__init__.py":
+                if Path(file.locate()).resolve().parent.parent != ROOT:
+                    return True
+    return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # before any fastalign import: test modules are imported at collection, after this
+    if "fastalign" not in sys.modules and _installed_elsewhere():
+        sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != ROOT]
+    from fastalign.train import keep_freed_memory
+
+    # As the fastalign program does (fastalign.cli.entry, docs/training.md): large blocks freed by one CPU
+    # training step are reused by the next instead of being mapped and zeroed again (the suite on a 2-core
+    # machine: 335 -> 267 s, most of it in the ReAlnet runs).
+    keep_freed_memory()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which fastalign the session tests, and whether its compiled extension loads."""
+    import fastalign
+    from fastalign import _ext
+
+    why = _ext.why_unavailable()
+    loads = "extension loaded" if why is None else f"no extension ({why})"
+    return f"fastalign {fastalign.__version__} from {Path(fastalign.__file__).parent}: {loads}"
+
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True

@@ -61,7 +61,7 @@ def compile_for_sm90(specs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run(
         [sys.executable, "-c", _COMPILE], input=json.dumps(specs), env=env, capture_output=True, text=True,
-        timeout=900,
+        timeout=900, cwd=os.path.dirname(os.path.abspath(__file__)),  # tests/: no fastalign/ to shadow it
     )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"sm_90 compilation failed:\n{done.stderr[-4000:]}")

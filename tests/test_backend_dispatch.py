@@ -166,9 +166,9 @@ def test_extension_built_with_openmp() -> None:
         assert info["cuda"] is False  # no CUDA kernels can exist without a CUDA torch
 
 
-def test_info_reports_versions_backends_and_ops() -> None:
+def test_info_reports_versions_backends_and_ops(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "fastalign.info"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "fastalign.info"], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout
     assert f"torch     {torch.__version__}" in out
     from fastalign import _ext

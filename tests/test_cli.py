@@ -261,6 +261,7 @@ def test_python_dash_m_fastalign_exits_with_the_status(tmp_path: Path) -> None:
     missing = str(tmp_path / "missing")
     done = subprocess.run(
         [sys.executable, "-m", "fastalign", "align", "--data", missing, "--out", str(tmp_path / "o")],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
@@ -271,11 +272,11 @@ def test_python_dash_m_fastalign_exits_with_the_status(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("module", ["fastalign", "fastalign.info"])
-def test_a_reader_that_stops_early_ends_the_program_quietly(module: str) -> None:
+def test_a_reader_that_stops_early_ends_the_program_quietly(module: str, tmp_path: Path) -> None:
     # `fastalign info | head -3` printed "error: [Errno 32] Broken pipe" with status 1, and
     # `python -m fastalign.info | head -2` a traceback; the read end is closed before the program writes
     argv = [sys.executable, "-m", module, *(["info"] if module == "fastalign" else [])]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()
     err = proc.stderr.read()
@@ -305,7 +306,7 @@ def test_subject_flag_is_aligns_subject_argument(given: list[str], subject: obje
     assert parser().parse_args(["align", "--data", "d", "--out", "o", *flag]).subject == subject
 
 
-def test_sigterm_stops_the_program_as_ctrl_c_does() -> None:
+def test_sigterm_stops_the_program_as_ctrl_c_does(tmp_path: Path) -> None:
     # batch schedulers send SIGTERM: the process died at once, leaving its temporary files; the program
     # now unwinds as on Ctrl-C (context managers remove them) and exits 143
     import signal
@@ -331,7 +332,11 @@ def test_sigterm_stops_the_program_as_ctrl_c_does() -> None:
         "sys.exit(cli.entry())\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline() == "started\n"
     proc.send_signal(signal.SIGTERM)

@@ -1,9 +1,12 @@
 """The source distribution holds every part of the build (the CUDA sources among them, wherever it is
-made), and a CUDA build without its sources stops instead of reporting a backend it lacks."""
+made), a CUDA build without its sources stops instead of reporting a backend it lacks, and the metadata a
+wheel carries (what PyPI and pip show) describes the project."""
 
 from __future__ import annotations
 
+import email
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,10 +45,58 @@ def test_the_sdist_holds_the_cuda_sources_pins_license_and_type_marker(tmp_path)
     for path in (
         "csrc/rsa.cpp", "csrc/module.cpp", "csrc/cuda/rsa_cuda.cpp", "kernels/rsa.cu", "kernels/rsa.cuh",
         "constraints/cpu.txt", "LICENSE", "fastalign/py.typed", "setup.py", "pyproject.toml",
-        "tests/conftest.py", "docs/rsa.md", "noxfile.py",
+        "tests/conftest.py", "docs/rsa.md", "noxfile.py", ".ci/run",
     ):  # fmt: skip
         assert path in names, path
     assert not any(n.endswith((".so", ".pyc")) or "__pycache__" in n for n in names)
+
+
+def test_the_wheel_metadata_describes_the_project(tmp_path) -> None:
+    # the METADATA pip writes into the wheel, made as pip does before building one (no compiling), from a
+    # copy of what the metadata is made of: a checkout or an unpacked sdist alike
+    src, out = tmp_path / "src", tmp_path / "out"
+    skip = shutil.ignore_patterns("__pycache__", "*.so")
+    shutil.copytree(os.path.join(ROOT, "fastalign"), src / "fastalign", ignore=skip)
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        shutil.copy2(os.path.join(ROOT, name), src / name)
+    out.mkdir()
+    script = (
+        "import sys\n"
+        "from setuptools import build_meta\n"
+        "print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(out)], cwd=src, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "FASTALIGN_BUILD_EXT": "0"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = email.message_from_bytes((out / done.stdout.split()[-1] / "METADATA").read_bytes())
+
+    assert meta["Name"] == "fastalign"
+    assert "brain" in meta["Summary"]
+    assert meta["Description-Content-Type"] == "text/markdown"
+    assert meta.get_payload().lstrip().startswith("# fastalign")  # the README, PyPI's project page
+    assert meta["License-Expression"] == "MIT"
+    assert meta.get_all("License-File") == ["LICENSE"]
+    assert meta["Author"]  # LICENSE's copyright holder
+    assert {"pytorch", "eeg", "fmri", "rsa"} <= set(meta["Keywords"].split(","))
+    classifiers = meta.get_all("Classifier")
+    for wanted in (
+        "Intended Audience :: Science/Research",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Bio-Informatics",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+        "Operating System :: POSIX :: Linux",
+        "Typing :: Typed",
+    ):
+        assert wanted in classifiers, wanted
+    # the license is said once, by the SPDX expression (setuptools>=77 refuses a License :: classifier too)
+    assert not [c for c in classifiers if c.startswith("License ::")]
+    # the Python versions named start at requires-python's and run without a gap
+    (oldest,) = re.fullmatch(r">=3\.(\d+)", meta["Requires-Python"]).groups()
+    minors = sorted(int(c.rsplit(".", 1)[1]) for c in classifiers if re.fullmatch(r".*:: 3\.\d+", c))
+    assert minors == list(range(int(oldest), int(oldest) + len(minors))), minors
+    assert len(minors) >= 2
 
 
 def test_a_cuda_build_without_the_cuda_sources_stops_naming_them(tmp_path) -> None:

@@ -362,7 +362,7 @@ print(float((grad(model) - want).norm() / want.norm()), float((grad(eager) - wan
 """
 
 
-def test_inductor_compiles_a_fused_training_step() -> None:
+def test_inductor_compiles_a_fused_training_step(tmp_path) -> None:
     """torch.compile's default compiler (inductor) of a CORnet-S block after fuse_training trains (IT at 32
     px, the part of the model that failed; the whole model compiles for 2 minutes): the kernel-tap convs
     took their columns through unfold, whose backward inductor lowered wrongly for windows narrower than
@@ -371,7 +371,9 @@ def test_inductor_compiles_a_fused_training_step() -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _INDUCTOR_STEP], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", _INDUCTOR_STEP], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     compiled, eager = (float(v) for v in done.stdout.split()[-2:])
     # float32 itself is far off float64 here (BatchNorms over 4 to 16 values each)

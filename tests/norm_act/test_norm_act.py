@@ -645,7 +645,7 @@ def test_no_channels_is_a_clear_error(backend: str, request: pytest.FixtureReque
         batch_norm_module_act(nn.BatchNorm2d(0).to(device), x, backend=backend)
 
 
-def test_backend_choice_is_marked_constant_for_dynamo_without_importing_it() -> None:
+def test_backend_choice_is_marked_constant_for_dynamo_without_importing_it(tmp_path) -> None:
     """_choose carries the mark torch.compiler.assume_constant_result gives (what lets torch.compile trace
     batch_norm_act in one graph: test_cornet_fuse_training), set without importing torch._dynamo, half of
     ``import fastalign``'s time; if torch's decorator stops setting that attribute, this fails."""
@@ -657,5 +657,7 @@ def test_backend_choice_is_marked_constant_for_dynamo_without_importing_it() -> 
     assert getattr(torch.compiler.assume_constant_result(probe), "_dynamo_marked_constant", False) is True
     assert getattr(api._choose, "_dynamo_marked_constant", False) is True
     code = "import sys, fastalign; print('torch._dynamo' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False", out

@@ -594,7 +594,7 @@ def test_rdm_tiles_give_the_same_bits_with_and_without_avx512(tmp_path) -> None:
     for off in ("0", "1"):
         path = tmp_path / f"tiles{off}.pt"
         env = {**os.environ, "FASTALIGN_NO_AVX512": off}
-        subprocess.run([sys.executable, "-c", _TILE_SCRIPT, str(path)], check=True, env=env)
+        subprocess.run([sys.executable, "-c", _TILE_SCRIPT, str(path)], cwd=tmp_path, check=True, env=env)
         got.append(torch.load(path))
     assert len(got[0]) == len(got[1]) == 84
     for a, b in zip(*got, strict=True):  # (NaN: a 3-condition RDM whose Spearman is undefined)
