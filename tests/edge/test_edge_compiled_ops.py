@@ -45,6 +45,7 @@ RSA_OPS = {
     "rsa_centered_ranks",
     "rsa_rdm_direct",
     "rsa_rdm_compare",
+    "rsa_spearman_ceiling",
     "rsa_kendall_tau_a",
     "rsa_permute_condensed",
     "rsa_cluster_null",
@@ -204,6 +205,49 @@ def test_rsa_rdm_compare(rdm_method: str, method: str, how: str) -> None:
     assert_close(
         out, want, torch.float64, f"rsa_rdm_compare {rdm_method} {method}", scale=float(np.abs(want).max())
     )
+
+
+# -------------------------------------------------------------------------------------- rsa_spearman_ceiling
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    return float(ra @ rb) / den if den > 0 else math.nan
+
+
+@EDGE_SETTINGS
+@given(
+    s=st.integers(2, 5), b=st.integers(0, 3), n=st.integers(3, 7), m=st.integers(0, 3),
+    ties=st.sampled_from(["none", "some", "integer"]), how=st.sampled_from(LAYOUTS),
+    seed=st.integers(0, 2**31),
+)  # fmt: skip
+def test_rsa_spearman_ceiling(s: int, b: int, n: int, m: int, ties: str, how: str, seed: int) -> None:
+    """Spearman similarities (S, B, M) with prepared model vectors and the Spearman noise ceiling's bounds
+    (B,) against scipy's ranks, for any layout, heavy ties, no points or no models; a constant pool (or
+    subject RDM) gives NaN where scipy has no correlation."""
+    gen = _gen(seed)
+    k = n * (n - 1) // 2
+    x = torch.randn(s, b, k, generator=gen, dtype=torch.float64)
+    if ties == "some":
+        x = x.round(decimals=0)
+    elif ties == "integer":
+        x = torch.randint(0, 3, (s, b, k), generator=gen).double()
+    x = layout(x, how)
+    models = torch.randn(m, k, generator=gen, dtype=torch.float64)
+    w = cpp.prepare(models, "spearman").contiguous() if m else torch.empty(0, k, dtype=torch.float64)
+    sims, lower, upper = OPS.rsa_spearman_ceiling(x, w)
+    assert sims.shape == (s, b, m) and lower.shape == upper.shape == (b,)
+    xs = np64(x)
+    ranks = np.stack([[stats.rankdata(xs[i, j]) for j in range(b)] for i in range(s)]).reshape(s, b, k)
+    for j in range(b):
+        want_sims = [[_spearman(xs[i, j], models[q].numpy()) for q in range(m)] for i in range(s)]
+        np.testing.assert_allclose(sims[:, j].numpy(), np.array(want_sims).reshape(s, m), atol=1e-12)
+        pool = ranks[:, j].mean(0)
+        up = np.mean([_spearman(pool, xs[i, j]) for i in range(s)])
+        lo = np.mean([_spearman((ranks[:, j].sum(0) - ranks[i, j]) / (s - 1), xs[i, j]) for i in range(s)])
+        np.testing.assert_allclose([lower[j].item(), upper[j].item()], [lo, up], atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------- rsa_kendall_tau_a
@@ -631,6 +675,7 @@ def _bad_rsa_calls() -> dict[str, object]:
         "rsa_centered_ranks": lambda: OPS.rsa_centered_ranks(x, True, torch.int32),
         "rsa_rdm_direct": lambda: OPS.rsa_rdm_direct(x[None], 7),
         "rsa_rdm_compare": lambda: OPS.rsa_rdm_compare(x[None, :3, :2], x.float()[:, :3], 0, 0),
+        "rsa_spearman_ceiling": lambda: OPS.rsa_spearman_ceiling(x[:, None].float(), x),
         "rsa_kendall_tau_a": lambda: OPS.rsa_kendall_tau_a(x, x, i32, i32),
         "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(torch.randn(1, 6), i32.expand(1, 4)),
         "rsa_cluster_null": lambda: OPS.rsa_cluster_null(x, x[:, :2], 1.0, 1),
@@ -662,6 +707,9 @@ def test_compiled_ops_with_inputs_that_require_grad(op: str) -> None:
         "rsa_centered_ranks": lambda: OPS.rsa_centered_ranks(x, True, torch.float64),
         "rsa_rdm_direct": lambda: OPS.rsa_rdm_direct(x.reshape(1, 3, 4), 0),
         "rsa_rdm_compare": lambda: OPS.rsa_rdm_compare(x.reshape(1, 3, 4), w, 0, 2),
+        "rsa_spearman_ceiling": lambda: OPS.rsa_spearman_ceiling(
+            x[:, None], torch.ones(1, 6, dtype=torch.float64)
+        )[0],
         "rsa_kendall_tau_a": lambda: OPS.rsa_kendall_tau_a(
             x, x.detach(), torch.tensor([0]), torch.tensor([1])
         ),
