@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_scripts import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
 def noxfile() -> ModuleType:
     pytest.importorskip("nox")
-    spec = importlib.util.spec_from_file_location("_noxfile", ROOT / "noxfile.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "noxfile.py", "_noxfile")
 
 
 def test_device_goes_only_to_scripts_that_take_it(noxfile: ModuleType) -> None:

@@ -5,10 +5,10 @@ where there is no checkout)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 from pathlib import Path
 
 import pytest
+from bench_scripts import BENCHMARKS, load_script
 
 import fastalign.cli.bench as bench
 from fastalign.cli import main
@@ -130,11 +130,7 @@ def test_an_installed_package_has_no_scripts(
 def test_benchmark_spreads_stay_within_the_measured_times() -> None:
     """The p20-p80 columns of every benchmark come from harness.spread: percentiles interpolated between
     measurements, never beyond them (statistics' default method put 3 runs' p20 below the fastest)."""
-    path = Path(bench.scripts()["rsa"]).with_name("harness.py")
-    spec = importlib.util.spec_from_file_location("_bench_harness", path)
-    assert spec is not None and spec.loader is not None
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
+    harness = load_script(BENCHMARKS / "harness.py", "_bench_harness")
     for times in ([162.78, 162.72, 185.7], [5.0, 1.0], [3.0, 1.0, 2.0, 5.0, 4.0], [7.5]):
         p20, p80 = harness.spread(times)
         assert min(times) <= p20 <= p80 <= max(times), (times, p20, p80)

@@ -3,30 +3,20 @@ the same run, and a provider outside its limit fails the run."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from bench_scripts import BENCHMARKS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_infonce.py"
+SCRIPT = BENCHMARKS / "bench_infonce.py"
 QUICK = ["--quick", "--device", "cpu", "--sizes", "17x5", "--reps", "1"]
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = list(sys.path)
-    spec = importlib.util.spec_from_file_location("_bench_infonce", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)  # it puts benchmarks/ on sys.path for its harness
-    finally:
-        sys.path[:] = path
-    return module
+    return load_script(SCRIPT, "_bench_infonce")
 
 
 @pytest.fixture(autouse=True)

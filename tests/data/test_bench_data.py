@@ -3,29 +3,19 @@ pipeline rebuilt, in the same run, and an output outside the limit fails the run
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from bench_scripts import BENCHMARKS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_data.py"
+SCRIPT = BENCHMARKS / "bench_data.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = list(sys.path)
-    spec = importlib.util.spec_from_file_location("_bench_data", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)  # it puts benchmarks/ on sys.path for its harness
-    finally:
-        sys.path[:] = path
-    return module
+    return load_script(SCRIPT, "_bench_data")
 
 
 def test_check_equal_is_relative_to_the_published_scale_and_fails_nan_and_shapes(bench: ModuleType) -> None:

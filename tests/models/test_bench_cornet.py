@@ -4,16 +4,14 @@ emulates)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from bench_scripts import BENCHMARKS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_cornet.py"
+SCRIPT = BENCHMARKS / "bench_cornet.py"
 # the smallest run: 32 px, fp32 inference of eager and fused, one timed call, no interleaved rounds
 TINY = ["--quick", "--device", "cpu", "--modes", "inference", "--dtypes", "fp32", "--impls", "eager",
         "fused", "--reps", "1", "--warmup", "0", "--ab-rounds", "0", "--no-memory"]  # fmt: skip
@@ -21,15 +19,7 @@ TINY = ["--quick", "--device", "cpu", "--modes", "inference", "--dtypes", "fp32"
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = list(sys.path)
-    spec = importlib.util.spec_from_file_location("_bench_cornet", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)  # it puts benchmarks/ on sys.path for its harness
-    finally:
-        sys.path[:] = path
-    return module
+    return load_script(SCRIPT, "_bench_cornet")
 
 
 @pytest.fixture(autouse=True)

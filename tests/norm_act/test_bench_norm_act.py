@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from bench_scripts import BENCHMARKS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_norm_act.py"
+SCRIPT = BENCHMARKS / "bench_norm_act.py"
 # (name, channels, H, W, residual, relu): N * H * W > 2, else training BatchNorm's dx is ~0 (see
 # test_norm_act.py's shapes); 67 channels: not a multiple of any block size
 LAYERS = [("skip+relu", 67, 5, 7, True, True), ("bn", 3, 6, 5, False, False)]
@@ -19,15 +17,7 @@ LAYERS = [("skip+relu", 67, 5, 7, True, True), ("bn", 3, 6, 5, False, False)]
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = list(sys.path)
-    spec = importlib.util.spec_from_file_location("_bench_norm_act", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)  # it puts benchmarks/ on sys.path for its harness
-    finally:
-        sys.path[:] = path
-    return module
+    return load_script(SCRIPT, "_bench_norm_act")
 
 
 def _row(bench: ModuleType, layer: tuple, dtype_name: str, impl: str, op: Any, device: str) -> dict:

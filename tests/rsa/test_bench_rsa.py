@@ -4,9 +4,6 @@ ranks exactly, p-values by their counts, and a provider outside its limit fails 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -14,21 +11,14 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
+from bench_scripts import BENCHMARKS, load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_rsa.py"
+SCRIPT = BENCHMARKS / "bench_rsa.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    path = list(sys.path)
-    spec = importlib.util.spec_from_file_location("_bench_rsa", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)  # it puts benchmarks/ on sys.path for its harness
-    finally:
-        sys.path[:] = path
-    return module
+    return load_script(SCRIPT, "_bench_rsa")
 
 
 def _args(**kw: Any) -> argparse.Namespace:

@@ -1,0 +1,26 @@
+"""The benchmark scripts and the noxfile of this tree loaded as modules, for the tests of their checks
+and helpers (a script's top level runs: imports and constants, not its main)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """The Python file at ``path`` as a module called ``name``; sys.path is left as it was (a bench script
+    puts benchmarks/ on it for its harness)."""
+    saved = list(sys.path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module
