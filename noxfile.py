@@ -116,7 +116,7 @@ def cuda_compile(session: nox.Session) -> None:
 
 def script_flags(path: str) -> set[str]:
     """The options a benchmark script's parser defines, read from its source: importing it would import
-    torch and the rest, seconds a script (tests/cli/test_cli_bench.py reads them the same way)."""
+    torch and the rest, seconds a script (tests/cli/test_cli_bench.py checks every --quick with it)."""
     return {
         node.args[0].value
         for node in ast.walk(ast.parse(Path(path).read_text()))

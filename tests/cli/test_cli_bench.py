@@ -4,17 +4,15 @@ where there is no checkout)."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
-from bench_scripts import BENCHMARKS, load_script
+from bench_scripts import BENCHMARKS, ROOT, load_script
 
 import fastalign.cli.bench as bench
 from fastalign.cli import main
 
 TINY = {"infonce": (24, 8), "rdm": (9, 16), "rsa": (7, 3, 5)}
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -81,19 +79,11 @@ def test_every_script_has_a_quick_mode(this_tree: Path) -> None:
     """``nox -s benchmarks -- --quick`` and ``fastalign bench NAME --script-args=--quick`` pass --quick to
     every script. Read from each script's parser definition, not run with --help: that imports torch, MNE
     and the rest once per script, seconds each."""
+    script_flags = load_script(ROOT / "noxfile.py", "_noxfile").script_flags  # nox reads them this way
     found = bench.scripts()
     assert len(found) >= 10
     for name, path in found.items():
-        flags = {
-            node.args[0].value
-            for node in ast.walk(ast.parse(Path(path).read_text()))
-            if isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "add_argument"
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-        }
-        assert "--quick" in flags, f"benchmarks/bench_{name}.py has no --quick"
+        assert "--quick" in script_flags(path), f"benchmarks/bench_{name}.py has no --quick"
 
 
 def test_runs_scripts_with_their_arguments(
