@@ -77,15 +77,25 @@ def device_name(device: str) -> str:
     return f"{model} ({torch.get_num_threads()} threads)"
 
 
+def cpu_features() -> tuple[str, bool]:
+    """(the vector capability torch dispatches on, e.g. "AVX512" or "AVX2"; whether the CPU computes bf16
+    natively, where align's and decode's amp="auto" train in bf16)."""
+    return torch.backends.cpu.get_cpu_capability(), bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def device_slug(device: str) -> str:
-    """A file-name-safe short name of the device, used in result file names."""
+    """A file-name-safe short name of the device, used in result file names: a GPU's model, or a CPU's
+    thread count, vector capability and native bf16 (``cpu2-avx512-bf16``, ``cpu2-avx2``), so that runs
+    on CPUs that compute differently keep their own files."""
     if device.startswith("cuda"):
         name = device_name(device)
         for key in _GPU_PEAKS:
             if key in name:
                 return key.lower()
         return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return f"cpu{torch.get_num_threads()}"
+    capability, bf16 = cpu_features()
+    slug = f"cpu{torch.get_num_threads()}-{re.sub(r'[^a-z0-9]+', '', capability.lower()) or 'unknown'}"
+    return slug + ("-bf16" if bf16 else "")
 
 
 def peak_tflops(device: str, dtype: torch.dtype) -> tuple[float, str]:
@@ -264,8 +274,8 @@ def environment(device: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         # the CPU's vector capability as torch dispatches on it, and whether it computes bf16 natively
         # (align's and decode's amp="auto" train in bf16 there): the device name alone says neither
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "cpu_capability": cpu_features()[0],
+        "cpu_bf16_native": cpu_features()[1],
     }
 
 

@@ -128,3 +128,44 @@ def test_benchmark_spreads_stay_within_the_measured_times() -> None:
     assert harness.spread([7.5]) == (7.5, 7.5)
     timed = harness.time_fn(lambda: None, "cpu", warmup=0, rep=3)
     assert timed["min_ms"] <= timed["p20_ms"] <= timed["p80_ms"] <= timed["max_ms"]
+
+
+def test_result_files_of_cpus_that_compute_differently_do_not_overwrite_each_other(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A CPU result file is named by thread count, vector capability and native bf16: an AVX2 run and an
+    AVX-512 run of the same benchmark (on the same thread count) keep their own files."""
+    harness = load_script(BENCHMARKS / "harness.py", "_bench_harness")
+    monkeypatch.setattr(harness.torch, "get_num_threads", lambda: 2)
+    paths = []
+    for features, slug in (
+        (("AVX512", True), "cpu2-avx512-bf16"),
+        (("AVX2", False), "cpu2-avx2"),
+        (("AVX512", False), "cpu2-avx512"),
+    ):
+        monkeypatch.setattr(harness, "cpu_features", lambda f=features: f)
+        assert harness.device_slug("cpu") == slug
+        paths.append(harness.save("x", "cpu", [{"a": 1}], folder=str(tmp_path)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"x-{s}.json" for s in ("cpu2-avx512-bf16", "cpu2-avx2", "cpu2-avx512")
+    )
+    assert len(set(paths)) == 3
+
+
+def test_committed_result_files_are_named_after_their_device() -> None:
+    """Each committed result file's name ends with its CPU's kind: from the recorded capability, or, for
+    files written before it was recorded, from the CPU model (Xeon: AVX-512 with bf16; EPYC: AVX2)."""
+    import json
+
+    for path in sorted((BENCHMARKS / "results").glob("*.json")):
+        env = json.loads(path.read_text())["environment"]
+        if not env["device_slug"].startswith("cpu"):  # a GPU: its model
+            want = env["device_slug"]
+        elif "cpu_capability" in env:
+            want = f"cpu{env['threads']}-{env['cpu_capability'].lower()}" + (
+                "-bf16" if env["cpu_bf16_native"] else ""
+            )
+        else:
+            assert env["device"].startswith(("Intel(R) Xeon(R)", "AMD EPYC")), (path.name, env["device"])
+            want = "cpu2-avx512-bf16" if env["device"].startswith("Intel") else "cpu2-avx2"
+        assert path.name.endswith(f"-{want}.json"), (path.name, want)
