@@ -18,8 +18,10 @@ Equal results in the same run: every row's first call, before the timed ones, is
 network in float64 on the same input and weights: the logits (inference), or a training step's loss and
 the 2-norm of all its gradients at the initial weights (before the optimiser). Errors count relative to
 the float64 output's largest magnitude (``rel_err`` per row, ``meta.checks``): eager, the baseline,
-within harness.CHECK_BOUND of its dtype (fp32 on a GPU whose cuDNN may use TF32: float16's), every other
-implementation within twice eager's error for the same mode, dtype and batch plus harness.CHECK_FLOOR.
+within harness.CHECK_BOUND of its dtype (fp32 on a GPU whose cuDNN may use TF32: float16's; a training
+step's gradient norm within ``GRAD_NORM_BOUND``, 1e-3, as fp32's error there grows with image size and
+batch: 6.9e-5 at 224 px batch 8), every other implementation within twice eager's error for the same mode,
+dtype and batch plus harness.CHECK_FLOOR.
 A row outside its limit makes the script exit with status 1 without writing a result file. Training rows
 also record ``grad_rel_l2`` (all gradients' relative L2 distance from float64), held to no limit: at the
 random initial weights BatchNorm's backward is too ill-conditioned for single gradients (see
@@ -172,7 +174,12 @@ def apply_checks(rows: list[dict[str, Any]], device: str) -> dict[str, Any]:
     for r in rows:
         baseline = None if r["impl"] == "eager" else base.get((r["mode"], r["dtype"], r["batch"]))
         tolerance = check_dtype(r["dtype"], device)
-        result = harness.check_errors(r["rel_err"], tolerance, baseline)
+        bounds = (
+            {"grad_norm": max(GRAD_NORM_BOUND, harness.CHECK_BOUND[tolerance])}
+            if r["mode"] == "train"
+            else None
+        )
+        result = harness.check_errors(r["rel_err"], tolerance, baseline, bounds)
         r.update(limit=result["limit"], max_rel_err=max(r["rel_err"].values()), equal=result["equal"])
         checks[f"{r['mode']} {r['impl']} {r['dtype']} batch={r['batch']}"] = {
             "reference": "eager float64",
@@ -183,17 +190,25 @@ def apply_checks(rows: list[dict[str, Any]], device: str) -> dict[str, Any]:
     return checks
 
 
+# The eager (baseline) training row's gradient norm against float64: fp32's error grows with the image size
+# and batch through BatchNorm's backward at the initial weights (the 2-thread CPU: 64 px batch 4 within
+# 2e-5; 224 px batch 8 6.9e-5), so it is held to this, not to CHECK_BOUND["float32"]; other rows of the
+# same mode, dtype and batch stay within twice eager's error.
+GRAD_NORM_BOUND = 1e-3
+
 CHECK_TOLERANCE = (
     "each row's first call (inference: the logits; training: the loss and the 2-norm of all gradients "
     "together, at the initial weights) against the eager network in float64 on the same input and "
     "weights; errors relative to the largest float64 magnitude of each output; eager within "
     "CHECK_BOUND of the row's dtype (fp32 on a GPU with cuDNN TF32 allowed: float16's, TF32's 10-bit "
     "mantissa), every other implementation within 2 x eager's error (same mode, dtype, batch) + "
-    f"CHECK_FLOOR; CHECK_BOUND {harness.CHECK_BOUND}, CHECK_FLOOR {harness.CHECK_FLOOR}. Training rows "
+    f"CHECK_FLOOR; CHECK_BOUND {harness.CHECK_BOUND}, CHECK_FLOOR {harness.CHECK_FLOOR}; eager training's "
+    f"grad_norm within max({GRAD_NORM_BOUND}, CHECK_BOUND) (fp32's error grows with image size and batch "
+    "through BatchNorm's backward: 2e-5 at 64 px batch 4, 6.9e-5 at 224 px batch 8). Training rows "
     "also record grad_rel_l2, ||g - g64|| / ||g64|| over all gradients, held to no limit: BatchNorm's "
     "backward in training mode at the random initial weights is ill-conditioned (the 2-thread CPU, 64 px, "
     "batch 4: fp32 gradients within 2e-5 of float64 except the first conv's, 7e-3 of its largest "
-    "magnitude; bf16 autocast 0.1-0.8 of each gradient's largest magnitude), which the norm is not"
+    "magnitude; bf16 autocast 0.1-0.8 of each gradient's largest magnitude), more than their norm"
 )
 
 
