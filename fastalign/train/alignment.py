@@ -1073,6 +1073,9 @@ def align(
             optimizer=adam, seed=seed, amp=amp, resume=resume,
             overwrite=overwrite, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
             num_workers=num_workers, drop_last=True,
+            # every sample is a fixed function of its index (the images are resized, never augmented), so
+            # a resume with other workers is the same run: fit's warning about random draws is not for it
+            data_draws_random=False,
             hooks=[recipe, *hooks], progress=progress, device=target_device,
         )  # fmt: skip
         require_selected(_FN, result)

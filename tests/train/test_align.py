@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -615,14 +616,20 @@ def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """... and the resumed run takes the teacher's targets that the killed run computed (one process keeps
-    what the starting weights and the images determine)."""
+    what the starting weights and the images determine). It resumes with another num_workers (a machine
+    with other cores), which fit warned made the run not bitwise an uninterrupted one: align's samples
+    draw no random numbers, so it is that run, and nothing is said."""
     passes = _count_passes(monkeypatch)
     out = tmp_path / "run"
     with pytest.raises(Kill):
         align(synth.root, 1, out=out, progress=False, hooks=[KillAt(2)], **RUN)  # in epoch 2
     assert [os.path.basename(p) for p in RunFolder(out).checkpoints()] == ["epoch-0001.pt"]
     teacher_passes = passes["teacher"]
-    resumed = align(synth.root, 1, out=out, progress=False, resume=True, **RUN)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = align(synth.root, 1, out=out, progress=False, resume=True, num_workers=1, **RUN)
+    assert not [str(w.message) for w in caught if "num_workers" in str(w.message)]
+    assert RunFolder(out).read_config()["fit"]["num_workers"] == 1  # recorded all the same
     assert passes["teacher"] == teacher_passes
     assert resumed.summary["resumed_at"] == [1] and resumed.summary["epochs_run"] == 2
     assert [os.path.basename(p) for p in resumed.run.checkpoints()] == ["epoch-0002.pt"]  # the newest kept
