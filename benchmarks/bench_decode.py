@@ -82,6 +82,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
+from fastalign.cli.common import nonnegative_int, positive_int
 from fastalign.data import BrainImageDataset, normalize_embeddings, train_val_split
 from fastalign.models.encoders import brain_encoder
 from fastalign.train import fit
@@ -840,13 +841,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 1,024 images, 2 rounds of 1 step, no file"
     )
-    p.add_argument("--n-images", type=int, default=None, help=f"training images (default {N_IMAGES})")
-    p.add_argument("--embed-dim", type=int, default=EMBED_DIM)
-    p.add_argument("--steps", type=int, default=None, help="steps per variant per round; 0: whole epochs "
-                   "(default: CPU 2, CUDA 0)")  # fmt: skip
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, --quick 2)")
-    p.add_argument("--workers", type=int, default=None, help="published DataLoader workers (default: "
-                   "CUDA 4, the published --n_workers; CPU 0)")  # fmt: skip
+    p.add_argument(
+        "--n-images", type=positive_int, default=None, help=f"training images (default {N_IMAGES})"
+    )
+    p.add_argument("--embed-dim", type=positive_int, default=EMBED_DIM)
+    p.add_argument("--steps", type=nonnegative_int, default=None, help="steps per variant per round; 0: "
+                   "whole epochs (default: CPU 2, CUDA 0)")  # fmt: skip
+    p.add_argument(
+        "--rounds", type=positive_int, default=None, help="interleaved rounds (default 5, --quick 2)"
+    )
+    p.add_argument("--workers", type=nonnegative_int, default=None, help="published DataLoader workers "
+                   "(default: CUDA 4, the published --n_workers; CPU 0)")  # fmt: skip
     p.add_argument("--data-dir", default=None, help="where the published files are written, kept and reused "
                    "when they match (--quick: DIR-quick); default: a temporary folder deleted at the end "
                    "(4.2 GB at the published size)")  # fmt: skip
