@@ -55,6 +55,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
+from fastalign.cli.common import nonnegative_int, positive_int
 from fastalign.models import cornet_s, fuse
 from fastalign.models.cornet.fused import mkldnn_dtype_unsupported
 
@@ -475,24 +476,26 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if cuda else "cpu")
-    p.add_argument("--batches", type=int, nargs="+", default=None)
+    p.add_argument("--batches", type=positive_int, nargs="+", default=None)
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     p.add_argument("--impls", nargs="+", default=None, help="eager compile fused fused+cudagraph")
     p.add_argument("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"])
-    p.add_argument("--train-batches", type=int, nargs="+", default=None)
-    p.add_argument("--size", type=int, default=None, help="image size (default 224, --quick 32)")
+    p.add_argument("--train-batches", type=positive_int, nargs="+", default=None)
+    p.add_argument("--size", type=positive_int, default=None, help="image size (default 224, --quick 32)")
     p.add_argument("--eager-layout", choices=["auto", "NCHW", "channels_last"], default="auto")
     p.add_argument("--train-dtypes", nargs="+", default=None, choices=list(DTYPES))
-    p.add_argument("--train-reps", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--train-reps", type=positive_int, default=None)
+    p.add_argument("--warmup", type=nonnegative_int, default=None)
+    p.add_argument("--reps", type=positive_int, default=None)
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--compile-dtypes", nargs="+", default=None, choices=list(DTYPES))
     p.add_argument("--train-impls", nargs="+", default=None, help="eager compile fused fused+compile")
-    p.add_argument("--ab-rounds", type=int, default=None, help="interleaved eager/fused rounds (0: none)")
+    p.add_argument(
+        "--ab-rounds", type=nonnegative_int, default=None, help="interleaved eager/fused rounds (0: none)"
+    )
     p.add_argument(
         "--fallback-rounds",
-        type=int,
+        type=nonnegative_int,
         default=0,
         help="instead of the rows above: interleaved rounds comparing bf16/fp16 on a CPU whose oneDNN "
         "lacks them (fuse()'s float32 fallback, the native-kernel alternative, eager, fp32), first batch",

@@ -48,6 +48,7 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import harness
 
+from fastalign.cli.common import positive_int, positive_real
 from fastalign.contrastive import correlation_contrastive_loss
 
 SIZES = [(16, 340), (16, 1024), (256, 340), (4096, 340), (16384, 1024)]
@@ -215,16 +216,14 @@ def bench(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sizes", nargs="*", help="BxD pairs, e.g. 16x340")
-    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--sizes", nargs="*", type=harness.size_pair, help="BxD pairs, e.g. 16x340")
+    p.add_argument("--reps", type=positive_int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny sizes, no result file")
-    p.add_argument("--max-gib", type=float, default=2.0, help="skip B x B providers above this memory")
-    args = p.parse_args(argv)
-    sizes = (
-        [tuple(map(int, s.split("x"))) for s in args.sizes]
-        if args.sizes
-        else (QUICK_SIZES if args.quick else SIZES)
+    p.add_argument(
+        "--max-gib", type=positive_real, default=2.0, help="skip B x B providers above this memory"
     )
+    args = p.parse_args(argv)
+    sizes = args.sizes if args.sizes else (QUICK_SIZES if args.quick else SIZES)
     reps = args.reps or (3 if args.quick else 15)
     rows, checks = bench(args.device, sizes, reps, int(args.max_gib * 2**30))  # type: ignore[arg-type]
     differ = [k for k, v in checks.items() if not v["equal"]]

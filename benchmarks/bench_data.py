@@ -47,6 +47,7 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import harness
 
+from fastalign.cli.common import positive_int
 from fastalign.data import make_synthetic_things, mvnn, preprocess_things_eeg2
 from fastalign.data.reference import published_mvnn, published_preprocess
 
@@ -193,9 +194,9 @@ def bench_preprocess(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.125, 0.25],
+    p.add_argument("--fractions", type=harness.fraction, nargs="+", default=[0.125, 0.25],
                    help="fractions of the 16,540 training images for the preprocessing runs")  # fmt: skip
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions of fastalign's MVNN")
+    p.add_argument("--reps", type=positive_int, default=3, help="timed repetitions of fastalign's MVNN")
     full_help = "only preprocess one full published-size subject, both ways (hours, 5+ GB): results/data_full"
     p.add_argument("--full", action="store_true", help=full_help)
     p.add_argument("--no-save", action="store_true")

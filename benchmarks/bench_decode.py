@@ -35,8 +35,11 @@ Before timing, both compute the loss on the same batch (the same 128 images) fro
 fp32 with the same dropout masks, which must agree to 1e-5 (``meta.equal_losses``; the published loop's
 own autocast loss is shown beside it), and their gradients are compared (``meta.equal_gradients``).
 Every timed variant is also checked in its own precision against the published step in float64
-(:func:`check_precisions`, ``meta.checks``, harness.check_errors' rule). A failed check makes the
-script exit with status 1 without writing a result file.
+(:func:`check_precisions`, ``meta.checks``, harness.check_errors' rule), and each timed loop's training
+loss must be finite after its warm-up step and after the rounds (``meta.loop_losses``). The checks are
+looked at after the warm-up step, before the timed rounds: a failed one ends the script there with status
+1 (a wrong result fails in seconds, not after the rounds); after the rounds they are looked at again with
+the loops' last losses, and a failure then writes no result file either (:func:`failures`).
 
 On a CPU an epoch (116 steps of either loop) takes far too long for repeated rounds, so each round times a
 fixed number of steps per variant (``--steps``; ``--steps 0``: whole epochs, the default on CUDA): the
@@ -82,6 +85,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
+from fastalign.cli.common import nonnegative_int, positive_int
 from fastalign.data import BrainImageDataset, normalize_embeddings, train_val_split
 from fastalign.models.encoders import brain_encoder
 from fastalign.train import fit
@@ -404,6 +408,7 @@ class PublishedLoop:
         with warnings.catch_warnings():  # torch says that it disables the CUDA scaler on a CPU
             warnings.simplefilter("ignore")
             self.scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda"))
+        self.last_loss = math.nan  # the last step's training loss (what ``failures`` checks)
 
     def __call__(self, steps: int) -> int:
         self.enc.train()
@@ -412,7 +417,7 @@ class PublishedLoop:
             for data, _ in self.loader:
                 self.opt.zero_grad()
                 loss = published_loss(self.enc, self.clip, data, self.device, self.autocast)
-                loss.item()  # loss_epoch.append(loss.item())
+                self.last_loss = loss.item()  # loss_epoch.append(loss.item())
                 self.scaler.scale(loss).backward()
                 self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.enc.parameters(), 1.0)
@@ -442,6 +447,7 @@ class FastalignLoop:
         self.step = functools.partial(_step, images=images.to(device))
         self.amp = amp
         self.calls = 0
+        self.last_loss = math.nan  # the last epoch's mean training loss (what ``failures`` checks)
 
     def __call__(self, steps: int) -> tuple[int, float]:
         """(steps run, fit's epoch_time in seconds)."""
@@ -457,6 +463,7 @@ class FastalignLoop:
             scheduler_interval="epoch", overwrite=True, progress=False, tensorboard=False,
             device=self.device, config={"benchmark": NAME},
         )  # fmt: skip
+        self.last_loss = float(result.history[-1]["train_loss"])
         return n // BATCH, float(result.history[-1]["epoch_time"])  # drop_last, as decode
 
 
@@ -650,6 +657,25 @@ def _check(
             **result, "unheld": {k: v for k, v in rel.items() if k not in held}}  # fmt: skip
 
 
+def failures(meta: dict[str, Any]) -> list[str]:
+    """Every failed check of ``meta``, one message each: the two fp32 losses' agreement
+    (``equal_losses``), each variant against float64 (``checks``) and each timed loop's last training
+    loss, which must be finite (``loop_losses``: after the warm-up step, and after the rounds)."""
+    out = []
+    if not meta["equal_losses"]["equal"]:
+        out.append(f"LOSSES DIFFER by more than {TOLERANCE}: {meta['equal_losses']}")
+    out += [
+        f"RESULTS DIFFER from float64 beyond the limit: {name}: {check}"
+        for name, check in meta["checks"].items()
+        if not check["equal"]
+    ]
+    for when, losses in meta["loop_losses"].items():
+        bad = {name: loss for name, loss in losses.items() if not math.isfinite(loss)}
+        if bad:
+            out.append(f"TRAINING LOSS NOT FINITE after the {when}: {bad}")
+    return out
+
+
 # ------------------------------------------------------------------------------------ timing
 
 
@@ -724,6 +750,11 @@ def _rounds(
     return step_ms, peaks
 
 
+def _last_losses(variants: list[tuple[str, str, Any]]) -> dict[str, float]:
+    """Each timed loop's (PublishedLoop's, FastalignLoop's) last training loss."""
+    return {name: float(loop.last_loss) for name, _, loop in variants}
+
+
 def bench(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     device = args.device
     seconds: dict[str, float] = {}
@@ -787,9 +818,14 @@ def bench(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any
             t0 = time.perf_counter()
             fn(1)
             print(f"warmed up {name} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        checked: dict[str, Any] = {"equal_losses": losses, "equal_gradients": grads, "checks": checks}
+        checked["loop_losses"] = {"warm-up step": _last_losses(variants)}
+        if failures(checked):  # a wrong result ends the run here, not after minutes (hours) of rounds
+            return [], {**checked, "seconds": seconds, "timed": "no: a check failed before the rounds"}
         t0 = time.perf_counter()
         step_ms, peaks = _rounds(variants, args)
         seconds["rounds"] = time.perf_counter() - t0
+        checked["loop_losses"]["rounds"] = _last_losses(variants)
 
     rows = [
         {**_row(name, prec, times, peak, step_ms, args), "rel_err": checks[name]["rel_err"],
@@ -814,9 +850,7 @@ def bench(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any
         }
     )
     meta = {
-        "equal_losses": losses,
-        "equal_gradients": grads,
-        "checks": checks,
+        **checked,
         "check_tolerance": (
             "each variant's loss and gradient (all encoder parameters but the two conv biases before a "
             "BatchNorm, whose exact gradient is 0) in its timed precision, same 128 images, weights and "
@@ -840,13 +874,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 1,024 images, 2 rounds of 1 step, no file"
     )
-    p.add_argument("--n-images", type=int, default=None, help=f"training images (default {N_IMAGES})")
-    p.add_argument("--embed-dim", type=int, default=EMBED_DIM)
-    p.add_argument("--steps", type=int, default=None, help="steps per variant per round; 0: whole epochs "
-                   "(default: CPU 2, CUDA 0)")  # fmt: skip
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, --quick 2)")
-    p.add_argument("--workers", type=int, default=None, help="published DataLoader workers (default: "
-                   "CUDA 4, the published --n_workers; CPU 0)")  # fmt: skip
+    p.add_argument(
+        "--n-images", type=positive_int, default=None, help=f"training images (default {N_IMAGES})"
+    )
+    p.add_argument("--embed-dim", type=positive_int, default=EMBED_DIM)
+    p.add_argument("--steps", type=nonnegative_int, default=None, help="steps per variant per round; 0: "
+                   "whole epochs (default: CPU 2, CUDA 0)")  # fmt: skip
+    p.add_argument(
+        "--rounds", type=positive_int, default=None, help="interleaved rounds (default 5, --quick 2)"
+    )
+    p.add_argument("--workers", type=nonnegative_int, default=None, help="published DataLoader workers "
+                   "(default: CUDA 4, the published --n_workers; CPU 0)")  # fmt: skip
     p.add_argument("--data-dir", default=None, help="where the published files are written, kept and reused "
                    "when they match (--quick: DIR-quick); default: a temporary folder deleted at the end "
                    "(4.2 GB at the published size)")  # fmt: skip
@@ -896,13 +934,9 @@ def main(argv: list[str] | None = None) -> int:
         **meta,
     }
     print("load average start/end:", load_start, meta["load_average_at_end"], f"wall {meta['wall_s']:.0f} s")
-    failed = not meta["equal_losses"]["equal"]
-    if failed:
-        print(f"LOSSES DIFFER by more than {TOLERANCE}: {meta['equal_losses']}", file=sys.stderr)
-    for name, check in meta["checks"].items():
-        if not check["equal"]:
-            failed = True
-            print(f"RESULTS DIFFER from float64 beyond the limit: {name}: {check}", file=sys.stderr)
+    failed = failures(meta)  # bench looked before the rounds too, and stopped there on a failure
+    for line in failed:
+        print(line, file=sys.stderr)
     if failed:
         return 1
     if args.quick:

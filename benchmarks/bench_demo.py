@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 import torch
 
+from fastalign.cli.common import positive_int, seed
+
 NAME = "demo"
 COLUMNS = [
     ["run", "run"],
@@ -90,8 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where the demos' models run (their --device)")  # fmt: skip
     p.add_argument("--runs", nargs="+", choices=("quick", "full"), default=["quick", "full"])
-    p.add_argument("--rounds", type=int, default=2, help="each run this many times, interleaved (default 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--rounds", type=positive_int, default=2, help="each run this many times, interleaved (default 2)"
+    )
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--no-save", action="store_true", help="print, write no result file")
     p.add_argument("--keep", metavar="DIR", help="keep the demos' folders in DIR/quick, DIR/full")
     p.add_argument("--quick", action="store_true", help="--runs quick --rounds 1 --no-save: a smoke run")

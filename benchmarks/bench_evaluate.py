@@ -86,6 +86,7 @@ import mne
 
 import fastalign as fa
 import fastalign.eval as fe
+from fastalign.cli.common import positive_int
 from fastalign.rsa.stats import spearman_rsa_and_noise_ceiling
 from fastalign.train import keep_freed_memory
 
@@ -774,13 +775,19 @@ def bench_widths(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     p.add_argument("--cases", nargs="*", default=["evaluate", "widths"], choices=["evaluate", "widths"])
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, --quick 2)")
     p.add_argument(
-        "--threads", type=int, nargs="*", default=[1], help="also run each CPU provider on this many threads"
+        "--rounds", type=positive_int, default=None, help="interleaved rounds (default 5, --quick 2)"
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        nargs="*",
+        default=[1],
+        help="also run each CPU provider on this many threads",
     )
     p.add_argument(
         "--plain-malloc", action="store_true",
@@ -789,7 +796,7 @@ def main() -> None:
     p.add_argument(
         "--out", default=harness.RESULTS, help="folder of the result file (default benchmarks/results)"
     )
-    args = p.parse_args()
+    args = p.parse_args(argv)
     # As `fastalign evaluate` (fastalign.cli.entry): freed blocks are kept for reuse instead of being
     # unmapped and faulted in again; one process setting, so every provider runs under it.
     kept = False if args.plain_malloc else keep_freed_memory()

@@ -34,6 +34,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import harness
 
 import fastalign
+from fastalign.cli.common import positive_int
 
 GPU_SIZES = [(n, d) for n in (4096, 16384, 32768, 65536, 131072, 262144) for d in (512, 768, 1024)]
 CPU_SIZES = [(1024, 512), (4096, 512), (8192, 512), (16384, 512)]
@@ -171,17 +172,13 @@ def bench(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sizes", nargs="*", help="NxD pairs, e.g. 4096x512")
+    p.add_argument("--sizes", nargs="*", type=harness.size_pair, help="NxD pairs, e.g. 4096x512")
     p.add_argument("--dtypes", nargs="*", default=None, help="float32 bfloat16 ...")
-    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--reps", type=positive_int, default=None)
     p.add_argument("--quick", action="store_true", help="tiny sizes, no result file")
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
-    sizes = (
-        [tuple(map(int, s.split("x"))) for s in args.sizes]
-        if args.sizes
-        else (QUICK_SIZES if args.quick else GPU_SIZES if gpu else CPU_SIZES)
-    )
+    sizes = args.sizes if args.sizes else (QUICK_SIZES if args.quick else GPU_SIZES if gpu else CPU_SIZES)
     names = args.dtypes or (["float32", "bfloat16"] if gpu else ["float32"])
     for name in names:
         if name not in harness.CHECK_BOUND:

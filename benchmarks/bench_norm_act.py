@@ -40,6 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 
+from fastalign.cli.common import nonnegative_int, positive_int
 from fastalign.norm_act import batch_norm_act
 
 NAME = "norm_act"
@@ -233,11 +234,11 @@ def check_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--batches", type=positive_int, nargs="+", default=[64, 256])
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--impls", nargs="+", default=["eager", "compile", "triton"])
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--warmup", type=nonnegative_int, default=5)
+    p.add_argument("--reps", type=positive_int, default=30)
     p.add_argument("--quick", action="store_true", help="batch 2, one layer per kind of tail, no result file")
     args = p.parse_args(argv)
     layers = LAYERS

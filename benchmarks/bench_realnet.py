@@ -70,6 +70,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness
 from bench_correlation import PUBLISHED_PEARSON, published_torchmetrics
 
+from fastalign.cli.common import nonnegative_int, positive_int
 from fastalign.contrastive import correlation_contrastive_loss
 from fastalign.models import CORnetS, ReAlnet
 from fastalign.norm_act import batch_norm_act
@@ -482,11 +483,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="smoke run: 32 px, 2 rounds, no result file")
-    p.add_argument("--size", type=int, default=None, help="image size (default 224, --quick 32)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--n-out", type=int, default=340, help="response size (340 EEG, 1024 fMRI)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, --quick 2)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant before the rounds")
+    p.add_argument("--size", type=positive_int, default=None, help="image size (default 224, --quick 32)")
+    p.add_argument("--batch", type=positive_int, default=16)
+    p.add_argument("--n-out", type=positive_int, default=340, help="response size (340 EEG, 1024 fMRI)")
+    p.add_argument(
+        "--rounds", type=positive_int, default=None, help="interleaved rounds (default 5, --quick 2)"
+    )
+    p.add_argument(
+        "--warmup", type=nonnegative_int, default=1, help="untimed steps per variant before the rounds"
+    )
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--name", default=NAME, help="result file results/NAME-DEVICE.json")

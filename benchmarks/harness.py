@@ -7,8 +7,10 @@ CUDA work is timed with events, CPU work with perf_counter.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
@@ -138,6 +140,34 @@ def peak_bandwidth_gbs(device: str) -> tuple[float, str]:
                 return gbs, f"{gpu} datasheet HBM bandwidth"
         return float("nan"), f"no datasheet bandwidth known for {name}"
     return float("nan"), "no datasheet bandwidth for CPUs"
+
+
+# The scripts' number flags take the fastalign command's types (fastalign.cli.common: positive_int,
+# nonnegative_int, positive_real, seed) and these two, so that a malformed or out-of-range value is a usage
+# error (argparse's message naming the flag, exit status 2) before anything runs, never a traceback.
+def size_pair(text: str) -> tuple[int, int]:
+    """An argparse type for ``--sizes``: two positive integers joined by ``x`` (``4096x512``)."""
+    first, sep, second = text.partition("x")
+    try:
+        pair = (int(first), int(second)) if sep else (0, 0)
+    except ValueError:
+        pair = (0, 0)
+    if min(pair) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected two positive integers joined by x (e.g. 16x340), got {text!r}"
+        )
+    return pair
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a share of a whole, a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
 
 
 def _sync(device: str) -> None:

@@ -47,6 +47,36 @@ def numbers(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if isinstance(v, (int, float))}
 
 
+def record(
+    name: str, settings: dict[str, Any], results: dict[str, Any], table: str, load_before: float
+) -> dict[str, Any]:
+    """A study's JSON: its settings, results and table, with the provenance every result file carries:
+    harness.environment (commit, versions, date, threads, CPU capability) of the device the study's runs
+    used (align, decode and evaluate default to ``cuda:LOCAL_RANK`` where CUDA is, else the CPU: a fixed
+    "cpu" named the CPU whatever they ran on), the machine and the load average before and after."""
+    from fastalign.train.distributed import default_device, planned
+
+    # imported after the run: harness fixes glibc's mmap threshold at import (for its peak-memory
+    # numbers), which would slow the study's training, unlike the fastalign program's setting
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import harness
+
+    environment = {
+        **harness.environment(str(default_device(planned()))),
+        "machine": platform.processor() or platform.machine(),
+        "load_avg_before_after": [load_before, os.getloadavg()[0]],
+    }
+    return {
+        "study": name,
+        "settings": settings,
+        "results": results,
+        "table": table,
+        "environment": environment,
+    }
+
+
 def main(
     name: str,
     doc: str,
@@ -67,23 +97,7 @@ def main(
     with tempfile.TemporaryDirectory(prefix="fastalign-study-") as root:
         results = run(settings, root)
     results["seconds"]["total"] = time.perf_counter() - begin
-    # imported after the run: harness fixes glibc's mmap threshold at import (for its peak-memory
-    # numbers), which would slow the study's training, unlike the fastalign program's setting
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import harness
-
-    out = {
-        "study": name,
-        "settings": settings,
-        "results": results,
-        "table": table(results, settings),
-        "environment": {
-            # the benchmarks' record: CPU model, commit, vector capability (the studies had none)
-            **harness.environment("cpu"),
-            "machine": platform.processor() or platform.machine(),
-            "load_avg_before_after": [load_before, os.getloadavg()[0]],
-        },
-    }
+    out = record(name, settings, results, table(results, settings), load_before)
     print(out["table"])
     print(f"time (s): {json.dumps({k: round(v, 1) for k, v in results['seconds'].items()})}")
     if not args.no_save and not args.quick:

@@ -12,7 +12,7 @@ embeddings, over several seeds: the true features of the synthetic brain (the ce
 This is a study, not a speed benchmark: its JSON (settings, every run's summary, the means and SEMs, the
 time taken) goes to ``benchmarks/results/studies/``, which render.py does not render.
 
-    python benchmarks/study_decoding.py                    # ~6 minutes on a 2-core CPU
+    python benchmarks/study_decoding.py                    # ~7 minutes on a 2-core CPU
     python benchmarks/study_decoding.py --quick --no-save  # a smoke run at toy sizes
 """
 

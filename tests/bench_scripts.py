@@ -13,14 +13,19 @@ BENCHMARKS = ROOT / "benchmarks"
 
 
 def load_script(path: Path, name: str) -> ModuleType:
-    """The Python file at ``path`` as a module called ``name``; sys.path is left as it was (a bench script
-    puts benchmarks/ on it for its harness)."""
+    """The Python file at ``path`` as a module called ``name``, registered in sys.modules as importlib's
+    recipe does (a dataclass's string annotations are resolved through it: bench_evaluate.py's); sys.path
+    is left as it was (a bench script puts benchmarks/ on it for its harness)."""
     saved = list(sys.path)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     finally:
         sys.path[:] = saved
     return module

@@ -151,8 +151,22 @@ def _run(args: argparse.Namespace) -> int:
     result = decode(args.data, args.subject, **kwargs)
     if rank0():
         runs = [(seed, f.run.path, f.summary) for seed, f in zip(args.seed, result.fits, strict=True)]
-        print("\n".join(describe(runs, result.summary)))
+        configs = [f.run.read_config()["config"] for f in result.fits]
+        print("\n".join([decoded_with(configs, result.summary), *describe(runs, result.summary)]))
     return 0
+
+
+def decoded_with(configs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    """The printed line that says what the numbers below are of: the subject decoded (and the subjects
+    trained on, when others) and the image model as each run's config.json describes it (its layer and
+    weights, ReAlnet run folder or seed), with the subject a ReAlnet run was aligned to (``summary``)."""
+    subject = configs[0]["subject"]
+    trained = configs[0].get("train_subjects", [subject])
+    on = "" if trained == [subject] else f" (trained on {', '.join(f'sub-{s:02d}' for s in trained)})"
+    models = list(dict.fromkeys(c["image_model"] for c in configs))
+    what = f"the image model {models[0]}" if len(models) == 1 else f"the image models {', '.join(models)}"
+    aligned = summary.get("image_model_aligned_to")
+    return f"decoding sub-{subject:02d}{on} against {what}" + (f", aligned to {aligned}" if aligned else "")
 
 
 def _topk(values: dict[str, Any], sem: bool = False) -> str:
@@ -163,8 +177,8 @@ def _topk(values: dict[str, Any], sem: bool = False) -> str:
 
 
 def describe(runs: list[tuple[int, str, dict[str, Any]]], summary: dict[str, Any]) -> list[str]:
-    """The printed result: one line per (seed, run folder, its summary), the mean +- SEM over seeds (of
-    ``summary``, when several) and chance."""
+    """The printed result under :func:`decoded_with`'s line: one line per (seed, run folder, its summary),
+    the mean +- SEM over seeds (of ``summary``, when several) and chance."""
     lines = [
         f"seed {seed} {path}: {_topk(s)} (best epoch {s['best_epoch']} of {s['epochs_run']})"
         for seed, path, s in runs

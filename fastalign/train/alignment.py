@@ -392,6 +392,98 @@ def _fmri_responses(
     return out, {"rois": rois if rois is None or isinstance(rois, str) else list(rois)}
 
 
+def _image_paths(root: str) -> dict[str, list[str]]:
+    """The training and test image files of image_metadata.npy, in the responses' order."""
+    meta = load_image_metadata(os.path.join(root, IMAGE_DIR))
+    return {"train": meta.paths("training"), "test": meta.paths("test")}
+
+
+@dataclass
+class _Responses:
+    """One subject's responses as read and checked, before the PCA, the z-scoring and the datasets."""
+
+    responses: dict[str, Any]
+    settings: dict[str, Any]
+    train_index: np.ndarray
+    val_index: np.ndarray
+    pairing: np.ndarray
+    pca: int | None
+
+
+def _check_selection(seed: Any, control: Any, val_fraction: Any, pca: Any) -> dict[str, Any]:
+    """The settings that select a subject's training, validation and test responses, checked."""
+    _checks.check_seed(_FN, seed, none=False)
+    control = _checks.check_choice(_FN, "control", control, (None, "unpaired"))
+    val_fraction = _checks.check_real(_FN, "val_fraction", val_fraction)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(_checks.message(_FN, "val_fraction", "a number in [0, 1)", val_fraction))
+    pca = _checks.check_int(_FN, "pca", pca, minimum=1, none=True)
+    return {"seed": seed, "control": control, "val_fraction": val_fraction, "pca": pca}
+
+
+def _check_every_subject(root: str, folder: str, modality: str, subjects: list[int], **kwargs: Any) -> None:
+    """Reads and checks every subject's responses as :func:`load_align_data` does, one subject's in memory
+    at a time, before the first subject trains: a missing or malformed file of a later subject was found
+    only when that subject's turn came, after the earlier ones had trained (hours, at the published size).
+    Costs one more read of each subject's files; no PCA is fitted and no image read.
+
+    Raises:
+        FileNotFoundError (every problem a missing file or folder) or ValueError: one error listing each
+            subject whose data failed a check, with what failed.
+    """
+    selection = _check_selection(**{k: kwargs.pop(k) for k in ("seed", "control", "val_fraction", "pca")})
+    paths = _image_paths(root)
+    problems: list[tuple[int, Exception]] = []
+    for s in subjects:
+        try:
+            _subject_responses(folder, s, modality, paths, **selection, **kwargs)
+        except (ValueError, OSError) as exc:  # the data's problems; a bad argument (TypeError) is the call's
+            problems.append((s, exc))
+    if not problems:
+        return
+    kind = FileNotFoundError if all(isinstance(e, FileNotFoundError) for _, e in problems) else ValueError
+    listed = "".join(f"\n- sub-{s:02d}: {str(e).removeprefix(f'{_FN}: ')}" for s, e in problems)
+    raise kind(
+        f"{_FN}: the data of {len(problems)} of the {len(subjects)} subjects failed their checks, which run "
+        f"before the first subject trains; none was trained:{listed}"
+    )
+
+
+def _subject_responses(
+    folder: str,
+    subject: int,
+    modality: str,
+    paths: dict[str, list[str]],
+    *,
+    seed: int,
+    control: str | None,
+    val_fraction: float,
+    channels: Any,
+    time_window: Any,
+    rois: Any,
+    pca: int | None,
+) -> _Responses:
+    """Reads one subject's responses and runs every check of :func:`load_align_data` on them (counts
+    against the image set, channels, times, ROIs, NaN, the split, the pairing and the PCA's size)."""
+    n_images = {k: len(v) for k, v in paths.items()}
+    responses: dict[str, Any]
+    if modality == "eeg":
+        responses, settings = _eeg_responses(folder, subject, channels, time_window, n_images)
+    else:
+        responses, settings = _fmri_responses(folder, subject, rois, n_images)
+    train_idx, val_idx = train_val_split(n_images["train"], val_fraction, seed)
+    pairing = _pairing(n_images["train"], train_idx, val_idx, control, seed)
+    if modality == "fmri" and pca is not None:
+        voxels = responses["train"].data.shape[2]
+        largest = min(len(train_idx), voxels)
+        if pca > largest:
+            raise ValueError(
+                f"{_FN}: pca={pca} components exceed what {len(train_idx)} training images x {voxels} "
+                f"voxels allow ({largest}); pass a smaller pca, or None (--pca none)"
+            )
+    return _Responses(responses, settings, train_idx, val_idx, pairing, pca if modality == "fmri" else None)
+
+
 def load_align_data(
     data: str | os.PathLike[str] | SyntheticThings,
     subject: int,
@@ -429,22 +521,14 @@ def load_align_data(
     folder = _modality_dir(root, modality)
     subject = _check_subject(subject, _available_subjects(root, modality), folder)
     image_size = _checks.check_int(_FN, "image_size", image_size, minimum=1)
-    _checks.check_seed(_FN, seed, none=False)
-    control = _checks.check_choice(_FN, "control", control, (None, "unpaired"))
-    val_fraction = _checks.check_real(_FN, "val_fraction", val_fraction)
-    if not 0 <= val_fraction < 1:
-        raise ValueError(_checks.message(_FN, "val_fraction", "a number in [0, 1)", val_fraction))
-    pca = _checks.check_int(_FN, "pca", pca, minimum=1, none=True)
-    meta = load_image_metadata(os.path.join(root, IMAGE_DIR))
-    paths = {"train": meta.paths("training"), "test": meta.paths("test")}
-    n_images = {k: len(v) for k, v in paths.items()}
-    responses: dict[str, Any]
-    if modality == "eeg":
-        responses, settings = _eeg_responses(folder, subject, channels, time_window, n_images)
-    else:
-        responses, settings = _fmri_responses(folder, subject, rois, n_images)
-    train_idx, val_idx = train_val_split(n_images["train"], val_fraction, seed)
-    pairing = _pairing(n_images["train"], train_idx, val_idx, control, seed)
+    selection = _check_selection(seed, control, val_fraction, pca)
+    control, val_fraction, pca = selection["control"], selection["val_fraction"], selection["pca"]
+    paths = _image_paths(root)
+    loaded = _subject_responses(
+        folder, subject, modality, paths, channels=channels, time_window=time_window, rois=rois, **selection
+    )
+    responses, settings = loaded.responses, loaded.settings
+    train_idx, val_idx, pairing = loaded.train_index, loaded.val_index, loaded.pairing
 
     def rows(r: Any, sources: np.ndarray) -> Any:
         if isinstance(r, EEGResponses):
@@ -455,17 +539,10 @@ def load_align_data(
     if len(val_idx):
         parts["val"] = rows(responses["train"], pairing[val_idx])
     if modality == "fmri" and pca is not None:
-        largest = min(parts["train"].data.shape[0], parts["train"].data.shape[2])
-        if pca > largest:
-            raise ValueError(
-                f"{_FN}: pca={pca} components exceed what {len(train_idx)} training images x "
-                f"{parts['train'].data.shape[2]} voxels allow ({largest}); pass a smaller pca, or None "
-                "(--pca none)"
-            )
         fitted = ResponsePCA(pca, seed=seed % 2**32).fit(parts["train"])
         parts = {k: fitted.transform(v) for k, v in parts.items()}
         settings["explained_variance"] = float(fitted.explained_variance_ratio.sum())
-    settings["pca"] = pca if modality == "fmri" else None
+    settings["pca"] = loaded.pca
     transform = ImageTransform(image_size, crop=False)
     sets: dict[str, BrainImageDataset] = {}
     for key, index in (("train", train_idx), ("val", val_idx), ("test", None)):
@@ -934,7 +1011,8 @@ def align(
     Args:
         data: the dataset folder (or the :class:`~fastalign.data.SyntheticThings` that wrote it).
         subject: a subject number (``out`` is its run folder), a list of them or "all" (one run folder
-            per subject, ``out/sub-XX``, each model trained from the same starting weights).
+            per subject, ``out/sub-XX``, each model trained from the same starting weights; every
+            subject's data are read and checked before the first trains).
         modality: "eeg" (ReAlnet) or "fmri" (ReAlnet-fMRI).
         out: the run folder (see :mod:`fastalign.train.run`).
         weights: None (a randomly initialised CORnet-S, seeded by ``seed``), a CORnet-S checkpoint in the
@@ -977,8 +1055,10 @@ def align(
         An :class:`AlignResult` for an int ``subject``, else a list of them in subject order.
 
     Raises:
-        FileNotFoundError: missing data or weights.
-        ValueError: bad settings or data (see :func:`load_align_data`), weights whose head does not fit
+        FileNotFoundError: missing data or weights (with several subjects: one error naming each subject
+            whose files are missing).
+        ValueError: bad settings or data (see :func:`load_align_data`; with several subjects, one error
+            naming each subject whose data fail a check, before any trains), weights whose head does not fit
             the data, or ``out`` holding a run with another config (without ``overwrite``).
         TypeError: arguments of the wrong kind.
     """
@@ -1015,6 +1095,11 @@ def align(
                 f"{_FN}: out {os.fspath(out)!r} already holds {', '.join(taken)}; pass resume=True "
                 "(--resume) to continue those runs or overwrite=True (--overwrite) to replace them"
             )
+    if not single:
+        _check_every_subject(
+            root, folder, modality, subjects, seed=seed, control=control, val_fraction=val_fraction,
+            channels=channels, time_window=time_window, rois=rois, pca=pca,
+        )  # fmt: skip
     load = functools.partial(
         load_align_data, root, modality=modality, image_size=image_size, seed=seed, control=control,
         val_fraction=val_fraction, channels=channels, time_window=time_window, rois=rois, pca=pca,
@@ -1073,6 +1158,9 @@ def align(
             optimizer=adam, seed=seed, amp=amp, resume=resume,
             overwrite=overwrite, keep_checkpoints=keep_checkpoints, clip_grad_norm=clip_grad_norm,
             num_workers=num_workers, drop_last=True,
+            # every sample is a fixed function of its index (the images are resized, never augmented), so
+            # a resume with other workers is the same run: fit's warning about random draws is not for it
+            data_draws_random=False,
             hooks=[recipe, *hooks], progress=progress, device=target_device,
         )  # fmt: skip
         require_selected(_FN, result)

@@ -67,7 +67,7 @@ from fastalign.train import distributed
 from fastalign.train.loaders import derive_seed
 from fastalign.train.loop import FitResult, FitState, Hook, fit, require_selected
 from fastalign.train.precision import resolve_amp
-from fastalign.train.run import RUN_KEYS, digest_tensors
+from fastalign.train.run import RUN_KEYS, RunFolder, digest_tensors
 
 __all__ = ["DecodeResult", "Decoder", "decode"]
 
@@ -368,6 +368,18 @@ def _image_embeddings(
     return out, source
 
 
+def _about(image_model: Any, source: str, subject: int, train_subjects: list[int]) -> dict[str, Any]:
+    """The summary's record of what was decoded with what: ``image_model`` (config.json's description:
+    the model, its layer and its weights, run folder or seed), ``subject``, ``train_subjects`` and, for a
+    ReAlnet run folder, ``image_model_aligned_to`` (the subject and modality in its config.json)."""
+    about: dict[str, Any] = {"image_model": source, "subject": subject, "train_subjects": train_subjects}
+    if isinstance(image_model, str | os.PathLike) and os.path.isdir(image_model):
+        aligned = RunFolder(os.fspath(image_model)).read_config().get("config", {})
+        if "subject" in aligned:  # align's run folder (_image_embeddings has read it as one)
+            about["image_model_aligned_to"] = f"sub-{int(aligned['subject']):02d} ({aligned.get('modality')})"
+    return about
+
+
 def _precomputed_embeddings(images: list[str], name: str, split: str, root: str) -> np.ndarray:
     """(n, d) embeddings, one ``<image stem>_<name>.npy`` per image: beside the image, else at the same
     place in AlignVis's tree ``<root>/image_embeddings/`` (for ``<root>/image_set/training_images/<concept>/
@@ -559,10 +571,17 @@ def _training_set(
 
 
 class _Retrieval(Hook):
-    """After the last epoch (rank 0): the selected model's test retrieval and its temperature."""
+    """After the last epoch (rank 0): the selected model's test retrieval and its temperature, with
+    ``about`` (the image model and the subjects: a summary read alone says what it is the result of)."""
 
-    def __init__(self, test_brain: torch.Tensor, test_images: torch.Tensor, concepts: np.ndarray) -> None:
-        self.brain, self.images, self.concepts = test_brain, test_images, concepts
+    def __init__(
+        self,
+        test_brain: torch.Tensor,
+        test_images: torch.Tensor,
+        concepts: np.ndarray,
+        about: Mapping[str, Any],
+    ) -> None:
+        self.brain, self.images, self.concepts, self.about = test_brain, test_images, concepts, about
 
     def on_fit_end(self, state: FitState) -> Mapping[str, Any] | None:
         if not state.is_main:
@@ -577,7 +596,7 @@ class _Retrieval(Hook):
         _warn_if_collapsed(z, self.images, state.step)
         out = retrieval_topk(z, self.images, concepts=self.concepts)
         out["temperature"] = model.temperature
-        return out
+        return {**out, **self.about}
 
 
 def _warn_if_collapsed(z: torch.Tensor, images: torch.Tensor, steps: int) -> None:
@@ -731,6 +750,11 @@ def _aggregate(summaries: list[dict[str, Any]], seeds: list[int]) -> dict[str, A
     # the same for every seed (one data set): the concept level's chance and counts, which
     # plot_topk_bars(concept=True) reads, as a single run's summary holds them
     out.update({k: first[k] for k in ("concept_chance", "n_concepts", "n_queries") if k in first})
+    # what was decoded with what: one image model for every seed but a random CORnet-S, drawn from each
+    out.update({k: first[k] for k in ("subject", "train_subjects", "image_model_aligned_to") if k in first})
+    models = [s.get("image_model") for s in summaries]
+    if all(models):  # runs finished before the summaries held it have it in config.json only
+        out["image_model"] = models[0] if len(set(models)) == 1 else models
     keys = [k for k, v in first.items() if k.startswith(("top", "concept_top")) or k == "temperature"]
     for k in keys:
         values = np.array([s[k] for s in summaries], dtype=np.float64)
@@ -880,6 +904,7 @@ def decode(
                 cache_dir=cache, device=target_device,
             )  # fmt: skip
         images, source = embedded[key]
+        about = _about(image_model, source, subject, sorted(brain.train))
         if key not in digests:
             digests[key] = digest_tensors(images)
         d = images["train"].shape[1]
@@ -937,8 +962,8 @@ def decode(
             optimizer=functools.partial(_optimizer, lr=lr, weight_decay=weight_decay),
             scheduler=functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=epochs),
             scheduler_interval="epoch", resume=resume, overwrite=overwrite,
-            hooks=[*extra, _Retrieval(brain.test, images["test"], concepts), *hooks], progress=progress,
-            device=target_device,
+            hooks=[*extra, _Retrieval(brain.test, images["test"], concepts, about), *hooks],
+            progress=progress, device=target_device,
         )  # fmt: skip
         results.append(require_selected(_FN, result))
         summaries.append(result.summary)

@@ -186,7 +186,7 @@ def _check_args(args: dict[str, Any]) -> None:
     _check_choice("scheduler_interval", args["scheduler_interval"], ("epoch", "step"))
     if not isinstance(args["monitor"], str):
         raise TypeError(f"fit: monitor={args['monitor']!r}; expected a metric name (str)")
-    for name in ("resume", "overwrite", "validate_initial", "drop_last", "progress"):
+    for name in ("resume", "overwrite", "validate_initial", "drop_last", "data_draws_random", "progress"):
         _check_bool(name, args[name])
     _check_bool("tensorboard", args["tensorboard"], optional=True)
     if args["resume"] and args["overwrite"]:
@@ -506,6 +506,7 @@ class _Fit:
                     resume=a["resume"],
                     overwrite=a["overwrite"],
                     locations=a["locations"],
+                    data_draws_random=a["data_draws_random"],
                 )
                 outcome = (checkpoint, None)
             except (ValueError, TypeError, OSError) as e:
@@ -894,6 +895,7 @@ def fit(
     num_workers: int = 0,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     drop_last: bool = False,
+    data_draws_random: bool = True,
     hooks: Sequence[Hook] = (),
     progress: bool = True,
     log_every: int = 50,
@@ -943,10 +945,16 @@ def fit(
         validate_initial: also validate the untrained model as epoch 0 (it can be selected).
         resume: continue the run in ``out`` from its last checkpoint (a new run when it holds none). The
             settings must be the run's, except more ``epochs``, the paths of ``locations`` and
-            ``num_workers`` (with a warning: a Dataset that draws random numbers then draws others).
+            ``num_workers`` (with a warning unless ``data_draws_random=False``: a Dataset that draws random
+            numbers then draws others).
         overwrite: replace the run in ``out``, whatever its config.
         num_workers, collate_fn, drop_last: DataLoader settings for Dataset inputs (``drop_last`` drops
             each process's last incomplete training batch).
+        data_draws_random: whether the Datasets (or ``collate_fn``) may draw random numbers as they give
+            samples (random augmentation). DataLoader workers draw from per-worker seeds, so such a run
+            resumed with another ``num_workers`` is not bitwise an uninterrupted one, which the resume
+            warns about. False says that every sample is a fixed function of its index (align's data):
+            the batches are then the same whatever the workers, and the resume says nothing.
         hooks: :class:`Hook` objects.
         progress: show progress on standard error (a tqdm bar on a terminal, plain lines otherwise).
         log_every: write a "train" metrics line every this many steps (and at each epoch's end).

@@ -23,8 +23,8 @@ in one rename (never a mix of two runs); the same config is refused unless ``res
 ``overwrite=True`` (start again); a non-empty folder without config.json is never touched. What does not
 change the results is no other config for a resume: more epochs (the run goes on), another path for a
 config entry that only says where an input is (``locations``: the recipe records what the input holds in
-other entries, such as a digest), and another ``num_workers`` (with a warning); config.json then records
-the new values.
+other entries, such as a digest), and another ``num_workers`` (with a warning, unless the recipe says its
+Datasets draw no random numbers); config.json then records the new values.
 """
 
 from __future__ import annotations
@@ -384,11 +384,14 @@ def prepare_run(
     resume: bool,
     overwrite: bool,
     locations: Sequence[str] = (),
+    data_draws_random: bool = True,
 ) -> tuple[RunFolder, str | None]:
     """Makes ``out`` ready for a run with ``settings`` (``{"config": ..., "fit": ...}``, JSON types).
 
     ``locations`` names entries of ``settings["config"]`` that say where an input is (a path), not what
-    it holds: a resume accepts another path for them, and records it.
+    it holds: a resume accepts another path for them, and records it. ``data_draws_random=False`` says
+    that the run's Datasets draw no random numbers, so that a resume with another ``num_workers`` gives
+    the same samples and is not warned about.
 
     Returns:
         The run folder, holding the folder's lock (:meth:`RunFolder.unlock` releases it), and the
@@ -419,8 +422,9 @@ def prepare_run(
     run._lock = _lock(path)
     try:
         return run, _prepare_existing(
-            run, record, settings, resume=resume, overwrite=overwrite, locations=locations
-        )
+            run, record, settings, resume=resume, overwrite=overwrite, locations=locations,
+            data_draws_random=data_draws_random,
+        )  # fmt: skip
     except BaseException:
         run.unlock()
         raise
@@ -463,6 +467,7 @@ def _prepare_existing(
     resume: bool,
     overwrite: bool,
     locations: Sequence[str] = (),
+    data_draws_random: bool = True,
 ) -> str | None:
     """prepare_run for a folder holding a run, whose lock ``run`` holds."""
     path = run.path
@@ -524,7 +529,7 @@ def _prepare_existing(
     trains = extended is not None or not os.path.isfile(run.summary_path)  # a finished run trains no more
     if workers is not None and not trains:
         workers = None  # its epochs all ran with the recorded workers
-    if workers is not None and latest is not None and _workers_matter(settings):
+    if workers is not None and latest is not None and data_draws_random and _workers_matter(settings):
         warnings.warn(
             f"fit: resuming {path!r} after epoch {run.checkpoint_epoch(latest)} with num_workers="
             f"{workers[1]}, where config.json records {workers[0]}: the batches are the same, but DataLoader "

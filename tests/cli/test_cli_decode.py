@@ -70,6 +70,9 @@ def test_seeds_mean_sem_and_chance(
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads((out / "summary.json").read_text())
     assert [p["seed"] for p in summary["per_seed"]] == [3, 4]
+    # what the numbers are of: runs compared by their printed results could not tell
+    assert lines.pop(0) == "decoding sub-01 against the image model features (synthetic ground truth)"
+    assert summary["image_model"] == "features (synthetic ground truth)" and summary["subject"] == 1
     for line, seed in zip(lines[:2], (3, 4), strict=True):
         per = json.loads((out / f"seed-{seed}" / "summary.json").read_text())
         assert line.startswith(f"seed {seed} {out / f'seed-{seed}'}: top-1 {per['top1']:.4f}  top-3 ")
@@ -97,9 +100,19 @@ def test_realnet_run_folder_and_array_files(
     argv = ["decode", "--data", root, "--image-model", str(aligned_runs.paired), "--layer", "response"]
     argv += ["--image-size", "32", "--cache-dir", str(cache), "--out", str(tmp_path / "r"), *SHORT, *SMALL]
     assert main(argv) == 0
-    assert capsys.readouterr().out.startswith(f"seed 0 {tmp_path / 'r'}: top-1 ")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (
+        f"decoding sub-01 against the image model realnet run {aligned_runs.paired} response, aligned to "
+        "sub-01 (eeg)"
+    )
+    assert printed[1].startswith(f"seed 0 {tmp_path / 'r'}: top-1 ")
     config = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
     assert config["image_model"] == f"realnet run {aligned_runs.paired} response"
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert (
+        summary["image_model"] == config["image_model"]
+        and summary["image_model_aligned_to"] == "sub-01 (eeg)"
+    )
     assert config["embed_dim"] == 340  # the ReAlnet's predicted EEG: 17 channels x 20 samples
     assert os.listdir(cache) and not (aligned_runs.root / "embeddings").exists()
 
@@ -147,3 +160,21 @@ def test_missing_weights_is_one_line_and_exit_1(
     assert main([*argv, *SHORT]) == 1
     err = capsys.readouterr().err
     assert err.startswith("fastalign decode: error: ") and str(missing) in err and err.count("\n") == 1
+
+
+def test_the_printed_result_says_what_it_is_of() -> None:
+    """The subjects (those trained on, when others) and the image model of each seed's run."""
+    from fastalign.cli.decode import decoded_with
+
+    loso = {"subject": 1, "train_subjects": [2, 3], "image_model": "features (synthetic ground truth)"}
+    assert decoded_with([loso], {}) == (
+        "decoding sub-01 (trained on sub-02, sub-03) against the image model features (synthetic ground "
+        "truth)"
+    )
+    seeded = [
+        {"subject": 2, "train_subjects": [2], "image_model": f"cornet_s IT (random, seed {n})"}
+        for n in (0, 1)
+    ]
+    assert decoded_with(seeded, {}) == (
+        "decoding sub-02 against the image models cornet_s IT (random, seed 0), cornet_s IT (random, seed 1)"
+    )

@@ -199,7 +199,9 @@ def test_decode_with_a_published_file_names_it_and_gives_the_python_apis_numbers
     assert config["image_model"] == f"realnet weights {published.file} response"
     assert config["embed_dim"] == 340  # the response: 17 channels x 20 samples of predicted EEG
     lines = run.out.splitlines()
-    assert lines[0].startswith(f"seed 0 {tmp_path / 'cli'}: top-1 {summary['top1']:.4f}  top-3 ")
+    assert lines[0] == f"decoding sub-01 against the image model realnet weights {published.file} response"
+    assert summary["image_model"] == config["image_model"] and "image_model_aligned_to" not in summary
+    assert lines[1].startswith(f"seed 0 {tmp_path / 'cli'}: top-1 {summary['top1']:.4f}  top-3 ")
     assert lines[-1] == "chance (30-image gallery): top-1 0.0333  top-3 0.1000  top-5 0.1667"
     for k in ("top1", "top3", "top5"):
         assert math.isfinite(summary[k]) and 0 <= summary[k] <= 1

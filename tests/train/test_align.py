@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -439,6 +440,61 @@ def test_nan_in_responses_is_refused(broken: str, tmp_path: Path) -> None:
         align(broken, 2, out=tmp_path / "run", **RUN)
 
 
+def test_every_subjects_data_is_checked_before_the_first_trains(
+    synth: SyntheticThings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--subject all found a later subject's missing or malformed file only when its turn came, after the
+    earlier subjects had trained (hours in); now one error lists every subject whose data fail a check,
+    before anything trains."""
+    root = tmp_path / "synth"
+    shutil.copytree(synth.root, root)
+    eeg = load_preprocessed_eeg(root / "preprocessed_data", 2, "training")
+    data = eeg.data.copy()
+    data[3, 0, 5, 25] = np.nan
+    save_npy(
+        preprocessed_path(root / "preprocessed_data", 2, "training"),
+        save_preprocessed_dict(data, eeg.ch_names, eeg.times),
+    )
+    (root / "preprocessed_data" / "sub-03").mkdir()  # a subject whose files are missing
+    shutil.copy(
+        preprocessed_path(root / "preprocessed_data", 1, "test"), root / "preprocessed_data" / "sub-03"
+    )
+
+    def trained(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a subject trained before every subject's data was checked")
+
+    monkeypatch.setattr(ALIGN, "fit", trained)
+    with pytest.raises(ValueError) as refused:
+        align(root, "all", out=tmp_path / "runs", progress=False, **RUN)
+    message = str(refused.value)
+    assert message.startswith("align: the data of 2 of the 3 subjects failed their checks, which run before ")
+    listed = message.splitlines()[1:]
+    assert len(listed) == 2
+    assert listed[0].startswith("- sub-02: ") and "holds 1 NaN/inf value" in listed[0]
+    assert listed[1].startswith("- sub-03: ") and "preprocessed_eeg_training.npy" in listed[1]
+    assert not (tmp_path / "runs").exists()
+    argv = ["align", "--data", str(root), "--subject", "1", "2", "--out", str(tmp_path / "runs"),
+            "--image-size", str(SIZE), "--batch-size", "8", "--no-progress"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 1
+    (line,) = capsys.readouterr().err.splitlines()  # one line, the one subject named
+    assert line.startswith("fastalign align: error: align: the data of 1 of the 2 subjects failed ")
+    assert line.count("- sub-") == 1 and "- sub-02: " in line
+    # fMRI: the response files, the ROIs and the PCA's size
+    os.remove(root / "fmri" / "sub-02" / "fmri_test.h5")
+    with pytest.raises(
+        FileNotFoundError, match=r"subjects failed their checks.*\n- sub-02: no fMRI responses at"
+    ):
+        align(root, [1, 2], modality="fmri", pca=6, out=tmp_path / "runs", progress=False, **RUN)
+    with pytest.raises(ValueError) as refused:
+        align(root, [1, 2], modality="fmri", pca=40, out=tmp_path / "runs", progress=False, **RUN)
+    listed = str(refused.value).splitlines()[1:]
+    assert listed[0].startswith("- sub-01: pca=40 components exceed") and listed[1].startswith("- sub-02: no")
+
+
 def test_weights_with_another_n_out_are_refused(synth: SyntheticThings, tmp_path: Path) -> None:
     weights = save_realnet(realnet(n_out=7, image_size=SIZE), tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="predicts 7 values per image, but the subject's responses have 340"):
@@ -615,14 +671,20 @@ def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """... and the resumed run takes the teacher's targets that the killed run computed (one process keeps
-    what the starting weights and the images determine)."""
+    what the starting weights and the images determine). It resumes with another num_workers (a machine
+    with other cores), which fit warned made the run not bitwise an uninterrupted one: align's samples
+    draw no random numbers, so it is that run, and nothing is said."""
     passes = _count_passes(monkeypatch)
     out = tmp_path / "run"
     with pytest.raises(Kill):
         align(synth.root, 1, out=out, progress=False, hooks=[KillAt(2)], **RUN)  # in epoch 2
     assert [os.path.basename(p) for p in RunFolder(out).checkpoints()] == ["epoch-0001.pt"]
     teacher_passes = passes["teacher"]
-    resumed = align(synth.root, 1, out=out, progress=False, resume=True, **RUN)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = align(synth.root, 1, out=out, progress=False, resume=True, num_workers=1, **RUN)
+    assert not [str(w.message) for w in caught if "num_workers" in str(w.message)]
+    assert RunFolder(out).read_config()["fit"]["num_workers"] == 1  # recorded all the same
     assert passes["teacher"] == teacher_passes
     assert resumed.summary["resumed_at"] == [1] and resumed.summary["epochs_run"] == 2
     assert [os.path.basename(p) for p in resumed.run.checkpoints()] == ["epoch-0002.pt"]  # the newest kept

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -73,3 +74,59 @@ def test_the_timed_loop_runs_decodes_recipe(bench: ModuleType, tmp_path: Path) -
     )
     steps, seconds = loop(0)  # a whole epoch: 270 images, 2 batches of 128, the last 14 dropped
     assert steps == len(tr) // bench.BATCH == 2 and seconds > 0
+
+
+QUICK = ["--quick", "--device", "cpu", "--n-images", "140", "--embed-dim", "16"]
+
+
+@pytest.fixture
+def small(bench: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 16 (7 steps an epoch of the 126 training images). The two fp32 losses are then about 10
+    (random 16-d embeddings at temperature 0.04) and differ in their 7th digit, beyond the published size's
+    absolute 1e-5: a relative 1e-6 of them."""
+    monkeypatch.setattr(bench, "BATCH", 16)
+    monkeypatch.setattr(bench, "TOLERANCE", 1e-4)
+
+
+@pytest.mark.usefixtures("small")
+def test_a_failed_check_ends_the_run_before_the_timed_rounds(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong result exited with status 1 only after every timed round (hours at the published size on
+    a CPU): the checks are looked at once the loops have warmed up, and a failure ends the run there."""
+    checked = bench.check_precisions
+
+    def off(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        checks = checked(*args, **kwargs)
+        checks["fastalign"]["equal"] = False
+        return checks
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the timed rounds ran after a failed check")
+
+    monkeypatch.setattr(bench, "check_precisions", off)
+    monkeypatch.setattr(bench, "_rounds", timed)
+    assert bench.main([*QUICK, "--data-dir", str(tmp_path / "data")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("RESULTS DIFFER from float64 beyond the limit: fastalign: ")
+
+
+@pytest.mark.usefixtures("small")
+def test_the_results_after_the_rounds_are_checked_too(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each timed loop's last training loss must be finite after the rounds as after the warm-up step."""
+    data = ["--data-dir", str(tmp_path / "data")]
+    assert bench.main([*QUICK, *data]) == 0  # kept and reused below
+    rounds = bench._rounds
+
+    def diverged(variants: list[tuple[str, str, Any]], args: Any) -> Any:
+        out = rounds(variants, args)
+        variants[0][2].last_loss = float("nan")  # the published loop's
+        return out
+
+    monkeypatch.setattr(bench, "_rounds", diverged)
+    capsys.readouterr()
+    assert bench.main([*QUICK, *data]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "TRAINING LOSS NOT FINITE after the rounds: {'published': nan}"

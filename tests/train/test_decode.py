@@ -81,8 +81,14 @@ def test_run_folder_summary_and_learnt_temperature(synth: SyntheticThings, tmp_p
     assert summary["n_gallery"] == N_TEST
     assert summary["chance"] == {"top1": 1 / N_TEST, "top3": 3 / N_TEST, "top5": 5 / N_TEST}
     assert 0 <= summary["top1"] <= summary["top3"] <= summary["top5"] <= 1
+    # what the numbers are of, as config.json describes it (runs compared by their summaries could not
+    # tell which image model gave which)
+    assert summary["image_model"] == "features (synthetic ground truth)"
+    assert summary["subject"] == 1 and summary["train_subjects"] == [1]
+    assert "image_model_aligned_to" not in summary
     with open(out / "config.json") as f:
         config = json.load(f)["config"]
+    assert config["image_model"] == summary["image_model"]
     assert config["learn_temperature"] is True and config["n_test"] == N_TEST and config["n_val"] == 12
     # The temperature is a parameter the optimiser moved, without weight decay.
     model = result.model
@@ -267,8 +273,18 @@ def test_several_seeds_mean_and_sem(synth: SyntheticThings, tmp_path: Any) -> No
         assert s[f"{k}_sem"] == pytest.approx(abs(values[0] - values[1]) / 2)
     assert s["per_seed"][0]["top1"] == result.fits[0].summary["top1"]
     assert s["n_gallery"] == N_TEST
+    assert s["image_model"] == "features (synthetic ground truth)" and s["subject"] == 1
     with open(tmp_path / "runs" / "summary.json") as f:
         assert json.load(f) == s
+    # a random CORnet-S is drawn from each seed: one image model per seed, each named
+    per_seed = [
+        {**fit.summary, "image_model": f"cornet_s IT (random, seed {n})"}
+        for n, fit in zip((3, 4), result.fits, strict=True)
+    ]
+    assert decoding._aggregate(per_seed, [3, 4])["image_model"] == [
+        "cornet_s IT (random, seed 3)",
+        "cornet_s IT (random, seed 4)",
+    ]
 
 
 def test_images_embedded_once_unless_the_seed_draws_the_model(

@@ -418,6 +418,19 @@ def test_a_resume_may_change_num_workers_and_says_what_it_changes(tmp_path: Path
     assert RunFolder(tmp_path / "cut").read_config()["fit"]["num_workers"] == 2
 
 
+def test_data_that_draw_nothing_resume_with_other_workers_without_a_warning(tmp_path: Path) -> None:
+    """The warning is about Datasets that draw random numbers; align's draw none (every sample a fixed
+    function of its index), and its resumes with another num_workers warned all the same."""
+    with pytest.raises(KeyboardInterrupt):
+        _reads(tmp_path / "cut", 3, num_workers=1, hooks=[Interrupt(7)], data_draws_random=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _reads(tmp_path / "cut", 3, num_workers=2, resume=True, data_draws_random=False)
+    assert RunFolder(tmp_path / "cut").read_config()["fit"]["num_workers"] == 2
+    with pytest.raises(TypeError, match="data_draws_random"):
+        _reads(tmp_path / "other", 3, data_draws_random=None)
+
+
 def test_seeds_are_recorded_and_applied(tmp_path: Path) -> None:
     first = run(tmp_path / "a", seed=11)
     second = run(tmp_path / "b", seed=11)
