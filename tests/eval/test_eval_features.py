@@ -18,7 +18,7 @@ from torch import nn
 import fastalign.eval as fe
 from fastalign.data import ImageTransform, SyntheticThings, load_images
 from fastalign.eval.features import as_models
-from fastalign.models import CORnetS, realnet, save_realnet
+from fastalign.models import CORnetS, cornet_s, realnet, save_realnet
 
 
 def _images(things: SyntheticThings, n: int | None = None) -> list[str]:
@@ -271,6 +271,37 @@ def test_backbone_weights_files_are_the_realnet_of_a_subject(tmp_path) -> None:
         fe.EvalModel.from_weights(eeg1, modality="meg")
     with pytest.raises(ValueError, match=rf"^evaluate: path='{re.escape(str(lone))}' {headless}"):
         fe.EvalModel.from_weights(lone, subject=1)
+
+
+def test_a_backbone_file_is_evaluated_as_its_module_given_from_python(
+    eval_things: SyntheticThings, tmp_path
+) -> None:
+    """EvalModel.from_weights on a backbone-only file gives, row for row, what the same CORnet-S given from
+    Python with its subject and modality gives (EvalModel(name, cornet_s(weights=FILE), subject=...,
+    modality=...)): within and across subjects on its own modality, across modalities on the other."""
+    from published_formats import realnet_state_dict
+
+    torch.manual_seed(1)
+    file = tmp_path / "weights" / "ReAlnet-fMRI" / "sub-02" / "realnet.pt"
+    file.parent.mkdir(parents=True)
+    torch.save(realnet_state_dict(CORnetS()), file)
+    run = dict(
+        out=None, modality=["eeg", "fmri"], image_size=24, layers=["IT"], permutations=10, cache_dir=None
+    )
+    by_file = fe.evaluate(eval_things, [fe.EvalModel.from_weights(file)], **run).rows
+    module = fe.EvalModel("ReAlnet-fMRI", cornet_s(weights=file), subject=2, modality="fmri")
+    by_module = fe.evaluate(eval_things, [module], **run).rows
+    assert len(by_file) == len(by_module) > 0
+    for a, b in zip(by_file, by_module, strict=True):
+        assert all(
+            a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k])) for k in a
+        )
+    subjects = fe.load_brain(eval_things).subjects("eeg")
+    assert {(r["modality"], r["subject"], r["comparison"]) for r in by_file} == {
+        *(("fmri", s, "within" if s == "sub-02" else "across-subject") for s in subjects),
+        *(("eeg", s, "across-modality") for s in subjects),
+    }
+    assert {(r["model"], r["model_subject"]) for r in by_file} == {("ReAlnet-fMRI", "sub-02")}
 
 
 def test_run_folders_named_on_the_command_line_and_pooled_families_warned(tmp_path) -> None:
