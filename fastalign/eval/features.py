@@ -3,9 +3,11 @@
 A model is named by ``"cornet_s"`` (ImageNet weights given as ``weights=``, else randomly initialised
 from the evaluation's seed), by a run folder of ``fastalign align`` (``model.safetensors`` and
 ``config.json``, whose ``config.subject`` and ``config.modality`` say to whom and to what it was
-aligned), by a ReAlnet weights file (the published ``weights/ReAlnet/sub-XX/encoder.pt``: the subject
-from its ``sub-XX`` folder, see :meth:`EvalModel.from_weights`), or by an :class:`EvalModel`: any torch
-module with layer names, or precomputed features.
+aligned), by a weights file of a ReAlnet, whole or its CORnet-S alone (the published
+``weights/ReAlnet/sub-XX/encoder.pt`` and ``realnet.pt``: the subject from its ``sub-XX`` folder, the
+modality from the response size or the folder above, or as ``NAME@sub-XX,eeg=FILE`` says; see
+:meth:`EvalModel.from_weights`), or by an :class:`EvalModel`: any torch module with layer names, or
+precomputed features.
 
 Layers are tapped with forward hooks on submodules named by their path in ``named_modules()``
 (``"V4"``, ``"backbone.IT"``, ``"head"``); CORnet-S and ReAlnet also take the area names ``V1``, ``V2``,
