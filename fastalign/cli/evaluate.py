@@ -65,9 +65,10 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         metavar="MODEL",
         help="cornet_s and/or run folders of fastalign align (the sub-XX folders of one run are one family) "
-        "or ReAlnet weights files (weights/ReAlnet/sub-XX/encoder.pt: the subject from the sub-XX folder); "
-        "NAME=FOLDER or NAME=FILE names one (models of one name are one family), NAME@sub-XX=FILE gives "
-        "a file's subject",
+        "or weights files of a ReAlnet, whole or its CORnet-S alone (weights/ReAlnet/sub-XX/encoder.pt or "
+        "realnet.pt: the subject from the sub-XX folder, the modality from the response size or the folder "
+        "above it: ReAlnet EEG, ReAlnet-fMRI fMRI); NAME=FOLDER or NAME=FILE names one (models of one name "
+        "are one family); NAME@sub-XX,eeg=FILE gives a file's subject and/or modality (eeg or fmri)",
     )
     p.add_argument(
         "--out",
@@ -361,6 +362,8 @@ COMMAND = Command(
         "--out report --image-size 64",
         "fastalign evaluate --data things --models cornet_s runs/realnet/sub-* --out report "
         "--modality eeg fmri --weights cornet_s-1d3f7974.pth --robustness imagenet_val --eps 0 1/255 4/255",
+        "fastalign evaluate --data things --models cornet_s weights/ReAlnet/sub-*/realnet.pt "
+        "mine@sub-01,fmri=backbone.pt --out report --modality eeg fmri --weights cornet_s-1d3f7974.pth",
     ),
     _arguments,
     _run,

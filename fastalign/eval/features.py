@@ -3,9 +3,11 @@
 A model is named by ``"cornet_s"`` (ImageNet weights given as ``weights=``, else randomly initialised
 from the evaluation's seed), by a run folder of ``fastalign align`` (``model.safetensors`` and
 ``config.json``, whose ``config.subject`` and ``config.modality`` say to whom and to what it was
-aligned), by a ReAlnet weights file (the published ``weights/ReAlnet/sub-XX/encoder.pt``: the subject
-from its ``sub-XX`` folder, see :meth:`EvalModel.from_weights`), or by an :class:`EvalModel`: any torch
-module with layer names, or precomputed features.
+aligned), by a weights file of a ReAlnet, whole or its CORnet-S alone (the published
+``weights/ReAlnet/sub-XX/encoder.pt`` and ``realnet.pt``: the subject from its ``sub-XX`` folder, the
+modality from the response size or the folder above, or as ``NAME@sub-XX,eeg=FILE`` says; see
+:meth:`EvalModel.from_weights`), or by an :class:`EvalModel`: any torch module with layer names, or
+precomputed features.
 
 Layers are tapped with forward hooks on submodules named by their path in ``named_modules()``
 (``"V4"``, ``"backbone.IT"``, ``"head"``); CORnet-S and ReAlnet also take the area names ``V1``, ``V2``,
@@ -41,7 +43,7 @@ from fastalign.data import ImageTransform, embed_images, model_key
 from fastalign.data._io import atomic_write, digest_files, read_json_object
 from fastalign.eval.progress import Stage
 from fastalign.models import CORnetS, ReAlnet, cornet_s, realnet
-from fastalign.models.realnet_model import FMRI_N_OUT, WEIGHTS_FILE, BackboneOnlyError
+from fastalign.models.realnet_model import EEG_N_OUT, FMRI_N_OUT, WEIGHTS_FILE, BackboneOnlyError
 
 __all__ = [
     "CORNET_LAYERS",
@@ -64,12 +66,18 @@ DEFAULT_LAYERS: tuple[str, ...] = ("V1", "V2", "V4", "IT", "avgpool")
 _SUBJECT = re.compile(r"^sub-(\d+)$")
 #: The files :func:`~fastalign.models.realnet` reads as a whole ReAlnet (besides run folders).
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".safetensors")
-# "NAME@sub-XX=FILE": a weights file's name and subject
-_NAMED_SUBJECT = re.compile(r"^(.+)@(sub-\d+)$")
+# The modalities a model is aligned to, as named in errors; the published response size of each.
+_MODALITY_NAMES = {"eeg": "EEG", "fmri": "fMRI"}
+_N_OUT = {"eeg": EEG_N_OUT, "fmri": FMRI_N_OUT}
+_HEAD_MODALITY = {n: m for m, n in _N_OUT.items()}
 # what an argument that takes a ReAlnet weights file expects, in its errors
 _REALNET_FILE = (
     "ReAlnet weights (CORnet-S and its encoding head: the published encoder.pt, a notebook's "
     "best_model_params.pt, a run's model.safetensors)"
+)
+_HEADLESS = (
+    "holds a CORnet-S without ReAlnet's encoding head (such as the published backbone-only realnet.pt or the "
+    "ImageNet CORnet-S)"
 )
 _CACHE_VERSION = "fastalign.eval.features/2"  # 2: layer outputs copied when the hook runs
 
@@ -213,31 +221,50 @@ class EvalModel:
 
     @classmethod
     def from_weights(
-        cls, path: str | os.PathLike[str], name: str | None = None, subject: Any = None
+        cls,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        subject: Any = None,
+        modality: str | None = None,
     ) -> EvalModel:
-        """A ReAlnet from a weights file alone: the published ``encoder.pt`` (``weights/ReAlnet/sub-XX/
-        encoder.pt``), a notebook's ``best_model_params.pt``, a run's epoch checkpoint or a ``.safetensors``
-        file, as :func:`~fastalign.models.realnet` reads them.
+        """The ReAlnet of one subject from a weights file alone: the whole model (the published
+        ``encoder.pt`` in ``weights/ReAlnet/sub-XX/``, a notebook's ``best_model_params.pt``, a run's epoch
+        checkpoint or a ``.safetensors`` file, as :func:`~fastalign.models.realnet` reads them) or its
+        CORnet-S without the encoding head (the published backbone-only ``realnet.pt``, a backbone saved
+        from a run: what :func:`~fastalign.models.cornet_s` reads). A backbone is evaluated at the CORnet-S
+        layers only: it has no ``response``.
 
         Args:
             path: The file (.pt, .pth or .safetensors).
             name: Its name; default the folder above its ``sub-XX`` folder ("ReAlnet" for the published
                 layout), else the file's stem.
-            subject: To whom it was aligned; default the nearest folder of its path named ``sub-XX``.
+            subject: To whom it was aligned (3, "sub-03"); default the nearest folder of its path named
+                ``sub-XX``.
+            modality: What it was aligned to, "eeg" or "fmri"; default what the encoding head's response
+                size says (the published sizes: 340 values EEG, 1024 fMRI), else what the name of the
+                folder above ``sub-XX`` says (the published ``ReAlnet`` is EEG, ``ReAlnet-fMRI`` fMRI; a
+                name with the word ``eeg`` or ``fmri``, such as ``ReAlnet_EEG``, says that one).
 
-        The modality is told by the response size: fMRI for ReAlnet-fMRI's 1024 values, else EEG (the
-        published ReAlnet's 340, and any other size). Nothing records the images it was aligned on, so
-        they are not checked (:func:`check_image_set`).
+        A subject or modality given is taken over what the path's folder names say; a modality that
+        contradicts a published response size is an error. Nothing records the images the model was
+        aligned on, so they are not checked (:func:`check_image_set`).
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: another suffix, weights that are no ReAlnet, or no subject given nor in the path.
+            ValueError: another suffix; weights that are neither a ReAlnet nor a CORnet-S; no subject or
+                modality given nor told by the file or its path; a modality the head contradicts.
         """
-        return cls._from_weights(path, name, subject, "path", f"path={os.fspath(path)!r}")
+        return cls._from_weights(path, name, subject, modality, "path", f"path={os.fspath(path)!r}")
 
     @classmethod
     def _from_weights(
-        cls, path: str | os.PathLike[str], name: str | None, subject: Any, argument: str, given: str
+        cls,
+        path: str | os.PathLike[str],
+        name: str | None,
+        subject: Any,
+        modality: str | None,
+        argument: str,
+        given: str,
     ) -> EvalModel:
         """:meth:`from_weights`, its errors naming the file as the caller's argument: ``argument`` its name
         ("path", "models[0]"), ``given`` the argument as given ("models[0] = 'pub=encoder.pt'")."""
@@ -247,29 +274,46 @@ class EvalModel:
             raise FileNotFoundError(f"{_FN}: {given}: no such file; expected {expected}")
         if not file.endswith(WEIGHTS_SUFFIXES):
             raise ValueError(_checks.message(_FN, argument, expected, os.fspath(path)))
-        # the file is read first: one that is no ReAlnet (a CORnet-S alone) is told so, not asked its subject
-        module = read_realnet_file(
-            file,
-            _FN,
-            given,
-            f"to evaluate that CORnet-S, name it 'cornet_s' with weights={os.fspath(path)!r} (--models "
-            f"cornet_s --weights {os.fspath(path)})",
-        )
+        if subject is not None:
+            subject = subject_name(subject, "subject")
+        if modality is not None:
+            modality = _check_modality(modality)
+        asked = modality  # as given, before the file and its path are asked
+        # the file is read first: one that is neither kind of model is told so, not asked its subject
+        module = _read_model_file(file, _FN, given)
         folders = os.path.dirname(file).split(os.sep)
         found = _subject_folder(folders)
-        if subject is None and found is None:
+        family = folders[found - 1] if found else None
+        head = _HEAD_MODALITY.get(module.n_out) if module is not None else None
+        if modality is not None and head is not None and modality != head:
+            assert module is not None
             raise ValueError(
-                f"{_FN}: cannot tell whom the ReAlnet weights {file!r} were aligned to: no folder of its "
-                "path is named sub-XX (the published layout is weights/ReAlnet/sub-01/encoder.pt); name the "
-                "subject: NAME@sub-XX=FILE (EvalModel.from_weights(path, subject=...))"
+                f"{_FN}: {given} is given modality {modality!r}, but its encoding head predicts "
+                f"{module.n_out} values, the response of the published {_MODALITY_NAMES[head]} ReAlnet "
+                f"(the {_MODALITY_NAMES[modality]} one predicts {_N_OUT[modality]}); give {head!r} or none"
             )
+        modality = modality or head or _folder_modality(family)
+        no_subject = subject is None and found is None
+        if no_subject or modality is None:
+            raise ValueError(
+                _untold(os.fspath(path), module, given, (subject, asked), no_subject, modality, family)
+            )
+        net: nn.Module | None = module
+        if net is None:  # a CORnet-S without the head, loaded once its subject and modality are known
+            try:
+                net = cornet_s(weights=file)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{_FN}: {given}: expected {_REALNET_FILE} or a CORnet-S's; {exc}") from exc
+        if subject is None:
+            assert found is not None  # else no_subject
+            subject = subject_name(folders[found])
         stem = os.path.splitext(os.path.basename(file))[0]
-        default = (folders[found - 1] or stem) if found else stem  # a sub-XX folder at the root: the stem
+        default = (family or stem) if found else stem  # a sub-XX folder at the root: the stem
         return cls(
             name or default,
-            module=module,
-            subject=subject_name(folders[found] if subject is None else subject),
-            modality="fmri" if module.n_out == FMRI_N_OUT else "eeg",
+            module=net,
+            subject=subject,
+            modality=modality,
             source=file,
         )
 
@@ -279,22 +323,119 @@ def read_realnet_file(file: str | os.PathLike[str], fn: str, given: str, cornet_
     naming that argument as given (``given``: ``"models[0] = 'encoder.pt'"``, ``"image_model='x.pt'"``) and
     what it expects (realnet's own name its ``weights``, which the caller's user never wrote). Weights of a
     CORnet-S without the encoding head are pointed to ``cornet_instead``: how ``fn`` takes a CORnet-S."""
+    module = _read_model_file(file, fn, given)
+    if module is None:
+        raise ValueError(f"{fn}: {given} {_HEADLESS}; expected {_REALNET_FILE}; {cornet_instead}")
+    return module
+
+
+def _read_model_file(file: str | os.PathLike[str], fn: str, given: str) -> ReAlnet | None:
+    """``realnet(weights=file)``, or None for the weights of a CORnet-S without the encoding head (read by
+    :func:`~fastalign.models.cornet_s`); other errors name the argument as given (see
+    :func:`read_realnet_file`)."""
     try:
         return realnet(weights=file)
-    except BackboneOnlyError as exc:
-        raise ValueError(
-            f"{fn}: {given} holds a CORnet-S without ReAlnet's encoding head (such as the published "
-            f"backbone-only realnet.pt or the ImageNet CORnet-S); expected {_REALNET_FILE}; {cornet_instead}"
-        ) from exc
+    except BackboneOnlyError:
+        return None
     except (ValueError, TypeError) as exc:
         why = re.sub(r"^realnet: (weights: )?", "", str(exc))
         kind = TypeError if isinstance(exc, TypeError) else ValueError  # not a subclass's own signature
         raise kind(f"{fn}: {given}: expected {_REALNET_FILE}; {why}") from exc
 
 
+def _check_modality(modality: Any) -> str:
+    """A model's modality, "eeg" or "fmri" in any case ("fMRI")."""
+    if not isinstance(modality, str) or modality.lower() not in _MODALITY_NAMES:
+        raise ValueError(_checks.message(_FN, "modality", "'eeg' or 'fmri'", modality))
+    return modality.lower()
+
+
+def _folder_modality(family: str | None) -> str | None:
+    """The modality a family folder's name says: the published download's ``ReAlnet`` (EEG), or a name
+    with exactly one of the words eeg and fmri (``ReAlnet-fMRI``; the published training's ``ReAlnet_EEG``).
+    """
+    if family is None:
+        return None
+    if family == "ReAlnet":
+        return "eeg"
+    said = [m for m in _MODALITY_NAMES if m in re.split(r"[^a-z0-9]+", family.lower())]
+    return said[0] if len(said) == 1 else None
+
+
+def _untold(
+    path: str,
+    module: ReAlnet | None,
+    given: str,
+    tags: tuple[str | None, str | None],
+    no_subject: bool,
+    modality: str | None,
+    family: str | None,
+) -> str:
+    """The error for a weights file (``path`` as given) whose subject or modality neither the argument, the
+    file nor its path tells; ``tags`` are the (subject, modality) the argument gave, kept in the spelling it
+    suggests."""
+    missing = []
+    if no_subject:
+        layout = "realnet.pt" if module is None else "encoder.pt"
+        missing.append(
+            f"no folder of its path is named sub-XX (the published layout is weights/ReAlnet/sub-01/{layout})"
+        )
+    if modality is None:
+        where = (
+            f"its family folder {family!r} names neither"
+            if family is not None
+            else "no sub-XX folder in its path has a family folder above it to name one"
+        )
+        published = "the published weights/ReAlnet/ are EEG, weights/ReAlnet-fMRI/ fMRI"
+        missing.append(
+            f"nothing says whether it was aligned to EEG or fMRI ({where}; {published})"
+            if module is None
+            else f"its encoding head predicts {module.n_out} values (the published EEG ReAlnet 340, "
+            f"ReAlnet-fMRI 1024) and {where} ({published})"
+        )
+    them = "them" if len(missing) > 1 else "it"
+    subject = ["sub-XX"] if no_subject else [t for t in tags[:1] if t]
+    modalities = [[m] for m in _MODALITY_NAMES] if modality is None else [[t for t in tags[1:] if t]]
+    keywords = ["subject=..."] * no_subject + ["modality=..."] * (modality is None)
+    told = " or ".join(f"NAME@{','.join(subject + m)}=FILE" for m in modalities)
+    told += f" (EvalModel.from_weights(path, {', '.join(keywords)}))"
+    if module is not None:
+        what = " and ".join(["whom"] * no_subject + ["what"] * (modality is None))
+        return (
+            f"{_FN}: cannot tell {what} the ReAlnet weights {os.path.abspath(path)!r} were aligned to: "
+            f"{'; '.join(missing)}; name {them}: {told}"
+        )
+    return (
+        f"{_FN}: {given} {_HEADLESS}, and {'; '.join(missing)}: to evaluate it as the ReAlnet of a subject, "
+        f"name {them}: {told}; to evaluate it as an unaligned CORnet-S, name it 'cornet_s' with "
+        f"weights={path!r} (--models cornet_s --weights {path})"
+    )
+
+
 def _subject_folder(folders: Sequence[str]) -> int | None:
     """The index of the last of ``folders`` (a path's parts: the nearest the file) named ``sub-XX``."""
     return next((i for i in range(len(folders) - 1, -1, -1) if _SUBJECT.match(folders[i])), None)
+
+
+def _tags(given: str, spec: str, i: int) -> tuple[str, str | None, str | None]:
+    """(name, subject, modality) of the NAME@TAGS part of ``models[i] = spec``: the tags after the last
+    "@", comma-separated, are a subject (sub-XX) and a modality (eeg, fmri), each at most once."""
+    name, _, tags = given.rpartition("@")
+    subjects, modalities = [], []
+    for tag in tags.split(","):
+        if _SUBJECT.match(tag):
+            subjects.append(subject_name(tag))
+        elif tag.lower() in _MODALITY_NAMES:
+            modalities.append(tag.lower())
+        else:
+            raise ValueError(
+                f"{_FN}: models[{i}] = {spec!r}: {tag!r} after '@' is neither a subject (sub-XX) nor a "
+                "modality (eeg, fmri); expected NAME@sub-XX=FILE, NAME@eeg=FILE or NAME@sub-XX,fmri=FILE"
+            )
+    for kind, found in (("subjects", subjects), ("modalities", modalities)):
+        if len(found) > 1:
+            raise ValueError(f"{_FN}: models[{i}] = {spec!r} gives a model {len(found)} {kind}: {found}")
+    return name, subjects[0] if subjects else None, modalities[0] if modalities else None
 
 
 def _check_layers(where: str, layers: Any) -> list[str]:
@@ -318,9 +459,10 @@ def as_models(
     its parent's for a ``sub-XX`` folder), or as given in ``"NAME=FOLDER"`` (where no file or folder of
     that whole spelling exists): runs of one name form one family, so runs named after different folders
     of one name (two align calls' ``sub-XX`` folders under parents of one name, or a lone run folder of
-    that name) are pooled, with a warning, unless named apart. A ReAlnet weights file (``FILE``,
-    ``NAME=FILE`` or ``NAME@sub-XX=FILE``) is read by :meth:`EvalModel.from_weights`; a run folder's
-    ``model.safetensors`` is its run folder. ``layers`` fills in models that name none.
+    that name) are pooled, with a warning, unless named apart. A weights file, of a whole ReAlnet or of its
+    CORnet-S (``FILE``, ``NAME=FILE``, or with its subject and modality ``NAME@sub-XX,eeg=FILE``: tags after
+    "@", comma-separated, in any order, each optional) is read by :meth:`EvalModel.from_weights`; a run
+    folder's ``model.safetensors`` is its run folder. ``layers`` fills in models that name none.
     """
     if isinstance(models, (str, os.PathLike, EvalModel)) or not isinstance(models, Sequence) or not models:
         raise TypeError(_checks.message(_FN, "models", "a non-empty list of models", models))
@@ -341,12 +483,11 @@ def as_models(
             source = f"random (seed {seed})" if weights is None else os.path.abspath(weights)
             model = EvalModel("cornet_s", module, source=source)
         elif isinstance(spec, (str, os.PathLike)):
-            given, folder, subject = None, os.fspath(spec), None
+            given, folder, subject, modality = None, os.fspath(spec), None, None
             if not os.path.exists(folder) and isinstance(spec, str) and "=" in spec:
                 given, folder = spec.split("=", 1)
-                named = _NAMED_SUBJECT.match(given)
-                if named:
-                    given, subject = named.groups()
+                if "@" in given:
+                    given, subject, modality = _tags(given, spec, i)
                 if not given or given == "cornet_s":
                     raise ValueError(
                         f"{_FN}: models[{i}] = {spec!r} names a model NAME=FOLDER or NAME=FILE with the "
@@ -358,7 +499,7 @@ def as_models(
                 folder = os.path.dirname(folder) or "."
             if os.path.isfile(folder):
                 as_given = f"models[{i}] = {spec!r}"
-                model = EvalModel._from_weights(folder, given, subject, f"models[{i}]", as_given)
+                model = EvalModel._from_weights(folder, given, subject, modality, f"models[{i}]", as_given)
                 parts = os.path.dirname(os.path.realpath(folder)).split(os.sep)
                 found = _subject_folder(parts)
                 home = os.sep.join(parts if found is None else parts[:found])
@@ -366,13 +507,17 @@ def as_models(
                 nowhere = f"no file or folder at {folder!r}" if given else "no such file or folder"
                 raise FileNotFoundError(
                     f"{_FN}: models[{i}] = {os.fspath(spec)!r}: {nowhere}; expected 'cornet_s', a run folder "
-                    f"of fastalign align or a ReAlnet weights file ({', '.join(WEIGHTS_SUFFIXES)}), or "
-                    "NAME=FOLDER, NAME=FILE, NAME@sub-XX=FILE"
+                    "of fastalign align, a weights file of a ReAlnet or of its CORnet-S "
+                    f"({', '.join(WEIGHTS_SUFFIXES)}), or NAME=FOLDER, NAME=FILE, NAME@sub-XX,eeg=FILE"
                 )
-            elif subject is not None:
+            elif subject is not None or modality is not None:
+                what = " and a ".join(
+                    ["subject"] * (subject is not None) + ["modality"] * (modality is not None)
+                )
+                them = "them" if subject is not None and modality is not None else "it"
                 raise ValueError(
-                    f"{_FN}: models[{i}] = {spec!r} gives a run folder a subject, but its config.json "
-                    "names it: NAME@sub-XX=FILE is for weights files; pass NAME=FOLDER"
+                    f"{_FN}: models[{i}] = {spec!r} gives a run folder a {what}, but its config.json names "
+                    f"{them}: NAME@sub-XX,eeg=FILE is for weights files; pass NAME=FOLDER"
                 )
             else:
                 model = EvalModel.from_run(folder, name=given)

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from published_formats import encoder_state_dict  # tests/published_formats.py
+from published_formats import encoder_state_dict, realnet_state_dict  # tests/published_formats.py
 
 import fastalign.eval as fe
 from fastalign.cli import main
-from fastalign.models import realnet
+from fastalign.models import cornet_s, realnet
 from fastalign.train import decode
 
 LAYERS = ("IT", "response")
@@ -183,6 +184,115 @@ def test_evaluate_gives_the_python_apis_numbers_for_the_file(
     np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=0, atol=1e-6)
 
 
+# ------------------------------------------------------------------------- backbone-only (realnet.pt)
+
+BACKBONE_LAYERS = ("V4", "IT")
+
+
+@pytest.fixture(scope="module")
+def backbone(aligned_runs, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Run]:
+    """The paired run's CORnet-S as the published backbone-only weights/ReAlnet/sub-01/realnet.pt, the same
+    file as weights/ReAlnet-fMRI/sub-02/realnet.pt, and ``fastalign evaluate`` of both beside CORnet-S and
+    the run folder, on EEG and fMRI: (the EEG file, the report folder, the command)."""
+    folder = tmp_path_factory.mktemp("backbone")
+    eeg = folder / "weights" / "ReAlnet" / "sub-01" / "realnet.pt"
+    fmri = folder / "weights" / "ReAlnet-fMRI" / "sub-02" / "realnet.pt"
+    for file in (eeg, fmri):
+        file.parent.mkdir(parents=True)
+    torch.save(realnet_state_dict(realnet(weights=aligned_runs.paired).backbone), eeg)
+    fmri.symlink_to(eeg)
+    out = folder / "report"
+    models = ["cornet_s", aligned_runs.paired, eeg, fmri]
+    run = _run(["evaluate", "--data", aligned_runs.root, "--models", *models, "--weights",
+                aligned_runs.cornet_s, "--modality", "eeg", "fmri", "--layers", *BACKBONE_LAYERS,
+                "--image-size", "32", "--permutations", "10", "--no-progress", "--out", out])  # fmt: skip
+    return eeg, out, run
+
+
+def test_evaluate_reports_a_backbone_file_as_its_subjects_realnet(backbone, aligned_runs) -> None:
+    """A backbone-only file is the ReAlnet of the subject of its sub-XX folder, aligned to the modality its
+    family folder names (ReAlnet: EEG, ReAlnet-fMRI: fMRI): compared within and across subjects and across
+    modalities, under its family's name, with the numbers of the run it came from at the CORnet-S layers."""
+    eeg, out, run = backbone
+    assert run.status == 0, run.err
+    printed = {tuple(line.split()[:4]) for line in run.out.splitlines()}
+    for layer in BACKBONE_LAYERS:
+        assert {("ReAlnet", "eeg", "within", layer), ("ReAlnet", "fmri", "across-modality", layer),
+                ("ReAlnet-fMRI", "fmri", "within", layer), ("ReAlnet-fMRI", "eeg", "across-modality", layer),
+                ("cornet_s", "eeg", "none", layer)} <= printed, run.out  # fmt: skip
+    rows = _csv(out / "results.csv")
+    kinds = {(r["model"], r["model_subject"], r["modality"], r["subject"], r["comparison"]) for r in rows}
+    assert kinds >= {
+        ("ReAlnet", "sub-01", "eeg", "sub-01", "within"),
+        ("ReAlnet", "sub-01", "eeg", "sub-02", "across-subject"),
+        ("ReAlnet", "sub-01", "fmri", "sub-01", "across-modality"),
+        ("ReAlnet-fMRI", "sub-02", "fmri", "sub-02", "within"),
+        ("ReAlnet-fMRI", "sub-02", "fmri", "sub-01", "across-subject"),
+        ("ReAlnet-fMRI", "sub-02", "eeg", "sub-02", "across-modality"),
+    }
+    assert not {k for k in kinds if k[0] == "ReAlnet" and k[2] == "fmri" and k[4] != "across-modality"}
+
+    def similarities(model: str) -> dict[tuple, float]:
+        return {
+            (r["modality"], r["subject"], r["comparison"], r["layer"], r["time"], r["roi"]): float(
+                r["similarity"]
+            )
+            for r in rows
+            if r["model"] == model
+        }
+
+    # the run's CORnet-S, whichever file holds it: the run folder's numbers at every CORnet-S layer
+    mine, theirs = similarities("ReAlnet"), similarities("paired")
+    assert mine.keys() == theirs.keys() and len(mine) > 0
+    np.testing.assert_allclose([mine[k] for k in theirs], list(theirs.values()), rtol=0, atol=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {k: (v["aligned_to"], v["model_subjects"]) for k, v in summary["models"].items()} == {
+        "cornet_s": (None, []), "paired": ("eeg", ["sub-01"]), "ReAlnet": ("eeg", ["sub-01"]),
+        "ReAlnet-fMRI": ("fmri", ["sub-02"]),
+    }  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    entries = [(m["name"], m["subject"], m["modality"], m["source"]) for m in config["models"]]
+    fmri = eeg.parents[2] / "ReAlnet-fMRI" / "sub-02" / "realnet.pt"
+    assert entries[2:] == [
+        ("ReAlnet", "sub-01", "eeg", str(eeg)),
+        ("ReAlnet-fMRI", "sub-02", "fmri", str(fmri)),
+    ]
+    assert "ReAlnet-fMRI" in (out / "report.html").read_text()
+
+
+def test_the_feature_cache_follows_a_backbone_files_content(backbone, aligned_runs, tmp_path: Path) -> None:
+    """Features are cached by the weights' content, not the file's name: the two spellings of one file share
+    an entry, and another CORnet-S written over the file gets its own numbers (here the starting CORnet-S's,
+    read from the baseline's entry: the same weights)."""
+    eeg, out, first = backbone
+    assert first.status == 0, first.err
+    assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 3  # cornet_s, the run, the backbone
+    file = tmp_path / "weights" / "ReAlnet" / "sub-01" / "realnet.pt"
+    file.parent.mkdir(parents=True)
+    os.link(eeg, file)  # the fixture's file, until another is written at this path
+    cache = tmp_path / "cache"
+    argv = ["evaluate", "--data", aligned_runs.root, "--models", "cornet_s", file, "--weights",
+            aligned_runs.cornet_s, "--layers", *BACKBONE_LAYERS, "--image-size", "32", "--permutations", "10",
+            "--no-progress", "--cache-dir", cache]  # fmt: skip
+
+    def similarities(folder: Path, model: str) -> dict[tuple, str]:
+        return {
+            (r["subject"], r["layer"], r["time"]): r["similarity"]
+            for r in _csv(folder / "results.csv")
+            if r["model"] == model and r["modality"] == "eeg"
+        }
+
+    assert _run([*argv, "--out", tmp_path / "aligned"]).status == 0
+    aligned = similarities(tmp_path / "aligned", "ReAlnet")
+    assert aligned == similarities(out, "ReAlnet") and len(aligned) > 0
+    file.unlink()
+    torch.save(realnet_state_dict(cornet_s(aligned_runs.cornet_s)), file)
+    assert _run([*argv, "--out", tmp_path / "start"]).status == 0
+    start = similarities(tmp_path / "start", "ReAlnet")
+    assert start == similarities(tmp_path / "start", "cornet_s") and start != aligned
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2  # the starting CORnet-S is cornet_s's entry
+
+
 # --------------------------------------------------------------------------------------------- decode
 
 
@@ -234,6 +344,10 @@ HEADLESS = (
     r"holds a CORnet-S without ReAlnet's encoding head \(such as the published backbone-only "
     r"realnet\.pt or the ImageNet CORnet-S\); " + EXPECTED
 )
+HEADLESS_BUT = (
+    r"holds a CORnet-S without ReAlnet's encoding head \(such as the published backbone-only "
+    r"realnet\.pt or the ImageNet CORnet-S\), and "
+)
 SUFFIX = (
     r"must be a ReAlnet weights file \(\.pt, \.pth, \.safetensors\), got '[^']*/sub-01/notes\.txt' "
     r"\(str\)$"
@@ -248,20 +362,48 @@ AS_CORNET_S = (
 )
 EVALUATE_ERRORS = {
     "garbage": rf"^evaluate: models\[0\] = '(?P<path>[^']*/sub-01/garbage\.pt)': {EXPECTED}; {NOT_READ}",
+    # a CORnet-S in a sub-XX folder whose family folder names no modality: the ReAlnet of that subject once
+    # its modality is named, or an unaligned CORnet-S
     "headless": (
-        rf"^evaluate: models\[0\] = '(?P<path>[^']*/sub-01/cornet_s\.pth)' {HEADLESS}; to evaluate that "
-        r"CORnet-S, name it 'cornet_s' with weights='(?P=path)' \(--models cornet_s --weights (?P=path)\)$"
+        rf"^evaluate: models\[0\] = '(?P<path>[^']*/wrong/sub-01/cornet_s\.pth)' {HEADLESS_BUT}nothing says "
+        r"whether it was aligned to EEG or fMRI \(its family folder 'wrong' names neither; the published "
+        r"weights/ReAlnet/ are EEG, weights/ReAlnet-fMRI/ fMRI\): to evaluate it as the ReAlnet of a "
+        r"subject, name it: NAME@eeg=FILE or NAME@fmri=FILE \(EvalModel\.from_weights\(path, "
+        r"modality=\.\.\.\)\); to evaluate it as an unaligned CORnet-S, name it 'cornet_s' with "
+        r"weights='(?P=path)' \(--models cornet_s --weights (?P=path)\)$"
     ),
     # read before its subject is asked for: a CORnet-S in no sub-XX folder is told that it is one
-    "headless, no subject": rf"^evaluate: models\[0\] = '(?P<path>[^']*/cornet_s\.pth)' {HEADLESS}; ",
+    "headless, no subject": (
+        rf"^evaluate: models\[0\] = '(?P<path>[^']*/cornet_s\.pth)' {HEADLESS_BUT}no folder of its path is "
+        r"named sub-XX .*: to evaluate it as the ReAlnet of a subject, name them: NAME@sub-XX,eeg=FILE or "
+        r"NAME@sub-XX,fmri=FILE .*; to evaluate it as an unaligned CORnet-S, name it 'cornet_s'"
+    ),
+    "headless, subject given": (
+        rf"^evaluate: models\[0\] = 'pub@sub-01=(?P<path>[^']*/cornet_s\.pth)' {HEADLESS_BUT}nothing says "
+        r"whether .*: to evaluate it as the ReAlnet of a subject, name it: NAME@sub-01,eeg=FILE or "
+        r"NAME@sub-01,fmri=FILE "
+    ),
+    "tag": (
+        r"^evaluate: models\[0\] = 'pub@sub-01,MEG=[^']*': 'MEG' after '@' is neither a subject \(sub-XX\) "
+        r"nor a modality \(eeg, fmri\); expected NAME@sub-XX=FILE, NAME@eeg=FILE or NAME@sub-XX,fmri=FILE$"
+    ),
+    "modality against the head": (
+        r"^evaluate: models\[0\] = 'pub@fmri=[^']*/encoder\.pt' is given modality 'fmri', but its encoding "
+        r"head predicts 340 values, the response of the published EEG ReAlnet \(the fMRI one predicts "
+        r"1024\); give 'eeg' or none$"
+    ),
+    "tags on a run folder": (
+        r"^evaluate: models\[0\] = 'pub@eeg=[^']*' gives a run folder a modality, but its config\.json names "
+        r"it: NAME@sub-XX,eeg=FILE is for weights files; pass NAME=FOLDER$"
+    ),
     "garbage, named": (
         rf"^evaluate: models\[0\] = 'pub@sub-01=(?P<path>[^']*/garbage\.pt)': {EXPECTED}; {NOT_READ}"
     ),
     "suffix": rf"^evaluate: models\[0\] {SUFFIX}",
     "missing": (
         r"^evaluate: models\[0\] = '[^']*/sub-01/encoder\.pt': no such file or folder; expected 'cornet_s', "
-        r"a run folder of fastalign align or a ReAlnet weights file \(\.pt, \.pth, \.safetensors\), or "
-        r"NAME=FOLDER, NAME=FILE, NAME@sub-XX=FILE$"
+        r"a run folder of fastalign align, a weights file of a ReAlnet or of its CORnet-S \(\.pt, \.pth, "
+        r"\.safetensors\), or NAME=FOLDER, NAME=FILE, NAME@sub-XX,eeg=FILE$"
     ),
     "missing, named": (
         r"^evaluate: models\[0\] = 'pub=(?P<path>[^']*/sub-01/encoder\.pt)': no file or folder at "
@@ -292,6 +434,10 @@ def test_evaluate_refuses_what_is_no_published_checkpoint(
         "garbage": [published.wrong / "garbage.pt"],
         "headless": [published.wrong / "cornet_s.pth"],
         "headless, no subject": [aligned_runs.cornet_s],
+        "headless, subject given": [f"pub@sub-01={aligned_runs.cornet_s}"],
+        "tag": [f"pub@sub-01,MEG={published.file}"],
+        "modality against the head": [f"pub@fmri={published.file}"],
+        "tags on a run folder": [f"pub@eeg={aligned_runs.paired}"],
         "garbage, named": [f"pub@sub-01={published.wrong / 'garbage.pt'}"],
         "suffix": [published.wrong / "notes.txt"],
         "missing": [tmp_path / "sub-01" / "encoder.pt"],

@@ -18,7 +18,7 @@ from torch import nn
 import fastalign.eval as fe
 from fastalign.data import ImageTransform, SyntheticThings, load_images
 from fastalign.eval.features import as_models
-from fastalign.models import CORnetS, realnet, save_realnet
+from fastalign.models import CORnetS, cornet_s, realnet, save_realnet
 
 
 def _images(things: SyntheticThings, n: int | None = None) -> list[str]:
@@ -172,6 +172,138 @@ def test_cornet_s_by_name_and_run_folders(eval_things: SyntheticThings, tmp_path
     np.testing.assert_allclose(feats["IT"], ref["IT"].flatten(1).numpy(), rtol=1e-4, atol=1e-5)
 
 
+def _same_weights(module: nn.Module, net: nn.Module) -> bool:
+    theirs = net.state_dict()
+    return all(torch.equal(v, theirs[k]) for k, v in module.state_dict().items())
+
+
+def test_backbone_weights_files_are_the_realnet_of_a_subject(tmp_path) -> None:
+    """A CORnet-S without the encoding head (the published backbone-only weights/ReAlnet/sub-XX/realnet.pt,
+    a backbone saved from a run) is the ReAlnet of a subject when the file's path or the argument says whom
+    and what it was aligned to: the subject its sub-XX folder or a tag, the modality its family folder
+    (ReAlnet: EEG, ReAlnet-fMRI: fMRI, a name with the word eeg or fmri) or a tag. It is evaluated at the
+    CORnet-S layers; what nothing tells, or what the tags contradict, is refused before it is loaded."""
+    from published_formats import realnet_state_dict
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    nets = [CORnetS().eval(), CORnetS().eval()]
+    eeg1 = tmp_path / "weights" / "ReAlnet" / "sub-01" / "realnet.pt"
+    eeg2 = tmp_path / "weights" / "ReAlnet" / "sub-02" / "realnet.pt"
+    fmri = tmp_path / "weights" / "ReAlnet-fMRI" / "sub-01" / "realnet.pt"
+    mine = tmp_path / "exports" / "ReAlnet_EEG" / "sub-03" / "backbone.safetensors"
+    for file in (eeg1, eeg2, fmri, mine):
+        file.parent.mkdir(parents=True)
+    torch.save(realnet_state_dict(nets[0]), eeg1)
+    torch.save(realnet_state_dict(nets[1]), eeg2)
+    fmri.symlink_to(eeg1)  # one 200 MB file serves several
+    save_file({k: v.contiguous() for k, v in nets[1].state_dict().items()}, str(mine))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        models = as_models([str(eeg1), str(eeg2), str(fmri), str(mine)], weights=None, seed=0, layers=None)
+    assert [(m.name, m.subject, m.modality, m.source, m.layers) for m in models] == [
+        ("ReAlnet", "sub-01", "eeg", str(eeg1), list(fe.DEFAULT_LAYERS)),
+        ("ReAlnet", "sub-02", "eeg", str(eeg2), list(fe.DEFAULT_LAYERS)),
+        ("ReAlnet-fMRI", "sub-01", "fmri", str(fmri), list(fe.DEFAULT_LAYERS)),
+        ("ReAlnet_EEG", "sub-03", "eeg", str(mine), list(fe.DEFAULT_LAYERS)),
+    ]
+    assert all(isinstance(m.module, CORnetS) for m in models)
+    assert [_same_weights(m.module, net) for m, net in zip(models, [*nets, *nets], strict=True)] == [True] * 4
+    del models
+
+    # tags after "@", in any order and case: what they say is taken over the folders' names
+    lone = tmp_path / "realnet.pt"  # no sub-XX folder, no family folder
+    lone.symlink_to(eeg2)
+    tagged = as_models([f"b@fMRI,sub-4={lone}", f"c@sub-05,fmri={eeg1}"], weights=None, seed=0, layers=["IT"])
+    assert [(m.name, m.subject, m.modality) for m in tagged] == [
+        ("b", "sub-04", "fmri"),
+        ("c", "sub-05", "fmri"),
+    ]
+    assert _same_weights(tagged[0].module, nets[1])
+    api = fe.EvalModel.from_weights(lone, "b", subject=4, modality="fMRI")
+    assert (api.name, api.subject, api.modality, api.source) == ("b", "sub-04", "fmri", str(lone))
+    del tagged, api
+    with pytest.raises(
+        ValueError, match=r"^evaluate: model 'ReAlnet' has no layer 'response'; layers are V1"
+    ):
+        as_models([str(eeg1)], weights=None, seed=0, layers=["IT", "response"])
+    with pytest.raises(ValueError, match=r"the models named 'ReAlnet' must all be aligned to one modality"):
+        as_models([str(eeg1), f"ReAlnet@fmri={eeg2}"], weights=None, seed=0, layers=["IT"])
+
+    headless = r"holds a CORnet-S without ReAlnet's encoding head \(such as the published backbone-only "
+    cornet = r"to evaluate it as an unaligned CORnet-S, name it 'cornet_s' with weights='{}' \(--models "
+    unnamed = []
+    for folder in ("other", "eeg-vs-fmri"):  # a family folder that names no modality, or both
+        file = tmp_path / folder / "sub-01" / "realnet.pt"
+        file.parent.mkdir(parents=True)
+        file.symlink_to(eeg1)
+        unnamed.append(file)
+    refused = {
+        str(unnamed[0]): (
+            rf"^evaluate: models\[0\] = '{re.escape(str(unnamed[0]))}' {headless}.*, and nothing says "
+            r"whether it was aligned to EEG or fMRI \(its family folder 'other' names neither; the published "
+            r"weights/ReAlnet/ are EEG, weights/ReAlnet-fMRI/ fMRI\): to evaluate it as the ReAlnet of a "
+            r"subject, name it: NAME@eeg=FILE or NAME@fmri=FILE \(EvalModel.from_weights\(path, "
+            rf"modality=...\)\); {cornet.format(re.escape(str(unnamed[0])))}"
+        ),
+        str(unnamed[1]): r"its family folder 'eeg-vs-fmri' names neither",
+        str(lone): (
+            r"and no folder of its path is named sub-XX \(the published layout is weights/ReAlnet/sub-01/"
+            r"realnet\.pt\); nothing says whether .*: .* name them: NAME@sub-XX,eeg=FILE or NAME@sub-XX,"
+            r"fmri=FILE \(EvalModel.from_weights\(path, subject=..., modality=...\)\); to evaluate it as an"
+        ),
+        f"x@sub-02={lone}": r"name it: NAME@sub-02,eeg=FILE or NAME@sub-02,fmri=FILE \(EvalModel",
+        f"x@eeg={lone}": r"name it: NAME@sub-XX,eeg=FILE \(EvalModel.from_weights\(path, subject=...\)\)",
+        f"x@sub-01,meg={eeg1}": (
+            r"'meg' after '@' is neither a subject \(sub-XX\) nor a modality \(eeg, fmri\); expected "
+            r"NAME@sub-XX=FILE, NAME@eeg=FILE or NAME@sub-XX,fmri=FILE$"
+        ),
+        f"x@sub-01,sub-2={eeg1}": r"gives a model 2 subjects: \['sub-01', 'sub-02'\]$",
+        f"x@eeg,FMRI={eeg1}": r"gives a model 2 modalities: \['eeg', 'fmri'\]$",
+        f"x@={eeg1}": r"'' after '@' is neither a subject",
+        f"cornet_s@sub-01,eeg={eeg1}": r"with the name 'cornet_s'; expected a name other than '' and",
+        f"@sub-01,eeg={eeg1}": r"with the name ''; expected a name other than",
+    }
+    for spec, match in refused.items():
+        with pytest.raises(ValueError, match=match):
+            as_models([spec], weights=None, seed=0, layers=["IT"])
+    with pytest.raises(ValueError, match=r"^evaluate: modality must be 'eeg' or 'fmri', got 'meg' \(str\)$"):
+        fe.EvalModel.from_weights(eeg1, modality="meg")
+    with pytest.raises(ValueError, match=rf"^evaluate: path='{re.escape(str(lone))}' {headless}"):
+        fe.EvalModel.from_weights(lone, subject=1)
+
+
+def test_a_backbone_file_is_evaluated_as_its_module_given_from_python(
+    eval_things: SyntheticThings, tmp_path
+) -> None:
+    """EvalModel.from_weights on a backbone-only file gives, row for row, what the same CORnet-S given from
+    Python with its subject and modality gives (EvalModel(name, cornet_s(weights=FILE), subject=...,
+    modality=...)): within and across subjects on its own modality, across modalities on the other."""
+    from published_formats import realnet_state_dict
+
+    torch.manual_seed(1)
+    file = tmp_path / "weights" / "ReAlnet-fMRI" / "sub-02" / "realnet.pt"
+    file.parent.mkdir(parents=True)
+    torch.save(realnet_state_dict(CORnetS()), file)
+    run = dict(
+        out=None, modality=["eeg", "fmri"], image_size=24, layers=["IT"], permutations=10, cache_dir=None
+    )
+    by_file = fe.evaluate(eval_things, [fe.EvalModel.from_weights(file)], **run).rows
+    module = fe.EvalModel("ReAlnet-fMRI", cornet_s(weights=file), subject=2, modality="fmri")
+    by_module = fe.evaluate(eval_things, [module], **run).rows
+    assert len(by_file) == len(by_module) > 0
+    for a, b in zip(by_file, by_module, strict=True):
+        assert all(
+            a[k] == b[k] or (isinstance(a[k], float) and math.isnan(a[k]) and math.isnan(b[k])) for k in a
+        )
+    subjects = fe.load_brain(eval_things).subjects("eeg")
+    assert {(r["modality"], r["subject"], r["comparison"]) for r in by_file} == {
+        *(("fmri", s, "within" if s == "sub-02" else "across-subject") for s in subjects),
+        *(("eeg", s, "across-modality") for s in subjects),
+    }
+    assert {(r["model"], r["model_subject"]) for r in by_file} == {("ReAlnet-fMRI", "sub-02")}
+
+
 def test_run_folders_named_on_the_command_line_and_pooled_families_warned(tmp_path) -> None:
     """Run folders are named after their parent (sub-XX) or themselves; "NAME=FOLDER" names one (where no
     folder is spelled so), which keeps two align calls' runs apart; their sub-XX runs under parents of one
@@ -299,7 +431,8 @@ def test_a_device_this_machine_lacks_is_refused_naming_it(eval_things: Synthetic
 def test_published_realnet_weights_files_are_models(eval_things: SyntheticThings, tmp_path) -> None:
     """A ReAlnet weights file (the published weights/ReAlnet/sub-XX/encoder.pt) is a model: the family is
     the folder above sub-XX, the subject its sub-XX folder or NAME@sub-XX=FILE, the modality fMRI for 1024
-    response values, else EEG; a run folder's model.safetensors is its run folder."""
+    response values, EEG for 340, else what the family folder says (the published ReAlnet: EEG) or
+    NAME@eeg=FILE; a run folder's model.safetensors is its run folder."""
     from published_formats import encoder_state_dict
 
     torch.manual_seed(0)
@@ -326,9 +459,18 @@ def test_published_realnet_weights_files_are_models(eval_things: SyntheticThings
     assert (named.name, named.subject) == ("pub", "sub-01")
     lone = tmp_path / "best_model_params.pt"  # a notebook's, saved beside it: no subject in its path
     lone.symlink_to(first)
-    with pytest.raises(ValueError, match=r"no folder of its path is named sub-XX .* NAME@sub-XX=FILE"):
+    # no sub-XX folder, and 6 response values (no published size) in no family folder: neither is guessed
+    with pytest.raises(
+        ValueError,
+        match=r"cannot tell whom and what .*: no folder of its path is named sub-XX .*; its encoding head "
+        r"predicts 6 values .*; name them: NAME@sub-XX,eeg=FILE or NAME@sub-XX,fmri=FILE",
+    ):
         as_models([str(lone)], weights=None, seed=0, layers=["IT"])
-    (told,) = as_models([f"pub@sub-03={lone}"], weights=None, seed=0, layers=["IT"])
+    with pytest.raises(
+        ValueError, match=r"cannot tell what .*; name it: NAME@sub-03,eeg=FILE or NAME@sub-03,"
+    ):
+        as_models([f"pub@sub-03={lone}"], weights=None, seed=0, layers=["IT"])
+    (told,) = as_models([f"pub@sub-03,eeg={lone}"], weights=None, seed=0, layers=["IT"])
     assert (told.name, told.subject, told.modality) == ("pub", "sub-03", "eeg")
     fmri = realnet(n_out=1024, image_size=24)
     fmri.backbone = net.backbone
@@ -336,6 +478,14 @@ def test_published_realnet_weights_files_are_models(eval_things: SyntheticThings
     (m,) = as_models([str(tmp_path / "fmri" / "sub-04" / "encoder.safetensors")], weights=None, seed=0,
                      layers=["IT"])  # fmt: skip
     assert (m.name, m.subject, m.modality) == ("fmri", "sub-04", "fmri")
+    with pytest.raises(  # a published response size names its modality: another one given is refused
+        ValueError,
+        match=r"'x@eeg=.*encoder\.safetensors' is given modality 'eeg', but its encoding head predicts "
+        r"1024 values, the response of the published fMRI ReAlnet \(the EEG one predicts 340\); give 'fmri' "
+        r"or none$",
+    ):
+        as_models([f"x@eeg={tmp_path / 'fmri' / 'sub-04' / 'encoder.safetensors'}"], weights=None, seed=0,
+                  layers=["IT"])  # fmt: skip
     run = tmp_path / "runs" / "sub-05"  # a run's own weights file: its config.json names subject, modality
     save_realnet(net, run)
     with open(run / "config.json", "w") as f:
@@ -343,13 +493,16 @@ def test_published_realnet_weights_files_are_models(eval_things: SyntheticThings
     (run / "summary.json").write_text("{}")
     (m,) = as_models([str(run / "model.safetensors")], weights=None, seed=0, layers=["IT"])
     assert (m.name, m.subject, m.modality, m.source) == ("runs", "sub-01", "fmri", str(run))
-    with pytest.raises(ValueError, match=r"gives a run folder a subject, but its config.json names it"):
-        as_models([f"x@sub-01={run}"], weights=None, seed=0, layers=["IT"])
-    twice = [f"{tmp_path}/ck/sub-07/{run}/encoder.pt" for run in ("A", "B")]  # runs inside one sub-XX
+    for tags, what in (("sub-01", "a subject"), ("fmri", "a modality"), ("eeg,sub-01", "a subject and a")):
+        with pytest.raises(ValueError, match=rf"gives a run folder {what}.*, but its config.json names"):
+            as_models([f"x@{tags}={run}"], weights=None, seed=0, layers=["IT"])
+    twice = [f"{tmp_path}/ck-eeg/sub-07/{run}/encoder.pt" for run in ("A", "B")]  # runs inside one sub-XX
     for path in twice:
         os.makedirs(os.path.dirname(path))
         os.symlink(first, path)
-    with pytest.raises(ValueError, match=r"both model 'ck' of sub-07; .*NAME=FILE.*from_weights\(file, name"):
+    with pytest.raises(
+        ValueError, match=r"both model 'ck-eeg' of sub-07; .*NAME=FILE.*from_weights\(file, name"
+    ):
         as_models(twice, weights=None, seed=0, layers=["IT"])
     other = tmp_path / "sub-06" / "notes.txt"
     other.parent.mkdir()
@@ -358,8 +511,9 @@ def test_published_realnet_weights_files_are_models(eval_things: SyntheticThings
         ValueError, match=r"models\[0\] must be a ReAlnet weights file \(\.pt, \.pth, \.safetensors\)"
     ):
         as_models([str(other)], weights=None, seed=0, layers=["IT"])
-    # a file that is no ReAlnet is read before its subject is asked for, and named as the argument given
-    headless = tmp_path / "cornet_s.pth"  # a CORnet-S without the head (a key of one is enough to tell)
+    # a file that is no ReAlnet is read before its subject is asked for, and named as the argument given;
+    # a CORnet-S without the head (a key of one is enough to tell) is asked what is missing of it
+    headless = tmp_path / "cornet_s.pth"
     torch.save({"V1.conv1.weight": torch.zeros(1)}, headless)
     garbage = tmp_path / "sub-06" / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
@@ -376,6 +530,12 @@ def test_published_realnet_weights_files_are_models(eval_things: SyntheticThings
         ValueError, match=r"with weights='.*' \(--models cornet_s --weights .*cornet_s\.pth\)$"
     ):
         fe.EvalModel.from_weights(headless)
+    with pytest.raises(  # told whom and what: then it must be a whole CORnet-S
+        ValueError,
+        match=r"'x@sub-01,eeg=.*cornet_s\.pth': expected ReAlnet weights .* or a CORnet-S's; cornet_s: "
+        r"weights do not match CORnet-S: missing keys",
+    ):
+        as_models([f"x@sub-01,eeg={headless}"], weights=None, seed=0, layers=["IT"])
     with pytest.raises(
         ValueError,
         match=re.escape(f"evaluate: path={str(garbage)!r}: expected ReAlnet weights (CORnet-S and its"),

@@ -255,6 +255,21 @@ def test_load_plain_state_dict(model: CORnetS, tmp_path, prefix: str) -> None:
     _assert_same_weights(cornet_s(weights={prefix + k: v for k, v in model.state_dict().items()}), model)
 
 
+def test_load_safetensors(model: CORnetS, tmp_path) -> None:
+    """A state dict saved with safetensors (a ReAlnet's backbone exported beside its .safetensors model)."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    _assert_same_weights(cornet_s(weights=path), model)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors")
+    with pytest.raises(
+        ValueError, match=r"^cornet_s: weights: could not read '.*junk\.safetensors' as safetensors"
+    ):
+        cornet_s(weights=junk)
+
+
 def test_load_without_num_batches_tracked(model: CORnetS) -> None:
     # Checkpoints from PyTorch < 0.4.1 have no BatchNorm counters.
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}

@@ -532,8 +532,8 @@ def cornet_s(weights: str | os.PathLike[str] | Mapping[str, Any] | None = None) 
 
     Args:
         weights: None, a path to a checkpoint in the original format (``{"state_dict": ...}`` with
-            ``module.``-prefixed keys, or a bare state_dict with or without the prefix), or such a
-            mapping already in memory. Nothing is downloaded.
+            ``module.``-prefixed keys, or a bare state_dict with or without the prefix; ``.safetensors``
+            files hold a bare state_dict), or such a mapping already in memory. Nothing is downloaded.
 
     Returns:
         The model in eval mode when weights were loaded, else in train mode (like a fresh nn.Module).

@@ -1,7 +1,8 @@
 """CORnet-S checkpoints: reading (never executing) them, cleaning the original's format, strict loading.
 
 The original release is ``{"state_dict": {...}, "epoch": ..., "arch": ..., "optimizer": ...}`` with the
-``module.`` prefix of its DataParallel wrapper on every key. Nothing here depends on the model's class: it
+``module.`` prefix of its DataParallel wrapper on every key; a ``.safetensors`` file of the same keys is read
+too. Nothing here depends on the model's class: it
 loads into any module whose ``state_dict()`` keys are CORnet-S's.
 """
 
@@ -29,6 +30,13 @@ def _read_checkpoint(weights: str | os.PathLike[str] | Mapping[str, Any]) -> Map
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"cornet_s: weights: no checkpoint file at {path!r}")
+    if path.endswith(".safetensors"):  # a state dict saved with safetensors (e.g. a ReAlnet's backbone)
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as exc:
+            raise ValueError(f"cornet_s: weights: could not read {path!r} as safetensors: {exc}") from exc
     try:
         # weights_only: a checkpoint is data; never run code from it.
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
