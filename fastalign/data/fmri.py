@@ -156,10 +156,11 @@ class FMRIResponses:
         for idx in self.rois.values():
             inside[idx] = True
         outside = int((bad_voxel & ~inside).sum())
-        if outside:
+        if outside and self.rois:
             parts.append(f"{outside} outside every ROI")
+        detail = f" ({'; '.join(parts)})" if parts else ""
         raise ValueError(
-            f"{self.source}: NaN or inf in {len(bad)} of {self.data.shape[2]} voxels ({'; '.join(parts)}), "
+            f"{self.source}: NaN or inf in {len(bad)} of {self.data.shape[2]} voxels{detail}, "
             f"{where}; all voxels are used here, so each must be finite in every image and repetition: "
             "select ROIs whose voxels are finite (FMRIResponses.select, or rois=)"
         )

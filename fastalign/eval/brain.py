@@ -296,12 +296,13 @@ def load_brain(
                     raise ValueError(
                         f"{_FN}: rois names {unknown}, which {f.source!r} lacks; it has {list(f.rois)}"
                     )
-                try:  # the selected ROIs' voxels must be finite; NaN elsewhere in the file is never read
-                    used = f.select(names)
+                try:  # the kept ROIs' voxels must be finite; NaN elsewhere in the file is never read
+                    f.check_finite(names)
                 except ValueError as exc:
                     raise ValueError(f"{_FN}: subject {s}: {exc}") from exc
-                mean = used.average()
-                fmri[s] = {r: mean[:, used.rois[r]] for r in names}
+                used = np.unique(np.concatenate([f.rois[r] for r in names]))
+                mean = f.data[:, :, used].mean(axis=1)
+                fmri[s] = {r: mean[:, np.searchsorted(used, f.rois[r])] for r in names}  # each ROI's order
     return BrainData(images, eeg, times, fmri, source=root)
 
 

@@ -217,7 +217,7 @@ def test_nan_outside_the_used_rois_is_read_and_never_used(tmp_path: os.PathLike)
     with pytest.raises(ValueError, match=everything):
         fmri_datasets(h5, h5)
     with pytest.raises(
-        ValueError, match=rf"{re.escape(h5)}: NaN or inf in 4 of 6 voxels \(4 outside every ROI\)"
+        ValueError, match=rf"{re.escape(h5)}: NaN or inf in 4 of 6 voxels, in 5 of 5 stimulus rows"
     ):
         ResponsePCA(2).fit(v1v2).transform(FMRIResponses(r.data[:, :, 6:], source=h5))
     tr, te = fmri_datasets(h5, h5, rois=["V1", "LOC"], pca_components=2)

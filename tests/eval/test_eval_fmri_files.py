@@ -24,10 +24,13 @@ def _truth(things: SyntheticThings) -> fe.EvalModel:
     return fe.EvalModel("truth", features={"features": things.ground_truth["test_features"]})
 
 
-def _masked_copy(things: SyntheticThings, root: str, nan_in_v1: str | None = None) -> str:
+def _masked_copy(
+    things: SyntheticThings, root: str, nan_in_v1: str | None = None, indices: bool = False
+) -> str:
     """``things`` with fMRI test files as real beta files come: 10 more voxels outside every ROI, NaN in
-    every image (outside the brain), float32, the ROIs as uint8 masks in a group listed by name; with
-    ``nan_in_v1`` (a subject), that subject's V1 has NaN in one voxel of stimulus rows 2 and 5."""
+    every image (outside the brain), float32, the ROIs as uint8 masks in a group listed by name (with
+    ``indices``: as voxel indices, each ROI's in descending order); with ``nan_in_v1`` (a subject), that
+    subject's V1 has NaN in one voxel of stimulus rows 2 and 5."""
     shutil.copytree(os.path.join(things.root, "image_set"), os.path.join(root, "image_set"))
     for s in things.subjects:
         sub = f"sub-{s:02d}"
@@ -43,7 +46,8 @@ def _masked_copy(things: SyntheticThings, root: str, nan_in_v1: str | None = Non
             f["responses"] = data.astype(np.float32)
             group = f.create_group("rois")
             for name, idx in src.rois.items():
-                group[name] = np.isin(np.arange(v + sum(_PAD)), idx + _PAD[0]).astype(np.uint8)
+                mask = np.isin(np.arange(v + sum(_PAD)), idx + _PAD[0])
+                group[name] = np.flatnonzero(mask)[::-1] if indices else mask.astype(np.uint8)
     return root
 
 
@@ -60,6 +64,16 @@ def test_nan_outside_the_rois_is_never_read(eval_things: SyntheticThings, tmp_pa
     same = fe.evaluate(eval_things, [_truth(eval_things)], out=None, modality="fmri").rows
     keys = ("subject", "roi", "similarity", "noise_lower", "noise_upper")
     assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in same]
+
+
+def test_each_roi_keeps_its_voxel_order(eval_things: SyntheticThings, tmp_path) -> None:
+    """ROIs given as voxel indices keep their order (the columns of a subject's ROI responses), as before
+    only the used voxels were read."""
+    root = _masked_copy(eval_things, str(tmp_path / "masked"), indices=True)
+    got, want = fe.load_brain(root, ("fmri",), rois=["V2", "HVC"]), fe.load_brain(eval_things, ("fmri",))
+    for s, rois in got.fmri.items():
+        for roi, x in rois.items():
+            np.testing.assert_array_equal(x, want.fmri[s][roi][:, ::-1])
 
 
 def test_nan_inside_a_used_roi_names_subject_file_roi_voxels_and_rows(
