@@ -11,7 +11,7 @@ any other name in the file works too. ROIs are listed in that hierarchy, whateve
 them in (:func:`roi_order`).
 
 Non-finite values. Real response files carry NaN in voxels outside the brain or the ROIs (a masked
-volume, Shen et al.'s and Horikawa's beta files), so a file is read whole, NaN and inf included, and only
+volume, a whole-brain beta map), so a file is read whole, NaN and inf included, and only
 the voxels an analysis uses must be finite, in every image and repetition: :meth:`FMRIResponses.select`
 checks the selected ROIs' voxels, and every use of all voxels (:meth:`FMRIResponses.average`,
 :meth:`FMRIResponses.check_finite`, :class:`ResponsePCA`, the datasets) checks them all. Like a masker
