@@ -5,7 +5,8 @@
 - :func:`mvnn`: multivariate noise normalisation, vectorised.
 - :class:`BrainImageDataset`, :func:`things_eeg2_datasets`, :func:`fmri_datasets`: (image, response)
   pairs for training and evaluation; arrays, :class:`EEGResponses` and ``mne.Epochs`` all work.
-- :func:`load_fmri`, :class:`FMRIResponses`, :class:`ResponsePCA`: fMRI responses, ROIs, PCA.
+- :func:`load_fmri`, :class:`FMRIResponses`, :class:`ResponsePCA`: fMRI responses, ROIs, PCA;
+  :func:`roi_order`: ROI names in the visual hierarchy.
 - :class:`ImageTransform`, :func:`load_image`: images without torchvision; :func:`embed_images`: image
   embeddings by any torch model, cached on disk (:mod:`fastalign.data.embeddings`).
 - :func:`make_synthetic_things`: a complete small dataset in the published layout from a known brain.
@@ -22,7 +23,7 @@ from fastalign.data.datasets import (
     train_val_split,
 )
 from fastalign.data.embeddings import embed_images, model_key, normalize_embeddings
-from fastalign.data.fmri import ROI_NAMES, FMRIResponses, ResponsePCA, load_fmri
+from fastalign.data.fmri import ROI_NAMES, FMRIResponses, ResponsePCA, load_fmri, roi_order
 from fastalign.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -92,6 +93,7 @@ __all__ = [
     "preprocess_things_eeg2",
     "preprocessed_path",
     "raw_path",
+    "roi_order",
     "things_eeg2_datasets",
     "train_val_split",
 ]

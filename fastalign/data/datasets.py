@@ -151,6 +151,7 @@ def _as_trials(responses: Any) -> tuple[np.ndarray, list[str], np.ndarray, str]:
     if isinstance(responses, EEGResponses):
         return responses.data, responses.ch_names, responses.times, responses.source
     if isinstance(responses, FMRIResponses):
+        responses.check_finite()  # every voxel is used; NaN outside the wanted ROIs: select them first
         return responses.data, [], np.zeros(0), responses.source
     if not isinstance(responses, (np.ndarray, list, tuple)) and not hasattr(responses, "__array__"):
         hint = (

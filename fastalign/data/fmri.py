@@ -7,13 +7,22 @@ order, and optionally ROI definitions (a boolean mask over voxels or a list of v
 - ``.h5`` / ``.hdf5``: a dataset ``responses`` and a group ``rois`` with one dataset per ROI.
 
 ROI names follow the usual visual areas: V1, V2, V3, V4, LOC, FFA, PPA and HVC (higher visual cortex);
-any other name in the file works too.
+any other name in the file works too. ROIs are listed in that hierarchy, whatever order the file stores
+them in (:func:`roi_order`).
+
+Non-finite values. Real response files carry NaN in voxels outside the brain or the ROIs (a masked
+volume, a whole-brain beta map), so a file is read whole, NaN and inf included, and only
+the voxels an analysis uses must be finite, in every image and repetition: :meth:`FMRIResponses.select`
+checks the selected ROIs' voxels, and every use of all voxels (:meth:`FMRIResponses.average`,
+:meth:`FMRIResponses.check_finite`, :class:`ResponsePCA`, the datasets) checks them all. Like a masker
+(nilearn's ``NiftiMasker``), what lies outside the used voxels is never read into a result; unlike
+nilearn's ``ensure_finite``, a NaN inside them is an error, not a zero, since zero is not a response.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +33,23 @@ from fastalign.data._io import check_array, load_npy, require_file
 from fastalign.data.responses import _check_random_state
 
 ROI_NAMES = ("V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC")
+_RANK = {name: i for i, name in enumerate(ROI_NAMES)}
+
+
+def roi_order(names: Iterable[str]) -> list[str]:
+    """``names`` in the visual hierarchy: those of :data:`ROI_NAMES` in its order (V1, V2, V3, V4, LOC,
+    FFA, PPA, HVC), then any others in the order given, each name once.
+
+    Names match exactly, as ROI names do everywhere (``"v1"`` is another ROI than ``"V1"``). The order
+    given is the file's for the other names: an HDF5 group lists its members by name unless it was created
+    with ``track_order=True`` (then in creation order), an ``np.save``'d dict in its insertion order.
+    """
+    return sorted(dict.fromkeys(names), key=lambda name: _RANK.get(name, len(ROI_NAMES)))
+
+
+def _listed(values: np.ndarray, limit: int = 5) -> str:
+    """The first ``limit`` ints of ``values``: "0, 3, 7" or "0, 3, 7, 9, 12, ..." (messages say how many)."""
+    return ", ".join(str(int(v)) for v in values[:limit]) + (", ..." if len(values) > limit else "")
 
 
 def _roi_indices(value: Any, n_voxels: int, name: str, source: str) -> np.ndarray:
@@ -57,8 +83,10 @@ class FMRIResponses:
     """fMRI responses of one subject and split.
 
     Attributes:
-        data: (n_images, n_repetitions, n_voxels) responses (n_repetitions is 1 for averaged files).
-        rois: ROI name -> int64 voxel indices into the last axis.
+        data: (n_images, n_repetitions, n_voxels) responses (n_repetitions is 1 for averaged files). It
+            may hold NaN or inf in voxels that no analysis uses (outside the brain or the ROIs):
+            :meth:`select`, :meth:`average` and :meth:`check_finite` refuse them where they are used.
+        rois: ROI name -> int64 voxel indices into the last axis, in :func:`roi_order`.
         source: the file (or "array") for error messages.
     """
 
@@ -67,23 +95,83 @@ class FMRIResponses:
     source: str = "array"
 
     def __post_init__(self) -> None:
-        arr = check_array(self.data, "responses", self.source, ndim=(2, 3))
+        arr = check_array(self.data, "responses", self.source, ndim=(2, 3), finite=False)
         self.data = arr[:, None, :] if arr.ndim == 2 else arr
         n_vox = self.data.shape[2]
-        self.rois = {str(k): _roi_indices(v, n_vox, str(k), self.source) for k, v in self.rois.items()}
+        rois = {str(k): _roi_indices(v, n_vox, str(k), self.source) for k, v in self.rois.items()}
+        self.rois = {name: rois[name] for name in roi_order(rois)}
 
     def select(self, rois: str | Sequence[str]) -> FMRIResponses:
-        """The voxels of one ROI or the union of several (in ascending voxel order)."""
+        """The voxels of one ROI or the union of several (in ascending voxel order).
+
+        Raises:
+            KeyError: an ROI the responses do not define.
+            ValueError: a selected ROI has NaN or inf in a voxel (see :meth:`check_finite`).
+        """
         names = [rois] if isinstance(rois, str) else list(rois)
         missing = [n for n in names if n not in self.rois]
         if missing or not names:
-            raise KeyError(f"{self.source}: no ROI named {missing or names}; it defines {sorted(self.rois)}")
+            raise KeyError(f"{self.source}: no ROI named {missing or names}; it defines {list(self.rois)}")
+        self.check_finite(names)
         idx = np.unique(np.concatenate([self.rois[n] for n in names]))
         remap = {n: np.flatnonzero(np.isin(idx, v)) for n, v in self.rois.items() if np.isin(v, idx).all()}
         return FMRIResponses(self.data[:, :, idx], remap, self.source)
 
+    def check_finite(self, rois: str | Sequence[str] | None = None) -> None:
+        """Refuses NaN and inf in the voxels of ``rois`` (None: every voxel), in any image or repetition.
+
+        Raises:
+            KeyError: an ROI the responses do not define.
+            ValueError: naming the file, each ROI with such voxels (how many of its voxels and their
+                indices), in how many and which stimulus rows (images) and, when every voxel is checked,
+                how many such voxels lie outside every ROI.
+        """
+        names = None if rois is None else [rois] if isinstance(rois, str) else list(rois)
+        missing = [n for n in names or () if n not in self.rois]
+        if missing:
+            raise KeyError(f"{self.source}: no ROI named {missing}; it defines {list(self.rois)}")
+        if names == [] or not np.issubdtype(self.data.dtype, np.floating):  # nothing used, or ints
+            return
+        bad_voxel = np.zeros(self.data.shape[2], dtype=bool)
+        used = slice(None) if names is None else np.unique(np.concatenate([self.rois[n] for n in names]))
+        bad_voxel[used] = ~np.isfinite(self.data[:, :, used]).all(axis=(0, 1))
+        if not bad_voxel.any():
+            return
+        bad = np.flatnonzero(bad_voxel)
+        rows = np.flatnonzero(~np.isfinite(self.data[:, :, bad]).all(axis=(1, 2)))
+        where = f"in {len(rows)} of {self.data.shape[0]} stimulus rows ({_listed(rows)})"
+        parts = [
+            f"ROI {name!r}: {int(bad_voxel[idx].sum())} of its {len(idx)} voxels "
+            f"(indices {_listed(idx[bad_voxel[idx]])})"
+            for name, idx in self.rois.items()
+            if (names is None or name in names) and bad_voxel[idx].any()
+        ]
+        if names is not None:
+            raise ValueError(
+                f"{self.source}: NaN or inf in {'; '.join(parts)}, {where}; the voxels of a used ROI must be "
+                "finite in every image and repetition: leave the ROI out, or give it without those voxels "
+                "(load_fmri(..., rois={name: mask or indices}))"
+            )
+        inside = np.zeros_like(bad_voxel)
+        for idx in self.rois.values():
+            inside[idx] = True
+        outside = int((bad_voxel & ~inside).sum())
+        if outside and self.rois:
+            parts.append(f"{outside} outside every ROI")
+        detail = f" ({'; '.join(parts)})" if parts else ""
+        raise ValueError(
+            f"{self.source}: NaN or inf in {len(bad)} of {self.data.shape[2]} voxels{detail}, "
+            f"{where}; all voxels are used here, so each must be finite in every image and repetition: "
+            "select ROIs whose voxels are finite (FMRIResponses.select, or rois=)"
+        )
+
     def average(self, repetitions: Sequence[int] | None = None) -> np.ndarray:
-        """(n_images, n_voxels): the mean over all (or the given) repetitions."""
+        """(n_images, n_voxels): the mean over all (or the given) repetitions.
+
+        Raises:
+            ValueError: a voxel holds NaN or inf (:meth:`check_finite`); :meth:`select` ROIs first.
+        """
+        self.check_finite()
         data = self.data if repetitions is None else self.data[:, list(repetitions)]
         return np.asarray(data.mean(axis=1))
 
@@ -108,8 +196,9 @@ def load_fmri(
     Raises:
         FileNotFoundError: no such file.
         TypeError: ``rois`` is not a mapping.
-        ValueError: wrong extension, damaged file, missing key, responses not 2-d/3-d or not finite, ROIs
-            not a dict / group of datasets, bad ROI.
+        ValueError: wrong extension, damaged file, missing key, responses not 2-d/3-d, ROIs not a dict /
+            group of datasets, bad ROI. NaN and inf are read; the voxels a use selects must be finite
+            (:meth:`FMRIResponses.check_finite`).
     """
     if rois is not None and not isinstance(rois, Mapping):
         raise TypeError(
@@ -208,6 +297,7 @@ class ResponsePCA:
             raise ValueError(
                 f"{responses.source}: {v} voxels, but the PCA was fitted on {self._pca.n_features_in_}"
             )
+        responses.check_finite()
         out = self._pca.transform(responses.data.reshape(n * r, v)).reshape(n, r, -1)
         return FMRIResponses(out, {}, responses.source + f" (PCA {self.n_components})")
 

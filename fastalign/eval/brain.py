@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fastalign import _checks
-from fastalign.data import SyntheticThings, load_fmri, load_image_metadata, load_preprocessed_eeg
+from fastalign.data import SyntheticThings, load_fmri, load_image_metadata, load_preprocessed_eeg, roi_order
 from fastalign.eval.features import subject_name
 from fastalign.rsa import rdm
 
@@ -45,7 +45,8 @@ class BrainData:
         images: The test images (files) in condition order.
         eeg: Subject ("sub-01") -> (n_images, n_channels, n_times) EEG.
         times: (n_times,) seconds of the EEG samples from image onset.
-        fmri: Subject -> ROI name -> (n_images, n_voxels) fMRI responses (every subject has the same ROIs).
+        fmri: Subject -> ROI name -> (n_images, n_voxels) fMRI responses (every subject has the same ROIs;
+            kept in :func:`fastalign.data.roi_order`, whatever order they are given in).
         behaviour: Subject (or "group") -> (n_pairs,) condensed RDM (dissimilarities) over the images.
         fmri_images: The fMRI test images when they are not ``images`` (e.g. another stimulus set).
         source: Where the data came from (for messages and config.json).
@@ -85,8 +86,8 @@ class BrainData:
         if len({frozenset(r) for r in self.fmri.values()}) > 1:
             found = {s: list(r) for s, r in self.fmri.items()}
             raise ValueError(f"{where}: every subject needs the same fMRI ROIs, got {found}")
-        if self.fmri:  # the same ROIs in another order (files written in another order): the first's order
-            order = list(next(iter(self.fmri.values())))
+        if self.fmri:  # the visual hierarchy (V1 ... HVC), other ROIs after them in the first subject's order
+            order = roi_order(next(iter(self.fmri.values())))
             self.fmri = {s: {roi: r[roi] for roi in order} for s, r in self.fmri.items()}
         self.behaviour = _by_subject(
             "behaviour",
@@ -134,7 +135,8 @@ class BrainData:
         return sorted(stores[modality])
 
     def rois(self) -> list[str]:
-        """The fMRI ROI names, in the data's order."""
+        """The fMRI ROI names in :func:`fastalign.data.roi_order`: V1, V2, V3, V4, LOC, FFA, PPA, HVC (those
+        present), then any others in the first subject's order."""
         return list(next(iter(self.fmri.values()))) if self.fmri else []
 
 
@@ -245,11 +247,12 @@ def load_brain(
         modality: "eeg" and/or "fmri".
         subjects: Subjects to load (numbers or "sub-XX"); None: every subject of each modality.
         rois: fMRI ROIs to keep (None: all that the files define; a file without ROIs gives one ROI
-            "all" of every voxel).
+            "all" of every voxel). Only their voxels must be finite: a file may hold NaN elsewhere.
 
     Raises:
         FileNotFoundError: a missing folder or file.
-        ValueError: a subject missing from the data, an unknown ROI, responses of another number of
+        ValueError: a subject missing from the data, an unknown ROI, NaN or inf in a voxel of a kept ROI
+            (naming the file, subject, ROI, voxels and stimulus rows), responses of another number of
             images than image_metadata.npy lists, subjects whose channels, times or ROIs differ.
     """
     root = _root(data)
@@ -285,15 +288,21 @@ def load_brain(
             else:
                 f = _named(load_fmri, _fmri_file(root, s))
                 _check_n(f.data.shape[0], images, f.source)
-                defined = f.rois or {"all": np.arange(f.data.shape[2])}
-                names = list(defined) if rois is None else _seq("rois", rois)
-                unknown = [r for r in names if r not in defined]
+                if not f.rois:
+                    f.rois = {"all": np.arange(f.data.shape[2])}
+                names = list(f.rois) if rois is None else _seq("rois", rois)
+                unknown = [r for r in names if r not in f.rois]
                 if unknown:
                     raise ValueError(
-                        f"{_FN}: rois names {unknown}, which {f.source!r} lacks; it has {list(defined)}"
+                        f"{_FN}: rois names {unknown}, which {f.source!r} lacks; it has {list(f.rois)}"
                     )
-                mean = f.average()
-                fmri[s] = {r: mean[:, defined[r]] for r in names}
+                try:  # the kept ROIs' voxels must be finite; NaN elsewhere in the file is never read
+                    f.check_finite(names)
+                except ValueError as exc:
+                    raise ValueError(f"{_FN}: subject {s}: {exc}") from exc
+                used = np.unique(np.concatenate([f.rois[r] for r in names]))
+                mean = f.data[:, :, used].mean(axis=1)
+                fmri[s] = {r: mean[:, np.searchsorted(used, f.rois[r])] for r in names}  # each ROI's order
     return BrainData(images, eeg, times, fmri, source=root)
 
 

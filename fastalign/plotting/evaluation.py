@@ -43,6 +43,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from fastalign.data import roi_order
 from fastalign.eval.report import save_figure as save_figure
 
 #: Okabe & Ito's colour-blind-safe palette without yellow (too light on white paper) and black (kept
@@ -529,7 +530,9 @@ def plot_roi_bars(
     stats.json's ``roi_tests`` with ``p < alpha``: ``*`` against 0, ``†`` against a baseline.
 
     Rows without an ROI (behaviour) form one group ("behavioural RDM"; other modalities: their name).
-    Arguments as for :func:`plot_rsa_time_courses`; ``rois`` picks and orders the groups.
+    ROIs are drawn in the visual hierarchy (:func:`fastalign.data.roi_order`: V1, V2, V3, V4, LOC, FFA,
+    PPA, HVC, then others in the table's order), whatever order the table lists them in. Arguments as for
+    :func:`plot_rsa_time_courses`; ``rois`` picks the groups and draws them in its order instead.
     """
     fn = "plot_roi_bars"
     ncols = _check_ncols(fn, ncols)
@@ -552,7 +555,7 @@ def plot_roi_bars(
     for t in tests:
         t["roi"] = t["roi"] or group
     layer_list = _select(fn, "layers", _order(r["layer"] for r in rows), layers)
-    roi_list = _select(fn, "rois", _order(r["roi"] for r in rows), rois)
+    roi_list = _select(fn, "rois", roi_order(r["roi"] for r in rows), rois)
     curves = _curve_order(_order(label(r["model"]) for r in rows), label(baseline))
     styles = model_styles(curves, label(baseline))
     width = 0.8 / len(curves)

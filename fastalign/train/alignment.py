@@ -375,15 +375,22 @@ def _fmri_responses(
     out = {key: load_fmri(_fmri_file(folder, subject, split)) for key, split in splits.items()}
     for key, split in splits.items():
         _check_counts(split, out[key].data.shape[0], n_images[key], out[key].source)
-    if rois is not None:
-        names = [rois] if isinstance(rois, str) else list(rois)
+    names = None if rois is None else [rois] if isinstance(rois, str) else list(rois)
+    if names is not None:
         missing = [r for r in names if r not in out["train"].rois]
         if missing or not names:
             raise ValueError(
                 f"{_FN}: rois={rois!r} names ROIs {missing or names} that {out['train'].source!r} does not "
-                f"define; it has {sorted(out['train'].rois)}"
+                f"define; it has {list(out['train'].rois)}"
             )
-        out = {key: r.select(names) for key, r in out.items()}
+    try:  # only the used voxels must be finite: files carry NaN outside the brain or the ROIs
+        if names is None:
+            for r in out.values():
+                r.check_finite()
+        else:
+            out = {key: r.select(names) for key, r in out.items()}
+    except ValueError as exc:
+        raise ValueError(f"{_FN}: subject {subject}: {exc}") from exc
     if out["train"].data.shape[2] != out["test"].data.shape[2]:
         raise ValueError(
             f"{_FN}: {out['test'].source!r} has {out['test'].data.shape[2]} voxels but "

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 
 import h5py
 import numpy as np
 import pytest
+import torch
 from sklearn.decomposition import PCA
 
-from fastalign.data import FMRIResponses, ResponsePCA, fmri_datasets, load_fmri
+from fastalign.data import (
+    ROI_NAMES,
+    BrainImageDataset,
+    FMRIResponses,
+    ResponsePCA,
+    fmri_datasets,
+    load_fmri,
+    roi_order,
+)
 from fastalign.data._io import save_npy
 
 
@@ -64,8 +74,8 @@ def test_bad_fmri_input(tmp_path: os.PathLike) -> None:
     nan = np.ones((3, 4))
     nan[1, 2] = np.nan
     np.save(os.path.join(tmp_path, "nan.npy"), nan)
-    with pytest.raises(ValueError, match=r"nan.npy.*NaN"):
-        load_fmri(os.path.join(tmp_path, "nan.npy"))
+    with pytest.raises(ValueError, match=r"nan.npy: NaN or inf in 1 of 4 voxels"):
+        load_fmri(os.path.join(tmp_path, "nan.npy")).average()  # read whole; refused where it is used
     save_npy(os.path.join(tmp_path, "nokey.npy"), {"betas": np.ones((3, 4))})
     with pytest.raises(ValueError, match=r"nokey.npy.*'responses'"):
         load_fmri(os.path.join(tmp_path, "nokey.npy"))
@@ -153,3 +163,119 @@ def test_integer_masks_and_repeated_indices(tmp_path: os.PathLike) -> None:
     with pytest.raises(ValueError, match=r"ROI 'V1' repeats voxel indices; expected distinct indices"):
         FMRIResponses(data, {"V1": np.array([3, 4, 3])})
     np.testing.assert_array_equal(FMRIResponses(data, {"V1": np.array([0, 1])}).rois["V1"], [0, 1])  # indices
+
+
+def _masked_file(
+    path: str, data: np.ndarray, masks: dict[str, np.ndarray], *, track_order: bool = False
+) -> None:
+    """An .h5 response file as real data come: float32 betas with NaN outside the brain, one uint8 mask per
+    ROI (MATLAB's and many HDF5 writers' masks) in group ``rois``, listed by name unless ``track_order``."""
+    with h5py.File(path, "w") as f:
+        f["responses"] = data.astype(np.float32)
+        group = f.create_group("rois", track_order=track_order)
+        for name, mask in masks.items():
+            group[name] = mask.astype(np.uint8)
+
+
+def _nan_outside_rois(n_images: int = 5, n_reps: int = 2) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Responses of 12 voxels: V1 = 0..2, V2 = 3..5, LOC = 6..7; voxels 8..11 lie outside every ROI and
+    are NaN in every image (outside the brain), voxel 9 also inf in one."""
+    data = np.random.default_rng(0).normal(size=(n_images, n_reps, 12))
+    data[:, :, 8:] = np.nan
+    data[1, 0, 9] = np.inf
+    rois = {"V1": [0, 1, 2], "V2": [3, 4, 5], "LOC": [6, 7]}
+    return data, {name: np.isin(np.arange(12), idx) for name, idx in rois.items()}
+
+
+def test_nan_outside_the_used_rois_is_read_and_never_used(tmp_path: os.PathLike) -> None:
+    """Real beta files carry NaN outside the brain or the ROIs: such a file loads, the ROIs' voxels are
+    selected and used as they are, and every use of all voxels refuses them, saying where they are. It
+    was refused as a whole."""
+    data, masks = _nan_outside_rois()
+    h5 = os.path.join(tmp_path, "sub-01", "fmri_test.h5")
+    os.makedirs(os.path.dirname(h5))
+    _masked_file(h5, data, masks)
+    r = load_fmri(h5)
+    v1v2 = r.select(["V1", "V2"])
+    np.testing.assert_array_equal(v1v2.data, data[:, :, :6].astype(np.float32))
+    assert list(v1v2.rois) == ["V1", "V2"] and np.isfinite(v1v2.average()).all()
+    r.check_finite(["V1", "LOC"])
+    r.check_finite("V2")
+    everything = (
+        rf"{re.escape(h5)}: NaN or inf in 4 of 12 voxels \(4 outside every ROI\), in 5 of 5 stimulus rows "
+        r"\(0, 1, 2, 3, 4\); all voxels are used here, so each must be finite in every image and repetition: "
+        r"select ROIs whose voxels are finite"
+    )
+    with pytest.raises(ValueError, match=everything):
+        r.check_finite()
+    with pytest.raises(ValueError, match=everything):
+        r.average()
+    with pytest.raises(ValueError, match=everything):
+        ResponsePCA(2).fit(r)
+    with pytest.raises(ValueError, match=everything):
+        BrainImageDataset(r)
+    with pytest.raises(ValueError, match=everything):
+        fmri_datasets(h5, h5)
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(h5)}: NaN or inf in 4 of 6 voxels, in 5 of 5 stimulus rows"
+    ):
+        ResponsePCA(2).fit(v1v2).transform(FMRIResponses(r.data[:, :, 6:], source=h5))
+    tr, te = fmri_datasets(h5, h5, rois=["V1", "LOC"], pca_components=2)
+    assert tr.response_shape == (2,) and torch.isfinite(te.responses()).all()
+    with pytest.raises(KeyError, match=r"no ROI named \['FFA'\]; it defines \['V1', 'V2', 'LOC'\]"):
+        r.check_finite(["FFA"])
+
+
+def test_nan_inside_a_used_roi_is_refused_naming_the_roi_voxels_and_rows(tmp_path: os.PathLike) -> None:
+    """NaN in a voxel of a selected ROI is an error naming the file, the ROI, how many of its voxels and
+    which, and the stimulus rows; the other ROIs stay usable. The same for an np.save'd dict."""
+    data, masks = _nan_outside_rois(n_images=8)
+    data[[2, 6], 1, 4] = np.nan  # V2's second voxel in two images' second repetition
+    data[3, 0, 7] = np.inf  # LOC's last voxel
+    h5, npy = os.path.join(tmp_path, "betas.h5"), os.path.join(tmp_path, "betas.npy")
+    _masked_file(h5, data, masks)
+    save_npy(npy, {"responses": data, "rois": {k: np.flatnonzero(v) for k, v in masks.items()}})
+    for path in (h5, npy):
+        r = load_fmri(path)
+        with pytest.raises(ValueError, match=(
+            rf"^{re.escape(path)}: NaN or inf in ROI 'V2': 1 of its 3 voxels \(indices 4\), "
+            r"in 2 of 8 stimulus rows \(2, 6\); the voxels of a used ROI must be finite in every image and "
+            r"repetition: leave the ROI out, or give it without those voxels \(load_fmri\(..., rois="
+        )):  # fmt: skip
+            r.select(["V1", "V2"])
+        with pytest.raises(ValueError, match=(
+            r"NaN or inf in ROI 'V2': 1 of its 3 voxels \(indices 4\); ROI 'LOC': 1 of its 2 voxels "
+            r"\(indices 7\), in 3 of 8 stimulus rows \(2, 3, 6\)"
+        )):  # fmt: skip
+            r.check_finite(["LOC", "V2", "V1"])
+        assert np.isfinite(r.select("V1").average()).all()
+        without = load_fmri(path, rois={"V2": [3, 5]})  # the ROI without its NaN voxel
+        np.testing.assert_array_equal(without.select("V2").data, r.data[:, :, [3, 5]])
+    many = FMRIResponses(np.full((9, 1, 8), np.nan), {"A": np.arange(8)}, "many.npy")
+    with pytest.raises(ValueError, match=r"'A': 8 of its 8 voxels \(indices 0, 1, 2, 3, 4, ...\), in 9 of 9 "
+                       r"stimulus rows \(0, 1, 2, 3, 4, ...\)"):  # fmt: skip
+        many.select("A")
+
+
+def test_rois_are_listed_in_the_visual_hierarchy(tmp_path: os.PathLike) -> None:
+    """h5py lists a group's members by name (FFA, HVC, LOC, PPA, V1, ...): the ROIs come in the hierarchy
+    V1, V2, V3, V4, LOC, FFA, PPA, HVC, then any others in the file's order (by name, in creation order
+    for a group that tracks it, a dict's insertion order), names matched exactly."""
+    data = np.random.default_rng(0).normal(size=(4, 1, 20))
+    written = ["hV4", "HVC", "FFA", "V3A", "PPA", "LOC", "V4", "v1", "V3", "V2", "V1", "EBA"]
+    masks = {name: np.isin(np.arange(20), [i, i + 1]) for i, name in enumerate(written)}
+    h5 = os.path.join(tmp_path, "r.h5")
+    _masked_file(h5, data, masks)
+    hierarchy = ["V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "HVC"]
+    assert list(load_fmri(h5).rois) == [*hierarchy, "EBA", "V3A", "hV4", "v1"]
+    _masked_file(h5, data, masks, track_order=True)
+    assert list(load_fmri(h5).rois) == [*hierarchy, "hV4", "V3A", "v1", "EBA"]  # creation order
+    npy = os.path.join(tmp_path, "r.npy")
+    save_npy(npy, {"responses": data, "rois": masks})
+    assert list(load_fmri(npy).rois) == [*hierarchy, "hV4", "V3A", "v1", "EBA"]
+    others = ["hV4", "V3A", "v1", "EBA"]  # in creation order
+    assert list(load_fmri(npy, rois={"MT": [0], "V2": [5]}).rois) == [*hierarchy, *others, "MT"]
+    assert list(FMRIResponses(data, {"Z": [0], "HVC": [1], "V1": [2]}).rois) == ["V1", "HVC", "Z"]
+    assert list(load_fmri(h5).select(["HVC", "V1"]).rois) == ["V1", "HVC"]
+    assert roi_order(["b", "PPA", "a", "V2", "b"]) == ["V2", "PPA", "b", "a"]
+    assert tuple(hierarchy) == ROI_NAMES

@@ -230,9 +230,23 @@ def test_mvnn_noiseless_repetitions(dim: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["ok", "int", "bool", "complex", "nan", "empty_images", "mask_size", "index_range", "float_index"]
+    "case",
+    [
+        "ok",
+        "int",
+        "bool",
+        "complex",
+        "nan",
+        "nan_outside",
+        "empty_images",
+        "mask_size",
+        "index_range",
+        "float_index",
+    ],
 )
 def test_fmri_responses(case: str) -> None:
+    """Responses and ROIs are checked when made, NaN and inf where ROIs are selected (only the voxels used
+    must be finite: files carry NaN outside the brain)."""
     data = _array("float64", (4, 2, 6))
     rois: dict = {"V1": np.array([0, 1, 2])}
     if case == "int":
@@ -243,6 +257,8 @@ def test_fmri_responses(case: str) -> None:
         data = data.astype(np.complex128)
     elif case == "nan":
         data[0, 0, 0] = np.nan
+    elif case == "nan_outside":
+        data[0, 0, 4] = np.nan
     elif case == "empty_images":
         data = data[:0]
     elif case == "mask_size":
@@ -251,10 +267,12 @@ def test_fmri_responses(case: str) -> None:
         rois = {"V1": np.array([0, 6])}
     elif case == "float_index":
         rois = {"V1": np.array([0.0, 1.0])}
-    out = attempt(lambda: D.FMRIResponses(data, rois), "FMRIResponses", ["responses", "ROI", "V1"])
-    assert out.ok == (case in ("ok", "int", "empty_images")), f"{case}: {out.error}"
+    out = attempt(
+        lambda: D.FMRIResponses(data, rois).select("V1"), "FMRIResponses", ["responses", "ROI", "V1"]
+    )
+    assert out.ok == (case in ("ok", "int", "nan_outside", "empty_images")), f"{case}: {out.error}"
     if out.ok:
-        np.testing.assert_array_equal(out.value.select("V1").data, np.asarray(data, dtype=float)[:, :, :3])
+        np.testing.assert_array_equal(out.value.data, np.asarray(data, dtype=float)[:, :, :3])
 
 
 @pytest.mark.parametrize("n_components", [0, -1, True, 2.0, "2", 5, 2])

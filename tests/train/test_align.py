@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -407,6 +408,38 @@ def test_fmri_rois_and_pca_are_fitted_on_training_images(synth: SyntheticThings)
         load_align_data(synth.root, 2, modality="fmri", rois=["V1", "V2"], pca=40, image_size=SIZE)
     with pytest.raises(ValueError, match="ROIs \\['XX'\\]"):
         load_align_data(synth.root, 2, modality="fmri", rois=["V1", "XX"], image_size=SIZE)
+
+
+def test_fmri_nan_outside_the_selected_rois_is_never_read(synth: SyntheticThings, tmp_path: Path) -> None:
+    """ReAlnet-fMRI on beta files with NaN outside the brain (voxels of no ROI) and in an ROI it does not
+    select (PPA, and HVC, which holds it) trains on exactly the responses of the same file without them;
+    using every voxel, or PPA, is refused naming the subject, the file, the ROIs, the voxels and rows."""
+    root = tmp_path / "masked"
+    shutil.copytree(os.path.join(synth.root, "image_set"), root / "image_set")
+    for split in ("training", "test"):
+        src = load_fmri(os.path.join(synth.fmri_dir, "sub-02", f"fmri_{split}.h5"))
+        n, r, v = src.data.shape
+        data = np.concatenate([src.data, np.full((n, r, 3), np.nan, np.float32)], axis=2)
+        data[1, 0, src.rois["PPA"][0]] = np.nan
+        os.makedirs(root / "fmri" / "sub-02", exist_ok=True)
+        with h5py.File(root / "fmri" / "sub-02" / f"fmri_{split}.h5", "w") as f:
+            f["responses"] = data
+            for name, idx in src.rois.items():
+                f[f"rois/{name}"] = np.isin(np.arange(v + 3), idx).astype(np.uint8)
+    kw = dict(modality="fmri", rois=["V1", "V2"], pca=4, image_size=SIZE)
+    got, want = load_align_data(root, 2, **kw), load_align_data(synth.root, 2, **kw)
+    for split in ("train", "val", "test"):
+        torch.testing.assert_close(getattr(got, split).responses(), getattr(want, split).responses())
+    file = re.escape(str(root / "fmri" / "sub-02" / "fmri_training.h5"))
+    ppa = load_fmri(os.path.join(synth.fmri_dir, "sub-02", "fmri_training.h5")).rois["PPA"]
+    with pytest.raises(ValueError, match=(
+        rf"^align: subject 2: {file}: NaN or inf in 4 of {v + 3} voxels \(ROI 'PPA': 1 of its {len(ppa)} "
+        rf"voxels \(indices {ppa[0]}\); ROI 'HVC': 1 of its .*; 3 outside every ROI\), in 12 of 12 stimulus "
+        r"rows .*all voxels are used here"
+    )):  # fmt: skip
+        load_align_data(root, 2, **{**kw, "rois": None})
+    with pytest.raises(ValueError, match=rf"^align: subject 2: {file}: NaN or inf in ROI 'PPA': 1 of its"):
+        load_align_data(root, 2, **{**kw, "rois": ["V1", "PPA"]})
 
 
 # ----------------------------------------------------------------------------------------- bad input
