@@ -12,7 +12,7 @@ This is a study, not a speed benchmark: its JSON (settings, the clusters, the ga
 alignment summaries, the time taken) goes to ``benchmarks/results/studies/``, which render.py does not
 render.
 
-    python benchmarks/study_evaluate.py                    # ~15 minutes on a 2-core CPU
+    python benchmarks/study_evaluate.py                    # ~8 minutes on a quiet 2-core CPU
     python benchmarks/study_evaluate.py --quick --no-save  # a smoke run at toy sizes
 """
 
