@@ -288,7 +288,8 @@ def load_brain(
             else:
                 f = _named(load_fmri, _fmri_file(root, s))
                 _check_n(f.data.shape[0], images, f.source)
-                if not f.rois:
+                whole = not f.rois
+                if whole:
                     f.rois = {"all": np.arange(f.data.shape[2])}
                 names = list(f.rois) if rois is None else _seq("rois", rois)
                 unknown = [r for r in names if r not in f.rois]
@@ -299,6 +300,13 @@ def load_brain(
                 try:  # the kept ROIs' voxels must be finite; NaN elsewhere in the file is never read
                     f.check_finite(names)
                 except ValueError as exc:
+                    if whole:  # 'all' cannot be left out, and load_fmri(rois=) is not this caller's
+                        found = str(exc).split("; the voxels of a used ROI")[0]
+                        exc = ValueError(
+                            f"{found}; the file defines no ROIs, so "
+                            "every voxel is evaluated (ROI 'all'): define the ROIs to evaluate in the file "
+                            "(an HDF5 group 'rois' or a dict key 'rois': name -> mask or voxel indices)"
+                        )
                     raise ValueError(f"{_FN}: subject {s}: {exc}") from exc
                 used = np.unique(np.concatenate([f.rois[r] for r in names]))
                 mean = f.data[:, :, used].mean(axis=1)

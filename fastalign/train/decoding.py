@@ -296,7 +296,7 @@ def _image_embeddings(
             model = EvalModel("cornet_s", module, layers=[layer])
             origin = os.path.abspath(weights) if weights is not None else f"random, seed {seed}"
             source = f"cornet_s {layer} ({origin})"
-        elif isinstance(spec, str | os.PathLike) and os.path.isdir(spec):
+        elif _run_folder(spec):
             weights_file = os.path.join(os.fspath(spec), "model.safetensors")
             if not os.path.isfile(weights_file):
                 runs = sorted(
@@ -368,12 +368,19 @@ def _image_embeddings(
     return out, source
 
 
+def _run_folder(spec: Any) -> bool:
+    """Whether ``image_model`` names an align run folder: a folder path that is no model's name. A name
+    ("features", "cornet_s", "npy:NAME") is the model whatever folders the working directory holds."""
+    named = isinstance(spec, str) and (spec in IMAGE_MODELS or spec.startswith(PRECOMPUTED_PREFIX))
+    return isinstance(spec, str | os.PathLike) and not named and os.path.isdir(spec)
+
+
 def _about(image_model: Any, source: str, subject: int, train_subjects: list[int]) -> dict[str, Any]:
     """The summary's record of what was decoded with what: ``image_model`` (config.json's description:
     the model, its layer and its weights, run folder or seed), ``subject``, ``train_subjects`` and, for a
     ReAlnet run folder, ``image_model_aligned_to`` (the subject and modality in its config.json)."""
     about: dict[str, Any] = {"image_model": source, "subject": subject, "train_subjects": train_subjects}
-    if isinstance(image_model, str | os.PathLike) and os.path.isdir(image_model):
+    if _run_folder(image_model):
         aligned = RunFolder(os.fspath(image_model)).read_config().get("config", {})
         if "subject" in aligned:  # align's run folder (_image_embeddings has read it as one)
             about["image_model_aligned_to"] = f"sub-{int(aligned['subject']):02d} ({aligned.get('modality')})"

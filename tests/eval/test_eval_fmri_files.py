@@ -127,3 +127,44 @@ def test_rois_follow_the_visual_hierarchy(eval_things: SyntheticThings, tmp_path
     given = {"b": x, "FFA": x, "a": x, "V2": x}
     brain = fe.BrainData([f"img{i}" for i in range(6)], fmri={1: given, 2: dict(reversed(given.items()))})
     assert brain.rois() == ["V2", "FFA", "b", "a"] and list(brain.fmri["sub-02"]) == brain.rois()
+
+
+def test_other_roi_names_follow_rois_else_the_file(eval_things: SyntheticThings, tmp_path) -> None:
+    """Names outside the visual hierarchy come after it: in the order rois= gives them, else the file's
+    (as docs/evaluation.md says)."""
+    root = tmp_path / "custom"
+    shutil.copytree(os.path.join(eval_things.root, "image_set"), root / "image_set")
+    for s in eval_things.subjects:
+        src = load_fmri(os.path.join(eval_things.fmri_dir, f"sub-{s:02d}", "fmri_test.h5"))
+        os.makedirs(root / "fmri" / f"sub-{s:02d}")
+        with h5py.File(root / "fmri" / f"sub-{s:02d}" / "fmri_test.h5", "w") as f:
+            f["responses"] = src.data
+            group = f.create_group("rois")  # listed by name: V4, alpha, zeta
+            group["zeta"], group["alpha"], group["V4"] = src.rois["V2"], src.rois["V1"], src.rois["V4"]
+    assert fe.load_brain(str(root), ("fmri",)).rois() == ["V4", "alpha", "zeta"]
+    assert fe.load_brain(str(root), ("fmri",), rois=["zeta", "V4", "alpha"]).rois() == ["V4", "zeta", "alpha"]
+    with open(os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "docs", "evaluation.md")) as f:
+        text = " ".join(f.read().split())
+    assert "then any other names in the order `rois=` gives them, else the first subject's file's" in text
+
+
+def test_nan_in_a_file_without_rois_says_to_define_them(eval_things: SyntheticThings, tmp_path) -> None:
+    """A file without ROIs is evaluated whole (ROI 'all'), which cannot be left out and whose voxels
+    evaluate cannot be given by load_fmri(rois=): its NaN error says to define the ROIs in the file."""
+    root = tmp_path / "whole"
+    shutil.copytree(os.path.join(eval_things.root, "image_set"), root / "image_set")
+    for s in eval_things.subjects:
+        data = load_fmri(os.path.join(eval_things.fmri_dir, f"sub-{s:02d}", "fmri_test.h5")).data.copy()
+        data[:, :, 0] = np.nan
+        os.makedirs(root / "fmri" / f"sub-{s:02d}")
+        with h5py.File(root / "fmri" / f"sub-{s:02d}" / "fmri_test.h5", "w") as f:
+            f["responses"] = data
+    with pytest.raises(ValueError) as exc:
+        fe.load_brain(str(root), ("fmri",))
+    message = str(exc.value)
+    assert message.startswith("evaluate: subject sub-01: ") and "NaN or inf in ROI 'all': 1 of its" in message
+    assert message.endswith(
+        "the file defines no ROIs, so every voxel is evaluated (ROI 'all'): define the ROIs to evaluate in "
+        "the file (an HDF5 group 'rois' or a dict key 'rois': name -> mask or voxel indices)"
+    )
+    assert "leave the ROI out" not in message and "load_fmri(" not in message

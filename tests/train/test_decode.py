@@ -871,3 +871,16 @@ def test_realnet_weights_files_and_modules_are_embedded_like_run_folders(
             FileNotFoundError, match=r"image_model='.*nowhere(\.pt)?': no such file or folder"
         ):
             decoding._image_embeddings(missing, synth.root, paths, layer=None, **kw)
+
+
+@pytest.mark.parametrize("name", ["features", "cornet_s"])
+def test_a_named_image_model_is_not_read_as_a_folder_of_its_name(
+    name: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """image_model="features" or "cornet_s" names the model even where the working directory holds a
+    folder of that name: the summary's record of the image model looked for an align run's config.json
+    in it, and decode failed ("RunFolder: '.../features' has no config") after the embeddings."""
+    (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path)
+    about = decoding._about(name, f"{name} (described)", 1, [1])
+    assert about == {"image_model": f"{name} (described)", "subject": 1, "train_subjects": [1]}
