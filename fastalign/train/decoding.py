@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -474,10 +475,26 @@ class _Brain:
     test: torch.Tensor
     normalize: Normalization | None
     source: str
+    #: a hash of every response array as read (the test subject's test trials, each training subject's
+    #: training trials), bytes as in the files: config.json's ``responses_digest``, by which a resume knows
+    #: the data at a new path (hashed while each array is in memory anyway; the same on every machine)
+    digest: str
 
 
 def _data(trials: Any) -> np.ndarray:
     return trials.data if isinstance(trials, EEGResponses) else trials
+
+
+def _digest(arrays: Mapping[str, str]) -> str:
+    """One short hash of named per-array digests (:func:`digest_tensors` of each), in name order."""
+    h = hashlib.sha256()
+    for name, value in sorted(arrays.items()):
+        h.update(f"{name}={value};".encode())
+    return h.hexdigest()[:16]
+
+
+def _array_digest(trials: Any) -> str:
+    return digest_tensors({"x": torch.from_numpy(np.ascontiguousarray(_data(trials)))})
 
 
 def _averaged(trials: Any, normalize: Normalization | None) -> torch.Tensor:
@@ -535,8 +552,10 @@ def _brain(
     shape = _feature_shape(_data(test))
     normalize: Normalization | None = None if len(shape) == 1 else "channel_l2"  # fMRI voxels as given
     train, trials = {}, {}
+    digests = {"test": _array_digest(test)}
     for s, load in loaders.items():
         x, name = load(), names["train"].format(s=s)
+        digests[f"train-{s:02d}"] = _array_digest(x)
         _check_rows(name, _data(x), n_images["train"], "train")
         if _feature_shape(_data(x)) != shape:
             raise ValueError(
@@ -551,7 +570,7 @@ def _brain(
                 )
             trials[s] = x
         train[s] = _averaged(x, normalize)
-    return _Brain(train, trials, _averaged(test, normalize), normalize, source)
+    return _Brain(train, trials, _averaged(test, normalize), normalize, source, _digest(digests))
 
 
 def _training_set(
@@ -774,6 +793,13 @@ def _aggregate(summaries: list[dict[str, Any]], seeds: list[int]) -> dict[str, A
     return out
 
 
+#: config entries that say where an input is, not what it holds, so that a resume takes the data folder
+#: at a new path: the data is identified by ``responses_digest`` (the training and test trials as read,
+#: hashed while decode holds them in memory anyway), ``image_fingerprint`` (the image embeddings), the
+#: set sizes and the response shape; other data at the same or another path is refused as another config
+_LOCATIONS = ("data",)
+
+
 def decode(
     data: str | os.PathLike[str] | SyntheticThings,
     subject: int = 1,
@@ -943,6 +969,9 @@ def decode(
             # what the encoder is trained against: a resumed run whose image model changed (a run folder
             # aligned again, other weights) would otherwise mix two models' embeddings unnoticed
             "image_fingerprint": digests[key],
+            # the responses as read: with the image fingerprint and the sizes, what identifies the data
+            # when its folder moved ("data" is a location, see _LOCATIONS)
+            "responses_digest": brain.digest,
             "layer": layer,
             "encoder": encoder,
             "encoder_options": dict(encoder_options or {}),
@@ -964,8 +993,8 @@ def decode(
         extra = [_FreshRepetitions(sampled)] if sampled else []
         result = fit(
             model, functools.partial(_step, images=images["train"].to(target_device)), train_set, val_set,
-            out=run_dir, epochs=epochs, config=config, batch_size=batch_size, seed=s, amp=amp,
-            clip_grad_norm=1.0, patience=patience, drop_last=True,
+            out=run_dir, epochs=epochs, config=config, locations=_LOCATIONS, batch_size=batch_size, seed=s,
+            amp=amp, clip_grad_norm=1.0, patience=patience, drop_last=True,
             optimizer=functools.partial(_optimizer, lr=lr, weight_decay=weight_decay),
             scheduler=functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=epochs),
             scheduler_interval="epoch", resume=resume, overwrite=overwrite,

@@ -27,8 +27,9 @@ from fastalign.data import (
     make_synthetic_things,
     train_val_split,
 )
-from fastalign.train import decoding
+from fastalign.train import FitState, Hook, decoding
 from fastalign.train.decoding import Decoder, decode
+from fastalign.train.run import RunFolder
 
 N_TEST = 20
 # A small NICE that learns in a few epochs on 128 images (the published 40 filters and dropout 0.5 are
@@ -234,6 +235,63 @@ def test_resume_refuses_a_run_whose_image_model_changed(synth: SyntheticThings, 
         ValueError, match=rf"different config \(config\.image_fingerprint: '{fingerprint}' -> '"
     ):
         decode(synth, 1, out=tmp_path / "run", resume=True, **{**kw, "image_model": net(1)})
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAtEpoch(Hook):
+    """Stops a run as a kill would, at the end of ``epoch`` before its checkpoint (the last one kept is
+    the epoch before)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, state: FitState) -> None:
+        if state.epoch == self.epoch:
+            raise _Killed
+
+
+def test_a_resume_takes_the_data_at_a_new_path(synth: SyntheticThings, tmp_path: Path) -> None:
+    """A decode run whose data folder was moved could not be resumed (config.data differed). The data is
+    known by what config.json records of its content (the responses' digest, the image embeddings'
+    fingerprint, the sizes), so the same files elsewhere are the same run, and other data is refused."""
+    first, moved = tmp_path / "first" / "synth", tmp_path / "moved" / "synth"
+    shutil.copytree(synth.root, first)
+    out, kw = tmp_path / "run", {**FAST, "epochs": 2}
+    with pytest.raises(_Killed):
+        decode(first, 1, out=out, hooks=[_KillAtEpoch(2)], **kw)
+    stored = RunFolder(out).read_config()["config"]
+    assert RunFolder(out).checkpoint_epoch(RunFolder(out).latest_checkpoint()) == 1
+    shutil.move(first, moved)  # the same files at another path
+    result = decode(moved, 1, out=out, resume=True, **kw)
+    assert len(stored["responses_digest"]) == 16
+    assert result.summary["epochs_run"] == 2
+    recorded = RunFolder(out).read_config()["config"]
+    assert recorded == {**stored, "data": str(moved)}  # the new path recorded, the rest as it was
+    # the same run uninterrupted at the first path: resuming changed nothing but where the data is
+    shutil.copytree(moved, first)
+    whole = decode(first, 1, out=tmp_path / "whole", **kw)
+    assert result.summary["top1"] == whole.summary["top1"]
+    for a, b in zip(result.model.state_dict().values(), whole.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # other responses (two test images' EEG swapped), at the old path or the new: another run, named
+    eeg = first / "preprocessed_data" / "sub-01" / "preprocessed_eeg_test.npy"
+    d = np.load(eeg, allow_pickle=True).item()  # the synthetic set's own file
+    d["preprocessed_eeg_data"][[0, 1]] = d["preprocessed_eeg_data"][[1, 0]]
+    np.save(eeg, d, allow_pickle=True)
+    for data in (first, moved):
+        if data == moved:
+            shutil.rmtree(moved)
+            shutil.copytree(first, moved)
+        with pytest.raises(
+            ValueError,
+            match=r"holds a run with a different config \((config\.data: '.*' -> '.*'; )?"
+            r"config\.responses_digest: '[0-9a-f]{16}' -> '[0-9a-f]{16}'\); pass overwrite=True",
+        ):
+            decode(data, 1, out=out, resume=True, **kw)
+    assert RunFolder(out).read_config()["config"] == recorded
 
 
 def test_a_decode_run_as_the_image_model_is_refused_by_decode(synth: SyntheticThings, tmp_path: Any) -> None:
