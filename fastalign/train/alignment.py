@@ -448,6 +448,10 @@ def _check_every_subject(root: str, folder: str, modality: str, subjects: list[i
             problems.append((s, exc))
     if not problems:
         return
+    if len(problems) == len(subjects) > 1 and len({(type(e), str(e)) for _, e in problems}) == 1:
+        # the same words for every subject (channels or a time window the data do not have): the call's
+        # problem, said once, as a one-subject call says it
+        raise problems[0][1]
     kind = FileNotFoundError if all(isinstance(e, FileNotFoundError) for _, e in problems) else ValueError
     listed = "".join(f"\n- sub-{s:02d}: {str(e).removeprefix(f'{_FN}: ')}" for s, e in problems)
     raise kind(

@@ -526,6 +526,10 @@ def test_every_subjects_data_is_checked_before_the_first_trains(
         align(root, [1, 2], modality="fmri", pca=40, out=tmp_path / "runs", progress=False, **RUN)
     listed = str(refused.value).splitlines()[1:]
     assert listed[0].startswith("- sub-01: pca=40 components exceed") and listed[1].startswith("- sub-02: no")
+    # an argument no subject's data can take fails every subject alike: said once, as for one subject
+    with pytest.raises(ValueError) as refused:
+        align(synth.root, [1, 2], channels=[999], out=tmp_path / "runs", progress=False, **RUN)
+    assert str(refused.value) == "align: channel index 999 is out of range for 17 channels"
 
 
 def test_weights_with_another_n_out_are_refused(synth: SyntheticThings, tmp_path: Path) -> None:
