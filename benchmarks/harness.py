@@ -312,8 +312,7 @@ def environment(device: str) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         # the CPU's vector capability as torch dispatches on it, and whether it computes bf16 natively
         # (align's and decode's amp="auto" train in bf16 there): the device name alone says neither
-        "cpu_capability": cpu_features()[0],
-        "cpu_bf16_native": cpu_features()[1],
+        **dict(zip(("cpu_capability", "cpu_bf16_native"), cpu_features(), strict=True)),
     }
 
 

@@ -280,7 +280,7 @@ class EvalModel:
             modality = _check_modality(modality)
         asked = modality  # as given, before the file and its path are asked
         # the file is read first: one that is neither kind of model is told so, not asked its subject
-        module = _read_model_file(file, _FN, given)
+        module, backbone = _read_model_file(file, _FN, given)
         folders = os.path.dirname(file).split(os.sep)
         found = _subject_folder(folders)
         family = folders[found - 1] if found else None
@@ -301,7 +301,7 @@ class EvalModel:
         net: nn.Module | None = module
         if net is None:  # a CORnet-S without the head, loaded once its subject and modality are known
             try:
-                net = cornet_s(weights=file)
+                net = cornet_s(weights=backbone)
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"{_FN}: {given}: expected {_REALNET_FILE} or a CORnet-S's; {exc}") from exc
         if subject is None:
@@ -323,20 +323,22 @@ def read_realnet_file(file: str | os.PathLike[str], fn: str, given: str, cornet_
     naming that argument as given (``given``: ``"models[0] = 'encoder.pt'"``, ``"image_model='x.pt'"``) and
     what it expects (realnet's own name its ``weights``, which the caller's user never wrote). Weights of a
     CORnet-S without the encoding head are pointed to ``cornet_instead``: how ``fn`` takes a CORnet-S."""
-    module = _read_model_file(file, fn, given)
+    module, _ = _read_model_file(file, fn, given)
     if module is None:
         raise ValueError(f"{fn}: {given} {_HEADLESS}; expected {_REALNET_FILE}; {cornet_instead}")
     return module
 
 
-def _read_model_file(file: str | os.PathLike[str], fn: str, given: str) -> ReAlnet | None:
-    """``realnet(weights=file)``, or None for the weights of a CORnet-S without the encoding head (read by
-    :func:`~fastalign.models.cornet_s`); other errors name the argument as given (see
-    :func:`read_realnet_file`)."""
+def _read_model_file(
+    file: str | os.PathLike[str], fn: str, given: str
+) -> tuple[ReAlnet | None, Mapping[str, torch.Tensor] | None]:
+    """(``realnet(weights=file)``, None), or (None, the weights as read) for the weights of a CORnet-S
+    without the encoding head (for :func:`~fastalign.models.cornet_s`, without reading the file again);
+    other errors name the argument as given (see :func:`read_realnet_file`)."""
     try:
-        return realnet(weights=file)
-    except BackboneOnlyError:
-        return None
+        return realnet(weights=file), None
+    except BackboneOnlyError as exc:
+        return None, exc.state_dict
     except (ValueError, TypeError) as exc:
         why = re.sub(r"^realnet: (weights: )?", "", str(exc))
         kind = TypeError if isinstance(exc, TypeError) else ValueError  # not a subclass's own signature

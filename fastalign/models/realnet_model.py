@@ -59,7 +59,13 @@ Weights = str | os.PathLike | Mapping[str, Any]
 class BackboneOnlyError(ValueError):
     """Weights given as a whole ReAlnet that hold a CORnet-S without the encoding head (the published
     backbone-only ``realnet.pt``, an ImageNet CORnet-S): what to do instead depends on the caller (start a
-    ReAlnet from them, evaluate or decode with them as a CORnet-S), so callers can tell this case apart."""
+    ReAlnet from them, evaluate or decode with them as a CORnet-S), so callers can tell this case apart.
+    ``state_dict`` holds the weights as read (``module.`` prefixes removed), so that a caller taking them as
+    a CORnet-S need not read the file again."""
+
+    def __init__(self, message: str, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+        super().__init__(message)
+        self.state_dict = state_dict
 
 
 class ReAlnetOutput(NamedTuple):
@@ -330,7 +336,8 @@ def _split_state_dict(ckpt: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor],
     if not styles and any(k.split(".")[0] in AREAS for k in sd):
         raise BackboneOnlyError(
             "realnet: weights hold a CORnet-S without the encoding head (e.g. the published realnet.pt); "
-            "pass them as cornet_weights= to start from that backbone"
+            "pass them as cornet_weights= to start from that backbone",
+            sd,
         )
     if unexpected or len(styles) != 1:
         raise ValueError(
