@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import h5py
+import numpy as np
 import torch
 
 from fastalign.models import CORnetS, ReAlnet
@@ -27,3 +31,41 @@ def realnet_state_dict(backbone: CORnetS) -> dict[str, torch.Tensor]:
     """``DataParallel(CORnet_S()).state_dict()`` of ZitongLu1996/ReAlnet: what the released backbone-only
     ``weights/ReAlnet/sub-XX/realnet.pt`` holds (code/Load_ReAlnet.ipynb loads it into that wrapper)."""
     return {f"module.{k}": v.detach().clone() for k, v in backbone.state_dict().items()}
+
+
+def write_bdata(
+    path: str | os.PathLike[str],
+    trials: np.ndarray,
+    labels: np.ndarray,
+    rois: dict[str, np.ndarray],
+    *,
+    names: dict[float, str] | None = None,
+    label_key: str = "stimulus_name",
+    old_names: bool = False,
+) -> None:
+    """A BData file as bdpy's BData.save writes it (bdpy/bdata/bdata.py __save_h5): 'dataset' (samples x
+    columns: voxels, then Run, then the label), 'metadata' key / description (UTF-8 bytes) / value (one row
+    per key: 1 on the columns it marks, 0 or NaN elsewhere), 'header' and 'vmap/<key>/<value as str>'.
+    ``old_names``: MATLAB-era dataSet / metaData."""
+    n, v = trials.shape
+    run = np.repeat(np.arange(1, 3), (n + 1) // 2)[:n]
+    dataset = np.column_stack([trials, run, labels])
+    keys = ["VoxelData", *rois, "Run", label_key]
+    value = np.full((len(keys), v + 2), np.nan)
+    value[0, :v] = 1
+    for i, mask in enumerate(rois.values(), start=1):
+        value[i, :v] = mask.astype(float)  # bdpy's add_metadata(..., where='VoxelData'): 0 / 1 on voxels
+    value[-2, v] = 1
+    value[-1, v + 1] = 1
+    with h5py.File(path, "w") as f:
+        f.create_dataset("dataSet" if old_names else "dataset", data=dataset)
+        md = f.create_group("metaData" if old_names else "metadata")
+        md.create_dataset("key", data=[k.encode() for k in keys])
+        md.create_dataset("description", data=[f"1 = {k}".encode() for k in keys])
+        md.create_dataset("value", data=value)
+        f.create_group("header").create_dataset("ctime", data=b"2019-01-01 00:00:00")
+        vmap = f.create_group("vmap")
+        if names is not None:
+            group = vmap.create_group(label_key)
+            for k, name in names.items():
+                group.create_dataset(str(k), data=name.encode())

@@ -23,7 +23,7 @@ from fastalign.data.datasets import (
     train_val_split,
 )
 from fastalign.data.embeddings import embed_images, model_key, normalize_embeddings
-from fastalign.data.fmri import ROI_NAMES, FMRIResponses, ResponsePCA, load_fmri, roi_order
+from fastalign.data.fmri import BDATA_LABELS, ROI_NAMES, FMRIResponses, ResponsePCA, load_fmri, roi_order
 from fastalign.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -55,6 +55,7 @@ from fastalign.data.things_eeg2 import (
 )
 
 __all__ = [
+    "BDATA_LABELS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "OCCIPITAL_PARIETAL",

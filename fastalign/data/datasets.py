@@ -9,7 +9,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 import torch
@@ -587,6 +587,15 @@ def things_eeg2_datasets(
     return train, test
 
 
+def _image_paths(images: Any) -> TypeGuard[Sequence[str | os.PathLike[str]]]:
+    """Whether ``images`` is a sequence of image paths (str / PathLike), not pixels or embeddings."""
+    return (
+        isinstance(images, Sequence)
+        and not isinstance(images, (str, bytes))
+        and all(isinstance(p, (str, os.PathLike)) for p in images)
+    )
+
+
 def fmri_datasets(
     train: FMRIResponses | str | os.PathLike[str],
     test: FMRIResponses | str | os.PathLike[str],
@@ -601,7 +610,8 @@ def fmri_datasets(
 
     Args:
         train, test: FMRIResponses or paths of .npy/.h5 response files.
-        train_images, test_images: As ``images`` of BrainImageDataset.
+        train_images, test_images: As ``images`` of BrainImageDataset. Image paths are matched to the
+            names of responses that name their images (:meth:`FMRIResponses.in_image_order`).
         rois: ROI name(s) to keep (union).
         pca_components: Reduce voxels to this many principal components of the averaged training data.
         **options: BrainImageDataset options (repetitions, random_repetitions, normalize, ...).
@@ -615,6 +625,12 @@ def fmri_datasets(
     check_int("fmri_datasets", "pca_components", pca_components, minimum=1, none=True)
     tr = train if isinstance(train, FMRIResponses) else load_fmri(train)
     te = test if isinstance(test, FMRIResponses) else load_fmri(test)
+    # responses that name their images are put in the order of the image paths given with them (other
+    # image kinds, and a count that differs, are BrainImageDataset's to check)
+    tr, te = (
+        r.in_image_order(i) if _image_paths(i) and len(i) == r.data.shape[0] else r
+        for r, i in ((tr, train_images), (te, test_images))
+    )
     if rois is not None:
         tr, te = tr.select(rois), te.select(rois)
     if tr.data.shape[2] != te.data.shape[2]:

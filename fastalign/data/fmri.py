@@ -1,10 +1,25 @@
 """Per-image fMRI responses: .npy / .h5 loading, ROIs by name, repetition averaging, PCA.
 
 A response file holds (n_images, n_voxels) or (n_images, n_repetitions, n_voxels) responses, in image
-order, and optionally ROI definitions (a boolean mask over voxels or a list of voxel indices per name):
+order, optionally ROI definitions (a boolean mask over voxels or a list of voxel indices per name) and
+the images' names:
 
-- ``.npy``: the array itself, or an ``np.save``'d dict ``{"responses": array, "rois": {name: ...}}``;
-- ``.h5`` / ``.hdf5``: a dataset ``responses`` and a group ``rois`` with one dataset per ROI.
+- ``.npy``: the array itself, or an ``np.save``'d dict ``{"responses": array, "rois": {name: ...},
+  "images": [name, ...]}``;
+- ``.h5`` / ``.hdf5``: a dataset ``responses``, a group ``rois`` with one dataset per ROI and a dataset
+  ``images`` of names;
+- a BData ``.h5`` file (bdpy's format, in which the Kamitani lab's fMRI data sets are published, e.g.
+  Shen et al.'s Deep Image Reconstruction, whose ROIs the ReAlnet-fMRI paper evaluates): a 2-D
+  ``dataset`` of samples x columns and a ``metadata`` group whose ``key`` / ``value`` rows mark columns
+  (``VoxelData``, ``ROI_V1``, ... with 1, a label column such as ``stimulus_name`` or ``image_index``).
+  Its trials are grouped by their label into (images, repetitions, voxels), images in ascending label
+  order, repetitions in file order; ``ROI_*`` columns become ROIs (``ROI_hV4`` is ``V4``), the label's
+  value map (``vmap``) names the images. Read with h5py: bdpy itself is not a dependency.
+
+When a file names its images, the loaders that pair responses with an image set (evaluate's
+``load_brain``, align's data, :func:`fastalign.data.fmri_datasets`) match the names to the image files
+(by file name without extension) and put the responses in the image set's order, refusing names that
+do not match; a file without names must already be in that order.
 
 ROI names follow the usual visual areas: V1, V2, V3, V4, LOC, FFA, PPA and HVC (higher visual cortex);
 any other name in the file works too. ROIs are listed in that hierarchy, whatever order the file stores
@@ -22,6 +37,7 @@ nilearn's ``ensure_finite``, a NaN inside them is an error, not a zero, since ze
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +66,34 @@ def roi_order(names: Iterable[str]) -> list[str]:
 def _listed(values: np.ndarray, limit: int = 5) -> str:
     """The first ``limit`` ints of ``values``: "0, 3, 7" or "0, 3, 7, 9, 12, ..." (messages say how many)."""
     return ", ".join(str(int(v)) for v in values[:limit]) + (", ..." if len(values) > limit else "")
+
+
+def _stem(path: str | os.PathLike[str]) -> str:
+    return os.path.splitext(os.path.basename(os.fspath(path)))[0]
+
+
+def _image_names(value: Any, n_images: int, source: str) -> list[str]:
+    """``value`` as a list of ``n_images`` image names (str; bytes as UTF-8, as HDF5 stores them)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ValueError(f"{source}: images must be a sequence of image names, got {type(value).__name__}")
+    names = [_text(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    bad = [type(v).__name__ for v in names if not isinstance(v, str)]
+    if bad:
+        raise ValueError(f"{source}: images must be names (str), got a {bad[0]}")
+    if len(names) != n_images:
+        raise ValueError(f"{source}: {len(names)} image names for {n_images} rows of responses")
+    return names
+
+
+def _text(v: Any) -> Any:
+    return v.decode("utf-8") if isinstance(v, bytes) else v
+
+
+def _values(values: np.ndarray, limit: int = 5) -> str:
+    """The first ``limit`` label values, shortest exact-enough form: "2, 3, 1443537.022563, ..."."""
+    return ", ".join(format(v, ".15g") for v in values[:limit].tolist()) + (
+        ", ..." if len(values) > limit else ""
+    )
 
 
 def _roi_indices(value: Any, n_voxels: int, name: str, source: str) -> np.ndarray:
@@ -88,11 +132,14 @@ class FMRIResponses:
             :meth:`select`, :meth:`average` and :meth:`check_finite` refuse them where they are used.
         rois: ROI name -> int64 voxel indices into the last axis, in :func:`roi_order`.
         source: the file (or "array") for error messages.
+        images: The images' names, one per row of ``data`` (distinct), where the file gives them; None:
+            the rows are in the order of the image set they are used with.
     """
 
     data: np.ndarray
     rois: dict[str, np.ndarray] = field(default_factory=dict)
     source: str = "array"
+    images: list[str] | None = None
 
     def __post_init__(self) -> None:
         arr = check_array(self.data, "responses", self.source, ndim=(2, 3), finite=False)
@@ -100,6 +147,44 @@ class FMRIResponses:
         n_vox = self.data.shape[2]
         rois = {str(k): _roi_indices(v, n_vox, str(k), self.source) for k, v in self.rois.items()}
         self.rois = {name: rois[name] for name in roi_order(rois)}
+        if self.images is not None:
+            self.images = _image_names(self.images, self.data.shape[0], self.source)
+
+    def in_image_order(self, images: Sequence[str | os.PathLike[str]]) -> FMRIResponses:
+        """The responses in the order of ``images`` (image files or names), matched to :attr:`images` by
+        file name without extension (``n01443537_22563`` is ``.../n01443537_22563.JPEG``); itself where
+        the responses name no images (their rows must then be in that order already) or are in that
+        order.
+
+        Raises:
+            ValueError: the names of the responses and of ``images`` differ (naming a few of each side's
+                unmatched names), or either side repeats a name.
+        """
+        if self.images is None:
+            return self
+        wanted = [_stem(p) for p in images]
+        have = [_stem(n) for n in self.images]
+        for side, names in (("the image set", wanted), (self.source, have)):
+            repeated = sorted(n for n, c in Counter(names).items() if c > 1)
+            if repeated:
+                raise ValueError(
+                    f"{self.source}: {side} repeats image names {repeated[:5]} (matched without folder "
+                    "and extension); expected distinct names to pair responses with images"
+                )
+        if wanted == have:
+            return self
+        missing, extra = sorted(set(wanted) - set(have)), sorted(set(have) - set(wanted))
+        if missing or extra:
+            raise ValueError(
+                f"{self.source}: its {len(have)} images are not the image set's {len(wanted)}: "
+                f"{len(missing)} of the image set's are not in the file ({', '.join(missing[:5])}"
+                f"{', ...' if len(missing) > 5 else ''}), {len(extra)} of the file's not in the image set "
+                f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}); names are matched by file "
+                "name without extension"
+            )
+        pos = {n: i for i, n in enumerate(have)}
+        idx = np.array([pos[n] for n in wanted])
+        return FMRIResponses(self.data[idx], self.rois, self.source, [self.images[i] for i in idx])
 
     def select(self, rois: str | Sequence[str]) -> FMRIResponses:
         """The voxels of one ROI or the union of several (in ascending voxel order).
@@ -115,7 +200,7 @@ class FMRIResponses:
         self.check_finite(names)
         idx = np.unique(np.concatenate([self.rois[n] for n in names]))
         remap = {n: np.flatnonzero(np.isin(idx, v)) for n, v in self.rois.items() if np.isin(v, idx).all()}
-        return FMRIResponses(self.data[:, :, idx], remap, self.source)
+        return FMRIResponses(self.data[:, :, idx], remap, self.source, self.images)
 
     def check_finite(self, rois: str | Sequence[str] | None = None) -> None:
         """Refuses NaN and inf in the voxels of ``rois`` (None: every voxel), in any image or repetition.
@@ -181,23 +266,29 @@ def load_fmri(
     *,
     key: str = "responses",
     rois: Mapping[str, Any] | None = None,
+    label: str | None = None,
 ) -> FMRIResponses:
-    """Loads per-image fMRI responses from ``.npy`` or ``.h5``.
+    """Loads per-image fMRI responses from ``.npy`` or ``.h5`` (this module's layouts, or BData).
 
     A ``.npy`` file is read without running code (:func:`fastalign.data._io.load_npy`): a plain array
     without pickling, a dict through an unpickler that builds only arrays, dicts, lists, strings and
-    numbers.
+    numbers. An ``.h5`` file without a dataset ``key`` but with BData's ``dataset`` and ``metadata`` is
+    read as BData (the module doc): its trials grouped by image.
 
     Args:
         path: The file.
         key: Name of the responses array (dict key / HDF5 dataset).
-        rois: Extra ROIs (name -> boolean mask or indices) that override those in the file.
+        rois: Extra ROIs (name -> boolean mask or voxel indices) that override those in the file.
+        label: BData only: the metadata key of the column that names each trial's image (default: the
+            first of :data:`BDATA_LABELS` the file has).
 
     Raises:
         FileNotFoundError: no such file.
         TypeError: ``rois`` is not a mapping.
         ValueError: wrong extension, damaged file, missing key, responses not 2-d/3-d, ROIs not a dict /
-            group of datasets, bad ROI. NaN and inf are read; the voxels a use selects must be finite
+            group of datasets, bad ROI, image names not one per image; BData: no voxel columns, no or an
+            unknown label column, images with unequal repetition counts; ``label`` for a file that is
+            not BData. NaN and inf are read; the voxels a use selects must be finite
             (:meth:`FMRIResponses.check_finite`).
     """
     if rois is not None and not isinstance(rois, Mapping):
@@ -205,21 +296,26 @@ def load_fmri(
             "load_fmri: rois must be a mapping of ROI name -> boolean mask or voxel indices, got "
             f"{type(rois).__name__}"
         )
+    if label is not None and not isinstance(label, str):
+        raise TypeError(f"load_fmri: label must be a metadata key (str) or None, got {type(label).__name__}")
     file = require_file(path, "fMRI responses")
     ext = os.path.splitext(file)[1].lower()
+    bdata = False
     if ext == ".npy":
-        data, file_rois = _read_npy(file, key)
+        data, file_rois, images = _read_npy(file, key)
     elif ext in (".h5", ".hdf5"):
-        data, file_rois = _read_h5(file, key)
+        data, file_rois, images, bdata = _read_h5(file, key, label)
     else:
         raise ValueError(f"{file!r}: fMRI responses must be a .npy or .h5/.hdf5 file, got {ext!r}")
-    return FMRIResponses(data, {**file_rois, **dict(rois or {})}, file)
+    if label is not None and not bdata:
+        raise ValueError(f"load_fmri: label={label!r} applies to BData files only; {file!r} is not one")
+    return FMRIResponses(data, {**file_rois, **dict(rois or {})}, file, images)
 
 
-def _read_npy(file: str, key: str) -> tuple[Any, dict[str, Any]]:
+def _read_npy(file: str, key: str) -> tuple[Any, dict[str, Any], Any]:
     obj = load_npy(file, "fMRI responses", objects=True)
     if isinstance(obj, np.ndarray):
-        return obj, {}
+        return obj, {}, None
     if not isinstance(obj, dict) or key not in obj:
         keys = f" with keys {sorted(map(str, obj))}" if isinstance(obj, dict) else ""
         raise ValueError(
@@ -231,14 +327,17 @@ def _read_npy(file: str, key: str) -> tuple[Any, dict[str, Any]]:
             f"{file!r}: 'rois' must be a dict of ROI name -> boolean mask or voxel indices, got "
             f"{type(file_rois).__name__}"
         )
-    return obj[key], file_rois
+    return obj[key], file_rois, obj.get("images")
 
 
-def _read_h5(file: str, key: str) -> tuple[Any, dict[str, Any]]:
+def _read_h5(file: str, key: str, label: str | None) -> tuple[Any, dict[str, Any], Any, bool]:
+    """Responses, ROIs, image names (or None) and whether the file is BData."""
     import h5py
 
     try:
         with h5py.File(file, "r") as f:
+            if key not in f and _is_bdata(f):
+                return (*_read_bdata(file, f, label), True)
             if not isinstance(f.get(key), h5py.Dataset):
                 found = f"a {type(f[key]).__name__.lower()}" if key in f else "none"
                 raise ValueError(f"{file!r}: expected a dataset {key!r}, found {found}; it has {sorted(f)}")
@@ -255,9 +354,100 @@ def _read_h5(file: str, key: str) -> tuple[Any, dict[str, Any]]:
                     f"{file!r}: rois/{nested[0]} is a {type(group[nested[0]]).__name__.lower()}; expected "
                     "one dataset (mask or indices) per ROI"
                 )
-            return data, {name: ds[()] for name, ds in group.items()}
+            images = f.get("images")
+            if images is not None and not isinstance(images, h5py.Dataset):
+                raise ValueError(f"{file!r}: 'images' must be a dataset of image names, found a group")
+            names = None if images is None else images[()]
+            return data, {name: ds[()] for name, ds in group.items()}, names, False
     except OSError as err:  # h5py's messages do not name the file
         raise ValueError(f"fMRI responses: {file!r} is not a readable HDF5 file ({err})") from err
+
+
+#: BData label columns tried in this order when :func:`load_fmri` is given no ``label``: the Kamitani lab's
+#: files name each trial's image by ``stimulus_name`` (with a value map of names), ``image_index`` or, in
+#: older files, ``Label``.
+BDATA_LABELS = ("stimulus_name", "image_index", "Label")
+
+
+def _is_bdata(f: Any) -> bool:
+    """Whether an open HDF5 file has BData's datasets (bdpy also reads the older names dataSet / metaData)."""
+    return ("dataset" in f or "dataSet" in f) and ("metadata" in f or "metaData" in f)
+
+
+def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[str, Any], Any]:
+    """(images, repetitions, voxels) responses, ROIs and image names (or None) of an open BData file."""
+    import h5py
+
+    ds = f["dataset" if "dataset" in f else "dataSet"]
+    md = f["metadata" if "metadata" in f else "metaData"]
+    if not isinstance(ds, h5py.Dataset) or ds.ndim != 2:
+        raise ValueError(f"{file!r}: BData 'dataset' must be a 2-D dataset of samples x columns")
+    parts = ("key", "value")
+    if not isinstance(md, h5py.Group) or not all(isinstance(md.get(k), h5py.Dataset) for k in parts):
+        raise ValueError(f"{file!r}: BData 'metadata' must be a group with datasets 'key' and 'value'")
+    keys = [str(_text(k)) for k in np.asarray(md["key"][()]).reshape(-1).tolist()]
+    values = np.asarray(md["value"][()], dtype=np.float64)
+    if values.shape != (len(keys), ds.shape[1]):
+        raise ValueError(
+            f"{file!r}: BData metadata 'value' is {values.shape}, expected ({len(keys)} keys, "
+            f"{ds.shape[1]} columns of 'dataset')"
+        )
+    marked = {k: values[i] == 1 for i, k in reversed(list(enumerate(keys)))}  # the first row of a key
+    if "VoxelData" not in marked or not marked["VoxelData"].any():
+        raise ValueError(
+            f"{file!r}: BData file without voxel columns (metadata key 'VoxelData' = 1); it has keys {keys}"
+        )
+    voxels = np.flatnonzero(marked["VoxelData"])
+    if label is None:
+        label = next((k for k in BDATA_LABELS if k in marked), None)
+        if label is None:
+            raise ValueError(
+                f"{file!r}: BData file without a label column ({', '.join(BDATA_LABELS)}); name the "
+                f"column that gives each trial's image with label= (its metadata keys: {keys})"
+            )
+    elif label not in marked:
+        raise ValueError(f"{file!r}: label={label!r} is not a metadata key of this BData file; it has {keys}")
+    columns = np.flatnonzero(marked[label])
+    if len(columns) != 1 or marked["VoxelData"][columns[0]]:
+        raise ValueError(
+            f"{file!r}: BData label {label!r} marks {len(columns)} columns"
+            f"{' (a voxel)' if len(columns) == 1 else ''}; expected one column of per-trial labels"
+        )
+    labels = np.asarray(ds[:, int(columns[0])], dtype=np.float64)
+    trials = np.flatnonzero(~np.isnan(labels))  # samples without a label (rest, fixation) are no trials
+    if not len(trials):
+        raise ValueError(f"{file!r}: BData label column {label!r} holds no labels (all NaN)")
+    values_of, counts = np.unique(labels[trials], return_counts=True)
+    if counts.min() != counts.max():
+        kinds, images = np.unique(counts, return_counts=True)
+        reps = ", ".join(
+            f"{m} image{'s' if m > 1 else ''} with {c} trials ({label} {_values(values_of[counts == c])})"
+            for m, c in sorted(zip(images.tolist(), kinds.tolist(), strict=True), reverse=True)
+        )
+        raise ValueError(
+            f"{file!r}: BData images have unequal repetition counts: {reps}; expected the same number of "
+            "trials for every image"
+        )
+    rows = trials[np.argsort(labels[trials], kind="stable")]  # by image, each image's trials in file order
+    data = np.asarray(ds[()])[np.ix_(rows, voxels)].reshape(len(values_of), int(counts[0]), len(voxels))
+    roi_keys = [k for k in marked if k.startswith("ROI_") and marked[k][voxels].any()]
+    rois = {
+        ("V4" if k == "ROI_hV4" and "ROI_V4" not in marked else k[4:]): marked[k][voxels] for k in roi_keys
+    }
+    maps = f.get("vmap")
+    vmap = maps.get(label) if isinstance(maps, h5py.Group) else None
+    if not isinstance(vmap, h5py.Group):
+        return data, rois, None
+    try:
+        names = {float(k): str(_text(v[()])) for k, v in vmap.items() if isinstance(v, h5py.Dataset)}
+    except ValueError as err:
+        raise ValueError(f"{file!r}: BData value map vmap/{label} has a non-numeric value ({err})") from err
+    unnamed = [v for v in values_of.tolist() if v not in names]
+    if unnamed:
+        raise ValueError(
+            f"{file!r}: BData value map of {label!r} names no image for label values {unnamed[:5]}"
+        )
+    return data, rois, [names[v] for v in values_of.tolist()]
 
 
 class ResponsePCA:
@@ -299,7 +489,7 @@ class ResponsePCA:
             )
         responses.check_finite()
         out = self._pca.transform(responses.data.reshape(n * r, v)).reshape(n, r, -1)
-        return FMRIResponses(out, {}, responses.source + f" (PCA {self.n_components})")
+        return FMRIResponses(out, {}, responses.source + f" (PCA {self.n_components})", responses.images)
 
     @property
     def explained_variance_ratio(self) -> np.ndarray:

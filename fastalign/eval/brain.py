@@ -7,7 +7,8 @@ real THINGS-EEG2 set arranged the same way)::
     DATA/preprocessed_data/  sub-XX/preprocessed_eeg_test.npy   (n_images, n_repetitions, channels, times)
     DATA/fmri/               sub-XX/fmri_test.{h5,hdf5,npy}     (n_images, n_repetitions, voxels) + ROIs
 
-Repetitions are averaged. A :class:`BrainData` can also be built from arrays (e.g. noise-free responses,
+An fMRI file may be BData (:func:`fastalign.data.load_fmri`); one that names its images is put in the
+image set's order by name (:meth:`fastalign.data.FMRIResponses.in_image_order`). Repetitions are averaged. A :class:`BrainData` can also be built from arrays (e.g. noise-free responses,
 or another dataset's), and a behavioural RDM (e.g. from similarity judgements) joins it as a third
 modality that is compared like a brain RDM.
 """
@@ -288,6 +289,7 @@ def load_brain(
             else:
                 f = _named(load_fmri, _fmri_file(root, s))
                 _check_n(f.data.shape[0], images, f.source)
+                f = _named(f.in_image_order, images)  # a file that names its images: in the set's order
                 whole = not f.rois
                 if whole:
                     f.rois = {"all": np.arange(f.data.shape[2])}

@@ -369,12 +369,13 @@ def _eeg_responses(
 
 
 def _fmri_responses(
-    folder: str, subject: int, rois: Any, n_images: dict[str, int]
+    folder: str, subject: int, rois: Any, paths: dict[str, list[str]]
 ) -> tuple[dict[str, FMRIResponses], dict[str, Any]]:
     splits = {"train": "training", "test": "test"}
     out = {key: load_fmri(_fmri_file(folder, subject, split)) for key, split in splits.items()}
     for key, split in splits.items():
-        _check_counts(split, out[key].data.shape[0], n_images[key], out[key].source)
+        _check_counts(split, out[key].data.shape[0], len(paths[key]), out[key].source)
+        out[key] = out[key].in_image_order(paths[key])  # a file that names its images: in the set's order
     names = None if rois is None else [rois] if isinstance(rois, str) else list(rois)
     if names is not None:
         missing = [r for r in names if r not in out["train"].rois]
@@ -481,7 +482,7 @@ def _subject_responses(
     if modality == "eeg":
         responses, settings = _eeg_responses(folder, subject, channels, time_window, n_images)
     else:
-        responses, settings = _fmri_responses(folder, subject, rois, n_images)
+        responses, settings = _fmri_responses(folder, subject, rois, paths)
     train_idx, val_idx = train_val_split(n_images["train"], val_fraction, seed)
     pairing = _pairing(n_images["train"], train_idx, val_idx, control, seed)
     if modality == "fmri" and pca is not None:

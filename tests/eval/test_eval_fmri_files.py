@@ -12,9 +12,10 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from published_formats import write_bdata  # tests/published_formats.py
 
 import fastalign.eval as fe
-from fastalign.data import ROI_NAMES, SyntheticThings, load_fmri
+from fastalign.data import ROI_NAMES, SyntheticThings, load_fmri, load_image_metadata
 from fastalign.plotting import plot_roi_bars
 
 _PAD = (3, 7)  # NaN voxels before and after the synthetic ones
@@ -49,6 +50,61 @@ def _masked_copy(
                 mask = np.isin(np.arange(v + sum(_PAD)), idx + _PAD[0])
                 group[name] = np.flatnonzero(mask)[::-1] if indices else mask.astype(np.uint8)
     return root
+
+
+def _bdata_copy(things: SyntheticThings, root: str, foreign: str | None = None) -> str:
+    """``things`` with each subject's fMRI test file in BData, as the Kamitani lab publishes fMRI: one row
+    per trial, run by run (each run every image once, in a shuffled order), labels numbered in another
+    order than the image set's, ROI_hV4 for V4, the image names in stimulus_name's value map. With
+    ``foreign`` (a subject), that subject's file names one image the image set lacks. ``root + "_plain"``
+    gets the same float64 responses in the image set's order (BData holds float64)."""
+    for folder in (root, root + "_plain"):
+        shutil.copytree(os.path.join(things.root, "image_set"), os.path.join(folder, "image_set"))
+    images = load_image_metadata(os.path.join(things.root, "image_set")).paths("test")
+    rng = np.random.default_rng(0)
+    for s in things.subjects:
+        sub = f"sub-{s:02d}"
+        src = load_fmri(os.path.join(things.fmri_dir, sub, "fmri_test.h5"))
+        n, r, v = src.data.shape
+        label_of = rng.permutation(n) + 1.0
+        runs = [rng.permutation(n) for _ in range(r)]
+        trials = np.concatenate([src.data[run, k] for k, run in enumerate(runs)])
+        labels = np.concatenate([label_of[run] for run in runs])
+        masks = {k: np.isin(np.arange(v), idx) for k, idx in src.rois.items()}
+        rois = {("ROI_hV4" if k == "V4" else f"ROI_{k}"): m for k, m in masks.items()}
+        names = {label_of[i]: os.path.splitext(os.path.basename(p))[0] for i, p in enumerate(images)}
+        if sub == foreign:
+            names[label_of[0]] = "not_in_the_image_set"
+        os.makedirs(os.path.join(root, "fmri", sub))
+        write_bdata(os.path.join(root, "fmri", sub, "fmri_test.h5"), trials, labels, rois, names=names)
+        os.makedirs(os.path.join(root + "_plain", "fmri", sub))
+        with h5py.File(os.path.join(root + "_plain", "fmri", sub, "fmri_test.h5"), "w") as f:
+            f["responses"] = src.data.astype(np.float64)
+            group = f.create_group("rois")
+            for name, mask in masks.items():
+                group[name] = mask
+    return root
+
+
+def test_bdata_files_evaluate_in_the_image_sets_order(eval_things: SyntheticThings, tmp_path) -> None:
+    """fMRI test files in BData, trials in presentation order and images numbered otherwise than the image
+    set, give evaluate the responses and results of the same data in the image set's order."""
+    root = _bdata_copy(eval_things, str(tmp_path / "bdata"))
+    got, want = fe.load_brain(root, ("fmri",)), fe.load_brain(root + "_plain", ("fmri",))
+    assert got.rois() == want.rois() == list(ROI_NAMES)
+    for s, rois in want.fmri.items():
+        for roi, x in rois.items():
+            np.testing.assert_array_equal(got.fmri[s][roi], x)
+    rows = fe.evaluate(root, [_truth(eval_things)], out=None, modality="fmri").rows
+    same = fe.evaluate(root + "_plain", [_truth(eval_things)], out=None, modality="fmri").rows
+    keys = ("subject", "roi", "similarity", "noise_lower", "noise_upper")
+    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in same]
+    sub = f"sub-{eval_things.subjects[-1]:02d}"
+    bad = _bdata_copy(eval_things, str(tmp_path / "foreign"), foreign=sub)
+    with pytest.raises(
+        ValueError, match=rf"^evaluate: .*{sub}.fmri_test.h5: its \d+ images are not the image set"
+    ):
+        fe.load_brain(bad, ("fmri",))
 
 
 def test_nan_outside_the_rois_is_never_read(eval_things: SyntheticThings, tmp_path) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from aligned_runs import AlignedRuns
+from published_formats import write_bdata  # tests/published_formats.py
 from safetensors.torch import load_file
 
 from fastalign.cli import main
@@ -34,6 +35,7 @@ from fastalign.data import (
     SyntheticThings,
     fit_norm_stats,
     load_fmri,
+    load_image_metadata,
     load_preprocessed_eeg,
     make_synthetic_things,
 )
@@ -440,6 +442,43 @@ def test_fmri_nan_outside_the_selected_rois_is_never_read(synth: SyntheticThings
         load_align_data(root, 2, **{**kw, "rois": None})
     with pytest.raises(ValueError, match=rf"^align: subject 2: {file}: NaN or inf in ROI 'PPA': 1 of its"):
         load_align_data(root, 2, **{**kw, "rois": ["V1", "PPA"]})
+
+
+def test_fmri_bdata_files_train_on_the_image_sets_order(synth: SyntheticThings, tmp_path: Path) -> None:
+    """ReAlnet-fMRI on BData files (the Kamitani lab's published format: trials run by run in a shuffled
+    order, images numbered otherwise than the image set, names in stimulus_name's value map) trains on
+    exactly the responses of the same data stored in the image set's order."""
+    images = load_image_metadata(os.path.join(synth.root, "image_set"))
+    rng = np.random.default_rng(0)
+    for folder in ("bdata", "plain"):
+        shutil.copytree(os.path.join(synth.root, "image_set"), tmp_path / folder / "image_set")
+        os.makedirs(tmp_path / folder / "fmri" / "sub-02")
+    for split in ("training", "test"):
+        src = load_fmri(os.path.join(synth.fmri_dir, "sub-02", f"fmri_{split}.h5"))
+        n, r, v = src.data.shape
+        label_of = rng.permutation(n) + 1.0
+        runs = [rng.permutation(n) for _ in range(r)]
+        names = {
+            label_of[i]: os.path.splitext(os.path.basename(p))[0] for i, p in enumerate(images.paths(split))
+        }
+        masks = {k: np.isin(np.arange(v), idx) for k, idx in src.rois.items()}
+        write_bdata(
+            tmp_path / "bdata" / "fmri" / "sub-02" / f"fmri_{split}.h5",
+            np.concatenate([src.data[run, k] for k, run in enumerate(runs)]),
+            np.concatenate([label_of[run] for run in runs]),
+            {f"ROI_{k}": m for k, m in masks.items()},
+            names=names,
+        )
+        with h5py.File(tmp_path / "plain" / "fmri" / "sub-02" / f"fmri_{split}.h5", "w") as f:
+            f["responses"] = src.data.astype(np.float64)  # BData holds float64
+            for name, mask in masks.items():
+                f[f"rois/{name}"] = mask
+    kw = dict(modality="fmri", rois=["V1", "V2"], pca=4, image_size=SIZE)
+    got, want = load_align_data(tmp_path / "bdata", 2, **kw), load_align_data(tmp_path / "plain", 2, **kw)
+    for split in ("train", "val", "test"):
+        torch.testing.assert_close(
+            getattr(got, split).responses(), getattr(want, split).responses(), rtol=0, atol=0
+        )
 
 
 # ----------------------------------------------------------------------------------------- bad input

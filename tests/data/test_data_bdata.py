@@ -1,0 +1,182 @@
+"""fMRI in BData (bdpy's HDF5 layout, in which the Kamitani lab's fMRI data sets are published): trials
+grouped by image, ROI_* columns as ROIs, the label's value map as image names, and responses that name
+their images put in an image set's order by every loader that pairs them with images."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import h5py
+import numpy as np
+import pytest
+from published_formats import write_bdata  # tests/published_formats.py
+
+from fastalign.data import FMRIResponses, fmri_datasets, load_fmri
+
+NAMES = ["n01443537_22563", "n01621127_19020", "n01677366_18182", "n01695060_8780"]
+
+
+def _design(seed: int = 0, n_images: int = 4, reps: int = 3, voxels: int = 10):
+    """Trials in a shuffled presentation order with rest rows (no label) among them, and the expected
+    (images, repetitions, voxels) array: images in label order, each image's trials in file order."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(1.0, n_images + 1), reps)
+    rng.shuffle(labels)
+    trials = rng.normal(size=(len(labels), voxels))
+    rest = rng.normal(size=(2, voxels))
+    all_trials = np.vstack([rest[:1], trials[:5], rest[1:], trials[5:]])
+    all_labels = np.concatenate([[np.nan], labels[:5], [np.nan], labels[5:]])
+    expected = np.stack([trials[labels == k] for k in np.arange(1.0, n_images + 1)])
+    return all_trials, all_labels, expected
+
+
+def _rois(voxels: int = 10) -> dict[str, np.ndarray]:
+    masks = {k: np.zeros(voxels, dtype=bool) for k in ("ROI_V1", "ROI_hV4", "ROI_LOC", "ROI_VC", "ROI_PPA")}
+    masks["ROI_V1"][:3] = True
+    masks["ROI_hV4"][3:6] = True
+    masks["ROI_LOC"][[6, 8]] = True
+    masks["ROI_VC"][:] = True  # ROI_PPA: no voxels in this file
+    return masks
+
+
+def test_bdata_trials_are_grouped_by_image_with_rois_and_names(tmp_path: os.PathLike) -> None:
+    trials, labels, expected = _design()
+    path = os.path.join(tmp_path, "sub-01_perceptionNaturalImageTest_VC.h5")
+    names = {float(k + 1): n for k, n in enumerate(NAMES)}
+    write_bdata(path, trials, labels, _rois(), names=names)
+    r = load_fmri(path)
+    np.testing.assert_array_equal(r.data, expected)
+    assert r.images == NAMES
+    assert list(r.rois) == ["V1", "V4", "LOC", "VC"]  # hierarchy order; hV4 is V4; an empty ROI is left out
+    assert r.rois["V4"].tolist() == [3, 4, 5] and r.rois["LOC"].tolist() == [6, 8]
+    np.testing.assert_array_equal(r.select("V4").data, expected[:, :, 3:6])
+    # the same trials by image_index (no value map: no names); MATLAB-era dataset names read alike
+    other = os.path.join(tmp_path, "by_index.h5")
+    write_bdata(other, trials, labels, _rois(), label_key="image_index", old_names=True)
+    by_index = load_fmri(other)
+    np.testing.assert_array_equal(by_index.data, expected)
+    assert by_index.images is None
+    assert load_fmri(other, label="image_index").images is None
+
+
+def test_bdata_written_by_bdpy_reads_as_bdpy_selects_it(tmp_path: os.PathLike) -> None:
+    bdpy = pytest.importorskip("bdpy")
+    trials, labels, expected = _design(seed=3)
+    b = bdpy.BData()
+    b.add(trials, "VoxelData")
+    for key, mask in _rois().items():
+        b.add_metadata(key, mask.astype(float), where="VoxelData")
+    b.add(labels[:, None], "stimulus_name")
+    b.add_vmap("stimulus_name", {float(k + 1): n for k, n in enumerate(NAMES)})
+    b.add(np.where(np.isnan(labels), np.nan, labels - 1)[:, None], "image_index")
+    path = os.path.join(tmp_path, "bdpy.h5")
+    b.save(path)
+    r = load_fmri(path)
+    np.testing.assert_array_equal(r.data, expected)
+    assert r.images == NAMES
+    back = bdpy.BData(path)
+    v4 = back.select("ROI_hV4")  # bdpy's own selection of the V4 voxels, trial by trial
+    stim = np.asarray(back.get_labels("stimulus_name"))
+    for i, name in enumerate(NAMES):
+        np.testing.assert_array_equal(r.select("V4").data[i], v4[stim == name])
+    np.testing.assert_array_equal(load_fmri(path, label="image_index").data, expected)
+
+
+def test_in_image_order_matches_names_by_file_name(tmp_path: os.PathLike) -> None:
+    data = np.arange(4 * 2 * 3, dtype=float).reshape(4, 2, 3)
+    r = FMRIResponses(data, {"V1": [0, 2]}, "f.h5", NAMES)
+    paths = [f"imgs/{n}.JPEG" for n in (NAMES[2], NAMES[0], NAMES[3], NAMES[1])]
+    moved = r.in_image_order(paths)
+    np.testing.assert_array_equal(moved.data, data[[2, 0, 3, 1]])
+    assert moved.images == [NAMES[2], NAMES[0], NAMES[3], NAMES[1]] and moved.rois["V1"].tolist() == [0, 2]
+    assert r.in_image_order([f"{n}.png" for n in NAMES]) is r  # already in order: no copy
+    unnamed = FMRIResponses(data)
+    assert unnamed.in_image_order(paths) is unnamed  # no names: the rows are taken as in order
+    with pytest.raises(
+        ValueError, match=r"f.h5: its 4 images are not the image set's 4: 1 of the image set's "
+    ):
+        r.in_image_order([*paths[:3], "imgs/n09999999_1.JPEG"])
+    with pytest.raises(ValueError, match=r"the image set repeats image names \['n01443537_22563'\]"):
+        r.in_image_order([paths[1], paths[1], paths[2], paths[3]])
+    with pytest.raises(ValueError, match=r"f.h5: 3 image names for 4 rows"):
+        FMRIResponses(data, source="f.h5", images=NAMES[:3])
+    with pytest.raises(ValueError, match=r"images must be names \(str\), got a int"):
+        FMRIResponses(data, source="f.h5", images=[1, 2, 3, 4])
+    with pytest.raises(ValueError, match=r"repeats image names"):
+        FMRIResponses(data, source="f.h5", images=[NAMES[0]] * 4).in_image_order(paths)
+
+
+def test_names_in_npy_and_h5_files_and_fmri_datasets_order(tmp_path: os.PathLike) -> None:
+    from fastalign.data._io import save_npy
+
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(4, 2, 5))
+    npy = os.path.join(tmp_path, "r.npy")
+    save_npy(npy, {"responses": data, "images": NAMES})
+    h5 = os.path.join(tmp_path, "r.h5")
+    with h5py.File(h5, "w") as f:
+        f["responses"] = data
+        f["images"] = [n.encode() for n in NAMES]
+    assert load_fmri(npy).images == NAMES == load_fmri(h5).images
+    order = [3, 1, 0, 2]
+    images = [os.path.join(tmp_path, f"{NAMES[i]}.jpg") for i in order]
+    train, test = fmri_datasets(npy, h5, images, images)
+    ref_train, ref_test = fmri_datasets(
+        FMRIResponses(data[order]), FMRIResponses(data[order]), images, images
+    )
+    for ds, ref in ((train, ref_train), (test, ref_test)):
+        assert ds.images == images
+        np.testing.assert_array_equal(ds.responses().numpy(), ref.responses().numpy())
+    with pytest.raises(ValueError, match=r"r.npy: its 4 images are not the image set's 4"):
+        fmri_datasets(npy, h5, [*images[:3], "other.jpg"], images)
+
+
+def test_bad_bdata_files_say_what_is_wrong(tmp_path: os.PathLike) -> None:
+    trials, labels, _ = _design()
+    path = os.path.join(tmp_path, "b.h5")
+
+    def fails(match: str, **kwargs: object) -> None:
+        with pytest.raises(ValueError, match=match):
+            load_fmri(path, **kwargs)  # type: ignore[arg-type]
+
+    write_bdata(path, trials[:-1], labels[:-1], _rois())  # the last trial's image has one repetition less
+    fails(
+        r"b.h5': BData images have unequal repetition counts: 3 images with 3 trials "
+        r"\(stimulus_name 2, 3, 4\), 1 image with 2 trials \(stimulus_name 1\); expected the same number"
+    )
+    write_bdata(path, trials, labels, _rois(), label_key="trial_type")
+    fails(r"without a label column \(stimulus_name, image_index, Label\); name the column .* with label=")
+    fails(
+        r"label='image_index' is not a metadata key of this BData file; it has \['VoxelData'",
+        label="image_index",
+    )
+    np.testing.assert_array_equal(load_fmri(path, label="trial_type").data, _design()[2])
+    fails(r"BData label 'VoxelData' marks 10 columns; expected one column", label="VoxelData")
+    write_bdata(path, trials, np.full_like(labels, np.nan), _rois())
+    fails(r"label column 'stimulus_name' holds no labels \(all NaN\)")
+    write_bdata(path, trials, labels, _rois(), names={1.0: NAMES[0], 2.0: NAMES[1]})
+    fails(r"value map of 'stimulus_name' names no image for label values \[3.0, 4.0\]")
+    with h5py.File(path, "a") as f:
+        del f["metadata/value"]
+        f["metadata/value"] = np.ones((2, 3))
+    fails(r"BData metadata 'value' is \(2, 3\), expected \(8 keys, 12 columns of 'dataset'\)")
+    with h5py.File(path, "w") as f:
+        f["dataset"] = np.ones((3, 2))
+        f.create_group("metadata")
+    fails(r"BData 'metadata' must be a group with datasets 'key' and 'value'")
+    with h5py.File(path, "w") as f:
+        f["dataset"] = np.ones((3, 2))
+        md = f.create_group("metadata")
+        md["key"] = [b"Run", b"stimulus_name"]
+        md["value"] = np.array([[1.0, np.nan], [np.nan, 1.0]])
+    fails(r"BData file without voxel columns \(metadata key 'VoxelData' = 1\); it has keys \['Run'")
+    plain = os.path.join(tmp_path, "plain.h5")
+    with h5py.File(plain, "w") as f:
+        f["responses"] = np.ones((3, 2))
+    with pytest.raises(
+        ValueError, match=re.escape(f"label='stimulus_name' applies to BData files only; {plain!r}")
+    ):
+        load_fmri(plain, label="stimulus_name")
+    with pytest.raises(TypeError, match=r"label must be a metadata key \(str\) or None, got int"):
+        load_fmri(plain, label=3)  # type: ignore[arg-type]
