@@ -8,9 +8,10 @@ real THINGS-EEG2 set arranged the same way)::
     DATA/fmri/               sub-XX/fmri_test.{h5,hdf5,npy}     (n_images, n_repetitions, voxels) + ROIs
 
 An fMRI file may be BData (:func:`fastalign.data.load_fmri`); one that names its images is put in the
-image set's order by name (:meth:`fastalign.data.FMRIResponses.in_image_order`). Repetitions are averaged. A :class:`BrainData` can also be built from arrays (e.g. noise-free responses,
-or another dataset's), and a behavioural RDM (e.g. from similarity judgements) joins it as a third
-modality that is compared like a brain RDM.
+image set's order by name (:meth:`fastalign.data.FMRIResponses.in_image_order`). Repetitions are
+averaged. A :class:`BrainData` can also be built from arrays (e.g. noise-free responses, or another
+dataset's), and a behavioural RDM (e.g. from similarity judgements) joins it as a third modality that is
+compared like a brain RDM.
 """
 
 from __future__ import annotations

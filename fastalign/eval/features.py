@@ -238,16 +238,19 @@ class EvalModel:
             path: The file (.pt, .pth or .safetensors).
             name: Its name; default the folder above its ``sub-XX`` folder ("ReAlnet" for the published
                 layout), else the file's stem.
-            subject: To whom it was aligned (3, "sub-03"); default the nearest folder of its path named
-                ``sub-XX``.
-            modality: What it was aligned to, "eeg" or "fmri"; default what the encoding head's response
-                size says (the published sizes: 340 values EEG, 1024 fMRI), else what the name of the
-                folder above ``sub-XX`` says (the published ``ReAlnet`` is EEG, ``ReAlnet-fMRI`` fMRI; a
-                name with the word ``eeg`` or ``fmri``, such as ``ReAlnet_EEG``, says that one).
+            subject: To whom it was aligned (3, "sub-03"); default what a ``.safetensors`` file's metadata
+                records (``fastalign align`` writes it into ``model.safetensors``), else the nearest folder
+                of its path named ``sub-XX``.
+            modality: What it was aligned to, "eeg" or "fmri"; default what a ``.safetensors`` file's
+                metadata records, else what the encoding head's response size says (the published sizes:
+                340 values EEG, 1024 fMRI), else what the name of the folder above ``sub-XX`` says (the
+                published ``ReAlnet`` is EEG, ``ReAlnet-fMRI`` fMRI; a name with the word ``eeg`` or
+                ``fmri``, such as ``ReAlnet_EEG``, says that one).
 
-        A subject or modality given is taken over what the path's folder names say; a modality that
-        contradicts a published response size is an error. Nothing records the images the model was
-        aligned on, so they are not checked (:func:`check_image_set`).
+        A subject or modality given is taken over what the file records and what the path's folder names
+        say, and what the file records over its folders (a file copied elsewhere keeps its subject); a
+        modality given that contradicts a published response size is an error. Nothing records the images
+        the model was aligned on, so they are not checked (:func:`check_image_set`).
 
         Raises:
             FileNotFoundError: no such file.
@@ -281,6 +284,7 @@ class EvalModel:
         asked = modality  # as given, before the file and its path are asked
         # the file is read first: one that is neither kind of model is told so, not asked its subject
         module, backbone = _read_model_file(file, _FN, given)
+        recorded_subject, recorded_modality = _recorded(file, given, subject, modality)
         folders = os.path.dirname(file).split(os.sep)
         found = _subject_folder(folders)
         family = folders[found - 1] if found else None
@@ -292,7 +296,8 @@ class EvalModel:
                 f"{module.n_out} values, the response of the published {_MODALITY_NAMES[head]} ReAlnet "
                 f"(the {_MODALITY_NAMES[modality]} one predicts {_N_OUT[modality]}); give {head!r} or none"
             )
-        modality = modality or head or _folder_modality(family)
+        modality = modality or recorded_modality or head or _folder_modality(family)
+        subject = subject or recorded_subject
         no_subject = subject is None and found is None
         if no_subject or modality is None:
             raise ValueError(
@@ -316,6 +321,31 @@ class EvalModel:
             modality=modality,
             source=file,
         )
+
+
+def _recorded(
+    file: str, given: str, subject: str | None, modality: str | None
+) -> tuple[str | None, str | None]:
+    """The subject ("sub-XX") and modality a ``.safetensors`` file's metadata records (``fastalign align``
+    writes both into ``model.safetensors``), each read only where the caller was not given it (``subject``,
+    ``modality``); None for what the file does not record, and for other files."""
+    if not file.endswith(".safetensors") or (subject is not None and modality is not None):
+        return None, None
+    from safetensors import safe_open
+
+    with safe_open(file, "pt") as f:  # the header only; realnet() has read the file already
+        metadata = f.metadata() or {}
+    out: list[str | None] = []
+    for key, asked, parse in (("subject", subject, subject_name), ("modality", modality, _check_modality)):
+        value = metadata.get(key)
+        try:
+            out.append(None if value is None or asked is not None else parse(value))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(
+                f"{_FN}: {given}: its metadata records {key} {value!r}, which is not one ({exc}); pass "
+                f"{key}= (NAME@sub-XX,eeg=FILE)"
+            ) from exc
+    return out[0], out[1]
 
 
 def read_realnet_file(file: str | os.PathLike[str], fn: str, given: str, cornet_instead: str) -> ReAlnet:

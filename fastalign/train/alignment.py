@@ -902,7 +902,9 @@ class _Recipe(Hook):
         selected = [r["epoch"] for r in state.history if r.get("best")]
         if selected:  # fit loaded the selected epoch's weights into the model
             out.update(self._numbers(self._outputs(model, state.device), state.device))
-            save_realnet(model, state.run.path, metadata={"epoch": str(selected[-1])})
+            # what the model was aligned to travels with the file (evaluate reads it from a copy elsewhere)
+            recorded = {"subject": f"sub-{self.data.subject:02d}", "modality": self.data.modality}
+            save_realnet(model, state.run.path, metadata={"epoch": str(selected[-1]), **recorded})
         key = (
             "start outputs", self.fingerprint, _files_digest(self.data.test.images), self.teacher.image_size,
             self.evaluate["batch_size"], str(state.device),

@@ -545,3 +545,35 @@ def test_published_realnet_weights_files_are_models(eval_things: SyntheticThings
         FileNotFoundError, match=r"evaluate: path='nowhere\.pt': no such file; expected a ReAlnet"
     ):
         fe.EvalModel.from_weights("nowhere.pt")
+
+
+def test_an_align_model_file_copied_elsewhere_keeps_its_subject_and_modality(aligned_runs, tmp_path) -> None:
+    """align records the subject and modality in model.safetensors' metadata, so the file evaluates as that
+    subject's ReAlnet wherever it is copied (it was refused outside a sub-XX folder); the record is taken
+    over a folder's name, an argument over both, and a record that is no subject is an error."""
+    import shutil
+
+    from safetensors import safe_open
+
+    src = aligned_runs.paired / "model.safetensors"
+    with safe_open(str(src), "pt") as f:
+        metadata = f.metadata()
+    assert (metadata["subject"], metadata["modality"]) == ("sub-01", "eeg")
+    copy = tmp_path / "exports" / "mine.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(src, copy)
+    model = fe.EvalModel.from_weights(copy)
+    assert (model.name, model.subject, model.modality, model.source) == ("mine", "sub-01", "eeg", str(copy))
+    elsewhere = tmp_path / "ReAlnet-fMRI" / "sub-02" / "model.safetensors"
+    elsewhere.parent.mkdir(parents=True)
+    shutil.copy(src, elsewhere)
+    model = fe.EvalModel.from_weights(elsewhere)
+    assert (model.name, model.subject, model.modality) == ("ReAlnet-fMRI", "sub-01", "eeg")
+    assert fe.EvalModel.from_weights(elsewhere, subject=3).subject == "sub-03"
+    bad = tmp_path / "bad.safetensors"
+    save_realnet(realnet(weights=src), bad, metadata={"subject": "anyone", "modality": "eeg"})
+    with pytest.raises(
+        ValueError, match=r"bad.safetensors'?: its metadata records subject 'anyone', which is"
+    ):
+        fe.EvalModel.from_weights(bad)
+    assert fe.EvalModel.from_weights(bad, subject=2).subject == "sub-02"
