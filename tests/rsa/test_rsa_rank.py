@@ -148,6 +148,34 @@ def test_rank_long_rows_every_sort_path(backend: str) -> None:
     np.testing.assert_array_equal(fa.rank(torch.from_numpy(big), backend=backend).numpy(), rankdata(big))
 
 
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("n", [4_095, 4_096, 19_900, 65_536, 65_537])
+def test_rank_byte_key_rows(backend: str, n: int) -> None:
+    """Rows of 4,096 to 65,536 entries (RDMs of 91 to 362 conditions) are sorted on 24-bit keys in three
+    8-bit passes, shorter and longer ones otherwise: at and around both bounds, values that share a key
+    (runs of distinct values 1e-15 apart, everything under one key beside an outlier), ties, a heavy tail
+    and float32 rows all rank as scipy ranks them, and the centred ranks' norm is the exact one."""
+    rng = np.random.default_rng(n)
+    clustered = (rng.normal(size=n // 5 + 1)[:, None] + np.arange(5) * 1e-15).ravel()[:n]
+    rows = np.stack(
+        [
+            1 - np.corrcoef(rng.normal(size=(400, 17)))[np.triu_indices(400, 1)][:n],  # RDM entries
+            clustered,
+            np.r_[rng.normal(size=n - 1), 1e12],  # one outlier: every other value under key 0
+            np.round(rng.normal(size=n), 2),  # ties
+            np.exp(8 * rng.normal(size=n)),  # heavy tail: most values in the lowest keys
+            rng.integers(0, 3, size=n).astype(np.float64),  # 3 values
+        ]
+    )
+    x = torch.from_numpy(rows)
+    np.testing.assert_array_equal(fa.rank(x, backend=backend).numpy(), rankdata(rows, axis=-1))
+    x32 = x.float()
+    np.testing.assert_array_equal(fa.rank(x32, backend=backend).numpy(), rankdata(x32.numpy(), axis=-1))
+    centred = torch.ops.fastalign.rsa_centered_ranks(x, True, torch.float64).numpy()
+    ref = rankdata(rows, axis=-1) - (n + 1) / 2
+    np.testing.assert_allclose(centred, ref / np.linalg.norm(ref, axis=-1, keepdims=True), rtol=1e-13, atol=0)
+
+
 def _exact_ranks(x: torch.Tensor) -> np.ndarray:
     """scipy's average ranks of the values as Python ints (an object array: no float64 on the way)."""
     return rankdata(np.array(x.tolist(), dtype=object), axis=-1)
