@@ -198,6 +198,7 @@ def _model_rdms(
     features (hundreds of MB per model at 224 px) are dropped as soon as their RDMs exist.
     """
     slots, rdms = [], []
+    fresh = any((i, tuple(images)) not in done for i in range(len(models)))
     for i, m in enumerate(models):
         key = (i, tuple(images))
         if key not in done:
@@ -211,7 +212,35 @@ def _model_rdms(
         for layer, r in done[key].items():
             rdms.append(r)
             slots.append(_Slot(m.name, m.subject, m.modality, layer))
+    if fresh:  # once per image set: modalities of the same images share the RDMs
+        _warn_identical(models, [done[i, tuple(images)] for i in range(len(models))], what)
     return slots, torch.stack(rdms)
+
+
+def _warn_identical(models: list[EvalModel], rdms: list[dict[str, torch.Tensor]], what: str) -> None:
+    """Warns once per group of models whose RDMs are equal at every layer, bit for bit, on the images
+    ``what`` names: the same weights given twice (a "ReAlnet" file that is the CORnet-S checkpoint, one
+    subject's model given for all), whose comparisons with one another measure a model against itself."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, layers in enumerate(rdms):
+        h = hashlib.sha256()
+        for r in layers.values():
+            h.update(r.contiguous().numpy().tobytes())
+        groups.setdefault((tuple(layers), h.hexdigest()), []).append(i)
+    for (layers, _), members in groups.items():
+        if len(members) < 2:
+            continue
+        names = [
+            f"{models[i].name!r}" + (f" ({models[i].subject})" if models[i].subject else "") for i in members
+        ]
+        warnings.warn(
+            f"{_FN}: models {', '.join(names)} have the same RDMs, bit for bit, at every layer "
+            f"({', '.join(layers)}) on the {what} images: the same weights given twice? Their comparisons "
+            "with one another measure a model against itself (paired tests between them have no variance "
+            "and are skipped)",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _nan_ceiling(n: int) -> tuple[np.ndarray, np.ndarray]:

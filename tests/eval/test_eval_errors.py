@@ -215,9 +215,43 @@ def test_a_skipped_cluster_test_names_the_time_in_seconds() -> None:
     feats = _features().features
     models = [fe.EvalModel("cornet_s", features=feats),
               *(fe.EvalModel("r", features=feats, subject=s, modality="eeg") for s in (1, 2, 3))]  # fmt: skip
-    res = fe.evaluate(_brain(), models, out=None, permutations=5)
+    with pytest.warns(
+        UserWarning, match=r"'cornet_s', 'r' \(sub-01\), 'r' \(sub-02\), 'r' \(sub-03\) have the"
+    ):
+        res = fe.evaluate(_brain(), models, out=None, permutations=5)
     reasons = [k["reason"] for k in res.stats["skipped"] if k.get("test") == "vs:cornet_s"]
     assert reasons and all("time index 0 is -0.100 s from image onset" in r for r in reasons), reasons
+
+
+def test_models_with_the_same_rdms_are_named_in_one_warning_per_group() -> None:
+    """Models whose RDMs are equal at every layer (the same weights given twice: a "ReAlnet" that is the
+    CORnet-S checkpoint) are named in one warning per group; models that differ in any
+    layer are not, and the results are computed as before."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    models = [
+        fe.EvalModel("cornet_s", features={"L": a, "M": b}),
+        fe.EvalModel("r", features={"L": a, "M": b}, subject=1, modality="eeg"),
+        fe.EvalModel(
+            "r", features={"L": a, "M": b + 1e-3 * rng.normal(size=b.shape)}, subject=2, modality="eeg"
+        ),
+        fe.EvalModel("s", features={"L": b, "M": a}, subject=1, modality="eeg"),
+        fe.EvalModel("t", features={"L": b, "M": a}, subject=2, modality="eeg"),
+    ]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = fe.evaluate(_brain(n_subjects=2), models, out=None, permutations=5)
+    same = [str(w.message) for w in caught if "have the same RDMs" in str(w.message)]
+    tail = (
+        " have the same RDMs, bit for bit, at every layer (L, M) on the eeg test images: the same weights "
+        "given twice? Their comparisons with one another measure a model against itself (paired tests "
+        "between them have no variance and are skipped)"
+    )
+    assert same == [
+        f"evaluate: models 'cornet_s', 'r' (sub-01){tail}",
+        f"evaluate: models 's' (sub-01), 't' (sub-02){tail}",
+    ]
+    assert res.rows
 
 
 def test_data_folder_errors(eval_things: SyntheticThings, tmp_path) -> None:
