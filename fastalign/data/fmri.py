@@ -392,7 +392,9 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
             f"{file!r}: BData metadata 'value' is {values.shape}, expected ({len(keys)} keys, "
             f"{ds.shape[1]} columns of 'dataset')"
         )
-    marked = {k: values[i] == 1 for i, k in reversed(list(enumerate(keys)))}  # the first row of a key
+    marked: dict[str, np.ndarray] = {}  # in the file's key order (roi_order keeps it for other ROIs)
+    for i, k in enumerate(keys):
+        marked.setdefault(k, values[i] == 1)  # a key given twice: its first row
     if "VoxelData" not in marked or not marked["VoxelData"].any():
         raise ValueError(
             f"{file!r}: BData file without voxel columns (metadata key 'VoxelData' = 1); it has keys {keys}"

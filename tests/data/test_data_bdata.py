@@ -180,3 +180,15 @@ def test_bad_bdata_files_say_what_is_wrong(tmp_path: os.PathLike) -> None:
         load_fmri(plain, label="stimulus_name")
     with pytest.raises(TypeError, match=r"label must be a metadata key \(str\) or None, got int"):
         load_fmri(plain, label=3)  # type: ignore[arg-type]
+
+
+def test_bdata_other_rois_keep_the_file_order(tmp_path: os.PathLike) -> None:
+    """ROIs outside the hierarchy come in the order of the file's metadata keys, as roi_order promises
+    for every file (the published VC files list ROI_LVC, ROI_HVC, ROI_VC)."""
+    trials, labels, _ = _design()
+    masks = {k: np.zeros(10, dtype=bool) for k in ("ROI_V1", "ROI_LVC", "ROI_HVC", "ROI_VC", "ROI_V1v")}
+    masks["ROI_V1"][:3] = masks["ROI_LVC"][:5] = masks["ROI_HVC"][5:] = masks["ROI_VC"][:] = True
+    masks["ROI_V1v"][:2] = True
+    path = os.path.join(tmp_path, "vc.h5")
+    write_bdata(path, trials, labels, masks)
+    assert list(load_fmri(path).rois) == ["V1", "HVC", "LVC", "VC", "V1v"]
