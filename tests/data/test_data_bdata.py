@@ -192,3 +192,27 @@ def test_bdata_other_rois_keep_the_file_order(tmp_path: os.PathLike) -> None:
     path = os.path.join(tmp_path, "vc.h5")
     write_bdata(path, trials, labels, masks)
     assert list(load_fmri(path).rois) == ["V1", "HVC", "LVC", "VC", "V1v"]
+
+
+def test_bdata_value_map_entries_as_arrays_and_bad_keys(tmp_path: os.PathLike) -> None:
+    """Value-map names stored as one-element arrays (as MATLAB and some writers store strings) are the
+    names, not their repr; a key that is no number, or an entry that is no name, is named in the error."""
+    trials, labels, expected = _design()
+    path = os.path.join(tmp_path, "b.h5")
+    write_bdata(path, trials, labels, _rois())
+    with h5py.File(path, "a") as f:
+        for k, name in enumerate(NAMES):
+            f[f"vmap/stimulus_name/{k + 1}"] = np.array([name.encode()])
+    r = load_fmri(path)
+    assert r.images == NAMES
+    np.testing.assert_array_equal(r.data, expected)
+    with h5py.File(path, "a") as f:
+        f["vmap/stimulus_name/first"] = b"x"
+    with pytest.raises(ValueError, match=r"vmap/stimulus_name has a key that is no number: 'first'"):
+        load_fmri(path)
+    with h5py.File(path, "a") as f:
+        del f["vmap/stimulus_name/first"]
+        del f["vmap/stimulus_name/2"]
+        f["vmap/stimulus_name/2"] = np.array([b"a", b"b"])
+    with pytest.raises(ValueError, match=r"vmap/stimulus_name/2 is not one name: \[b'a' b'b'\]"):
+        load_fmri(path)
