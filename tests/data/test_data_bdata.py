@@ -216,3 +216,17 @@ def test_bdata_value_map_entries_as_arrays_and_bad_keys(tmp_path: os.PathLike) -
         f["vmap/stimulus_name/2"] = np.array([b"a", b"b"])
     with pytest.raises(ValueError, match=r"vmap/stimulus_name/2 is not one name: \[b'a' b'b'\]"):
         load_fmri(path)
+
+
+def test_brain_image_dataset_pairs_named_responses_by_name(tmp_path: os.PathLike) -> None:
+    """BrainImageDataset given responses that name their images (a BData file's, say) and image paths
+    pairs them by name, as fmri_datasets does, rather than row by row."""
+    from fastalign.data import BrainImageDataset
+
+    data = np.random.default_rng(4).normal(size=(4, 2, 5))
+    order = [2, 0, 3, 1]
+    paths = [os.path.join(tmp_path, f"{NAMES[i]}.JPEG") for i in order]
+    ds = BrainImageDataset(FMRIResponses(data, images=NAMES), images=paths)
+    np.testing.assert_allclose(ds.responses().numpy(), data[order].mean(axis=1), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"its 4 images are not the image set's 4"):
+        BrainImageDataset(FMRIResponses(data, images=NAMES), images=[*paths[:3], "other.jpg"])
