@@ -175,7 +175,9 @@ class BrainImageDataset(Dataset):
             n_voxels) or (n_images, n_voxels) fMRI, an EEGResponses / FMRIResponses, or mne.Epochs with
             one event code per image.
         images: None (items carry the image index), a sequence of n_images image paths (loaded with
-            ``image_transform``), or an array/tensor with one row per image (pixels or embeddings).
+            ``image_transform``), or an array/tensor with one row per image (pixels or embeddings). Paths
+            are matched to the names of FMRIResponses that name their images
+            (:meth:`FMRIResponses.in_image_order`); other responses must be in the images' order.
         repetitions: "all", an int k (the first k), or a sequence of repetition indices to use.
         random_repetitions: If set, each draw averages this many repetitions picked at random (torch's
             global RNG, so DataLoader workers differ and ``torch.manual_seed`` reproduces) from those
@@ -223,6 +225,12 @@ class BrainImageDataset(Dataset):
         times: Sequence[float] | np.ndarray | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        if (
+            isinstance(responses, FMRIResponses)
+            and _image_paths(images)
+            and len(images) == len(responses.data)
+        ):
+            responses = responses.in_image_order(images)  # responses that name their images: paired by name
         trials, names, tvec, self.source = _as_trials(responses)
         if trials.size == 0:
             raise ValueError(

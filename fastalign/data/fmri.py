@@ -392,7 +392,9 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
             f"{file!r}: BData metadata 'value' is {values.shape}, expected ({len(keys)} keys, "
             f"{ds.shape[1]} columns of 'dataset')"
         )
-    marked = {k: values[i] == 1 for i, k in reversed(list(enumerate(keys)))}  # the first row of a key
+    marked: dict[str, np.ndarray] = {}  # in the file's key order (roi_order keeps it for other ROIs)
+    for i, k in enumerate(keys):
+        marked.setdefault(k, values[i] == 1)  # a key given twice: its first row
     if "VoxelData" not in marked or not marked["VoxelData"].any():
         raise ValueError(
             f"{file!r}: BData file without voxel columns (metadata key 'VoxelData' = 1); it has keys {keys}"
@@ -438,10 +440,23 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
     vmap = maps.get(label) if isinstance(maps, h5py.Group) else None
     if not isinstance(vmap, h5py.Group):
         return data, rois, None
-    try:
-        names = {float(k): str(_text(v[()])) for k, v in vmap.items() if isinstance(v, h5py.Dataset)}
-    except ValueError as err:
-        raise ValueError(f"{file!r}: BData value map vmap/{label} has a non-numeric value ({err})") from err
+    names = {}
+    for k, v in vmap.items():
+        if not isinstance(v, h5py.Dataset):
+            continue
+        try:
+            value = float(k)
+        except ValueError:
+            raise ValueError(
+                f"{file!r}: BData value map vmap/{label} has a key that is no number: {k!r}; expected the "
+                "label values as keys (bdpy writes str(value): '1', '1443537.022563')"
+            ) from None
+        name = v[()]
+        if isinstance(name, np.ndarray):  # a one-element array, as MATLAB and some writers store strings
+            if name.size != 1:
+                raise ValueError(f"{file!r}: BData vmap/{label}/{k} is not one name: {name}")
+            name = name.reshape(-1)[0]
+        names[value] = str(_text(name.item() if isinstance(name, np.generic) else name))
     unnamed = [v for v in values_of.tolist() if v not in names]
     if unnamed:
         raise ValueError(

@@ -180,3 +180,53 @@ def test_bad_bdata_files_say_what_is_wrong(tmp_path: os.PathLike) -> None:
         load_fmri(plain, label="stimulus_name")
     with pytest.raises(TypeError, match=r"label must be a metadata key \(str\) or None, got int"):
         load_fmri(plain, label=3)  # type: ignore[arg-type]
+
+
+def test_bdata_other_rois_keep_the_file_order(tmp_path: os.PathLike) -> None:
+    """ROIs outside the hierarchy come in the order of the file's metadata keys, as roi_order promises
+    for every file (the published VC files list ROI_LVC, ROI_HVC, ROI_VC)."""
+    trials, labels, _ = _design()
+    masks = {k: np.zeros(10, dtype=bool) for k in ("ROI_V1", "ROI_LVC", "ROI_HVC", "ROI_VC", "ROI_V1v")}
+    masks["ROI_V1"][:3] = masks["ROI_LVC"][:5] = masks["ROI_HVC"][5:] = masks["ROI_VC"][:] = True
+    masks["ROI_V1v"][:2] = True
+    path = os.path.join(tmp_path, "vc.h5")
+    write_bdata(path, trials, labels, masks)
+    assert list(load_fmri(path).rois) == ["V1", "HVC", "LVC", "VC", "V1v"]
+
+
+def test_bdata_value_map_entries_as_arrays_and_bad_keys(tmp_path: os.PathLike) -> None:
+    """Value-map names stored as one-element arrays (as MATLAB and some writers store strings) are the
+    names, not their repr; a key that is no number, or an entry that is no name, is named in the error."""
+    trials, labels, expected = _design()
+    path = os.path.join(tmp_path, "b.h5")
+    write_bdata(path, trials, labels, _rois())
+    with h5py.File(path, "a") as f:
+        for k, name in enumerate(NAMES):
+            f[f"vmap/stimulus_name/{k + 1}"] = np.array([name.encode()])
+    r = load_fmri(path)
+    assert r.images == NAMES
+    np.testing.assert_array_equal(r.data, expected)
+    with h5py.File(path, "a") as f:
+        f["vmap/stimulus_name/first"] = b"x"
+    with pytest.raises(ValueError, match=r"vmap/stimulus_name has a key that is no number: 'first'"):
+        load_fmri(path)
+    with h5py.File(path, "a") as f:
+        del f["vmap/stimulus_name/first"]
+        del f["vmap/stimulus_name/2"]
+        f["vmap/stimulus_name/2"] = np.array([b"a", b"b"])
+    with pytest.raises(ValueError, match=r"vmap/stimulus_name/2 is not one name: \[b'a' b'b'\]"):
+        load_fmri(path)
+
+
+def test_brain_image_dataset_pairs_named_responses_by_name(tmp_path: os.PathLike) -> None:
+    """BrainImageDataset given responses that name their images (a BData file's, say) and image paths
+    pairs them by name, as fmri_datasets does, rather than row by row."""
+    from fastalign.data import BrainImageDataset
+
+    data = np.random.default_rng(4).normal(size=(4, 2, 5))
+    order = [2, 0, 3, 1]
+    paths = [os.path.join(tmp_path, f"{NAMES[i]}.JPEG") for i in order]
+    ds = BrainImageDataset(FMRIResponses(data, images=NAMES), images=paths)
+    np.testing.assert_allclose(ds.responses().numpy(), data[order].mean(axis=1), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"its 4 images are not the image set's 4"):
+        BrainImageDataset(FMRIResponses(data, images=NAMES), images=[*paths[:3], "other.jpg"])
