@@ -193,8 +193,8 @@ inline bool is_nan(A v) {
 // beyond 2^53, or n >= 2^31) go to the radix sort on the values' order-preserving bits.
 constexpr int64_t kShortRow = 16;
 constexpr int64_t kShortKeysUpTo = int64_t{1} << 16;
-// From this many entries (where the digits reach 11 bits) up to kShortKeysUpTo the keys are 24 bits in
-// three passes of 8-bit digits (RowSorter::sort_bytes).
+// From this many entries up to kShortKeysUpTo the keys are 24 bits in three passes of 8-bit digits
+// (RowSorter::sort_bytes); below, two passes of d-bit digits (d reaches 11 from 2,048 entries).
 constexpr int64_t kByteKeysFrom = int64_t{1} << 12;
 
 // Sorts entries by value: insertion sort for a few (no moves at all when they are equal), else std::sort.

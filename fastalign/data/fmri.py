@@ -82,6 +82,12 @@ def _image_names(value: Any, n_images: int, source: str) -> list[str]:
         raise ValueError(f"{source}: images must be names (str), got a {bad[0]}")
     if len(names) != n_images:
         raise ValueError(f"{source}: {len(names)} image names for {n_images} rows of responses")
+    repeated = sorted(n for n, c in Counter(names).items() if c > 1)
+    if repeated:
+        raise ValueError(
+            f"{source}: image names repeat ({', '.join(map(repr, repeated[:5]))}); expected one distinct "
+            "name per image, to pair responses with images by name"
+        )
     return names
 
 
@@ -177,7 +183,7 @@ class FMRIResponses:
         if missing or extra:
             raise ValueError(
                 f"{self.source}: its {len(have)} images are not the image set's {len(wanted)}: "
-                f"{len(missing)} of the image set's are not in the file ({', '.join(missing[:5])}"
+                f"{len(missing)} of the image set's images are not in the file ({', '.join(missing[:5])}"
                 f"{', ...' if len(missing) > 5 else ''}), {len(extra)} of the file's not in the image set "
                 f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}); names are matched by file "
                 "name without extension"
@@ -419,6 +425,12 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
     trials = np.flatnonzero(~np.isnan(labels))  # samples without a label (rest, fixation) are no trials
     if not len(trials):
         raise ValueError(f"{file!r}: BData label column {label!r} holds no labels (all NaN)")
+    if np.isinf(labels[trials]).any():
+        rows = trials[np.isinf(labels[trials])]
+        raise ValueError(
+            f"{file!r}: BData label column {label!r} holds inf in sample row{'s' if len(rows) > 1 else ''} "
+            f"{_listed(rows)}; expected a finite label per trial, or NaN for a sample that is no trial"
+        )
     values_of, counts = np.unique(labels[trials], return_counts=True)
     if counts.min() != counts.max():
         kinds, images = np.unique(counts, return_counts=True)

@@ -308,7 +308,8 @@ def load_brain(
                         exc = ValueError(
                             f"{found}; the file defines no ROIs, so "
                             "every voxel is evaluated (ROI 'all'): define the ROIs to evaluate in the file "
-                            "(an HDF5 group 'rois' or a dict key 'rois': name -> mask or voxel indices)"
+                            "(an HDF5 group 'rois' or a dict key 'rois': name -> mask or voxel indices; in "
+                            "BData, ROI_* metadata keys)"
                         )
                     raise ValueError(f"{_FN}: subject {s}: {exc}") from exc
                 used = np.unique(np.concatenate([f.rois[r] for r in names]))

@@ -297,6 +297,19 @@ class EvalModel:
                 f"(the {_MODALITY_NAMES[modality]} one predicts {_N_OUT[modality]}); give {head!r} or none"
             )
         modality = modality or recorded_modality or head or _folder_modality(family)
+        if (
+            subject is None
+            and recorded_subject is not None
+            and found
+            and subject_name(folders[found]) != recorded_subject
+        ):
+            warnings.warn(
+                f"{_FN}: {given} records that it was aligned to {recorded_subject}, but sits in a folder "
+                f"named {folders[found]!r}: evaluated as {recorded_subject}'s (give subject= or "
+                "NAME@sub-XX=FILE to choose)",
+                UserWarning,
+                stacklevel=4,
+            )
         subject = subject or recorded_subject
         no_subject = subject is None and found is None
         if no_subject or modality is None:

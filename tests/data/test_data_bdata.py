@@ -94,7 +94,7 @@ def test_in_image_order_matches_names_by_file_name(tmp_path: os.PathLike) -> Non
     unnamed = FMRIResponses(data)
     assert unnamed.in_image_order(paths) is unnamed  # no names: the rows are taken as in order
     with pytest.raises(
-        ValueError, match=r"f.h5: its 4 images are not the image set's 4: 1 of the image set's "
+        ValueError, match=r"f.h5: its 4 images are not the image set's 4: 1 of the image set's images are "
     ):
         r.in_image_order([*paths[:3], "imgs/n09999999_1.JPEG"])
     with pytest.raises(ValueError, match=r"the image set repeats image names \['n01443537_22563'\]"):
@@ -103,8 +103,10 @@ def test_in_image_order_matches_names_by_file_name(tmp_path: os.PathLike) -> Non
         FMRIResponses(data, source="f.h5", images=NAMES[:3])
     with pytest.raises(ValueError, match=r"images must be names \(str\), got a int"):
         FMRIResponses(data, source="f.h5", images=[1, 2, 3, 4])
-    with pytest.raises(ValueError, match=r"repeats image names"):
-        FMRIResponses(data, source="f.h5", images=[NAMES[0]] * 4).in_image_order(paths)
+    with pytest.raises(ValueError, match=r"f.h5: image names repeat \('n01443537_22563'\); expected one"):
+        FMRIResponses(data, source="f.h5", images=[NAMES[0]] * 4)
+    with pytest.raises(ValueError, match=r"f.h5 repeats image names \['a'\] \(matched without folder"):
+        FMRIResponses(data, source="f.h5", images=["a.jpg", "a.png", "b", "c"]).in_image_order(paths)
 
 
 def test_names_in_npy_and_h5_files_and_fmri_datasets_order(tmp_path: os.PathLike) -> None:
@@ -230,3 +232,14 @@ def test_brain_image_dataset_pairs_named_responses_by_name(tmp_path: os.PathLike
     np.testing.assert_allclose(ds.responses().numpy(), data[order].mean(axis=1), rtol=1e-6)
     with pytest.raises(ValueError, match=r"its 4 images are not the image set's 4"):
         BrainImageDataset(FMRIResponses(data, images=NAMES), images=[*paths[:3], "other.jpg"])
+
+
+def test_a_bdata_label_of_inf_is_refused(tmp_path: os.PathLike) -> None:
+    trials, labels, _ = _design()
+    labels[4] = np.inf
+    path = os.path.join(tmp_path, "b.h5")
+    write_bdata(path, trials, labels, _rois())
+    with pytest.raises(
+        ValueError, match=r"label column 'stimulus_name' holds inf in sample row 4; expected a finite"
+    ):
+        load_fmri(path)

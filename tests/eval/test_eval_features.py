@@ -567,7 +567,10 @@ def test_an_align_model_file_copied_elsewhere_keeps_its_subject_and_modality(ali
     elsewhere = tmp_path / "ReAlnet-fMRI" / "sub-02" / "model.safetensors"
     elsewhere.parent.mkdir(parents=True)
     shutil.copy(src, elsewhere)
-    model = fe.EvalModel.from_weights(elsewhere)
+    with pytest.warns(
+        UserWarning, match=r"records that it was aligned to sub-01, but sits in a folder named 'sub-02'"
+    ):
+        model = fe.EvalModel.from_weights(elsewhere)
     assert (model.name, model.subject, model.modality) == ("ReAlnet-fMRI", "sub-01", "eeg")
     assert fe.EvalModel.from_weights(elsewhere, subject=3).subject == "sub-03"
     bad = tmp_path / "bad.safetensors"

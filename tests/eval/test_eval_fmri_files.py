@@ -221,6 +221,7 @@ def test_nan_in_a_file_without_rois_says_to_define_them(eval_things: SyntheticTh
     assert message.startswith("evaluate: subject sub-01: ") and "NaN or inf in ROI 'all': 1 of its" in message
     assert message.endswith(
         "the file defines no ROIs, so every voxel is evaluated (ROI 'all'): define the ROIs to evaluate in "
-        "the file (an HDF5 group 'rois' or a dict key 'rois': name -> mask or voxel indices)"
+        "the file (an HDF5 group 'rois' or a dict key 'rois': name -> mask or voxel indices; in BData, ROI_* "
+        "metadata keys)"
     )
     assert "leave the ROI out" not in message and "load_fmri(" not in message
