@@ -411,7 +411,8 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
         if label is None:
             raise ValueError(
                 f"{file!r}: BData file without a label column ({', '.join(BDATA_LABELS)}); name the "
-                f"column that gives each trial's image with label= (its metadata keys: {keys})"
+                f"column that gives each trial's image with load_fmri(label=...), or store it under one "
+                f"of those keys, which evaluate and align look for (its metadata keys: {keys})"
             )
     elif label not in marked:
         raise ValueError(f"{file!r}: label={label!r} is not a metadata key of this BData file; it has {keys}")

@@ -148,7 +148,10 @@ def test_bad_bdata_files_say_what_is_wrong(tmp_path: os.PathLike) -> None:
         r"\(stimulus_name 2, 3, 4\), 1 image with 2 trials \(stimulus_name 1\); expected the same number"
     )
     write_bdata(path, trials, labels, _rois(), label_key="trial_type")
-    fails(r"without a label column \(stimulus_name, image_index, Label\); name the column .* with label=")
+    fails(
+        r"without a label column \(stimulus_name, image_index, Label\); name the column .* with "
+        r"load_fmri\(label=...\), or store it under one of those keys, which evaluate and align look for"
+    )
     fails(
         r"label='image_index' is not a metadata key of this BData file; it has \['VoxelData'",
         label="image_index",
