@@ -81,6 +81,23 @@ def test_a_module_called_twice_gives_its_last_call() -> None:
     torch.testing.assert_close(out, model(x).flatten(1))
 
 
+def test_weights_are_hashed_only_for_a_cache(eval_things: SyntheticThings, tmp_path, monkeypatch) -> None:
+    """The cache key hashes the module's weights (0.3-0.4 s for a CORnet-S): without a cache it is not
+    made; with one, once per call; the features are the same either way."""
+    import fastalign.eval.features as ef
+
+    calls = []
+    real = ef.model_key
+    monkeypatch.setattr(ef, "model_key", lambda module: calls.append(1) or real(module))
+    model = fe.EvalModel("tiny", Tiny(), layers=["conv", "fc"])
+    plain = fe.layer_features(model, _images(eval_things), image_size=24)
+    assert calls == []
+    cached = fe.layer_features(model, _images(eval_things), image_size=24, cache_dir=tmp_path / "cache")
+    assert calls == [1]
+    for layer in plain:
+        np.testing.assert_array_equal(plain[layer], cached[layer])
+
+
 def test_cache_second_call_does_not_run_the_model(eval_things: SyntheticThings, tmp_path) -> None:
     """Rows cached by weights, layers, transform and file content: a second call reads them (the model
     does not run), other weights compute afresh, a lost sidecar costs one image's forward."""
