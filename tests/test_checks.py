@@ -328,3 +328,40 @@ def test_an_output_folder_is_replaced_only_where_nothing_else_is_lost(
         (tmp_path / "summary.json").write_text("{}")
         with pytest.raises(FileExistsError, match="is the current folder, one above it or the home folder"):
             check("f", "out", folder, True, marker="summary.json")
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_nonfinite_keys_names_every_tensor_with_nan_or_inf(compiled: bool, monkeypatch) -> None:
+    """The state-dict check of every weights loader: NaN or inf anywhere (a single entry, a 0-dim tensor,
+    float16 and complex, a non-contiguous view) is found, through the compiled pass for float32 / float64
+    and through torch.isfinite otherwise (or without the extension); integers and empty tensors pass."""
+    if not compiled:
+        monkeypatch.setattr("fastalign._ext.why_ops_missing", lambda ops, **kw: "not built")
+    elif _ext_missing():
+        pytest.skip("the compiled extension is not built")
+    big = torch.zeros(1_000_003)
+    big[777_777] = float("nan")
+    state = {
+        "nan": big,
+        "ones": torch.ones(3, 4),
+        "inf64": torch.tensor([1.0, float("-inf")], dtype=torch.float64),
+        "half": torch.tensor([1.0, float("inf")], dtype=torch.float16),
+        "complex": torch.tensor([complex(1, float("nan"))]),
+        "empty": torch.zeros(0),
+        "scalar": torch.tensor(float("nan")),
+        "ints": torch.arange(5),
+        "view": torch.tensor([[1.0, float("inf")], [2.0, 3.0]]).t(),
+        "huge": torch.tensor([3.4e38, -3.4e38]),
+    }
+    seen = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda v: seen.append(v.dtype) or real(v))
+    assert _checks.nonfinite_keys(state) == ["nan", "inf64", "half", "complex", "scalar", "view"]
+    read_by_torch = {torch.float16, torch.complex64} | (set() if compiled else {torch.float32, torch.float64})
+    assert set(seen) == read_by_torch
+
+
+def _ext_missing() -> bool:
+    from fastalign import _ext
+
+    return _ext.why_ops_missing(["rsa_row_stats"]) is not None
