@@ -225,12 +225,7 @@ class BrainImageDataset(Dataset):
         times: Sequence[float] | np.ndarray | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        if (
-            isinstance(responses, FMRIResponses)
-            and _image_paths(images)
-            and len(images) == len(responses.data)
-        ):
-            responses = responses.in_image_order(images)  # responses that name their images: paired by name
+        responses = _by_name(responses, images)
         trials, names, tvec, self.source = _as_trials(responses)
         if trials.size == 0:
             raise ValueError(
@@ -604,6 +599,15 @@ def _image_paths(images: Any) -> TypeGuard[Sequence[str | os.PathLike[str]]]:
     )
 
 
+def _by_name(responses: Any, images: Any) -> Any:
+    """FMRIResponses that name their images, in the order of the image paths given with them
+    (:meth:`FMRIResponses.in_image_order`); anything else as given (other image kinds, and a count that
+    differs, are BrainImageDataset's to check)."""
+    if isinstance(responses, FMRIResponses) and _image_paths(images) and len(images) == len(responses.data):
+        return responses.in_image_order(images)
+    return responses
+
+
 def fmri_datasets(
     train: FMRIResponses | str | os.PathLike[str],
     test: FMRIResponses | str | os.PathLike[str],
@@ -633,12 +637,7 @@ def fmri_datasets(
     check_int("fmri_datasets", "pca_components", pca_components, minimum=1, none=True)
     tr = train if isinstance(train, FMRIResponses) else load_fmri(train)
     te = test if isinstance(test, FMRIResponses) else load_fmri(test)
-    # responses that name their images are put in the order of the image paths given with them (other
-    # image kinds, and a count that differs, are BrainImageDataset's to check)
-    tr, te = (
-        r.in_image_order(i) if _image_paths(i) and len(i) == r.data.shape[0] else r
-        for r, i in ((tr, train_images), (te, test_images))
-    )
+    tr, te = _by_name(tr, train_images), _by_name(te, test_images)  # before the PCA is fitted on them
     if rois is not None:
         tr, te = tr.select(rois), te.select(rois)
     if tr.data.shape[2] != te.data.shape[2]:

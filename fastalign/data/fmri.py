@@ -63,9 +63,19 @@ def roi_order(names: Iterable[str]) -> list[str]:
     return sorted(dict.fromkeys(names), key=lambda name: _RANK.get(name, len(ROI_NAMES)))
 
 
+def _few(items: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``items``: "a, b" or "a, b, c, d, e, ..." (messages say how many)."""
+    return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
+
+
 def _listed(values: np.ndarray, limit: int = 5) -> str:
     """The first ``limit`` ints of ``values``: "0, 3, 7" or "0, 3, 7, 9, 12, ..." (messages say how many)."""
-    return ", ".join(str(int(v)) for v in values[:limit]) + (", ..." if len(values) > limit else "")
+    return _few([str(int(v)) for v in values[: limit + 1]], limit)
+
+
+def _repeated(names: Sequence[str]) -> list[str]:
+    """The names that occur more than once, sorted."""
+    return sorted(n for n, c in Counter(names).items() if c > 1)
 
 
 def _stem(path: str | os.PathLike[str]) -> str:
@@ -82,7 +92,7 @@ def _image_names(value: Any, n_images: int, source: str) -> list[str]:
         raise ValueError(f"{source}: images must be names (str), got a {bad[0]}")
     if len(names) != n_images:
         raise ValueError(f"{source}: {len(names)} image names for {n_images} rows of responses")
-    repeated = sorted(n for n, c in Counter(names).items() if c > 1)
+    repeated = _repeated(names)
     if repeated:
         raise ValueError(
             f"{source}: image names repeat ({', '.join(map(repr, repeated[:5]))}); expected one distinct "
@@ -97,9 +107,7 @@ def _text(v: Any) -> Any:
 
 def _values(values: np.ndarray, limit: int = 5) -> str:
     """The first ``limit`` label values, shortest exact-enough form: "2, 3, 1443537.022563, ..."."""
-    return ", ".join(format(v, ".15g") for v in values[:limit].tolist()) + (
-        ", ..." if len(values) > limit else ""
-    )
+    return _few([format(v, ".15g") for v in values[: limit + 1].tolist()], limit)
 
 
 def _roi_indices(value: Any, n_voxels: int, name: str, source: str) -> np.ndarray:
@@ -171,7 +179,7 @@ class FMRIResponses:
         wanted = [_stem(p) for p in images]
         have = [_stem(n) for n in self.images]
         for side, names in (("the image set", wanted), (self.source, have)):
-            repeated = sorted(n for n, c in Counter(names).items() if c > 1)
+            repeated = _repeated(names)
             if repeated:
                 raise ValueError(
                     f"{self.source}: {side} repeats image names {repeated[:5]} (matched without folder "
@@ -183,9 +191,8 @@ class FMRIResponses:
         if missing or extra:
             raise ValueError(
                 f"{self.source}: its {len(have)} images are not the image set's {len(wanted)}: "
-                f"{len(missing)} of the image set's images are not in the file ({', '.join(missing[:5])}"
-                f"{', ...' if len(missing) > 5 else ''}), {len(extra)} of the file's not in the image set "
-                f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}); names are matched by file "
+                f"{len(missing)} of the image set's images are not in the file ({_few(missing)}), "
+                f"{len(extra)} of the file's not in the image set ({_few(extra)}); names are matched by file "
                 "name without extension"
             )
         pos = {n: i for i, n in enumerate(have)}
@@ -422,7 +429,8 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
             f"{file!r}: BData label {label!r} marks {len(columns)} columns"
             f"{' (a voxel)' if len(columns) == 1 else ''}; expected one column of per-trial labels"
         )
-    labels = np.asarray(ds[:, int(columns[0])], dtype=np.float64)
+    full = np.asarray(ds[()])  # read once: the label column and the voxels come from it
+    labels = full[:, int(columns[0])].astype(np.float64)
     trials = np.flatnonzero(~np.isnan(labels))  # samples without a label (rest, fixation) are no trials
     if not len(trials):
         raise ValueError(f"{file!r}: BData label column {label!r} holds no labels (all NaN)")
@@ -444,7 +452,7 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
             "trials for every image"
         )
     rows = trials[np.argsort(labels[trials], kind="stable")]  # by image, each image's trials in file order
-    data = np.asarray(ds[()])[np.ix_(rows, voxels)].reshape(len(values_of), int(counts[0]), len(voxels))
+    data = full[np.ix_(rows, voxels)].reshape(len(values_of), int(counts[0]), len(voxels))
     roi_keys = [k for k in marked if k.startswith("ROI_") and marked[k][voxels].any()]
     rois = {
         ("V4" if k == "ROI_hV4" and "ROI_V4" not in marked else k[4:]): marked[k][voxels] for k in roi_keys
