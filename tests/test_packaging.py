@@ -182,3 +182,15 @@ def test_build_ext_without_a_compiler_is_one_line_and_without_the_extension_noth
     monkeypatch.setenv("FASTALIGN_BUILD_EXT", "no")
     with pytest.raises(SystemExit, match="FASTALIGN_BUILD_EXT must be 0 or 1"):
         _setup_helpers()["_ext_modules"]()
+
+
+def test_the_package_passes_its_type_check(tmp_path) -> None:
+    """The package is typed (py.typed: type checkers read its annotations), so mypy over it, with the
+    repository's [tool.mypy] settings, finds nothing: the suite is what CI runs, so this keeps `nox -s
+    typecheck` clean. A fresh cache, so that a stale one cannot hide an error."""
+    pytest.importorskip("mypy", reason="mypy is not installed (the test and dev extras have it)")
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), "fastalign"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

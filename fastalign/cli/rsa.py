@@ -123,6 +123,7 @@ def _read_brain(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{_FN}: brain file {path!r} is not a file")
     low = path.lower()
+    read: tuple[np.ndarray, np.ndarray, list[int] | None]
     if low.endswith((".fif", ".fif.gz")):
         read = _read_epochs(path)
         times = read[1]
@@ -288,11 +289,12 @@ def brain_rsa(
     named = [(p, c) for p, (_, _, c) in zip(paths, loaded, strict=True) if c is not None]
     codes = named[0][1] if named else None
     for p, c in named[1:]:
-        if c != codes:
-            diff = next(i for i, (a, b) in enumerate(zip(codes, c, strict=True)) if a != b)
+        first_codes = named[0][1]
+        if c != first_codes:
+            diff = next(i for i, (a, b) in enumerate(zip(first_codes, c, strict=True)) if a != b)
             raise ValueError(
                 f"{_FN}: brain file {p!r} has event codes {c[max(0, diff - 1) : diff + 3]}... where "
-                f"{named[0][0]!r} has {codes[max(0, diff - 1) : diff + 3]}... (condition {diff} in "
+                f"{named[0][0]!r} has {first_codes[max(0, diff - 1) : diff + 3]}... (condition {diff} in "
                 "ascending code order); every .fif needs the same conditions"
             )
     n = first.shape[0]

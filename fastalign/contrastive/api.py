@@ -247,6 +247,7 @@ class InfoNCELoss(nn.Module):
         )
         self.learnable = _checks.check_bool("InfoNCELoss", "learnable", learnable)
         init = math.log(1.0 / temperature)
+        self.logit_scale: torch.Tensor  # a Parameter when learnable, else a float64 buffer
         if learnable:
             if init > math.log(self.max_logit_scale):
                 # CLIP clamps the learnt scale at max_logit_scale: a start above it would be moved there

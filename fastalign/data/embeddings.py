@@ -109,7 +109,8 @@ def model_key(model: torch.nn.Module, transform: Any = None) -> str:
     """
     h = hashlib.sha256()
     h.update(f"{type(model).__module__}.{type(model).__qualname__}|{transform!r}|{model!r}".encode())
-    for cls in dict.fromkeys(type(m) for m in model.modules()):
+    classes: dict[type, None] = dict.fromkeys(type(m) for m in model.modules())
+    for cls in classes:
         h.update(_class_source(cls).encode())
     state = model.state_dict()
     extra = {f"buffer:{n}": b for n, b in model.named_buffers() if n not in state}  # non-persistent ones

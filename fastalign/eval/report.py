@@ -85,8 +85,7 @@ def save_figure(
     # a fixed salt and no date: the same figure gives the same SVG bytes, so reports diff cleanly; text
     # stays text (SVG <text>, PDF TrueType), editable and searchable in a journal's figure files, where
     # matplotlib's defaults draw it as outlines (SVG) or Type 3 fonts (PDF)
-    rc = {"svg.hashsalt": "fastalign", "svg.fonttype": "none", "pdf.fonttype": 42}
-    with matplotlib.rc_context(rc):
+    with matplotlib.rc_context({"svg.hashsalt": "fastalign", "svg.fonttype": "none", "pdf.fonttype": 42}):
         return [atomic_write(f"{stem}.{fmt}", writer(fmt)) for fmt in formats]
 
 

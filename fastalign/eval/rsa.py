@@ -1011,8 +1011,8 @@ def evaluate(
             for mod in mods:
                 given_features(m, brain.images_of(mod), f"{mod} test")
         if m.modality:
-            own = m.modality if m.modality in mods else mods[0]
-            check_image_set(m, brain.images_of(own), f"{own} test", digest)
+            aligned_to = m.modality if m.modality in mods else mods[0]
+            check_image_set(m, brain.images_of(aligned_to), f"{aligned_to} test", digest)
         check_image_size(m, s["image_size"])
     base = _baseline(baseline, specs)
     labelled = None

@@ -443,7 +443,7 @@ def plot_rsa_time_courses(
         ax.set_xlabel("Time from stimulus onset (ms)")
         ax.set_ylabel(similarity)
     handles, names = _panel_handles(axes)
-    if any(c.get_label().startswith("_sem ") for ax in axes for c in ax.collections):
+    if any(str(c.get_label()).startswith("_sem ") for ax in axes for c in ax.collections):
         # a line over its band (matplotlib draws a tuple's handles on top of each other): not one more
         # grey box beside the noise ceiling's
         band = Rectangle((0, 0), 1, 1, color="0.2", alpha=0.25, linewidth=0)

@@ -827,8 +827,11 @@ def _compare_with_nan(fn: str, a: torch.Tensor, b: torch.Tensor, method: str, ba
             try:
                 got = _compare_valid(fn, a2[ia[part]][:, keep], b2[ib[part]][:, keep], method, backend)
             except ValueError:
-                common.raise_first_failure(part, shape, lambda j, keep=keep: _compare_valid(
-                    fn, a2[ia[j]][keep], b2[ib[j]][keep], method, backend), "comparison")  # fmt: skip
+
+                def again(j: int, keep: torch.Tensor = keep) -> object:
+                    return _compare_valid(fn, a2[ia[j]][keep], b2[ib[j]][keep], method, backend)
+
+                common.raise_first_failure(part, shape, again, "comparison")
                 raise
             out = got.new_empty(ia.shape[0]) if out is None else out
             out = out.index_put((part,), got)

@@ -13,6 +13,7 @@ the reference and torch backends.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -455,10 +456,12 @@ def _ceiling_chunks(
         except ValueError as whole:
             raise whole from None  # the chunk's error, with its chunk-relative index, is not shown
         raise
-    lower, upper = (torch.cat([p[j] for p in parts]).reshape(rdms.shape[1:-1]) for j in (0, 1))
+    lower = torch.cat([p[0] for p in parts]).reshape(rdms.shape[1:-1])
+    upper = torch.cat([p[1] for p in parts]).reshape(rdms.shape[1:-1])
     sims = None
-    if models_z is not None:
-        sims = torch.cat([p[2] for p in parts], 1).reshape(*rdms.shape[:-1], models_z.shape[0])
+    if models_z is not None:  # then every chunk has its similarities
+        chunks = [cast(torch.Tensor, p[2]) for p in parts]
+        sims = torch.cat(chunks, 1).reshape(*rdms.shape[:-1], models_z.shape[0])
     return lower, upper, sims
 
 
@@ -534,8 +537,11 @@ def _ceiling_by_nan_pattern(
         try:
             lo, up, _ = _ceiling_chunks(fn, flat[:, idx][..., mask], method, backend, None, condensed=False)
         except ValueError:
-            common.raise_first_failure(idx, rdms.shape[1:-1], lambda i, mask=mask: _ceiling_chunks(
-                fn, flat[:, i][..., mask], method, backend, None, condensed=False), "ceiling")  # fmt: skip
+
+            def again(i: int, mask: torch.Tensor = mask) -> object:
+                return _ceiling_chunks(fn, flat[:, i][..., mask], method, backend, None, condensed=False)
+
+            common.raise_first_failure(idx, rdms.shape[1:-1], again, "ceiling")
             raise
         lower, upper = (
             lower.index_put((idx,), lo.to(lower.dtype)),

@@ -595,7 +595,7 @@ class _Triples(Dataset):
 class _Images(Dataset):
     """The images of a list of files, transformed."""
 
-    def __init__(self, paths: Sequence[str], transform: ImageTransform) -> None:
+    def __init__(self, paths: Sequence[str], transform: Callable[[Any], torch.Tensor]) -> None:
         self.paths, self.transform = paths, transform
 
     def __len__(self) -> int:
@@ -748,9 +748,13 @@ def _files_digest(paths: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+# Each test batch's (logits, predicted responses, flattened IT output).
+_Outputs = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
 def _test_outputs(
     model: ReAlnet, images: Dataset, *, batch_size: int, device: torch.device, num_workers: int
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+) -> _Outputs:
     """Each test batch's (logits, predicted responses, flattened IT output), on the CPU, from one eval-mode
     pass without gradients (the IT output from the same pass: no second backbone pass for the RDM)."""
     model.eval()
@@ -768,7 +772,7 @@ def _test_outputs(
 
 
 def _test_numbers(
-    outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    outputs: _Outputs,
     test: _Triples,
     data: AlignData,
     *,
@@ -838,11 +842,17 @@ class _Teacher:
 
     def _run(self, device: torch.device, batch_size: int, num_workers: int) -> dict[str, torch.Tensor]:
         transform = ImageTransform(self.image_size, crop=False)
-        loading = dict(batch_size=batch_size, device=device, num_workers=num_workers)
         self.backbone.to(device)
         try:
             return {
-                split: _teacher_targets(self.backbone, _Images(paths, transform), self.kind, **loading)
+                split: _teacher_targets(
+                    self.backbone,
+                    _Images(paths, transform),
+                    self.kind,
+                    batch_size=batch_size,
+                    device=device,
+                    num_workers=num_workers,
+                )
                 for split, paths in self.paths.items()
             }
         finally:
@@ -875,18 +885,18 @@ class _Recipe(Hook):
             self.sets["val"].targets = targets["train"][self.data.val_index]
         self.sets["test"].targets = targets["test"]
 
-    def _outputs(self, model: ReAlnet, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+    def _outputs(self, model: ReAlnet, device: torch.device) -> _Outputs:
         images = _Images(self.data.test.images, self.data.test.image_transform)
         loading = {k: self.evaluate[k] for k in ("batch_size", "num_workers")}
         return _test_outputs(model, images, device=device, **loading)
 
-    def _start_outputs(self, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+    def _start_outputs(self, device: torch.device) -> _Outputs:
         try:
             return self._outputs(self.start.to(device), device)
         finally:
             self.start.to("cpu")
 
-    def _numbers(self, outputs: list[tuple[torch.Tensor, ...]], device: torch.device) -> dict[str, Any]:
+    def _numbers(self, outputs: _Outputs, device: torch.device) -> dict[str, Any]:
         e = self.evaluate
         return _test_numbers(
             outputs, self.sets["test"], self.data, beta=e["beta"], contrast=e["contrast"],
@@ -1102,7 +1112,7 @@ def align(
         # the earlier subjects had trained, and rerunning them needs --resume
         taken = [
             f"sub-{s:02d}" for s in subjects
-            if os.path.isdir(d := os.path.join(os.fspath(out), f"sub-{s:02d}")) and holds_files(d)
+            if os.path.isdir(folder := os.path.join(os.fspath(out), f"sub-{s:02d}")) and holds_files(folder)
         ]  # fmt: skip
         if taken:
             raise ValueError(

@@ -289,12 +289,12 @@ def _image_embeddings(
     else:
         if isinstance(spec, str) and spec == "cornet_s":
             if weights is not None:
-                module = cornet_s(weights)
+                backbone = cornet_s(weights)
             else:  # the CORnet-S that fastalign align and evaluate start from with this seed
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(seed)
-                    module = cornet_s()
-            model = EvalModel("cornet_s", module, layers=[layer])
+                    backbone = cornet_s()
+            model = EvalModel("cornet_s", backbone, layers=[layer])
             origin = os.path.abspath(weights) if weights is not None else f"random, seed {seed}"
             source = f"cornet_s {layer} ({origin})"
         elif _run_folder(spec):
@@ -928,7 +928,8 @@ def decode(
     seeded = isinstance(image_model, str) and image_model == "cornet_s" and weights is None
     embedded: dict[int | None, tuple[dict[str, torch.Tensor], str]] = {}
     digests: dict[int | None, str] = {}
-    results, summaries = [], []
+    results: list[FitResult] = []
+    summaries: list[dict[str, Any]] = []
     for s in seeds:
         key = s if seeded else None
         if key not in embedded:

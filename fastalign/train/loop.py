@@ -454,6 +454,7 @@ class _Fit:
         self.history: list[dict[str, Any]] = []
         self.resumed_at: list[int] = []
         self.elapsed_before = 0.0
+        self.held: RunFolder | None = None  # rank 0's prepared folder, whose lock it holds
 
     # Setup
 
@@ -753,7 +754,7 @@ class _Fit:
     # The run
 
     def run_all(self) -> FitResult:
-        self.held: RunFolder | None = None  # rank 0's prepared folder, whose lock it holds
+        self.held = None
         try:
             return self._run_all()
         finally:

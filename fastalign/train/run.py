@@ -149,7 +149,7 @@ def digest_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for key, value in sorted(tensors.items()):
         h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # no copy
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)  # no copy
     return h.hexdigest()[:16]
 
 
@@ -575,7 +575,12 @@ def _moved(
 ) -> dict[str, tuple[str, str]]:
     """{key: (stored, new) path} of the ``locations`` whose path changed (a path for none, or the reverse,
     is another input, not a move)."""
-    before, after = (c.get("config") if isinstance(c.get("config"), Mapping) else {} for c in (old, new))
+
+    def config(c: Mapping[str, Any]) -> Mapping[str, Any]:
+        v = c.get("config")
+        return v if isinstance(v, Mapping) else {}
+
+    before, after = config(old), config(new)
     return {
         k: (before[k], after[k])
         for k in locations

@@ -223,6 +223,7 @@ class V1Block(nn.Sequential):
     """The original's V1 Sequential (same children, same state_dict keys) with a fusable forward."""
 
     norm_backend: str | None = None  # as CORblockS.norm_backend
+    conv1: nn.Conv2d  # the first child (a named child of the Sequential, declared for type checkers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv1, norm1, nonlin1, pool, conv2, norm2, nonlin2, output = self  # the original's order
