@@ -188,7 +188,7 @@ def _oldest_python() -> str:
     """The lowest Python version pyproject.toml's requires-python admits ("3.10" for ">=3.10")."""
     with open(os.path.join(ROOT, "pyproject.toml")) as f:
         found = re.search(r'^requires-python\s*=\s*">=\s*(3\.\d+)"', f.read(), re.MULTILINE)
-    assert found, "pyproject.toml has no requires-python = \">=3.X\""
+    assert found, 'pyproject.toml has no requires-python = ">=3.X"'
     return found.group(1)
 
 
