@@ -441,15 +441,28 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
             f"{_listed(rows)}; expected a finite label per trial, or NaN for a sample that is no trial"
         )
     values_of, counts = np.unique(labels[trials], return_counts=True)
+    # names before counts: samples that are no trials but coded 0 (rest) have a value without a name, and
+    # often another count; the name check says what they are
+    # GOD-style IDs (synset + image number / 10^6: 1443537.022563) need float64: a float32 dataset
+    # rounds them to values 0.125 apart near 10^6, merging a synset's images into one of many trials
+    rounded = ""
+    if ds.dtype.kind == "f" and ds.dtype.itemsize < 8:
+        top = np.abs(values_of).max().astype(ds.dtype)
+        rounded = (
+            f"; the dataset is {ds.dtype}, whose values near {float(top):g} are {float(np.spacing(top)):g} "
+            "apart: labels closer than that (image IDs with a fraction) merge into one image. Store it as "
+            "float64"
+        )
+    images = _bdata_names(file, f, label, values_of, labels, trials, rounded)
     if counts.min() != counts.max():
-        kinds, images = np.unique(counts, return_counts=True)
+        kinds, n_images = np.unique(counts, return_counts=True)
         reps = ", ".join(
             f"{m} image{'s' if m > 1 else ''} with {c} trials ({label} {_values(values_of[counts == c])})"
-            for m, c in sorted(zip(images.tolist(), kinds.tolist(), strict=True), reverse=True)
+            for m, c in sorted(zip(n_images.tolist(), kinds.tolist(), strict=True), reverse=True)
         )
         raise ValueError(
             f"{file!r}: BData images have unequal repetition counts: {reps}; expected the same number of "
-            "trials for every image"
+            f"trials for every image{rounded}"
         )
     rows = trials[np.argsort(labels[trials], kind="stable")]  # by image, each image's trials in file order
     data = full[np.ix_(rows, voxels)].reshape(len(values_of), int(counts[0]), len(voxels))
@@ -457,11 +470,23 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
     rois = {
         ("V4" if k == "ROI_hV4" and "ROI_V4" not in marked else k[4:]): marked[k][voxels] for k in roi_keys
     }
+    return data, rois, images
+
+
+def _bdata_names(
+    file: str, f: Any, label: str, values_of: np.ndarray, labels: np.ndarray, trials: np.ndarray, hint: str
+) -> list[str] | None:
+    """The image name of each label value (``values_of``, ascending) from the BData file's value map of
+    ``label``, or None without one; refuses a value without a name (naming its sample rows, and adding
+    ``hint``) and two keys that name one value differently."""
+    import h5py
+
     maps = f.get("vmap")
     vmap = maps.get(label) if isinstance(maps, h5py.Group) else None
     if not isinstance(vmap, h5py.Group):
-        return data, rois, None
-    names = {}
+        return None
+    names: dict[float, str] = {}
+    keys_of: dict[float, str] = {}  # the key that named each value
     for k, v in vmap.items():
         if not isinstance(v, h5py.Dataset):
             continue
@@ -477,13 +502,24 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
             if name.size != 1:
                 raise ValueError(f"{file!r}: BData vmap/{label}/{k} is not one name: {name}")
             name = name.reshape(-1)[0]
-        names[value] = str(_text(name.item() if isinstance(name, np.generic) else name))
+        text = str(_text(name.item() if isinstance(name, np.generic) else name))
+        if value in names and names[value] != text:  # '1' and '1.0': one label value, two names
+            raise ValueError(
+                f"{file!r}: BData value map vmap/{label} names label value {value:g} twice: "
+                f"{keys_of[value]!r} -> {names[value]!r} and {k!r} -> {text!r}; expected one name per value"
+            )
+        names[value], keys_of[value] = text, k
     unnamed = [v for v in values_of.tolist() if v not in names]
     if unnamed:
+        rows = trials[np.isin(labels[trials], unnamed)]
+        where = f"sample row{'s' if len(rows) > 1 else ''} {_listed(rows)}"
         raise ValueError(
             f"{file!r}: BData value map of {label!r} names no image for label values {unnamed[:5]}"
+            f"{' ...' if len(unnamed) > 5 else ''} ({where}); "
+            "expected a name for every trial's value. Samples that are no trials (rest, fixation) need the "
+            f"label NaN{hint}"
         )
-    return data, rois, [names[v] for v in values_of.tolist()]
+    return [names[v] for v in values_of.tolist()]
 
 
 class ResponsePCA:

@@ -246,3 +246,73 @@ def test_a_bdata_label_of_inf_is_refused(tmp_path: os.PathLike) -> None:
         ValueError, match=r"label column 'stimulus_name' holds inf in sample row 4; expected a finite"
     ):
         load_fmri(path)
+
+
+def test_bdata_value_map_problems_name_the_rows_and_the_keys(tmp_path: os.PathLike) -> None:
+    """A value the value map does not name points at its sample rows and at NaN for samples that are no
+    trials (rest rows coded 0); two keys naming one value differently ('1' and '1.0') are refused, not
+    resolved by whichever came last; the same name under both keys is one name."""
+    trials, labels, expected = _design()
+    labels[[0, 6]] = 0.0  # the two rest rows coded 0, not NaN
+    path = os.path.join(tmp_path, "b.h5")
+    names = {float(k + 1): n for k, n in enumerate(NAMES)}
+    write_bdata(path, trials, labels, _rois(), names=names)
+    with pytest.raises(
+        ValueError,
+        match=r"names no image for label values \[0.0\] \(sample rows 0, 6\); expected a name for every "
+        r"trial's value. Samples that are no trials \(rest, fixation\) need the label NaN",
+    ):
+        load_fmri(path)
+    labels[[0, 6]] = np.nan
+    write_bdata(path, trials, labels, _rois(), names=names)
+    with h5py.File(path, "a") as f:  # keys '1.0', '2.0', ... (str of the float)
+        f["vmap/stimulus_name/1"] = NAMES[0].encode()  # the same name under a second key: fine
+    np.testing.assert_array_equal(load_fmri(path).data, expected)
+    assert load_fmri(path).images == NAMES
+    with h5py.File(path, "a") as f:
+        del f["vmap/stimulus_name/1"]
+        f["vmap/stimulus_name/1"] = b"other"
+    with pytest.raises(
+        ValueError,
+        match=r"vmap/stimulus_name names label value 1 twice: '1' -> 'other' and '1.0' -> 'n01443537_22563'; "
+        r"expected one name per value",
+    ):
+        load_fmri(path)
+
+
+def test_float32_bdata_that_merges_ids_says_so(tmp_path: os.PathLike) -> None:
+    """GOD-style label IDs (synset + image number / 10^6) are distinct in float64 but round to their synset
+    in float32, merging images: the unequal-count error says that the dataset is float32, how far apart its
+    values are, and what to do."""
+    trials, _, _ = _design()
+    ids = np.array([1443537.022563, 1443537.03567, 1621127.019020, 1677366.018182])
+    labels = np.repeat(ids, 3)
+    trials = np.random.default_rng(1).normal(size=(len(labels), 10))
+    path = os.path.join(tmp_path, "god.h5")
+    write_bdata(path, trials, labels, _rois())
+    with h5py.File(path, "a") as f:
+        data = f["dataset"][()]
+        del f["dataset"]
+        f["dataset"] = data.astype(np.float32)
+    with pytest.raises(
+        ValueError,
+        match=r"expected the same number of trials for every image; the dataset is float32, whose values "
+        r"near 1\.67737e\+06 are 0\.125 apart: labels closer than that \(image IDs with a fraction\) merge "
+        r"into one image. Store it as float64",
+    ):
+        load_fmri(path)
+    write_bdata(path, trials, labels, _rois())  # float64: four images of 3 trials
+    assert load_fmri(path).data.shape == (4, 3, 10)
+    # with a value map of the IDs, the rounded values have no name: that error says it too
+    write_bdata(path, trials, labels, _rois(), names=dict(zip(ids.tolist(), NAMES, strict=True)))
+    assert load_fmri(path).images == NAMES
+    with h5py.File(path, "a") as f:
+        data = f["dataset"][()]
+        del f["dataset"]
+        f["dataset"] = data.astype(np.float32)
+    with pytest.raises(
+        ValueError,
+        match=r"names no image for label values \[1443537.0, 1621127.0, 1677366.0\] .* the dataset is "
+        r"float32, whose values near 1\.67737e\+06 are 0\.125 apart",
+    ):
+        load_fmri(path)
