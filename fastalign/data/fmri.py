@@ -441,8 +441,6 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
             f"{_listed(rows)}; expected a finite label per trial, or NaN for a sample that is no trial"
         )
     values_of, counts = np.unique(labels[trials], return_counts=True)
-    # names before counts: samples that are no trials but coded 0 (rest) have a value without a name, and
-    # often another count; the name check says what they are
     # GOD-style IDs (synset + image number / 10^6: 1443537.022563) need float64: a float32 dataset
     # rounds them to values 0.125 apart near 10^6, merging a synset's images into one of many trials
     rounded = ""
@@ -453,6 +451,8 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
             "apart: labels closer than that (image IDs with a fraction) merge into one image. Store it as "
             "float64"
         )
+    # names before counts: samples that are no trials but coded 0 (rest) have a value without a name, and
+    # often another count; the name check says what they are
     images = _bdata_names(file, f, label, values_of, labels, trials, rounded)
     if counts.min() != counts.max():
         kinds, n_images = np.unique(counts, return_counts=True)
