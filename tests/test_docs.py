@@ -4,13 +4,16 @@ Every ```python block of a page runs, in page order, in one namespace per page, 
 directory (``tempfile`` writes there too). Each block is its own test so that a slow page (CORnet-S) does
 not make one slow test; a block run on its own first runs the blocks above it. Shell commands and output
 are ```bash and ```text blocks and are not run, so a block that needs a GPU or real data must not be
-```python.
+```python. A ```text block right after a ```python block (blank lines between at most) is that block's
+output: what the block prints must be that text, so a page cannot show results its code no longer gives.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
+import io
 import re
 import shutil
 import tempfile
@@ -35,6 +38,7 @@ class Block:
     line: int  # 1-based line of the block's first code line
     lang: str
     code: str
+    output: str | None = None  # a python block's printed output: the ```text block right after it
 
     @property
     def name(self) -> str:
@@ -44,19 +48,27 @@ class Block:
 def blocks(page: Path) -> list[Block]:
     """The fenced code blocks of a markdown page, in order."""
     out: list[Block] = []
+    ends: list[int] = []  # each block's closing fence line
     lang: str | None = None
     start, lines = 0, []
-    for i, text in enumerate(page.read_text().splitlines(), start=1):
+    page_lines = page.read_text().splitlines()
+    for i, text in enumerate(page_lines, start=1):
         m = FENCE.match(text)
         if lang is None:
             if m:
                 lang, start, lines = m.group(1).strip(), i + 1, []
         elif m and not m.group(1).strip():
             out.append(Block(page, start, lang, "\n".join(lines) + "\n"))
+            ends.append(i)
             lang = None
         else:
             lines.append(text)
     assert lang is None, f"{page.relative_to(ROOT)}: the block opened at line {start - 1} is never closed"
+    for k in range(len(out) - 1):
+        a, b = out[k], out[k + 1]
+        between = page_lines[ends[k] : b.line - 2]  # lines after a's closing fence, before b's opening one
+        if a.lang == "python" and b.lang == "text" and not any(line.strip() for line in between):
+            out[k] = Block(a.page, a.line, a.lang, a.code, b.code)
     return out
 
 
@@ -81,11 +93,19 @@ _RUNS: dict[Path, _PageRun] = {}
 def _exec(block: Block, run: _PageRun) -> None:
     # Leading newlines put tracebacks on the page's own line numbers.
     code = compile("\n" * (block.line - 1) + block.code, str(block.page.relative_to(ROOT)), "exec")
+    printed = io.StringIO()
     try:
-        exec(code, run.namespace)
+        with contextlib.redirect_stdout(printed):
+            exec(code, run.namespace)
     except BaseException:
         run.failed = block.name
         raise
+    if block.output is not None and printed.getvalue() != block.output:
+        run.failed = block.name
+        raise AssertionError(
+            f"{block.name} prints other than the ```text block after it shows:\n--- page\n{block.output}"
+            f"--- printed\n{printed.getvalue()}"
+        )
 
 
 def test_pages_exist() -> None:
