@@ -1110,10 +1110,8 @@ def align(
     if not single and not resume and not overwrite:
         # every subject's folder before the first trains: a later one holding a run failed only after
         # the earlier subjects had trained, and rerunning them needs --resume
-        taken = [
-            f"sub-{s:02d}" for s in subjects
-            if os.path.isdir(folder := os.path.join(os.fspath(out), f"sub-{s:02d}")) and holds_files(folder)
-        ]  # fmt: skip
+        subject_dirs = {f"sub-{s:02d}": os.path.join(os.fspath(out), f"sub-{s:02d}") for s in subjects}
+        taken = [name for name, d in subject_dirs.items() if os.path.isdir(d) and holds_files(d)]
         if taken:
             raise ValueError(
                 f"{_FN}: out {os.fspath(out)!r} already holds {', '.join(taken)}; pass resume=True "
