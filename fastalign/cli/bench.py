@@ -275,7 +275,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--repeat", type=positive_int, default=5, help="micro-benchmark: timed calls per op (default 5)"
     )
-    add_device(p)
+    add_device(p, "cuda when available, else cpu")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -188,8 +188,11 @@ def device(text: str) -> str:
     return text
 
 
-def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=device, help="default: cuda:LOCAL_RANK when available, else cpu")
+def add_device(
+    p: argparse.ArgumentParser, default: str = "cuda:LOCAL_RANK when available (torchrun), else cpu"
+) -> None:
+    """--device, its help saying what the command uses without it (``default``)."""
+    p.add_argument("--device", type=device, help=f"default: {default}")
 
 
 def add_progress(p: argparse.ArgumentParser) -> None:

@@ -138,7 +138,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=positive_int, default=1, help="EEG samples per window (default 1)")
     p.add_argument("--step", type=positive_int, default=1, help="EEG samples between windows (default 1)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (default 32)")
-    add_device(p)
+    add_device(p, "cuda when available, else cpu")
     p.add_argument(
         "--cache-dir",
         default="auto",

@@ -8,9 +8,10 @@ Each ``--brain`` file is one recording (a subject, a session): its RDM at each t
 the same order. Nothing is read through pickle: ``.npy`` files must hold plain numeric arrays.
 
 The output folder holds ``brain_rdms.npy`` (n_brains, n_windows, n_pairs), ``times.npy`` (each window's
-mean time in seconds), ``model_rdms.npy`` (n_models, n_pairs), ``rsa.npy`` (n_brains, n_windows,
-n_models), ``rsa.csv`` (one row per brain, model and time), ``noise_ceiling.csv`` (with two or more
-brains), ``figures/rsa.png`` / ``.svg`` and ``summary.json``; it is replaced as a unit.
+mean time in seconds), with model RDMs or features ``model_rdms.npy`` (n_models, n_pairs), ``rsa.npy``
+(n_brains, n_windows, n_models), ``rsa.csv`` (one row per brain, model and time) and ``figures/rsa.png``
+/ ``.svg``, with two or more brains ``noise_ceiling.csv``, and ``summary.json``; it is replaced as a
+unit.
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def infonce_loss(
         symmetric: average both directions (True) or use rows only (False).
         reduction: "mean" or "sum" over the N per-index losses, or "none" for the (N,) losses
             (``0.5 * (row_i + col_i)`` when symmetric).
-        backend: "auto", "reference", "torch" or "triton" (see README, Backends).
+        backend: "auto", "reference", "torch" or "triton" (see docs/losses.md, Backends).
         group: a torch.distributed process group. Each rank passes its local shard; negatives are
             the whole global batch, the result is the global loss ("none": this rank's per-index
             losses) and the gradients of the local inputs equal those of the single-process loss

@@ -853,7 +853,7 @@ def plot_variability(variability: Table, *, layers: Sequence[str] | None = None)
     """Dissimilarity between different subjects' models by layer: the mean over model pairs +- its
     leave-one-subject-out jackknife SEM (:func:`_jackknife_sem`; pairs share subjects, so an SEM over
     pairs would be too narrow), and a point per pair; one line per family when the table has a ``model``
-    column (variability.csv: layer, model_a, model_b, dissimilarity[, model])."""
+    column (variability.csv: layer, model_a, model_b, dissimilarity[, model, modality])."""
     fn = "plot_variability"
     rows = _table(
         fn,
