@@ -280,20 +280,24 @@ def test_bdata_value_map_problems_name_the_rows_and_the_keys(tmp_path: os.PathLi
         load_fmri(path)
 
 
+def _as_float32(path: str) -> None:
+    """Rewrites a BData file's dataset as float32 (as a writer that saves single precision would)."""
+    with h5py.File(path, "a") as f:
+        data = f["dataset"][()]
+        del f["dataset"]
+        f["dataset"] = data.astype(np.float32)
+
+
 def test_float32_bdata_that_merges_ids_says_so(tmp_path: os.PathLike) -> None:
     """GOD-style label IDs (synset + image number / 10^6) are distinct in float64 but round to their synset
     in float32, merging images: the unequal-count error says that the dataset is float32, how far apart its
     values are, and what to do."""
-    trials, _, _ = _design()
     ids = np.array([1443537.022563, 1443537.03567, 1621127.019020, 1677366.018182])
     labels = np.repeat(ids, 3)
     trials = np.random.default_rng(1).normal(size=(len(labels), 10))
     path = os.path.join(tmp_path, "god.h5")
     write_bdata(path, trials, labels, _rois())
-    with h5py.File(path, "a") as f:
-        data = f["dataset"][()]
-        del f["dataset"]
-        f["dataset"] = data.astype(np.float32)
+    _as_float32(path)
     with pytest.raises(
         ValueError,
         match=r"expected the same number of trials for every image; the dataset is float32, whose values "
@@ -306,10 +310,7 @@ def test_float32_bdata_that_merges_ids_says_so(tmp_path: os.PathLike) -> None:
     # with a value map of the IDs, the rounded values have no name: that error says it too
     write_bdata(path, trials, labels, _rois(), names=dict(zip(ids.tolist(), NAMES, strict=True)))
     assert load_fmri(path).images == NAMES
-    with h5py.File(path, "a") as f:
-        data = f["dataset"][()]
-        del f["dataset"]
-        f["dataset"] = data.astype(np.float32)
+    _as_float32(path)
     with pytest.raises(
         ValueError,
         match=r"names no image for label values \[1443537.0, 1621127.0, 1677366.0\] .* the dataset is "
