@@ -289,7 +289,7 @@ def brain_rsa(
     # are taken in order.
     named = [(p, c) for p, (_, _, c) in zip(paths, loaded, strict=True) if c is not None]
     codes = named[0][1] if named else None
-    first_codes = named[0][1] if named else []
+    first_codes = codes or []
     for p, c in named[1:]:
         if c != first_codes:
             diff = next(i for i, (a, b) in enumerate(zip(first_codes, c, strict=True)) if a != b)

@@ -441,19 +441,9 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
             f"{_listed(rows)}; expected a finite label per trial, or NaN for a sample that is no trial"
         )
     values_of, counts = np.unique(labels[trials], return_counts=True)
-    # GOD-style IDs (synset + image number / 10^6: 1443537.022563) need float64: a float32 dataset
-    # rounds them to values 0.125 apart near 10^6, merging a synset's images into one of many trials
-    rounded = ""
-    if ds.dtype.kind == "f" and ds.dtype.itemsize < 8:
-        top = np.abs(values_of).max().astype(ds.dtype)
-        rounded = (
-            f"; the dataset is {ds.dtype}, whose values near {float(top):g} are {float(np.spacing(top)):g} "
-            "apart: labels closer than that (image IDs with a fraction) merge into one image. Store it as "
-            "float64"
-        )
     # names before counts: samples that are no trials but coded 0 (rest) have a value without a name, and
     # often another count; the name check says what they are
-    images = _bdata_names(file, f, label, values_of, labels, trials, rounded)
+    images = _bdata_names(file, f, label, values_of, labels, trials, ds.dtype)
     if counts.min() != counts.max():
         kinds, n_images = np.unique(counts, return_counts=True)
         reps = ", ".join(
@@ -462,7 +452,7 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
         )
         raise ValueError(
             f"{file!r}: BData images have unequal repetition counts: {reps}; expected the same number of "
-            f"trials for every image{rounded}"
+            f"trials for every image{_rounding_hint(ds.dtype, values_of)}"
         )
     rows = trials[np.argsort(labels[trials], kind="stable")]  # by image, each image's trials in file order
     data = full[np.ix_(rows, voxels)].reshape(len(values_of), int(counts[0]), len(voxels))
@@ -473,12 +463,31 @@ def _read_bdata(file: str, f: Any, label: str | None) -> tuple[np.ndarray, dict[
     return data, rois, images
 
 
+def _rounding_hint(dtype: np.dtype, values: np.ndarray) -> str:
+    """For a label error in a dataset of less than float64: how far apart its values are near the largest
+    label. GOD-style IDs (synset + image number / 10^6: 1443537.022563) need float64: float32 rounds them to
+    values 0.125 apart near 10^6, merging a synset's images into one of many trials."""
+    if dtype.kind != "f" or dtype.itemsize >= 8:
+        return ""
+    top = np.abs(values).max().astype(dtype)
+    return (
+        f"; the dataset is {dtype}, whose values near {float(top):g} are {float(np.spacing(top)):g} apart: "
+        "labels closer than that (image IDs with a fraction) merge into one image. Store it as float64"
+    )
+
+
 def _bdata_names(
-    file: str, f: Any, label: str, values_of: np.ndarray, labels: np.ndarray, trials: np.ndarray, hint: str
+    file: str,
+    f: Any,
+    label: str,
+    values_of: np.ndarray,
+    labels: np.ndarray,
+    trials: np.ndarray,
+    dtype: np.dtype,
 ) -> list[str] | None:
     """The image name of each label value (``values_of``, ascending) from the BData file's value map of
-    ``label``, or None without one; refuses a value without a name (naming its sample rows, and adding
-    ``hint``) and two keys that name one value differently."""
+    ``label``, or None without one; refuses a value without a name (naming its sample rows, and what a
+    ``dtype`` below float64 does to labels) and two keys that name one value differently."""
     import h5py
 
     maps = f.get("vmap")
@@ -517,7 +526,7 @@ def _bdata_names(
             f"{file!r}: BData value map of {label!r} names no image for label values {unnamed[:5]}"
             f"{' ...' if len(unnamed) > 5 else ''} ({where}); "
             "expected a name for every trial's value. Samples that are no trials (rest, fixation) need the "
-            f"label NaN{hint}"
+            f"label NaN{_rounding_hint(dtype, values_of)}"
         )
     return [names[v] for v in values_of.tolist()]
 
