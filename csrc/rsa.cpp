@@ -86,7 +86,8 @@ namespace {
 
 // Compiled for the baseline ISA and for x86-64-v3 (AVX2 + FMA), chosen at load time (GCC ifunc). An
 // x86-64-v4 (AVX-512) clone of everything measured 14% slower on the fused time-resolved RSA on a 2-core Xeon
-// (with the 4-column tiles of the time); only the RDM register tiles have an AVX-512 build (direct_rows).
+// (with the 4-column tiles of the time); only the RDM register tiles (direct_rows, the Gram tiles) and the
+// model dot products (dot_block) have an AVX-512 build.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FASTALIGN_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
 #else
@@ -961,10 +962,14 @@ double sum_lanes(int64_t n, F term) {
 // the lanes in order), so a block gives the bits one vector at a time gives. Chunks of kDotChunk pairs
 // (a multiple of 8) keep the block's vectors in cache while every model's chunk streams past once: each
 // model vector is read once per R compare vectors instead of once per vector (44 models of 19,900 pairs
-// are 7 MB: out of L2, so one vector at a time was bound by that stream). Contraction into FMA is off (GCC
-// and clang), so the x86-64-v3 clone adds and multiplies as the baseline does and both give the same bits.
+// are 7 MB: out of L2, so one vector at a time was bound by that stream); 1,024 pairs (4 vectors: 32 KB)
+// stay in a 48 KB L1, where 2,048 did not. On CPUs with AVX-512 a register tile also takes 4 models at once
+// (dot_tile), so each loaded chunk of a vector serves 4 models. 400 RDMs of 200 conditions against 44 models
+// (Pearson, one thread of a 2-core Xeon): the dot products in 27 against 47 ms (AVX2 tiles: 33). Contraction
+// into FMA is off (GCC and clang), so every build adds and multiplies as the baseline does and all give the
+// same bits.
 constexpr int64_t kDotRows = 4;
-constexpr int64_t kDotChunk = 2048;
+constexpr int64_t kDotChunk = 1024;
 // Above this many pairs a thread holds one compare vector, not kDotRows (4 x 2 MB at this bound; the
 // chunking, not the vectors' length, keeps a block in cache).
 constexpr int64_t kDotBlockPairs = int64_t{1} << 18;
@@ -973,8 +978,28 @@ constexpr int64_t kDotBlockPairs = int64_t{1} << 18;
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 #endif
-// Eight lanes as two 4-double vectors (GCC vector extensions: element-wise, so each lane adds in the
-// order sum_lanes does; the baseline ISA runs each as two SSE2 halves).
+// The tail pairs (n mod 8) into lane 0, the lanes summed in order, times the vector's scale.
+template <int R>
+inline __attribute__((always_inline)) void dot_block_finish(const double* const* vr, const double* scale,
+                                                            const double* w, int64_t models, int64_t n,
+                                                            const double* acc_in, double* const* out) {
+  constexpr int kLanes = 8;
+  const int64_t main = n - n % kLanes;
+  for (int r = 0; r < R; ++r) {
+    for (int64_t mm = 0; mm < models; ++mm) {
+      const double* wm = w + mm * n;
+      double s[kLanes];
+      std::memcpy(s, acc_in + (r * models + mm) * kLanes, sizeof s);
+      for (int64_t k = main; k < n; ++k) s[0] += vr[r][k] * wm[k];
+      double t = 0.0;
+      for (int u = 0; u < kLanes; ++u) t += s[u];
+      out[r][mm] = t * scale[r];
+    }
+  }
+}
+
+// The same eight lanes as two 4-double vectors, for the builds with 16 registers (baseline, x86-64-v3), where
+// GCC's lowering of a 64-byte vector type spilled the accumulators (2.6x slower).
 typedef double Lanes4 __attribute__((vector_size(32)));
 
 inline Lanes4 load4(const double* p) {
@@ -984,9 +1009,9 @@ inline Lanes4 load4(const double* p) {
 }
 
 template <int R>
-inline __attribute__((always_inline)) void dot_block_impl(const double* const* v, const double* scale, const double* w,
-                                                          int64_t models, int64_t n, double* acc,
-                                                          double* const* out) {
+inline __attribute__((always_inline)) void dot_block_narrow_impl(const double* const* v, const double* scale,
+                                                                 const double* w, int64_t models, int64_t n,
+                                                                 double* acc, double* const* out) {
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #endif
@@ -1017,26 +1042,113 @@ inline __attribute__((always_inline)) void dot_block_impl(const double* const* v
       }
     }
   }
+  dot_block_finish<R>(vr, scale, w, models, n, acc, out);
+}
+
+// Eight lanes as one 64-byte vector (GCC vector extensions: element-wise, so each lane adds in the order
+// sum_lanes does; the x86-64-v3 build runs it as two 32-byte halves, the baseline ISA as four SSE2 quarters).
+typedef double Lanes8 __attribute__((vector_size(64)));
+
+
+// One register tile of dot_block: R compare vectors x MB models over pairs [k0, k1) (a multiple of 8 long),
+// the R * MB eight-lane sums carried in acc between chunks. Each model's chunk is loaded once for the R
+// vectors and each vector's once for the MB models: with R = MB = 4 (AVX-512: 16 accumulators of the 32
+// registers) a step of 8 pairs loads 8 vectors for 16 multiplies and adds, where one model at a time
+// loaded 5 for 4.
+template <int R, int MB>
+inline __attribute__((always_inline)) void dot_tile(const double* const* vr, const double* w, int64_t n, int64_t m0,
+                                                    int64_t models, int64_t k0, int64_t k1, double* acc) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  Lanes8 a[R][MB];
+  const double* wm[MB];
+  for (int j = 0; j < MB; ++j) wm[j] = w + (m0 + j) * n;
   for (int r = 0; r < R; ++r) {
-    for (int64_t mm = 0; mm < models; ++mm) {
-      const double* wm = w + mm * n;
-      double* s = acc + (r * models + mm) * kLanes;
-      for (int64_t k = main; k < n; ++k) s[0] += vr[r][k] * wm[k];
-      double t = 0.0;
-      for (int u = 0; u < kLanes; ++u) t += s[u];
-      out[r][mm] = t * scale[r];
+    for (int j = 0; j < MB; ++j) std::memcpy(&a[r][j], acc + (r * models + m0 + j) * 8, sizeof(Lanes8));
+  }
+  for (int64_t k = k0; k < k1; k += 8) {
+    Lanes8 wv[MB];
+    for (int j = 0; j < MB; ++j) std::memcpy(&wv[j], wm[j] + k, sizeof(Lanes8));
+    for (int r = 0; r < R; ++r) {
+      Lanes8 vv;
+      std::memcpy(&vv, vr[r] + k, sizeof(Lanes8));
+      for (int j = 0; j < MB; ++j) a[r][j] += vv * wv[j];
     }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < MB; ++j) std::memcpy(acc + (r * models + m0 + j) * 8, &a[r][j], sizeof(Lanes8));
   }
 }
 
-FASTALIGN_CLONES void dot_block(int rows, const double* const* v, const double* scale, const double* w,
-                                int64_t models, int64_t n, double* acc, double* const* out) {
-  switch (rows) {
-    case 4: dot_block_impl<4>(v, scale, w, models, n, acc, out); break;
-    case 3: dot_block_impl<3>(v, scale, w, models, n, acc, out); break;
-    case 2: dot_block_impl<2>(v, scale, w, models, n, acc, out); break;
-    default: dot_block_impl<1>(v, scale, w, models, n, acc, out); break;
+// MB (<= 4): models per register tile; the last tile of a chunk takes the models left over.
+template <int R, int MB>
+inline __attribute__((always_inline)) void dot_block_impl(const double* const* v, const double* scale, const double* w,
+                                                          int64_t models, int64_t n, double* acc,
+                                                          double* const* out) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  constexpr int kLanes = 8;
+  const int64_t main = n - n % kLanes;
+  std::fill(acc, acc + static_cast<int64_t>(R) * models * kLanes, 0.0);
+  const double* vr[R];
+  for (int r = 0; r < R; ++r) vr[r] = v[r];
+  for (int64_t k0 = 0; k0 < main; k0 += kDotChunk) {
+    const int64_t k1 = std::min(main, k0 + kDotChunk);
+    int64_t m0 = 0;
+    for (; m0 + MB <= models; m0 += MB) dot_tile<R, MB>(vr, w, n, m0, models, k0, k1, acc);
+    const int64_t rest = models - m0;  // fewer than MB
+    if constexpr (MB >= 4) {
+      if (rest == 3) dot_tile<R, 3>(vr, w, n, m0, models, k0, k1, acc);
+    }
+    if constexpr (MB >= 3) {
+      if (rest == 2) dot_tile<R, 2>(vr, w, n, m0, models, k0, k1, acc);
+    }
+    if constexpr (MB >= 2) {
+      if (rest == 1) dot_tile<R, 1>(vr, w, n, m0, models, k0, k1, acc);
+    }
   }
+  dot_block_finish<R>(vr, scale, w, models, n, acc, out);
+}
+
+template <int MB>
+inline __attribute__((always_inline)) void dot_block_any(int rows, const double* const* v, const double* scale,
+                                                         const double* w, int64_t models, int64_t n, double* acc,
+                                                         double* const* out) {
+  switch (rows) {
+    case 4: dot_block_impl<4, MB>(v, scale, w, models, n, acc, out); break;
+    case 3: dot_block_impl<3, MB>(v, scale, w, models, n, acc, out); break;
+    case 2: dot_block_impl<2, MB>(v, scale, w, models, n, acc, out); break;
+    default: dot_block_impl<1, MB>(v, scale, w, models, n, acc, out); break;
+  }
+}
+
+FASTALIGN_CLONES void dot_block_narrow(int rows, const double* const* v, const double* scale, const double* w,
+                                       int64_t models, int64_t n, double* acc, double* const* out) {
+  switch (rows) {
+    case 4: dot_block_narrow_impl<4>(v, scale, w, models, n, acc, out); break;
+    case 3: dot_block_narrow_impl<3>(v, scale, w, models, n, acc, out); break;
+    case 2: dot_block_narrow_impl<2>(v, scale, w, models, n, acc, out); break;
+    default: dot_block_narrow_impl<1>(v, scale, w, models, n, acc, out); break;
+  }
+}
+#ifdef FASTALIGN_AVX512_ROWS
+__attribute__((target("arch=x86-64-v4"))) void dot_block_v4(int rows, const double* const* v, const double* scale,
+                                                            const double* w, int64_t models, int64_t n, double* acc,
+                                                            double* const* out) {
+  dot_block_any<4>(rows, v, scale, w, models, n, acc, out);
+}
+#endif
+
+// out[r][m] = <v[r], w[m]> * scale[r] for rows <= kDotRows vectors; the same bits on every build (each lane
+// is the same chain of multiplies and adds, no contraction).
+void dot_block(int rows, const double* const* v, const double* scale, const double* w, int64_t models, int64_t n,
+               double* acc, double* const* out) {
+#ifdef FASTALIGN_AVX512_ROWS
+  if (avx512_rows()) return dot_block_v4(rows, v, scale, w, models, n, acc, out);
+#endif
+  dot_block_narrow(rows, v, scale, w, models, n, acc, out);
 }
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC pop_options

@@ -576,6 +576,17 @@ for dtype in (torch.float64, torch.float32):
         x = torch.randn(b, n, p, dtype=dtype, generator=gen) * 3 + 1
         gram = torch.empty(b, n, n, dtype=dtype)
         out += [torch.ops.fastalign.rsa_gram_centered(x, x.mean(-1).reshape(-1), gram), gram]
+    # the model dot products: 1-4 vectors per block (one thread: blocks of up to 4 sets) against 1-9 models
+    # (tiles of 4 models and every remainder), 2,485 pairs (chunks, and a tail that is not a multiple of 8)
+    torch.set_num_threads(1)
+    for b, models in ((1, 1), (2, 2), (3, 3), (5, 4), (5, 5), (2, 6), (3, 7), (5, 9)):
+        x = torch.randn(b, 71, 4, dtype=dtype, generator=gen)
+        w = torch.randn(models, 71 * 70 // 2, dtype=torch.float64, generator=gen)
+        out += [torch.ops.fastalign.rsa_rdm_compare(x, w, 0, c) for c in (0, 2)]
+    torch.set_num_threads(2)
+rdms = torch.rand(7, 3, 2485, dtype=torch.float64, generator=gen)
+w = torch.randn(6, 2485, dtype=torch.float64, generator=gen)
+out += list(torch.ops.fastalign.rsa_spearman_ceiling(rdms, w))
 torch.save(out, sys.argv[1])
 """
 
@@ -584,8 +595,10 @@ def test_rdm_tiles_give_the_same_bits_with_and_without_avx512(tmp_path) -> None:
     """The RDM and Gram register tiles run with 64-byte vectors on CPUs with AVX-512 and 32-byte ones
     elsewhere (FASTALIGN_NO_AVX512=1 forces those): every distance or product sum is the same chain of
     FMAs, so both give the same bits, for both dtypes and every method, at sizes that end inside a tile
-    and read its padding (the Gram tiles are also 4 x 24 against 8 x 48 wide). On a CPU without AVX-512
-    both runs take the AVX2 tiles."""
+    and read its padding (the Gram tiles are also 4 x 24 against 8 x 48 wide); the model dot products of
+    rsa_rdm_compare and rsa_spearman_ceiling (4 vectors x 4 models per AVX-512 tile against one model at a
+    time) are the same multiplies and adds in the same order. On a CPU without AVX-512 both runs take the
+    AVX2 tiles."""
     import os
     import subprocess
     import sys
@@ -596,6 +609,6 @@ def test_rdm_tiles_give_the_same_bits_with_and_without_avx512(tmp_path) -> None:
         env = {**os.environ, "FASTALIGN_NO_AVX512": off}
         subprocess.run([sys.executable, "-c", _TILE_SCRIPT, str(path)], cwd=tmp_path, check=True, env=env)
         got.append(torch.load(path))
-    assert len(got[0]) == len(got[1]) == 84
+    assert len(got[0]) == len(got[1]) == 119
     for a, b in zip(*got, strict=True):  # (NaN: a 3-condition RDM whose Spearman is undefined)
         torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
