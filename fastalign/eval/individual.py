@@ -60,14 +60,18 @@ def variability(slots: Sequence[_Slot], rdms: torch.Tensor) -> tuple[list[dict[s
             at = sorted((slots[i].subject, i) for i in members if slots[i].layer == layer)
             if len(at) < 2:
                 continue
-            pairs = list(itertools.combinations(at, 2))
-            a = torch.stack([rdms[i] for (_, i), _ in pairs])
-            b = torch.stack([rdms[j] for _, (_, j) in pairs])
-            d = (1 - compare_rdms(a, b, "spearman")).tolist()
-            for ((sa, _), (sb, _)), value in zip(pairs, d, strict=True):
+            # every subject against every other in one broadcast call: each RDM is ranked once, where a
+            # stack per pair ranked each n - 1 times (10 subjects x 4 layers x 19,900 pairs, 2 threads:
+            # 59 -> 15 ms)
+            stack = torch.stack([rdms[i] for _, i in at])
+            dis = (1 - compare_rdms(stack[:, None, :], stack[None, :, :], "spearman")).tolist()
+            pairs = list(itertools.combinations(range(len(at)), 2))
+            d = [dis[i][j] for i, j in pairs]
+            for (i, j), value in zip(pairs, d, strict=True):
                 rows.append(
-                    {"layer": layer, "model_a": sa, "model_b": sb, "dissimilarity": value, "model": family}
-                )
+                    {"layer": layer, "model_a": at[i][0], "model_b": at[j][0], "dissimilarity": value,
+                     "model": family}
+                )  # fmt: skip
             means[layer] = sum(d) / len(d)
             n_pairs[layer] = len(d)
         if not means:
