@@ -28,6 +28,9 @@
 //   over subjects of the correlation with the pool of all subjects' ranks / of the others'), each RDM
 //   ranked once in a per-thread buffer (no (S, B, K) ranks are stored); NaN bounds where a pool is
 //   constant.
+// rsa_rdm_spearman_ceiling(x, w, rdm_method) -> the same for the RDMs of (S, B, n, p) pattern sets, each
+//   computed into a per-thread buffer as rsa_rdm_compare computes it and ranked there (no (S, B, K) RDMs
+//   are stored); a set without a Spearman statistic (a refused pattern, a constant RDM) makes its point NaN.
 // rsa_kendall_tau_a(a, b, ia, ib) -> (P,) float64: Kendall's tau-a of rows a[ia[p]] and b[ib[p]] in
 //   O(K log K) each (sort + merge-sort inversion count), exact integer pair counts; NaN for a pair with
 //   NaN in either row.
@@ -1164,11 +1167,67 @@ void dot_block(int rows, const double* const* v, const double* scale, const doub
 // fastalign/rsa/api.py _ROUNDING_ULPS, the same rule on every path.
 constexpr double kRoundingUlps = 16.0;
 
+// One pattern set xb (n, p)'s RDM for a comparison, in d (n(n-1)/2), through z (direct_transpose's layout):
+// its direct distances, snapped as the composed path snaps them, and their range. Returns false where it
+// has no statistic: `set` names a refused pattern (the caller raises), or every output of the set is
+// `value` (NaN where undefined, which the Python API turns into an error naming the window; 0 for rho_a of
+// a constant RDM). compare: as rdm_compare's.
+template <typename T>
+bool set_rdm(const T* xb, T* z, T* d, int64_t n, int64_t p, int64_t rdm_method, int64_t compare, PreparedSet& set,
+             RowRange<T>& range, double& value) {
+  const int64_t k_total = n * (n - 1) / 2;
+  const int64_t blocks = (n - 1 + kRows - 1) / kRows;
+  set = direct_transpose(xb, z, n, p, rdm_method);
+  if (set.issue != PatternIssue::kNone) return false;
+  for (int64_t blk = 0; blk < blocks; ++blk) direct_rows(z, n, p, rdm_method, blk * kRows, d);
+  // Every compare method is invariant to a positive factor on the RDM, so a scaled euclidean set is
+  // compared at its scale; distances that exceed T's range at the data's scale (d * 4^e, exactly)
+  // have no statistic, as compare_rdms rejects such RDMs: NaN here becomes the caller's error.
+  const T limit = std::ldexp(std::numeric_limits<T>::max(), -2 * set.exponent);  // inf for e < 0
+  range = row_range(d, k_total);
+  if (range.nan || range.hi > limit) {
+    value = std::nan("");
+    return false;
+  }
+  if (rdm_method <= 1) {
+    // Correlation / cosine distances of patterns equal or opposite up to shift and scale (always so
+    // with 2 features) are exactly 0 and 2, computed a few eps off in directions that differ between
+    // backends, which then broke their ties differently: within the rounding of their sums they are
+    // made exact, as the composed path does (common.exact_constants).
+    const T near = static_cast<T>(kRoundingUlps * static_cast<double>(std::numeric_limits<T>::epsilon()) *
+                                  std::sqrt(static_cast<double>(p)));
+    if (range.lo <= near || range.hi >= T(2) - near) {
+      for (int64_t k = 0; k < k_total; ++k) {
+        const T v = d[k];
+        d[k] = std::fabs(v) <= near ? T(0) : (std::fabs(v - T(2)) <= near ? T(2) : v);
+      }
+      range = row_range(d, k_total);
+    }
+  }
+  // Distances that are equal (zero) in exact arithmetic come out a few eps apart for patterns that are
+  // shifted or scaled copies: such an RDM is made exactly constant (zero), as the composed path does
+  // (api._exact_constants), so the statistic is what the exact RDM gives (NaN where undefined, which
+  // the caller names; 0 for rho_a), not a correlation of rounding noise. Sums of p terms of order 1
+  // (correlation, cosine) or of the RDM's largest distance (euclidean).
+  const T top = range.hi, bottom = range.lo;
+  const double maxabs = std::max(static_cast<double>(top), -static_cast<double>(bottom));
+  const double tolerance = kRoundingUlps * static_cast<double>(std::numeric_limits<T>::epsilon()) *
+                           std::sqrt(static_cast<double>(p)) * (rdm_method <= 1 ? 1.0 : maxabs);
+  const bool zero = maxabs <= tolerance;
+  const bool flat = static_cast<double>(top) - static_cast<double>(bottom) <= tolerance;
+  if (zero || (flat && compare != 3)) {
+    // spearman/pearson of a constant RDM and cosine of a zero one are undefined; rho_a gives 0
+    value = compare == 1 ? 0.0 : std::nan("");
+    return false;
+  }
+  if (flat) std::fill(d, d + k_total, d[0]);  // cosine of an exactly constant RDM
+  return true;
+}
+
 template <typename T>
 void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_t n, int64_t p, int64_t models,
                  int64_t rdm_method, int64_t compare) {
   const int64_t k_total = n * (n - 1) / 2;
-  const int64_t blocks = (n - 1 + kRows - 1) / kRows;
   std::vector<PreparedSet> sets(static_cast<size_t>(batch));
   // kDotRows RDMs per group, fewer when that would leave threads without a group, one for large RDMs
 #ifdef _OPENMP
@@ -1193,53 +1252,14 @@ void rdm_compare(const T* x, const double* w, double* out, int64_t batch, int64_
       int rows = 0;
       for (int64_t b = g * per; b < std::min(batch, (g + 1) * per); ++b) {
         double* v_data = vs.data() + rows * k_total;
-        sets[b] = direct_transpose(x + b * n * p, z.data(), n, p, rdm_method);
-        if (sets[b].issue != PatternIssue::kNone) continue;  // raised below, outside the parallel region
-        for (int64_t blk = 0; blk < blocks; ++blk) direct_rows(z.data(), n, p, rdm_method, blk * kRows, d.data());
-        // Every compare method is invariant to a positive factor on the RDM, so a scaled euclidean set is
-        // compared at its scale; distances that exceed T's range at the data's scale (d * 4^e, exactly)
-        // have no statistic, as compare_rdms rejects such RDMs: NaN here becomes the caller's error.
-        const T limit = std::ldexp(std::numeric_limits<T>::max(), -2 * sets[b].exponent);  // inf for e < 0
-        const T* dr0 = d.data();
-        RowRange<T> range = row_range(dr0, k_total);
-        if (range.nan || range.hi > limit) {
-          for (int64_t mm = 0; mm < models; ++mm) out[b * models + mm] = std::nan("");
-          continue;
-        }
-        if (rdm_method <= 1) {
-          // Correlation / cosine distances of patterns equal or opposite up to shift and scale (always so
-          // with 2 features) are exactly 0 and 2, computed a few eps off in directions that differ between
-          // backends, which then broke their ties differently: within the rounding of their sums they are
-          // made exact, as the composed path does (common.exact_constants).
-          const T near = static_cast<T>(kRoundingUlps * static_cast<double>(std::numeric_limits<T>::epsilon()) *
-                                        std::sqrt(static_cast<double>(p)));
-          if (range.lo <= near || range.hi >= T(2) - near) {
-            for (int64_t k = 0; k < k_total; ++k) {
-              const T v = d[k];
-              d[k] = std::fabs(v) <= near ? T(0) : (std::fabs(v - T(2)) <= near ? T(2) : v);
-            }
-            range = row_range(dr0, k_total);
-          }
-        }
-        // Distances that are equal (zero) in exact arithmetic come out a few eps apart for patterns that are
-        // shifted or scaled copies: such an RDM is made exactly constant (zero), as the composed path does
-        // (api._exact_constants), so the statistic is what the exact RDM gives (NaN where undefined, which
-        // the caller names; 0 for rho_a), not a correlation of rounding noise. Sums of p terms of order 1
-        // (correlation, cosine) or of the RDM's largest distance (euclidean).
-        {
-          const T top = range.hi, bottom = range.lo;
-          const double maxabs = std::max(static_cast<double>(top), -static_cast<double>(bottom));
-          const double tolerance = kRoundingUlps * static_cast<double>(std::numeric_limits<T>::epsilon()) *
-                                   std::sqrt(static_cast<double>(p)) * (rdm_method <= 1 ? 1.0 : maxabs);
-          const bool zero = maxabs <= tolerance;
-          const bool flat = static_cast<double>(top) - static_cast<double>(bottom) <= tolerance;
-          if (zero || (flat && compare != 3)) {
-            // spearman/pearson of a constant RDM and cosine of a zero one are undefined; rho_a gives 0
-            const double value = compare == 1 ? 0.0 : std::nan("");
+        RowRange<T> range;
+        double value = 0.0;
+        if (!set_rdm(x + b * n * p, z.data(), d.data(), n, p, rdm_method, compare, sets[b], range, value)) {
+          // a refused pattern is raised below, outside the parallel region; the others have their value
+          if (sets[b].issue == PatternIssue::kNone) {
             for (int64_t mm = 0; mm < models; ++mm) out[b * models + mm] = value;
-            continue;
           }
-          if (flat) std::fill(d.begin(), d.end(), dr0[0]);  // cosine of an exactly constant RDM
+          continue;
         }
         double scale = 1.0;
         if (compare <= 1) {
@@ -1309,18 +1329,22 @@ at::Tensor rdm_compare_cpu(const at::Tensor& x, const at::Tensor& w, int64_t rdm
 // rsa_rdm_compare gives the same ranks). A pool whose ranks are constant has no Spearman correlation:
 // its bound is NaN, which the Python API turns into an error naming the pool. The subjects' RDMs are
 // finite and not constant (checked by the caller).
-void spearman_ceiling(const double* x, const double* w, double* sims, double* lower, double* upper, int64_t s_n,
-                      int64_t b_n, int64_t k, int64_t models) {
+// subject_ranks: makes, once per thread, a callable (s, b, shift, out) -> the sum of squares of the centred
+// ranks it wrote to out (K) for subject s's RDM at point b (NaN, with NaN ranks, where it has none).
+template <typename MakeRanks>
+void spearman_ceiling(MakeRanks subject_ranks, const double* w, double* sims, double* lower, double* upper,
+                      int64_t s_n, int64_t b_n, int64_t k, int64_t models, int64_t work) {
   const double shift = static_cast<double>(k + 1) * 0.5;
-#pragma omp parallel if (b_n > 1 && s_n * b_n * k > kParallelWork)
+#pragma omp parallel if (b_n > 1 && work > kParallelWork)
   {
     std::vector<double> c(static_cast<size_t>(s_n * k)), total(static_cast<size_t>(k)), pool(static_cast<size_t>(k)),
         loo(static_cast<size_t>(k)), scale(static_cast<size_t>(s_n)), acc(static_cast<size_t>(kDotRows * models * 8));
     RowSorter<double> sorter;
+    auto ranks_of = subject_ranks();
 #pragma omp for schedule(dynamic, 1)
     for (int64_t b = 0; b < b_n; ++b) {
       for (int64_t s = 0; s < s_n; ++s) {
-        const double ss = row_ranks(sorter, x + (s * b_n + b) * k, k, shift, c.data() + s * k);
+        const double ss = ranks_of(s, b, shift, c.data() + s * k);
         scale[s] = ss > 0 ? 1.0 / std::sqrt(ss) : std::nan("");
       }
       std::copy(c.begin(), c.begin() + k, total.begin());
@@ -1384,8 +1408,73 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spearman_ceiling_cpu(const at::Te
   auto opts = x.options().dtype(at::kDouble);
   auto sims = at::empty({s_n, b_n, models}, opts), lower = at::empty({b_n}, opts), upper = at::empty({b_n}, opts);
   if (b_n > 0) {
-    spearman_ceiling(xc.data_ptr<double>(), wc.data_ptr<double>(), sims.data_ptr<double>(), lower.data_ptr<double>(),
-                     upper.data_ptr<double>(), s_n, b_n, k, models);
+    const double* xp = xc.data_ptr<double>();
+    const auto given = [xp, b_n, k] {
+      return [xp, b_n, k, sorter = RowSorter<double>()](int64_t s, int64_t b, double shift, double* out) mutable {
+        return row_ranks(sorter, xp + (s * b_n + b) * k, k, shift, out);
+      };
+    };
+    spearman_ceiling(given, wc.data_ptr<double>(), sims.data_ptr<double>(), lower.data_ptr<double>(),
+                     upper.data_ptr<double>(), s_n, b_n, k, models, s_n * b_n * k);
+  }
+  return {sims, lower, upper};
+}
+
+// rsa_spearman_ceiling of the RDMs of (S, B, n, p) pattern sets (S subjects' windows at B points), each
+// computed into a per-thread buffer as rsa_rdm_compare computes it (set_rdm) and ranked there: no (S, B, K)
+// RDMs are stored. A set without a Spearman statistic (a refused pattern, distances beyond the dtype's
+// range, a constant RDM) has NaN ranks, so its point's outputs are NaN: the Python API then takes the
+// composed path, which names what it refused.
+template <typename T>
+void rdm_spearman_ceiling(const T* x, const double* w, double* sims, double* lower, double* upper, int64_t s_n,
+                          int64_t b_n, int64_t n, int64_t p, int64_t models, int64_t rdm_method) {
+  const int64_t k = n * (n - 1) / 2;
+  const auto patterns = [x, b_n, n, p, k, rdm_method] {
+    return [x, b_n, n, p, k, rdm_method, sorter = RowSorter<T>(), z = std::vector<T>(p * zstride<T>(n)),
+            d = std::vector<T>(k)](int64_t s, int64_t b, double shift, double* out) mutable {
+      PreparedSet set;
+      RowRange<T> range;
+      double value = 0.0;
+      if (!set_rdm(x + (s * b_n + b) * n * p, z.data(), d.data(), n, p, rdm_method, 0, set, range, value)) {
+        std::fill(out, out + k, std::nan(""));
+        return std::nan("");
+      }
+      return row_ranks(sorter, d.data(), k, shift, out, &range);
+    };
+  };
+  spearman_ceiling(patterns, w, sims, lower, upper, s_n, b_n, k, models, s_n * b_n * n * n * p);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rdm_spearman_ceiling_cpu(const at::Tensor& x, const at::Tensor& w,
+                                                                       int64_t rdm_method) {
+  TORCH_CHECK_VALUE(x.device().is_cpu() && w.device().is_cpu(),
+                    "rsa_rdm_spearman_ceiling: x and w must be CPU tensors, got ", x.device(), " and ", w.device());
+  TORCH_CHECK_VALUE(x.dim() == 4 && x.size(0) >= 2 && x.size(2) >= 3 && x.size(3) >= 1,
+                    "rsa_rdm_spearman_ceiling: x must be (S >= 2, B, n >= 3, p >= 1), got ", x.sizes());
+  TORCH_CHECK_VALUE(rdm_method >= 0 && rdm_method <= 2,
+                    "rsa_rdm_spearman_ceiling: rdm_method must be 0, 1 or 2, got ", rdm_method);
+  const int64_t s_n = x.size(0), b_n = x.size(1), n = x.size(2), p = x.size(3), k = n * (n - 1) / 2;
+  TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == k, "rsa_rdm_spearman_ceiling: w must be (M, ", k, ") for x's ", n,
+                    " conditions, got ", w.sizes());
+  TORCH_CHECK_TYPE(w.scalar_type() == at::kDouble, "rsa_rdm_spearman_ceiling: w must be float64, got ",
+                   w.scalar_type());
+  const auto xc = x.contiguous();
+  const auto wc = w.contiguous();
+  const int64_t models = w.size(0);
+  auto opts = x.options().dtype(at::kDouble);
+  auto sims = at::empty({s_n, b_n, models}, opts), lower = at::empty({b_n}, opts), upper = at::empty({b_n}, opts);
+  if (b_n == 0) return {sims, lower, upper};
+  switch (x.scalar_type()) {
+    case at::kDouble:
+      rdm_spearman_ceiling(xc.data_ptr<double>(), wc.data_ptr<double>(), sims.data_ptr<double>(),
+                           lower.data_ptr<double>(), upper.data_ptr<double>(), s_n, b_n, n, p, models, rdm_method);
+      break;
+    case at::kFloat:
+      rdm_spearman_ceiling(xc.data_ptr<float>(), wc.data_ptr<double>(), sims.data_ptr<double>(),
+                           lower.data_ptr<double>(), upper.data_ptr<double>(), s_n, b_n, n, p, models, rdm_method);
+      break;
+    default:
+      TORCH_CHECK_TYPE(false, "rsa_rdm_spearman_ceiling: x must be float64 or float32, got ", x.scalar_type());
   }
   return {sims, lower, upper};
 }
@@ -2354,6 +2443,7 @@ TORCH_LIBRARY_FRAGMENT(fastalign, m) {
   m.def("rsa_rdm_direct(Tensor x, int method) -> Tensor");
   m.def("rsa_rdm_compare(Tensor x, Tensor w, int rdm_method, int compare) -> Tensor");
   m.def("rsa_spearman_ceiling(Tensor x, Tensor w) -> (Tensor, Tensor, Tensor)");
+  m.def("rsa_rdm_spearman_ceiling(Tensor x, Tensor w, int rdm_method) -> (Tensor, Tensor, Tensor)");
   m.def("rsa_kendall_tau_a(Tensor a, Tensor b, Tensor ia, Tensor ib) -> Tensor");
   m.def("rsa_permute_condensed(Tensor src, Tensor perms) -> Tensor");
   m.def("rsa_cluster_null(Tensor x, Tensor flips, float threshold, int tail) -> Tensor");
@@ -2371,6 +2461,7 @@ TORCH_LIBRARY_IMPL(fastalign, CPU, m) {
   m.impl("rsa_rdm_direct", &fastalign::rdm_direct_cpu);
   m.impl("rsa_rdm_compare", &fastalign::rdm_compare_cpu);
   m.impl("rsa_spearman_ceiling", &fastalign::spearman_ceiling_cpu);
+  m.impl("rsa_rdm_spearman_ceiling", &fastalign::rdm_spearman_ceiling_cpu);
   m.impl("rsa_kendall_tau_a", &fastalign::kendall_tau_a_cpu);
   m.impl("rsa_permute_condensed", &fastalign::permute_condensed_cpu);
   m.impl("rsa_cluster_null", &fastalign::cluster_null_cpu);
@@ -2390,7 +2481,7 @@ TORCH_LIBRARY_IMPL(fastalign, Meta, m) {
 // claim a gradient that backward would silently drop (the Python API detaches or refuses before this).
 TORCH_LIBRARY_IMPL(fastalign, Autograd, m) {
   for (const char* op : {"rsa_rank", "rsa_centered_ranks", "rsa_rdm_direct", "rsa_rdm_compare", "rsa_spearman_ceiling",
-                         "rsa_kendall_tau_a", "rsa_permute_condensed", "rsa_cluster_null", "rsa_row_stats",
+                         "rsa_rdm_spearman_ceiling", "rsa_kendall_tau_a", "rsa_permute_condensed", "rsa_cluster_null", "rsa_row_stats",
                          "rsa_gram_centered", "conv_taps", "conv_taps_backward"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }

@@ -72,7 +72,7 @@ from fastalign.rsa import (
     time_resolved_rdms,
     time_resolved_rsa,
 )
-from fastalign.rsa.stats import spearman_rsa_and_noise_ceiling
+from fastalign.rsa.stats import time_resolved_spearman_and_noise_ceiling
 
 __all__ = ["RESULT_COLUMNS", "VARIABILITY_COLUMNS", "EvalResult", "evaluate", "write_csv"]
 
@@ -296,8 +296,9 @@ def _eeg(brain: BrainData, rdms: torch.Tensor, s: dict[str, Any]) -> _Modality:
     try:
         if s["compare"] == "spearman" and len(subjects) >= 2:
             # the default: each brain RDM computed and ranked once for the similarities and the ceiling
-            brain_rdms = time_resolved_rdms(data, s["rdm_method"], window, step)
-            sims, lower_t, upper_t = spearman_rsa_and_noise_ceiling(brain_rdms, rdms)
+            sims, lower_t, upper_t = time_resolved_spearman_and_noise_ceiling(
+                data, rdms, s["rdm_method"], window, step
+            )
             lower, upper = lower_t.reshape(-1).numpy(), upper_t.reshape(-1).numpy()
         else:
             sims = time_resolved_rsa(

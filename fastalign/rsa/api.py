@@ -52,7 +52,7 @@ _TRITON = "fastalign.rsa.triton"
 # that lacks one of them is refused as a whole, naming it.
 _CPP_OPS = (
     "rsa_rank", "rsa_centered_ranks", "rsa_kendall_tau_a", "rsa_rdm_direct", "rsa_rdm_compare",
-    "rsa_spearman_ceiling", "rsa_permute_condensed", "rsa_cluster_null",
+    "rsa_spearman_ceiling", "rsa_rdm_spearman_ceiling", "rsa_permute_condensed", "rsa_cluster_null",
 )  # fmt: skip
 _CUDA_OPS = ("rsa_rank", "rsa_centered_ranks", "rsa_permute_condensed")
 _CPP_FLOATS = (torch.float32, torch.float64)

@@ -46,6 +46,7 @@ RSA_OPS = {
     "rsa_rdm_direct",
     "rsa_rdm_compare",
     "rsa_spearman_ceiling",
+    "rsa_rdm_spearman_ceiling",
     "rsa_kendall_tau_a",
     "rsa_permute_condensed",
     "rsa_cluster_null",
@@ -248,6 +249,62 @@ def test_rsa_spearman_ceiling(s: int, b: int, n: int, m: int, ties: str, how: st
         up = np.mean([_spearman(pool, xs[i, j]) for i in range(s)])
         lo = np.mean([_spearman((ranks[:, j].sum(0) - ranks[i, j]) / (s - 1), xs[i, j]) for i in range(s)])
         np.testing.assert_allclose([lower[j].item(), upper[j].item()], [lo, up], atol=1e-12)
+
+
+@EDGE_SETTINGS
+@given(
+    s=st.integers(2, 4), b=st.integers(0, 3), n=st.integers(3, 7), p=st.integers(1, 5), m=st.integers(0, 3),
+    rdm_method=st.sampled_from(list(RDM_CODES)), dtype=st.sampled_from([torch.float64, torch.float32]),
+    copies=st.booleans(), how=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**31),
+)  # fmt: skip
+def test_rsa_rdm_spearman_ceiling(
+    s: int,
+    b: int,
+    n: int,
+    p: int,
+    m: int,
+    rdm_method: str,
+    dtype: torch.dtype,
+    copies: bool,
+    how: str,
+    seed: int,
+) -> None:
+    """The fused RDMs + Spearman ceiling of (S, B, n, p) pattern sets are rsa_spearman_ceiling of their
+    RDMs (rsa_rdm_direct, snapped as rsa_rdm_compare snaps them) bit for bit, whatever the layout: with
+    shifted and scaled copies of patterns (distances 0 and 2 up to rounding), and NaN at a point where a
+    set has no Spearman statistic (a pattern without distances: one feature for correlation; an RDM
+    constant up to rounding)."""
+    gen = _gen(seed)
+    x = torch.randn(s, b, n, p, generator=gen, dtype=torch.float64)
+    if copies and n > 3:
+        x[..., 1, :] = 3 * x[..., 0, :] + 1  # distance 0 (correlation), computed a few eps off
+        x[..., 2, :] = -2 * x[..., 0, :]  # distance 2
+    x = layout(x.to(dtype), how)
+    k = n * (n - 1) // 2
+    models = torch.randn(m, k, generator=gen, dtype=torch.float64)
+    w = cpp.prepare(models, "spearman").contiguous() if m else torch.empty(0, k, dtype=torch.float64)
+    sims, lower, upper = OPS.rsa_rdm_spearman_ceiling(x, w, RDM_CODES[rdm_method])
+    assert sims.shape == (s, b, m) and lower.shape == upper.shape == (b,)
+    for j in range(b):
+        try:
+            rdms = OPS.rsa_rdm_direct(x[:, j].contiguous(), RDM_CODES[rdm_method])
+        except ValueError:  # a pattern without distances (one feature: constant for correlation): NaN
+            assert bool(lower[j].isnan()) and bool(upper[j].isnan()) and bool(sims[:, j].isnan().all())
+            continue
+        if rdm_method != "euclidean":  # rsa_rdm_compare's snapping of correlation / cosine distances
+            near = 16 * torch.finfo(dtype).eps * math.sqrt(p)
+            rdms = torch.where(rdms.abs() <= near, 0.0, torch.where((rdms - 2).abs() <= near, 2.0, rdms))
+        span = (rdms.amax(-1) - rdms.amin(-1)).double()
+        top = rdms.abs().amax(-1).double()
+        tol = 16 * torch.finfo(dtype).eps * math.sqrt(p) * (1.0 if rdm_method != "euclidean" else top)
+        undefined = bool(((span <= tol) | (top <= tol)).any())
+        if undefined:  # some subject's RDM is constant at this point: NaN bounds and similarities there
+            assert bool(lower[j].isnan()) and bool(upper[j].isnan())
+            continue
+        want = OPS.rsa_spearman_ceiling(rdms.double()[:, None].contiguous(), w)
+        torch.testing.assert_close(sims[:, j], want[0][:, 0], rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(lower[j], want[1][0], rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(upper[j], want[2][0], rtol=0, atol=0, equal_nan=True)
 
 
 # ----------------------------------------------------------------------------------------- rsa_kendall_tau_a
@@ -676,6 +733,7 @@ def _bad_rsa_calls() -> dict[str, object]:
         "rsa_rdm_direct": lambda: OPS.rsa_rdm_direct(x[None], 7),
         "rsa_rdm_compare": lambda: OPS.rsa_rdm_compare(x[None, :3, :2], x.float()[:, :3], 0, 0),
         "rsa_spearman_ceiling": lambda: OPS.rsa_spearman_ceiling(x[:, None].float(), x),
+        "rsa_rdm_spearman_ceiling": lambda: OPS.rsa_rdm_spearman_ceiling(x[:, None, :, None], x, 0),
         "rsa_kendall_tau_a": lambda: OPS.rsa_kendall_tau_a(x, x, i32, i32),
         "rsa_permute_condensed": lambda: OPS.rsa_permute_condensed(torch.randn(1, 6), i32.expand(1, 4)),
         "rsa_cluster_null": lambda: OPS.rsa_cluster_null(x, x[:, :2], 1.0, 1),
@@ -709,6 +767,9 @@ def test_compiled_ops_with_inputs_that_require_grad(op: str) -> None:
         "rsa_rdm_compare": lambda: OPS.rsa_rdm_compare(x.reshape(1, 3, 4), w, 0, 2),
         "rsa_spearman_ceiling": lambda: OPS.rsa_spearman_ceiling(
             x[:, None], torch.ones(1, 6, dtype=torch.float64)
+        )[0],
+        "rsa_rdm_spearman_ceiling": lambda: OPS.rsa_rdm_spearman_ceiling(
+            x.reshape(2, 1, 3, 2), torch.ones(1, 3, dtype=torch.float64), 0
         )[0],
         "rsa_kendall_tau_a": lambda: OPS.rsa_kendall_tau_a(
             x, x.detach(), torch.tensor([0]), torch.tensor([1])

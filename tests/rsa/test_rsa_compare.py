@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -558,6 +559,77 @@ def test_fused_spearman_ceiling_gives_time_resolved_rsa_bits() -> None:
     sims, _, _ = rsa_stats.spearman_rsa_and_noise_ceiling(fa.time_resolved_rdms(eeg, "correlation"), models)
     want = fa.time_resolved_rsa(eeg, models)
     assert torch.equal(sims, want), (sims - want).abs().max()
+
+
+@pytest.mark.skipif(not CPP, reason="fastalign._C is not built")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_time_resolved_ceiling_is_the_composed_one_bit_for_bit(
+    threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """time_resolved_spearman_and_noise_ceiling (evaluate's EEG RSA) computes each window's RDM and ranks
+    it in one fused pass (rsa_rdm_spearman_ceiling): the bits of time_resolved_rdms +
+    spearman_rsa_and_noise_ceiling, for float64 and float32 data, every RDM method, windows and steps,
+    subjects with copies of patterns (distances 0 and 2 up to rounding) and float32 models; data whose
+    windows have more features than the compiled RDMs take goes through the composed calls."""
+    used = []
+    op = torch.ops.fastalign.rsa_rdm_spearman_ceiling
+    monkeypatch.setattr(
+        rsa_stats.torch.ops.fastalign,
+        "rsa_rdm_spearman_ceiling",
+        lambda *a: used.append(1) or op(*a),
+        raising=False,
+    )
+    gen = torch.Generator().manual_seed(21)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype, method, window, step, fused in [
+            (torch.float64, "correlation", 1, 1, True), (torch.float32, "correlation", 2, 3, True),
+            (torch.float64, "cosine", 3, 2, True), (torch.float64, "euclidean", 1, 1, True),
+            (torch.float64, "correlation", 14, 1, False),  # 5 channels x 14 samples: 70 > 64 features
+        ]:  # fmt: skip
+            eeg = torch.randn(3, 12, 5, 20, dtype=torch.float64, generator=gen)
+            eeg[1, 4] = 2 * eeg[1, 3] + 1  # a shifted and scaled copy: correlation distance 0
+            eeg[2, 5] = -eeg[2, 0]  # an opposite pattern: correlation distance 2
+            eeg = eeg.to(dtype)
+            models = torch.rand(3, 66, dtype=torch.float64, generator=gen)
+            for m in (models, models.float()):
+                used.clear()
+                got = rsa_stats.time_resolved_spearman_and_noise_ceiling(eeg, m, method, window, step)
+                # float32 data and float32 models are compared in float32: the composed calls
+                wide = torch.float64 in (eeg.dtype, m.dtype)
+                assert used == ([1] if fused and wide else []), (method, window, eeg.dtype, m.dtype)
+                want = rsa_stats.spearman_rsa_and_noise_ceiling(
+                    fa.time_resolved_rdms(eeg, method, window, step), m
+                )
+                for g, w in zip(got, want, strict=True):
+                    assert g.dtype == w.dtype and torch.equal(g, w), (method, (g - w).abs().max())
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.skipif(not CPP, reason="fastalign._C is not built")
+def test_time_resolved_ceiling_errors_are_the_composed_ones() -> None:
+    """What the fused pass cannot give (a NaN in the data, a constant pattern, a window whose RDM is
+    constant, a constant model RDM) is named by the composed calls' errors, as before."""
+    gen = torch.Generator().manual_seed(22)
+    eeg = torch.randn(3, 6, 4, 5, dtype=torch.float64, generator=gen)
+    models = torch.rand(2, 15, dtype=torch.float64, generator=gen)
+    f = rsa_stats.time_resolved_spearman_and_noise_ceiling
+    nan = eeg.clone()
+    nan[1, 2, 0, 3] = math.nan
+    with pytest.raises(ValueError, match=r"time_resolved_rdms: data contains NaN"):
+        f(nan, models)
+    flat = eeg.clone()
+    flat[2, 3, :, 1] = 1.5  # one sample of one condition: the same on every channel
+    with pytest.raises(ValueError, match=r"time_resolved_rdms: .*constant pattern"):
+        f(flat, models)
+    same = eeg.clone()
+    same[0, :, :, 2] = same[0, 0, :, 2] * torch.arange(1.0, 7.0)[:, None]  # scaled copies: an RDM of zeros
+    with pytest.raises(ValueError, match=r"spearman_rsa_and_noise_ceiling: .*constant"):
+        f(same, models)
+    with pytest.raises(ValueError, match=r"spearman_rsa_and_noise_ceiling: .*models.*constant"):
+        f(eeg, torch.ones(2, 15, dtype=torch.float64))
 
 
 def test_spearman_rsa_and_noise_ceiling_promotes_mixed_dtypes() -> None:

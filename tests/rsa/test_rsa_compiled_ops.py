@@ -111,6 +111,48 @@ BAD: list[tuple[type[Exception], str, Callable[[], tuple], str]] = [
         lambda: (K6[:, None].float(), W[:, :6]),
         r"rsa_spearman_ceiling: x and w must be float64, got Float and Double",
     ),
+    (
+        ValueError,
+        "rsa_rdm_spearman_ceiling",
+        lambda: (X, W, 0),
+        r"rsa_rdm_spearman_ceiling: x must be \(S >= 2, B, n >= 3, p >= 1\), got \[2, 5, 3\]",
+    ),
+    (
+        ValueError,
+        "rsa_rdm_spearman_ceiling",
+        lambda: (X[:1, None], W, 0),
+        r"rsa_rdm_spearman_ceiling: x must be \(S >= 2, B, n >= 3, p >= 1\), got \[1, 1, 5, 3\]",
+    ),
+    (
+        ValueError,
+        "rsa_rdm_spearman_ceiling",
+        lambda: (X[:, None, :, :0], W, 0),
+        r"rsa_rdm_spearman_ceiling: x must be \(S >= 2, B, n >= 3, p >= 1\), got \[2, 1, 5, 0\]",
+    ),
+    (
+        ValueError,
+        "rsa_rdm_spearman_ceiling",
+        lambda: (X[:, None], W, 3),
+        r"rsa_rdm_spearman_ceiling: rdm_method must be 0, 1 or 2, got 3",
+    ),
+    (
+        ValueError,
+        "rsa_rdm_spearman_ceiling",
+        lambda: (X[:, None], W[:, :6], 0),
+        r"rsa_rdm_spearman_ceiling: w must be \(M, 10\) for x's 5 conditions, got \[3, 6\]",
+    ),
+    (
+        TypeError,
+        "rsa_rdm_spearman_ceiling",
+        lambda: (X[:, None], W.float(), 0),
+        r"rsa_rdm_spearman_ceiling: w must be float64, got Float",
+    ),
+    (
+        TypeError,
+        "rsa_rdm_spearman_ceiling",
+        lambda: (X[:, None].long(), W, 0),
+        r"rsa_rdm_spearman_ceiling: x must be float64 or float32, got Long",
+    ),
     (ValueError, "rsa_rdm_compare", lambda: (X[0], W, 0, 0), r"rsa_rdm_compare: x must be \(B, n, p\)"),
     (
         ValueError,
