@@ -87,7 +87,7 @@ import mne
 import fastalign as fa
 import fastalign.eval as fe
 from fastalign.cli.common import positive_int
-from fastalign.rsa.stats import spearman_rsa_and_noise_ceiling
+from fastalign.rsa.stats import time_resolved_spearman_and_noise_ceiling
 from fastalign.train import keep_freed_memory
 
 try:
@@ -703,7 +703,6 @@ def _stages(w: Workload, reps: int) -> dict[str, float]:
     eeg = torch.from_numpy(w.eeg)
     feats = [torch.from_numpy(f) for f in (w.cornet, *w.aligned)]
     models = torch.cat([fa.rdm(f, "correlation").double() for f in feats])
-    brain = fa.time_resolved_rdms(eeg, "correlation")
     sims = fa.time_resolved_rsa(eeg, models).numpy()
     effects = [sims[:, :, k].copy() for k in range(5 * len(LAYERS))]  # 20 (subjects, times) curves
     threshold = _threshold(w.eeg.shape[0])
@@ -711,9 +710,9 @@ def _stages(w: Workload, reps: int) -> dict[str, float]:
         f"rdm x {len(feats) * len(LAYERS)} (model RDMs, one call per layer)": lambda: [
             fa.rdm(x, "correlation").double() for f in feats for x in f
         ],
-        f"time_resolved_rdms ({eeg.shape[0]} subjects)": lambda: fa.time_resolved_rdms(eeg, "correlation"),
-        f"spearman_rsa_and_noise_ceiling ({models.shape[0]} model RDMs; ranks once)": lambda: (
-            spearman_rsa_and_noise_ceiling(brain, models)
+        f"time_resolved_spearman_and_noise_ceiling ({eeg.shape[0]} subjects, {models.shape[0]} model RDMs; "
+        "brain RDMs computed and ranked once, fused)": lambda: time_resolved_spearman_and_noise_ceiling(
+            eeg, models, "correlation"
         ),
         f"cluster_permutation_test x {len(effects)}": lambda: [
             fa.cluster_permutation_test(
