@@ -1052,7 +1052,6 @@ inline __attribute__((always_inline)) void dot_block_narrow_impl(const double* c
 // sum_lanes does; the x86-64-v3 build runs it as two 32-byte halves, the baseline ISA as four SSE2 quarters).
 typedef double Lanes8 __attribute__((vector_size(64)));
 
-
 // One register tile of dot_block: R compare vectors x MB models over pairs [k0, k1) (a multiple of 8 long),
 // the R * MB eight-lane sums carried in acc between chunks. Each model's chunk is loaded once for the R
 // vectors and each vector's once for the MB models: with R = MB = 4 (AVX-512: 16 accumulators of the 32
@@ -2481,8 +2480,8 @@ TORCH_LIBRARY_IMPL(fastalign, Meta, m) {
 // claim a gradient that backward would silently drop (the Python API detaches or refuses before this).
 TORCH_LIBRARY_IMPL(fastalign, Autograd, m) {
   for (const char* op : {"rsa_rank", "rsa_centered_ranks", "rsa_rdm_direct", "rsa_rdm_compare", "rsa_spearman_ceiling",
-                         "rsa_rdm_spearman_ceiling", "rsa_kendall_tau_a", "rsa_permute_condensed", "rsa_cluster_null", "rsa_row_stats",
-                         "rsa_gram_centered", "conv_taps", "conv_taps_backward"}) {
+                         "rsa_rdm_spearman_ceiling", "rsa_kendall_tau_a", "rsa_permute_condensed", "rsa_cluster_null",
+                         "rsa_row_stats", "rsa_gram_centered", "conv_taps", "conv_taps_backward"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

@@ -44,7 +44,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar, overload
 
 import numpy as np
@@ -209,13 +209,15 @@ def check_out_folder(
     marker: str,
     marker_keys: Collection[str] = (),
     inputs: Sequence[str | os.PathLike[str]] = (),
+    foreign: Callable[[str], list[str]] | None = None,
 ) -> str:
     """An output folder that a call will write as a unit: new, empty, or (with ``overwrite``) replaced,
     which deletes everything in it. Replacing is refused where it could delete what the call did not
     write: a folder without ``marker`` (the file every output of the call holds, e.g. summary.json; with
     ``marker_keys`` a JSON object holding those keys, which tell the call's summary.json from another
-    command's), the current folder or one above it, the home folder, and a folder holding any of
-    ``inputs`` (files or folders the call reads).
+    command's), the current folder or one above it, the home folder, a folder holding any of ``inputs``
+    (files or folders the call reads), and one where ``foreign(folder)`` names entries the call does not
+    write (files a user put there), which the replacement would delete.
 
     Returns:
         The folder's absolute path.
@@ -243,24 +245,38 @@ def check_out_folder(
     entries = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     if not entries:
         return folder
+    # what overwrite=True could not replace is said at once, not after the user has added the flag
+    full = "is not empty, and " if not overwrite else ""
+    if marker not in entries:
+        raise FileExistsError(
+            f"{fn}: {name} {os.fspath(path)!r} {full}holds no {marker}, so {fn} did not write it, and "
+            f"overwrite=True replaces only such outputs (it holds {_shown(entries)}); choose a new or "
+            f"empty {name}"
+        )
+    if marker_keys and not holds_keys(os.path.join(folder, marker), marker_keys):
+        raise FileExistsError(
+            f"{fn}: {name} {os.fspath(path)!r} {full}holds another command's output (its {marker} lacks "
+            f"{', '.join(sorted(marker_keys))}), and overwrite=True replaces only an earlier output of {fn}; "
+            f"choose a new or empty {name}"
+        )
     if not overwrite:
         raise FileExistsError(
             f"{fn}: {name} {os.fspath(path)!r} is not empty; pass overwrite=True (--overwrite) to replace it"
         )
     check_replaceable(fn, name, path)
-    if marker not in entries:
-        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    extra = foreign(folder) if foreign is not None else []
+    if extra:
         raise FileExistsError(
-            f"{fn}: {name} {os.fspath(path)!r} holds no {marker}, so {fn} did not write it, and "
-            f"overwrite=True replaces only such outputs (it holds {shown}); choose a new or empty {name}"
-        )
-    if marker_keys and not holds_keys(os.path.join(folder, marker), marker_keys):
-        raise FileExistsError(
-            f"{fn}: {name} {os.fspath(path)!r} holds another command's output (its {marker} lacks "
-            f"{', '.join(sorted(marker_keys))}), and overwrite=True replaces only an earlier output of {fn}; "
-            f"choose a new or empty {name}"
+            f"{fn}: {name} {os.fspath(path)!r} holds what {fn} did not write ({_shown(extra)}), which "
+            f"overwrite=True would delete with the folder it replaces; move them out, or choose a new or "
+            f"empty {name}"
         )
     return folder
+
+
+def _shown(entries: Sequence[str]) -> str:
+    """The first five of ``entries``, and how many more."""
+    return ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
 
 
 def check_inputs_outside(

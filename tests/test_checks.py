@@ -317,6 +317,17 @@ def test_an_output_folder_is_replaced_only_where_nothing_else_is_lost(
         match=r"holds no summary.json, so f did not write it, .* \(it holds data, thesis.txt\)",
     ):
         check("f", "out", other, True, marker="summary.json")
+    # without overwrite the same answer at once: adding the flag would not help
+    with pytest.raises(FileExistsError, match=r"is not empty, and holds no summary.json, so f did not"):
+        check("f", "out", other, False, marker="summary.json")
+    # what the call does not write in an earlier output of it: refused, named, kept
+    (mine / "notes.txt").write_text("x")
+    foreign = lambda folder: [n for n in sorted(os.listdir(folder)) if n != "summary.json"]
+    with pytest.raises(FileExistsError, match=r"holds what f did not write \(notes.txt\), which overwrite"):
+        check("f", "out", mine, True, marker="summary.json", foreign=foreign)
+    assert (mine / "notes.txt").read_text() == "x"
+    (mine / "notes.txt").unlink()
+    assert check("f", "out", mine, True, marker="summary.json", foreign=foreign) == str(mine)
     # an input inside the folder, or the folder itself, would be deleted by the replacement
     (mine / "brain.npy").write_text("x")
     for given in (mine / "brain.npy", mine):

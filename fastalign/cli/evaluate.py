@@ -10,6 +10,7 @@ feature cache of the old report (``OUT/cache``) is carried over by hard links, s
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -54,6 +55,14 @@ def eps_fraction(text: str) -> float:
     value = fraction(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a size in [0, 1] such as 4/255, got {text!r}")
+    return value
+
+
+def step_fraction(text: str) -> float:
+    """An argparse type: a PGD step size > 0 (pixels in [0, 1]), a fraction such as ``1/255``."""
+    value = fraction(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a step size > 0 such as 1/255, got {text!r}")
     return value
 
 
@@ -141,6 +150,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     add_device(p, "cuda when available, else cpu")
     p.add_argument(
         "--cache-dir",
+        type=folder_path,
         default="auto",
         help="feature cache folder, or none (default auto: OUT/cache, kept across --overwrite)",
     )
@@ -163,7 +173,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )
     robust.add_argument("--attacks", nargs="+", choices=("fgsm", "pgd"), help="default fgsm pgd")
     robust.add_argument("--pgd-steps", type=positive_int, help="default 10")
-    robust.add_argument("--pgd-step-size", type=fraction, help="default 2.5 eps / steps")
+    robust.add_argument("--pgd-step-size", type=step_fraction, help="default 2.5 eps / steps")
     robust.add_argument(
         "--class-index",
         metavar="JSON",
@@ -222,6 +232,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from fastalign.data._io import replacing_dir
     from fastalign.eval import evaluate, write_report
+    from fastalign.eval.rsa import report_foreign_entries
     from fastalign.plotting import evaluation_figures
 
     # what evaluate reads, which replacing the report folder must not delete: the data, run folders,
@@ -235,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
     ]
     out = _checks.check_out_folder(
         _FN, "out", args.out, args.overwrite, marker="summary.json", marker_keys=("baseline", "n_subjects"),
-        inputs=[r for r in read if r is not None],
+        inputs=[r for r in read if r is not None], foreign=report_foreign_entries,
     )  # fmt: skip
     kwargs = {k: v for k, v in vars(args).items() if k not in (*CLI_ONLY, "data", "models", "out")}
     kwargs["behaviour_rdm"] = _behaviour_rdm(args.behaviour_rdm)

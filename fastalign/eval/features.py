@@ -486,8 +486,10 @@ def _tags(given: str, spec: str, i: int) -> tuple[str, str | None, str | None]:
 def _check_layers(where: str, layers: Any) -> list[str]:
     if isinstance(layers, str):
         layers = [layers]
-    if not isinstance(layers, Sequence) or not all(isinstance(n, str) and n for n in layers):
+    if not isinstance(layers, Sequence) or not all(isinstance(n, str) for n in layers):
         raise TypeError(_checks.message(where, "layers", "a sequence of layer names", layers))
+    if "" in layers:
+        raise ValueError(f"{where}: layers must be layer names, got an empty name in {list(layers)}")
     if not layers or len(set(layers)) != len(layers):
         raise ValueError(f"{where}: layers must name at least one layer, each once, got {list(layers)}")
     return list(layers)
@@ -805,6 +807,8 @@ def layer_features(
             f"{fn}: model {model.name!r} names no layers (EvalModel.layers is None): give them, e.g. "
             f"dataclasses.replace(model, layers={list(DEFAULT_LAYERS)!r}) (evaluate fills them in)"
         )
+    if cache_dir is not None and os.fspath(cache_dir) == "":
+        raise ValueError(f"{fn}: cache_dir must name a folder or be None, got '' (an empty path)")
     if model.features is not None:
         return given_features(model, images, what, fn)
     module = model.module

@@ -122,8 +122,9 @@ class EvalResult:
     def write(self, out: str | os.PathLike[str]) -> None:
         """Writes results.csv, stats.json, summary.json, variability.csv and (when computed)
         robustness.csv into ``out``. What an earlier evaluation left there that this one does not
-        replace is removed: its robustness.csv, and its report.html (made from the earlier tables and
-        figures; :func:`fastalign.eval.report.write_report` makes a new one)."""
+        replace is removed: its robustness.csv, its report.html and its figures (made from the earlier
+        tables; :func:`fastalign.plotting.evaluation_figures` and
+        :func:`fastalign.eval.report.write_report` make new ones); other files stay."""
         folder = os.fspath(out)
         os.makedirs(folder, exist_ok=True)
         write_csv(os.path.join(folder, "results.csv"), self.rows, RESULT_COLUMNS)
@@ -133,6 +134,15 @@ class EvalResult:
         for stale in ([] if self.robustness else ["robustness.csv"]) + ["report.html"]:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(folder, stale))
+        # the earlier report's figures, drawn from the earlier tables (files of other names stay)
+        figures = os.path.join(folder, "figures")
+        if os.path.isdir(figures):
+            for name in os.listdir(figures):
+                if _REPORT_FIGURE.fullmatch(name):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(figures, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(figures)  # only where nothing else is left in it
         for name, obj in (("stats.json", self.stats), ("summary.json", self.summary)):
             write_json(os.path.join(folder, name), obj, fn="EvalResult.write", what=name)
         self.out = os.path.abspath(folder)
@@ -148,6 +158,30 @@ def write_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], colu
             w.writerows(rows)
 
     atomic_write(path, write)
+
+
+#: The figures an evaluation's report holds (fastalign.plotting.evaluation_figures, saved by
+#: fastalign.eval.report.write_report as figures/<name>.png and .svg).
+_REPORT_FIGURE = re.compile(
+    r"(?:(?:rsa_time_courses|roi_bars)_(?:eeg|fmri|behaviour)(?:_across_modality)?"
+    r"|across_subject_(?:eeg|fmri|behaviour)|variability|robustness)\.(?:png|svg)"
+)
+#: What a report folder of ``fastalign evaluate`` holds: its tables, config, report page, figures and cache.
+_REPORT_ENTRIES = ("results.csv", "stats.json", "summary.json", "variability.csv", "robustness.csv",
+                   "config.json", "report.html", "figures", "cache")  # fmt: skip
+
+
+def report_foreign_entries(folder: str | os.PathLike[str]) -> list[str]:
+    """What a report folder holds that evaluate does not write (files a user put there): entries other
+    than its tables, config, report page, cache and, in ``figures/``, its figures."""
+    folder = os.fspath(folder)
+    out = [n for n in sorted(os.listdir(folder)) if n not in _REPORT_ENTRIES]
+    figures = os.path.join(folder, "figures")
+    if os.path.isdir(figures):
+        out += [f"figures/{n}" for n in sorted(os.listdir(figures)) if not _REPORT_FIGURE.fullmatch(n)]
+    elif os.path.exists(figures):
+        out.append("figures")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ slots
@@ -1046,6 +1080,9 @@ def evaluate(
         "modality": mods,
         "robustness": attack,
     }
+    if cache_dir is not None and cache_dir != "auto" and os.fspath(cache_dir) == "":
+        # os.path takes '' for the current folder: an unset variable would fill it with cache files
+        raise ValueError(f"{_FN}: cache_dir must name a folder, \"auto\" or None, got '' (an empty path)")
     folder = _prepare_out(out, config, overwrite)
     cache = (None if folder is None else os.path.join(folder, "cache")) if cache_dir == "auto" else cache_dir
 

@@ -224,12 +224,46 @@ def test_flags_are_the_functions_arguments() -> None:
     assert (args.subjects, args.tail, args.time_window) == ("all", -1, (-0.1, 0.5))
     assert args.progress and args.cache_dir == "auto" and args.baseline == "auto" and args.device is None
     for bad in (["--eps", "1/0"], ["--eps", "x"], ["--eps", "-1/255"], ["--eps", "2"], ["--tail", "2"],
-                ["--permutations", "0"], ["--eps", "0", "-1/255"], ["--eps", "-0.5"]):  # fmt: skip
+                ["--permutations", "0"], ["--eps", "0", "-1/255"], ["--eps", "-0.5"],
+                ["--pgd-step-size", "-1"], ["--pgd-step-size", "0"], ["--cache-dir", ""]):  # fmt: skip
         with pytest.raises(SystemExit) as exit_, contextlib.redirect_stderr(io.StringIO()) as err:
             parser().parse_args([*argv, *bad])
         assert exit_.value.code == 2
         if bad[0] == "--eps" and bad[-1].startswith("-"):  # a negative size, not taken for an option
             assert f"expected a size in [0, 1] such as 4/255, got {bad[-1]!r}" in err.getvalue()
+        if bad[0] == "--pgd-step-size":  # the flag named, not the function's argument
+            assert f"argument --pgd-step-size: expected a step size > 0 such as 1/255, got {bad[-1]!r}" in (
+                err.getvalue()
+            )
+        if bad[0] == "--cache-dir":  # an unset variable would fill the current folder with the cache
+            assert "argument --cache-dir: expected a folder path, got '' (an empty path)" in err.getvalue()
+
+
+def test_overwrite_keeps_what_the_user_put_in_the_report_folder(
+    report: Run, aligned_runs, tmp_path: Path
+) -> None:
+    """A report folder holds only what evaluate writes (report_foreign_entries finds nothing in it); a
+    note beside the tables or an edited figure would be deleted with the folder that --overwrite
+    replaces, so the command refuses, names them and leaves the folder as it was; without them it
+    replaces the report."""
+    assert report.status == 0, report.err
+    assert fe.rsa.report_foreign_entries(report.folder) == []
+    folder = tmp_path / "report"
+    shutil.copytree(report.folder, folder, ignore=shutil.ignore_patterns("cache"))
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "figures" / "edited.png").write_bytes(b"png")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    argv = [*_models(aligned_runs), "--out", folder, "--permutations", PERMUTATIONS, "--overwrite"]
+    line = _error(_evaluate(argv, folder))
+    assert f"out {str(folder)!r} holds what evaluate did not write (notes.txt, figures/edited.png)" in line
+    assert "move them out, or choose a new or empty out" in line
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    # a folder that is no report: told at once that --overwrite would not replace it either
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.txt").write_text("x")
+    line = _error(_evaluate([*_models(aligned_runs), "--out", other, "--permutations", PERMUTATIONS], other))
+    assert f"out {str(other)!r} is not empty, and holds no summary.json, so evaluate did not write it" in line
 
 
 def _planted(runs, subject: str) -> tuple[float, float]:

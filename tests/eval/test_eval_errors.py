@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from eval_helpers import Tiny
 
 import fastalign.eval as fe
@@ -157,13 +159,33 @@ def test_out_folder_holding_another_evaluation(tmp_path) -> None:
     # the new tables (this one has no robustness; write_report makes a new page)
     (out / "robustness.csv").write_text("model,attack,eps,accuracy,relative_accuracy\nm,fgsm,0,1,1\n")
     (out / "report.html").write_text("<html>the old evaluation</html>")
+    # nor are its figures, drawn from its tables; what the user put there stays
+    (out / "figures").mkdir()
+    for name in ("rsa_time_courses_eeg.png", "rsa_time_courses_eeg.svg", "robustness.png", "mine.png"):
+        (out / "figures" / name).write_text("old")
+    (out / "notes.txt").write_text("mine")
     fe.evaluate(_brain(), [_features()], out=out, permutations=6, overwrite=True)
     with open(out / "config.json") as f:
         assert json.load(f)["permutations"] == 6
     assert not (out / "robustness.csv").exists() and not (out / "report.html").exists()
+    assert os.listdir(out / "figures") == ["mine.png"] and (out / "notes.txt").read_text() == "mine"
     (out / "config.json").unlink()
     with pytest.raises(FileExistsError, match=r"tables without a config\.json"):
         fe.evaluate(_brain(), [_features()], out=out, permutations=6)
+
+
+def test_an_empty_cache_dir_or_layer_name_is_refused(tmp_path) -> None:
+    """cache_dir='' would put the feature cache in the current folder (os.path reads '' so), and an empty
+    layer name is no layer: both named."""
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3))
+    with pytest.raises(ValueError, match=r"evaluate: cache_dir must name a folder, \"auto\" or None, got ''"):
+        fe.evaluate(_brain(), [_features()], out=tmp_path / "out", permutations=5, cache_dir="")
+    with pytest.raises(ValueError, match=r"layer_features: cache_dir must name a folder or be None, got ''"):
+        fe.layer_features(fe.EvalModel("t", module, layers=["0"]), ["a.png"], image_size=8, cache_dir="",
+                          fn="layer_features")  # fmt: skip
+    with pytest.raises(ValueError, match=r"EvalModel: layers must be layer names, got an empty name in"):
+        fe.EvalModel("t", module, layers=["0", ""])
+    assert not os.listdir(tmp_path)
 
 
 def test_out_folder_tells_evaluations_of_other_arrays_apart(tmp_path) -> None:
