@@ -471,11 +471,18 @@ def _fused_time_resolved_ceiling(
     if n < 3 or win.shape[-1] < 1 or k != n * (n - 1) // 2 or win.shape[1] == 0:
         return None
     models = models.detach().to(torch.float64)
+    try:  # FASTALIGN_BACKEND may name a backend that cannot run: the composed calls raise that in their order
+        chosen = (
+            _rdm_dispatch.choose("auto", win, rdm_method),
+            _nc_dispatch.choose("auto", models, models, "spearman"),
+        )
+    except (NotImplementedError, ValueError):
+        return None
     if (
-        _rdm_dispatch.choose("auto", win, rdm_method) != "cpp"
-        or _nc_dispatch.choose("auto", models, models, "spearman") != "cpp"
+        chosen != ("cpp", "cpp")
         or (win.shape[0] + 6) * k * 8 * min(torch.get_num_threads(), win.shape[1]) > _FUSED_CEILING_BYTES
         or not common.all_finite(models)
+        or (rdm_method == "euclidean" and _scaled_up_windows(data, win, window, step))
     ):
         return None
     models_z = common.ext_prepare(models, "spearman").contiguous()
@@ -485,6 +492,16 @@ def _fused_time_resolved_ceiling(
     if not (common.all_finite(sims) and common.all_finite(lower) and common.all_finite(upper)):
         return None
     return sims, lower, upper
+
+
+def _scaled_up_windows(data: torch.Tensor, win: torch.Tensor, window: int, step: int) -> bool:
+    """Whether a window's patterns are so small that time_resolved_rdms scales them up for its euclidean
+    sums and its distances back down by 4**-k (into subnormals or zero: ties and constant RDMs the fused
+    kernel, which ranks the distances at scale, does not see). The largest |value| of each window, from
+    each sample's (one pass over data), against _safe_magnitudes' lower bound (api._scaled_patterns')."""
+    lo, _ = common._safe_magnitudes(_checks.compute_dtype(win), win.shape[-1])
+    per_window = data.detach().abs().amax(dim=(-3, -2)).unfold(-1, window, step).amax(-1)
+    return bool(((per_window > 0) & (per_window < lo)).any())
 
 
 def _ceiling_chunks(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -630,6 +631,51 @@ def test_time_resolved_ceiling_errors_are_the_composed_ones() -> None:
         f(same, models)
     with pytest.raises(ValueError, match=r"spearman_rsa_and_noise_ceiling: .*models.*constant"):
         f(eeg, torch.ones(2, 15, dtype=torch.float64))
+
+
+@pytest.mark.skipif(not CPP, reason="fastalign._C is not built")
+@pytest.mark.parametrize(
+    ("dtype", "scale"),
+    [(torch.float64, 1e-150), (torch.float64, 1e-160), (torch.float64, 1e-170), (torch.float32, 1e-22),
+     (torch.float32, 1e-30)],
+)  # fmt: skip
+def test_time_resolved_ceiling_of_tiny_euclidean_windows_is_the_composed_one(
+    dtype: torch.dtype, scale: float
+) -> None:
+    """time_resolved_rdms scales tiny windows up for their euclidean sums and their distances back down
+    (into subnormals or zero: ties, or a constant RDM that it refuses); the fused kernel ranked them at
+    scale, so these windows go through the composed calls: the same bits, or the same error."""
+    gen = torch.Generator().manual_seed(23)
+    eeg = (torch.randn(3, 10, 4, 6, dtype=torch.float64, generator=gen) * scale).to(dtype)
+    models = torch.rand(2, 45, dtype=torch.float64, generator=gen)
+    f = rsa_stats.time_resolved_spearman_and_noise_ceiling
+
+    def composed() -> tuple[torch.Tensor, ...]:
+        return rsa_stats.spearman_rsa_and_noise_ceiling(fa.time_resolved_rdms(eeg, "euclidean"), models)
+
+    try:
+        want = composed()
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=re.escape(str(exc))):
+            f(eeg, models, "euclidean")
+        return
+    for g, w in zip(f(eeg, models, "euclidean"), want, strict=True):
+        assert g.dtype == w.dtype and torch.equal(g, w), (g - w).abs().max()
+
+
+@pytest.mark.skipif(not CPP, reason="fastalign._C is not built")
+@pytest.mark.parametrize("env", ["cuda", "triton", "bogus"])
+def test_time_resolved_ceiling_backend_variable_keeps_the_composed_errors(
+    env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With FASTALIGN_BACKEND naming a backend that cannot run (or none), bad data is still named as the
+    composed calls name it (they validate the data before they choose a backend)."""
+    monkeypatch.setenv("FASTALIGN_BACKEND", env)
+    eeg = torch.randn(3, 6, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(24))
+    eeg[1, 2, 0, 3] = math.nan
+    models = torch.rand(2, 15, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"time_resolved_rdms: data contains NaN"):
+        rsa_stats.time_resolved_spearman_and_noise_ceiling(eeg, models)
 
 
 def test_spearman_rsa_and_noise_ceiling_promotes_mixed_dtypes() -> None:
