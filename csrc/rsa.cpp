@@ -1208,12 +1208,16 @@ bool set_rdm(const T* xb, T* z, T* d, int64_t n, int64_t p, int64_t rdm_method, 
   // (api._exact_constants), so the statistic is what the exact RDM gives (NaN where undefined, which
   // the caller names; 0 for rho_a), not a correlation of rounding noise. Sums of p terms of order 1
   // (correlation, cosine) or of the RDM's largest distance (euclidean).
+  // In T, as common.exact_constants decides it on T tensors (a float32 tensor against a Python float
+  // compares in float32, its products and differences round there): a float32 RDM that spreads exactly
+  // the float32-rounded tolerance is constant there, and must be here too.
   const T top = range.hi, bottom = range.lo;
-  const double maxabs = std::max(static_cast<double>(top), -static_cast<double>(bottom));
-  const double tolerance = kRoundingUlps * static_cast<double>(std::numeric_limits<T>::epsilon()) *
-                           std::sqrt(static_cast<double>(p)) * (rdm_method <= 1 ? 1.0 : maxabs);
+  const T maxabs = std::max(top, static_cast<T>(-bottom));
+  const T ulps = static_cast<T>(kRoundingUlps * static_cast<double>(std::numeric_limits<T>::epsilon()) *
+                                std::sqrt(static_cast<double>(p)));
+  const T tolerance = rdm_method <= 1 ? ulps : static_cast<T>(ulps * maxabs);
   const bool zero = maxabs <= tolerance;
-  const bool flat = static_cast<double>(top) - static_cast<double>(bottom) <= tolerance;
+  const bool flat = static_cast<T>(top - bottom) <= tolerance;
   if (zero || (flat && compare != 3)) {
     // spearman/pearson of a constant RDM and cosine of a zero one are undefined; rho_a gives 0
     value = compare == 1 ? 0.0 : std::nan("");

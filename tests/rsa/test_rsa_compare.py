@@ -678,6 +678,31 @@ def test_time_resolved_ceiling_backend_variable_keeps_the_composed_errors(
         rsa_stats.time_resolved_spearman_and_noise_ceiling(eeg, models)
 
 
+@pytest.mark.skipif(not CPP, reason="fastalign._C is not built")
+def test_float32_rdm_spreading_its_float32_tolerance_is_constant_on_every_path() -> None:
+    """A float32 euclidean RDM whose spread is exactly its tolerance rounded to float32 (6.25, against
+    16 eps sqrt(9) * 1092266.625 = 6.2499998 in double) is constant for common.exact_constants, which
+    compares float32 tensors in float32; the compiled kernels decided it in double and ranked it. Crafted
+    integer patterns: 9 features, distances exact sums of squares, 1092261, 1092266.625, 1092260.375."""
+    x = torch.tensor(
+        [[1279, -1279, 0, 14, 1, -56, 4, 0, 42], [0, 1279, -1279, -24, 48, 46, -5, 3, 8],
+         [-1279, 0, 1279, 10, -49, 10, 1, -3, -50]],
+        dtype=torch.float32,
+    )  # fmt: skip
+    assert fa.rdm(x, "euclidean").tolist() == [1092261.0, 1092266.625, 1092260.375]
+    eeg = torch.randn(3, 3, 9, 1, generator=torch.Generator().manual_seed(25))
+    eeg[0, :, :, 0] = x
+    models = torch.tensor([[1.0, 3.0, 2.0], [2.0, 1.0, 3.0]], dtype=torch.float64)
+    constant = r"rdms at index \(0, 0\) is constant"
+    with pytest.raises(ValueError, match=constant):
+        rsa_stats.spearman_rsa_and_noise_ceiling(fa.time_resolved_rdms(eeg, "euclidean"), models)
+    with pytest.raises(ValueError, match=constant):
+        rsa_stats.time_resolved_spearman_and_noise_ceiling(eeg, models, "euclidean")
+    for backend in ("torch", "cpp"):
+        with pytest.raises(ValueError, match=r"brain RDM at window index \(0, 0\) is constant"):
+            fa.time_resolved_rsa(eeg, models, "spearman", rdm_method="euclidean", backend=backend)
+
+
 def test_spearman_rsa_and_noise_ceiling_promotes_mixed_dtypes() -> None:
     """float32 and float64 operands are computed in float64, as compare_rdms promotes them."""
     rng = np.random.default_rng(10)
