@@ -294,8 +294,10 @@ def test_rsa_rdm_spearman_ceiling(
         if rdm_method != "euclidean":  # rsa_rdm_compare's snapping of correlation / cosine distances
             near = 16 * torch.finfo(dtype).eps * math.sqrt(p)
             rdms = torch.where(rdms.abs() <= near, 0.0, torch.where((rdms - 2).abs() <= near, 2.0, rdms))
-        span = (rdms.amax(-1) - rdms.amin(-1)).double()
-        top = rdms.abs().amax(-1).double()
+        # in the RDMs' dtype, as common.exact_constants decides (a float32 tensor against a Python float
+        # compares in float32)
+        span = rdms.amax(-1) - rdms.amin(-1)
+        top = rdms.abs().amax(-1)
         tol = 16 * torch.finfo(dtype).eps * math.sqrt(p) * (1.0 if rdm_method != "euclidean" else top)
         undefined = bool(((span <= tol) | (top <= tol)).any())
         if undefined:  # some subject's RDM is constant at this point: NaN bounds and similarities there
