@@ -60,9 +60,9 @@ def variability(slots: Sequence[_Slot], rdms: torch.Tensor) -> tuple[list[dict[s
             at = sorted((slots[i].subject, i) for i in members if slots[i].layer == layer)
             if len(at) < 2:
                 continue
-            # every subject against every other in one broadcast call: each RDM is ranked once, where a
-            # stack per pair ranked each n - 1 times (10 subjects x 4 layers x 19,900 pairs, 2 threads:
-            # 59 -> 15 ms)
+            # every subject against every other in one broadcast call: each RDM is ranked twice (once per
+            # side), where a stack per pair ranked each n - 1 times (10 subjects x 4 layers x 19,900 pairs,
+            # 2 threads: 59 -> 15 ms)
             stack = torch.stack([rdms[i] for _, i in at])
             dis = (1 - compare_rdms(stack[:, None, :], stack[None, :, :], "spearman")).tolist()
             pairs = list(itertools.combinations(range(len(at)), 2))
