@@ -69,7 +69,19 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     err = capsys.readouterr().err
     assert "usage:" in err
     if "x" in argv:  # --subject x: the message offers 'all' too
-        assert "expected a positive integer or 'all', got 'x'" in err
+        assert "expected a positive integer (2 or sub-02) or 'all', got 'x'" in err
+
+
+def test_subjects_are_given_as_numbers_or_as_the_outputs_name_them() -> None:
+    """--subject 2 and --subject sub-02 (how every output names the subject) are subject 2."""
+    from fastalign.cli import parser
+
+    for given, want in ((["2"], 2), (["sub-02"], 2), (["sub-1", "3"], [1, 3]), (["all"], "all")):
+        args = parser().parse_args(["evaluate", "--data", "d", "--models", "cornet_s", "--out", "o",
+                                    "--subject", *given])  # fmt: skip
+        assert args.subjects == want, given
+    for bad in ("sub-00", "sub-x", "sub-", "0"):
+        assert _exit_status(["align", "--data", "d", "--out", "o", "--subject", bad]) == 2
 
 
 @pytest.mark.parametrize(

@@ -124,8 +124,15 @@ class TimeWindow(argparse.Action):
 
 
 def subject(text: str) -> int | str:
-    """An argparse type: a subject number, or ``all``."""
-    return "all" if text == "all" else _integer(text, 1, "a positive integer or 'all'")
+    """An argparse type: a subject number, as the outputs name it (``sub-02``) or not (``2``), or ``all``."""
+    if text == "all":
+        return "all"
+    expected = "a positive integer (2 or sub-02) or 'all'"
+    number = text[4:] if text.startswith("sub-") and text[4:].isdigit() else text
+    try:
+        return _integer(number, 1, expected)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
 
 
 class Subjects(argparse.Action):

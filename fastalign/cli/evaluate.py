@@ -142,7 +142,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         action=TimeWindow,
         metavar=("TMIN", "TMAX"),
-        help="EEG seconds (default all)",
+        help="EEG samples in [TMIN, TMAX] seconds, both ends included (default all)",
     )
     p.add_argument("--window", type=positive_int, default=1, help="EEG samples per window (default 1)")
     p.add_argument("--step", type=positive_int, default=1, help="EEG samples between windows (default 1)")

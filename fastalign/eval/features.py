@@ -609,6 +609,11 @@ def as_models(
             )
     seen: dict[tuple[str, str], int] = {}
     for i, m in enumerate(out):
+        if (m.name, m.subject) in seen and m.name == "cornet_s" and not m.subject:
+            # the baseline's name is reserved (NAME= cannot rename it): one CORnet-S is all there is to give
+            raise ValueError(
+                f"{_FN}: models[{seen[m.name, m.subject]}] and models[{i}] both give cornet_s; give it once"
+            )
         if (m.name, m.subject) in seen:
             raise ValueError(
                 f"{_FN}: models[{seen[m.name, m.subject]}] and models[{i}] are both model {m.name!r}"

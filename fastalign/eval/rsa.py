@@ -749,7 +749,9 @@ def _robustness(
         for m in models:
             assert m.module is not None
             label = _robustness_label(m)
-            with on_device(m.module, device):
+            with on_device(m.module, device), warnings.catch_warnings():
+                # evaluate has warned about eps beyond half the pixel range once, not once per model
+                warnings.filterwarnings("ignore", r"robustness: eps .* exceed 0\.5", UserWarning)
                 mine = _attacks.robustness(
                     {label: m.module}, images.images, images.labels, eps=r["eps"], attacks=r["attacks"],
                     steps=r["pgd_steps"], step_size=r["pgd_step_size"], batch_size=s["batch_size"],

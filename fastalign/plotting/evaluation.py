@@ -835,7 +835,8 @@ def plot_across_subject(
 
 
 def _jackknife_sem(pairs: Mapping[tuple[str, str], float]) -> float:
-    """Leave-one-subject-out jackknife SEM of the mean over subject pairs (NaN under 3 subjects).
+    """Leave-one-subject-out jackknife SEM of the mean over subject pairs (NaN under 3 subjects, or where
+    leaving a subject out leaves no pair: every pair holds it).
 
     The n(n-1)/2 pairs share subjects, so they are not independent and their own SEM is too narrow. With
     ``m_i`` the mean over the pairs without subject i and ``m`` the mean of the ``m_i``:
@@ -845,7 +846,10 @@ def _jackknife_sem(pairs: Mapping[tuple[str, str], float]) -> float:
     n = len(subjects)
     if n < 3:
         return math.nan
-    loo = np.array([np.mean([v for pair, v in pairs.items() if s not in pair]) for s in subjects])
+    rest = [[v for pair, v in pairs.items() if s not in pair] for s in subjects]
+    if not all(rest):
+        return math.nan
+    loo = np.array([np.mean(r) for r in rest])
     return float(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()))
 
 
@@ -884,7 +888,9 @@ def plot_variability(variability: Table, *, layers: Sequence[str] | None = None)
         mean = [float(np.mean(values[layer_list[i]])) for i in at]
         sem = [_jackknife_sem(_pairs(mine, layer_list[i])) for i in at]
         ax.errorbar(xs, mean, yerr=sem, fmt="none", ecolor=color, capsize=3, zorder=3)
-        what = "mean ± jackknife SEM over subjects"
+        # the legend says what is drawn: no SEM under 3 subjects (NaN), where only the mean is
+        drawn_sem = any(math.isfinite(e) for e in sem)
+        what = "mean ± jackknife SEM over subjects" if drawn_sem else "mean over subject pairs"
         name = what if not family else f"{family} ({what})"
         style = styles[family]
         ax.plot(

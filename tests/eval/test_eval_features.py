@@ -367,6 +367,9 @@ def test_run_folders_named_on_the_command_line_and_pooled_families_warned(tmp_pa
         as_models([str(folders[0]), str(same)], weights=None, seed=0, layers=["IT"])
     with pytest.raises(ValueError, match=r"with the name 'cornet_s'; expected a name other than"):
         as_models([f"cornet_s={folders[0]}"], weights=None, seed=0, layers=["IT"])
+    # the baseline twice: renaming it is refused above, so the message says to give it once
+    with pytest.raises(ValueError, match=r"models\[0\] and models\[1\] both give cornet_s; give it once$"):
+        as_models(["cornet_s", "cornet_s"], weights=None, seed=0, layers=["IT"])
     with pytest.raises(FileNotFoundError, match=r"'x=.*': no file or folder at '.*missing'; expected "):
         as_models([f"x={tmp_path / 'missing'}"], weights=None, seed=0, layers=["IT"])
 

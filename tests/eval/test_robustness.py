@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -465,6 +466,14 @@ def test_robustness_is_part_of_the_evaluation(eval_things: SyntheticThings, tmp_
                                         if r["model"] == "fam/sub-02" and r["eps"] == 0.1}  # fmt: skip
     with open(os.path.join(tmp_path, "out", "config.json")) as f:
         assert json.load(f)["robustness"]["pgd_steps"] == 2
+    # eps beyond half the pixel range: said once by evaluate, not again by each model's attacks
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fe.evaluate(eval_things, models, out=None, image_size=24, permutations=10, robustness=folder,
+                    class_index={"a": 3, "b": 1}, eps=(0.0, 0.6), attacks=("fgsm",))  # fmt: skip
+    large = [str(w.message) for w in caught if "exceed 0.5" in str(w.message)]
+    assert large == ["evaluate: eps [0.6] exceed 0.5, half the pixel range (eps is in [0, 1] pixel units: "
+                     "four grey levels are 4/255)"], large  # fmt: skip
 
     # labels that are not the models' class indices are refused after one forward pass on one image,
     # before any features or statistics
