@@ -258,6 +258,13 @@ def load_brain(
             images than image_metadata.npy lists, subjects whose channels, times or ROIs differ.
     """
     root = _root(data)
+    if not os.path.exists(os.path.join(root, "image_set")) and os.path.isfile(
+        os.path.join(root, "image_metadata.npy")
+    ):
+        raise FileNotFoundError(
+            f"{_FN}: data={root!r} is an image_set folder (it holds image_metadata.npy); expected the "
+            f"dataset folder above it, {os.path.dirname(os.path.abspath(root))!r}"
+        )
     meta = load_image_metadata(os.path.join(root, "image_set"))
     images = meta.paths("test")
     wanted = (

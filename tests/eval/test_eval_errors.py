@@ -279,6 +279,11 @@ def test_models_with_the_same_rdms_are_named_in_one_warning_per_group() -> None:
 def test_data_folder_errors(eval_things: SyntheticThings, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         fe.evaluate(tmp_path / "missing", ["cornet_s"], out=None)
+    # the image_set folder given for the dataset above it: said so, with that folder's path
+    image_set = os.path.join(eval_things.root, "image_set")
+    want = r"^evaluate: data='.*image_set' is an image_set folder \(it holds image_metadata.npy\); expected "
+    with pytest.raises(FileNotFoundError, match=want + "the dataset folder above it, '"):
+        fe.evaluate(image_set, ["cornet_s"], out=None)
     with pytest.raises(ValueError, match=r"subject\(s\) \['sub-09'\] missing from the data"):
         fe.load_brain(eval_things, subjects=[1, 9])
     with pytest.raises(ValueError, match="rois names \\['XYZ'\\]"):
