@@ -15,7 +15,12 @@ BENCHMARKS = ROOT / "benchmarks"
 def load_script(path: Path, name: str) -> ModuleType:
     """The Python file at ``path`` as a module called ``name``, registered in sys.modules as importlib's
     recipe does (a dataclass's string annotations are resolved through it: bench_evaluate.py's); sys.path
-    is left as it was (a bench script puts benchmarks/ on it for its harness)."""
+    is left as it was (a bench script puts benchmarks/ on it for its harness). A file already loaded under
+    ``name`` is that module: loading the noxfile again registered its sessions twice, which nox warns
+    will become an error."""
+    known = sys.modules.get(name)
+    if known is not None and getattr(known, "__file__", None) == str(path):
+        return known
     saved = list(sys.path)
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
