@@ -209,15 +209,18 @@ def check_out_folder(
     marker: str,
     marker_keys: Collection[str] = (),
     inputs: Sequence[str | os.PathLike[str]] = (),
-    foreign: Callable[[str], list[str]] | None = None,
+    known: Callable[[str], bool] | None = None,
 ) -> str:
     """An output folder that a call will write as a unit: new, empty, or (with ``overwrite``) replaced,
     which deletes everything in it. Replacing is refused where it could delete what the call did not
     write: a folder without ``marker`` (the file every output of the call holds, e.g. summary.json; with
     ``marker_keys`` a JSON object holding those keys, which tell the call's summary.json from another
     command's), the current folder or one above it, the home folder, a folder holding any of ``inputs``
-    (files or folders the call reads), and one where ``foreign(folder)`` names entries the call does not
-    write (files a user put there), which the replacement would delete.
+    (files or folders the call reads), and one holding files the call did not write (a user's notes, an
+    edited figure), which the replacement would delete: files its output manifest
+    (:data:`fastalign.data._io.OUTPUT_MANIFEST`) does not list, and, with ``known`` (a predicate on
+    '/'-separated paths relative to the folder), only those ``known`` does not accept (outputs written
+    before manifests: those it does not accept).
 
     Returns:
         The folder's absolute path.
@@ -264,7 +267,7 @@ def check_out_folder(
             f"{fn}: {name} {os.fspath(path)!r} is not empty; pass overwrite=True (--overwrite) to replace it"
         )
     check_replaceable(fn, name, path)
-    extra = foreign(folder) if foreign is not None else []
+    extra = added_files(folder, known)
     if extra:
         raise FileExistsError(
             f"{fn}: {name} {os.fspath(path)!r} holds what {fn} did not write ({_shown(extra)}), which "
@@ -272,6 +275,17 @@ def check_out_folder(
             f"empty {name}"
         )
     return folder
+
+
+def added_files(folder: str, known: Callable[[str], bool] | None = None) -> list[str]:
+    """The files in an earlier output ``folder`` that the call did not write: not in its manifest (where
+    it has one) and not accepted by ``known`` (where given); none where there is neither."""
+    from fastalign.data._io import files_under, unlisted_files
+
+    unlisted = unlisted_files(folder)
+    if unlisted is None:
+        return [] if known is None else [p for p in files_under(folder) if not known(p)]
+    return unlisted if known is None else [p for p in unlisted if not known(p)]
 
 
 def _shown(entries: Sequence[str]) -> str:

@@ -320,14 +320,15 @@ def test_an_output_folder_is_replaced_only_where_nothing_else_is_lost(
     # without overwrite the same answer at once: adding the flag would not help
     with pytest.raises(FileExistsError, match=r"is not empty, and holds no summary.json, so f did not"):
         check("f", "out", other, False, marker="summary.json")
-    # what the call does not write in an earlier output of it: refused, named, kept
+    # what the call does not write in an earlier output of it: refused, named, kept; where the output
+    # has no manifest, as ``known`` says
     (mine / "notes.txt").write_text("x")
-    foreign = lambda folder: [n for n in sorted(os.listdir(folder)) if n != "summary.json"]
+    known = lambda path: path == "summary.json"
     with pytest.raises(FileExistsError, match=r"holds what f did not write \(notes.txt\), which overwrite"):
-        check("f", "out", mine, True, marker="summary.json", foreign=foreign)
+        check("f", "out", mine, True, marker="summary.json", known=known)
     assert (mine / "notes.txt").read_text() == "x"
     (mine / "notes.txt").unlink()
-    assert check("f", "out", mine, True, marker="summary.json", foreign=foreign) == str(mine)
+    assert check("f", "out", mine, True, marker="summary.json", known=known) == str(mine)
     # an input inside the folder, or the folder itself, would be deleted by the replacement
     (mine / "brain.npy").write_text("x")
     for given in (mine / "brain.npy", mine):

@@ -260,6 +260,13 @@ def test_synth_writes_a_dataset_and_refuses_to_overwrite_it(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "pass overwrite=True" in err[0]
     assert main([*argv, "--overwrite", "--seed", "4"]) == 0  # a dataset synth wrote is replaced
+    # ... but not with what a user added to it (its manifest lists what synth wrote): refused and kept
+    (root / "NOTES.txt").write_text("my notes")
+    (root / "image_set" / "extra.png").write_bytes(b"png")
+    assert main([*argv, "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "holds what make_synthetic_things did not write (NOTES.txt, image_set/extra.png)" in err
+    assert (root / "NOTES.txt").read_text() == "my notes" and (root / "image_set" / "extra.png").exists()
     other = tmp_path / "photos"
     other.mkdir()
     (other / "cat.jpg").write_bytes(b"x")

@@ -508,7 +508,7 @@ def demo(
     settings = QUICK if quick else FULL
     stages = _Stages(progress)
     n_train = settings.n_train_concepts * settings.images_per_concept
-    with replacing_dir(final) as staging:
+    with replacing_dir(final, manifest=True) as staging:
         paths = DemoPaths(staging)
         kw = {"device": device, "progress": progress}
         own = f"sub-{SUBJECT:02d}"

@@ -232,7 +232,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from fastalign.data._io import replacing_dir
     from fastalign.eval import evaluate, write_report
-    from fastalign.eval.rsa import report_foreign_entries
+    from fastalign.eval.rsa import report_file
     from fastalign.plotting import evaluation_figures
 
     # what evaluate reads, which replacing the report folder must not delete: the data, run folders,
@@ -246,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
     ]
     out = _checks.check_out_folder(
         _FN, "out", args.out, args.overwrite, marker="summary.json", marker_keys=("baseline", "n_subjects"),
-        inputs=[r for r in read if r is not None], foreign=report_foreign_entries,
+        inputs=[r for r in read if r is not None], known=report_file,
     )  # fmt: skip
     kwargs = {k: v for k, v in vars(args).items() if k not in (*CLI_ONLY, "data", "models", "out")}
     kwargs["behaviour_rdm"] = _behaviour_rdm(args.behaviour_rdm)
@@ -257,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
     kwargs["time_window"] = None if args.time_window is None else tuple(args.time_window)
     kwargs["cache_dir"] = None if args.cache_dir.lower() == "none" else args.cache_dir
     kwargs["overwrite"] = False  # the new report is written into an empty folder
-    with replacing_dir(out) as staging:
+    with replacing_dir(out, manifest=True) as staging:
         old_cache = os.path.join(out, "cache")
         if kwargs["cache_dir"] == "auto" and os.path.isdir(old_cache):
             shutil.copytree(old_cache, os.path.join(staging, "cache"), copy_function=_link_or_copy)

@@ -395,7 +395,7 @@ def _write(r: BrainRSA, folder: str, settings: dict[str, Any]) -> None:
     from fastalign.eval import save_figure, write_csv
     from fastalign.eval.report import write_json
 
-    with replacing_dir(folder) as staging:
+    with replacing_dir(folder, manifest=True) as staging:
         save_npy(os.path.join(staging, "brain_rdms.npy"), r.rdms)
         save_npy(os.path.join(staging, "times.npy"), r.times)
         files = ["brain_rdms.npy", "times.npy"]

@@ -171,17 +171,15 @@ _REPORT_ENTRIES = ("results.csv", "stats.json", "summary.json", "variability.csv
                    "config.json", "report.html", "figures", "cache")  # fmt: skip
 
 
-def report_foreign_entries(folder: str | os.PathLike[str]) -> list[str]:
-    """What a report folder holds that evaluate does not write (files a user put there): entries other
-    than its tables, config, report page, cache and, in ``figures/``, its figures."""
-    folder = os.fspath(folder)
-    out = [n for n in sorted(os.listdir(folder)) if n not in _REPORT_ENTRIES]
-    figures = os.path.join(folder, "figures")
-    if os.path.isdir(figures):
-        out += [f"figures/{n}" for n in sorted(os.listdir(figures)) if not _REPORT_FIGURE.fullmatch(n)]
-    elif os.path.exists(figures):
-        out.append("figures")
-    return out
+def report_file(path: str) -> bool:
+    """Whether a file of a report folder (a '/'-separated relative path) is one evaluate writes: its
+    tables, config and report page, its figures in ``figures/``, anything in its ``cache/``."""
+    top, _, rest = path.partition("/")
+    if not rest:
+        return top in _REPORT_ENTRIES and top not in ("figures", "cache")
+    if top == "figures":
+        return _REPORT_FIGURE.fullmatch(rest) is not None
+    return top == "cache"
 
 
 # ------------------------------------------------------------------------------------------------ slots

@@ -27,7 +27,7 @@ from PIL import Image
 import fastalign.eval as fe
 from fastalign.cli import main, parser
 from fastalign.data import load_image_metadata
-from fastalign.data._io import digest_files
+from fastalign.data._io import OUTPUT_MANIFEST, digest_files
 
 PERMUTATIONS = 100
 
@@ -92,7 +92,7 @@ def test_report_folder_holds_the_tables_figures_and_page(report: Run, aligned_ru
     assert report.status == 0, report.err
     folder = report.folder
     assert {"config.json", "results.csv", "stats.json", "summary.json", "variability.csv", "robustness.csv",
-            "report.html", "figures", "cache"} == set(os.listdir(folder))  # fmt: skip
+            "report.html", "figures", "cache", OUTPUT_MANIFEST} == set(os.listdir(folder))  # fmt: skip
     assert not [p for p in os.listdir(folder.parent) if p.startswith(".report.")]  # no staging left
 
     # results.csv: a row per model, model subject, brain subject, layer and time point
@@ -242,22 +242,33 @@ def test_flags_are_the_functions_arguments() -> None:
 def test_overwrite_keeps_what_the_user_put_in_the_report_folder(
     report: Run, aligned_runs, tmp_path: Path
 ) -> None:
-    """A report folder holds only what evaluate writes (report_foreign_entries finds nothing in it); a
-    note beside the tables or an edited figure would be deleted with the folder that --overwrite
-    replaces, so the command refuses, names them and leaves the folder as it was; without them it
-    replaces the report."""
+    """A report folder holds only what evaluate writes (its manifest lists every file, and each is one
+    report_file accepts); a note beside the tables or an edited figure would be deleted with the folder
+    that --overwrite replaces, so the command refuses, names them and leaves the folder as it was, also
+    for a report written before manifests (report_file alone decides there)."""
+    from fastalign import _checks
+    from fastalign.data._io import files_under
+
     assert report.status == 0, report.err
-    assert fe.rsa.report_foreign_entries(report.folder) == []
+    assert _checks.added_files(str(report.folder)) == []
+    written = files_under(str(report.folder))
+    assert all(fe.rsa.report_file(p) for p in written), written
     folder = tmp_path / "report"
     shutil.copytree(report.folder, folder, ignore=shutil.ignore_patterns("cache"))
     (folder / "notes.txt").write_text("my notes")
     (folder / "figures" / "edited.png").write_bytes(b"png")
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     argv = [*_models(aligned_runs), "--out", folder, "--permutations", PERMUTATIONS, "--overwrite"]
-    line = _error(_evaluate(argv, folder))
-    assert f"out {str(folder)!r} holds what evaluate did not write (notes.txt, figures/edited.png)" in line
-    assert "move them out, or choose a new or empty out" in line
-    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    for manifest in (True, False):
+        if not manifest:
+            (folder / OUTPUT_MANIFEST).unlink()
+            before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        line = _error(_evaluate(argv, folder))
+        assert (
+            f"out {str(folder)!r} holds what evaluate did not write (figures/edited.png, notes.txt)" in line
+        )
+        assert "move them out, or choose a new or empty out" in line
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     # a folder that is no report: told at once that --overwrite would not replace it either
     other = tmp_path / "other"
     other.mkdir()

@@ -237,7 +237,7 @@ def make_synthetic_things(
     )  # fmt: skip
     # Everything is written into a sibling folder that replaces root as a unit once complete, so a
     # failure, an interrupt or a kill leaves the old dataset (or none) under root, never a half-written one.
-    with replacing_dir(final) as staging:
+    with replacing_dir(final, manifest=True) as staging:
         out = SyntheticThings._at(staging, n_subjects)
         rng = np.random.default_rng(seed)
         images = write_images(
