@@ -267,6 +267,12 @@ def test_synth_writes_a_dataset_and_refuses_to_overwrite_it(
     err = capsys.readouterr().err
     assert "holds what make_synthetic_things did not write (NOTES.txt, image_set/extra.png)" in err
     assert (root / "NOTES.txt").read_text() == "my notes" and (root / "image_set" / "extra.png").exists()
+    # decode's image-embedding cache (DATA/embeddings), made again on demand, is replaced with the data
+    (root / "NOTES.txt").unlink()
+    (root / "image_set" / "extra.png").unlink()
+    (root / "embeddings").mkdir()
+    (root / "embeddings" / "x.npy").write_bytes(b"cache")
+    assert main([*argv, "--overwrite"]) == 0 and not (root / "embeddings").exists()
     other = tmp_path / "photos"
     other.mkdir()
     (other / "cat.jpg").write_bytes(b"x")

@@ -230,10 +230,12 @@ def make_synthetic_things(
         targets_per_session,
     )  # fmt: skip
 
-    # replaced only where it holds a synthetic dataset (its ground truth), never the photos it reads
+    # replaced only where it holds a synthetic dataset (its ground truth), never the photos it reads, nor
+    # files added to it since but decode's image-embedding cache (DATA/embeddings, made again on demand)
     final = _checks.check_out_folder(
         "make_synthetic_things", "root", root, overwrite, marker="ground_truth.npz",
         inputs=[photos_from] if photos_from is not None else (),
+        known=lambda path: path.startswith("embeddings/"),
     )  # fmt: skip
     # Everything is written into a sibling folder that replaces root as a unit once complete, so a
     # failure, an interrupt or a kill leaves the old dataset (or none) under root, never a half-written one.
