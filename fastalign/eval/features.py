@@ -766,9 +766,16 @@ def _layer_paths(model: EvalModel, fn: str = _FN) -> dict[str, str]:
         path = aliases.get(layer, layer)
         if path not in modules or path == "":
             named = list(dict.fromkeys([*aliases, *(n for n in modules if n)]))  # an alias may be a path
+            # layers= (--layers) applies to every model; a ReAlnet's head is added only by the default
+            head = (
+                "; layers (--layers) apply to every model, and 'response', a ReAlnet's encoding head, is "
+                "added to the aligned models only when no layers are given"
+                if layer == "response"
+                else ""
+            )
             raise ValueError(
                 f"{fn}: model {model.name!r} has no layer {layer!r}; layers are "
-                f"{', '.join(named[:25])}{' ...' if len(named) > 25 else ''}"
+                f"{', '.join(named[:25])}{' ...' if len(named) > 25 else ''}{head}"
             )
         paths[layer] = path
     return paths

@@ -925,7 +925,7 @@ def _pairs(rows: Sequence[dict], layer: str) -> dict[tuple[str, str], float]:
 def plot_robustness(
     robustness: Table,
     *,
-    metric: str = "relative_accuracy",
+    metric: str | None = None,
     models: Sequence[str] | None = None,
     groups: Mapping[str, str] | None = None,
     baseline: str = "cornet_s",
@@ -935,11 +935,13 @@ def plot_robustness(
     relative_accuracy.
 
     Args:
-        metric: ``"relative_accuracy"`` (accuracy / accuracy at eps 0) or ``"accuracy"``.
+        metric: ``"relative_accuracy"`` (accuracy / accuracy at eps 0) or ``"accuracy"``; None (the
+            default): relative accuracy, or accuracy where no model is right on any clean image (every
+            relative accuracy undefined: the relative panels would be empty).
     """
     fn = "plot_robustness"
-    if metric not in ("relative_accuracy", "accuracy"):
-        raise ValueError(f"{fn}: metric must be 'relative_accuracy' or 'accuracy', got {metric!r}")
+    if metric not in (None, "relative_accuracy", "accuracy"):
+        raise ValueError(f"{fn}: metric must be 'relative_accuracy', 'accuracy' or None, got {metric!r}")
     label = _check_groups(fn, groups)
     rows = _table(fn, "robustness", robustness, ("model", "attack"), ("eps", "accuracy", "relative_accuracy"))
     keep = set(_select(fn, "models", _order(r["model"] for r in rows), models))
@@ -947,6 +949,17 @@ def plot_robustness(
     # every model (each member of a group too) never right on clean images: its relative accuracy is
     # undefined, and a group's mean with it is NaN
     zero = _order(r["model"] for r in rows if r["eps"] == 0 and r["accuracy"] == 0)
+    if metric is None:
+        every = set(_order(r["model"] for r in rows if r["eps"] == 0))
+        metric = "accuracy" if every and set(zero) == every else "relative_accuracy"
+        if metric == "accuracy":
+            warnings.warn(
+                f"{fn}: clean accuracy (eps 0) is 0 for every model ({', '.join(zero)}), so no relative "
+                "accuracy is defined: drawing top-1 accuracy; are the labels the models' class indices?",
+                UserWarning,
+                stacklevel=2,
+            )
+            zero = []  # said above
     if zero:
         named = [m if label(m) == m else f"{m} (of {label(m)})" for m in zero]
         effect = "their relative accuracy is NaN, so their lines (and their groups') are empty"

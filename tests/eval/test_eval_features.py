@@ -241,7 +241,9 @@ def test_backbone_weights_files_are_the_realnet_of_a_subject(tmp_path) -> None:
     assert (api.name, api.subject, api.modality, api.source) == ("b", "sub-04", "fmri", str(lone))
     del tagged, api
     with pytest.raises(
-        ValueError, match=r"^evaluate: model 'ReAlnet' has no layer 'response'; layers are V1"
+        ValueError,
+        match=r"^evaluate: model 'ReAlnet' has no layer 'response'; layers are V1.*; layers \(--layers\) "
+        r"apply to every model, and 'response', a ReAlnet's encoding head, is added to the aligned models",
     ):
         as_models([str(eeg1)], weights=None, seed=0, layers=["IT", "response"])
     with pytest.raises(ValueError, match=r"the models named 'ReAlnet' must all be aligned to one modality"):

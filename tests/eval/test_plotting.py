@@ -515,6 +515,18 @@ def test_robustness_curves_per_attack_with_groups() -> None:
     acc = plot_robustness(rows, metric="accuracy", models=["cornet_s"]).axes[0]
     np.testing.assert_allclose(acc.get_lines()[0].get_ydata(), [0.8, 0.5, 0.2])
     assert acc.get_ylabel() == "Top-1 accuracy"
+    # no model right on a clean image: every relative accuracy undefined, so top-1 accuracy is drawn (and
+    # said), not empty panels; one model right on some: relative accuracy, the other's line empty (warned)
+    zero = [{**r, "accuracy": 0.0 if r["eps"] == 0 else r["accuracy"], "relative_accuracy": math.nan}
+            for r in rows if r["model"] != "r2"]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"clean accuracy \(eps 0\) is 0 for every model \(cornet_s, r1\)"):
+        ax = plot_robustness(zero).axes[0]
+    assert ax.get_ylabel() == "Top-1 accuracy"
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [0.0, 0.5, 0.2])
+    some = zero + [r for r in rows if r["model"] == "r2"]
+    with pytest.warns(UserWarning, match=r"is 0 for cornet_s, r1: their relative accuracy is NaN"):
+        ax = plot_robustness(some).axes[0]
+    assert ax.get_ylabel() == "Accuracy relative to ε = 0"
 
 
 def test_styles_are_distinct_in_colour_and_in_grey() -> None:
