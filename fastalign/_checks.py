@@ -217,8 +217,8 @@ def check_out_folder(
     ``marker_keys`` a JSON object holding those keys, which tell the call's summary.json from another
     command's), the current folder or one above it, the home folder, a folder holding any of ``inputs``
     (files or folders the call reads), and one holding files the call did not write (a user's notes, an
-    edited figure), which the replacement would delete: files its output manifest
-    (:data:`fastalign.data._io.OUTPUT_MANIFEST`) does not list, and, with ``known`` (a predicate on
+    edited figure), which the replacement would delete: files its output manifest (:data:`OUTPUT_MANIFEST`,
+    written by ``fastalign.data._io.replacing_dir``) does not list, and, with ``known`` (a predicate on
     '/'-separated paths relative to the folder), only those ``known`` does not accept (outputs written
     before manifests: those it does not accept).
 
@@ -277,11 +277,43 @@ def check_out_folder(
     return folder
 
 
+#: The list of the files a command wrote into its output folder (replacing_dir's ``manifest``).
+OUTPUT_MANIFEST = ".fastalign-written.json"
+
+
+def files_under(folder: str) -> list[str]:
+    """Every file under ``folder`` (links included, not followed), as sorted '/'-separated relative paths,
+    the manifest itself left out."""
+    out = []
+    for dirpath, _, filenames in os.walk(folder):
+        rel = os.path.relpath(dirpath, folder)
+        for name in filenames:
+            p = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+            if p != OUTPUT_MANIFEST:
+                out.append(p)
+    return sorted(out)
+
+
+def unlisted_files(folder: str | os.PathLike[str]) -> list[str] | None:
+    """The files under ``folder`` that its :data:`OUTPUT_MANIFEST` does not list (added after the command
+    wrote the folder), or None where there is no readable manifest (a folder written before manifests, or
+    by another writer)."""
+    folder = os.fspath(folder)
+    try:
+        with open(os.path.join(folder, OUTPUT_MANIFEST), encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    listed = doc.get("files") if isinstance(doc, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+        return None
+    known = set(listed)
+    return [p for p in files_under(folder) if p not in known]
+
+
 def added_files(folder: str, known: Callable[[str], bool] | None = None) -> list[str]:
     """The files in an earlier output ``folder`` that the call did not write: not in its manifest (where
     it has one) and not accepted by ``known`` (where given); none where there is neither."""
-    from fastalign.data._io import files_under, unlisted_files
-
     unlisted = unlisted_files(folder)
     if unlisted is None:
         return [] if known is None else [p for p in files_under(folder) if not known(p)]

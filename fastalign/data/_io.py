@@ -44,6 +44,9 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
+from fastalign import _checks
+from fastalign._checks import OUTPUT_MANIFEST
+
 
 def require_file(path: str | os.PathLike[str], what: str) -> str:
     """``path`` as a str; FileNotFoundError naming ``what`` it should hold when it is not a file."""
@@ -441,8 +444,9 @@ def replacing_dir(path: str | os.PathLike[str], *, manifest: bool = False) -> It
     Yields a new empty folder beside ``path`` (mode 0o777 less the umask), after finishing or removing
     what killed writers of ``path`` left. When the block ends normally the folder takes ``path``'s place
     (see :func:`_swap_in`); when it raises, the folder is removed and ``path`` stays as it was. With
-    ``manifest`` the folder gets :data:`OUTPUT_MANIFEST`, the list of the files written into it, from which
-    :func:`unlisted_files` later tells the files a user added (which replacing it again would delete).
+    ``manifest`` the folder gets :data:`~fastalign._checks.OUTPUT_MANIFEST`, the list of the files written
+    into it, from which :func:`fastalign._checks.unlisted_files` later tells the files a user added (which
+    replacing it again would delete).
     """
     path = os.path.abspath(os.fspath(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -451,46 +455,12 @@ def replacing_dir(path: str | os.PathLike[str], *, manifest: bool = False) -> It
     try:
         yield staging
         if manifest:
-            listed = files_under(staging)
+            listed = _checks.files_under(staging)
             atomic_write_text(os.path.join(staging, OUTPUT_MANIFEST), json.dumps({"files": listed}) + "\n")
     except BaseException:
         _remove(staging)
         raise
     _swap_in(staging, path)
-
-
-#: The list of the files a command wrote into its output folder (replacing_dir's ``manifest``).
-OUTPUT_MANIFEST = ".fastalign-written.json"
-
-
-def files_under(folder: str) -> list[str]:
-    """Every file under ``folder`` (links included, not followed), as sorted '/'-separated relative paths,
-    the manifest itself left out."""
-    out = []
-    for dirpath, _, filenames in os.walk(folder):
-        rel = os.path.relpath(dirpath, folder)
-        for name in filenames:
-            p = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
-            if p != OUTPUT_MANIFEST:
-                out.append(p)
-    return sorted(out)
-
-
-def unlisted_files(folder: str | os.PathLike[str]) -> list[str] | None:
-    """The files under ``folder`` that its :data:`OUTPUT_MANIFEST` does not list (added after the command
-    wrote the folder), or None where there is no readable manifest (a folder written before manifests, or
-    by another writer)."""
-    folder = os.fspath(folder)
-    try:
-        with open(os.path.join(folder, OUTPUT_MANIFEST), encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
-        return None
-    listed = doc.get("files") if isinstance(doc, dict) else None
-    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-        return None
-    known = set(listed)
-    return [p for p in files_under(folder) if p not in known]
 
 
 def _roll_forward(commit: str) -> None:

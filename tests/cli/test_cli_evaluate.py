@@ -25,9 +25,10 @@ import pytest
 from PIL import Image
 
 import fastalign.eval as fe
+from fastalign._checks import OUTPUT_MANIFEST
 from fastalign.cli import main, parser
 from fastalign.data import load_image_metadata
-from fastalign.data._io import OUTPUT_MANIFEST, digest_files
+from fastalign.data._io import digest_files
 
 PERMUTATIONS = 100
 
@@ -247,7 +248,7 @@ def test_overwrite_keeps_what_the_user_put_in_the_report_folder(
     that --overwrite replaces, so the command refuses, names them and leaves the folder as it was, also
     for a report written before manifests (report_file alone decides there)."""
     from fastalign import _checks
-    from fastalign.data._io import files_under
+    from fastalign._checks import files_under
 
     assert report.status == 0, report.err
     assert _checks.added_files(str(report.folder)) == []

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fastalign._checks import OUTPUT_MANIFEST
 from fastalign.data import make_synthetic_things
-from fastalign.data._io import OUTPUT_MANIFEST, load_npy
+from fastalign.data._io import load_npy
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "synthetic_reference.json")
 _TINY = dict(n_train_concepts=2, images_per_concept=2, n_test=3, n_subjects=2, n_sessions=2,
