@@ -638,6 +638,9 @@ def test_inputs_without_a_figure_are_refused_or_named() -> None:
         for e in (0, 0.01)
     ]
     with pytest.warns(UserWarning, match=r"plot_robustness: clean accuracy \(eps 0\) is 0 for m: .* NaN"):
+        plot_robustness(zero, metric="relative_accuracy")
+    # by default, with no model right on a clean image, top-1 accuracy is drawn instead, and said
+    with pytest.warns(UserWarning, match=r"is 0 for every model \(m\), so no relative accuracy is defined"):
         plot_robustness(zero)
     # every member of a family with clean accuracy 0 is named, with its family, whatever the metric
     family = [
