@@ -54,6 +54,7 @@ from fastalign import _checks
 from fastalign._modes import eval_mode
 from fastalign.data.images import ImageTransform
 from fastalign.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fastalign.eval.progress import Stage
 
 #: Default perturbation sizes (L-infinity, in [0, 1] pixel units): 0, 1, 2, 4 and 8 grey levels of 255.
 DEFAULT_EPS: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
@@ -439,6 +440,7 @@ def robustness(
     seed: int = 0,
     mean: Norm = IMAGENET_MEAN,
     std: Norm = IMAGENET_STD,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Accuracy of each model under each attack at each eps, raw and relative to its clean accuracy.
 
@@ -467,6 +469,8 @@ def robustness(
         seed: seeds PGD's random starts, one per image from (seed, eps, image index): a row does not
             depend on the batch size, the other eps or models, or their order.
         mean, std: normalisation applied inside the models (see :func:`fgsm`).
+        progress: Show each model's images done on standard error (a tqdm bar on a terminal, updated per
+            batch, else one line per model).
 
     Returns:
         Rows (dicts with :data:`ROBUSTNESS_COLUMNS`), one per model, attack and eps, in that nesting order.
@@ -492,7 +496,7 @@ def robustness(
         correct = {(a, e): 0 for a in attack_list for e in eps_list if e > 0}
         zero = dict.fromkeys(correct, 0)
         clean = classes = 0
-        with eval_mode(model):
+        with eval_mode(model), Stage(progress, f"robustness {name}", n, "img") as stage:
             for sl in _batches(n, batch_size):
                 x = x_all[sl].to(device, dtype)
                 y = y_all[sl].to(device)
@@ -514,6 +518,7 @@ def robustness(
                             adv, zeros = _pgd(fn, model, x, y, e, norm, opts, seed, sl.start)
                         correct[attack, e] += _correct(fn, model, adv, y, norm)[0]
                         zero[attack, e] += zeros
+                stage.update(sl.stop - sl.start)
         clean_acc = clean / n
         _warn_chance(fn, name, clean_acc, classes)
         _warn_zero_gradient(fn, name, {k: v / n for k, v in zero.items() if v})

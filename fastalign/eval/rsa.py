@@ -753,7 +753,7 @@ def _robustness(
                 mine = _attacks.robustness(
                     {label: m.module}, images.images, images.labels, eps=r["eps"], attacks=r["attacks"],
                     steps=r["pgd_steps"], step_size=r["pgd_step_size"], batch_size=s["batch_size"],
-                    seed=s["seed"],
+                    seed=s["seed"], progress=s["progress"],
                 )  # fmt: skip
             rows += mine
             summary[label] = {

@@ -182,6 +182,7 @@ def test_summary_table_and_progress_are_printed(report: Run) -> None:
     assert lines[-1] == f"report: {report.folder / 'report.html'}"
     # standard error is no terminal here: one line per finished stage
     for stage in ("features cornet_s: 30/30 img", "features paired sub-01: 30/30 img", "statistics: ",
+                  "robustness cornet_s: 2/2 img", "robustness paired/sub-01: 2/2 img",
                   "robustness: 3/3 models"):  # fmt: skip
         assert any(line.startswith(stage) for line in report.err.splitlines()), stage
 
