@@ -39,7 +39,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ import torch
 from fastalign import _checks
 from fastalign.data import SyntheticThings, model_key
 from fastalign.data._io import atomic_write, digest_files
+from fastalign.data.embeddings import model_keys_cached
 from fastalign.eval import attacks as _attacks
 from fastalign.eval import individual as _variability
 from fastalign.eval.brain import BrainData, eeg_tensor, fmri_rdms, load_brain
@@ -910,6 +911,19 @@ def _prepare_out(out: Any, config: dict[str, Any], overwrite: bool) -> str | Non
     return folder
 
 
+def _hashing_each_module_once(fn: Callable[..., EvalResult]) -> Callable[..., EvalResult]:
+    """evaluate with model_keys_cached(): a module given from Python is hashed for its feature cache and for
+    config.json, once for both (evaluate changes no module)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> EvalResult:
+        with model_keys_cached():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_hashing_each_module_once
 def evaluate(
     data: str | os.PathLike[str] | SyntheticThings | BrainData,
     models: Sequence[str | os.PathLike[str] | EvalModel],

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -602,3 +603,29 @@ def test_an_align_model_file_copied_elsewhere_keeps_its_subject_and_modality(ali
     ):
         fe.EvalModel.from_weights(bad)
     assert fe.EvalModel.from_weights(bad, subject=2).subject == "sub-02"
+
+
+def test_evaluate_hashes_a_python_module_once(eval_things: SyntheticThings, tmp_path) -> None:
+    """A module given from Python is hashed for its feature cache and for config.json: once for both
+    within one evaluate (0.15 s each for a CORnet-S), and again in the next call (its weights may have
+    changed in between), which then reads the cache."""
+    from eval_helpers import Tiny
+
+    class Counted(Tiny):
+        hashed = 0
+
+        def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+            Counted.hashed += 1
+            return super().state_dict(*args, **kwargs)
+
+    net = Counted(0)
+    model = fe.EvalModel("tiny", net, layers=["conv"])
+    fe.evaluate(eval_things, [model], out=tmp_path / "out", image_size=24, permutations=10)
+    assert Counted.hashed == 1 and net.calls > 0
+    calls = net.calls
+    fe.evaluate(eval_things, [model], out=tmp_path / "out", image_size=24, permutations=10)
+    assert Counted.hashed == 2 and net.calls == calls  # hashed again; the rows came from the cache
+    with torch.no_grad():
+        net.conv.weight.add_(1.0)  # between calls: another key, the module runs again
+    fe.evaluate(eval_things, [model], out=tmp_path / "out", image_size=24, permutations=10, overwrite=True)
+    assert Counted.hashed == 3 and net.calls > calls
