@@ -981,26 +981,6 @@ constexpr int64_t kDotBlockPairs = int64_t{1} << 18;
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 #endif
-// The tail pairs (n mod 8) into lane 0, the lanes summed in order, times the vector's scale.
-template <int R>
-inline __attribute__((always_inline)) void dot_block_finish(const double* const* vr, const double* scale,
-                                                            const double* w, int64_t models, int64_t n,
-                                                            const double* acc_in, double* const* out) {
-  constexpr int kLanes = 8;
-  const int64_t main = n - n % kLanes;
-  for (int r = 0; r < R; ++r) {
-    for (int64_t mm = 0; mm < models; ++mm) {
-      const double* wm = w + mm * n;
-      double s[kLanes];
-      std::memcpy(s, acc_in + (r * models + mm) * kLanes, sizeof s);
-      for (int64_t k = main; k < n; ++k) s[0] += vr[r][k] * wm[k];
-      double t = 0.0;
-      for (int u = 0; u < kLanes; ++u) t += s[u];
-      out[r][mm] = t * scale[r];
-    }
-  }
-}
-
 // The same eight lanes as two 4-double vectors, for the builds with 16 registers (baseline, x86-64-v3), where
 // GCC's lowering of a 64-byte vector type spilled the accumulators (2.6x slower).
 typedef double Lanes4 __attribute__((vector_size(32)));
@@ -1011,41 +991,31 @@ inline Lanes4 load4(const double* p) {
   return v;
 }
 
+// One model's tile over pairs [k0, k1) for the builds with 16 registers: R vectors x the 8 lanes as two halves.
 template <int R>
-inline __attribute__((always_inline)) void dot_block_narrow_impl(const double* const* v, const double* scale,
-                                                                 const double* w, int64_t models, int64_t n,
-                                                                 double* acc, double* const* out) {
+inline __attribute__((always_inline)) void dot_tile_narrow(const double* const* vr, const double* w, int64_t n,
+                                                           int64_t mm, int64_t models, int64_t k0, int64_t k1,
+                                                           double* acc) {
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #endif
-  constexpr int kLanes = 8;
-  const int64_t main = n - n % kLanes;
-  std::fill(acc, acc + static_cast<int64_t>(R) * models * kLanes, 0.0);
-  const double* vr[R];
-  for (int r = 0; r < R; ++r) vr[r] = v[r];
-  for (int64_t k0 = 0; k0 < main; k0 += kDotChunk) {
-    const int64_t k1 = std::min(main, k0 + kDotChunk);
-    for (int64_t mm = 0; mm < models; ++mm) {
-      const double* __restrict wm = w + mm * n;
-      Lanes4 lo[R], hi[R];
-      for (int r = 0; r < R; ++r) {
-        lo[r] = load4(acc + (r * models + mm) * kLanes);
-        hi[r] = load4(acc + (r * models + mm) * kLanes + 4);
-      }
-      for (int64_t k = k0; k < k1; k += kLanes) {
-        const Lanes4 w_lo = load4(wm + k), w_hi = load4(wm + k + 4);
-        for (int r = 0; r < R; ++r) {
-          lo[r] += load4(vr[r] + k) * w_lo;
-          hi[r] += load4(vr[r] + k + 4) * w_hi;
-        }
-      }
-      for (int r = 0; r < R; ++r) {
-        std::memcpy(acc + (r * models + mm) * kLanes, &lo[r], sizeof(Lanes4));
-        std::memcpy(acc + (r * models + mm) * kLanes + 4, &hi[r], sizeof(Lanes4));
-      }
+  const double* __restrict wm = w + mm * n;
+  Lanes4 lo[R], hi[R];
+  for (int r = 0; r < R; ++r) {
+    lo[r] = load4(acc + (r * models + mm) * 8);
+    hi[r] = load4(acc + (r * models + mm) * 8 + 4);
+  }
+  for (int64_t k = k0; k < k1; k += 8) {
+    const Lanes4 w_lo = load4(wm + k), w_hi = load4(wm + k + 4);
+    for (int r = 0; r < R; ++r) {
+      lo[r] += load4(vr[r] + k) * w_lo;
+      hi[r] += load4(vr[r] + k + 4) * w_hi;
     }
   }
-  dot_block_finish<R>(vr, scale, w, models, n, acc, out);
+  for (int r = 0; r < R; ++r) {
+    std::memcpy(acc + (r * models + mm) * 8, &lo[r], sizeof(Lanes4));
+    std::memcpy(acc + (r * models + mm) * 8 + 4, &hi[r], sizeof(Lanes4));
+  }
 }
 
 // Eight lanes as one 64-byte vector (GCC vector extensions: element-wise, so each lane adds in the order
@@ -1083,7 +1053,8 @@ inline __attribute__((always_inline)) void dot_tile(const double* const* vr, con
   }
 }
 
-// MB (<= 4): models per register tile; the last tile of a chunk takes the models left over.
+// MB (<= 4): models per 64-byte register tile, the last tile of a chunk taking the models left over; MB = 0:
+// one model per tile of two 32-byte halves (dot_tile_narrow).
 template <int R, int MB>
 inline __attribute__((always_inline)) void dot_block_impl(const double* const* v, const double* scale, const double* w,
                                                           int64_t models, int64_t n, double* acc,
@@ -1098,20 +1069,34 @@ inline __attribute__((always_inline)) void dot_block_impl(const double* const* v
   for (int r = 0; r < R; ++r) vr[r] = v[r];
   for (int64_t k0 = 0; k0 < main; k0 += kDotChunk) {
     const int64_t k1 = std::min(main, k0 + kDotChunk);
-    int64_t m0 = 0;
-    for (; m0 + MB <= models; m0 += MB) dot_tile<R, MB>(vr, w, n, m0, models, k0, k1, acc);
-    const int64_t rest = models - m0;  // fewer than MB
-    if constexpr (MB >= 4) {
-      if (rest == 3) dot_tile<R, 3>(vr, w, n, m0, models, k0, k1, acc);
-    }
-    if constexpr (MB >= 3) {
-      if (rest == 2) dot_tile<R, 2>(vr, w, n, m0, models, k0, k1, acc);
-    }
-    if constexpr (MB >= 2) {
-      if (rest == 1) dot_tile<R, 1>(vr, w, n, m0, models, k0, k1, acc);
+    if constexpr (MB == 0) {
+      for (int64_t mm = 0; mm < models; ++mm) dot_tile_narrow<R>(vr, w, n, mm, models, k0, k1, acc);
+    } else {
+      int64_t m0 = 0;
+      for (; m0 + MB <= models; m0 += MB) dot_tile<R, MB>(vr, w, n, m0, models, k0, k1, acc);
+      const int64_t rest = models - m0;  // fewer than MB
+      if constexpr (MB >= 4) {
+        if (rest == 3) dot_tile<R, 3>(vr, w, n, m0, models, k0, k1, acc);
+      }
+      if constexpr (MB >= 3) {
+        if (rest == 2) dot_tile<R, 2>(vr, w, n, m0, models, k0, k1, acc);
+      }
+      if constexpr (MB >= 2) {
+        if (rest == 1) dot_tile<R, 1>(vr, w, n, m0, models, k0, k1, acc);
+      }
     }
   }
-  dot_block_finish<R>(vr, scale, w, models, n, acc, out);
+  // the tail pairs (n mod 8) into lane 0, the lanes summed in order, times the vector's scale
+  for (int r = 0; r < R; ++r) {
+    for (int64_t mm = 0; mm < models; ++mm) {
+      const double* wm = w + mm * n;
+      double* sums = acc + (r * models + mm) * kLanes;
+      for (int64_t k = main; k < n; ++k) sums[0] += vr[r][k] * wm[k];
+      double t = 0.0;
+      for (int u = 0; u < kLanes; ++u) t += sums[u];
+      out[r][mm] = t * scale[r];
+    }
+  }
 }
 
 template <int MB>
@@ -1128,12 +1113,7 @@ inline __attribute__((always_inline)) void dot_block_any(int rows, const double*
 
 FASTALIGN_CLONES void dot_block_narrow(int rows, const double* const* v, const double* scale, const double* w,
                                        int64_t models, int64_t n, double* acc, double* const* out) {
-  switch (rows) {
-    case 4: dot_block_narrow_impl<4>(v, scale, w, models, n, acc, out); break;
-    case 3: dot_block_narrow_impl<3>(v, scale, w, models, n, acc, out); break;
-    case 2: dot_block_narrow_impl<2>(v, scale, w, models, n, acc, out); break;
-    default: dot_block_narrow_impl<1>(v, scale, w, models, n, acc, out); break;
-  }
+  dot_block_any<0>(rows, v, scale, w, models, n, acc, out);
 }
 #ifdef FASTALIGN_AVX512_ROWS
 __attribute__((target("arch=x86-64-v4"))) void dot_block_v4(int rows, const double* const* v, const double* scale,
